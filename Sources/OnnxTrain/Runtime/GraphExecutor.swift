@@ -1,0 +1,314 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A graph compiled for execution: every node resolved to a kernel, values numbered into slots,
+/// a topological order planned once, and for each set of fetches the nodes it needs and where
+/// each intermediate value dies.
+final class GraphExecutor {
+    struct Step {
+        let node: Node
+        let kernel: Kernel
+        /// Slot per node input; -1 for an omitted optional input.
+        let inputs: [Int]
+        /// Slot per node output; -1 for an unnamed output.
+        let outputs: [Int]
+        /// Slots read by the node's subgraphs from this scope (kept alive until the node runs).
+        let captured: [Int]
+        let hasSubgraphs: Bool
+    }
+
+    /// The nodes one set of fetches needs, in order, and the slots freed after each.
+    struct Plan {
+        let steps: [Int]
+        let freeAfter: [[Int]]
+    }
+
+    let graph: Graph
+    let opsets: [String: Int]
+    private(set) var steps: [Step] = []
+    private(set) var slotOf: [String: Int] = [:]
+    private(set) var slotCount = 0
+    /// Initializer values by slot, loaded into every frame.
+    private var constants: [(slot: Int, value: Value)] = []
+    /// Names read from the enclosing scope, with their slots here.
+    private(set) var outerNames: [(name: String, slot: Int)] = []
+    private var planCache: [[Int]: Plan] = [:]
+    private let planLock = NSLockLite()
+
+    /// Compiles `graph`. `visible` holds the names an enclosing graph defines (for subgraphs).
+    init(graph: Graph, opsets: [String: Int], registry: OpRegistry, functions: [Function] = [],
+         visible: Set<String> = []) throws {
+        var graph = graph
+        if !functions.isEmpty { graph.nodes = try inlineFunctions(graph.nodes, functions: functions, registry: registry) }
+        self.graph = graph
+        self.opsets = opsets
+
+        var problems: [String] = []
+        func slot(_ name: String) -> Int {
+            if let s = slotOf[name] { return s }
+            slotOf[name] = slotCount
+            slotCount += 1
+            return slotCount - 1
+        }
+        var defined = Set<String>()
+        for input in graph.inputs { _ = slot(input.name); defined.insert(input.name) }
+        for name in graph.initializerNames {
+            constants.append((slot(name), .tensor(graph.initializers[name]!)))
+            defined.insert(name)
+        }
+        var producer: [String: Int] = [:]
+        for (i, node) in graph.nodes.enumerated() {
+            for output in node.outputs where !output.isEmpty {
+                if let other = producer[output] {
+                    problems.append("value '\(output)' is produced by both \(graph.nodes[other].label) and \(node.label)")
+                } else if defined.contains(output) && graph.initializers[output] == nil {
+                    problems.append("\(node.label) writes '\(output)', which is a graph input")
+                }
+                producer[output] = i
+                _ = slot(output)
+            }
+        }
+
+        // Topological order (Kahn), keeping file order among ready nodes.
+        var consumers = [[Int]](repeating: [], count: graph.nodes.count)
+        var pending = [Int](repeating: 0, count: graph.nodes.count)
+        for (i, node) in graph.nodes.enumerated() {
+            var deps = Set<Int>()
+            for name in node.inputs + GraphExecutor.subgraphReferences(node) where !name.isEmpty {
+                if let p = producer[name] {
+                    if p != i { deps.insert(p) } else { problems.append("\(node.label) reads its own output '\(name)'") }
+                } else if !defined.contains(name) && !visible.contains(name) {
+                    if node.inputs.contains(name) {
+                        problems.append("\(node.label) reads '\(name)', which no node, graph input or initializer produces")
+                    }
+                }
+            }
+            pending[i] = deps.count
+            for d in deps { consumers[d].append(i) }
+        }
+        var order: [Int] = []
+        var ready = (0..<graph.nodes.count).filter { pending[$0] == 0 }
+        var cursor = 0
+        while cursor < ready.count {
+            let i = ready[cursor]
+            cursor += 1
+            order.append(i)
+            for c in consumers[i] {
+                pending[c] -= 1
+                if pending[c] == 0 { ready.append(c) }
+            }
+        }
+        if order.count < graph.nodes.count {
+            let stuck = (0..<graph.nodes.count).filter { pending[$0] > 0 }.prefix(5).map { graph.nodes[$0].label }
+            problems.append("the graph has a cycle through \(stuck.joined(separator: ", "))")
+        }
+        for output in graph.outputs where !defined.contains(output.name) && producer[output.name] == nil && !visible.contains(output.name) {
+            problems.append("graph output '\(output.name)' is not produced by any node")
+        }
+
+        // Resolve every node to a kernel; collect every failure before reporting.
+        let scopeNames = defined.union(producer.keys).union(visible)
+        for i in order {
+            let node = graph.nodes[i]
+            let domain = canonicalDomain(node.domain)
+            let opset = opsets[domain] ?? (domain.isEmpty ? nil : 1)
+            guard let opset else {
+                problems.append("\(node.label): the model imports no opset for domain '\(domain)'")
+                continue
+            }
+            guard let (since, factory) = registry.resolve(domain: domain, opType: node.opType, opset: opset) else {
+                let d = domain.isEmpty ? "ai.onnx" : domain
+                if registry.knows(domain: domain, opType: node.opType) {
+                    problems.append("\(node.label): no kernel for \(node.opType) at \(d) opset \(opset)")
+                } else {
+                    problems.append("\(node.label): no kernel for op \(node.opType) in domain \(d) (opset \(opset))")
+                }
+                continue
+            }
+            var subgraphs: [Subgraph] = []
+            let context = NodeContext(node: node, opset: opset, sinceVersion: since) { body in
+                let sub = try Subgraph(graph: body, opsets: opsets, registry: registry, functions: functions, visible: scopeNames)
+                subgraphs.append(sub)
+                return sub
+            }
+            do {
+                let kernel = try factory(context)
+                var captured: [Int] = []
+                for sub in subgraphs {
+                    for (name, _) in sub.executor.outerNames { captured.append(slot(name)) }
+                }
+                steps.append(Step(node: node, kernel: kernel,
+                                  inputs: node.inputs.map { $0.isEmpty ? -1 : slot($0) },
+                                  outputs: node.outputs.map { $0.isEmpty ? -1 : slot($0) },
+                                  captured: captured, hasSubgraphs: !subgraphs.isEmpty))
+            } catch let error as KernelError {
+                problems.append("\(node.label): \(error.message)")
+            } catch let error as OnnxTrainError {
+                problems.append("\(node.label): \(error.message)")
+            }
+        }
+        if !problems.isEmpty {
+            let head = problems.count == 1 ? "" : "\(problems.count) problems: "
+            throw OnnxTrainError.invalidGraph(head + problems.joined(separator: "; "))
+        }
+        // Names read here but defined in an enclosing graph.
+        for (name, s) in slotOf.sorted(by: { $0.value < $1.value })
+        where !defined.contains(name) && producer[name] == nil && visible.contains(name) {
+            outerNames.append((name, s))
+        }
+    }
+
+    /// Names a node's subgraphs read from enclosing scopes (they order the node after their producers).
+    static func subgraphReferences(_ node: Node) -> [String] {
+        var names: [String] = []
+        func visit(_ g: Graph) {
+            var local = Set(g.inputs.map(\.name)).union(g.initializerNames)
+            for n in g.nodes { local.formUnion(n.outputs) }
+            for n in g.nodes {
+                for name in n.inputs where !name.isEmpty && !local.contains(name) { names.append(name) }
+                for sub in attributeGraphs(n) {
+                    let inner = GraphExecutor.subgraphReferences(Node(opType: "", inputs: [], outputs: [], attributes: ["g": .graph(sub)]))
+                    names.append(contentsOf: inner.filter { !local.contains($0) })
+                }
+            }
+            for o in g.outputs where !local.contains(o.name) { names.append(o.name) }
+        }
+        for g in attributeGraphs(node) { visit(g) }
+        return names
+    }
+
+    static func attributeGraphs(_ node: Node) -> [Graph] {
+        var result: [Graph] = []
+        for (_, a) in node.attributes {
+            if case .graph(let g) = a { result.append(g) }
+            if case .graphs(let gs) = a { result.append(contentsOf: gs) }
+        }
+        return result
+    }
+
+    /// The plan for computing `fetchSlots`: only the nodes they depend on, with frees after last use.
+    func plan(for fetchSlots: [Int]) -> Plan {
+        planLock.lock()
+        defer { planLock.unlock() }
+        if let cached = planCache[fetchSlots] { return cached }
+        var needed = Set(fetchSlots)
+        var include = [Bool](repeating: false, count: steps.count)
+        for (k, step) in steps.enumerated().reversed() {
+            if step.outputs.contains(where: { $0 >= 0 && needed.contains($0) }) || GraphExecutor.hasSideEffects(step.node) {
+                include[k] = true
+                for s in step.inputs where s >= 0 { needed.insert(s) }
+                for s in step.captured { needed.insert(s) }
+            }
+        }
+        let chosen = (0..<steps.count).filter { include[$0] }
+        var lastUse = [Int](repeating: -1, count: slotCount)
+        for (position, k) in chosen.enumerated() {
+            for s in steps[k].inputs where s >= 0 { lastUse[s] = position }
+            for s in steps[k].captured { lastUse[s] = position }
+            for s in steps[k].outputs where s >= 0 && lastUse[s] < position { lastUse[s] = position }
+        }
+        var freeAfter = [[Int]](repeating: [], count: chosen.count)
+        let keep = Set(fetchSlots)
+        for s in 0..<slotCount where lastUse[s] >= 0 && !keep.contains(s) { freeAfter[lastUse[s]].append(s) }
+        let plan = Plan(steps: chosen, freeAfter: freeAfter)
+        planCache[fetchSlots] = plan
+        return plan
+    }
+
+    /// Ops run for their in-place effect even when no fetch needs their output.
+    static func hasSideEffects(_ node: Node) -> Bool {
+        guard node.domain == "com.microsoft" else { return false }
+        switch node.opType {
+        case "InPlaceAccumulator", "InPlaceAccumulatorV2", "AdamWOptimizer", "SGDOptimizerV2", "InplaceClipGradNorm": return true
+        default: return false
+        }
+    }
+
+    /// Runs the graph. `feeds` maps slots to values; values not fed come from initializers or
+    /// from the enclosing scope through `context`.
+    func run(feeds: [(slot: Int, value: Value)], fetchSlots: [Int], context: ExecutionContext) throws -> [Value?] {
+        let frame = Frame(count: slotCount)
+        for (s, v) in constants { frame.values[s] = v }
+        for (name, s) in outerNames { frame.values[s] = context.lookup(name) }
+        for (s, v) in feeds { frame.values[s] = v }
+        let plan = self.plan(for: fetchSlots)
+        var inputs: [Value?] = []
+        var nested: ExecutionContext?
+        for (position, k) in plan.steps.enumerated() {
+            let step = steps[k]
+            inputs.removeAll(keepingCapacity: true)
+            for s in step.inputs { inputs.append(s >= 0 ? frame.values[s] : nil) }
+            var kernelContext = context
+            if step.hasSubgraphs {
+                if nested == nil {
+                    let slots = slotOf
+                    nested = ExecutionContext(state: context.state) { name in slots[name].flatMap { frame.values[$0] } ?? context.lookup(name) }
+                }
+                kernelContext = nested!
+            }
+            let outputs: [Value?]
+            do {
+                outputs = try step.kernel.run(inputs, kernelContext)
+            } catch let error as KernelError {
+                throw OnnxTrainError(.kernel, "\(step.node.label): \(error.message)")
+            } catch let error as OnnxTrainError {
+                throw error
+            } catch {
+                throw OnnxTrainError(.kernel, "\(step.node.label): \(error)")
+            }
+            for (i, s) in step.outputs.enumerated() where s >= 0 {
+                guard i < outputs.count, let value = outputs[i] else {
+                    throw OnnxTrainError(.kernel, "\(step.node.label) did not produce output '\(step.node.outputs[i])'")
+                }
+                frame.values[s] = value
+            }
+            for s in plan.freeAfter[position] { frame.values[s] = nil }
+        }
+        return fetchSlots.map { frame.values[$0] }
+    }
+
+    final class Frame {
+        var values: [Value?]
+        init(count: Int) { values = [Value?](repeating: nil, count: count) }
+    }
+}
+
+/// A compiled graph attribute (If branch, Loop or Scan body) that kernels run with their own inputs.
+public final class Subgraph {
+    let executor: GraphExecutor
+    private let inputSlots: [Int]
+    private let outputSlots: [Int]
+
+    init(graph: Graph, opsets: [String: Int], registry: OpRegistry, functions: [Function], visible: Set<String>) throws {
+        let compiled = try GraphExecutor(graph: graph, opsets: opsets, registry: registry, functions: functions, visible: visible)
+        executor = compiled
+        inputSlots = graph.inputs.map { compiled.slotOf[$0.name]! }
+        outputSlots = graph.outputs.map { compiled.slotOf[$0.name] ?? -1 }
+    }
+
+    public var inputs: [ValueInfo] { executor.graph.inputs }
+    public var outputs: [ValueInfo] { executor.graph.outputs }
+
+    /// Runs the body: `inputs` bind the body's inputs in order; outer values come from `context`.
+    public func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value] {
+        var feeds: [(slot: Int, value: Value)] = []
+        for (i, s) in inputSlots.enumerated() {
+            if i < inputs.count, let v = inputs[i] { feeds.append((s, v)) }
+        }
+        let results = try executor.run(feeds: feeds, fetchSlots: outputSlots.map { max($0, 0) }, context: context)
+        return try results.enumerated().map { i, v in
+            guard let v else { throw OnnxTrainError(.kernel, "subgraph '\(executor.graph.name)' did not produce output '\(outputs[i].name)'") }
+            return v
+        }
+    }
+}
+
+/// A tiny mutex over pthread, so plan caching is safe when one session runs on several threads.
+final class NSLockLite {
+    private var mutex = pthread_mutex_t()
+    init() { pthread_mutex_init(&mutex, nil) }
+    deinit { pthread_mutex_destroy(&mutex) }
+    func lock() { pthread_mutex_lock(&mutex) }
+    func unlock() { pthread_mutex_unlock(&mutex) }
+}

@@ -1,0 +1,126 @@
+/// Options for building a session.
+public struct SessionOptions {
+    /// Seed for random ops (Dropout in training mode, RandomNormal, ...).
+    public var seed: UInt64 = 0
+    public var registry: OpRegistry = .standard
+    public init() {}
+}
+
+/// Runs a model: built once (kernels resolved, graph checked, order planned), then run with
+/// named feeds and fetches as often as needed.
+public final class InferenceSession {
+    public let model: Model
+    let executor: GraphExecutor
+    private let state: RunState
+
+    public init(model: Model, options: SessionOptions = SessionOptions()) throws {
+        self.model = model
+        var opsets = model.opsetImports
+        for f in model.functions { for (d, v) in f.opsetImports where opsets[d] == nil { opsets[d] = v } }
+        do {
+            executor = try GraphExecutor(graph: model.graph, opsets: opsets, registry: options.registry, functions: model.functions)
+        } catch let error as OnnxTrainError {
+            throw model.path.map { error.prefixed($0) } ?? error
+        }
+        state = RunState(seed: options.seed)
+    }
+
+    public convenience init(path: String, options: SessionOptions = SessionOptions()) throws {
+        try self.init(model: try Model(contentsOf: path), options: options)
+    }
+
+    /// The inputs a caller feeds (graph inputs that are not initializers).
+    public var inputs: [ValueInfo] { model.graph.feedInputs }
+    public var outputs: [ValueInfo] { model.graph.outputs }
+
+    /// Runs the model. `fetches` defaults to every graph output; any value name may be fetched.
+    /// Feeds are checked against the declared inputs: every required input present, no unknown
+    /// name, element type and rank as declared, fixed dimensions equal, and a symbolic dimension
+    /// the same size wherever it appears.
+    public func run(_ feeds: [String: Value], fetches: [String]? = nil) throws -> [String: Value] {
+        let where_ = model.path.map { "\($0): " } ?? ""
+        let graph = model.graph
+        var feedSlots: [(slot: Int, value: Value)] = []
+        var symbols: [String: (Int, String)] = [:]
+        let declared = Dictionary(graph.inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        for name in feeds.keys.sorted() where declared[name] == nil {
+            let expected = inputs.map(\.name).joined(separator: ", ")
+            throw OnnxTrainError.invalidInput("\(where_)unknown input '\(name)' (the model takes: \(expected))")
+        }
+        for info in graph.inputs {
+            guard let value = feeds[info.name] else {
+                if graph.initializers[info.name] == nil {
+                    throw OnnxTrainError.invalidInput("\(where_)missing input '\(info.name)'\(info.type.map { " of type \($0)" } ?? "")")
+                }
+                continue
+            }
+            try InferenceSession.check(value, against: info, symbols: &symbols, prefix: where_)
+            feedSlots.append((executor.slotOf[info.name]!, value))
+        }
+        let names = fetches ?? graph.outputs.map(\.name)
+        var fetchSlots: [Int] = []
+        for name in names {
+            guard let s = executor.slotOf[name] else {
+                throw OnnxTrainError.invalidInput("\(where_)cannot fetch '\(name)': no such value in the graph")
+            }
+            fetchSlots.append(s)
+        }
+        let context = ExecutionContext(state: state, lookup: { _ in nil })
+        let results: [Value?]
+        do {
+            results = try executor.run(feeds: feedSlots, fetchSlots: fetchSlots, context: context)
+        } catch let error as OnnxTrainError {
+            throw model.path.map { error.prefixed($0) } ?? error
+        }
+        var out: [String: Value] = [:]
+        for (name, value) in zip(names, results) {
+            guard let value else { throw OnnxTrainError(.kernel, "\(where_)no value was computed for '\(name)'") }
+            out[name] = value
+        }
+        return out
+    }
+
+    /// Tensor-only convenience over `run(_:fetches:)`.
+    public func run(tensors feeds: [String: Tensor], fetches: [String]? = nil) throws -> [String: Tensor] {
+        let results = try run(feeds.mapValues { Value.tensor($0) }, fetches: fetches)
+        var out: [String: Tensor] = [:]
+        for (name, value) in results {
+            guard let t = value.tensor else { throw OnnxTrainError.invalidInput("output '\(name)' is \(value.summary), not a tensor") }
+            out[name] = t
+        }
+        return out
+    }
+
+    static func check(_ value: Value, against info: ValueInfo, symbols: inout [String: (Int, String)], prefix: String) throws {
+        guard let type = info.type else { return }
+        let label = "\(prefix)input '\(info.name)'"
+        switch (type, value) {
+        case (.tensor(let dtype, let shape), .tensor(let t)):
+            if let dtype, dtype != t.dtype {
+                throw OnnxTrainError.invalidInput("\(label) must be tensor(\(dtype)), got tensor(\(t.dtype))")
+            }
+            guard let shape else { return }
+            guard shape.count == t.rank else {
+                throw OnnxTrainError.invalidInput("\(label) must have rank \(shape.count) \(shape), got shape \(t.shape)")
+            }
+            for (axis, (dim, actual)) in zip(shape, t.shape).enumerated() {
+                switch dim {
+                case .value(let v) where v != actual:
+                    throw OnnxTrainError.invalidInput("\(label) dimension \(axis) must be \(v), got shape \(t.shape)")
+                case .symbol(let s):
+                    if let (seen, other) = symbols[s], seen != actual {
+                        throw OnnxTrainError.invalidInput("\(label) dimension \(axis) ('\(s)') is \(actual), but '\(s)' is \(seen) in \(other)")
+                    }
+                    symbols[s] = (actual, "input '\(info.name)'")
+                default: break
+                }
+            }
+        case (.tensor, _):
+            throw OnnxTrainError.invalidInput("\(label) must be a tensor, got \(value.summary)")
+        case (.sequence, .sequence), (.optional, .optional), (.optional, _), (.map, _), (.sparseTensor, _):
+            return
+        case (.sequence, _):
+            throw OnnxTrainError.invalidInput("\(label) must be a sequence, got \(value.summary)")
+        }
+    }
+}

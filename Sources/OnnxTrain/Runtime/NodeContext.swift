@@ -1,0 +1,106 @@
+/// What a kernel factory sees of its node: attributes (with typed accessors), the opset in force
+/// for the node's domain, and a way to compile subgraph attributes.
+public struct NodeContext {
+    public let node: Node
+    /// The model's opset version for the node's domain.
+    public let opset: Int
+    /// The since-version of the kernel that was chosen.
+    public let sinceVersion: Int
+    let compileSubgraph: (Graph) throws -> Subgraph
+
+    public var attributes: [String: Attribute] { node.attributes }
+    public var inputCount: Int { node.inputs.count }
+    public var outputCount: Int { node.outputs.count }
+
+    /// Whether input `index` is present (named and not "").
+    public func hasInput(_ index: Int) -> Bool { index < node.inputs.count && !node.inputs[index].isEmpty }
+    /// Whether output `index` is requested (named and not "").
+    public func hasOutput(_ index: Int) -> Bool { index < node.outputs.count && !node.outputs[index].isEmpty }
+
+    public func has(_ name: String) -> Bool { node.attributes[name] != nil }
+
+    private func mismatch(_ name: String, _ expected: String) -> KernelError {
+        KernelError("attribute '\(name)' must be \(expected)")
+    }
+
+    public func int(_ name: String) throws -> Int? {
+        guard let a = node.attributes[name] else { return nil }
+        switch a {
+        case .int(let v): return v
+        case .float(let f) where f == f.rounded(): return Int(f)
+        default: throw mismatch(name, "an int")
+        }
+    }
+    public func int(_ name: String, default value: Int) throws -> Int { try int(name) ?? value }
+    public func requiredInt(_ name: String) throws -> Int {
+        guard let v = try int(name) else { throw KernelError("attribute '\(name)' is required") }
+        return v
+    }
+
+    public func float(_ name: String) throws -> Float? {
+        guard let a = node.attributes[name] else { return nil }
+        switch a {
+        case .float(let v): return v
+        case .int(let v): return Float(v)
+        default: throw mismatch(name, "a float")
+        }
+    }
+    public func float(_ name: String, default value: Float) throws -> Float { try float(name) ?? value }
+
+    public func string(_ name: String) throws -> String? {
+        guard let a = node.attributes[name] else { return nil }
+        guard case .string(let v) = a else { throw mismatch(name, "a string") }
+        return v
+    }
+    public func string(_ name: String, default value: String) throws -> String { try string(name) ?? value }
+
+    public func ints(_ name: String) throws -> [Int]? {
+        guard let a = node.attributes[name] else { return nil }
+        switch a {
+        case .ints(let v): return v
+        case .int(let v): return [v]
+        default: throw mismatch(name, "a list of ints")
+        }
+    }
+    public func ints(_ name: String, default value: [Int]) throws -> [Int] { try ints(name) ?? value }
+
+    public func floats(_ name: String) throws -> [Float]? {
+        guard let a = node.attributes[name] else { return nil }
+        switch a {
+        case .floats(let v): return v
+        case .float(let v): return [v]
+        case .ints(let v): return v.map { Float($0) }
+        default: throw mismatch(name, "a list of floats")
+        }
+    }
+
+    public func strings(_ name: String) throws -> [String]? {
+        guard let a = node.attributes[name] else { return nil }
+        switch a {
+        case .strings(let v): return v
+        case .string(let v): return [v]
+        default: throw mismatch(name, "a list of strings")
+        }
+    }
+
+    public func tensor(_ name: String) throws -> Tensor? {
+        guard let a = node.attributes[name] else { return nil }
+        switch a {
+        case .tensor(let t): return t
+        case .sparseTensor(let s): return try s.densified()
+        default: throw mismatch(name, "a tensor")
+        }
+    }
+
+    public func graph(_ name: String) throws -> Graph? {
+        guard let a = node.attributes[name] else { return nil }
+        guard case .graph(let g) = a else { throw mismatch(name, "a graph") }
+        return g
+    }
+
+    /// Compiles the graph attribute `name` into a runnable subgraph (If/Loop/Scan bodies).
+    public func subgraph(_ name: String) throws -> Subgraph {
+        guard let g = try graph(name) else { throw KernelError("graph attribute '\(name)' is required") }
+        return try compileSubgraph(g)
+    }
+}

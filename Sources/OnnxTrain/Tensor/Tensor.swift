@@ -1,0 +1,158 @@
+/// A dense, row-major tensor of one element type and any rank (rank 0 is a scalar).
+///
+/// A `Tensor` is a value: it holds a reference to its storage and copies it only when written
+/// through `withUnsafeMutableBufferPointer` while shared. Reshaping shares storage.
+public struct Tensor {
+    public let dtype: DType
+    public private(set) var shape: [Int]
+    public private(set) var storage: TensorStorage
+
+    /// A zero-filled tensor (empty strings for string tensors).
+    public init(zeros dtype: DType, shape: [Int]) {
+        self.dtype = dtype
+        self.shape = shape
+        let count = Tensor.elementCount(shape)
+        if dtype == .string {
+            storage = TensorStorage(strings: Array(repeating: "", count: count))
+        } else {
+            storage = TensorStorage(zeroedByteCount: count * dtype.byteSize)
+        }
+    }
+
+    /// A tensor whose bytes the caller fills completely before reading.
+    public init(uninitialized dtype: DType, shape: [Int]) {
+        precondition(dtype != .string, "string tensors are built from strings")
+        self.dtype = dtype
+        self.shape = shape
+        storage = TensorStorage(uninitializedByteCount: Tensor.elementCount(shape) * dtype.byteSize)
+    }
+
+    /// Wraps existing storage; the storage must hold at least `count * byteSize` bytes.
+    public init(dtype: DType, shape: [Int], storage: TensorStorage) {
+        self.dtype = dtype
+        self.shape = shape
+        self.storage = storage
+    }
+
+    public init<T: TensorElement>(shape: [Int], scalars: [T]) {
+        precondition(Tensor.elementCount(shape) == scalars.count,
+                     "shape \(shape) holds \(Tensor.elementCount(shape)) elements, got \(scalars.count)")
+        self.init(uninitialized: T.dtype, shape: shape)
+        scalars.withUnsafeBytes { source in
+            if source.count > 0 { storage.bytes.copyMemory(from: source.baseAddress!, byteCount: source.count) }
+        }
+    }
+
+    /// A rank-0 tensor holding `value`.
+    public init<T: TensorElement>(scalar value: T) {
+        self.init(shape: [], scalars: [value])
+    }
+
+    public init(shape: [Int], strings: [String]) {
+        precondition(Tensor.elementCount(shape) == strings.count)
+        dtype = .string
+        self.shape = shape
+        storage = TensorStorage(strings: strings)
+    }
+
+    public static func elementCount(_ shape: [Int]) -> Int {
+        var n = 1
+        for d in shape { n *= d }
+        return n
+    }
+
+    public var rank: Int { shape.count }
+    public var count: Int { Tensor.elementCount(shape) }
+    public var byteCount: Int { dtype == .string ? 0 : count * dtype.byteSize }
+
+    /// The elements as a Swift array, in row-major order.
+    public func scalars<T: TensorElement>(as type: T.Type = T.self) -> [T] {
+        withUnsafeBufferPointer(as: T.self) { Array($0) }
+    }
+
+    /// The elements of a string tensor.
+    public var strings: [String] { storage.strings }
+
+    /// Reads the elements in place; `T` must match `dtype`.
+    @inline(__always)
+    public func withUnsafeBufferPointer<T, R>(as type: T.Type, _ body: (UnsafeBufferPointer<T>) throws -> R) rethrows -> R {
+        precondition(MemoryLayout<T>.stride == dtype.byteSize || dtype == .string, "\(T.self) does not fit \(dtype)")
+        return try body(UnsafeBufferPointer(start: storage.bytes.assumingMemoryBound(to: T.self), count: count))
+    }
+
+    /// Writes the elements, copying the storage first if another tensor shares it.
+    @inline(__always)
+    public mutating func withUnsafeMutableBufferPointer<T, R>(as type: T.Type, _ body: (UnsafeMutableBufferPointer<T>) throws -> R) rethrows -> R {
+        precondition(MemoryLayout<T>.stride == dtype.byteSize, "\(T.self) does not fit \(dtype)")
+        if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+        return try body(UnsafeMutableBufferPointer(start: storage.bytes.assumingMemoryBound(to: T.self), count: count))
+    }
+
+    /// Writes the shared storage in place, visible to every tensor that shares it.
+    ///
+    /// Only for onnxruntime's in-place training ops (InPlaceAccumulator, optimizer updates,
+    /// BatchNorm running statistics), whose semantics are exactly this aliasing.
+    @inline(__always)
+    public func withSharedMutableBufferPointer<T, R>(as type: T.Type, _ body: (UnsafeMutableBufferPointer<T>) throws -> R) rethrows -> R {
+        precondition(MemoryLayout<T>.stride == dtype.byteSize, "\(T.self) does not fit \(dtype)")
+        return try body(UnsafeMutableBufferPointer(start: storage.bytes.assumingMemoryBound(to: T.self), count: count))
+    }
+
+    /// The raw bytes (little-endian, row-major); not for string tensors.
+    public var rawBytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: storage.bytes, count: byteCount) }
+
+    /// The same elements under another shape with the same element count; shares storage.
+    public func reshaped(_ newShape: [Int]) -> Tensor {
+        precondition(Tensor.elementCount(newShape) == count, "cannot reshape \(shape) to \(newShape)")
+        var t = self
+        t.shape = newShape
+        return t
+    }
+
+    /// A copy that shares nothing with this tensor.
+    public func copied() -> Tensor { Tensor(dtype: dtype, shape: shape, storage: storage.copy()) }
+
+    /// Whether two tensors view the same storage.
+    public func sharesStorage(with other: Tensor) -> Bool { storage === other.storage }
+
+    /// The first element converted to Double (for scalar inputs such as ratios and learning rates).
+    public func scalarDouble(at index: Int = 0) -> Double? {
+        guard index < count else { return nil }
+        let p = storage.bytes
+        switch dtype {
+        case .float32: return Double(p.load(fromByteOffset: index * 4, as: Float.self))
+        case .float64: return p.load(fromByteOffset: index * 8, as: Double.self)
+        case .float16: return Double(Float(p.load(fromByteOffset: index * 2, as: Float16.self)))
+        case .bfloat16: return Double(p.load(fromByteOffset: index * 2, as: BFloat16.self).floatValue)
+        case .int8: return Double(p.load(fromByteOffset: index, as: Int8.self))
+        case .int16: return Double(p.load(fromByteOffset: index * 2, as: Int16.self))
+        case .int32: return Double(p.load(fromByteOffset: index * 4, as: Int32.self))
+        case .int64: return Double(p.load(fromByteOffset: index * 8, as: Int64.self))
+        case .uint8: return Double(p.load(fromByteOffset: index, as: UInt8.self))
+        case .uint16: return Double(p.load(fromByteOffset: index * 2, as: UInt16.self))
+        case .uint32: return Double(p.load(fromByteOffset: index * 4, as: UInt32.self))
+        case .uint64: return Double(p.load(fromByteOffset: index * 8, as: UInt64.self))
+        case .bool: return p.load(fromByteOffset: index, as: Bool.self) ? 1 : 0
+        default: return nil
+        }
+    }
+
+    /// The elements of an integer tensor widened to Int (shapes, axes, indices).
+    public func intValues() -> [Int]? {
+        switch dtype {
+        case .int64: return withUnsafeBufferPointer(as: Int64.self) { $0.map { Int($0) } }
+        case .int32: return withUnsafeBufferPointer(as: Int32.self) { $0.map { Int($0) } }
+        case .int16: return withUnsafeBufferPointer(as: Int16.self) { $0.map { Int($0) } }
+        case .int8: return withUnsafeBufferPointer(as: Int8.self) { $0.map { Int($0) } }
+        case .uint8: return withUnsafeBufferPointer(as: UInt8.self) { $0.map { Int($0) } }
+        case .uint16: return withUnsafeBufferPointer(as: UInt16.self) { $0.map { Int($0) } }
+        case .uint32: return withUnsafeBufferPointer(as: UInt32.self) { $0.map { Int($0) } }
+        case .uint64: return withUnsafeBufferPointer(as: UInt64.self) { $0.map { Int(truncatingIfNeeded: $0) } }
+        default: return nil
+        }
+    }
+}
+
+extension Tensor: CustomStringConvertible {
+    public var description: String { "tensor(\(dtype)) \(shape)" }
+}

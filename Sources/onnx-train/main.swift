@@ -1,0 +1,2 @@
+import OnnxTrain
+print("onnx-train")
