@@ -1,4 +1,9 @@
-/// The one list of op families; each family registers its ops in its own file.
+/// The one list of op families. Each area owns one registration function, which calls the
+/// `register...` function of every family file in that area.
 func registerAllOps(_ registry: OpRegistry) {
-    registerElementwiseOps(registry)
+    registerMathOps(registry)          // Ops/ONNX/RegisterMath.swift: elementwise, activations, reductions, softmax, casts
+    registerNeuralNetOps(registry)     // Ops/ONNX/RegisterNeuralNet.swift: matmul, conv, pooling, normalization, losses, RNNs, quantization
+    registerTensorOps(registry)        // Ops/ONNX/RegisterTensor.swift: shape and data movement, control flow, sequences, optionals
+    registerPreviewTrainingOps(registry) // Ops/PreviewTraining/RegisterPreviewTraining.swift
+    registerMicrosoftOps(registry)     // Ops/Microsoft/RegisterMicrosoft.swift: com.microsoft training ops
 }

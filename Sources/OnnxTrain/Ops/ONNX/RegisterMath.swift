@@ -1,0 +1,3 @@
+func registerMathOps(_ registry: OpRegistry) {
+    registerElementwiseOps(registry)
+}
