@@ -1,2 +1,0 @@
-import OnnxTrain
-print("onnx-train")
