@@ -126,9 +126,9 @@ public struct SparseTensor {
             return Tensor(shape: shape, strings: s)
         }
         let src = values.storage.bytes
-        dense.withUnsafeMutableBufferPointer(as: UInt8.self) { _ in }
-        let dst = dense.storage.bytes
-        for k in 0..<nnz { (dst + flat[k] * size).copyMemory(from: src + k * size, byteCount: size) }
+        dense.withUnsafeMutableRawBytes { dst in
+            for k in 0..<nnz { (dst.baseAddress! + flat[k] * size).copyMemory(from: src + k * size, byteCount: size) }
+        }
         return dense
     }
 }

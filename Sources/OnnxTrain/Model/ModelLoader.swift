@@ -350,9 +350,10 @@ private struct ProtoConverter {
                 if count == 0 || source.isEmpty && count == 0 { return }
                 throw OnnxTrainError.invalidModel("\(label) has \(source.count) values in \(field) for shape \(shape)")
             }
-            tensor.withUnsafeMutableBufferPointer(as: UInt8.self) { _ in }
-            let dst = tensor.storage.bytes.assumingMemoryBound(to: D.self)
-            for i in 0..<source.count { dst[i] = convert(source[i]) }
+            tensor.withUnsafeMutableRawBytes { raw in
+                let dst = raw.baseAddress!.assumingMemoryBound(to: D.self)
+                for i in 0..<source.count { dst[i] = convert(source[i]) }
+            }
         }
         let i32 = buffer(t.int32_data, t.n_int32_data)
         switch dtype {
@@ -370,8 +371,8 @@ private struct ProtoConverter {
         case .uint8, .float8e4m3fn, .float8e4m3fnuz, .float8e5m2, .float8e5m2fnuz, .float8e8m0:
             try fill(i32, "int32_data", as: UInt8.self) { UInt8(truncatingIfNeeded: $0) }
         case .bool: try fill(i32, "int32_data", as: UInt8.self) { $0 != 0 ? 1 : 0 }
-        case .int4, .uint4, .float4e2m1:
-            // Two elements per int32 entry (one packed byte each).
+        case .int4, .uint4, .float4e2m1, .int2, .uint2:
+            // Packed elements, one packed byte per int32 entry.
             let packed = i32.map { UInt8(truncatingIfNeeded: $0) }
             return try packed.withUnsafeBytes { try tensorFromRaw($0, dtype: dtype, shape: shape, label: label) }
         case .string: break
@@ -381,17 +382,21 @@ private struct ProtoConverter {
 
     func tensorFromRaw(_ raw: UnsafeRawBufferPointer, dtype: DType, shape: [Int], label: String) throws -> Tensor {
         let count = Tensor.elementCount(shape)
-        if dtype.isPacked4Bit {
-            guard raw.count == (count + 1) / 2 else {
-                throw OnnxTrainError.invalidModel("\(label) has \(raw.count) raw bytes, \( (count + 1) / 2) expected for \(dtype) \(shape)")
+        if let bits = dtype.packedBits {
+            let perByte = 8 / bits
+            let expected = (count + perByte - 1) / perByte
+            guard raw.count == expected else {
+                throw OnnxTrainError.invalidModel("\(label) has \(raw.count) raw bytes, \(expected) expected for \(dtype) \(shape)")
             }
+            let mask = UInt8((1 << bits) - 1)
+            let signBit = UInt8(1 << (bits - 1))
+            let signed = dtype == .int4 || dtype == .int2
             var tensor = Tensor(uninitialized: dtype, shape: shape)
             tensor.withUnsafeMutableBufferPointer(as: UInt8.self) { dst in
                 for i in 0..<count {
-                    let byte = raw[i / 2]
-                    var nibble = i % 2 == 0 ? byte & 0x0F : byte >> 4
-                    if dtype == .int4 && nibble & 0x08 != 0 { nibble |= 0xF0 }  // sign-extend
-                    dst[i] = nibble
+                    var v = (raw[i / perByte] >> UInt8((i % perByte) * bits)) & mask
+                    if signed && v & signBit != 0 { v |= ~mask }  // sign-extend into the byte
+                    dst[i] = v
                 }
             }
             return tensor
@@ -401,9 +406,7 @@ private struct ProtoConverter {
         }
         var tensor = Tensor(uninitialized: dtype, shape: shape)
         if raw.count > 0 {
-            tensor.withUnsafeMutableBufferPointer(as: UInt8.self) { dst in
-                UnsafeMutableRawBufferPointer(dst).copyMemory(from: raw)
-            }
+            tensor.withUnsafeMutableRawBytes { $0.copyMemory(from: raw) }
         }
         if dtype == .bool {
             // Any non-zero byte is true; normalise so Swift's Bool is always 0 or 1.
@@ -445,7 +448,7 @@ private struct ProtoConverter {
             }
             mappedFiles[path] = file
         }
-        let expected = dtype.isPacked4Bit ? (Tensor.elementCount(shape) + 1) / 2 : Tensor.elementCount(shape) * dtype.byteSize
+        let expected = dtype.packedBits.map { (Tensor.elementCount(shape) * $0 + 7) / 8 } ?? Tensor.elementCount(shape) * dtype.byteSize
         let byteLength = length ?? expected
         guard byteLength == expected else {
             throw OnnxTrainError.invalidModel("\(label) external length \(byteLength) does not match \(expected) bytes for \(dtype) \(shape)")
@@ -454,7 +457,7 @@ private struct ProtoConverter {
             throw OnnxTrainError.invalidModel("\(label) external data [\(offset), \(offset + byteLength)) lies outside '\(location)' (\(file.bytes.count) bytes)")
         }
         let start = file.mutableBase + offset
-        if !dtype.isPacked4Bit && dtype != .bool && Int(bitPattern: start) % max(1, dtype.byteSize) == 0 {
+        if dtype.packedBits == nil && dtype != .bool && Int(bitPattern: start) % max(1, dtype.byteSize) == 0 {
             // Zero-copy: the tensor borrows the mapping, which lives as long as any tensor using it.
             let storage = TensorStorage(borrowing: start, byteCount: byteLength, release: { withExtendedLifetime(file) {} })
             return Tensor(dtype: dtype, shape: shape, storage: storage)

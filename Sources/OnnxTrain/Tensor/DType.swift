@@ -4,14 +4,14 @@ public enum DType: Int32, Sendable, CaseIterable, CustomStringConvertible {
     case string = 8, bool = 9, float16 = 10, float64 = 11, uint32 = 12, uint64 = 13
     case complex64 = 14, complex128 = 15, bfloat16 = 16
     case float8e4m3fn = 17, float8e4m3fnuz = 18, float8e5m2 = 19, float8e5m2fnuz = 20
-    case uint4 = 21, int4 = 22, float4e2m1 = 23, float8e8m0 = 24
+    case uint4 = 21, int4 = 22, float4e2m1 = 23, float8e8m0 = 24, uint2 = 25, int2 = 26
 
     /// Bytes one element takes in memory. Sub-byte types (int4, uint4, float4e2m1) are kept
     /// unpacked, one element per byte, and only packed in files.
     public var byteSize: Int {
         switch self {
         case .bool, .uint8, .int8, .float8e4m3fn, .float8e4m3fnuz, .float8e5m2, .float8e5m2fnuz,
-             .uint4, .int4, .float4e2m1, .float8e8m0: return 1
+             .uint4, .int4, .float4e2m1, .float8e8m0, .uint2, .int2: return 1
         case .float16, .bfloat16, .int16, .uint16: return 2
         case .float32, .int32, .uint32: return 4
         case .float64, .int64, .uint64, .complex64: return 8
@@ -23,6 +23,16 @@ public enum DType: Int32, Sendable, CaseIterable, CustomStringConvertible {
     /// True for types stored in files four bits per element.
     public var isPacked4Bit: Bool { self == .uint4 || self == .int4 || self == .float4e2m1 }
 
+    /// Bits per element in files for sub-byte types (4 for int4/uint4/float4e2m1, 2 for
+    /// int2/uint2), packed low bits first; nil for every other type.
+    public var packedBits: Int? {
+        switch self {
+        case .uint4, .int4, .float4e2m1: return 4
+        case .uint2, .int2: return 2
+        default: return nil
+        }
+    }
+
     public var isFloatingPoint: Bool {
         switch self {
         case .float32, .float64, .float16, .bfloat16, .float8e4m3fn, .float8e4m3fnuz, .float8e5m2,
@@ -33,7 +43,7 @@ public enum DType: Int32, Sendable, CaseIterable, CustomStringConvertible {
 
     public var isInteger: Bool {
         switch self {
-        case .uint8, .int8, .uint16, .int16, .int32, .int64, .uint32, .uint64, .uint4, .int4: return true
+        case .uint8, .int8, .uint16, .int16, .int32, .int64, .uint32, .uint64, .uint4, .int4, .uint2, .int2: return true
         default: return false
         }
     }
@@ -65,6 +75,8 @@ public enum DType: Int32, Sendable, CaseIterable, CustomStringConvertible {
         case .int4: return "int4"
         case .float4e2m1: return "float4e2m1"
         case .float8e8m0: return "float8e8m0"
+        case .uint2: return "uint2"
+        case .int2: return "int2"
         }
     }
 }

@@ -88,6 +88,14 @@ public struct Tensor {
         return try body(UnsafeMutableBufferPointer(start: storage.bytes.assumingMemoryBound(to: T.self), count: count))
     }
 
+    /// Writes the raw bytes, copying the storage first if another tensor shares it.
+    @inline(__always)
+    public mutating func withUnsafeMutableRawBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
+        precondition(dtype != .string, "string tensors have no raw bytes")
+        if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+        return try body(UnsafeMutableRawBufferPointer(start: storage.bytes, count: byteCount))
+    }
+
     /// Writes the shared storage in place, visible to every tensor that shares it.
     ///
     /// Only for onnxruntime's in-place training ops (InPlaceAccumulator, optimizer updates,
