@@ -1,0 +1,213 @@
+/// Indexed reads and writes: Gather, GatherElements, GatherND, Scatter, ScatterElements,
+/// ScatterND, TensorScatter, Unique. Every index is checked against its dimension.
+func registerGatherScatterOps(_ registry: OpRegistry) {
+    registry.register("Gather", since: 1) { ctx in
+        let axis = try ctx.int("axis", default: 0)
+        return AnyKernel { inputs, _ in
+            let x = try inputs.tensor(0), indices = try inputs.tensor(1)
+            let a = try normalizeAxis(axis, rank: x.rank)
+            let n = x.shape[a]
+            let idx = try indices.ints("indices").map { try checkedIndex($0, n) }
+            let outer = x.shape[..<a].reduce(1, *), inner = x.shape[(a + 1)...].reduce(1, *)
+            var map = [Int]()
+            map.reserveCapacity(outer * idx.count * inner)
+            for o in 0..<outer {
+                for i in idx {
+                    let base = (o * n + i) * inner
+                    map.append(contentsOf: base..<(base + inner))
+                }
+            }
+            let out = Array(x.shape[..<a]) + indices.shape + Array(x.shape[(a + 1)...])
+            return [.tensor(try take(x, map, shape: out))]
+        }
+    }
+    registry.register("GatherElements", since: 11) { ctx in
+        let axis = try ctx.int("axis", default: 0)
+        return AnyKernel { inputs, _ in
+            let x = try inputs.tensor(0), indices = try inputs.tensor(1)
+            guard x.rank == indices.rank else { throw KernelError("indices rank \(indices.rank) differs from data rank \(x.rank)") }
+            let a = try normalizeAxis(axis, rank: x.rank)
+            let map = try elementTargets(dataShape: x.shape, indices: indices, axis: a)
+            return [.tensor(try take(x, map, shape: indices.shape))]
+        }
+    }
+    registry.register("GatherND", since: 11) { ctx in
+        let batchDims = try ctx.int("batch_dims", default: 0)
+        return AnyKernel { inputs, _ in
+            let x = try inputs.tensor(0), indices = try inputs.tensor(1)
+            let (targets, sliceShape, outShape) = try ndTargets(dataShape: x.shape, indices: indices, batchDims: batchDims)
+            let slice = sliceShape.reduce(1, *)
+            var map = [Int]()
+            map.reserveCapacity(targets.count * slice)
+            for t in targets { map.append(contentsOf: t..<(t + slice)) }
+            return [.tensor(try take(x, map, shape: outShape))]
+        }
+    }
+    for (op, since) in [("Scatter", 9), ("ScatterElements", 11)] {
+        registry.register(op, since: since) { ctx in
+            let axis = try ctx.int("axis", default: 0)
+            let reduction = try ctx.string("reduction", default: "none")
+            return AnyKernel { inputs, _ in
+                let x = try inputs.tensor(0), indices = try inputs.tensor(1), updates = try inputs.tensor(2)
+                guard x.rank == indices.rank, indices.shape == updates.shape else {
+                    throw KernelError("indices \(indices.shape) and updates \(updates.shape) must match each other and data's rank")
+                }
+                let a = try normalizeAxis(axis, rank: x.rank)
+                let targets = try elementTargets(dataShape: x.shape, indices: indices, axis: a)
+                return [.tensor(try scatter(x, updates, targets: targets, sliceSize: 1, reduction: reduction))]
+            }
+        }
+    }
+    registry.register("ScatterND", since: 11) { ctx in
+        let reduction = try ctx.string("reduction", default: "none")
+        return AnyKernel { inputs, _ in
+            let x = try inputs.tensor(0), indices = try inputs.tensor(1), updates = try inputs.tensor(2)
+            let (targets, sliceShape, outShape) = try ndTargets(dataShape: x.shape, indices: indices, batchDims: 0)
+            guard updates.shape == outShape else { throw KernelError("updates \(updates.shape) must have shape \(outShape)") }
+            return [.tensor(try scatter(x, updates, targets: targets, sliceSize: sliceShape.reduce(1, *), reduction: reduction))]
+        }
+    }
+    registry.register("Unique", since: 11) { ctx in
+        let sorted = try ctx.int("sorted", default: 1) != 0
+        let axis = try ctx.int("axis")
+        return AnyKernel { inputs, _ in
+            let x = try inputs.tensor(0)
+            return try unique(x, axis: axis.map { try normalizeAxis($0, rank: x.rank) }, sorted: sorted).map { .tensor($0) }
+        }
+    }
+}
+
+/// An index checked against dimension `n` (negative counts from the end).
+@inline(__always)
+func checkedIndex(_ i: Int, _ n: Int) throws -> Int {
+    let j = i < 0 ? i + n : i
+    guard j >= 0 && j < n else { throw KernelError("index \(i) is out of range for dimension \(n)") }
+    return j
+}
+
+/// For GatherElements/ScatterElements: the flat data index each element of `indices` names.
+func elementTargets(dataShape: [Int], indices: Tensor, axis: Int) throws -> [Int] {
+    let idx = try indices.ints("indices")
+    let rank = dataShape.count
+    let dataStrides = contiguousStrides(dataShape)
+    let idxStrides = contiguousStrides(indices.shape)
+    for d in 0..<rank where d != axis && indices.shape[d] > dataShape[d] {
+        throw KernelError("indices shape \(indices.shape) exceeds data shape \(dataShape) on axis \(d)")
+    }
+    var result = [Int](repeating: 0, count: idx.count)
+    for i in 0..<idx.count {
+        var flat = 0
+        for d in 0..<rank {
+            let c = (i / idxStrides[d]) % indices.shape[d]
+            flat += (d == axis ? try checkedIndex(idx[i], dataShape[axis]) : c) * dataStrides[d]
+        }
+        result[i] = flat
+    }
+    return result
+}
+
+/// For GatherND/ScatterND: the flat start of each addressed slice, the slice shape, and the
+/// gathered output shape (indices.shape[:-1] + slice shape, with batch dims in front).
+func ndTargets(dataShape: [Int], indices: Tensor, batchDims b: Int) throws -> ([Int], [Int], [Int]) {
+    guard indices.rank >= 1, let k = indices.shape.last else { throw KernelError("indices must have rank 1 or more") }
+    guard b >= 0, b < indices.rank, b + k <= dataShape.count, Array(dataShape[..<b]) == Array(indices.shape[..<b]) else {
+        throw KernelError("indices \(indices.shape) with batch_dims \(b) do not fit data \(dataShape)")
+    }
+    let idx = try indices.ints("indices")
+    let sliceShape = Array(dataShape[(b + k)...])
+    let dataStrides = contiguousStrides(dataShape)
+    let batch = dataShape[..<b].reduce(1, *)
+    let batchStride = b == 0 ? 0 : dataStrides[b - 1]
+    let tuples = idx.count / max(k, 1)
+    let perBatch = indices.shape[b..<(indices.rank - 1)].reduce(1, *)
+    var targets = [Int](repeating: 0, count: k == 0 ? batch * perBatch : tuples)
+    for t in 0..<targets.count {
+        var flat = (t / max(perBatch, 1)) * batchStride
+        for j in 0..<k { flat += try checkedIndex(idx[t * k + j], dataShape[b + j]) * dataStrides[b + j] }
+        targets[t] = flat
+    }
+    let outShape = Array(indices.shape[..<(indices.rank - 1)]) + sliceShape
+    return (targets, sliceShape, outShape)
+}
+
+/// Writes `updates` (slices of `sliceSize` elements) at flat `targets` of a copy of `x`,
+/// combining with the existing element by `reduction` (none, add, mul, max, min).
+func scatter(_ x: Tensor, _ updates: Tensor, targets: [Int], sliceSize: Int, reduction: String) throws -> Tensor {
+    guard x.dtype == updates.dtype else { throw KernelError("updates are \(updates.dtype), data is \(x.dtype)") }
+    if reduction == "none" {
+        // One index map over data followed by updates.
+        var map = Array(0..<x.count)
+        for (t, target) in targets.enumerated() {
+            for j in 0..<sliceSize { map[target + j] = x.count + t * sliceSize + j }
+        }
+        let joined = try concatenate([x.reshaped([x.count]), updates.reshaped([updates.count])], axis: 0, dtype: x.dtype)
+        return try take(joined, map, shape: x.shape)
+    }
+    let combine: (Double, Double) -> Double
+    switch reduction {
+    case "add": combine = { $0 + $1 }
+    case "mul": combine = { $0 * $1 }
+    case "max": combine = { max($0, $1) }
+    case "min": combine = { min($0, $1) }
+    default: throw KernelError("unknown reduction '\(reduction)'")
+    }
+    var values = try x.doubles()
+    let u = try updates.doubles()
+    for (t, target) in targets.enumerated() {
+        for j in 0..<sliceSize { values[target + j] = combine(values[target + j], u[t * sliceSize + j]) }
+    }
+    return try Tensor(dtype: x.dtype, shape: x.shape, doubles: values)
+}
+
+/// Unique slices (or elements when `axis` is nil) with first indices, inverse indices and counts.
+private func unique(_ x: Tensor, axis: Int?, sorted: Bool) throws -> [Tensor] {
+    let flat = axis == nil
+    let source = flat ? x.reshaped([x.count]) : x
+    let a = axis ?? 0
+    let n = source.shape[a]
+    let outer = source.shape[..<a].reduce(1, *), inner = source.shape[(a + 1)...].reduce(1, *)
+    func sliceElements(_ j: Int) -> [Int] {
+        var r = [Int]()
+        for o in 0..<outer { for i in 0..<inner { r.append((o * n + j) * inner + i) } }
+        return r
+    }
+    // Keys compare as numbers (or strings), slice by slice, lexicographically.
+    let numbers = x.dtype == .string ? [] : try source.doubles()
+    let strings = x.dtype == .string ? source.strings : []
+    let slices = (0..<n).map { sliceElements($0) }
+    func less(_ p: Int, _ q: Int) -> Bool {
+        for (i, j) in zip(slices[p], slices[q]) {
+            if x.dtype == .string {
+                if strings[i] != strings[j] { return strings[i] < strings[j] }
+            } else if numbers[i] != numbers[j] { return numbers[i] < numbers[j] }
+        }
+        return false
+    }
+    func equal(_ p: Int, _ q: Int) -> Bool { !less(p, q) && !less(q, p) }
+    var firsts: [Int] = []
+    var inverse = [Int](repeating: 0, count: n)
+    if sorted {
+        let order = (0..<n).sorted { less($0, $1) || (!less($1, $0) && $0 < $1) }
+        for j in order {
+            if let last = firsts.last, equal(last, j) { inverse[j] = firsts.count - 1 } else { firsts.append(j); inverse[j] = firsts.count - 1 }
+        }
+    } else {
+        // Hash on the slice's values so unsorted uniqueness stays linear.
+        var seen: [String: Int] = [:]
+        for j in 0..<n {
+            let key = x.dtype == .string ? slices[j].map { strings[$0] }.joined(separator: "\u{0}") : slices[j].map { String(numbers[$0]) }.joined(separator: ",")
+            if let u = seen[key] { inverse[j] = u } else { seen[key] = firsts.count; inverse[j] = firsts.count; firsts.append(j) }
+        }
+    }
+    var counts = [Int64](repeating: 0, count: firsts.count)
+    for j in 0..<n { counts[inverse[j]] += 1 }
+    var maps = (0..<source.rank).map { Array(0..<source.shape[$0]) }
+    maps[a] = firsts
+    var outShape = source.shape
+    outShape[a] = firsts.count
+    let y = try take(source, combineAxisMaps(maps, inputShape: source.shape), shape: outShape)
+    return [y,
+            Tensor(shape: [firsts.count], scalars: firsts.map { Int64($0) }),
+            Tensor(shape: [n], scalars: inverse.map { Int64($0) }),
+            Tensor(shape: [firsts.count], scalars: counts)]
+}

@@ -1,0 +1,225 @@
+/// Shared helpers for the shape and data movement ops: one byte-copy path per element size serves
+/// every element type (strings through their array), and Double round trips let numeric ops that
+/// are not hot (Range, windows, Resize, sampling) be written once for every numeric type.
+
+/// A 16-byte element (complex128) moved as a whole.
+struct Bytes16 { var lo: UInt64 = 0, hi: UInt64 = 0 }
+
+/// A computation over the storage type of an element size (UInt8 ... Bytes16, or String).
+protocol ElementMove {
+    associatedtype Result
+    func callAsFunction<T>(_ type: T.Type) throws -> Result
+}
+
+/// Runs `op` with a Swift type as wide as one element of `dtype` (String for strings).
+func dispatchElement<Op: ElementMove>(_ dtype: DType, _ op: Op) throws -> Op.Result {
+    if dtype == .string { return try op(String.self) }
+    switch dtype.byteSize {
+    case 1: return try op(UInt8.self)
+    case 2: return try op(UInt16.self)
+    case 4: return try op(UInt32.self)
+    case 8: return try op(UInt64.self)
+    case 16: return try op(Bytes16.self)
+    default: throw KernelError("element type \(dtype) cannot be moved")
+    }
+}
+
+extension Tensor {
+    /// The elements as an array of `T`, the storage type of the element size (strings included).
+    func elements<T>(_ type: T.Type) -> [T] {
+        if dtype == .string { return strings as! [T] }
+        // Reinterprets the bytes as T, which has the element's size; the types differ on purpose.
+        return Array(UnsafeBufferPointer(start: storage.bytes.assumingMemoryBound(to: T.self), count: count))
+    }
+
+    /// A tensor of `dtype` and `shape` holding `elements` (storage type of the element size).
+    init<T>(dtype: DType, shape: [Int], elements: [T]) {
+        if dtype == .string {
+            self.init(shape: shape, strings: elements as! [String])
+            return
+        }
+        self.init(uninitialized: dtype, shape: shape)
+        elements.withUnsafeBytes { source in
+            if source.count > 0 { storage.bytes.copyMemory(from: source.baseAddress!, byteCount: source.count) }
+        }
+    }
+}
+
+private struct TakeOp: ElementMove {
+    let t: Tensor, indices: [Int], shape: [Int], fill: Tensor?
+    func callAsFunction<T>(_ type: T.Type) throws -> Tensor {
+        let source = t.elements(T.self)
+        let filler = (fill?.count ?? 0) > 0 ? fill! : Tensor(zeros: t.dtype, shape: [1])
+        let fillValue = filler.elements(T.self)[0]
+        var out = [T]()
+        out.reserveCapacity(indices.count)
+        for i in indices { out.append(i >= 0 ? source[i] : fillValue) }
+        return Tensor(dtype: t.dtype, shape: shape, elements: out)
+    }
+}
+
+/// Output element i is `t`'s flat element `indices[i]`, or `fill`'s first element (zero when
+/// `fill` is nil) where the index is negative. Callers validate indices against `t.count`.
+func take(_ t: Tensor, _ indices: [Int], shape: [Int], fill: Tensor? = nil) throws -> Tensor {
+    precondition(indices.count == Tensor.elementCount(shape))
+    return try dispatchElement(t.dtype, TakeOp(t: t, indices: indices, shape: shape, fill: fill))
+}
+
+/// Flat source indices of `shape` read through `strides` from `offset` (transposes, slices,
+/// broadcasts: any strided view of a contiguous tensor).
+func stridedIndices(shape: [Int], strides: [Int], offset: Int = 0) -> [Int] {
+    let n = Tensor.elementCount(shape)
+    var result = [Int](repeating: 0, count: n)
+    if n == 0 { return result }
+    let rank = shape.count
+    if rank == 0 { result[0] = offset; return result }
+    var index = [Int](repeating: 0, count: rank)
+    var base = offset
+    let inner = shape[rank - 1], innerStride = strides[rank - 1]
+    var o = 0
+    while o < n {
+        var x = base
+        for _ in 0..<inner { result[o] = x; o += 1; x += innerStride }
+        var d = rank - 2
+        while d >= 0 {
+            index[d] += 1
+            base += strides[d]
+            if index[d] < shape[d] { break }
+            base -= strides[d] * shape[d]
+            index[d] = 0
+            d -= 1
+        }
+    }
+    return result
+}
+
+/// Copies rows of bytes: `count` blocks of `blockBytes` from `source` at `sourceStride` to
+/// `dest` at `destStride` (Concat and Split move whole blocks at once).
+private struct BlockCopy: ElementMove {
+    let parts: [Tensor]
+    let outShape: [Int]
+    let dtype: DType
+    let outer: Int
+    /// Elements per outer index of each part.
+    let blocks: [Int]
+    func callAsFunction<T>(_ type: T.Type) throws -> Tensor {
+        let total = blocks.reduce(0, +)
+        var out = [T]()
+        out.reserveCapacity(outer * total)
+        let sources = parts.map { $0.elements(T.self) }
+        for o in 0..<outer {
+            for (k, src) in sources.enumerated() {
+                let b = blocks[k]
+                out.append(contentsOf: src[(o * b)..<(o * b + b)])
+            }
+        }
+        return Tensor(dtype: dtype, shape: outShape, elements: out)
+    }
+}
+
+/// Concatenates `parts` (same dtype and rank, equal except along `axis`) along `axis`.
+func concatenate(_ parts: [Tensor], axis: Int, dtype: DType) throws -> Tensor {
+    guard let first = parts.first else { throw KernelError("nothing to concatenate") }
+    var outShape = first.shape
+    outShape[axis] = 0
+    for p in parts {
+        guard p.dtype == first.dtype else { throw KernelError("inputs mix \(first.dtype) and \(p.dtype)") }
+        guard p.rank == first.rank else { throw KernelError("inputs have ranks \(first.rank) and \(p.rank)") }
+        for d in 0..<p.rank where d != axis && p.shape[d] != first.shape[d] {
+            throw KernelError("shapes \(first.shape) and \(p.shape) differ outside axis \(axis)")
+        }
+        outShape[axis] += p.shape[axis]
+    }
+    let outer = first.shape[..<axis].reduce(1, *)
+    let blocks = parts.map { $0.shape[axis...].reduce(1, *) }
+    return try dispatchElement(dtype, BlockCopy(parts: parts, outShape: outShape, dtype: dtype, outer: outer, blocks: blocks))
+}
+
+/// Splits `t` along `axis` into pieces of `sizes` (which sum to the axis length).
+func splitTensor(_ t: Tensor, axis: Int, sizes: [Int]) throws -> [Tensor] {
+    guard sizes.allSatisfy({ $0 >= 0 }), sizes.reduce(0, +) == t.shape[axis] else {
+        throw KernelError("split sizes \(sizes) do not add up to dimension \(t.shape[axis]) of axis \(axis)")
+    }
+    let inner = t.shape[(axis + 1)...].reduce(1, *)
+    let outer = t.shape[..<axis].reduce(1, *)
+    let axisLen = t.shape[axis]
+    var result: [Tensor] = []
+    var start = 0
+    for s in sizes {
+        var shape = t.shape
+        shape[axis] = s
+        var idx = [Int]()
+        idx.reserveCapacity(outer * s * inner)
+        for o in 0..<outer {
+            let base = (o * axisLen + start) * inner
+            idx.append(contentsOf: base..<(base + s * inner))
+        }
+        result.append(try take(t, idx, shape: shape))
+        start += s
+    }
+    return result
+}
+
+extension Tensor {
+    /// The elements of a numeric (or bool) tensor as Double, for kernels that compute once for every type.
+    func doubles() throws -> [Double] {
+        switch dtype {
+        case .float32: return withUnsafeBufferPointer(as: Float.self) { $0.map(Double.init) }
+        case .float64: return scalars(as: Double.self)
+        case .float16: return withUnsafeBufferPointer(as: Float16.self) { $0.map { Double(Float($0)) } }
+        case .bfloat16: return withUnsafeBufferPointer(as: BFloat16.self) { $0.map { Double($0.floatValue) } }
+        case .bool: return withUnsafeBufferPointer(as: Bool.self) { $0.map { $0 ? 1 : 0 } }
+        default:
+            guard dtype.isInteger, let v = intValues() else { throw KernelError("element type \(dtype) is not numeric") }
+            if dtype == .uint64 { return withUnsafeBufferPointer(as: UInt64.self) { $0.map { Double($0) } } }
+            return v.map(Double.init)
+        }
+    }
+
+    /// A tensor of numeric `dtype` from Double values (rounded to nearest for floats, truncated
+    /// and saturated for integers, nonzero for bool).
+    init(dtype: DType, shape: [Int], doubles: [Double]) throws {
+        switch dtype {
+        case .float32: self.init(shape: shape, scalars: doubles.map { Float($0) })
+        case .float64: self.init(shape: shape, scalars: doubles)
+        case .float16: self.init(shape: shape, scalars: doubles.map { Float16(Float($0)) })
+        case .bfloat16: self.init(shape: shape, scalars: doubles.map { BFloat16(Float($0)) })
+        case .bool: self.init(shape: shape, scalars: doubles.map { $0 != 0 })
+        case .int8: self.init(shape: shape, scalars: doubles.map { Int8(fromDouble: $0) })
+        case .int16: self.init(shape: shape, scalars: doubles.map { Int16(fromDouble: $0) })
+        case .int32: self.init(shape: shape, scalars: doubles.map { Int32(fromDouble: $0) })
+        case .int64: self.init(shape: shape, scalars: doubles.map { Int64(fromDouble: $0) })
+        case .uint8: self.init(shape: shape, scalars: doubles.map { UInt8(fromDouble: $0) })
+        case .uint16: self.init(shape: shape, scalars: doubles.map { UInt16(fromDouble: $0) })
+        case .uint32: self.init(shape: shape, scalars: doubles.map { UInt32(fromDouble: $0) })
+        case .uint64: self.init(shape: shape, scalars: doubles.map { UInt64(fromDouble: $0) })
+        default: throw KernelError("element type \(dtype) is not supported here")
+        }
+    }
+
+    /// The integer elements of a shape/axes/indices input, or a KernelError naming `what`.
+    func ints(_ what: String) throws -> [Int] {
+        guard let v = intValues() else { throw KernelError("\(what) must be an integer tensor, got \(dtype)") }
+        return v
+    }
+}
+
+extension Int64 { init(_ b: Bool) { self = b ? 1 : 0 } }
+
+/// Resolves each axis against `rank` and rejects repeats.
+func normalizeAxes(_ axes: [Int], rank: Int, name: String = "axes") throws -> [Int] {
+    let result = try axes.map { try normalizeAxis($0, rank: rank, name: name) }
+    guard Set(result).count == result.count else { throw KernelError("\(name) \(axes) repeat an axis") }
+    return result
+}
+
+/// Makes sure every shape entry is a valid dimension.
+func checkShape(_ shape: [Int], _ what: String) throws {
+    guard shape.allSatisfy({ $0 >= 0 }) else { throw KernelError("\(what) \(shape) has a negative dimension") }
+    var n = 1
+    for d in shape {
+        let (m, overflow) = n.multipliedReportingOverflow(by: d)
+        guard !overflow, m <= 1 << 40 else { throw KernelError("\(what) \(shape) is too large") }
+        n = m
+    }
+}
