@@ -10,7 +10,6 @@ Run: /work/venv/bin/python Tests/Fixtures/scripts/make_inference_fixtures.py
 """
 
 import io
-import math
 
 import numpy as np
 import onnx
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from common import FIXTURES, fresh_dir, quiet_torch_export_warnings, seed_all
+from models import GPT, randomize_norm_params
 
 OPSETS = (14, 17)
 OUT = FIXTURES / "inference"
@@ -53,77 +53,6 @@ class CNN(nn.Module):
         x = self.pool(F.relu(self.bn1(self.conv1(x))))  # [N, 8, 8, 8]
         x = F.relu(self.conv2(x))  # [N, 8, 4, 4]
         return self.fc(torch.flatten(x, 1))
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention written out by hand (no fused attention op)."""
-
-    def __init__(self, d, heads, block):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(d, 3 * d)
-        self.proj = nn.Linear(d, d)
-        self.register_buffer("mask", torch.tril(torch.ones(block, block)).view(1, 1, block, block))
-
-    def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        hs = C // self.heads
-        q = q.view(B, T, self.heads, hs).transpose(1, 2)  # [B, H, T, hs]
-        k = k.view(B, T, self.heads, hs).transpose(1, 2)
-        v = v.view(B, T, self.heads, hs).transpose(1, 2)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # [B, H, T, T]
-        att = att.masked_fill(self.mask[:, :, :T, :T] == 0, float("-inf"))
-        att = F.softmax(att, dim=-1)
-        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
-        return self.proj(y)
-
-
-class Block(nn.Module):
-    def __init__(self, d, heads, block):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(d)
-        self.attn = CausalSelfAttention(d, heads, block)
-        self.ln2 = nn.LayerNorm(d)
-        self.fc = nn.Linear(d, 4 * d)
-        self.gelu = nn.GELU()  # exact (erf) form
-        self.out = nn.Linear(4 * d, d)
-
-    def forward(self, x):
-        x = x + self.attn(self.ln1(x))
-        return x + self.out(self.gelu(self.fc(self.ln2(x))))
-
-
-class GPT(nn.Module):
-    """Token + positional embedding, 2 blocks, final LayerNorm, linear head. Input int64 [B, T]."""
-
-    def __init__(self, vocab=32, d=32, heads=4, block=8, layers=2):
-        super().__init__()
-        self.tok = nn.Embedding(vocab, d)
-        self.pos = nn.Embedding(block, d)
-        self.blocks = nn.ModuleList([Block(d, heads, block) for _ in range(layers)])
-        self.ln_f = nn.LayerNorm(d)
-        self.head = nn.Linear(d, vocab)
-
-    def forward(self, idx):
-        B, T = idx.shape
-        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
-        x = self.tok(idx) + self.pos(pos)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.head(self.ln_f(x))
-
-
-def randomize_norm_stats(model):
-    """Make BatchNorm/LayerNorm affine params and running stats non-trivial so they are really tested."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
 
 
 def export(model, args, input_names, output_names, opset, dynamic_axes=None, fold=True):
@@ -186,7 +115,7 @@ def main():
         cases.append(write_case(f"mlp_dynamic_opset{opset}", proto, {"input": x3}))
 
         cnn = CNN()
-        randomize_norm_stats(cnn)
+        randomize_norm_params(cnn)
         cnn.eval()
         x = rng.randn(2, 3, 16, 16).astype(np.float32)
         # Constant folding would fuse BatchNorm into the Conv; keep it as its own node.
@@ -194,7 +123,7 @@ def main():
         cases.append(write_case(f"cnn_opset{opset}", proto, {"input": x}))
 
         gpt = GPT()
-        randomize_norm_stats(gpt)
+        randomize_norm_params(gpt)
         gpt.eval()
         idx = rng.randint(0, 32, size=(2, 8)).astype(np.int64)
         proto = export(gpt, (torch.from_numpy(idx),), ["input"], ["logits"], opset)

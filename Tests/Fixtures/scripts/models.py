@@ -1,0 +1,142 @@
+"""Small PyTorch models shared by the training and gradient fixture generators."""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class MLP(nn.Module):
+    """Linear(n_in, hidden) -> ReLU -> Linear(hidden, n_out)."""
+
+    def __init__(self, n_in=16, hidden=32, n_out=4):
+        super().__init__()
+        self.fc1 = nn.Linear(n_in, hidden)
+        self.fc2 = nn.Linear(hidden, n_out)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+class SmallCNN(nn.Module):
+    """[N, 1, 8, 8] -> Conv(4, 3x3, pad 1) -> BatchNorm -> ReLU -> MaxPool(2) -> Dropout(p) -> flatten -> Linear(64, 4).
+
+    p defaults to 0.0 so the Dropout node is in the graph (ratio 0, training_mode true) but
+    the training trajectory is deterministic and comparable across runtimes.
+    """
+
+    def __init__(self, p=0.0, classes=4):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, kernel_size=3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.pool = nn.MaxPool2d(2)
+        self.drop = nn.Dropout(p)
+        self.fc = nn.Linear(4 * 4 * 4, classes)
+
+    def forward(self, x):
+        x = self.drop(self.pool(F.relu(self.bn(self.conv(x)))))  # [N, 4, 4, 4]
+        return self.fc(torch.flatten(x, 1))
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention written out by hand: tril mask + masked_fill(-inf) + softmax."""
+
+    def __init__(self, d, heads, block):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.register_buffer("mask", torch.tril(torch.ones(block, block)).view(1, 1, block, block))
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        hs = C // self.heads
+        q = q.view(B, T, self.heads, hs).transpose(1, 2)  # [B, H, T, hs]
+        k = k.view(B, T, self.heads, hs).transpose(1, 2)
+        v = v.view(B, T, self.heads, hs).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # [B, H, T, T]
+        att = att.masked_fill(self.mask[:, :, :T, :T] == 0, float("-inf"))
+        att = F.softmax(att, dim=-1)
+        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+        return self.proj(y)
+
+
+class Block(nn.Module):
+    def __init__(self, d, heads, block):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d)
+        self.attn = CausalSelfAttention(d, heads, block)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, 4 * d)
+        self.gelu = nn.GELU()  # exact (erf) form
+        self.out = nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.out(self.gelu(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    """Token + positional Embedding, `layers` blocks, final LayerNorm, linear head. Input int64 [B, T].
+
+    flat_logits=True returns [B*T, vocab] so onnxruntime's CrossEntropyLoss block (which takes the
+    classes from the last dim but the ONNX op from axis 1) lines up with labels of shape [B*T].
+    """
+
+    def __init__(self, vocab=32, d=32, heads=4, block=8, layers=2, flat_logits=False):
+        super().__init__()
+        self.vocab = vocab
+        self.flat_logits = flat_logits
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(block, d)
+        self.blocks = nn.ModuleList([Block(d, heads, block) for _ in range(layers)])
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, idx):
+        B, T = idx.shape
+        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
+        x = self.tok(idx) + self.pos(pos)
+        for blk in self.blocks:
+            x = blk(x)
+        logits = self.head(self.ln_f(x))
+        return logits.reshape(-1, self.vocab) if self.flat_logits else logits
+
+
+class EmbeddingBag(nn.Module):
+    """nn.Embedding -> mean over the sequence -> Linear: the smallest model whose gradient has GatherGrad."""
+
+    def __init__(self, vocab=12, d=6, classes=3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.fc = nn.Linear(d, classes)
+
+    def forward(self, idx):
+        return self.fc(self.emb(idx).mean(dim=1))
+
+
+class SeedModel(nn.Module):
+    """MyModel from onnxruntime's train-pytorch-in-js walkthrough: Linear(10, 5) -> ReLU -> Linear(5, 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(10, 5)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+def randomize_norm_params(model, bn_stats=True):
+    """Make BatchNorm/LayerNorm affine params (and BN running stats) non-trivial so they are really tested."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+            if bn_stats and isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
