@@ -1,2 +1,6 @@
+/// Neural-network ops: one registration function per family file.
 func registerNeuralNetOps(_ registry: OpRegistry) {
+    registerMatMulOps(registry)        // MatMul.swift: Gemm, MatMul, MatMulInteger
+    registerConvOps(registry)          // Conv.swift: Conv, ConvTranspose, ConvInteger, QLinearConv
+    registerPoolingOps(registry)       // Pooling.swift: Max/Average/Lp pooling, global pooling, MaxUnpool
 }

@@ -1,0 +1,289 @@
+/// Conv, ConvTranspose, ConvInteger and QLinearConv: im2col + GEMM per image and group.
+
+/// Forward convolution of float tensors.
+///
+/// x: [N, C, in...], w: [M, C/group, k...], bias: [M] or nil -> y: [N, M, out...].
+/// Per image and group: Y_g [M/G, P] = W_g [M/G, C/G·K] · col_g [C/G·K, P].
+func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group: Int, geometry g: ConvGeometry, _ type: T.Type) throws -> Tensor {
+    let n = x.shape[0], c = x.shape[1], m = w.shape[0]
+    guard group > 0, c % group == 0, m % group == 0, w.shape[1] == c / group else {
+        throw KernelError("Conv weight \(w.shape) does not fit input \(x.shape) with group \(group)")
+    }
+    if let bias, bias.count != m { throw KernelError("Conv bias of shape \(bias.shape) does not fit \(m) output channels") }
+    let cg = c / group, mg = m / group, K = g.kernelSize, P = g.outputSize, I = g.inputSize
+    var y = Tensor(zeros: T.dtype, shape: [n, m] + g.output)
+    if y.count == 0 { return y }
+    // A 1×1 kernel with unit strides and no padding reads the image as its own column matrix.
+    let direct = K == 1 && g.strides.allSatisfy { $0 == 1 } && g.padsBegin.allSatisfy { $0 == 0 } && g.padsEnd.allSatisfy { $0 == 0 }
+    var col = [T](repeating: 0, count: direct ? 0 : cg * K * P)
+    x.withUnsafeBufferPointer(as: T.self) { px in
+        w.withUnsafeBufferPointer(as: T.self) { pw in
+            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+                col.withUnsafeMutableBufferPointer { pc in
+                    guard let X = px.baseAddress, let W = pw.baseAddress, let Y = py.baseAddress else { return }
+                    for b in 0..<n {
+                        for gi in 0..<group {
+                            let image = X + (b * c + gi * cg) * I
+                            let columns: UnsafePointer<T>
+                            if direct {
+                                columns = image
+                            } else {
+                                im2col(image, channels: cg, g, pc.baseAddress!)
+                                columns = UnsafePointer(pc.baseAddress!)
+                            }
+                            gemm(transA: false, transB: false, m: mg, n: P, k: cg * K, alpha: 1,
+                                 a: W + gi * mg * cg * K, lda: cg * K, b: columns, ldb: P,
+                                 beta: 0, c: Y + (b * m + gi * mg) * P, ldc: P)
+                        }
+                    }
+                    if let bias {
+                        let bv = bias.scalars(as: T.self)
+                        for b in 0..<n { for o in 0..<m {
+                            let base = (b * m + o) * P
+                            for p in 0..<P { Y[base + p] += bv[o] }
+                        } }
+                    }
+                }
+            }
+        }
+    }
+    return y
+}
+
+/// Transposed convolution of float tensors: the adjoint of `convolution` in x.
+///
+/// x: [N, C, in...], w: [C, M/group, k...] -> y: [N, M, out...]; `g` maps y (its `input`) to x (its `output`).
+/// Per image and group: col [M/G·K, P_in] = W_gᵀ · X_g, then col2im into Y.
+func transposedConvolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group: Int, geometry g: ConvGeometry, _ type: T.Type) throws -> Tensor {
+    let n = x.shape[0], c = x.shape[1]
+    guard group > 0, c % group == 0, w.shape[0] == c else {
+        throw KernelError("ConvTranspose weight \(w.shape) does not fit input \(x.shape) with group \(group)")
+    }
+    let cg = c / group, mg = w.shape[1], m = mg * group, K = g.kernelSize
+    let P = g.outputSize, O = g.inputSize   // P: input positions, O: output image size
+    if let bias, bias.count != m { throw KernelError("ConvTranspose bias of shape \(bias.shape) does not fit \(m) output channels") }
+    var y = Tensor(zeros: T.dtype, shape: [n, m] + g.input)
+    if y.count == 0 { return y }
+    var col = [T](repeating: 0, count: mg * K * P)
+    x.withUnsafeBufferPointer(as: T.self) { px in
+        w.withUnsafeBufferPointer(as: T.self) { pw in
+            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+                col.withUnsafeMutableBufferPointer { pc in
+                    guard let X = px.baseAddress, let W = pw.baseAddress, let Y = py.baseAddress, let C = pc.baseAddress else { return }
+                    for b in 0..<n {
+                        for gi in 0..<group {
+                            gemm(transA: true, transB: false, m: mg * K, n: P, k: cg, alpha: 1,
+                                 a: W + gi * cg * mg * K, lda: mg * K, b: X + (b * c + gi * cg) * P, ldb: P,
+                                 beta: 0, c: C, ldc: P)
+                            col2im(C, channels: mg, g, Y + (b * m + gi * mg) * O)
+                        }
+                    }
+                    if let bias {
+                        let bv = bias.scalars(as: T.self)
+                        for b in 0..<n { for o in 0..<m {
+                            let base = (b * m + o) * O
+                            for p in 0..<O { Y[base + p] += bv[o] }
+                        } }
+                    }
+                }
+            }
+        }
+    }
+    return y
+}
+
+/// Conv's attributes; the geometry is resolved per run from the input and weight shapes.
+struct ConvAttributes {
+    let window: WindowAttributes
+    let group: Int
+
+    init(_ ctx: NodeContext) throws {
+        window = try WindowAttributes(ctx)
+        group = try ctx.int("group", default: 1)
+        guard group > 0 else { throw KernelError("group must be positive, got \(group)") }
+    }
+
+    func geometry(x: Tensor, w: Tensor) throws -> ConvGeometry {
+        guard x.rank >= 3, w.rank == x.rank else { throw KernelError("Conv input \(x.shape) and weight \(w.shape) must have the same rank >= 3") }
+        let kernel = Array(w.shape.dropFirst(2))
+        if !window.kernelShape.isEmpty && window.kernelShape != kernel {
+            throw KernelError("kernel_shape \(window.kernelShape) does not match weight \(w.shape)")
+        }
+        return try window.geometry(spatial: Array(x.shape.dropFirst(2)), kernel: kernel)
+    }
+}
+
+struct ConvKernel: Kernel {
+    let attributes: ConvAttributes
+    struct Op: FloatOperation {
+        let x: Tensor, w: Tensor, b: Tensor?, group: Int, g: ConvGeometry
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            try convolution(x, w, bias: b, group: group, geometry: g, T.self)
+        }
+    }
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        try withFloatCompute([inputs.tensor(0), inputs.tensor(1), inputs.optionalTensor(2)]) { t in
+            guard let x = t[0], let w = t[1] else { return [] }
+            guard w.dtype == x.dtype, t[2].map({ $0.dtype == x.dtype }) ?? true else { throw KernelError("Conv inputs differ in type") }
+            let g = try attributes.geometry(x: x, w: w)
+            return [try dispatchFloat(x.dtype, Op(x: x, w: w, b: t[2], group: attributes.group, g: g))]
+        }.map { $0.map(Value.tensor) }
+    }
+}
+
+/// ConvTranspose: output_padding, output_shape and auto_pad as the ONNX spec states them.
+struct ConvTransposeKernel: Kernel {
+    let window: WindowAttributes
+    let group: Int
+    let outputPadding: [Int]
+    let outputShape: [Int]
+
+    init(_ ctx: NodeContext) throws {
+        window = try WindowAttributes(ctx)
+        group = try ctx.int("group", default: 1)
+        outputPadding = try ctx.ints("output_padding", default: [])
+        outputShape = try ctx.ints("output_shape", default: [])
+        guard group > 0 else { throw KernelError("group must be positive, got \(group)") }
+    }
+
+    /// The geometry of the equivalent forward conv from the output image to the input image.
+    func geometry(x: Tensor, w: Tensor) throws -> ConvGeometry {
+        guard x.rank >= 3, w.rank == x.rank else { throw KernelError("ConvTranspose input \(x.shape) and weight \(w.shape) must have the same rank >= 3") }
+        let r = x.rank - 2
+        let input = Array(x.shape.dropFirst(2)), kernel = Array(w.shape.dropFirst(2))
+        let s = window.strides.isEmpty ? Array(repeating: 1, count: r) : window.strides
+        let d = window.dilations.isEmpty ? Array(repeating: 1, count: r) : window.dilations
+        let op = outputPadding.isEmpty ? Array(repeating: 0, count: r) : outputPadding
+        guard s.count == r, d.count == r, op.count == r else { throw KernelError("strides, dilations or output_padding do not fit \(r) spatial dims") }
+        var outShape = outputShape
+        if outShape.count == r + 2 { outShape = Array(outShape.dropFirst(2)) }
+        var pb = Array(repeating: 0, count: r), pe = Array(repeating: 0, count: r), out = Array(repeating: 0, count: r)
+        for i in 0..<r {
+            let extent = (kernel[i] - 1) * d[i] + 1
+            let full = s[i] * (input[i] - 1) + op[i] + extent
+            if !outShape.isEmpty || window.autoPad == .sameUpper || window.autoPad == .sameLower {
+                let target: Int
+                if !outShape.isEmpty {
+                    guard outShape.count == r else { throw KernelError("output_shape \(outputShape) does not fit \(r) spatial dims") }
+                    target = outShape[i]
+                } else {
+                    target = input[i] * s[i]
+                }
+                let total = max(0, full - target)
+                if window.autoPad == .sameUpper {
+                    pb[i] = total / 2; pe[i] = total - total / 2
+                } else {
+                    pb[i] = total - total / 2; pe[i] = total / 2
+                }
+                out[i] = target
+            } else {
+                if !window.pads.isEmpty && window.autoPad == .notSet {
+                    guard window.pads.count == 2 * r else { throw KernelError("pads \(window.pads) do not fit \(r) spatial dims") }
+                    pb[i] = window.pads[i]; pe[i] = window.pads[i + r]
+                }
+                out[i] = full - pb[i] - pe[i]
+            }
+            guard out[i] >= 0 else { throw KernelError("ConvTranspose output size is negative") }
+        }
+        // Seen from the output image, the pads at the end include output_padding: the
+        // forward conv over `out` must yield exactly `input` positions.
+        return ConvGeometry(input: out, kernel: kernel, strides: s, dilations: d, padsBegin: pb,
+                            padsEnd: (0..<r).map { i in pe[i] - op[i] }, output: input)
+    }
+
+    struct Op: FloatOperation {
+        let x: Tensor, w: Tensor, b: Tensor?, group: Int, g: ConvGeometry
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            try transposedConvolution(x, w, bias: b, group: group, geometry: g, T.self)
+        }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        try withFloatCompute([inputs.tensor(0), inputs.tensor(1), inputs.optionalTensor(2)]) { t in
+            guard let x = t[0], let w = t[1] else { return [] }
+            let g = try geometry(x: x, w: w)
+            return [try dispatchFloat(x.dtype, Op(x: x, w: w, b: t[2], group: group, g: g))]
+        }.map { $0.map(Value.tensor) }
+    }
+}
+
+/// Per-tensor or per-output-channel integers as Doubles.
+private func doubles(_ t: Tensor) throws -> [Double] {
+    try (0..<t.count).map { i in
+        guard let v = t.scalarDouble(at: i) else { throw KernelError("unsupported element type \(t.dtype)") }
+        return v
+    }
+}
+
+/// Rounds half to even (as onnxruntime's nearbyint) and saturates to the integer type `dtype`.
+func saturatingRound(_ v: Double, to dtype: DType) -> Double {
+    let r = v.rounded(.toNearestOrEven)
+    let (lo, hi): (Double, Double)
+    switch dtype {
+    case .uint8: (lo, hi) = (0, 255)
+    case .int8: (lo, hi) = (-128, 127)
+    case .uint16: (lo, hi) = (0, 65535)
+    case .int16: (lo, hi) = (-32768, 32767)
+    case .uint4: (lo, hi) = (0, 15)
+    case .int4: (lo, hi) = (-8, 7)
+    case .int32: (lo, hi) = (-2147483648, 2147483647)
+    default: (lo, hi) = (-Double.infinity, .infinity)
+    }
+    return min(max(r, lo), hi)
+}
+
+/// A tensor of integer type `dtype` from Doubles that already hold integer values in range.
+func integerTensor(_ dtype: DType, shape: [Int], _ values: [Double]) throws -> Tensor {
+    switch dtype {
+    case .uint8, .uint4: return Tensor(dtype: dtype, shape: shape, storage: Tensor(shape: shape, scalars: values.map { UInt8($0) }).storage)
+    case .int8, .int4: return Tensor(dtype: dtype, shape: shape, storage: Tensor(shape: shape, scalars: values.map { Int8($0) }).storage)
+    case .uint16: return Tensor(shape: shape, scalars: values.map { UInt16($0) })
+    case .int16: return Tensor(shape: shape, scalars: values.map { Int16($0) })
+    case .int32: return Tensor(shape: shape, scalars: values.map { Int32($0) })
+    default: throw KernelError("unsupported quantized type \(dtype)")
+    }
+}
+
+func registerConvOps(_ registry: OpRegistry) {
+    registry.register("Conv", since: 1) { ctx in ConvKernel(attributes: try ConvAttributes(ctx)) }
+    registry.register("ConvTranspose", since: 1) { ctx in try ConvTransposeKernel(ctx) }
+    registry.register("ConvInteger", since: 10) { ctx in
+        let attributes = try ConvAttributes(ctx)
+        return AnyKernel { inputs, _ in
+            // Integers minus zero points as doubles: exact, and padding reads as the zero point.
+            let x = try shiftedToDouble(inputs.tensor(0), zeroPoint: inputs.optionalTensor(2), axis: nil)
+            let w = try inputs.tensor(1)
+            let wd = try shiftedToDouble(w, zeroPoint: inputs.optionalTensor(3), axis: 0)
+            let g = try attributes.geometry(x: x, w: wd)
+            return [.tensor(doubleToInt32(try convolution(x, wd, bias: nil, group: attributes.group, geometry: g, Double.self)))]
+        }
+    }
+    registry.register("QLinearConv", since: 10) { ctx in
+        let attributes = try ConvAttributes(ctx)
+        return AnyKernel { inputs, _ in
+            // inputs: x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B
+            let x = try shiftedToDouble(inputs.tensor(0), zeroPoint: inputs.optionalTensor(2), axis: nil)
+            let w = try inputs.tensor(3)
+            let wd = try shiftedToDouble(w, zeroPoint: inputs.optionalTensor(5), axis: 0)
+            let xs = try doubles(inputs.tensor(1)), ws = try doubles(inputs.tensor(4)), ys = try doubles(inputs.tensor(6))
+            let yzpTensor = try inputs.optionalTensor(7)
+            let yzp = try yzpTensor.map(doubles) ?? [0]
+            let outType = try yzpTensor?.dtype ?? inputs.tensor(0).dtype
+            let bias = try inputs.optionalTensor(8).map { try shiftedToDouble($0, zeroPoint: nil, axis: nil) }
+            let g = try attributes.geometry(x: x, w: wd)
+            let acc = try convolution(x, wd, bias: bias, group: attributes.group, geometry: g, Double.self)
+            let m = acc.shape[1], P = g.outputSize
+            guard xs.count == 1, ys.count == 1, yzp.count == 1, ws.count == 1 || ws.count == m else {
+                throw KernelError("QLinearConv scales must be scalars (w_scale may be per output channel)")
+            }
+            let a = acc.scalars(as: Double.self)
+            var out = [Double](repeating: 0, count: a.count)
+            for i in 0..<a.count {
+                let o = (i / P) % m
+                let scale = Double(Float(xs[0] * ws[ws.count == 1 ? 0 : o]) / Float(ys[0]))
+                out[i] = saturatingRound(a[i] * scale + yzp[0], to: outType)
+            }
+            return [.tensor(try integerTensor(outType, shape: acc.shape, out))]
+        }
+    }
+}

@@ -1,0 +1,286 @@
+/// Shared machinery for convolution and pooling: window geometry (auto_pad resolved to explicit
+/// pads), im2col/col2im, and the float GEMM entry point. Training kernels (ConvGrad, pooling
+/// gradients) reuse these, so they are internal functions with no attribute parsing inside.
+
+/// ONNX `auto_pad` values.
+enum AutoPad: Equatable {
+    case notSet, sameUpper, sameLower, valid
+
+    init(_ text: String) throws {
+        switch text {
+        case "NOTSET", "": self = .notSet
+        case "SAME_UPPER": self = .sameUpper
+        case "SAME_LOWER": self = .sameLower
+        case "VALID": self = .valid
+        default: throw KernelError("auto_pad '\(text)' is not one of NOTSET, SAME_UPPER, SAME_LOWER, VALID")
+        }
+    }
+}
+
+/// The attributes shared by Conv-like and pooling ops, parsed once per node.
+/// Empty arrays mean "use the default for the input's rank" (resolved in `geometry`).
+struct WindowAttributes {
+    var kernelShape: [Int]     // empty: taken from the weight (Conv)
+    var strides: [Int]
+    var dilations: [Int]
+    var pads: [Int]            // [begin..., end...]
+    var autoPad: AutoPad
+    var ceilMode: Bool
+
+    init(_ ctx: NodeContext) throws {
+        kernelShape = try ctx.ints("kernel_shape", default: [])
+        strides = try ctx.ints("strides", default: [])
+        dilations = try ctx.ints("dilations", default: [])
+        pads = try ctx.ints("pads", default: [])
+        autoPad = try AutoPad(ctx.string("auto_pad", default: "NOTSET"))
+        ceilMode = try ctx.int("ceil_mode", default: 0) != 0
+        if strides.contains(where: { $0 <= 0 }) { throw KernelError("strides must be positive, got \(strides)") }
+        if dilations.contains(where: { $0 <= 0 }) { throw KernelError("dilations must be positive, got \(dilations)") }
+        if pads.contains(where: { $0 < 0 }) { throw KernelError("pads must not be negative, got \(pads)") }
+    }
+
+    /// The window geometry for an input with spatial dims `spatial` and window `kernel`.
+    func geometry(spatial: [Int], kernel: [Int]) throws -> ConvGeometry {
+        try ConvGeometry(input: spatial, kernel: kernel, strides: strides, dilations: dilations,
+                         pads: pads, autoPad: autoPad, ceilMode: ceilMode)
+    }
+}
+
+/// A sliding window over N spatial dims with explicit pads: output size per dim, and the map
+/// from (output position, kernel offset) to input position `o * stride - padBegin + k * dilation`.
+struct ConvGeometry: Equatable {
+    var input: [Int]
+    var kernel: [Int]
+    var strides: [Int]
+    var dilations: [Int]
+    var padsBegin: [Int]
+    var padsEnd: [Int]
+    var output: [Int]
+
+    var rank: Int { input.count }
+    var inputSize: Int { Tensor.elementCount(input) }
+    var outputSize: Int { Tensor.elementCount(output) }
+    var kernelSize: Int { Tensor.elementCount(kernel) }
+
+    /// Resolves strides/dilations defaults (1), `auto_pad` and `ceil_mode` into explicit pads and
+    /// the output size (pooling ceil mode as in PyTorch and the ONNX reference: a last window that
+    /// would start in the end padding is dropped).
+    init(input: [Int], kernel: [Int], strides: [Int] = [], dilations: [Int] = [], pads: [Int] = [],
+         autoPad: AutoPad = .notSet, ceilMode: Bool = false) throws {
+        let r = input.count
+        guard kernel.count == r else { throw KernelError("kernel shape \(kernel) does not fit \(r) spatial dims") }
+        let s = strides.isEmpty ? Array(repeating: 1, count: r) : strides
+        let d = dilations.isEmpty ? Array(repeating: 1, count: r) : dilations
+        guard s.count == r else { throw KernelError("strides \(strides) do not fit \(r) spatial dims") }
+        guard d.count == r else { throw KernelError("dilations \(dilations) do not fit \(r) spatial dims") }
+        guard kernel.allSatisfy({ $0 > 0 }) else { throw KernelError("kernel shape \(kernel) must be positive") }
+        var pb = Array(repeating: 0, count: r), pe = Array(repeating: 0, count: r)
+        var out = Array(repeating: 0, count: r)
+        for i in 0..<r {
+            let extent = (kernel[i] - 1) * d[i] + 1
+            switch autoPad {
+            case .sameUpper, .sameLower:
+                out[i] = (input[i] + s[i] - 1) / s[i]
+                let total = max(0, (out[i] - 1) * s[i] + extent - input[i])
+                pb[i] = autoPad == .sameUpper ? total / 2 : total - total / 2
+                pe[i] = total - pb[i]
+            case .valid:
+                out[i] = input[i] >= extent ? (input[i] - extent) / s[i] + 1 : 0
+            case .notSet:
+                if !pads.isEmpty {
+                    guard pads.count == 2 * r else { throw KernelError("pads \(pads) do not fit \(r) spatial dims") }
+                    pb[i] = pads[i]; pe[i] = pads[i + r]
+                }
+                let span = input[i] + pb[i] + pe[i] - extent
+                if span < 0 { out[i] = 0; break }
+                if ceilMode {
+                    out[i] = (span + s[i] - 1) / s[i] + 1
+                    if (out[i] - 1) * s[i] >= input[i] + pb[i] { out[i] -= 1 }
+                } else {
+                    out[i] = span / s[i] + 1
+                }
+            }
+        }
+        self.input = input; self.kernel = kernel; self.strides = s; self.dilations = d
+        self.padsBegin = pb; self.padsEnd = pe; self.output = out
+    }
+
+    /// A geometry from fully explicit values (ConvTranspose builds its own).
+    init(input: [Int], kernel: [Int], strides: [Int], dilations: [Int], padsBegin: [Int], padsEnd: [Int], output: [Int]) {
+        self.input = input; self.kernel = kernel; self.strides = strides; self.dilations = dilations
+        self.padsBegin = padsBegin; self.padsEnd = padsEnd; self.output = output
+    }
+}
+
+// MARK: - im2col / col2im
+
+/// Unfolds one image into columns: col[(c*K + k) * P + p] = x[c, o_p*s - pb + k*d] (0 in padding).
+///
+/// x: [channels, input...], col: [channels * kernelSize, outputSize]. The innermost spatial
+/// dim is a straight loop, so 1-D and 2-D cases cost one bounds check per element.
+func im2col<T: TensorElement>(_ x: UnsafePointer<T>, channels: Int, _ g: ConvGeometry, _ col: UnsafeMutablePointer<T>) {
+    let r = g.rank, K = g.kernelSize, P = g.outputSize, I = g.inputSize
+    if P == 0 || K == 0 { return }
+    let last = r - 1
+    let outerOut = P / g.output[last], lastOut = g.output[last]
+    let inStrides = contiguousStrides(g.input)
+    var kIdx = [Int](repeating: 0, count: r)
+    var oIdx = [Int](repeating: 0, count: r)
+    for k in 0..<K {
+        // kernel multi-index of k
+        var rem = k
+        for i in stride(from: r - 1, through: 0, by: -1) { kIdx[i] = rem % g.kernel[i]; rem /= g.kernel[i] }
+        let kLastOff = kIdx[last] * g.dilations[last] - g.padsBegin[last]
+        let sLast = g.strides[last], inLast = g.input[last]
+        for c in 0..<channels {
+            let src = x + c * I
+            var dst = col + (c * K + k) * P
+            for o in 0..<outerOut {
+                // outer output multi-index (all dims but the last)
+                var rem = o, base = 0, valid = true
+                for i in stride(from: last - 1, through: 0, by: -1) {
+                    oIdx[i] = rem % g.output[i]; rem /= g.output[i]
+                    let pos = oIdx[i] * g.strides[i] - g.padsBegin[i] + kIdx[i] * g.dilations[i]
+                    if pos < 0 || pos >= g.input[i] { valid = false }
+                    base += pos * inStrides[i]
+                }
+                if !valid {
+                    dst.update(repeating: T.zero, count: lastOut)
+                } else {
+                    var pos = kLastOff
+                    for j in 0..<lastOut {
+                        dst[j] = pos >= 0 && pos < inLast ? src[base + pos] : T.zero
+                        pos += sLast
+                    }
+                }
+                dst += lastOut
+            }
+        }
+    }
+}
+
+/// Folds columns back into an image, accumulating overlaps: the adjoint of `im2col`.
+/// x += fold(col); x must be initialized by the caller (zeros for a plain col2im).
+func col2im<T: FloatElement>(_ col: UnsafePointer<T>, channels: Int, _ g: ConvGeometry, _ x: UnsafeMutablePointer<T>) {
+    let r = g.rank, K = g.kernelSize, P = g.outputSize, I = g.inputSize
+    if P == 0 || K == 0 { return }
+    let last = r - 1
+    let outerOut = P / g.output[last], lastOut = g.output[last]
+    let inStrides = contiguousStrides(g.input)
+    var kIdx = [Int](repeating: 0, count: r)
+    var oIdx = [Int](repeating: 0, count: r)
+    for k in 0..<K {
+        var rem = k
+        for i in stride(from: r - 1, through: 0, by: -1) { kIdx[i] = rem % g.kernel[i]; rem /= g.kernel[i] }
+        let kLastOff = kIdx[last] * g.dilations[last] - g.padsBegin[last]
+        let sLast = g.strides[last], inLast = g.input[last]
+        for c in 0..<channels {
+            let dstImage = x + c * I
+            var src = col + (c * K + k) * P
+            for o in 0..<outerOut {
+                var rem = o, base = 0, valid = true
+                for i in stride(from: last - 1, through: 0, by: -1) {
+                    oIdx[i] = rem % g.output[i]; rem /= g.output[i]
+                    let pos = oIdx[i] * g.strides[i] - g.padsBegin[i] + kIdx[i] * g.dilations[i]
+                    if pos < 0 || pos >= g.input[i] { valid = false }
+                    base += pos * inStrides[i]
+                }
+                if valid {
+                    var pos = kLastOff
+                    for j in 0..<lastOut {
+                        if pos >= 0 && pos < inLast { dstImage[base + pos] += src[j] }
+                        pos += sLast
+                    }
+                }
+                src += lastOut
+            }
+        }
+    }
+}
+
+// MARK: - GEMM for Float and Double
+
+/// Row-major C[m×n] = alpha·op(A)·op(B) + beta·C through BLAS, for Float or Double.
+@inline(__always)
+func gemm<T: FloatElement>(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: T,
+                           a: UnsafePointer<T>, lda: Int, b: UnsafePointer<T>, ldb: Int,
+                           beta: T, c: UnsafeMutablePointer<T>, ldc: Int) {
+    if T.self == Float.self {
+        BLAS.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: Float(alpha),
+                   a: UnsafeRawPointer(a).assumingMemoryBound(to: Float.self), lda: lda,
+                   b: UnsafeRawPointer(b).assumingMemoryBound(to: Float.self), ldb: ldb, beta: Float(beta),
+                   c: UnsafeMutableRawPointer(c).assumingMemoryBound(to: Float.self), ldc: ldc)
+    } else if T.self == Double.self {
+        BLAS.dgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: Double(alpha),
+                   a: UnsafeRawPointer(a).assumingMemoryBound(to: Double.self), lda: lda,
+                   b: UnsafeRawPointer(b).assumingMemoryBound(to: Double.self), ldb: ldb, beta: Double(beta),
+                   c: UnsafeMutableRawPointer(c).assumingMemoryBound(to: Double.self), ldc: ldc)
+    } else {
+        // Generic fallback (no other FloatElement exists today).
+        for i in 0..<m {
+            for j in 0..<n {
+                var s: T = 0
+                for p in 0..<k {
+                    let av = transA ? a[p * lda + i] : a[i * lda + p]
+                    let bv = transB ? b[j * ldb + p] : b[p * ldb + j]
+                    s += av * bv
+                }
+                c[i * ldc + j] = alpha * s + (beta == 0 ? 0 : beta * c[i * ldc + j])
+            }
+        }
+    }
+}
+
+// MARK: - Float compute with half types through float32
+
+/// Runs a float computation on tensors of one floating element type: float32 and float64
+/// directly, float16/bfloat16 widened to float32 and the float results rounded back.
+///
+/// `body` gets the widened tensors and the compute dtype; it returns output tensors of the
+/// compute dtype (non-float outputs, such as indices, pass through unchanged).
+func withFloatCompute(_ tensors: [Tensor?], _ body: ([Tensor?]) throws -> [Tensor?]) throws -> [Tensor?] {
+    guard let first = tensors.first(where: { $0 != nil }) ?? nil else { return try body(tensors) }
+    let original = first.dtype
+    switch original {
+    case .float32, .float64:
+        return try body(tensors)
+    case .float16, .bfloat16:
+        let wide = tensors.map { t -> Tensor? in
+            guard let t else { return nil }
+            return t.isHalf ? t.widenedToFloat() : t
+        }
+        return try body(wide).map { t -> Tensor? in
+            guard let t, t.dtype == .float32 else { return t }
+            return t.narrowed(to: original)
+        }
+    default:
+        throw KernelError("element type \(original) is not supported here (a float type is expected)")
+    }
+}
+
+extension Tensor {
+    /// This tensor converted to float32 or float64 (`dtype`), from any numeric type.
+    func converted(toFloat dtype: DType) throws -> Tensor {
+        if self.dtype == dtype { return self }
+        if isHalf && dtype == .float32 { return widenedToFloat() }
+        if isHalf {
+            return try widenedToFloat().converted(toFloat: dtype)
+        }
+        let n = count
+        var out = Tensor(uninitialized: dtype, shape: shape)
+        guard self.dtype.isInteger || self.dtype.isFloatingPoint || self.dtype == .bool else {
+            throw KernelError("cannot convert \(self.dtype) to \(dtype)")
+        }
+        var values = [Double](repeating: 0, count: n)
+        for i in 0..<n {
+            guard let v = scalarDouble(at: i) else { throw KernelError("cannot convert \(self.dtype) to \(dtype)") }
+            values[i] = v
+        }
+        if dtype == .float64 {
+            out.withUnsafeMutableBufferPointer(as: Double.self) { p in for i in 0..<n { p[i] = values[i] } }
+        } else {
+            out.withUnsafeMutableBufferPointer(as: Float.self) { p in for i in 0..<n { p[i] = Float(values[i]) } }
+        }
+        return out
+    }
+}

@@ -1,0 +1,228 @@
+/// Gemm, MatMul and MatMulInteger.
+
+// MARK: - Batched matmul with numpy broadcasting
+
+/// The shapes of a numpy matmul: 1-D operands promoted (and their unit dim dropped from the
+/// result), batch dims broadcast.
+struct MatMulShape {
+    var m: Int, k: Int, n: Int
+    var batch: [Int]
+    var aBatchStrides: [Int], bBatchStrides: [Int]  // in matrices; 0 where broadcast
+    var outShape: [Int]
+
+    init(_ a: [Int], _ b: [Int]) throws {
+        guard !a.isEmpty, !b.isEmpty else { throw KernelError("MatMul operands must not be scalars (shapes \(a) and \(b))") }
+        var a2 = a, b2 = b
+        if a.count == 1 { a2 = [1, a[0]] }
+        if b.count == 1 { b2 = [b[0], 1] }
+        m = a2[a2.count - 2]; k = a2[a2.count - 1]; n = b2[b2.count - 1]
+        guard b2[b2.count - 2] == k else { throw KernelError("MatMul inner dims differ: shapes \(a) and \(b)") }
+        let aBatch = Array(a2.dropLast(2)), bBatch = Array(b2.dropLast(2))
+        batch = try Broadcast.shape(aBatch, bBatch)
+        aBatchStrides = Broadcast.strides(aBatch, to: batch)
+        bBatchStrides = Broadcast.strides(bBatch, to: batch)
+        outShape = batch
+        if a.count > 1 { outShape.append(m) }
+        if b.count > 1 { outShape.append(n) }
+    }
+
+    var batchCount: Int { Tensor.elementCount(batch) }
+
+    /// Matrix offsets (in matrices) of A and B for each output batch index.
+    func batchOffsets() -> [(Int, Int)] {
+        let count = batchCount
+        var result = [(Int, Int)](repeating: (0, 0), count: count)
+        var idx = [Int](repeating: 0, count: batch.count)
+        var oa = 0, ob = 0
+        for i in 0..<count {
+            result[i] = (oa, ob)
+            var d = batch.count - 1
+            while d >= 0 {
+                idx[d] += 1; oa += aBatchStrides[d]; ob += bBatchStrides[d]
+                if idx[d] < batch[d] { break }
+                oa -= aBatchStrides[d] * batch[d]; ob -= bBatchStrides[d] * batch[d]
+                idx[d] = 0; d -= 1
+            }
+        }
+        return result
+    }
+}
+
+/// Batched matmul of float tensors through BLAS. A [..., M, K] · B [..., K, N] -> [..., M, N].
+func floatMatMul<T: FloatElement>(_ a: Tensor, _ b: Tensor, _ type: T.Type) throws -> Tensor {
+    let s = try MatMulShape(a.shape, b.shape)
+    var out = Tensor(zeros: T.dtype, shape: s.outShape)
+    let (m, k, n) = (s.m, s.k, s.n)
+    a.withUnsafeBufferPointer(as: T.self) { pa in
+        b.withUnsafeBufferPointer(as: T.self) { pb in
+            out.withUnsafeMutableBufferPointer(as: T.self) { po in
+                guard let A = pa.baseAddress, let B = pb.baseAddress, let C = po.baseAddress else { return }
+                // B shared by every batch and A contiguous: one GEMM with M' = batch * M.
+                if s.bBatchStrides.allSatisfy({ $0 == 0 }) && a.count == s.batchCount * m * k {
+                    gemm(transA: false, transB: false, m: s.batchCount * m, n: n, k: k, alpha: 1, a: A, lda: k,
+                         b: B, ldb: n, beta: 0, c: C, ldc: n)
+                    return
+                }
+                for (i, (oa, ob)) in s.batchOffsets().enumerated() {
+                    gemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: A + oa * m * k, lda: k,
+                         b: B + ob * k * n, ldb: n, beta: 0, c: C + i * m * n, ldc: n)
+                }
+            }
+        }
+    }
+    return out
+}
+
+/// Batched matmul of integer tensors with wrapping arithmetic (plain loops).
+struct IntegerMatMul: NumericOperation {
+    let a: Tensor, b: Tensor
+    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+        guard let op = T.self as? any IntegerElement.Type else {
+            return try dispatchFloat(T.dtype, FloatMatMulOp(a: a, b: b))
+        }
+        return try integer(op)
+    }
+    private func integer<I: IntegerElement>(_ type: I.Type) throws -> Tensor {
+        let s = try MatMulShape(a.shape, b.shape)
+        var out = Tensor(zeros: I.dtype, shape: s.outShape)
+        let (m, k, n) = (s.m, s.k, s.n)
+        a.withUnsafeBufferPointer(as: I.self) { pa in
+            b.withUnsafeBufferPointer(as: I.self) { pb in
+                out.withUnsafeMutableBufferPointer(as: I.self) { po in
+                    for (bi, (oa, ob)) in s.batchOffsets().enumerated() {
+                        let A = oa * m * k, B = ob * k * n, C = bi * m * n
+                        for i in 0..<m {
+                            for p in 0..<k {
+                                let av = pa[A + i * k + p]
+                                for j in 0..<n { po[C + i * n + j] &+= av &* pb[B + p * n + j] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return out
+    }
+}
+
+struct FloatMatMulOp: FloatOperation {
+    let a: Tensor, b: Tensor
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor { try floatMatMul(a, b, T.self) }
+}
+
+/// numpy matmul for any numeric type: floats through BLAS, half types through float32.
+func matmul(_ a: Tensor, _ b: Tensor) throws -> Tensor {
+    guard a.dtype == b.dtype else { throw KernelError("MatMul operands differ in type: \(a.dtype) and \(b.dtype)") }
+    switch a.dtype {
+    case .float32: return try floatMatMul(a, b, Float.self)
+    case .float64: return try floatMatMul(a, b, Double.self)
+    case .float16, .bfloat16: return try floatMatMul(a.widenedToFloat(), b.widenedToFloat(), Float.self).narrowed(to: a.dtype)
+    default: return try dispatchNumeric(a.dtype, IntegerMatMul(a: a, b: b))
+    }
+}
+
+// MARK: - Gemm
+
+/// Y = alpha·op(A)·op(B) + beta·C, C broadcast to [M, N].
+struct GemmKernel: Kernel {
+    let transA: Bool, transB: Bool, alpha: Float, beta: Float
+
+    init(_ ctx: NodeContext) throws {
+        transA = try ctx.int("transA", default: 0) != 0
+        transB = try ctx.int("transB", default: 0) != 0
+        alpha = try ctx.float("alpha", default: 1)
+        beta = try ctx.float("beta", default: 1)
+    }
+
+    struct Op: FloatOperation {
+        let k: GemmKernel, a: Tensor, b: Tensor, c: Tensor?
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            guard a.rank == 2, b.rank == 2 else { throw KernelError("Gemm needs 2-D A and B, got \(a.shape) and \(b.shape)") }
+            let m = k.transA ? a.shape[1] : a.shape[0], kk = k.transA ? a.shape[0] : a.shape[1]
+            let kb = k.transB ? b.shape[1] : b.shape[0], n = k.transB ? b.shape[0] : b.shape[1]
+            guard kk == kb else { throw KernelError("Gemm inner dims differ: A \(a.shape), B \(b.shape)") }
+            var y: Tensor
+            var beta = T(fromDouble: Double(k.beta))
+            if let c, beta != 0 {
+                guard (try? Broadcast.shape(c.shape, [m, n])) == [m, n] else {
+                    throw KernelError("Gemm C of shape \(c.shape) does not broadcast to [\(m), \(n)]")
+                }
+                y = try broadcastBinary(Tensor(zeros: T.dtype, shape: [m, n]), c, T.self, T.self, T.self, outDType: T.dtype) { $1 }
+            } else {
+                y = Tensor(zeros: T.dtype, shape: [m, n])
+                beta = 0
+            }
+            let alpha = T(fromDouble: Double(k.alpha))
+            a.withUnsafeBufferPointer(as: T.self) { pa in
+                b.withUnsafeBufferPointer(as: T.self) { pb in
+                    y.withUnsafeMutableBufferPointer(as: T.self) { py in
+                        guard let A = pa.baseAddress, let B = pb.baseAddress, let Y = py.baseAddress else { return }
+                        gemm(transA: k.transA, transB: k.transB, m: m, n: n, k: kk, alpha: alpha, a: A, lda: a.shape[1],
+                             b: B, ldb: b.shape[1], beta: beta, c: Y, ldc: n)
+                    }
+                }
+            }
+            return y
+        }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let out = try withFloatCompute([inputs.tensor(0), inputs.tensor(1), inputs.optionalTensor(2)]) { t in
+            guard let a = t[0], let b = t[1] else { return [] }
+            guard a.dtype == b.dtype, t[2].map({ $0.dtype == a.dtype }) ?? true else {
+                throw KernelError("Gemm inputs differ in type")
+            }
+            return [try dispatchFloat(a.dtype, Op(k: self, a: a, b: b, c: t[2]))]
+        }
+        return out.map { $0.map(Value.tensor) }
+    }
+}
+
+// MARK: - MatMulInteger
+
+/// Integer operand minus its zero point, as Double: exact, and lets the product run through dgemm
+/// (every int8·int8 sum of fewer than 2^37 terms is exact in a double).
+func shiftedToDouble(_ x: Tensor, zeroPoint: Tensor?, axis: Int?) throws -> Tensor {
+    guard let v = x.intValues() else { throw KernelError("expected an 8-bit integer tensor, got \(x.dtype)") }
+    var out = Tensor(uninitialized: .float64, shape: x.shape)
+    let zp = try zeroPoint.map { z -> [Int] in
+        guard let values = z.intValues() else { throw KernelError("zero point must be an integer tensor, got \(z.dtype)") }
+        return values
+    } ?? [0]
+    out.withUnsafeMutableBufferPointer(as: Double.self) { p in
+        if zp.count == 1 {
+            for i in 0..<v.count { p[i] = Double(v[i] - zp[0]) }
+        } else if let axis {
+            // per-row (axis = rank-2) or per-column (axis = rank-1) zero points
+            let strides = contiguousStrides(x.shape)
+            let dim = x.shape[axis], st = strides[axis]
+            for i in 0..<v.count { p[i] = Double(v[i] - zp[(i / st) % dim]) }
+        }
+    }
+    if zp.count != 1 {
+        guard let axis, zp.count == x.shape[axis] else { throw KernelError("zero point of \(zp.count) values does not fit shape \(x.shape)") }
+    }
+    return out
+}
+
+/// Rounds a float64 tensor of exact integers to int32.
+func doubleToInt32(_ t: Tensor) -> Tensor {
+    Tensor(shape: t.shape, scalars: t.withUnsafeBufferPointer(as: Double.self) { $0.map { Int32(clamping: Int64($0.rounded())) } })
+}
+
+func registerMatMulOps(_ registry: OpRegistry) {
+    registry.register("Gemm", since: 1) { ctx in try GemmKernel(ctx) }
+    registry.register("MatMul", since: 1) { _ in
+        AnyKernel { inputs, _ in [.tensor(try matmul(inputs.tensor(0), inputs.tensor(1)))] }
+    }
+    registry.register("MatMulInteger", since: 10) { _ in
+        AnyKernel { inputs, _ in
+            let a = try inputs.tensor(0), b = try inputs.tensor(1)
+            let azp = try inputs.optionalTensor(2), bzp = try inputs.optionalTensor(3)
+            // a_zero_point: scalar or per row of A ([M]); b_zero_point: scalar or per column of B ([N]).
+            let ad = try shiftedToDouble(a, zeroPoint: azp, axis: a.rank >= 2 ? a.rank - 2 : 0)
+            let bd = try shiftedToDouble(b, zeroPoint: bzp, axis: b.rank - 1)
+            return [.tensor(doubleToInt32(try floatMatMul(ad, bd, Double.self)))]
+        }
+    }
+}

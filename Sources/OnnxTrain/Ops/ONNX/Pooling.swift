@@ -1,0 +1,191 @@
+import Foundation
+
+/// MaxPool (with Indices), AveragePool, LpPool, their Global forms, and MaxUnpool.
+
+enum PoolKind { case max, average(countIncludePad: Bool), lp(p: Int) }
+
+/// Visits, for every output position of one channel, the input offsets its window covers.
+///
+/// `body(o, offsets, padded)` gets the flat output index, the flat input offsets of the window
+/// positions inside the image, and how many window positions fall inside the padded image
+/// (what count_include_pad divides by).
+func forEachWindow(_ g: ConvGeometry, _ body: (Int, [Int], Int) -> Void) {
+    let r = g.rank, K = g.kernelSize, P = g.outputSize
+    let inStrides = contiguousStrides(g.input)
+    var oIdx = [Int](repeating: 0, count: r), kIdx = [Int](repeating: 0, count: r)
+    var offsets: [Int] = []
+    offsets.reserveCapacity(K)
+    for o in 0..<P {
+        var rem = o
+        for i in stride(from: r - 1, through: 0, by: -1) { oIdx[i] = rem % g.output[i]; rem /= g.output[i] }
+        offsets.removeAll(keepingCapacity: true)
+        var padded = 0
+        for k in 0..<K {
+            var rem = k, off = 0, inside = true, inPadded = true
+            for i in stride(from: r - 1, through: 0, by: -1) {
+                kIdx[i] = rem % g.kernel[i]; rem /= g.kernel[i]
+                let pos = oIdx[i] * g.strides[i] - g.padsBegin[i] + kIdx[i] * g.dilations[i]
+                if pos < 0 || pos >= g.input[i] { inside = false }
+                if pos < -g.padsBegin[i] || pos >= g.input[i] + g.padsEnd[i] { inPadded = false }
+                off += pos * inStrides[i]
+            }
+            if inPadded { padded += 1 }
+            if inside { offsets.append(off) }
+        }
+        body(o, offsets, padded)
+    }
+}
+
+/// Pools every channel of x [N, C, in...] -> [N, C, out...]; Float or Double.
+func pool<T: FloatElement>(_ x: Tensor, kind: PoolKind, geometry g: ConvGeometry, _ type: T.Type) -> Tensor {
+    let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize
+    var y = Tensor(zeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output)
+    x.withUnsafeBufferPointer(as: T.self) { px in
+        y.withUnsafeMutableBufferPointer(as: T.self) { py in
+            for ch in 0..<nc {
+                let xb = ch * I, yb = ch * P
+                forEachWindow(g) { o, offsets, padded in
+                    switch kind {
+                    case .max:
+                        var m = -T.infinity
+                        for off in offsets where px[xb + off] > m || px[xb + off].isNaN { m = px[xb + off] }
+                        py[yb + o] = m
+                    case .average(let includePad):
+                        var s: T = 0
+                        for off in offsets { s += px[xb + off] }
+                        let count = includePad ? padded : offsets.count
+                        py[yb + o] = count > 0 ? s / T(count) : 0
+                    case .lp(let p):
+                        var s: T = 0
+                        for off in offsets { let a = abs(px[xb + off]); s += p == 2 ? a * a : T(fromDouble: pow(a.doubleValue, Double(p))) }
+                        py[yb + o] = p == 2 ? s.squareRoot() : T(fromDouble: pow(s.doubleValue, 1 / Double(p)))
+                    }
+                }
+            }
+        }
+    }
+    return y
+}
+
+/// MaxPool over any numeric type (uint8 and int8 are allowed since opset 12), with the argmax
+/// as flat indices into x ([N, C, in...], row-major, or column-major over the spatial dims when
+/// storage_order = 1).
+struct MaxPoolOp: NumericOperation {
+    let x: Tensor, g: ConvGeometry, storageOrder: Int, wantIndices: Bool
+    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> (Tensor, Tensor?) {
+        let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize
+        var y = Tensor(zeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output)
+        var indices = [Int64](repeating: 0, count: wantIndices ? nc * P : 0)
+        // Column-major spatial index of a row-major spatial offset (storage_order = 1).
+        let rowStrides = contiguousStrides(g.input)
+        var colStrides = [Int](repeating: 1, count: g.rank)
+        for i in stride(from: 1, to: g.rank, by: 1) { colStrides[i] = colStrides[i - 1] * g.input[i - 1] }
+        x.withUnsafeBufferPointer(as: T.self) { px in
+            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+                for ch in 0..<nc {
+                    let xb = ch * I, yb = ch * P
+                    forEachWindow(g) { o, offsets, _ in
+                        guard var best = offsets.first else { return }
+                        for off in offsets.dropFirst() where px[xb + off] > px[xb + best] { best = off }
+                        py[yb + o] = px[xb + best]
+                        if wantIndices {
+                            var spatial = best
+                            if storageOrder == 1 {
+                                var rem = best; spatial = 0
+                                for i in 0..<g.rank { spatial += (rem / rowStrides[i]) * colStrides[i]; rem %= rowStrides[i] }
+                            }
+                            indices[yb + o] = Int64(xb + spatial)
+                        }
+                    }
+                }
+            }
+        }
+        return (y, wantIndices ? Tensor(shape: y.shape, scalars: indices) : nil)
+    }
+}
+
+struct PoolKernel: Kernel {
+    let window: WindowAttributes
+    let kind: PoolKind
+    let storageOrder: Int
+    let global: Bool
+
+    init(_ ctx: NodeContext, kind: PoolKind, global: Bool = false) throws {
+        window = try WindowAttributes(ctx)
+        self.kind = kind
+        self.global = global
+        storageOrder = try ctx.int("storage_order", default: 0)
+        if !global && window.kernelShape.isEmpty { throw KernelError("attribute 'kernel_shape' is required") }
+    }
+
+    func geometry(_ x: Tensor) throws -> ConvGeometry {
+        guard x.rank >= 3 else { throw KernelError("pooling input must be [N, C, spatial...], got \(x.shape)") }
+        let spatial = Array(x.shape.dropFirst(2))
+        if global { return try ConvGeometry(input: spatial, kernel: spatial.map { max($0, 1) }) }
+        return try window.geometry(spatial: spatial, kernel: window.kernelShape)
+    }
+
+    struct Op: FloatOperation {
+        let x: Tensor, kind: PoolKind, g: ConvGeometry
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor { pool(x, kind: kind, geometry: g, T.self) }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0)
+        let g = try geometry(x)
+        if case .max = kind {
+            let wide = x.isHalf ? x.widenedToFloat() : x
+            let (y, indices) = try dispatchNumeric(wide.dtype, MaxPoolOp(x: wide, g: g, storageOrder: storageOrder, wantIndices: true))
+            return [.tensor(x.isHalf ? y.narrowed(to: x.dtype) : y), indices.map(Value.tensor)]
+        }
+        return try withFloatCompute([x]) { t in [try dispatchFloat(t[0]!.dtype, Op(x: t[0]!, kind: kind, g: g))] }.map { $0.map(Value.tensor) }
+    }
+}
+
+/// MaxUnpool: scatters X into zeros at the flat Indices of a MaxPool; the output shape is the
+/// `output_shape` input, or the pooling input size implied by kernel, strides and pads.
+struct MaxUnpoolKernel: Kernel {
+    let window: WindowAttributes
+    init(_ ctx: NodeContext) throws {
+        window = try WindowAttributes(ctx)
+        if window.kernelShape.isEmpty { throw KernelError("attribute 'kernel_shape' is required") }
+    }
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0)
+        guard let indices = try inputs.tensor(1).intValues() else { throw KernelError("I must be an integer tensor") }
+        guard indices.count == x.count else { throw KernelError("I has \(indices.count) elements, X has \(x.count)") }
+        let r = x.rank - 2
+        guard r >= 1, window.kernelShape.count == r else { throw KernelError("X \(x.shape) does not fit kernel_shape \(window.kernelShape)") }
+        var outShape: [Int]
+        if let shapeTensor = try inputs.optionalTensor(2) {
+            guard let s = shapeTensor.intValues(), s.count == x.rank else { throw KernelError("output_shape must hold \(x.rank) integers") }
+            outShape = s
+        } else {
+            let s = window.strides.isEmpty ? Array(repeating: 1, count: r) : window.strides
+            let p = window.pads.isEmpty ? Array(repeating: 0, count: 2 * r) : window.pads
+            outShape = Array(x.shape.prefix(2)) + (0..<r).map { i in (x.shape[i + 2] - 1) * s[i] + window.kernelShape[i] - p[i] - p[i + r] }
+        }
+        let y = Tensor(zeros: x.dtype, shape: outShape)  // fresh, so its storage is not shared
+        let total = y.count
+        let size = x.dtype.byteSize
+        let src = x.rawBytes
+        let dst = y.storage.bytes
+        for (i, index) in indices.enumerated() {
+            guard index >= 0 && index < total else { throw KernelError("index \(index) is out of range for output \(outShape)") }
+            if size > 0 { (dst + index * size).copyMemory(from: src.baseAddress! + i * size, byteCount: size) }
+        }
+        return [.tensor(y)]
+    }
+}
+
+func registerPoolingOps(_ registry: OpRegistry) {
+    registry.register("MaxPool", since: 1) { ctx in try PoolKernel(ctx, kind: .max) }
+    registry.register("AveragePool", since: 1) { ctx in
+        try PoolKernel(ctx, kind: .average(countIncludePad: ctx.int("count_include_pad", default: 0) != 0))
+    }
+    registry.register("LpPool", since: 1) { ctx in try PoolKernel(ctx, kind: .lp(p: ctx.int("p", default: 2))) }
+    registry.register("GlobalMaxPool", since: 1) { ctx in try PoolKernel(ctx, kind: .max, global: true) }
+    registry.register("GlobalAveragePool", since: 1) { ctx in try PoolKernel(ctx, kind: .average(countIncludePad: false), global: true) }
+    registry.register("GlobalLpPool", since: 2) { ctx in try PoolKernel(ctx, kind: .lp(p: ctx.int("p", default: 2)), global: true) }
+    registry.register("MaxUnpool", since: 9) { ctx in try MaxUnpoolKernel(ctx) }
+}
