@@ -156,23 +156,30 @@ struct MaxUnpoolKernel: Kernel {
         guard indices.count == x.count else { throw KernelError("I has \(indices.count) elements, X has \(x.count)") }
         let r = x.rank - 2
         guard r >= 1, window.kernelShape.count == r else { throw KernelError("X \(x.shape) does not fit kernel_shape \(window.kernelShape)") }
-        var outShape: [Int]
+        let s = window.strides.isEmpty ? Array(repeating: 1, count: r) : window.strides
+        let p = window.pads.isEmpty ? Array(repeating: 0, count: 2 * r) : window.pads
+        let inferred = Array(x.shape.prefix(2)) + (0..<r).map { i in (x.shape[i + 2] - 1) * s[i] + window.kernelShape[i] - p[i] - p[i + r] }
+        guard inferred.allSatisfy({ $0 >= 0 }) else { throw KernelError("MaxUnpool output shape \(inferred) is negative") }
+        // Indices address the inferred shape; an explicit output_shape places that block at the
+        // origin of a larger zero tensor (as the ONNX reference does).
+        var outShape = inferred
         if let shapeTensor = try inputs.optionalTensor(2) {
-            guard let s = shapeTensor.intValues(), s.count == x.rank else { throw KernelError("output_shape must hold \(x.rank) integers") }
+            guard let s = shapeTensor.intValues(), s.count == x.rank, zip(s, inferred).allSatisfy({ $0 >= $1 }) else {
+                throw KernelError("output_shape must hold \(x.rank) sizes no smaller than \(inferred)")
+            }
             outShape = s
-        } else {
-            let s = window.strides.isEmpty ? Array(repeating: 1, count: r) : window.strides
-            let p = window.pads.isEmpty ? Array(repeating: 0, count: 2 * r) : window.pads
-            outShape = Array(x.shape.prefix(2)) + (0..<r).map { i in (x.shape[i + 2] - 1) * s[i] + window.kernelShape[i] - p[i] - p[i + r] }
         }
         let y = Tensor(zeros: x.dtype, shape: outShape)  // fresh, so its storage is not shared
-        let total = y.count
+        let total = Tensor.elementCount(inferred)
         let size = x.dtype.byteSize
         let src = x.rawBytes
         let dst = y.storage.bytes
+        let inferredStrides = contiguousStrides(inferred), outStrides = contiguousStrides(outShape)
         for (i, index) in indices.enumerated() {
-            guard index >= 0 && index < total else { throw KernelError("index \(index) is out of range for output \(outShape)") }
-            if size > 0 { (dst + index * size).copyMemory(from: src.baseAddress! + i * size, byteCount: size) }
+            guard index >= 0 && index < total else { throw KernelError("index \(index) is out of range for output \(inferred)") }
+            var rem = index, target = 0
+            for d in 0..<inferred.count { target += (rem / inferredStrides[d]) * outStrides[d]; rem %= inferredStrides[d] }
+            if size > 0 { (dst + target * size).copyMemory(from: src.baseAddress! + i * size, byteCount: size) }
         }
         return [.tensor(y)]
     }
