@@ -2,4 +2,6 @@ func registerTensorOps(_ registry: OpRegistry) {
     registerShapeOps(registry)          // ShapeOps.swift: Reshape, Flatten, Squeeze, Unsqueeze, Shape, Size, Identity, Constant, ...
     registerMovementOps(registry)       // MovementOps.swift: Transpose, Concat, Split, Slice, Expand, Tile, Pad, Trilu, ...
     registerGatherScatterOps(registry)  // GatherScatter.swift: Gather*, Scatter*, Unique
+    registerControlFlowOps(registry)    // ControlFlow.swift: If, Loop, Scan
+    registerSequenceOps(registry)       // Sequences.swift: Sequence*, SplitToSequence, ConcatFromSequence, SequenceMap, Optional*
 }
