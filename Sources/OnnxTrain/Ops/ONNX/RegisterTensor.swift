@@ -4,4 +4,5 @@ func registerTensorOps(_ registry: OpRegistry) {
     registerGatherScatterOps(registry)  // GatherScatter.swift: Gather*, Scatter*, Unique
     registerControlFlowOps(registry)    // ControlFlow.swift: If, Loop, Scan
     registerSequenceOps(registry)       // Sequences.swift: Sequence*, SplitToSequence, ConcatFromSequence, SequenceMap, Optional*
+    registerResizeOps(registry)         // Resize.swift: Resize, Upsample
 }
