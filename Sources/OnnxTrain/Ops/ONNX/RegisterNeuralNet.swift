@@ -3,4 +3,7 @@ func registerNeuralNetOps(_ registry: OpRegistry) {
     registerMatMulOps(registry)        // MatMul.swift: Gemm, MatMul, MatMulInteger
     registerConvOps(registry)          // Conv.swift: Conv, ConvTranspose, ConvInteger, QLinearConv
     registerPoolingOps(registry)       // Pooling.swift: Max/Average/Lp pooling, global pooling, MaxUnpool
+    registerNormalizationOps(registry) // Normalization.swift: Batch/Layer/Instance/Group norm, LRN, MVN
+    registerDropoutOps(registry)       // Dropout.swift
+    registerLossOps(registry)          // Losses.swift: NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss
 }

@@ -1,0 +1,67 @@
+/// Dropout: identity in inference; in training (opset 12+ `training_mode` input) each element is
+/// kept with probability 1 - ratio and scaled by 1 / (1 - ratio). The mask output is bool
+/// (opset 10+) or of X's type (opsets 7-9).
+struct DropoutKernel: Kernel {
+    let since: Int
+    let ratioAttribute: Double
+    let seed: UInt64?
+    let wantMask: Bool
+
+    init(_ ctx: NodeContext) throws {
+        since = ctx.sinceVersion
+        ratioAttribute = Double(try ctx.float("ratio", default: 0.5))
+        seed = try ctx.int("seed").map { UInt64(bitPattern: Int64($0)) }
+        wantMask = ctx.hasOutput(1)
+    }
+
+    struct Op: FloatOperation {
+        let x: Tensor, keep: [Bool], scale: Double
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            var y = x
+            let s = T(fromDouble: scale)
+            y.withUnsafeMutableBufferPointer(as: T.self) { p in for i in p.indices { p[i] = keep[i] ? p[i] * s : 0 } }
+            return y
+        }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0)
+        var ratio = ratioAttribute, training = false
+        if since >= 12 {
+            if let r = try inputs.optionalTensor(1) {
+                guard let v = r.scalarDouble() else { throw KernelError("ratio must be a float scalar") }
+                ratio = v
+            }
+            if let t = try inputs.optionalTensor(2) {
+                guard t.dtype == .bool, let v = t.scalarDouble() else { throw KernelError("training_mode must be a bool scalar") }
+                training = v != 0
+            }
+        }
+        guard ratio >= 0 && ratio < 1 || !training else { throw KernelError("ratio must be in [0, 1), got \(ratio)") }
+        guard training && ratio > 0 else {
+            let mask: Value? = wantMask ? .tensor(maskTensor(Array(repeating: true, count: x.count), like: x)) : nil
+            return [.tensor(x), mask]
+        }
+        var keep = [Bool](repeating: true, count: x.count)
+        if let seed {
+            var rng = RandomGenerator(seed: seed)
+            for i in keep.indices { keep[i] = rng.nextDouble() >= ratio }
+        } else {
+            for i in keep.indices { keep[i] = context.state.random.nextDouble() >= ratio }
+        }
+        let scale = 1 / (1 - ratio)
+        let y = try withFloatCompute([x]) { t in [try dispatchFloat(t[0]!.dtype, Op(x: t[0]!, keep: keep, scale: scale))] }
+        return [y[0].map(Value.tensor), wantMask ? .tensor(maskTensor(keep, like: x)) : nil]
+    }
+
+    private func maskTensor(_ keep: [Bool], like x: Tensor) -> Tensor {
+        if since >= 10 { return Tensor(shape: x.shape, scalars: keep) }
+        return floatTensor(x.dtype, shape: x.shape, keep.map { $0 ? 1 : 0 })
+    }
+}
+
+func registerDropoutOps(_ registry: OpRegistry) {
+    for since in [1, 7, 10, 12, 13, 22] {
+        registry.register("Dropout", since: since) { ctx in try DropoutKernel(ctx) }
+    }
+}

@@ -1,0 +1,106 @@
+import Foundation
+
+/// NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss over [N, C, d1, ...] inputs with
+/// targets [N, d1, ...], optional class weights [C], ignore_index and reduction none/sum/mean.
+
+enum LossReduction {
+    case none, sum, mean
+    init(_ text: String) throws {
+        switch text {
+        case "none": self = .none
+        case "sum": self = .sum
+        case "mean": self = .mean
+        default: throw KernelError("reduction '\(text)' is not one of none, sum, mean")
+        }
+    }
+}
+
+/// loss[n, d] = -logProb[n, t, d] · w[t] (0 where t == ignoreIndex), then reduced; mean divides
+/// by the summed weights of the targets that count.
+func nllLoss<T: FloatElement>(_ logProb: Tensor, targets: [Int], weights: [Double]?, ignoreIndex: Int?,
+                               reduction: LossReduction, _ type: T.Type) throws -> Tensor {
+    guard logProb.rank >= 2 else { throw KernelError("input must be [N, C, ...], got \(logProb.shape)") }
+    let n = logProb.shape[0], c = logProb.shape[1], inner = Tensor.elementCount(Array(logProb.shape.dropFirst(2)))
+    guard targets.count == n * inner else { throw KernelError("target holds \(targets.count) values, \(n * inner) expected for input \(logProb.shape)") }
+    if let weights, weights.count != c { throw KernelError("weight has \(weights.count) values, \(c) classes expected") }
+    for (k, t) in targets.enumerated() where t != ignoreIndex && (t < 0 || t >= c) {
+        throw KernelError("target \(t) at \(k) is out of range for \(c) classes")
+    }
+    var losses = [Double](repeating: 0, count: n * inner)
+    var weightSum = 0.0
+    logProb.withUnsafeBufferPointer(as: T.self) { p in
+        for b in 0..<n {
+            for i in 0..<inner {
+                let t = targets[b * inner + i]
+                if t == ignoreIndex { continue }
+                let w = weights?[t] ?? 1
+                losses[b * inner + i] = -p[(b * c + t) * inner + i].doubleValue * w
+                weightSum += w
+            }
+        }
+    }
+    switch reduction {
+    case .none: return floatTensor(T.dtype, shape: [n] + Array(logProb.shape.dropFirst(2)), losses)
+    case .sum: return floatTensor(T.dtype, shape: [], [losses.reduce(0, +)])
+    case .mean: return floatTensor(T.dtype, shape: [], [weightSum == 0 ? 0 : losses.reduce(0, +) / weightSum])
+    }
+}
+
+/// log_softmax over axis 1 of [N, C, d...].
+func logSoftmaxChannels<T: FloatElement>(_ x: Tensor, _ type: T.Type) -> Tensor {
+    let n = x.shape[0], c = x.shape[1], inner = Tensor.elementCount(Array(x.shape.dropFirst(2)))
+    var y = Tensor(uninitialized: T.dtype, shape: x.shape)
+    x.withUnsafeBufferPointer(as: T.self) { px in
+        y.withUnsafeMutableBufferPointer(as: T.self) { py in
+            for b in 0..<n {
+                for i in 0..<inner {
+                    var m = -Double.infinity
+                    for j in 0..<c { m = max(m, px[(b * c + j) * inner + i].doubleValue) }
+                    var s = 0.0
+                    for j in 0..<c { s += exp(px[(b * c + j) * inner + i].doubleValue - m) }
+                    let lse = m + log(s)
+                    for j in 0..<c { let k = (b * c + j) * inner + i; py[k] = T(fromDouble: px[k].doubleValue - lse) }
+                }
+            }
+        }
+    }
+    return y
+}
+
+struct LossKernel: Kernel {
+    let softmax: Bool
+    let reduction: LossReduction
+    let ignoreIndex: Int?
+
+    init(_ ctx: NodeContext, softmax: Bool) throws {
+        self.softmax = softmax
+        reduction = try LossReduction(ctx.string("reduction", default: "mean"))
+        ignoreIndex = try ctx.int("ignore_index")
+    }
+
+    struct Op: FloatOperation {
+        let k: LossKernel, x: Tensor, targets: [Int], weights: [Double]?
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+            guard x.rank >= 2 else { throw KernelError("input must be [N, C, ...], got \(x.shape)") }
+            let logProb = k.softmax ? logSoftmaxChannels(x, T.self) : x
+            let loss = try nllLoss(logProb, targets: targets, weights: weights, ignoreIndex: k.ignoreIndex, reduction: k.reduction, T.self)
+            return k.softmax ? [loss, logProb] : [loss]
+        }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0)
+        guard let targets = try inputs.tensor(1).intValues() else { throw KernelError("target must be an integer tensor") }
+        let weights = try inputs.optionalTensor(2).map { w in
+            try channelValues(w, count: w.count, default: 1, name: "weight")
+        }
+        return try withFloatCompute([x]) { t in
+            try dispatchFloat(t[0]!.dtype, Op(k: self, x: t[0]!, targets: targets, weights: weights))
+        }.map { $0.map(Value.tensor) }
+    }
+}
+
+func registerLossOps(_ registry: OpRegistry) {
+    registry.register("NegativeLogLikelihoodLoss", since: 12) { ctx in try LossKernel(ctx, softmax: false) }
+    registry.register("SoftmaxCrossEntropyLoss", since: 12) { ctx in try LossKernel(ctx, softmax: true) }
+}

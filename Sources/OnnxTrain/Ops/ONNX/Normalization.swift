@@ -1,0 +1,336 @@
+import Foundation
+
+/// BatchNormalization, LayerNormalization, InstanceNormalization, GroupNormalization, LRN and
+/// MeanVarianceNormalization. Statistics are accumulated in Double for Float inputs so long rows
+/// do not lose precision; the population (biased) variance is used throughout, as ONNX specifies.
+
+/// Mean and population variance of the runs of `length` values starting at each of `starts`.
+@inline(__always)
+func meanVariance<T: FloatElement>(_ p: UnsafeBufferPointer<T>, starts: [Int], length: Int) -> (Double, Double) {
+    var sum = 0.0
+    for s in starts { for i in s..<(s + length) { sum += p[i].doubleValue } }
+    let n = Double(starts.count * length)
+    guard n > 0 else { return (0, 0) }
+    let mean = sum / n
+    // Two-pass for accuracy: E[(x - mean)^2].
+    var acc = 0.0
+    for s in starts { for i in s..<(s + length) { let d = p[i].doubleValue - mean; acc += d * d } }
+    return (mean, acc / n)
+}
+
+/// The values of a per-channel parameter as Doubles (any float type).
+func channelValues(_ t: Tensor?, count: Int, default value: Double, name: String) throws -> [Double] {
+    guard let t else { return Array(repeating: value, count: count) }
+    guard t.count == count else { throw KernelError("\(name) has \(t.count) values, \(count) expected") }
+    return try (0..<count).map { i in
+        guard let v = t.scalarDouble(at: i) else { throw KernelError("\(name) has unsupported type \(t.dtype)") }
+        return v
+    }
+}
+
+/// A float tensor of `dtype` (float32/float64, or half through float32) from Doubles.
+func floatTensor(_ dtype: DType, shape: [Int], _ values: [Double]) -> Tensor {
+    switch dtype {
+    case .float64: return Tensor(shape: shape, scalars: values)
+    case .float16: return Tensor(shape: shape, scalars: values.map { Float16(Float($0)) })
+    case .bfloat16: return Tensor(shape: shape, scalars: values.map { BFloat16(Float($0)) })
+    default: return Tensor(shape: shape, scalars: values.map { Float($0) })
+    }
+}
+
+// MARK: - BatchNormalization
+
+struct BatchNormKernel: Kernel {
+    let epsilon: Double, momentum: Double
+    let training: Bool          // opset 14+: training_mode; earlier: more than one output requested
+    let opset: Int
+
+    init(_ ctx: NodeContext) throws {
+        epsilon = Double(try ctx.float("epsilon", default: 1e-5))
+        momentum = Double(try ctx.float("momentum", default: 0.9))
+        opset = ctx.sinceVersion
+        if ctx.sinceVersion >= 14 {
+            training = try ctx.int("training_mode", default: 0) != 0
+        } else {
+            training = try ctx.int("is_test", default: 0) == 0 && (1..<5).contains(where: { ctx.hasOutput($0) })
+        }
+    }
+
+    struct Op: FloatOperation {
+        let k: BatchNormKernel, x: Tensor, scale: [Double], bias: [Double], mean: [Double], variance: [Double]
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+            let n = x.shape[0], c = x.rank > 1 ? x.shape[1] : 1
+            let inner = x.rank > 2 ? Tensor.elementCount(Array(x.shape.dropFirst(2))) : 1
+            var useMean = mean, useVar = variance
+            var batchMean = mean, batchVar = variance
+            if k.training {
+                x.withUnsafeBufferPointer(as: T.self) { p in
+                    for ch in 0..<c {
+                        let (m, v) = meanVariance(p, starts: (0..<n).map { ($0 * c + ch) * inner }, length: inner)
+                        batchMean[ch] = m; batchVar[ch] = v
+                    }
+                }
+                useMean = batchMean; useVar = batchVar
+            }
+            var y = Tensor(uninitialized: T.dtype, shape: x.shape)
+            x.withUnsafeBufferPointer(as: T.self) { px in
+                y.withUnsafeMutableBufferPointer(as: T.self) { py in
+                    for b in 0..<n {
+                        for ch in 0..<c {
+                            let a = scale[ch] / (useVar[ch] + k.epsilon).squareRoot()
+                            let shift = bias[ch] - useMean[ch] * a
+                            let base = (b * c + ch) * inner
+                            let ta = T(fromDouble: a), ts = T(fromDouble: shift)
+                            for i in base..<(base + inner) { py[i] = px[i] * ta + ts }
+                        }
+                    }
+                }
+            }
+            guard k.training else { return [y] }
+            let running = { (input: [Double], batch: [Double]) in zip(input, batch).map { $0 * k.momentum + $1 * (1 - k.momentum) } }
+            let runningMean = running(mean, batchMean), runningVar = running(variance, batchVar)
+            if k.opset >= 14 {
+                return [y, floatTensor(T.dtype, shape: [c], runningMean), floatTensor(T.dtype, shape: [c], runningVar)]
+            }
+            // Opsets 6-9: also the saved batch mean and inverse standard deviation.
+            return [y, floatTensor(T.dtype, shape: [c], runningMean), floatTensor(T.dtype, shape: [c], runningVar),
+                    floatTensor(T.dtype, shape: [c], batchMean),
+                    floatTensor(T.dtype, shape: [c], batchVar.map { 1 / ($0 + k.epsilon).squareRoot() })]
+        }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0)
+        guard x.rank >= 1 else { throw KernelError("X must have rank >= 1") }
+        let c = x.rank > 1 ? x.shape[1] : 1
+        let scale = try channelValues(inputs.tensor(1), count: c, default: 1, name: "scale")
+        let bias = try channelValues(inputs.tensor(2), count: c, default: 0, name: "B")
+        let mean = try channelValues(inputs.tensor(3), count: c, default: 0, name: "input_mean")
+        let variance = try channelValues(inputs.tensor(4), count: c, default: 1, name: "input_var")
+        let meanType = try inputs.tensor(3).dtype
+        let outs = try withFloatCompute([x]) { t in
+            try dispatchFloat(t[0]!.dtype, Op(k: self, x: t[0]!, scale: scale, bias: bias, mean: mean, variance: variance))
+        }
+        // Running statistics take the type of input_mean (opset 15 allows it to differ from X).
+        return outs.enumerated().map { i, t in
+            guard let t else { return nil }
+            if i == 0 || t.dtype == meanType { return .tensor(t) }
+            return .tensor(floatTensor(meanType, shape: t.shape, (0..<t.count).map { t.scalarDouble(at: $0) ?? 0 }))
+        }
+    }
+}
+
+// MARK: - LayerNormalization
+
+/// Normalizes over the dims from `axis` on: Y = (X - mean) * invStdDev * Scale + B, with Mean and
+/// InvStdDev of shape X.shape[..<axis] + [1, ...]. Statistics in float (stash_type 1) or double.
+struct LayerNormKernel: Kernel {
+    let axis: Int, epsilon: Double
+
+    init(_ ctx: NodeContext) throws {
+        axis = try ctx.int("axis", default: -1)
+        epsilon = Double(try ctx.float("epsilon", default: 1e-5))
+    }
+
+    struct Op: FloatOperation {
+        let x: Tensor, scale: Tensor, bias: Tensor?, axis: Int, epsilon: Double
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+            let normShape = Array(x.shape[axis...])
+            let inner = Tensor.elementCount(normShape), outer = Tensor.elementCount(Array(x.shape[..<axis]))
+            let zeros = Tensor(zeros: T.dtype, shape: normShape)
+            let s = try broadcastBinary(zeros, scale, T.self, T.self, T.self, outDType: T.dtype) { $1 }.scalars(as: T.self)
+            let b = try bias.map { try broadcastBinary(zeros, $0, T.self, T.self, T.self, outDType: T.dtype) { $1 }.scalars(as: T.self) }
+            guard s.count == inner, b?.count ?? inner == inner else { throw KernelError("Scale or B does not broadcast to \(normShape)") }
+            var y = Tensor(uninitialized: T.dtype, shape: x.shape)
+            var means = [Double](repeating: 0, count: outer), invStd = [Double](repeating: 0, count: outer)
+            x.withUnsafeBufferPointer(as: T.self) { px in
+                y.withUnsafeMutableBufferPointer(as: T.self) { py in
+                    for o in 0..<outer {
+                        let base = o * inner
+                        let (m, v) = meanVariance(px, starts: [base], length: inner)
+                        let r = 1 / (v + epsilon).squareRoot()
+                        means[o] = m; invStd[o] = r
+                        for i in 0..<inner {
+                            let normalized = T(fromDouble: (px[base + i].doubleValue - m) * r)
+                            py[base + i] = normalized * s[i] + (b?[i] ?? 0)
+                        }
+                    }
+                }
+            }
+            let statShape = Array(x.shape[..<axis]) + Array(repeating: 1, count: x.rank - axis)
+            return [y, floatTensor(T.dtype, shape: statShape, means), floatTensor(T.dtype, shape: statShape, invStd)]
+        }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0)
+        let a = try normalizeAxis(axis, rank: x.rank)
+        let original = x.dtype
+        let outs = try withFloatCompute([x, inputs.tensor(1), inputs.optionalTensor(2)]) { t in
+            try dispatchFloat(t[0]!.dtype, Op(x: t[0]!, scale: t[1]!, bias: t[2], axis: a, epsilon: epsilon))
+        }
+        // Mean and InvStdDev stay float32 for half inputs (stash_type 1).
+        return outs.enumerated().map { i, t in
+            guard let t else { return nil }
+            if i > 0 && t.dtype == original && (original == .float16 || original == .bfloat16) {
+                return .tensor(t.widenedToFloat())
+            }
+            return .tensor(t)
+        }
+    }
+}
+
+// MARK: - InstanceNormalization and GroupNormalization
+
+/// Normalizes each (n, group) block of X [N, C, spatial...] where a group is `C / groups`
+/// consecutive channels, then applies per-channel scale and bias.
+func groupNormalize<T: FloatElement>(_ x: Tensor, groups: Int, scale: [Double], bias: [Double], epsilon: Double, _ type: T.Type) throws -> Tensor {
+    let n = x.shape[0], c = x.shape[1]
+    guard groups > 0, c % groups == 0 else { throw KernelError("\(c) channels do not split into \(groups) groups") }
+    let inner = Tensor.elementCount(Array(x.shape.dropFirst(2))), cg = c / groups
+    var y = Tensor(uninitialized: T.dtype, shape: x.shape)
+    x.withUnsafeBufferPointer(as: T.self) { px in
+        y.withUnsafeMutableBufferPointer(as: T.self) { py in
+            for b in 0..<n {
+                for g in 0..<groups {
+                    let base = (b * c + g * cg) * inner
+                    let (m, v) = meanVariance(px, starts: [base], length: cg * inner)
+                    let r = 1 / (v + epsilon).squareRoot()
+                    for ch in (g * cg)..<((g + 1) * cg) {
+                        let a = T(fromDouble: r * scale[ch]), shift = T(fromDouble: bias[ch] - m * r * scale[ch])
+                        let cb = (b * c + ch) * inner
+                        for i in cb..<(cb + inner) { py[i] = px[i] * a + shift }
+                    }
+                }
+            }
+        }
+    }
+    return y
+}
+
+struct GroupNormOp: FloatOperation {
+    let x: Tensor, groups: Int, scale: [Double], bias: [Double], epsilon: Double
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        try groupNormalize(x, groups: groups, scale: scale, bias: bias, epsilon: epsilon, T.self)
+    }
+}
+
+// MARK: - LRN and MeanVarianceNormalization
+
+struct LRNOp: FloatOperation {
+    let x: Tensor, size: Int, alpha: Double, beta: Double, bias: Double
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        guard x.rank >= 2 else { throw KernelError("LRN input must be [N, C, ...], got \(x.shape)") }
+        let n = x.shape[0], c = x.shape[1], inner = Tensor.elementCount(Array(x.shape.dropFirst(2)))
+        let before = (size - 1) / 2, after = size - 1 - before
+        var y = Tensor(uninitialized: T.dtype, shape: x.shape)
+        x.withUnsafeBufferPointer(as: T.self) { px in
+            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+                for b in 0..<n { for ch in 0..<c { for i in 0..<inner {
+                    var sum = 0.0
+                    for j in max(0, ch - before)...min(c - 1, ch + after) { let v = px[(b * c + j) * inner + i].doubleValue; sum += v * v }
+                    let idx = (b * c + ch) * inner + i
+                    py[idx] = T(fromDouble: px[idx].doubleValue / pow(bias + alpha / Double(size) * sum, beta))
+                } } }
+            }
+        }
+        return y
+    }
+}
+
+/// (X - E[X]) / (sqrt(E[(X - E[X])^2]) + 1e-9) over `axes`, as the op's function body states.
+struct MVNOp: FloatOperation {
+    let x: Tensor, axes: [Int]
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        let axes = try Set(axes.map { try normalizeAxis($0, rank: x.rank) })
+        let strides = contiguousStrides(x.shape)
+        // Flat index -> index of its statistics group (the kept dims).
+        var groupStrides = [Int](repeating: 0, count: x.rank), groups = 1
+        for d in stride(from: x.rank - 1, through: 0, by: -1) where !axes.contains(d) { groupStrides[d] = groups; groups *= x.shape[d] }
+        let n = x.count
+        var group = [Int](repeating: 0, count: n)
+        for i in 0..<n {
+            var rem = i, gi = 0
+            for d in 0..<x.rank { gi += (rem / strides[d]) * groupStrides[d]; rem %= strides[d] }
+            group[i] = gi
+        }
+        var sum = [Double](repeating: 0, count: groups), sq = sum, cnt = sum
+        var y = Tensor(uninitialized: T.dtype, shape: x.shape)
+        x.withUnsafeBufferPointer(as: T.self) { px in
+            for i in 0..<n { let v = px[i].doubleValue; sum[group[i]] += v; cnt[group[i]] += 1 }
+            for i in 0..<n { let d = px[i].doubleValue - sum[group[i]] / cnt[group[i]]; sq[group[i]] += d * d }
+            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+                for i in 0..<n {
+                    let g = group[i], mean = sum[g] / cnt[g]
+                    py[i] = T(fromDouble: (px[i].doubleValue - mean) / ((sq[g] / cnt[g]).squareRoot() + 1e-9))
+                }
+            }
+        }
+        return y
+    }
+}
+
+func registerNormalizationOps(_ registry: OpRegistry) {
+    registry.register("BatchNormalization", since: 6) { ctx in try BatchNormKernel(ctx) }
+    registry.register("BatchNormalization", since: 14) { ctx in try BatchNormKernel(ctx) }
+    registry.register("LayerNormalization", since: 17) { ctx in try LayerNormKernel(ctx) }
+    registry.register("InstanceNormalization", since: 6) { ctx in
+        let epsilon = Double(try ctx.float("epsilon", default: 1e-5))
+        return AnyKernel { inputs, _ in
+            let x = try inputs.tensor(0)
+            guard x.rank >= 3 else { throw KernelError("input must be [N, C, spatial...], got \(x.shape)") }
+            let c = x.shape[1]
+            let scale = try channelValues(inputs.tensor(1), count: c, default: 1, name: "scale")
+            let bias = try channelValues(inputs.tensor(2), count: c, default: 0, name: "B")
+            return try withFloatCompute([x]) { t in
+                [try dispatchFloat(t[0]!.dtype, GroupNormOp(x: t[0]!, groups: c, scale: scale, bias: bias, epsilon: epsilon))]
+            }.map { $0.map(Value.tensor) }
+        }
+    }
+    // Opset 18: scale and bias per group; opset 21: per channel (either is accepted by its size).
+    for since in [18, 21] {
+        registry.register("GroupNormalization", since: since) { ctx in
+            let epsilon = Double(try ctx.float("epsilon", default: 1e-5))
+            let groups = try ctx.requiredInt("num_groups")
+            return AnyKernel { inputs, _ in
+                let x = try inputs.tensor(0)
+                guard x.rank >= 2 else { throw KernelError("input must be [N, C, ...], got \(x.shape)") }
+                let c = x.shape[1]
+                guard groups > 0, c % groups == 0 else { throw KernelError("\(c) channels do not split into \(groups) groups") }
+                let st = try inputs.tensor(1), bt = try inputs.tensor(2)
+                var scale: [Double], bias: [Double]
+                if st.count == groups && groups != c && since < 21 {
+                    let cg = c / groups
+                    let s = try channelValues(st, count: groups, default: 1, name: "scale")
+                    let b = try channelValues(bt, count: groups, default: 0, name: "bias")
+                    scale = (0..<c).map { s[$0 / cg] }; bias = (0..<c).map { b[$0 / cg] }
+                } else {
+                    scale = try channelValues(st, count: c, default: 1, name: "scale")
+                    bias = try channelValues(bt, count: c, default: 0, name: "bias")
+                }
+                return try withFloatCompute([x]) { t in
+                    [try dispatchFloat(t[0]!.dtype, GroupNormOp(x: t[0]!, groups: groups, scale: scale, bias: bias, epsilon: epsilon))]
+                }.map { $0.map(Value.tensor) }
+            }
+        }
+    }
+    registry.register("LRN", since: 1) { ctx in
+        let size = try ctx.requiredInt("size")
+        guard size > 0 else { throw KernelError("size must be positive") }
+        let alpha = Double(try ctx.float("alpha", default: 1e-4)), beta = Double(try ctx.float("beta", default: 0.75))
+        let bias = Double(try ctx.float("bias", default: 1))
+        return AnyKernel { inputs, _ in
+            try withFloatCompute([inputs.tensor(0)]) { t in
+                [try dispatchFloat(t[0]!.dtype, LRNOp(x: t[0]!, size: size, alpha: alpha, beta: beta, bias: bias))]
+            }.map { $0.map(Value.tensor) }
+        }
+    }
+    registry.register("MeanVarianceNormalization", since: 9) { ctx in
+        let axes = try ctx.ints("axes", default: [0, 2, 3])
+        return AnyKernel { inputs, _ in
+            try withFloatCompute([inputs.tensor(0)]) { t in
+                [try dispatchFloat(t[0]!.dtype, MVNOp(x: t[0]!, axes: axes))]
+            }.map { $0.map(Value.tensor) }
+        }
+    }
+}
