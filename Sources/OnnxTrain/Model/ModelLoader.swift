@@ -22,12 +22,11 @@ extension Model {
     /// Parses a serialized ModelProto. `directory` anchors external data paths.
     public init(bytes: UnsafeRawBufferPointer, directory: String? = nil) throws {
         guard bytes.count > 0 else { throw OnnxTrainError.invalidModel("empty file, not an ONNX model") }
-        guard let raw = protobuf_c_message_unpack(withUnsafePointer(to: onnx__model_proto__descriptor) { $0 }, nil,
-                                                  bytes.count, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)) else {
+        guard let raw = onnx__model_proto__unpack(nil, bytes.count, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)) else {
             throw OnnxTrainError.invalidModel("not a valid ONNX model (protobuf parse failed: truncated or corrupt)")
         }
-        defer { protobuf_c_message_free_unpacked(raw, nil) }
-        let proto = UnsafeRawPointer(raw).assumingMemoryBound(to: Onnx__ModelProto.self).pointee
+        defer { onnx__model_proto__free_unpacked(raw, nil) }
+        let proto = raw.pointee
         var converter = ProtoConverter(directory: directory)
         self = try converter.model(proto)
     }
@@ -41,13 +40,12 @@ extension Model {
 extension Tensor {
     /// Parses one serialized TensorProto (the `input_0.pb` files of the ONNX test suite).
     public init(protobuf bytes: UnsafeRawBufferPointer, directory: String? = nil) throws {
-        guard let raw = protobuf_c_message_unpack(withUnsafePointer(to: onnx__tensor_proto__descriptor) { $0 }, nil,
-                                                  bytes.count, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self)) else {
+        guard let raw = onnx__tensor_proto__unpack(nil, bytes.count, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self)) else {
             throw OnnxTrainError.invalidModel("not a valid TensorProto")
         }
-        defer { protobuf_c_message_free_unpacked(raw, nil) }
+        defer { onnx__tensor_proto__free_unpacked(raw, nil) }
         var converter = ProtoConverter(directory: directory)
-        self = try converter.tensor(UnsafeRawPointer(raw).assumingMemoryBound(to: Onnx__TensorProto.self).pointee)
+        self = try converter.tensor(raw.pointee)
     }
 }
 
@@ -58,21 +56,19 @@ extension Value {
         case .tensor:
             self = .tensor(try Tensor(protobuf: bytes))
         case .sequence:
-            guard let raw = protobuf_c_message_unpack(withUnsafePointer(to: onnx__sequence_proto__descriptor) { $0 }, nil,
-                                                      bytes.count, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self)) else {
+            guard let raw = onnx__sequence_proto__unpack(nil, bytes.count, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self)) else {
                 throw OnnxTrainError.invalidModel("not a valid SequenceProto")
             }
-            defer { protobuf_c_message_free_unpacked(raw, nil) }
+            defer { onnx__sequence_proto__free_unpacked(raw, nil) }
             var converter = ProtoConverter(directory: nil)
-            self = try converter.sequence(UnsafeRawPointer(raw).assumingMemoryBound(to: Onnx__SequenceProto.self).pointee)
+            self = try converter.sequence(raw.pointee)
         case .optional:
-            guard let raw = protobuf_c_message_unpack(withUnsafePointer(to: onnx__optional_proto__descriptor) { $0 }, nil,
-                                                      bytes.count, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self)) else {
+            guard let raw = onnx__optional_proto__unpack(nil, bytes.count, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self)) else {
                 throw OnnxTrainError.invalidModel("not a valid OptionalProto")
             }
-            defer { protobuf_c_message_free_unpacked(raw, nil) }
+            defer { onnx__optional_proto__free_unpacked(raw, nil) }
             var converter = ProtoConverter(directory: nil)
-            self = try converter.optional(UnsafeRawPointer(raw).assumingMemoryBound(to: Onnx__OptionalProto.self).pointee)
+            self = try converter.optional(raw.pointee)
         }
     }
 }

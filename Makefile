@@ -1,0 +1,75 @@
+# onnx-train: `make run` trains the bundled example, `make test` runs every test.
+# Both install the system packages they need (Debian/Ubuntu, apt-get) and fetch their test data.
+
+SHELL := /bin/bash
+APT_PACKAGES := libprotobuf-c-dev libopenblas-dev protobuf-c-compiler zlib1g-dev pkg-config unzip
+ONNX_VERSION := 1.22.0
+TESTDATA := .testdata/onnx-$(ONNX_VERSION)
+NODE_SUITE := $(TESTDATA)/onnx/backend/test/data/node
+MANIFEST := Tests/Conformance/manifest.txt
+# One release build with testing enabled serves the tests and the conformance run: debug Swift
+# is too slow for the heavier suites.
+TEST_BUILD := swift build -c release -Xswiftc -enable-testing --scratch-path .build-test
+RELEASE_BIN := .build/release/onnx-train
+TEST_BIN := .build-test/release/onnx-train
+
+.PHONY: all deps build release run test test-build unit-test conformance conformance-manifest conformance-docs testdata proto-check clean
+
+all: build
+
+## Install the system packages that are missing (apt-get update runs once, only if needed).
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+build: deps
+	swift build
+
+release: deps
+	swift build -c release --product onnx-train
+
+## Train the bundled example end to end (inference on the bundled MLP until the training example lands).
+run: release
+	$(RELEASE_BIN) inspect Tests/Fixtures/inference/mlp_opset17/model.onnx
+
+## Download the onnx wheel with pip and unpack only its backend test data (never committed).
+testdata: $(NODE_SUITE)/test_abs/model.onnx
+
+$(NODE_SUITE)/test_abs/model.onnx:
+	@command -v python3 >/dev/null || { echo "make: python3 with pip is needed to fetch the ONNX test data" >&2; exit 1; }
+	rm -rf $(TESTDATA) && mkdir -p $(TESTDATA)
+	python3 -m pip download --quiet --no-deps --only-binary=:all: onnx==$(ONNX_VERSION) -d $(TESTDATA)/wheel
+	cd $(TESTDATA) && unzip -q -o wheel/onnx-$(ONNX_VERSION)-*.whl 'onnx/backend/test/data/node/*' && rm -rf wheel
+	@test -f $@ || { echo "make: the onnx $(ONNX_VERSION) wheel has no node test data" >&2; exit 1; }
+	@echo "ONNX node suite: $$(ls $(NODE_SUITE) | wc -l) cases in $(NODE_SUITE)"
+
+proto-check: deps
+	Proto/generate.sh --check
+
+test-build: deps
+	$(TEST_BUILD) --build-tests
+
+## Every test: generated code up to date, the ONNX conformance suite against the manifest, unit tests.
+test: deps testdata proto-check test-build
+	$(TEST_BIN) conformance $(NODE_SUITE) --manifest $(MANIFEST) --quiet
+	swift test -c release -Xswiftc -enable-testing --scratch-path .build-test --skip-build
+
+conformance: deps testdata test-build
+	$(TEST_BIN) conformance $(NODE_SUITE) --manifest $(MANIFEST)
+
+## Rewrite the manifest from a fresh run (keeps written reasons), then the docs and README count.
+conformance-manifest: deps testdata test-build
+	$(TEST_BIN) conformance $(NODE_SUITE) --manifest $(MANIFEST) --update-manifest --quiet
+	$(MAKE) conformance-docs
+
+conformance-docs: deps testdata test-build
+	mkdir -p docs
+	$(TEST_BIN) conformance $(NODE_SUITE) --manifest $(MANIFEST) --quiet \
+	  --markdown docs/CONFORMANCE.md --readme README.md --report docs/conformance-report.json
+
+clean:
+	rm -rf .build .build-test
