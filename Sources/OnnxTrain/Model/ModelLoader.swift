@@ -49,6 +49,20 @@ extension Tensor {
     }
 }
 
+extension Tensor {
+    /// Parses one serialized TensorProto and returns its `name` field too ("" when unset).
+    public static func named(protobuf bytes: UnsafeRawBufferPointer, directory: String? = nil) throws -> (name: String, tensor: Tensor) {
+        guard let raw = protobuf_c_message_unpack(withUnsafePointer(to: onnx__tensor_proto__descriptor) { $0 }, nil,
+                                                  bytes.count, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self)) else {
+            throw OnnxTrainError.invalidModel("not a valid TensorProto")
+        }
+        defer { protobuf_c_message_free_unpacked(raw, nil) }
+        let proto = UnsafeRawPointer(raw).assumingMemoryBound(to: Onnx__TensorProto.self).pointee
+        var converter = ProtoConverter(directory: directory)
+        return (str(proto.name), try converter.tensor(proto))
+    }
+}
+
 extension Value {
     /// Parses a serialized TensorProto, SequenceProto or OptionalProto, as `kind` says.
     public init(protobuf bytes: UnsafeRawBufferPointer, kind: SerializedValueKind) throws {
