@@ -70,7 +70,9 @@ def _tensor(t):
     raw = b"" if raw_v is None else bytes(t.buf[raw_v[0]:raw_v[0] + raw_v[1]])
     np_type = helper.tensor_dtype_to_np_dtype(dtype)
     external = t.scalar(6, _i64, default=-1)
-    array = np.frombuffer(raw, dtype=np_type).reshape(dims) if raw_v is not None else None
+    # Nominal checkpoints store name + data_type only (no dims, no bytes): no array then.
+    nominal = not raw and (not dims or int(np.prod(dims)) != 0)
+    array = None if nominal else np.frombuffer(raw, dtype=np_type).reshape(dims)
     return name, {"dims": dims, "data_type": dtype, "array": array, "external_data_offset": external}
 
 

@@ -90,7 +90,31 @@ def graph_io(path):
     return [describe(v) for v in m.graph.input], [describe(v) for v in m.graph.output]
 
 
-def make_case(name, model, example, data, batch_rows, loss, optim, dynamic_batch=False):
+TORCH_LOSSES = {
+    "ce": torch.nn.functional.cross_entropy,
+    "mse": torch.nn.functional.mse_loss,
+    "bce": torch.nn.functional.binary_cross_entropy_with_logits,
+    "l1": torch.nn.functional.l1_loss,
+}
+
+
+def check_against_torch(name, model, loss, batch, ort_loss, ort_grads):
+    """The first step's loss and gradients must match PyTorch autograd (train mode) on the same batch."""
+    model.train()
+    model.zero_grad()
+    x, y = (torch.from_numpy(np.ascontiguousarray(a)) for a in batch)
+    value = TORCH_LOSSES[loss](model(x), y)
+    value.backward()
+    assert abs(float(value) - ort_loss) < 1e-5 * max(1.0, abs(ort_loss)), (name, float(value), ort_loss)
+    for n, p in model.named_parameters():
+        assert np.allclose(p.grad.numpy(), ort_grads[n], rtol=1e-4, atol=1e-5), (name, n, np.abs(p.grad.numpy() - ort_grads[n]).max())
+
+
+def ops_of(path):
+    return sorted({(n.domain or "ai.onnx") + ":" + n.op_type for n in onnx.load(path).graph.node})
+
+
+def make_case(name, model, example, data, batch_rows, loss, optim, dynamic_batch=False, nominal=False):
     case = fresh_dir(OUT / name)
     proto = export_training(model, example, dynamic_batch)
     init_names = [i.name for i in proto.graph.initializer]
@@ -105,14 +129,13 @@ def make_case(name, model, example, data, batch_rows, loss, optim, dynamic_batch
         loss=LOSSES[loss],
         optimizer=OPTIMIZERS[optim],
         artifact_directory=str(case),
+        nominal_checkpoint=nominal,
     )
-    # Remember the pristine checkpoint bytes before training touches anything.
     train_inputs, train_outputs = graph_io(case / "training_model.onnx")
     eval_inputs, eval_outputs = graph_io(case / "eval_model.onnx")
     optim_inputs, optim_outputs = graph_io(case / "optimizer_model.onnx")
 
     state = CheckpointState.load_checkpoint(str(case / "checkpoint"))
-    param_names_state = list(state.parameters)  # noqa: F841 (hash-map order, not used)
     eval_ok = True
     try:
         Module(str(case / "training_model.onnx"), state, str(case / "eval_model.onnx"), device="cpu")
@@ -138,12 +161,19 @@ def make_case(name, model, example, data, batch_rows, loss, optim, dynamic_batch
         feeds = [data[n][k * batch_rows[n]:(k + 1) * batch_rows[n]] for n in user_inputs]
         value = module(*feeds)
         losses.append(float(np.asarray(value)))
+        if step == 0:
+            # Gradients of the first batch at the initial parameters (before any optimizer step).
+            first_grads = {n: np.asarray(state.parameters[n].grad).copy() for n in trainable}
         optimizer.step()
         module.lazy_reset_grad()
 
+    check_against_torch(name, model, loss, [data[n][:batch_rows[n]] for n in user_inputs], losses[0], first_grads)
     expected = {"losses": np.asarray(losses, dtype=np.float32)}
     for n in param_names:
         expected["param:" + n] = np.asarray(state.parameters[n].data)
+    for n in param_names:
+        if n in first_grads:
+            expected["grad0:" + n] = first_grads[n]
     # Cross-check: the contiguous buffer is the concatenation in training-model parameter order.
     flat = module.get_contiguous_parameters(trainable_only=False).numpy()
     assert np.array_equal(flat, np.concatenate([expected["param:" + n].ravel() for n in param_names])), name
@@ -167,9 +197,9 @@ def make_case(name, model, example, data, batch_rows, loss, optim, dynamic_batch
         "loss_output": module.output_names()[0],
         "optimizer_step_after_training": STEPS,
         "eval_model_loads_in_onnxruntime": eval_ok,
-        "training_model": {"inputs": train_inputs, "outputs": train_outputs},
-        "eval_model": {"inputs": eval_inputs, "outputs": eval_outputs},
-        "optimizer_model": {"inputs": optim_inputs, "outputs": optim_outputs},
+        "training_model": {"inputs": train_inputs, "outputs": train_outputs, "ops": ops_of(case / "training_model.onnx")},
+        "eval_model": {"inputs": eval_inputs, "outputs": eval_outputs, "ops": ops_of(case / "eval_model.onnx")},
+        "optimizer_model": {"inputs": optim_inputs, "outputs": optim_outputs, "ops": ops_of(case / "optimizer_model.onnx")},
     }
     if not eval_ok:
         meta["eval_model_error"] = eval_error
@@ -303,7 +333,7 @@ def main():
         model = MLP(16, 32, 4)
         # The MLP is exported with a symbolic batch dim so the training graph carries dim_params.
         make_case(name, model, torch.from_numpy(data["input"][:B]), data,
-                  {n: B for n in data}, loss, optim, dynamic_batch=True)
+                  {n: B for n in data}, loss, optim, dynamic_batch=True, nominal=(name == "mlp_ce_adamw"))
         if name == "mlp_ce_adamw":
             make_checkpoint_roundtrip(data)
 
