@@ -52,14 +52,12 @@ extension Tensor {
 extension Tensor {
     /// Parses one serialized TensorProto and returns its `name` field too ("" when unset).
     public static func named(protobuf bytes: UnsafeRawBufferPointer, directory: String? = nil) throws -> (name: String, tensor: Tensor) {
-        guard let raw = protobuf_c_message_unpack(withUnsafePointer(to: onnx__tensor_proto__descriptor) { $0 }, nil,
-                                                  bytes.count, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self)) else {
+        guard let raw = onnx__tensor_proto__unpack(nil, bytes.count, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self)) else {
             throw OnnxTrainError.invalidModel("not a valid TensorProto")
         }
-        defer { protobuf_c_message_free_unpacked(raw, nil) }
-        let proto = UnsafeRawPointer(raw).assumingMemoryBound(to: Onnx__TensorProto.self).pointee
+        defer { onnx__tensor_proto__free_unpacked(raw, nil) }
         var converter = ProtoConverter(directory: directory)
-        return (str(proto.name), try converter.tensor(proto))
+        return (str(raw.pointee.name), try converter.tensor(raw.pointee))
     }
 }
 
