@@ -5,4 +5,5 @@ func registerTensorOps(_ registry: OpRegistry) {
     registerControlFlowOps(registry)    // ControlFlow.swift: If, Loop, Scan
     registerSequenceOps(registry)       // Sequences.swift: Sequence*, SplitToSequence, ConcatFromSequence, SequenceMap, Optional*
     registerResizeOps(registry)         // Resize.swift: Resize, Upsample
+    registerVisionOps(registry)         // Vision.swift: GridSample, AffineGrid, RoiAlign, NonMaxSuppression, Col2Im, Det
 }
