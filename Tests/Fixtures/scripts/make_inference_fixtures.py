@@ -135,6 +135,17 @@ def main():
         got = onnx.numpy_helper.to_array(onnx.load_tensor(OUT / f"gpt_opset{opset}" / "test_data_set_0" / "output_0.pb"))
         assert np.allclose(ref, got, atol=1e-4), np.abs(ref - got).max()
 
+        # Same GPT with symbolic batch and sequence dims: arange becomes Range and the mask slice
+        # gets runtime ends. The data set uses batch 3 and T = 5 (< the traced 8).
+        dyn = {"input": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
+        proto = export(gpt, (torch.from_numpy(idx),), ["input"], ["logits"], opset, dynamic_axes=dyn)
+        idx_dyn = np.random.RandomState(100 + opset).randint(0, 32, size=(3, 5)).astype(np.int64)
+        cases.append(write_case(f"gpt_dynamic_opset{opset}", proto, {"input": idx_dyn}))
+        with torch.no_grad():
+            ref = gpt(torch.from_numpy(idx_dyn)).numpy()
+        got = onnx.numpy_helper.to_array(onnx.load_tensor(OUT / f"gpt_dynamic_opset{opset}" / "test_data_set_0" / "output_0.pb"))
+        assert np.allclose(ref, got, atol=1e-4), np.abs(ref - got).max()
+
     with open(OUT / "cases.txt", "w") as f:
         f.write("# <case dir>  (ONNX backend-test layout; outputs from onnxruntime 1.19.2 CPU)\n")
         for c in cases:
