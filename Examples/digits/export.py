@@ -1,0 +1,83 @@
+"""Export the digits example: an MLP on scikit-learn's 8x8 handwritten digits, in onnxruntime's
+training-artifact form, plus the data as npz, then train it once with onnxruntime-training as the
+reference the README quotes.
+
+Writes, next to this script:
+    training_model.onnx, eval_model.onnx, optimizer_model.onnx, checkpoint   (generate_artifacts:
+                   CrossEntropyLoss, AdamW; the logits `output` stay an output for accuracy)
+    train.npz      input float32 [1437, 64] (pixels / 16, in [0, 1]), labels int64 [1437]
+    test.npz       input float32 [360, 64], labels int64 [360]
+    reference.json onnxruntime's run with the README's settings (per-epoch losses, accuracy, time)
+
+Run (no network needed: the digits ship inside scikit-learn):
+    /work/venv/bin/python Examples/digits/export.py
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from sklearn.datasets import load_digits
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import example_export as ex  # noqa: E402
+
+SEED = 1797
+BATCH, EPOCHS, LR = 32, 5, 0.01
+N_TEST = 360
+
+
+class DigitsMLP(nn.Module):
+    """[N, 64] -> Linear(64, 128) -> ReLU -> Linear(128, 64) -> ReLU -> Linear(64, 10) logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 128)
+        self.fc2 = nn.Linear(128, 64)
+        self.fc3 = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def digits_split():
+    """1797 images, a fixed permutation, the last 360 for testing; pixels 0..16 scaled to [0, 1]."""
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    order = np.random.RandomState(SEED).permutation(len(y))
+    train, test = order[:-N_TEST], order[-N_TEST:]
+    return {"input": x[train], "labels": y[train]}, {"input": x[test], "labels": y[test]}
+
+
+def main():
+    ex.quiet()
+    ex.seed_all(SEED)
+    ex.clean_outputs(HERE, ex.ARTIFACT_FILES + ("train.npz", "test.npz", "reference.json"))
+    train, test = digits_split()
+    model = DigitsMLP()
+    proto = ex.export_for_training(model, [torch.from_numpy(train["input"][:BATCH])], ["input"])
+    trainable, frozen, _ = ex.generate_training_artifacts(model, proto, HERE)
+    ex.save_npz(HERE / "train.npz", train)
+    ex.save_npz(HERE / "test.npz", test)
+
+    print(f"digits: {len(train['labels'])} train / {len(test['labels'])} test; onnxruntime-training, "
+          f"batch {BATCH}, lr {LR}, {EPOCHS} epochs")
+    history = ex.train_with_onnxruntime(HERE, train, test, batch_size=BATCH, epochs=EPOCHS, lr=LR, seed=SEED)
+    assert history["epochs"][-1]["eval_accuracy"] >= 0.95, history["epochs"][-1]
+    ex.write_json(HERE / "reference.json", {
+        "runtime": "onnxruntime-training 1.19.2 (Module/Optimizer, CPU, 1 thread)",
+        "settings": {"batch_size": BATCH, "epochs": EPOCHS, "lr": LR, "shuffle": "RandomState(1797 + epoch)",
+                     "drop_last": False},
+        "trainable": trainable, "frozen": frozen,
+        "training_model": ex.graph_io(HERE / "training_model.onnx"),
+        "eval_model": ex.graph_io(HERE / "eval_model.onnx"),
+        **history,
+    })
+
+
+if __name__ == "__main__":
+    main()
