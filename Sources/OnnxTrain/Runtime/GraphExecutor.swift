@@ -109,6 +109,8 @@ final class GraphExecutor {
 
         // Resolve every node to a kernel; collect every failure before reporting.
         let scopeNames = defined.union(producer.keys).union(visible)
+        var missing: [String: [String]] = [:]
+        var missingOrder: [String] = []
         for i in order {
             let node = graph.nodes[i]
             let domain = canonicalDomain(node.domain)
@@ -118,12 +120,9 @@ final class GraphExecutor {
                 continue
             }
             guard let (since, factory) = registry.resolve(domain: domain, opType: node.opType, opset: opset) else {
-                let d = domain.isEmpty ? "ai.onnx" : domain
-                if registry.knows(domain: domain, opType: node.opType) {
-                    problems.append("\(node.label): no kernel for \(node.opType) at \(d) opset \(opset)")
-                } else {
-                    problems.append("\(node.label): no kernel for op \(node.opType) in domain \(d) (opset \(opset))")
-                }
+                let key = "\(node.opType) (domain \(domain.isEmpty ? "ai.onnx" : domain), opset \(opset))"
+                if missing[key] == nil { missingOrder.append(key) }
+                missing[key, default: []].append(node.name.isEmpty ? node.outputs.first ?? "?" : node.name)
                 continue
             }
             var subgraphs: [Subgraph] = []
@@ -148,9 +147,19 @@ final class GraphExecutor {
                 problems.append("\(node.label): \(error.message)")
             }
         }
+        if !missingOrder.isEmpty {
+            // One entry per missing op, not per node: a transformer repeats the same few ops.
+            let list = missingOrder.map { key -> String in
+                let nodes = missing[key]!
+                return "\(key) at node '\(nodes[0])'" + (nodes.count > 1 ? " and \(nodes.count - 1) more" : "")
+            }
+            problems.insert("no kernel for " + list.joined(separator: ", "), at: 0)
+        }
         if !problems.isEmpty {
-            let head = problems.count == 1 ? "" : "\(problems.count) problems: "
-            throw OnnxTrainError.invalidGraph(head + problems.joined(separator: "; "))
+            let shown = problems.prefix(12).joined(separator: "; ")
+            let more = problems.count > 12 ? "; and \(problems.count - 12) more problems" : ""
+            throw OnnxTrainError(missingOrder.isEmpty ? .invalidGraph : .unsupported,
+                                 (problems.count == 1 ? "" : "\(problems.count) problems: ") + shown + more)
         }
         // Names read here but defined in an enclosing graph.
         for (name, s) in slotOf.sorted(by: { $0.value < $1.value })
