@@ -1,0 +1,274 @@
+/// Add, Sub, Mul, Div, Pow, Mod, BitShift, Bitwise*, Min/Max/Sum/Mean, comparisons, logical ops
+/// and Where: binary (or n-ary) elementwise ops with numpy broadcasting.
+struct AddFunction: ArithmeticBinaryFunction {
+    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> T { T.add(a, b) }
+}
+struct SubFunction: ArithmeticBinaryFunction {
+    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> T { T.sub(a, b) }
+}
+struct MulFunction: ArithmeticBinaryFunction {
+    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> T { T.mul(a, b) }
+}
+struct DivFunction: ArithmeticBinaryFunction {
+    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> T { T.div(a, b) }
+}
+/// Mod: fmod = 1 is C's fmod (sign of the dividend); fmod = 0 is Python's (sign of the divisor).
+struct ModFunction: ArithmeticBinaryFunction {
+    let fmod: Bool
+    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> T {
+        fmod ? T.fmod(a, b) : T.floorMod(a, b)
+    }
+}
+/// Max and Min propagate NaN, as numpy's maximum/minimum and onnxruntime do.
+struct MaxFunction: ArithmeticBinaryFunction {
+    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> T {
+        a.isNaNValue ? a : (b.isNaNValue ? b : (a < b ? b : a))
+    }
+}
+struct MinFunction: ArithmeticBinaryFunction {
+    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> T {
+        a.isNaNValue ? a : (b.isNaNValue ? b : (b < a ? b : a))
+    }
+}
+struct PowFunction: RealBinaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ a: T, _ b: T) -> T { T.pow(a, b) }
+}
+
+struct EqualFunction: ComparisonFunction {
+    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> Bool { a == b }
+}
+struct LessFunction: ComparisonFunction {
+    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> Bool { a < b }
+}
+struct LessOrEqualFunction: ComparisonFunction {
+    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> Bool { a <= b }
+}
+struct GreaterFunction: ComparisonFunction {
+    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> Bool { a > b }
+}
+struct GreaterOrEqualFunction: ComparisonFunction {
+    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> Bool { a >= b }
+}
+
+/// Bitwise ops and shifts, on unsigned and signed integers.
+struct BitwiseOperation {
+    enum Kind { case and, or, xor, shiftLeft, shiftRight }
+    let a: Tensor, b: Tensor, kind: Kind
+
+    func run() throws -> Tensor {
+        switch a.dtype {
+        case .int8: return try loop(Int8.self)
+        case .int16: return try loop(Int16.self)
+        case .int32: return try loop(Int32.self)
+        case .int64: return try loop(Int64.self)
+        case .uint8: return try loop(UInt8.self)
+        case .uint16: return try loop(UInt16.self)
+        case .uint32: return try loop(UInt32.self)
+        case .uint64: return try loop(UInt64.self)
+        default: throw KernelError("bitwise ops need integer inputs, got \(a.dtype)")
+        }
+    }
+
+    private func loop<T: FixedWidthInteger & TensorElement>(_ type: T.Type) throws -> Tensor {
+        switch kind {
+        case .and: return try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { $0 & $1 }
+        case .or: return try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { $0 | $1 }
+        case .xor: return try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { $0 ^ $1 }
+        // Swift's smart shifts give 0 for amounts of the bit width or more (C leaves them undefined).
+        case .shiftLeft: return try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { $0 << $1 }
+        case .shiftRight: return try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { $0 >> $1 }
+        }
+    }
+}
+
+func bitwise(_ a: Tensor, _ b: Tensor, _ kind: BitwiseOperation.Kind) throws -> Tensor {
+    try requireSameType(a, b)
+    return try BitwiseOperation(a: a, b: b, kind: kind).run()
+}
+
+/// Pow(X, Y): the result has X's type; mixed types compute in Double (exact for the integer
+/// powers integer bases can hold), float32 ^ float32 stays in powf.
+func power(_ x: Tensor, _ y: Tensor) throws -> Tensor {
+    if x.dtype == y.dtype && (x.dtype == .float32 || x.dtype == .float64 || x.isHalf) {
+        return try zipReal(x, y, PowFunction())
+    }
+    let result = try zipReal(try x.cast(to: .float64), try y.cast(to: .float64), PowFunction())
+    return try result.cast(to: x.dtype)
+}
+
+/// Logical And/Or/Xor on bool tensors with broadcasting.
+func logical(_ a: Tensor, _ b: Tensor, _ f: (Bool, Bool) -> Bool) throws -> Tensor {
+    guard a.dtype == .bool, b.dtype == .bool else { throw KernelError("inputs must be bool, got \(a.dtype) and \(b.dtype)") }
+    return try broadcastBinary(a, b, Bool.self, Bool.self, Bool.self, outDType: .bool, f)
+}
+
+/// Folds variadic inputs with a broadcasting binary function (Sum, Min, Max, Mean).
+func foldVariadic<F: ArithmeticBinaryFunction>(_ inputs: [Value?], _ f: F) throws -> Tensor {
+    guard !inputs.isEmpty else { throw KernelError("at least one input is required") }
+    var acc = try inputs.tensor(0)
+    for i in 1..<inputs.count { acc = try zipArithmetic(acc, try inputs.tensor(i), f) }
+    return acc
+}
+
+/// Where(condition, X, Y) with three-way broadcasting; copies elements by their byte size.
+func select(_ cond: Tensor, _ x: Tensor, _ y: Tensor) throws -> Tensor {
+    guard cond.dtype == .bool else { throw KernelError("condition must be bool, got \(cond.dtype)") }
+    try requireSameType(x, y)
+    let outShape = try Broadcast.shape([cond.shape, x.shape, y.shape])
+    let n = Tensor.elementCount(outShape)
+    let sc = Broadcast.strides(cond.shape, to: outShape)
+    let sx = Broadcast.strides(x.shape, to: outShape)
+    let sy = Broadcast.strides(y.shape, to: outShape)
+    // offsets(o) gives the three input offsets of output element o.
+    let rank = outShape.count
+    var index = [Int](repeating: 0, count: rank)
+    func offsets(_ visit: (Int, Int, Int, Int) -> Void) {
+        var oc = 0, ox = 0, oy = 0
+        for o in 0..<n {
+            visit(o, oc, ox, oy)
+            var d = rank - 1
+            while d >= 0 {
+                index[d] += 1
+                oc += sc[d]; ox += sx[d]; oy += sy[d]
+                if index[d] < outShape[d] { break }
+                oc -= sc[d] * outShape[d]; ox -= sx[d] * outShape[d]; oy -= sy[d] * outShape[d]
+                index[d] = 0
+                d -= 1
+            }
+        }
+    }
+    if x.dtype == .string {
+        let c = cond.scalars(as: Bool.self), xs = x.strings, ys = y.strings
+        var out = [String](repeating: "", count: n)
+        offsets { o, oc, ox, oy in out[o] = c[oc] ? xs[ox] : ys[oy] }
+        return Tensor(shape: outShape, strings: out)
+    }
+    func copy<E>(_ type: E.Type) -> Tensor {
+        var out = Tensor(uninitialized: x.dtype, shape: outShape)
+        cond.withUnsafeBufferPointer(as: Bool.self) { pc in
+            x.withUnsafeBufferPointer(as: E.self) { px in
+                y.withUnsafeBufferPointer(as: E.self) { py in
+                    out.withUnsafeMutableBufferPointer(as: E.self) { po in
+                        offsets { o, oc, ox, oy in po[o] = pc[oc] ? px[ox] : py[oy] }
+                    }
+                }
+            }
+        }
+        return out
+    }
+    switch x.dtype.byteSize {
+    case 1: return copy(UInt8.self)
+    case 2: return copy(UInt16.self)
+    case 4: return copy(UInt32.self)
+    case 8: return copy(UInt64.self)
+    default: throw KernelError("element type \(x.dtype) is not supported by Where")
+    }
+}
+
+/// Equal on string tensors, with broadcasting.
+func equalStrings(_ a: Tensor, _ b: Tensor) throws -> Tensor {
+    let outShape = try Broadcast.shape(a.shape, b.shape)
+    let n = Tensor.elementCount(outShape)
+    let sa = Broadcast.strides(a.shape, to: outShape), sb = Broadcast.strides(b.shape, to: outShape)
+    let strides = contiguousStrides(outShape)
+    let xs = a.strings, ys = b.strings
+    var out = [Bool](repeating: false, count: n)
+    for o in 0..<n {
+        var rest = o, ia = 0, ib = 0
+        for d in 0..<outShape.count {
+            let k = rest / strides[d]
+            rest -= k * strides[d]
+            ia += k * sa[d]; ib += k * sb[d]
+        }
+        out[o] = xs[ia] == ys[ib]
+    }
+    return Tensor(shape: outShape, scalars: out)
+}
+
+func registerBinaryMathOps(_ registry: OpRegistry) {
+    registry.registerArithmeticBinary("Add", since: [7, 13, 14]) { _ in AddFunction() }
+    registry.registerArithmeticBinary("Sub", since: [7, 13, 14]) { _ in SubFunction() }
+    registry.registerArithmeticBinary("Mul", since: [7, 13, 14]) { _ in MulFunction() }
+    registry.registerArithmeticBinary("Div", since: [7, 13, 14]) { _ in DivFunction() }
+    registry.registerArithmeticBinary("Mod", since: [10, 13]) { ctx in ModFunction(fmod: try ctx.int("fmod", default: 0) != 0) }
+    for v in [7, 12, 13, 15] {
+        registry.register("Pow", since: v) { _ in
+            AnyKernel { inputs, _ in [.tensor(try power(try inputs.tensor(0), try inputs.tensor(1)))] }
+        }
+    }
+
+    registry.register("BitShift", since: 11) { ctx in
+        let direction = try ctx.string("direction", default: "")
+        guard direction == "LEFT" || direction == "RIGHT" else {
+            throw KernelError("attribute 'direction' must be LEFT or RIGHT, got '\(direction)'")
+        }
+        let kind: BitwiseOperation.Kind = direction == "LEFT" ? .shiftLeft : .shiftRight
+        return AnyKernel { inputs, _ in [.tensor(try bitwise(try inputs.tensor(0), try inputs.tensor(1), kind))] }
+    }
+    for (op, kind) in [("BitwiseAnd", BitwiseOperation.Kind.and), ("BitwiseOr", .or), ("BitwiseXor", .xor)] {
+        registry.register(op, since: 18) { _ in
+            AnyKernel { inputs, _ in [.tensor(try bitwise(try inputs.tensor(0), try inputs.tensor(1), kind))] }
+        }
+    }
+    registry.register("BitwiseNot", since: 18) { _ in
+        AnyKernel { inputs, _ in
+            let x = try inputs.tensor(0)
+            guard x.dtype.isInteger else { throw KernelError("BitwiseNot needs an integer input, got \(x.dtype)") }
+            // ~x on the raw bytes is the same for every integer width.
+            return [.tensor(mapElements(x.reinterpreted(as: .uint8).reshaped([x.count * x.dtype.byteSize]), to: .uint8) { (v: UInt8) in ~v }
+                .reinterpreted(as: x.dtype).reshaped(x.shape))]
+        }
+    }
+
+    // Comparisons; Equal also takes bool (as bytes) and, since 19, strings.
+    for v in [7, 11, 13, 19] {
+        registry.register("Equal", since: v) { _ in
+            AnyKernel { inputs, _ in
+                let a = try inputs.tensor(0), b = try inputs.tensor(1)
+                if a.dtype == .string && b.dtype == .string { return [.tensor(try equalStrings(a, b))] }
+                return [.tensor(try zipComparison(a, b, EqualFunction()))]
+            }
+        }
+    }
+    registry.registerComparison("Less", since: [7, 9, 13], LessFunction())
+    registry.registerComparison("Greater", since: [7, 9, 13], GreaterFunction())
+    registry.registerComparison("LessOrEqual", since: [12, 16], LessOrEqualFunction())
+    registry.registerComparison("GreaterOrEqual", since: [12, 16], GreaterOrEqualFunction())
+
+    registry.register("And", since: 7) { _ in AnyKernel { i, _ in [.tensor(try logical(try i.tensor(0), try i.tensor(1)) { $0 && $1 })] } }
+    registry.register("Or", since: 7) { _ in AnyKernel { i, _ in [.tensor(try logical(try i.tensor(0), try i.tensor(1)) { $0 || $1 })] } }
+    registry.register("Xor", since: 7) { _ in AnyKernel { i, _ in [.tensor(try logical(try i.tensor(0), try i.tensor(1)) { $0 != $1 })] } }
+    registry.register("Not", since: 1) { _ in
+        AnyKernel { inputs, _ in
+            let x = try inputs.tensor(0)
+            guard x.dtype == .bool else { throw KernelError("Not needs a bool input, got \(x.dtype)") }
+            return [.tensor(mapElements(x, to: .bool) { (v: Bool) in !v })]
+        }
+    }
+    for v in [9, 16] {
+        registry.register("Where", since: v) { _ in
+            AnyKernel { inputs, _ in [.tensor(try select(try inputs.tensor(0), try inputs.tensor(1), try inputs.tensor(2)))] }
+        }
+    }
+
+    // Variadic ops with broadcasting (since 8; earlier versions required equal shapes).
+    for v in [6, 8, 12, 13] {
+        registry.register("Max", since: v) { _ in AnyKernel { inputs, _ in [.tensor(try foldVariadic(inputs, MaxFunction()))] } }
+        registry.register("Min", since: v) { _ in AnyKernel { inputs, _ in [.tensor(try foldVariadic(inputs, MinFunction()))] } }
+    }
+    for v in [6, 8, 13] {
+        registry.register("Sum", since: v) { _ in AnyKernel { inputs, _ in [.tensor(try foldVariadic(inputs, AddFunction()))] } }
+        registry.register("Mean", since: v) { _ in
+            AnyKernel { inputs, _ in
+                let sum = try foldVariadic(inputs, AddFunction())
+                return [.tensor(try mapReal(sum, ScaleFunction(scale: 1 / Double(inputs.count))))]
+            }
+        }
+    }
+}
+
+/// x * scale.
+struct ScaleFunction: RealUnaryFunction {
+    let scale: Double
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { x * T(scale) }
+}

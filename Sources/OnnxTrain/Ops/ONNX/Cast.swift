@@ -1,0 +1,364 @@
+/// Cast and CastLike, and `Tensor.cast(to:)` for every other kernel that needs a conversion.
+///
+/// Standard types convert directly (one specialised loop per type pair, generic code):
+/// integer to integer wraps like C and numpy's astype, float to integer truncates toward zero,
+/// float to float rounds to nearest even. The float8 / float4 types go through Float with the
+/// ONNX rounding (nearest even) and `saturate` rules; int4 / uint4 wrap into four bits.
+
+/// An element type `Tensor.cast` converts between directly.
+public protocol CastableElement: TensorElement {
+    static func fromInteger<I: BinaryInteger>(_ value: I) -> Self
+    static func fromFloat<F: BinaryFloatingPoint>(_ value: F) -> Self
+    func converted<D: CastableElement>(to type: D.Type) -> D
+}
+
+extension CastableElement where Self: FixedWidthInteger {
+    @inline(__always) public static func fromInteger<I: BinaryInteger>(_ value: I) -> Self { Self(truncatingIfNeeded: value) }
+    /// Truncates toward zero; NaN gives 0 and values beyond Int64 saturate before wrapping
+    /// to the target width (what C's conversion through a wide integer does on x86 in range).
+    @inline(__always) public static func fromFloat<F: BinaryFloatingPoint>(_ value: F) -> Self {
+        if value.isNaN { return 0 }
+        if Self.self == UInt64.self && value >= 9_223_372_036_854_775_808 {
+            return value >= 18_446_744_073_709_551_616 ? Self.max : Self(truncatingIfNeeded: UInt64(value))
+        }
+        if value >= 9_223_372_036_854_775_807 { return Self(truncatingIfNeeded: Int64.max) }
+        if value <= -9_223_372_036_854_775_808 { return Self(truncatingIfNeeded: Int64.min) }
+        return Self(truncatingIfNeeded: Int64(value))
+    }
+    @inline(__always) public func converted<D: CastableElement>(to type: D.Type) -> D { D.fromInteger(self) }
+}
+
+extension CastableElement where Self: BinaryFloatingPoint {
+    @inline(__always) public static func fromInteger<I: BinaryInteger>(_ value: I) -> Self { Self(value) }
+    @inline(__always) public static func fromFloat<F: BinaryFloatingPoint>(_ value: F) -> Self { Self(value) }
+    @inline(__always) public func converted<D: CastableElement>(to type: D.Type) -> D { D.fromFloat(self) }
+}
+
+extension Float: CastableElement {}
+extension Double: CastableElement {}
+extension Float16: CastableElement {}
+extension Int8: CastableElement {}
+extension Int16: CastableElement {}
+extension Int32: CastableElement {}
+extension Int64: CastableElement {}
+extension UInt8: CastableElement {}
+extension UInt16: CastableElement {}
+extension UInt32: CastableElement {}
+extension UInt64: CastableElement {}
+
+extension Bool: CastableElement {
+    @inline(__always) public static func fromInteger<I: BinaryInteger>(_ value: I) -> Bool { value != 0 }
+    @inline(__always) public static func fromFloat<F: BinaryFloatingPoint>(_ value: F) -> Bool { value != 0 }
+    @inline(__always) public func converted<D: CastableElement>(to type: D.Type) -> D { D.fromInteger(self ? 1 : 0) }
+}
+
+extension BFloat16: CastableElement {
+    @inline(__always) public static func fromInteger<I: BinaryInteger>(_ value: I) -> BFloat16 { BFloat16(Float(value)) }
+    @inline(__always) public static func fromFloat<F: BinaryFloatingPoint>(_ value: F) -> BFloat16 { BFloat16(Float(value)) }
+    @inline(__always) public func converted<D: CastableElement>(to type: D.Type) -> D { D.fromFloat(floatValue) }
+}
+
+/// How float8e8m0 (a bare power of two) rounds: ONNX's `round_mode` attribute.
+public enum E8M0Rounding: String, Sendable {
+    case up, down, nearest
+}
+
+// MARK: - Standard type pairs
+
+private func convertLoop<S: CastableElement, D: CastableElement>(_ x: Tensor, _ s: S.Type, _ d: D.Type) -> Tensor {
+    mapElements(x, to: D.dtype) { (v: S) -> D in v.converted(to: D.self) }
+}
+
+private func convert<S: CastableElement>(_ x: Tensor, from s: S.Type, to dtype: DType) -> Tensor? {
+    switch dtype {
+    case .float32: return convertLoop(x, S.self, Float.self)
+    case .float64: return convertLoop(x, S.self, Double.self)
+    case .float16: return convertLoop(x, S.self, Float16.self)
+    case .bfloat16: return convertLoop(x, S.self, BFloat16.self)
+    case .int8: return convertLoop(x, S.self, Int8.self)
+    case .int16: return convertLoop(x, S.self, Int16.self)
+    case .int32: return convertLoop(x, S.self, Int32.self)
+    case .int64: return convertLoop(x, S.self, Int64.self)
+    case .uint8: return convertLoop(x, S.self, UInt8.self)
+    case .uint16: return convertLoop(x, S.self, UInt16.self)
+    case .uint32: return convertLoop(x, S.self, UInt32.self)
+    case .uint64: return convertLoop(x, S.self, UInt64.self)
+    case .bool: return convertLoop(x, S.self, Bool.self)
+    default: return nil
+    }
+}
+
+/// Converts between the standard (non-float8, non-4-bit, non-string) types; nil otherwise.
+private func convertStandard(_ x: Tensor, to dtype: DType) -> Tensor? {
+    switch x.dtype {
+    case .float32: return convert(x, from: Float.self, to: dtype)
+    case .float64: return convert(x, from: Double.self, to: dtype)
+    case .float16: return convert(x, from: Float16.self, to: dtype)
+    case .bfloat16: return convert(x, from: BFloat16.self, to: dtype)
+    case .int8: return convert(x, from: Int8.self, to: dtype)
+    case .int16: return convert(x, from: Int16.self, to: dtype)
+    case .int32: return convert(x, from: Int32.self, to: dtype)
+    case .int64: return convert(x, from: Int64.self, to: dtype)
+    case .uint8: return convert(x, from: UInt8.self, to: dtype)
+    case .uint16: return convert(x, from: UInt16.self, to: dtype)
+    case .uint32: return convert(x, from: UInt32.self, to: dtype)
+    case .uint64: return convert(x, from: UInt64.self, to: dtype)
+    case .bool: return convert(x, from: Bool.self, to: dtype)
+    default: return nil
+    }
+}
+
+// MARK: - Small floats
+
+/// A float8 or float4 encoding: sign, exponent and mantissa fields with ONNX's special values.
+struct MiniFloatFormat {
+    let exponentBits: Int, mantissaBits: Int, bias: Int
+    /// Largest finite magnitude.
+    let maxValue: Double
+    /// Whether all-ones exponents are inf (0 mantissa) / NaN, as in IEEE (e5m2).
+    let ieeeSpecials: Bool
+    /// "uz" formats: no negative zero; the negative-zero code 0x80 is the only NaN.
+    let unsignedZero: Bool
+    /// The code for NaN without its sign, for formats other than uz.
+    let nanCode: UInt8
+    /// Whether a NaN keeps its sign bit.
+    let nanSigned: Bool
+
+    var bitCount: Int { 1 + exponentBits + mantissaBits }
+    var signBit: UInt8 { UInt8(1 << (bitCount - 1)) }
+    var maxCode: UInt8 { encodeFinite(maxValue) }
+
+    static let e4m3fn = MiniFloatFormat(exponentBits: 4, mantissaBits: 3, bias: 7, maxValue: 448, ieeeSpecials: false,
+                                        unsignedZero: false, nanCode: 0x7F, nanSigned: true)
+    static let e4m3fnuz = MiniFloatFormat(exponentBits: 4, mantissaBits: 3, bias: 8, maxValue: 240, ieeeSpecials: false,
+                                          unsignedZero: true, nanCode: 0x80, nanSigned: false)
+    static let e5m2 = MiniFloatFormat(exponentBits: 5, mantissaBits: 2, bias: 15, maxValue: 57344, ieeeSpecials: true,
+                                      unsignedZero: false, nanCode: 0x7E, nanSigned: true)
+    static let e5m2fnuz = MiniFloatFormat(exponentBits: 5, mantissaBits: 2, bias: 16, maxValue: 57344, ieeeSpecials: false,
+                                          unsignedZero: true, nanCode: 0x80, nanSigned: false)
+    /// float4e2m1 has no inf or NaN; NaN becomes the negative-zero code, as the ONNX suite expects.
+    static let e2m1 = MiniFloatFormat(exponentBits: 2, mantissaBits: 1, bias: 1, maxValue: 6, ieeeSpecials: false,
+                                      unsignedZero: false, nanCode: 0x8, nanSigned: false)
+
+    static func of(_ dtype: DType) -> MiniFloatFormat? {
+        switch dtype {
+        case .float8e4m3fn: return .e4m3fn
+        case .float8e4m3fnuz: return .e4m3fnuz
+        case .float8e5m2: return .e5m2
+        case .float8e5m2fnuz: return .e5m2fnuz
+        case .float4e2m1: return .e2m1
+        default: return nil
+        }
+    }
+
+    /// The value of every code (2^bitCount entries).
+    func decodingTable() -> [Float] {
+        (0..<(1 << bitCount)).map { decode(UInt8($0)) }
+    }
+
+    func decode(_ code: UInt8) -> Float {
+        let negative = code & signBit != 0
+        let field = Int(code >> mantissaBits) & ((1 << exponentBits) - 1)
+        let mantissa = Int(code) & ((1 << mantissaBits) - 1)
+        if unsignedZero && code == 0x80 { return .nan }
+        if !unsignedZero && !ieeeSpecials && bitCount == 8 && code & 0x7F == 0x7F { return .nan }
+        if ieeeSpecials && field == (1 << exponentBits) - 1 {
+            return mantissa == 0 ? (negative ? -.infinity : .infinity) : .nan
+        }
+        let magnitude: Double
+        if field == 0 {
+            magnitude = Double(mantissa) * pow2(1 - bias - mantissaBits)
+        } else {
+            magnitude = (1 + Double(mantissa) / Double(1 << mantissaBits)) * pow2(field - bias)
+        }
+        return Float(negative ? -magnitude : magnitude)
+    }
+
+    /// Rounds `x` to nearest even; out of range (and infinities) saturate to ±max when
+    /// `saturate`, otherwise become inf (IEEE formats) or NaN.
+    func encode(_ x: Float, saturate: Bool) -> UInt8 {
+        let sign: UInt8 = x.sign == .minus ? signBit : 0
+        if x.isNaN { return nanSigned ? nanCode | sign : nanCode }
+        let overflow: UInt8 = saturate ? (maxCode | sign) : (ieeeSpecials ? (infinityCode | sign) : (unsignedZero ? nanCode : nanCode | sign))
+        if x.isInfinite { return overflow }
+        let a = Double(x.magnitude)
+        let minExponent = 1 - bias
+        let e = a == 0 ? minExponent : max(Int(a.exponent), minExponent)
+        let quantum = pow2(e - mantissaBits)
+        let q = (a / quantum).rounded(.toNearestOrEven) * quantum
+        if q > maxValue { return overflow }
+        if q == 0 { return unsignedZero ? 0 : sign }
+        return encodeFinite(q) | sign
+    }
+
+    private var infinityCode: UInt8 { UInt8(((1 << exponentBits) - 1) << mantissaBits) }
+
+    /// The code of a positive value exactly representable in the format.
+    private func encodeFinite(_ q: Double) -> UInt8 {
+        let minExponent = 1 - bias
+        let e = Int(q.exponent)
+        if e < minExponent {
+            return UInt8(q / pow2(minExponent - mantissaBits))
+        }
+        let mantissa = Int(q / pow2(e - mantissaBits)) - (1 << mantissaBits)
+        return UInt8(((e + bias) << mantissaBits) | mantissa)
+    }
+
+    private func pow2(_ e: Int) -> Double { Double(sign: .plus, exponent: e, significand: 1) }
+}
+
+private let miniFloatTables: [DType: [Float]] = [
+    .float8e4m3fn: MiniFloatFormat.e4m3fn.decodingTable(),
+    .float8e4m3fnuz: MiniFloatFormat.e4m3fnuz.decodingTable(),
+    .float8e5m2: MiniFloatFormat.e5m2.decodingTable(),
+    .float8e5m2fnuz: MiniFloatFormat.e5m2fnuz.decodingTable(),
+    .float4e2m1: MiniFloatFormat.e2m1.decodingTable(),
+]
+
+/// float8e8m0: the code is a biased exponent (2^(code - 127)); 0xFF is NaN.
+private func decodeE8M0(_ code: UInt8) -> Float {
+    code == 0xFF ? .nan : Float(sign: .plus, exponent: Int(code) - 127, significand: 1)
+}
+
+/// The float32 exponent field of |x|, rounded by `mode`; saturates to 0xFE or gives NaN (0xFF).
+private func encodeE8M0(_ x: Float, saturate: Bool, mode: E8M0Rounding) -> UInt8 {
+    if x.isNaN { return 0xFF }
+    if x.isInfinite { return saturate ? 0xFE : 0xFF }
+    let bits = x.magnitude.bitPattern
+    var exponent = Int(bits >> 23)
+    let mantissa = bits & 0x7F_FFFF
+    switch mode {
+    case .up: if mantissa != 0 && !(exponent == 0 && mantissa <= 0x40_0000) { exponent += 1 }
+    case .down: break
+    case .nearest: if mantissa >= 0x40_0000 { exponent += 1 }
+    }
+    if exponent > 0xFE { return saturate ? 0xFE : 0xFF }
+    return UInt8(exponent)
+}
+
+// MARK: - Strings
+
+private func trimmed(_ s: String) -> String {
+    String(s.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
+}
+
+/// Parses a number the way ONNX's string casts accept it ("1.5", "-3", "INF", "NaN", "1e-3").
+private func parseNumber(_ s: String) -> Double? {
+    let t = trimmed(s).lowercased()
+    switch t {
+    case "inf", "+inf", "infinity", "+infinity": return .infinity
+    case "-inf", "-infinity": return -.infinity
+    case "nan", "+nan", "-nan": return .nan
+    default: return Double(t)
+    }
+}
+
+/// Formats like onnxruntime: integers plainly, floats in shortest round-trip form, "NaN", "INF", "-INF".
+private func formatNumber(_ x: Tensor) throws -> [String] {
+    func float(_ v: Double, _ text: String) -> String {
+        if v.isNaN { return "NaN" }
+        if v.isInfinite { return v < 0 ? "-INF" : "INF" }
+        return text
+    }
+    switch x.dtype {
+    case .float32: return x.scalars(as: Float.self).map { float(Double($0), "\($0)") }
+    case .float64: return x.scalars(as: Double.self).map { float($0, "\($0)") }
+    case .bool: return x.scalars(as: Bool.self).map { $0 ? "1" : "0" }
+    case .int64: return x.scalars(as: Int64.self).map { "\($0)" }
+    case .uint64: return x.scalars(as: UInt64.self).map { "\($0)" }
+    default:
+        if x.dtype.isInteger { return try x.cast(to: .int64).scalars(as: Int64.self).map { "\($0)" } }
+        return try x.cast(to: .float32).scalars(as: Float.self).map { float(Double($0), "\($0)") }
+    }
+}
+
+extension Tensor {
+    /// This tensor converted to `dtype`, with ONNX Cast semantics.
+    ///
+    /// - Parameters:
+    ///   - saturate: for float8 targets, whether out-of-range values (and infinities) clamp
+    ///     to the largest finite value instead of becoming inf/NaN.
+    ///   - roundMode: how float8e8m0 targets round.
+    public func cast(to dtype: DType, saturate: Bool = true, roundMode: E8M0Rounding = .up) throws -> Tensor {
+        if dtype == self.dtype { return self }
+        if let direct = convertStandard(self, to: dtype) { return direct }
+
+        // Sources that are not standard types: read them as one that is.
+        switch self.dtype {
+        case .int4: return try reinterpreted(as: .int8).cast(to: dtype, saturate: saturate, roundMode: roundMode)
+        case .uint4: return try reinterpreted(as: .uint8).cast(to: dtype, saturate: saturate, roundMode: roundMode)
+        case .float8e4m3fn, .float8e4m3fnuz, .float8e5m2, .float8e5m2fnuz, .float4e2m1:
+            guard let table = miniFloatTables[self.dtype] else { break }
+            let decoded = mapElements(self, to: .float32) { (c: UInt8) -> Float in table[Int(c) & (table.count - 1)] }
+            return try decoded.cast(to: dtype, saturate: saturate, roundMode: roundMode)
+        case .float8e8m0:
+            return try mapElements(self, to: .float32) { (c: UInt8) in decodeE8M0(c) }.cast(to: dtype, saturate: saturate, roundMode: roundMode)
+        case .string:
+            let values = strings.map { parseNumber($0) ?? .nan }
+            if dtype.isInteger {
+                // Integers parse exactly when they are integer literals (int64 beyond 2^53).
+                let ints = strings.map { Int64(trimmed($0)) }
+                if !ints.contains(nil) {
+                    return try Tensor(shape: shape, scalars: ints.map { $0! }).cast(to: dtype)
+                }
+            }
+            return try Tensor(shape: shape, scalars: values).cast(to: dtype, saturate: saturate, roundMode: roundMode)
+        default: break
+        }
+
+        // Targets that are not standard types.
+        switch dtype {
+        case .string:
+            return Tensor(shape: shape, strings: try formatNumber(self))
+        case .int4, .uint4:
+            let wide = try cast(to: .int64)
+            if dtype == .int4 {
+                // Wrap into four bits, sign-extended in the stored byte.
+                return mapElements(wide, to: .int4) { (v: Int64) -> Int8 in (Int8(truncatingIfNeeded: v) << 4) >> 4 }
+            }
+            return mapElements(wide, to: .uint4) { (v: Int64) -> UInt8 in UInt8(truncatingIfNeeded: v) & 0x0F }
+        case .float8e4m3fn, .float8e4m3fnuz, .float8e5m2, .float8e5m2fnuz, .float4e2m1:
+            guard let format = MiniFloatFormat.of(dtype) else { break }
+            let f = try cast(to: .float32)
+            return mapElements(f, to: dtype) { (v: Float) -> UInt8 in format.encode(v, saturate: saturate) }
+        case .float8e8m0:
+            let f = try cast(to: .float32)
+            return mapElements(f, to: dtype) { (v: Float) -> UInt8 in encodeE8M0(v, saturate: saturate, mode: roundMode) }
+        default: break
+        }
+        throw KernelError("cannot cast \(self.dtype) to \(dtype)")
+    }
+}
+
+private func castAttributes(_ ctx: NodeContext) throws -> (saturate: Bool, roundMode: E8M0Rounding) {
+    let saturate = try ctx.int("saturate", default: 1) != 0
+    let mode = try ctx.string("round_mode", default: "up")
+    guard let roundMode = E8M0Rounding(rawValue: mode) else {
+        throw KernelError("attribute 'round_mode' must be up, down or nearest, got '\(mode)'")
+    }
+    return (saturate, roundMode)
+}
+
+func registerCastOps(_ registry: OpRegistry) {
+    for v in [6, 9, 13, 19, 21, 23, 24, 25] {
+        registry.register("Cast", since: v) { ctx in
+            let code = try ctx.requiredInt("to")
+            guard let to = DType(rawValue: Int32(truncatingIfNeeded: code)) else {
+                throw KernelError("attribute 'to' is not a known element type: \(code)")
+            }
+            let (saturate, roundMode) = try castAttributes(ctx)
+            return AnyKernel { inputs, _ in
+                [.tensor(try inputs.tensor(0).cast(to: to, saturate: saturate, roundMode: roundMode))]
+            }
+        }
+    }
+    for v in [15, 19, 21, 23, 24, 25] {
+        registry.register("CastLike", since: v) { ctx in
+            let (saturate, roundMode) = try castAttributes(ctx)
+            return AnyKernel { inputs, _ in
+                let target = try inputs.tensor(1).dtype
+                return [.tensor(try inputs.tensor(0).cast(to: target, saturate: saturate, roundMode: roundMode))]
+            }
+        }
+    }
+}

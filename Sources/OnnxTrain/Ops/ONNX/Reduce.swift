@@ -1,0 +1,180 @@
+/// The Reduce* family: one generic reduction over any set of axes, with each op's identity,
+/// combine step and finishing step. Axes come from an attribute before ReduceSum-13 / the
+/// others' opset 18, from an optional input after.
+
+/// One reduction: identity, how an element joins the accumulator, and how the accumulator
+/// becomes the output.
+enum ReduceKind: Sendable {
+    case sum, mean, max, min, prod, l1, l2, logSum, logSumExp, sumSquare
+
+    /// The accumulator of an empty set: 0 for sums, 1 for products, -inf / +inf for max / min
+    /// (the lowest / highest integer for integer types), as the ONNX reference gives.
+    func identity<T: ArithmeticElement>(_ type: T.Type) -> T {
+        switch self {
+        case .prod: return T.one
+        case .max: return T.lowest
+        case .min: return T.highest
+        default: return 0 as T
+        }
+    }
+
+    @inline(__always) func combine<T: ArithmeticElement>(_ acc: T, _ x: T) -> T {
+        switch self {
+        case .sum, .mean, .logSum: return T.add(acc, x)
+        case .l1: return T.add(acc, T.magnitude(x))
+        case .l2, .sumSquare: return T.add(acc, T.mul(x, x))
+        case .prod: return T.mul(acc, x)
+        case .max: return MaxFunction()(acc, x)
+        case .min: return MinFunction()(acc, x)
+        case .logSumExp: return acc  // computed separately (needs the max first)
+        }
+    }
+
+    func finish<T: ArithmeticElement>(_ acc: T, count: Int) -> T {
+        switch self {
+        case .mean: return T.div(acc, T(fromDouble: Double(count)))
+        case .l2: return T(fromDouble: acc.doubleValue.squareRoot())
+        case .logSum: return T(fromDouble: logarithm(acc.doubleValue))
+        default: return acc
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+@inline(__always) private func logarithm(_ x: Double) -> Double { log(x) }
+
+/// The reduced output shape (reduced dimensions kept as 1), and each input dimension's stride
+/// in the output (0 for reduced dimensions).
+func reductionLayout(shape: [Int], reduced: [Bool]) -> (keptShape: [Int], outStrides: [Int]) {
+    let kept = shape.enumerated().map { reduced[$0.offset] ? 1 : $0.element }
+    let strides = contiguousStrides(kept)
+    return (kept, strides.enumerated().map { reduced[$0.offset] ? 0 : $0.element })
+}
+
+/// Calls `body(inputIndex, outputIndex)` for every input element in row-major order; the
+/// inner loop runs along the last dimension with a fixed output step.
+@inline(__always)
+func forEachReduced(shape: [Int], outStrides: [Int], _ body: (Int, Int) -> Void) {
+    let n = Tensor.elementCount(shape)
+    if n == 0 { return }
+    let rank = shape.count
+    if rank == 0 { body(0, 0); return }
+    let inner = shape[rank - 1], step = outStrides[rank - 1]
+    var index = [Int](repeating: 0, count: rank)
+    var o = 0, i = 0
+    while i < n {
+        var p = o
+        for _ in 0..<inner { body(i, p); i += 1; p += step }
+        var d = rank - 2
+        while d >= 0 {
+            index[d] += 1
+            o += outStrides[d]
+            if index[d] < shape[d] { break }
+            o -= outStrides[d] * shape[d]
+            index[d] = 0
+            d -= 1
+        }
+    }
+}
+
+struct Reduction: ArithmeticOperation {
+    let x: Tensor, reduced: [Bool], kind: ReduceKind, outDType: DType?
+
+    func callAsFunction<T: ArithmeticElement>(_ type: T.Type) throws -> Tensor {
+        let (kept, outStrides) = reductionLayout(shape: x.shape, reduced: reduced)
+        var count = 1
+        for (d, r) in zip(x.shape, reduced) where r { count *= d }
+        var out = Tensor(uninitialized: outDType ?? T.dtype, shape: kept)
+        let kind = self.kind
+        x.withUnsafeBufferPointer(as: T.self) { px in
+            out.withUnsafeMutableBufferPointer(as: T.self) { po in
+                if kind == .logSumExp {
+                    // log(sum(exp(x - m))) + m with m the max, so large inputs do not overflow.
+                    for o in po.indices { po[o] = T.lowest }
+                    forEachReduced(shape: x.shape, outStrides: outStrides) { i, o in po[o] = MaxFunction()(po[o], px[i]) }
+                    let shift = po.map { $0.doubleValue.isFinite ? $0.doubleValue : 0 }
+                    var sums = [Double](repeating: 0, count: po.count)
+                    forEachReduced(shape: x.shape, outStrides: outStrides) { i, o in sums[o] += exp(px[i].doubleValue - shift[o]) }
+                    for o in po.indices { po[o] = T(fromDouble: log(sums[o]) + shift[o]) }
+                    return
+                }
+                let identity = kind.identity(T.self)
+                for o in po.indices { po[o] = identity }
+                switch kind {
+                // The common kinds get their own loops so the combine step inlines.
+                case .sum, .mean: forEachReduced(shape: x.shape, outStrides: outStrides) { i, o in po[o] = T.add(po[o], px[i]) }
+                case .max: forEachReduced(shape: x.shape, outStrides: outStrides) { i, o in po[o] = MaxFunction()(po[o], px[i]) }
+                default: forEachReduced(shape: x.shape, outStrides: outStrides) { i, o in po[o] = kind.combine(po[o], px[i]) }
+                }
+                if kind == .mean || kind == .l2 || kind == .logSum {
+                    for o in po.indices { po[o] = kind.finish(po[o], count: count) }
+                }
+            }
+        }
+        return out
+    }
+}
+
+/// Reduces `x` over `axes` (all axes when nil); bool inputs (ReduceMax/Min) reduce as bytes.
+func reduce(_ x: Tensor, axes: [Int]?, keepDims: Bool, kind: ReduceKind) throws -> Tensor {
+    var reduced = [Bool](repeating: axes == nil, count: x.rank)
+    for a in axes ?? [] { reduced[try normalizeAxis(a, rank: x.rank, name: "axis")] = true }
+    let result: Tensor
+    if x.dtype == .bool {
+        guard kind == .max || kind == .min else { throw KernelError("bool input is only supported by ReduceMax and ReduceMin") }
+        result = try Reduction(x: x.reinterpreted(as: .uint8), reduced: reduced, kind: kind, outDType: .bool)(UInt8.self)
+    } else {
+        result = try computingHalfInFloat([x]) { wide in
+            try dispatchArithmetic(wide[0].dtype, Reduction(x: wide[0], reduced: reduced, kind: kind, outDType: nil))
+        }
+    }
+    if keepDims { return result }
+    return result.reshaped(x.shape.enumerated().filter { !reduced[$0.offset] }.map(\.element))
+}
+
+/// Registers a Reduce op: attribute axes at `attributeVersions`, input axes at `inputVersions`.
+private func registerReduce(_ registry: OpRegistry, _ op: String, _ kind: ReduceKind,
+                            attributeVersions: [Int], inputVersions: [Int]) {
+    for v in attributeVersions {
+        registry.register(op, since: v) { ctx in
+            let axes = try ctx.ints("axes")
+            let keepDims = try ctx.int("keepdims", default: 1) != 0
+            return AnyKernel { inputs, _ in [.tensor(try reduce(try inputs.tensor(0), axes: axes, keepDims: keepDims, kind: kind))] }
+        }
+    }
+    for v in inputVersions {
+        registry.register(op, since: v) { ctx in
+            let keepDims = try ctx.int("keepdims", default: 1) != 0
+            let noop = try ctx.int("noop_with_empty_axes", default: 0) != 0
+            return AnyKernel { inputs, _ in
+                let x = try inputs.tensor(0)
+                var axes: [Int]? = nil
+                if let t = try inputs.optionalTensor(1) {
+                    guard let values = t.intValues() else { throw KernelError("axes must be an integer tensor, got \(t.dtype)") }
+                    if !values.isEmpty { axes = values }
+                }
+                // Empty axes with noop_with_empty_axes: the input passes through unchanged.
+                if axes == nil && noop { return [.tensor(x)] }
+                return [.tensor(try reduce(x, axes: axes, keepDims: keepDims, kind: kind))]
+            }
+        }
+    }
+}
+
+func registerReduceOps(_ registry: OpRegistry) {
+    registerReduce(registry, "ReduceSum", .sum, attributeVersions: [1, 11], inputVersions: [13])
+    let others: [(String, ReduceKind)] = [
+        ("ReduceMean", .mean), ("ReduceProd", .prod), ("ReduceL1", .l1), ("ReduceL2", .l2),
+        ("ReduceLogSum", .logSum), ("ReduceLogSumExp", .logSumExp), ("ReduceSumSquare", .sumSquare),
+    ]
+    for (op, kind) in others {
+        registerReduce(registry, op, kind, attributeVersions: [1, 11, 13], inputVersions: [18])
+    }
+    registerReduce(registry, "ReduceMax", .max, attributeVersions: [1, 11, 12, 13], inputVersions: [18, 20])
+    registerReduce(registry, "ReduceMin", .min, attributeVersions: [1, 11, 12, 13], inputVersions: [18, 20])
+}

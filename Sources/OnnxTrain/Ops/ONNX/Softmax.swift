@@ -1,0 +1,76 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Softmax, LogSoftmax and Hardmax. Before opset 13 the input is coerced to 2-D at `axis`
+/// ([prod(shape[..<axis]), prod(shape[axis...])]) and normalised per row; from 13 on along the
+/// single axis.
+enum SoftmaxKind { case softmax, logSoftmax, hardmax }
+
+struct SoftmaxOperation: RealOperation {
+    let x: Tensor, outer: Int, n: Int, inner: Int, kind: SoftmaxKind
+
+    func callAsFunction<T: RealElement>(_ type: T.Type) throws -> Tensor {
+        // x, out: [outer, n, inner], normalised along n.
+        var out = Tensor(uninitialized: T.dtype, shape: x.shape)
+        let (outer, n, inner, kind) = (self.outer, self.n, self.inner, self.kind)
+        x.withUnsafeBufferPointer(as: T.self) { px in
+            out.withUnsafeMutableBufferPointer(as: T.self) { po in
+                for o in 0..<outer {
+                    for i in 0..<inner {
+                        let base = o * n * inner + i
+                        // The max is subtracted first so exp cannot overflow.
+                        if n == 0 { continue }
+                        var m = px[base], argmax = 0
+                        for k in 1..<n where px[base + k * inner] > m { m = px[base + k * inner]; argmax = k }
+                        switch kind {
+                        case .hardmax:
+                            for k in 0..<n { po[base + k * inner] = k == argmax ? 1 : 0 }
+                        case .softmax:
+                            var sum: T = 0
+                            for k in 0..<n {
+                                let e = T.exp(px[base + k * inner] - m)
+                                po[base + k * inner] = e
+                                sum += e
+                            }
+                            for k in 0..<n { po[base + k * inner] /= sum }
+                        case .logSoftmax:
+                            var sum: T = 0
+                            for k in 0..<n { sum += T.exp(px[base + k * inner] - m) }
+                            let shift = m + T.log(sum)
+                            for k in 0..<n { po[base + k * inner] = px[base + k * inner] - shift }
+                        }
+                    }
+                }
+            }
+        }
+        return out
+    }
+}
+
+private func registerSoftmaxFamily(_ registry: OpRegistry, _ op: String, _ kind: SoftmaxKind) {
+    for v in [1, 11, 13] {
+        registry.register(op, since: v) { ctx in
+            let axisAttribute = try ctx.int("axis", default: v < 13 ? 1 : -1)
+            return AnyKernel { inputs, _ in
+                let x = try inputs.tensor(0)
+                guard x.rank > 0 else { throw KernelError("input must have rank 1 or more") }
+                let axis = try normalizeAxis(axisAttribute, rank: x.rank)
+                let outer = x.shape[..<axis].reduce(1, *)
+                let n = v < 13 ? x.shape[axis...].reduce(1, *) : x.shape[axis]
+                let inner = v < 13 ? 1 : x.shape[(axis + 1)...].reduce(1, *)
+                return [.tensor(try computingHalfInFloat([x]) { wide in
+                    try dispatchReal(wide[0].dtype, SoftmaxOperation(x: wide[0], outer: outer, n: n, inner: inner, kind: kind))
+                })]
+            }
+        }
+    }
+}
+
+func registerSoftmaxOps(_ registry: OpRegistry) {
+    registerSoftmaxFamily(registry, "Softmax", .softmax)
+    registerSoftmaxFamily(registry, "LogSoftmax", .logSoftmax)
+    registerSoftmaxFamily(registry, "Hardmax", .hardmax)
+}
