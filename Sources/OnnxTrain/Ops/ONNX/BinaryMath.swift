@@ -215,8 +215,9 @@ func registerBinaryMathOps(_ registry: OpRegistry) {
             let x = try inputs.tensor(0)
             guard x.dtype.isInteger else { throw KernelError("BitwiseNot needs an integer input, got \(x.dtype)") }
             // ~x on the raw bytes is the same for every integer width.
-            return [.tensor(mapElements(x.reinterpreted(as: .uint8).reshaped([x.count * x.dtype.byteSize]), to: .uint8) { (v: UInt8) in ~v }
-                .reinterpreted(as: x.dtype).reshaped(x.shape))]
+            let bytes = Tensor(dtype: .uint8, shape: [x.byteCount], storage: x.storage)
+            let flipped = mapElements(bytes, to: .uint8) { (v: UInt8) in ~v }
+            return [.tensor(Tensor(dtype: x.dtype, shape: x.shape, storage: flipped.storage))]
         }
     }
 

@@ -3,7 +3,8 @@
 /// Standard types convert directly (one specialised loop per type pair, generic code):
 /// integer to integer wraps like C and numpy's astype, float to integer truncates toward zero,
 /// float to float rounds to nearest even. The float8 / float4 types go through Float with the
-/// ONNX rounding (nearest even) and `saturate` rules; int4 / uint4 wrap into four bits.
+/// ONNX rounding (nearest even) and `saturate` rules; int4 / uint4 / int2 / uint2 wrap into
+/// their bits.
 
 /// An element type `Tensor.cast` converts between directly.
 public protocol CastableElement: TensorElement {
@@ -285,8 +286,8 @@ extension Tensor {
 
         // Sources that are not standard types: read them as one that is.
         switch self.dtype {
-        case .int4: return try reinterpreted(as: .int8).cast(to: dtype, saturate: saturate, roundMode: roundMode)
-        case .uint4: return try reinterpreted(as: .uint8).cast(to: dtype, saturate: saturate, roundMode: roundMode)
+        case .int4, .int2: return try reinterpreted(as: .int8).cast(to: dtype, saturate: saturate, roundMode: roundMode)
+        case .uint4, .uint2: return try reinterpreted(as: .uint8).cast(to: dtype, saturate: saturate, roundMode: roundMode)
         case .float8e4m3fn, .float8e4m3fnuz, .float8e5m2, .float8e5m2fnuz, .float4e2m1:
             guard let table = miniFloatTables[self.dtype] else { break }
             let decoded = mapElements(self, to: .float32) { (c: UInt8) -> Float in table[Int(c) & (table.count - 1)] }
@@ -310,13 +311,15 @@ extension Tensor {
         switch dtype {
         case .string:
             return Tensor(shape: shape, strings: try formatNumber(self))
-        case .int4, .uint4:
+        case .int4, .uint4, .int2, .uint2:
+            // Wrap into the low 4 or 2 bits (as the ONNX suite expects), sign-extended in the
+            // stored byte for the signed types.
             let wide = try cast(to: .int64)
-            if dtype == .int4 {
-                // Wrap into four bits, sign-extended in the stored byte.
-                return mapElements(wide, to: .int4) { (v: Int64) -> Int8 in (Int8(truncatingIfNeeded: v) << 4) >> 4 }
+            let unused = UInt8(dtype == .int4 || dtype == .uint4 ? 4 : 6)
+            if dtype == .int4 || dtype == .int2 {
+                return mapElements(wide, to: dtype) { (v: Int64) -> Int8 in (Int8(truncatingIfNeeded: v) << unused) >> unused }
             }
-            return mapElements(wide, to: .uint4) { (v: Int64) -> UInt8 in UInt8(truncatingIfNeeded: v) & 0x0F }
+            return mapElements(wide, to: dtype) { (v: Int64) -> UInt8 in (UInt8(truncatingIfNeeded: v) << unused) >> unused }
         case .float8e4m3fn, .float8e4m3fnuz, .float8e5m2, .float8e5m2fnuz, .float4e2m1:
             guard let format = MiniFloatFormat.of(dtype) else { break }
             let f = try cast(to: .float32)

@@ -53,7 +53,10 @@ struct ClipOperation: ArithmeticOperation {
             return t.withUnsafeBufferPointer(as: T.self) { $0[0] }
         }
         let lo = try bound(low, "min", T.lowest), hi = try bound(high, "max", T.highest)
-        return mapElements(x, to: T.dtype) { (v: T) -> T in v < lo ? lo : (v > hi ? hi : v) }
+        return mapElements(x, to: T.dtype) { (v: T) -> T in
+            let raised = v < lo ? lo : v  // min(max(x, low), high): high wins when low > high, as in numpy
+            return raised > hi ? hi : raised
+        }
     }
 }
 
