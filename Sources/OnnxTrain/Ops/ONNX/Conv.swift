@@ -280,7 +280,8 @@ func registerConvOps(_ registry: OpRegistry) {
             var out = [Double](repeating: 0, count: a.count)
             for i in 0..<a.count {
                 let o = (i / P) % m
-                let scale = Double(Float(xs[0] * ws[ws.count == 1 ? 0 : o]) / Float(ys[0]))
+                // x_scale·w_scale / y_scale in float32, as the ONNX reference computes it.
+                let scale = Double(Float(xs[0]) * Float(ws[ws.count == 1 ? 0 : o]) / Float(ys[0]))
                 out[i] = saturatingRound(a[i] * scale + yzp[0], to: outType)
             }
             return [.tensor(try integerTensor(outType, shape: acc.shape, out))]

@@ -7,4 +7,5 @@ func registerNeuralNetOps(_ registry: OpRegistry) {
     registerDropoutOps(registry)       // Dropout.swift
     registerRecurrentOps(registry)     // Recurrent.swift: RNN, GRU, LSTM
     registerLossOps(registry)          // Losses.swift: NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss
+    registerQuantizationOps(registry)  // Quantization.swift: Quantize/Dequantize/DynamicQuantizeLinear, QLinearMatMul
 }
