@@ -6,4 +6,5 @@ func registerTensorOps(_ registry: OpRegistry) {
     registerSequenceOps(registry)       // Sequences.swift: Sequence*, SplitToSequence, ConcatFromSequence, SequenceMap, Optional*
     registerResizeOps(registry)         // Resize.swift: Resize, Upsample
     registerVisionOps(registry)         // Vision.swift: GridSample, AffineGrid, RoiAlign, NonMaxSuppression, Col2Im, Det
+    registerSignalOps(registry)         // Signal.swift: DFT, STFT, window functions, MelWeightMatrix
 }
