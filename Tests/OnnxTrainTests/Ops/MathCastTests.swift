@@ -1,0 +1,53 @@
+import OnnxTrain
+import OnnxTrainTestSupport
+import XCTest
+
+/// Cast semantics; float8 expectations follow the ONNX 1.22 suite (ml_dtypes rounding).
+final class MathCastTests: XCTestCase {
+    func testFloatToIntegerTruncatesAndIntegersWrap() throws {
+        XCTAssertEqual(try Tensor(shape: [3], scalars: [Float(-1.7), 2.9, -0.5]).cast(to: .int32).scalars(as: Int32.self), [-1, 2, 0])
+        // numpy: np.array([300, -129, 70000]).astype(np.int8) == [44, 127, 112]
+        XCTAssertEqual(try Tensor(shape: [3], scalars: [Int64(300), -129, 70000]).cast(to: .int8).scalars(as: Int8.self), [44, 127, 112])
+        XCTAssertEqual(try Tensor(shape: [2], scalars: [Float(0), .nan]).cast(to: .bool).scalars(as: Bool.self), [false, true])
+    }
+
+    func testFloat8RoundingAndSaturation() throws {
+        let x = Tensor(shape: [9], scalars: [Float(448), 464, 470, 1e-3, -0.0, -1e-9, 0.3, .infinity, -.infinity])
+        // 464 is a tie between 448 and (virtual) 480 and goes to even 448; 470 rounds past the top.
+        XCTAssertEqual(try x.cast(to: .float8e4m3fn).scalars(as: UInt8.self), [126, 126, 126, 1, 128, 128, 42, 126, 254])
+        XCTAssertEqual(try x.cast(to: .float8e4m3fn, saturate: false).scalars(as: UInt8.self), [126, 126, 127, 1, 128, 128, 42, 127, 255])
+        // fnuz: no negative zero (small negatives become +0), a single NaN 0x80.
+        XCTAssertEqual(try x.cast(to: .float8e4m3fnuz, saturate: false).scalars(as: UInt8.self), [128, 128, 128, 1, 0, 0, 50, 128, 128])
+        XCTAssertEqual(try x.cast(to: .float8e5m2).scalars(as: UInt8.self), [95, 95, 95, 20, 128, 128, 53, 123, 251])
+        XCTAssertEqual(try x.cast(to: .float8e5m2, saturate: false).scalars(as: UInt8.self), [95, 95, 95, 20, 128, 128, 53, 124, 252])
+        // And back: 0x7E is 448, 0x2A is 0.3125, e5m2 0x7C is inf.
+        let codes = Tensor(dtype: .float8e5m2, shape: [2], storage: Tensor(shape: [2], scalars: [UInt8(0x7C), 0x35]).storage)
+        XCTAssertEqual(try codes.cast(to: .float32).scalars(as: Float.self), [.infinity, 0.3125])
+    }
+
+    func testFourBitTypes() throws {
+        let x = Tensor(shape: [5], scalars: [Float(-9), -8, 7, 8, 15])
+        XCTAssertEqual(try x.cast(to: .int4).scalars(as: Int8.self), [7, -8, 7, -8, -1])
+        XCTAssertEqual(try x.cast(to: .uint4).scalars(as: UInt8.self), [7, 8, 7, 8, 15])
+        // float4e2m1 rounds to nearest even on {0, .5, 1, 1.5, 2, 3, 4, 6} and saturates.
+        let f = Tensor(shape: [5], scalars: [Float(0.25), -3.5, 9, 1.25, -0.0])
+        XCTAssertEqual(try f.cast(to: .float4e2m1).scalars(as: UInt8.self), [0, 0xE, 7, 2, 8])
+    }
+
+    func testStringsRoundTrip() throws {
+        let s = Tensor(shape: [4], strings: ["1.5", "-INF", "NaN", "  42 "])
+        let f = try s.cast(to: .float32).scalars(as: Float.self)
+        XCTAssertEqual(f[0], 1.5)
+        XCTAssertEqual(f[1], -.infinity)
+        XCTAssertTrue(f[2].isNaN)
+        XCTAssertEqual(f[3], 42)
+        XCTAssertEqual(try Tensor(shape: [2], strings: ["9007199254740993", "-3"]).cast(to: .int64).scalars(as: Int64.self), [9_007_199_254_740_993, -3])
+        XCTAssertEqual(try Tensor(shape: [3], scalars: [Float(0.1), .infinity, -2]).cast(to: .string).strings, ["0.1", "INF", "-2.0"])
+    }
+
+    func testCastLikeTakesTheTargetType() throws {
+        let y = try runNode("CastLike", opset: 21, [Tensor(shape: [2], scalars: [Float(1.25), -2]), Tensor(scalar: Float16(0))])[0]
+        XCTAssertEqual(y.dtype, .float16)
+        XCTAssertEqual(y.scalars(as: Float16.self), [1.25, -2])
+    }
+}
