@@ -7,7 +7,7 @@
 // MARK: - Small float formats
 
 /// An 8-bit or 4-bit float format: decode table and round-to-nearest-even encoding.
-struct MiniFloatFormat {
+fileprivate struct SmallFloatCodec {
     let dtype: DType
     let bits: Int             // 8 or 4
     let nanCode: UInt8?       // nil: no NaN (float4e2m1)
@@ -17,7 +17,7 @@ struct MiniFloatFormat {
     let table: [(value: Float, code: UInt8)]
     let decode: [Float]       // every code -> value
 
-    static func of(_ dtype: DType) -> MiniFloatFormat? {
+    static func of(_ dtype: DType) -> SmallFloatCodec? {
         switch dtype {
         case .float8e4m3fn: return cache.e4m3fn
         case .float8e4m3fnuz: return cache.e4m3fnuz
@@ -29,11 +29,11 @@ struct MiniFloatFormat {
     }
 
     private struct Cache {
-        let e4m3fn = MiniFloatFormat(.float8e4m3fn, exponentBits: 4, bias: 7)
-        let e4m3fnuz = MiniFloatFormat(.float8e4m3fnuz, exponentBits: 4, bias: 8)
-        let e5m2 = MiniFloatFormat(.float8e5m2, exponentBits: 5, bias: 15)
-        let e5m2fnuz = MiniFloatFormat(.float8e5m2fnuz, exponentBits: 5, bias: 16)
-        let e2m1 = MiniFloatFormat(.float4e2m1, exponentBits: 2, bias: 1)
+        let e4m3fn = SmallFloatCodec(.float8e4m3fn, exponentBits: 4, bias: 7)
+        let e4m3fnuz = SmallFloatCodec(.float8e4m3fnuz, exponentBits: 4, bias: 8)
+        let e5m2 = SmallFloatCodec(.float8e5m2, exponentBits: 5, bias: 15)
+        let e5m2fnuz = SmallFloatCodec(.float8e5m2fnuz, exponentBits: 5, bias: 16)
+        let e2m1 = SmallFloatCodec(.float4e2m1, exponentBits: 2, bias: 1)
     }
     private static let cache = Cache()
 
@@ -116,7 +116,7 @@ struct MiniFloatFormat {
 
 /// The elements of an integer, float or small-float tensor as Floats.
 func quantizedValues(_ t: Tensor) throws -> [Float] {
-    if let f = MiniFloatFormat.of(t.dtype) {
+    if let f = SmallFloatCodec.of(t.dtype) {
         return t.withUnsafeBufferPointer(as: UInt8.self) { p in p.map { f.decode[Int($0) & (f.bits == 8 ? 0xFF : 0x0F)] } }
     }
     switch t.dtype {
@@ -152,7 +152,7 @@ func quantizedRange(_ dtype: DType) -> (Float, Float)? {
 /// A tensor of quantized type `dtype` holding `values` (already rounded and in range; small
 /// floats are encoded here).
 func quantizedTensor(_ dtype: DType, shape: [Int], _ values: [Float], saturate: Bool) throws -> Tensor {
-    if let f = MiniFloatFormat.of(dtype) {
+    if let f = SmallFloatCodec.of(dtype) {
         let bytes = values.map { f.encode($0, saturate: saturate) }
         return Tensor(dtype: dtype, shape: shape, storage: Tensor(shape: shape, scalars: bytes).storage)
     }
