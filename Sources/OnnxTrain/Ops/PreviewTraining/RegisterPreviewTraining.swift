@@ -1,3 +1,2 @@
 func registerPreviewTrainingOps(_ registry: OpRegistry) {
-    registerPreviewOptimizerOps(registry)  // Optimizers.swift: Adagrad, Momentum, Adam
 }

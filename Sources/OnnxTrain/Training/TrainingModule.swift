@@ -1,0 +1,340 @@
+/// What a training or evaluation step returns: the loss and any additional outputs, by name,
+/// in the graph's output order.
+public struct StepOutputs {
+    public let names: [String]
+    public let values: [Tensor]
+    /// Which output is the loss (the first one for onnxruntime's artifacts).
+    public let lossName: String
+
+    /// The loss tensor.
+    public var lossTensor: Tensor { self[lossName] ?? values[0] }
+    /// The loss as a number (the first element, widened to Float).
+    public var loss: Float { Float(lossTensor.scalarDouble() ?? .nan) }
+
+    public subscript(name: String) -> Tensor? {
+        names.firstIndex(of: name).map { values[$0] }
+    }
+}
+
+/// onnxruntime's training `Module`: runs a training graph (forward, loss, backward, gradient
+/// accumulation) and optionally an eval graph, over the parameters of a `CheckpointState`.
+///
+/// Training-graph inputs are classified by name, as onnxruntime does: a parameter of the state
+/// is a weight; `lazy_reset_grad` is the reset flag; `<p>_grad.accumulation.buffer` is the
+/// gradient buffer of parameter p; anything else is a user input. Weights and gradient buffers
+/// are fed as the parameter's own tensors (shared storage), so InPlaceAccumulatorV2 accumulates
+/// into `Parameter.grad` and an `Optimizer` updates `Parameter.data` in place.
+///
+/// Gradients accumulate over train steps until `lazyResetGrad()`, which zeroes nothing: the next
+/// train step overwrites the buffers instead of adding to them.
+public final class TrainingModule {
+    public let state: CheckpointState
+    let trainSession: InferenceSession
+    let evalSession: InferenceSession?
+    /// Graph inputs the caller feeds, in graph order.
+    public let trainInputNames: [String]
+    public let evalInputNames: [String]
+    /// Returned outputs (no gradient flags), in graph order.
+    public let trainOutputNames: [String]
+    public let evalOutputNames: [String]
+    public let lossName: String
+    /// Parameters fed to the training graph, in graph input order (trainable and frozen).
+    public let parameters: [Parameter]
+    /// The parameters that get gradients, in graph input order.
+    public let trainableParameters: [Parameter]
+    let trainWeightInputs: [(input: String, parameter: Parameter)]
+    let gradientInputs: [(input: String, parameter: Parameter)]
+    let resetFlagInput: String?
+    let evalWeightInputs: [(input: String, parameter: Parameter)]
+    let evalModel: Model?
+    /// False right after creation and after `lazyResetGrad()`: the next step overwrites gradients.
+    private var accumulate = false
+    public private(set) var isTraining = true
+
+    public static let resetFlagName = "lazy_reset_grad"
+    static let gradientSuffixes = ["_grad.accumulation.buffer", "_grad.accumulation.out", "_grad"]
+
+    /// A module over onnxruntime artifacts (`training_model.onnx`, optional `eval_model.onnx`).
+    /// - Parameter lossName: the loss output; defaults to the training graph's first output.
+    public init(trainingModel: Model, state: CheckpointState, evalModel: Model? = nil, lossName: String? = nil,
+                options: SessionOptions = SessionOptions()) throws {
+        self.state = state
+        let graph = trainingModel.graph
+        let label = trainingModel.path ?? "training model"
+
+        var users: [String] = [], weights: [(String, Parameter)] = [], grads: [(String, Parameter)] = []
+        var flag: String?
+        let inputNames = Set(graph.feedInputs.map(\.name))
+        for info in graph.feedInputs {
+            let name = info.name
+            if let p = state.parameter(name) {
+                weights.append((name, p))
+            } else if name == TrainingModule.resetFlagName {
+                flag = name
+            } else if let suffix = TrainingModule.gradientSuffixes.first(where: { name.hasSuffix($0) }) {
+                let owner = String(name.dropLast(suffix.count))
+                guard let p = state.parameter(owner) else {
+                    throw OnnxTrainError.training("\(label): gradient input '\(name)' belongs to parameter '\(owner)', which the checkpoint does not have (it has: \(state.parameterNames.joined(separator: ", ")))")
+                }
+                grads.append((name, p))
+            } else {
+                users.append(name)
+            }
+        }
+        // A gradient buffer whose parameter is a user input means the checkpoint lacks it.
+        for (name, p) in grads where !inputNames.contains(p.name) {
+            throw OnnxTrainError.training("\(label): '\(name)' has no matching parameter input '\(p.name)'")
+        }
+        try TrainingModule.prepare(weights.map(\.1), graph: graph, state: state, label: label)
+        for (_, p) in grads where p.grad == nil || p.grad!.shape != p.data.shape {
+            p.grad = Tensor(zeros: p.data.dtype, shape: p.data.shape)
+        }
+
+        trainInputNames = users
+        trainWeightInputs = weights.map { (input: $0.0, parameter: $0.1) }
+        gradientInputs = grads.map { (input: $0.0, parameter: $0.1) }
+        resetFlagInput = flag
+        parameters = weights.map(\.1)
+        trainableParameters = grads.map(\.1)
+        trainOutputNames = graph.outputs.map(\.name).filter { name in
+            !TrainingModule.gradientSuffixes.contains { name.hasSuffix($0) }
+        }
+        guard !trainOutputNames.isEmpty else { throw OnnxTrainError.training("\(label): the training graph has no loss output") }
+        if let lossName {
+            guard trainOutputNames.contains(lossName) else {
+                throw OnnxTrainError.training("\(label): no output '\(lossName)' (outputs: \(trainOutputNames.joined(separator: ", ")))")
+            }
+            self.lossName = lossName
+        } else {
+            self.lossName = trainOutputNames[0]
+        }
+        trainSession = try InferenceSession(model: trainingModel, options: options)
+
+        if let evalModel {
+            let evalGraph = evalModel.graph
+            var evalUsers: [String] = [], evalWeights: [(String, Parameter)] = []
+            for info in evalGraph.feedInputs {
+                if let p = state.parameter(info.name) { evalWeights.append((info.name, p)) } else { evalUsers.append(info.name) }
+            }
+            try TrainingModule.prepare(evalWeights.map(\.1), graph: evalGraph, state: state, label: evalModel.path ?? "eval model")
+            evalInputNames = evalUsers
+            evalWeightInputs = evalWeights.map { (input: $0.0, parameter: $0.1) }
+            evalOutputNames = evalGraph.outputs.map(\.name)
+            evalSession = try InferenceSession(model: evalModel, options: options)
+            self.evalModel = evalModel
+        } else {
+            evalInputNames = []
+            evalWeightInputs = []
+            evalOutputNames = []
+            evalSession = nil
+            self.evalModel = nil
+        }
+    }
+
+    /// A module over artifact files.
+    public convenience init(trainingModelPath: String, state: CheckpointState, evalModelPath: String? = nil,
+                            options: SessionOptions = SessionOptions()) throws {
+        try self.init(trainingModel: try Model(contentsOf: trainingModelPath), state: state,
+                      evalModel: try evalModelPath.map { try Model(contentsOf: $0) }, options: options)
+    }
+
+    /// Sizes nominal parameters from the graph and checks every parameter against its declared
+    /// input type, naming the parameter on a mismatch.
+    static func prepare(_ params: [Parameter], graph: Graph, state: CheckpointState, label: String) throws {
+        let declared = Dictionary(graph.inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        for p in params {
+            guard case .tensor(let dtype, let dims)? = declared[p.name]?.type else { continue }
+            if state.isNominal {
+                guard let dims, let shape = Optional(dims.compactMap { d -> Int? in if case .value(let v) = d { return v } else { return nil } }),
+                      shape.count == dims.count else {
+                    throw OnnxTrainError.training("\(label): nominal checkpoint parameter '\(p.name)' needs a static shape in the graph")
+                }
+                if p.data.shape != shape { p.materialize(shape: shape) }
+            }
+            if let dtype, dtype != p.data.dtype {
+                throw OnnxTrainError.training("\(label): checkpoint parameter '\(p.name)' is tensor(\(p.data.dtype)), the graph expects tensor(\(dtype))")
+            }
+            if let dims {
+                let matches = dims.count == p.data.rank && zip(dims, p.data.shape).allSatisfy { d, n in
+                    if case .value(let v) = d { return v == n } else { return true }
+                }
+                guard matches else {
+                    throw OnnxTrainError.training("\(label): checkpoint parameter '\(p.name)' has shape \(p.data.shape), the graph expects [\(dims.map(\.description).joined(separator: ", "))]")
+                }
+            }
+        }
+    }
+
+    // MARK: Steps
+
+    /// Switches between train and eval mode (what `callAsFunction` runs).
+    @discardableResult
+    public func train(_ mode: Bool = true) -> TrainingModule {
+        isTraining = mode
+        return self
+    }
+
+    @discardableResult
+    public func eval() -> TrainingModule { train(false) }
+
+    /// Runs a train step in train mode and an eval step in eval mode (onnxruntime's `module(...)`).
+    public func callAsFunction(_ inputs: [Tensor]) throws -> StepOutputs {
+        isTraining ? try trainStep(inputs) : try evalStep(inputs)
+    }
+
+    /// One forward + backward pass; the gradients are added to (or, after a reset, written
+    /// into) `Parameter.grad`. `inputs` follow `trainInputNames`.
+    public func trainStep(_ inputs: [Tensor]) throws -> StepOutputs {
+        try trainStep(named: try TrainingModule.bind(inputs, to: trainInputNames, what: "train step"))
+    }
+
+    public func trainStep(named inputs: [String: Tensor]) throws -> StepOutputs {
+        var feeds = try TrainingModule.userFeeds(inputs, expected: trainInputNames, what: "train step")
+        for (name, p) in trainWeightInputs { feeds[name] = .tensor(p.data) }
+        for (name, p) in gradientInputs {
+            guard let grad = p.grad else { throw OnnxTrainError.training("parameter '\(p.name)' has no gradient buffer") }
+            feeds[name] = .tensor(grad)
+        }
+        if let resetFlagInput { feeds[resetFlagInput] = .tensor(Tensor(shape: [1], scalars: [!accumulate])) }
+        let results = try trainSession.run(feeds, fetches: trainOutputNames)
+        accumulate = true
+        return try TrainingModule.outputs(results, names: trainOutputNames, loss: lossName)
+    }
+
+    /// One forward pass of the eval graph (no gradients). `inputs` follow `evalInputNames`.
+    public func evalStep(_ inputs: [Tensor]) throws -> StepOutputs {
+        try evalStep(named: try TrainingModule.bind(inputs, to: evalInputNames, what: "eval step"))
+    }
+
+    public func evalStep(named inputs: [String: Tensor]) throws -> StepOutputs {
+        guard let evalSession else { throw OnnxTrainError.training("this module has no eval model") }
+        var feeds = try TrainingModule.userFeeds(inputs, expected: evalInputNames, what: "eval step")
+        for (name, p) in evalWeightInputs { feeds[name] = .tensor(p.data) }
+        let results = try evalSession.run(feeds, fetches: evalOutputNames)
+        return try TrainingModule.outputs(results, names: evalOutputNames, loss: evalOutputNames[0])
+    }
+
+    /// Makes the next train step overwrite the gradients instead of adding to them.
+    public func lazyResetGrad() { accumulate = false }
+
+    static func bind(_ inputs: [Tensor], to names: [String], what: String) throws -> [String: Tensor] {
+        guard inputs.count == names.count else {
+            throw OnnxTrainError.invalidInput("\(what) takes \(names.count) inputs (\(names.joined(separator: ", "))), got \(inputs.count)")
+        }
+        return Dictionary(uniqueKeysWithValues: zip(names, inputs))
+    }
+
+    static func userFeeds(_ inputs: [String: Tensor], expected: [String], what: String) throws -> [String: Value] {
+        var feeds: [String: Value] = [:]
+        for name in expected {
+            guard let t = inputs[name] else {
+                throw OnnxTrainError.invalidInput("\(what) is missing input '\(name)' (it takes: \(expected.joined(separator: ", ")))")
+            }
+            feeds[name] = .tensor(t)
+        }
+        for name in inputs.keys.sorted() where !expected.contains(name) {
+            throw OnnxTrainError.invalidInput("\(what) got unknown input '\(name)' (it takes: \(expected.joined(separator: ", ")))")
+        }
+        return feeds
+    }
+
+    static func outputs(_ results: [String: Value], names: [String], loss: String) throws -> StepOutputs {
+        let values = try names.map { name -> Tensor in
+            guard let t = results[name]?.tensor else { throw OnnxTrainError.training("output '\(name)' is not a tensor") }
+            return t
+        }
+        return StepOutputs(names: names, values: values, lossName: loss)
+    }
+
+    // MARK: Parameters
+
+    /// Total elements of the (trainable) parameters: the size of `contiguousParameters`.
+    public func parameterCount(trainableOnly: Bool = true) -> Int {
+        (trainableOnly ? trainableParameters : parameters).reduce(0) { $0 + $1.data.count }
+    }
+
+    /// All (trainable) parameters concatenated into one float32 vector, in training-graph order.
+    public func contiguousParameters(trainableOnly: Bool = true) throws -> Tensor {
+        let params = trainableOnly ? trainableParameters : parameters
+        var out = Tensor(zeros: .float32, shape: [params.reduce(0) { $0 + $1.data.count }])
+        try out.withUnsafeMutableBufferPointer(as: Float.self) { dst in
+            var offset = 0
+            for p in params {
+                guard p.data.dtype == .float32 else { throw OnnxTrainError.unsupported("parameter '\(p.name)' is tensor(\(p.data.dtype)); contiguous buffers hold float only") }
+                p.data.withUnsafeBufferPointer(as: Float.self) { src in
+                    for i in 0..<src.count { dst[offset + i] = src[i] }
+                }
+                offset += p.data.count
+            }
+        }
+        return out
+    }
+
+    /// Writes `buffer` (float32, `parameterCount(trainableOnly:)` elements) into the parameters
+    /// in place, in training-graph order; fills a nominal checkpoint's values.
+    public func copyBufferToParameters(_ buffer: Tensor, trainableOnly: Bool = true) throws {
+        let params = trainableOnly ? trainableParameters : parameters
+        let total = params.reduce(0) { $0 + $1.data.count }
+        guard buffer.dtype == .float32, buffer.count == total else {
+            throw OnnxTrainError.invalidInput("the parameter buffer must be float with \(total) elements, got \(buffer)")
+        }
+        var offset = 0
+        try buffer.withUnsafeBufferPointer(as: Float.self) { src in
+            for p in params {
+                guard p.data.dtype == .float32 else { throw OnnxTrainError.unsupported("parameter '\(p.name)' is tensor(\(p.data.dtype)); contiguous buffers hold float only") }
+                p.data.withSharedMutableBufferPointer(as: Float.self) { dst in
+                    for i in 0..<dst.count { dst[i] = src[offset + i] }
+                }
+                offset += p.data.count
+            }
+        }
+        if parameters.count == state.parameters.count || !trainableOnly { state.isNominal = false }
+    }
+
+    // MARK: Export
+
+    /// An inference model: the eval graph pruned to `outputs`, with the current parameter values
+    /// as initializers and only the user inputs those outputs need.
+    public func exportModelForInferencing(outputs: [String]) throws -> Model {
+        guard let evalModel else { throw OnnxTrainError.training("exporting needs an eval model") }
+        guard !outputs.isEmpty else { throw OnnxTrainError.invalidInput("choose at least one output to export") }
+        var graph = evalModel.graph
+        var producer: [String: Int] = [:]
+        for (i, node) in graph.nodes.enumerated() { for o in node.outputs where !o.isEmpty { producer[o] = i } }
+        let inputNames = Set(graph.inputs.map(\.name))
+        let known = Set(producer.keys).union(inputNames).union(graph.initializerNames)
+        for name in outputs where !known.contains(name) {
+            throw OnnxTrainError.invalidInput("cannot export '\(name)': no such value in the eval graph (outputs: \(evalOutputNames.joined(separator: ", ")))")
+        }
+        // Keep the nodes the chosen outputs depend on (subgraph captures included).
+        var needed = Set(outputs)
+        var keep = [Bool](repeating: false, count: graph.nodes.count)
+        for i in stride(from: graph.nodes.count - 1, through: 0, by: -1) {
+            let node = graph.nodes[i]
+            guard node.outputs.contains(where: { needed.contains($0) }) else { continue }
+            keep[i] = true
+            for name in node.inputs + GraphExecutor.subgraphReferences(node) where !name.isEmpty { needed.insert(name) }
+        }
+        graph.nodes = graph.nodes.indices.filter { keep[$0] }.map { graph.nodes[$0] }
+        // Parameters become initializers holding the trained values.
+        var inputs: [ValueInfo] = []
+        for info in graph.inputs {
+            if let p = state.parameter(info.name) {
+                if needed.contains(info.name) { graph.setInitializer(info.name, p.data.copied()) }
+            } else if needed.contains(info.name) {
+                inputs.append(info)
+            }
+        }
+        graph.inputs = inputs
+        for name in graph.initializerNames where !needed.contains(name) { graph.initializers[name] = nil }
+        graph.initializerNames = graph.initializerNames.filter { graph.initializers[$0] != nil }
+        let declared = Dictionary((evalModel.graph.outputs + evalModel.graph.valueInfo).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        graph.outputs = outputs.map { declared[$0] ?? ValueInfo(name: $0, type: nil) }
+        let keptValues = needed
+        graph.valueInfo = graph.valueInfo.filter { keptValues.contains($0.name) }
+        var model = evalModel
+        model.graph = graph
+        model.path = nil
+        return model
+    }
+}

@@ -1,1 +1,0 @@
-Bnew_gradientsJ†©‡ºWÜnºMÌ*ºâ:hºÄr;^u:

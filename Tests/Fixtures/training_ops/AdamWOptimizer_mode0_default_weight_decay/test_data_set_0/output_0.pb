@@ -1,1 +1,0 @@
-	Bupdated_flagJ

@@ -1,2 +1,0 @@
-B
-saved_meanJ¶k¾õÔc>

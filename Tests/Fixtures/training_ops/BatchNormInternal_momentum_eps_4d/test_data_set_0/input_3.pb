@@ -1,2 +1,0 @@
-B
-input_meanJ¿°cú¾ÕS¿

@@ -1,1 +1,0 @@
-Brunning_meanJ¹’¾ÑÓ¾w=¿

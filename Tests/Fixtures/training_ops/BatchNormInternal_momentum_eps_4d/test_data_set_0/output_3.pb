@@ -1,3 +1,0 @@
-B
-saved_meanJî½ó>’An¾ò
-¿

@@ -1,1 +1,0 @@
-Bsaved_inv_stdJ{;?|?²R¬?

@@ -1,1 +1,0 @@
-BvarianceJ“ z?ËZ?

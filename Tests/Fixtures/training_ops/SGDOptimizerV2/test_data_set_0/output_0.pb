@@ -1,1 +1,0 @@
-	Bupdate_completedJ

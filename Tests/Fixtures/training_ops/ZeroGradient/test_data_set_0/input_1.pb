@@ -1,1 +1,0 @@
-Breset_signalJ,ъв?
