@@ -107,6 +107,10 @@ final class GraphExecutor {
             problems.append("graph output '\(output.name)' is not produced by any node")
         }
 
+        // Declared types of values (graph outputs and value_info), for kernels whose output shape
+        // onnxruntime takes from static inference (MaxPoolGrad, AveragePoolGrad).
+        var declaredTypes: [String: ValueType] = [:]
+        for info in graph.valueInfo + graph.outputs { if let t = info.type { declaredTypes[info.name] = t } }
         // Resolve every node to a kernel; collect every failure before reporting.
         let scopeNames = defined.union(producer.keys).union(visible)
         var missing: [String: [String]] = [:]
@@ -126,11 +130,12 @@ final class GraphExecutor {
                 continue
             }
             var subgraphs: [Subgraph] = []
-            let context = NodeContext(node: node, opset: opset, sinceVersion: since) { body in
+            var context = NodeContext(node: node, opset: opset, sinceVersion: since) { body in
                 let sub = try Subgraph(graph: body, opsets: opsets, registry: registry, functions: functions, visible: scopeNames)
                 subgraphs.append(sub)
                 return sub
             }
+            context.declaredOutputTypes = node.outputs.map { $0.isEmpty ? nil : declaredTypes[$0] }
             do {
                 let kernel = try factory(context)
                 var captured: [Int] = []

@@ -7,6 +7,14 @@ public struct NodeContext {
     /// The since-version of the kernel that was chosen.
     public let sinceVersion: Int
     let compileSubgraph: (Graph) throws -> Subgraph
+    /// The type the graph declares for each node output (graph outputs and value_info), if any.
+    var declaredOutputTypes: [ValueType?] = []
+
+    /// The declared shape of output `index`, when the graph states one (a dim may be symbolic).
+    public func declaredOutputShape(_ index: Int) -> [Dim]? {
+        guard index < declaredOutputTypes.count, case .tensor(_, let shape)? = declaredOutputTypes[index] else { return nil }
+        return shape
+    }
 
     public var attributes: [String: Attribute] { node.attributes }
     public var inputCount: Int { node.inputs.count }

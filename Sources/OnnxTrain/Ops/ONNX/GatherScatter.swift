@@ -67,6 +67,35 @@ func registerGatherScatterOps(_ registry: OpRegistry) {
             return [.tensor(try scatter(x, updates, targets: targets, sliceSize: sliceShape.reduce(1, *), reduction: reduction))]
         }
     }
+    registry.register("TensorScatter", since: 24) { ctx in
+        let circular = try ctx.string("mode", default: "linear") == "circular"
+        let axis = try ctx.int("axis", default: -2)
+        return AnyKernel { inputs, _ in
+            let cache = try inputs.tensor(0), update = try inputs.tensor(1)
+            let a = try normalizeAxis(axis, rank: cache.rank)
+            guard a > 0, update.rank == cache.rank, (0..<cache.rank).allSatisfy({ $0 == a || update.shape[$0] == cache.shape[$0] }) else {
+                throw KernelError("update \(update.shape) does not fit cache \(cache.shape) along axis \(axis)")
+            }
+            let batch = cache.shape[0]
+            let starts = try inputs.optionalTensor(2)?.ints("write_indices") ?? [Int](repeating: 0, count: batch)
+            guard starts.count == batch else { throw KernelError("write_indices must hold one index per batch entry") }
+            let maxLen = cache.shape[a], len = update.shape[a]
+            let inner = cache.shape[(a + 1)...].reduce(1, *)
+            let middle = cache.shape[1..<a].reduce(1, *)
+            var targets: [Int] = []
+            for b in 0..<batch {
+                for m in 0..<middle {
+                    for s in 0..<len {
+                        var pos = starts[b] + s
+                        if circular { pos = ((pos % maxLen) + maxLen) % maxLen }
+                        guard pos >= 0 && pos < maxLen else { throw KernelError("write index \(starts[b]) + \(len) overflows axis length \(maxLen)") }
+                        targets.append(((b * middle + m) * maxLen + pos) * inner)
+                    }
+                }
+            }
+            return [.tensor(try scatter(cache, update, targets: targets, sliceSize: inner, reduction: "none"))]
+        }
+    }
     registry.register("Unique", since: 11) { ctx in
         let sorted = try ctx.int("sorted", default: 1) != 0
         let axis = try ctx.int("axis")

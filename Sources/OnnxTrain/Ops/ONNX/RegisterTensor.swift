@@ -7,4 +7,6 @@ func registerTensorOps(_ registry: OpRegistry) {
     registerResizeOps(registry)         // Resize.swift: Resize, Upsample
     registerVisionOps(registry)         // Vision.swift: GridSample, AffineGrid, RoiAlign, NonMaxSuppression, Col2Im, Det
     registerSignalOps(registry)         // Signal.swift: DFT, STFT, window functions, MelWeightMatrix
+    registerStringOps(registry)         // Strings.swift: StringNormalizer, StringConcat, StringSplit, RegexFullMatch
+    registerRandomOps(registry)         // Random.swift: RandomNormal/Uniform(Like), Bernoulli, Multinomial
 }

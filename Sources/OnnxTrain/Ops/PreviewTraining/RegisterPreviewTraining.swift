@@ -1,2 +1,3 @@
 func registerPreviewTrainingOps(_ registry: OpRegistry) {
+    registerPreviewOptimizerOps(registry)  // Optimizers.swift: Adagrad, Momentum, Adam
 }

@@ -1,0 +1,299 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Softmax cross-entropy kernels: the ONNX-op gradient SoftmaxCrossEntropyLossGrad, the fused
+/// SoftmaxCrossEntropyLossInternal(+Grad), and the legacy SoftmaxCrossEntropy(+Grad) and
+/// SparseSoftmaxCrossEntropy(+Grad). They compute in Double on row views of the logits; results
+/// are rounded once to the log-probabilities' type.
+
+enum CrossEntropyReduction: String {
+    case mean, sum, none
+    init(_ ctx: NodeContext, allowNone: Bool = true) throws {
+        let s = try ctx.string("reduction", default: "mean")
+        guard let r = CrossEntropyReduction(rawValue: s), allowNone || r != .none else {
+            throw KernelError("reduction '\(s)' is not supported (mean, sum\(allowNone ? ", none" : ""))")
+        }
+        self = r
+    }
+}
+
+/// Log-softmax of `x` viewed as [outer, classes, inner], over the class axis.
+func logSoftmax(_ x: [Double], outer: Int, classes: Int, inner: Int) -> [Double] {
+    var out = [Double](repeating: 0, count: x.count)
+    for o in 0..<outer {
+        for j in 0..<inner {
+            let base = o * classes * inner + j
+            var m = -Double.infinity
+            for c in 0..<classes { m = max(m, x[base + c * inner]) }
+            var s = 0.0
+            for c in 0..<classes { s += exp(x[base + c * inner] - m) }
+            let lse = m + Foundation_log(s)
+            for c in 0..<classes { out[base + c * inner] = x[base + c * inner] - lse }
+        }
+    }
+    return out
+}
+
+@inline(__always) private func Foundation_log(_ x: Double) -> Double { log(x) }
+
+/// Per-sample weights w_i for class-index labels: weight[label] (or 1), 0 for ignored labels.
+/// Labels outside [0, C) that are not ignored are an error.
+func sampleWeights(labels: [Int], classes: Int, weight: [Double]?, ignoreIndex: Int?) throws -> [Double] {
+    try labels.map { l in
+        if let ignoreIndex, l == ignoreIndex { return 0 }
+        guard l >= 0 && l < classes else { throw KernelError("label \(l) is out of range for \(classes) classes") }
+        return weight?[l] ?? 1
+    }
+}
+
+/// The ONNX-layout class-index loss gradient shared by SoftmaxCrossEntropyLossGrad and
+/// ...InternalGrad: log_prob [N, C, d...], labels [N, d...], weight [C]?.
+///   d_logits[n,c,d] = (p − [c == label])·w_i·s_i, s_i = dY/Σw (mean; dY when Σw == 0), dY (sum), dY[i] (none).
+func classIndexLossGrad(dy: Tensor, logProb: Tensor, label: Tensor, weight: Tensor?, ignoreIndex: Int?,
+                        reduction: CrossEntropyReduction, bias: Tensor?) throws -> Tensor {
+    guard logProb.rank >= 2 else { throw KernelError("log_prob must have rank >= 2 [N, C, ...], got \(logProb.shape)") }
+    let n = logProb.shape[0], classes = logProb.shape[1]
+    let inner = Tensor.elementCount(Array(logProb.shape[2...]))
+    let labelShape = [n] + Array(logProb.shape[2...])
+    guard label.shape == labelShape else { throw KernelError("label \(label.shape) must have shape \(labelShape) for log_prob \(logProb.shape)") }
+    let labels = try indexValues(label, "label")
+    var weights: [Double]?
+    if let weight {
+        guard weight.shape == [classes] else { throw KernelError("weight \(weight.shape) must have shape [\(classes)]") }
+        weights = try floatValues(weight, "weight")
+    }
+    let w = try sampleWeights(labels: labels, classes: classes, weight: weights, ignoreIndex: ignoreIndex)
+    let g = try floatValues(dy, "dY")
+    var scale = [Double](repeating: 0, count: labels.count)
+    switch reduction {
+    case .none:
+        guard dy.count == labels.count else { throw KernelError("dY \(dy.shape) must have the labels' shape \(label.shape) for reduction none") }
+        for i in 0..<labels.count { scale[i] = g[i] * w[i] }
+    case .sum, .mean:
+        guard g.count == 1 else { throw KernelError("dY must be a scalar for reduction \(reduction.rawValue), got \(dy.shape)") }
+        let total = w.reduce(0, +)
+        let s = reduction == .mean && total != 0 ? g[0] / total : g[0]
+        for i in 0..<labels.count { scale[i] = s * w[i] }
+    }
+    let lp = try floatValues(logProb, "log_prob")
+    var out = [Double](repeating: 0, count: lp.count)
+    for b in 0..<n {
+        for d in 0..<inner {
+            let i = b * inner + d
+            let base = b * classes * inner + d
+            for c in 0..<classes {
+                let k = base + c * inner
+                out[k] = (exp(lp[k]) - (c == labels[i] ? 1 : 0)) * scale[i]
+            }
+        }
+    }
+    if let bias {
+        guard bias.shape == logProb.shape else { throw KernelError("bias \(bias.shape) must have log_prob's shape \(logProb.shape)") }
+        let bv = try floatValues(bias, "bias")
+        for k in 0..<out.count { out[k] += bv[k] }
+    }
+    return floatTensor(logProb.dtype, shape: logProb.shape, out)
+}
+
+/// SoftmaxCrossEntropyLossGrad(dY, log_prob, label, weight?; reduction, ignore_index).
+/// onnxruntime's CPU kernel ignores label −1 when the attribute is absent.
+struct SoftmaxCrossEntropyLossGradKernel: Kernel {
+    let reduction: CrossEntropyReduction
+    let ignoreIndex: Int
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        [.tensor(try classIndexLossGrad(dy: try inputs.tensor(0), logProb: try inputs.tensor(1), label: try inputs.tensor(2),
+                                        weight: try inputs.optionalTensor(3), ignoreIndex: ignoreIndex,
+                                        reduction: reduction, bias: nil))]
+    }
+}
+
+/// Reads the optional int64 ignore_index input of the Internal ops; like the attribute of the
+/// ONNX-op kernels, it is −1 when absent (onnxruntime's CPU kernels ignore label −1 then too).
+private func ignoreIndexInput(_ inputs: [Value?], _ index: Int) throws -> Int {
+    guard let t = try inputs.optionalTensor(index) else { return -1 }
+    guard t.count == 1, let v = t.intValues()?.first else { throw KernelError("ignore_index must be an integer scalar") }
+    return v
+}
+
+/// The output element type named by `output_type` (a TensorProto code), if any.
+private func outputType(_ ctx: NodeContext) throws -> DType? {
+    guard let code = try ctx.int("output_type") else { return nil }
+    guard let t = DType(rawValue: Int32(code)), t.isFloatingPoint else { throw KernelError("output_type \(code) is not a float type") }
+    return t
+}
+
+private func cast(_ t: Tensor, to dtype: DType?) throws -> Tensor {
+    guard let dtype, dtype != t.dtype else { return t }
+    return floatTensor(dtype, shape: t.shape, try floatValues(t, "output"))
+}
+
+/// SoftmaxCrossEntropyLossInternal(scores [N,C,d...], labels, weights?, ignore_index?) → output, log_prob.
+struct SoftmaxCrossEntropyLossInternalKernel: Kernel {
+    let reduction: CrossEntropyReduction
+    let outputType: DType?
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let scores = try inputs.tensor(0), label = try inputs.tensor(1)
+        let r = try softmaxCrossEntropyLossForward(scores: scores, label: label, weight: try inputs.optionalTensor(2),
+                                                   ignoreIndex: try ignoreIndexInput(inputs, 3), reduction: reduction)
+        return [.tensor(try cast(r.loss, to: outputType)), .tensor(try cast(r.logProb, to: outputType))]
+    }
+}
+
+/// The ONNX SoftmaxCrossEntropyLoss forward over axis 1 (also used by the Internal op).
+func softmaxCrossEntropyLossForward(scores: Tensor, label: Tensor, weight: Tensor?, ignoreIndex: Int?,
+                                    reduction: CrossEntropyReduction) throws -> (loss: Tensor, logProb: Tensor) {
+    guard scores.rank >= 2 else { throw KernelError("scores must have rank >= 2 [N, C, ...], got \(scores.shape)") }
+    let n = scores.shape[0], classes = scores.shape[1]
+    let inner = Tensor.elementCount(Array(scores.shape[2...]))
+    let labelShape = [n] + Array(scores.shape[2...])
+    guard label.shape == labelShape else { throw KernelError("labels \(label.shape) must have shape \(labelShape) for scores \(scores.shape)") }
+    let labels = try indexValues(label, "labels")
+    var weights: [Double]?
+    if let weight {
+        guard weight.shape == [classes] else { throw KernelError("weights \(weight.shape) must have shape [\(classes)]") }
+        weights = try floatValues(weight, "weights")
+    }
+    let w = try sampleWeights(labels: labels, classes: classes, weight: weights, ignoreIndex: ignoreIndex)
+    let lp = logSoftmax(try floatValues(scores, "scores"), outer: n, classes: classes, inner: inner)
+    var losses = [Double](repeating: 0, count: labels.count)
+    for b in 0..<n {
+        for d in 0..<inner {
+            let i = b * inner + d
+            if w[i] != 0 { losses[i] = -lp[(b * classes + labels[i]) * inner + d] * w[i] }
+        }
+    }
+    let loss: Tensor
+    switch reduction {
+    case .none: loss = floatTensor(scores.dtype, shape: labelShape, losses)
+    case .sum: loss = floatTensor(scores.dtype, shape: [], [losses.reduce(0, +)])
+    case .mean:
+        let total = w.reduce(0, +)
+        loss = floatTensor(scores.dtype, shape: [], [total == 0 ? 0 : losses.reduce(0, +) / total])
+    }
+    return (loss, floatTensor(scores.dtype, shape: scores.shape, lp))
+}
+
+/// SoftmaxCrossEntropyLossInternalGrad(dY, log_prob, label, weight?, ignore_index?, bias?).
+struct SoftmaxCrossEntropyLossInternalGradKernel: Kernel {
+    let reduction: CrossEntropyReduction
+    let outputType: DType?
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let out = try classIndexLossGrad(dy: try inputs.tensor(0), logProb: try inputs.tensor(1), label: try inputs.tensor(2),
+                                         weight: try inputs.optionalTensor(3), ignoreIndex: try ignoreIndexInput(inputs, 4),
+                                         reduction: reduction, bias: try inputs.optionalTensor(5))
+        return [.tensor(try cast(out, to: outputType))]
+    }
+}
+
+/// SoftmaxCrossEntropy(logits [..., C], label: probabilities of the same shape) → Y, log_prob.
+/// Classes on the last axis; mean divides by N = ∏dims[:-1].
+struct SoftmaxCrossEntropyKernel: Kernel {
+    let reduction: CrossEntropyReduction
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let logits = try inputs.tensor(0), label = try inputs.tensor(1)
+        try requireSameShape(logits, label, "logits", "label")
+        guard let classes = logits.shape.last, classes > 0 else { throw KernelError("logits must have a non-empty last axis, got \(logits.shape)") }
+        let rows = logits.count / classes
+        let lp = logSoftmax(try floatValues(logits, "logits"), outer: rows, classes: classes, inner: 1)
+        let p = try floatValues(label, "label")
+        var total = 0.0
+        for i in 0..<lp.count { total -= p[i] * lp[i] }
+        if reduction == .mean { total /= Double(rows) }
+        return [.tensor(floatTensor(logits.dtype, shape: [], [total])), .tensor(floatTensor(logits.dtype, shape: logits.shape, lp))]
+    }
+}
+
+/// SoftmaxCrossEntropyGrad(dY, log_prob, label) → (p − label)·dY/N (mean) or ·dY (sum).
+struct SoftmaxCrossEntropyGradKernel: Kernel {
+    let reduction: CrossEntropyReduction
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let dy = try inputs.tensor(0), logProb = try inputs.tensor(1), label = try inputs.tensor(2)
+        try requireSameShape(logProb, label, "log_prob", "label")
+        guard let classes = logProb.shape.last, classes > 0, dy.count == 1 else {
+            throw KernelError("dY must be a scalar and log_prob non-empty (got dY \(dy.shape), log_prob \(logProb.shape))")
+        }
+        var s = try floatValues(dy, "dY")[0]
+        if reduction == .mean { s /= Double(logProb.count / classes) }
+        let lp = try floatValues(logProb, "log_prob"), p = try floatValues(label, "label")
+        return [.tensor(floatTensor(logProb.dtype, shape: logProb.shape, (0..<lp.count).map { (exp(lp[$0]) - p[$0]) * s }))]
+    }
+}
+
+/// Sparse labels on the last axis: logits [..., C], label int [...], weight [...]?.
+private func sparseWeights(_ label: Tensor, _ weight: Tensor?, logits: Tensor) throws -> (labels: [Int], w: [Double], classes: Int) {
+    guard let classes = logits.shape.last, classes > 0 else { throw KernelError("logits must have a non-empty last axis, got \(logits.shape)") }
+    guard label.shape == Array(logits.shape.dropLast()) else {
+        throw KernelError("label \(label.shape) must have shape \(Array(logits.shape.dropLast()))")
+    }
+    let labels = try indexValues(label, "label")
+    for l in labels where l < 0 || l >= classes { throw KernelError("label \(l) is out of range for \(classes) classes") }
+    var w = [Double](repeating: 1, count: labels.count)
+    if let weight {
+        guard weight.shape == label.shape else { throw KernelError("weight \(weight.shape) must have the label's shape \(label.shape)") }
+        w = try floatValues(weight, "weight")
+    }
+    return (labels, w, classes)
+}
+
+/// SparseSoftmaxCrossEntropy(logits, label, weight?) → Y, log_prob (onnx domain, since 9).
+struct SparseSoftmaxCrossEntropyKernel: Kernel {
+    let reduction: CrossEntropyReduction
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let logits = try inputs.tensor(0)
+        let (labels, w, classes) = try sparseWeights(try inputs.tensor(1), try inputs.optionalTensor(2), logits: logits)
+        let lp = logSoftmax(try floatValues(logits, "logits"), outer: labels.count, classes: classes, inner: 1)
+        var total = 0.0
+        for (i, l) in labels.enumerated() { total -= lp[i * classes + l] * w[i] }
+        if reduction == .mean { total /= w.reduce(0, +) }
+        return [.tensor(floatTensor(logits.dtype, shape: [], [total])), .tensor(floatTensor(logits.dtype, shape: logits.shape, lp))]
+    }
+}
+
+/// SparseSoftmaxCrossEntropyGrad(dY, log_prob, label, weight?) → (p − onehot)·w_i·dY/Σw (mean) or ·dY (sum).
+struct SparseSoftmaxCrossEntropyGradKernel: Kernel {
+    let reduction: CrossEntropyReduction
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let dy = try inputs.tensor(0), logProb = try inputs.tensor(1)
+        let (labels, w, classes) = try sparseWeights(try inputs.tensor(2), try inputs.optionalTensor(3), logits: logProb)
+        guard dy.count == 1 else { throw KernelError("dY must be a scalar, got \(dy.shape)") }
+        var s = try floatValues(dy, "dY")[0]
+        if reduction == .mean { s /= w.reduce(0, +) }
+        let lp = try floatValues(logProb, "log_prob")
+        var out = [Double](repeating: 0, count: lp.count)
+        for (i, l) in labels.enumerated() {
+            for c in 0..<classes {
+                let k = i * classes + c
+                out[k] = (exp(lp[k]) - (c == l ? 1 : 0)) * w[i] * s
+            }
+        }
+        return [.tensor(floatTensor(logProb.dtype, shape: logProb.shape, out))]
+    }
+}
+
+func registerCrossEntropyOps(_ registry: OpRegistry) {
+    let ms = "com.microsoft"
+    registry.register("SoftmaxCrossEntropyLossGrad", domain: ms, since: 1) { ctx in
+        SoftmaxCrossEntropyLossGradKernel(reduction: try CrossEntropyReduction(ctx), ignoreIndex: try ctx.int("ignore_index", default: -1))
+    }
+    registry.register("SoftmaxCrossEntropyLossInternal", domain: ms, since: 1) { ctx in
+        SoftmaxCrossEntropyLossInternalKernel(reduction: try CrossEntropyReduction(ctx), outputType: try outputType(ctx))
+    }
+    registry.register("SoftmaxCrossEntropyLossInternalGrad", domain: ms, since: 1) { ctx in
+        SoftmaxCrossEntropyLossInternalGradKernel(reduction: try CrossEntropyReduction(ctx), outputType: try outputType(ctx))
+    }
+    registry.register("SoftmaxCrossEntropy", domain: ms, since: 1) { ctx in
+        SoftmaxCrossEntropyKernel(reduction: try CrossEntropyReduction(ctx, allowNone: false))
+    }
+    registry.register("SoftmaxCrossEntropyGrad", domain: ms, since: 1) { ctx in
+        SoftmaxCrossEntropyGradKernel(reduction: try CrossEntropyReduction(ctx, allowNone: false))
+    }
+    registry.register("SparseSoftmaxCrossEntropy", domain: "", since: 9) { ctx in
+        SparseSoftmaxCrossEntropyKernel(reduction: try CrossEntropyReduction(ctx, allowNone: false))
+    }
+    registry.register("SparseSoftmaxCrossEntropyGrad", domain: "", since: 9) { ctx in
+        SparseSoftmaxCrossEntropyGradKernel(reduction: try CrossEntropyReduction(ctx, allowNone: false))
+    }
+}

@@ -1,0 +1,153 @@
+/// MaxPoolGrad and AveragePoolGrad (onnx domain, since 9), the pooling gradients onnxruntime's
+/// training graphs write as `ai.onnx::MaxPoolGrad` / `ai.onnx::AveragePoolGrad`.
+///
+/// onnxruntime takes dX's shape from the node's statically inferred output shape (training graphs
+/// carry it in value_info). Here dX's spatial dims come from the output's declared shape where it
+/// states them, and otherwise from the pooling geometry: the smallest input that gives dY's
+/// output size, i = (o−1)·s + (k−1)·d + 1 − pads (floor mode; with ceil_mode the smallest i whose
+/// ceil gives o; with SAME_* auto_pad, o·s). That guess is short when the forward input had
+/// trailing rows no window read (e.g. 5 → 2 with k 2, s 2), hence the declared shape first.
+/// N and C always come from dY (onnxruntime's MaxPoolGrad also takes dim 0 from dY).
+
+/// The pooling attributes shared by both gradients.
+struct PoolAttributes {
+    let kernel: [Int]
+    let strides: [Int]?
+    let pads: [Int]?
+    let dilations: [Int]?
+    let autoPad: String
+    let ceilMode: Bool
+
+    /// dX's shape as the graph declares it, if it does.
+    let declared: [Dim]?
+
+    init(_ ctx: NodeContext) throws {
+        declared = ctx.declaredOutputShape(0)
+        guard let k = try ctx.ints("kernel_shape") else { throw KernelError("attribute 'kernel_shape' is required") }
+        kernel = k
+        strides = try ctx.ints("strides")
+        pads = try ctx.ints("pads")
+        dilations = try ctx.ints("dilations")
+        autoPad = try ctx.string("auto_pad", default: "NOTSET")
+        ceilMode = try ctx.int("ceil_mode", default: 0) != 0
+    }
+
+    /// Strides, dilations and [begin…, end…] pads for `r` spatial dims, checked.
+    func resolved(_ r: Int) throws -> (s: [Int], d: [Int], p: [Int]) {
+        let s = strides ?? Array(repeating: 1, count: r)
+        let d = dilations ?? Array(repeating: 1, count: r)
+        let p = pads ?? Array(repeating: 0, count: 2 * r)
+        guard kernel.count == r, s.count == r, d.count == r, p.count == 2 * r, kernel.allSatisfy({ $0 > 0 }),
+              s.allSatisfy({ $0 > 0 }), d.allSatisfy({ $0 > 0 }), p.allSatisfy({ $0 >= 0 }) else {
+            throw KernelError("kernel_shape \(kernel), strides \(s), dilations \(d), pads \(p) do not fit \(r) spatial dims")
+        }
+        return (s, d, p)
+    }
+
+    /// The forward input's spatial shape for an output of spatial shape `output` (see the file comment).
+    func inputShape(output: [Int]) throws -> [Int] {
+        let r = output.count
+        let (s, d, p) = try resolved(r)
+        return (0..<r).map { i in
+            if let declared, declared.count == r + 2, case .value(let v) = declared[i + 2] { return v }
+            let extent = (kernel[i] - 1) * d[i] + 1
+            if autoPad == "SAME_UPPER" || autoPad == "SAME_LOWER" { return output[i] * s[i] }
+            let pad = autoPad == "VALID" ? 0 : p[i] + p[i + r]
+            let steps = ceilMode ? max(output[i] - 2, 0) * s[i] + 1 : (output[i] - 1) * s[i]
+            return max(steps + extent - pad, 1)
+        }
+    }
+}
+
+/// MaxPoolGrad(dY, Indices) → dX: dX = 0, then dX.flat[Indices[i]] += dY.flat[i]. The indices are
+/// MaxPool's flat indices into the whole input (batch and channel offsets included).
+struct MaxPoolGradKernel: Kernel {
+    let attributes: PoolAttributes
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let dy = try inputs.tensor(0), indexTensor = try inputs.tensor(1)
+        try requireSameShape(dy, indexTensor, "dY", "Indices")
+        guard dy.rank >= 3 else { throw KernelError("dY must have rank >= 3 [N, C, ...], got \(dy.shape)") }
+        let indices = try indexValues(indexTensor, "Indices")
+        let shape = Array(dy.shape[..<2]) + (try attributes.inputShape(output: Array(dy.shape[2...])))
+        // An index beyond the inferred shape means the forward input had rows the geometry cannot
+        // reveal; say so rather than write out of range.
+        let count = Tensor.elementCount(shape)
+        if let top = indices.max(), top >= count, count > 0 {
+            let perImage = Tensor.elementCount(Array(shape[2...]))
+            throw KernelError("index \(top) is outside the inferred input shape \(shape) (\(perImage) elements per channel)")
+        }
+        var pairs: [(dst: Int, src: Int)] = []
+        pairs.reserveCapacity(indices.count)
+        for (i, idx) in indices.enumerated() {
+            guard idx >= 0 else { throw KernelError("index \(idx) is negative") }
+            pairs.append((idx, i))
+        }
+        return [.tensor(try scatterAdd(dy, shape: shape, pairs: pairs, block: 1))]
+    }
+}
+
+/// AveragePoolGrad(dY) → dX (1-D/2-D/3-D and beyond). For each output cell the window is
+/// [o·s − p_begin, +k) clipped to the input; each position in it receives dY/denominator, where
+/// the denominator is ∏k with count_include_pad and the clipped window size otherwise.
+struct AveragePoolGradKernel: Kernel {
+    let attributes: PoolAttributes
+    let countIncludePad: Bool
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let dy = try inputs.tensor(0)
+        guard dy.rank >= 3 else { throw KernelError("dY must have rank >= 3 [N, C, ...], got \(dy.shape)") }
+        let outShape = Array(dy.shape[2...])
+        let inShape = try attributes.inputShape(output: outShape)
+        let r = outShape.count
+        let (s, _, p) = try attributes.resolved(r)
+        let k = attributes.kernel
+        let channels = dy.shape[0] * dy.shape[1]
+        let outSize = outShape.reduce(1, *), inSize = inShape.reduce(1, *)
+        let inStrides = contiguousStrides(inShape)
+        // Window taps per output cell, computed once and reused for every channel.
+        var windows: [[Int]] = []
+        var weights: [Double] = []
+        windows.reserveCapacity(outSize)
+        var o = [Int](repeating: 0, count: r)
+        for _ in 0..<outSize {
+            var lo = [Int](repeating: 0, count: r), hi = [Int](repeating: 0, count: r)
+            for d in 0..<r {
+                let start = o[d] * s[d] - p[d]
+                lo[d] = max(start, 0)
+                hi[d] = min(start + k[d], inShape[d])
+            }
+            var taps: [Int] = []
+            if (0..<r).allSatisfy({ lo[$0] < hi[$0] }) {
+                var pos = lo
+                while true {
+                    var off = 0
+                    for d in 0..<r { off += pos[d] * inStrides[d] }
+                    taps.append(off)
+                    var d = r - 1
+                    while d >= 0 { pos[d] += 1; if pos[d] < hi[d] { break }; pos[d] = lo[d]; d -= 1 }
+                    if d < 0 { break }
+                }
+            }
+            windows.append(taps)
+            weights.append(countIncludePad ? 1 / Double(k.reduce(1, *)) : (taps.isEmpty ? 0 : 1 / Double(taps.count)))
+            var d = r - 1
+            while d >= 0 { o[d] += 1; if o[d] < outShape[d] { break }; o[d] = 0; d -= 1 }
+        }
+        let g = try floatValues(dy, "dY")
+        var dx = [Double](repeating: 0, count: channels * inSize)
+        for c in 0..<channels {
+            for cell in 0..<outSize {
+                let v = g[c * outSize + cell] * weights[cell]
+                for t in windows[cell] { dx[c * inSize + t] += v }
+            }
+        }
+        return [.tensor(floatTensor(dy.dtype, shape: Array(dy.shape[..<2]) + inShape, dx))]
+    }
+}
+
+func registerPoolGradOps(_ registry: OpRegistry) {
+    registry.register("MaxPoolGrad", domain: "", since: 9) { ctx in MaxPoolGradKernel(attributes: try PoolAttributes(ctx)) }
+    registry.register("AveragePoolGrad", domain: "", since: 9) { ctx in
+        AveragePoolGradKernel(attributes: try PoolAttributes(ctx), countIncludePad: try ctx.int("count_include_pad", default: 0) != 0)
+    }
+}

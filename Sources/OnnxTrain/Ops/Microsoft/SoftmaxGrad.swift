@@ -1,0 +1,74 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// SoftmaxGrad / LogSoftmaxGrad (com.microsoft v1, axis default 1, opset<13 "coerce to 2-D":
+/// the reduction runs over all dims from `axis` on) and their `_13` forms (axis default −1,
+/// reduction over that single axis). Input 1 is the forward's output Y in every case.
+///   softmax:     dX = Y ⊙ (dY − Σ(Y ⊙ dY))
+///   log-softmax: dX = dY − exp(Y) ⊙ Σ dY
+struct SoftmaxGradKernel: Kernel {
+    let axis: Int
+    let singleAxis: Bool
+    let log: Bool
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let dy = try inputs.tensor(0), y = try inputs.tensor(1)
+        try requireSameShape(dy, y, "dY", "Y")
+        let dtype = try commonFloatType([dy, y], names: ["dY", "Y"])
+        let a = try normalizeAxis(axis, rank: y.rank)
+        // View the data as [outer, n, inner] with the reduction over n.
+        let outer = Tensor.elementCount(Array(y.shape[..<a]))
+        let n = singleAxis ? (y.rank == 0 ? 1 : y.shape[a]) : Tensor.elementCount(Array(y.shape[a...]))
+        let inner = singleAxis ? Tensor.elementCount(Array(y.shape[min(a + 1, y.rank)...])) : 1
+        let out = try trainingFloatDispatch(dtype, Compute(dy: dy.widenedIfHalf, y: y.widenedIfHalf, outer: outer, n: n, inner: inner, log: log))
+        return [.tensor(out.dtype == dtype ? out : out.narrowed(to: dtype))]
+    }
+
+    struct Compute: FloatOperation {
+        let dy: Tensor, y: Tensor
+        let outer: Int, n: Int, inner: Int
+        let log: Bool
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            var out = Tensor(uninitialized: T.dtype, shape: y.shape)
+            dy.withUnsafeBufferPointer(as: T.self) { g in
+                y.withUnsafeBufferPointer(as: T.self) { p in
+                    out.withUnsafeMutableBufferPointer(as: T.self) { o in
+                        for b in 0..<outer {
+                            for j in 0..<inner {
+                                let base = b * n * inner + j
+                                var sum = 0.0
+                                if log {
+                                    for k in 0..<n { sum += Double(g[base + k * inner]) }
+                                    for k in 0..<n {
+                                        let i = base + k * inner
+                                        o[i] = T(Double(g[i]) - exp(Double(p[i])) * sum)
+                                    }
+                                } else {
+                                    for k in 0..<n { sum += Double(g[base + k * inner]) * Double(p[base + k * inner]) }
+                                    for k in 0..<n {
+                                        let i = base + k * inner
+                                        o[i] = T(Double(p[i]) * (Double(g[i]) - sum))
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            return out
+        }
+    }
+}
+
+func registerSoftmaxGradOps(_ registry: OpRegistry) {
+    let ms = "com.microsoft"
+    for (op, log, single) in [("SoftmaxGrad", false, false), ("LogSoftmaxGrad", true, false),
+                              ("SoftmaxGrad_13", false, true), ("LogSoftmaxGrad_13", true, true)] {
+        registry.register(op, domain: ms, since: 1) { ctx in
+            SoftmaxGradKernel(axis: try ctx.int("axis", default: single ? -1 : 1), singleAxis: single, log: log)
+        }
+    }
+}

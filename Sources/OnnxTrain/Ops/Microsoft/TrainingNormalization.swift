@@ -1,0 +1,271 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Batch and layer normalization for training: BatchNormInternal, BatchNormalizationGrad,
+/// LayerNormalizationGrad, SimplifiedLayerNormalizationGrad, InvertibleLayerNormalizationGrad
+/// (com.microsoft v1) and the onnx-domain contrib forwards LayerNormalization v1 and
+/// SimplifiedLayerNormalization v1. Statistics and reductions are computed in Double.
+
+/// Views X [N, C, spatial…] as channels; returns (N, C, ∏spatial).
+private func channelLayout(_ x: Tensor) throws -> (n: Int, c: Int, s: Int) {
+    guard x.rank >= 2 else { throw KernelError("X must have rank >= 2 [N, C, ...], got \(x.shape)") }
+    return (x.shape[0], x.shape[1], Tensor.elementCount(Array(x.shape[2...])))
+}
+
+private func channelVector(_ t: Tensor, _ name: String, _ c: Int) throws -> [Double] {
+    guard t.count == c else { throw KernelError("\(name) \(t.shape) must hold \(c) values (one per channel)") }
+    return try floatValues(t, name)
+}
+
+/// BatchNormInternal(X, scale, B, input_mean, input_var; epsilon 1e-5, momentum 0.9,
+/// training_mode 1) → Y, running_mean, running_var, saved_mean, saved_inv_std.
+/// Training: batch statistics with the biased variance; running stats
+/// m·input + (1−m)·batch are written into input_mean / input_var's storage (outputs 1 and 2 alias
+/// inputs 3 and 4, as in onnxruntime, so the checkpoint's frozen statistics update in place).
+/// Inference (training_mode 0): normalizes with input_mean / input_var.
+struct BatchNormInternalKernel: Kernel {
+    let epsilon: Double, momentum: Double, training: Bool
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0)
+        let (n, c, s) = try channelLayout(x)
+        let scale = try channelVector(try inputs.tensor(1), "scale", c)
+        let bias = try channelVector(try inputs.tensor(2), "B", c)
+        let meanT = try inputs.tensor(3), varT = try inputs.tensor(4)
+        let inMean = try channelVector(meanT, "input_mean", c), inVar = try channelVector(varT, "input_var", c)
+        let xv = try floatValues(x, "X")
+        var mean = inMean, variance = inVar
+        if training {
+            let count = Double(n * s)
+            for ch in 0..<c {
+                var sum = 0.0
+                for b in 0..<n { for i in 0..<s { sum += xv[(b * c + ch) * s + i] } }
+                let mu = sum / count
+                var sq = 0.0
+                for b in 0..<n { for i in 0..<s { let d = xv[(b * c + ch) * s + i] - mu; sq += d * d } }
+                mean[ch] = mu
+                variance[ch] = sq / count
+            }
+        }
+        let invStd = variance.map { 1 / ($0 + epsilon).squareRoot() }
+        var y = [Double](repeating: 0, count: xv.count)
+        for b in 0..<n {
+            for ch in 0..<c {
+                let a = invStd[ch] * scale[ch]
+                for i in 0..<s {
+                    let k = (b * c + ch) * s + i
+                    y[k] = (xv[k] - mean[ch]) * a + bias[ch]
+                }
+            }
+        }
+        let yT = floatTensor(x.dtype, shape: x.shape, y)
+        guard training else { return [.tensor(yT)] }
+        let running = (0..<c).map { momentum * inMean[$0] + (1 - momentum) * mean[$0] }
+        let runningVar = (0..<c).map { momentum * inVar[$0] + (1 - momentum) * variance[$0] }
+        try writeInPlace(meanT, running, "input_mean")
+        try writeInPlace(varT, runningVar, "input_var")
+        return [.tensor(yT), .tensor(meanT), .tensor(varT),
+                .tensor(floatTensor(meanT.dtype, shape: [c], mean)), .tensor(floatTensor(meanT.dtype, shape: [c], invStd))]
+    }
+}
+
+/// Overwrites a float tensor's shared storage with `values` (onnxruntime's in-place aliasing).
+func writeInPlace(_ t: Tensor, _ values: [Double], _ name: String) throws {
+    guard t.count == values.count else { throw KernelError("\(name) holds \(t.count) values, expected \(values.count)") }
+    switch t.dtype {
+    case .float32: t.withSharedMutableBufferPointer(as: Float.self) { p in for i in 0..<p.count { p[i] = Float(values[i]) } }
+    case .float64: t.withSharedMutableBufferPointer(as: Double.self) { p in for i in 0..<p.count { p[i] = values[i] } }
+    case .float16: t.withSharedMutableBufferPointer(as: Float16.self) { p in for i in 0..<p.count { p[i] = Float16(Float(values[i])) } }
+    case .bfloat16: t.withSharedMutableBufferPointer(as: BFloat16.self) { p in for i in 0..<p.count { p[i] = BFloat16(Float(values[i])) } }
+    default: throw KernelError("\(name) must be a float tensor, got \(t.dtype)")
+    }
+}
+
+/// BatchNormalizationGrad(dY, X, scale, mean = saved_mean, variance = saved_inv_std) → dX, dScale, dB.
+/// With M = N·∏spatial and x̂ = (X − μ)·r: dB = Σ dY, dScale = Σ dY⊙x̂, dX = scale·r/M·(M·dY − dB − x̂·dScale).
+struct BatchNormalizationGradKernel: Kernel {
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let dyT = try inputs.tensor(0), x = try inputs.tensor(1)
+        try requireSameShape(dyT, x, "dY", "X")
+        let (n, c, s) = try channelLayout(x)
+        let scaleT = try inputs.tensor(2)
+        let scale = try channelVector(scaleT, "scale", c)
+        let mean = try channelVector(try inputs.tensor(3), "mean", c)
+        let inv = try channelVector(try inputs.tensor(4), "variance (saved inverse std)", c)
+        let dy = try floatValues(dyT, "dY"), xv = try floatValues(x, "X")
+        let m = Double(n * s)
+        var dB = [Double](repeating: 0, count: c), dScale = [Double](repeating: 0, count: c)
+        for b in 0..<n {
+            for ch in 0..<c {
+                for i in 0..<s {
+                    let k = (b * c + ch) * s + i
+                    dB[ch] += dy[k]
+                    dScale[ch] += dy[k] * (xv[k] - mean[ch]) * inv[ch]
+                }
+            }
+        }
+        var dx = [Double](repeating: 0, count: xv.count)
+        for b in 0..<n {
+            for ch in 0..<c {
+                let a = scale[ch] * inv[ch] / m
+                for i in 0..<s {
+                    let k = (b * c + ch) * s + i
+                    let xhat = (xv[k] - mean[ch]) * inv[ch]
+                    dx[k] = a * (m * dy[k] - dB[ch] - xhat * dScale[ch])
+                }
+            }
+        }
+        return [.tensor(floatTensor(x.dtype, shape: x.shape, dx)), .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dScale)),
+                .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dB))]
+    }
+}
+
+/// Rows of a layer norm: X flattened to [rows = ∏d[:axis], cols = ∏d[axis:]].
+private func rowLayout(_ x: Tensor, axis: Int) throws -> (rows: Int, cols: Int, axis: Int) {
+    let a = try normalizeAxis(axis, rank: x.rank)
+    return (Tensor.elementCount(Array(x.shape[..<a])), Tensor.elementCount(Array(x.shape[a...])), a)
+}
+
+/// A per-column vector (scale or bias) of `cols` values.
+private func columnVector(_ t: Tensor, _ name: String, _ cols: Int) throws -> [Double] {
+    guard t.count == cols else { throw KernelError("\(name) \(t.shape) must hold \(cols) values (the normalized shape)") }
+    return try floatValues(t, name)
+}
+
+/// A per-row statistic (mean or inverse std) of `rows` values.
+private func rowVector(_ t: Tensor, _ name: String, _ rows: Int) throws -> [Double] {
+    guard t.count == rows else { throw KernelError("\(name) \(t.shape) must hold \(rows) values (one per row)") }
+    return try floatValues(t, name)
+}
+
+/// The statistics' shape: d[:axis] + [1]·(rank − axis).
+private func statShape(_ shape: [Int], _ axis: Int) -> [Int] {
+    Array(shape[..<axis]) + Array(repeating: 1, count: shape.count - axis)
+}
+
+/// The statistics' type: float for half inputs (stash_type 1), else the input's type.
+private func statType(_ dtype: DType) -> DType { dtype == .float64 ? .float64 : .float32 }
+
+/// LayerNormalization (contrib, onnx domain v1) and SimplifiedLayerNormalization (onnx domain v1).
+/// Y = (X − μ)·r·scale + B, or X·r·scale for the simplified (RMS) form with r = 1/√(mean(X²)+ε).
+struct ContribLayerNormKernel: Kernel {
+    let axis: Int, epsilon: Double, simplified: Bool
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0)
+        let (rows, cols, a) = try rowLayout(x, axis: axis)
+        let scale = try columnVector(try inputs.tensor(1), "scale", cols)
+        var bias: [Double]?
+        if !simplified, let b = try inputs.optionalTensor(2) { bias = try columnVector(b, "B", cols) }
+        let xv = try floatValues(x, "X")
+        var y = [Double](repeating: 0, count: xv.count)
+        var means = [Double](repeating: 0, count: rows), invs = [Double](repeating: 0, count: rows)
+        for r in 0..<rows {
+            let base = r * cols
+            var mu = 0.0
+            if !simplified { for j in 0..<cols { mu += xv[base + j] }; mu /= Double(cols) }
+            var sq = 0.0
+            for j in 0..<cols { let d = xv[base + j] - mu; sq += d * d }
+            let inv = 1 / (sq / Double(cols) + epsilon).squareRoot()
+            means[r] = mu
+            invs[r] = inv
+            for j in 0..<cols { y[base + j] = (xv[base + j] - mu) * inv * scale[j] + (bias?[j] ?? 0) }
+        }
+        let st = statShape(x.shape, a), stType = statType(x.dtype)
+        let yT = Value.tensor(floatTensor(x.dtype, shape: x.shape, y))
+        if simplified { return [yT, .tensor(floatTensor(stType, shape: st, invs))] }
+        return [yT, .tensor(floatTensor(stType, shape: st, means)), .tensor(floatTensor(stType, shape: st, invs))]
+    }
+}
+
+/// LayerNormalizationGrad(dY, X, scale, mean, inv_std_dev) → dX, dScale, dBias;
+/// SimplifiedLayerNormalizationGrad(dY, X, scale, inv_std_var) → dX, dScale;
+/// InvertibleLayerNormalizationGrad(dY, Y, scale, bias, inv_std_var) → dX, dScale, dBias.
+/// Per row, with x̂ the normalized input, B = dY⊙scale·r and C = B⊙x̂:
+///   dX = B − mean(B) − x̂·mean(C)   (the simplified form drops mean(B)),
+///   dScale = Σ_rows dY⊙x̂, dBias = Σ_rows dY.
+struct LayerNormGradKernel: Kernel {
+    enum Form { case standard, simplified, invertible }
+    let axis: Int
+    let form: Form
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let dyT = try inputs.tensor(0), x = try inputs.tensor(1)
+        try requireSameShape(dyT, x, "Y_grad", form == .invertible ? "Y" : "X")
+        let (rows, cols, _) = try rowLayout(x, axis: axis)
+        let scaleT = try inputs.tensor(2)
+        let scale = try columnVector(scaleT, "scale", cols)
+        let dy = try floatValues(dyT, "Y_grad"), xv = try floatValues(x, "X")
+        var xhat = [Double](repeating: 0, count: xv.count)
+        let inv: [Double]
+        switch form {
+        case .standard:
+            let mean = try rowVector(try inputs.tensor(3), "mean", rows)
+            inv = try rowVector(try inputs.tensor(4), "inv_std_dev", rows)
+            for r in 0..<rows { for j in 0..<cols { let k = r * cols + j; xhat[k] = (xv[k] - mean[r]) * inv[r] } }
+        case .simplified:
+            inv = try rowVector(try inputs.tensor(3), "inv_std_var", rows)
+            for r in 0..<rows { for j in 0..<cols { let k = r * cols + j; xhat[k] = xv[k] * inv[r] } }
+        case .invertible:
+            let bias = try columnVector(try inputs.tensor(3), "bias", cols)
+            inv = try rowVector(try inputs.tensor(4), "inv_std_var", rows)
+            for j in 0..<cols where scale[j] == 0 { throw KernelError("scale[\(j)] is 0, so Y cannot be inverted") }
+            for r in 0..<rows { for j in 0..<cols { let k = r * cols + j; xhat[k] = (xv[k] - bias[j]) / scale[j] } }
+        }
+        var dx = [Double](repeating: 0, count: xv.count)
+        var dScale = [Double](repeating: 0, count: cols), dBias = [Double](repeating: 0, count: cols)
+        for r in 0..<rows {
+            let base = r * cols
+            var meanB = 0.0, meanC = 0.0
+            for j in 0..<cols {
+                let b = dy[base + j] * scale[j] * inv[r]
+                meanB += b
+                meanC += b * xhat[base + j]
+                dScale[j] += dy[base + j] * xhat[base + j]
+                dBias[j] += dy[base + j]
+            }
+            meanB /= Double(cols)
+            meanC /= Double(cols)
+            if form == .simplified { meanB = 0 }
+            for j in 0..<cols {
+                let b = dy[base + j] * scale[j] * inv[r]
+                dx[base + j] = b - meanB - xhat[base + j] * meanC
+            }
+        }
+        let dxType = x.dtype
+        var out: [Value?] = [.tensor(floatTensor(dxType, shape: x.shape, dx)),
+                             .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dScale))]
+        if form != .simplified { out.append(.tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dBias))) }
+        return out
+    }
+}
+
+func registerTrainingNormalizationOps(_ registry: OpRegistry) {
+    let ms = "com.microsoft"
+    registry.register("BatchNormInternal", domain: ms, since: 1) { ctx in
+        BatchNormInternalKernel(epsilon: Double(try ctx.float("epsilon", default: 1e-5)),
+                                momentum: Double(try ctx.float("momentum", default: 0.9)),
+                                training: try ctx.int("training_mode", default: 1) != 0)
+    }
+    registry.register("BatchNormalizationGrad", domain: ms, since: 1) { _ in BatchNormalizationGradKernel() }
+    registry.register("LayerNormalizationGrad", domain: ms, since: 1) { ctx in
+        LayerNormGradKernel(axis: try ctx.int("axis", default: -1), form: .standard)
+    }
+    registry.register("SimplifiedLayerNormalizationGrad", domain: ms, since: 1) { ctx in
+        LayerNormGradKernel(axis: try ctx.int("axis", default: -1), form: .simplified)
+    }
+    registry.register("InvertibleLayerNormalizationGrad", domain: ms, since: 1) { ctx in
+        LayerNormGradKernel(axis: try ctx.int("axis", default: -1), form: .invertible)
+    }
+    // onnxruntime's contrib LayerNormalization (onnx domain v1, before ONNX's own since 17) and
+    // SimplifiedLayerNormalization (onnx domain v1), as its fusions write them.
+    for (op, simplified) in [("LayerNormalization", false), ("SimplifiedLayerNormalization", true)] {
+        registry.register(op, domain: "", since: 1) { ctx in
+            ContribLayerNormKernel(axis: try ctx.int("axis", default: -1), epsilon: Double(try ctx.float("epsilon", default: 1e-5)),
+                            simplified: simplified)
+        }
+    }
+}

@@ -1,0 +1,300 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Gradient accumulation and optimizer updates (com.microsoft v1). These ops update their inputs
+/// in place, as onnxruntime's do: the training runtime feeds parameters, gradient buffers and
+/// optimizer state as graph inputs and never reads them back from outputs, so every write goes
+/// through `withSharedMutableBufferPointer` into the caller's storage, and aliasing outputs
+/// return the same tensors.
+
+/// Runs `body` over a float32/float64 tensor's shared storage as Double-convertible elements.
+struct InPlaceUpdate<Body: InPlaceBody>: FloatOperation {
+    let target: Tensor
+    let body: Body
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws {
+        try target.withSharedMutableBufferPointer(as: T.self) { try body($0) }
+    }
+}
+
+protocol InPlaceBody {
+    func callAsFunction<T: FloatElement>(_ p: UnsafeMutableBufferPointer<T>) throws
+}
+
+private func inPlace<Body: InPlaceBody>(_ target: Tensor, _ name: String, _ body: Body) throws {
+    guard target.dtype == .float32 || target.dtype == .float64 else {
+        throw KernelError("\(name) must be float or double to update in place, got \(target.dtype)")
+    }
+    try dispatchFloat(target.dtype, InPlaceUpdate(target: target, body: body))
+}
+
+/// buffer += value broadcast to buffer's shape (value's shape must broadcast into it), or
+/// buffer = value when `overwrite`.
+private struct Accumulate: InPlaceBody {
+    let value: [Double]
+    let overwrite: Bool
+    func callAsFunction<T: FloatElement>(_ p: UnsafeMutableBufferPointer<T>) throws {
+        if overwrite {
+            for i in 0..<p.count { p[i] = T(value[i]) }
+        } else {
+            for i in 0..<p.count { p[i] = T(Double(p[i]) + value[i]) }
+        }
+    }
+}
+
+/// value broadcast to `shape` (it must broadcast *into* shape, not enlarge it).
+private func valueFor(_ buffer: Tensor, _ value: Tensor) throws -> [Double] {
+    guard try Broadcast.shape(buffer.shape, value.shape) == buffer.shape else {
+        throw KernelError("value \(value.shape) does not broadcast to the buffer's shape \(buffer.shape)")
+    }
+    return try broadcastValues(value, to: buffer.shape)
+}
+
+/// InPlaceAccumulator(old_sum, value, update_signal?) → new_sum (aliases old_sum).
+/// old_sum += value; with update_signal false, old_sum is left as it is (onnxruntime 1.19.2's pip
+/// build returns old_sum then, not a copy of value).
+struct InPlaceAccumulatorKernel: Kernel {
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let buffer = try inputs.tensor(0), value = try inputs.tensor(1)
+        if try boolFlag(try inputs.optionalTensor(2), "update_signal") == false { return [.tensor(buffer)] }
+        try inPlace(buffer, "old_sum", Accumulate(value: try valueFor(buffer, value), overwrite: false))
+        return [.tensor(buffer)]
+    }
+}
+
+/// InPlaceAccumulatorV2(accumulation_buffer, value, overwrite_flag?) → updated_flag (bool [1],
+/// true), accumulation_buffer_out? (aliases the buffer). overwrite true copies value (same
+/// element count required); otherwise buffer += value (broadcast). This is how lazy_reset_grad
+/// works: a reset is an overwrite on the next step.
+struct InPlaceAccumulatorV2Kernel: Kernel {
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let buffer = try inputs.tensor(0), value = try inputs.tensor(1)
+        let overwrite = try boolFlag(try inputs.optionalTensor(2), "overwrite_flag") ?? false
+        if overwrite {
+            guard value.count == buffer.count else { throw KernelError("value \(value.shape) must have the buffer's size \(buffer.shape) to overwrite it") }
+            try inPlace(buffer, "accumulation_buffer", Accumulate(value: try floatValues(value, "value"), overwrite: true))
+        } else {
+            try inPlace(buffer, "accumulation_buffer", Accumulate(value: try valueFor(buffer, value), overwrite: false))
+        }
+        return [.tensor(Tensor(shape: [1], scalars: [true])), .tensor(buffer)]
+    }
+}
+
+/// Checks the optimizer sequences: equal non-zero counts and equal shapes per index.
+private func checkGroups(_ groups: [(String, [Tensor])]) throws {
+    guard let (name0, first) = groups.first, !first.isEmpty else { throw KernelError("\(groups.first?.0 ?? "weights") must not be empty") }
+    for (name, seq) in groups.dropFirst() {
+        guard seq.count == first.count else { throw KernelError("\(name) holds \(seq.count) tensors but \(name0) holds \(first.count)") }
+        for (i, (t, w)) in zip(seq, first).enumerated() where t.shape != w.shape {
+            throw KernelError("\(name)[\(i)] \(t.shape) does not match \(name0)[\(i)] \(w.shape)")
+        }
+    }
+}
+
+/// The learning rate: the one value of a float scalar or [1] tensor.
+private func learningRate(_ t: Tensor, _ name: String) throws -> Double {
+    guard t.dtype.isFloatingPoint, t.count == 1, let v = t.scalarDouble() else { throw KernelError("\(name) must hold one float, got \(t)") }
+    return v
+}
+
+/// The AdamW update of one tensor, in place on w, m and v.
+private struct AdamWStep: InPlaceBody {
+    let g: [Double]
+    let m: Tensor, v: Tensor
+    let lr: Double, beta1: Double, beta2: Double, epsilon: Double, weightDecay: Double
+    let bc1: Double, bc2: Double
+    let mode: Int
+
+    func callAsFunction<T: FloatElement>(_ w: UnsafeMutableBufferPointer<T>) throws {
+        guard m.dtype == T.dtype, v.dtype == T.dtype else { throw KernelError("momentums must have the weights' type \(T.dtype)") }
+        m.withSharedMutableBufferPointer(as: T.self) { pm in
+            v.withSharedMutableBufferPointer(as: T.self) { pv in
+                for i in 0..<w.count {
+                    var wi = Double(w[i])
+                    let mi = beta1 * Double(pm[i]) + (1 - beta1) * g[i]
+                    let vi = beta2 * Double(pv[i]) + (1 - beta2) * g[i] * g[i]
+                    if mode == 0 {
+                        // PyTorch AdamW: decay first, then the bias-corrected step.
+                        wi -= lr * weightDecay * wi
+                        wi -= lr * mi / (bc1 * ((vi / bc2).squareRoot() + epsilon))
+                    } else {
+                        // Hugging Face AdamW: corrected step size, then decay with the plain lr.
+                        let lrc = lr * bc2.squareRoot() / bc1
+                        wi -= lrc * mi / (vi.squareRoot() + epsilon)
+                        wi -= lr * weightDecay * wi
+                    }
+                    pm[i] = T(mi)
+                    pv[i] = T(vi)
+                    w[i] = T(wi)
+                }
+            }
+        }
+    }
+}
+
+/// AdamWOptimizer(lr, step, weights, gradients, momentums_1, momentums_2, update_signal?) →
+/// updated_flag (bool, step's shape), updated_weights?, updated_momentums_1?, updated_momentums_2?
+/// (aliases). Attributes: alpha (β1) 0.9, beta (β2) 0.999, epsilon 1e-8, weight_decay 0.01 (the
+/// schema default, which onnxruntime fills in), correct_bias 1, adam_mode 0 (PyTorch) or 1 (HF).
+struct AdamWOptimizerKernel: Kernel {
+    let alpha: Double, beta: Double, epsilon: Double, weightDecay: Double
+    let correctBias: Bool
+    let mode: Int
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let lr = try learningRate(try inputs.tensor(0), "lr")
+        let stepT = try inputs.tensor(1)
+        guard stepT.dtype == .int64, stepT.count == 1, let step = stepT.intValues()?.first else { throw KernelError("step must be one int64") }
+        let weights = try sequenceTensors(inputs, 2, "weights"), grads = try sequenceTensors(inputs, 3, "gradients")
+        let m1 = try sequenceTensors(inputs, 4, "momentums_1"), m2 = try sequenceTensors(inputs, 5, "momentums_2")
+        try checkGroups([("weights", weights), ("gradients", grads), ("momentums_1", m1), ("momentums_2", m2)])
+        let outputs = { (flag: Bool) -> [Value?] in
+            [.tensor(Tensor(shape: stepT.shape, scalars: [flag])), inputs[2], inputs[4], inputs[5]]
+        }
+        if try boolFlag(try inputs.optionalTensor(6), "update_signal") == false { return outputs(false) }
+        // Bias corrections in float32, as onnxruntime computes them (pow(β, t) in float).
+        let bc1 = correctBias ? Double(1 - powf(Float(alpha), Float(step))) : 1
+        let bc2 = correctBias ? Double(1 - powf(Float(beta), Float(step))) : 1
+        for i in 0..<weights.count {
+            try inPlace(weights[i], "weights[\(i)]",
+                        AdamWStep(g: try floatValues(grads[i], "gradients[\(i)]"), m: m1[i], v: m2[i], lr: lr, beta1: alpha, beta2: beta,
+                                  epsilon: epsilon, weightDecay: weightDecay, bc1: bc1, bc2: bc2, mode: mode))
+        }
+        return outputs(true)
+    }
+}
+
+/// w ← w − lr·g (or w + delta for any precomputed delta).
+private struct AxpyStep: InPlaceBody {
+    let g: [Double]
+    let scale: Double
+    func callAsFunction<T: FloatElement>(_ w: UnsafeMutableBufferPointer<T>) throws {
+        for i in 0..<w.count { w[i] = T(Double(w[i]) + scale * g[i]) }
+    }
+}
+
+/// SGDOptimizerV2(lr, weights, gradients, update_signal?) → update_completed (bool, lr's shape),
+/// updated_weights? (alias). w ← w − lr·g unless update_signal is false.
+struct SGDOptimizerV2Kernel: Kernel {
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let lrT = try inputs.tensor(0)
+        let lr = try learningRate(lrT, "lr")
+        let weights = try sequenceTensors(inputs, 1, "weights"), grads = try sequenceTensors(inputs, 2, "gradients")
+        try checkGroups([("weights", weights), ("gradients", grads)])
+        if try boolFlag(try inputs.optionalTensor(3), "update_signal") == false {
+            return [.tensor(Tensor(shape: lrT.shape, scalars: [false])), inputs[1]]
+        }
+        for i in 0..<weights.count {
+            try inPlace(weights[i], "weights[\(i)]", AxpyStep(g: try floatValues(grads[i], "gradients[\(i)]"), scale: -lr))
+        }
+        return [.tensor(Tensor(shape: lrT.shape, scalars: [true])), inputs[1]]
+    }
+}
+
+/// InplaceClipGradNorm(gradients; max_norm 1.0, norm_type "fro") → clipped gradients (in place).
+/// total = √Σg²; coef = max_norm/(total + 1e-6); when coef < 1 every gradient is scaled by coef.
+struct InplaceClipGradNormKernel: Kernel {
+    let maxNorm: Double
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let grads = try sequenceTensors(inputs, 0, "gradients")
+        var total = 0.0
+        let values = try grads.enumerated().map { try floatValues($0.element, "gradients[\($0.offset)]") }
+        for v in values { for x in v { total += x * x } }
+        let coef = maxNorm / (total.squareRoot() + 1e-6)
+        if coef < 1 {
+            for (i, g) in grads.enumerated() {
+                try inPlace(g, "gradients[\(i)]", AxpyStep(g: values[i], scale: coef - 1))
+            }
+        }
+        return [inputs[0]]
+    }
+}
+
+/// Legacy SGDOptimizer(ETA, W, G) → NW = W − η·G, NG = −η·G (both optional, new tensors).
+struct SGDOptimizerKernel: Kernel {
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let eta = try learningRate(try inputs.tensor(0), "ETA")
+        let w = try inputs.tensor(1), g = try inputs.tensor(2)
+        try requireSameShape(w, g, "W", "G")
+        let nw = try floatElementwise([w, g], names: ["W", "G"]) { FloatMap2(a: $0[0], b: $0[1]) { $0 - eta * $1 } }
+        let ng = try floatElementwise([g], names: ["G"]) { FloatMap1(a: $0[0]) { -eta * $0 } }
+        return [.tensor(nw), .tensor(ng)]
+    }
+}
+
+/// Legacy AdamOptimizer(R, T, weights, gradients, moment_1, moment_2, …) → new_T = T+1,
+/// new_moment_1, new_moment_2, new_weights?, new_gradients? (the applied delta).
+/// Attributes alpha 0.9, beta 0.999, lambda 0, epsilon 1e-8, do_bias_correction 1,
+/// weight_decay_mode 0 (decay inside the step) or 1 (decay after the step, Hugging Face style).
+/// The mixed-precision, loss-scale and gradient-norm inputs are not supported.
+struct AdamOptimizerKernel: Kernel {
+    let alpha: Double, beta: Double, lambda: Double, epsilon: Double
+    let biasCorrection: Bool
+    let weightDecayMode: Int
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let eta = try learningRate(try inputs.tensor(0), "R")
+        let stepT = try inputs.tensor(1)
+        guard stepT.dtype == .int64, stepT.count == 1, let step = stepT.intValues()?.first else { throw KernelError("T must be one int64") }
+        let wT = try inputs.tensor(2), gT = try inputs.tensor(3), m1T = try inputs.tensor(4), m2T = try inputs.tensor(5)
+        for (t, n) in [(gT, "gradients"), (m1T, "moment_1"), (m2T, "moment_2")] { try requireSameShape(wT, t, "weights", n) }
+        for i in 6...8 where inputs.value(i) != nil {
+            throw KernelError("input \(i) (mixed-precision weights, loss scale or gradient norm) is not supported")
+        }
+        if try boolFlag(try inputs.optionalTensor(9), "update_signal") == false {
+            return [.tensor(stepT), .tensor(m1T), .tensor(m2T), .tensor(wT), .tensor(Tensor(zeros: gT.dtype, shape: gT.shape))]
+        }
+        let w = try floatValues(wT, "weights"), g = try floatValues(gT, "gradients")
+        let m1 = try floatValues(m1T, "moment_1"), m2 = try floatValues(m2T, "moment_2")
+        let bc1 = biasCorrection ? Double(1 - powf(Float(alpha), Float(step))) : 1
+        let bc2 = biasCorrection ? Double(1 - powf(Float(beta), Float(step))) : 1
+        var nm1 = m1, nm2 = m2, delta = w
+        for i in 0..<w.count {
+            nm1[i] = alpha * m1[i] + (1 - alpha) * g[i]
+            nm2[i] = beta * m2[i] + (1 - beta) * g[i] * g[i]
+            if weightDecayMode == 0 {
+                delta[i] = -eta * ((nm1[i] / bc1) / ((nm2[i] / bc2).squareRoot() + epsilon) + lambda * w[i])
+            } else {
+                let stepSize = eta * bc2.squareRoot() / bc1
+                let update = stepSize * nm1[i] / (nm2[i].squareRoot() + epsilon)
+                delta[i] = -update - eta * lambda * (w[i] - update)
+            }
+        }
+        let dtype = wT.dtype
+        return [.tensor(Tensor(shape: stepT.shape, scalars: [Int64(step + 1)])),
+                .tensor(floatTensor(m1T.dtype, shape: m1T.shape, nm1)), .tensor(floatTensor(m2T.dtype, shape: m2T.shape, nm2)),
+                .tensor(floatTensor(dtype, shape: wT.shape, (0..<w.count).map { w[$0] + delta[$0] })),
+                .tensor(floatTensor(gT.dtype, shape: gT.shape, delta))]
+    }
+}
+
+func registerOptimizerOps(_ registry: OpRegistry) {
+    let ms = "com.microsoft"
+    registry.register("InPlaceAccumulator", domain: ms, since: 1) { _ in InPlaceAccumulatorKernel() }
+    registry.register("InPlaceAccumulatorV2", domain: ms, since: 1) { _ in InPlaceAccumulatorV2Kernel() }
+    registry.register("AdamWOptimizer", domain: ms, since: 1) { ctx in
+        let correctBias = try ctx.int("correct_bias", default: 1) != 0
+        let mode = try ctx.int("adam_mode", default: 0)
+        guard mode == 0 || mode == 1 else { throw KernelError("adam_mode \(mode) must be 0 or 1") }
+        guard mode == 1 || correctBias else { throw KernelError("adam_mode 0 requires correct_bias 1") }
+        return AdamWOptimizerKernel(alpha: Double(try ctx.float("alpha", default: 0.9)), beta: Double(try ctx.float("beta", default: 0.999)),
+                                    epsilon: Double(try ctx.float("epsilon", default: 1e-8)),
+                                    weightDecay: Double(try ctx.float("weight_decay", default: 0.01)),
+                                    correctBias: correctBias, mode: mode)
+    }
+    registry.register("SGDOptimizerV2", domain: ms, since: 1) { _ in SGDOptimizerV2Kernel() }
+    registry.register("InplaceClipGradNorm", domain: ms, since: 1) { ctx in
+        let norm = try ctx.string("norm_type", default: "fro")
+        guard norm == "fro" else { throw KernelError("norm_type '\(norm)' is not supported (only \"fro\")") }
+        return InplaceClipGradNormKernel(maxNorm: Double(try ctx.float("max_norm", default: 1)))
+    }
+    registry.register("SGDOptimizer", domain: ms, since: 1) { _ in SGDOptimizerKernel() }
+    registry.register("AdamOptimizer", domain: ms, since: 1) { ctx in
+        AdamOptimizerKernel(alpha: Double(try ctx.float("alpha", default: 0.9)), beta: Double(try ctx.float("beta", default: 0.999)),
+                            lambda: Double(try ctx.float("lambda", default: 0)), epsilon: Double(try ctx.float("epsilon", default: 1e-8)),
+                            biasCorrection: try ctx.int("do_bias_correction", default: 1) != 0,
+                            weightDecayMode: try ctx.int("weight_decay_mode", default: 0))
+    }
+}

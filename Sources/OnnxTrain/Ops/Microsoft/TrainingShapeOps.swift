@@ -1,0 +1,243 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Shape and data-movement helpers of training graphs (com.microsoft v1): SliceGrad,
+/// SplitTraining, ConcatTraining, ReduceSumTraining, BroadcastGradientArgs, ZeroGradient, Scale.
+/// The data movers copy raw element bytes, so they work for every non-string type.
+
+/// Copies `count` rows of `rowBytes` from `src` (row stride `srcStride`) to `dst` (row stride `dstStride`), in bytes.
+@inline(__always)
+private func copyRows(_ src: UnsafeRawPointer, _ srcStride: Int, _ dst: UnsafeMutableRawPointer, _ dstStride: Int, rows: Int, rowBytes: Int) {
+    for r in 0..<rows { memcpy(dst + r * dstStride, src + r * srcStride, rowBytes) }
+}
+
+/// SliceGrad(dY, shape, starts, ends, axes?, steps?) → dX = zeros(shape) with dY written into the
+/// region ONNX Slice selects. (onnxruntime 1.19.2 fails on negative steps; they work here.)
+struct SliceGradKernel: Kernel {
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let dy = try inputs.tensor(0)
+        guard dy.dtype != .string else { throw KernelError("dY must not be a string tensor") }
+        let shape = try shapeInput(try inputs.tensor(1), "shape")
+        let starts = try indexValues(try inputs.tensor(2), "starts"), ends = try indexValues(try inputs.tensor(3), "ends")
+        let r = shape.count
+        let axes = try inputs.optionalTensor(4).map { try indexValues($0, "axes") } ?? Array(0..<starts.count)
+        let steps = try inputs.optionalTensor(5).map { try indexValues($0, "steps") } ?? Array(repeating: 1, count: starts.count)
+        guard ends.count == starts.count, axes.count == starts.count, steps.count == starts.count else {
+            throw KernelError("starts, ends, axes and steps must have one length")
+        }
+        var begin = [Int](repeating: 0, count: r), step = [Int](repeating: 1, count: r), count = shape
+        var seen = Set<Int>()
+        for i in 0..<starts.count {
+            let a = try normalizeAxis(axes[i], rank: r, name: "axes")
+            guard seen.insert(a).inserted else { throw KernelError("axis \(axes[i]) is repeated") }
+            let dim = shape[a], st = steps[i]
+            guard st != 0 else { throw KernelError("steps must not be 0") }
+            var s = starts[i] < 0 ? starts[i] + dim : starts[i]
+            var e = ends[i] < 0 ? ends[i] + dim : ends[i]
+            if st > 0 {
+                s = min(max(s, 0), dim); e = min(max(e, 0), dim)
+                count[a] = e > s ? (e - s + st - 1) / st : 0
+            } else {
+                s = min(max(s, 0), dim - 1); e = min(max(e, -1), dim - 1)
+                count[a] = s > e ? (s - e - st - 1) / -st : 0
+            }
+            begin[a] = s
+            step[a] = st
+        }
+        guard dy.shape == count else { throw KernelError("dY \(dy.shape) must have the sliced shape \(count)") }
+        let out = Tensor(zeros: dy.dtype, shape: shape)
+        let n = dy.count, size = dy.dtype.byteSize
+        if n == 0 { return [.tensor(out)] }
+        let strides = contiguousStrides(shape)
+        var offset = 0
+        for d in 0..<r { offset += begin[d] * strides[d] }
+        let jump = (0..<r).map { step[$0] * strides[$0] }
+        var index = [Int](repeating: 0, count: r)
+        let src = dy.storage.bytes, dst = out.storage.bytes
+        for i in 0..<n {
+            memcpy(dst + offset * size, src + i * size, size)
+            var d = r - 1
+            while d >= 0 {
+                index[d] += 1
+                offset += jump[d]
+                if index[d] < count[d] { break }
+                offset -= jump[d] * count[d]
+                index[d] = 0
+                d -= 1
+            }
+        }
+        return [.tensor(out)]
+    }
+}
+
+/// [outer, axis length, inner] view of `shape` around `axis`.
+private func aroundAxis(_ shape: [Int], _ axis: Int) -> (outer: Int, inner: Int) {
+    (Tensor.elementCount(Array(shape[..<axis])), Tensor.elementCount(Array(shape[(axis + 1)...])))
+}
+
+/// SplitTraining(input, split: int64 1-D; axis = 0) → one output per node output. An empty split
+/// divides the axis equally, which must be exact (onnxruntime does not honor uneven splits here).
+struct SplitTrainingKernel: Kernel {
+    let axis: Int
+    let outputs: Int
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0)
+        guard x.dtype != .string else { throw KernelError("input must not be a string tensor") }
+        let a = try normalizeAxis(axis, rank: x.rank)
+        let dim = x.shape[a]
+        var split = try inputs.optionalTensor(1).map { try indexValues($0, "split") } ?? []
+        if split.isEmpty {
+            guard outputs > 0, dim % outputs == 0 else { throw KernelError("axis \(a) of length \(dim) does not split equally into \(outputs) outputs") }
+            split = Array(repeating: dim / outputs, count: outputs)
+        }
+        guard split.count == outputs, split.allSatisfy({ $0 >= 0 }), split.reduce(0, +) == dim else {
+            throw KernelError("split \(split) must have \(outputs) non-negative parts summing to \(dim)")
+        }
+        let (outer, inner) = aroundAxis(x.shape, a)
+        let size = x.dtype.byteSize
+        var results: [Value?] = []
+        var start = 0
+        for part in split {
+            var shape = x.shape
+            shape[a] = part
+            let out = Tensor(zeros: x.dtype, shape: shape)
+            copyRows(x.storage.bytes + start * inner * size, dim * inner * size, out.storage.bytes, part * inner * size,
+                     rows: outer, rowBytes: part * inner * size)
+            results.append(.tensor(out))
+            start += part
+        }
+        return results
+    }
+}
+
+/// ConcatTraining(inputs…; axis) → concat_result, per_input_length? (int64, each input's length on axis).
+struct ConcatTrainingKernel: Kernel {
+    let axis: Int
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let parts = try (0..<inputs.count).compactMap { try inputs.optionalTensor($0) }
+        guard let first = parts.first else { throw KernelError("at least one input is required") }
+        guard first.dtype != .string else { throw KernelError("inputs must not be string tensors") }
+        let a = try normalizeAxis(axis, rank: first.rank)
+        var shape = first.shape
+        shape[a] = 0
+        let offAxis = shape
+        for (i, p) in parts.enumerated() {
+            var other = p.shape
+            guard p.dtype == first.dtype, other.count == shape.count else { throw KernelError("input \(i) \(p) does not match input 0 \(first)") }
+            other[a] = 0
+            guard other == offAxis else {
+                throw KernelError("input \(i) \(p.shape) differs from input 0 \(first.shape) off axis \(a)")
+            }
+            shape[a] += p.shape[a]
+        }
+        let out = Tensor(zeros: first.dtype, shape: shape)
+        let (outer, inner) = aroundAxis(shape, a)
+        let size = first.dtype.byteSize, rowOut = shape[a] * inner * size
+        var start = 0
+        for p in parts {
+            let row = p.shape[a] * inner * size
+            copyRows(p.storage.bytes, row, out.storage.bytes + start, rowOut, rows: outer, rowBytes: row)
+            start += row
+        }
+        return [.tensor(out), .tensor(int64Tensor(parts.map { $0.shape[a] }))]
+    }
+}
+
+/// ReduceSumTraining(data, axes: int64 1-D; keepdims 1, noop_with_empty_axes 0) → reduced.
+/// Empty axes reduce everything, or pass the input through when noop_with_empty_axes is 1.
+struct ReduceSumTrainingKernel: Kernel {
+    let keepDims: Bool, noopWithEmptyAxes: Bool
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0)
+        let raw = try inputs.optionalTensor(1).map { try indexValues($0, "axes") } ?? []
+        if raw.isEmpty && noopWithEmptyAxes { return [.tensor(x)] }
+        let axes = raw.isEmpty ? Array(0..<x.rank) : try raw.map { try normalizeAxis($0, rank: x.rank, name: "axes") }
+        return [.tensor(try reduceSum(x, axes: Set(axes), keepDims: keepDims))]
+    }
+}
+
+/// Sums `x` over `axes` (numeric types; accumulates in Double).
+func reduceSum(_ x: Tensor, axes: Set<Int>, keepDims: Bool) throws -> Tensor {
+    let kept = x.shape.enumerated().map { axes.contains($0.offset) ? 1 : $0.element }
+    let values: [Double]
+    if x.dtype.isFloatingPoint {
+        values = try floatValues(x, "data")
+    } else {
+        guard x.dtype.isInteger else { throw KernelError("data must be numeric, got \(x.dtype)") }
+        values = (0..<x.count).map { x.scalarDouble(at: $0) ?? 0 }
+    }
+    let sums = reduceSumToShape(values, fullShape: x.shape, to: kept)
+    let shape = keepDims ? kept : x.shape.enumerated().filter { !axes.contains($0.offset) }.map(\.element)
+    if x.dtype.isFloatingPoint { return floatTensor(x.dtype, shape: shape, sums) }
+    return try dispatchNumeric(x.dtype, FromDoubles(shape: shape, values: sums))
+}
+
+/// A tensor of element type T from Double values.
+struct FromDoubles: NumericOperation {
+    let shape: [Int], values: [Double]
+    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+        Tensor(shape: shape, scalars: values.map { T(fromDouble: $0) })
+    }
+}
+
+/// BroadcastGradientArgs(a_shape, b_shape) → a_axes, b_axes: the output axes each operand was
+/// broadcast along, found by walking the right-aligned shapes from the last dim; in descending order.
+struct BroadcastGradientArgsKernel: Kernel {
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let a = try indexValues(try inputs.tensor(0), "a_shape"), b = try indexValues(try inputs.tensor(1), "b_shape")
+        var aAxes: [Int] = [], bAxes: [Int] = []
+        var i = a.count - 1, j = b.count - 1, k = max(a.count, b.count) - 1
+        while i >= 0 && j >= 0 {
+            if a[i] != b[j] {
+                if a[i] == 1 { aAxes.append(k) } else if b[j] == 1 { bAxes.append(k) } else {
+                    throw KernelError("shapes \(a) and \(b) do not broadcast (dims \(a[i]) and \(b[j]) at axis \(k))")
+                }
+            }
+            i -= 1; j -= 1; k -= 1
+        }
+        while i >= 0 { bAxes.append(k); i -= 1; k -= 1 }
+        while j >= 0 { aAxes.append(k); j -= 1; k -= 1 }
+        return [.tensor(int64Tensor(aAxes)), .tensor(int64Tensor(bAxes))]
+    }
+}
+
+/// ZeroGradient(old_gradient, reset_signal) → zeros, written into old_gradient's storage (the
+/// output aliases input 0, as in onnxruntime's kernel).
+struct ZeroGradientKernel: Kernel {
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let g = try inputs.tensor(0)
+        guard g.dtype != .string else { throw KernelError("old_gradient must not be a string tensor") }
+        memset(g.storage.bytes, 0, g.byteCount)
+        return [.tensor(g)]
+    }
+}
+
+/// Scale(input, scale: scalar float/double/int32/int64; scale_down 0) → input·scale, or input/scale.
+struct ScaleKernel: Kernel {
+    let scaleDown: Bool
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0), s = try inputs.tensor(1)
+        guard s.count == 1, let v = s.scalarDouble() else { throw KernelError("scale must hold one number, got \(s)") }
+        let factor = scaleDown ? 1 / v : v
+        return [.tensor(try floatElementwise([x], names: ["input"]) { FloatMap1(a: $0[0]) { $0 * factor } })]
+    }
+}
+
+func registerTrainingShapeOps(_ registry: OpRegistry) {
+    let ms = "com.microsoft"
+    registry.register("SliceGrad", domain: ms, since: 1) { _ in SliceGradKernel() }
+    registry.register("SplitTraining", domain: ms, since: 1) { ctx in
+        SplitTrainingKernel(axis: try ctx.int("axis", default: 0), outputs: ctx.outputCount)
+    }
+    registry.register("ConcatTraining", domain: ms, since: 1) { ctx in ConcatTrainingKernel(axis: try ctx.requiredInt("axis")) }
+    registry.register("ReduceSumTraining", domain: ms, since: 1) { ctx in
+        ReduceSumTrainingKernel(keepDims: try ctx.int("keepdims", default: 1) != 0,
+                                noopWithEmptyAxes: try ctx.int("noop_with_empty_axes", default: 0) != 0)
+    }
+    registry.register("BroadcastGradientArgs", domain: ms, since: 1) { _ in BroadcastGradientArgsKernel() }
+    registry.register("ZeroGradient", domain: ms, since: 1) { _ in ZeroGradientKernel() }
+    registry.register("Scale", domain: ms, since: 1) { ctx in ScaleKernel(scaleDown: try ctx.int("scale_down", default: 0) != 0) }
+}

@@ -1,0 +1,77 @@
+import Foundation
+
+/// Random generators: RandomNormal, RandomUniform, their *Like forms, Bernoulli, Multinomial.
+/// A `seed` attribute gives a generator of its own per kernel run (so runs repeat); otherwise
+/// the session's seedable generator is used. Samples cannot match numpy's streams bit for bit.
+func registerRandomOps(_ registry: OpRegistry) {
+    for (op, like) in [("RandomNormal", false), ("RandomNormalLike", true), ("RandomUniform", false), ("RandomUniformLike", true)] {
+        registry.register(op, since: 1) { ctx in
+            let normal = op.hasPrefix("RandomNormal")
+            let seed = try ctx.float("seed")
+            let dtypeCode = try ctx.int("dtype")
+            let shape = like ? nil : try ctx.ints("shape")
+            let a = Double(try ctx.float(normal ? "mean" : "low", default: 0))
+            let b = Double(try ctx.float(normal ? "scale" : "high", default: 1))
+            if !like { guard shape != nil else { throw KernelError("attribute 'shape' is required") } }
+            return AnyKernel { inputs, context in
+                let template = like ? try inputs.tensor(0) : nil
+                let outShape = template?.shape ?? shape ?? []
+                try checkShape(outShape, "shape")
+                let dtype = try dtypeCode.map { try dtypeFromCode($0) } ?? template?.dtype ?? .float32
+                var rng = seed.map { RandomGenerator(seed: UInt64($0.bitPattern)) } ?? context.state.random
+                let n = Tensor.elementCount(outShape)
+                var values = [Double](repeating: 0, count: n)
+                for i in 0..<n {
+                    if normal {
+                        // Box-Muller on two uniforms in (0, 1].
+                        let u1 = 1 - rng.nextDouble(), u2 = rng.nextDouble()
+                        values[i] = a + b * (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
+                    } else {
+                        values[i] = a + (b - a) * rng.nextDouble()
+                    }
+                }
+                if seed == nil { context.state.random = rng }
+                return [.tensor(try Tensor(dtype: dtype, shape: outShape, doubles: values))]
+            }
+        }
+    }
+    registry.register("Bernoulli", since: 15) { ctx in
+        let seed = try ctx.float("seed")
+        let dtypeCode = try ctx.int("dtype")
+        return AnyKernel { inputs, context in
+            let p = try inputs.tensor(0)
+            let dtype = try dtypeCode.map { try dtypeFromCode($0) } ?? p.dtype
+            var rng = seed.map { RandomGenerator(seed: UInt64($0.bitPattern)) } ?? context.state.random
+            let values = try p.doubles().map { rng.nextDouble() < $0 ? 1.0 : 0.0 }
+            if seed == nil { context.state.random = rng }
+            return [.tensor(try Tensor(dtype: dtype, shape: p.shape, doubles: values))]
+        }
+    }
+    registry.register("Multinomial", since: 7) { ctx in
+        let seed = try ctx.float("seed")
+        let samples = try ctx.int("sample_size", default: 1)
+        let dtype = try dtypeFromCode(try ctx.int("dtype", default: Int(DType.int32.rawValue)))
+        return AnyKernel { inputs, context in
+            let x = try inputs.tensor(0)
+            guard x.rank == 2 else { throw KernelError("input must be [batch, classes], got \(x.shape)") }
+            let logits = try x.doubles()
+            let (batch, classes) = (x.shape[0], x.shape[1])
+            var rng = seed.map { RandomGenerator(seed: UInt64($0.bitPattern)) } ?? context.state.random
+            var out = [Double]()
+            for b in 0..<batch {
+                // Unnormalized log-probabilities: sample from softmax by inverting the cumulative sum.
+                let row = logits[(b * classes)..<((b + 1) * classes)]
+                let m = row.max() ?? 0
+                var cumulative = [Double]()
+                var total = 0.0
+                for v in row { total += exp(v - m); cumulative.append(total) }
+                for _ in 0..<samples {
+                    let u = rng.nextDouble() * total
+                    out.append(Double(cumulative.firstIndex { u < $0 } ?? classes - 1))
+                }
+            }
+            if seed == nil { context.state.random = rng }
+            return [.tensor(try Tensor(dtype: dtype, shape: [batch, samples], doubles: out))]
+        }
+    }
+}

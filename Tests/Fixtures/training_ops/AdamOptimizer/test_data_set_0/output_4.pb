@@ -1,0 +1,1 @@
+Bnew_gradientsJ†©‡ºWÜnºMÌ*ºâ:hºÄr;^u:

@@ -1,0 +1,1 @@
+Brunning_meanJ¹’¾ÑÓ¾w=¿

@@ -1,0 +1,3 @@
+B
+saved_meanJî½ó>’An¾ò
+¿

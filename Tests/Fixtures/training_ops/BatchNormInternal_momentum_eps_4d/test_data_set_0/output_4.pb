@@ -1,0 +1,1 @@
+Bsaved_inv_stdJ{;?|?²R¬?

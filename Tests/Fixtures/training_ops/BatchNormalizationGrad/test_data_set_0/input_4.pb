@@ -1,0 +1,1 @@
+BvarianceJ“ z?ËZ?

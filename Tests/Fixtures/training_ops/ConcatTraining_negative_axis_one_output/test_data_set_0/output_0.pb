@@ -1,0 +1,1 @@
+Bconcat_resultJ	L¿@Ø•¾…Û¿,i>3I¾“ÜF¾

@@ -1,0 +1,1 @@
+Breset_signalJ,ъв?
