@@ -75,10 +75,19 @@ def expose_layer_norm_stats(proto) -> None:
             node.output.extend([node.output[0] + "_mean", node.output[0] + "_inv_std_dev"])
 
 
-def export_for_training(model, example, input_names, output_name="output", opset=17, dynamic_batch=True):
-    """TorchScript export in training mode, parameters kept as named initializers, batch dim symbolic."""
+def export_for_training(model, example, input_names, output_name="output", opset=17, dynamic_batch=True,
+                        output_dim="batch"):
+    """TorchScript export in training mode, parameters kept as named initializers, batch dim symbolic.
+
+    `output_dim` names the output's first dim (and so the CE labels' dim); give it its own name when it
+    is not the batch size (a transformer's flattened [B*T, V] logits), since inputs that share a
+    dim_param name must agree on its value.
+    """
     f = io.BytesIO()
-    dynamic = {n: {0: "batch"} for n in input_names + [output_name]} if dynamic_batch else None
+    dynamic = None
+    if dynamic_batch:
+        dynamic = {n: {0: "batch"} for n in input_names}
+        dynamic[output_name] = {0: output_dim}
     torch.onnx.export(
         model,
         tuple(example),

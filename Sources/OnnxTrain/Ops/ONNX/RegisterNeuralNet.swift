@@ -1,6 +1,7 @@
 /// Neural-network ops: one registration function per family file.
 func registerNeuralNetOps(_ registry: OpRegistry) {
     registerMatMulOps(registry)        // MatMul.swift: Gemm, MatMul, MatMulInteger
+    registerEinsumOps(registry)        // Einsum.swift
     registerConvOps(registry)          // Conv.swift: Conv, ConvTranspose, ConvInteger, QLinearConv
     registerPoolingOps(registry)       // Pooling.swift: Max/Average/Lp pooling, global pooling, MaxUnpool
     registerNormalizationOps(registry) // Normalization.swift: Batch/Layer/Instance/Group norm, LRN, MVN

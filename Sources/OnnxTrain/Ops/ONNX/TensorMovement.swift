@@ -48,13 +48,19 @@ extension Tensor {
 private struct TakeOp: ElementMove {
     let t: Tensor, indices: [Int], shape: [Int], fill: Tensor?
     func callAsFunction<T>(_ type: T.Type) throws -> Tensor {
-        let source = t.elements(T.self)
-        let filler = (fill?.count ?? 0) > 0 ? fill! : Tensor(zeros: t.dtype, shape: [1])
+        var filler = Tensor(zeros: t.dtype, shape: [1])
+        if let fill, fill.count > 0 { filler = fill }
         let fillValue = filler.elements(T.self)[0]
-        var out = [T]()
-        out.reserveCapacity(indices.count)
-        for i in indices { out.append(i >= 0 ? source[i] : fillValue) }
-        return Tensor(dtype: t.dtype, shape: shape, elements: out)
+        if t.dtype == .string {
+            let source = t.elements(T.self)
+            return Tensor(dtype: t.dtype, shape: shape, elements: indices.map { $0 >= 0 ? source[$0] : fillValue })
+        }
+        // Straight from the source bytes into the fresh output: one pass, no intermediate arrays.
+        let out = Tensor(uninitialized: t.dtype, shape: shape)
+        let src = t.storage.bytes.assumingMemoryBound(to: T.self)
+        let dst = out.storage.bytes.assumingMemoryBound(to: T.self)
+        for (o, i) in indices.enumerated() { dst[o] = i >= 0 ? src[i] : fillValue }
+        return out
     }
 }
 
@@ -93,8 +99,7 @@ func stridedIndices(shape: [Int], strides: [Int], offset: Int = 0) -> [Int] {
     return result
 }
 
-/// Copies rows of bytes: `count` blocks of `blockBytes` from `source` at `sourceStride` to
-/// `dest` at `destStride` (Concat and Split move whole blocks at once).
+/// Concat's copy: for each outer index, each part's contiguous block in turn.
 private struct BlockCopy: ElementMove {
     let parts: [Tensor]
     let outShape: [Int]
@@ -104,16 +109,26 @@ private struct BlockCopy: ElementMove {
     let blocks: [Int]
     func callAsFunction<T>(_ type: T.Type) throws -> Tensor {
         let total = blocks.reduce(0, +)
-        var out = [T]()
-        out.reserveCapacity(outer * total)
-        let sources = parts.map { $0.elements(T.self) }
+        if dtype == .string {
+            var out = [T]()
+            out.reserveCapacity(outer * total)
+            let sources = parts.map { $0.elements(T.self) }
+            for o in 0..<outer {
+                for (k, src) in sources.enumerated() { out.append(contentsOf: src[(o * blocks[k])..<(o * blocks[k] + blocks[k])]) }
+            }
+            return Tensor(dtype: dtype, shape: outShape, elements: out)
+        }
+        // Whole blocks with memcpy: Concat along an outer axis is a handful of large copies.
+        let out = Tensor(uninitialized: dtype, shape: outShape)
+        let size = MemoryLayout<T>.stride
+        var dst = out.storage.bytes
         for o in 0..<outer {
-            for (k, src) in sources.enumerated() {
-                let b = blocks[k]
-                out.append(contentsOf: src[(o * b)..<(o * b + b)])
+            for (k, part) in parts.enumerated() where blocks[k] > 0 {
+                dst.copyMemory(from: part.storage.bytes + o * blocks[k] * size, byteCount: blocks[k] * size)
+                dst += blocks[k] * size
             }
         }
-        return Tensor(dtype: dtype, shape: outShape, elements: out)
+        return out
     }
 }
 

@@ -1,0 +1,161 @@
+"""Export the tiny-transformer example: a character-level causal transformer on the opening of
+"Alice's Adventures in Wonderland" (alice.txt), in onnxruntime's training-artifact form, then train it
+once with onnxruntime-training as the reference the README quotes.
+
+Tokens are the text's characters (vocab.json lists them; a token id is its index). The text is cut
+into windows of T + 1 = 33 characters every STRIDE characters; a window's first 32 characters are the
+input and its last 32 the next-character targets. The first 90% of the text gives the training
+windows, the rest the test windows.
+
+Writes, next to this script:
+    training_model.onnx, eval_model.onnx, optimizer_model.onnx, checkpoint   (generate_artifacts:
+                   CrossEntropyLoss over logits [B*T, V], AdamW; the logits `output` stay an output)
+    train.npz      input int64 [N, 32], labels int64 [N*32] (row-major: labels[i*32 + t] is the
+                   character after input[i, t]); batching cuts both arrays into the same number of
+                   equal parts, so a batch of B windows has B*32 labels
+    test.npz       the same for the held-out windows
+    vocab.json     the characters, in token order
+    reference.json onnxruntime's run with the README's settings
+
+Run: /work/venv/bin/python Examples/tiny-transformer/export.py
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import example_export as ex  # noqa: E402
+
+SEED = 1865
+T, D, HEADS, LAYERS = 32, 32, 2, 2
+STRIDE = 4
+BATCH, EPOCHS, LR = 16, 5, 0.005
+TRAIN_FRACTION = 0.9
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention written out: q k^T / sqrt(hs), a lower-triangular mask
+    (masked_fill with -inf, exported as Where), softmax, then a weighted sum of v."""
+
+    def __init__(self, d, heads, block):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.register_buffer("mask", torch.tril(torch.ones(block, block)).view(1, 1, block, block))
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        hs = C // self.heads
+        q = q.view(B, T, self.heads, hs).transpose(1, 2)  # [B, H, T, hs]
+        k = k.view(B, T, self.heads, hs).transpose(1, 2)
+        v = v.view(B, T, self.heads, hs).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # [B, H, T, T]
+        att = att.masked_fill(self.mask[:, :, :T, :T] == 0, float("-inf"))
+        att = F.softmax(att, dim=-1)
+        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+        return self.proj(y)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x)) with an exact (erf) GELU."""
+
+    def __init__(self, d, heads, block):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d)
+        self.attn = CausalSelfAttention(d, heads, block)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, 4 * d)
+        self.gelu = nn.GELU()
+        self.out = nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.out(self.gelu(self.fc(self.ln2(x))))
+
+
+class TinyGPT(nn.Module):
+    """Token + position Embedding, `layers` blocks, final LayerNorm, linear head.
+
+    input int64 [B, T] -> logits [B*T, vocab]. The logits are flattened inside the model because
+    onnxruntime's CrossEntropyLoss block takes the classes from the last dim while the ONNX op takes
+    them from axis 1; the two agree only for 2-D logits.
+    """
+
+    def __init__(self, vocab, d=D, heads=HEADS, block=T, layers=LAYERS):
+        super().__init__()
+        self.vocab = vocab
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(block, d)
+        self.blocks = nn.ModuleList([Block(d, heads, block) for _ in range(layers)])
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, idx):
+        B, T = idx.shape
+        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
+        x = self.tok(idx) + self.pos(pos)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.ln_f(x)).reshape(-1, self.vocab)
+
+
+def windows(ids):
+    """Windows of T + 1 tokens every STRIDE tokens -> input [N, T], labels [N*T] (next tokens)."""
+    starts = np.arange(0, len(ids) - T, STRIDE)
+    w = np.stack([ids[s:s + T + 1] for s in starts])
+    return {"input": w[:, :T].astype(np.int64), "labels": w[:, 1:].reshape(-1).astype(np.int64)}
+
+
+def main():
+    ex.quiet()
+    ex.seed_all(SEED)
+    ex.clean_outputs(HERE, ex.ARTIFACT_FILES + ("train.npz", "test.npz", "vocab.json", "reference.json"))
+    text = (HERE / "alice.txt").read_text(encoding="utf-8")
+    vocab = sorted(set(text))
+    ids = np.array([vocab.index(c) for c in text], dtype=np.int64)
+    cut = int(len(ids) * TRAIN_FRACTION)
+    train, test = windows(ids[:cut]), windows(ids[cut:])
+    unit_rows = {"input": 1, "labels": T}
+
+    model = TinyGPT(len(vocab))
+    proto = ex.export_for_training(model, [torch.from_numpy(train["input"][:BATCH])], ["input"],
+                                   output_dim="batch_x_32")
+    trainable, frozen, _ = ex.generate_training_artifacts(model, proto, HERE)
+    ex.save_npz(HERE / "train.npz", train)
+    ex.save_npz(HERE / "test.npz", test)
+    with open(HERE / "vocab.json", "w") as f:
+        json.dump(vocab, f)
+        f.write("\n")
+
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"tiny-transformer: {len(text)} characters, vocab {len(vocab)}, {n_params} parameters, "
+          f"{len(train['input'])} train / {len(test['input'])} test windows; batch {BATCH}, lr {LR}, {EPOCHS} epochs")
+    history = ex.train_with_onnxruntime(HERE, train, test, batch_size=BATCH, epochs=EPOCHS, lr=LR, seed=SEED,
+                                        unit_rows=unit_rows)
+    assert history["epochs"][-1]["train_loss"] < 0.6 * math.log(len(vocab)), history["epochs"][-1]
+    ex.write_json(HERE / "reference.json", {
+        "runtime": "onnxruntime-training 1.19.2 (Module/Optimizer, CPU, 1 thread)",
+        "settings": {"batch_size": BATCH, "epochs": EPOCHS, "lr": LR, "shuffle": f"RandomState({SEED} + epoch)",
+                     "drop_last": False, "rows_per_sample": unit_rows},
+        "text": {"characters": len(text), "vocab": len(vocab), "train_windows": len(train["input"]),
+                 "test_windows": len(test["input"]), "window": T + 1, "stride": STRIDE},
+        "parameters": n_params,
+        "trainable": trainable, "frozen": frozen,
+        "training_model": ex.graph_io(HERE / "training_model.onnx"),
+        "eval_model": ex.graph_io(HERE / "eval_model.onnx"),
+        **history,
+    })
+
+
+if __name__ == "__main__":
+    main()

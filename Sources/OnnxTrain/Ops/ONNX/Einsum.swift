@@ -1,0 +1,223 @@
+/// Einsum: any equation (implicit or explicit output, ellipsis with broadcasting, repeated
+/// labels as diagonals). Each operand first loses its diagonals and the labels only it uses;
+/// operands are then contracted pairwise, left to right, as one batched GEMM each.
+
+/// A parsed equation; labels are Ints (letters by their code, ellipsis dims as 1000 + k).
+struct EinsumEquation {
+    var inputs: [[Int]]
+    var output: [Int]
+
+    init(_ equation: String, ranks: [Int]) throws {
+        let text = equation.filter { !$0.isWhitespace }
+        let parts = text.components(separatedBy: "->")
+        guard parts.count <= 2 else { throw KernelError("equation '\(equation)' has more than one '->'") }
+        let terms = parts[0].components(separatedBy: ",")
+        guard terms.count == ranks.count else { throw KernelError("equation '\(equation)' has \(terms.count) operands, \(ranks.count) inputs given") }
+        // First pass: letters per term and the ellipsis rank.
+        func letters(_ term: String) throws -> (before: [Int], after: [Int], hasEllipsis: Bool) {
+            let pieces = term.components(separatedBy: "...")
+            guard pieces.count <= 2 else { throw KernelError("term '\(term)' has more than one ellipsis") }
+            func codes(_ s: String) throws -> [Int] {
+                try s.map { c in
+                    guard c.isLetter, c.isASCII, let v = c.asciiValue else { throw KernelError("'\(c)' is not a label letter in '\(equation)'") }
+                    return Int(v)
+                }
+            }
+            return (try codes(pieces[0]), pieces.count == 2 ? try codes(pieces[1]) : [], pieces.count == 2)
+        }
+        let parsed = try terms.map(letters)
+        var ellipsisRank = 0
+        for (i, p) in parsed.enumerated() {
+            let named = p.before.count + p.after.count
+            if p.hasEllipsis {
+                guard ranks[i] >= named else { throw KernelError("operand \(i) of rank \(ranks[i]) has fewer dims than term '\(terms[i])'") }
+                ellipsisRank = max(ellipsisRank, ranks[i] - named)
+            } else {
+                guard ranks[i] == named else { throw KernelError("operand \(i) of rank \(ranks[i]) does not fit term '\(terms[i])'") }
+            }
+        }
+        inputs = parsed.enumerated().map { i, p in
+            guard p.hasEllipsis else { return p.before }
+            let e = ranks[i] - p.before.count - p.after.count
+            return p.before + (0..<e).map { 1000 + ellipsisRank - e + $0 } + p.after
+        }
+        let ellipsisLabels = (0..<ellipsisRank).map { 1000 + $0 }
+        if parts.count == 2 {
+            let out = try letters(parts[1])
+            output = out.before + (out.hasEllipsis ? ellipsisLabels : []) + out.after
+            let all = Set(inputs.joined())
+            for l in output where !all.contains(l) { throw KernelError("output label '\(Character(UnicodeScalar(UInt8(l))))' is not in any input") }
+            guard Set(output).count == output.count else { throw KernelError("output of '\(equation)' repeats a label") }
+        } else {
+            // Implicit output: ellipsis dims, then letters used exactly once, alphabetically.
+            var counts: [Int: Int] = [:]
+            for l in inputs.joined() where l < 1000 { counts[l, default: 0] += 1 }
+            output = ellipsisLabels + counts.filter { $0.value == 1 }.keys.sorted()
+        }
+    }
+}
+
+/// A dense operand with one label per dim.
+struct LabeledArray<T: FloatElement> {
+    var values: [T]
+    var shape: [Int]
+    var labels: [Int]
+
+    /// Keeps only the diagonal of every label that appears more than once.
+    func diagonalized() -> LabeledArray {
+        guard Set(labels).count != labels.count else { return self }
+        var newLabels: [Int] = [], newShape: [Int] = []
+        for (l, d) in zip(labels, shape) where !newLabels.contains(l) { newLabels.append(l); newShape.append(d) }
+        let strides = contiguousStrides(shape)
+        // Stride in the source for each new dim: the sum over its repeated positions.
+        let srcStrides = newLabels.map { l in labels.indices.filter { labels[$0] == l }.reduce(0) { $0 + strides[$1] } }
+        let n = Tensor.elementCount(newShape)
+        var out = [T](repeating: 0, count: n)
+        var idx = [Int](repeating: 0, count: newShape.count), off = 0
+        for i in 0..<n {
+            out[i] = values[off]
+            var d = newShape.count - 1
+            while d >= 0 {
+                idx[d] += 1; off += srcStrides[d]
+                if idx[d] < newShape[d] { break }
+                off -= srcStrides[d] * newShape[d]; idx[d] = 0; d -= 1
+            }
+        }
+        return LabeledArray(values: out, shape: newShape, labels: newLabels)
+    }
+
+    /// Sums out every dim whose label is not in `keep`.
+    func summed(keeping keep: Set<Int>) -> LabeledArray {
+        let kept = labels.indices.filter { keep.contains(labels[$0]) }
+        guard kept.count != labels.count else { return self }
+        let newShape = kept.map { shape[$0] }
+        let newStrides = contiguousStrides(newShape)
+        var dstStride = [Int](repeating: 0, count: shape.count)
+        for (j, d) in kept.enumerated() { dstStride[d] = newStrides[j] }
+        var out = [T](repeating: 0, count: Tensor.elementCount(newShape))
+        var idx = [Int](repeating: 0, count: shape.count), off = 0
+        for i in 0..<values.count {
+            out[off] += values[i]
+            var d = shape.count - 1
+            while d >= 0 {
+                idx[d] += 1; off += dstStride[d]
+                if idx[d] < shape[d] { break }
+                off -= dstStride[d] * shape[d]; idx[d] = 0; d -= 1
+            }
+        }
+        return LabeledArray(values: out, shape: newShape, labels: kept.map { labels[$0] })
+    }
+
+    /// The operand with dims reordered to `order` (labels), size-1 dims broadcast to `sizes`.
+    func arranged(_ order: [Int], sizes: [Int: Int]) -> [T] {
+        let strides = contiguousStrides(shape)
+        let outShape = order.map { sizes[$0]! }
+        let src = order.map { l -> Int in
+            guard let d = labels.firstIndex(of: l), shape[d] != 1 else { return 0 }
+            return strides[d]
+        }
+        let n = Tensor.elementCount(outShape)
+        var out = [T](repeating: 0, count: n)
+        if n == 0 { return out }
+        var idx = [Int](repeating: 0, count: order.count), off = 0
+        for i in 0..<n {
+            out[i] = values[off]
+            var d = order.count - 1
+            while d >= 0 {
+                idx[d] += 1; off += src[d]
+                if idx[d] < outShape[d] { break }
+                off -= src[d] * outShape[d]; idx[d] = 0; d -= 1
+            }
+        }
+        return out
+    }
+}
+
+/// Contracts two operands, keeping the labels in `keep`: [batch, aOnly, bOnly] via batched GEMM.
+func einsumContract<T: FloatElement>(_ a: LabeledArray<T>, _ b: LabeledArray<T>, keep: Set<Int>) throws -> LabeledArray<T> {
+    var sizes: [Int: Int] = [:]
+    for x in [a, b] {
+        for (l, d) in zip(x.labels, x.shape) {
+            if let s = sizes[l], s != d, s != 1, d != 1 { throw KernelError("label dims differ: \(s) and \(d)") }
+            if sizes[l] == nil || sizes[l] == 1 { sizes[l] = d }
+        }
+    }
+    let inB = Set(b.labels), inA = Set(a.labels)
+    let batch = a.labels.filter { inB.contains($0) && keep.contains($0) }
+    let contracted = a.labels.filter { inB.contains($0) && !keep.contains($0) }
+    let aOnly = a.labels.filter { !inB.contains($0) }
+    let bOnly = b.labels.filter { !inA.contains($0) }
+    let av = a.arranged(batch + aOnly + contracted, sizes: sizes)
+    let bv = b.arranged(batch + contracted + bOnly, sizes: sizes)
+    let nb = batch.reduce(1) { $0 * sizes[$1]! }, m = aOnly.reduce(1) { $0 * sizes[$1]! }
+    let k = contracted.reduce(1) { $0 * sizes[$1]! }, n = bOnly.reduce(1) { $0 * sizes[$1]! }
+    var out = [T](repeating: 0, count: nb * m * n)
+    av.withUnsafeBufferPointer { pa in bv.withUnsafeBufferPointer { pb in out.withUnsafeMutableBufferPointer { po in
+        guard let A = pa.baseAddress, let B = pb.baseAddress, let C = po.baseAddress else { return }
+        for i in 0..<nb {
+            gemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: A + i * m * k, lda: max(k, 1),
+                 b: B + i * k * n, ldb: max(n, 1), beta: 0, c: C + i * m * n, ldc: max(n, 1))
+        }
+    } } }
+    let labels = batch + aOnly + bOnly
+    return LabeledArray(values: out, shape: labels.map { sizes[$0]! }, labels: labels)
+}
+
+struct EinsumOp: FloatOperation {
+    let equation: String, operands: [Tensor]
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        let eq = try EinsumEquation(equation, ranks: operands.map(\.rank))
+        let outSet = Set(eq.output)
+        var arrays = zip(operands, eq.inputs).map { LabeledArray(values: $0.scalars(as: T.self), shape: $0.shape, labels: $1).diagonalized() }
+        // Sum out labels that no other operand and not the output uses.
+        for i in arrays.indices {
+            var needed = outSet
+            for (j, x) in arrays.enumerated() where j != i { needed.formUnion(x.labels) }
+            arrays[i] = arrays[i].summed(keeping: needed)
+        }
+        var result = arrays[0]
+        for i in 1..<max(arrays.count, 1) {
+            var keep = outSet
+            for x in arrays[(i + 1)...] { keep.formUnion(x.labels) }
+            result = try einsumContract(result, arrays[i], keep: keep)
+        }
+        result = result.summed(keeping: outSet)
+        var sizes: [Int: Int] = [:]
+        for (l, d) in zip(result.labels, result.shape) { sizes[l] = d }
+        for l in eq.output where sizes[l] == nil { sizes[l] = 1 }
+        let values = result.arranged(eq.output, sizes: sizes)
+        return Tensor(shape: eq.output.map { sizes[$0]! }, scalars: values)
+    }
+}
+
+func registerEinsumOps(_ registry: OpRegistry) {
+    registry.register("Einsum", since: 12) { ctx in
+        let equation = try ctx.string("equation") ?? ""
+        guard !equation.isEmpty else { throw KernelError("attribute 'equation' is required") }
+        return AnyKernel { inputs, _ in
+            let operands = try (0..<inputs.count).map { try inputs.tensor($0) }
+            guard let first = operands.first else { throw KernelError("Einsum needs at least one input") }
+            guard operands.allSatisfy({ $0.dtype == first.dtype }) else { throw KernelError("Einsum inputs differ in type") }
+            switch first.dtype {
+            case .float32, .float64, .float16, .bfloat16:
+                return try withFloatCompute(operands) { t in [try dispatchFloat(t[0]!.dtype, EinsumOp(equation: equation, operands: t.map { $0! }))] }
+                    .map { $0.map(Value.tensor) }
+            default:
+                // Integers through float64: exact while sums stay below 2^53.
+                let wide = try operands.map { try $0.converted(toFloat: .float64) }
+                let y = try EinsumOp(equation: equation, operands: wide)(Double.self)
+                let values = y.scalars(as: Double.self)
+                let out: Tensor = try dispatchNumeric(first.dtype, FromDoubles(values: values, shape: y.shape))
+                return [.tensor(out)]
+            }
+        }
+    }
+}
+
+/// A tensor of the dispatched numeric type from Doubles (rounded toward zero, saturating).
+struct FromDoubles: NumericOperation {
+    let values: [Double], shape: [Int]
+    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+        Tensor(shape: shape, scalars: values.map { T(fromDouble: $0.rounded()) })
+    }
+}
