@@ -1,0 +1,118 @@
+import OnnxTrainTestSupport
+import XCTest
+@testable import OnnxTrain
+
+/// Tricky semantics of the shape/movement, indexing and control flow ops; expected values come
+/// from numpy (slicing, np.pad, np.unique, np.multiply.at) as noted beside each case.
+final class TensorOpsTests: XCTestCase {
+    private func ints(_ shape: [Int], _ values: [Int64]) -> Tensor { Tensor(shape: shape, scalars: values) }
+    private func i64(_ v: [Int64]) -> Tensor { Tensor(shape: [v.count], scalars: v) }
+
+    func testSliceNegativeStepsClampLikeNumpy() throws {
+        let x = ints([3, 4], (0..<12).map { Int64($0) })
+        // x[::-2, 3:0:-2]
+        var y = try runNode("Slice", opset: 13, [x, i64([-1, 3]), i64([Int64.min, 0]), i64([0, 1]), i64([-2, -2])])[0]
+        XCTAssertEqual(y.shape, [2, 2])
+        XCTAssertEqual(y.scalars(as: Int64.self), [11, 9, 3, 1])
+        // x[-100:100:1, 10:-10:-3]: out-of-range bounds clamp.
+        y = try runNode("Slice", opset: 13, [x, i64([-100, 10]), i64([100, -10]), nil, i64([1, -3])])[0]
+        XCTAssertEqual(y.shape, [3, 2])
+        XCTAssertEqual(y.scalars(as: Int64.self), [3, 0, 7, 4, 11, 8])
+    }
+
+    func testPadModesMatchNumpy() throws {
+        let a = ints([4], [1, 2, 3, 4])
+        let reflect = try runNode("Pad", opset: 19, [a, i64([3, 2])], attributes: ["mode": .string("reflect")])[0]
+        XCTAssertEqual(reflect.scalars(as: Int64.self), [4, 3, 2, 1, 2, 3, 4, 3, 2])
+        let edge = try runNode("Pad", opset: 19, [a, i64([2, 3])], attributes: ["mode": .string("edge")])[0]
+        XCTAssertEqual(edge.scalars(as: Int64.self), [1, 1, 1, 2, 3, 4, 4, 4, 4])
+        let wrap = try runNode("Pad", opset: 19, [a, i64([5, 1])], attributes: ["mode": .string("wrap")])[0]
+        XCTAssertEqual(wrap.scalars(as: Int64.self), [4, 1, 2, 3, 4, 1, 2, 3, 4, 1])
+        // Negative pads crop; the constant value fills the other side.
+        let crop = try runNode("Pad", opset: 19, [a, i64([-1, 2]), ints([], [9])])[0]
+        XCTAssertEqual(crop.scalars(as: Int64.self), [2, 3, 4, 9, 9])
+    }
+
+    func testStringsMoveThroughTheSameKernels() throws {
+        let s = Tensor(shape: [2, 3], strings: ["a", "b", "c", "d", "e", "f"])
+        let t = try runNode("Transpose", opset: 13, [s])[0]
+        XCTAssertEqual(t.shape, [3, 2])
+        XCTAssertEqual(t.strings, ["a", "d", "b", "e", "c", "f"])
+        let g = try runNode("Gather", opset: 13, [s, i64([-1, 0])], attributes: ["axis": .int(1)])[0]
+        XCTAssertEqual(g.strings, ["c", "a", "f", "d"])
+        let c = try runNode("Concat", opset: 13, [s, s], attributes: ["axis": .int(1)])[0]
+        XCTAssertEqual(c.strings, ["a", "b", "c", "a", "b", "c", "d", "e", "f", "d", "e", "f"])
+    }
+
+    func testSixteenByteElementsMoveWhole() throws {
+        // complex128: each element is 16 bytes; Transpose must keep the halves together.
+        var x = Tensor(zeros: .complex128, shape: [2, 2])
+        x.withUnsafeMutableBufferPointer(as: Bytes16.self) { p in for i in 0..<4 { p[i] = Bytes16(lo: UInt64(i), hi: UInt64(10 + i)) } }
+        let y = try runNode("Transpose", opset: 13, [x])[0]
+        let v = y.withUnsafeBufferPointer(as: Bytes16.self) { Array($0) }
+        XCTAssertEqual(v.map(\.lo), [0, 2, 1, 3])
+        XCTAssertEqual(v.map(\.hi), [10, 12, 11, 13])
+    }
+
+    func testOutOfRangeIndicesThrowInsteadOfCrashing() {
+        let x = Tensor(shape: [3], scalars: [Float(1), 2, 3])
+        XCTAssertThrowsError(try runNode("Gather", opset: 13, [x, i64([3])]))
+        XCTAssertThrowsError(try runNode("GatherElements", opset: 13, [x, i64([-4])]))
+        XCTAssertThrowsError(try runNode("ScatterND", opset: 18, [x, ints([1, 1], [7]), Tensor(shape: [1], scalars: [Float(0)])]))
+        XCTAssertThrowsError(try runNode("Reshape", opset: 14, [x, i64([2, -1])]))
+    }
+
+    func testScatterNDMultipliesDuplicates() throws {
+        // np.multiply.at(ones(5), [1, 3, 1], [2, 3, 5])
+        let y = try runNode("ScatterND", opset: 18, [Tensor(shape: [5], scalars: [Float](repeating: 1, count: 5)), ints([3, 1], [1, 3, 1]),
+                                                     Tensor(shape: [3], scalars: [Float(2), 3, 5])], attributes: ["reduction": .string("mul")])[0]
+        XCTAssertEqual(y.scalars(as: Float.self), [1, 10, 1, 3, 1])
+    }
+
+    func testUniqueAlongAxisReturnsAllFourOutputs() throws {
+        // np.unique(y, axis=0, return_index, return_inverse, return_counts)
+        let x = ints([4, 2], [1, 2, 3, 4, 1, 2, 0, 9])
+        let r = try runNode("Unique", opset: 11, [x], attributes: ["axis": .int(0)], outputs: 4)
+        XCTAssertEqual(r[0].scalars(as: Int64.self), [0, 9, 1, 2, 3, 4])
+        XCTAssertEqual(r[1].scalars(as: Int64.self), [3, 0, 1])
+        XCTAssertEqual(r[2].scalars(as: Int64.self), [1, 2, 1, 0])
+        XCTAssertEqual(r[3].scalars(as: Int64.self), [1, 2, 1])
+        // Unsorted keeps first-occurrence order.
+        let u = try runNode("Unique", opset: 11, [x], attributes: ["axis": .int(0), "sorted": .int(0)], outputs: 4)
+        XCTAssertEqual(u[0].scalars(as: Int64.self), [1, 2, 3, 4, 0, 9])
+        XCTAssertEqual(u[2].scalars(as: Int64.self), [0, 1, 0, 2])
+    }
+
+    func testSplitNumOutputsUnevenAndReshapeAllowZero() throws {
+        let x = Tensor(shape: [7], scalars: (0..<7).map { Float($0) })
+        let parts = try runNode("Split", opset: 18, [x], attributes: ["num_outputs": .int(3)], outputs: 3)
+        XCTAssertEqual(parts.map(\.shape), [[3], [3], [1]])
+        let empty = Tensor(zeros: .float32, shape: [0, 3])
+        XCTAssertEqual(try runNode("Reshape", opset: 14, [empty, i64([3, 0])], attributes: ["allowzero": .int(1)])[0].shape, [3, 0])
+        // Without allowzero a 0 copies the input dimension.
+        XCTAssertEqual(try runNode("Reshape", opset: 14, [Tensor(zeros: .float32, shape: [2, 3]), i64([0, -1, 1])])[0].shape, [2, 3, 1])
+        // numpy refuses -1 next to a zero-sized dimension (any size would do); so do we.
+        XCTAssertThrowsError(try runNode("Reshape", opset: 14, [empty, i64([0, -1])], attributes: ["allowzero": .int(1)]))
+    }
+
+    func testLoopWithZeroTripsGivesEmptyScanOutput() throws {
+        // body(i, cond, s) -> (cond, s + 1, s): a carried count and a scan output of its history.
+        var body = Graph()
+        body.name = "body"
+        body.inputs = [ValueInfo(name: "i", type: .tensor(.int64, shape: [])), ValueInfo(name: "c", type: .tensor(.bool, shape: [])),
+                       ValueInfo(name: "s", type: .tensor(.float32, shape: [.value(2)]))]
+        body.outputs = [ValueInfo(name: "c_out", type: nil), ValueInfo(name: "s_out", type: nil),
+                        ValueInfo(name: "scan", type: .tensor(.float32, shape: [.value(2)]))]
+        body.setInitializer("one", Tensor(shape: [2], scalars: [Float(1), 1]))
+        body.nodes = [Node(opType: "Identity", inputs: ["c"], outputs: ["c_out"]), Node(opType: "Add", inputs: ["s", "one"], outputs: ["s_out"]),
+                      Node(opType: "Identity", inputs: ["s"], outputs: ["scan"])]
+        let s0 = Tensor(shape: [2], scalars: [Float(0), 5])
+        let three = try runNode("Loop", opset: 16, [Tensor(scalar: Int64(3)), Tensor(scalar: true), s0], attributes: ["body": .graph(body)], outputs: 2)
+        XCTAssertEqual(three[0].scalars(as: Float.self), [3, 8])
+        XCTAssertEqual(three[1].shape, [3, 2])
+        XCTAssertEqual(three[1].scalars(as: Float.self), [0, 5, 1, 6, 2, 7])
+        let none = try runNode("Loop", opset: 16, [Tensor(scalar: Int64(0)), Tensor(scalar: true), s0], attributes: ["body": .graph(body)], outputs: 2)
+        XCTAssertEqual(none[0].scalars(as: Float.self), [0, 5])
+        XCTAssertEqual(none[1].shape, [0, 2])
+    }
+}
