@@ -1,0 +1,84 @@
+import OnnxTrain
+import OnnxTrainTestSupport
+import XCTest
+@testable import OnnxTrain
+
+/// Neural-network ops: the onnxruntime fixtures in Tests/Fixtures/nn (combinations the ONNX suite
+/// leaves out), plus hand-checked geometry, small-float and error cases.
+final class NeuralNetTests: XCTestCase {
+    func testFixturesMatchOnnxruntime() throws {
+        var runner = ConformanceRunner()
+        runner.tolerance = Tolerance(rtol: 1e-4, atol: 1e-5)
+        let cases = try Fixtures.cases(in: "nn")
+        XCTAssertGreaterThan(cases.count, 20)
+        for name in cases {
+            let result = runner.run(directory: Fixtures.path("nn/" + name))
+            XCTAssertTrue(result.passed, "\(name): \(result.reason ?? "")")
+        }
+    }
+
+    // MARK: Geometry
+
+    func testSameUpperAndLowerPutTheOddPadAtOppositeEnds() throws {
+        // in 5, kernel 4, stride 2 -> out 3, total pad (3-1)*2 + 4 - 5 = 3
+        let upper = try ConvGeometry(input: [5], kernel: [4], strides: [2], autoPad: .sameUpper)
+        XCTAssertEqual(upper.output, [3]); XCTAssertEqual(upper.padsBegin, [1]); XCTAssertEqual(upper.padsEnd, [2])
+        let lower = try ConvGeometry(input: [5], kernel: [4], strides: [2], autoPad: .sameLower)
+        XCTAssertEqual(lower.padsBegin, [2]); XCTAssertEqual(lower.padsEnd, [1])
+    }
+
+    func testCeilModeDropsAWindowStartingInTheEndPadding() throws {
+        // in 4, kernel 2, stride 2, pads 1/1: ceil gives 3 windows at -1, 1, 3 -> all start inside.
+        XCTAssertEqual(try ConvGeometry(input: [4], kernel: [2], strides: [2], pads: [1, 1], ceilMode: true).output, [3])
+        // in 3, kernel 2, stride 2, pads 0/1: the third window would start at 4 >= 3 + 0 -> dropped.
+        XCTAssertEqual(try ConvGeometry(input: [3], kernel: [2], strides: [2], pads: [0, 1], ceilMode: true).output, [2])
+    }
+
+    func testIm2colThenCol2imCountsWindowOverlaps() throws {
+        // col2im(im2col(ones)) = how many windows cover each pixel.
+        let g = try ConvGeometry(input: [3, 3], kernel: [2, 2], pads: [0, 0, 0, 0])
+        let x = [Float](repeating: 1, count: 9)
+        var col = [Float](repeating: -1, count: 4 * g.outputSize)
+        x.withUnsafeBufferPointer { px in col.withUnsafeMutableBufferPointer { im2col(px.baseAddress!, channels: 1, g, $0.baseAddress!) } }
+        XCTAssertEqual(col, [Float](repeating: 1, count: 16))
+        var back = [Float](repeating: 0, count: 9)
+        col.withUnsafeBufferPointer { pc in back.withUnsafeMutableBufferPointer { col2im(pc.baseAddress!, channels: 1, g, $0.baseAddress!) } }
+        XCTAssertEqual(back, [1, 2, 1, 2, 4, 2, 1, 2, 1])
+    }
+
+    // MARK: Errors, not traps
+
+    func testOutOfRangeTargetThrows() {
+        let x = Tensor(shape: [1, 2], scalars: [Float(0.1), 0.2])
+        let target = Tensor(shape: [1], scalars: [Int64(5)])
+        XCTAssertThrowsError(try runNode("NegativeLogLikelihoodLoss", opset: 13, [x, target]))
+    }
+
+    func testMismatchedConvWeightThrows() {
+        let x = Tensor(zeros: .float32, shape: [1, 3, 4, 4]), w = Tensor(zeros: .float32, shape: [2, 2, 3, 3])
+        XCTAssertThrowsError(try runNode("Conv", opset: 17, [x, w]))
+    }
+
+    func testMaxUnpoolIndexOutOfRangeThrows() {
+        let x = Tensor(shape: [1, 1, 1, 1], scalars: [Float(3)]), i = Tensor(shape: [1, 1, 1, 1], scalars: [Int64(99)])
+        XCTAssertThrowsError(try runNode("MaxUnpool", opset: 11, [x, i], attributes: ["kernel_shape": .ints([2, 2]), "strides": .ints([2, 2])]))
+    }
+
+    // MARK: Quantization
+
+    func testFloat8RoundsHalfToEvenAndSaturates() throws {
+        // e4m3fn: 1.0625 lies halfway between 1.0 (mantissa 000) and 1.125 (001) -> 1.0;
+        // 1000 saturates to 448 (0x7E); 2^-9 is the smallest subnormal.
+        let x = Tensor(shape: [4], scalars: [Float(1.0625), 1000, -1, 0.001953125])
+        let y = try runNode("QuantizeLinear", opset: 19, [x, Tensor(scalar: Float(1)), Tensor(dtype: .float8e4m3fn, shape: [], storage: Tensor(scalar: UInt8(0)).storage)])[0]
+        XCTAssertEqual(y.dtype, .float8e4m3fn)
+        XCTAssertEqual(Array(y.rawBytes), [0x38, 0x7E, 0xB8, 0x01])
+    }
+
+    func testPerAxisQuantizeRoundsTiesToEven() throws {
+        let x = Tensor(shape: [2, 2], scalars: [Float(2.5), 3.5, -2.5, 300])
+        let scale = Tensor(shape: [2], scalars: [Float(1), 1]), zp = Tensor(shape: [2], scalars: [Int8(0), Int8(1)])
+        let y = try runNode("QuantizeLinear", opset: 13, [x, scale, zp], attributes: ["axis": .int(1)])[0]
+        XCTAssertEqual(y.scalars(as: Int8.self), [2, 5, -2, 127])
+    }
+}
