@@ -36,7 +36,7 @@ final class TrainingOpCaseTests: XCTestCase {
             var feeds: [String: Value] = [:]
             var fed: [Value] = []
             for (i, input) in model.graph.feedInputs.enumerated() {
-                let v = try readValue(data.appendingPathComponent("input_\(i).pb"), type: input.type)
+                let v = try readFixtureValue(data.appendingPathComponent("input_\(i).pb"), type: input.type)
                 feeds[input.name] = v
                 fed.append(v)
             }
@@ -44,15 +44,15 @@ final class TrainingOpCaseTests: XCTestCase {
             let results = try session.run(feeds)
             var problems: [String] = []
             for (i, output) in model.graph.outputs.enumerated() {
-                let expected = try readValue(data.appendingPathComponent("output_\(i).pb"), type: output.type)
+                let expected = try readFixtureValue(data.appendingPathComponent("output_\(i).pb"), type: output.type)
                 guard let actual = results[output.name] else { problems.append("no output '\(output.name)'"); continue }
-                problems += compareValues(actual, expected, label: "output '\(output.name)'")
+                problems += trainingMismatches(actual, expected, label: "output '\(output.name)'")
             }
             for (i, input) in model.graph.feedInputs.enumerated() {
                 let file = data.appendingPathComponent("mutated_\(i).pb")
                 guard FileManager.default.fileExists(atPath: file.path) else { continue }
-                let expected = try readValue(file, type: input.type)
-                problems += compareValues(fed[i], expected, label: "input '\(input.name)' after the run")
+                let expected = try readFixtureValue(file, type: input.type)
+                problems += trainingMismatches(fed[i], expected, label: "input '\(input.name)' after the run")
             }
             return problems
         } catch {
@@ -62,7 +62,7 @@ final class TrainingOpCaseTests: XCTestCase {
 }
 
 /// Reads a TensorProto or SequenceProto file, as the declared type says.
-func readValue(_ url: URL, type: ValueType?) throws -> Value {
+func readFixtureValue(_ url: URL, type: ValueType?) throws -> Value {
     let bytes = try Data(contentsOf: url)
     let kind: SerializedValueKind
     if case .sequence = type { kind = .sequence } else { kind = .tensor }
@@ -71,19 +71,19 @@ func readValue(_ url: URL, type: ValueType?) throws -> Value {
 
 /// Mismatches between two values: dtype, shape, then elements with |a − e| ≤ atol + rtol·|e|;
 /// reports the count of bad elements and the largest difference.
-func compareValues(_ actual: Value, _ expected: Value, label: String, rtol: Double = 1e-4, atol: Double = 1e-5) -> [String] {
+func trainingMismatches(_ actual: Value, _ expected: Value, label: String, rtol: Double = 1e-4, atol: Double = 1e-5) -> [String] {
     switch (actual, expected) {
     case (.tensor(let a), .tensor(let e)):
-        return compareTensors(a, e, label: label, rtol: rtol, atol: atol).map { [$0] } ?? []
+        return trainingTensorMismatch(a, e, label: label, rtol: rtol, atol: atol).map { [$0] } ?? []
     case (.sequence(let a, _), .sequence(let e, _)):
         guard a.count == e.count else { return ["\(label): sequence of \(a.count), expected \(e.count)"] }
-        return zip(a, e).enumerated().flatMap { i, pair in compareValues(pair.0, pair.1, label: "\(label)[\(i)]", rtol: rtol, atol: atol) }
+        return zip(a, e).enumerated().flatMap { i, pair in trainingMismatches(pair.0, pair.1, label: "\(label)[\(i)]", rtol: rtol, atol: atol) }
     default:
         return ["\(label): got \(actual.summary), expected \(expected.summary)"]
     }
 }
 
-func compareTensors(_ a: Tensor, _ e: Tensor, label: String, rtol: Double, atol: Double) -> String? {
+func trainingTensorMismatch(_ a: Tensor, _ e: Tensor, label: String, rtol: Double, atol: Double) -> String? {
     guard a.dtype == e.dtype else { return "\(label): dtype \(a.dtype), expected \(e.dtype)" }
     guard a.shape == e.shape else { return "\(label): shape \(a.shape), expected \(e.shape)" }
     var bad = 0, worst = 0.0, worstIndex = 0

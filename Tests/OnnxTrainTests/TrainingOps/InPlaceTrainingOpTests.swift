@@ -1,0 +1,74 @@
+import OnnxTrain
+import XCTest
+
+/// The in-place writes onnxruntime's training runtime relies on but a plain onnxruntime
+/// InferenceSession does not show for alias-declared outputs (so the recorded cases cannot check
+/// them): BatchNormInternal's running statistics, ZeroGradient and InPlaceAccumulator v1 write
+/// into the caller's input storage, and sequence-fed parameters are updated where they live.
+final class InPlaceTrainingOpTests: XCTestCase {
+    func testBatchNormInternalUpdatesRunningStatsInPlace() throws {
+        let x = Tensor(shape: [2, 2, 2], scalars: [Float(1), 2, 3, 5, -1, 0, 4, 6])
+        let scale = Tensor(shape: [2], scalars: [Float(1), 1]), bias = Tensor(shape: [2], scalars: [Float(0), 0])
+        let mean = Tensor(shape: [2], scalars: [Float(0.5), -0.5]), variance = Tensor(shape: [2], scalars: [Float(1), 2])
+        let out = try call("BatchNormInternal", "com.microsoft", [x, scale, bias, mean, variance], outputs: 5)
+        // Channel 0 holds 1, 2, -1, 0: mean 0.5, biased variance 1.25; channel 1 holds 3, 5, 4, 6: mean 4.5, variance 1.25.
+        let expectedMean: [Float] = [0.9 * 0.5 + 0.1 * 0.5, 0.9 * -0.5 + 0.1 * 4.5]
+        let expectedVar: [Float] = [0.9 * 1 + 0.1 * 1.25, 0.9 * 2 + 0.1 * 1.25]
+        for (got, want) in [(mean, expectedMean), (out[1], expectedMean), (variance, expectedVar), (out[2], expectedVar)] {
+            for (g, w) in zip(got.scalars(as: Float.self), want) { XCTAssertEqual(g, w, accuracy: 1e-6) }
+        }
+        XCTAssertTrue(out[1].sharesStorage(with: mean), "running_mean must alias input_mean")
+    }
+
+    func testZeroGradientZeroesItsInput() throws {
+        let g = Tensor(shape: [3], scalars: [Float(1), -2, 3])
+        let out = try call("ZeroGradient", "com.microsoft", [g, Tensor(shape: [1], scalars: [true])])
+        XCTAssertEqual(out[0].scalars(as: Float.self), [0, 0, 0])
+        XCTAssertEqual(g.scalars(as: Float.self), [0, 0, 0])
+    }
+
+    func testInPlaceAccumulatorWritesItsBuffer() throws {
+        let buffer = Tensor(shape: [2, 2], scalars: [Float(1), 2, 3, 4])
+        _ = try call("InPlaceAccumulator", "com.microsoft", [buffer, Tensor(shape: [2], scalars: [Float(10), 20])])
+        XCTAssertEqual(buffer.scalars(as: Float.self), [11, 22, 13, 24])
+        // update_signal false leaves the buffer as it was (onnxruntime returns old_sum).
+        let out = try call("InPlaceAccumulator", "com.microsoft", [buffer, Tensor(shape: [2], scalars: [Float(10), 20]), Tensor(shape: [1], scalars: [false])])
+        XCTAssertEqual(out[0].scalars(as: Float.self), [11, 22, 13, 24])
+        XCTAssertEqual(buffer.scalars(as: Float.self), [11, 22, 13, 24])
+    }
+
+    func testOptimizersUpdateSequenceFedParametersWhereTheyLive() throws {
+        let w = Tensor(shape: [2], scalars: [Float(1), 2]), g = Tensor(shape: [2], scalars: [Float(0.5), -1])
+        var graph = Graph()
+        graph.nodes = [Node(opType: "SGDOptimizerV2", domain: "com.microsoft", inputs: ["lr", "w", "g"], outputs: ["done"])]
+        graph.inputs = [ValueInfo(name: "lr", type: nil), ValueInfo(name: "w", type: nil), ValueInfo(name: "g", type: nil)]
+        graph.outputs = [ValueInfo(name: "done", type: nil)]
+        var model = Model(graph: graph)
+        model.opsetImports = ["": 17, "com.microsoft": 1]
+        let session = try InferenceSession(model: model)
+        let result = try session.run(["lr": .tensor(Tensor(shape: [1], scalars: [Float(0.1)])),
+                                      "w": .sequence([.tensor(w)], elementType: nil), "g": .sequence([.tensor(g)], elementType: nil)])
+        XCTAssertEqual(result["done"]?.tensor?.scalars(as: Bool.self), [true])
+        XCTAssertEqual(w.scalars(as: Float.self), [0.95, 2.1])
+    }
+
+    func testAdamWModeZeroWithoutBiasCorrectionIsRejected() {
+        XCTAssertThrowsError(try call("AdamWOptimizer", "com.microsoft", [], attributes: ["correct_bias": .int(0)]))
+    }
+
+    func testUnknownAttributesAreIgnored() throws {
+        let out = try call("ReluGrad", "com.microsoft", [Tensor(shape: [2], scalars: [Float(1), 1]), Tensor(shape: [2], scalars: [Float(-1), 1])],
+                           attributes: ["not_in_the_schema": .int(3)])
+        XCTAssertEqual(out[0].scalars(as: Float.self), [0, 1])
+    }
+
+    func testOutOfRangeIndicesThrowInsteadOfCrashing() {
+        let shape = Tensor(shape: [1], scalars: [Int64(3)])
+        XCTAssertThrowsError(try call("GatherGrad", "com.microsoft", [shape, Tensor(shape: [1], scalars: [Int64(3)]), Tensor(shape: [1], scalars: [Float(1)])]))
+        XCTAssertThrowsError(try call("GatherElementsGrad", "com.microsoft", [Tensor(shape: [1], scalars: [Float(1)]), shape, Tensor(shape: [1], scalars: [Int64(-4)])]))
+        XCTAssertThrowsError(try call("SoftmaxCrossEntropyLossGrad", "com.microsoft",
+                                      [Tensor(scalar: Float(1)), Tensor(shape: [1, 2], scalars: [Float(-0.7), -0.7]), Tensor(shape: [1], scalars: [Int64(2)])]))
+        XCTAssertThrowsError(try call("MaxPoolGrad", "", [Tensor(shape: [1, 1, 1], scalars: [Float(1)]), Tensor(shape: [1, 1, 1], scalars: [Int64(99)])],
+                                      attributes: ["kernel_shape": .ints([2])]))
+    }
+}
