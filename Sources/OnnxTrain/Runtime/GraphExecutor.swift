@@ -136,6 +136,7 @@ final class GraphExecutor {
                 return sub
             }
             context.declaredOutputTypes = node.outputs.map { $0.isEmpty ? nil : declaredTypes[$0] }
+            context.enclosingNodes = graph.nodes
             do {
                 let kernel = try factory(context)
                 var captured: [Int] = []

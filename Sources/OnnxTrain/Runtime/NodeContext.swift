@@ -9,6 +9,9 @@ public struct NodeContext {
     let compileSubgraph: (Graph) throws -> Subgraph
     /// The type the graph declares for each node output (graph outputs and value_info), if any.
     var declaredOutputTypes: [ValueType?] = []
+    /// Every node of the graph this node belongs to (the preview-training Gradient op differentiates
+    /// part of its own graph).
+    var enclosingNodes: [Node] = []
 
     /// The declared shape of output `index`, when the graph states one (a dim may be symbolic).
     public func declaredOutputShape(_ index: Int) -> [Dim]? {
