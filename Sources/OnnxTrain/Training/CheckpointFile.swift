@@ -31,7 +31,7 @@ enum CheckpointFile {
         do {
             return try decode(bytes, externalData: { try readFile(path + ".data") })
         } catch let error as FlatBufferError {
-            throw OnnxTrainError.invalidModel("\(path): not a valid onnxruntime checkpoint: \(error.message)")
+            throw OnnxTrainError.invalidModel("\(path): not a valid onnxruntime checkpoint (truncated or corrupt?): \(error.message)")
         } catch let error as OnnxTrainError {
             throw error.prefixed(path)
         }

@@ -293,20 +293,19 @@ public final class TrainingModule {
 
     // MARK: Export
 
-    /// An inference model: the eval graph pruned to `outputs`, with the current parameter values
-    /// as initializers and only the user inputs those outputs need.
-    public func exportModelForInferencing(outputs: [String]) throws -> Model {
-        guard let evalModel else { throw OnnxTrainError.training("exporting needs an eval model") }
-        guard !outputs.isEmpty else { throw OnnxTrainError.invalidInput("choose at least one output to export") }
-        var graph = evalModel.graph
+    /// The training graph as the module runs it (for gradient graphs: with accumulation added).
+    public var trainingModel: Model { trainSession.model }
+
+    /// `graph` reduced to the nodes `outputs` depend on (subgraph captures included); also
+    /// returns every value name those nodes read.
+    static func prune(_ graph: Graph, to outputs: [String], label: String, outputsForHelp: [String]) throws -> (Graph, Set<String>) {
+        var graph = graph
         var producer: [String: Int] = [:]
         for (i, node) in graph.nodes.enumerated() { for o in node.outputs where !o.isEmpty { producer[o] = i } }
-        let inputNames = Set(graph.inputs.map(\.name))
-        let known = Set(producer.keys).union(inputNames).union(graph.initializerNames)
+        let known = Set(producer.keys).union(graph.inputs.map(\.name)).union(graph.initializerNames)
         for name in outputs where !known.contains(name) {
-            throw OnnxTrainError.invalidInput("cannot export '\(name)': no such value in the eval graph (outputs: \(evalOutputNames.joined(separator: ", ")))")
+            throw OnnxTrainError.invalidInput("no value '\(name)' in \(label) (outputs: \(outputsForHelp.joined(separator: ", ")))")
         }
-        // Keep the nodes the chosen outputs depend on (subgraph captures included).
         var needed = Set(outputs)
         var keep = [Bool](repeating: false, count: graph.nodes.count)
         for i in stride(from: graph.nodes.count - 1, through: 0, by: -1) {
@@ -316,6 +315,45 @@ public final class TrainingModule {
             for name in node.inputs + GraphExecutor.subgraphReferences(node) where !name.isEmpty { needed.insert(name) }
         }
         graph.nodes = graph.nodes.indices.filter { keep[$0] }.map { graph.nodes[$0] }
+        return (graph, needed)
+    }
+
+    /// Computes one value of the training graph for `feeds` (user inputs) on copies of the
+    /// parameters, running only the nodes it needs: nothing in the module changes, not even
+    /// statistics that training ops update in place. Used to check data before training.
+    public func probe(_ name: String, feeds: [String: Tensor]) throws -> Tensor {
+        let model = trainSession.model
+        var (graph, needed) = try TrainingModule.prune(model.graph, to: [name], label: "the training graph", outputsForHelp: trainOutputNames)
+        graph.inputs = graph.inputs.filter { needed.contains($0.name) }
+        graph.outputs = [ValueInfo(name: name, type: nil)]
+        var probeModel = model
+        probeModel.graph = graph
+        var values: [String: Value] = [:]
+        for info in graph.inputs {
+            if let p = state.parameter(info.name) {
+                values[info.name] = .tensor(p.data.copied())
+            } else if let g = gradientInputs.first(where: { $0.input == info.name }) {
+                values[info.name] = .tensor(Tensor(zeros: g.parameter.data.dtype, shape: g.parameter.data.shape))
+            } else if info.name == resetFlagInput {
+                values[info.name] = .tensor(Tensor(shape: [1], scalars: [true]))
+            } else if let t = feeds[info.name] {
+                values[info.name] = .tensor(t)
+            }
+        }
+        let session = try InferenceSession(model: probeModel)
+        guard let result = try session.run(values, fetches: [name])[name]?.tensor else {
+            throw OnnxTrainError.training("'\(name)' is not a tensor")
+        }
+        return result
+    }
+
+    /// An inference model: the eval graph pruned to `outputs`, with the current parameter values
+    /// as initializers and only the user inputs those outputs need.
+    public func exportModelForInferencing(outputs: [String]) throws -> Model {
+        guard let evalModel else { throw OnnxTrainError.training("exporting needs an eval model") }
+        guard !outputs.isEmpty else { throw OnnxTrainError.invalidInput("choose at least one output to export") }
+        let (pruned, needed) = try TrainingModule.prune(evalModel.graph, to: outputs, label: "the eval graph", outputsForHelp: evalOutputNames)
+        var graph = pruned
         // Parameters become initializers holding the trained values.
         var inputs: [ValueInfo] = []
         for info in graph.inputs {
