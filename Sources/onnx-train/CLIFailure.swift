@@ -6,9 +6,9 @@ import OnnxTrain
 enum CLIFailure {
     /// The exit codes, documented in every command's `--help`.
     static let exitCodeHelp = """
-        Exit codes: 0 success, 1 other error, 2 usage (bad arguments), 3 file could not be read \
-        or written, 4 invalid model or data file, 5 invalid input or feeds, 6 unsupported operator \
-        or type, 7 kernel failure while running, 8 training stopped.
+        Exit codes: 0 success, 1 other error, 3 file could not be read or written, 4 invalid model \
+        or data file, 5 invalid input or feeds, 6 operator or type not supported (yet), 7 kernel \
+        failure while running, 8 training stopped, 64 bad arguments (from the argument parser).
         """
 
     /// The exit code for an error kind.

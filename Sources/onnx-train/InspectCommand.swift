@@ -6,7 +6,13 @@ struct InspectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inspect",
         abstract: "Print a model's metadata, inputs, outputs, initializers and operators.",
-        discussion: CLIFailure.exitCodeHelp
+        discussion: """
+        Operators are counted per domain, including the nodes of subgraphs (If/Loop/Scan bodies) \
+        and of model-local functions. Operators without a kernel for the model's opset are listed \
+        under "not yet supported"; inspect still succeeds.
+
+        \(CLIFailure.exitCodeHelp)
+        """
     )
 
     @Argument(help: "The .onnx model file.")
@@ -15,7 +21,7 @@ struct InspectCommand: ParsableCommand {
     func run() throws {
         try CLIFailure.run {
             let m = try Model(contentsOf: model)
-            print("ir_version: \(m.irVersion)")
+            print(ModelSummary(m).text(path: model), terminator: "")
         }
     }
 }
