@@ -6,6 +6,7 @@ func registerNeuralNetOps(_ registry: OpRegistry) {
     registerPoolingOps(registry)       // Pooling.swift: Max/Average/Lp pooling, global pooling, MaxUnpool
     registerNormalizationOps(registry) // Normalization.swift: Batch/Layer/Instance/Group norm, LRN, MVN
     registerDropoutOps(registry)       // Dropout.swift
+    registerAttentionOps(registry)     // Attention.swift
     registerRecurrentOps(registry)     // Recurrent.swift: RNN, GRU, LSTM
     registerLossOps(registry)          // Losses.swift: NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss
     registerQuantizationOps(registry)  // Quantization.swift: Quantize/Dequantize/DynamicQuantizeLinear, QLinearMatMul

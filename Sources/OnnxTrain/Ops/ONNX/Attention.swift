@@ -1,0 +1,200 @@
+import Foundation
+
+/// Attention (opsets 23, 24): scaled dot-product attention over [B, H, S, D] (or [B, S, H·D])
+/// inputs with a KV cache (past/present), grouped-query heads, boolean or additive masks,
+/// causal masking aligned to the end of the cache, softcap, nonpad_kv_seqlen, and the optional
+/// qk_matmul_output (mode 0 raw scores, 1 after softcap, 2 after the mask, 3 after softmax),
+/// as the ONNX reference orders them: softcap before the mask, so -inf stays -inf.
+struct AttentionKernel: Kernel {
+    let isCausal: Bool
+    let qHeads: Int?, kvHeads: Int?
+    let scale: Double?
+    let softcap: Double
+    let qkMode: Int
+    let wantQK: Bool
+
+    init(_ ctx: NodeContext) throws {
+        isCausal = try ctx.int("is_causal", default: 0) != 0
+        qHeads = try ctx.int("q_num_heads")
+        kvHeads = try ctx.int("kv_num_heads")
+        scale = try ctx.float("scale").map(Double.init)
+        softcap = Double(try ctx.float("softcap", default: 0))
+        qkMode = try ctx.int("qk_matmul_output_mode", default: 0)
+        wantQK = ctx.hasOutput(3)
+        guard (0...3).contains(qkMode) else { throw KernelError("qk_matmul_output_mode \(qkMode) is not 0...3") }
+    }
+
+    /// [B, S, H·D] -> [B, H, S, D].
+    static func splitHeads<T>(_ v: [T], b: Int, s: Int, h: Int, d: Int) -> [T] {
+        var out = v
+        for bi in 0..<b { for si in 0..<s { for hi in 0..<h {
+            let src = ((bi * s + si) * h + hi) * d, dst = ((bi * h + hi) * s + si) * d
+            for k in 0..<d { out[dst + k] = v[src + k] }
+        } } }
+        return out
+    }
+
+    /// Concatenates [B, H, P, D] and [B, H, S, D] along the sequence.
+    static func concatSequence<T>(_ past: [T], _ new: [T], b: Int, h: Int, p: Int, s: Int, d: Int) -> [T] {
+        var out: [T] = []
+        out.reserveCapacity(b * h * (p + s) * d)
+        for bh in 0..<(b * h) {
+            out += past[(bh * p * d)..<((bh + 1) * p * d)]
+            out += new[(bh * s * d)..<((bh + 1) * s * d)]
+        }
+        return out
+    }
+
+    struct Op: FloatOperation {
+        let k: AttentionKernel
+        let q: Tensor, key: Tensor, value: Tensor, mask: Tensor?, pastKey: Tensor?, pastValue: Tensor?, nonpad: [Int]?
+
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+            let rank = q.rank
+            guard rank == 3 || rank == 4, key.rank == rank, value.rank == rank else {
+                throw KernelError("Q, K and V must all be 3-D or all 4-D, got \(q.shape), \(key.shape), \(value.shape)")
+            }
+            let b = q.shape[0]
+            var hq: Int, hkv: Int, sq: Int, skv: Int, d: Int, dv: Int
+            var qs = q.scalars(as: T.self), ks = key.scalars(as: T.self), vs = value.scalars(as: T.self)
+            if rank == 3 {
+                guard let qh = k.qHeads, let kh = k.kvHeads, qh > 0, kh > 0,
+                      q.shape[2] % qh == 0, key.shape[2] % kh == 0, value.shape[2] % kh == 0 else {
+                    throw KernelError("3-D inputs need q_num_heads and kv_num_heads that divide the hidden sizes")
+                }
+                hq = qh; hkv = kh; sq = q.shape[1]; skv = key.shape[1]
+                d = q.shape[2] / qh; dv = value.shape[2] / kh
+                guard key.shape[2] / kh == d else { throw KernelError("Q and K head sizes differ") }
+                qs = AttentionKernel.splitHeads(qs, b: b, s: sq, h: hq, d: d)
+                ks = AttentionKernel.splitHeads(ks, b: b, s: skv, h: hkv, d: d)
+                vs = AttentionKernel.splitHeads(vs, b: b, s: skv, h: hkv, d: dv)
+            } else {
+                hq = q.shape[1]; hkv = key.shape[1]; sq = q.shape[2]; skv = key.shape[2]; d = q.shape[3]; dv = value.shape[3]
+                guard key.shape[3] == d, value.shape[1] == hkv, value.shape[2] == skv else {
+                    throw KernelError("K \(key.shape) and V \(value.shape) do not fit Q \(q.shape)")
+                }
+            }
+            guard key.shape[0] == b, value.shape[0] == b, hkv > 0, hq % hkv == 0 else {
+                throw KernelError("\(hq) query heads do not group over \(hkv) key/value heads")
+            }
+            // KV cache.
+            var past = 0
+            if let pastKey, let pastValue {
+                guard pastKey.shape.count == 4, pastKey.shape[0] == b, pastKey.shape[1] == hkv, pastKey.shape[3] == d,
+                      pastValue.shape == [b, hkv, pastKey.shape[2], dv] else {
+                    throw KernelError("past_key \(pastKey.shape) / past_value \(pastValue.shape) do not fit [\(b), \(hkv), P, \(d)/\(dv)]")
+                }
+                past = pastKey.shape[2]
+                ks = AttentionKernel.concatSequence(pastKey.scalars(as: T.self), ks, b: b, h: hkv, p: past, s: skv, d: d)
+                vs = AttentionKernel.concatSequence(pastValue.scalars(as: T.self), vs, b: b, h: hkv, p: past, s: skv, d: dv)
+            } else if (pastKey == nil) != (pastValue == nil) {
+                throw KernelError("past_key and past_value must be given together")
+            }
+            let total = past + skv
+            let scale = k.scale ?? 1 / Double(d).squareRoot()
+
+            // Additive bias [B, Hq, Sq, total] pieces: mask broadcast (right-aligned), padded to total with -inf.
+            var maskValues: [Double]? = nil
+            var maskStrides = [0, 0, 0, 0], maskLast = total
+            if let mask {
+                guard (2...4).contains(mask.rank), mask.shape[mask.rank - 1] <= total else {
+                    throw KernelError("attn_mask of shape \(mask.shape) does not fit [.., \(sq), \(total)]")
+                }
+                let m4 = Array(repeating: 1, count: 4 - mask.rank) + mask.shape
+                guard [b, hq, sq].enumerated().allSatisfy({ m4[$0.offset] == 1 || m4[$0.offset] == $0.element }) else {
+                    throw KernelError("attn_mask of shape \(mask.shape) does not broadcast to [\(b), \(hq), \(sq), \(total)]")
+                }
+                maskLast = m4[3]
+                let st = contiguousStrides(m4)
+                maskStrides = (0..<4).map { m4[$0] == 1 ? 0 : st[$0] }
+                if mask.dtype == .bool {
+                    maskValues = mask.scalars(as: Bool.self).map { $0 ? 0 : -Double.infinity }
+                } else {
+                    maskValues = (0..<mask.count).map { mask.scalarDouble(at: $0) ?? 0 }
+                }
+            }
+            if let nonpad { guard nonpad.count == b else { throw KernelError("nonpad_kv_seqlen must hold \(b) lengths") } }
+
+            var y = [T](repeating: 0, count: b * hq * sq * dv)
+            let wantQK = k.wantQK
+            var qkOut = [T](repeating: 0, count: wantQK ? b * hq * sq * total : 0)
+            var scores = [T](repeating: 0, count: sq * total)
+            let group = hq / hkv
+            for bi in 0..<b {
+                for h in 0..<hq {
+                    let kvh = h / group
+                    let qBase = ((bi * hq + h) * sq) * d, kBase = ((bi * hkv + kvh) * total) * d, vBase = ((bi * hkv + kvh) * total) * dv
+                    // scores [Sq, total] = scale · Q_h [Sq, D] · K_hᵀ
+                    qs.withUnsafeBufferPointer { pq in ks.withUnsafeBufferPointer { pk in scores.withUnsafeMutableBufferPointer { ps in
+                        gemm(transA: false, transB: true, m: sq, n: total, k: d, alpha: T(fromDouble: scale), a: pq.baseAddress! + qBase, lda: d,
+                             b: pk.baseAddress! + kBase, ldb: d, beta: 0, c: ps.baseAddress!, ldc: total)
+                    } } }
+                    let outBase = ((bi * hq + h) * sq) * total
+                    for i in 0..<sq {
+                        // Causal frontier: key j is visible to query i iff j <= i + offset.
+                        let offset = pastKey != nil ? past : (nonpad.map { $0[bi] - sq } ?? 0)
+                        var row = [Double](repeating: 0, count: total)
+                        var rowMax = -Double.infinity
+                        for j in 0..<total {
+                            var s = scores[i * total + j].doubleValue
+                            if wantQK && k.qkMode == 0 { qkOut[outBase + i * total + j] = T(fromDouble: s) }
+                            if k.softcap > 0 { s = k.softcap * tanh(s / k.softcap) }
+                            if wantQK && k.qkMode == 1 { qkOut[outBase + i * total + j] = T(fromDouble: s) }
+                            if let maskValues {
+                                s += j < maskLast ? maskValues[bi * maskStrides[0] + h * maskStrides[1] + i * maskStrides[2] + j * maskStrides[3]] : -Double.infinity
+                            }
+                            if k.isCausal && j > i + offset { s += -Double.infinity }
+                            if let nonpad, j >= nonpad[bi] { s += -Double.infinity }
+                            if wantQK && k.qkMode == 2 { qkOut[outBase + i * total + j] = T(fromDouble: s) }
+                            row[j] = s
+                            rowMax = max(rowMax, s)
+                        }
+                        // Softmax as numpy computes it: a row that is all -inf gives NaN.
+                        var sum = 0.0
+                        for j in 0..<total { row[j] = exp(row[j] - rowMax); sum += row[j] }
+                        for j in 0..<total {
+                            let p = row[j] / sum
+                            scores[i * total + j] = T(fromDouble: p)
+                            if wantQK && k.qkMode == 3 { qkOut[outBase + i * total + j] = T(fromDouble: p) }
+                        }
+                    }
+                    // Y_h [Sq, Dv] = P [Sq, total] · V_h [total, Dv]
+                    let yBase = ((bi * hq + h) * sq) * dv
+                    scores.withUnsafeBufferPointer { ps in vs.withUnsafeBufferPointer { pv in y.withUnsafeMutableBufferPointer { py in
+                        gemm(transA: false, transB: false, m: sq, n: dv, k: total, alpha: 1, a: ps.baseAddress!, lda: total,
+                             b: pv.baseAddress! + vBase, ldb: dv, beta: 0, c: py.baseAddress! + yBase, ldc: dv)
+                    } } }
+                }
+            }
+            let yTensor: Tensor
+            if rank == 3 {
+                // [B, Hq, Sq, Dv] -> [B, Sq, Hq·Dv]
+                var y3 = y
+                for bi in 0..<b { for h in 0..<hq { for si in 0..<sq {
+                    let src = ((bi * hq + h) * sq + si) * dv, dst = ((bi * sq + si) * hq + h) * dv
+                    for c in 0..<dv { y3[dst + c] = y[src + c] }
+                } } }
+                yTensor = Tensor(shape: [b, sq, hq * dv], scalars: y3)
+            } else {
+                yTensor = Tensor(shape: [b, hq, sq, dv], scalars: y)
+            }
+            return [yTensor, Tensor(shape: [b, hkv, total, d], scalars: ks), Tensor(shape: [b, hkv, total, dv], scalars: vs),
+                    wantQK ? Tensor(shape: [b, hq, sq, total], scalars: qkOut) : nil]
+        }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let nonpad = try inputs.optionalTensor(6).map { t -> [Int] in
+            guard let v = t.intValues() else { throw KernelError("nonpad_kv_seqlen must be an integer tensor") }
+            return v
+        }
+        let ts = try [inputs.tensor(0), inputs.tensor(1), inputs.tensor(2), inputs.optionalTensor(3), inputs.optionalTensor(4), inputs.optionalTensor(5)]
+        return try withFloatCompute(ts) { t in
+            try dispatchFloat(t[0]!.dtype, Op(k: self, q: t[0]!, key: t[1]!, value: t[2]!, mask: t[3], pastKey: t[4], pastValue: t[5], nonpad: nonpad))
+        }.map { $0.map(Value.tensor) }
+    }
+}
+
+func registerAttentionOps(_ registry: OpRegistry) {
+    registry.register("Attention", since: 23) { ctx in try AttentionKernel(ctx) }
+}
