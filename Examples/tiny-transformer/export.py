@@ -110,8 +110,11 @@ class TinyGPT(nn.Module):
 
 
 def windows(ids):
-    """Windows of T + 1 tokens every STRIDE tokens -> input [N, T], labels [N*T] (next tokens)."""
+    """Windows of T + 1 tokens every STRIDE tokens -> input [N, T], labels [N*T] (next tokens).
+    N is rounded down to a multiple of the batch size (the last few windows are left out), so no
+    batch is partial."""
     starts = np.arange(0, len(ids) - T, STRIDE)
+    starts = starts[:len(starts) // BATCH * BATCH]
     w = np.stack([ids[s:s + T + 1] for s in starts])
     return {"input": w[:, :T].astype(np.int64), "labels": w[:, 1:].reshape(-1).astype(np.int64)}
 
