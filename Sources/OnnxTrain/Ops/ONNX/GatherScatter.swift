@@ -9,16 +9,11 @@ func registerGatherScatterOps(_ registry: OpRegistry) {
             let n = x.shape[a]
             let idx = try indices.ints("indices").map { try checkedIndex($0, n) }
             let outer = x.shape[..<a].reduce(1, *), inner = x.shape[(a + 1)...].reduce(1, *)
-            var map = [Int]()
-            map.reserveCapacity(outer * idx.count * inner)
-            for o in 0..<outer {
-                for i in idx {
-                    let base = (o * n + i) * inner
-                    map.append(contentsOf: base..<(base + inner))
-                }
-            }
+            var starts = [Int]()
+            starts.reserveCapacity(outer * idx.count)
+            for o in 0..<outer { for i in idx { starts.append((o * n + i) * inner) } }
             let out = Array(x.shape[..<a]) + indices.shape + Array(x.shape[(a + 1)...])
-            return [.tensor(try take(x, map, shape: out))]
+            return [.tensor(try gatherBlocks(x, starts: starts, block: inner, shape: out))]
         }
     }
     registry.register("GatherElements", since: 11) { ctx in
@@ -36,11 +31,7 @@ func registerGatherScatterOps(_ registry: OpRegistry) {
         return AnyKernel { inputs, _ in
             let x = try inputs.tensor(0), indices = try inputs.tensor(1)
             let (targets, sliceShape, outShape) = try ndTargets(dataShape: x.shape, indices: indices, batchDims: batchDims)
-            let slice = sliceShape.reduce(1, *)
-            var map = [Int]()
-            map.reserveCapacity(targets.count * slice)
-            for t in targets { map.append(contentsOf: t..<(t + slice)) }
-            return [.tensor(try take(x, map, shape: outShape))]
+            return [.tensor(try gatherBlocks(x, starts: targets, block: sliceShape.reduce(1, *), shape: outShape))]
         }
     }
     for (op, since) in [("Scatter", 9), ("ScatterElements", 11)] {

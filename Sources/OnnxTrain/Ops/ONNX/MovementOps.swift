@@ -65,7 +65,7 @@ func registerMovementOps(_ registry: OpRegistry) {
             let shape = try inputs.tensor(1).ints("shape")
             let out = try Broadcast.shape(x.shape, shape)
             try checkShape(out, "output")
-            return [.tensor(try take(x, stridedIndices(shape: out, strides: Broadcast.strides(x.shape, to: out)), shape: out))]
+            return [.tensor(try stridedCopy(x, shape: out, strides: Broadcast.strides(x.shape, to: out)))]
         }
     }
     registry.register("Tile", since: 6) { _ in
@@ -260,7 +260,7 @@ func transpose(_ x: Tensor, perm: [Int]) throws -> Tensor {
     guard perm.count == x.rank, Set(perm) == Set(0..<x.rank) else { throw KernelError("perm \(perm) is not a permutation of \(x.rank) axes") }
     let strides = contiguousStrides(x.shape)
     let shape = perm.map { x.shape[$0] }
-    return try take(x, stridedIndices(shape: shape, strides: perm.map { strides[$0] }), shape: shape)
+    return try stridedCopy(x, shape: shape, strides: perm.map { strides[$0] })
 }
 
 /// Flat source indices from one source coordinate map per axis (-1 in any map: fill).
@@ -302,7 +302,7 @@ func slice(_ x: Tensor, starts: [Int], ends: [Int], axes: [Int]?, steps: [Int]?)
         viewStrides[a] = strides[a] * step
         if count > 0 { offset += s * strides[a] }
     }
-    return try take(x, stridedIndices(shape: shape, strides: viewStrides, offset: offset), shape: shape)
+    return try stridedCopy(x, shape: shape, strides: viewStrides, offset: offset)
 }
 
 /// Pads (or, with negative pads, crops) every axis by `begin`/`end`.

@@ -71,6 +71,71 @@ func take(_ t: Tensor, _ indices: [Int], shape: [Int], fill: Tensor? = nil) thro
     return try dispatchElement(t.dtype, TakeOp(t: t, indices: indices, shape: shape, fill: fill))
 }
 
+private struct StridedCopy: ElementMove {
+    let t: Tensor, shape: [Int], strides: [Int], offset: Int
+    func callAsFunction<T>(_ type: T.Type) throws -> Tensor {
+        if t.dtype == .string {
+            return try take(t, stridedIndices(shape: shape, strides: strides, offset: offset), shape: shape)
+        }
+        let out = Tensor(uninitialized: t.dtype, shape: shape)
+        let n = out.count
+        if n == 0 { return out }
+        let src = t.storage.bytes.assumingMemoryBound(to: T.self)
+        let dst = out.storage.bytes.assumingMemoryBound(to: T.self)
+        let rank = shape.count
+        if rank == 0 { dst[0] = src[offset]; return out }
+        var index = [Int](repeating: 0, count: rank)
+        var base = offset, o = 0
+        let inner = shape[rank - 1], step = strides[rank - 1]
+        while o < n {
+            if step == 1 {
+                (dst + o).update(from: src + base, count: inner)
+                o += inner
+            } else {
+                var x = base
+                for _ in 0..<inner { dst[o] = src[x]; o += 1; x += step }
+            }
+            var d = rank - 2
+            while d >= 0 {
+                index[d] += 1
+                base += strides[d]
+                if index[d] < shape[d] { break }
+                base -= strides[d] * shape[d]
+                index[d] = 0
+                d -= 1
+            }
+        }
+        return out
+    }
+}
+
+/// The strided view of `t` (`shape` read through `strides` from `offset`) copied out contiguously:
+/// Transpose, Slice and Expand without an index array, runs of unit stride copied whole.
+func stridedCopy(_ t: Tensor, shape: [Int], strides: [Int], offset: Int = 0) throws -> Tensor {
+    try dispatchElement(t.dtype, StridedCopy(t: t, shape: shape, strides: strides, offset: offset))
+}
+
+private struct BlockGather: ElementMove {
+    let t: Tensor, starts: [Int], block: Int, shape: [Int]
+    func callAsFunction<T>(_ type: T.Type) throws -> Tensor {
+        if t.dtype == .string {
+            return try take(t, starts.flatMap { $0..<($0 + block) }, shape: shape)
+        }
+        let out = Tensor(uninitialized: t.dtype, shape: shape)
+        let src = t.storage.bytes.assumingMemoryBound(to: T.self)
+        let dst = out.storage.bytes.assumingMemoryBound(to: T.self)
+        for (k, s) in starts.enumerated() where block > 0 { (dst + k * block).update(from: src + s, count: block) }
+        return out
+    }
+}
+
+/// Output block k is the `block` contiguous elements of `t` starting at `starts[k]` (Gather,
+/// GatherND, Split: whole rows at a time). Callers check the blocks lie inside `t`.
+func gatherBlocks(_ t: Tensor, starts: [Int], block: Int, shape: [Int]) throws -> Tensor {
+    precondition(starts.count * block == Tensor.elementCount(shape))
+    return try dispatchElement(t.dtype, BlockGather(t: t, starts: starts, block: block, shape: shape))
+}
+
 /// Flat source indices of `shape` read through `strides` from `offset` (transposes, slices,
 /// broadcasts: any strided view of a contiguous tensor).
 func stridedIndices(shape: [Int], strides: [Int], offset: Int = 0) -> [Int] {
@@ -163,13 +228,8 @@ func splitTensor(_ t: Tensor, axis: Int, sizes: [Int]) throws -> [Tensor] {
     for s in sizes {
         var shape = t.shape
         shape[axis] = s
-        var idx = [Int]()
-        idx.reserveCapacity(outer * s * inner)
-        for o in 0..<outer {
-            let base = (o * axisLen + start) * inner
-            idx.append(contentsOf: base..<(base + s * inner))
-        }
-        result.append(try take(t, idx, shape: shape))
+        let starts = (0..<outer).map { (o: Int) -> Int in (o * axisLen + start) * inner }
+        result.append(try gatherBlocks(t, starts: starts, block: s * inner, shape: shape))
         start += s
     }
     return result
