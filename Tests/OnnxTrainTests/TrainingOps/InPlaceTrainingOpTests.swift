@@ -68,6 +68,12 @@ final class InPlaceTrainingOpTests: XCTestCase {
         XCTAssertThrowsError(try call("GatherElementsGrad", "com.microsoft", [Tensor(shape: [1], scalars: [Float(1)]), shape, Tensor(shape: [1], scalars: [Int64(-4)])]))
         XCTAssertThrowsError(try call("SoftmaxCrossEntropyLossGrad", "com.microsoft",
                                       [Tensor(scalar: Float(1)), Tensor(shape: [1, 2], scalars: [Float(-0.7), -0.7]), Tensor(shape: [1], scalars: [Int64(2)])]))
+        // Scalars where a rank >= 1 tensor is needed.
+        let scalar = Tensor(scalar: Float(1))
+        XCTAssertThrowsError(try call("FusedMatMul", "com.microsoft", [scalar, scalar]))
+        XCTAssertThrowsError(try call("GatherGrad", "com.microsoft", [Tensor(shape: [0], scalars: [Int64]()), Tensor(scalar: Int64(0)), scalar]))
+        XCTAssertThrowsError(try call("SplitTraining", "com.microsoft", [scalar, Tensor(shape: [0], scalars: [Int64]())]))
+        XCTAssertThrowsError(try call("ConcatTraining", "com.microsoft", [scalar, scalar], attributes: ["axis": .int(0)]))
         XCTAssertThrowsError(try call("MaxPoolGrad", "", [Tensor(shape: [1, 1, 1], scalars: [Float(1)]), Tensor(shape: [1, 1, 1], scalars: [Int64(99)])],
                                       attributes: ["kernel_shape": .ints([2])]))
     }

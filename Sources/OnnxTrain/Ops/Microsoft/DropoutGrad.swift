@@ -13,17 +13,11 @@ struct DropoutGradKernel: Kernel {
         }
         guard ratio >= 0 && ratio < 1 else { throw KernelError("ratio \(ratio) must be in [0, 1)") }
         if ratio == 0 { return [.tensor(dy)] }
+        guard dy.dtype.isFloatingPoint else { throw KernelError("dy must be a float tensor, got \(dy.dtype)") }
+        // The per-element factor mask/(1−ratio), in dy's type, multiplied in.
         let scale = 1 / (1 - ratio)
-        let m = Tensor(shape: mask.shape, scalars: mask.withUnsafeBufferPointer(as: Bool.self) { $0.map { $0 ? scale : 0 } })
-        return [.tensor(try floatElementwise([dy], names: ["dy"]) { FloatMap2(a: $0[0], b: m.narrowedDouble(to: $0[0].dtype)) { $0 * $1 } })]
-    }
-}
-
-extension Tensor {
-    /// A float64 tensor converted to float32 when `dtype` is float32 (for FloatMap operands).
-    func narrowedDouble(to dtype: DType) -> Tensor {
-        guard self.dtype == .float64, dtype != .float64 else { return self }
-        return Tensor(shape: shape, scalars: withUnsafeBufferPointer(as: Double.self) { $0.map { Float($0) } })
+        let factors = floatTensor(dy.dtype, shape: mask.shape, mask.withUnsafeBufferPointer(as: Bool.self) { $0.map { $0 ? scale : 0 } })
+        return [.tensor(try floatElementwise([dy, factors], names: ["dy", "mask"]) { FloatMap2(a: $0[0], b: $0[1]) { $0 * $1 } })]
     }
 }
 

@@ -10,6 +10,7 @@ struct FusedMatMulKernel: Kernel {
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         var a = try inputs.tensor(0), b = try inputs.tensor(1)
         let dtype = try commonFloatType([a, b], names: ["A", "B"])
+        guard a.rank >= 1, b.rank >= 1 else { throw KernelError("A \(a.shape) and B \(b.shape) must have rank >= 1") }
         if transBatchA || transBatchB {
             guard a.rank == b.rank, a.rank >= 3 else {
                 throw KernelError("transBatchA/transBatchB need A \(a.shape) and B \(b.shape) of one rank >= 3")

@@ -52,6 +52,7 @@ struct GatherGradKernel: Kernel {
         let indices = try indexValues(try inputs.tensor(1), "indices")
         let indexShape = try inputs.tensor(1).shape
         let dy = try inputs.tensor(2)
+        guard !shape.isEmpty else { throw KernelError("shape must have rank >= 1") }
         let a = try normalizeAxis(axis, rank: shape.count)
         let expected = Array(shape[..<a]) + indexShape + Array(shape[(a + 1)...])
         guard dy.shape == expected else {
@@ -78,7 +79,7 @@ struct GatherElementsGradKernel: Kernel {
         let indexTensor = try inputs.tensor(2)
         let indices = try indexValues(indexTensor, "indices")
         guard dy.shape == indexTensor.shape else { throw KernelError("dY \(dy.shape) and indices \(indexTensor.shape) must have the same shape") }
-        guard indexTensor.rank == shape.count else { throw KernelError("indices rank \(indexTensor.rank) must equal the rank of shape \(shape)") }
+        guard indexTensor.rank == shape.count, !shape.isEmpty else { throw KernelError("indices rank \(indexTensor.rank) must equal the rank of shape \(shape)") }
         let a = try normalizeAxis(axis, rank: shape.count)
         for d in 0..<shape.count where d != a && indexTensor.shape[d] > shape[d] {
             throw KernelError("indices \(indexTensor.shape) exceed shape \(shape) on axis \(d)")

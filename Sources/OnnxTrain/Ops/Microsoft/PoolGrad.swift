@@ -49,7 +49,7 @@ struct PoolAttributes {
         let r = output.count
         let (s, d, p) = try resolved(r)
         return (0..<r).map { i in
-            if let declared, declared.count == r + 2, case .value(let v) = declared[i + 2] { return v }
+            if let declared, declared.count == r + 2, case .value(let v) = declared[i + 2], v > 0 { return v }
             let extent = (kernel[i] - 1) * d[i] + 1
             if autoPad == "SAME_UPPER" || autoPad == "SAME_LOWER" { return output[i] * s[i] }
             let pad = autoPad == "VALID" ? 0 : p[i] + p[i + r]

@@ -23,6 +23,7 @@ struct SliceGradKernel: Kernel {
         let shape = try shapeInput(try inputs.tensor(1), "shape")
         let starts = try indexValues(try inputs.tensor(2), "starts"), ends = try indexValues(try inputs.tensor(3), "ends")
         let r = shape.count
+        guard r >= 1 || starts.isEmpty else { throw KernelError("shape must have rank >= 1 to slice") }
         let axes = try inputs.optionalTensor(4).map { try indexValues($0, "axes") } ?? Array(0..<starts.count)
         let steps = try inputs.optionalTensor(5).map { try indexValues($0, "steps") } ?? Array(repeating: 1, count: starts.count)
         guard ends.count == starts.count, axes.count == starts.count, steps.count == starts.count else {
@@ -85,7 +86,7 @@ struct SplitTrainingKernel: Kernel {
     let outputs: Int
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let x = try inputs.tensor(0)
-        guard x.dtype != .string else { throw KernelError("input must not be a string tensor") }
+        guard x.dtype != .string, x.rank >= 1 else { throw KernelError("input must be a non-string tensor of rank >= 1, got \(x)") }
         let a = try normalizeAxis(axis, rank: x.rank)
         let dim = x.shape[a]
         var split = try inputs.optionalTensor(1).map { try indexValues($0, "split") } ?? []
@@ -119,7 +120,7 @@ struct ConcatTrainingKernel: Kernel {
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let parts = try (0..<inputs.count).compactMap { try inputs.optionalTensor($0) }
         guard let first = parts.first else { throw KernelError("at least one input is required") }
-        guard first.dtype != .string else { throw KernelError("inputs must not be string tensors") }
+        guard first.dtype != .string, first.rank >= 1 else { throw KernelError("inputs must be non-string tensors of rank >= 1, got \(first)") }
         let a = try normalizeAxis(axis, rank: first.rank)
         var shape = first.shape
         shape[a] = 0

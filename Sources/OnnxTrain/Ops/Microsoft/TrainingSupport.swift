@@ -121,11 +121,6 @@ func boolFlag(_ t: Tensor?, _ name: String) throws -> Bool? {
     return v != 0
 }
 
-/// Values of a float tensor as Double (any float type), for small inputs such as scalars.
-func doubleValues(_ t: Tensor) -> [Double] {
-    (0..<t.count).map { t.scalarDouble(at: $0) ?? .nan }
-}
-
 /// Reads a float tensor (any float type) as [Double].
 func floatValues(_ t: Tensor, _ name: String) throws -> [Double] {
     switch t.dtype {
