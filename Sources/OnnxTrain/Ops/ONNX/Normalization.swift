@@ -180,6 +180,32 @@ struct LayerNormKernel: Kernel {
     }
 }
 
+// MARK: - RMSNormalization
+
+/// Y = X / sqrt(mean(X² over the dims from `axis` on) + epsilon) · Scale (opset 23).
+struct RMSNormOp: FloatOperation {
+    let x: Tensor, scale: Tensor, axis: Int, epsilon: Double
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        let normShape = Array(x.shape[axis...])
+        let inner = Tensor.elementCount(normShape), outer = Tensor.elementCount(Array(x.shape[..<axis]))
+        let s = try broadcastBinary(Tensor(zeros: T.dtype, shape: normShape), scale, T.self, T.self, T.self, outDType: T.dtype) { $1 }.scalars(as: T.self)
+        guard s.count == inner else { throw KernelError("scale of shape \(scale.shape) does not broadcast to \(normShape)") }
+        var y = Tensor(uninitialized: T.dtype, shape: x.shape)
+        x.withUnsafeBufferPointer(as: T.self) { px in
+            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+                for o in 0..<outer {
+                    let base = o * inner
+                    var sumSq = 0.0
+                    for i in base..<(base + inner) { let v = px[i].doubleValue; sumSq += v * v }
+                    let r = 1 / (sumSq / Double(max(inner, 1)) + epsilon).squareRoot()
+                    for i in 0..<inner { py[base + i] = T(fromDouble: px[base + i].doubleValue * r) * s[i] }
+                }
+            }
+        }
+        return y
+    }
+}
+
 // MARK: - InstanceNormalization and GroupNormalization
 
 /// Normalizes each (n, group) block of X [N, C, spatial...] where a group is `C / groups`
@@ -274,6 +300,17 @@ func registerNormalizationOps(_ registry: OpRegistry) {
     registry.register("BatchNormalization", since: 6) { ctx in try BatchNormKernel(ctx) }
     registry.register("BatchNormalization", since: 14) { ctx in try BatchNormKernel(ctx) }
     registry.register("LayerNormalization", since: 17) { ctx in try LayerNormKernel(ctx) }
+    registry.register("RMSNormalization", since: 23) { ctx in
+        let axis = try ctx.int("axis", default: -1)
+        let epsilon = Double(try ctx.float("epsilon", default: 1e-5))
+        return AnyKernel { inputs, _ in
+            let x = try inputs.tensor(0)
+            let a = try normalizeAxis(axis, rank: x.rank)
+            return try withFloatCompute([x, inputs.tensor(1)]) { t in
+                [try dispatchFloat(t[0]!.dtype, RMSNormOp(x: t[0]!, scale: t[1]!, axis: a, epsilon: epsilon))]
+            }.map { $0.map(Value.tensor) }
+        }
+    }
     registry.register("InstanceNormalization", since: 6) { ctx in
         let epsilon = Double(try ctx.float("epsilon", default: 1e-5))
         return AnyKernel { inputs, _ in
