@@ -197,4 +197,76 @@ struct AttentionKernel: Kernel {
 
 func registerAttentionOps(_ registry: OpRegistry) {
     registry.register("Attention", since: 23) { ctx in try AttentionKernel(ctx) }
+    registry.register("RotaryEmbedding", since: 23) { ctx in try RotaryEmbeddingKernel(ctx) }
+}
+
+/// RotaryEmbedding (23): rotates the first `rotary_embedding_dim` features of every head by the
+/// cos/sin of its position, as pairs (x[i], x[i + half]) or, interleaved, (x[2i], x[2i + 1]).
+/// Input [B, H, S, D] or [B, S, H·D]; caches [max_position, half] indexed by position_ids
+/// [B, S], or [B, S, half] when position_ids is omitted.
+struct RotaryEmbeddingKernel: Kernel {
+    let interleaved: Bool, rotaryDim: Int, numHeads: Int
+
+    init(_ ctx: NodeContext) throws {
+        interleaved = try ctx.int("interleaved", default: 0) != 0
+        rotaryDim = try ctx.int("rotary_embedding_dim", default: 0)
+        numHeads = try ctx.int("num_heads", default: 0)
+    }
+
+    struct Op: FloatOperation {
+        let k: RotaryEmbeddingKernel, x: Tensor, cos: Tensor, sin: Tensor, positions: [Int]?
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            let b = x.shape[0]
+            let (h, s, d): (Int, Int, Int)
+            if x.rank == 4 {
+                (h, s, d) = (x.shape[1], x.shape[2], x.shape[3])
+            } else {
+                guard k.numHeads > 0, x.shape[2] % k.numHeads == 0 else { throw KernelError("3-D input needs num_heads dividing \(x.shape[2])") }
+                (h, s, d) = (k.numHeads, x.shape[1], x.shape[2] / k.numHeads)
+            }
+            let rot = k.rotaryDim == 0 ? d : k.rotaryDim
+            guard rot <= d, rot % 2 == 0 else { throw KernelError("rotary_embedding_dim \(rot) must be even and at most \(d)") }
+            let half = rot / 2
+            guard cos.shape.last == half, sin.shape == cos.shape else { throw KernelError("cos/sin caches \(cos.shape) must end in \(half)") }
+            let cs = cos.scalars(as: T.self), sn = sin.scalars(as: T.self)
+            if let positions {
+                guard positions.count == b * s else { throw KernelError("position_ids must be [\(b), \(s)]") }
+                let rows = cos.count / half
+                if let bad = positions.first(where: { $0 < 0 || $0 >= rows }) { throw KernelError("position \(bad) is outside the \(rows)-row cache") }
+            } else {
+                guard cos.count == b * s * half else { throw KernelError("without position_ids the caches must be [\(b), \(s), \(half)]") }
+            }
+            var y = x
+            x.withUnsafeBufferPointer(as: T.self) { px in
+                y.withUnsafeMutableBufferPointer(as: T.self) { py in
+                    for bi in 0..<b { for si in 0..<s {
+                        let row = (positions.map { $0[bi * s + si] } ?? (bi * s + si)) * half
+                        for hi in 0..<h {
+                            // offset of x[b, h, s, 0] (4-D) or x[b, s, h·D] (3-D)
+                            let base = x.rank == 4 ? ((bi * h + hi) * s + si) * d : ((bi * s + si) * h + hi) * d
+                            for i in 0..<half {
+                                let (i1, i2) = k.interleaved ? (base + 2 * i, base + 2 * i + 1) : (base + i, base + i + half)
+                                let x1 = px[i1], x2 = px[i2], c = cs[row + i], sv = sn[row + i]
+                                py[i1] = c * x1 - sv * x2
+                                py[i2] = sv * x1 + c * x2
+                            }
+                        }
+                    } }
+                }
+            }
+            return y
+        }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0)
+        guard x.rank == 3 || x.rank == 4 else { throw KernelError("input must be 3-D or 4-D, got \(x.shape)") }
+        let positions = try inputs.optionalTensor(3).map { t -> [Int] in
+            guard let v = t.intValues() else { throw KernelError("position_ids must be an integer tensor") }
+            return v
+        }
+        return try withFloatCompute([x, inputs.tensor(1), inputs.tensor(2)]) { t in
+            [try dispatchFloat(t[0]!.dtype, Op(k: self, x: t[0]!, cos: t[1]!, sin: t[2]!, positions: positions))]
+        }.map { $0.map(Value.tensor) }
+    }
 }
