@@ -221,4 +221,35 @@ final class CheckpointTests: XCTestCase {
             XCTAssertEqual((error as? OnnxTrainError)?.kind, .io)
         }
     }
+
+    /// The `fixtures` area's round-trip checkpoint (ORT-written, negative int64 and empty-string
+    /// properties) against its independent Python reader's dump.
+    func testReadsFixtureRoundTripCheckpoint() throws {
+        let folder = Self.fixtures.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("training/checkpoint_roundtrip")
+        let contents = try Npz.readDictionary(contentsOf: folder.appendingPathComponent("contents.npz").path)
+        let state = try CheckpointState.load(from: folder.appendingPathComponent("checkpoint_with_optimizer").path)
+        XCTAssertEqual(state.parameterNames, ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"])
+        let group = try XCTUnwrap(state.optimizerGroups["group0"])
+        XCTAssertEqual(group.step, 3)
+        XCTAssertEqual(group.initialLearningRate, 1e-3)
+        for p in state.parameters {
+            XCTAssertEqual(p.data.scalars(as: Float.self), contents["param:\(p.name)"]?.scalars(as: Float.self), p.name)
+            for key in ["momentum0", "momentum1"] {
+                XCTAssertEqual(group.parameterStates[p.name]?[key]?.scalars(as: Float.self), contents["\(key):\(p.name)"]?.scalars(as: Float.self), "\(key) \(p.name)")
+            }
+        }
+        XCTAssertEqual(state.properties, ["epoch": .int(7), "neg_int": .int(-123456789012), "best_loss": .float(0.25),
+                                          "lr_note": .float(0.1), "run_name": .string("onnx-train fixture"), "empty": .string("")])
+        let without = try CheckpointState.load(from: folder.appendingPathComponent("checkpoint_without_optimizer").path)
+        XCTAssertTrue(without.optimizerGroups.isEmpty)
+        XCTAssertEqual(without.properties, state.properties)
+        // Re-saved by Swift and re-read: the same state.
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("rt-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try state.save(to: path, includeOptimizerState: true)
+        let back = try CheckpointState.load(from: path)
+        XCTAssertEqual(back.properties, state.properties)
+        XCTAssertEqual(back.optimizerGroups["group0"]?.parameterStates["fc2.bias"]?["momentum1"]?.scalars(as: Float.self),
+                       group.parameterStates["fc2.bias"]?["momentum1"]?.scalars(as: Float.self))
+    }
 }
