@@ -2,17 +2,16 @@ import Foundation
 import XCTest
 @testable import OnnxTrain
 
-/// Hundreds of damaged model files through the loader, the session build and a run: every failure
-/// must be an `OnnxTrainError` (a trap would kill this test process, which is the failure mode
-/// this test exists to catch).
-final class MutatedModelTests: XCTestCase {
+/// Runs damaged models through the loader, the session build and a run.
+enum MutationHarness {
     /// What happened to one mutated file.
     enum Outcome: Hashable { case loadFailed, buildFailed, runFailed, ran }
+
 
     /// Loads `bytes`, builds a session and runs it on zero feeds shaped like the declared inputs
     /// (symbolic and unknown dims as 1). Any non-OnnxTrainError fails the test.
     @discardableResult
-    func exercise(_ bytes: [UInt8], _ label: String, file: StaticString = #filePath, line: UInt = #line) -> Outcome {
+    static func exercise(_ bytes: [UInt8], _ label: String, file: StaticString = #filePath, line: UInt = #line) -> Outcome {
         func check(_ error: Error) {
             guard let e = error as? OnnxTrainError else {
                 return XCTFail("\(label): \(type(of: error)) is not an OnnxTrainError: \(error)", file: file, line: line)
@@ -20,6 +19,7 @@ final class MutatedModelTests: XCTestCase {
             // Not checked for one line: a mutated name may itself hold a newline (the CLI folds them).
             XCTAssertFalse(e.message.isEmpty, "\(label): empty message", file: file, line: line)
         }
+        if ProcessInfo.processInfo.environment["ONNX_TRAIN_TRACE_MUTATIONS"] != nil { FileHandle.standardError.write(Data("\(label)\n".utf8)) }
         let model: Model
         do {
             model = try bytes.withUnsafeBytes { try Model(bytes: $0) }
@@ -37,7 +37,7 @@ final class MutatedModelTests: XCTestCase {
 
     /// Zero tensors for the declared inputs, or nil when a declared shape is too large to allocate
     /// in a test (a mutated dim); untyped inputs get a float scalar.
-    func zeroFeeds(for inputs: [ValueInfo]) -> [String: Value]? {
+    static func zeroFeeds(for inputs: [ValueInfo]) -> [String: Value]? {
         var feeds: [String: Value] = [:]
         for info in inputs {
             guard case .tensor(let dtype, let dims)? = info.type else { continue }
@@ -53,22 +53,27 @@ final class MutatedModelTests: XCTestCase {
         }
         return feeds
     }
+}
 
+/// Hundreds of damaged model files through the loader, the session build and a run: every failure
+/// must be an `OnnxTrainError` (a trap would kill this test process, which is the failure mode
+/// this test exists to catch).
+final class MutatedModelTests: XCTestCase {
     private func fixtureBytes(_ path: String) throws -> [UInt8] {
         [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
     }
 
     func testTheUnmutatedModelsRun() throws {
-        XCTAssertEqual(exercise(try fixtureBytes(DataFixtures.data("tiny.onnx")), "tiny"), .ran)
+        XCTAssertEqual(MutationHarness.exercise(try fixtureBytes(DataFixtures.data("tiny.onnx")), "tiny"), .ran)
     }
 
     func testEmptyFileAndEveryTruncation() throws {
-        XCTAssertEqual(exercise([], "empty"), .loadFailed)
+        XCTAssertEqual(MutationHarness.exercise([], "empty"), .loadFailed)
         assertOnnxTrainError(.invalidModel, containing: ["empty"]) { try [UInt8]().withUnsafeBytes { try Model(bytes: $0) } }
         let bytes = try fixtureBytes(DataFixtures.data("tiny.onnx"))
-        var outcomes: [Outcome: Int] = [:]
+        var outcomes: [MutationHarness.Outcome: Int] = [:]
         for n in 0..<bytes.count {
-            outcomes[exercise(Array(bytes.prefix(n)), "prefix \(n) of \(bytes.count)"), default: 0] += 1
+            outcomes[MutationHarness.exercise(Array(bytes.prefix(n)), "prefix \(n) of \(bytes.count)"), default: 0] += 1
         }
         XCTAssertEqual(outcomes.values.reduce(0, +), bytes.count)
         XCTAssertGreaterThan(outcomes[.loadFailed, default: 0], bytes.count / 2, "most prefixes cut a field: \(outcomes)")
@@ -79,14 +84,15 @@ final class MutatedModelTests: XCTestCase {
         for i in 0..<300 {
             let length = Int(rng.next() % 600)
             let bytes = (0..<length).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
-            exercise(bytes, "random buffer \(i) (\(length) bytes)")
+            MutationHarness.exercise(bytes, "random buffer \(i) (\(length) bytes)")
         }
     }
 
     func testBitFlipsAndByteChangesInsideValidModels() throws {
-        var total: [Outcome: Int] = [:]
+        var total: [MutationHarness.Outcome: Int] = [:]
         for (fileIndex, path) in [DataFixtures.data("tiny.onnx"), DataFixtures.data("nokernel.onnx"),
-                                  DataFixtures.root + "/inference/mlp_dynamic_opset17/model.onnx"].enumerated() {
+                                  DataFixtures.root + "/inference/mlp_dynamic_opset17/model.onnx",
+                                  DataFixtures.root + "/inference/cnn_opset17/model.onnx"].enumerated() {
             let original = try fixtureBytes(path)
             var rng = SplitMix(seed: 100 + UInt64(fileIndex))
             for i in 0..<400 {
@@ -103,14 +109,14 @@ final class MutatedModelTests: XCTestCase {
                 default:  // a few bytes at once
                     for _ in 0..<4 { bytes[Int(rng.next() % UInt64(bytes.count))] = UInt8(truncatingIfNeeded: rng.next()) }
                 }
-                total[exercise(bytes, "\(path) mutation \(i) (kind \(kind))"), default: 0] += 1
+                total[MutationHarness.exercise(bytes, "\(path) mutation \(i) (kind \(kind))"), default: 0] += 1
             }
         }
-        XCTAssertEqual(total.values.reduce(0, +), 1200)
+        XCTAssertEqual(total.values.reduce(0, +), 1600)
         // Mutations must reach every stage, or the test is not exercising the session.
         XCTAssertGreaterThan(total[.loadFailed, default: 0], 0, "\(total)")
         XCTAssertGreaterThan(total[.ran, default: 0], 0, "\(total)")
-        print("mutation outcomes over 1200 files: \(total)")
+        print("mutation outcomes over 1600 files: \(total)")
     }
 
     func testMissingKernelNamesOpDomainAndOpset() throws {
