@@ -8,6 +8,7 @@ func registerNeuralNetOps(_ registry: OpRegistry) {
     registerDropoutOps(registry)       // Dropout.swift
     registerAttentionOps(registry)     // Attention.swift
     registerRecurrentOps(registry)     // Recurrent.swift: RNN, GRU, LSTM
+    registerRecurrentStateOps(registry) // RecurrentState.swift: CausalConvWithState, LinearAttention
     registerLossOps(registry)          // Losses.swift: NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss
     registerQuantizationOps(registry)  // Quantization.swift: Quantize/Dequantize/DynamicQuantizeLinear, QLinearMatMul
 }
