@@ -110,4 +110,14 @@ final class MathElementwiseTests: XCTestCase {
         assertClose(try runNode("Softplus", opset: 22, [x])[0], [Float(0.12692801), 0.47407698, 0.97407698, 100], tolerance: 1e-6)
         assertClose(try runNode("LeakyRelu", opset: 16, [x], attributes: ["alpha": .float(0.1)])[0], [Float(-0.2), -0.05, 0.5, 100])
     }
+
+    func testLegacyBroadcastAlignsAtAxis() throws {
+        // Opset 6: B of shape [3] aligned with axis 1 of A [2, 3, 2] (numpy: b[None, :, None]).
+        let a = Tensor(shape: [2, 3, 2], scalars: (0..<12).map { Float($0) })
+        let b = Tensor(shape: [3], scalars: [Float(100), 200, 300])
+        let y = try runNode("Add", opset: 6, [a, b], attributes: ["broadcast": .int(1), "axis": .int(1)])[0]
+        assertClose(y, [Float(100), 101, 202, 203, 304, 305, 106, 107, 208, 209, 310, 311], shape: [2, 3, 2])
+        // Without broadcast = 1 the shapes must match.
+        XCTAssertThrowsError(try runNode("Add", opset: 6, [a, b]))
+    }
 }

@@ -97,11 +97,11 @@ struct ShrinkFunction: ArithmeticUnaryFunction {
 }
 
 func registerActivationOps(_ registry: OpRegistry) {
-    registry.registerArithmeticUnary("Relu", since: [6, 13, 14]) { _ in ReluFunction() }
-    registry.registerRealUnary("LeakyRelu", since: [6, 16]) { ctx in LeakyReluFunction(alpha: Double(try ctx.float("alpha", default: 0.01))) }
-    registry.registerArithmeticBinary("PRelu", since: [7, 9, 16]) { _ in PReluFunction() }
-    registry.registerRealUnary("Elu", since: [6, 22]) { ctx in EluFunction(alpha: Double(try ctx.float("alpha", default: 1))) }
-    registry.registerRealUnary("Selu", since: [6, 22]) { ctx in
+    registry.registerArithmeticUnary("Relu", since: [1, 6, 13, 14]) { _ in ReluFunction() }
+    registry.registerRealUnary("LeakyRelu", since: [1, 6, 16]) { ctx in LeakyReluFunction(alpha: Double(try ctx.float("alpha", default: 0.01))) }
+    registry.registerArithmeticBinary("PRelu", since: [1, 6, 7, 9, 16]) { _ in PReluFunction() }
+    registry.registerRealUnary("Elu", since: [1, 6, 22]) { ctx in EluFunction(alpha: Double(try ctx.float("alpha", default: 1))) }
+    registry.registerRealUnary("Selu", since: [1, 6, 22]) { ctx in
         SeluFunction(alpha: Double(try ctx.float("alpha", default: 1.67326319217681884765625)),
                      gamma: Double(try ctx.float("gamma", default: 1.05070102214813232421875)))
     }
@@ -113,13 +113,13 @@ func registerActivationOps(_ registry: OpRegistry) {
         }
         return GeluFunction(tanhApproximation: approximate == "tanh")
     }
-    registry.registerRealUnary("HardSigmoid", since: [6, 22]) { ctx in
+    registry.registerRealUnary("HardSigmoid", since: [1, 6, 22]) { ctx in
         HardSigmoidFunction(alpha: Double(try ctx.float("alpha", default: 0.2)), beta: Double(try ctx.float("beta", default: 0.5)))
     }
     registry.registerRealUnary("HardSwish", since: [14, 22]) { _ in HardSwishFunction() }
-    registry.registerRealUnary("Sigmoid", since: [6, 13]) { _ in SigmoidFunction() }
+    registry.registerRealUnary("Sigmoid", since: [1, 6, 13]) { _ in SigmoidFunction() }
     registry.registerRealUnary("Swish", since: [24]) { ctx in SwishFunction(alpha: Double(try ctx.float("alpha", default: 1))) }
-    registry.registerRealUnary("Tanh", since: [6, 13]) { _ in TanhFunction() }
+    registry.registerRealUnary("Tanh", since: [1, 6, 13]) { _ in TanhFunction() }
     registry.registerRealUnary("Softplus", since: [1, 22]) { _ in SoftplusFunction() }
     registry.registerRealUnary("Softsign", since: [1, 22]) { _ in SoftsignFunction() }
     registry.registerRealUnary("Mish", since: [18, 22]) { _ in MishFunction() }

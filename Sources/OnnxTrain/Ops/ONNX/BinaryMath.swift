@@ -185,7 +185,50 @@ func equalStrings(_ a: Tensor, _ b: Tensor) throws -> Tensor {
     return Tensor(shape: outShape, scalars: out)
 }
 
+/// Before opset 7, B broadcasts to A only when `broadcast` = 1, its dimensions aligned with A's
+/// from `axis` on (trailing alignment when `axis` is absent); otherwise the shapes must match.
+func legacyAligned(_ b: Tensor, to a: Tensor, broadcast: Bool, axis: Int?) throws -> Tensor {
+    guard broadcast else {
+        guard a.shape == b.shape else { throw KernelError("shapes \(a.shape) and \(b.shape) differ and broadcast is 0") }
+        return b
+    }
+    guard let axis else { return b }
+    let start = axis < 0 ? axis + a.rank : axis
+    guard start >= 0 && start + b.rank <= a.rank else {
+        throw KernelError("axis \(axis) cannot align shape \(b.shape) with \(a.shape)")
+    }
+    return b.reshaped(b.shape + [Int](repeating: 1, count: a.rank - start - b.rank))
+}
+
+/// Registers the pre-7 form of a binary op (`broadcast` and `axis` attributes).
+private func registerLegacyBinary(_ registry: OpRegistry, _ op: String, since versions: [Int],
+                                  _ body: @escaping (Tensor, Tensor) throws -> Tensor) {
+    for v in versions {
+        registry.register(op, since: v) { ctx in
+            let broadcast = try ctx.int("broadcast", default: 0) != 0
+            let axis = try ctx.int("axis")
+            return AnyKernel { inputs, _ in
+                let a = try inputs.tensor(0)
+                let b = try legacyAligned(try inputs.tensor(1), to: a, broadcast: broadcast, axis: axis)
+                return [.tensor(try body(a, b))]
+            }
+        }
+    }
+}
+
 func registerBinaryMathOps(_ registry: OpRegistry) {
+    registerLegacyBinary(registry, "Add", since: [1, 6]) { try zipArithmetic($0, $1, AddFunction()) }
+    registerLegacyBinary(registry, "Sub", since: [1, 6]) { try zipArithmetic($0, $1, SubFunction()) }
+    registerLegacyBinary(registry, "Mul", since: [1, 6]) { try zipArithmetic($0, $1, MulFunction()) }
+    registerLegacyBinary(registry, "Div", since: [1, 6]) { try zipArithmetic($0, $1, DivFunction()) }
+    registerLegacyBinary(registry, "Pow", since: [1]) { try power($0, $1) }
+    registerLegacyBinary(registry, "Equal", since: [1]) { try zipComparison($0, $1, EqualFunction()) }
+    registerLegacyBinary(registry, "Less", since: [1]) { try zipComparison($0, $1, LessFunction()) }
+    registerLegacyBinary(registry, "Greater", since: [1]) { try zipComparison($0, $1, GreaterFunction()) }
+    registerLegacyBinary(registry, "And", since: [1]) { try logical($0, $1) { $0 && $1 } }
+    registerLegacyBinary(registry, "Or", since: [1]) { try logical($0, $1) { $0 || $1 } }
+    registerLegacyBinary(registry, "Xor", since: [1]) { try logical($0, $1) { $0 != $1 } }
+
     registry.registerArithmeticBinary("Add", since: [7, 13, 14]) { _ in AddFunction() }
     registry.registerArithmeticBinary("Sub", since: [7, 13, 14]) { _ in SubFunction() }
     registry.registerArithmeticBinary("Mul", since: [7, 13, 14]) { _ in MulFunction() }
@@ -253,11 +296,11 @@ func registerBinaryMathOps(_ registry: OpRegistry) {
     }
 
     // Variadic ops with broadcasting (since 8; earlier versions required equal shapes).
-    for v in [6, 8, 12, 13] {
+    for v in [1, 6, 8, 12, 13] {
         registry.register("Max", since: v) { _ in AnyKernel { inputs, _ in [.tensor(try foldVariadic(inputs, MaxFunction()))] } }
         registry.register("Min", since: v) { _ in AnyKernel { inputs, _ in [.tensor(try foldVariadic(inputs, MinFunction()))] } }
     }
-    for v in [6, 8, 13] {
+    for v in [1, 6, 8, 13] {
         registry.register("Sum", since: v) { _ in AnyKernel { inputs, _ in [.tensor(try foldVariadic(inputs, AddFunction()))] } }
         registry.register("Mean", since: v) { _ in
             AnyKernel { inputs, _ in

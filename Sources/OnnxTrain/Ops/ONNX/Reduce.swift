@@ -2,8 +2,8 @@
 /// combine step and finishing step. Axes come from an attribute before ReduceSum-13 / the
 /// others' opset 18, from an optional input after.
 
-/// One reduction: identity, how an element joins the accumulator, and how the accumulator
-/// becomes the output.
+/// One reduction: its identity and how the accumulator becomes the output (the combine step
+/// is a loop per kind in `Reduction`).
 enum ReduceKind: Sendable {
     case sum, mean, max, min, prod, l1, l2, logSum, logSumExp, sumSquare
 
@@ -15,18 +15,6 @@ enum ReduceKind: Sendable {
         case .max: return T.lowest
         case .min: return T.highest
         default: return 0 as T
-        }
-    }
-
-    @inline(__always) func combine<T: ArithmeticElement>(_ acc: T, _ x: T) -> T {
-        switch self {
-        case .sum, .mean, .logSum: return T.add(acc, x)
-        case .l1: return T.add(acc, T.magnitude(x))
-        case .l2, .sumSquare: return T.add(acc, T.mul(x, x))
-        case .prod: return T.mul(acc, x)
-        case .max: return MaxFunction()(acc, x)
-        case .min: return MinFunction()(acc, x)
-        case .logSumExp: return acc  // computed separately (needs the max first)
         }
     }
 
@@ -105,11 +93,16 @@ struct Reduction: ArithmeticOperation {
                 }
                 let identity = kind.identity(T.self)
                 for o in po.indices { po[o] = identity }
+                // One loop per kind, so each combine step inlines into its loop.
+                let shape = x.shape
                 switch kind {
-                // The common kinds get their own loops so the combine step inlines.
-                case .sum, .mean: forEachReduced(shape: x.shape, outStrides: outStrides) { i, o in po[o] = T.add(po[o], px[i]) }
-                case .max: forEachReduced(shape: x.shape, outStrides: outStrides) { i, o in po[o] = MaxFunction()(po[o], px[i]) }
-                default: forEachReduced(shape: x.shape, outStrides: outStrides) { i, o in po[o] = kind.combine(po[o], px[i]) }
+                case .sum, .mean, .logSum: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = T.add(po[o], px[i]) }
+                case .l1: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = T.add(po[o], T.magnitude(px[i])) }
+                case .l2, .sumSquare: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = T.add(po[o], T.mul(px[i], px[i])) }
+                case .prod: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = T.mul(po[o], px[i]) }
+                case .max: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = MaxFunction()(po[o], px[i]) }
+                case .min: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = MinFunction()(po[o], px[i]) }
+                case .logSumExp: break  // handled above
                 }
                 if kind == .mean || kind == .l2 || kind == .logSum {
                     for o in po.indices { po[o] = kind.finish(po[o], count: count) }

@@ -10,36 +10,64 @@ struct SignFunction: ArithmeticUnaryFunction {
     @inline(__always) func callAsFunction<T: ArithmeticElement>(_ x: T) -> T { T.signum(x) }
 }
 
-/// A float function named by its libm counterpart, so each op is one line to register.
-struct RealFunction: RealUnaryFunction {
-    enum Kind {
-        case reciprocal, floor, ceil, round, sqrt, exp, log, sin, cos, tan, asin, acos, atan
-        case sinh, cosh, asinh, acosh, atanh, erf
-    }
-    let kind: Kind
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T {
-        switch kind {
-        case .reciprocal: return 1 / x
-        case .floor: return x.rounded(.down)
-        case .ceil: return x.rounded(.up)
-        case .round: return x.rounded(.toNearestOrEven)  // ONNX rounds halves to even, like numpy
-        case .sqrt: return T.sqrt(x)
-        case .exp: return T.exp(x)
-        case .log: return T.log(x)
-        case .sin: return T.sin(x)
-        case .cos: return T.cos(x)
-        case .tan: return T.tan(x)
-        case .asin: return T.asin(x)
-        case .acos: return T.acos(x)
-        case .atan: return T.atan(x)
-        case .sinh: return T.sinh(x)
-        case .cosh: return T.cosh(x)
-        case .asinh: return T.asinh(x)
-        case .acosh: return T.acosh(x)
-        case .atanh: return T.atanh(x)
-        case .erf: return T.erf(x)
-        }
-    }
+// One struct per float function, so each loop specialises (and vectorises where it can).
+struct ReciprocalFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { 1 / x }
+}
+struct FloorFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { x.rounded(.down) }
+}
+struct CeilFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { x.rounded(.up) }
+}
+/// Round: halves go to even, like numpy and onnxruntime.
+struct RoundFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { x.rounded(.toNearestOrEven) }
+}
+struct SqrtFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.sqrt(x) }
+}
+struct ExpFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.exp(x) }
+}
+struct LogFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.log(x) }
+}
+struct SinFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.sin(x) }
+}
+struct CosFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.cos(x) }
+}
+struct TanFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.tan(x) }
+}
+struct AsinFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.asin(x) }
+}
+struct AcosFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.acos(x) }
+}
+struct AtanFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.atan(x) }
+}
+struct SinhFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.sinh(x) }
+}
+struct CoshFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.cosh(x) }
+}
+struct AsinhFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.asinh(x) }
+}
+struct AcoshFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.acosh(x) }
+}
+struct AtanhFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.atanh(x) }
+}
+struct ErfFunction: RealUnaryFunction {
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.erf(x) }
 }
 
 /// Clip to [low, high]; NaN passes through. Bounds are kept as tensors of the input type.
@@ -77,20 +105,29 @@ func classify(_ x: Tensor, _ predicate: @escaping (Double) -> Bool) throws -> Te
 }
 
 func registerUnaryMathOps(_ registry: OpRegistry) {
-    registry.registerArithmeticUnary("Abs", since: [6, 13]) { _ in AbsFunction() }
-    registry.registerArithmeticUnary("Neg", since: [6, 13]) { _ in NegFunction() }
+    registry.registerArithmeticUnary("Abs", since: [1, 6, 13]) { _ in AbsFunction() }
+    registry.registerArithmeticUnary("Neg", since: [1, 6, 13]) { _ in NegFunction() }
     registry.registerArithmeticUnary("Sign", since: [9, 13]) { _ in SignFunction() }
 
-    let real: [(String, RealFunction.Kind, [Int])] = [
-        ("Reciprocal", .reciprocal, [6, 13]), ("Floor", .floor, [6, 13]), ("Ceil", .ceil, [6, 13]),
-        ("Round", .round, [11, 22]), ("Sqrt", .sqrt, [6, 13]), ("Exp", .exp, [6, 13]), ("Log", .log, [6, 13]),
-        ("Sin", .sin, [7, 22]), ("Cos", .cos, [7, 22]), ("Tan", .tan, [7, 22]), ("Asin", .asin, [7, 22]),
-        ("Acos", .acos, [7, 22]), ("Atan", .atan, [7, 22]), ("Sinh", .sinh, [9, 22]), ("Cosh", .cosh, [9, 22]),
-        ("Asinh", .asinh, [9, 22]), ("Acosh", .acosh, [9, 22]), ("Atanh", .atanh, [9, 22]), ("Erf", .erf, [9, 13]),
-    ]
-    for (op, kind, versions) in real {
-        registry.registerRealUnary(op, since: versions) { _ in RealFunction(kind: kind) }
-    }
+    registry.registerRealUnary("Reciprocal", since: [1, 6, 13]) { _ in ReciprocalFunction() }
+    registry.registerRealUnary("Floor", since: [1, 6, 13]) { _ in FloorFunction() }
+    registry.registerRealUnary("Ceil", since: [1, 6, 13]) { _ in CeilFunction() }
+    registry.registerRealUnary("Round", since: [11, 22]) { _ in RoundFunction() }
+    registry.registerRealUnary("Sqrt", since: [1, 6, 13]) { _ in SqrtFunction() }
+    registry.registerRealUnary("Exp", since: [1, 6, 13]) { _ in ExpFunction() }
+    registry.registerRealUnary("Log", since: [1, 6, 13]) { _ in LogFunction() }
+    registry.registerRealUnary("Sin", since: [7, 22]) { _ in SinFunction() }
+    registry.registerRealUnary("Cos", since: [7, 22]) { _ in CosFunction() }
+    registry.registerRealUnary("Tan", since: [7, 22]) { _ in TanFunction() }
+    registry.registerRealUnary("Asin", since: [7, 22]) { _ in AsinFunction() }
+    registry.registerRealUnary("Acos", since: [7, 22]) { _ in AcosFunction() }
+    registry.registerRealUnary("Atan", since: [7, 22]) { _ in AtanFunction() }
+    registry.registerRealUnary("Sinh", since: [9, 22]) { _ in SinhFunction() }
+    registry.registerRealUnary("Cosh", since: [9, 22]) { _ in CoshFunction() }
+    registry.registerRealUnary("Asinh", since: [9, 22]) { _ in AsinhFunction() }
+    registry.registerRealUnary("Acosh", since: [9, 22]) { _ in AcoshFunction() }
+    registry.registerRealUnary("Atanh", since: [9, 22]) { _ in AtanhFunction() }
+    registry.registerRealUnary("Erf", since: [9, 13]) { _ in ErfFunction() }
 
     for v in [9, 13, 20] {
         registry.register("IsNaN", since: v) { _ in AnyKernel { inputs, _ in [.tensor(try classify(try inputs.tensor(0)) { $0.isNaN })] } }
@@ -106,7 +143,7 @@ func registerUnaryMathOps(_ registry: OpRegistry) {
     }
 
     // Clip before 11 takes float attributes; from 11 on optional scalar inputs of the input's type.
-    registry.register("Clip", since: 6) { ctx in
+    registry.register("Clip", since: 1) { ctx in
         let low = try ctx.float("min"), high = try ctx.float("max")
         return AnyKernel { inputs, _ in
             let x = try inputs.tensor(0)
