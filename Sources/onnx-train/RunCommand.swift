@@ -30,8 +30,14 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("batch-size"), help: "Rows of the first user input per step.")
     var batchSize: Int
 
-    @Option(help: "Optimizer steps to take.")
-    var steps: Int
+    @Option(help: "Optimizer steps to take (or give --epochs).")
+    var steps: Int?
+
+    @Option(help: "Passes over the training data (steps = epochs x batches).")
+    var epochs: Int?
+
+    @Option(name: .customLong("eval-data"), help: "Held-out .npz: the eval graph runs over it before training and after every epoch (loss, and accuracy for class labels).")
+    var evalData: String?
 
     @Option(help: "Learning rate (the peak rate with --schedule linear/cosine).")
     var lr: Float
@@ -70,16 +76,22 @@ struct RunCommand: ParsableCommand {
 
     func validate() throws {
         guard batchSize > 0 else { throw ValidationError("--batch-size must be positive") }
-        guard steps > 0 else { throw ValidationError("--steps must be positive") }
+        switch (steps, epochs) {
+        case (nil, nil): throw ValidationError("give --steps or --epochs")
+        case (.some, .some): throw ValidationError("give --steps or --epochs, not both")
+        case (let s?, nil) where s <= 0: throw ValidationError("--steps must be positive")
+        case (nil, let e?) where e <= 0: throw ValidationError("--epochs must be positive")
+        default: break
+        }
         guard lr.isFinite, lr >= 0 else { throw ValidationError("--lr must be a finite, non-negative number") }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
     }
 
     func run() throws {
         try CLIFailure.run {
-            let session = try TrainingRun.open(path: path, params: params, optimizer: optimizer?.kind, seed: seed)
-            try session.train(dataPath: data, batchSize: batchSize, steps: steps, lr: lr, shuffle: !noShuffle,
-                              seed: seed, schedule: schedule.rawValue, warmup: warmup, logPath: log, outDirectory: out)
+            let session = try TrainingRun.open(path: path, params: params, optimizer: optimizer?.kind, seed: seed, withEval: evalData != nil)
+            try session.train(dataPath: data, evalPath: evalData, batchSize: batchSize, steps: steps, epochs: epochs, lr: lr,
+                              shuffle: !noShuffle, seed: seed, schedule: schedule.rawValue, warmup: warmup, logPath: log, outDirectory: out)
         }
     }
 }
@@ -100,7 +112,7 @@ struct TrainingRun {
     let optimizer: Optimizer
     let label: String
 
-    static func open(path: String, params: String?, optimizer choice: OptimizerGraph.Kind?, seed: UInt64) throws -> TrainingRun {
+    static func open(path: String, params: String?, optimizer choice: OptimizerGraph.Kind?, seed: UInt64, withEval: Bool) throws -> TrainingRun {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw OnnxTrainError.io("\(path): no such file or folder")
@@ -120,21 +132,29 @@ struct TrainingRun {
                 return p
             }
             let state = try CheckpointState.load(from: try params ?? file("checkpoint"))
-            let module = try TrainingModule(trainingModel: try Model(contentsOf: try file("training_model.onnx")), state: state, options: options)
+            // The eval model is loaded only when asked for: some valid artifact folders carry one
+            // onnxruntime itself refuses (BatchNorm with running-stat outputs in eval mode).
+            let evalModel = withEval ? try Model(contentsOf: try file("eval_model.onnx")) : nil
+            let module = try TrainingModule(trainingModel: try Model(contentsOf: try file("training_model.onnx")), state: state,
+                                            evalModel: evalModel, options: options)
             let optimizer = try Optimizer(path: try file("optimizer_model.onnx"), module: module, options: options)
             return TrainingRun(module: module, optimizer: optimizer, label: path)
         }
-        guard let params else {
-            throw OnnxTrainError.invalidInput("\(path) is a gradient graph: give its parameters with --params (.npz, .safetensors or a checkpoint)")
+        let graph = try Model(contentsOf: path)
+        let state: CheckpointState
+        if let params {
+            state = try CheckpointState.loadParameters(from: params)
+        } else {
+            state = try CheckpointState.initialized(for: graph, seed: seed)
+            print("no --params: initialised \(state.parameters.count) parameters as PyTorch's Linear layers (uniform ±1/sqrt(fan_in)), seed \(seed)")
         }
-        let state = try CheckpointState.loadParameters(from: params)
-        let module = try TrainingModule(gradientGraph: try Model(contentsOf: path), state: state, options: options)
+        let module = try TrainingModule(gradientGraph: graph, state: state, options: options)
         let optimizer = try Optimizer(choice ?? .sgd, module: module, options: options)
         return TrainingRun(module: module, optimizer: optimizer, label: path)
     }
 
-    func train(dataPath: String, batchSize: Int, steps: Int, lr: Float, shuffle: Bool, seed: UInt64,
-               schedule: String, warmup: Int, logPath: String?, outDirectory: String?) throws {
+    func train(dataPath: String, evalPath: String?, batchSize: Int, steps requestedSteps: Int?, epochs: Int?, lr: Float,
+               shuffle: Bool, seed: UInt64, schedule: String, warmup: Int, logPath: String?, outDirectory: String?) throws {
         let arrays = try Npz.readDictionary(contentsOf: dataPath)
         let batches: Batches
         do {
@@ -143,6 +163,20 @@ struct TrainingRun {
             throw error.prefixed(dataPath)
         }
         try TrainingData.check(batches, module: module, dataPath: dataPath)
+        let steps = requestedSteps ?? (epochs ?? 1) * batches.count
+        var evaluation: Evaluation?
+        if let evalPath {
+            let arrays = try Npz.readDictionary(contentsOf: evalPath)
+            do {
+                evaluation = try Evaluation(module: module, batches: try Batches(arrays: arrays, names: module.evalInputNames, batchSize: batchSize))
+            } catch let error as OnnxTrainError {
+                throw error.prefixed(evalPath)
+            }
+            print(try evaluation!.run(module).line(prefix: "epoch 0 (initial):"))
+        }
+        var epochLosses: [Double] = []
+        let clock = ContinuousClock()
+        var epochStart = clock.now
 
         optimizer.learningRate = lr
         optimizer.initialLearningRate = lr
@@ -187,6 +221,7 @@ struct TrainingRun {
                 try optimizer.step()
                 module.lazyResetGrad()
                 try logFile?.write("\(step + 1),\(loss),\(lrUsed),\(batch)\n")
+                epochLosses.append(Double(loss))
             } catch let error as OnnxTrainError {
                 for (p, t) in zip(frozen, saved) { try? p.copy(from: t) }
                 module.lazyResetGrad()
@@ -202,12 +237,70 @@ struct TrainingRun {
             }
             linear?.step()
             cosine?.step()
+            if position == batches.count - 1 || step == steps - 1 {
+                let epoch = step / batches.count + 1
+                let seconds = (clock.now - epochStart).components
+                let elapsed = Double(seconds.seconds) + Double(seconds.attoseconds) * 1e-18
+                var line = "epoch \(epoch) (step \(step + 1)): train loss \(format(epochLosses.reduce(0, +) / Double(max(epochLosses.count, 1))))"
+                if let evaluation { line += ", " + (try evaluation.run(module).line(prefix: "")).trimmingCharacters(in: .whitespaces) }
+                print(line + String(format: " (%.2f s)", elapsed))
+                epochLosses.removeAll()
+                epochStart = clock.now
+            }
         }
         if let outDirectory { try save(to: outDirectory) }
     }
 
     func save(to directory: String) throws {
         try module.state.save(to: URL(fileURLWithPath: directory).appendingPathComponent("checkpoint").path, includeOptimizerState: true)
+    }
+}
+
+func format(_ x: Double) -> String { String(format: "%.4f", x) }
+
+/// The eval graph over held-out data: mean loss, and accuracy when the labels are class indices
+/// and an output holds one row of scores per label.
+struct Evaluation {
+    let batches: Batches
+    let labels: String?
+
+    struct Result {
+        let loss: Double
+        let accuracy: Double?
+        func line(prefix: String) -> String {
+            "\(prefix) eval loss \(format(loss))" + (accuracy.map { String(format: ", accuracy %.1f%%", $0 * 100) } ?? "")
+        }
+    }
+
+    init(module: TrainingModule, batches: Batches) throws {
+        guard module.evalModel != nil else { throw OnnxTrainError.invalidInput("--eval-data needs an eval model") }
+        self.batches = batches
+        // Labels: what a SoftmaxCrossEntropyLoss / NegativeLogLikelihoodLoss reads from the data.
+        let graph = module.evalModel!.graph
+        labels = graph.nodes.first { ($0.opType == "SoftmaxCrossEntropyLoss" || $0.opType == "NegativeLogLikelihoodLoss") && $0.inputs.count > 1 && batches.names.contains($0.inputs[1]) }?.inputs[1]
+            ?? batches.names.first { $0 == "labels" && batches.arrays[$0]?.dtype.isInteger == true }
+    }
+
+    func run(_ module: TrainingModule) throws -> Result {
+        var loss = 0.0, correct = 0, counted = 0
+        for k in 0..<batches.count {
+            let batch = batches.batch(k)
+            let out = try module.evalStep(named: batch)
+            loss += Double(out.loss)
+            guard let labels, let truth = batch[labels]?.intValues() else { continue }
+            // Scores: the first output other than the loss with one row per label.
+            guard let i = out.names.indices.first(where: { out.names[$0] != out.lossName && out.values[$0].rank == 2 && out.values[$0].shape[0] == truth.count && out.values[$0].dtype == .float32 }) else { continue }
+            let scores = out.values[i], classes = scores.shape[1]
+            scores.withUnsafeBufferPointer(as: Float.self) { s in
+                for (r, t) in truth.enumerated() where t >= 0 && t < classes {
+                    var best = 0
+                    for c in 1..<max(classes, 1) where s[r * classes + c] > s[r * classes + best] { best = c }
+                    if best == t { correct += 1 }
+                    counted += 1
+                }
+            }
+        }
+        return Result(loss: loss / Double(max(batches.count, 1)), accuracy: counted > 0 ? Double(correct) / Double(counted) : nil)
     }
 }
 

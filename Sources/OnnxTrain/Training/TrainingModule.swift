@@ -46,7 +46,8 @@ public final class TrainingModule {
     let gradientInputs: [(input: String, parameter: Parameter)]
     let resetFlagInput: String?
     let evalWeightInputs: [(input: String, parameter: Parameter)]
-    let evalModel: Model?
+    /// The eval graph, if any (for gradient graphs: the forward part of the graph).
+    public let evalModel: Model?
     /// False right after creation and after `lazyResetGrad()`: the next step overwrites gradients.
     private var accumulate = false
     public private(set) var isTraining = true
@@ -211,7 +212,7 @@ public final class TrainingModule {
         var feeds = try TrainingModule.userFeeds(inputs, expected: evalInputNames, what: "eval step")
         for (name, p) in evalWeightInputs { feeds[name] = .tensor(p.data) }
         let results = try evalSession.run(feeds, fetches: evalOutputNames)
-        return try TrainingModule.outputs(results, names: evalOutputNames, loss: evalOutputNames[0])
+        return try TrainingModule.outputs(results, names: evalOutputNames, loss: evalOutputNames.contains(lossName) ? lossName : evalOutputNames[0])
     }
 
     /// Makes the next train step overwrite the gradients instead of adding to them.
