@@ -29,6 +29,7 @@ let package = Package(
             name: "onnx-train",
             dependencies: ["OnnxTrain", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        .executableTarget(name: "TrainMLP", dependencies: ["OnnxTrain"], path: "Examples/TrainMLP"),
         .target(name: "OnnxTrainTestSupport", dependencies: ["OnnxTrain"], path: "Tests/Support"),
         .testTarget(name: "OnnxTrainTests", dependencies: ["OnnxTrain", "OnnxTrainTestSupport"]),
     ],
