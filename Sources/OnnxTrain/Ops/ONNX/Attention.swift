@@ -198,6 +198,7 @@ struct AttentionKernel: Kernel {
 func registerAttentionOps(_ registry: OpRegistry) {
     registry.register("Attention", since: 23) { ctx in try AttentionKernel(ctx) }
     registry.register("RotaryEmbedding", since: 23) { ctx in try RotaryEmbeddingKernel(ctx) }
+    registry.register("FlexAttention", domain: "ai.onnx.preview", since: 1) { ctx in try FlexAttentionKernel(ctx) }
 }
 
 /// RotaryEmbedding (23): rotates the first `rotary_embedding_dim` features of every head by the
@@ -267,6 +268,105 @@ struct RotaryEmbeddingKernel: Kernel {
         }
         return try withFloatCompute([x, inputs.tensor(1), inputs.tensor(2)]) { t in
             [try dispatchFloat(t[0]!.dtype, Op(k: self, x: t[0]!, cos: t[1]!, sin: t[2]!, positions: positions))]
+        }.map { $0.map(Value.tensor) }
+    }
+}
+
+/// FlexAttention (ai.onnx.preview 1): softmax(score_mod(scale · Q·Kᵀ)) then prob_mod, times V,
+/// over [B, H, L, D] inputs with grouped key/value heads (query head h reads head h / group).
+/// The mods are graph attributes run on the whole [B, Hq, L, S] tensor; scores and
+/// probabilities are float32 for half inputs.
+struct FlexAttentionKernel: Kernel {
+    let scale: Double?
+    let scoreMod: Subgraph?, probMod: Subgraph?
+
+    init(_ ctx: NodeContext) throws {
+        scale = try ctx.float("scale").map(Double.init)
+        scoreMod = ctx.has("score_mod") ? try ctx.subgraph("score_mod") : nil
+        probMod = ctx.has("prob_mod") ? try ctx.subgraph("prob_mod") : nil
+    }
+
+    struct Scores: FloatOperation {
+        let q: Tensor, k: Tensor, scale: Double?
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            guard q.rank == 4, k.rank == 4, k.shape[0] == q.shape[0], k.shape[3] == q.shape[3], k.shape[1] > 0, q.shape[1] % k.shape[1] == 0 else {
+                throw KernelError("Q \(q.shape) and K \(k.shape) must be [B, H, L, D] with H_q a multiple of H_kv")
+            }
+            let (b, hq, l, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+            let (hkv, s) = (k.shape[1], k.shape[2])
+            let group = hq / hkv
+            let alpha = T(fromDouble: scale ?? 1 / Double(d).squareRoot())
+            var out = Tensor(zeros: T.dtype, shape: [b, hq, l, s])
+            q.withUnsafeBufferPointer(as: T.self) { pq in k.withUnsafeBufferPointer(as: T.self) { pk in out.withUnsafeMutableBufferPointer(as: T.self) { po in
+                for bi in 0..<b { for h in 0..<hq {
+                    gemm(transA: false, transB: true, m: l, n: s, k: d, alpha: alpha, a: pq.baseAddress! + (bi * hq + h) * l * d, lda: d,
+                         b: pk.baseAddress! + (bi * hkv + h / group) * s * d, ldb: d, beta: 0, c: po.baseAddress! + (bi * hq + h) * l * s, ldc: s)
+                } }
+            } } }
+            return out
+        }
+    }
+
+    struct Output: FloatOperation {
+        let p: Tensor, v: Tensor
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            let (b, hq, l, s) = (p.shape[0], p.shape[1], p.shape[2], p.shape[3])
+            guard v.rank == 4, v.shape[0] == b, v.shape[2] == s, v.shape[1] > 0, hq % v.shape[1] == 0 else {
+                throw KernelError("V \(v.shape) does not fit probabilities \(p.shape)")
+            }
+            let (hkv, dv) = (v.shape[1], v.shape[3])
+            var y = Tensor(zeros: T.dtype, shape: [b, hq, l, dv])
+            p.withUnsafeBufferPointer(as: T.self) { pp in v.withUnsafeBufferPointer(as: T.self) { pv in y.withUnsafeMutableBufferPointer(as: T.self) { py in
+                for bi in 0..<b { for h in 0..<hq {
+                    gemm(transA: false, transB: false, m: l, n: dv, k: s, alpha: 1, a: pp.baseAddress! + (bi * hq + h) * l * s, lda: s,
+                         b: pv.baseAddress! + (bi * hkv + h / (hq / hkv)) * s * dv, ldb: dv, beta: 0, c: py.baseAddress! + (bi * hq + h) * l * dv, ldc: dv)
+                } }
+            } } }
+            return y
+        }
+    }
+
+    /// Softmax over the last axis, in place (numpy semantics: an all -inf row gives NaN).
+    struct Softmax: FloatOperation {
+        let x: Tensor
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            var y = x
+            let n = x.shape.last ?? 1
+            y.withUnsafeMutableBufferPointer(as: T.self) { p in
+                guard n > 0 else { return }
+                for r in 0..<(p.count / n) {
+                    let base = r * n
+                    var m = -Double.infinity
+                    for j in 0..<n { m = max(m, p[base + j].doubleValue) }
+                    var sum = 0.0
+                    var e = [Double](repeating: 0, count: n)
+                    for j in 0..<n { e[j] = exp(p[base + j].doubleValue - m); sum += e[j] }
+                    for j in 0..<n { p[base + j] = T(fromDouble: e[j] / sum) }
+                }
+            }
+            return y
+        }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let q = try inputs.tensor(0)
+        return try withFloatCompute([q, inputs.tensor(1), inputs.tensor(2)]) { t in
+            let (q, k, v) = (t[0]!, t[1]!, t[2]!)
+            var scores = try dispatchFloat(q.dtype, Scores(q: q, k: k, scale: scale))
+            if let scoreMod {
+                guard case .tensor(let s)? = try scoreMod.run([.tensor(scores)], context).first, s.shape == scores.shape, s.dtype == scores.dtype else {
+                    throw KernelError("score_mod must return a tensor shaped like its scores \(scores.shape)")
+                }
+                scores = s
+            }
+            var probs = try dispatchFloat(q.dtype, Softmax(x: scores))
+            if let probMod {
+                guard case .tensor(let p)? = try probMod.run([.tensor(probs)], context).first, p.shape == probs.shape, p.dtype == probs.dtype else {
+                    throw KernelError("prob_mod must return a tensor shaped like its probabilities \(probs.shape)")
+                }
+                probs = p
+            }
+            return [try dispatchFloat(q.dtype, Output(p: probs, v: v))]
         }.map { $0.map(Value.tensor) }
     }
 }
