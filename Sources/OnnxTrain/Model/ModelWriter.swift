@@ -99,7 +99,7 @@ private final class ProtoArena {
         array(map.sorted { $0.key < $1.key }.map { domain, version -> UnsafeMutablePointer<Onnx__OperatorSetIdProto>? in
             let o = alloc(Onnx__OperatorSetIdProto.self)
             onnx__operator_set_id_proto__init(o)
-            o.pointee.domain = cString(domain)
+            o.pointee.domain = optionalString(domain)  // the default domain is written unset, as exporters do
             o.pointee.has_version = 1
             o.pointee.version = Int64(version)
             return o

@@ -125,3 +125,22 @@ final class ModelWriterTests: XCTestCase {
         }
     }
 }
+
+extension ModelWriterTests {
+    /// With ONNX_TRAIN_WRITE_MODELS_TO=DIR set, writes re-serialised models for
+    /// Tests/Fixtures/scripts/check_model_writer.py (onnx.checker + onnxruntime on our bytes).
+    func testWriteModelsForTheInteropCheck() throws {
+        guard let dir = ProcessInfo.processInfo.environment["ONNX_TRAIN_WRITE_MODELS_TO"] else {
+            throw XCTSkip("set ONNX_TRAIN_WRITE_MODELS_TO to write models for check_model_writer.py")
+        }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let root = DataFixtures.root + "/inference"
+        for name in try FileManager.default.contentsOfDirectory(atPath: root) where !name.hasSuffix(".txt") {
+            try Model(contentsOf: "\(root)/\(name)/model.onnx").write(to: "\(dir)/\(name).onnx")
+        }
+        for path in try FileManager.default.contentsOfDirectory(atPath: DataFixtures.root + "/training") {
+            let model = DataFixtures.root + "/training/\(path)/training_model.onnx"
+            if FileManager.default.fileExists(atPath: model) { try Model(contentsOf: model).write(to: "\(dir)/training_\(path).onnx") }
+        }
+    }
+}
