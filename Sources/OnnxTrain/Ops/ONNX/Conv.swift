@@ -247,6 +247,7 @@ func integerTensor(_ dtype: DType, shape: [Int], _ values: [Double]) throws -> T
 func registerConvOps(_ registry: OpRegistry) {
     registry.register("Conv", since: 1) { ctx in ConvKernel(attributes: try ConvAttributes(ctx)) }
     registry.register("ConvTranspose", since: 1) { ctx in try ConvTransposeKernel(ctx) }
+    registry.register("DeformConv", since: 19) { ctx in try DeformConvKernel(ctx) }
     registry.register("ConvInteger", since: 10) { ctx in
         let attributes = try ConvAttributes(ctx)
         return AnyKernel { inputs, _ in
@@ -286,5 +287,88 @@ func registerConvOps(_ registry: OpRegistry) {
             }
             return [.tensor(try integerTensor(outType, shape: acc.shape, out))]
         }
+    }
+}
+
+// MARK: - DeformConv
+
+/// DeformConv (19+), 2-D: each kernel tap samples X bilinearly (zeros outside the image) at its
+/// regular position plus a learned offset, scaled by an optional mask; the samples form a column
+/// matrix and each group is one GEMM, as in `convolution`.
+///
+/// x [N, C, H, W], w [M, C/group, kh, kw], offset [N, og·kh·kw·2, oh, ow] (dy, dx per tap),
+/// mask [N, og·kh·kw, oh, ow] -> y [N, M, oh, ow].
+struct DeformConvKernel: Kernel {
+    let attributes: ConvAttributes
+    let offsetGroups: Int
+
+    init(_ ctx: NodeContext) throws {
+        attributes = try ConvAttributes(ctx)
+        offsetGroups = try ctx.int("offset_group", default: 1)
+        guard offsetGroups > 0 else { throw KernelError("offset_group must be positive") }
+    }
+
+    struct Op: FloatOperation {
+        let x: Tensor, w: Tensor, offset: Tensor, bias: Tensor?, mask: Tensor?, group: Int, offsetGroups: Int, g: ConvGeometry
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            guard g.rank == 2 else { throw KernelError("DeformConv supports 2-D inputs only, got \(x.shape)") }
+            let (n, c, ih, iw) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+            let (m, kh, kw) = (w.shape[0], g.kernel[0], g.kernel[1])
+            let (oh, ow) = (g.output[0], g.output[1])
+            let K = kh * kw, P = oh * ow
+            guard group > 0, c % group == 0, m % group == 0, w.shape[1] == c / group, c % offsetGroups == 0 else {
+                throw KernelError("weight \(w.shape) does not fit input \(x.shape) with group \(group) and offset_group \(offsetGroups)")
+            }
+            guard offset.shape == [n, offsetGroups * K * 2, oh, ow] else {
+                throw KernelError("offset \(offset.shape) must be [\(n), \(offsetGroups * K * 2), \(oh), \(ow)]")
+            }
+            if let mask, mask.shape != [n, offsetGroups * K, oh, ow] { throw KernelError("mask \(mask.shape) must be [\(n), \(offsetGroups * K), \(oh), \(ow)]") }
+            if let bias, bias.count != m { throw KernelError("bias must hold \(m) values") }
+            let xs = x.scalars(as: T.self), ws = w.scalars(as: T.self), offs = offset.scalars(as: T.self)
+            let ms = mask?.scalars(as: T.self), bs = bias?.scalars(as: T.self)
+            let cg = c / group, mg = m / group, cPerOffset = c / offsetGroups
+            var y = [T](repeating: 0, count: n * m * P)
+            var col = [T](repeating: 0, count: c * K * P)
+            @inline(__always) func at(_ base: Int, _ r: Int, _ s: Int) -> Double {
+                r >= 0 && r < ih && s >= 0 && s < iw ? xs[base + r * iw + s].doubleValue : 0
+            }
+            for b in 0..<n {
+                // Deformable im2col: col[(ch·K + k), p]
+                for ch in 0..<c {
+                    let og = ch / cPerOffset, xBase = (b * c + ch) * ih * iw
+                    for k in 0..<K {
+                        let (ki, kj) = (k / kw, k % kw)
+                        let oBase = ((b * offsetGroups + og) * K + k) * 2 * P
+                        for p in 0..<P {
+                            let (i, j) = (p / ow, p % ow)
+                            let h = Double(i * g.strides[0] - g.padsBegin[0] + ki * g.dilations[0]) + offs[oBase + p].doubleValue
+                            let wv = Double(j * g.strides[1] - g.padsBegin[1] + kj * g.dilations[1]) + offs[oBase + P + p].doubleValue
+                            let h0 = Int(h.rounded(.down)), w0 = Int(wv.rounded(.down))
+                            let dh = h - Double(h0), dw = wv - Double(w0)
+                            var v = (1 - dh) * (1 - dw) * at(xBase, h0, w0) + (1 - dh) * dw * at(xBase, h0, w0 + 1)
+                                + dh * (1 - dw) * at(xBase, h0 + 1, w0) + dh * dw * at(xBase, h0 + 1, w0 + 1)
+                            if let ms { v *= ms[((b * offsetGroups + og) * K + k) * P + p].doubleValue }
+                            col[(ch * K + k) * P + p] = T(fromDouble: v)
+                        }
+                    }
+                }
+                ws.withUnsafeBufferPointer { pw in col.withUnsafeBufferPointer { pc in y.withUnsafeMutableBufferPointer { py in
+                    for gi in 0..<group {
+                        gemm(transA: false, transB: false, m: mg, n: P, k: cg * K, alpha: 1, a: pw.baseAddress! + gi * mg * cg * K, lda: cg * K,
+                             b: pc.baseAddress! + gi * cg * K * P, ldb: P, beta: 0, c: py.baseAddress! + (b * m + gi * mg) * P, ldc: P)
+                    }
+                } } }
+                if let bs { for o in 0..<m { for p in 0..<P { y[(b * m + o) * P + p] += bs[o] } } }
+            }
+            return Tensor(shape: [n, m, oh, ow], scalars: y)
+        }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        try withFloatCompute([inputs.tensor(0), inputs.tensor(1), inputs.tensor(2), inputs.optionalTensor(3), inputs.optionalTensor(4)]) { t in
+            let (x, w) = (t[0]!, t[1]!)
+            let g = try attributes.geometry(x: x, w: w)
+            return [try dispatchFloat(x.dtype, Op(x: x, w: w, offset: t[2]!, bias: t[3], mask: t[4], group: attributes.group, offsetGroups: offsetGroups, g: g))]
+        }.map { $0.map(Value.tensor) }
     }
 }
