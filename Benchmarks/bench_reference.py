@@ -28,7 +28,13 @@ of the two runtimes should agree to ~1e-5 (same weights, same batch): a check th
 same thing.
 
 Run: /work/venv/bin/python Benchmarks/bench_reference.py [--models mlp,cnn,gpt] [--steps 50]
-     [--warmup 5] [--rounds 2] [--threads 2] [--smoke] [--out Benchmarks/models] [--export]
+     [--warmup 5] [--rounds 2] [--threads 2] [--no-spin] [--smoke] [--out Benchmarks/models] [--export]
+
+Both runtimes keep idle worker threads spinning by default (onnxruntime's intra-op pool, PyTorch's
+OpenMP). On a machine busy with other work that spinning steals the cores the other thread needs and
+step times grow many-fold (PyTorch's MLP step went from ~6 ms to ~480 ms at load 12 on 2 cores);
+--no-spin makes idle threads sleep in both, which is the fairer setting on a shared machine. The
+JSON line records which was used ("spinning").
 The models are exported first (export_models.py, into the git-ignored Benchmarks/models/) when
 missing or with --export.
 """
@@ -65,7 +71,7 @@ def load_batches(folder: Path):
     return meta, batches
 
 
-def child_onnxruntime(folder: Path, steps, warmup, threads):
+def child_onnxruntime(folder: Path, steps, warmup, threads, spin=True):
     import numpy as np
     import onnxruntime as ort
     from onnxruntime.training.api import CheckpointState, Module, Optimizer
@@ -76,6 +82,8 @@ def child_onnxruntime(folder: Path, steps, warmup, threads):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     state = CheckpointState.load_checkpoint(str(folder / "checkpoint"))
     module = Module(str(folder / "training_model.onnx"), state, device="cpu", session_options=options)
     optimizer = Optimizer(str(folder / "optimizer_model.onnx"), module)
@@ -108,7 +116,8 @@ def child_onnxruntime(folder: Path, steps, warmup, threads):
             "infer_median_ms": 1000 * statistics.median(infer), "version": ort.__version__}
 
 
-def child_pytorch(folder: Path, steps, warmup, threads):
+def child_pytorch(folder: Path, steps, warmup, threads, spin=True):
+    # Spinning is set through OMP_WAIT_POLICY by the parent (run_child): libgomp reads it at load time.
     import torch
     import torch.nn.functional as F
 
@@ -144,6 +153,9 @@ def run_child(runtime, folder, args):
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", runtime, "--folder", str(folder),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    if args.no_spin:
+        cmd.append("--no-spin")
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"bench_reference: the {runtime} child failed on {folder.name}:\n{done.stderr[-2000:]}")
@@ -179,13 +191,16 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="3 steps, 1 warm-up, 1 round: checks that it works")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the exported models live")
     parser.add_argument("--export", action="store_true", help="re-export the models first")
+    parser.add_argument("--no-spin", action="store_true",
+                        help="idle worker threads sleep instead of spinning (onnxruntime allow_spinning=0, "
+                             "OMP_WAIT_POLICY=PASSIVE for PyTorch): fairer on a machine shared with other work")
     parser.add_argument("--child", choices=RUNTIMES, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
         child = child_onnxruntime if args.child == "onnxruntime" else child_pytorch
-        print(json.dumps(child(args.folder, args.steps, args.warmup, args.threads)))
+        print(json.dumps(child(args.folder, args.steps, args.warmup, args.threads, spin=not args.no_spin)))
         return
     if args.smoke:
         args.steps, args.warmup, args.rounds = 3, 1, 1
@@ -216,6 +231,7 @@ def main():
             "warmup": args.warmup,
             "threads": args.threads,
             "rounds": args.rounds,
+            "spinning": not args.no_spin,
             **summary,
             "first_loss_difference": abs(summary["onnxruntime"]["first_loss"] - summary["pytorch"]["first_loss"]),
             "faster": "onnxruntime" if ort_ms <= torch_ms else "pytorch",
