@@ -69,7 +69,7 @@ conformance-manifest: deps testdata test-build
 conformance-docs: deps testdata test-build
 	mkdir -p docs
 	$(TEST_BIN) conformance $(NODE_SUITE) --manifest $(MANIFEST) --quiet \
-	  --markdown docs/CONFORMANCE.md --readme README.md --report docs/conformance-report.json
+	  --markdown docs/CONFORMANCE.md --readme README.md --report .testdata/conformance-report.json
 
 clean:
 	rm -rf .build .build-test

@@ -114,10 +114,15 @@ public enum ConformanceReport {
     public static func markdown(_ results: [ConformanceResult], manifest: ConformanceManifest?, suite: String) -> String {
         let passed = results.filter(\.passed).count
         var perOp: [String: (cases: Int, passed: Int, reasons: [String: Int])] = [:]
+        var frequency: [String: Int] = [:]
+        for r in results { for op in r.ops { frequency[op, default: 0] += 1 } }
         for r in results {
-            // Attribute a case to the op it tests: the rarest op in its model (Constant/Identity
-            // plumbing is rarely the point of a case).
-            let op = r.ops.filter { !["Constant", "Identity"].contains($0) }.first ?? r.ops.first ?? "?"
+            // Attribute a case to the op it tests: the op its name starts with (test_max_pool_2d ->
+            // MaxPool), else the rarest op in its model (plumbing such as Constant is common).
+            let stem = r.name.dropFirst(5).replacingOccurrences(of: "_", with: "").lowercased()
+            let named = r.ops.filter { stem.hasPrefix($0.split(separator: ".").last!.lowercased()) }
+                .max { $0.count < $1.count }
+            let op = named ?? r.ops.min { (frequency[$0] ?? 0, $0) < (frequency[$1] ?? 0, $1) } ?? "?"
             var row = perOp[op] ?? (0, 0, [:])
             row.cases += 1
             if r.passed { row.passed += 1 } else {
