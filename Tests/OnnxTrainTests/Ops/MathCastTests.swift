@@ -34,15 +34,23 @@ final class MathCastTests: XCTestCase {
         XCTAssertEqual(try f.cast(to: .float4e2m1).scalars(as: UInt8.self), [0, 0xE, 7, 2, 8])
     }
 
-    func testStringsRoundTrip() throws {
-        let s = Tensor(shape: [4], strings: ["1.5", "-INF", "NaN", "  42 "])
+    func testStringsFollowOnnxruntime() throws {
+        // onnxruntime 1.19.2: strtod parsing (INF, NaN, hex, leading blanks) and "%.8g" formatting.
+        let s = Tensor(shape: [5], strings: ["1.5", "-INF", "NaN", "  42", "0x10"])
         let f = try s.cast(to: .float32).scalars(as: Float.self)
         XCTAssertEqual(f[0], 1.5)
         XCTAssertEqual(f[1], -.infinity)
         XCTAssertTrue(f[2].isNaN)
-        XCTAssertEqual(f[3], 42)
-        XCTAssertEqual(try Tensor(shape: [2], strings: ["9007199254740993", "-3"]).cast(to: .int64).scalars(as: Int64.self), [9_007_199_254_740_993, -3])
-        XCTAssertEqual(try Tensor(shape: [3], scalars: [Float(0.1), .infinity, -2]).cast(to: .string).strings, ["0.1", "INF", "-2.0"])
+        XCTAssertEqual(Array(f[3...]), [42, 16])
+        XCTAssertThrowsError(try Tensor(shape: [1], strings: ["abc"]).cast(to: .float32))
+        XCTAssertEqual(try Tensor(shape: [2], strings: ["9007199254740993", "3000000000"]).cast(to: .int64).scalars(as: Int64.self),
+                       [9_007_199_254_740_993, 3_000_000_000])
+        XCTAssertEqual(try Tensor(shape: [1], strings: ["3000000000"]).cast(to: .int32).scalars(as: Int32.self), [-1_294_967_296])
+        let floats = Tensor(shape: [8], scalars: [Float(0.1), -2, 1e-5, 123456789, .infinity, -.infinity, .nan, 1.0 / 3])
+        XCTAssertEqual(try floats.cast(to: .string).strings,
+                       ["0.1", "-2", "9.9999997e-06", "1.2345679e+08", "INF", "-INF", "NaN", "0.33333334"])
+        XCTAssertEqual(try Tensor(shape: [2], scalars: [1.0 / 3, 1e-5]).cast(to: .string).strings, ["0.33333333", "1e-05"])
+        XCTAssertEqual(try Tensor(shape: [3], scalars: [true, false, true]).cast(to: .string).strings, ["1", "0", "1"])
     }
 
     func testCastLikeTakesTheTargetType() throws {

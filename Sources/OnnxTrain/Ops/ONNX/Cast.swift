@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Cast and CastLike, and `Tensor.cast(to:)` for every other kernel that needs a conversion.
 ///
 /// Standard types convert directly (one specialised loop per type pair, generic code):
@@ -243,33 +249,38 @@ private func trimmed(_ s: String) -> String {
     String(s.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
 }
 
-/// Parses a number the way ONNX's string casts accept it ("1.5", "-3", "INF", "NaN", "1e-3").
+/// Parses a number as onnxruntime does (C's strtod: decimal, scientific, hex, "INF", "NaN",
+/// leading blanks), or nil when the string does not start with one.
 private func parseNumber(_ s: String) -> Double? {
-    let t = trimmed(s).lowercased()
-    switch t {
-    case "inf", "+inf", "infinity", "+infinity": return .infinity
-    case "-inf", "-infinity": return -.infinity
-    case "nan", "+nan", "-nan": return .nan
-    default: return Double(t)
+    s.withCString { start -> Double? in
+        var end: UnsafeMutablePointer<CChar>? = nil
+        let value = strtod(start, &end)
+        guard let end, end != UnsafeMutablePointer(mutating: start) else { return nil }
+        return value
     }
 }
 
-/// Formats like onnxruntime: integers plainly, floats in shortest round-trip form, "NaN", "INF", "-INF".
+/// `printf("%.8g", v)`: onnxruntime's spelling of float and double values.
+private func formatG8(_ v: Double) -> String {
+    var buffer = [CChar](repeating: 0, count: 48)
+    _ = withVaList([v]) { vsnprintf(&buffer, buffer.count, "%.8g", $0) }
+    return String(cString: buffer)
+}
+
+/// Formats like onnxruntime: integers plainly, bool as 1/0, floats with "%.8g", "NaN", "INF", "-INF".
 private func formatNumber(_ x: Tensor) throws -> [String] {
-    func float(_ v: Double, _ text: String) -> String {
+    func float(_ v: Double) -> String {
         if v.isNaN { return "NaN" }
         if v.isInfinite { return v < 0 ? "-INF" : "INF" }
-        return text
+        return formatG8(v)
     }
     switch x.dtype {
-    case .float32: return x.scalars(as: Float.self).map { float(Double($0), "\($0)") }
-    case .float64: return x.scalars(as: Double.self).map { float($0, "\($0)") }
+    case .float64: return x.scalars(as: Double.self).map(float)
     case .bool: return x.scalars(as: Bool.self).map { $0 ? "1" : "0" }
-    case .int64: return x.scalars(as: Int64.self).map { "\($0)" }
     case .uint64: return x.scalars(as: UInt64.self).map { "\($0)" }
     default:
         if x.dtype.isInteger { return try x.cast(to: .int64).scalars(as: Int64.self).map { "\($0)" } }
-        return try x.cast(to: .float32).scalars(as: Float.self).map { float(Double($0), "\($0)") }
+        return try x.cast(to: .float32).scalars(as: Float.self).map { float(Double($0)) }
     }
 }
 
@@ -295,7 +306,12 @@ extension Tensor {
         case .float8e8m0:
             return try mapElements(self, to: .float32) { (c: UInt8) in decodeE8M0(c) }.cast(to: dtype, saturate: saturate, roundMode: roundMode)
         case .string:
-            let values = strings.map { parseNumber($0) ?? .nan }
+            var values = [Double]()
+            values.reserveCapacity(count)
+            for text in strings {
+                guard let v = parseNumber(text) else { throw KernelError("cannot read '\(text)' as a number") }
+                values.append(v)
+            }
             if dtype.isInteger {
                 // Integers parse exactly when they are integer literals (int64 beyond 2^53).
                 let ints = strings.map { Int64(trimmed($0)) }
