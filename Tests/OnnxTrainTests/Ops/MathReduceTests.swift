@@ -74,4 +74,22 @@ final class MathReduceTests: XCTestCase {
         XCTAssertEqual(try runNode("CumSum", opset: 14, [x, axis], attributes: ["exclusive": .int(1), "reverse": .int(1)])[0]
             .scalars(as: Int32.self), [9, 7, 4, 0])
     }
+
+    func testBadInputsThrowInsteadOfTrapping() throws {
+        let x = Tensor(shape: [2, 3], scalars: [Float(1), 2, 3, 4, 5, 6])
+        let ints = Tensor(shape: [2], scalars: [Int64(1), 2])
+        XCTAssertThrowsError(try runNode("ReduceSum", opset: 18, [x, Tensor(shape: [1], scalars: [Int64(5)])]))
+        XCTAssertThrowsError(try runNode("ArgMax", opset: 13, [x], attributes: ["axis": .int(-3)]))
+        XCTAssertThrowsError(try runNode("ArgMax", opset: 13, [Tensor(shape: [2, 0], scalars: [Float]())], attributes: ["axis": .int(1)]))
+        XCTAssertThrowsError(try runNode("TopK", opset: 11, [x, Tensor(shape: [1], scalars: [Int64(4)])], outputs: 2))
+        XCTAssertThrowsError(try runNode("TopK", opset: 11, [x, Tensor(shape: [1], scalars: [Int64(-1)])], outputs: 2))
+        XCTAssertThrowsError(try runNode("CumSum", opset: 14, [x, ints]))
+        XCTAssertThrowsError(try runNode("Where", opset: 16, [x, x, x]))
+        XCTAssertThrowsError(try runNode("Add", opset: 14, [x, ints]))
+        XCTAssertThrowsError(try runNode("Add", opset: 14, [x, Tensor(shape: [3], scalars: [Int64(1), 2, 3])]))
+        XCTAssertThrowsError(try runNode("Clip", opset: 13, [x, Tensor(shape: [2], scalars: [Float(0), 1])]))
+        XCTAssertThrowsError(try runNode("Cast", opset: 21, [x], attributes: ["to": .int(99)]))
+        XCTAssertThrowsError(try runNode("BitShift", opset: 11, [ints, ints], attributes: ["direction": .string("UP")]))
+        XCTAssertThrowsError(try runNode("BitwiseAnd", opset: 18, [x, x]))
+    }
 }
