@@ -115,4 +115,20 @@ final class TensorOpsTests: XCTestCase {
         XCTAssertEqual(none[0].scalars(as: Float.self), [0, 5])
         XCTAssertEqual(none[1].shape, [0, 2])
     }
+
+    func testHostileNumbersThrowOrDegradeInsteadOfTrapping() throws {
+        let nan = Float.nan
+        let x = Tensor(shape: [1, 1, 2, 2], scalars: [Float(1), 2, 3, 4])
+        // NaN crop box: every output takes the extrapolation value.
+        let r = try runNode("Resize", opset: 19, [x, Tensor(shape: [8], scalars: [Float](repeating: nan, count: 8)), nil, i64([1, 1, 2, 2])],
+                            attributes: ["coordinate_transformation_mode": .string("tf_crop_and_resize"), "mode": .string("linear")])[0]
+        XCTAssertEqual(r.scalars(as: Float.self), [0, 0, 0, 0])
+        // NaN grid coordinates sample zeros.
+        let g = try runNode("GridSample", opset: 20, [x, Tensor(shape: [1, 1, 1, 2], scalars: [nan, nan])])[0]
+        XCTAssertEqual(g.scalars(as: Float.self), [0])
+        XCTAssertThrowsError(try runNode("OneHot", opset: 11, [i64([0]), Tensor(scalar: nan), Tensor(shape: [2], scalars: [Float(0), 1])]))
+        XCTAssertThrowsError(try runNode("Slice", opset: 13, [x, i64([0]), i64([1]), i64([0]), i64([Int64.min])]))
+        XCTAssertThrowsError(try runNode("Resize", opset: 19, [x, nil, Tensor(shape: [4], scalars: [Float(1), 1, 1e30, 1])]))
+        XCTAssertThrowsError(try runNode("RoiAlign", opset: 16, [x, Tensor(shape: [1, 4], scalars: [Float(0), 0, 1e30, 1e30]), i64([0])]))
+    }
 }

@@ -99,6 +99,7 @@ private struct ScanConfig {
             throw KernelError("scan inputs have different lengths (\(steps) and \(t.shape[axes[k]]))")
         }
         let scanOutputs = body.outputs.count - n
+        guard scanOutputs >= 0 else { throw KernelError("body has \(body.outputs.count) outputs for \(n) states") }
         var collected = [[Tensor]](repeating: [], count: scanOutputs)
         for step in 0..<steps {
             var feeds = states

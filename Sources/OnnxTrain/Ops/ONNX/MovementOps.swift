@@ -154,7 +154,7 @@ func registerMovementOps(_ registry: OpRegistry) {
     registry.register("DepthToSpace", since: 1) { ctx in
         let bs = try ctx.int("blocksize") ?? 0
         let mode = try ctx.string("mode", default: "DCR")
-        guard bs > 0 else { throw KernelError("attribute 'blocksize' must be positive") }
+        guard bs > 0, bs < 1 << 16 else { throw KernelError("attribute 'blocksize' must be positive") }
         guard mode == "DCR" || mode == "CRD" else { throw KernelError("unknown mode '\(mode)'") }
         return AnyKernel { inputs, _ in
             let x = try inputs.tensor(0)
@@ -168,7 +168,7 @@ func registerMovementOps(_ registry: OpRegistry) {
     }
     registry.register("SpaceToDepth", since: 1) { ctx in
         let bs = try ctx.int("blocksize") ?? 0
-        guard bs > 0 else { throw KernelError("attribute 'blocksize' must be positive") }
+        guard bs > 0, bs < 1 << 16 else { throw KernelError("attribute 'blocksize' must be positive") }
         return AnyKernel { inputs, _ in
             let x = try inputs.tensor(0)
             guard x.rank == 4, x.shape[2] % bs == 0, x.shape[3] % bs == 0 else { throw KernelError("input \(x.shape) must be NCHW with H and W divisible by \(bs)") }
@@ -233,7 +233,7 @@ func registerMovementOps(_ registry: OpRegistry) {
             let indices = try inputs.tensor(0).doubles()
             let indexShape = try inputs.tensor(0).shape
             guard let depthValue = try inputs.tensor(1).doubles().first else { throw KernelError("depth must be a scalar") }
-            let depth = Int(depthValue)
+            let depth = try checkedInt(depthValue, "depth")
             let values = try inputs.tensor(2)
             guard values.count == 2, depth >= 0 else { throw KernelError("values must hold [off, on] and depth be nonnegative") }
             let rank = indexShape.count + 1
@@ -245,7 +245,7 @@ func registerMovementOps(_ registry: OpRegistry) {
             var idx = [Int](repeating: 0, count: outer * depth * inner)
             for o in 0..<outer {
                 for i in 0..<inner {
-                    var hot = Int(indices[o * inner + i])
+                    var hot = try checkedInt(indices[o * inner + i], "index")
                     if hot < 0 { hot += depth }
                     if hot >= 0 && hot < depth { idx[(o * depth + hot) * inner + i] = 1 }
                 }
@@ -289,7 +289,7 @@ func slice(_ x: Tensor, starts: [Int], ends: [Int], axes: [Int]?, steps: [Int]?)
     var shape = x.shape, viewStrides = strides, offset = 0
     for (k, a) in axes.enumerated() {
         let n = x.shape[a], step = steps[k]
-        guard step != 0 else { throw KernelError("slice step must not be zero") }
+        guard step != 0, step != Int.min else { throw KernelError("slice step \(step) is not usable") }
         var s = starts[k] < 0 ? starts[k] + n : starts[k]
         var e = ends[k] < 0 ? ends[k] + n : ends[k]
         if step > 0 {
@@ -310,6 +310,7 @@ func pad(_ x: Tensor, begin: [Int], end: [Int], mode: String, fill: Tensor?) thr
     var maps: [[Int]] = []
     var out: [Int] = []
     for d in 0..<x.rank {
+        guard abs(begin[d]) < 1 << 40, abs(end[d]) < 1 << 40 else { throw KernelError("pads \(begin[d]), \(end[d]) are too large") }
         let n = x.shape[d], size = n + begin[d] + end[d]
         guard size >= 0 else { throw KernelError("pads crop axis \(d) of \(x.shape) below zero") }
         out.append(size)

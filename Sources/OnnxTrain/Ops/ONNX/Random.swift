@@ -50,6 +50,7 @@ func registerRandomOps(_ registry: OpRegistry) {
     registry.register("Multinomial", since: 7) { ctx in
         let seed = try ctx.float("seed")
         let samples = try ctx.int("sample_size", default: 1)
+        guard samples >= 0 else { throw KernelError("sample_size must be nonnegative") }
         let dtype = try dtypeFromCode(try ctx.int("dtype", default: Int(DType.int32.rawValue)))
         return AnyKernel { inputs, context in
             let x = try inputs.tensor(0)

@@ -90,15 +90,15 @@ func resize(_ x: Tensor, scales: [Double]?, sizes: [Int]?, roi: [Double]?, axes:
             let s = (o.aspectPolicy == "not_larger" ? chosen.min() : chosen.max()) ?? 1
             for d in axes {
                 scale[d] = s
-                outSize[d] = Int(s * Double(x.shape[d]) + 0.5)
+                outSize[d] = try checkedInt(s * Double(x.shape[d]) + 0.5, "output size")
             }
         }
     } else if let scales {
         guard scales.count == axes.count else { throw KernelError("scales \(scales) must hold one scale per axis \(axes)") }
         for (i, d) in axes.enumerated() {
-            guard scales[i] > 0, scales[i].isFinite else { throw KernelError("scales \(scales) must be positive") }
+            guard scales[i] > 0, scales[i] < 1e6 else { throw KernelError("scales \(scales) must be positive") }
             scale[d] = scales[i]
-            outSize[d] = Int(scales[i] * Double(x.shape[d]))
+            outSize[d] = try checkedInt(scales[i] * Double(x.shape[d]), "output size")
         }
     } else {
         throw KernelError("either scales or sizes is required")
@@ -146,7 +146,7 @@ private func resizeTaps(input n: Int, output m: Int, scale: Double, roi: (Double
         case "tf_crop_and_resize":
             xo = outWidth == 1 ? (roi.1 - roi.0) * Double(n - 1) / 2 : x * (roi.1 - roi.0) * Double(n - 1) / (outWidth - 1)
             xo += roi.0 * Double(n - 1)
-            if xo < 0 || xo > Double(n - 1) { taps.append(nil); continue }
+            if !(xo >= 0 && xo <= Double(n - 1)) { taps.append(nil); continue }  // NaN boxes extrapolate too
         case "pytorch_half_pixel": xo = outWidth == 1 ? -0.5 : (x + 0.5) / scale - 0.5
         case "half_pixel_symmetric":
             let adjustment = Double(m) / outWidth

@@ -88,9 +88,9 @@ func registerSignalOps(_ registry: OpRegistry) {
             // The onnx reference: mel points spaced evenly over mels + 2 steps, floored to FFT bins.
             let lowMel = 2595 * log10(1 + lower / 700), highMel = 2595 * log10(1 + upper / 700)
             let step = (highMel - lowMel) / Double(mels + 2)
-            let bins = (0..<(mels + 2)).map { i -> Int in
+            let bins = try (0..<(mels + 2)).map { i -> Int in
                 let hz = 700 * (pow(10, (Double(i) * step + lowMel) / 2595) - 1)
-                return Int((Double(dftLength + 1) * hz / Double(rate)).rounded(.down))
+                return try checkedInt((Double(dftLength + 1) * hz / Double(rate)).rounded(.down), "mel band edge")
             }
             var out = [Double](repeating: 0, count: spectrogramBins * mels)
             func set(_ j: Int, _ i: Int, _ v: Double) throws {
@@ -138,6 +138,7 @@ private func dft(_ x: Tensor, axis: Int, length: Int?, inverse: Bool, onesided: 
     // Inverse onesided: a half spectrum of n bins expands to a real signal of 2(n-1) samples.
     let fullLength = length ?? (inverse && onesided ? 2 * (n - 1) : n)
     guard fullLength > 0 else { throw KernelError("dft_length must be positive") }
+    try checkShape([outer, fullLength, inner, 2], "transform")
     let outBins = inverse ? fullLength : (onesided ? fullLength / 2 + 1 : fullLength)
     let outComps = inverse && onesided ? 1 : 2
     var shape = x.shape

@@ -281,6 +281,13 @@ extension Tensor {
 
 extension Int64 { init(_ b: Bool) { self = b ? 1 : 0 } }
 
+/// `v` as an Int, or a KernelError naming `what` when it is not finite or beyond 2^53 (Swift's
+/// Int(_:) would trap).
+func checkedInt(_ v: Double, _ what: String) throws -> Int {
+    guard v.isFinite, abs(v) <= 9_007_199_254_740_992 else { throw KernelError("\(what) \(v) is not a usable integer") }
+    return Int(v)
+}
+
 /// Resolves each axis against `rank` and rejects repeats.
 func normalizeAxes(_ axes: [Int], rank: Int, name: String = "axes") throws -> [Int] {
     let result = try axes.map { try normalizeAxis($0, rank: rank, name: name) }

@@ -76,8 +76,9 @@ func registerVisionOps(_ registry: OpRegistry) {
                     var rw = r[k * 4 + 2] * spatialScale - offset - x0, rh = r[k * 4 + 3] * spatialScale - offset - y0
                     if !halfPixel { rw = max(rw, 1); rh = max(rh, 1) }
                     let binH = rh / Double(outH), binW = rw / Double(outW)
-                    let gridH = samplingRatio > 0 ? samplingRatio : Int((rh / Double(outH)).rounded(.up))
-                    let gridW = samplingRatio > 0 ? samplingRatio : Int((rw / Double(outW)).rounded(.up))
+                    let gridH = samplingRatio > 0 ? samplingRatio : try checkedInt((rh / Double(outH)).rounded(.up), "roi height")
+                    let gridW = samplingRatio > 0 ? samplingRatio : try checkedInt((rw / Double(outW)).rounded(.up), "roi width")
+                    guard gridH <= 1 << 12, gridW <= 1 << 12 else { throw KernelError("roi \(k) needs a \(gridH)x\(gridW) sampling grid per bin") }
                     let count = Double(max(gridH * gridW, 1))
                     for ch in 0..<c {
                         let plane = (b * c + ch) * h * w
@@ -229,7 +230,7 @@ func registerVisionOps(_ registry: OpRegistry) {
 /// Bilinear taps (flat index, weight) at (y, x) in an h x w plane, the RoiAlign way: points more
 /// than one pixel outside contribute nothing, others clamp to the edge.
 private func bilinearTaps(_ y: Double, _ x: Double, _ h: Int, _ w: Int) -> [(Int, Double)] {
-    if y < -1 || y > Double(h) || x < -1 || x > Double(w) { return [] }
+    if !(y >= -1 && y <= Double(h) && x >= -1 && x <= Double(w)) { return [] }  // NaN lands here too
     var y = max(y, 0), x = max(x, 0)
     var yl = Int(y), xl = Int(x)
     var yh: Int, xh: Int
@@ -283,6 +284,8 @@ private func gridSample(_ x: Tensor, _ grid: Tensor, mode: String, padding: Stri
                 let v = g[(n * points + p) * s + k]
                 let d = s - 1 - k
                 coord[d] = alignCorners ? (v + 1) / 2 * Double(dims[d] - 1) : ((v + 1) * Double(dims[d]) - 1) / 2
+                // Far outside (or NaN): pin just past the edge, so Int conversions stay defined.
+                if !(abs(coord[d]) <= 1e9) { coord[d] = -1e9 }
             }
             if mode == "nearest" {
                 // Half to even in every rank, as the onnx 1.22 expected outputs do (PyTorch's nearbyint).
