@@ -81,11 +81,11 @@ func registerMovementOps(_ registry: OpRegistry) {
             return [.tensor(try take(x, combineAxisMaps(maps, inputShape: x.shape), shape: out))]
         }
     }
-    for since in [2, 11] {
+    for since in [1, 2, 11] {
         registry.register("Pad", since: since) { ctx in
             let mode = try ctx.string("mode", default: "constant")
             guard ["constant", "reflect", "edge", "wrap"].contains(mode) else { throw KernelError("unknown mode '\(mode)'") }
-            let attrPads = since < 11 ? try ctx.ints("pads") : nil
+            let attrPads = since < 11 ? try ctx.ints(since == 1 ? "paddings" : "pads") : nil
             let attrValue = since < 11 ? try ctx.float("value", default: 0) : 0
             return AnyKernel { inputs, _ in
                 let x = try inputs.tensor(0)

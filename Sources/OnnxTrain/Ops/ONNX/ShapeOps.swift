@@ -1,5 +1,5 @@
 /// Ops that only change a tensor's shape, or build small tensors from shapes: Reshape, Flatten,
-/// Squeeze, Unsqueeze, Shape, Size, Identity, Constant, ConstantOfShape, EyeLike, Range.
+/// Squeeze, Unsqueeze, Shape, Size, Identity, Constant, ConstantOfShape, EyeLike, Range, BitCast.
 func registerShapeOps(_ registry: OpRegistry) {
     registry.register("Reshape", since: 5) { ctx in
         let allowZero = try ctx.int("allowzero", default: 0) != 0
@@ -99,6 +99,17 @@ func registerShapeOps(_ registry: OpRegistry) {
             return [.tensor(try Tensor(dtype: dtype, shape: x.shape, doubles: values))]
         }
     }
+    registry.register("BitCast", since: 26) { ctx in
+        let dtype = try dtypeFromCode(try ctx.requiredInt("to"))
+        return AnyKernel { inputs, _ in [.tensor(try bitCast(try inputs.tensor(0), to: dtype))] }
+    }
+    registry.register("Reshape", since: 1) { ctx in
+        let shape = try ctx.ints("shape") ?? []
+        return AnyKernel { inputs, _ in
+            let x = try inputs.tensor(0)
+            return [.tensor(x.reshaped(try reshapeTarget(x.shape, shape, allowZero: false)))]
+        }
+    }
     registry.register("Range", since: 11) { _ in
         AnyKernel { inputs, _ in
             let start = try inputs.tensor(0), limit = try inputs.tensor(1), delta = try inputs.tensor(2)
@@ -118,6 +129,31 @@ func registerShapeOps(_ registry: OpRegistry) {
             return [.tensor(try Tensor(dtype: start.dtype, shape: [n], doubles: (0..<n).map { s + Double($0) * d }))]
         }
     }
+}
+
+/// BitCast: the same bits read as another type of the same width (storage is shared; bool and
+/// the unpacked sub-byte types are renormalised so every byte holds a valid value).
+private func bitCast(_ x: Tensor, to dtype: DType) throws -> Tensor {
+    guard x.dtype != .string, dtype != .string else { throw KernelError("BitCast does not apply to strings") }
+    let bits = { (d: DType) in d.packedBits ?? d.byteSize * 8 }
+    guard bits(x.dtype) == bits(dtype) else { throw KernelError("BitCast needs equal widths, \(x.dtype) and \(dtype) differ") }
+    let shared = Tensor(dtype: dtype, shape: x.shape, storage: x.storage)
+    if dtype != .bool && dtype.packedBits == nil { return shared }
+    // One element per byte: keep the low bits, sign-extend for signed sub-byte targets, 0/1 for bool.
+    var out = Tensor(uninitialized: dtype, shape: x.shape)
+    let width = bits(dtype)
+    let mask = UInt8(truncatingIfNeeded: (1 << width) - 1), sign = UInt8(truncatingIfNeeded: 1 << (width - 1))
+    let signed = dtype == .int4 || dtype == .int2
+    let src = x.storage.bytes.assumingMemoryBound(to: UInt8.self)
+    out.withUnsafeMutableBufferPointer(as: UInt8.self) { dst in
+        for i in 0..<dst.count {
+            if dtype == .bool { dst[i] = src[i] != 0 ? 1 : 0; continue }
+            var v = src[i] & mask
+            if signed && v & sign != 0 { v |= ~mask }
+            dst[i] = v
+        }
+    }
+    return out
 }
 
 /// The target shape of Reshape: 0 copies the input dimension (unless `allowZero`), -1 is inferred.
