@@ -206,6 +206,31 @@ struct RMSNormOp: FloatOperation {
     }
 }
 
+// MARK: - LpNormalization
+
+/// Y = X / ‖X‖_p along `axis` (p = 1 or 2).
+struct LpNormOp: FloatOperation {
+    let x: Tensor, axis: Int, p: Int
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        let dim = x.shape[axis], inner = Tensor.elementCount(Array(x.shape[(axis + 1)...]))
+        let outer = Tensor.elementCount(Array(x.shape[..<axis]))
+        var y = Tensor(uninitialized: T.dtype, shape: x.shape)
+        x.withUnsafeBufferPointer(as: T.self) { px in
+            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+                for o in 0..<outer { for i in 0..<inner {
+                    let base = o * dim * inner + i
+                    var norm = 0.0
+                    for d in 0..<dim { let v = px[base + d * inner].doubleValue; norm += p == 1 ? abs(v) : v * v }
+                    if p == 2 { norm = norm.squareRoot() }
+                    // A zero vector stays zero (as the ONNX reference and onnxruntime give).
+                    for d in 0..<dim { py[base + d * inner] = norm == 0 ? 0 : T(fromDouble: px[base + d * inner].doubleValue / norm) }
+                } }
+            }
+        }
+        return y
+    }
+}
+
 // MARK: - InstanceNormalization and GroupNormalization
 
 /// Normalizes each (n, group) block of X [N, C, spatial...] where a group is `C / groups`
@@ -300,6 +325,15 @@ func registerNormalizationOps(_ registry: OpRegistry) {
     registry.register("BatchNormalization", since: 6) { ctx in try BatchNormKernel(ctx) }
     registry.register("BatchNormalization", since: 14) { ctx in try BatchNormKernel(ctx) }
     registry.register("LayerNormalization", since: 17) { ctx in try LayerNormKernel(ctx) }
+    registry.register("LpNormalization", since: 1) { ctx in
+        let axis = try ctx.int("axis", default: -1), p = try ctx.int("p", default: 2)
+        guard p == 1 || p == 2 else { throw KernelError("p must be 1 or 2, got \(p)") }
+        return AnyKernel { inputs, _ in
+            let x = try inputs.tensor(0)
+            let a = try normalizeAxis(axis, rank: x.rank)
+            return try withFloatCompute([x]) { t in [try dispatchFloat(t[0]!.dtype, LpNormOp(x: t[0]!, axis: a, p: p))] }.map { $0.map(Value.tensor) }
+        }
+    }
     registry.register("RMSNormalization", since: 23) { ctx in
         let axis = try ctx.int("axis", default: -1)
         let epsilon = Double(try ctx.float("epsilon", default: 1e-5))
