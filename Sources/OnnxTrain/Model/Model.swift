@@ -103,19 +103,30 @@ public struct SparseTensor {
 
     /// The dense equivalent.
     public func densified() throws -> Tensor {
-        var dense = Tensor(zeros: values.dtype, shape: shape)
+        // Everything here comes from a file: check counts, coordinates and sizes before use.
+        var dense = try Tensor(checkedZeros: values.dtype, shape: shape, label: "sparse tensor")
         guard let idx = indices.intValues() else { throw OnnxTrainError.invalidModel("sparse tensor indices must be integers") }
         let nnz = values.count
         let rank = shape.count
+        let coordinates = indices.rank == 2
+        guard indices.rank == 1 && idx.count == nnz || coordinates && indices.shape == [nnz, rank] else {
+            throw OnnxTrainError.invalidModel("sparse tensor indices \(indices.shape) do not fit \(nnz) values of rank \(rank) (expected [\(nnz)] or [\(nnz), \(rank)])")
+        }
         var strides = [Int](repeating: 1, count: rank)
         if rank > 1 { for i in stride(from: rank - 2, through: 0, by: -1) { strides[i] = strides[i + 1] * shape[i + 1] } }
         let size = values.dtype.byteSize
         let total = dense.count
         var flat = [Int](repeating: 0, count: nnz)
         for k in 0..<nnz {
-            if indices.rank == 1 { flat[k] = idx[k] } else {
+            if !coordinates { flat[k] = idx[k] } else {
                 var f = 0
-                for d in 0..<rank { f += idx[k * rank + d] * strides[d] }
+                for d in 0..<rank {
+                    let c = idx[k * rank + d]
+                    guard c >= 0 && c < shape[d] else {
+                        throw OnnxTrainError.invalidModel("sparse tensor coordinate \(c) out of range for dimension \(d) of shape \(shape)")
+                    }
+                    f += c * strides[d]
+                }
                 flat[k] = f
             }
             guard flat[k] >= 0 && flat[k] < total else { throw OnnxTrainError.invalidModel("sparse tensor index \(flat[k]) out of range for shape \(shape)") }

@@ -186,7 +186,11 @@ private struct ProtoConverter {
             guard let s = s?.pointee else { continue }
             let sparse = try sparseTensor(s)
             let name = s.values.map { str($0.pointee.name) } ?? ""
-            graph.setInitializer(name, try sparse.densified())
+            do {
+                graph.setInitializer(name, try sparse.densified())
+            } catch let error as OnnxTrainError {
+                throw error.prefixed("sparse initializer '\(name)'")
+            }
         }
         graph.inputs = try buffer(g.input, g.n_input).compactMap { try $0.map { try valueInfo($0.pointee) } }
         graph.outputs = try buffer(g.output, g.n_output).compactMap { try $0.map { try valueInfo($0.pointee) } }
@@ -352,12 +356,14 @@ private struct ProtoConverter {
             let raw = UnsafeRawBufferPointer(start: t.raw_data.data, count: t.raw_data.data == nil ? 0 : t.raw_data.len)
             return try tensorFromRaw(raw, dtype: dtype, shape: shape, label: label)
         }
-        var tensor = Tensor(zeros: dtype, shape: shape)
+        // Allocated only once the typed field is known to hold every element: dims are untrusted.
+        var tensor = Tensor(zeros: dtype, shape: count == 0 ? shape : [0])
         func fill<S, D>(_ source: UnsafeBufferPointer<S>, _ field: String, as: D.Type, perElement: Int = 1, _ convert: (S) -> D) throws {
             guard source.count == count * perElement else {
                 if count == 0 || source.isEmpty && count == 0 { return }
                 throw OnnxTrainError.invalidModel("\(label) has \(source.count) values in \(field) for shape \(shape)")
             }
+            tensor = try Tensor(checkedZeros: dtype, shape: shape, label: label)
             tensor.withUnsafeMutableRawBytes { raw in
                 let dst = raw.baseAddress!.assumingMemoryBound(to: D.self)
                 for i in 0..<source.count { dst[i] = convert(source[i]) }

@@ -19,6 +19,27 @@ public struct Tensor {
         }
     }
 
+    /// A zero-filled tensor whose shape comes from untrusted input (a file): throws instead of
+    /// trapping when the element count overflows or the memory cannot be allocated.
+    public init(checkedZeros dtype: DType, shape: [Int], label: String) throws {
+        var count = 1
+        for d in shape {
+            let (p, overflow) = count.multipliedReportingOverflow(by: d)
+            guard d >= 0, !overflow else { throw OnnxTrainError.invalidModel("\(label): shape \(shape) has a negative or too large dimension") }
+            count = p
+        }
+        if dtype == .string {
+            guard count <= 1 << 32 else { throw OnnxTrainError.invalidModel("\(label): cannot allocate \(count) strings for shape \(shape)") }
+            self.init(zeros: dtype, shape: shape)
+            return
+        }
+        let (bytes, overflow) = count.multipliedReportingOverflow(by: dtype.byteSize)
+        guard !overflow, let storage = TensorStorage(failableZeroedByteCount: bytes) else {
+            throw OnnxTrainError.invalidModel("\(label): cannot allocate \(overflow ? "more than Int.max" : String(bytes)) bytes for tensor(\(dtype)) \(shape)")
+        }
+        self.init(dtype: dtype, shape: shape, storage: storage)
+    }
+
     /// A tensor whose bytes the caller fills completely before reading.
     public init(uninitialized dtype: DType, shape: [Int]) {
         precondition(dtype != .string, "string tensors are built from strings")

@@ -30,6 +30,20 @@ public final class TensorStorage {
         release = { free(raw) }
     }
 
+    /// Allocates `byteCount` zeroed bytes, or returns nil when the memory is not there: for sizes
+    /// that come from a file (a corrupt dimension must be an error, not an abort).
+    public init?(failableZeroedByteCount byteCount: Int) {
+        guard byteCount >= 0 else { return nil }
+        let size = max(byteCount, 64)
+        var raw: UnsafeMutableRawPointer?
+        guard posix_memalign(&raw, 64, size) == 0, let raw else { return nil }
+        memset(raw, 0, size)
+        bytes = raw
+        self.byteCount = byteCount
+        strings = []
+        release = { free(raw) }
+    }
+
     /// Allocates `byteCount` bytes without clearing them; callers overwrite every byte.
     public init(uninitializedByteCount byteCount: Int) {
         let size = max(byteCount, 64)

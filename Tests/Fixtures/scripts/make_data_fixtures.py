@@ -150,3 +150,44 @@ model.ir_version = 8
 onnx.save(model, path("nokernel.onnx"))
 
 print("wrote", sorted(os.listdir(OUT)))
+
+# Crafted models whose tensors claim far more elements than they hold: the loader must refuse them
+# before allocating (a 2 TiB zero fill would abort the process).
+os.makedirs(path("crafted"), exist_ok=True)
+
+
+def crafted(name, initializers=(), sparse=()):
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        list(initializers), sparse_initializer=list(sparse))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with open(path(f"crafted/{name}.onnx"), "wb") as f:
+        f.write(model.SerializeToString())
+
+
+def tensor_proto(name, dims, data_type=TensorProto.FLOAT, floats=(), raw=None):
+    t = TensorProto()
+    t.name = name
+    t.data_type = data_type
+    t.dims.extend(dims)
+    t.float_data.extend(floats)
+    if raw is not None:
+        t.raw_data = raw
+    return t
+
+
+crafted("huge_float_data", [tensor_proto("w", [1 << 39], floats=[1.0])])
+crafted("huge_no_data", [tensor_proto("w", [1 << 20, 1 << 19])])
+crafted("huge_raw_data", [tensor_proto("w", [1 << 39], raw=b"\0" * 4)])
+crafted("overflowing_dims", [tensor_proto("w", [1 << 62, 1 << 62], floats=[1.0])])
+values = tensor_proto("s", [1], floats=[1.0])
+indices = tensor_proto("", [1], data_type=TensorProto.INT64)
+indices.int64_data.extend([0])
+crafted("huge_sparse", sparse=[helper.make_sparse_tensor(values, indices, [1 << 20, 1 << 20])])
+crafted("overflowing_sparse", sparse=[helper.make_sparse_tensor(values, indices, [1 << 62, 1 << 62])])
+sparse_index_out = tensor_proto("", [1], data_type=TensorProto.INT64)
+sparse_index_out.int64_data.extend([99])
+crafted("sparse_index_out_of_range", sparse=[helper.make_sparse_tensor(values, sparse_index_out, [4])])

@@ -119,6 +119,23 @@ final class MutatedModelTests: XCTestCase {
         print("mutation outcomes over 1600 files: \(total)")
     }
 
+    func testTensorsClaimingMoreElementsThanTheyHoldAreRefusedBeforeAllocating() throws {
+        // Each would have asked for terabytes (or overflowed Int) before the loader checked its data.
+        let cases: [(String, [String])] = [
+            ("huge_float_data", ["initializer 'w'", "1 values in float_data", "[549755813888]"]),
+            ("huge_no_data", ["initializer 'w'", "0 values in float_data"]),
+            ("huge_raw_data", ["initializer 'w'", "4 raw bytes"]),
+            ("overflowing_dims", ["initializer 'w'", "too many elements"]),
+            ("huge_sparse", ["sparse initializer 's'", "cannot allocate"]),
+            ("overflowing_sparse", ["sparse initializer 's'", "too large dimension"]),
+            ("sparse_index_out_of_range", ["sparse initializer 's'", "index 99 out of range"]),
+        ]
+        for (name, fragments) in cases {
+            let path = DataFixtures.data("crafted/\(name).onnx")
+            assertOnnxTrainError(.invalidModel, containing: [path] + fragments) { try Model(contentsOf: path) }
+        }
+    }
+
     func testMissingKernelNamesOpDomainAndOpset() throws {
         let model = try Model(contentsOf: DataFixtures.data("nokernel.onnx"))
         assertOnnxTrainError(.unsupported, containing: ["FrobnicateNotReal", "com.example.nokernel", "opset 3", "nokernel.onnx"]) {
