@@ -54,6 +54,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Folder that receives the checkpoint after the run.")
     var out: String?
 
+    @Option(name: .customLong("checkpoint-every"), help: "Also write --out's checkpoint every N steps (atomically), so an interrupted run loses at most N steps.")
+    var checkpointEvery: Int?
+
     @Option(help: "Gradient graphs: initial parameters (.npz, .safetensors or an onnxruntime checkpoint). Artifact folders: a checkpoint to start from instead of PATH/checkpoint.")
     var params: String?
 
@@ -85,13 +88,18 @@ struct RunCommand: ParsableCommand {
         }
         guard lr.isFinite, lr >= 0 else { throw ValidationError("--lr must be a finite, non-negative number") }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
+        if let checkpointEvery {
+            guard checkpointEvery > 0 else { throw ValidationError("--checkpoint-every must be positive") }
+            guard out != nil else { throw ValidationError("--checkpoint-every needs --out") }
+        }
     }
 
     func run() throws {
         try CLIFailure.run {
             let session = try TrainingRun.open(path: path, params: params, optimizer: optimizer?.kind, seed: seed, withEval: evalData != nil)
             try session.train(dataPath: data, evalPath: evalData, batchSize: batchSize, steps: steps, epochs: epochs, lr: lr,
-                              shuffle: !noShuffle, seed: seed, schedule: schedule.rawValue, warmup: warmup, logPath: log, outDirectory: out)
+                              shuffle: !noShuffle, seed: seed, schedule: schedule.rawValue, warmup: warmup, logPath: log, outDirectory: out,
+                              checkpointEvery: checkpointEvery)
         }
     }
 }
@@ -154,7 +162,8 @@ struct TrainingRun {
     }
 
     func train(dataPath: String, evalPath: String?, batchSize: Int, steps requestedSteps: Int?, epochs: Int?, lr: Float,
-               shuffle: Bool, seed: UInt64, schedule: String, warmup: Int, logPath: String?, outDirectory: String?) throws {
+               shuffle: Bool, seed: UInt64, schedule: String, warmup: Int, logPath: String?, outDirectory: String?,
+               checkpointEvery: Int? = nil) throws {
         let arrays = try Npz.readDictionary(contentsOf: dataPath)
         let batches: Batches
         do {
@@ -237,6 +246,9 @@ struct TrainingRun {
             }
             linear?.step()
             cosine?.step()
+            if let outDirectory, let every = checkpointEvery, (step + 1) % every == 0, step + 1 < steps {
+                try save(to: outDirectory)
+            }
             if position == batches.count - 1 || step == steps - 1 {
                 let epoch = step / batches.count + 1
                 let seconds = (clock.now - epochStart).components

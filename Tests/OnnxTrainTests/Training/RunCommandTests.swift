@@ -120,4 +120,29 @@ final class RunCommandTests: XCTestCase {
         XCTAssertTrue(state.parameters.allSatisfy { $0.data.scalars(as: Float.self).allSatisfy(\.isFinite) })
         XCTAssertEqual(try losses(work.appendingPathComponent("nan.csv")).count, 1)
     }
+
+    /// Labels equal to the loss's ignore_index are allowed; others outside the classes are not.
+    /// Also: momentum SGD through the built graph, and periodic checkpoints.
+    func testIgnoreIndexMomentumAndPeriodicCheckpoints() throws {
+        let folder = Self.fixtures.appendingPathComponent("gradient/mlp")  // SoftmaxCrossEntropyLoss ignore_index -100
+        let data = try Npz.readDictionary(contentsOf: folder.appendingPathComponent("data.npz").path)
+        var labels = data["labels"]!.copied()
+        labels.withUnsafeMutableBufferPointer(as: Int64.self) { $0[2] = -100 }
+        try Npz.write(["input": data["input"]!, "labels": labels], to: work.appendingPathComponent("ignored.npz").path)
+        labels.withUnsafeMutableBufferPointer(as: Int64.self) { $0[5] = -1 }
+        try Npz.write(["input": data["input"]!, "labels": labels], to: work.appendingPathComponent("negative.npz").path)
+        let common = ["run", folder.appendingPathComponent("gradient_graph.onnx").path, "--params", folder.appendingPathComponent("params.npz").path,
+                      "--batch-size", "6", "--lr", "0.1", "--no-shuffle"]
+        var (status, stderr) = try run(common + ["--data", "ignored.npz", "--steps", "7", "--optimizer", "momentum", "--out", "m", "--checkpoint-every", "3", "--log", "m.csv"])
+        XCTAssertEqual(status, 0, stderr)
+        XCTAssertEqual(try losses(work.appendingPathComponent("m.csv")).count, 7)
+        let state = try CheckpointState.load(from: work.appendingPathComponent("m/checkpoint").path)
+        XCTAssertEqual(state.optimizerGroups["group0"]?.step, 7)
+        XCTAssertEqual(state.optimizerGroups["group0"]?.parameterStates["fc1.weight"]?.keys.sorted(), ["momentum0"])
+        XCTAssertFalse(state.optimizerGroups["group0"]!.parameterStates["fc1.weight"]!["momentum0"]!.scalars(as: Float.self).allSatisfy { $0 == 0 },
+                       "the velocity is kept in the optimizer state")
+        (status, stderr) = try run(common + ["--data", "negative.npz", "--steps", "2"])
+        XCTAssertEqual(status, 5, stderr)
+        XCTAssertTrue(stderr.contains("label -1 at element 5, outside the 3 classes") && stderr.contains("ignore_index -100"), stderr)
+    }
 }
