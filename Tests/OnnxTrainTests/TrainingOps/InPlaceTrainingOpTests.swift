@@ -10,7 +10,7 @@ final class InPlaceTrainingOpTests: XCTestCase {
         let x = Tensor(shape: [2, 2, 2], scalars: [Float(1), 2, 3, 5, -1, 0, 4, 6])
         let scale = Tensor(shape: [2], scalars: [Float(1), 1]), bias = Tensor(shape: [2], scalars: [Float(0), 0])
         let mean = Tensor(shape: [2], scalars: [Float(0.5), -0.5]), variance = Tensor(shape: [2], scalars: [Float(1), 2])
-        let out = try call("BatchNormInternal", "com.microsoft", [x, scale, bias, mean, variance], outputs: 5)
+        let out = try runTrainingOp("BatchNormInternal", "com.microsoft", [x, scale, bias, mean, variance], outputs: 5)
         // Channel 0 holds 1, 2, -1, 0: mean 0.5, biased variance 1.25; channel 1 holds 3, 5, 4, 6: mean 4.5, variance 1.25.
         let expectedMean: [Float] = [0.9 * 0.5 + 0.1 * 0.5, 0.9 * -0.5 + 0.1 * 4.5]
         let expectedVar: [Float] = [0.9 * 1 + 0.1 * 1.25, 0.9 * 2 + 0.1 * 1.25]
@@ -22,17 +22,17 @@ final class InPlaceTrainingOpTests: XCTestCase {
 
     func testZeroGradientZeroesItsInput() throws {
         let g = Tensor(shape: [3], scalars: [Float(1), -2, 3])
-        let out = try call("ZeroGradient", "com.microsoft", [g, Tensor(shape: [1], scalars: [true])])
+        let out = try runTrainingOp("ZeroGradient", "com.microsoft", [g, Tensor(shape: [1], scalars: [true])])
         XCTAssertEqual(out[0].scalars(as: Float.self), [0, 0, 0])
         XCTAssertEqual(g.scalars(as: Float.self), [0, 0, 0])
     }
 
     func testInPlaceAccumulatorWritesItsBuffer() throws {
         let buffer = Tensor(shape: [2, 2], scalars: [Float(1), 2, 3, 4])
-        _ = try call("InPlaceAccumulator", "com.microsoft", [buffer, Tensor(shape: [2], scalars: [Float(10), 20])])
+        _ = try runTrainingOp("InPlaceAccumulator", "com.microsoft", [buffer, Tensor(shape: [2], scalars: [Float(10), 20])])
         XCTAssertEqual(buffer.scalars(as: Float.self), [11, 22, 13, 24])
         // update_signal false leaves the buffer as it was (onnxruntime returns old_sum).
-        let out = try call("InPlaceAccumulator", "com.microsoft", [buffer, Tensor(shape: [2], scalars: [Float(10), 20]), Tensor(shape: [1], scalars: [false])])
+        let out = try runTrainingOp("InPlaceAccumulator", "com.microsoft", [buffer, Tensor(shape: [2], scalars: [Float(10), 20]), Tensor(shape: [1], scalars: [false])])
         XCTAssertEqual(out[0].scalars(as: Float.self), [11, 22, 13, 24])
         XCTAssertEqual(buffer.scalars(as: Float.self), [11, 22, 13, 24])
     }
@@ -53,28 +53,28 @@ final class InPlaceTrainingOpTests: XCTestCase {
     }
 
     func testAdamWModeZeroWithoutBiasCorrectionIsRejected() {
-        XCTAssertThrowsError(try call("AdamWOptimizer", "com.microsoft", [], attributes: ["correct_bias": .int(0)]))
+        XCTAssertThrowsError(try runTrainingOp("AdamWOptimizer", "com.microsoft", [], attributes: ["correct_bias": .int(0)]))
     }
 
     func testUnknownAttributesAreIgnored() throws {
-        let out = try call("ReluGrad", "com.microsoft", [Tensor(shape: [2], scalars: [Float(1), 1]), Tensor(shape: [2], scalars: [Float(-1), 1])],
+        let out = try runTrainingOp("ReluGrad", "com.microsoft", [Tensor(shape: [2], scalars: [Float(1), 1]), Tensor(shape: [2], scalars: [Float(-1), 1])],
                            attributes: ["not_in_the_schema": .int(3)])
         XCTAssertEqual(out[0].scalars(as: Float.self), [0, 1])
     }
 
     func testOutOfRangeIndicesThrowInsteadOfCrashing() {
         let shape = Tensor(shape: [1], scalars: [Int64(3)])
-        XCTAssertThrowsError(try call("GatherGrad", "com.microsoft", [shape, Tensor(shape: [1], scalars: [Int64(3)]), Tensor(shape: [1], scalars: [Float(1)])]))
-        XCTAssertThrowsError(try call("GatherElementsGrad", "com.microsoft", [Tensor(shape: [1], scalars: [Float(1)]), shape, Tensor(shape: [1], scalars: [Int64(-4)])]))
-        XCTAssertThrowsError(try call("SoftmaxCrossEntropyLossGrad", "com.microsoft",
+        XCTAssertThrowsError(try runTrainingOp("GatherGrad", "com.microsoft", [shape, Tensor(shape: [1], scalars: [Int64(3)]), Tensor(shape: [1], scalars: [Float(1)])]))
+        XCTAssertThrowsError(try runTrainingOp("GatherElementsGrad", "com.microsoft", [Tensor(shape: [1], scalars: [Float(1)]), shape, Tensor(shape: [1], scalars: [Int64(-4)])]))
+        XCTAssertThrowsError(try runTrainingOp("SoftmaxCrossEntropyLossGrad", "com.microsoft",
                                       [Tensor(scalar: Float(1)), Tensor(shape: [1, 2], scalars: [Float(-0.7), -0.7]), Tensor(shape: [1], scalars: [Int64(2)])]))
         // Scalars where a rank >= 1 tensor is needed.
         let scalar = Tensor(scalar: Float(1))
-        XCTAssertThrowsError(try call("FusedMatMul", "com.microsoft", [scalar, scalar]))
-        XCTAssertThrowsError(try call("GatherGrad", "com.microsoft", [Tensor(shape: [0], scalars: [Int64]()), Tensor(scalar: Int64(0)), scalar]))
-        XCTAssertThrowsError(try call("SplitTraining", "com.microsoft", [scalar, Tensor(shape: [0], scalars: [Int64]())]))
-        XCTAssertThrowsError(try call("ConcatTraining", "com.microsoft", [scalar, scalar], attributes: ["axis": .int(0)]))
-        XCTAssertThrowsError(try call("MaxPoolGrad", "", [Tensor(shape: [1, 1, 1], scalars: [Float(1)]), Tensor(shape: [1, 1, 1], scalars: [Int64(99)])],
+        XCTAssertThrowsError(try runTrainingOp("FusedMatMul", "com.microsoft", [scalar, scalar]))
+        XCTAssertThrowsError(try runTrainingOp("GatherGrad", "com.microsoft", [Tensor(shape: [0], scalars: [Int64]()), Tensor(scalar: Int64(0)), scalar]))
+        XCTAssertThrowsError(try runTrainingOp("SplitTraining", "com.microsoft", [scalar, Tensor(shape: [0], scalars: [Int64]())]))
+        XCTAssertThrowsError(try runTrainingOp("ConcatTraining", "com.microsoft", [scalar, scalar], attributes: ["axis": .int(0)]))
+        XCTAssertThrowsError(try runTrainingOp("MaxPoolGrad", "", [Tensor(shape: [1, 1, 1], scalars: [Float(1)]), Tensor(shape: [1, 1, 1], scalars: [Int64(99)])],
                                       attributes: ["kernel_shape": .ints([2])]))
     }
 }
