@@ -58,4 +58,19 @@ final class MathCastTests: XCTestCase {
         XCTAssertEqual(y.dtype, .float16)
         XCTAssertEqual(y.scalars(as: Float16.self), [1.25, -2])
     }
+
+    func testOutOfRangeFloatToIntegerMatchesOnnxruntime() throws {
+        // onnxruntime 1.19.2 on x86-64 for [nan, inf, -inf, 3e9, -3e9, -1.5, 300.7, -129.2].
+        let f = Tensor(shape: [8], scalars: [Float.nan, .infinity, -.infinity, 3e9, -3e9, -1.5, 300.7, -129.2])
+        let m = Int32.min
+        XCTAssertEqual(try f.cast(to: .int32).scalars(as: Int32.self), [m, m, m, m, m, -1, 300, -129])
+        XCTAssertEqual(try f.cast(to: .int64).scalars(as: Int64.self), [.min, .min, .min, 3_000_000_000, -3_000_000_000, -1, 300, -129])
+        XCTAssertEqual(try f.cast(to: .uint8).scalars(as: UInt8.self), [0, 0, 0, 0, 0, 255, 44, 127])
+        XCTAssertEqual(try f.cast(to: .int16).scalars(as: Int16.self), [0, 0, 0, 0, 0, -1, 300, -129])
+        XCTAssertEqual(try f.cast(to: .uint32).scalars(as: UInt32.self),
+                       [2_147_483_648, 0, 2_147_483_648, 3_000_000_000, 2_147_483_648, 4_294_967_295, 300, 4_294_967_167])
+        XCTAssertEqual(try f.cast(to: .uint64).scalars(as: UInt64.self),
+                       [9_223_372_036_854_775_808, 0, 9_223_372_036_854_775_808, 3_000_000_000, 18_446_744_070_709_551_616,
+                        18_446_744_073_709_551_615, 300, 18_446_744_073_709_551_487])
+    }
 }

@@ -21,18 +21,36 @@ public protocol CastableElement: TensorElement {
 
 extension CastableElement where Self: FixedWidthInteger {
     @inline(__always) public static func fromInteger<I: BinaryInteger>(_ value: I) -> Self { Self(truncatingIfNeeded: value) }
-    /// Truncates toward zero; NaN gives 0 and values beyond Int64 saturate before wrapping
-    /// to the target width (what C's conversion through a wide integer does on x86 in range).
+    /// Truncates toward zero. NaN and out-of-range values follow onnxruntime on x86 (the
+    /// cvttsd2si "integer indefinite" result, then truncation to the target width), since ONNX
+    /// leaves them undefined and onnxruntime is the reference: NaN -> int32/int64 min, 0 for
+    /// int8/int16/uint8/uint16; uint32/uint64 convert the upper half through the signed range.
     @inline(__always) public static func fromFloat<F: BinaryFloatingPoint>(_ value: F) -> Self {
-        if value.isNaN { return 0 }
-        if Self.self == UInt64.self && value >= 9_223_372_036_854_775_808 {
-            return value >= 18_446_744_073_709_551_616 ? Self.max : Self(truncatingIfNeeded: UInt64(value))
+        let v = Double(value)
+        if Self.self == Int64.self { return Self(truncatingIfNeeded: x86Truncate64(v)) }
+        if Self.self == UInt64.self {
+            if v >= 9_223_372_036_854_775_808 { return Self(truncatingIfNeeded: UInt64(bitPattern: x86Truncate64(v - 9_223_372_036_854_775_808)) ^ (1 << 63)) }
+            return Self(truncatingIfNeeded: UInt64(bitPattern: x86Truncate64(v)))
         }
-        if value >= 9_223_372_036_854_775_807 { return Self(truncatingIfNeeded: Int64.max) }
-        if value <= -9_223_372_036_854_775_808 { return Self(truncatingIfNeeded: Int64.min) }
-        return Self(truncatingIfNeeded: Int64(value))
+        if Self.self == UInt32.self {
+            if v >= 2_147_483_648 { return Self(truncatingIfNeeded: UInt32(bitPattern: x86Truncate32(v - 2_147_483_648)) ^ (1 << 31)) }
+            return Self(truncatingIfNeeded: UInt32(bitPattern: x86Truncate32(v)))
+        }
+        return Self(truncatingIfNeeded: x86Truncate32(v))
     }
     @inline(__always) public func converted<D: CastableElement>(to type: D.Type) -> D { D.fromInteger(self) }
+}
+
+/// x86's cvttsd2si to 64 bits: truncation, or Int64.min for NaN and out-of-range values.
+@inline(__always) private func x86Truncate64(_ v: Double) -> Int64 {
+    if v.isNaN || v >= 9_223_372_036_854_775_808 || v < -9_223_372_036_854_775_808 { return .min }
+    return Int64(v)
+}
+
+/// x86's cvttsd2si to 32 bits: truncation, or Int32.min for NaN and out-of-range values.
+@inline(__always) private func x86Truncate32(_ v: Double) -> Int32 {
+    if v.isNaN || v >= 2_147_483_648 || v <= -2_147_483_649 { return .min }
+    return Int32(v)
 }
 
 extension CastableElement where Self: BinaryFloatingPoint {
