@@ -5,64 +5,135 @@ import Darwin
 #endif
 
 // Element-wise activation gradients (com.microsoft v1) and the Gelu-family forwards that
-// onnxruntime's fusions put into training graphs. Every kernel here computes in Double per
-// element and rounds once, so float32 results sit within an ulp or two of onnxruntime's.
+// onnxruntime's fusions put into training graphs. float32 computes in float32, as onnxruntime's
+// kernels do (widening every element to Double made erf the top cost of a transformer step);
+// float64 computes in float64; float16/bfloat16 go through float32.
 
-/// The derivatives, as functions of the forward's input x (or output y where the op takes y).
+/// Float and Double with the libm functions the activation kernels need.
+protocol ActivationFloat: FloatElement {
+    static func erfValue(_ x: Self) -> Self
+    static func expValue(_ x: Self) -> Self
+    static func tanhValue(_ x: Self) -> Self
+}
+
+extension Float: ActivationFloat {
+    @inline(__always) static func erfValue(_ x: Float) -> Float { erff(x) }
+    @inline(__always) static func expValue(_ x: Float) -> Float { expf(x) }
+    @inline(__always) static func tanhValue(_ x: Float) -> Float { tanhf(x) }
+}
+
+extension Double: ActivationFloat {
+    @inline(__always) static func erfValue(_ x: Double) -> Double { erf(x) }
+    @inline(__always) static func expValue(_ x: Double) -> Double { exp(x) }
+    @inline(__always) static func tanhValue(_ x: Double) -> Double { tanh(x) }
+}
+
+/// The activations and their derivatives, as functions of the forward's input x (or output y
+/// where the op takes y).
 enum ActivationMath {
-    static let sqrt2OverPi = (2.0 / Double.pi).squareRoot()
+    static let sqrt2OverPi = 0.7978845608028654   // √(2/π)
     static let gamma = 0.044715
-    static let invSqrt2Pi = 1.0 / (2.0 * Double.pi).squareRoot()
+    static let invSqrt2 = 0.7071067811865476      // 1/√2
+    static let invSqrt2Pi = 0.3989422804014327    // 1/√(2π)
 
     /// Gelu with erf: x·Φ(x).
-    @inline(__always) static func gelu(_ x: Double) -> Double { 0.5 * x * (1 + erf(x / 2.0.squareRoot())) }
+    @inline(__always) static func gelu<T: ActivationFloat>(_ x: T) -> T { 0.5 * x * (1 + T.erfValue(x * T(invSqrt2))) }
     /// d/dx of x·Φ(x) = Φ(x) + x·φ(x).
-    @inline(__always) static func geluGrad(_ x: Double) -> Double {
-        0.5 * (1 + erf(x / 2.0.squareRoot())) + x * exp(-0.5 * x * x) * invSqrt2Pi
+    @inline(__always) static func geluGrad<T: ActivationFloat>(_ x: T) -> T {
+        0.5 * (1 + T.erfValue(x * T(invSqrt2))) + x * T.expValue(-0.5 * x * x) * T(invSqrt2Pi)
     }
     /// The tanh approximation ½x(1+tanh(a(x+γx³))).
-    @inline(__always) static func fastGelu(_ x: Double) -> Double {
-        0.5 * x * (1 + tanh(sqrt2OverPi * (x + gamma * x * x * x)))
+    @inline(__always) static func fastGelu<T: ActivationFloat>(_ x: T) -> T {
+        0.5 * x * (1 + T.tanhValue(T(sqrt2OverPi) * (x + T(gamma) * x * x * x)))
     }
     /// ½[1+t+(1−t²)(a·x+3aγ·x³)] with t = tanh(a(x+γx³)).
-    @inline(__always) static func fastGeluGrad(_ x: Double) -> Double {
-        let t = tanh(sqrt2OverPi * (x + gamma * x * x * x))
-        return 0.5 * (1 + t + (1 - t * t) * (sqrt2OverPi * x + 3 * sqrt2OverPi * gamma * x * x * x))
+    @inline(__always) static func fastGeluGrad<T: ActivationFloat>(_ x: T) -> T {
+        let a = T(sqrt2OverPi), g = T(gamma)
+        let t = T.tanhValue(a * (x + g * x * x * x))
+        return 0.5 * (1 + t + (1 - t * t) * (a * x + 3 * a * g * x * x * x))
     }
-    @inline(__always) static func sigmoid(_ x: Double) -> Double { 1 / (1 + exp(-x)) }
+    @inline(__always) static func sigmoid<T: ActivationFloat>(_ x: T) -> T { 1 / (1 + T.expValue(-x)) }
     /// x·σ(αx).
-    @inline(__always) static func quickGelu(_ x: Double, _ alpha: Double) -> Double { x * sigmoid(alpha * x) }
+    @inline(__always) static func quickGelu<T: ActivationFloat>(_ x: T, _ alpha: T) -> T { x * sigmoid(alpha * x) }
     /// s·(1+αx(1−s)) with s = σ(αx).
-    @inline(__always) static func quickGeluGrad(_ x: Double, _ alpha: Double) -> Double {
+    @inline(__always) static func quickGeluGrad<T: ActivationFloat>(_ x: T, _ alpha: T) -> T {
         let s = sigmoid(alpha * x)
         return s * (1 + alpha * x * (1 - s))
     }
 }
 
-/// A gradient kernel dX = dY ⊙ f(second input), with dY and the second input of one shape.
-private func gradKernel(_ secondName: String, _ derivative: @escaping (Double) -> Double) -> KernelFactory {
-    { _ in
-        AnyKernel { inputs, _ in
-            let dy = try inputs.tensor(0), x = try inputs.tensor(1)
-            try requireSameShape(dy, x, "dY", secondName)
-            return [.tensor(try floatElementwise([dy, x], names: ["dY", secondName]) {
-                FloatMap2(a: $0[0], b: $0[1]) { g, v in g * derivative(v) }
-            })]
+/// Which element-wise function a kernel applies.
+enum ActivationFunction {
+    // Derivatives, multiplied into dY.
+    case reluGrad, sigmoidGradFromY, tanhGradFromY, geluGrad, fastGeluGrad, quickGeluGrad(Double), leakyReluGrad(Double)
+    // Forwards.
+    case gelu, fastGelu, quickGelu(Double)
+
+    var isGradient: Bool {
+        switch self {
+        case .gelu, .fastGelu, .quickGelu: return false
+        default: return true
         }
     }
 }
 
-/// dX = dY ⊙ f(X + B) with B a 1-D bias along the last axis (BiasGeluGrad_dX, BiasFastGeluGrad_dX).
-private func biasGradKernel(_ derivative: @escaping (Double) -> Double) -> KernelFactory {
-    { _ in
-        AnyKernel { inputs, _ in
-            let dy = try inputs.tensor(0), x = try inputs.tensor(1), b = try inputs.tensor(2)
-            try requireSameShape(dy, x, "dY", "X")
-            try requireLastAxisBias(b, of: x)
-            return [.tensor(try floatElementwise([dy, x, b], names: ["dY", "X", "B"]) {
-                FloatMap3(a: $0[0], b: $0[1], c: $0[2]) { g, v, bias in g * derivative(v + bias) }
-            })]
+/// out = f(x + bias) for a forward, dY ⊙ f′(x + bias) for a gradient; bias (optional) repeats
+/// along the last axis. Shapes: x, dY, out [..., n]; bias [n].
+struct ActivationOp: FloatOperation {
+    let function: ActivationFunction
+    let dy: Tensor?, x: Tensor, bias: Tensor?
+
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        T.self == Float.self ? run(Float.self) : run(Double.self)
+    }
+
+    private func run<T: ActivationFloat>(_ type: T.Type) -> Tensor {
+        switch function {
+        case .reluGrad: return apply(T.self) { $0 > 0 ? 1 : 0 }
+        case .sigmoidGradFromY: return apply(T.self) { $0 * (1 - $0) }
+        case .tanhGradFromY: return apply(T.self) { 1 - $0 * $0 }
+        case .geluGrad: return apply(T.self) { ActivationMath.geluGrad($0) }
+        case .fastGeluGrad: return apply(T.self) { ActivationMath.fastGeluGrad($0) }
+        case .quickGeluGrad(let alpha):
+            let a = T(alpha)
+            return apply(T.self) { ActivationMath.quickGeluGrad($0, a) }
+        case .leakyReluGrad(let alpha):
+            let a = T(alpha)
+            return apply(T.self) { $0 > 0 ? 1 : a }
+        case .gelu: return apply(T.self) { ActivationMath.gelu($0) }
+        case .fastGelu: return apply(T.self) { ActivationMath.fastGelu($0) }
+        case .quickGelu(let alpha):
+            let a = T(alpha)
+            return apply(T.self) { ActivationMath.quickGelu($0, a) }
         }
+    }
+
+    @inline(__always)
+    private func apply<T: ActivationFloat>(_ type: T.Type, _ f: (T) -> T) -> Tensor {
+        var out = Tensor(uninitialized: T.dtype, shape: x.shape)
+        let n = out.count
+        let zero = Tensor(zeros: T.dtype, shape: [1])
+        let b = bias ?? zero, nb = b.count
+        x.withUnsafeBufferPointer(as: T.self) { px in
+            b.withUnsafeBufferPointer(as: T.self) { pb in
+                out.withUnsafeMutableBufferPointer(as: T.self) { po in
+                    if let dy {
+                        dy.withUnsafeBufferPointer(as: T.self) { pg in
+                            if bias == nil {
+                                for i in 0..<n { po[i] = pg[i] * f(px[i]) }
+                            } else {
+                                for i in 0..<n { po[i] = pg[i] * f(px[i] + pb[i % nb]) }
+                            }
+                        }
+                    } else if bias == nil {
+                        for i in 0..<n { po[i] = f(px[i]) }
+                    } else {
+                        for i in 0..<n { po[i] = f(px[i] + pb[i % nb]) }
+                    }
+                }
+            }
+        }
+        return out
     }
 }
 
@@ -73,51 +144,54 @@ func requireLastAxisBias(_ b: Tensor, of x: Tensor, name: String = "B") throws {
     }
 }
 
-/// A forward kernel Y = f(X [+ bias]); the bias input (at `biasIndex`) is optional when `biasOptional`.
-private func forwardKernel(biasIndex: Int?, biasOptional: Bool, _ f: @escaping (Double) -> Double) -> KernelFactory {
-    { _ in
-        AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            var bias: Tensor?
-            if let biasIndex { bias = try biasOptional ? inputs.optionalTensor(biasIndex) : inputs.tensor(biasIndex) }
-            if let b = bias {
-                try requireLastAxisBias(b, of: x)
-                return [.tensor(try floatElementwise([x, b], names: ["X", "bias"]) {
-                    FloatMap2(a: $0[0], b: $0[1]) { v, bias in f(v + bias) }
-                })]
-            }
-            return [.tensor(try floatElementwise([x], names: ["X"]) { FloatMap1(a: $0[0], body: f) })]
-        }
+/// The kernel for one activation op. Gradients read (dY, X or Y[, B]); forwards read (X[, bias]).
+/// `biasIndex` is the bias input, if the op has one; `biasRequired` for BiasGelu and the bias grads.
+struct ActivationKernel: Kernel {
+    let function: ActivationFunction
+    let biasIndex: Int?
+    let biasRequired: Bool
+    let secondName: String
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let gradient = function.isGradient
+        let dy = gradient ? try inputs.tensor(0) : nil
+        let x = try inputs.tensor(gradient ? 1 : 0)
+        if let dy { try requireSameShape(dy, x, "dY", secondName) }
+        var bias: Tensor?
+        if let biasIndex { bias = try biasRequired ? inputs.tensor(biasIndex) : inputs.optionalTensor(biasIndex) }
+        if let bias { try requireLastAxisBias(bias, of: x) }
+        let operands = [dy, x, bias].compactMap { $0 }
+        let names = [gradient ? "dY" : nil, secondName, bias == nil ? nil : "B"].compactMap { $0 }
+        return [.tensor(try floatElementwise(operands, names: names) { t in
+            ActivationOp(function: function, dy: gradient ? t[0] : nil, x: t[gradient ? 1 : 0], bias: bias == nil ? nil : t.last)
+        })]
     }
 }
 
 func registerActivationGradOps(_ registry: OpRegistry) {
     let ms = "com.microsoft"
+    func add(_ op: String, _ second: String = "X", biasIndex: Int? = nil, biasRequired: Bool = false,
+             _ function: @escaping (NodeContext) throws -> ActivationFunction) {
+        registry.register(op, domain: ms, since: 1) { ctx in
+            ActivationKernel(function: try function(ctx), biasIndex: biasIndex, biasRequired: biasRequired, secondName: second)
+        }
+    }
     // ReluGrad(dY, X): dY where X > 0 (X == 0 gives 0).
-    registry.register("ReluGrad", domain: ms, since: 1, gradKernel("X") { $0 > 0 ? 1 : 0 })
-    // SigmoidGrad(dY, Y): dY·Y·(1−Y), from the forward output.
-    registry.register("SigmoidGrad", domain: ms, since: 1, gradKernel("Y") { $0 * (1 - $0) })
-    // TanhGrad(dY, Y): dY·(1−Y²), from the forward output.
-    registry.register("TanhGrad", domain: ms, since: 1, gradKernel("Y") { 1 - $0 * $0 })
-    registry.register("GeluGrad", domain: ms, since: 1, gradKernel("X", ActivationMath.geluGrad))
-    registry.register("FastGeluGrad", domain: ms, since: 1, gradKernel("X", ActivationMath.fastGeluGrad))
-    registry.register("QuickGeluGrad", domain: ms, since: 1) { ctx in
-        let alpha = Double(try ctx.float("alpha", default: 1.702))
-        return try gradKernel("X") { ActivationMath.quickGeluGrad($0, alpha) }(ctx)
-    }
-    registry.register("LeakyReluGrad", domain: ms, since: 1) { ctx in
-        let alpha = Double(try ctx.float("alpha", default: 0.01))
-        return try gradKernel("X") { $0 > 0 ? 1 : alpha }(ctx)
-    }
-    registry.register("BiasGeluGrad_dX", domain: ms, since: 1, biasGradKernel(ActivationMath.geluGrad))
-    registry.register("BiasFastGeluGrad_dX", domain: ms, since: 1, biasGradKernel(ActivationMath.fastGeluGrad))
+    add("ReluGrad") { _ in .reluGrad }
+    // SigmoidGrad(dY, Y): dY·Y·(1−Y) and TanhGrad(dY, Y): dY·(1−Y²), from the forward outputs.
+    add("SigmoidGrad", "Y") { _ in .sigmoidGradFromY }
+    add("TanhGrad", "Y") { _ in .tanhGradFromY }
+    add("GeluGrad") { _ in .geluGrad }
+    add("FastGeluGrad") { _ in .fastGeluGrad }
+    add("QuickGeluGrad") { .quickGeluGrad(Double(try $0.float("alpha", default: 1.702))) }
+    add("LeakyReluGrad") { .leakyReluGrad(Double(try $0.float("alpha", default: 0.01))) }
+    // dX = dY ⊙ f′(X + B); dB is a separate ReduceSum in the graph.
+    add("BiasGeluGrad_dX", biasIndex: 2, biasRequired: true) { _ in .geluGrad }
+    add("BiasFastGeluGrad_dX", biasIndex: 2, biasRequired: true) { _ in .fastGeluGrad }
 
     // Forwards produced by onnxruntime's Gelu fusions.
-    registry.register("Gelu", domain: ms, since: 1, forwardKernel(biasIndex: nil, biasOptional: false, ActivationMath.gelu))
-    registry.register("BiasGelu", domain: ms, since: 1, forwardKernel(biasIndex: 1, biasOptional: false, ActivationMath.gelu))
-    registry.register("FastGelu", domain: ms, since: 1, forwardKernel(biasIndex: 1, biasOptional: true, ActivationMath.fastGelu))
-    registry.register("QuickGelu", domain: ms, since: 1) { ctx in
-        let alpha = Double(try ctx.float("alpha", default: 1.702))
-        return try forwardKernel(biasIndex: nil, biasOptional: false) { ActivationMath.quickGelu($0, alpha) }(ctx)
-    }
+    add("Gelu") { _ in .gelu }
+    add("BiasGelu", biasIndex: 1, biasRequired: true) { _ in .gelu }
+    add("FastGelu", biasIndex: 1) { _ in .fastGelu }
+    add("QuickGelu") { .quickGelu(Double(try $0.float("alpha", default: 1.702))) }
 }
