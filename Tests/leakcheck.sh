@@ -54,6 +54,11 @@ check 3 inspect "$WORK/missing.onnx"
 check 6 infer "$D/nokernel.onnx" --input "x=$D/tiny_x.npy"
 check 4 infer "$D/tiny.onnx" --inputs "$D/bad_member.npz"
 check 5 infer "$D/tiny.onnx" --input "x=$D/int64.npy"
+for crafted in huge_float_data huge_sparse overflowing_sparse sparse_index_out_of_range; do
+    check 4 inspect "$D/crafted/$crafted.onnx"
+done
+check 4 infer "$D/tiny.onnx" --input "x=$D/truncated.npy"
+check 4 infer "$D/tiny.onnx" --inputs "$D/overrun.safetensors"
 
 if [ "$failures" -ne 0 ]; then echo "leakcheck: $failures failing run(s)"; exit 1; fi
 echo "leakcheck: no memory errors or definite leaks"

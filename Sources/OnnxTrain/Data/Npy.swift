@@ -22,55 +22,55 @@ public enum Npy {
     /// Parses `.npy` bytes; `name` (a file or an array in an archive) goes into every error.
     public static func decode(_ data: Data, name: String) throws -> Tensor {
         func fail(_ message: String) -> OnnxTrainError { .invalidModel("\(name): \(message)") }
-        let bytes = [UInt8](data)
-        guard bytes.count >= 10, Array(bytes[0..<6]) == magic else {
-            throw fail("not a .npy file (missing the \\x93NUMPY magic)")
-        }
-        let major = bytes[6], minor = bytes[7]
-        let headerLength: Int, headerStart: Int
-        switch major {
-        case 1:
-            headerLength = Int(bytes[8]) | Int(bytes[9]) << 8
-            headerStart = 10
-        case 2, 3:
-            guard bytes.count >= 12 else { throw fail("truncated .npy header") }
-            headerLength = Int(bytes[8]) | Int(bytes[9]) << 8 | Int(bytes[10]) << 16 | Int(bytes[11]) << 24
-            headerStart = 12
-        default:
-            throw fail("unsupported .npy version \(major).\(minor) (1.0, 2.0 and 3.0 are supported)")
-        }
-        guard headerLength <= bytes.count - headerStart else {
-            throw fail("truncated .npy header (\(headerLength) bytes declared, \(bytes.count - headerStart) present)")
-        }
-        let headerBytes = bytes[headerStart..<(headerStart + headerLength)]
-        // Versions 1 and 2 are latin-1, version 3 is UTF-8; the keys we need are ASCII either way.
-        let headerText = major == 3 ? String(decoding: headerBytes, as: UTF8.self)
-                                    : String(headerBytes.map { Character(Unicode.Scalar($0)) })
-        let header: [String: PyLiteral]
-        do {
-            var parser = PyLiteralParser(headerText)
-            header = try parser.parseDict()
-        } catch let message as PyLiteralParser.Failure {
-            throw fail("malformed .npy header (\(message.text)): \(headerText.trimmingCharacters(in: .whitespacesAndNewlines))")
-        }
-        guard case .string(let descr)? = header["descr"] else {
-            if header["descr"] != nil { throw fail("structured dtypes are not supported (descr is not a type string)") }
-            throw fail(".npy header has no 'descr'")
-        }
-        guard case .bool(let fortran)? = header["fortran_order"] else { throw fail(".npy header has no 'fortran_order'") }
-        guard !fortran else {
-            throw fail("Fortran-order arrays are not supported; save with np.ascontiguousarray(a) first")
-        }
-        guard case .tuple(let dims)? = header["shape"] else { throw fail(".npy header has no 'shape' tuple") }
-        let dtype = try dtypeOf(descr: descr, fail: fail)
-        let count = try checkedCount(dims, fail: fail)
-        let bodyStart = headerStart + headerLength
-        let (byteCount, overflow) = count.multipliedReportingOverflow(by: dtype.byteSize)
-        guard !overflow, byteCount == bytes.count - bodyStart else {
-            throw fail("\(bytes.count - bodyStart) data bytes, \(overflow ? "too many" : String(byteCount)) expected for \(descr) \(dims)")
-        }
-        return bytes.withUnsafeBytes { raw in
-            Tensor.copying(UnsafeRawBufferPointer(rebasing: raw[bodyStart...]), dtype: dtype, shape: dims)
+        // Only the header is copied out; the elements are copied once, straight into the tensor.
+        return try data.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) -> Tensor in
+            guard bytes.count >= 10, Array(bytes[0..<6]) == magic else {
+                throw fail("not a .npy file (missing the \\x93NUMPY magic)")
+            }
+            let major = bytes[6], minor = bytes[7]
+            let headerLength: Int, headerStart: Int
+            switch major {
+            case 1:
+                headerLength = Int(bytes[8]) | Int(bytes[9]) << 8
+                headerStart = 10
+            case 2, 3:
+                guard bytes.count >= 12 else { throw fail("truncated .npy header") }
+                headerLength = Int(bytes[8]) | Int(bytes[9]) << 8 | Int(bytes[10]) << 16 | Int(bytes[11]) << 24
+                headerStart = 12
+            default:
+                throw fail("unsupported .npy version \(major).\(minor) (1.0, 2.0 and 3.0 are supported)")
+            }
+            guard headerLength <= bytes.count - headerStart else {
+                throw fail("truncated .npy header (\(headerLength) bytes declared, \(bytes.count - headerStart) present)")
+            }
+            let headerBytes = bytes[headerStart..<(headerStart + headerLength)]
+            // Versions 1 and 2 are latin-1, version 3 is UTF-8; the keys we need are ASCII either way.
+            let headerText = major == 3 ? String(decoding: headerBytes, as: UTF8.self)
+                                        : String(headerBytes.map { Character(Unicode.Scalar($0)) })
+            let header: [String: PyLiteral]
+            do {
+                var parser = PyLiteralParser(headerText)
+                header = try parser.parseDict()
+            } catch let message as PyLiteralParser.Failure {
+                throw fail("malformed .npy header (\(message.text)): \(headerText.trimmingCharacters(in: .whitespacesAndNewlines))")
+            }
+            guard case .string(let descr)? = header["descr"] else {
+                if header["descr"] != nil { throw fail("structured dtypes are not supported (descr is not a type string)") }
+                throw fail(".npy header has no 'descr'")
+            }
+            guard case .bool(let fortran)? = header["fortran_order"] else { throw fail(".npy header has no 'fortran_order'") }
+            guard !fortran else {
+                throw fail("Fortran-order arrays are not supported; save with np.ascontiguousarray(a) first")
+            }
+            guard case .tuple(let dims)? = header["shape"] else { throw fail(".npy header has no 'shape' tuple") }
+            let dtype = try dtypeOf(descr: descr, fail: fail)
+            let count = try checkedCount(dims, fail: fail)
+            let bodyStart = headerStart + headerLength
+            let (byteCount, overflow) = count.multipliedReportingOverflow(by: dtype.byteSize)
+            guard !overflow, byteCount == bytes.count - bodyStart else {
+                throw fail("\(bytes.count - bodyStart) data bytes, \(overflow ? "too many" : String(byteCount)) expected for \(descr) \(dims)")
+            }
+            return Tensor.copying(UnsafeRawBufferPointer(rebasing: bytes[bodyStart...]), dtype: dtype, shape: dims)
         }
     }
 
