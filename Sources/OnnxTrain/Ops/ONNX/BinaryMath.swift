@@ -102,12 +102,25 @@ func logical(_ a: Tensor, _ b: Tensor, _ f: (Bool, Bool) -> Bool) throws -> Tens
     return try broadcastBinary(a, b, Bool.self, Bool.self, Bool.self, outDType: .bool, f)
 }
 
-/// Folds variadic inputs with a broadcasting binary function (Sum, Min, Max, Mean).
-func foldVariadic<F: ArithmeticBinaryFunction>(_ inputs: [Value?], _ f: F) throws -> Tensor {
+/// Folds variadic inputs with a broadcasting binary function (Sum, Min, Max, Mean), dividing
+/// by the input count for Mean. Half inputs are widened once and the result rounded once, as
+/// onnxruntime does (rounding after every pairwise step drifts by an ulp or more).
+func foldVariadic<F: ArithmeticBinaryFunction>(_ inputs: [Value?], _ f: F, mean: Bool = false) throws -> Tensor {
     guard !inputs.isEmpty else { throw KernelError("at least one input is required") }
-    var acc = try inputs.tensor(0)
-    for i in 1..<inputs.count { acc = try zipArithmetic(acc, try inputs.tensor(i), f) }
-    return acc
+    let tensors = try inputs.indices.map { try inputs.tensor($0) }
+    for t in tensors.dropFirst() { try requireSameType(tensors[0], t) }
+    return try computingHalfInFloat(tensors) { wide in
+        var acc = wide[0]
+        for t in wide.dropFirst() { acc = try dispatchArithmetic(acc.dtype, ZipArithmetic(a: acc, b: t, f: f)) }
+        if mean { acc = try dispatchReal(acc.dtype, MapReal(x: acc, f: DivideByFunction(divisor: Double(wide.count)))) }
+        return acc
+    }
+}
+
+/// x / divisor (a division, not a multiplication by the reciprocal, to round as onnxruntime does).
+struct DivideByFunction: RealUnaryFunction {
+    let divisor: Double
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { x / T(divisor) }
 }
 
 /// Where(condition, X, Y) with three-way broadcasting; copies elements by their byte size.
@@ -303,16 +316,7 @@ func registerBinaryMathOps(_ registry: OpRegistry) {
     for v in [1, 6, 8, 13] {
         registry.register("Sum", since: v) { _ in AnyKernel { inputs, _ in [.tensor(try foldVariadic(inputs, AddFunction()))] } }
         registry.register("Mean", since: v) { _ in
-            AnyKernel { inputs, _ in
-                let sum = try foldVariadic(inputs, AddFunction())
-                return [.tensor(try mapReal(sum, ScaleFunction(scale: 1 / Double(inputs.count))))]
-            }
+            AnyKernel { inputs, _ in [.tensor(try foldVariadic(inputs, AddFunction(), mean: true))] }
         }
     }
-}
-
-/// x * scale.
-struct ScaleFunction: RealUnaryFunction {
-    let scale: Double
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { x * T(scale) }
 }

@@ -88,7 +88,9 @@ struct Reduction: ArithmeticOperation {
                     let shift = po.map { $0.doubleValue.isFinite ? $0.doubleValue : 0 }
                     var sums = [Double](repeating: 0, count: po.count)
                     forEachReduced(shape: x.shape, outStrides: outStrides) { i, o in sums[o] += exp(px[i].doubleValue - shift[o]) }
-                    for o in po.indices { po[o] = T(fromDouble: log(sums[o]) + shift[o]) }
+                    // log(sum) and the max join in T: integer types truncate the (non-negative) log
+                    // part as onnxruntime does.
+                    for o in po.indices { po[o] = T.add(T(fromDouble: log(sums[o])), T(fromDouble: shift[o])) }
                     return
                 }
                 let identity = kind.identity(T.self)

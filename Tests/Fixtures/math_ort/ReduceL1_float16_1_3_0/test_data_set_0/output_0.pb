@@ -1,0 +1,2 @@
+
+By0JyIéIøLpKGLMŠL

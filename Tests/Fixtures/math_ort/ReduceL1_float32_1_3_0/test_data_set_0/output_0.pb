@@ -1,0 +1,1 @@
+By0J FAณ@AvึกAฏ“A~d€A&oiA “Ahฃ_A

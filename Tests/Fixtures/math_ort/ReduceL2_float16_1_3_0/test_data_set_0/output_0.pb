@@ -1,0 +1,2 @@
+
+By0JËE¼FEHH‹E¨GZH=G

@@ -1,0 +1,1 @@
+By0J`»>A6PEAq(Ÿ@d\:BP¼bBí›¢ALyAPbÁ@›4B-€ÝAqGA>ýkAÆÜZ?Šò¼?–Í’A+q+AJp=@ŒLn@Ó5Õ@ùJ	B„ÃAVqp@;Ò¯@z§B
