@@ -132,3 +132,18 @@ final class TensorOpsTests: XCTestCase {
         XCTAssertThrowsError(try runNode("RoiAlign", opset: 16, [x, Tensor(shape: [1, 4], scalars: [Float(0), 0, 1e30, 1e30]), i64([0])]))
     }
 }
+
+final class BitCastTests: XCTestCase {
+    func testBitCastKeepsBitsAndRenormalisesNarrowTargets() throws {
+        let f = try runNode("BitCast", opset: 26, [Tensor(shape: [2], scalars: [Float(1), -2])], attributes: ["to": .int(Int(DType.int32.rawValue))])[0]
+        XCTAssertEqual(f.scalars(as: Int32.self), [0x3F80_0000, Int32(bitPattern: 0xC000_0000)])
+        let b = try runNode("BitCast", opset: 26, [Tensor(shape: [3], scalars: [UInt8(0), 1, 7])], attributes: ["to": .int(Int(DType.bool.rawValue))])[0]
+        XCTAssertEqual(b.scalars(as: Bool.self), [false, true, true])
+        // uint4 0xF read as int4 is -1 (stored sign-extended, one element per byte).
+        var u4 = Tensor(zeros: .uint4, shape: [2])
+        u4.withUnsafeMutableBufferPointer(as: UInt8.self) { $0[0] = 0xF; $0[1] = 0x7 }
+        let i4 = try runNode("BitCast", opset: 26, [u4], attributes: ["to": .int(Int(DType.int4.rawValue))])[0]
+        XCTAssertEqual(i4.withUnsafeBufferPointer(as: Int8.self) { Array($0) }, [-1, 7])
+        XCTAssertThrowsError(try runNode("BitCast", opset: 26, [Tensor(shape: [1], scalars: [Float(1)])], attributes: ["to": .int(Int(DType.int64.rawValue))]))
+    }
+}
