@@ -7,32 +7,45 @@ enum PoolKind { case max, average(countIncludePad: Bool), lp(p: Int) }
 /// Visits, for every output position of one channel, the input offsets its window covers.
 ///
 /// `body(o, offsets, padded)` gets the flat output index, the flat input offsets of the window
-/// positions inside the image, and how many window positions fall inside the padded image
-/// (what count_include_pad divides by).
+/// positions inside the image (kernel row-major order, so ties resolve to the first tap), and
+/// how many window positions fall inside the padded image (what count_include_pad divides by).
+/// Windows are separable: per dim and output index the valid taps are tabulated once, and a
+/// window is their cartesian product.
 func forEachWindow(_ g: ConvGeometry, _ body: (Int, [Int], Int) -> Void) {
-    let r = g.rank, K = g.kernelSize, P = g.outputSize
+    let r = g.rank, P = g.outputSize
+    if P == 0 { return }
     let inStrides = contiguousStrides(g.input)
-    var oIdx = [Int](repeating: 0, count: r), kIdx = [Int](repeating: 0, count: r)
-    var offsets: [Int] = []
-    offsets.reserveCapacity(K)
-    for o in 0..<P {
-        var rem = o
-        for i in stride(from: r - 1, through: 0, by: -1) { oIdx[i] = rem % g.output[i]; rem /= g.output[i] }
-        offsets.removeAll(keepingCapacity: true)
-        var padded = 0
-        for k in 0..<K {
-            var rem = k, off = 0, inside = true, inPadded = true
-            for i in stride(from: r - 1, through: 0, by: -1) {
-                kIdx[i] = rem % g.kernel[i]; rem /= g.kernel[i]
-                let pos = oIdx[i] * g.strides[i] - g.padsBegin[i] + kIdx[i] * g.dilations[i]
-                if pos < 0 || pos >= g.input[i] { inside = false }
-                if pos < -g.padsBegin[i] || pos >= g.input[i] + g.padsEnd[i] { inPadded = false }
-                off += pos * inStrides[i]
+    var taps: [[[Int]]] = [], paddedCounts: [[Int]] = []
+    for d in 0..<r {
+        var perOutput: [[Int]] = [], counts: [Int] = []
+        for o in 0..<g.output[d] {
+            var list: [Int] = [], count = 0
+            for k in 0..<g.kernel[d] {
+                let pos = o * g.strides[d] - g.padsBegin[d] + k * g.dilations[d]
+                if pos >= -g.padsBegin[d] && pos < g.input[d] + g.padsEnd[d] { count += 1 }
+                if pos >= 0 && pos < g.input[d] { list.append(pos * inStrides[d]) }
             }
-            if inPadded { padded += 1 }
-            if inside { offsets.append(off) }
+            perOutput.append(list); counts.append(count)
+        }
+        taps.append(perOutput); paddedCounts.append(counts)
+    }
+    var oIdx = [Int](repeating: 0, count: r)
+    var offsets: [Int] = [], next: [Int] = []
+    offsets.reserveCapacity(g.kernelSize); next.reserveCapacity(g.kernelSize)
+    for o in 0..<P {
+        offsets.removeAll(keepingCapacity: true)
+        offsets.append(0)
+        var padded = 1
+        for d in 0..<r {
+            let list = taps[d][oIdx[d]]
+            padded *= paddedCounts[d][oIdx[d]]
+            next.removeAll(keepingCapacity: true)
+            for a in offsets { for b in list { next.append(a + b) } }
+            swap(&offsets, &next)
         }
         body(o, offsets, padded)
+        var d = r - 1
+        while d >= 0 { oIdx[d] += 1; if oIdx[d] < g.output[d] { break }; oIdx[d] = 0; d -= 1 }
     }
 }
 
