@@ -1,5 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The Reduce* family: one generic reduction over any set of axes, with each op's identity,
-/// combine step and finishing step. Axes come from an attribute before ReduceSum-13 / the
+/// combine loop and finishing step. Axes come from an attribute before ReduceSum-13 / the
 /// others' opset 18, from an optional input after.
 
 /// One reduction: its identity and how the accumulator becomes the output (the combine step
@@ -22,19 +28,11 @@ enum ReduceKind: Sendable {
         switch self {
         case .mean: return T.div(acc, T(fromDouble: Double(count)))
         case .l2: return T(fromDouble: acc.doubleValue.squareRoot())
-        case .logSum: return T(fromDouble: logarithm(acc.doubleValue))
+        case .logSum: return T(fromDouble: log(acc.doubleValue))
         default: return acc
         }
     }
 }
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
-@inline(__always) private func logarithm(_ x: Double) -> Double { log(x) }
 
 /// The reduced output shape (reduced dimensions kept as 1), and each input dimension's stride
 /// in the output (0 for reduced dimensions).

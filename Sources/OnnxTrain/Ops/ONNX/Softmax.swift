@@ -1,9 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 /// Softmax, LogSoftmax and Hardmax. Before opset 13 the input is coerced to 2-D at `axis`
 /// ([prod(shape[..<axis]), prod(shape[axis...])]) and normalised per row; from 13 on along the
 /// single axis.
