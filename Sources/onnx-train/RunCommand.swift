@@ -12,7 +12,8 @@ struct RunCommand: ParsableCommand {
             optimizer_model.onnx) or a gradient graph .onnx (then --params gives the parameters). \
             Batches: the first user input's first axis divided by --batch-size gives the batch count; \
             every array is cut along its first axis into that many equal parts. --steps cycles \
-            through the batches (in order with --no-shuffle, else in a seeded random order per pass). \
+            through the batches (in order with --no-shuffle, else the examples are reshuffled every pass \
+            with a seeded generator). \
             Each step is a train step, an optimizer step and a lazy gradient reset. The checkpoint \
             (with optimizer state) goes to --out; if the loss stops being finite, training stops and \
             --out keeps the state after the last good step.
@@ -42,7 +43,7 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Learning rate (the peak rate with --schedule linear/cosine).")
     var lr: Float
 
-    @Flag(name: .customLong("no-shuffle"), help: "Take the batches in file order.")
+    @Flag(name: .customLong("no-shuffle"), help: "Take the batches in file order (default: reshuffle the examples every pass).")
     var noShuffle = false
 
     @Option(help: "Seed for the batch order (without --no-shuffle) and random ops.")
@@ -205,7 +206,10 @@ struct TrainingRun {
             }
         }
         var random = RandomGenerator(seed: seed)
-        var order = Array(0..<batches.count)
+        // Shuffling permutes the examples every pass (or, when some array has rows that do not
+        // split per example, the batch order).
+        let perExample = batches.examplesSeparable
+        var order = Array(0..<(perExample ? batches.exampleCount : batches.count))
         module.train()
         let frozen = module.parameters.filter { !$0.requiresGrad }
         for step in 0..<steps {
@@ -216,13 +220,13 @@ struct TrainingRun {
                     order.swapAt(i, Int(random.next() % UInt64(i + 1)))
                 }
             }
-            let batch = order[position]
+            let batch = shuffle && perExample ? position : order[position]
             // Frozen parameters (BatchNorm running statistics) change in place during the
             // forward pass; keep them to restore if this step fails.
             let saved = frozen.map { $0.data.copied() }
             let lrUsed = optimizer.learningRate
             do {
-                let outputs = try module.trainStep(named: batches.batch(batch))
+                let outputs = try module.trainStep(named: shuffle && perExample ? batches.batch(position, order: order) : batches.batch(batch))
                 let loss = outputs.loss
                 guard loss.isFinite else {
                     throw OnnxTrainError.training("the loss is \(loss) at step \(step + 1) (batch \(batch))")

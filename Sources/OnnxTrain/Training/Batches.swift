@@ -9,6 +9,10 @@ public struct Batches {
     public let count: Int
     /// Rows of each array per batch.
     public let rows: [String: Int]
+    /// Examples per batch (rows of the first input); every array has `rows / batchSize` rows per example.
+    public let batchSize: Int
+    /// Examples in the data: batch count x batch size.
+    public var exampleCount: Int { count * batchSize }
 
     /// - Parameters:
     ///   - arrays: the data by name; only `names` are batched.
@@ -40,6 +44,32 @@ public struct Batches {
         self.arrays = arrays
         self.count = count
         self.rows = rows
+        self.batchSize = batchSize
+    }
+
+    /// Whether every array has a whole number of rows per example, so examples can be shuffled
+    /// one by one (else only the batch order can be).
+    public var examplesSeparable: Bool { names.allSatisfy { rows[$0]! % batchSize == 0 } }
+
+    /// Batch `index` of an epoch that visits the examples in `order` (a permutation of
+    /// 0..<exampleCount): examples order[index * batchSize ..< (index + 1) * batchSize], each
+    /// bringing its `rows / batchSize` rows of every array.
+    public func batch(_ index: Int, order: [Int]) -> [String: Tensor] {
+        var out: [String: Tensor] = [:]
+        let examples = order[(index * batchSize)..<((index + 1) * batchSize)]
+        for name in names {
+            let t = arrays[name]!
+            let perExample = rows[name]! / batchSize
+            var shape = t.shape
+            shape[0] = rows[name]!
+            let unitBytes = t.byteCount / max(t.shape[0], 1) * perExample
+            let batch = Tensor(zeros: t.dtype, shape: shape)
+            for (slot, example) in examples.enumerated() where unitBytes > 0 {
+                (batch.storage.bytes + slot * unitBytes).copyMemory(from: t.storage.bytes + example * unitBytes, byteCount: unitBytes)
+            }
+            out[name] = batch
+        }
+        return out
     }
 
     /// Batch `index` (0..<count): rows [index * r, (index + 1) * r) of every array.
