@@ -54,6 +54,23 @@ final class TensorOpsTests: XCTestCase {
         XCTAssertEqual(v.map(\.hi), [10, 12, 11, 13])
     }
 
+    func testTiledTransposeMatchesTheIndexMap() throws {
+        // Every permutation of a shape with ragged tile edges: the tiled path against plain gathering.
+        let shape = [3, 17, 33, 2]
+        let x = Tensor(shape: shape, scalars: (0..<shape.reduce(1, *)).map { Int32($0) })
+        func permutations(_ a: [Int]) -> [[Int]] {
+            a.count <= 1 ? [a] : a.indices.flatMap { i in permutations(Array(a[..<i] + a[(i + 1)...])).map { [a[i]] + $0 } }
+        }
+        let strides = contiguousStrides(shape)
+        for perm in permutations([0, 1, 2, 3]) {
+            let outShape = perm.map { shape[$0] }
+            let expected = stridedIndices(shape: outShape, strides: perm.map { strides[$0] }).map { Int32($0) }
+            let y = try runNode("Transpose", opset: 13, [x], attributes: ["perm": .ints(perm)])[0]
+            XCTAssertEqual(y.shape, outShape)
+            XCTAssertEqual(y.scalars(as: Int32.self), expected, "perm \(perm)")
+        }
+    }
+
     func testOutOfRangeIndicesThrowInsteadOfCrashing() {
         let x = Tensor(shape: [3], scalars: [Float(1), 2, 3])
         XCTAssertThrowsError(try runNode("Gather", opset: 13, [x, i64([3])]))

@@ -84,6 +84,10 @@ private struct StridedCopy: ElementMove {
         let dst = out.storage.bytes.assumingMemoryBound(to: T.self)
         let rank = shape.count
         if rank == 0 { dst[0] = src[offset]; return out }
+        if strides[rank - 1] != 1, shape[rank - 1] > 1, let p = (0..<(rank - 1)).last(where: { strides[$0] == 1 && shape[$0] > 1 }) {
+            tiledCopy(src, dst, contiguousAxis: p)
+            return out
+        }
         var index = [Int](repeating: 0, count: rank)
         var base = offset, o = 0
         let inner = shape[rank - 1], step = strides[rank - 1]
@@ -106,6 +110,46 @@ private struct StridedCopy: ElementMove {
             }
         }
         return out
+    }
+}
+
+extension StridedCopy {
+    /// Transposes' cache-friendly path: output axis `p` is contiguous in the input, the last
+    /// output axis is contiguous in the output. Copying 16 x 16 tiles of (p, last) reads and
+    /// writes whole cache lines instead of touching a new input line for every element.
+    func tiledCopy<T>(_ src: UnsafeMutablePointer<T>, _ dst: UnsafeMutablePointer<T>, contiguousAxis p: Int) {
+        let rank = shape.count, last = rank - 1, tile = 16
+        let outStrides = contiguousStrides(shape)
+        let others = (0..<rank).filter { $0 != p && $0 != last }
+        let rows = shape[p], cols = shape[last]
+        let colStride = strides[last], rowStride = outStrides[p]
+        var index = [Int](repeating: 0, count: others.count)
+        for _ in 0..<others.reduce(1, { $0 * shape[$1] }) {
+            var sBase = offset, dBase = 0
+            for (k, d) in others.enumerated() { sBase += index[k] * strides[d]; dBase += index[k] * outStrides[d] }
+            var i0 = 0
+            while i0 < rows {
+                let i1 = min(i0 + tile, rows)
+                var j0 = 0
+                while j0 < cols {
+                    let j1 = min(j0 + tile, cols)
+                    for i in i0..<i1 {
+                        let row = dst + dBase + i * rowStride
+                        var x = sBase + i + j0 * colStride
+                        for j in j0..<j1 { row[j] = src[x]; x += colStride }
+                    }
+                    j0 = j1
+                }
+                i0 = i1
+            }
+            var k = others.count - 1
+            while k >= 0 {
+                index[k] += 1
+                if index[k] < shape[others[k]] { break }
+                index[k] = 0
+                k -= 1
+            }
+        }
     }
 }
 
