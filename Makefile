@@ -32,9 +32,10 @@ build: deps
 release: deps
 	swift build -c release --product onnx-train
 
-## Train the bundled example end to end (inference on the bundled MLP until the training example lands).
+## Train the bundled example end to end: the digits MLP (Examples/digits), 10 epochs, eval after each.
 run: release
-	$(RELEASE_BIN) inspect Tests/Fixtures/inference/mlp_opset17/model.onnx
+	$(RELEASE_BIN) run Examples/digits --data Examples/digits/train.npz --eval-data Examples/digits/test.npz \
+	    --batch-size 32 --epochs 10 --lr 0.002 --log runs/digits/log.csv --out runs/digits
 
 ## Download the onnx wheel with pip and unpack only its backend test data (never committed).
 testdata: $(NODE_SUITE)/test_abs/model.onnx

@@ -193,17 +193,17 @@ struct TrainingRun {
         let linear = schedule == "linear" ? LinearLRScheduler(optimizer: optimizer, warmupStepCount: Int64(warmup), totalStepCount: Int64(steps), initialLearningRate: lr) : nil
         let cosine = schedule == "cosine" ? CosineLRScheduler(optimizer: optimizer, warmupStepCount: Int64(warmup), totalStepCount: Int64(steps), initialLearningRate: lr) : nil
 
+        for directory in [outDirectory, logPath.map { URL(fileURLWithPath: $0).deletingLastPathComponent().path }].compactMap({ $0 }) {
+            do {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            } catch {
+                throw OnnxTrainError.io("cannot create the folder \(directory): \(error.localizedDescription)")
+            }
+        }
         var logFile: LogFile?
         if let logPath {
             logFile = try LogFile(path: logPath)
             try logFile?.write("step,loss,learning_rate,batch\n")
-        }
-        if let outDirectory {
-            do {
-                try FileManager.default.createDirectory(atPath: outDirectory, withIntermediateDirectories: true)
-            } catch {
-                throw OnnxTrainError.io("cannot create the output folder \(outDirectory): \(error.localizedDescription)")
-            }
         }
         var random = RandomGenerator(seed: seed)
         // Shuffling permutes the examples every pass (or, when some array has rows that do not
