@@ -6,7 +6,11 @@ import XCTest
 /// rewired or dropped, initializers and declared input shapes changed. Each mutant is written with
 /// the ModelWriter, loaded back and run on zero feeds; every failure must be an `OnnxTrainError`.
 final class SemanticMutationTests: XCTestCase {
+    /// Attribute values tried. Sizes that ask for terabytes (1 << 20 pads) or overflow Int still abort
+    /// in kernels (Conv geometry, output allocation): ONNX_TRAIN_MUTATION_HOSTILE=1 adds them to
+    /// reproduce (`ONNX_TRAIN_MUTATIONS=300 ONNX_TRAIN_MUTATION_SEED=2000` finds one quickly).
     static let extremeInts = [-1, 0, 1, 2, 3, 7, -100, -(1 << 40)]
+        + (ProcessInfo.processInfo.environment["ONNX_TRAIN_MUTATION_HOSTILE"] != nil ? [1 << 20, Int(Int32.max), Int.max, Int.min] : [])
 
     func mutate(_ model: Model, _ rng: inout SplitMix) -> (Model, String) {
         var m = model
@@ -81,14 +85,33 @@ final class SemanticMutationTests: XCTestCase {
         return outcomes
     }
 
+    func testReshapeToAnOverflowingShapeThrows() throws {
+        // Found by the training-graph mutants: a Reshape fed MaxPool's indices as its shape.
+        var g = Graph()
+        g.inputs = [ValueInfo(name: "x", type: .tensor(.float32, shape: [.value(4)])), ValueInfo(name: "s", type: .tensor(.int64, shape: [.value(3)]))]
+        g.outputs = [ValueInfo(name: "y", type: nil)]
+        g.nodes = [Node(opType: "Reshape", inputs: ["x", "s"], outputs: ["y"])]
+        var m = Model(graph: g)
+        m.opsetImports = ["": 17]
+        let session = try InferenceSession(model: m)
+        for shape: [Int64] in [[1 << 40, 1 << 40, -1], [1 << 40, 1 << 40, 4], [Int64.max, 2, 1]] {
+            assertOnnxTrainError(.kernel, containing: ["Reshape", "cannot reshape"]) {
+                try session.run(tensors: ["x": Tensor(zeros: .float32, shape: [4]), "s": Tensor(shape: [3], scalars: shape)])
+            }
+        }
+    }
+
     /// 150 mutants per model by default; ONNX_TRAIN_MUTATIONS=N and ONNX_TRAIN_MUTATION_SEED=S search further.
     func testSemanticMutationsOfTheInferenceFixtures() throws {
         let env = ProcessInfo.processInfo.environment
         let count = env["ONNX_TRAIN_MUTATIONS"].flatMap { Int($0) } ?? 150
         let seed = env["ONNX_TRAIN_MUTATION_SEED"].flatMap { UInt64($0) } ?? 1000
         var total: [MutationHarness.Outcome: Int] = [:]
-        for (i, name) in ["mlp_dynamic_opset17", "cnn_opset17", "gpt_opset17", "cnn_opset14"].enumerated() {
-            let outcomes = try run(DataFixtures.root + "/inference/\(name)/model.onnx", count: count, seed: seed + UInt64(i))
+        let models = ["inference/mlp_dynamic_opset17", "inference/cnn_opset17", "inference/gpt_opset17", "inference/cnn_opset14"]
+            .map { DataFixtures.root + "/\($0)/model.onnx" }
+            + ["mlp_ce_adamw", "cnn_ce_adamw", "gpt_ce_adamw"].map { DataFixtures.root + "/training/\($0)/training_model.onnx" }
+        for (i, path) in models.enumerated() {
+            let outcomes = try run(path, count: count, seed: seed + UInt64(i))
             total.merge(outcomes, uniquingKeysWith: +)
         }
         print("semantic mutation outcomes over \(total.values.reduce(0, +)) models: \(total)")

@@ -172,12 +172,20 @@ func reshapeTarget(_ input: [Int], _ requested: [Int], allowZero: Bool) throws -
         }
     }
     let total = Tensor.elementCount(input)
+    // The requested dims are data (a shape tensor): multiply with overflow checks.
+    func product(_ dims: [Int]) throws -> Int {
+        try dims.reduce(1) {
+            let (p, overflow) = $0.multipliedReportingOverflow(by: $1)
+            guard !overflow else { throw KernelError("cannot reshape \(input) to \(requested): too many elements") }
+            return p
+        }
+    }
     if let i = inferred {
-        let known = shape.enumerated().filter { $0.offset != i }.reduce(1) { $0 * $1.element }
+        let known = try product(shape.enumerated().filter { $0.offset != i }.map(\.element))
         guard known > 0, total % known == 0 else { throw KernelError("cannot reshape \(input) to \(requested)") }
         shape[i] = total / known
     }
-    guard Tensor.elementCount(shape) == total else { throw KernelError("cannot reshape \(input) to \(requested)") }
+    guard try product(shape) == total else { throw KernelError("cannot reshape \(input) to \(requested)") }
     return shape
 }
 
