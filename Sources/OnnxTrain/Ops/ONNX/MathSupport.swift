@@ -202,10 +202,11 @@ func dispatchReal<Op: RealOperation>(_ dtype: DType, _ op: Op) throws -> Op.Resu
 
 /// Runs `body` on `inputs` widened to float32 when the first is float16/bfloat16 and rounds
 /// tensor results back; other inputs pass through unchanged.
-func computingHalfInFloat(_ inputs: [Tensor], _ body: ([Tensor]) throws -> Tensor) rethrows -> Tensor {
+func computingHalfInFloat(_ inputs: [Tensor], _ body: ([Tensor]) throws -> Tensor) throws -> Tensor {
     guard let first = inputs.first, first.isHalf else { return try body(inputs) }
-    let result = try body(inputs.map { $0.isHalf ? $0.widenedToFloat() : $0 })
-    return result.dtype == .float32 ? result.narrowed(to: first.dtype) : result
+    // Cast converts in one pass (widening is exact; narrowing rounds to nearest even).
+    let result = try body(inputs.map { $0.isHalf ? try $0.cast(to: .float32) : $0 })
+    return result.dtype == .float32 ? try result.cast(to: first.dtype) : result
 }
 
 // MARK: - Unary drivers
