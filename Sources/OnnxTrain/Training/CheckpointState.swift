@@ -14,6 +14,7 @@ public final class Parameter {
     /// Trainable (in the checkpoint's `requires_grad_params`) or frozen.
     public let requiresGrad: Bool
 
+    /// Takes `data`'s storage as is: in-place updates reach every tensor sharing it.
     public init(name: String, data: Tensor, requiresGrad: Bool) {
         self.name = name
         self.data = data
@@ -99,10 +100,12 @@ public final class CheckpointState {
         for p in parameters { try add(p) }
     }
 
-    /// A state holding `tensors` as trainable parameters (e.g. read from npz or safetensors).
+    /// A state holding copies of `tensors` as trainable parameters (e.g. read from npz or
+    /// safetensors). Copies, because training updates parameters in place and the caller's
+    /// tensors must not change under it.
     public convenience init(trainable tensors: [(String, Tensor)], frozen: [(String, Tensor)] = []) throws {
-        try self.init(parameters: tensors.map { Parameter(name: $0.0, data: $0.1, requiresGrad: true) }
-                      + frozen.map { Parameter(name: $0.0, data: $0.1, requiresGrad: false) })
+        try self.init(parameters: tensors.map { Parameter(name: $0.0, data: $0.1.copied(), requiresGrad: true) }
+                      + frozen.map { Parameter(name: $0.0, data: $0.1.copied(), requiresGrad: false) })
     }
 
     func add(_ parameter: Parameter) throws {

@@ -61,7 +61,16 @@ extension TrainingModule {
     public convenience init(gradientGraph: Model, state: CheckpointState, lossName: String? = nil,
                             options: SessionOptions = SessionOptions()) throws {
         let names = Set(state.parameterNames)
-        let training = try GradientGraph.trainingModel(from: gradientGraph, parameters: names)
+        let label = gradientGraph.path ?? "gradient graph"
+        let outputs = Set(gradientGraph.graph.outputs.map(\.name))
+        let wanted = gradientGraph.graph.inputs.map(\.name).filter { outputs.contains($0 + "_grad") }
+        let missing = wanted.filter { !names.contains($0) }
+        guard missing.isEmpty else {
+            throw OnnxTrainError.training("\(label): the parameters lack \(missing.map { "'\($0)'" }.joined(separator: ", ")) (the graph trains: \(wanted.joined(separator: ", ")))")
+        }
+        // Frozen parameters (from a checkpoint) are fed but get no gradient buffer.
+        let trainable = Set(state.parameters.filter(\.requiresGrad).map(\.name))
+        let training = try GradientGraph.trainingModel(from: gradientGraph, parameters: trainable)
         let loss = lossName ?? GradientGraph.lossOutput(of: gradientGraph.graph, parameters: names)
         // The eval model is the same graph without its gradient part.
         let forward = training.graph.outputs.map(\.name).filter { !$0.hasSuffix("_grad.accumulation.out") }

@@ -225,4 +225,27 @@ final class TrainingModuleTests: XCTestCase {
         }
         XCTAssertThrowsError(try module.evalStep([]))  // no eval model
     }
+
+    func testGradientGraphParametersMustCoverTheGraph() throws {
+        let g = Self.root.appendingPathComponent("gradient/mlp")
+        let graph = try Model(contentsOf: g.appendingPathComponent("gradient_graph.onnx").path)
+        let all = try Npz.read(contentsOf: g.appendingPathComponent("params.npz").path)
+        let partial = try CheckpointState(trainable: all.filter { $0.name != "fc2.bias" }.map { ($0.name, $0.tensor) })
+        XCTAssertThrowsError(try TrainingModule(gradientGraph: graph, state: partial)) { error in
+            XCTAssertTrue("\(error)".contains("the parameters lack 'fc2.bias'"), "\(error)")
+        }
+        // A frozen parameter is fed but not trained.
+        let mixed = try CheckpointState(trainable: all.filter { $0.name != "fc1.bias" }.map { ($0.name, $0.tensor) },
+                                        frozen: all.filter { $0.name == "fc1.bias" }.map { ($0.name, $0.tensor) })
+        let module = try TrainingModule(gradientGraph: graph, state: mixed)
+        XCTAssertEqual(module.trainableParameters.map(\.name), ["fc1.weight", "fc2.weight", "fc2.bias"])
+        let optimizer = try Optimizer(.sgd, module: module)
+        optimizer.learningRate = 0.5
+        let data = try Npz.readDictionary(contentsOf: g.appendingPathComponent("data.npz").path)
+        let before = mixed.parameter("fc1.bias")!.data.scalars(as: Float.self)
+        _ = try module.trainStep(named: try Batches(arrays: data, names: module.trainInputNames, batchSize: 6).batch(0))
+        try optimizer.step()
+        XCTAssertEqual(mixed.parameter("fc1.bias")!.data.scalars(as: Float.self), before)
+        XCTAssertNotEqual(mixed.parameter("fc1.weight")!.data.scalars(as: Float.self), all[0].tensor.scalars(as: Float.self))
+    }
 }
