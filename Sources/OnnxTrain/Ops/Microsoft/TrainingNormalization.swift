@@ -198,48 +198,75 @@ struct LayerNormGradKernel: Kernel {
         let (rows, cols, _) = try rowLayout(x, axis: axis)
         let scaleT = try inputs.tensor(2)
         let scale = try columnVector(scaleT, "scale", cols)
-        let dy = try floatValues(dyT, "Y_grad"), xv = try floatValues(x, "X")
-        var xhat = [Double](repeating: 0, count: xv.count)
+        _ = try commonFloatType([dyT, x], names: ["Y_grad", form == .invertible ? "Y" : "X"])
+        // x̂ = (x − rowShift[r] − colShift[j]) · rowScale[r] · colScale[j] covers all three forms.
+        var rowShift = [Double](repeating: 0, count: rows), rowScale = [Double](repeating: 1, count: rows)
+        var colShift = [Double](repeating: 0, count: cols), colScale = [Double](repeating: 1, count: cols)
         let inv: [Double]
         switch form {
         case .standard:
-            let mean = try rowVector(try inputs.tensor(3), "mean", rows)
+            rowShift = try rowVector(try inputs.tensor(3), "mean", rows)
             inv = try rowVector(try inputs.tensor(4), "inv_std_dev", rows)
-            for r in 0..<rows { for j in 0..<cols { let k = r * cols + j; xhat[k] = (xv[k] - mean[r]) * inv[r] } }
+            rowScale = inv
         case .simplified:
             inv = try rowVector(try inputs.tensor(3), "inv_std_var", rows)
-            for r in 0..<rows { for j in 0..<cols { let k = r * cols + j; xhat[k] = xv[k] * inv[r] } }
+            rowScale = inv
         case .invertible:
-            let bias = try columnVector(try inputs.tensor(3), "bias", cols)
+            colShift = try columnVector(try inputs.tensor(3), "bias", cols)
             inv = try rowVector(try inputs.tensor(4), "inv_std_var", rows)
             for j in 0..<cols where scale[j] == 0 { throw KernelError("scale[\(j)] is 0, so Y cannot be inverted") }
-            for r in 0..<rows { for j in 0..<cols { let k = r * cols + j; xhat[k] = (xv[k] - bias[j]) / scale[j] } }
+            colScale = scale.map { 1 / $0 }
         }
-        var dx = [Double](repeating: 0, count: xv.count)
-        var dScale = [Double](repeating: 0, count: cols), dBias = [Double](repeating: 0, count: cols)
-        for r in 0..<rows {
-            let base = r * cols
-            var meanB = 0.0, meanC = 0.0
-            for j in 0..<cols {
-                let b = dy[base + j] * scale[j] * inv[r]
-                meanB += b
-                meanC += b * xhat[base + j]
-                dScale[j] += dy[base + j] * xhat[base + j]
-                dBias[j] += dy[base + j]
-            }
-            meanB /= Double(cols)
-            meanC /= Double(cols)
-            if form == .simplified { meanB = 0 }
-            for j in 0..<cols {
-                let b = dy[base + j] * scale[j] * inv[r]
-                dx[base + j] = b - meanB - xhat[base + j] * meanC
-            }
-        }
-        let dxType = x.dtype
-        var out: [Value?] = [.tensor(floatTensor(dxType, shape: x.shape, dx)),
-                             .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dScale))]
+        let rowsOp = LayerNormGradRows(dy: dyT.widenedIfHalf, x: x.widenedIfHalf, rows: rows, cols: cols, scale: scale, inv: inv,
+                                       rowShift: rowShift, rowScale: rowScale, colShift: colShift, colScale: colScale,
+                                       simplified: form == .simplified)
+        let (dxWide, dScale, dBias) = try trainingFloatDispatch(x.dtype, rowsOp)
+        let dx = dxWide.dtype == x.dtype ? dxWide : dxWide.narrowed(to: x.dtype)
+        var out: [Value?] = [.tensor(dx), .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dScale))]
         if form != .simplified { out.append(.tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dBias))) }
         return out
+    }
+}
+
+/// The row loop of the layer-norm gradients over dY, X: [rows, cols] in their own float type,
+/// with per-row and per-column vectors (and the reductions) in Double.
+struct LayerNormGradRows: FloatOperation {
+    let dy: Tensor, x: Tensor
+    let rows: Int, cols: Int
+    let scale: [Double], inv: [Double]
+    let rowShift: [Double], rowScale: [Double], colShift: [Double], colScale: [Double]
+    let simplified: Bool
+
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> (Tensor, [Double], [Double]) {
+        var dx = Tensor(uninitialized: T.dtype, shape: x.shape)
+        var dScale = [Double](repeating: 0, count: cols), dBias = [Double](repeating: 0, count: cols)
+        dy.withUnsafeBufferPointer(as: T.self) { g in
+            x.withUnsafeBufferPointer(as: T.self) { xv in
+                dx.withUnsafeMutableBufferPointer(as: T.self) { o in
+                    for r in 0..<rows {
+                        let base = r * cols
+                        var meanB = 0.0, meanC = 0.0
+                        for j in 0..<cols {
+                            let d = Double(g[base + j])
+                            let xhat = (Double(xv[base + j]) - rowShift[r] - colShift[j]) * rowScale[r] * colScale[j]
+                            let b = d * scale[j] * inv[r]
+                            meanB += b
+                            meanC += b * xhat
+                            dScale[j] += d * xhat
+                            dBias[j] += d
+                        }
+                        meanB = simplified ? 0 : meanB / Double(cols)
+                        meanC /= Double(cols)
+                        for j in 0..<cols {
+                            let xhat = (Double(xv[base + j]) - rowShift[r] - colShift[j]) * rowScale[r] * colScale[j]
+                            let b = Double(g[base + j]) * scale[j] * inv[r]
+                            o[base + j] = T(b - meanB - xhat * meanC)
+                        }
+                    }
+                }
+            }
+        }
+        return (dx, dScale, dBias)
     }
 }
 
