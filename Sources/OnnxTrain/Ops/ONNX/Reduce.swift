@@ -68,8 +68,31 @@ func forEachReduced(shape: [Int], outStrides: [Int], _ body: (Int, Int) -> Void)
     }
 }
 
+/// The sum of `f(p[0..<n])` with four independent partial sums (so the loop vectorises), added
+/// pairwise at the end.
+@inline(__always)
+func contiguousSum<T: ArithmeticElement>(_ p: UnsafePointer<T>, _ n: Int, _ f: (T) -> T) -> T {
+    var s0 = 0 as T, s1 = 0 as T, s2 = 0 as T, s3 = 0 as T
+    var i = 0
+    while i + 4 <= n {
+        s0 = T.add(s0, f(p[i])); s1 = T.add(s1, f(p[i + 1]))
+        s2 = T.add(s2, f(p[i + 2])); s3 = T.add(s3, f(p[i + 3]))
+        i += 4
+    }
+    while i < n { s0 = T.add(s0, f(p[i])); i += 1 }
+    return T.add(T.add(s0, s1), T.add(s2, s3))
+}
+
 struct Reduction: ArithmeticOperation {
     let x: Tensor, reduced: [Bool], kind: ReduceKind, outDType: DType?
+
+    /// The length of the contiguous run each output reduces when the reduced axes are exactly
+    /// the trailing ones (and there is something to reduce), else nil.
+    private var trailingRun: Int? {
+        guard let first = reduced.firstIndex(of: true), !reduced[first...].contains(false) else { return nil }
+        let run = x.shape[first...].reduce(1, *)
+        return run > 0 ? run : nil
+    }
 
     func callAsFunction<T: ArithmeticElement>(_ type: T.Type) throws -> Tensor {
         let (kept, outStrides) = reductionLayout(shape: x.shape, reduced: reduced)
@@ -95,14 +118,24 @@ struct Reduction: ArithmeticOperation {
                 for o in po.indices { po[o] = identity }
                 // One loop per kind, so each combine step inlines into its loop.
                 let shape = x.shape
-                switch kind {
-                case .sum, .mean, .logSum: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = T.add(po[o], px[i]) }
-                case .l1: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = T.add(po[o], T.magnitude(px[i])) }
-                case .l2, .sumSquare: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = T.add(po[o], T.mul(px[i], px[i])) }
-                case .prod: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = T.mul(po[o], px[i]) }
-                case .max: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = MaxFunction()(po[o], px[i]) }
-                case .min: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = MinFunction()(po[o], px[i]) }
-                case .logSumExp: break  // handled above
+                if let run = trailingRun, kind == .sum || kind == .mean || kind == .logSum || kind == .sumSquare || kind == .l2 {
+                    // Reduced axes are the trailing ones: each output sums a contiguous run
+                    // (x: [outer, run] -> [outer]), with independent partial sums so it vectorises.
+                    let square = kind == .sumSquare || kind == .l2
+                    for o in po.indices {
+                        let base = px.baseAddress! + o * run
+                        po[o] = square ? contiguousSum(base, run) { T.mul($0, $0) } : contiguousSum(base, run) { $0 }
+                    }
+                } else {
+                    switch kind {
+                    case .sum, .mean, .logSum: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = T.add(po[o], px[i]) }
+                    case .l1: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = T.add(po[o], T.magnitude(px[i])) }
+                    case .l2, .sumSquare: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = T.add(po[o], T.mul(px[i], px[i])) }
+                    case .prod: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = T.mul(po[o], px[i]) }
+                    case .max: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = MaxFunction()(po[o], px[i]) }
+                    case .min: forEachReduced(shape: shape, outStrides: outStrides) { i, o in po[o] = MinFunction()(po[o], px[i]) }
+                    case .logSumExp: break  // handled above
+                    }
                 }
                 if kind == .mean || kind == .l2 || kind == .logSum {
                     for o in po.indices { po[o] = kind.finish(po[o], count: count) }
