@@ -129,7 +129,7 @@ public enum SafeTensors {
         for i in 0..<8 { out[i] = UInt8(truncatingIfNeeded: length >> (8 * UInt64(i))) }
         out.append(json)
         out.reserveCapacity(out.count + offset)
-        for (_, tensor) in file.tensors { out.append(contentsOf: tensor.rawBytes) }
+        for (_, tensor) in file.tensors { out.appendBytes(of: tensor) }
         return out
     }
 
