@@ -172,6 +172,9 @@ def check(ckpt, expected_npz, expected_json, art):
         if p.requires_grad != trainable:
             failures.append(f"parameter {name} requires_grad={p.requires_grad}, expected {trainable}")
     for k, v in info.get("properties", {}).items():
+        if k not in state.properties:
+            failures.append(f"property {k} missing")
+            continue
         got = state.properties[k]
         if isinstance(v, float):
             ok = np.float32(got) == np.float32(v)
