@@ -11,11 +11,18 @@ import Glibc
 
 extension Model {
     /// Serialises the model as an ONNX ModelProto: graph, nodes, attributes of every kind,
-    /// initializers as raw_data (external data is inlined), value infos, opsets and functions.
+    /// initializers as raw_data (external data is inlined; sparse initializers, densified by the
+    /// loader, are written dense), value infos, opsets, metadata and functions.
     public func serialized() throws -> Data {
         let arena = ProtoArena()
         let proto = try arena.model(self)
-        return arena.pack(UnsafeRawPointer(proto).assumingMemoryBound(to: ProtobufCMessage.self))
+        let message = UnsafeRawPointer(proto).assumingMemoryBound(to: ProtobufCMessage.self)
+        // Protobuf readers (onnx, onnxruntime) refuse messages over 2 GiB.
+        let size = protobuf_c_message_get_packed_size(message)
+        guard size < Int(Int32.max) else {
+            throw OnnxTrainError.unsupported("the model would take \(size) bytes, over protobuf's 2 GiB limit (writing external data is not implemented)")
+        }
+        return arena.pack(message)
     }
 
     /// Writes the model to an `.onnx` file.
