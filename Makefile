@@ -2,7 +2,7 @@
 # Both install the system packages they need (Debian/Ubuntu, apt-get) and fetch their test data.
 
 SHELL := /bin/bash
-APT_PACKAGES := libprotobuf-c-dev libopenblas-dev protobuf-c-compiler zlib1g-dev pkg-config unzip
+APT_PACKAGES := libprotobuf-c-dev libopenblas-dev protobuf-c-compiler zlib1g-dev pkg-config unzip valgrind binutils
 ONNX_VERSION := 1.22.0
 TESTDATA := .testdata/onnx-$(ONNX_VERSION)
 NODE_SUITE := $(TESTDATA)/onnx/backend/test/data/node
@@ -57,6 +57,7 @@ test-build: deps
 ## Every test: generated code up to date, the ONNX conformance suite against the manifest, unit tests.
 test: deps testdata proto-check test-build
 	$(TEST_BIN) conformance $(NODE_SUITE) --manifest $(MANIFEST) --quiet
+	ONNX_TRAIN_BIN=$(TEST_BIN) Tests/leakcheck.sh
 	swift test -c release -Xswiftc -enable-testing --scratch-path .build-test --skip-build
 
 conformance: deps testdata test-build
