@@ -147,6 +147,13 @@ final class TensorOpsTests: XCTestCase {
         XCTAssertThrowsError(try runNode("Slice", opset: 13, [x, i64([0]), i64([1]), i64([0]), i64([Int64.min])]))
         XCTAssertThrowsError(try runNode("Resize", opset: 19, [x, nil, Tensor(shape: [4], scalars: [Float(1), 1, 1e30, 1])]))
         XCTAssertThrowsError(try runNode("RoiAlign", opset: 16, [x, Tensor(shape: [1, 4], scalars: [Float(0), 0, 1e30, 1e30]), i64([0])]))
+        // Sizes from data that would need terabytes (or overflow Int) are refused before allocating.
+        let one = Tensor(shape: [1], scalars: [Float(1)])
+        XCTAssertThrowsError(try runNode("Pad", opset: 19, [one, i64([1 << 39, 0])]))
+        XCTAssertThrowsError(try runNode("Pad", opset: 19, [Tensor(zeros: .float32, shape: [0, 1]), i64([0, 1 << 39, 0, 0])]))
+        XCTAssertThrowsError(try runNode("Tile", opset: 13, [Tensor(zeros: .float32, shape: [2, 2]), i64([Int64.max, 3])]))
+        XCTAssertThrowsError(try runNode("ConstantOfShape", opset: 20, [i64([1 << 20, 1 << 20, 1 << 20])]))
+        XCTAssertThrowsError(try runNode("CenterCropPad", opset: 18, [one, i64([1 << 40])]))
     }
 }
 

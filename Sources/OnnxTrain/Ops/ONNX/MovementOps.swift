@@ -24,6 +24,7 @@ func registerMovementOps(_ registry: OpRegistry) {
         let attrSplit = try ctx.ints("split")
         let numOutputs = try ctx.int("num_outputs")
         let outputs = ctx.outputCount
+        if let n = numOutputs, n != outputs { throw KernelError("num_outputs \(n) differs from the node's \(outputs) outputs") }
         return AnyKernel { inputs, _ in
             let x = try inputs.tensor(0)
             let a = try normalizeAxis(axis, rank: x.rank)
@@ -75,7 +76,12 @@ func registerMovementOps(_ registry: OpRegistry) {
             guard repeats.count == x.rank, repeats.allSatisfy({ $0 >= 0 }) else {
                 throw KernelError("repeats \(repeats) must hold one nonnegative count per dimension of \(x.shape)")
             }
-            let out = zip(x.shape, repeats).map { $0 * $1 }
+            var out: [Int] = []
+            for (d, r) in zip(x.shape, repeats) {
+                let (n, overflow) = d.multipliedReportingOverflow(by: r)
+                guard !overflow else { throw KernelError("repeats \(repeats) overflow the output size") }
+                out.append(n)
+            }
             try checkShape(out, "output")
             let maps = (0..<x.rank).map { d in (0..<out[d]).map { $0 % x.shape[d] } }
             return [.tensor(try take(x, combineAxisMaps(maps, inputShape: x.shape), shape: out))]
@@ -118,6 +124,9 @@ func registerMovementOps(_ registry: OpRegistry) {
             let target = try inputs.tensor(1).ints("shape")
             let axes = try normalizeAxes(attrAxes ?? Array(0..<x.rank), rank: x.rank)
             guard target.count == axes.count else { throw KernelError("shape \(target) must hold one size per axis \(axes)") }
+            var checked = x.shape
+            for (k, a) in axes.enumerated() { checked[a] = target[k] }
+            try checkShape(checked, "output")
             var maps = (0..<x.rank).map { Array(0..<x.shape[$0]) }
             var out = x.shape
             for (k, a) in axes.enumerated() {
@@ -311,9 +320,14 @@ func pad(_ x: Tensor, begin: [Int], end: [Int], mode: String, fill: Tensor?) thr
     var out: [Int] = []
     for d in 0..<x.rank {
         guard abs(begin[d]) < 1 << 40, abs(end[d]) < 1 << 40 else { throw KernelError("pads \(begin[d]), \(end[d]) are too large") }
-        let n = x.shape[d], size = n + begin[d] + end[d]
+        let size = x.shape[d] + begin[d] + end[d]
         guard size >= 0 else { throw KernelError("pads crop axis \(d) of \(x.shape) below zero") }
         out.append(size)
+    }
+    // Check the whole output before building any per-axis map (a huge pad must not allocate first).
+    try checkShape(out, "output")
+    for d in 0..<x.rank {
+        let n = x.shape[d], size = out[d]
         if mode != "constant" && n == 0 && size > 0 { throw KernelError("cannot \(mode)-pad an empty axis") }
         var map = [Int](repeating: 0, count: size)
         for o in 0..<size {
@@ -333,6 +347,5 @@ func pad(_ x: Tensor, begin: [Int], end: [Int], mode: String, fill: Tensor?) thr
         }
         maps.append(map)
     }
-    try checkShape(out, "output")
     return try take(x, combineAxisMaps(maps, inputShape: x.shape), shape: out, fill: fill)
 }

@@ -57,6 +57,7 @@ func registerRandomOps(_ registry: OpRegistry) {
             guard x.rank == 2 else { throw KernelError("input must be [batch, classes], got \(x.shape)") }
             let logits = try x.doubles()
             let (batch, classes) = (x.shape[0], x.shape[1])
+            try checkShape([batch, samples], "output")
             var rng = seed.map { RandomGenerator(seed: UInt64($0.bitPattern)) } ?? context.state.random
             var out = [Double]()
             for b in 0..<batch {

@@ -339,13 +339,19 @@ func normalizeAxes(_ axes: [Int], rank: Int, name: String = "axes") throws -> [I
     return result
 }
 
-/// Makes sure every shape entry is a valid dimension.
+/// Makes sure every shape entry is a valid dimension and the whole is allocatable in principle.
+///
+/// The cap, 2^33 elements (32 GiB of float32), is far above any real model's tensors and keeps
+/// shapes computed from hostile data (pads, repeats, sizes) from reaching an allocation that
+/// aborts the process.
 func checkShape(_ shape: [Int], _ what: String) throws {
     guard shape.allSatisfy({ $0 >= 0 }) else { throw KernelError("\(what) \(shape) has a negative dimension") }
     var n = 1
     for d in shape {
         let (m, overflow) = n.multipliedReportingOverflow(by: d)
-        guard !overflow, m <= 1 << 40 else { throw KernelError("\(what) \(shape) is too large") }
+        guard !overflow, m <= 1 << 33 else { throw KernelError("\(what) \(shape) is too large") }
         n = m
     }
+    // Per-axis maps hold one Int per output coordinate; a zero elsewhere must not let one axis run away.
+    guard shape.allSatisfy({ $0 <= 1 << 33 }) else { throw KernelError("\(what) \(shape) is too large") }
 }

@@ -67,6 +67,7 @@ func registerVisionOps(_ registry: OpRegistry) {
                     throw KernelError("expected X [N,C,H,W], rois [R,4], batch_indices [R]")
                 }
                 let (c, h, w) = (x.shape[1], x.shape[2], x.shape[3])
+                try checkShape([batch.count, c, outH, outW], "output")
                 let data = try x.doubles(), r = try rois.doubles()
                 var out = [Double](repeating: 0, count: batch.count * c * outH * outW)
                 for k in 0..<batch.count {
@@ -157,6 +158,9 @@ func registerVisionOps(_ registry: OpRegistry) {
             let x = try inputs.tensor(0)
             let image = try inputs.tensor(1).ints("image_shape"), block = try inputs.tensor(2).ints("block_shape")
             let s = image.count
+            for v in image + block + (attrDilations ?? []) + (attrPads ?? []) + (attrStrides ?? []) where abs(v) >= 1 << 31 {
+                throw KernelError("image_shape, block_shape, dilations, pads and strides must stay below 2^31, got \(v)")
+            }
             let dil = attrDilations ?? [Int](repeating: 1, count: s), str = attrStrides ?? [Int](repeating: 1, count: s)
             let pads = attrPads ?? [Int](repeating: 0, count: 2 * s)
             guard block.count == s, dil.count == s, str.count == s, pads.count == 2 * s, x.rank == 3 else { throw KernelError("image_shape, block_shape, dilations, strides and pads disagree") }
@@ -170,6 +174,8 @@ func registerVisionOps(_ registry: OpRegistry) {
                 let span = dil[d] * (block[d] - 1) + 1
                 counts.append((image[d] + pads[d] + pads[s + d] - span) / str[d] + 1)
             }
+            try checkShape(counts.map { max($0, 0) }, "block count")
+            try checkShape(image, "image_shape")
             guard counts.reduce(1, *) == x.shape[2], counts.allSatisfy({ $0 > 0 }) else { throw KernelError("input length \(x.shape[2]) does not match the block count \(counts)") }
             try checkShape(image, "image_shape")
             let data = try x.doubles()
