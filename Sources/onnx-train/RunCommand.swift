@@ -6,17 +6,21 @@ import OnnxTrain
 struct RunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
-        abstract: "Train an onnxruntime artifact folder or a gradient graph on data from an .npz file.",
+        abstract: "Train an onnxruntime artifact folder or a gradient graph.",
         discussion: """
             PATH is a folder from onnxruntime's generate_artifacts (checkpoint, training_model.onnx, \
-            optimizer_model.onnx) or a gradient graph .onnx (then --params gives the parameters). \
+            optimizer_model.onnx, eval_model.onnx) or a gradient graph .onnx (then --params gives the \
+            parameters, else they are initialised as PyTorch initialises its layers). \
+            Data: .npz or .safetensors (arrays named after the graph's user inputs, or --map), a CSV \
+            table (--features, --label), or a folder of TensorProto .pb files. \
             Batches: the first user input's first axis divided by --batch-size gives the batch count; \
-            every array is cut along its first axis into that many equal parts. --steps cycles \
-            through the batches (in order with --no-shuffle, else the examples are reshuffled every pass \
-            with a seeded generator). \
-            Each step is a train step, an optimizer step and a lazy gradient reset. The checkpoint \
-            (with optimizer state) goes to --out; if the loss stops being finite, training stops and \
-            --out keeps the state after the last good step.
+            every array is cut along its first axis into that many equal parts. The examples are \
+            reshuffled every pass with --seed (or kept in order with --no-shuffle). \
+            Each optimizer step follows --accumulate train steps, then a lazy gradient reset. \
+            --out (default runs/<name>-<time>) receives checkpoint, metrics.csv, loss.svg, model.onnx \
+            and params.safetensors. Ctrl-C stops after the current step, saves, and prints the \
+            command that resumes. If the loss stops being finite, training stops and --out keeps \
+            the state after the last good step.
 
             \(CLIFailure.exitCodeHelp)
             """
@@ -25,8 +29,17 @@ struct RunCommand: ParsableCommand {
     @Argument(help: "Artifact folder, or gradient graph .onnx file.")
     var path: String
 
-    @Option(help: "Training data: an .npz with one array per user input of the training graph.")
+    @Option(help: "Training data: .npz, .safetensors, .csv, or a folder of .pb TensorProto files.")
     var data: String
+
+    @Option(help: "Graph inputs fed from arrays with other names: input=x,labels=y.")
+    var map: String?
+
+    @Option(help: "CSV data: the feature columns, comma-separated (default: every column but the label).")
+    var features: String?
+
+    @Option(help: "CSV data: the label column (default: the last column that is not a feature).")
+    var label: String?
 
     @Option(name: .customLong("batch-size"), help: "Rows of the first user input per step.")
     var batchSize: Int
@@ -34,29 +47,50 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Optimizer steps to take (or give --epochs).")
     var steps: Int?
 
-    @Option(help: "Passes over the training data (steps = epochs x batches).")
+    @Option(help: "Passes over the training data.")
     var epochs: Int?
 
-    @Option(name: .customLong("eval-data"), help: "Held-out .npz: the eval graph runs over it before training and after every epoch (loss, and accuracy for class labels).")
+    @Flag(name: .customLong("drop-last"), help: "Drop the examples past the last whole batch (else they must divide evenly).")
+    var dropLast = false
+
+    @Option(name: .customLong("eval-data"), help: "Held-out data: the eval graph runs over it before training and after every epoch (loss, and accuracy for integer labels).")
     var evalData: String?
+
+    @Option(name: .customLong("eval-split"), help: "Hold out this fraction of --data (its last examples) as the eval set, e.g. 0.1.")
+    var evalSplit: Double?
 
     @Option(help: "Learning rate (the peak rate with --schedule linear/cosine).")
     var lr: Float
 
+    @Option(name: .customLong("weight-decay"), help: "Gradient graphs with --optimizer adamw: weight decay (default 0).")
+    var weightDecay: Float?
+
+    @Option(help: "Gradient graphs with --optimizer momentum: the momentum (default 0.9).")
+    var momentum: Float?
+
+    @Option(help: "Gradient graphs with --optimizer adamw: beta1,beta2 (default 0.9,0.999).")
+    var betas: String?
+
+    @Option(help: "Train steps per optimizer step (gradient accumulation; the gradients add up).")
+    var accumulate: Int = 1
+
     @Flag(name: .customLong("no-shuffle"), help: "Take the batches in file order (default: reshuffle the examples every pass).")
     var noShuffle = false
 
-    @Option(help: "Seed for the batch order (without --no-shuffle) and random ops.")
+    @Option(help: "Seed for the batch order (without --no-shuffle), initialisation and random ops.")
     var seed: UInt64 = 0
 
-    @Option(help: "Write a CSV log here: step,loss,learning_rate,batch (one row per optimizer step).")
+    @Option(help: "Also write a CSV log here: step,loss,learning_rate,batch (one row per optimizer step).")
     var log: String?
 
-    @Option(help: "Folder that receives the checkpoint after the run.")
+    @Option(help: "Output folder (default runs/<name>-<UTC time>).")
     var out: String?
 
-    @Option(name: .customLong("checkpoint-every"), help: "Also write --out's checkpoint every N steps (atomically), so an interrupted run loses at most N steps.")
+    @Option(name: .customLong("checkpoint-every"), help: "Also save --out every N steps (atomically), so an interrupted run loses at most N steps.")
     var checkpointEvery: Int?
+
+    @Option(help: "Continue the run saved in this folder: parameters, optimizer state, step and data order (same flags as the first run).")
+    var resume: String?
 
     @Option(help: "Gradient graphs: initial parameters (.npz, .safetensors or an onnxruntime checkpoint). Artifact folders: a checkpoint to start from instead of PATH/checkpoint.")
     var params: String?
@@ -64,11 +98,17 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Gradient graphs: the optimizer graph to build (sgd, momentum, adamw).")
     var optimizer: OptimizerChoice?
 
-    @Option(help: "Learning-rate schedule: constant, linear (onnxruntime's LinearLRScheduler) or cosine.")
+    @Option(name: [.customLong("schedule"), .customLong("lr-schedule")], help: "Learning-rate schedule: constant, linear (onnxruntime's LinearLRScheduler) or cosine.")
     var schedule: Schedule = .constant
 
     @Option(help: "Warm-up steps for --schedule linear/cosine.")
     var warmup: Int = 0
+
+    @Option(name: .customLong("print-every"), help: "Without a terminal: print a line every N steps (default: 20 lines per run).")
+    var printEvery: Int?
+
+    @Flag(help: "Print only the final summary.")
+    var quiet = false
 
     enum OptimizerChoice: String, ExpressibleByArgument, CaseIterable {
         case sgd, momentum, adamw
@@ -89,30 +129,109 @@ struct RunCommand: ParsableCommand {
         }
         guard lr.isFinite, lr >= 0 else { throw ValidationError("--lr must be a finite, non-negative number") }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
-        if let checkpointEvery {
-            guard checkpointEvery > 0 else { throw ValidationError("--checkpoint-every must be positive") }
-            guard out != nil else { throw ValidationError("--checkpoint-every needs --out") }
+        guard accumulate > 0 else { throw ValidationError("--accumulate must be positive") }
+        if let checkpointEvery, checkpointEvery <= 0 { throw ValidationError("--checkpoint-every must be positive") }
+        if let printEvery, printEvery <= 0 { throw ValidationError("--print-every must be positive") }
+        if evalData != nil && evalSplit != nil { throw ValidationError("give --eval-data or --eval-split, not both") }
+        if let evalSplit, !(evalSplit > 0 && evalSplit < 1) { throw ValidationError("--eval-split must be between 0 and 1, like 0.1") }
+        if weightDecay != nil || betas != nil, optimizer != .adamw { throw ValidationError("--weight-decay and --betas apply to --optimizer adamw") }
+        if momentum != nil, optimizer != .momentum { throw ValidationError("--momentum applies to --optimizer momentum") }
+        if let betas, parseBetas(betas) == nil { throw ValidationError("--betas takes two numbers in [0, 1), like 0.9,0.999") }
+        if let weightDecay, !(weightDecay.isFinite && weightDecay >= 0) { throw ValidationError("--weight-decay must be a finite, non-negative number") }
+        if let momentum, !(momentum >= 0 && momentum < 1) { throw ValidationError("--momentum must be in [0, 1)") }
+        if resume != nil && params != nil { throw ValidationError("--resume brings its own parameters; drop --params") }
+    }
+
+    func parseBetas(_ text: String) -> (Float, Float)? {
+        let parts = text.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
+        guard parts.count == 2, let b1 = parts[0], let b2 = parts[1], (0..<1).contains(b1), (0..<1).contains(b2) else { return nil }
+        return (b1, b2)
+    }
+
+    var optimizerKind: OptimizerGraph.Kind? {
+        switch optimizer {
+        case nil: return nil
+        case .sgd: return .sgd
+        case .momentum: return .sgdMomentum(momentum: momentum ?? 0.9)
+        case .adamw:
+            let (b1, b2) = betas.flatMap(parseBetas) ?? (0.9, 0.999)
+            return .adamW(beta1: b1, beta2: b2, weightDecay: weightDecay ?? 0)
         }
     }
 
     func run() throws {
         try CLIFailure.run {
-            let session = try TrainingRun.open(path: path, params: params, optimizer: optimizer?.kind, seed: seed, withEval: evalData != nil)
-            try session.train(dataPath: data, evalPath: evalData, batchSize: batchSize, steps: steps, epochs: epochs, lr: lr,
-                              shuffle: !noShuffle, seed: seed, schedule: schedule.rawValue, warmup: warmup, logPath: log, outDirectory: out,
-                              checkpointEvery: checkpointEvery)
+            let reporter = RunReporter(mode: RunReporter.mode(quiet: quiet), totalSteps: steps ?? 0, every: printEvery)
+            let resumed = try resume.map { try ResumePoint.load(from: $0) }
+            let session = try TrainingRun.open(path: path, params: resumed?.checkpointPath ?? params, optimizer: optimizerKind, seed: seed,
+                                               withEval: evalData != nil || evalSplit != nil, say: reporter.say, resuming: resume)
+            let names = session.module.trainInputNames
+            let dataMap = try map.map(DataSource.parseMap) ?? [:]
+            let csv = DataSource.CSVColumns(features: features.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }, label: label)
+            var train = try DataSource.load(data, names: names, map: dataMap, csv: csv)
+            var eval: [String: Tensor]?
+            if let evalData {
+                eval = try DataSource.load(evalData, names: session.module.evalInputNames, map: dataMap, csv: csv)
+            } else if let evalSplit {
+                (train, eval) = try DataSource.split(train, names: names, evalFraction: evalSplit, label: data)
+                reporter.say("eval split: the last \(Int((evalSplit * 100).rounded()))% of \(data) is held out")
+            }
+            if dropLast { train = try DataSource.dropLast(train, names: names, batchSize: batchSize, label: data) }
+            let directory = out ?? resume ?? RunArtifacts.defaultDirectory(for: path)
+            try RunArtifacts.prepare(directory: directory)
+            var settings = RunSettings(batchSize: batchSize, steps: steps, epochs: epochs, lr: lr, shuffle: !noShuffle, seed: resumed?.seed ?? seed,
+                                       schedule: schedule.rawValue, warmup: warmup, logPath: log, outDirectory: directory,
+                                       checkpointEvery: checkpointEvery, accumulate: accumulate)
+            settings.resume = resumed
+            settings.dataLabel = data
+            settings.evalLabel = evalData ?? (evalSplit != nil ? "\(data) (eval split)" : nil)
+            try session.train(train: train, eval: eval, settings: settings, reporter: reporter)
         }
     }
 }
 
-extension RunCommand.OptimizerChoice {
-    var kind: OptimizerGraph.Kind {
-        switch self {
-        case .sgd: return .sgd
-        case .momentum: return .sgdMomentum(momentum: 0.9)
-        case .adamw: return .adamW
+/// Where a saved run stopped (`--resume DIR`).
+struct ResumePoint {
+    let directory: String
+    let checkpointPath: String
+    let steps: Int
+    let batches: Int
+    let seed: UInt64
+    let metrics: [RunMetric]
+
+    static func load(from directory: String) throws -> ResumePoint {
+        let path = URL(fileURLWithPath: directory).appendingPathComponent(RunArtifacts.checkpointName).path
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw OnnxTrainError.io("--resume \(directory): no checkpoint there (expected the --out folder of an earlier onnx-train run)")
         }
+        let state = try CheckpointState.load(from: path)
+        guard case .int(let steps)? = state.properties[RunArtifacts.Resume.step], case .int(let batches)? = state.properties[RunArtifacts.Resume.batches],
+              case .int(let seed)? = state.properties[RunArtifacts.Resume.seed] else {
+            throw OnnxTrainError.invalidInput("--resume \(directory): the checkpoint was not saved by onnx-train run (no step count in its properties); start from it with --params instead")
+        }
+        let metricsPath = URL(fileURLWithPath: directory).appendingPathComponent(RunArtifacts.metricsName).path
+        let metrics = (try? String(contentsOfFile: metricsPath, encoding: .utf8)).map { RunArtifacts.parseMetrics($0) }?.filter { $0.step <= Int(steps) } ?? []
+        return ResumePoint(directory: directory, checkpointPath: path, steps: Int(steps), batches: Int(batches), seed: UInt64(bitPattern: seed), metrics: metrics)
     }
+}
+
+/// The settings of one training run.
+struct RunSettings {
+    var batchSize: Int
+    var steps: Int?
+    var epochs: Int?
+    var lr: Float
+    var shuffle: Bool
+    var seed: UInt64
+    var schedule: String
+    var warmup: Int
+    var logPath: String?
+    var outDirectory: String
+    var checkpointEvery: Int?
+    var accumulate: Int = 1
+    var resume: ResumePoint?
+    var dataLabel = "data"
+    var evalLabel: String?
 }
 
 /// The training loop behind `run`, kept apart from argument parsing.
@@ -121,7 +240,17 @@ struct TrainingRun {
     let optimizer: Optimizer
     let label: String
 
-    static func open(path: String, params: String?, optimizer choice: OptimizerGraph.Kind?, seed: UInt64, withEval: Bool) throws -> TrainingRun {
+    static func open(path: String, params: String?, optimizer choice: OptimizerGraph.Kind?, seed: UInt64, withEval: Bool,
+                     say: (String) -> Void = { print($0) }, resuming: String? = nil) throws -> TrainingRun {
+        do {
+            return try openUnchecked(path: path, params: params, optimizer: choice, seed: seed, withEval: withEval, say: say, initialise: resuming == nil)
+        } catch let error as OnnxTrainError where resuming != nil && (error.kind == .training || error.kind == .invalidModel) {
+            throw OnnxTrainError.invalidInput("--resume \(resuming!): its checkpoint does not fit \(path) (\(error.message)); resume from a run of the same model")
+        }
+    }
+
+    static func openUnchecked(path: String, params: String?, optimizer choice: OptimizerGraph.Kind?, seed: UInt64, withEval: Bool,
+                              say: (String) -> Void, initialise: Bool) throws -> TrainingRun {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw OnnxTrainError.io("\(path): no such file or folder")
@@ -146,7 +275,9 @@ struct TrainingRun {
             let evalModel = withEval ? try Model(contentsOf: try file("eval_model.onnx")) : nil
             let module = try TrainingModule(trainingModel: try Model(contentsOf: try file("training_model.onnx")), state: state,
                                             evalModel: evalModel, options: options)
-            let optimizer = try Optimizer(path: try file("optimizer_model.onnx"), module: module, options: options)
+            let optimizerModel = try Model(contentsOf: try file("optimizer_model.onnx"))
+            let optimizer = try Optimizer(model: optimizerModel, module: module, options: options)
+            say("optimizer (from optimizer_model.onnx): " + OptimizerDescription.describe(optimizerModel))
             return TrainingRun(module: module, optimizer: optimizer, label: path)
         }
         let graph = try Model(contentsOf: path)
@@ -154,46 +285,67 @@ struct TrainingRun {
         if let params {
             state = try CheckpointState.loadParameters(from: params)
         } else {
-            state = try CheckpointState.initialized(for: graph, seed: seed)
-            print("no --params: initialised \(state.parameters.count) parameters as PyTorch's Linear layers (uniform ±1/sqrt(fan_in)), seed \(seed)")
+            let (initialised, roles) = try ParameterInitialisation.pytorchDefaults(for: graph, seed: seed)
+            state = initialised
+            say("no --params: initialised \(state.parameters.count) parameters as PyTorch does (seed \(seed)): " + roles)
         }
         let module = try TrainingModule(gradientGraph: graph, state: state, options: options)
-        let optimizer = try Optimizer(choice ?? .sgd, module: module, options: options)
+        let kind = choice ?? .sgd
+        let optimizer = try Optimizer(kind, module: module, options: options)
+        if initialise { say("optimizer: " + OptimizerDescription.describe(kind)) }
         return TrainingRun(module: module, optimizer: optimizer, label: path)
     }
 
-    func train(dataPath: String, evalPath: String?, batchSize: Int, steps requestedSteps: Int?, epochs: Int?, lr: Float,
-               shuffle: Bool, seed: UInt64, schedule: String, warmup: Int, logPath: String?, outDirectory: String?,
-               checkpointEvery: Int? = nil) throws {
-        let arrays = try Npz.readDictionary(contentsOf: dataPath)
+    func train(train arrays: [String: Tensor], eval evalArrays: [String: Tensor]?, settings: RunSettings, reporter: RunReporter) throws {
+        let dataPath = settings.dataLabel
+        let batchSize = settings.batchSize
         let batches: Batches
         do {
             batches = try Batches(arrays: arrays, names: module.trainInputNames, batchSize: batchSize)
         } catch let error as OnnxTrainError {
-            throw error.prefixed(dataPath)
+            let hint = error.message.contains("does not divide") ? " (--drop-last drops the examples past the last whole batch)" : ""
+            throw OnnxTrainError(error.kind, error.prefixed(dataPath).message + hint)
         }
         try TrainingData.check(batches, module: module, dataPath: dataPath)
-        let steps = requestedSteps ?? (epochs ?? 1) * batches.count
-        var evaluation: Evaluation?
-        if let evalPath {
-            let arrays = try Npz.readDictionary(contentsOf: evalPath)
-            do {
-                evaluation = try Evaluation(module: module, batches: try Batches(arrays: arrays, names: module.evalInputNames, batchSize: batchSize))
-            } catch let error as OnnxTrainError {
-                throw error.prefixed(evalPath)
-            }
-            print(try evaluation!.run(module).line(prefix: "epoch 0 (initial):"))
+        let accumulate = settings.accumulate
+        let steps = settings.steps ?? (settings.epochs ?? 1) * batches.count / accumulate
+        guard steps > 0 else {
+            throw OnnxTrainError.invalidInput("\(dataPath): \(batches.count) batches per epoch make no optimizer step with --accumulate \(accumulate)")
         }
+        let totalBatches = steps * accumulate
+        let epochs = (totalBatches + batches.count - 1) / batches.count
+        let resumeSteps = settings.resume?.steps ?? 0, resumeBatches = settings.resume?.batches ?? 0
+        guard resumeSteps <= steps else {
+            throw OnnxTrainError.invalidInput("--resume \(settings.resume!.directory): that run already took \(resumeSteps) steps, more than the \(steps) asked for")
+        }
+        var evaluation: Evaluation?
+        var metrics = settings.resume?.metrics ?? []
+        let out = settings.outDirectory
+        let title = "\(URL(fileURLWithPath: label).lastPathComponent): loss"
+        if let evalArrays {
+            let evalLabel = settings.evalLabel ?? "eval data"
+            do {
+                let n = evalArrays[module.evalInputNames.first ?? ""]?.shape.first ?? 0
+                let size = DataSource.evalBatchSize(examples: n, preferred: batchSize)
+                evaluation = try Evaluation(module: module, batches: try Batches(arrays: evalArrays, names: module.evalInputNames, batchSize: size))
+            } catch let error as OnnxTrainError {
+                throw error.prefixed(evalLabel)
+            }
+            let result = try evaluation!.run(module)
+            if settings.resume == nil { metrics.append(RunMetric(step: 0, epoch: 0, loss: nil, learningRate: nil, evalLoss: result.loss, evalAccuracy: result.accuracy)) }
+            reporter.say(result.line(prefix: resumeSteps > 0 ? "resumed at step \(resumeSteps):" : "epoch 0 (initial):"))
+        }
+        var lastEval: Evaluation.Result?
         var epochLosses: [Double] = []
-        let clock = ContinuousClock()
-        var epochStart = clock.now
 
-        optimizer.learningRate = lr
-        optimizer.initialLearningRate = lr
-        let linear = schedule == "linear" ? LinearLRScheduler(optimizer: optimizer, warmupStepCount: Int64(warmup), totalStepCount: Int64(steps), initialLearningRate: lr) : nil
-        let cosine = schedule == "cosine" ? CosineLRScheduler(optimizer: optimizer, warmupStepCount: Int64(warmup), totalStepCount: Int64(steps), initialLearningRate: lr) : nil
+        optimizer.learningRate = settings.lr
+        optimizer.initialLearningRate = settings.lr
+        let warmup = Int64(settings.warmup)
+        let linear = settings.schedule == "linear" ? LinearLRScheduler(optimizer: optimizer, warmupStepCount: warmup, totalStepCount: Int64(steps), initialLearningRate: settings.lr) : nil
+        let cosine = settings.schedule == "cosine" ? CosineLRScheduler(optimizer: optimizer, warmupStepCount: warmup, totalStepCount: Int64(steps), initialLearningRate: settings.lr) : nil
 
-        for directory in [outDirectory, logPath.map { URL(fileURLWithPath: $0).deletingLastPathComponent().path }].compactMap({ $0 }) {
+        if let logPath = settings.logPath {
+            let directory = URL(fileURLWithPath: logPath).deletingLastPathComponent().path
             do {
                 try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             } catch {
@@ -201,74 +353,134 @@ struct TrainingRun {
             }
         }
         var logFile: LogFile?
-        if let logPath {
+        if let logPath = settings.logPath {
             logFile = try LogFile(path: logPath)
             try logFile?.write("step,loss,learning_rate,batch\n")
         }
-        var random = RandomGenerator(seed: seed)
+        var random = RandomGenerator(seed: settings.seed)
+        let shuffle = settings.shuffle
         // Shuffling permutes the examples every pass (or, when some array has rows that do not
         // split per example, the batch order).
         let perExample = batches.examplesSeparable
         var order = Array(0..<(perExample ? batches.exampleCount : batches.count))
         module.train()
         let frozen = module.parameters.filter { !$0.requiresGrad }
-        for step in 0..<steps {
-            let position = step % batches.count
+        var step = resumeSteps
+        var microLosses: [Double] = []
+        var interrupted = false
+        StopRequest.install()
+        reporter.begin(totalSteps: steps - resumeSteps, lastStep: steps)
+        func saveAll(checkpointOnly: Bool = false) throws {
+            RunArtifacts.recordProgress(module.state, step: step, batches: step * accumulate, seed: settings.seed)
+            try RunArtifacts.save(module: module, metrics: metrics, title: title, to: out, checkpointOnly: checkpointOnly)
+        }
+        for b in 0..<totalBatches {
+            let position = b % batches.count
             if shuffle && position == 0 {
-                // Fisher-Yates with the seeded generator: one new order per pass over the data.
+                // Fisher-Yates with the seeded generator: one new order per pass over the data
+                // (replayed for the passes a resumed run already made).
                 for i in stride(from: order.count - 1, to: 0, by: -1) {
                     order.swapAt(i, Int(random.next() % UInt64(i + 1)))
                 }
             }
+            if b < resumeBatches { continue }
             let batch = shuffle && perExample ? position : order[position]
             // Frozen parameters (BatchNorm running statistics) change in place during the
             // forward pass; keep them to restore if this step fails.
             let saved = frozen.map { $0.data.copied() }
             let lrUsed = optimizer.learningRate
+            let isUpdate = (b + 1) % accumulate == 0
             do {
                 let outputs = try module.trainStep(named: shuffle && perExample ? batches.batch(position, order: order) : batches.batch(batch))
                 let loss = outputs.loss
                 guard loss.isFinite else {
                     throw OnnxTrainError.training("the loss is \(loss) at step \(step + 1) (batch \(batch))")
                 }
-                try optimizer.step()
-                module.lazyResetGrad()
-                try logFile?.write("\(step + 1),\(loss),\(lrUsed),\(batch)\n")
-                epochLosses.append(Double(loss))
+                microLosses.append(Double(loss))
+                if isUpdate {
+                    try optimizer.step()
+                    module.lazyResetGrad()
+                }
             } catch let error as OnnxTrainError {
                 for (p, t) in zip(frozen, saved) { try? p.copy(from: t) }
                 module.lazyResetGrad()
                 var message = error.message
                 if !message.contains("step \(step + 1)") { message = "step \(step + 1): \(message)" }
-                if let outDirectory, step > 0 {
-                    try save(to: outDirectory)
-                    message += "; stopped, \(outDirectory)/checkpoint holds the state after step \(step)"
+                if step > 0 {
+                    try saveAll()
+                    message += "; stopped, \(out)/checkpoint holds the state after step \(step)"
                 } else {
                     message += "; stopped before any update, nothing was written"
                 }
                 throw OnnxTrainError(error.kind == .kernel || error.kind == .training ? .training : error.kind, message)
             }
-            linear?.step()
-            cosine?.step()
-            if let outDirectory, let every = checkpointEvery, (step + 1) % every == 0, step + 1 < steps {
-                try save(to: outDirectory)
+            let epoch = b / batches.count + 1
+            if isUpdate {
+                step += 1
+                let loss = microLosses.reduce(0, +) / Double(microLosses.count)
+                microLosses.removeAll()
+                try logFile?.write("\(step),\(Float(loss)),\(lrUsed),\(batch)\n")
+                epochLosses.append(loss)
+                metrics.append(RunMetric(step: step, epoch: epoch, loss: loss, learningRate: Double("\(lrUsed)")))
+                linear?.step()
+                cosine?.step()
+                reporter.step(step, epoch: epoch, epochs: epochs, position: position + 1, perEpoch: batches.count, loss: loss, lr: Double(lrUsed))
+                if let every = settings.checkpointEvery, step % every == 0, step < steps {
+                    try saveAll(checkpointOnly: true)
+                }
             }
-            if position == batches.count - 1 || step == steps - 1 {
-                let epoch = step / batches.count + 1
-                let seconds = (clock.now - epochStart).components
-                let elapsed = Double(seconds.seconds) + Double(seconds.attoseconds) * 1e-18
-                var line = "epoch \(epoch) (step \(step + 1)): train loss \(format(epochLosses.reduce(0, +) / Double(max(epochLosses.count, 1))))"
-                if let evaluation { line += ", " + (try evaluation.run(module).line(prefix: "")).trimmingCharacters(in: .whitespaces) }
-                print(line + String(format: " (%.2f s)", elapsed))
+            if position == batches.count - 1 || b == totalBatches - 1 {
+                var line = "epoch \(epoch)/\(epochs) (step \(step)): train loss \(format(epochLosses.reduce(0, +) / Double(max(epochLosses.count, 1))))"
+                if let evaluation {
+                    let result = try evaluation.run(module)
+                    lastEval = result
+                    line += ", " + result.line(prefix: "").trimmingCharacters(in: .whitespaces)
+                    if var last = metrics.last, last.step == step {
+                        last.evalLoss = result.loss
+                        last.evalAccuracy = result.accuracy
+                        metrics[metrics.count - 1] = last
+                    }
+                }
+                reporter.epochEnd(line + String(format: " (%.1f s)", reporter.elapsed))
                 epochLosses.removeAll()
-                epochStart = clock.now
+            }
+            if isUpdate && StopRequest.requested && step < steps {
+                interrupted = true
+                break
             }
         }
-        if let outDirectory { try save(to: outDirectory) }
+        try saveAll()
+        let files = [RunArtifacts.checkpointName, RunArtifacts.metricsName, RunArtifacts.plotName] + (module.evalModel != nil ? [RunArtifacts.modelName] : []) + [RunArtifacts.paramsName]
+        let lastLoss = metrics.last(where: { $0.loss != nil })?.loss
+        var summary = (interrupted ? "stopped after " : "trained ") + String(format: "%d steps in %.1f s (%.1f steps/s)", step - resumeSteps, reporter.elapsed, reporter.rate)
+        if let lastLoss { summary += ", last train loss " + format(lastLoss) }
+        if let lastEval { summary += ", " + lastEval.line(prefix: "").trimmingCharacters(in: .whitespaces) }
+        reporter.summary(summary)
+        reporter.summary("saved to \(out)/: \(files.joined(separator: ", "))")
+        if interrupted {
+            reporter.summary("interrupted at step \(step) of \(steps); resume with: \(ResumeCommand.line(resumeDirectory: out))")
+            throw ExitCode(130)
+        }
+    }
+}
+
+/// The command line that continues an interrupted run: the same arguments with `--resume DIR`.
+enum ResumeCommand {
+    static func line(resumeDirectory: String) -> String {
+        var args = Array(CommandLine.arguments.dropFirst())
+        var kept: [String] = []
+        var i = 0
+        while i < args.count {
+            if args[i] == "--resume" || args[i] == "--params" { i += 2; continue }
+            if args[i].hasPrefix("--resume=") || args[i].hasPrefix("--params=") { i += 1; continue }
+            kept.append(args[i]); i += 1
+        }
+        args = kept + ["--resume", resumeDirectory]
+        return (["onnx-train"] + args).map(quote).joined(separator: " ")
     }
 
-    func save(to directory: String) throws {
-        try module.state.save(to: URL(fileURLWithPath: directory).appendingPathComponent("checkpoint").path, includeOptimizerState: true)
+    static func quote(_ s: String) -> String {
+        s.allSatisfy({ $0.isLetter || $0.isNumber || "-_./=,:+".contains($0) }) && !s.isEmpty ? s : "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
     }
 }
 

@@ -1,0 +1,72 @@
+import ArgumentParser
+import Foundation
+import OnnxTrain
+
+/// `onnx-train eval PATH --data DATA`: the eval graph over a data set (loss, and accuracy for class labels).
+struct EvalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "eval",
+        abstract: "Evaluate an artifact folder or a gradient graph on a data set: mean loss, and accuracy for integer labels.",
+        discussion: """
+            PATH is an artifact folder (its eval_model.onnx runs) or a gradient graph (its forward \
+            part runs). --params picks the parameters: a run's checkpoint (runs/<name>/checkpoint), \
+            an .npz or .safetensors file; by default the folder's own checkpoint.
+
+            \(CLIFailure.exitCodeHelp)
+            """
+    )
+
+    @Argument(help: "Artifact folder, or gradient graph .onnx file.")
+    var path: String
+
+    @Option(help: "Data: .npz, .safetensors, .csv, or a folder of .pb TensorProto files.")
+    var data: String
+
+    @Option(help: "Parameters: a checkpoint, .npz or .safetensors (required for gradient graphs).")
+    var params: String?
+
+    @Option(help: "Graph inputs fed from arrays with other names: input=x,labels=y.")
+    var map: String?
+
+    @Option(help: "CSV data: the feature columns, comma-separated.")
+    var features: String?
+
+    @Option(help: "CSV data: the label column.")
+    var label: String?
+
+    @Option(name: .customLong("batch-size"), help: "Examples per eval step (default 256; lowered to divide the data).")
+    var batchSize: Int = 256
+
+    func validate() throws {
+        guard batchSize > 0 else { throw ValidationError("--batch-size must be positive") }
+    }
+
+    func run() throws {
+        try CLIFailure.run {
+            if !FileManager.default.isDirectory(path), params == nil {
+                throw OnnxTrainError.invalidInput("\(path) is a gradient graph: give its trained parameters with --params (a run's checkpoint, .npz or .safetensors)")
+            }
+            let session = try TrainingRun.open(path: path, params: params, optimizer: nil, seed: 0, withEval: true, say: { _ in })
+            let module = session.module
+            let csv = DataSource.CSVColumns(features: features.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }, label: label)
+            let arrays = try DataSource.load(data, names: module.evalInputNames, map: try map.map(DataSource.parseMap) ?? [:], csv: csv)
+            let evaluation: Evaluation
+            do {
+                let n = arrays[module.evalInputNames.first ?? ""]?.shape.first ?? 0
+                evaluation = try Evaluation(module: module, batches: try Batches(arrays: arrays, names: module.evalInputNames,
+                                                                                  batchSize: DataSource.evalBatchSize(examples: n, preferred: batchSize)))
+            } catch let error as OnnxTrainError {
+                throw error.prefixed(data)
+            }
+            let result = try evaluation.run(module.eval())
+            print("\(evaluation.batches.exampleCount) examples:" + result.line(prefix: ""))
+        }
+    }
+}
+
+extension FileManager {
+    func isDirectory(_ path: String) -> Bool {
+        var isDirectory: ObjCBool = false
+        return fileExists(atPath: path, isDirectory: &isDirectory) && isDirectory.boolValue
+    }
+}
