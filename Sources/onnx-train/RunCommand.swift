@@ -104,6 +104,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Warm-up steps for --schedule linear/cosine.")
     var warmup: Int = 0
 
+    @Option(name: .customLong("stop-after"), help: "Stop after this step and save, as Ctrl-C does (continue later with --resume; the schedule still spans --steps/--epochs).")
+    var stopAfter: Int?
+
     @Option(name: .customLong("print-every"), help: "Without a terminal: print a line every N steps (default: 20 lines per run).")
     var printEvery: Int?
 
@@ -140,6 +143,7 @@ struct RunCommand: ParsableCommand {
         if let weightDecay, !(weightDecay.isFinite && weightDecay >= 0) { throw ValidationError("--weight-decay must be a finite, non-negative number") }
         if let momentum, !(momentum >= 0 && momentum < 1) { throw ValidationError("--momentum must be in [0, 1)") }
         if resume != nil && params != nil { throw ValidationError("--resume brings its own parameters; drop --params") }
+        if let stopAfter, stopAfter <= 0 { throw ValidationError("--stop-after must be positive") }
     }
 
     func parseBetas(_ text: String) -> (Float, Float)? {
@@ -183,6 +187,7 @@ struct RunCommand: ParsableCommand {
                                        schedule: schedule.rawValue, warmup: warmup, logPath: log, outDirectory: directory,
                                        checkpointEvery: checkpointEvery, accumulate: accumulate)
             settings.resume = resumed
+            settings.stopAfter = stopAfter
             settings.dataLabel = data
             settings.evalLabel = evalData ?? (evalSplit != nil ? "\(data) (eval split)" : nil)
             try session.train(train: train, eval: eval, settings: settings, reporter: reporter)
@@ -232,6 +237,7 @@ struct RunSettings {
     var resume: ResumePoint?
     var dataLabel = "data"
     var evalLabel: String?
+    var stopAfter: Int?
 }
 
 /// The training loop behind `run`, kept apart from argument parsing.
@@ -444,7 +450,7 @@ struct TrainingRun {
                 reporter.epochEnd(line + String(format: " (%.1f s)", reporter.elapsed))
                 epochLosses.removeAll()
             }
-            if isUpdate && StopRequest.requested && step < steps {
+            if isUpdate && step < steps && (StopRequest.requested || step == settings.stopAfter) {
                 interrupted = true
                 break
             }
@@ -458,8 +464,9 @@ struct TrainingRun {
         reporter.summary(summary)
         reporter.summary("saved to \(out)/: \(files.joined(separator: ", "))")
         if interrupted {
-            reporter.summary("interrupted at step \(step) of \(steps); resume with: \(ResumeCommand.line(resumeDirectory: out))")
-            throw ExitCode(130)
+            let why = StopRequest.requested ? "interrupted" : "stopped (--stop-after)"
+            reporter.summary("\(why) at step \(step) of \(steps); resume with: \(ResumeCommand.line(resumeDirectory: out))")
+            if StopRequest.requested { throw ExitCode(130) }
         }
     }
 }
@@ -471,8 +478,8 @@ enum ResumeCommand {
         var kept: [String] = []
         var i = 0
         while i < args.count {
-            if args[i] == "--resume" || args[i] == "--params" { i += 2; continue }
-            if args[i].hasPrefix("--resume=") || args[i].hasPrefix("--params=") { i += 1; continue }
+            if ["--resume", "--params", "--stop-after"].contains(args[i]) { i += 2; continue }
+            if ["--resume=", "--params=", "--stop-after="].contains(where: args[i].hasPrefix) { i += 1; continue }
             kept.append(args[i]); i += 1
         }
         args = kept + ["--resume", resumeDirectory]
