@@ -49,29 +49,55 @@ func forEachWindow(_ g: ConvGeometry, _ body: (Int, [Int], Int) -> Void) {
     }
 }
 
+/// Every window of a geometry as flat input offsets, built once and shared by all channels:
+/// window `o` reads `offsets[starts[o]..<starts[o + 1]]`; `padded[o]` counts its taps inside the
+/// padded image.
+struct PoolWindows {
+    var offsets: [Int] = [], starts: [Int] = [0], padded: [Int] = []
+
+    init(_ g: ConvGeometry) {
+        offsets.reserveCapacity(g.outputSize * g.kernelSize)
+        padded.reserveCapacity(g.outputSize)
+        forEachWindow(g) { _, window, count in
+            offsets += window
+            starts.append(offsets.count)
+            padded.append(count)
+        }
+    }
+}
+
 /// Pools every channel of x [N, C, in...] -> [N, C, out...]; Float or Double.
 func pool<T: FloatElement>(_ x: Tensor, kind: PoolKind, geometry g: ConvGeometry, _ type: T.Type) -> Tensor {
     let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize
     var y = Tensor(zeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output)
+    let w = PoolWindows(g)
     x.withUnsafeBufferPointer(as: T.self) { px in
         y.withUnsafeMutableBufferPointer(as: T.self) { py in
-            for ch in 0..<nc {
-                let xb = ch * I, yb = ch * P
-                forEachWindow(g) { o, offsets, padded in
-                    switch kind {
-                    case .max:
-                        var m = -T.infinity
-                        for off in offsets where px[xb + off] > m || px[xb + off].isNaN { m = px[xb + off] }
-                        py[yb + o] = m
-                    case .average(let includePad):
-                        var s: T = 0
-                        for off in offsets { s += px[xb + off] }
-                        let count = includePad ? padded : offsets.count
-                        py[yb + o] = count > 0 ? s / T(count) : 0
-                    case .lp(let p):
-                        var s: T = 0
-                        for off in offsets { let a = abs(px[xb + off]); s += p == 2 ? a * a : T(fromDouble: pow(a.doubleValue, Double(p))) }
-                        py[yb + o] = p == 2 ? s.squareRoot() : T(fromDouble: pow(s.doubleValue, 1 / Double(p)))
+            w.offsets.withUnsafeBufferPointer { offsets in
+                w.starts.withUnsafeBufferPointer { starts in
+                    for ch in 0..<nc {
+                        let src = px.baseAddress! + ch * I, yb = ch * P
+                        for o in 0..<P {
+                            let range = starts[o]..<starts[o + 1]
+                            switch kind {
+                            case .max:
+                                var m = -T.infinity
+                                for i in range where src[offsets[i]] > m || src[offsets[i]].isNaN { m = src[offsets[i]] }
+                                py[yb + o] = range.isEmpty ? 0 : m
+                            case .average(let includePad):
+                                var sum: T = 0
+                                for i in range { sum += src[offsets[i]] }
+                                let count = includePad ? w.padded[o] : range.count
+                                py[yb + o] = count > 0 ? sum / T(count) : 0
+                            case .lp(let p):
+                                var sum: T = 0
+                                for i in range {
+                                    let a = abs(src[offsets[i]])
+                                    sum += p == 2 ? a * a : T(fromDouble: pow(a.doubleValue, Double(p)))
+                                }
+                                py[yb + o] = p == 2 ? sum.squareRoot() : T(fromDouble: pow(sum.doubleValue, 1 / Double(p)))
+                            }
+                        }
                     }
                 }
             }
@@ -93,21 +119,28 @@ struct MaxPoolOp: NumericOperation {
         let rowStrides = contiguousStrides(g.input)
         var colStrides = [Int](repeating: 1, count: g.rank)
         for i in stride(from: 1, to: g.rank, by: 1) { colStrides[i] = colStrides[i - 1] * g.input[i - 1] }
+        let w = PoolWindows(g)
         x.withUnsafeBufferPointer(as: T.self) { px in
             y.withUnsafeMutableBufferPointer(as: T.self) { py in
-                for ch in 0..<nc {
-                    let xb = ch * I, yb = ch * P
-                    forEachWindow(g) { o, offsets, _ in
-                        guard var best = offsets.first else { return }
-                        for off in offsets.dropFirst() where px[xb + off] > px[xb + best] { best = off }
-                        py[yb + o] = px[xb + best]
-                        if wantIndices {
-                            var spatial = best
-                            if storageOrder == 1 {
-                                var rem = best; spatial = 0
-                                for i in 0..<g.rank { spatial += (rem / rowStrides[i]) * colStrides[i]; rem %= rowStrides[i] }
+                w.offsets.withUnsafeBufferPointer { offsets in
+                    w.starts.withUnsafeBufferPointer { starts in
+                        for ch in 0..<nc {
+                            let src = px.baseAddress! + ch * I, yb = ch * P
+                            for o in 0..<P {
+                                let range = starts[o]..<starts[o + 1]
+                                guard !range.isEmpty else { continue }
+                                var best = offsets[range.lowerBound]
+                                for i in range.dropFirst() where src[offsets[i]] > src[best] { best = offsets[i] }
+                                py[yb + o] = src[best]
+                                if wantIndices {
+                                    var spatial = best
+                                    if storageOrder == 1 {
+                                        var rem = best; spatial = 0
+                                        for i in 0..<g.rank { spatial += (rem / rowStrides[i]) * colStrides[i]; rem %= rowStrides[i] }
+                                    }
+                                    indices[yb + o] = Int64(ch * I + spatial)
+                                }
                             }
-                            indices[yb + o] = Int64(xb + spatial)
                         }
                     }
                 }
@@ -122,8 +155,10 @@ struct PoolKernel: Kernel {
     let kind: PoolKind
     let storageOrder: Int
     let global: Bool
+    let wantIndices: Bool
 
     init(_ ctx: NodeContext, kind: PoolKind, global: Bool = false) throws {
+        wantIndices = ctx.hasOutput(1)
         window = try WindowAttributes(ctx)
         self.kind = kind
         self.global = global
@@ -148,7 +183,7 @@ struct PoolKernel: Kernel {
         let g = try geometry(x)
         if case .max = kind {
             let wide = x.isHalf ? x.widenedToFloat() : x
-            let (y, indices) = try dispatchNumeric(wide.dtype, MaxPoolOp(x: wide, g: g, storageOrder: storageOrder, wantIndices: true))
+            let (y, indices) = try dispatchNumeric(wide.dtype, MaxPoolOp(x: wide, g: g, storageOrder: storageOrder, wantIndices: wantIndices))
             return [.tensor(x.isHalf ? y.narrowed(to: x.dtype) : y), indices.map(Value.tensor)]
         }
         return try withFloatCompute([x]) { t in [try dispatchFloat(t[0]!.dtype, Op(x: t[0]!, kind: kind, g: g))] }.map { $0.map(Value.tensor) }
