@@ -565,6 +565,22 @@ def optimizers():
          {"lambda": 0.02, "weight_decay_mode": 1})
 
 
+# ---------------------------------------------------------------- other element types
+def other_types():
+    """The non-float types onnxruntime's CPU kernels register for the data movers and reductions."""
+    d = f32(2, 3).astype(np.float64)
+    for tag, a in [("double", d), ("int64", (d * 10).astype(np.int64)), ("int32", (d * 10).astype(np.int32))]:
+        case("ReduceSumTraining_" + tag, "ReduceSumTraining", [("data", a), ("axes", i64([1]))], ["reduced"], {"keepdims": 0})
+        case("ConcatTraining_" + tag, "ConcatTraining", [("a", a), ("b", a[:1].copy())], ["concat_result", "per_input_length"],
+             {"axis": 0})
+    for tag, a in [("int64", (d * 10).astype(np.int64)), ("int32", (d * 10).astype(np.int32))]:
+        case("SplitTraining_" + tag, "SplitTraining", [("input", a), ("split", i64([2, 1]))], ["o0", "o1"], {"axis": 1})
+    case("SliceGrad_double", "SliceGrad", [("dY", d[:, 1:].copy()), ("shape", i64([2, 3])), ("starts", i64([1])),
+                                          ("ends", i64([3])), ("axes", i64([1]))], ["dX"])
+    case("GatherGrad_double", "GatherGrad", [("shape", i64([3, 3])), ("indices", i64([2, 0])), ("dY", d.reshape(2, 3))], ["dX"])
+    case("Scale_double_input", "Scale", [("input", d), ("scale", np.array(3.0, np.float32))], ["output"], {"scale_down": 1})
+
+
 def main():
     global OUT, ONLY
     args = sys.argv[1:]
@@ -575,7 +591,7 @@ def main():
     if args:
         OUT = os.path.abspath(args[0])
     for family in [activations, softmax_family, gather_family, losses, dropout, conv_pool, normalization,
-                   shape_helpers, matmul, optimizers]:
+                   shape_helpers, matmul, optimizers, other_types]:
         family()
     print(f"wrote {len(written)} cases to {OUT}")
 
