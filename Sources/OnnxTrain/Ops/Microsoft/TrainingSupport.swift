@@ -6,9 +6,9 @@ import Darwin
 
 // Small helpers shared by the com.microsoft training kernels.
 
-/// Runs `op` with Float or Double for `tensor`'s type; float16/bfloat16 are widened to float32 by
-/// `widenHalf` first and the caller narrows results back (onnxruntime's CPU training kernels are
-/// float-only, so the half path only exists for completeness).
+/// Runs `op` with Float or Double for `dtype`; float16/bfloat16 run as Float, on inputs the caller
+/// widened with `widenedIfHalf` and results it narrows back (onnxruntime's CPU training kernels
+/// are float-only, so the half path only exists for completeness).
 @inline(__always)
 func trainingFloatDispatch<Op: FloatOperation>(_ dtype: DType, _ op: Op) throws -> Op.Result {
     try dispatchFloat(dtype == .float16 || dtype == .bfloat16 ? .float32 : dtype, op)
