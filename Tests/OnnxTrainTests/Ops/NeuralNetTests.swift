@@ -81,4 +81,35 @@ final class NeuralNetTests: XCTestCase {
         let y = try runNode("QuantizeLinear", opset: 13, [x, scale, zp], attributes: ["axis": .int(1)])[0]
         XCTAssertEqual(y.scalars(as: Int8.self), [2, 5, -2, 127])
     }
+
+    // MARK: Dropout
+
+    func testTrainingDropoutKeepsAboutOneMinusRatioAndRescales() throws {
+        let x = Tensor(shape: [2000], scalars: [Float](repeating: 1, count: 2000))
+        let attributes: [String: Attribute] = ["seed": .int(7)]
+        let run = { try runNode("Dropout", opset: 13, [x, Tensor(scalar: Float(0.25)), Tensor(scalar: true)], attributes: attributes, outputs: 2) }
+        let first = try run(), second = try run()
+        let y = first[0].scalars(as: Float.self), mask = first[1].scalars(as: Bool.self)
+        for (v, m) in zip(y, mask) { XCTAssertEqual(v, m ? Float(4.0 / 3.0) : 0, accuracy: 1e-6) }
+        let kept = Double(mask.filter { $0 }.count) / Double(mask.count)
+        XCTAssertEqual(kept, 0.75, accuracy: 0.04)
+        XCTAssertEqual(second[1].scalars(as: Bool.self), mask, "the seed attribute makes the mask reproducible")
+    }
+
+    func testInferenceDropoutIsIdentityWithAllTrueMask() throws {
+        let x = Tensor(shape: [3], scalars: [Float(1), -2, 3])
+        let out = try runNode("Dropout", opset: 13, [x, Tensor(scalar: Float(0.5))], outputs: 2)
+        XCTAssertEqual(out[0].scalars(as: Float.self), [1, -2, 3])
+        XCTAssertEqual(out[1].scalars(as: Bool.self), [true, true, true])
+    }
+
+    // MARK: Pooling indices
+
+    func testMaxPoolIndicesIncludeBatchAndChannelOffsets() throws {
+        // x [2, 1, 2, 2]; a 2×2 window per image: the argmax of image 1 is offset by 4.
+        let x = Tensor(shape: [2, 1, 2, 2], scalars: [Float(1), 5, 2, 3, 9, 0, 1, 2])
+        let out = try runNode("MaxPool", opset: 12, [x], attributes: ["kernel_shape": .ints([2, 2])], outputs: 2)
+        XCTAssertEqual(out[0].scalars(as: Float.self), [5, 9])
+        XCTAssertEqual(out[1].scalars(as: Int64.self), [1, 4])
+    }
 }
