@@ -112,4 +112,11 @@ final class NeuralNetTests: XCTestCase {
         XCTAssertEqual(out[0].scalars(as: Float.self), [5, 9])
         XCTAssertEqual(out[1].scalars(as: Int64.self), [1, 4])
     }
+
+    func testMatMulIntegerRejectsAZeroPointOfTheWrongLength() {
+        let a = Tensor(shape: [2, 2], scalars: [UInt8(1), 2, 3, 4]), b = Tensor(shape: [2, 2], scalars: [UInt8(1), 0, 0, 1])
+        let zp = Tensor(shape: [3], scalars: [UInt8(0), 0, 0])
+        XCTAssertThrowsError(try runNode("MatMulInteger", opset: 10, [a, b, zp]))
+        XCTAssertEqual(try runNode("MatMulInteger", opset: 10, [a, b, Tensor(shape: [2], scalars: [UInt8(1), 2])])[0].scalars(as: Int32.self), [0, 1, 1, 2])
+    }
 }

@@ -189,6 +189,11 @@ func shiftedToDouble(_ x: Tensor, zeroPoint: Tensor?, axis: Int?) throws -> Tens
         guard let values = z.intValues() else { throw KernelError("zero point must be an integer tensor, got \(z.dtype)") }
         return values
     } ?? [0]
+    if zp.count != 1 {
+        guard let axis, axis >= 0, axis < x.rank, zp.count == x.shape[axis] else {
+            throw KernelError("zero point of \(zp.count) values does not fit shape \(x.shape)")
+        }
+    }
     out.withUnsafeMutableBufferPointer(as: Double.self) { p in
         if zp.count == 1 {
             for i in 0..<v.count { p[i] = Double(v[i] - zp[0]) }
@@ -198,9 +203,6 @@ func shiftedToDouble(_ x: Tensor, zeroPoint: Tensor?, axis: Int?) throws -> Tens
             let dim = x.shape[axis], st = strides[axis]
             for i in 0..<v.count { p[i] = Double(v[i] - zp[(i / st) % dim]) }
         }
-    }
-    if zp.count != 1 {
-        guard let axis, zp.count == x.shape[axis] else { throw KernelError("zero point of \(zp.count) values does not fit shape \(x.shape)") }
     }
     return out
 }
