@@ -119,4 +119,11 @@ final class NeuralNetTests: XCTestCase {
         XCTAssertThrowsError(try runNode("MatMulInteger", opset: 10, [a, b, zp]))
         XCTAssertEqual(try runNode("MatMulInteger", opset: 10, [a, b, Tensor(shape: [2], scalars: [UInt8(1), 2])])[0].scalars(as: Int32.self), [0, 1, 1, 2])
     }
+
+    func testIntegerGemm() throws {
+        // [[1, 2], [3, 4]] · [[5, 6], [7, 8]] · 2 + 10 = [[48, 54], [96, 110]]
+        let a = Tensor(shape: [2, 2], scalars: [Int32(1), 2, 3, 4]), b = Tensor(shape: [2, 2], scalars: [Int32(5), 6, 7, 8])
+        let y = try runNode("Gemm", opset: 13, [a, b, Tensor(scalar: Int32(10))], attributes: ["alpha": .float(2)])[0]
+        XCTAssertEqual(y.scalars(as: Int32.self), [48, 54, 96, 110])
+    }
 }

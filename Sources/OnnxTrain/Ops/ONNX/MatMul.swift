@@ -167,7 +167,16 @@ struct GemmKernel: Kernel {
     }
 
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
-        let out = try withFloatCompute([inputs.tensor(0), inputs.tensor(1), inputs.optionalTensor(2)]) { t in
+        let a = try inputs.tensor(0)
+        if a.dtype.isInteger {
+            // int32/int64/uint32/uint64 (opset 11+) through float64: exact while |values| < 2^53.
+            let b = try inputs.tensor(1), c = try inputs.optionalTensor(2)
+            guard b.dtype == a.dtype, c.map({ $0.dtype == a.dtype }) ?? true else { throw KernelError("Gemm inputs differ in type") }
+            let y = try Op(k: self, a: a.converted(toFloat: .float64), b: b.converted(toFloat: .float64),
+                           c: c.map { try $0.converted(toFloat: .float64) })(Double.self)
+            return [.tensor(try dispatchNumeric(a.dtype, FromDoubles(values: y.scalars(as: Double.self), shape: y.shape)))]
+        }
+        let out = try withFloatCompute([a, inputs.tensor(1), inputs.optionalTensor(2)]) { t in
             guard let a = t[0], let b = t[1] else { return [] }
             guard a.dtype == b.dtype, t[2].map({ $0.dtype == a.dtype }) ?? true else {
                 throw KernelError("Gemm inputs differ in type")
