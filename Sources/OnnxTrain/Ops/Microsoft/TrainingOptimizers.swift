@@ -31,25 +31,37 @@ private func inPlace<Body: InPlaceBody>(_ target: Tensor, _ name: String, _ body
 }
 
 /// buffer += value broadcast to buffer's shape (value's shape must broadcast into it), or
-/// buffer = value when `overwrite`.
+/// buffer = value when `overwrite`. A value of the buffer's type and size is read in place; any
+/// other is widened to Double (and broadcast) first.
 private struct Accumulate: InPlaceBody {
-    let value: [Double]
+    let value: Tensor
+    let shape: [Int]  // the buffer's
     let overwrite: Bool
     func callAsFunction<T: FloatElement>(_ p: UnsafeMutableBufferPointer<T>) throws {
-        if overwrite {
-            for i in 0..<p.count { p[i] = T(value[i]) }
+        guard let base = p.baseAddress else { return }
+        if value.dtype == T.dtype && value.count == p.count {
+            value.withUnsafeBufferPointer(as: T.self) { Accumulate.loop(base, $0.baseAddress!, p.count, overwrite) }
         } else {
-            for i in 0..<p.count { p[i] = T(Double(p[i]) + value[i]) }
+            let values = overwrite ? try floatValues(value, "value") : try broadcastValues(value, to: shape)
+            values.withUnsafeBufferPointer { Accumulate.loop(base, $0.baseAddress!, p.count, overwrite) }
+        }
+    }
+
+    @inline(__always)
+    static func loop<T: FloatElement, G: FloatElement>(_ p: UnsafeMutablePointer<T>, _ v: UnsafePointer<G>, _ n: Int, _ overwrite: Bool) {
+        if overwrite {
+            for i in 0..<n { p[i] = T(fromDouble: v[i].doubleValue) }
+        } else {
+            for i in 0..<n { p[i] = T(fromDouble: p[i].doubleValue + v[i].doubleValue) }
         }
     }
 }
 
-/// value broadcast to `shape` (it must broadcast *into* shape, not enlarge it).
-private func valueFor(_ buffer: Tensor, _ value: Tensor) throws -> [Double] {
+/// Checks that value broadcasts *into* the buffer's shape (it must not enlarge it).
+private func checkBroadcast(_ buffer: Tensor, _ value: Tensor) throws {
     guard try Broadcast.shape(buffer.shape, value.shape) == buffer.shape else {
         throw KernelError("value \(value.shape) does not broadcast to the buffer's shape \(buffer.shape)")
     }
-    return try broadcastValues(value, to: buffer.shape)
 }
 
 /// InPlaceAccumulator(old_sum, value, update_signal?) → new_sum (aliases old_sum).
@@ -59,7 +71,8 @@ struct InPlaceAccumulatorKernel: Kernel {
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let buffer = try inputs.tensor(0), value = try inputs.tensor(1)
         if try boolFlag(try inputs.optionalTensor(2), "update_signal") == false { return [.tensor(buffer)] }
-        try inPlace(buffer, "old_sum", Accumulate(value: try valueFor(buffer, value), overwrite: false))
+        try checkBroadcast(buffer, value)
+        try inPlace(buffer, "old_sum", Accumulate(value: value, shape: buffer.shape, overwrite: false))
         return [.tensor(buffer)]
     }
 }
@@ -74,9 +87,10 @@ struct InPlaceAccumulatorV2Kernel: Kernel {
         let overwrite = try boolFlag(try inputs.optionalTensor(2), "overwrite_flag") ?? false
         if overwrite {
             guard value.count == buffer.count else { throw KernelError("value \(value.shape) must have the buffer's size \(buffer.shape) to overwrite it") }
-            try inPlace(buffer, "accumulation_buffer", Accumulate(value: try floatValues(value, "value"), overwrite: true))
+            try inPlace(buffer, "accumulation_buffer", Accumulate(value: value, shape: buffer.shape, overwrite: true))
         } else {
-            try inPlace(buffer, "accumulation_buffer", Accumulate(value: try valueFor(buffer, value), overwrite: false))
+            try checkBroadcast(buffer, value)
+            try inPlace(buffer, "accumulation_buffer", Accumulate(value: value, shape: buffer.shape, overwrite: false))
         }
         return [.tensor(Tensor(shape: [1], scalars: [true])), .tensor(buffer)]
     }
@@ -99,9 +113,10 @@ private func learningRate(_ t: Tensor, _ name: String) throws -> Double {
     return v
 }
 
-/// The AdamW update of one tensor, in place on w, m and v.
+/// The AdamW update of one tensor, in place on w, m and v (Double arithmetic). A gradient of the
+/// weights' type is read in place; any other is widened to Double first.
 private struct AdamWStep: InPlaceBody {
-    let g: [Double]
+    let g: Tensor
     let m: Tensor, v: Tensor
     let lr: Double, beta1: Double, beta2: Double, epsilon: Double, weightDecay: Double
     let bc1: Double, bc2: Double
@@ -109,26 +124,49 @@ private struct AdamWStep: InPlaceBody {
 
     func callAsFunction<T: FloatElement>(_ w: UnsafeMutableBufferPointer<T>) throws {
         guard m.dtype == T.dtype, v.dtype == T.dtype else { throw KernelError("momentums must have the weights' type \(T.dtype)") }
-        m.withSharedMutableBufferPointer(as: T.self) { pm in
-            v.withSharedMutableBufferPointer(as: T.self) { pv in
-                for i in 0..<w.count {
-                    var wi = Double(w[i])
-                    let mi = beta1 * Double(pm[i]) + (1 - beta1) * g[i]
-                    let vi = beta2 * Double(pv[i]) + (1 - beta2) * g[i] * g[i]
-                    if mode == 0 {
-                        // PyTorch AdamW: decay first, then the bias-corrected step.
-                        wi -= lr * weightDecay * wi
-                        wi -= lr * mi / (bc1 * ((vi / bc2).squareRoot() + epsilon))
-                    } else {
-                        // Hugging Face AdamW: corrected step size, then decay with the plain lr.
-                        let lrc = lr * bc2.squareRoot() / bc1
-                        wi -= lrc * mi / (vi.squareRoot() + epsilon)
-                        wi -= lr * weightDecay * wi
-                    }
-                    pm[i] = T(mi)
-                    pv[i] = T(vi)
-                    w[i] = T(wi)
+        guard let pw = w.baseAddress else { return }
+        try m.withSharedMutableBufferPointer(as: T.self) { pm in
+            try v.withSharedMutableBufferPointer(as: T.self) { pv in
+                if g.dtype == T.dtype {
+                    g.withUnsafeBufferPointer(as: T.self) { update(pw, pm.baseAddress!, pv.baseAddress!, $0.baseAddress!, w.count) }
+                } else {
+                    try floatValues(g, "gradients").withUnsafeBufferPointer { update(pw, pm.baseAddress!, pv.baseAddress!, $0.baseAddress!, w.count) }
                 }
+            }
+        }
+    }
+
+    /// Plain pointers, the mode tested once: the loop carries no bounds or uniqueness checks.
+    @inline(__always)
+    func update<T: FloatElement, G: FloatElement>(_ w: UnsafeMutablePointer<T>, _ pm: UnsafeMutablePointer<T>, _ pv: UnsafeMutablePointer<T>,
+                                                 _ g: UnsafePointer<G>, _ n: Int) {
+        let beta1 = beta1, beta2 = beta2, lr = lr, weightDecay = weightDecay, epsilon = epsilon, bc1 = bc1, bc2 = bc2
+        if mode == 0 {
+            // PyTorch AdamW: decay first, then the bias-corrected step.
+            for i in 0..<n {
+                let gi = g[i].doubleValue
+                var wi = w[i].doubleValue
+                let mi = beta1 * pm[i].doubleValue + (1 - beta1) * gi
+                let vi = beta2 * pv[i].doubleValue + (1 - beta2) * gi * gi
+                wi -= lr * weightDecay * wi
+                wi -= lr * mi / (bc1 * ((vi / bc2).squareRoot() + epsilon))
+                pm[i] = T(fromDouble: mi)
+                pv[i] = T(fromDouble: vi)
+                w[i] = T(fromDouble: wi)
+            }
+        } else {
+            // Hugging Face AdamW: corrected step size, then decay with the plain lr.
+            let lrc = lr * bc2.squareRoot() / bc1
+            for i in 0..<n {
+                let gi = g[i].doubleValue
+                var wi = w[i].doubleValue
+                let mi = beta1 * pm[i].doubleValue + (1 - beta1) * gi
+                let vi = beta2 * pv[i].doubleValue + (1 - beta2) * gi * gi
+                wi -= lrc * mi / (vi.squareRoot() + epsilon)
+                wi -= lr * weightDecay * wi
+                pm[i] = T(fromDouble: mi)
+                pv[i] = T(fromDouble: vi)
+                w[i] = T(fromDouble: wi)
             }
         }
     }
@@ -159,7 +197,7 @@ struct AdamWOptimizerKernel: Kernel {
         let bc2 = correctBias ? Double(1 - powf(Float(beta), Float(step))) : 1
         for i in 0..<weights.count {
             try inPlace(weights[i], "weights[\(i)]",
-                        AdamWStep(g: try floatValues(grads[i], "gradients[\(i)]"), m: m1[i], v: m2[i], lr: lr, beta1: alpha, beta2: beta,
+                        AdamWStep(g: grads[i], m: m1[i], v: m2[i], lr: lr, beta1: alpha, beta2: beta,
                                   epsilon: epsilon, weightDecay: weightDecay, bc1: bc1, bc2: bc2, mode: mode))
         }
         return outputs(true)
