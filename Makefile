@@ -13,7 +13,7 @@ TEST_BUILD := swift build -c release -Xswiftc -enable-testing --scratch-path .bu
 RELEASE_BIN := .build/release/onnx-train
 TEST_BIN := .build-test/release/onnx-train
 
-.PHONY: all deps build release run test test-build unit-test conformance conformance-manifest conformance-docs testdata proto-check clean
+.PHONY: all deps build release run bench bench-smoke bench-venv test test-build unit-test conformance conformance-manifest conformance-docs testdata proto-check clean
 
 all: build
 
@@ -36,6 +36,29 @@ release: deps
 run: release
 	$(RELEASE_BIN) run Examples/digits --data Examples/digits/train.npz --eval-data Examples/digits/test.npz \
 	    --batch-size 32 --epochs 10 --lr 0.002 --log runs/digits/log.csv --out runs/digits
+
+## Benchmark against onnxruntime-training and PyTorch (issue 6); writes docs/PERFORMANCE.md.
+## The venv (.venv-bench) comes from Benchmarks/requirements.txt; torch from PyTorch's CPU index.
+BENCH_VENV := .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_ARGS ?=
+
+## Made once (delete it to rebuild); BENCH_VENV=/path/to/venv uses an existing one instead.
+bench-venv:
+	@if [ ! -x $(BENCH_PY) ]; then \
+	  command -v python3 >/dev/null || { echo "make: python3 with venv and pip is needed for the benchmark" >&2; exit 1; }; \
+	  echo "creating $(BENCH_VENV) from Benchmarks/requirements.txt"; \
+	  python3 -m venv $(BENCH_VENV) && \
+	  $(BENCH_PY) -m pip install --quiet --extra-index-url https://download.pytorch.org/whl/cpu -r Benchmarks/requirements.txt \
+	  || { rm -rf $(BENCH_VENV); exit 1; }; \
+	fi
+
+bench: release bench-venv
+	$(BENCH_PY) Benchmarks/bench.py $(if $(BENCH_SMOKE),--smoke) $(BENCH_ARGS)
+
+## The benchmark with 3 steps per runtime: checks that it works (writes .build/bench-smoke.md).
+bench-smoke:
+	$(MAKE) bench BENCH_SMOKE=1
 
 ## Download the onnx wheel with pip and unpack only its backend test data (never committed).
 testdata: $(NODE_SUITE)/test_abs/model.onnx

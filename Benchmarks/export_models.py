@@ -3,7 +3,7 @@ AdamW) plus inference exports, with fixed data, so that onnx-train, onnxruntime-
 train the same models on the same data.
 
 Models (batch sizes are the benchmark's):
-    mlp   MLP 784-512-512-10 (ReLU), input float32 [64, 784]
+    mlp   MLP 784-512-512-10 (ReLU), input float32 [64, 784]; mlp_b<N> is the same MLP at batch N
     cnn   Conv(3->16, 5x5, pad 2) -> BatchNorm -> MaxPool(2) -> ReLU -> Conv(16->32, 5x5, pad 2) ->
           MaxPool(2) -> ReLU -> global average pool -> Linear(32, 10); input float32 [64, 3, 32, 32]
     gpt   GPT-style causal transformer: token + position Embedding, 2 pre-norm blocks (LayerNorm,
@@ -137,10 +137,19 @@ class GPT(nn.Module):
         return self.head(self.ln_f(x)).reshape(-1, self.vocab)
 
 
-def make_data(name, rng):
+def split_name(name):
+    """`mlp_b<N>` is the MLP at batch N (the benchmark's batch-scaling runs); other names are MODELS keys."""
+    if name.startswith("mlp_b") and name[5:].isdigit() and int(name[5:]) > 0:
+        return "mlp", int(name[5:])
+    if name not in MODELS:
+        raise SystemExit(f"export_models: unknown model {name!r} (mlp, cnn, gpt or mlp_b<N>)")
+    return name, None
+
+
+def make_data(name, rng, batch=None):
     """Fixed random data for BATCHES steps: inputs and labels, batch-first."""
     if name == "mlp":
-        b = 64
+        b = batch or 64
         x = rng.rand(BATCHES * b, 784).astype(np.float32)
         y = rng.randint(0, 10, size=BATCHES * b).astype(np.int64)
         return {"input": x, "labels": y}, {"input": b, "labels": b}
@@ -207,13 +216,14 @@ def export_model(name, out: Path):
     from onnxruntime.training import artifacts
 
     folder = out / name
+    name, batch = split_name(name)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     torch.manual_seed(SEED)
     rng = np.random.RandomState(SEED)
     model = MODELS[name]()
-    data, rows = make_data(name, rng)
+    data, rows = make_data(name, rng, batch)
     example = torch.from_numpy(data["input"][:rows["input"]])
     torch.save(model.state_dict(), folder / "torch_init.pt")
 
@@ -238,6 +248,7 @@ def export_model(name, out: Path):
     params = sum(p.numel() for p in model.parameters())
     meta = {
         "name": name,
+        "variant": folder.name,
         "batch_size": rows["input"],
         "rows_per_step": rows,
         "batches": BATCHES,

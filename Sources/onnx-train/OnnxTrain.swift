@@ -8,6 +8,7 @@ struct OnnxTrainCommand: ParsableCommand {
         commandName: "onnx-train",
         abstract: "Run and train ONNX models on the CPU.",
         discussion: CLIFailure.exitCodeHelp,
-        subcommands: [InspectCommand.self, InferCommand.self, ConformanceCommand.self, RunCommand.self, EvalCommand.self, ExportCommand.self]
+        subcommands: [InspectCommand.self, InferCommand.self, ConformanceCommand.self, RunCommand.self, EvalCommand.self, ExportCommand.self,
+                      BenchCommand.self]
     )
 }

@@ -1,0 +1,251 @@
+"""`make bench`: onnx-train against onnxruntime-training and PyTorch on the issue-6 models, in one run.
+
+For every model (mlp, cnn, gpt) and round, three child processes train the same exported model from the
+same weights on the same data, in an order that rotates from round to round so drifting machine load hits
+every runtime alike:
+    onnx-train   `onnx-train bench FOLDER --infer` (Sources/onnx-train/BenchCommand.swift)
+    onnxruntime  bench_reference.py --child onnxruntime (Module + AdamW Optimizer, OrtValue feeds)
+    pytorch      bench_reference.py --child pytorch (torch.optim.AdamW)
+Each child times WARMUP + STEPS steps and reports its own peak RSS (getrusage ru_maxrss). onnx-train and
+onnxruntime also time inference of inference.onnx on the first batch. Then:
+    * the GEMM peak: the best N x N x N cblas_sgemm (OpenBLAS, same thread count) in `onnx-train bench
+      --gemm-peak N`, against which the MLP's step GFLOP/s (its GEMM FLOPs / median step) is set;
+    * batch scaling: the MLP at batch 8..256 (mlp_b<N> exports) in onnx-train and onnxruntime.
+Prints a table and writes it, with the machine and how to reproduce, to docs/PERFORMANCE.md (smoke runs
+write build/bench-smoke.md instead unless --doc is given).
+
+Idle worker threads sleep by default (onnxruntime allow_spinning=0, OMP_WAIT_POLICY=PASSIVE): on a shared
+2-core machine a spinning idle thread steals the core its partner needs (see README.md); --spin restores
+the runtimes' defaults.
+
+Run: python Benchmarks/bench.py [--binary .build/release/onnx-train] [--steps 50] [--warmup 5] [--rounds 2]
+     [--threads 2] [--models mlp,cnn,gpt] [--scale 8,16,32,64,128,256] [--smoke] [--spin] [--doc PATH]
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import bench_reference  # noqa: E402  (the reference children and the summary statistics)
+
+RUNTIMES = ("onnx-train", "onnxruntime", "pytorch")
+GOAL_RATIO = 0.8  # issue 6: onnx-train's median step <= 0.8 x the faster peer's
+
+
+def run_onnx_train(binary, folder, args, infer=True):
+    cmd = [str(binary), "bench", str(folder), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if infer:
+        cmd.append("--infer")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads))
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: onnx-train failed on {folder.name}:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_child(runtime, binary, folder, args, infer=True):
+    if runtime == "onnx-train":
+        return run_onnx_train(binary, folder, args, infer)
+    return bench_reference.run_child(runtime, folder, args)
+
+
+def gemm_peak(binary, args):
+    cmd = [str(binary), "bench", "--gemm-peak", str(args.gemm_n), "--steps", str(args.gemm_runs)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads)))
+    if done.returncode != 0:
+        raise SystemExit(f"bench: the GEMM peak run failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def export(models, out):
+    missing = [m for m in models if not (out / m / "meta.json").exists()]
+    if missing:
+        print(f"exporting {', '.join(missing)} ...", flush=True)
+        cmd = [sys.executable, str(HERE / "export_models.py"), "--out", str(out), "--models", ",".join(missing)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"bench: export failed:\n{done.stderr[-3000:]}")
+
+
+def machine():
+    info = {"platform": platform.platform(), "cores": os.cpu_count()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name"))
+        flags = next(l for l in cpuinfo.splitlines() if l.startswith("flags")).split()
+        info["simd"] = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags)
+    except (OSError, StopIteration):
+        pass
+    try:
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    try:
+        info["swift"] = subprocess.run(["swift", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        pass
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "libopenblas0-pthread"], capture_output=True, text=True)
+        if out.returncode == 0:
+            info["openblas"] = out.stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+def fmt_ms(x):
+    return f"{x:.2f} ms" if x < 100 else f"{x:.1f} ms"
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Benchmark onnx-train against onnxruntime-training and PyTorch (issue 6).")
+    parser.add_argument("--binary", type=Path, default=ROOT / ".build/release/onnx-train")
+    parser.add_argument("--models", default="mlp,cnn,gpt")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scale", default="8,16,32,64,128,256", help="MLP batch sizes for the scaling table ('' skips it)")
+    parser.add_argument("--gemm-n", type=int, default=2048)
+    parser.add_argument("--gemm-runs", type=int, default=5)
+    parser.add_argument("--spin", action="store_true", help="keep the runtimes' spinning idle threads (default: they sleep)")
+    parser.add_argument("--smoke", action="store_true", help="3 steps, 1 warm-up, 1 round, a small GEMM, two batch sizes")
+    parser.add_argument("--out", type=Path, default=HERE / "models", help="where the exported models live")
+    parser.add_argument("--doc", type=Path, help="markdown report (default docs/PERFORMANCE.md; smoke: .build/bench-smoke.md)")
+    args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.warmup, args.rounds, args.gemm_n, args.gemm_runs = 3, 1, 1, 512, 2
+        args.scale = "8,256" if args.scale else ""
+    args.no_spin = not args.spin  # read by bench_reference.run_child
+    doc = args.doc or (ROOT / (".build/bench-smoke.md" if args.smoke else "docs/PERFORMANCE.md"))
+    if not args.binary.exists():
+        raise SystemExit(f"bench: {args.binary} is missing (swift build -c release --product onnx-train)")
+
+    models = [m for m in args.models.split(",") if m]
+    scale = [int(b) for b in args.scale.split(",") if b]
+    export(models + [f"mlp_b{b}" for b in scale if b != 64], args.out)
+
+    started = time.time()
+    load_start = os.getloadavg()
+    peak = gemm_peak(args.binary, args)
+    print(f"GEMM peak: {peak['gflops']:.1f} GFLOP/s ({peak['n']}^3 sgemm, {peak['threads']} OpenBLAS threads)", flush=True)
+
+    rows = []
+    for name in models:
+        folder = args.out / name
+        meta = json.loads((folder / "meta.json").read_text())
+        results = {r: [] for r in RUNTIMES}
+        for round_index in range(args.rounds):
+            k = round_index % len(RUNTIMES)
+            for runtime in RUNTIMES[k:] + RUNTIMES[:k]:
+                results[runtime].append(run_child(runtime, args.binary, folder, args))
+        summary = {r: bench_reference.summarize(results[r]) for r in RUNTIMES}
+        faster = min(("onnxruntime", "pytorch"), key=lambda r: summary[r]["median_ms"])
+        row = {"model": name, "batch_size": meta["batch_size"], "faster_peer": faster, **summary,
+               "ratio": summary["onnx-train"]["median_ms"] / summary[faster]["median_ms"],
+               "first_loss_difference": abs(summary["onnx-train"]["first_loss"] - summary["onnxruntime"]["first_loss"])}
+        if "train_step_gemm_flops" in meta:
+            for r in RUNTIMES:
+                summary[r]["gflops"] = meta["train_step_gemm_flops"] / (summary[r]["median_ms"] * 1e6)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    scaling = []
+    for b in scale:
+        folder = args.out / ("mlp" if b == 64 else f"mlp_b{b}")
+        meta = json.loads((folder / "meta.json").read_text())
+        line = {"batch": b}
+        for runtime in ("onnx-train", "onnxruntime"):
+            s = bench_reference.summarize([run_child(runtime, args.binary, folder, args, infer=False)])
+            line[runtime] = {"median_ms": s["median_ms"], "peak_rss_mb": s["peak_rss_mb"], "model_rss_mb": s["model_rss_mb"],
+                             "gflops": meta["train_step_gemm_flops"] / (s["median_ms"] * 1e6)}
+        scaling.append(line)
+        print(json.dumps(line), flush=True)
+
+    load_end = os.getloadavg()
+    minutes = (time.time() - started) / 60
+    text = report(args, peak, rows, scaling, machine(), load_start, load_end, minutes)
+    print("\n" + text)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+    print(f"wrote {doc.relative_to(ROOT) if doc.is_relative_to(ROOT) else doc} ({minutes:.1f} min)")
+
+
+def report(args, peak, rows, scaling, info, load_start, load_end, minutes):
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    spin = "spinning (runtime defaults)" if args.spin else "sleeping (onnxruntime allow_spinning=0, OMP_WAIT_POLICY=PASSIVE)"
+    out = ["# Performance", "",
+           "Written by `make bench` (Benchmarks/bench.py); do not edit by hand. Issue 6's goal: onnx-train's median",
+           f"training step at most {GOAL_RATIO}x the faster of onnxruntime-training and PyTorch on every model, peak RSS at",
+           "most onnxruntime's, and the MLP step at least half the machine's single-precision GEMM peak.", "",
+           f"Run of {now}: {args.steps} timed steps after {args.warmup} warm-up, {args.rounds} round(s) per runtime",
+           f"(the order rotates every round), {args.threads} threads, idle threads {spin}; took {minutes:.1f} min.",
+           f"Load average (1/5/15 min) at the start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, "
+           f"at the end {load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} on {info.get('cores')} cores: "
+           "absolute times on a shared machine drift, only the ratios of one run mean much.", "",
+           "## Training step (AdamW)", "",
+           "| model | batch | onnx-train | onnxruntime | PyTorch | onnx-train / faster peer | goal | peak RSS onnx-train | onnxruntime | PyTorch |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t, o, p = r["onnx-train"], r["onnxruntime"], r["pytorch"]
+        ok = "met" if r["ratio"] <= GOAL_RATIO and t["peak_rss_mb"] <= o["peak_rss_mb"] else "not met"
+        out.append(f"| {r['model']} | {r['batch_size']} | {fmt_ms(t['median_ms'])} | {fmt_ms(o['median_ms'])} | {fmt_ms(p['median_ms'])} "
+                   f"| {r['ratio']:.2f}x {r['faster_peer']} | {ok} | {t['peak_rss_mb']:.0f} MiB | {o['peak_rss_mb']:.0f} MiB "
+                   f"({o['model_rss_mb']:.0f}) | {p['peak_rss_mb']:.0f} MiB ({p['model_rss_mb']:.0f}) |")
+    out += ["",
+            "Median over all timed steps of all rounds. Peak RSS is the child process's getrusage ru_maxrss after training;",
+            "in brackets the growth over the process after its imports (the onnxruntime-training wheel imports torch, ~285",
+            "MiB, before any model is loaded). The first-step loss of onnx-train and onnxruntime differ by "
+            + ", ".join(f"{r['first_loss_difference']:.1e} ({r['model']})" for r in rows) + ".", "",
+            "p10 / p90 step times (ms):", ""]
+    for r in rows:
+        out.append(f"* {r['model']}: " + "; ".join(f"{rt} {r[rt]['p10_ms']:.2f} / {r[rt]['p90_ms']:.2f}" for rt in RUNTIMES))
+    out += ["", "## Inference latency (inference.onnx, first batch)", "",
+            "| model | onnx-train | onnxruntime | ratio |", "|---|---|---|---|"]
+    for r in rows:
+        a, b = r["onnx-train"].get("infer_median_ms"), r["onnxruntime"].get("infer_median_ms")
+        if a is not None and b is not None:
+            out.append(f"| {r['model']} | {fmt_ms(a)} | {fmt_ms(b)} | {a / b:.2f}x |")
+    out += ["", "## MLP against the GEMM peak", "",
+            f"GEMM peak: {peak['gflops']:.1f} GFLOP/s, the best of {args.gemm_runs} {peak['n']}x{peak['n']}x{peak['n']} "
+            f"cblas_sgemm calls through OpenBLAS with {peak['threads']} threads, measured in this run.", ""]
+    for r in rows:
+        if "gflops" in r["onnx-train"]:
+            g = r["onnx-train"]["gflops"]
+            out.append(f"* MLP step (GEMM FLOPs / median step): onnx-train {g:.1f} GFLOP/s = {100 * g / peak['gflops']:.0f}% of "
+                       f"the peak (goal 50%: {'met' if g >= peak['gflops'] / 2 else 'not met'}); onnxruntime "
+                       f"{r['onnxruntime']['gflops']:.1f}, PyTorch {r['pytorch']['gflops']:.1f}.")
+    if scaling:
+        out += ["", "## MLP batch scaling (one run each)", "",
+                "| batch | onnx-train step | per example | GFLOP/s | peak RSS | onnxruntime step | GFLOP/s | peak RSS (model) |",
+                "|---|---|---|---|---|---|---|---|"]
+        for s in scaling:
+            t, o = s["onnx-train"], s["onnxruntime"]
+            out.append(f"| {s['batch']} | {fmt_ms(t['median_ms'])} | {1000 * t['median_ms'] / s['batch']:.1f} µs | {t['gflops']:.1f} "
+                       f"| {t['peak_rss_mb']:.0f} MiB | {fmt_ms(o['median_ms'])} | {o['gflops']:.1f} | {o['peak_rss_mb']:.0f} MiB ({o['model_rss_mb']:.0f}) |")
+    out += ["", "## Machine", ""]
+    out += [f"* {k}: {v}" for k, v in info.items()]
+    out += [f"* onnxruntime-training {rows[0]['onnxruntime']['version'] if rows else '?'}, "
+            f"PyTorch {rows[0]['pytorch']['version'] if rows else '?'}" ]
+    out += ["", "## Reproduce", "", "```sh",
+            "make bench          # venv .venv-bench from Benchmarks/requirements.txt, exports, release build, this file",
+            "make bench-smoke    # 3 steps, checks that it works (writes .build/bench-smoke.md)",
+            f"python Benchmarks/bench.py --steps {args.steps} --rounds {args.rounds}   # with the venv's python, after a release build",
+            "```", "",
+            "A step is `module(input, labels); optimizer.step(); lazy_reset_grad()` in onnx-train (`onnx-train bench`) and",
+            "onnxruntime, `cross_entropy(model(x), y); zero_grad(); backward(); step()` in PyTorch; see Benchmarks/README.md.", ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

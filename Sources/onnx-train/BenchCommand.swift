@@ -1,0 +1,141 @@
+import ArgumentParser
+import Foundation
+import OnnxTrain
+
+/// `onnx-train bench FOLDER`: times training steps on a benchmark folder written by
+/// Benchmarks/export_models.py, for Benchmarks/bench.py (`make bench`). Prints one JSON line.
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Time training steps on a Benchmarks/export_models.py folder (used by `make bench`).",
+        discussion: """
+        FOLDER holds onnxruntime training artifacts (training_model.onnx, optimizer_model.onnx, \
+        checkpoint), data.npz (input, labels), meta.json (rows_per_step, lr) and, for --infer, \
+        inference.onnx. A step is `module(input, labels); optimizer.step(); lazy_reset_grad()`, \
+        like onnxruntime's Module/Optimizer loop; step k uses batch k mod batches of data.npz. \
+        Prints one JSON line: step times (seconds, after the warm-up), losses, peak RSS \
+        (getrusage ru_maxrss, MiB) after training, the RSS before the model was loaded, and with \
+        --infer the median latency of inference.onnx on the first batch. With --gemm-peak N \
+        (no FOLDER needed) it times an N×N×N cblas_sgemm instead and prints the best GFLOP/s. \
+        OpenBLAS's thread count comes from OPENBLAS_NUM_THREADS.
+
+        \(CLIFailure.exitCodeHelp)
+        """
+    )
+
+    @Argument(help: "A benchmark folder (Benchmarks/models/<name>).")
+    var folder: String?
+
+    @Option(help: "Timed steps.")
+    var steps = 50
+
+    @Option(help: "Untimed warm-up steps first.")
+    var warmup = 5
+
+    @Flag(help: "Also time inference of FOLDER/inference.onnx (after the training steps).")
+    var infer = false
+
+    @Option(name: .customLong("gemm-peak"), help: "Time an N×N×N single-precision GEMM instead (best of --steps runs).")
+    var gemmPeak: Int?
+
+    func run() throws {
+        try CLIFailure.run {
+            if let n = gemmPeak {
+                print(try Self.json(try Self.gemm(n: n, runs: max(steps, 1))))
+                return
+            }
+            guard let folder else { throw OnnxTrainError.invalidInput("bench needs a FOLDER or --gemm-peak N") }
+            print(try Self.json(try train(folder: folder)))
+        }
+    }
+
+    /// Peak resident set size of this process so far, in MiB (Linux reports ru_maxrss in KiB).
+    static func peakRSS() -> Double {
+        var usage = rusage()
+        getrusage(Int32(RUSAGE_SELF.rawValue), &usage)
+        return Double(usage.ru_maxrss) / 1024
+    }
+
+    static func json(_ object: [String: Any]) throws -> String {
+        String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
+    }
+
+    func train(folder: String) throws -> [String: Any] {
+        let baseline = Self.peakRSS()
+        let dir = URL(fileURLWithPath: folder)
+        func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
+        guard let metaData = FileManager.default.contents(atPath: path("meta.json")),
+              let meta = try? JSONSerialization.jsonObject(with: metaData) as? [String: Any],
+              let rows = meta["rows_per_step"] as? [String: Int], let lr = meta["lr"] as? Double else {
+            throw OnnxTrainError.io("\(path("meta.json")): missing, or without rows_per_step and lr")
+        }
+        let arrays = try Npz.readDictionary(contentsOf: path("data.npz"))
+        let state = try CheckpointState.load(from: path("checkpoint"))
+        let module = try TrainingModule(trainingModel: try Model(contentsOf: path("training_model.onnx")), state: state)
+        let optimizer = try Optimizer(path: path("optimizer_model.onnx"), module: module)
+        optimizer.learningRate = Float(lr)
+
+        // Every batch is cut once, before timing: the timed loop holds only the step.
+        var batches: [[Tensor]] = []
+        let count = meta["batches"] as? Int ?? 1
+        for k in 0..<count {
+            batches.append(try module.trainInputNames.map { name in
+                guard let t = arrays[name], let r = rows[name], t.rank > 0, (k + 1) * r <= t.shape[0] else {
+                    throw OnnxTrainError.invalidInput("\(path("data.npz")): no rows for batch \(k) of '\(name)'")
+                }
+                return Batches.rows(of: t, from: k * r, count: r)
+            })
+        }
+        let clock = ContinuousClock()
+        var times: [Double] = []
+        var losses: [Double] = []
+        for step in 0..<(warmup + steps) {
+            let feeds = batches[step % batches.count]
+            let start = clock.now
+            let out = try module.trainStep(feeds)
+            _ = try optimizer.step()
+            module.lazyResetGrad()
+            let elapsed = clock.now - start
+            losses.append(Double(out.loss))
+            if step >= warmup { times.append(Self.seconds(elapsed)) }
+        }
+        var result: [String: Any] = ["times": times, "losses": losses, "peak_rss_mb": Self.peakRSS(),
+                                     "baseline_rss_mb": baseline, "version": "onnx-train"]
+        if infer {
+            let session = try InferenceSession(path: path("inference.onnx"))
+            guard let x = batches.first?.first else { throw OnnxTrainError.invalidInput("\(folder): no data") }
+            var latencies: [Double] = []
+            for step in 0..<(warmup + steps) {
+                let start = clock.now
+                _ = try session.run(tensors: ["input": x])
+                if step >= warmup { latencies.append(Self.seconds(clock.now - start)) }
+            }
+            latencies.sort()
+            result["infer_median_ms"] = 1000 * latencies[latencies.count / 2]
+        }
+        return result
+    }
+
+    static func seconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+    }
+
+    /// The best of `runs` N×N×N sgemms, in GFLOP/s (2·N³ flops each).
+    static func gemm(n: Int, runs: Int) throws -> [String: Any] {
+        guard n > 0 && n <= 16384 else { throw OnnxTrainError.invalidInput("--gemm-peak must be in 1...16384") }
+        var a = [Float](repeating: 0, count: n * n), b = a, c = a
+        for i in 0..<(n * n) { a[i] = Float(i % 7) * 0.25 - 0.5; b[i] = Float(i % 5) * 0.125 - 0.25 }
+        let clock = ContinuousClock()
+        var best = Double.infinity
+        a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in c.withUnsafeMutableBufferPointer { pc in
+            for _ in 0...runs {  // the first run warms up OpenBLAS's threads and buffers
+                let start = clock.now
+                BLAS.sgemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: pa.baseAddress!, lda: n,
+                           b: pb.baseAddress!, ldb: n, beta: 0, c: pc.baseAddress!, ldc: n)
+                best = min(best, seconds(clock.now - start))
+            }
+        } } }
+        let flops = 2 * Double(n) * Double(n) * Double(n)
+        return ["n": n, "best_s": best, "gflops": flops / best / 1e9, "threads": BLAS.threadCount]
+    }
+}
