@@ -275,12 +275,24 @@ struct TrainingRun {
                 }
                 return p
             }
-            let state = try CheckpointState.load(from: try params ?? file("checkpoint"))
-            // The eval model is loaded only when asked for: some valid artifact folders carry one
-            // onnxruntime itself refuses (BatchNorm with running-stat outputs in eval mode).
-            let evalModel = withEval ? try Model(contentsOf: try file("eval_model.onnx")) : nil
-            let module = try TrainingModule(trainingModel: try Model(contentsOf: try file("training_model.onnx")), state: state,
-                                            evalModel: evalModel, options: options)
+            let checkpoint = try params ?? file("checkpoint")
+            let trainingModel = try Model(contentsOf: try file("training_model.onnx"))
+            let module: TrainingModule
+            if withEval {
+                module = try TrainingModule(trainingModel: trainingModel, state: try CheckpointState.load(from: checkpoint),
+                                            evalModel: try Model(contentsOf: try file("eval_model.onnx")), options: options)
+            } else {
+                // Without evaluation the eval model only serves model.onnx: some valid artifact
+                // folders carry one that cannot run (BatchNorm with running-stat outputs in eval
+                // mode), and then the run goes on without it.
+                let evalPath = folder.appendingPathComponent("eval_model.onnx").path
+                if let withEvalModel = try? TrainingModule(trainingModel: trainingModel, state: try CheckpointState.load(from: checkpoint),
+                                                           evalModel: try Model(contentsOf: evalPath), options: options) {
+                    module = withEvalModel
+                } else {
+                    module = try TrainingModule(trainingModel: trainingModel, state: try CheckpointState.load(from: checkpoint), options: options)
+                }
+            }
             let optimizerModel = try Model(contentsOf: try file("optimizer_model.onnx"))
             let optimizer = try Optimizer(model: optimizerModel, module: module, options: options)
             say("optimizer (from optimizer_model.onnx): " + OptimizerDescription.describe(optimizerModel))
