@@ -24,11 +24,12 @@ class SmallCNN(nn.Module):
 
     p defaults to 0.0 so the Dropout node is in the graph (ratio 0, training_mode true) but
     the training trajectory is deterministic and comparable across runtimes.
+    conv_bias=False drops the Conv's bias, which the BatchNorm right after it would cancel anyway.
     """
 
-    def __init__(self, p=0.0, classes=4):
+    def __init__(self, p=0.0, classes=4, conv_bias=True):
         super().__init__()
-        self.conv = nn.Conv2d(1, 4, kernel_size=3, padding=1)
+        self.conv = nn.Conv2d(1, 4, kernel_size=3, padding=1, bias=conv_bias)
         self.bn = nn.BatchNorm2d(4)
         self.pool = nn.MaxPool2d(2)
         self.drop = nn.Dropout(p)

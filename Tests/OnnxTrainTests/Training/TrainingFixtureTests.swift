@@ -23,6 +23,7 @@ final class TrainingFixtureTests: XCTestCase {
     /// its exact gradient is zero and onnxruntime's is float noise (~1e-8, grad0 in
     /// expected.npz); AdamW divides m by sqrt(v) and turns that noise into lr-sized steps, which no
     /// other summation order reproduces. bn.running_mean carries the conv bias along.
+    /// cnn_nobias_ce_adamw is the same CNN without that bias and has no exception.
     static let exceptions: [String: [String: Double]] = [
         "cnn_ce_adamw": ["conv.bias": 2e-3, "bn.running_mean": 2e-3],
     ]
@@ -128,6 +129,7 @@ final class TrainingFixtureTests: XCTestCase {
     func testMLPL1AdamW() throws { try artifact("mlp_l1_adamw") }
     func testMLPL1SGD() throws { try artifact("mlp_l1_sgd") }
     func testCNNCrossEntropyAdamW() throws { try artifact("cnn_ce_adamw") }
+    func testCNNNoBiasCrossEntropyAdamW() throws { try artifact("cnn_nobias_ce_adamw") }
     func testGPTCrossEntropyAdamW() throws { try artifact("gpt_ce_adamw") }
 
     func gradient(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
