@@ -114,46 +114,75 @@ struct ConvGeometry: Equatable {
 
 // MARK: - im2col / col2im
 
-/// Unfolds one image into columns: col[(c*K + k) * P + p] = x[c, o_p*s - pb + k*d] (0 in padding).
-///
-/// x: [channels, input...], col: [channels * kernelSize, outputSize]. The innermost spatial
-/// dim is a straight loop, so 1-D and 2-D cases cost one bounds check per element.
-func im2col<T: TensorElement>(_ x: UnsafePointer<T>, channels: Int, _ g: ConvGeometry, _ col: UnsafeMutablePointer<T>) {
-    let r = g.rank, K = g.kernelSize, P = g.outputSize, I = g.inputSize
-    if P == 0 || K == 0 { return }
-    let last = r - 1
-    let outerOut = P / g.output[last], lastOut = g.output[last]
-    let inStrides = contiguousStrides(g.input)
-    var kIdx = [Int](repeating: 0, count: r)
-    var oIdx = [Int](repeating: 0, count: r)
-    for k in 0..<K {
-        // kernel multi-index of k
+/// Where kernel tap `k` reads, per output row (every output axis but the last): the input offset
+/// of the row's tap (-1 when the row falls in padding), and along the last axis the output range
+/// [lo, hi) that lands inside the input, reading input position `first + j * step` for output j.
+/// Computed once per tap, so the per-channel loops of im2col/col2im hold no index arithmetic.
+struct ConvTapRows {
+    var bases: [Int]
+    var lo = 0, hi = 0, first = 0, step = 1
+
+    init(_ g: ConvGeometry, tap k: Int) {
+        let r = g.rank, last = r - 1
+        var kIdx = [Int](repeating: 0, count: r)
         var rem = k
         for i in stride(from: r - 1, through: 0, by: -1) { kIdx[i] = rem % g.kernel[i]; rem /= g.kernel[i] }
-        let kLastOff = kIdx[last] * g.dilations[last] - g.padsBegin[last]
-        let sLast = g.strides[last], inLast = g.input[last]
-        for c in 0..<channels {
-            let src = x + c * I
-            var dst = col + (c * K + k) * P
-            for o in 0..<outerOut {
-                // outer output multi-index (all dims but the last)
-                var rem = o, base = 0, valid = true
-                for i in stride(from: last - 1, through: 0, by: -1) {
-                    oIdx[i] = rem % g.output[i]; rem /= g.output[i]
-                    let pos = oIdx[i] * g.strides[i] - g.padsBegin[i] + kIdx[i] * g.dilations[i]
-                    if pos < 0 || pos >= g.input[i] { valid = false }
-                    base += pos * inStrides[i]
-                }
-                if !valid {
-                    dst.update(repeating: T.zero, count: lastOut)
-                } else {
-                    var pos = kLastOff
-                    for j in 0..<lastOut {
-                        dst[j] = pos >= 0 && pos < inLast ? src[base + pos] : T.zero
-                        pos += sLast
+        let lastOut = g.output[last]
+        let outer = lastOut == 0 ? 0 : g.outputSize / lastOut
+        let inStrides = contiguousStrides(g.input)
+        bases = [Int](repeating: -1, count: outer)
+        for o in 0..<outer {
+            var rem = o, base = 0, valid = true
+            for i in stride(from: last - 1, through: 0, by: -1) {
+                let oi = rem % g.output[i]; rem /= g.output[i]
+                let pos = oi * g.strides[i] - g.padsBegin[i] + kIdx[i] * g.dilations[i]
+                if pos < 0 || pos >= g.input[i] { valid = false }
+                base += pos * inStrides[i]
+            }
+            if valid { bases[o] = base }
+        }
+        first = kIdx[last] * g.dilations[last] - g.padsBegin[last]
+        step = g.strides[last]
+        let inLast = g.input[last]
+        // lo: the first j with first + j*step >= 0; hi: one past the last with first + j*step < inLast.
+        lo = first >= 0 ? 0 : (-first + step - 1) / step
+        hi = inLast - first <= 0 ? 0 : min(lastOut, (inLast - first + step - 1) / step)
+        lo = min(lo, lastOut)
+        if hi < lo { hi = lo }
+    }
+}
+
+/// Unfolds one image into columns: col[(c*K + k) * P + p] = x[c, o_p*s - pb + k*d] (0 in padding).
+///
+/// x: [channels, input...], col: [channels * kernelSize, outputSize]. Per tap, the rows' offsets
+/// and the last axis's in-bounds range are computed once (ConvTapRows); each row is then a copy
+/// (a memcpy at stride 1) between zero-filled edges.
+func im2col<T: TensorElement>(_ x: UnsafePointer<T>, channels: Int, _ g: ConvGeometry, _ col: UnsafeMutablePointer<T>) {
+    let K = g.kernelSize, P = g.outputSize, I = g.inputSize
+    if P == 0 || K == 0 { return }
+    let lastOut = g.output[g.rank - 1]
+    for k in 0..<K {
+        let tap = ConvTapRows(g, tap: k)
+        let lo = tap.lo, hi = tap.hi, first = tap.first, step = tap.step
+        tap.bases.withUnsafeBufferPointer { bases in
+            for c in 0..<channels {
+                let src = x + c * I
+                var dst = col + (c * K + k) * P
+                for base in bases {
+                    if base < 0 {
+                        dst.update(repeating: T.zero, count: lastOut)
+                    } else {
+                        if lo > 0 { dst.update(repeating: T.zero, count: lo) }
+                        let row = src + base + first
+                        if step == 1 {
+                            (dst + lo).update(from: row + lo, count: hi - lo)
+                        } else {
+                            for j in lo..<hi { dst[j] = row[j * step] }
+                        }
+                        if hi < lastOut { (dst + hi).update(repeating: T.zero, count: lastOut - hi) }
                     }
+                    dst += lastOut
                 }
-                dst += lastOut
             }
         }
     }
@@ -162,37 +191,23 @@ func im2col<T: TensorElement>(_ x: UnsafePointer<T>, channels: Int, _ g: ConvGeo
 /// Folds columns back into an image, accumulating overlaps: the adjoint of `im2col`.
 /// x += fold(col); x must be initialized by the caller (zeros for a plain col2im).
 func col2im<T: FloatElement>(_ col: UnsafePointer<T>, channels: Int, _ g: ConvGeometry, _ x: UnsafeMutablePointer<T>) {
-    let r = g.rank, K = g.kernelSize, P = g.outputSize, I = g.inputSize
+    let K = g.kernelSize, P = g.outputSize, I = g.inputSize
     if P == 0 || K == 0 { return }
-    let last = r - 1
-    let outerOut = P / g.output[last], lastOut = g.output[last]
-    let inStrides = contiguousStrides(g.input)
-    var kIdx = [Int](repeating: 0, count: r)
-    var oIdx = [Int](repeating: 0, count: r)
+    let lastOut = g.output[g.rank - 1]
     for k in 0..<K {
-        var rem = k
-        for i in stride(from: r - 1, through: 0, by: -1) { kIdx[i] = rem % g.kernel[i]; rem /= g.kernel[i] }
-        let kLastOff = kIdx[last] * g.dilations[last] - g.padsBegin[last]
-        let sLast = g.strides[last], inLast = g.input[last]
-        for c in 0..<channels {
-            let dstImage = x + c * I
-            var src = col + (c * K + k) * P
-            for o in 0..<outerOut {
-                var rem = o, base = 0, valid = true
-                for i in stride(from: last - 1, through: 0, by: -1) {
-                    oIdx[i] = rem % g.output[i]; rem /= g.output[i]
-                    let pos = oIdx[i] * g.strides[i] - g.padsBegin[i] + kIdx[i] * g.dilations[i]
-                    if pos < 0 || pos >= g.input[i] { valid = false }
-                    base += pos * inStrides[i]
-                }
-                if valid {
-                    var pos = kLastOff
-                    for j in 0..<lastOut {
-                        if pos >= 0 && pos < inLast { dstImage[base + pos] += src[j] }
-                        pos += sLast
+        let tap = ConvTapRows(g, tap: k)
+        let lo = tap.lo, hi = tap.hi, first = tap.first, step = tap.step
+        tap.bases.withUnsafeBufferPointer { bases in
+            for c in 0..<channels {
+                let dstImage = x + c * I
+                var src = col + (c * K + k) * P
+                for base in bases {
+                    if base >= 0 {
+                        let row = dstImage + base + first
+                        for j in lo..<hi { row[j * step] += src[j] }
                     }
+                    src += lastOut
                 }
-                src += lastOut
             }
         }
     }
