@@ -19,7 +19,7 @@ struct RunCommand: ParsableCommand {
             Each optimizer step follows --accumulate train steps, then a lazy gradient reset. \
             --out (default runs/<name>-<time>) receives checkpoint, metrics.csv, loss.svg, model.onnx \
             and params.safetensors. Ctrl-C stops after the current step, saves, and prints the \
-            command that resumes. If the loss stops being finite, training stops and --out keeps \
+            command that resumes (exit code 130). If the loss stops being finite, training stops and --out keeps \
             the state after the last good step.
 
             \(CLIFailure.exitCodeHelp)

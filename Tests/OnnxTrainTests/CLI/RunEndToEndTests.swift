@@ -187,6 +187,43 @@ final class RunEndToEndTests: XCTestCase {
         XCTAssertFalse(model.graph.nodes.contains { $0.domain == "com.microsoft" })
     }
 
+    func testDefaultOutputFolderIsNamedAfterTheModelAndTime() throws {
+        let r = try run(seed + ["--steps", "2", "--lr", "0.1", "--quiet"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let runs = try FileManager.default.contentsOfDirectory(atPath: path("runs"))
+        XCTAssertEqual(runs.count, 1)
+        let name = try XCTUnwrap(runs.first)
+        XCTAssertNotNil(name.range(of: #"^seed-gradient-graph-\d{8}-\d{6}$"#, options: .regularExpression), name)
+        XCTAssertTrue(r.stdout.contains("saved to runs/\(name)/: checkpoint"), r.stdout)
+    }
+
+    /// Ctrl-C (SIGINT) stops after the current step, saves, prints how to resume, exits 130.
+    func testInterruptSavesAndSaysHowToResume() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try XCTUnwrap(CLITests.binary))
+        process.arguments = digits + ["--epochs", "50", "--out", "int", "--print-every", "1"]
+        process.currentDirectoryURL = work
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var text = ""
+        while !text.contains("step 3/") {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            text += String(decoding: chunk, as: UTF8.self)
+        }
+        process.interrupt()
+        text += String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 130, text)
+        let stopped = try XCTUnwrap(text.range(of: #"interrupted at step (\d+) of 2250; resume with: onnx-train run .* --out int --print-every 1 --resume int\n"#, options: .regularExpression), text)
+        let step = Int(text[stopped].split(separator: " ")[3])!
+        XCTAssertEqual(try CheckpointState.load(from: path("int/checkpoint")).optimizerGroups["group0"]?.step, Int64(step))
+        XCTAssertEqual(try metrics("int").last?.step, step)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("int/model.onnx")))
+    }
+
     // MARK: Resume
 
     /// N steps straight and N/2 + resume N/2 give the same losses and parameters, bit for bit:
