@@ -203,6 +203,7 @@ struct ResumePoint {
     let batches: Int
     let seed: UInt64
     let metrics: [RunMetric]
+    let batching: String?
 
     static func load(from directory: String) throws -> ResumePoint {
         let path = URL(fileURLWithPath: directory).appendingPathComponent(RunArtifacts.checkpointName).path
@@ -216,7 +217,10 @@ struct ResumePoint {
         }
         let metricsPath = URL(fileURLWithPath: directory).appendingPathComponent(RunArtifacts.metricsName).path
         let metrics = (try? String(contentsOfFile: metricsPath, encoding: .utf8)).map { RunArtifacts.parseMetrics($0) }?.filter { $0.step <= Int(steps) } ?? []
-        return ResumePoint(directory: directory, checkpointPath: path, steps: Int(steps), batches: Int(batches), seed: UInt64(bitPattern: seed), metrics: metrics)
+        var batching: String?
+        if case .string(let b)? = state.properties[RunArtifacts.Resume.batching] { batching = b }
+        return ResumePoint(directory: directory, checkpointPath: path, steps: Int(steps), batches: Int(batches), seed: UInt64(bitPattern: seed),
+                           metrics: metrics, batching: batching)
     }
 }
 
@@ -238,6 +242,11 @@ struct RunSettings {
     var dataLabel = "data"
     var evalLabel: String?
     var stopAfter: Int?
+
+    /// What fixes the data order besides the seed; `--resume` insists on the same.
+    var batching: String {
+        "--batch-size \(batchSize) --accumulate \(accumulate)" + (shuffle ? "" : " --no-shuffle")
+    }
 }
 
 /// The training loop behind `run`, kept apart from argument parsing.
@@ -333,6 +342,9 @@ struct TrainingRun {
         let totalBatches = steps * accumulate
         let epochs = (totalBatches + batches.count - 1) / batches.count
         let resumeSteps = settings.resume?.steps ?? 0, resumeBatches = settings.resume?.batches ?? 0
+        if let resume = settings.resume, let used = resume.batching, used != settings.batching {
+            throw OnnxTrainError.invalidInput("--resume \(resume.directory): that run used \(used); give the same to continue its trajectory")
+        }
         guard resumeSteps <= steps else {
             throw OnnxTrainError.invalidInput("--resume \(settings.resume!.directory): that run already took \(resumeSteps) steps, more than the \(steps) asked for")
         }
@@ -389,7 +401,7 @@ struct TrainingRun {
         StopRequest.install()
         reporter.begin(totalSteps: steps - resumeSteps, lastStep: steps)
         func saveAll(checkpointOnly: Bool = false) throws {
-            RunArtifacts.recordProgress(module.state, step: step, batches: step * accumulate, seed: settings.seed)
+            RunArtifacts.recordProgress(module.state, step: step, batches: step * accumulate, seed: settings.seed, batching: settings.batching)
             try RunArtifacts.save(module: module, metrics: metrics, title: title, to: out, checkpointOnly: checkpointOnly)
         }
         for b in 0..<totalBatches {

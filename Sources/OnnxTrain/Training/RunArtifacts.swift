@@ -39,6 +39,8 @@ public enum RunArtifacts {
         public static let seed = "onnx_train.seed"
         /// The parameter names, joined by newlines: identifies the model a checkpoint belongs to.
         public static let parameters = "onnx_train.parameters"
+        /// The batch size, accumulation and shuffling of the run: a resumed run must use the same.
+        public static let batching = "onnx_train.batching"
     }
 
     /// Creates `directory` (and parents) and checks that a file can be written into it.
@@ -93,7 +95,8 @@ public enum RunArtifacts {
     }
 
     /// Records where a run is, in the checkpoint's property bag, for `--resume`.
-    public static func recordProgress(_ state: CheckpointState, step: Int, batches: Int, seed: UInt64) {
+    public static func recordProgress(_ state: CheckpointState, step: Int, batches: Int, seed: UInt64, batching: String? = nil) {
+        if let batching { state.properties[Resume.batching] = .string(batching) }
         state.properties[Resume.step] = .int(Int64(step))
         state.properties[Resume.batches] = .int(Int64(batches))
         state.properties[Resume.seed] = .int(Int64(bitPattern: seed))

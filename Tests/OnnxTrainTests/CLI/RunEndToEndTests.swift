@@ -316,6 +316,10 @@ final class RunEndToEndTests: XCTestCase {
         XCTAssertEqual(d.status, 0, d.stderr)
         try assertFails(["run", graph, "--data", data, "--batch-size", "16", "--steps", "4", "--lr", "0.1", "--resume", "digits-run"],
                         mentioning: ["--resume digits-run: its checkpoint does not fit", "resume from a run of the same model"])
+        let s = try run(common + ["--data", data, "--out", "seed-run", "--stop-after", "2", "--quiet"])
+        XCTAssertEqual(s.status, 0, s.stderr)
+        try assertFails(["run", graph, "--data", data, "--batch-size", "8", "--steps", "4", "--lr", "0.1", "--resume", "seed-run"],
+                        mentioning: ["--resume seed-run: that run used --batch-size 16 --accumulate 1; give the same"])
         try assertFails(["run", graph, "--data", data, "--batch-size", "16", "--steps", "4", "--lr", "0.1", "--resume", "nowhere"],
                         mentioning: ["--resume nowhere: no checkpoint there"])
         try assertFails(["eval", graph, "--data", data], mentioning: ["give its trained parameters with --params"])
