@@ -22,6 +22,8 @@ public enum TensorProtoFiles {
     }
 
     /// Reads every `.pb` file of `folder`, ordered by the number in the name (input_2 before input_10).
+    /// In an ONNX test-data folder (`input_N.pb` beside `output_N.pb`) only the inputs are read:
+    /// the outputs are what the model is expected to produce.
     public static func readFolder(_ folder: String) throws -> [Entry] {
         let names: [String]
         do {
@@ -29,7 +31,11 @@ public enum TensorProtoFiles {
         } catch {
             throw OnnxTrainError.io("\(folder): cannot list the folder")
         }
-        return try names.filter { $0.hasSuffix(".pb") }.sorted(by: naturalOrder).map { try read(contentsOf: folder + "/" + $0) }
+        var files = names.filter { $0.hasSuffix(".pb") }
+        if files.contains(where: { $0.hasPrefix("input_") }) && files.contains(where: { $0.hasPrefix("output_") }) {
+            files = files.filter { $0.hasPrefix("input_") }
+        }
+        return try files.sorted(by: naturalOrder).map { try read(contentsOf: folder + "/" + $0) }
     }
 
     /// Writes `tensor` as a TensorProto named `name` to `path`.

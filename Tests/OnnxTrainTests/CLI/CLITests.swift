@@ -97,6 +97,29 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(out["s"]?.scalars(as: Int64.self), [2, 3])
     }
 
+    /// `onnx-train infer` on the PyTorch exports (MLP, CNN, GPT at opsets 14 and 17), fed straight
+    /// from each ONNX test-data folder, matches onnxruntime's outputs to 1e-4 relative.
+    func testInferMatchesOnnxruntimeOnPyTorchExports() throws {
+        let dir = try DataFixtures.temporaryDirectory(self)
+        var fixtures = URL(fileURLWithPath: #filePath)
+        for _ in 0..<2 { fixtures.deleteLastPathComponent() }
+        let inference = fixtures.deletingLastPathComponent().appendingPathComponent("Fixtures/inference").path
+        for name in ["mlp_opset14", "mlp_opset17", "cnn_opset14", "cnn_opset17", "gpt_opset14", "gpt_opset17"] {
+            let data = "\(inference)/\(name)/test_data_set_0"
+            let r = try run(["infer", "\(inference)/\(name)/model.onnx", "--inputs", data, "--output", "\(dir)/\(name).npz"])
+            XCTAssertEqual(r.status, 0, "\(name): \(r.stderr)")
+            let out = try Npz.readDictionary(contentsOf: "\(dir)/\(name).npz")
+            let model = try Model(contentsOf: "\(inference)/\(name)/model.onnx")
+            for (i, info) in model.graph.outputs.enumerated() {
+                let expected = try TensorProtoFiles.read(contentsOf: "\(data)/output_\(i).pb").tensor
+                let actual = try XCTUnwrap(out[info.name], "\(name): no output \(info.name)")
+                if let reason = compareTensors(actual, expected, tolerance: Tolerance(rtol: 1e-4, atol: 1e-6), label: "\(name)/\(info.name)") {
+                    XCTFail(reason)
+                }
+            }
+        }
+    }
+
     func testInferWithNpyInputAndPbFolders() throws {
         let dir = try DataFixtures.temporaryDirectory(self)
         // --input NAME=FILE.npy, outputs to a folder of .pb files.
