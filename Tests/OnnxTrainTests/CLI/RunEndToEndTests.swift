@@ -340,4 +340,32 @@ final class RunEndToEndTests: XCTestCase {
         XCTAssertEqual(try CheckpointState.load(from: path("keep/checkpoint")).optimizerGroups["group0"]?.step, 8)
         XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: path("keep")).contains { $0.contains(".tmp") }, "no temporary files left")
     }
+
+    /// A full disk while saving: one line, exit 3, and the previous checkpoint byte for byte as it
+    /// was (every file goes to a temporary name first). Needs root to mount a 700 KiB tmpfs; skipped otherwise.
+    func testAFullDiskKeepsThePreviousCheckpoint() throws {
+        try XCTSkipUnless(getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/mount"), "mounting a small tmpfs needs root")
+        let disk = path("disk")
+        try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
+        func tool(_ name: String, _ arguments: [String]) throws -> Int32 {
+            let p = try Process.run(URL(fileURLWithPath: "/usr/bin/" + name), arguments: arguments)
+            p.waitUntilExit()
+            return p.terminationStatus
+        }
+        try XCTSkipUnless(try tool("mount", ["-t", "tmpfs", "-o", "size=700k", "tmpfs", disk]) == 0, "cannot mount a tmpfs here")
+        defer { _ = try? tool("umount", [disk]) }
+        // The 612 KB checkpoint fits; params.safetensors after it does not.
+        let common = ["run", Self.example("digits"), "--data", Self.example("digits/train.npz"), "--batch-size", "32", "--lr", "0.002", "--quiet"]
+        var r = try run(common + ["--steps", "5", "--out", "disk/r"])
+        XCTAssertEqual(r.status, 3, r.stderr)
+        XCTAssertTrue(r.stderr.hasPrefix("onnx-train: error: ") && r.stderr.contains("disk/r/params.safetensors: cannot write") && r.stderr.split(separator: "\n").count == 1, r.stderr)
+        let before = try Data(contentsOf: URL(fileURLWithPath: path("disk/r/checkpoint")))
+        // Resuming: the new checkpoint does not fit beside the old one; the old one stays.
+        r = try run(common + ["--steps", "10", "--resume", "disk/r"])
+        XCTAssertEqual(r.status, 3, r.stderr)
+        XCTAssertTrue(r.stderr.contains("disk/r/checkpoint: No space left on device") && r.stderr.split(separator: "\n").count == 1, r.stderr)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path("disk/r/checkpoint"))), before)
+        XCTAssertEqual(try CheckpointState.load(from: path("disk/r/checkpoint")).optimizerGroups["group0"]?.step, 5)
+        XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: path("disk/r")).contains { $0.contains("tmp") })
+    }
 }
