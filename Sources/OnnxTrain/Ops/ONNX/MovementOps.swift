@@ -297,8 +297,10 @@ func slice(_ x: Tensor, starts: [Int], ends: [Int], axes: [Int]?, steps: [Int]?)
     let strides = contiguousStrides(x.shape)
     var shape = x.shape, viewStrides = strides, offset = 0
     for (k, a) in axes.enumerated() {
-        let n = x.shape[a], step = steps[k]
-        guard step != 0, step != Int.min else { throw KernelError("slice step \(step) is not usable") }
+        let n = x.shape[a]
+        guard steps[k] != 0 else { throw KernelError("slice step must not be zero") }
+        // A step longer than the axis takes at most one element; clamping keeps the arithmetic in range.
+        let step = steps[k] > 0 ? min(steps[k], max(n, 1)) : max(steps[k], -max(n, 1))
         var s = starts[k] < 0 ? starts[k] + n : starts[k]
         var e = ends[k] < 0 ? ends[k] + n : ends[k]
         if step > 0 {
@@ -319,7 +321,7 @@ func pad(_ x: Tensor, begin: [Int], end: [Int], mode: String, fill: Tensor?) thr
     var maps: [[Int]] = []
     var out: [Int] = []
     for d in 0..<x.rank {
-        guard abs(begin[d]) < 1 << 40, abs(end[d]) < 1 << 40 else { throw KernelError("pads \(begin[d]), \(end[d]) are too large") }
+        guard magnitude(begin[d], below: 1 << 40), magnitude(end[d], below: 1 << 40) else { throw KernelError("pads \(begin[d]), \(end[d]) are too large") }
         let size = x.shape[d] + begin[d] + end[d]
         guard size >= 0 else { throw KernelError("pads crop axis \(d) of \(x.shape) below zero") }
         out.append(size)

@@ -81,7 +81,7 @@ func registerShapeOps(_ registry: OpRegistry) {
         return AnyKernel { inputs, _ in
             let shape = try inputs.tensor(0).ints("shape")
             try checkShape(shape, "shape")
-            return [.tensor(try take(value, [Int](repeating: 0, count: Tensor.elementCount(shape)), shape: shape))]
+            return [.tensor(try stridedCopy(value.reshaped([]), shape: shape, strides: [Int](repeating: 0, count: shape.count)))]
         }
     }
     registry.register("EyeLike", since: 9) { ctx in
@@ -93,8 +93,8 @@ func registerShapeOps(_ registry: OpRegistry) {
             let dtype = try dtypeCode.map { try dtypeFromCode($0) } ?? x.dtype
             var values = [Double](repeating: 0, count: x.count)
             for i in 0..<x.shape[0] {
-                let j = i + k
-                if j >= 0 && j < x.shape[1] { values[i * x.shape[1] + j] = 1 }
+                let (j, overflow) = i.addingReportingOverflow(k)
+                if !overflow && j >= 0 && j < x.shape[1] { values[i * x.shape[1] + j] = 1 }
             }
             return [.tensor(try Tensor(dtype: dtype, shape: x.shape, doubles: values))]
         }
@@ -116,7 +116,7 @@ func registerShapeOps(_ registry: OpRegistry) {
             guard start.count == 1, limit.count == 1, delta.count == 1 else { throw KernelError("start, limit and delta must be scalars") }
             if start.dtype.isInteger {
                 let s = try start.ints("start")[0], l = try limit.ints("limit")[0], d = try delta.ints("delta")[0]
-                guard d != 0, abs(s) < 1 << 62, abs(l) < 1 << 62, abs(d) < 1 << 62 else { throw KernelError("delta must be nonzero and start, limit, delta within 2^62") }
+                guard d != 0, magnitude(s, below: 1 << 62), magnitude(l, below: 1 << 62), magnitude(d, below: 1 << 62) else { throw KernelError("delta must be nonzero and start, limit, delta within 2^62") }
                 let n = max(0, (l - s + d + (d > 0 ? -1 : 1)) / d)
                 try checkShape([n], "output")
                 return [.tensor(try Tensor(dtype: start.dtype, shape: [n], doubles: (0..<n).map { Double(s + $0 * d) }))]

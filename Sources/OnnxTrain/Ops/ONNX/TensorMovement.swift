@@ -261,7 +261,7 @@ func concatenate(_ parts: [Tensor], axis: Int, dtype: DType) throws -> Tensor {
 
 /// Splits `t` along `axis` into pieces of `sizes` (which sum to the axis length).
 func splitTensor(_ t: Tensor, axis: Int, sizes: [Int]) throws -> [Tensor] {
-    guard sizes.allSatisfy({ $0 >= 0 }), sizes.reduce(0, +) == t.shape[axis] else {
+    guard sizes.allSatisfy({ $0 >= 0 && $0 <= t.shape[axis] }), sizes.reduce(0, +) == t.shape[axis] else {
         throw KernelError("split sizes \(sizes) do not add up to dimension \(t.shape[axis]) of axis \(axis)")
     }
     let inner = t.shape[(axis + 1)...].reduce(1, *)
@@ -332,6 +332,10 @@ func checkedInt(_ v: Double, _ what: String) throws -> Int {
     return Int(v)
 }
 
+/// Whether |v| < limit, without abs(Int.min)'s overflow.
+@inline(__always)
+func magnitude(_ v: Int, below limit: Int) -> Bool { v > -limit && v < limit }
+
 /// Resolves each axis against `rank` and rejects repeats.
 func normalizeAxes(_ axes: [Int], rank: Int, name: String = "axes") throws -> [Int] {
     let result = try axes.map { try normalizeAxis($0, rank: rank, name: name) }
@@ -341,7 +345,7 @@ func normalizeAxes(_ axes: [Int], rank: Int, name: String = "axes") throws -> [I
 
 /// Makes sure every shape entry is a valid dimension and the whole is allocatable in principle.
 ///
-/// The cap, 2^33 elements (32 GiB of float32), is far above any real model's tensors and keeps
+/// The cap, 2^30 elements (4 GiB of float32, 8 GiB of Int index map), is far above any real model's tensors and keeps
 /// shapes computed from hostile data (pads, repeats, sizes) from reaching an allocation that
 /// aborts the process.
 func checkShape(_ shape: [Int], _ what: String) throws {
@@ -349,9 +353,9 @@ func checkShape(_ shape: [Int], _ what: String) throws {
     var n = 1
     for d in shape {
         let (m, overflow) = n.multipliedReportingOverflow(by: d)
-        guard !overflow, m <= 1 << 33 else { throw KernelError("\(what) \(shape) is too large") }
+        guard !overflow, m <= 1 << 30 else { throw KernelError("\(what) \(shape) is too large") }
         n = m
     }
     // Per-axis maps hold one Int per output coordinate; a zero elsewhere must not let one axis run away.
-    guard shape.allSatisfy({ $0 <= 1 << 33 }) else { throw KernelError("\(what) \(shape) is too large") }
+    guard shape.allSatisfy({ $0 <= 1 << 30 }) else { throw KernelError("\(what) \(shape) is too large") }
 }

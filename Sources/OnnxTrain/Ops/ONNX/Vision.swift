@@ -158,7 +158,7 @@ func registerVisionOps(_ registry: OpRegistry) {
             let x = try inputs.tensor(0)
             let image = try inputs.tensor(1).ints("image_shape"), block = try inputs.tensor(2).ints("block_shape")
             let s = image.count
-            for v in image + block + (attrDilations ?? []) + (attrPads ?? []) + (attrStrides ?? []) where abs(v) >= 1 << 31 {
+            for v in image + block + (attrDilations ?? []) + (attrPads ?? []) + (attrStrides ?? []) where !magnitude(v, below: 1 << 31) {
                 throw KernelError("image_shape, block_shape, dilations, pads and strides must stay below 2^31, got \(v)")
             }
             let dil = attrDilations ?? [Int](repeating: 1, count: s), str = attrStrides ?? [Int](repeating: 1, count: s)
