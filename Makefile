@@ -35,7 +35,7 @@ release: deps
 ## Train the bundled example end to end: the digits MLP (Examples/digits), 10 epochs, eval after each.
 run: release
 	$(RELEASE_BIN) run Examples/digits --data Examples/digits/train.npz --eval-data Examples/digits/test.npz \
-	    --batch-size 32 --epochs 10 --lr 0.002 --log runs/digits/log.csv --out runs/digits
+	    --batch-size 32 --epochs 10 --lr 0.002 --out runs/digits
 
 ## Benchmark against onnxruntime-training and PyTorch (issue 6); writes docs/PERFORMANCE.md.
 ## The venv (.venv-bench) comes from Benchmarks/requirements.txt; torch from PyTorch's CPU index.
