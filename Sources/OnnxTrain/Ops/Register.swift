@@ -5,5 +5,6 @@ func registerAllOps(_ registry: OpRegistry) {
     registerNeuralNetOps(registry)     // Ops/ONNX/RegisterNeuralNet.swift: matmul, conv, pooling, normalization, losses, RNNs, quantization
     registerTensorOps(registry)        // Ops/ONNX/RegisterTensor.swift: shape and data movement, control flow, sequences, optionals
     registerPreviewTrainingOps(registry) // Ops/PreviewTraining/RegisterPreviewTraining.swift
+    registerMLOps(registry)            // Ops/ML/RegisterML.swift: ai.onnx.ml ops and TfIdfVectorizer
     registerMicrosoftOps(registry)     // Ops/Microsoft/RegisterMicrosoft.swift: com.microsoft training ops
 }
