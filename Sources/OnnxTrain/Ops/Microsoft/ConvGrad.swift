@@ -46,7 +46,7 @@ struct ConvGradKernel: Kernel {
             let rows = cg * geometry.kernelSize
             var dx = wantX ? Tensor(zeros: T.dtype, shape: x.shape) : nil
             var dw = wantW ? Tensor(zeros: T.dtype, shape: w.shape) : nil
-            var col = [T](repeating: 0, count: rows * outSize)
+            var col = try [T](kernelScratch: [rows, outSize], "ConvGrad column buffer")
             dy.withUnsafeBufferPointer(as: T.self) { pdy in
                 x.withUnsafeBufferPointer(as: T.self) { px in
                     w.withUnsafeBufferPointer(as: T.self) { pw in

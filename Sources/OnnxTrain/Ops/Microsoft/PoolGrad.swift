@@ -48,13 +48,19 @@ struct PoolAttributes {
     func inputShape(output: [Int]) throws -> [Int] {
         let r = output.count
         let (s, d, p) = try resolved(r)
-        return (0..<r).map { i in
+        // Attribute values up to Int.max reach here: every step is overflow-checked.
+        func checked(_ v: (partialValue: Int, overflow: Bool)) throws -> Int {
+            guard !v.overflow else { throw KernelError("kernel_shape \(kernel), strides \(s), dilations \(d), pads \(p) overflow Int for output \(output)") }
+            return v.partialValue
+        }
+        return try (0..<r).map { i in
             if let declared, declared.count == r + 2, case .value(let v) = declared[i + 2], v > 0 { return v }
-            let extent = (kernel[i] - 1) * d[i] + 1
-            if autoPad == "SAME_UPPER" || autoPad == "SAME_LOWER" { return output[i] * s[i] }
-            let pad = autoPad == "VALID" ? 0 : p[i] + p[i + r]
-            let steps = ceilMode ? max(output[i] - 2, 0) * s[i] + 1 : (output[i] - 1) * s[i]
-            return max(steps + extent - pad, 1)
+            let extent = try checked(checked((kernel[i] - 1).multipliedReportingOverflow(by: d[i])).addingReportingOverflow(1))
+            if autoPad == "SAME_UPPER" || autoPad == "SAME_LOWER" { return try checked(output[i].multipliedReportingOverflow(by: s[i])) }
+            let pad = autoPad == "VALID" ? 0 : try checked(p[i].addingReportingOverflow(p[i + r]))
+            let steps = ceilMode ? try checked(checked(max(output[i] - 2, 0).multipliedReportingOverflow(by: s[i])).addingReportingOverflow(1))
+                                 : try checked((output[i] - 1).multipliedReportingOverflow(by: s[i]))
+            return max(try checked(steps.addingReportingOverflow(extent)) - pad, 1)
         }
     }
 }
@@ -71,7 +77,7 @@ struct MaxPoolGradKernel: Kernel {
         let shape = Array(dy.shape[..<2]) + (try attributes.inputShape(output: Array(dy.shape[2...])))
         // An index beyond the inferred shape means the forward input had rows the geometry cannot
         // reveal; say so rather than write out of range.
-        let count = Tensor.elementCount(shape)
+        let count = try Tensor.checkedElementCount(shape, "MaxPoolGrad dX")
         if let top = indices.max(), top >= count, count > 0 {
             let perImage = Tensor.elementCount(Array(shape[2...]))
             throw KernelError("index \(top) is outside the inferred input shape \(shape) (\(perImage) elements per channel)")
@@ -102,7 +108,9 @@ struct AveragePoolGradKernel: Kernel {
         let (s, _, p) = try attributes.resolved(r)
         let k = attributes.kernel
         let channels = dy.shape[0] * dy.shape[1]
+        _ = try Tensor.checkedElementCount([channels] + inShape, "AveragePoolGrad dX")
         let outSize = outShape.reduce(1, *), inSize = inShape.reduce(1, *)
+        let kernelCount = Double(try Tensor.checkedElementCount(k, "kernel_shape"))
         let inStrides = contiguousStrides(inShape)
         // Window taps per output cell, computed once and reused for every channel.
         var windows: [[Int]] = []
@@ -112,9 +120,12 @@ struct AveragePoolGradKernel: Kernel {
         for _ in 0..<outSize {
             var lo = [Int](repeating: 0, count: r), hi = [Int](repeating: 0, count: r)
             for d in 0..<r {
-                let start = o[d] * s[d] - p[d]
+                // Overflow here means a window far outside the input: an empty window.
+                let (a, o1) = o[d].multipliedReportingOverflow(by: s[d])
+                let start = o1 ? Int.max : a - p[d]
+                let (end, o2) = start.addingReportingOverflow(k[d])
                 lo[d] = max(start, 0)
-                hi[d] = min(start + k[d], inShape[d])
+                hi[d] = min(o2 ? Int.max : end, inShape[d])
             }
             var taps: [Int] = []
             if (0..<r).allSatisfy({ lo[$0] < hi[$0] }) {
@@ -129,7 +140,7 @@ struct AveragePoolGradKernel: Kernel {
                 }
             }
             windows.append(taps)
-            weights.append(countIncludePad ? 1 / Double(k.reduce(1, *)) : (taps.isEmpty ? 0 : 1 / Double(taps.count)))
+            weights.append(countIncludePad ? 1 / kernelCount : (taps.isEmpty ? 0 : 1 / Double(taps.count)))
             var d = r - 1
             while d >= 0 { o[d] += 1; if o[d] < outShape[d] { break }; o[d] = 0; d -= 1 }
         }

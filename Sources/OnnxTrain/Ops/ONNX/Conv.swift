@@ -11,11 +11,11 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
     }
     if let bias, bias.count != m { throw KernelError("Conv bias of shape \(bias.shape) does not fit \(m) output channels") }
     let cg = c / group, mg = m / group, K = g.kernelSize, P = g.outputSize, I = g.inputSize
-    var y = Tensor(zeros: T.dtype, shape: [n, m] + g.output)
+    var y = try Tensor(kernelZeros: T.dtype, shape: [n, m] + g.output, "Conv output")
     if y.count == 0 { return y }
     // A 1×1 kernel with unit strides and no padding reads the image as its own column matrix.
     let direct = K == 1 && g.strides.allSatisfy { $0 == 1 } && g.padsBegin.allSatisfy { $0 == 0 } && g.padsEnd.allSatisfy { $0 == 0 }
-    var col = [T](repeating: 0, count: direct ? 0 : cg * K * P)
+    var col = try [T](kernelScratch: direct ? [0] : [cg, K, P], "Conv im2col buffer")
     x.withUnsafeBufferPointer(as: T.self) { px in
         w.withUnsafeBufferPointer(as: T.self) { pw in
             y.withUnsafeMutableBufferPointer(as: T.self) { py in
@@ -62,9 +62,9 @@ func transposedConvolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tens
     let cg = c / group, mg = w.shape[1], m = mg * group, K = g.kernelSize
     let P = g.outputSize, O = g.inputSize   // P: input positions, O: output image size
     if let bias, bias.count != m { throw KernelError("ConvTranspose bias of shape \(bias.shape) does not fit \(m) output channels") }
-    var y = Tensor(zeros: T.dtype, shape: [n, m] + g.input)
+    var y = try Tensor(kernelZeros: T.dtype, shape: [n, m] + g.input, "ConvTranspose output")
     if y.count == 0 { return y }
-    var col = [T](repeating: 0, count: mg * K * P)
+    var col = try [T](kernelScratch: [mg, K, P], "ConvTranspose column buffer")
     x.withUnsafeBufferPointer(as: T.self) { px in
         w.withUnsafeBufferPointer(as: T.self) { pw in
             y.withUnsafeMutableBufferPointer(as: T.self) { py in
@@ -158,18 +158,28 @@ struct ConvTransposeKernel: Kernel {
         var outShape = outputShape
         if outShape.count == r + 2 { outShape = Array(outShape.dropFirst(2)) }
         var pb = Array(repeating: 0, count: r), pe = Array(repeating: 0, count: r), out = Array(repeating: 0, count: r)
+        guard kernel.allSatisfy({ $0 > 0 }) else { throw KernelError("kernel shape \(kernel) must be positive") }
+        // Attribute values up to Int.max reach here: the size arithmetic is overflow-checked.
+        func checked(_ r: (partialValue: Int, overflow: Bool)) throws -> Int {
+            guard !r.overflow else {
+                throw KernelError("strides \(s), dilations \(d), pads \(window.pads), output_padding \(op) or output_shape \(outputShape) overflow Int for kernel \(kernel) and input \(input)")
+            }
+            return r.partialValue
+        }
+        var padsEnd = Array(repeating: 0, count: r)
         for i in 0..<r {
-            let extent = (kernel[i] - 1) * d[i] + 1
-            let full = s[i] * (input[i] - 1) + op[i] + extent
+            let extent = try checked(checked((kernel[i] - 1).multipliedReportingOverflow(by: d[i])).addingReportingOverflow(1))
+            let stridden = try checked(s[i].multipliedReportingOverflow(by: input[i] - 1))
+            let full = try checked(checked(stridden.addingReportingOverflow(op[i])).addingReportingOverflow(extent))
             if !outShape.isEmpty || window.autoPad == .sameUpper || window.autoPad == .sameLower {
                 let target: Int
                 if !outShape.isEmpty {
                     guard outShape.count == r else { throw KernelError("output_shape \(outputShape) does not fit \(r) spatial dims") }
                     target = outShape[i]
                 } else {
-                    target = input[i] * s[i]
+                    target = try checked(input[i].multipliedReportingOverflow(by: s[i]))
                 }
-                let total = max(0, full - target)
+                let total = max(0, try checked(full.subtractingReportingOverflow(target)))
                 if window.autoPad == .sameUpper {
                     pb[i] = total / 2; pe[i] = total - total / 2
                 } else {
@@ -181,14 +191,17 @@ struct ConvTransposeKernel: Kernel {
                     guard window.pads.count == 2 * r else { throw KernelError("pads \(window.pads) do not fit \(r) spatial dims") }
                     pb[i] = window.pads[i]; pe[i] = window.pads[i + r]
                 }
-                out[i] = full - pb[i] - pe[i]
+                out[i] = try checked(checked(full.subtractingReportingOverflow(pb[i])).subtractingReportingOverflow(pe[i]))
             }
             guard out[i] >= 0 else { throw KernelError("ConvTranspose output size is negative") }
+            padsEnd[i] = try checked(pe[i].subtractingReportingOverflow(op[i]))
         }
+        _ = try Tensor.checkedElementCount(out, "ConvTranspose output spatial")
+        _ = try Tensor.checkedElementCount(kernel, "ConvTranspose kernel")
         // Seen from the output image, the pads at the end include output_padding: the
         // forward conv over `out` must yield exactly `input` positions.
         return ConvGeometry(input: out, kernel: kernel, strides: s, dilations: d, padsBegin: pb,
-                            padsEnd: (0..<r).map { i in pe[i] - op[i] }, output: input)
+                            padsEnd: padsEnd, output: input)
     }
 
     struct Op: FloatOperation {
@@ -327,8 +340,8 @@ struct DeformConvKernel: Kernel {
             let xs = x.scalars(as: T.self), ws = w.scalars(as: T.self), offs = offset.scalars(as: T.self)
             let ms = mask?.scalars(as: T.self), bs = bias?.scalars(as: T.self)
             let cg = c / group, mg = m / group, cPerOffset = c / offsetGroups
-            var y = [T](repeating: 0, count: n * m * P)
-            var col = [T](repeating: 0, count: c * K * P)
+            var y = try [T](kernelScratch: [n, m, P], "DeformConv output")
+            var col = try [T](kernelScratch: [c, K, P], "DeformConv column buffer")
             @inline(__always) func at(_ base: Int, _ r: Int, _ s: Int) -> Double {
                 r >= 0 && r < ih && s >= 0 && s < iw ? xs[base + r * iw + s].doubleValue : 0
             }
@@ -343,6 +356,8 @@ struct DeformConvKernel: Kernel {
                             let (i, j) = (p / ow, p % ow)
                             let h = Double(i * g.strides[0] - g.padsBegin[0] + ki * g.dilations[0]) + offs[oBase + p].doubleValue
                             let wv = Double(j * g.strides[1] - g.padsBegin[1] + kj * g.dilations[1]) + offs[oBase + P + p].doubleValue
+                            // A NaN, infinite or far-off offset samples only padding (Int(_:) would trap).
+                            guard abs(h) < 1e15, abs(wv) < 1e15 else { col[(ch * K + k) * P + p] = 0; continue }
                             let h0 = Int(h.rounded(.down)), w0 = Int(wv.rounded(.down))
                             let dh = h - Double(h0), dw = wv - Double(w0)
                             var v = (1 - dh) * (1 - dw) * at(xBase, h0, w0) + (1 - dh) * dw * at(xBase, h0, w0 + 1)

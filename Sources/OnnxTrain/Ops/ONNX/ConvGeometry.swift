@@ -76,31 +76,50 @@ struct ConvGeometry: Equatable {
         guard kernel.allSatisfy({ $0 > 0 }) else { throw KernelError("kernel shape \(kernel) must be positive") }
         var pb = Array(repeating: 0, count: r), pe = Array(repeating: 0, count: r)
         var out = Array(repeating: 0, count: r)
+        guard input.allSatisfy({ $0 >= 0 }) else { throw KernelError("input spatial shape \(input) has a negative dimension") }
+        if autoPad == .notSet && !pads.isEmpty && pads.count != 2 * r {
+            throw KernelError("pads \(pads) do not fit \(r) spatial dims")
+        }
+        // Attribute values up to Int.max reach here: every sum and product is overflow-checked
+        // (a KernelError naming the attribute), then the output and window element counts.
         for i in 0..<r {
-            let extent = (kernel[i] - 1) * d[i] + 1
+            let (span0, o1) = (kernel[i] - 1).multipliedReportingOverflow(by: d[i])
+            guard !o1, span0 < Int.max else {
+                throw KernelError("kernel_shape \(kernel) with dilations \(d) spans more than Int.max elements")
+            }
+            let extent = span0 + 1
             switch autoPad {
             case .sameUpper, .sameLower:
-                out[i] = (input[i] + s[i] - 1) / s[i]
-                let total = max(0, (out[i] - 1) * s[i] + extent - input[i])
+                out[i] = input[i] / s[i] + (input[i] % s[i] == 0 ? 0 : 1)
+                let (stridden, o2) = max(out[i] - 1, 0).multipliedReportingOverflow(by: s[i])
+                let (reach, o3) = stridden.addingReportingOverflow(extent)
+                guard !o2, !o3 else {
+                    throw KernelError("strides \(s) and kernel_shape \(kernel) (dilations \(d)) overflow Int for auto_pad padding")
+                }
+                let total = max(0, reach - input[i])
                 pb[i] = autoPad == .sameUpper ? total / 2 : total - total / 2
                 pe[i] = total - pb[i]
             case .valid:
                 out[i] = input[i] >= extent ? (input[i] - extent) / s[i] + 1 : 0
             case .notSet:
-                if !pads.isEmpty {
-                    guard pads.count == 2 * r else { throw KernelError("pads \(pads) do not fit \(r) spatial dims") }
-                    pb[i] = pads[i]; pe[i] = pads[i + r]
-                }
-                let span = input[i] + pb[i] + pe[i] - extent
+                if !pads.isEmpty { pb[i] = pads[i]; pe[i] = pads[i + r] }
+                let (a, o2) = input[i].addingReportingOverflow(pb[i])
+                let (padded, o3) = a.addingReportingOverflow(pe[i])
+                guard !o2, !o3 else { throw KernelError("pads \(pads) overflow Int on an input of size \(input[i])") }
+                let span = padded - extent
                 if span < 0 { out[i] = 0; break }
                 if ceilMode {
-                    out[i] = (span + s[i] - 1) / s[i] + 1
-                    if (out[i] - 1) * s[i] >= input[i] + pb[i] { out[i] -= 1 }
+                    out[i] = span / s[i] + (span % s[i] == 0 ? 0 : 1) + 1
+                    // (out - 1) * s <= span + s - 1 cannot overflow unless s is huge: check it.
+                    let (start, o4) = (out[i] - 1).multipliedReportingOverflow(by: s[i])
+                    if o4 || start >= a { out[i] -= 1 }
                 } else {
                     out[i] = span / s[i] + 1
                 }
             }
         }
+        _ = try Tensor.checkedElementCount(out, "output spatial")
+        _ = try Tensor.checkedElementCount(kernel, "kernel_shape")
         self.input = input; self.kernel = kernel; self.strides = s; self.dilations = d
         self.padsBegin = pb; self.padsEnd = pe; self.output = out
     }
@@ -145,8 +164,10 @@ struct ConvTapRows {
         step = g.strides[last]
         let inLast = g.input[last]
         // lo: the first j with first + j*step >= 0; hi: one past the last with first + j*step < inLast.
-        lo = first >= 0 ? 0 : (-first + step - 1) / step
-        hi = inLast - first <= 0 ? 0 : min(lastOut, (inLast - first + step - 1) / step)
+        // Ceiling divisions written so that a stride near Int.max cannot overflow.
+        let before = -first, span = inLast - first
+        lo = first >= 0 ? 0 : before / step + (before % step == 0 ? 0 : 1)
+        hi = span <= 0 ? 0 : min(lastOut, span / step + (span % step == 0 ? 0 : 1))
         lo = min(lo, lastOut)
         if hi < lo { hi = lo }
     }

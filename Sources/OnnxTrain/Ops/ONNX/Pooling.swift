@@ -55,8 +55,10 @@ func forEachWindow(_ g: ConvGeometry, _ body: (Int, [Int], Int) -> Void) {
 struct PoolWindows {
     var offsets: [Int] = [], starts: [Int] = [0], padded: [Int] = []
 
-    init(_ g: ConvGeometry) {
-        offsets.reserveCapacity(g.outputSize * g.kernelSize)
+    init(_ g: ConvGeometry) throws {
+        // A window holds at most min(kernel, input) in-image taps: bounds the table before building it.
+        let taps = try Tensor.checkedElementCount([g.outputSize, min(g.kernelSize, g.inputSize)], "pooling window table")
+        offsets.reserveCapacity(taps)
         padded.reserveCapacity(g.outputSize)
         forEachWindow(g) { _, window, count in
             offsets += window
@@ -67,10 +69,10 @@ struct PoolWindows {
 }
 
 /// Pools every channel of x [N, C, in...] -> [N, C, out...]; Float or Double.
-func pool<T: FloatElement>(_ x: Tensor, kind: PoolKind, geometry g: ConvGeometry, _ type: T.Type) -> Tensor {
+func pool<T: FloatElement>(_ x: Tensor, kind: PoolKind, geometry g: ConvGeometry, _ type: T.Type) throws -> Tensor {
     let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize
-    var y = Tensor(zeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output)
-    let w = PoolWindows(g)
+    var y = try Tensor(kernelZeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output, "pooling output")
+    let w = try PoolWindows(g)
     x.withUnsafeBufferPointer(as: T.self) { px in
         y.withUnsafeMutableBufferPointer(as: T.self) { py in
             w.offsets.withUnsafeBufferPointer { offsets in
@@ -113,13 +115,13 @@ struct MaxPoolOp: NumericOperation {
     let x: Tensor, g: ConvGeometry, storageOrder: Int, wantIndices: Bool
     func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> (Tensor, Tensor?) {
         let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize
-        var y = Tensor(zeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output)
+        var y = try Tensor(kernelZeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output, "MaxPool output")
         var indices = [Int64](repeating: 0, count: wantIndices ? nc * P : 0)
         // Column-major spatial index of a row-major spatial offset (storage_order = 1).
         let rowStrides = contiguousStrides(g.input)
         var colStrides = [Int](repeating: 1, count: g.rank)
         for i in stride(from: 1, to: g.rank, by: 1) { colStrides[i] = colStrides[i - 1] * g.input[i - 1] }
-        let w = PoolWindows(g)
+        let w = try PoolWindows(g)
         x.withUnsafeBufferPointer(as: T.self) { px in
             y.withUnsafeMutableBufferPointer(as: T.self) { py in
                 w.offsets.withUnsafeBufferPointer { offsets in
@@ -175,7 +177,7 @@ struct PoolKernel: Kernel {
 
     struct Op: FloatOperation {
         let x: Tensor, kind: PoolKind, g: ConvGeometry
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor { pool(x, kind: kind, geometry: g, T.self) }
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor { try pool(x, kind: kind, geometry: g, T.self) }
     }
 
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
@@ -206,7 +208,15 @@ struct MaxUnpoolKernel: Kernel {
         guard r >= 1, window.kernelShape.count == r else { throw KernelError("X \(x.shape) does not fit kernel_shape \(window.kernelShape)") }
         let s = window.strides.isEmpty ? Array(repeating: 1, count: r) : window.strides
         let p = window.pads.isEmpty ? Array(repeating: 0, count: 2 * r) : window.pads
-        let inferred = Array(x.shape.prefix(2)) + (0..<r).map { i in (x.shape[i + 2] - 1) * s[i] + window.kernelShape[i] - p[i] - p[i + r] }
+        guard s.count == r, p.count == 2 * r else { throw KernelError("strides \(window.strides) or pads \(window.pads) do not fit \(r) spatial dims") }
+        let inferred = try Array(x.shape.prefix(2)) + (0..<r).map { i in
+            let (a, o1) = (x.shape[i + 2] - 1).multipliedReportingOverflow(by: s[i])
+            let (b, o2) = a.addingReportingOverflow(window.kernelShape[i])
+            let (c, o3) = b.subtractingReportingOverflow(p[i])
+            let (d, o4) = c.subtractingReportingOverflow(p[i + r])
+            guard !(o1 || o2 || o3 || o4) else { throw KernelError("strides \(s), kernel_shape \(window.kernelShape) and pads \(p) overflow Int") }
+            return d
+        }
         guard inferred.allSatisfy({ $0 >= 0 }) else { throw KernelError("MaxUnpool output shape \(inferred) is negative") }
         // Indices address the inferred shape; an explicit output_shape places that block at the
         // origin of a larger zero tensor (as the ONNX reference does).
@@ -217,7 +227,7 @@ struct MaxUnpoolKernel: Kernel {
             }
             outShape = s
         }
-        let y = Tensor(zeros: x.dtype, shape: outShape)  // fresh, so its storage is not shared
+        let y = try Tensor(kernelZeros: x.dtype, shape: outShape, "MaxUnpool output")  // fresh, so its storage is not shared
         let total = Tensor.elementCount(inferred)
         let size = x.dtype.byteSize
         let src = x.rawBytes
