@@ -166,7 +166,11 @@ struct LayerNormKernel: Kernel {
         let x = try inputs.tensor(0)
         let a = try normalizeAxis(axis, rank: x.rank)
         let original = x.dtype
-        let outs = try withFloatCompute([x, inputs.tensor(1), inputs.optionalTensor(2)]) { t in
+        let scale = try inputs.tensor(1), bias = try inputs.optionalTensor(2)
+        guard scale.dtype == x.dtype, bias.map({ $0.dtype == x.dtype }) ?? true else {
+            throw KernelError("Scale (\(scale.dtype)) and B (\(bias.map { "\($0.dtype)" } ?? "absent")) must have X's type \(x.dtype)")
+        }
+        let outs = try withFloatCompute([x, scale, bias]) { t in
             try dispatchFloat(t[0]!.dtype, Op(x: t[0]!, scale: t[1]!, bias: t[2], axis: a, epsilon: epsilon))
         }
         // Mean and InvStdDev stay float32 for half inputs (stash_type 1).
