@@ -5,6 +5,7 @@ func registerGatherScatterOps(_ registry: OpRegistry) {
         let axis = try ctx.int("axis", default: 0)
         return AnyKernel { inputs, _ in
             let x = try inputs.tensor(0), indices = try inputs.tensor(1)
+            guard x.rank >= 1 else { throw KernelError("data must have rank >= 1, got a scalar") }
             let a = try normalizeAxis(axis, rank: x.rank)
             let n = x.shape[a]
             let idx = try indices.ints("indices").map { try checkedIndex($0, n) }
@@ -20,7 +21,7 @@ func registerGatherScatterOps(_ registry: OpRegistry) {
         let axis = try ctx.int("axis", default: 0)
         return AnyKernel { inputs, _ in
             let x = try inputs.tensor(0), indices = try inputs.tensor(1)
-            guard x.rank == indices.rank else { throw KernelError("indices rank \(indices.rank) differs from data rank \(x.rank)") }
+            guard x.rank == indices.rank, x.rank >= 1 else { throw KernelError("indices rank \(indices.rank) differs from data rank \(x.rank) (both must be >= 1)") }
             let a = try normalizeAxis(axis, rank: x.rank)
             let map = try elementTargets(dataShape: x.shape, indices: indices, axis: a)
             return [.tensor(try take(x, map, shape: indices.shape))]
@@ -40,7 +41,7 @@ func registerGatherScatterOps(_ registry: OpRegistry) {
             let reduction = try ctx.string("reduction", default: "none")
             return AnyKernel { inputs, _ in
                 let x = try inputs.tensor(0), indices = try inputs.tensor(1), updates = try inputs.tensor(2)
-                guard x.rank == indices.rank, indices.shape == updates.shape else {
+                guard x.rank == indices.rank, x.rank >= 1, indices.shape == updates.shape else {
                     throw KernelError("indices \(indices.shape) and updates \(updates.shape) must match each other and data's rank")
                 }
                 let a = try normalizeAxis(axis, rank: x.rank)

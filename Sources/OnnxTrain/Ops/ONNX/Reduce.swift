@@ -149,7 +149,11 @@ struct Reduction: ArithmeticOperation {
 /// Reduces `x` over `axes` (all axes when nil); bool inputs (ReduceMax/Min) reduce as bytes.
 func reduce(_ x: Tensor, axes: [Int]?, keepDims: Bool, kind: ReduceKind) throws -> Tensor {
     var reduced = [Bool](repeating: axes == nil, count: x.rank)
-    for a in axes ?? [] { reduced[try normalizeAxis(a, rank: x.rank, name: "axis")] = true }
+    for a in axes ?? [] {
+        // normalizeAxis accepts axis 0/-1 of a scalar; reducing a scalar leaves it as it is.
+        let axis = try normalizeAxis(a, rank: x.rank, name: "axis")
+        if axis < x.rank { reduced[axis] = true }
+    }
     let result: Tensor
     if x.dtype == .bool {
         guard kind == .max || kind == .min else { throw KernelError("bool input is only supported by ReduceMax and ReduceMin") }
