@@ -13,7 +13,7 @@ TEST_BUILD := swift build -c release -Xswiftc -enable-testing --scratch-path .bu
 RELEASE_BIN := .build/release/onnx-train
 TEST_BIN := .build-test/release/onnx-train
 
-.PHONY: all deps build release run bench bench-smoke bench-venv test test-build unit-test conformance conformance-manifest conformance-docs testdata proto-check clean
+.PHONY: all deps build release run bench bench-smoke bench-check bench-venv test test-build unit-test conformance conformance-manifest conformance-docs testdata proto-check clean
 
 all: build
 
@@ -38,10 +38,13 @@ run: release
 	    --batch-size 32 --epochs 10 --lr 0.002 --out runs/digits
 
 ## Benchmark against onnxruntime-training and PyTorch (issue 6); writes docs/PERFORMANCE.md.
-## The venv (.venv-bench) comes from Benchmarks/requirements.txt; torch from PyTorch's CPU index.
+## The venv (.venv-bench) comes from Benchmarks/requirements.txt with pip. torch==2.13.0+cpu is a
+## PyTorch CPU wheel: where pip does not already find it (a local wheel folder), pass its index, e.g.
+## make bench BENCH_PIP_ARGS="--extra-index-url <PyTorch's CPU wheel index>".
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_ARGS ?=
+BENCH_PIP_ARGS ?=
 
 ## Made once (delete it to rebuild); BENCH_VENV=/path/to/venv uses an existing one instead.
 bench-venv:
@@ -49,12 +52,17 @@ bench-venv:
 	  command -v python3 >/dev/null || { echo "make: python3 with venv and pip is needed for the benchmark" >&2; exit 1; }; \
 	  echo "creating $(BENCH_VENV) from Benchmarks/requirements.txt"; \
 	  python3 -m venv $(BENCH_VENV) && \
-	  $(BENCH_PY) -m pip install --quiet --extra-index-url https://download.pytorch.org/whl/cpu -r Benchmarks/requirements.txt \
+	  $(BENCH_PY) -m pip install --quiet $(BENCH_PIP_ARGS) -r Benchmarks/requirements.txt \
 	  || { rm -rf $(BENCH_VENV); exit 1; }; \
 	fi
 
 bench: release bench-venv
 	$(BENCH_PY) Benchmarks/bench.py $(if $(BENCH_SMOKE),--smoke) $(BENCH_ARGS)
+
+## make bench in smoke mode on the test build (make test runs it: it checks the benchmark works, it
+## measures nothing; about a minute with the venv).
+bench-check: bench-venv
+	$(BENCH_PY) Benchmarks/bench.py --smoke --binary $(TEST_BIN)
 
 ## The benchmark with 3 steps per runtime: checks that it works (writes .build/bench-smoke.md).
 bench-smoke:
@@ -81,6 +89,7 @@ test-build: deps
 test: deps testdata proto-check test-build
 	$(TEST_BIN) conformance $(NODE_SUITE) --manifest $(MANIFEST) --quiet
 	ONNX_TRAIN_BIN=$(TEST_BIN) Tests/leakcheck.sh
+	$(MAKE) bench-check
 	swift test -c release -Xswiftc -enable-testing --scratch-path .build-test --skip-build
 
 conformance: deps testdata test-build
