@@ -90,7 +90,9 @@ test: deps testdata proto-check test-build
 	$(TEST_BIN) conformance $(NODE_SUITE) --manifest $(MANIFEST) --quiet
 	ONNX_TRAIN_BIN=$(TEST_BIN) Tests/leakcheck.sh
 	$(MAKE) bench-check
-	swift test -c release -Xswiftc -enable-testing --scratch-path .build-test --skip-build
+	set -o pipefail; swift test -c release -Xswiftc -enable-testing --scratch-path .build-test --skip-build 2>&1 \
+	  | tee .build-test/swift-test.log
+	@Tests/summarize-xctest.sh .build-test/swift-test.log
 
 conformance: deps testdata test-build
 	$(TEST_BIN) conformance $(NODE_SUITE) --manifest $(MANIFEST)
