@@ -51,13 +51,25 @@ public enum BLAS {
     /// 2-core machine. 2^23 multiply-adds is ~0.3 ms on one core, long enough to pay for a handoff.
     public static let singleThreadWork = 1 << 23
 
+    /// A Parallel.forRange job is starting / has ended: products inside its chunks run on their
+    /// own thread, so the two pools never compete for the cores.
+    static func enterParallelRegion() {
+        if configuredThreads > 1 { openblas_set_num_threads(1) }
+    }
+
+    static func leaveParallelRegion() {
+        if configuredThreads > 1 { openblas_set_num_threads(Int32(configuredThreads)) }
+    }
+
     /// The thread count to restore after a small product (what the process asked OpenBLAS for).
     nonisolated(unsafe) private static var configuredThreads = Int(openblas_get_num_threads())
 
     @inline(__always)
     static func withThreads(forWork work: Int, _ body: () -> Void) {
         let threads = configuredThreads
-        if work < singleThreadWork && threads > 1 {
+        if Parallel.isInsideRegion {
+            body()  // a Parallel.forRange chunk: OpenBLAS is already single-threaded
+        } else if work < singleThreadWork && threads > 1 {
             openblas_set_num_threads(1)
             body()
             openblas_set_num_threads(Int32(threads))

@@ -1,0 +1,231 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Synchronization
+
+/// Kernel-level parallelism: one fixed pool of worker threads that every kernel shares, so
+/// non-BLAS kernels use both cores without oversubscribing them.
+///
+/// `Parallel.forRange(n) { range in ... }` splits `0..<n` into at most `threadCount` contiguous
+/// chunks; the calling thread runs the first and the workers the rest. Work too small to pay for
+/// a handoff, nested calls and calls made while another thread holds the pool run inline, in order.
+/// Workers spin briefly after a job (a training step is a quick succession of kernels) and then
+/// sleep on a condition variable, so an idle process uses no CPU.
+public enum Parallel {
+    /// How many threads kernels may use: the worker pool plus the calling thread. Set it before the
+    /// first parallel kernel runs (the CLI sets it from `--threads`); defaults to the number of
+    /// cores, capped at `OPENBLAS_NUM_THREADS` / `OMP_NUM_THREADS` when those are set.
+    public static var threadCount: Int {
+        get { pool.withLock { $0?.threadCount } ?? defaultThreadCount }
+        set {
+            let wanted = max(1, newValue)
+            pool.withLock { current in
+                if current?.threadCount == wanted { return }
+                current?.shutdown()
+                current = wanted > 1 ? WorkerPool(threadCount: wanted) : nil
+            }
+            cachedMax = wanted
+        }
+    }
+
+    /// Splits `0..<count` into at most `threadCount` contiguous chunks of at least `minimumChunk`
+    /// items and runs `body` on each, concurrently; returns when all are done. `body` must only
+    /// write memory that its own chunk owns.
+    @inline(__always)
+    public static func forRange(_ count: Int, minimumChunk: Int = 1, _ body: (Range<Int>) -> Void) {
+        guard count > 0 else { return }
+        let chunks = min(count / max(minimumChunk, 1), maxThreads)
+        if chunks <= 1 || isInsideRegion {
+            body(0..<count)
+            return
+        }
+        run(count, chunks: chunks, body)
+    }
+
+    /// The chunk boundaries `forRange` uses: chunk `i` of `chunks` over `0..<count`.
+    @inline(__always)
+    static func chunk(_ i: Int, of chunks: Int, count: Int) -> Range<Int> {
+        (count * i / chunks)..<(count * (i + 1) / chunks)
+    }
+
+    // MARK: Implementation
+
+    private static let defaultThreadCount: Int = {
+        let cores = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        for name in ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"] {
+            if let text = getenv(name), let n = Int(String(cString: text)), n > 0 { return min(n, cores) }
+        }
+        return cores
+    }()
+
+    private static let pool = Mutex<WorkerPool?>(defaultThreadCount > 1 ? WorkerPool(threadCount: defaultThreadCount) : nil)
+    nonisolated(unsafe) private static var cachedMax = defaultThreadCount
+    private static var maxThreads: Int { cachedMax }
+
+    /// True on a pool worker and on a caller while its job runs: nested calls run inline, and
+    /// BLAS calls stay on their thread.
+    @ThreadFlag static var isInsideRegion: Bool
+
+    private static func run(_ count: Int, chunks: Int, _ body: (Range<Int>) -> Void) {
+        // Only one job at a time: a second thread (another session) runs its work inline.
+        guard let worker = pool.withLock({ $0 })?.tryAcquire() else {
+            body(0..<count)
+            return
+        }
+        defer { worker.release() }
+        isInsideRegion = true
+        defer { isInsideRegion = false }
+        BLAS.enterParallelRegion()
+        defer { BLAS.leaveParallelRegion() }
+        withoutActuallyEscaping(body) { body in
+            worker.run(chunks: min(chunks, worker.threadCount)) { i, n in body(chunk(i, of: n, count: count)) }
+        }
+    }
+}
+
+/// A per-thread Bool without Foundation: pthread-specific storage.
+@propertyWrapper
+struct ThreadFlag {
+    private let key: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
+    init() {}
+    var wrappedValue: Bool {
+        get { pthread_getspecific(key) != nil }
+        nonmutating set { pthread_setspecific(key, newValue ? UnsafeRawPointer(bitPattern: 1) : nil) }
+    }
+}
+
+/// `threadCount - 1` worker threads waiting for jobs. A job is a chunk count and a body; the caller
+/// runs chunk 0 and worker w runs chunks w+1, w+1+workers, ...
+final class WorkerPool: @unchecked Sendable {
+    let threadCount: Int
+    /// threadCount - 1 when every worker started; jobs run inline otherwise.
+    private let workers: Int
+    private var threads: [pthread_t] = []
+    private var mutex = pthread_mutex_t()
+    private var wake = pthread_cond_t()
+    private var done = pthread_cond_t()
+    /// Bumped for every job; workers spin on it, then sleep.
+    private let generation = Atomic<Int>(0)
+    private let remaining = Atomic<Int>(0)
+    private let busy = Atomic<Bool>(false)
+    private var stopping = false
+    nonisolated(unsafe) private var job: ((Int, Int) -> Void)?
+    nonisolated(unsafe) private var jobChunks = 0
+    /// How long a worker polls for the next job before sleeping (a few kernels' worth).
+    private let spinIterations = 20_000
+
+    init(threadCount: Int) {
+        self.threadCount = threadCount
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&wake, nil)
+        pthread_cond_init(&done, nil)
+        workers = threadCount - 1
+        for w in 1..<threadCount {
+            let box = Unmanaged.passRetained(WorkerStart(pool: self, index: w)).toOpaque()
+            var thread = pthread_t()
+            let started = pthread_create(&thread, nil, { raw in
+                let start = Unmanaged<WorkerStart>.fromOpaque(raw!).takeRetainedValue()
+                start.pool.workerLoop(start.index)
+                return nil
+            }, box)
+            if started == 0 { threads.append(thread) } else { Unmanaged<WorkerStart>.fromOpaque(box).release() }
+        }
+        startedAll = threads.count == workers
+    }
+
+    /// False when a worker thread could not be created: every job then runs on the caller.
+    private var startedAll = false
+
+    /// Claims the pool for one job; nil when another thread is using it.
+    func tryAcquire() -> WorkerPool? {
+        busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged ? self : nil
+    }
+
+    func release() { busy.store(false, ordering: .releasing) }
+
+    /// Runs `body(chunk, chunks)` for chunk in 0..<chunks across the caller and the workers.
+    func run(chunks: Int, _ body: @escaping (Int, Int) -> Void) {
+        guard startedAll, workers > 0, chunks > 1 else {
+            for i in 0..<chunks { body(i, chunks) }
+            return
+        }
+        job = body
+        jobChunks = chunks
+        remaining.store(workers, ordering: .relaxed)
+        pthread_mutex_lock(&mutex)
+        generation.wrappingAdd(1, ordering: .releasing)
+        pthread_cond_broadcast(&wake)
+        pthread_mutex_unlock(&mutex)
+
+        var i = 0
+        while i < chunks { body(i, chunks); i += workers + 1 }
+
+        // Wait for the workers: spin first (they are usually done), then sleep.
+        var spins = 0
+        while remaining.load(ordering: .acquiring) > 0 {
+            spins += 1
+            if spins > spinIterations {
+                pthread_mutex_lock(&mutex)
+                while remaining.load(ordering: .acquiring) > 0 { pthread_cond_wait(&done, &mutex) }
+                pthread_mutex_unlock(&mutex)
+                break
+            }
+        }
+        job = nil
+    }
+
+    private func workerLoop(_ index: Int) {
+        Parallel.isInsideRegion = true
+        var seen = 0
+        while true {
+            // Spin for the next job, then sleep until one is posted.
+            var spins = 0
+            while generation.load(ordering: .acquiring) == seen {
+                spins += 1
+                if spins > spinIterations {
+                    pthread_mutex_lock(&mutex)
+                    while generation.load(ordering: .acquiring) == seen && !stopping { pthread_cond_wait(&wake, &mutex) }
+                    pthread_mutex_unlock(&mutex)
+                    break
+                }
+            }
+            pthread_mutex_lock(&mutex)
+            let stop = stopping
+            pthread_mutex_unlock(&mutex)
+            if stop { return }
+            seen = generation.load(ordering: .acquiring)
+            if let body = job {
+                let chunks = jobChunks
+                var i = index
+                while i < chunks { body(i, chunks); i += workers + 1 }
+            }
+            if remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+                pthread_mutex_lock(&mutex)
+                pthread_cond_signal(&done)
+                pthread_mutex_unlock(&mutex)
+            }
+        }
+    }
+
+    func shutdown() {
+        pthread_mutex_lock(&mutex)
+        stopping = true
+        generation.wrappingAdd(1, ordering: .releasing)
+        pthread_cond_broadcast(&wake)
+        pthread_mutex_unlock(&mutex)
+        for t in threads { pthread_join(t, nil) }
+        threads = []
+    }
+
+    private final class WorkerStart {
+        let pool: WorkerPool
+        let index: Int
+        init(pool: WorkerPool, index: Int) { self.pool = pool; self.index = index }
+    }
+}

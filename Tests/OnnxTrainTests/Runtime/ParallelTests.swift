@@ -1,0 +1,59 @@
+import XCTest
+@testable import OnnxTrain
+
+final class ParallelTests: XCTestCase {
+    /// Every index is visited exactly once, by contiguous chunks, whatever the split.
+    func testChunksCoverTheRangeOnce() {
+        for count in [0, 1, 2, 3, 7, 1000, 100_003] {
+            for minimumChunk in [1, 16, 4096] {
+                let visits = UnsafeMutableBufferPointer<Int32>.allocate(capacity: max(count, 1))
+                defer { visits.deallocate() }
+                visits.initialize(repeating: 0)
+                Parallel.forRange(count, minimumChunk: minimumChunk) { range in
+                    for i in range { visits[i] += 1 }
+                }
+                XCTAssertTrue(visits.prefix(count).allSatisfy { $0 == 1 }, "count \(count), minimumChunk \(minimumChunk)")
+            }
+        }
+    }
+
+    /// A parallel job inside a chunk runs inline instead of deadlocking on the busy pool, and a
+    /// BLAS product inside a chunk gives the same result as outside.
+    func testNestedCallsAndBLASInsideChunks() {
+        let n = 64
+        let a = (0..<(n * n)).map { Float($0 % 13) / 13 }
+        var expected = [Float](repeating: 0, count: n * n)
+        BLAS.sgemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: a, lda: n, b: a, ldb: n, beta: 0, c: &expected, ldc: n)
+        let results = UnsafeMutableBufferPointer<Float>.allocate(capacity: 4 * n * n)
+        defer { results.deallocate() }
+        var innerSum = [Int](repeating: 0, count: 4)
+        innerSum.withUnsafeMutableBufferPointer { sums in
+            Parallel.forRange(4) { range in
+                for job in range {
+                    BLAS.sgemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: a, lda: n, b: a, ldb: n,
+                               beta: 0, c: results.baseAddress! + job * n * n, ldc: n)
+                    var total = 0
+                    Parallel.forRange(100) { inner in total += inner.reduce(0, +) }
+                    sums[job] = total
+                }
+            }
+        }
+        XCTAssertEqual(innerSum, [4950, 4950, 4950, 4950])
+        for job in 0..<4 { XCTAssertEqual(Array(results[(job * n * n)..<((job + 1) * n * n)]), expected, "job \(job)") }
+    }
+
+    /// Many small jobs in a row (a training step's pattern) all complete with correct sums.
+    func testManyJobsInARow() {
+        let values = (0..<10_000).map { Double($0) }
+        for _ in 0..<2_000 {
+            // Each chunk writes its sum at its first index, which only it owns.
+            var partial = [Double](repeating: 0, count: values.count)
+            partial.withUnsafeMutableBufferPointer { out in
+                Parallel.forRange(values.count, minimumChunk: 1000) { range in
+                    out[range.lowerBound] = values[range].reduce(0, +)
+                }
+            }
+            XCTAssertEqual(partial.reduce(0, +), 49_995_000)
+        }
+    }
+}
