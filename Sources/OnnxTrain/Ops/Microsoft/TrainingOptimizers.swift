@@ -40,7 +40,17 @@ private struct Accumulate: InPlaceBody {
     func callAsFunction<T: FloatElement>(_ p: UnsafeMutableBufferPointer<T>) throws {
         guard let base = p.baseAddress else { return }
         if value.dtype == T.dtype && value.count == p.count {
-            value.withUnsafeBufferPointer(as: T.self) { Accumulate.loop(base, $0.baseAddress!, p.count, overwrite) }
+            // The common case (a gradient into its buffer): a plain copy or add in T.
+            value.withUnsafeBufferPointer(as: T.self) { v in
+                guard let src = v.baseAddress else { return }
+                Parallel.forRange(p.count, minimumChunk: 1 << 15) { r in
+                    if overwrite {
+                        (base + r.lowerBound).update(from: src + r.lowerBound, count: r.count)
+                    } else {
+                        for i in r { base[i] += src[i] }
+                    }
+                }
+            }
         } else {
             let values = overwrite ? try floatValues(value, "value") : try broadcastValues(value, to: shape)
             values.withUnsafeBufferPointer { Accumulate.loop(base, $0.baseAddress!, p.count, overwrite) }
@@ -113,62 +123,114 @@ private func learningRate(_ t: Tensor, _ name: String) throws -> Double {
     return v
 }
 
-/// The AdamW update of one tensor, in place on w, m and v (Double arithmetic). A gradient of the
-/// weights' type is read in place; any other is widened to Double first.
+/// One AdamW step's constants, in the weights' type. onnxruntime's CPU kernel holds them in
+/// float32 and so do we (the fixtures compare 30 steps with it).
+struct AdamWConstants<T: BinaryFloatingPoint> {
+    let lr: T, alpha: T, beta: T, epsilon: T, weightDecay: T
+    /// 1 - α^t, 1 - β^t (1 without bias correction) and lr·√(1 - β^t)/(1 - α^t).
+    let alphaCorrection: T, betaCorrection: T, lrCorrected: T
+    let mode: Int
+
+    /// onnxruntime: `1.f - static_cast<float>(std::pow(alpha_, step))` (pow in double since C++11,
+    /// then rounded to float), `lr_corrected *= std::sqrt(beta_correction) / alpha_correction`.
+    init(lr: Float, alpha: Float, beta: Float, epsilon: Float, weightDecay: Float, step: Int64, correctBias: Bool, mode: Int) {
+        var ac: Float = 1, bc: Float = 1, lrc = lr
+        if correctBias {
+            ac = 1 - Float(pow(Double(alpha), Double(step)))
+            bc = 1 - Float(pow(Double(beta), Double(step)))
+            lrc *= bc.squareRoot() / ac
+        }
+        self.lr = T(lr); self.alpha = T(alpha); self.beta = T(beta); self.epsilon = T(epsilon); self.weightDecay = T(weightDecay)
+        alphaCorrection = T(ac); betaCorrection = T(bc); lrCorrected = T(lrc)
+        self.mode = mode
+    }
+}
+
+/// AdamW on `n` elements from w, g, m, v (w, m, v updated in place), `V.scalarCount` at a time;
+/// the last partial vector is padded with zeros. The arithmetic follows onnxruntime's Eigen
+/// expressions operation by operation (no fused multiply-adds), so float32 results match it.
+@inline(__always)
+func adamWUpdate<V: SIMD>(_ w: UnsafeMutablePointer<V.Scalar>, _ g: UnsafePointer<V.Scalar>, _ m: UnsafeMutablePointer<V.Scalar>,
+                          _ v: UnsafeMutablePointer<V.Scalar>, _ n: Int, _ c: AdamWConstants<V.Scalar>, _ vector: V.Type)
+where V.Scalar: BinaryFloatingPoint {
+    let width = V.scalarCount
+    let oneMinusAlpha = 1 - c.alpha, oneMinusBeta = 1 - c.beta, lrDecay = c.lr * c.weightDecay
+    @inline(__always) func step(_ wi: V, _ gi: V, _ mi: V, _ vi: V) -> (V, V, V) {
+        let m1 = c.alpha * mi + oneMinusAlpha * gi
+        let v1 = c.beta * vi + oneMinusBeta * gi * gi
+        if c.mode == 0 {
+            // PyTorch: decay (w - w·lr·wd), then w - lr·m / (bc1·(√(v/bc2) + ε)).
+            let decayed = wi - wi * c.lr * c.weightDecay
+            let denom = (v1 / c.betaCorrection).squareRoot() + c.epsilon
+            return (decayed - (c.lr * m1) / (c.alphaCorrection * denom), m1, v1)
+        }
+        // Hugging Face: w - lr_c·m / (√v + ε), then decay with the plain lr.
+        let stepped = wi - c.lrCorrected * m1 / (v1.squareRoot() + c.epsilon)
+        return (stepped - lrDecay * stepped, m1, v1)
+    }
+    var i = 0
+    while i + width <= n {
+        let (w1, m1, v1) = step(UnsafeRawPointer(w + i).loadUnaligned(as: V.self), UnsafeRawPointer(g + i).loadUnaligned(as: V.self),
+                                UnsafeRawPointer(m + i).loadUnaligned(as: V.self), UnsafeRawPointer(v + i).loadUnaligned(as: V.self))
+        UnsafeMutableRawPointer(w + i).storeBytes(of: w1, as: V.self)
+        UnsafeMutableRawPointer(m + i).storeBytes(of: m1, as: V.self)
+        UnsafeMutableRawPointer(v + i).storeBytes(of: v1, as: V.self)
+        i += width
+    }
+    if i < n {
+        var wi = V(), gi = V(), mi = V(), vi = V()
+        for j in 0..<(n - i) { wi[j] = w[i + j]; gi[j] = g[i + j]; mi[j] = m[i + j]; vi[j] = v[i + j] }
+        let (w1, m1, v1) = step(wi, gi, mi, vi)
+        for j in 0..<(n - i) { w[i + j] = w1[j]; m[i + j] = m1[j]; v[i + j] = v1[j] }
+    }
+}
+
+/// The AdamW update of one float32 or float64 tensor, in place on w, m and v. A gradient of
+/// another float type is converted to the weights' type first.
 private struct AdamWStep: InPlaceBody {
     let g: Tensor
     let m: Tensor, v: Tensor
-    let lr: Double, beta1: Double, beta2: Double, epsilon: Double, weightDecay: Double
-    let bc1: Double, bc2: Double
-    let mode: Int
+    let constants: AdamWConstants<Float>
 
     func callAsFunction<T: FloatElement>(_ w: UnsafeMutableBufferPointer<T>) throws {
         guard m.dtype == T.dtype, v.dtype == T.dtype else { throw KernelError("momentums must have the weights' type \(T.dtype)") }
         guard let pw = w.baseAddress else { return }
+        let count = w.count
+        let grad = g.dtype == T.dtype ? g : try g.converted(toFloat: T.dtype)
         try m.withSharedMutableBufferPointer(as: T.self) { pm in
             try v.withSharedMutableBufferPointer(as: T.self) { pv in
-                if g.dtype == T.dtype {
-                    g.withUnsafeBufferPointer(as: T.self) { update(pw, pm.baseAddress!, pv.baseAddress!, $0.baseAddress!, w.count) }
-                } else {
-                    try floatValues(g, "gradients").withUnsafeBufferPointer { update(pw, pm.baseAddress!, pv.baseAddress!, $0.baseAddress!, w.count) }
+                grad.withUnsafeBufferPointer(as: T.self) { pg in
+                    let (w, g, m, v) = (UnsafeMutableRawPointer(pw), UnsafeRawPointer(pg.baseAddress!),
+                                        UnsafeMutableRawPointer(pm.baseAddress!), UnsafeMutableRawPointer(pv.baseAddress!))
+                    // Elementwise, so any split gives the same result; 16k elements per chunk at least.
+                    if T.self == Float.self {
+                        let (w, g, m, v) = (w.assumingMemoryBound(to: Float.self), g.assumingMemoryBound(to: Float.self),
+                                            m.assumingMemoryBound(to: Float.self), v.assumingMemoryBound(to: Float.self))
+                        Parallel.forRange(count, minimumChunk: 1 << 14) { r in
+                            let i = r.lowerBound
+                            adamWUpdate(w + i, g + i, m + i, v + i, r.count, constants, SIMD8<Float>.self)
+                        }
+                    } else if T.self == Double.self {
+                        let (w, g, m, v) = (w.assumingMemoryBound(to: Double.self), g.assumingMemoryBound(to: Double.self),
+                                            m.assumingMemoryBound(to: Double.self), v.assumingMemoryBound(to: Double.self))
+                        let wide = AdamWConstants<Double>(widening: constants)
+                        Parallel.forRange(count, minimumChunk: 1 << 14) { r in
+                            let i = r.lowerBound
+                            adamWUpdate(w + i, g + i, m + i, v + i, r.count, wide, SIMD4<Double>.self)
+                        }
+                    }
                 }
             }
         }
     }
+}
 
-    /// Plain pointers, the mode tested once: the loop carries no bounds or uniqueness checks.
-    @inline(__always)
-    func update<T: FloatElement, G: FloatElement>(_ w: UnsafeMutablePointer<T>, _ pm: UnsafeMutablePointer<T>, _ pv: UnsafeMutablePointer<T>,
-                                                 _ g: UnsafePointer<G>, _ n: Int) {
-        let beta1 = beta1, beta2 = beta2, lr = lr, weightDecay = weightDecay, epsilon = epsilon, bc1 = bc1, bc2 = bc2
-        if mode == 0 {
-            // PyTorch AdamW: decay first, then the bias-corrected step.
-            for i in 0..<n {
-                let gi = g[i].doubleValue
-                var wi = w[i].doubleValue
-                let mi = beta1 * pm[i].doubleValue + (1 - beta1) * gi
-                let vi = beta2 * pv[i].doubleValue + (1 - beta2) * gi * gi
-                wi -= lr * weightDecay * wi
-                wi -= lr * mi / (bc1 * ((vi / bc2).squareRoot() + epsilon))
-                pm[i] = T(fromDouble: mi)
-                pv[i] = T(fromDouble: vi)
-                w[i] = T(fromDouble: wi)
-            }
-        } else {
-            // Hugging Face AdamW: corrected step size, then decay with the plain lr.
-            let lrc = lr * bc2.squareRoot() / bc1
-            for i in 0..<n {
-                let gi = g[i].doubleValue
-                var wi = w[i].doubleValue
-                let mi = beta1 * pm[i].doubleValue + (1 - beta1) * gi
-                let vi = beta2 * pv[i].doubleValue + (1 - beta2) * gi * gi
-                wi -= lrc * mi / (vi.squareRoot() + epsilon)
-                wi -= lr * weightDecay * wi
-                pm[i] = T(fromDouble: mi)
-                pv[i] = T(fromDouble: vi)
-                w[i] = T(fromDouble: wi)
-            }
-        }
+extension AdamWConstants where T == Double {
+    /// float32 constants widened, for float64 weights (onnxruntime has no float64 AdamW).
+    init(widening c: AdamWConstants<Float>) {
+        lr = Double(c.lr); alpha = Double(c.alpha); beta = Double(c.beta); epsilon = Double(c.epsilon)
+        weightDecay = Double(c.weightDecay); alphaCorrection = Double(c.alphaCorrection)
+        betaCorrection = Double(c.betaCorrection); lrCorrected = Double(c.lrCorrected); mode = c.mode
     }
 }
 
@@ -177,7 +239,7 @@ private struct AdamWStep: InPlaceBody {
 /// (aliases). Attributes: alpha (β1) 0.9, beta (β2) 0.999, epsilon 1e-8, weight_decay 0.01 (the
 /// schema default, which onnxruntime fills in), correct_bias 1, adam_mode 0 (PyTorch) or 1 (HF).
 struct AdamWOptimizerKernel: Kernel {
-    let alpha: Double, beta: Double, epsilon: Double, weightDecay: Double
+    let alpha: Float, beta: Float, epsilon: Float, weightDecay: Float
     let correctBias: Bool
     let mode: Int
 
@@ -192,13 +254,10 @@ struct AdamWOptimizerKernel: Kernel {
             [.tensor(Tensor(shape: stepT.shape, scalars: [flag])), inputs[2], inputs[4], inputs[5]]
         }
         if try boolFlag(try inputs.optionalTensor(6), "update_signal") == false { return outputs(false) }
-        // Bias corrections in float32, as onnxruntime computes them (pow(β, t) in float).
-        let bc1 = correctBias ? Double(1 - powf(Float(alpha), Float(step))) : 1
-        let bc2 = correctBias ? Double(1 - powf(Float(beta), Float(step))) : 1
+        let constants = AdamWConstants<Float>(lr: Float(lr), alpha: alpha, beta: beta, epsilon: epsilon, weightDecay: weightDecay,
+                                              step: Int64(step), correctBias: correctBias, mode: mode)
         for i in 0..<weights.count {
-            try inPlace(weights[i], "weights[\(i)]",
-                        AdamWStep(g: grads[i], m: m1[i], v: m2[i], lr: lr, beta1: alpha, beta2: beta,
-                                  epsilon: epsilon, weightDecay: weightDecay, bc1: bc1, bc2: bc2, mode: mode))
+            try inPlace(weights[i], "weights[\(i)]", AdamWStep(g: grads[i], m: m1[i], v: m2[i], constants: constants))
         }
         return outputs(true)
     }
@@ -317,9 +376,9 @@ func registerOptimizerOps(_ registry: OpRegistry) {
         let mode = try ctx.int("adam_mode", default: 0)
         guard mode == 0 || mode == 1 else { throw KernelError("adam_mode \(mode) must be 0 or 1") }
         guard mode == 1 || correctBias else { throw KernelError("adam_mode 0 requires correct_bias 1") }
-        return AdamWOptimizerKernel(alpha: Double(try ctx.float("alpha", default: 0.9)), beta: Double(try ctx.float("beta", default: 0.999)),
-                                    epsilon: Double(try ctx.float("epsilon", default: 1e-8)),
-                                    weightDecay: Double(try ctx.float("weight_decay", default: 0.01)),
+        return AdamWOptimizerKernel(alpha: try ctx.float("alpha", default: 0.9), beta: try ctx.float("beta", default: 0.999),
+                                    epsilon: try ctx.float("epsilon", default: 1e-8),
+                                    weightDecay: try ctx.float("weight_decay", default: 0.01),
                                     correctBias: correctBias, mode: mode)
     }
     registry.register("SGDOptimizerV2", domain: ms, since: 1) { _ in SGDOptimizerV2Kernel() }
