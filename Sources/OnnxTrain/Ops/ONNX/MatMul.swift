@@ -141,15 +141,16 @@ struct GemmKernel: Kernel {
             let m = k.transA ? a.shape[1] : a.shape[0], kk = k.transA ? a.shape[0] : a.shape[1]
             let kb = k.transB ? b.shape[1] : b.shape[0], n = k.transB ? b.shape[0] : b.shape[1]
             guard kk == kb else { throw KernelError("Gemm inner dims differ: A \(a.shape), B \(b.shape)") }
-            var y: Tensor
+            // C is broadcast into Y first, then one GEMM with beta adds alpha·op(A)·op(B) to it; with
+            // no C (or beta 0) BLAS overwrites Y, so it starts uninitialised.
+            var y = Tensor(uninitialized: T.dtype, shape: [m, n])
             var beta = T(fromDouble: Double(k.beta))
             if let c, beta != 0 {
                 guard (try? Broadcast.shape(c.shape, [m, n])) == [m, n] else {
                     throw KernelError("Gemm C of shape \(c.shape) does not broadcast to [\(m), \(n)]")
                 }
-                y = try broadcastBinary(Tensor(zeros: T.dtype, shape: [m, n]), c, T.self, T.self, T.self, outDType: T.dtype) { $1 }
+                try broadcastBias(c, into: &y, m: m, n: n, T.self)
             } else {
-                y = Tensor(zeros: T.dtype, shape: [m, n])
                 beta = 0
             }
             let alpha = T(fromDouble: Double(k.alpha))
@@ -163,6 +164,31 @@ struct GemmKernel: Kernel {
                 }
             }
             return y
+        }
+    }
+
+    /// Writes C (shape [n], [1, n], [m, n], [m, 1], [1] or scalar: anything that broadcasts to
+    /// [m, n]) into every row of y [m, n].
+    private static func broadcastBias<T: FloatElement>(_ c: Tensor, into y: inout Tensor, m: Int, n: Int, _ type: T.Type) throws {
+        let shape = c.shape.drop { $0 == 1 }  // leading unit dims do not change the layout
+        let rowVector = shape.count <= 1 && c.count == n, columnVector = c.count == m && c.shape.last == 1 && m > 1
+        guard rowVector || columnVector || c.count == 1 || c.count == m * n else {
+            y = try broadcastBinary(Tensor(zeros: T.dtype, shape: [m, n]), c, T.self, T.self, T.self, outDType: T.dtype) { $1 }
+            return
+        }
+        c.withUnsafeBufferPointer(as: T.self) { pc in
+            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+                guard let src = pc.baseAddress, let dst = py.baseAddress else { return }
+                if c.count == m * n {
+                    dst.update(from: src, count: m * n)
+                } else if rowVector {
+                    for i in 0..<m { (dst + i * n).update(from: src, count: n) }
+                } else if columnVector {
+                    for i in 0..<m { (dst + i * n).update(repeating: src[i], count: n) }
+                } else {
+                    dst.update(repeating: src[0], count: m * n)
+                }
+            }
         }
     }
 
