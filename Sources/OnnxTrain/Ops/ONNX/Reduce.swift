@@ -94,6 +94,13 @@ struct Reduction: ArithmeticOperation {
         return run > 0 ? run : nil
     }
 
+    /// The number of rows summed when the reduced axes are exactly the leading ones (a bias
+    /// gradient: x [rows, inner] -> [inner]), else nil.
+    private var leadingRows: Int? {
+        guard let last = reduced.lastIndex(of: true), !reduced[...last].contains(false), last + 1 < reduced.count else { return nil }
+        return x.shape[...last].reduce(1, *)
+    }
+
     func callAsFunction<T: ArithmeticElement>(_ type: T.Type) throws -> Tensor {
         let (kept, outStrides) = reductionLayout(shape: x.shape, reduced: reduced)
         var count = 1
@@ -125,6 +132,17 @@ struct Reduction: ArithmeticOperation {
                     for o in po.indices {
                         let base = px.baseAddress! + o * run
                         po[o] = square ? contiguousSum(base, run) { T.mul($0, $0) } : contiguousSum(base, run) { $0 }
+                    }
+                } else if let rows = leadingRows, kind == .sum || kind == .mean {
+                    // Reduced axes are the leading ones: add the rows of x [rows, inner] into the
+                    // output one after another (the same order as the general loop), a contiguous
+                    // inner loop that vectorises.
+                    let inner = po.count
+                    if let out = po.baseAddress, let input = px.baseAddress {
+                        for r in 0..<rows {
+                            let row = input + r * inner
+                            for j in 0..<inner { out[j] = T.add(out[j], row[j]) }
+                        }
                     }
                 } else {
                     switch kind {
