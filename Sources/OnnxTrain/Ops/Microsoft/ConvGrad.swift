@@ -1,6 +1,6 @@
 /// ConvGrad(dY [N,M,o…], X [N,C,i…], W [M,C/g,k…]) → dX?, dW?, dB? (com.microsoft v1), for 1-D,
 /// 2-D and N-D convolutions, through im2col / col2im (Ops/ONNX/ConvGeometry.swift) and GEMM per
-/// image and group:
+/// image and group, images spread over the kernel threads:
 ///   dW_g += dY_g · im2col(X_g)ᵀ,  dX_g = col2im(W_gᵀ · dY_g),  dB[m] = Σ_{n,spatial} dY.
 /// Unlike onnxruntime (which ignores auto_pad and so gets SAME_* wrong), auto_pad is resolved to
 /// pads first, the way the forward Conv does.
@@ -43,36 +43,62 @@ struct ConvGradKernel: Kernel {
             let n = x.shape[0], c = x.shape[1], m = w.shape[0]
             let cg = c / group, mg = m / group
             let outSize = geometry.outputSize, inSize = geometry.inputSize
-            let rows = cg * geometry.kernelSize
-            var dx = wantX ? Tensor(zeros: T.dtype, shape: x.shape) : nil
-            var dw = wantW ? Tensor(zeros: T.dtype, shape: w.shape) : nil
-            var col = try [T](kernelScratch: [rows, outSize], "ConvGrad column buffer")
+            let rows = cg * geometry.kernelSize, wCount = w.count
+            let colCount = try Tensor.checkedElementCount([rows, outSize], "ConvGrad column buffer")
+            let dx = wantX ? try Tensor(kernelUninitialized: T.dtype, shape: x.shape, "ConvGrad dX") : nil
+            var dw = wantW ? Tensor(uninitialized: T.dtype, shape: w.shape) : nil
+            var db = wantB ? Tensor(uninitialized: T.dtype, shape: [m]) : nil
+            if !wantX && !wantW && !wantB { return [nil, nil, nil] }
+            let taps = ConvTapRows.all(geometry)
+            // Images are split over the kernel threads; each chunk sums its own dW and dB partials
+            // (dW in a buffer of its own, dB in Double per channel), added up in chunk order after.
+            let chunks = max(1, min(n, Parallel.threadCount))
+            let dwPartials = UnsafeMutablePointer<T>.allocate(capacity: max(1, wantW ? chunks * wCount : 0))
+            defer { dwPartials.deallocate() }
+            var dbPartials = [Double](repeating: 0, count: wantB ? chunks * m : 0)
+            // dx is fresh and not shared: its storage is written directly.
+            let dxBase = dx?.storage.bytes.assumingMemoryBound(to: T.self)
             dy.withUnsafeBufferPointer(as: T.self) { pdy in
                 x.withUnsafeBufferPointer(as: T.self) { px in
                     w.withUnsafeBufferPointer(as: T.self) { pw in
-                        guard let ydy = pdy.baseAddress, let yx = px.baseAddress, let yw = pw.baseAddress else { return }
-                        for b in 0..<n {
-                            for gi in 0..<group {
-                                let dyG = ydy + (b * m + gi * mg) * outSize       // [mg, out]
-                                let xOffset = (b * c + gi * cg) * inSize            // [cg, in…]
-                                let wG = yw + gi * mg * rows                        // [mg, rows]
-                                if dw != nil {
-                                    col.withUnsafeMutableBufferPointer { pc in im2col(yx + xOffset, channels: cg, geometry, pc.baseAddress!) }
-                                    dw!.withUnsafeMutableBufferPointer(as: T.self) { pdw in
-                                        // dW_g [mg, rows] += dY_g [mg, out] · colᵀ [out, rows]
-                                        gemm(transA: false, transB: true, m: mg, n: rows, k: outSize, alpha: T(1),
-                                             a: dyG, lda: outSize, b: col, ldb: outSize, beta: T(1),
-                                             c: pdw.baseAddress! + gi * mg * rows, ldc: rows)
-                                    }
-                                }
-                                if dx != nil {
-                                    col.withUnsafeMutableBufferPointer { pc in
-                                        // col [rows, out] = W_gᵀ [rows, mg] · dY_g [mg, out]
-                                        gemm(transA: true, transB: false, m: rows, n: outSize, k: mg, alpha: T(1),
-                                             a: wG, lda: rows, b: dyG, ldb: outSize, beta: T(0), c: pc.baseAddress!, ldc: outSize)
-                                    }
-                                    dx!.withUnsafeMutableBufferPointer(as: T.self) { pdx in
-                                        col2im(col, channels: cg, geometry, pdx.baseAddress! + xOffset)
+                        dbPartials.withUnsafeMutableBufferPointer { pdb in
+                            guard let ydy = pdy.baseAddress, let yx = px.baseAddress, let yw = pw.baseAddress else { return }
+                            Parallel.forRange(chunks) { chunkRange in
+                                let col = UnsafeMutablePointer<T>.allocate(capacity: max(colCount, 1))
+                                defer { col.deallocate() }
+                                for chunk in chunkRange {
+                                    let images = Parallel.chunk(chunk, of: chunks, count: n)
+                                    let dwLocal = dwPartials + chunk * wCount
+                                    if wantW { dwLocal.update(repeating: 0, count: wCount) }
+                                    for b in images {
+                                        for gi in 0..<group {
+                                            let dyG = ydy + (b * m + gi * mg) * outSize       // [mg, out]
+                                            let xOffset = (b * c + gi * cg) * inSize            // [cg, in…]
+                                            let wG = yw + gi * mg * rows                        // [mg, rows]
+                                            if wantW {
+                                                im2col(yx + xOffset, channels: cg, geometry, col, taps: taps)
+                                                // dW_gᵀ [rows, mg] += col [rows, out] · dY_gᵀ [out, mg]: the
+                                                // transposed product, as OpenBLAS runs a long M and a short N
+                                                // (e.g. 75 × 16) about twice as fast as the other way round.
+                                                gemm(transA: false, transB: true, m: rows, n: mg, k: outSize, alpha: T(1),
+                                                     a: col, lda: outSize, b: dyG, ldb: outSize, beta: T(1),
+                                                     c: dwLocal + gi * rows * mg, ldc: mg)
+                                            }
+                                            if let dxBase {
+                                                // col [rows, out] = W_gᵀ [rows, mg] · dY_g [mg, out]
+                                                gemm(transA: true, transB: false, m: rows, n: outSize, k: mg, alpha: T(1),
+                                                     a: wG, lda: rows, b: dyG, ldb: outSize, beta: T(0), c: col, ldc: outSize)
+                                                (dxBase + xOffset).update(repeating: 0, count: cg * inSize)
+                                                col2im(col, channels: cg, geometry, dxBase + xOffset, taps: taps)
+                                            }
+                                        }
+                                        if wantB {
+                                            // dB[j] = Σ_{n, spatial} dY[n, j, spatial]: each row summed in T, rows in Double.
+                                            for j in 0..<m {
+                                                let row = ydy + (b * m + j) * outSize
+                                                pdb[chunk * m + j] += rowSum(row, outSize).doubleValue
+                                            }
+                                        }
                                     }
                                 }
                             }
@@ -80,17 +106,49 @@ struct ConvGradKernel: Kernel {
                     }
                 }
             }
-            var db: Tensor?
-            if wantB {
-                var sums = [Double](repeating: 0, count: m)
-                dy.withUnsafeBufferPointer(as: T.self) { p in
-                    for b in 0..<n { for j in 0..<m { for s in 0..<outSize { sums[j] += Double(p[(b * m + j) * outSize + s]) } } }
+            if wantW {
+                dw!.withUnsafeMutableBufferPointer(as: T.self) { pdw in
+                    // Partials are [group][rows][mg]: summed in chunk order and transposed into [M, rows].
+                    let out = pdw.baseAddress!
+                    for gi in 0..<group {
+                        for o in 0..<mg {
+                            for r in 0..<rows {
+                                var sum = dwPartials[gi * rows * mg + r * mg + o]
+                                for chunk in 1..<chunks { sum += dwPartials[chunk * wCount + gi * rows * mg + r * mg + o] }
+                                out[(gi * mg + o) * rows + r] = sum
+                            }
+                        }
+                    }
                 }
-                db = Tensor(shape: [m], scalars: sums.map { T($0) })
+            }
+            if wantB {
+                db!.withUnsafeMutableBufferPointer(as: T.self) { pdb in
+                    for j in 0..<m {
+                        var sum = 0.0
+                        for chunk in 0..<chunks { sum += dbPartials[chunk * m + j] }
+                        pdb[j] = T(fromDouble: sum)
+                    }
+                }
             }
             return [dx, dw, db]
         }
     }
+}
+
+/// The sum of `count` contiguous values, in eight interleaved partial sums (vectorizable, and
+/// closer to the exact sum than one running total).
+@inline(__always)
+func rowSum<T: FloatElement>(_ p: UnsafePointer<T>, _ count: Int) -> T {
+    var acc = (T.zero, T.zero, T.zero, T.zero, T.zero, T.zero, T.zero, T.zero)
+    var i = 0
+    while i + 8 <= count {
+        acc.0 += p[i]; acc.1 += p[i + 1]; acc.2 += p[i + 2]; acc.3 += p[i + 3]
+        acc.4 += p[i + 4]; acc.5 += p[i + 5]; acc.6 += p[i + 6]; acc.7 += p[i + 7]
+        i += 8
+    }
+    var tail = T.zero
+    while i < count { tail += p[i]; i += 1 }
+    return ((acc.0 + acc.4) + (acc.1 + acc.5)) + ((acc.2 + acc.6) + (acc.3 + acc.7)) + tail
 }
 
 func registerConvGradOps(_ registry: OpRegistry) {

@@ -73,8 +73,12 @@ struct MaxPoolGradKernel: Kernel {
         let dy = try inputs.tensor(0), indexTensor = try inputs.tensor(1)
         try requireSameShape(dy, indexTensor, "dY", "Indices")
         guard dy.rank >= 3 else { throw KernelError("dY must have rank >= 3 [N, C, ...], got \(dy.shape)") }
-        let indices = try indexValues(indexTensor, "Indices")
         let shape = Array(dy.shape[..<2]) + (try attributes.inputShape(output: Array(dy.shape[2...])))
+        if indexTensor.dtype == .int64, dy.dtype.isFloatingPoint,
+           let dx = try trainingFloatDispatch(dy.dtype, MaxPoolGradByChannel(dy: dy.widenedIfHalf, indices: indexTensor, shape: shape)) {
+            return [.tensor(dx.dtype == dy.dtype ? dx : dx.narrowed(to: dy.dtype))]
+        }
+        let indices = try indexValues(indexTensor, "Indices")
         // An index beyond the inferred shape means the forward input had rows the geometry cannot
         // reveal; say so rather than write out of range.
         let count = try Tensor.checkedElementCount(shape, "MaxPoolGrad dX")
@@ -89,6 +93,45 @@ struct MaxPoolGradKernel: Kernel {
             pairs.append((idx, i))
         }
         return [.tensor(try scatterAdd(dy, shape: shape, pairs: pairs, block: 1))]
+    }
+}
+
+/// MaxPoolGrad's usual case, spread over the threads by channel: indices from MaxPool point into
+/// their own channel, so channel c of dX (zeroed, then scattered into) depends only on channel c
+/// of dY and Indices. Returns nil (the caller takes the general, serial path and its error
+/// messages) when the shapes are empty or any index falls outside its own channel.
+struct MaxPoolGradByChannel: FloatOperation {
+    let dy: Tensor, indices: Tensor, shape: [Int]
+
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor? {
+        let channels = shape[0] * shape[1]
+        let count = try Tensor.checkedElementCount(shape, "MaxPoolGrad dX")
+        guard channels > 0, count > 0, dy.count > 0 else { return nil }
+        let I = count / channels, O = dy.count / channels
+        var dx = try Tensor(kernelUninitialized: T.dtype, shape: shape, "MaxPoolGrad dX")
+        let foreign = UnsafeMutablePointer<Bool>.allocate(capacity: channels)
+        defer { foreign.deallocate() }
+        foreign.initialize(repeating: false, count: channels)
+        dy.withUnsafeBufferPointer(as: T.self) { pdy in
+            indices.withUnsafeBufferPointer(as: Int64.self) { pidx in
+                dx.withUnsafeMutableBufferPointer(as: T.self) { pdx in
+                    guard let G = pdy.baseAddress, let J = pidx.baseAddress, let D = pdx.baseAddress else { return }
+                    Parallel.forRange(channels, minimumChunk: max(1, 8_192 / max(I, 1))) { range in
+                        for ch in range {
+                            let dst = D + ch * I, lo = Int64(ch * I)
+                            dst.update(repeating: 0, count: I)
+                            for o in (ch * O)..<((ch + 1) * O) {
+                                let k = J[o] - lo
+                                guard k >= 0 && k < Int64(I) else { foreign[ch] = true; break }
+                                dst[Int(k)] += G[o]
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for ch in 0..<channels where foreign[ch] { return nil }
+        return dx
     }
 }
 

@@ -7,7 +7,9 @@ import Darwin
 /// Batch and layer normalization for training: BatchNormInternal, BatchNormalizationGrad,
 /// LayerNormalizationGrad, SimplifiedLayerNormalizationGrad, InvertibleLayerNormalizationGrad
 /// (com.microsoft v1) and the onnx-domain contrib forwards LayerNormalization v1 and
-/// SimplifiedLayerNormalization v1. Statistics and reductions are computed in Double.
+/// SimplifiedLayerNormalization v1. Layer-norm statistics and reductions are computed in Double;
+/// the batch-norm kernels work in the input's float type (as onnxruntime does), summing each
+/// contiguous row in it and adding the rows' sums in Double.
 
 /// Views X [N, C, spatial…] as channels; returns (N, C, ∏spatial).
 private func channelLayout(_ x: Tensor) throws -> (n: Int, c: Int, s: Int) {
@@ -36,33 +38,13 @@ struct BatchNormInternalKernel: Kernel {
         let bias = try channelVector(try inputs.tensor(2), "B", c)
         let meanT = try inputs.tensor(3), varT = try inputs.tensor(4)
         let inMean = try channelVector(meanT, "input_mean", c), inVar = try channelVector(varT, "input_var", c)
-        let xv = try floatValues(x, "X")
-        var mean = inMean, variance = inVar
-        if training {
-            let count = Double(n * s)
-            for ch in 0..<c {
-                var sum = 0.0
-                for b in 0..<n { for i in 0..<s { sum += xv[(b * c + ch) * s + i] } }
-                let mu = sum / count
-                var sq = 0.0
-                for b in 0..<n { for i in 0..<s { let d = xv[(b * c + ch) * s + i] - mu; sq += d * d } }
-                mean[ch] = mu
-                variance[ch] = sq / count
-            }
-        }
-        let invStd = variance.map { 1 / ($0 + epsilon).squareRoot() }
-        var y = [Double](repeating: 0, count: xv.count)
-        for b in 0..<n {
-            for ch in 0..<c {
-                let a = invStd[ch] * scale[ch]
-                for i in 0..<s {
-                    let k = (b * c + ch) * s + i
-                    y[k] = (xv[k] - mean[ch]) * a + bias[ch]
-                }
-            }
-        }
-        let yT = floatTensor(x.dtype, shape: x.shape, y)
+        guard x.dtype.isFloatingPoint else { throw KernelError("X must be a float tensor, got \(x.dtype)") }
+        let op = BatchNormForward(x: x.widenedIfHalf, n: n, c: c, s: s, scale: scale, bias: bias,
+                                  mean: inMean, variance: inVar, epsilon: epsilon, training: training)
+        let (yWide, mean, variance) = try trainingFloatDispatch(x.dtype, op)
+        let yT = yWide.dtype == x.dtype ? yWide : yWide.narrowed(to: x.dtype)
         guard training else { return [.tensor(yT)] }
+        let invStd = variance.map { 1 / ($0 + epsilon).squareRoot() }
         let running = (0..<c).map { momentum * inMean[$0] + (1 - momentum) * mean[$0] }
         let runningVar = (0..<c).map { momentum * inVar[$0] + (1 - momentum) * variance[$0] }
         try writeInPlace(meanT, running, "input_mean")
@@ -70,6 +52,69 @@ struct BatchNormInternalKernel: Kernel {
         return [.tensor(yT), .tensor(meanT), .tensor(varT),
                 .tensor(floatTensor(meanT.dtype, shape: [c], mean)), .tensor(floatTensor(meanT.dtype, shape: [c], invStd))]
     }
+}
+
+/// BatchNormInternal's pass over X [N, C, S] in its own float type, spread over the threads by
+/// channel: in training the batch mean and biased variance (two passes: mean, then squared
+/// deviations; each row of S summed in T, rows added in Double), then
+/// Y = (X − mean)·(scale·invStd) + B. Returns Y and the statistics used.
+struct BatchNormForward: FloatOperation {
+    let x: Tensor, n: Int, c: Int, s: Int
+    let scale: [Double], bias: [Double], mean: [Double], variance: [Double]
+    let epsilon: Double, training: Bool
+
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> (Tensor, [Double], [Double]) {
+        var y = Tensor(uninitialized: T.dtype, shape: x.shape)
+        var mean = self.mean, variance = self.variance
+        let count = Double(n * s)
+        x.withUnsafeBufferPointer(as: T.self) { px in
+            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+                mean.withUnsafeMutableBufferPointer { pm in
+                    variance.withUnsafeMutableBufferPointer { pv in
+                        guard let X = px.baseAddress, let Y = py.baseAddress else { return }
+                        let (n, c, s, training) = (n, c, s, training)
+                        Parallel.forRange(c) { channels in
+                            for ch in channels {
+                                if training {
+                                    var sum = 0.0
+                                    for b in 0..<n { sum += rowSum(X + (b * c + ch) * s, s).doubleValue }
+                                    let mu = sum / count
+                                    var sq = 0.0
+                                    for b in 0..<n { sq += squaredDeviationSum(X + (b * c + ch) * s, s, T(fromDouble: mu)).doubleValue }
+                                    pm[ch] = mu
+                                    pv[ch] = sq / count
+                                }
+                                let a = T(fromDouble: scale[ch] / (pv[ch] + epsilon).squareRoot())
+                                let mu = T(fromDouble: pm[ch]), beta = T(fromDouble: bias[ch])
+                                for b in 0..<n {
+                                    let src = X + (b * c + ch) * s, dst = Y + (b * c + ch) * s
+                                    for i in 0..<s { dst[i] = (src[i] - mu) * a + beta }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return (y, mean, variance)
+    }
+}
+
+/// Σ (p[i] − mu)² over `count` contiguous values, in eight interleaved partial sums.
+@inline(__always)
+func squaredDeviationSum<T: FloatElement>(_ p: UnsafePointer<T>, _ count: Int, _ mu: T) -> T {
+    var acc = (T.zero, T.zero, T.zero, T.zero, T.zero, T.zero, T.zero, T.zero)
+    var i = 0
+    while i + 8 <= count {
+        let d0 = p[i] - mu, d1 = p[i + 1] - mu, d2 = p[i + 2] - mu, d3 = p[i + 3] - mu
+        let d4 = p[i + 4] - mu, d5 = p[i + 5] - mu, d6 = p[i + 6] - mu, d7 = p[i + 7] - mu
+        acc.0 += d0 * d0; acc.1 += d1 * d1; acc.2 += d2 * d2; acc.3 += d3 * d3
+        acc.4 += d4 * d4; acc.5 += d5 * d5; acc.6 += d6 * d6; acc.7 += d7 * d7
+        i += 8
+    }
+    var tail = T.zero
+    while i < count { let d = p[i] - mu; tail += d * d; i += 1 }
+    return ((acc.0 + acc.4) + (acc.1 + acc.5)) + ((acc.2 + acc.6) + (acc.3 + acc.7)) + tail
 }
 
 /// Overwrites a float tensor's shared storage with `values` (onnxruntime's in-place aliasing).
@@ -95,32 +140,79 @@ struct BatchNormalizationGradKernel: Kernel {
         let scale = try channelVector(scaleT, "scale", c)
         let mean = try channelVector(try inputs.tensor(3), "mean", c)
         let inv = try channelVector(try inputs.tensor(4), "variance (saved inverse std)", c)
-        let dy = try floatValues(dyT, "dY"), xv = try floatValues(x, "X")
-        let m = Double(n * s)
-        var dB = [Double](repeating: 0, count: c), dScale = [Double](repeating: 0, count: c)
-        for b in 0..<n {
-            for ch in 0..<c {
-                for i in 0..<s {
-                    let k = (b * c + ch) * s + i
-                    dB[ch] += dy[k]
-                    dScale[ch] += dy[k] * (xv[k] - mean[ch]) * inv[ch]
-                }
-            }
-        }
-        var dx = [Double](repeating: 0, count: xv.count)
-        for b in 0..<n {
-            for ch in 0..<c {
-                let a = scale[ch] * inv[ch] / m
-                for i in 0..<s {
-                    let k = (b * c + ch) * s + i
-                    let xhat = (xv[k] - mean[ch]) * inv[ch]
-                    dx[k] = a * (m * dy[k] - dB[ch] - xhat * dScale[ch])
-                }
-            }
-        }
-        return [.tensor(floatTensor(x.dtype, shape: x.shape, dx)), .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dScale)),
+        _ = try commonFloatType([dyT, x], names: ["dY", "X"])
+        let op = BatchNormBackward(dy: dyT.widenedIfHalf, x: x.widenedIfHalf, n: n, c: c, s: s, scale: scale, mean: mean, inv: inv)
+        let (dxWide, dScale, dB) = try trainingFloatDispatch(x.dtype, op)
+        let dx = dxWide.dtype == x.dtype ? dxWide : dxWide.narrowed(to: x.dtype)
+        return [.tensor(dx), .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dScale)),
                 .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dB))]
     }
+}
+
+/// BatchNormalizationGrad's passes over dY, X [N, C, S] in their own float type, spread over the
+/// threads by channel: dB = Σ dY and Σ dY·(X − μ) (rows of S in T, rows added in Double), then
+/// dX = k·dY − k·dB/M − (X − μ)·k·r·dScale/M with k = scale·r, M = N·S, dScale = r·Σ dY·(X − μ).
+struct BatchNormBackward: FloatOperation {
+    let dy: Tensor, x: Tensor, n: Int, c: Int, s: Int
+    let scale: [Double], mean: [Double], inv: [Double]
+
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> (Tensor, [Double], [Double]) {
+        var dx = Tensor(uninitialized: T.dtype, shape: x.shape)
+        var dScale = [Double](repeating: 0, count: c), dB = [Double](repeating: 0, count: c)
+        let m = Double(n * s)
+        dy.withUnsafeBufferPointer(as: T.self) { pg in
+            x.withUnsafeBufferPointer(as: T.self) { px in
+                dx.withUnsafeMutableBufferPointer(as: T.self) { pd in
+                    dScale.withUnsafeMutableBufferPointer { pds in
+                        dB.withUnsafeMutableBufferPointer { pdb in
+                            guard let G = pg.baseAddress, let X = px.baseAddress, let D = pd.baseAddress else { return }
+                            let (n, c, s) = (n, c, s)
+                            Parallel.forRange(c) { channels in
+                                for ch in channels {
+                                    let mu = T(fromDouble: mean[ch])
+                                    var sumG = 0.0, sumGX = 0.0
+                                    for b in 0..<n {
+                                        let off = (b * c + ch) * s
+                                        let (g, gx) = sumAndCrossDeviation(G + off, X + off, s, mu)
+                                        sumG += g.doubleValue
+                                        sumGX += gx.doubleValue
+                                    }
+                                    let dScale = sumGX * inv[ch]
+                                    pdb[ch] = sumG
+                                    pds[ch] = dScale
+                                    let k = scale[ch] * inv[ch]
+                                    let a = T(fromDouble: k), shift = T(fromDouble: -k * sumG / m)
+                                    let slope = T(fromDouble: -k * inv[ch] * dScale / m)
+                                    for b in 0..<n {
+                                        let off = (b * c + ch) * s
+                                        let g = G + off, xv = X + off, d = D + off
+                                        for i in 0..<s { d[i] = a * g[i] + shift + (xv[i] - mu) * slope }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return (dx, dScale, dB)
+    }
+}
+
+/// (Σ g[i], Σ g[i]·(x[i] − mu)) over `count` contiguous values, in four interleaved partial sums each.
+@inline(__always)
+func sumAndCrossDeviation<T: FloatElement>(_ g: UnsafePointer<T>, _ x: UnsafePointer<T>, _ count: Int, _ mu: T) -> (T, T) {
+    var s0 = T.zero, s1 = T.zero, s2 = T.zero, s3 = T.zero
+    var c0 = T.zero, c1 = T.zero, c2 = T.zero, c3 = T.zero
+    var i = 0
+    while i + 4 <= count {
+        s0 += g[i]; s1 += g[i + 1]; s2 += g[i + 2]; s3 += g[i + 3]
+        c0 += g[i] * (x[i] - mu); c1 += g[i + 1] * (x[i + 1] - mu)
+        c2 += g[i + 2] * (x[i + 2] - mu); c3 += g[i + 3] * (x[i + 3] - mu)
+        i += 4
+    }
+    while i < count { s0 += g[i]; c0 += g[i] * (x[i] - mu); i += 1 }
+    return ((s0 + s2) + (s1 + s3), (c0 + c2) + (c1 + c3))
 }
 
 /// Rows of a layer norm: X flattened to [rows = ∏d[:axis], cols = ∏d[axis:]].

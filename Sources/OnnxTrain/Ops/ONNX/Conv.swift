@@ -3,7 +3,9 @@
 /// Forward convolution of float tensors.
 ///
 /// x: [N, C, in...], w: [M, C/group, k...], bias: [M] or nil -> y: [N, M, out...].
-/// Per image and group: Y_g [M/G, P] = W_g [M/G, C/G·K] · col_g [C/G·K, P].
+/// Per image and group: Y_g [M/G, P] = W_g [M/G, C/G·K] · col_g [C/G·K, P] (+ bias, written into
+/// Y first so the GEMM accumulates onto it). Images are spread over the kernel threads, each
+/// with its own im2col buffer (small enough to stay in cache, unlike one batch-wide matrix).
 func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group: Int, geometry g: ConvGeometry, _ type: T.Type) throws -> Tensor {
     let n = x.shape[0], c = x.shape[1], m = w.shape[0]
     guard group > 0, c % group == 0, m % group == 0, w.shape[1] == c / group else {
@@ -11,37 +13,39 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
     }
     if let bias, bias.count != m { throw KernelError("Conv bias of shape \(bias.shape) does not fit \(m) output channels") }
     let cg = c / group, mg = m / group, K = g.kernelSize, P = g.outputSize, I = g.inputSize
-    var y = try Tensor(kernelZeros: T.dtype, shape: [n, m] + g.output, "Conv output")
+    var y = try Tensor(kernelUninitialized: T.dtype, shape: [n, m] + g.output, "Conv output")
     if y.count == 0 { return y }
     // A 1×1 kernel with unit strides and no padding reads the image as its own column matrix.
     let direct = K == 1 && g.strides.allSatisfy { $0 == 1 } && g.padsBegin.allSatisfy { $0 == 0 } && g.padsEnd.allSatisfy { $0 == 0 }
-    var col = try [T](kernelScratch: direct ? [0] : [cg, K, P], "Conv im2col buffer")
+    let colCount = direct ? 0 : try Tensor.checkedElementCount([cg, K, P], "Conv im2col buffer")
     x.withUnsafeBufferPointer(as: T.self) { px in
         w.withUnsafeBufferPointer(as: T.self) { pw in
             y.withUnsafeMutableBufferPointer(as: T.self) { py in
-                col.withUnsafeMutableBufferPointer { pc in
-                    guard let X = px.baseAddress, let W = pw.baseAddress, let Y = py.baseAddress else { return }
-                    for b in 0..<n {
-                        for gi in 0..<group {
-                            let image = X + (b * c + gi * cg) * I
-                            let columns: UnsafePointer<T>
-                            if direct {
-                                columns = image
-                            } else {
-                                im2col(image, channels: cg, g, pc.baseAddress!)
-                                columns = UnsafePointer(pc.baseAddress!)
+                guard let X = px.baseAddress, let W = pw.baseAddress, let Y = py.baseAddress else { return }
+                let hasBias = bias != nil
+                let taps = direct ? [] : ConvTapRows.all(g)
+                (bias?.scalars(as: T.self) ?? []).withUnsafeBufferPointer { pb in
+                    Parallel.forRange(n) { images in
+                        let col = UnsafeMutablePointer<T>.allocate(capacity: max(colCount, 1))
+                        defer { col.deallocate() }
+                        for b in images {
+                            if hasBias {
+                                for o in 0..<m { (Y + (b * m + o) * P).update(repeating: pb[o], count: P) }
                             }
-                            gemm(transA: false, transB: false, m: mg, n: P, k: cg * K, alpha: 1,
-                                 a: W + gi * mg * cg * K, lda: cg * K, b: columns, ldb: P,
-                                 beta: 0, c: Y + (b * m + gi * mg) * P, ldc: P)
+                            for gi in 0..<group {
+                                let image = X + (b * c + gi * cg) * I
+                                let columns: UnsafePointer<T>
+                                if direct {
+                                    columns = image
+                                } else {
+                                    im2col(image, channels: cg, g, col, taps: taps)
+                                    columns = UnsafePointer(col)
+                                }
+                                gemm(transA: false, transB: false, m: mg, n: P, k: cg * K, alpha: 1,
+                                     a: W + gi * mg * cg * K, lda: cg * K, b: columns, ldb: P,
+                                     beta: hasBias ? 1 : 0, c: Y + (b * m + gi * mg) * P, ldc: P)
+                            }
                         }
-                    }
-                    if let bias {
-                        let bv = bias.scalars(as: T.self)
-                        for b in 0..<n { for o in 0..<m {
-                            let base = (b * m + o) * P
-                            for p in 0..<P { Y[base + p] += bv[o] }
-                        } }
                     }
                 }
             }

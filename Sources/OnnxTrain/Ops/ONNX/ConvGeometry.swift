@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Shared machinery for convolution and pooling: window geometry (auto_pad resolved to explicit
 /// pads), im2col/col2im, and the float GEMM entry point. Training kernels (ConvGrad, pooling
 /// gradients) reuse these, so they are internal functions with no attribute parsing inside.
@@ -131,6 +137,24 @@ struct ConvGeometry: Equatable {
     }
 }
 
+// MARK: - Outputs
+
+extension Tensor {
+    /// An uninitialized tensor for a kernel output it overwrites completely, with the size checks
+    /// of `Tensor(kernelZeros:)` (a shape from hostile attributes throws instead of trapping) and
+    /// no memset.
+    init(kernelUninitialized dtype: DType, shape: [Int], _ what: @autoclosure () -> String = "output") throws {
+        let count = try Tensor.checkedElementCount(shape, what())
+        precondition(dtype != .string, "string tensors are built from strings")
+        let bytes = max(count * dtype.byteSize, 64)
+        var raw: UnsafeMutableRawPointer?
+        guard posix_memalign(&raw, 64, bytes) == 0, let raw else {
+            throw KernelError("\(what()) shape \(shape) (\(bytes) bytes of \(dtype)) cannot be allocated: out of memory")
+        }
+        self.init(dtype: dtype, shape: shape, storage: TensorStorage(borrowing: raw, byteCount: count * dtype.byteSize, release: { free(raw) }))
+    }
+}
+
 // MARK: - im2col / col2im
 
 /// Where kernel tap `k` reads, per output row (every output axis but the last): the input offset
@@ -140,6 +164,10 @@ struct ConvGeometry: Equatable {
 struct ConvTapRows {
     var bases: [Int]
     var lo = 0, hi = 0, first = 0, step = 1
+    /// For 2-D geometries whose rows map onto consecutive input rows (row stride 1, column
+    /// stride 1, output width = input width): the valid output rows rowLo..<rowHi, which read one
+    /// contiguous run of the input (im2col copies it at once and zeroes the edges).
+    var contiguous = false, rowLo = 0, rowHi = 0
 
     init(_ g: ConvGeometry, tap k: Int) {
         let r = g.rank, last = r - 1
@@ -170,6 +198,16 @@ struct ConvTapRows {
         hi = span <= 0 ? 0 : min(lastOut, span / step + (span % step == 0 ? 0 : 1))
         lo = min(lo, lastOut)
         if hi < lo { hi = lo }
+        if r == 2 && g.strides[0] == 1 && step == 1 && lastOut == inLast && hi > lo {
+            rowLo = bases.firstIndex(where: { $0 >= 0 }) ?? 0
+            rowHi = (bases.lastIndex(where: { $0 >= 0 }) ?? -1) + 1
+            contiguous = rowHi > rowLo
+        }
+    }
+
+    /// The rows of every kernel tap of `g`, in tap order.
+    static func all(_ g: ConvGeometry) -> [ConvTapRows] {
+        (0..<g.kernelSize).map { ConvTapRows(g, tap: $0) }
     }
 }
 
@@ -178,13 +216,37 @@ struct ConvTapRows {
 /// x: [channels, input...], col: [channels * kernelSize, outputSize]. Per tap, the rows' offsets
 /// and the last axis's in-bounds range are computed once (ConvTapRows); each row is then a copy
 /// (a memcpy at stride 1) between zero-filled edges.
-func im2col<T: TensorElement>(_ x: UnsafePointer<T>, channels: Int, _ g: ConvGeometry, _ col: UnsafeMutablePointer<T>) {
+/// `taps` (ConvTapRows.all(g)) may be passed in when many images share one geometry.
+func im2col<T: TensorElement>(_ x: UnsafePointer<T>, channels: Int, _ g: ConvGeometry, _ col: UnsafeMutablePointer<T>,
+                              taps: [ConvTapRows]? = nil) {
     let K = g.kernelSize, P = g.outputSize, I = g.inputSize
     if P == 0 || K == 0 { return }
     let lastOut = g.output[g.rank - 1]
+    let taps = taps ?? ConvTapRows.all(g)
     for k in 0..<K {
-        let tap = ConvTapRows(g, tap: k)
+        let tap = taps[k]
         let lo = tap.lo, hi = tap.hi, first = tap.first, step = tap.step
+        if tap.contiguous {
+            // One copy per channel from the first valid element of row rowLo to the last of row
+            // rowHi - 1; the columns outside lo..<hi and the rows outside are zeroed after.
+            let (rowLo, rowHi) = (tap.rowLo, tap.rowHi)
+            let start = tap.bases[rowLo] + first + lo
+            let outStart = rowLo * lastOut + lo, outEnd = (rowHi - 1) * lastOut + hi
+            for c in 0..<channels {
+                let dst = col + (c * K + k) * P
+                if rowLo > 0 { dst.update(repeating: T.zero, count: rowLo * lastOut) }
+                (dst + outStart).update(from: x + c * I + start, count: outEnd - outStart)
+                if rowHi * lastOut < P { (dst + rowHi * lastOut).update(repeating: T.zero, count: P - rowHi * lastOut) }
+                if lo > 0 || hi < lastOut {
+                    for r in rowLo..<rowHi {
+                        let row = dst + r * lastOut
+                        for j in 0..<lo { row[j] = T.zero }
+                        for j in hi..<lastOut { row[j] = T.zero }
+                    }
+                }
+            }
+            continue
+        }
         tap.bases.withUnsafeBufferPointer { bases in
             for c in 0..<channels {
                 let src = x + c * I
@@ -211,12 +273,14 @@ func im2col<T: TensorElement>(_ x: UnsafePointer<T>, channels: Int, _ g: ConvGeo
 
 /// Folds columns back into an image, accumulating overlaps: the adjoint of `im2col`.
 /// x += fold(col); x must be initialized by the caller (zeros for a plain col2im).
-func col2im<T: FloatElement>(_ col: UnsafePointer<T>, channels: Int, _ g: ConvGeometry, _ x: UnsafeMutablePointer<T>) {
+func col2im<T: FloatElement>(_ col: UnsafePointer<T>, channels: Int, _ g: ConvGeometry, _ x: UnsafeMutablePointer<T>,
+                            taps: [ConvTapRows]? = nil) {
     let K = g.kernelSize, P = g.outputSize, I = g.inputSize
     if P == 0 || K == 0 { return }
     let lastOut = g.output[g.rank - 1]
+    let taps = taps ?? ConvTapRows.all(g)
     for k in 0..<K {
-        let tap = ConvTapRows(g, tap: k)
+        let tap = taps[k]
         let lo = tap.lo, hi = tap.hi, first = tap.first, step = tap.step
         tap.bases.withUnsafeBufferPointer { bases in
             for c in 0..<channels {
@@ -225,7 +289,11 @@ func col2im<T: FloatElement>(_ col: UnsafePointer<T>, channels: Int, _ g: ConvGe
                 for base in bases {
                     if base >= 0 {
                         let row = dstImage + base + first
-                        for j in lo..<hi { row[j * step] += src[j] }
+                        if step == 1 {
+                            for j in lo..<hi { row[j] += src[j] }
+                        } else {
+                            for j in lo..<hi { row[j * step] += src[j] }
+                        }
                     }
                     src += lastOut
                 }

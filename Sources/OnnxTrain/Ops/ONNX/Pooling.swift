@@ -71,6 +71,9 @@ struct PoolWindows {
 /// Pools every channel of x [N, C, in...] -> [N, C, out...]; Float or Double.
 func pool<T: FloatElement>(_ x: Tensor, kind: PoolKind, geometry g: ConvGeometry, _ type: T.Type) throws -> Tensor {
     let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize
+    if case .average = kind, g.kernel == g.input, P == 1, I > 0, g.padsBegin.allSatisfy({ $0 == 0 }), g.padsEnd.allSatisfy({ $0 == 0 }) {
+        return try globalAverage(x, inputSize: I, outputShape: Array(x.shape.prefix(2)) + g.output, T.self)
+    }
     var y = try Tensor(kernelZeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output, "pooling output")
     let w = try PoolWindows(g)
     x.withUnsafeBufferPointer(as: T.self) { px in
@@ -108,6 +111,22 @@ func pool<T: FloatElement>(_ x: Tensor, kind: PoolKind, geometry g: ConvGeometry
     return y
 }
 
+/// GlobalAveragePool (or an unpadded window covering the whole image): the mean of each channel.
+/// x: [N, C, in...] -> [N, C, 1...].
+func globalAverage<T: FloatElement>(_ x: Tensor, inputSize I: Int, outputShape: [Int], _ type: T.Type) throws -> Tensor {
+    var y = try Tensor(kernelUninitialized: T.dtype, shape: outputShape, "pooling output")
+    let nc = y.count
+    x.withUnsafeBufferPointer(as: T.self) { px in
+        y.withUnsafeMutableBufferPointer(as: T.self) { py in
+            guard let X = px.baseAddress, let Y = py.baseAddress else { return }
+            Parallel.forRange(nc, minimumChunk: max(1, 16_384 / I)) { channels in
+                for ch in channels { Y[ch] = rowSum(X + ch * I, I) / T(I) }
+            }
+        }
+    }
+    return y
+}
+
 /// MaxPool over any numeric type (uint8 and int8 are allowed since opset 12), with the argmax
 /// as flat indices into x ([N, C, in...], row-major, or column-major over the spatial dims when
 /// storage_order = 1).
@@ -115,6 +134,10 @@ struct MaxPoolOp: NumericOperation {
     let x: Tensor, g: ConvGeometry, storageOrder: Int, wantIndices: Bool
     func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> (Tensor, Tensor?) {
         let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize
+        if g.rank == 2, g.kernel == [2, 2], g.strides == [2, 2], g.dilations == [1, 1],
+           g.padsBegin == [0, 0], g.padsEnd == [0, 0], g.output[0] * 2 <= g.input[0], g.output[1] * 2 <= g.input[1] {
+            return try maxPool2x2(T.self)
+        }
         var y = try Tensor(kernelZeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output, "MaxPool output")
         var indices = [Int64](repeating: 0, count: wantIndices ? nc * P : 0)
         // Column-major spatial index of a row-major spatial offset (storage_order = 1).
@@ -149,6 +172,51 @@ struct MaxPoolOp: NumericOperation {
             }
         }
         return (y, wantIndices ? Tensor(shape: y.shape, scalars: indices) : nil)
+    }
+}
+
+extension MaxPoolOp {
+    /// The common 2×2, stride-2, unpadded 2-D window: y [N, C, oh, ow] and the flat argmax
+    /// indices, straight from the two input rows of each output row, spread over the threads by
+    /// channel. Taps are compared in row-major order and only a strictly greater value wins, as in
+    /// the general path (so ties and NaNs resolve the same way).
+    func maxPool2x2<T: NumericElement>(_ type: T.Type) throws -> (Tensor, Tensor?) {
+        let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize
+        let (ih, iw, oh, ow) = (g.input[0], g.input[1], g.output[0], g.output[1])
+        let shape = Array(x.shape.prefix(2)) + g.output
+        var y = try Tensor(kernelUninitialized: T.dtype, shape: shape, "MaxPool output")
+        let indices = wantIndices ? try Tensor(kernelUninitialized: .int64, shape: shape, "MaxPool indices") : nil
+        if y.count == 0 { return (y, indices) }
+        let idx = indices?.storage.bytes.assumingMemoryBound(to: Int64.self)   // fresh, not shared
+        let columnMajor = storageOrder == 1
+        x.withUnsafeBufferPointer(as: T.self) { px in
+            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+                guard let X = px.baseAddress, let Y = py.baseAddress else { return }
+                Parallel.forRange(nc, minimumChunk: max(1, 8_192 / max(P, 1))) { channels in
+                    for ch in channels {
+                        let src = X + ch * I, dst = Y + ch * P
+                        for i in 0..<oh {
+                            let r0 = src + 2 * i * iw, r1 = r0 + iw
+                            for j in 0..<ow {
+                                // Selects rather than branches: which tap wins is data, and unpredictable.
+                                let v0 = r0[2 * j], v1 = r0[2 * j + 1], v2 = r1[2 * j], v3 = r1[2 * j + 1]
+                                var best = v0, tap = 0
+                                let c1 = v1 > best; best = c1 ? v1 : best; tap = c1 ? 1 : tap
+                                let c2 = v2 > best; best = c2 ? v2 : best; tap = c2 ? iw : tap
+                                let c3 = v3 > best; best = c3 ? v3 : best; tap = c3 ? iw + 1 : tap
+                                dst[i * ow + j] = best
+                                if let idx {
+                                    let at = 2 * i * iw + 2 * j + tap
+                                    let spatial = columnMajor ? (at % iw) * ih + at / iw : at
+                                    idx[ch * P + i * ow + j] = Int64(ch * I + spatial)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return (y, indices)
     }
 }
 
