@@ -78,6 +78,10 @@ func classIndexLossGrad(dy: Tensor, logProb: Tensor, label: Tensor, weight: Tens
         let s = reduction == .mean && total != 0 ? g[0] / total : g[0]
         for i in 0..<labels.count { scale[i] = s * w[i] }
     }
+    if bias == nil && (logProb.dtype == .float32 || logProb.dtype == .float64) {
+        return try dispatchFloat(logProb.dtype, ClassIndexLossGradRows(logProb: logProb, labels: labels, scale: scale,
+                                                                       n: n, classes: classes, inner: inner))
+    }
     let lp = try floatValues(logProb, "log_prob")
     var out = [Double](repeating: 0, count: lp.count)
     for b in 0..<n {
@@ -96,6 +100,38 @@ func classIndexLossGrad(dy: Tensor, logProb: Tensor, label: Tensor, weight: Tens
         for k in 0..<out.count { out[k] += bv[k] }
     }
     return floatTensor(logProb.dtype, shape: logProb.shape, out)
+}
+
+/// d_logits = (exp(log_prob) − onehot)·scale for float32/float64 log_prob read in place, in
+/// Double per element as the general path computes it, rows split across threads.
+private struct ClassIndexLossGradRows: FloatOperation {
+    let logProb: Tensor, labels: [Int], scale: [Double]
+    let n: Int, classes: Int, inner: Int
+
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        var out = Tensor(uninitialized: T.dtype, shape: logProb.shape)
+        let (classes, inner) = (classes, inner)
+        logProb.withUnsafeBufferPointer(as: T.self) { lp in
+            out.withUnsafeMutableBufferPointer(as: T.self) { po in
+                labels.withUnsafeBufferPointer { labels in
+                    scale.withUnsafeBufferPointer { scale in
+                        guard let lp = lp.baseAddress, let po = po.baseAddress, let labels = labels.baseAddress,
+                              let scale = scale.baseAddress else { return }
+                        Parallel.forRange(n * inner, minimumChunk: max(1, 4096 / max(classes, 1))) { rows in
+                            for i in rows {
+                                let base = (i / inner) * classes * inner + i % inner
+                                for c in 0..<classes {
+                                    let k = base + c * inner
+                                    po[k] = T(fromDouble: (exp(lp[k].doubleValue) - (c == labels[i] ? 1 : 0)) * scale[i])
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return out
+    }
 }
 
 /// SoftmaxCrossEntropyLossGrad(dY, log_prob, label, weight?; reduction, ignore_index).
