@@ -1,6 +1,15 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import COpenBLAS
 
 /// The one door to OpenBLAS: row-major single and double precision GEMM.
+///
+/// OpenBLAS runs single-threaded; a large product is split into blocks of rows or columns of C,
+/// one per `Parallel` pool thread. So there is one thread pool in the process: OpenBLAS's own
+/// threads, which spin for a while after each product, never compete with the pool for the
+/// cores (on a loaded 2-core machine that contention made an MLP step 2-5x slower), and the
+/// pool's worker, warm from the kernels around it, takes its half of every large product.
 public enum BLAS {
     /// C[m×n] = alpha·op(A)·op(B) + beta·C, row-major; lda/ldb/ldc are row strides.
     @inline(__always)
@@ -13,9 +22,10 @@ public enum BLAS {
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
             return
         }
-        withThreads(forWork: m * n * k) {
+        split(m: m, n: n, work: m * n * k) { i0, i1, j0, j1 in
             cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                        Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+                        Int32(i1 - i0), Int32(j1 - j0), Int32(k), alpha, transA ? a + i0 : a + i0 * lda, Int32(lda),
+                        transB ? b + j0 * ldb : b + j0, Int32(ldb), beta, c + i0 * ldc + j0, Int32(ldc))
         }
     }
 
@@ -28,53 +38,47 @@ public enum BLAS {
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
             return
         }
-        withThreads(forWork: m * n * k) {
+        split(m: m, n: n, work: m * n * k) { i0, i1, j0, j1 in
             cblas_dgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                        Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+                        Int32(i1 - i0), Int32(j1 - j0), Int32(k), alpha, transA ? a + i0 : a + i0 * lda, Int32(lda),
+                        transB ? b + j0 * ldb : b + j0, Int32(ldb), beta, c + i0 * ldc + j0, Int32(ldc))
         }
     }
 
-    /// How many threads OpenBLAS uses for large products; kernels that split work themselves take
-    /// this into account.
+    /// Threads used for large products: the `Parallel` pool's size.
     public static var threadCount: Int {
-        get { Int(openblas_get_num_threads()) }
-        set {
-            configuredThreads = max(newValue, 1)
-            openblas_set_num_threads(Int32(configuredThreads))
-        }
+        get { Parallel.threadCount }
+        set { Parallel.threadCount = newValue }
     }
 
-    /// Products with fewer multiply-adds (m·n·k) than this run on the calling thread alone.
-    /// OpenBLAS splits anything above 2^18 across its threads; a conv's per-image GEMM (16×1024×75)
-    /// or an attention head's then spends more waking and waiting for the second thread than it
-    /// saves: one CNN training step took about twice as long with 2 threads as with 1 on a loaded
-    /// 2-core machine. 2^23 multiply-adds is ~0.3 ms on one core, long enough to pay for a handoff.
-    public static let singleThreadWork = 1 << 23
+    /// Products with fewer multiply-adds (m·n·k) than this run on the calling thread alone: below
+    /// ~2^21 multiply-adds (~25 µs on one core) the handoff costs more than half the product saves.
+    public static let singleThreadWork = 1 << 21
 
-    /// A Parallel.forRange job is starting / has ended: products inside its chunks run on their
-    /// own thread, so the two pools never compete for the cores.
-    static func enterParallelRegion() {
-        if configuredThreads > 1 { openblas_set_num_threads(1) }
-    }
+    /// Puts OpenBLAS in single-threaded mode once, before the first product.
+    private static let singleThreaded: Void = { openblas_set_num_threads(1) }()
 
-    static func leaveParallelRegion() {
-        if configuredThreads > 1 { openblas_set_num_threads(Int32(configuredThreads)) }
-    }
-
-    /// The thread count to restore after a small product (what the process asked OpenBLAS for).
-    nonisolated(unsafe) private static var configuredThreads = Int(openblas_get_num_threads())
-
+    /// Runs a product of C[m×n] as blocks of rows or columns of C (i0..<i1, j0..<j1), one per pool
+    /// thread, each a single-threaded OpenBLAS call. Column blocks are multiples of 16 floats
+    /// (a cache line), row blocks multiples of 8 rows.
     @inline(__always)
-    static func withThreads(forWork work: Int, _ body: () -> Void) {
-        let threads = configuredThreads
-        if Parallel.isInsideRegion {
-            body()  // a Parallel.forRange chunk: OpenBLAS is already single-threaded
-        } else if work < singleThreadWork && threads > 1 {
-            openblas_set_num_threads(1)
-            body()
-            openblas_set_num_threads(Int32(threads))
+    static func split(m: Int, n: Int, work: Int, _ block: (Int, Int, Int, Int) -> Void) {
+        _ = singleThreaded
+        if work < singleThreadWork || Parallel.isInsideRegion {
+            block(0, m, 0, n)
+        } else if n >= m {
+            Parallel.forRange((n + 15) / 16) { r in block(0, m, r.lowerBound * 16, min(r.upperBound * 16, n)) }
         } else {
-            body()
+            Parallel.forRange((m + 7) / 8) { r in block(r.lowerBound * 8, min(r.upperBound * 8, m), 0, n) }
         }
+    }
+
+    /// OpenBLAS's own multi-threaded sgemm with `threads` threads, for measuring the machine's
+    /// GEMM peak against the split products (the benchmark reports the better of the two).
+    public static func openBLASsgemm(threads: Int, n: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>) {
+        _ = singleThreaded
+        openblas_set_num_threads(Int32(max(threads, 1)))
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(n), Int32(n), 1, a, Int32(n), b, Int32(n), 0, c, Int32(n))
+        openblas_set_num_threads(1)
     }
 }

@@ -14,6 +14,7 @@ public final class InferenceSession {
     private let state: RunState
 
     public init(model: Model, options: SessionOptions = SessionOptions()) throws {
+        BufferCache.configureMalloc()
         self.model = model
         var opsets = model.opsetImports
         for f in model.functions { for (d, v) in f.opsetImports where opsets[d] == nil { opsets[d] = v } }

@@ -77,8 +77,6 @@ public enum Parallel {
         defer { worker.release() }
         isInsideRegion = true
         defer { isInsideRegion = false }
-        BLAS.enterParallelRegion()
-        defer { BLAS.leaveParallelRegion() }
         withoutActuallyEscaping(body) { body in
             worker.run(chunks: min(chunks, worker.threadCount)) { i, n in body(chunk(i, of: n, count: count)) }
         }

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 
 /// The bytes behind one or more tensors: a 64-byte aligned heap block, a memory-mapped file
 /// region, or (for string tensors) an array of Swift strings.
@@ -15,46 +16,37 @@ public final class TensorStorage {
     /// The elements of a string tensor; empty for every other type.
     public var strings: [String]
     private let release: (() -> Void)?
+    /// The bytes came from `BufferCache` and go back to it.
+    private let pooled: Bool
 
     /// Allocates `byteCount` zeroed bytes, aligned for SIMD loads.
-    public init(zeroedByteCount byteCount: Int) {
-        let size = max(byteCount, 64)
-        var raw: UnsafeMutableRawPointer?
-        if posix_memalign(&raw, 64, size) != 0 || raw == nil {
-            fatalError("out of memory allocating \(size) bytes")
-        }
-        memset(raw!, 0, size)
-        bytes = raw!
-        self.byteCount = byteCount
-        strings = []
-        release = { free(raw) }
+    public convenience init(zeroedByteCount byteCount: Int) {
+        self.init(uninitializedByteCount: byteCount)
+        memset(bytes, 0, max(byteCount, 1))
     }
 
     /// Allocates `byteCount` zeroed bytes, or returns nil when the memory is not there: for sizes
     /// that come from a file (a corrupt dimension must be an error, not an abort).
     public init?(failableZeroedByteCount byteCount: Int) {
-        guard byteCount >= 0 else { return nil }
-        let size = max(byteCount, 64)
-        var raw: UnsafeMutableRawPointer?
-        guard posix_memalign(&raw, 64, size) == 0, let raw else { return nil }
-        memset(raw, 0, size)
+        guard byteCount >= 0, let raw = BufferCache.allocate(byteCount) else { return nil }
+        memset(raw, 0, max(byteCount, 1))
         bytes = raw
         self.byteCount = byteCount
         strings = []
-        release = { free(raw) }
+        release = nil
+        pooled = true
     }
 
     /// Allocates `byteCount` bytes without clearing them; callers overwrite every byte.
     public init(uninitializedByteCount byteCount: Int) {
-        let size = max(byteCount, 64)
-        var raw: UnsafeMutableRawPointer?
-        if posix_memalign(&raw, 64, size) != 0 || raw == nil {
-            fatalError("out of memory allocating \(size) bytes")
+        guard let raw = BufferCache.allocate(byteCount) else {
+            fatalError("out of memory allocating \(byteCount) bytes")
         }
-        bytes = raw!
+        bytes = raw
         self.byteCount = byteCount
         strings = []
-        release = { free(raw) }
+        release = nil
+        pooled = true
     }
 
     /// Wraps memory owned elsewhere (a mapped file); `release` runs when the storage dies.
@@ -63,6 +55,7 @@ public final class TensorStorage {
         self.byteCount = byteCount
         strings = []
         self.release = release
+        pooled = false
     }
 
     public init(strings: [String]) {
@@ -71,9 +64,12 @@ public final class TensorStorage {
         byteCount = 0
         let pointer = bytes
         release = { pointer.deallocate() }
+        pooled = false
     }
 
-    deinit { release?() }
+    deinit {
+        if pooled { BufferCache.recycle(bytes, byteCount) } else { release?() }
+    }
 
     /// A fresh copy of these bytes (or strings).
     public func copy() -> TensorStorage {
@@ -83,4 +79,89 @@ public final class TensorStorage {
         copy.strings = strings
         return copy
     }
+}
+
+/// Recycles the heap blocks of large tensors. A training step frees and allocates the same sizes
+/// every time; handing a freed block straight to the next request of its size class skips malloc's
+/// trips to the kernel (munmap, then page faults that zero every page again), which cost a fifth of
+/// a CNN step. Blocks of at least `minimumBytes` are kept, by size rounded up to a page, up to
+/// `capacity` idle bytes; smaller ones go to malloc, which already reuses them well.
+public enum BufferCache {
+    /// Blocks smaller than this are plain malloc blocks.
+    static let minimumBytes = 32 << 10
+    /// The most idle bytes kept for reuse; the rest is freed at once.
+    public static let capacity = 512 << 20
+
+    private struct State {
+        var free: [Int: [UnsafeMutableRawPointer]] = [:]
+        var idleBytes = 0
+    }
+    private static let state = Mutex(State())
+
+    @inline(__always)
+    static func sizeClass(_ byteCount: Int) -> Int {
+        byteCount < minimumBytes ? max(byteCount, 64) : (byteCount + 4095) & ~4095
+    }
+
+    /// A 64-byte aligned block of at least `byteCount` bytes (contents undefined), or nil.
+    static func allocate(_ byteCount: Int) -> UnsafeMutableRawPointer? {
+        guard byteCount >= 0 && byteCount <= Int.max - 4096 else { return nil }
+        let size = sizeClass(byteCount)
+        if size >= minimumBytes, let reused = state.withLock({ s -> UnsafeMutableRawPointer? in
+            guard let block = s.free[size]?.popLast() else { return nil }
+            s.idleBytes -= size
+            return block
+        }) {
+            return reused
+        }
+        var raw: UnsafeMutableRawPointer?
+        guard posix_memalign(&raw, 64, size) == 0 else { return nil }
+        return raw
+    }
+
+    /// Takes back a block from `allocate(byteCount)`.
+    static func recycle(_ block: UnsafeMutableRawPointer, _ byteCount: Int) {
+        let size = sizeClass(byteCount)
+        if size >= minimumBytes && state.withLock({ s -> Bool in
+            guard s.idleBytes + size <= capacity else { return false }
+            s.free[size, default: []].append(block)
+            s.idleBytes += size
+            return true
+        }) {
+            return
+        }
+        free(block)
+    }
+
+    /// Frees every idle block (for long-running processes between workloads).
+    public static func trim() {
+        let blocks = state.withLock { s -> [UnsafeMutableRawPointer] in
+            let all = s.free.values.flatMap { $0 }
+            s.free = [:]
+            s.idleBytes = 0
+            return all
+        }
+        for block in blocks { free(block) }
+    }
+
+    /// Keeps malloc from handing large blocks back to the kernel: kernels' scratch arrays (im2col
+    /// columns, per-channel sums) are freed and allocated again every step, and with glibc's
+    /// defaults each round trip is an munmap plus page faults that clear every page again. Blocks
+    /// up to 32 MiB (glibc's largest mmap threshold) then stay in the heap for reuse. Once per process.
+    public static func configureMalloc() { _ = mallocConfigured }
+
+    private static let mallocConfigured: Void = {
+        #if canImport(Glibc)
+        // malloc.h is not part of the Glibc module: look mallopt up by name (absent on musl).
+        typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
+        guard let symbol = dlsym(nil, "mallopt") else { return }
+        let mallopt = unsafeBitCast(symbol, to: Mallopt.self)
+        let trimThreshold: Int32 = -1, mmapThreshold: Int32 = -3  // M_TRIM_THRESHOLD, M_MMAP_THRESHOLD
+        _ = mallopt(mmapThreshold, 32 << 20)
+        _ = mallopt(trimThreshold, 256 << 20)
+        #endif
+    }()
+
+    /// Bytes held idle for reuse.
+    public static var idleBytes: Int { state.withLock { $0.idleBytes } }
 }
