@@ -25,6 +25,23 @@ final class MathReduceTests: XCTestCase {
         XCTAssertEqual(Array(prod.scalars(as: Int32.self).prefix(4)), [0, 45, 120, 231])
     }
 
+    func testReduceOverLeadingAxes() throws {
+        // x = arange(24).reshape(2,3,4): x.sum(axis=(0,1)) = [60, 66, 72, 78]; x.sum(axis=0)[0] = [12, 14, 16, 18];
+        // x.mean(axis=0)[2] = [14, 15, 16, 17] (the bias-gradient path: rows added in order).
+        let x = Tensor(shape: [2, 3, 4], scalars: (0..<24).map { Float($0) })
+        let noKeep: [String: Attribute] = ["keepdims": .int(0)]
+        assertClose(try runNode("ReduceSum", opset: 13, [x, Tensor(shape: [2], scalars: [Int64(1), 0])], attributes: noKeep)[0],
+                    [Float(60), 66, 72, 78], shape: [4])
+        let sum0 = try runNode("ReduceSum", opset: 13, [x, Tensor(shape: [1], scalars: [Int64(0)])])[0]
+        XCTAssertEqual(sum0.shape, [1, 3, 4])
+        XCTAssertEqual(Array(sum0.scalars(as: Float.self).prefix(4)), [12, 14, 16, 18])
+        let mean0 = try runNode("ReduceMean", opset: 13, [x], attributes: ["axes": .ints([0]), "keepdims": .int(0)])[0]
+        XCTAssertEqual(Array(mean0.scalars(as: Float.self).suffix(4)), [14, 15, 16, 17])
+        let ints = Tensor(shape: [2, 3, 4], scalars: (0..<24).map { Int32($0) })
+        XCTAssertEqual(try runNode("ReduceSum", opset: 13, [ints, Tensor(shape: [2], scalars: [Int64(0), 1])], attributes: noKeep)[0]
+            .scalars(as: Int32.self), [60, 66, 72, 78])
+    }
+
     func testEmptySetReductionsGiveIdentities() throws {
         let x = Tensor(shape: [2, 0, 4], scalars: [Float]())
         let axes = Tensor(shape: [1], scalars: [Int64(1)])

@@ -120,6 +120,30 @@ final class NeuralNetTests: XCTestCase {
         XCTAssertEqual(try runNode("MatMulInteger", opset: 10, [a, b, Tensor(shape: [2], scalars: [UInt8(1), 2])])[0].scalars(as: Int32.self), [0, 1, 1, 2])
     }
 
+    func testGemmBroadcastsEveryBiasShape() throws {
+        // A·B = [[1, 2, 3], [4, 5, 6]]·[[1, 0], [0, 1], [1, 1]] = [[4, 5], [10, 11]]; Y = A·B + 0.5·C.
+        let a = Tensor(shape: [2, 3], scalars: [Float(1), 2, 3, 4, 5, 6]), b = Tensor(shape: [3, 2], scalars: [Float(1), 0, 0, 1, 1, 1])
+        let cases: [(Tensor?, [Float])] = [
+            (Tensor(shape: [2, 1], scalars: [Float(10), 20]), [9, 10, 20, 21]),      // per row
+            (Tensor(shape: [2], scalars: [Float(10), 20]), [9, 15, 15, 21]),         // per column
+            (Tensor(shape: [1, 2], scalars: [Float(10), 20]), [9, 15, 15, 21]),
+            (Tensor(scalar: Float(10)), [9, 10, 15, 16]),
+            (Tensor(shape: [1, 1], scalars: [Float(10)]), [9, 10, 15, 16]),
+            (Tensor(shape: [2, 2], scalars: [Float(1), 2, 3, 4]), [4.5, 6, 11.5, 13]),
+            (nil, [4, 5, 10, 11]),
+        ]
+        for (c, expected) in cases {
+            let inputs = c.map { [a, b, $0] } ?? [a, b]
+            assertClose(try runNode("Gemm", opset: 13, inputs, attributes: ["beta": .float(0.5)])[0], expected, shape: [2, 2])
+            // The same in float64, and with B transposed (a flag, no copy).
+            let wide = try runNode("Gemm", opset: 13, try inputs.map { try $0.converted(toFloat: .float64) }, attributes: ["beta": .float(0.5)])[0]
+            XCTAssertEqual(wide.scalars(as: Double.self), expected.map { Double($0) })
+            let bt = Tensor(shape: [2, 3], scalars: [Float(1), 0, 1, 0, 1, 1])
+            assertClose(try runNode("Gemm", opset: 13, [a, bt] + (c.map { [$0] } ?? []), attributes: ["beta": .float(0.5), "transB": .int(1)])[0],
+                        expected, shape: [2, 2])
+        }
+    }
+
     func testIntegerGemm() throws {
         // [[1, 2], [3, 4]] · [[5, 6], [7, 8]] · 2 + 10 = [[48, 54], [96, 110]]
         let a = Tensor(shape: [2, 2], scalars: [Int32(1), 2, 3, 4]), b = Tensor(shape: [2, 2], scalars: [Int32(5), 6, 7, 8])

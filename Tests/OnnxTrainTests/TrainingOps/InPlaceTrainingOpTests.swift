@@ -1,3 +1,4 @@
+import Foundation
 import OnnxTrain
 import XCTest
 
@@ -50,6 +51,63 @@ final class InPlaceTrainingOpTests: XCTestCase {
                                       "w": .sequence([.tensor(w)], elementType: nil), "g": .sequence([.tensor(g)], elementType: nil)])
         XCTAssertEqual(result["done"]?.tensor?.scalars(as: Bool.self), [true])
         XCTAssertEqual(w.scalars(as: Float.self), [0.95, 2.1])
+    }
+
+    /// AdamW on a 13- and a 5-element tensor (full SIMD vectors plus a padded tail), float32 and
+    /// float64, both modes: every element must equal a plain scalar loop in onnxruntime's order of
+    /// operations bit for bit, and w, m, v must be updated where they live.
+    func testAdamWMatchesTheScalarFormulaExactly() throws {
+        for mode in [0, 1] {
+            try checkAdamW(Float.self, mode: mode)
+            try checkAdamW(Double.self, mode: mode)
+        }
+    }
+
+    private func checkAdamW<T: FloatElement & TensorElement>(_ type: T.Type, mode: Int) throws {
+        let (alpha, beta, epsilon, decay, lr, step): (Float, Float, Float, Float, Float, Int64) = (0.9, 0.999, 1e-6, 0.01, 0.05, 3)
+        var graph = Graph()
+        graph.nodes = [Node(opType: "AdamWOptimizer", domain: "com.microsoft", inputs: ["lr", "step", "w", "g", "m", "v"], outputs: ["done"],
+                            attributes: ["alpha": .float(alpha), "beta": .float(beta), "epsilon": .float(epsilon),
+                                         "weight_decay": .float(decay), "adam_mode": .int(mode)])]
+        graph.inputs = ["lr", "step", "w", "g", "m", "v"].map { ValueInfo(name: $0, type: nil) }
+        graph.outputs = [ValueInfo(name: "done", type: nil)]
+        var model = Model(graph: graph)
+        model.opsetImports = ["": 17, "com.microsoft": 1]
+        func values(_ n: Int, _ f: (Int) -> Double) -> [T] { (0..<n).map { T(fromDouble: f($0)) } }
+        let sizes = [13, 5]
+        let w = sizes.map { n in Tensor(shape: [n], scalars: values(n) { sin(Double($0) + 1) }) }
+        let g = sizes.map { n in Tensor(shape: [n], scalars: values(n) { cos(Double($0) * 0.7) }) }
+        let m = sizes.map { n in Tensor(shape: [n], scalars: values(n) { 0.1 * sin(Double($0) * 0.3) }) }
+        let v = sizes.map { n in Tensor(shape: [n], scalars: values(n) { 0.01 * Double($0 % 4) }) }
+        let before = (w.map { $0.scalars(as: T.self) }, g.map { $0.scalars(as: T.self) }, m.map { $0.scalars(as: T.self) }, v.map { $0.scalars(as: T.self) })
+        func seq(_ ts: [Tensor]) -> Value { .sequence(ts.map { .tensor($0) }, elementType: nil) }
+        let result = try InferenceSession(model: model).run(["lr": .tensor(Tensor(shape: [1], scalars: [lr])),
+                                                             "step": .tensor(Tensor(shape: [1], scalars: [step])),
+                                                             "w": seq(w), "g": seq(g), "m": seq(m), "v": seq(v)])
+        XCTAssertEqual(result["done"]?.tensor?.scalars(as: Bool.self), [true])
+        // The reference: onnxruntime's constants in float32, then one scalar loop in T.
+        let ac = T(1 - Float(pow(Double(alpha), Double(step)))), bc = T(1 - Float(pow(Double(beta), Double(step))))
+        let lrc = T(lr * ((1 - Float(pow(Double(beta), Double(step)))).squareRoot() / (1 - Float(pow(Double(alpha), Double(step))))))
+        let (a, b, eps, wd, lrT) = (T(alpha), T(beta), T(epsilon), T(decay), T(lr))
+        for k in sizes.indices {
+            for i in 0..<sizes[k] {
+                let gi = before.1[k][i]
+                let mi = a * before.2[k][i] + (1 - a) * gi
+                let vi = b * before.3[k][i] + (1 - b) * gi * gi
+                var wi = before.0[k][i]
+                if mode == 0 {
+                    wi = wi - wi * lrT * wd
+                    wi = wi - (lrT * mi) / (ac * ((vi / bc).squareRoot() + eps))
+                } else {
+                    wi = wi - lrc * mi / (vi.squareRoot() + eps)
+                    wi = wi - lrT * wd * wi
+                }
+                let label = "\(T.self) mode \(mode) tensor \(k) element \(i)"
+                XCTAssertEqual(m[k].scalars(as: T.self)[i], mi, label)
+                XCTAssertEqual(v[k].scalars(as: T.self)[i], vi, label)
+                XCTAssertEqual(w[k].scalars(as: T.self)[i], wi, label)
+            }
+        }
     }
 
     func testAdamWModeZeroWithoutBiasCorrectionIsRejected() {
