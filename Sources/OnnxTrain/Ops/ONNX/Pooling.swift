@@ -193,6 +193,14 @@ extension MaxPoolOp {
             y.withUnsafeMutableBufferPointer(as: T.self) { py in
                 guard let X = px.baseAddress, let Y = py.baseAddress else { return }
                 Parallel.forRange(nc, minimumChunk: max(1, 8_192 / max(P, 1))) { channels in
+                    if T.self == Float.self && !columnMajor && I < Int(Int32.max) {
+                        let X = UnsafeRawPointer(X).assumingMemoryBound(to: Float.self)
+                        let Y = UnsafeMutableRawPointer(Y).assumingMemoryBound(to: Float.self)
+                        for ch in channels {
+                            maxPool2x2Float(X + ch * I, Y + ch * P, idx.map { $0 + ch * P }, base: Int64(ch * I), iw: iw, oh: oh, ow: ow)
+                        }
+                        return
+                    }
                     for ch in channels {
                         let src = X + ch * I, dst = Y + ch * P
                         for i in 0..<oh {
@@ -217,6 +225,49 @@ extension MaxPoolOp {
             }
         }
         return (y, indices)
+    }
+}
+
+/// One channel of the 2×2 stride-2 MaxPool in float32, eight outputs at a time: each input row
+/// pair is loaded as 16 lanes and split into even and odd columns; the taps are compared in
+/// row-major order with "strictly greater wins" as lane selects (so ties and NaNs resolve as in
+/// the scalar path), and the winning tap's flat index (`base` + spatial offset) is written when
+/// `indices` is given.
+@inline(__always)
+func maxPool2x2Float(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, _ indices: UnsafeMutablePointer<Int64>?,
+                     base: Int64, iw: Int, oh: Int, ow: Int) {
+    let lanes = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7)
+    for i in 0..<oh {
+        let r0 = src + 2 * i * iw, r1 = r0 + iw
+        let rowBase = base + Int64(2 * i * iw)
+        var j = 0
+        while j + 8 <= ow {
+            let a = UnsafeRawPointer(r0 + 2 * j).loadUnaligned(as: SIMD16<Float>.self)
+            let b = UnsafeRawPointer(r1 + 2 * j).loadUnaligned(as: SIMD16<Float>.self)
+            let v1 = a.oddHalf, v2 = b.evenHalf, v3 = b.oddHalf
+            var best = a.evenHalf
+            var tap = SIMD8<Int32>(repeating: 0)
+            let m1 = v1 .> best; best.replace(with: v1, where: m1); tap.replace(with: 1, where: m1)
+            let m2 = v2 .> best; best.replace(with: v2, where: m2); tap.replace(with: Int32(iw), where: m2)
+            let m3 = v3 .> best; best.replace(with: v3, where: m3); tap.replace(with: Int32(iw + 1), where: m3)
+            UnsafeMutableRawPointer(dst + i * ow + j).storeBytes(of: best, as: SIMD8<Float>.self)
+            if let indices {
+                let at = tap &+ (lanes &+ Int32(j)) &* 2
+                let out = indices + i * ow + j
+                for l in 0..<8 { out[l] = rowBase + Int64(at[l]) }
+            }
+            j += 8
+        }
+        while j < ow {
+            let v0 = r0[2 * j], v1 = r0[2 * j + 1], v2 = r1[2 * j], v3 = r1[2 * j + 1]
+            var best = v0, tap = 0
+            if v1 > best { best = v1; tap = 1 }
+            if v2 > best { best = v2; tap = iw }
+            if v3 > best { best = v3; tap = iw + 1 }
+            dst[i * ow + j] = best
+            indices?[i * ow + j] = rowBase + Int64(2 * j + tap)
+            j += 1
+        }
     }
 }
 
