@@ -146,6 +146,9 @@ extension Tensor {
     init(kernelUninitialized dtype: DType, shape: [Int], _ what: @autoclosure () -> String = "output") throws {
         let count = try Tensor.checkedElementCount(shape, what())
         precondition(dtype != .string, "string tensors are built from strings")
+        // Up to 1 GiB through the runtime's block cache (reused every step); beyond that a
+        // failed allocation is a KernelError.
+        if count * dtype.byteSize <= 1 << 30 { self.init(uninitialized: dtype, shape: shape); return }
         let bytes = max(count * dtype.byteSize, 64)
         var raw: UnsafeMutableRawPointer?
         guard posix_memalign(&raw, 64, bytes) == 0, let raw else {
