@@ -17,8 +17,9 @@ protocol ActivationFloat: FloatElement {
 }
 
 extension Float: ActivationFloat {
-    @inline(__always) static func erfValue(_ x: Float) -> Float { erff(x) }
-    @inline(__always) static func expValue(_ x: Float) -> Float { expf(x) }
+    // Branch-free float32 versions (FloatMath.swift), so the element loops vectorise.
+    @inline(__always) static func erfValue(_ x: Float) -> Float { FloatMath.erf(x) }
+    @inline(__always) static func expValue(_ x: Float) -> Float { FloatMath.exp(x) }
     @inline(__always) static func tanhValue(_ x: Float) -> Float { tanhf(x) }
 }
 
@@ -62,6 +63,45 @@ enum ActivationMath {
     }
 }
 
+/// One activation (or derivative) per struct, so the element loop specialises on it and
+/// inlines it (a closure would stay an indirect call per element inside the parallel loop).
+protocol ActivationElementFunction {
+    func callAsFunction<T: ActivationFloat>(_ x: T) -> T
+}
+struct ReluDerivative: ActivationElementFunction {
+    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { x > 0 ? 1 : 0 }
+}
+struct SigmoidDerivativeFromY: ActivationElementFunction {
+    @inline(__always) func callAsFunction<T: ActivationFloat>(_ y: T) -> T { y * (1 - y) }
+}
+struct TanhDerivativeFromY: ActivationElementFunction {
+    @inline(__always) func callAsFunction<T: ActivationFloat>(_ y: T) -> T { 1 - y * y }
+}
+struct GeluDerivative: ActivationElementFunction {
+    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { ActivationMath.geluGrad(x) }
+}
+struct FastGeluDerivative: ActivationElementFunction {
+    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { ActivationMath.fastGeluGrad(x) }
+}
+struct QuickGeluDerivative: ActivationElementFunction {
+    let alpha: Double
+    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { ActivationMath.quickGeluGrad(x, T(alpha)) }
+}
+struct LeakyReluDerivative: ActivationElementFunction {
+    let alpha: Double
+    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { x > 0 ? 1 : T(alpha) }
+}
+struct GeluForward: ActivationElementFunction {
+    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { ActivationMath.gelu(x) }
+}
+struct FastGeluForward: ActivationElementFunction {
+    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { ActivationMath.fastGelu(x) }
+}
+struct QuickGeluForward: ActivationElementFunction {
+    let alpha: Double
+    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { ActivationMath.quickGelu(x, T(alpha)) }
+}
+
 /// Which element-wise function a kernel applies.
 enum ActivationFunction {
     // Derivatives, multiplied into dY.
@@ -89,52 +129,67 @@ struct ActivationOp: FloatOperation {
 
     private func run<T: ActivationFloat>(_ type: T.Type) -> Tensor {
         switch function {
-        case .reluGrad: return apply(T.self) { $0 > 0 ? 1 : 0 }
-        case .sigmoidGradFromY: return apply(T.self) { $0 * (1 - $0) }
-        case .tanhGradFromY: return apply(T.self) { 1 - $0 * $0 }
-        case .geluGrad: return apply(T.self) { ActivationMath.geluGrad($0) }
-        case .fastGeluGrad: return apply(T.self) { ActivationMath.fastGeluGrad($0) }
-        case .quickGeluGrad(let alpha):
-            let a = T(alpha)
-            return apply(T.self) { ActivationMath.quickGeluGrad($0, a) }
-        case .leakyReluGrad(let alpha):
-            let a = T(alpha)
-            return apply(T.self) { $0 > 0 ? 1 : a }
-        case .gelu: return apply(T.self) { ActivationMath.gelu($0) }
-        case .fastGelu: return apply(T.self) { ActivationMath.fastGelu($0) }
-        case .quickGelu(let alpha):
-            let a = T(alpha)
-            return apply(T.self) { ActivationMath.quickGelu($0, a) }
+        case .reluGrad: return apply(T.self, ReluDerivative())
+        case .sigmoidGradFromY: return apply(T.self, SigmoidDerivativeFromY())
+        case .tanhGradFromY: return apply(T.self, TanhDerivativeFromY())
+        case .geluGrad: return apply(T.self, GeluDerivative())
+        case .fastGeluGrad: return apply(T.self, FastGeluDerivative())
+        case .quickGeluGrad(let alpha): return apply(T.self, QuickGeluDerivative(alpha: alpha))
+        case .leakyReluGrad(let alpha): return apply(T.self, LeakyReluDerivative(alpha: alpha))
+        case .gelu: return apply(T.self, GeluForward())
+        case .fastGelu: return apply(T.self, FastGeluForward())
+        case .quickGelu(let alpha): return apply(T.self, QuickGeluForward(alpha: alpha))
         }
     }
 
+    /// The element loop: rows of the bias length (the bias repeats per row), split across threads.
     @inline(__always)
-    private func apply<T: ActivationFloat>(_ type: T.Type, _ f: (T) -> T) -> Tensor {
+    private func apply<T: ActivationFloat, F: ActivationElementFunction>(_ type: T.Type, _ f: F) -> Tensor {
         var out = Tensor(uninitialized: T.dtype, shape: x.shape)
         let n = out.count
-        let zero = Tensor(zeros: T.dtype, shape: [1])
-        let b = bias ?? zero, nb = b.count
-        x.withUnsafeBufferPointer(as: T.self) { px in
-            b.withUnsafeBufferPointer(as: T.self) { pb in
-                out.withUnsafeMutableBufferPointer(as: T.self) { po in
-                    if let dy {
-                        dy.withUnsafeBufferPointer(as: T.self) { pg in
-                            if bias == nil {
-                                for i in 0..<n { po[i] = pg[i] * f(px[i]) }
-                            } else {
-                                for i in 0..<n { po[i] = pg[i] * f(px[i] + pb[i % nb]) }
+        guard n > 0 else { return out }
+        let cols = bias?.count ?? n
+        guard cols > 0 else { return out }
+        let rows = n / cols
+        x.withUnsafeBufferPointer(as: T.self) { bx in
+            out.withUnsafeMutableBufferPointer(as: T.self) { bo in
+                withOptionalPointer(bias, T.self) { pb in
+                    withOptionalPointer(dy, T.self) { pg in
+                        guard let px = bx.baseAddress, let po = bo.baseAddress else { return }
+                        if let pb {
+                            // x, dY, out: [rows, cols]; bias: [cols].
+                            Parallel.forRange(rows, minimumChunk: max(1, 16_384 / cols)) { range in
+                                for r in range {
+                                    let base = r * cols
+                                    if let pg {
+                                        for j in 0..<cols { po[base + j] = pg[base + j] * f(px[base + j] + pb[j]) }
+                                    } else {
+                                        for j in 0..<cols { po[base + j] = f(px[base + j] + pb[j]) }
+                                    }
+                                }
+                            }
+                        } else {
+                            Parallel.forRange(n, minimumChunk: 16_384) { range in
+                                if let pg {
+                                    for i in range { po[i] = pg[i] * f(px[i]) }
+                                } else {
+                                    for i in range { po[i] = f(px[i]) }
+                                }
                             }
                         }
-                    } else if bias == nil {
-                        for i in 0..<n { po[i] = f(px[i]) }
-                    } else {
-                        for i in 0..<n { po[i] = f(px[i] + pb[i % nb]) }
                     }
                 }
             }
         }
         return out
     }
+}
+
+/// Runs `body` with the tensor's element pointer, or nil when there is no tensor.
+@inline(__always)
+func withOptionalPointer<T, R>(_ t: Tensor?, _ type: T.Type, _ body: (UnsafePointer<T>?) -> R) -> R {
+    guard let t else { return body(nil) }
+    return t.withUnsafeBufferPointer(as: T.self) { body($0.baseAddress) }
 }
 
 /// B must be 1-D with the length of X's last axis.

@@ -59,9 +59,10 @@ struct FusedMatMulKernel: Kernel {
                         let matA = m * k, matB = k * n
                         var index = [Int](repeating: 0, count: batch.count)
                         var offA = 0, offB = 0
-                        for i in 0..<count {
-                            gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: T(alpha),
-                                 a: ya + offA * matA, lda: lda, b: yb + offB * matB, ldb: ldb, beta: T(0), c: yo + i * m * n, ldc: n)
+                        var offsets = [(Int, Int)]()
+                        offsets.reserveCapacity(count)
+                        for _ in 0..<count {
+                            offsets.append((offA * matA, offB * matB))
                             var d = batch.count - 1
                             while d >= 0 {
                                 index[d] += 1
@@ -70,6 +71,15 @@ struct FusedMatMulKernel: Kernel {
                                 offA -= sa[d] * batch[d]; offB -= sb[d] * batch[d]
                                 index[d] = 0
                                 d -= 1
+                            }
+                        }
+                        // Batch entries split across threads; each GEMM then runs single-threaded.
+                        let alphaT = T(alpha)
+                        Parallel.forRange(count, minimumChunk: max(1, (1 << 16) / max(1, m * n * k))) { range in
+                            for i in range {
+                                let (oa, ob) = offsets[i]
+                                gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alphaT,
+                                     a: ya + oa, lda: lda, b: yb + ob, ldb: ldb, beta: T(0), c: yo + i * m * n, ldc: n)
                             }
                         }
                     }

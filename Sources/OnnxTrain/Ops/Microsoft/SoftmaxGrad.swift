@@ -32,6 +32,7 @@ struct SoftmaxGradKernel: Kernel {
         let outer: Int, n: Int, inner: Int
         let log: Bool
         func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            if T.self == Float.self && inner == 1 && n > 0 { return floatRows() }
             var out = Tensor(uninitialized: T.dtype, shape: y.shape)
             dy.withUnsafeBufferPointer(as: T.self) { g in
                 y.withUnsafeBufferPointer(as: T.self) { p in
@@ -60,6 +61,38 @@ struct SoftmaxGradKernel: Kernel {
             }
             return out
         }
+    }
+}
+
+extension SoftmaxGradKernel.Compute {
+    /// float32 rows (dY, Y, dX: [outer, n]) in float, as onnxruntime computes them; rows split
+    /// across threads.
+    func floatRows() -> Tensor {
+        var out = Tensor(uninitialized: .float32, shape: y.shape)
+        let (rows, n, log) = (outer, self.n, self.log)
+        dy.withUnsafeBufferPointer(as: Float.self) { bg in
+            y.withUnsafeBufferPointer(as: Float.self) { by in
+                out.withUnsafeMutableBufferPointer(as: Float.self) { bo in
+                    guard let g = bg.baseAddress, let p = by.baseAddress, let o = bo.baseAddress else { return }
+                    Parallel.forRange(rows, minimumChunk: max(1, 8192 / n)) { range in
+                        for r in range {
+                            let pg = g + r * n, py = p + r * n, po = o + r * n
+                            if log {
+                                let sum = sumFloat(pg, n)
+                                for k in 0..<n { po[k] = pg[k] - FloatMath.exp(py[k]) * sum }
+                            } else {
+                                var acc = FloatVec8(), k = 0
+                                while k + 8 <= n { acc += load8(pg + k) * load8(py + k); k += 8 }
+                                var sum = acc.sum()
+                                while k < n { sum += pg[k] * py[k]; k += 1 }
+                                for k in 0..<n { po[k] = py[k] * (pg[k] - sum) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return out
     }
 }
 

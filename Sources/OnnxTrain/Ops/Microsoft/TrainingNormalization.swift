@@ -291,6 +291,7 @@ struct LayerNormGradKernel: Kernel {
         let scaleT = try inputs.tensor(2)
         let scale = try columnVector(scaleT, "scale", cols)
         _ = try commonFloatType([dyT, x], names: ["Y_grad", form == .invertible ? "Y" : "X"])
+        if form == .standard, let fast = try floatStandardGrad(inputs, dyT, x, scaleT, rows: rows, cols: cols) { return fast }
         // x̂ = (x − rowShift[r] − colShift[j]) · rowScale[r] · colScale[j] covers all three forms.
         var rowShift = [Double](repeating: 0, count: rows), rowScale = [Double](repeating: 1, count: rows)
         var colShift = [Double](repeating: 0, count: cols), colScale = [Double](repeating: 1, count: cols)
@@ -317,6 +318,44 @@ struct LayerNormGradKernel: Kernel {
         var out: [Value?] = [.tensor(dx), .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dScale))]
         if form != .simplified { out.append(.tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dBias))) }
         return out
+    }
+}
+
+extension LayerNormGradKernel {
+    /// LayerNormalizationGrad with every input float32: layerNormBackward (LayerNormFloat.swift),
+    /// in float like onnxruntime. nil for other types (the Double path below).
+    func floatStandardGrad(_ inputs: [Value?], _ dyT: Tensor, _ x: Tensor, _ scaleT: Tensor,
+                           rows: Int, cols: Int) throws -> [Value?]? {
+        let meanT = try inputs.tensor(3), invT = try inputs.tensor(4)
+        // Empty inputs take the general path (which also writes the zero sums).
+        guard rows > 0, cols > 0, [dyT, x, scaleT, meanT, invT].allSatisfy({ $0.dtype == .float32 }) else { return nil }
+        guard scaleT.count == cols else { throw KernelError("scale \(scaleT.shape) must hold \(cols) values (the normalized shape)") }
+        guard meanT.count == rows else { throw KernelError("mean \(meanT.shape) must hold \(rows) values (one per row)") }
+        guard invT.count == rows else { throw KernelError("inv_std_dev \(invT.shape) must hold \(rows) values (one per row)") }
+        var dx = Tensor(uninitialized: .float32, shape: x.shape)
+        var dScale = Tensor(uninitialized: .float32, shape: scaleT.shape), dBias = Tensor(uninitialized: .float32, shape: scaleT.shape)
+        dyT.withUnsafeBufferPointer(as: Float.self) { pg in
+            x.withUnsafeBufferPointer(as: Float.self) { px in
+                scaleT.withUnsafeBufferPointer(as: Float.self) { ps in
+                    meanT.withUnsafeBufferPointer(as: Float.self) { pm in
+                        invT.withUnsafeBufferPointer(as: Float.self) { pi in
+                            dx.withUnsafeMutableBufferPointer(as: Float.self) { po in
+                                dScale.withUnsafeMutableBufferPointer(as: Float.self) { pds in
+                                    dBias.withUnsafeMutableBufferPointer(as: Float.self) { pdb in
+                                        guard let g = pg.baseAddress, let xv = px.baseAddress, let sc = ps.baseAddress,
+                                              let ds = pds.baseAddress, let db = pdb.baseAddress else { return }
+                                        guard let m = pm.baseAddress, let i = pi.baseAddress, let o = po.baseAddress else { return }
+                                        layerNormBackward(dy: g, x: xv, scale: sc, mean: m, invStd: i, dx: o, dScale: ds, dBias: db,
+                                                          rows: rows, cols: cols)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return [.tensor(dx), .tensor(dScale), .tensor(dBias)]
     }
 }
 

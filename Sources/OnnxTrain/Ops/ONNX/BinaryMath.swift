@@ -156,13 +156,31 @@ func select(_ cond: Tensor, _ x: Tensor, _ y: Tensor) throws -> Tensor {
         offsets { o, oc, ox, oy in out[o] = c[oc] ? xs[ox] : ys[oy] }
         return Tensor(shape: outShape, strings: out)
     }
+    // Each input a scalar or the output shape's trailing dims (a [T, T] mask under [B, H, T, T]
+    // scores): input element = output element mod its count, so runs of `period` are contiguous.
+    let suffixOnly = [cond.shape, x.shape, y.shape].allSatisfy { s in
+        let dims = Array(s.drop(while: { $0 == 1 }))
+        return dims.count <= rank && Array(outShape.suffix(dims.count)) == dims
+    }
+    let period = [cond.count, x.count, y.count].filter { $0 > 1 }.min() ?? 1
     func copy<E>(_ type: E.Type) -> Tensor {
         var out = Tensor(uninitialized: x.dtype, shape: outShape)
         cond.withUnsafeBufferPointer(as: Bool.self) { pc in
             x.withUnsafeBufferPointer(as: E.self) { px in
                 y.withUnsafeBufferPointer(as: E.self) { py in
                     out.withUnsafeMutableBufferPointer(as: E.self) { po in
-                        offsets { o, oc, ox, oy in po[o] = pc[oc] ? px[ox] : py[oy] }
+                        guard suffixOnly, n > 0 else {
+                            offsets { o, oc, ox, oy in po[o] = pc[oc] ? px[ox] : py[oy] }
+                            return
+                        }
+                        let (cc, cx, cy) = (cond.count, x.count, y.count)
+                        let (sc, sx, sy) = (cc == 1 ? 0 : 1, cx == 1 ? 0 : 1, cy == 1 ? 0 : 1)
+                        var o = 0
+                        while o < n {
+                            let (bc, bx, by) = (o % cc, o % cx, o % cy)
+                            for j in 0..<period { po[o + j] = pc[bc + j * sc] ? px[bx + j * sx] : py[by + j * sy] }
+                            o += period
+                        }
                     }
                 }
             }

@@ -51,7 +51,8 @@ struct MatMulShape {
 /// Batched matmul of float tensors through BLAS. A [..., M, K] · B [..., K, N] -> [..., M, N].
 func floatMatMul<T: FloatElement>(_ a: Tensor, _ b: Tensor, _ type: T.Type) throws -> Tensor {
     let s = try MatMulShape(a.shape, b.shape)
-    var out = Tensor(zeros: T.dtype, shape: s.outShape)
+    // Every element is written by a GEMM (beta 0; BLAS.sgemm writes zeros when k == 0).
+    var out = Tensor(uninitialized: T.dtype, shape: s.outShape)
     let (m, k, n) = (s.m, s.k, s.n)
     a.withUnsafeBufferPointer(as: T.self) { pa in
         b.withUnsafeBufferPointer(as: T.self) { pb in
@@ -63,9 +64,15 @@ func floatMatMul<T: FloatElement>(_ a: Tensor, _ b: Tensor, _ type: T.Type) thro
                          b: B, ldb: n, beta: 0, c: C, ldc: n)
                     return
                 }
-                for (i, (oa, ob)) in s.batchOffsets().enumerated() {
-                    gemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: A + oa * m * k, lda: k,
-                         b: B + ob * k * n, ldb: n, beta: 0, c: C + i * m * n, ldc: n)
+                // Batch entries split across threads (each GEMM then runs single-threaded): attention's
+                // [B, H, T, d] products are many GEMMs too small for BLAS to thread.
+                let offsets = s.batchOffsets()
+                Parallel.forRange(offsets.count, minimumChunk: max(1, (1 << 16) / max(1, m * n * k))) { range in
+                    for i in range {
+                        let (oa, ob) = offsets[i]
+                        gemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: A + oa * m * k, lda: k,
+                             b: B + ob * k * n, ldb: n, beta: 0, c: C + i * m * n, ldc: n)
+                    }
                 }
             }
         }

@@ -170,6 +170,7 @@ struct LayerNormKernel: Kernel {
         guard scale.dtype == x.dtype, bias.map({ $0.dtype == x.dtype }) ?? true else {
             throw KernelError("Scale (\(scale.dtype)) and B (\(bias.map { "\($0.dtype)" } ?? "absent")) must have X's type \(x.dtype)")
         }
+        if x.dtype == .float32, let fast = floatLayerNorm(x, scale, bias, axis: a) { return fast }
         let outs = try withFloatCompute([x, scale, bias]) { t in
             try dispatchFloat(t[0]!.dtype, Op(x: t[0]!, scale: t[1]!, bias: t[2], axis: a, epsilon: epsilon))
         }
@@ -181,6 +182,35 @@ struct LayerNormKernel: Kernel {
             }
             return .tensor(t)
         }
+    }
+
+    /// The float32 path (LayerNormFloat.swift) when Scale and B cover the normalized shape
+    /// element for element; nil otherwise (general broadcasting takes the path above).
+    private func floatLayerNorm(_ x: Tensor, _ scale: Tensor, _ bias: Tensor?, axis: Int) -> [Value?]? {
+        let normShape = Array(x.shape[axis...])
+        let cols = Tensor.elementCount(normShape), rows = Tensor.elementCount(Array(x.shape[..<axis]))
+        func covers(_ t: Tensor) -> Bool { t.count == cols && (try? Broadcast.shape(normShape, t.shape)) == normShape }
+        guard cols > 0, covers(scale), bias.map(covers) ?? true else { return nil }
+        let statShape = Array(x.shape[..<axis]) + Array(repeating: 1, count: x.rank - axis)
+        var y = Tensor(uninitialized: .float32, shape: x.shape)
+        var mean = Tensor(uninitialized: .float32, shape: statShape), invStd = Tensor(uninitialized: .float32, shape: statShape)
+        x.withUnsafeBufferPointer(as: Float.self) { px in
+            scale.withUnsafeBufferPointer(as: Float.self) { ps in
+                withOptionalPointer(bias, Float.self) { pb in
+                    y.withUnsafeMutableBufferPointer(as: Float.self) { py in
+                        mean.withUnsafeMutableBufferPointer(as: Float.self) { pm in
+                            invStd.withUnsafeMutableBufferPointer(as: Float.self) { pi in
+                                guard let x = px.baseAddress, let s = ps.baseAddress, let y = py.baseAddress,
+                                      let m = pm.baseAddress, let i = pi.baseAddress else { return }
+                                layerNormForward(x: x, scale: s, bias: pb, y: y, mean: m, invStd: i,
+                                                 rows: rows, cols: cols, epsilon: Float(epsilon))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return [.tensor(y), .tensor(mean), .tensor(invStd)]
     }
 }
 

@@ -7,6 +7,7 @@ struct SoftmaxOperation: RealOperation {
     let x: Tensor, outer: Int, n: Int, inner: Int, kind: SoftmaxKind
 
     func callAsFunction<T: RealElement>(_ type: T.Type) throws -> Tensor {
+        if T.self == Float.self && inner == 1 && n > 0 && kind != .hardmax { return floatRows() }
         // x, out: [outer, n, inner], normalised along n.
         var out = Tensor(uninitialized: T.dtype, shape: x.shape)
         let (outer, n, inner, kind) = (self.outer, self.n, self.inner, self.kind)
@@ -35,6 +36,38 @@ struct SoftmaxOperation: RealOperation {
                             for k in 0..<n { sum += T.exp(px[base + k * inner] - m) }
                             let shift = m + T.log(sum)
                             for k in 0..<n { po[base + k * inner] = px[base + k * inner] - shift }
+                        }
+                    }
+                }
+            }
+        }
+        return out
+    }
+}
+
+extension SoftmaxOperation {
+    /// float32 rows (x, out: [outer, n]) with the vectorised FloatMath.exp, rows split across
+    /// threads. Softmax multiplies by 1/Σ, as onnxruntime's MLAS kernel does.
+    func floatRows() -> Tensor {
+        var out = Tensor(uninitialized: .float32, shape: x.shape)
+        let (rows, n, log) = (outer, self.n, kind == .logSoftmax)
+        x.withUnsafeBufferPointer(as: Float.self) { bx in
+            out.withUnsafeMutableBufferPointer(as: Float.self) { bo in
+                guard let x = bx.baseAddress, let out = bo.baseAddress else { return }
+                Parallel.forRange(rows, minimumChunk: max(1, 4096 / n)) { range in
+                    for r in range {
+                        let px = x + r * n, po = out + r * n
+                        // The max is subtracted first so exp cannot overflow.
+                        var m = px[0]
+                        for k in 1..<n where px[k] > m { m = px[k] }
+                        for k in 0..<n { po[k] = FloatMath.exp(px[k] - m) }
+                        let sum = sumFloat(po, n)
+                        if log {
+                            let shift = m + Float.log(sum)
+                            for k in 0..<n { po[k] = px[k] - shift }
+                        } else {
+                            let scale = 1 / sum
+                            for k in 0..<n { po[k] *= scale }
                         }
                     }
                 }

@@ -123,13 +123,20 @@ extension StridedCopy {
         let others = (0..<rank).filter { $0 != p && $0 != last }
         let rows = shape[p], cols = shape[last]
         let colStride = strides[last], rowStride = outStrides[p]
-        var index = [Int](repeating: 0, count: others.count)
-        for _ in 0..<others.reduce(1, { $0 * shape[$1] }) {
-            var sBase = offset, dBase = 0
-            for (k, d) in others.enumerated() { sBase += index[k] * strides[d]; dBase += index[k] * outStrides[d] }
-            var i0 = 0
-            while i0 < rows {
-                let i1 = min(i0 + tile, rows)
+        let otherShape = others.map { shape[$0] }, otherCount = otherShape.reduce(1, *)
+        let otherSource = others.map { strides[$0] }, otherDest = others.map { outStrides[$0] }
+        let rowTiles = (rows + tile - 1) / tile
+        let offset = self.offset
+        // Work items: (index over the other axes, band of `tile` rows), split across threads.
+        Parallel.forRange(otherCount * rowTiles, minimumChunk: max(1, 16_384 / max(1, tile * cols))) { items in
+            for item in items {
+                var rest = item / rowTiles, sBase = offset, dBase = 0
+                for k in stride(from: others.count - 1, through: 0, by: -1) {
+                    let i = rest % otherShape[k]
+                    rest /= otherShape[k]
+                    sBase += i * otherSource[k]; dBase += i * otherDest[k]
+                }
+                let i0 = (item % rowTiles) * tile, i1 = min(i0 + tile, rows)
                 var j0 = 0
                 while j0 < cols {
                     let j1 = min(j0 + tile, cols)
@@ -140,14 +147,6 @@ extension StridedCopy {
                     }
                     j0 = j1
                 }
-                i0 = i1
-            }
-            var k = others.count - 1
-            while k >= 0 {
-                index[k] += 1
-                if index[k] < shape[others[k]] { break }
-                index[k] = 0
-                k -= 1
             }
         }
     }

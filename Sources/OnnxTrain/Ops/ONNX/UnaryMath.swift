@@ -66,8 +66,12 @@ struct AcoshFunction: RealUnaryFunction {
 struct AtanhFunction: RealUnaryFunction {
     @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.atanh(x) }
 }
+/// float32 through FloatMath.erf (within 1 ulp, vectorises); other types through libm.
 struct ErfFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.erf(x) }
+    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T {
+        if T.self == Float.self { return unsafeBitCast(FloatMath.erf(unsafeBitCast(x, to: Float.self)), to: T.self) }
+        return T.erf(x)
+    }
 }
 
 /// Clip to [low, high]; NaN passes through. Bounds are kept as tensors of the input type.

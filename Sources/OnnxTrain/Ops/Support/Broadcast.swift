@@ -80,11 +80,20 @@ public func broadcastBinary<A, B, R>(_ a: Tensor, _ b: Tensor, _ aType: A.Type, 
                     var index = [Int](repeating: 0, count: rank)
                     var offA = 0, offB = 0, o = 0
                     while o < n {
-                        var x = offA, y = offB
-                        for _ in 0..<inner {
-                            po[o] = body(pa[x], pb[y])
-                            o += 1; x += ia; y += ib
+                        // Rows of the last dim: contiguous or repeated operands get loops that vectorise.
+                        let x = offA, y = offB
+                        if ia == 1 && ib == 1 {
+                            for k in 0..<inner { po[o + k] = body(pa[x + k], pb[y + k]) }
+                        } else if ia == 0 && ib == 1 {
+                            let s = pa[x]
+                            for k in 0..<inner { po[o + k] = body(s, pb[y + k]) }
+                        } else if ia == 1 && ib == 0 {
+                            let s = pb[y]
+                            for k in 0..<inner { po[o + k] = body(pa[x + k], s) }
+                        } else {
+                            for k in 0..<inner { po[o + k] = body(pa[x + k * ia], pb[y + k * ib]) }
                         }
+                        o += inner
                         // Advance the outer index (all dims but the last).
                         var d = rank - 2
                         while d >= 0 {
