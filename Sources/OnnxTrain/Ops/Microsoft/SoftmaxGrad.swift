@@ -75,24 +75,28 @@ extension SoftmaxGradKernel.Compute {
                 out.withUnsafeMutableBufferPointer(as: Float.self) { bo in
                     guard let g = bg.baseAddress, let p = by.baseAddress, let o = bo.baseAddress else { return }
                     Parallel.forRange(rows, minimumChunk: max(1, 8192 / n)) { range in
-                        for r in range {
-                            let pg = g + r * n, py = p + r * n, po = o + r * n
-                            if log {
-                                let sum = sumFloat(pg, n)
-                                for k in 0..<n { po[k] = pg[k] - FloatMath.exp(py[k]) * sum }
-                            } else {
-                                var acc = FloatVec8(), k = 0
-                                while k + 8 <= n { acc += load8(pg + k) * load8(py + k); k += 8 }
-                                var sum = acc.sum()
-                                while k < n { sum += pg[k] * py[k]; k += 1 }
-                                for k in 0..<n { po[k] = py[k] * (pg[k] - sum) }
-                            }
-                        }
+                        for r in range { softmaxGradRow(g + r * n, p + r * n, o + r * n, n, log: log) }
                     }
                 }
             }
         }
         return out
+    }
+}
+
+/// One float32 row: softmax dx = y·(dy − Σ dy·y), log-softmax dx = dy − exp(y)·Σ dy (a function of
+/// its own so its loops vectorise).
+@inline(never)
+func softmaxGradRow(_ pg: UnsafePointer<Float>, _ py: UnsafePointer<Float>, _ po: UnsafeMutablePointer<Float>, _ n: Int, log: Bool) {
+    if log {
+        let sum = sumFloat(pg, n)
+        for k in 0..<n { po[k] = pg[k] - FloatMath.exp(py[k]) * sum }
+    } else {
+        var acc = FloatVec8(), k = 0
+        while k + 8 <= n { acc += load8(pg + k) * load8(py + k); k += 8 }
+        var sum = acc.sum()
+        while k < n { sum += pg[k] * py[k]; k += 1 }
+        for k in 0..<n { po[k] = py[k] * (pg[k] - sum) }
     }
 }
 

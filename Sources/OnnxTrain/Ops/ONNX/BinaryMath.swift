@@ -178,7 +178,15 @@ func select(_ cond: Tensor, _ x: Tensor, _ y: Tensor) throws -> Tensor {
                         var o = 0
                         while o < n {
                             let (bc, bx, by) = (o % cc, o % cx, o % cy)
-                            for j in 0..<period { po[o + j] = pc[bc + j * sc] ? px[bx + j * sx] : py[by + j * sy] }
+                            if sc == 1 && sx == 0 && sy == 1 {  // a masked fill: Where(mask, constant, scores)
+                                let v = px[bx]
+                                for j in 0..<period { po[o + j] = pc[bc + j] ? v : py[by + j] }
+                            } else if sc == 1 && sx == 1 && sy == 0 {
+                                let v = py[by]
+                                for j in 0..<period { po[o + j] = pc[bc + j] ? px[bx + j] : v }
+                            } else {
+                                for j in 0..<period { po[o + j] = pc[bc + j * sc] ? px[bx + j * sx] : py[by + j * sy] }
+                            }
                             o += period
                         }
                     }

@@ -33,6 +33,9 @@ typealias FloatVec8 = SIMD8<Float>
     return s
 }
 
+// The row loops are functions of their own, called from the Parallel.forRange closures: LLVM
+// vectorises loops over plain pointer arguments but not the same loops inside those closures.
+
 /// layernorm_forward: x, y [rows, cols]; scale, bias [cols] (bias optional); mean, invStd [rows].
 func layerNormForward(x: UnsafePointer<Float>, scale: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                       y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>, invStd: UnsafeMutablePointer<Float>,
@@ -40,19 +43,24 @@ func layerNormForward(x: UnsafePointer<Float>, scale: UnsafePointer<Float>, bias
     guard rows > 0, cols > 0 else { return }
     Parallel.forRange(rows, minimumChunk: max(1, 8192 / cols)) { range in
         for r in range {
-            let px = x + r * cols, py = y + r * cols
-            let m = sumFloat(px, cols) / Float(cols)
-            let v = squaredDeviationSum(px, cols, m) / Float(cols)
-            let s = 1 / (v + epsilon).squareRoot()
-            mean[r] = m
-            invStd[r] = s
-            if let bias {
-                for j in 0..<cols { py[j] = (px[j] - m) * s * scale[j] + bias[j] }
-            } else {
-                for j in 0..<cols { py[j] = (px[j] - m) * s * scale[j] }
-            }
+            (mean[r], invStd[r]) = layerNormRow(x + r * cols, scale, bias, y + r * cols, cols, epsilon)
         }
     }
+}
+
+/// One row of layernorm_forward; returns its mean and 1/std.
+@inline(never)
+func layerNormRow(_ px: UnsafePointer<Float>, _ scale: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
+                  _ py: UnsafeMutablePointer<Float>, _ cols: Int, _ epsilon: Float) -> (Float, Float) {
+    let m = sumFloat(px, cols) / Float(cols)
+    let v = squaredDeviationSum(px, cols, m) / Float(cols)
+    let s = 1 / (v + epsilon).squareRoot()
+    if let bias {
+        for j in 0..<cols { py[j] = (px[j] - m) * s * scale[j] + bias[j] }
+    } else {
+        for j in 0..<cols { py[j] = (px[j] - m) * s * scale[j] }
+    }
+    return (m, s)
 }
 
 /// layernorm_backward: dy, x, dx [rows, cols]; scale, dScale, dBias [cols]; mean, invStd [rows].
@@ -67,39 +75,54 @@ func layerNormBackward(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, scale:
     guard cols > 0 else { return }
     Parallel.forRange(rows, minimumChunk: max(1, 4096 / cols)) { range in
         for r in range {
-            let pg = dy + r * cols, px = x + r * cols, po = dx + r * cols
-            let m = mean[r], s = invStd[r]
-            let mv = FloatVec8(repeating: m), sv = FloatVec8(repeating: s)
-            var accB = FloatVec8(), accC = FloatVec8(), j = 0
-            while j + 8 <= cols {
-                let b = load8(pg + j) * load8(scale + j)
-                accB += b
-                accC += b * ((load8(px + j) - mv) * sv)
-                j += 8
-            }
-            var sumB = accB.sum(), sumC = accC.sum()
-            while j < cols {
-                let b = pg[j] * scale[j]
-                sumB += b
-                sumC += b * ((px[j] - m) * s)
-                j += 1
-            }
-            let meanB = sumB / Float(cols), meanC = sumC / Float(cols)
-            for j in 0..<cols {
-                let xhat = (px[j] - m) * s
-                po[j] = s * (pg[j] * scale[j] - meanB - xhat * meanC)
-            }
+            layerNormGradRow(dy + r * cols, x + r * cols, scale, mean[r], invStd[r], dx + r * cols, cols)
         }
     }
     Parallel.forRange(cols, minimumChunk: 32) { range in
-        for j in range { dScale[j] = 0; dBias[j] = 0 }
-        for r in 0..<rows {
-            let pg = dy + r * cols, px = x + r * cols
-            let m = mean[r], s = invStd[r]
-            for j in range {
-                dScale[j] += pg[j] * ((px[j] - m) * s)
-                dBias[j] += pg[j]
-            }
+        layerNormColumnSums(dy, x, mean, invStd, dScale, dBias, rows: rows, cols: cols, columns: range)
+    }
+}
+
+/// dx of one row of layernorm_backward.
+@inline(never)
+func layerNormGradRow(_ pg: UnsafePointer<Float>, _ px: UnsafePointer<Float>, _ scale: UnsafePointer<Float>, _ m: Float, _ s: Float,
+                      _ po: UnsafeMutablePointer<Float>, _ cols: Int) {
+    let mv = FloatVec8(repeating: m), sv = FloatVec8(repeating: s)
+    var accB = FloatVec8(), accC = FloatVec8(), j = 0
+    while j + 8 <= cols {
+        let b = load8(pg + j) * load8(scale + j)
+        accB += b
+        accC += b * ((load8(px + j) - mv) * sv)
+        j += 8
+    }
+    var sumB = accB.sum(), sumC = accC.sum()
+    while j < cols {
+        let b = pg[j] * scale[j]
+        sumB += b
+        sumC += b * ((px[j] - m) * s)
+        j += 1
+    }
+    let meanB = sumB / Float(cols), meanC = sumC / Float(cols)
+    for j in 0..<cols {
+        let xhat = (px[j] - m) * s
+        po[j] = s * (pg[j] * scale[j] - meanB - xhat * meanC)
+    }
+}
+
+/// dScale[j] = Σ_r dy[r, j]·x̂[r, j] and dBias[j] = Σ_r dy[r, j] for j in `columns`, rows in order.
+@inline(never)
+func layerNormColumnSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ mean: UnsafePointer<Float>, _ invStd: UnsafePointer<Float>,
+                         _ dScale: UnsafeMutablePointer<Float>, _ dBias: UnsafeMutablePointer<Float>,
+                         rows: Int, cols: Int, columns: Range<Int>) {
+    let j0 = columns.lowerBound, width = columns.count
+    let ds = dScale + j0, db = dBias + j0
+    for j in 0..<width { ds[j] = 0; db[j] = 0 }
+    for r in 0..<rows {
+        let pg = dy + r * cols + j0, px = x + r * cols + j0
+        let m = mean[r], s = invStd[r]
+        for j in 0..<width {
+            ds[j] += pg[j] * ((px[j] - m) * s)
+            db[j] += pg[j]
         }
     }
 }

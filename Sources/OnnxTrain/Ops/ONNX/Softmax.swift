@@ -55,25 +55,29 @@ extension SoftmaxOperation {
             out.withUnsafeMutableBufferPointer(as: Float.self) { bo in
                 guard let x = bx.baseAddress, let out = bo.baseAddress else { return }
                 Parallel.forRange(rows, minimumChunk: max(1, 4096 / n)) { range in
-                    for r in range {
-                        let px = x + r * n, po = out + r * n
-                        // The max is subtracted first so exp cannot overflow.
-                        var m = px[0]
-                        for k in 1..<n where px[k] > m { m = px[k] }
-                        for k in 0..<n { po[k] = FloatMath.exp(px[k] - m) }
-                        let sum = sumFloat(po, n)
-                        if log {
-                            let shift = m + Float.log(sum)
-                            for k in 0..<n { po[k] = px[k] - shift }
-                        } else {
-                            let scale = 1 / sum
-                            for k in 0..<n { po[k] *= scale }
-                        }
-                    }
+                    for r in range { softmaxRow(x + r * n, out + r * n, n, log: log) }
                 }
             }
         }
         return out
+    }
+}
+
+/// One float32 row of softmax or log-softmax (a function of its own so its loops vectorise; they
+/// stay scalar inside the Parallel.forRange closure).
+@inline(never)
+func softmaxRow(_ px: UnsafePointer<Float>, _ po: UnsafeMutablePointer<Float>, _ n: Int, log: Bool) {
+    // The max is subtracted first so exp cannot overflow.
+    var m = px[0]
+    for k in 1..<n where px[k] > m { m = px[k] }
+    for k in 0..<n { po[k] = FloatMath.exp(px[k] - m) }
+    let sum = sumFloat(po, n)
+    if log {
+        let shift = m + Float.log(sum)
+        for k in 0..<n { po[k] = px[k] - shift }
+    } else {
+        let scale = 1 / sum
+        for k in 0..<n { po[k] *= scale }
     }
 }
 
