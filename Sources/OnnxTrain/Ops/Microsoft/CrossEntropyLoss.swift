@@ -112,6 +112,18 @@ private struct ClassIndexLossGradRows: FloatOperation {
     func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         var out = Tensor(uninitialized: T.dtype, shape: logProb.shape)
         let (classes, inner) = (classes, inner)
+        if T.self == Float.self && inner == 1 {
+            // float32 [N, C]: one vectorised row function per sample, in float as onnxruntime.
+            logProb.withUnsafeBufferPointer(as: Float.self) { lp in
+                out.withUnsafeMutableBufferPointer(as: Float.self) { po in
+                    guard let lp = lp.baseAddress, let po = po.baseAddress else { return }
+                    Parallel.forRange(n, minimumChunk: max(1, 4096 / max(classes, 1))) { rows in
+                        for i in rows { lossGradRow(lp + i * classes, po + i * classes, classes, label: labels[i], scale: Float(scale[i])) }
+                    }
+                }
+            }
+            return out
+        }
         logProb.withUnsafeBufferPointer(as: T.self) { lp in
             out.withUnsafeMutableBufferPointer(as: T.self) { po in
                 labels.withUnsafeBufferPointer { labels in
@@ -135,6 +147,14 @@ private struct ClassIndexLossGradRows: FloatOperation {
         }
         return out
     }
+}
+
+/// One float32 row of the class-index loss gradient: (e^log_prob − [c == label])·scale (a
+/// function of its own so the loop vectorises; it stays scalar inside a Parallel.forRange closure).
+@inline(never)
+private func lossGradRow(_ lp: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ classes: Int, label: Int, scale: Float) {
+    for c in 0..<classes { out[c] = FloatMath.exp(lp[c]) * scale }
+    if label >= 0 && label < classes { out[label] = (FloatMath.exp(lp[label]) - 1) * scale }
 }
 
 /// SoftmaxCrossEntropyLossGrad(dY, log_prob, label, weight?; reduction, ignore_index).

@@ -50,7 +50,7 @@ private struct Accumulate: InPlaceBody {
                     if overwrite {
                         (base + r.lowerBound).update(from: src + r.lowerBound, count: r.count)
                     } else {
-                        for i in r { base[i] += src[i] }
+                        addInto(base + r.lowerBound, src + r.lowerBound, r.count)
                     }
                 }
             }
@@ -68,6 +68,13 @@ private struct Accumulate: InPlaceBody {
             for i in 0..<n { p[i] = T(fromDouble: p[i].doubleValue + v[i].doubleValue) }
         }
     }
+}
+
+/// dst[0..<n] += src[0..<n] (a function of its own so the loop vectorises; it stays scalar inside
+/// a Parallel.forRange closure).
+@inline(never)
+private func addInto<T: FloatElement>(_ dst: UnsafeMutablePointer<T>, _ src: UnsafePointer<T>, _ n: Int) {
+    for i in 0..<n { dst[i] += src[i] }
 }
 
 /// Checks that value broadcasts *into* the buffer's shape (it must not enlarge it).

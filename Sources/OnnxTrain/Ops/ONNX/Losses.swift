@@ -51,6 +51,19 @@ func nllLoss<T: FloatElement>(_ logProb: Tensor, targets: [Int], weights: [Doubl
 func logSoftmaxChannels<T: FloatElement>(_ x: Tensor, _ type: T.Type) -> Tensor {
     let n = x.shape[0], c = x.shape[1], inner = Tensor.elementCount(Array(x.shape.dropFirst(2)))
     var y = Tensor(uninitialized: T.dtype, shape: x.shape)
+    if T.self == Float.self && inner == 1 && c > 0 {
+        // float32 [N, C] logits (a classifier's): Softmax's vectorised float rows, as onnxruntime
+        // computes them in float.
+        x.withUnsafeBufferPointer(as: Float.self) { px in
+            y.withUnsafeMutableBufferPointer(as: Float.self) { py in
+                guard let px = px.baseAddress, let py = py.baseAddress else { return }
+                Parallel.forRange(n, minimumChunk: max(1, 4096 / c)) { rows in
+                    for r in rows { softmaxRow(px + r * c, py + r * c, c, log: true) }
+                }
+            }
+        }
+        return y
+    }
     x.withUnsafeBufferPointer(as: T.self) { px in
         y.withUnsafeMutableBufferPointer(as: T.self) { py in
             guard let px = px.baseAddress, let py = py.baseAddress else { return }
