@@ -139,6 +139,7 @@ struct ConvGradKernel: Kernel {
 /// closer to the exact sum than one running total).
 @inline(__always)
 func rowSum<T: FloatElement>(_ p: UnsafePointer<T>, _ count: Int) -> T {
+    if T.self == Float.self { return unsafeBitCast(rowSumFloat(UnsafeRawPointer(p), count), to: T.self) }
     var acc = (T.zero, T.zero, T.zero, T.zero, T.zero, T.zero, T.zero, T.zero)
     var i = 0
     while i + 8 <= count {
@@ -156,4 +157,20 @@ func registerConvGradOps(_ registry: OpRegistry) {
         ConvGradKernel(window: try WindowAttributes(ctx), group: try ctx.int("group", default: 1),
                        wantX: ctx.hasOutput(0), wantW: ctx.hasOutput(1), wantB: ctx.hasOutput(2))
     }
+}
+
+/// `rowSum` for float32: eight lanes of eight-wide partial sums.
+@inline(__always)
+func rowSumFloat(_ p: UnsafeRawPointer, _ count: Int) -> Float {
+    var a0 = SIMD8<Float>(), a1 = SIMD8<Float>()
+    var i = 0
+    while i + 16 <= count {
+        a0 += p.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+        a1 += p.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
+        i += 16
+    }
+    var tail: Float = 0
+    let f = p.assumingMemoryBound(to: Float.self)
+    while i < count { tail += f[i]; i += 1 }
+    return (a0 + a1).sum() + tail
 }

@@ -103,6 +103,21 @@ struct BatchNormForward: FloatOperation {
 /// Σ (p[i] − mu)² over `count` contiguous values, in eight interleaved partial sums.
 @inline(__always)
 func squaredDeviationSum<T: FloatElement>(_ p: UnsafePointer<T>, _ count: Int, _ mu: T) -> T {
+    if T.self == Float.self {
+        let raw = UnsafeRawPointer(p), m = unsafeBitCast(mu, to: Float.self), mv = SIMD8<Float>(repeating: m)
+        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>()
+        var i = 0
+        while i + 16 <= count {
+            let d0 = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) - mv
+            let d1 = raw.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self) - mv
+            a0 += d0 * d0; a1 += d1 * d1
+            i += 16
+        }
+        var tail: Float = 0
+        let f = raw.assumingMemoryBound(to: Float.self)
+        while i < count { let d = f[i] - m; tail += d * d; i += 1 }
+        return unsafeBitCast((a0 + a1).sum() + tail, to: T.self)
+    }
     var acc = (T.zero, T.zero, T.zero, T.zero, T.zero, T.zero, T.zero, T.zero)
     var i = 0
     while i + 8 <= count {
@@ -202,6 +217,25 @@ struct BatchNormBackward: FloatOperation {
 /// (Σ g[i], Σ g[i]·(x[i] − mu)) over `count` contiguous values, in four interleaved partial sums each.
 @inline(__always)
 func sumAndCrossDeviation<T: FloatElement>(_ g: UnsafePointer<T>, _ x: UnsafePointer<T>, _ count: Int, _ mu: T) -> (T, T) {
+    if T.self == Float.self {
+        let rg = UnsafeRawPointer(g), rx = UnsafeRawPointer(x)
+        let m = unsafeBitCast(mu, to: Float.self), mv = SIMD8<Float>(repeating: m)
+        var s0 = SIMD8<Float>(), s1 = SIMD8<Float>(), c0 = SIMD8<Float>(), c1 = SIMD8<Float>()
+        var i = 0
+        while i + 16 <= count {
+            let g0 = rg.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            let g1 = rg.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
+            let x0 = rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            let x1 = rx.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
+            s0 += g0; s1 += g1
+            c0 += g0 * (x0 - mv); c1 += g1 * (x1 - mv)
+            i += 16
+        }
+        var ts: Float = 0, tc: Float = 0
+        let fg = rg.assumingMemoryBound(to: Float.self), fx = rx.assumingMemoryBound(to: Float.self)
+        while i < count { ts += fg[i]; tc += fg[i] * (fx[i] - m); i += 1 }
+        return (unsafeBitCast((s0 + s1).sum() + ts, to: T.self), unsafeBitCast((c0 + c1).sum() + tc, to: T.self))
+    }
     var s0 = T.zero, s1 = T.zero, s2 = T.zero, s3 = T.zero
     var c0 = T.zero, c1 = T.zero, c2 = T.zero, c3 = T.zero
     var i = 0

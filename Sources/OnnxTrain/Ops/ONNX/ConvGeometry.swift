@@ -285,6 +285,16 @@ func col2im<T: FloatElement>(_ col: UnsafePointer<T>, channels: Int, _ g: ConvGe
     for k in 0..<K {
         let tap = taps[k]
         let lo = tap.lo, hi = tap.hi, first = tap.first, step = tap.step
+        if tap.contiguous && lo == 0 && hi == lastOut {
+            // Every column of rows rowLo..<rowHi is valid: one run per channel.
+            let start = tap.bases[tap.rowLo] + first, outStart = tap.rowLo * lastOut
+            let n = (tap.rowHi - tap.rowLo) * lastOut
+            for c in 0..<channels {
+                let dst = x + c * I + start, src = col + (c * K + k) * P + outStart
+                for j in 0..<n { dst[j] += src[j] }
+            }
+            continue
+        }
         tap.bases.withUnsafeBufferPointer { bases in
             for c in 0..<channels {
                 let dstImage = x + c * I
