@@ -33,6 +33,20 @@ final class FloatKernelTests: XCTestCase {
         XCTAssertTrue(FloatMath.erf(.nan).isNaN)
     }
 
+    func testRationalErfWithin5e7OfLibm() {
+        var worst: Float = 0, at: Float = 0
+        var x: Float = -6
+        while x < 6 {
+            let err = (FloatMath.erfRational(x) - Float(erf(Double(x)))).magnitude
+            if !(err <= worst) { worst = err; at = x }
+            for _ in 0..<61 { x = x.nextUp }
+        }
+        XCTAssertLessThanOrEqual(worst, 5e-7, "rational erf is off by \(worst) at \(at)")
+        XCTAssertEqual(FloatMath.erfRational(.infinity), 1, accuracy: 5e-7)
+        XCTAssertEqual(FloatMath.erfRational(-.infinity), -1, accuracy: 5e-7)
+        XCTAssertTrue(FloatMath.erfRational(.nan).isNaN)
+    }
+
     func testExpWithinTwoUlpsOfLibm() {
         let (err, at) = maxUlpError(-87, 88, FloatMath.exp, { exp($0) })
         XCTAssertLessThanOrEqual(err, 2, "exp is off by \(err) ulp at \(at)")
@@ -126,6 +140,21 @@ final class FloatKernelTests: XCTestCase {
         try assertFloatMatchesDouble("BiasGeluGrad_dX", domain: "com.microsoft", opset: 17, [dy, x, bias])
         try assertFloatMatchesDouble("GeluGrad", domain: "com.microsoft", opset: 17, [dy, x])
         try assertFloatMatchesDouble("Erf", opset: 13, [x])
+    }
+
+    func testFloatBinaryFastPathMatchesDouble() throws {
+        let full = Tensor(shape: [3, 4, 40], scalars: values(480, seed: 15))
+        let other = Tensor(shape: [3, 4, 40], scalars: values(480, seed: 16, offset: 3))
+        let row = Tensor(shape: [40], scalars: values(40, seed: 17, offset: 3))
+        let plane = Tensor(shape: [1, 4, 40], scalars: values(160, seed: 18, offset: 3))
+        let scalar = Tensor(shape: [1], scalars: [Float(1.7)])
+        let column = Tensor(shape: [3, 1, 1], scalars: values(3, seed: 19, offset: 3))  // general broadcasting
+        for op in ["Add", "Sub", "Mul", "Div"] {
+            for (x, y) in [(full, other), (full, row), (row, full), (plane, full), (full, scalar), (scalar, full), (column, full)] {
+                try assertFloatMatchesDouble(op, opset: 14, [x, y], tolerance: 1e-6)
+            }
+        }
+        try assertFloatMatchesDouble("Sum", opset: 13, [full, other, row], tolerance: 1e-6)
     }
 
     func testWhereWithSuffixMaskMatchesElementwise() throws {

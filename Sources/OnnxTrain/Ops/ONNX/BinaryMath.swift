@@ -111,9 +111,94 @@ func foldVariadic<F: ArithmeticBinaryFunction>(_ inputs: [Value?], _ f: F, mean:
     for t in tensors.dropFirst() { try requireSameType(tensors[0], t) }
     return try computingHalfInFloat(tensors) { wide in
         var acc = wide[0]
-        for t in wide.dropFirst() { acc = try dispatchArithmetic(acc.dtype, ZipArithmetic(a: acc, b: t, f: f)) }
+        for t in wide.dropFirst() {
+            acc = try floatBinaryFastPath(acc, t, f) ?? dispatchArithmetic(acc.dtype, ZipArithmetic(a: acc, b: t, f: f))
+        }
         if mean { acc = try dispatchReal(acc.dtype, MapReal(x: acc, f: DivideByFunction(divisor: Double(wide.count)))) }
         return acc
+    }
+}
+
+// MARK: - float32 fast path
+
+/// Add/Sub/Mul/Div/Sum on float32 when one operand has the output's shape and the other the same
+/// shape, a suffix of it (a bias row, a [T, T] mask: it repeats every `period` elements) or a
+/// single value: loops over plain pointers, split across threads. nil where general broadcasting
+/// is needed (or for short rows and empty tensors): zipArithmetic handles those.
+func floatBinaryFastPath<F: ArithmeticBinaryFunction>(_ a: Tensor, _ b: Tensor, _ f: F) -> Tensor? {
+    guard a.dtype == .float32, b.dtype == .float32 else { return nil }
+    func isSuffix(_ s: [Int], of full: [Int]) -> Bool {
+        let dims = s.drop(while: { $0 == 1 })
+        return s.count <= full.count && full.suffix(dims.count).elementsEqual(dims)
+    }
+    let outShape: [Int]
+    if a.shape == b.shape || isSuffix(b.shape, of: a.shape) {
+        outShape = a.shape
+    } else if isSuffix(a.shape, of: b.shape) {
+        outShape = b.shape
+    } else {
+        return nil
+    }
+    let n = Tensor.elementCount(outShape), period = min(a.count, b.count)
+    guard n > 0, period == 1 || period >= 16 else { return nil }
+    var out = Tensor(uninitialized: .float32, shape: outShape)
+    let aFull = a.count == n, bFull = b.count == n
+    a.withUnsafeBufferPointer(as: Float.self) { ba in
+        b.withUnsafeBufferPointer(as: Float.self) { bb in
+            out.withUnsafeMutableBufferPointer(as: Float.self) { bo in
+                guard let pa = ba.baseAddress, let pb = bb.baseAddress, let po = bo.baseAddress else { return }
+                if period == 1 && !(aFull && bFull) {
+                    Parallel.forRange(n, minimumChunk: 32_768) { range in
+                        let i = range.lowerBound
+                        if aFull {
+                            binaryScalarLoop(f, pa + i, pb[0], scalarFirst: false, po + i, range.count)
+                        } else {
+                            binaryScalarLoop(f, pb + i, pa[0], scalarFirst: true, po + i, range.count)
+                        }
+                    }
+                    return
+                }
+                // Rows of `period` elements; the full operand advances, the repeated one restarts.
+                Parallel.forRange(n / period, minimumChunk: max(1, 32_768 / period)) { rows in
+                    for r in rows {
+                        let o = r * period
+                        binaryLoop(f, aFull ? pa + o : pa, bFull ? pb + o : pb, po + o, period)
+                    }
+                }
+            }
+        }
+    }
+    return out
+}
+
+/// out[i] = f(a[i], b[i]). Functions of their own so the loops vectorise (they stay scalar inside
+/// a Parallel.forRange closure).
+@inline(never)
+func binaryLoop<F: ArithmeticBinaryFunction>(_ f: F, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                                             _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+    for i in 0..<count { out[i] = f(a[i], b[i]) }
+}
+
+/// out[i] = f(x[i], s), or f(s, x[i]) when the scalar is the first operand.
+@inline(never)
+func binaryScalarLoop<F: ArithmeticBinaryFunction>(_ f: F, _ x: UnsafePointer<Float>, _ s: Float, scalarFirst: Bool,
+                                                   _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+    if scalarFirst {
+        for i in 0..<count { out[i] = f(s, x[i]) }
+    } else {
+        for i in 0..<count { out[i] = f(x[i], s) }
+    }
+}
+
+/// Add/Sub/Mul/Div (opset 7+): the float32 fast path, else zipArithmetic.
+private func registerFastBinary<F: ArithmeticBinaryFunction>(_ registry: OpRegistry, _ op: String, since versions: [Int], _ f: F) {
+    for v in versions {
+        registry.register(op, since: v) { _ in
+            AnyKernel { inputs, _ in
+                let a = try inputs.tensor(0), b = try inputs.tensor(1)
+                return [.tensor(try floatBinaryFastPath(a, b, f) ?? zipArithmetic(a, b, f))]
+            }
+        }
     }
 }
 
@@ -268,10 +353,10 @@ func registerBinaryMathOps(_ registry: OpRegistry) {
     registerLegacyBinary(registry, "Or", since: [1]) { try logical($0, $1) { $0 || $1 } }
     registerLegacyBinary(registry, "Xor", since: [1]) { try logical($0, $1) { $0 != $1 } }
 
-    registry.registerArithmeticBinary("Add", since: [7, 13, 14]) { _ in AddFunction() }
-    registry.registerArithmeticBinary("Sub", since: [7, 13, 14]) { _ in SubFunction() }
-    registry.registerArithmeticBinary("Mul", since: [7, 13, 14]) { _ in MulFunction() }
-    registry.registerArithmeticBinary("Div", since: [7, 13, 14]) { _ in DivFunction() }
+    registerFastBinary(registry, "Add", since: [7, 13, 14], AddFunction())
+    registerFastBinary(registry, "Sub", since: [7, 13, 14], SubFunction())
+    registerFastBinary(registry, "Mul", since: [7, 13, 14], MulFunction())
+    registerFastBinary(registry, "Div", since: [7, 13, 14], DivFunction())
     registry.registerArithmeticBinary("Mod", since: [10, 13]) { ctx in ModFunction(fmod: try ctx.int("fmod", default: 0) != 0) }
     for v in [7, 12, 13, 15] {
         registry.register("Pow", since: v) { _ in
