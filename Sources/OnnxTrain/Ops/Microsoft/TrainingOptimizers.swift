@@ -232,6 +232,7 @@ private struct AdamWStep: InPlaceBody {
         guard m.dtype == T.dtype, v.dtype == T.dtype else { throw KernelError("momentums must have the weights' type \(T.dtype)") }
         guard let pw = w.baseAddress else { return }
         let count = w.count
+        guard g.dtype.isFloatingPoint else { throw KernelError("gradients must be float tensors, got \(g.dtype)") }
         let grad = g.dtype == T.dtype ? g : try g.converted(toFloat: T.dtype)
         try m.withSharedMutableBufferPointer(as: T.self) { pm in
             try v.withSharedMutableBufferPointer(as: T.self) { pv in
@@ -308,6 +309,31 @@ private struct AxpyStep: InPlaceBody {
     }
 }
 
+/// w ← w + (−lr)·g in the weights' type, as onnxruntime's Eigen expression rounds it (the product
+/// first, then the sum); a gradient of another float type is converted first.
+private struct SGDStep: InPlaceBody {
+    let g: Tensor
+    let lr: Float
+    func callAsFunction<T: FloatElement>(_ w: UnsafeMutableBufferPointer<T>) throws {
+        guard let pw = w.baseAddress else { return }
+        guard g.dtype.isFloatingPoint else { throw KernelError("gradients must be float tensors, got \(g.dtype)") }
+        let grad = g.dtype == T.dtype ? g : try g.converted(toFloat: T.dtype)
+        let scale = T(-lr)
+        grad.withUnsafeBufferPointer(as: T.self) { pg in
+            guard let pg = pg.baseAddress else { return }
+            Parallel.forRange(w.count, minimumChunk: 1 << 15) { r in
+                sgdUpdate(pw + r.lowerBound, pg + r.lowerBound, r.count, scale)
+            }
+        }
+    }
+}
+
+/// w[0..<n] += scale·g[0..<n] (a function of its own so the loop vectorises).
+@inline(never)
+private func sgdUpdate<T: FloatElement>(_ w: UnsafeMutablePointer<T>, _ g: UnsafePointer<T>, _ n: Int, _ scale: T) {
+    for i in 0..<n { w[i] = w[i] + scale * g[i] }
+}
+
 /// SGDOptimizerV2(lr, weights, gradients, update_signal?) → update_completed (bool, lr's shape),
 /// updated_weights? (alias). w ← w − lr·g unless update_signal is false.
 struct SGDOptimizerV2Kernel: Kernel {
@@ -320,7 +346,7 @@ struct SGDOptimizerV2Kernel: Kernel {
             return [.tensor(Tensor(shape: lrT.shape, scalars: [false])), inputs[1]]
         }
         for i in 0..<weights.count {
-            try inPlace(weights[i], "weights[\(i)]", AxpyStep(g: try floatValues(grads[i], "gradients[\(i)]"), scale: -lr))
+            try inPlace(weights[i], "weights[\(i)]", SGDStep(g: grads[i], lr: Float(lr)))
         }
         return [.tensor(Tensor(shape: lrT.shape, scalars: [true])), inputs[1]]
     }
