@@ -73,15 +73,23 @@ struct BatchNormKernel: Kernel {
                 useMean = batchMean; useVar = batchVar
             }
             var y = Tensor(uninitialized: T.dtype, shape: x.shape)
+            // Y = X·a + shift per channel, rows of `inner` values spread over the threads.
+            var a = [T](repeating: 0, count: c), shift = [T](repeating: 0, count: c)
+            for ch in 0..<c {
+                let ad = scale[ch] / (useVar[ch] + k.epsilon).squareRoot()
+                a[ch] = T(fromDouble: ad)
+                shift[ch] = T(fromDouble: bias[ch] - useMean[ch] * ad)
+            }
             x.withUnsafeBufferPointer(as: T.self) { px in
                 y.withUnsafeMutableBufferPointer(as: T.self) { py in
-                    for b in 0..<n {
-                        for ch in 0..<c {
-                            let a = scale[ch] / (useVar[ch] + k.epsilon).squareRoot()
-                            let shift = bias[ch] - useMean[ch] * a
-                            let base = (b * c + ch) * inner
-                            let ta = T(fromDouble: a), ts = T(fromDouble: shift)
-                            for i in base..<(base + inner) { py[i] = px[i] * ta + ts }
+                    a.withUnsafeBufferPointer { pa in
+                        shift.withUnsafeBufferPointer { ps in
+                            guard let X = px.baseAddress, let Y = py.baseAddress else { return }
+                            Parallel.forRange(n * c, minimumChunk: max(1, 16_384 / max(inner, 1))) { rows in
+                                for r in rows {
+                                    affineRow(X + r * inner, Y + r * inner, inner, pa[r % c], ps[r % c])
+                                }
+                            }
                         }
                     }
                 }
@@ -118,6 +126,11 @@ struct BatchNormKernel: Kernel {
             return .tensor(floatTensor(meanType, shape: t.shape, (0..<t.count).map { t.scalarDouble(at: $0) ?? 0 }))
         }
     }
+}
+
+/// dst[i] = src[i]·a + b over `count` values (a function of its own so the loop vectorizes).
+func affineRow<T: FloatElement>(_ src: UnsafePointer<T>, _ dst: UnsafeMutablePointer<T>, _ count: Int, _ a: T, _ b: T) {
+    for i in 0..<count { dst[i] = src[i] * a + b }
 }
 
 // MARK: - LayerNormalization
