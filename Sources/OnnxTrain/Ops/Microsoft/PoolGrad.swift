@@ -187,15 +187,38 @@ struct AveragePoolGradKernel: Kernel {
             var d = r - 1
             while d >= 0 { o[d] += 1; if o[d] < outShape[d] { break }; o[d] = 0; d -= 1 }
         }
-        let g = try floatValues(dy, "dY")
-        var dx = [Double](repeating: 0, count: channels * inSize)
-        for c in 0..<channels {
-            for cell in 0..<outSize {
-                let v = g[c * outSize + cell] * weights[cell]
-                for t in windows[cell] { dx[c * inSize + t] += v }
+        guard dy.dtype.isFloatingPoint else { throw KernelError("dY must be a float tensor, got \(dy.dtype)") }
+        let op = AveragePoolGradChannels(dy: dy.widenedIfHalf, shape: Array(dy.shape[..<2]) + inShape, windows: windows,
+                                         weights: weights, channels: channels, outSize: outSize, inSize: inSize)
+        let dx = try trainingFloatDispatch(dy.dtype, op)
+        return [.tensor(dx.dtype == dy.dtype ? dx : dx.narrowed(to: dy.dtype))]
+    }
+}
+
+/// AveragePoolGrad's scatter in dY's float type (as onnxruntime), channels spread over the
+/// threads: dX[c, t] += dY[c, cell]·weight[cell] for every tap t of every cell's window.
+struct AveragePoolGradChannels: FloatOperation {
+    let dy: Tensor, shape: [Int], windows: [[Int]], weights: [Double]
+    let channels: Int, outSize: Int, inSize: Int
+
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        var dx = try Tensor(kernelZeros: T.dtype, shape: shape, "AveragePoolGrad dX")
+        let w = weights.map { T(fromDouble: $0) }
+        let (windows, channels, outSize, inSize) = (windows, channels, outSize, inSize)
+        dy.withUnsafeBufferPointer(as: T.self) { pg in
+            dx.withUnsafeMutableBufferPointer(as: T.self) { pd in
+                guard let G = pg.baseAddress, let D = pd.baseAddress else { return }
+                Parallel.forRange(channels, minimumChunk: max(1, 8_192 / max(inSize, 1))) { range in
+                    for c in range {
+                        for cell in 0..<outSize {
+                            let v = G[c * outSize + cell] * w[cell]
+                            for t in windows[cell] { D[c * inSize + t] += v }
+                        }
+                    }
+                }
             }
         }
-        return [.tensor(floatTensor(dy.dtype, shape: Array(dy.shape[..<2]) + inShape, dx))]
+        return dx
     }
 }
 
