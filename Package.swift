@@ -1,6 +1,14 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// The kernels are written for 8-wide float vectors: on x86-64 the library is compiled for AVX2 and
+// FMA (x86-64-v3: every x86-64 server CPU since 2015). The command checks the CPU before it starts.
+#if arch(x86_64)
+let vectorFlags = ["-target-cpu", "haswell"]
+#else
+let vectorFlags: [String] = []
+#endif
+
 let package = Package(
     name: "onnx-train",
     products: [
@@ -23,7 +31,7 @@ let package = Package(
                 "COnnxProto", "CProtobufC", "COpenBLAS",
                 .product(name: "ZIPFoundation", package: "ZIPFoundation"),
             ],
-            swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
+            swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"] + vectorFlags)]
         ),
         .executableTarget(
             name: "onnx-train",

@@ -189,7 +189,7 @@ def report(args, peak, rows, scaling, info, load_start, load_end, minutes):
            "Written by `make bench` (Benchmarks/bench.py); do not edit by hand. Issue 6's goal: onnx-train's median",
            f"training step at most {GOAL_RATIO}x the faster of onnxruntime-training and PyTorch on every model, peak RSS at",
            "most onnxruntime's, and the MLP step at least half the machine's single-precision GEMM peak.", "",
-           f"Run of {now}: {args.steps} timed steps after {args.warmup} warm-up, {args.rounds} round(s) per runtime",
+           f"Run of {now}: {args.steps} timed steps after a warm-up of at least {args.warmup} steps and 0.5 s, {args.rounds} round(s) per runtime",
            f"(the order rotates every round), {args.threads} threads, idle threads {spin}; took {minutes:.1f} min.",
            f"Load average (1/5/15 min) at the start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, "
            f"at the end {load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} on {info.get('cores')} cores: "

@@ -71,6 +71,25 @@ def load_batches(folder: Path):
     return meta, batches
 
 
+WARMUP_SECONDS = 0.5
+
+
+class Warmup:
+    """Untimed warm-up, the same rule as `onnx-train bench`: at least `steps` steps and WARMUP_SECONDS
+    (threads and cores settle in the first ~0.1 s; a fixed 5 steps of a 2 ms MLP step did not cover it)."""
+
+    def __init__(self, steps):
+        self.steps, self.start, self.warmed = steps, time.perf_counter(), False
+
+    def done(self, step):
+        """True from the first timed step on; call once after every step."""
+        if self.warmed:
+            return True
+        if step + 1 >= self.steps and time.perf_counter() - self.start >= WARMUP_SECONDS:
+            self.warmed = True
+        return False
+
+
 def child_onnxruntime(folder: Path, steps, warmup, threads, spin=True):
     import numpy as np
     import onnxruntime as ort
@@ -92,7 +111,9 @@ def child_onnxruntime(folder: Path, steps, warmup, threads, spin=True):
     names = module.input_names()
     feeds = [[ort.OrtValue.ortvalue_from_numpy(b[n]) for n in names] for b in batches]
     times, losses = [], []
-    for step in range(warmup + steps):
+    warm = Warmup(warmup)
+    step = 0
+    while len(times) < steps:
         batch = feeds[step % len(feeds)]
         t0 = time.perf_counter()
         loss = module(*batch)
@@ -100,8 +121,9 @@ def child_onnxruntime(folder: Path, steps, warmup, threads, spin=True):
         module.lazy_reset_grad()
         elapsed = time.perf_counter() - t0
         losses.append(float(loss.numpy()))
-        if step >= warmup:
+        if warm.done(step):
             times.append(elapsed)
+        step += 1
     peak = rss_mb()
 
     session = ort.InferenceSession(str(folder / "inference.onnx"), options, providers=["CPUExecutionProvider"])
@@ -134,7 +156,9 @@ def child_pytorch(folder: Path, steps, warmup, threads, spin=True):
     optimizer = torch.optim.AdamW(model.parameters(), lr=meta["lr"], betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
     feeds = [(torch.from_numpy(b["input"]), torch.from_numpy(b["labels"])) for b in batches]
     times, losses = [], []
-    for step in range(warmup + steps):
+    warm = Warmup(warmup)
+    step = 0
+    while len(times) < steps:
         x, y = feeds[step % len(feeds)]
         t0 = time.perf_counter()
         loss = F.cross_entropy(model(x), y)
@@ -143,8 +167,9 @@ def child_pytorch(folder: Path, steps, warmup, threads, spin=True):
         optimizer.step()
         elapsed = time.perf_counter() - t0
         losses.append(float(loss))
-        if step >= warmup:
+        if warm.done(step):
             times.append(elapsed)
+        step += 1
     return {"times": times, "losses": losses, "peak_rss_mb": rss_mb(), "baseline_rss_mb": baseline,
             "version": torch.__version__}
 

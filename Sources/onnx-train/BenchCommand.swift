@@ -29,8 +29,11 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Timed steps.")
     var steps = 50
 
-    @Option(help: "Untimed warm-up steps first.")
+    @Option(help: "Untimed warm-up steps first (at least).")
     var warmup = 5
+
+    @Option(name: .customLong("warmup-seconds"), help: "Warm up for at least this long too (threads and cores settle in the first ~0.1 s).")
+    var warmupSeconds = 0.5
 
     @Flag(help: "Also time inference of FOLDER/inference.onnx (after the training steps).")
     var infer = false
@@ -89,7 +92,11 @@ struct BenchCommand: ParsableCommand {
         let clock = ContinuousClock()
         var times: [Double] = []
         var losses: [Double] = []
-        for step in 0..<(warmup + steps) {
+        // Warm-up: at least `warmup` steps and `warmupSeconds`; then `steps` timed steps.
+        let warmupStart = clock.now
+        var warmed = false
+        var step = 0
+        while times.count < steps {
             let feeds = batches[step % batches.count]
             let start = clock.now
             let out = try module.trainStep(feeds)
@@ -97,7 +104,12 @@ struct BenchCommand: ParsableCommand {
             module.lazyResetGrad()
             let elapsed = clock.now - start
             losses.append(Double(out.loss))
-            if step >= warmup { times.append(Self.seconds(elapsed)) }
+            if warmed {
+                times.append(Self.seconds(elapsed))
+            } else if step + 1 >= warmup && Self.seconds(clock.now - warmupStart) >= warmupSeconds {
+                warmed = true
+            }
+            step += 1
         }
         var result: [String: Any] = ["times": times, "losses": losses, "peak_rss_mb": Self.peakRSS(),
                                      "baseline_rss_mb": baseline, "version": "onnx-train"]

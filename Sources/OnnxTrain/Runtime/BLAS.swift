@@ -55,8 +55,22 @@ public enum BLAS {
     /// ~2^21 multiply-adds (~25 µs on one core) the handoff costs more than half the product saves.
     public static let singleThreadWork = 1 << 21
 
-    /// Puts OpenBLAS in single-threaded mode once, before the first product.
-    private static let singleThreaded: Void = { openblas_set_num_threads(1) }()
+    /// Puts OpenBLAS in single-threaded mode once, before the first product. OpenBLAS starts its
+    /// own server threads when the library loads, and an idle one polls with sched_yield for a
+    /// while: on 2 cores it took a core from the pool often enough to make an MLP step 2x slower
+    /// for its first tens of steps. They are stopped here (OpenBLAS starts them again by itself if
+    /// a caller ever asks it for more threads).
+    private static let singleThreaded: Void = {
+        // First one thread (setting the count restarts stopped threads), then stop them.
+        openblas_set_num_threads(1)
+        #if canImport(Glibc)
+        typealias Shutdown = @convention(c) () -> Int32
+        if let symbol = dlsym(nil, "blas_thread_shutdown_") { _ = unsafeBitCast(symbol, to: Shutdown.self)() }
+        #endif
+    }()
+
+    /// Settles OpenBLAS's threading before the first product (sessions call it when they are built).
+    public static func prepare() { _ = singleThreaded }
 
     /// Runs a product of C[m×n] as blocks of rows or columns of C (i0..<i1, j0..<j1), one per pool
     /// thread, each a single-threaded OpenBLAS call. Column blocks are multiples of 16 floats

@@ -15,6 +15,7 @@ public final class InferenceSession {
 
     public init(model: Model, options: SessionOptions = SessionOptions()) throws {
         BufferCache.configureMalloc()
+        BLAS.prepare()
         self.model = model
         var opsets = model.opsetImports
         for f in model.functions { for (d, v) in f.opsetImports where opsets[d] == nil { opsets[d] = v } }

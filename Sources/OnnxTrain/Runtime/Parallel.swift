@@ -11,8 +11,8 @@ import Synchronization
 /// `Parallel.forRange(n) { range in ... }` splits `0..<n` into at most `threadCount` contiguous
 /// chunks; the calling thread runs the first and the workers the rest. Work too small to pay for
 /// a handoff, nested calls and calls made while another thread holds the pool run inline, in order.
-/// Workers spin briefly after a job (a training step is a quick succession of kernels) and then
-/// sleep on a condition variable, so an idle process uses no CPU.
+/// Workers spin briefly after a job (a training step is a quick succession of kernels; 100 µs, or
+/// `ONNX_TRAIN_SPIN_US`) and then sleep on a condition variable, so an idle process uses no CPU.
 public enum Parallel {
     /// How many threads kernels may use: the worker pool plus the calling thread. Set it before the
     /// first parallel kernel runs (the CLI sets it from `--threads`); defaults to the number of
@@ -115,8 +115,37 @@ final class WorkerPool: @unchecked Sendable {
     private var stopping = false
     nonisolated(unsafe) private var job: ((Int, Int) -> Void)?
     nonisolated(unsafe) private var jobChunks = 0
-    /// How long a worker polls for the next job before sleeping (a few kernels' worth).
-    private let spinIterations = 20_000
+    /// How long a waiting thread polls before sleeping: long enough to bridge the single-threaded
+    /// kernels between two parallel ones in a training step (a futex wake-up costs 10-50 µs),
+    /// short enough that an idle process sleeps at once (libgomp's default spin is of this order).
+    static let spinNanoseconds: UInt64 = {
+        if let text = getenv("ONNX_TRAIN_SPIN_US"), let us = UInt64(String(cString: text)) { return us * 1000 }
+        return 100_000
+    }()
+
+    /// Polls `done` until it is true or the spin time has passed; returns whether it became true.
+    @inline(__always)
+    private func spin(until done: () -> Bool) -> Bool {
+        if done() { return true }
+        let deadline = WorkerPool.now() &+ WorkerPool.spinNanoseconds
+        var polls = 0
+        while true {
+            if done() { return true }
+            polls &+= 1
+            if polls & 63 == 0 {
+                // Give the core away if anything else wants it: on a busy machine a spinning
+                // thread must not take time from the thread doing the work.
+                sched_yield()
+                if WorkerPool.now() >= deadline { return false }
+            }
+        }
+    }
+
+    private static func now() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return UInt64(t.tv_sec) &* 1_000_000_000 &+ UInt64(t.tv_nsec)
+    }
 
     init(threadCount: Int) {
         self.threadCount = threadCount
@@ -165,15 +194,10 @@ final class WorkerPool: @unchecked Sendable {
         while i < chunks { body(i, chunks); i += workers + 1 }
 
         // Wait for the workers: spin first (they are usually done), then sleep.
-        var spins = 0
-        while remaining.load(ordering: .acquiring) > 0 {
-            spins += 1
-            if spins > spinIterations {
-                pthread_mutex_lock(&mutex)
-                while remaining.load(ordering: .acquiring) > 0 { pthread_cond_wait(&done, &mutex) }
-                pthread_mutex_unlock(&mutex)
-                break
-            }
+        if !spin(until: { remaining.load(ordering: .acquiring) == 0 }) {
+            pthread_mutex_lock(&mutex)
+            while remaining.load(ordering: .acquiring) > 0 { pthread_cond_wait(&done, &mutex) }
+            pthread_mutex_unlock(&mutex)
         }
         job = nil
     }
@@ -183,15 +207,10 @@ final class WorkerPool: @unchecked Sendable {
         var seen = 0
         while true {
             // Spin for the next job, then sleep until one is posted.
-            var spins = 0
-            while generation.load(ordering: .acquiring) == seen {
-                spins += 1
-                if spins > spinIterations {
-                    pthread_mutex_lock(&mutex)
-                    while generation.load(ordering: .acquiring) == seen && !stopping { pthread_cond_wait(&wake, &mutex) }
-                    pthread_mutex_unlock(&mutex)
-                    break
-                }
+            if !spin(until: { generation.load(ordering: .acquiring) != seen }) {
+                pthread_mutex_lock(&mutex)
+                while generation.load(ordering: .acquiring) == seen && !stopping { pthread_cond_wait(&wake, &mutex) }
+                pthread_mutex_unlock(&mutex)
             }
             pthread_mutex_lock(&mutex)
             let stop = stopping
