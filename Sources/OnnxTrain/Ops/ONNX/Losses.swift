@@ -54,14 +54,7 @@ func logSoftmaxChannels<T: FloatElement>(_ x: Tensor, _ type: T.Type) -> Tensor 
     if T.self == Float.self && inner == 1 && c > 0 {
         // float32 [N, C] logits (a classifier's): Softmax's vectorised float rows, as onnxruntime
         // computes them in float.
-        x.withUnsafeBufferPointer(as: Float.self) { px in
-            y.withUnsafeMutableBufferPointer(as: Float.self) { py in
-                guard let px = px.baseAddress, let py = py.baseAddress else { return }
-                Parallel.forRange(n, minimumChunk: max(1, 4096 / c)) { rows in
-                    for r in rows { softmaxRow(px + r * c, py + r * c, c, log: true) }
-                }
-            }
-        }
+        softmaxRows(x, into: &y, rows: n, n: c, log: true)
         return y
     }
     x.withUnsafeBufferPointer(as: T.self) { px in

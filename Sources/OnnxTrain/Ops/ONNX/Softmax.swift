@@ -51,14 +51,7 @@ extension SoftmaxOperation {
     func floatRows() -> Tensor {
         var out = Tensor(uninitialized: .float32, shape: x.shape)
         let (rows, n, log) = (outer, self.n, kind == .logSoftmax)
-        x.withUnsafeBufferPointer(as: Float.self) { bx in
-            out.withUnsafeMutableBufferPointer(as: Float.self) { bo in
-                guard let x = bx.baseAddress, let out = bo.baseAddress else { return }
-                Parallel.forRange(rows, minimumChunk: max(1, 4096 / n)) { range in
-                    for r in range { softmaxRow(x + r * n, out + r * n, n, log: log) }
-                }
-            }
-        }
+        softmaxRows(x, into: &out, rows: rows, n: n, log: log)
         return out
     }
 }
@@ -66,6 +59,19 @@ extension SoftmaxOperation {
 /// One float32 row of softmax or log-softmax (a function of its own so its loops vectorise; they
 /// stay scalar inside the Parallel.forRange closure).
 @inline(never)
+/// Softmax (or log-softmax) of every float32 row of `x` ([rows, n]) into `out`, rows split across threads.
+func softmaxRows(_ x: Tensor, into out: inout Tensor, rows: Int, n: Int, log: Bool) {
+    guard rows > 0 && n > 0 else { return }
+    x.withUnsafeBufferPointer(as: Float.self) { bx in
+        out.withUnsafeMutableBufferPointer(as: Float.self) { bo in
+            guard let x = bx.baseAddress, let out = bo.baseAddress else { return }
+            Parallel.forRange(rows, minimumChunk: max(1, 4096 / n)) { range in
+                for r in range { softmaxRow(x + r * n, out + r * n, n, log: log) }
+            }
+        }
+    }
+}
+
 func softmaxRow(_ px: UnsafePointer<Float>, _ po: UnsafeMutablePointer<Float>, _ n: Int, log: Bool) {
     // The max is subtracted first so exp cannot overflow. Four running maxima break the compare
     // chain (softmax rows ~20% faster); max is exact, so the result is the same. A NaN is skipped
