@@ -18,13 +18,10 @@ final class GraphExecutor {
         let hasSubgraphs: Bool
     }
 
-    /// The nodes one set of fetches needs, in order, the slots freed after each, and for each the
-    /// inputs (by position) whose values die there and which the kernel may therefore overwrite,
-    /// storage permitting: not graph inputs, initializers, outer values or fetches, read once.
+    /// The nodes one set of fetches needs, in order, and the slots freed after each.
     struct Plan {
         let steps: [Int]
         let freeAfter: [[Int]]
-        let dyingInputs: [[(position: Int, slot: Int)]]
     }
 
     let graph: Graph
@@ -229,19 +226,7 @@ final class GraphExecutor {
         var freeAfter = [[Int]](repeating: [], count: chosen.count)
         let keep = Set(fetchSlots)
         for s in 0..<slotCount where lastUse[s] >= 0 && !keep.contains(s) { freeAfter[lastUse[s]].append(s) }
-        var protected = Set(keep)
-        for input in graph.inputs { if let s = slotOf[input.name] { protected.insert(s) } }
-        for (s, _) in constants { protected.insert(s) }
-        for (_, s) in outerNames { protected.insert(s) }
-        var dyingInputs = [[(position: Int, slot: Int)]](repeating: [], count: chosen.count)
-        for (position, k) in chosen.enumerated() where !steps[k].hasSubgraphs {
-            let inputs = steps[k].inputs
-            for (i, s) in inputs.enumerated() where s >= 0 && i < 64 && lastUse[s] == position && !protected.contains(s)
-                && inputs.firstIndex(of: s) == i && inputs.lastIndex(of: s) == i && !steps[k].outputs.contains(s) {
-                dyingInputs[position].append((i, s))
-            }
-        }
-        let plan = Plan(steps: chosen, freeAfter: freeAfter, dyingInputs: dyingInputs)
+        let plan = Plan(steps: chosen, freeAfter: freeAfter)
         planCache[fetchSlots] = plan
         return plan
     }
@@ -270,15 +255,6 @@ final class GraphExecutor {
             inputs.removeAll(keepingCapacity: true)
             for s in step.inputs { inputs.append(s >= 0 ? frame.values[s] : nil) }
             var kernelContext = context
-            // Values dying here whose storage nothing else shares may become this node's output.
-            var overwritable: UInt64 = 0
-            for (i, s) in plan.dyingInputs[position] {
-                frame.values[s] = nil
-                guard case .tensor(var t)? = inputs[i] else { continue }
-                inputs[i] = nil
-                if t.hasUniqueStorage() { overwritable |= 1 << UInt64(i) }
-                inputs[i] = .tensor(t)
-            }
             if step.hasSubgraphs {
                 if nested == nil {
                     let slots = slotOf
@@ -287,8 +263,6 @@ final class GraphExecutor {
                 kernelContext = nested!
             }
             let outputs: [Value?]
-            kernelContext.overwritableInputs = overwritable
-            defer { kernelContext.overwritableInputs = 0 }
             do {
                 outputs = try step.kernel.run(inputs, kernelContext)
             } catch let error as KernelError {

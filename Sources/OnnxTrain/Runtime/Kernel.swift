@@ -45,27 +45,6 @@ public final class RunState {
 public final class ExecutionContext {
     public let state: RunState
     let lookup: (String) -> Value?
-    /// Bit i set: input i dies at the running node and no other value shares its storage.
-    var overwritableInputs: UInt64 = 0
-
-    /// Whether the running kernel may write its output into input `index`'s storage: the value is
-    /// not used after this node, is not a graph input, initializer or fetched value, and no other
-    /// tensor (a Reshape view, say) shares its bytes. The executor decides; kernels only ask.
-    public func mayOverwrite(input index: Int) -> Bool {
-        index < 64 && overwritableInputs & (1 << UInt64(index)) != 0
-    }
-
-    /// An output tensor of `dtype` and `shape`: input `index`'s storage when the kernel may
-    /// overwrite it and it has exactly the bytes needed, else a new uninitialized tensor. Write it
-    /// with `withSharedMutableBufferPointer` (a copy-on-write accessor would copy the shared bytes).
-    /// Elementwise kernels that read element i before writing element i can run in place.
-    public func output(reusing index: Int, of input: Tensor, dtype: DType, shape: [Int]) -> Tensor {
-        if mayOverwrite(input: index), input.dtype == dtype, dtype != .string,
-           input.storage.byteCount == Tensor.elementCount(shape) * dtype.byteSize {
-            return Tensor(dtype: dtype, shape: shape, storage: input.storage)
-        }
-        return Tensor(uninitialized: dtype, shape: shape)
-    }
 
     init(state: RunState, lookup: @escaping (String) -> Value?) {
         self.state = state

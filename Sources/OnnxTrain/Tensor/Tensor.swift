@@ -141,9 +141,6 @@ public struct Tensor {
     /// A copy that shares nothing with this tensor.
     public func copied() -> Tensor { Tensor(dtype: dtype, shape: shape, storage: storage.copy()) }
 
-    /// Whether no other tensor holds this tensor's storage (so its bytes may be reused).
-    mutating func hasUniqueStorage() -> Bool { isKnownUniquelyReferenced(&storage) }
-
     /// Whether two tensors view the same storage.
     public func sharesStorage(with other: Tensor) -> Bool { storage === other.storage }
 
