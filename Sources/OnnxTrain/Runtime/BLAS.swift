@@ -57,9 +57,9 @@ public enum BLAS {
 
     /// Puts OpenBLAS in single-threaded mode once, before the first product. OpenBLAS starts its
     /// own server threads when the library loads, and an idle one polls with sched_yield for a
-    /// while: on 2 cores it took a core from the pool often enough to make an MLP step 2x slower
-    /// for its first tens of steps. They are stopped here (OpenBLAS starts them again by itself if
-    /// a caller ever asks it for more threads).
+    /// while (profiles showed it taking a third of the samples of early MLP steps); they are
+    /// stopped here so they never compete with the pool (OpenBLAS starts them again by itself if a
+    /// caller ever asks it for more threads).
     private static let singleThreaded: Void = {
         // First one thread (setting the count restarts stopped threads), then stop them.
         openblas_set_num_threads(1)

@@ -15,10 +15,10 @@ import Synchronization
 /// `ONNX_TRAIN_SPIN_US`) and then sleep on a condition variable, so an idle process uses no CPU.
 public enum Parallel {
     /// How many threads kernels may use: the worker pool plus the calling thread. Set it before the
-    /// first parallel kernel runs (the CLI sets it from `--threads`); defaults to the number of
-    /// cores, capped at `OPENBLAS_NUM_THREADS` / `OMP_NUM_THREADS` when those are set.
+    /// first parallel kernel runs; defaults to the number of cores, capped at
+    /// `OPENBLAS_NUM_THREADS` / `OMP_NUM_THREADS` when those are set.
     public static var threadCount: Int {
-        get { pool.withLock { $0?.threadCount } ?? defaultThreadCount }
+        get { maxThreads }
         set {
             let wanted = max(1, newValue)
             pool.withLock { current in
@@ -26,7 +26,7 @@ public enum Parallel {
                 current?.shutdown()
                 current = wanted > 1 ? WorkerPool(threadCount: wanted) : nil
             }
-            cachedMax = wanted
+            maxThreads = wanted
         }
     }
 
@@ -61,8 +61,8 @@ public enum Parallel {
     }()
 
     private static let pool = Mutex<WorkerPool?>(defaultThreadCount > 1 ? WorkerPool(threadCount: defaultThreadCount) : nil)
-    nonisolated(unsafe) private static var cachedMax = defaultThreadCount
-    private static var maxThreads: Int { cachedMax }
+    /// The pool's size, read without the lock on every forRange.
+    nonisolated(unsafe) private static var maxThreads = defaultThreadCount
 
     /// True on a pool worker and on a caller while its job runs: nested calls run inline, and
     /// BLAS calls stay on their thread.

@@ -15,9 +15,8 @@ public final class TensorStorage {
     public let byteCount: Int
     /// The elements of a string tensor; empty for every other type.
     public var strings: [String]
+    /// Frees memory owned elsewhere; nil for blocks from `BufferCache`, which go back to it.
     private let release: (() -> Void)?
-    /// The bytes came from `BufferCache` and go back to it.
-    private let pooled: Bool
 
     /// Allocates `byteCount` zeroed bytes, aligned for SIMD loads.
     public convenience init(zeroedByteCount byteCount: Int) {
@@ -34,7 +33,6 @@ public final class TensorStorage {
         self.byteCount = byteCount
         strings = []
         release = nil
-        pooled = true
     }
 
     /// Allocates `byteCount` bytes without clearing them; callers overwrite every byte.
@@ -46,7 +44,6 @@ public final class TensorStorage {
         self.byteCount = byteCount
         strings = []
         release = nil
-        pooled = true
     }
 
     /// Wraps memory owned elsewhere (a mapped file); `release` runs when the storage dies.
@@ -55,7 +52,6 @@ public final class TensorStorage {
         self.byteCount = byteCount
         strings = []
         self.release = release
-        pooled = false
     }
 
     public init(strings: [String]) {
@@ -64,11 +60,10 @@ public final class TensorStorage {
         byteCount = 0
         let pointer = bytes
         release = { pointer.deallocate() }
-        pooled = false
     }
 
     deinit {
-        if pooled { BufferCache.recycle(bytes, byteCount) } else { release?() }
+        if let release { release() } else { BufferCache.recycle(bytes, byteCount) }
     }
 
     /// A fresh copy of these bytes (or strings).

@@ -56,4 +56,19 @@ final class ParallelTests: XCTestCase {
             XCTAssertEqual(partial.reduce(0, +), 49_995_000)
         }
     }
+
+    /// The thread count reads back as set (1 means no pool: everything inline, still complete).
+    func testThreadCountReadsBackAsSet() {
+        let original = Parallel.threadCount
+        defer { Parallel.threadCount = original }
+        Parallel.threadCount = 1
+        XCTAssertEqual(Parallel.threadCount, 1)
+        var seen = [Int](repeating: 0, count: 5000)
+        seen.withUnsafeMutableBufferPointer { out in
+            Parallel.forRange(out.count) { range in for i in range { out[i] += 1 } }
+        }
+        XCTAssertEqual(seen, [Int](repeating: 1, count: 5000))
+        Parallel.threadCount = 2
+        XCTAssertEqual(Parallel.threadCount, 2)
+    }
 }
