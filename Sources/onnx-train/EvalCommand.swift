@@ -43,11 +43,7 @@ struct EvalCommand: ParsableCommand {
 
     func run() throws {
         try CLIFailure.run {
-            if !FileManager.default.isDirectory(path), params == nil {
-                throw OnnxTrainError.invalidInput("\(path) is a gradient graph: give its trained parameters with --params (a run's checkpoint, .npz or .safetensors)")
-            }
-            let session = try TrainingRun.open(path: path, params: params, optimizer: nil, seed: 0, withEval: true, say: { _ in })
-            let module = session.module
+            let module = try TrainingModule.forEvaluation(path: path, params: params)
             let csv = DataSource.CSVColumns(features: features.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }, label: label)
             let arrays = try DataSource.load(data, names: module.evalInputNames, map: try map.map(DataSource.parseMap) ?? [:], csv: csv)
             let evaluation: Evaluation
@@ -61,12 +57,5 @@ struct EvalCommand: ParsableCommand {
             let result = try evaluation.run(module.eval())
             print("\(evaluation.batches.exampleCount) examples:" + result.line(prefix: ""))
         }
-    }
-}
-
-extension FileManager {
-    func isDirectory(_ path: String) -> Bool {
-        var isDirectory: ObjCBool = false
-        return fileExists(atPath: path, isDirectory: &isDirectory) && isDirectory.boolValue
     }
 }

@@ -30,10 +30,7 @@ struct ExportCommand: ParsableCommand {
 
     func run() throws {
         try CLIFailure.run {
-            if !FileManager.default.isDirectory(path), params == nil {
-                throw OnnxTrainError.invalidInput("\(path) is a gradient graph: give its trained parameters with --params (a run's checkpoint, .npz or .safetensors)")
-            }
-            let module = try TrainingRun.open(path: path, params: params, optimizer: nil, seed: 0, withEval: true, say: { _ in }).module
+            let module = try TrainingModule.forEvaluation(path: path, params: params)
             let chosen = outputs.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } } ?? RunArtifacts.inferenceOutputs(of: module)
             let directory = URL(fileURLWithPath: output).deletingLastPathComponent().path
             try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)

@@ -59,7 +59,7 @@ extension TrainingModule {
     /// A module over a gradient graph; `state` holds the parameters (from a checkpoint, npz or
     /// safetensors file). Parameters with a `<p>_grad` output are trained; others are fed as is.
     public convenience init(gradientGraph: Model, state: CheckpointState, lossName: String? = nil,
-                            options: SessionOptions = SessionOptions()) throws {
+                            options: SessionOptions = SessionOptions(), compileTraining: Bool = true) throws {
         let names = Set(state.parameterNames)
         let label = gradientGraph.path ?? "gradient graph"
         let outputs = Set(gradientGraph.graph.outputs.map(\.name))
@@ -79,7 +79,8 @@ extension TrainingModule {
         evalGraph.outputs = gradientGraph.graph.outputs.filter { forward.contains($0.name) }
         var evalModel = gradientGraph
         evalModel.graph = evalGraph
-        try self.init(trainingModel: training, state: state, evalModel: evalModel, lossName: loss, options: options)
+        try self.init(trainingModel: training, state: state, evalModel: evalModel, lossName: loss, options: options,
+                      compileTraining: compileTraining)
     }
 }
 

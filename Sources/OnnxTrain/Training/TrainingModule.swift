@@ -1,3 +1,5 @@
+import Foundation
+
 /// What a training or evaluation step returns: the loss and any additional outputs, by name,
 /// in the graph's output order.
 public struct StepOutputs {
@@ -29,7 +31,11 @@ public struct StepOutputs {
 /// train step overwrites the buffers instead of adding to them.
 public final class TrainingModule {
     public let state: CheckpointState
-    let trainSession: InferenceSession
+    /// The training graph the module runs (for gradient graphs: with accumulation added); its
+    /// kernels are built at creation, or at the first train step with `compileTraining: false`.
+    public let trainingModel: Model
+    private let options: SessionOptions
+    private var compiledTrainSession: InferenceSession?
     let evalSession: InferenceSession?
     /// Graph inputs the caller feeds, in graph order.
     public let trainInputNames: [String]
@@ -56,10 +62,16 @@ public final class TrainingModule {
     static let gradientSuffixes = ["_grad.accumulation.buffer", "_grad.accumulation.out", "_grad"]
 
     /// A module over onnxruntime artifacts (`training_model.onnx`, optional `eval_model.onnx`).
-    /// - Parameter lossName: the loss output; defaults to the training graph's first output.
+    /// - Parameters:
+    ///   - lossName: the loss output; defaults to the training graph's first output.
+    ///   - compileTraining: false builds the training graph's kernels only at the first train step
+    ///     (or probe), so evaluating and exporting work even when the training graph holds an op
+    ///     without a kernel; its inputs are still classified and the parameters checked.
     public init(trainingModel: Model, state: CheckpointState, evalModel: Model? = nil, lossName: String? = nil,
-                options: SessionOptions = SessionOptions()) throws {
+                options: SessionOptions = SessionOptions(), compileTraining: Bool = true) throws {
         self.state = state
+        self.trainingModel = trainingModel
+        self.options = options
         let graph = trainingModel.graph
         let label = trainingModel.path ?? "training model"
 
@@ -109,7 +121,7 @@ public final class TrainingModule {
         } else {
             self.lossName = trainOutputNames[0]
         }
-        trainSession = try InferenceSession(model: trainingModel, options: options)
+        if compileTraining { compiledTrainSession = try InferenceSession(model: trainingModel, options: options) }
 
         if let evalModel {
             let evalGraph = evalModel.graph
@@ -134,9 +146,18 @@ public final class TrainingModule {
 
     /// A module over artifact files.
     public convenience init(trainingModelPath: String, state: CheckpointState, evalModelPath: String? = nil,
-                            options: SessionOptions = SessionOptions()) throws {
+                            options: SessionOptions = SessionOptions(), compileTraining: Bool = true) throws {
         try self.init(trainingModel: try Model(contentsOf: trainingModelPath), state: state,
-                      evalModel: try evalModelPath.map { try Model(contentsOf: $0) }, options: options)
+                      evalModel: try evalModelPath.map { try Model(contentsOf: $0) }, options: options,
+                      compileTraining: compileTraining)
+    }
+
+    /// The compiled training graph, built on first use for modules made with `compileTraining: false`.
+    func trainSession() throws -> InferenceSession {
+        if let compiledTrainSession { return compiledTrainSession }
+        let session = try InferenceSession(model: trainingModel, options: options)
+        compiledTrainSession = session
+        return session
     }
 
     /// Sizes nominal parameters from the graph and checks every parameter against its declared
@@ -197,7 +218,7 @@ public final class TrainingModule {
             feeds[name] = .tensor(grad)
         }
         if let resetFlagInput { feeds[resetFlagInput] = .tensor(Tensor(shape: [1], scalars: [!accumulate])) }
-        let results = try trainSession.run(feeds, fetches: trainOutputNames)
+        let results = try trainSession().run(feeds, fetches: trainOutputNames)
         accumulate = true
         return try TrainingModule.outputs(results, names: trainOutputNames, loss: lossName)
     }
@@ -294,9 +315,6 @@ public final class TrainingModule {
 
     // MARK: Export
 
-    /// The training graph as the module runs it (for gradient graphs: with accumulation added).
-    public var trainingModel: Model { trainSession.model }
-
     /// `graph` reduced to the nodes `outputs` depend on (subgraph captures included); also
     /// returns every value name those nodes read.
     static func prune(_ graph: Graph, to outputs: [String], label: String, outputsForHelp: [String]) throws -> (Graph, Set<String>) {
@@ -323,7 +341,7 @@ public final class TrainingModule {
     /// parameters, running only the nodes it needs: nothing in the module changes, not even
     /// statistics that training ops update in place. Used to check data before training.
     public func probe(_ name: String, feeds: [String: Tensor]) throws -> Tensor {
-        let model = trainSession.model
+        let model = trainingModel
         var (graph, needed) = try TrainingModule.prune(model.graph, to: [name], label: "the training graph", outputsForHelp: trainOutputNames)
         graph.inputs = graph.inputs.filter { needed.contains($0.name) }
         graph.outputs = [ValueInfo(name: name, type: nil)]
@@ -375,5 +393,37 @@ public final class TrainingModule {
         model.graph = graph
         model.path = nil
         return model
+    }
+}
+
+extension TrainingModule {
+    /// A module for evaluating and exporting only: an artifact folder (`training_model.onnx`,
+    /// `eval_model.onnx`, and `checkpoint` unless `params` names other parameters) or a gradient
+    /// graph with `params` (a checkpoint, .npz or .safetensors). Only the eval graph is compiled:
+    /// the training graph is read to classify the parameters, so an op without a kernel there
+    /// does not stop evaluation or export.
+    public static func forEvaluation(path: String, params: String?, options: SessionOptions = SessionOptions()) throws -> TrainingModule {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw OnnxTrainError.io("\(path): no such file or folder")
+        }
+        guard isDirectory.boolValue else {
+            guard let params else {
+                throw OnnxTrainError.invalidInput("\(path) is a gradient graph: give its trained parameters with --params (a run's checkpoint, .npz or .safetensors)")
+            }
+            return try TrainingModule(gradientGraph: try Model(contentsOf: path), state: try CheckpointState.loadParameters(from: params),
+                                      options: options, compileTraining: false)
+        }
+        let folder = URL(fileURLWithPath: path)
+        func file(_ name: String) throws -> String {
+            let p = folder.appendingPathComponent(name).path
+            guard FileManager.default.fileExists(atPath: p) else {
+                throw OnnxTrainError.io("\(path) is not an artifact folder: it has no \(name)")
+            }
+            return p
+        }
+        let state = try CheckpointState.load(from: try params ?? file("checkpoint"))
+        return try TrainingModule(trainingModel: try Model(contentsOf: try file("training_model.onnx")), state: state,
+                                  evalModel: try Model(contentsOf: try file("eval_model.onnx")), options: options, compileTraining: false)
     }
 }
