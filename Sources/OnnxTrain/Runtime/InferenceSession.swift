@@ -1,8 +1,15 @@
+import Foundation
+
 /// Options for building a session.
 public struct SessionOptions {
     /// Seed for random ops (Dropout in training mode, RandomNormal, ...).
     public var seed: UInt64 = 0
     public var registry: OpRegistry = .standard
+    /// Where a session reports what it accepts but a reader may not expect (a symbolic dimension
+    /// bound to two sizes); standard error by default.
+    public var warn: @Sendable (String) -> Void = { message in
+        FileHandle.standardError.write(Data(("warning: " + message + "\n").utf8))
+    }
     public init() {}
 }
 
@@ -12,6 +19,9 @@ public final class InferenceSession {
     public let model: Model
     let executor: GraphExecutor
     private let state: RunState
+    private let warn: @Sendable (String) -> Void
+    /// Symbolic dimensions already reported as bound to two sizes (each is reported once).
+    private var warnedSymbols: Set<String> = []
 
     public init(model: Model, options: SessionOptions = SessionOptions()) throws {
         BufferCache.configureMalloc()
@@ -25,6 +35,7 @@ public final class InferenceSession {
             throw model.path.map { error.prefixed($0) } ?? error
         }
         state = RunState(seed: options.seed)
+        warn = options.warn
     }
 
     public convenience init(path: String, options: SessionOptions = SessionOptions()) throws {
@@ -37,8 +48,10 @@ public final class InferenceSession {
 
     /// Runs the model. `fetches` defaults to every graph output; any value name may be fetched.
     /// Feeds are checked against the declared inputs: every required input present, no unknown
-    /// name, element type and rank as declared, fixed dimensions equal, and a symbolic dimension
-    /// the same size wherever it appears.
+    /// name, element type and rank as declared, and fixed dimensions equal. A symbolic dimension
+    /// name is a hint, not a contract: as in onnxruntime, two inputs may bind one name to
+    /// different sizes (a gradient graph's labels [1] beside an input [32, 10], both dimension
+    /// 'batch_size'); the session says so once through `SessionOptions.warn` and runs.
     public func run(_ feeds: [String: Value], fetches: [String]? = nil) throws -> [String: Value] {
         let where_ = model.path.map { "\($0): " } ?? ""
         let graph = model.graph
@@ -56,7 +69,10 @@ public final class InferenceSession {
                 }
                 continue
             }
-            try InferenceSession.check(value, against: info, symbols: &symbols, prefix: where_)
+            if let clash = try InferenceSession.check(value, against: info, symbols: &symbols, prefix: where_),
+               warnedSymbols.insert(clash.symbol).inserted {
+                warn(clash.message + "; running anyway, as onnxruntime does (a symbolic dimension name is not checked)")
+            }
             feedSlots.append((executor.slotOf[info.name]!, value))
         }
         let names = fetches ?? graph.outputs.map(\.name)
@@ -93,15 +109,20 @@ public final class InferenceSession {
         return out
     }
 
-    static func check(_ value: Value, against info: ValueInfo, symbols: inout [String: (Int, String)], prefix: String) throws {
-        guard let type = info.type else { return }
+    /// Checks a feed against its declared input; returns the first symbolic dimension bound to a
+    /// size other than the one an earlier input gave it (not an error).
+    @discardableResult
+    static func check(_ value: Value, against info: ValueInfo, symbols: inout [String: (Int, String)],
+                      prefix: String) throws -> (symbol: String, message: String)? {
+        guard let type = info.type else { return nil }
+        var clash: (symbol: String, message: String)?
         let label = "\(prefix)input '\(info.name)'"
         switch (type, value) {
         case (.tensor(let dtype, let shape), .tensor(let t)):
             if let dtype, dtype != t.dtype {
                 throw OnnxTrainError.invalidInput("\(label) must be tensor(\(dtype)), got tensor(\(t.dtype))")
             }
-            guard let shape else { return }
+            guard let shape else { return nil }
             guard shape.count == t.rank else {
                 throw OnnxTrainError.invalidInput("\(label) must have rank \(shape.count) \(shape), got shape \(t.shape)")
             }
@@ -110,19 +131,23 @@ public final class InferenceSession {
                 case .value(let v) where v != actual:
                     throw OnnxTrainError.invalidInput("\(label) dimension \(axis) must be \(v), got shape \(t.shape)")
                 case .symbol(let s):
-                    if let (seen, other) = symbols[s], seen != actual {
-                        throw OnnxTrainError.invalidInput("\(label) dimension \(axis) ('\(s)') is \(actual), but '\(s)' is \(seen) in \(other)")
+                    if let (seen, other) = symbols[s] {
+                        if seen != actual, clash == nil {
+                            clash = (s, "\(label) dimension \(axis) ('\(s)') is \(actual), but '\(s)' is \(seen) in \(other)")
+                        }
+                    } else {
+                        symbols[s] = (actual, "input '\(info.name)'")
                     }
-                    symbols[s] = (actual, "input '\(info.name)'")
                 default: break
                 }
             }
         case (.tensor, _):
             throw OnnxTrainError.invalidInput("\(label) must be a tensor, got \(value.summary)")
         case (.sequence, .sequence), (.optional, .optional), (.optional, _), (.map, _), (.sparseTensor, _):
-            return
+            return nil
         case (.sequence, _):
             throw OnnxTrainError.invalidInput("\(label) must be a sequence, got \(value.summary)")
         }
+        return clash
     }
 }
