@@ -30,7 +30,7 @@ from torch.onnx import TrainingMode
 
 import checkpoint_reader
 from common import FIXTURES, fresh_dir, quiet_torch_export_warnings, save_npz, seed_all, write_json
-from models import GPT, MLP, SmallCNN, randomize_norm_params
+from models import GPT, MLP, SeqClassifier, SmallCNN, randomize_norm_params
 
 OUT = FIXTURES / "training"
 OPSET = 17
@@ -330,6 +330,102 @@ def cnn_case(name, B, conv_bias):
               {"input": B, "labels": B}, "ce", "adamw")
 
 
+def adamw_like_onnxruntime(params, grads, state, lr, step, b1=0.9, b2=0.999, eps=1e-6):
+    """onnxruntime's AdamWOptimizer as generate_artifacts configures it (adam_mode 1, correct_bias 1,
+    weight_decay 0): m, v as usual; p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)."""
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            m, v = state.setdefault(id(p), (torch.zeros_like(p), torch.zeros_like(p)))
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.sub_(lr * np.sqrt(1 - b2 ** step) / (1 - b1 ** step) * m / (v.sqrt() + eps))
+
+
+def make_pytorch_case(name, model, example, data, batch_rows):
+    """Artifacts onnxruntime generates but cannot run (bidirectional RNNs: "only supports the forward
+    direction"): the expected trajectory is PyTorch's, trained with onnxruntime's AdamW update on
+    the same batches; grad0 is autograd's. Same files as make_case except expected_checkpoint."""
+    case = fresh_dir(OUT / name)
+    proto = export_training(model, example, False)
+    trainable = [n for n, _ in model.named_parameters()]
+    artifacts.generate_artifacts(proto, requires_grad=trainable, frozen_params=[], loss=LOSSES["ce"],
+                                 optimizer=OPTIMIZERS["adamw"], artifact_directory=str(case))
+    state = CheckpointState.load_checkpoint(str(case / "checkpoint"))
+    try:
+        Module(str(case / "training_model.onnx"), state, device="cpu")
+        raise AssertionError(f"{name}: onnxruntime runs it; use make_case")
+    except RuntimeError as e:
+        ort_error = str(e).strip().split("Exception during initialization: ")[-1].splitlines()[0]
+    train_inputs, train_outputs = graph_io(case / "training_model.onnx")
+    user_inputs = [i["name"] for i in train_inputs if i["name"] in data]
+    param_names = [i["name"] for i in train_inputs if i["name"] in trainable]
+    for n in param_names:  # the checkpoint holds the model's initial values
+        assert np.array_equal(state.parameters[n].data, dict(model.named_parameters())[n].detach().numpy()), n
+    params = [dict(model.named_parameters())[n] for n in param_names]
+    n_batches = data[user_inputs[0]].shape[0] // batch_rows[user_inputs[0]]
+    model.train()
+    losses, adam = [], {}
+    for step in range(STEPS):
+        k = step % n_batches
+        x, y = (torch.from_numpy(data[n][k * batch_rows[n]:(k + 1) * batch_rows[n]]) for n in user_inputs)
+        model.zero_grad()
+        value = torch.nn.functional.cross_entropy(model(x), y)
+        value.backward()
+        losses.append(float(value))
+        if step == 0:
+            first_grads = {n: p.grad.numpy().copy() for n, p in zip(param_names, params)}
+        adamw_like_onnxruntime(params, [p.grad for p in params], adam, LR["adamw"], step + 1)
+    expected = {"losses": np.asarray(losses, dtype=np.float32)}
+    for n, p in zip(param_names, params):
+        expected["param:" + n] = p.detach().numpy().copy()
+    for n in param_names:
+        expected["grad0:" + n] = first_grads[n]
+    save_npz(case / "expected.npz", expected)
+    save_npz(case / "data.npz", data)
+    write_json(case / "meta.json", {
+        "batch_size": int(batch_rows[user_inputs[0]]),
+        "batch_rows": {n: int(batch_rows[n]) for n in user_inputs},
+        "batches": int(n_batches),
+        "steps": STEPS,
+        "lr": LR["adamw"],
+        "optimizer": "adamw",
+        "loss": LOSSES["ce"].name,
+        "opset": OPSET,
+        "user_inputs": user_inputs,
+        "parameters": param_names,
+        "trainable": param_names,
+        "frozen": [],
+        "loss_output": train_outputs[0]["name"],
+        "reference": "pytorch (autograd, onnxruntime's AdamW update); onnxruntime cannot run these artifacts",
+        "onnxruntime_error": ort_error,
+        "training_model": {"inputs": train_inputs, "outputs": train_outputs, "ops": ops_of(case / "training_model.onnx")},
+    })
+    print(f"{name}: losses {losses[0]:.4f} -> {losses[-1]:.4f} (PyTorch); onnxruntime: {ort_error}")
+
+
+def sequence_data(rng, rows, steps=7, features=4):
+    """Sequences [rows, steps, features] labelled by which third of the range the mean of feature 0 falls in."""
+    x = rng.randn(rows, steps, features).astype(np.float32)
+    m = x[:, :, 0].mean(axis=1)
+    labels = np.digitize(m, np.quantile(m, [1 / 3, 2 / 3])).astype(np.int64)
+    return {"input": x, "labels": labels}
+
+
+def recurrent_cases(B):
+    """LSTM and GRU sequence classifiers: forward (onnxruntime trains them), then bidirectional
+    two-layer ones using Y, Y_h (and Y_c), which onnxruntime cannot train (PyTorch reference)."""
+    for kind in ["lstm", "gru"]:
+        seed_all(2027)
+        data = sequence_data(np.random.RandomState(10), 4 * B)
+        model = SeqClassifier(kind, 4, 6, 3)
+        make_case(f"{kind}_ce_adamw", model, torch.from_numpy(data["input"][:B]), data, {n: B for n in data}, "ce", "adamw")
+    for kind in ["lstm", "gru"]:
+        seed_all(2028)
+        data = sequence_data(np.random.RandomState(11), 4 * B)
+        model = SeqClassifier(kind, 4, 5, 3, layers=2, bidirectional=True, states=True)
+        make_pytorch_case(f"bi{kind}2_ce_adamw", model, torch.from_numpy(data["input"][:B]), data, {n: B for n in data})
+
+
 def main():
     quiet_torch_export_warnings()
     ort.set_default_logger_severity(3)
@@ -373,6 +469,8 @@ def main():
     # Last, because torch's exporter numbers values with a process-wide counter: an export placed
     # earlier would rename the GPT's values (e.g. its loss output) and change its files.
     cnn_case("cnn_nobias_ce_adamw", B, conv_bias=False)
+    # Appended after every earlier case for the same reason.
+    recurrent_cases(B)
 
 
 if __name__ == "__main__":

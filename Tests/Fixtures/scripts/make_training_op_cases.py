@@ -581,6 +581,70 @@ def other_types():
     case("Scale_double_input", "Scale", [("input", d), ("scale", np.array(3.0, np.float32))], ["output"], {"scale_down": 1})
 
 
+# ---------------------------------------------------------------- recurrent (appended last: earlier cases keep their random draws)
+def ort_node(op, inputs, outputs, attrs):
+    """Runs one com.microsoft node in onnxruntime and returns its outputs (for chaining a forward into its Grad)."""
+    ins = [(n, v) for n, v in inputs if v is not None]
+    g = h.make_graph([h.make_node(op, [n if v is not None else "" for n, v in inputs], outputs, domain=MS, **attrs)], op,
+                     [h.make_tensor_value_info(n, h.np_dtype_to_tensor_dtype(v.dtype), v.shape) for n, v in ins],
+                     [h.make_empty_tensor_value_info(o) for o in outputs if o])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid(MS, 1)])
+    m.ir_version = 8
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run([o for o in outputs if o], {n: v for n, v in ins})
+
+
+def recurrent():
+    """LSTMTraining/LSTMGrad and GRUTraining/GRUGrad, forward direction (all onnxruntime runs), with the
+    gradient fed from onnxruntime's own forward outputs, as in a training graph."""
+    S, B, I, H = 5, 3, 4, 3
+    x = f32(S, B, I, lo=-1, hi=1)
+    w, r = f32(1, 4 * H, I, lo=-0.6, hi=0.6), f32(1, 4 * H, H, lo=-0.6, hi=0.6)
+    b, h0, c0 = f32(1, 8 * H, lo=-0.5, hi=0.5), f32(1, B, H, lo=-1, hi=1), f32(1, B, H, lo=-1, hi=1)
+    p = f32(1, 3 * H, lo=-0.5, hi=0.5)
+    dy, dyh, dyc = f32(S, 1, B, H), f32(1, B, H), f32(1, B, H)
+    a = {"hidden_size": H}
+    fw = ["Y", "Y_h", "Y_c", "all_cell_states", "iofc"]
+    full = [("X", x), ("W", w), ("R", r), ("B", b), ("sequence_lens", None), ("initial_h", h0), ("initial_c", c0)]
+    case("LSTMTraining", "LSTMTraining", full, fw, a)
+    case("LSTMTraining_peephole", "LSTMTraining", full + [("P", p)], fw, a)
+    case("LSTMTraining_no_bias_no_state", "LSTMTraining", [("X", x), ("W", w), ("R", r)], fw, dict(a, direction="forward"))
+    grad_out = ["dX", "dW", "dR", "dB", "dH0", "dC0", "dP"]
+
+    def lstm_grad(name, forward_inputs, with_state, grads, outputs):
+        y, _, _, cells, iofc = ort_node("LSTMTraining", forward_inputs, fw, a)
+        state = [("initial_h", h0), ("initial_c", c0)] if with_state else [("initial_h", None), ("initial_c", None)]
+        case(name, "LSTMGrad", [("X", x), ("W", w), ("R", r), ("sequence_lens", None)] + state +
+             [("HAll", y), ("all_cell_states", cells), ("iofc", iofc)] + grads, outputs, a)
+
+    lstm_grad("LSTMGrad", full, True, [("dY", dy), ("dY_h", dyh), ("dY_c", dyc)], grad_out)
+    # What a training graph wires: only dY, no dX.
+    lstm_grad("LSTMGrad_artifact_wiring", full, True, [("dY", dy), ("dY_h", None), ("dY_c", None)], ["", "dW", "dR", "dB", "", ""])
+    lstm_grad("LSTMGrad_final_states_only", [("X", x), ("W", w), ("R", r)], False,
+              [("dY", None), ("dY_h", dyh), ("dY_c", dyc)], grad_out[:6])
+    # onnxruntime's LSTMGrad has no peephole input: the peephole terms stay out of the cell gradient.
+    lstm_grad("LSTMGrad_peephole_forward", full + [("P", p)], True, [("dY", dy), ("dY_h", dyh), ("dY_c", dyc)], grad_out)
+
+    wg, rg = f32(1, 3 * H, I, lo=-0.6, hi=0.6), f32(1, 3 * H, H, lo=-0.6, hi=0.6)
+    bg = f32(1, 6 * H, lo=-0.5, hi=0.5)
+    gfw = ["Y", "Y_h", "zrh"]
+    for lbr in [1, 0]:
+        ga = {"hidden_size": H, "linear_before_reset": lbr}
+        tag = "" if lbr else "_linear_before_reset0"
+        gfull = [("X", x), ("W", wg), ("R", rg), ("B", bg), ("sequence_lens", None), ("initial_h", h0)]
+        case("GRUTraining" + tag, "GRUTraining", gfull, gfw, ga)
+        y, _, zrh = ort_node("GRUTraining", gfull, gfw, ga)
+        case("GRUGrad" + tag, "GRUGrad", gfull + [("HAll", y), ("zrh", zrh), ("dY", dy), ("dY_h", dyh)],
+             ["dX", "dW", "dR", "dB", "dH0"], ga)
+    ga = {"hidden_size": H, "linear_before_reset": 1}
+    gmin = [("X", x), ("W", wg), ("R", rg)]
+    case("GRUTraining_no_bias_no_state", "GRUTraining", gmin, gfw, ga)
+    y, _, zrh = ort_node("GRUTraining", gmin, gfw, ga)
+    case("GRUGrad_artifact_wiring_no_bias", "GRUGrad",
+         gmin + [("B", None), ("sequence_lens", None), ("initial_h", None), ("HAll", y), ("zrh", zrh), ("dY", dy), ("dY_h", None)],
+         ["", "dW", "dR", "dB", ""], ga)
+
+
 def main():
     global OUT, ONLY
     args = sys.argv[1:]
@@ -591,7 +655,7 @@ def main():
     if args:
         OUT = os.path.abspath(args[0])
     for family in [activations, softmax_family, gather_family, losses, dropout, conv_pool, normalization,
-                   shape_helpers, matmul, optimizers, other_types]:
+                   shape_helpers, matmul, optimizers, other_types, recurrent]:
         family()
     print(f"wrote {len(written)} cases to {OUT}")
 

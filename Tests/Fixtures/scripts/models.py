@@ -131,6 +131,29 @@ class SeedModel(nn.Module):
         return self.fc2(self.relu(self.fc1(x)))
 
 
+class SeqClassifier(nn.Module):
+    """A recurrent sequence classifier on batch-first input [B, T, I]: LSTM or GRU, then a Linear on
+    the time-mean of the outputs; with `states`, also on the last layer's final hidden (and cell) state,
+    so the gradient reaches the RNN through Y, Y_h and Y_c."""
+
+    def __init__(self, kind, inputs, hidden, classes, layers=1, bidirectional=False, states=False):
+        super().__init__()
+        rnn = nn.LSTM if kind == "lstm" else nn.GRU
+        self.rnn = rnn(inputs, hidden, num_layers=layers, bidirectional=bidirectional, batch_first=True)
+        self.states = states
+        width = hidden * (2 if bidirectional else 1)
+        if states:
+            width += hidden * (2 if kind == "lstm" else 1)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        y, state = self.rnn(x)
+        features = [y.mean(dim=1)]
+        if self.states:
+            features += [s[-1] for s in (state if isinstance(state, tuple) else (state,))]
+        return self.fc(torch.cat(features, dim=1))
+
+
 def randomize_norm_params(model, bn_stats=True):
     """Make BatchNorm/LayerNorm affine params (and BN running stats) non-trivial so they are really tested."""
     with torch.no_grad():

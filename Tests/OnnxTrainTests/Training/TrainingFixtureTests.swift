@@ -54,7 +54,8 @@ final class TrainingFixtureTests: XCTestCase {
     /// Trains `module` with `optimizer` as the fixture scripts did; returns the measured worst
     /// relative differences (loss per step, final parameters).
     func replay(_ module: TrainingModule, _ optimizer: Optimizer, meta: Meta, data: [String: Tensor],
-                expected: [String: Tensor], name: String, file: StaticString = #filePath, line: UInt = #line) throws -> (Double, Double) {
+                expected: [String: Tensor], name: String, lossTolerance: Double = tolerance,
+                file: StaticString = #filePath, line: UInt = #line) throws -> (Double, Double) {
         optimizer.learningRate = Float(meta.lr)
         module.train()
         let batches = try Batches(arrays: data, names: meta.user_inputs, batchSize: meta.batch_size)
@@ -75,7 +76,7 @@ final class TrainingFixtureTests: XCTestCase {
             module.lazyResetGrad()
             let d = Double(abs(out.loss - losses[step])) / max(Double(abs(losses[step])), 1e-12)
             worstLoss = max(worstLoss, d)
-            XCTAssertLessThanOrEqual(d, Self.tolerance, "\(name) step \(step): loss \(out.loss) vs \(losses[step])", file: file, line: line)
+            XCTAssertLessThanOrEqual(d, lossTolerance, "\(name) step \(step): loss \(out.loss) vs \(losses[step])", file: file, line: line)
         }
         var worstParam = 0.0
         for p in module.state.parameters {
@@ -93,7 +94,7 @@ final class TrainingFixtureTests: XCTestCase {
         return (worstLoss, worstParam)
     }
 
-    func artifact(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    func artifact(_ name: String, lossTolerance: Double = tolerance, file: StaticString = #filePath, line: UInt = #line) throws {
         let folder = Self.root.appendingPathComponent("training/\(name)")
         let (meta, data, expected) = try load(folder)
         let state = try CheckpointState.load(from: folder.appendingPathComponent("checkpoint").path)
@@ -101,8 +102,14 @@ final class TrainingFixtureTests: XCTestCase {
         XCTAssertEqual(module.lossName, meta.loss_output, file: file, line: line)
         XCTAssertEqual(module.trainInputNames, meta.user_inputs, file: file, line: line)
         let optimizer = try Optimizer(path: folder.appendingPathComponent("optimizer_model.onnx").path, module: module)
-        _ = try replay(module, optimizer, meta: meta, data: data, expected: expected, name: name, file: file, line: line)
+        _ = try replay(module, optimizer, meta: meta, data: data, expected: expected, name: name, lossTolerance: lossTolerance, file: file, line: line)
         XCTAssertEqual(optimizer.stepCount, Int64(meta.steps), file: file, line: line)
+        // Artifacts onnxruntime cannot run carry PyTorch's trajectory and no onnxruntime checkpoint.
+        guard FileManager.default.fileExists(atPath: folder.appendingPathComponent("expected_checkpoint").path) else {
+            XCTAssertTrue(try String(contentsOf: folder.appendingPathComponent("meta.json"), encoding: .utf8).contains("\"reference\": \"pytorch"),
+                          "\(name): no expected_checkpoint and no PyTorch reference", file: file, line: line)
+            return
+        }
 
         // Optimizer state after training equals onnxruntime's saved state.
         let ort = try CheckpointState.load(from: folder.appendingPathComponent("expected_checkpoint").path)
@@ -131,6 +138,14 @@ final class TrainingFixtureTests: XCTestCase {
     func testCNNCrossEntropyAdamW() throws { try artifact("cnn_ce_adamw") }
     func testCNNNoBiasCrossEntropyAdamW() throws { try artifact("cnn_nobias_ce_adamw") }
     func testGPTCrossEntropyAdamW() throws { try artifact("gpt_ce_adamw") }
+    // Recurrent classifiers: com.microsoft LSTMTraining/LSTMGrad, GRUTraining/GRUGrad. The forward
+    // ones replay onnxruntime's 30 steps; the bidirectional two-layer ones (Y, Y_h and Y_c all feed
+    // the loss) are artifacts onnxruntime refuses to run, replayed against PyTorch autograd with
+    // onnxruntime's AdamW update. Losses to 1e-5 relative, first-step gradients to 1e-4.
+    func testLSTMCrossEntropyAdamW() throws { try artifact("lstm_ce_adamw", lossTolerance: 1e-5) }
+    func testGRUCrossEntropyAdamW() throws { try artifact("gru_ce_adamw", lossTolerance: 1e-5) }
+    func testBidirectionalTwoLayerLSTMAgainstPyTorch() throws { try artifact("bilstm2_ce_adamw", lossTolerance: 1e-5) }
+    func testBidirectionalTwoLayerGRUAgainstPyTorch() throws { try artifact("bigru2_ce_adamw", lossTolerance: 1e-5) }
 
     func gradient(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let folder = Self.root.appendingPathComponent("gradient/\(name)")

@@ -13,4 +13,5 @@ func registerMicrosoftOps(_ registry: OpRegistry) {
     registerTrainingShapeOps(registry)    // TrainingShapeOps.swift: SliceGrad, Split/ConcatTraining, ReduceSumTraining, ...
     registerFusedMatMulOps(registry)      // FusedMatMul.swift: FusedMatMul, TransposeMatMul, DivGrad
     registerOptimizerOps(registry)        // TrainingOptimizers.swift: accumulators, AdamW, SGD, clipping, legacy optimizers
+    registerRecurrentTrainingOps(registry) // RecurrentGrad.swift: LSTMTraining/GRUTraining (Recurrent.swift forwards), LSTMGrad, GRUGrad
 }

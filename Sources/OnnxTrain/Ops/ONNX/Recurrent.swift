@@ -3,6 +3,12 @@ import Foundation
 /// RNN, GRU and LSTM (ONNX equations, all directions, sequence_lens, initial states, clip,
 /// activation lists, layout 0/1). The input projection X·Wᵀ for all steps is one GEMM; each step
 /// adds one H·Rᵀ GEMM (two for GRU without linear_before_reset).
+///
+/// The same kernel is the forward of com.microsoft LSTMTraining/GRUTraining (`records`): it then
+/// also returns what the gradient kernels (RecurrentGrad.swift) need, always in [S, D, B, ·]
+/// order whatever the layout: LSTM all_cell_states [S, D, B, H] and the activated gates iofc
+/// [S, D, B, 4H] (i, o, f, c̃ = tanh candidate); GRU the activated gates zrh [S, D, B, 3H]
+/// (z, r, h̃). Steps past a sequence's length stay zero.
 
 /// One activation of the `activations` attribute with its alpha/beta.
 struct RecurrentActivation {
@@ -71,11 +77,14 @@ struct RecurrentKernel: Kernel {
     let layout: Int
     let linearBeforeReset: Bool
     let inputForget: Bool
+    /// LSTMTraining/GRUTraining: also return the cell states and gate activations.
+    let records: Bool
 
     var gates: Int { switch cell { case .rnn: return 1; case .gru: return 3; case .lstm: return 4 } }
 
-    init(_ ctx: NodeContext, cell: RecurrentCell) throws {
+    init(_ ctx: NodeContext, cell: RecurrentCell, records: Bool = false) throws {
         self.cell = cell
+        self.records = records
         hiddenSize = try ctx.requiredInt("hidden_size")
         guard hiddenSize > 0 else { throw KernelError("hidden_size must be positive") }
         switch try ctx.string("direction", default: "forward") {
@@ -136,6 +145,9 @@ struct RecurrentKernel: Kernel {
             var hr = [T](repeating: 0, count: B * G * H)
             var rh = [T](repeating: 0, count: B * H)   // GRU: (r ⊙ h) and its product with Rhᵀ
             var rhr = [T](repeating: 0, count: B * H)
+            // Training records, [S, D, B, G·H] gates and [S, D, B, H] cells.
+            var gateRecord = [T](repeating: 0, count: k.records ? S * D * B * G * H : 0)
+            var cellRecord = [T](repeating: 0, count: k.records && k.cell == .lstm ? S * D * B * H : 0)
             let clip = k.clip
             @inline(__always) func clipped(_ v: Double) -> Double { clip.map { min(max(v, -$0), $0) } ?? v }
 
@@ -201,6 +213,10 @@ struct RecurrentKernel: Kernel {
                                 }
                                 let hc = act[1](clipped(candidate))
                                 hNew = (1 - z) * hc + z * hPrev
+                                if k.records {
+                                    let g = ((t * D + d) * B + bi) * G * H + j
+                                    gateRecord[g] = T(fromDouble: z); gateRecord[g + H] = T(fromDouble: rg); gateRecord[g + 2 * H] = T(fromDouble: hc)
+                                }
                             case .lstm:
                                 let cPrev = c[hi].doubleValue
                                 let i = act[0](clipped(gate(0, j) + peep[j] * cPrev))
@@ -210,6 +226,12 @@ struct RecurrentKernel: Kernel {
                                 let o = act[0](clipped(gate(1, j) + peep[H + j] * cNew))
                                 hNew = o * act[2](cNew)
                                 c[hi] = T(fromDouble: cNew)
+                                if k.records {
+                                    let g = ((t * D + d) * B + bi) * G * H + j
+                                    gateRecord[g] = T(fromDouble: i); gateRecord[g + H] = T(fromDouble: o)
+                                    gateRecord[g + 2 * H] = T(fromDouble: f); gateRecord[g + 3 * H] = T(fromDouble: cc)
+                                    cellRecord[((t * D + d) * B + bi) * H + j] = c[hi]
+                                }
                             }
                             h[hi] = T(fromDouble: hNew)
                             y[((t * D + d) * B + bi) * H + j] = h[hi]
@@ -218,17 +240,22 @@ struct RecurrentKernel: Kernel {
                 }
                 for i in 0..<(B * H) { yh[d * B * H + i] = h[i]; yc[d * B * H + i] = c[i] }
             }
+            var records: [Tensor?] = []
+            if k.records {
+                if k.cell == .lstm { records.append(Tensor(shape: [S, D, B, H], scalars: cellRecord)) }
+                records.append(Tensor(shape: [S, D, B, G * H], scalars: gateRecord))
+            }
             if k.layout == 0 {
-                return [Tensor(shape: [S, D, B, H], scalars: y), Tensor(shape: [D, B, H], scalars: yh),
-                        k.cell == .lstm ? Tensor(shape: [D, B, H], scalars: yc) : nil]
+                return [Tensor(shape: [S, D, B, H], scalars: y), Tensor(shape: [D, B, H], scalars: yh)]
+                    + (k.cell == .lstm ? [Tensor(shape: [D, B, H], scalars: yc)] : []) + records
             }
             // layout 1: Y [B, S, D, H], states [B, D, H]
             var y1 = [T](repeating: 0, count: y.count)
             for s in 0..<S { for d in 0..<D { for bi in 0..<B { for j in 0..<H {
                 y1[((bi * S + s) * D + d) * H + j] = y[((s * D + d) * B + bi) * H + j]
             } } } }
-            return [Tensor(shape: [B, S, D, H], scalars: y1), Tensor(shape: [B, D, H], scalars: transpose01(yh, D, B, H)),
-                    k.cell == .lstm ? Tensor(shape: [B, D, H], scalars: transpose01(yc, D, B, H)) : nil]
+            return [Tensor(shape: [B, S, D, H], scalars: y1), Tensor(shape: [B, D, H], scalars: transpose01(yh, D, B, H))]
+                + (k.cell == .lstm ? [Tensor(shape: [B, D, H], scalars: transpose01(yc, D, B, H))] : []) + records
         }
     }
 
