@@ -645,6 +645,108 @@ def recurrent():
          ["", "dW", "dR", "dB", ""], ga)
 
 
+def recurrent_pytorch():
+    """What onnxruntime refuses (both directions, sequence_lens, layout 1): LSTMTraining -> LSTMGrad and
+    GRUTraining -> GRUGrad chained in one model, outputs Y, Y_h(, Y_c) and every gradient, against
+    PyTorch's nn.LSTM/nn.GRU on packed sequences (float64 autograd, rounded to float32)."""
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    def one(name, kind, S, B, I, H, lens, layout):
+        lstm = kind == "lstm"
+        G, D = (4 if lstm else 3), 2
+        x = f32(S, B, I, lo=-1, hi=1)
+        w, r = f32(D, G * H, I, lo=-0.6, hi=0.6), f32(D, G * H, H, lo=-0.6, hi=0.6)
+        b, h0, c0 = f32(D, 2 * G * H, lo=-0.5, hi=0.5), f32(D, B, H, lo=-1, hi=1), f32(D, B, H, lo=-1, hi=1)
+        dy, dyh, dyc = f32(S, D, B, H), f32(D, B, H), f32(D, B, H)
+        # ONNX gate blocks (LSTM i, o, f, c; GRU z, r, h) in PyTorch's order (i, f, g, o; r, z, n).
+        order = [0, 2, 3, 1] if lstm else [1, 0, 2]
+
+        def torch_blocks(a):
+            return torch.cat([torch.tensor(a.astype(np.float64)).reshape(G, H, *a.shape[1:])[k] for k in order], 0)
+
+        def onnx_blocks(t):
+            parts = t.reshape(G, H, *t.shape[1:])
+            out = np.zeros_like(parts)
+            for k_torch, k_onnx in enumerate(order):
+                out[k_onnx] = parts[k_torch]
+            return out.reshape(t.shape)
+
+        net = (torch.nn.LSTM if lstm else torch.nn.GRU)(I, H, bidirectional=True).double()
+        with torch.no_grad():
+            for d, sfx in enumerate(["", "_reverse"]):
+                getattr(net, "weight_ih_l0" + sfx).copy_(torch_blocks(w[d]))
+                getattr(net, "weight_hh_l0" + sfx).copy_(torch_blocks(r[d]))
+                getattr(net, "bias_ih_l0" + sfx).copy_(torch_blocks(b[d, :G * H]))
+                getattr(net, "bias_hh_l0" + sfx).copy_(torch_blocks(b[d, G * H:]))
+        tx, th0, tc0 = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, h0, c0))
+        packed = pack_padded_sequence(tx, torch.tensor(lens), enforce_sorted=False)
+        out, state = net(packed, (th0, tc0) if lstm else th0)
+        y = pad_packed_sequence(out, total_length=S)[0].reshape(S, B, D, H).permute(0, 2, 1, 3)
+        hn = state[0] if lstm else state
+        loss = (y * torch.tensor(dy.astype(np.float64))).sum() + (hn * torch.tensor(dyh.astype(np.float64))).sum()
+        if lstm:
+            loss = loss + (state[1] * torch.tensor(dyc.astype(np.float64))).sum()
+        loss.backward()
+        grad = {n: p.grad.numpy() for n, p in net.named_parameters()}
+        dw = np.stack([onnx_blocks(grad["weight_ih_l0" + s_]) for s_ in ["", "_reverse"]])
+        dr = np.stack([onnx_blocks(grad["weight_hh_l0" + s_]) for s_ in ["", "_reverse"]])
+        db = np.stack([np.concatenate([onnx_blocks(grad["bias_ih_l0" + s_]), onnx_blocks(grad["bias_hh_l0" + s_])])
+                       for s_ in ["", "_reverse"]])
+        expected = {"Y": y.detach().numpy(), "Y_h": hn.detach().numpy(), "dX": tx.grad.numpy(), "dW": dw, "dR": dr, "dB": db,
+                    "dH0": th0.grad.numpy()}
+        if lstm:
+            expected.update({"Y_c": state[1].detach().numpy(), "dC0": tc0.grad.numpy()})
+        feeds = {"X": x, "W": w, "R": r, "B": b, "sequence_lens": np.array(lens, np.int32), "initial_h": h0, "dY": dy, "dY_h": dyh}
+        if lstm:
+            feeds.update({"initial_c": c0, "dY_c": dyc})
+        if layout == 1:  # batch-major: X, dX [B, S, I]; Y, dY [B, S, D, H]; states [B, D, H]
+            for n in ["X", "dX"]:
+                (feeds if n in feeds else expected)[n] = (feeds if n in feeds else expected)[n].transpose(1, 0, 2)
+            for n in ["Y", "dY"]:
+                (feeds if n in feeds else expected)[n] = (feeds if n in feeds else expected)[n].transpose(2, 0, 1, 3)
+            for n in ["initial_h", "initial_c", "dY_h", "dY_c", "Y_h", "Y_c", "dH0", "dC0"]:
+                for table in (feeds, expected):
+                    if n in table:
+                        table[n] = table[n].transpose(1, 0, 2)
+        a = {"hidden_size": H, "direction": "bidirectional", "layout": layout}
+        if lstm:
+            fw = h.make_node("LSTMTraining", ["X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c"],
+                             ["Y", "Y_h", "Y_c", "all_cell_states", "iofc"], domain=MS, **a)
+            bw = h.make_node("LSTMGrad", ["X", "W", "R", "sequence_lens", "initial_h", "initial_c", "Y", "all_cell_states", "iofc",
+                                          "dY", "dY_h", "dY_c"], ["dX", "dW", "dR", "dB", "dH0", "dC0"], domain=MS, **a)
+            inputs = ["X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "dY", "dY_h", "dY_c"]
+            outputs = ["Y", "Y_h", "Y_c", "dX", "dW", "dR", "dB", "dH0", "dC0"]
+        else:
+            a["linear_before_reset"] = 1
+            fw = h.make_node("GRUTraining", ["X", "W", "R", "B", "sequence_lens", "initial_h"], ["Y", "Y_h", "zrh"], domain=MS, **a)
+            bw = h.make_node("GRUGrad", ["X", "W", "R", "B", "sequence_lens", "initial_h", "Y", "zrh", "dY", "dY_h"],
+                             ["dX", "dW", "dR", "dB", "dH0"], domain=MS, **a)
+            inputs = ["X", "W", "R", "B", "sequence_lens", "initial_h", "dY", "dY_h"]
+            outputs = ["Y", "Y_h", "dX", "dW", "dR", "dB", "dH0"]
+        if ONLY and ONLY not in name:
+            return
+        g = h.make_graph([fw, bw], name,
+                         [h.make_tensor_value_info(n, h.np_dtype_to_tensor_dtype(feeds[n].dtype), feeds[n].shape) for n in inputs],
+                         [h.make_empty_tensor_value_info(o) for o in outputs])
+        m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid(MS, 1)], producer_name="make_training_op_cases.py")
+        m.ir_version = 8
+        d_ = os.path.join(OUT, name)
+        shutil.rmtree(d_, ignore_errors=True)
+        os.makedirs(os.path.join(d_, "test_data_set_0"))
+        onnx.save(m, os.path.join(d_, "model.onnx"))
+        for i, n in enumerate(inputs):
+            write_value(os.path.join(d_, "test_data_set_0", f"input_{i}.pb"), n, feeds[n])
+        for i, n in enumerate(outputs):
+            write_value(os.path.join(d_, "test_data_set_0", f"output_{i}.pb"), n, expected[n].astype(np.float32))
+        written.append(name)
+
+    one("LSTMGrad_pytorch_bidirectional_seq_lens", "lstm", 5, 3, 4, 3, [5, 2, 4], 0)
+    one("LSTMGrad_pytorch_bidirectional_seq_lens_layout1", "lstm", 4, 2, 3, 2, [1, 4], 1)
+    one("GRUGrad_pytorch_bidirectional_seq_lens", "gru", 5, 3, 4, 3, [3, 5, 1], 0)
+    one("GRUGrad_pytorch_bidirectional_seq_lens_layout1", "gru", 4, 2, 3, 2, [4, 2], 1)
+
+
 def main():
     global OUT, ONLY
     args = sys.argv[1:]
@@ -655,7 +757,8 @@ def main():
     if args:
         OUT = os.path.abspath(args[0])
     for family in [activations, softmax_family, gather_family, losses, dropout, conv_pool, normalization,
-                   shape_helpers, matmul, optimizers, other_types, recurrent]:
+                   shape_helpers, matmul, optimizers, other_types, recurrent,
+                   recurrent_pytorch]:
         family()
     print(f"wrote {len(written)} cases to {OUT}")
 

@@ -1,0 +1,2 @@
+B	initial_hJ rŽp?h¿bgY?lþ<¿¹
+.¿¿'Z?ÂîÄ¼.gl¿
