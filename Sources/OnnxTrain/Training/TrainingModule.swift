@@ -389,6 +389,16 @@ public final class TrainingModule {
         graph.outputs = outputs.map { declared[$0] ?? ValueInfo(name: $0, type: nil) }
         let keptValues = needed
         graph.valueInfo = graph.valueInfo.filter { keptValues.contains($0.name) }
+        // onnxruntime's eval graphs keep BatchNormalization's running-stat outputs in inference
+        // mode (they pass the statistics through), and onnxruntime refuses to load such a node:
+        // the inference model drops those outputs when nothing reads them.
+        let read = Set(graph.nodes.flatMap { $0.inputs + GraphExecutor.subgraphReferences($0) }).union(outputs)
+        for i in graph.nodes.indices where graph.nodes[i].opType == "BatchNormalization" && (graph.nodes[i].domain.isEmpty || graph.nodes[i].domain == "ai.onnx") {
+            if case .int(let mode)? = graph.nodes[i].attributes["training_mode"], mode != 0 { continue }
+            while graph.nodes[i].outputs.count > 1, let last = graph.nodes[i].outputs.last, last.isEmpty || !read.contains(last) {
+                graph.nodes[i].outputs.removeLast()
+            }
+        }
         var model = evalModel
         model.graph = graph
         model.path = nil

@@ -45,15 +45,15 @@ def expose_cross_entropy_log_prob(proto):
             node.output.append(node.output[0] + "_log_prob")
 
 
-def build_gradient_graph(model, example_input, example_labels, path, opset):
-    """Export model + F.cross_entropy with parameters as inputs, then build the gradient graph."""
+def build_gradient_graph(model, example_input, example_labels, path, opset, loss_fn=F.cross_entropy):
+    """Export model + loss_fn (F.cross_entropy by default) with parameters as inputs, then build the gradient graph."""
 
     class WithLoss(torch.nn.Module):
         def forward(self, model_input, labels, *params):
             for param, value in zip(model.parameters(), params):
                 param.data = value.data
             output = model(model_input)
-            return output, F.cross_entropy(output, labels)
+            return output, loss_fn(output, labels)
 
     param_names = [n for n, _ in model.named_parameters()]
     f = io.BytesIO()
@@ -88,10 +88,10 @@ def build_gradient_graph(model, example_input, example_labels, path, opset):
     return param_names
 
 
-def torch_grads(model, x, y):
+def torch_grads(model, x, y, loss_fn=F.cross_entropy):
     """Reference gradients from PyTorch autograd for the same parameters and batch."""
     model.zero_grad()
-    loss = F.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+    loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
     loss.backward()
     return float(loss), {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
 
@@ -105,11 +105,13 @@ def describe(v):
     }
 
 
-def make_case(name, model, data, batch, lr, opset):
+def make_case(name, model, data, batch, lr, opset, loss_fn=F.cross_entropy, example=None,
+              loss_doc="torch.nn.functional.cross_entropy (mean) -> SoftmaxCrossEntropyLoss"):
+    """example: (input, labels) to export with instead of the first batch (the walkthrough's own)."""
     case = fresh_dir(OUT / name)
     path = case / "gradient_graph.onnx"
-    x0, y0 = data["input"][:batch], data["labels"][:batch]
-    param_names = build_gradient_graph(model, torch.from_numpy(x0), torch.from_numpy(y0), path, opset)
+    x0, y0 = example if example is not None else (data["input"][:batch], data["labels"][:batch])
+    param_names = build_gradient_graph(model, torch.from_numpy(x0), torch.from_numpy(y0), path, opset, loss_fn)
     params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
 
     graph = onnx.load(path).graph
@@ -131,14 +133,20 @@ def make_case(name, model, data, batch, lr, opset):
         loss, *grads = session.run(fetches, feeds)
         if step == 0:
             first_grads = dict(zip(param_names, grads))
-            ref_loss, ref = torch_grads(model, feeds["input"], feeds["labels"])
-            assert abs(ref_loss - float(loss)) < 1e-5, (name, ref_loss, loss)
+            ref_loss, ref = torch_grads(model, feeds["input"], feeds["labels"], loss_fn)
+            assert abs(ref_loss - float(loss)) < 1e-5 * max(1.0, abs(ref_loss)), (name, ref_loss, loss)
             for n in param_names:
                 assert np.allclose(ref[n], first_grads[n], atol=1e-5), (name, n)
         losses.append(float(loss))
         for n, g in zip(param_names, grads):
             current[n] = (current[n] - np.float32(lr) * g).astype(np.float32)
 
+    if example is not None:
+        # onnxruntime on the example the graph was exported with, at the initial parameters.
+        feeds = {"input": x0, "labels": y0, **params}
+        names = [o.name for o in graph.output]
+        save_npz(case / "example.npz", {"input": x0, "labels": y0})
+        save_npz(case / "example_expected.npz", dict(zip(names, session.run(names, feeds))))
     save_npz(case / "params.npz", params)
     save_npz(case / "data.npz", data)
     expected = {"losses": np.asarray(losses, dtype=np.float32)}
@@ -151,7 +159,7 @@ def make_case(name, model, data, batch, lr, opset):
         "steps": STEPS,
         "lr": lr,
         "update": "p -= lr * <p>_grad (float32), after each step's forward with the pre-update params",
-        "loss": "torch.nn.functional.cross_entropy (mean) -> SoftmaxCrossEntropyLoss",
+        "loss": loss_doc,
         "opset": opset,
         "user_inputs": ["input", "labels"],
         "parameters": param_names,
@@ -190,6 +198,28 @@ def main():
     x = rng.randn(4 * B, 10).astype(np.float32)
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
     make_case("seed", SeedModel(), {"input": x, "labels": y}, B, lr=0.1, opset=12)
+
+    # The walkthrough's gradient graph exactly as its README exports it: example input [32, 10],
+    # labels torch.tensor([1]) (both dimension 0 named batch_size), and its loss, which takes log2 of
+    # the raw logits. The parameters keep the logits positive (non-negative fc2 weights, bias >= 1)
+    # so that loss is a number; the graph is the same whatever the values.
+    seed_all(3004)
+    rng = np.random.RandomState(34)
+    model = SeedModel()
+    with torch.no_grad():
+        model.fc2.weight.abs_()
+        model.fc2.bias.abs_().add_(1.0)
+    B = 8
+    x = rng.randn(4 * B, 10).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    example = (rng.randn(32, 10).astype(np.float32), np.array([1], dtype=np.int64))
+    make_case("walkthrough", model, {"input": x, "labels": y}, B, lr=0.01, opset=12, loss_fn=walkthrough_loss, example=example,
+              loss_doc="the walkthrough's binary_cross_entropy_loss: -sum(t*log2(out[:, 0]) + (1-t)*log2(out[:, 1]))")
+
+
+def walkthrough_loss(inp, target):
+    """train-pytorch-in-js README's binary_cross_entropy_loss, as written there."""
+    return -torch.sum(target * torch.log2(inp[:, 0]) + (1 - target) * torch.log2(inp[:, 1]))
 
 
 if __name__ == "__main__":

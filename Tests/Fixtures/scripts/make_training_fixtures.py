@@ -30,7 +30,7 @@ from torch.onnx import TrainingMode
 
 import checkpoint_reader
 from common import FIXTURES, fresh_dir, quiet_torch_export_warnings, save_npz, seed_all, write_json
-from models import GPT, MLP, SeqClassifier, SmallCNN, randomize_norm_params
+from models import GPT, MLP, SeqClassifier, SmallCNN, TinyResNet, randomize_norm_params
 
 OUT = FIXTURES / "training"
 OPSET = 17
@@ -426,6 +426,40 @@ def recurrent_cases(B):
         make_pytorch_case(f"bi{kind}2_ce_adamw", model, torch.from_numpy(data["input"][:B]), data, {n: B for n in data})
 
 
+def resnet_case(B):
+    """A ResNet-style CNN with BatchNorm (TinyResNet). onnxruntime trains it, but cannot load its eval
+    model (BatchNormalization with training_mode 0 keeps the running-stat outputs). The eval reference:
+    the trained state (onnxruntime's, running statistics included) put into the PyTorch model in eval
+    mode, exported as a plain inference model and run by onnxruntime; PyTorch must agree. Writes
+    expected_eval.npz: input, labels, logits [rows, classes], loss (mean cross entropy)."""
+    seed_all(2029)
+    rng = np.random.RandomState(12)
+    x = rng.randn(4 * B, 1, 8, 8).astype(np.float32)
+    labels = ((x[:, 0, :4].mean(axis=(1, 2)) > 0).astype(np.int64) * 2 + (x[:, 0, :, :4].mean(axis=(1, 2)) > 0)).astype(np.int64)
+    model = TinyResNet()
+    randomize_norm_params(model)
+    state = make_case("resnet_ce_adamw", model, torch.from_numpy(x[:B]), {"input": x, "labels": labels},
+                      {"input": B, "labels": B}, "ce", "adamw")
+    names = [n for n in model.state_dict() if not n.endswith("num_batches_tracked")]
+    trained = {n: torch.from_numpy(np.asarray(state.parameters[n].data).copy()) for n in names}
+    missing = model.load_state_dict(trained, strict=False)
+    assert not missing.unexpected_keys and all(k.endswith("num_batches_tracked") for k in missing.missing_keys), missing
+    model.eval()
+    test = rng.randn(2 * B, 1, 8, 8).astype(np.float32)
+    test_labels = ((test[:, 0, :4].mean(axis=(1, 2)) > 0).astype(np.int64) * 2 + (test[:, 0, :, :4].mean(axis=(1, 2)) > 0)).astype(np.int64)
+    with torch.no_grad():
+        torch_logits = model(torch.from_numpy(test)).numpy()
+    f = io.BytesIO()
+    torch.onnx.export(model, (torch.from_numpy(test[:B]),), f, dynamo=False, opset_version=OPSET, input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    ort_logits = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"]).run(None, {"input": test})[0]
+    assert np.allclose(ort_logits, torch_logits, rtol=1e-4, atol=1e-5), np.abs(ort_logits - torch_logits).max()
+    loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(ort_logits), torch.from_numpy(test_labels)))
+    save_npz(OUT / "resnet_ce_adamw" / "expected_eval.npz",
+             {"input": test, "labels": test_labels, "logits": ort_logits, "loss": np.asarray(loss, np.float32)})
+    print(f"resnet_ce_adamw eval: loss {loss:.4f}, onnxruntime vs PyTorch {np.abs(ort_logits - torch_logits).max():.2e}")
+
+
 def main():
     quiet_torch_export_warnings()
     ort.set_default_logger_severity(3)
@@ -471,6 +505,7 @@ def main():
     cnn_case("cnn_nobias_ce_adamw", B, conv_bias=False)
     # Appended after every earlier case for the same reason.
     recurrent_cases(B)
+    resnet_case(B)
 
 
 if __name__ == "__main__":

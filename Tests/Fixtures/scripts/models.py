@@ -131,6 +131,46 @@ class SeedModel(nn.Module):
         return self.fc2(self.relu(self.fc1(x)))
 
 
+class BasicBlock(nn.Module):
+    """torchvision's ResNet BasicBlock: conv3x3-BN-ReLU-conv3x3-BN plus the shortcut (a 1x1 conv + BN
+    when the shape changes), then ReLU."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class TinyResNet(nn.Module):
+    """A torchvision-style ResNet in miniature (torchvision is not installable beside torch 2.13+cpu here):
+    stem conv3x3-BN-ReLU-MaxPool, a BasicBlock, a strided BasicBlock with a downsample shortcut,
+    global average pooling, Linear. [N, 1, 8, 8] -> [N, classes]."""
+
+    def __init__(self, classes=4, width=4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.maxpool = nn.MaxPool2d(2)
+        self.layer1 = BasicBlock(width, width, 1)
+        self.layer2 = BasicBlock(width, 2 * width, 2)
+        self.fc = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 class SeqClassifier(nn.Module):
     """A recurrent sequence classifier on batch-first input [B, T, I]: LSTM or GRU, then a Linear on
     the time-mean of the outputs; with `states`, also on the last layer's final hidden (and cell) state,

@@ -146,6 +146,8 @@ final class TrainingFixtureTests: XCTestCase {
     func testGRUCrossEntropyAdamW() throws { try artifact("gru_ce_adamw", lossTolerance: 1e-5) }
     func testBidirectionalTwoLayerLSTMAgainstPyTorch() throws { try artifact("bilstm2_ce_adamw", lossTolerance: 1e-5) }
     func testBidirectionalTwoLayerGRUAgainstPyTorch() throws { try artifact("bigru2_ce_adamw", lossTolerance: 1e-5) }
+    /// A ResNet-style CNN (BasicBlocks with BatchNorm, a downsample shortcut); its eval side is EvaluationTests.
+    func testResNetCrossEntropyAdamW() throws { try artifact("resnet_ce_adamw") }
 
     func gradient(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let folder = Self.root.appendingPathComponent("gradient/\(name)")
@@ -160,4 +162,6 @@ final class TrainingFixtureTests: XCTestCase {
     func testGradientGraphMLP() throws { try gradient("mlp") }
     func testGradientGraphEmbedding() throws { try gradient("embedding") }
     func testGradientGraphSeed() throws { try gradient("seed") }
+    /// The walkthrough's own gradient graph (labels and input share 'batch_size'; its log2 loss).
+    func testGradientGraphWalkthrough() throws { try gradient("walkthrough") }
 }

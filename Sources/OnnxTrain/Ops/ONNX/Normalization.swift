@@ -44,6 +44,10 @@ struct BatchNormKernel: Kernel {
     let epsilon: Double, momentum: Double
     let training: Bool          // opset 14+: training_mode; earlier: more than one output requested
     let opset: Int
+    /// Opset 14+ in inference mode with running_mean/running_var requested, as onnxruntime's
+    /// eval graphs keep them from the training graph (onnxruntime itself refuses such a model):
+    /// those outputs pass input_mean and input_var through unchanged.
+    let passesStatisticsThrough: Bool
 
     init(_ ctx: NodeContext) throws {
         epsilon = Double(try ctx.float("epsilon", default: 1e-5))
@@ -51,7 +55,9 @@ struct BatchNormKernel: Kernel {
         opset = ctx.sinceVersion
         if ctx.sinceVersion >= 14 {
             training = try ctx.int("training_mode", default: 0) != 0
+            passesStatisticsThrough = !training && (ctx.hasOutput(1) || ctx.hasOutput(2))
         } else {
+            passesStatisticsThrough = false
             training = try ctx.int("is_test", default: 0) == 0 && (1..<5).contains(where: { ctx.hasOutput($0) })
         }
     }
@@ -119,6 +125,7 @@ struct BatchNormKernel: Kernel {
         let outs = try withFloatCompute([x]) { t in
             try dispatchFloat(t[0]!.dtype, Op(k: self, x: t[0]!, scale: scale, bias: bias, mean: mean, variance: variance))
         }
+        if passesStatisticsThrough { return [outs.first.flatMap { $0 }.map(Value.tensor), inputs.value(3), inputs.value(4)] }
         // Running statistics take the type of input_mean (opset 15 allows it to differ from X).
         return outs.enumerated().map { i, t in
             guard let t else { return nil }
