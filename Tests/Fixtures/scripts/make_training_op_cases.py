@@ -747,6 +747,26 @@ def recurrent_pytorch():
     one("GRUGrad_pytorch_bidirectional_seq_lens_layout1", "gru", 4, 2, 3, 2, [4, 2], 1)
 
 
+def misc_cpu_kernels():
+    """The remaining CPU training kernels a graph can hold outside ORTModule (see docs/TRAINING_KERNELS.md)."""
+    x, y = f32(2, 3), f32(4)
+    # onnxruntime's PassThrough checks that each output shares its input's buffer, which a graph output
+    # never does, so it cannot run as a one-node model: the expected outputs are the inputs (that check).
+    case("PassThrough", "PassThrough", [("x", x), ("y", y)], ["x_out", "y_out"], reference=lambda f: [f["x"], f["y"]])
+    case("Group", "Group", [("x", x), ("y", y)], ["done"])
+    case("RecordEvent", "RecordEvent", [("event_id", i64(3)), ("x", x), ("y", y)], ["x_out", "y_out"])
+    case("WaitEvent", "WaitEvent", [("event_id", i64(-1)), ("x", x)], ["x_out"])
+    case("ReduceAllL2", "ReduceAllL2", [("a", x), ("b", y), ("c", f32(3, 1, 2))], ["norm"],
+         output_types={"norm": typed("norm", TP.FLOAT, [])})
+    case("ShrunkenGather", "ShrunkenGather", [("data", f32(5, 3)), ("indices", i64([4, 0, 2]))], ["gathered"])
+    q = np.concatenate([f32(20, lo=-3, hi=3), np.array([0.25, 0.75, -0.25, 2.5], np.float32)]).reshape(4, 6)
+    case("FakeQuant", "FakeQuant", [("input", q), ("scale", np.array(0.5, np.float32)), ("zero_point", np.array(2.0, np.float32))],
+         ["fake_quantized", "mask"], {"quant_min": 0, "quant_max": 7})
+    case("FakeQuant_default_range", "FakeQuant",
+         [("input", q * 40), ("scale", np.array(0.25, np.float32)), ("zero_point", np.array(128.0, np.float32))], ["fake_quantized", "mask"])
+    case("FakeQuantGrad", "FakeQuantGrad", [("dY", f32(3, 4)), ("gradient_mask", rng.uniform(size=(3, 4)) > 0.4)], ["dX"])
+
+
 def main():
     global OUT, ONLY
     args = sys.argv[1:]
@@ -758,7 +778,7 @@ def main():
         OUT = os.path.abspath(args[0])
     for family in [activations, softmax_family, gather_family, losses, dropout, conv_pool, normalization,
                    shape_helpers, matmul, optimizers, other_types, recurrent,
-                   recurrent_pytorch]:
+                   recurrent_pytorch, misc_cpu_kernels]:
         family()
     print(f"wrote {len(written)} cases to {OUT}")
 

@@ -14,4 +14,5 @@ func registerMicrosoftOps(_ registry: OpRegistry) {
     registerFusedMatMulOps(registry)      // FusedMatMul.swift: FusedMatMul, TransposeMatMul, DivGrad
     registerOptimizerOps(registry)        // TrainingOptimizers.swift: accumulators, AdamW, SGD, clipping, legacy optimizers
     registerRecurrentTrainingOps(registry) // RecurrentGrad.swift: LSTMTraining/GRUTraining (Recurrent.swift forwards), LSTMGrad, GRUGrad
+    registerTrainingMiscOps(registry)     // TrainingMiscOps.swift: PassThrough, Group, Record/WaitEvent, ReduceAllL2, ShrunkenGather, FakeQuant(Grad)
 }
