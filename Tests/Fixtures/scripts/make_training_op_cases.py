@@ -767,6 +767,34 @@ def misc_cpu_kernels():
     case("FakeQuantGrad", "FakeQuantGrad", [("dY", f32(3, 4)), ("gradient_mask", rng.uniform(size=(3, 4)) > 0.4)], ["dX"])
 
 
+def conv_transpose_grad():
+    """ConvTransposeGrad, which onnxruntime 1.19.2 registers for CUDA only: PyTorch autograd of
+    conv_transpose{1,2}d is the reference (float64, rounded to float32)."""
+    import torch
+
+    def torch_reference(stride, pad, out_pad, dilation, group, nd):
+        def ref(feeds):
+            dy, x, w = (torch.tensor(feeds[n].astype(np.float64), requires_grad=n != "dY") for n in ("dY", "X", "W"))
+            b = torch.zeros(w.shape[1] * group, dtype=torch.float64, requires_grad=True)
+            f = torch.nn.functional.conv_transpose2d if nd == 2 else torch.nn.functional.conv_transpose1d
+            y = f(x, w, b, stride=stride, padding=pad, output_padding=out_pad, groups=group, dilation=dilation)
+            assert y.shape == dy.shape, (y.shape, dy.shape)
+            (y * dy).sum().backward()
+            return [x.grad.numpy().astype(np.float32), w.grad.numpy().astype(np.float32), b.grad.numpy().astype(np.float32)]
+        return ref
+
+    # 2-D: stride 2, pads 1, output_padding 1, dilation 2, group 2: X [2, 4, 3, 3], W [4, 3, 3, 3] -> Y [2, 6, 8, 8].
+    x, w = f32(2, 4, 3, 3), f32(4, 3, 3, 3)
+    dy = f32(2, 6, 8, 8)
+    case("ConvTransposeGrad_2d_stride_pad_output_padding_group", "ConvTransposeGrad", [("dY", dy), ("X", x), ("W", w)], ["dX", "dW", "dB"],
+         {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1], "dilations": [2, 2], "group": 2},
+         reference=torch_reference(2, 1, 1, 2, 2, 2))
+    # 1-D defaults.
+    x1, w1 = f32(3, 2, 5), f32(2, 3, 2)
+    case("ConvTransposeGrad_1d", "ConvTransposeGrad", [("dY", f32(3, 3, 6)), ("X", x1), ("W", w1)], ["dX", "dW", "dB"],
+         reference=torch_reference(1, 0, 0, 1, 1, 1))
+
+
 def main():
     global OUT, ONLY
     args = sys.argv[1:]
@@ -778,7 +806,7 @@ def main():
         OUT = os.path.abspath(args[0])
     for family in [activations, softmax_family, gather_family, losses, dropout, conv_pool, normalization,
                    shape_helpers, matmul, optimizers, other_types, recurrent,
-                   recurrent_pytorch, misc_cpu_kernels]:
+                   recurrent_pytorch, misc_cpu_kernels, conv_transpose_grad]:
         family()
     print(f"wrote {len(written)} cases to {OUT}")
 

@@ -171,6 +171,20 @@ class TinyResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class UpsamplingCNN(nn.Module):
+    """Conv(stride 2) -> ReLU -> ConvTranspose(stride 2, padding 1, output_padding 1, groups 2) -> ReLU
+    -> flatten -> Linear: a decoder-style block whose training graph needs ConvTransposeGrad."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        self.down = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1, groups=2)
+        self.fc = nn.Linear(2 * 8 * 8, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.relu(self.up(F.relu(self.down(x)))), 1))
+
+
 class SeqClassifier(nn.Module):
     """A recurrent sequence classifier on batch-first input [B, T, I]: LSTM or GRU, then a Linear on
     the time-mean of the outputs; with `states`, also on the last layer's final hidden (and cell) state,

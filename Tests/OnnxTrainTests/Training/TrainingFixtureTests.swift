@@ -148,6 +148,9 @@ final class TrainingFixtureTests: XCTestCase {
     func testBidirectionalTwoLayerGRUAgainstPyTorch() throws { try artifact("bigru2_ce_adamw", lossTolerance: 1e-5) }
     /// A ResNet-style CNN (BasicBlocks with BatchNorm, a downsample shortcut); its eval side is EvaluationTests.
     func testResNetCrossEntropyAdamW() throws { try artifact("resnet_ce_adamw") }
+    /// A ConvTranspose decoder block: its ConvTransposeGrad has no CPU kernel in onnxruntime 1.19.2, so
+    /// the reference is PyTorch's trajectory with onnxruntime's AdamW update.
+    func testConvTransposeAgainstPyTorch() throws { try artifact("convtranspose_ce_adamw", lossTolerance: 1e-5) }
 
     func gradient(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let folder = Self.root.appendingPathComponent("gradient/\(name)")

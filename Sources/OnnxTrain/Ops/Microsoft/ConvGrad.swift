@@ -152,10 +152,59 @@ func rowSum<T: FloatElement>(_ p: UnsafePointer<T>, _ count: Int) -> T {
     return ((acc.0 + acc.4) + (acc.1 + acc.5)) + ((acc.2 + acc.6) + (acc.3 + acc.7)) + tail
 }
 
+/// ConvTransposeGrad(dY [N,Cout,o…], X [N,Cin,i…], W [Cin,Cout/g,k…]) → dX?, dW?, dB? (com.microsoft
+/// v1). onnxruntime 1.19.2 has it for CUDA only, so CPU artifacts with a ConvTranspose never ran there.
+/// ConvTranspose is the adjoint of the convolution that maps its output image back to its input
+/// image (ConvTransposeKernel.geometry, with output_padding, output_shape and auto_pad resolved), so:
+///   dX = Conv(dY, W) over that geometry;  dW = ConvGrad's weight gradient with X as the
+///   convolution's output gradient and dY as its input;  dB[c] = Σ_{n,spatial} dY.
+struct ConvTransposeGradKernel: Kernel {
+    let forward: ConvTransposeKernel
+    let wantX: Bool, wantW: Bool, wantB: Bool
+
+    struct Compute: FloatOperation {
+        let dy: Tensor, x: Tensor, w: Tensor, geometry: ConvGeometry, group: Int
+        let wantX: Bool, wantW: Bool, wantB: Bool
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+            let dx = wantX ? try convolution(dy, w, bias: nil, group: group, geometry: geometry, T.self) : nil
+            let dw = wantW ? try ConvGradKernel.Compute(dy: x, x: dy, w: w, geometry: geometry, group: group,
+                                                        wantX: false, wantW: true, wantB: false)(T.self)[1] : nil
+            var db: Tensor?
+            if wantB {
+                let n = dy.shape[0], c = dy.shape[1], inner = dy.count / max(n * c, 1)
+                var sums = [Double](repeating: 0, count: c)
+                dy.withUnsafeBufferPointer(as: T.self) { p in
+                    for img in 0..<n { for ch in 0..<c { for i in 0..<inner { sums[ch] += p[(img * c + ch) * inner + i].doubleValue } } }
+                }
+                db = Tensor(shape: [c], scalars: sums.map { T(fromDouble: $0) })
+            }
+            return [dx, dw, db]
+        }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let dy = try inputs.tensor(0), x = try inputs.tensor(1), w = try inputs.tensor(2)
+        _ = try commonFloatType([dy, x, w], names: ["dY", "X", "W"])
+        let geometry = try forward.geometry(x: x, w: w)
+        let g = forward.group
+        guard x.shape[1] == w.shape[0], x.shape[1] % g == 0 else { throw KernelError("W \(w.shape) does not fit X \(x.shape) with group \(g)") }
+        let expected = [x.shape[0], w.shape[1] * g] + geometry.input
+        guard dy.shape == expected else { throw KernelError("dY \(dy.shape) must have shape \(expected)") }
+        let outs = try withFloatCompute([dy, x, w]) { t in
+            try dispatchFloat(t[0]!.dtype, Compute(dy: t[0]!, x: t[1]!, w: t[2]!, geometry: geometry, group: g,
+                                                   wantX: wantX, wantW: wantW, wantB: wantB))
+        }
+        return outs.map { $0.map { .tensor($0) } }
+    }
+}
+
 func registerConvGradOps(_ registry: OpRegistry) {
     registry.register("ConvGrad", domain: "com.microsoft", since: 1) { ctx in
         ConvGradKernel(window: try WindowAttributes(ctx), group: try ctx.int("group", default: 1),
                        wantX: ctx.hasOutput(0), wantW: ctx.hasOutput(1), wantB: ctx.hasOutput(2))
+    }
+    registry.register("ConvTransposeGrad", domain: "com.microsoft", since: 1) { ctx in
+        ConvTransposeGradKernel(forward: try ConvTransposeKernel(ctx), wantX: ctx.hasOutput(0), wantW: ctx.hasOutput(1), wantB: ctx.hasOutput(2))
     }
 }
 

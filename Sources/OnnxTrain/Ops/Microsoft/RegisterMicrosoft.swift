@@ -7,7 +7,7 @@ func registerMicrosoftOps(_ registry: OpRegistry) {
     registerGatherGradOps(registry)       // GatherGrad.swift
     registerCrossEntropyOps(registry)     // CrossEntropyLoss.swift: SCE loss grads, Internal, legacy, Sparse
     registerDropoutGradOps(registry)      // DropoutGrad.swift
-    registerConvGradOps(registry)         // ConvGrad.swift
+    registerConvGradOps(registry)         // ConvGrad.swift: ConvGrad, ConvTransposeGrad (CUDA-only in onnxruntime 1.19.2)
     registerPoolGradOps(registry)         // PoolGrad.swift: MaxPoolGrad, AveragePoolGrad (onnx domain)
     registerTrainingNormalizationOps(registry) // TrainingNormalization.swift: BatchNormInternal, *LayerNormalization*, grads
     registerTrainingShapeOps(registry)    // TrainingShapeOps.swift: SliceGrad, Split/ConcatTraining, ReduceSumTraining, ...
