@@ -16,6 +16,9 @@ final class GraphExecutor {
         /// Slots read by the node's subgraphs from this scope (kept alive until the node runs).
         let captured: [Int]
         let hasSubgraphs: Bool
+        /// Whether the op writes into an input (declared at its registration): it runs for that
+        /// effect even when no fetch needs its outputs.
+        let hasSideEffects: Bool
     }
 
     /// The nodes one set of fetches needs, in order, and the slots freed after each.
@@ -26,6 +29,7 @@ final class GraphExecutor {
 
     let graph: Graph
     let opsets: [String: Int]
+    let registry: OpRegistry
     private(set) var steps: [Step] = []
     private(set) var slotOf: [String: Int] = [:]
     private(set) var slotCount = 0
@@ -37,11 +41,10 @@ final class GraphExecutor {
     private let planLock = NSLockLite()
 
     /// Compiles `graph`. `visible` holds the names an enclosing graph defines (for subgraphs).
-    init(graph: Graph, opsets: [String: Int], registry: OpRegistry, functions: [Function] = [],
-         visible: Set<String> = []) throws {
-        var graph = graph
-        if !functions.isEmpty { graph.nodes = try inlineFunctions(graph.nodes, functions: functions, registry: registry) }
+    /// Model-local functions must already be inlined (`InlineFunctions`, run by `InferenceSession`).
+    init(graph: Graph, opsets: [String: Int], registry: OpRegistry, visible: Set<String> = []) throws {
         self.graph = graph
+        self.registry = registry
         self.opsets = opsets
 
         var problems: [String] = []
@@ -131,7 +134,7 @@ final class GraphExecutor {
             }
             var subgraphs: [Subgraph] = []
             var context = NodeContext(node: node, opset: opset, sinceVersion: since) { body in
-                let sub = try Subgraph(graph: body, opsets: opsets, registry: registry, functions: functions, visible: scopeNames)
+                let sub = try Subgraph(graph: body, opsets: opsets, registry: registry, visible: scopeNames)
                 subgraphs.append(sub)
                 return sub
             }
@@ -146,7 +149,8 @@ final class GraphExecutor {
                 steps.append(Step(node: node, kernel: kernel,
                                   inputs: node.inputs.map { $0.isEmpty ? -1 : slot($0) },
                                   outputs: node.outputs.map { $0.isEmpty ? -1 : slot($0) },
-                                  captured: captured, hasSubgraphs: !subgraphs.isEmpty))
+                                  captured: captured, hasSubgraphs: !subgraphs.isEmpty,
+                                  hasSideEffects: !registry.mutatedInputs(domain: domain, opType: node.opType).isEmpty))
             } catch let error as KernelError {
                 problems.append("\(node.label): \(error.message)")
             } catch let error as OnnxTrainError {
@@ -210,7 +214,7 @@ final class GraphExecutor {
         var needed = Set(fetchSlots)
         var include = [Bool](repeating: false, count: steps.count)
         for (k, step) in steps.enumerated().reversed() {
-            if step.outputs.contains(where: { $0 >= 0 && needed.contains($0) }) || GraphExecutor.hasSideEffects(step.node) {
+            if step.outputs.contains(where: { $0 >= 0 && needed.contains($0) }) || step.hasSideEffects {
                 include[k] = true
                 for s in step.inputs where s >= 0 { needed.insert(s) }
                 for s in step.captured { needed.insert(s) }
@@ -229,15 +233,6 @@ final class GraphExecutor {
         let plan = Plan(steps: chosen, freeAfter: freeAfter)
         planCache[fetchSlots] = plan
         return plan
-    }
-
-    /// Ops run for their in-place effect even when no fetch needs their output.
-    static func hasSideEffects(_ node: Node) -> Bool {
-        guard node.domain == "com.microsoft" else { return false }
-        switch node.opType {
-        case "InPlaceAccumulator", "InPlaceAccumulatorV2", "AdamWOptimizer", "SGDOptimizerV2", "InplaceClipGradNorm": return true
-        default: return false
-        }
     }
 
     /// Runs the graph. `feeds` maps slots to values; values not fed come from initializers or
@@ -295,8 +290,8 @@ public final class Subgraph {
     private let inputSlots: [Int]
     private let outputSlots: [Int]
 
-    init(graph: Graph, opsets: [String: Int], registry: OpRegistry, functions: [Function], visible: Set<String>) throws {
-        let compiled = try GraphExecutor(graph: graph, opsets: opsets, registry: registry, functions: functions, visible: visible)
+    init(graph: Graph, opsets: [String: Int], registry: OpRegistry, visible: Set<String>) throws {
+        let compiled = try GraphExecutor(graph: graph, opsets: opsets, registry: registry, visible: visible)
         executor = compiled
         inputSlots = graph.inputs.map { compiled.slotOf[$0.name]! }
         outputSlots = graph.outputs.map { compiled.slotOf[$0.name] ?? -1 }

@@ -27,10 +27,10 @@ public final class InferenceSession {
         BufferCache.configureMalloc()
         BLAS.prepare()
         self.model = model
-        var opsets = model.opsetImports
-        for f in model.functions { for (d, v) in f.opsetImports where opsets[d] == nil { opsets[d] = v } }
+        var compiled = model
         do {
-            executor = try GraphExecutor(graph: model.graph, opsets: opsets, registry: options.registry, functions: model.functions)
+            try PassPipeline.beforeCompile.run(&compiled)
+            executor = try GraphExecutor(graph: compiled.graph, opsets: compiled.opsetImports, registry: options.registry)
         } catch let error as OnnxTrainError {
             throw model.path.map { error.prefixed($0) } ?? error
         }

@@ -8,6 +8,7 @@ public final class OpRegistry {
         let opType: String
     }
     private var table: [Key: [(since: Int, factory: KernelFactory)]] = [:]
+    private var facts: [Key: OpFacts] = [:]
 
     public init() {}
 
@@ -34,6 +35,28 @@ public final class OpRegistry {
         return list.last { $0.since <= opset }
     }
 
+    /// Registers `factory` and declares the inputs the op writes into (in-place training ops:
+    /// the executor runs them for that effect even when no fetch needs their outputs).
+    public func register(_ opType: String, domain: String = "", since: Int, mutates: [Int], _ factory: @escaping KernelFactory) {
+        register(opType, domain: domain, since: since, factory)
+        facts[Key(domain: canonicalDomain(domain), opType: opType), default: OpFacts()].mutatedInputs = mutates
+    }
+
+    /// Declares the gradient rule of an op (all versions; the rule reads the opset it needs).
+    public func registerGradient(_ opType: String, domain: String = "", _ rule: @escaping GradientRule) {
+        facts[Key(domain: canonicalDomain(domain), opType: opType), default: OpFacts()].gradient = rule
+    }
+
+    /// The inputs the op writes into ([] for ordinary ops).
+    public func mutatedInputs(domain: String, opType: String) -> [Int] {
+        facts[Key(domain: canonicalDomain(domain), opType: opType)]?.mutatedInputs ?? []
+    }
+
+    /// The op's gradient rule, if it has one.
+    public func gradientRule(domain: String, opType: String) -> GradientRule? {
+        facts[Key(domain: canonicalDomain(domain), opType: opType)]?.gradient
+    }
+
     /// Whether any version of the op is registered.
     public func knows(domain: String, opType: String) -> Bool {
         table[Key(domain: canonicalDomain(domain), opType: opType)] != nil
@@ -44,4 +67,12 @@ public final class OpRegistry {
         table.map { ($0.key.domain, $0.key.opType, $0.value.map(\.since)) }
             .sorted { ($0.domain, $0.opType) < ($1.domain, $1.opType) }
     }
+}
+
+/// What the graph layer knows about an op besides its kernel, declared where the op is registered.
+struct OpFacts {
+    /// Inputs the kernel writes into.
+    var mutatedInputs: [Int] = []
+    /// How to differentiate the op (see `GradientContext`).
+    var gradient: GradientRule?
 }

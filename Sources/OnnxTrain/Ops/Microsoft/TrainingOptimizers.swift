@@ -431,9 +431,9 @@ struct AdamOptimizerKernel: Kernel {
 
 func registerOptimizerOps(_ registry: OpRegistry) {
     let ms = "com.microsoft"
-    registry.register("InPlaceAccumulator", domain: ms, since: 1) { _ in InPlaceAccumulatorKernel() }
-    registry.register("InPlaceAccumulatorV2", domain: ms, since: 1) { _ in InPlaceAccumulatorV2Kernel() }
-    registry.register("AdamWOptimizer", domain: ms, since: 1) { ctx in
+    registry.register("InPlaceAccumulator", domain: ms, since: 1, mutates: [0]) { _ in InPlaceAccumulatorKernel() }
+    registry.register("InPlaceAccumulatorV2", domain: ms, since: 1, mutates: [0]) { _ in InPlaceAccumulatorV2Kernel() }
+    registry.register("AdamWOptimizer", domain: ms, since: 1, mutates: [2, 4, 5]) { ctx in
         let correctBias = try ctx.int("correct_bias", default: 1) != 0
         let mode = try ctx.int("adam_mode", default: 0)
         guard mode == 0 || mode == 1 else { throw KernelError("adam_mode \(mode) must be 0 or 1") }
@@ -443,8 +443,8 @@ func registerOptimizerOps(_ registry: OpRegistry) {
                                     weightDecay: try ctx.float("weight_decay", default: 0.01),
                                     correctBias: correctBias, mode: mode)
     }
-    registry.register("SGDOptimizerV2", domain: ms, since: 1) { _ in SGDOptimizerV2Kernel() }
-    registry.register("InplaceClipGradNorm", domain: ms, since: 1) { ctx in
+    registry.register("SGDOptimizerV2", domain: ms, since: 1, mutates: [1]) { _ in SGDOptimizerV2Kernel() }
+    registry.register("InplaceClipGradNorm", domain: ms, since: 1, mutates: [0]) { ctx in
         let norm = try ctx.string("norm_type", default: "fro")
         guard norm == "fro" else { throw KernelError("norm_type '\(norm)' is not supported (only \"fro\")") }
         return InplaceClipGradNormKernel(maxNorm: Double(try ctx.float("max_norm", default: 1)))

@@ -1,6 +1,6 @@
 /// Expands calls to model-local functions (FunctionProto) into their bodies, renaming the body's
 /// intermediate values so that two calls never collide and substituting attribute references.
-func inlineFunctions(_ nodes: [Node], functions: [Function], registry: OpRegistry, depth: Int = 0) throws -> [Node] {
+func inlineFunctions(_ nodes: [Node], functions: [Function], depth: Int = 0) throws -> [Node] {
     guard depth < 32 else { throw OnnxTrainError.invalidGraph("model-local functions call each other more than 32 levels deep") }
     var byKey: [String: Function] = [:]
     for f in functions { byKey[f.domain + "::" + f.name] = f }
@@ -34,7 +34,7 @@ func inlineFunctions(_ nodes: [Node], functions: [Function], registry: OpRegistr
             inner.name = prefix + inner.name
             body.append(inner)
         }
-        result.append(contentsOf: try inlineFunctions(body, functions: functions, registry: registry, depth: depth + 1))
+        result.append(contentsOf: try inlineFunctions(body, functions: functions, depth: depth + 1))
     }
     return result
 }

@@ -1,0 +1,384 @@
+/// What is known statically about a tensor value: its element type and shape (a dimension may
+/// be symbolic or unknown; `shape` nil means even the rank is unknown).
+public struct TensorInfo: Equatable, CustomStringConvertible {
+    public var dtype: DType?
+    public var shape: [Dim]?
+
+    public init(dtype: DType?, shape: [Dim]?) {
+        self.dtype = dtype
+        self.shape = shape
+    }
+
+    public init?(_ type: ValueType?) {
+        guard case .tensor(let d, let s)? = type else { return nil }
+        dtype = d
+        shape = s
+    }
+
+    public var rank: Int? { shape?.count }
+    /// Every dimension as a number, when all are known.
+    public var staticShape: [Int]? {
+        guard let shape else { return nil }
+        var out: [Int] = []
+        for d in shape { guard case .value(let v) = d else { return nil }; out.append(v) }
+        return out
+    }
+    public var valueType: ValueType { .tensor(dtype, shape: shape) }
+    public var description: String { valueType.description }
+}
+
+extension Node {
+    /// Attribute accessors for graph passes (kernels parse attributes through `NodeContext`).
+    public func int(_ name: String) -> Int? {
+        switch attributes[name] {
+        case .int(let v)?: return v
+        default: return nil
+        }
+    }
+    public func ints(_ name: String) -> [Int]? {
+        switch attributes[name] {
+        case .ints(let v)?: return v
+        default: return nil
+        }
+    }
+    public func float(_ name: String) -> Float? {
+        switch attributes[name] {
+        case .float(let v)?: return v
+        case .int(let v)?: return Float(v)
+        default: return nil
+        }
+    }
+    public func string(_ name: String) -> String? {
+        switch attributes[name] {
+        case .string(let v)?: return v
+        default: return nil
+        }
+    }
+    /// Input `i`, or nil when it is absent or "".
+    public func input(_ i: Int) -> String? { i < inputs.count && !inputs[i].isEmpty ? inputs[i] : nil }
+    /// Output `i`, or nil when it is absent or "".
+    public func output(_ i: Int) -> String? { i < outputs.count && !outputs[i].isEmpty ? outputs[i] : nil }
+}
+
+/// Static element types and shapes of every value of a graph, as far as they can be known
+/// without data: declared types (inputs, value_info, outputs) and initializers first, then one
+/// rule per op over the nodes in order. Symbolic dimensions are kept. An op without a shape
+/// rule still gets an element type (most ops keep their first input's); its shape stays unknown,
+/// and the code that reads this falls back to shapes computed at run time.
+public struct TypeInference {
+    public internal(set) var info: [String: TensorInfo] = [:]
+
+    public init(graph: Graph, opsets: [String: Int]) {
+        for v in graph.inputs + graph.valueInfo + graph.outputs {
+            if let t = TensorInfo(v.type) { info[v.name] = t }
+        }
+        for (name, t) in graph.initializers {
+            info[name] = TensorInfo(dtype: t.dtype, shape: t.shape.map { .value($0) })
+        }
+        let index = GraphIndex(graph)
+        let constants = graph.initializers.filter { index.isConstant($0.key) }
+        var constantValues = constants
+        for i in index.order ?? Array(graph.nodes.indices) {
+            let node = graph.nodes[i]
+            if node.opType == "Constant", node.domain.isEmpty, let out = node.output(0), let t = TypeInference.constantValue(node) {
+                constantValues[out] = t
+            }
+            let inferred = TypeInference.rule(node, inputs: node.inputs.map { $0.isEmpty ? nil : info[$0] },
+                                              constant: { name in constantValues[name] },
+                                              opset: opsets[node.domain] ?? 1)
+            for (k, o) in node.outputs.enumerated() where !o.isEmpty {
+                let declared = info[o]
+                let new = k < inferred.count ? inferred[k] : nil
+                info[o] = TypeInference.merge(declared, new)
+            }
+        }
+    }
+
+    public subscript(name: String) -> TensorInfo? { info[name] }
+
+    /// Declared information wins where it is more precise; inference fills in the rest.
+    static func merge(_ declared: TensorInfo?, _ inferred: TensorInfo?) -> TensorInfo? {
+        guard let declared else { return inferred }
+        guard let inferred else { return declared }
+        var out = declared
+        if out.dtype == nil { out.dtype = inferred.dtype }
+        if let d = declared.shape, let s = inferred.shape, d.count == s.count {
+            out.shape = zip(d, s).map { a, b in
+                if case .value = a { return a }
+                if case .value = b { return b }
+                if case .symbol = a { return a }
+                return b
+            }
+        } else if declared.shape == nil {
+            out.shape = inferred.shape
+        }
+        return out
+    }
+
+    static func constantValue(_ node: Node) -> Tensor? {
+        switch node.attributes["value"] {
+        case .tensor(let t)?: return t
+        default: break
+        }
+        if let v = node.float("value_float"), node.attributes["value_float"] != nil { return Tensor(scalar: v) }
+        if let v = node.int("value_int") { return Tensor(scalar: Int64(v)) }
+        if let v = node.ints("value_ints") { return Tensor(shape: [v.count], scalars: v.map(Int64.init)) }
+        if case .floats(let v)? = node.attributes["value_floats"] { return Tensor(shape: [v.count], scalars: v) }
+        return nil
+    }
+
+    // MARK: Rules
+
+    static let unaryShapeOps: Set<String> = [
+        "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Ceil", "Cos", "Cosh", "Elu", "Erf", "Exp",
+        "Floor", "Gelu", "HardSigmoid", "HardSwish", "Identity", "LeakyRelu", "Log", "Mish", "Neg", "Reciprocal",
+        "Relu", "Round", "Selu", "Sigmoid", "Sign", "Sin", "Sinh", "Softplus", "Softsign", "Sqrt", "Tan", "Tanh",
+        "Softmax", "LogSoftmax", "Hardmax", "Celu", "ThresholdedRelu", "Shrink", "Clip", "CumSum", "Not",
+        "IsNaN", "IsInf", "Cast", "CastLike", "LpNormalization", "InstanceNormalization", "GroupNormalization",
+        "MeanVarianceNormalization", "LRN", "Trilu", "BiasGelu", "FastGelu", "QuickGelu", "ReluGrad", "SigmoidGrad",
+        "TanhGrad", "GeluGrad", "FastGeluGrad", "SoftmaxGrad", "SoftmaxGrad_13", "LogSoftmaxGrad", "LogSoftmaxGrad_13",
+        "DropoutGrad", "LeakyReluGrad", "QuickGeluGrad", "Scale",
+    ]
+    static let broadcastOps: Set<String> = [
+        "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Equal", "Less", "Greater", "LessOrEqual",
+        "GreaterOrEqual", "And", "Or", "Xor", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Mod", "PRelu", "Where",
+    ]
+    static let boolOps: Set<String> = ["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN", "IsInf"]
+
+    /// Output information of one node from its inputs' information.
+    static func rule(_ node: Node, inputs: [TensorInfo?], constant: (String) -> Tensor?, opset: Int) -> [TensorInfo?] {
+        func input(_ i: Int) -> TensorInfo? { i < inputs.count ? inputs[i] : nil }
+        func constInts(_ i: Int) -> [Int]? { node.input(i).flatMap(constant)?.intValues() }
+        let x = input(0)
+        let dtype = x?.dtype
+        let op = node.opType
+        guard node.domain.isEmpty || node.domain == "com.microsoft" else { return [] }
+        if op == "Constant" { return [TypeInference.constantValue(node).map { TensorInfo(dtype: $0.dtype, shape: $0.shape.map { .value($0) }) }] }
+        if op == "Cast" { return [TensorInfo(dtype: node.int("to").flatMap { DType(rawValue: Int32($0)) }, shape: x?.shape)] }
+        if op == "CastLike" { return [TensorInfo(dtype: input(1)?.dtype, shape: x?.shape)] }
+        if op == "Where" {
+            return [TensorInfo(dtype: input(1)?.dtype, shape: broadcast(inputs.map { $0?.shape }))]
+        }
+        if boolOps.contains(op) {
+            let shape = unaryShapeOps.contains(op) ? x?.shape : broadcast(inputs.map { $0?.shape })
+            return [TensorInfo(dtype: .bool, shape: shape)]
+        }
+        if unaryShapeOps.contains(op) { return [TensorInfo(dtype: dtype, shape: x?.shape)] }
+        if broadcastOps.contains(op) { return [TensorInfo(dtype: dtype, shape: broadcast(inputs.map { $0?.shape }))] }
+        switch op {
+        case "Shape":
+            guard let r = x?.rank else { return [TensorInfo(dtype: .int64, shape: [.unknown])] }
+            let start = normalize(node.int("start") ?? 0, r, clamp: true), end = normalize(node.int("end") ?? r, r, clamp: true)
+            return [TensorInfo(dtype: .int64, shape: [.value(max(0, end - start))])]
+        case "Size": return [TensorInfo(dtype: .int64, shape: [])]
+        case "ArgMax", "ArgMin":
+            return [TensorInfo(dtype: .int64, shape: reduced(x?.shape, axes: node.int("axis").map { [$0] } ?? [0], keep: (node.int("keepdims") ?? 1) != 0))]
+        case "Dropout":
+            return [TensorInfo(dtype: dtype, shape: x?.shape), TensorInfo(dtype: .bool, shape: x?.shape)]
+        case "MatMul", "FusedMatMul":
+            return [TensorInfo(dtype: dtype, shape: matmulShape(x?.shape, input(1)?.shape, transA: node.int("transA") == 1, transB: node.int("transB") == 1))]
+        case "Gemm":
+            guard let a = x?.shape, let b = input(1)?.shape, a.count == 2, b.count == 2 else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            let m = node.int("transA") == 1 ? a[1] : a[0], n = node.int("transB") == 1 ? b[0] : b[1]
+            return [TensorInfo(dtype: dtype, shape: [m, n])]
+        case "Transpose":
+            guard let s = x?.shape else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            let perm = node.ints("perm") ?? Array((0..<s.count).reversed())
+            guard perm.count == s.count, perm.allSatisfy({ $0 >= 0 && $0 < s.count }) else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            return [TensorInfo(dtype: dtype, shape: perm.map { s[$0] })]
+        case "Reshape":
+            guard let target = constInts(1) else {
+                // The rank is the shape input's length, when that is static.
+                if let s = input(1)?.shape, s.count == 1, case .value(let r) = s[0] { return [TensorInfo(dtype: dtype, shape: Array(repeating: .unknown, count: r))] }
+                return [TensorInfo(dtype: dtype, shape: nil)]
+            }
+            return [TensorInfo(dtype: dtype, shape: reshape(x?.shape, target, allowZero: node.int("allowzero") == 1))]
+        case "Flatten":
+            guard let s = x?.shape else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            let axis = normalize(node.int("axis") ?? 1, s.count, clamp: true)
+            return [TensorInfo(dtype: dtype, shape: [product(s[..<axis]), product(s[axis...])])]
+        case "Squeeze", "Unsqueeze":
+            guard let s = x?.shape else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            let axes = opset >= 13 ? (node.input(1) == nil ? (op == "Squeeze" ? [] : nil) : constInts(1)) : (node.ints("axes") ?? (op == "Squeeze" ? [] : nil))
+            guard let axes else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            if op == "Squeeze" {
+                if axes.isEmpty {
+                    guard s.allSatisfy({ if case .value = $0 { return true } else { return false } }) else { return [TensorInfo(dtype: dtype, shape: nil)] }
+                    return [TensorInfo(dtype: dtype, shape: s.filter { $0 != .value(1) })]
+                }
+                let norm = Set(axes.map { normalize($0, s.count, clamp: false) })
+                return [TensorInfo(dtype: dtype, shape: s.indices.filter { !norm.contains($0) }.map { s[$0] })]
+            }
+            let r = s.count + axes.count
+            let norm = Set(axes.map { normalize($0, r, clamp: false) })
+            var it = s.makeIterator()
+            return [TensorInfo(dtype: dtype, shape: (0..<r).map { norm.contains($0) ? .value(1) : (it.next() ?? .unknown) })]
+        case "Concat", "ConcatTraining":
+            let shapes = inputs.map { $0?.shape }
+            guard let first = shapes.first ?? nil, shapes.allSatisfy({ $0?.count == first.count }) else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            let axis = normalize(node.int("axis") ?? 0, first.count, clamp: false)
+            guard axis >= 0 && axis < first.count else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            var out = first
+            var total = 0
+            var known = true
+            for s in shapes { if case .value(let v) = s![axis] { total += v } else { known = false } }
+            out[axis] = known ? .value(total) : .unknown
+            return [TensorInfo(dtype: dtype, shape: out), TensorInfo(dtype: .int64, shape: [.value(inputs.count)])]
+        case "Gather":
+            guard let s = x?.shape, let ind = input(1)?.shape else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            let axis = normalize(node.int("axis") ?? 0, s.count, clamp: false)
+            guard axis >= 0 && axis < s.count else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            return [TensorInfo(dtype: dtype, shape: Array(s[..<axis]) + ind + Array(s[(axis + 1)...]))]
+        case "GatherElements": return [TensorInfo(dtype: dtype, shape: input(1)?.shape)]
+        case "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+             "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare":
+            let axesFromInput = op == "ReduceSum" ? opset >= 13 : opset >= 18
+            let axes: [Int]?
+            if axesFromInput { axes = node.input(1) == nil ? [] : constInts(1) } else { axes = node.ints("axes") ?? [] }
+            guard let axes else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            let keep = (node.int("keepdims") ?? 1) != 0
+            if axes.isEmpty && node.int("noop_with_empty_axes") == 1 { return [TensorInfo(dtype: dtype, shape: x?.shape)] }
+            return [TensorInfo(dtype: dtype, shape: reduced(x?.shape, axes: axes.isEmpty ? nil : axes, keep: keep))]
+        case "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool":
+            guard let s = x?.shape, s.count >= 2 else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            return [TensorInfo(dtype: dtype, shape: [s[0], s[1]] + Array(repeating: .value(1), count: s.count - 2))]
+        case "Conv", "MaxPool", "AveragePool", "LpPool":
+            return [TensorInfo(dtype: dtype, shape: windowShape(node, x?.shape, weight: op == "Conv" ? input(1)?.shape : nil)),
+                    TensorInfo(dtype: .int64, shape: windowShape(node, x?.shape, weight: nil))]
+        case "BatchNormalization", "BatchNormInternal":
+            let c = input(1)?.shape
+            return [TensorInfo(dtype: dtype, shape: x?.shape)] + (1..<5).map { _ in TensorInfo(dtype: input(1)?.dtype ?? dtype, shape: c) }
+        case "LayerNormalization", "SimplifiedLayerNormalization":
+            guard let s = x?.shape else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            let axis = normalize(node.int("axis") ?? -1, s.count, clamp: false)
+            let stats = axis >= 0 && axis <= s.count ? Array(s[..<axis]) + Array(repeating: Dim.value(1), count: s.count - axis) : nil
+            let stash = node.int("stash_type").flatMap { DType(rawValue: Int32($0)) } ?? .float32
+            return [TensorInfo(dtype: dtype, shape: s), TensorInfo(dtype: stash, shape: stats), TensorInfo(dtype: stash, shape: stats)]
+        case "SoftmaxCrossEntropyLoss":
+            let reduction = node.string("reduction") ?? "mean"
+            let labels = input(1)?.shape
+            return [TensorInfo(dtype: dtype, shape: reduction == "none" ? labels : []), TensorInfo(dtype: dtype, shape: x?.shape)]
+        case "Expand":
+            guard let target = constInts(1) else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            return [TensorInfo(dtype: dtype, shape: broadcast([x?.shape, target.map { .value($0) }]))]
+        case "ConstantOfShape":
+            let d: DType = { if case .tensor(let t)? = node.attributes["value"] { return t.dtype }; return .float32 }()
+            return [TensorInfo(dtype: d, shape: constInts(0).map { $0.map { .value($0) } })]
+        case "Range": return [TensorInfo(dtype: dtype, shape: [.unknown])]
+        case "TopK":
+            return [TensorInfo(dtype: dtype, shape: nil), TensorInfo(dtype: .int64, shape: nil)]
+        case "NonZero": return [TensorInfo(dtype: .int64, shape: nil)]
+        case "OneHot": return [TensorInfo(dtype: input(2)?.dtype, shape: nil)]
+        case "EyeLike":
+            return [TensorInfo(dtype: node.int("dtype").flatMap { DType(rawValue: Int32($0)) } ?? dtype, shape: x?.shape)]
+        case "RandomNormal", "RandomUniform":
+            return [TensorInfo(dtype: node.int("dtype").flatMap { DType(rawValue: Int32($0)) } ?? .float32, shape: node.ints("shape")?.map { .value($0) })]
+        case "RandomNormalLike", "RandomUniformLike", "Bernoulli":
+            return [TensorInfo(dtype: node.int("dtype").flatMap { DType(rawValue: Int32($0)) } ?? dtype, shape: x?.shape)]
+        case "Split", "SplitTraining":
+            return node.outputs.map { _ in TensorInfo(dtype: dtype, shape: x?.shape.map { s in s.map { _ in Dim.unknown } }) }
+        case "Slice", "Pad", "Tile", "Resize", "Upsample", "ConvTranspose", "Einsum", "DepthToSpace", "SpaceToDepth",
+             "GatherND", "ScatterND", "ScatterElements", "Compress", "ReverseSequence":
+            if op == "ScatterND" || op == "ScatterElements" { return [TensorInfo(dtype: dtype, shape: x?.shape)] }
+            return [TensorInfo(dtype: dtype, shape: x?.rank.map { Array(repeating: .unknown, count: $0) })]
+        case "LSTM", "GRU", "RNN":
+            return node.outputs.map { _ in TensorInfo(dtype: dtype, shape: nil) }
+        default:
+            return node.outputs.map { _ in TensorInfo(dtype: dtype, shape: nil) }
+        }
+    }
+
+    static func normalize(_ axis: Int, _ rank: Int, clamp: Bool) -> Int {
+        let a = axis < 0 ? axis + rank : axis
+        return clamp ? min(max(a, 0), rank) : a
+    }
+
+    static func product<C: Collection>(_ dims: C) -> Dim where C.Element == Dim {
+        var p = 1
+        for d in dims { guard case .value(let v) = d else { return .unknown }; p *= v }
+        return .value(p)
+    }
+
+    /// numpy broadcasting of known ranks; a 1 against anything gives the other dimension.
+    static func broadcast(_ shapes: [[Dim]?]) -> [Dim]? {
+        var out: [Dim] = []
+        for s in shapes {
+            guard let s else { return nil }
+            let r = max(out.count, s.count)
+            let a = Array(repeating: Dim.value(1), count: r - out.count) + out
+            let b = Array(repeating: Dim.value(1), count: r - s.count) + s
+            out = zip(a, b).map { x, y in
+                if x == .value(1) { return y }
+                if y == .value(1) { return x }
+                if x == y { return x }
+                if case .value = x { return x }
+                if case .value = y { return y }
+                return .unknown
+            }
+        }
+        return out
+    }
+
+    static func matmulShape(_ a: [Dim]?, _ b: [Dim]?, transA: Bool, transB: Bool) -> [Dim]? {
+        guard var a, var b, !a.isEmpty, !b.isEmpty else { return nil }
+        if transA && a.count >= 2 { a.swapAt(a.count - 1, a.count - 2) }
+        if transB && b.count >= 2 { b.swapAt(b.count - 1, b.count - 2) }
+        let aVec = a.count == 1, bVec = b.count == 1
+        if aVec { a = [.value(1)] + a }
+        if bVec { b = b + [.value(1)] }
+        guard let batch = broadcast([Array(a.dropLast(2)), Array(b.dropLast(2))]) else { return nil }
+        var out = batch + [a[a.count - 2], b[b.count - 1]]
+        if bVec { out.removeLast() }
+        if aVec { out.remove(at: out.count - (bVec ? 1 : 2)) }
+        return out
+    }
+
+    static func reduced(_ shape: [Dim]?, axes: [Int]?, keep: Bool) -> [Dim]? {
+        guard let shape else { return nil }
+        let set = Set((axes ?? Array(shape.indices)).map { normalize($0, shape.count, clamp: false) })
+        var out: [Dim] = []
+        for (i, d) in shape.enumerated() {
+            if set.contains(i) { if keep { out.append(.value(1)) } } else { out.append(d) }
+        }
+        return out
+    }
+
+    static func reshape(_ input: [Dim]?, _ target: [Int], allowZero: Bool) -> [Dim]? {
+        var out: [Dim] = target.enumerated().map { i, v in
+            if v == 0 && !allowZero { return input.flatMap { i < $0.count ? $0[i] : nil } ?? .unknown }
+            return v == -1 ? .unknown : .value(v)
+        }
+        if let m = target.firstIndex(of: -1), let input, case .value(let total) = product(input) {
+            var known = 1
+            for (i, d) in out.enumerated() where i != m { guard case .value(let v) = d else { return out }; known *= v }
+            if known > 0 { out[m] = .value(total / known) }
+        }
+        return out
+    }
+
+    /// Conv and pooling output shapes with explicit pads (auto_pad NOTSET or VALID).
+    static func windowShape(_ node: Node, _ x: [Dim]?, weight: [Dim]?) -> [Dim]? {
+        guard let x, x.count >= 3 else { return nil }
+        let spatial = x.count - 2
+        let kernel = node.ints("kernel_shape") ?? weight.flatMap { w -> [Int]? in
+            let k = w.dropFirst(2).compactMap { d -> Int? in if case .value(let v) = d { return v } else { return nil } }
+            return k.count == spatial ? k : nil
+        }
+        guard let kernel, kernel.count == spatial else { return nil }
+        let autoPad = node.string("auto_pad") ?? "NOTSET"
+        guard autoPad == "NOTSET" || autoPad == "VALID" else { return nil }
+        let strides = node.ints("strides") ?? Array(repeating: 1, count: spatial)
+        let dilations = node.ints("dilations") ?? Array(repeating: 1, count: spatial)
+        let pads = autoPad == "VALID" ? Array(repeating: 0, count: 2 * spatial) : (node.ints("pads") ?? Array(repeating: 0, count: 2 * spatial))
+        let ceil = node.int("ceil_mode") == 1
+        guard strides.count == spatial, dilations.count == spatial, pads.count == 2 * spatial else { return nil }
+        var out: [Dim] = [x[0], weight?.first ?? x[1]]
+        for i in 0..<spatial {
+            guard case .value(let n) = x[i + 2] else { out.append(.unknown); continue }
+            let span = n + pads[i] + pads[i + spatial] - dilations[i] * (kernel[i] - 1) - 1
+            let o = (ceil ? (span + strides[i] - 1) / strides[i] : span / strides[i]) + 1
+            out.append(.value(o))
+        }
+        return out
+    }
+}
