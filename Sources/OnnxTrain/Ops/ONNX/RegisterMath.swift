@@ -9,4 +9,5 @@ func registerMathOps(_ registry: OpRegistry) {
     registerTopKOps(registry)           // TopK.swift
     registerSoftmaxOps(registry)        // Softmax.swift: Softmax, LogSoftmax, Hardmax
     registerCastOps(registry)           // Cast.swift: Cast, CastLike, Tensor.cast(to:)
+    registerMathGradients(registry)     // Math+Gradients.swift: gradient rules of the ops above
 }

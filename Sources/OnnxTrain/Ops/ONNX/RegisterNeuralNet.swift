@@ -11,4 +11,5 @@ func registerNeuralNetOps(_ registry: OpRegistry) {
     registerRecurrentStateOps(registry) // RecurrentState.swift: CausalConvWithState, LinearAttention
     registerLossOps(registry)          // Losses.swift: NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss
     registerQuantizationOps(registry)  // Quantization.swift: Quantize/Dequantize/DynamicQuantizeLinear, QLinearMatMul
+    registerNeuralNetGradients(registry) // NeuralNet+Gradients.swift: gradient rules of the ops above
 }
