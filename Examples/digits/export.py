@@ -3,6 +3,8 @@ training-artifact form, plus the data as npz, then train it once with onnxruntim
 reference the README quotes.
 
 Writes, next to this script:
+    model.onnx     the plain inference export of the same network and initial weights (the
+                   starting point of `onnx-train artifacts`, which makes the same four files)
     training_model.onnx, eval_model.onnx, optimizer_model.onnx, checkpoint   (generate_artifacts:
                    CrossEntropyLoss, AdamW; the logits `output` stay an output for accuracy)
     train.npz      input float32 [1440, 64] (pixels / 16, in [0, 1]), labels int64 [1440]
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 import torch.nn as nn
 from sklearn.datasets import load_digits
@@ -61,10 +64,11 @@ def digits_split():
 def main():
     ex.quiet()
     ex.seed_all(SEED)
-    ex.clean_outputs(HERE, ex.ARTIFACT_FILES + ("train.npz", "test.npz", "reference.json"))
+    ex.clean_outputs(HERE, ex.ARTIFACT_FILES + ("model.onnx", "train.npz", "test.npz", "reference.json"))
     train, test = digits_split()
     model = DigitsMLP()
     proto = ex.export_for_training(model, [torch.from_numpy(train["input"][:BATCH])], ["input"])
+    onnx.save(proto, str(HERE / "model.onnx"))
     trainable, frozen, _ = ex.generate_training_artifacts(model, proto, HERE)
     ex.save_npz(HERE / "train.npz", train)
     ex.save_npz(HERE / "test.npz", test)

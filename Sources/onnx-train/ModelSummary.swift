@@ -46,6 +46,16 @@ struct ModelSummary {
                 line("  \(displayDomain(u.domain)) \(u.opType) (\(u.status!))")
             }
         }
+        let noRule = usage.filter { !Autodiff.hasGradient(domain: $0.domain, opType: $0.opType, registry: .standard) }
+            .filter { u in !model.functions.contains { $0.domain == u.domain && $0.name == u.opType } }
+        if noRule.isEmpty {
+            line("without a gradient rule: none (onnx-train artifacts can differentiate every op)")
+        } else {
+            line("without a gradient rule: \(noRule.count) op type\(noRule.count == 1 ? "" : "s") (training through them stops with an error)")
+            for u in noRule.sorted(by: { ($0.domain, $0.opType) < ($1.domain, $1.opType) }) {
+                line("  \(displayDomain(u.domain)) \(u.opType)")
+            }
+        }
         return out
     }
 
