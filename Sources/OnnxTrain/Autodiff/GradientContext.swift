@@ -146,15 +146,14 @@ public final class GradientContext {
             }
             if certain {
                 if axes.isEmpty { return grad }
-                let summed = op("ReduceSum", [grad, ints(axes)], attributes: ["keepdims": .int(1)])
+                let summed = reduceSum(grad, axes: axes, keepdims: true)
                 if lead == 0 { return summed }
                 if let s = staticShape(input) { return op("Reshape", [summed, ints(s, name: "shape")]) }
                 return op("Reshape", [summed, shape(of: input)])
             }
         }
         let axes = ms("BroadcastGradientArgs", [shape(of: input), op("Shape", [grad])], outputs: 2)[0]
-        let summed = op("ReduceSum", [grad, axes], attributes: ["keepdims": .int(1), "noop_with_empty_axes": .int(1)])
-        return op("Reshape", [summed, shape(of: input)])
+        return op("Reshape", [reduceSum(grad, axesValue: axes, keepdims: true), shape(of: input)])
     }
 
     /// The model's ai.onnx opset: it decides whether axes travel as attributes or inputs.

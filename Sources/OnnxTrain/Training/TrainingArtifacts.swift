@@ -172,7 +172,8 @@ public struct TrainingArtifacts {
         eval.producerName = "onnx-train"
         _ = labelInputs
 
-        let parameters = parameterNames.map { name in
+        // Trainable parameters first, then frozen ones, as onnxruntime's checkpoint lists them.
+        let parameters = (trainable + parameterNames.filter { !trainable.contains($0) }).map { name in
             Parameter(name: name, data: graph.initializers[name]!.copied(), requiresGrad: trainable.contains(name))
         }
         let checkpoint = try CheckpointState(parameters: parameters)

@@ -4,9 +4,14 @@ import XCTest
 
 /// Every gradient rule against float64 central finite differences, over its attribute variants
 /// (broadcast shapes, axes, keepdims, opsets where the axes move to an input, pads, strides,
-/// groups, ...). Bounds: the worst relative error seen is around 1e-9; the checks allow 1e-6.
+/// groups, ...). The worst relative error seen over the suite is 3.6e-9; each check allows 1e-7.
 final class GradientRuleTests: XCTestCase {
     typealias C = GradientCheck
+
+    override class func tearDown() {
+        print("[gradient rules] worst relative error against finite differences: \(GradientCheck.worstSeen)")
+        super.tearDown()
+    }
     static func r(_ shape: [Int], _ lo: Double = -1, _ hi: Double = 1, _ seed: UInt64 = 1) -> Tensor {
         GradientCheck.random(shape, lo, hi, seed: seed)
     }
@@ -43,7 +48,7 @@ final class GradientRuleTests: XCTestCase {
         try C("PRelu", [Self.r([2, 3]), Self.r([1], 0.1, 0.5, 4)]).run()
         try C("Clip", [Self.r([3, 4], -2, 2), Tensor(scalar: -0.5), Tensor(scalar: 0.7)], wrt: [0]).run()
         try C("Clip", [Self.r([3, 4], -2, 2), nil, Tensor(scalar: 0.7)], wrt: [0]).run()
-        try C("Clip", opset: 6, [Self.r([3, 4], -2, 2)], attributes: ["min": .float(-0.5), "max": .float(0.5)]).run()
+        try C("Clip", opset: 10, [Self.r([3, 4], -2, 2)], attributes: ["min": .float(-0.5), "max": .float(0.5)]).run()
     }
 
     // MARK: Unary math and activations
@@ -56,7 +61,7 @@ final class GradientRuleTests: XCTestCase {
             ("Asinh", -3, 3), ("Acosh", 1.2, 3), ("Atanh", -0.9, 0.9), ("Erf", -2, 2), ("Softplus", -3, 3),
             ("Softsign", -3, 3), ("Relu", 0.05, 2), ("Mish", -3, 3),
         ]
-        for (op, lo, hi) in cases { try C(op, [Self.r([3, 4], lo, hi)]).run() }
+        for (op, lo, hi) in cases { try C(op, opset: 18, [Self.r([3, 4], lo, hi)]).run() }
         // Relu on both sides of 0 (away from the kink).
         try C("Relu", [Tensor(shape: [4], scalars: [-1.5, -0.3, 0.4, 2.0])]).run()
         try C("Abs", [Tensor(shape: [4], scalars: [-1.5, -0.3, 0.4, 2.0])]).run()
@@ -170,9 +175,9 @@ final class GradientRuleTests: XCTestCase {
     func testLayerNormalization() throws {
         for axis in [-1, 1] {
             try C("LayerNormalization", [Self.r([2, 3, 4]), Self.r(axis == -1 ? [4] : [3, 4], 0.5, 1.5, 2), Self.r(axis == -1 ? [4] : [3, 4], -1, 1, 3)],
-                  attributes: ["axis": .int(axis), "epsilon": .float(1e-5)]).run(tolerance: 1e-5)
+                  attributes: ["axis": .int(axis), "epsilon": .float(1e-5)]).run()
         }
-        try C("LayerNormalization", [Self.r([2, 5]), Self.r([5], 0.5, 1.5, 2)]).run(tolerance: 1e-5)
+        try C("LayerNormalization", [Self.r([2, 5]), Self.r([5], 0.5, 1.5, 2)]).run()
     }
 
     func testBatchNormalization() throws {
@@ -180,7 +185,7 @@ final class GradientRuleTests: XCTestCase {
         let mean = Self.r([2], -0.5, 0.5, 4), variance = Self.r([2], 0.5, 1.5, 5)
         // Training mode (com.microsoft BatchNormInternal, what the artifact builder emits).
         try C("BatchNormInternal", domain: "com.microsoft", [x, scale, bias, mean, variance],
-              attributes: ["epsilon": .float(1e-5), "momentum": .float(0.9), "training_mode": .int(1)], outputs: 5, wrt: [0, 1, 2]).run(tolerance: 1e-5)
+              attributes: ["epsilon": .float(1e-5), "momentum": .float(0.9), "training_mode": .int(1)], outputs: 5, wrt: [0, 1, 2]).run()
         // Inference mode (frozen statistics).
         try C("BatchNormalization", [x, scale, bias, mean, variance], wrt: [0, 1, 2]).run()
         try C("BatchNormalization", [Self.r([4, 3]), Self.r([3], 0.5, 1.5, 2), Self.r([3], -1, 1, 3), Self.r([3], -0.5, 0.5, 4), Self.r([3], 0.5, 1.5, 5)],
@@ -189,7 +194,9 @@ final class GradientRuleTests: XCTestCase {
 
     func testDropout() throws {
         // Training mode: the same seed draws the same mask in every run, so differences see one fixed mask.
-        try C("Dropout", [Self.r([4, 5]), Tensor(scalar: 0.3), Tensor(scalar: true)], outputs: 2, wrt: [0], constants: [1, 2]).run()
+        var training = C("Dropout", [Self.r([4, 5]), Tensor(scalar: 0.3), Tensor(scalar: true)], outputs: 2, wrt: [0], constants: [1, 2])
+        training.freshSessions = true
+        try training.run()
         try C("Dropout", [Self.r([4, 5])], outputs: 1).run()
     }
 

@@ -26,6 +26,8 @@ final class TrainingFixtureTests: XCTestCase {
     /// cnn_nobias_ce_adamw is the same CNN without that bias and has no exception.
     static let exceptions: [String: [String: Double]] = [
         "cnn_ce_adamw": ["conv.bias": 2e-3, "bn.running_mean": 2e-3],
+        // The same CNN trained from artifacts onnx-train built (ArtifactBuilderTests.swift), for the same reason.
+        "built cnn_ce_adamw": ["conv.bias": 2e-3, "bn.running_mean": 2e-3],
     ]
 
     override func setUpWithError() throws {

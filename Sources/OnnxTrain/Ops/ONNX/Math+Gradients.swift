@@ -87,10 +87,11 @@ func registerMathGradients(_ registry: OpRegistry) {
             lo = g.hasInput(1) ? g.input(1) : nil
             hi = g.hasInput(2) ? g.input(2) : nil
         }
+        // Not(x < lo) and Not(x > hi): ops every opset that has Where (9) has.
         var mask: String?
-        if let lo { mask = g.op("GreaterOrEqual", [x, lo]) }
+        if let lo { mask = g.op("Not", [g.op("Less", [x, lo])]) }
         if let hi {
-            let below = g.op("LessOrEqual", [x, hi])
+            let below = g.op("Not", [g.op("Greater", [x, hi])])
             mask = mask.map { g.op("And", [$0, below]) } ?? below
         }
         guard let mask else { return [dY] }

@@ -107,7 +107,7 @@ func registerTensorGradients(_ registry: OpRegistry) {
         if g.needs(0) {
             // The scattered positions were overwritten: their gradient does not reach data.
             let zeros = g.op("ConstantOfShape", [g.shape(of: g.input(2))],
-                             attributes: ["value": .tensor(try GradientContext.scalarTensor(0, dtype: try g.floatType(dY), shape: [1]))])
+                             attributes: ["value": .tensor(try GradientContext.scalarTensor(0, dtype: try g.floatType(g.input(0)), shape: [1]))])
             dData = g.op("ScatterElements", [dY, g.input(1), zeros], attributes: axis)
         }
         if g.needs(2) { dUpdates = g.op("GatherElements", [dY, g.input(1)], attributes: axis) }
@@ -119,7 +119,7 @@ func registerTensorGradients(_ registry: OpRegistry) {
         var dData: String?, dUpdates: String?
         if g.needs(0) {
             let zeros = g.op("ConstantOfShape", [g.shape(of: g.input(2))],
-                             attributes: ["value": .tensor(try GradientContext.scalarTensor(0, dtype: try g.floatType(dY), shape: [1]))])
+                             attributes: ["value": .tensor(try GradientContext.scalarTensor(0, dtype: try g.floatType(g.input(0)), shape: [1]))])
             dData = g.op("ScatterND", [dY, g.input(1), zeros])
         }
         if g.needs(2) { dUpdates = g.op("GatherND", [dY, g.input(1)]) }
