@@ -131,6 +131,11 @@ public enum Autodiff {
             guard let g = gradient(of: p) else {
                 throw OnnxTrainError.training("parameter '\(p)' received no gradient from the loss '\(loss)'")
             }
+            // A sum of contributions is already named <p>_grad; anything else gets that name through an Identity.
+            if g == p + "_grad" {
+                result.append((p, g))
+                continue
+            }
             let name = context.builder.freshName(p + "_grad")
             context.builder.update { $0.nodes.append(Node(opType: "Identity", name: name + "_identity", inputs: [g], outputs: [name])) }
             result.append((p, name))

@@ -46,6 +46,17 @@ public final class GradientContext {
         return name
     }
 
+    /// Replaces the forward node's op by a training variant that also returns what its gradient
+    /// needs (LSTM -> com.microsoft LSTMTraining); inputs and existing outputs stay.
+    public func rewriteForward(opType: String, domain: String, attributes: [String: Attribute]) {
+        builder.update { graph in
+            graph.nodes[nodeIndex].opType = opType
+            graph.nodes[nodeIndex].domain = canonicalDomain(domain)
+            graph.nodes[nodeIndex].attributes = attributes
+        }
+        node = builder.graph.nodes[nodeIndex]
+    }
+
     /// The gradient flowing into output `i`, or nil when none does (the output does not reach the loss).
     public func dY(_ i: Int = 0) -> String? { i < outputGradients.count ? outputGradients[i] : nil }
     /// The gradient of output `i`; a rule that needs it throws when it is absent.

@@ -360,7 +360,8 @@ public struct TrainingArtifacts {
     /// Gives each parameter's gradient the name `<p>_grad` (what `export_gradient_graph` writes).
     static func renameGradients(_ graph: inout Graph, _ grads: [String: String]) {
         var rename: [String: String] = [:]
-        for (p, g) in grads where g != "\(p)_grad" { rename[g] = "\(p)_grad" }
+        let taken = Set(graph.nodes.flatMap(\.outputs)).union(graph.inputs.map(\.name)).union(graph.initializerNames)
+        for (p, g) in grads where g != "\(p)_grad" && !taken.contains("\(p)_grad") { rename[g] = "\(p)_grad" }
         guard !rename.isEmpty else { return }
         for i in graph.nodes.indices {
             graph.nodes[i].inputs = graph.nodes[i].inputs.map { rename[$0] ?? $0 }

@@ -59,4 +59,9 @@ extension TrainingFixtureTests {
     func testBuiltArtifactsCNN() throws { try builtArtifact("cnn_nobias_ce_adamw") }
     func testBuiltArtifactsCNNWithConvBias() throws { try builtArtifact("cnn_ce_adamw") }
     func testBuiltArtifactsGPT() throws { try builtArtifact("gpt_ce_adamw") }
+    func testBuiltArtifactsLSTM() throws { try builtArtifact("lstm_ce_adamw") }
+    func testBuiltArtifactsGRU() throws { try builtArtifact("gru_ce_adamw") }
+    func testBuiltArtifactsBidirectionalLSTM() throws { try builtArtifact("bilstm2_ce_adamw") }
+    func testBuiltArtifactsBidirectionalGRU() throws { try builtArtifact("bigru2_ce_adamw") }
+    func testBuiltArtifactsResNet() throws { try builtArtifact("resnet_ce_adamw") }
 }

@@ -12,4 +12,5 @@ func registerNeuralNetOps(_ registry: OpRegistry) {
     registerLossOps(registry)          // Losses.swift: NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss
     registerQuantizationOps(registry)  // Quantization.swift: Quantize/Dequantize/DynamicQuantizeLinear, QLinearMatMul
     registerNeuralNetGradients(registry) // NeuralNet+Gradients.swift: gradient rules of the ops above
+    registerRecurrentGradients(registry) // Recurrent+Gradients.swift: LSTM and GRU through LSTMTraining/GRUTraining
 }
