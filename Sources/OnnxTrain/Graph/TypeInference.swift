@@ -281,8 +281,16 @@ public struct TypeInference {
              "GatherND", "ScatterND", "ScatterElements", "Compress", "ReverseSequence":
             if op == "ScatterND" || op == "ScatterElements" { return [TensorInfo(dtype: dtype, shape: x?.shape)] }
             return [TensorInfo(dtype: dtype, shape: x?.rank.map { Array(repeating: .unknown, count: $0) })]
-        case "LSTM", "GRU", "RNN":
-            return node.outputs.map { _ in TensorInfo(dtype: dtype, shape: nil) }
+        case "LSTM", "GRU", "RNN", "LSTMTraining", "GRUTraining":
+            // Y [S, D, B, H] (layout 0) or [B, S, D, H] (layout 1); Y_h and Y_c [D, B, H] or [B, D, H].
+            let layout = node.int("layout") ?? 0
+            let d: Dim = .value(node.string("direction") == "bidirectional" ? 2 : 1)
+            let h: Dim = node.int("hidden_size").map { .value($0) } ?? .unknown
+            guard let s = x?.shape, s.count == 3 else { return node.outputs.map { _ in TensorInfo(dtype: dtype, shape: nil) } }
+            let (seq, batch) = layout == 0 ? (s[0], s[1]) : (s[1], s[0])
+            let y: [Dim] = layout == 0 ? [seq, d, batch, h] : [batch, seq, d, h]
+            let state: [Dim] = layout == 0 ? [d, batch, h] : [batch, d, h]
+            return [TensorInfo(dtype: dtype, shape: y), TensorInfo(dtype: dtype, shape: state), TensorInfo(dtype: dtype, shape: state)]
         default:
             return node.outputs.map { _ in TensorInfo(dtype: dtype, shape: nil) }
         }

@@ -36,8 +36,11 @@ func registerTensorGradients(_ registry: OpRegistry) {
     registry.registerGradient("Concat") { g in
         let dY = try g.requiredDY()
         let n = g.node.inputs.count
-        guard let r = g.rank(g.output(0)) ?? g.rank(g.input(0)) else { throw GradientError("Concat needs the rank of its inputs") }
-        let axis = TypeInference.normalize(g.node.int("axis") ?? 0, r, clamp: false)
+        let rawAxis = g.node.int("axis") ?? 0
+        guard let r = g.rank(g.output(0)) ?? g.rank(g.input(0)) ?? (rawAxis >= 0 ? rawAxis + 1 : nil) else {
+            throw GradientError("Concat with a negative axis needs the rank of its inputs")
+        }
+        let axis = TypeInference.normalize(rawAxis, r, clamp: false)
         let sizes = g.node.inputs.map { name -> Int? in
             guard let s = g.shapeInfo(name), axis < s.count, case .value(let v) = s[axis] else { return nil }
             return v
@@ -58,8 +61,9 @@ func registerTensorGradients(_ registry: OpRegistry) {
     registry.registerGradient("Split") { g in
         guard g.needs(0) else { return [nil, nil] }
         let x = g.input(0)
-        guard let r = g.rank(x) else { throw GradientError("Split needs the rank of its input") }
-        let axis = TypeInference.normalize(g.node.int("axis") ?? 0, r, clamp: false)
+        let rawAxis = g.node.int("axis") ?? 0
+        guard let r = g.rank(x) ?? (rawAxis >= 0 ? rawAxis + 1 : nil) else { throw GradientError("Split with a negative axis needs the rank of its input") }
+        let axis = TypeInference.normalize(rawAxis, r, clamp: false)
         // Outputs without a gradient contribute zeros of their own shape.
         var parts: [String] = []
         for (i, out) in g.node.outputs.enumerated() where !out.isEmpty {
