@@ -176,6 +176,13 @@ public final class GradientContext {
         return op("ReduceSum", [x], attributes: ["axes": .ints(axes), "keepdims": .int(keepdims ? 1 : 0)])
     }
 
+    /// ReduceMean over fixed axes with keepdims, in the form the model's opset takes (axes became
+    /// an input at opset 18).
+    public func reduceMean(_ x: String, axes: [Int]) -> String {
+        if onnxOpset >= 18 { return op("ReduceMean", [x, ints(axes)], attributes: ["keepdims": .int(1)]) }
+        return op("ReduceMean", [x], attributes: ["axes": .ints(axes), "keepdims": .int(1)])
+    }
+
     /// ReduceSum over axes computed at run time (ReduceSumTraining before opset 13); empty axes
     /// leave the input unchanged.
     public func reduceSum(_ x: String, axesValue: String, keepdims: Bool) -> String {

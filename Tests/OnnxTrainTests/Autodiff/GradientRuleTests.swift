@@ -252,6 +252,53 @@ final class GradientRuleTests: XCTestCase {
         try C("Pad", opset: 19, [Self.r([2, 3, 4]), C.ints([1, 2]), nil, C.ints([1])], attributes: ["mode": .string("reflect")], constants: [1, 3]).run()
     }
 
+    // MARK: Ops onnxruntime could not differentiate
+
+    func testConvTranspose() throws {
+        try C("ConvTranspose", [Self.r([2, 3, 4, 4]), Self.r([3, 2, 3, 3], -1, 1, 2), Self.r([2], -1, 1, 3)]).run()
+        try C("ConvTranspose", [Self.r([1, 4, 3, 3]), Self.r([4, 1, 3, 2], -1, 1, 2), Self.r([2], -1, 1, 3)],
+              attributes: ["strides": .ints([2, 1]), "pads": .ints([1, 0, 0, 1]), "group": .int(2), "output_padding": .ints([1, 0])]).run()
+        try C("ConvTranspose", [Self.r([2, 2, 5]), Self.r([2, 3, 3], -1, 1, 2)], attributes: ["dilations": .ints([2]), "strides": .ints([2])]).run()
+    }
+
+    func testTopK() throws {
+        try C("TopK", [Self.r([3, 5]), C.ints([2])], outputs: 2, constants: [1]).run()
+        try C("TopK", [Self.r([4, 3]), C.ints([3])], attributes: ["axis": .int(0), "largest": .int(0)], outputs: 2, constants: [1]).run()
+    }
+
+    func testGroupAndInstanceNormalization() throws {
+        try C("GroupNormalization", opset: 21, [Self.r([2, 4, 3]), Self.r([4], 0.5, 1.5, 2), Self.r([4], -1, 1, 3)],
+              attributes: ["num_groups": .int(2)]).run()
+        try C("GroupNormalization", opset: 18, [Self.r([2, 6, 2, 2]), Self.r([3], 0.5, 1.5, 2), Self.r([3], -1, 1, 3)],
+              attributes: ["num_groups": .int(3)]).run()
+        try C("InstanceNormalization", [Self.r([2, 3, 4]), Self.r([3], 0.5, 1.5, 2), Self.r([3], -1, 1, 3)]).run()
+        try C("InstanceNormalization", opset: 11, [Self.r([2, 3, 2, 3]), Self.r([3], 0.5, 1.5, 2), Self.r([3], -1, 1, 3)]).run()
+    }
+
+    func testEinsum() throws {
+        try C("Einsum", [Self.r([3, 4]), Self.r([4, 5], -1, 1, 2)], attributes: ["equation": .string("ij,jk->ik")]).run()
+        try C("Einsum", [Self.r([2, 3, 4]), Self.r([2, 4, 5], -1, 1, 2)], attributes: ["equation": .string("bij,bjk->bik")]).run()
+        try C("Einsum", [Self.r([3, 4])], attributes: ["equation": .string("ij->i")]).run()
+        try C("Einsum", [Self.r([3, 4]), Self.r([4], -1, 1, 2)], attributes: ["equation": .string("ij,j")]).run()
+        try C("Einsum", [Self.r([2, 3, 4]), Self.r([4, 5], -1, 1, 2)], attributes: ["equation": .string("...j,jk->...k")]).run()
+        try C("Einsum", [Self.r([3]), Self.r([4], -1, 1, 2)], attributes: ["equation": .string("i,j->ij")]).run()
+    }
+
+    func testResize() throws {
+        let x = Self.r([1, 2, 3, 4])
+        let empty = Tensor(shape: [0], scalars: [Float]())
+        for mode in ["nearest", "linear", "cubic"] {
+            for transform in ["half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel"] {
+                try C("Resize", opset: 13, [x, nil, Tensor(shape: [4], scalars: [Float(1), 1, 2, 1.5])],
+                      attributes: ["mode": .string(mode), "coordinate_transformation_mode": .string(transform)], constants: [2]).run()
+            }
+            try C("Resize", opset: 13, [x, nil, empty, C.ints([1, 2, 5, 3])], attributes: ["mode": .string(mode)], constants: [2, 3]).run()
+        }
+        try C("Resize", opset: 18, [x, nil, Tensor(shape: [2], scalars: [Float(0.5), 0.75])],
+              attributes: ["mode": .string("linear"), "axes": .ints([2, 3]), "antialias": .int(1)], constants: [2]).run()
+        try C("Upsample", opset: 9, [x, Tensor(shape: [4], scalars: [Float(1), 1, 2, 2])], attributes: ["mode": .string("nearest")], constants: [1]).run()
+    }
+
     // MARK: The engine
 
     func testFanOutIsSummedAndIntegerPathsCarryNoGradient() throws {

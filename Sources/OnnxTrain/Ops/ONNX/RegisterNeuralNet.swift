@@ -13,4 +13,5 @@ func registerNeuralNetOps(_ registry: OpRegistry) {
     registerQuantizationOps(registry)  // Quantization.swift: Quantize/Dequantize/DynamicQuantizeLinear, QLinearMatMul
     registerNeuralNetGradients(registry) // NeuralNet+Gradients.swift: gradient rules of the ops above
     registerRecurrentGradients(registry) // Recurrent+Gradients.swift: LSTM and GRU through LSTMTraining/GRUTraining
+    registerMoreNeuralNetGradients(registry) // NeuralNetMore+Gradients.swift: ConvTranspose, TopK, Group/InstanceNorm, Einsum, Resize
 }
