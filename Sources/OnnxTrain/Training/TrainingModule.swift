@@ -407,6 +407,16 @@ public final class TrainingModule {
 }
 
 extension TrainingModule {
+    /// The path of `name` (`checkpoint`, `training_model.onnx`, ...) in the artifact folder
+    /// `folder`; throws, naming both, when the folder lacks it.
+    public static func artifactFile(_ name: String, in folder: String) throws -> String {
+        let p = URL(fileURLWithPath: folder).appendingPathComponent(name).path
+        guard FileManager.default.fileExists(atPath: p) else {
+            throw OnnxTrainError.io("\(folder) is not an artifact folder: it has no \(name)")
+        }
+        return p
+    }
+
     /// A module for evaluating and exporting only: an artifact folder (`training_model.onnx`,
     /// `eval_model.onnx`, and `checkpoint` unless `params` names other parameters) or a gradient
     /// graph with `params` (a checkpoint, .npz or .safetensors). Only the eval graph is compiled:
@@ -424,14 +434,7 @@ extension TrainingModule {
             return try TrainingModule(gradientGraph: try Model(contentsOf: path), state: try CheckpointState.loadParameters(from: params),
                                       options: options, compileTraining: false)
         }
-        let folder = URL(fileURLWithPath: path)
-        func file(_ name: String) throws -> String {
-            let p = folder.appendingPathComponent(name).path
-            guard FileManager.default.fileExists(atPath: p) else {
-                throw OnnxTrainError.io("\(path) is not an artifact folder: it has no \(name)")
-            }
-            return p
-        }
+        func file(_ name: String) throws -> String { try artifactFile(name, in: path) }
         let state = try CheckpointState.load(from: try params ?? file("checkpoint"))
         return try TrainingModule(trainingModel: try Model(contentsOf: try file("training_model.onnx")), state: state,
                                   evalModel: try Model(contentsOf: try file("eval_model.onnx")), options: options, compileTraining: false)
