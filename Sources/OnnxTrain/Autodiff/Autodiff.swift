@@ -37,7 +37,8 @@ public enum Autodiff {
     public static func differentiate(_ graph: Graph, opsets: [String: Int], loss: String, parameters: [String],
                                      registry: OpRegistry = .standard) throws -> Result {
         let index = GraphIndex(graph)
-        guard let order = index.order else { throw OnnxTrainError.invalidGraph("the graph has a cycle: it cannot be differentiated") }
+        guard !index.hasCycle else { throw OnnxTrainError.invalidGraph("the graph has a cycle: it cannot be differentiated") }
+        let order = index.order
         let types = TypeInference(graph: graph, opsets: opsets)
         func differentiable(_ name: String) -> Bool { types[name]?.dtype.map(\.isFloatingPoint) ?? true }
         let known = index.graphInputs.union(index.initializers).union(index.producer.keys)

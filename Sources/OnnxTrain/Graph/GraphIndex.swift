@@ -9,16 +9,24 @@ public struct GraphIndex {
     public let graphInputs: Set<String>
     /// Names of the graph's initializers.
     public let initializers: Set<String>
-    /// Node indices in a topological order (file order among ready nodes); nil if the graph has a cycle.
-    public let order: [Int]?
+    /// Node indices in a topological order, file order among ready nodes. Nodes on a cycle are
+    /// missing from it (`hasCycle`).
+    public let order: [Int]
+    public var hasCycle: Bool { order.count < reads.count }
+    /// Values that more than one node writes: (value, first writer, later writer).
+    public let duplicates: [(value: String, first: Int, second: Int)]
     /// Names each node reads: its inputs and what its subgraphs capture from this scope.
     public let reads: [[String]]
 
     public init(_ graph: Graph) {
         var producer: [String: (node: Int, output: Int)] = [:]
+        var duplicates: [(value: String, first: Int, second: Int)] = []
         for (i, node) in graph.nodes.enumerated() {
-            for (k, o) in node.outputs.enumerated() where !o.isEmpty && producer[o] == nil { producer[o] = (i, k) }
+            for (k, o) in node.outputs.enumerated() where !o.isEmpty {
+                if let first = producer[o] { duplicates.append((o, first.node, i)) } else { producer[o] = (i, k) }
+            }
         }
+        self.duplicates = duplicates
         var consumers: [String: [Int]] = [:]
         var reads: [[String]] = []
         reads.reserveCapacity(graph.nodes.count)
@@ -37,14 +45,15 @@ public struct GraphIndex {
         graphInputs = Set(graph.inputs.map(\.name))
         initializers = Set(graph.initializerNames)
 
-        // Kahn's algorithm, keeping file order among ready nodes.
+        // Kahn's algorithm, keeping file order among ready nodes. A node reading its own output is
+        // not a cycle here; the executor reports it by name.
         var pending = [Int](repeating: 0, count: graph.nodes.count)
         var next = [[Int]](repeating: [], count: graph.nodes.count)
         for (i, names) in reads.enumerated() {
             var deps = Set<Int>()
-            for name in names { if let p = producer[name]?.node, p != i { deps.insert(p) } else if producer[name]?.node == i { deps.insert(i) } }
+            for name in names { if let p = producer[name]?.node, p != i { deps.insert(p) } }
             pending[i] = deps.count
-            for d in deps where d != i { next[d].append(i) }
+            for d in deps { next[d].append(i) }
         }
         var order: [Int] = []
         var ready = (0..<graph.nodes.count).filter { pending[$0] == 0 }
@@ -58,7 +67,7 @@ public struct GraphIndex {
                 if pending[c] == 0 { ready.append(c) }
             }
         }
-        self.order = order.count == graph.nodes.count ? order : nil
+        self.order = order
     }
 
     /// Whether `name` is a constant of the graph: an initializer that no caller can override
@@ -90,7 +99,6 @@ public struct GraphIndex {
     public func descendants(of sources: Set<String>, graph: Graph,
                             outputs: (Int) -> [String]) -> Set<String> {
         var reached = sources
-        guard let order else { return reached }
         for i in order where reads[i].contains(where: { reached.contains($0) }) {
             for o in outputs(i) where !o.isEmpty { reached.insert(o) }
         }

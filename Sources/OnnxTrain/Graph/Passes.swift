@@ -102,7 +102,8 @@ public struct ConstantFolding: GraphPass {
     public func run(_ model: inout Model) throws {
         var graph = model.graph
         let index = GraphIndex(graph)
-        guard let order = index.order else { return }
+        guard !index.hasCycle else { return }
+        let order = index.order
         var known: [String: Tensor] = [:]
         for name in graph.initializerNames where index.isConstant(name) { known[name] = graph.initializers[name] }
         let types = TypeInference(graph: graph, opsets: model.opsetImports)

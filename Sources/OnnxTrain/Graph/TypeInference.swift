@@ -78,7 +78,7 @@ public struct TypeInference {
         let index = GraphIndex(graph)
         let constants = graph.initializers.filter { index.isConstant($0.key) }
         var constantValues = constants
-        for i in index.order ?? Array(graph.nodes.indices) {
+        for i in index.order {
             let node = graph.nodes[i]
             if node.opType == "Constant", node.domain.isEmpty, let out = node.output(0), let t = TypeInference.constantValue(node) {
                 constantValues[out] = t

@@ -60,50 +60,32 @@ final class GraphExecutor {
             constants.append((slot(name), .tensor(graph.initializers[name]!)))
             defined.insert(name)
         }
-        var producer: [String: Int] = [:]
-        for (i, node) in graph.nodes.enumerated() {
+        let index = GraphIndex(graph)
+        for d in index.duplicates {
+            problems.append("value '\(d.value)' is produced by both \(graph.nodes[d.first].label) and \(graph.nodes[d.second].label)")
+        }
+        let producer = index.producer.mapValues(\.node)
+        for node in graph.nodes {
             for output in node.outputs where !output.isEmpty {
-                if let other = producer[output] {
-                    problems.append("value '\(output)' is produced by both \(graph.nodes[other].label) and \(node.label)")
-                } else if defined.contains(output) && graph.initializers[output] == nil {
+                if defined.contains(output) && graph.initializers[output] == nil {
                     problems.append("\(node.label) writes '\(output)', which is a graph input")
                 }
-                producer[output] = i
                 _ = slot(output)
             }
         }
-
-        // Topological order (Kahn), keeping file order among ready nodes.
-        var consumers = [[Int]](repeating: [], count: graph.nodes.count)
-        var pending = [Int](repeating: 0, count: graph.nodes.count)
         for (i, node) in graph.nodes.enumerated() {
-            var deps = Set<Int>()
-            for name in node.inputs + GraphExecutor.subgraphReferences(node) where !name.isEmpty {
-                if let p = producer[name] {
-                    if p != i { deps.insert(p) } else { problems.append("\(node.label) reads its own output '\(name)'") }
-                } else if !defined.contains(name) && !visible.contains(name) {
-                    if node.inputs.contains(name) {
-                        problems.append("\(node.label) reads '\(name)', which no node, graph input or initializer produces")
-                    }
+            for name in index.reads[i] {
+                if producer[name] == i {
+                    problems.append("\(node.label) reads its own output '\(name)'")
+                } else if producer[name] == nil && !defined.contains(name) && !visible.contains(name) && node.inputs.contains(name) {
+                    problems.append("\(node.label) reads '\(name)', which no node, graph input or initializer produces")
                 }
             }
-            pending[i] = deps.count
-            for d in deps { consumers[d].append(i) }
         }
-        var order: [Int] = []
-        var ready = (0..<graph.nodes.count).filter { pending[$0] == 0 }
-        var cursor = 0
-        while cursor < ready.count {
-            let i = ready[cursor]
-            cursor += 1
-            order.append(i)
-            for c in consumers[i] {
-                pending[c] -= 1
-                if pending[c] == 0 { ready.append(c) }
-            }
-        }
-        if order.count < graph.nodes.count {
-            let stuck = (0..<graph.nodes.count).filter { pending[$0] > 0 }.prefix(5).map { graph.nodes[$0].label }
+        let order = index.order
+        if index.hasCycle {
+            let placed = Set(order)
+            let stuck = graph.nodes.indices.filter { !placed.contains($0) }.prefix(5).map { graph.nodes[$0].label }
             problems.append("the graph has a cycle through \(stuck.joined(separator: ", "))")
         }
         for output in graph.outputs where !defined.contains(output.name) && producer[output.name] == nil && !visible.contains(output.name) {

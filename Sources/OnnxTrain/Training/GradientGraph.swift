@@ -74,7 +74,7 @@ extension TrainingModule {
         let loss = lossName ?? GradientGraph.lossOutput(of: gradientGraph.graph, parameters: names)
         // The eval model is the same graph without its gradient part.
         let forward = training.graph.outputs.map(\.name).filter { !$0.hasSuffix("_grad.accumulation.out") }
-        var (evalGraph, needed) = try TrainingModule.prune(gradientGraph.graph, to: forward, label: "the gradient graph", outputsForHelp: forward)
+        var (evalGraph, needed) = try gradientGraph.graph.pruned(to: forward, label: "the gradient graph", outputsForHelp: forward)
         evalGraph.inputs = evalGraph.inputs.filter { needed.contains($0.name) }
         evalGraph.outputs = gradientGraph.graph.outputs.filter { forward.contains($0.name) }
         var evalModel = gradientGraph

@@ -295,7 +295,8 @@ public struct TrainingArtifacts {
         let graph = model.graph
         let types = TypeInference(graph: graph, opsets: model.opsetImports)
         let index = GraphIndex(graph)
-        guard let order = index.order else { return candidates }
+        guard !index.hasCycle else { return candidates }
+        let order = index.order
         var origin: [String: Set<String>] = [:]
         for c in candidates { origin[c] = [c] }
         for i in order {

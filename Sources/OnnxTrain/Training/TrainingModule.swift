@@ -315,34 +315,12 @@ public final class TrainingModule {
 
     // MARK: Export
 
-    /// `graph` reduced to the nodes `outputs` depend on (subgraph captures included); also
-    /// returns every value name those nodes read.
-    static func prune(_ graph: Graph, to outputs: [String], label: String, outputsForHelp: [String]) throws -> (Graph, Set<String>) {
-        var graph = graph
-        var producer: [String: Int] = [:]
-        for (i, node) in graph.nodes.enumerated() { for o in node.outputs where !o.isEmpty { producer[o] = i } }
-        let known = Set(producer.keys).union(graph.inputs.map(\.name)).union(graph.initializerNames)
-        for name in outputs where !known.contains(name) {
-            throw OnnxTrainError.invalidInput("no value '\(name)' in \(label) (outputs: \(outputsForHelp.joined(separator: ", ")))")
-        }
-        var needed = Set(outputs)
-        var keep = [Bool](repeating: false, count: graph.nodes.count)
-        for i in stride(from: graph.nodes.count - 1, through: 0, by: -1) {
-            let node = graph.nodes[i]
-            guard node.outputs.contains(where: { needed.contains($0) }) else { continue }
-            keep[i] = true
-            for name in node.inputs + GraphExecutor.subgraphReferences(node) where !name.isEmpty { needed.insert(name) }
-        }
-        graph.nodes = graph.nodes.indices.filter { keep[$0] }.map { graph.nodes[$0] }
-        return (graph, needed)
-    }
-
     /// Computes one value of the training graph for `feeds` (user inputs) on copies of the
     /// parameters, running only the nodes it needs: nothing in the module changes, not even
     /// statistics that training ops update in place. Used to check data before training.
     public func probe(_ name: String, feeds: [String: Tensor]) throws -> Tensor {
         let model = trainingModel
-        var (graph, needed) = try TrainingModule.prune(model.graph, to: [name], label: "the training graph", outputsForHelp: trainOutputNames)
+        var (graph, needed) = try model.graph.pruned(to: [name], label: "the training graph", outputsForHelp: trainOutputNames)
         graph.inputs = graph.inputs.filter { needed.contains($0.name) }
         graph.outputs = [ValueInfo(name: name, type: nil)]
         var probeModel = model
@@ -371,7 +349,7 @@ public final class TrainingModule {
     public func exportModelForInferencing(outputs: [String]) throws -> Model {
         guard let evalModel else { throw OnnxTrainError.training("exporting needs an eval model") }
         guard !outputs.isEmpty else { throw OnnxTrainError.invalidInput("choose at least one output to export") }
-        let (pruned, needed) = try TrainingModule.prune(evalModel.graph, to: outputs, label: "the eval graph", outputsForHelp: evalOutputNames)
+        let (pruned, needed) = try evalModel.graph.pruned(to: outputs, label: "the eval graph", outputsForHelp: evalOutputNames)
         var graph = pruned
         // Parameters become initializers holding the trained values.
         var inputs: [ValueInfo] = []

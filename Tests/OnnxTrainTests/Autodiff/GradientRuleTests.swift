@@ -299,6 +299,16 @@ final class GradientRuleTests: XCTestCase {
         try C("Upsample", opset: 9, [x, Tensor(shape: [4], scalars: [Float(1), 1, 2, 2])], attributes: ["mode": .string("nearest")], constants: [1]).run()
     }
 
+    func testTrainingOpsInForwardGraphs() throws {
+        let labels = C.ints([2, 0, 1, 2])
+        let probabilities = Tensor(shape: [4, 3], scalars: [0.2, 0.3, 0.5, 0.6, 0.3, 0.1, 0.25, 0.25, 0.5, 0.1, 0.1, 0.8])
+        try C("SoftmaxCrossEntropy", domain: "com.microsoft", [Self.r([4, 3], -2, 2), probabilities], outputs: 2, wrt: [0]).run()
+        try C("SparseSoftmaxCrossEntropy", [Self.r([4, 3], -2, 2), labels], attributes: ["reduction": .string("sum")], outputs: 2).run()
+        try C("SoftmaxCrossEntropyLossInternal", domain: "com.microsoft", [Self.r([4, 3], -2, 2), labels], outputs: 2).run()
+        try C("SimplifiedLayerNormalization", [Self.r([2, 3, 4]), Self.r([4], 0.5, 1.5, 2)], outputs: 2).run()
+        try C("ConcatTraining", domain: "com.microsoft", [Self.r([2, 3]), Self.r([2, 2], -1, 1, 2)], attributes: ["axis": .int(1)], outputs: 2).run()
+    }
+
     // MARK: The engine
 
     func testFanOutIsSummedAndIntegerPathsCarryNoGradient() throws {

@@ -13,14 +13,8 @@ func registerRecurrentGradients(_ registry: OpRegistry) {
         var inputs = [g.input(0), g.input(1), g.input(2), g.input(4), g.input(5), g.input(6), y, states, gates,
                       g.dY(0) ?? "", g.dY(1) ?? "", g.dY(2) ?? ""]
         if g.hasInput(7) { inputs.append(g.input(7)) }
-        while inputs.last == "" { inputs.removeLast() }
-        let wanted = [0, 1, 2, 3, 5, 6, 7]
-        let base = (g.node.name.isEmpty ? "LSTM" : g.node.name) + "_Grad/"
-        let names = wanted.map { g.needs($0) ? base + "d\($0)" : "" }
-        let outs = g.emit("LSTMGrad", domain: "com.microsoft", inputs, outputs: names.count, attributes: attributes, names: names)
-        var grads = [String?](repeating: nil, count: g.node.inputs.count)
-        for (k, i) in wanted.enumerated() where i < grads.count && g.needs(i) { grads[i] = outs[k] }
-        return grads
+        // LSTMGrad outputs: dX, dW, dR, dB, d initial_h, d initial_c, dP.
+        return recurrentGrad(g, "LSTMGrad", inputs, attributes: attributes, outputsFor: [0, 1, 2, 3, 5, 6, 7])
     }
     registry.registerGradient("GRU") { g in
         // GRU inputs: X 0, W 1, R 2, B 3, sequence_lens 4, initial_h 5.
@@ -28,14 +22,22 @@ func registerRecurrentGradients(_ registry: OpRegistry) {
         if attributes["direction"] == nil { attributes["direction"] = .string("forward") }
         g.rewriteForward(opType: "GRUTraining", domain: "com.microsoft", attributes: attributes)
         let y = g.forwardOutput(0), gates = g.forwardOutput(2)
-        var inputs = [g.input(0), g.input(1), g.input(2), g.input(3), g.input(4), g.input(5), y, gates, g.dY(0) ?? "", g.dY(1) ?? ""]
-        while inputs.last == "" { inputs.removeLast() }
-        let wanted = [0, 1, 2, 3, 5]
-        let base = (g.node.name.isEmpty ? "GRU" : g.node.name) + "_Grad/"
-        let names = wanted.map { g.needs($0) ? base + "d\($0)" : "" }
-        let outs = g.emit("GRUGrad", domain: "com.microsoft", inputs, outputs: names.count, attributes: attributes, names: names)
-        var grads = [String?](repeating: nil, count: g.node.inputs.count)
-        for (k, i) in wanted.enumerated() where i < grads.count && g.needs(i) { grads[i] = outs[k] }
-        return grads
+        let inputs = [g.input(0), g.input(1), g.input(2), g.input(3), g.input(4), g.input(5), y, gates, g.dY(0) ?? "", g.dY(1) ?? ""]
+        // GRUGrad outputs: dX, dW, dR, dB, d initial_h.
+        return recurrentGrad(g, "GRUGrad", inputs, attributes: attributes, outputsFor: [0, 1, 2, 3, 5])
     }
+}
+
+/// Emits LSTMGrad/GRUGrad; output k is the gradient of forward input `outputsFor[k]`, and only
+/// the needed ones are named.
+private func recurrentGrad(_ g: GradientContext, _ op: String, _ inputs: [String], attributes: [String: Attribute],
+                           outputsFor: [Int]) -> [String?] {
+    var inputs = inputs
+    while inputs.last == "" { inputs.removeLast() }
+    let base = (g.node.name.isEmpty ? g.node.opType : g.node.name) + "_Grad/"
+    let names = outputsFor.map { g.needs($0) ? base + "d\($0)" : "" }
+    let outs = g.emit(op, domain: "com.microsoft", inputs, outputs: names.count, attributes: attributes, names: names)
+    var grads = [String?](repeating: nil, count: g.node.inputs.count)
+    for (k, i) in outputsFor.enumerated() where i < grads.count && g.needs(i) { grads[i] = outs[k] }
+    return grads
 }
