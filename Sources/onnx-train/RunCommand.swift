@@ -550,7 +550,7 @@ struct Evaluation {
             // Scores: the first output other than the loss with one row per label.
             guard let i = out.names.indices.first(where: { out.names[$0] != out.lossName && out.values[$0].rank == 2 && out.values[$0].shape[0] == truth.count && out.values[$0].dtype == .float32 }) else { continue }
             let scores = out.values[i], classes = scores.shape[1]
-            scores.withUnsafeBufferPointer(as: Float.self) { s in
+            try scores.withUnsafeBufferPointer(as: Float.self) { s in
                 for (r, t) in truth.enumerated() where t >= 0 && t < classes {
                     var best = 0
                     for c in 1..<max(classes, 1) where s[r * classes + c] > s[r * classes + best] { best = c }

@@ -264,14 +264,15 @@ private final class ProtoArena {
             return p
         }
         p.pointee.has_raw_data = 1
-        if t.dtype.isPacked4Bit {
-            // Two elements per byte, the first in the low nibble (ONNX's int4 layout).
-            let count = t.count
-            let packed = alloc(UInt8.self, count: (count + 1) / 2)
-            t.withUnsafeBufferPointer(as: UInt8.self) { src in
-                for i in 0..<count { packed[i / 2] |= (src[i] & 0x0F) << (i % 2 == 0 ? 0 : 4) }
+        if let bits = t.dtype.packedBits {
+            // 8/bits elements per byte, the first in the lowest bits (ONNX's int4 and int2 layouts).
+            let count = t.count, perByte = 8 / bits, mask = UInt8((1 << bits) - 1)
+            let byteCount = (count + perByte - 1) / perByte
+            let packed = alloc(UInt8.self, count: byteCount)
+            try t.withUnsafeBufferPointer(as: UInt8.self) { src in
+                for i in 0..<count { packed[i / perByte] |= (src[i] & mask) << UInt8((i % perByte) * bits) }
             }
-            p.pointee.raw_data = ProtobufCBinaryData(len: (count + 1) / 2, data: packed)
+            p.pointee.raw_data = ProtobufCBinaryData(len: byteCount, data: packed)
         } else {
             borrowed.append(t.storage)
             let bytes = t.rawBytes

@@ -36,7 +36,11 @@ public final class InferenceSession {
         }
         state = RunState(seed: options.seed)
         warn = options.warn
+        declaredOutputs = Dictionary(model.graph.outputs.map { ($0.name, $0.type) }, uniquingKeysWith: { a, _ in a })
     }
+
+    /// The declared type of every graph output, checked against what a run computes.
+    private let declaredOutputs: [String: ValueType?]
 
     public convenience init(path: String, options: SessionOptions = SessionOptions()) throws {
         try self.init(model: try Model(contentsOf: path), options: options)
@@ -93,6 +97,11 @@ public final class InferenceSession {
         var out: [String: Value] = [:]
         for (name, value) in zip(names, results) {
             guard let value else { throw OnnxTrainError(.kernel, "\(where_)no value was computed for '\(name)'") }
+            // A graph output computed with another element type than declared is a broken model
+            // (onnxruntime refuses it when it builds the session).
+            if case .tensor(let dtype?, _)? = declaredOutputs[name], let t = value.tensor, t.dtype != dtype {
+                throw OnnxTrainError.invalidModel("\(where_)output '\(name)' is declared tensor(\(dtype)), but the graph computes tensor(\(t.dtype))")
+            }
             out[name] = value
         }
         return out

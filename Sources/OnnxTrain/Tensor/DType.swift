@@ -81,6 +81,36 @@ public enum DType: Int32, Sendable, CaseIterable, CustomStringConvertible {
     }
 }
 
+extension DType {
+    /// Whether elements of this type may be read as `T`: its own Swift type (Float for float32,
+    /// Int64 for int64, Int8 also for the sign-extended int4/int2, String for string), or any
+    /// other type of the same width (UInt8...UInt64 and plain structs), which data movement uses
+    /// as containers for the raw element bits.
+    @inline(__always)
+    public func canBeRead<T>(as type: T.Type) -> Bool {
+        if self == .string { return T.self == String.self }
+        guard MemoryLayout<T>.stride == byteSize else { return false }
+        guard let typed = DType.typedElement(T.self) else { return true }
+        return typed == self || (typed == .int8 && (self == .int4 || self == .int2))
+    }
+
+    /// The element type whose values the Swift type `T` stands for, or nil for a raw container.
+    @inline(__always)
+    static func typedElement<T>(_ type: T.Type) -> DType? {
+        if T.self == Float.self { return .float32 }
+        if T.self == Double.self { return .float64 }
+        if T.self == Float16.self { return .float16 }
+        if T.self == BFloat16.self { return .bfloat16 }
+        if T.self == Int64.self { return .int64 }
+        if T.self == Int32.self { return .int32 }
+        if T.self == Int16.self { return .int16 }
+        if T.self == Int8.self { return .int8 }
+        if T.self == Bool.self { return .bool }
+        if T.self == String.self { return .string }
+        return nil
+    }
+}
+
 /// A Swift type that can be the element of a `Tensor`.
 public protocol TensorElement {
     static var dtype: DType { get }

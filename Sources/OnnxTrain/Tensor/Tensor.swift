@@ -86,25 +86,63 @@ public struct Tensor {
     public var count: Int { Tensor.elementCount(shape) }
     public var byteCount: Int { dtype == .string ? 0 : count * dtype.byteSize }
 
-    /// The elements as a Swift array, in row-major order.
+    /// The elements as a Swift array, in row-major order; `T` must be the element type (traps
+    /// otherwise: for callers that know the type, such as tests; kernels use `elements(as:)`).
     public func scalars<T: TensorElement>(as type: T.Type = T.self) -> [T] {
-        withUnsafeBufferPointer(as: T.self) { Array($0) }
+        precondition(dtype.canBeRead(as: T.self), "tensor(\(dtype)) read as \(T.self)")
+        return uncheckedBufferPointer(as: T.self) { Array($0) }
+    }
+
+    /// The elements as a Swift array; throws a `KernelError` when `T` is not the element type.
+    public func elements<T: TensorElement>(as type: T.Type = T.self) throws -> [T] {
+        try withUnsafeBufferPointer(as: T.self) { Array($0) }
     }
 
     /// The elements of a string tensor.
     public var strings: [String] { storage.strings }
 
-    /// Reads the elements in place; `T` must match `dtype`.
+    /// Throws unless the elements can be read as `T`: the same element type (float32 as Float,
+    /// int64 as Int64, ...), or an unsigned integer of the element's width (raw element bits, as
+    /// data movement uses them). Every typed accessor checks this, so no kernel can read a
+    /// float64 input as float32 (a trap) or an int32 one as float (garbage).
     @inline(__always)
-    public func withUnsafeBufferPointer<T, R>(as type: T.Type, _ body: (UnsafeBufferPointer<T>) throws -> R) rethrows -> R {
-        precondition(MemoryLayout<T>.stride == dtype.byteSize || dtype == .string, "\(T.self) does not fit \(dtype)")
+    public func checkElementType<T>(_ type: T.Type) throws {
+        guard dtype.canBeRead(as: T.self) else { throw elementTypeError(T.self) }
+    }
+
+    @inline(never)
+    func elementTypeError<T>(_ type: T.Type) -> KernelError {
+        let expected = DType.typedElement(T.self).map { "tensor(\($0))" } ?? "\(MemoryLayout<T>.stride)-byte elements"
+        return KernelError("expected \(expected), got \(self)")
+    }
+
+    /// Reads the elements in place; throws a `KernelError` unless `T` fits `dtype` (see `checkElementType`).
+    @inline(__always)
+    public func withUnsafeBufferPointer<T, R>(as type: T.Type, _ body: (UnsafeBufferPointer<T>) throws -> R) throws -> R {
+        try checkElementType(T.self)
         return try body(UnsafeBufferPointer(start: storage.bytes.assumingMemoryBound(to: T.self), count: count))
     }
 
-    /// Writes the elements, copying the storage first if another tensor shares it.
+    /// Reads the elements in place for code that switched on `dtype` or made the tensor: a wrong
+    /// `T` is a programming error here (a trap), not bad input.
     @inline(__always)
-    public mutating func withUnsafeMutableBufferPointer<T, R>(as type: T.Type, _ body: (UnsafeMutableBufferPointer<T>) throws -> R) rethrows -> R {
-        precondition(MemoryLayout<T>.stride == dtype.byteSize, "\(T.self) does not fit \(dtype)")
+    func uncheckedBufferPointer<T, R>(as type: T.Type, _ body: (UnsafeBufferPointer<T>) throws -> R) rethrows -> R {
+        precondition(dtype.canBeRead(as: T.self), "tensor(\(dtype)) read as \(T.self)")
+        return try body(UnsafeBufferPointer(start: storage.bytes.assumingMemoryBound(to: T.self), count: count))
+    }
+
+    /// Writes the elements, copying the storage first if another tensor shares it; throws a
+    /// `KernelError` unless `T` fits `dtype`.
+    @inline(__always)
+    public mutating func withUnsafeMutableBufferPointer<T, R>(as type: T.Type, _ body: (UnsafeMutableBufferPointer<T>) throws -> R) throws -> R {
+        try checkElementType(T.self)
+        return try uncheckedMutableBufferPointer(as: T.self, body)
+    }
+
+    /// Writes the elements for code that switched on `dtype` or made the tensor (a wrong `T` traps).
+    @inline(__always)
+    mutating func uncheckedMutableBufferPointer<T, R>(as type: T.Type, _ body: (UnsafeMutableBufferPointer<T>) throws -> R) rethrows -> R {
+        precondition(dtype.canBeRead(as: T.self), "tensor(\(dtype)) written as \(T.self)")
         if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
         return try body(UnsafeMutableBufferPointer(start: storage.bytes.assumingMemoryBound(to: T.self), count: count))
     }
@@ -122,8 +160,15 @@ public struct Tensor {
     /// Only for onnxruntime's in-place training ops (InPlaceAccumulator, optimizer updates,
     /// BatchNorm running statistics), whose semantics are exactly this aliasing.
     @inline(__always)
-    public func withSharedMutableBufferPointer<T, R>(as type: T.Type, _ body: (UnsafeMutableBufferPointer<T>) throws -> R) rethrows -> R {
-        precondition(MemoryLayout<T>.stride == dtype.byteSize, "\(T.self) does not fit \(dtype)")
+    public func withSharedMutableBufferPointer<T, R>(as type: T.Type, _ body: (UnsafeMutableBufferPointer<T>) throws -> R) throws -> R {
+        try checkElementType(T.self)
+        return try body(UnsafeMutableBufferPointer(start: storage.bytes.assumingMemoryBound(to: T.self), count: count))
+    }
+
+    /// `withSharedMutableBufferPointer` for code that switched on `dtype` or made the tensor (a wrong `T` traps).
+    @inline(__always)
+    func uncheckedSharedMutableBufferPointer<T, R>(as type: T.Type, _ body: (UnsafeMutableBufferPointer<T>) throws -> R) rethrows -> R {
+        precondition(dtype.canBeRead(as: T.self), "tensor(\(dtype)) written as \(T.self)")
         return try body(UnsafeMutableBufferPointer(start: storage.bytes.assumingMemoryBound(to: T.self), count: count))
     }
 
@@ -169,14 +214,14 @@ public struct Tensor {
     /// The elements of an integer tensor widened to Int (shapes, axes, indices).
     public func intValues() -> [Int]? {
         switch dtype {
-        case .int64: return withUnsafeBufferPointer(as: Int64.self) { $0.map { Int($0) } }
-        case .int32: return withUnsafeBufferPointer(as: Int32.self) { $0.map { Int($0) } }
-        case .int16: return withUnsafeBufferPointer(as: Int16.self) { $0.map { Int($0) } }
-        case .int8: return withUnsafeBufferPointer(as: Int8.self) { $0.map { Int($0) } }
-        case .uint8: return withUnsafeBufferPointer(as: UInt8.self) { $0.map { Int($0) } }
-        case .uint16: return withUnsafeBufferPointer(as: UInt16.self) { $0.map { Int($0) } }
-        case .uint32: return withUnsafeBufferPointer(as: UInt32.self) { $0.map { Int($0) } }
-        case .uint64: return withUnsafeBufferPointer(as: UInt64.self) { $0.map { Int(truncatingIfNeeded: $0) } }
+        case .int64: return uncheckedBufferPointer(as: Int64.self) { $0.map { Int($0) } }
+        case .int32: return uncheckedBufferPointer(as: Int32.self) { $0.map { Int($0) } }
+        case .int16: return uncheckedBufferPointer(as: Int16.self) { $0.map { Int($0) } }
+        case .int8: return uncheckedBufferPointer(as: Int8.self) { $0.map { Int($0) } }
+        case .uint8: return uncheckedBufferPointer(as: UInt8.self) { $0.map { Int($0) } }
+        case .uint16: return uncheckedBufferPointer(as: UInt16.self) { $0.map { Int($0) } }
+        case .uint32: return uncheckedBufferPointer(as: UInt32.self) { $0.map { Int($0) } }
+        case .uint64: return uncheckedBufferPointer(as: UInt64.self) { $0.map { Int(truncatingIfNeeded: $0) } }
         default: return nil
         }
     }

@@ -283,7 +283,7 @@ public final class TrainingModule {
             var offset = 0
             for p in params {
                 guard p.data.dtype == .float32 else { throw OnnxTrainError.unsupported("parameter '\(p.name)' is tensor(\(p.data.dtype)); contiguous buffers hold float only") }
-                p.data.withUnsafeBufferPointer(as: Float.self) { src in
+                try p.data.withUnsafeBufferPointer(as: Float.self) { src in
                     for i in 0..<src.count { dst[offset + i] = src[i] }
                 }
                 offset += p.data.count
@@ -304,7 +304,7 @@ public final class TrainingModule {
         try buffer.withUnsafeBufferPointer(as: Float.self) { src in
             for p in params {
                 guard p.data.dtype == .float32 else { throw OnnxTrainError.unsupported("parameter '\(p.name)' is tensor(\(p.data.dtype)); contiguous buffers hold float only") }
-                p.data.withSharedMutableBufferPointer(as: Float.self) { dst in
+                try p.data.withSharedMutableBufferPointer(as: Float.self) { dst in
                     for i in 0..<dst.count { dst[i] = src[offset + i] }
                 }
                 offset += p.data.count

@@ -47,9 +47,9 @@ final class TensorOpsTests: XCTestCase {
     func testSixteenByteElementsMoveWhole() throws {
         // complex128: each element is 16 bytes; Transpose must keep the halves together.
         var x = Tensor(zeros: .complex128, shape: [2, 2])
-        x.withUnsafeMutableBufferPointer(as: Bytes16.self) { p in for i in 0..<4 { p[i] = Bytes16(lo: UInt64(i), hi: UInt64(10 + i)) } }
+        try x.withUnsafeMutableBufferPointer(as: Bytes16.self) { p in for i in 0..<4 { p[i] = Bytes16(lo: UInt64(i), hi: UInt64(10 + i)) } }
         let y = try runNode("Transpose", opset: 13, [x])[0]
-        let v = y.withUnsafeBufferPointer(as: Bytes16.self) { Array($0) }
+        let v = try y.withUnsafeBufferPointer(as: Bytes16.self) { Array($0) }
         XCTAssertEqual(v.map(\.lo), [0, 2, 1, 3])
         XCTAssertEqual(v.map(\.hi), [10, 12, 11, 13])
     }
@@ -167,9 +167,9 @@ final class BitCastTests: XCTestCase {
         XCTAssertEqual(b.scalars(as: Bool.self), [false, true, true])
         // uint4 0xF read as int4 is -1 (stored sign-extended, one element per byte).
         var u4 = Tensor(zeros: .uint4, shape: [2])
-        u4.withUnsafeMutableBufferPointer(as: UInt8.self) { $0[0] = 0xF; $0[1] = 0x7 }
+        try u4.withUnsafeMutableBufferPointer(as: UInt8.self) { $0[0] = 0xF; $0[1] = 0x7 }
         let i4 = try runNode("BitCast", opset: 26, [u4], attributes: ["to": .int(Int(DType.int4.rawValue))])[0]
-        XCTAssertEqual(i4.withUnsafeBufferPointer(as: Int8.self) { Array($0) }, [-1, 7])
+        XCTAssertEqual(try i4.withUnsafeBufferPointer(as: Int8.self) { Array($0) }, [-1, 7])
         XCTAssertThrowsError(try runNode("BitCast", opset: 26, [Tensor(shape: [1], scalars: [Float(1)])], attributes: ["to": .int(Int(DType.int64.rawValue))]))
     }
 }

@@ -83,7 +83,7 @@ final class RunCommandTests: XCTestCase {
         let input = data["input"]!, labels = data["labels"]!
         try Npz.write(["input": input], to: work.appendingPathComponent("nolabels.npz").path)
         var bad = labels.copied()
-        bad.withUnsafeMutableBufferPointer(as: Int64.self) { $0[13] = 9 }
+        try bad.withUnsafeMutableBufferPointer(as: Int64.self) { $0[13] = 9 }
         try Npz.write(["input": input, "labels": bad], to: work.appendingPathComponent("badlabel.npz").path)
         try Npz.write(["input": input, "labels": Batches.rows(of: labels, from: 0, count: 30)], to: work.appendingPathComponent("odd.npz").path)
         var checkpoint = try Data(contentsOf: folder.appendingPathComponent("checkpoint"))
@@ -127,9 +127,9 @@ final class RunCommandTests: XCTestCase {
         let folder = Self.fixtures.appendingPathComponent("gradient/mlp")  // SoftmaxCrossEntropyLoss ignore_index -100
         let data = try Npz.readDictionary(contentsOf: folder.appendingPathComponent("data.npz").path)
         var labels = data["labels"]!.copied()
-        labels.withUnsafeMutableBufferPointer(as: Int64.self) { $0[2] = -100 }
+        try labels.withUnsafeMutableBufferPointer(as: Int64.self) { $0[2] = -100 }
         try Npz.write(["input": data["input"]!, "labels": labels], to: work.appendingPathComponent("ignored.npz").path)
-        labels.withUnsafeMutableBufferPointer(as: Int64.self) { $0[5] = -1 }
+        try labels.withUnsafeMutableBufferPointer(as: Int64.self) { $0[5] = -1 }
         try Npz.write(["input": data["input"]!, "labels": labels], to: work.appendingPathComponent("negative.npz").path)
         let common = ["run", folder.appendingPathComponent("gradient_graph.onnx").path, "--params", folder.appendingPathComponent("params.npz").path,
                       "--batch-size", "6", "--lr", "0.1", "--no-shuffle"]

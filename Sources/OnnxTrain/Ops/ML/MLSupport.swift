@@ -12,7 +12,7 @@ func mlKeys(_ t: Tensor) throws -> [MLKey] {
     switch t.dtype {
     case .string: return t.strings.map { .string($0) }
     case .float32, .float64, .float16, .bfloat16: return try mlDoubles(t).map { .real($0) }
-    case .uint64: return t.withUnsafeBufferPointer(as: UInt64.self) { $0.map { .int(Int64(truncatingIfNeeded: $0)) } }
+    case .uint64: return try t.withUnsafeBufferPointer(as: UInt64.self) { $0.map { .int(Int64(truncatingIfNeeded: $0)) } }
     default:
         guard let ints = t.intValues() else { throw KernelError("element type \(t.dtype) cannot be a key") }
         return ints.map { .int(Int64($0)) }
@@ -28,7 +28,7 @@ func mlDoubles(_ t: Tensor) throws -> [Double] {
 private struct DoublesOf: NumericOperation {
     let tensor: Tensor
     func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> [Double] {
-        tensor.withUnsafeBufferPointer(as: T.self) { $0.map(\.doubleValue) }
+        try tensor.withUnsafeBufferPointer(as: T.self) { $0.map(\.doubleValue) }
     }
 }
 

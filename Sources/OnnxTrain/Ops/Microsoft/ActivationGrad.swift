@@ -152,8 +152,8 @@ struct ActivationOp: FloatOperation {
         let cols = bias?.count ?? n
         guard cols > 0 else { return out }
         let rows = n / cols
-        x.withUnsafeBufferPointer(as: T.self) { bx in
-            out.withUnsafeMutableBufferPointer(as: T.self) { bo in
+        x.uncheckedBufferPointer(as: T.self) { bx in
+            out.uncheckedMutableBufferPointer(as: T.self) { bo in
                 withOptionalPointer(bias, T.self) { pb in
                     withOptionalPointer(dy, T.self) { pg in
                         guard let px = bx.baseAddress, let po = bo.baseAddress else { return }
@@ -197,7 +197,7 @@ func activationLoop<T: ActivationFloat, F: ActivationElementFunction>(_ f: F, x:
 @inline(__always)
 func withOptionalPointer<T, R>(_ t: Tensor?, _ type: T.Type, _ body: (UnsafePointer<T>?) -> R) -> R {
     guard let t else { return body(nil) }
-    return t.withUnsafeBufferPointer(as: T.self) { body($0.baseAddress) }
+    return t.uncheckedBufferPointer(as: T.self) { body($0.baseAddress) }
 }
 
 /// B must be 1-D with the length of X's last axis.

@@ -58,9 +58,9 @@ struct ConvGradKernel: Kernel {
             var dbPartials = [Double](repeating: 0, count: wantB ? chunks * m : 0)
             // dx is fresh and not shared: its storage is written directly.
             let dxBase = dx?.storage.bytes.assumingMemoryBound(to: T.self)
-            dy.withUnsafeBufferPointer(as: T.self) { pdy in
-                x.withUnsafeBufferPointer(as: T.self) { px in
-                    w.withUnsafeBufferPointer(as: T.self) { pw in
+            try dy.withUnsafeBufferPointer(as: T.self) { pdy in
+                try x.withUnsafeBufferPointer(as: T.self) { px in
+                    try w.withUnsafeBufferPointer(as: T.self) { pw in
                         dbPartials.withUnsafeMutableBufferPointer { pdb in
                             guard let ydy = pdy.baseAddress, let yx = px.baseAddress, let yw = pw.baseAddress else { return }
                             Parallel.forRange(chunks) { chunkRange in
@@ -107,7 +107,7 @@ struct ConvGradKernel: Kernel {
                 }
             }
             if wantW {
-                dw!.withUnsafeMutableBufferPointer(as: T.self) { pdw in
+                try dw!.withUnsafeMutableBufferPointer(as: T.self) { pdw in
                     // Partials are [group][rows][mg]: summed in chunk order and transposed into [M, rows].
                     let out = pdw.baseAddress!
                     for gi in 0..<group {
@@ -122,7 +122,7 @@ struct ConvGradKernel: Kernel {
                 }
             }
             if wantB {
-                db!.withUnsafeMutableBufferPointer(as: T.self) { pdb in
+                try db!.withUnsafeMutableBufferPointer(as: T.self) { pdb in
                     for j in 0..<m {
                         var sum = 0.0
                         for chunk in 0..<chunks { sum += dbPartials[chunk * m + j] }

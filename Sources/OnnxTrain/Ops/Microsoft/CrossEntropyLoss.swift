@@ -114,8 +114,8 @@ private struct ClassIndexLossGradRows: FloatOperation {
         let (classes, inner) = (classes, inner)
         if T.self == Float.self && inner == 1 {
             // float32 [N, C]: one vectorised row function per sample, in float as onnxruntime.
-            logProb.withUnsafeBufferPointer(as: Float.self) { lp in
-                out.withUnsafeMutableBufferPointer(as: Float.self) { po in
+            try logProb.withUnsafeBufferPointer(as: Float.self) { lp in
+                out.uncheckedMutableBufferPointer(as: Float.self) { po in
                     guard let lp = lp.baseAddress, let po = po.baseAddress else { return }
                     Parallel.forRange(n, minimumChunk: max(1, 4096 / max(classes, 1))) { rows in
                         for i in rows { lossGradRow(lp + i * classes, po + i * classes, classes, label: labels[i], scale: Float(scale[i])) }
@@ -124,8 +124,8 @@ private struct ClassIndexLossGradRows: FloatOperation {
             }
             return out
         }
-        logProb.withUnsafeBufferPointer(as: T.self) { lp in
-            out.withUnsafeMutableBufferPointer(as: T.self) { po in
+        try logProb.withUnsafeBufferPointer(as: T.self) { lp in
+            out.uncheckedMutableBufferPointer(as: T.self) { po in
                 labels.withUnsafeBufferPointer { labels in
                     scale.withUnsafeBufferPointer { scale in
                         guard let lp = lp.baseAddress, let po = po.baseAddress, let labels = labels.baseAddress,

@@ -45,9 +45,9 @@ struct FusedMatMulKernel: Kernel {
             var out = Tensor(uninitialized: T.dtype, shape: outShape)
             let count = Tensor.elementCount(batch)
             let (lda, ldb) = (aShape[ar - 1], bShape[br - 1])
-            a.withUnsafeBufferPointer(as: T.self) { pa in
-                b.withUnsafeBufferPointer(as: T.self) { pb in
-                    out.withUnsafeMutableBufferPointer(as: T.self) { po in
+            try a.withUnsafeBufferPointer(as: T.self) { pa in
+                try b.withUnsafeBufferPointer(as: T.self) { pb in
+                    out.uncheckedMutableBufferPointer(as: T.self) { po in
                         guard let ya = pa.baseAddress, let yb = pb.baseAddress, let yo = po.baseAddress else { return }
                         if batchB.allSatisfy({ $0 == 1 }) && !transA && batchA == batch {
                             // N-D × 2-D: one GEMM over all rows of A.

@@ -26,8 +26,8 @@ struct ScatterAdd: FloatOperation {
     let block: Int
     func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         var out = Tensor(zeros: T.dtype, shape: shape)
-        source.withUnsafeBufferPointer(as: T.self) { s in
-            out.withUnsafeMutableBufferPointer(as: T.self) { o in
+        try source.withUnsafeBufferPointer(as: T.self) { s in
+            out.uncheckedMutableBufferPointer(as: T.self) { o in
                 for (d, sIndex) in pairs {
                     for k in 0..<block { o[d + k] += s[sIndex + k] }
                 }

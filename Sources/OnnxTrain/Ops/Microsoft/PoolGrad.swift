@@ -112,9 +112,9 @@ struct MaxPoolGradByChannel: FloatOperation {
         let foreign = UnsafeMutablePointer<Bool>.allocate(capacity: channels)
         defer { foreign.deallocate() }
         foreign.initialize(repeating: false, count: channels)
-        dy.withUnsafeBufferPointer(as: T.self) { pdy in
-            indices.withUnsafeBufferPointer(as: Int64.self) { pidx in
-                dx.withUnsafeMutableBufferPointer(as: T.self) { pdx in
+        try dy.withUnsafeBufferPointer(as: T.self) { pdy in
+            try indices.withUnsafeBufferPointer(as: Int64.self) { pidx in
+                dx.uncheckedMutableBufferPointer(as: T.self) { pdx in
                     guard let G = pdy.baseAddress, let J = pidx.baseAddress, let D = pdx.baseAddress else { return }
                     Parallel.forRange(channels, minimumChunk: max(1, 8_192 / max(I, 1))) { range in
                         for ch in range {
@@ -205,8 +205,8 @@ struct AveragePoolGradChannels: FloatOperation {
         var dx = try Tensor(kernelZeros: T.dtype, shape: shape, "AveragePoolGrad dX")
         let w = weights.map { T(fromDouble: $0) }
         let (windows, channels, outSize, inSize) = (windows, channels, outSize, inSize)
-        dy.withUnsafeBufferPointer(as: T.self) { pg in
-            dx.withUnsafeMutableBufferPointer(as: T.self) { pd in
+        try dy.withUnsafeBufferPointer(as: T.self) { pg in
+            dx.uncheckedMutableBufferPointer(as: T.self) { pd in
                 guard let G = pg.baseAddress, let D = pd.baseAddress else { return }
                 Parallel.forRange(channels, minimumChunk: max(1, 8_192 / max(inSize, 1))) { range in
                     for c in range {

@@ -34,9 +34,9 @@ struct SoftmaxGradKernel: Kernel {
         func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             if T.self == Float.self && inner == 1 && n > 0 { return floatRows() }
             var out = Tensor(uninitialized: T.dtype, shape: y.shape)
-            dy.withUnsafeBufferPointer(as: T.self) { g in
-                y.withUnsafeBufferPointer(as: T.self) { p in
-                    out.withUnsafeMutableBufferPointer(as: T.self) { o in
+            try dy.withUnsafeBufferPointer(as: T.self) { g in
+                try y.withUnsafeBufferPointer(as: T.self) { p in
+                    out.uncheckedMutableBufferPointer(as: T.self) { o in
                         for b in 0..<outer {
                             for j in 0..<inner {
                                 let base = b * n * inner + j
@@ -70,9 +70,9 @@ extension SoftmaxGradKernel.Compute {
     func floatRows() -> Tensor {
         var out = Tensor(uninitialized: .float32, shape: y.shape)
         let (rows, n, log) = (outer, self.n, self.log)
-        dy.withUnsafeBufferPointer(as: Float.self) { bg in
-            y.withUnsafeBufferPointer(as: Float.self) { by in
-                out.withUnsafeMutableBufferPointer(as: Float.self) { bo in
+        dy.uncheckedBufferPointer(as: Float.self) { bg in
+            y.uncheckedBufferPointer(as: Float.self) { by in
+                out.uncheckedMutableBufferPointer(as: Float.self) { bo in
                     guard let g = bg.baseAddress, let p = by.baseAddress, let o = bo.baseAddress else { return }
                     Parallel.forRange(rows, minimumChunk: max(1, 8192 / n)) { range in
                         for r in range { softmaxGradRow(g + r * n, p + r * n, o + r * n, n, log: log) }

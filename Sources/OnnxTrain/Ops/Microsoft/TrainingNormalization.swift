@@ -67,8 +67,8 @@ struct BatchNormForward: FloatOperation {
         var y = Tensor(uninitialized: T.dtype, shape: x.shape)
         var mean = self.mean, variance = self.variance
         let count = Double(n * s)
-        x.withUnsafeBufferPointer(as: T.self) { px in
-            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+        try x.withUnsafeBufferPointer(as: T.self) { px in
+            y.uncheckedMutableBufferPointer(as: T.self) { py in
                 mean.withUnsafeMutableBufferPointer { pm in
                     variance.withUnsafeMutableBufferPointer { pv in
                         guard let X = px.baseAddress, let Y = py.baseAddress else { return }
@@ -136,10 +136,10 @@ func squaredDeviationSum<T: FloatElement>(_ p: UnsafePointer<T>, _ count: Int, _
 func writeInPlace(_ t: Tensor, _ values: [Double], _ name: String) throws {
     guard t.count == values.count else { throw KernelError("\(name) holds \(t.count) values, expected \(values.count)") }
     switch t.dtype {
-    case .float32: t.withSharedMutableBufferPointer(as: Float.self) { p in for i in 0..<p.count { p[i] = Float(values[i]) } }
-    case .float64: t.withSharedMutableBufferPointer(as: Double.self) { p in for i in 0..<p.count { p[i] = values[i] } }
-    case .float16: t.withSharedMutableBufferPointer(as: Float16.self) { p in for i in 0..<p.count { p[i] = Float16(Float(values[i])) } }
-    case .bfloat16: t.withSharedMutableBufferPointer(as: BFloat16.self) { p in for i in 0..<p.count { p[i] = BFloat16(Float(values[i])) } }
+    case .float32: try t.withSharedMutableBufferPointer(as: Float.self) { p in for i in 0..<p.count { p[i] = Float(values[i]) } }
+    case .float64: try t.withSharedMutableBufferPointer(as: Double.self) { p in for i in 0..<p.count { p[i] = values[i] } }
+    case .float16: try t.withSharedMutableBufferPointer(as: Float16.self) { p in for i in 0..<p.count { p[i] = Float16(Float(values[i])) } }
+    case .bfloat16: try t.withSharedMutableBufferPointer(as: BFloat16.self) { p in for i in 0..<p.count { p[i] = BFloat16(Float(values[i])) } }
     default: throw KernelError("\(name) must be a float tensor, got \(t.dtype)")
     }
 }
@@ -175,9 +175,9 @@ struct BatchNormBackward: FloatOperation {
         var dx = Tensor(uninitialized: T.dtype, shape: x.shape)
         var dScale = [Double](repeating: 0, count: c), dB = [Double](repeating: 0, count: c)
         let m = Double(n * s)
-        dy.withUnsafeBufferPointer(as: T.self) { pg in
-            x.withUnsafeBufferPointer(as: T.self) { px in
-                dx.withUnsafeMutableBufferPointer(as: T.self) { pd in
+        try dy.withUnsafeBufferPointer(as: T.self) { pg in
+            try x.withUnsafeBufferPointer(as: T.self) { px in
+                dx.uncheckedMutableBufferPointer(as: T.self) { pd in
                     dScale.withUnsafeMutableBufferPointer { pds in
                         dB.withUnsafeMutableBufferPointer { pdb in
                             guard let G = pg.baseAddress, let X = px.baseAddress, let D = pd.baseAddress else { return }
@@ -368,14 +368,14 @@ extension LayerNormGradKernel {
         guard invT.count == rows else { throw KernelError("inv_std_dev \(invT.shape) must hold \(rows) values (one per row)") }
         var dx = Tensor(uninitialized: .float32, shape: x.shape)
         var dScale = Tensor(uninitialized: .float32, shape: scaleT.shape), dBias = Tensor(uninitialized: .float32, shape: scaleT.shape)
-        dyT.withUnsafeBufferPointer(as: Float.self) { pg in
-            x.withUnsafeBufferPointer(as: Float.self) { px in
-                scaleT.withUnsafeBufferPointer(as: Float.self) { ps in
-                    meanT.withUnsafeBufferPointer(as: Float.self) { pm in
-                        invT.withUnsafeBufferPointer(as: Float.self) { pi in
-                            dx.withUnsafeMutableBufferPointer(as: Float.self) { po in
-                                dScale.withUnsafeMutableBufferPointer(as: Float.self) { pds in
-                                    dBias.withUnsafeMutableBufferPointer(as: Float.self) { pdb in
+        try dyT.withUnsafeBufferPointer(as: Float.self) { pg in
+            try x.withUnsafeBufferPointer(as: Float.self) { px in
+                try scaleT.withUnsafeBufferPointer(as: Float.self) { ps in
+                    try meanT.withUnsafeBufferPointer(as: Float.self) { pm in
+                        try invT.withUnsafeBufferPointer(as: Float.self) { pi in
+                            dx.uncheckedMutableBufferPointer(as: Float.self) { po in
+                                dScale.uncheckedMutableBufferPointer(as: Float.self) { pds in
+                                    dBias.uncheckedMutableBufferPointer(as: Float.self) { pdb in
                                         guard let g = pg.baseAddress, let xv = px.baseAddress, let sc = ps.baseAddress,
                                               let ds = pds.baseAddress, let db = pdb.baseAddress else { return }
                                         guard let m = pm.baseAddress, let i = pi.baseAddress, let o = po.baseAddress else { return }
@@ -405,9 +405,9 @@ struct LayerNormGradRows: FloatOperation {
     func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> (Tensor, [Double], [Double]) {
         var dx = Tensor(uninitialized: T.dtype, shape: x.shape)
         var dScale = [Double](repeating: 0, count: cols), dBias = [Double](repeating: 0, count: cols)
-        dy.withUnsafeBufferPointer(as: T.self) { g in
-            x.withUnsafeBufferPointer(as: T.self) { xv in
-                dx.withUnsafeMutableBufferPointer(as: T.self) { o in
+        try dy.withUnsafeBufferPointer(as: T.self) { g in
+            try x.withUnsafeBufferPointer(as: T.self) { xv in
+                dx.uncheckedMutableBufferPointer(as: T.self) { o in
                     for r in 0..<rows {
                         let base = r * cols
                         var meanB = 0.0, meanC = 0.0

@@ -44,7 +44,7 @@ private struct Accumulate: InPlaceBody {
         guard let base = p.baseAddress else { return }
         if value.dtype == T.dtype && value.count == p.count {
             // The common case (a gradient into its buffer): a plain copy or add in T.
-            value.withUnsafeBufferPointer(as: T.self) { v in
+            try value.withUnsafeBufferPointer(as: T.self) { v in
                 guard let src = v.baseAddress else { return }
                 Parallel.forRange(p.count, minimumChunk: 1 << 15) { r in
                     if overwrite {
@@ -236,7 +236,7 @@ private struct AdamWStep: InPlaceBody {
         let grad = g.dtype == T.dtype ? g : try g.converted(toFloat: T.dtype)
         try m.withSharedMutableBufferPointer(as: T.self) { pm in
             try v.withSharedMutableBufferPointer(as: T.self) { pv in
-                grad.withUnsafeBufferPointer(as: T.self) { pg in
+                try grad.withUnsafeBufferPointer(as: T.self) { pg in
                     let (w, g, m, v) = (UnsafeMutableRawPointer(pw), UnsafeRawPointer(pg.baseAddress!),
                                         UnsafeMutableRawPointer(pm.baseAddress!), UnsafeMutableRawPointer(pv.baseAddress!))
                     // Elementwise, so any split gives the same result; 16k elements per chunk at least.
@@ -319,7 +319,7 @@ private struct SGDStep: InPlaceBody {
         guard g.dtype.isFloatingPoint else { throw KernelError("gradients must be float tensors, got \(g.dtype)") }
         let grad = g.dtype == T.dtype ? g : try g.converted(toFloat: T.dtype)
         let scale = T(-lr)
-        grad.withUnsafeBufferPointer(as: T.self) { pg in
+        try grad.withUnsafeBufferPointer(as: T.self) { pg in
             guard let pg = pg.baseAddress else { return }
             Parallel.forRange(w.count, minimumChunk: 1 << 15) { r in
                 sgdUpdate(pw + r.lowerBound, pg + r.lowerBound, r.count, scale)

@@ -20,8 +20,8 @@ struct FloatMap1: FloatOperation {
     let body: (Double) -> Double
     func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         var out = Tensor(uninitialized: T.dtype, shape: a.shape)
-        a.withUnsafeBufferPointer(as: T.self) { pa in
-            out.withUnsafeMutableBufferPointer(as: T.self) { po in
+        try a.withUnsafeBufferPointer(as: T.self) { pa in
+            out.uncheckedMutableBufferPointer(as: T.self) { po in
                 for i in 0..<po.count { po[i] = T(body(Double(pa[i]))) }
             }
         }
@@ -37,9 +37,9 @@ struct FloatMap2: FloatOperation {
     func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         var out = Tensor(uninitialized: T.dtype, shape: a.shape)
         let nb = b.count
-        a.withUnsafeBufferPointer(as: T.self) { pa in
-            b.withUnsafeBufferPointer(as: T.self) { pb in
-                out.withUnsafeMutableBufferPointer(as: T.self) { po in
+        try a.withUnsafeBufferPointer(as: T.self) { pa in
+            try b.withUnsafeBufferPointer(as: T.self) { pb in
+                out.uncheckedMutableBufferPointer(as: T.self) { po in
                     if nb == po.count {
                         for i in 0..<po.count { po[i] = T(body(Double(pa[i]), Double(pb[i]))) }
                     } else {
@@ -59,10 +59,10 @@ struct FloatMap3: FloatOperation {
     func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         var out = Tensor(uninitialized: T.dtype, shape: a.shape)
         let nc = c.count
-        a.withUnsafeBufferPointer(as: T.self) { pa in
-            b.withUnsafeBufferPointer(as: T.self) { pb in
-                c.withUnsafeBufferPointer(as: T.self) { pc in
-                    out.withUnsafeMutableBufferPointer(as: T.self) { po in
+        try a.withUnsafeBufferPointer(as: T.self) { pa in
+            try b.withUnsafeBufferPointer(as: T.self) { pb in
+                try c.withUnsafeBufferPointer(as: T.self) { pc in
+                    out.uncheckedMutableBufferPointer(as: T.self) { po in
                         for i in 0..<po.count { po[i] = T(body(Double(pa[i]), Double(pb[i]), Double(pc[i % nc]))) }
                     }
                 }
@@ -124,9 +124,9 @@ func boolFlag(_ t: Tensor?, _ name: String) throws -> Bool? {
 /// Reads a float tensor (any float type) as [Double].
 func floatValues(_ t: Tensor, _ name: String) throws -> [Double] {
     switch t.dtype {
-    case .float32: return t.withUnsafeBufferPointer(as: Float.self) { $0.map { Double($0) } }
+    case .float32: return try t.withUnsafeBufferPointer(as: Float.self) { $0.map { Double($0) } }
     case .float64: return t.scalars(as: Double.self)
-    case .float16, .bfloat16: return t.widenedToFloat().withUnsafeBufferPointer(as: Float.self) { $0.map { Double($0) } }
+    case .float16, .bfloat16: return try t.widenedToFloat().withUnsafeBufferPointer(as: Float.self) { $0.map { Double($0) } }
     default: throw KernelError("\(name) must be a float tensor, got \(t.dtype)")
     }
 }

@@ -8,8 +8,8 @@ struct ArgReduction: ArithmeticOperation {
         let outer = x.shape[..<axis].reduce(1, *), inner = x.shape[(axis + 1)...].reduce(1, *)
         guard n > 0 else { throw KernelError("cannot take the arg of an empty axis \(axis) in shape \(x.shape)") }
         var out = Tensor(uninitialized: .int64, shape: [outer * inner])
-        x.withUnsafeBufferPointer(as: T.self) { px in
-            out.withUnsafeMutableBufferPointer(as: Int64.self) { po in
+        try x.withUnsafeBufferPointer(as: T.self) { px in
+            out.uncheckedMutableBufferPointer(as: Int64.self) { po in
                 for o in 0..<outer {
                     for i in 0..<inner {
                         let base = o * n * inner + i

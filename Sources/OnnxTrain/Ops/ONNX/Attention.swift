@@ -56,7 +56,7 @@ struct AttentionKernel: Kernel {
             }
             let b = q.shape[0]
             var hq: Int, hkv: Int, sq: Int, skv: Int, d: Int, dv: Int
-            var qs = q.scalars(as: T.self), ks = key.scalars(as: T.self), vs = value.scalars(as: T.self)
+            var qs = try q.elements(as: T.self), ks = try key.elements(as: T.self), vs = try value.elements(as: T.self)
             if rank == 3 {
                 guard let qh = k.qHeads, let kh = k.kvHeads, qh > 0, kh > 0,
                       q.shape[2] % qh == 0, key.shape[2] % kh == 0, value.shape[2] % kh == 0 else {
@@ -85,8 +85,8 @@ struct AttentionKernel: Kernel {
                     throw KernelError("past_key \(pastKey.shape) / past_value \(pastValue.shape) do not fit [\(b), \(hkv), P, \(d)/\(dv)]")
                 }
                 past = pastKey.shape[2]
-                ks = AttentionKernel.concatSequence(pastKey.scalars(as: T.self), ks, b: b, h: hkv, p: past, s: skv, d: d)
-                vs = AttentionKernel.concatSequence(pastValue.scalars(as: T.self), vs, b: b, h: hkv, p: past, s: skv, d: dv)
+                ks = AttentionKernel.concatSequence(try pastKey.elements(as: T.self), ks, b: b, h: hkv, p: past, s: skv, d: d)
+                vs = AttentionKernel.concatSequence(try pastValue.elements(as: T.self), vs, b: b, h: hkv, p: past, s: skv, d: dv)
             } else if (pastKey == nil) != (pastValue == nil) {
                 throw KernelError("past_key and past_value must be given together")
             }
@@ -108,7 +108,7 @@ struct AttentionKernel: Kernel {
                 let st = contiguousStrides(m4)
                 maskStrides = (0..<4).map { m4[$0] == 1 ? 0 : st[$0] }
                 if mask.dtype == .bool {
-                    maskValues = mask.scalars(as: Bool.self).map { $0 ? 0 : -Double.infinity }
+                    maskValues = try mask.elements(as: Bool.self).map { $0 ? 0 : -Double.infinity }
                 } else {
                     maskValues = (0..<mask.count).map { mask.scalarDouble(at: $0) ?? 0 }
                 }
@@ -217,6 +217,7 @@ struct RotaryEmbeddingKernel: Kernel {
     struct Op: FloatOperation {
         let k: RotaryEmbeddingKernel, x: Tensor, cos: Tensor, sin: Tensor, positions: [Int]?
         func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            guard x.rank == 3 || x.rank == 4 else { throw KernelError("input must be [B, H, S, D] or [B, S, H·D], got \(x.shape)") }
             let b = x.shape[0]
             let (h, s, d): (Int, Int, Int)
             if x.rank == 4 {
@@ -229,7 +230,7 @@ struct RotaryEmbeddingKernel: Kernel {
             guard rot <= d, rot % 2 == 0 else { throw KernelError("rotary_embedding_dim \(rot) must be even and at most \(d)") }
             let half = rot / 2
             guard cos.shape.last == half, sin.shape == cos.shape else { throw KernelError("cos/sin caches \(cos.shape) must end in \(half)") }
-            let cs = cos.scalars(as: T.self), sn = sin.scalars(as: T.self)
+            let cs = try cos.elements(as: T.self), sn = try sin.elements(as: T.self)
             if let positions {
                 guard positions.count == b * s else { throw KernelError("position_ids must be [\(b), \(s)]") }
                 let rows = cos.count / half
@@ -238,8 +239,8 @@ struct RotaryEmbeddingKernel: Kernel {
                 guard cos.count == b * s * half else { throw KernelError("without position_ids the caches must be [\(b), \(s), \(half)]") }
             }
             var y = x
-            x.withUnsafeBufferPointer(as: T.self) { px in
-                y.withUnsafeMutableBufferPointer(as: T.self) { py in
+            try x.withUnsafeBufferPointer(as: T.self) { px in
+                y.uncheckedMutableBufferPointer(as: T.self) { py in
                     for bi in 0..<b { for si in 0..<s {
                         let row = (positions.map { $0[bi * s + si] } ?? (bi * s + si)) * half
                         for hi in 0..<h {
@@ -297,7 +298,7 @@ struct FlexAttentionKernel: Kernel {
             let group = hq / hkv
             let alpha = T(fromDouble: scale ?? 1 / Double(d).squareRoot())
             var out = Tensor(zeros: T.dtype, shape: [b, hq, l, s])
-            q.withUnsafeBufferPointer(as: T.self) { pq in k.withUnsafeBufferPointer(as: T.self) { pk in out.withUnsafeMutableBufferPointer(as: T.self) { po in
+            try q.withUnsafeBufferPointer(as: T.self) { pq in try k.withUnsafeBufferPointer(as: T.self) { pk in out.uncheckedMutableBufferPointer(as: T.self) { po in
                 for bi in 0..<b { for h in 0..<hq {
                     gemm(transA: false, transB: true, m: l, n: s, k: d, alpha: alpha, a: pq.baseAddress! + (bi * hq + h) * l * d, lda: d,
                          b: pk.baseAddress! + (bi * hkv + h / group) * s * d, ldb: d, beta: 0, c: po.baseAddress! + (bi * hq + h) * l * s, ldc: s)
@@ -316,7 +317,7 @@ struct FlexAttentionKernel: Kernel {
             }
             let (hkv, dv) = (v.shape[1], v.shape[3])
             var y = Tensor(zeros: T.dtype, shape: [b, hq, l, dv])
-            p.withUnsafeBufferPointer(as: T.self) { pp in v.withUnsafeBufferPointer(as: T.self) { pv in y.withUnsafeMutableBufferPointer(as: T.self) { py in
+            try p.withUnsafeBufferPointer(as: T.self) { pp in try v.withUnsafeBufferPointer(as: T.self) { pv in y.uncheckedMutableBufferPointer(as: T.self) { py in
                 for bi in 0..<b { for h in 0..<hq {
                     gemm(transA: false, transB: false, m: l, n: dv, k: s, alpha: 1, a: pp.baseAddress! + (bi * hq + h) * l * s, lda: s,
                          b: pv.baseAddress! + (bi * hkv + h / (hq / hkv)) * s * dv, ldb: dv, beta: 0, c: py.baseAddress! + (bi * hq + h) * l * dv, ldc: dv)
@@ -332,7 +333,7 @@ struct FlexAttentionKernel: Kernel {
         func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             var y = x
             let n = x.shape.last ?? 1
-            y.withUnsafeMutableBufferPointer(as: T.self) { p in
+            try y.withUnsafeMutableBufferPointer(as: T.self) { p in
                 guard n > 0 else { return }
                 for r in 0..<(p.count / n) {
                     let base = r * n

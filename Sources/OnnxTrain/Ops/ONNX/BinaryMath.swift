@@ -143,9 +143,9 @@ func floatBinaryFastPath<F: ArithmeticBinaryFunction>(_ a: Tensor, _ b: Tensor, 
     guard n > 0, period == 1 || period >= 16 else { return nil }
     var out = Tensor(uninitialized: .float32, shape: outShape)
     let aFull = a.count == n, bFull = b.count == n
-    a.withUnsafeBufferPointer(as: Float.self) { ba in
-        b.withUnsafeBufferPointer(as: Float.self) { bb in
-            out.withUnsafeMutableBufferPointer(as: Float.self) { bo in
+    a.uncheckedBufferPointer(as: Float.self) { ba in
+        b.uncheckedBufferPointer(as: Float.self) { bb in
+            out.uncheckedMutableBufferPointer(as: Float.self) { bo in
                 guard let pa = ba.baseAddress, let pb = bb.baseAddress, let po = bo.baseAddress else { return }
                 if period == 1 && !(aFull && bFull) {
                     Parallel.forRange(n, minimumChunk: 32_768) { range in
@@ -250,10 +250,10 @@ func select(_ cond: Tensor, _ x: Tensor, _ y: Tensor) throws -> Tensor {
     let period = [cond.count, x.count, y.count].filter { $0 > 1 }.min() ?? 1
     func copy<E>(_ type: E.Type) -> Tensor {
         var out = Tensor(uninitialized: x.dtype, shape: outShape)
-        cond.withUnsafeBufferPointer(as: Bool.self) { pc in
-            x.withUnsafeBufferPointer(as: E.self) { px in
-                y.withUnsafeBufferPointer(as: E.self) { py in
-                    out.withUnsafeMutableBufferPointer(as: E.self) { po in
+        cond.uncheckedBufferPointer(as: Bool.self) { pc in
+            x.uncheckedBufferPointer(as: E.self) { px in
+                y.uncheckedBufferPointer(as: E.self) { py in
+                    out.uncheckedMutableBufferPointer(as: E.self) { po in
                         guard suffixOnly, n > 0 else {
                             offsets { o, oc, ox, oy in po[o] = pc[oc] ? px[ox] : py[oy] }
                             return

@@ -18,9 +18,9 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
     // A 1×1 kernel with unit strides and no padding reads the image as its own column matrix.
     let direct = K == 1 && g.strides.allSatisfy { $0 == 1 } && g.padsBegin.allSatisfy { $0 == 0 } && g.padsEnd.allSatisfy { $0 == 0 }
     let colCount = direct ? 0 : try Tensor.checkedElementCount([cg, K, P], "Conv im2col buffer")
-    x.withUnsafeBufferPointer(as: T.self) { px in
-        w.withUnsafeBufferPointer(as: T.self) { pw in
-            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+    try x.withUnsafeBufferPointer(as: T.self) { px in
+        try w.withUnsafeBufferPointer(as: T.self) { pw in
+            y.uncheckedMutableBufferPointer(as: T.self) { py in
                 guard let X = px.baseAddress, let W = pw.baseAddress, let Y = py.baseAddress else { return }
                 let hasBias = bias != nil
                 let taps = direct ? [] : ConvTapRows.all(g)
@@ -69,9 +69,9 @@ func transposedConvolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tens
     var y = try Tensor(kernelZeros: T.dtype, shape: [n, m] + g.input, "ConvTranspose output")
     if y.count == 0 { return y }
     var col = try [T](kernelScratch: [mg, K, P], "ConvTranspose column buffer")
-    x.withUnsafeBufferPointer(as: T.self) { px in
-        w.withUnsafeBufferPointer(as: T.self) { pw in
-            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+    try x.withUnsafeBufferPointer(as: T.self) { px in
+        try w.withUnsafeBufferPointer(as: T.self) { pw in
+            y.uncheckedMutableBufferPointer(as: T.self) { py in
                 col.withUnsafeMutableBufferPointer { pc in
                     guard let X = px.baseAddress, let W = pw.baseAddress, let Y = py.baseAddress, let C = pc.baseAddress else { return }
                     for b in 0..<n {
@@ -341,8 +341,8 @@ struct DeformConvKernel: Kernel {
             }
             if let mask, mask.shape != [n, offsetGroups * K, oh, ow] { throw KernelError("mask \(mask.shape) must be [\(n), \(offsetGroups * K), \(oh), \(ow)]") }
             if let bias, bias.count != m { throw KernelError("bias must hold \(m) values") }
-            let xs = x.scalars(as: T.self), ws = w.scalars(as: T.self), offs = offset.scalars(as: T.self)
-            let ms = mask?.scalars(as: T.self), bs = bias?.scalars(as: T.self)
+            let xs = try x.elements(as: T.self), ws = try w.elements(as: T.self), offs = try offset.elements(as: T.self)
+            let ms = try mask?.elements(as: T.self), bs = try bias?.elements(as: T.self)
             let cg = c / group, mg = m / group, cPerOffset = c / offsetGroups
             var y = try [T](kernelScratch: [n, m, P], "DeformConv output")
             var col = try [T](kernelScratch: [c, K, P], "DeformConv column buffer")

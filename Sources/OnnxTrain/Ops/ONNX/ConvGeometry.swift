@@ -394,9 +394,9 @@ extension Tensor {
             values[i] = v
         }
         if dtype == .float64 {
-            out.withUnsafeMutableBufferPointer(as: Double.self) { p in for i in 0..<n { p[i] = values[i] } }
+            try out.withUnsafeMutableBufferPointer(as: Double.self) { p in for i in 0..<n { p[i] = values[i] } }
         } else {
-            out.withUnsafeMutableBufferPointer(as: Float.self) { p in for i in 0..<n { p[i] = Float(values[i]) } }
+            try out.withUnsafeMutableBufferPointer(as: Float.self) { p in for i in 0..<n { p[i] = Float(values[i]) } }
         }
         return out
     }

@@ -9,8 +9,8 @@ struct CumulativeOperation: ArithmeticOperation {
         var out = Tensor(uninitialized: T.dtype, shape: x.shape)
         let start: T = product ? T.one : 0 as T
         let product = self.product, exclusive = self.exclusive, reverse = self.reverse
-        x.withUnsafeBufferPointer(as: T.self) { px in
-            out.withUnsafeMutableBufferPointer(as: T.self) { po in
+        try x.withUnsafeBufferPointer(as: T.self) { px in
+            out.uncheckedMutableBufferPointer(as: T.self) { po in
                 for o in 0..<outer {
                     for i in 0..<inner {
                         var acc = start

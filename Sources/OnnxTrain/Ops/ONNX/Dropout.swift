@@ -19,7 +19,7 @@ struct DropoutKernel: Kernel {
         func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             var y = x
             let s = T(fromDouble: scale)
-            y.withUnsafeMutableBufferPointer(as: T.self) { p in for i in p.indices { p[i] = keep[i] ? p[i] * s : 0 } }
+            try y.withUnsafeMutableBufferPointer(as: T.self) { p in for i in p.indices { p[i] = keep[i] ? p[i] * s : 0 } }
             return y
         }
     }
@@ -43,11 +43,8 @@ struct DropoutKernel: Kernel {
             return [.tensor(x), mask]
         }
         var keep = [Bool](repeating: true, count: x.count)
-        if let seed {
-            var rng = RandomGenerator(seed: seed)
+        context.state.withRandom(seed: seed) { rng in
             for i in keep.indices { keep[i] = rng.nextDouble() >= ratio }
-        } else {
-            for i in keep.indices { keep[i] = context.state.random.nextDouble() >= ratio }
         }
         let scale = 1 / (1 - ratio)
         let y = try withFloatCompute([x]) { t in [try dispatchFloat(t[0]!.dtype, Op(x: t[0]!, keep: keep, scale: scale))] }

@@ -168,7 +168,7 @@ struct EinsumOp: FloatOperation {
     func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         let eq = try EinsumEquation(equation, ranks: operands.map(\.rank))
         let outSet = Set(eq.output)
-        var arrays = zip(operands, eq.inputs).map { LabeledArray(values: $0.scalars(as: T.self), shape: $0.shape, labels: $1).diagonalized() }
+        var arrays = try zip(operands, eq.inputs).map { LabeledArray(values: try $0.elements(as: T.self), shape: $0.shape, labels: $1).diagonalized() }
         // Sum out labels that no other operand and not the output uses.
         for i in arrays.indices {
             var needed = outSet

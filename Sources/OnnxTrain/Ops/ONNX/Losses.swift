@@ -28,7 +28,7 @@ func nllLoss<T: FloatElement>(_ logProb: Tensor, targets: [Int], weights: [Doubl
     }
     var losses = [Double](repeating: 0, count: n * inner)
     var weightSum = 0.0
-    logProb.withUnsafeBufferPointer(as: T.self) { p in
+    try logProb.withUnsafeBufferPointer(as: T.self) { p in
         for b in 0..<n {
             for i in 0..<inner {
                 let t = targets[b * inner + i]
@@ -57,8 +57,8 @@ func logSoftmaxChannels<T: FloatElement>(_ x: Tensor, _ type: T.Type) -> Tensor 
         softmaxRows(x, into: &y, rows: n, n: c, log: true)
         return y
     }
-    x.withUnsafeBufferPointer(as: T.self) { px in
-        y.withUnsafeMutableBufferPointer(as: T.self) { py in
+    x.uncheckedBufferPointer(as: T.self) { px in
+        y.uncheckedMutableBufferPointer(as: T.self) { py in
             guard let px = px.baseAddress, let py = py.baseAddress else { return }
             Parallel.forRange(n * inner, minimumChunk: max(1, 4096 / max(c, 1))) { rows in
                 for row in rows {

@@ -54,9 +54,9 @@ func floatMatMul<T: FloatElement>(_ a: Tensor, _ b: Tensor, _ type: T.Type) thro
     // Every element is written by a GEMM (beta 0; BLAS.sgemm writes zeros when k == 0).
     var out = Tensor(uninitialized: T.dtype, shape: s.outShape)
     let (m, k, n) = (s.m, s.k, s.n)
-    a.withUnsafeBufferPointer(as: T.self) { pa in
-        b.withUnsafeBufferPointer(as: T.self) { pb in
-            out.withUnsafeMutableBufferPointer(as: T.self) { po in
+    try a.withUnsafeBufferPointer(as: T.self) { pa in
+        try b.withUnsafeBufferPointer(as: T.self) { pb in
+            out.uncheckedMutableBufferPointer(as: T.self) { po in
                 guard let A = pa.baseAddress, let B = pb.baseAddress, let C = po.baseAddress else { return }
                 // B shared by every batch and A contiguous: one GEMM with M' = batch * M.
                 if s.bBatchStrides.allSatisfy({ $0 == 0 }) && a.count == s.batchCount * m * k {
@@ -93,9 +93,9 @@ struct IntegerMatMul: NumericOperation {
         let s = try MatMulShape(a.shape, b.shape)
         var out = Tensor(zeros: I.dtype, shape: s.outShape)
         let (m, k, n) = (s.m, s.k, s.n)
-        a.withUnsafeBufferPointer(as: I.self) { pa in
-            b.withUnsafeBufferPointer(as: I.self) { pb in
-                out.withUnsafeMutableBufferPointer(as: I.self) { po in
+        try a.withUnsafeBufferPointer(as: I.self) { pa in
+            try b.withUnsafeBufferPointer(as: I.self) { pb in
+                out.uncheckedMutableBufferPointer(as: I.self) { po in
                     for (bi, (oa, ob)) in s.batchOffsets().enumerated() {
                         let A = oa * m * k, B = ob * k * n, C = bi * m * n
                         for i in 0..<m {
@@ -161,9 +161,9 @@ struct GemmKernel: Kernel {
                 beta = 0
             }
             let alpha = T(fromDouble: Double(k.alpha))
-            a.withUnsafeBufferPointer(as: T.self) { pa in
-                b.withUnsafeBufferPointer(as: T.self) { pb in
-                    y.withUnsafeMutableBufferPointer(as: T.self) { py in
+            try a.withUnsafeBufferPointer(as: T.self) { pa in
+                try b.withUnsafeBufferPointer(as: T.self) { pb in
+                    y.uncheckedMutableBufferPointer(as: T.self) { py in
                         guard let A = pa.baseAddress, let B = pb.baseAddress, let Y = py.baseAddress else { return }
                         gemm(transA: k.transA, transB: k.transB, m: m, n: n, k: kk, alpha: alpha, a: A, lda: a.shape[1],
                              b: B, ldb: b.shape[1], beta: beta, c: Y, ldc: n)
@@ -183,8 +183,8 @@ struct GemmKernel: Kernel {
             y = try broadcastBinary(Tensor(zeros: T.dtype, shape: [m, n]), c, T.self, T.self, T.self, outDType: T.dtype) { $1 }
             return
         }
-        c.withUnsafeBufferPointer(as: T.self) { pc in
-            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+        try c.withUnsafeBufferPointer(as: T.self) { pc in
+            y.uncheckedMutableBufferPointer(as: T.self) { py in
                 guard let src = pc.baseAddress, let dst = py.baseAddress else { return }
                 if c.count == m * n {
                     dst.update(from: src, count: m * n)
@@ -236,7 +236,7 @@ func shiftedToDouble(_ x: Tensor, zeroPoint: Tensor?, axis: Int?) throws -> Tens
             throw KernelError("zero point of \(zp.count) values does not fit shape \(x.shape)")
         }
     }
-    out.withUnsafeMutableBufferPointer(as: Double.self) { p in
+    try out.withUnsafeMutableBufferPointer(as: Double.self) { p in
         if zp.count == 1 {
             for i in 0..<v.count { p[i] = Double(v[i] - zp[0]) }
         } else if let axis {
@@ -251,7 +251,7 @@ func shiftedToDouble(_ x: Tensor, zeroPoint: Tensor?, axis: Int?) throws -> Tens
 
 /// Rounds a float64 tensor of exact integers to int32.
 func doubleToInt32(_ t: Tensor) -> Tensor {
-    Tensor(shape: t.shape, scalars: t.withUnsafeBufferPointer(as: Double.self) { $0.map { Int32(clamping: Int64($0.rounded())) } })
+    Tensor(shape: t.shape, scalars: t.uncheckedBufferPointer(as: Double.self) { $0.map { Int32(clamping: Int64($0.rounded())) } })
 }
 
 func registerMatMulOps(_ registry: OpRegistry) {

@@ -225,8 +225,8 @@ protocol ArithmeticUnaryFunction {
 @inline(__always)
 func mapElements<T, R>(_ x: Tensor, to outDType: DType, _ f: (T) -> R) -> Tensor {
     var out = Tensor(uninitialized: outDType, shape: x.shape)
-    x.withUnsafeBufferPointer(as: T.self) { px in
-        out.withUnsafeMutableBufferPointer(as: R.self) { po in
+    x.uncheckedBufferPointer(as: T.self) { px in
+        out.uncheckedMutableBufferPointer(as: R.self) { po in
             for i in 0..<po.count { po[i] = f(px[i]) }
         }
     }

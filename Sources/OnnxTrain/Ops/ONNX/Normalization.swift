@@ -70,7 +70,7 @@ struct BatchNormKernel: Kernel {
             var useMean = mean, useVar = variance
             var batchMean = mean, batchVar = variance
             if k.training {
-                x.withUnsafeBufferPointer(as: T.self) { p in
+                try x.withUnsafeBufferPointer(as: T.self) { p in
                     for ch in 0..<c {
                         let (m, v) = meanVariance(p, starts: (0..<n).map { ($0 * c + ch) * inner }, length: inner)
                         batchMean[ch] = m; batchVar[ch] = v
@@ -86,8 +86,8 @@ struct BatchNormKernel: Kernel {
                 a[ch] = T(fromDouble: ad)
                 shift[ch] = T(fromDouble: bias[ch] - useMean[ch] * ad)
             }
-            x.withUnsafeBufferPointer(as: T.self) { px in
-                y.withUnsafeMutableBufferPointer(as: T.self) { py in
+            try x.withUnsafeBufferPointer(as: T.self) { px in
+                y.uncheckedMutableBufferPointer(as: T.self) { py in
                     a.withUnsafeBufferPointer { pa in
                         shift.withUnsafeBufferPointer { ps in
                             guard let X = px.baseAddress, let Y = py.baseAddress else { return }
@@ -163,8 +163,8 @@ struct LayerNormKernel: Kernel {
             guard s.count == inner, b?.count ?? inner == inner else { throw KernelError("Scale or B does not broadcast to \(normShape)") }
             var y = Tensor(uninitialized: T.dtype, shape: x.shape)
             var means = [Double](repeating: 0, count: outer), invStd = [Double](repeating: 0, count: outer)
-            x.withUnsafeBufferPointer(as: T.self) { px in
-                y.withUnsafeMutableBufferPointer(as: T.self) { py in
+            try x.withUnsafeBufferPointer(as: T.self) { px in
+                y.uncheckedMutableBufferPointer(as: T.self) { py in
                     for o in 0..<outer {
                         let base = o * inner
                         let (m, v) = meanVariance(px, starts: [base], length: inner)
@@ -214,12 +214,12 @@ struct LayerNormKernel: Kernel {
         let statShape = Array(x.shape[..<axis]) + Array(repeating: 1, count: x.rank - axis)
         var y = Tensor(uninitialized: .float32, shape: x.shape)
         var mean = Tensor(uninitialized: .float32, shape: statShape), invStd = Tensor(uninitialized: .float32, shape: statShape)
-        x.withUnsafeBufferPointer(as: Float.self) { px in
-            scale.withUnsafeBufferPointer(as: Float.self) { ps in
+        x.uncheckedBufferPointer(as: Float.self) { px in
+            scale.uncheckedBufferPointer(as: Float.self) { ps in
                 withOptionalPointer(bias, Float.self) { pb in
-                    y.withUnsafeMutableBufferPointer(as: Float.self) { py in
-                        mean.withUnsafeMutableBufferPointer(as: Float.self) { pm in
-                            invStd.withUnsafeMutableBufferPointer(as: Float.self) { pi in
+                    y.uncheckedMutableBufferPointer(as: Float.self) { py in
+                        mean.uncheckedMutableBufferPointer(as: Float.self) { pm in
+                            invStd.uncheckedMutableBufferPointer(as: Float.self) { pi in
                                 guard let x = px.baseAddress, let s = ps.baseAddress, let y = py.baseAddress,
                                       let m = pm.baseAddress, let i = pi.baseAddress else { return }
                                 layerNormForward(x: x, scale: s, bias: pb, y: y, mean: m, invStd: i,
@@ -245,8 +245,8 @@ struct RMSNormOp: FloatOperation {
         let s = try broadcastBinary(Tensor(zeros: T.dtype, shape: normShape), scale, T.self, T.self, T.self, outDType: T.dtype) { $1 }.scalars(as: T.self)
         guard s.count == inner else { throw KernelError("scale of shape \(scale.shape) does not broadcast to \(normShape)") }
         var y = Tensor(uninitialized: T.dtype, shape: x.shape)
-        x.withUnsafeBufferPointer(as: T.self) { px in
-            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+        try x.withUnsafeBufferPointer(as: T.self) { px in
+            y.uncheckedMutableBufferPointer(as: T.self) { py in
                 for o in 0..<outer {
                     let base = o * inner
                     var sumSq = 0.0
@@ -269,8 +269,8 @@ struct LpNormOp: FloatOperation {
         let dim = x.shape[axis], inner = Tensor.elementCount(Array(x.shape[(axis + 1)...]))
         let outer = Tensor.elementCount(Array(x.shape[..<axis]))
         var y = Tensor(uninitialized: T.dtype, shape: x.shape)
-        x.withUnsafeBufferPointer(as: T.self) { px in
-            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+        try x.withUnsafeBufferPointer(as: T.self) { px in
+            y.uncheckedMutableBufferPointer(as: T.self) { py in
                 for o in 0..<outer { for i in 0..<inner {
                     let base = o * dim * inner + i
                     var norm = 0.0
@@ -294,8 +294,8 @@ func groupNormalize<T: FloatElement>(_ x: Tensor, groups: Int, scale: [Double], 
     guard groups > 0, c % groups == 0 else { throw KernelError("\(c) channels do not split into \(groups) groups") }
     let inner = Tensor.elementCount(Array(x.shape.dropFirst(2))), cg = c / groups
     var y = Tensor(uninitialized: T.dtype, shape: x.shape)
-    x.withUnsafeBufferPointer(as: T.self) { px in
-        y.withUnsafeMutableBufferPointer(as: T.self) { py in
+    try x.withUnsafeBufferPointer(as: T.self) { px in
+        y.uncheckedMutableBufferPointer(as: T.self) { py in
             for b in 0..<n {
                 for g in 0..<groups {
                     let base = (b * c + g * cg) * inner
@@ -329,8 +329,8 @@ struct LRNOp: FloatOperation {
         let n = x.shape[0], c = x.shape[1], inner = Tensor.elementCount(Array(x.shape.dropFirst(2)))
         let before = (size - 1) / 2, after = size - 1 - before
         var y = Tensor(uninitialized: T.dtype, shape: x.shape)
-        x.withUnsafeBufferPointer(as: T.self) { px in
-            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+        try x.withUnsafeBufferPointer(as: T.self) { px in
+            y.uncheckedMutableBufferPointer(as: T.self) { py in
                 for b in 0..<n { for ch in 0..<c { for i in 0..<inner {
                     var sum = 0.0
                     for j in max(0, ch - before)...min(c - 1, ch + after) { let v = px[(b * c + j) * inner + i].doubleValue; sum += v * v }
@@ -361,10 +361,10 @@ struct MVNOp: FloatOperation {
         }
         var sum = [Double](repeating: 0, count: groups), sq = sum, cnt = sum
         var y = Tensor(uninitialized: T.dtype, shape: x.shape)
-        x.withUnsafeBufferPointer(as: T.self) { px in
+        try x.withUnsafeBufferPointer(as: T.self) { px in
             for i in 0..<n { let v = px[i].doubleValue; sum[group[i]] += v; cnt[group[i]] += 1 }
             for i in 0..<n { let d = px[i].doubleValue - sum[group[i]] / cnt[group[i]]; sq[group[i]] += d * d }
-            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+            y.uncheckedMutableBufferPointer(as: T.self) { py in
                 for i in 0..<n {
                     let g = group[i], mean = sum[g] / cnt[g]
                     py[i] = T(fromDouble: (px[i].doubleValue - mean) / ((sq[g] / cnt[g]).squareRoot() + 1e-9))

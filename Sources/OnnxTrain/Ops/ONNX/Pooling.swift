@@ -76,8 +76,8 @@ func pool<T: FloatElement>(_ x: Tensor, kind: PoolKind, geometry g: ConvGeometry
     }
     var y = try Tensor(kernelZeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output, "pooling output")
     let w = try PoolWindows(g)
-    x.withUnsafeBufferPointer(as: T.self) { px in
-        y.withUnsafeMutableBufferPointer(as: T.self) { py in
+    try x.withUnsafeBufferPointer(as: T.self) { px in
+        y.uncheckedMutableBufferPointer(as: T.self) { py in
             w.offsets.withUnsafeBufferPointer { offsets in
                 w.starts.withUnsafeBufferPointer { starts in
                     for ch in 0..<nc {
@@ -116,8 +116,8 @@ func pool<T: FloatElement>(_ x: Tensor, kind: PoolKind, geometry g: ConvGeometry
 func globalAverage<T: FloatElement>(_ x: Tensor, inputSize I: Int, outputShape: [Int], _ type: T.Type) throws -> Tensor {
     var y = try Tensor(kernelUninitialized: T.dtype, shape: outputShape, "pooling output")
     let nc = y.count
-    x.withUnsafeBufferPointer(as: T.self) { px in
-        y.withUnsafeMutableBufferPointer(as: T.self) { py in
+    try x.withUnsafeBufferPointer(as: T.self) { px in
+        y.uncheckedMutableBufferPointer(as: T.self) { py in
             guard let X = px.baseAddress, let Y = py.baseAddress else { return }
             Parallel.forRange(nc, minimumChunk: max(1, 16_384 / I)) { channels in
                 for ch in channels { Y[ch] = rowSum(X + ch * I, I) / T(I) }
@@ -145,8 +145,8 @@ struct MaxPoolOp: NumericOperation {
         var colStrides = [Int](repeating: 1, count: g.rank)
         for i in stride(from: 1, to: g.rank, by: 1) { colStrides[i] = colStrides[i - 1] * g.input[i - 1] }
         let w = try PoolWindows(g)
-        x.withUnsafeBufferPointer(as: T.self) { px in
-            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+        try x.withUnsafeBufferPointer(as: T.self) { px in
+            y.uncheckedMutableBufferPointer(as: T.self) { py in
                 w.offsets.withUnsafeBufferPointer { offsets in
                     w.starts.withUnsafeBufferPointer { starts in
                         for ch in 0..<nc {
@@ -189,8 +189,8 @@ extension MaxPoolOp {
         if y.count == 0 { return (y, indices) }
         let idx = indices?.storage.bytes.assumingMemoryBound(to: Int64.self)   // fresh, not shared
         let columnMajor = storageOrder == 1
-        x.withUnsafeBufferPointer(as: T.self) { px in
-            y.withUnsafeMutableBufferPointer(as: T.self) { py in
+        try x.withUnsafeBufferPointer(as: T.self) { px in
+            y.uncheckedMutableBufferPointer(as: T.self) { py in
                 guard let X = px.baseAddress, let Y = py.baseAddress else { return }
                 Parallel.forRange(nc, minimumChunk: max(1, 8_192 / max(P, 1))) { channels in
                     if T.self == Float.self && !columnMajor && I < Int(Int32.max) {

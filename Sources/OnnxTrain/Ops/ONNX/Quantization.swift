@@ -117,14 +117,14 @@ fileprivate struct SmallFloatCodec {
 /// The elements of an integer, float or small-float tensor as Floats.
 func quantizedValues(_ t: Tensor) throws -> [Float] {
     if let f = SmallFloatCodec.of(t.dtype) {
-        return t.withUnsafeBufferPointer(as: UInt8.self) { p in p.map { f.decode[Int($0) & (f.bits == 8 ? 0xFF : 0x0F)] } }
+        return try t.withUnsafeBufferPointer(as: UInt8.self) { p in p.map { f.decode[Int($0) & (f.bits == 8 ? 0xFF : 0x0F)] } }
     }
     switch t.dtype {
-    case .int4, .int2: return t.withUnsafeBufferPointer(as: Int8.self) { $0.map { Float($0) } }
-    case .uint4, .uint2: return t.withUnsafeBufferPointer(as: UInt8.self) { $0.map { Float($0) } }
+    case .int4, .int2: return try t.withUnsafeBufferPointer(as: Int8.self) { $0.map { Float($0) } }
+    case .uint4, .uint2: return try t.withUnsafeBufferPointer(as: UInt8.self) { $0.map { Float($0) } }
     case .float32: return t.scalars(as: Float.self)
-    case .float16: return t.withUnsafeBufferPointer(as: Float16.self) { $0.map { Float($0) } }
-    case .bfloat16: return t.withUnsafeBufferPointer(as: BFloat16.self) { $0.map { $0.floatValue } }
+    case .float16: return try t.withUnsafeBufferPointer(as: Float16.self) { $0.map { Float($0) } }
+    case .bfloat16: return try t.withUnsafeBufferPointer(as: BFloat16.self) { $0.map { $0.floatValue } }
     default:
         return try (0..<t.count).map { i in
             guard let v = t.scalarDouble(at: i) else { throw KernelError("unsupported element type \(t.dtype)") }

@@ -86,7 +86,8 @@ struct RecurrentKernel: Kernel {
         self.cell = cell
         self.records = records
         hiddenSize = try ctx.requiredInt("hidden_size")
-        guard hiddenSize > 0 else { throw KernelError("hidden_size must be positive") }
+        // Bounded so that gate and weight sizes (4·H·H) cannot overflow.
+        guard hiddenSize > 0, hiddenSize <= 1 << 24 else { throw KernelError("hidden_size \(hiddenSize) is not between 1 and 2^24") }
         switch try ctx.string("direction", default: "forward") {
         case "forward": directions = [false]
         case "reverse": directions = [true]
@@ -131,12 +132,12 @@ struct RecurrentKernel: Kernel {
             for (name, s) in [("initial_h", h0), ("initial_c", c0)] {
                 if let s, s.shape != stateShape { throw KernelError("\(name) of shape \(s.shape) does not fit \(stateShape)") }
             }
-            var xs = x.scalars(as: T.self)
+            var xs = try x.elements(as: T.self)
             if k.layout != 0 { xs = transpose01(xs, B, S, I) }
-            let ws = w.scalars(as: T.self), rs = r.scalars(as: T.self)
-            let bs = b?.scalars(as: T.self), ps = p?.scalars(as: T.self)
+            let ws = try w.elements(as: T.self), rs = try r.elements(as: T.self)
+            let bs = try b?.elements(as: T.self), ps = try p?.elements(as: T.self)
             // State index helpers in layout 0 ([D, B, H]); converted at the end for layout 1.
-            var h0s = h0?.scalars(as: T.self), c0s = c0?.scalars(as: T.self)
+            var h0s = try h0?.elements(as: T.self), c0s = try c0?.elements(as: T.self)
             if k.layout != 0 { h0s = h0s.map { transpose01($0, B, D, H) }; c0s = c0s.map { transpose01($0, B, D, H) } }
 
             var y = [T](repeating: 0, count: S * D * B * H)

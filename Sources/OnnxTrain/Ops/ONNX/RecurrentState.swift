@@ -28,8 +28,8 @@ struct CausalConvWithStateKernel: Kernel {
             let keep = k - 1
             if let bias, bias.count != c { throw KernelError("bias must hold \(c) values") }
             if let past, past.shape != [b, c, keep] { throw KernelError("past_state \(past.shape) must be [\(b), \(c), \(keep)]") }
-            let xs = x.scalars(as: T.self), ws = w.scalars(as: T.self)
-            let bs = bias?.scalars(as: T.self), ps = past?.scalars(as: T.self)
+            let xs = try x.elements(as: T.self), ws = try w.elements(as: T.self)
+            let bs = try bias?.elements(as: T.self), ps = try past?.elements(as: T.self)
             var y = [T](repeating: 0, count: b * c * l), state = [T](repeating: 0, count: b * c * keep)
             var padded = [T](repeating: 0, count: keep + l)
             for bi in 0..<b {

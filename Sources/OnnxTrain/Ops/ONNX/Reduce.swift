@@ -107,8 +107,8 @@ struct Reduction: ArithmeticOperation {
         for (d, r) in zip(x.shape, reduced) where r { count *= d }
         var out = Tensor(uninitialized: outDType ?? T.dtype, shape: kept)
         let kind = self.kind
-        x.withUnsafeBufferPointer(as: T.self) { px in
-            out.withUnsafeMutableBufferPointer(as: T.self) { po in
+        try x.withUnsafeBufferPointer(as: T.self) { px in
+            out.uncheckedMutableBufferPointer(as: T.self) { po in
                 if kind == .logSumExp {
                     // log(sum(exp(x - m))) + m with m the max, so large inputs do not overflow.
                     for o in po.indices { po[o] = T.lowest }

@@ -145,7 +145,7 @@ private func bitCast(_ x: Tensor, to dtype: DType) throws -> Tensor {
     let mask = UInt8(truncatingIfNeeded: (1 << width) - 1), sign = UInt8(truncatingIfNeeded: 1 << (width - 1))
     let signed = dtype == .int4 || dtype == .int2
     let src = x.storage.bytes.assumingMemoryBound(to: UInt8.self)
-    out.withUnsafeMutableBufferPointer(as: UInt8.self) { dst in
+    try out.withUnsafeMutableBufferPointer(as: UInt8.self) { dst in
         for i in 0..<dst.count {
             if dtype == .bool { dst[i] = src[i] != 0 ? 1 : 0; continue }
             var v = src[i] & mask

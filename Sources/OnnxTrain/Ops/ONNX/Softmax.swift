@@ -11,8 +11,8 @@ struct SoftmaxOperation: RealOperation {
         // x, out: [outer, n, inner], normalised along n.
         var out = Tensor(uninitialized: T.dtype, shape: x.shape)
         let (outer, n, inner, kind) = (self.outer, self.n, self.inner, self.kind)
-        x.withUnsafeBufferPointer(as: T.self) { px in
-            out.withUnsafeMutableBufferPointer(as: T.self) { po in
+        try x.withUnsafeBufferPointer(as: T.self) { px in
+            out.uncheckedMutableBufferPointer(as: T.self) { po in
                 for o in 0..<outer {
                     for i in 0..<inner {
                         let base = o * n * inner + i
@@ -62,8 +62,8 @@ extension SoftmaxOperation {
 /// Softmax (or log-softmax) of every float32 row of `x` ([rows, n]) into `out`, rows split across threads.
 func softmaxRows(_ x: Tensor, into out: inout Tensor, rows: Int, n: Int, log: Bool) {
     guard rows > 0 && n > 0 else { return }
-    x.withUnsafeBufferPointer(as: Float.self) { bx in
-        out.withUnsafeMutableBufferPointer(as: Float.self) { bo in
+    x.uncheckedBufferPointer(as: Float.self) { bx in
+        out.uncheckedMutableBufferPointer(as: Float.self) { bo in
             guard let x = bx.baseAddress, let out = bo.baseAddress else { return }
             Parallel.forRange(rows, minimumChunk: max(1, 4096 / n)) { range in
                 for r in range { softmaxRow(x + r * n, out + r * n, n, log: log) }

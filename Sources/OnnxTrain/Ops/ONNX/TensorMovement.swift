@@ -282,14 +282,14 @@ extension Tensor {
     /// The elements of a numeric (or bool) tensor as Double, for kernels that compute once for every type.
     func doubles() throws -> [Double] {
         switch dtype {
-        case .float32: return withUnsafeBufferPointer(as: Float.self) { $0.map(Double.init) }
+        case .float32: return try withUnsafeBufferPointer(as: Float.self) { $0.map(Double.init) }
         case .float64: return scalars(as: Double.self)
-        case .float16: return withUnsafeBufferPointer(as: Float16.self) { $0.map { Double(Float($0)) } }
-        case .bfloat16: return withUnsafeBufferPointer(as: BFloat16.self) { $0.map { Double($0.floatValue) } }
-        case .bool: return withUnsafeBufferPointer(as: Bool.self) { $0.map { $0 ? 1 : 0 } }
+        case .float16: return try withUnsafeBufferPointer(as: Float16.self) { $0.map { Double(Float($0)) } }
+        case .bfloat16: return try withUnsafeBufferPointer(as: BFloat16.self) { $0.map { Double($0.floatValue) } }
+        case .bool: return try withUnsafeBufferPointer(as: Bool.self) { $0.map { $0 ? 1 : 0 } }
         default:
             guard dtype.isInteger, let v = intValues() else { throw KernelError("element type \(dtype) is not numeric") }
-            if dtype == .uint64 { return withUnsafeBufferPointer(as: UInt64.self) { $0.map { Double($0) } } }
+            if dtype == .uint64 { return try withUnsafeBufferPointer(as: UInt64.self) { $0.map { Double($0) } } }
             return v.map(Double.init)
         }
     }

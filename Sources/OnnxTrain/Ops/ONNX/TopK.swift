@@ -14,9 +14,9 @@ struct TopKOperation: ArithmeticOperation {
         let largest = self.largest, k = self.k
         var order = [Int](repeating: 0, count: n)
         var column = [T](repeating: 0 as T, count: n)
-        x.withUnsafeBufferPointer(as: T.self) { px in
-            values.withUnsafeMutableBufferPointer(as: T.self) { pv in
-                indices.withUnsafeMutableBufferPointer(as: Int64.self) { pi in
+        try x.withUnsafeBufferPointer(as: T.self) { px in
+            values.uncheckedMutableBufferPointer(as: T.self) { pv in
+                indices.uncheckedMutableBufferPointer(as: Int64.self) { pi in
                     for o in 0..<outer {
                         for i in 0..<inner {
                             for j in 0..<n { column[j] = px[(o * n + j) * inner + i]; order[j] = j }

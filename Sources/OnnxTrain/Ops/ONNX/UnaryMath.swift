@@ -82,7 +82,7 @@ struct ClipOperation: ArithmeticOperation {
             guard let t else { return fallback }
             guard t.dtype == T.dtype else { throw KernelError("\(name) must have the input's type \(T.dtype), got \(t.dtype)") }
             guard t.count == 1 else { throw KernelError("\(name) must be a scalar, got shape \(t.shape)") }
-            return t.withUnsafeBufferPointer(as: T.self) { $0[0] }
+            return try t.withUnsafeBufferPointer(as: T.self) { $0[0] }
         }
         let lo = try bound(low, "min", T.lowest), hi = try bound(high, "max", T.highest)
         return mapElements(x, to: T.dtype) { (v: T) -> T in

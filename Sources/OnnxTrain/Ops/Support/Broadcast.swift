@@ -60,9 +60,9 @@ public func broadcastBinary<A, B, R>(_ a: Tensor, _ b: Tensor, _ aType: A.Type, 
     var out = Tensor(uninitialized: outDType, shape: outShape)
     let n = out.count
     if n == 0 { return out }
-    a.withUnsafeBufferPointer(as: A.self) { pa in
-        b.withUnsafeBufferPointer(as: B.self) { pb in
-            out.withUnsafeMutableBufferPointer(as: R.self) { po in
+    try a.withUnsafeBufferPointer(as: A.self) { pa in
+        try b.withUnsafeBufferPointer(as: B.self) { pb in
+            out.uncheckedMutableBufferPointer(as: R.self) { po in
                 if a.shape == b.shape {
                     for i in 0..<n { po[i] = body(pa[i], pb[i]) }
                 } else if b.count == 1 {

@@ -80,9 +80,9 @@ extension Tensor {
     public func widenedToFloat() -> Tensor {
         switch dtype {
         case .float16:
-            return Tensor(shape: shape, scalars: withUnsafeBufferPointer(as: Float16.self) { $0.map { Float($0) } })
+            return Tensor(shape: shape, scalars: uncheckedBufferPointer(as: Float16.self) { $0.map { Float($0) } })
         case .bfloat16:
-            return Tensor(shape: shape, scalars: withUnsafeBufferPointer(as: BFloat16.self) { $0.map { $0.floatValue } })
+            return Tensor(shape: shape, scalars: uncheckedBufferPointer(as: BFloat16.self) { $0.map { $0.floatValue } })
         default:
             return self
         }
@@ -93,9 +93,9 @@ extension Tensor {
         precondition(self.dtype == .float32 || dtype == self.dtype)
         switch dtype {
         case .float16:
-            return Tensor(shape: shape, scalars: withUnsafeBufferPointer(as: Float.self) { $0.map { Float16($0) } })
+            return Tensor(shape: shape, scalars: uncheckedBufferPointer(as: Float.self) { $0.map { Float16($0) } })
         case .bfloat16:
-            return Tensor(shape: shape, scalars: withUnsafeBufferPointer(as: Float.self) { $0.map { BFloat16($0) } })
+            return Tensor(shape: shape, scalars: uncheckedBufferPointer(as: Float.self) { $0.map { BFloat16($0) } })
         default:
             return self
         }
