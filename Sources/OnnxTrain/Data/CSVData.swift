@@ -1,8 +1,9 @@
 import Foundation
 
 /// A numeric CSV table with a header row: feature columns become one float32 [rows, features]
-/// array; the label column becomes int64 [rows] when every value is a whole number (class
-/// indices), else float32 [rows] (regression targets).
+/// array; the label column becomes int64 [rows] when every value is written as an integer (class
+/// indices: `3`, `-1`), else float32 [rows] (regression targets: `50.0`, `1e3`), unless
+/// `CSVColumns.labelType` says which.
 public enum CSVData {
     public struct Table {
         public var features: Tensor
@@ -44,7 +45,11 @@ public enum CSVData {
         }
         guard !featureIndices.isEmpty else { throw OnnxTrainError.invalidInput("\(label): no feature columns (give --features col1,col2,...)") }
         guard !lines.isEmpty else { throw OnnxTrainError.invalidInput("\(label): the CSV file has a header but no rows") }
+        if let type = columns.labelType, type != .int64 && type != .float32 {
+            throw OnnxTrainError.invalidInput("\(label): the label column can be int64 or float32, not \(type)")
+        }
         var features = [Float](), labels = [Double]()
+        var labelsWrittenAsIntegers = true
         features.reserveCapacity(lines.count * featureIndices.count)
         for (r, line) in lines.enumerated() {
             let row = cells(line)
@@ -62,12 +67,19 @@ public enum CSVData {
                     throw OnnxTrainError.invalidInput("\(label): row \(r + 2), label column '\(header[l])': '\(row[l])' is not a number")
                 }
                 labels.append(v)
+                if labelsWrittenAsIntegers && !row[l].allSatisfy({ $0.isASCII && ($0.isNumber || $0 == "-" || $0 == "+") }) {
+                    labelsWrittenAsIntegers = false
+                }
             }
         }
         let featureTensor = Tensor(shape: [lines.count, featureIndices.count], scalars: features)
         var labelTensor: Tensor?
         if labelIndex != nil {
-            if labels.allSatisfy({ $0 == $0.rounded() && abs($0) < 1e15 }) {
+            let asIntegers = columns.labelType.map { $0 == .int64 } ?? labelsWrittenAsIntegers
+            if asIntegers {
+                if let bad = labels.firstIndex(where: { $0 != $0.rounded() || abs($0) >= 1e15 }) {
+                    throw OnnxTrainError.invalidInput("\(label): row \(bad + 2), label '\(labels[bad])' is not a class index (a whole number); read the labels as float32 for regression")
+                }
                 labelTensor = Tensor(shape: [labels.count], scalars: labels.map { Int64($0) })
             } else {
                 labelTensor = Tensor(shape: [labels.count], scalars: labels.map { Float($0) })

@@ -7,9 +7,13 @@ public enum DataSource {
     public struct CSVColumns {
         public var features: [String]?
         public var label: String?
-        public init(features: [String]? = nil, label: String? = nil) {
+        /// The label column's element type: int64 (class indices) or float32 (regression
+        /// targets); nil decides from the text (int64 only when every cell is written as an integer).
+        public var labelType: DType?
+        public init(features: [String]? = nil, label: String? = nil, labelType: DType? = nil) {
             self.features = features
             self.label = label
+            self.labelType = labelType
         }
     }
 

@@ -181,17 +181,13 @@ extension Data {
 
 /// File reading and writing with errors that name the file.
 enum DataFile {
+    /// The whole file; anything but a regular file (a folder, a pipe, a device) is refused.
     static func read(_ path: String) throws -> Data {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw OnnxTrainError.io("\(path): no such file")
-        }
-        guard !isDirectory.boolValue else { throw OnnxTrainError.io("\(path): is a directory, not a file") }
-        do {
-            return try Data(contentsOf: URL(fileURLWithPath: path), options: .mappedIfSafe)
-        } catch {
-            throw OnnxTrainError.io("\(path): cannot read (\(error.localizedDescription))")
-        }
+        let file = try RegularFile.opened(path)
+        defer { close(file.descriptor) }
+        var data = Data(count: file.size)
+        try data.withUnsafeMutableBytes { try RegularFile.read(file, path: path, into: $0) }
+        return data
     }
 
     static func write(_ data: Data, to path: String) throws {

@@ -6,7 +6,7 @@ import ZIPFoundation
 public enum Npz {
     /// Reads every array of an `.npz` file, in archive order.
     public static func read(contentsOf path: String) throws -> [(name: String, tensor: Tensor)] {
-        _ = try DataFile.read(path)  // the same "no such file" / "is a directory" errors as the other readers
+        try RegularFile.check(path)  // the same "no such file" / "is a folder" errors as the other readers
         let archive: Archive
         do {
             archive = try Archive(url: URL(fileURLWithPath: path), accessMode: .read)

@@ -23,8 +23,9 @@ public enum TensorProtoFiles {
 
     /// Reads every `.pb` file of `folder`, ordered by the number in the name (input_2 before input_10).
     /// In an ONNX test-data folder (`input_N.pb` beside `output_N.pb`) only the inputs are read:
-    /// the outputs are what the model is expected to produce.
-    public static func readFolder(_ folder: String) throws -> [Entry] {
+    /// the outputs are what the model is expected to produce. With `feeds`, `output_N.pb` files
+    /// are never read (the test-data folder of a model without inputs holds nothing else).
+    public static func readFolder(_ folder: String, feeds: Bool = false) throws -> [Entry] {
         let names: [String]
         do {
             names = try FileManager.default.contentsOfDirectory(atPath: folder)
@@ -32,8 +33,8 @@ public enum TensorProtoFiles {
             throw OnnxTrainError.io("\(folder): cannot list the folder")
         }
         var files = names.filter { $0.hasSuffix(".pb") }
-        if files.contains(where: { $0.hasPrefix("input_") }) && files.contains(where: { $0.hasPrefix("output_") }) {
-            files = files.filter { $0.hasPrefix("input_") }
+        if feeds || files.contains(where: { $0.hasPrefix("input_") }) && files.contains(where: { $0.hasPrefix("output_") }) {
+            files = files.filter { !$0.hasPrefix("output_") }
         }
         return try files.sorted(by: naturalOrder).map { try read(contentsOf: folder + "/" + $0) }
     }

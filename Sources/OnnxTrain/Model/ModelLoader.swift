@@ -8,6 +8,14 @@ import Glibc
 // tree into Swift values and frees the C tree before returning.
 
 extension Model {
+    /// The newest ONNX IR version a model may declare: the newest in ONNX 1.22's node test
+    /// suite, which the conformance run covers. Above it, fields this loader does not know may
+    /// change the meaning of the model, so it is refused (as onnxruntime refuses IR versions and
+    /// opsets newer than its own).
+    public static let newestIRVersion = 13
+    /// The newest ai.onnx opset a model may import: ONNX 1.22's opset 27.
+    public static let newestOpset = 27
+
     /// Loads an ONNX model file. External tensor data is memory-mapped relative to the file.
     public init(contentsOf path: String) throws {
         let file = try MappedFile(path: path)
@@ -22,6 +30,7 @@ extension Model {
     /// Parses a serialized ModelProto. `directory` anchors external data paths.
     public init(bytes: UnsafeRawBufferPointer, directory: String? = nil) throws {
         guard bytes.count > 0 else { throw OnnxTrainError.invalidModel("empty file, not an ONNX model") }
+        try ProtobufNesting.check(bytes, as: .model, what: "the model")
         guard let raw = onnx__model_proto__unpack(nil, bytes.count, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)) else {
             throw OnnxTrainError.invalidModel("not a valid ONNX model (protobuf parse failed: truncated or corrupt)")
         }
@@ -68,6 +77,7 @@ extension Value {
         case .tensor:
             self = .tensor(try Tensor(protobuf: bytes))
         case .sequence:
+            try ProtobufNesting.check(bytes, as: .sequence, what: "the SequenceProto")
             guard let raw = onnx__sequence_proto__unpack(nil, bytes.count, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self)) else {
                 throw OnnxTrainError.invalidModel("not a valid SequenceProto")
             }
@@ -75,6 +85,7 @@ extension Value {
             var converter = ProtoConverter(directory: nil)
             self = try converter.sequence(raw.pointee)
         case .optional:
+            try ProtobufNesting.check(bytes, as: .optional, what: "the OptionalProto")
             guard let raw = onnx__optional_proto__unpack(nil, bytes.count, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self)) else {
                 throw OnnxTrainError.invalidModel("not a valid OptionalProto")
             }
@@ -122,6 +133,9 @@ private struct ProtoConverter {
         model.domain = str(m.domain)
         model.modelVersion = m.has_model_version != 0 ? Int(m.model_version) : 0
         model.docString = str(m.doc_string)
+        guard model.irVersion <= Model.newestIRVersion else {
+            throw OnnxTrainError.unsupported("model IR version \(model.irVersion) is newer than any this loader knows (up to \(Model.newestIRVersion)); onnxruntime refuses it too")
+        }
         model.opsetImports = try opsets(buffer(m.opset_import, m.n_opset_import))
         if model.opsetImports.isEmpty && model.irVersion < 3 { model.opsetImports[""] = 1 }
         for entry in buffer(m.metadata_props, m.n_metadata_props) {
@@ -143,7 +157,11 @@ private struct ProtoConverter {
             guard version >= 1 && version < 100_000 else {
                 throw OnnxTrainError.invalidModel("opset import '\(str(o.domain))' has invalid version \(version)")
             }
-            result[canonicalDomain(str(o.domain))] = version
+            let domain = canonicalDomain(str(o.domain))
+            if domain.isEmpty && version > Model.newestOpset {
+                throw OnnxTrainError.unsupported("model imports ai.onnx opset \(version), newer than any this runtime knows (up to \(Model.newestOpset)); onnxruntime refuses it too")
+            }
+            result[domain] = version
         }
         return result
     }
@@ -406,7 +424,7 @@ private struct ProtoConverter {
             let signBit = UInt8(1 << (bits - 1))
             let signed = dtype == .int4 || dtype == .int2
             var tensor = Tensor(uninitialized: dtype, shape: shape)
-            tensor.withUnsafeMutableBufferPointer(as: UInt8.self) { dst in
+            try tensor.withUnsafeMutableBufferPointer(as: UInt8.self) { dst in
                 for i in 0..<count {
                     var v = (raw[i / perByte] >> UInt8((i % perByte) * bits)) & mask
                     if signed && v & signBit != 0 { v |= ~mask }  // sign-extend into the byte
@@ -424,7 +442,7 @@ private struct ProtoConverter {
         }
         if dtype == .bool {
             // Any non-zero byte is true; normalise so Swift's Bool is always 0 or 1.
-            tensor.withUnsafeMutableBufferPointer(as: UInt8.self) { b in for i in b.indices where b[i] > 1 { b[i] = 1 } }
+            try tensor.withUnsafeMutableBufferPointer(as: UInt8.self) { b in for i in b.indices where b[i] > 1 { b[i] = 1 } }
         }
         return tensor
     }
@@ -454,7 +472,7 @@ private struct ProtoConverter {
         guard let directory else {
             throw OnnxTrainError.invalidModel("\(label) has external data, which needs the model loaded from a file")
         }
-        let path = directory + "/" + location
+        let path = try resolvedInside(directory, location, label: label)
         let file: MappedFile
         if let cached = mappedFiles[path] { file = cached } else {
             do { file = try MappedFile(path: path) } catch let error as OnnxTrainError {
@@ -468,7 +486,7 @@ private struct ProtoConverter {
             throw OnnxTrainError.invalidModel("\(label) external length \(byteLength) does not match \(expected) bytes for \(dtype) \(shape)")
         }
         guard offset <= file.bytes.count, byteLength <= file.bytes.count - offset else {
-            throw OnnxTrainError.invalidModel("\(label) external data [\(offset), \(offset + byteLength)) lies outside '\(location)' (\(file.bytes.count) bytes)")
+            throw OnnxTrainError.invalidModel("\(label) external data (\(byteLength) bytes at offset \(offset)) lies outside '\(location)' (\(file.bytes.count) bytes)")
         }
         let start = file.mutableBase + offset
         if dtype.packedBits == nil && dtype != .bool && Int(bitPattern: start) % max(1, dtype.byteSize) == 0 {
@@ -480,6 +498,26 @@ private struct ProtoConverter {
     }
 }
 
+/// The real path of `location` under `directory`, after every symbolic link; throws unless it
+/// lies inside the real `directory` (a link to /etc/passwd beside the model must not be read).
+private func resolvedInside(_ directory: String, _ location: String, label: String) throws -> String {
+    func real(_ path: String) throws -> String {
+        guard let resolved = realpath(path, nil) else {
+            let code = errno
+            throw OnnxTrainError.io("\(label) external data: \(path): \(code == ENOENT ? "no such file" : String(cString: strerror(code)))")
+        }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+    let folder = try real(directory)
+    let file = try real(directory + "/" + location)
+    let prefix = folder.hasSuffix("/") ? folder : folder + "/"
+    guard file.hasPrefix(prefix) else {
+        throw OnnxTrainError.invalidModel("\(label): external data location '\(location)' must stay inside the model's folder (it resolves to \(file), through a symbolic link)")
+    }
+    return file
+}
+
 /// A whole file mapped copy-on-write into memory: reads are zero-copy and in-place writes
 /// (training updates of mapped parameters) never reach the file.
 final class MappedFile {
@@ -488,13 +526,10 @@ final class MappedFile {
     private let mappedLength: Int
 
     init(path: String) throws {
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw OnnxTrainError.io("\(path): cannot open (\(String(cString: strerror(errno))))") }
+        let file = try RegularFile.opened(path)
+        let fd = file.descriptor
         defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw OnnxTrainError.io("\(path): cannot stat") }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw OnnxTrainError.io("\(path): not a regular file") }
-        let size = Int(st.st_size)
+        let size = file.size
         mappedLength = max(size, 1)
         guard let p = mmap(nil, mappedLength, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
             throw OnnxTrainError.io("\(path): cannot map (\(String(cString: strerror(errno))))")

@@ -22,6 +22,10 @@ public enum BLAS {
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
             return
         }
+        guard fitsInt32(m, n, k, lda, ldb, ldc) else {
+            referenceGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            return
+        }
         split(m: m, n: n, work: m * n * k) { i0, i1, j0, j1 in
             cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                         Int32(i1 - i0), Int32(j1 - j0), Int32(k), alpha, transA ? a + i0 : a + i0 * lda, Int32(lda),
@@ -38,10 +42,36 @@ public enum BLAS {
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
             return
         }
+        guard fitsInt32(m, n, k, lda, ldb, ldc) else {
+            referenceGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            return
+        }
         split(m: m, n: n, work: m * n * k) { i0, i1, j0, j1 in
             cblas_dgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                         Int32(i1 - i0), Int32(j1 - j0), Int32(k), alpha, transA ? a + i0 : a + i0 * lda, Int32(lda),
                         transB ? b + j0 * ldb : b + j0, Int32(ldb), beta, c + i0 * ldc + j0, Int32(ldc))
+        }
+    }
+
+    /// Whether every size and stride fits the 32-bit integers of the CBLAS interface.
+    @inline(__always)
+    static func fitsInt32(_ values: Int...) -> Bool {
+        values.allSatisfy { $0 <= Int(Int32.max) }
+    }
+
+    /// C = alpha·op(A)·op(B) + beta·C as plain loops, for products whose sizes or strides do not
+    /// fit CBLAS's 32-bit integers (a [1, 2^31+1] operand): slow, but neither wrong nor a trap.
+    static func referenceGemm<T: BinaryFloatingPoint>(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: T,
+                                                      a: UnsafePointer<T>, lda: Int, b: UnsafePointer<T>, ldb: Int,
+                                                      beta: T, c: UnsafeMutablePointer<T>, ldc: Int) {
+        for i in 0..<m {
+            for j in 0..<n {
+                var sum: T = 0
+                for p in 0..<k {
+                    sum += (transA ? a[p * lda + i] : a[i * lda + p]) * (transB ? b[j * ldb + p] : b[p * ldb + j])
+                }
+                c[i * ldc + j] = alpha * sum + (beta == 0 ? 0 : beta * c[i * ldc + j])
+            }
         }
     }
 

@@ -135,7 +135,7 @@ enum CheckpointFile {
         }
         if dtype == .bool {
             // Only 0 and 1 are valid Bool bytes in Swift.
-            tensor.withSharedMutableBufferPointer(as: UInt8.self) { p in for i in p.indices where p[i] > 1 { p[i] = 1 } }
+            try tensor.withSharedMutableBufferPointer(as: UInt8.self) { p in for i in p.indices where p[i] > 1 { p[i] = 1 } }
         }
         return (name, tensor)
     }
@@ -210,21 +210,7 @@ enum CheckpointFile {
 
 
     static func readFile(_ path: String) throws -> [UInt8] {
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw OnnxTrainError.io("cannot open \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw OnnxTrainError.io("cannot stat \(path): \(String(cString: strerror(errno)))") }
-        let size = Int(info.st_size)
-        var bytes = [UInt8](repeating: 0, count: size)
-        var done = 0
-        while done < size {
-            let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, size - done) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw OnnxTrainError.io("cannot read \(path): \(n < 0 ? String(cString: strerror(errno)) : "file shrank while reading")") }
-            done += n
-        }
-        return bytes
+        try RegularFile.readBytes(path)
     }
 
     /// Writes `<path>.tmp-<pid>`, flushes it to disk, renames it over `path`, and flushes the

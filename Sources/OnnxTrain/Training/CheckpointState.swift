@@ -140,3 +140,52 @@ public final class CheckpointState {
         try CheckpointFile.save(self, path: path, includeOptimizerState: includeOptimizerState)
     }
 }
+
+/// Where an `onnx-train run` stopped, read back from its checkpoint's property bag for `--resume`.
+public struct RunProgress: Equatable {
+    /// Optimizer steps done.
+    public var step: Int
+    /// Train steps (batches) done.
+    public var batches: Int
+    public var seed: UInt64
+}
+
+extension CheckpointState {
+    /// The largest step or batch count a checkpoint may claim: far beyond any real run, small
+    /// enough that arithmetic on it (times a batch size, plus an epoch's steps) cannot overflow.
+    static let maximumRecordedSteps: Int64 = 1 << 40
+
+    /// The run progress recorded by `RunArtifacts.recordProgress`, range-checked where it enters:
+    /// nil when the checkpoint holds none (not saved by `onnx-train run`); throws when the numbers
+    /// are negative, absurd or inconsistent with each other (a damaged or hand-edited file).
+    public func runProgress() throws -> RunProgress? {
+        typealias Keys = RunArtifacts.Resume
+        guard let stepValue = properties[Keys.step] else { return nil }
+        func count(_ key: String, _ value: CheckpointProperty?) throws -> Int64 {
+            guard case .int(let v)? = value else {
+                throw OnnxTrainError.invalidModel("the checkpoint's \(key) property is \(value.map { "'\($0)', not an integer" } ?? "missing")")
+            }
+            guard v >= 0 && v <= CheckpointState.maximumRecordedSteps else {
+                throw OnnxTrainError.invalidModel("the checkpoint's \(key) property is \(v), not a step count between 0 and 2^40")
+            }
+            return v
+        }
+        let step = try count(Keys.step, stepValue)
+        let batches = try count(Keys.batches, properties[Keys.batches])
+        guard case .int(let seed)? = properties[Keys.seed] else {
+            throw OnnxTrainError.invalidModel("the checkpoint records \(Keys.step) but no integer \(Keys.seed)")
+        }
+        // Every optimizer step takes `accumulate` batches; the batching record says how many.
+        var accumulate: Int64 = 1
+        if case .string(let batching)? = properties[Keys.batching] {
+            let words = batching.split(separator: " ")
+            if let i = words.firstIndex(of: "--accumulate"), i + 1 < words.count, let k = Int64(words[i + 1]), k >= 1 {
+                accumulate = k
+            }
+        }
+        if properties[Keys.batching] != nil ? batches / accumulate != step : step > batches {
+            throw OnnxTrainError.invalidModel("the checkpoint's \(Keys.step) (\(step)) does not match its \(Keys.batches) (\(batches)) with \(accumulate) batch(es) per step")
+        }
+        return RunProgress(step: Int(step), batches: Int(batches), seed: UInt64(bitPattern: seed))
+    }
+}
