@@ -1,3 +1,5 @@
+import Synchronization
+
 /// A compiled operator instance: attributes are parsed once when it is built for a node, and
 /// `run` maps input values to output values.
 ///
@@ -18,7 +20,7 @@ public struct AnyKernel: Kernel {
 public typealias KernelFactory = (NodeContext) throws -> Kernel
 
 /// Random numbers for Dropout, RandomNormal and the like: SplitMix64, seedable for reproducible runs.
-public struct RandomGenerator {
+public struct RandomGenerator: Sendable {
     public var state: UInt64
     public init(seed: UInt64) { state = seed }
     public mutating func next() -> UInt64 {
@@ -34,10 +36,32 @@ public struct RandomGenerator {
     public mutating func nextDouble() -> Double { Double(next() >> 11) * (1.0 / 9_007_199_254_740_992.0) }
 }
 
-/// State shared by one run of a graph and its subgraphs.
-public final class RunState {
-    public var random: RandomGenerator
-    public init(seed: UInt64) { random = RandomGenerator(seed: seed) }
+/// State shared by the runs of one session and their subgraphs: the random generator.
+///
+/// A session may run on several threads at once, so the generator sits behind a lock: draw
+/// numbers inside `withRandom`, which holds it for the whole draw (a copy taken through `random`
+/// and written back later would hand two threads the same numbers).
+public final class RunState: Sendable {
+    private let generator: Mutex<RandomGenerator>
+    public init(seed: UInt64) { generator = Mutex(RandomGenerator(seed: seed)) }
+
+    /// Runs `body` with the generator, locked against other threads.
+    public func withRandom<R>(_ body: (inout RandomGenerator) throws -> R) rethrows -> R {
+        try generator.withLock { try body(&$0) }
+    }
+
+    /// Draws from `RandomGenerator(seed:)` when `seed` is given, else from the shared generator.
+    public func withRandom<R>(seed: UInt64?, _ body: (inout RandomGenerator) throws -> R) rethrows -> R {
+        guard let seed else { return try withRandom(body) }
+        var own = RandomGenerator(seed: seed)
+        return try body(&own)
+    }
+
+    /// A snapshot of the generator (reading it does not advance it); setting replaces it.
+    public var random: RandomGenerator {
+        get { generator.withLock { $0 } }
+        set { generator.withLock { $0 = newValue } }
+    }
 }
 
 /// What a kernel sees of the run it is part of: random numbers, and the enclosing scope from

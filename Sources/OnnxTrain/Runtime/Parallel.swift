@@ -14,19 +14,28 @@ import Synchronization
 /// Workers spin briefly after a job (a training step is a quick succession of kernels; 100 µs, or
 /// `ONNX_TRAIN_SPIN_US`) and then sleep on a condition variable, so an idle process uses no CPU.
 public enum Parallel {
-    /// How many threads kernels may use: the worker pool plus the calling thread. Set it before the
-    /// first parallel kernel runs; defaults to the number of cores, capped at
-    /// `OPENBLAS_NUM_THREADS` / `OMP_NUM_THREADS` when those are set.
+    /// How many threads kernels may use: the worker pool plus the calling thread. Defaults to the
+    /// number of cores, capped at `OPENBLAS_NUM_THREADS` / `OMP_NUM_THREADS` when those are set.
+    ///
+    /// It may be set at any time from any thread outside a kernel: the setter waits until a job
+    /// running on the old pool has finished before it stops that pool's workers. (Setting it
+    /// inside a kernel body would wait for itself, and traps.)
     public static var threadCount: Int {
-        get { maxThreads }
+        get { maxThreads.load(ordering: .relaxed) }
         set {
+            precondition(!isInsideRegion, "Parallel.threadCount cannot be set inside a parallel kernel")
             let wanted = max(1, newValue)
             pool.withLock { current in
                 if current?.threadCount == wanted { return }
-                current?.shutdown()
+                if let old = current {
+                    // Claim the old pool so no job is running on it (jobs that find it claimed
+                    // run inline), then stop its workers; it is never released.
+                    while old.tryAcquire() == nil { sched_yield() }
+                    old.shutdown()
+                }
                 current = wanted > 1 ? WorkerPool(threadCount: wanted) : nil
+                maxThreads.store(wanted, ordering: .relaxed)
             }
-            maxThreads = wanted
         }
     }
 
@@ -36,7 +45,7 @@ public enum Parallel {
     @inline(__always)
     public static func forRange(_ count: Int, minimumChunk: Int = 1, _ body: (Range<Int>) -> Void) {
         guard count > 0 else { return }
-        let chunks = min(count / max(minimumChunk, 1), maxThreads)
+        let chunks = min(count / max(minimumChunk, 1), maxThreads.load(ordering: .relaxed))
         if chunks <= 1 || isInsideRegion {
             body(0..<count)
             return
@@ -62,7 +71,7 @@ public enum Parallel {
 
     private static let pool = Mutex<WorkerPool?>(defaultThreadCount > 1 ? WorkerPool(threadCount: defaultThreadCount) : nil)
     /// The pool's size, read without the lock on every forRange.
-    nonisolated(unsafe) private static var maxThreads = defaultThreadCount
+    private static let maxThreads = Atomic<Int>(defaultThreadCount)
 
     /// True on a pool worker and on a caller while its job runs: nested calls run inline, and
     /// BLAS calls stay on their thread.

@@ -18,19 +18,19 @@ func registerRandomOps(_ registry: OpRegistry) {
                 let outShape = template?.shape ?? shape ?? []
                 try checkShape(outShape, "shape")
                 let dtype = try dtypeCode.map { try dtypeFromCode($0) } ?? template?.dtype ?? .float32
-                var rng = seed.map { RandomGenerator(seed: UInt64($0.bitPattern)) } ?? context.state.random
                 let n = Tensor.elementCount(outShape)
                 var values = [Double](repeating: 0, count: n)
-                for i in 0..<n {
-                    if normal {
-                        // Box-Muller on two uniforms in (0, 1].
-                        let u1 = 1 - rng.nextDouble(), u2 = rng.nextDouble()
-                        values[i] = a + b * (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
-                    } else {
-                        values[i] = a + (b - a) * rng.nextDouble()
+                context.state.withRandom(seed: seed.map { UInt64($0.bitPattern) }) { rng in
+                    for i in 0..<n {
+                        if normal {
+                            // Box-Muller on two uniforms in (0, 1].
+                            let u1 = 1 - rng.nextDouble(), u2 = rng.nextDouble()
+                            values[i] = a + b * (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
+                        } else {
+                            values[i] = a + (b - a) * rng.nextDouble()
+                        }
                     }
                 }
-                if seed == nil { context.state.random = rng }
                 return [.tensor(try Tensor(dtype: dtype, shape: outShape, doubles: values))]
             }
         }
@@ -41,9 +41,10 @@ func registerRandomOps(_ registry: OpRegistry) {
         return AnyKernel { inputs, context in
             let p = try inputs.tensor(0)
             let dtype = try dtypeCode.map { try dtypeFromCode($0) } ?? p.dtype
-            var rng = seed.map { RandomGenerator(seed: UInt64($0.bitPattern)) } ?? context.state.random
-            let values = try p.doubles().map { rng.nextDouble() < $0 ? 1.0 : 0.0 }
-            if seed == nil { context.state.random = rng }
+            let probabilities = try p.doubles()
+            let values = context.state.withRandom(seed: seed.map { UInt64($0.bitPattern) }) { rng in
+                probabilities.map { rng.nextDouble() < $0 ? 1.0 : 0.0 }
+            }
             return [.tensor(try Tensor(dtype: dtype, shape: p.shape, doubles: values))]
         }
     }
@@ -58,21 +59,21 @@ func registerRandomOps(_ registry: OpRegistry) {
             let logits = try x.doubles()
             let (batch, classes) = (x.shape[0], x.shape[1])
             try checkShape([batch, samples], "output")
-            var rng = seed.map { RandomGenerator(seed: UInt64($0.bitPattern)) } ?? context.state.random
             var out = [Double]()
-            for b in 0..<batch {
-                // Unnormalized log-probabilities: sample from softmax by inverting the cumulative sum.
-                let row = logits[(b * classes)..<((b + 1) * classes)]
-                let m = row.max() ?? 0
-                var cumulative = [Double]()
-                var total = 0.0
-                for v in row { total += exp(v - m); cumulative.append(total) }
-                for _ in 0..<samples {
-                    let u = rng.nextDouble() * total
-                    out.append(Double(cumulative.firstIndex { u < $0 } ?? classes - 1))
+            context.state.withRandom(seed: seed.map { UInt64($0.bitPattern) }) { rng in
+                for b in 0..<batch {
+                    // Unnormalized log-probabilities: sample from softmax by inverting the cumulative sum.
+                    let row = logits[(b * classes)..<((b + 1) * classes)]
+                    let m = row.max() ?? 0
+                    var cumulative = [Double]()
+                    var total = 0.0
+                    for v in row { total += exp(v - m); cumulative.append(total) }
+                    for _ in 0..<samples {
+                        let u = rng.nextDouble() * total
+                        out.append(Double(cumulative.firstIndex { u < $0 } ?? classes - 1))
+                    }
                 }
             }
-            if seed == nil { context.state.random = rng }
             return [.tensor(try Tensor(dtype: dtype, shape: [batch, samples], doubles: out))]
         }
     }
