@@ -63,7 +63,7 @@ struct InferCommand: ParsableCommand {
                 throw OnnxTrainError.io("\(inputs): no such file or folder")
             }
             if isDirectory.boolValue {
-                for (i, entry) in try TensorProtoFiles.readFolder(inputs).enumerated() {
+                for (i, entry) in try TensorProtoFiles.readFolder(inputs, feeds: true).enumerated() {
                     let name = entry.name.isEmpty ? (i < positional.count ? positional[i] : "") : entry.name
                     guard !name.isEmpty else {
                         throw OnnxTrainError.invalidInput("\(entry.file): unnamed tensor at position \(i), but the model takes only \(positional.count) inputs")
@@ -109,10 +109,12 @@ struct InferCommand: ParsableCommand {
     private func preview(_ t: Tensor) -> String {
         let n = min(t.count, 8)
         let items: [String]
-        if t.dtype == .string {
-            items = t.strings.prefix(n).map { "\"\($0)\"" }
-        } else {
-            items = (0..<n).map { i in t.scalarDouble(at: i).map { t.dtype.isFloatingPoint ? "\($0)" : "\(Int64($0))" } ?? "?" }
+        switch t.dtype {
+        case .string: items = t.strings.prefix(n).map { "\"\($0)\"" }
+        // 64-bit integers printed exactly: through Double, 2^63 - 1 rounds up to 2^63 and Int64() traps.
+        case .int64: items = Batches.rows(of: t.reshaped([t.count]), from: 0, count: n).scalars(as: Int64.self).map { "\($0)" }
+        case .uint64: items = Batches.rows(of: t.reshaped([t.count]), from: 0, count: n).scalars(as: UInt64.self).map { "\($0)" }
+        default: items = (0..<n).map { i in t.scalarDouble(at: i).map { t.dtype.isFloatingPoint ? "\($0)" : "\(Int64($0))" } ?? "?" }
         }
         return "[" + items.joined(separator: ", ") + (t.count > n ? ", ..." : "") + "]"
     }

@@ -15,13 +15,59 @@ struct OnnxTrainCommand: ParsableCommand {
                       BenchCommand.self]
     )
 
-    /// Checks that the CPU runs the library's vector code before anything else runs.
+    /// Checks that the CPU runs the library's vector code before anything else runs, then runs
+    /// the subcommand. Argument errors are one `onnx-train: error:` line (exit 64), like every
+    /// other failure, instead of the parser's message, help hint and usage.
     static func main() {
         if let message = CPUCheck.unsupportedReason() {
             fputs("onnx-train: error: \(message)\n", stderr)
             Glibc.exit(6)
         }
-        main(nil)
+        let arguments = joiningNegativeValues(Array(CommandLine.arguments.dropFirst()))
+        let command: ParsableCommand
+        do {
+            command = try parseAsRoot(arguments)
+        } catch {
+            exitForParseError(error)
+        }
+        do {
+            var command = command
+            try command.run()
+        } catch {
+            exitForParseError(error)
+        }
+        Glibc.exit(0)
+    }
+
+    /// Help, version and `ExitCode` go through the parser as usual; anything else it reports as
+    /// one line. (Errors from running a command were already printed by `CLIFailure.run`.)
+    static func exitForParseError(_ error: Error) -> Never {
+        let code = exitCode(for: error)
+        if code == .success || error is ExitCode || error is CleanExit { exit(withError: error) }
+        let message = message(for: error).split(whereSeparator: \.isNewline).first.map(String.init) ?? "\(error)"
+        fputs("onnx-train: error: \(message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message) (see --help)\n", stderr)
+        Glibc.exit(code.rawValue)
+    }
+
+    /// `--lr -0.5` as `--lr=-0.5`: the parser would take a negative number for an option name.
+    static func joiningNegativeValues(_ arguments: [String]) -> [String] {
+        var result: [String] = []
+        var i = 0
+        while i < arguments.count {
+            let a = arguments[i]
+            if a.hasPrefix("--"), a.count > 2, !a.contains("="), i + 1 < arguments.count, isNegativeNumber(arguments[i + 1]) {
+                result.append(a + "=" + arguments[i + 1])
+                i += 2
+            } else {
+                result.append(a)
+                i += 1
+            }
+        }
+        return result
+    }
+
+    static func isNegativeNumber(_ text: String) -> Bool {
+        text.count > 1 && text.hasPrefix("-") && Double(text) != nil
     }
 }
 
