@@ -58,7 +58,7 @@ extension CLITests {
         try assertFails(["inspect", fifo], code: 3, mentioning: ["named pipe"])
         try assertFails(["infer", DataFixtures.data("tiny.onnx"), "--input", "x=/dev/null"], code: 3, mentioning: ["/dev/null: is a character device"])
         let folder = DataFixtures.root + "/training/mlp_ce_sgd"
-        try assertFails(["run", folder, "--data", "/dev/null", "--steps", "1", "--out", dir + "/out"], code: 3,
+        try assertFails(["run", folder, "--data", "/dev/null", "--batch-size", "4", "--lr", "0.1", "--steps", "1", "--out", dir + "/out"], code: 3,
                         mentioning: ["/dev/null: is a character device, not a regular file"])
     }
 }

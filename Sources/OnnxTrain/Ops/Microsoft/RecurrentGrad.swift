@@ -99,6 +99,8 @@ struct RecurrentGradKernel: Kernel {
                 throw KernelError("sequence_lens \(lens) does not fit batch \(B) and \(S) steps")
             }
 
+            // Every input of the compute type (scalars(as:) below would trap on another).
+            for t in [x, w, r, y, gates] + [b, p, h0, c0, cells, dY, dYh, dYc].compactMap({ $0 }) { try t.checkElementType(T.self) }
             // Everything in [S, (D,) B, ·] order.
             func sequenceMajor(_ t: Tensor) -> [T] {
                 let v = t.scalars(as: T.self)
