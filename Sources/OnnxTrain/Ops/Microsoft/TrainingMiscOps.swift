@@ -30,8 +30,8 @@ struct FakeQuantKernel: Kernel {
             // In the element type, as onnxruntime rounds x / scale + zero_point in float.
             let s = T(fromDouble: scale), z = T(fromDouble: zeroPoint)
             let lo = T(fromDouble: quantMin), hi = T(fromDouble: quantMax)
-            x.withUnsafeBufferPointer(as: T.self) { px in
-                y.withUnsafeMutableBufferPointer(as: T.self) { py in
+            try x.withUnsafeBufferPointer(as: T.self) { px in
+                y.uncheckedMutableBufferPointer(as: T.self) { py in
                     for i in 0..<px.count {
                         let q = (px[i] / s + z).rounded(.toNearestOrEven)
                         mask[i] = q >= lo && q <= hi
@@ -89,7 +89,7 @@ func registerTrainingMiscOps(_ registry: OpRegistry) {
             let dy = try inputs.tensor(0), mask = try inputs.tensor(1)
             guard mask.dtype == .bool else { throw KernelError("gradient_mask must be bool, got \(mask.dtype)") }
             try requireSameShape(dy, mask, "dY", "gradient_mask")
-            let factors = floatTensor(dy.dtype, shape: mask.shape, mask.withUnsafeBufferPointer(as: Bool.self) { $0.map { $0 ? 1 : 0 } })
+            let factors = floatTensor(dy.dtype, shape: mask.shape, mask.uncheckedBufferPointer(as: Bool.self) { $0.map { $0 ? 1 : 0 } })
             return [.tensor(try floatElementwise([dy, factors], names: ["dY", "gradient_mask"]) { FloatMap2(a: $0[0], b: $0[1]) { $0 * $1 } })]
         }
     }
