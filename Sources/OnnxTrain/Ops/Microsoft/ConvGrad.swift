@@ -173,7 +173,7 @@ struct ConvTransposeGradKernel: Kernel {
             if wantB {
                 let n = dy.shape[0], c = dy.shape[1], inner = dy.count / max(n * c, 1)
                 var sums = [Double](repeating: 0, count: c)
-                dy.withUnsafeBufferPointer(as: T.self) { p in
+                try dy.withUnsafeBufferPointer(as: T.self) { p in
                     for img in 0..<n { for ch in 0..<c { for i in 0..<inner { sums[ch] += p[(img * c + ch) * inner + i].doubleValue } } }
                 }
                 db = Tensor(shape: [c], scalars: sums.map { T(fromDouble: $0) })
