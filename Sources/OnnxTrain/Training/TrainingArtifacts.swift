@@ -109,7 +109,7 @@ public struct TrainingArtifacts {
 
         // The training graph: parameters become inputs, training-mode rewrites, then the loss.
         var training = base
-        let (lossName, labelInputs) = try appendLoss(to: &training, options: options, label: label)
+        let lossName = try appendLoss(to: &training, options: options, label: label)
         let frozenSet = runningStats.union(options.frozen)
         let trainable: [String]
         if let chosen = options.requiresGrad {
@@ -164,13 +164,12 @@ public struct TrainingArtifacts {
 
         // The eval graph: the model in inference mode with the same loss.
         var eval = base
-        _ = try appendLoss(to: &eval, options: options, label: label)
+        try appendLoss(to: &eval, options: options, label: label)
         makeInputs(&eval.graph, parameterNames)
         rewriteForInference(&eval.graph)
         eval.graph.outputs = eval.graph.outputs.filter { $0.name == lossName } + eval.graph.outputs.filter { $0.name != lossName }
         try DeadNodeElimination(registry: options.registry).run(&eval)
         eval.producerName = "onnx-train"
-        _ = labelInputs
 
         // Trainable parameters first, then frozen ones, as onnxruntime's checkpoint lists them.
         let parameters = (trainable + parameterNames.filter { !trainable.contains($0) }).map { name in
@@ -218,8 +217,9 @@ public struct TrainingArtifacts {
         graph.inputs = graph.inputs.filter { !set.contains($0.name) } + names.compactMap { n in graph.inputs.first { $0.name == n } }
     }
 
-    /// Appends the loss to the model; returns the loss name and the label inputs it added.
-    static func appendLoss(to model: inout Model, options: Options, label: String) throws -> (String, [String]) {
+    /// Appends the loss (and its label input) to the model; returns the loss name.
+    @discardableResult
+    static func appendLoss(to model: inout Model, options: Options, label: String) throws -> String {
         var builder = GraphBuilder(model.graph)
         let graph = model.graph
         if case .output(let name) = options.loss {
@@ -228,7 +228,7 @@ public struct TrainingArtifacts {
             }
             if !graph.outputs.contains(where: { $0.name == name }) { builder.update { $0.outputs.append(ValueInfo(name: name, type: nil)) } }
             model.graph = builder.graph
-            return (name, [])
+            return name
         }
         let outputName = options.output ?? graph.outputs[0].name
         guard let outputInfo = graph.outputs.first(where: { $0.name == outputName }) else {
@@ -286,7 +286,7 @@ public struct TrainingArtifacts {
             g.inputs = Array(own[..<firstInitializerInput]) + labels.compactMap { l in g.inputs.first { $0.name == l } } + Array(own[firstInitializerInput...])
         }
         model.graph = builder.graph
-        return (loss, labels)
+        return loss
     }
 
     /// The candidates whose values reach `loss` through inputs that carry gradients (not shape,
