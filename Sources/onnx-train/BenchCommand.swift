@@ -76,18 +76,27 @@ struct BenchCommand: ParsableCommand {
         let state = try CheckpointState.load(from: path("checkpoint"))
         let module = try TrainingModule(trainingModel: try Model(contentsOf: path("training_model.onnx")), state: state)
         let optimizer = try Optimizer(path: path("optimizer_model.onnx"), module: module)
-        optimizer.learningRate = Float(lr)
 
-        // Every batch is cut once, before timing: the timed loop holds only the step.
-        var batches: [[Tensor]] = []
+        // The first `batches` batches of data.npz, in order: step k trains batch k mod batches.
         let count = meta["batches"] as? Int ?? 1
-        for k in 0..<count {
-            batches.append(try module.trainInputNames.map { name in
-                guard let t = arrays[name], let r = rows[name], t.rank > 0, (k + 1) * r <= t.shape[0] else {
-                    throw OnnxTrainError.invalidInput("\(path("data.npz")): no rows for batch \(k) of '\(name)'")
-                }
-                return Batches.rows(of: t, from: k * r, count: r)
-            })
+        var data: [String: Tensor] = [:]
+        for name in module.trainInputNames {
+            guard let t = arrays[name], let r = rows[name], t.rank > 0, count * r <= t.shape[0] else {
+                throw OnnxTrainError.invalidInput("\(path("data.npz")): '\(name)' has no \(count) batches of rows_per_step rows")
+            }
+            data[name] = Batches.rows(of: t, from: 0, count: count * r)
+        }
+        guard let first = module.trainInputNames.first, let batchSize = rows[first] else {
+            throw OnnxTrainError.invalidInput("\(path("meta.json")): no rows_per_step for the first input")
+        }
+        // The library's Trainer runs the steps (no shuffling, no files); the timed part of a step
+        // is the train step and the optimizer step, as onnxruntime's loop in bench.py.
+        var configuration = Trainer.Configuration(batchSize: batchSize, steps: Int.max, learningRate: Float(lr))
+        configuration.shuffle = false
+        configuration.checkpointAtEpochEnd = false
+        let trainer = try Trainer(module: module, optimizer: optimizer, train: data, configuration: configuration)
+        guard trainer.batches.count == count else {
+            throw OnnxTrainError.invalidInput("\(path("data.npz")): rows_per_step gives \(trainer.batches.count) batches, meta.json says \(count)")
         }
         let clock = ContinuousClock()
         var times: [Double] = []
@@ -95,27 +104,23 @@ struct BenchCommand: ParsableCommand {
         // Warm-up: at least `warmup` steps and `warmupSeconds`; then `steps` timed steps.
         let warmupStart = clock.now
         var warmed = false
-        var step = 0
-        while times.count < steps {
-            let feeds = batches[step % batches.count]
-            let start = clock.now
-            let out = try module.trainStep(feeds)
-            _ = try optimizer.step()
-            module.lazyResetGrad()
-            let elapsed = clock.now - start
-            losses.append(Double(out.loss))
+        let wanted = steps
+        trainer.onEvent = { [unowned trainer, warmup, warmupSeconds] event in
+            guard case .step(let s) = event else { return }
+            losses.append(s.loss)
             if warmed {
-                times.append(Self.seconds(elapsed))
-            } else if step + 1 >= warmup && Self.seconds(clock.now - warmupStart) >= warmupSeconds {
+                times.append(s.seconds)
+            } else if s.step >= warmup && Self.seconds(clock.now - warmupStart) >= warmupSeconds {
                 warmed = true
             }
-            step += 1
+            if times.count >= wanted { trainer.requestStop() }
         }
+        if wanted > 0 { try trainer.run() }
         var result: [String: Any] = ["times": times, "losses": losses, "peak_rss_mb": Self.peakRSS(),
                                      "baseline_rss_mb": baseline, "version": "onnx-train"]
         if infer {
             let session = try InferenceSession(path: path("inference.onnx"))
-            guard let x = batches.first?.first else { throw OnnxTrainError.invalidInput("\(folder): no data") }
+            guard let x = trainer.batches.batch(0)[first] else { throw OnnxTrainError.invalidInput("\(folder): no data") }
             var latencies: [Double] = []
             for step in 0..<(warmup + steps) {
                 let start = clock.now

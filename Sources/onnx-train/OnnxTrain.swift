@@ -11,6 +11,7 @@ struct OnnxTrainCommand: ParsableCommand {
         commandName: "onnx-train",
         abstract: "Run and train ONNX models on the CPU.",
         discussion: CLIFailure.exitCodeHelp,
+        version: "onnx-train \(OnnxTrainVersion.current) (onnxruntime-training \(OnnxTrainVersion.onnxRuntimeTraining) semantics)",
         subcommands: [InspectCommand.self, ArtifactsCommand.self, InferCommand.self, ConformanceCommand.self, RunCommand.self, EvalCommand.self, ExportCommand.self,
                       BenchCommand.self]
     )

@@ -2,7 +2,8 @@ import ArgumentParser
 import Foundation
 import OnnxTrain
 
-/// `onnx-train run PATH`: trains onnxruntime artifacts or a gradient graph on an .npz file.
+/// `onnx-train run PATH`: parses the flags, builds a `Trainer` and prints what it reports. The
+/// training loop itself is the library's `Trainer`.
 struct RunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
@@ -13,14 +14,20 @@ struct RunCommand: ParsableCommand {
             parameters, else they are initialised as PyTorch initialises its layers). \
             Data: .npz or .safetensors (arrays named after the graph's user inputs, or --map), a CSV \
             table (--features, --label), or a folder of TensorProto .pb files. \
-            Batches: the first user input's first axis divided by --batch-size gives the batch count; \
-            every array is cut along its first axis into that many equal parts. The examples are \
+            Batches: --batch-size examples (rows of the first user input, with their rows of every \
+            other array); the last, smaller batch is used too unless --drop-last. The examples are \
             reshuffled every pass with --seed (or kept in order with --no-shuffle). \
             Each optimizer step follows --accumulate train steps, then a lazy gradient reset. \
-            --out (default runs/<name>-<time>) receives checkpoint, metrics.csv, loss.svg, model.onnx \
-            and params.safetensors. Ctrl-C stops after the current step, saves, and prints the \
-            command that resumes (exit code 130). If the loss stops being finite, training stops and --out keeps \
-            the state after the last good step.
+            With eval data the eval graph runs before training, at every epoch end and every \
+            --eval-every steps (loss; accuracy, top-k accuracy and a confusion matrix for class \
+            labels; MAE and RMSE for float targets). \
+            --out (default runs/<name>-<time>; an existing non-empty folder needs --overwrite or \
+            --resume) receives checkpoint (saved at every epoch end and every --checkpoint-every \
+            steps), metrics.csv (appended as the run goes), loss.svg, report.html, model.onnx, \
+            params.safetensors and, with --keep-best, best/. A second run cannot write the same \
+            folder at the same time. Ctrl-C or SIGTERM stops after the current step, saves, and \
+            prints the command that resumes (exit code 130, or 143 for SIGTERM). If the loss stops \
+            being finite, training stops and --out keeps the state after the last good step.
 
             \(CLIFailure.exitCodeHelp)
             """
@@ -41,7 +48,7 @@ struct RunCommand: ParsableCommand {
     @Option(help: "CSV data: the label column (default: the last column that is not a feature).")
     var label: String?
 
-    @Option(name: .customLong("batch-size"), help: "Rows of the first user input per step.")
+    @Option(name: .customLong("batch-size"), help: "Examples per train step.")
     var batchSize: Int
 
     @Option(help: "Optimizer steps to take (or give --epochs).")
@@ -50,14 +57,26 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Passes over the training data.")
     var epochs: Int?
 
-    @Flag(name: .customLong("drop-last"), help: "Drop the examples past the last whole batch (else they must divide evenly).")
+    @Flag(name: .customLong("drop-last"), help: "Leave out the examples past the last full batch (default: they form a last, smaller batch).")
     var dropLast = false
 
-    @Option(name: .customLong("eval-data"), help: "Held-out data: the eval graph runs over it before training and after every epoch (loss, and accuracy for integer labels).")
+    @Option(name: .customLong("eval-data"), help: "Held-out data: the eval graph runs over it before training, after every epoch and every --eval-every steps.")
     var evalData: String?
 
     @Option(name: .customLong("eval-split"), help: "Hold out this fraction of --data (its last examples) as the eval set, e.g. 0.1.")
     var evalSplit: Double?
+
+    @Option(name: .customLong("eval-every"), help: "Also evaluate every N optimizer steps (besides each epoch end).")
+    var evalEvery: Int?
+
+    @Option(name: .customLong("keep-best"), help: "Keep the checkpoint and model.onnx with the best eval metric in OUT/best/: eval_loss, eval_accuracy, eval_topk_accuracy, eval_mae or eval_rmse.")
+    var keepBest: String?
+
+    @Option(name: .customLong("early-stop"), help: "Stop when the eval metric (--keep-best's, else eval_loss) has not improved for PATIENCE evaluations.")
+    var earlyStop: Int?
+
+    @Option(name: .customLong("top-k"), help: "k of the top-k accuracy reported for class labels.")
+    var topK: Int = 5
 
     @Option(help: "Learning rate (the peak rate with --schedule linear/cosine).")
     var lr: Float
@@ -74,6 +93,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Train steps per optimizer step (gradient accumulation; the gradients add up).")
     var accumulate: Int = 1
 
+    @Option(name: .customLong("clip-grad-norm"), help: "Scale the accumulated gradients to this global L2 norm when above it, before each optimizer step (onnxruntime's InplaceClipGradNorm); the norm is printed and written to metrics.csv.")
+    var clipGradNorm: Double?
+
     @Flag(name: .customLong("no-shuffle"), help: "Take the batches in file order (default: reshuffle the examples every pass).")
     var noShuffle = false
 
@@ -86,10 +108,13 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Output folder (default runs/<name>-<UTC time>).")
     var out: String?
 
-    @Option(name: .customLong("checkpoint-every"), help: "Also save --out every N steps (atomically), so an interrupted run loses at most N steps.")
+    @Flag(help: "Write into an --out folder that holds an earlier run (its run files are replaced).")
+    var overwrite = false
+
+    @Option(name: .customLong("checkpoint-every"), help: "Also save the checkpoint, metrics.csv and loss.svg every N steps (besides each epoch end), so a killed run loses at most N steps.")
     var checkpointEvery: Int?
 
-    @Option(help: "Continue the run saved in this folder: parameters, optimizer state, step and data order (same flags as the first run).")
+    @Option(help: "Continue the run saved in this folder: parameters, optimizer state, step, data order and random state (same flags as the first run).")
     var resume: String?
 
     @Option(help: "Gradient graphs: initial parameters (.npz, .safetensors or an onnxruntime checkpoint). Artifact folders: a checkpoint to start from instead of PATH/checkpoint.")
@@ -101,7 +126,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: [.customLong("schedule"), .customLong("lr-schedule")], help: "Learning-rate schedule: constant, linear (onnxruntime's LinearLRScheduler) or cosine.")
     var schedule: Schedule = .constant
 
-    @Option(help: "Warm-up steps for --schedule linear/cosine.")
+    @Option(help: "Linear warm-up steps before --schedule's decay (or before the constant rate).")
     var warmup: Int = 0
 
     @Option(name: .customLong("stop-after"), help: "Stop after this step and save, as Ctrl-C does (continue later with --resume; the schedule still spans --steps/--epochs).")
@@ -109,6 +134,12 @@ struct RunCommand: ParsableCommand {
 
     @Option(name: .customLong("print-every"), help: "Without a terminal: print a line every N steps (default: 20 lines per run).")
     var printEvery: Int?
+
+    @Flag(name: .customLong("log-scale"), help: "Draw loss.svg's loss axis logarithmic (default: when the loss spans more than two decades).")
+    var logScale = false
+
+    @Flag(name: .customLong("dry-run"), help: "Print what would be trained (parameters, inputs and their shapes, optimizer, schedule, steps and batches) and exit.")
+    var dryRun = false
 
     @Flag(help: "Print only the final summary.")
     var quiet = false
@@ -133,9 +164,19 @@ struct RunCommand: ParsableCommand {
         guard lr.isFinite, lr >= 0 else { throw ValidationError("--lr must be a finite, non-negative number") }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
         guard accumulate > 0 else { throw ValidationError("--accumulate must be positive") }
-        if let checkpointEvery, checkpointEvery <= 0 { throw ValidationError("--checkpoint-every must be positive") }
-        if let printEvery, printEvery <= 0 { throw ValidationError("--print-every must be positive") }
+        for (flag, value) in [("--checkpoint-every", checkpointEvery), ("--print-every", printEvery), ("--eval-every", evalEvery),
+                              ("--early-stop", earlyStop), ("--stop-after", stopAfter)] {
+            if let value, value <= 0 { throw ValidationError("\(flag) must be positive") }
+        }
+        guard topK > 0 else { throw ValidationError("--top-k must be positive") }
+        if let clipGradNorm, !(clipGradNorm.isFinite && clipGradNorm > 0) { throw ValidationError("--clip-grad-norm must be a positive number") }
+        if let keepBest, MonitoredMetric(name: keepBest) == nil {
+            throw ValidationError("--keep-best takes \(MonitoredMetric.allCases.map(\.rawValue).joined(separator: ", ")); got '\(keepBest)'")
+        }
         if evalData != nil && evalSplit != nil { throw ValidationError("give --eval-data or --eval-split, not both") }
+        if (keepBest != nil || earlyStop != nil || evalEvery != nil) && evalData == nil && evalSplit == nil {
+            throw ValidationError("--keep-best, --early-stop and --eval-every need eval data: give --eval-data or --eval-split")
+        }
         if let evalSplit, !(evalSplit > 0 && evalSplit < 1) { throw ValidationError("--eval-split must be between 0 and 1, like 0.1") }
         if weightDecay != nil || betas != nil, optimizer != .adamw { throw ValidationError("--weight-decay and --betas apply to --optimizer adamw") }
         if momentum != nil, optimizer != .momentum { throw ValidationError("--momentum applies to --optimizer momentum") }
@@ -143,7 +184,7 @@ struct RunCommand: ParsableCommand {
         if let weightDecay, !(weightDecay.isFinite && weightDecay >= 0) { throw ValidationError("--weight-decay must be a finite, non-negative number") }
         if let momentum, !(momentum >= 0 && momentum < 1) { throw ValidationError("--momentum must be in [0, 1)") }
         if resume != nil && params != nil { throw ValidationError("--resume brings its own parameters; drop --params") }
-        if let stopAfter, stopAfter <= 0 { throw ValidationError("--stop-after must be positive") }
+        if resume != nil && overwrite { throw ValidationError("--resume continues a run; --overwrite would replace it (give one)") }
     }
 
     func parseBetas(_ text: String) -> (Float, Float)? {
@@ -163,47 +204,97 @@ struct RunCommand: ParsableCommand {
         }
     }
 
+    /// The learning-rate schedule over `total` optimizer steps: --warmup steps of linear warm-up
+    /// to --lr, then --schedule's decay over the remaining steps.
+    func learningRateSchedule(totalSteps total: Int) -> LearningRateSchedule {
+        let decaySteps = max(total - warmup, 0)
+        let after: LearningRateSchedule
+        switch schedule {
+        case .constant: after = .constant(lr)
+        case .linear: after = .linearDecay(from: lr, steps: decaySteps)
+        case .cosine: after = .cosineDecay(from: lr, steps: decaySteps)
+        }
+        return .warmup(steps: warmup, peak: lr, then: after)
+    }
+
     func run() throws {
         try CLIFailure.run {
-            let reporter = RunReporter(mode: RunReporter.mode(quiet: quiet), totalSteps: steps ?? 0, every: printEvery)
+            let reporter = RunReporter(mode: RunReporter.mode(quiet: quiet), every: printEvery)
+            // --resume: the checkpoint is read once, here, and the model is built on it.
             let resumed = try resume.map { try ResumePoint.load(from: $0) }
-            let session = try TrainingRun.open(path: path, params: resumed?.checkpointPath ?? params, optimizer: optimizerKind, seed: seed,
+            let session = try TrainingRun.open(path: path, params: params, state: resumed?.state, optimizer: optimizerKind, seed: resumed?.progress.seed ?? seed,
                                                withEval: evalData != nil || evalSplit != nil, say: reporter.say, resuming: resume)
-            let names = session.module.trainInputNames
+            let module = session.module
+            let names = module.trainInputNames
             let dataMap = try map.map(DataSource.parseMap) ?? [:]
             let csv = DataSource.CSVColumns(features: features.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }, label: label)
             var train = try DataSource.load(data, names: names, map: dataMap, csv: csv)
             var eval: [String: Tensor]?
             if let evalData {
-                eval = try DataSource.load(evalData, names: session.module.evalInputNames, map: dataMap, csv: csv)
+                eval = try DataSource.load(evalData, names: module.evalInputNames, map: dataMap, csv: csv)
             } else if let evalSplit {
                 (train, eval) = try DataSource.split(train, names: names, evalFraction: evalSplit, label: data)
                 reporter.say("eval split: the last \(Int((evalSplit * 100).rounded()))% of \(data) is held out")
             }
-            if dropLast { train = try DataSource.dropLast(train, names: names, batchSize: batchSize, label: data) }
+
+            var configuration = Trainer.Configuration(batchSize: batchSize, steps: steps, epochs: epochs, learningRate: lr)
+            configuration.accumulate = accumulate
+            configuration.shuffle = !noShuffle
+            configuration.dropLast = dropLast
+            configuration.seed = resumed?.progress.seed ?? seed
+            configuration.evalEvery = evalEvery
+            configuration.checkpointEvery = checkpointEvery
+            configuration.keepBest = keepBest.flatMap(MonitoredMetric.init(name:))
+            configuration.earlyStopPatience = earlyStop
+            configuration.clipGradNorm = clipGradNorm
+            configuration.stopAfter = stopAfter
+            configuration.topK = topK
+            configuration.logScale = logScale ? true : nil
+            configuration.title = "\(URL(fileURLWithPath: path).lastPathComponent): loss"
+            configuration.dataLabel = data
+            if let resume { configuration.resumeLabel = "--resume \(resume)" }
+            configuration.evalLabel = evalData ?? "\(data) (eval split)"
+            configuration.reportSettings = [ReportSetting("command", ResumeCommand.commandLine()), ReportSetting("model", path),
+                                            ReportSetting("data", data)] + (evalData.map { [ReportSetting("eval data", $0)] } ?? [])
+                + [ReportSetting("optimizer", session.optimizerDescription), ReportSetting("seed", "\(configuration.seed)")]
+
+            if dryRun {
+                let trainer = try Trainer(module: module, optimizer: session.optimizer, train: train, eval: eval, configuration: configuration,
+                                          resume: resumed != nil)
+                trainer.schedule = learningRateSchedule(totalSteps: trainer.totalSteps)
+                DryRun.print(trainer, session: session, train: train, eval: eval)
+                return
+            }
+            // The data is checked before the folder is touched.
+            let trainer = try Trainer(module: module, optimizer: session.optimizer, train: train, eval: eval, configuration: configuration,
+                                      resume: resumed != nil, history: resume)
+            trainer.schedule = learningRateSchedule(totalSteps: trainer.totalSteps)
             let directory = out ?? resume ?? RunArtifacts.defaultDirectory(for: path)
-            try RunArtifacts.prepare(directory: directory)
-            var settings = RunSettings(batchSize: batchSize, steps: steps, epochs: epochs, lr: lr, shuffle: !noShuffle, seed: resumed?.seed ?? seed,
-                                       schedule: schedule.rawValue, warmup: warmup, logPath: log, outDirectory: directory,
-                                       checkpointEvery: checkpointEvery, accumulate: accumulate)
-            settings.resume = resumed
-            settings.stopAfter = stopAfter
-            settings.dataLabel = data
-            settings.evalLabel = evalData ?? (evalSplit != nil ? "\(data) (eval split)" : nil)
-            try session.train(train: train, eval: eval, settings: settings, reporter: reporter)
+            let folder = try RunFolder(directory, existing: resumed != nil ? .resume : overwrite ? .overwrite : .refuse)
+            let logFile = try log.map { try LogFile(path: $0, header: "step,loss,learning_rate,batch\n") }
+            trainer.onEvent = { event in
+                if case .step(let s) = event { logFile?.write("\(s.step),\(Float(s.loss)),\(s.learningRate),\(s.batch - 1)\n") }
+                reporter.handle(event)
+            }
+            StopRequest.install()
+            trainer.shouldStop = { StopRequest.requested }
+            let outcome = try trainer.run(in: folder)
+            try logFile?.check()
+            reporter.finish(outcome, folder: directory)
+            if outcome.stop == .requested || outcome.stop == .stopAfter {
+                let why = outcome.stop == .requested ? (StopRequest.signalNumber == SIGTERM ? "stopped (SIGTERM)" : "interrupted") : "stopped (--stop-after)"
+                reporter.summary("\(why) at step \(outcome.step) of \(outcome.totalSteps); resume with: \(ResumeCommand.line(resumeDirectory: directory))")
+                if outcome.stop == .requested { throw ExitCode(StopRequest.signalNumber == SIGTERM ? 143 : 130) }
+            }
         }
     }
 }
 
-/// Where a saved run stopped (`--resume DIR`).
+/// Where a saved run stopped (`--resume DIR`): its checkpoint, read once, and its progress.
 struct ResumePoint {
     let directory: String
-    let checkpointPath: String
-    let steps: Int
-    let batches: Int
-    let seed: UInt64
-    let metrics: [RunMetric]
-    let batching: String?
+    let state: CheckpointState
+    let progress: Trainer.Progress
 
     static func load(from directory: String) throws -> ResumePoint {
         let path = URL(fileURLWithPath: directory).appendingPathComponent(RunArtifacts.checkpointName).path
@@ -211,60 +302,35 @@ struct ResumePoint {
             throw OnnxTrainError.io("--resume \(directory): no checkpoint there (expected the --out folder of an earlier onnx-train run)")
         }
         let state = try CheckpointState.load(from: path)
-        guard case .int(let steps)? = state.properties[RunArtifacts.Resume.step], case .int(let batches)? = state.properties[RunArtifacts.Resume.batches],
-              case .int(let seed)? = state.properties[RunArtifacts.Resume.seed] else {
+        guard let progress = try Trainer.Progress.read(state, label: "--resume \(directory)") else {
             throw OnnxTrainError.invalidInput("--resume \(directory): the checkpoint was not saved by onnx-train run (no step count in its properties); start from it with --params instead")
         }
-        let metricsPath = URL(fileURLWithPath: directory).appendingPathComponent(RunArtifacts.metricsName).path
-        let metrics = (try? String(contentsOfFile: metricsPath, encoding: .utf8)).map { RunArtifacts.parseMetrics($0) }?.filter { $0.step <= Int(steps) } ?? []
-        var batching: String?
-        if case .string(let b)? = state.properties[RunArtifacts.Resume.batching] { batching = b }
-        return ResumePoint(directory: directory, checkpointPath: path, steps: Int(steps), batches: Int(batches), seed: UInt64(bitPattern: seed),
-                           metrics: metrics, batching: batching)
+        return ResumePoint(directory: directory, state: state, progress: progress)
     }
 }
 
-/// The settings of one training run.
-struct RunSettings {
-    var batchSize: Int
-    var steps: Int?
-    var epochs: Int?
-    var lr: Float
-    var shuffle: Bool
-    var seed: UInt64
-    var schedule: String
-    var warmup: Int
-    var logPath: String?
-    var outDirectory: String
-    var checkpointEvery: Int?
-    var accumulate: Int = 1
-    var resume: ResumePoint?
-    var dataLabel = "data"
-    var evalLabel: String?
-    var stopAfter: Int?
-
-    /// What fixes the data order besides the seed; `--resume` insists on the same.
-    var batching: String {
-        "--batch-size \(batchSize) --accumulate \(accumulate)" + (shuffle ? "" : " --no-shuffle")
-    }
-}
-
-/// The training loop behind `run`, kept apart from argument parsing.
+/// The model a run trains: the module and its optimizer, built from PATH (the one place `run`,
+/// `eval` and `export` load a model).
 struct TrainingRun {
     let module: TrainingModule
     let optimizer: Optimizer
     let label: String
+    /// The optimizer and its hyperparameters, in one line.
+    let optimizerDescription: String
 
-    static func open(path: String, params: String?, optimizer choice: OptimizerGraph.Kind?, seed: UInt64, withEval: Bool,
+    /// - Parameters:
+    ///   - params: a checkpoint or parameter file to start from instead of the model's own.
+    ///   - state: an already loaded checkpoint to start from (`--resume`).
+    static func open(path: String, params: String?, state: CheckpointState? = nil, optimizer choice: OptimizerGraph.Kind?, seed: UInt64, withEval: Bool,
                      say: (String) -> Void = { print($0) }, resuming: String? = nil) throws -> TrainingRun {
         do {
-            return try openUnchecked(path: path, params: params, optimizer: choice, seed: seed, withEval: withEval, say: say, initialise: resuming == nil)
+            return try openUnchecked(path: path, params: params, state: state, optimizer: choice, seed: seed, withEval: withEval, say: say, initialise: resuming == nil)
         } catch let error as OnnxTrainError where resuming != nil && (error.kind == .training || error.kind == .invalidModel) {
             throw OnnxTrainError.invalidInput("--resume \(resuming!): its checkpoint does not fit \(path) (\(error.message)); resume from a run of the same model")
         }
     }
 
-    static func openUnchecked(path: String, params: String?, optimizer choice: OptimizerGraph.Kind?, seed: UInt64, withEval: Bool,
+    static func openUnchecked(path: String, params: String?, state given: CheckpointState?, optimizer choice: OptimizerGraph.Kind?, seed: UInt64, withEval: Bool,
                               say: (String) -> Void, initialise: Bool) throws -> TrainingRun {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
@@ -284,32 +350,37 @@ struct TrainingRun {
                 }
                 return p
             }
-            let checkpoint = try params ?? file("checkpoint")
+            let state = try given ?? CheckpointState.load(from: try params ?? file("checkpoint"))
             let trainingModel = try Model(contentsOf: try file("training_model.onnx"))
             let module: TrainingModule
             if withEval {
-                module = try TrainingModule(trainingModel: trainingModel, state: try CheckpointState.load(from: checkpoint),
+                module = try TrainingModule(trainingModel: trainingModel, state: state,
                                             evalModel: try Model(contentsOf: try file("eval_model.onnx")), options: options)
             } else {
                 // Without evaluation the eval model only serves model.onnx: some valid artifact
                 // folders carry one that cannot run (BatchNorm with running-stat outputs in eval
-                // mode), and then the run goes on without it.
+                // mode); then the run goes on without it, and says why.
                 let evalPath = folder.appendingPathComponent("eval_model.onnx").path
-                if let withEvalModel = try? TrainingModule(trainingModel: trainingModel, state: try CheckpointState.load(from: checkpoint),
-                                                           evalModel: try Model(contentsOf: evalPath), options: options) {
-                    module = withEvalModel
-                } else {
-                    module = try TrainingModule(trainingModel: trainingModel, state: try CheckpointState.load(from: checkpoint), options: options)
+                do {
+                    module = try TrainingModule(trainingModel: trainingModel, state: state, evalModel: try Model(contentsOf: evalPath), options: options)
+                } catch let error as OnnxTrainError {
+                    if FileManager.default.fileExists(atPath: evalPath) {
+                        say("eval_model.onnx is left out, so no model.onnx will be written: \(error.message)")
+                    }
+                    module = try TrainingModule(trainingModel: trainingModel, state: state, options: options)
                 }
             }
             let optimizerModel = try Model(contentsOf: try file("optimizer_model.onnx"))
             let optimizer = try Optimizer(model: optimizerModel, module: module, options: options)
-            say("optimizer (from optimizer_model.onnx): " + OptimizerDescription.describe(optimizerModel))
-            return TrainingRun(module: module, optimizer: optimizer, label: path)
+            let description = OptimizerDescription.describe(optimizerModel)
+            say("optimizer (from optimizer_model.onnx): " + description)
+            return TrainingRun(module: module, optimizer: optimizer, label: path, optimizerDescription: description)
         }
         let graph = try Model(contentsOf: path)
         let state: CheckpointState
-        if let params {
+        if let given {
+            state = given
+        } else if let params {
             state = try CheckpointState.loadParameters(from: params)
         } else {
             let (initialised, roles) = try ParameterInitialisation.pytorchDefaults(for: graph, seed: seed)
@@ -319,184 +390,53 @@ struct TrainingRun {
         let module = try TrainingModule(gradientGraph: graph, state: state, options: options)
         let kind = choice ?? .sgd
         let optimizer = try Optimizer(kind, module: module, options: options)
-        if initialise { say("optimizer: " + OptimizerDescription.describe(kind)) }
-        return TrainingRun(module: module, optimizer: optimizer, label: path)
+        let description = OptimizerDescription.describe(kind)
+        if initialise { say("optimizer: " + description) }
+        return TrainingRun(module: module, optimizer: optimizer, label: path, optimizerDescription: description)
     }
+}
 
-    func train(train arrays: [String: Tensor], eval evalArrays: [String: Tensor]?, settings: RunSettings, reporter: RunReporter) throws {
-        let dataPath = settings.dataLabel
-        let batchSize = settings.batchSize
-        let batches: Batches
-        do {
-            batches = try Batches(arrays: arrays, names: module.trainInputNames, batchSize: batchSize)
-        } catch let error as OnnxTrainError {
-            let hint = error.message.contains("does not divide") ? " (--drop-last drops the examples past the last whole batch)" : ""
-            throw OnnxTrainError(error.kind, error.prefixed(dataPath).message + hint)
+/// `run --dry-run`: what would be trained, then nothing.
+enum DryRun {
+    static func print(_ trainer: Trainer, session: TrainingRun, train: [String: Tensor], eval: [String: Tensor]?) {
+        let module = trainer.module, c = trainer.configuration
+        var lines = ["dry run of \(session.label): nothing is trained or written"]
+        let trainable = module.trainableParameters, frozen = module.parameters.filter { !$0.requiresGrad }
+        lines.append("parameters: \(module.parameterCount()) trainable in \(trainable.count) tensors" + (frozen.isEmpty ? "" : ", \(module.parameterCount(trainableOnly: false) - module.parameterCount()) frozen in \(frozen.count)"))
+        for p in module.parameters { lines.append("  \(p.name) \(p.data.dtype) \(p.data.shape)\(p.requiresGrad ? "" : " (frozen)")") }
+        let declared = Dictionary(module.trainingModel.graph.inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        lines.append("inputs (graph type; data array; one batch):")
+        let first = trainer.batches.batch(0)
+        for name in module.trainInputNames {
+            let type = declared[name]?.type.map { "\($0)" } ?? "?"
+            let array = train[name].map { "\($0.dtype) \($0.shape)" } ?? "-"
+            lines.append("  \(name): \(type); \(array); \(first[name].map { "\($0.shape)" } ?? "-")")
         }
-        try TrainingData.check(batches, module: module, dataPath: dataPath)
-        let accumulate = settings.accumulate
-        let steps = settings.steps ?? (settings.epochs ?? 1) * batches.count / accumulate
-        guard steps > 0 else {
-            throw OnnxTrainError.invalidInput("\(dataPath): \(batches.count) batches per epoch make no optimizer step with --accumulate \(accumulate)")
+        lines.append("optimizer: \(session.optimizerDescription)")
+        lines.append("learning rate: \(trainer.schedule.description)")
+        let b = trainer.batches
+        let partial = b.exampleCount % c.batchSize
+        lines.append("batches: \(b.count) per epoch of \(c.batchSize) examples" + (partial > 0 ? " (the last one \(partial))" : "")
+                     + (b.totalExamples > b.exampleCount ? ", \(b.totalExamples - b.exampleCount) examples dropped (--drop-last)" : "")
+                     + (c.shuffle ? ", reshuffled every epoch (seed \(c.seed))" : ", in file order"))
+        lines.append("steps: \(trainer.totalSteps) optimizer steps over \(trainer.epochs) epochs, \(c.accumulate) batch(es) each"
+                     + (trainer.resumed.map { ", resuming after step \($0.step)" } ?? ""))
+        if let e = trainer.evaluator {
+            lines.append("eval: \(e.batches.exampleCount) examples in batches of \(e.batches.batchSize), at every epoch end" + (c.evalEvery.map { " and every \($0) steps" } ?? ""))
+        } else {
+            lines.append("eval: none")
         }
-        let totalBatches = steps * accumulate
-        let epochs = (totalBatches + batches.count - 1) / batches.count
-        let resumeSteps = settings.resume?.steps ?? 0, resumeBatches = settings.resume?.batches ?? 0
-        if let resume = settings.resume, let used = resume.batching, used != settings.batching {
-            throw OnnxTrainError.invalidInput("--resume \(resume.directory): that run used \(used); give the same to continue its trajectory")
-        }
-        guard resumeSteps <= steps else {
-            throw OnnxTrainError.invalidInput("--resume \(settings.resume!.directory): that run already took \(resumeSteps) steps, more than the \(steps) asked for")
-        }
-        var evaluation: Evaluation?
-        var metrics = settings.resume?.metrics ?? []
-        let out = settings.outDirectory
-        let title = "\(URL(fileURLWithPath: label).lastPathComponent): loss"
-        if let evalArrays {
-            let evalLabel = settings.evalLabel ?? "eval data"
-            do {
-                let n = evalArrays[module.evalInputNames.first ?? ""]?.shape.first ?? 0
-                let size = DataSource.evalBatchSize(examples: n, preferred: batchSize)
-                evaluation = try Evaluation(module: module, batches: try Batches(arrays: evalArrays, names: module.evalInputNames, batchSize: size))
-            } catch let error as OnnxTrainError {
-                throw error.prefixed(evalLabel)
-            }
-            let result = try evaluation!.run(module)
-            if settings.resume == nil { metrics.append(RunMetric(step: 0, epoch: 0, loss: nil, learningRate: nil, evalLoss: result.loss, evalAccuracy: result.accuracy)) }
-            reporter.say(result.line(prefix: resumeSteps > 0 ? "resumed at step \(resumeSteps):" : "epoch 0 (initial):"))
-        }
-        var lastEval: Evaluation.Result?
-        var epochLosses: [Double] = []
-
-        optimizer.learningRate = settings.lr
-        optimizer.initialLearningRate = settings.lr
-        let warmup = Int64(settings.warmup)
-        let linear = settings.schedule == "linear" ? LinearLRScheduler(optimizer: optimizer, warmupStepCount: warmup, totalStepCount: Int64(steps), initialLearningRate: settings.lr) : nil
-        let cosine = settings.schedule == "cosine" ? CosineLRScheduler(optimizer: optimizer, warmupStepCount: warmup, totalStepCount: Int64(steps), initialLearningRate: settings.lr) : nil
-
-        if let logPath = settings.logPath {
-            let directory = URL(fileURLWithPath: logPath).deletingLastPathComponent().path
-            do {
-                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            } catch {
-                throw OnnxTrainError.io("cannot create the folder \(directory): \(error.localizedDescription)")
-            }
-        }
-        var logFile: LogFile?
-        if let logPath = settings.logPath {
-            logFile = try LogFile(path: logPath)
-            try logFile?.write("step,loss,learning_rate,batch\n")
-        }
-        var random = RandomGenerator(seed: settings.seed)
-        let shuffle = settings.shuffle
-        // Shuffling permutes the examples every pass (or, when some array has rows that do not
-        // split per example, the batch order).
-        let perExample = batches.examplesSeparable
-        var order = Array(0..<(perExample ? batches.exampleCount : batches.count))
-        module.train()
-        let frozen = module.parameters.filter { !$0.requiresGrad }
-        var step = resumeSteps
-        var microLosses: [Double] = []
-        var interrupted = false
-        StopRequest.install()
-        reporter.begin(totalSteps: steps - resumeSteps, lastStep: steps)
-        func saveAll(checkpointOnly: Bool = false) throws {
-            RunArtifacts.recordProgress(module.state, step: step, batches: step * accumulate, seed: settings.seed, batching: settings.batching)
-            try RunArtifacts.save(module: module, metrics: metrics, title: title, to: out, checkpointOnly: checkpointOnly)
-        }
-        for b in 0..<totalBatches {
-            let position = b % batches.count
-            if shuffle && position == 0 {
-                // Fisher-Yates with the seeded generator: one new order per pass over the data
-                // (replayed for the passes a resumed run already made).
-                for i in stride(from: order.count - 1, to: 0, by: -1) {
-                    order.swapAt(i, Int(random.next() % UInt64(i + 1)))
-                }
-            }
-            if b < resumeBatches { continue }
-            let batch = shuffle && perExample ? position : order[position]
-            // Frozen parameters (BatchNorm running statistics) change in place during the
-            // forward pass; keep them to restore if this step fails.
-            let saved = frozen.map { $0.data.copied() }
-            let lrUsed = optimizer.learningRate
-            let isUpdate = (b + 1) % accumulate == 0
-            do {
-                let outputs = try module.trainStep(named: shuffle && perExample ? batches.batch(position, order: order) : batches.batch(batch))
-                let loss = outputs.loss
-                guard loss.isFinite else {
-                    throw OnnxTrainError.training("the loss is \(loss) at step \(step + 1) (batch \(batch))")
-                }
-                microLosses.append(Double(loss))
-                if isUpdate {
-                    try optimizer.step()
-                    module.lazyResetGrad()
-                }
-            } catch let error as OnnxTrainError {
-                for (p, t) in zip(frozen, saved) { try? p.copy(from: t) }
-                module.lazyResetGrad()
-                var message = error.message
-                if !message.contains("step \(step + 1)") { message = "step \(step + 1): \(message)" }
-                if step > 0 {
-                    try saveAll()
-                    message += "; stopped, \(out)/checkpoint holds the state after step \(step)"
-                } else {
-                    message += "; stopped before any update, nothing was written"
-                }
-                throw OnnxTrainError(error.kind == .kernel || error.kind == .training ? .training : error.kind, message)
-            }
-            let epoch = b / batches.count + 1
-            if isUpdate {
-                step += 1
-                let loss = microLosses.reduce(0, +) / Double(microLosses.count)
-                microLosses.removeAll()
-                try logFile?.write("\(step),\(Float(loss)),\(lrUsed),\(batch)\n")
-                epochLosses.append(loss)
-                metrics.append(RunMetric(step: step, epoch: epoch, loss: loss, learningRate: Double("\(lrUsed)")))
-                linear?.step()
-                cosine?.step()
-                reporter.step(step, epoch: epoch, epochs: epochs, position: position + 1, perEpoch: batches.count, loss: loss, lr: Double(lrUsed))
-                if let every = settings.checkpointEvery, step % every == 0, step < steps {
-                    try saveAll(checkpointOnly: true)
-                }
-            }
-            if position == batches.count - 1 || b == totalBatches - 1 {
-                var line = "epoch \(epoch)/\(epochs) (step \(step)): train loss \(format(epochLosses.reduce(0, +) / Double(max(epochLosses.count, 1))))"
-                if let evaluation {
-                    let result = try evaluation.run(module)
-                    lastEval = result
-                    line += ", " + result.line(prefix: "").trimmingCharacters(in: .whitespaces)
-                    if var last = metrics.last, last.step == step {
-                        last.evalLoss = result.loss
-                        last.evalAccuracy = result.accuracy
-                        metrics[metrics.count - 1] = last
-                    }
-                }
-                reporter.epochEnd(line + String(format: " (%.1f s)", reporter.elapsed))
-                epochLosses.removeAll()
-            }
-            if isUpdate && step < steps && (StopRequest.requested || step == settings.stopAfter) {
-                interrupted = true
-                break
-            }
-        }
-        try saveAll()
-        let files = [RunArtifacts.checkpointName, RunArtifacts.metricsName, RunArtifacts.plotName] + (module.evalModel != nil ? [RunArtifacts.modelName] : []) + [RunArtifacts.paramsName]
-        let lastLoss = metrics.last(where: { $0.loss != nil })?.loss
-        var summary = (interrupted ? "stopped after " : "trained ") + String(format: "%d steps in %.1f s (%.1f steps/s)", step - resumeSteps, reporter.elapsed, reporter.rate)
-        if let lastLoss { summary += ", last train loss " + format(lastLoss) }
-        if let lastEval { summary += ", " + lastEval.line(prefix: "").trimmingCharacters(in: .whitespaces) }
-        reporter.summary(summary)
-        reporter.summary("saved to \(out)/: \(files.joined(separator: ", "))")
-        if interrupted {
-            let why = StopRequest.requested ? "interrupted" : "stopped (--stop-after)"
-            reporter.summary("\(why) at step \(step) of \(steps); resume with: \(ResumeCommand.line(resumeDirectory: out))")
-            if StopRequest.requested { throw ExitCode(130) }
-        }
+        for line in lines { Swift.print(line) }
     }
 }
 
 /// The command line that continues an interrupted run: the same arguments with `--resume DIR`.
 enum ResumeCommand {
+    /// This command line, quoted for a shell.
+    static func commandLine() -> String {
+        (["onnx-train"] + CommandLine.arguments.dropFirst()).map(quote).joined(separator: " ")
+    }
+
     static func line(resumeDirectory: String) -> String {
         var args = Array(CommandLine.arguments.dropFirst())
         var kept: [String] = []
@@ -517,121 +457,48 @@ enum ResumeCommand {
 
 func format(_ x: Double) -> String { String(format: "%.4f", x) }
 
-/// The eval graph over held-out data: mean loss, and accuracy when the labels are class indices
-/// and an output holds one row of scores per label.
-struct Evaluation {
-    let batches: Batches
-    let labels: String?
+/// `eval`'s evaluation: the library's `Evaluator`.
+typealias Evaluation = Evaluator
 
-    struct Result {
-        let loss: Double
-        let accuracy: Double?
-        func line(prefix: String) -> String {
-            "\(prefix) eval loss \(format(loss))" + (accuracy.map { String(format: ", accuracy %.1f%%", $0 * 100) } ?? "")
-        }
-    }
-
-    init(module: TrainingModule, batches: Batches) throws {
-        guard module.evalModel != nil else { throw OnnxTrainError.invalidInput("--eval-data needs an eval model") }
-        self.batches = batches
-        // Labels: what a SoftmaxCrossEntropyLoss / NegativeLogLikelihoodLoss reads from the data.
-        let graph = module.evalModel!.graph
-        labels = graph.nodes.first { ($0.opType == "SoftmaxCrossEntropyLoss" || $0.opType == "NegativeLogLikelihoodLoss") && $0.inputs.count > 1 && batches.names.contains($0.inputs[1]) }?.inputs[1]
-            ?? batches.names.first { $0 == "labels" && batches.arrays[$0]?.dtype.isInteger == true }
-    }
-
-    func run(_ module: TrainingModule) throws -> Result {
-        var loss = 0.0, correct = 0, counted = 0
-        for k in 0..<batches.count {
-            let batch = batches.batch(k)
-            let out = try module.evalStep(named: batch)
-            loss += Double(out.loss)
-            guard let labels, let truth = batch[labels]?.intValues() else { continue }
-            // Scores: the first output other than the loss with one row per label.
-            guard let i = out.names.indices.first(where: { out.names[$0] != out.lossName && out.values[$0].rank == 2 && out.values[$0].shape[0] == truth.count && out.values[$0].dtype == .float32 }) else { continue }
-            let scores = out.values[i], classes = scores.shape[1]
-            try scores.withUnsafeBufferPointer(as: Float.self) { s in
-                for (r, t) in truth.enumerated() where t >= 0 && t < classes {
-                    var best = 0
-                    for c in 1..<max(classes, 1) where s[r * classes + c] > s[r * classes + best] { best = c }
-                    if best == t { correct += 1 }
-                    counted += 1
-                }
-            }
-        }
-        return Result(loss: loss / Double(max(batches.count, 1)), accuracy: counted > 0 ? Double(correct) / Double(counted) : nil)
-    }
+extension EvaluationResult {
+    /// "<prefix> eval loss 0.1234, accuracy 97.2%, ..."
+    func line(prefix: String) -> String { "\(prefix) \(summary)" }
 }
 
-/// Checks the data against the training graph before any step runs.
-enum TrainingData {
-    static func check(_ batches: Batches, module: TrainingModule, dataPath: String) throws {
-        let graph = module.trainingModel.graph
-        let declared = Dictionary(graph.inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        let first = batches.batch(0)
-        for name in batches.names {
-            guard let t = first[name], case .tensor(let dtype, let dims)? = declared[name]?.type else { continue }
-            let whole = batches.arrays[name]!
-            let expected = "\(dtype.map { "tensor(\($0))" } ?? "tensor") [\(dims?.map(\.description).joined(separator: ", ") ?? "...")]"
-            if let dtype, dtype != t.dtype {
-                throw OnnxTrainError.invalidInput("\(dataPath): array '\(name)' is tensor(\(t.dtype)) \(whole.shape); the graph input '\(name)' is \(expected)")
-            }
-            if let dims {
-                let fits = dims.count == t.rank && zip(dims, t.shape).allSatisfy { d, n in
-                    if case .value(let v) = d { return v == n } else { return true }
-                }
-                guard fits else {
-                    throw OnnxTrainError.invalidInput("\(dataPath): array '\(name)' \(whole.shape) gives batches of shape \(t.shape) (\(batches.rows[name]!) rows each); the graph input '\(name)' is \(expected)")
-                }
-            }
-        }
-        try checkLabels(batches, module: module, dataPath: dataPath)
-    }
-
-    /// Labels of SoftmaxCrossEntropyLoss / NegativeLogLikelihoodLoss fed straight from the data
-    /// must be class indices (or the node's ignore_index). The class count comes from a forward
-    /// pass of the nodes that compute the scores, on copies of the parameters (so nothing that
-    /// updates in place, like BatchNorm statistics, is touched).
-    static func checkLabels(_ batches: Batches, module: TrainingModule, dataPath: String) throws {
-        let graph = module.trainingModel.graph
-        for node in graph.nodes where node.domain.isEmpty && (node.opType == "SoftmaxCrossEntropyLoss" || node.opType == "NegativeLogLikelihoodLoss") {
-            guard node.inputs.count >= 2, batches.names.contains(node.inputs[1]), let labels = batches.arrays[node.inputs[1]] else { continue }
-            guard let values = labels.intValues() else { continue }
-            let ignore: Int? = {
-                if case .int(let v)? = node.attributes["ignore_index"] { return v }
-                return nil
-            }()
-            let scores = try module.probe(node.inputs[0], feeds: batches.batch(0))
-            guard scores.rank >= 2 else { continue }
-            let classes = scores.shape[1]
-            for (i, v) in values.enumerated() where v != ignore && (v < 0 || v >= classes) {
-                let what = node.opType + (node.name.isEmpty ? "" : " '\(node.name)'")
-                throw OnnxTrainError.invalidInput("\(dataPath): array '\(node.inputs[1])' holds label \(v) at element \(i), outside the \(classes) classes of \(what)\(ignore.map { " (ignore_index \($0))" } ?? "")")
-            }
-        }
-    }
-}
-
-/// An append-only text file flushed after every write, so a crash keeps every logged row.
+/// The `--log` CSV: appended and flushed row by row, so a crash keeps every logged row. A failed
+/// write is remembered and reported once the run ends.
 final class LogFile {
     let handle: FileHandle
     let path: String
+    private var failure: String?
 
-    init(path: String) throws {
+    init(path: String, header: String) throws {
         self.path = path
-        guard FileManager.default.createFile(atPath: path, contents: nil), let handle = FileHandle(forWritingAtPath: path) else {
+        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw OnnxTrainError.io("cannot create the folder \(directory): \(error.localizedDescription)")
+        }
+        guard FileManager.default.createFile(atPath: path, contents: Data(header.utf8)), let handle = FileHandle(forWritingAtPath: path) else {
             throw OnnxTrainError.io("cannot create the log file \(path)")
         }
         self.handle = handle
+        _ = try? handle.seekToEnd()
     }
 
-    func write(_ text: String) throws {
+    func write(_ text: String) {
+        guard failure == nil else { return }
         do {
             try handle.write(contentsOf: Data(text.utf8))
-            try handle.synchronize()
         } catch {
-            throw OnnxTrainError.io("cannot write the log file \(path): \(error.localizedDescription)")
+            failure = error.localizedDescription
         }
+    }
+
+    /// Throws if a write failed.
+    func check() throws {
+        if let failure { throw OnnxTrainError.io("cannot write the log file \(path): \(failure)") }
     }
 
     deinit { try? handle.close() }

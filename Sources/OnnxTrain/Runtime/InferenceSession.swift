@@ -46,6 +46,13 @@ public final class InferenceSession {
         try self.init(model: try Model(contentsOf: path), options: options)
     }
 
+    /// The state of the session's random generator (Dropout masks, RandomNormal...): saved with a
+    /// training checkpoint and set back on resume so the same masks follow.
+    public var randomState: UInt64 {
+        get { state.random.state }
+        set { state.random.state = newValue }
+    }
+
     /// The inputs a caller feeds (graph inputs that are not initializers).
     public var inputs: [ValueInfo] { model.graph.feedInputs }
     public var outputs: [ValueInfo] { model.graph.outputs }

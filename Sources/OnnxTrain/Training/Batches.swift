@@ -1,27 +1,36 @@
 /// Cuts data arrays into batches along their first axis.
 ///
-/// The batch count is the first dimension of the first input divided by the batch size; every
-/// array is then cut into that many equal parts, so arrays with a different number of rows per
-/// example batch together (token-level labels [B*T] with inputs [B, T]).
+/// The examples are the rows of the first input. When every array has a whole number of rows per
+/// example (token-level labels [B*T] beside inputs [B, T]), a batch takes `batchSize` examples with
+/// all their rows, the last batch keeps the examples left over (unless `dropLast`), and examples can
+/// be shuffled one by one. Otherwise every array is cut into the same number of equal parts (the
+/// batch size must then divide the examples) and only the batch order can be shuffled.
 public struct Batches {
     public let names: [String]
     public let arrays: [String: Tensor]
+    /// Batches per pass over the data.
     public let count: Int
-    /// Rows of each array per batch.
+    /// Rows of each array per full batch.
     public let rows: [String: Int]
-    /// Examples per batch (rows of the first input); every array has `rows / batchSize` rows per example.
+    /// Examples per full batch.
     public let batchSize: Int
-    /// Examples in the data: batch count x batch size.
-    public var exampleCount: Int { count * batchSize }
+    /// Examples one pass visits: `count` batches, the last one possibly partial.
+    public let exampleCount: Int
+    /// Examples in the data (rows of the first input); more than `exampleCount` when the last
+    /// partial batch is dropped.
+    public let totalExamples: Int
+    /// Whether every array has a whole number of rows per example, so examples can be shuffled one
+    /// by one and the last batch may be partial.
+    public let examplesSeparable: Bool
 
     /// - Parameters:
     ///   - arrays: the data by name; only `names` are batched.
-    ///   - names: the inputs to feed, the first one fixing the batch count.
-    public init(arrays: [String: Tensor], names: [String], batchSize: Int) throws {
+    ///   - names: the inputs to feed, the first one giving the examples.
+    ///   - dropLast: leave out the examples past the last full batch (else they form a last,
+    ///     smaller batch).
+    public init(arrays: [String: Tensor], names: [String], batchSize: Int, dropLast: Bool = false) throws {
         guard batchSize > 0 else { throw OnnxTrainError.invalidInput("the batch size must be positive, got \(batchSize)") }
         guard let first = names.first else { throw OnnxTrainError.invalidInput("there are no inputs to batch") }
-        var rows: [String: Int] = [:]
-        var count = 0
         for name in names {
             guard let t = arrays[name] else {
                 throw OnnxTrainError.invalidInput("the data has no array '\(name)' (the graph expects: \(names.joined(separator: ", ")); the data has: \(arrays.keys.sorted().joined(separator: ", ")))")
@@ -29,39 +38,58 @@ public struct Batches {
             guard t.rank >= 1, t.dtype != .string else {
                 throw OnnxTrainError.invalidInput("array '\(name)' is \(t); batching needs a numeric array with a first axis")
             }
-            if name == first {
-                guard t.shape[0] >= batchSize, t.shape[0] % batchSize == 0 else {
-                    throw OnnxTrainError.invalidInput("array '\(name)' has \(t.shape[0]) rows, which batch size \(batchSize) does not divide")
+        }
+        let n = arrays[first]!.shape[0]
+        guard n > 0 else { throw OnnxTrainError.invalidInput("array '\(first)' has no rows") }
+        let separable = names.allSatisfy { arrays[$0]!.shape[0] % n == 0 }
+        var rows: [String: Int] = [:]
+        if separable {
+            guard !dropLast || n >= batchSize else {
+                throw OnnxTrainError.invalidInput("array '\(first)' has \(n) rows, fewer than one batch of \(batchSize) (--drop-last leaves nothing)")
+            }
+            count = dropLast ? n / batchSize : (n + batchSize - 1) / batchSize
+            exampleCount = dropLast ? count * batchSize : n
+            for name in names { rows[name] = arrays[name]!.shape[0] / n * min(batchSize, n) }
+        } else {
+            // Some array's rows do not split per example: equal parts, as many as full batches.
+            guard n >= batchSize, n % batchSize == 0 else {
+                throw OnnxTrainError.invalidInput("array '\(first)' has \(n) rows, which batch size \(batchSize) does not divide (needed because some array has no whole number of rows per example)")
+            }
+            count = n / batchSize
+            exampleCount = n
+            for name in names {
+                let t = arrays[name]!
+                guard t.shape[0] % count == 0 else {
+                    throw OnnxTrainError.invalidInput("array '\(name)' has \(t.shape[0]) rows, which do not split into \(count) equal batches (from '\(first)' \(n) rows / batch size \(batchSize))")
                 }
-                count = t.shape[0] / batchSize
+                rows[name] = t.shape[0] / count
             }
-            guard t.shape[0] % count == 0 else {
-                throw OnnxTrainError.invalidInput("array '\(name)' has \(t.shape[0]) rows, which do not split into \(count) equal batches (from '\(first)' \(arrays[first]!.shape[0]) rows / batch size \(batchSize))")
-            }
-            rows[name] = t.shape[0] / count
         }
         self.names = names
         self.arrays = arrays
-        self.count = count
         self.rows = rows
         self.batchSize = batchSize
+        self.totalExamples = n
+        self.examplesSeparable = separable
     }
 
-    /// Whether every array has a whole number of rows per example, so examples can be shuffled
-    /// one by one (else only the batch order can be).
-    public var examplesSeparable: Bool { names.allSatisfy { rows[$0]! % batchSize == 0 } }
+    /// Examples in batch `index` (the last one may be smaller).
+    public func examples(inBatch index: Int) -> Int {
+        examplesSeparable ? min(batchSize, exampleCount - index * batchSize) : batchSize
+    }
 
-    /// Batch `index` of an epoch that visits the examples in `order` (a permutation of
-    /// 0..<exampleCount): examples order[index * batchSize ..< (index + 1) * batchSize], each
-    /// bringing its `rows / batchSize` rows of every array.
+    /// Batch `index` of a pass that visits the examples in `order` (a permutation of
+    /// 0..<totalExamples): examples order[index * batchSize ..< ...], each bringing its rows of
+    /// every array. Needs `examplesSeparable`.
     public func batch(_ index: Int, order: [Int]) -> [String: Tensor] {
         var out: [String: Tensor] = [:]
-        let examples = order[(index * batchSize)..<((index + 1) * batchSize)]
+        let start = index * batchSize
+        let examples = order[start..<(start + self.examples(inBatch: index))]
         for name in names {
             let t = arrays[name]!
-            let perExample = rows[name]! / batchSize
+            let perExample = t.shape[0] / totalExamples
             var shape = t.shape
-            shape[0] = rows[name]!
+            shape[0] = perExample * examples.count
             let unitBytes = t.byteCount / max(t.shape[0], 1) * perExample
             let batch = Tensor(zeros: t.dtype, shape: shape)
             for (slot, example) in examples.enumerated() where unitBytes > 0 {
@@ -72,13 +100,18 @@ public struct Batches {
         return out
     }
 
-    /// Batch `index` (0..<count): rows [index * r, (index + 1) * r) of every array.
+    /// Batch `index` (0..<count) in file order.
     public func batch(_ index: Int) -> [String: Tensor] {
         var out: [String: Tensor] = [:]
         for name in names {
             let t = arrays[name]!
-            let r = rows[name]!
-            out[name] = Batches.rows(of: t, from: index * r, count: r)
+            if examplesSeparable {
+                let perExample = t.shape[0] / totalExamples
+                out[name] = Batches.rows(of: t, from: index * batchSize * perExample, count: examples(inBatch: index) * perExample)
+            } else {
+                let r = rows[name]!
+                out[name] = Batches.rows(of: t, from: index * r, count: r)
+            }
         }
         return out
     }

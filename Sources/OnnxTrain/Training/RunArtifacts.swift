@@ -1,7 +1,7 @@
 import Foundation
 
 /// One row of a run's `metrics.csv`: an optimizer step, or an evaluation (eval columns set).
-public struct RunMetric {
+public struct RunMetric: Equatable {
     public var step: Int
     public var epoch: Int
     /// Train loss of the step (nil on the row of the evaluation before training).
@@ -9,6 +9,11 @@ public struct RunMetric {
     public var learningRate: Double?
     public var evalLoss: Double?
     public var evalAccuracy: Double?
+    /// Global L2 norm of the accumulated gradients before clipping (with gradient clipping).
+    public var gradNorm: Double?
+    public var evalTopK: Double?
+    public var evalMAE: Double?
+    public var evalRMSE: Double?
 
     public init(step: Int, epoch: Int, loss: Double?, learningRate: Double?, evalLoss: Double? = nil, evalAccuracy: Double? = nil) {
         self.step = step
@@ -17,6 +22,15 @@ public struct RunMetric {
         self.learningRate = learningRate
         self.evalLoss = evalLoss
         self.evalAccuracy = evalAccuracy
+    }
+
+    /// Sets the eval columns from an evaluation.
+    public mutating func record(_ result: EvaluationResult) {
+        evalLoss = result.loss
+        evalAccuracy = result.accuracy
+        evalTopK = result.topKAccuracy
+        evalMAE = result.mae
+        evalRMSE = result.rmse
     }
 }
 
@@ -29,6 +43,11 @@ public enum RunArtifacts {
     public static let plotName = "loss.svg"
     public static let modelName = "model.onnx"
     public static let paramsName = "params.safetensors"
+    public static let reportName = "report.html"
+    /// The folder that keeps the best checkpoint and model.onnx (`--keep-best`).
+    public static let bestName = "best"
+    /// Held (flock) while a run writes the folder.
+    public static let lockName = ".onnx-train.lock"
 
     /// Property-bag keys that let `--resume` continue a run exactly.
     public enum Resume {
@@ -37,48 +56,56 @@ public enum RunArtifacts {
         /// Train steps (batches) done.
         public static let batches = "onnx_train.batches"
         public static let seed = "onnx_train.seed"
-        /// The parameter names, joined by newlines: identifies the model a checkpoint belongs to.
+        /// The parameter names, sorted and joined by newlines: identifies the model a checkpoint belongs to.
         public static let parameters = "onnx_train.parameters"
         /// The batch size, accumulation and shuffling of the run: a resumed run must use the same.
         public static let batching = "onnx_train.batching"
+        /// The training session's random generator (Dropout masks) after the saved step.
+        public static let random = "onnx_train.random"
+        /// Rows of metrics.csv that belong to the saved state.
+        public static let metricsRows = "onnx_train.metrics_rows"
+        /// Keep-best / early stopping: the best monitored value, its step, evaluations since.
+        public static let bestValue = "onnx_train.best_value"
+        public static let bestStep = "onnx_train.best_step"
+        public static let staleEvaluations = "onnx_train.stale_evaluations"
     }
 
-    /// Creates `directory` (and parents) and checks that a file can be written into it.
-    public static func prepare(directory: String) throws {
-        do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        } catch {
-            throw OnnxTrainError.io("cannot create the output folder \(directory): \(reason(error))")
-        }
-        let probe = URL(fileURLWithPath: directory).appendingPathComponent(".onnx-train-write-test-\(getpid())").path
-        guard FileManager.default.createFile(atPath: probe, contents: Data()) else {
-            throw OnnxTrainError.io("cannot write into the output folder \(directory) (permission denied or read-only); choose another with --out")
-        }
-        try? FileManager.default.removeItem(atPath: probe)
+    /// The header of `metrics.csv`.
+    public static let metricsHeader = "step,epoch,loss,lr,eval_loss,eval_accuracy,grad_norm,eval_topk_accuracy,eval_mae,eval_rmse\n"
+
+    /// One `metrics.csv` line (empty cells where not measured).
+    public static func metricsLine(_ r: RunMetric) -> String {
+        // Shortest text that reads back as the same Double: a resumed run continues with exactly
+        // the values it wrote.
+        func cell(_ v: Double?) -> String { v.map { "\($0)" } ?? "" }
+        return "\(r.step),\(r.epoch),\(cell(r.loss)),\(cell(r.learningRate)),\(cell(r.evalLoss)),\(cell(r.evalAccuracy)),"
+            + "\(cell(r.gradNorm)),\(cell(r.evalTopK)),\(cell(r.evalMAE)),\(cell(r.evalRMSE))\n"
     }
 
-    /// `metrics.csv`: step, epoch, loss, lr, eval_loss, eval_accuracy (empty where not measured).
+    /// `metrics.csv`: step, epoch, loss, lr, eval_loss, eval_accuracy, grad_norm, eval_topk_accuracy,
+    /// eval_mae, eval_rmse.
     public static func metricsCSV(_ rows: [RunMetric]) -> String {
-        func cell(_ v: Double?) -> String { v.map { String(format: "%.9g", $0) } ?? "" }
-        var text = "step,epoch,loss,lr,eval_loss,eval_accuracy\n"
-        for r in rows {
-            text += "\(r.step),\(r.epoch),\(cell(r.loss)),\(cell(r.learningRate)),\(cell(r.evalLoss)),\(cell(r.evalAccuracy))\n"
-        }
-        return text
+        rows.reduce(metricsHeader) { $0 + metricsLine($1) }
     }
 
-    /// Writes the metrics and the loss plot.
-    public static func writeMetrics(_ rows: [RunMetric], title: String, to directory: String) throws {
+    /// Writes the metrics and the loss plot (atomically).
+    public static func writeMetrics(_ rows: [RunMetric], title: String, to directory: String, logScale: Bool? = nil) throws {
         let folder = URL(fileURLWithPath: directory)
         try DataFile.write(Data(metricsCSV(rows).utf8), to: folder.appendingPathComponent(metricsName).path)
-        let train = rows.compactMap { r in r.loss.map { (step: r.step, loss: $0) } }
-        let eval = rows.compactMap { r in r.evalLoss.map { (step: r.step, loss: $0) } }
-        try DataFile.write(Data(LossPlot.svg(train: train, eval: eval, title: title).utf8), to: folder.appendingPathComponent(plotName).path)
+        try writePlot(rows, title: title, to: directory, logScale: logScale)
     }
 
-    /// Every parameter (trainable and frozen) as `params.safetensors`, in checkpoint order.
+    /// `loss.svg` from the metrics rows (it can always be rebuilt from metrics.csv).
+    public static func writePlot(_ rows: [RunMetric], title: String, to directory: String, logScale: Bool? = nil) throws {
+        let path = URL(fileURLWithPath: directory).appendingPathComponent(plotName).path
+        try DataFile.write(Data(LossPlot.svg(rows, title: title, logScale: logScale).utf8), to: path)
+    }
+
+    /// Every parameter (trainable and frozen) as `params.safetensors`, sorted by name (so the file
+    /// does not depend on the order a checkpoint happened to list them in).
     public static func writeParameters(_ state: CheckpointState, to path: String) throws {
-        try SafeTensors.write(SafeTensorsFile(tensors: state.parameters.map { ($0.name, $0.data) }), to: path)
+        let tensors = state.parameters.sorted { $0.name < $1.name }.map { ($0.name, $0.data) }
+        try SafeTensors.write(SafeTensorsFile(tensors: tensors), to: path)
     }
 
     /// The outputs an inference model keeps: every eval output but the loss (the loss too when
@@ -100,15 +127,15 @@ public enum RunArtifacts {
         state.properties[Resume.step] = .int(Int64(step))
         state.properties[Resume.batches] = .int(Int64(batches))
         state.properties[Resume.seed] = .int(Int64(bitPattern: seed))
-        state.properties[Resume.parameters] = .string(state.parameterNames.joined(separator: "\n"))
+        state.properties[Resume.parameters] = .string(state.parameterNames.sorted().joined(separator: "\n"))
     }
 
-    /// Saves the checkpoint (with optimizer state) and, unless `checkpointOnly`, the other files.
-    public static func save(module: TrainingModule, metrics: [RunMetric], title: String, to directory: String, checkpointOnly: Bool = false) throws {
+    /// Saves the checkpoint (with optimizer state) and, unless `checkpointOnly`, params.safetensors
+    /// and model.onnx (the metrics are appended as they come, see `MetricsLog`).
+    public static func save(module: TrainingModule, to directory: String, checkpointOnly: Bool = false) throws {
         let folder = URL(fileURLWithPath: directory)
         try module.state.save(to: folder.appendingPathComponent(checkpointName).path, includeOptimizerState: true)
         guard !checkpointOnly else { return }
-        try writeMetrics(metrics, title: title, to: directory)
         try writeParameters(module.state, to: folder.appendingPathComponent(paramsName).path)
         if module.evalModel != nil {
             try writeInferenceModel(module, to: folder.appendingPathComponent(modelName).path)
@@ -141,13 +168,21 @@ public enum RunArtifacts {
 }
 
 extension RunArtifacts {
-    /// Reads back a `metrics.csv` this module wrote (rows it cannot read are skipped).
+    /// Reads back a `metrics.csv` this module wrote (rows it cannot read, like a line cut short by
+    /// a kill, are skipped).
     public static func parseMetrics(_ text: String) -> [RunMetric] {
         var rows: [RunMetric] = []
-        for line in text.split(separator: "\n").dropFirst() {
+        for line in text.split(separator: "\n").dropFirst() where text.hasSuffix("\n") || line.endIndex != text.endIndex {
             let c = line.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
             guard c.count >= 6, let step = Int(c[0]), let epoch = Int(c[1]) else { continue }
-            rows.append(RunMetric(step: step, epoch: epoch, loss: Double(c[2]), learningRate: Double(c[3]), evalLoss: Double(c[4]), evalAccuracy: Double(c[5])))
+            var row = RunMetric(step: step, epoch: epoch, loss: Double(c[2]), learningRate: Double(c[3]), evalLoss: Double(c[4]), evalAccuracy: Double(c[5]))
+            if c.count >= 10 {
+                row.gradNorm = Double(c[6])
+                row.evalTopK = Double(c[7])
+                row.evalMAE = Double(c[8])
+                row.evalRMSE = Double(c[9])
+            }
+            rows.append(row)
         }
         return rows
     }

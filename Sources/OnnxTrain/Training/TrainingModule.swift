@@ -228,12 +228,21 @@ public final class TrainingModule {
         try evalStep(named: try TrainingModule.bind(inputs, to: evalInputNames, what: "eval step"))
     }
 
-    public func evalStep(named inputs: [String: Tensor]) throws -> StepOutputs {
+    /// - Parameter extra: values of the eval graph to return besides its outputs (a prediction
+    ///   that only feeds the loss, for metrics).
+    public func evalStep(named inputs: [String: Tensor], alsoFetching extra: [String] = []) throws -> StepOutputs {
         guard let evalSession else { throw OnnxTrainError.training("this module has no eval model") }
         var feeds = try TrainingModule.userFeeds(inputs, expected: evalInputNames, what: "eval step")
         for (name, p) in evalWeightInputs { feeds[name] = .tensor(p.data) }
-        let results = try evalSession.run(feeds, fetches: evalOutputNames)
-        return try TrainingModule.outputs(results, names: evalOutputNames, loss: evalOutputNames.contains(lossName) ? lossName : evalOutputNames[0])
+        let names = evalOutputNames + extra.filter { !evalOutputNames.contains($0) }
+        let results = try evalSession.run(feeds, fetches: names)
+        return try TrainingModule.outputs(results, names: names, loss: evalOutputNames.contains(lossName) ? lossName : evalOutputNames[0])
+    }
+
+    /// The training graph's random generator state (what Dropout draws from next).
+    public var randomState: UInt64 {
+        get { trainSession.randomState }
+        set { trainSession.randomState = newValue }
     }
 
     /// Makes the next train step overwrite the gradients instead of adding to them.

@@ -45,27 +45,6 @@ final class RunEndToEndTests: XCTestCase {
         return Output(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
     }
 
-    /// Runs the binary under a pseudo-terminal (`script -qec CMD /dev/null`); returns what the terminal got.
-    func runOnTerminal(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> Output {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: "/usr/bin/script"), "util-linux script is not installed")
-        let command = ([try XCTUnwrap(CLITests.binary)] + arguments).map { "'" + $0 + "'" }.joined(separator: " ")
-        var environment = ProcessInfo.processInfo.environment
-        environment["TERM"] = "xterm"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/script")
-        process.arguments = ["-qec", command, "/dev/null"]
-        process.environment = environment
-        process.currentDirectoryURL = work
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Output(status: process.terminationStatus, stdout: String(decoding: data, as: UTF8.self), stderr: "")
-    }
-
     func path(_ name: String) -> String { work.appendingPathComponent(name).path }
 
     func metrics(_ folder: String) throws -> [RunMetric] {
@@ -102,7 +81,7 @@ final class RunEndToEndTests: XCTestCase {
         for expected in ["optimizer (from optimizer_model.onnx): AdamWOptimizer (adam_mode 1, alpha 0.9, beta 0.999",
                          "epoch 0 (initial): eval loss", "step 10/50 epoch 1 loss", "step 50/50 epoch 2", "steps/s",
                          "epoch 1/2 (step 45): train loss", ", eval loss", "accuracy", "trained 50 steps",
-                         "saved to d/: checkpoint, metrics.csv, loss.svg, model.onnx, params.safetensors"] {
+                         "saved to d/: checkpoint, metrics.csv, loss.svg, report.html, model.onnx, params.safetensors"] {
             XCTAssertTrue(r.stdout.contains(expected), "missing '\(expected)' in:\n\(r.stdout)")
         }
         XCTAssertEqual(r.stdout.split(separator: "\n").filter { $0.hasPrefix("step ") }.count, 5)
@@ -170,7 +149,7 @@ final class RunEndToEndTests: XCTestCase {
         guard lines.count == 2 else { return XCTFail("two lines expected: \(r.stdout)") }
         XCTAssertTrue(lines[0].hasPrefix("trained 20 steps in "), r.stdout)
         XCTAssertTrue(lines[0].contains("eval loss") && lines[0].contains("accuracy"), r.stdout)
-        XCTAssertEqual(lines[1], "saved to q/: checkpoint, metrics.csv, loss.svg, model.onnx, params.safetensors")
+        XCTAssertEqual(lines[1], "saved to q/: checkpoint, metrics.csv, loss.svg, report.html, model.onnx, params.safetensors")
     }
 
     func testGradientGraphWithoutParamsIsInitialisedAsPyTorchAndSaysSo() throws {
@@ -310,7 +289,7 @@ final class RunEndToEndTests: XCTestCase {
         try assertFails(common + ["--data", data, "--eval-split", "0.001"], mentioning: ["--eval-split 0.001 of 256 examples leaves no eval examples"])
         try assertFails(common + ["--data", data, "--eval-split", "0.999"], mentioning: ["leaves no training examples"])
         try assertFails(common + ["--data", data, "--out", "file/sub"], mentioning: ["cannot create the output folder file/sub"])
-        try assertFails(common + ["--data", data, "--batch-size", "10"], mentioning: ["batch size 10 does not divide", "--drop-last"])
+        try assertFails(common + ["--data", data, "--batch-size", "300", "--drop-last"], mentioning: ["'input' has 256 rows, fewer than one batch of 300"])
         // --resume from a run of another model.
         let d = try run(digits + ["--steps", "2", "--out", "digits-run", "--quiet"])
         XCTAssertEqual(d.status, 0, d.stderr)

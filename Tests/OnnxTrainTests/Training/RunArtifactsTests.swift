@@ -61,7 +61,11 @@ final class RunArtifactsTests: XCTestCase {
                     RunMetric(step: 1, epoch: 1, loss: 2.25, learningRate: 0.001),
                     RunMetric(step: 2, epoch: 1, loss: 1.5, learningRate: 0.001, evalLoss: 1.75, evalAccuracy: 0.5)]
         let csv = RunArtifacts.metricsCSV(rows)
-        XCTAssertEqual(csv, "step,epoch,loss,lr,eval_loss,eval_accuracy\n0,0,,,2.5,0.1\n1,1,2.25,0.001,,\n2,1,1.5,0.001,1.75,0.5\n")
+        XCTAssertEqual(csv, "step,epoch,loss,lr,eval_loss,eval_accuracy,grad_norm,eval_topk_accuracy,eval_mae,eval_rmse\n"
+                       + "0,0,,,2.5,0.1,,,,\n1,1,2.25,0.001,,,,,,\n2,1,1.5,0.001,1.75,0.5,,,,\n")
+        // A row cut short by a kill is skipped; rows of the six-column format still read.
+        XCTAssertEqual(RunArtifacts.parseMetrics(csv + "3,1,1.2").map(\.step), [0, 1, 2])
+        XCTAssertEqual(RunArtifacts.parseMetrics("step,epoch,loss,lr,eval_loss,eval_accuracy\n4,1,0.5,0.1,,\n").map(\.loss), [0.5])
         let back = RunArtifacts.parseMetrics(csv)
         XCTAssertEqual(back.map(\.step), [0, 1, 2])
         XCTAssertEqual(back.map(\.loss), [nil, 2.25, 1.5])

@@ -1,0 +1,64 @@
+/// What a `Trainer` reports while it runs (`Trainer.onEvent`), in order: `started`, the initial
+/// `evaluated`, then per optimizer step a `step`, an `evaluated` when one is due, `epochEnded` at
+/// each epoch end and `checkpointSaved` after each save.
+public enum TrainerEvent {
+    public struct Start {
+        /// 0, or the step a resumed run continues from.
+        public let startStep: Int
+        public let totalSteps: Int
+        public let batchesPerEpoch: Int
+        public let epochs: Int
+        /// Examples one epoch visits.
+        public let examples: Int
+        public let schedule: String
+    }
+
+    public struct Step {
+        public let step: Int
+        public let totalSteps: Int
+        public let epoch: Int
+        public let epochs: Int
+        /// 1-based position of the step's last batch in its epoch.
+        public let batch: Int
+        public let batchesPerEpoch: Int
+        /// Mean loss of the step's batches.
+        public let loss: Double
+        public let learningRate: Float
+        /// Global gradient norm before clipping (with clipping on).
+        public let gradNorm: Double?
+        /// Wall time of the last batch's train step and the optimizer step.
+        public let seconds: Double
+    }
+
+    public struct Evaluation {
+        public let step: Int
+        public let epoch: Int
+        public let result: EvaluationResult
+        /// The evaluation before the first (or the resumed) step.
+        public let initial: Bool
+        /// At an epoch end (then `epochEnded` follows with the same result).
+        public let atEpochEnd: Bool
+        /// Whether the monitored metric reached a new best (keep-best, early stopping).
+        public let improved: Bool
+        public let best: (step: Int, value: Double)?
+    }
+
+    public struct EpochEnd {
+        public let epoch: Int
+        public let epochs: Int
+        public let step: Int
+        /// Mean train loss of the epoch's steps (nil when none completed in it).
+        public let trainLoss: Double?
+        /// The evaluation at this epoch end.
+        public let evaluation: EvaluationResult?
+        /// Seconds since the run started.
+        public let seconds: Double
+    }
+
+    case started(Start)
+    case step(Step)
+    case evaluated(Evaluation)
+    case epochEnded(EpochEnd)
+    case checkpointSaved(step: Int, path: String)
+    case earlyStopped(step: Int, metric: MonitoredMetric, best: (step: Int, value: Double), patience: Int)
+}
