@@ -2,6 +2,8 @@
 
     python Examples/check_run.py Examples/digits runs/digits [--min-accuracy 0.95] [--onnx-train PATH]
 
+(packages: pip install -r Examples/requirements.txt)
+
 For the example folder EXAMPLE and the run folder RUN:
   * RUN/checkpoint must load in onnxruntime-training. Its parameters then go through the example's
     eval graph on EXAMPLE/test.npz, and the script prints the test loss and accuracy (and fails
@@ -10,7 +12,9 @@ For the example folder EXAMPLE and the run folder RUN:
   * RUN/params.safetensors, if present, must hold the same tensors as the checkpoint.
   * RUN/model.onnx, if present, runs in onnxruntime on the test inputs, and its predictions must
     agree with the eval graph's. With --onnx-train BINARY, `onnx-train infer` runs the same model on
-    the same inputs, and its outputs must match onnxruntime's (atol 1e-4, same argmax).
+    the same inputs, and its outputs must match onnxruntime's (atol 1e-4, same argmax). BINARY
+    defaults to the release build, .build/release/onnx-train (`make release`), when it exists;
+    --onnx-train none skips that check.
 Exit status 0 when every check passed, 1 otherwise; one line per check.
 """
 
@@ -35,8 +39,12 @@ def main():
     parser.add_argument("example", type=Path)
     parser.add_argument("run", type=Path)
     parser.add_argument("--min-accuracy", type=float, default=0.0)
-    parser.add_argument("--onnx-train", help="an onnx-train binary: also compare `onnx-train infer` on model.onnx")
+    release = HERE.parent / ".build" / "release" / "onnx-train"
+    parser.add_argument("--onnx-train", default=str(release) if release.exists() else None,
+                        help="an onnx-train binary: also compare `onnx-train infer` on model.onnx (default: .build/release/onnx-train)")
     args = parser.parse_args()
+    if args.onnx_train == "none":
+        args.onnx_train = None
 
     import example_export as ex
     import onnxruntime as ort

@@ -156,6 +156,7 @@ public final class TrainingModule {
     func trainSession() throws -> InferenceSession {
         if let compiledTrainSession { return compiledTrainSession }
         let session = try InferenceSession(model: trainingModel, options: options)
+        if let pendingRandomState { session.randomState = pendingRandomState }
         compiledTrainSession = session
         return session
     }
@@ -241,9 +242,13 @@ public final class TrainingModule {
 
     /// The training graph's random generator state (what Dropout draws from next).
     public var randomState: UInt64 {
-        get { trainSession.randomState }
-        set { trainSession.randomState = newValue }
+        get { compiledTrainSession?.randomState ?? pendingRandomState ?? options.seed }
+        set {
+            if let compiledTrainSession { compiledTrainSession.randomState = newValue } else { pendingRandomState = newValue }
+        }
     }
+    /// A random state set before the training graph was compiled.
+    private var pendingRandomState: UInt64?
 
     /// Makes the next train step overwrite the gradients instead of adding to them.
     public func lazyResetGrad() { accumulate = false }
