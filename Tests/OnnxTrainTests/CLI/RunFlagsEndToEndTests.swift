@@ -207,6 +207,32 @@ extension RunEndToEndTests {
         XCTAssertTrue(bad.stderr.contains("--keep-best, --early-stop and --eval-every need eval data"), bad.stderr)
     }
 
+    /// Each flag in both modes: the same run through a pipe and on a terminal shows the same
+    /// outcome (here the quick ones; the longer runs above alternate between the modes).
+    func testEachFlagThroughAPipeAndOnATerminal() throws {
+        let quick = ["run", Self.example("cnn"), "--data", Self.example("cnn/train.npz"), "--eval-data", Self.example("cnn/test.npz"),
+                     "--batch-size", "100", "--lr", "0.005", "--steps", "12"]
+        let cases: [(arguments: [String], status: Int32, fragments: [String])] = [
+            (["--version"], 0, ["onnx-train \(OnnxTrainVersion.current)"]),
+            (quick + ["--dry-run", "--drop-last"], 0, ["batches: 10 per epoch of 100 examples, 24 examples dropped (--drop-last)", "steps: 12 optimizer steps over 2 epochs"]),
+            (quick + ["--dry-run"], 0, ["batches: 11 per epoch of 100 examples (the last one 24)", "eval: 256 examples"]),
+            (quick + ["--eval-every", "5", "--keep-best", "eval_loss", "--early-stop", "9", "--clip-grad-norm", "2", "--log-scale",
+                      "--checkpoint-every", "4", "--top-k", "2", "--out", "all"], 0,
+             ["step 5: eval loss", "top-2", "epoch 1/2 (step 11): train loss", "best eval_loss ", "saved to all/: checkpoint, metrics.csv, loss.svg, report.html, model.onnx, params.safetensors, best/"]),
+            (quick + ["--out", "all"], 5, ["onnx-train: error: --out all already holds files"]),
+            (quick + ["--out", "all", "--overwrite", "--drop-last", "--quiet"], 0, ["trained 12 steps", "saved to all/"]),
+        ]
+        for (mode, runner) in [("pipe", { (a: [String]) in try self.run(a) }), ("terminal", { (a: [String]) in try self.runOnTerminal(a, columns: 100) })] {
+            try? FileManager.default.removeItem(atPath: path("all"))
+            for c in cases {
+                let r = try runner(c.arguments)
+                XCTAssertEqual(r.status, c.status, "\(mode) \(c.arguments.suffix(6)): \(r.stdout) \(r.stderr)")
+                for f in c.fragments { XCTAssertTrue((r.stdout + r.stderr).contains(f), "\(mode): missing '\(f)' in \((r.stdout + r.stderr).debugDescription)") }
+            }
+            XCTAssertTrue(try String(contentsOfFile: path("all/loss.svg"), encoding: .utf8).contains("svg"))
+        }
+    }
+
     // MARK: Signals, locking, kill and resume
 
     /// SIGTERM (what schedulers and `docker stop` send) stops after the step, saves and exits 143;

@@ -313,3 +313,52 @@ final class TrainerTests: XCTestCase {
         XCTAssertFalse(LossPlot.svg(flat, title: "t").contains("accuracy"))
     }
 }
+
+/// The README's Trainer snippet, as written there (run from a folder whose Examples/ is the repository's).
+final class ReadmeTrainerExampleTests: XCTestCase {
+    func testReadmeTrainerSnippet() throws {
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("readme-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: work.appendingPathComponent("Examples").path, withDestinationPath: TrainerTests.path("Examples"))
+        let previous = FileManager.default.currentDirectoryPath
+        FileManager.default.changeCurrentDirectoryPath(work.path)
+        defer {
+            FileManager.default.changeCurrentDirectoryPath(previous)
+            try? FileManager.default.removeItem(at: work)
+        }
+
+        let folder = "Examples/digits"   // an artifact folder from generate_artifacts
+        let state = try CheckpointState.load(from: folder + "/checkpoint")
+        let module = try TrainingModule(trainingModelPath: folder + "/training_model.onnx", state: state,
+                                        evalModelPath: folder + "/eval_model.onnx")
+        let optimizer = try Optimizer(path: folder + "/optimizer_model.onnx", module: module)
+
+        // The loop `onnx-train run` uses: batching, shuffling, evaluation, checkpoints, resume.
+        var configuration = Trainer.Configuration(batchSize: 32, epochs: 10, learningRate: 2e-3)
+        configuration.keepBest = .evalAccuracy
+        configuration.clipGradNorm = 5
+        let trainer = try Trainer(module: module, optimizer: optimizer,
+                                  train: try Npz.readDictionary(contentsOf: folder + "/train.npz"),
+                                  eval: try Npz.readDictionary(contentsOf: folder + "/test.npz"),
+                                  configuration: configuration)
+        trainer.schedule = .warmup(steps: 45, then: .cosineDecay(from: 2e-3, steps: trainer.totalSteps - 45))
+        trainer.onEvent = { if case .epochEnded(let e) = $0 { print(e.epoch, e.evaluation?.summary ?? "") } }
+        let outcome = try trainer.run(in: try RunFolder("runs/digits-swift", existing: .overwrite))
+        if let best = outcome.best { print("best accuracy \(best.value) at step \(best.step)") }
+
+        // Or one step at a time, as onnxruntime's Python API does:
+        let batch = trainer.batches.batch(0)                       // ["input": [32, 64], "labels": [32]]
+        let loss = try module.trainStep(named: batch).loss         // gradients accumulate until lazyResetGrad()
+        try optimizer.step(); module.lazyResetGrad()
+        try module.exportModelForInferencing(to: "model.onnx", outputs: ["output"])
+
+        XCTAssertEqual(outcome.step, 450)
+        XCTAssertGreaterThan(try XCTUnwrap(outcome.best).value, 0.95)
+        XCTAssertTrue(loss.isFinite)
+        XCTAssertEqual(batch["input"]?.shape, [32, 64])
+        for name in ["checkpoint", "metrics.csv", "loss.svg", "report.html", "model.onnx", "params.safetensors", "best/checkpoint"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: "runs/digits-swift/" + name), name)
+        }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "model.onnx"))
+    }
+}

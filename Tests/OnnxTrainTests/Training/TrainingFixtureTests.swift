@@ -53,20 +53,24 @@ final class TrainingFixtureTests: XCTestCase {
         return (meta, data, expected)
     }
 
-    /// Trains `module` with `optimizer` as the fixture scripts did; returns the measured worst
-    /// relative differences (loss per step, final parameters).
+    /// Trains `module` with `optimizer` as the fixture scripts did, through the library's
+    /// `Trainer` (file order, constant lr, batch k mod batches at step k); returns the measured
+    /// worst relative differences (loss per step, final parameters).
     func replay(_ module: TrainingModule, _ optimizer: Optimizer, meta: Meta, data: [String: Tensor],
                 expected: [String: Tensor], name: String, lossTolerance: Double = tolerance,
                 file: StaticString = #filePath, line: UInt = #line) throws -> (Double, Double) {
-        optimizer.learningRate = Float(meta.lr)
-        module.train()
-        let batches = try Batches(arrays: data, names: meta.user_inputs, batchSize: meta.batch_size)
+        var configuration = Trainer.Configuration(batchSize: meta.batch_size, steps: meta.steps, learningRate: Float(meta.lr))
+        configuration.shuffle = false
+        let trainer = try Trainer(module: module, optimizer: optimizer, train: data, configuration: configuration)
+        XCTAssertEqual(module.trainInputNames, meta.user_inputs, file: file, line: line)
         let losses = try XCTUnwrap(expected["losses"]).scalars(as: Float.self)
         var worstLoss = 0.0
-        for step in 0..<meta.steps {
-            let out = try module.trainStep(named: batches.batch(step % batches.count))
+        trainer.onEvent = { event in
+            guard case .step(let s) = event else { return }
+            let step = s.step - 1
             if step == 0 {
-                // First-step gradients against onnxruntime's (checked by the fixtures against autograd).
+                // First-step gradients against onnxruntime's (checked by the fixtures against
+                // autograd); the buffers keep them until the next train step overwrites them.
                 for p in module.trainableParameters {
                     guard let want = expected["grad0:\(p.name)"]?.scalars(as: Float.self), let got = p.grad?.scalars(as: Float.self) else { continue }
                     let scale = Double(want.map { abs($0) }.max() ?? 0)
@@ -74,12 +78,13 @@ final class TrainingFixtureTests: XCTestCase {
                     XCTAssertLessThanOrEqual(diff, 1e-6 + Self.tolerance * scale, "\(name) first-step gradient of \(p.name)", file: file, line: line)
                 }
             }
-            try optimizer.step()
-            module.lazyResetGrad()
-            let d = Double(abs(out.loss - losses[step])) / max(Double(abs(losses[step])), 1e-12)
+            let loss = Float(s.loss)
+            let d = Double(abs(loss - losses[step])) / max(Double(abs(losses[step])), 1e-12)
             worstLoss = max(worstLoss, d)
-            XCTAssertLessThanOrEqual(d, lossTolerance, "\(name) step \(step): loss \(out.loss) vs \(losses[step])", file: file, line: line)
+            XCTAssertLessThanOrEqual(d, lossTolerance, "\(name) step \(step): loss \(loss) vs \(losses[step])", file: file, line: line)
         }
+        let outcome = try trainer.run()
+        XCTAssertEqual(outcome.step, meta.steps, file: file, line: line)
         var worstParam = 0.0
         for p in module.state.parameters {
             guard let want = expected["param:\(p.name)"] else { XCTFail("\(name): no expected \(p.name)", file: file, line: line); continue }
