@@ -70,6 +70,20 @@ public enum RunArtifacts {
         public static let staleEvaluations = "onnx_train.stale_evaluations"
     }
 
+    /// Creates `directory` (and parents) and checks that a file can be written into it.
+    public static func prepare(directory: String) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw OnnxTrainError.io("cannot create the output folder \(directory): \(reason(error))")
+        }
+        let probe = URL(fileURLWithPath: directory).appendingPathComponent(".onnx-train-write-test-\(getpid())").path
+        guard FileManager.default.createFile(atPath: probe, contents: Data()) else {
+            throw OnnxTrainError.io("cannot write into the output folder \(directory) (permission denied or read-only); choose another with --out")
+        }
+        try? FileManager.default.removeItem(atPath: probe)
+    }
+
     /// The header of `metrics.csv`.
     public static let metricsHeader = "step,epoch,loss,lr,eval_loss,eval_accuracy,grad_norm,eval_topk_accuracy,eval_mae,eval_rmse\n"
 
