@@ -120,8 +120,11 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Gradient graphs: initial parameters (.npz, .safetensors or an onnxruntime checkpoint). Artifact folders: a checkpoint to start from instead of PATH/checkpoint.")
     var params: String?
 
-    @Option(help: "Gradient graphs: the optimizer graph to build (sgd, momentum, adamw).")
+    @Option(help: "Gradient graphs and inference models: the optimizer graph to build (sgd, momentum, adamw).")
     var optimizer: OptimizerChoice?
+
+    @Option(help: "Train an inference model .onnx directly: the loss to add (cross-entropy, mse, l1, bce-with-logits, output:NAME), as `onnx-train artifacts` does; the artifacts are saved in OUT/artifacts.")
+    var loss: String?
 
     @Option(name: [.customLong("schedule"), .customLong("lr-schedule")], help: "Learning-rate schedule: constant, linear (onnxruntime's LinearLRScheduler) or cosine.")
     var schedule: Schedule = .constant
@@ -222,7 +225,8 @@ struct RunCommand: ParsableCommand {
             let reporter = RunReporter(mode: RunReporter.mode(quiet: quiet), every: printEvery)
             // --resume: the checkpoint is read once, here, and the model is built on it.
             let resumed = try resume.map { try ResumePoint.load(from: $0) }
-            let session = try TrainingRun.open(path: path, params: params, state: resumed?.state, optimizer: optimizerKind, seed: resumed?.progress.seed ?? seed,
+            let session = try TrainingRun.open(path: path, params: params, state: resumed?.state, optimizer: optimizerKind,
+                                               loss: try loss.map(TrainingArtifacts.Loss.init(parsing:)), seed: resumed?.progress.seed ?? seed,
                                                withEval: evalData != nil || evalSplit != nil, say: reporter.say, resuming: resume)
             let module = session.module
             let names = module.trainInputNames
@@ -271,6 +275,8 @@ struct RunCommand: ParsableCommand {
             trainer.schedule = learningRateSchedule(totalSteps: trainer.totalSteps)
             let directory = out ?? resume ?? RunArtifacts.defaultDirectory(for: path)
             let folder = try RunFolder(directory, existing: resumed != nil ? .resume : overwrite ? .overwrite : .refuse)
+            // An inference model trained with --loss: the artifacts built for it go with the run.
+            try session.artifacts?.write(to: URL(fileURLWithPath: directory).appendingPathComponent("artifacts").path)
             let logFile = try log.map { try LogFile(path: $0, header: "step,loss,learning_rate,batch\n") }
             trainer.onEvent = { event in
                 if case .step(let s) = event { logFile?.write("\(s.step),\(Float(s.loss)),\(s.learningRate),\(s.batch - 1)\n") }
@@ -317,17 +323,46 @@ struct TrainingRun {
     let label: String
     /// The optimizer and its hyperparameters, in one line.
     let optimizerDescription: String
+    /// The artifacts built for an inference model (`run MODEL.onnx --loss ...`).
+    var artifacts: TrainingArtifacts? = nil
 
     /// - Parameters:
     ///   - params: a checkpoint or parameter file to start from instead of the model's own.
     ///   - state: an already loaded checkpoint to start from (`--resume`).
-    static func open(path: String, params: String?, state: CheckpointState? = nil, optimizer choice: OptimizerGraph.Kind?, seed: UInt64, withEval: Bool,
+    static func open(path: String, params: String?, state: CheckpointState? = nil, optimizer choice: OptimizerGraph.Kind?,
+                     loss: TrainingArtifacts.Loss? = nil, seed: UInt64, withEval: Bool,
                      say: (String) -> Void = { print($0) }, resuming: String? = nil) throws -> TrainingRun {
         do {
+            if let loss {
+                return try openInferenceModel(path: path, params: params, state: state, optimizer: choice, loss: loss, seed: seed, say: say)
+            }
             return try openUnchecked(path: path, params: params, state: state, optimizer: choice, seed: seed, withEval: withEval, say: say, initialise: resuming == nil)
         } catch let error as OnnxTrainError where resuming != nil && (error.kind == .training || error.kind == .invalidModel) {
             throw OnnxTrainError.invalidInput("--resume \(resuming!): its checkpoint does not fit \(path) (\(error.message)); resume from a run of the same model")
         }
+    }
+
+    /// An inference model made trainable in memory (`TrainingArtifacts`, as `onnx-train artifacts`);
+    /// `params` is a checkpoint to start from instead of the model's own initializers.
+    static func openInferenceModel(path: String, params: String?, state given: CheckpointState?, optimizer choice: OptimizerGraph.Kind?,
+                                   loss: TrainingArtifacts.Loss, seed: UInt64, say: (String) -> Void) throws -> TrainingRun {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
+            throw OnnxTrainError.invalidInput("--loss makes an inference model trainable: \(path) is not a model file (artifact folders bring their own loss)")
+        }
+        let kind = choice ?? .adamW
+        let artifacts = try TrainingArtifacts.build(from: try Model(contentsOf: path), options: .init(loss: loss, optimizer: kind))
+        let state = try given ?? params.map { try CheckpointState.load(from: $0) } ?? artifacts.checkpoint
+        var options = SessionOptions()
+        options.seed = seed
+        let module = try TrainingModule(trainingModel: artifacts.trainingModel, state: state, evalModel: artifacts.evalModel, options: options)
+        let optimizer = try Optimizer(model: artifacts.optimizerModel, module: module, options: options)
+        let description = OptimizerDescription.describe(kind)
+        say("artifacts built from \(path): loss \(loss), \(artifacts.trainable.count) trained parameters" + (artifacts.frozen.isEmpty ? "" : ", frozen: \(artifacts.frozen.joined(separator: ", "))"))
+        say("optimizer: " + description)
+        var run = TrainingRun(module: module, optimizer: optimizer, label: path, optimizerDescription: description)
+        run.artifacts = artifacts
+        return run
     }
 
     static func openUnchecked(path: String, params: String?, state given: CheckpointState?, optimizer choice: OptimizerGraph.Kind?, seed: UInt64, withEval: Bool,

@@ -49,6 +49,26 @@ extension CLITests {
         XCTAssertTrue(inspected.stdout.contains("without a gradient rule: none"), inspected.stdout)
     }
 
+    func testRunTrainsAnInferenceModelDirectly() throws {
+        // run MODEL.onnx --loss ...: the artifacts are built in memory, saved in OUT/artifacts, and
+        // the run equals one on the artifact folder `artifacts` writes (same metrics).
+        let root = Self.repository
+        let folder = try temporaryFolder()
+        let common = ["--data", root + "/Examples/digits/train.npz", "--batch-size", "32", "--steps", "6", "--lr", "0.002", "--no-shuffle", "--quiet"]
+        let direct = try run(["run", root + "/Examples/digits/model.onnx", "--loss", "cross-entropy", "--out", folder + "/direct"] + common)
+        XCTAssertEqual(direct.status, 0, direct.stderr)
+        for file in ["training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: folder + "/direct/artifacts/" + file), file)
+        }
+        let made = try run(["artifacts", root + "/Examples/digits/model.onnx", "--loss", "cross-entropy", "--out", folder + "/art"])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        let viaFolder = try run(["run", folder + "/art", "--out", folder + "/via-folder"] + common)
+        XCTAssertEqual(viaFolder.status, 0, viaFolder.stderr)
+        XCTAssertEqual(try String(contentsOfFile: folder + "/direct/metrics.csv", encoding: .utf8),
+                       try String(contentsOfFile: folder + "/via-folder/metrics.csv", encoding: .utf8))
+        try assertFails(["run", root + "/Examples/digits", "--loss", "mse", "--out", folder + "/x"] + common, code: 5, mentioning: ["not a model file"])
+    }
+
     func testArtifactsBadInputIsOneLine() throws {
         let root = Self.repository
         let folder = try temporaryFolder()
