@@ -233,6 +233,19 @@ extension RunEndToEndTests {
         }
     }
 
+    /// A broken eval_model.onnx in an artifact folder, run without eval data: the run goes on,
+    /// says in one line why there will be no model.onnx, and does not list one (it used to drop
+    /// the eval model without a word).
+    func testABrokenEvalModelIsReportedNotSwallowed() throws {
+        try FileManager.default.copyItem(atPath: Self.example("digits"), toPath: path("digits"))
+        try Data("not a model".utf8).write(to: URL(fileURLWithPath: path("digits/eval_model.onnx")))
+        let r = try run(["run", "digits", "--data", Self.example("digits/train.npz"), "--batch-size", "32", "--lr", "0.002", "--steps", "3", "--out", "o"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("eval_model.onnx is left out, so no model.onnx will be written: "), r.stdout)
+        XCTAssertTrue(r.stdout.contains("saved to o/: checkpoint, metrics.csv, loss.svg, report.html, params.safetensors\n"), r.stdout)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("o/model.onnx")))
+    }
+
     // MARK: Signals, locking, kill and resume
 
     /// SIGTERM (what schedulers and `docker stop` send) stops after the step, saves and exits 143;
