@@ -466,6 +466,8 @@ private struct ProtoConverter {
             }
         }
         guard !location.isEmpty else { throw OnnxTrainError.invalidModel("\(label) is external but names no location") }
+        // Strings have no fixed-size raw form to read from a file (found by fuzzing: it trapped).
+        guard dtype != .string else { throw OnnxTrainError.invalidModel("\(label) is a string tensor in external data, which ONNX does not allow") }
         guard !location.hasPrefix("/"), !location.split(separator: "/").contains("..") else {
             throw OnnxTrainError.invalidModel("\(label): external data location '\(location)' must stay inside the model's folder")
         }

@@ -105,6 +105,15 @@ final class HostileFileTests: XCTestCase {
         }
     }
 
+    func testStringTensorInExternalDataIsRefused() throws {
+        // Found by the `external` fuzz target: a string tensor's raw form trapped in Tensor(uninitialized:).
+        let dir = try DataFixtures.temporaryDirectory(self)
+        try Data(count: 64).write(to: URL(fileURLWithPath: dir + "/w.bin"))
+        assertOnnxTrainError(.invalidModel, containing: ["tensor 'w'", "string tensor in external data"]) {
+            try load(ProtoBytes.externalDataModel(location: "w.bin", dataType: 8), directory: dir)
+        }
+    }
+
     // MARK: Special files
 
     func testNamedPipesAndDevicesAreRefusedWithoutBlocking() throws {

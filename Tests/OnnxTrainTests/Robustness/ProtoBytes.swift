@@ -41,11 +41,11 @@ enum ProtoBytes {
     }
 
     /// A graph `y = Identity(w)` whose float initializer `w` [2] lives in external data.
-    static func externalDataModel(location: String, offset: String? = nil, length: String? = nil) -> [UInt8] {
+    static func externalDataModel(location: String, offset: String? = nil, length: String? = nil, dataType: Int64 = 1) -> [UInt8] {
         var entries = field(13, field(1, "location") + field(2, location))
         if let offset { entries += field(13, field(1, "offset") + field(2, offset)) }
         if let length { entries += field(13, field(1, "length") + field(2, length)) }
-        let tensor = int(1, 2) + int(2, 1) + field(8, "w") + entries + int(14, 1)
+        let tensor = int(1, 2) + int(2, dataType) + field(8, "w") + entries + int(14, 1)
         let node = field(1, "w") + field(2, "y") + field(4, "Identity")
         return model(graph: field(1, node) + field(5, tensor) + field(12, field(1, "y")))
     }
