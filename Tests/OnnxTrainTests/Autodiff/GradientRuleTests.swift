@@ -65,6 +65,10 @@ final class GradientRuleTests: XCTestCase {
         // Relu on both sides of 0 (away from the kink).
         try C("Relu", [Tensor(shape: [4], scalars: [-1.5, -0.3, 0.4, 2.0])]).run()
         try C("Abs", [Tensor(shape: [4], scalars: [-1.5, -0.3, 0.4, 2.0])]).run()
+        // Cast and CastLike to the same type (the check runs in float64); CastLike's second input
+        // only gives the type.
+        try C("Cast", [Self.r([3, 4])], attributes: ["to": .int(Int(DType.float64.rawValue))]).run()
+        try C("CastLike", opset: 15, [Self.r([3, 4]), Self.r([1])], wrt: [0]).run()
     }
 
     func testParameterisedActivations() throws {

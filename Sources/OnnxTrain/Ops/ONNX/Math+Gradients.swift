@@ -218,6 +218,14 @@ func registerMathGradients(_ registry: OpRegistry) {
         guard let to = g.dtype(g.input(0)) else { throw GradientError("the element type of '\(g.input(0))' is unknown") }
         return [g.op("Cast", [dY], attributes: ["to": .int(Int(to.rawValue))])]
     }
+    // CastLike (the dynamo exporter's scalar constants): dY cast back to the input's type; the
+    // second input only supplies a type, so it gets none.
+    registry.registerGradient("CastLike") { g in
+        guard g.needs(0) else { return [nil, nil] }
+        let dY = try g.requiredDY()
+        guard let to = g.dtype(g.input(0)) else { throw GradientError("the element type of '\(g.input(0))' is unknown") }
+        return [g.op("Cast", [dY], attributes: ["to": .int(Int(to.rawValue))]), nil]
+    }
     // Piecewise-constant ops: zero gradient almost everywhere (as PyTorch).
     for name in ["Floor", "Ceil", "Round", "Sign"] {
         registry.registerGradient(name) { g in [nil] }
