@@ -152,3 +152,83 @@ public struct ConstantFolding: GraphPass {
         try DeadNodeElimination(registry: registry).run(&model)
     }
 }
+
+/// A SplitToSequence whose every use is a SequenceAt at a constant position becomes one Split,
+/// each SequenceAt an Identity of (or, with keepdims 0 and no split, a Squeeze of) its piece.
+/// torch.onnx's dynamo exporter writes torch.split/chunk this way when its optimiser is off; as a
+/// Split the autodiff needs no gradients of sequence values. Needs the split input and positions
+/// as initializers (run it after constant folding) and the split axis's size statically known.
+public struct SplitToSequenceAsSplit: GraphPass {
+    public var name: String { "split-to-sequence-as-split" }
+    public init() {}
+
+    public func run(_ model: inout Model) throws {
+        let graph = model.graph
+        let opset = model.opset("") ?? 17
+        guard opset >= 11, graph.nodes.contains(where: { $0.domain.isEmpty && $0.opType == "SplitToSequence" }) else { return }
+        let index = GraphIndex(graph)
+        let types = TypeInference(graph: graph, opsets: model.opsetImports)
+        let graphOutputs = Set(graph.outputs.map(\.name))
+        var builder = GraphBuilder(graph)
+        var replacement: [Int: [Node]] = [:]
+        for (i, node) in graph.nodes.enumerated() where node.domain.isEmpty && node.opType == "SplitToSequence" {
+            guard let sequence = node.output(0), !graphOutputs.contains(sequence), let x = node.input(0),
+                  let shape = types[x]?.staticShape, !shape.isEmpty else { continue }
+            let users = index.consumers[sequence] ?? []
+            guard !users.isEmpty, users.allSatisfy({ u in
+                let n = graph.nodes[u]
+                return n.domain.isEmpty && n.opType == "SequenceAt" && n.input(0) == sequence && n.inputs.count == 2 && n.output(0) != nil
+            }) else { continue }
+            let axis = TypeInference.normalize(node.int("axis") ?? 0, shape.count, clamp: false)
+            guard axis >= 0 && axis < shape.count else { continue }
+            let size = shape[axis]
+            var sizes: [Int]
+            var squeeze = false
+            if let s = node.input(1) {
+                guard let t = graph.initializers[s], index.isConstant(s), let v = t.intValues(), !v.isEmpty else { continue }
+                if t.rank == 0 {
+                    guard v[0] > 0 else { continue }
+                    sizes = stride(from: 0, to: size, by: v[0]).map { min(v[0], size - $0) }
+                } else {
+                    sizes = v
+                }
+            } else {
+                sizes = Array(repeating: 1, count: size)
+                squeeze = (node.int("keepdims") ?? 1) == 0
+            }
+            guard !sizes.isEmpty, sizes.allSatisfy({ $0 >= 0 }), sizes.reduce(0, +) == size else { continue }
+            var positions: [Int] = []
+            for u in users {
+                guard let p = graph.nodes[u].input(1), index.isConstant(p), let v = graph.initializers[p]?.intValues(), v.count == 1 else { break }
+                let k = v[0] < 0 ? v[0] + sizes.count : v[0]
+                guard k >= 0 && k < sizes.count else { break }
+                positions.append(k)
+            }
+            guard positions.count == users.count else { continue }
+            let pieces = sizes.indices.map { builder.freshName("\(sequence)_\($0)") }
+            let sizesName = builder.constant(Tensor(shape: [sizes.count], scalars: sizes.map(Int64.init)), name: "\(sequence)_sizes")
+            let split = opset >= 13
+                ? Node(opType: "Split", name: builder.freshName(node.name.isEmpty ? "split" : node.name), inputs: [x, sizesName], outputs: pieces,
+                       attributes: ["axis": .int(axis)])
+                : Node(opType: "Split", name: builder.freshName(node.name.isEmpty ? "split" : node.name), inputs: [x], outputs: pieces,
+                       attributes: ["axis": .int(axis), "split": .ints(sizes)])
+            replacement[i] = [split]
+            var axesName: String?
+            for (u, k) in zip(users, positions) {
+                let user = graph.nodes[u]
+                if squeeze {
+                    if opset >= 13 && axesName == nil { axesName = builder.constant(Tensor(shape: [1], scalars: [Int64(axis)]), name: "\(sequence)_axis") }
+                    replacement[u] = [opset >= 13
+                        ? Node(opType: "Squeeze", name: user.name, inputs: [pieces[k], axesName!], outputs: [user.outputs[0]])
+                        : Node(opType: "Squeeze", name: user.name, inputs: [pieces[k]], outputs: [user.outputs[0]], attributes: ["axes": .ints([axis])])]
+                } else {
+                    replacement[u] = [Node(opType: "Identity", name: user.name, inputs: [pieces[k]], outputs: [user.outputs[0]])]
+                }
+            }
+        }
+        guard !replacement.isEmpty else { return }
+        var result = builder.graph
+        result.nodes = graph.nodes.indices.flatMap { replacement[$0] ?? [graph.nodes[$0]] }
+        model.graph = result
+    }
+}
