@@ -55,6 +55,7 @@ struct ArtifactsCommand: ParsableCommand {
             options.output = output
             let artifacts = try TrainingArtifacts.build(from: try Model(contentsOf: model), options: options)
             try artifacts.write(to: out, gradientGraph: gradientGraph)
+            for warning in artifacts.warnings { CLIFailure.warn(warning) }
             let count = artifacts.checkpoint.parameters.filter(\.requiresGrad).reduce(0) { $0 + $1.data.count }
             print("wrote \(out): training_model.onnx, eval_model.onnx, optimizer_model.onnx, checkpoint\(gradientGraph ? ", gradient_graph.onnx" : "")")
             print("trained: \(artifacts.trainable.count) parameters (\(count) values); frozen: \(artifacts.frozen.isEmpty ? "none" : artifacts.frozen.joined(separator: ", "))")

@@ -44,6 +44,12 @@ enum CLIFailure {
         }
     }
 
+    /// Writes one warning line on stderr (the command goes on).
+    static func warn(_ message: String) {
+        let line = message.split(whereSeparator: \.isNewline).joined(separator: " ")
+        FileHandle.standardError.write(Data("onnx-train: warning: \(line)\n".utf8))
+    }
+
     /// Writes one error line (newlines folded so the message stays one line).
     static func report(_ message: String) {
         let line = message.split(whereSeparator: \.isNewline).joined(separator: " ")

@@ -77,6 +77,9 @@ public struct TrainingArtifacts {
     public var lossName: String
     public var trainable: [String]
     public var frozen: [String]
+    /// What the builder noticed about the export but could not fix (folded or merged parameters),
+    /// one sentence each; the CLI prints them as warnings.
+    public var warnings: [String] = []
 
     public static let lossName = "loss"
 
@@ -126,6 +129,7 @@ public struct TrainingArtifacts {
         // The loss first, then the model's outputs (onnxruntime's additional_output_names), for metrics.
         training.graph.outputs = training.graph.outputs.filter { $0.name == lossName } + training.graph.outputs.filter { $0.name != lossName }
         try ConstantFolding(registry: options.registry).run(&training)
+        try SplitToSequenceAsSplit().run(&training)
         try DeadNodeElimination(registry: options.registry).run(&training)
         let differentiated = try Autodiff.differentiate(training.graph, opsets: training.opsetImports, loss: lossName,
                                                        parameters: trainable, registry: options.registry)
@@ -180,7 +184,45 @@ public struct TrainingArtifacts {
                                              opset: base.opset("") ?? 17)
         return TrainingArtifacts(trainingModel: training, evalModel: eval, optimizerModel: optimizer, checkpoint: checkpoint,
                                  gradientGraph: gradientGraph, lossName: lossName, trainable: trainable,
-                                 frozen: parameterNames.filter { !trainable.contains($0) })
+                                 frozen: parameterNames.filter { !trainable.contains($0) },
+                                 warnings: exportWarnings(graph, index: index, trainable: trainable))
+    }
+
+    /// Signs that an exporter's optimisation changed the parameters before they reached us: a
+    /// trained initializer with a generated name (torch.onnx's dynamo exporter names folded or merged
+    /// constants `val_N`, the TorchScript exporter's constant folding `onnx::Op_N`), or a Conv that
+    /// reads a BatchNorm's parameters by name with no BatchNormalization after it (folded into it).
+    /// Both are only noticed, never undone: the folded values are what the file holds.
+    static func exportWarnings(_ graph: Graph, index: GraphIndex, trainable: [String]) -> [String] {
+        var warnings: [String] = []
+        let generated = trainable.filter { name in
+            name.hasPrefix("onnx::") || (name.hasPrefix("val_") && Int(name.dropFirst(4)) != nil)
+                || (name.hasPrefix("_val_") && Int(name.dropFirst(5)) != nil)
+        }
+        if !generated.isEmpty {
+            let shown = generated.prefix(5).joined(separator: ", ") + (generated.count > 5 ? ", ..." : "")
+            warnings.append("\(generated.count) of \(trainable.count) trained parameters have exporter-generated names (\(shown)): "
+                + "the exporter folded or merged the source model's parameters, so training changes these instead of them. "
+                + "From PyTorch, export with torch.onnx.export(..., dynamo=True, optimize=False), or with dynamo=False, "
+                + "training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False")
+        }
+        let batchNormNames = { (name: String) -> Bool in
+            name.lowercased().split(whereSeparator: { ".:/_".contains($0) }).contains { part in
+                part.hasPrefix("bn") && part.dropFirst(2).allSatisfy(\.isNumber) || part.hasPrefix("batchnorm")
+            }
+        }
+        for node in graph.nodes where node.domain.isEmpty && node.opType == "Conv" {
+            guard let folded = node.inputs.dropFirst().first(where: { graph.initializers[$0] != nil && batchNormNames($0) }) else { continue }
+            let followers = (index.consumers[node.outputs[0]] ?? []).map { graph.nodes[$0].opType }
+            if !followers.contains("BatchNormalization") {
+                warnings.append("Conv '\(node.name)' reads '\(folded)' but no BatchNormalization follows it: the exporter seems to have "
+                    + "folded BatchNorm into the convolution, which then trains without batch statistics. From PyTorch, export with "
+                    + "torch.onnx.export(..., dynamo=True, optimize=False), or with dynamo=False, "
+                    + "training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False")
+                break
+            }
+        }
+        return warnings
     }
 
     /// Writes the artifacts into `directory` (created if needed), each file atomically.
