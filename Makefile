@@ -13,7 +13,7 @@ TEST_BUILD := swift build -c release -Xswiftc -enable-testing --scratch-path .bu
 RELEASE_BIN := .build/release/onnx-train
 TEST_BIN := .build-test/release/onnx-train
 
-.PHONY: all deps build release run bench bench-smoke bench-check bench-venv test test-build unit-test conformance conformance-manifest conformance-docs testdata proto-check fuzz fuzz-build fuzz-check versioned-dependency clean
+.PHONY: all deps build release run bench bench-smoke bench-check bench-venv oracle oracle-venv test test-build unit-test conformance conformance-manifest conformance-docs testdata proto-check fuzz fuzz-build fuzz-check versioned-dependency clean
 
 all: build
 
@@ -68,6 +68,26 @@ bench-check: bench-venv
 bench-smoke:
 	$(MAKE) bench BENCH_SMOKE=1
 
+## PyTorch as the oracle (issue 10): models exported by both torch exporters (MLP, CNN, LSTM, GPT,
+## torchvision ResNet-18 and MobileNetV3-Small, Hugging Face BERT and GPT-2) train from
+## `onnx-train artifacts` with PyTorch's gradients and 20-step losses. Its venv (.venv-oracle) comes
+## from Tests/Oracle/requirements.txt as the bench venv does; ORACLE_PIP_ARGS as BENCH_PIP_ARGS.
+ORACLE_VENV := .venv-oracle
+ORACLE_PY := $(ORACLE_VENV)/bin/python
+ORACLE_PIP_ARGS ?=
+
+oracle-venv:
+	@if [ ! -x $(ORACLE_PY) ]; then \
+	  command -v python3 >/dev/null || { echo "make: python3 with venv and pip is needed for the PyTorch oracle" >&2; exit 1; }; \
+	  echo "creating $(ORACLE_VENV) from Tests/Oracle/requirements.txt"; \
+	  python3 -m venv $(ORACLE_VENV) && \
+	  $(ORACLE_PY) -m pip install --quiet $(ORACLE_PIP_ARGS) -r Tests/Oracle/requirements.txt \
+	  || { rm -rf $(ORACLE_VENV); exit 1; }; \
+	fi
+
+oracle: oracle-venv
+	$(ORACLE_PY) Tests/Oracle/pytorch_oracle.py --binary $(TEST_BIN)
+
 ## Download the onnx wheel with pip and unpack only its backend test data (never committed).
 testdata: $(NODE_SUITE)/test_abs/model.onnx
 
@@ -91,6 +111,7 @@ test: deps testdata proto-check test-build
 	ONNX_TRAIN_BIN=$(TEST_BIN) Tests/leakcheck.sh
 	$(MAKE) bench-check
 	$(MAKE) fuzz-check
+	$(MAKE) oracle
 	set -o pipefail; swift test -c release -Xswiftc -enable-testing --scratch-path .build-test --skip-build 2>&1 \
 	  | tee .build-test/swift-test.log
 	@Tests/summarize-xctest.sh .build-test/swift-test.log
