@@ -24,30 +24,39 @@ struct OnnxTrainCommand: ParsableCommand {
             fputs("onnx-train: error: \(message)\n", stderr)
             Glibc.exit(6)
         }
-        let arguments = joiningNegativeValues(Array(CommandLine.arguments.dropFirst()))
-        let command: ParsableCommand
-        do {
-            command = try parseAsRoot(arguments)
-        } catch {
-            exitForParseError(error)
-        }
-        do {
-            var command = command
-            try command.run()
-        } catch {
-            exitForParseError(error)
-        }
-        Glibc.exit(0)
+        // The command runs in a function of its own, so everything it allocated is released
+        // before the process exits (valgrind's leak check runs the CLI).
+        let code = runCommand()
+        if code != 0 { Glibc.exit(code) }
     }
 
-    /// Help, version and `ExitCode` go through the parser as usual; anything else it reports as
-    /// one line. (Errors from running a command were already printed by `CLIFailure.run`.)
-    static func exitForParseError(_ error: Error) -> Never {
+    /// Parses and runs the subcommand; returns the exit code.
+    @inline(never)
+    static func runCommand() -> Int32 {
+        let arguments = joiningNegativeValues(Array(CommandLine.arguments.dropFirst()))
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+            return 0
+        } catch {
+            return report(error)
+        }
+    }
+
+    /// Help, version and `ExitCode` go out as the parser writes them; anything else it reports
+    /// as one line. (Errors from running a command were already printed by `CLIFailure.run`.)
+    static func report(_ error: Error) -> Int32 {
         let code = exitCode(for: error)
-        if code == .success || error is ExitCode || error is CleanExit { exit(withError: error) }
+        if code == .success || error is ExitCode || error is CleanExit {
+            let text = fullMessage(for: error)
+            if !text.isEmpty {
+                if code == .success { print(text) } else { fputs(text + "\n", stderr) }
+            }
+            return code.rawValue
+        }
         let message = message(for: error).split(whereSeparator: \.isNewline).first.map(String.init) ?? "\(error)"
         fputs("onnx-train: error: \(message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message) (see --help)\n", stderr)
-        Glibc.exit(code.rawValue)
+        return code.rawValue
     }
 
     /// `--lr -0.5` as `--lr=-0.5`: the parser would take a negative number for an option name.
