@@ -93,8 +93,4 @@ public struct GraphBuilder {
         graph.nodes[index] = node
         return name
     }
-
-    /// Reserves `name` without adding anything.
-    public mutating func reserve(_ name: String) { used.insert(name) }
-    public func isUsed(_ name: String) -> Bool { used.contains(name) }
 }

@@ -92,18 +92,6 @@ public struct GraphIndex {
         }
         return (keep, needed)
     }
-
-    /// The values reachable forward from `sources` (the sources included), through nodes for
-    /// which `through(nodeIndex, inputName)` holds; `outputs(nodeIndex)` picks which of the node's
-    /// outputs become reachable.
-    public func descendants(of sources: Set<String>, graph: Graph,
-                            outputs: (Int) -> [String]) -> Set<String> {
-        var reached = sources
-        for i in order where reads[i].contains(where: { reached.contains($0) }) {
-            for o in outputs(i) where !o.isEmpty { reached.insert(o) }
-        }
-        return reached
-    }
 }
 
 extension Graph {
