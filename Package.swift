@@ -13,6 +13,7 @@ let package = Package(
     name: "onnx-train",
     products: [
         .library(name: "OnnxTrain", targets: ["OnnxTrain"]),
+        .library(name: "OnnxTrainNN", targets: ["OnnxTrainNN"]),
         .executable(name: "onnx-train", targets: ["onnx-train"]),
     ],
     dependencies: [
@@ -37,9 +38,12 @@ let package = Package(
             name: "onnx-train",
             dependencies: ["OnnxTrain", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // PyTorch's model API in Swift: modules, tensors that record ONNX graphs, optimizers.
+        .target(name: "OnnxTrainNN", dependencies: ["OnnxTrain"]),
         .executableTarget(name: "TrainMLP", dependencies: ["OnnxTrain"], path: "Examples/TrainMLP"),
         .target(name: "OnnxTrainTestSupport", dependencies: ["OnnxTrain"], path: "Tests/Support"),
         .testTarget(name: "OnnxTrainTests", dependencies: ["OnnxTrain", "OnnxTrainTestSupport"]),
+        .testTarget(name: "OnnxTrainNNTests", dependencies: ["OnnxTrainNN", "OnnxTrain", "OnnxTrainTestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

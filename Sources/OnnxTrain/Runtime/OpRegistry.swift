@@ -76,3 +76,30 @@ struct OpFacts {
     /// How to differentiate the op (see `GradientContext`).
     var gradient: GradientRule?
 }
+
+extension OpRegistry {
+    /// Builds the kernel for one node outside any graph, as eager front ends need it (the Swift
+    /// model API runs each recorded node at once so its value can be printed).
+    ///
+    /// - Parameters:
+    ///   - node: the node; its attributes are parsed here, once.
+    ///   - opsets: opset version per domain ("" for ai.onnx); a custom domain defaults to 1.
+    /// - Throws: `OnnxTrainError.unsupported` when no kernel fits the op at that opset, and the
+    ///   factory's error (naming the node) when the attributes do not fit; subgraph attributes
+    ///   (If/Loop/Scan bodies) are refused, since there is no enclosing graph to run them in.
+    public func kernel(for node: Node, opsets: [String: Int]) throws -> Kernel {
+        let domain = canonicalDomain(node.domain)
+        let opset = opsets[domain] ?? (domain.isEmpty ? 18 : 1)
+        guard let (since, factory) = resolve(domain: domain, opType: node.opType, opset: opset) else {
+            throw OnnxTrainError.unsupported("no kernel for \(node.opType) (domain \(domain.isEmpty ? "ai.onnx" : domain), opset \(opset))")
+        }
+        let context = NodeContext(node: node, opset: opset, sinceVersion: since) { _ in
+            throw KernelError("\(node.label): subgraph attributes need a graph to run in")
+        }
+        do {
+            return try factory(context)
+        } catch let error as KernelError {
+            throw OnnxTrainError(.kernel, "\(node.label): \(error.message)")
+        }
+    }
+}
