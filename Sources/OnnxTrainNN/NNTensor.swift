@@ -55,7 +55,9 @@ public final class NNTensor {
         self.init(Tensor(shape: shape, scalars: scalars))
     }
 
-    /// An int64 data tensor (class labels, token ids) from `scalars`.
+    /// An int64 data tensor (class labels, token ids) from `scalars`; array literals of numbers
+    /// make float32 tensors, `[Int64]` values this one.
+    @_disfavoredOverload
     public convenience init(_ scalars: [Int64], shape: [Int]) {
         self.init(Tensor(shape: shape, scalars: scalars))
     }

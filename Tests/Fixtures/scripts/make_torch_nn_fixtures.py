@@ -8,6 +8,7 @@ Each case defines a model in PyTorch exactly as Tests/OnnxTrainNNTests defines i
                         of `batch` rows cycling through x (SGD with momentum 0.9, weight decay 1e-4;
                         AdamW lr 1e-3, weight decay 1e-2), each run from weights.safetensors
                         train_output: the eval-mode output on x[:batch] after the 20 SGD steps
+                        after_sgd.<name>: every buffer (BatchNorm running statistics) after those steps
 
 Cases:
   net      the torch.js proposal's Net: Conv2d(3,16,5,p2), MaxPool2d(2), ReLU, Conv2d(16,32,5,p2),
@@ -15,6 +16,11 @@ Cases:
   encoder  Embedding(11, 16), TransformerEncoderLayer(16, 2, 32, dropout 0, batch_first, relu, post-norm,
            causal mask), TransformerEncoderLayer(16, 2, 32, dropout 0, batch_first, gelu, norm_first),
            Linear(16, 11) on token ids [N, 6]; next-token cross entropy over [N*6, 11]
+  convzoo  Conv2d, BatchNorm2d, ReLU, ConvTranspose2d (stride 2), GroupNorm, SiLU, AvgPool2d, MaxPool2d
+           (stride 1, padding 1), AdaptiveAvgPool2d, Flatten, Linear, BatchNorm1d, Tanh, Dropout(0), Linear
+           on [N, 1, 8, 8]; cross entropy (BatchNorm trains on batch statistics, updating running ones)
+  rnnzoo   Conv1d, 2-layer bidirectional LSTM, GRU, last step, LayerNorm, GELU, Linear, Softmax on
+           [N, 5, 3]; mean squared error against [N, 3]
 
 Single-threaded, float32, deterministic; re-running gives the same bytes.
 Run from this folder: /work/venv/bin/python make_torch_nn_fixtures.py
@@ -60,6 +66,41 @@ class Encoder(nn.Module):
         return self.head(self.layer2(h))
 
 
+class ConvZoo(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+            nn.ConvTranspose2d(4, 4, 2, stride=2), nn.GroupNorm(2, 4), nn.SiLU(),
+            nn.AvgPool2d(2), nn.MaxPool2d(3, stride=1, padding=1), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(16, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.0), nn.Linear(8, 3))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class RecurrentZoo(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 6, 3, padding=1)
+        self.lstm = nn.LSTM(6, 5, num_layers=2, batch_first=True, bidirectional=True)
+        self.gru = nn.GRU(10, 4, batch_first=True)
+        self.norm = nn.LayerNorm(4)
+        self.act = nn.GELU()
+        self.out = nn.Linear(4, 3)
+        self.softmax = nn.Softmax(dim=-1)
+
+    def forward(self, x):
+        h = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        h, _ = self.lstm(h)
+        h, _ = self.gru(h)
+        return self.softmax(self.out(self.act(self.norm(h[:, -1]))))
+
+
+def mse_loss(model, x, y):
+    return F.mse_loss(model(x), y)
+
+
 def net_loss(model, x, y):
     return F.cross_entropy(model(x), y)
 
@@ -98,8 +139,9 @@ def write_case(name, model, x, y, batch, loss_fn):
     model.eval()
     with torch.no_grad():
         train_output = model(x[:batch]).numpy()
+    buffers = {f"after_sgd.{k}": v.detach().numpy().copy() for k, v in model.named_buffers()}
     adamw = train(model, state, lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=1e-2), loss_fn, x, y, batch)
-    save_npz(folder / "reference.npz", {"output": output, "sgd_losses": sgd, "adamw_losses": adamw, "train_output": train_output})
+    save_npz(folder / "reference.npz", {"output": output, "sgd_losses": sgd, "adamw_losses": adamw, "train_output": train_output, **buffers})
     print(f"{name}: output {output.shape}, sgd {sgd[0]:.4f} -> {sgd[-1]:.4f}, adamw {adamw[0]:.4f} -> {adamw[-1]:.4f}")
 
 
@@ -116,6 +158,18 @@ def main():
     encoder = Encoder()
     tokens = torch.randint(0, 11, (16, 7))
     write_case("encoder", encoder, tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous(), 4, encoder_loss)
+
+    seed_all(19)
+    zoo = ConvZoo()
+    x = torch.randn(24, 1, 8, 8)
+    y = torch.randint(0, 3, (24,))
+    write_case("convzoo", zoo, x, y, 6, net_loss)
+
+    seed_all(20)
+    rnn = RecurrentZoo()
+    x = torch.randn(12, 5, 3)
+    y = torch.softmax(torch.randn(12, 3), dim=-1)
+    write_case("rnnzoo", rnn, x, y, 4, mse_loss)
 
 
 if __name__ == "__main__":

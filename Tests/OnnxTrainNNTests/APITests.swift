@@ -1,0 +1,154 @@
+import Foundation
+import OnnxTrain
+@testable import OnnxTrainNN
+import OnnxTrainTestSupport
+import XCTest
+
+/// Behaviour of the model API beyond matching PyTorch's numbers: errors, gradient bookkeeping,
+/// the session cache, state files.
+final class APITests: XCTestCase {
+    func testFailedOperationSurfacesAtBackwardNamingTheOp() throws {
+        let w = NNTensor.parameter(Tensor(shape: [2, 3], scalars: [Float](repeating: 1, count: 6)))
+        let bad = (w + NNTensor([1, 2, 3, 4], shape: [4])).sum()
+        XCTAssertNotNil(bad.error)
+        XCTAssertThrowsError(try bad.backward()) { error in
+            XCTAssertTrue("\(error)".contains("Add over inputs [2, 3], [4]"), "\(error)")
+        }
+        XCTAssertThrowsError(try bad.item())
+        XCTAssertTrue(bad.description.hasPrefix("NNTensor(failed: Add over inputs"), bad.description)
+    }
+
+    func testBackwardOfLinearIsTheClosedForm() throws {
+        // loss = sum(x·Wᵀ + b): dW[j, k] = Σ_n x[n, k], db[j] = N.
+        let layer = Linear(3, 2)
+        let x = NNTensor([1, 2, 3, 4, 5, 6], shape: [2, 3])
+        try layer(x).sum().backward()
+        XCTAssertEqual(layer.weight.grad?.scalars(as: Float.self), [5, 7, 9, 5, 7, 9])
+        XCTAssertEqual(layer.bias?.grad?.scalars(as: Float.self), [2, 2])
+        // Gradients accumulate until zeroGrad, as in PyTorch.
+        try layer(x).sum().backward()
+        XCTAssertEqual(layer.bias?.grad?.scalars(as: Float.self), [4, 4])
+        layer.zeroGrad()
+        XCTAssertNil(layer.weight.grad)
+    }
+
+    func testFrozenParametersTakeNoGradient() throws {
+        let layer = Linear(3, 2)
+        layer.bias?.requiresGrad = false
+        try layer(NNTensor([1, 2, 3], shape: [1, 3])).sum().backward()
+        XCTAssertNil(layer.bias?.grad)
+        XCTAssertNotNil(layer.weight.grad)
+        layer.requiresGrad(false)
+        XCTAssertThrowsError(try layer(NNTensor([1, 2, 3], shape: [1, 3])).sum().backward())
+    }
+
+    func testATrainingLoopCompilesItsGraphOnce() throws {
+        let net = ProposalNet()
+        let optimizer = SGD(net.parameters(), lr: 0.01)
+        let before = SessionCache.shared.count
+        for step in 0..<4 {
+            optimizer.zeroGrad()
+            let x = NNTensor.randn([2, 3, 4, 4])
+            let loss = F.crossEntropy(net(x), NNTensor([Int64(step % 10), 3], shape: [2]))
+            try loss.backward()
+            try optimizer.step()
+        }
+        XCTAssertEqual(SessionCache.shared.count, before + 1)
+    }
+
+    func testLoadStateDictReportsMissingUnexpectedAndMismatchedNames() throws {
+        let net = ProposalNet()
+        var state = net.stateDict()
+        state["mlp.bias"] = nil
+        state["extra.weight"] = Tensor(scalar: Float(1))
+        XCTAssertThrowsError(try net.loadStateDict(state)) { error in
+            XCTAssertTrue("\(error)".contains("missing mlp.bias; unexpected extra.weight"), "\(error)")
+        }
+        let result = try net.loadStateDict(state, strict: false)
+        XCTAssertEqual(result, Module.LoadResult(missingKeys: ["mlp.bias"], unexpectedKeys: ["extra.weight"]))
+        state = net.stateDict()
+        state["mlp.weight"] = Tensor(zeros: .float32, shape: [10, 31])
+        XCTAssertThrowsError(try net.loadStateDict(state)) { error in
+            XCTAssertTrue("\(error)".contains("'mlp.weight' has shape [10, 31] in the source, [10, 32] in the model"), "\(error)")
+        }
+    }
+
+    func testStateDictAndCheckpointFilesRoundTrip() throws {
+        let dir = NSTemporaryDirectory() + "onnx-train-nn-state-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let torch = try TorchCase("convzoo")
+        let model = ConvZoo()
+        try model.loadStateDict(contentsOf: torch.weights)
+        let optimizer = AdamW(model.parameters(), lr: 1e-3)
+        func loss(_ m: ConvZoo, _ step: Int) -> NNTensor {
+            F.crossEntropy(m(torch.rows(torch.x, from: step * torch.batch)), torch.rows(torch.y, from: step * torch.batch))
+        }
+        for step in 0..<2 {
+            optimizer.zeroGrad()
+            try loss(model, step).backward()
+            try optimizer.step()
+        }
+        try model.saveStateDict(to: dir + "/model.safetensors")
+        try model.saveCheckpoint(to: dir + "/checkpoint", optimizer: optimizer)
+        let fromSafeTensors = ConvZoo()
+        try fromSafeTensors.loadStateDict(contentsOf: dir + "/model.safetensors")
+        let restored = ConvZoo()
+        let restoredOptimizer = AdamW(restored.parameters(), lr: 1)
+        try restored.loadCheckpoint(from: dir + "/checkpoint", optimizer: restoredOptimizer)
+        for (name, value) in model.stateDict() {
+            XCTAssertEqual(fromSafeTensors.stateDict()[name]?.rawBytes.elementsEqual(value.rawBytes), true, name)
+            XCTAssertEqual(restored.stateDict()[name]?.rawBytes.elementsEqual(value.rawBytes), true, name)
+        }
+        XCTAssertEqual(restoredOptimizer.stepCount, 2)
+        XCTAssertEqual(restoredOptimizer.learningRate, 1e-3)
+        // The restored pair continues exactly as the original.
+        for step in 2..<4 {
+            for (m, o) in [(model, optimizer as NNOptimizer), (restored, restoredOptimizer)] {
+                o.zeroGrad()
+                try loss(m, step).backward()
+                try o.step()
+            }
+        }
+        for (name, value) in model.stateDict() {
+            XCTAssertEqual(restored.stateDict()[name]?.rawBytes.elementsEqual(value.rawBytes), true, name)
+        }
+    }
+
+    func testDropoutScalesKeptElementsAndIsIdentityInEvalMode() throws {
+        NNRandom.manualSeed(7)
+        let dropout = Dropout(0.25)
+        let y = try dropout(NNTensor.ones([4000])).scalars()
+        let kept = y.filter { $0 != 0 }
+        XCTAssertEqual(Double(kept.count) / 4000, 0.75, accuracy: 0.03)
+        XCTAssertTrue(kept.allSatisfy { Swift.abs($0 - 1 / 0.75) < 1e-6 })
+        dropout.eval()
+        XCTAssertEqual(try dropout(NNTensor.ones([5])).scalars(), [1, 1, 1, 1, 1])
+    }
+
+    func testLossesMatchTheirDefinitions() throws {
+        let p = NNTensor([0.2, 0.9], shape: [2]), y = NNTensor([0, 1], shape: [2])
+        let bce = try F.binaryCrossEntropy(p, y).item()
+        XCTAssertEqual(bce, -(log(0.8) + log(0.9)) / 2, accuracy: 1e-6)
+        let logits = NNTensor([0.5, -1], shape: [2])
+        let withLogits = try F.binaryCrossEntropyWithLogits(logits, y).item()
+        let expected = (-log(1 - 1 / (1 + exp(-0.5))) - log(1 / (1 + exp(1.0)))) / 2
+        XCTAssertEqual(withLogits, Float(expected), accuracy: 1e-6)
+        let scores = NNTensor([1, 2, 3, 1, 1, 1], shape: [2, 3]), labels = NNTensor([Int64(2), 0], shape: [2])
+        let ce = try F.crossEntropy(scores, labels).item()
+        let nll = try F.nll(scores.logSoftmax(dim: 1), labels).item()
+        XCTAssertEqual(ce, nll, accuracy: 1e-6)
+        XCTAssertEqual(ce, Float((log(exp(1.0) + exp(2) + exp(3)) - 3 + log(3.0)) / 2), accuracy: 1e-6)
+    }
+
+    func testModuleNamesFollowPyTorch() {
+        XCTAssertEqual(Module.pytorchName("selfAttn"), "self_attn")
+        XCTAssertEqual(Module.pytorchName("numBatchesTracked"), "num_batches_tracked")
+        XCTAssertEqual(Module.pytorchName("linear1"), "linear1")
+        let lstm = LSTM(2, 3, bidirectional: true)
+        XCTAssertEqual(lstm.namedParameters().map(\.0), [
+            "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+            "weight_ih_l0_reverse", "weight_hh_l0_reverse", "bias_ih_l0_reverse", "bias_hh_l0_reverse",
+        ])
+    }
+}

@@ -1,0 +1,82 @@
+import OnnxTrain
+import OnnxTrainNN
+import OnnxTrainTestSupport
+import XCTest
+
+/// Most layers of the API in two models, as make_torch_nn_fixtures.py defines `ConvZoo` and `RecurrentZoo`.
+final class ConvZoo: Module, UnaryModule {
+    let features = Sequential {
+        Conv2d(1, 4, kernelSize: 3, padding: 1); BatchNorm2d(4); ReLU()
+        ConvTranspose2d(4, 4, kernelSize: 2, stride: 2); GroupNorm(2, 4); SiLU()
+        AvgPool2d(2); MaxPool2d(3, stride: 1, padding: 1); AdaptiveAvgPool2d(2); Flatten()
+    }
+    let head = Sequential(Linear(16, 8), BatchNorm1d(8), Tanh(), Dropout(0), Linear(8, 3))
+
+    func forward(_ x: NNTensor) -> NNTensor { head(features(x)) }
+}
+
+final class RecurrentZoo: Module, UnaryModule {
+    let conv = Conv1d(3, 6, kernelSize: 3, padding: 1)
+    let lstm = LSTM(6, 5, numLayers: 2, batchFirst: true, bidirectional: true)
+    let gru = GRU(10, 4, batchFirst: true)
+    let norm = LayerNorm(4)
+    let act = GELU()
+    let out = Linear(4, 3)
+    let softmax = Softmax(dim: -1)
+
+    func forward(_ x: NNTensor) -> NNTensor {
+        let h = conv(x.transpose(1, 2)).transpose(1, 2)
+        let (l, _) = lstm(h)
+        let (g, _) = gru(l)
+        return softmax(out(act(norm(g[dim: 1, -1]))))
+    }
+}
+
+final class LayerZooTests: XCTestCase {
+    func testConvZooMatchesPyTorch() throws {
+        let torch = try TorchCase("convzoo")
+        let model = ConvZoo()
+        XCTAssertEqual(Set(model.stateDict().keys), Set(try SafeTensors.read(contentsOf: torch.weights).dictionary.keys))
+        try model.loadStateDict(contentsOf: torch.weights)
+        let dOut = try torch.outputDifference(model)
+        XCTAssertLessThan(dOut, 1e-6)  // measured 7.5e-8
+        let dSGD = try torch.lossDifference(model, expected: "sgd_losses", { SGD($0, lr: 0.05, momentum: 0.9, weightDecay: 1e-4) }) { x, y in
+            F.crossEntropy(model(x), y)
+        }
+        XCTAssertLessThan(dSGD, 3e-6)  // measured 1.0e-6
+        // BatchNorm's running statistics after 20 training steps, as PyTorch updates them.
+        var dStats: Float = 0
+        for (name, buffer) in model.namedBuffers() {
+            let expected = try XCTUnwrap(torch.reference["after_sgd." + name], name)
+            if buffer.dtype == .int64 {
+                XCTAssertEqual(buffer.value.intValues(), expected.intValues(), name)
+            } else {
+                dStats = max(dStats, maxDifference(try buffer.scalars(), expected.scalars(as: Float.self), name))
+            }
+        }
+        XCTAssertLessThan(dStats, 3e-6)  // measured 1.3e-6
+        // 20 momentum steps through two BatchNorms amplify float32 rounding: PyTorch's own float32
+        // and float64 runs of this loop differ by 4.2e-6 here (losses by 4.2e-7).
+        let dTrained = try torch.outputDifference(model, expected: "train_output")
+        XCTAssertLessThan(dTrained, 3e-5)  // measured 1.3e-5
+        let dAdamW = try torch.lossDifference(model, expected: "adamw_losses", { AdamW($0, lr: 1e-3) }) { x, y in F.crossEntropy(model(x), y) }
+        XCTAssertLessThan(dAdamW, 1e-6)  // measured 2.4e-7
+        print("ConvZoo vs PyTorch: output \(dOut), SGD losses \(dSGD), running stats \(dStats), trained output \(dTrained), AdamW losses \(dAdamW)")
+    }
+
+    func testRecurrentZooMatchesPyTorch() throws {
+        let torch = try TorchCase("rnnzoo")
+        let model = RecurrentZoo()
+        XCTAssertEqual(Set(model.stateDict().keys), Set(try SafeTensors.read(contentsOf: torch.weights).dictionary.keys))
+        try model.loadStateDict(contentsOf: torch.weights)
+        let dOut = try torch.outputDifference(model)
+        XCTAssertLessThan(dOut, 1e-7)  // measured 3.0e-8
+        let dSGD = try torch.lossDifference(model, expected: "sgd_losses", { SGD($0, lr: 0.05, momentum: 0.9, weightDecay: 1e-4) }) { x, y in
+            F.mse(model(x), y)
+        }
+        XCTAssertLessThan(dSGD, 1e-7)  // measured 1.5e-8
+        let dAdamW = try torch.lossDifference(model, expected: "adamw_losses", { AdamW($0, lr: 1e-3) }) { x, y in F.mse(model(x), y) }
+        XCTAssertLessThan(dAdamW, 1e-7)  // measured 2.2e-8
+        print("RecurrentZoo vs PyTorch: output \(dOut), SGD losses \(dSGD), AdamW losses \(dAdamW)")
+    }
+}
