@@ -41,6 +41,9 @@ let package = Package(
         // PyTorch's model API in Swift: modules, tensors that record ONNX graphs, optimizers.
         .target(name: "OnnxTrainNN", dependencies: ["OnnxTrain"]),
         .executableTarget(name: "TrainMLP", dependencies: ["OnnxTrain"], path: "Examples/TrainMLP"),
+        .executableTarget(name: "NetDigits", dependencies: ["OnnxTrainNN", "OnnxTrain"], path: "Examples/NetDigits"),
+        .executableTarget(name: "CharTransformer", dependencies: ["OnnxTrainNN", "OnnxTrain"], path: "Examples/CharTransformer"),
+        .executableTarget(name: "DCGAN", dependencies: ["OnnxTrainNN", "OnnxTrain"], path: "Examples/DCGAN"),
         .target(name: "OnnxTrainTestSupport", dependencies: ["OnnxTrain"], path: "Tests/Support"),
         .testTarget(name: "OnnxTrainTests", dependencies: ["OnnxTrain", "OnnxTrainTestSupport"]),
         .testTarget(name: "OnnxTrainNNTests", dependencies: ["OnnxTrainNN", "OnnxTrain", "OnnxTrainTestSupport"]),
