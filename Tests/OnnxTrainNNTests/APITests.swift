@@ -152,3 +152,37 @@ final class APITests: XCTestCase {
         ])
     }
 }
+
+/// `backward()` against float64 central differences: leaves used several times, a Split whose
+/// pieces are used differently, broadcasting, and a reduction.
+final class FiniteDifferenceTests: XCTestCase {
+    func testBackwardMatchesCentralDifferences() throws {
+        let xValues: [Double] = [0.3, -1.2, 0.8, 0.5, -0.4, 1.1, 0.9, -0.7, 0.2, 0.6, -0.3, 1.4]
+        let wValues: [Double] = [0.5, -0.2, 0.1, 0.7, -0.6, 0.3, 0.9, -0.1, 0.4, 0.2, -0.8, 0.6, 0.05, -0.3, 0.25, 0.15]
+        func loss(_ x: NNTensor, _ w: NNTensor) -> NNTensor {
+            let pieces = x.split([1, 3], dim: 1)
+            let attention = x.matmul(w).softmax(dim: 1) * x
+            return attention.sum() + pieces[1].tanh().mean() * 2 + (x * x).sum([0]).sqrt().sum() + pieces[0].sigmoid().sum()
+        }
+        let x = NNTensor.parameter(Tensor(shape: [3, 4], scalars: xValues))
+        let w = NNTensor.parameter(Tensor(shape: [4, 4], scalars: wValues))
+        try loss(x, w).backward()
+        let h = 1e-6
+        var worst = 0.0
+        for (leaf, values, shape) in [(x, xValues, [3, 4]), (w, wValues, [4, 4])] {
+            let grad = try XCTUnwrap(leaf.grad).scalars(as: Double.self)
+            for i in values.indices {
+                func at(_ delta: Double) throws -> Double {
+                    var v = values
+                    v[i] += delta
+                    let moved = NNTensor(Tensor(shape: shape, scalars: v))
+                    return Double(try (leaf === x ? loss(moved, NNTensor(w.value)) : loss(NNTensor(x.value), moved)).tensor().scalarDouble() ?? .nan)
+                }
+                let numeric = (try at(h) - at(-h)) / (2 * h)
+                worst = max(worst, Swift.abs(numeric - grad[i]))
+            }
+        }
+        XCTAssertLessThan(worst, 3e-9)  // measured 9.8e-10
+        print("backward vs float64 central differences: max |diff| \(worst)")
+    }
+}

@@ -51,11 +51,12 @@ final class ExportTests: XCTestCase {
         print("\(name) export vs PyTorch: InferenceSession \(dSession), onnx-train infer \(dCLI)")
     }
 
-    // Measured: 4.5e-8, 3.0e-7, 7.5e-8, 3.0e-8 (both in-process and through the CLI).
+    // Measured: 4.5e-8, 3.0e-7, 7.5e-8, 3.0e-8, 3.0e-8 (both in-process and through the CLI).
     func testNetExport() throws { try check("net", ProposalNet(), tolerance: 1e-7) }
     func testEncoderExport() throws { try check("encoder", TinyEncoder(), tolerance: 1e-6) }
     func testConvZooExport() throws { try check("convzoo", ConvZoo(), tolerance: 1e-6) }
     func testRecurrentZooExport() throws { try check("rnnzoo", RecurrentZoo(), tolerance: 1e-7) }
+    func testCrossAttentionExport() throws { try check("attention", SequenceFirst(CrossAttention()), tolerance: 1e-7) }
 
     func testExportedInitializersLoadBack() throws {
         let torch = try TorchCase("net")

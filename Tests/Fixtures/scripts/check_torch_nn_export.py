@@ -18,7 +18,7 @@ from common import FIXTURES
 
 def main(folder):
     worst = 0.0
-    for case in ["net", "encoder", "convzoo", "rnnzoo"]:
+    for case in ["net", "encoder", "convzoo", "rnnzoo", "attention"]:
         model = onnx.load(f"{folder}/{case}.onnx")
         onnx.checker.check_model(model, full_check=True)
         data = np.load(FIXTURES / "torch-nn" / case / "data.npz")

@@ -9,6 +9,9 @@ Each case defines a model in PyTorch exactly as Tests/OnnxTrainNNTests defines i
                         AdamW lr 1e-3, weight decay 1e-2), each run from weights.safetensors
                         train_output: the eval-mode output on x[:batch] after the 20 SGD steps
                         after_sgd.<name>: every buffer (BatchNorm running statistics) after those steps
+                        net only: nesterov_losses (SGD lr 0.05, momentum 0.9, Nesterov, weight decay 1e-4),
+                        dampening_losses (SGD lr 0.05, momentum 0.5, dampening 0.3) and adam_losses
+                        (Adam lr 1e-3, L2 weight decay 1e-3)
 
 Cases:
   net      the torch.js proposal's Net: Conv2d(3,16,5,p2), MaxPool2d(2), ReLU, Conv2d(16,32,5,p2),
@@ -19,6 +22,8 @@ Cases:
   convzoo  Conv2d, BatchNorm2d, ReLU, ConvTranspose2d (stride 2), GroupNorm, SiLU, AvgPool2d, MaxPool2d
            (stride 1, padding 1), AdaptiveAvgPool2d, Flatten, Linear, BatchNorm1d, Tanh, Dropout(0), Linear
            on [N, 1, 8, 8]; cross entropy (BatchNorm trains on batch statistics, updating running ones)
+  attention  MultiheadAttention(12, 3) sequence-first (PyTorch's default) as cross-attention from x
+           [5, N, 12] to a Linear projection of x with a key padding mask, then Linear; MSE against [5, N, 12]
   rnnzoo   Conv1d, 2-layer bidirectional LSTM, GRU, last step, LayerNorm, GELU, Linear, Softmax on
            [N, 5, 3]; mean squared error against [N, 3]
 
@@ -97,6 +102,33 @@ class RecurrentZoo(nn.Module):
         return self.softmax(self.out(self.act(self.norm(h[:, -1]))))
 
 
+class CrossAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.memory = nn.Linear(12, 12)
+        self.attention = nn.MultiheadAttention(12, 3)
+        self.out = nn.Linear(12, 12)
+
+    def forward(self, x):
+        # Padding: the last key position of every odd batch row.
+        padding = torch.zeros(x.shape[1], x.shape[0], dtype=torch.bool)
+        padding[1::2, -1] = True
+        memory = self.memory(x)
+        attended, weights = self.attention(x, memory, memory, key_padding_mask=padding)
+        return self.out(attended) + weights.mean()
+
+
+class SequenceFirst(nn.Module):
+    """Feeds batch-first data [N, L, E] to a sequence-first model and returns batch-first results."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x.transpose(0, 1)).transpose(0, 1)
+
+
 def mse_loss(model, x, y):
     return F.mse_loss(model(x), y)
 
@@ -127,7 +159,7 @@ def train(model, state, optimizer_factory, loss_fn, x, y, batch):
     return np.array(losses, dtype=np.float32)
 
 
-def write_case(name, model, x, y, batch, loss_fn):
+def write_case(name, model, x, y, batch, loss_fn, extra=None):
     folder = fresh_dir(OUT / name)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "weights.safetensors"))
@@ -141,7 +173,9 @@ def write_case(name, model, x, y, batch, loss_fn):
         train_output = model(x[:batch]).numpy()
     buffers = {f"after_sgd.{k}": v.detach().numpy().copy() for k, v in model.named_buffers()}
     adamw = train(model, state, lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=1e-2), loss_fn, x, y, batch)
-    save_npz(folder / "reference.npz", {"output": output, "sgd_losses": sgd, "adamw_losses": adamw, "train_output": train_output, **buffers})
+    more = {key: train(model, state, factory, loss_fn, x, y, batch) for key, factory in (extra or {}).items()}
+    save_npz(folder / "reference.npz", {"output": output, "sgd_losses": sgd, "adamw_losses": adamw, "train_output": train_output,
+                                        **buffers, **more})
     print(f"{name}: output {output.shape}, sgd {sgd[0]:.4f} -> {sgd[-1]:.4f}, adamw {adamw[0]:.4f} -> {adamw[-1]:.4f}")
 
 
@@ -152,7 +186,11 @@ def main():
     net = Net()
     x = torch.randn(32, 3, 4, 4)
     y = torch.randint(0, 10, (32,))
-    write_case("net", net, x, y, 8, net_loss)
+    write_case("net", net, x, y, 8, net_loss, extra={
+        "nesterov_losses": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4),
+        "dampening_losses": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5, dampening=0.3),
+        "adam_losses": lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=1e-3),
+    })
 
     seed_all(18)
     encoder = Encoder()
@@ -170,6 +208,14 @@ def main():
     x = torch.randn(12, 5, 3)
     y = torch.softmax(torch.randn(12, 3), dim=-1)
     write_case("rnnzoo", rnn, x, y, 4, mse_loss)
+
+    seed_all(21)
+    attention = CrossAttention()
+    x = torch.randn(5, 8, 12)
+    y = torch.randn(5, 8, 12)
+    # Batches are rows of the first axis; this model is sequence-first, so cases slice x along dim 1
+    # (batch) through a transposed copy: store x batch-first and let forward see [5, N, 12].
+    write_case("attention", SequenceFirst(attention), x.transpose(0, 1).contiguous(), y.transpose(0, 1).contiguous(), 4, mse_loss)
 
 
 if __name__ == "__main__":
