@@ -9,8 +9,11 @@ public enum F {
 
     // MARK: Activations
 
+    /// max(x, 0).
     public static func relu(_ x: NNTensor) -> NNTensor { x.relu() }
+    /// 1 / (1 + e^(−x)).
     public static func sigmoid(_ x: NNTensor) -> NNTensor { x.sigmoid() }
+    /// tanh(x).
     public static func tanh(_ x: NNTensor) -> NNTensor { x.tanh() }
     /// x·sigmoid(x) (PyTorch's `silu`).
     public static func silu(_ x: NNTensor) -> NNTensor { x * x.sigmoid() }
@@ -23,7 +26,9 @@ public enum F {
     public static func leakyRelu(_ x: NNTensor, negativeSlope: Float = 0.01) -> NNTensor {
         Eager.op("LeakyRelu", [x], attributes: ["alpha": .float(negativeSlope)])
     }
+    /// Softmax along `dim`.
     public static func softmax(_ x: NNTensor, dim: Int) -> NNTensor { x.softmax(dim: dim) }
+    /// Log-softmax along `dim`.
     public static func logSoftmax(_ x: NNTensor, dim: Int) -> NNTensor { x.logSoftmax(dim: dim) }
 
     // MARK: Layers

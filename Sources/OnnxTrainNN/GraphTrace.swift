@@ -96,7 +96,9 @@ struct GraphTrace {
         graph.name = graphName
         for (i, leaf) in leaves.enumerated() {
             if initializerLeaves.contains(i) {
-                graph.setInitializer(leafNames[i], leaf.value)
+                // A copy: optimizer steps update parameters in place, and a written or returned
+                // model must keep the values it was exported with.
+                graph.setInitializer(leafNames[i], leaf.value.copied())
             } else {
                 graph.inputs.append(ValueInfo(name: leafNames[i], type: .tensor(leaf.dtype, shape: leaf.shape.map { .value($0) })))
             }

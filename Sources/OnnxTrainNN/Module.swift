@@ -20,6 +20,7 @@ open class Module {
     /// Training mode (the default) or evaluation mode; Dropout and BatchNorm read it.
     public private(set) var training = true
 
+    /// An empty module; subclasses create their layers and parameters in their properties.
     public init() {}
 
     /// The direct submodules with their names.
@@ -90,12 +91,14 @@ open class Module {
         return result
     }
 
-    /// Parameters and buffers of the whole tree with dotted names, each tensor once.
-    public func namedTensors() -> [(String, NNTensor)] {
+    /// Parameters and buffers of the whole tree with dotted names, each tensor once unless
+    /// `removeDuplicates` is false (a tensor shared by two modules, as tied weights are, then
+    /// appears under both names, as in PyTorch's `state_dict()`).
+    public func namedTensors(removeDuplicates: Bool = true) -> [(String, NNTensor)] {
         var seen = Set<ObjectIdentifier>()
         var result: [(String, NNTensor)] = []
         for (prefix, module) in namedModules() {
-            for (name, t) in module.namedLocalTensors() where seen.insert(ObjectIdentifier(t)).inserted {
+            for (name, t) in module.namedLocalTensors() where seen.insert(ObjectIdentifier(t)).inserted || !removeDuplicates {
                 result.append((prefix.isEmpty ? name : prefix + "." + name, t))
             }
         }
@@ -111,9 +114,10 @@ open class Module {
     /// The buffers (running statistics) with their dotted names.
     public func namedBuffers() -> [(String, NNTensor)] { namedTensors().filter { $0.1.role == .buffer } }
 
-    /// Parameters and buffers by dotted name, as PyTorch's `state_dict()` (values are shared, not copied).
+    /// Parameters and buffers by dotted name, as PyTorch's `state_dict()` (values are shared, not
+    /// copied; tied weights appear under each of their names).
     public func stateDict() -> [String: Tensor] {
-        Dictionary(namedTensors().map { ($0.0, $0.1.value) }, uniquingKeysWith: { a, _ in a })
+        Dictionary(namedTensors(removeDuplicates: false).map { ($0.0, $0.1.value) }, uniquingKeysWith: { a, _ in a })
     }
 
     /// What `loadStateDict` left alone.
@@ -133,7 +137,7 @@ open class Module {
     ///   listing the missing and unexpected names; nothing is changed when it throws.
     @discardableResult
     public func loadStateDict(_ state: [String: Tensor], strict: Bool = true) throws -> LoadResult {
-        let own = namedTensors()
+        let own = namedTensors(removeDuplicates: false)
         let ownNames = Set(own.map(\.0))
         let missing = own.map(\.0).filter { state[$0] == nil }
         let unexpected = state.keys.filter { !ownNames.contains($0) }.sorted()
@@ -167,7 +171,7 @@ open class Module {
             }
             if lower.hasSuffix(".onnx") {
                 let initializers = try Model(contentsOf: path).graph.initializers
-                let wanted = Set(namedTensors().map(\.0))
+                let wanted = Set(namedTensors(removeDuplicates: false).map(\.0))
                 return try loadStateDict(initializers.filter { wanted.contains($0.key) }, strict: strict)
             }
             if lower.hasSuffix(".npz") {
@@ -183,7 +187,7 @@ open class Module {
     /// Writes `stateDict()` as `.safetensors` (names sorted, as PyTorch's `save_file` writes
     /// them), atomically; PyTorch reads it back with `load_state_dict(load_file(path))`.
     public func saveStateDict(to path: String) throws {
-        let tensors = namedTensors().map { (name: $0.0, tensor: $0.1.value) }.sorted { $0.name < $1.name }
+        let tensors = namedTensors(removeDuplicates: false).map { (name: $0.0, tensor: $0.1.value) }.sorted { $0.name < $1.name }
         try SafeTensors.write(SafeTensorsFile(tensors: tensors), to: path)
     }
 

@@ -191,18 +191,31 @@ public func matmul(_ a: NNTensor, _ b: NNTensor) -> NNTensor { a.matmul(b) }
 
 // MARK: Arithmetic (broadcasting as PyTorch and ONNX do)
 
+/// Elementwise sum (Add).
 public func + (a: NNTensor, b: NNTensor) -> NNTensor { Eager.op("Add", [a, b]) }
+/// Elementwise difference (Sub).
 public func - (a: NNTensor, b: NNTensor) -> NNTensor { Eager.op("Sub", [a, b]) }
 /// Elementwise product, as in PyTorch; `matmul` is the matrix product.
 public func * (a: NNTensor, b: NNTensor) -> NNTensor { Eager.op("Mul", [a, b]) }
+/// Elementwise quotient (Div).
 public func / (a: NNTensor, b: NNTensor) -> NNTensor { Eager.op("Div", [a, b]) }
+/// Negation (Neg).
 public prefix func - (a: NNTensor) -> NNTensor { Eager.op("Neg", [a]) }
 
+// A number on either side is a scalar constant of the tensor's element type.
+/// Tensor plus a number.
 public func + (a: NNTensor, b: Float) -> NNTensor { a + a.scalarLike(Double(b)) }
+/// Tensor minus a number.
 public func - (a: NNTensor, b: Float) -> NNTensor { a - a.scalarLike(Double(b)) }
+/// Tensor times a number.
 public func * (a: NNTensor, b: Float) -> NNTensor { a * a.scalarLike(Double(b)) }
+/// Tensor divided by a number.
 public func / (a: NNTensor, b: Float) -> NNTensor { a / a.scalarLike(Double(b)) }
+/// A number plus a tensor.
 public func + (a: Float, b: NNTensor) -> NNTensor { b.scalarLike(Double(a)) + b }
+/// A number minus a tensor.
 public func - (a: Float, b: NNTensor) -> NNTensor { b.scalarLike(Double(a)) - b }
+/// A number times a tensor.
 public func * (a: Float, b: NNTensor) -> NNTensor { b.scalarLike(Double(a)) * b }
+/// A number divided by a tensor.
 public func / (a: Float, b: NNTensor) -> NNTensor { b.scalarLike(Double(a)) / b }

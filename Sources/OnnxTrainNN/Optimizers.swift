@@ -76,9 +76,12 @@ open class NNOptimizer {
 /// as `torch.optim.SGD`: g += wd·w; buf = g on a parameter's first step, else
 /// momentum·buf + (1 − dampening)·g; d = g + momentum·buf (Nesterov) or buf; w −= lr·d.
 public final class SGD: NNOptimizer {
+    /// PyTorch's hyper-parameters of the same names.
     public let momentum: Float, dampening: Float, weightDecay: Float
+    /// Nesterov momentum.
     public let nesterov: Bool
 
+    /// PyTorch's `torch.optim.SGD(params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False)`.
     public init(_ parameters: [NNTensor], lr: Float, momentum: Float = 0, dampening: Float = 0, weightDecay: Float = 0,
                 nesterov: Bool = false) {
         self.momentum = momentum
@@ -159,12 +162,16 @@ public final class SGD: NNOptimizer {
 /// PyTorch mode (adam_mode 0) with bias correction, run once per group of parameters that have
 /// taken the same number of steps.
 public class Adam: NNOptimizer {
+    /// The moments' decay rates (β1, β2).
     public let betas: (Float, Float)
+    /// Added to the second moment's square root.
     public let eps: Float
+    /// L2 (Adam) or decoupled (AdamW) weight decay.
     public let weightDecay: Float
     /// Decoupled weight decay (AdamW) rather than L2 (Adam).
     let decoupled: Bool
 
+    /// PyTorch's `torch.optim.Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0)`.
     public init(_ parameters: [NNTensor], lr: Float = 1e-3, betas: (Float, Float) = (0.9, 0.999), eps: Float = 1e-8, weightDecay: Float = 0) {
         self.betas = betas
         self.eps = eps
@@ -239,6 +246,7 @@ public class Adam: NNOptimizer {
 
 /// AdamW (`torch.optim.AdamW`): Adam with decoupled weight decay, PyTorch's defaults (wd 0.01).
 public final class AdamW: Adam {
+    /// PyTorch's `torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)`.
     public override init(_ parameters: [NNTensor], lr: Float = 1e-3, betas: (Float, Float) = (0.9, 0.999), eps: Float = 1e-8, weightDecay: Float = 1e-2) {
         super.init(parameters, lr: lr, betas: betas, eps: eps, weightDecay: weightDecay, decoupled: true)
     }

@@ -186,3 +186,31 @@ final class FiniteDifferenceTests: XCTestCase {
         print("backward vs float64 central differences: max |diff| \(worst)")
     }
 }
+
+/// Tied weights: one tensor under two names, as PyTorch's `head.weight = embed.weight`.
+final class TiedWeightTests: XCTestCase {
+    final class Tied: Module, UnaryModule {
+        let embed = Embedding(5, 4)
+        let head = Linear(4, 5, bias: false)
+        override init() {
+            super.init()
+            head.weight = embed.weight
+        }
+        func forward(_ x: NNTensor) -> NNTensor { head(embed(x)) }
+    }
+
+    func testTiedWeightIsOneParameterUnderBothStateDictNames() throws {
+        let model = Tied()
+        XCTAssertEqual(model.namedParameters().map(\.0), ["embed.weight"])
+        XCTAssertEqual(Set(model.stateDict().keys), ["embed.weight", "head.weight"])
+        // Both uses contribute to the one gradient: d/dW sum(W[x] · Wᵀ) for x = [1].
+        try model(NNTensor([Int64(1)], shape: [1])).sum().backward()
+        let w = model.embed.weight.value.scalars(as: Float.self)
+        let columnSums = (0..<4).map { k in (0..<5).reduce(Float(0)) { $0 + w[$1 * 4 + k] } }
+        var expected = [Float](repeating: 0, count: 20)
+        for j in 0..<5 { for k in 0..<4 { expected[j * 4 + k] += w[4 + k] } }  // through the head: x·Wᵀ, d/dW[j, k] = e[k]
+        for k in 0..<4 { expected[4 + k] += columnSums[k] }  // through the embedding row 1
+        let grad = try XCTUnwrap(model.embed.weight.grad).scalars(as: Float.self)
+        XCTAssertLessThan(zip(grad, expected).map { Swift.abs($0 - $1) }.max() ?? 1, 1e-6)
+    }
+}

@@ -9,13 +9,20 @@ import OnnxTrain
 /// `keyPaddingMask` is bool [N, S], true for padding. Attention weights drop out with
 /// probability `dropout` in training mode.
 public final class MultiheadAttention: Module {
+    /// Model width and heads (`embedDim` is a multiple of `numHeads`).
     public let embedDim: Int, numHeads: Int
+    /// Dropout probability of the attention weights in training mode.
     public let dropout: Float
+    /// Inputs and outputs are [N, L, E] rather than [L, N, E].
     public let batchFirst: Bool
+    /// The query, key and value projections stacked: [3E, E].
     public let inProjWeight: NNTensor
+    /// Their biases [3E], nil for `bias: false`.
     public let inProjBias: NNTensor?
+    /// The output projection.
     public let outProj: Linear
 
+    /// PyTorch's `nn.MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=True, batch_first=False)`.
     public init(_ embedDim: Int, _ numHeads: Int, dropout: Float = 0, bias: Bool = true, batchFirst: Bool = false) {
         precondition(numHeads > 0 && embedDim % numHeads == 0, "embedDim \(embedDim) must be divisible by numHeads \(numHeads)")
         self.embedDim = embedDim
@@ -35,6 +42,7 @@ public final class MultiheadAttention: Module {
         forward(query, key, value, keyPaddingMask: keyPaddingMask, needWeights: needWeights, attnMask: attnMask)
     }
 
+    /// See `callAsFunction`.
     public func forward(_ query: NNTensor, _ key: NNTensor, _ value: NNTensor, keyPaddingMask: NNTensor? = nil,
                         needWeights: Bool = true, attnMask: NNTensor? = nil) -> (NNTensor, NNTensor?) {
         // Work batch-first: [N, L, E].
@@ -95,17 +103,29 @@ public final class TransformerEncoderLayer: Module, UnaryModule {
     /// The feed-forward activation.
     public enum Activation: Sendable { case relu, gelu }
 
+    /// The self-attention block.
     public let selfAttn: MultiheadAttention
+    /// The feed-forward block: linear1, activation, dropout, linear2.
     public let linear1: Linear
+    /// Dropout inside the feed-forward block.
     public let dropout: Dropout
+    /// The feed-forward block's output layer.
     public let linear2: Linear
+    /// LayerNorm before each block (pre-norm) rather than after the residual sum.
     public let normFirst: Bool
+    /// The attention block's LayerNorm.
     public let norm1: LayerNorm
+    /// The feed-forward block's LayerNorm.
     public let norm2: LayerNorm
+    /// Dropout on the attention block's output.
     public let dropout1: Dropout
+    /// Dropout on the feed-forward block's output.
     public let dropout2: Dropout
+    /// The feed-forward activation.
     public let activation: Activation
 
+    /// PyTorch's `nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward=2048, dropout=0.1,
+    /// activation="relu", layer_norm_eps=1e-5, batch_first=False, norm_first=False, bias=True)`.
     public init(dModel: Int, nhead: Int, dimFeedforward: Int = 2048, dropout: Float = 0.1, activation: Activation = .relu,
                 layerNormEps: Float = 1e-5, batchFirst: Bool = false, normFirst: Bool = false, bias: Bool = true) {
         selfAttn = MultiheadAttention(dModel, nhead, dropout: dropout, bias: bias, batchFirst: batchFirst)
@@ -138,12 +158,15 @@ public final class TransformerEncoderLayer: Module, UnaryModule {
         return norm2(x + feedForward(x))
     }
 
+    /// The block without masks.
     public func forward(_ x: NNTensor) -> NNTensor { forward(x, mask: nil) }
 }
 
 /// A stack of encoder layers (PyTorch's `nn.TransformerEncoder`: `layers.0`, `layers.1`, ... and an optional final `norm`).
 public final class TransformerEncoder: Module, UnaryModule {
+    /// The layers, in order.
     public let layers: [TransformerEncoderLayer]
+    /// A LayerNorm after the last layer, if any.
     public let norm: LayerNorm?
 
     /// `numLayers` layers made by `makeLayer` (PyTorch deep-copies one layer; each gets its own initial weights here).
@@ -152,10 +175,12 @@ public final class TransformerEncoder: Module, UnaryModule {
         self.norm = norm
     }
 
+    /// Every layer with the same masks, then `norm`.
     public func forward(_ src: NNTensor, mask: NNTensor?, srcKeyPaddingMask: NNTensor? = nil) -> NNTensor {
         let x = layers.reduce(src) { $1.forward($0, mask: mask, srcKeyPaddingMask: srcKeyPaddingMask) }
         return norm.map { $0(x) } ?? x
     }
 
+    /// The stack without masks.
     public func forward(_ x: NNTensor) -> NNTensor { forward(x, mask: nil) }
 }

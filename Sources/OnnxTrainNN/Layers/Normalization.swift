@@ -3,21 +3,28 @@ import OnnxTrain
 /// Layer normalisation over the trailing dimensions `normalizedShape` (PyTorch's `nn.LayerNorm`):
 /// weight ones, bias zeros; one LayerNormalization node.
 public final class LayerNorm: Module, UnaryModule {
+    /// The trailing dimensions normalised over.
     public let normalizedShape: [Int]
+    /// Added to the variance before the square root.
     public let eps: Float
+    /// Scale of `normalizedShape` (ones), nil without `elementwiseAffine`.
     public let weight: NNTensor?
+    /// Shift of `normalizedShape` (zeros), nil without `elementwiseAffine` or `bias`.
     public let bias: NNTensor?
 
+    /// PyTorch's `nn.LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True)`.
     public init(_ normalizedShape: [Int], eps: Float = 1e-5, elementwiseAffine: Bool = true, bias: Bool = true) {
         self.normalizedShape = normalizedShape
         self.eps = eps
         weight = elementwiseAffine ? .parameter(Init.constant(normalizedShape, 1)) : nil
         self.bias = elementwiseAffine && bias ? .parameter(Init.constant(normalizedShape, 0)) : nil
     }
+    /// Normalisation over one trailing dimension of `size`.
     public convenience init(_ size: Int, eps: Float = 1e-5, elementwiseAffine: Bool = true) {
         self.init([size], eps: eps, elementwiseAffine: elementwiseAffine)
     }
 
+    /// The normalised x (one LayerNormalization node).
     public func forward(_ x: NNTensor) -> NNTensor { F.layerNorm(x, normalizedShape: normalizedShape, weight: weight, bias: bias, eps: eps) }
 }
 
@@ -29,13 +36,21 @@ public final class LayerNorm: Module, UnaryModule {
 /// momentum·batch, with the *unbiased* variance n/(n − 1)·var. In evaluation mode it is one
 /// BatchNormalization node over the running statistics, which is what `exportONNX` writes.
 public class BatchNormNd: Module, UnaryModule {
+    /// Channels (dimension 1 of the input).
     public let numFeatures: Int
+    /// Added to the variance before the square root.
     public let eps: Float
+    /// The weight of a new batch in the running statistics.
     public let momentum: Float
+    /// Per-channel scale (ones) and shift (zeros); nil without `affine`.
     public let weight: NNTensor?
+    /// Per-channel shift (zeros); nil without `affine`.
     public let bias: NNTensor?
+    /// Running mean and variance (buffers: zeros and ones), nil without `trackRunningStats`.
     public let runningMean: NNTensor?
+    /// See `runningMean`.
     public let runningVar: NNTensor?
+    /// Training batches seen (an int64 buffer, saved as PyTorch saves it).
     public let numBatchesTracked: NNTensor?
 
     init(_ numFeatures: Int, eps: Float, momentum: Float, affine: Bool, trackRunningStats: Bool) {
@@ -49,6 +64,8 @@ public class BatchNormNd: Module, UnaryModule {
         numBatchesTracked = trackRunningStats ? .buffer(Tensor(scalar: Int64(0))) : nil
     }
 
+    /// Batch statistics (and a running-statistics update) in training mode, the running
+    /// statistics in evaluation mode.
     public func forward(_ x: NNTensor) -> NNTensor {
         let c = numFeatures
         guard x.rank >= 2, x.size(1) == c else { return x.failed("BatchNorm(\(c)): input of shape \(x.shape) has not \(c) channels in dimension 1") }
@@ -80,6 +97,7 @@ public class BatchNormNd: Module, UnaryModule {
 
 /// Batch normalisation over [N, C] or [N, C, L] (PyTorch's `nn.BatchNorm1d`).
 public final class BatchNorm1d: BatchNormNd {
+    /// PyTorch's arguments: `(num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True)`.
     public override init(_ numFeatures: Int, eps: Float = 1e-5, momentum: Float = 0.1, affine: Bool = true, trackRunningStats: Bool = true) {
         super.init(numFeatures, eps: eps, momentum: momentum, affine: affine, trackRunningStats: trackRunningStats)
     }
@@ -87,6 +105,7 @@ public final class BatchNorm1d: BatchNormNd {
 
 /// Batch normalisation over [N, C, H, W] (PyTorch's `nn.BatchNorm2d`).
 public final class BatchNorm2d: BatchNormNd {
+    /// PyTorch's arguments: `(num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True)`.
     public override init(_ numFeatures: Int, eps: Float = 1e-5, momentum: Float = 0.1, affine: Bool = true, trackRunningStats: Bool = true) {
         super.init(numFeatures, eps: eps, momentum: momentum, affine: affine, trackRunningStats: trackRunningStats)
     }
@@ -95,11 +114,16 @@ public final class BatchNorm2d: BatchNormNd {
 /// Group normalisation (PyTorch's `nn.GroupNorm`): channels in `numGroups` groups, each
 /// normalised over its channels and positions; per-channel weight ones and bias zeros.
 public final class GroupNorm: Module, UnaryModule {
+    /// Groups, and channels (dimension 1 of the input; a multiple of the groups).
     public let numGroups: Int, numChannels: Int
+    /// Added to the variance before the square root.
     public let eps: Float
+    /// Per-channel scale (ones); nil without `affine`.
     public let weight: NNTensor?
+    /// Per-channel shift (zeros); nil without `affine`.
     public let bias: NNTensor?
 
+    /// PyTorch's `nn.GroupNorm(num_groups, num_channels, eps=1e-5, affine=True)`.
     public init(_ numGroups: Int, _ numChannels: Int, eps: Float = 1e-5, affine: Bool = true) {
         self.numGroups = numGroups
         self.numChannels = numChannels
@@ -108,6 +132,7 @@ public final class GroupNorm: Module, UnaryModule {
         bias = affine ? .parameter(Init.constant([numChannels], 0)) : nil
     }
 
+    /// x [N, C, ...] normalised per sample and group.
     public func forward(_ x: NNTensor) -> NNTensor {
         guard x.rank >= 2, x.size(1) == numChannels, numChannels % numGroups == 0 else {
             return x.failed("GroupNorm(\(numGroups), \(numChannels)): input of shape \(x.shape) does not fit")

@@ -7,8 +7,11 @@ import OnnxTrain
 /// The recurrence is unrolled into MatMul/Sigmoid/Tanh nodes, one group per time step, so it
 /// trains through the same gradient rules as everything else and exports as plain ONNX.
 public class RecurrentBase: Module {
+    /// Features in, hidden features, and stacked layers.
     public let inputSize: Int, hiddenSize: Int, numLayers: Int
+    /// A second, reversed pass per layer; [N, L, ...] inputs and outputs.
     public let bidirectional: Bool, batchFirst: Bool
+    /// Dropout between stacked layers in training mode.
     public let dropout: Float
     let gates: Int
     /// Per layer and direction: weight_ih, weight_hh, bias_ih?, bias_hh?.
@@ -37,6 +40,7 @@ public class RecurrentBase: Module {
         self.cells = cells
     }
 
+    /// PyTorch's parameter names: `weight_ih_l0`, `bias_hh_l1_reverse`, ...
     public override func namedLocalTensors() -> [(String, NNTensor)] {
         cells.flatMap { c -> [(String, NNTensor)] in
             [("weight_ih" + c.suffix, c.weightIH), ("weight_hh" + c.suffix, c.weightHH)]
@@ -92,6 +96,7 @@ public class RecurrentBase: Module {
 /// A long short-term memory network (PyTorch's `nn.LSTM`): gates i, f, g, o;
 /// c = f·c + i·g, h = o·tanh(c). Input [L, N, in] ([N, L, in] with `batchFirst`).
 public final class LSTM: RecurrentBase {
+    /// PyTorch's `nn.LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0, bidirectional=False)`.
     public init(_ inputSize: Int, _ hiddenSize: Int, numLayers: Int = 1, bias: Bool = true, batchFirst: Bool = false,
                 dropout: Float = 0, bidirectional: Bool = false) {
         super.init(gates: 4, inputSize: inputSize, hiddenSize: hiddenSize, numLayers: numLayers, bias: bias, batchFirst: batchFirst,
@@ -115,6 +120,7 @@ public final class LSTM: RecurrentBase {
 /// A gated recurrent unit network (PyTorch's `nn.GRU`): gates r, z, n;
 /// n = tanh(W_in·x + b_in + r·(W_hn·h + b_hn)), h = (1 − z)·n + z·h.
 public final class GRU: RecurrentBase {
+    /// PyTorch's `nn.GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0, bidirectional=False)`.
     public init(_ inputSize: Int, _ hiddenSize: Int, numLayers: Int = 1, bias: Bool = true, batchFirst: Bool = false,
                 dropout: Float = 0, bidirectional: Bool = false) {
         super.init(gates: 3, inputSize: inputSize, hiddenSize: hiddenSize, numLayers: numLayers, bias: bias, batchFirst: batchFirst,
