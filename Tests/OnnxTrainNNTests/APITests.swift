@@ -214,3 +214,44 @@ final class TiedWeightTests: XCTestCase {
         XCTAssertLessThan(zip(grad, expected).map { Swift.abs($0 - $1) }.max() ?? 1, 1e-6)
     }
 }
+
+/// PyTorch's default initialisation: the bounds and spreads each layer draws from.
+final class InitialisationTests: XCTestCase {
+    /// The largest |value| and the standard deviation.
+    func spread(_ t: NNTensor) -> (max: Float, std: Float) {
+        let v = t.value.scalars(as: Float.self)
+        let mean = v.reduce(0, +) / Float(v.count)
+        let variance = v.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Float(v.count)
+        return (v.map { Swift.abs($0) }.max() ?? 0, variance.squareRoot())
+    }
+
+    /// U(±bound): every value inside, the largest near the bound, the spread bound/√3.
+    func assertUniform(_ t: NNTensor, bound: Float, _ label: String, file: StaticString = #filePath, line: UInt = #line) {
+        let (largest, std) = spread(t)
+        XCTAssertLessThanOrEqual(largest, bound, label, file: file, line: line)
+        XCTAssertGreaterThan(largest, 0.95 * bound, label, file: file, line: line)
+        XCTAssertEqual(std, bound / Float(3).squareRoot(), accuracy: 0.05 * bound, label, file: file, line: line)
+    }
+
+    func testLayersDrawFromPyTorchsDefaults() throws {
+        NNRandom.manualSeed(3)
+        let linear = Linear(100, 50)
+        assertUniform(linear.weight, bound: 0.1, "Linear.weight: kaiming_uniform(a=√5) = U(±1/√in)")
+        assertUniform(try XCTUnwrap(linear.bias), bound: 0.1, "Linear.bias")
+        let conv = Conv2d(8, 16, kernelSize: 3)
+        assertUniform(conv.weight, bound: 1 / Float(72).squareRoot(), "Conv2d.weight: fan_in = 8·3·3")
+        let transposed = ConvTranspose2d(16, 8, kernelSize: 4)
+        assertUniform(transposed.weight, bound: 1 / Float(8 * 16).squareRoot(), "ConvTranspose2d.weight: fan_in = out·k·k")
+        let attention = MultiheadAttention(32, 4)
+        assertUniform(attention.inProjWeight, bound: (6 / Float(32 + 96)).squareRoot(), "in_proj_weight: xavier_uniform")
+        XCTAssertEqual(Set(try XCTUnwrap(attention.inProjBias).value.scalars(as: Float.self)), [0])
+        XCTAssertEqual(Set(try XCTUnwrap(attention.outProj.bias).value.scalars(as: Float.self)), [0])
+        let lstm = LSTM(10, 25)
+        for (name, p) in lstm.namedParameters() { assertUniform(p, bound: 0.2, "LSTM.\(name): U(±1/√hidden)") }
+        XCTAssertEqual(spread(Embedding(100, 40).weight).std, 1, accuracy: 0.05, "Embedding: N(0, 1)")
+        let norm = BatchNorm2d(6)
+        XCTAssertEqual(norm.weight?.value.scalars(as: Float.self), [Float](repeating: 1, count: 6))
+        XCTAssertEqual(norm.runningVar?.value.scalars(as: Float.self), [Float](repeating: 1, count: 6))
+        XCTAssertEqual(norm.numBatchesTracked?.value.intValues(), [0])
+    }
+}

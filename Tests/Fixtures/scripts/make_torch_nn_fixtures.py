@@ -11,7 +11,9 @@ Each case defines a model in PyTorch exactly as Tests/OnnxTrainNNTests defines i
                         after_sgd.<name>: every buffer (BatchNorm running statistics) after those steps
                         net only: nesterov_losses (SGD lr 0.05, momentum 0.9, Nesterov, weight decay 1e-4),
                         dampening_losses (SGD lr 0.05, momentum 0.5, dampening 0.3) and adam_losses
-                        (Adam lr 1e-3, L2 weight decay 1e-3)
+                        (Adam lr 1e-3, L2 weight decay 1e-3); torch_export.onnx: the initial model exported
+                        by torch.onnx (TorchScript exporter, eval mode, no constant folding, opset 17),
+                        whose initializers keep the state_dict names
 
 Cases:
   net      the torch.js proposal's Net: Conv2d(3,16,5,p2), MaxPool2d(2), ReLU, Conv2d(16,32,5,p2),
@@ -167,6 +169,9 @@ def write_case(name, model, x, y, batch, loss_fn, extra=None):
     model.eval()
     with torch.no_grad():
         output = model(x[:batch]).numpy()
+    if name == "net":
+        torch.onnx.export(model, (x[:batch],), str(folder / "torch_export.onnx"), dynamo=False, do_constant_folding=False,
+                          opset_version=17, input_names=["input"], output_names=["output"])
     sgd = train(model, state, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-4), loss_fn, x, y, batch)
     model.eval()
     with torch.no_grad():
