@@ -66,24 +66,10 @@ extension Module {
     /// training checkpoint, which `onnx-train` and onnxruntime's `CheckpointState.load_checkpoint`
     /// read; names are the `stateDict()` names, frozen parameters and buffers non-trainable.
     public func saveCheckpoint(to path: String, optimizer: NNOptimizer? = nil) throws {
-        let named = namedTensors()
-        let parameters = named.map { name, t in
+        let parameters = namedTensors().map { name, t in
             Parameter(name: name, data: t.value, requiresGrad: t.role == .parameter && t.requiresGrad)
         }
-        var groups: [String: OptimizerGroupState] = [:]
-        if let optimizer {
-            var names: [ObjectIdentifier: String] = [:]
-            for (name, t) in named { names[ObjectIdentifier(t)] = name }
-            var group = OptimizerGroupState(step: Int64(optimizer.stepCount), initialLearningRate: optimizer.learningRate,
-                                            learningRate: optimizer.learningRate)
-            for (i, p) in optimizer.parameters.enumerated() {
-                guard let name = names[ObjectIdentifier(p)] else {
-                    throw OnnxTrainError.invalidInput("saveCheckpoint: optimizer parameter \(i) \(p.value) is not a parameter of this module")
-                }
-                if !optimizer.state[i].isEmpty { group.parameterStates[name] = optimizer.state[i] }
-            }
-            groups["group0"] = group
-        }
+        let groups = try optimizer.map { ["group0": try optimizerGroup($0)] } ?? [:]
         let state = try CheckpointState(parameters: parameters, optimizerGroups: groups)
         try state.save(to: path, includeOptimizerState: optimizer != nil)
     }
@@ -93,18 +79,74 @@ extension Module {
     public func loadCheckpoint(from path: String, optimizer: NNOptimizer? = nil, strict: Bool = true) throws {
         let checkpoint = try CheckpointState.load(from: path)
         try loadStateDict(Dictionary(checkpoint.parameters.map { ($0.name, $0.data) }, uniquingKeysWith: { a, _ in a }), strict: strict)
-        guard let optimizer, let group = checkpoint.optimizerGroups["group0"] else { return }
+        if let optimizer, let group = checkpoint.optimizerGroups["group0"] { try restore(group, into: optimizer, source: path) }
+    }
+
+    /// Saves the training state as one `.safetensors` file: the `stateDict()` tensors, each
+    /// optimizer state tensor as `optimizer.<parameter>.<momentum0|momentum1>` (onnxruntime's
+    /// checkpoint keys) and the step count and learning rate in the metadata. Atomic.
+    public func saveTrainingState(to path: String, optimizer: NNOptimizer) throws {
+        let group = try optimizerGroup(optimizer)
+        var tensors = namedTensors(removeDuplicates: false).map { (name: $0.0, tensor: $0.1.value) }
+        for (name, states) in group.parameterStates {
+            for (key, t) in states { tensors.append((name: "optimizer.\(name).\(key)", tensor: t)) }
+        }
+        tensors.sort { $0.name < $1.name }
+        let metadata = ["optimizer.step": String(group.step), "optimizer.learning_rate": String(group.learningRate)]
+        try SafeTensors.write(SafeTensorsFile(tensors: tensors, metadata: metadata), to: path)
+    }
+
+    /// Loads what `saveTrainingState` wrote into this module and `optimizer`.
+    public func loadTrainingState(from path: String, optimizer: NNOptimizer, strict: Bool = true) throws {
+        let file = try SafeTensors.read(contentsOf: path)
+        var model: [String: Tensor] = [:]
+        var group = OptimizerGroupState()
+        for (name, t) in file.tensors {
+            guard name.hasPrefix("optimizer."), let dot = name.lastIndex(of: ".") else { model[name] = t; continue }
+            let parameter = String(name[name.index(name.startIndex, offsetBy: 10)..<dot])
+            group.parameterStates[parameter, default: [:]][String(name[name.index(after: dot)...])] = t
+        }
+        guard let step = file.metadata["optimizer.step"].flatMap(Int64.init),
+              let rate = file.metadata["optimizer.learning_rate"].flatMap(Float.init) else {
+            throw OnnxTrainError.invalidInput("\(path): no optimizer.step and optimizer.learning_rate metadata (not written by saveTrainingState)")
+        }
+        group.step = step
+        group.initialLearningRate = rate
+        try loadStateDict(model, strict: strict)
+        try restore(group, into: optimizer, source: path)
+    }
+
+    /// The optimizer's step, rate and per-parameter state under this module's parameter names.
+    private func optimizerGroup(_ optimizer: NNOptimizer) throws -> OptimizerGroupState {
         var names: [ObjectIdentifier: String] = [:]
         for (name, t) in namedTensors() { names[ObjectIdentifier(t)] = name }
-        optimizer.stepCount = Int(group.step)
-        optimizer.learningRate = group.initialLearningRate
+        var group = OptimizerGroupState(step: Int64(optimizer.stepCount), initialLearningRate: optimizer.learningRate,
+                                        learningRate: optimizer.learningRate)
+        for (i, p) in optimizer.parameters.enumerated() {
+            guard let name = names[ObjectIdentifier(p)] else {
+                throw OnnxTrainError.invalidInput("optimizer parameter \(i) \(p.value) is not a parameter of this module")
+            }
+            if !optimizer.state[i].isEmpty { group.parameterStates[name] = optimizer.state[i] }
+        }
+        return group
+    }
+
+    /// Sets `optimizer`'s step, rate and state from `group` (saved under this module's names).
+    private func restore(_ group: OptimizerGroupState, into optimizer: NNOptimizer, source: String) throws {
+        var names: [ObjectIdentifier: String] = [:]
+        for (name, t) in namedTensors() { names[ObjectIdentifier(t)] = name }
+        var states = optimizer.state, steps = optimizer.parameterSteps
         for (i, p) in optimizer.parameters.enumerated() {
             guard let name = names[ObjectIdentifier(p)], let s = group.parameterStates[name] else { continue }
-            for (key, t) in s where t.shape != p.shape {
-                throw OnnxTrainError.invalidInput("\(path): optimizer state '\(key)' of '\(name)' is \(t), the parameter is \(p.value)")
+            for (key, t) in s where t.shape != p.shape || t.dtype != p.dtype {
+                throw OnnxTrainError.invalidInput("\(source): optimizer state '\(key)' of '\(name)' is \(t), the parameter is \(p.value)")
             }
-            optimizer.state[i] = s.mapValues { $0.copied() }
-            optimizer.parameterSteps[i] = Int(group.step)
+            states[i] = s.mapValues { $0.copied() }
+            steps[i] = Int(group.step)
         }
+        optimizer.state = states
+        optimizer.parameterSteps = steps
+        optimizer.stepCount = Int(group.step)
+        optimizer.learningRate = group.initialLearningRate
     }
 }

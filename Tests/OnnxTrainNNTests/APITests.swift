@@ -91,20 +91,26 @@ final class APITests: XCTestCase {
         }
         try model.saveStateDict(to: dir + "/model.safetensors")
         try model.saveCheckpoint(to: dir + "/checkpoint", optimizer: optimizer)
+        try model.saveTrainingState(to: dir + "/training.safetensors", optimizer: optimizer)
         let fromSafeTensors = ConvZoo()
         try fromSafeTensors.loadStateDict(contentsOf: dir + "/model.safetensors")
-        let restored = ConvZoo()
+        let restored = ConvZoo(), restoredFromSafeTensors = ConvZoo()
         let restoredOptimizer = AdamW(restored.parameters(), lr: 1)
+        let safeTensorsOptimizer = AdamW(restoredFromSafeTensors.parameters(), lr: 1)
         try restored.loadCheckpoint(from: dir + "/checkpoint", optimizer: restoredOptimizer)
+        try restoredFromSafeTensors.loadTrainingState(from: dir + "/training.safetensors", optimizer: safeTensorsOptimizer)
         for (name, value) in model.stateDict() {
-            XCTAssertEqual(fromSafeTensors.stateDict()[name]?.rawBytes.elementsEqual(value.rawBytes), true, name)
-            XCTAssertEqual(restored.stateDict()[name]?.rawBytes.elementsEqual(value.rawBytes), true, name)
+            for copy in [fromSafeTensors, restored, restoredFromSafeTensors] {
+                XCTAssertEqual(copy.stateDict()[name]?.rawBytes.elementsEqual(value.rawBytes), true, name)
+            }
         }
-        XCTAssertEqual(restoredOptimizer.stepCount, 2)
-        XCTAssertEqual(restoredOptimizer.learningRate, 1e-3)
-        // The restored pair continues exactly as the original.
+        for o in [restoredOptimizer, safeTensorsOptimizer] {
+            XCTAssertEqual(o.stepCount, 2)
+            XCTAssertEqual(o.learningRate, 1e-3)
+        }
+        // The restored pairs continue exactly as the original.
         for step in 2..<4 {
-            for (m, o) in [(model, optimizer as NNOptimizer), (restored, restoredOptimizer)] {
+            for (m, o) in [(model, optimizer as NNOptimizer), (restored, restoredOptimizer), (restoredFromSafeTensors, safeTensorsOptimizer)] {
                 o.zeroGrad()
                 try loss(m, step).backward()
                 try o.step()
@@ -112,6 +118,7 @@ final class APITests: XCTestCase {
         }
         for (name, value) in model.stateDict() {
             XCTAssertEqual(restored.stateDict()[name]?.rawBytes.elementsEqual(value.rawBytes), true, name)
+            XCTAssertEqual(restoredFromSafeTensors.stateDict()[name]?.rawBytes.elementsEqual(value.rawBytes), true, name)
         }
     }
 
