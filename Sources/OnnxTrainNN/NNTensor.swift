@@ -49,17 +49,31 @@ public final class NNTensor {
         error = nil
     }
 
-    /// A float32 data tensor from `scalars` in row-major order.
-    /// - Precondition: `scalars.count` equals the product of `shape`.
+    /// A float32 data tensor from `scalars` in row-major order (a failed tensor when their
+    /// count is not the product of `shape`).
     public convenience init(_ scalars: [Float], shape: [Int]) {
-        self.init(Tensor(shape: shape, scalars: scalars))
+        guard let t = NNTensor.checked(shape, scalars) else {
+            self.init(failure: OnnxTrainError.invalidInput("\(scalars.count) values cannot fill shape \(shape)"))
+            return
+        }
+        self.init(t)
     }
 
     /// An int64 data tensor (class labels, token ids) from `scalars`; array literals of numbers
     /// make float32 tensors, `[Int64]` values this one.
     @_disfavoredOverload
     public convenience init(_ scalars: [Int64], shape: [Int]) {
-        self.init(Tensor(shape: shape, scalars: scalars))
+        guard let t = NNTensor.checked(shape, scalars) else {
+            self.init(failure: OnnxTrainError.invalidInput("\(scalars.count) values cannot fill shape \(shape)"))
+            return
+        }
+        self.init(t)
+    }
+
+    /// `Tensor(shape:scalars:)` when the counts agree and no dimension is negative.
+    private static func checked<T: TensorElement>(_ shape: [Int], _ scalars: [T]) -> Tensor? {
+        guard shape.allSatisfy({ $0 >= 0 }), Tensor.elementCount(shape) == scalars.count else { return nil }
+        return Tensor(shape: shape, scalars: scalars)
     }
 
     /// A trainable parameter holding `tensor` (PyTorch's `nn.Parameter`).

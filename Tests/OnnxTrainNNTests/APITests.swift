@@ -262,3 +262,15 @@ final class InitialisationTests: XCTestCase {
         XCTAssertEqual(norm.numBatchesTracked?.value.intValues(), [0])
     }
 }
+
+/// Bad arguments give failed tensors with a message, never a trap.
+final class BadInputTests: XCTestCase {
+    func testMismatchedValuesAndHeadsFailWithAMessage() {
+        let values = NNTensor([1, 2, 3], shape: [2, 2])
+        XCTAssertEqual(values.error?.message, "3 values cannot fill shape [2, 2]")
+        let x = NNTensor.zeros([2, 3, 10])
+        let (y, _) = MultiheadAttention(10, 3)(x, x, x)
+        XCTAssertEqual(y.error?.message, "MultiheadAttention: embedDim 10 is not divisible by numHeads 3")
+        XCTAssertTrue("\(String(describing: Linear(4, 2)(x).error))".contains("MatMul over inputs [2, 3, 10], [4, 2]"))
+    }
+}

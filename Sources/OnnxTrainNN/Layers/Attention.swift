@@ -24,7 +24,6 @@ public final class MultiheadAttention: Module {
 
     /// PyTorch's `nn.MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=True, batch_first=False)`.
     public init(_ embedDim: Int, _ numHeads: Int, dropout: Float = 0, bias: Bool = true, batchFirst: Bool = false) {
-        precondition(numHeads > 0 && embedDim % numHeads == 0, "embedDim \(embedDim) must be divisible by numHeads \(numHeads)")
         self.embedDim = embedDim
         self.numHeads = numHeads
         self.dropout = dropout
@@ -45,6 +44,9 @@ public final class MultiheadAttention: Module {
     /// See `callAsFunction`.
     public func forward(_ query: NNTensor, _ key: NNTensor, _ value: NNTensor, keyPaddingMask: NNTensor? = nil,
                         needWeights: Bool = true, attnMask: NNTensor? = nil) -> (NNTensor, NNTensor?) {
+        guard numHeads > 0, embedDim % numHeads == 0 else {
+            return (query.failed("MultiheadAttention: embedDim \(embedDim) is not divisible by numHeads \(numHeads)"), nil)
+        }
         // Work batch-first: [N, L, E].
         let q0 = batchFirst ? query : query.transpose(0, 1)
         let k0 = batchFirst ? key : key.transpose(0, 1)

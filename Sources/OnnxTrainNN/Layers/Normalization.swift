@@ -82,14 +82,17 @@ public class BatchNormNd: Module, UnaryModule {
         if let weight { y = y * weight.reshape(broadcast) }
         if let bias { y = y + bias.reshape(broadcast) }
         if training, let runningMean, let runningVar, let numBatchesTracked, mean.error == nil, variance.error == nil {
-            let n = Float(x.value.count / c)
-            let batchMean = mean.value.scalars(as: Float.self), batchVar = variance.value.scalars(as: Float.self)
-            let m = momentum
-            let rm = zip(runningMean.value.scalars(as: Float.self), batchMean).map { (1 - m) * $0 + m * $1 }
-            let rv = zip(runningVar.value.scalars(as: Float.self), batchVar).map { (1 - m) * $0 + m * $1 * n / max(n - 1, 1) }
-            runningMean.setValue(Tensor(shape: [c], scalars: rm))
-            runningVar.setValue(Tensor(shape: [c], scalars: rv))
-            numBatchesTracked.setValue(Tensor(scalar: (numBatchesTracked.value.scalars(as: Int64.self).first ?? 0) + 1))
+            // Read through Double so a float64 model updates its statistics too (never a trap).
+            func values(_ t: Tensor) -> [Double] { (0..<t.count).map { t.scalarDouble(at: $0) ?? .nan } }
+            let n = Double(x.value.count / c), m = Double(momentum)
+            let rm = zip(values(runningMean.value), values(mean.value)).map { (1 - m) * $0 + m * $1 }
+            let rv = zip(values(runningVar.value), values(variance.value)).map { (1 - m) * $0 + m * $1 * n / max(n - 1, 1) }
+            func tensor(_ v: [Double], like t: Tensor) -> Tensor {
+                t.dtype == .float64 ? Tensor(shape: [c], scalars: v) : Tensor(shape: [c], scalars: v.map { Float($0) })
+            }
+            runningMean.setValue(tensor(rm, like: runningMean.value))
+            runningVar.setValue(tensor(rv, like: runningVar.value))
+            numBatchesTracked.setValue(Tensor(scalar: Int64(numBatchesTracked.value.scalarDouble() ?? 0) + 1))
         }
         return y
     }
