@@ -149,7 +149,7 @@ struct BenchCommand: ParsableCommand {
         a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in c.withUnsafeMutableBufferPointer { pc in
             for _ in 0...runs {  // the first run of each warms up threads and buffers
                 var start = clock.now
-                BLAS.sgemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: pa.baseAddress!, lda: n,
+                BLAS.gemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: pa.baseAddress!, lda: n,
                            b: pb.baseAddress!, ldb: n, beta: 0, c: pc.baseAddress!, ldc: n)
                 bestSplit = min(bestSplit, seconds(clock.now - start))
                 start = clock.now

@@ -171,7 +171,7 @@ extension Tensor {
 
 extension Data {
     /// Appends a tensor's elements with one copy (`append(contentsOf:)` on a raw buffer goes
-    /// byte by byte through the generic Sequence path, 20x slower in debug builds).
+    /// byte by byte through the generic Sequence path, very slow in debug builds).
     mutating func appendBytes(of tensor: Tensor) {
         let raw = tensor.rawBytes
         guard let base = raw.baseAddress, raw.count > 0 else { return }

@@ -8,49 +8,43 @@ import COpenBLAS
 /// OpenBLAS runs single-threaded; a large product is split into blocks of rows or columns of C,
 /// one per `Parallel` pool thread. So there is one thread pool in the process: OpenBLAS's own
 /// threads, which spin for a while after each product, never compete with the pool for the
-/// cores (on a loaded 2-core machine that contention made an MLP step 2-5x slower), and the
+/// cores (on a loaded machine that contention slows every step; docs/PERFORMANCE.md), and the
 /// pool's worker, warm from the kernels around it, takes its half of every large product.
 public enum BLAS {
     /// C[m×n] = alpha·op(A)·op(B) + beta·C, row-major; lda/ldb/ldc are row strides.
+    /// Float runs cblas_sgemm, Double cblas_dgemm (the type test folds away when specialised).
     @inline(__always)
-    public static func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
-                             a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    public static func gemm<T: FloatElement>(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: T,
+                                             a: UnsafePointer<T>, lda: Int, b: UnsafePointer<T>, ldb: Int,
+                                             beta: T, c: UnsafeMutablePointer<T>, ldc: Int) {
         guard m > 0 && n > 0 else { return }
         if k == 0 {
             // BLAS leaves C untouched when k == 0 only if beta == 1; make beta's meaning explicit.
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
             return
         }
-        guard fitsInt32(m, n, k, lda, ldb, ldc) else {
+        guard fitsInt32(m, n, k, lda, ldb, ldc), T.self == Float.self || T.self == Double.self else {
             referenceGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
             return
         }
+        let ta = transA ? CblasTrans : CblasNoTrans, tb = transB ? CblasTrans : CblasNoTrans
         split(m: m, n: n, work: m * n * k) { i0, i1, j0, j1 in
-            cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                        Int32(i1 - i0), Int32(j1 - j0), Int32(k), alpha, transA ? a + i0 : a + i0 * lda, Int32(lda),
-                        transB ? b + j0 * ldb : b + j0, Int32(ldb), beta, c + i0 * ldc + j0, Int32(ldc))
+            let (m, n, k) = (Int32(i1 - i0), Int32(j1 - j0), Int32(k))
+            let (pa, pb, pc) = (transA ? a + i0 : a + i0 * lda, transB ? b + j0 * ldb : b + j0, c + i0 * ldc + j0)
+            if T.self == Float.self {
+                cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, Float(alpha), rebound(pa), Int32(lda), rebound(pb), Int32(ldb),
+                            Float(beta), UnsafeMutableRawPointer(pc).assumingMemoryBound(to: Float.self), Int32(ldc))
+            } else {
+                cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, Double(alpha), rebound(pa), Int32(lda), rebound(pb), Int32(ldb),
+                            Double(beta), UnsafeMutableRawPointer(pc).assumingMemoryBound(to: Double.self), Int32(ldc))
+            }
         }
     }
 
+    /// `p` as a pointer to `U`, the same type as T (checked by the caller).
     @inline(__always)
-    public static func dgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Double,
-                             a: UnsafePointer<Double>, lda: Int, b: UnsafePointer<Double>, ldb: Int,
-                             beta: Double, c: UnsafeMutablePointer<Double>, ldc: Int) {
-        guard m > 0 && n > 0 else { return }
-        if k == 0 {
-            for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
-            return
-        }
-        guard fitsInt32(m, n, k, lda, ldb, ldc) else {
-            referenceGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
-            return
-        }
-        split(m: m, n: n, work: m * n * k) { i0, i1, j0, j1 in
-            cblas_dgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                        Int32(i1 - i0), Int32(j1 - j0), Int32(k), alpha, transA ? a + i0 : a + i0 * lda, Int32(lda),
-                        transB ? b + j0 * ldb : b + j0, Int32(ldb), beta, c + i0 * ldc + j0, Int32(ldc))
-        }
+    private static func rebound<T, U>(_ p: UnsafePointer<T>) -> UnsafePointer<U> {
+        UnsafeRawPointer(p).assumingMemoryBound(to: U.self)
     }
 
     /// Whether every size and stride fits the 32-bit integers of the CBLAS interface.

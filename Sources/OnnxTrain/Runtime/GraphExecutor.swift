@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 /// A graph compiled for execution: every node resolved to a kernel, values numbered into slots,
 /// a topological order planned once, and for each set of fetches the nodes it needs and where
@@ -37,8 +38,8 @@ final class GraphExecutor {
     private var constants: [(slot: Int, value: Value)] = []
     /// Names read from the enclosing scope, with their slots here.
     private(set) var outerNames: [(name: String, slot: Int)] = []
-    private var planCache: [[Int]: Plan] = [:]
-    private let planLock = NSLockLite()
+    /// Plans by fetch list, shared by the threads that run one session.
+    private let planCache = Mutex<[[Int]: Plan]>([:])
 
     /// Compiles `graph`. `visible` holds the names an enclosing graph defines (for subgraphs).
     /// Model-local functions must already be inlined (`InlineFunctions`, run by `InferenceSession`).
@@ -190,9 +191,7 @@ final class GraphExecutor {
 
     /// The plan for computing `fetchSlots`: only the nodes they depend on, with frees after last use.
     func plan(for fetchSlots: [Int]) -> Plan {
-        planLock.lock()
-        defer { planLock.unlock() }
-        if let cached = planCache[fetchSlots] { return cached }
+        if let cached = planCache.withLock({ $0[fetchSlots] }) { return cached }
         var needed = Set(fetchSlots)
         var include = [Bool](repeating: false, count: steps.count)
         for (k, step) in steps.enumerated().reversed() {
@@ -213,7 +212,8 @@ final class GraphExecutor {
         let keep = Set(fetchSlots)
         for s in 0..<slotCount where lastUse[s] >= 0 && !keep.contains(s) { freeAfter[lastUse[s]].append(s) }
         let plan = Plan(steps: chosen, freeAfter: freeAfter)
-        planCache[fetchSlots] = plan
+        // Two threads may both compute a missing plan; they compute the same one.
+        planCache.withLock { $0[fetchSlots] = plan }
         return plan
     }
 
@@ -294,13 +294,4 @@ public final class Subgraph {
             return v
         }
     }
-}
-
-/// A tiny mutex over pthread, so plan caching is safe when one session runs on several threads.
-final class NSLockLite {
-    private var mutex = pthread_mutex_t()
-    init() { pthread_mutex_init(&mutex, nil) }
-    deinit { pthread_mutex_destroy(&mutex) }
-    func lock() { pthread_mutex_lock(&mutex) }
-    func unlock() { pthread_mutex_unlock(&mutex) }
 }

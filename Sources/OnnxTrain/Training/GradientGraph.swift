@@ -85,41 +85,6 @@ extension TrainingModule {
 }
 
 extension CheckpointState {
-    /// Fresh parameters for a gradient graph, as PyTorch initialises Linear layers: every input
-    /// with a `<p>_grad` output is drawn uniformly from ±1/sqrt(fan_in), where fan_in is the
-    /// product of a weight's dimensions after the first; a rank-1 parameter `<prefix>bias` uses
-    /// the fan_in of `<prefix>weight` (else its own length). Shapes must be static in the graph.
-    public static func initialized(for gradientGraph: Model, seed: UInt64) throws -> CheckpointState {
-        let graph = gradientGraph.graph
-        let outputs = Set(graph.outputs.map(\.name))
-        var shapes: [(String, [Int], DType)] = []
-        for info in graph.inputs where outputs.contains(info.name + "_grad") {
-            guard case .tensor(let dtype, let dims?)? = info.type else {
-                throw OnnxTrainError.invalidModel("parameter input '\(info.name)' has no declared shape to initialise from")
-            }
-            let shape = try dims.map { d -> Int in
-                guard case .value(let v) = d else {
-                    throw OnnxTrainError.invalidModel("parameter input '\(info.name)' has a symbolic dimension; give --params")
-                }
-                return v
-            }
-            guard (dtype ?? .float32) == .float32 else { throw OnnxTrainError.unsupported("cannot initialise tensor(\(dtype!)) parameter '\(info.name)'") }
-            shapes.append((info.name, shape, .float32))
-        }
-        guard !shapes.isEmpty else { throw OnnxTrainError.invalidModel("no graph input has a '<name>_grad' output: nothing to initialise") }
-        let fanIn = Dictionary(shapes.map { ($0.0, $0.1.count >= 2 ? $0.1.dropFirst().reduce(1, *) : ($0.1.first ?? 1)) }, uniquingKeysWith: { a, _ in a })
-        var random = RandomGenerator(seed: seed)
-        var tensors: [(String, Tensor)] = []
-        for (name, shape, _) in shapes {
-            var fan = fanIn[name] ?? 1
-            if shape.count < 2, name.hasSuffix("bias"), let w = fanIn[String(name.dropLast(4)) + "weight"] { fan = w }
-            let bound = 1 / Double(max(fan, 1)).squareRoot()
-            let values = (0..<Tensor.elementCount(shape)).map { _ in Float((random.nextDouble() * 2 - 1) * bound) }
-            tensors.append((name, Tensor(shape: shape, scalars: values)))
-        }
-        return try CheckpointState(trainable: tensors)
-    }
-
     /// Parameters from a file: `.npz` or `.safetensors` (every array a trainable parameter, in
     /// file order), or else an onnxruntime checkpoint.
     public static func loadParameters(from path: String) throws -> CheckpointState {

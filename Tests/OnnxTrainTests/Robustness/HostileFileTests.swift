@@ -153,7 +153,7 @@ final class HostileFileTests: XCTestCase {
         a.withUnsafeBufferPointer { pa in
             b.withUnsafeBufferPointer { pb in
                 c.withUnsafeMutableBufferPointer { pc in
-                    BLAS.sgemm(transA: false, transB: false, m: 1, n: 1, k: 3, alpha: 2, a: pa.baseAddress!, lda: Int(Int32.max) + 2,
+                    BLAS.gemm(transA: false, transB: false, m: 1, n: 1, k: 3, alpha: 2, a: pa.baseAddress!, lda: Int(Int32.max) + 2,
                                b: pb.baseAddress!, ldb: 1, beta: 0.5, c: pc.baseAddress!, ldc: 1)
                 }
             }
@@ -163,7 +163,7 @@ final class HostileFileTests: XCTestCase {
         [1.0, 2].withUnsafeBufferPointer { pa in
             [3.0, 4].withUnsafeBufferPointer { pb in
                 d.withUnsafeMutableBufferPointer { pd in
-                    BLAS.dgemm(transA: true, transB: true, m: 1, n: 1, k: 2, alpha: 1, a: pa.baseAddress!, lda: 1,
+                    BLAS.gemm(transA: true, transB: true, m: 1, n: 1, k: 2, alpha: 1, a: pa.baseAddress!, lda: 1,
                                b: pb.baseAddress!, ldb: 1 << 33, beta: 0, c: pd.baseAddress!, ldc: 1 << 40)
                 }
             }

@@ -23,14 +23,14 @@ final class ParallelTests: XCTestCase {
         let n = 64
         let a = (0..<(n * n)).map { Float($0 % 13) / 13 }
         var expected = [Float](repeating: 0, count: n * n)
-        BLAS.sgemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: a, lda: n, b: a, ldb: n, beta: 0, c: &expected, ldc: n)
+        BLAS.gemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: a, lda: n, b: a, ldb: n, beta: 0, c: &expected, ldc: n)
         let results = UnsafeMutableBufferPointer<Float>.allocate(capacity: 4 * n * n)
         defer { results.deallocate() }
         var innerSum = [Int](repeating: 0, count: 4)
         innerSum.withUnsafeMutableBufferPointer { sums in
             Parallel.forRange(4) { range in
                 for job in range {
-                    BLAS.sgemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: a, lda: n, b: a, ldb: n,
+                    BLAS.gemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: a, lda: n, b: a, ldb: n,
                                beta: 0, c: results.baseAddress! + job * n * n, ldc: n)
                     var total = 0
                     Parallel.forRange(100) { inner in total += inner.reduce(0, +) }

@@ -6,29 +6,9 @@ import Darwin
 
 // Element-wise activation gradients (com.microsoft v1) and the Gelu-family forwards that
 // onnxruntime's fusions put into training graphs. float32 computes in float32, as onnxruntime's
-// kernels do (widening every element to Double made erf the top cost of a transformer step);
-// float64 computes in float64; float16/bfloat16 go through float32.
-
-/// Float and Double with the libm functions the activation kernels need.
-protocol ActivationFloat: FloatElement {
-    static func erfValue(_ x: Self) -> Self
-    static func expValue(_ x: Self) -> Self
-    static func tanhValue(_ x: Self) -> Self
-}
-
-extension Float: ActivationFloat {
-    // Branch-free float32 versions (FloatMath.swift), so the element loops vectorise. erf only
-    // enters the Gelu family as 1 + erf, where the rational form's 5e-7 absolute error is ~1 ulp.
-    @inline(__always) static func erfValue(_ x: Float) -> Float { FloatMath.erfRational(x) }
-    @inline(__always) static func expValue(_ x: Float) -> Float { FloatMath.exp(x) }
-    @inline(__always) static func tanhValue(_ x: Float) -> Float { tanhf(x) }
-}
-
-extension Double: ActivationFloat {
-    @inline(__always) static func erfValue(_ x: Double) -> Double { erf(x) }
-    @inline(__always) static func expValue(_ x: Double) -> Double { exp(x) }
-    @inline(__always) static func tanhValue(_ x: Double) -> Double { tanh(x) }
-}
+// kernels do, with the vectorising FloatElement.erf and fastExp (widening every element to Double
+// made erf the top cost of a transformer step); float64 computes in float64; float16/bfloat16
+// go through float32.
 
 /// The activations and their derivatives, as functions of the forward's input x (or output y
 /// where the op takes y).
@@ -39,26 +19,26 @@ enum ActivationMath {
     static let invSqrt2Pi = 0.3989422804014327    // 1/√(2π)
 
     /// Gelu with erf: x·Φ(x).
-    @inline(__always) static func gelu<T: ActivationFloat>(_ x: T) -> T { 0.5 * x * (1 + T.erfValue(x * T(invSqrt2))) }
+    @inline(__always) static func gelu<T: FloatElement>(_ x: T) -> T { 0.5 * x * (1 + T.erf(x * T(invSqrt2))) }
     /// d/dx of x·Φ(x) = Φ(x) + x·φ(x).
-    @inline(__always) static func geluGrad<T: ActivationFloat>(_ x: T) -> T {
-        0.5 * (1 + T.erfValue(x * T(invSqrt2))) + x * T.expValue(-0.5 * x * x) * T(invSqrt2Pi)
+    @inline(__always) static func geluGrad<T: FloatElement>(_ x: T) -> T {
+        0.5 * (1 + T.erf(x * T(invSqrt2))) + x * T.fastExp(-0.5 * x * x) * T(invSqrt2Pi)
     }
     /// The tanh approximation ½x(1+tanh(a(x+γx³))).
-    @inline(__always) static func fastGelu<T: ActivationFloat>(_ x: T) -> T {
-        0.5 * x * (1 + T.tanhValue(T(sqrt2OverPi) * (x + T(gamma) * x * x * x)))
+    @inline(__always) static func fastGelu<T: FloatElement>(_ x: T) -> T {
+        0.5 * x * (1 + T.tanh(T(sqrt2OverPi) * (x + T(gamma) * x * x * x)))
     }
     /// ½[1+t+(1−t²)(a·x+3aγ·x³)] with t = tanh(a(x+γx³)).
-    @inline(__always) static func fastGeluGrad<T: ActivationFloat>(_ x: T) -> T {
+    @inline(__always) static func fastGeluGrad<T: FloatElement>(_ x: T) -> T {
         let a = T(sqrt2OverPi), g = T(gamma)
-        let t = T.tanhValue(a * (x + g * x * x * x))
+        let t = T.tanh(a * (x + g * x * x * x))
         return 0.5 * (1 + t + (1 - t * t) * (a * x + 3 * a * g * x * x * x))
     }
-    @inline(__always) static func sigmoid<T: ActivationFloat>(_ x: T) -> T { 1 / (1 + T.expValue(-x)) }
+    @inline(__always) static func sigmoid<T: FloatElement>(_ x: T) -> T { 1 / (1 + T.fastExp(-x)) }
     /// x·σ(αx).
-    @inline(__always) static func quickGelu<T: ActivationFloat>(_ x: T, _ alpha: T) -> T { x * sigmoid(alpha * x) }
+    @inline(__always) static func quickGelu<T: FloatElement>(_ x: T, _ alpha: T) -> T { x * sigmoid(alpha * x) }
     /// s·(1+αx(1−s)) with s = σ(αx).
-    @inline(__always) static func quickGeluGrad<T: ActivationFloat>(_ x: T, _ alpha: T) -> T {
+    @inline(__always) static func quickGeluGrad<T: FloatElement>(_ x: T, _ alpha: T) -> T {
         let s = sigmoid(alpha * x)
         return s * (1 + alpha * x * (1 - s))
     }
@@ -67,40 +47,40 @@ enum ActivationMath {
 /// One activation (or derivative) per struct, so the element loop specialises on it and
 /// inlines it (a closure would stay an indirect call per element inside the parallel loop).
 protocol ActivationElementFunction {
-    func callAsFunction<T: ActivationFloat>(_ x: T) -> T
+    func callAsFunction<T: FloatElement>(_ x: T) -> T
 }
 struct ReluDerivative: ActivationElementFunction {
-    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { x > 0 ? 1 : 0 }
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { x > 0 ? 1 : 0 }
 }
 struct SigmoidDerivativeFromY: ActivationElementFunction {
-    @inline(__always) func callAsFunction<T: ActivationFloat>(_ y: T) -> T { y * (1 - y) }
+    @inline(__always) func callAsFunction<T: FloatElement>(_ y: T) -> T { y * (1 - y) }
 }
 struct TanhDerivativeFromY: ActivationElementFunction {
-    @inline(__always) func callAsFunction<T: ActivationFloat>(_ y: T) -> T { 1 - y * y }
+    @inline(__always) func callAsFunction<T: FloatElement>(_ y: T) -> T { 1 - y * y }
 }
 struct GeluDerivative: ActivationElementFunction {
-    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { ActivationMath.geluGrad(x) }
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { ActivationMath.geluGrad(x) }
 }
 struct FastGeluDerivative: ActivationElementFunction {
-    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { ActivationMath.fastGeluGrad(x) }
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { ActivationMath.fastGeluGrad(x) }
 }
 struct QuickGeluDerivative: ActivationElementFunction {
     let alpha: Double
-    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { ActivationMath.quickGeluGrad(x, T(alpha)) }
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { ActivationMath.quickGeluGrad(x, T(alpha)) }
 }
 struct LeakyReluDerivative: ActivationElementFunction {
     let alpha: Double
-    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { x > 0 ? 1 : T(alpha) }
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { x > 0 ? 1 : T(alpha) }
 }
 struct GeluForward: ActivationElementFunction {
-    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { ActivationMath.gelu(x) }
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { ActivationMath.gelu(x) }
 }
 struct FastGeluForward: ActivationElementFunction {
-    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { ActivationMath.fastGelu(x) }
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { ActivationMath.fastGelu(x) }
 }
 struct QuickGeluForward: ActivationElementFunction {
     let alpha: Double
-    @inline(__always) func callAsFunction<T: ActivationFloat>(_ x: T) -> T { ActivationMath.quickGelu(x, T(alpha)) }
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { ActivationMath.quickGelu(x, T(alpha)) }
 }
 
 /// Which element-wise function a kernel applies.
@@ -125,10 +105,6 @@ struct ActivationOp: FloatOperation {
     let dy: Tensor?, x: Tensor, bias: Tensor?
 
     func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
-        T.self == Float.self ? run(Float.self) : run(Double.self)
-    }
-
-    private func run<T: ActivationFloat>(_ type: T.Type) -> Tensor {
         switch function {
         case .reluGrad: return apply(T.self, ReluDerivative())
         case .sigmoidGradFromY: return apply(T.self, SigmoidDerivativeFromY())
@@ -145,7 +121,7 @@ struct ActivationOp: FloatOperation {
 
     /// The element loop: rows of the bias length (the bias repeats per row), split across threads.
     @inline(__always)
-    private func apply<T: ActivationFloat, F: ActivationElementFunction>(_ type: T.Type, _ f: F) -> Tensor {
+    private func apply<T: FloatElement, F: ActivationElementFunction>(_ type: T.Type, _ f: F) -> Tensor {
         var out = Tensor(uninitialized: T.dtype, shape: x.shape)
         let n = out.count
         guard n > 0 else { return out }
@@ -181,9 +157,9 @@ struct ActivationOp: FloatOperation {
 
 /// out[i] = f(x[i] + bias[i]), times dy[i] for a gradient (bias and dy optional).
 /// A function of its own, not code inside the Parallel.forRange closure: LLVM vectorises loops
-/// over plain pointer arguments but kept the closure's loop scalar (2x slower for Gelu).
+/// over plain pointer arguments but kept the closure's loop scalar.
 @inline(never)
-func activationLoop<T: ActivationFloat, F: ActivationElementFunction>(_ f: F, x: UnsafePointer<T>, bias: UnsafePointer<T>?,
+func activationLoop<T: FloatElement, F: ActivationElementFunction>(_ f: F, x: UnsafePointer<T>, bias: UnsafePointer<T>?,
                                                                      dy: UnsafePointer<T>?, out: UnsafeMutablePointer<T>, count: Int) {
     switch (bias, dy) {
     case let (b?, g?): for i in 0..<count { out[i] = g[i] * f(x[i] + b[i]) }
@@ -225,8 +201,8 @@ struct ActivationKernel: Kernel {
         if let bias { try requireLastAxisBias(bias, of: x) }
         let operands = [dy, x, bias].compactMap { $0 }
         let names = [gradient ? "dY" : nil, secondName, bias == nil ? nil : "B"].compactMap { $0 }
-        return [.tensor(try floatElementwise(operands, names: names) { t in
-            ActivationOp(function: function, dy: gradient ? t[0] : nil, x: t[gradient ? 1 : 0], bias: bias == nil ? nil : t.last)
+        return [.tensor(try computingHalfInFloat(operands, names: names, floatOnly: true) { t in
+            try dispatchFloat(t[0].dtype, ActivationOp(function: function, dy: gradient ? t[0] : nil, x: t[gradient ? 1 : 0], bias: bias == nil ? nil : t.last))
         })]
     }
 }

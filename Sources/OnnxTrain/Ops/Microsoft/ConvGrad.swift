@@ -11,7 +11,7 @@ struct ConvGradKernel: Kernel {
 
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let dy = try inputs.tensor(0), x = try inputs.tensor(1), w = try inputs.tensor(2)
-        _ = try commonFloatType([dy, x, w], names: ["dY", "X", "W"])
+        _ = try commonElementType([dy, x, w], names: ["dY", "X", "W"], floatOnly: true)
         guard x.rank >= 3, w.rank == x.rank, dy.rank == x.rank else {
             throw KernelError("X \(x.shape), W \(w.shape) and dY \(dy.shape) must have one rank >= 3")
         }
@@ -80,13 +80,13 @@ struct ConvGradKernel: Kernel {
                                                 // dW_gᵀ [rows, mg] += col [rows, out] · dY_gᵀ [out, mg]: the
                                                 // transposed product, as OpenBLAS runs a long M and a short N
                                                 // (e.g. 75 × 16) about twice as fast as the other way round.
-                                                gemm(transA: false, transB: true, m: rows, n: mg, k: outSize, alpha: T(1),
+                                                BLAS.gemm(transA: false, transB: true, m: rows, n: mg, k: outSize, alpha: T(1),
                                                      a: col, lda: outSize, b: dyG, ldb: outSize, beta: T(1),
                                                      c: dwLocal + gi * rows * mg, ldc: mg)
                                             }
                                             if let dxBase {
                                                 // col [rows, out] = W_gᵀ [rows, mg] · dY_g [mg, out]
-                                                gemm(transA: true, transB: false, m: rows, n: outSize, k: mg, alpha: T(1),
+                                                BLAS.gemm(transA: true, transB: false, m: rows, n: outSize, k: mg, alpha: T(1),
                                                      a: wG, lda: rows, b: dyG, ldb: outSize, beta: T(0), c: col, ldc: outSize)
                                                 (dxBase + xOffset).update(repeating: 0, count: cg * inSize)
                                                 col2im(col, channels: cg, geometry, dxBase + xOffset, taps: taps)
@@ -184,7 +184,7 @@ struct ConvTransposeGradKernel: Kernel {
 
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let dy = try inputs.tensor(0), x = try inputs.tensor(1), w = try inputs.tensor(2)
-        _ = try commonFloatType([dy, x, w], names: ["dY", "X", "W"])
+        _ = try commonElementType([dy, x, w], names: ["dY", "X", "W"], floatOnly: true)
         let geometry = try forward.geometry(x: x, w: w)
         let g = forward.group
         guard x.shape[1] == w.shape[0], x.shape[1] % g == 0 else { throw KernelError("W \(w.shape) does not fit X \(x.shape) with group \(g)") }

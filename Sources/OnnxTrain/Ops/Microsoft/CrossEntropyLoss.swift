@@ -30,14 +30,13 @@ func logSoftmax(_ x: [Double], outer: Int, classes: Int, inner: Int) -> [Double]
             for c in 0..<classes { m = max(m, x[base + c * inner]) }
             var s = 0.0
             for c in 0..<classes { s += exp(x[base + c * inner] - m) }
-            let lse = m + Foundation_log(s)
+            let lse = m + log(s)
             for c in 0..<classes { out[base + c * inner] = x[base + c * inner] - lse }
         }
     }
     return out
 }
 
-@inline(__always) private func Foundation_log(_ x: Double) -> Double { log(x) }
 
 /// Per-sample weights w_i for class-index labels: weight[label] (or 1), 0 for ignored labels.
 /// Labels outside [0, C) that are not ignored are an error.

@@ -17,7 +17,7 @@ struct DropoutGradKernel: Kernel {
         // The per-element factor mask/(1−ratio), in dy's type, multiplied in.
         let scale = 1 / (1 - ratio)
         let factors = floatTensor(dy.dtype, shape: mask.shape, try mask.withUnsafeBufferPointer(as: Bool.self) { $0.map { $0 ? scale : 0 } })
-        return [.tensor(try floatElementwise([dy, factors], names: ["dy", "mask"]) { FloatMap2(a: $0[0], b: $0[1]) { $0 * $1 } })]
+        return [.tensor(try zipNumeric(dy, factors, MulFunction()))]
     }
 }
 

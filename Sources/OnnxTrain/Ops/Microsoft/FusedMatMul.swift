@@ -9,7 +9,7 @@ struct FusedMatMulKernel: Kernel {
 
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         var a = try inputs.tensor(0), b = try inputs.tensor(1)
-        let dtype = try commonFloatType([a, b], names: ["A", "B"])
+        _ = try commonElementType([a, b], names: ["A", "B"], floatOnly: true)
         guard a.rank >= 1, b.rank >= 1 else { throw KernelError("A \(a.shape) and B \(b.shape) must have rank >= 1") }
         if transBatchA || transBatchB {
             guard a.rank == b.rank, a.rank >= 3 else {
@@ -17,11 +17,12 @@ struct FusedMatMulKernel: Kernel {
             }
         }
         // Move the batch-transposed leading dim next to the matrix dims.
-        if transBatchA { a = permuted(a, Array(1..<(a.rank - 1)) + [0, a.rank - 1]) }
-        if transBatchB { b = permuted(b, Array(1..<(b.rank - 1)) + [0, b.rank - 1]) }
-        let out = try trainingFloatDispatch(dtype, Compute(a: a.widenedIfHalf, b: b.widenedIfHalf, alpha: alpha,
-                                                           transA: transA && a.rank >= 2, transB: transB && b.rank >= 2))
-        return [.tensor(out.dtype == dtype ? out : out.narrowed(to: dtype))]
+        if transBatchA { a = try transpose(a, perm: Array(1..<(a.rank - 1)) + [0, a.rank - 1]) }
+        if transBatchB { b = try transpose(b, perm: Array(1..<(b.rank - 1)) + [0, b.rank - 1]) }
+        let (ta, tb) = (transA && a.rank >= 2, transB && b.rank >= 2)
+        return [.tensor(try computingHalfInFloat([a, b]) { w in
+            try dispatchFloat(w[0].dtype, Compute(a: w[0], b: w[1], alpha: alpha, transA: ta, transB: tb))
+        })]
     }
 
     struct Compute: FloatOperation {
@@ -51,34 +52,23 @@ struct FusedMatMulKernel: Kernel {
                         guard let ya = pa.baseAddress, let yb = pb.baseAddress, let yo = po.baseAddress else { return }
                         if batchB.allSatisfy({ $0 == 1 }) && !transA && batchA == batch {
                             // N-D × 2-D: one GEMM over all rows of A.
-                            gemm(transA: false, transB: transB, m: count * m, n: n, k: k, alpha: T(alpha),
+                            BLAS.gemm(transA: false, transB: transB, m: count * m, n: n, k: k, alpha: T(alpha),
                                  a: ya, lda: lda, b: yb, ldb: ldb, beta: T(0), c: yo, ldc: n)
                             return
                         }
                         let sa = Broadcast.strides(batchA, to: batch), sb = Broadcast.strides(batchB, to: batch)
                         let matA = m * k, matB = k * n
-                        var index = [Int](repeating: 0, count: batch.count)
-                        var offA = 0, offB = 0
-                        var offsets = [(Int, Int)]()
-                        offsets.reserveCapacity(count)
-                        for _ in 0..<count {
-                            offsets.append((offA * matA, offB * matB))
-                            var d = batch.count - 1
-                            while d >= 0 {
-                                index[d] += 1
-                                offA += sa[d]; offB += sb[d]
-                                if index[d] < batch[d] { break }
-                                offA -= sa[d] * batch[d]; offB -= sb[d] * batch[d]
-                                index[d] = 0
-                                d -= 1
-                            }
+                        var walk = Odometer(shape: batch, strides: [sa.map { $0 * matA }, sb.map { $0 * matB }])
+                        let offsets = (0..<count).map { _ in
+                            defer { walk.advance() }
+                            return (walk.offsets[0], walk.offsets[1])
                         }
                         // Batch entries split across threads; each GEMM then runs single-threaded.
                         let alphaT = T(alpha)
                         Parallel.forRange(count, minimumChunk: max(1, (1 << 16) / max(1, m * n * k))) { range in
                             for i in range {
                                 let (oa, ob) = offsets[i]
-                                gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alphaT,
+                                BLAS.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alphaT,
                                      a: ya + oa, lda: lda, b: yb + ob, ldb: ldb, beta: T(0), c: yo + i * m * n, ldc: n)
                             }
                         }
@@ -96,7 +86,7 @@ struct DivGradKernel: Kernel {
     let wantA: Bool, wantB: Bool
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let dyT = try inputs.tensor(0), aT = try inputs.tensor(1), bT = try inputs.tensor(2)
-        let dtype = try commonFloatType([dyT, aT, bT], names: ["dY", "A", "B"])
+        let dtype = try commonElementType([dyT, aT, bT], names: ["dY", "A", "B"], floatOnly: true)
         let shape = try Broadcast.shape(aT.shape, bT.shape)
         guard dyT.shape == shape else { throw KernelError("dY \(dyT.shape) must have the broadcast shape \(shape)") }
         let dy = try floatValues(dyT, "dY")
@@ -118,24 +108,7 @@ struct DivGradKernel: Kernel {
 func broadcastValues(_ t: Tensor, to shape: [Int]) throws -> [Double] {
     let v = try floatValues(t, "input")
     if t.shape == shape { return v }
-    let strides = Broadcast.strides(t.shape, to: shape)
-    let n = Tensor.elementCount(shape), r = shape.count
-    var out = [Double](repeating: 0, count: n)
-    var index = [Int](repeating: 0, count: r)
-    var offset = 0
-    for i in 0..<n {
-        out[i] = v[offset]
-        var d = r - 1
-        while d >= 0 {
-            index[d] += 1
-            offset += strides[d]
-            if index[d] < shape[d] { break }
-            offset -= strides[d] * shape[d]
-            index[d] = 0
-            d -= 1
-        }
-    }
-    return out
+    return gatherStrided(v, shape: shape, strides: Broadcast.strides(t.shape, to: shape))
 }
 
 func registerFusedMatMulOps(_ registry: OpRegistry) {

@@ -39,8 +39,9 @@ struct ScatterAdd: FloatOperation {
 
 func scatterAdd(_ source: Tensor, shape: [Int], pairs: [(dst: Int, src: Int)], block: Int) throws -> Tensor {
     guard source.dtype.isFloatingPoint else { throw KernelError("the gradient must be a float tensor, got \(source.dtype)") }
-    let out = try trainingFloatDispatch(source.dtype, ScatterAdd(source: source.widenedIfHalf, shape: shape, pairs: pairs, block: block))
-    return out.dtype == source.dtype ? out : out.narrowed(to: source.dtype)
+    return try computingHalfInFloat([source]) { w in
+        try dispatchFloat(w[0].dtype, ScatterAdd(source: w[0], shape: shape, pairs: pairs, block: block))
+    }
 }
 
 /// GatherGrad(shape, indices, dY; axis = 0) → dX of `shape`.
@@ -85,22 +86,17 @@ struct GatherElementsGradKernel: Kernel {
             throw KernelError("indices \(indexTensor.shape) exceed shape \(shape) on axis \(d)")
         }
         let outStrides = contiguousStrides(shape)
-        let ishape = indexTensor.shape, rank = ishape.count
-        var index = [Int](repeating: 0, count: rank)
+        let ishape = indexTensor.shape
+        // Output offset of index element p: its own position, with axis a replaced by the index.
+        var strides = outStrides
+        strides[a] = 0
+        var walk = Odometer(shape: ishape, strides: [strides])
         var pairs: [(dst: Int, src: Int)] = []
         pairs.reserveCapacity(indices.count)
         for (p, raw) in indices.enumerated() {
             let wrapped = try wrapIndex(raw, shape[a], "indices")
-            var offset = 0
-            for d in 0..<rank { offset += (d == a ? wrapped : index[d]) * outStrides[d] }
-            pairs.append((offset, p))
-            var d = rank - 1
-            while d >= 0 {
-                index[d] += 1
-                if index[d] < ishape[d] { break }
-                index[d] = 0
-                d -= 1
-            }
+            pairs.append((walk.offsets[0] + wrapped * outStrides[a], p))
+            walk.advance()
         }
         return [.tensor(try scatterAdd(dy, shape: shape, pairs: pairs, block: 1))]
     }

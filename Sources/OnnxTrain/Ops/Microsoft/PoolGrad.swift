@@ -75,8 +75,8 @@ struct MaxPoolGradKernel: Kernel {
         guard dy.rank >= 3 else { throw KernelError("dY must have rank >= 3 [N, C, ...], got \(dy.shape)") }
         let shape = Array(dy.shape[..<2]) + (try attributes.inputShape(output: Array(dy.shape[2...])))
         if indexTensor.dtype == .int64, dy.dtype.isFloatingPoint,
-           let dx = try trainingFloatDispatch(dy.dtype, MaxPoolGradByChannel(dy: dy.widenedIfHalf, indices: indexTensor, shape: shape)) {
-            return [.tensor(dx.dtype == dy.dtype ? dx : dx.narrowed(to: dy.dtype))]
+           let dx = try dispatchFloat(dy.widenedToFloat().dtype, MaxPoolGradByChannel(dy: dy.widenedToFloat(), indices: indexTensor, shape: shape)) {
+            return [.tensor(dx.narrowed(to: dy.dtype))]
         }
         let indices = try indexValues(indexTensor, "Indices")
         // An index beyond the inferred shape means the forward input had rows the geometry cannot
@@ -159,8 +159,9 @@ struct AveragePoolGradKernel: Kernel {
         var windows: [[Int]] = []
         var weights: [Double] = []
         windows.reserveCapacity(outSize)
-        var o = [Int](repeating: 0, count: r)
+        var walk = Odometer(shape: outShape)
         for _ in 0..<outSize {
+            let o = walk.index
             var lo = [Int](repeating: 0, count: r), hi = [Int](repeating: 0, count: r)
             for d in 0..<r {
                 // Overflow here means a window far outside the input: an empty window.
@@ -172,26 +173,18 @@ struct AveragePoolGradKernel: Kernel {
             }
             var taps: [Int] = []
             if (0..<r).allSatisfy({ lo[$0] < hi[$0] }) {
-                var pos = lo
-                while true {
-                    var off = 0
-                    for d in 0..<r { off += pos[d] * inStrides[d] }
-                    taps.append(off)
-                    var d = r - 1
-                    while d >= 0 { pos[d] += 1; if pos[d] < hi[d] { break }; pos[d] = lo[d]; d -= 1 }
-                    if d < 0 { break }
-                }
+                let start = (0..<r).reduce(0) { $0 + lo[$1] * inStrides[$1] }
+                taps = stridedIndices(shape: (0..<r).map { hi[$0] - lo[$0] }, strides: inStrides, offset: start)
             }
             windows.append(taps)
             weights.append(countIncludePad ? 1 / kernelCount : (taps.isEmpty ? 0 : 1 / Double(taps.count)))
-            var d = r - 1
-            while d >= 0 { o[d] += 1; if o[d] < outShape[d] { break }; o[d] = 0; d -= 1 }
+            walk.advance()
         }
         guard dy.dtype.isFloatingPoint else { throw KernelError("dY must be a float tensor, got \(dy.dtype)") }
-        let op = AveragePoolGradChannels(dy: dy.widenedIfHalf, shape: Array(dy.shape[..<2]) + inShape, windows: windows,
-                                         weights: weights, channels: channels, outSize: outSize, inSize: inSize)
-        let dx = try trainingFloatDispatch(dy.dtype, op)
-        return [.tensor(dx.dtype == dy.dtype ? dx : dx.narrowed(to: dy.dtype))]
+        return [.tensor(try computingHalfInFloat([dy]) { w in
+            try dispatchFloat(w[0].dtype, AveragePoolGradChannels(dy: w[0], shape: Array(dy.shape[..<2]) + inShape, windows: windows,
+                                                                  weights: weights, channels: channels, outSize: outSize, inSize: inSize))
+        })]
     }
 }
 

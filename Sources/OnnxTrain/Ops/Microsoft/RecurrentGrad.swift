@@ -197,10 +197,10 @@ struct RecurrentGradKernel: Kernel {
                         stepPrev.withUnsafeBufferPointer { hp in stepA.withUnsafeBufferPointer { sa in rs.withUnsafeBufferPointer { pr in
                             product.withUnsafeMutableBufferPointer { po in
                                 if k.linearBeforeReset {
-                                    gemm(transA: false, transB: true, m: B, n: H, k: H, alpha: 1, a: hp.baseAddress!, lda: H,
+                                    BLAS.gemm(transA: false, transB: true, m: B, n: H, k: H, alpha: 1, a: hp.baseAddress!, lda: H,
                                          b: pr.baseAddress! + rOffset + 2 * H * H, ldb: H, beta: 0, c: po.baseAddress!, ldc: H)
                                 } else {
-                                    gemm(transA: false, transB: false, m: B, n: H, k: H, alpha: 1, a: sa.baseAddress! + 2 * H, lda: GH,
+                                    BLAS.gemm(transA: false, transB: false, m: B, n: H, k: H, alpha: 1, a: sa.baseAddress! + 2 * H, lda: GH,
                                          b: pr.baseAddress! + rOffset + 2 * H * H, ldb: H, beta: 0, c: po.baseAddress!, ldc: H)
                                 }
                             }
@@ -240,7 +240,7 @@ struct RecurrentGradKernel: Kernel {
                     // its h̃ path is already in carry).
                     let through = resetBeforeLinear ? 2 * H : GH
                     stepA.withUnsafeBufferPointer { sa in rs.withUnsafeBufferPointer { pr in product.withUnsafeMutableBufferPointer { po in
-                        gemm(transA: false, transB: false, m: B, n: H, k: through, alpha: 1, a: sa.baseAddress!, lda: GH,
+                        BLAS.gemm(transA: false, transB: false, m: B, n: H, k: through, alpha: 1, a: sa.baseAddress!, lda: GH,
                              b: pr.baseAddress! + rOffset, ldb: H, beta: 0, c: po.baseAddress!, ldc: H)
                     } } }
                     for bi in rows { for j in 0..<H { dh[bi * H + j] = carry[bi * H + j] + product[bi * H + j] } }
@@ -253,24 +253,24 @@ struct RecurrentGradKernel: Kernel {
                 dAW.withUnsafeBufferPointer { aw in dAR.withUnsafeBufferPointer { ar in
                     if wantsDX && I > 0 {
                         ws.withUnsafeBufferPointer { pw in dX.withUnsafeMutableBufferPointer { po in
-                            gemm(transA: false, transB: false, m: S * B, n: I, k: GH, alpha: 1, a: aw.baseAddress!, lda: GH,
+                            BLAS.gemm(transA: false, transB: false, m: S * B, n: I, k: GH, alpha: 1, a: aw.baseAddress!, lda: GH,
                                  b: pw.baseAddress! + d * GH * I, ldb: I, beta: d == 0 ? 0 : 1, c: po.baseAddress!, ldc: I)
                         } }
                     }
                     if I > 0 {
                         xs.withUnsafeBufferPointer { px in dW.withUnsafeMutableBufferPointer { po in
-                            gemm(transA: true, transB: false, m: GH, n: I, k: S * B, alpha: 1, a: aw.baseAddress!, lda: GH,
+                            BLAS.gemm(transA: true, transB: false, m: GH, n: I, k: S * B, alpha: 1, a: aw.baseAddress!, lda: GH,
                                  b: px.baseAddress!, ldb: I, beta: 0, c: po.baseAddress! + d * GH * I, ldc: I)
                         } }
                     }
                     let plain = resetBeforeLinear ? 2 * H : GH
                     hPrev.withUnsafeBufferPointer { hp in dR.withUnsafeMutableBufferPointer { po in
-                        gemm(transA: true, transB: false, m: plain, n: H, k: S * B, alpha: 1, a: ar.baseAddress!, lda: GH,
+                        BLAS.gemm(transA: true, transB: false, m: plain, n: H, k: S * B, alpha: 1, a: ar.baseAddress!, lda: GH,
                              b: hp.baseAddress!, ldb: H, beta: 0, c: po.baseAddress! + rOffset, ldc: H)
                     } }
                     if resetBeforeLinear {
                         rhPrev.withUnsafeBufferPointer { rp in dR.withUnsafeMutableBufferPointer { po in
-                            gemm(transA: true, transB: false, m: H, n: H, k: S * B, alpha: 1, a: ar.baseAddress! + 2 * H, lda: GH,
+                            BLAS.gemm(transA: true, transB: false, m: H, n: H, k: S * B, alpha: 1, a: ar.baseAddress! + 2 * H, lda: GH,
                                  b: rp.baseAddress!, ldb: H, beta: 0, c: po.baseAddress! + rOffset + 2 * H * H, ldc: H)
                         } }
                     }

@@ -17,14 +17,14 @@ struct SoftmaxGradKernel: Kernel {
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let dy = try inputs.tensor(0), y = try inputs.tensor(1)
         try requireSameShape(dy, y, "dY", "Y")
-        let dtype = try commonFloatType([dy, y], names: ["dY", "Y"])
         let a = try normalizeAxis(axis, rank: y.rank)
         // View the data as [outer, n, inner] with the reduction over n.
         let outer = Tensor.elementCount(Array(y.shape[..<a]))
         let n = singleAxis ? (y.rank == 0 ? 1 : y.shape[a]) : Tensor.elementCount(Array(y.shape[a...]))
         let inner = singleAxis ? Tensor.elementCount(Array(y.shape[min(a + 1, y.rank)...])) : 1
-        let out = try trainingFloatDispatch(dtype, Compute(dy: dy.widenedIfHalf, y: y.widenedIfHalf, outer: outer, n: n, inner: inner, log: log))
-        return [.tensor(out.dtype == dtype ? out : out.narrowed(to: dtype))]
+        return [.tensor(try computingHalfInFloat([dy, y], names: ["dY", "Y"], floatOnly: true) { w in
+            try dispatchFloat(w[0].dtype, Compute(dy: w[0], y: w[1], outer: outer, n: n, inner: inner, log: log))
+        })]
     }
 
     struct Compute: FloatOperation {

@@ -50,8 +50,10 @@ struct FakeQuantKernel: Kernel {
             throw KernelError("scale and zero_point must be scalars")
         }
         guard scale != 0 else { throw KernelError("scale must not be 0") }
-        return try trainingFloatDispatch(x.dtype, Op(x: x, scale: scale, zeroPoint: zeroPoint, quantMin: quantMin, quantMax: quantMax))
-            .map { .tensor($0) }
+        // Half inputs compute in float32; the quantized output rounds back (the mask is bool).
+        let wide = x.widenedToFloat()
+        return try dispatchFloat(wide.dtype, Op(x: wide, scale: scale, zeroPoint: zeroPoint, quantMin: quantMin, quantMax: quantMax))
+            .map { .tensor($0.narrowed(to: x.dtype)) }
     }
 }
 
@@ -90,7 +92,8 @@ func registerTrainingMiscOps(_ registry: OpRegistry) {
             guard mask.dtype == .bool else { throw KernelError("gradient_mask must be bool, got \(mask.dtype)") }
             try requireSameShape(dy, mask, "dY", "gradient_mask")
             let factors = floatTensor(dy.dtype, shape: mask.shape, mask.uncheckedBufferPointer(as: Bool.self) { $0.map { $0 ? 1 : 0 } })
-            return [.tensor(try floatElementwise([dy, factors], names: ["dY", "gradient_mask"]) { FloatMap2(a: $0[0], b: $0[1]) { $0 * $1 } })]
+            _ = try commonElementType([dy], names: ["dY"], floatOnly: true)
+            return [.tensor(try zipNumeric(dy, factors, MulFunction()))]
         }
     }
 }

@@ -39,10 +39,10 @@ struct BatchNormInternalKernel: Kernel {
         let meanT = try inputs.tensor(3), varT = try inputs.tensor(4)
         let inMean = try channelVector(meanT, "input_mean", c), inVar = try channelVector(varT, "input_var", c)
         guard x.dtype.isFloatingPoint else { throw KernelError("X must be a float tensor, got \(x.dtype)") }
-        let op = BatchNormForward(x: x.widenedIfHalf, n: n, c: c, s: s, scale: scale, bias: bias,
+        let op = BatchNormForward(x: x.widenedToFloat(), n: n, c: c, s: s, scale: scale, bias: bias,
                                   mean: inMean, variance: inVar, epsilon: epsilon, training: training)
-        let (yWide, mean, variance) = try trainingFloatDispatch(x.dtype, op)
-        let yT = yWide.dtype == x.dtype ? yWide : yWide.narrowed(to: x.dtype)
+        let (yWide, mean, variance) = try dispatchFloat(op.x.dtype, op)
+        let yT = yWide.narrowed(to: x.dtype)
         guard training else { return [.tensor(yT)] }
         let invStd = variance.map { 1 / ($0 + epsilon).squareRoot() }
         let running = (0..<c).map { momentum * inMean[$0] + (1 - momentum) * mean[$0] }
@@ -155,10 +155,10 @@ struct BatchNormalizationGradKernel: Kernel {
         let scale = try channelVector(scaleT, "scale", c)
         let mean = try channelVector(try inputs.tensor(3), "mean", c)
         let inv = try channelVector(try inputs.tensor(4), "variance (saved inverse std)", c)
-        _ = try commonFloatType([dyT, x], names: ["dY", "X"])
-        let op = BatchNormBackward(dy: dyT.widenedIfHalf, x: x.widenedIfHalf, n: n, c: c, s: s, scale: scale, mean: mean, inv: inv)
-        let (dxWide, dScale, dB) = try trainingFloatDispatch(x.dtype, op)
-        let dx = dxWide.dtype == x.dtype ? dxWide : dxWide.narrowed(to: x.dtype)
+        _ = try commonElementType([dyT, x], names: ["dY", "X"], floatOnly: true)
+        let op = BatchNormBackward(dy: dyT.widenedToFloat(), x: x.widenedToFloat(), n: n, c: c, s: s, scale: scale, mean: mean, inv: inv)
+        let (dxWide, dScale, dB) = try dispatchFloat(op.x.dtype, op)
+        let dx = dxWide.narrowed(to: x.dtype)
         return [.tensor(dx), .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dScale)),
                 .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dB))]
     }
@@ -324,7 +324,7 @@ struct LayerNormGradKernel: Kernel {
         let (rows, cols, _) = try rowLayout(x, axis: axis)
         let scaleT = try inputs.tensor(2)
         let scale = try columnVector(scaleT, "scale", cols)
-        _ = try commonFloatType([dyT, x], names: ["Y_grad", form == .invertible ? "Y" : "X"])
+        _ = try commonElementType([dyT, x], names: ["Y_grad", form == .invertible ? "Y" : "X"], floatOnly: true)
         if form == .standard, let fast = try floatStandardGrad(inputs, dyT, x, scaleT, rows: rows, cols: cols) { return fast }
         // x̂ = (x − rowShift[r] − colShift[j]) · rowScale[r] · colScale[j] covers all three forms.
         var rowShift = [Double](repeating: 0, count: rows), rowScale = [Double](repeating: 1, count: rows)
@@ -344,11 +344,11 @@ struct LayerNormGradKernel: Kernel {
             for j in 0..<cols where scale[j] == 0 { throw KernelError("scale[\(j)] is 0, so Y cannot be inverted") }
             colScale = scale.map { 1 / $0 }
         }
-        let rowsOp = LayerNormGradRows(dy: dyT.widenedIfHalf, x: x.widenedIfHalf, rows: rows, cols: cols, scale: scale, inv: inv,
+        let rowsOp = LayerNormGradRows(dy: dyT.widenedToFloat(), x: x.widenedToFloat(), rows: rows, cols: cols, scale: scale, inv: inv,
                                        rowShift: rowShift, rowScale: rowScale, colShift: colShift, colScale: colScale,
                                        simplified: form == .simplified)
-        let (dxWide, dScale, dBias) = try trainingFloatDispatch(x.dtype, rowsOp)
-        let dx = dxWide.dtype == x.dtype ? dxWide : dxWide.narrowed(to: x.dtype)
+        let (dxWide, dScale, dBias) = try dispatchFloat(rowsOp.x.dtype, rowsOp)
+        let dx = dxWide.narrowed(to: x.dtype)
         var out: [Value?] = [.tensor(dx), .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dScale))]
         if form != .simplified { out.append(.tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dBias))) }
         return out

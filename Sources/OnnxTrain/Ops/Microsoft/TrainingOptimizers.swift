@@ -157,7 +157,7 @@ struct AdamWConstants<T: BinaryFloatingPoint> {
 }
 
 /// A float vector whose lanes' square roots take one instruction. Swift's `SIMD.squareRoot()`
-/// calls `sqrtf` lane by lane on Linux (errno semantics), which made AdamW 5x slower; sqrtps /
+/// calls `sqrtf` lane by lane on Linux (errno semantics), which dominated AdamW; sqrtps /
 /// sqrtpd round exactly like it, as Eigen's vectorised sqrt in onnxruntime does.
 protocol LaneSquareRoot: SIMD where Scalar: BinaryFloatingPoint {
     func laneSquareRoot() -> Self
@@ -377,8 +377,9 @@ struct SGDOptimizerKernel: Kernel {
         let eta = try learningRate(try inputs.tensor(0), "ETA")
         let w = try inputs.tensor(1), g = try inputs.tensor(2)
         try requireSameShape(w, g, "W", "G")
-        let nw = try floatElementwise([w, g], names: ["W", "G"]) { FloatMap2(a: $0[0], b: $0[1]) { $0 - eta * $1 } }
-        let ng = try floatElementwise([g], names: ["G"]) { FloatMap1(a: $0[0]) { -eta * $0 } }
+        _ = try commonElementType([w, g], names: ["W", "G"], floatOnly: true)
+        let nw = try zipFloat(w, g, AddScaledFunction(scale: -eta))
+        let ng = try mapFloat(g, ScaleFunction(factor: -eta))
         return [.tensor(nw), .tensor(ng)]
     }
 }

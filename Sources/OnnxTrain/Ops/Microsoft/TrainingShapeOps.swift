@@ -56,19 +56,9 @@ struct SliceGradKernel: Kernel {
         var offset = 0
         for d in 0..<r { offset += begin[d] * strides[d] }
         let jump = (0..<r).map { step[$0] * strides[$0] }
-        var index = [Int](repeating: 0, count: r)
         let src = dy.storage.bytes, dst = out.storage.bytes
-        for i in 0..<n {
-            memcpy(dst + offset * size, src + i * size, size)
-            var d = r - 1
-            while d >= 0 {
-                index[d] += 1
-                offset += jump[d]
-                if index[d] < count[d] { break }
-                offset -= jump[d] * count[d]
-                index[d] = 0
-                d -= 1
-            }
+        for (i, o) in stridedIndices(shape: count, strides: jump, offset: offset).enumerated() {
+            memcpy(dst + o * size, src + i * size, size)
         }
         return [.tensor(out)]
     }
@@ -223,7 +213,7 @@ struct ScaleKernel: Kernel {
         let x = try inputs.tensor(0), s = try inputs.tensor(1)
         guard s.count == 1, let v = s.scalarDouble() else { throw KernelError("scale must hold one number, got \(s)") }
         let factor = scaleDown ? 1 / v : v
-        return [.tensor(try floatElementwise([x], names: ["input"]) { FloatMap1(a: $0[0]) { $0 * factor } })]
+        return [.tensor(try mapFloat(x, ScaleFunction(factor: factor)))]
     }
 }
 

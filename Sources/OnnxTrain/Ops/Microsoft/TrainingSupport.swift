@@ -6,95 +6,6 @@ import Darwin
 
 // Small helpers shared by the com.microsoft training kernels.
 
-/// Runs `op` with Float or Double for `dtype`; float16/bfloat16 run as Float, on inputs the caller
-/// widened with `widenedIfHalf` and results it narrows back (onnxruntime's CPU training kernels
-/// are float-only, so the half path only exists for completeness).
-@inline(__always)
-func trainingFloatDispatch<Op: FloatOperation>(_ dtype: DType, _ op: Op) throws -> Op.Result {
-    try dispatchFloat(dtype == .float16 || dtype == .bfloat16 ? .float32 : dtype, op)
-}
-
-/// Elementwise `body(a)` over one float tensor, computed in Double; result has `a`'s shape and type.
-struct FloatMap1: FloatOperation {
-    let a: Tensor
-    let body: (Double) -> Double
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
-        var out = Tensor(uninitialized: T.dtype, shape: a.shape)
-        try a.withUnsafeBufferPointer(as: T.self) { pa in
-            out.uncheckedMutableBufferPointer(as: T.self) { po in
-                for i in 0..<po.count { po[i] = T(body(Double(pa[i]))) }
-            }
-        }
-        return out
-    }
-}
-
-/// Elementwise `body(a, b)` over two float tensors of one shape (or `b` repeating along the last
-/// axes, as a bias does: b.count divides a.count), computed in Double; result has `a`'s shape.
-struct FloatMap2: FloatOperation {
-    let a: Tensor, b: Tensor
-    let body: (Double, Double) -> Double
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
-        var out = Tensor(uninitialized: T.dtype, shape: a.shape)
-        let nb = b.count
-        try a.withUnsafeBufferPointer(as: T.self) { pa in
-            try b.withUnsafeBufferPointer(as: T.self) { pb in
-                out.uncheckedMutableBufferPointer(as: T.self) { po in
-                    if nb == po.count {
-                        for i in 0..<po.count { po[i] = T(body(Double(pa[i]), Double(pb[i]))) }
-                    } else {
-                        for i in 0..<po.count { po[i] = T(body(Double(pa[i]), Double(pb[i % nb]))) }
-                    }
-                }
-            }
-        }
-        return out
-    }
-}
-
-/// Elementwise `body(a, b, c)`; `c` may repeat along the last axes like a bias.
-struct FloatMap3: FloatOperation {
-    let a: Tensor, b: Tensor, c: Tensor
-    let body: (Double, Double, Double) -> Double
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
-        var out = Tensor(uninitialized: T.dtype, shape: a.shape)
-        let nc = c.count
-        try a.withUnsafeBufferPointer(as: T.self) { pa in
-            try b.withUnsafeBufferPointer(as: T.self) { pb in
-                try c.withUnsafeBufferPointer(as: T.self) { pc in
-                    out.uncheckedMutableBufferPointer(as: T.self) { po in
-                        for i in 0..<po.count { po[i] = T(body(Double(pa[i]), Double(pb[i]), Double(pc[i % nc]))) }
-                    }
-                }
-            }
-        }
-        return out
-    }
-}
-
-extension Tensor {
-    /// float16/bfloat16 as float32, other types unchanged (see `trainingFloatDispatch`).
-    var widenedIfHalf: Tensor { isHalf ? widenedToFloat() : self }
-}
-
-/// Checks that float inputs share one element type and returns it.
-func commonFloatType(_ tensors: [Tensor], names: [String]) throws -> DType {
-    guard let first = tensors.first else { throw KernelError("no inputs") }
-    for (t, n) in zip(tensors, names) {
-        guard t.dtype.isFloatingPoint else { throw KernelError("\(n) must be a float tensor, got \(t.dtype)") }
-        guard t.dtype == first.dtype else { throw KernelError("\(n) is \(t.dtype) but \(names[0]) is \(first.dtype)") }
-    }
-    return first.dtype
-}
-
-/// Applies a FloatMap-style op, widening half types and narrowing the result back.
-func floatElementwise<Op: FloatOperation>(_ inputs: [Tensor], names: [String], make: ([Tensor]) -> Op) throws -> Tensor
-where Op.Result == Tensor {
-    let dtype = try commonFloatType(inputs, names: names)
-    let out = try trainingFloatDispatch(dtype, make(inputs.map(\.widenedIfHalf)))
-    return out.dtype == dtype ? out : out.narrowed(to: dtype)
-}
-
 /// Requires two shapes to be equal, naming both inputs otherwise.
 func requireSameShape(_ a: Tensor, _ b: Tensor, _ na: String, _ nb: String) throws {
     guard a.shape == b.shape else { throw KernelError("\(na) \(a.shape) and \(nb) \(b.shape) must have the same shape") }
@@ -136,49 +47,10 @@ func floatValues(_ t: Tensor, _ name: String) throws -> [Double] {
 func reduceSumToShape(_ values: [Double], fullShape: [Int], to shape: [Int]) -> [Double] {
     var out = [Double](repeating: 0, count: Tensor.elementCount(shape))
     if shape == fullShape { return values }
-    let strides = Broadcast.strides(shape, to: fullShape)
-    let rank = fullShape.count
-    var index = [Int](repeating: 0, count: rank)
-    var offset = 0
+    var walk = Odometer(shape: fullShape, strides: [Broadcast.strides(shape, to: fullShape)])
     for v in values {
-        out[offset] += v
-        var d = rank - 1
-        while d >= 0 {
-            index[d] += 1
-            offset += strides[d]
-            if index[d] < fullShape[d] { break }
-            offset -= strides[d] * fullShape[d]
-            index[d] = 0
-            d -= 1
-        }
-    }
-    return out
-}
-
-/// Copies `t` with its axes permuted (`out.shape[i] = t.shape[perm[i]]`); any element type.
-func permuted(_ t: Tensor, _ perm: [Int]) -> Tensor {
-    let outShape = perm.map { t.shape[$0] }
-    let size = t.dtype.byteSize
-    let out = Tensor(uninitialized: t.dtype, shape: outShape)
-    let inStrides = contiguousStrides(t.shape)
-    let strides = perm.map { inStrides[$0] }
-    let n = t.count, rank = outShape.count
-    if n == 0 { return out }
-    let src = t.storage.bytes
-    let dst = out.storage.bytes
-    var index = [Int](repeating: 0, count: rank)
-    var offset = 0
-    for o in 0..<n {
-        memcpy(dst + o * size, src + offset * size, size)
-        var d = rank - 1
-        while d >= 0 {
-            index[d] += 1
-            offset += strides[d]
-            if index[d] < outShape[d] { break }
-            offset -= strides[d] * outShape[d]
-            index[d] = 0
-            d -= 1
-        }
+        out[walk.offsets[0]] += v
+        walk.advance()
     }
     return out
 }

@@ -126,7 +126,7 @@ struct AttentionKernel: Kernel {
                     let qBase = ((bi * hq + h) * sq) * d, kBase = ((bi * hkv + kvh) * total) * d, vBase = ((bi * hkv + kvh) * total) * dv
                     // scores [Sq, total] = scale · Q_h [Sq, D] · K_hᵀ
                     qs.withUnsafeBufferPointer { pq in ks.withUnsafeBufferPointer { pk in scores.withUnsafeMutableBufferPointer { ps in
-                        gemm(transA: false, transB: true, m: sq, n: total, k: d, alpha: T(fromDouble: scale), a: pq.baseAddress! + qBase, lda: d,
+                        BLAS.gemm(transA: false, transB: true, m: sq, n: total, k: d, alpha: T(fromDouble: scale), a: pq.baseAddress! + qBase, lda: d,
                              b: pk.baseAddress! + kBase, ldb: d, beta: 0, c: ps.baseAddress!, ldc: total)
                     } } }
                     let outBase = ((bi * hq + h) * sq) * total
@@ -161,7 +161,7 @@ struct AttentionKernel: Kernel {
                     // Y_h [Sq, Dv] = P [Sq, total] · V_h [total, Dv]
                     let yBase = ((bi * hq + h) * sq) * dv
                     scores.withUnsafeBufferPointer { ps in vs.withUnsafeBufferPointer { pv in y.withUnsafeMutableBufferPointer { py in
-                        gemm(transA: false, transB: false, m: sq, n: dv, k: total, alpha: 1, a: ps.baseAddress!, lda: total,
+                        BLAS.gemm(transA: false, transB: false, m: sq, n: dv, k: total, alpha: 1, a: ps.baseAddress!, lda: total,
                              b: pv.baseAddress! + vBase, ldb: dv, beta: 0, c: py.baseAddress! + yBase, ldc: dv)
                     } } }
                 }
@@ -300,7 +300,7 @@ struct FlexAttentionKernel: Kernel {
             var out = Tensor(zeros: T.dtype, shape: [b, hq, l, s])
             try q.withUnsafeBufferPointer(as: T.self) { pq in try k.withUnsafeBufferPointer(as: T.self) { pk in out.uncheckedMutableBufferPointer(as: T.self) { po in
                 for bi in 0..<b { for h in 0..<hq {
-                    gemm(transA: false, transB: true, m: l, n: s, k: d, alpha: alpha, a: pq.baseAddress! + (bi * hq + h) * l * d, lda: d,
+                    BLAS.gemm(transA: false, transB: true, m: l, n: s, k: d, alpha: alpha, a: pq.baseAddress! + (bi * hq + h) * l * d, lda: d,
                          b: pk.baseAddress! + (bi * hkv + h / group) * s * d, ldb: d, beta: 0, c: po.baseAddress! + (bi * hq + h) * l * s, ldc: s)
                 } }
             } } }
@@ -319,7 +319,7 @@ struct FlexAttentionKernel: Kernel {
             var y = Tensor(zeros: T.dtype, shape: [b, hq, l, dv])
             try p.withUnsafeBufferPointer(as: T.self) { pp in try v.withUnsafeBufferPointer(as: T.self) { pv in y.uncheckedMutableBufferPointer(as: T.self) { py in
                 for bi in 0..<b { for h in 0..<hq {
-                    gemm(transA: false, transB: false, m: l, n: dv, k: s, alpha: 1, a: pp.baseAddress! + (bi * hq + h) * l * s, lda: s,
+                    BLAS.gemm(transA: false, transB: false, m: l, n: dv, k: s, alpha: 1, a: pp.baseAddress! + (bi * hq + h) * l * s, lda: s,
                          b: pv.baseAddress! + (bi * hkv + h / (hq / hkv)) * s * dv, ldb: dv, beta: 0, c: py.baseAddress! + (bi * hq + h) * l * dv, ldc: dv)
                 } }
             } } }

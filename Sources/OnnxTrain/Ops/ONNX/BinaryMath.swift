@@ -1,75 +1,68 @@
 /// Add, Sub, Mul, Div, Pow, Mod, BitShift, Bitwise*, Min/Max/Sum/Mean, comparisons, logical ops
 /// and Where: binary (or n-ary) elementwise ops with numpy broadcasting.
-struct AddFunction: ArithmeticBinaryFunction {
-    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> T { T.add(a, b) }
+struct AddFunction: NumericBinaryFunction {
+    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> T { T.add(a, b) }
 }
-struct SubFunction: ArithmeticBinaryFunction {
-    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> T { T.sub(a, b) }
+struct SubFunction: NumericBinaryFunction {
+    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> T { T.sub(a, b) }
 }
-struct MulFunction: ArithmeticBinaryFunction {
-    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> T { T.mul(a, b) }
+struct MulFunction: NumericBinaryFunction {
+    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> T { T.mul(a, b) }
 }
-struct DivFunction: ArithmeticBinaryFunction {
-    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> T { T.div(a, b) }
+struct DivFunction: NumericBinaryFunction {
+    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> T { T.div(a, b) }
 }
 /// Mod: fmod = 1 is C's fmod (sign of the dividend); fmod = 0 is Python's (sign of the divisor).
-struct ModFunction: ArithmeticBinaryFunction {
+struct ModFunction: NumericBinaryFunction {
     let fmod: Bool
-    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> T {
+    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> T {
         fmod ? T.fmod(a, b) : T.floorMod(a, b)
     }
 }
 /// Max and Min propagate NaN, as numpy's maximum/minimum and onnxruntime do.
-struct MaxFunction: ArithmeticBinaryFunction {
-    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> T {
+struct MaxFunction: NumericBinaryFunction {
+    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> T {
         a.isNaNValue ? a : (b.isNaNValue ? b : (a < b ? b : a))
     }
 }
-struct MinFunction: ArithmeticBinaryFunction {
-    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> T {
+struct MinFunction: NumericBinaryFunction {
+    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> T {
         a.isNaNValue ? a : (b.isNaNValue ? b : (b < a ? b : a))
     }
 }
-struct PowFunction: RealBinaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ a: T, _ b: T) -> T { T.pow(a, b) }
+struct PowFunction: FloatBinaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ a: T, _ b: T) -> T { T.pow(a, b) }
 }
 
 struct EqualFunction: ComparisonFunction {
-    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> Bool { a == b }
+    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> Bool { a == b }
 }
 struct LessFunction: ComparisonFunction {
-    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> Bool { a < b }
+    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> Bool { a < b }
 }
 struct LessOrEqualFunction: ComparisonFunction {
-    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> Bool { a <= b }
+    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> Bool { a <= b }
 }
 struct GreaterFunction: ComparisonFunction {
-    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> Bool { a > b }
+    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> Bool { a > b }
 }
 struct GreaterOrEqualFunction: ComparisonFunction {
-    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ a: T, _ b: T) -> Bool { a >= b }
+    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> Bool { a >= b }
 }
 
 /// Bitwise ops and shifts, on unsigned and signed integers.
-struct BitwiseOperation {
+struct BitwiseOperation: NumericOperation {
     enum Kind { case and, or, xor, shiftLeft, shiftRight }
     let a: Tensor, b: Tensor, kind: Kind
 
-    func run() throws -> Tensor {
-        switch a.dtype {
-        case .int8: return try loop(Int8.self)
-        case .int16: return try loop(Int16.self)
-        case .int32: return try loop(Int32.self)
-        case .int64: return try loop(Int64.self)
-        case .uint8: return try loop(UInt8.self)
-        case .uint16: return try loop(UInt16.self)
-        case .uint32: return try loop(UInt32.self)
-        case .uint64: return try loop(UInt64.self)
-        default: throw KernelError("bitwise ops need integer inputs, got \(a.dtype)")
+    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+        guard let integer = T.self as? any IntegerElement.Type else {
+            throw KernelError("bitwise ops need integer inputs, got \(a.dtype)")
         }
+        return try loop(integer)
     }
 
-    private func loop<T: FixedWidthInteger & TensorElement>(_ type: T.Type) throws -> Tensor {
+    private func loop<T: IntegerElement>(_ type: T.Type) throws -> Tensor {
         switch kind {
         case .and: return try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { $0 & $1 }
         case .or: return try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { $0 | $1 }
@@ -83,16 +76,17 @@ struct BitwiseOperation {
 
 func bitwise(_ a: Tensor, _ b: Tensor, _ kind: BitwiseOperation.Kind) throws -> Tensor {
     try requireSameType(a, b)
-    return try BitwiseOperation(a: a, b: b, kind: kind).run()
+    guard !a.dtype.isFloatingPoint, a.dtype != .bool else { throw KernelError("bitwise ops need integer inputs, got \(a.dtype)") }
+    return try dispatchNumeric(a.dtype, BitwiseOperation(a: a, b: b, kind: kind))
 }
 
 /// Pow(X, Y): the result has X's type; mixed types compute in Double (exact for the integer
 /// powers integer bases can hold), float32 ^ float32 stays in powf.
 func power(_ x: Tensor, _ y: Tensor) throws -> Tensor {
     if x.dtype == y.dtype && (x.dtype == .float32 || x.dtype == .float64 || x.isHalf) {
-        return try zipReal(x, y, PowFunction())
+        return try zipFloat(x, y, PowFunction())
     }
-    let result = try zipReal(try x.cast(to: .float64), try y.cast(to: .float64), PowFunction())
+    let result = try zipFloat(try x.cast(to: .float64), try y.cast(to: .float64), PowFunction())
     return try result.cast(to: x.dtype)
 }
 
@@ -105,16 +99,16 @@ func logical(_ a: Tensor, _ b: Tensor, _ f: (Bool, Bool) -> Bool) throws -> Tens
 /// Folds variadic inputs with a broadcasting binary function (Sum, Min, Max, Mean), dividing
 /// by the input count for Mean. Half inputs are widened once and the result rounded once, as
 /// onnxruntime does (rounding after every pairwise step drifts by an ulp or more).
-func foldVariadic<F: ArithmeticBinaryFunction>(_ inputs: [Value?], _ f: F, mean: Bool = false) throws -> Tensor {
+func foldVariadic<F: NumericBinaryFunction>(_ inputs: [Value?], _ f: F, mean: Bool = false) throws -> Tensor {
     guard !inputs.isEmpty else { throw KernelError("at least one input is required") }
     let tensors = try inputs.indices.map { try inputs.tensor($0) }
     for t in tensors.dropFirst() { try requireSameType(tensors[0], t) }
     return try computingHalfInFloat(tensors) { wide in
         var acc = wide[0]
         for t in wide.dropFirst() {
-            acc = try floatBinaryFastPath(acc, t, f) ?? dispatchArithmetic(acc.dtype, ZipArithmetic(a: acc, b: t, f: f))
+            acc = try floatBinaryFastPath(acc, t, f) ?? dispatchNumeric(acc.dtype, ZipNumeric(a: acc, b: t, f: f))
         }
-        if mean { acc = try dispatchReal(acc.dtype, MapReal(x: acc, f: DivideByFunction(divisor: Double(wide.count)))) }
+        if mean { acc = try dispatchFloat(acc.dtype, MapFloat(x: acc, f: DivideByFunction(divisor: Double(wide.count)))) }
         return acc
     }
 }
@@ -124,8 +118,8 @@ func foldVariadic<F: ArithmeticBinaryFunction>(_ inputs: [Value?], _ f: F, mean:
 /// Add/Sub/Mul/Div/Sum on float32 when one operand has the output's shape and the other the same
 /// shape, a suffix of it (a bias row, a [T, T] mask: it repeats every `period` elements) or a
 /// single value: loops over plain pointers, split across threads. nil where general broadcasting
-/// is needed (or for short rows and empty tensors): zipArithmetic handles those.
-func floatBinaryFastPath<F: ArithmeticBinaryFunction>(_ a: Tensor, _ b: Tensor, _ f: F) -> Tensor? {
+/// is needed (or for short rows and empty tensors): zipNumeric handles those.
+func floatBinaryFastPath<F: NumericBinaryFunction>(_ a: Tensor, _ b: Tensor, _ f: F) -> Tensor? {
     guard a.dtype == .float32, b.dtype == .float32 else { return nil }
     func isSuffix(_ s: [Int], of full: [Int]) -> Bool {
         let dims = s.drop(while: { $0 == 1 })
@@ -174,14 +168,14 @@ func floatBinaryFastPath<F: ArithmeticBinaryFunction>(_ a: Tensor, _ b: Tensor, 
 /// out[i] = f(a[i], b[i]). Functions of their own so the loops vectorise (they stay scalar inside
 /// a Parallel.forRange closure).
 @inline(never)
-func binaryLoop<F: ArithmeticBinaryFunction>(_ f: F, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+func binaryLoop<F: NumericBinaryFunction>(_ f: F, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
                                              _ out: UnsafeMutablePointer<Float>, _ count: Int) {
     for i in 0..<count { out[i] = f(a[i], b[i]) }
 }
 
 /// out[i] = f(x[i], s), or f(s, x[i]) when the scalar is the first operand.
 @inline(never)
-func binaryScalarLoop<F: ArithmeticBinaryFunction>(_ f: F, _ x: UnsafePointer<Float>, _ s: Float, scalarFirst: Bool,
+func binaryScalarLoop<F: NumericBinaryFunction>(_ f: F, _ x: UnsafePointer<Float>, _ s: Float, scalarFirst: Bool,
                                                    _ out: UnsafeMutablePointer<Float>, _ count: Int) {
     if scalarFirst {
         for i in 0..<count { out[i] = f(s, x[i]) }
@@ -190,22 +184,32 @@ func binaryScalarLoop<F: ArithmeticBinaryFunction>(_ f: F, _ x: UnsafePointer<Fl
     }
 }
 
-/// Add/Sub/Mul/Div (opset 7+): the float32 fast path, else zipArithmetic.
-private func registerFastBinary<F: ArithmeticBinaryFunction>(_ registry: OpRegistry, _ op: String, since versions: [Int], _ f: F) {
+/// Add/Sub/Mul/Div (opset 7+): the float32 fast path, else zipNumeric.
+private func registerFastBinary<F: NumericBinaryFunction>(_ registry: OpRegistry, _ op: String, since versions: [Int], _ f: F) {
     for v in versions {
         registry.register(op, since: v) { _ in
             AnyKernel { inputs, _ in
                 let a = try inputs.tensor(0), b = try inputs.tensor(1)
-                return [.tensor(try floatBinaryFastPath(a, b, f) ?? zipArithmetic(a, b, f))]
+                return [.tensor(try floatBinaryFastPath(a, b, f) ?? zipNumeric(a, b, f))]
             }
         }
     }
 }
 
 /// x / divisor (a division, not a multiplication by the reciprocal, to round as onnxruntime does).
-struct DivideByFunction: RealUnaryFunction {
+struct DivideByFunction: FloatUnaryFunction {
     let divisor: Double
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { x / T(divisor) }
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { x / T(divisor) }
+}
+/// x · factor, the factor rounded to the element type once (Scale, SGD's −η·G).
+struct ScaleFunction: FloatUnaryFunction {
+    let factor: Double
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { x * T(factor) }
+}
+/// a + scale · b, the scale rounded to the element type once (SGD's W − η·G).
+struct AddScaledFunction: FloatBinaryFunction {
+    let scale: Double
+    @inline(__always) func callAsFunction<T: FloatElement>(_ a: T, _ b: T) -> T { a + T(scale) * b }
 }
 
 /// Where(condition, X, Y) with three-way broadcasting; copies elements by their byte size.
@@ -219,20 +223,11 @@ func select(_ cond: Tensor, _ x: Tensor, _ y: Tensor) throws -> Tensor {
     let sy = Broadcast.strides(y.shape, to: outShape)
     // offsets(o) gives the three input offsets of output element o.
     let rank = outShape.count
-    var index = [Int](repeating: 0, count: rank)
     func offsets(_ visit: (Int, Int, Int, Int) -> Void) {
-        var oc = 0, ox = 0, oy = 0
+        var walk = Odometer(shape: outShape, strides: [sc, sx, sy])
         for o in 0..<n {
-            visit(o, oc, ox, oy)
-            var d = rank - 1
-            while d >= 0 {
-                index[d] += 1
-                oc += sc[d]; ox += sx[d]; oy += sy[d]
-                if index[d] < outShape[d] { break }
-                oc -= sc[d] * outShape[d]; ox -= sx[d] * outShape[d]; oy -= sy[d] * outShape[d]
-                index[d] = 0
-                d -= 1
-            }
+            visit(o, walk.offsets[0], walk.offsets[1], walk.offsets[2])
+            walk.advance()
         }
     }
     if x.dtype == .string {
@@ -341,10 +336,10 @@ private func registerLegacyBinary(_ registry: OpRegistry, _ op: String, since ve
 }
 
 func registerBinaryMathOps(_ registry: OpRegistry) {
-    registerLegacyBinary(registry, "Add", since: [1, 6]) { try zipArithmetic($0, $1, AddFunction()) }
-    registerLegacyBinary(registry, "Sub", since: [1, 6]) { try zipArithmetic($0, $1, SubFunction()) }
-    registerLegacyBinary(registry, "Mul", since: [1, 6]) { try zipArithmetic($0, $1, MulFunction()) }
-    registerLegacyBinary(registry, "Div", since: [1, 6]) { try zipArithmetic($0, $1, DivFunction()) }
+    registerLegacyBinary(registry, "Add", since: [1, 6]) { try zipNumeric($0, $1, AddFunction()) }
+    registerLegacyBinary(registry, "Sub", since: [1, 6]) { try zipNumeric($0, $1, SubFunction()) }
+    registerLegacyBinary(registry, "Mul", since: [1, 6]) { try zipNumeric($0, $1, MulFunction()) }
+    registerLegacyBinary(registry, "Div", since: [1, 6]) { try zipNumeric($0, $1, DivFunction()) }
     registerLegacyBinary(registry, "Pow", since: [1]) { try power($0, $1) }
     registerLegacyBinary(registry, "Equal", since: [1]) { try zipComparison($0, $1, EqualFunction()) }
     registerLegacyBinary(registry, "Less", since: [1]) { try zipComparison($0, $1, LessFunction()) }
@@ -357,7 +352,7 @@ func registerBinaryMathOps(_ registry: OpRegistry) {
     registerFastBinary(registry, "Sub", since: [7, 13, 14], SubFunction())
     registerFastBinary(registry, "Mul", since: [7, 13, 14], MulFunction())
     registerFastBinary(registry, "Div", since: [7, 13, 14], DivFunction())
-    registry.registerArithmeticBinary("Mod", since: [10, 13]) { ctx in ModFunction(fmod: try ctx.int("fmod", default: 0) != 0) }
+    registry.registerNumericBinary("Mod", since: [10, 13]) { ctx in ModFunction(fmod: try ctx.int("fmod", default: 0) != 0) }
     for v in [7, 12, 13, 15] {
         registry.register("Pow", since: v) { _ in
             AnyKernel { inputs, _ in [.tensor(try power(try inputs.tensor(0), try inputs.tensor(1)))] }

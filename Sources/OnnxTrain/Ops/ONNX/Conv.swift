@@ -41,7 +41,7 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                                     im2col(image, channels: cg, g, col, taps: taps)
                                     columns = UnsafePointer(col)
                                 }
-                                gemm(transA: false, transB: false, m: mg, n: P, k: cg * K, alpha: 1,
+                                BLAS.gemm(transA: false, transB: false, m: mg, n: P, k: cg * K, alpha: 1,
                                      a: W + gi * mg * cg * K, lda: cg * K, b: columns, ldb: P,
                                      beta: hasBias ? 1 : 0, c: Y + (b * m + gi * mg) * P, ldc: P)
                             }
@@ -76,7 +76,7 @@ func transposedConvolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tens
                     guard let X = px.baseAddress, let W = pw.baseAddress, let Y = py.baseAddress, let C = pc.baseAddress else { return }
                     for b in 0..<n {
                         for gi in 0..<group {
-                            gemm(transA: true, transB: false, m: mg * K, n: P, k: cg, alpha: 1,
+                            BLAS.gemm(transA: true, transB: false, m: mg * K, n: P, k: cg, alpha: 1,
                                  a: W + gi * cg * mg * K, lda: mg * K, b: X + (b * c + gi * cg) * P, ldb: P,
                                  beta: 0, c: C, ldc: P)
                             col2im(C, channels: mg, g, Y + (b * m + gi * mg) * O)
@@ -373,7 +373,7 @@ struct DeformConvKernel: Kernel {
                 }
                 ws.withUnsafeBufferPointer { pw in col.withUnsafeBufferPointer { pc in y.withUnsafeMutableBufferPointer { py in
                     for gi in 0..<group {
-                        gemm(transA: false, transB: false, m: mg, n: P, k: cg * K, alpha: 1, a: pw.baseAddress! + gi * mg * cg * K, lda: cg * K,
+                        BLAS.gemm(transA: false, transB: false, m: mg, n: P, k: cg * K, alpha: 1, a: pw.baseAddress! + gi * mg * cg * K, lda: cg * K,
                              b: pc.baseAddress! + gi * cg * K * P, ldb: P, beta: 0, c: py.baseAddress! + (b * m + gi * mg) * P, ldc: P)
                     }
                 } } }

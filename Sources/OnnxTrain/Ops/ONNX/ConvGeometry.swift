@@ -315,39 +315,6 @@ func col2im<T: FloatElement>(_ col: UnsafePointer<T>, channels: Int, _ g: ConvGe
     }
 }
 
-// MARK: - GEMM for Float and Double
-
-/// Row-major C[m×n] = alpha·op(A)·op(B) + beta·C through BLAS, for Float or Double.
-@inline(__always)
-func gemm<T: FloatElement>(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: T,
-                           a: UnsafePointer<T>, lda: Int, b: UnsafePointer<T>, ldb: Int,
-                           beta: T, c: UnsafeMutablePointer<T>, ldc: Int) {
-    if T.self == Float.self {
-        BLAS.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: Float(alpha),
-                   a: UnsafeRawPointer(a).assumingMemoryBound(to: Float.self), lda: lda,
-                   b: UnsafeRawPointer(b).assumingMemoryBound(to: Float.self), ldb: ldb, beta: Float(beta),
-                   c: UnsafeMutableRawPointer(c).assumingMemoryBound(to: Float.self), ldc: ldc)
-    } else if T.self == Double.self {
-        BLAS.dgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: Double(alpha),
-                   a: UnsafeRawPointer(a).assumingMemoryBound(to: Double.self), lda: lda,
-                   b: UnsafeRawPointer(b).assumingMemoryBound(to: Double.self), ldb: ldb, beta: Double(beta),
-                   c: UnsafeMutableRawPointer(c).assumingMemoryBound(to: Double.self), ldc: ldc)
-    } else {
-        // Generic fallback (no other FloatElement exists today).
-        for i in 0..<m {
-            for j in 0..<n {
-                var s: T = 0
-                for p in 0..<k {
-                    let av = transA ? a[p * lda + i] : a[i * lda + p]
-                    let bv = transB ? b[j * ldb + p] : b[p * ldb + j]
-                    s += av * bv
-                }
-                c[i * ldc + j] = alpha * s + (beta == 0 ? 0 : beta * c[i * ldc + j])
-            }
-        }
-    }
-}
-
 // MARK: - Float compute with half types through float32
 
 /// Runs a float computation on tensors of one floating element type: float32 and float64

@@ -1,8 +1,8 @@
 /// CumSum and CumProd along one axis, optionally exclusive and/or reversed.
-struct CumulativeOperation: ArithmeticOperation {
+struct CumulativeOperation: NumericOperation {
     let x: Tensor, axis: Int, exclusive: Bool, reverse: Bool, product: Bool
 
-    func callAsFunction<T: ArithmeticElement>(_ type: T.Type) throws -> Tensor {
+    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         // x, out: [outer, n, inner]; the scan runs along n.
         let n = x.shape[axis]
         let outer = x.shape[..<axis].reduce(1, *), inner = x.shape[(axis + 1)...].reduce(1, *)
@@ -42,7 +42,7 @@ private func registerCumulative(_ registry: OpRegistry, _ op: String, since vers
                 }
                 let axis = try normalizeAxis(axes[0], rank: x.rank)
                 return [.tensor(try computingHalfInFloat([x]) { wide in
-                    try dispatchArithmetic(wide[0].dtype, CumulativeOperation(x: wide[0], axis: axis, exclusive: exclusive,
+                    try dispatchNumeric(wide[0].dtype, CumulativeOperation(x: wide[0], axis: axis, exclusive: exclusive,
                                                                              reverse: reverse, product: product))
                 })]
             }

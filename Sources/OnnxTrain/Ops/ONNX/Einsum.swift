@@ -71,19 +71,7 @@ struct LabeledArray<T: FloatElement> {
         let strides = contiguousStrides(shape)
         // Stride in the source for each new dim: the sum over its repeated positions.
         let srcStrides = newLabels.map { l in labels.indices.filter { labels[$0] == l }.reduce(0) { $0 + strides[$1] } }
-        let n = Tensor.elementCount(newShape)
-        var out = [T](repeating: 0, count: n)
-        var idx = [Int](repeating: 0, count: newShape.count), off = 0
-        for i in 0..<n {
-            out[i] = values[off]
-            var d = newShape.count - 1
-            while d >= 0 {
-                idx[d] += 1; off += srcStrides[d]
-                if idx[d] < newShape[d] { break }
-                off -= srcStrides[d] * newShape[d]; idx[d] = 0; d -= 1
-            }
-        }
-        return LabeledArray(values: out, shape: newShape, labels: newLabels)
+        return LabeledArray(values: gatherStrided(values, shape: newShape, strides: srcStrides), shape: newShape, labels: newLabels)
     }
 
     /// Sums out every dim whose label is not in `keep`.
@@ -95,15 +83,10 @@ struct LabeledArray<T: FloatElement> {
         var dstStride = [Int](repeating: 0, count: shape.count)
         for (j, d) in kept.enumerated() { dstStride[d] = newStrides[j] }
         var out = [T](repeating: 0, count: Tensor.elementCount(newShape))
-        var idx = [Int](repeating: 0, count: shape.count), off = 0
+        var walk = Odometer(shape: shape, strides: [dstStride])
         for i in 0..<values.count {
-            out[off] += values[i]
-            var d = shape.count - 1
-            while d >= 0 {
-                idx[d] += 1; off += dstStride[d]
-                if idx[d] < shape[d] { break }
-                off -= dstStride[d] * shape[d]; idx[d] = 0; d -= 1
-            }
+            out[walk.offsets[0]] += values[i]
+            walk.advance()
         }
         return LabeledArray(values: out, shape: newShape, labels: kept.map { labels[$0] })
     }
@@ -116,20 +99,7 @@ struct LabeledArray<T: FloatElement> {
             guard let d = labels.firstIndex(of: l), shape[d] != 1 else { return 0 }
             return strides[d]
         }
-        let n = Tensor.elementCount(outShape)
-        var out = [T](repeating: 0, count: n)
-        if n == 0 { return out }
-        var idx = [Int](repeating: 0, count: order.count), off = 0
-        for i in 0..<n {
-            out[i] = values[off]
-            var d = order.count - 1
-            while d >= 0 {
-                idx[d] += 1; off += src[d]
-                if idx[d] < outShape[d] { break }
-                off -= src[d] * outShape[d]; idx[d] = 0; d -= 1
-            }
-        }
-        return out
+        return gatherStrided(values, shape: outShape, strides: src)
     }
 }
 
@@ -155,7 +125,7 @@ func einsumContract<T: FloatElement>(_ a: LabeledArray<T>, _ b: LabeledArray<T>,
     av.withUnsafeBufferPointer { pa in bv.withUnsafeBufferPointer { pb in out.withUnsafeMutableBufferPointer { po in
         guard let A = pa.baseAddress, let B = pb.baseAddress, let C = po.baseAddress else { return }
         for i in 0..<nb {
-            gemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: A + i * m * k, lda: max(k, 1),
+            BLAS.gemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: A + i * m * k, lda: max(k, 1),
                  b: B + i * k * n, ldb: max(n, 1), beta: 0, c: C + i * m * n, ldc: max(n, 1))
         }
     } } }

@@ -1,7 +1,7 @@
-/// Float32 exp, erf and Gelu as branch-free straight-line code, so loops over them vectorise
-/// (glibc's expf/erff are calls per element and were the top non-GEMM cost of a transformer step).
-/// Used by the float32 paths of Softmax, SoftmaxGrad, Erf, Gelu, BiasGelu and their gradients;
-/// float64 and the half types keep libm.
+/// Float32 exp and erf as branch-free straight-line code, so loops over them vectorise
+/// (glibc's expf/erff are calls per element, which keeps those loops scalar).
+/// Float's `FloatElement.erf` and `fastExp` (ElementTypes.swift), and the float32 paths of
+/// Softmax and SoftmaxGrad; float64 keeps libm.
 
 enum FloatMath {
     /// e^x for x <= 88 (the callers' arguments are <= 0: shifted logits, −x²/2, −erf tails).
@@ -54,41 +54,5 @@ enum FloatMath {
         big = big * a + a
         let r = a > 0.921875 ? 1 - exp(-big) : small
         return Float(bitPattern: r.bitPattern | (x.bitPattern & 0x8000_0000))  // erf is odd
-    }
-
-    /// erf(x) as one rational function (Eigen's fast float erf, which onnxruntime's GeluGrad uses):
-    /// odd degree-13 over even degree-8 polynomial on x clamped to [−4, 4]; absolute error below
-    /// 5e-7 (a few ulps of 1), about 3x cheaper than `erf` (no exp, no second branch). Used where
-    /// erf only enters as Φ(x) = ½(1 + erf(x/√2)), i.e. the Gelu family; the Erf op uses `erf`.
-    @inline(__always)
-    static func erfRational(_ v: Float) -> Float {
-        let x = Swift.max(Swift.min(v, 4), -4)         // NaN stays NaN
-        let x2 = x * x
-        var p: Float = -2.726_142_258_013_06e-10
-        p = p * x2 + 2.770_681_424_959_02e-08
-        p = p * x2 - 2.101_024_020_825_08e-06
-        p = p * x2 - 5.692_506_394_623_46e-05
-        p = p * x2 - 7.349_906_303_268_55e-04
-        p = p * x2 - 2.954_599_808_540_25e-03
-        p = p * x2 - 1.609_603_332_624_15e-02
-        var q: Float = -1.456_607_184_649_96e-05
-        q = q * x2 - 2.133_740_552_789_05e-04
-        q = q * x2 - 1.682_826_974_382_03e-03
-        q = q * x2 - 7.373_329_167_204_68e-03
-        q = q * x2 - 1.426_473_905_141_89e-02
-        return x * p / q
-    }
-
-    static let invSqrt2: Float = 0.707_106_781_186_547_5     // 1/√2
-    static let invSqrt2Pi: Float = 0.398_942_280_401_432_7   // 1/√(2π)
-
-    /// Gelu with erf: x·Φ(x) = ½x(1 + erf(x/√2)).
-    @inline(__always)
-    static func gelu(_ x: Float) -> Float { 0.5 * x * (1 + erfRational(x * invSqrt2)) }
-
-    /// d/dx of x·Φ(x) = Φ(x) + x·φ(x).
-    @inline(__always)
-    static func geluGrad(_ x: Float) -> Float {
-        0.5 * (1 + erfRational(x * invSqrt2)) + x * exp(-0.5 * x * x) * invSqrt2Pi
     }
 }

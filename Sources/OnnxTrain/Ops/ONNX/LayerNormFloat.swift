@@ -9,10 +9,6 @@ typealias FloatVec8 = SIMD8<Float>
     UnsafeRawPointer(p).loadUnaligned(as: FloatVec8.self)
 }
 
-@inline(__always) func store8(_ v: FloatVec8, _ p: UnsafeMutablePointer<Float>) {
-    UnsafeMutableRawPointer(p).storeBytes(of: v, as: FloatVec8.self)
-}
-
 /// Σ p[0..<n] with eight partial sums (so the loop vectorises; float addition is not reassociated
 /// by the compiler).
 @inline(__always) func sumFloat(_ p: UnsafePointer<Float>, _ n: Int) -> Float {

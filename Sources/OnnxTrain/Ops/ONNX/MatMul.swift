@@ -32,17 +32,10 @@ struct MatMulShape {
     func batchOffsets() -> [(Int, Int)] {
         let count = batchCount
         var result = [(Int, Int)](repeating: (0, 0), count: count)
-        var idx = [Int](repeating: 0, count: batch.count)
-        var oa = 0, ob = 0
+        var walk = Odometer(shape: batch, strides: [aBatchStrides, bBatchStrides])
         for i in 0..<count {
-            result[i] = (oa, ob)
-            var d = batch.count - 1
-            while d >= 0 {
-                idx[d] += 1; oa += aBatchStrides[d]; ob += bBatchStrides[d]
-                if idx[d] < batch[d] { break }
-                oa -= aBatchStrides[d] * batch[d]; ob -= bBatchStrides[d] * batch[d]
-                idx[d] = 0; d -= 1
-            }
+            result[i] = (walk.offsets[0], walk.offsets[1])
+            walk.advance()
         }
         return result
     }
@@ -51,7 +44,7 @@ struct MatMulShape {
 /// Batched matmul of float tensors through BLAS. A [..., M, K] · B [..., K, N] -> [..., M, N].
 func floatMatMul<T: FloatElement>(_ a: Tensor, _ b: Tensor, _ type: T.Type) throws -> Tensor {
     let s = try MatMulShape(a.shape, b.shape)
-    // Every element is written by a GEMM (beta 0; BLAS.sgemm writes zeros when k == 0).
+    // Every element is written by a GEMM (beta 0; BLAS.gemm writes zeros when k == 0).
     var out = Tensor(uninitialized: T.dtype, shape: s.outShape)
     let (m, k, n) = (s.m, s.k, s.n)
     try a.withUnsafeBufferPointer(as: T.self) { pa in
@@ -60,7 +53,7 @@ func floatMatMul<T: FloatElement>(_ a: Tensor, _ b: Tensor, _ type: T.Type) thro
                 guard let A = pa.baseAddress, let B = pb.baseAddress, let C = po.baseAddress else { return }
                 // B shared by every batch and A contiguous: one GEMM with M' = batch * M.
                 if s.bBatchStrides.allSatisfy({ $0 == 0 }) && a.count == s.batchCount * m * k {
-                    gemm(transA: false, transB: false, m: s.batchCount * m, n: n, k: k, alpha: 1, a: A, lda: k,
+                    BLAS.gemm(transA: false, transB: false, m: s.batchCount * m, n: n, k: k, alpha: 1, a: A, lda: k,
                          b: B, ldb: n, beta: 0, c: C, ldc: n)
                     return
                 }
@@ -70,7 +63,7 @@ func floatMatMul<T: FloatElement>(_ a: Tensor, _ b: Tensor, _ type: T.Type) thro
                 Parallel.forRange(offsets.count, minimumChunk: max(1, (1 << 16) / max(1, m * n * k))) { range in
                     for i in range {
                         let (oa, ob) = offsets[i]
-                        gemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: A + oa * m * k, lda: k,
+                        BLAS.gemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: A + oa * m * k, lda: k,
                              b: B + ob * k * n, ldb: n, beta: 0, c: C + i * m * n, ldc: n)
                     }
                 }
@@ -165,7 +158,7 @@ struct GemmKernel: Kernel {
                 try b.withUnsafeBufferPointer(as: T.self) { pb in
                     y.uncheckedMutableBufferPointer(as: T.self) { py in
                         guard let A = pa.baseAddress, let B = pb.baseAddress, let Y = py.baseAddress else { return }
-                        gemm(transA: k.transA, transB: k.transB, m: m, n: n, k: kk, alpha: alpha, a: A, lda: a.shape[1],
+                        BLAS.gemm(transA: k.transA, transB: k.transB, m: m, n: n, k: kk, alpha: alpha, a: A, lda: a.shape[1],
                              b: B, ldb: b.shape[1], beta: beta, c: Y, ldc: n)
                     }
                 }

@@ -29,7 +29,7 @@ func forEachWindow(_ g: ConvGeometry, _ body: (Int, [Int], Int) -> Void) {
         }
         taps.append(perOutput); paddedCounts.append(counts)
     }
-    var oIdx = [Int](repeating: 0, count: r)
+    var walk = Odometer(shape: g.output)
     var offsets: [Int] = [], next: [Int] = []
     offsets.reserveCapacity(g.kernelSize); next.reserveCapacity(g.kernelSize)
     for o in 0..<P {
@@ -37,15 +37,14 @@ func forEachWindow(_ g: ConvGeometry, _ body: (Int, [Int], Int) -> Void) {
         offsets.append(0)
         var padded = 1
         for d in 0..<r {
-            let list = taps[d][oIdx[d]]
-            padded *= paddedCounts[d][oIdx[d]]
+            let list = taps[d][walk.index[d]]
+            padded *= paddedCounts[d][walk.index[d]]
             next.removeAll(keepingCapacity: true)
             for a in offsets { for b in list { next.append(a + b) } }
             swap(&offsets, &next)
         }
         body(o, offsets, padded)
-        var d = r - 1
-        while d >= 0 { oIdx[d] += 1; if oIdx[d] < g.output[d] { break }; oIdx[d] = 0; d -= 1 }
+        walk.advance()
     }
 }
 

@@ -70,8 +70,6 @@ fileprivate struct SmallFloatCodec {
         self.table = table.sorted { $0.0 < $1.0 }
     }
 
-    var maxFinite: Float { table.last!.value }
-
     /// Encodes `x` rounding to nearest even; out-of-range values saturate to ±max when
     /// `saturate`, else become ±inf (e5m2) or NaN (as the ONNX Cast table states).
     func encode(_ x: Float, saturate: Bool) -> UInt8 {
@@ -194,13 +192,12 @@ func quantizationParameterIndex(shape: [Int], parameterShape: [Int], axis: Int, 
     }
     let pStrides = contiguousStrides(full)
     var result = [Int](repeating: 0, count: n)
-    var idx = [Int](repeating: 0, count: shape.count)
+    var walk = Odometer(shape: shape)
     for i in 0..<n {
         var p = 0
-        for d in 0..<shape.count where full[d] > 1 { p += (d == a ? idx[d] / block : idx[d]) * pStrides[d] }
+        for d in 0..<shape.count where full[d] > 1 { p += (d == a ? walk.index[d] / block : walk.index[d]) * pStrides[d] }
         result[i] = p
-        var d = shape.count - 1
-        while d >= 0 { idx[d] += 1; if idx[d] < shape[d] { break }; idx[d] = 0; d -= 1 }
+        walk.advance()
     }
     return result
 }

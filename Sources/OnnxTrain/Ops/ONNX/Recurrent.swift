@@ -159,7 +159,7 @@ struct RecurrentKernel: Kernel {
                 var c = c0s.map { Array($0[(d * B * H)..<((d + 1) * B * H)]) } ?? [T](repeating: 0, count: B * H)
                 // X·Wᵀ for every step: [S·B, I] · [I, G·H]
                 xs.withUnsafeBufferPointer { px in ws.withUnsafeBufferPointer { pw in xw.withUnsafeMutableBufferPointer { po in
-                    gemm(transA: false, transB: true, m: S * B, n: G * H, k: I, alpha: 1, a: px.baseAddress!, lda: I,
+                    BLAS.gemm(transA: false, transB: true, m: S * B, n: G * H, k: I, alpha: 1, a: px.baseAddress!, lda: I,
                          b: pw.baseAddress! + d * G * H * I, ldb: I, beta: 0, c: po.baseAddress!, ldc: G * H)
                 } } }
                 let wb = bs.map { Array($0[(d * 2 * G * H)..<(d * 2 * G * H + G * H)]).map(\.doubleValue) } ?? Array(repeating: 0.0, count: G * H)
@@ -170,7 +170,7 @@ struct RecurrentKernel: Kernel {
                 for s in 0..<S {
                     // H·Rᵀ: [B, H] · [H, G·H]
                     h.withUnsafeBufferPointer { ph in rs.withUnsafeBufferPointer { pr in hr.withUnsafeMutableBufferPointer { po in
-                        gemm(transA: false, transB: true, m: B, n: G * H, k: H, alpha: 1, a: ph.baseAddress!, lda: H,
+                        BLAS.gemm(transA: false, transB: true, m: B, n: G * H, k: H, alpha: 1, a: ph.baseAddress!, lda: H,
                              b: pr.baseAddress! + rOffset, ldb: H, beta: 0, c: po.baseAddress!, ldc: G * H)
                     } } }
                     if k.cell == .gru && !k.linearBeforeReset {
@@ -184,7 +184,7 @@ struct RecurrentKernel: Kernel {
                             }
                         }
                         rh.withUnsafeBufferPointer { pa in rs.withUnsafeBufferPointer { pr in rhr.withUnsafeMutableBufferPointer { po in
-                            gemm(transA: false, transB: true, m: B, n: H, k: H, alpha: 1, a: pa.baseAddress!, lda: H,
+                            BLAS.gemm(transA: false, transB: true, m: B, n: H, k: H, alpha: 1, a: pa.baseAddress!, lda: H,
                                  b: pr.baseAddress! + rOffset + 2 * H * H, ldb: H, beta: 0, c: po.baseAddress!, ldc: H)
                         } } }
                     }

@@ -15,7 +15,7 @@ enum ReduceKind: Sendable {
 
     /// The accumulator of an empty set: 0 for sums, 1 for products, -inf / +inf for max / min
     /// (the lowest / highest integer for integer types), as the ONNX reference gives.
-    func identity<T: ArithmeticElement>(_ type: T.Type) -> T {
+    func identity<T: NumericElement>(_ type: T.Type) -> T {
         switch self {
         case .prod: return T.one
         case .max: return T.lowest
@@ -24,7 +24,7 @@ enum ReduceKind: Sendable {
         }
     }
 
-    func finish<T: ArithmeticElement>(_ acc: T, count: Int) -> T {
+    func finish<T: NumericElement>(_ acc: T, count: Int) -> T {
         switch self {
         case .mean: return T.div(acc, T(fromDouble: Double(count)))
         case .l2: return T(fromDouble: acc.doubleValue.squareRoot())
@@ -51,27 +51,19 @@ func forEachReduced(shape: [Int], outStrides: [Int], _ body: (Int, Int) -> Void)
     let rank = shape.count
     if rank == 0 { body(0, 0); return }
     let inner = shape[rank - 1], step = outStrides[rank - 1]
-    var index = [Int](repeating: 0, count: rank)
-    var o = 0, i = 0
+    var rows = Odometer(shape: shape, strides: [outStrides])
+    var i = 0
     while i < n {
-        var p = o
+        var p = rows.offsets[0]
         for _ in 0..<inner { body(i, p); i += 1; p += step }
-        var d = rank - 2
-        while d >= 0 {
-            index[d] += 1
-            o += outStrides[d]
-            if index[d] < shape[d] { break }
-            o -= outStrides[d] * shape[d]
-            index[d] = 0
-            d -= 1
-        }
+        rows.advance(axes: rank - 1)
     }
 }
 
 /// The sum of `f(p[0..<n])` with four independent partial sums (so the loop vectorises), added
 /// pairwise at the end.
 @inline(__always)
-func contiguousSum<T: ArithmeticElement>(_ p: UnsafePointer<T>, _ n: Int, _ f: (T) -> T) -> T {
+func contiguousSum<T: NumericElement>(_ p: UnsafePointer<T>, _ n: Int, _ f: (T) -> T) -> T {
     var s0 = 0 as T, s1 = 0 as T, s2 = 0 as T, s3 = 0 as T
     var i = 0
     while i + 4 <= n {
@@ -83,7 +75,7 @@ func contiguousSum<T: ArithmeticElement>(_ p: UnsafePointer<T>, _ n: Int, _ f: (
     return T.add(T.add(s0, s1), T.add(s2, s3))
 }
 
-struct Reduction: ArithmeticOperation {
+struct Reduction: NumericOperation {
     let x: Tensor, reduced: [Bool], kind: ReduceKind, outDType: DType?
 
     /// The length of the contiguous run each output reduces when the reduced axes are exactly
@@ -101,7 +93,7 @@ struct Reduction: ArithmeticOperation {
         return x.shape[...last].reduce(1, *)
     }
 
-    func callAsFunction<T: ArithmeticElement>(_ type: T.Type) throws -> Tensor {
+    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         let (kept, outStrides) = reductionLayout(shape: x.shape, reduced: reduced)
         var count = 1
         for (d, r) in zip(x.shape, reduced) where r { count *= d }
@@ -178,7 +170,7 @@ func reduce(_ x: Tensor, axes: [Int]?, keepDims: Bool, kind: ReduceKind) throws 
         result = try Reduction(x: x.reinterpreted(as: .uint8), reduced: reduced, kind: kind, outDType: .bool)(UInt8.self)
     } else {
         result = try computingHalfInFloat([x]) { wide in
-            try dispatchArithmetic(wide[0].dtype, Reduction(x: wide[0], reduced: reduced, kind: kind, outDType: nil))
+            try dispatchNumeric(wide[0].dtype, Reduction(x: wide[0], reduced: reduced, kind: kind, outDType: nil))
         }
     }
     if keepDims { return result }

@@ -3,10 +3,10 @@
 /// single axis.
 enum SoftmaxKind { case softmax, logSoftmax, hardmax }
 
-struct SoftmaxOperation: RealOperation {
+struct SoftmaxOperation: FloatOperation {
     let x: Tensor, outer: Int, n: Int, inner: Int, kind: SoftmaxKind
 
-    func callAsFunction<T: RealElement>(_ type: T.Type) throws -> Tensor {
+    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         if T.self == Float.self && inner == 1 && n > 0 && kind != .hardmax { return floatRows() }
         // x, out: [outer, n, inner], normalised along n.
         var out = Tensor(uninitialized: T.dtype, shape: x.shape)
@@ -74,7 +74,7 @@ func softmaxRows(_ x: Tensor, into out: inout Tensor, rows: Int, n: Int, log: Bo
 
 func softmaxRow(_ px: UnsafePointer<Float>, _ po: UnsafeMutablePointer<Float>, _ n: Int, log: Bool) {
     // The max is subtracted first so exp cannot overflow. Four running maxima break the compare
-    // chain (softmax rows ~20% faster); max is exact, so the result is the same. A NaN is skipped
+    // chain so the loop pipelines; max is exact, so the result is the same. A NaN is skipped
     // by the max as before and turns the whole row into NaN through exp and the sum.
     var m0 = px[0], m1 = px[0], m2 = px[0], m3 = px[0], k = 0
     while k + 4 <= n {
@@ -109,7 +109,7 @@ private func registerSoftmaxFamily(_ registry: OpRegistry, _ op: String, _ kind:
                 let n = v < 13 ? x.shape[axis...].reduce(1, *) : x.shape[axis]
                 let inner = v < 13 ? 1 : x.shape[(axis + 1)...].reduce(1, *)
                 return [.tensor(try computingHalfInFloat([x]) { wide in
-                    try dispatchReal(wide[0].dtype, SoftmaxOperation(x: wide[0], outer: outer, n: n, inner: inner, kind: kind))
+                    try dispatchFloat(wide[0].dtype, SoftmaxOperation(x: wide[0], outer: outer, n: n, inner: inner, kind: kind))
                 })]
             }
         }

@@ -88,10 +88,11 @@ private struct StridedCopy: ElementMove {
             tiledCopy(src, dst, contiguousAxis: p)
             return out
         }
-        var index = [Int](repeating: 0, count: rank)
-        var base = offset, o = 0
+        var rows = Odometer(shape: shape, strides: [strides], start: SIMD4(offset, 0, 0, 0))
+        var o = 0
         let inner = shape[rank - 1], step = strides[rank - 1]
         while o < n {
+            let base = rows.offsets[0]
             if step == 1 {
                 (dst + o).update(from: src + base, count: inner)
                 o += inner
@@ -99,15 +100,7 @@ private struct StridedCopy: ElementMove {
                 var x = base
                 for _ in 0..<inner { dst[o] = src[x]; o += 1; x += step }
             }
-            var d = rank - 2
-            while d >= 0 {
-                index[d] += 1
-                base += strides[d]
-                if index[d] < shape[d] { break }
-                base -= strides[d] * shape[d]
-                index[d] = 0
-                d -= 1
-            }
+            rows.advance(axes: rank - 1)
         }
         return out
     }
@@ -179,33 +172,6 @@ func gatherBlocks(_ t: Tensor, starts: [Int], block: Int, shape: [Int]) throws -
     return try dispatchElement(t.dtype, BlockGather(t: t, starts: starts, block: block, shape: shape))
 }
 
-/// Flat source indices of `shape` read through `strides` from `offset` (transposes, slices,
-/// broadcasts: any strided view of a contiguous tensor).
-func stridedIndices(shape: [Int], strides: [Int], offset: Int = 0) -> [Int] {
-    let n = Tensor.elementCount(shape)
-    var result = [Int](repeating: 0, count: n)
-    if n == 0 { return result }
-    let rank = shape.count
-    if rank == 0 { result[0] = offset; return result }
-    var index = [Int](repeating: 0, count: rank)
-    var base = offset
-    let inner = shape[rank - 1], innerStride = strides[rank - 1]
-    var o = 0
-    while o < n {
-        var x = base
-        for _ in 0..<inner { result[o] = x; o += 1; x += innerStride }
-        var d = rank - 2
-        while d >= 0 {
-            index[d] += 1
-            base += strides[d]
-            if index[d] < shape[d] { break }
-            base -= strides[d] * shape[d]
-            index[d] = 0
-            d -= 1
-        }
-    }
-    return result
-}
 
 /// Concat's copy: for each outer index, each part's contiguous block in turn.
 private struct BlockCopy: ElementMove {

@@ -1,83 +1,80 @@
 /// Unary elementwise math: Abs, Neg, Sign, Reciprocal, rounding, roots, exponentials,
 /// trigonometry, Erf, IsNaN, IsInf and Clip.
-struct AbsFunction: ArithmeticUnaryFunction {
-    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ x: T) -> T { T.magnitude(x) }
+struct AbsFunction: NumericUnaryFunction {
+    @inline(__always) func callAsFunction<T: NumericElement>(_ x: T) -> T { T.magnitude(x) }
 }
-struct NegFunction: ArithmeticUnaryFunction {
-    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ x: T) -> T { T.negate(x) }
+struct NegFunction: NumericUnaryFunction {
+    @inline(__always) func callAsFunction<T: NumericElement>(_ x: T) -> T { T.negate(x) }
 }
-struct SignFunction: ArithmeticUnaryFunction {
-    @inline(__always) func callAsFunction<T: ArithmeticElement>(_ x: T) -> T { T.signum(x) }
+struct SignFunction: NumericUnaryFunction {
+    @inline(__always) func callAsFunction<T: NumericElement>(_ x: T) -> T { T.signum(x) }
 }
 
 // One struct per float function, so each loop specialises (and vectorises where it can).
-struct ReciprocalFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { 1 / x }
+struct ReciprocalFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { 1 / x }
 }
-struct FloorFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { x.rounded(.down) }
+struct FloorFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { x.rounded(.down) }
 }
-struct CeilFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { x.rounded(.up) }
+struct CeilFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { x.rounded(.up) }
 }
 /// Round: halves go to even, like numpy and onnxruntime.
-struct RoundFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { x.rounded(.toNearestOrEven) }
+struct RoundFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { x.rounded(.toNearestOrEven) }
 }
-struct SqrtFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.sqrt(x) }
+struct SqrtFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.sqrt(x) }
 }
-struct ExpFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.exp(x) }
+struct ExpFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.exp(x) }
 }
-struct LogFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.log(x) }
+struct LogFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.log(x) }
 }
-struct SinFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.sin(x) }
+struct SinFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.sin(x) }
 }
-struct CosFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.cos(x) }
+struct CosFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.cos(x) }
 }
-struct TanFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.tan(x) }
+struct TanFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.tan(x) }
 }
-struct AsinFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.asin(x) }
+struct AsinFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.asin(x) }
 }
-struct AcosFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.acos(x) }
+struct AcosFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.acos(x) }
 }
-struct AtanFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.atan(x) }
+struct AtanFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.atan(x) }
 }
-struct SinhFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.sinh(x) }
+struct SinhFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.sinh(x) }
 }
-struct CoshFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.cosh(x) }
+struct CoshFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.cosh(x) }
 }
-struct AsinhFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.asinh(x) }
+struct AsinhFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.asinh(x) }
 }
-struct AcoshFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.acosh(x) }
+struct AcoshFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.acosh(x) }
 }
-struct AtanhFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T { T.atanh(x) }
+struct AtanhFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.atanh(x) }
 }
-/// float32 through FloatMath.erf (within 1 ulp, vectorises); other types through libm.
-struct ErfFunction: RealUnaryFunction {
-    @inline(__always) func callAsFunction<T: RealElement>(_ x: T) -> T {
-        if T.self == Float.self { return unsafeBitCast(FloatMath.erf(unsafeBitCast(x, to: Float.self)), to: T.self) }
-        return T.erf(x)
-    }
+/// erf with the erf policy of `FloatElement.erf`.
+struct ErfFunction: FloatUnaryFunction {
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.erf(x) }
 }
 
 /// Clip to [low, high]; NaN passes through. Bounds are kept as tensors of the input type.
-struct ClipOperation: ArithmeticOperation {
+struct ClipOperation: NumericOperation {
     let x: Tensor, low: Tensor?, high: Tensor?
-    func callAsFunction<T: ArithmeticElement>(_ type: T.Type) throws -> Tensor {
+    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         func bound(_ t: Tensor?, _ name: String, _ fallback: T) throws -> T {
             guard let t else { return fallback }
             guard t.dtype == T.dtype else { throw KernelError("\(name) must have the input's type \(T.dtype), got \(t.dtype)") }
@@ -96,7 +93,7 @@ func clip(_ x: Tensor, low: Tensor?, high: Tensor?) throws -> Tensor {
     try computingHalfInFloat([x] + [low, high].compactMap { $0 }) { wide in
         var rest = wide.dropFirst().makeIterator()
         let lo = low == nil ? nil : rest.next(), hi = high == nil ? nil : rest.next()
-        return try dispatchArithmetic(wide[0].dtype, ClipOperation(x: wide[0], low: lo, high: hi))
+        return try dispatchNumeric(wide[0].dtype, ClipOperation(x: wide[0], low: lo, high: hi))
     }
 }
 
@@ -109,29 +106,29 @@ func classify(_ x: Tensor, _ predicate: @escaping (Double) -> Bool) throws -> Te
 }
 
 func registerUnaryMathOps(_ registry: OpRegistry) {
-    registry.registerArithmeticUnary("Abs", since: [1, 6, 13]) { _ in AbsFunction() }
-    registry.registerArithmeticUnary("Neg", since: [1, 6, 13]) { _ in NegFunction() }
-    registry.registerArithmeticUnary("Sign", since: [9, 13]) { _ in SignFunction() }
+    registry.registerNumericUnary("Abs", since: [1, 6, 13]) { _ in AbsFunction() }
+    registry.registerNumericUnary("Neg", since: [1, 6, 13]) { _ in NegFunction() }
+    registry.registerNumericUnary("Sign", since: [9, 13]) { _ in SignFunction() }
 
-    registry.registerRealUnary("Reciprocal", since: [1, 6, 13]) { _ in ReciprocalFunction() }
-    registry.registerRealUnary("Floor", since: [1, 6, 13]) { _ in FloorFunction() }
-    registry.registerRealUnary("Ceil", since: [1, 6, 13]) { _ in CeilFunction() }
-    registry.registerRealUnary("Round", since: [11, 22]) { _ in RoundFunction() }
-    registry.registerRealUnary("Sqrt", since: [1, 6, 13]) { _ in SqrtFunction() }
-    registry.registerRealUnary("Exp", since: [1, 6, 13]) { _ in ExpFunction() }
-    registry.registerRealUnary("Log", since: [1, 6, 13]) { _ in LogFunction() }
-    registry.registerRealUnary("Sin", since: [7, 22]) { _ in SinFunction() }
-    registry.registerRealUnary("Cos", since: [7, 22]) { _ in CosFunction() }
-    registry.registerRealUnary("Tan", since: [7, 22]) { _ in TanFunction() }
-    registry.registerRealUnary("Asin", since: [7, 22]) { _ in AsinFunction() }
-    registry.registerRealUnary("Acos", since: [7, 22]) { _ in AcosFunction() }
-    registry.registerRealUnary("Atan", since: [7, 22]) { _ in AtanFunction() }
-    registry.registerRealUnary("Sinh", since: [9, 22]) { _ in SinhFunction() }
-    registry.registerRealUnary("Cosh", since: [9, 22]) { _ in CoshFunction() }
-    registry.registerRealUnary("Asinh", since: [9, 22]) { _ in AsinhFunction() }
-    registry.registerRealUnary("Acosh", since: [9, 22]) { _ in AcoshFunction() }
-    registry.registerRealUnary("Atanh", since: [9, 22]) { _ in AtanhFunction() }
-    registry.registerRealUnary("Erf", since: [9, 13]) { _ in ErfFunction() }
+    registry.registerFloatUnary("Reciprocal", since: [1, 6, 13]) { _ in ReciprocalFunction() }
+    registry.registerFloatUnary("Floor", since: [1, 6, 13]) { _ in FloorFunction() }
+    registry.registerFloatUnary("Ceil", since: [1, 6, 13]) { _ in CeilFunction() }
+    registry.registerFloatUnary("Round", since: [11, 22]) { _ in RoundFunction() }
+    registry.registerFloatUnary("Sqrt", since: [1, 6, 13]) { _ in SqrtFunction() }
+    registry.registerFloatUnary("Exp", since: [1, 6, 13]) { _ in ExpFunction() }
+    registry.registerFloatUnary("Log", since: [1, 6, 13]) { _ in LogFunction() }
+    registry.registerFloatUnary("Sin", since: [7, 22]) { _ in SinFunction() }
+    registry.registerFloatUnary("Cos", since: [7, 22]) { _ in CosFunction() }
+    registry.registerFloatUnary("Tan", since: [7, 22]) { _ in TanFunction() }
+    registry.registerFloatUnary("Asin", since: [7, 22]) { _ in AsinFunction() }
+    registry.registerFloatUnary("Acos", since: [7, 22]) { _ in AcosFunction() }
+    registry.registerFloatUnary("Atan", since: [7, 22]) { _ in AtanFunction() }
+    registry.registerFloatUnary("Sinh", since: [9, 22]) { _ in SinhFunction() }
+    registry.registerFloatUnary("Cosh", since: [9, 22]) { _ in CoshFunction() }
+    registry.registerFloatUnary("Asinh", since: [9, 22]) { _ in AsinhFunction() }
+    registry.registerFloatUnary("Acosh", since: [9, 22]) { _ in AcoshFunction() }
+    registry.registerFloatUnary("Atanh", since: [9, 22]) { _ in AtanhFunction() }
+    registry.registerFloatUnary("Erf", since: [9, 13]) { _ in ErfFunction() }
 
     for v in [9, 13, 20] {
         registry.register("IsNaN", since: v) { _ in AnyKernel { inputs, _ in [.tensor(try classify(try inputs.tensor(0)) { $0.isNaN })] } }

@@ -77,11 +77,11 @@ public func broadcastBinary<A, B, R>(_ a: Tensor, _ b: Tensor, _ aType: A.Type, 
                     let sb = Broadcast.strides(b.shape, to: outShape)
                     let inner = outShape[rank - 1]
                     let ia = sa[rank - 1], ib = sb[rank - 1]
-                    var index = [Int](repeating: 0, count: rank)
-                    var offA = 0, offB = 0, o = 0
+                    var rows = Odometer(shape: outShape, strides: [sa, sb])
+                    var o = 0
                     while o < n {
                         // Rows of the last dim: contiguous or repeated operands get loops that vectorise.
-                        let x = offA, y = offB
+                        let x = rows.offsets[0], y = rows.offsets[1]
                         if ia == 1 && ib == 1 {
                             for k in 0..<inner { po[o + k] = body(pa[x + k], pb[y + k]) }
                         } else if ia == 0 && ib == 1 {
@@ -94,16 +94,7 @@ public func broadcastBinary<A, B, R>(_ a: Tensor, _ b: Tensor, _ aType: A.Type, 
                             for k in 0..<inner { po[o + k] = body(pa[x + k * ia], pb[y + k * ib]) }
                         }
                         o += inner
-                        // Advance the outer index (all dims but the last).
-                        var d = rank - 2
-                        while d >= 0 {
-                            index[d] += 1
-                            offA += sa[d]; offB += sb[d]
-                            if index[d] < outShape[d] { break }
-                            offA -= sa[d] * outShape[d]; offB -= sb[d] * outShape[d]
-                            index[d] = 0
-                            d -= 1
-                        }
+                        rows.advance(axes: rank - 1)
                     }
                 }
             }

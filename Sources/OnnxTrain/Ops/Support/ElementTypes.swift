@@ -1,30 +1,155 @@
-/// Element types that arithmetic kernels compute in directly. float16 and bfloat16 are not
-/// among them: kernels widen them to Float, compute, and round back (`Tensor.widenedToFloat`).
-public protocol NumericElement: TensorElement, Comparable {
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+// The one element-type layer of the kernels:
+//
+//   TensorElement                       every stored type (DType.swift)
+//   └ CastableElement                   every type `Tensor.cast` converts directly (+ bool, halves)
+//     └ NumericElement                  float32/64 and the eight integer types, with ONNX arithmetic
+//       ├ IntegerElement                wrapping integer arithmetic
+//       └ FloatElement                  Float and Double, with libm
+//
+// one dispatcher (`dispatchNumeric`, and `dispatchFloat` for its float cases) and one
+// half-precision path (`computingHalfInFloat`): float16 and bfloat16 are never computed in
+// directly; they widen to Float, which computes, and round back once per op.
+
+// MARK: - Element protocols
+
+/// An element type `Tensor.cast` converts between directly.
+public protocol CastableElement: TensorElement {
+    static func fromInteger<I: BinaryInteger>(_ value: I) -> Self
+    static func fromFloat<F: BinaryFloatingPoint>(_ value: F) -> Self
+    func converted<D: CastableElement>(to type: D.Type) -> D
+}
+
+extension CastableElement where Self: FixedWidthInteger {
+    @inline(__always) public static func fromInteger<I: BinaryInteger>(_ value: I) -> Self { Self(truncatingIfNeeded: value) }
+    /// Truncates toward zero. NaN and out-of-range values follow onnxruntime on x86 (the
+    /// cvttsd2si "integer indefinite" result, then truncation to the target width), since ONNX
+    /// leaves them undefined and onnxruntime is the reference: NaN -> int32/int64 min, 0 for
+    /// int8/int16/uint8/uint16; uint32/uint64 convert the upper half through the signed range.
+    @inline(__always) public static func fromFloat<F: BinaryFloatingPoint>(_ value: F) -> Self {
+        let v = Double(value)
+        if Self.self == Int64.self { return Self(truncatingIfNeeded: x86Truncate64(v)) }
+        if Self.self == UInt64.self {
+            if v >= 9_223_372_036_854_775_808 { return Self(truncatingIfNeeded: UInt64(bitPattern: x86Truncate64(v - 9_223_372_036_854_775_808)) ^ (1 << 63)) }
+            return Self(truncatingIfNeeded: UInt64(bitPattern: x86Truncate64(v)))
+        }
+        if Self.self == UInt32.self {
+            if v >= 2_147_483_648 { return Self(truncatingIfNeeded: UInt32(bitPattern: x86Truncate32(v - 2_147_483_648)) ^ (1 << 31)) }
+            return Self(truncatingIfNeeded: UInt32(bitPattern: x86Truncate32(v)))
+        }
+        return Self(truncatingIfNeeded: x86Truncate32(v))
+    }
+    @inline(__always) public func converted<D: CastableElement>(to type: D.Type) -> D { D.fromInteger(self) }
+}
+
+/// x86's cvttsd2si to 64 bits: truncation, or Int64.min for NaN and out-of-range values.
+@inline(__always) private func x86Truncate64(_ v: Double) -> Int64 {
+    if v.isNaN || v >= 9_223_372_036_854_775_808 || v < -9_223_372_036_854_775_808 { return .min }
+    return Int64(v)
+}
+
+/// x86's cvttsd2si to 32 bits: truncation, or Int32.min for NaN and out-of-range values.
+@inline(__always) private func x86Truncate32(_ v: Double) -> Int32 {
+    if v.isNaN || v >= 2_147_483_648 || v <= -2_147_483_649 { return .min }
+    return Int32(v)
+}
+
+extension CastableElement where Self: BinaryFloatingPoint {
+    @inline(__always) public static func fromInteger<I: BinaryInteger>(_ value: I) -> Self { Self(value) }
+    @inline(__always) public static func fromFloat<F: BinaryFloatingPoint>(_ value: F) -> Self { Self(value) }
+    @inline(__always) public func converted<D: CastableElement>(to type: D.Type) -> D { D.fromFloat(self) }
+}
+
+extension Float: CastableElement {}
+extension Double: CastableElement {}
+extension Float16: CastableElement {}
+extension Int8: CastableElement {}
+extension Int16: CastableElement {}
+extension Int32: CastableElement {}
+extension Int64: CastableElement {}
+extension UInt8: CastableElement {}
+extension UInt16: CastableElement {}
+extension UInt32: CastableElement {}
+extension UInt64: CastableElement {}
+
+extension Bool: CastableElement {
+    @inline(__always) public static func fromInteger<I: BinaryInteger>(_ value: I) -> Bool { value != 0 }
+    @inline(__always) public static func fromFloat<F: BinaryFloatingPoint>(_ value: F) -> Bool { value != 0 }
+    @inline(__always) public func converted<D: CastableElement>(to type: D.Type) -> D { D.fromInteger(self ? 1 : 0) }
+}
+
+extension BFloat16: CastableElement {
+    @inline(__always) public static func fromInteger<I: BinaryInteger>(_ value: I) -> BFloat16 { BFloat16(Float(value)) }
+    @inline(__always) public static func fromFloat<F: BinaryFloatingPoint>(_ value: F) -> BFloat16 { BFloat16(Float(value)) }
+    @inline(__always) public func converted<D: CastableElement>(to type: D.Type) -> D { D.fromFloat(floatValue) }
+}
+
+
+/// A numeric element with the arithmetic ONNX's elementwise ops define.
+///
+/// Integer arithmetic wraps like numpy and C (no traps); division by zero gives 0 instead of
+/// trapping, since ONNX leaves it undefined and a kernel must not crash on input.
+public protocol NumericElement: CastableElement, Comparable, ExpressibleByIntegerLiteral {
     init(fromDouble value: Double)
     var doubleValue: Double { get }
-}
-
-/// Float and Double: the types floating-point kernels are generic over.
-public protocol FloatElement: NumericElement, BinaryFloatingPoint {}
-
-extension Float: FloatElement {
-    @inline(__always) public init(fromDouble value: Double) { self = Float(value) }
-    @inline(__always) public var doubleValue: Double { Double(self) }
-}
-extension Double: FloatElement {
-    @inline(__always) public init(fromDouble value: Double) { self = value }
-    @inline(__always) public var doubleValue: Double { self }
+    static func add(_ a: Self, _ b: Self) -> Self
+    static func sub(_ a: Self, _ b: Self) -> Self
+    static func mul(_ a: Self, _ b: Self) -> Self
+    /// Float division, or integer division truncating toward zero like C.
+    static func div(_ a: Self, _ b: Self) -> Self
+    /// The remainder with the sign of the dividend (C fmod / `%`).
+    static func fmod(_ a: Self, _ b: Self) -> Self
+    /// The remainder with the sign of the divisor (Python / numpy `mod`).
+    static func floorMod(_ a: Self, _ b: Self) -> Self
+    static func negate(_ a: Self) -> Self
+    static func magnitude(_ a: Self) -> Self
+    /// -1, 0 or 1 (NaN stays NaN).
+    static func signum(_ a: Self) -> Self
+    /// The smallest value of the type: -inf for floats, `.min` for integers.
+    static var lowest: Self { get }
+    /// The largest value of the type: +inf for floats, `.max` for integers.
+    static var highest: Self { get }
+    static var one: Self { get }
+    var isNaNValue: Bool { get }
 }
 
 /// Integer element types; conversion from Double truncates toward zero and saturates.
 public protocol IntegerElement: NumericElement, FixedWidthInteger {}
+
 extension IntegerElement {
     @inline(__always) public init(fromDouble value: Double) {
         if value.isNaN { self = 0 } else if value >= Double(Self.max) { self = .max } else if value <= Double(Self.min) { self = .min } else { self = Self(value) }
     }
     @inline(__always) public var doubleValue: Double { Double(self) }
+    @inline(__always) public static func add(_ a: Self, _ b: Self) -> Self { a &+ b }
+    @inline(__always) public static func sub(_ a: Self, _ b: Self) -> Self { a &- b }
+    @inline(__always) public static func mul(_ a: Self, _ b: Self) -> Self { a &* b }
+    @inline(__always) public static func div(_ a: Self, _ b: Self) -> Self {
+        if b == 0 { return 0 }
+        return a.dividedReportingOverflow(by: b).partialValue
+    }
+    @inline(__always) public static func fmod(_ a: Self, _ b: Self) -> Self {
+        if b == 0 { return 0 }
+        return a.remainderReportingOverflow(dividingBy: b).partialValue
+    }
+    @inline(__always) public static func floorMod(_ a: Self, _ b: Self) -> Self {
+        let r = fmod(a, b)
+        return r != 0 && ((r < 0) != (b < 0)) ? r &+ b : r
+    }
+    @inline(__always) public static func negate(_ a: Self) -> Self { 0 &- a }
+    @inline(__always) public static func magnitude(_ a: Self) -> Self { a < 0 ? 0 &- a : a }
+    @inline(__always) public static func signum(_ a: Self) -> Self { a > 0 ? 1 : (a < 0 ? 0 &- 1 : 0) }
+    @inline(__always) public static var lowest: Self { .min }
+    @inline(__always) public static var highest: Self { .max }
+    @inline(__always) public static var one: Self { 1 }
+    @inline(__always) public var isNaNValue: Bool { false }
 }
+
 extension Int8: IntegerElement {}
 extension Int16: IntegerElement {}
 extension Int32: IntegerElement {}
@@ -34,6 +159,109 @@ extension UInt16: IntegerElement {}
 extension UInt32: IntegerElement {}
 extension UInt64: IntegerElement {}
 
+/// Float and Double: the types floating-point kernels are generic over, with libm.
+///
+/// The erf policy: `erf` is FloatMath.erf for Float (onnxruntime's MLAS algorithm, within 1 ulp,
+/// branch-free so element loops vectorise) and libm's erf for Double; every op that needs erf
+/// (Erf, both Gelus, GeluGrad, BiasGelu) goes through it. `fastExp` is the float32 exp for
+/// arguments <= 88 (FloatMath.exp, vectorises); `exp` is libm's, defined on the whole line.
+public protocol FloatElement: NumericElement, BinaryFloatingPoint {
+    static func exp(_ x: Self) -> Self
+    /// e^x for x <= 88 (larger arguments give e^88 for Float): vectorised in float32.
+    static func fastExp(_ x: Self) -> Self
+    static func expm1(_ x: Self) -> Self
+    static func log(_ x: Self) -> Self
+    static func log1p(_ x: Self) -> Self
+    static func sqrt(_ x: Self) -> Self
+    static func pow(_ x: Self, _ y: Self) -> Self
+    static func sin(_ x: Self) -> Self
+    static func cos(_ x: Self) -> Self
+    static func tan(_ x: Self) -> Self
+    static func asin(_ x: Self) -> Self
+    static func acos(_ x: Self) -> Self
+    static func atan(_ x: Self) -> Self
+    static func sinh(_ x: Self) -> Self
+    static func cosh(_ x: Self) -> Self
+    static func tanh(_ x: Self) -> Self
+    static func asinh(_ x: Self) -> Self
+    static func acosh(_ x: Self) -> Self
+    static func atanh(_ x: Self) -> Self
+    static func erf(_ x: Self) -> Self
+}
+
+extension FloatElement {
+    @inline(__always) public static func add(_ a: Self, _ b: Self) -> Self { a + b }
+    @inline(__always) public static func sub(_ a: Self, _ b: Self) -> Self { a - b }
+    @inline(__always) public static func mul(_ a: Self, _ b: Self) -> Self { a * b }
+    @inline(__always) public static func div(_ a: Self, _ b: Self) -> Self { a / b }
+    @inline(__always) public static func fmod(_ a: Self, _ b: Self) -> Self {
+        a.truncatingRemainder(dividingBy: b)
+    }
+    @inline(__always) public static func floorMod(_ a: Self, _ b: Self) -> Self {
+        let r = a.truncatingRemainder(dividingBy: b)
+        return r != 0 && ((r < 0) != (b < 0)) ? r + b : r
+    }
+    @inline(__always) public static func negate(_ a: Self) -> Self { -a }
+    @inline(__always) public static func magnitude(_ a: Self) -> Self { Swift.abs(a) }
+    @inline(__always) public static func signum(_ a: Self) -> Self { a > 0 ? 1 : (a < 0 ? -1 : a) }
+    @inline(__always) public static var lowest: Self { -.infinity }
+    @inline(__always) public static var highest: Self { .infinity }
+    @inline(__always) public static var one: Self { 1 }
+    @inline(__always) public var isNaNValue: Bool { isNaN }
+}
+
+extension Float: FloatElement {
+    @inline(__always) public init(fromDouble value: Double) { self = Float(value) }
+    @inline(__always) public var doubleValue: Double { Double(self) }
+    @inline(__always) public static func exp(_ x: Float) -> Float { expf(x) }
+    @inline(__always) public static func fastExp(_ x: Float) -> Float { FloatMath.exp(x) }
+    @inline(__always) public static func expm1(_ x: Float) -> Float { expm1f(x) }
+    @inline(__always) public static func log(_ x: Float) -> Float { logf(x) }
+    @inline(__always) public static func log1p(_ x: Float) -> Float { log1pf(x) }
+    @inline(__always) public static func sqrt(_ x: Float) -> Float { x.squareRoot() }
+    @inline(__always) public static func pow(_ x: Float, _ y: Float) -> Float { powf(x, y) }
+    @inline(__always) public static func sin(_ x: Float) -> Float { sinf(x) }
+    @inline(__always) public static func cos(_ x: Float) -> Float { cosf(x) }
+    @inline(__always) public static func tan(_ x: Float) -> Float { tanf(x) }
+    @inline(__always) public static func asin(_ x: Float) -> Float { asinf(x) }
+    @inline(__always) public static func acos(_ x: Float) -> Float { acosf(x) }
+    @inline(__always) public static func atan(_ x: Float) -> Float { atanf(x) }
+    @inline(__always) public static func sinh(_ x: Float) -> Float { sinhf(x) }
+    @inline(__always) public static func cosh(_ x: Float) -> Float { coshf(x) }
+    @inline(__always) public static func tanh(_ x: Float) -> Float { tanhf(x) }
+    @inline(__always) public static func asinh(_ x: Float) -> Float { asinhf(x) }
+    @inline(__always) public static func acosh(_ x: Float) -> Float { acoshf(x) }
+    @inline(__always) public static func atanh(_ x: Float) -> Float { atanhf(x) }
+    @inline(__always) public static func erf(_ x: Float) -> Float { FloatMath.erf(x) }
+}
+
+extension Double: FloatElement {
+    @inline(__always) public init(fromDouble value: Double) { self = value }
+    @inline(__always) public var doubleValue: Double { self }
+    @inline(__always) public static func exp(_ x: Double) -> Double { Glibc.exp(x) }
+    @inline(__always) public static func fastExp(_ x: Double) -> Double { Glibc.exp(x) }
+    @inline(__always) public static func expm1(_ x: Double) -> Double { Glibc.expm1(x) }
+    @inline(__always) public static func log(_ x: Double) -> Double { Glibc.log(x) }
+    @inline(__always) public static func log1p(_ x: Double) -> Double { Glibc.log1p(x) }
+    @inline(__always) public static func sqrt(_ x: Double) -> Double { x.squareRoot() }
+    @inline(__always) public static func pow(_ x: Double, _ y: Double) -> Double { Glibc.pow(x, y) }
+    @inline(__always) public static func sin(_ x: Double) -> Double { Glibc.sin(x) }
+    @inline(__always) public static func cos(_ x: Double) -> Double { Glibc.cos(x) }
+    @inline(__always) public static func tan(_ x: Double) -> Double { Glibc.tan(x) }
+    @inline(__always) public static func asin(_ x: Double) -> Double { Glibc.asin(x) }
+    @inline(__always) public static func acos(_ x: Double) -> Double { Glibc.acos(x) }
+    @inline(__always) public static func atan(_ x: Double) -> Double { Glibc.atan(x) }
+    @inline(__always) public static func sinh(_ x: Double) -> Double { Glibc.sinh(x) }
+    @inline(__always) public static func cosh(_ x: Double) -> Double { Glibc.cosh(x) }
+    @inline(__always) public static func tanh(_ x: Double) -> Double { Glibc.tanh(x) }
+    @inline(__always) public static func asinh(_ x: Double) -> Double { Glibc.asinh(x) }
+    @inline(__always) public static func acosh(_ x: Double) -> Double { Glibc.acosh(x) }
+    @inline(__always) public static func atanh(_ x: Double) -> Double { Glibc.atanh(x) }
+    @inline(__always) public static func erf(_ x: Double) -> Double { Glibc.erf(x) }
+}
+
+// MARK: - Dispatch
+
 /// A computation generic over the element type, chosen at run time from a `DType`.
 /// (Swift has no generic closures, so dispatch goes through a protocol method.)
 public protocol NumericOperation {
@@ -41,12 +269,14 @@ public protocol NumericOperation {
     func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Result
 }
 
+/// A computation generic over Float and Double.
 public protocol FloatOperation {
     associatedtype Result
     func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Result
 }
 
-/// Runs `op` with the Swift type of `dtype` (numeric types only).
+/// Runs `op` with the Swift type of `dtype`: every float and integer type (not the half types:
+/// `computingHalfInFloat` widens those first).
 public func dispatchNumeric<Op: NumericOperation>(_ dtype: DType, _ op: Op) throws -> Op.Result {
     switch dtype {
     case .float32: return try op(Float.self)
@@ -63,7 +293,7 @@ public func dispatchNumeric<Op: NumericOperation>(_ dtype: DType, _ op: Op) thro
     }
 }
 
-/// Runs `op` with Float or Double.
+/// Runs `op` with Float or Double: `dispatchNumeric`'s float cases.
 public func dispatchFloat<Op: FloatOperation>(_ dtype: DType, _ op: Op) throws -> Op.Result {
     switch dtype {
     case .float32: return try op(Float.self)
@@ -72,11 +302,13 @@ public func dispatchFloat<Op: FloatOperation>(_ dtype: DType, _ op: Op) throws -
     }
 }
 
+// MARK: - Half precision
+
 extension Tensor {
     /// Whether this is a half-precision type kernels compute in float32.
     public var isHalf: Bool { dtype == .float16 || dtype == .bfloat16 }
 
-    /// float16/bfloat16 widened to float32 (other tensors unchanged).
+    /// float16/bfloat16 widened to float32 (exact); other tensors unchanged.
     public func widenedToFloat() -> Tensor {
         switch dtype {
         case .float16:
@@ -88,16 +320,40 @@ extension Tensor {
         }
     }
 
-    /// A float32 tensor rounded to `dtype` (float16 or bfloat16); other targets unchanged.
+    /// A float32 tensor rounded to nearest even in `dtype` (float16 or bfloat16); a tensor that
+    /// already has `dtype`, or any other target, is returned unchanged.
     public func narrowed(to dtype: DType) -> Tensor {
-        precondition(self.dtype == .float32 || dtype == self.dtype)
+        guard self.dtype == .float32, dtype == .float16 || dtype == .bfloat16 else { return self }
         switch dtype {
         case .float16:
             return Tensor(shape: shape, scalars: uncheckedBufferPointer(as: Float.self) { $0.map { Float16($0) } })
-        case .bfloat16:
-            return Tensor(shape: shape, scalars: uncheckedBufferPointer(as: Float.self) { $0.map { BFloat16($0) } })
         default:
-            return self
+            return Tensor(shape: shape, scalars: uncheckedBufferPointer(as: Float.self) { $0.map { BFloat16($0) } })
         }
     }
+}
+
+/// Checks that `inputs` share one element type (naming the input that differs), and for float
+/// kernels (`floatOnly`) that it is a float type; returns it.
+func commonElementType(_ inputs: [Tensor], names: [String]? = nil, floatOnly: Bool = false) throws -> DType {
+    guard let first = inputs.first else { throw KernelError("no inputs") }
+    func name(_ i: Int) -> String { names.flatMap { i < $0.count ? $0[i] : nil } ?? "input \(i)" }
+    for (i, t) in inputs.enumerated() {
+        if floatOnly { guard t.dtype.isFloatingPoint else { throw KernelError("\(name(i)) must be a float tensor, got \(t.dtype)") } }
+        guard t.dtype == first.dtype else { throw KernelError("\(name(i)) is \(t.dtype) but \(name(0)) is \(first.dtype)") }
+    }
+    return first.dtype
+}
+
+/// The one half-precision path: checks that `inputs` share one element type (`names` name them
+/// in errors; `floatOnly` also requires a float type), runs `body` on them with float16/bfloat16
+/// widened to float32, and rounds float32 tensor results back to the inputs' half type.
+/// Inputs past `checked` (indices, masks) are passed through unchecked and unwidened.
+func computingHalfInFloat(_ inputs: [Tensor], names: [String]? = nil, floatOnly: Bool = false,
+                          checked: Int? = nil, _ body: ([Tensor]) throws -> Tensor) throws -> Tensor {
+    let n = checked ?? inputs.count
+    let dtype = try commonElementType(Array(inputs.prefix(n)), names: names, floatOnly: floatOnly)
+    guard dtype == .float16 || dtype == .bfloat16 else { return try body(inputs) }
+    let wide = inputs.enumerated().map { $0.offset < n ? $0.element.widenedToFloat() : $0.element }
+    return try body(wide).narrowed(to: dtype)
 }
