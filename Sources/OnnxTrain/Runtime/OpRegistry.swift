@@ -35,6 +35,14 @@ public final class OpRegistry {
         return list.last { $0.since <= opset }
     }
 
+    /// Registers one kernel builder at several since-versions (it reads `NodeContext.sinceVersion`
+    /// where they differ): the one-line form of every family's registration list.
+    public func register(_ opType: String, domain: String = "", since versions: [Int], mutates: [Int] = [], _ factory: @escaping KernelFactory) {
+        for v in versions {
+            if mutates.isEmpty { register(opType, domain: domain, since: v, factory) } else { register(opType, domain: domain, since: v, mutates: mutates, factory) }
+        }
+    }
+
     /// Registers `factory` and declares the inputs the op writes into (in-place training ops:
     /// the executor runs them for that effect even when no fetch needs their outputs).
     public func register(_ opType: String, domain: String = "", since: Int, mutates: [Int], _ factory: @escaping KernelFactory) {

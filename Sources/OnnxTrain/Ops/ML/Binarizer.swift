@@ -1,11 +1,14 @@
 /// Binarizer (ai.onnx.ml 1): Y = X > threshold ? 1 : 0, in X's element type (NaN gives 0).
 func registerBinarizer(_ registry: OpRegistry) {
-    registry.register("Binarizer", domain: mlDomain, since: 1) { ctx in
-        let threshold = Double(try ctx.float("threshold", default: 0))
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            let values = try mlDoubles(x).map { $0 > threshold ? 1.0 : 0.0 }
-            return [.tensor(try mlTensor(values, shape: x.shape, dtype: x.dtype))]
-        }
+    registry.register("Binarizer", domain: mlDomain, since: 1, binarizerKernel)
+}
+
+/// Binarizer (ai.onnx.ml), since opset 1.
+func binarizerKernel(_ ctx: NodeContext) throws -> Kernel {
+    let threshold = Double(try ctx.float("threshold", default: 0))
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        let values = try mlDoubles(x).map { $0 > threshold ? 1.0 : 0.0 }
+        return [.tensor(try mlTensor(values, shape: x.shape, dtype: x.dtype))]
     }
 }

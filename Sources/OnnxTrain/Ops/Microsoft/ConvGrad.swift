@@ -199,13 +199,16 @@ struct ConvTransposeGradKernel: Kernel {
 }
 
 func registerConvGradOps(_ registry: OpRegistry) {
-    registry.register("ConvGrad", domain: "com.microsoft", since: 1) { ctx in
-        ConvGradKernel(window: try WindowAttributes(ctx), group: try ctx.int("group", default: 1),
-                       wantX: ctx.hasOutput(0), wantW: ctx.hasOutput(1), wantB: ctx.hasOutput(2))
-    }
+    registry.register("ConvGrad", domain: "com.microsoft", since: 1, convGradKernel)
     registry.register("ConvTransposeGrad", domain: "com.microsoft", since: 1) { ctx in
         ConvTransposeGradKernel(forward: try ConvTransposeKernel(ctx), wantX: ctx.hasOutput(0), wantW: ctx.hasOutput(1), wantB: ctx.hasOutput(2))
     }
+}
+
+/// ConvGrad (com.microsoft), since opset 1.
+func convGradKernel(_ ctx: NodeContext) throws -> Kernel {
+    ConvGradKernel(window: try WindowAttributes(ctx), group: try ctx.int("group", default: 1),
+                   wantX: ctx.hasOutput(0), wantW: ctx.hasOutput(1), wantB: ctx.hasOutput(2))
 }
 
 /// `rowSum` for float32: eight lanes of eight-wide partial sums.

@@ -79,7 +79,7 @@ struct RecurrentGradKernel: Kernel {
 
         func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
             let lstm = k.cell == .lstm, gru = k.cell == .gru
-            let H = k.hiddenSize, G = k.gates, GH = k.gates * k.hiddenSize, D = k.directions.count
+            let H = k.hiddenSize, GH = k.gates * k.hiddenSize, D = k.directions.count
             guard x.rank == 3 else { throw KernelError("X must be 3-D, got \(x.shape)") }
             let layout0 = k.layout == 0
             let S = layout0 ? x.shape[0] : x.shape[1], B = layout0 ? x.shape[1] : x.shape[0], I = x.shape[2]

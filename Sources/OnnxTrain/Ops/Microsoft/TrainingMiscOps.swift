@@ -70,30 +70,39 @@ func registerTrainingMiscOps(_ registry: OpRegistry) {
             }
         }
     }
-    registry.register("ReduceAllL2", domain: ms, since: 1) { _ in
-        AnyKernel { inputs, _ in
-            var sum = 0.0
-            for i in inputs.indices {
-                let t = try inputs.tensor(i)
-                guard t.dtype.isFloatingPoint else { throw KernelError("input \(i) is tensor(\(t.dtype)), a float tensor is expected") }
-                for k in 0..<t.count { let v = t.scalarDouble(at: k) ?? 0; sum += v * v }
-            }
-            return [.tensor(Tensor(shape: [], scalars: [Float(sum.squareRoot())]))]
-        }
-    }
-    registry.register("ShrunkenGather", domain: ms, since: 1) { ctx in
-        guard let gather = registry.resolve(domain: "", opType: "Gather", opset: 13) else { throw KernelError("no Gather kernel") }
-        return try gather.factory(ctx)
-    }
+    registry.register("ReduceAllL2", domain: ms, since: 1, reduceAllL2Kernel)
+    registry.register("ShrunkenGather", domain: ms, since: 1, shrunkenGatherKernel)
     registry.register("FakeQuant", domain: ms, since: 1) { ctx in try FakeQuantKernel(ctx) }
-    registry.register("FakeQuantGrad", domain: ms, since: 1) { _ in
-        AnyKernel { inputs, _ in
-            let dy = try inputs.tensor(0), mask = try inputs.tensor(1)
-            guard mask.dtype == .bool else { throw KernelError("gradient_mask must be bool, got \(mask.dtype)") }
-            try requireSameShape(dy, mask, "dY", "gradient_mask")
-            let factors = floatTensor(dy.dtype, shape: mask.shape, mask.uncheckedBufferPointer(as: Bool.self) { $0.map { $0 ? 1 : 0 } })
-            _ = try commonElementType([dy], names: ["dY"], floatOnly: true)
-            return [.tensor(try zipNumeric(dy, factors, MulFunction()))]
+    registry.register("FakeQuantGrad", domain: ms, since: 1, fakeQuantGradKernel)
+}
+
+/// ReduceAllL2 (com.microsoft), since opset 1.
+func reduceAllL2Kernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        var sum = 0.0
+        for i in inputs.indices {
+            let t = try inputs.tensor(i)
+            guard t.dtype.isFloatingPoint else { throw KernelError("input \(i) is tensor(\(t.dtype)), a float tensor is expected") }
+            for k in 0..<t.count { let v = t.scalarDouble(at: k) ?? 0; sum += v * v }
         }
+        return [.tensor(Tensor(shape: [], scalars: [Float(sum.squareRoot())]))]
+    }
+}
+
+/// ShrunkenGather (com.microsoft), since opset 1: Gather's kernel (the shrinking is a hint for
+/// onnxruntime's memory planner).
+func shrunkenGatherKernel(_ ctx: NodeContext) throws -> Kernel {
+    try gatherKernel(ctx)
+}
+
+/// FakeQuantGrad (com.microsoft), since opset 1.
+func fakeQuantGradKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        let dy = try inputs.tensor(0), mask = try inputs.tensor(1)
+        guard mask.dtype == .bool else { throw KernelError("gradient_mask must be bool, got \(mask.dtype)") }
+        try requireSameShape(dy, mask, "dY", "gradient_mask")
+        let factors = floatTensor(dy.dtype, shape: mask.shape, mask.uncheckedBufferPointer(as: Bool.self) { $0.map { $0 ? 1 : 0 } })
+        _ = try commonElementType([dy], names: ["dY"], floatOnly: true)
+        return [.tensor(try zipNumeric(dy, factors, MulFunction()))]
     }
 }

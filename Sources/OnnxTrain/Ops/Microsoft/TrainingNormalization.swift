@@ -437,11 +437,7 @@ struct LayerNormGradRows: FloatOperation {
 
 func registerTrainingNormalizationOps(_ registry: OpRegistry) {
     let ms = "com.microsoft"
-    registry.register("BatchNormInternal", domain: ms, since: 1) { ctx in
-        BatchNormInternalKernel(epsilon: Double(try ctx.float("epsilon", default: 1e-5)),
-                                momentum: Double(try ctx.float("momentum", default: 0.9)),
-                                training: try ctx.int("training_mode", default: 1) != 0)
-    }
+    registry.register("BatchNormInternal", domain: ms, since: 1, batchNormInternalKernel)
     registry.register("BatchNormalizationGrad", domain: ms, since: 1) { _ in BatchNormalizationGradKernel() }
     registry.register("LayerNormalizationGrad", domain: ms, since: 1) { ctx in
         LayerNormGradKernel(axis: try ctx.int("axis", default: -1), form: .standard)
@@ -460,4 +456,11 @@ func registerTrainingNormalizationOps(_ registry: OpRegistry) {
                             simplified: simplified)
         }
     }
+}
+
+/// BatchNormInternal (com.microsoft), since opset 1.
+func batchNormInternalKernel(_ ctx: NodeContext) throws -> Kernel {
+    BatchNormInternalKernel(epsilon: Double(try ctx.float("epsilon", default: 1e-5)),
+                            momentum: Double(try ctx.float("momentum", default: 0.9)),
+                            training: try ctx.int("training_mode", default: 1) != 0)
 }

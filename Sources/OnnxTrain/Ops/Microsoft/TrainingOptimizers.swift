@@ -434,27 +434,36 @@ func registerOptimizerOps(_ registry: OpRegistry) {
     let ms = "com.microsoft"
     registry.register("InPlaceAccumulator", domain: ms, since: 1, mutates: [0]) { _ in InPlaceAccumulatorKernel() }
     registry.register("InPlaceAccumulatorV2", domain: ms, since: 1, mutates: [0]) { _ in InPlaceAccumulatorV2Kernel() }
-    registry.register("AdamWOptimizer", domain: ms, since: 1, mutates: [2, 4, 5]) { ctx in
-        let correctBias = try ctx.int("correct_bias", default: 1) != 0
-        let mode = try ctx.int("adam_mode", default: 0)
-        guard mode == 0 || mode == 1 else { throw KernelError("adam_mode \(mode) must be 0 or 1") }
-        guard mode == 1 || correctBias else { throw KernelError("adam_mode 0 requires correct_bias 1") }
-        return AdamWOptimizerKernel(alpha: try ctx.float("alpha", default: 0.9), beta: try ctx.float("beta", default: 0.999),
-                                    epsilon: try ctx.float("epsilon", default: 1e-8),
-                                    weightDecay: try ctx.float("weight_decay", default: 0.01),
-                                    correctBias: correctBias, mode: mode)
-    }
+    registry.register("AdamWOptimizer", domain: ms, since: 1, mutates: [2, 4, 5], adamWOptimizerKernel)
     registry.register("SGDOptimizerV2", domain: ms, since: 1, mutates: [1]) { _ in SGDOptimizerV2Kernel() }
-    registry.register("InplaceClipGradNorm", domain: ms, since: 1, mutates: [0]) { ctx in
-        let norm = try ctx.string("norm_type", default: "fro")
-        guard norm == "fro" else { throw KernelError("norm_type '\(norm)' is not supported (only \"fro\")") }
-        return InplaceClipGradNormKernel(maxNorm: Double(try ctx.float("max_norm", default: 1)))
-    }
+    registry.register("InplaceClipGradNorm", domain: ms, since: 1, mutates: [0], inplaceClipGradNormKernel)
     registry.register("SGDOptimizer", domain: ms, since: 1) { _ in SGDOptimizerKernel() }
-    registry.register("AdamOptimizer", domain: ms, since: 1) { ctx in
-        AdamOptimizerKernel(alpha: Double(try ctx.float("alpha", default: 0.9)), beta: Double(try ctx.float("beta", default: 0.999)),
-                            lambda: Double(try ctx.float("lambda", default: 0)), epsilon: Double(try ctx.float("epsilon", default: 1e-8)),
-                            biasCorrection: try ctx.int("do_bias_correction", default: 1) != 0,
-                            weightDecayMode: try ctx.int("weight_decay_mode", default: 0))
-    }
+    registry.register("AdamOptimizer", domain: ms, since: 1, adamOptimizerKernel)
+}
+
+/// AdamWOptimizer (com.microsoft), since opset 1.
+func adamWOptimizerKernel(_ ctx: NodeContext) throws -> Kernel {
+    let correctBias = try ctx.int("correct_bias", default: 1) != 0
+    let mode = try ctx.int("adam_mode", default: 0)
+    guard mode == 0 || mode == 1 else { throw KernelError("adam_mode \(mode) must be 0 or 1") }
+    guard mode == 1 || correctBias else { throw KernelError("adam_mode 0 requires correct_bias 1") }
+    return AdamWOptimizerKernel(alpha: try ctx.float("alpha", default: 0.9), beta: try ctx.float("beta", default: 0.999),
+                                epsilon: try ctx.float("epsilon", default: 1e-8),
+                                weightDecay: try ctx.float("weight_decay", default: 0.01),
+                                correctBias: correctBias, mode: mode)
+}
+
+/// InplaceClipGradNorm (com.microsoft), since opset 1.
+func inplaceClipGradNormKernel(_ ctx: NodeContext) throws -> Kernel {
+    let norm = try ctx.string("norm_type", default: "fro")
+    guard norm == "fro" else { throw KernelError("norm_type '\(norm)' is not supported (only \"fro\")") }
+    return InplaceClipGradNormKernel(maxNorm: Double(try ctx.float("max_norm", default: 1)))
+}
+
+/// AdamOptimizer (com.microsoft), since opset 1.
+func adamOptimizerKernel(_ ctx: NodeContext) throws -> Kernel {
+    AdamOptimizerKernel(alpha: Double(try ctx.float("alpha", default: 0.9)), beta: Double(try ctx.float("beta", default: 0.999)),
+                        lambda: Double(try ctx.float("lambda", default: 0)), epsilon: Double(try ctx.float("epsilon", default: 1e-8)),
+                        biasCorrection: try ctx.int("do_bias_correction", default: 1) != 0,
+                        weightDecayMode: try ctx.int("weight_decay_mode", default: 0))
 }

@@ -224,11 +224,14 @@ func registerTrainingShapeOps(_ registry: OpRegistry) {
         SplitTrainingKernel(axis: try ctx.int("axis", default: 0), outputs: ctx.outputCount)
     }
     registry.register("ConcatTraining", domain: ms, since: 1) { ctx in ConcatTrainingKernel(axis: try ctx.requiredInt("axis")) }
-    registry.register("ReduceSumTraining", domain: ms, since: 1) { ctx in
-        ReduceSumTrainingKernel(keepDims: try ctx.int("keepdims", default: 1) != 0,
-                                noopWithEmptyAxes: try ctx.int("noop_with_empty_axes", default: 0) != 0)
-    }
+    registry.register("ReduceSumTraining", domain: ms, since: 1, reduceSumTrainingKernel)
     registry.register("BroadcastGradientArgs", domain: ms, since: 1) { _ in BroadcastGradientArgsKernel() }
     registry.register("ZeroGradient", domain: ms, since: 1) { _ in ZeroGradientKernel() }
     registry.register("Scale", domain: ms, since: 1) { ctx in ScaleKernel(scaleDown: try ctx.int("scale_down", default: 0) != 0) }
+}
+
+/// ReduceSumTraining (com.microsoft), since opset 1.
+func reduceSumTrainingKernel(_ ctx: NodeContext) throws -> Kernel {
+    ReduceSumTrainingKernel(keepDims: try ctx.int("keepdims", default: 1) != 0,
+                            noopWithEmptyAxes: try ctx.int("noop_with_empty_axes", default: 0) != 0)
 }

@@ -196,6 +196,56 @@ private func registerFastBinary<F: NumericBinaryFunction>(_ registry: OpRegistry
     }
 }
 
+/// Pow, since opset 7, 12, 13, 15.
+func powKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in [.tensor(try power(try inputs.tensor(0), try inputs.tensor(1)))] }
+}
+
+/// BitShift, since opset 11.
+func bitShiftKernel(_ ctx: NodeContext) throws -> Kernel {
+    let direction = try ctx.string("direction", default: "")
+    guard direction == "LEFT" || direction == "RIGHT" else {
+        throw KernelError("attribute 'direction' must be LEFT or RIGHT, got '\(direction)'")
+    }
+    let kind: BitwiseOperation.Kind = direction == "LEFT" ? .shiftLeft : .shiftRight
+    return AnyKernel { inputs, _ in [.tensor(try bitwise(try inputs.tensor(0), try inputs.tensor(1), kind))] }
+}
+
+/// BitwiseNot, since opset 18.
+func bitwiseNotKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        guard x.dtype.isInteger else { throw KernelError("BitwiseNot needs an integer input, got \(x.dtype)") }
+        // ~x on the raw bytes is the same for every integer width.
+        let bytes = Tensor(dtype: .uint8, shape: [x.byteCount], storage: x.storage)
+        let flipped = mapElements(bytes, to: .uint8) { (v: UInt8) in ~v }
+        return [.tensor(Tensor(dtype: x.dtype, shape: x.shape, storage: flipped.storage))]
+    }
+}
+
+/// Equal, since opset 7, 11, 13, 19.
+func equalKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        let a = try inputs.tensor(0), b = try inputs.tensor(1)
+        if a.dtype == .string && b.dtype == .string { return [.tensor(try equalStrings(a, b))] }
+        return [.tensor(try zipComparison(a, b, EqualFunction()))]
+    }
+}
+
+/// Not, since opset 1.
+func notKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        guard x.dtype == .bool else { throw KernelError("Not needs a bool input, got \(x.dtype)") }
+        return [.tensor(mapElements(x, to: .bool) { (v: Bool) in !v })]
+    }
+}
+
+/// Where, since opset 9, 16.
+func whereKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in [.tensor(try select(try inputs.tensor(0), try inputs.tensor(1), try inputs.tensor(2)))] }
+}
+
 /// x / divisor (a division, not a multiplication by the reciprocal, to round as onnxruntime does).
 struct DivideByFunction: FloatUnaryFunction {
     let divisor: Double
@@ -353,46 +403,18 @@ func registerBinaryMathOps(_ registry: OpRegistry) {
     registerFastBinary(registry, "Mul", since: [7, 13, 14], MulFunction())
     registerFastBinary(registry, "Div", since: [7, 13, 14], DivFunction())
     registry.registerNumericBinary("Mod", since: [10, 13]) { ctx in ModFunction(fmod: try ctx.int("fmod", default: 0) != 0) }
-    for v in [7, 12, 13, 15] {
-        registry.register("Pow", since: v) { _ in
-            AnyKernel { inputs, _ in [.tensor(try power(try inputs.tensor(0), try inputs.tensor(1)))] }
-        }
-    }
+    registry.register("Pow", since: [7, 12, 13, 15], powKernel)
 
-    registry.register("BitShift", since: 11) { ctx in
-        let direction = try ctx.string("direction", default: "")
-        guard direction == "LEFT" || direction == "RIGHT" else {
-            throw KernelError("attribute 'direction' must be LEFT or RIGHT, got '\(direction)'")
-        }
-        let kind: BitwiseOperation.Kind = direction == "LEFT" ? .shiftLeft : .shiftRight
-        return AnyKernel { inputs, _ in [.tensor(try bitwise(try inputs.tensor(0), try inputs.tensor(1), kind))] }
-    }
+    registry.register("BitShift", since: 11, bitShiftKernel)
     for (op, kind) in [("BitwiseAnd", BitwiseOperation.Kind.and), ("BitwiseOr", .or), ("BitwiseXor", .xor)] {
         registry.register(op, since: 18) { _ in
             AnyKernel { inputs, _ in [.tensor(try bitwise(try inputs.tensor(0), try inputs.tensor(1), kind))] }
         }
     }
-    registry.register("BitwiseNot", since: 18) { _ in
-        AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            guard x.dtype.isInteger else { throw KernelError("BitwiseNot needs an integer input, got \(x.dtype)") }
-            // ~x on the raw bytes is the same for every integer width.
-            let bytes = Tensor(dtype: .uint8, shape: [x.byteCount], storage: x.storage)
-            let flipped = mapElements(bytes, to: .uint8) { (v: UInt8) in ~v }
-            return [.tensor(Tensor(dtype: x.dtype, shape: x.shape, storage: flipped.storage))]
-        }
-    }
+    registry.register("BitwiseNot", since: 18, bitwiseNotKernel)
 
     // Comparisons; Equal also takes bool (as bytes) and, since 19, strings.
-    for v in [7, 11, 13, 19] {
-        registry.register("Equal", since: v) { _ in
-            AnyKernel { inputs, _ in
-                let a = try inputs.tensor(0), b = try inputs.tensor(1)
-                if a.dtype == .string && b.dtype == .string { return [.tensor(try equalStrings(a, b))] }
-                return [.tensor(try zipComparison(a, b, EqualFunction()))]
-            }
-        }
-    }
+    registry.register("Equal", since: [7, 11, 13, 19], equalKernel)
     registry.registerComparison("Less", since: [7, 9, 13], LessFunction())
     registry.registerComparison("Greater", since: [7, 9, 13], GreaterFunction())
     registry.registerComparison("LessOrEqual", since: [12, 16], LessOrEqualFunction())
@@ -401,18 +423,8 @@ func registerBinaryMathOps(_ registry: OpRegistry) {
     registry.register("And", since: 7) { _ in AnyKernel { i, _ in [.tensor(try logical(try i.tensor(0), try i.tensor(1)) { $0 && $1 })] } }
     registry.register("Or", since: 7) { _ in AnyKernel { i, _ in [.tensor(try logical(try i.tensor(0), try i.tensor(1)) { $0 || $1 })] } }
     registry.register("Xor", since: 7) { _ in AnyKernel { i, _ in [.tensor(try logical(try i.tensor(0), try i.tensor(1)) { $0 != $1 })] } }
-    registry.register("Not", since: 1) { _ in
-        AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            guard x.dtype == .bool else { throw KernelError("Not needs a bool input, got \(x.dtype)") }
-            return [.tensor(mapElements(x, to: .bool) { (v: Bool) in !v })]
-        }
-    }
-    for v in [9, 16] {
-        registry.register("Where", since: v) { _ in
-            AnyKernel { inputs, _ in [.tensor(try select(try inputs.tensor(0), try inputs.tensor(1), try inputs.tensor(2)))] }
-        }
-    }
+    registry.register("Not", since: 1, notKernel)
+    registry.register("Where", since: [9, 16], whereKernel)
 
     // Variadic ops with broadcasting (since 8; earlier versions required equal shapes).
     for v in [1, 6, 8, 12, 13] {

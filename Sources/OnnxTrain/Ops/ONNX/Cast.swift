@@ -306,25 +306,27 @@ private func castAttributes(_ ctx: NodeContext) throws -> (saturate: Bool, round
 }
 
 func registerCastOps(_ registry: OpRegistry) {
-    for v in [6, 9, 13, 19, 21, 23, 24, 25] {
-        registry.register("Cast", since: v) { ctx in
-            let code = try ctx.requiredInt("to")
-            guard let to = DType(rawValue: Int32(truncatingIfNeeded: code)) else {
-                throw KernelError("attribute 'to' is not a known element type: \(code)")
-            }
-            let (saturate, roundMode) = try castAttributes(ctx)
-            return AnyKernel { inputs, _ in
-                [.tensor(try inputs.tensor(0).cast(to: to, saturate: saturate, roundMode: roundMode))]
-            }
-        }
+    registry.register("Cast", since: [6, 9, 13, 19, 21, 23, 24, 25], castKernel)
+    registry.register("CastLike", since: [15, 19, 21, 23, 24, 25], castLikeKernel)
+}
+
+/// Cast, since opset 6, 9, 13, 19, 21, 23, 24, 25.
+func castKernel(_ ctx: NodeContext) throws -> Kernel {
+    let code = try ctx.requiredInt("to")
+    guard let to = DType(rawValue: Int32(truncatingIfNeeded: code)) else {
+        throw KernelError("attribute 'to' is not a known element type: \(code)")
     }
-    for v in [15, 19, 21, 23, 24, 25] {
-        registry.register("CastLike", since: v) { ctx in
-            let (saturate, roundMode) = try castAttributes(ctx)
-            return AnyKernel { inputs, _ in
-                let target = try inputs.tensor(1).dtype
-                return [.tensor(try inputs.tensor(0).cast(to: target, saturate: saturate, roundMode: roundMode))]
-            }
-        }
+    let (saturate, roundMode) = try castAttributes(ctx)
+    return AnyKernel { inputs, _ in
+        [.tensor(try inputs.tensor(0).cast(to: to, saturate: saturate, roundMode: roundMode))]
+    }
+}
+
+/// CastLike, since opset 15, 19, 21, 23, 24, 25.
+func castLikeKernel(_ ctx: NodeContext) throws -> Kernel {
+    let (saturate, roundMode) = try castAttributes(ctx)
+    return AnyKernel { inputs, _ in
+        let target = try inputs.tensor(1).dtype
+        return [.tensor(try inputs.tensor(0).cast(to: target, saturate: saturate, roundMode: roundMode))]
     }
 }

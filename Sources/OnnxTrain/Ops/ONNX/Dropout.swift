@@ -58,7 +58,10 @@ struct DropoutKernel: Kernel {
 }
 
 func registerDropoutOps(_ registry: OpRegistry) {
-    for since in [1, 7, 10, 12, 13, 22] {
-        registry.register("Dropout", since: since) { ctx in try DropoutKernel(ctx) }
-    }
+    registry.register("Dropout", since: [1, 7, 10, 12, 13, 22], dropoutKernel)
+}
+
+/// Dropout, since opset 1, 7, 10, 12, 13, 22.
+func dropoutKernel(_ ctx: NodeContext) throws -> Kernel {
+    try DropoutKernel(ctx)
 }

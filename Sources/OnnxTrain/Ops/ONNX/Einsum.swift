@@ -161,25 +161,28 @@ struct EinsumOp: FloatOperation {
 }
 
 func registerEinsumOps(_ registry: OpRegistry) {
-    registry.register("Einsum", since: 12) { ctx in
-        let equation = try ctx.string("equation") ?? ""
-        guard !equation.isEmpty else { throw KernelError("attribute 'equation' is required") }
-        return AnyKernel { inputs, _ in
-            let operands = try (0..<inputs.count).map { try inputs.tensor($0) }
-            guard let first = operands.first else { throw KernelError("Einsum needs at least one input") }
-            guard operands.allSatisfy({ $0.dtype == first.dtype }) else { throw KernelError("Einsum inputs differ in type") }
-            switch first.dtype {
-            case .float32, .float64, .float16, .bfloat16:
-                return try withFloatCompute(operands) { t in [try dispatchFloat(t[0]!.dtype, EinsumOp(equation: equation, operands: t.map { $0! }))] }
-                    .map { $0.map(Value.tensor) }
-            default:
-                // Integers through float64: exact while sums stay below 2^53.
-                let wide = try operands.map { try $0.converted(toFloat: .float64) }
-                let y = try EinsumOp(equation: equation, operands: wide)(Double.self)
-                let values = y.scalars(as: Double.self)
-                let out: Tensor = try dispatchNumeric(first.dtype, FromDoubles(values: values, shape: y.shape))
-                return [.tensor(out)]
-            }
+    registry.register("Einsum", since: 12, einsumKernel)
+}
+
+/// Einsum, since opset 12.
+func einsumKernel(_ ctx: NodeContext) throws -> Kernel {
+    let equation = try ctx.string("equation") ?? ""
+    guard !equation.isEmpty else { throw KernelError("attribute 'equation' is required") }
+    return AnyKernel { inputs, _ in
+        let operands = try (0..<inputs.count).map { try inputs.tensor($0) }
+        guard let first = operands.first else { throw KernelError("Einsum needs at least one input") }
+        guard operands.allSatisfy({ $0.dtype == first.dtype }) else { throw KernelError("Einsum inputs differ in type") }
+        switch first.dtype {
+        case .float32, .float64, .float16, .bfloat16:
+            return try withFloatCompute(operands) { t in [try dispatchFloat(t[0]!.dtype, EinsumOp(equation: equation, operands: t.map { $0! }))] }
+                .map { $0.map(Value.tensor) }
+        default:
+            // Integers through float64: exact while sums stay below 2^53.
+            let wide = try operands.map { try $0.converted(toFloat: .float64) }
+            let y = try EinsumOp(equation: equation, operands: wide)(Double.self)
+            let values = y.scalars(as: Double.self)
+            let out: Tensor = try dispatchNumeric(first.dtype, FromDoubles(values: values, shape: y.shape))
+            return [.tensor(out)]
         }
     }
 }

@@ -1,40 +1,9 @@
 /// Indexed reads and writes: Gather, GatherElements, GatherND, Scatter, ScatterElements,
 /// ScatterND, TensorScatter, Unique. Every index is checked against its dimension.
 func registerGatherScatterOps(_ registry: OpRegistry) {
-    registry.register("Gather", since: 1) { ctx in
-        let axis = try ctx.int("axis", default: 0)
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0), indices = try inputs.tensor(1)
-            guard x.rank >= 1 else { throw KernelError("data must have rank >= 1, got a scalar") }
-            let a = try normalizeAxis(axis, rank: x.rank)
-            let n = x.shape[a]
-            let idx = try indices.ints("indices").map { try checkedIndex($0, n) }
-            let outer = x.shape[..<a].reduce(1, *), inner = x.shape[(a + 1)...].reduce(1, *)
-            var starts = [Int]()
-            starts.reserveCapacity(outer * idx.count)
-            for o in 0..<outer { for i in idx { starts.append((o * n + i) * inner) } }
-            let out = Array(x.shape[..<a]) + indices.shape + Array(x.shape[(a + 1)...])
-            return [.tensor(try gatherBlocks(x, starts: starts, block: inner, shape: out))]
-        }
-    }
-    registry.register("GatherElements", since: 11) { ctx in
-        let axis = try ctx.int("axis", default: 0)
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0), indices = try inputs.tensor(1)
-            guard x.rank == indices.rank, x.rank >= 1 else { throw KernelError("indices rank \(indices.rank) differs from data rank \(x.rank) (both must be >= 1)") }
-            let a = try normalizeAxis(axis, rank: x.rank)
-            let map = try elementTargets(dataShape: x.shape, indices: indices, axis: a)
-            return [.tensor(try take(x, map, shape: indices.shape))]
-        }
-    }
-    registry.register("GatherND", since: 11) { ctx in
-        let batchDims = try ctx.int("batch_dims", default: 0)
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0), indices = try inputs.tensor(1)
-            let (targets, sliceShape, outShape) = try ndTargets(dataShape: x.shape, indices: indices, batchDims: batchDims)
-            return [.tensor(try gatherBlocks(x, starts: targets, block: sliceShape.reduce(1, *), shape: outShape))]
-        }
-    }
+    registry.register("Gather", since: 1, gatherKernel)
+    registry.register("GatherElements", since: 11, gatherElementsKernel)
+    registry.register("GatherND", since: 11, gatherNDKernel)
     for (op, since) in [("Scatter", 9), ("ScatterElements", 11)] {
         registry.register(op, since: since) { ctx in
             let axis = try ctx.int("axis", default: 0)
@@ -50,51 +19,100 @@ func registerGatherScatterOps(_ registry: OpRegistry) {
             }
         }
     }
-    registry.register("ScatterND", since: 11) { ctx in
-        let reduction = try ctx.string("reduction", default: "none")
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0), indices = try inputs.tensor(1), updates = try inputs.tensor(2)
-            let (targets, sliceShape, outShape) = try ndTargets(dataShape: x.shape, indices: indices, batchDims: 0)
-            guard updates.shape == outShape else { throw KernelError("updates \(updates.shape) must have shape \(outShape)") }
-            return [.tensor(try scatter(x, updates, targets: targets, sliceSize: sliceShape.reduce(1, *), reduction: reduction))]
-        }
+    registry.register("ScatterND", since: 11, scatterNDKernel)
+    registry.register("TensorScatter", since: 24, tensorScatterKernel)
+    registry.register("Unique", since: 11, uniqueKernel)
+}
+
+/// Gather, since opset 1.
+func gatherKernel(_ ctx: NodeContext) throws -> Kernel {
+    let axis = try ctx.int("axis", default: 0)
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0), indices = try inputs.tensor(1)
+        guard x.rank >= 1 else { throw KernelError("data must have rank >= 1, got a scalar") }
+        let a = try normalizeAxis(axis, rank: x.rank)
+        let n = x.shape[a]
+        let idx = try indices.ints("indices").map { try checkedIndex($0, n) }
+        let outer = x.shape[..<a].reduce(1, *), inner = x.shape[(a + 1)...].reduce(1, *)
+        var starts = [Int]()
+        starts.reserveCapacity(outer * idx.count)
+        for o in 0..<outer { for i in idx { starts.append((o * n + i) * inner) } }
+        let out = Array(x.shape[..<a]) + indices.shape + Array(x.shape[(a + 1)...])
+        return [.tensor(try gatherBlocks(x, starts: starts, block: inner, shape: out))]
     }
-    registry.register("TensorScatter", since: 24) { ctx in
-        let circular = try ctx.string("mode", default: "linear") == "circular"
-        let axis = try ctx.int("axis", default: -2)
-        return AnyKernel { inputs, _ in
-            let cache = try inputs.tensor(0), update = try inputs.tensor(1)
-            let a = try normalizeAxis(axis, rank: cache.rank)
-            guard a > 0, update.rank == cache.rank, (0..<cache.rank).allSatisfy({ $0 == a || update.shape[$0] == cache.shape[$0] }) else {
-                throw KernelError("update \(update.shape) does not fit cache \(cache.shape) along axis \(axis)")
-            }
-            let batch = cache.shape[0]
-            let starts = try inputs.optionalTensor(2)?.ints("write_indices") ?? [Int](repeating: 0, count: batch)
-            guard starts.count == batch else { throw KernelError("write_indices must hold one index per batch entry") }
-            let maxLen = cache.shape[a], len = update.shape[a]
-            let inner = cache.shape[(a + 1)...].reduce(1, *)
-            let middle = cache.shape[1..<a].reduce(1, *)
-            var targets: [Int] = []
-            for b in 0..<batch {
-                for m in 0..<middle {
-                    for s in 0..<len {
-                        var pos = starts[b] + s
-                        if circular { pos = ((pos % maxLen) + maxLen) % maxLen }
-                        guard pos >= 0 && pos < maxLen else { throw KernelError("write index \(starts[b]) + \(len) overflows axis length \(maxLen)") }
-                        targets.append(((b * middle + m) * maxLen + pos) * inner)
-                    }
+}
+
+/// GatherElements, since opset 11.
+func gatherElementsKernel(_ ctx: NodeContext) throws -> Kernel {
+    let axis = try ctx.int("axis", default: 0)
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0), indices = try inputs.tensor(1)
+        guard x.rank == indices.rank, x.rank >= 1 else { throw KernelError("indices rank \(indices.rank) differs from data rank \(x.rank) (both must be >= 1)") }
+        let a = try normalizeAxis(axis, rank: x.rank)
+        let map = try elementTargets(dataShape: x.shape, indices: indices, axis: a)
+        return [.tensor(try take(x, map, shape: indices.shape))]
+    }
+}
+
+/// GatherND, since opset 11.
+func gatherNDKernel(_ ctx: NodeContext) throws -> Kernel {
+    let batchDims = try ctx.int("batch_dims", default: 0)
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0), indices = try inputs.tensor(1)
+        let (targets, sliceShape, outShape) = try ndTargets(dataShape: x.shape, indices: indices, batchDims: batchDims)
+        return [.tensor(try gatherBlocks(x, starts: targets, block: sliceShape.reduce(1, *), shape: outShape))]
+    }
+}
+
+/// ScatterND, since opset 11.
+func scatterNDKernel(_ ctx: NodeContext) throws -> Kernel {
+    let reduction = try ctx.string("reduction", default: "none")
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0), indices = try inputs.tensor(1), updates = try inputs.tensor(2)
+        let (targets, sliceShape, outShape) = try ndTargets(dataShape: x.shape, indices: indices, batchDims: 0)
+        guard updates.shape == outShape else { throw KernelError("updates \(updates.shape) must have shape \(outShape)") }
+        return [.tensor(try scatter(x, updates, targets: targets, sliceSize: sliceShape.reduce(1, *), reduction: reduction))]
+    }
+}
+
+/// TensorScatter, since opset 24.
+func tensorScatterKernel(_ ctx: NodeContext) throws -> Kernel {
+    let circular = try ctx.string("mode", default: "linear") == "circular"
+    let axis = try ctx.int("axis", default: -2)
+    return AnyKernel { inputs, _ in
+        let cache = try inputs.tensor(0), update = try inputs.tensor(1)
+        let a = try normalizeAxis(axis, rank: cache.rank)
+        guard a > 0, update.rank == cache.rank, (0..<cache.rank).allSatisfy({ $0 == a || update.shape[$0] == cache.shape[$0] }) else {
+            throw KernelError("update \(update.shape) does not fit cache \(cache.shape) along axis \(axis)")
+        }
+        let batch = cache.shape[0]
+        let starts = try inputs.optionalTensor(2)?.ints("write_indices") ?? [Int](repeating: 0, count: batch)
+        guard starts.count == batch else { throw KernelError("write_indices must hold one index per batch entry") }
+        let maxLen = cache.shape[a], len = update.shape[a]
+        let inner = cache.shape[(a + 1)...].reduce(1, *)
+        let middle = cache.shape[1..<a].reduce(1, *)
+        var targets: [Int] = []
+        for b in 0..<batch {
+            for m in 0..<middle {
+                for s in 0..<len {
+                    var pos = starts[b] + s
+                    if circular { pos = ((pos % maxLen) + maxLen) % maxLen }
+                    guard pos >= 0 && pos < maxLen else { throw KernelError("write index \(starts[b]) + \(len) overflows axis length \(maxLen)") }
+                    targets.append(((b * middle + m) * maxLen + pos) * inner)
                 }
             }
-            return [.tensor(try scatter(cache, update, targets: targets, sliceSize: inner, reduction: "none"))]
         }
+        return [.tensor(try scatter(cache, update, targets: targets, sliceSize: inner, reduction: "none"))]
     }
-    registry.register("Unique", since: 11) { ctx in
-        let sorted = try ctx.int("sorted", default: 1) != 0
-        let axis = try ctx.int("axis")
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            return try unique(x, axis: axis.map { try normalizeAxis($0, rank: x.rank) }, sorted: sorted).map { .tensor($0) }
-        }
+}
+
+/// Unique, since opset 11.
+func uniqueKernel(_ ctx: NodeContext) throws -> Kernel {
+    let sorted = try ctx.int("sorted", default: 1) != 0
+    let axis = try ctx.int("axis")
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        return try unique(x, axis: axis.map { try normalizeAxis($0, rank: x.rank) }, sorted: sorted).map { .tensor($0) }
     }
 }
 

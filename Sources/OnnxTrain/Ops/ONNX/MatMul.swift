@@ -252,14 +252,17 @@ func registerMatMulOps(_ registry: OpRegistry) {
     registry.register("MatMul", since: 1) { _ in
         AnyKernel { inputs, _ in [.tensor(try matmul(inputs.tensor(0), inputs.tensor(1)))] }
     }
-    registry.register("MatMulInteger", since: 10) { _ in
-        AnyKernel { inputs, _ in
-            let a = try inputs.tensor(0), b = try inputs.tensor(1)
-            let azp = try inputs.optionalTensor(2), bzp = try inputs.optionalTensor(3)
-            // a_zero_point: scalar or per row of A ([M]); b_zero_point: scalar or per column of B ([N]).
-            let ad = try shiftedToDouble(a, zeroPoint: azp, axis: a.rank >= 2 ? a.rank - 2 : 0)
-            let bd = try shiftedToDouble(b, zeroPoint: bzp, axis: b.rank - 1)
-            return [.tensor(doubleToInt32(try floatMatMul(ad, bd, Double.self)))]
-        }
+    registry.register("MatMulInteger", since: 10, matMulIntegerKernel)
+}
+
+/// MatMulInteger, since opset 10.
+func matMulIntegerKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        let a = try inputs.tensor(0), b = try inputs.tensor(1)
+        let azp = try inputs.optionalTensor(2), bzp = try inputs.optionalTensor(3)
+        // a_zero_point: scalar or per row of A ([M]); b_zero_point: scalar or per column of B ([N]).
+        let ad = try shiftedToDouble(a, zeroPoint: azp, axis: a.rank >= 2 ? a.rank - 2 : 0)
+        let bd = try shiftedToDouble(b, zeroPoint: bzp, axis: b.rank - 1)
+        return [.tensor(doubleToInt32(try floatMatMul(ad, bd, Double.self)))]
     }
 }

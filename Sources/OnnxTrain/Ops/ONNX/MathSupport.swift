@@ -136,43 +136,35 @@ extension Tensor {
 extension OpRegistry {
     /// Registers a float-only elementwise op at each since-version; `make` reads attributes once.
     func registerFloatUnary<F: FloatUnaryFunction>(_ opType: String, since versions: [Int],
-                                                 _ make: @escaping (NodeContext) throws -> F) {
-        for v in versions {
-            register(opType, since: v) { ctx in
-                let f = try make(ctx)
-                return AnyKernel { inputs, _ in [.tensor(try mapFloat(try inputs.tensor(0), f))] }
-            }
+                                                   _ make: @escaping (NodeContext) throws -> F) {
+        register(opType, since: versions) { ctx in
+            let f = try make(ctx)
+            return AnyKernel { inputs, _ in [.tensor(try mapFloat(try inputs.tensor(0), f))] }
         }
     }
 
     /// Registers a numeric elementwise op at each since-version.
     func registerNumericUnary<F: NumericUnaryFunction>(_ opType: String, since versions: [Int],
-                                                             _ make: @escaping (NodeContext) throws -> F) {
-        for v in versions {
-            register(opType, since: v) { ctx in
-                let f = try make(ctx)
-                return AnyKernel { inputs, _ in [.tensor(try mapNumeric(try inputs.tensor(0), f))] }
-            }
+                                                       _ make: @escaping (NodeContext) throws -> F) {
+        register(opType, since: versions) { ctx in
+            let f = try make(ctx)
+            return AnyKernel { inputs, _ in [.tensor(try mapNumeric(try inputs.tensor(0), f))] }
         }
     }
 
     /// Registers a numeric binary op with broadcasting at each since-version.
     func registerNumericBinary<F: NumericBinaryFunction>(_ opType: String, since versions: [Int],
-                                                               _ make: @escaping (NodeContext) throws -> F) {
-        for v in versions {
-            register(opType, since: v) { ctx in
-                let f = try make(ctx)
-                return AnyKernel { inputs, _ in [.tensor(try zipNumeric(try inputs.tensor(0), try inputs.tensor(1), f))] }
-            }
+                                                         _ make: @escaping (NodeContext) throws -> F) {
+        register(opType, since: versions) { ctx in
+            let f = try make(ctx)
+            return AnyKernel { inputs, _ in [.tensor(try zipNumeric(try inputs.tensor(0), try inputs.tensor(1), f))] }
         }
     }
 
     /// Registers a comparison with broadcasting and a bool output at each since-version.
     func registerComparison<F: ComparisonFunction>(_ opType: String, since versions: [Int], _ f: F) {
-        for v in versions {
-            register(opType, since: v) { _ in
-                AnyKernel { inputs, _ in [.tensor(try zipComparison(try inputs.tensor(0), try inputs.tensor(1), f))] }
-            }
+        register(opType, since: versions) { _ in
+            AnyKernel { inputs, _ in [.tensor(try zipComparison(try inputs.tensor(0), try inputs.tensor(1), f))] }
         }
     }
 }

@@ -379,83 +379,100 @@ func registerNormalizationOps(_ registry: OpRegistry) {
     registry.register("BatchNormalization", since: 6) { ctx in try BatchNormKernel(ctx) }
     registry.register("BatchNormalization", since: 14) { ctx in try BatchNormKernel(ctx) }
     registry.register("LayerNormalization", since: 17) { ctx in try LayerNormKernel(ctx) }
-    registry.register("LpNormalization", since: 1) { ctx in
-        let axis = try ctx.int("axis", default: -1), p = try ctx.int("p", default: 2)
-        guard p == 1 || p == 2 else { throw KernelError("p must be 1 or 2, got \(p)") }
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            let a = try normalizeAxis(axis, rank: x.rank)
-            return try withFloatCompute([x]) { t in [try dispatchFloat(t[0]!.dtype, LpNormOp(x: t[0]!, axis: a, p: p))] }.map { $0.map(Value.tensor) }
-        }
-    }
-    registry.register("RMSNormalization", since: 23) { ctx in
-        let axis = try ctx.int("axis", default: -1)
-        let epsilon = Double(try ctx.float("epsilon", default: 1e-5))
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            let a = try normalizeAxis(axis, rank: x.rank)
-            return try withFloatCompute([x, inputs.tensor(1)]) { t in
-                [try dispatchFloat(t[0]!.dtype, RMSNormOp(x: t[0]!, scale: t[1]!, axis: a, epsilon: epsilon))]
-            }.map { $0.map(Value.tensor) }
-        }
-    }
-    registry.register("InstanceNormalization", since: 6) { ctx in
-        let epsilon = Double(try ctx.float("epsilon", default: 1e-5))
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            guard x.rank >= 3 else { throw KernelError("input must be [N, C, spatial...], got \(x.shape)") }
-            let c = x.shape[1]
-            let scale = try channelValues(inputs.tensor(1), count: c, default: 1, name: "scale")
-            let bias = try channelValues(inputs.tensor(2), count: c, default: 0, name: "B")
-            return try withFloatCompute([x]) { t in
-                [try dispatchFloat(t[0]!.dtype, GroupNormOp(x: t[0]!, groups: c, scale: scale, bias: bias, epsilon: epsilon))]
-            }.map { $0.map(Value.tensor) }
-        }
-    }
+    registry.register("LpNormalization", since: 1, lpNormalizationKernel)
+    registry.register("RMSNormalization", since: 23, rmsNormalizationKernel)
+    registry.register("InstanceNormalization", since: 6, instanceNormalizationKernel)
     // Opset 18: scale and bias per group; opset 21: per channel (either is accepted by its size).
-    for since in [18, 21] {
-        registry.register("GroupNormalization", since: since) { ctx in
-            let epsilon = Double(try ctx.float("epsilon", default: 1e-5))
-            let groups = try ctx.requiredInt("num_groups")
-            return AnyKernel { inputs, _ in
-                let x = try inputs.tensor(0)
-                guard x.rank >= 2 else { throw KernelError("input must be [N, C, ...], got \(x.shape)") }
-                let c = x.shape[1]
-                guard groups > 0, c % groups == 0 else { throw KernelError("\(c) channels do not split into \(groups) groups") }
-                let st = try inputs.tensor(1), bt = try inputs.tensor(2)
-                var scale: [Double], bias: [Double]
-                if st.count == groups && groups != c && since < 21 {
-                    let cg = c / groups
-                    let s = try channelValues(st, count: groups, default: 1, name: "scale")
-                    let b = try channelValues(bt, count: groups, default: 0, name: "bias")
-                    scale = (0..<c).map { s[$0 / cg] }; bias = (0..<c).map { b[$0 / cg] }
-                } else {
-                    scale = try channelValues(st, count: c, default: 1, name: "scale")
-                    bias = try channelValues(bt, count: c, default: 0, name: "bias")
-                }
-                return try withFloatCompute([x]) { t in
-                    [try dispatchFloat(t[0]!.dtype, GroupNormOp(x: t[0]!, groups: groups, scale: scale, bias: bias, epsilon: epsilon))]
-                }.map { $0.map(Value.tensor) }
-            }
-        }
+    registry.register("GroupNormalization", since: [18, 21], groupNormalizationKernel)
+    registry.register("LRN", since: 1, lrnKernel)
+    registry.register("MeanVarianceNormalization", since: 9, meanVarianceNormalizationKernel)
+}
+
+/// LpNormalization, since opset 1.
+func lpNormalizationKernel(_ ctx: NodeContext) throws -> Kernel {
+    let axis = try ctx.int("axis", default: -1), p = try ctx.int("p", default: 2)
+    guard p == 1 || p == 2 else { throw KernelError("p must be 1 or 2, got \(p)") }
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        let a = try normalizeAxis(axis, rank: x.rank)
+        return try withFloatCompute([x]) { t in [try dispatchFloat(t[0]!.dtype, LpNormOp(x: t[0]!, axis: a, p: p))] }.map { $0.map(Value.tensor) }
     }
-    registry.register("LRN", since: 1) { ctx in
-        let size = try ctx.requiredInt("size")
-        guard size > 0 else { throw KernelError("size must be positive") }
-        let alpha = Double(try ctx.float("alpha", default: 1e-4)), beta = Double(try ctx.float("beta", default: 0.75))
-        let bias = Double(try ctx.float("bias", default: 1))
-        return AnyKernel { inputs, _ in
-            try withFloatCompute([inputs.tensor(0)]) { t in
-                [try dispatchFloat(t[0]!.dtype, LRNOp(x: t[0]!, size: size, alpha: alpha, beta: beta, bias: bias))]
-            }.map { $0.map(Value.tensor) }
-        }
+}
+
+/// RMSNormalization, since opset 23.
+func rmsNormalizationKernel(_ ctx: NodeContext) throws -> Kernel {
+    let axis = try ctx.int("axis", default: -1)
+    let epsilon = Double(try ctx.float("epsilon", default: 1e-5))
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        let a = try normalizeAxis(axis, rank: x.rank)
+        return try withFloatCompute([x, inputs.tensor(1)]) { t in
+            [try dispatchFloat(t[0]!.dtype, RMSNormOp(x: t[0]!, scale: t[1]!, axis: a, epsilon: epsilon))]
+        }.map { $0.map(Value.tensor) }
     }
-    registry.register("MeanVarianceNormalization", since: 9) { ctx in
-        let axes = try ctx.ints("axes", default: [0, 2, 3])
-        return AnyKernel { inputs, _ in
-            try withFloatCompute([inputs.tensor(0)]) { t in
-                [try dispatchFloat(t[0]!.dtype, MVNOp(x: t[0]!, axes: axes))]
-            }.map { $0.map(Value.tensor) }
+}
+
+/// InstanceNormalization, since opset 6.
+func instanceNormalizationKernel(_ ctx: NodeContext) throws -> Kernel {
+    let epsilon = Double(try ctx.float("epsilon", default: 1e-5))
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        guard x.rank >= 3 else { throw KernelError("input must be [N, C, spatial...], got \(x.shape)") }
+        let c = x.shape[1]
+        let scale = try channelValues(inputs.tensor(1), count: c, default: 1, name: "scale")
+        let bias = try channelValues(inputs.tensor(2), count: c, default: 0, name: "B")
+        return try withFloatCompute([x]) { t in
+            [try dispatchFloat(t[0]!.dtype, GroupNormOp(x: t[0]!, groups: c, scale: scale, bias: bias, epsilon: epsilon))]
+        }.map { $0.map(Value.tensor) }
+    }
+}
+
+/// GroupNormalization, since opset 18, 21.
+func groupNormalizationKernel(_ ctx: NodeContext) throws -> Kernel {
+    let since = ctx.sinceVersion
+    let epsilon = Double(try ctx.float("epsilon", default: 1e-5))
+    let groups = try ctx.requiredInt("num_groups")
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        guard x.rank >= 2 else { throw KernelError("input must be [N, C, ...], got \(x.shape)") }
+        let c = x.shape[1]
+        guard groups > 0, c % groups == 0 else { throw KernelError("\(c) channels do not split into \(groups) groups") }
+        let st = try inputs.tensor(1), bt = try inputs.tensor(2)
+        var scale: [Double], bias: [Double]
+        if st.count == groups && groups != c && since < 21 {
+            let cg = c / groups
+            let s = try channelValues(st, count: groups, default: 1, name: "scale")
+            let b = try channelValues(bt, count: groups, default: 0, name: "bias")
+            scale = (0..<c).map { s[$0 / cg] }; bias = (0..<c).map { b[$0 / cg] }
+        } else {
+            scale = try channelValues(st, count: c, default: 1, name: "scale")
+            bias = try channelValues(bt, count: c, default: 0, name: "bias")
         }
+        return try withFloatCompute([x]) { t in
+            [try dispatchFloat(t[0]!.dtype, GroupNormOp(x: t[0]!, groups: groups, scale: scale, bias: bias, epsilon: epsilon))]
+        }.map { $0.map(Value.tensor) }
+    }
+}
+
+/// LRN, since opset 1.
+func lrnKernel(_ ctx: NodeContext) throws -> Kernel {
+    let size = try ctx.requiredInt("size")
+    guard size > 0 else { throw KernelError("size must be positive") }
+    let alpha = Double(try ctx.float("alpha", default: 1e-4)), beta = Double(try ctx.float("beta", default: 0.75))
+    let bias = Double(try ctx.float("bias", default: 1))
+    return AnyKernel { inputs, _ in
+        try withFloatCompute([inputs.tensor(0)]) { t in
+            [try dispatchFloat(t[0]!.dtype, LRNOp(x: t[0]!, size: size, alpha: alpha, beta: beta, bias: bias))]
+        }.map { $0.map(Value.tensor) }
+    }
+}
+
+/// MeanVarianceNormalization, since opset 9.
+func meanVarianceNormalizationKernel(_ ctx: NodeContext) throws -> Kernel {
+    let axes = try ctx.ints("axes", default: [0, 2, 3])
+    return AnyKernel { inputs, _ in
+        try withFloatCompute([inputs.tensor(0)]) { t in
+            [try dispatchFloat(t[0]!.dtype, MVNOp(x: t[0]!, axes: axes))]
+        }.map { $0.map(Value.tensor) }
     }
 }

@@ -35,46 +35,52 @@ func registerRandomOps(_ registry: OpRegistry) {
             }
         }
     }
-    registry.register("Bernoulli", since: 15) { ctx in
-        let seed = try ctx.float("seed")
-        let dtypeCode = try ctx.int("dtype")
-        return AnyKernel { inputs, context in
-            let p = try inputs.tensor(0)
-            let dtype = try dtypeCode.map { try dtypeFromCode($0) } ?? p.dtype
-            let probabilities = try p.doubles()
-            let values = context.state.withRandom(seed: seed.map { UInt64($0.bitPattern) }) { rng in
-                probabilities.map { rng.nextDouble() < $0 ? 1.0 : 0.0 }
-            }
-            return [.tensor(try Tensor(dtype: dtype, shape: p.shape, doubles: values))]
+    registry.register("Bernoulli", since: 15, bernoulliKernel)
+    registry.register("Multinomial", since: 7, multinomialKernel)
+}
+
+/// Bernoulli, since opset 15.
+func bernoulliKernel(_ ctx: NodeContext) throws -> Kernel {
+    let seed = try ctx.float("seed")
+    let dtypeCode = try ctx.int("dtype")
+    return AnyKernel { inputs, context in
+        let p = try inputs.tensor(0)
+        let dtype = try dtypeCode.map { try dtypeFromCode($0) } ?? p.dtype
+        let probabilities = try p.doubles()
+        let values = context.state.withRandom(seed: seed.map { UInt64($0.bitPattern) }) { rng in
+            probabilities.map { rng.nextDouble() < $0 ? 1.0 : 0.0 }
         }
+        return [.tensor(try Tensor(dtype: dtype, shape: p.shape, doubles: values))]
     }
-    registry.register("Multinomial", since: 7) { ctx in
-        let seed = try ctx.float("seed")
-        let samples = try ctx.int("sample_size", default: 1)
-        guard samples >= 0 else { throw KernelError("sample_size must be nonnegative") }
-        let dtype = try dtypeFromCode(try ctx.int("dtype", default: Int(DType.int32.rawValue)))
-        return AnyKernel { inputs, context in
-            let x = try inputs.tensor(0)
-            guard x.rank == 2 else { throw KernelError("input must be [batch, classes], got \(x.shape)") }
-            let logits = try x.doubles()
-            let (batch, classes) = (x.shape[0], x.shape[1])
-            try checkShape([batch, samples], "output")
-            var out = [Double]()
-            context.state.withRandom(seed: seed.map { UInt64($0.bitPattern) }) { rng in
-                for b in 0..<batch {
-                    // Unnormalized log-probabilities: sample from softmax by inverting the cumulative sum.
-                    let row = logits[(b * classes)..<((b + 1) * classes)]
-                    let m = row.max() ?? 0
-                    var cumulative = [Double]()
-                    var total = 0.0
-                    for v in row { total += exp(v - m); cumulative.append(total) }
-                    for _ in 0..<samples {
-                        let u = rng.nextDouble() * total
-                        out.append(Double(cumulative.firstIndex { u < $0 } ?? classes - 1))
-                    }
+}
+
+/// Multinomial, since opset 7.
+func multinomialKernel(_ ctx: NodeContext) throws -> Kernel {
+    let seed = try ctx.float("seed")
+    let samples = try ctx.int("sample_size", default: 1)
+    guard samples >= 0 else { throw KernelError("sample_size must be nonnegative") }
+    let dtype = try dtypeFromCode(try ctx.int("dtype", default: Int(DType.int32.rawValue)))
+    return AnyKernel { inputs, context in
+        let x = try inputs.tensor(0)
+        guard x.rank == 2 else { throw KernelError("input must be [batch, classes], got \(x.shape)") }
+        let logits = try x.doubles()
+        let (batch, classes) = (x.shape[0], x.shape[1])
+        try checkShape([batch, samples], "output")
+        var out = [Double]()
+        context.state.withRandom(seed: seed.map { UInt64($0.bitPattern) }) { rng in
+            for b in 0..<batch {
+                // Unnormalized log-probabilities: sample from softmax by inverting the cumulative sum.
+                let row = logits[(b * classes)..<((b + 1) * classes)]
+                let m = row.max() ?? 0
+                var cumulative = [Double]()
+                var total = 0.0
+                for v in row { total += exp(v - m); cumulative.append(total) }
+                for _ in 0..<samples {
+                    let u = rng.nextDouble() * total
+                    out.append(Double(cumulative.firstIndex { u < $0 } ?? classes - 1))
                 }
             }
-            return [.tensor(try Tensor(dtype: dtype, shape: [batch, samples], doubles: out))]
         }
+        return [.tensor(try Tensor(dtype: dtype, shape: [batch, samples], doubles: out))]
     }
 }

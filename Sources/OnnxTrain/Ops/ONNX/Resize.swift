@@ -4,37 +4,41 @@ import Foundation
 /// reference defines it (nearest/linear/cubic, every coordinate transformation mode, antialias,
 /// exclude_outside, axes, keep_aspect_ratio_policy). Computes in Double, rounds once at the end.
 func registerResizeOps(_ registry: OpRegistry) {
-    for since in [10, 11] {
-        registry.register("Resize", since: since) { ctx in
-            var options = try ResizeOptions(ctx)
-            if since == 10 { options.coordinateMode = "asymmetric"; options.nearestMode = "floor" }
-            let axes = try ctx.ints("axes")
-            let opts = options
-            return AnyKernel { inputs, _ in
-                let x = try inputs.tensor(0)
-                if since == 10 {
-                    return [.tensor(try resize(x, scales: try inputs.tensor(1).doubles(), sizes: nil, roi: nil, axes: nil, opts))]
-                }
-                let roi = try inputs.optionalTensor(1).flatMap { $0.count > 0 ? try $0.doubles() : nil }
-                let scales = try inputs.optionalTensor(2).flatMap { $0.count > 0 ? try $0.doubles() : nil }
-                let sizes = try inputs.optionalTensor(3).flatMap { $0.count > 0 ? try $0.ints("sizes") : nil }
-                return [.tensor(try resize(x, scales: scales, sizes: sizes, roi: roi, axes: axes, opts))]
-            }
+    registry.register("Resize", since: [10, 11], resizeKernel)
+    registry.register("Upsample", since: [7, 9], upsampleKernel)
+}
+
+/// Resize, since opset 10, 11.
+func resizeKernel(_ ctx: NodeContext) throws -> Kernel {
+    let since = ctx.sinceVersion
+    var options = try ResizeOptions(ctx)
+    if since == 10 { options.coordinateMode = "asymmetric"; options.nearestMode = "floor" }
+    let axes = try ctx.ints("axes")
+    let opts = options
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        if since == 10 {
+            return [.tensor(try resize(x, scales: try inputs.tensor(1).doubles(), sizes: nil, roi: nil, axes: nil, opts))]
         }
+        let roi = try inputs.optionalTensor(1).flatMap { $0.count > 0 ? try $0.doubles() : nil }
+        let scales = try inputs.optionalTensor(2).flatMap { $0.count > 0 ? try $0.doubles() : nil }
+        let sizes = try inputs.optionalTensor(3).flatMap { $0.count > 0 ? try $0.ints("sizes") : nil }
+        return [.tensor(try resize(x, scales: scales, sizes: sizes, roi: roi, axes: axes, opts))]
     }
-    for since in [7, 9] {
-        registry.register("Upsample", since: since) { ctx in
-            var options = try ResizeOptions(ctx)
-            options.coordinateMode = "asymmetric"
-            options.nearestMode = "floor"
-            let attrScales = since < 9 ? try ctx.floats("scales")?.map(Double.init) : nil
-            let opts = options
-            return AnyKernel { inputs, _ in
-                let x = try inputs.tensor(0)
-                let scales = try attrScales ?? inputs.tensor(1).doubles()
-                return [.tensor(try resize(x, scales: scales, sizes: nil, roi: nil, axes: nil, opts))]
-            }
-        }
+}
+
+/// Upsample, since opset 7, 9.
+func upsampleKernel(_ ctx: NodeContext) throws -> Kernel {
+    let since = ctx.sinceVersion
+    var options = try ResizeOptions(ctx)
+    options.coordinateMode = "asymmetric"
+    options.nearestMode = "floor"
+    let attrScales = since < 9 ? try ctx.floats("scales")?.map(Double.init) : nil
+    let opts = options
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        let scales = try attrScales ?? inputs.tensor(1).doubles()
+        return [.tensor(try resize(x, scales: scales, sizes: nil, roi: nil, axes: nil, opts))]
     }
 }
 

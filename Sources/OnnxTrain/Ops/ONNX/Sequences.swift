@@ -1,123 +1,156 @@
 /// Sequence and optional ops: SequenceEmpty/Construct/Insert/At/Erase/Length, SplitToSequence,
 /// ConcatFromSequence, SequenceMap, Optional, OptionalHasElement, OptionalGetElement.
 func registerSequenceOps(_ registry: OpRegistry) {
-    registry.register("SequenceEmpty", since: 11) { ctx in
-        let dtype = try dtypeFromCode(try ctx.int("dtype", default: Int(DType.float32.rawValue)))
-        return AnyKernel { _, _ in [.sequence([], elementType: .tensor(dtype, shape: nil))] }
-    }
-    registry.register("SequenceConstruct", since: 11) { _ in
-        AnyKernel { inputs, _ in
-            let items = try (0..<inputs.count).map { Value.tensor(try inputs.tensor($0)) }
-            return [.sequence(items, elementType: nil)]
-        }
-    }
-    registry.register("SequenceInsert", since: 11) { _ in
-        AnyKernel { inputs, _ in
-            let (items, type) = try sequenceInput(inputs, 0)
-            let t = try inputs.tensor(1)
-            var result = items
-            let position = try inputs.optionalTensor(2).map { try sequencePosition($0, count: items.count, allowEnd: true) } ?? items.count
-            result.insert(.tensor(t), at: position)
-            return [.sequence(result, elementType: type)]
-        }
-    }
-    registry.register("SequenceAt", since: 11) { _ in
-        AnyKernel { inputs, _ in
-            let (items, _) = try sequenceInput(inputs, 0)
-            return [items[try sequencePosition(try inputs.tensor(1), count: items.count, allowEnd: false)]]
-        }
-    }
-    registry.register("SequenceErase", since: 11) { _ in
-        AnyKernel { inputs, _ in
-            var (items, type) = try sequenceInput(inputs, 0)
-            guard !items.isEmpty else { throw KernelError("cannot erase from an empty sequence") }
-            let position = try inputs.optionalTensor(1).map { try sequencePosition($0, count: items.count, allowEnd: false) } ?? items.count - 1
-            items.remove(at: position)
-            return [.sequence(items, elementType: type)]
-        }
-    }
+    registry.register("SequenceEmpty", since: 11, sequenceEmptyKernel)
+    registry.register("SequenceConstruct", since: 11, sequenceConstructKernel)
+    registry.register("SequenceInsert", since: 11, sequenceInsertKernel)
+    registry.register("SequenceAt", since: 11, sequenceAtKernel)
+    registry.register("SequenceErase", since: 11, sequenceEraseKernel)
     registry.register("SequenceLength", since: 11) { _ in
         AnyKernel { inputs, _ in [.tensor(Tensor(scalar: Int64(try sequenceInput(inputs, 0).0.count)))] }
     }
-    registry.register("SplitToSequence", since: 11) { ctx in
-        let axis = try ctx.int("axis", default: 0)
-        let keepDims = try ctx.int("keepdims", default: 1) != 0
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            let a = try normalizeAxis(axis, rank: x.rank)
-            let dim = x.shape[a]
-            var parts: [Tensor]
-            if let split = try inputs.optionalTensor(1) {
-                let s = try split.ints("split")
-                if split.rank == 0 {
-                    guard let size = s.first, size > 0 else { throw KernelError("split must be positive") }
-                    parts = try splitTensor(x, axis: a, sizes: stride(from: 0, to: dim, by: size).map { min(size, dim - $0) })
-                } else {
-                    parts = try splitTensor(x, axis: a, sizes: s)
-                }
+    registry.register("SplitToSequence", since: 11, splitToSequenceKernel)
+    registry.register("ConcatFromSequence", since: 11, concatFromSequenceKernel)
+    registry.register("SequenceMap", since: 17, sequenceMapKernel)
+    registry.register("Optional", since: 15, optionalKernel)
+    registry.register("OptionalHasElement", since: 15, optionalHasElementKernel)
+    registry.register("OptionalGetElement", since: 15, optionalGetElementKernel)
+}
+
+/// SequenceEmpty, since opset 11.
+func sequenceEmptyKernel(_ ctx: NodeContext) throws -> Kernel {
+    let dtype = try dtypeFromCode(try ctx.int("dtype", default: Int(DType.float32.rawValue)))
+    return AnyKernel { _, _ in [.sequence([], elementType: .tensor(dtype, shape: nil))] }
+}
+
+/// SequenceConstruct, since opset 11.
+func sequenceConstructKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        let items = try (0..<inputs.count).map { Value.tensor(try inputs.tensor($0)) }
+        return [.sequence(items, elementType: nil)]
+    }
+}
+
+/// SequenceInsert, since opset 11.
+func sequenceInsertKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        let (items, type) = try sequenceInput(inputs, 0)
+        let t = try inputs.tensor(1)
+        var result = items
+        let position = try inputs.optionalTensor(2).map { try sequencePosition($0, count: items.count, allowEnd: true) } ?? items.count
+        result.insert(.tensor(t), at: position)
+        return [.sequence(result, elementType: type)]
+    }
+}
+
+/// SequenceAt, since opset 11.
+func sequenceAtKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        let (items, _) = try sequenceInput(inputs, 0)
+        return [items[try sequencePosition(try inputs.tensor(1), count: items.count, allowEnd: false)]]
+    }
+}
+
+/// SequenceErase, since opset 11.
+func sequenceEraseKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        var (items, type) = try sequenceInput(inputs, 0)
+        guard !items.isEmpty else { throw KernelError("cannot erase from an empty sequence") }
+        let position = try inputs.optionalTensor(1).map { try sequencePosition($0, count: items.count, allowEnd: false) } ?? items.count - 1
+        items.remove(at: position)
+        return [.sequence(items, elementType: type)]
+    }
+}
+
+/// SplitToSequence, since opset 11.
+func splitToSequenceKernel(_ ctx: NodeContext) throws -> Kernel {
+    let axis = try ctx.int("axis", default: 0)
+    let keepDims = try ctx.int("keepdims", default: 1) != 0
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        let a = try normalizeAxis(axis, rank: x.rank)
+        let dim = x.shape[a]
+        var parts: [Tensor]
+        if let split = try inputs.optionalTensor(1) {
+            let s = try split.ints("split")
+            if split.rank == 0 {
+                guard let size = s.first, size > 0 else { throw KernelError("split must be positive") }
+                parts = try splitTensor(x, axis: a, sizes: stride(from: 0, to: dim, by: size).map { min(size, dim - $0) })
             } else {
-                parts = try splitTensor(x, axis: a, sizes: [Int](repeating: 1, count: dim))
-                if !keepDims {
-                    var shape = x.shape
-                    shape.remove(at: a)
-                    parts = parts.map { $0.reshaped(shape) }
+                parts = try splitTensor(x, axis: a, sizes: s)
+            }
+        } else {
+            parts = try splitTensor(x, axis: a, sizes: [Int](repeating: 1, count: dim))
+            if !keepDims {
+                var shape = x.shape
+                shape.remove(at: a)
+                parts = parts.map { $0.reshaped(shape) }
+            }
+        }
+        return [.sequence(parts.map { .tensor($0) }, elementType: .tensor(x.dtype, shape: nil))]
+    }
+}
+
+/// ConcatFromSequence, since opset 11.
+func concatFromSequenceKernel(_ ctx: NodeContext) throws -> Kernel {
+    guard let axis = try ctx.int("axis") else { throw KernelError("attribute 'axis' is required") }
+    let newAxis = try ctx.int("new_axis", default: 0) != 0
+    return AnyKernel { inputs, _ in
+        let items = try sequenceInput(inputs, 0).0.map { try $0.tensor.orThrow("sequence elements must be tensors") }
+        guard let first = items.first else { throw KernelError("cannot concatenate an empty sequence") }
+        if newAxis { return [.tensor(try stack(items, axis: try normalizeAxis(axis, rank: first.rank + 1)))] }
+        return [.tensor(try concatenate(items, axis: try normalizeAxis(axis, rank: first.rank), dtype: first.dtype))]
+    }
+}
+
+/// SequenceMap, since opset 17.
+func sequenceMapKernel(_ ctx: NodeContext) throws -> Kernel {
+    let body = try ctx.subgraph("body")
+    return AnyKernel { inputs, context in
+        let (items, _) = try sequenceInput(inputs, 0)
+        var outputs = [[Value]](repeating: [], count: body.outputs.count)
+        for i in 0..<items.count {
+            var feeds: [Value?] = [items[i]]
+            for k in 1..<max(inputs.count, 1) {
+                if case .sequence(let s, _)? = inputs[k] {
+                    guard i < s.count else { throw KernelError("additional sequence \(k) is shorter than the input sequence") }
+                    feeds.append(s[i])
+                } else {
+                    feeds.append(inputs[k])
                 }
             }
-            return [.sequence(parts.map { .tensor($0) }, elementType: .tensor(x.dtype, shape: nil))]
+            for (k, v) in try body.run(feeds, context).enumerated() { outputs[k].append(v) }
+        }
+        return outputs.enumerated().map { k, values in .sequence(values, elementType: sequenceElementType(body.outputs[k].type)) }
+    }
+}
+
+/// Optional, since opset 15.
+func optionalKernel(_ ctx: NodeContext) throws -> Kernel {
+    let type = ctx.attributes["type"].flatMap { a -> ValueType? in if case .type(let t) = a { return t } else { return nil } }
+    return AnyKernel { inputs, _ in
+        if let v = inputs.value(0) { return [.optional(v, type: type)] }
+        return [.optional(nil, type: type)]
+    }
+}
+
+/// OptionalHasElement, since opset 15.
+func optionalHasElementKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        switch inputs.value(0) {
+        case nil, .optional(nil, _)?: return [.tensor(Tensor(scalar: false))]
+        default: return [.tensor(Tensor(scalar: true))]
         }
     }
-    registry.register("ConcatFromSequence", since: 11) { ctx in
-        guard let axis = try ctx.int("axis") else { throw KernelError("attribute 'axis' is required") }
-        let newAxis = try ctx.int("new_axis", default: 0) != 0
-        return AnyKernel { inputs, _ in
-            let items = try sequenceInput(inputs, 0).0.map { try $0.tensor.orThrow("sequence elements must be tensors") }
-            guard let first = items.first else { throw KernelError("cannot concatenate an empty sequence") }
-            if newAxis { return [.tensor(try stack(items, axis: try normalizeAxis(axis, rank: first.rank + 1)))] }
-            return [.tensor(try concatenate(items, axis: try normalizeAxis(axis, rank: first.rank), dtype: first.dtype))]
-        }
-    }
-    registry.register("SequenceMap", since: 17) { ctx in
-        let body = try ctx.subgraph("body")
-        return AnyKernel { inputs, context in
-            let (items, _) = try sequenceInput(inputs, 0)
-            var outputs = [[Value]](repeating: [], count: body.outputs.count)
-            for i in 0..<items.count {
-                var feeds: [Value?] = [items[i]]
-                for k in 1..<max(inputs.count, 1) {
-                    if case .sequence(let s, _)? = inputs[k] {
-                        guard i < s.count else { throw KernelError("additional sequence \(k) is shorter than the input sequence") }
-                        feeds.append(s[i])
-                    } else {
-                        feeds.append(inputs[k])
-                    }
-                }
-                for (k, v) in try body.run(feeds, context).enumerated() { outputs[k].append(v) }
-            }
-            return outputs.enumerated().map { k, values in .sequence(values, elementType: sequenceElementType(body.outputs[k].type)) }
-        }
-    }
-    registry.register("Optional", since: 15) { ctx in
-        let type = ctx.attributes["type"].flatMap { a -> ValueType? in if case .type(let t) = a { return t } else { return nil } }
-        return AnyKernel { inputs, _ in
-            if let v = inputs.value(0) { return [.optional(v, type: type)] }
-            return [.optional(nil, type: type)]
-        }
-    }
-    registry.register("OptionalHasElement", since: 15) { _ in
-        AnyKernel { inputs, _ in
-            switch inputs.value(0) {
-            case nil, .optional(nil, _)?: return [.tensor(Tensor(scalar: false))]
-            default: return [.tensor(Tensor(scalar: true))]
-            }
-        }
-    }
-    registry.register("OptionalGetElement", since: 15) { _ in
-        AnyKernel { inputs, _ in
-            switch inputs.value(0) {
-            case .optional(let v?, _)?: return [v]
-            case .optional(nil, _)?, nil: throw KernelError("the optional input is empty")
-            case let v?: return [v]
-            }
+}
+
+/// OptionalGetElement, since opset 15.
+func optionalGetElementKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        switch inputs.value(0) {
+        case .optional(let v?, _)?: return [v]
+        case .optional(nil, _)?, nil: throw KernelError("the optional input is empty")
+        case let v?: return [v]
         }
     }
 }

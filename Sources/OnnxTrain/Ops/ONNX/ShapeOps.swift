@@ -1,22 +1,8 @@
 /// Ops that only change a tensor's shape, or build small tensors from shapes: Reshape, Flatten,
 /// Squeeze, Unsqueeze, Shape, Size, Identity, Constant, ConstantOfShape, EyeLike, Range, BitCast.
 func registerShapeOps(_ registry: OpRegistry) {
-    registry.register("Reshape", since: 5) { ctx in
-        let allowZero = try ctx.int("allowzero", default: 0) != 0
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            return [.tensor(x.reshaped(try reshapeTarget(x.shape, try inputs.tensor(1).ints("shape"), allowZero: allowZero)))]
-        }
-    }
-    registry.register("Flatten", since: 1) { ctx in
-        let axis = try ctx.int("axis", default: 1)
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            let a = axis < 0 ? axis + x.rank : axis
-            guard a >= 0 && a <= x.rank else { throw KernelError("axis \(axis) is out of range for rank \(x.rank)") }
-            return [.tensor(x.reshaped([x.shape[..<a].reduce(1, *), x.shape[a...].reduce(1, *)]))]
-        }
-    }
+    registry.register("Reshape", since: 5, reshapeKernel)
+    registry.register("Flatten", since: 1, flattenKernel)
     for since in [1, 13] {
         registry.register("Squeeze", since: since) { ctx in
             let attrAxes = since < 13 ? try ctx.ints("axes") : nil
@@ -50,84 +36,128 @@ func registerShapeOps(_ registry: OpRegistry) {
             }
         }
     }
-    registry.register("Shape", since: 1) { ctx in
-        let start = try ctx.int("start", default: 0)
-        let end = try ctx.int("end")
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            let r = x.rank
-            func clamp(_ v: Int) -> Int { min(max(v < 0 ? v + r : v, 0), r) }
-            let s = clamp(start), e = clamp(end ?? r)
-            let dims = s < e ? x.shape[s..<e].map { Int64($0) } : []
-            return [.tensor(Tensor(shape: [dims.count], scalars: dims))]
-        }
-    }
+    registry.register("Shape", since: 1, shapeKernel)
     registry.register("Size", since: 1) { _ in
         AnyKernel { inputs, _ in [.tensor(Tensor(scalar: Int64(try inputs.tensor(0).count)))] }
     }
-    registry.register("Identity", since: 1) { _ in
-        AnyKernel { inputs, _ in
-            guard let v = inputs.value(0) else { throw KernelError("input 0 is required") }
-            return [v]
+    registry.register("Identity", since: 1, identityKernel)
+    registry.register("Constant", since: 1, constantKernel)
+    registry.register("ConstantOfShape", since: 9, constantOfShapeKernel)
+    registry.register("EyeLike", since: 9, eyeLikeKernel)
+    registry.register("BitCast", since: 26, bitCastKernel)
+    registry.register("Reshape", since: 1, reshape2Kernel)
+    registry.register("Range", since: 11, rangeKernel)
+}
+
+/// Reshape, since opset 5.
+func reshapeKernel(_ ctx: NodeContext) throws -> Kernel {
+    let allowZero = try ctx.int("allowzero", default: 0) != 0
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        return [.tensor(x.reshaped(try reshapeTarget(x.shape, try inputs.tensor(1).ints("shape"), allowZero: allowZero)))]
+    }
+}
+
+/// Flatten, since opset 1.
+func flattenKernel(_ ctx: NodeContext) throws -> Kernel {
+    let axis = try ctx.int("axis", default: 1)
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        let a = axis < 0 ? axis + x.rank : axis
+        guard a >= 0 && a <= x.rank else { throw KernelError("axis \(axis) is out of range for rank \(x.rank)") }
+        return [.tensor(x.reshaped([x.shape[..<a].reduce(1, *), x.shape[a...].reduce(1, *)]))]
+    }
+}
+
+/// Shape, since opset 1.
+func shapeKernel(_ ctx: NodeContext) throws -> Kernel {
+    let start = try ctx.int("start", default: 0)
+    let end = try ctx.int("end")
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        let r = x.rank
+        func clamp(_ v: Int) -> Int { min(max(v < 0 ? v + r : v, 0), r) }
+        let s = clamp(start), e = clamp(end ?? r)
+        let dims = s < e ? x.shape[s..<e].map { Int64($0) } : []
+        return [.tensor(Tensor(shape: [dims.count], scalars: dims))]
+    }
+}
+
+/// Identity, since opset 1.
+func identityKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        guard let v = inputs.value(0) else { throw KernelError("input 0 is required") }
+        return [v]
+    }
+}
+
+/// Constant, since opset 1.
+func constantKernel(_ ctx: NodeContext) throws -> Kernel {
+    let value = try constantValue(ctx)
+    return AnyKernel { _, _ in [.tensor(value)] }
+}
+
+/// ConstantOfShape, since opset 9.
+func constantOfShapeKernel(_ ctx: NodeContext) throws -> Kernel {
+    let value = try ctx.tensor("value") ?? Tensor(scalar: Float(0))
+    guard value.count == 1 else { throw KernelError("attribute 'value' must hold one element") }
+    return AnyKernel { inputs, _ in
+        let shape = try inputs.tensor(0).ints("shape")
+        try checkShape(shape, "shape")
+        return [.tensor(try stridedCopy(value.reshaped([]), shape: shape, strides: [Int](repeating: 0, count: shape.count)))]
+    }
+}
+
+/// EyeLike, since opset 9.
+func eyeLikeKernel(_ ctx: NodeContext) throws -> Kernel {
+    let dtypeCode = try ctx.int("dtype")
+    let k = try ctx.int("k", default: 0)
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        guard x.rank == 2 else { throw KernelError("input must be 2-D, got \(x.shape)") }
+        let dtype = try dtypeCode.map { try dtypeFromCode($0) } ?? x.dtype
+        var values = [Double](repeating: 0, count: x.count)
+        for i in 0..<x.shape[0] {
+            let (j, overflow) = i.addingReportingOverflow(k)
+            if !overflow && j >= 0 && j < x.shape[1] { values[i * x.shape[1] + j] = 1 }
         }
+        return [.tensor(try Tensor(dtype: dtype, shape: x.shape, doubles: values))]
     }
-    registry.register("Constant", since: 1) { ctx in
-        let value = try constantValue(ctx)
-        return AnyKernel { _, _ in [.tensor(value)] }
+}
+
+/// BitCast, since opset 26.
+func bitCastKernel(_ ctx: NodeContext) throws -> Kernel {
+    let dtype = try dtypeFromCode(try ctx.requiredInt("to"))
+    return AnyKernel { inputs, _ in [.tensor(try bitCast(try inputs.tensor(0), to: dtype))] }
+}
+
+/// Reshape, since opset 1.
+func reshape2Kernel(_ ctx: NodeContext) throws -> Kernel {
+    let shape = try ctx.ints("shape") ?? []
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        return [.tensor(x.reshaped(try reshapeTarget(x.shape, shape, allowZero: false)))]
     }
-    registry.register("ConstantOfShape", since: 9) { ctx in
-        let value = try ctx.tensor("value") ?? Tensor(scalar: Float(0))
-        guard value.count == 1 else { throw KernelError("attribute 'value' must hold one element") }
-        return AnyKernel { inputs, _ in
-            let shape = try inputs.tensor(0).ints("shape")
-            try checkShape(shape, "shape")
-            return [.tensor(try stridedCopy(value.reshaped([]), shape: shape, strides: [Int](repeating: 0, count: shape.count)))]
-        }
-    }
-    registry.register("EyeLike", since: 9) { ctx in
-        let dtypeCode = try ctx.int("dtype")
-        let k = try ctx.int("k", default: 0)
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            guard x.rank == 2 else { throw KernelError("input must be 2-D, got \(x.shape)") }
-            let dtype = try dtypeCode.map { try dtypeFromCode($0) } ?? x.dtype
-            var values = [Double](repeating: 0, count: x.count)
-            for i in 0..<x.shape[0] {
-                let (j, overflow) = i.addingReportingOverflow(k)
-                if !overflow && j >= 0 && j < x.shape[1] { values[i * x.shape[1] + j] = 1 }
-            }
-            return [.tensor(try Tensor(dtype: dtype, shape: x.shape, doubles: values))]
-        }
-    }
-    registry.register("BitCast", since: 26) { ctx in
-        let dtype = try dtypeFromCode(try ctx.requiredInt("to"))
-        return AnyKernel { inputs, _ in [.tensor(try bitCast(try inputs.tensor(0), to: dtype))] }
-    }
-    registry.register("Reshape", since: 1) { ctx in
-        let shape = try ctx.ints("shape") ?? []
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            return [.tensor(x.reshaped(try reshapeTarget(x.shape, shape, allowZero: false)))]
-        }
-    }
-    registry.register("Range", since: 11) { _ in
-        AnyKernel { inputs, _ in
-            let start = try inputs.tensor(0), limit = try inputs.tensor(1), delta = try inputs.tensor(2)
-            guard start.count == 1, limit.count == 1, delta.count == 1 else { throw KernelError("start, limit and delta must be scalars") }
-            if start.dtype.isInteger {
-                let s = try start.ints("start")[0], l = try limit.ints("limit")[0], d = try delta.ints("delta")[0]
-                guard d != 0, magnitude(s, below: 1 << 62), magnitude(l, below: 1 << 62), magnitude(d, below: 1 << 62) else { throw KernelError("delta must be nonzero and start, limit, delta within 2^62") }
-                let n = max(0, (l - s + d + (d > 0 ? -1 : 1)) / d)
-                try checkShape([n], "output")
-                return [.tensor(try Tensor(dtype: start.dtype, shape: [n], doubles: (0..<n).map { Double(s + $0 * d) }))]
-            }
-            let s = try start.doubles()[0], l = try limit.doubles()[0], d = try delta.doubles()[0]
-            guard d != 0, s.isFinite, l.isFinite, d.isFinite else { throw KernelError("start, limit and delta must be finite, delta nonzero") }
-            let n = max(0, try checkedInt(((l - s) / d).rounded(.up), "element count"))
+}
+
+/// Range, since opset 11.
+func rangeKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        let start = try inputs.tensor(0), limit = try inputs.tensor(1), delta = try inputs.tensor(2)
+        guard start.count == 1, limit.count == 1, delta.count == 1 else { throw KernelError("start, limit and delta must be scalars") }
+        if start.dtype.isInteger {
+            let s = try start.ints("start")[0], l = try limit.ints("limit")[0], d = try delta.ints("delta")[0]
+            guard d != 0, magnitude(s, below: 1 << 62), magnitude(l, below: 1 << 62), magnitude(d, below: 1 << 62) else { throw KernelError("delta must be nonzero and start, limit, delta within 2^62") }
+            let n = max(0, (l - s + d + (d > 0 ? -1 : 1)) / d)
             try checkShape([n], "output")
-            // Accumulate in the element type as the reference does (start + i * delta, rounded each step).
-            return [.tensor(try Tensor(dtype: start.dtype, shape: [n], doubles: (0..<n).map { s + Double($0) * d }))]
+            return [.tensor(try Tensor(dtype: start.dtype, shape: [n], doubles: (0..<n).map { Double(s + $0 * d) }))]
         }
+        let s = try start.doubles()[0], l = try limit.doubles()[0], d = try delta.doubles()[0]
+        guard d != 0, s.isFinite, l.isFinite, d.isFinite else { throw KernelError("start, limit and delta must be finite, delta nonzero") }
+        let n = max(0, try checkedInt(((l - s) / d).rounded(.up), "element count"))
+        try checkShape([n], "output")
+        // Accumulate in the element type as the reference does (start + i * delta, rounded each step).
+        return [.tensor(try Tensor(dtype: start.dtype, shape: [n], doubles: (0..<n).map { s + Double($0) * d }))]
     }
 }
 

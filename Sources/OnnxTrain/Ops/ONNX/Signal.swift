@@ -4,59 +4,8 @@ import Foundation
 /// MelWeightMatrix. Transforms are direct O(n^2) sums in Double (sizes in practice are small);
 /// the last input axis holds [real] or [real, imaginary].
 func registerSignalOps(_ registry: OpRegistry) {
-    for since in [17, 20] {
-        registry.register("DFT", since: since) { ctx in
-            let inverse = try ctx.int("inverse", default: 0) != 0
-            let onesided = try ctx.int("onesided", default: 0) != 0
-            let attrAxis = since < 20 ? try ctx.int("axis", default: 1) : nil
-            return AnyKernel { inputs, _ in
-                let x = try inputs.tensor(0)
-                let length = try inputs.optionalTensor(1)?.ints("dft_length").first
-                let axis = try attrAxis ?? inputs.optionalTensor(2)?.ints("axis").first ?? -2
-                guard x.rank >= 2, x.shape[x.rank - 1] == 1 || x.shape[x.rank - 1] == 2 else {
-                    throw KernelError("input \(x.shape) must end in a [real] or [real, imaginary] axis")
-                }
-                let a = try normalizeAxis(axis, rank: x.rank)
-                guard a < x.rank - 1 else { throw KernelError("axis \(axis) must not be the last (complex) axis") }
-                return [.tensor(try dft(x, axis: a, length: length, inverse: inverse, onesided: onesided))]
-            }
-        }
-    }
-    registry.register("STFT", since: 17) { ctx in
-        let onesided = try ctx.int("onesided", default: 1) != 0
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            guard x.rank == 3, x.shape[2] == 1 || x.shape[2] == 2 else { throw KernelError("signal must be [batch, length, 1 or 2], got \(x.shape)") }
-            guard let step = try inputs.tensor(1).ints("frame_step").first, step > 0 else { throw KernelError("frame_step must be positive") }
-            let window = try inputs.optionalTensor(2).map { try $0.doubles() }
-            let frameLength = try inputs.optionalTensor(3)?.ints("frame_length").first ?? window?.count ?? x.shape[1]
-            guard frameLength > 0, frameLength <= x.shape[1], window.map({ $0.count == frameLength }) ?? true else {
-                throw KernelError("frame_length \(frameLength) does not fit the signal or window")
-            }
-            let frames = (x.shape[1] - frameLength) / step + 1
-            let (batch, comps) = (x.shape[0], x.shape[2])
-            let data = try x.doubles()
-            let bins = onesided ? frameLength / 2 + 1 : frameLength
-            var out = [Double](repeating: 0, count: batch * frames * bins * 2)
-            for b in 0..<batch {
-                for f in 0..<frames {
-                    var re = [Double](repeating: 0, count: frameLength), im = re
-                    for t in 0..<frameLength {
-                        let w = window?[t] ?? 1
-                        let p = (b * x.shape[1] + f * step + t) * comps
-                        re[t] = data[p] * w
-                        if comps == 2 { im[t] = data[p + 1] * w }
-                    }
-                    let (fr, fi) = complexDFT(re, im, length: frameLength, inverse: false)
-                    for k in 0..<bins {
-                        out[((b * frames + f) * bins + k) * 2] = fr[k]
-                        out[((b * frames + f) * bins + k) * 2 + 1] = fi[k]
-                    }
-                }
-            }
-            return [.tensor(try Tensor(dtype: x.dtype, shape: [batch, frames, bins, 2], doubles: out))]
-        }
-    }
+    registry.register("DFT", since: [17, 20], dftKernel)
+    registry.register("STFT", since: 17, stftKernel)
     for (op, coefficients) in [("HannWindow", [0.5, 0.5, 0.0]), ("HammingWindow", [25.0 / 46.0, 21.0 / 46.0, 0.0]), ("BlackmanWindow", [0.42, 0.5, 0.08])] as [(String, [Double])] {
         registry.register(op, since: 17) { ctx in
             let periodic = try ctx.int("periodic", default: 1) != 0
@@ -76,36 +25,95 @@ func registerSignalOps(_ registry: OpRegistry) {
             }
         }
     }
-    registry.register("MelWeightMatrix", since: 17) { ctx in
-        let dtype = try dtypeFromCode(try ctx.int("output_datatype", default: Int(DType.float32.rawValue)))
-        return AnyKernel { inputs, _ in
-            guard let mels = try inputs.tensor(0).ints("num_mel_bins").first, let dftLength = try inputs.tensor(1).ints("dft_length").first,
-                  let rate = try inputs.tensor(2).ints("sample_rate").first,
-                  let lower = try inputs.tensor(3).doubles().first, let upper = try inputs.tensor(4).doubles().first,
-                  mels > 0, mels < 1 << 31, dftLength > 0, dftLength < 1 << 40, rate > 0 else { throw KernelError("num_mel_bins, dft_length and sample_rate must be positive scalars") }
-            let spectrogramBins = dftLength / 2 + 1
-            try checkShape([spectrogramBins, mels], "output")
-            // The onnx reference: mel points spaced evenly over mels + 2 steps, floored to FFT bins.
-            let lowMel = 2595 * log10(1 + lower / 700), highMel = 2595 * log10(1 + upper / 700)
-            let step = (highMel - lowMel) / Double(mels + 2)
-            let bins = try (0..<(mels + 2)).map { i -> Int in
-                let hz = 700 * (pow(10, (Double(i) * step + lowMel) / 2595) - 1)
-                return try checkedInt((Double(dftLength + 1) * hz / Double(rate)).rounded(.down), "mel band edge")
-            }
-            var out = [Double](repeating: 0, count: spectrogramBins * mels)
-            func set(_ j: Int, _ i: Int, _ v: Double) throws {
-                guard j >= 0 && j < spectrogramBins else { throw KernelError("mel band edge \(j) falls outside the spectrogram") }
-                out[j * mels + i] = v
-            }
-            for i in 0..<mels {
-                let (lo, center, hi) = (bins[i], bins[i + 1], bins[i + 2])
-                if center == lo { try set(center, i, 1) } else {
-                    for j in lo...max(lo, center) { try set(j, i, Double(j - lo) / Double(center - lo)) }
-                }
-                if hi > center { for j in center..<hi { try set(j, i, Double(hi - j) / Double(hi - center)) } }
-            }
-            return [.tensor(try Tensor(dtype: dtype, shape: [spectrogramBins, mels], doubles: out))]
+    registry.register("MelWeightMatrix", since: 17, melWeightMatrixKernel)
+}
+
+/// DFT, since opset 17, 20.
+func dftKernel(_ ctx: NodeContext) throws -> Kernel {
+    let since = ctx.sinceVersion
+    let inverse = try ctx.int("inverse", default: 0) != 0
+    let onesided = try ctx.int("onesided", default: 0) != 0
+    let attrAxis = since < 20 ? try ctx.int("axis", default: 1) : nil
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        let length = try inputs.optionalTensor(1)?.ints("dft_length").first
+        let axis = try attrAxis ?? inputs.optionalTensor(2)?.ints("axis").first ?? -2
+        guard x.rank >= 2, x.shape[x.rank - 1] == 1 || x.shape[x.rank - 1] == 2 else {
+            throw KernelError("input \(x.shape) must end in a [real] or [real, imaginary] axis")
         }
+        let a = try normalizeAxis(axis, rank: x.rank)
+        guard a < x.rank - 1 else { throw KernelError("axis \(axis) must not be the last (complex) axis") }
+        return [.tensor(try dft(x, axis: a, length: length, inverse: inverse, onesided: onesided))]
+    }
+}
+
+/// STFT, since opset 17.
+func stftKernel(_ ctx: NodeContext) throws -> Kernel {
+    let onesided = try ctx.int("onesided", default: 1) != 0
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        guard x.rank == 3, x.shape[2] == 1 || x.shape[2] == 2 else { throw KernelError("signal must be [batch, length, 1 or 2], got \(x.shape)") }
+        guard let step = try inputs.tensor(1).ints("frame_step").first, step > 0 else { throw KernelError("frame_step must be positive") }
+        let window = try inputs.optionalTensor(2).map { try $0.doubles() }
+        let frameLength = try inputs.optionalTensor(3)?.ints("frame_length").first ?? window?.count ?? x.shape[1]
+        guard frameLength > 0, frameLength <= x.shape[1], window.map({ $0.count == frameLength }) ?? true else {
+            throw KernelError("frame_length \(frameLength) does not fit the signal or window")
+        }
+        let frames = (x.shape[1] - frameLength) / step + 1
+        let (batch, comps) = (x.shape[0], x.shape[2])
+        let data = try x.doubles()
+        let bins = onesided ? frameLength / 2 + 1 : frameLength
+        var out = [Double](repeating: 0, count: batch * frames * bins * 2)
+        for b in 0..<batch {
+            for f in 0..<frames {
+                var re = [Double](repeating: 0, count: frameLength), im = re
+                for t in 0..<frameLength {
+                    let w = window?[t] ?? 1
+                    let p = (b * x.shape[1] + f * step + t) * comps
+                    re[t] = data[p] * w
+                    if comps == 2 { im[t] = data[p + 1] * w }
+                }
+                let (fr, fi) = complexDFT(re, im, length: frameLength, inverse: false)
+                for k in 0..<bins {
+                    out[((b * frames + f) * bins + k) * 2] = fr[k]
+                    out[((b * frames + f) * bins + k) * 2 + 1] = fi[k]
+                }
+            }
+        }
+        return [.tensor(try Tensor(dtype: x.dtype, shape: [batch, frames, bins, 2], doubles: out))]
+    }
+}
+
+/// MelWeightMatrix, since opset 17.
+func melWeightMatrixKernel(_ ctx: NodeContext) throws -> Kernel {
+    let dtype = try dtypeFromCode(try ctx.int("output_datatype", default: Int(DType.float32.rawValue)))
+    return AnyKernel { inputs, _ in
+        guard let mels = try inputs.tensor(0).ints("num_mel_bins").first, let dftLength = try inputs.tensor(1).ints("dft_length").first,
+              let rate = try inputs.tensor(2).ints("sample_rate").first,
+              let lower = try inputs.tensor(3).doubles().first, let upper = try inputs.tensor(4).doubles().first,
+              mels > 0, mels < 1 << 31, dftLength > 0, dftLength < 1 << 40, rate > 0 else { throw KernelError("num_mel_bins, dft_length and sample_rate must be positive scalars") }
+        let spectrogramBins = dftLength / 2 + 1
+        try checkShape([spectrogramBins, mels], "output")
+        // The onnx reference: mel points spaced evenly over mels + 2 steps, floored to FFT bins.
+        let lowMel = 2595 * log10(1 + lower / 700), highMel = 2595 * log10(1 + upper / 700)
+        let step = (highMel - lowMel) / Double(mels + 2)
+        let bins = try (0..<(mels + 2)).map { i -> Int in
+            let hz = 700 * (pow(10, (Double(i) * step + lowMel) / 2595) - 1)
+            return try checkedInt((Double(dftLength + 1) * hz / Double(rate)).rounded(.down), "mel band edge")
+        }
+        var out = [Double](repeating: 0, count: spectrogramBins * mels)
+        func set(_ j: Int, _ i: Int, _ v: Double) throws {
+            guard j >= 0 && j < spectrogramBins else { throw KernelError("mel band edge \(j) falls outside the spectrogram") }
+            out[j * mels + i] = v
+        }
+        for i in 0..<mels {
+            let (lo, center, hi) = (bins[i], bins[i + 1], bins[i + 2])
+            if center == lo { try set(center, i, 1) } else {
+                for j in lo...max(lo, center) { try set(j, i, Double(j - lo) / Double(center - lo)) }
+            }
+            if hi > center { for j in center..<hi { try set(j, i, Double(hi - j) / Double(hi - center)) } }
+        }
+        return [.tensor(try Tensor(dtype: dtype, shape: [spectrogramBins, mels], doubles: out))]
     }
 }
 

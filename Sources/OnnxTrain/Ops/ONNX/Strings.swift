@@ -2,61 +2,73 @@ import Foundation
 
 /// String ops: StringNormalizer, StringConcat, StringSplit, RegexFullMatch.
 func registerStringOps(_ registry: OpRegistry) {
-    registry.register("StringNormalizer", since: 10) { ctx in
-        let action = try ctx.string("case_change_action", default: "NONE")
-        let caseSensitive = try ctx.int("is_case_sensitive", default: 0) != 0
-        let stopwords = try ctx.strings("stopwords") ?? []
-        guard ["NONE", "LOWER", "UPPER"].contains(action) else { throw KernelError("unknown case_change_action '\(action)'") }
-        let stops = Set(caseSensitive ? stopwords : stopwords.map { $0.lowercased() })
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            guard x.dtype == .string, x.rank == 1 || (x.rank == 2 && x.shape[0] == 1) else {
-                throw KernelError("input must be a string tensor [C] or [1, C], got \(x)")
-            }
-            var kept = x.strings.filter { !stops.contains(caseSensitive ? $0 : $0.lowercased()) }
-            if action == "LOWER" { kept = kept.map { $0.lowercased() } }
-            if action == "UPPER" { kept = kept.map { $0.uppercased() } }
-            kept = kept.filter { !$0.isEmpty }
-            if kept.isEmpty { kept = [""] }
-            return [.tensor(Tensor(shape: x.rank == 1 ? [kept.count] : [1, kept.count], strings: kept))]
+    registry.register("StringNormalizer", since: 10, stringNormalizerKernel)
+    registry.register("StringConcat", since: 20, stringConcatKernel)
+    registry.register("StringSplit", since: 20, stringSplitKernel)
+    registry.register("RegexFullMatch", since: 20, regexFullMatchKernel)
+}
+
+/// StringNormalizer, since opset 10.
+func stringNormalizerKernel(_ ctx: NodeContext) throws -> Kernel {
+    let action = try ctx.string("case_change_action", default: "NONE")
+    let caseSensitive = try ctx.int("is_case_sensitive", default: 0) != 0
+    let stopwords = try ctx.strings("stopwords") ?? []
+    guard ["NONE", "LOWER", "UPPER"].contains(action) else { throw KernelError("unknown case_change_action '\(action)'") }
+    let stops = Set(caseSensitive ? stopwords : stopwords.map { $0.lowercased() })
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        guard x.dtype == .string, x.rank == 1 || (x.rank == 2 && x.shape[0] == 1) else {
+            throw KernelError("input must be a string tensor [C] or [1, C], got \(x)")
         }
+        var kept = x.strings.filter { !stops.contains(caseSensitive ? $0 : $0.lowercased()) }
+        if action == "LOWER" { kept = kept.map { $0.lowercased() } }
+        if action == "UPPER" { kept = kept.map { $0.uppercased() } }
+        kept = kept.filter { !$0.isEmpty }
+        if kept.isEmpty { kept = [""] }
+        return [.tensor(Tensor(shape: x.rank == 1 ? [kept.count] : [1, kept.count], strings: kept))]
     }
-    registry.register("StringConcat", since: 20) { _ in
-        AnyKernel { inputs, _ in
-            let a = try inputs.tensor(0), b = try inputs.tensor(1)
-            guard a.dtype == .string, b.dtype == .string else { throw KernelError("inputs must be string tensors") }
-            let shape = try Broadcast.shape(a.shape, b.shape)
-            let ia = stridedIndices(shape: shape, strides: Broadcast.strides(a.shape, to: shape))
-            let ib = stridedIndices(shape: shape, strides: Broadcast.strides(b.shape, to: shape))
-            let sa = a.strings, sb = b.strings
-            return [.tensor(Tensor(shape: shape, strings: zip(ia, ib).map { sa[$0] + sb[$1] }))]
-        }
+}
+
+/// StringConcat, since opset 20.
+func stringConcatKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        let a = try inputs.tensor(0), b = try inputs.tensor(1)
+        guard a.dtype == .string, b.dtype == .string else { throw KernelError("inputs must be string tensors") }
+        let shape = try Broadcast.shape(a.shape, b.shape)
+        let ia = stridedIndices(shape: shape, strides: Broadcast.strides(a.shape, to: shape))
+        let ib = stridedIndices(shape: shape, strides: Broadcast.strides(b.shape, to: shape))
+        let sa = a.strings, sb = b.strings
+        return [.tensor(Tensor(shape: shape, strings: zip(ia, ib).map { sa[$0] + sb[$1] }))]
     }
-    registry.register("StringSplit", since: 20) { ctx in
-        let delimiter = try ctx.string("delimiter", default: "")
-        let maxSplit = try ctx.int("maxsplit")
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            guard x.dtype == .string else { throw KernelError("input must be a string tensor") }
-            let pieces = x.strings.map { pythonSplit($0, delimiter.isEmpty ? nil : delimiter, maxSplit: maxSplit) }
-            let width = pieces.map(\.count).max() ?? 0
-            var out: [String] = []
-            out.reserveCapacity(pieces.count * width)
-            for p in pieces { out += p + [String](repeating: "", count: width - p.count) }
-            return [.tensor(Tensor(shape: x.shape + [width], strings: out)),
-                    .tensor(Tensor(shape: x.shape, scalars: pieces.map { Int64($0.count) }))]
-        }
+}
+
+/// StringSplit, since opset 20.
+func stringSplitKernel(_ ctx: NodeContext) throws -> Kernel {
+    let delimiter = try ctx.string("delimiter", default: "")
+    let maxSplit = try ctx.int("maxsplit")
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        guard x.dtype == .string else { throw KernelError("input must be a string tensor") }
+        let pieces = x.strings.map { pythonSplit($0, delimiter.isEmpty ? nil : delimiter, maxSplit: maxSplit) }
+        let width = pieces.map(\.count).max() ?? 0
+        var out: [String] = []
+        out.reserveCapacity(pieces.count * width)
+        for p in pieces { out += p + [String](repeating: "", count: width - p.count) }
+        return [.tensor(Tensor(shape: x.shape + [width], strings: out)),
+                .tensor(Tensor(shape: x.shape, scalars: pieces.map { Int64($0.count) }))]
     }
-    registry.register("RegexFullMatch", since: 20) { ctx in
-        guard let pattern = try ctx.string("pattern") else { throw KernelError("attribute 'pattern' is required") }
-        let regex: NSRegularExpression
-        do { regex = try NSRegularExpression(pattern: "^(?:" + pattern + ")$") } catch { throw KernelError("invalid pattern '\(pattern)'") }
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            guard x.dtype == .string else { throw KernelError("input must be a string tensor") }
-            let matches = x.strings.map { s in regex.firstMatch(in: s, range: NSRange(s.startIndex..., in: s)) != nil }
-            return [.tensor(Tensor(shape: x.shape, scalars: matches))]
-        }
+}
+
+/// RegexFullMatch, since opset 20.
+func regexFullMatchKernel(_ ctx: NodeContext) throws -> Kernel {
+    guard let pattern = try ctx.string("pattern") else { throw KernelError("attribute 'pattern' is required") }
+    let regex: NSRegularExpression
+    do { regex = try NSRegularExpression(pattern: "^(?:" + pattern + ")$") } catch { throw KernelError("invalid pattern '\(pattern)'") }
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        guard x.dtype == .string else { throw KernelError("input must be a string tensor") }
+        let matches = x.strings.map { s in regex.firstMatch(in: s, range: NSRange(s.startIndex..., in: s)) != nil }
+        return [.tensor(Tensor(shape: x.shape, scalars: matches))]
     }
 }
 

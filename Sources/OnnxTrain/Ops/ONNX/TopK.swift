@@ -55,22 +55,27 @@ func topK(_ x: Tensor, k: Int, axis axisAttribute: Int, largest: Bool) throws ->
 }
 
 func registerTopKOps(_ registry: OpRegistry) {
-    registry.register("TopK", since: 1) { ctx in
-        let k = try ctx.requiredInt("k"), axis = try ctx.int("axis", default: -1)
-        return AnyKernel { inputs, _ in try topK(try inputs.tensor(0), k: k, axis: axis, largest: true) }
-    }
-    for v in [10, 11, 24] {
-        registry.register("TopK", since: v) { ctx in
-            let axis = try ctx.int("axis", default: -1)
-            let largest = v < 11 ? true : try ctx.int("largest", default: 1) != 0
-            // sorted = 0 leaves the order unspecified; sorted output satisfies it.
-            return AnyKernel { inputs, _ in
-                let kTensor = try inputs.tensor(1)
-                guard let ks = kTensor.intValues(), ks.count == 1 else {
-                    throw KernelError("K must be a one-element integer tensor, got \(kTensor)")
-                }
-                return try topK(try inputs.tensor(0), k: ks[0], axis: axis, largest: largest)
-            }
+    registry.register("TopK", since: 1, topKKernel)
+    registry.register("TopK", since: [10, 11, 24], topK2Kernel)
+}
+
+/// TopK, since opset 1.
+func topKKernel(_ ctx: NodeContext) throws -> Kernel {
+    let k = try ctx.requiredInt("k"), axis = try ctx.int("axis", default: -1)
+    return AnyKernel { inputs, _ in try topK(try inputs.tensor(0), k: k, axis: axis, largest: true) }
+}
+
+/// TopK, since opset 10, 11, 24.
+func topK2Kernel(_ ctx: NodeContext) throws -> Kernel {
+    let v = ctx.sinceVersion
+    let axis = try ctx.int("axis", default: -1)
+    let largest = v < 11 ? true : try ctx.int("largest", default: 1) != 0
+    // sorted = 0 leaves the order unspecified; sorted output satisfies it.
+    return AnyKernel { inputs, _ in
+        let kTensor = try inputs.tensor(1)
+        guard let ks = kTensor.intValues(), ks.count == 1 else {
+            throw KernelError("K must be a one-element integer tensor, got \(kTensor)")
         }
+        return try topK(try inputs.tensor(0), k: ks[0], axis: axis, largest: largest)
     }
 }

@@ -130,34 +130,42 @@ func registerUnaryMathOps(_ registry: OpRegistry) {
     registry.registerFloatUnary("Atanh", since: [9, 22]) { _ in AtanhFunction() }
     registry.registerFloatUnary("Erf", since: [9, 13]) { _ in ErfFunction() }
 
-    for v in [9, 13, 20] {
-        registry.register("IsNaN", since: v) { _ in AnyKernel { inputs, _ in [.tensor(try classify(try inputs.tensor(0)) { $0.isNaN })] } }
-    }
-    for v in [10, 20] {
-        registry.register("IsInf", since: v) { ctx in
-            let negative = try ctx.int("detect_negative", default: 1) != 0
-            let positive = try ctx.int("detect_positive", default: 1) != 0
-            return AnyKernel { inputs, _ in
-                [.tensor(try classify(try inputs.tensor(0)) { $0.isInfinite && ($0 > 0 ? positive : negative) })]
-            }
-        }
-    }
+    registry.register("IsNaN", since: [9, 13, 20], isNaNKernel)
+    registry.register("IsInf", since: [10, 20], isInfKernel)
 
     // Clip before 11 takes float attributes; from 11 on optional scalar inputs of the input's type.
-    registry.register("Clip", since: 1) { ctx in
-        let low = try ctx.float("min"), high = try ctx.float("max")
-        return AnyKernel { inputs, _ in
-            let x = try inputs.tensor(0)
-            let lo = try low.map { try Tensor(scalar: $0).cast(to: x.dtype) }
-            let hi = try high.map { try Tensor(scalar: $0).cast(to: x.dtype) }
-            return [.tensor(try clip(x, low: lo, high: hi))]
-        }
+    registry.register("Clip", since: 1, clipKernel)
+    registry.register("Clip", since: [11, 12, 13], clip2Kernel)
+}
+
+/// IsNaN, since opset 9, 13, 20.
+func isNaNKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in [.tensor(try classify(try inputs.tensor(0)) { $0.isNaN })] }
+}
+
+/// IsInf, since opset 10, 20.
+func isInfKernel(_ ctx: NodeContext) throws -> Kernel {
+    let negative = try ctx.int("detect_negative", default: 1) != 0
+    let positive = try ctx.int("detect_positive", default: 1) != 0
+    return AnyKernel { inputs, _ in
+        [.tensor(try classify(try inputs.tensor(0)) { $0.isInfinite && ($0 > 0 ? positive : negative) })]
     }
-    for v in [11, 12, 13] {
-        registry.register("Clip", since: v) { _ in
-            AnyKernel { inputs, _ in
-                [.tensor(try clip(try inputs.tensor(0), low: try inputs.optionalTensor(1), high: try inputs.optionalTensor(2)))]
-            }
-        }
+}
+
+/// Clip, since opset 1.
+func clipKernel(_ ctx: NodeContext) throws -> Kernel {
+    let low = try ctx.float("min"), high = try ctx.float("max")
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        let lo = try low.map { try Tensor(scalar: $0).cast(to: x.dtype) }
+        let hi = try high.map { try Tensor(scalar: $0).cast(to: x.dtype) }
+        return [.tensor(try clip(x, low: lo, high: hi))]
+    }
+}
+
+/// Clip, since opset 11, 12, 13.
+func clip2Kernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        [.tensor(try clip(try inputs.tensor(0), low: try inputs.optionalTensor(1), high: try inputs.optionalTensor(2)))]
     }
 }

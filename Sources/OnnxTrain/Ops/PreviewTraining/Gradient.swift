@@ -3,59 +3,62 @@
 /// `xs` and `zs`. The forward part is compiled once as a subgraph and rerun with the node's
 /// inputs; reverse mode then walks it backwards with the rules in `backward`.
 func registerPreviewGradientOp(_ registry: OpRegistry) {
-    registry.register("Gradient", domain: "ai.onnx.preview.training", since: 1) { ctx in
-        guard let xs = try ctx.strings("xs"), let y = try ctx.string("y") else { throw KernelError("attributes 'xs' and 'y' are required") }
-        let zs = try ctx.strings("zs") ?? []
-        let sources = Set(xs + zs)
-        // The nodes between the sources and y, in graph order.
-        var producer: [String: Int] = [:]
-        for (i, n) in ctx.enclosingNodes.enumerated() { for o in n.outputs where !o.isEmpty { producer[o] = i } }
-        var needed = Set<Int>(), stack = [y]
-        while let name = stack.popLast() {
-            guard !sources.contains(name), let p = producer[name], needed.insert(p).inserted else { continue }
-            stack += ctx.enclosingNodes[p].inputs.filter { !$0.isEmpty }
+    registry.register("Gradient", domain: "ai.onnx.preview.training", since: 1, gradientKernel)
+}
+
+/// Gradient (ai.onnx.preview.training), since opset 1.
+func gradientKernel(_ ctx: NodeContext) throws -> Kernel {
+    guard let xs = try ctx.strings("xs"), let y = try ctx.string("y") else { throw KernelError("attributes 'xs' and 'y' are required") }
+    let zs = try ctx.strings("zs") ?? []
+    let sources = Set(xs + zs)
+    // The nodes between the sources and y, in graph order.
+    var producer: [String: Int] = [:]
+    for (i, n) in ctx.enclosingNodes.enumerated() { for o in n.outputs where !o.isEmpty { producer[o] = i } }
+    var needed = Set<Int>(), stack = [y]
+    while let name = stack.popLast() {
+        guard !sources.contains(name), let p = producer[name], needed.insert(p).inserted else { continue }
+        stack += ctx.enclosingNodes[p].inputs.filter { !$0.isEmpty }
+    }
+    let nodes = needed.sorted().map { ctx.enclosingNodes[$0] }
+    for n in nodes where !differentiable.contains(n.opType) || !n.domain.isEmpty {
+        throw KernelError("Gradient cannot differentiate \(n.opType) yet (supported: \(differentiable.sorted().joined(separator: ", ")))")
+    }
+    var forward = Graph()
+    forward.name = "gradient_forward"
+    forward.inputs = (xs + zs).map { ValueInfo(name: $0, type: nil) }
+    forward.nodes = nodes
+    var names: [String] = []
+    for n in nodes { for v in n.inputs + n.outputs where !v.isEmpty && !names.contains(v) { names.append(v) } }
+    if !names.contains(y) { names.append(y) }
+    forward.outputs = names.map { ValueInfo(name: $0, type: nil) }
+    let body = try ctx.compileSubgraph(forward)
+    return AnyKernel { inputs, context in
+        let feeds = try (0..<(xs.count + zs.count)).map { Value.tensor(try inputs.tensor($0)) }
+        let results = try body.run(feeds, context)
+        var values: [String: Tensor] = [:]
+        for (name, v) in zip(names, results) {
+            guard let t = v.tensor else { throw KernelError("Gradient needs tensor values, '\(name)' is \(v.summary)") }
+            values[name] = t
         }
-        let nodes = needed.sorted().map { ctx.enclosingNodes[$0] }
-        for n in nodes where !differentiable.contains(n.opType) || !n.domain.isEmpty {
-            throw KernelError("Gradient cannot differentiate \(n.opType) yet (supported: \(differentiable.sorted().joined(separator: ", ")))")
-        }
-        var forward = Graph()
-        forward.name = "gradient_forward"
-        forward.inputs = (xs + zs).map { ValueInfo(name: $0, type: nil) }
-        forward.nodes = nodes
-        var names: [String] = []
-        for n in nodes { for v in n.inputs + n.outputs where !v.isEmpty && !names.contains(v) { names.append(v) } }
-        if !names.contains(y) { names.append(y) }
-        forward.outputs = names.map { ValueInfo(name: $0, type: nil) }
-        let body = try ctx.compileSubgraph(forward)
-        return AnyKernel { inputs, context in
-            let feeds = try (0..<(xs.count + zs.count)).map { Value.tensor(try inputs.tensor($0)) }
-            let results = try body.run(feeds, context)
-            var values: [String: Tensor] = [:]
-            for (name, v) in zip(names, results) {
-                guard let t = v.tensor else { throw KernelError("Gradient needs tensor values, '\(name)' is \(v.summary)") }
-                values[name] = t
-            }
-            guard let yValue = values[y] else { throw KernelError("y '\(y)' was not computed") }
-            var grads: [String: [Double]] = [y: [Double](repeating: 1, count: yValue.count)]
-            for n in nodes.reversed() {
-                guard let out = n.outputs.first, let g = grads[out] else { continue }
-                let ins = try n.inputs.map { name -> Tensor in try values[name].orThrow("missing value '\(name)'") }
-                for (k, contribution) in try backward(n.opType, g, ins, try values[out].orThrow("missing value '\(out)'")).enumerated() {
-                    let name = n.inputs[k]
-                    guard let c = contribution else { continue }
-                    if var acc = grads[name] {
-                        for i in acc.indices { acc[i] += c[i] }
-                        grads[name] = acc
-                    } else {
-                        grads[name] = c
-                    }
+        guard let yValue = values[y] else { throw KernelError("y '\(y)' was not computed") }
+        var grads: [String: [Double]] = [y: [Double](repeating: 1, count: yValue.count)]
+        for n in nodes.reversed() {
+            guard let out = n.outputs.first, let g = grads[out] else { continue }
+            let ins = try n.inputs.map { name -> Tensor in try values[name].orThrow("missing value '\(name)'") }
+            for (k, contribution) in try backward(n.opType, g, ins, try values[out].orThrow("missing value '\(out)'")).enumerated() {
+                let name = n.inputs[k]
+                guard let c = contribution else { continue }
+                if var acc = grads[name] {
+                    for i in acc.indices { acc[i] += c[i] }
+                    grads[name] = acc
+                } else {
+                    grads[name] = c
                 }
             }
-            return try xs.enumerated().map { k, name in
-                let x = try inputs.tensor(k)
-                return .tensor(try Tensor(dtype: x.dtype, shape: x.shape, doubles: grads[name] ?? [Double](repeating: 0, count: x.count)))
-            }
+        }
+        return try xs.enumerated().map { k, name in
+            let x = try inputs.tensor(k)
+            return .tensor(try Tensor(dtype: x.dtype, shape: x.shape, doubles: grads[name] ?? [Double](repeating: 0, count: x.count)))
         }
     }
 }

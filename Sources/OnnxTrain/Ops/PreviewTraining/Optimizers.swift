@@ -6,51 +6,60 @@ import Foundation
 /// Each element is computed in Double and rounded once to the tensor's type.
 func registerPreviewOptimizerOps(_ registry: OpRegistry) {
     let domain = "ai.onnx.preview.training"
-    registry.register("Adagrad", domain: domain, since: 1) { ctx in
-        let decay = Double(try ctx.float("decay_factor", default: 0))
-        let epsilon = Double(try ctx.float("epsilon", default: 1e-6))
-        let lambda = Double(try ctx.float("norm_coefficient", default: 0))
-        return AnyKernel { inputs, _ in
-            try optimizerStep(inputs, groups: 3) { r, t, v in
-                // v = [x, g, h] -> [x', h']
-                let rate = r / (1 + t * decay)
-                let g = lambda * v[0] + v[1]
-                let h = v[2] + g * g
-                return [v[0] - rate * g / (h.squareRoot() + epsilon), h]
-            }
+    registry.register("Adagrad", domain: domain, since: 1, adagradKernel)
+    registry.register("Momentum", domain: domain, since: 1, momentumKernel)
+    registry.register("Adam", domain: domain, since: 1, adamKernel)
+}
+
+/// Adagrad (ai.onnx.preview.training), since opset 1.
+func adagradKernel(_ ctx: NodeContext) throws -> Kernel {
+    let decay = Double(try ctx.float("decay_factor", default: 0))
+    let epsilon = Double(try ctx.float("epsilon", default: 1e-6))
+    let lambda = Double(try ctx.float("norm_coefficient", default: 0))
+    return AnyKernel { inputs, _ in
+        try optimizerStep(inputs, groups: 3) { r, t, v in
+            // v = [x, g, h] -> [x', h']
+            let rate = r / (1 + t * decay)
+            let g = lambda * v[0] + v[1]
+            let h = v[2] + g * g
+            return [v[0] - rate * g / (h.squareRoot() + epsilon), h]
         }
     }
-    registry.register("Momentum", domain: domain, since: 1) { ctx in
-        guard let alpha = try ctx.float("alpha").map(Double.init), let beta = try ctx.float("beta").map(Double.init),
-              let lambda = try ctx.float("norm_coefficient").map(Double.init) else {
-            throw KernelError("attributes alpha, beta and norm_coefficient are required")
-        }
-        let mode = try ctx.string("mode", default: "standard")
-        guard mode == "standard" || mode == "nesterov" else { throw KernelError("unknown mode '\(mode)'") }
-        return AnyKernel { inputs, _ in
-            try optimizerStep(inputs, groups: 3) { r, t, v in
-                // v = [x, g, v] -> [x', v']; the gradient's coefficient is 1 on the first update.
-                let g = lambda * v[0] + v[1]
-                let m = alpha * v[2] + (t > 0 ? beta : 1) * g
-                return [mode == "standard" ? v[0] - r * m : v[0] - r * (g + alpha * m), m]
-            }
+}
+
+/// Momentum (ai.onnx.preview.training), since opset 1.
+func momentumKernel(_ ctx: NodeContext) throws -> Kernel {
+    guard let alpha = try ctx.float("alpha").map(Double.init), let beta = try ctx.float("beta").map(Double.init),
+          let lambda = try ctx.float("norm_coefficient").map(Double.init) else {
+        throw KernelError("attributes alpha, beta and norm_coefficient are required")
+    }
+    let mode = try ctx.string("mode", default: "standard")
+    guard mode == "standard" || mode == "nesterov" else { throw KernelError("unknown mode '\(mode)'") }
+    return AnyKernel { inputs, _ in
+        try optimizerStep(inputs, groups: 3) { r, t, v in
+            // v = [x, g, v] -> [x', v']; the gradient's coefficient is 1 on the first update.
+            let g = lambda * v[0] + v[1]
+            let m = alpha * v[2] + (t > 0 ? beta : 1) * g
+            return [mode == "standard" ? v[0] - r * m : v[0] - r * (g + alpha * m), m]
         }
     }
-    registry.register("Adam", domain: domain, since: 1) { ctx in
-        let alpha = Double(try ctx.float("alpha", default: 0.9)), beta = Double(try ctx.float("beta", default: 0.999))
-        let epsilon = Double(try ctx.float("epsilon", default: 1e-6))
-        let lambda = Double(try ctx.float("norm_coefficient", default: 0))
-        let lambdaPost = Double(try ctx.float("norm_coefficient_post", default: 0))
-        return AnyKernel { inputs, _ in
-            try optimizerStep(inputs, groups: 4) { r, t, v in
-                // v = [x, g, v, h] -> [x', v', h']; bias correction once t > 0.
-                let g = lambda * v[0] + v[1]
-                let m = alpha * v[2] + (1 - alpha) * g
-                let h = beta * v[3] + (1 - beta) * g * g
-                let rate = t > 0 ? r * (1 - pow(beta, t)).squareRoot() / (1 - pow(alpha, t)) : r
-                let x = v[0] - rate * m / (h.squareRoot() + epsilon)
-                return [(1 - lambdaPost) * x, m, h]
-            }
+}
+
+/// Adam (ai.onnx.preview.training), since opset 1.
+func adamKernel(_ ctx: NodeContext) throws -> Kernel {
+    let alpha = Double(try ctx.float("alpha", default: 0.9)), beta = Double(try ctx.float("beta", default: 0.999))
+    let epsilon = Double(try ctx.float("epsilon", default: 1e-6))
+    let lambda = Double(try ctx.float("norm_coefficient", default: 0))
+    let lambdaPost = Double(try ctx.float("norm_coefficient_post", default: 0))
+    return AnyKernel { inputs, _ in
+        try optimizerStep(inputs, groups: 4) { r, t, v in
+            // v = [x, g, v, h] -> [x', v', h']; bias correction once t > 0.
+            let g = lambda * v[0] + v[1]
+            let m = alpha * v[2] + (1 - alpha) * g
+            let h = beta * v[3] + (1 - beta) * g * g
+            let rate = t > 0 ? r * (1 - pow(beta, t)).squareRoot() / (1 - pow(alpha, t)) : r
+            let x = v[0] - rate * m / (h.squareRoot() + epsilon)
+            return [(1 - lambdaPost) * x, m, h]
         }
     }
 }
