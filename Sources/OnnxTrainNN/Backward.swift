@@ -10,6 +10,8 @@ final class SessionCache {
         let leafNames: [String]
         /// Gradient value name per leaf that takes a gradient.
         let gradients: [(leaf: Int, name: String)]
+        /// Forward values the gradient nodes read, fed from the eager outputs: (node, output, input name).
+        let forwardValues: [(record: Int, output: Int, name: String)]
     }
 
     static let shared = SessionCache()
@@ -69,12 +71,19 @@ extension NNTensor {
             let result = try Autodiff.differentiate(graph, opsets: Eager.opsets, loss: loss, parameters: targets.map { leafNames[$0] })
             var differentiated = result.graph
             differentiated.outputs = result.gradients.map { ValueInfo(name: $0.gradient, type: nil) }
+            let forwardValues = GraphTrace.feedForwardValues(&differentiated, forward: graph, trace: trace)
             let session = try InferenceSession(model: GraphTrace.model(differentiated))
             return SessionCache.Entry(session: session, leafNames: leafNames,
-                                      gradients: zip(targets, result.gradients).map { ($0, $1.gradient) })
+                                      gradients: zip(targets, result.gradients).map { ($0, $1.gradient) }, forwardValues: forwardValues)
         }
         var feeds: [String: Tensor] = [:]
         for (i, leaf) in trace.leaves.enumerated() { feeds[entry.leafNames[i]] = leaf.value }
+        for (record, output, name) in entry.forwardValues {
+            guard let value = trace.records[record].outputValues[output] else {
+                throw OnnxTrainError.training("backward(): the forward value '\(name)' was not computed")
+            }
+            feeds[name] = value
+        }
         let results = try entry.session.run(tensors: feeds, fetches: entry.gradients.map(\.name))
         for (leaf, name) in entry.gradients {
             guard let g = results[name] else { throw OnnxTrainError.training("backward(): no gradient '\(name)' was computed") }

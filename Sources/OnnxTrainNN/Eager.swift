@@ -38,6 +38,7 @@ enum Eager {
         let anyGrad = differentiable && inputs.contains { $0?.requiresGrad == true }
         let record = NodeRecord(opType: opType, domain: domain, attributes: attributes, attributeKey: key,
                                 inputs: inputs, outputCount: outputs)
+        record.outputValues = (0..<outputs).map { k in k < results.count ? results[k]?.tensor : nil }
         return (0..<outputs).map { k in
             guard k < results.count, let t = results[k]?.tensor else {
                 return NNTensor(failure: OnnxTrainError(.kernel, "\(opType) produced no tensor for output \(k)"))

@@ -131,4 +131,34 @@ struct GraphTrace {
         model.opsetImports = Eager.opsets
         return model
     }
+
+    /// Turns the forward nodes of a differentiated `graph` into fed values: every forward node
+    /// the gradient rules left unchanged is dropped, and those of its outputs that remaining nodes
+    /// read become graph inputs, fed with the eager values (computed already, bit for bit what
+    /// the node would compute again). Nodes a rule gave an extra output (MaxPool's indices,
+    /// LayerNormalization's statistics) stay and run.
+    /// - Returns: the fed values as (node, output, input name).
+    static func feedForwardValues(_ graph: inout Graph, forward: Graph, trace: GraphTrace) -> [(record: Int, output: Int, name: String)] {
+        let count = forward.nodes.count
+        var removed: [String: (record: Int, output: Int)] = [:]
+        var kept: [Node] = []
+        for (i, node) in graph.nodes.enumerated() {
+            if i < count, node.outputs == forward.nodes[i].outputs {
+                for (k, name) in node.outputs.enumerated() where !name.isEmpty { removed[name] = (i, k) }
+            } else {
+                kept.append(node)
+            }
+        }
+        var read = Set<String>()
+        for node in kept { read.formUnion(node.inputs) }
+        for output in graph.outputs { read.insert(output.name) }
+        var fed: [(record: Int, output: Int, name: String)] = []
+        for name in read.sorted() {
+            guard let (record, output) = removed[name], let value = trace.records[record].outputValues[output] else { continue }
+            graph.inputs.append(ValueInfo(name: name, type: .tensor(value.dtype, shape: value.shape.map { .value($0) })))
+            fed.append((record, output, name))
+        }
+        graph.nodes = kept
+        return fed
+    }
 }

@@ -173,6 +173,9 @@ final class NodeRecord {
     let attributeKey: String
     let inputs: [NNTensor?]
     let outputCount: Int
+    /// The eager values of the outputs (shared storage, no copy): `backward()` feeds them to the
+    /// gradient graph instead of computing the forward pass a second time.
+    var outputValues: [Tensor?] = []
 
     init(opType: String, domain: String, attributes: [String: Attribute], attributeKey: String, inputs: [NNTensor?], outputCount: Int) {
         self.opType = opType
