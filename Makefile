@@ -2,7 +2,7 @@
 # Both install the system packages they need (Debian/Ubuntu, apt-get) and fetch their test data.
 
 SHELL := /bin/bash
-APT_PACKAGES := libprotobuf-c-dev libopenblas-dev protobuf-c-compiler zlib1g-dev pkg-config unzip valgrind binutils
+APT_PACKAGES := libprotobuf-c-dev libopenblas-dev protobuf-c-compiler zlib1g-dev pkg-config unzip valgrind binutils bsdutils
 ONNX_VERSION := 1.22.0
 TESTDATA := .testdata/onnx-$(ONNX_VERSION)
 NODE_SUITE := $(TESTDATA)/onnx/backend/test/data/node
@@ -105,16 +105,24 @@ proto-check: deps
 test-build: deps
 	$(TEST_BUILD) --build-tests
 
-## Every test: generated code up to date, the ONNX conformance suite against the manifest, unit tests.
-test: deps testdata proto-check test-build
-	$(TEST_BIN) conformance $(NODE_SUITE) --manifest $(MANIFEST) --quiet
-	ONNX_TRAIN_BIN=$(TEST_BIN) Tests/leakcheck.sh
-	$(MAKE) bench-check
-	$(MAKE) fuzz-check
-	$(MAKE) oracle
-	set -o pipefail; swift test -c release -Xswiftc -enable-testing --scratch-path .build-test --skip-build 2>&1 \
-	  | tee .build-test/swift-test.log
+## Every test: generated code up to date, the ONNX conformance suite against the manifest, unit
+## tests and the rest; each part prints how long it took and the end gives the table.
+TIMES := .build-test/make-test-times.txt
+TIMED := Tests/timed.sh $(TIMES)
+
+test: deps
+	@mkdir -p .build-test && rm -f $(TIMES)
+	@$(TIMED) test-data $(MAKE) --no-print-directory testdata proto-check
+	@$(TIMED) build $(MAKE) --no-print-directory test-build
+	@$(TIMED) conformance $(TEST_BIN) conformance $(NODE_SUITE) --manifest $(MANIFEST) --quiet
+	@$(TIMED) leak-check env ONNX_TRAIN_BIN=$(TEST_BIN) Tests/leakcheck.sh
+	@$(TIMED) bench-smoke $(MAKE) --no-print-directory bench-check
+	@$(TIMED) fuzz $(MAKE) --no-print-directory fuzz-check
+	@$(TIMED) pytorch-oracle $(MAKE) --no-print-directory oracle
+	@$(TIMED) unit-tests bash -c 'set -o pipefail; swift test -c release -Xswiftc -enable-testing --scratch-path .build-test \
+	  --skip-build 2>&1 | tee .build-test/swift-test.log'
 	@Tests/summarize-xctest.sh .build-test/swift-test.log
+	@echo "make test: every part passed; time per part:"; $(TIMED) --summary
 
 ## Coverage-guided fuzzing (libFuzzer + AddressSanitizer) of the model loader, external data, the
 ## checkpoint reader, the npy/npz/safetensors/CSV/TensorProto readers and session building (Fuzz/).

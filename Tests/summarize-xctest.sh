@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prints XCTest's final tally as one plain closing line: `unit-tests: N passed, N failed[, N skipped]`.
 # (swift test's own last line is Swift Testing's "0 tests" summary, since the suites are XCTest.)
+# A skipped test fails the run as a failed one does: no test may go quiet.
 set -euo pipefail
 line=$(grep -E "Executed [0-9]+ tests?, with" "$1" | tail -n 1)
 [ -n "$line" ] || { echo "summarize-xctest: no XCTest summary in $1" >&2; exit 1; }
@@ -11,4 +12,8 @@ skipped=${skipped:-0}
 summary="unit-tests: $((total - failed - skipped)) passed, $failed failed"
 [ "$skipped" = 0 ] || summary="$summary, $skipped skipped"
 echo "$summary"
-[ "$failed" = 0 ]
+if [ "$skipped" != 0 ]; then
+  grep -E "Test Case .* skipped|: Skipped|XCTSkip" "$1" | head -n 20 >&2 || true
+  echo "summarize-xctest: $skipped skipped tests: no test may skip itself" >&2
+fi
+[ "$failed" = 0 ] && [ "$skipped" = 0 ]

@@ -22,18 +22,26 @@ public func runNode(_ opType: String, opset: Int, _ inputs: [Tensor?], attribute
     }
 }
 
-/// Asserts equal shapes and elementwise closeness (NaN matches NaN), naming the largest difference.
+/// Asserts equal shapes and elementwise closeness, |a - e| <= tolerance * max(1, |e|) (NaN matches
+/// NaN); a failure names the worst element and how many are off.
 public func assertClose<T: BinaryFloatingPoint & TensorElement>(_ actual: Tensor, _ expected: [T], shape: [Int]? = nil, tolerance: T = 1e-6,
                                          file: StaticString = #filePath, line: UInt = #line) {
     if let shape { XCTAssertEqual(actual.shape, shape, "shape", file: file, line: line) }
     let values = actual.scalars(as: T.self)
     XCTAssertEqual(values.count, expected.count, "element count", file: file, line: line)
+    var worst: (index: Int, excess: T)? = nil
+    var off = 0
     for (i, (a, e)) in zip(values, expected).enumerated() {
-        if a.isNaN && e.isNaN { continue }
-        if a == e { continue }
-        if !((a - e).magnitude <= tolerance * Swift.max(1, e.magnitude)) {
-            XCTFail("element \(i): got \(a), expected \(e)", file: file, line: line)
-            return
-        }
+        if (a.isNaN && e.isNaN) || a == e { continue }
+        let bound = tolerance * Swift.max(1, e.magnitude)
+        let difference = (a - e).magnitude
+        guard !(difference <= bound) else { continue }
+        off += 1
+        let excess = difference.isNaN ? T.infinity : difference / bound
+        if worst == nil || excess > worst!.excess { worst = (i, excess) }
+    }
+    if let worst {
+        XCTFail("\(off) of \(expected.count) elements off; worst element \(worst.index): got \(values[worst.index]), expected \(expected[worst.index]) "
+                + "(tolerance \(tolerance))", file: file, line: line)
     }
 }

@@ -10,6 +10,14 @@ public enum Fixtures {
         return here.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures").path
     }()
 
+    /// The checkout this file belongs to (its `Package.swift` folder).
+    public static let repository: String = {
+        URL(fileURLWithPath: root).deletingLastPathComponent().deletingLastPathComponent().path
+    }()
+
+    /// `Examples/<relative>` of this checkout.
+    public static func example(_ relative: String) -> String { repository + "/Examples/" + relative }
+
     /// `Tests/Fixtures/<relative>`.
     public static func path(_ relative: String) -> String { root + "/" + relative }
 

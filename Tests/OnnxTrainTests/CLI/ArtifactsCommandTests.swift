@@ -1,15 +1,12 @@
 import Foundation
 import XCTest
 @testable import OnnxTrain
+import OnnxTrainTestSupport
 
 /// `onnx-train artifacts` through the built binary: the README's commands, the files it writes,
 /// and one clear line for each kind of bad input.
 extension CLITests {
-    static let repository: String = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<4 { url.deleteLastPathComponent() }
-        return url.path
-    }()
+    static let repository = Fixtures.repository
 
     func temporaryFolder() throws -> String {
         let path = NSTemporaryDirectory() + "onnx-train-artifacts-\(UUID().uuidString)"

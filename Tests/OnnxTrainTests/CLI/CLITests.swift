@@ -1,56 +1,16 @@
 import Foundation
 import XCTest
 @testable import OnnxTrain
+import OnnxTrainTestSupport
 
 /// End-to-end tests of the built `onnx-train` binary: output, files written, stderr and exit codes.
 final class CLITests: XCTestCase {
-    struct Result {
-        var status: Int32
-        var stdout: String
-        var stderr: String
+    func run(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> CLI.Result {
+        try CLI.run(arguments, file: file, line: line)
     }
 
-    /// The `onnx-train` executable next to the test bundle (SwiftPM builds both into one folder).
-    static let binary: String? = {
-        var candidates: [URL] = []
-        for bundle in Bundle.allBundles where bundle.bundlePath.hasSuffix(".xctest") {
-            candidates.append(bundle.bundleURL.deletingLastPathComponent())
-        }
-        candidates.append(Bundle.main.bundleURL)
-        candidates.append(URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent())
-        var repo = URL(fileURLWithPath: #filePath)
-        for _ in 0..<4 { repo.deleteLastPathComponent() }
-        candidates.append(repo.appendingPathComponent(".build/debug"))
-        return candidates.map { $0.appendingPathComponent("onnx-train").path }.first { FileManager.default.isExecutableFile(atPath: $0) }
-    }()
-
-    func run(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> Result {
-        let binary = try XCTUnwrap(CLITests.binary, "build the onnx-train product first (swift build)", file: file, line: line)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        // Read both pipes before waiting so a full pipe cannot block the child.
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        XCTAssertEqual(process.terminationReason, .exit, "onnx-train \(arguments) was killed by a signal", file: file, line: line)
-        return Result(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                      stderr: String(decoding: errData, as: UTF8.self))
-    }
-
-    /// Asserts a failure: exit code `code`, nothing on stdout, one `onnx-train: error:` line on stderr.
     func assertFails(_ arguments: [String], code: Int32, mentioning fragments: [String], file: StaticString = #filePath, line: UInt = #line) throws {
-        let r = try run(arguments, file: file, line: line)
-        XCTAssertEqual(r.status, code, "stderr: \(r.stderr)", file: file, line: line)
-        XCTAssertTrue((1...127).contains(r.status), file: file, line: line)
-        let lines = r.stderr.split(separator: "\n", omittingEmptySubsequences: false)
-        XCTAssertEqual(lines.count, 2, "one line and its newline: \(r.stderr.debugDescription)", file: file, line: line)
-        XCTAssertTrue(r.stderr.hasPrefix("onnx-train: error: "), r.stderr, file: file, line: line)
-        for f in fragments { XCTAssertTrue(r.stderr.contains(f), "'\(r.stderr)' does not mention '\(f)'", file: file, line: line) }
+        try CLI.assertFails(arguments, code: code, mentioning: fragments, file: file, line: line)
     }
 
     func testInspectTinyModel() throws {
@@ -101,9 +61,7 @@ final class CLITests: XCTestCase {
     /// from each ONNX test-data folder, matches onnxruntime's outputs to 1e-4 relative.
     func testInferMatchesOnnxruntimeOnPyTorchExports() throws {
         let dir = try DataFixtures.temporaryDirectory(self)
-        var fixtures = URL(fileURLWithPath: #filePath)
-        for _ in 0..<2 { fixtures.deleteLastPathComponent() }
-        let inference = fixtures.deletingLastPathComponent().appendingPathComponent("Fixtures/inference").path
+        let inference = Fixtures.path("inference")
         for name in ["mlp_opset14", "mlp_opset17", "cnn_opset14", "cnn_opset17", "gpt_opset14", "gpt_opset17"] {
             let data = "\(inference)/\(name)/test_data_set_0"
             let r = try run(["infer", "\(inference)/\(name)/model.onnx", "--inputs", data, "--output", "\(dir)/\(name).npz"])

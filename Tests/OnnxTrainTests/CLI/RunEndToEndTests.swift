@@ -1,48 +1,28 @@
 import Foundation
 import XCTest
 @testable import OnnxTrain
+import OnnxTrainTestSupport
 
 /// End-to-end tests of `onnx-train run`, `eval` and `export` on the bundled examples: the files a
 /// run leaves, what it prints on a terminal (under `script`, a pseudo-terminal) and through a
 /// pipe, resuming, and one clear line for each user mistake.
 final class RunEndToEndTests: XCTestCase {
-    static let repo: URL = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<4 { url.deleteLastPathComponent() }  // CLI/, OnnxTrainTests/, Tests/
-        return url
-    }()
-    static func example(_ path: String) -> String { repo.appendingPathComponent("Examples/" + path).path }
+    static func example(_ path: String) -> String { Fixtures.example(path) }
 
     var work: URL!
 
     override func setUpWithError() throws {
-        try XCTSkipUnless(CLITests.binary != nil, "build the onnx-train product first (swift build)")
+        _ = try CLI.binary()
         work = FileManager.default.temporaryDirectory.appendingPathComponent("run-e2e-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
         addTeardownBlock { [work] in try? FileManager.default.removeItem(at: work!) }
     }
 
-    struct Output {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
+    typealias Output = CLI.Result
 
     /// Runs the binary in `work` with stdout and stderr on pipes (plain mode).
     func run(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> Output {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try XCTUnwrap(CLITests.binary, file: file, line: line))
-        process.arguments = arguments
-        process.currentDirectoryURL = work
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        XCTAssertEqual(process.terminationReason, .exit, "killed by a signal: \(arguments)", file: file, line: line)
-        return Output(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
+        try CLI.run(arguments, in: work, file: file, line: line)
     }
 
     func path(_ name: String) -> String { work.appendingPathComponent(name).path }
@@ -53,12 +33,7 @@ final class RunEndToEndTests: XCTestCase {
 
     /// Asserts one `onnx-train: error:` line naming `fragments`, exit 1...127.
     func assertFails(_ arguments: [String], mentioning fragments: [String], file: StaticString = #filePath, line: UInt = #line) throws {
-        let r = try run(arguments, file: file, line: line)
-        XCTAssertTrue((1...127).contains(r.status), "exit \(r.status): \(r.stderr)", file: file, line: line)
-        let lines = r.stderr.split(separator: "\n")
-        XCTAssertEqual(lines.count, 1, "one line: \(r.stderr.debugDescription)", file: file, line: line)
-        XCTAssertTrue(r.stderr.hasPrefix("onnx-train: error: "), r.stderr, file: file, line: line)
-        for f in fragments { XCTAssertTrue(r.stderr.contains(f), "'\(r.stderr)' does not mention '\(f)'", file: file, line: line) }
+        try CLI.assertFails(arguments, mentioning: fragments, in: work, file: file, line: line)
     }
 
     var digits: [String] {
@@ -178,10 +153,7 @@ final class RunEndToEndTests: XCTestCase {
 
     /// Ctrl-C (SIGINT) stops after the current step, saves, prints how to resume, exits 130.
     func testInterruptSavesAndSaysHowToResume() throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try XCTUnwrap(CLITests.binary))
-        process.arguments = digits + ["--epochs", "50", "--out", "int", "--print-every", "1"]
-        process.currentDirectoryURL = work
+        let process = try CLI.process(digits + ["--epochs", "50", "--out", "int", "--print-every", "1"], in: work)
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
@@ -320,31 +292,25 @@ final class RunEndToEndTests: XCTestCase {
         XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: path("keep")).contains { $0.contains(".tmp") }, "no temporary files left")
     }
 
-    /// A full disk while saving: one line, exit 3, and the previous checkpoint byte for byte as it
-    /// was (every file goes to a temporary name first). Needs root to mount a 700 KiB tmpfs; skipped otherwise.
-    func testAFullDiskKeepsThePreviousCheckpoint() throws {
-        try XCTSkipUnless(getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/mount"), "mounting a small tmpfs needs root")
-        let disk = path("disk")
-        try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
-        func tool(_ name: String, _ arguments: [String]) throws -> Int32 {
-            let p = try Process.run(URL(fileURLWithPath: "/usr/bin/" + name), arguments: arguments)
-            p.waitUntilExit()
-            return p.terminationStatus
-        }
-        try XCTSkipUnless(try tool("mount", ["-t", "tmpfs", "-o", "size=700k", "tmpfs", disk]) == 0, "cannot mount a tmpfs here")
-        defer { _ = try? tool("umount", [disk]) }
-        // The 612 KB checkpoint fits; params.safetensors after it does not.
+    /// A write that fails while saving (here: the file-size limit, RLIMIT_FSIZE, which any user
+    /// can lower and which fails write(2) as a full disk does): one line, exit 3, the previous
+    /// checkpoint byte for byte as it was (every file goes to a temporary name first) and no
+    /// temporary file left behind.
+    func testAFailedSaveKeepsThePreviousCheckpoint() throws {
         let common = ["run", Self.example("digits"), "--data", Self.example("digits/train.npz"), "--batch-size", "32", "--lr", "0.002", "--quiet"]
-        var r = try run(common + ["--steps", "5", "--out", "disk/r"])
+        var r = try run(common + ["--steps", "5", "--out", "r"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let before = try Data(contentsOf: URL(fileURLWithPath: path("r/checkpoint")))
+        XCTAssertGreaterThan(before.count, 400 * 1024, "the checkpoint must exceed the limit below")
+        // Resuming with files capped at 300 KiB (ulimit -f counts 1024-byte blocks in bash; SIGXFSZ
+        // ignored so write(2) fails with EFBIG instead of the signal killing the process).
+        let limit = ["/bin/bash", "-c", "trap '' XFSZ; ulimit -f 300; exec \"$0\" \"$@\""]
+        r = try CLI.run(common + ["--steps", "10", "--resume", "r"], in: work, launcher: limit)
         XCTAssertEqual(r.status, 3, r.stderr)
-        XCTAssertTrue(r.stderr.hasPrefix("onnx-train: error: ") && r.stderr.contains("disk/r/params.safetensors: cannot write") && r.stderr.split(separator: "\n").count == 1, r.stderr)
-        let before = try Data(contentsOf: URL(fileURLWithPath: path("disk/r/checkpoint")))
-        // Resuming: the new checkpoint does not fit beside the old one; the old one stays.
-        r = try run(common + ["--steps", "10", "--resume", "disk/r"])
-        XCTAssertEqual(r.status, 3, r.stderr)
-        XCTAssertTrue(r.stderr.contains("disk/r/checkpoint: No space left on device") && r.stderr.split(separator: "\n").count == 1, r.stderr)
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path("disk/r/checkpoint"))), before)
-        XCTAssertEqual(try CheckpointState.load(from: path("disk/r/checkpoint")).optimizerGroups["group0"]?.step, 5)
-        XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: path("disk/r")).contains { $0.contains("tmp") })
+        XCTAssertTrue(r.stderr.hasPrefix("onnx-train: error: ") && r.stderr.contains("r/checkpoint: File too large")
+                      && r.stderr.split(separator: "\n").count == 1, r.stderr)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path("r/checkpoint"))), before)
+        XCTAssertEqual(try CheckpointState.load(from: path("r/checkpoint")).optimizerGroups["group0"]?.step, 5)
+        XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: path("r")).contains { $0.contains("tmp") })
     }
 }

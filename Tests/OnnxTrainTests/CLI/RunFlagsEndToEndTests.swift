@@ -1,25 +1,24 @@
 import Foundation
 import XCTest
 @testable import OnnxTrain
+import OnnxTrainTestSupport
 
 /// End-to-end tests of `run`'s training flags on the bundled examples (digits, cnn,
 /// tiny-transformer), through a pipe (plain) and on a pseudo-terminal (`script`): evaluation
 /// cadence, keep-best, early stopping, gradient clipping, partial batches, the plot and report,
 /// dry runs, output folders, signals, locking, and a killed run resumed bit for bit.
 extension RunEndToEndTests {
-    static let dropoutFixture: String = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
-        return url.appendingPathComponent("Fixtures/training/mlp_dropout").path
-    }()
+    static let dropoutFixture = Fixtures.path("training/mlp_dropout")
 
     /// Runs the binary on a pseudo-terminal (`script -qec CMD /dev/null`) `columns` wide; returns
     /// what the terminal got. With `resizeTo`, the terminal is made that wide (and the process sent
     /// SIGWINCH) `after` seconds into the run.
     func runOnTerminal(_ arguments: [String], columns: Int = 80, resizeTo: Int? = nil, after: Double = 0.5,
                        file: StaticString = #filePath, line: UInt = #line) throws -> Output {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: "/usr/bin/script"), "util-linux script is not installed")
-        let command = ([try XCTUnwrap(CLITests.binary)] + arguments).map { "'" + $0 + "'" }.joined(separator: " ")
+        // `script` is util-linux's (Debian's bsdutils, which make deps installs).
+        XCTAssertTrue(FileManager.default.isExecutableFile(atPath: "/usr/bin/script"), "/usr/bin/script is missing: install bsdutils",
+                      file: file, line: line)
+        let command = ([try CLI.binary(file: file, line: line)] + arguments).map { "'" + $0 + "'" }.joined(separator: " ")
         var shell = "stty cols \(columns) rows 40; "
         if let resizeTo {
             shell += "\(command) & p=$!; sleep \(after); stty cols \(resizeTo); kill -WINCH $p; wait $p"
@@ -54,10 +53,7 @@ extension RunEndToEndTests {
     /// Starts the binary with stdout on a pipe; returns the process and a reader that waits for a
     /// fragment of its output.
     func start(_ arguments: [String]) throws -> (Process, (String) -> String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try XCTUnwrap(CLITests.binary))
-        process.arguments = arguments
-        process.currentDirectoryURL = work
+        let process = try CLI.process(arguments, in: work)
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice

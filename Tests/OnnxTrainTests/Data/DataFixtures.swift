@@ -1,13 +1,12 @@
 import Foundation
 import XCTest
 @testable import OnnxTrain
+import OnnxTrainTestSupport
 
 /// Paths to the committed fixtures (Tests/Fixtures/...), found from this file's location.
 enum DataFixtures {
     static let root: String = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }  // Data/, OnnxTrainTests/, Tests/
-        return url.appendingPathComponent("Fixtures").path
+        Fixtures.root
     }()
 
     static func data(_ name: String) -> String { root + "/data/" + name }

@@ -1,12 +1,12 @@
 import Foundation
 import XCTest
 @testable import OnnxTrain
+import OnnxTrainTestSupport
 
 /// Reads checkpoints written by onnxruntime-training 1.19.2 and checks the Swift writer.
 /// Fixtures: Tests/Fixtures/checkpoint/mlp (made by Tests/Fixtures/scripts/check_checkpoint_interop.py).
 final class CheckpointTests: XCTestCase {
-    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/checkpoint/mlp")
+    static let fixtures = URL(fileURLWithPath: Fixtures.path("checkpoint/mlp"))
 
     struct Expected: Decodable {
         struct Array: Decodable { let shape: [Int]; let data: [Double] }

@@ -1,12 +1,12 @@
 import Foundation
 import XCTest
 @testable import OnnxTrain
+import OnnxTrainTestSupport
 
 /// The pieces behind `run`'s outputs and inputs: PyTorch-style initialisation by role, the loss
 /// plot, metrics.csv, CSV tables, eval splits and --drop-last.
 final class RunArtifactsTests: XCTestCase {
-    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures")
+    static let fixtures = URL(fileURLWithPath: Fixtures.root)
 
     func testInitialisationFollowsEachParameterRole() throws {
         let model = try Model(contentsOf: Self.fixtures.appendingPathComponent("gradient/embedding/gradient_graph.onnx").path)

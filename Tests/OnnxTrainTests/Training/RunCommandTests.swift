@@ -1,42 +1,24 @@
 import Foundation
 import XCTest
 @testable import OnnxTrain
+import OnnxTrainTestSupport
 
 /// End-to-end: runs the built `onnx-train run` on the committed fixtures.
 final class RunCommandTests: XCTestCase {
-    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures")
+    static let fixtures = URL(fileURLWithPath: Fixtures.root)
 
-    var binary: URL!
     var work: URL!
 
     override func setUpWithError() throws {
-        try XCTSkipUnless(OpRegistry.standard.knows(domain: "com.microsoft", opType: "InPlaceAccumulatorV2"),
-                          "the com.microsoft training kernels are not registered yet")
-        // The test bundle sits next to the products (.build/<config>/); on Linux the bundle URL
-        // may already be that folder.
-        var products = Bundle(for: RunCommandTests.self).bundleURL
-        if products.pathExtension == "xctest" { products = products.deletingLastPathComponent() }
-        binary = products.appendingPathComponent("onnx-train")
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: binary.path), "onnx-train is not built at \(binary.path)")
         work = FileManager.default.temporaryDirectory.appendingPathComponent("run-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
         addTeardownBlock { [work] in try? FileManager.default.removeItem(at: work!) }
     }
 
-    /// Runs the binary; returns (exit code, stderr).
-    func run(_ arguments: [String]) throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        process.currentDirectoryURL = work
-        let errors = Pipe()
-        process.standardError = errors
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let data = errors.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    /// Runs the binary in `work`; returns (exit code, stderr).
+    func run(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> (Int32, String) {
+        let r = try CLI.run(arguments, in: work, file: file, line: line)
+        return (r.status, r.stderr)
     }
 
     func losses(_ csv: URL) throws -> [Float] {
@@ -54,7 +36,7 @@ final class RunCommandTests: XCTestCase {
         let want = expected["losses"]!.scalars(as: Float.self)
         let got = try losses(work.appendingPathComponent("log.csv"))
         XCTAssertEqual(got.count, 30)
-        for (a, b) in zip(got, want) { XCTAssertEqual(a, b, accuracy: 1e-4 * abs(b)) }
+        for (a, b) in zip(got, want) { XCTAssertEqual(a, b, accuracy: 1e-6 * abs(b)) }
         let state = try CheckpointState.load(from: work.appendingPathComponent("out/checkpoint").path)
         XCTAssertEqual(state.optimizerGroups["group0"]?.step, 30)
         for p in state.parameters {
@@ -73,7 +55,7 @@ final class RunCommandTests: XCTestCase {
         let want = try Npz.readDictionary(contentsOf: folder.appendingPathComponent("expected.npz").path)["losses"]!.scalars(as: Float.self)
         let got = try losses(work.appendingPathComponent("log.csv"))
         XCTAssertEqual(got.count, 20)
-        for (a, b) in zip(got, want) { XCTAssertEqual(a, b, accuracy: 1e-4 * abs(b)) }
+        for (a, b) in zip(got, want) { XCTAssertEqual(a, b, accuracy: 1e-6 * abs(b)) }
         XCTAssertEqual(try CheckpointState.load(from: work.appendingPathComponent("out/checkpoint").path).parameters.count, 4)
     }
 

@@ -1,14 +1,13 @@
 import Foundation
 import XCTest
 @testable import OnnxTrain
+import OnnxTrainTestSupport
 
 /// The library's training loop: schedules, metrics, gradient clipping, keep-best and early
 /// stopping, step arithmetic, output folders, and resume bit for bit with Dropout.
 final class TrainerTests: XCTestCase {
     static let repo: URL = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<4 { url.deleteLastPathComponent() }
-        return url
+        URL(fileURLWithPath: Fixtures.repository)
     }()
     static func path(_ relative: String) -> String { repo.appendingPathComponent(relative).path }
     static let dropout = path("Tests/Fixtures/training/mlp_dropout")

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import OnnxTrain
+import OnnxTrainTestSupport
 
 /// docs/TRAINING_KERNELS.md: every op onnxruntime-training 1.19.2 registers for the CPU in its
 /// training build (Tests/Fixtures/onnxruntime_cpu_training_kernels.tsv, each confirmed on the 1.19.2
@@ -9,8 +10,7 @@ import XCTest
 /// (Tests/Fixtures/training_ops). The doc is generated here; the test fails when the committed one
 /// differs. Regenerate with ONNX_TRAIN_WRITE_DOCS=1.
 final class TrainingKernelListTests: XCTestCase {
-    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().deletingLastPathComponent()
+    static let repo = URL(fileURLWithPath: Fixtures.repository)
     static let docPath = repo.appendingPathComponent("docs/TRAINING_KERNELS.md")
 
     /// Why onnx-train leaves an op out (every registered op without a kernel here needs one).

@@ -1,5 +1,6 @@
 import Foundation
 import OnnxTrain
+import OnnxTrainTestSupport
 import XCTest
 
 /// Runs every case under Tests/Fixtures/training_ops (written by
@@ -7,9 +8,7 @@ import XCTest
 /// outputs, and the post-run values of inputs onnxruntime updates in place (`mutated_N.pb`), with
 /// rtol 1e-4 and atol 1e-5.
 final class TrainingOpCaseTests: XCTestCase {
-    static let fixtures = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Fixtures/training_ops")
+    static let fixtures = URL(fileURLWithPath: Fixtures.path("training_ops"))
 
     func testEveryCaseMatchesOnnxRuntime() throws {
         let names = try FileManager.default.contentsOfDirectory(atPath: Self.fixtures.path).sorted()
