@@ -1,12 +1,12 @@
 import Foundation
 import XCTest
 @testable import OnnxTrain
+import OnnxTrainTestSupport
 
 /// Replays onnxruntime-training 1.19.2's trajectories (Tests/Fixtures/training, /gradient):
 /// the loss after every step and the final parameters must match within 1e-4 relative.
 final class TrainingFixtureTests: XCTestCase {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures")
+    static let root = URL(fileURLWithPath: Fixtures.root)
 
     struct Meta: Decodable {
         let batch_size: Int
@@ -17,23 +17,37 @@ final class TrainingFixtureTests: XCTestCase {
         let loss_output: String
     }
 
-    static let tolerance = 1e-4
+    /// Losses, first-step gradients and final parameters match onnxruntime's to a few float32
+    /// roundings (measured: losses <= 7.0e-7, parameters <= 5.4e-7 apart from the exceptions below).
+    static let tolerance = 1e-6
 
     /// Looser bounds, each with its reason. The CNN's conv.bias feeds a BatchNormalization, so
     /// its exact gradient is zero and onnxruntime's is float noise (~1e-8, grad0 in
     /// expected.npz); AdamW divides m by sqrt(v) and turns that noise into lr-sized steps, which no
     /// other summation order reproduces. bn.running_mean carries the conv bias along.
     /// cnn_nobias_ce_adamw is the same CNN without that bias and has no exception.
+    /// GPT's key bias (inside blocks.N.attn.qkv.bias) has an exact gradient of zero too (softmax
+    /// ignores a shift shared by every key), and AdamW makes its noise lr-sized steps likewise.
     static let exceptions: [String: [String: Double]] = [
         "cnn_ce_adamw": ["conv.bias": 2e-3, "bn.running_mean": 2e-3],
-        // The same CNN trained from artifacts onnx-train built (ArtifactBuilderTests.swift), for the same reason.
+        // The same nets trained from artifacts onnx-train built (ArtifactBuilderTests.swift), for the same reasons.
         "built cnn_ce_adamw": ["conv.bias": 2e-3, "bn.running_mean": 2e-3],
+        "gpt_ce_adamw": ["blocks.0.attn.qkv.bias": 3e-5, "blocks.1.attn.qkv.bias": 3e-5],
+        "built gpt_ce_adamw": ["blocks.0.attn.qkv.bias": 3e-5, "blocks.1.attn.qkv.bias": 3e-5],
     ]
 
-    override func setUpWithError() throws {
-        try XCTSkipUnless(OpRegistry.standard.knows(domain: "com.microsoft", opType: "InPlaceAccumulatorV2"),
-                          "the com.microsoft training kernels are not registered yet")
-    }
+    /// Final parameters of deeper nets after 30 AdamW steps: rounding differences compound through
+    /// more layers (measured: GPT 1.8e-6, the ResNet 7.3e-6, where AdamW's division by sqrt(v) and
+    /// BatchNorm over few values per channel amplify them); every other fixture keeps `tolerance`.
+    static let parameterTolerance: [String: Double] = [
+        "gpt_ce_adamw": 3e-6, "built gpt_ce_adamw": 3e-6, "resnet_ce_adamw": 1e-5, "built resnet_ce_adamw": 1e-5,
+    ]
+
+    /// First-step gradients: float32 sums of many products, compared on each tensor's largest
+    /// magnitude; gradients that are zero in exact arithmetic (a bias before BatchNorm) come out
+    /// as float noise, hence the absolute floor.
+    static func gradientBound(scale: Double) -> Double { 1e-6 * scale + 5e-8 }
+
 
     /// max |a - b| / max |b| over a tensor (inf-norm relative difference).
     static func relativeDifference(_ a: [Float], _ b: [Float]) -> Double {
@@ -64,7 +78,7 @@ final class TrainingFixtureTests: XCTestCase {
         let trainer = try Trainer(module: module, optimizer: optimizer, train: data, configuration: configuration)
         XCTAssertEqual(module.trainInputNames, meta.user_inputs, file: file, line: line)
         let losses = try XCTUnwrap(expected["losses"]).scalars(as: Float.self)
-        var worstLoss = 0.0
+        var worstLoss = 0.0, worstGradient = 0.0
         trainer.onEvent = { event in
             guard case .step(let s) = event else { return }
             let step = s.step - 1
@@ -72,10 +86,19 @@ final class TrainingFixtureTests: XCTestCase {
                 // First-step gradients against onnxruntime's (checked by the fixtures against
                 // autograd); the buffers keep them until the next train step overwrites them.
                 for p in module.trainableParameters {
-                    guard let want = expected["grad0:\(p.name)"]?.scalars(as: Float.self), let got = p.grad?.scalars(as: Float.self) else { continue }
+                    // Every fixture carries them: one missing is a broken fixture, not a case to pass over.
+                    guard let want = expected["grad0:\(p.name)"]?.scalars(as: Float.self) else {
+                        XCTFail("\(name): expected.npz has no first-step gradient of \(p.name)", file: file, line: line)
+                        continue
+                    }
+                    guard let got = p.grad?.scalars(as: Float.self) else {
+                        XCTFail("\(name): no gradient of \(p.name) after the first step", file: file, line: line)
+                        continue
+                    }
                     let scale = Double(want.map { abs($0) }.max() ?? 0)
                     let diff = zip(got, want).map { Double(abs($0 - $1)) }.max() ?? 0
-                    XCTAssertLessThanOrEqual(diff, 1e-6 + Self.tolerance * scale, "\(name) first-step gradient of \(p.name)", file: file, line: line)
+                    worstGradient = max(worstGradient, diff / max(scale, 1e-30))
+                    XCTAssertLessThanOrEqual(diff, Self.gradientBound(scale: scale), "\(name) first-step gradient of \(p.name)", file: file, line: line)
                 }
             }
             let loss = Float(s.loss)
@@ -95,9 +118,10 @@ final class TrainingFixtureTests: XCTestCase {
                 continue
             }
             worstParam = max(worstParam, d)
-            XCTAssertLessThanOrEqual(d, Self.tolerance, "\(name) parameter \(p.name)", file: file, line: line)
+            XCTAssertLessThanOrEqual(d, Self.parameterTolerance[name] ?? Self.tolerance, "\(name) parameter \(p.name)", file: file, line: line)
         }
-        print("[\(name)] \(meta.steps) steps: max relative loss difference \(worstLoss), max relative parameter difference \(worstParam)")
+        print("[\(name)] \(meta.steps) steps: max relative loss difference \(worstLoss), max relative parameter difference \(worstParam), "
+              + "max first-step gradient difference \(worstGradient) of its tensor's largest")
         return (worstLoss, worstParam)
     }
 
@@ -148,11 +172,11 @@ final class TrainingFixtureTests: XCTestCase {
     // Recurrent classifiers: com.microsoft LSTMTraining/LSTMGrad, GRUTraining/GRUGrad. The forward
     // ones replay onnxruntime's 30 steps; the bidirectional two-layer ones (Y, Y_h and Y_c all feed
     // the loss) are artifacts onnxruntime refuses to run, replayed against PyTorch autograd with
-    // onnxruntime's AdamW update. Losses to 1e-5 relative, first-step gradients to 1e-4.
-    func testLSTMCrossEntropyAdamW() throws { try artifact("lstm_ce_adamw", lossTolerance: 1e-5) }
-    func testGRUCrossEntropyAdamW() throws { try artifact("gru_ce_adamw", lossTolerance: 1e-5) }
-    func testBidirectionalTwoLayerLSTMAgainstPyTorch() throws { try artifact("bilstm2_ce_adamw", lossTolerance: 1e-5) }
-    func testBidirectionalTwoLayerGRUAgainstPyTorch() throws { try artifact("bigru2_ce_adamw", lossTolerance: 1e-5) }
+    // onnxruntime's AdamW update. Both to `tolerance` (measured: losses 1.3e-7 forward, 7.0e-7 bidirectional).
+    func testLSTMCrossEntropyAdamW() throws { try artifact("lstm_ce_adamw") }
+    func testGRUCrossEntropyAdamW() throws { try artifact("gru_ce_adamw") }
+    func testBidirectionalTwoLayerLSTMAgainstPyTorch() throws { try artifact("bilstm2_ce_adamw") }
+    func testBidirectionalTwoLayerGRUAgainstPyTorch() throws { try artifact("bigru2_ce_adamw") }
     /// A ResNet-style CNN (BasicBlocks with BatchNorm, a downsample shortcut); its eval side is EvaluationTests.
     func testResNetCrossEntropyAdamW() throws { try artifact("resnet_ce_adamw") }
     /// A ConvTranspose decoder block: its ConvTransposeGrad has no CPU kernel in onnxruntime 1.19.2, so
