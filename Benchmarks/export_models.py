@@ -27,16 +27,18 @@ torch 2.13.0+cpu).
 import argparse
 import io
 import json
-import math
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from torch.onnx import TrainingMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Tests" / "Fixtures" / "scripts"))
+import models  # noqa: E402
+from models import ProposalNet  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "models"
@@ -46,95 +48,19 @@ LR = 1e-3
 SEED = 6
 
 
-class MLP(nn.Module):
+def MLP():
     """784 -> 512 -> ReLU -> 512 -> ReLU -> 10."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(784, 512)
-        self.fc2 = nn.Linear(512, 512)
-        self.fc3 = nn.Linear(512, 10)
-
-    def forward(self, x):
-        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+    return models.MLP(784, 512, 512, 10)
 
 
-class CNN(nn.Module):
-    """[N, 3, 32, 32] -> Conv 3->16 5x5 + BN + MaxPool + ReLU -> Conv 16->32 5x5 + MaxPool + ReLU
-    -> global average pool -> Linear(32, 10)."""
-
-    def __init__(self):
-        super().__init__()
-        self.convs = nn.Sequential(
-            nn.Conv2d(3, 16, 5, stride=1, padding=2),
-            nn.BatchNorm2d(16),
-            nn.MaxPool2d(2),
-            nn.ReLU(),
-            nn.Conv2d(16, 32, 5, stride=1, padding=2),
-            nn.MaxPool2d(2),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-        )
-        self.mlp = nn.Linear(32, 10)
-
-    def forward(self, x):
-        return self.mlp(torch.flatten(self.convs(x), 1))
+def CNN():
+    """The torch.js proposal's Net with a BatchNorm and global average pooling (models.ProposalNet)."""
+    return ProposalNet(channels=3, classes=10, features=32, batchnorm=True, global_pool=True)
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, d, heads, block):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(d, 3 * d)
-        self.proj = nn.Linear(d, d)
-        self.register_buffer("mask", torch.tril(torch.ones(block, block)).view(1, 1, block, block))
-
-    def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        hs = C // self.heads
-        q = q.view(B, T, self.heads, hs).transpose(1, 2)  # [B, H, T, hs]
-        k = k.view(B, T, self.heads, hs).transpose(1, 2)
-        v = v.view(B, T, self.heads, hs).transpose(1, 2)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # [B, H, T, T]
-        att = att.masked_fill(self.mask[:, :, :T, :T] == 0, float("-inf"))
-        att = F.softmax(att, dim=-1)
-        return self.proj((att @ v).transpose(1, 2).contiguous().view(B, T, C))
-
-
-class Block(nn.Module):
-    def __init__(self, d, heads, block):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(d)
-        self.attn = CausalSelfAttention(d, heads, block)
-        self.ln2 = nn.LayerNorm(d)
-        self.fc = nn.Linear(d, 4 * d)
-        self.out = nn.Linear(4 * d, d)
-
-    def forward(self, x):
-        x = x + self.attn(self.ln1(x))
-        return x + self.out(F.gelu(self.fc(self.ln2(x))))
-
-
-class GPT(nn.Module):
-    """input int64 [B, T] -> logits [B*T, vocab] (flattened for onnxruntime's CrossEntropyLoss block)."""
-
-    def __init__(self, vocab=256, d=128, heads=4, block=64, layers=2):
-        super().__init__()
-        self.vocab = vocab
-        self.tok = nn.Embedding(vocab, d)
-        self.pos = nn.Embedding(block, d)
-        self.blocks = nn.ModuleList([Block(d, heads, block) for _ in range(layers)])
-        self.ln_f = nn.LayerNorm(d)
-        self.head = nn.Linear(d, vocab)
-
-    def forward(self, idx):
-        B, T = idx.shape
-        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
-        x = self.tok(idx) + self.pos(pos)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.head(self.ln_f(x)).reshape(-1, self.vocab)
+def GPT():
+    """d 128, 4 heads, T 64, vocab 256, 2 blocks; logits flattened to [B*T, vocab]."""
+    return models.GPT(vocab=256, d=128, heads=4, block=64, layers=2, flat_logits=True)
 
 
 def split_name(name):

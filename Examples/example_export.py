@@ -1,7 +1,9 @@
 """Shared helpers for the example exporters: TorchScript export, onnxruntime training artifacts,
 and onnxruntime-training's own training loop as the reference every example README quotes.
 
-The exporters (Examples/<name>/export.py) import this file from their parent folder. Pinned stack:
+The exporters (Examples/<name>/export.py) import this file from their parent folder; their PyTorch
+models come from the repository's one module of model definitions (`ex.models`,
+Tests/Fixtures/scripts/models.py). Pinned stack:
 Examples/requirements.txt. Everything is seeded, and onnxruntime runs single-threaded, so re-running
 an exporter gives the same exported files and data (the timings in reference.json naturally vary).
 """
@@ -11,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +27,8 @@ from onnxruntime.training.api import CheckpointState, Module, Optimizer
 from torch.onnx import TrainingMode
 
 EXAMPLES = Path(__file__).resolve().parent
+sys.path.insert(0, str(EXAMPLES.parent / "Tests" / "Fixtures" / "scripts"))
+import models  # noqa: E402,F401  (the exporters use ex.models)
 ARTIFACT_FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -30,30 +29,10 @@ SIZE = 12
 CLASSES = ["horizontal bar", "vertical bar", "cross", "square"]
 
 
-class Net(nn.Module):
-    """The torch.js proposal's Net with one input channel, a BatchNorm after the first conv, 4 classes:
-
-        convs = Sequential(Conv2d(1, 16, 5, stride 1, padding 2), BatchNorm2d(16), MaxPool2d(2), ReLU(),
-                           Conv2d(16, 32, 5, stride 1, padding 2), MaxPool2d(2), ReLU())
-        mlp = Linear(32 * 3 * 3, 4)        # [N, 1, 12, 12] -> [N, 32, 3, 3] -> flatten -> logits [N, 4]
-    """
-
-    def __init__(self, classes=4):
-        super().__init__()
-        self.convs = nn.Sequential(
-            nn.Conv2d(1, 16, 5, stride=1, padding=2),
-            nn.BatchNorm2d(16),
-            nn.MaxPool2d(2),
-            nn.ReLU(),
-            nn.Conv2d(16, 32, 5, stride=1, padding=2),
-            nn.MaxPool2d(2),
-            nn.ReLU(),
-        )
-        self.mlp = nn.Linear(32 * 3 * 3, classes)
-
-    def forward(self, x):
-        x = self.convs(x)
-        return self.mlp(x.view(x.size(0), -1))
+def Net(classes=4):
+    """The torch.js proposal's Net with one input channel, a BatchNorm after the first conv, 4 classes
+    (models.ProposalNet): [N, 1, 12, 12] -> [N, 32, 3, 3] -> flatten -> Linear(32 * 3 * 3, 4) logits."""
+    return ex.models.ProposalNet(channels=1, classes=classes, features=32 * 3 * 3, batchnorm=True)
 
 
 def draw(rng, label):

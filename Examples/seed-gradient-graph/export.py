@@ -25,7 +25,6 @@ Writes, next to this script:
 Run: /work/venv/bin/python Examples/seed-gradient-graph/export.py
 """
 
-import io
 import sys
 import time
 from pathlib import Path
@@ -35,12 +34,12 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
-from onnxruntime.capi._pybind_state import GradientGraphBuilder
-from torch.onnx import TrainingMode
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import example_export as ex  # noqa: E402
+# The fixtures' gradient-graph export (model + loss, parameters as inputs, onnxruntime's GradientGraphBuilder).
+from make_gradient_fixtures import build_gradient_graph  # noqa: E402
 
 SEED = 12
 OPSET = 12  # export_gradient_graph's default
@@ -48,17 +47,8 @@ BATCH, EPOCHS, LR = 16, 10, 0.1
 N_TRAIN, N_TEST = 256, 128
 
 
-class MyModel(torch.nn.Module):
-    """The walkthrough's model: Linear(input_size, hidden_size) -> ReLU -> Linear(hidden_size, num_classes)."""
-
-    def __init__(self, input_size=10, hidden_size=5, num_classes=2):
-        super().__init__()
-        self.fc1 = torch.nn.Linear(input_size, hidden_size)
-        self.relu = torch.nn.ReLU()
-        self.fc2 = torch.nn.Linear(hidden_size, num_classes)
-
-    def forward(self, x):
-        return self.fc2(self.relu(self.fc1(x)))
+# The walkthrough's MyModel: Linear(10, 5) -> ReLU -> Linear(5, 2) (models.SeedModel).
+MyModel = ex.models.SeedModel
 
 
 def cross_entropy(output, labels):
@@ -77,46 +67,6 @@ def blobs(rng, n):
     return {"input": x.astype(np.float32), "labels": labels}
 
 
-def build_gradient_graph(model, example_input, example_labels, path):
-    class WrapperModule(torch.nn.Module):
-        def forward(self, model_input, expected_labels, *model_params):
-            for param, set_param in zip(model.parameters(), model_params):
-                param.data = set_param.data
-            output = model(model_input)
-            return output, cross_entropy(output, expected_labels)
-
-    param_names = [n for n, _ in model.named_parameters()]
-    f = io.BytesIO()
-    torch.onnx.export(
-        WrapperModule(),
-        (example_input, example_labels, *model.parameters()),
-        f,
-        dynamo=False,
-        export_params=True,
-        opset_version=OPSET,
-        do_constant_folding=False,
-        training=TrainingMode.TRAINING,
-        input_names=["input", "labels", *param_names],
-        output_names=["output", "loss"],
-        dynamic_axes={"input": {0: "batch_size"}, "labels": {0: "batch_size"}, "output": {0: "batch_size"}},
-    )
-    builder = GradientGraphBuilder(f.getvalue(), {"loss"}, set(param_names), "loss")
-    builder.build()
-    builder.save(str(path))
-    # GradientGraphBuilder orders the <param>_grad outputs by iterating the Python set it was given,
-    # which changes with PYTHONHASHSEED; put them in parameter order so the file is reproducible.
-    proto = onnx.load(path)
-    by_name = {o.name: o for o in proto.graph.output}
-    order = ["output", "loss"] + [n + "_grad" for n in param_names]
-    assert sorted(order) == sorted(by_name), list(by_name)
-    outputs = [onnx.ValueInfoProto.FromString(by_name[n].SerializeToString()) for n in order]
-    del proto.graph.output[:]
-    proto.graph.output.extend(outputs)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, path)
-    return param_names
-
-
 def accuracy_and_loss(session, params, data):
     output, loss = session.run(["output", "loss"], {**data, **params})
     return float(loss), float((output.argmax(axis=1) == data["labels"]).mean())
@@ -131,7 +81,7 @@ def main():
     model = MyModel()
     path = HERE / "gradient_graph.onnx"
     param_names = build_gradient_graph(model, torch.from_numpy(train["input"][:BATCH]),
-                                       torch.from_numpy(train["labels"][:BATCH]), path)
+                                       torch.from_numpy(train["labels"][:BATCH]), path, OPSET, loss_fn=cross_entropy)
     params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
     ex.save_npz(HERE / "params.npz", params)
     ex.save_npz(HERE / "data.npz", train)

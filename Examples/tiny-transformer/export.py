@@ -27,8 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -41,72 +39,12 @@ BATCH, EPOCHS, LR = 16, 5, 0.005
 TRAIN_FRACTION = 0.9
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention written out: q k^T / sqrt(hs), a lower-triangular mask
-    (masked_fill with -inf, exported as Where), softmax, then a weighted sum of v."""
-
-    def __init__(self, d, heads, block):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(d, 3 * d)
-        self.proj = nn.Linear(d, d)
-        self.register_buffer("mask", torch.tril(torch.ones(block, block)).view(1, 1, block, block))
-
-    def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        hs = C // self.heads
-        q = q.view(B, T, self.heads, hs).transpose(1, 2)  # [B, H, T, hs]
-        k = k.view(B, T, self.heads, hs).transpose(1, 2)
-        v = v.view(B, T, self.heads, hs).transpose(1, 2)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # [B, H, T, T]
-        att = att.masked_fill(self.mask[:, :, :T, :T] == 0, float("-inf"))
-        att = F.softmax(att, dim=-1)
-        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
-        return self.proj(y)
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x)) with an exact (erf) GELU."""
-
-    def __init__(self, d, heads, block):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(d)
-        self.attn = CausalSelfAttention(d, heads, block)
-        self.ln2 = nn.LayerNorm(d)
-        self.fc = nn.Linear(d, 4 * d)
-        self.gelu = nn.GELU()
-        self.out = nn.Linear(4 * d, d)
-
-    def forward(self, x):
-        x = x + self.attn(self.ln1(x))
-        return x + self.out(self.gelu(self.fc(self.ln2(x))))
-
-
-class TinyGPT(nn.Module):
-    """Token + position Embedding, `layers` blocks, final LayerNorm, linear head.
-
-    input int64 [B, T] -> logits [B*T, vocab]. The logits are flattened inside the model because
-    onnxruntime's CrossEntropyLoss block takes the classes from the last dim while the ONNX op takes
-    them from axis 1; the two agree only for 2-D logits.
-    """
-
-    def __init__(self, vocab, d=D, heads=HEADS, block=T, layers=LAYERS):
-        super().__init__()
-        self.vocab = vocab
-        self.tok = nn.Embedding(vocab, d)
-        self.pos = nn.Embedding(block, d)
-        self.blocks = nn.ModuleList([Block(d, heads, block) for _ in range(layers)])
-        self.ln_f = nn.LayerNorm(d)
-        self.head = nn.Linear(d, vocab)
-
-    def forward(self, idx):
-        B, T = idx.shape
-        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
-        x = self.tok(idx) + self.pos(pos)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.head(self.ln_f(x)).reshape(-1, self.vocab)
+def TinyGPT(vocab):
+    """Token + position Embedding, LAYERS pre-norm blocks (causal attention with a tril mask, exact
+    GELU MLP), final LayerNorm, linear head (models.GPT). input int64 [B, T] -> logits [B*T, vocab],
+    flattened inside the model because onnxruntime's CrossEntropyLoss block takes the classes from the
+    last dim while the ONNX op takes them from axis 1; the two agree only for 2-D logits."""
+    return ex.models.GPT(vocab=vocab, d=D, heads=HEADS, block=T, layers=LAYERS, flat_logits=True)
 
 
 def windows(ids):

@@ -84,6 +84,7 @@ def build_gradient_graph(model, example_input, example_labels, path, opset, loss
     outputs = [onnx.ValueInfoProto.FromString(by_name[n].SerializeToString()) for n in order]
     del graph_proto.graph.output[:]
     graph_proto.graph.output.extend(outputs)
+    onnx.checker.check_model(graph_proto)
     onnx.save(graph_proto, path)
     return param_names
 

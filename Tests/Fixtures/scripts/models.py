@@ -1,4 +1,6 @@
-"""Small PyTorch models shared by the training and gradient fixture generators."""
+"""The PyTorch model definitions of the repository, in one place: the training and gradient fixture
+generators, the PyTorch oracle (Tests/Oracle), the benchmark (Benchmarks/export_models.py) and the
+examples' export scripts (Examples/*/export.py) all import them from here."""
 
 import math
 
@@ -8,15 +10,21 @@ import torch.nn.functional as F
 
 
 class MLP(nn.Module):
-    """Linear(n_in, hidden) -> ReLU -> Linear(hidden, n_out)."""
+    """Linear layers fc1..fcN of the given sizes with a ReLU between each two: MLP(16, 32, 4) (the
+    default, the fixtures' MLP), MLP(784, 512, 512, 10) (the benchmark's), MLP(64, 256, 128, 10)
+    (the digits example's)."""
 
-    def __init__(self, n_in=16, hidden=32, n_out=4):
+    def __init__(self, *sizes):
         super().__init__()
-        self.fc1 = nn.Linear(n_in, hidden)
-        self.fc2 = nn.Linear(hidden, n_out)
+        sizes = sizes or (16, 32, 4)
+        self.depth = len(sizes) - 1
+        for i in range(self.depth):
+            setattr(self, f"fc{i + 1}", nn.Linear(sizes[i], sizes[i + 1]))
 
     def forward(self, x):
-        return self.fc2(F.relu(self.fc1(x)))
+        for i in range(1, self.depth):
+            x = F.relu(getattr(self, f"fc{i}")(x))
+        return getattr(self, f"fc{self.depth}")(x)
 
 
 class SmallCNN(nn.Module):
@@ -38,6 +46,31 @@ class SmallCNN(nn.Module):
     def forward(self, x):
         x = self.drop(self.pool(F.relu(self.bn(self.conv(x)))))  # [N, 4, 4, 4]
         return self.fc(torch.flatten(x, 1))
+
+
+class ProposalNet(nn.Module):
+    """The torch.js proposal's Net, with an optional BatchNorm after the first convolution:
+
+        convs = Sequential(Conv2d(channels, 16, 5, stride 1, padding 2), [BatchNorm2d(16)], MaxPool2d(2), ReLU(),
+                           Conv2d(16, 32, 5, stride 1, padding 2), MaxPool2d(2), ReLU(), [AdaptiveAvgPool2d(1)])
+        mlp = Linear(features, classes)
+
+    `features` is 32 with `global_pool` (the benchmark's CNN), else 32 * (side / 4)^2 (the cnn example:
+    12x12 images -> 32 * 3 * 3)."""
+
+    def __init__(self, channels=3, classes=10, features=32, batchnorm=True, global_pool=False):
+        super().__init__()
+        layers = [nn.Conv2d(channels, 16, 5, stride=1, padding=2)]
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(16))
+        layers += [nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(16, 32, 5, stride=1, padding=2), nn.MaxPool2d(2), nn.ReLU()]
+        if global_pool:
+            layers.append(nn.AdaptiveAvgPool2d(1))
+        self.convs = nn.Sequential(*layers)
+        self.mlp = nn.Linear(features, classes)
+
+    def forward(self, x):
+        return self.mlp(torch.flatten(self.convs(x), 1))
 
 
 class CausalSelfAttention(nn.Module):
