@@ -36,7 +36,7 @@ final class ExportTests: XCTestCase {
         XCTAssertLessThan(dSession, tolerance, file: file, line: line)
 
         try Npy.write(example.value, to: "\(dir)/\(name)_input.npy")
-        let r = try OnnxTrainBinary.run(["infer", path, "--input", "input=\(dir)/\(name)_input.npy", "--output", "\(dir)/\(name)_out.npz"])
+        let r = try CLI.run(["infer", path, "--input", "input=\(dir)/\(name)_input.npy", "--output", "\(dir)/\(name)_out.npz"])
         XCTAssertEqual(r.status, 0, r.stderr, file: file, line: line)
         let cli = try XCTUnwrap(try Npz.readDictionary(contentsOf: "\(dir)/\(name)_out.npz")["output"], file: file, line: line)
         let dCLI = maxDifference(cli.scalars(as: Float.self), expected, "\(name) infer", file: file, line: line)
@@ -70,39 +70,5 @@ final class ExportTests: XCTestCase {
         for (name, value) in source.stateDict() {
             XCTAssertEqual(copy.stateDict()[name]?.scalars(as: Float.self), value.scalars(as: Float.self), name)
         }
-    }
-}
-
-/// The `onnx-train` executable SwiftPM built next to the test bundle.
-enum OnnxTrainBinary {
-    struct Result {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
-
-    static let path: String? = {
-        var candidates: [URL] = []
-        for bundle in Bundle.allBundles where bundle.bundlePath.hasSuffix(".xctest") {
-            candidates.append(bundle.bundleURL.deletingLastPathComponent())
-        }
-        candidates.append(URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent())
-        return candidates.map { $0.appendingPathComponent("onnx-train").path }.first { FileManager.default.isExecutableFile(atPath: $0) }
-    }()
-
-    static func run(_ arguments: [String]) throws -> Result {
-        let binary = try XCTUnwrap(path, "build the onnx-train product first (make test-build)")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Result(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                      stderr: String(decoding: errData, as: UTF8.self))
     }
 }
