@@ -2,7 +2,7 @@
 # Both install the system packages they need (Debian/Ubuntu, apt-get) and fetch their test data.
 
 SHELL := /bin/bash
-APT_PACKAGES := libprotobuf-c-dev libopenblas-dev protobuf-c-compiler zlib1g-dev pkg-config unzip valgrind binutils bsdutils
+APT_PACKAGES := libprotobuf-c-dev libopenblas-dev protobuf-c-compiler zlib1g-dev pkg-config unzip valgrind binutils bsdutils libopenmpi-dev openmpi-bin
 ONNX_VERSION := 1.22.0
 TESTDATA := .testdata/onnx-$(ONNX_VERSION)
 NODE_SUITE := $(TESTDATA)/onnx/backend/test/data/node
@@ -13,7 +13,7 @@ TEST_BUILD := swift build -c release -Xswiftc -enable-testing --scratch-path .bu
 RELEASE_BIN := .build/release/onnx-train
 TEST_BIN := .build-test/release/onnx-train
 
-.PHONY: all deps build release run bench bench-smoke bench-check bench-venv oracle oracle-venv test test-build unit-test conformance conformance-manifest conformance-docs testdata proto-check fuzz fuzz-build fuzz-check versioned-dependency clean
+.PHONY: all deps build release run bench bench-smoke bench-check bench-venv oracle oracle-venv test test-build mpi-test unit-test conformance conformance-manifest conformance-docs testdata proto-check fuzz fuzz-build fuzz-check versioned-dependency clean
 
 all: build
 
@@ -117,12 +117,19 @@ test: deps
 	@$(TIMED) conformance $(TEST_BIN) conformance $(NODE_SUITE) --manifest $(MANIFEST) --quiet
 	@$(TIMED) leak-check env ONNX_TRAIN_BIN=$(TEST_BIN) Tests/leakcheck.sh
 	@$(TIMED) bench-smoke $(MAKE) --no-print-directory bench-check
+	@$(TIMED) mpi $(MAKE) --no-print-directory mpi-test
 	@$(TIMED) fuzz $(MAKE) --no-print-directory fuzz-check
 	@$(TIMED) pytorch-oracle $(MAKE) --no-print-directory oracle
 	@$(TIMED) unit-tests bash -c 'set -o pipefail; swift test -c release -Xswiftc -enable-testing --scratch-path .build-test \
 	  --skip-build 2>&1 | tee .build-test/swift-test.log'
 	@Tests/summarize-xctest.sh .build-test/swift-test.log
 	@echo "make test: every part passed; time per part:"; $(TIMED) --summary
+
+## Data-parallel training over MPI (issue 12): mpirun -np 2 and -np 3 on this machine against one
+## process with the global batch, BatchNorm's DDP behaviour, failing and killed processes, the
+## TrainMPI example (Tests/mpi-test.py, the system python3; about half a minute).
+mpi-test: deps test-build
+	python3 Tests/mpi-test.py --binary $(TEST_BIN) --example .build-test/release/TrainMPI
 
 ## Coverage-guided fuzzing (libFuzzer + AddressSanitizer) of the model loader, external data, the
 ## checkpoint reader, the npy/npz/safetensors/CSV/TensorProto readers and session building (Fuzz/).

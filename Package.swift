@@ -14,6 +14,7 @@ let package = Package(
     products: [
         .library(name: "OnnxTrain", targets: ["OnnxTrain"]),
         .library(name: "OnnxTrainNN", targets: ["OnnxTrainNN"]),
+        .library(name: "OnnxTrainMPI", targets: ["OnnxTrainMPI"]),
         .executable(name: "onnx-train", targets: ["onnx-train"]),
     ],
     dependencies: [
@@ -24,6 +25,7 @@ let package = Package(
         // System libraries, found through pkg-config; the Makefile installs their apt providers.
         .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         // protoc-c output for Proto/onnx.proto and Proto/onnx-data.proto (regenerate with Proto/generate.sh).
         .target(name: "COnnxProto", dependencies: ["CProtobufC"]),
         .target(
@@ -34,9 +36,11 @@ let package = Package(
             ],
             swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"] + vectorFlags)]
         ),
+        // Data-parallel training over MPI (Open MPI); the core library needs no MPI.
+        .target(name: "OnnxTrainMPI", dependencies: ["OnnxTrain", "CMPI"]),
         .executableTarget(
             name: "onnx-train",
-            dependencies: ["OnnxTrain", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["OnnxTrain", "OnnxTrainMPI", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // PyTorch's model API in Swift: modules, tensors that record ONNX graphs, optimizers.
         .target(name: "OnnxTrainNN", dependencies: ["OnnxTrain"]),
@@ -44,6 +48,7 @@ let package = Package(
         .executableTarget(name: "NetDigits", dependencies: ["OnnxTrainNN", "OnnxTrain"], path: "Examples/NetDigits"),
         .executableTarget(name: "CharTransformer", dependencies: ["OnnxTrainNN", "OnnxTrain"], path: "Examples/CharTransformer"),
         .executableTarget(name: "DCGAN", dependencies: ["OnnxTrainNN", "OnnxTrain"], path: "Examples/DCGAN"),
+        .executableTarget(name: "TrainMPI", dependencies: ["OnnxTrain", "OnnxTrainMPI"], path: "Examples/TrainMPI"),
         .target(name: "OnnxTrainTestSupport", dependencies: ["OnnxTrain"], path: "Tests/Support"),
         .testTarget(name: "OnnxTrainTests", dependencies: ["OnnxTrain", "OnnxTrainTestSupport"]),
         .testTarget(name: "OnnxTrainNNTests", dependencies: ["OnnxTrainNN", "OnnxTrain", "OnnxTrainTestSupport"]),

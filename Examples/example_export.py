@@ -133,9 +133,10 @@ def make_eval_batchnorm_valid(path: Path) -> int:
     return changed
 
 
-def generate_training_artifacts(model, proto, folder: Path, output_name="output"):
-    """CrossEntropyLoss + AdamW artifacts; the logits stay an output of both models so that eval can
-    report accuracy (additional_output_names). BatchNorm running statistics become frozen parameters."""
+def generate_training_artifacts(model, proto, folder: Path, output_name="output", optimizer=None):
+    """CrossEntropyLoss + AdamW (or `optimizer`) artifacts; the logits stay an output of both models so
+    that eval can report accuracy (additional_output_names). BatchNorm running statistics become frozen
+    parameters."""
     init_names = {i.name for i in proto.graph.initializer}
     trainable = [n for n, _ in model.named_parameters()]
     missing = [n for n in trainable if n not in init_names]
@@ -146,7 +147,7 @@ def generate_training_artifacts(model, proto, folder: Path, output_name="output"
         requires_grad=trainable,
         frozen_params=frozen,
         loss=artifacts.LossType.CrossEntropyLoss,
-        optimizer=artifacts.OptimType.AdamW,
+        optimizer=optimizer or artifacts.OptimType.AdamW,
         artifact_directory=str(folder),
         additional_output_names=[output_name],
     )

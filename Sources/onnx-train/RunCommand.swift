@@ -221,71 +221,82 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
-        try CLIFailure.run {
-            let reporter = RunReporter(mode: RunReporter.mode(quiet: quiet), every: printEvery)
-            // --resume: the checkpoint is read once, here, and the model is built on it.
-            let resumed = try resume.map { try ResumePoint.load(from: $0) }
-            let session = try TrainingRun.open(path: path, params: params, state: resumed?.state, optimizer: optimizerKind,
-                                               loss: try loss.map(TrainingArtifacts.Loss.init(parsing:)), seed: resumed?.progress.seed ?? seed,
-                                               withEval: evalData != nil || evalSplit != nil, say: reporter.say, resuming: resume)
-            let module = session.module
-            let names = module.trainInputNames
-            let dataMap = try map.map(DataSource.parseMap) ?? [:]
-            let csv = DataSource.CSVColumns(features: features.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }, label: label)
-            var train = try DataSource.load(data, names: names, map: dataMap, csv: csv)
-            var eval: [String: Tensor]?
-            if let evalData {
-                eval = try DataSource.load(evalData, names: module.evalInputNames, map: dataMap, csv: csv)
-            } else if let evalSplit {
-                (train, eval) = try DataSource.split(train, names: names, evalFraction: evalSplit, label: data)
-                reporter.say("eval split: the last \(Int((evalSplit * 100).rounded()))% of \(data) is held out")
-            }
+        // Under mpirun every process runs this command and they train data-parallel (ParallelJob).
+        let group = try ParallelJob.join()
+        try ParallelJob.run(group) {
+            let isMain = group?.isMainProcess ?? true
+            let reporter = RunReporter(mode: RunReporter.mode(quiet: quiet || !isMain), every: printEvery)
+            // Every process sets up; a failure on any of them is reported once, by rank 0.
+            guard let prepared = try ParallelJob.together(group, { () -> (Trainer, RunFolder?, String, LogFile?)? in
+                // --resume: the checkpoint is read once, here, and the model is built on it.
+                let resumed = try resume.map { try ResumePoint.load(from: $0) }
+                let session = try TrainingRun.open(path: path, params: params, state: resumed?.state, optimizer: optimizerKind,
+                                                   loss: try loss.map(TrainingArtifacts.Loss.init(parsing:)), seed: resumed?.progress.seed ?? seed,
+                                                   withEval: evalData != nil || evalSplit != nil, say: { if isMain { reporter.say($0) } }, resuming: resume)
+                let module = session.module
+                let names = module.trainInputNames
+                let dataMap = try map.map(DataSource.parseMap) ?? [:]
+                let csv = DataSource.CSVColumns(features: features.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }, label: label)
+                var train = try DataSource.load(data, names: names, map: dataMap, csv: csv)
+                var eval: [String: Tensor]?
+                if let evalData {
+                    eval = try DataSource.load(evalData, names: module.evalInputNames, map: dataMap, csv: csv)
+                } else if let evalSplit {
+                    (train, eval) = try DataSource.split(train, names: names, evalFraction: evalSplit, label: data)
+                    if isMain { reporter.say("eval split: the last \(Int((evalSplit * 100).rounded()))% of \(data) is held out") }
+                }
 
-            var configuration = Trainer.Configuration(batchSize: batchSize, steps: steps, epochs: epochs, learningRate: lr)
-            configuration.accumulate = accumulate
-            configuration.shuffle = !noShuffle
-            configuration.dropLast = dropLast
-            configuration.seed = resumed?.progress.seed ?? seed
-            configuration.evalEvery = evalEvery
-            configuration.checkpointEvery = checkpointEvery
-            configuration.keepBest = keepBest.flatMap(MonitoredMetric.init(name:))
-            configuration.earlyStopPatience = earlyStop
-            configuration.clipGradNorm = clipGradNorm
-            configuration.stopAfter = stopAfter
-            configuration.topK = topK
-            configuration.logScale = logScale ? true : nil
-            configuration.title = "\(URL(fileURLWithPath: path).lastPathComponent): loss"
-            configuration.dataLabel = data
-            if let resume { configuration.resumeLabel = "--resume \(resume)" }
-            configuration.evalLabel = evalData ?? "\(data) (eval split)"
-            configuration.reportSettings = [ReportSetting("command", ResumeCommand.commandLine()), ReportSetting("model", path),
-                                            ReportSetting("data", data)] + (evalData.map { [ReportSetting("eval data", $0)] } ?? [])
-                + [ReportSetting("optimizer", session.optimizerDescription), ReportSetting("seed", "\(configuration.seed)")]
+                var configuration = Trainer.Configuration(batchSize: batchSize, steps: steps, epochs: epochs, learningRate: lr)
+                configuration.accumulate = accumulate
+                configuration.shuffle = !noShuffle
+                configuration.dropLast = dropLast
+                configuration.seed = resumed?.progress.seed ?? seed
+                configuration.evalEvery = evalEvery
+                configuration.checkpointEvery = checkpointEvery
+                configuration.keepBest = keepBest.flatMap(MonitoredMetric.init(name:))
+                configuration.earlyStopPatience = earlyStop
+                configuration.clipGradNorm = clipGradNorm
+                configuration.stopAfter = stopAfter
+                configuration.topK = topK
+                configuration.logScale = logScale ? true : nil
+                configuration.title = "\(URL(fileURLWithPath: path).lastPathComponent): loss"
+                configuration.dataLabel = data
+                if let resume { configuration.resumeLabel = "--resume \(resume)" }
+                configuration.evalLabel = evalData ?? "\(data) (eval split)"
+                configuration.reportSettings = [ReportSetting("command", ResumeCommand.commandLine()), ReportSetting("model", path),
+                                                ReportSetting("data", data)] + (evalData.map { [ReportSetting("eval data", $0)] } ?? [])
+                    + [ReportSetting("optimizer", session.optimizerDescription), ReportSetting("seed", "\(configuration.seed)")]
 
-            if dryRun {
+                if dryRun {
+                    let trainer = try Trainer(module: module, optimizer: session.optimizer, train: train, eval: eval, configuration: configuration,
+                                              resume: resumed != nil, dataParallel: group)
+                    trainer.schedule = learningRateSchedule(totalSteps: trainer.totalSteps)
+                    if isMain { DryRun.print(trainer, session: session, train: train, eval: eval) }
+                    return nil
+                }
+                // The data is checked before the folder is touched.
                 let trainer = try Trainer(module: module, optimizer: session.optimizer, train: train, eval: eval, configuration: configuration,
-                                          resume: resumed != nil)
+                                          resume: resumed != nil, history: resume, dataParallel: group)
                 trainer.schedule = learningRateSchedule(totalSteps: trainer.totalSteps)
-                DryRun.print(trainer, session: session, train: train, eval: eval)
-                return
-            }
-            // The data is checked before the folder is touched.
-            let trainer = try Trainer(module: module, optimizer: session.optimizer, train: train, eval: eval, configuration: configuration,
-                                      resume: resumed != nil, history: resume)
-            trainer.schedule = learningRateSchedule(totalSteps: trainer.totalSteps)
-            let directory = out ?? resume ?? RunArtifacts.defaultDirectory(for: path)
-            let folder = try RunFolder(directory, existing: resumed != nil ? .resume : overwrite ? .overwrite : .refuse)
-            // An inference model trained with --loss: the artifacts built for it go with the run.
-            try session.artifacts?.write(to: URL(fileURLWithPath: directory).appendingPathComponent("artifacts").path)
-            let logFile = try log.map { try LogFile(path: $0, header: "step,loss,learning_rate,batch\n") }
+                let directory = out ?? resume ?? RunArtifacts.defaultDirectory(for: path)
+                // Rank 0 alone writes (the folder, the --loss artifacts, the --log file).
+                guard isMain else { return (trainer, nil, directory, nil) }
+                let folder = try RunFolder(directory, existing: resumed != nil ? .resume : overwrite ? .overwrite : .refuse)
+                // An inference model trained with --loss: the artifacts built for it go with the run.
+                try session.artifacts?.write(to: URL(fileURLWithPath: directory).appendingPathComponent("artifacts").path)
+                let logFile = try log.map { try LogFile(path: $0, header: "step,loss,learning_rate,batch\n") }
+                return (trainer, folder, directory, logFile)
+            }) else { return }
+            let (trainer, folder, directory, logFile) = prepared
             trainer.onEvent = { event in
                 if case .step(let s) = event { logFile?.write("\(s.step),\(Float(s.loss)),\(s.learningRate),\(s.batch - 1)\n") }
                 reporter.handle(event)
             }
-            StopRequest.install()
+            if group == nil { StopRequest.install() }
             trainer.shouldStop = { StopRequest.requested }
             let outcome = try trainer.run(in: folder)
             try logFile?.check()
+            guard isMain else { return }
             reporter.finish(outcome, folder: directory)
             if outcome.stop == .requested || outcome.stop == .stopAfter {
                 let why = outcome.stop == .requested ? (StopRequest.signalNumber == SIGTERM ? "stopped (SIGTERM)" : "interrupted") : "stopped (--stop-after)"

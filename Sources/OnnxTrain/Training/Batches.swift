@@ -82,9 +82,13 @@ public struct Batches {
     /// 0..<totalExamples): examples order[index * batchSize ..< ...], each bringing its rows of
     /// every array. Needs `examplesSeparable`.
     public func batch(_ index: Int, order: [Int]) -> [String: Tensor] {
-        var out: [String: Tensor] = [:]
         let start = index * batchSize
-        let examples = order[start..<(start + self.examples(inBatch: index))]
+        return gather(examples: order[start..<(start + self.examples(inBatch: index))])
+    }
+
+    /// The rows of `examples` (indices into the data), in that order, of every array.
+    func gather(examples: ArraySlice<Int>) -> [String: Tensor] {
+        var out: [String: Tensor] = [:]
         for name in names {
             let t = arrays[name]!
             let perExample = t.shape[0] / totalExamples

@@ -13,7 +13,7 @@ public struct ConfusionMatrix: Equatable {
 
     public subscript(truth: Int, predicted: Int) -> Int { counts[truth * classes + predicted] }
 
-    mutating func add(truth: Int, predicted: Int) { counts[truth * classes + predicted] += 1 }
+    mutating func add(truth: Int, predicted: Int, count: Int = 1) { counts[truth * classes + predicted] += count }
 
     /// Examples of each true class.
     public var support: [Int] { (0..<classes).map { t in (0..<classes).reduce(0) { $0 + self[t, $1] } } }
@@ -132,12 +132,70 @@ public struct Evaluator {
     /// A value fetched besides the eval graph's outputs: the prediction of a regression loss.
     let prediction: String?
 
-    public func run(_ module: TrainingModule) throws -> EvaluationResult {
+    /// Evaluates every batch, or with `group` (data-parallel training) this process's share of
+    /// them (batches rank, rank + size, ...), and sums the counts over the group, so every
+    /// process gets the result of the whole eval set.
+    public func run(_ module: TrainingModule, group: DataParallel? = nil) throws -> EvaluationResult {
         var loss = 0.0, examples = 0
         var correct = 0, inTopK = 0, counted = 0, classCount: Int?
         var confusion: ConfusionMatrix?
         var absError = 0.0, squaredError = 0.0, regressed = 0
-        for k in 0..<batches.count {
+        func sums() -> [Double] {
+            [loss, Double(examples), Double(correct), Double(inTopK), Double(counted), Double(classCount ?? 0),
+             absError, squaredError, Double(regressed)]
+        }
+        guard let group, group.size > 1 else {
+            try evaluate(module, batches: Array(0..<batches.count), loss: &loss, examples: &examples, correct: &correct, inTopK: &inTopK,
+                         counted: &counted, classCount: &classCount, confusion: &confusion, absError: &absError,
+                         squaredError: &squaredError, regressed: &regressed)
+            return result(sums(), confusion: confusion)
+        }
+        try group.together {
+            try evaluate(module, batches: Array(stride(from: group.rank, to: batches.count, by: group.size)), loss: &loss, examples: &examples,
+                         correct: &correct, inTopK: &inTopK, counted: &counted, classCount: &classCount, confusion: &confusion,
+                         absError: &absError, squaredError: &squaredError, regressed: &regressed)
+        }
+        // The counts add up; the class count is the same wherever it was seen (max).
+        var total = sums()
+        var classes = [total[5]]
+        try group.allreduceSum(&total)
+        try classes.withUnsafeMutableBufferPointer { try group.allreduceMax($0) }
+        total[5] = classes[0]
+        var matrix: ConfusionMatrix?
+        if classes[0] > 0 {
+            let n = Int(classes[0])
+            var counts = (confusion?.counts ?? [Int](repeating: 0, count: n * n)).map(Double.init)
+            try group.allreduceSum(&counts)
+            var m = ConfusionMatrix(classes: n)
+            for t in 0..<n { for p in 0..<n { m.add(truth: t, predicted: p, count: Int(counts[t * n + p])) } }
+            matrix = total[4] > 0 ? m : nil
+        }
+        return result(total, confusion: matrix)
+    }
+
+    /// The result of the summed counts (`run`'s `sums` order).
+    private func result(_ s: [Double], confusion: ConfusionMatrix?) -> EvaluationResult {
+        var result = EvaluationResult(loss: s[0] / max(s[1], 1), examples: Int(s[1]))
+        let counted = s[4]
+        if counted > 0 {
+            result.accuracy = s[2] / counted
+            if s[5] > 0, topK < Int(s[5]) {
+                result.topK = topK
+                result.topKAccuracy = s[3] / counted
+            }
+            result.confusion = confusion
+        }
+        if s[8] > 0 {
+            result.mae = s[6] / s[8]
+            result.rmse = (s[7] / s[8]).squareRoot()
+        }
+        return result
+    }
+
+    private func evaluate(_ module: TrainingModule, batches indices: [Int], loss: inout Double, examples: inout Int, correct: inout Int,
+                          inTopK: inout Int, counted: inout Int, classCount: inout Int?, confusion: inout ConfusionMatrix?,
+                          absError: inout Double, squaredError: inout Double, regressed: inout Int) throws {
+        for k in indices {
             let batch = batches.batch(k)
             let n = batches.examples(inBatch: k)
             let out = try module.evalStep(named: batch, alsoFetching: prediction.map { [$0] } ?? [])
@@ -173,19 +231,5 @@ public struct Evaluator {
                 regressed += truth.count
             }
         }
-        var result = EvaluationResult(loss: loss / Double(max(examples, 1)), examples: examples)
-        if counted > 0 {
-            result.accuracy = Double(correct) / Double(counted)
-            if let classCount, topK < classCount {
-                result.topK = topK
-                result.topKAccuracy = Double(inTopK) / Double(counted)
-            }
-            result.confusion = confusion
-        }
-        if regressed > 0 {
-            result.mae = absError / Double(regressed)
-            result.rmse = (squaredError / Double(regressed)).squareRoot()
-        }
-        return result
     }
 }

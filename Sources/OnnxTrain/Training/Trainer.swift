@@ -17,9 +17,22 @@ import Synchronization
 /// A run is a pure function of the checkpoint it starts from, the data, the configuration and the
 /// seed: a run stopped (or killed) and resumed from its last checkpoint takes the same steps, with
 /// the same Dropout masks, as one that was never interrupted.
+///
+/// Data-parallel training (`dataParallel:`, as PyTorch's DistributedDataParallel): every process
+/// of the group runs the same Trainer over the same data. Rank 0's parameters are broadcast first;
+/// a global batch is `batchSize` examples per process, cut from the same shuffled order a single
+/// process with the global batch would use, and each process takes its own even share of it; the
+/// gradients (each process's weighted by its share of the batch, so an uneven last batch counts
+/// every example once) are averaged over the group before each optimizer step, so the
+/// parameters stay identical everywhere and the run takes the steps of one process with the
+/// global batch, up to float summation order. BatchNorm keeps per-process batch statistics, and
+/// rank 0's running statistics are broadcast after every optimizer step (DDP's
+/// `broadcast_buffers`). Evaluation is shared out by batch and summed. Rank 0 alone reports events
+/// and writes the folder. A failure on any process (a non-finite loss, bad data, a failing
+/// kernel) is agreed on at the end of the train step, so every process throws the same error.
 public final class Trainer {
     public struct Configuration: Sendable {
-        /// Examples per train step.
+        /// Examples per train step (per process in data-parallel training).
         public var batchSize: Int
         /// Optimizer steps to take; when nil, `epochs` passes over the data.
         public var steps: Int?
@@ -69,11 +82,6 @@ public final class Trainer {
             self.steps = steps
             self.epochs = epochs
             self.learningRate = learningRate
-        }
-
-        /// What fixes the data order besides the seed; a resumed run must use the same.
-        public var batching: String {
-            "--batch-size \(batchSize) --accumulate \(accumulate)" + (shuffle ? "" : " --no-shuffle") + (dropLast ? " --drop-last" : "")
         }
     }
 
@@ -162,6 +170,16 @@ public final class Trainer {
     public var onEvent: ((TrainerEvent) -> Void)?
     /// Polled after every optimizer step; true stops the run as `requestStop()` does.
     public var shouldStop: (() -> Bool)?
+    /// The process group of a data-parallel run (nil: this process trains alone).
+    public let dataParallel: DataParallel?
+    /// Examples per global batch: `batchSize` times the processes.
+    public let globalBatchSize: Int
+    /// What fixes the data order besides the seed (the global batch); a resumed run must use the same.
+    public var batching: String { Trainer.batching(globalBatchSize: globalBatchSize, configuration) }
+
+    private static func batching(globalBatchSize: Int, _ c: Configuration) -> String {
+        "--batch-size \(globalBatchSize) --accumulate \(c.accumulate)" + (c.shuffle ? "" : " --no-shuffle") + (c.dropLast ? " --drop-last" : "")
+    }
 
     private let history: String?
     private let stopFlag = Atomic<Bool>(false)
@@ -171,8 +189,9 @@ public final class Trainer {
     ///   - eval: held-out arrays for the eval graph (nil: no evaluation).
     ///   - resume: continue the run recorded in `module.state` (a checkpoint a run saved).
     ///   - history: the folder whose metrics.csv a resumed run continues (default: the folder it runs in).
+    ///   - dataParallel: train data-parallel in this group of processes (see the type's summary).
     public init(module: TrainingModule, optimizer: Optimizer, train: [String: Tensor], eval: [String: Tensor]? = nil,
-                configuration: Configuration, resume: Bool = false, history: String? = nil) throws {
+                configuration: Configuration, resume: Bool = false, history: String? = nil, dataParallel: DataParallel? = nil) throws {
         let c = configuration
         guard c.batchSize > 0 else { throw OnnxTrainError.invalidInput("the batch size must be positive, got \(c.batchSize)") }
         guard c.accumulate > 0 else { throw OnnxTrainError.invalidInput("the accumulation must be positive, got \(c.accumulate)") }
@@ -186,11 +205,19 @@ public final class Trainer {
         self.optimizer = optimizer
         self.configuration = c
         self.history = history
+        let processes = dataParallel?.size ?? 1
+        let (global, tooMany) = c.batchSize.multipliedReportingOverflow(by: processes)
+        guard !tooMany else { throw OnnxTrainError.invalidInput("\(processes) processes of \(c.batchSize) examples are more than a batch can count") }
+        self.dataParallel = processes > 1 ? dataParallel : nil
+        globalBatchSize = global
         do {
-            batches = try Batches(arrays: train, names: module.trainInputNames, batchSize: c.batchSize, dropLast: c.dropLast)
+            batches = try Batches(arrays: train, names: module.trainInputNames, batchSize: global, dropLast: c.dropLast)
         } catch let error as OnnxTrainError {
             let hint = error.message.contains("does not divide") ? " (--drop-last drops the examples past the last whole batch)" : ""
             throw OnnxTrainError(error.kind, error.prefixed(c.dataLabel).message + hint)
+        }
+        if processes > 1 && !batches.examplesSeparable {
+            throw OnnxTrainError.invalidInput("\(c.dataLabel): data-parallel training splits every batch by example, and some array has no whole number of rows per example of '\(batches.names[0])'")
         }
         try TrainingDataCheck.check(batches, module: module, dataPath: c.dataLabel)
 
@@ -220,8 +247,9 @@ public final class Trainer {
             guard let progress = try Progress.read(module.state, label: c.resumeLabel) else {
                 throw OnnxTrainError.invalidInput("\(c.resumeLabel): the checkpoint was not saved by onnx-train run (no step count in its properties); start from it with --params instead")
             }
-            if let used = progress.batching, used != c.batching {
-                throw OnnxTrainError.invalidInput("\(c.resumeLabel): that run used \(used); give the same to continue its trajectory")
+            if let used = progress.batching, used != Trainer.batching(globalBatchSize: global, c) {
+                let per = processes > 1 ? " (the batch size of \(processes) processes is \(processes) x --batch-size)" : ""
+                throw OnnxTrainError.invalidInput("\(c.resumeLabel): that run used \(used); give the same to continue its trajectory\(per)")
             }
             guard progress.step <= steps else {
                 throw OnnxTrainError.invalidInput("\(c.resumeLabel): that run already took \(progress.step) steps, more than the \(steps) asked for")
@@ -259,14 +287,21 @@ public final class Trainer {
     /// Trains; returns what the run did. On a non-finite loss or a failing step it saves the state
     /// after the last good step (when a folder was given) and throws.
     /// - Parameter folder: where checkpoints, metrics.csv, loss.svg, report.html, model.onnx,
-    ///   params.safetensors and best/ go (nil: nothing is written).
+    ///   params.safetensors and best/ go (nil: nothing is written; in data-parallel training only
+    ///   rank 0 writes it).
     @discardableResult
     public func run(in folder: RunFolder? = nil) throws -> Outcome {
         let c = configuration
         let clock = ContinuousClock()
         let started = clock.now
         func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18 }
-        let emit: (TrainerEvent) -> Void = { [onEvent] in onEvent?($0) }
+        let group = dataParallel
+        let isMain = group?.isMainProcess ?? true
+        let folder = isMain ? folder : nil
+        let emit: (TrainerEvent) -> Void = { [onEvent] in if isMain { onEvent?($0) } }
+        // Every process starts from rank 0's parameters (a seeded initialisation or a checkpoint
+        // gives the same everywhere already; this makes sure of it).
+        if let group { try group.broadcastParameters(module.parameters) }
 
         let startStep = resumed?.step ?? 0
         let startBatch = resumed?.batches ?? 0
@@ -296,7 +331,7 @@ public final class Trainer {
                                          examples: batches.exampleCount, schedule: schedule.description)))
         var lastEvaluation: EvaluationResult?
         if let evaluator {
-            let result = try evaluator.run(module.eval())
+            let result = try evaluator.run(module.eval(), group: group)
             module.train()
             lastEvaluation = result
             if resumed == nil {
@@ -317,13 +352,15 @@ public final class Trainer {
         var epochLosses: [Double] = []
         var stop = Stop.finished
         var saveDue = false
+        var flatGradients: [Float] = []
+        var groupStop = false
         module.train()
 
         /// Records in the checkpoint's properties where the run stands after `step`, with
         /// `metricsRows` rows of metrics.csv belonging to that state.
         func recordProgress(metricsRows: Int) {
             let state = module.state
-            RunArtifacts.recordProgress(state, step: step, batches: step * c.accumulate, seed: seed, batching: c.batching)
+            RunArtifacts.recordProgress(state, step: step, batches: step * c.accumulate, seed: seed, batching: batching)
             state.properties[RunArtifacts.Resume.random] = .int(Int64(bitPattern: module.randomState))
             state.properties[RunArtifacts.Resume.metricsRows] = .int(Int64(metricsRows))
             if let best {
@@ -344,7 +381,7 @@ public final class Trainer {
 
         func evaluate(epoch: Int, atEpochEnd: Bool, into row: inout RunMetric) throws {
             guard let evaluator else { return }
-            let result = try evaluator.run(module.eval())
+            let result = try evaluator.run(module.eval(), group: group)
             module.train()
             lastEvaluation = result
             row.record(result)
@@ -396,18 +433,40 @@ public final class Trainer {
             let lr = schedule(step)
             var gradNorm: Double?
             let stepStart = clock.now
+            var reduceSeconds: Double?
             do {
-                let feeds = c.shuffle && batches.examplesSeparable ? batches.batch(position, order: order) : batches.batch(batchIndex)
-                let loss = try module.trainStep(named: feeds).loss
-                guard loss.isFinite else {
-                    throw OnnxTrainError.training("the loss is \(loss) at step \(step + 1) (batch \(batchIndex))")
+                let loss: Double
+                if let group {
+                    let part = batches.shard(ofBatch: position, part: group.rank, of: group.size)
+                    let local = try group.together {
+                        try dataParallelStep(position: position, part: part, order: c.shuffle ? order : nil, step: step, group: group)
+                    }
+                    // The batch's loss (examples-weighted mean), and whether any process was asked to stop.
+                    var sums = [local, stopRequested ? 1 : 0]
+                    try group.allreduceSum(&sums)
+                    loss = sums[0] / Double(batches.examples(inBatch: position))
+                    groupStop = sums[1] > 0
+                } else {
+                    let feeds = c.shuffle && batches.examplesSeparable ? batches.batch(position, order: order) : batches.batch(batchIndex)
+                    let value = try module.trainStep(named: feeds).loss
+                    guard value.isFinite else {
+                        throw OnnxTrainError.training("the loss is \(value) at step \(step + 1) (batch \(batchIndex))")
+                    }
+                    loss = Double(value)
                 }
-                microLosses.append(Double(loss))
+                microLosses.append(loss)
                 if isUpdate {
+                    if let group {
+                        let reduceStart = clock.now
+                        try group.averageGradients(of: module.trainableParameters, into: &flatGradients)
+                        reduceSeconds = seconds(clock.now - reduceStart)
+                    }
                     if let bound = c.clipGradNorm { gradNorm = try clipGradients(to: bound) }
                     optimizer.learningRate = lr
                     try optimizer.step()
                     module.lazyResetGrad()
+                    // BatchNorm's running statistics: rank 0's everywhere (DDP's broadcast_buffers).
+                    if let group { try group.broadcastParameters(frozen) }
                 }
             } catch let error as OnnxTrainError {
                 for (p, t) in zip(frozen, saved) { try? p.copy(from: t) }
@@ -434,7 +493,8 @@ public final class Trainer {
                 r.gradNorm = gradNorm
                 row = r
                 emit(.step(TrainerEvent.Step(step: step, totalSteps: totalSteps, epoch: epoch, epochs: epochs, batch: position + 1,
-                                             batchesPerEpoch: batches.count, loss: loss, learningRate: lr, gradNorm: gradNorm, seconds: elapsed)))
+                                             batchesPerEpoch: batches.count, loss: loss, learningRate: lr, gradNorm: gradNorm, seconds: elapsed,
+                                             allreduceSeconds: reduceSeconds)))
             }
             // Evaluation: at each epoch end, and every `evalEvery` steps.
             if epochEnd || (isUpdate && c.evalEvery.map { step % $0 == 0 } == true) {
@@ -456,7 +516,7 @@ public final class Trainer {
             if let every = c.checkpointEvery, step % every == 0 { saveDue = true }
             if let patience = c.earlyStopPatience, stale >= patience, step < totalSteps {
                 stop = .earlyStopped
-            } else if step < totalSteps && stopRequested {
+            } else if step < totalSteps && (group == nil ? stopRequested : groupStop) {
                 stop = .requested
             } else if step < totalSteps && step == c.stopAfter {
                 stop = .stopAfter
@@ -480,6 +540,42 @@ public final class Trainer {
                 + (c.keepBest != nil && FileManager.default.fileExists(atPath: folder.file(RunArtifacts.bestName)) ? [RunArtifacts.bestName + "/"] : [])
         }
         return outcome
+    }
+
+    /// One data-parallel train step of this process: its `part` of batch `position`, its gradient
+    /// weighted by its share of the batch (parts x examples / batch examples), so the group's mean
+    /// is the gradient of the whole batch even when the batch does not split evenly. Returns this
+    /// process's loss times its examples. No collective call: a failure here is agreed on after.
+    private func dataParallelStep(position: Int, part: Range<Int>, order: [Int]?, step: Int, group: DataParallel) throws -> Double {
+        let examples = batches.examples(inBatch: position)
+        let weight = Float(group.size * part.count) / Float(examples)
+        var loss = 0.0
+        if part.isEmpty {
+            // Nothing to add: after a reset the gradients must read zero.
+            if !module.accumulatesGradients { module.zeroGradients() }
+        } else {
+            // Gradients already accumulated this optimizer step keep their weight: divided now,
+            // multiplied back with this step's after it.
+            let accumulated = module.accumulatesGradients
+            if weight != 1 && accumulated { try scaleGradients(by: 1 / weight) }
+            let value = try module.trainStep(named: batches.batch(position, positions: part, order: order)).loss
+            guard value.isFinite else {
+                throw OnnxTrainError.training("the loss is \(value) at step \(step + 1) (batch \(position), examples \(part.lowerBound)..<\(part.upperBound) of it)")
+            }
+            if weight != 1 { try scaleGradients(by: weight) }
+            loss = Double(value) * Double(part.count)
+        }
+        return loss
+    }
+
+    private func scaleGradients(by k: Float) throws {
+        for p in module.trainableParameters {
+            guard let g = p.grad else { continue }
+            guard g.dtype == .float32 else {
+                throw OnnxTrainError.unsupported("data-parallel training averages float gradients; the gradient of '\(p.name)' is tensor(\(g.dtype))")
+            }
+            try g.withSharedMutableBufferPointer(as: Float.self) { for i in $0.indices { $0[i] *= k } }
+        }
     }
 
     /// Global L2 norm of the trainable parameters' gradients; when above `bound` every gradient is

@@ -28,6 +28,8 @@ public enum TrainerEvent {
         public let gradNorm: Double?
         /// Wall time of the last batch's train step and the optimizer step.
         public let seconds: Double
+        /// Data-parallel training: wall time of the gradient allreduce (part of `seconds`).
+        public let allreduceSeconds: Double?
     }
 
     public struct Evaluation {

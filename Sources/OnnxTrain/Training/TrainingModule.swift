@@ -253,6 +253,19 @@ public final class TrainingModule {
     /// Makes the next train step overwrite the gradients instead of adding to them.
     public func lazyResetGrad() { accumulate = false }
 
+    /// Whether the next train step adds to the gradients (false after a reset: it overwrites them).
+    var accumulatesGradients: Bool { accumulate }
+
+    /// Sets every gradient to zero, so the next train step adds to them (a data-parallel process
+    /// whose share of a batch is empty contributes nothing).
+    func zeroGradients() {
+        for p in trainableParameters {
+            guard let g = p.grad else { continue }
+            if g.byteCount > 0 { g.storage.bytes.initializeMemory(as: UInt8.self, repeating: 0, count: g.byteCount) }
+        }
+        accumulate = true
+    }
+
     static func bind(_ inputs: [Tensor], to names: [String], what: String) throws -> [String: Tensor] {
         guard inputs.count == names.count else {
             throw OnnxTrainError.invalidInput("\(what) takes \(names.count) inputs (\(names.joined(separator: ", "))), got \(inputs.count)")
