@@ -10,7 +10,11 @@ Each child times WARMUP + STEPS steps and reports its own peak RSS (getrusage ru
 onnxruntime also time inference of inference.onnx on the first batch. Then:
     * the GEMM peak: the best N x N x N sgemm in `onnx-train bench --gemm-peak N`, the better of
       onnx-train's split product and OpenBLAS's own threading at the same thread count, against which the MLP's step GFLOP/s (its GEMM FLOPs / median step) is set;
-    * batch scaling: the MLP at batch 8..256 (mlp_b<N> exports) in onnx-train and onnxruntime.
+    * batch scaling: the MLP at batch 8..256 (mlp_b<N> exports) in onnx-train and onnxruntime;
+    * data parallelism (issue 12): onnx-train on every model with 1 process x 1 thread, 2 processes x 1
+      thread under `mpirun -np 2` (each its own batch, the gradients averaged by MPI_Allreduce) and 1
+      process x 2 threads: steps/s, examples/s, the allreduce time and bytes per step; and a model of
+      the step time on 4..64 machines on a 10 Gbit/s network from the ring-allreduce cost.
 Prints a table and writes it, with the machine and how to reproduce, to docs/PERFORMANCE.md (smoke runs
 write build/bench-smoke.md instead unless --doc is given).
 
@@ -20,6 +24,7 @@ the runtimes' defaults.
 
 Run: python Benchmarks/bench.py [--binary .build/release/onnx-train] [--steps 50] [--warmup 5] [--rounds 2]
      [--threads 2] [--models mlp,cnn,gpt] [--scale 8,16,32,64,128,256] [--smoke] [--spin] [--doc PATH]
+     [--data-parallel-only] [--no-data-parallel]
 """
 
 import argparse
@@ -39,14 +44,18 @@ sys.path.insert(0, str(HERE))
 import bench_reference  # noqa: E402  (the reference children and the summary statistics)
 
 RUNTIMES = ("onnx-train", "onnxruntime", "pytorch")
+NETWORK_GBIT = 10  # the modelled network of the data-parallel table
+MODEL_MACHINES = (4, 8, 16, 32, 64)
 GOAL_RATIO = 0.8  # issue 6: onnx-train's median step <= 0.8 x the faster peer's
 
 
-def run_onnx_train(binary, folder, args, infer=True):
+def run_onnx_train(binary, folder, args, infer=True, threads=None, processes=1):
     cmd = [str(binary), "bench", str(folder), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     if infer:
         cmd.append("--infer")
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads))
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads or args.threads))
+    if processes > 1:
+        cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(processes), "-x", "OPENBLAS_NUM_THREADS"] + cmd
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"bench: onnx-train failed on {folder.name}:\n{done.stderr[-2000:]}")
@@ -122,6 +131,8 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="3 steps, 1 warm-up, 1 round, a small GEMM, two batch sizes")
     parser.add_argument("--out", type=Path, default=HERE / "models", help="where the exported models live")
     parser.add_argument("--doc", type=Path, help="markdown report (default docs/PERFORMANCE.md; smoke: .build/bench-smoke.md)")
+    parser.add_argument("--data-parallel-only", action="store_true", help="only the data-parallel table (printed, not written)")
+    parser.add_argument("--no-data-parallel", action="store_true", help="leave out the data-parallel table")
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.warmup, args.rounds, args.gemm_n, args.gemm_runs = 3, 1, 1, 512, 2
@@ -137,6 +148,10 @@ def main():
 
     started = time.time()
     load_start = os.getloadavg()
+    if args.data_parallel_only:
+        parallel = data_parallel(args, models)
+        print("\n" + "\n".join(data_parallel_report(args, parallel, os.getloadavg())))
+        return
     peak = gemm_peak(args.binary, args)
     print(f"GEMM peak: {peak['gflops']:.1f} GFLOP/s ({peak['n']}^3 sgemm, {peak['threads']} threads; split "
           f"{peak.get('split_gflops', 0):.1f}, OpenBLAS-threaded {peak.get('openblas_gflops', 0):.1f})", flush=True)
@@ -173,16 +188,80 @@ def main():
         scaling.append(line)
         print(json.dumps(line), flush=True)
 
+    parallel = [] if args.no_data_parallel else data_parallel(args, models)
     load_end = os.getloadavg()
     minutes = (time.time() - started) / 60
-    text = report(args, peak, rows, scaling, machine(), load_start, load_end, minutes)
+    text = report(args, peak, rows, scaling, machine(), load_start, load_end, minutes, parallel)
     print("\n" + text)
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
     print(f"wrote {doc.relative_to(ROOT) if doc.is_relative_to(ROOT) else doc} ({minutes:.1f} min)")
 
 
-def report(args, peak, rows, scaling, info, load_start, load_end, minutes):
+def data_parallel(args, models):
+    """Every model in onnx-train: 1 process x 1 thread, 2 processes x 1 thread (mpirun), 1 process x 2
+    threads; each process trains the model's batch, so 2 processes train twice the examples per step."""
+    import shutil
+    if shutil.which("mpirun") is None:
+        raise SystemExit("bench: mpirun is missing for the data-parallel table (make deps installs openmpi-bin)")
+    lines = []
+    for name in models:
+        folder = args.out / name
+        meta = json.loads((folder / "meta.json").read_text())
+        runs = {}
+        for key, threads, processes in (("1x1", 1, 1), ("2x1", 1, 2), ("1x2", 2, 1)):
+            result = run_onnx_train(args.binary, folder, args, infer=False, threads=threads, processes=processes)
+            runs[key] = {"median_ms": statistics.median(result["times"]) * 1000, "processes": processes,
+                         "allreduce_ms": statistics.median(result["allreduce_times"]) * 1000 if result.get("allreduce_times") else None,
+                         "gradient_bytes": result.get("gradient_bytes")}
+        line = {"model": name, "batch_size": meta["batch_size"], **runs}
+        lines.append(line)
+        print(json.dumps({"data_parallel": line}), flush=True)
+    return lines
+
+
+def data_parallel_report(args, lines, load):
+    if not lines:
+        return []
+    out = ["## Data-parallel training (MPI)", "",
+           f"onnx-train alone on this machine ({os.cpu_count()} cores, load average {load[0]:.1f} at the end): one process with one",
+           "thread, two processes with one thread each under `mpirun -np 2` (`onnx-train bench` with the Trainer's",
+           "`dataParallel` group: each process trains the model's batch, the gradients are averaged by one MPI_Allreduce",
+           "over a flat float buffer, so a step covers twice the examples), and one process with two threads. Medians",
+           f"of {args.steps} timed steps, one run each.", "",
+           "| model | batch per process | 1 process x 1 thread | 2 processes x 1 thread | 1 process x 2 threads | allreduce per step (2 processes) | gradient bytes per step |",
+           "|---|---|---|---|---|---|---|"]
+    for l in lines:
+        def cell(key):
+            r = l[key]
+            steps = 1000 / r["median_ms"]
+            return f"{steps:.1f} steps/s, {steps * l['batch_size'] * r['processes']:.0f} ex/s"
+        two = l["2x1"]
+        out.append(f"| {l['model']} | {l['batch_size']} | {cell('1x1')} | {cell('2x1')} | {cell('1x2')} "
+                   f"| {fmt_ms(two['allreduce_ms']) if two['allreduce_ms'] is not None else '-'} "
+                   f"| {two['gradient_bytes'] / 2**20:.2f} MiB |")
+    bandwidth = NETWORK_GBIT * 1e9 / 8
+    out += ["", f"### Modelled step time on p machines ({NETWORK_GBIT} Gbit/s)", "",
+            "A model, not a measurement: each machine computes its batch in the time one process with two threads took",
+            "here (the table above), then a ring allreduce moves 2(p-1)/p x the gradient bytes in and out of every",
+            f"machine at {NETWORK_GBIT} Gbit/s ({bandwidth / 1e9:.2f} GB/s). Left out: latency (2(p-1) messages per allreduce, ~1 ms",
+            "in all at 10 µs each and p = 64), the reduction arithmetic, and overlap of communication with the backward pass",
+            "(onnx-train reduces after it; PyTorch's DDP overlaps them by buckets). Efficiency = compute / (compute + communication).", "",
+            "| model | gradient MiB | compute | " + " | ".join(f"p = {p}" for p in MODEL_MACHINES) + " |",
+            "|---|---|---|" + "---|" * len(MODEL_MACHINES)]
+    for l in lines:
+        compute = l["1x2"]["median_ms"]
+        cells = []
+        for p in MODEL_MACHINES:
+            comm = 2 * (p - 1) / p * l["2x1"]["gradient_bytes"] / bandwidth * 1000
+            total = compute + comm
+            cells.append(f"{fmt_ms(total)} ({100 * compute / total:.0f}%, {p * l['batch_size'] * 1000 / total:.0f} ex/s)")
+        out.append(f"| {l['model']} | {l['2x1']['gradient_bytes'] / 2**20:.2f} | {fmt_ms(compute)} | " + " | ".join(cells) + " |")
+    out += ["", "Each cell: modelled step time (efficiency, examples per second over all machines).", ""]
+    return out
+
+
+def report(args, peak, rows, scaling, info, load_start, load_end, minutes, parallel=()):
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     spin = "spinning (runtime defaults)" if args.spin else "sleeping (onnxruntime allow_spinning=0, OMP_WAIT_POLICY=PASSIVE)"
     out = ["# Performance", "",
@@ -236,6 +315,8 @@ def report(args, peak, rows, scaling, info, load_start, load_end, minutes):
             t, o = s["onnx-train"], s["onnxruntime"]
             out.append(f"| {s['batch']} | {fmt_ms(t['median_ms'])} | {1000 * t['median_ms'] / s['batch']:.1f} µs | {t['gflops']:.1f} "
                        f"| {t['peak_rss_mb']:.0f} MiB | {fmt_ms(o['median_ms'])} | {o['gflops']:.1f} | {o['peak_rss_mb']:.0f} MiB ({o['model_rss_mb']:.0f}) |")
+    if parallel:
+        out += [""] + data_parallel_report(args, parallel, load_end)
     out += ["", "## Machine", ""]
     out += [f"* {k}: {v}" for k, v in info.items()]
     out += [f"* onnxruntime-training {rows[0]['onnxruntime']['version'] if rows else '?'}, "

@@ -15,7 +15,9 @@ struct BenchCommand: ParsableCommand {
         like onnxruntime's Module/Optimizer loop; step k uses batch k mod batches of data.npz. \
         Prints one JSON line: step times (seconds, after the warm-up), losses, peak RSS \
         (getrusage ru_maxrss, MiB) after training, the RSS before the model was loaded, and with \
-        --infer the median latency of inference.onnx on the first batch. With --gemm-peak N \
+        --infer the median latency of inference.onnx on the first batch. Under mpirun the \
+        processes train data-parallel (each its own batch, the gradients averaged) and rank 0 \
+        prints, adding the allreduce times and the gradient bytes. With --gemm-peak N \
         (no FOLDER needed) it times an N×N×N cblas_sgemm instead and prints the best GFLOP/s. \
         OpenBLAS's thread count comes from OPENBLAS_NUM_THREADS.
 
@@ -42,13 +44,15 @@ struct BenchCommand: ParsableCommand {
     var gemmPeak: Int?
 
     func run() throws {
-        try CLIFailure.run {
+        let group = gemmPeak == nil ? try ParallelJob.join() : nil
+        try ParallelJob.run(group) {
             if let n = gemmPeak {
                 print(try Self.json(try Self.gemm(n: n, runs: max(steps, 1))))
                 return
             }
             guard let folder else { throw OnnxTrainError.invalidInput("bench needs a FOLDER or --gemm-peak N") }
-            print(try Self.json(try train(folder: folder)))
+            let result = try ParallelJob.together(group) { try train(folder: folder, group: group) }
+            if group?.isMainProcess ?? true { print(try Self.json(result)) }
         }
     }
 
@@ -63,7 +67,7 @@ struct BenchCommand: ParsableCommand {
         String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
     }
 
-    func train(folder: String) throws -> [String: Any] {
+    func train(folder: String, group: DataParallel?) throws -> [String: Any] {
         let baseline = Self.peakRSS()
         let dir = URL(fileURLWithPath: folder)
         func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
@@ -94,12 +98,18 @@ struct BenchCommand: ParsableCommand {
         var configuration = Trainer.Configuration(batchSize: batchSize, steps: Int.max, learningRate: Float(lr))
         configuration.shuffle = false
         configuration.checkpointAtEpochEnd = false
-        let trainer = try Trainer(module: module, optimizer: optimizer, train: data, configuration: configuration)
-        guard trainer.batches.count == count else {
+        // Data-parallel: each process trains a batch of rows_per_step, so a step takes N of them.
+        let processes = group?.size ?? 1
+        guard count % processes == 0 else {
+            throw OnnxTrainError.invalidInput("\(path("data.npz")): \(count) batches do not split into steps of \(processes) processes")
+        }
+        let trainer = try Trainer(module: module, optimizer: optimizer, train: data, configuration: configuration, dataParallel: group)
+        guard trainer.batches.count == count / processes else {
             throw OnnxTrainError.invalidInput("\(path("data.npz")): rows_per_step gives \(trainer.batches.count) batches, meta.json says \(count)")
         }
         let clock = ContinuousClock()
         var times: [Double] = []
+        var allreduceTimes: [Double] = []
         var losses: [Double] = []
         // Warm-up: at least `warmup` steps and `warmupSeconds`; then `steps` timed steps.
         let warmupStart = clock.now
@@ -110,6 +120,7 @@ struct BenchCommand: ParsableCommand {
             losses.append(s.loss)
             if warmed {
                 times.append(s.seconds)
+                if let t = s.allreduceSeconds { allreduceTimes.append(t) }
             } else if s.step >= warmup && Self.seconds(clock.now - warmupStart) >= warmupSeconds {
                 warmed = true
             }
@@ -118,6 +129,11 @@ struct BenchCommand: ParsableCommand {
         if wanted > 0 { try trainer.run() }
         var result: [String: Any] = ["times": times, "losses": losses, "peak_rss_mb": Self.peakRSS(),
                                      "baseline_rss_mb": baseline, "version": "onnx-train"]
+        if group != nil {
+            result["processes"] = processes
+            result["allreduce_times"] = allreduceTimes
+            result["gradient_bytes"] = module.trainableParameters.reduce(0) { $0 + ($1.grad?.byteCount ?? 0) }
+        }
         if infer {
             let session = try InferenceSession(path: path("inference.onnx"))
             guard let x = trainer.batches.batch(0)[first] else { throw OnnxTrainError.invalidInput("\(folder): no data") }

@@ -14,6 +14,13 @@ enum ParallelJob {
     /// The MPI job this process belongs to, when mpirun started it.
     static func join() throws -> MPIGroup? {
         guard MPIGroup.isLaunched else { return nil }
+        // The processes of one machine share its cores: each runs cores / processes threads,
+        // unless told otherwise (read once, by the first kernel that runs).
+        let env = ProcessInfo.processInfo.environment
+        if env["OMP_NUM_THREADS"] == nil && env["OPENBLAS_NUM_THREADS"] == nil,
+           let local = env["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init), local > 1 {
+            setenv("OMP_NUM_THREADS", String(max(1, ProcessInfo.processInfo.activeProcessorCount / local)), 1)
+        }
         do {
             let group = try MPIGroup()
             installSignalHandlers(isMain: group.isMainProcess)

@@ -219,7 +219,9 @@ public final class Trainer {
         if processes > 1 && !batches.examplesSeparable {
             throw OnnxTrainError.invalidInput("\(c.dataLabel): data-parallel training splits every batch by example, and some array has no whole number of rows per example of '\(batches.names[0])'")
         }
-        try TrainingDataCheck.check(batches, module: module, dataPath: c.dataLabel)
+        // A graph with a fixed batch dimension sees one process's share: check those.
+        try TrainingDataCheck.check(processes > 1 ? try Batches(arrays: train, names: module.trainInputNames, batchSize: c.batchSize, dropLast: c.dropLast) : batches,
+                                    module: module, dataPath: c.dataLabel)
 
         // Step arithmetic: every product is checked, so `--epochs 9223372036854775807` is an error.
         let steps: Int
