@@ -18,7 +18,7 @@ public enum Npz {
 
     /// Reads every array of an `.npz` file into a dictionary.
     public static func readDictionary(contentsOf path: String) throws -> [String: Tensor] {
-        try dictionary(read(contentsOf: path), name: path)
+        dictionary(try read(contentsOf: path))
     }
 
     /// Writes `arrays` in the given order; `compressed` deflates like `np.savez_compressed`.
@@ -98,9 +98,8 @@ public enum Npz {
         return data
     }
 
-    static func dictionary(_ arrays: [(name: String, tensor: Tensor)], name: String) throws -> [String: Tensor] {
-        var result: [String: Tensor] = [:]
-        for (n, t) in arrays { result[n] = t }
-        return result
+    /// The arrays by name (a repeated name keeps its last array).
+    static func dictionary(_ arrays: [(name: String, tensor: Tensor)]) -> [String: Tensor] {
+        Dictionary(arrays.map { ($0.name, $0.tensor) }, uniquingKeysWith: { _, last in last })
     }
 }

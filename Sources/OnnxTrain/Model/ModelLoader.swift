@@ -115,8 +115,6 @@ private func buffer<T>(_ p: UnsafeMutablePointer<T>?, _ n: Int) -> UnsafeBufferP
     UnsafeBufferPointer(start: n > 0 ? p : nil, count: p == nil ? 0 : n)
 }
 
-/// The largest element count we accept for one tensor (guards against corrupt dims).
-private let maxElements = 1 << 40
 
 private struct ProtoConverter {
     let directory: String?
@@ -356,7 +354,7 @@ private struct ProtoConverter {
         for d in buffer(t.dims, t.n_dims) {
             guard d >= 0 else { throw OnnxTrainError.invalidModel("\(label) has negative dimension \(d)") }
             let (product, overflow) = count.multipliedReportingOverflow(by: Int(d))
-            guard !overflow, product <= maxElements else { throw OnnxTrainError.invalidModel("\(label) has too many elements (dims \(buffer(t.dims, t.n_dims).map { $0 }))") }
+            guard !overflow, product <= SizePolicy.maxDeclaredElements else { throw OnnxTrainError.invalidModel("\(label) has too many elements (dims \(buffer(t.dims, t.n_dims).map { $0 }))") }
             count = product
             shape.append(Int(d))
         }
@@ -378,7 +376,7 @@ private struct ProtoConverter {
         var tensor = Tensor(zeros: dtype, shape: count == 0 ? shape : [0])
         func fill<S, D>(_ source: UnsafeBufferPointer<S>, _ field: String, as: D.Type, perElement: Int = 1, _ convert: (S) -> D) throws {
             guard source.count == count * perElement else {
-                if count == 0 || source.isEmpty && count == 0 { return }
+                if count == 0 { return }
                 throw OnnxTrainError.invalidModel("\(label) has \(source.count) values in \(field) for shape \(shape)")
             }
             tensor = try Tensor(checkedZeros: dtype, shape: shape, label: label)

@@ -163,7 +163,7 @@ struct TreeEnsembleKernel: Kernel {
         }
         let (rows, features) = (x.shape[0], x.shape[1])
         guard maxFeature < features else { throw KernelError("nodes_featureids reaches feature \(maxFeature), X has \(features)") }
-        guard rows <= (1 << 30) / max(targets, 1) else { throw KernelError("output [\(rows), \(targets)] is too large") }
+        _ = try Tensor.checkedElementCount([rows, targets])
         let values = try mlDoubles(x)
         // MIN/MAX start from the element type's extremes, as the reference does (np.finfo(X.dtype)).
         let largest: Double = switch x.dtype {

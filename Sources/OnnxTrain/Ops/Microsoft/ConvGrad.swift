@@ -135,23 +135,6 @@ struct ConvGradKernel: Kernel {
     }
 }
 
-/// The sum of `count` contiguous values, in eight interleaved partial sums (vectorizable, and
-/// closer to the exact sum than one running total).
-@inline(__always)
-func rowSum<T: FloatElement>(_ p: UnsafePointer<T>, _ count: Int) -> T {
-    if T.self == Float.self { return unsafeBitCast(rowSumFloat(UnsafeRawPointer(p), count), to: T.self) }
-    var acc = (T.zero, T.zero, T.zero, T.zero, T.zero, T.zero, T.zero, T.zero)
-    var i = 0
-    while i + 8 <= count {
-        acc.0 += p[i]; acc.1 += p[i + 1]; acc.2 += p[i + 2]; acc.3 += p[i + 3]
-        acc.4 += p[i + 4]; acc.5 += p[i + 5]; acc.6 += p[i + 6]; acc.7 += p[i + 7]
-        i += 8
-    }
-    var tail = T.zero
-    while i < count { tail += p[i]; i += 1 }
-    return ((acc.0 + acc.4) + (acc.1 + acc.5)) + ((acc.2 + acc.6) + (acc.3 + acc.7)) + tail
-}
-
 /// ConvTransposeGrad(dY [N,Cout,o…], X [N,Cin,i…], W [Cin,Cout/g,k…]) → dX?, dW?, dB? (com.microsoft
 /// v1). onnxruntime 1.19.2 has it for CUDA only, so CPU artifacts with a ConvTranspose never ran there.
 /// ConvTranspose is the adjoint of the convolution that maps its output image back to its input
@@ -211,18 +194,3 @@ func convGradKernel(_ ctx: NodeContext) throws -> Kernel {
                    wantX: ctx.hasOutput(0), wantW: ctx.hasOutput(1), wantB: ctx.hasOutput(2))
 }
 
-/// `rowSum` for float32: eight lanes of eight-wide partial sums.
-@inline(__always)
-func rowSumFloat(_ p: UnsafeRawPointer, _ count: Int) -> Float {
-    var a0 = SIMD8<Float>(), a1 = SIMD8<Float>()
-    var i = 0
-    while i + 16 <= count {
-        a0 += p.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-        a1 += p.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
-        i += 16
-    }
-    var tail: Float = 0
-    let f = p.assumingMemoryBound(to: Float.self)
-    while i < count { tail += f[i]; i += 1 }
-    return (a0 + a1).sum() + tail
-}

@@ -20,23 +20,18 @@ enum CrossEntropyReduction: String {
     }
 }
 
-/// Log-softmax of `x` viewed as [outer, classes, inner], over the class axis.
+/// Log-softmax of `x` viewed as [outer, classes, inner], over the class axis, in Double (the one
+/// `softmax` kernel).
 func logSoftmax(_ x: [Double], outer: Int, classes: Int, inner: Int) -> [Double] {
     var out = [Double](repeating: 0, count: x.count)
-    for o in 0..<outer {
-        for j in 0..<inner {
-            let base = o * classes * inner + j
-            var m = -Double.infinity
-            for c in 0..<classes { m = max(m, x[base + c * inner]) }
-            var s = 0.0
-            for c in 0..<classes { s += exp(x[base + c * inner] - m) }
-            let lse = m + log(s)
-            for c in 0..<classes { out[base + c * inner] = x[base + c * inner] - lse }
+    x.withUnsafeBufferPointer { px in
+        out.withUnsafeMutableBufferPointer { po in
+            guard let px = px.baseAddress, let po = po.baseAddress else { return }
+            softmax(px, po, outer: outer, n: classes, inner: inner, log: true)
         }
     }
     return out
 }
-
 
 /// Per-sample weights w_i for class-index labels: weight[label] (or 1), 0 for ignored labels.
 /// Labels outside [0, C) that are not ignored are an error.

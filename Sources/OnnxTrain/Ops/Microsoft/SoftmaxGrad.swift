@@ -32,28 +32,16 @@ struct SoftmaxGradKernel: Kernel {
         let outer: Int, n: Int, inner: Int
         let log: Bool
         func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
-            if T.self == Float.self && inner == 1 && n > 0 { return floatRows() }
             var out = Tensor(uninitialized: T.dtype, shape: y.shape)
-            try dy.withUnsafeBufferPointer(as: T.self) { g in
-                try y.withUnsafeBufferPointer(as: T.self) { p in
-                    out.uncheckedMutableBufferPointer(as: T.self) { o in
-                        for b in 0..<outer {
-                            for j in 0..<inner {
-                                let base = b * n * inner + j
-                                var sum = 0.0
-                                if log {
-                                    for k in 0..<n { sum += Double(g[base + k * inner]) }
-                                    for k in 0..<n {
-                                        let i = base + k * inner
-                                        o[i] = T(Double(g[i]) - exp(Double(p[i])) * sum)
-                                    }
-                                } else {
-                                    for k in 0..<n { sum += Double(g[base + k * inner]) * Double(p[base + k * inner]) }
-                                    for k in 0..<n {
-                                        let i = base + k * inner
-                                        o[i] = T(Double(p[i]) * (Double(g[i]) - sum))
-                                    }
-                                }
+            let (outer, n, inner, log) = (outer, n, inner, log)
+            dy.uncheckedBufferPointer(as: T.self) { bg in
+                y.uncheckedBufferPointer(as: T.self) { by in
+                    out.uncheckedMutableBufferPointer(as: T.self) { bo in
+                        guard let g = bg.baseAddress, let p = by.baseAddress, let o = bo.baseAddress, n > 0 else { return }
+                        Parallel.forRange(outer * inner, minimumChunk: max(1, 8192 / n)) { rows in
+                            for r in rows {
+                                let base = (r / inner) * n * inner + r % inner
+                                softmaxGradRow(g + base, p + base, o + base, n, stride: inner, log: log)
                             }
                         }
                     }
@@ -64,39 +52,29 @@ struct SoftmaxGradKernel: Kernel {
     }
 }
 
-extension SoftmaxGradKernel.Compute {
-    /// float32 rows (dY, Y, dX: [outer, n]) in float, as onnxruntime computes them; rows split
-    /// across threads.
-    func floatRows() -> Tensor {
-        var out = Tensor(uninitialized: .float32, shape: y.shape)
-        let (rows, n, log) = (outer, self.n, self.log)
-        dy.uncheckedBufferPointer(as: Float.self) { bg in
-            y.uncheckedBufferPointer(as: Float.self) { by in
-                out.uncheckedMutableBufferPointer(as: Float.self) { bo in
-                    guard let g = bg.baseAddress, let p = by.baseAddress, let o = bo.baseAddress else { return }
-                    Parallel.forRange(rows, minimumChunk: max(1, 8192 / n)) { range in
-                        for r in range { softmaxGradRow(g + r * n, p + r * n, o + r * n, n, log: log) }
-                    }
-                }
-            }
-        }
-        return out
-    }
-}
-
-/// One float32 row: softmax dx = y·(dy − Σ dy·y), log-softmax dx = dy − exp(y)·Σ dy (a function of
-/// its own so its loops vectorise).
+/// One row of n elements `stride` apart: softmax dx = y·(dy − Σ dy·y), log-softmax
+/// dx = dy − exp(y)·Σ dy. Accumulator: T, as onnxruntime computes float32 in float (Sums.swift
+/// at stride 1). A function of its own so its loops vectorise.
 @inline(never)
-func softmaxGradRow(_ pg: UnsafePointer<Float>, _ py: UnsafePointer<Float>, _ po: UnsafeMutablePointer<Float>, _ n: Int, log: Bool) {
+func softmaxGradRow<T: FloatElement>(_ pg: UnsafePointer<T>, _ py: UnsafePointer<T>, _ po: UnsafeMutablePointer<T>, _ n: Int,
+                                     stride: Int, log: Bool) {
+    if stride == 1 {
+        if log {
+            let sum = rowSum(pg, n)
+            for k in 0..<n { po[k] = pg[k] - T.fastExp(py[k]) * sum }
+        } else {
+            let sum = dotSum(pg, py, n)
+            for k in 0..<n { po[k] = py[k] * (pg[k] - sum) }
+        }
+        return
+    }
+    var sum = T.zero
     if log {
-        let sum = sumFloat(pg, n)
-        for k in 0..<n { po[k] = pg[k] - FloatMath.exp(py[k]) * sum }
+        for k in 0..<n { sum += pg[k * stride] }
+        for k in 0..<n { po[k * stride] = pg[k * stride] - T.fastExp(py[k * stride]) * sum }
     } else {
-        var acc = FloatVec8(), k = 0
-        while k + 8 <= n { acc += load8(pg + k) * load8(py + k); k += 8 }
-        var sum = acc.sum()
-        while k < n { sum += pg[k] * py[k]; k += 1 }
-        for k in 0..<n { po[k] = py[k] * (pg[k] - sum) }
+        for k in 0..<n { sum += pg[k * stride] * py[k * stride] }
+        for k in 0..<n { po[k * stride] = py[k * stride] * (pg[k * stride] - sum) }
     }
 }
 

@@ -100,38 +100,6 @@ struct BatchNormForward: FloatOperation {
     }
 }
 
-/// Σ (p[i] − mu)² over `count` contiguous values, in eight interleaved partial sums.
-@inline(__always)
-func squaredDeviationSum<T: FloatElement>(_ p: UnsafePointer<T>, _ count: Int, _ mu: T) -> T {
-    if T.self == Float.self {
-        let raw = UnsafeRawPointer(p), m = unsafeBitCast(mu, to: Float.self), mv = SIMD8<Float>(repeating: m)
-        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>()
-        var i = 0
-        while i + 16 <= count {
-            let d0 = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) - mv
-            let d1 = raw.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self) - mv
-            a0 += d0 * d0; a1 += d1 * d1
-            i += 16
-        }
-        var tail: Float = 0
-        let f = raw.assumingMemoryBound(to: Float.self)
-        while i < count { let d = f[i] - m; tail += d * d; i += 1 }
-        return unsafeBitCast((a0 + a1).sum() + tail, to: T.self)
-    }
-    var acc = (T.zero, T.zero, T.zero, T.zero, T.zero, T.zero, T.zero, T.zero)
-    var i = 0
-    while i + 8 <= count {
-        let d0 = p[i] - mu, d1 = p[i + 1] - mu, d2 = p[i + 2] - mu, d3 = p[i + 3] - mu
-        let d4 = p[i + 4] - mu, d5 = p[i + 5] - mu, d6 = p[i + 6] - mu, d7 = p[i + 7] - mu
-        acc.0 += d0 * d0; acc.1 += d1 * d1; acc.2 += d2 * d2; acc.3 += d3 * d3
-        acc.4 += d4 * d4; acc.5 += d5 * d5; acc.6 += d6 * d6; acc.7 += d7 * d7
-        i += 8
-    }
-    var tail = T.zero
-    while i < count { let d = p[i] - mu; tail += d * d; i += 1 }
-    return ((acc.0 + acc.4) + (acc.1 + acc.5)) + ((acc.2 + acc.6) + (acc.3 + acc.7)) + tail
-}
-
 /// Overwrites a float tensor's shared storage with `values` (onnxruntime's in-place aliasing).
 func writeInPlace(_ t: Tensor, _ values: [Double], _ name: String) throws {
     guard t.count == values.count else { throw KernelError("\(name) holds \(t.count) values, expected \(values.count)") }
@@ -212,41 +180,6 @@ struct BatchNormBackward: FloatOperation {
         }
         return (dx, dScale, dB)
     }
-}
-
-/// (Σ g[i], Σ g[i]·(x[i] − mu)) over `count` contiguous values, in four interleaved partial sums each.
-@inline(__always)
-func sumAndCrossDeviation<T: FloatElement>(_ g: UnsafePointer<T>, _ x: UnsafePointer<T>, _ count: Int, _ mu: T) -> (T, T) {
-    if T.self == Float.self {
-        let rg = UnsafeRawPointer(g), rx = UnsafeRawPointer(x)
-        let m = unsafeBitCast(mu, to: Float.self), mv = SIMD8<Float>(repeating: m)
-        var s0 = SIMD8<Float>(), s1 = SIMD8<Float>(), c0 = SIMD8<Float>(), c1 = SIMD8<Float>()
-        var i = 0
-        while i + 16 <= count {
-            let g0 = rg.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-            let g1 = rg.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
-            let x0 = rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-            let x1 = rx.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
-            s0 += g0; s1 += g1
-            c0 += g0 * (x0 - mv); c1 += g1 * (x1 - mv)
-            i += 16
-        }
-        var ts: Float = 0, tc: Float = 0
-        let fg = rg.assumingMemoryBound(to: Float.self), fx = rx.assumingMemoryBound(to: Float.self)
-        while i < count { ts += fg[i]; tc += fg[i] * (fx[i] - m); i += 1 }
-        return (unsafeBitCast((s0 + s1).sum() + ts, to: T.self), unsafeBitCast((c0 + c1).sum() + tc, to: T.self))
-    }
-    var s0 = T.zero, s1 = T.zero, s2 = T.zero, s3 = T.zero
-    var c0 = T.zero, c1 = T.zero, c2 = T.zero, c3 = T.zero
-    var i = 0
-    while i + 4 <= count {
-        s0 += g[i]; s1 += g[i + 1]; s2 += g[i + 2]; s3 += g[i + 3]
-        c0 += g[i] * (x[i] - mu); c1 += g[i + 1] * (x[i + 1] - mu)
-        c2 += g[i + 2] * (x[i + 2] - mu); c3 += g[i + 3] * (x[i + 3] - mu)
-        i += 4
-    }
-    while i < count { s0 += g[i]; c0 += g[i] * (x[i] - mu); i += 1 }
-    return ((s0 + s2) + (s1 + s3), (c0 + c2) + (c1 + c3))
 }
 
 /// Rows of a layer norm: X flattened to [rows = ∏d[:axis], cols = ∏d[axis:]].
@@ -356,31 +289,41 @@ struct LayerNormGradKernel: Kernel {
 }
 
 extension LayerNormGradKernel {
-    /// LayerNormalizationGrad with every input float32: layerNormBackward (LayerNormFloat.swift),
-    /// in float like onnxruntime. nil for other types (the Double path below).
+    /// LayerNormalizationGrad with every input of one type, float32 or float64: the pointer
+    /// kernel layerNormBackward (LayerNormKernels.swift, accumulator T, float32 in float like
+    /// onnxruntime). nil otherwise (the general path above).
     func floatStandardGrad(_ inputs: [Value?], _ dyT: Tensor, _ x: Tensor, _ scaleT: Tensor,
                            rows: Int, cols: Int) throws -> [Value?]? {
         let meanT = try inputs.tensor(3), invT = try inputs.tensor(4)
         // Empty inputs take the general path (which also writes the zero sums).
-        guard rows > 0, cols > 0, [dyT, x, scaleT, meanT, invT].allSatisfy({ $0.dtype == .float32 }) else { return nil }
+        guard rows > 0, cols > 0, x.dtype == .float32 || x.dtype == .float64,
+              [dyT, scaleT, meanT, invT].allSatisfy({ $0.dtype == x.dtype }) else { return nil }
         guard scaleT.count == cols else { throw KernelError("scale \(scaleT.shape) must hold \(cols) values (the normalized shape)") }
         guard meanT.count == rows else { throw KernelError("mean \(meanT.shape) must hold \(rows) values (one per row)") }
         guard invT.count == rows else { throw KernelError("inv_std_dev \(invT.shape) must hold \(rows) values (one per row)") }
-        var dx = Tensor(uninitialized: .float32, shape: x.shape)
-        var dScale = Tensor(uninitialized: .float32, shape: scaleT.shape), dBias = Tensor(uninitialized: .float32, shape: scaleT.shape)
-        try dyT.withUnsafeBufferPointer(as: Float.self) { pg in
-            try x.withUnsafeBufferPointer(as: Float.self) { px in
-                try scaleT.withUnsafeBufferPointer(as: Float.self) { ps in
-                    try meanT.withUnsafeBufferPointer(as: Float.self) { pm in
-                        try invT.withUnsafeBufferPointer(as: Float.self) { pi in
-                            dx.uncheckedMutableBufferPointer(as: Float.self) { po in
-                                dScale.uncheckedMutableBufferPointer(as: Float.self) { pds in
-                                    dBias.uncheckedMutableBufferPointer(as: Float.self) { pdb in
-                                        guard let g = pg.baseAddress, let xv = px.baseAddress, let sc = ps.baseAddress,
-                                              let ds = pds.baseAddress, let db = pdb.baseAddress else { return }
-                                        guard let m = pm.baseAddress, let i = pi.baseAddress, let o = po.baseAddress else { return }
-                                        layerNormBackward(dy: g, x: xv, scale: sc, mean: m, invStd: i, dx: o, dScale: ds, dBias: db,
-                                                          rows: rows, cols: cols)
+        return try dispatchFloat(x.dtype, StandardGrad(dy: dyT, x: x, scale: scaleT, mean: meanT, invStd: invT, rows: rows, cols: cols))
+    }
+
+    private struct StandardGrad: FloatOperation {
+        let dy: Tensor, x: Tensor, scale: Tensor, mean: Tensor, invStd: Tensor, rows: Int, cols: Int
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Value?] {
+            var dx = Tensor(uninitialized: T.dtype, shape: x.shape)
+            var dScale = Tensor(uninitialized: T.dtype, shape: scale.shape), dBias = Tensor(uninitialized: T.dtype, shape: scale.shape)
+            let (rows, cols) = (rows, cols)
+            dy.uncheckedBufferPointer(as: T.self) { pg in
+                x.uncheckedBufferPointer(as: T.self) { px in
+                    scale.uncheckedBufferPointer(as: T.self) { ps in
+                        mean.uncheckedBufferPointer(as: T.self) { pm in
+                            invStd.uncheckedBufferPointer(as: T.self) { pi in
+                                dx.uncheckedMutableBufferPointer(as: T.self) { po in
+                                    dScale.uncheckedMutableBufferPointer(as: T.self) { pds in
+                                        dBias.uncheckedMutableBufferPointer(as: T.self) { pdb in
+                                            guard let g = pg.baseAddress, let xv = px.baseAddress, let sc = ps.baseAddress,
+                                                  let ds = pds.baseAddress, let db = pdb.baseAddress else { return }
+                                            guard let m = pm.baseAddress, let i = pi.baseAddress, let o = po.baseAddress else { return }
+                                            layerNormBackward(dy: g, x: xv, scale: sc, mean: m, invStd: i, dx: o, dScale: ds, dBias: db,
+                                                              rows: rows, cols: cols)
+                                        }
                                     }
                                 }
                             }
@@ -388,8 +331,8 @@ extension LayerNormGradKernel {
                     }
                 }
             }
+            return [.tensor(dx), .tensor(dScale), .tensor(dBias)]
         }
-        return [.tensor(dx), .tensor(dScale), .tensor(dBias)]
     }
 }
 

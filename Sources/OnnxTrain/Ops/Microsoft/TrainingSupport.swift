@@ -32,16 +32,6 @@ func boolFlag(_ t: Tensor?, _ name: String) throws -> Bool? {
     return v != 0
 }
 
-/// Reads a float tensor (any float type) as [Double].
-func floatValues(_ t: Tensor, _ name: String) throws -> [Double] {
-    switch t.dtype {
-    case .float32: return try t.withUnsafeBufferPointer(as: Float.self) { $0.map { Double($0) } }
-    case .float64: return t.scalars(as: Double.self)
-    case .float16, .bfloat16: return try t.widenedToFloat().withUnsafeBufferPointer(as: Float.self) { $0.map { Double($0) } }
-    default: throw KernelError("\(name) must be a float tensor, got \(t.dtype)")
-    }
-}
-
 /// Sums `values` (laid out in `fullShape`) down to `shape`, the way a broadcast operand's gradient
 /// is reduced: `shape` right-aligns against `fullShape`, and every broadcast axis is summed.
 func reduceSumToShape(_ values: [Double], fullShape: [Int], to shape: [Int]) -> [Double] {

@@ -106,7 +106,7 @@ func foldVariadic<F: NumericBinaryFunction>(_ inputs: [Value?], _ f: F, mean: Bo
     return try computingHalfInFloat(tensors) { wide in
         var acc = wide[0]
         for t in wide.dropFirst() {
-            acc = try floatBinaryFastPath(acc, t, f) ?? dispatchNumeric(acc.dtype, ZipNumeric(a: acc, b: t, f: f))
+            acc = try binaryFastPath(acc, t, f) ?? dispatchNumeric(acc.dtype, ZipNumeric(a: acc, b: t, f: f))
         }
         if mean { acc = try dispatchFloat(acc.dtype, MapFloat(x: acc, f: DivideByFunction(divisor: Double(wide.count)))) }
         return acc
@@ -115,12 +115,13 @@ func foldVariadic<F: NumericBinaryFunction>(_ inputs: [Value?], _ f: F, mean: Bo
 
 // MARK: - float32 fast path
 
-/// Add/Sub/Mul/Div/Sum on float32 when one operand has the output's shape and the other the same
-/// shape, a suffix of it (a bias row, a [T, T] mask: it repeats every `period` elements) or a
-/// single value: loops over plain pointers, split across threads. nil where general broadcasting
-/// is needed (or for short rows and empty tensors): zipNumeric handles those.
-func floatBinaryFastPath<F: NumericBinaryFunction>(_ a: Tensor, _ b: Tensor, _ f: F) -> Tensor? {
-    guard a.dtype == .float32, b.dtype == .float32 else { return nil }
+/// Add/Sub/Mul/Div/Sum when both operands have one numeric type, one has the output's shape and
+/// the other the same shape, a suffix of it (a bias row, a [T, T] mask: it repeats every
+/// `period` elements) or a single value: loops over plain pointers in T (no accumulator: each
+/// element is one operation), split across threads. nil where general broadcasting is needed (or
+/// for short rows, empty tensors and half types): zipNumeric handles those.
+func binaryFastPath<F: NumericBinaryFunction>(_ a: Tensor, _ b: Tensor, _ f: F) -> Tensor? {
+    guard a.dtype == b.dtype, !a.isHalf, a.dtype.isFloatingPoint || a.dtype.isInteger else { return nil }
     func isSuffix(_ s: [Int], of full: [Int]) -> Bool {
         let dims = s.drop(while: { $0 == 1 })
         return s.count <= full.count && full.suffix(dims.count).elementsEqual(dims)
@@ -135,48 +136,58 @@ func floatBinaryFastPath<F: NumericBinaryFunction>(_ a: Tensor, _ b: Tensor, _ f
     }
     let n = Tensor.elementCount(outShape), period = min(a.count, b.count)
     guard n > 0, period == 1 || period >= 16 else { return nil }
-    var out = Tensor(uninitialized: .float32, shape: outShape)
-    let aFull = a.count == n, bFull = b.count == n
-    a.uncheckedBufferPointer(as: Float.self) { ba in
-        b.uncheckedBufferPointer(as: Float.self) { bb in
-            out.uncheckedMutableBufferPointer(as: Float.self) { bo in
-                guard let pa = ba.baseAddress, let pb = bb.baseAddress, let po = bo.baseAddress else { return }
-                if period == 1 && !(aFull && bFull) {
-                    Parallel.forRange(n, minimumChunk: 32_768) { range in
-                        let i = range.lowerBound
-                        if aFull {
-                            binaryScalarLoop(f, pa + i, pb[0], scalarFirst: false, po + i, range.count)
-                        } else {
-                            binaryScalarLoop(f, pb + i, pa[0], scalarFirst: true, po + i, range.count)
+    return try? dispatchNumeric(a.dtype, SuffixBinary(a: a, b: b, f: f, outShape: outShape, period: period))
+}
+
+/// The loops of `binaryFastPath` for one element type.
+private struct SuffixBinary<F: NumericBinaryFunction>: NumericOperation {
+    let a: Tensor, b: Tensor, f: F, outShape: [Int], period: Int
+
+    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+        var out = Tensor(uninitialized: T.dtype, shape: outShape)
+        let (n, period, f) = (out.count, period, f)
+        let aFull = a.count == n, bFull = b.count == n
+        a.uncheckedBufferPointer(as: T.self) { ba in
+            b.uncheckedBufferPointer(as: T.self) { bb in
+                out.uncheckedMutableBufferPointer(as: T.self) { bo in
+                    guard let pa = ba.baseAddress, let pb = bb.baseAddress, let po = bo.baseAddress else { return }
+                    if period == 1 && !(aFull && bFull) {
+                        Parallel.forRange(n, minimumChunk: 32_768) { range in
+                            let i = range.lowerBound
+                            if aFull {
+                                binaryScalarLoop(f, pa + i, pb[0], scalarFirst: false, po + i, range.count)
+                            } else {
+                                binaryScalarLoop(f, pb + i, pa[0], scalarFirst: true, po + i, range.count)
+                            }
                         }
+                        return
                     }
-                    return
-                }
-                // Rows of `period` elements; the full operand advances, the repeated one restarts.
-                Parallel.forRange(n / period, minimumChunk: max(1, 32_768 / period)) { rows in
-                    for r in rows {
-                        let o = r * period
-                        binaryLoop(f, aFull ? pa + o : pa, bFull ? pb + o : pb, po + o, period)
+                    // Rows of `period` elements; the full operand advances, the repeated one restarts.
+                    Parallel.forRange(n / period, minimumChunk: max(1, 32_768 / period)) { rows in
+                        for r in rows {
+                            let o = r * period
+                            binaryLoop(f, aFull ? pa + o : pa, bFull ? pb + o : pb, po + o, period)
+                        }
                     }
                 }
             }
         }
+        return out
     }
-    return out
 }
 
 /// out[i] = f(a[i], b[i]). Functions of their own so the loops vectorise (they stay scalar inside
 /// a Parallel.forRange closure).
 @inline(never)
-func binaryLoop<F: NumericBinaryFunction>(_ f: F, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
-                                             _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+func binaryLoop<F: NumericBinaryFunction, T: NumericElement>(_ f: F, _ a: UnsafePointer<T>, _ b: UnsafePointer<T>,
+                                                             _ out: UnsafeMutablePointer<T>, _ count: Int) {
     for i in 0..<count { out[i] = f(a[i], b[i]) }
 }
 
 /// out[i] = f(x[i], s), or f(s, x[i]) when the scalar is the first operand.
 @inline(never)
-func binaryScalarLoop<F: NumericBinaryFunction>(_ f: F, _ x: UnsafePointer<Float>, _ s: Float, scalarFirst: Bool,
-                                                   _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+func binaryScalarLoop<F: NumericBinaryFunction, T: NumericElement>(_ f: F, _ x: UnsafePointer<T>, _ s: T, scalarFirst: Bool,
+                                                                   _ out: UnsafeMutablePointer<T>, _ count: Int) {
     if scalarFirst {
         for i in 0..<count { out[i] = f(s, x[i]) }
     } else {
@@ -184,13 +195,13 @@ func binaryScalarLoop<F: NumericBinaryFunction>(_ f: F, _ x: UnsafePointer<Float
     }
 }
 
-/// Add/Sub/Mul/Div (opset 7+): the float32 fast path, else zipNumeric.
+/// Add/Sub/Mul/Div (opset 7+): the pointer path, else zipNumeric.
 private func registerFastBinary<F: NumericBinaryFunction>(_ registry: OpRegistry, _ op: String, since versions: [Int], _ f: F) {
     for v in versions {
         registry.register(op, since: v) { _ in
             AnyKernel { inputs, _ in
                 let a = try inputs.tensor(0), b = try inputs.tensor(1)
-                return [.tensor(try floatBinaryFastPath(a, b, f) ?? zipNumeric(a, b, f))]
+                return [.tensor(try binaryFastPath(a, b, f) ?? zipNumeric(a, b, f))]
             }
         }
     }

@@ -137,27 +137,6 @@ struct ConvGeometry: Equatable {
     }
 }
 
-// MARK: - Outputs
-
-extension Tensor {
-    /// An uninitialized tensor for a kernel output it overwrites completely, with the size checks
-    /// of `Tensor(kernelZeros:)` (a shape from hostile attributes throws instead of trapping) and
-    /// no memset.
-    init(kernelUninitialized dtype: DType, shape: [Int], _ what: @autoclosure () -> String = "output") throws {
-        let count = try Tensor.checkedElementCount(shape, what())
-        precondition(dtype != .string, "string tensors are built from strings")
-        // Up to 1 GiB through the runtime's block cache (reused every step); beyond that a
-        // failed allocation is a KernelError.
-        if count * dtype.byteSize <= 1 << 30 { self.init(uninitialized: dtype, shape: shape); return }
-        let bytes = max(count * dtype.byteSize, 64)
-        var raw: UnsafeMutableRawPointer?
-        guard posix_memalign(&raw, 64, bytes) == 0, let raw else {
-            throw KernelError("\(what()) shape \(shape) (\(bytes) bytes of \(dtype)) cannot be allocated: out of memory")
-        }
-        self.init(dtype: dtype, shape: shape, storage: TensorStorage(borrowing: raw, byteCount: count * dtype.byteSize, release: { free(raw) }))
-    }
-}
-
 // MARK: - im2col / col2im
 
 /// Where kernel tap `k` reads, per output row (every output axis but the last): the input offset
@@ -317,30 +296,6 @@ func col2im<T: FloatElement>(_ col: UnsafePointer<T>, channels: Int, _ g: ConvGe
 
 // MARK: - Float compute with half types through float32
 
-/// Runs a float computation on tensors of one floating element type: float32 and float64
-/// directly, float16/bfloat16 widened to float32 and the float results rounded back.
-///
-/// `body` gets the widened tensors and the compute dtype; it returns output tensors of the
-/// compute dtype (non-float outputs, such as indices, pass through unchanged).
-func withFloatCompute(_ tensors: [Tensor?], _ body: ([Tensor?]) throws -> [Tensor?]) throws -> [Tensor?] {
-    guard let first = tensors.first(where: { $0 != nil }) ?? nil else { return try body(tensors) }
-    let original = first.dtype
-    switch original {
-    case .float32, .float64:
-        return try body(tensors)
-    case .float16, .bfloat16:
-        let wide = tensors.map { t -> Tensor? in
-            guard let t else { return nil }
-            return t.isHalf ? t.widenedToFloat() : t
-        }
-        return try body(wide).map { t -> Tensor? in
-            guard let t, t.dtype == .float32 else { return t }
-            return t.narrowed(to: original)
-        }
-    default:
-        throw KernelError("element type \(original) is not supported here (a float type is expected)")
-    }
-}
 
 extension Tensor {
     /// This tensor converted to float32 or float64 (`dtype`), from any numeric type.

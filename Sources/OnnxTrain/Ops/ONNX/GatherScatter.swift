@@ -106,16 +106,6 @@ func tensorScatterKernel(_ ctx: NodeContext) throws -> Kernel {
     }
 }
 
-/// Unique, since opset 11.
-func uniqueKernel(_ ctx: NodeContext) throws -> Kernel {
-    let sorted = try ctx.int("sorted", default: 1) != 0
-    let axis = try ctx.int("axis")
-    return AnyKernel { inputs, _ in
-        let x = try inputs.tensor(0)
-        return try unique(x, axis: axis.map { try normalizeAxis($0, rank: x.rank) }, sorted: sorted).map { .tensor($0) }
-    }
-}
-
 /// An index checked against dimension `n` (negative counts from the end).
 @inline(__always)
 func checkedIndex(_ i: Int, _ n: Int) throws -> Int {
@@ -198,55 +188,55 @@ func scatter(_ x: Tensor, _ updates: Tensor, targets: [Int], sliceSize: Int, red
     return try Tensor(dtype: x.dtype, shape: x.shape, doubles: values)
 }
 
-/// Unique slices (or elements when `axis` is nil) with first indices, inverse indices and counts.
-private func unique(_ x: Tensor, axis: Int?, sorted: Bool) throws -> [Tensor] {
-    let flat = axis == nil
-    let source = flat ? x.reshaped([x.count]) : x
-    let a = axis ?? 0
-    let n = source.shape[a]
-    let outer = source.shape[..<a].reduce(1, *), inner = source.shape[(a + 1)...].reduce(1, *)
-    func sliceElements(_ j: Int) -> [Int] {
-        var r = [Int]()
-        for o in 0..<outer { for i in 0..<inner { r.append((o * n + j) * inner + i) } }
-        return r
+/// The gradient rule of Gather.
+func gatherGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil, nil] }
+    return [g.ms("GatherGrad", [g.shape(of: g.input(0)), g.input(1), try g.requiredDY()],
+                 attributes: ["axis": .int(g.node.int("axis") ?? 0)])[0], nil]
+}
+
+/// The gradient rule of GatherElements.
+func gatherElementsGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil, nil] }
+    return [g.ms("GatherElementsGrad", [try g.requiredDY(), g.shape(of: g.input(0)), g.input(1)],
+                 attributes: ["axis": .int(g.node.int("axis") ?? 0)])[0], nil]
+}
+
+/// The gradient rule of GatherND.
+func gatherNDGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil, nil] }
+    var indices = g.input(1)
+    if g.dtype(indices) != .int64 { indices = g.op("Cast", [indices], attributes: ["to": .int(Int(DType.int64.rawValue))]) }
+    return [g.ms("GatherNDGrad", [g.shape(of: g.input(0)), indices, try g.requiredDY()],
+                 attributes: ["batch_dims": .int(g.node.int("batch_dims") ?? 0)])[0], nil]
+}
+
+/// The gradient rule of ScatterElements.
+func scatterElementsGradient(_ g: GradientContext) throws -> [String?] {
+    if let r = g.node.string("reduction"), r != "none" { throw GradientError("ScatterElements with reduction '\(r)' is not supported") }
+    let dY = try g.requiredDY()
+    let axis: [String: Attribute] = ["axis": .int(g.node.int("axis") ?? 0)]
+    var dData: String?, dUpdates: String?
+    if g.needs(0) {
+        // The scattered positions were overwritten: their gradient does not reach data.
+        let zeros = g.op("ConstantOfShape", [g.shape(of: g.input(2))],
+                         attributes: ["value": .tensor(try GradientContext.scalarTensor(0, dtype: try g.floatType(g.input(0)), shape: [1]))])
+        dData = g.op("ScatterElements", [dY, g.input(1), zeros], attributes: axis)
     }
-    // Keys compare as numbers (or strings), slice by slice, lexicographically.
-    let numbers = x.dtype == .string ? [] : try source.doubles()
-    let strings = x.dtype == .string ? source.strings : []
-    let slices = (0..<n).map { sliceElements($0) }
-    func less(_ p: Int, _ q: Int) -> Bool {
-        for (i, j) in zip(slices[p], slices[q]) {
-            if x.dtype == .string {
-                if strings[i] != strings[j] { return strings[i] < strings[j] }
-            } else if numbers[i] != numbers[j] { return numbers[i] < numbers[j] }
-        }
-        return false
+    if g.needs(2) { dUpdates = g.op("GatherElements", [dY, g.input(1)], attributes: axis) }
+    return [dData, nil, dUpdates]
+}
+
+/// The gradient rule of ScatterND.
+func scatterNDGradient(_ g: GradientContext) throws -> [String?] {
+    if let r = g.node.string("reduction"), r != "none" { throw GradientError("ScatterND with reduction '\(r)' is not supported") }
+    let dY = try g.requiredDY()
+    var dData: String?, dUpdates: String?
+    if g.needs(0) {
+        let zeros = g.op("ConstantOfShape", [g.shape(of: g.input(2))],
+                         attributes: ["value": .tensor(try GradientContext.scalarTensor(0, dtype: try g.floatType(g.input(0)), shape: [1]))])
+        dData = g.op("ScatterND", [dY, g.input(1), zeros])
     }
-    func equal(_ p: Int, _ q: Int) -> Bool { !less(p, q) && !less(q, p) }
-    var firsts: [Int] = []
-    var inverse = [Int](repeating: 0, count: n)
-    if sorted {
-        let order = (0..<n).sorted { less($0, $1) || (!less($1, $0) && $0 < $1) }
-        for j in order {
-            if let last = firsts.last, equal(last, j) { inverse[j] = firsts.count - 1 } else { firsts.append(j); inverse[j] = firsts.count - 1 }
-        }
-    } else {
-        // Hash on the slice's values so unsorted uniqueness stays linear.
-        var seen: [String: Int] = [:]
-        for j in 0..<n {
-            let key = x.dtype == .string ? slices[j].map { strings[$0] }.joined(separator: "\u{0}") : slices[j].map { String(numbers[$0]) }.joined(separator: ",")
-            if let u = seen[key] { inverse[j] = u } else { seen[key] = firsts.count; inverse[j] = firsts.count; firsts.append(j) }
-        }
-    }
-    var counts = [Int64](repeating: 0, count: firsts.count)
-    for j in 0..<n { counts[inverse[j]] += 1 }
-    var maps = (0..<source.rank).map { Array(0..<source.shape[$0]) }
-    maps[a] = firsts
-    var outShape = source.shape
-    outShape[a] = firsts.count
-    let y = try take(source, combineAxisMaps(maps, inputShape: source.shape), shape: outShape)
-    return [y,
-            Tensor(shape: [firsts.count], scalars: firsts.map { Int64($0) }),
-            Tensor(shape: [n], scalars: inverse.map { Int64($0) }),
-            Tensor(shape: [firsts.count], scalars: counts)]
+    if g.needs(2) { dUpdates = g.op("GatherND", [dY, g.input(1)]) }
+    return [dData, nil, dUpdates]
 }

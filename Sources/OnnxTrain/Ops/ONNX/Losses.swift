@@ -46,37 +46,14 @@ func nllLoss<T: FloatElement>(_ logProb: Tensor, targets: [Int], weights: [Doubl
     }
 }
 
-/// log_softmax over axis 1 of [N, C, d...], in Double per (n, d) row (exp in float for float32
-/// logits); rows split across threads, since exp over a language model's logits is a visible cost.
+/// log_softmax over axis 1 of [N, C, d...] in T (the one `softmax` kernel).
 func logSoftmaxChannels<T: FloatElement>(_ x: Tensor, _ type: T.Type) -> Tensor {
     let n = x.shape[0], c = x.shape[1], inner = Tensor.elementCount(Array(x.shape.dropFirst(2)))
     var y = Tensor(uninitialized: T.dtype, shape: x.shape)
-    if T.self == Float.self && inner == 1 && c > 0 {
-        // float32 [N, C] logits (a classifier's): Softmax's vectorised float rows, as onnxruntime
-        // computes them in float.
-        softmaxRows(x, into: &y, rows: n, n: c, log: true)
-        return y
-    }
     x.uncheckedBufferPointer(as: T.self) { px in
         y.uncheckedMutableBufferPointer(as: T.self) { py in
             guard let px = px.baseAddress, let py = py.baseAddress else { return }
-            Parallel.forRange(n * inner, minimumChunk: max(1, 4096 / max(c, 1))) { rows in
-                for row in rows {
-                    let b = row / inner, i = row % inner
-                    var m = -Double.infinity
-                    for j in 0..<c { m = max(m, px[(b * c + j) * inner + i].doubleValue) }
-                    var s = 0.0
-                    // float32 logits take expf (a third of exp's cost; every term is in [0, 1] and
-                    // the sum stays in Double).
-                    if T.self == Float.self {
-                        for j in 0..<c { s += Double(expf(Float(px[(b * c + j) * inner + i].doubleValue - m))) }
-                    } else {
-                        for j in 0..<c { s += exp(px[(b * c + j) * inner + i].doubleValue - m) }
-                    }
-                    let lse = m + log(s)
-                    for j in 0..<c { let k = (b * c + j) * inner + i; py[k] = T(fromDouble: px[k].doubleValue - lse) }
-                }
-            }
+            softmax(px, py, outer: n, n: c, inner: inner, log: true)
         }
     }
     return y

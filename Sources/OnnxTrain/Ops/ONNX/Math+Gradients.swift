@@ -4,48 +4,13 @@
 /// run in onnxruntime-training too; the rest use plain ONNX ops.
 func registerMathGradients(_ registry: OpRegistry) {
     // Broadcasting arithmetic.
-    registry.registerGradient("Add") { g in
-        let dY = try g.requiredDY()
-        return [g.needs(0) ? g.reduced(dY, toInput: 0) : nil, g.needs(1) ? g.reduced(dY, toInput: 1) : nil]
-    }
-    registry.registerGradient("Sub") { g in
-        let dY = try g.requiredDY()
-        return [g.needs(0) ? g.reduced(dY, toInput: 0) : nil, g.needs(1) ? g.reduced(g.op("Neg", [dY]), toInput: 1) : nil]
-    }
-    registry.registerGradient("Mul") { g in
-        let dY = try g.requiredDY()
-        return [g.needs(0) ? g.reduced(g.op("Mul", [dY, g.input(1)]), toInput: 0) : nil,
-                g.needs(1) ? g.reduced(g.op("Mul", [dY, g.input(0)]), toInput: 1) : nil]
-    }
-    registry.registerGradient("Div") { g in
-        let dY = try g.requiredDY()
-        // dA = dY / B;  dB = -dY * A / B^2 = -(dY * Y) / B
-        return [g.needs(0) ? g.reduced(g.op("Div", [dY, g.input(1)]), toInput: 0) : nil,
-                g.needs(1) ? g.reduced(g.op("Neg", [g.op("Div", [g.op("Mul", [dY, g.output(0)]), g.input(1)])]), toInput: 1) : nil]
-    }
-    registry.registerGradient("Pow") { g in
-        let dY = try g.requiredDY()
-        let x = g.input(0), e = g.input(1)
-        var dX: String?
-        if g.needs(0) {
-            // As onnxruntime: dX = (X^(E-1) * E) * dY, in the exponent's type.
-            let one = try g.scalar(1, like: e, name: "one")
-            let pow = g.op("Pow", [x, g.op("Sub", [e, one])])
-            dX = g.reduced(g.op("Mul", [g.op("Mul", [pow, e]), dY]), toInput: 0)
-        }
-        // dE = dY * Y * ln(X)
-        let dE = g.needs(1) ? g.reduced(g.op("Mul", [dY, g.op("Mul", [g.output(0), g.op("Log", [x])])]), toInput: 1) : nil
-        return [dX, dE]
-    }
-    registry.registerGradient("Sum") { g in
-        let dY = try g.requiredDY()
-        return g.node.inputs.indices.map { g.needs($0) ? g.reduced(dY, toInput: $0) : nil }
-    }
-    registry.registerGradient("Mean") { g in
-        let dY = try g.requiredDY()
-        let scaled = g.op("Div", [dY, try g.scalar(Double(g.node.inputs.count), like: g.output(0), name: "count")])
-        return g.node.inputs.indices.map { g.needs($0) ? g.reduced(scaled, toInput: $0) : nil }
-    }
+    registry.registerGradient("Add", addGradient)
+    registry.registerGradient("Sub", subGradient)
+    registry.registerGradient("Mul", mulGradient)
+    registry.registerGradient("Div", divGradient)
+    registry.registerGradient("Pow", powGradient)
+    registry.registerGradient("Sum", sumGradient)
+    registry.registerGradient("Mean", meanGradient)
     for name in ["Max", "Min"] {
         // Each input that equals the result gets the gradient (ties: every tied input, as onnxruntime).
         registry.registerGradient(name) { g in
@@ -59,44 +24,9 @@ func registerMathGradients(_ registry: OpRegistry) {
             }
         }
     }
-    registry.registerGradient("Where") { g in
-        let dY = try g.requiredDY()
-        let zero = try g.scalar(0, like: g.output(0), name: "zero")
-        let cond = g.input(0)
-        return [nil,
-                g.needs(1) ? g.reduced(g.op("Where", [cond, dY, zero]), toInput: 1) : nil,
-                g.needs(2) ? g.reduced(g.op("Where", [cond, zero, dY]), toInput: 2) : nil]
-    }
-    registry.registerGradient("PRelu") { g in
-        let dY = try g.requiredDY()
-        let x = g.input(0)
-        let positive = g.op("Greater", [x, try g.scalar(0, like: x, name: "zero")])
-        let zero = try g.scalar(0, like: x, name: "zero")
-        return [g.needs(0) ? g.reduced(g.op("Where", [positive, dY, g.op("Mul", [dY, g.input(1)])]), toInput: 0) : nil,
-                g.needs(1) ? g.reduced(g.op("Where", [positive, zero, g.op("Mul", [dY, x])]), toInput: 1) : nil]
-    }
-    registry.registerGradient("Clip") { g in
-        // Passes where min <= X <= max (both bounds inclusive, as PyTorch's clamp).
-        let dY = try g.requiredDY()
-        let x = g.input(0)
-        var lo: String?, hi: String?
-        if g.opset < 11 {
-            if let v = g.node.float("min") { lo = try g.scalar(Double(v), like: x, name: "min") }
-            if let v = g.node.float("max") { hi = try g.scalar(Double(v), like: x, name: "max") }
-        } else {
-            lo = g.hasInput(1) ? g.input(1) : nil
-            hi = g.hasInput(2) ? g.input(2) : nil
-        }
-        // Not(x < lo) and Not(x > hi): ops every opset that has Where (9) has.
-        var mask: String?
-        if let lo { mask = g.op("Not", [g.op("Less", [x, lo])]) }
-        if let hi {
-            let below = g.op("Not", [g.op("Greater", [x, hi])])
-            mask = mask.map { g.op("And", [$0, below]) } ?? below
-        }
-        guard let mask else { return [dY] }
-        return [g.op("Where", [mask, dY, try g.scalar(0, like: x, name: "zero")])]
-    }
+    registry.registerGradient("Where", whereGradient)
+    registry.registerGradient("PRelu", pReluGradient)
+    registry.registerGradient("Clip", clipGradient)
 
     // Unary math: dX = dY * f'(X), written with the forward output where that is cheaper.
     func unary(_ name: String, _ rule: @escaping (GradientContext, String, String, String) throws -> String) {
@@ -200,32 +130,15 @@ func registerMathGradients(_ registry: OpRegistry) {
         return g.ms(tanh ? "FastGeluGrad" : "GeluGrad", [dY, x])[0]
     }
     registry.registerGradient("Gelu", domain: "com.microsoft") { g in g.needs(0) ? [g.ms("GeluGrad", [try g.requiredDY(), g.input(0)])[0]] : [nil] }
-    registry.registerGradient("FastGelu", domain: "com.microsoft") { g in
-        guard g.hasInput(1) else { return [g.needs(0) ? g.ms("FastGeluGrad", [try g.requiredDY(), g.input(0)])[0] : nil] }
-        let dX = g.ms("BiasFastGeluGrad_dX", [try g.requiredDY(), g.input(0), g.input(1)])[0]
-        return [g.needs(0) ? dX : nil, g.needs(1) ? g.reduced(dX, toInput: 1) : nil]
-    }
-    registry.registerGradient("BiasGelu", domain: "com.microsoft") { g in
-        let dX = g.ms("BiasGeluGrad_dX", [try g.requiredDY(), g.input(0), g.input(1)])[0]
-        return [g.needs(0) ? dX : nil, g.needs(1) ? g.reduced(dX, toInput: 1) : nil]
-    }
+    registry.registerGradient("FastGelu", domain: "com.microsoft", fastGeluGradient)
+    registry.registerGradient("BiasGelu", domain: "com.microsoft", biasGeluGradient)
     registry.registerGradient("QuickGelu", domain: "com.microsoft") { g in
         [g.needs(0) ? g.ms("QuickGeluGrad", [try g.requiredDY(), g.input(0)], attributes: ["alpha": .float(g.node.float("alpha") ?? 1.702)])[0] : nil]
     }
-    registry.registerGradient("Cast") { g in
-        guard g.needs(0) else { return [nil] }
-        let dY = try g.requiredDY()
-        guard let to = g.dtype(g.input(0)) else { throw GradientError("the element type of '\(g.input(0))' is unknown") }
-        return [g.op("Cast", [dY], attributes: ["to": .int(Int(to.rawValue))])]
-    }
+    registry.registerGradient("Cast", castGradient)
     // CastLike (the dynamo exporter's scalar constants): dY cast back to the input's type; the
     // second input only supplies a type, so it gets none.
-    registry.registerGradient("CastLike") { g in
-        guard g.needs(0) else { return [nil, nil] }
-        let dY = try g.requiredDY()
-        guard let to = g.dtype(g.input(0)) else { throw GradientError("the element type of '\(g.input(0))' is unknown") }
-        return [g.op("Cast", [dY], attributes: ["to": .int(Int(to.rawValue))]), nil]
-    }
+    registry.registerGradient("CastLike", castLikeGradient)
     // Piecewise-constant ops: zero gradient almost everywhere (as PyTorch).
     for name in ["Floor", "Ceil", "Round", "Sign"] {
         registry.registerGradient(name) { g in [nil] }
@@ -240,68 +153,17 @@ func registerMathGradients(_ registry: OpRegistry) {
             return [g.ms(modern ? grad + "_13" : grad, [try g.requiredDY(), g.output(0)], attributes: ["axis": .int(axis)])[0]]
         }
     }
-    registry.registerGradient("CumSum") { g in
-        guard g.needs(0) else { return [nil] }
-        let reverse = (g.node.int("reverse") ?? 0) == 0 ? 1 : 0
-        return [g.op("CumSum", [try g.requiredDY(), g.input(1)],
-                     attributes: ["reverse": .int(reverse), "exclusive": .int(g.node.int("exclusive") ?? 0)])]
-    }
+    registry.registerGradient("CumSum", cumSumGradient)
 
     // Reductions.
-    registry.registerGradient("ReduceSum") { g in
-        guard g.needs(0) else { return [nil] }
-        let r = try ReducedGradient(g, axesFromInput: g.opset >= 13)
-        return [g.op("Expand", [r.unsqueezed(try g.requiredDY()), g.shape(of: g.input(0))])]
-    }
-    registry.registerGradient("ReduceMean") { g in
-        guard g.needs(0) else { return [nil] }
-        let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
-        let dY = try g.requiredDY()
-        // As onnxruntime: dY scaled down by Size(X) / Size(dY), then broadcast back.
-        let scale = g.op("Div", [g.op("Size", [g.input(0)]), g.op("Size", [dY])])
-        let scaled = g.ms("Scale", [dY, scale], attributes: ["scale_down": .int(1)])[0]
-        return [g.op("Expand", [r.unsqueezed(scaled), g.shape(of: g.input(0))])]
-    }
-    registry.registerGradient("ReduceSumSquare") { g in
-        guard g.needs(0) else { return [nil] }
-        let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
-        let x = g.input(0)
-        let twice = g.op("Mul", [x, try g.scalar(2, like: x, name: "two")])
-        return [g.op("Mul", [twice, r.unsqueezed(try g.requiredDY())])]
-    }
-    registry.registerGradient("ReduceL1") { g in
-        guard g.needs(0) else { return [nil] }
-        let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
-        return [g.op("Mul", [g.op("Sign", [g.input(0)]), r.unsqueezed(try g.requiredDY())])]
-    }
-    registry.registerGradient("ReduceL2") { g in
-        guard g.needs(0) else { return [nil] }
-        let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
-        // dX = dY * X / Y (where Y = 0 the gradient is 0, as PyTorch's norm)
-        let x = g.input(0), y = r.unsqueezed(g.output(0))
-        let zero = try g.scalar(0, like: x, name: "zero")
-        let safe = g.op("Where", [g.op("Equal", [y, zero]), try g.scalar(1, like: x, name: "one"), y])
-        let ratio = g.op("Where", [g.op("Equal", [y, zero]), zero, g.op("Div", [x, safe])])
-        return [g.op("Mul", [ratio, r.unsqueezed(try g.requiredDY())])]
-    }
-    registry.registerGradient("ReduceLogSumExp") { g in
-        guard g.needs(0) else { return [nil] }
-        let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
-        let softmax = g.op("Exp", [g.op("Sub", [g.input(0), r.unsqueezed(g.output(0))])])
-        return [g.op("Mul", [softmax, r.unsqueezed(try g.requiredDY())])]
-    }
-    registry.registerGradient("ReduceLogSum") { g in
-        guard g.needs(0) else { return [nil] }
-        let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
-        let sum = g.op("Exp", [r.unsqueezed(g.output(0))])
-        return [g.op("Expand", [g.op("Div", [r.unsqueezed(try g.requiredDY()), sum]), g.shape(of: g.input(0))])]
-    }
-    registry.registerGradient("ReduceProd") { g in
-        guard g.needs(0) else { return [nil] }
-        let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
-        // dX = dY * Y / X (inputs with zeros are not supported: their gradient would be inf/NaN).
-        return [g.op("Mul", [r.unsqueezed(try g.requiredDY()), g.op("Div", [r.unsqueezed(g.output(0)), g.input(0)])])]
-    }
+    registry.registerGradient("ReduceSum", reduceSumGradient)
+    registry.registerGradient("ReduceMean", reduceMeanGradient)
+    registry.registerGradient("ReduceSumSquare", reduceSumSquareGradient)
+    registry.registerGradient("ReduceL1", reduceL1Gradient)
+    registry.registerGradient("ReduceL2", reduceL2Gradient)
+    registry.registerGradient("ReduceLogSumExp", reduceLogSumExpGradient)
+    registry.registerGradient("ReduceLogSum", reduceLogSumGradient)
+    registry.registerGradient("ReduceProd", reduceProdGradient)
     for name in ["ReduceMax", "ReduceMin"] {
         registry.registerGradient(name) { g in
             guard g.needs(0) else { return [nil] }
@@ -313,6 +175,213 @@ func registerMathGradients(_ registry: OpRegistry) {
             return [g.op("Mul", [mask, g.op("Div", [r.unsqueezed(try g.requiredDY()), count])])]
         }
     }
+}
+
+/// The gradient rule of Add.
+func addGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    return [g.needs(0) ? g.reduced(dY, toInput: 0) : nil, g.needs(1) ? g.reduced(dY, toInput: 1) : nil]
+}
+
+/// The gradient rule of Sub.
+func subGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    return [g.needs(0) ? g.reduced(dY, toInput: 0) : nil, g.needs(1) ? g.reduced(g.op("Neg", [dY]), toInput: 1) : nil]
+}
+
+/// The gradient rule of Mul.
+func mulGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    return [g.needs(0) ? g.reduced(g.op("Mul", [dY, g.input(1)]), toInput: 0) : nil,
+            g.needs(1) ? g.reduced(g.op("Mul", [dY, g.input(0)]), toInput: 1) : nil]
+}
+
+/// The gradient rule of Div.
+func divGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    // dA = dY / B;  dB = -dY * A / B^2 = -(dY * Y) / B
+    return [g.needs(0) ? g.reduced(g.op("Div", [dY, g.input(1)]), toInput: 0) : nil,
+            g.needs(1) ? g.reduced(g.op("Neg", [g.op("Div", [g.op("Mul", [dY, g.output(0)]), g.input(1)])]), toInput: 1) : nil]
+}
+
+/// The gradient rule of Pow.
+func powGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    let x = g.input(0), e = g.input(1)
+    var dX: String?
+    if g.needs(0) {
+        // As onnxruntime: dX = (X^(E-1) * E) * dY, in the exponent's type.
+        let one = try g.scalar(1, like: e, name: "one")
+        let pow = g.op("Pow", [x, g.op("Sub", [e, one])])
+        dX = g.reduced(g.op("Mul", [g.op("Mul", [pow, e]), dY]), toInput: 0)
+    }
+    // dE = dY * Y * ln(X)
+    let dE = g.needs(1) ? g.reduced(g.op("Mul", [dY, g.op("Mul", [g.output(0), g.op("Log", [x])])]), toInput: 1) : nil
+    return [dX, dE]
+}
+
+/// The gradient rule of Sum.
+func sumGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    return g.node.inputs.indices.map { g.needs($0) ? g.reduced(dY, toInput: $0) : nil }
+}
+
+/// The gradient rule of Mean.
+func meanGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    let scaled = g.op("Div", [dY, try g.scalar(Double(g.node.inputs.count), like: g.output(0), name: "count")])
+    return g.node.inputs.indices.map { g.needs($0) ? g.reduced(scaled, toInput: $0) : nil }
+}
+
+/// The gradient rule of Where.
+func whereGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    let zero = try g.scalar(0, like: g.output(0), name: "zero")
+    let cond = g.input(0)
+    return [nil,
+            g.needs(1) ? g.reduced(g.op("Where", [cond, dY, zero]), toInput: 1) : nil,
+            g.needs(2) ? g.reduced(g.op("Where", [cond, zero, dY]), toInput: 2) : nil]
+}
+
+/// The gradient rule of PRelu.
+func pReluGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    let x = g.input(0)
+    let positive = g.op("Greater", [x, try g.scalar(0, like: x, name: "zero")])
+    let zero = try g.scalar(0, like: x, name: "zero")
+    return [g.needs(0) ? g.reduced(g.op("Where", [positive, dY, g.op("Mul", [dY, g.input(1)])]), toInput: 0) : nil,
+            g.needs(1) ? g.reduced(g.op("Where", [positive, zero, g.op("Mul", [dY, x])]), toInput: 1) : nil]
+}
+
+/// The gradient rule of Clip.
+func clipGradient(_ g: GradientContext) throws -> [String?] {
+    // Passes where min <= X <= max (both bounds inclusive, as PyTorch's clamp).
+    let dY = try g.requiredDY()
+    let x = g.input(0)
+    var lo: String?, hi: String?
+    if g.opset < 11 {
+        if let v = g.node.float("min") { lo = try g.scalar(Double(v), like: x, name: "min") }
+        if let v = g.node.float("max") { hi = try g.scalar(Double(v), like: x, name: "max") }
+    } else {
+        lo = g.hasInput(1) ? g.input(1) : nil
+        hi = g.hasInput(2) ? g.input(2) : nil
+    }
+    // Not(x < lo) and Not(x > hi): ops every opset that has Where (9) has.
+    var mask: String?
+    if let lo { mask = g.op("Not", [g.op("Less", [x, lo])]) }
+    if let hi {
+        let below = g.op("Not", [g.op("Greater", [x, hi])])
+        mask = mask.map { g.op("And", [$0, below]) } ?? below
+    }
+    guard let mask else { return [dY] }
+    return [g.op("Where", [mask, dY, try g.scalar(0, like: x, name: "zero")])]
+}
+
+/// The gradient rule of FastGelu (com.microsoft).
+func fastGeluGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.hasInput(1) else { return [g.needs(0) ? g.ms("FastGeluGrad", [try g.requiredDY(), g.input(0)])[0] : nil] }
+    let dX = g.ms("BiasFastGeluGrad_dX", [try g.requiredDY(), g.input(0), g.input(1)])[0]
+    return [g.needs(0) ? dX : nil, g.needs(1) ? g.reduced(dX, toInput: 1) : nil]
+}
+
+/// The gradient rule of BiasGelu (com.microsoft).
+func biasGeluGradient(_ g: GradientContext) throws -> [String?] {
+    let dX = g.ms("BiasGeluGrad_dX", [try g.requiredDY(), g.input(0), g.input(1)])[0]
+    return [g.needs(0) ? dX : nil, g.needs(1) ? g.reduced(dX, toInput: 1) : nil]
+}
+
+/// The gradient rule of Cast.
+func castGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let dY = try g.requiredDY()
+    guard let to = g.dtype(g.input(0)) else { throw GradientError("the element type of '\(g.input(0))' is unknown") }
+    return [g.op("Cast", [dY], attributes: ["to": .int(Int(to.rawValue))])]
+}
+
+/// The gradient rule of CastLike.
+func castLikeGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil, nil] }
+    let dY = try g.requiredDY()
+    guard let to = g.dtype(g.input(0)) else { throw GradientError("the element type of '\(g.input(0))' is unknown") }
+    return [g.op("Cast", [dY], attributes: ["to": .int(Int(to.rawValue))]), nil]
+}
+
+/// The gradient rule of CumSum.
+func cumSumGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let reverse = (g.node.int("reverse") ?? 0) == 0 ? 1 : 0
+    return [g.op("CumSum", [try g.requiredDY(), g.input(1)],
+                 attributes: ["reverse": .int(reverse), "exclusive": .int(g.node.int("exclusive") ?? 0)])]
+}
+
+/// The gradient rule of ReduceSum.
+func reduceSumGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 13)
+    return [g.op("Expand", [r.unsqueezed(try g.requiredDY()), g.shape(of: g.input(0))])]
+}
+
+/// The gradient rule of ReduceMean.
+func reduceMeanGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
+    let dY = try g.requiredDY()
+    // As onnxruntime: dY scaled down by Size(X) / Size(dY), then broadcast back.
+    let scale = g.op("Div", [g.op("Size", [g.input(0)]), g.op("Size", [dY])])
+    let scaled = g.ms("Scale", [dY, scale], attributes: ["scale_down": .int(1)])[0]
+    return [g.op("Expand", [r.unsqueezed(scaled), g.shape(of: g.input(0))])]
+}
+
+/// The gradient rule of ReduceSumSquare.
+func reduceSumSquareGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
+    let x = g.input(0)
+    let twice = g.op("Mul", [x, try g.scalar(2, like: x, name: "two")])
+    return [g.op("Mul", [twice, r.unsqueezed(try g.requiredDY())])]
+}
+
+/// The gradient rule of ReduceL1.
+func reduceL1Gradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
+    return [g.op("Mul", [g.op("Sign", [g.input(0)]), r.unsqueezed(try g.requiredDY())])]
+}
+
+/// The gradient rule of ReduceL2.
+func reduceL2Gradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
+    // dX = dY * X / Y (where Y = 0 the gradient is 0, as PyTorch's norm)
+    let x = g.input(0), y = r.unsqueezed(g.output(0))
+    let zero = try g.scalar(0, like: x, name: "zero")
+    let safe = g.op("Where", [g.op("Equal", [y, zero]), try g.scalar(1, like: x, name: "one"), y])
+    let ratio = g.op("Where", [g.op("Equal", [y, zero]), zero, g.op("Div", [x, safe])])
+    return [g.op("Mul", [ratio, r.unsqueezed(try g.requiredDY())])]
+}
+
+/// The gradient rule of ReduceLogSumExp.
+func reduceLogSumExpGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
+    let softmax = g.op("Exp", [g.op("Sub", [g.input(0), r.unsqueezed(g.output(0))])])
+    return [g.op("Mul", [softmax, r.unsqueezed(try g.requiredDY())])]
+}
+
+/// The gradient rule of ReduceLogSum.
+func reduceLogSumGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
+    let sum = g.op("Exp", [r.unsqueezed(g.output(0))])
+    return [g.op("Expand", [g.op("Div", [r.unsqueezed(try g.requiredDY()), sum]), g.shape(of: g.input(0))])]
+}
+
+/// The gradient rule of ReduceProd.
+func reduceProdGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
+    // dX = dY * Y / X (inputs with zeros are not supported: their gradient would be inf/NaN).
+    return [g.op("Mul", [r.unsqueezed(try g.requiredDY()), g.op("Div", [r.unsqueezed(g.output(0)), g.input(0)])])]
 }
 
 /// The axes of a Reduce* node and how to undo the reduction's shape on its gradient.

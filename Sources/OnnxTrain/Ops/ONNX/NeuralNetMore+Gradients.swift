@@ -3,38 +3,9 @@
 /// (ConvTransposeGrad is CUDA-only there; the others have no builder). They are written with ops
 /// this runtime and onnxruntime both run.
 func registerMoreNeuralNetGradients(_ registry: OpRegistry) {
-    registry.registerGradient("ConvTranspose") { g in
-        // Y = ConvT(X, W) is the adjoint of Conv(., W): dX = Conv(dY, W) with the same geometry;
-        // dW is ConvGrad's weight gradient with the roles of X and dY swapped.
-        let dY = try g.requiredDY()
-        if let mode = g.node.string("auto_pad"), mode != "NOTSET" {
-            throw GradientError("ConvTranspose with auto_pad \(mode) is differentiated with explicit pads only")
-        }
-        var attributes: [String: Attribute] = [:]
-        for key in ["strides", "pads", "dilations", "group", "kernel_shape"] { attributes[key] = g.attributes[key] }
-        var dX: String?, dW: String?, dB: String?
-        if g.needs(0) { dX = g.op("Conv", [dY, g.input(1)], attributes: attributes) }
-        if g.needs(1) {
-            var gradAttributes = try windowAttributes(g, conv: true)
-            gradAttributes["output_padding"] = nil
-            gradAttributes["output_shape"] = nil
-            let base = (g.node.name.isEmpty ? "ConvTranspose" : g.node.name) + "_Grad/"
-            dW = g.emit("ConvGrad", domain: "com.microsoft", [g.input(0), dY, g.input(1)], outputs: 2,
-                        attributes: gradAttributes, names: ["", base + "dW"])[1]
-        }
-        if g.hasInput(2) && g.needs(2) {
-            guard let r = g.rank(g.input(0)) else { throw GradientError("ConvTranspose needs the rank of its input") }
-            dB = g.reduceSum(dY, axes: [0] + Array(2..<r), keepdims: false)
-        }
-        return [dX, dW, dB]
-    }
+    registry.registerGradient("ConvTranspose", convTransposeGradient)
 
-    registry.registerGradient("TopK") { g in
-        guard g.needs(0), let dY = g.dY(0) else { return [nil, nil] }
-        let indices = g.forwardOutput(1)
-        return [g.ms("GatherElementsGrad", [dY, g.shape(of: g.input(0)), indices],
-                     attributes: ["axis": .int(g.node.int("axis") ?? -1)])[0], nil]
-    }
+    registry.registerGradient("TopK", topKGradient)
 
     for name in ["GroupNormalization", "InstanceNormalization"] {
         registry.registerGradient(name) { g in try groupNormGradient(g, instance: name == "InstanceNormalization") }
@@ -45,6 +16,41 @@ func registerMoreNeuralNetGradients(_ registry: OpRegistry) {
     for name in ["Resize", "Upsample"] {
         registry.registerGradient(name) { g in try resizeGradient(g) }
     }
+}
+
+/// The gradient rule of ConvTranspose.
+func convTransposeGradient(_ g: GradientContext) throws -> [String?] {
+    // Y = ConvT(X, W) is the adjoint of Conv(., W): dX = Conv(dY, W) with the same geometry;
+    // dW is ConvGrad's weight gradient with the roles of X and dY swapped.
+    let dY = try g.requiredDY()
+    if let mode = g.node.string("auto_pad"), mode != "NOTSET" {
+        throw GradientError("ConvTranspose with auto_pad \(mode) is differentiated with explicit pads only")
+    }
+    var attributes: [String: Attribute] = [:]
+    for key in ["strides", "pads", "dilations", "group", "kernel_shape"] { attributes[key] = g.attributes[key] }
+    var dX: String?, dW: String?, dB: String?
+    if g.needs(0) { dX = g.op("Conv", [dY, g.input(1)], attributes: attributes) }
+    if g.needs(1) {
+        var gradAttributes = try windowAttributes(g, conv: true)
+        gradAttributes["output_padding"] = nil
+        gradAttributes["output_shape"] = nil
+        let base = (g.node.name.isEmpty ? "ConvTranspose" : g.node.name) + "_Grad/"
+        dW = g.emit("ConvGrad", domain: "com.microsoft", [g.input(0), dY, g.input(1)], outputs: 2,
+                    attributes: gradAttributes, names: ["", base + "dW"])[1]
+    }
+    if g.hasInput(2) && g.needs(2) {
+        guard let r = g.rank(g.input(0)) else { throw GradientError("ConvTranspose needs the rank of its input") }
+        dB = g.reduceSum(dY, axes: [0] + Array(2..<r), keepdims: false)
+    }
+    return [dX, dW, dB]
+}
+
+/// The gradient rule of TopK.
+func topKGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0), let dY = g.dY(0) else { return [nil, nil] }
+    let indices = g.forwardOutput(1)
+    return [g.ms("GatherElementsGrad", [dY, g.shape(of: g.input(0)), indices],
+                 attributes: ["axis": .int(g.node.int("axis") ?? -1)])[0], nil]
 }
 
 /// GroupNormalization (scale and bias per channel from opset 21, per group at 18) and

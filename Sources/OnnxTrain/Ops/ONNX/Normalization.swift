@@ -28,16 +28,6 @@ func channelValues(_ t: Tensor?, count: Int, default value: Double, name: String
     }
 }
 
-/// A float tensor of `dtype` (float32/float64, or half through float32) from Doubles.
-func floatTensor(_ dtype: DType, shape: [Int], _ values: [Double]) -> Tensor {
-    switch dtype {
-    case .float64: return Tensor(shape: shape, scalars: values)
-    case .float16: return Tensor(shape: shape, scalars: values.map { Float16(Float($0)) })
-    case .bfloat16: return Tensor(shape: shape, scalars: values.map { BFloat16(Float($0)) })
-    default: return Tensor(shape: shape, scalars: values.map { Float($0) })
-    }
-}
-
 // MARK: - BatchNormalization
 
 struct BatchNormKernel: Kernel {
@@ -152,33 +142,46 @@ struct LayerNormKernel: Kernel {
         epsilon = Double(try ctx.float("epsilon", default: 1e-5))
     }
 
+    /// One float type's pass: Scale and B broadcast to the normalized shape once, then the
+    /// pointer kernel of LayerNormKernels.swift (accumulator T). Mean and InvStdDev are T.
     struct Op: FloatOperation {
         let x: Tensor, scale: Tensor, bias: Tensor?, axis: Int, epsilon: Double
         func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
             let normShape = Array(x.shape[axis...])
-            let inner = Tensor.elementCount(normShape), outer = Tensor.elementCount(Array(x.shape[..<axis]))
-            let zeros = Tensor(zeros: T.dtype, shape: normShape)
-            let s = try broadcastBinary(zeros, scale, T.self, T.self, T.self, outDType: T.dtype) { $1 }.scalars(as: T.self)
-            let b = try bias.map { try broadcastBinary(zeros, $0, T.self, T.self, T.self, outDType: T.dtype) { $1 }.scalars(as: T.self) }
-            guard s.count == inner, b?.count ?? inner == inner else { throw KernelError("Scale or B does not broadcast to \(normShape)") }
+            let cols = Tensor.elementCount(normShape), rows = Tensor.elementCount(Array(x.shape[..<axis]))
+            func covering(_ t: Tensor) throws -> Tensor {
+                if t.count == cols && (try? Broadcast.shape(normShape, t.shape)) == normShape { return t }
+                let spread = try broadcastBinary(Tensor(zeros: T.dtype, shape: normShape), t, T.self, T.self, T.self, outDType: T.dtype) { $1 }
+                guard spread.count == cols else { throw KernelError("Scale or B does not broadcast to \(normShape)") }
+                return spread
+            }
+            let scale = try covering(self.scale), bias = try self.bias.map(covering)
+            let statShape = Array(x.shape[..<axis]) + Array(repeating: 1, count: x.rank - axis)
             var y = Tensor(uninitialized: T.dtype, shape: x.shape)
-            var means = [Double](repeating: 0, count: outer), invStd = [Double](repeating: 0, count: outer)
-            try x.withUnsafeBufferPointer(as: T.self) { px in
-                y.uncheckedMutableBufferPointer(as: T.self) { py in
-                    for o in 0..<outer {
-                        let base = o * inner
-                        let (m, v) = meanVariance(px, starts: [base], length: inner)
-                        let r = 1 / (v + epsilon).squareRoot()
-                        means[o] = m; invStd[o] = r
-                        for i in 0..<inner {
-                            let normalized = T(fromDouble: (px[base + i].doubleValue - m) * r)
-                            py[base + i] = normalized * s[i] + (b?[i] ?? 0)
+            var mean = Tensor(uninitialized: T.dtype, shape: statShape), invStd = Tensor(uninitialized: T.dtype, shape: statShape)
+            let epsilon = T(fromDouble: epsilon)
+            x.uncheckedBufferPointer(as: T.self) { px in
+                scale.uncheckedBufferPointer(as: T.self) { ps in
+                    withOptionalPointer(bias, T.self) { pb in
+                        y.uncheckedMutableBufferPointer(as: T.self) { py in
+                            mean.uncheckedMutableBufferPointer(as: T.self) { pm in
+                                invStd.uncheckedMutableBufferPointer(as: T.self) { pi in
+                                    guard cols > 0 else {
+                                        // Statistics of empty rows are NaN, as numpy's mean of nothing.
+                                        pm.update(repeating: .nan); pi.update(repeating: .nan)
+                                        return
+                                    }
+                                    guard let x = px.baseAddress, let s = ps.baseAddress, let y = py.baseAddress,
+                                          let m = pm.baseAddress, let i = pi.baseAddress else { return }
+                                    layerNormForward(x: x, scale: s, bias: pb, y: y, mean: m, invStd: i,
+                                                     rows: rows, cols: cols, epsilon: epsilon)
+                                }
+                            }
                         }
                     }
                 }
             }
-            let statShape = Array(x.shape[..<axis]) + Array(repeating: 1, count: x.rank - axis)
-            return [y, floatTensor(T.dtype, shape: statShape, means), floatTensor(T.dtype, shape: statShape, invStd)]
+            return [y, mean, invStd]
         }
     }
 
@@ -190,7 +193,6 @@ struct LayerNormKernel: Kernel {
         guard scale.dtype == x.dtype, bias.map({ $0.dtype == x.dtype }) ?? true else {
             throw KernelError("Scale (\(scale.dtype)) and B (\(bias.map { "\($0.dtype)" } ?? "absent")) must have X's type \(x.dtype)")
         }
-        if x.dtype == .float32, let fast = floatLayerNorm(x, scale, bias, axis: a) { return fast }
         let outs = try withFloatCompute([x, scale, bias]) { t in
             try dispatchFloat(t[0]!.dtype, Op(x: t[0]!, scale: t[1]!, bias: t[2], axis: a, epsilon: epsilon))
         }
@@ -202,35 +204,6 @@ struct LayerNormKernel: Kernel {
             }
             return .tensor(t)
         }
-    }
-
-    /// The float32 path (LayerNormFloat.swift) when Scale and B cover the normalized shape
-    /// element for element; nil otherwise (general broadcasting takes the path above).
-    private func floatLayerNorm(_ x: Tensor, _ scale: Tensor, _ bias: Tensor?, axis: Int) -> [Value?]? {
-        let normShape = Array(x.shape[axis...])
-        let cols = Tensor.elementCount(normShape), rows = Tensor.elementCount(Array(x.shape[..<axis]))
-        func covers(_ t: Tensor) -> Bool { t.count == cols && (try? Broadcast.shape(normShape, t.shape)) == normShape }
-        guard cols > 0, covers(scale), bias.map(covers) ?? true else { return nil }
-        let statShape = Array(x.shape[..<axis]) + Array(repeating: 1, count: x.rank - axis)
-        var y = Tensor(uninitialized: .float32, shape: x.shape)
-        var mean = Tensor(uninitialized: .float32, shape: statShape), invStd = Tensor(uninitialized: .float32, shape: statShape)
-        x.uncheckedBufferPointer(as: Float.self) { px in
-            scale.uncheckedBufferPointer(as: Float.self) { ps in
-                withOptionalPointer(bias, Float.self) { pb in
-                    y.uncheckedMutableBufferPointer(as: Float.self) { py in
-                        mean.uncheckedMutableBufferPointer(as: Float.self) { pm in
-                            invStd.uncheckedMutableBufferPointer(as: Float.self) { pi in
-                                guard let x = px.baseAddress, let s = ps.baseAddress, let y = py.baseAddress,
-                                      let m = pm.baseAddress, let i = pi.baseAddress else { return }
-                                layerNormForward(x: x, scale: s, bias: pb, y: y, mean: m, invStd: i,
-                                                 rows: rows, cols: cols, epsilon: Float(epsilon))
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        return [.tensor(y), .tensor(mean), .tensor(invStd)]
     }
 }
 

@@ -1,5 +1,6 @@
-/// Ops that only change a tensor's shape, or build small tensors from shapes: Reshape, Flatten,
-/// Squeeze, Unsqueeze, Shape, Size, Identity, Constant, ConstantOfShape, EyeLike, Range, BitCast.
+/// Ops that only change a tensor's shape or read it: Reshape, Flatten, Squeeze, Unsqueeze, Shape,
+/// Size, Identity (here); and the ones that build small tensors (Constant.swift: Constant,
+/// ConstantOfShape, EyeLike; Range.swift; BitCast.swift).
 func registerShapeOps(_ registry: OpRegistry) {
     registry.register("Reshape", since: 5, reshapeKernel)
     registry.register("Flatten", since: 1, flattenKernel)
@@ -91,46 +92,6 @@ func identityKernel(_ ctx: NodeContext) throws -> Kernel {
     }
 }
 
-/// Constant, since opset 1.
-func constantKernel(_ ctx: NodeContext) throws -> Kernel {
-    let value = try constantValue(ctx)
-    return AnyKernel { _, _ in [.tensor(value)] }
-}
-
-/// ConstantOfShape, since opset 9.
-func constantOfShapeKernel(_ ctx: NodeContext) throws -> Kernel {
-    let value = try ctx.tensor("value") ?? Tensor(scalar: Float(0))
-    guard value.count == 1 else { throw KernelError("attribute 'value' must hold one element") }
-    return AnyKernel { inputs, _ in
-        let shape = try inputs.tensor(0).ints("shape")
-        try checkShape(shape, "shape")
-        return [.tensor(try stridedCopy(value.reshaped([]), shape: shape, strides: [Int](repeating: 0, count: shape.count)))]
-    }
-}
-
-/// EyeLike, since opset 9.
-func eyeLikeKernel(_ ctx: NodeContext) throws -> Kernel {
-    let dtypeCode = try ctx.int("dtype")
-    let k = try ctx.int("k", default: 0)
-    return AnyKernel { inputs, _ in
-        let x = try inputs.tensor(0)
-        guard x.rank == 2 else { throw KernelError("input must be 2-D, got \(x.shape)") }
-        let dtype = try dtypeCode.map { try dtypeFromCode($0) } ?? x.dtype
-        var values = [Double](repeating: 0, count: x.count)
-        for i in 0..<x.shape[0] {
-            let (j, overflow) = i.addingReportingOverflow(k)
-            if !overflow && j >= 0 && j < x.shape[1] { values[i * x.shape[1] + j] = 1 }
-        }
-        return [.tensor(try Tensor(dtype: dtype, shape: x.shape, doubles: values))]
-    }
-}
-
-/// BitCast, since opset 26.
-func bitCastKernel(_ ctx: NodeContext) throws -> Kernel {
-    let dtype = try dtypeFromCode(try ctx.requiredInt("to"))
-    return AnyKernel { inputs, _ in [.tensor(try bitCast(try inputs.tensor(0), to: dtype))] }
-}
-
 /// Reshape, since opset 1.
 func reshape2Kernel(_ ctx: NodeContext) throws -> Kernel {
     let shape = try ctx.ints("shape") ?? []
@@ -138,52 +99,6 @@ func reshape2Kernel(_ ctx: NodeContext) throws -> Kernel {
         let x = try inputs.tensor(0)
         return [.tensor(x.reshaped(try reshapeTarget(x.shape, shape, allowZero: false)))]
     }
-}
-
-/// Range, since opset 11.
-func rangeKernel(_ ctx: NodeContext) throws -> Kernel {
-    AnyKernel { inputs, _ in
-        let start = try inputs.tensor(0), limit = try inputs.tensor(1), delta = try inputs.tensor(2)
-        guard start.count == 1, limit.count == 1, delta.count == 1 else { throw KernelError("start, limit and delta must be scalars") }
-        if start.dtype.isInteger {
-            let s = try start.ints("start")[0], l = try limit.ints("limit")[0], d = try delta.ints("delta")[0]
-            guard d != 0, magnitude(s, below: 1 << 62), magnitude(l, below: 1 << 62), magnitude(d, below: 1 << 62) else { throw KernelError("delta must be nonzero and start, limit, delta within 2^62") }
-            let n = max(0, (l - s + d + (d > 0 ? -1 : 1)) / d)
-            try checkShape([n], "output")
-            return [.tensor(try Tensor(dtype: start.dtype, shape: [n], doubles: (0..<n).map { Double(s + $0 * d) }))]
-        }
-        let s = try start.doubles()[0], l = try limit.doubles()[0], d = try delta.doubles()[0]
-        guard d != 0, s.isFinite, l.isFinite, d.isFinite else { throw KernelError("start, limit and delta must be finite, delta nonzero") }
-        let n = max(0, try checkedInt(((l - s) / d).rounded(.up), "element count"))
-        try checkShape([n], "output")
-        // Accumulate in the element type as the reference does (start + i * delta, rounded each step).
-        return [.tensor(try Tensor(dtype: start.dtype, shape: [n], doubles: (0..<n).map { s + Double($0) * d }))]
-    }
-}
-
-/// BitCast: the same bits read as another type of the same width (storage is shared; bool and
-/// the unpacked sub-byte types are renormalised so every byte holds a valid value).
-private func bitCast(_ x: Tensor, to dtype: DType) throws -> Tensor {
-    guard x.dtype != .string, dtype != .string else { throw KernelError("BitCast does not apply to strings") }
-    let bits = { (d: DType) in d.packedBits ?? d.byteSize * 8 }
-    guard bits(x.dtype) == bits(dtype) else { throw KernelError("BitCast needs equal widths, \(x.dtype) and \(dtype) differ") }
-    let shared = Tensor(dtype: dtype, shape: x.shape, storage: x.storage)
-    if dtype != .bool && dtype.packedBits == nil { return shared }
-    // One element per byte: keep the low bits, sign-extend for signed sub-byte targets, 0/1 for bool.
-    var out = Tensor(uninitialized: dtype, shape: x.shape)
-    let width = bits(dtype)
-    let mask = UInt8(truncatingIfNeeded: (1 << width) - 1), sign = UInt8(truncatingIfNeeded: 1 << (width - 1))
-    let signed = dtype == .int4 || dtype == .int2
-    let src = x.storage.bytes.assumingMemoryBound(to: UInt8.self)
-    try out.withUnsafeMutableBufferPointer(as: UInt8.self) { dst in
-        for i in 0..<dst.count {
-            if dtype == .bool { dst[i] = src[i] != 0 ? 1 : 0; continue }
-            var v = src[i] & mask
-            if signed && v & sign != 0 { v |= ~mask }
-            dst[i] = v
-        }
-    }
-    return out
 }
 
 /// The target shape of Reshape: 0 copies the input dimension (unless `allowZero`), -1 is inferred.
@@ -225,24 +140,3 @@ func dtypeFromCode(_ code: Int) throws -> DType {
     return d
 }
 
-/// The tensor a Constant node holds, from whichever `value*` attribute it has.
-private func constantValue(_ ctx: NodeContext) throws -> Tensor {
-    if let t = try ctx.tensor("value") { return t }
-    if let t = try ctx.tensor("sparse_value") { return t }
-    if let v = try ctx.float("value_float") { return Tensor(scalar: v) }
-    if let a = ctx.attributes["value_floats"] {
-        guard case .floats(let v) = a else { throw KernelError("attribute 'value_floats' must be floats") }
-        return Tensor(shape: [v.count], scalars: v)
-    }
-    if let v = try ctx.int("value_int") { return Tensor(scalar: Int64(v)) }
-    if let a = ctx.attributes["value_ints"] {
-        guard case .ints(let v) = a else { throw KernelError("attribute 'value_ints' must be ints") }
-        return Tensor(shape: [v.count], scalars: v.map { Int64($0) })
-    }
-    if let v = try ctx.string("value_string") { return Tensor(shape: [], strings: [v]) }
-    if let a = ctx.attributes["value_strings"] {
-        guard case .strings(let v) = a else { throw KernelError("attribute 'value_strings' must be strings") }
-        return Tensor(shape: [v.count], strings: v)
-    }
-    throw KernelError("Constant needs a value attribute")
-}

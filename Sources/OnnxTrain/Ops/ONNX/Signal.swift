@@ -91,7 +91,7 @@ func melWeightMatrixKernel(_ ctx: NodeContext) throws -> Kernel {
         guard let mels = try inputs.tensor(0).ints("num_mel_bins").first, let dftLength = try inputs.tensor(1).ints("dft_length").first,
               let rate = try inputs.tensor(2).ints("sample_rate").first,
               let lower = try inputs.tensor(3).doubles().first, let upper = try inputs.tensor(4).doubles().first,
-              mels > 0, mels < 1 << 31, dftLength > 0, dftLength < 1 << 40, rate > 0 else { throw KernelError("num_mel_bins, dft_length and sample_rate must be positive scalars") }
+              mels > 0, mels < 1 << 31, dftLength > 0, dftLength < SizePolicy.maxElements, rate > 0 else { throw KernelError("num_mel_bins, dft_length and sample_rate must be positive scalars") }
         let spectrogramBins = dftLength / 2 + 1
         try checkShape([spectrogramBins, mels], "output")
         // The onnx reference: mel points spaced evenly over mels + 2 steps, floored to FFT bins.

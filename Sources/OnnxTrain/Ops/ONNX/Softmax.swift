@@ -7,36 +7,22 @@ struct SoftmaxOperation: FloatOperation {
     let x: Tensor, outer: Int, n: Int, inner: Int, kind: SoftmaxKind
 
     func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
-        if T.self == Float.self && inner == 1 && n > 0 && kind != .hardmax { return floatRows() }
         // x, out: [outer, n, inner], normalised along n.
         var out = Tensor(uninitialized: T.dtype, shape: x.shape)
         let (outer, n, inner, kind) = (self.outer, self.n, self.inner, self.kind)
         try x.withUnsafeBufferPointer(as: T.self) { px in
             out.uncheckedMutableBufferPointer(as: T.self) { po in
-                for o in 0..<outer {
+                guard let px = px.baseAddress, let po = po.baseAddress else { return }
+                guard kind == .hardmax else {
+                    softmax(px, po, outer: outer, n: n, inner: inner, log: kind == .logSoftmax)
+                    return
+                }
+                for o in 0..<outer where n > 0 {
                     for i in 0..<inner {
                         let base = o * n * inner + i
-                        // The max is subtracted first so exp cannot overflow.
-                        if n == 0 { continue }
                         var m = px[base], argmax = 0
                         for k in 1..<n where px[base + k * inner] > m { m = px[base + k * inner]; argmax = k }
-                        switch kind {
-                        case .hardmax:
-                            for k in 0..<n { po[base + k * inner] = k == argmax ? 1 : 0 }
-                        case .softmax:
-                            var sum: T = 0
-                            for k in 0..<n {
-                                let e = T.exp(px[base + k * inner] - m)
-                                po[base + k * inner] = e
-                                sum += e
-                            }
-                            for k in 0..<n { po[base + k * inner] /= sum }
-                        case .logSoftmax:
-                            var sum: T = 0
-                            for k in 0..<n { sum += T.exp(px[base + k * inner] - m) }
-                            let shift = m + T.log(sum)
-                            for k in 0..<n { po[base + k * inner] = px[base + k * inner] - shift }
-                        }
+                        for k in 0..<n { po[base + k * inner] = k == argmax ? 1 : 0 }
                     }
                 }
             }
@@ -45,37 +31,44 @@ struct SoftmaxOperation: FloatOperation {
     }
 }
 
-extension SoftmaxOperation {
-    /// float32 rows (x, out: [outer, n]) with the vectorised FloatMath.exp, rows split across
-    /// threads. Softmax multiplies by 1/Σ, as onnxruntime's MLAS kernel does.
-    func floatRows() -> Tensor {
-        var out = Tensor(uninitialized: .float32, shape: x.shape)
-        let (rows, n, log) = (outer, self.n, kind == .logSoftmax)
-        softmaxRows(x, into: &out, rows: rows, n: n, log: log)
-        return out
-    }
-}
-
-/// One float32 row of softmax or log-softmax (a function of its own so its loops vectorise; they
-/// stay scalar inside the Parallel.forRange closure).
-@inline(never)
-/// Softmax (or log-softmax) of every float32 row of `x` ([rows, n]) into `out`, rows split across threads.
-func softmaxRows(_ x: Tensor, into out: inout Tensor, rows: Int, n: Int, log: Bool) {
-    guard rows > 0 && n > 0 else { return }
-    x.uncheckedBufferPointer(as: Float.self) { bx in
-        out.uncheckedMutableBufferPointer(as: Float.self) { bo in
-            guard let x = bx.baseAddress, let out = bo.baseAddress else { return }
-            Parallel.forRange(rows, minimumChunk: max(1, 4096 / n)) { range in
-                for r in range { softmaxRow(x + r * n, out + r * n, n, log: log) }
-            }
+/// The one softmax / log-softmax kernel (Softmax, LogSoftmax, and the log-probabilities of every
+/// softmax cross-entropy loss): x and out viewed as [outer, n, inner], normalised along n, rows
+/// split across threads.
+///
+/// Accumulator: T. float32 sums exp in float32 (four partial sums), as onnxruntime's MLAS kernels
+/// compute in float; exp is `T.fastExp` (vectorised for float32, libm for float64). The max is
+/// subtracted first so exp cannot overflow; softmax multiplies by 1/Σ, as MLAS does.
+func softmax<T: FloatElement>(_ x: UnsafePointer<T>, _ out: UnsafeMutablePointer<T>, outer: Int, n: Int, inner: Int, log: Bool) {
+    guard outer > 0, n > 0, inner > 0 else { return }
+    Parallel.forRange(outer * inner, minimumChunk: max(1, 4096 / n)) { rows in
+        for r in rows {
+            let base = (r / inner) * n * inner + r % inner
+            softmaxRow(x + base, out + base, n, stride: inner, log: log)
         }
     }
 }
 
-func softmaxRow(_ px: UnsafePointer<Float>, _ po: UnsafeMutablePointer<Float>, _ n: Int, log: Bool) {
-    // The max is subtracted first so exp cannot overflow. Four running maxima break the compare
-    // chain so the loop pipelines; max is exact, so the result is the same. A NaN is skipped
-    // by the max as before and turns the whole row into NaN through exp and the sum.
+/// One row of `softmax`: n elements `stride` apart. A function of its own so the stride-1 loops
+/// vectorise (they stay scalar inside the Parallel.forRange closure).
+@inline(never)
+func softmaxRow<T: FloatElement>(_ px: UnsafePointer<T>, _ po: UnsafeMutablePointer<T>, _ n: Int, stride: Int, log: Bool) {
+    guard stride == 1 else {
+        var m = px[0]
+        for k in 1..<n where px[k * stride] > m { m = px[k * stride] }
+        var sum: T = 0
+        for k in 0..<n { let e = T.fastExp(px[k * stride] - m); po[k * stride] = e; sum += e }
+        if log {
+            let shift = m + T.log(sum)
+            for k in 0..<n { po[k * stride] = px[k * stride] - shift }
+        } else {
+            let scale = 1 / sum
+            for k in 0..<n { po[k * stride] *= scale }
+        }
+        return
+    }
+    // Four running maxima break the compare chain so the loop pipelines; max is exact, so the
+    // result is the same. A NaN is skipped by the max and turns the whole row into NaN through
+    // exp and the sum.
     var m0 = px[0], m1 = px[0], m2 = px[0], m3 = px[0], k = 0
     while k + 4 <= n {
         m0 = px[k] > m0 ? px[k] : m0
@@ -86,10 +79,10 @@ func softmaxRow(_ px: UnsafePointer<Float>, _ po: UnsafeMutablePointer<Float>, _
     }
     while k < n { m0 = px[k] > m0 ? px[k] : m0; k += 1 }
     let m = Swift.max(Swift.max(m0, m1), Swift.max(m2, m3))
-    for k in 0..<n { po[k] = FloatMath.exp(px[k] - m) }
-    let sum = sumFloat(po, n)
+    for k in 0..<n { po[k] = T.fastExp(px[k] - m) }
+    let sum = contiguousSum(UnsafePointer(po), n) { $0 }
     if log {
-        let shift = m + Float.log(sum)
+        let shift = m + T.log(sum)
         for k in 0..<n { po[k] = px[k] - shift }
     } else {
         let scale = 1 / sum

@@ -245,42 +245,6 @@ func splitTensor(_ t: Tensor, axis: Int, sizes: [Int]) throws -> [Tensor] {
 }
 
 extension Tensor {
-    /// The elements of a numeric (or bool) tensor as Double, for kernels that compute once for every type.
-    func doubles() throws -> [Double] {
-        switch dtype {
-        case .float32: return try withUnsafeBufferPointer(as: Float.self) { $0.map(Double.init) }
-        case .float64: return scalars(as: Double.self)
-        case .float16: return try withUnsafeBufferPointer(as: Float16.self) { $0.map { Double(Float($0)) } }
-        case .bfloat16: return try withUnsafeBufferPointer(as: BFloat16.self) { $0.map { Double($0.floatValue) } }
-        case .bool: return try withUnsafeBufferPointer(as: Bool.self) { $0.map { $0 ? 1 : 0 } }
-        default:
-            guard dtype.isInteger, let v = intValues() else { throw KernelError("element type \(dtype) is not numeric") }
-            if dtype == .uint64 { return try withUnsafeBufferPointer(as: UInt64.self) { $0.map { Double($0) } } }
-            return v.map(Double.init)
-        }
-    }
-
-    /// A tensor of numeric `dtype` from Double values (rounded to nearest for floats, truncated
-    /// and saturated for integers, nonzero for bool).
-    init(dtype: DType, shape: [Int], doubles: [Double]) throws {
-        switch dtype {
-        case .float32: self.init(shape: shape, scalars: doubles.map { Float($0) })
-        case .float64: self.init(shape: shape, scalars: doubles)
-        case .float16: self.init(shape: shape, scalars: doubles.map { Float16(Float($0)) })
-        case .bfloat16: self.init(shape: shape, scalars: doubles.map { BFloat16(Float($0)) })
-        case .bool: self.init(shape: shape, scalars: doubles.map { $0 != 0 })
-        case .int8: self.init(shape: shape, scalars: doubles.map { Int8(fromDouble: $0) })
-        case .int16: self.init(shape: shape, scalars: doubles.map { Int16(fromDouble: $0) })
-        case .int32: self.init(shape: shape, scalars: doubles.map { Int32(fromDouble: $0) })
-        case .int64: self.init(shape: shape, scalars: doubles.map { Int64(fromDouble: $0) })
-        case .uint8: self.init(shape: shape, scalars: doubles.map { UInt8(fromDouble: $0) })
-        case .uint16: self.init(shape: shape, scalars: doubles.map { UInt16(fromDouble: $0) })
-        case .uint32: self.init(shape: shape, scalars: doubles.map { UInt32(fromDouble: $0) })
-        case .uint64: self.init(shape: shape, scalars: doubles.map { UInt64(fromDouble: $0) })
-        default: throw KernelError("element type \(dtype) is not supported here")
-        }
-    }
-
     /// The integer elements of a shape/axes/indices input, or a KernelError naming `what`.
     func ints(_ what: String) throws -> [Int] {
         guard let v = intValues() else { throw KernelError("\(what) must be an integer tensor, got \(dtype)") }
@@ -310,7 +274,7 @@ func normalizeAxes(_ axes: [Int], rank: Int, name: String = "axes") throws -> [I
 
 /// Makes sure every shape entry is a valid dimension and the whole is allocatable in principle.
 ///
-/// The cap, 2^30 elements (4 GiB of float32, 8 GiB of Int index map), is far above any real model's tensors and keeps
+/// The cap, `SizePolicy.maxIndexMapElements`, is far above any real model's tensors and keeps
 /// shapes computed from hostile data (pads, repeats, sizes) from reaching an allocation that
 /// aborts the process.
 func checkShape(_ shape: [Int], _ what: String) throws {
@@ -318,9 +282,9 @@ func checkShape(_ shape: [Int], _ what: String) throws {
     var n = 1
     for d in shape {
         let (m, overflow) = n.multipliedReportingOverflow(by: d)
-        guard !overflow, m <= 1 << 30 else { throw KernelError("\(what) \(shape) is too large") }
+        guard !overflow, m <= SizePolicy.maxIndexMapElements else { throw KernelError("\(what) \(shape) is too large") }
         n = m
     }
     // Per-axis maps hold one Int per output coordinate; a zero elsewhere must not let one axis run away.
-    guard shape.allSatisfy({ $0 <= 1 << 30 }) else { throw KernelError("\(what) \(shape) is too large") }
+    guard shape.allSatisfy({ $0 <= SizePolicy.maxIndexMapElements }) else { throw KernelError("\(what) \(shape) is too large") }
 }

@@ -93,7 +93,7 @@ struct TfIdfVectorizer: Kernel {
         case 2: (rows, width) = (x.shape[0], x.shape[1])
         default: throw KernelError("input must be [C] or [B, C], got \(x)")
         }
-        guard rows <= (1 << 30) / max(outputSize, 1) else { throw KernelError("output [\(rows), \(outputSize)] is too large") }
+        _ = try Tensor.checkedElementCount([rows, outputSize])
         let tokens = try mlKeys(x)
         var counts = [Int](repeating: 0, count: rows * outputSize)  // [B, K]
         for r in 0..<rows {

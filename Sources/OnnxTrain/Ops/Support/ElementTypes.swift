@@ -165,7 +165,7 @@ extension UInt64: IntegerElement {}
 /// branch-free so element loops vectorise) and libm's erf for Double; every op that needs erf
 /// (Erf, both Gelus, GeluGrad, BiasGelu) goes through it. `fastExp` is the float32 exp for
 /// arguments <= 88 (FloatMath.exp, vectorises); `exp` is libm's, defined on the whole line.
-public protocol FloatElement: NumericElement, BinaryFloatingPoint {
+public protocol FloatElement: NumericElement, BinaryFloatingPoint, SIMDScalar, Codable {
     static func exp(_ x: Self) -> Self
     /// e^x for x <= 88 (larger arguments give e^88 for Float): vectorised in float32.
     static func fastExp(_ x: Self) -> Self
@@ -347,13 +347,32 @@ func commonElementType(_ inputs: [Tensor], names: [String]? = nil, floatOnly: Bo
 
 /// The one half-precision path: checks that `inputs` share one element type (`names` name them
 /// in errors; `floatOnly` also requires a float type), runs `body` on them with float16/bfloat16
-/// widened to float32, and rounds float32 tensor results back to the inputs' half type.
+/// widened to float32, and rounds a float32 result back to the inputs' half type.
 /// Inputs past `checked` (indices, masks) are passed through unchecked and unwidened.
 func computingHalfInFloat(_ inputs: [Tensor], names: [String]? = nil, floatOnly: Bool = false,
                           checked: Int? = nil, _ body: ([Tensor]) throws -> Tensor) throws -> Tensor {
     let n = checked ?? inputs.count
     let dtype = try commonElementType(Array(inputs.prefix(n)), names: names, floatOnly: floatOnly)
+    return try widening(dtype, inputs, upTo: n, { try body($0.compactMap { $0 }) }, narrow: { $0.narrowed(to: dtype) })
+}
+
+/// The same path for float kernels with optional inputs and several outputs (Conv, RNNs,
+/// normalizations, attention): the compute type is that of the first present input, which must
+/// be a float type; every half input widens, and float32 outputs round back (indices and other
+/// non-float outputs pass through).
+func withFloatCompute(_ inputs: [Tensor?], _ body: ([Tensor?]) throws -> [Tensor?]) throws -> [Tensor?] {
+    guard let first = inputs.first(where: { $0 != nil }) ?? nil else { return try body(inputs) }
+    let dtype = first.dtype
+    guard dtype == .float32 || dtype == .float64 || first.isHalf else {
+        throw KernelError("element type \(dtype) is not supported here (a float type is expected)")
+    }
+    return try widening(dtype, inputs, upTo: inputs.count, body, narrow: { $0.map { $0?.narrowed(to: dtype) } })
+}
+
+/// Runs `body` on `inputs` with the half-typed ones among the first `n` widened to float32 when
+/// `dtype` is a half type (then `narrow` rounds the result back); otherwise on `inputs` as they are.
+private func widening<R>(_ dtype: DType, _ inputs: [Tensor?], upTo n: Int, _ body: ([Tensor?]) throws -> R,
+                         narrow: (R) -> R) rethrows -> R {
     guard dtype == .float16 || dtype == .bfloat16 else { return try body(inputs) }
-    let wide = inputs.enumerated().map { $0.offset < n ? $0.element.widenedToFloat() : $0.element }
-    return try body(wide).narrowed(to: dtype)
+    return narrow(try body(inputs.enumerated().map { $0.offset < n ? $0.element?.widenedToFloat() : $0.element }))
 }

@@ -1,41 +1,16 @@
-/// Float32 layer norm forward and backward (LayerNormalization and LayerNormalizationGrad for
-/// float inputs), in float like onnxruntime's CPU kernels, rows split across threads.
-/// Statistics are two-pass (mean, then mean of squared deviations), which keeps rows with a
-/// large common offset accurate where onnxruntime's E[x²] − E[x]² would cancel.
-
-typealias FloatVec8 = SIMD8<Float>
-
-@inline(__always) func load8(_ p: UnsafePointer<Float>) -> FloatVec8 {
-    UnsafeRawPointer(p).loadUnaligned(as: FloatVec8.self)
-}
-
-/// Σ p[0..<n] with eight partial sums (so the loop vectorises; float addition is not reassociated
-/// by the compiler).
-@inline(__always) func sumFloat(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
-    var acc = FloatVec8(), j = 0
-    while j + 8 <= n { acc += load8(p + j); j += 8 }
-    var s = acc.sum()
-    while j < n { s += p[j]; j += 1 }
-    return s
-}
-
-/// Σ (p[j] − c)² over 0..<n, eight partial sums.
-@inline(__always) func squaredDeviationSum(_ p: UnsafePointer<Float>, _ n: Int, _ c: Float) -> Float {
-    var acc = FloatVec8(), j = 0
-    let cv = FloatVec8(repeating: c)
-    while j + 8 <= n { let d = load8(p + j) - cv; acc += d * d; j += 8 }
-    var s = acc.sum()
-    while j < n { let d = p[j] - c; s += d * d; j += 1 }
-    return s
-}
+/// Layer norm forward and backward (LayerNormalization and LayerNormalizationGrad), generic over
+/// Float and Double, rows split across threads. Accumulator: T (float32 computes in float like
+/// onnxruntime's CPU kernels; Sums.swift). Statistics are two-pass (mean, then mean of squared
+/// deviations), which keeps rows with a large common offset accurate where onnxruntime's
+/// E[x²] − E[x]² would cancel.
 
 // The row loops are functions of their own, called from the Parallel.forRange closures: LLVM
 // vectorises loops over plain pointer arguments but not the same loops inside those closures.
 
 /// layernorm_forward: x, y [rows, cols]; scale, bias [cols] (bias optional); mean, invStd [rows].
-func layerNormForward(x: UnsafePointer<Float>, scale: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-                      y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>, invStd: UnsafeMutablePointer<Float>,
-                      rows: Int, cols: Int, epsilon: Float) {
+func layerNormForward<T: FloatElement>(x: UnsafePointer<T>, scale: UnsafePointer<T>, bias: UnsafePointer<T>?,
+                      y: UnsafeMutablePointer<T>, mean: UnsafeMutablePointer<T>, invStd: UnsafeMutablePointer<T>,
+                      rows: Int, cols: Int, epsilon: T) {
     guard rows > 0, cols > 0 else { return }
     Parallel.forRange(rows, minimumChunk: max(1, 8192 / cols)) { range in
         for r in range {
@@ -46,10 +21,10 @@ func layerNormForward(x: UnsafePointer<Float>, scale: UnsafePointer<Float>, bias
 
 /// One row of layernorm_forward; returns its mean and 1/std.
 @inline(never)
-func layerNormRow(_ px: UnsafePointer<Float>, _ scale: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
-                  _ py: UnsafeMutablePointer<Float>, _ cols: Int, _ epsilon: Float) -> (Float, Float) {
-    let m = sumFloat(px, cols) / Float(cols)
-    let v = squaredDeviationSum(px, cols, m) / Float(cols)
+func layerNormRow<T: FloatElement>(_ px: UnsafePointer<T>, _ scale: UnsafePointer<T>, _ bias: UnsafePointer<T>?,
+                  _ py: UnsafeMutablePointer<T>, _ cols: Int, _ epsilon: T) -> (T, T) {
+    let m = rowSum(px, cols) / T(cols)
+    let v = squaredDeviationSum(px, cols, m) / T(cols)
     let s = 1 / (v + epsilon).squareRoot()
     if let bias {
         for j in 0..<cols { py[j] = (px[j] - m) * s * scale[j] + bias[j] }
@@ -64,9 +39,9 @@ func layerNormRow(_ px: UnsafePointer<Float>, _ scale: UnsafePointer<Float>, _ b
 ///   dx = invStd·(b − mean(b) − x̂·mean(b·x̂));  dScale = Σ_rows dy·x̂, dBias = Σ_rows dy.
 /// dx runs over row blocks, the column sums over column blocks (each column summed in row order,
 /// so the result does not depend on the thread count).
-func layerNormBackward(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, scale: UnsafePointer<Float>,
-                       mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
-                       dx: UnsafeMutablePointer<Float>, dScale: UnsafeMutablePointer<Float>, dBias: UnsafeMutablePointer<Float>,
+func layerNormBackward<T: FloatElement>(dy: UnsafePointer<T>, x: UnsafePointer<T>, scale: UnsafePointer<T>,
+                       mean: UnsafePointer<T>, invStd: UnsafePointer<T>,
+                       dx: UnsafeMutablePointer<T>, dScale: UnsafeMutablePointer<T>, dBias: UnsafeMutablePointer<T>,
                        rows: Int, cols: Int) {
     guard cols > 0 else { return }
     Parallel.forRange(rows, minimumChunk: max(1, 4096 / cols)) { range in
@@ -81,10 +56,10 @@ func layerNormBackward(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, scale:
 
 /// dx of one row of layernorm_backward.
 @inline(never)
-func layerNormGradRow(_ pg: UnsafePointer<Float>, _ px: UnsafePointer<Float>, _ scale: UnsafePointer<Float>, _ m: Float, _ s: Float,
-                      _ po: UnsafeMutablePointer<Float>, _ cols: Int) {
-    let mv = FloatVec8(repeating: m), sv = FloatVec8(repeating: s)
-    var accB = FloatVec8(), accC = FloatVec8(), j = 0
+func layerNormGradRow<T: FloatElement>(_ pg: UnsafePointer<T>, _ px: UnsafePointer<T>, _ scale: UnsafePointer<T>, _ m: T, _ s: T,
+                      _ po: UnsafeMutablePointer<T>, _ cols: Int) {
+    let mv = SIMD8<T>(repeating: m), sv = SIMD8<T>(repeating: s)
+    var accB = SIMD8<T>(), accC = SIMD8<T>(), j = 0
     while j + 8 <= cols {
         let b = load8(pg + j) * load8(scale + j)
         accB += b
@@ -98,7 +73,7 @@ func layerNormGradRow(_ pg: UnsafePointer<Float>, _ px: UnsafePointer<Float>, _ 
         sumC += b * ((px[j] - m) * s)
         j += 1
     }
-    let meanB = sumB / Float(cols), meanC = sumC / Float(cols)
+    let meanB = sumB / T(cols), meanC = sumC / T(cols)
     for j in 0..<cols {
         let xhat = (px[j] - m) * s
         po[j] = s * (pg[j] * scale[j] - meanB - xhat * meanC)
@@ -107,8 +82,8 @@ func layerNormGradRow(_ pg: UnsafePointer<Float>, _ px: UnsafePointer<Float>, _ 
 
 /// dScale[j] = Σ_r dy[r, j]·x̂[r, j] and dBias[j] = Σ_r dy[r, j] for j in `columns`, rows in order.
 @inline(never)
-func layerNormColumnSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ mean: UnsafePointer<Float>, _ invStd: UnsafePointer<Float>,
-                         _ dScale: UnsafeMutablePointer<Float>, _ dBias: UnsafeMutablePointer<Float>,
+func layerNormColumnSums<T: FloatElement>(_ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ mean: UnsafePointer<T>, _ invStd: UnsafePointer<T>,
+                         _ dScale: UnsafeMutablePointer<T>, _ dBias: UnsafeMutablePointer<T>,
                          rows: Int, cols: Int, columns: Range<Int>) {
     let j0 = columns.lowerBound, width = columns.count
     let ds = dScale + j0, db = dBias + j0
