@@ -347,7 +347,7 @@ struct TrainingRun {
             if let loss {
                 return try openInferenceModel(path: path, params: params, state: state, optimizer: choice, loss: loss, seed: seed, say: say)
             }
-            return try openUnchecked(path: path, params: params, state: state, optimizer: choice, seed: seed, withEval: withEval, say: say, initialise: resuming == nil)
+            return try openArtifactsOrGradientGraph(path: path, params: params, state: state, optimizer: choice, seed: seed, withEval: withEval, say: say, initialise: resuming == nil)
         } catch let error as OnnxTrainError where resuming != nil && (error.kind == .training || error.kind == .invalidModel) {
             throw OnnxTrainError.invalidInput("--resume \(resuming!): its checkpoint does not fit \(path) (\(error.message)); resume from a run of the same model")
         }
@@ -376,7 +376,10 @@ struct TrainingRun {
         return run
     }
 
-    static func openUnchecked(path: String, params: String?, state given: CheckpointState?, optimizer choice: OptimizerGraph.Kind?, seed: UInt64, withEval: Bool,
+    /// A training run from an artifact folder (training, eval and optimizer models and a
+    /// checkpoint) or from a gradient graph file (`--optimizer` builds its optimizer); `open`
+    /// dispatches here for everything but an inference model.
+    static func openArtifactsOrGradientGraph(path: String, params: String?, state given: CheckpointState?, optimizer choice: OptimizerGraph.Kind?, seed: UInt64, withEval: Bool,
                               say: (String) -> Void, initialise: Bool) throws -> TrainingRun {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
