@@ -2,13 +2,22 @@ import ArgumentParser
 import Foundation
 import OnnxTrain
 
-/// `onnx-train bench FOLDER`: times training steps on a benchmark folder written by
-/// Benchmarks/export_models.py, for Benchmarks/bench.py (`make bench`). Prints one JSON line.
+/// `onnx-train bench MODEL.onnx --infer`: steady-state inference latency of any model, on
+/// synthetic feeds. `onnx-train bench FOLDER`: training steps on a benchmark folder written by
+/// Benchmarks/export_models.py, for Benchmarks/bench.py (`make bench`; one JSON line).
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Time training steps on a Benchmarks/export_models.py folder (used by `make bench`).",
+        abstract: "Time inference of any model (MODEL.onnx --infer), or training steps on a benchmark folder.",
         discussion: """
+        With MODEL.onnx and --infer: runs the model on synthetic feeds until it is warm (at least \
+        --warmup runs and --warmup-seconds), then --steps timed runs, and prints the median, \
+        minimum and 90th-percentile latency and the peak memory (RSS). Every input is shaped as \
+        the model declares it; a symbolic or unknown dimension is --dim NAME=SIZE when given, \
+        else --batch-size. Floating-point inputs are uniform in [-1, 1), integer and bool inputs \
+        ones. --json prints one JSON line instead. Threads: every core, or OMP_NUM_THREADS / \
+        OPENBLAS_NUM_THREADS.
+
         FOLDER holds onnxruntime training artifacts (training_model.onnx, optimizer_model.onnx, \
         checkpoint), data.npz (input, labels), meta.json (rows_per_step, lr) and, for --infer, \
         inference.onnx. A step is `module(input, labels); optimizer.step(); lazy_reset_grad()`, \
@@ -25,8 +34,17 @@ struct BenchCommand: ParsableCommand {
         """
     )
 
-    @Argument(help: "A benchmark folder (Benchmarks/models/<name>).")
+    @Argument(help: "A .onnx model (with --infer), or a benchmark folder (Benchmarks/models/<name>).")
     var folder: String?
+
+    @Option(name: .customLong("dim"), help: "A symbolic dimension's size for MODEL.onnx, NAME=SIZE (repeatable).")
+    var dims: [String] = []
+
+    @Option(name: .customLong("batch-size"), help: "The size of every symbolic dimension --dim does not set (MODEL.onnx).")
+    var batchSize = 1
+
+    @Flag(help: "Print one JSON line (MODEL.onnx; a benchmark folder always does).")
+    var json = false
 
     @Option(help: "Timed steps.")
     var steps = 50
@@ -37,7 +55,7 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .customLong("warmup-seconds"), help: "Warm up for at least this long too (threads and cores settle in the first ~0.1 s).")
     var warmupSeconds = 0.5
 
-    @Flag(help: "Also time inference of FOLDER/inference.onnx (after the training steps).")
+    @Flag(help: "Time inference: of MODEL.onnx, or of FOLDER/inference.onnx after the training steps.")
     var infer = false
 
     @Option(name: .customLong("gemm-peak"), help: "Time an N×N×N single-precision GEMM instead (best of --steps runs).")
@@ -50,10 +68,54 @@ struct BenchCommand: ParsableCommand {
                 print(try Self.json(try Self.gemm(n: n, runs: max(steps, 1))))
                 return
             }
-            guard let folder else { throw OnnxTrainError.invalidInput("bench needs a FOLDER or --gemm-peak N") }
+            guard let folder else { throw OnnxTrainError.invalidInput("bench needs MODEL.onnx --infer, a FOLDER or --gemm-peak N") }
+            if folder.hasSuffix(".onnx") {
+                guard infer else { throw OnnxTrainError.invalidInput("\(folder): a model is timed with --infer (training is timed on artifact folders)") }
+                try inferModel(folder)
+                return
+            }
             let result = try ParallelJob.together(group) { try train(folder: folder, group: group) }
             if group?.isMainProcess ?? true { print(try Self.json(result)) }
         }
+    }
+
+    func validate() throws {
+        for item in dims {
+            let parts = item.split(separator: "=", omittingEmptySubsequences: false)
+            guard parts.count == 2, !parts[0].isEmpty, let n = Int(parts[1]), n >= 0 else {
+                throw ValidationError("--dim expects NAME=SIZE with SIZE a whole number, got '\(item)'")
+            }
+        }
+        guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
+        guard warmup >= 0, warmupSeconds >= 0, warmupSeconds.isFinite else { throw ValidationError("--warmup and --warmup-seconds must not be negative") }
+    }
+
+    /// Times inference of any model on synthetic feeds; prints a summary (or --json).
+    func inferModel(_ path: String) throws {
+        let baseline = Self.peakRSS()
+        let session = try InferenceSession(path: path)
+        var sizes: [String: Int] = [:]
+        for item in dims {
+            let parts = item.split(separator: "=", omittingEmptySubsequences: false)
+            sizes[String(parts[0])] = Int(parts[1])
+        }
+        let feeds = try SyntheticFeeds.make(for: session.inputs, dimensions: sizes, defaultDimension: batchSize)
+        let timing: InferenceTiming
+        do { timing = try session.time(feeds, warmup: warmup, warmupSeconds: warmupSeconds, runs: steps) } catch let error as OnnxTrainError {
+            throw error.prefixed(path)
+        }
+        let peak = Self.peakRSS()
+        let shapes = session.inputs.compactMap { info in feeds[info.name].map { "\(info.name) \($0.shape)" } }
+        if json {
+            print(try Self.json(["model": path, "runs": steps, "median_ms": 1000 * timing.median, "min_ms": 1000 * timing.minimum,
+                                 "p90_ms": 1000 * timing.p90, "peak_rss_mb": peak, "baseline_rss_mb": baseline,
+                                 "inputs": shapes, "threads": BLAS.threadCount]))
+            return
+        }
+        func ms(_ s: Double) -> String { String(format: s < 0.01 ? "%.3f ms" : "%.2f ms", 1000 * s) }
+        print("\(path): \(steps) runs on \(shapes.joined(separator: ", ")), \(BLAS.threadCount) thread\(BLAS.threadCount == 1 ? "" : "s")")
+        print("  latency: median \(ms(timing.median)), min \(ms(timing.minimum)), p90 \(ms(timing.p90)) (\(String(format: "%.1f", 1 / timing.median)) runs/s)")
+        print("  peak memory: \(String(format: "%.1f", peak)) MiB (\(String(format: "%.1f", baseline)) MiB before loading the model)")
     }
 
     /// Peak resident set size of this process so far, in MiB (Linux reports ru_maxrss in KiB).
