@@ -40,22 +40,15 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from common import FIXTURES, fresh_dir, save_npz, seed_all
+from models import ProposalNet
 
 OUT = FIXTURES / "torch-nn"
 STEPS = 20
 
 
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.convs = nn.Sequential(nn.Conv2d(3, 16, 5, stride=1, padding=2), nn.MaxPool2d(2), nn.ReLU(),
-                                   nn.Conv2d(16, 32, 5, stride=1, padding=2), nn.MaxPool2d(2), nn.ReLU())
-        self.mlp = nn.Linear(32, 10)
-
-    def forward(self, x):
-        x = self.convs(x)
-        x = x.view(x.size(0), -1)
-        return self.mlp(x)
+def Net():
+    """The torch.js proposal's Net exactly: no BatchNorm, Linear(32, 10) on 3x4x4 inputs."""
+    return ProposalNet(channels=3, classes=10, features=32, batchnorm=False)
 
 
 class Encoder(nn.Module):
