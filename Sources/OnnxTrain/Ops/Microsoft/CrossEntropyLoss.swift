@@ -96,9 +96,9 @@ func classIndexLossGrad(dy: Tensor, logProb: Tensor, label: Tensor, weight: Tens
     return floatTensor(logProb.dtype, shape: logProb.shape, out)
 }
 
-/// d_logits = (exp(log_prob) − onehot)·scale for float32/float64 log_prob read in place, in
-/// Double per element as the general path computes it (exp in float for float32), rows split
-/// across threads.
+/// d_logits = (exp(log_prob) − onehot)·scale for float32/float64 log_prob [N, C, d...] read in
+/// place, one row (sample, position) per call, rows split across threads. Accumulator: none
+/// (elementwise in T, as onnxruntime computes float32 in float).
 private struct ClassIndexLossGradRows: FloatOperation {
     let logProb: Tensor, labels: [Int], scale: [Double]
     let n: Int, classes: Int, inner: Int
@@ -106,18 +106,6 @@ private struct ClassIndexLossGradRows: FloatOperation {
     func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         var out = Tensor(uninitialized: T.dtype, shape: logProb.shape)
         let (classes, inner) = (classes, inner)
-        if T.self == Float.self && inner == 1 {
-            // float32 [N, C]: one vectorised row function per sample, in float as onnxruntime.
-            try logProb.withUnsafeBufferPointer(as: Float.self) { lp in
-                out.uncheckedMutableBufferPointer(as: Float.self) { po in
-                    guard let lp = lp.baseAddress, let po = po.baseAddress else { return }
-                    Parallel.forRange(n, minimumChunk: max(1, 4096 / max(classes, 1))) { rows in
-                        for i in rows { lossGradRow(lp + i * classes, po + i * classes, classes, label: labels[i], scale: Float(scale[i])) }
-                    }
-                }
-            }
-            return out
-        }
         try logProb.withUnsafeBufferPointer(as: T.self) { lp in
             out.uncheckedMutableBufferPointer(as: T.self) { po in
                 labels.withUnsafeBufferPointer { labels in
@@ -127,12 +115,7 @@ private struct ClassIndexLossGradRows: FloatOperation {
                         Parallel.forRange(n * inner, minimumChunk: max(1, 4096 / max(classes, 1))) { rows in
                             for i in rows {
                                 let base = (i / inner) * classes * inner + i % inner
-                                for c in 0..<classes {
-                                    let k = base + c * inner
-                                    // p = exp(log_prob) in [0, 1]: expf for float32 is within an ulp, at a third of the cost.
-                                    let p = T.self == Float.self ? Double(expf(Float(lp[k].doubleValue))) : exp(lp[k].doubleValue)
-                                    po[k] = T(fromDouble: (p - (c == labels[i] ? 1 : 0)) * scale[i])
-                                }
+                                lossGradRow(lp + base, po + base, classes, stride: inner, label: labels[i], scale: T(fromDouble: scale[i]))
                             }
                         }
                     }
@@ -143,12 +126,18 @@ private struct ClassIndexLossGradRows: FloatOperation {
     }
 }
 
-/// One float32 row of the class-index loss gradient: (e^log_prob − [c == label])·scale (a
-/// function of its own so the loop vectorises; it stays scalar inside a Parallel.forRange closure).
+/// One row of the class-index loss gradient, `classes` elements `stride` apart:
+/// (e^log_prob − [c == label])·scale. A function of its own so the stride-1 loop vectorises (it
+/// stays scalar inside a Parallel.forRange closure).
 @inline(never)
-private func lossGradRow(_ lp: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ classes: Int, label: Int, scale: Float) {
-    for c in 0..<classes { out[c] = FloatMath.exp(lp[c]) * scale }
-    if label >= 0 && label < classes { out[label] = (FloatMath.exp(lp[label]) - 1) * scale }
+private func lossGradRow<T: FloatElement>(_ lp: UnsafePointer<T>, _ out: UnsafeMutablePointer<T>, _ classes: Int, stride: Int,
+                                          label: Int, scale: T) {
+    if stride == 1 {
+        for c in 0..<classes { out[c] = T.fastExp(lp[c]) * scale }
+    } else {
+        for c in 0..<classes { out[c * stride] = T.fastExp(lp[c * stride]) * scale }
+    }
+    if label >= 0 && label < classes { out[label * stride] = (T.fastExp(lp[label * stride]) - 1) * scale }
 }
 
 /// SoftmaxCrossEntropyLossGrad(dY, log_prob, label, weight?; reduction, ignore_index).
