@@ -74,7 +74,7 @@ struct BenchCommand: ParsableCommand {
                 try inferModel(folder)
                 return
             }
-            let result = try ParallelJob.together(group) { try train(folder: folder, group: group) }
+            let result = try train(folder: folder, group: group)
             if group?.isMainProcess ?? true { print(try Self.json(result)) }
         }
     }

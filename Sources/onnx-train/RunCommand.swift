@@ -27,7 +27,9 @@ struct RunCommand: ParsableCommand {
             params.safetensors and, with --keep-best, best/. A second run cannot write the same \
             folder at the same time. Ctrl-C or SIGTERM stops after the current step, saves, and \
             prints the command that resumes (exit code 130, or 143 for SIGTERM). If the loss stops \
-            being finite, training stops and --out keeps the state after the last good step.
+            being finite, training stops and --out keeps the state after the last good step. \
+            Started by mpirun, the processes train data-parallel: --batch-size examples each, the \
+            gradients averaged, rank 0 printing and writing (README: Training on several machines).
 
             \(CLIFailure.exitCodeHelp)
             """
