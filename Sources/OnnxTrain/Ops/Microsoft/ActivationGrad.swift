@@ -15,14 +15,13 @@ import Darwin
 enum ActivationMath {
     static let sqrt2OverPi = 0.7978845608028654   // √(2/π)
     static let gamma = 0.044715
-    static let invSqrt2 = 0.7071067811865476      // 1/√2
     static let invSqrt2Pi = 0.3989422804014327    // 1/√(2π)
 
     /// Gelu with erf: x·Φ(x).
-    @inline(__always) static func gelu<T: FloatElement>(_ x: T) -> T { 0.5 * x * (1 + T.erf(x * T(invSqrt2))) }
+    @inline(__always) static func gelu<T: FloatElement>(_ x: T) -> T { x * T.phi(x) }
     /// d/dx of x·Φ(x) = Φ(x) + x·φ(x).
     @inline(__always) static func geluGrad<T: FloatElement>(_ x: T) -> T {
-        0.5 * (1 + T.erf(x * T(invSqrt2))) + x * T.fastExp(-0.5 * x * x) * T(invSqrt2Pi)
+        T.phi(x) + x * T.fastExp(-0.5 * x * x) * T(invSqrt2Pi)
     }
     /// The tanh approximation ½x(1+tanh(a(x+γx³))).
     @inline(__always) static func fastGelu<T: FloatElement>(_ x: T) -> T {

@@ -1,4 +1,4 @@
-/// Float32 exp and erf as branch-free straight-line code, so loops over them vectorise
+/// Float32 exp and erf (1-ulp and rational forms) as branch-free straight-line code, so loops over them vectorise
 /// (glibc's expf/erff are calls per element, which keeps those loops scalar).
 /// Float's `FloatElement.erf` and `fastExp` (ElementTypes.swift), and the float32 paths of
 /// Softmax and SoftmaxGrad; float64 keeps libm.
@@ -54,5 +54,28 @@ enum FloatMath {
         big = big * a + a
         let r = a > 0.921875 ? 1 - exp(-big) : small
         return Float(bitPattern: r.bitPattern | (x.bitPattern & 0x8000_0000))  // erf is odd
+    }
+
+    /// erf(x) as one rational function (Eigen's fast float erf, which onnxruntime's GeluGrad uses):
+    /// odd degree-13 over even degree-8 polynomial on x clamped to [−4, 4]; absolute error below
+    /// 5e-7 (a few ulps of 1), about 3x cheaper than `erf` (no exp, no second branch). Used where
+    /// erf only enters as Φ(x) = ½(1 + erf(x/√2)): `FloatElement.phi`.
+    @inline(__always)
+    static func erfRational(_ v: Float) -> Float {
+        let x = Swift.max(Swift.min(v, 4), -4)         // NaN stays NaN
+        let x2 = x * x
+        var p: Float = -2.726_142_258_013_06e-10
+        p = p * x2 + 2.770_681_424_959_02e-08
+        p = p * x2 - 2.101_024_020_825_08e-06
+        p = p * x2 - 5.692_506_394_623_46e-05
+        p = p * x2 - 7.349_906_303_268_55e-04
+        p = p * x2 - 2.954_599_808_540_25e-03
+        p = p * x2 - 1.609_603_332_624_15e-02
+        var q: Float = -1.456_607_184_649_96e-05
+        q = q * x2 - 2.133_740_552_789_05e-04
+        q = q * x2 - 1.682_826_974_382_03e-03
+        q = q * x2 - 7.373_329_167_204_68e-03
+        q = q * x2 - 1.426_473_905_141_89e-02
+        return x * p / q
     }
 }
