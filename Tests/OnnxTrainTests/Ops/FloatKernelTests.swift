@@ -33,6 +33,20 @@ final class FloatKernelTests: XCTestCase {
         XCTAssertTrue(FloatMath.erf(.nan).isNaN)
     }
 
+    func testRationalErfWithin5e7OfLibm() {
+        var worst: Float = 0, at: Float = 0
+        var x: Float = -6
+        while x < 6 {
+            let err = (FloatMath.erfRational(x) - Float(erf(Double(x)))).magnitude
+            if !(err <= worst) { worst = err; at = x }
+            for _ in 0..<61 { x = x.nextUp }
+        }
+        XCTAssertLessThanOrEqual(worst, 5e-7, "rational erf is off by \(worst) at \(at)")
+        XCTAssertEqual(FloatMath.erfRational(.infinity), 1, accuracy: 5e-7)
+        XCTAssertEqual(FloatMath.erfRational(-.infinity), -1, accuracy: 5e-7)
+        XCTAssertTrue(FloatMath.erfRational(.nan).isNaN)
+    }
+
     func testExpWithinTwoUlpsOfLibm() {
         let (err, at) = maxUlpError(-87, 88, FloatMath.exp, { exp($0) })
         XCTAssertLessThanOrEqual(err, 2, "exp is off by \(err) ulp at \(at)")
