@@ -8,8 +8,8 @@ enum CLIFailure {
     static let exitCodeHelp = """
         Exit codes: 0 success, 1 other error, 3 file could not be read or written, 4 invalid model \
         or data file, 5 invalid input or feeds, 6 operator or type not supported (yet), 7 kernel \
-        failure while running, 8 training stopped, 64 bad arguments, 130 interrupted (Ctrl-C; a run \
-        saves a checkpoint to resume from first).
+        failure while running, 8 training stopped, 64 bad arguments, 130 interrupted (Ctrl-C), 143 \
+        stopped by SIGTERM (a run saves a checkpoint to resume from first on either).
         """
 
     /// The exit code for an error kind.

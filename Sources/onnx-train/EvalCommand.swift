@@ -28,11 +28,7 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Graph inputs fed from arrays with other names: input=x,labels=y.")
     var map: String?
 
-    @Option(help: "CSV data: the feature columns, comma-separated.")
-    var features: String?
-
-    @Option(help: "CSV data: the label column.")
-    var label: String?
+    @OptionGroup var csvOptions: CSVOptions
 
     @Option(name: .customLong("batch-size"), help: "Examples per eval step (default 256; lowered to divide the data).")
     var batchSize: Int = 256
@@ -44,7 +40,7 @@ struct EvalCommand: ParsableCommand {
     func run() throws {
         try CLIFailure.run {
             let module = try TrainingModule.forEvaluation(path: path, params: params)
-            let csv = DataSource.CSVColumns(features: features.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }, label: label)
+            let csv = csvOptions.columns
             let arrays = try DataSource.load(data, names: module.evalInputNames, map: try map.map(DataSource.parseMap) ?? [:], csv: csv)
             let evaluation: Evaluation
             do {
@@ -56,6 +52,10 @@ struct EvalCommand: ParsableCommand {
             }
             let result = try evaluation.run(module.eval())
             print("\(evaluation.batches.exampleCount) examples:" + result.line(prefix: ""))
+            if let k = result.firstNonFiniteBatch {
+                let b = evaluation.batches, first = k * b.batchSize
+                throw OnnxTrainError.invalidInput("the eval loss is \(result.loss.isNaN ? "nan" : "\(result.loss)"): batch \(k + 1) of \(b.count) (examples \(first)..<\(first + b.examples(inBatch: k)) of \(data)) gave a non-finite loss; the parameters or the data hold NaN or infinite values, or the loss overflowed")
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ struct RunCommand: ParsableCommand {
             optimizer_model.onnx, eval_model.onnx) or a gradient graph .onnx (then --params gives the \
             parameters, else they are initialised as PyTorch initialises its layers). \
             Data: .npz or .safetensors (arrays named after the graph's user inputs, or --map), a CSV \
-            table (--features, --label), or a folder of TensorProto .pb files. \
+            table (--features, --label, --label-type), or a folder of TensorProto .pb files. \
             Batches: --batch-size examples (rows of the first user input, with their rows of every \
             other array); the last, smaller batch is used too unless --drop-last. The examples are \
             reshuffled every pass with --seed (or kept in order with --no-shuffle). \
@@ -44,11 +44,7 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Graph inputs fed from arrays with other names: input=x,labels=y.")
     var map: String?
 
-    @Option(help: "CSV data: the feature columns, comma-separated (default: every column but the label).")
-    var features: String?
-
-    @Option(help: "CSV data: the label column (default: the last column that is not a feature).")
-    var label: String?
+    @OptionGroup var csvOptions: CSVOptions
 
     @Option(name: .customLong("batch-size"), help: "Examples per train step.")
     var batchSize: Int
@@ -238,7 +234,7 @@ struct RunCommand: ParsableCommand {
                 let module = session.module
                 let names = module.trainInputNames
                 let dataMap = try map.map(DataSource.parseMap) ?? [:]
-                let csv = DataSource.CSVColumns(features: features.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }, label: label)
+                let csv = csvOptions.columns
                 var train = try DataSource.load(data, names: names, map: dataMap, csv: csv)
                 var eval: [String: Tensor]?
                 if let evalData {
@@ -350,8 +346,11 @@ struct TrainingRun {
                 return try openInferenceModel(path: path, params: params, state: state, optimizer: choice, loss: loss, seed: seed, say: say)
             }
             return try openArtifactsOrGradientGraph(path: path, params: params, state: state, optimizer: choice, seed: seed, withEval: withEval, say: say, initialise: resuming == nil)
-        } catch let error as OnnxTrainError where resuming != nil && (error.kind == .training || error.kind == .invalidModel) {
+        } catch let error as OnnxTrainError where resuming != nil && (error.kind == .training || error.kind == .invalidModel
+                                                                      || error.message.contains(TrainingModule.checkpointMismatch)) {
             throw OnnxTrainError.invalidInput("--resume \(resuming!): its checkpoint does not fit \(path) (\(error.message)); resume from a run of the same model")
+        } catch let error as OnnxTrainError where params != nil && error.message.contains(TrainingModule.checkpointMismatch) {
+            throw error.prefixed("--params \(params!)")
         }
     }
 

@@ -78,7 +78,7 @@ public enum CSVData {
             let asIntegers = columns.labelType.map { $0 == .int64 } ?? labelsWrittenAsIntegers
             if asIntegers {
                 if let bad = labels.firstIndex(where: { $0 != $0.rounded() || abs($0) >= 1e15 }) {
-                    throw OnnxTrainError.invalidInput("\(label): row \(bad + 2), label '\(labels[bad])' is not a class index (a whole number); read the labels as float32 for regression")
+                    throw OnnxTrainError.invalidInput("\(label): row \(bad + 2), label '\(labels[bad])' is not a class index (a whole number); read the labels as float32 for regression (--label-type float32)")
                 }
                 labelTensor = Tensor(shape: [labels.count], scalars: labels.map { Int64($0) })
             } else {

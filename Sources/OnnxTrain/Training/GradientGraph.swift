@@ -66,7 +66,7 @@ extension TrainingModule {
         let wanted = gradientGraph.graph.inputs.map(\.name).filter { outputs.contains($0 + "_grad") }
         let missing = wanted.filter { !names.contains($0) }
         guard missing.isEmpty else {
-            throw OnnxTrainError.training("\(label): the parameters lack \(missing.map { "'\($0)'" }.joined(separator: ", ")) (the graph trains: \(wanted.joined(separator: ", ")))")
+            throw OnnxTrainError.invalidInput("\(label): the parameters do not fit this graph: they lack \(missing.map { "'\($0)'" }.joined(separator: ", ")) (the graph trains: \(wanted.joined(separator: ", ")))")
         }
         // Frozen parameters (from a checkpoint) are fed but get no gradient buffer.
         let trainable = Set(state.parameters.filter(\.requiresGrad).map(\.name))

@@ -41,6 +41,8 @@ public struct EvaluationResult: Equatable {
     public var confusion: ConfusionMatrix?
     public var mae: Double?
     public var rmse: Double?
+    /// The first batch whose loss was NaN or infinite (then `loss` is too), nil when all were finite.
+    public var firstNonFiniteBatch: Int?
 
     /// The value of `metric` (nil when not measured).
     public func value(of metric: MonitoredMetric) -> Double? {
@@ -55,7 +57,8 @@ public struct EvaluationResult: Equatable {
 
     /// "eval loss 0.1234, accuracy 97.2%, top-5 99.7%" (what was measured).
     public var summary: String {
-        var parts = [String(format: "eval loss %.4f", loss)]
+        // NaN's sign says nothing; printf writes "-nan" for some.
+        var parts = [loss.isNaN ? "eval loss nan" : String(format: "eval loss %.4f", loss)]
         if let accuracy { parts.append(String(format: "accuracy %.1f%%", accuracy * 100)) }
         if let topK, let topKAccuracy { parts.append(String(format: "top-%d %.1f%%", topK, topKAccuracy * 100)) }
         if let mae { parts.append(String(format: "MAE %.4g", mae)) }
@@ -140,6 +143,7 @@ public struct Evaluator {
         var correct = 0, inTopK = 0, counted = 0, classCount: Int?
         var confusion: ConfusionMatrix?
         var absError = 0.0, squaredError = 0.0, regressed = 0
+        var firstNonFinite: Int?
         func sums() -> [Double] {
             [loss, Double(examples), Double(correct), Double(inTopK), Double(counted), Double(classCount ?? 0),
              absError, squaredError, Double(regressed)]
@@ -147,13 +151,15 @@ public struct Evaluator {
         guard let group, group.size > 1 else {
             try evaluate(module, batches: Array(0..<batches.count), loss: &loss, examples: &examples, correct: &correct, inTopK: &inTopK,
                          counted: &counted, classCount: &classCount, confusion: &confusion, absError: &absError,
-                         squaredError: &squaredError, regressed: &regressed)
-            return result(sums(), confusion: confusion)
+                         squaredError: &squaredError, regressed: &regressed, firstNonFinite: &firstNonFinite)
+            var r = result(sums(), confusion: confusion)
+            r.firstNonFiniteBatch = firstNonFinite
+            return r
         }
         try group.together {
             try evaluate(module, batches: Array(stride(from: group.rank, to: batches.count, by: group.size)), loss: &loss, examples: &examples,
                          correct: &correct, inTopK: &inTopK, counted: &counted, classCount: &classCount, confusion: &confusion,
-                         absError: &absError, squaredError: &squaredError, regressed: &regressed)
+                         absError: &absError, squaredError: &squaredError, regressed: &regressed, firstNonFinite: &firstNonFinite)
         }
         // The counts add up; the class count is the same wherever it was seen (max).
         var total = sums()
@@ -161,6 +167,9 @@ public struct Evaluator {
         try group.allreduceSum(&total)
         try classes.withUnsafeMutableBufferPointer { try group.allreduceMax($0) }
         total[5] = classes[0]
+        // The earliest non-finite batch of any process: the largest count of batches after it.
+        var afterNonFinite = [firstNonFinite.map { Double(batches.count - $0) } ?? 0]
+        try afterNonFinite.withUnsafeMutableBufferPointer { try group.allreduceMax($0) }
         var matrix: ConfusionMatrix?
         if classes[0] > 0 {
             let n = Int(classes[0])
@@ -170,7 +179,9 @@ public struct Evaluator {
             for t in 0..<n { for p in 0..<n { m.add(truth: t, predicted: p, count: Int(counts[t * n + p])) } }
             matrix = total[4] > 0 ? m : nil
         }
-        return result(total, confusion: matrix)
+        var r = result(total, confusion: matrix)
+        r.firstNonFiniteBatch = afterNonFinite[0] > 0 ? batches.count - Int(afterNonFinite[0]) : nil
+        return r
     }
 
     /// The result of the summed counts (`run`'s `sums` order).
@@ -194,13 +205,14 @@ public struct Evaluator {
 
     private func evaluate(_ module: TrainingModule, batches indices: [Int], loss: inout Double, examples: inout Int, correct: inout Int,
                           inTopK: inout Int, counted: inout Int, classCount: inout Int?, confusion: inout ConfusionMatrix?,
-                          absError: inout Double, squaredError: inout Double, regressed: inout Int) throws {
+                          absError: inout Double, squaredError: inout Double, regressed: inout Int, firstNonFinite: inout Int?) throws {
         for k in indices {
             let batch = batches.batch(k)
             let n = batches.examples(inBatch: k)
             let out = try module.evalStep(named: batch, alsoFetching: prediction.map { [$0] } ?? [])
             loss += Double(out.loss) * Double(n)
             examples += n
+            if !out.loss.isFinite && firstNonFinite == nil { firstNonFinite = k }
             if let labels, let truth = batch[labels]?.intValues(),
                // Scores: the first output other than the loss with one float row per label.
                let i = out.names.indices.first(where: { out.names[$0] != out.lossName && out.values[$0].rank == 2 && out.values[$0].shape[0] == truth.count && out.values[$0].dtype == .float32 }) {

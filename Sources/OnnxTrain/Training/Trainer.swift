@@ -101,16 +101,18 @@ public final class Trainer {
         /// was not saved by a run.
         public static func read(_ state: CheckpointState, label: String) throws -> Progress? {
             let p = state.properties
-            guard case .int(let step)? = p[RunArtifacts.Resume.step], case .int(let batches)? = p[RunArtifacts.Resume.batches],
-                  case .int(let seed)? = p[RunArtifacts.Resume.seed] else { return nil }
+            // Step, batches and seed are range-checked where they enter, in runProgress().
+            let recorded: RunProgress?
+            do { recorded = try state.runProgress() } catch let error as OnnxTrainError { throw error.prefixed(label) }
+            guard let recorded else { return nil }
             func int(_ key: String) -> Int64? { if case .int(let v)? = p[key] { return v } else { return nil } }
-            guard step >= 0, batches >= 0, batches >= step else {
-                throw OnnxTrainError.invalidInput("\(label): the checkpoint records step \(step) after \(batches) batches, which no run reaches")
-            }
             for key in [RunArtifacts.Resume.metricsRows, RunArtifacts.Resume.bestStep, RunArtifacts.Resume.staleEvaluations] {
-                if let v = int(key), v < 0 { throw OnnxTrainError.invalidInput("\(label): the checkpoint's \(key) is \(v), not a count") }
+                if let v = int(key), v < 0 || v > CheckpointState.maximumRecordedSteps {
+                    throw OnnxTrainError.invalidInput("\(label): the checkpoint's \(key) is \(v), not a count")
+                }
             }
-            var progress = Progress(step: Int(step), batches: Int(batches), seed: UInt64(bitPattern: seed), staleEvaluations: Int(int(RunArtifacts.Resume.staleEvaluations) ?? 0))
+            var progress = Progress(step: recorded.step, batches: recorded.batches, seed: recorded.seed,
+                                    staleEvaluations: Int(int(RunArtifacts.Resume.staleEvaluations) ?? 0))
             if case .string(let b)? = p[RunArtifacts.Resume.batching] { progress.batching = b }
             progress.random = int(RunArtifacts.Resume.random).map { UInt64(bitPattern: $0) }
             progress.metricsRows = int(RunArtifacts.Resume.metricsRows).map(Int.init)

@@ -59,6 +59,9 @@ public final class TrainingModule {
     public private(set) var isTraining = true
 
     public static let resetFlagName = "lazy_reset_grad"
+    /// How every error about a checkpoint of another model starts (after the graph's path), so a
+    /// caller can tell it from other invalid input.
+    public static let checkpointMismatch = "the checkpoint does not fit this model"
     static let gradientSuffixes = ["_grad.accumulation.buffer", "_grad.accumulation.out", "_grad"]
 
     /// A module over onnxruntime artifacts (`training_model.onnx`, optional `eval_model.onnx`).
@@ -77,6 +80,7 @@ public final class TrainingModule {
 
         var users: [String] = [], weights: [(String, Parameter)] = [], grads: [(String, Parameter)] = []
         var flag: String?
+        var lacking: [String] = []
         let inputNames = Set(graph.feedInputs.map(\.name))
         for info in graph.feedInputs {
             let name = info.name
@@ -86,17 +90,18 @@ public final class TrainingModule {
                 flag = name
             } else if let suffix = TrainingModule.gradientSuffixes.first(where: { name.hasSuffix($0) }) {
                 let owner = String(name.dropLast(suffix.count))
-                guard let p = state.parameter(owner) else {
-                    throw OnnxTrainError.training("\(label): gradient input '\(name)' belongs to parameter '\(owner)', which the checkpoint does not have (it has: \(state.parameterNames.joined(separator: ", ")))")
-                }
-                grads.append((name, p))
+                if let p = state.parameter(owner) { grads.append((name, p)) } else { lacking.append(owner) }
             } else {
                 users.append(name)
             }
         }
+        // A checkpoint of another model: every parameter the graph trains that it lacks, at once.
+        guard lacking.isEmpty else {
+            throw OnnxTrainError.invalidInput("\(label): \(TrainingModule.checkpointMismatch): it has no \(lacking.map { "'\($0)'" }.joined(separator: ", ")), which the graph trains (the checkpoint has: \(state.parameterNames.joined(separator: ", ")))")
+        }
         // A gradient buffer whose parameter is a user input means the checkpoint lacks it.
         for (name, p) in grads where !inputNames.contains(p.name) {
-            throw OnnxTrainError.training("\(label): '\(name)' has no matching parameter input '\(p.name)'")
+            throw OnnxTrainError.invalidInput("\(label): \(TrainingModule.checkpointMismatch): '\(name)' has no matching parameter input '\(p.name)'")
         }
         try TrainingModule.prepare(weights.map(\.1), graph: graph, state: state, label: label)
         for (_, p) in grads where p.grad == nil || p.grad!.shape != p.data.shape {
@@ -170,19 +175,19 @@ public final class TrainingModule {
             if state.isNominal {
                 guard let dims, let shape = Optional(dims.compactMap { d -> Int? in if case .value(let v) = d { return v } else { return nil } }),
                       shape.count == dims.count else {
-                    throw OnnxTrainError.training("\(label): nominal checkpoint parameter '\(p.name)' needs a static shape in the graph")
+                    throw OnnxTrainError.invalidModel("\(label): nominal checkpoint parameter '\(p.name)' needs a static shape in the graph")
                 }
                 if p.data.shape != shape { p.materialize(shape: shape) }
             }
             if let dtype, dtype != p.data.dtype {
-                throw OnnxTrainError.training("\(label): checkpoint parameter '\(p.name)' is tensor(\(p.data.dtype)), the graph expects tensor(\(dtype))")
+                throw OnnxTrainError.invalidInput("\(label): \(TrainingModule.checkpointMismatch): checkpoint parameter '\(p.name)' is tensor(\(p.data.dtype)), the graph expects tensor(\(dtype))")
             }
             if let dims {
                 let matches = dims.count == p.data.rank && zip(dims, p.data.shape).allSatisfy { d, n in
                     if case .value(let v) = d { return v == n } else { return true }
                 }
                 guard matches else {
-                    throw OnnxTrainError.training("\(label): checkpoint parameter '\(p.name)' has shape \(p.data.shape), the graph expects [\(dims.map(\.description).joined(separator: ", "))]")
+                    throw OnnxTrainError.invalidInput("\(label): \(TrainingModule.checkpointMismatch): checkpoint parameter '\(p.name)' has shape \(p.data.shape), the graph expects [\(dims.map(\.description).joined(separator: ", "))]")
                 }
             }
         }
@@ -432,16 +437,24 @@ extension TrainingModule {
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw OnnxTrainError.io("\(path): no such file or folder")
         }
+        // Parameters of another model: the error names the file they came from.
+        func naming<T>(_ build: () throws -> T) throws -> T {
+            do {
+                return try build()
+            } catch let error as OnnxTrainError where params != nil && error.kind == .invalidInput {
+                throw error.prefixed(params!)
+            }
+        }
         guard isDirectory.boolValue else {
             guard let params else {
                 throw OnnxTrainError.invalidInput("\(path) is a gradient graph: give its trained parameters with --params (a run's checkpoint, .npz or .safetensors)")
             }
-            return try TrainingModule(gradientGraph: try Model(contentsOf: path), state: try CheckpointState.loadParameters(from: params),
-                                      options: options, compileTraining: false)
+            let (graph, state) = (try Model(contentsOf: path), try CheckpointState.loadParameters(from: params))
+            return try naming { try TrainingModule(gradientGraph: graph, state: state, options: options, compileTraining: false) }
         }
         func file(_ name: String) throws -> String { try artifactFile(name, in: path) }
         let state = try CheckpointState.load(from: try params ?? file("checkpoint"))
-        return try TrainingModule(trainingModel: try Model(contentsOf: try file("training_model.onnx")), state: state,
-                                  evalModel: try Model(contentsOf: try file("eval_model.onnx")), options: options, compileTraining: false)
+        let (training, eval) = (try Model(contentsOf: try file("training_model.onnx")), try Model(contentsOf: try file("eval_model.onnx")))
+        return try naming { try TrainingModule(trainingModel: training, state: state, evalModel: eval, options: options, compileTraining: false) }
     }
 }

@@ -257,7 +257,12 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(try Trainer.Progress.read(state, label: "x")?.step, 3)
         state.properties[RunArtifacts.Resume.step] = .int(Int64.min)
         XCTAssertThrowsError(try Trainer.Progress.read(state, label: "--resume r")) {
-            XCTAssertTrue("\($0)".contains("--resume r: the checkpoint records step -9223372036854775808 after 3 batches"), "\($0)")
+            XCTAssertTrue("\($0)".contains("--resume r: the checkpoint's onnx_train.step property is -9223372036854775808, not a step count"), "\($0)")
+        }
+        // Resume reads progress through CheckpointState.runProgress(): a huge batch count is refused too.
+        RunArtifacts.recordProgress(state, step: 3, batches: Int(Int64.max), seed: 1)
+        XCTAssertThrowsError(try Trainer.Progress.read(state, label: "--resume r")) {
+            XCTAssertTrue("\($0)".contains("--resume r: the checkpoint's onnx_train.batches property is 9223372036854775807"), "\($0)")
         }
     }
 

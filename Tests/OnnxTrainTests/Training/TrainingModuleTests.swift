@@ -227,7 +227,7 @@ final class TrainingModuleTests: XCTestCase {
         let all = try Npz.read(contentsOf: g.appendingPathComponent("params.npz").path)
         let partial = try CheckpointState(trainable: all.filter { $0.name != "fc2.bias" }.map { ($0.name, $0.tensor) })
         XCTAssertThrowsError(try TrainingModule(gradientGraph: graph, state: partial)) { error in
-            XCTAssertTrue("\(error)".contains("the parameters lack 'fc2.bias'"), "\(error)")
+            XCTAssertTrue("\(error)".contains("the parameters do not fit this graph: they lack 'fc2.bias'"), "\(error)")
         }
         // A frozen parameter is fed but not trained.
         let mixed = try CheckpointState(trainable: all.filter { $0.name != "fc1.bias" }.map { ($0.name, $0.tensor) },
