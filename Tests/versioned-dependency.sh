@@ -6,12 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${VERSIONED_DEPENDENCY_DIR:-.build-versioned}
-rm -rf "$work/repo" "$work/consumer"
-mkdir -p "$work/repo" "$work/consumer"
-git ls-files -z | xargs -0 cp --parents -t "$work/repo"
-( cd "$work/repo" && git init -q && git add -A && git -c user.name=check -c user.email=check@localhost commit -qm snapshot && git tag 1.0.0 )
+# SwiftPM names a package by its URL's last component: the copy is called onnx-train.
+repo="$work/onnx-train"
+rm -rf "$repo" "$work/consumer"
+mkdir -p "$repo" "$work/consumer"
+git ls-files -z | xargs -0 cp --parents -t "$repo"
+( cd "$repo" && git init -q && git add -A && git -c user.name=check -c user.email=check@localhost commit -qm snapshot && git tag 1.0.0 )
 cp -R Tests/VersionedDependency/Sources "$work/consumer/"
-sed "s|@REPOSITORY_URL@|file://$(cd "$work/repo" && pwd)|" Tests/VersionedDependency/Package.swift.in > "$work/consumer/Package.swift"
+sed "s|@REPOSITORY_URL@|file://$(cd "$repo" && pwd)|" Tests/VersionedDependency/Package.swift.in > "$work/consumer/Package.swift"
 cd "$work/consumer"
 swift build --scratch-path ../consumer-build 2>&1 | tail -3
 ../consumer-build/debug/Consumer

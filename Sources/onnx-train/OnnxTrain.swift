@@ -81,11 +81,12 @@ struct OnnxTrainCommand: ParsableCommand {
     }
 }
 
-/// The library is compiled for x86-64-v3 (AVX2, FMA) on x86-64 (see Package.swift); an older CPU
-/// would die on an illegal instruction, so the command says so first.
+/// The Makefile builds the command for x86-64-v3 (AVX2, FMA; SWIFT_CPU_FLAGS defines
+/// ONNX_TRAIN_X86_64_V3); on an older CPU such a build would die on an illegal instruction, so it
+/// says so first. A build for the default target runs anywhere and checks nothing.
 enum CPUCheck {
     static func unsupportedReason() -> String? {
-        #if arch(x86_64) && os(Linux)
+        #if ONNX_TRAIN_X86_64_V3 && arch(x86_64) && os(Linux)
         guard let file = fopen("/proc/cpuinfo", "r") else { return nil }
         defer { fclose(file) }
         var line: UnsafeMutablePointer<CChar>?
