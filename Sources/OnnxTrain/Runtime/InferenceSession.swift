@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Options for building a session.
 public struct SessionOptions {
@@ -15,13 +16,19 @@ public struct SessionOptions {
 
 /// Runs a model: built once (kernels resolved, graph checked, order planned), then run with
 /// named feeds and fetches as often as needed.
-public final class InferenceSession {
+///
+/// One session may run on several threads at once (`Sendable`): after `init` its model, kernels
+/// and plan are only read; the plan cache, the random generator (`RunState`) and the warned
+/// symbols each sit behind a lock. The conformance is unchecked because `Model` and the kernels
+/// hold tensors, whose storage is a class the compiler cannot prove immutable.
+public final class InferenceSession: @unchecked Sendable {
     public let model: Model
     let executor: GraphExecutor
     private let state: RunState
     private let warn: @Sendable (String) -> Void
-    /// Symbolic dimensions already reported as bound to two sizes (each is reported once).
-    private var warnedSymbols: Set<String> = []
+    /// Symbolic dimensions already reported as bound to two sizes (each is reported once); runs
+    /// on several threads share it.
+    private let warnedSymbols = Mutex<Set<String>>([])
 
     public init(model: Model, options: SessionOptions = SessionOptions()) throws {
         BufferCache.configureMalloc()
@@ -81,7 +88,7 @@ public final class InferenceSession {
                 continue
             }
             if let clash = try InferenceSession.check(value, against: info, symbols: &symbols, prefix: where_),
-               warnedSymbols.insert(clash.symbol).inserted {
+               warnedSymbols.withLock({ $0.insert(clash.symbol).inserted }) {
                 warn(clash.message + "; running anyway, as onnxruntime does (a symbolic dimension name is not checked)")
             }
             feedSlots.append((executor.slotOf[info.name]!, value))
