@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 work=${VERSIONED_DEPENDENCY_DIR:-.build-versioned}
 # SwiftPM names a package by its URL's last component: the copy is called onnx-train.
 repo="$work/onnx-train"
-rm -rf "$repo" "$work/consumer"
+rm -rf "$repo" "$work/consumer" "$work/consumer-build"
 mkdir -p "$repo" "$work/consumer"
 git ls-files -z | xargs -0 cp --parents -t "$repo"
 ( cd "$repo" && git init -q && git add -A && git -c user.name=check -c user.email=check@localhost commit -qm snapshot && git tag 1.0.0 )
