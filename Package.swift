@@ -30,7 +30,10 @@ let package = Package(
             dependencies: [
                 "COnnxProto", "CProtobufC", "COpenBLAS",
                 .product(name: "ZIPFoundation", package: "ZIPFoundation"),
-            ]
+            ],
+            // Swift 6: the compiler checks the library's concurrency (sessions run on several
+            // threads). The other targets follow once they compile in it too.
+            swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         // Data-parallel training over MPI (Open MPI); the core library needs no MPI.
         .target(name: "OnnxTrainMPI", dependencies: ["OnnxTrain", "CMPI"]),

@@ -1,14 +1,31 @@
+import Foundation
+
 /// Maps (domain, op type) to kernel factories by since-version.
 ///
 /// A node resolves to the factory with the highest since-version that is not above the model's
 /// opset for the node's domain, as ONNX's versioning rules say.
-public final class OpRegistry {
+///
+/// Sessions on several threads read one registry (`standard`) while a caller may still register
+/// ops: the tables sit behind a lock, so the registry is `Sendable`. (Unchecked: the factories and
+/// gradient rules are plain closures, which kernels' builders are by construction.)
+public final class OpRegistry: @unchecked Sendable {
     private struct Key: Hashable {
         let domain: String
         let opType: String
     }
-    private var table: [Key: [(since: Int, factory: KernelFactory)]] = [:]
-    private var facts: [Key: OpFacts] = [:]
+    private struct Tables {
+        var table: [Key: [(since: Int, factory: KernelFactory)]] = [:]
+        var facts: [Key: OpFacts] = [:]
+    }
+    private var unlockedTables = Tables()
+    private let lock = NSLock()
+
+    /// Runs `body` on the tables, holding the lock.
+    private func withTables<R>(_ body: (inout Tables) throws -> R) rethrows -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(&unlockedTables)
+    }
 
     public init() {}
 
@@ -22,16 +39,18 @@ public final class OpRegistry {
     /// Registers `factory` for `opType` in `domain` from opset `since` on.
     public func register(_ opType: String, domain: String = "", since: Int, _ factory: @escaping KernelFactory) {
         let key = Key(domain: canonicalDomain(domain), opType: opType)
-        var list = table[key, default: []]
-        list.removeAll { $0.since == since }
-        list.append((since, factory))
-        list.sort { $0.since < $1.since }
-        table[key] = list
+        withTables { t in
+            var list = t.table[key, default: []]
+            list.removeAll { $0.since == since }
+            list.append((since, factory))
+            list.sort { $0.since < $1.since }
+            t.table[key] = list
+        }
     }
 
     /// The factory for `opType` at `opset`, with its since-version.
     public func resolve(domain: String, opType: String, opset: Int) -> (since: Int, factory: KernelFactory)? {
-        guard let list = table[Key(domain: canonicalDomain(domain), opType: opType)] else { return nil }
+        guard let list = withTables({ $0.table[Key(domain: canonicalDomain(domain), opType: opType)] }) else { return nil }
         return list.last { $0.since <= opset }
     }
 
@@ -47,32 +66,32 @@ public final class OpRegistry {
     /// the executor runs them for that effect even when no fetch needs their outputs).
     public func register(_ opType: String, domain: String = "", since: Int, mutates: [Int], _ factory: @escaping KernelFactory) {
         register(opType, domain: domain, since: since, factory)
-        facts[Key(domain: canonicalDomain(domain), opType: opType), default: OpFacts()].mutatedInputs = mutates
+        withTables { $0.facts[Key(domain: canonicalDomain(domain), opType: opType), default: OpFacts()].mutatedInputs = mutates }
     }
 
     /// Declares the gradient rule of an op (all versions; the rule reads the opset it needs).
     public func registerGradient(_ opType: String, domain: String = "", _ rule: @escaping GradientRule) {
-        facts[Key(domain: canonicalDomain(domain), opType: opType), default: OpFacts()].gradient = rule
+        withTables { $0.facts[Key(domain: canonicalDomain(domain), opType: opType), default: OpFacts()].gradient = rule }
     }
 
     /// The inputs the op writes into ([] for ordinary ops).
     public func mutatedInputs(domain: String, opType: String) -> [Int] {
-        facts[Key(domain: canonicalDomain(domain), opType: opType)]?.mutatedInputs ?? []
+        withTables { $0.facts[Key(domain: canonicalDomain(domain), opType: opType)]?.mutatedInputs } ?? []
     }
 
     /// The op's gradient rule, if it has one.
     public func gradientRule(domain: String, opType: String) -> GradientRule? {
-        facts[Key(domain: canonicalDomain(domain), opType: opType)]?.gradient
+        withTables { $0.facts[Key(domain: canonicalDomain(domain), opType: opType)]?.gradient }
     }
 
     /// Whether any version of the op is registered.
     public func knows(domain: String, opType: String) -> Bool {
-        table[Key(domain: canonicalDomain(domain), opType: opType)] != nil
+        withTables { $0.table[Key(domain: canonicalDomain(domain), opType: opType)] != nil }
     }
 
     /// Every registered (domain, op type, since-versions), for `inspect` and the docs.
     public var entries: [(domain: String, opType: String, versions: [Int])] {
-        table.map { ($0.key.domain, $0.key.opType, $0.value.map(\.since)) }
+        withTables { $0.table.map { ($0.key.domain, $0.key.opType, $0.value.map(\.since)) } }
             .sorted { ($0.domain, $0.opType) < ($1.domain, $1.opType) }
     }
 }

@@ -75,7 +75,11 @@ public enum Parallel {
 
     /// True on a pool worker and on a caller while its job runs: nested calls run inline, and
     /// BLAS calls stay on their thread.
-    @ThreadFlag static var isInsideRegion: Bool
+    static var isInsideRegion: Bool {
+        get { insideRegion.wrappedValue }
+        set { insideRegion.wrappedValue = newValue }
+    }
+    private static let insideRegion = ThreadFlag()
 
     private static func run(_ count: Int, chunks: Int, _ body: (Range<Int>) -> Void) {
         // Only one job at a time: a second thread (another session) runs its work inline.

@@ -87,8 +87,10 @@ public enum BufferCache {
     /// The most idle bytes kept for reuse; the rest is freed at once.
     public static let capacity = 512 << 20
 
+    /// Idle blocks by size class, kept as addresses (a pointer is not Sendable, so the lock's
+    /// state holds plain integers).
     private struct State {
-        var free: [Int: [UnsafeMutableRawPointer]] = [:]
+        var free: [Int: [Int]] = [:]
         var idleBytes = 0
     }
     private static let state = Mutex(State())
@@ -102,12 +104,12 @@ public enum BufferCache {
     static func allocate(_ byteCount: Int) -> UnsafeMutableRawPointer? {
         guard byteCount >= 0 && byteCount <= Int.max - 4096 else { return nil }
         let size = sizeClass(byteCount)
-        if size >= minimumBytes, let reused = state.withLock({ s -> UnsafeMutableRawPointer? in
+        if size >= minimumBytes, let reused = state.withLock({ s -> Int? in
             guard let block = s.free[size]?.popLast() else { return nil }
             s.idleBytes -= size
             return block
         }) {
-            return reused
+            return UnsafeMutableRawPointer(bitPattern: reused)
         }
         var raw: UnsafeMutableRawPointer?
         guard posix_memalign(&raw, 64, size) == 0 else { return nil }
@@ -117,9 +119,10 @@ public enum BufferCache {
     /// Takes back a block from `allocate(byteCount)`.
     static func recycle(_ block: UnsafeMutableRawPointer, _ byteCount: Int) {
         let size = sizeClass(byteCount)
+        let address = Int(bitPattern: block)
         if size >= minimumBytes && state.withLock({ s -> Bool in
             guard s.idleBytes + size <= capacity else { return false }
-            s.free[size, default: []].append(block)
+            s.free[size, default: []].append(address)
             s.idleBytes += size
             return true
         }) {
@@ -130,13 +133,13 @@ public enum BufferCache {
 
     /// Frees every idle block (for long-running processes between workloads).
     public static func trim() {
-        let blocks = state.withLock { s -> [UnsafeMutableRawPointer] in
+        let blocks = state.withLock { s -> [Int] in
             let all = s.free.values.flatMap { $0 }
             s.free = [:]
             s.idleBytes = 0
             return all
         }
-        for block in blocks { free(block) }
+        for block in blocks { free(UnsafeMutableRawPointer(bitPattern: block)) }
     }
 
     /// Keeps malloc from handing large blocks back to the kernel: kernels' scratch arrays (im2col
