@@ -11,7 +11,7 @@ repo="$work/onnx-train"
 rm -rf "$repo" "$work/consumer" "$work/consumer-build"
 mkdir -p "$repo" "$work/consumer"
 git ls-files -z | xargs -0 cp --parents -t "$repo"
-( cd "$repo" && git init -q && git add -A && git -c user.name=check -c user.email=check@localhost commit -qm snapshot && git tag 1.0.0 )
+( cd "$repo" && git init -q && git add -A && git -c user.name=check -c user.email=check@localhost commit -qm snapshot && git tag 1.0.0 && git repack -adq )
 cp -R Tests/VersionedDependency/Sources "$work/consumer/"
 sed "s|@REPOSITORY_URL@|file://$(cd "$repo" && pwd)|" Tests/VersionedDependency/Package.swift.in > "$work/consumer/Package.swift"
 cd "$work/consumer"
