@@ -30,10 +30,7 @@ let package = Package(
             dependencies: [
                 "COnnxProto", "CProtobufC", "COpenBLAS",
                 .product(name: "ZIPFoundation", package: "ZIPFoundation"),
-            ],
-            // Swift 6: the compiler checks the library's concurrency (sessions run on several
-            // threads). The other targets follow once they compile in it too.
-            swiftSettings: [.swiftLanguageMode(.v6)]
+            ]
         ),
         // Data-parallel training over MPI (Open MPI); the core library needs no MPI.
         .target(name: "OnnxTrainMPI", dependencies: ["OnnxTrain", "CMPI"]),
@@ -52,5 +49,6 @@ let package = Package(
         .testTarget(name: "OnnxTrainTests", dependencies: ["OnnxTrain", "OnnxTrainTestSupport"]),
         .testTarget(name: "OnnxTrainNNTests", dependencies: ["OnnxTrainNN", "OnnxTrain", "OnnxTrainTestSupport"]),
     ],
-    swiftLanguageModes: [.v5]
+    // Swift 6 for every target: the compiler checks concurrency (sessions run on several threads).
+    swiftLanguageModes: [.v6]
 )

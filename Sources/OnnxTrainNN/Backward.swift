@@ -1,10 +1,13 @@
 import Foundation
 import OnnxTrain
+import Synchronization
 
 /// Compiled gradient graphs, by trace key: a training loop records the same graph every step
-/// and compiles it once.
-final class SessionCache {
-    struct Entry {
+/// and compiles it once. Shared by every thread that calls `backward()`: its tables sit behind
+/// a mutex; a graph is compiled outside it (two threads may compile the same graph once each,
+/// the first stored wins).
+final class SessionCache: Sendable {
+    struct Entry: Sendable {
         let session: InferenceSession
         /// Graph input name per leaf of the trace.
         let leafNames: [String]
@@ -14,34 +17,31 @@ final class SessionCache {
         let forwardValues: [(record: Int, output: Int, name: String)]
     }
 
+    private struct Tables {
+        var entries: [String: Entry] = [:]
+        /// Keys oldest first.
+        var order: [String] = []
+    }
+
     static let shared = SessionCache()
     /// Beyond this many graphs the oldest is dropped (a loop over varying shapes must not grow without bound).
     static let capacity = 64
-    private let lock = NSLock()
-    private var entries: [String: Entry] = [:]
-    private var order: [String] = []
+    private let tables = Mutex(Tables())
 
     func entry(_ key: String, build: () throws -> Entry) throws -> Entry {
-        lock.lock()
-        if let e = entries[key] { lock.unlock(); return e }
-        lock.unlock()
+        if let e = tables.withLock({ $0.entries[key] }) { return e }
         let e = try build()
-        lock.lock()
-        defer { lock.unlock() }
-        if entries[key] == nil {
-            entries[key] = e
-            order.append(key)
-            if order.count > SessionCache.capacity { entries[order.removeFirst()] = nil }
+        return tables.withLock { t in
+            if let first = t.entries[key] { return first }
+            t.entries[key] = e
+            t.order.append(key)
+            if t.order.count > SessionCache.capacity { t.entries[t.order.removeFirst()] = nil }
+            return e
         }
-        return e
     }
 
     /// How many compiled graphs are cached (for tests of the cache).
-    var count: Int {
-        lock.lock()
-        defer { lock.unlock() }
-        return entries.count
-    }
+    var count: Int { tables.withLock { $0.entries.count } }
 }
 
 extension NNTensor {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,7 +22,7 @@ struct OnnxTrainCommand: ParsableCommand {
     /// other failure, instead of the parser's message, help hint and usage.
     static func main() {
         if let message = CPUCheck.unsupportedReason() {
-            fputs("onnx-train: error: \(message)\n", stderr)
+            CLIFailure.report(message)
             Glibc.exit(6)
         }
         // The command runs in a function of its own, so everything it allocated is released
@@ -50,12 +51,12 @@ struct OnnxTrainCommand: ParsableCommand {
         if code == .success || error is ExitCode || error is CleanExit {
             let text = fullMessage(for: error)
             if !text.isEmpty {
-                if code == .success { print(text) } else { fputs(text + "\n", stderr) }
+                if code == .success { print(text) } else { FileHandle.standardError.write(Data((text + "\n").utf8)) }
             }
             return code.rawValue
         }
         let message = message(for: error).split(whereSeparator: \.isNewline).first.map(String.init) ?? "\(error)"
-        fputs("onnx-train: error: \(message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message) (see --help)\n", stderr)
+        CLIFailure.report("\(message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message) (see --help)")
         return code.rawValue
     }
 

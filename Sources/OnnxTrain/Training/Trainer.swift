@@ -454,7 +454,7 @@ public final class Trainer {
                     let feeds = c.shuffle && batches.examplesSeparable ? batches.batch(position, order: order) : batches.batch(batchIndex)
                     let value = try module.trainStep(named: feeds).loss
                     guard value.isFinite else {
-                        throw OnnxTrainError.training("the loss is \(value) at step \(step + 1) (batch \(batchIndex))")
+                        throw OnnxTrainError.training("the loss is \(nonFinite(value)) at step \(step + 1) (batch \(batchIndex))")
                     }
                     loss = Double(value)
                 }
@@ -564,7 +564,7 @@ public final class Trainer {
             if weight != 1 && accumulated { try scaleGradients(by: 1 / weight) }
             let value = try module.trainStep(named: batches.batch(position, positions: part, order: order)).loss
             guard value.isFinite else {
-                throw OnnxTrainError.training("the loss is \(value) at step \(step + 1) (batch \(position), examples \(part.lowerBound)..<\(part.upperBound) of it)")
+                throw OnnxTrainError.training("the loss is \(nonFinite(value)) at step \(step + 1) (batch \(position), examples \(part.lowerBound)..<\(part.upperBound) of it)")
             }
             if weight != 1 { try scaleGradients(by: weight) }
             loss = Double(value) * Double(part.count)
@@ -610,4 +610,10 @@ public final class Trainer {
         }
         return norm
     }
+}
+
+/// A non-finite loss as a message shows it: "nan" whatever the NaN's sign bit (Swift prints a
+/// negative NaN as "-nan", which says nothing more), "inf" or "-inf".
+private func nonFinite(_ value: Float) -> String {
+    value.isNaN ? "nan" : "\(value)"
 }

@@ -30,14 +30,15 @@ final class DataParallelTests: XCTestCase {
 
     /// Trains `folder` on `processes` threads of `batch` examples each; returns every member's
     /// parameters, rank 0's step losses and its last evaluation.
-    func train(_ folder: String, data: String, processes: Int, batch: Int, configure: @escaping (inout Trainer.Configuration) -> Void = { _ in })
+    func train(_ folder: String, data: String, processes: Int, batch: Int, configure: @escaping @Sendable (inout Trainer.Configuration) -> Void = { _ in })
         throws -> (parameters: [[String: [Float]]], losses: [Double], evaluation: EvaluationResult?) {
         let group = ThreadGroup(size: processes)
-        let arrays = try Npz.readDictionary(contentsOf: data)
-        var parameters = [[String: [Float]]](repeating: [:], count: processes)
-        var losses: [Double] = []
-        var evaluation: EvaluationResult?
-        var failures: [Error] = []
+        // Read by every thread; written by each under `lock` (rank 0 alone appends losses).
+        nonisolated(unsafe) let arrays = try Npz.readDictionary(contentsOf: data)
+        nonisolated(unsafe) var parameters = [[String: [Float]]](repeating: [:], count: processes)
+        nonisolated(unsafe) var losses: [Double] = []
+        nonisolated(unsafe) var evaluation: EvaluationResult?
+        nonisolated(unsafe) var failures: [Error] = []
         let lock = NSLock()
         ThreadGroup.onThreads(processes) { rank in
             do {
@@ -101,7 +102,7 @@ final class DataParallelTests: XCTestCase {
     /// A batch of one example leaves two of three members without examples (their gradient counts
     /// zero), inside gradient accumulation: still one Trainer's steps.
     func testEmptySharesInsideAccumulation() throws {
-        let configure: (inout Trainer.Configuration) -> Void = { $0.steps = 2; $0.accumulate = 2; $0.evalEvery = nil; $0.shuffle = false }
+        let configure: @Sendable (inout Trainer.Configuration) -> Void = { $0.steps = 2; $0.accumulate = 2; $0.evalEvery = nil; $0.shuffle = false }
         let parallel = try train(Self.cnn, data: Self.cnnData, processes: 3, batch: 67, configure: configure)
         let single = try train(Self.cnn, data: Self.cnnData, processes: 1, batch: 201, configure: configure)
         for (a, b) in zip(parallel.losses, single.losses) { XCTAssertEqual(a, b, accuracy: 1e-6 * abs(b)) }
@@ -126,7 +127,7 @@ final class DataParallelTests: XCTestCase {
     /// of leaving the others waiting.
     func testOneMembersFailureIsAgreedOn() throws {
         let group = ThreadGroup(size: 2)
-        var errors = [String?](repeating: nil, count: 2)
+        nonisolated(unsafe) var errors = [String?](repeating: nil, count: 2)  // written under `lock`
         let lock = NSLock()
         ThreadGroup.onThreads(2) { rank in
             do {
@@ -160,7 +161,7 @@ final class ThreadGroup: @unchecked Sendable {
 
     /// Runs `body(rank)` for every rank on threads of its own, all at once (a collective needs every
     /// member running; a thread pool of fewer threads than members would wait forever), and waits.
-    static func onThreads(_ count: Int, _ body: @escaping (Int) -> Void) {
+    static func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
         let done = DispatchGroup()
         for rank in 0..<count {
             done.enter()
