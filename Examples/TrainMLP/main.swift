@@ -38,16 +38,7 @@ do {
     // Half an epoch of linear warm-up, then onnxruntime's linear decay to 0.
     let warmup = trainer.batches.count / 2
     trainer.schedule = .warmup(steps: warmup, then: .linearDecay(from: 0.002, steps: trainer.totalSteps - warmup))
-    trainer.onEvent = { event in
-        switch event {
-        case .evaluated(let e) where e.initial:
-            print("epoch 0: " + e.result.summary)
-        case .epochEnded(let e):
-            print("epoch \(e.epoch): train loss \(String(format: "%.4f", e.trainLoss ?? .nan)), " + (e.evaluation?.summary ?? ""))
-        default:
-            break
-        }
-    }
+    trainer.onEvent = { event in if let line = event.epochSummary { print(line) } }
     let outcome = try trainer.run(in: try RunFolder(output, existing: .overwrite))
     if let best = outcome.best { print(String(format: "best accuracy %.1f%% at step %d", best.value * 100, best.step)) }
     print("wrote \(output)/: " + outcome.files.joined(separator: ", "))

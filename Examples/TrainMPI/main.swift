@@ -37,16 +37,7 @@ do {
         print("\(group?.size ?? 1) process(es), global batch \(trainer.globalBatchSize), \(trainer.totalSteps) steps")
     }
     // Events reach rank 0 only.
-    trainer.onEvent = { event in
-        switch event {
-        case .evaluated(let e) where e.initial:
-            print("epoch 0: " + e.result.summary)
-        case .epochEnded(let e):
-            print("epoch \(e.epoch): train loss \(String(format: "%.4f", e.trainLoss ?? .nan)), " + (e.evaluation?.summary ?? ""))
-        default:
-            break
-        }
-    }
+    trainer.onEvent = { event in if let line = event.epochSummary { print(line) } }
     let outcome = try trainer.run(in: isMain ? try RunFolder(output, existing: .overwrite) : nil)
     if isMain { print("wrote \(output)/: " + outcome.files.joined(separator: ", ")) }
     group?.finish()

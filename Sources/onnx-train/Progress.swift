@@ -78,9 +78,7 @@ final class RunReporter {
                 say("step \(e.step): " + e.result.summary + (e.improved ? " (best so far)" : ""))
             }
         case .epochEnded(let e):
-            var line = "epoch \(e.epoch)/\(e.epochs) (step \(e.step)): train loss " + (e.trainLoss.map(format) ?? "-")
-            if let r = e.evaluation { line += ", " + r.summary + (lastImproved ? " (best so far)" : "") }
-            say(line + String(format: " (%.1f s)", e.seconds))
+            say(e.summary + (e.evaluation != nil && lastImproved ? " (best so far)" : "") + String(format: " (%.1f s)", e.seconds))
         case .checkpointSaved:
             break
         case .earlyStopped(let step, let metric, let best, let patience):

@@ -31,10 +31,7 @@ final class EncoderTests: XCTestCase {
     }
 
     func testOutputMatchesPyTorch() throws {
-        let torch = try TorchCase("encoder")
-        let model = TinyEncoder()
-        try model.loadStateDict(contentsOf: torch.weights)
-        let d = try torch.outputDifference(model)
+        let d = try TorchCase("encoder").loadWeightsAndCompareOutput(TinyEncoder())
         XCTAssertLessThan(d, 1e-6)  // measured 3.0e-7
         print("Encoder output vs PyTorch: max |diff| \(d)")
     }

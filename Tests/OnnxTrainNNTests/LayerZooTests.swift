@@ -36,9 +36,7 @@ final class LayerZooTests: XCTestCase {
     func testConvZooMatchesPyTorch() throws {
         let torch = try TorchCase("convzoo")
         let model = ConvZoo()
-        XCTAssertEqual(Set(model.stateDict().keys), Set(try SafeTensors.read(contentsOf: torch.weights).dictionary.keys))
-        try model.loadStateDict(contentsOf: torch.weights)
-        let dOut = try torch.outputDifference(model)
+        let dOut = try torch.loadWeightsAndCompareOutput(model)
         XCTAssertLessThan(dOut, 1e-6)  // measured 7.5e-8
         let dSGD = try torch.lossDifference(model, expected: "sgd_losses", { SGD($0, lr: 0.05, momentum: 0.9, weightDecay: 1e-4) }) { x, y in
             F.crossEntropy(model(x), y)
@@ -67,9 +65,7 @@ final class LayerZooTests: XCTestCase {
     func testRecurrentZooMatchesPyTorch() throws {
         let torch = try TorchCase("rnnzoo")
         let model = RecurrentZoo()
-        XCTAssertEqual(Set(model.stateDict().keys), Set(try SafeTensors.read(contentsOf: torch.weights).dictionary.keys))
-        try model.loadStateDict(contentsOf: torch.weights)
-        let dOut = try torch.outputDifference(model)
+        let dOut = try torch.loadWeightsAndCompareOutput(model)
         XCTAssertLessThan(dOut, 1e-7)  // measured 3.0e-8
         let dSGD = try torch.lossDifference(model, expected: "sgd_losses", { SGD($0, lr: 0.05, momentum: 0.9, weightDecay: 1e-4) }) { x, y in
             F.mse(model(x), y)
@@ -133,9 +129,7 @@ final class OptimizerVariantTests: XCTestCase {
     func testCrossAttentionMatchesPyTorch() throws {
         let torch = try TorchCase("attention")
         let model = SequenceFirst(CrossAttention())
-        XCTAssertEqual(Set(model.stateDict().keys), Set(try SafeTensors.read(contentsOf: torch.weights).dictionary.keys))
-        try model.loadStateDict(contentsOf: torch.weights)
-        let dOut = try torch.outputDifference(model)
+        let dOut = try torch.loadWeightsAndCompareOutput(model)
         XCTAssertLessThan(dOut, 1e-7)  // measured 3.0e-8
         let dSGD = try torch.lossDifference(model, expected: "sgd_losses", { SGD($0, lr: 0.05, momentum: 0.9, weightDecay: 1e-4) }) { x, y in
             F.mse(model(x), y)

@@ -50,6 +50,14 @@ struct TorchCase {
         return maxDifference(try model(rows(x, from: 0)).scalars(), try self.expected(expected), expected)
     }
 
+    /// Checks that `model`'s state-dict names are PyTorch's, loads PyTorch's initial weights into it
+    /// and returns its eval-mode output's largest difference from PyTorch's.
+    func loadWeightsAndCompareOutput<M: Module & UnaryModule>(_ model: M, file: StaticString = #filePath, line: UInt = #line) throws -> Float {
+        XCTAssertEqual(Set(model.stateDict().keys), Set(try SafeTensors.read(contentsOf: weights).dictionary.keys), folder, file: file, line: line)
+        try model.loadStateDict(contentsOf: weights)
+        return try outputDifference(model)
+    }
+
     /// Loads the weights, trains 20 steps and returns the largest loss difference from PyTorch's `expected` losses.
     func lossDifference(_ model: Module, expected: String, _ makeOptimizer: ([NNTensor]) -> NNOptimizer,
                         loss: (NNTensor, NNTensor) -> NNTensor) throws -> Float {
@@ -91,10 +99,7 @@ final class NetTests: XCTestCase {
     }
 
     func testOutputMatchesPyTorch() throws {
-        let torch = try TorchCase("net")
-        let net = ProposalNet()
-        try net.loadStateDict(contentsOf: torch.weights)
-        let d = try torch.outputDifference(net)
+        let d = try TorchCase("net").loadWeightsAndCompareOutput(ProposalNet())
         XCTAssertLessThan(d, 1e-7)  // measured 4.5e-8
         print("Net output vs PyTorch: max |diff| \(d)")
     }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// What a `Trainer` reports while it runs (`Trainer.onEvent`), in order: `started`, the initial
 /// `evaluated`, then per optimizer step a `step`, an `evaluated` when one is due, `epochEnded` at
 /// each epoch end and `checkpointSaved` after each save.
@@ -63,4 +65,25 @@ public enum TrainerEvent {
     case epochEnded(EpochEnd)
     case checkpointSaved(step: Int, path: String)
     case earlyStopped(step: Int, metric: MonitoredMetric, best: (step: Int, value: Double), patience: Int)
+}
+
+extension TrainerEvent.EpochEnd {
+    /// "epoch 2/5 (step 40): train loss 0.3120, eval loss 0.2871, accuracy 91.4% ...", the line
+    /// `onnx-train run` prints at an epoch end (less its timing).
+    public var summary: String {
+        "epoch \(epoch)/\(epochs) (step \(step)): train loss " + (trainLoss.map { String(format: "%.4f", $0) } ?? "-")
+            + (evaluation.map { ", " + $0.summary } ?? "")
+    }
+}
+
+extension TrainerEvent {
+    /// One line per epoch for a program's log: the initial evaluation ("epoch 0: ...") and each
+    /// epoch's end (`EpochEnd.summary`); nil for every other event.
+    public var epochSummary: String? {
+        switch self {
+        case .evaluated(let e) where e.initial: return "epoch 0: " + e.result.summary
+        case .epochEnded(let e): return e.summary
+        default: return nil
+        }
+    }
 }

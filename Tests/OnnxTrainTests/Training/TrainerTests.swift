@@ -292,6 +292,27 @@ final class TrainerTests: XCTestCase {
 
     /// metrics.csv rows reach the file as they are made (a kill keeps them), and a resumed run
     /// keeps exactly the rows its checkpoint covers.
+    /// The per-epoch lines a program prints from `onEvent` (the examples do): the initial
+    /// evaluation and every epoch's end, each one line with the epoch's mean train loss.
+    func testEpochSummaries() throws {
+        var c = dropoutConfiguration()
+        c.steps = 8
+        let trainer = try dropoutTrainer(c)
+        var lines: [String] = []
+        var trainLosses: [Double] = []
+        trainer.onEvent = { event in
+            if let line = event.epochSummary { lines.append(line) }
+            if case .epochEnded(let e) = event { trainLosses.append(e.trainLoss ?? .nan) }
+        }
+        _ = try trainer.run()
+        XCTAssertEqual(lines.count, 3, "\(lines)")
+        XCTAssertTrue(lines[0].hasPrefix("epoch 0: eval loss "), lines[0])
+        for (k, loss) in trainLosses.enumerated() {
+            XCTAssertTrue(lines[k + 1].hasPrefix("epoch \(k + 1)/2 (step \(4 * (k + 1))): train loss \(String(format: "%.4f", loss)), eval loss "), lines[k + 1])
+            XCTAssertFalse(lines[k + 1].contains("\n"))
+        }
+    }
+
     func testMetricsAreAppendedAsTheyCome() throws {
         let path = dir("m.csv")
         let log = try MetricsLog(path: path, rows: [RunMetric(step: 0, epoch: 0, loss: nil, learningRate: nil, evalLoss: 2)])
@@ -346,7 +367,7 @@ final class ReadmeTrainerExampleTests: XCTestCase {
                                   eval: try Npz.readDictionary(contentsOf: folder + "/test.npz"),
                                   configuration: configuration)
         trainer.schedule = .warmup(steps: 45, then: .cosineDecay(from: 2e-3, steps: trainer.totalSteps - 45))
-        trainer.onEvent = { if case .epochEnded(let e) = $0 { print(e.epoch, e.evaluation?.summary ?? "") } }
+        trainer.onEvent = { if let line = $0.epochSummary { print(line) } }   // "epoch 1/10 (step 45): train loss ..."
         let outcome = try trainer.run(in: try RunFolder("runs/digits-swift", existing: .overwrite))
         if let best = outcome.best { print("best accuracy \(best.value) at step \(best.step)") }
 
