@@ -172,12 +172,9 @@ public class Adam: NNOptimizer {
     let decoupled: Bool
 
     /// PyTorch's `torch.optim.Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0)`.
-    public init(_ parameters: [NNTensor], lr: Float = 1e-3, betas: (Float, Float) = (0.9, 0.999), eps: Float = 1e-8, weightDecay: Float = 0) {
-        self.betas = betas
-        self.eps = eps
-        self.weightDecay = weightDecay
-        decoupled = false
-        super.init(parameters: parameters, learningRate: lr)
+    public convenience init(_ parameters: [NNTensor], lr: Float = 1e-3, betas: (Float, Float) = (0.9, 0.999), eps: Float = 1e-8,
+                            weightDecay: Float = 0) {
+        self.init(parameters, lr: lr, betas: betas, eps: eps, weightDecay: weightDecay, decoupled: false)
     }
 
     init(_ parameters: [NNTensor], lr: Float, betas: (Float, Float), eps: Float, weightDecay: Float, decoupled: Bool) {
@@ -247,7 +244,7 @@ public class Adam: NNOptimizer {
 /// AdamW (`torch.optim.AdamW`): Adam with decoupled weight decay, PyTorch's defaults (wd 0.01).
 public final class AdamW: Adam {
     /// PyTorch's `torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)`.
-    public override init(_ parameters: [NNTensor], lr: Float = 1e-3, betas: (Float, Float) = (0.9, 0.999), eps: Float = 1e-8, weightDecay: Float = 1e-2) {
+    public init(_ parameters: [NNTensor], lr: Float = 1e-3, betas: (Float, Float) = (0.9, 0.999), eps: Float = 1e-8, weightDecay: Float = 1e-2) {
         super.init(parameters, lr: lr, betas: betas, eps: eps, weightDecay: weightDecay, decoupled: true)
     }
 }
