@@ -53,23 +53,35 @@ BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_ARGS ?=
 BENCH_PIP_ARGS ?=
 
-## Made once (delete it to rebuild); BENCH_VENV=/path/to/venv uses an existing one instead.
+## Made once, and brought up to date when Benchmarks/requirements.txt changes (the copy inside the venv is
+## compared); BENCH_VENV=/path/to/venv uses an existing one as it is. The current onnxruntime of the
+## inference rows lives in its own venv, .venv-bench-ort (Benchmarks/requirements-ort-current.txt):
+## onnxruntime-training 1.19.2 cannot share one with it.
+BENCH_ORT_VENV := .venv-bench-ort
 bench-venv:
-	@if [ ! -x $(BENCH_PY) ]; then \
-	  command -v python3 >/dev/null || { echo "make: python3 with venv and pip is needed for the benchmark" >&2; exit 1; }; \
-	  echo "creating $(BENCH_VENV) from Benchmarks/requirements.txt"; \
-	  python3 -m venv $(BENCH_VENV) && \
-	  $(BENCH_PY) -m pip install --quiet $(BENCH_PIP_ARGS) -r Benchmarks/requirements.txt \
-	  || { rm -rf $(BENCH_VENV); exit 1; }; \
+	@command -v python3 >/dev/null || { echo "make: python3 with venv and pip is needed for the benchmark" >&2; exit 1; }
+	@if [ ! -x $(BENCH_PY) ] || { [ "$(BENCH_VENV)" = .venv-bench ] && ! cmp -s Benchmarks/requirements.txt $(BENCH_VENV)/requirements.txt; }; then \
+	  echo "making $(BENCH_VENV) from Benchmarks/requirements.txt"; \
+	  { [ -x $(BENCH_PY) ] || python3 -m venv $(BENCH_VENV); } && \
+	  $(BENCH_PY) -m pip install --quiet $(BENCH_PIP_ARGS) -r Benchmarks/requirements.txt && \
+	  cp Benchmarks/requirements.txt $(BENCH_VENV)/requirements.txt \
+	  || { echo "make: installing Benchmarks/requirements.txt into $(BENCH_VENV) failed" >&2; exit 1; }; \
+	fi
+	@if [ ! -x $(BENCH_ORT_VENV)/bin/python ] || ! cmp -s Benchmarks/requirements-ort-current.txt $(BENCH_ORT_VENV)/requirements.txt; then \
+	  echo "making $(BENCH_ORT_VENV) from Benchmarks/requirements-ort-current.txt"; \
+	  { [ -x $(BENCH_ORT_VENV)/bin/python ] || python3 -m venv $(BENCH_ORT_VENV); } && \
+	  $(BENCH_ORT_VENV)/bin/python -m pip install --quiet $(BENCH_PIP_ARGS) -r Benchmarks/requirements-ort-current.txt && \
+	  cp Benchmarks/requirements-ort-current.txt $(BENCH_ORT_VENV)/requirements.txt \
+	  || { echo "make: installing Benchmarks/requirements-ort-current.txt into $(BENCH_ORT_VENV) failed" >&2; exit 1; }; \
 	fi
 
 bench: release bench-venv
-	$(BENCH_PY) Benchmarks/bench.py $(if $(BENCH_SMOKE),--smoke) $(BENCH_ARGS)
+	$(BENCH_PY) Benchmarks/bench.py $(if $(BENCH_SMOKE),--smoke) --ort-current $(BENCH_ORT_VENV)/bin/python $(BENCH_ARGS)
 
 ## make bench in smoke mode on the test build (make test runs it: it checks the benchmark works, it
 ## measures nothing; about a minute with the venv).
 bench-check: bench-venv
-	$(BENCH_PY) Benchmarks/bench.py --smoke --binary $(TEST_BIN)
+	$(BENCH_PY) Benchmarks/bench.py --smoke --binary $(TEST_BIN) --ort-current $(BENCH_ORT_VENV)/bin/python
 
 ## The benchmark with 3 steps per runtime: checks that it works (writes .build/bench-smoke.md).
 bench-smoke:

@@ -15,6 +15,10 @@ onnxruntime also time inference of inference.onnx on the first batch. Then:
       thread under `mpirun -np 2` (each its own batch, the gradients averaged by MPI_Allreduce) and 1
       process x 2 threads: steps/s, examples/s, the allreduce time and bytes per step; and a model of
       the step time on 4..64 machines on a 10 Gbit/s network from the ring-allreduce cost.
+    * real architectures (issue 16, bench_real.py): torchvision ResNet-18 and MobileNetV3-Small, BERT, GPT-2 and a
+      ViT from export_real.py, trained in onnx-train, onnxruntime-training, PyTorch eager and torch.compile;
+      inference of them and of onnx's zoo "light" models in onnx-train, onnxruntime 1.19.2, the current
+      onnxruntime and PyTorch at batch 1 and 32; ResNet-18's step time and memory as batch and image grow.
 Prints a table and writes it, with the machine and how to reproduce, to docs/PERFORMANCE.md (smoke runs
 write build/bench-smoke.md instead unless --doc is given).
 
@@ -24,7 +28,8 @@ the runtimes' defaults.
 
 Run: python Benchmarks/bench.py [--binary .build/release/onnx-train] [--steps 50] [--warmup 5] [--rounds 2]
      [--threads 2] [--models mlp,cnn,gpt] [--scale 8,16,32,64,128,256] [--smoke] [--spin] [--doc PATH]
-     [--data-parallel-only] [--no-data-parallel]
+     [--data-parallel-only] [--no-data-parallel] [--no-real] [--real-only] [--real-models A,B] [--no-compile]
+     [--ort-current .venv-bench-ort/bin/python]
 """
 
 import argparse
@@ -42,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import bench_reference  # noqa: E402  (the reference children and the summary statistics)
+import bench_real  # noqa: E402  (issue 16: the real architectures, the zoo models, the scale table)
 
 RUNTIMES = ("onnx-train", "onnxruntime", "pytorch")
 NETWORK_GBIT = 10  # the modelled network of the data-parallel table
@@ -56,7 +62,7 @@ def run_onnx_train(binary, folder, args, infer=True, threads=None, processes=1):
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads or args.threads))
     if processes > 1:
         cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(processes), "-x", "OPENBLAS_NUM_THREADS"] + cmd
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    done = subprocess.run(bench_reference.isolated(cmd), capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"bench: onnx-train failed on {folder.name}:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -133,6 +139,14 @@ def main():
     parser.add_argument("--doc", type=Path, help="markdown report (default docs/PERFORMANCE.md; smoke: .build/bench-smoke.md)")
     parser.add_argument("--data-parallel-only", action="store_true", help="only the data-parallel table (printed, not written)")
     parser.add_argument("--no-data-parallel", action="store_true", help="leave out the data-parallel table")
+    parser.add_argument("--no-real", action="store_true", help="leave out the real architectures (bench_real.py)")
+    parser.add_argument("--real-only", action="store_true",
+                        help="only the real architectures' tables (printed, and written to .build/bench-real.md)")
+    parser.add_argument("--real-models", default="", help="keep only these real-architecture variants / light models (comma-separated)")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile column")
+    parser.add_argument("--real-cache", type=Path, default=bench_real.DEFAULT_CACHE, help="where export_real.py's exports live")
+    parser.add_argument("--ort-current", type=Path, default=bench_real.DEFAULT_ORT_CURRENT,
+                        help="python of the venv with the current onnxruntime (make bench-venv makes .venv-bench-ort)")
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.warmup, args.rounds, args.gemm_n, args.gemm_runs = 3, 1, 1, 512, 2
@@ -148,6 +162,16 @@ def main():
 
     started = time.time()
     load_start = os.getloadavg()
+    if args.real_only:
+        text = "\n".join(bench_real.run(args))
+        load_end = os.getloadavg()
+        text += (f"\nLoad average (1/5/15 min) at the start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, "
+                 f"at the end {load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f}; took {(time.time() - started) / 60:.1f} min.\n")
+        print("\n" + text)
+        path = ROOT / ".build/bench-real.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
     if args.data_parallel_only:
         parallel = data_parallel(args, models)
         print("\n" + "\n".join(data_parallel_report(args, parallel, os.getloadavg())))
@@ -189,9 +213,10 @@ def main():
         print(json.dumps(line), flush=True)
 
     parallel = [] if args.no_data_parallel else data_parallel(args, models)
+    real = [] if args.no_real else bench_real.run(args)
     load_end = os.getloadavg()
     minutes = (time.time() - started) / 60
-    text = report(args, peak, rows, scaling, machine(), load_start, load_end, minutes, parallel)
+    text = report(args, peak, rows, scaling, machine(), load_start, load_end, minutes, parallel, real)
     print("\n" + text)
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
@@ -263,7 +288,7 @@ def data_parallel_report(args, lines, load):
     return out
 
 
-def report(args, peak, rows, scaling, info, load_start, load_end, minutes, parallel=()):
+def report(args, peak, rows, scaling, info, load_start, load_end, minutes, parallel=(), real=()):
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     spin = "spinning (runtime defaults)" if args.spin else "sleeping (onnxruntime allow_spinning=0, OMP_WAIT_POLICY=PASSIVE)"
     out = ["# Performance", "",
@@ -317,6 +342,8 @@ def report(args, peak, rows, scaling, info, load_start, load_end, minutes, paral
             t, o = s["onnx-train"], s["onnxruntime"]
             out.append(f"| {s['batch']} | {fmt_ms(t['median_ms'])} | {1000 * t['median_ms'] / s['batch']:.1f} µs | {t['gflops']:.1f} "
                        f"| {t['peak_rss_mb']:.0f} MiB | {fmt_ms(o['median_ms'])} | {o['gflops']:.1f} | {o['peak_rss_mb']:.0f} MiB ({o['model_rss_mb']:.0f}) |")
+    if real:
+        out += [""] + list(real)
     if parallel:
         out += [""] + data_parallel_report(args, parallel, load_end)
     out += ["", "## Machine", ""]
@@ -324,8 +351,11 @@ def report(args, peak, rows, scaling, info, load_start, load_end, minutes, paral
     out += [f"* onnxruntime-training {rows[0]['onnxruntime']['version'] if rows else '?'}, "
             f"PyTorch {rows[0]['pytorch']['version'] if rows else '?'}" ]
     out += ["", "## Reproduce", "", "```sh",
-            "make bench          # venv .venv-bench from Benchmarks/requirements.txt, exports, release build, this file",
-            "make bench-smoke    # 3 steps, checks that it works (writes .build/bench-smoke.md)",
+            "make bench          # venvs .venv-bench (Benchmarks/requirements.txt) and .venv-bench-ort (requirements-ort-current.txt),",
+            "                    # exports (Benchmarks/models, .build/bench-models), release build, this file",
+            "make bench-smoke    # 3 steps (real architectures: the tiny configs, 2 steps), checks that it works (.build/bench-smoke.md)",
+            ".venv-bench/bin/python Benchmarks/bench.py --real-only [--real-models resnet18_224_b8,squeezenet]   # only issue 16's tables",
+            ".build/release/onnx-train bench MODEL.onnx --infer [--batch-size 32] [--json]   # any model's inference latency and peak RSS",
             f"python Benchmarks/bench.py --steps {args.steps} --rounds {args.rounds}   # with the venv's python, after a release build",
             "```", "",
             "A step is `module(input, labels); optimizer.step(); lazy_reset_grad()` in onnx-train (`onnx-train bench`) and",

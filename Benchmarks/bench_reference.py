@@ -90,8 +90,10 @@ class Warmup:
         return False
 
 
-def child_onnxruntime(folder: Path, steps, warmup, threads, spin=True):
-    import numpy as np
+def train_onnxruntime(folder: Path, steps, warmup, threads, spin=True):
+    """WARMUP + STEPS steps of onnxruntime-training's Module/Optimizer on an artifact folder: the step times
+    after the warm-up, every loss, the peak RSS and the RSS after the imports; also the session options and
+    the first batch, for an inference measurement after it."""
     import onnxruntime as ort
     from onnxruntime.training.api import CheckpointState, Module, Optimizer
 
@@ -124,54 +126,78 @@ def child_onnxruntime(folder: Path, steps, warmup, threads, spin=True):
         if warm.done(step):
             times.append(elapsed)
         step += 1
-    peak = rss_mb()
+    result = {"times": times, "losses": losses, "peak_rss_mb": rss_mb(), "baseline_rss_mb": baseline, "version": ort.__version__}
+    return result, options, batches[0]
 
+
+def child_onnxruntime(folder: Path, steps, warmup, threads, spin=True):
+    import onnxruntime as ort
+
+    result, options, first = train_onnxruntime(folder, steps, warmup, threads, spin)
     session = ort.InferenceSession(str(folder / "inference.onnx"), options, providers=["CPUExecutionProvider"])
-    x = {"input": batches[0]["input"]}
+    x = {"input": first["input"]}
     infer = []
     for step in range(warmup + steps):
         t0 = time.perf_counter()
         session.run(None, x)
         if step >= warmup:
             infer.append(time.perf_counter() - t0)
-    return {"times": times, "losses": losses, "peak_rss_mb": peak, "baseline_rss_mb": baseline,
-            "infer_median_ms": 1000 * statistics.median(infer), "version": ort.__version__}
+    return {**result, "infer_median_ms": 1000 * statistics.median(infer)}
 
 
-def child_pytorch(folder: Path, steps, warmup, threads, spin=True):
-    # Spinning is set through OMP_WAIT_POLICY by the parent (run_child): libgomp reads it at load time.
+def train_pytorch(folder: Path, build, steps, warmup, threads, compile_model=False):
+    """WARMUP + STEPS AdamW steps of the PyTorch model build(meta) with torch_init.pt's weights; with
+    compile_model, of torch.compile(model), and "compile_s" is the first (compiling) step's time."""
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
-    sys.path.insert(0, str(HERE))
-    import export_models
-
     baseline = rss_mb()
     meta, batches = load_batches(folder)
-    model = export_models.MODELS[meta["name"]]()
+    model = build(meta)
     model.load_state_dict(torch.load(folder / "torch_init.pt"))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=meta["lr"], betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
+    run = torch.compile(model) if compile_model else model
     feeds = [(torch.from_numpy(b["input"]), torch.from_numpy(b["labels"])) for b in batches]
-    times, losses = [], []
+    times, losses, first = [], [], None
     warm = Warmup(warmup)
     step = 0
     while len(times) < steps:
         x, y = feeds[step % len(feeds)]
         t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(run(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         elapsed = time.perf_counter() - t0
-        losses.append(float(loss))
+        first = elapsed if first is None else first
+        losses.append(float(loss.detach()))
         if warm.done(step):
             times.append(elapsed)
         step += 1
-    return {"times": times, "losses": losses, "peak_rss_mb": rss_mb(), "baseline_rss_mb": baseline,
-            "version": torch.__version__}
+    out = {"times": times, "losses": losses, "peak_rss_mb": rss_mb(), "baseline_rss_mb": baseline, "version": torch.__version__}
+    if compile_model:
+        out["compile_s"] = first
+    return out
+
+
+def child_pytorch(folder: Path, steps, warmup, threads, spin=True):
+    # Spinning is set through OMP_WAIT_POLICY by the parent (run_child): libgomp reads it at load time.
+    sys.path.insert(0, str(HERE))
+    import export_models
+
+    return train_pytorch(folder, lambda meta: export_models.MODELS[meta["name"]](), steps, warmup, threads)
+
+
+def isolated(cmd):
+    """`cmd` run by a child of `sh`, so that its peak RSS is its own. Linux carries the memory high-water
+    mark of the process that calls exec into the new program's ru_maxrss (and Python's subprocess execs
+    from a vfork of this process, sharing its memory), so a child spawned directly from a benchmark
+    that had grown to 500 MiB reported at least 500 MiB; through sh (which forks before it execs) the
+    floor is sh's ~2 MiB."""
+    return ["sh", "-c", '"$@"; exit $?', "sh"] + [str(c) for c in cmd]
 
 
 def run_child(runtime, folder, args):
@@ -181,7 +207,7 @@ def run_child(runtime, folder, args):
     if args.no_spin:
         cmd.append("--no-spin")
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    done = subprocess.run(isolated(cmd), capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"bench_reference: the {runtime} child failed on {folder.name}:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
