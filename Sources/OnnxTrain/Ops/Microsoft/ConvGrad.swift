@@ -2,6 +2,8 @@
 /// 2-D and N-D convolutions, through im2col / col2im (Ops/ONNX/ConvGeometry.swift) and GEMM per
 /// image and group, images spread over the kernel threads:
 ///   dW_g += dY_g · im2col(X_g)ᵀ,  dX_g = col2im(W_gᵀ · dY_g),  dB[m] = Σ_{n,spatial} dY.
+/// Depthwise convolutions (group == C) and small images (several images per GEMM) take the
+/// kernels of Ops/ONNX/ConvKernels.swift; 1×1 unit-stride unpadded ones skip im2col and col2im.
 /// Unlike onnxruntime (which ignores auto_pad and so gets SAME_* wrong), auto_pad is resolved to
 /// pads first, the way the forward Conv does.
 struct ConvGradKernel: Kernel {
@@ -49,6 +51,35 @@ struct ConvGradKernel: Kernel {
             var dw = wantW ? Tensor(uninitialized: T.dtype, shape: w.shape) : nil
             var db = wantB ? Tensor(uninitialized: T.dtype, shape: [m]) : nil
             if !wantX && !wantW && !wantB { return [nil, nil, nil] }
+            let depthwise = group == c && group > 1
+            let block = depthwise ? 1 : convImageBlock(images: n, rows: rows, positions: outSize)
+            if depthwise || block > 1 {
+                // Direct depthwise loops, or several images per GEMM (ConvKernels.swift); dX and dW
+                // are fresh tensors, written through their storage.
+                let dxOut = dx?.storage.bytes.assumingMemoryBound(to: T.self), dwOut = dw?.storage.bytes.assumingMemoryBound(to: T.self)
+                try dy.withUnsafeBufferPointer(as: T.self) { pdy in
+                    try x.withUnsafeBufferPointer(as: T.self) { px in
+                        try w.withUnsafeBufferPointer(as: T.self) { pw in
+                            guard let DY = pdy.baseAddress, let X = px.baseAddress, let W = pw.baseAddress else { return }
+                            if depthwise {
+                                depthwiseConvolutionGrad(DY, X, W, dx: dxOut, dw: dwOut, images: n, channels: c, outputs: m, geometry)
+                            } else {
+                                convolutionGradBlocked(DY, X, W, dx: dxOut, dw: dwOut, images: n, channels: c, outputs: m,
+                                                       group: group, geometry, block: block)
+                            }
+                        }
+                    }
+                }
+                if wantB {
+                    let sums = try dy.withUnsafeBufferPointer(as: T.self) { p in channelSums(p.baseAddress!, images: n, channels: m, positions: outSize) }
+                    try db!.withUnsafeMutableBufferPointer(as: T.self) { pdb in for j in 0..<m { pdb[j] = T(fromDouble: sums[j]) } }
+                }
+                return [dx, dw, db]
+            }
+            // A 1×1 kernel with unit strides and no padding: the image is its own column matrix,
+            // and W_gᵀ · dY_g is dX_g itself.
+            let direct = geometry.kernelSize == 1 && geometry.strides.allSatisfy { $0 == 1 }
+                && geometry.padsBegin.allSatisfy { $0 == 0 } && geometry.padsEnd.allSatisfy { $0 == 0 }
             let taps = ConvTapRows.all(geometry)
             // Images are split over the kernel threads; each chunk sums its own dW and dB partials
             // (dW in a buffer of its own, dB in Double per channel), added up in chunk order after.
@@ -76,20 +107,26 @@ struct ConvGradKernel: Kernel {
                                             let xOffset = (b * c + gi * cg) * inSize            // [cg, in…]
                                             let wG = yw + gi * mg * rows                        // [mg, rows]
                                             if wantW {
-                                                im2col(yx + xOffset, channels: cg, geometry, col, taps: taps)
+                                                let columns: UnsafePointer<T>
+                                                if direct {
+                                                    columns = yx + xOffset
+                                                } else {
+                                                    im2colSpread(yx + xOffset, channels: cg, geometry, col, ld: outSize, taps: taps)
+                                                    columns = UnsafePointer(col)
+                                                }
                                                 // dW_gᵀ [rows, mg] += col [rows, out] · dY_gᵀ [out, mg]: the
                                                 // transposed product, as OpenBLAS runs a long M and a short N
                                                 // (e.g. 75 × 16) about twice as fast as the other way round.
                                                 BLAS.gemm(transA: false, transB: true, m: rows, n: mg, k: outSize, alpha: T(1),
-                                                     a: col, lda: outSize, b: dyG, ldb: outSize, beta: T(1),
+                                                     a: columns, lda: outSize, b: dyG, ldb: outSize, beta: T(1),
                                                      c: dwLocal + gi * rows * mg, ldc: mg)
                                             }
                                             if let dxBase {
-                                                // col [rows, out] = W_gᵀ [rows, mg] · dY_g [mg, out]
+                                                // col [rows, out] = W_gᵀ [rows, mg] · dY_g [mg, out], straight into dX for 1×1
                                                 BLAS.gemm(transA: true, transB: false, m: rows, n: outSize, k: mg, alpha: T(1),
-                                                     a: wG, lda: rows, b: dyG, ldb: outSize, beta: T(0), c: col, ldc: outSize)
-                                                (dxBase + xOffset).update(repeating: 0, count: cg * inSize)
-                                                col2im(col, channels: cg, geometry, dxBase + xOffset, taps: taps)
+                                                     a: wG, lda: rows, b: dyG, ldb: outSize, beta: T(0),
+                                                     c: direct ? dxBase + xOffset : col, ldc: outSize)
+                                                if !direct { col2imSpread(col, channels: cg, geometry, dxBase + xOffset, ld: outSize, taps: taps) }
                                             }
                                         }
                                         if wantB {

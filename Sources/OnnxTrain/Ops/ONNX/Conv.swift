@@ -5,7 +5,10 @@
 /// x: [N, C, in...], w: [M, C/group, k...], bias: [M] or nil -> y: [N, M, out...].
 /// Per image and group: Y_g [M/G, P] = W_g [M/G, C/G·K] · col_g [C/G·K, P] (+ bias, written into
 /// Y first so the GEMM accumulates onto it). Images are spread over the kernel threads, each
-/// with its own im2col buffer (small enough to stay in cache, unlike one batch-wide matrix).
+/// with its own im2col buffer (small enough to stay in cache, unlike one batch-wide matrix); a
+/// single image has its im2col spread over the threads instead. Two shapes take other kernels
+/// (ConvKernels.swift): depthwise convolutions (group == C) run direct loops, and small images
+/// (P < 256) put several images' columns side by side in one GEMM.
 func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group: Int, geometry g: ConvGeometry, _ type: T.Type) throws -> Tensor {
     let n = x.shape[0], c = x.shape[1], m = w.shape[0]
     guard group > 0, c % group == 0, m % group == 0, w.shape[1] == c / group else {
@@ -17,14 +20,26 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
     if y.count == 0 { return y }
     // A 1×1 kernel with unit strides and no padding reads the image as its own column matrix.
     let direct = K == 1 && g.strides.allSatisfy { $0 == 1 } && g.padsBegin.allSatisfy { $0 == 0 } && g.padsEnd.allSatisfy { $0 == 0 }
-    let colCount = direct ? 0 : try Tensor.checkedElementCount([cg, K, P], "Conv im2col buffer")
+    let depthwise = group == c && group > 1
+    let block = depthwise ? 1 : convImageBlock(images: n, rows: cg * K, positions: P)
+    let colCount = direct || depthwise || block > 1 ? 0 : try Tensor.checkedElementCount([cg, K, P], "Conv im2col buffer")
     try x.withUnsafeBufferPointer(as: T.self) { px in
         try w.withUnsafeBufferPointer(as: T.self) { pw in
             y.uncheckedMutableBufferPointer(as: T.self) { py in
                 guard let X = px.baseAddress, let W = pw.baseAddress, let Y = py.baseAddress else { return }
                 let hasBias = bias != nil
-                let taps = direct ? [] : ConvTapRows.all(g)
                 (bias?.scalars(as: T.self) ?? []).withUnsafeBufferPointer { pb in
+                    // (An empty array's buffer may still have an address: the bias pointer is explicit.)
+                    let biasPointer = hasBias ? pb.baseAddress : nil
+                    if depthwise {
+                        depthwiseConvolution(X, W, bias: biasPointer, Y, images: n, channels: c, outputs: m, g)
+                        return
+                    }
+                    if block > 1 {
+                        convolutionBlocked(X, W, bias: biasPointer, Y, images: n, channels: c, outputs: m, group: group, g, block: block)
+                        return
+                    }
+                    let taps = direct ? [] : ConvTapRows.all(g)
                     Parallel.forRange(n) { images in
                         let col = UnsafeMutablePointer<T>.allocate(capacity: max(colCount, 1))
                         defer { col.deallocate() }
@@ -38,7 +53,7 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                                 if direct {
                                     columns = image
                                 } else {
-                                    im2col(image, channels: cg, g, col, taps: taps)
+                                    im2colSpread(image, channels: cg, g, col, ld: P, taps: taps)
                                     columns = UnsafePointer(col)
                                 }
                                 BLAS.gemm(transA: false, transB: false, m: mg, n: P, k: cg * K, alpha: 1,

@@ -198,10 +198,11 @@ struct ConvTapRows {
 /// x: [channels, input...], col: [channels * kernelSize, outputSize]. Per tap, the rows' offsets
 /// and the last axis's in-bounds range are computed once (ConvTapRows); each row is then a copy
 /// (a memcpy at stride 1) between zero-filled edges.
-/// `taps` (ConvTapRows.all(g)) may be passed in when many images share one geometry.
+/// `taps` (ConvTapRows.all(g)) may be passed in when many images share one geometry; `ld` is
+/// col's row stride (P by default; larger when several images' columns sit side by side).
 func im2col<T: TensorElement>(_ x: UnsafePointer<T>, channels: Int, _ g: ConvGeometry, _ col: UnsafeMutablePointer<T>,
-                              taps: [ConvTapRows]? = nil) {
-    let K = g.kernelSize, P = g.outputSize, I = g.inputSize
+                              ld: Int? = nil, taps: [ConvTapRows]? = nil) {
+    let K = g.kernelSize, P = g.outputSize, I = g.inputSize, ld = ld ?? g.outputSize
     if P == 0 || K == 0 { return }
     let lastOut = g.output[g.rank - 1]
     let taps = taps ?? ConvTapRows.all(g)
@@ -215,7 +216,7 @@ func im2col<T: TensorElement>(_ x: UnsafePointer<T>, channels: Int, _ g: ConvGeo
             let start = tap.bases[rowLo] + first + lo
             let outStart = rowLo * lastOut + lo, outEnd = (rowHi - 1) * lastOut + hi
             for c in 0..<channels {
-                let dst = col + (c * K + k) * P
+                let dst = col + (c * K + k) * ld
                 if rowLo > 0 { dst.update(repeating: T.zero, count: rowLo * lastOut) }
                 (dst + outStart).update(from: x + c * I + start, count: outEnd - outStart)
                 if rowHi * lastOut < P { (dst + rowHi * lastOut).update(repeating: T.zero, count: P - rowHi * lastOut) }
@@ -232,7 +233,7 @@ func im2col<T: TensorElement>(_ x: UnsafePointer<T>, channels: Int, _ g: ConvGeo
         tap.bases.withUnsafeBufferPointer { bases in
             for c in 0..<channels {
                 let src = x + c * I
-                var dst = col + (c * K + k) * P
+                var dst = col + (c * K + k) * ld
                 for base in bases {
                     if base < 0 {
                         dst.update(repeating: T.zero, count: lastOut)
@@ -254,10 +255,11 @@ func im2col<T: TensorElement>(_ x: UnsafePointer<T>, channels: Int, _ g: ConvGeo
 }
 
 /// Folds columns back into an image, accumulating overlaps: the adjoint of `im2col`.
-/// x += fold(col); x must be initialized by the caller (zeros for a plain col2im).
+/// x += fold(col); x must be initialized by the caller (zeros for a plain col2im). `ld` is col's
+/// row stride, as in `im2col`.
 func col2im<T: FloatElement>(_ col: UnsafePointer<T>, channels: Int, _ g: ConvGeometry, _ x: UnsafeMutablePointer<T>,
-                            taps: [ConvTapRows]? = nil) {
-    let K = g.kernelSize, P = g.outputSize, I = g.inputSize
+                            ld: Int? = nil, taps: [ConvTapRows]? = nil) {
+    let K = g.kernelSize, P = g.outputSize, I = g.inputSize, ld = ld ?? g.outputSize
     if P == 0 || K == 0 { return }
     let lastOut = g.output[g.rank - 1]
     let taps = taps ?? ConvTapRows.all(g)
@@ -269,7 +271,7 @@ func col2im<T: FloatElement>(_ col: UnsafePointer<T>, channels: Int, _ g: ConvGe
             let start = tap.bases[tap.rowLo] + first, outStart = tap.rowLo * lastOut
             let n = (tap.rowHi - tap.rowLo) * lastOut
             for c in 0..<channels {
-                let dst = x + c * I + start, src = col + (c * K + k) * P + outStart
+                let dst = x + c * I + start, src = col + (c * K + k) * ld + outStart
                 for j in 0..<n { dst[j] += src[j] }
             }
             continue
@@ -277,7 +279,7 @@ func col2im<T: FloatElement>(_ col: UnsafePointer<T>, channels: Int, _ g: ConvGe
         tap.bases.withUnsafeBufferPointer { bases in
             for c in 0..<channels {
                 let dstImage = x + c * I
-                var src = col + (c * K + k) * P
+                var src = col + (c * K + k) * ld
                 for base in bases {
                     if base >= 0 {
                         let row = dstImage + base + first

@@ -1,0 +1,177 @@
+import OnnxTrain
+import XCTest
+
+/// The convolution kernels picked by shape (Ops/ONNX/ConvKernels.swift: direct depthwise loops,
+/// several images per GEMM for small images, 1×1 convolutions without im2col, a single image's
+/// im2col spread over the threads): the forward against plain float64 loops, ConvGrad against
+/// central differences of the forward (float64), and float32 against float64.
+final class ConvKernelTests: XCTestCase {
+    /// One case: input and weight shapes and the Conv attributes; which kernel it takes is in the label.
+    struct Case {
+        let label: String
+        let x: [Int], w: [Int]
+        let strides: [Int], pads: [Int], dilations: [Int], group: Int
+        var attributes: [String: Attribute] {
+            ["strides": .ints(strides), "pads": .ints(pads), "dilations": .ints(dilations), "group": .int(group),
+             "kernel_shape": .ints(Array(w.dropFirst(2)))]
+        }
+    }
+
+    static let cases: [Case] = [
+        // group == C: the direct depthwise loops, multiplier 1 and 2, odd strides, pads and dilations.
+        Case(label: "depthwise 3x3 stride 1 pad 1", x: [2, 3, 5, 6], w: [3, 1, 3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], group: 3),
+        Case(label: "depthwise x2 stride 2x1 asymmetric pads dilation 2x1", x: [1, 2, 7, 5], w: [4, 1, 3, 2], strides: [2, 1], pads: [2, 0, 1, 1], dilations: [2, 1], group: 2),
+        Case(label: "depthwise 5x5 stride 2 batch 3", x: [3, 4, 6, 7], w: [4, 1, 5, 5], strides: [2, 2], pads: [2, 2, 2, 2], dilations: [1, 1], group: 4),
+        Case(label: "depthwise 1-D", x: [2, 3, 9], w: [3, 1, 3], strides: [2], pads: [1, 2], dilations: [1], group: 3),
+        // Small images, batch > 1: several images per GEMM.
+        Case(label: "blocked 3x3 groups 2 stride 2", x: [3, 4, 5, 4], w: [6, 2, 3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], group: 2),
+        Case(label: "blocked 2x3 dilation 2 non-square", x: [4, 3, 6, 7], w: [5, 3, 2, 3], strides: [1, 2], pads: [0, 1, 2, 0], dilations: [2, 1], group: 1),
+        Case(label: "blocked 1x1 direct", x: [3, 5, 2, 3], w: [4, 5, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], group: 1),
+        Case(label: "blocked 1x1 stride 2", x: [2, 4, 5, 5], w: [3, 4, 1, 1], strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], group: 1),
+        // One image: 1×1 without im2col/col2im, and a large image's im2col spread over the threads.
+        Case(label: "1x1 direct batch 1 groups 2", x: [1, 4, 3, 5], w: [6, 2, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], group: 2),
+        Case(label: "per-image 3x3 batch 2 large image", x: [2, 2, 16, 17], w: [3, 2, 3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], group: 1),
+        Case(label: "per-image 3x3 batch 1, im2col spread over threads", x: [1, 16, 16, 16], w: [2, 16, 3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], group: 1),
+        Case(label: "per-image 1x1 batch 2 large image", x: [2, 3, 16, 16], w: [2, 3, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], group: 1),
+    ]
+
+    func testForwardMatchesPlainLoops() throws {
+        for (i, c) in Self.cases.enumerated() {
+            let x = randomDoubles(c.x, seed: UInt64(100 + i)), w = randomDoubles(c.w, seed: UInt64(200 + i))
+            let b = randomDoubles([c.w[0]], seed: UInt64(300 + i))
+            let y = try runTrainingOp("Conv", "", [x, w, b], attributes: c.attributes, opset: 11)[0]
+            let expected = referenceConv(x, w, b, c)
+            XCTAssertEqual(y.shape, expected.shape, c.label)
+            let worst = maxDifference(y, expected)
+            XCTAssertLessThanOrEqual(worst, 1e-12, "\(c.label): forward differs from plain loops by \(worst)")
+        }
+    }
+
+    func testConvGradMatchesFiniteDifferences() throws {
+        for (i, c) in Self.cases.enumerated() where c.x.reduce(1, *) <= 400 {
+            let x = randomDoubles(c.x, seed: UInt64(400 + i)), w = randomDoubles(c.w, seed: UInt64(500 + i))
+            let b = randomDoubles([c.w[0]], seed: UInt64(600 + i))
+            let attrs = c.attributes
+            let y = try runTrainingOp("Conv", "", [x, w, b], attributes: attrs, opset: 11)[0]
+            let dy = randomDoubles(y.shape, seed: UInt64(700 + i))
+            let grads = try runTrainingOp("ConvGrad", "com.microsoft", [dy, x, w], attributes: attrs, outputs: 3)
+            try checkTrainingGradient(of: { try runTrainingOp("Conv", "", [$0[0], $0[1], $0[2]], attributes: attrs, opset: 11)[0] },
+                                      at: [x, w, b], dY: dy, wrt: [0, 1, 2], analytic: grads, label: c.label)
+        }
+    }
+
+    /// The large-image cases are too big for finite differences over every element: their
+    /// gradients are checked against the same formulas as plain loops (dX and dW are the adjoints
+    /// of `referenceConv` in x and w).
+    func testConvGradLargeImagesMatchPlainLoops() throws {
+        for (i, c) in Self.cases.enumerated() where c.x.reduce(1, *) > 400 {
+            let x = randomDoubles(c.x, seed: UInt64(800 + i)), w = randomDoubles(c.w, seed: UInt64(900 + i))
+            let y = try runTrainingOp("Conv", "", [x, w], attributes: c.attributes, opset: 11)[0]
+            let dy = randomDoubles(y.shape, seed: UInt64(1000 + i))
+            let grads = try runTrainingOp("ConvGrad", "com.microsoft", [dy, x, w], attributes: c.attributes, outputs: 3)
+            let (dx, dw, db) = referenceConvGrad(dy, x, w, c)
+            for (got, want, name) in [(grads[0], dx, "dX"), (grads[1], dw, "dW"), (grads[2], db, "dB")] {
+                let worst = maxDifference(got, want)
+                XCTAssertLessThanOrEqual(worst, 1e-11, "\(c.label): \(name) differs from plain loops by \(worst)")
+            }
+        }
+    }
+
+    /// float32 runs the same kernels through sgemm: within float rounding of the float64 results.
+    func testFloat32MatchesFloat64() throws {
+        for (i, c) in Self.cases.enumerated() {
+            let x = randomDoubles(c.x, seed: UInt64(1100 + i)), w = randomDoubles(c.w, seed: UInt64(1200 + i))
+            let b = randomDoubles([c.w[0]], seed: UInt64(1300 + i))
+            let y = try runTrainingOp("Conv", "", [x, w, b], attributes: c.attributes, opset: 11)[0]
+            let dy = randomDoubles(y.shape, seed: UInt64(1400 + i))
+            let y32 = try runTrainingOp("Conv", "", [float32(x), float32(w), float32(b)], attributes: c.attributes, opset: 11)[0]
+            let g64 = try runTrainingOp("ConvGrad", "com.microsoft", [dy, x, w], attributes: c.attributes, outputs: 3)
+            let g32 = try runTrainingOp("ConvGrad", "com.microsoft", [float32(dy), float32(x), float32(w)], attributes: c.attributes, outputs: 3)
+            XCTAssertEqual(y32.dtype, .float32, c.label)
+            for (got, want, name) in [(y32, y, "Y"), (g32[0], g64[0], "dX"), (g32[1], g64[1], "dW"), (g32[2], g64[2], "dB")] {
+                let worst = maxDifference(got, want) / max(1, maxAbs(want))
+                XCTAssertLessThanOrEqual(worst, 1e-5, "\(c.label): float32 \(name) differs from float64 by \(worst) (relative to its largest value)")
+            }
+        }
+    }
+
+    // MARK: - plain loops
+
+    /// Visits every (image, output channel, output position, input channel in group, kernel tap)
+    /// that lands inside the image: body(flat x index, flat w index, flat y index).
+    private func forEachTap(_ c: Case, _ body: (Int, Int, Int) -> Void) {
+        let n = c.x[0], ch = c.x[1], m = c.w[0], r = c.x.count - 2
+        let spatial = Array(c.x.dropFirst(2)), kernel = Array(c.w.dropFirst(2))
+        let out = Array(outputShape(c).dropFirst(2))
+        let cg = ch / c.group, mg = m / c.group
+        let inSize = spatial.reduce(1, *), outSize = out.reduce(1, *), kSize = kernel.reduce(1, *)
+        for b in 0..<n {
+            for o in 0..<m {
+                let gi = o / mg
+                for p in 0..<outSize {
+                    var pos = [Int](repeating: 0, count: r), rem = p
+                    for d in stride(from: r - 1, through: 0, by: -1) { pos[d] = rem % out[d]; rem /= out[d] }
+                    for ci in 0..<cg {
+                        for k in 0..<kSize {
+                            var tap = [Int](repeating: 0, count: r), kr = k
+                            for d in stride(from: r - 1, through: 0, by: -1) { tap[d] = kr % kernel[d]; kr /= kernel[d] }
+                            var flat = 0, inside = true
+                            for d in 0..<r {
+                                let at = pos[d] * c.strides[d] - c.pads[d] + tap[d] * c.dilations[d]
+                                if at < 0 || at >= spatial[d] { inside = false }
+                                flat = flat * spatial[d] + at
+                            }
+                            if !inside { continue }
+                            body((b * ch + gi * cg + ci) * inSize + flat, (o * cg + ci) * kSize + k, (b * m + o) * outSize + p)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    private func outputShape(_ c: Case) -> [Int] {
+        let r = c.x.count - 2
+        var shape = [c.x[0], c.w[0]]
+        for d in 0..<r {
+            let padded: Int = c.x[d + 2] + c.pads[d] + c.pads[d + r]
+            let extent: Int = c.dilations[d] * (c.w[d + 2] - 1) + 1
+            shape.append((padded - extent) / c.strides[d] + 1)
+        }
+        return shape
+    }
+
+    private func referenceConv(_ x: Tensor, _ w: Tensor, _ b: Tensor, _ c: Case) -> Tensor {
+        let shape = outputShape(c), xs = x.scalars(as: Double.self), ws = w.scalars(as: Double.self), bs = b.scalars(as: Double.self)
+        let outSize = shape.dropFirst(2).reduce(1, *)
+        var y = (0..<shape.reduce(1, *)).map { bs[($0 / outSize) % c.w[0]] }
+        forEachTap(c) { xi, wi, yi in y[yi] += ws[wi] * xs[xi] }
+        return Tensor(shape: shape, scalars: y)
+    }
+
+    private func referenceConvGrad(_ dy: Tensor, _ x: Tensor, _ w: Tensor, _ c: Case) -> (Tensor, Tensor, Tensor) {
+        let xs = x.scalars(as: Double.self), ws = w.scalars(as: Double.self), dys = dy.scalars(as: Double.self)
+        var dx = [Double](repeating: 0, count: xs.count), dw = [Double](repeating: 0, count: ws.count)
+        forEachTap(c) { xi, wi, yi in
+            dx[xi] += ws[wi] * dys[yi]
+            dw[wi] += xs[xi] * dys[yi]
+        }
+        let m = c.w[0], outSize = dy.count / (c.x[0] * m)
+        var db = [Double](repeating: 0, count: m)
+        for (i, v) in dys.enumerated() { db[(i / outSize) % m] += v }
+        return (Tensor(shape: c.x, scalars: dx), Tensor(shape: c.w, scalars: dw), Tensor(shape: [m], scalars: db))
+    }
+
+    private func float32(_ t: Tensor) -> Tensor { Tensor(shape: t.shape, scalars: t.scalars(as: Double.self).map { Float($0) }) }
+
+    private func doubles(_ t: Tensor) -> [Double] {
+        t.dtype == .float32 ? t.scalars(as: Float.self).map(Double.init) : t.scalars(as: Double.self)
+    }
+
+    private func maxDifference(_ a: Tensor, _ b: Tensor) -> Double {
+        guard a.shape == b.shape else { XCTFail("shapes \(a.shape) and \(b.shape) differ"); return .infinity }
+        return zip(doubles(a), doubles(b)).reduce(0) { max($0, abs($1.0 - $1.1)) }
+    }
+
+    private func maxAbs(_ t: Tensor) -> Double { doubles(t).reduce(0) { max($0, abs($1)) } }
+}
