@@ -227,3 +227,12 @@ public struct GradientError: Error {
     public let message: String
     public init(_ message: String) { self.message = message }
 }
+
+extension GradientContext {
+    /// The floating-point element type of `name` (float32 when unknown).
+    func floatType(_ name: String) throws -> DType {
+        let d = dtype(name) ?? .float32
+        guard d.isFloatingPoint else { throw GradientError("'\(name)' is tensor(\(d)), not a floating-point tensor") }
+        return d
+    }
+}

@@ -232,4 +232,25 @@ func registerActivationGradOps(_ registry: OpRegistry) {
     add("BiasGelu", biasIndex: 1, biasRequired: true) { _ in .gelu }
     add("FastGelu", biasIndex: 1) { _ in .fastGelu }
     add("QuickGelu") { .quickGelu(Double(try $0.float("alpha", default: 1.702))) }
+
+    // Gradient rules (GradientContext):
+    registry.registerGradient("Gelu", domain: ms) { g in g.needs(0) ? [g.ms("GeluGrad", [try g.requiredDY(), g.input(0)])[0]] : [nil] }
+    registry.registerGradient("FastGelu", domain: ms, fastGeluGradient)
+    registry.registerGradient("BiasGelu", domain: ms, biasGeluGradient)
+    registry.registerGradient("QuickGelu", domain: ms) { g in
+        [g.needs(0) ? g.ms("QuickGeluGrad", [try g.requiredDY(), g.input(0)], attributes: ["alpha": .float(g.node.float("alpha") ?? 1.702)])[0] : nil]
+    }
+}
+
+/// The gradient rule of FastGelu (com.microsoft).
+func fastGeluGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.hasInput(1) else { return [g.needs(0) ? g.ms("FastGeluGrad", [try g.requiredDY(), g.input(0)])[0] : nil] }
+    let dX = g.ms("BiasFastGeluGrad_dX", [try g.requiredDY(), g.input(0), g.input(1)])[0]
+    return [g.needs(0) ? dX : nil, g.needs(1) ? g.reduced(dX, toInput: 1) : nil]
+}
+
+/// The gradient rule of BiasGelu (com.microsoft).
+func biasGeluGradient(_ g: GradientContext) throws -> [String?] {
+    let dX = g.ms("BiasGeluGrad_dX", [try g.requiredDY(), g.input(0), g.input(1)])[0]
+    return [g.needs(0) ? dX : nil, g.needs(1) ? g.reduced(dX, toInput: 1) : nil]
 }

@@ -338,4 +338,37 @@ func registerCrossEntropyOps(_ registry: OpRegistry) {
     registry.register("SparseSoftmaxCrossEntropyGrad", domain: "", since: 9) { ctx in
         SparseSoftmaxCrossEntropyGradKernel(reduction: try CrossEntropyReduction(ctx, allowNone: false))
     }
+
+    // Gradient rules (GradientContext):
+    registry.registerGradient("SoftmaxCrossEntropy", domain: ms, softmaxCrossEntropyGradient)
+    registry.registerGradient("SparseSoftmaxCrossEntropy", sparseSoftmaxCrossEntropyGradient)
+    registry.registerGradient("SoftmaxCrossEntropyLossInternal", domain: ms, softmaxCrossEntropyLossInternalGradient)
+}
+
+/// The gradient rule of SoftmaxCrossEntropy (com.microsoft).
+func softmaxCrossEntropyGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil, nil] }
+    let logProb = g.forwardOutput(1)
+    return [g.ms("SoftmaxCrossEntropyGrad", [try g.requiredDY(), logProb, g.input(1)],
+                 attributes: ["reduction": .string(g.node.string("reduction") ?? "mean")])[0], nil]
+}
+
+/// The gradient rule of SparseSoftmaxCrossEntropy.
+func sparseSoftmaxCrossEntropyGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil, nil, nil] }
+    let logProb = g.forwardOutput(1)
+    var inputs = [try g.requiredDY(), logProb, g.input(1)]
+    if g.hasInput(2) { inputs.append(g.input(2)) }
+    return [g.op("SparseSoftmaxCrossEntropyGrad", inputs, attributes: ["reduction": .string(g.node.string("reduction") ?? "mean")]), nil, nil]
+}
+
+/// The gradient rule of SoftmaxCrossEntropyLossInternal (com.microsoft).
+func softmaxCrossEntropyLossInternalGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil, nil, nil, nil] }
+    let logProb = g.forwardOutput(1)
+    var inputs = [try g.requiredDY(), logProb, g.input(1), g.hasInput(2) ? g.input(2) : "", g.hasInput(3) ? g.input(3) : ""]
+    while inputs.last == "" { inputs.removeLast() }
+    var attributes: [String: Attribute] = ["reduction": .string(g.node.string("reduction") ?? "mean")]
+    if let t = g.node.int("output_type") { attributes["output_type"] = .int(t) }
+    return [g.ms("SoftmaxCrossEntropyLossInternalGrad", inputs, attributes: attributes)[0], nil, nil, nil]
 }

@@ -15,5 +15,4 @@ func registerMicrosoftOps(_ registry: OpRegistry) {
     registerOptimizerOps(registry)        // TrainingOptimizers.swift: accumulators, AdamW, SGD, clipping, legacy optimizers
     registerRecurrentTrainingOps(registry) // RecurrentGrad.swift: LSTMTraining/GRUTraining (Recurrent.swift forwards), LSTMGrad, GRUGrad
     registerTrainingMiscOps(registry)     // TrainingMiscOps.swift: PassThrough, Group, Record/WaitEvent, ReduceAllL2, ShrunkenGather, FakeQuant(Grad)
-    registerTrainingOpGradients(registry) // Training+Gradients.swift: gradient rules of the training ops above
 }

@@ -399,6 +399,10 @@ func registerTrainingNormalizationOps(_ registry: OpRegistry) {
                             simplified: simplified)
         }
     }
+
+    // Gradient rules (GradientContext):
+    registry.registerGradient("BatchNormInternal", domain: ms, batchNormInternalGradient)
+    registry.registerGradient("SimplifiedLayerNormalization", simplifiedLayerNormalizationGradient)
 }
 
 /// BatchNormInternal (com.microsoft), since opset 1.
@@ -406,4 +410,23 @@ func batchNormInternalKernel(_ ctx: NodeContext) throws -> Kernel {
     BatchNormInternalKernel(epsilon: Double(try ctx.float("epsilon", default: 1e-5)),
                             momentum: Double(try ctx.float("momentum", default: 0.9)),
                             training: try ctx.int("training_mode", default: 1) != 0)
+}
+
+/// The gradient rule of BatchNormInternal (com.microsoft).
+func batchNormInternalGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    let savedMean = g.forwardOutput(3), savedInvStd = g.forwardOutput(4)
+    let outs = g.ms("BatchNormalizationGrad", [dY, g.input(0), g.input(1), savedMean, savedInvStd], outputs: 3,
+                    attributes: ["epsilon": .float(g.node.float("epsilon") ?? 1e-5)])
+    return [g.needs(0) ? outs[0] : nil, g.needs(1) ? outs[1] : nil, g.needs(2) ? outs[2] : nil, nil, nil]
+}
+
+/// The gradient rule of SimplifiedLayerNormalization.
+func simplifiedLayerNormalizationGradient(_ g: GradientContext) throws -> [String?] {
+    let invStd = g.forwardOutput(1)
+    let base = (g.node.name.isEmpty ? "SimplifiedLayerNormalization" : g.node.name) + "_Grad/"
+    let outs = g.emit("SimplifiedLayerNormalizationGrad", domain: "com.microsoft", [try g.requiredDY(), g.input(0), g.input(1), invStd], outputs: 2,
+                      attributes: ["axis": .int(g.node.int("axis") ?? -1), "epsilon": .float(g.node.float("epsilon") ?? 1e-5)],
+                      names: [base + "dX", base + "dScale"])
+    return [g.needs(0) ? outs[0] : nil, g.needs(1) ? outs[1] : nil]
 }

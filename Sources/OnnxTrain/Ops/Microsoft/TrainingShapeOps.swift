@@ -228,10 +228,19 @@ func registerTrainingShapeOps(_ registry: OpRegistry) {
     registry.register("BroadcastGradientArgs", domain: ms, since: 1) { _ in BroadcastGradientArgsKernel() }
     registry.register("ZeroGradient", domain: ms, since: 1) { _ in ZeroGradientKernel() }
     registry.register("Scale", domain: ms, since: 1) { ctx in ScaleKernel(scaleDown: try ctx.int("scale_down", default: 0) != 0) }
+    registry.registerGradient("ConcatTraining", domain: ms, concatTrainingGradient)
 }
 
 /// ReduceSumTraining (com.microsoft), since opset 1.
 func reduceSumTrainingKernel(_ ctx: NodeContext) throws -> Kernel {
     ReduceSumTrainingKernel(keepDims: try ctx.int("keepdims", default: 1) != 0,
                             noopWithEmptyAxes: try ctx.int("noop_with_empty_axes", default: 0) != 0)
+}
+
+/// The gradient rule of ConcatTraining (com.microsoft).
+func concatTrainingGradient(_ g: GradientContext) throws -> [String?] {
+    let lengths = g.forwardOutput(1, info: TensorInfo(dtype: .int64, shape: [.value(g.node.inputs.count)]))
+    let parts = g.ms("SplitTraining", [try g.requiredDY(), lengths], outputs: g.node.inputs.count,
+                     attributes: ["axis": .int(g.node.int("axis") ?? 0)])
+    return g.node.inputs.indices.map { g.needs($0) ? parts[$0] : nil }
 }

@@ -123,4 +123,76 @@ func registerActivationOps(_ registry: OpRegistry) {
     registry.registerNumericUnary("Shrink", since: [9]) { ctx in
         ShrinkFunction(lambd: Double(try ctx.float("lambd", default: 0.5)), bias: Double(try ctx.float("bias", default: 0)))
     }
+
+    // Gradient rules (GradientContext): dX = dY * f'(X), written with the forward output where that is cheaper.
+    registry.registerGradient("PRelu", pReluGradient)
+    registry.registerUnaryGradient("Tanh") { g, dY, _, y in g.ms("TanhGrad", [dY, y])[0] }
+    registry.registerUnaryGradient("Sigmoid") { g, dY, _, y in g.ms("SigmoidGrad", [dY, y])[0] }
+    registry.registerUnaryGradient("Relu") { g, dY, _, y in g.ms("ReluGrad", [dY, y])[0] }
+    registry.registerUnaryGradient("Softplus") { g, dY, x, _ in g.op("Mul", [dY, g.op("Sigmoid", [x])]) }
+    registry.registerUnaryGradient("Softsign") { g, dY, x, _ in
+        let d = g.op("Add", [try g.scalar(1, like: x, name: "one"), g.op("Abs", [x])])
+        return g.op("Div", [dY, g.op("Mul", [d, d])])
+    }
+    registry.registerUnaryGradient("Elu") { g, dY, x, y in
+        let alpha = Double(g.node.float("alpha") ?? 1)
+        let positive = g.op("Greater", [x, try g.scalar(0, like: x, name: "zero")])
+        return g.op("Where", [positive, dY, g.op("Mul", [dY, g.op("Add", [y, try g.scalar(alpha, like: x, name: "alpha")])])])
+    }
+    registry.registerUnaryGradient("Selu") { g, dY, x, y in
+        let alpha = Double(g.node.float("alpha") ?? 1.67326319217681884765625)
+        let gamma = Double(g.node.float("gamma") ?? 1.05070102214813232421875)
+        let positive = g.op("Greater", [x, try g.scalar(0, like: x, name: "zero")])
+        let negative = g.op("Add", [y, try g.scalar(gamma * alpha, like: x, name: "gamma_alpha")])
+        return g.op("Mul", [dY, g.op("Where", [positive, try g.scalar(gamma, like: x, name: "gamma"), negative])])
+    }
+    registry.registerUnaryGradient("Celu") { g, dY, x, y in
+        // y = max(0,x) + min(0, alpha*(exp(x/alpha)-1)); below 0 the slope is exp(x/alpha) = y/alpha + 1.
+        let alpha = Double(g.node.float("alpha") ?? 1)
+        let positive = g.op("Greater", [x, try g.scalar(0, like: x, name: "zero")])
+        let slope = g.op("Add", [g.op("Div", [y, try g.scalar(alpha, like: x, name: "alpha")]), try g.scalar(1, like: x, name: "one")])
+        return g.op("Where", [positive, dY, g.op("Mul", [dY, slope])])
+    }
+    registry.registerUnaryGradient("LeakyRelu") { g, dY, x, _ in
+        g.ms("LeakyReluGrad", [dY, x], attributes: ["alpha": .float(g.node.float("alpha") ?? 0.01)])[0]
+    }
+    registry.registerUnaryGradient("ThresholdedRelu") { g, dY, x, _ in
+        let alpha = Double(g.node.float("alpha") ?? 1)
+        return g.op("Where", [g.op("Greater", [x, try g.scalar(alpha, like: x, name: "alpha")]), dY, try g.scalar(0, like: x, name: "zero")])
+    }
+    registry.registerUnaryGradient("HardSigmoid") { g, dY, x, _ in
+        let alpha = Double(g.node.float("alpha") ?? 0.2), beta = Double(g.node.float("beta") ?? 0.5)
+        let z = g.op("Add", [g.op("Mul", [x, try g.scalar(alpha, like: x, name: "alpha")]), try g.scalar(beta, like: x, name: "beta")])
+        let inside = g.op("And", [g.op("Greater", [z, try g.scalar(0, like: x, name: "zero")]), g.op("Less", [z, try g.scalar(1, like: x, name: "one")])])
+        return g.op("Where", [inside, g.op("Mul", [dY, try g.scalar(alpha, like: x, name: "alpha")]), try g.scalar(0, like: x, name: "zero")])
+    }
+    registry.registerUnaryGradient("HardSwish") { g, dY, x, _ in
+        // y = x * clip(x/6 + 1/2, 0, 1): slope 0 below -3, 1 above 3, (2x + 3)/6 between (PyTorch's convention at +-3).
+        let slope = g.op("Add", [g.op("Div", [x, try g.scalar(3, like: x, name: "three")]), try g.scalar(0.5, like: x, name: "half")])
+        let below = g.op("Less", [x, try g.scalar(-3, like: x, name: "minus_three")])
+        let above = g.op("Greater", [x, try g.scalar(3, like: x, name: "three")])
+        let clipped = g.op("Where", [below, try g.scalar(0, like: x, name: "zero"), g.op("Where", [above, try g.scalar(1, like: x, name: "one"), slope])])
+        return g.op("Mul", [dY, clipped])
+    }
+    registry.registerUnaryGradient("Mish") { g, dY, x, _ in
+        // y = x tanh(sp(x)): y' = tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2)
+        let t = g.op("Tanh", [g.op("Softplus", [x])])
+        let one = try g.scalar(1, like: x, name: "one")
+        let rest = g.op("Mul", [g.op("Mul", [x, g.op("Sigmoid", [x])]), g.op("Sub", [one, g.op("Mul", [t, t])])])
+        return g.op("Mul", [dY, g.op("Add", [t, rest])])
+    }
+    registry.registerUnaryGradient("Gelu") { g, dY, x, _ in
+        let tanh = g.node.string("approximate") == "tanh"
+        return g.ms(tanh ? "FastGeluGrad" : "GeluGrad", [dY, x])[0]
+    }
+}
+
+/// The gradient rule of PRelu.
+func pReluGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    let x = g.input(0)
+    let positive = g.op("Greater", [x, try g.scalar(0, like: x, name: "zero")])
+    let zero = try g.scalar(0, like: x, name: "zero")
+    return [g.needs(0) ? g.reduced(g.op("Where", [positive, dY, g.op("Mul", [dY, g.input(1)])]), toInput: 0) : nil,
+            g.needs(1) ? g.reduced(g.op("Where", [positive, zero, g.op("Mul", [dY, x])]), toInput: 1) : nil]
 }

@@ -448,4 +448,93 @@ func registerBinaryMathOps(_ registry: OpRegistry) {
             AnyKernel { inputs, _ in [.tensor(try foldVariadic(inputs, AddFunction(), mean: true))] }
         }
     }
+
+    // Gradient rules (GradientContext):
+    registry.registerGradient("Add", addGradient)
+    registry.registerGradient("Sub", subGradient)
+    registry.registerGradient("Mul", mulGradient)
+    registry.registerGradient("Div", divGradient)
+    registry.registerGradient("Pow", powGradient)
+    registry.registerGradient("Sum", sumGradient)
+    registry.registerGradient("Mean", meanGradient)
+    for name in ["Max", "Min"] {
+        // Each input that equals the result gets the gradient (ties: every tied input, as onnxruntime).
+        registry.registerGradient(name) { g in
+            let dY = try g.requiredDY()
+            let y = g.output(0)
+            return try g.node.inputs.indices.map { i in
+                guard g.needs(i) else { return nil }
+                if g.node.inputs.count == 1 { return dY }
+                let mask = g.op("Cast", [g.op("Equal", [g.input(i), y])], attributes: ["to": .int(Int(try g.floatType(y).rawValue))])
+                return g.reduced(g.op("Mul", [dY, mask]), toInput: i)
+            }
+        }
+    }
+    registry.registerGradient("Where", whereGradient)
+}
+
+/// The gradient rule of Add.
+func addGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    return [g.needs(0) ? g.reduced(dY, toInput: 0) : nil, g.needs(1) ? g.reduced(dY, toInput: 1) : nil]
+}
+
+/// The gradient rule of Sub.
+func subGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    return [g.needs(0) ? g.reduced(dY, toInput: 0) : nil, g.needs(1) ? g.reduced(g.op("Neg", [dY]), toInput: 1) : nil]
+}
+
+/// The gradient rule of Mul.
+func mulGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    return [g.needs(0) ? g.reduced(g.op("Mul", [dY, g.input(1)]), toInput: 0) : nil,
+            g.needs(1) ? g.reduced(g.op("Mul", [dY, g.input(0)]), toInput: 1) : nil]
+}
+
+/// The gradient rule of Div.
+func divGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    // dA = dY / B;  dB = -dY * A / B^2 = -(dY * Y) / B
+    return [g.needs(0) ? g.reduced(g.op("Div", [dY, g.input(1)]), toInput: 0) : nil,
+            g.needs(1) ? g.reduced(g.op("Neg", [g.op("Div", [g.op("Mul", [dY, g.output(0)]), g.input(1)])]), toInput: 1) : nil]
+}
+
+/// The gradient rule of Pow.
+func powGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    let x = g.input(0), e = g.input(1)
+    var dX: String?
+    if g.needs(0) {
+        // As onnxruntime: dX = (X^(E-1) * E) * dY, in the exponent's type.
+        let one = try g.scalar(1, like: e, name: "one")
+        let pow = g.op("Pow", [x, g.op("Sub", [e, one])])
+        dX = g.reduced(g.op("Mul", [g.op("Mul", [pow, e]), dY]), toInput: 0)
+    }
+    // dE = dY * Y * ln(X)
+    let dE = g.needs(1) ? g.reduced(g.op("Mul", [dY, g.op("Mul", [g.output(0), g.op("Log", [x])])]), toInput: 1) : nil
+    return [dX, dE]
+}
+
+/// The gradient rule of Sum.
+func sumGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    return g.node.inputs.indices.map { g.needs($0) ? g.reduced(dY, toInput: $0) : nil }
+}
+
+/// The gradient rule of Mean.
+func meanGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    let scaled = g.op("Div", [dY, try g.scalar(Double(g.node.inputs.count), like: g.output(0), name: "count")])
+    return g.node.inputs.indices.map { g.needs($0) ? g.reduced(scaled, toInput: $0) : nil }
+}
+
+/// The gradient rule of Where.
+func whereGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    let zero = try g.scalar(0, like: g.output(0), name: "zero")
+    let cond = g.input(0)
+    return [nil,
+            g.needs(1) ? g.reduced(g.op("Where", [cond, dY, zero]), toInput: 1) : nil,
+            g.needs(2) ? g.reduced(g.op("Where", [cond, zero, dY]), toInput: 2) : nil]
 }

@@ -308,6 +308,12 @@ private func castAttributes(_ ctx: NodeContext) throws -> (saturate: Bool, round
 func registerCastOps(_ registry: OpRegistry) {
     registry.register("Cast", since: [6, 9, 13, 19, 21, 23, 24, 25], castKernel)
     registry.register("CastLike", since: [15, 19, 21, 23, 24, 25], castLikeKernel)
+
+    // Gradient rules (GradientContext):
+    registry.registerGradient("Cast", castGradient)
+    // CastLike (the dynamo exporter's scalar constants): dY cast back to the input's type; the
+    // second input only supplies a type, so it gets none.
+    registry.registerGradient("CastLike", castLikeGradient)
 }
 
 /// Cast, since opset 6, 9, 13, 19, 21, 23, 24, 25.
@@ -329,4 +335,20 @@ func castLikeKernel(_ ctx: NodeContext) throws -> Kernel {
         let target = try inputs.tensor(1).dtype
         return [.tensor(try inputs.tensor(0).cast(to: target, saturate: saturate, roundMode: roundMode))]
     }
+}
+
+/// The gradient rule of Cast.
+func castGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let dY = try g.requiredDY()
+    guard let to = g.dtype(g.input(0)) else { throw GradientError("the element type of '\(g.input(0))' is unknown") }
+    return [g.op("Cast", [dY], attributes: ["to": .int(Int(to.rawValue))])]
+}
+
+/// The gradient rule of CastLike.
+func castLikeGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil, nil] }
+    let dY = try g.requiredDY()
+    guard let to = g.dtype(g.input(0)) else { throw GradientError("the element type of '\(g.input(0))' is unknown") }
+    return [g.op("Cast", [dY], attributes: ["to": .int(Int(to.rawValue))]), nil]
 }

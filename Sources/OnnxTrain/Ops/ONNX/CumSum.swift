@@ -53,4 +53,15 @@ private func registerCumulative(_ registry: OpRegistry, _ op: String, since vers
 func registerCumulativeOps(_ registry: OpRegistry) {
     registerCumulative(registry, "CumSum", since: [11, 14], product: false)
     registerCumulative(registry, "CumProd", since: [26], product: true)
+
+    // Gradient rules (GradientContext):
+    registry.registerGradient("CumSum", cumSumGradient)
+}
+
+/// The gradient rule of CumSum.
+func cumSumGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let reverse = (g.node.int("reverse") ?? 0) == 0 ? 1 : 0
+    return [g.op("CumSum", [try g.requiredDY(), g.input(1)],
+                 attributes: ["reverse": .int(reverse), "exclusive": .int(g.node.int("exclusive") ?? 0)])]
 }

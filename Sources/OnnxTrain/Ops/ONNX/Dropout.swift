@@ -59,9 +59,28 @@ struct DropoutKernel: Kernel {
 
 func registerDropoutOps(_ registry: OpRegistry) {
     registry.register("Dropout", since: [1, 7, 10, 12, 13, 22], dropoutKernel)
+    registry.registerGradient("Dropout", dropoutGradient)
 }
 
 /// Dropout, since opset 1, 7, 10, 12, 13, 22.
 func dropoutKernel(_ ctx: NodeContext) throws -> Kernel {
     try DropoutKernel(ctx)
+}
+
+/// The gradient rule of Dropout.
+func dropoutGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let dY = try g.requiredDY()
+    let trainingMode: Bool? = g.opset >= 12 ? (g.hasInput(2) ? g.constantInput(2)?.scalarDouble().map { $0 != 0 } : false) : (g.node.int("is_test") ?? 0) == 0
+    if trainingMode == false { return [dY] }
+    let mask = g.forwardOutput(1, info: TensorInfo(dtype: .bool, shape: g.shapeInfo(g.input(0))))
+    var inputs = [dY, mask]
+    if g.opset >= 12 {
+        inputs.append(g.hasInput(1) ? g.input(1) : "")
+        if g.hasInput(2) { inputs.append(g.input(2)) }
+        while inputs.last == "" { inputs.removeLast() }
+    } else {
+        inputs.append(try g.scalar(Double(g.node.float("ratio") ?? 0.5), like: g.input(0), name: "ratio"))
+    }
+    return [g.ms("DropoutGrad", inputs)[0]]
 }

@@ -162,6 +162,7 @@ struct EinsumOp: FloatOperation {
 
 func registerEinsumOps(_ registry: OpRegistry) {
     registry.register("Einsum", since: 12, einsumKernel)
+    registry.registerGradient("Einsum", einsumGradient)
 }
 
 /// Einsum, since opset 12.
@@ -193,4 +194,54 @@ struct FromDoubles: NumericOperation {
     func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         Tensor(shape: shape, scalars: values.map { T(fromDouble: $0.rounded()) })
     }
+}
+
+/// Einsum: the gradient of operand i is an einsum of dY with the other operands, written to
+/// operand i's subscripts; labels only operand i has (summed away) come back by broadcasting,
+/// and ellipsis dimensions broadcast in the forward are summed back.
+func einsumGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    guard let equation = g.node.string("equation") else { throw GradientError("Einsum has no equation") }
+    let compact = equation.replacingOccurrences(of: " ", with: "")
+    let sides = compact.components(separatedBy: "->")
+    func tokens(_ term: Substring) -> [String] {
+        var out: [String] = []
+        var rest = term[...]
+        while !rest.isEmpty {
+            if rest.hasPrefix("...") { out.append("..."); rest = rest.dropFirst(3) } else { out.append(String(rest.first!)); rest = rest.dropFirst() }
+        }
+        return out
+    }
+    let terms = sides[0].split(separator: ",", omittingEmptySubsequences: false).map(tokens)
+    guard terms.count == g.node.inputs.count else { throw GradientError("Einsum's equation has \(terms.count) operands, the node \(g.node.inputs.count)") }
+    var output: [String]
+    if sides.count == 2 {
+        output = tokens(Substring(sides[1]))
+    } else {
+        // Implicit output: the ellipsis, then the labels that appear once, in alphabetical order.
+        var counts: [String: Int] = [:]
+        for t in terms.joined() where t != "..." { counts[t, default: 0] += 1 }
+        output = (terms.joined().contains("...") ? ["..."] : []) + counts.filter { $0.value == 1 }.keys.sorted()
+    }
+    func text(_ t: [String]) -> String { t.joined() }
+    var grads: [String?] = []
+    for (i, term) in terms.enumerated() {
+        guard g.needs(i) else { grads.append(nil); continue }
+        guard Set(term).count == term.count else { throw GradientError("Einsum with a repeated label in one operand ('\(text(term))') is not differentiated") }
+        let others = terms.enumerated().filter { $0.offset != i }
+        var available = Set(output)
+        for (_, t) in others { available.formUnion(t) }
+        let target = term.filter { available.contains($0) }
+        let eq = ([text(output)] + others.map { text($0.element) }).joined(separator: ",") + "->" + text(target)
+        var grad = g.op("Einsum", [dY] + others.map { g.input($0.offset) }, attributes: ["equation": .string(eq)])
+        if target.count != term.count {
+            // Labels summed away in the forward: give them back as size-1 axes, then broadcast.
+            guard !term.contains("..."), true else { throw GradientError("Einsum with an ellipsis and a label only one operand has is not differentiated") }
+            let missing = term.enumerated().filter { !available.contains($0.element) }.map(\.offset)
+            grad = g.op("Expand", [g.unsqueeze(grad, axes: missing), g.shape(of: g.input(i))])
+        }
+        if term.contains("...") { grad = g.reduceToShape(grad, gradShape: nil, of: g.input(i)) }
+        grads.append(grad)
+    }
+    return grads
 }

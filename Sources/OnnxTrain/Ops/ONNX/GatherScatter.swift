@@ -22,6 +22,13 @@ func registerGatherScatterOps(_ registry: OpRegistry) {
     registry.register("ScatterND", since: 11, scatterNDKernel)
     registry.register("TensorScatter", since: 24, tensorScatterKernel)
     registry.register("Unique", since: 11, uniqueKernel)
+
+    // Gradient rules (GradientContext):
+    registry.registerGradient("Gather", gatherGradient)
+    registry.registerGradient("GatherElements", gatherElementsGradient)
+    registry.registerGradient("GatherND", gatherNDGradient)
+    registry.registerGradient("ScatterElements", scatterElementsGradient)
+    registry.registerGradient("ScatterND", scatterNDGradient)
 }
 
 /// Gather, since opset 1.

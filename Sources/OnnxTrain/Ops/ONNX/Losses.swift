@@ -95,4 +95,16 @@ struct LossKernel: Kernel {
 func registerLossOps(_ registry: OpRegistry) {
     registry.register("NegativeLogLikelihoodLoss", since: 12) { ctx in try LossKernel(ctx, softmax: false) }
     registry.register("SoftmaxCrossEntropyLoss", since: 12) { ctx in try LossKernel(ctx, softmax: true) }
+    registry.registerGradient("SoftmaxCrossEntropyLoss", softmaxCrossEntropyLossGradient)
+}
+
+/// The gradient rule of SoftmaxCrossEntropyLoss.
+func softmaxCrossEntropyLossGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil, nil, nil] }
+    let logProb = g.forwardOutput(1, info: TensorInfo(dtype: g.dtype(g.input(0)), shape: g.shapeInfo(g.input(0))))
+    var attributes: [String: Attribute] = ["reduction": .string(g.node.string("reduction") ?? "mean")]
+    if let ignore = g.node.int("ignore_index") { attributes["ignore_index"] = .int(ignore) }
+    var inputs = [try g.requiredDY(), logProb, g.input(1)]
+    if g.hasInput(2) { inputs.append(g.input(2)) }
+    return [g.ms("SoftmaxCrossEntropyLossGrad", inputs, attributes: attributes)[0], nil, nil]
 }

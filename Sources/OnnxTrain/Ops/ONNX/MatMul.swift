@@ -253,6 +253,10 @@ func registerMatMulOps(_ registry: OpRegistry) {
         AnyKernel { inputs, _ in [.tensor(try matmul(inputs.tensor(0), inputs.tensor(1)))] }
     }
     registry.register("MatMulInteger", since: 10, matMulIntegerKernel)
+
+    // Gradient rules (GradientContext):
+    registry.registerGradient("Gemm", gemmGradient)
+    registry.registerGradient("MatMul", matMulGradient)
 }
 
 /// MatMulInteger, since opset 10.
@@ -265,4 +269,80 @@ func matMulIntegerKernel(_ ctx: NodeContext) throws -> Kernel {
         let bd = try shiftedToDouble(b, zeroPoint: bzp, axis: b.rank - 1)
         return [.tensor(doubleToInt32(try floatMatMul(ad, bd, Double.self)))]
     }
+}
+
+/// The gradient rule of Gemm.
+func gemmGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    let a = g.input(0), b = g.input(1)
+    let transA = g.node.int("transA") == 1, transB = g.node.int("transB") == 1
+    let alpha = g.node.float("alpha") ?? 1, beta = g.node.float("beta") ?? 1
+    func gemm(_ x: String, _ y: String, _ tA: Bool, _ tB: Bool) -> String {
+        g.op("Gemm", [x, y], attributes: ["transA": .int(tA ? 1 : 0), "transB": .int(tB ? 1 : 0),
+                                           "alpha": .float(alpha), "beta": .float(0)])
+    }
+    var dA: String?, dB: String?, dC: String?
+    if g.needs(0) {
+        // Y = op(A) op(B): d op(A) = dY op(B)^T
+        dA = transA ? gemm(b, dY, transB, true) : gemm(dY, b, false, !transB)
+    }
+    if g.needs(1) {
+        // d op(B) = op(A)^T dY
+        dB = transB ? gemm(dY, a, true, transA) : gemm(a, dY, !transA, false)
+    }
+    if g.needs(2) {
+        var reduced: String
+        let c = g.input(2)
+        if let cShape = g.shapeInfo(c), cShape.count == 1, let y = g.shapeInfo(g.output(0)), y.count == 2, cShape[0] == y[1], cShape[0] != .value(1) {
+            reduced = g.reduceSum(dY, axes: [0], keepdims: false)
+        } else {
+            reduced = g.reduced(dY, toInput: 2)
+        }
+        if beta != 1 { reduced = g.op("Mul", [reduced, try g.scalar(Double(beta), like: c, name: "beta")]) }
+        dC = reduced
+    }
+    return [dA, dB, dC]
+}
+
+/// The gradient rule of MatMul.
+func matMulGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    var a = g.input(0), b = g.input(1)
+    // An unknown rank is taken as a matrix or a batch of them (vectors have static ranks in practice);
+    // the broadcast reduction then works on run-time shapes.
+    let ra = g.rank(a) ?? 2, rb = g.rank(b) ?? 2
+    // Vectors become matrices, and the gradient is reshaped back at the end.
+    var grad = dY
+    if ra == 1 && rb == 1 {
+        return [g.needs(0) ? g.op("Mul", [dY, b]) : nil, g.needs(1) ? g.op("Mul", [dY, a]) : nil]
+    }
+    if ra == 1 { a = g.unsqueeze(a, axes: [0]); grad = g.unsqueeze(grad, axes: [-2]) }
+    if rb == 1 { b = g.unsqueeze(b, axes: [1]); grad = g.unsqueeze(grad, axes: [-1]) }
+    let aShape = ra == 1 ? g.shapeInfo(g.input(0)).map { [.value(1)] + $0 } : g.shapeInfo(a)
+    let bShape = rb == 1 ? g.shapeInfo(g.input(1)).map { $0 + [.value(1)] } : g.shapeInfo(b)
+    let yShape = TypeInference.matmulShape(aShape, bShape, transA: false, transB: false)
+    var dA: String?, dB: String?
+    if g.needs(0) {
+        var d = g.ms("FusedMatMul", [grad, b], attributes: ["transB": .int(1), "alpha": .float(1)])[0]
+        if let y = yShape, let k = bShape.map({ $0[$0.count - 2] }) {
+            d = g.reduceToShape(d, gradShape: Array(y.dropLast()) + [k], of: a == g.input(0) ? a : g.input(0))
+        }
+        dA = ra == 1 ? g.reshape(d, like: g.input(0)) : d
+    }
+    if g.needs(1) {
+        var d: String
+        if max(ra, 2) >= 3 && rb == 2, let k = g.staticShape(g.input(1))?.first, let n = g.staticShape(g.input(1))?.last {
+            // A batch of rows against one weight: one product over every row, as onnxruntime.
+            let rows = g.op("Reshape", [a, g.ints([-1, k], name: "rows")])
+            let gradRows = g.op("Reshape", [grad, g.ints([-1, n], name: "grad_rows")])
+            d = g.op("Gemm", [rows, gradRows], attributes: ["transA": .int(1), "alpha": .float(1), "beta": .float(0)])
+        } else {
+            d = g.ms("FusedMatMul", [a, grad], attributes: ["transA": .int(1), "alpha": .float(1)])[0]
+            if let y = yShape, let k = aShape.map({ $0[$0.count - 1] }) {
+                d = g.reduceToShape(d, gradShape: Array(y.dropLast(2)) + [k, y[y.count - 1]], of: rb == 1 ? b : g.input(1))
+            }
+        }
+        dB = rb == 1 ? g.reshape(d, like: g.input(1)) : d
+    }
+    return [dA, dB]
 }

@@ -161,6 +161,15 @@ extension OpRegistry {
         }
     }
 
+    /// Registers the gradient rule of a unary op, dX = `rule(g, dY, X, Y)`: the rule names the
+    /// input and the forward output so it can use whichever is cheaper.
+    func registerUnaryGradient(_ opType: String, _ rule: @escaping (GradientContext, String, String, String) throws -> String) {
+        registerGradient(opType) { g in
+            guard g.needs(0) else { return [nil] }
+            return [try rule(g, try g.requiredDY(), g.input(0), g.output(0))]
+        }
+    }
+
     /// Registers a comparison with broadcasting and a bool output at each since-version.
     func registerComparison<F: ComparisonFunction>(_ opType: String, since versions: [Int], _ f: F) {
         register(opType, since: versions) { _ in

@@ -17,5 +17,15 @@ func registerMovementOps(_ registry: OpRegistry) {
     registry.register("Compress", since: 9, compressKernel)
     registry.register("NonZero", since: 9, nonZeroKernel)
     registry.register("OneHot", since: 9, oneHotKernel)
+
+    // Gradient rules (GradientContext):
+    registry.registerGradient("Transpose", transposeGradient)
+    registry.registerGradient("Concat", concatGradient)
+    registry.registerGradient("Split", splitGradient)
+    registry.registerGradient("Slice", sliceGradient)
+    registry.registerGradient("Expand", expandGradient)
+    registry.registerGradient("Tile", tileGradient)
+    registry.registerGradient("Pad", padGradient)
+    registry.registerGradient("Trilu", triluGradient)
 }
 

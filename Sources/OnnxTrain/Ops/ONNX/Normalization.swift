@@ -359,6 +359,13 @@ func registerNormalizationOps(_ registry: OpRegistry) {
     registry.register("GroupNormalization", since: [18, 21], groupNormalizationKernel)
     registry.register("LRN", since: 1, lrnKernel)
     registry.register("MeanVarianceNormalization", since: 9, meanVarianceNormalizationKernel)
+
+    // Gradient rules (GradientContext):
+    registry.registerGradient("BatchNormalization", batchNormalizationGradient)
+    registry.registerGradient("LayerNormalization", layerNormalizationGradient)
+    registry.registerGradient("LayerNormalization", domain: "com.microsoft", layerNormalizationGradient)
+    registry.registerGradient("GroupNormalization") { g in try groupNormGradient(g, instance: false) }
+    registry.registerGradient("InstanceNormalization") { g in try groupNormGradient(g, instance: true) }
 }
 
 /// LpNormalization, since opset 1.
@@ -448,4 +455,94 @@ func meanVarianceNormalizationKernel(_ ctx: NodeContext) throws -> Kernel {
             [try dispatchFloat(t[0]!.dtype, MVNOp(x: t[0]!, axes: axes))]
         }.map { $0.map(Value.tensor) }
     }
+}
+
+/// The gradient rule of BatchNormalization.
+func batchNormalizationGradient(_ g: GradientContext) throws -> [String?] {
+    let training = (g.node.int("training_mode") ?? 0) == 1 || (g.opset < 9 && g.node.outputs.count > 1)
+    if training {
+        throw GradientError("BatchNormalization in training mode is differentiated as com.microsoft BatchNormInternal (the artifact builder rewrites it)")
+    }
+    // Inference mode (frozen statistics): Y = (X - mean) * scale / sqrt(var + eps) + B, per channel.
+    let dY = try g.requiredDY()
+    let x = g.input(0)
+    guard let rank = g.rank(x), rank >= 2 else { throw GradientError("BatchNormalization needs the rank of its input") }
+    let channelAxes = [0] + Array(2..<rank)
+    func perChannel(_ v: String) -> String { rank == 2 ? v : g.unsqueeze(v, axes: Array(1..<(rank - 1))) }
+    let eps = try g.scalar(Double(g.node.float("epsilon") ?? 1e-5), like: x, name: "epsilon")
+    let invStd = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [g.input(4), eps])])])
+    var dX: String?, dScale: String?, dB: String?
+    if g.needs(0) { dX = g.op("Mul", [dY, perChannel(g.op("Mul", [g.input(1), invStd]))]) }
+    if g.needs(1) {
+        let normalized = g.op("Mul", [g.op("Sub", [x, perChannel(g.input(3))]), perChannel(invStd)])
+        dScale = g.reduceSum(g.op("Mul", [dY, normalized]), axes: channelAxes, keepdims: false)
+    }
+    if g.needs(2) { dB = g.reduceSum(dY, axes: channelAxes, keepdims: false) }
+    return [dX, dScale, dB, nil, nil]
+}
+
+/// The gradient rule of LayerNormalization (ai.onnx.preview.training).
+func layerNormalizationGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    let mean = g.forwardOutput(1), invStd = g.forwardOutput(2)
+    var attributes: [String: Attribute] = ["axis": .int(g.node.int("axis") ?? -1), "epsilon": .float(g.node.float("epsilon") ?? 1e-5)]
+    if let stash = g.node.int("stash_type") { attributes["stash_type"] = .int(stash) }
+    let hasBias = g.hasInput(2)
+    let base = (g.node.name.isEmpty ? "LayerNormalization" : g.node.name) + "_Grad/"
+    let outs = g.emit("LayerNormalizationGrad", domain: "com.microsoft", [dY, g.input(0), g.input(1), mean, invStd],
+                      outputs: 3, attributes: attributes,
+                      names: [base + "dX", base + "dScale", hasBias ? base + "dBias" : ""])
+    return [g.needs(0) ? outs[0] : nil, g.needs(1) ? outs[1] : nil, hasBias && g.needs(2) ? outs[2] : nil]
+}
+
+/// GroupNormalization (scale and bias per channel from opset 21, per group at 18) and
+/// InstanceNormalization (one group per channel): with x̂ = (x - μ)·r over each group,
+/// dx̂ = dY·scale and dX = r·(dx̂ - mean(dx̂) - x̂·mean(dx̂·x̂)).
+func groupNormGradient(_ g: GradientContext, instance: Bool) throws -> [String?] {
+    let dY = try g.requiredDY()
+    let x = g.input(0)
+    guard let shape = g.shapeInfo(x), shape.count >= 3, case .value(let channels) = shape[1] else {
+        throw GradientError("\(g.node.opType) needs its input's rank and channel count")
+    }
+    let r = shape.count
+    let groups = instance ? channels : (g.node.int("num_groups") ?? 1)
+    let perChannelAffine = instance || g.opset >= 21
+    let eps = try g.scalar(Double(g.node.float("epsilon") ?? 1e-5), like: x, name: "epsilon")
+    // [N, G, C/G * spatial] views; statistics over the last axis.
+    let grouped = g.ints([0, groups, -1], name: "grouped")
+    let xg = g.op("Reshape", [x, grouped])
+    let mean = g.reduceMean(xg, axes: [2])
+    let centered = g.op("Sub", [xg, mean])
+    let variance = g.reduceMean(g.op("Mul", [centered, centered]), axes: [2])
+    let invStd = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [variance, eps])])])
+    let normalized = g.op("Mul", [centered, invStd])                         // x̂ [N, G, K]
+    let xHat = g.reshape(normalized, like: x)                                 // x̂ in X's shape
+    // The affine parameters broadcast per channel [1, C, 1, ...].
+    let channelShape = g.ints([1, channels] + Array(repeating: 1, count: r - 2), name: "channel_shape")
+    var scale = g.input(1)
+    if !perChannelAffine {
+        // Opset 18: one scale per group, repeated over the group's channels.
+        let perGroup = g.op("Reshape", [scale, g.ints([groups, 1], name: "group_column")])
+        scale = g.op("Reshape", [g.op("Expand", [perGroup, g.ints([groups, channels / groups], name: "group_channels")]), g.ints([channels], name: "channels")])
+    }
+    let spatialAxes = [0] + Array(2..<r)
+    var dScale: String?, dBias: String?, dX: String?
+    if g.needs(1) || g.needs(2) {
+        if g.needs(1) {
+            let perChannel = g.reduceSum(g.op("Mul", [dY, xHat]), axes: spatialAxes, keepdims: false)
+            dScale = perChannelAffine ? perChannel : g.reduceSum(g.op("Reshape", [perChannel, g.ints([groups, channels / groups], name: "per_group")]), axes: [1], keepdims: false)
+        }
+        if g.needs(2) {
+            let perChannel = g.reduceSum(dY, axes: spatialAxes, keepdims: false)
+            dBias = perChannelAffine ? perChannel : g.reduceSum(g.op("Reshape", [perChannel, g.ints([groups, channels / groups], name: "per_group")]), axes: [1], keepdims: false)
+        }
+    }
+    if g.needs(0) {
+        let dXHat = g.op("Reshape", [g.op("Mul", [dY, g.op("Reshape", [scale, channelShape])]), grouped])
+        let meanD = g.reduceMean(dXHat, axes: [2])
+        let meanDX = g.reduceMean(g.op("Mul", [dXHat, normalized]), axes: [2])
+        let inner = g.op("Sub", [g.op("Sub", [dXHat, meanD]), g.op("Mul", [normalized, meanDX])])
+        dX = g.reshape(g.op("Mul", [inner, invStd]), like: x)
+    }
+    return [dX, dScale, dBias]
 }

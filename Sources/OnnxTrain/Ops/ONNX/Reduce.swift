@@ -217,4 +217,148 @@ func registerReduceOps(_ registry: OpRegistry) {
     }
     registerReduce(registry, "ReduceMax", .max, attributeVersions: [1, 11, 12, 13], inputVersions: [18, 20])
     registerReduce(registry, "ReduceMin", .min, attributeVersions: [1, 11, 12, 13], inputVersions: [18, 20])
+
+    // Gradient rules (GradientContext):
+    registry.registerGradient("ReduceSum", reduceSumGradient)
+    registry.registerGradient("ReduceMean", reduceMeanGradient)
+    registry.registerGradient("ReduceSumSquare", reduceSumSquareGradient)
+    registry.registerGradient("ReduceL1", reduceL1Gradient)
+    registry.registerGradient("ReduceL2", reduceL2Gradient)
+    registry.registerGradient("ReduceLogSumExp", reduceLogSumExpGradient)
+    registry.registerGradient("ReduceLogSum", reduceLogSumGradient)
+    registry.registerGradient("ReduceProd", reduceProdGradient)
+    for name in ["ReduceMax", "ReduceMin"] {
+        registry.registerGradient(name) { g in
+            guard g.needs(0) else { return [nil] }
+            let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
+            // The gradient is shared evenly by the elements equal to the extreme (PyTorch's amax/amin).
+            let x = g.input(0)
+            let mask = g.op("Cast", [g.op("Equal", [x, r.unsqueezed(g.output(0))])], attributes: ["to": .int(Int(try g.floatType(x).rawValue))])
+            let count = r.sumKeepingDims(mask)
+            return [g.op("Mul", [mask, g.op("Div", [r.unsqueezed(try g.requiredDY()), count])])]
+        }
+    }
+}
+
+/// The gradient rule of ReduceSum.
+func reduceSumGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 13)
+    return [g.op("Expand", [r.unsqueezed(try g.requiredDY()), g.shape(of: g.input(0))])]
+}
+
+/// The gradient rule of ReduceMean.
+func reduceMeanGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
+    let dY = try g.requiredDY()
+    // As onnxruntime: dY scaled down by Size(X) / Size(dY), then broadcast back.
+    let scale = g.op("Div", [g.op("Size", [g.input(0)]), g.op("Size", [dY])])
+    let scaled = g.ms("Scale", [dY, scale], attributes: ["scale_down": .int(1)])[0]
+    return [g.op("Expand", [r.unsqueezed(scaled), g.shape(of: g.input(0))])]
+}
+
+/// The gradient rule of ReduceSumSquare.
+func reduceSumSquareGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
+    let x = g.input(0)
+    let twice = g.op("Mul", [x, try g.scalar(2, like: x, name: "two")])
+    return [g.op("Mul", [twice, r.unsqueezed(try g.requiredDY())])]
+}
+
+/// The gradient rule of ReduceL1.
+func reduceL1Gradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
+    return [g.op("Mul", [g.op("Sign", [g.input(0)]), r.unsqueezed(try g.requiredDY())])]
+}
+
+/// The gradient rule of ReduceL2.
+func reduceL2Gradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
+    // dX = dY * X / Y (where Y = 0 the gradient is 0, as PyTorch's norm)
+    let x = g.input(0), y = r.unsqueezed(g.output(0))
+    let zero = try g.scalar(0, like: x, name: "zero")
+    let safe = g.op("Where", [g.op("Equal", [y, zero]), try g.scalar(1, like: x, name: "one"), y])
+    let ratio = g.op("Where", [g.op("Equal", [y, zero]), zero, g.op("Div", [x, safe])])
+    return [g.op("Mul", [ratio, r.unsqueezed(try g.requiredDY())])]
+}
+
+/// The gradient rule of ReduceLogSumExp.
+func reduceLogSumExpGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
+    let softmax = g.op("Exp", [g.op("Sub", [g.input(0), r.unsqueezed(g.output(0))])])
+    return [g.op("Mul", [softmax, r.unsqueezed(try g.requiredDY())])]
+}
+
+/// The gradient rule of ReduceLogSum.
+func reduceLogSumGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
+    let sum = g.op("Exp", [r.unsqueezed(g.output(0))])
+    return [g.op("Expand", [g.op("Div", [r.unsqueezed(try g.requiredDY()), sum]), g.shape(of: g.input(0))])]
+}
+
+/// The gradient rule of ReduceProd.
+func reduceProdGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return [nil] }
+    let r = try ReducedGradient(g, axesFromInput: g.opset >= 18)
+    // dX = dY * Y / X (inputs with zeros are not supported: their gradient would be inf/NaN).
+    return [g.op("Mul", [r.unsqueezed(try g.requiredDY()), g.op("Div", [r.unsqueezed(g.output(0)), g.input(0)])])]
+}
+
+/// The axes of a Reduce* node and how to undo the reduction's shape on its gradient.
+struct ReducedGradient {
+    let g: GradientContext
+    /// Fixed axes ([] = every axis), or the name of the run-time axes input.
+    let axes: [Int]?
+    let axesValue: String?
+    let keepdims: Bool
+    let noop: Bool
+
+    init(_ g: GradientContext, axesFromInput: Bool) throws {
+        self.g = g
+        keepdims = (g.node.int("keepdims") ?? 1) != 0
+        if axesFromInput {
+            if !g.hasInput(1) {
+                axes = []
+                axesValue = nil
+            } else if let t = g.constantInput(1), let v = t.intValues() {
+                axes = v
+                axesValue = nil
+            } else {
+                axes = nil
+                axesValue = g.input(1)
+            }
+        } else {
+            axes = g.node.ints("axes") ?? []
+            axesValue = nil
+        }
+        noop = g.node.int("noop_with_empty_axes") == 1
+    }
+
+    /// A reduced tensor given back the reduced axes as size-1 dimensions (nothing to do with keepdims).
+    func unsqueezed(_ value: String) -> String {
+        if keepdims { return value }
+        if let axes {
+            if axes.isEmpty { return value }  // a scalar broadcasts against anything
+            return g.unsqueeze(value, axes: axes)
+        }
+        // Run-time axes: unsqueeze through the input's shape with ones at the reduced axes.
+        return g.op("Reshape", [value, g.op("Shape", [sumKeepingDims(g.input(0))])])
+    }
+
+    /// `x` summed over the node's axes with keepdims.
+    func sumKeepingDims(_ x: String) -> String {
+        if let axes {
+            if axes.isEmpty && noop { return x }
+            if axes.isEmpty, let r = g.rank(g.input(0)) { return g.reduceSum(x, axes: Array(0..<r), keepdims: true) }
+            if axes.isEmpty { return g.op("ReduceSum", [x], attributes: ["keepdims": .int(1)]) }
+            return g.reduceSum(x, axes: axes, keepdims: true)
+        }
+        return g.reduceSum(x, axesValue: axesValue!, keepdims: true)
+    }
 }

@@ -1,4 +1,5 @@
-/// Elementwise math, activations, reductions, softmax and casts (owner: ops-math).
+/// Elementwise math, activations, reductions, softmax and casts. Each family file registers its
+/// ops' kernels and gradient rules.
 func registerMathOps(_ registry: OpRegistry) {
     registerBinaryMathOps(registry)     // BinaryMath.swift: arithmetic, bitwise, comparison, logical, Where, variadic
     registerUnaryMathOps(registry)      // UnaryMath.swift: Abs ... Erf, IsNaN, IsInf, Clip
@@ -9,5 +10,4 @@ func registerMathOps(_ registry: OpRegistry) {
     registerTopKOps(registry)           // TopK.swift
     registerSoftmaxOps(registry)        // Softmax.swift: Softmax, LogSoftmax, Hardmax
     registerCastOps(registry)           // Cast.swift: Cast, CastLike, Tensor.cast(to:)
-    registerMathGradients(registry)     // Math+Gradients.swift: gradient rules of the ops above
 }

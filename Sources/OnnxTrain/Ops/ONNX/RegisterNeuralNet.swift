@@ -1,4 +1,4 @@
-/// Neural-network ops: one registration function per family file.
+/// Neural-network ops: one registration function per family file (kernels and gradient rules).
 func registerNeuralNetOps(_ registry: OpRegistry) {
     registerMatMulOps(registry)        // MatMul.swift: Gemm, MatMul, MatMulInteger
     registerEinsumOps(registry)        // Einsum.swift
@@ -11,7 +11,5 @@ func registerNeuralNetOps(_ registry: OpRegistry) {
     registerRecurrentStateOps(registry) // RecurrentState.swift: CausalConvWithState, LinearAttention
     registerLossOps(registry)          // Losses.swift: NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss
     registerQuantizationOps(registry)  // Quantization.swift: Quantize/Dequantize/DynamicQuantizeLinear, QLinearMatMul
-    registerNeuralNetGradients(registry) // NeuralNet+Gradients.swift: gradient rules of the ops above
-    registerRecurrentGradients(registry) // Recurrent+Gradients.swift: LSTM and GRU through LSTMTraining/GRUTraining
-    registerMoreNeuralNetGradients(registry) // NeuralNetMore+Gradients.swift: ConvTranspose, TopK, Group/InstanceNorm, Einsum, Resize
+    registerConvPoolGradients(registry) // ConvPool+Gradients.swift: gradient rules of Conv, ConvTranspose, pooling
 }

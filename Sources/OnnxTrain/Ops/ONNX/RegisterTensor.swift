@@ -9,5 +9,4 @@ func registerTensorOps(_ registry: OpRegistry) {
     registerSignalOps(registry)         // Signal.swift: DFT, STFT, window functions, MelWeightMatrix
     registerStringOps(registry)         // Strings.swift: StringNormalizer, StringConcat, StringSplit, RegexFullMatch
     registerRandomOps(registry)         // Random.swift: RandomNormal/Uniform(Like), Bernoulli, Multinomial
-    registerTensorGradients(registry)   // Tensor+Gradients.swift: gradient rules of the ops above
 }

@@ -6,6 +6,8 @@ import Foundation
 func registerResizeOps(_ registry: OpRegistry) {
     registry.register("Resize", since: [10, 11], resizeKernel)
     registry.register("Upsample", since: [7, 9], upsampleKernel)
+    registry.registerGradient("Resize", resizeGradient)
+    registry.registerGradient("Upsample", resizeGradient)
 }
 
 /// Resize, since opset 10, 11.
@@ -212,4 +214,96 @@ private func resizeTaps(input n: Int, output m: Int, scale: Double, roi: (Double
         taps.append(tap.map { (min(max($0.0, 0), n - 1), $0.1) })
     }
     return taps
+}
+
+/// Resize and Upsample are linear in X and separable by axis (nearest, linear, cubic, with any
+/// coordinate transformation), so Y = X ×_a M_a over the resized axes, and dX = dY ×_a M_aᵀ.
+/// Each M_a is computed once, while the gradient graph is built, by resizing an identity matrix
+/// with the node's own attributes; it needs the input's static shape and constant scales or sizes.
+func resizeGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0) else { return Array(repeating: nil, count: g.node.inputs.count) }
+    let dY = try g.requiredDY()
+    let x = g.input(0)
+    guard let shape = g.staticShape(x) else { throw GradientError("\(g.node.opType) is differentiated for a static input shape") }
+    let dtype = try g.floatType(x)
+    let r = shape.count
+    // Per-axis scale (or output size) from the constant inputs or attributes.
+    var scales: [Double]?
+    var sizes: [Int]?
+    if g.node.opType == "Upsample" || g.opset < 11 {
+        if let s = g.node.attributes["scales"], case .floats(let v) = s { scales = v.map(Double.init) }
+        else if let t = g.constantInput(1) { scales = (0..<t.count).compactMap { t.scalarDouble(at: $0) } }
+    } else {
+        if let t = g.constantInput(3), t.count > 0 { sizes = t.intValues() }
+        else if let t = g.constantInput(2), t.count > 0 { scales = (0..<t.count).compactMap { t.scalarDouble(at: $0) } }
+    }
+    if let axes = g.node.ints("axes") {
+        // Opset 18: scales/sizes name only some axes.
+        var fullScales = [Double](repeating: 1, count: r), fullSizes = shape
+        for (k, a) in axes.enumerated() {
+            let axis = a < 0 ? a + r : a
+            if let s = scales, k < s.count { fullScales[axis] = s[k] }
+            if let s = sizes, k < s.count { fullSizes[axis] = s[k] }
+        }
+        if scales != nil { scales = fullScales }
+        if sizes != nil { sizes = fullSizes }
+    }
+    guard scales?.count == r || sizes?.count == r else {
+        throw GradientError("\(g.node.opType) is differentiated for constant scales or sizes")
+    }
+    if g.node.string("keep_aspect_ratio_policy").map({ $0 != "stretch" }) == true {
+        throw GradientError("Resize with keep_aspect_ratio_policy is not differentiated")
+    }
+    var grad = dY
+    for axis in 0..<r {
+        let n = shape[axis]
+        let resized = sizes.map { $0[axis] != n } ?? (scales![axis] != 1)
+        guard resized else { continue }
+        // M_aᵀ: resize the rows of an n x n identity along axis 1 with this axis's scale or size.
+        var basis = Graph()
+        basis.inputs = [ValueInfo(name: "I", type: .tensor(dtype, shape: [.value(n), .value(n)]))]
+        var attributes = g.attributes
+        attributes["axes"] = nil
+        var inputs = ["I"]
+        if g.node.opType == "Upsample" || g.opset < 11 {
+            if g.node.opType == "Upsample" && g.opset < 9 { attributes["scales"] = .floats([1, Float(scales![axis])]) }
+            else { basis.setInitializer("scales", Tensor(shape: [2], scalars: [Float(1), Float(scales![axis])])); inputs.append("scales") }
+        } else {
+            basis.setInitializer("roi", try GradientContext.scalarTensor(0, dtype: dtype, shape: [0]))
+            if let sizes {
+                basis.setInitializer("scales", Tensor(shape: [0], scalars: [Float]()))
+                basis.setInitializer("sizes", Tensor(shape: [2], scalars: [Int64(n), Int64(sizes[axis])]))
+                inputs += ["roi", "scales", "sizes"]
+            } else {
+                basis.setInitializer("scales", Tensor(shape: [2], scalars: [Float(1), Float(scales![axis])]))
+                inputs += ["roi", "scales"]
+            }
+        }
+        if let roi = g.constantInput(1), roi.count == 2 * r, g.node.string("coordinate_transformation_mode") == "tf_crop_and_resize" {
+            basis.setInitializer("roi", try GradientContext.scalarTensor(0, dtype: dtype, shape: [4]))
+            var values = [Double](repeating: 0, count: 4)
+            values[0] = 0; values[2] = 1
+            values[1] = roi.scalarDouble(at: axis) ?? 0
+            values[3] = roi.scalarDouble(at: axis + r) ?? 1
+            basis.setInitializer("roi", try Tensor(shape: [4], scalars: values).cast(to: dtype))
+        }
+        basis.nodes = [Node(opType: g.node.opType, name: "basis", inputs: inputs, outputs: ["R"], attributes: attributes)]
+        basis.outputs = [ValueInfo(name: "R", type: nil)]
+        var model = Model(graph: basis)
+        model.opsetImports = ["": g.onnxOpset]
+        var identity = [Double](repeating: 0, count: n * n)
+        for i in 0..<n { identity[i * n + i] = 1 }
+        let feeds: [String: Value] = ["I": .tensor(try Tensor(shape: [n, n], scalars: identity).cast(to: dtype))]
+        guard let transposedM = try InferenceSession(model: model).run(feeds)["R"]?.tensor else {
+            throw GradientError("could not compute the interpolation matrix of axis \(axis)")
+        }
+        // R = Mᵀ [n, out]: dX along the axis = dY (axis last) @ M = dY @ Rᵀ.
+        let m = g.constant(transposedM, name: "interpolation_\(axis)")
+        var perm = Array(0..<r)
+        perm.swapAt(axis, r - 1)
+        let moved = axis == r - 1 ? grad : g.op("Transpose", [grad], attributes: ["perm": .ints(perm)])
+        let product = g.ms("FusedMatMul", [moved, m], attributes: ["transB": .int(1), "alpha": .float(1)])[0]
+        grad = axis == r - 1 ? product : g.op("Transpose", [product], attributes: ["perm": .ints(perm)])
+    }
+    return [grad] + Array(repeating: nil, count: g.node.inputs.count - 1)
 }

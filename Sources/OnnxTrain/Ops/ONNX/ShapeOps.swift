@@ -48,6 +48,13 @@ func registerShapeOps(_ registry: OpRegistry) {
     registry.register("BitCast", since: 26, bitCastKernel)
     registry.register("Reshape", since: 1, reshape2Kernel)
     registry.register("Range", since: 11, rangeKernel)
+
+    // Gradient rules (GradientContext):
+    registry.registerUnaryGradient("Identity") { _, dY, _, _ in dY }
+    registry.registerGradient("Reshape", reshapeGradient)
+    registry.registerGradient("Flatten", reshapeGradient)
+    registry.registerGradient("Squeeze", reshapeGradient)
+    registry.registerGradient("Unsqueeze", reshapeGradient)
 }
 
 /// Reshape, since opset 5.
@@ -140,3 +147,9 @@ func dtypeFromCode(_ code: Int) throws -> DType {
     return d
 }
 
+/// The gradient rule of Reshape, Flatten, Squeeze and Unsqueeze: dY reshaped to the input's shape.
+func reshapeGradient(_ g: GradientContext) throws -> [String?] {
+    var grads: [String?] = Array(repeating: nil, count: g.node.inputs.count)
+    if g.needs(0) { grads[0] = g.reshape(try g.requiredDY(), like: g.input(0)) }
+    return grads
+}

@@ -113,4 +113,15 @@ func registerSoftmaxOps(_ registry: OpRegistry) {
     registerSoftmaxFamily(registry, "Softmax", .softmax)
     registerSoftmaxFamily(registry, "LogSoftmax", .logSoftmax)
     registerSoftmaxFamily(registry, "Hardmax", .hardmax)
+
+    // Gradient rules (GradientContext):
+    // Softmax family: onnxruntime's grads, the opset-13 variants reduce over one axis.
+    for (forward, grad) in [("Softmax", "SoftmaxGrad"), ("LogSoftmax", "LogSoftmaxGrad")] {
+        registry.registerGradient(forward) { g in
+            guard g.needs(0) else { return [nil] }
+            let modern = g.opset >= 13
+            let axis = g.node.int("axis") ?? (modern ? -1 : 1)
+            return [g.ms(modern ? grad + "_13" : grad, [try g.requiredDY(), g.output(0)], attributes: ["axis": .int(axis)])[0]]
+        }
+    }
 }

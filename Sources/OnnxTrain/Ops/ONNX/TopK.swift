@@ -57,6 +57,7 @@ func topK(_ x: Tensor, k: Int, axis axisAttribute: Int, largest: Bool) throws ->
 func registerTopKOps(_ registry: OpRegistry) {
     registry.register("TopK", since: 1, topKKernel)
     registry.register("TopK", since: [10, 11, 24], topK2Kernel)
+    registry.registerGradient("TopK", topKGradient)
 }
 
 /// TopK, since opset 1.
@@ -78,4 +79,12 @@ func topK2Kernel(_ ctx: NodeContext) throws -> Kernel {
         }
         return try topK(try inputs.tensor(0), k: ks[0], axis: axis, largest: largest)
     }
+}
+
+/// The gradient rule of TopK.
+func topKGradient(_ g: GradientContext) throws -> [String?] {
+    guard g.needs(0), let dY = g.dY(0) else { return [nil, nil] }
+    let indices = g.forwardOutput(1)
+    return [g.ms("GatherElementsGrad", [dY, g.shape(of: g.input(0)), indices],
+                 attributes: ["axis": .int(g.node.int("axis") ?? -1)])[0], nil]
 }

@@ -136,6 +136,47 @@ func registerUnaryMathOps(_ registry: OpRegistry) {
     // Clip before 11 takes float attributes; from 11 on optional scalar inputs of the input's type.
     registry.register("Clip", since: 1, clipKernel)
     registry.register("Clip", since: [11, 12, 13], clip2Kernel)
+
+    // Gradient rules (GradientContext): dX = dY * f'(X), written with the forward output where that is cheaper.
+    registry.registerGradient("Clip", clipGradient)
+    registry.registerUnaryGradient("Neg") { g, dY, _, _ in g.op("Neg", [dY]) }
+    registry.registerUnaryGradient("Abs") { g, dY, x, _ in g.op("Mul", [dY, g.op("Sign", [x])]) }
+    registry.registerUnaryGradient("Exp") { g, dY, _, y in g.op("Mul", [dY, y]) }
+    registry.registerUnaryGradient("Log") { g, dY, x, _ in g.op("Div", [dY, x]) }
+    registry.registerUnaryGradient("Sqrt") { g, dY, _, y in g.op("Mul", [g.op("Div", [dY, y]), try g.scalar(0.5, like: y, name: "half")]) }
+    registry.registerUnaryGradient("Reciprocal") { g, dY, _, y in g.op("Neg", [g.op("Mul", [dY, g.op("Mul", [y, y])])]) }
+    registry.registerUnaryGradient("Sin") { g, dY, x, _ in g.op("Mul", [dY, g.op("Cos", [x])]) }
+    registry.registerUnaryGradient("Cos") { g, dY, x, _ in g.op("Neg", [g.op("Mul", [dY, g.op("Sin", [x])])]) }
+    registry.registerUnaryGradient("Tan") { g, dY, _, y in g.op("Mul", [dY, g.op("Add", [try g.scalar(1, like: y, name: "one"), g.op("Mul", [y, y])])]) }
+    registry.registerUnaryGradient("Sinh") { g, dY, x, _ in g.op("Mul", [dY, g.op("Cosh", [x])]) }
+    registry.registerUnaryGradient("Cosh") { g, dY, x, _ in g.op("Mul", [dY, g.op("Sinh", [x])]) }
+    registry.registerUnaryGradient("Atan") { g, dY, x, _ in
+        g.op("Div", [dY, g.op("Add", [try g.scalar(1, like: x, name: "one"), g.op("Mul", [x, x])])])
+    }
+    registry.registerUnaryGradient("Asin") { g, dY, x, _ in
+        g.op("Div", [dY, g.op("Sqrt", [g.op("Sub", [try g.scalar(1, like: x, name: "one"), g.op("Mul", [x, x])])])])
+    }
+    registry.registerUnaryGradient("Acos") { g, dY, x, _ in
+        g.op("Neg", [g.op("Div", [dY, g.op("Sqrt", [g.op("Sub", [try g.scalar(1, like: x, name: "one"), g.op("Mul", [x, x])])])])])
+    }
+    registry.registerUnaryGradient("Asinh") { g, dY, x, _ in
+        g.op("Div", [dY, g.op("Sqrt", [g.op("Add", [g.op("Mul", [x, x]), try g.scalar(1, like: x, name: "one")])])])
+    }
+    registry.registerUnaryGradient("Acosh") { g, dY, x, _ in
+        g.op("Div", [dY, g.op("Sqrt", [g.op("Sub", [g.op("Mul", [x, x]), try g.scalar(1, like: x, name: "one")])])])
+    }
+    registry.registerUnaryGradient("Atanh") { g, dY, x, _ in
+        g.op("Div", [dY, g.op("Sub", [try g.scalar(1, like: x, name: "one"), g.op("Mul", [x, x])])])
+    }
+    registry.registerUnaryGradient("Erf") { g, dY, x, _ in
+        // d erf(x) = 2/sqrt(pi) * exp(-x^2)
+        let e = g.op("Exp", [g.op("Neg", [g.op("Mul", [x, x])])])
+        return g.op("Mul", [dY, g.op("Mul", [e, try g.scalar(2 / Double.pi.squareRoot(), like: x, name: "two_over_sqrt_pi")])])
+    }
+    // Piecewise-constant ops: zero gradient almost everywhere (as PyTorch).
+    for name in ["Floor", "Ceil", "Round", "Sign"] {
+        registry.registerGradient(name) { g in [nil] }
+    }
 }
 
 /// IsNaN, since opset 9, 13, 20.
@@ -168,4 +209,28 @@ func clip2Kernel(_ ctx: NodeContext) throws -> Kernel {
     AnyKernel { inputs, _ in
         [.tensor(try clip(try inputs.tensor(0), low: try inputs.optionalTensor(1), high: try inputs.optionalTensor(2)))]
     }
+}
+
+/// The gradient rule of Clip.
+func clipGradient(_ g: GradientContext) throws -> [String?] {
+    // Passes where min <= X <= max (both bounds inclusive, as PyTorch's clamp).
+    let dY = try g.requiredDY()
+    let x = g.input(0)
+    var lo: String?, hi: String?
+    if g.opset < 11 {
+        if let v = g.node.float("min") { lo = try g.scalar(Double(v), like: x, name: "min") }
+        if let v = g.node.float("max") { hi = try g.scalar(Double(v), like: x, name: "max") }
+    } else {
+        lo = g.hasInput(1) ? g.input(1) : nil
+        hi = g.hasInput(2) ? g.input(2) : nil
+    }
+    // Not(x < lo) and Not(x > hi): ops every opset that has Where (9) has.
+    var mask: String?
+    if let lo { mask = g.op("Not", [g.op("Less", [x, lo])]) }
+    if let hi {
+        let below = g.op("Not", [g.op("Greater", [x, hi])])
+        mask = mask.map { g.op("And", [$0, below]) } ?? below
+    }
+    guard let mask else { return [dY] }
+    return [g.op("Where", [mask, dY, try g.scalar(0, like: x, name: "zero")])]
 }
