@@ -206,32 +206,33 @@ struct ActivationKernel: Kernel {
     }
 }
 
+/// The builder of one ActivationKernel op: `function` reads the node's attributes once;
+/// `second` names the op's second input in errors (X, or Y for grads taken from the output).
+func activationKernel(_ second: String = "X", biasIndex: Int? = nil, biasRequired: Bool = false,
+                      _ function: @escaping (NodeContext) throws -> ActivationFunction) -> KernelFactory {
+    { ctx in ActivationKernel(function: try function(ctx), biasIndex: biasIndex, biasRequired: biasRequired, secondName: second) }
+}
+
 func registerActivationGradOps(_ registry: OpRegistry) {
     let ms = "com.microsoft"
-    func add(_ op: String, _ second: String = "X", biasIndex: Int? = nil, biasRequired: Bool = false,
-             _ function: @escaping (NodeContext) throws -> ActivationFunction) {
-        registry.register(op, domain: ms, since: 1) { ctx in
-            ActivationKernel(function: try function(ctx), biasIndex: biasIndex, biasRequired: biasRequired, secondName: second)
-        }
-    }
     // ReluGrad(dY, X): dY where X > 0 (X == 0 gives 0).
-    add("ReluGrad") { _ in .reluGrad }
+    registry.register("ReluGrad", domain: ms, since: 1, activationKernel { _ in .reluGrad })
     // SigmoidGrad(dY, Y): dY·Y·(1−Y) and TanhGrad(dY, Y): dY·(1−Y²), from the forward outputs.
-    add("SigmoidGrad", "Y") { _ in .sigmoidGradFromY }
-    add("TanhGrad", "Y") { _ in .tanhGradFromY }
-    add("GeluGrad") { _ in .geluGrad }
-    add("FastGeluGrad") { _ in .fastGeluGrad }
-    add("QuickGeluGrad") { .quickGeluGrad(Double(try $0.float("alpha", default: 1.702))) }
-    add("LeakyReluGrad") { .leakyReluGrad(Double(try $0.float("alpha", default: 0.01))) }
+    registry.register("SigmoidGrad", domain: ms, since: 1, activationKernel("Y") { _ in .sigmoidGradFromY })
+    registry.register("TanhGrad", domain: ms, since: 1, activationKernel("Y") { _ in .tanhGradFromY })
+    registry.register("GeluGrad", domain: ms, since: 1, activationKernel { _ in .geluGrad })
+    registry.register("FastGeluGrad", domain: ms, since: 1, activationKernel { _ in .fastGeluGrad })
+    registry.register("QuickGeluGrad", domain: ms, since: 1, activationKernel { .quickGeluGrad(Double(try $0.float("alpha", default: 1.702))) })
+    registry.register("LeakyReluGrad", domain: ms, since: 1, activationKernel { .leakyReluGrad(Double(try $0.float("alpha", default: 0.01))) })
     // dX = dY ⊙ f′(X + B); dB is a separate ReduceSum in the graph.
-    add("BiasGeluGrad_dX", biasIndex: 2, biasRequired: true) { _ in .geluGrad }
-    add("BiasFastGeluGrad_dX", biasIndex: 2, biasRequired: true) { _ in .fastGeluGrad }
+    registry.register("BiasGeluGrad_dX", domain: ms, since: 1, activationKernel(biasIndex: 2, biasRequired: true) { _ in .geluGrad })
+    registry.register("BiasFastGeluGrad_dX", domain: ms, since: 1, activationKernel(biasIndex: 2, biasRequired: true) { _ in .fastGeluGrad })
 
     // Forwards produced by onnxruntime's Gelu fusions.
-    add("Gelu") { _ in .gelu }
-    add("BiasGelu", biasIndex: 1, biasRequired: true) { _ in .gelu }
-    add("FastGelu", biasIndex: 1) { _ in .fastGelu }
-    add("QuickGelu") { .quickGelu(Double(try $0.float("alpha", default: 1.702))) }
+    registry.register("Gelu", domain: ms, since: 1, activationKernel { _ in .gelu })
+    registry.register("BiasGelu", domain: ms, since: 1, activationKernel(biasIndex: 1, biasRequired: true) { _ in .gelu })
+    registry.register("FastGelu", domain: ms, since: 1, activationKernel(biasIndex: 1) { _ in .fastGelu })
+    registry.register("QuickGelu", domain: ms, since: 1, activationKernel { .quickGelu(Double(try $0.float("alpha", default: 1.702))) })
 
     // Gradient rules (GradientContext):
     registry.registerGradient("Gelu", domain: ms) { g in g.needs(0) ? [g.ms("GeluGrad", [try g.requiredDY(), g.input(0)])[0]] : [nil] }

@@ -111,15 +111,22 @@ func broadcastValues(_ t: Tensor, to shape: [Int]) throws -> [Double] {
     return gatherStrided(v, shape: shape, strides: Broadcast.strides(t.shape, to: shape))
 }
 
+/// FusedMatMul and TransposeMatMul (com.microsoft): alpha and the four transposes read once.
+func fusedMatMulKernel(_ ctx: NodeContext) throws -> Kernel {
+    FusedMatMulKernel(alpha: Double(try ctx.float("alpha", default: 1)),
+                      transA: try ctx.int("transA", default: 0) != 0, transB: try ctx.int("transB", default: 0) != 0,
+                      transBatchA: try ctx.int("transBatchA", default: 0) != 0,
+                      transBatchB: try ctx.int("transBatchB", default: 0) != 0)
+}
+
+/// DivGrad (com.microsoft): computes only the gradients the node has outputs for.
+func divGradKernel(_ ctx: NodeContext) throws -> Kernel {
+    DivGradKernel(wantA: ctx.hasOutput(0), wantB: ctx.hasOutput(1))
+}
+
 func registerFusedMatMulOps(_ registry: OpRegistry) {
     let ms = "com.microsoft"
-    for op in ["FusedMatMul", "TransposeMatMul"] {
-        registry.register(op, domain: ms, since: 1) { ctx in
-            FusedMatMulKernel(alpha: Double(try ctx.float("alpha", default: 1)),
-                              transA: try ctx.int("transA", default: 0) != 0, transB: try ctx.int("transB", default: 0) != 0,
-                              transBatchA: try ctx.int("transBatchA", default: 0) != 0,
-                              transBatchB: try ctx.int("transBatchB", default: 0) != 0)
-        }
-    }
-    registry.register("DivGrad", domain: ms, since: 1) { ctx in DivGradKernel(wantA: ctx.hasOutput(0), wantB: ctx.hasOutput(1)) }
+    registry.register("FusedMatMul", domain: ms, since: 1, fusedMatMulKernel)
+    registry.register("TransposeMatMul", domain: ms, since: 1, fusedMatMulKernel)
+    registry.register("DivGrad", domain: ms, since: 1, divGradKernel)
 }

@@ -78,12 +78,16 @@ func softmaxGradRow<T: FloatElement>(_ pg: UnsafePointer<T>, _ py: UnsafePointer
     }
 }
 
+/// The (Log)SoftmaxGrad builder: the _13 forms (`singleAxis`) work along one axis (default -1),
+/// the older ones on the input flattened to 2-D at `axis` (default 1).
+func softmaxGradKernel(log: Bool, singleAxis: Bool) -> KernelFactory {
+    { ctx in SoftmaxGradKernel(axis: try ctx.int("axis", default: singleAxis ? -1 : 1), singleAxis: singleAxis, log: log) }
+}
+
 func registerSoftmaxGradOps(_ registry: OpRegistry) {
     let ms = "com.microsoft"
-    for (op, log, single) in [("SoftmaxGrad", false, false), ("LogSoftmaxGrad", true, false),
-                              ("SoftmaxGrad_13", false, true), ("LogSoftmaxGrad_13", true, true)] {
-        registry.register(op, domain: ms, since: 1) { ctx in
-            SoftmaxGradKernel(axis: try ctx.int("axis", default: single ? -1 : 1), singleAxis: single, log: log)
-        }
-    }
+    registry.register("SoftmaxGrad", domain: ms, since: 1, softmaxGradKernel(log: false, singleAxis: false))
+    registry.register("LogSoftmaxGrad", domain: ms, since: 1, softmaxGradKernel(log: true, singleAxis: false))
+    registry.register("SoftmaxGrad_13", domain: ms, since: 1, softmaxGradKernel(log: false, singleAxis: true))
+    registry.register("LogSoftmaxGrad_13", domain: ms, since: 1, softmaxGradKernel(log: true, singleAxis: true))
 }

@@ -10,19 +10,31 @@ import Foundation
 ///   ShrunkenGather(data, indices; axis) → Gather(data, indices) (padding elimination's gather).
 ///   FakeQuant and FakeQuantGrad: FakeQuant.swift.
 
+/// PassThrough: its inputs, unchanged.
+func passThroughKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in inputs }
+}
+
+/// Group: a true scalar once its inputs exist (an ordering point).
+func groupKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { _, _ in [.tensor(Tensor(shape: [1], scalars: [true]))] }
+}
+
+/// RecordEvent and WaitEvent: the inputs after the int64 event id, unchanged (one stream here).
+func eventKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in
+        let id = try inputs.tensor(0)
+        guard id.dtype == .int64, id.count == 1 else { throw KernelError("event_id must be an int64 scalar, got \(id)") }
+        return Array(inputs.dropFirst())
+    }
+}
+
 func registerTrainingMiscOps(_ registry: OpRegistry) {
     let ms = "com.microsoft"
-    registry.register("PassThrough", domain: ms, since: 1) { _ in AnyKernel { inputs, _ in inputs } }
-    registry.register("Group", domain: ms, since: 1) { _ in AnyKernel { _, _ in [.tensor(Tensor(shape: [1], scalars: [true]))] } }
-    for op in ["RecordEvent", "WaitEvent"] {
-        registry.register(op, domain: ms, since: 1) { _ in
-            AnyKernel { inputs, _ in
-                let id = try inputs.tensor(0)
-                guard id.dtype == .int64, id.count == 1 else { throw KernelError("event_id must be an int64 scalar, got \(id)") }
-                return Array(inputs.dropFirst())
-            }
-        }
-    }
+    registry.register("PassThrough", domain: ms, since: 1, passThroughKernel)
+    registry.register("Group", domain: ms, since: 1, groupKernel)
+    registry.register("RecordEvent", domain: ms, since: 1, eventKernel)
+    registry.register("WaitEvent", domain: ms, since: 1, eventKernel)
     registry.register("ReduceAllL2", domain: ms, since: 1, reduceAllL2Kernel)
     registry.register("ShrunkenGather", domain: ms, since: 1, shrunkenGatherKernel)
     registry.register("FakeQuant", domain: ms, since: 1) { ctx in try FakeQuantKernel(ctx) }

@@ -393,16 +393,20 @@ func registerTrainingNormalizationOps(_ registry: OpRegistry) {
     }
     // onnxruntime's contrib LayerNormalization (onnx domain v1, before ONNX's own since 17) and
     // SimplifiedLayerNormalization (onnx domain v1), as its fusions write them.
-    for (op, simplified) in [("LayerNormalization", false), ("SimplifiedLayerNormalization", true)] {
-        registry.register(op, domain: "", since: 1) { ctx in
-            ContribLayerNormKernel(axis: try ctx.int("axis", default: -1), epsilon: Double(try ctx.float("epsilon", default: 1e-5)),
-                            simplified: simplified)
-        }
-    }
+    registry.register("LayerNormalization", domain: "", since: 1, contribLayerNormKernel(simplified: false))
+    registry.register("SimplifiedLayerNormalization", domain: "", since: 1, contribLayerNormKernel(simplified: true))
 
     // Gradient rules (GradientContext):
     registry.registerGradient("BatchNormInternal", domain: ms, batchNormInternalGradient)
     registry.registerGradient("SimplifiedLayerNormalization", simplifiedLayerNormalizationGradient)
+}
+
+/// The builder of onnxruntime's contrib LayerNormalization (`simplified`: RMS form, no mean).
+func contribLayerNormKernel(simplified: Bool) -> KernelFactory {
+    { ctx in
+        ContribLayerNormKernel(axis: try ctx.int("axis", default: -1), epsilon: Double(try ctx.float("epsilon", default: 1e-5)),
+                               simplified: simplified)
+    }
 }
 
 /// BatchNormInternal (com.microsoft), since opset 1.

@@ -28,27 +28,26 @@ struct ArgReduction: NumericOperation {
     }
 }
 
-private func registerArg(_ registry: OpRegistry, _ op: String, largest: Bool) {
-    for v in [1, 11, 12, 13] {
-        registry.register(op, since: v) { ctx in
-            let axisAttribute = try ctx.int("axis", default: 0)
-            let keepDims = try ctx.int("keepdims", default: 1) != 0
-            let selectLast = try ctx.int("select_last_index", default: 0) != 0
-            return AnyKernel { inputs, _ in
-                let x = try inputs.tensor(0)
-                guard x.rank > 0 else { throw KernelError("input must have rank 1 or more") }
-                let axis = try normalizeAxis(axisAttribute, rank: x.rank)
-                let wide = x.isHalf ? x.widenedToFloat() : x
-                let flat = try dispatchNumeric(wide.dtype, ArgReduction(x: wide, axis: axis, largest: largest, selectLast: selectLast))
-                var shape = x.shape
-                if keepDims { shape[axis] = 1 } else { shape.remove(at: axis) }
-                return [.tensor(flat.reshaped(shape))]
-            }
+/// The ArgMax (`largest`) or ArgMin kernel builder: axis, keepdims and select_last_index read once.
+func argReductionKernel(largest: Bool) -> KernelFactory {
+    { ctx in
+        let axisAttribute = try ctx.int("axis", default: 0)
+        let keepDims = try ctx.int("keepdims", default: 1) != 0
+        let selectLast = try ctx.int("select_last_index", default: 0) != 0
+        return AnyKernel { inputs, _ in
+            let x = try inputs.tensor(0)
+            guard x.rank > 0 else { throw KernelError("input must have rank 1 or more") }
+            let axis = try normalizeAxis(axisAttribute, rank: x.rank)
+            let wide = x.isHalf ? x.widenedToFloat() : x
+            let flat = try dispatchNumeric(wide.dtype, ArgReduction(x: wide, axis: axis, largest: largest, selectLast: selectLast))
+            var shape = x.shape
+            if keepDims { shape[axis] = 1 } else { shape.remove(at: axis) }
+            return [.tensor(flat.reshaped(shape))]
         }
     }
 }
 
 func registerArgMinMaxOps(_ registry: OpRegistry) {
-    registerArg(registry, "ArgMax", largest: true)
-    registerArg(registry, "ArgMin", largest: false)
+    registry.register("ArgMax", since: [1, 11, 12, 13], argReductionKernel(largest: true))
+    registry.register("ArgMin", since: [1, 11, 12, 13], argReductionKernel(largest: false))
 }

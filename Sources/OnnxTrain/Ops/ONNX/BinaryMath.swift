@@ -195,16 +195,30 @@ func binaryScalarLoop<F: NumericBinaryFunction, T: NumericElement>(_ f: F, _ x: 
     }
 }
 
-/// Add/Sub/Mul/Div (opset 7+): the pointer path, else zipNumeric.
-private func registerFastBinary<F: NumericBinaryFunction>(_ registry: OpRegistry, _ op: String, since versions: [Int], _ f: F) {
-    for v in versions {
-        registry.register(op, since: v) { _ in
-            AnyKernel { inputs, _ in
-                let a = try inputs.tensor(0), b = try inputs.tensor(1)
-                return [.tensor(try binaryFastPath(a, b, f) ?? zipNumeric(a, b, f))]
-            }
+/// The Add/Sub/Mul/Div kernel builder (opset 7+, broadcasting): the pointer path, else zipNumeric.
+func arithmeticKernel<F: NumericBinaryFunction>(_ f: F) -> KernelFactory {
+    { _ in
+        AnyKernel { inputs, _ in
+            let a = try inputs.tensor(0), b = try inputs.tensor(1)
+            return [.tensor(try binaryFastPath(a, b, f) ?? zipNumeric(a, b, f))]
         }
     }
+}
+
+/// The And/Or/Xor kernel builder (opset 7+, broadcasting bool tensors).
+func logicalKernel(_ f: @escaping (Bool, Bool) -> Bool) -> KernelFactory {
+    { _ in AnyKernel { inputs, _ in [.tensor(try logical(try inputs.tensor(0), try inputs.tensor(1), f))] } }
+}
+
+/// The BitwiseAnd/Or/Xor kernel builder (opset 18).
+func bitwiseKernel(_ kind: BitwiseOperation.Kind) -> KernelFactory {
+    { _ in AnyKernel { inputs, _ in [.tensor(try bitwise(try inputs.tensor(0), try inputs.tensor(1), kind))] } }
+}
+
+/// The Max/Min/Sum/Mean kernel builder: `f` folded over every input with broadcasting (since
+/// opset 8; earlier versions required equal shapes, which broadcasting accepts too).
+func variadicKernel<F: NumericBinaryFunction>(_ f: F, mean: Bool = false) -> KernelFactory {
+    { _ in AnyKernel { inputs, _ in [.tensor(try foldVariadic(inputs, f, mean: mean))] } }
 }
 
 /// Pow, since opset 7, 12, 13, 15.
@@ -380,48 +394,44 @@ func legacyAligned(_ b: Tensor, to a: Tensor, broadcast: Bool, axis: Int?) throw
     return b.reshaped(b.shape + [Int](repeating: 1, count: a.rank - start - b.rank))
 }
 
-/// Registers the pre-7 form of a binary op (`broadcast` and `axis` attributes).
-private func registerLegacyBinary(_ registry: OpRegistry, _ op: String, since versions: [Int],
-                                  _ body: @escaping (Tensor, Tensor) throws -> Tensor) {
-    for v in versions {
-        registry.register(op, since: v) { ctx in
-            let broadcast = try ctx.int("broadcast", default: 0) != 0
-            let axis = try ctx.int("axis")
-            return AnyKernel { inputs, _ in
-                let a = try inputs.tensor(0)
-                let b = try legacyAligned(try inputs.tensor(1), to: a, broadcast: broadcast, axis: axis)
-                return [.tensor(try body(a, b))]
-            }
+/// The kernel builder of a binary op's pre-7 form (`broadcast` and `axis` attributes).
+func legacyBinaryKernel(_ body: @escaping (Tensor, Tensor) throws -> Tensor) -> KernelFactory {
+    { ctx in
+        let broadcast = try ctx.int("broadcast", default: 0) != 0
+        let axis = try ctx.int("axis")
+        return AnyKernel { inputs, _ in
+            let a = try inputs.tensor(0)
+            let b = try legacyAligned(try inputs.tensor(1), to: a, broadcast: broadcast, axis: axis)
+            return [.tensor(try body(a, b))]
         }
     }
 }
 
 func registerBinaryMathOps(_ registry: OpRegistry) {
-    registerLegacyBinary(registry, "Add", since: [1, 6]) { try zipNumeric($0, $1, AddFunction()) }
-    registerLegacyBinary(registry, "Sub", since: [1, 6]) { try zipNumeric($0, $1, SubFunction()) }
-    registerLegacyBinary(registry, "Mul", since: [1, 6]) { try zipNumeric($0, $1, MulFunction()) }
-    registerLegacyBinary(registry, "Div", since: [1, 6]) { try zipNumeric($0, $1, DivFunction()) }
-    registerLegacyBinary(registry, "Pow", since: [1]) { try power($0, $1) }
-    registerLegacyBinary(registry, "Equal", since: [1]) { try zipComparison($0, $1, EqualFunction()) }
-    registerLegacyBinary(registry, "Less", since: [1]) { try zipComparison($0, $1, LessFunction()) }
-    registerLegacyBinary(registry, "Greater", since: [1]) { try zipComparison($0, $1, GreaterFunction()) }
-    registerLegacyBinary(registry, "And", since: [1]) { try logical($0, $1) { $0 && $1 } }
-    registerLegacyBinary(registry, "Or", since: [1]) { try logical($0, $1) { $0 || $1 } }
-    registerLegacyBinary(registry, "Xor", since: [1]) { try logical($0, $1) { $0 != $1 } }
+    // The pre-7 forms (broadcast and axis attributes).
+    registry.register("Add", since: [1, 6], legacyBinaryKernel { try zipNumeric($0, $1, AddFunction()) })
+    registry.register("Sub", since: [1, 6], legacyBinaryKernel { try zipNumeric($0, $1, SubFunction()) })
+    registry.register("Mul", since: [1, 6], legacyBinaryKernel { try zipNumeric($0, $1, MulFunction()) })
+    registry.register("Div", since: [1, 6], legacyBinaryKernel { try zipNumeric($0, $1, DivFunction()) })
+    registry.register("Pow", since: [1], legacyBinaryKernel { try power($0, $1) })
+    registry.register("Equal", since: [1], legacyBinaryKernel { try zipComparison($0, $1, EqualFunction()) })
+    registry.register("Less", since: [1], legacyBinaryKernel { try zipComparison($0, $1, LessFunction()) })
+    registry.register("Greater", since: [1], legacyBinaryKernel { try zipComparison($0, $1, GreaterFunction()) })
+    registry.register("And", since: [1], legacyBinaryKernel { try logical($0, $1) { $0 && $1 } })
+    registry.register("Or", since: [1], legacyBinaryKernel { try logical($0, $1) { $0 || $1 } })
+    registry.register("Xor", since: [1], legacyBinaryKernel { try logical($0, $1) { $0 != $1 } })
 
-    registerFastBinary(registry, "Add", since: [7, 13, 14], AddFunction())
-    registerFastBinary(registry, "Sub", since: [7, 13, 14], SubFunction())
-    registerFastBinary(registry, "Mul", since: [7, 13, 14], MulFunction())
-    registerFastBinary(registry, "Div", since: [7, 13, 14], DivFunction())
+    registry.register("Add", since: [7, 13, 14], arithmeticKernel(AddFunction()))
+    registry.register("Sub", since: [7, 13, 14], arithmeticKernel(SubFunction()))
+    registry.register("Mul", since: [7, 13, 14], arithmeticKernel(MulFunction()))
+    registry.register("Div", since: [7, 13, 14], arithmeticKernel(DivFunction()))
     registry.registerNumericBinary("Mod", since: [10, 13]) { ctx in ModFunction(fmod: try ctx.int("fmod", default: 0) != 0) }
     registry.register("Pow", since: [7, 12, 13, 15], powKernel)
 
     registry.register("BitShift", since: 11, bitShiftKernel)
-    for (op, kind) in [("BitwiseAnd", BitwiseOperation.Kind.and), ("BitwiseOr", .or), ("BitwiseXor", .xor)] {
-        registry.register(op, since: 18) { _ in
-            AnyKernel { inputs, _ in [.tensor(try bitwise(try inputs.tensor(0), try inputs.tensor(1), kind))] }
-        }
-    }
+    registry.register("BitwiseAnd", since: 18, bitwiseKernel(.and))
+    registry.register("BitwiseOr", since: 18, bitwiseKernel(.or))
+    registry.register("BitwiseXor", since: 18, bitwiseKernel(.xor))
     registry.register("BitwiseNot", since: 18, bitwiseNotKernel)
 
     // Comparisons; Equal also takes bool (as bytes) and, since 19, strings.
@@ -431,23 +441,16 @@ func registerBinaryMathOps(_ registry: OpRegistry) {
     registry.registerComparison("LessOrEqual", since: [12, 16], LessOrEqualFunction())
     registry.registerComparison("GreaterOrEqual", since: [12, 16], GreaterOrEqualFunction())
 
-    registry.register("And", since: 7) { _ in AnyKernel { i, _ in [.tensor(try logical(try i.tensor(0), try i.tensor(1)) { $0 && $1 })] } }
-    registry.register("Or", since: 7) { _ in AnyKernel { i, _ in [.tensor(try logical(try i.tensor(0), try i.tensor(1)) { $0 || $1 })] } }
-    registry.register("Xor", since: 7) { _ in AnyKernel { i, _ in [.tensor(try logical(try i.tensor(0), try i.tensor(1)) { $0 != $1 })] } }
+    registry.register("And", since: 7, logicalKernel { $0 && $1 })
+    registry.register("Or", since: 7, logicalKernel { $0 || $1 })
+    registry.register("Xor", since: 7, logicalKernel { $0 != $1 })
     registry.register("Not", since: 1, notKernel)
     registry.register("Where", since: [9, 16], whereKernel)
 
-    // Variadic ops with broadcasting (since 8; earlier versions required equal shapes).
-    for v in [1, 6, 8, 12, 13] {
-        registry.register("Max", since: v) { _ in AnyKernel { inputs, _ in [.tensor(try foldVariadic(inputs, MaxFunction()))] } }
-        registry.register("Min", since: v) { _ in AnyKernel { inputs, _ in [.tensor(try foldVariadic(inputs, MinFunction()))] } }
-    }
-    for v in [1, 6, 8, 13] {
-        registry.register("Sum", since: v) { _ in AnyKernel { inputs, _ in [.tensor(try foldVariadic(inputs, AddFunction()))] } }
-        registry.register("Mean", since: v) { _ in
-            AnyKernel { inputs, _ in [.tensor(try foldVariadic(inputs, AddFunction(), mean: true))] }
-        }
-    }
+    registry.register("Max", since: [1, 6, 8, 12, 13], variadicKernel(MaxFunction()))
+    registry.register("Min", since: [1, 6, 8, 12, 13], variadicKernel(MinFunction()))
+    registry.register("Sum", since: [1, 6, 8, 13], variadicKernel(AddFunction()))
+    registry.register("Mean", since: [1, 6, 8, 13], variadicKernel(AddFunction(), mean: true))
 
     // Gradient rules (GradientContext):
     registry.registerGradient("Add", addGradient)

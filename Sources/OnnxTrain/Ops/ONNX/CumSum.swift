@@ -30,29 +30,28 @@ struct CumulativeOperation: NumericOperation {
     }
 }
 
-private func registerCumulative(_ registry: OpRegistry, _ op: String, since versions: [Int], product: Bool) {
-    for v in versions {
-        registry.register(op, since: v) { ctx in
-            let exclusive = try ctx.int("exclusive", default: 0) != 0
-            let reverse = try ctx.int("reverse", default: 0) != 0
-            return AnyKernel { inputs, _ in
-                let x = try inputs.tensor(0), axisTensor = try inputs.tensor(1)
-                guard let axes = axisTensor.intValues(), axes.count == 1 else {
-                    throw KernelError("axis must be an integer scalar, got \(axisTensor)")
-                }
-                let axis = try normalizeAxis(axes[0], rank: x.rank)
-                return [.tensor(try computingHalfInFloat([x]) { wide in
-                    try dispatchNumeric(wide[0].dtype, CumulativeOperation(x: wide[0], axis: axis, exclusive: exclusive,
-                                                                             reverse: reverse, product: product))
-                })]
+/// The CumSum (`product` false) or CumProd kernel builder: `exclusive` and `reverse` read once.
+func cumulativeKernel(product: Bool) -> KernelFactory {
+    { ctx in
+        let exclusive = try ctx.int("exclusive", default: 0) != 0
+        let reverse = try ctx.int("reverse", default: 0) != 0
+        return AnyKernel { inputs, _ in
+            let x = try inputs.tensor(0), axisTensor = try inputs.tensor(1)
+            guard let axes = axisTensor.intValues(), axes.count == 1 else {
+                throw KernelError("axis must be an integer scalar, got \(axisTensor)")
             }
+            let axis = try normalizeAxis(axes[0], rank: x.rank)
+            return [.tensor(try computingHalfInFloat([x]) { wide in
+                try dispatchNumeric(wide[0].dtype, CumulativeOperation(x: wide[0], axis: axis, exclusive: exclusive,
+                                                                         reverse: reverse, product: product))
+            })]
         }
     }
 }
 
 func registerCumulativeOps(_ registry: OpRegistry) {
-    registerCumulative(registry, "CumSum", since: [11, 14], product: false)
-    registerCumulative(registry, "CumProd", since: [26], product: true)
+    registry.register("CumSum", since: [11, 14], cumulativeKernel(product: false))
+    registry.register("CumProd", since: [26], cumulativeKernel(product: true))
 
     // Gradient rules (GradientContext):
     registry.registerGradient("CumSum", cumSumGradient)

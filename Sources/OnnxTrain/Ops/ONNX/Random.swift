@@ -4,39 +4,45 @@ import Foundation
 /// A `seed` attribute gives a generator of its own per kernel run (so runs repeat); otherwise
 /// the session's seedable generator is used. Samples cannot match numpy's streams bit for bit.
 func registerRandomOps(_ registry: OpRegistry) {
-    for (op, like) in [("RandomNormal", false), ("RandomNormalLike", true), ("RandomUniform", false), ("RandomUniformLike", true)] {
-        registry.register(op, since: 1) { ctx in
-            let normal = op.hasPrefix("RandomNormal")
-            let seed = try ctx.float("seed")
-            let dtypeCode = try ctx.int("dtype")
-            let shape = like ? nil : try ctx.ints("shape")
-            let a = Double(try ctx.float(normal ? "mean" : "low", default: 0))
-            let b = Double(try ctx.float(normal ? "scale" : "high", default: 1))
-            if !like { guard shape != nil else { throw KernelError("attribute 'shape' is required") } }
-            return AnyKernel { inputs, context in
-                let template = like ? try inputs.tensor(0) : nil
-                let outShape = template?.shape ?? shape ?? []
-                try checkShape(outShape, "shape")
-                let dtype = try dtypeCode.map { try dtypeFromCode($0) } ?? template?.dtype ?? .float32
-                let n = Tensor.elementCount(outShape)
-                var values = [Double](repeating: 0, count: n)
-                context.state.withRandom(seed: seed.map { UInt64($0.bitPattern) }) { rng in
-                    for i in 0..<n {
-                        if normal {
-                            // Box-Muller on two uniforms in (0, 1].
-                            let u1 = 1 - rng.nextDouble(), u2 = rng.nextDouble()
-                            values[i] = a + b * (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
-                        } else {
-                            values[i] = a + (b - a) * rng.nextDouble()
-                        }
-                    }
-                }
-                return [.tensor(try Tensor(dtype: dtype, shape: outShape, doubles: values))]
-            }
-        }
-    }
+    registry.register("RandomNormal", since: 1, randomKernel(normal: true, like: false))
+    registry.register("RandomNormalLike", since: 1, randomKernel(normal: true, like: true))
+    registry.register("RandomUniform", since: 1, randomKernel(normal: false, like: false))
+    registry.register("RandomUniformLike", since: 1, randomKernel(normal: false, like: true))
     registry.register("Bernoulli", since: 15, bernoulliKernel)
     registry.register("Multinomial", since: 7, multinomialKernel)
+}
+
+/// The RandomNormal (`normal`) or RandomUniform kernel builder; the *Like forms (`like`) take
+/// the shape, and the type unless `dtype` is given, from input 0.
+func randomKernel(normal: Bool, like: Bool) -> KernelFactory {
+    { ctx in
+        let seed = try ctx.float("seed")
+        let dtypeCode = try ctx.int("dtype")
+        let shape = like ? nil : try ctx.ints("shape")
+        let a = Double(try ctx.float(normal ? "mean" : "low", default: 0))
+        let b = Double(try ctx.float(normal ? "scale" : "high", default: 1))
+        if !like { guard shape != nil else { throw KernelError("attribute 'shape' is required") } }
+        return AnyKernel { inputs, context in
+            let template = like ? try inputs.tensor(0) : nil
+            let outShape = template?.shape ?? shape ?? []
+            try checkShape(outShape, "shape")
+            let dtype = try dtypeCode.map { try dtypeFromCode($0) } ?? template?.dtype ?? .float32
+            let n = Tensor.elementCount(outShape)
+            var values = [Double](repeating: 0, count: n)
+            context.state.withRandom(seed: seed.map { UInt64($0.bitPattern) }) { rng in
+                for i in 0..<n {
+                    if normal {
+                        // Box-Muller on two uniforms in (0, 1].
+                        let u1 = 1 - rng.nextDouble(), u2 = rng.nextDouble()
+                        values[i] = a + b * (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
+                    } else {
+                        values[i] = a + (b - a) * rng.nextDouble()
+                    }
+                }
+            }
+            return [.tensor(try Tensor(dtype: dtype, shape: outShape, doubles: values))]
+        }
+    }
 }
 
 /// Bernoulli, since opset 15.

@@ -177,46 +177,41 @@ func reduce(_ x: Tensor, axes: [Int]?, keepDims: Bool, kind: ReduceKind) throws 
     return result.reshaped(x.shape.enumerated().filter { !reduced[$0.offset] }.map(\.element))
 }
 
-/// Registers a Reduce op: attribute axes at `attributeVersions`, input axes at `inputVersions`.
-private func registerReduce(_ registry: OpRegistry, _ op: String, _ kind: ReduceKind,
-                            attributeVersions: [Int], inputVersions: [Int]) {
-    for v in attributeVersions {
-        registry.register(op, since: v) { ctx in
+/// A Reduce* kernel builder: the axes are an attribute before opset `axesInputSince` (13 for
+/// ReduceSum, 18 for the others) and the optional input 1 from then on.
+func reduceKernel(_ kind: ReduceKind, axesInputSince: Int) -> KernelFactory {
+    { ctx in
+        let keepDims = try ctx.int("keepdims", default: 1) != 0
+        if ctx.sinceVersion < axesInputSince {
             let axes = try ctx.ints("axes")
-            let keepDims = try ctx.int("keepdims", default: 1) != 0
             return AnyKernel { inputs, _ in [.tensor(try reduce(try inputs.tensor(0), axes: axes, keepDims: keepDims, kind: kind))] }
         }
-    }
-    for v in inputVersions {
-        registry.register(op, since: v) { ctx in
-            let keepDims = try ctx.int("keepdims", default: 1) != 0
-            let noop = try ctx.int("noop_with_empty_axes", default: 0) != 0
-            return AnyKernel { inputs, _ in
-                let x = try inputs.tensor(0)
-                var axes: [Int]? = nil
-                if let t = try inputs.optionalTensor(1) {
-                    guard let values = t.intValues() else { throw KernelError("axes must be an integer tensor, got \(t.dtype)") }
-                    if !values.isEmpty { axes = values }
-                }
-                // Empty axes with noop_with_empty_axes: the input passes through unchanged.
-                if axes == nil && noop { return [.tensor(x)] }
-                return [.tensor(try reduce(x, axes: axes, keepDims: keepDims, kind: kind))]
+        let noop = try ctx.int("noop_with_empty_axes", default: 0) != 0
+        return AnyKernel { inputs, _ in
+            let x = try inputs.tensor(0)
+            var axes: [Int]? = nil
+            if let t = try inputs.optionalTensor(1) {
+                guard let values = t.intValues() else { throw KernelError("axes must be an integer tensor, got \(t.dtype)") }
+                if !values.isEmpty { axes = values }
             }
+            // Empty axes with noop_with_empty_axes: the input passes through unchanged.
+            if axes == nil && noop { return [.tensor(x)] }
+            return [.tensor(try reduce(x, axes: axes, keepDims: keepDims, kind: kind))]
         }
     }
 }
 
 func registerReduceOps(_ registry: OpRegistry) {
-    registerReduce(registry, "ReduceSum", .sum, attributeVersions: [1, 11], inputVersions: [13])
-    let others: [(String, ReduceKind)] = [
-        ("ReduceMean", .mean), ("ReduceProd", .prod), ("ReduceL1", .l1), ("ReduceL2", .l2),
-        ("ReduceLogSum", .logSum), ("ReduceLogSumExp", .logSumExp), ("ReduceSumSquare", .sumSquare),
-    ]
-    for (op, kind) in others {
-        registerReduce(registry, op, kind, attributeVersions: [1, 11, 13], inputVersions: [18])
-    }
-    registerReduce(registry, "ReduceMax", .max, attributeVersions: [1, 11, 12, 13], inputVersions: [18, 20])
-    registerReduce(registry, "ReduceMin", .min, attributeVersions: [1, 11, 12, 13], inputVersions: [18, 20])
+    registry.register("ReduceSum", since: [1, 11, 13], reduceKernel(.sum, axesInputSince: 13))
+    registry.register("ReduceMean", since: [1, 11, 13, 18], reduceKernel(.mean, axesInputSince: 18))
+    registry.register("ReduceProd", since: [1, 11, 13, 18], reduceKernel(.prod, axesInputSince: 18))
+    registry.register("ReduceL1", since: [1, 11, 13, 18], reduceKernel(.l1, axesInputSince: 18))
+    registry.register("ReduceL2", since: [1, 11, 13, 18], reduceKernel(.l2, axesInputSince: 18))
+    registry.register("ReduceLogSum", since: [1, 11, 13, 18], reduceKernel(.logSum, axesInputSince: 18))
+    registry.register("ReduceLogSumExp", since: [1, 11, 13, 18], reduceKernel(.logSumExp, axesInputSince: 18))
+    registry.register("ReduceSumSquare", since: [1, 11, 13, 18], reduceKernel(.sumSquare, axesInputSince: 18))
+    registry.register("ReduceMax", since: [1, 11, 12, 13, 18, 20], reduceKernel(.max, axesInputSince: 18))
+    registry.register("ReduceMin", since: [1, 11, 12, 13, 18, 20], reduceKernel(.min, axesInputSince: 18))
 
     // Gradient rules (GradientContext):
     registry.registerGradient("ReduceSum", reduceSumGradient)

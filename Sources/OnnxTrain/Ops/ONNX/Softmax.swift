@@ -90,29 +90,30 @@ func softmaxRow<T: FloatElement>(_ px: UnsafePointer<T>, _ po: UnsafeMutablePoin
     }
 }
 
-private func registerSoftmaxFamily(_ registry: OpRegistry, _ op: String, _ kind: SoftmaxKind) {
-    for v in [1, 11, 13] {
-        registry.register(op, since: v) { ctx in
-            let axisAttribute = try ctx.int("axis", default: v < 13 ? 1 : -1)
-            return AnyKernel { inputs, _ in
-                let x = try inputs.tensor(0)
-                guard x.rank > 0 else { throw KernelError("input must have rank 1 or more") }
-                let axis = try normalizeAxis(axisAttribute, rank: x.rank)
-                let outer = x.shape[..<axis].reduce(1, *)
-                let n = v < 13 ? x.shape[axis...].reduce(1, *) : x.shape[axis]
-                let inner = v < 13 ? 1 : x.shape[(axis + 1)...].reduce(1, *)
-                return [.tensor(try computingHalfInFloat([x]) { wide in
-                    try dispatchFloat(wide[0].dtype, SoftmaxOperation(x: wide[0], outer: outer, n: n, inner: inner, kind: kind))
-                })]
-            }
+/// The Softmax, LogSoftmax or Hardmax kernel builder. Before opset 13 the op works on the input
+/// flattened to 2-D at `axis` (default 1); from 13 on, along the one axis (default -1).
+func softmaxKernel(_ kind: SoftmaxKind) -> KernelFactory {
+    { ctx in
+        let flattens = ctx.sinceVersion < 13
+        let axisAttribute = try ctx.int("axis", default: flattens ? 1 : -1)
+        return AnyKernel { inputs, _ in
+            let x = try inputs.tensor(0)
+            guard x.rank > 0 else { throw KernelError("input must have rank 1 or more") }
+            let axis = try normalizeAxis(axisAttribute, rank: x.rank)
+            let outer = x.shape[..<axis].reduce(1, *)
+            let n = flattens ? x.shape[axis...].reduce(1, *) : x.shape[axis]
+            let inner = flattens ? 1 : x.shape[(axis + 1)...].reduce(1, *)
+            return [.tensor(try computingHalfInFloat([x]) { wide in
+                try dispatchFloat(wide[0].dtype, SoftmaxOperation(x: wide[0], outer: outer, n: n, inner: inner, kind: kind))
+            })]
         }
     }
 }
 
 func registerSoftmaxOps(_ registry: OpRegistry) {
-    registerSoftmaxFamily(registry, "Softmax", .softmax)
-    registerSoftmaxFamily(registry, "LogSoftmax", .logSoftmax)
-    registerSoftmaxFamily(registry, "Hardmax", .hardmax)
+    registry.register("Softmax", since: [1, 11, 13], softmaxKernel(.softmax))
+    registry.register("LogSoftmax", since: [1, 11, 13], softmaxKernel(.logSoftmax))
+    registry.register("Hardmax", since: [1, 11, 13], softmaxKernel(.hardmax))
 
     // Gradient rules (GradientContext):
     // Softmax family: onnxruntime's grads, the opset-13 variants reduce over one axis.
