@@ -364,13 +364,18 @@ func computingHalfInFloat(_ inputs: [Tensor], names: [String]? = nil, floatOnly:
 
 /// The same path for float kernels with optional inputs and several outputs (Conv, RNNs,
 /// normalizations, attention): the compute type is that of the first present input, which must
-/// be a float type; every half input widens, and float32 outputs round back (indices and other
-/// non-float outputs pass through).
+/// be a float type, and every other float input must have it too (integer and bool inputs, such
+/// as sequence lengths and masks, pass through); every half input widens, and float32 outputs
+/// round back (indices and other non-float outputs pass through).
 func withFloatCompute(_ inputs: [Tensor?], _ body: ([Tensor?]) throws -> [Tensor?]) throws -> [Tensor?] {
-    guard let first = inputs.first(where: { $0 != nil }) ?? nil else { return try body(inputs) }
+    guard let firstIndex = inputs.firstIndex(where: { $0 != nil }), let first = inputs[firstIndex] else { return try body(inputs) }
     let dtype = first.dtype
     guard dtype == .float32 || dtype == .float64 || first.isHalf else {
         throw KernelError("element type \(dtype) is not supported here (a float type is expected)")
+    }
+    for (i, t) in inputs.enumerated() {
+        guard let t, t.dtype.isFloatingPoint, t.dtype != dtype else { continue }
+        throw KernelError("input \(i) must be tensor(\(dtype)) like input \(firstIndex), got tensor(\(t.dtype))")
     }
     return try widening(dtype, inputs, upTo: inputs.count, body, narrow: { $0.map { $0?.narrowed(to: dtype) } })
 }
