@@ -13,8 +13,14 @@ public final class OpRegistry: @unchecked Sendable {
         let domain: String
         let opType: String
     }
+    /// One registered version: its factory and the file that registered it.
+    private struct Registration {
+        let since: Int
+        let factory: KernelFactory
+        let file: String
+    }
     private struct Tables {
-        var table: [Key: [(since: Int, factory: KernelFactory)]] = [:]
+        var table: [Key: [Registration]] = [:]
         var facts: [Key: OpFacts] = [:]
     }
     private var unlockedTables = Tables()
@@ -37,41 +43,64 @@ public final class OpRegistry: @unchecked Sendable {
     }()
 
     /// Registers `factory` for `opType` in `domain` from opset `since` on.
-    public func register(_ opType: String, domain: String = "", since: Int, _ factory: @escaping KernelFactory) {
+    ///
+    /// `file` (the caller's source file) is kept so `sourceFiles` can say where each op's
+    /// kernel is registered; helpers that register for a family file pass their caller's on.
+    public func register(_ opType: String, domain: String = "", since: Int, file: String = #filePath, _ factory: @escaping KernelFactory) {
         let key = Key(domain: canonicalDomain(domain), opType: opType)
-        withTables { t in
-            var list = t.table[key, default: []]
-            list.removeAll { $0.since == since }
-            list.append((since, factory))
-            list.sort { $0.since < $1.since }
-            t.table[key] = list
+        let entry = Registration(since: since, factory: factory, file: sourcePath(file))
+        withTables { t in t.table[key] = OpRegistry.inserting(entry, into: t.table[key] ?? []) }
+    }
+
+    /// `list` (in since-version order) with `entry` in its place, replacing an entry of the same
+    /// since-version. Plain loops, not inlined: Swift 6.3's release build left the specialised
+    /// `removeAll(where:)` this replaced undefined at link time in the files that inlined it.
+    @inline(never)
+    private static func inserting(_ entry: Registration, into list: [Registration]) -> [Registration] {
+        var out: [Registration] = []
+        out.reserveCapacity(list.count + 1)
+        var placed = false
+        for e in list where e.since != entry.since {
+            if !placed && e.since > entry.since { out.append(entry); placed = true }
+            out.append(e)
         }
+        if !placed { out.append(entry) }
+        return out
     }
 
     /// The factory for `opType` at `opset`, with its since-version.
     public func resolve(domain: String, opType: String, opset: Int) -> (since: Int, factory: KernelFactory)? {
         guard let list = withTables({ $0.table[Key(domain: canonicalDomain(domain), opType: opType)] }) else { return nil }
-        return list.last { $0.since <= opset }
+        guard let entry = list.last(where: { $0.since <= opset }) else { return nil }
+        return (entry.since, entry.factory)
     }
 
     /// Registers one kernel builder at several since-versions (it reads `NodeContext.sinceVersion`
     /// where they differ): the one-line form of every family's registration list.
-    public func register(_ opType: String, domain: String = "", since versions: [Int], mutates: [Int] = [], _ factory: @escaping KernelFactory) {
+    public func register(_ opType: String, domain: String = "", since versions: [Int], mutates: [Int] = [], file: String = #filePath, _ factory: @escaping KernelFactory) {
         for v in versions {
-            if mutates.isEmpty { register(opType, domain: domain, since: v, factory) } else { register(opType, domain: domain, since: v, mutates: mutates, factory) }
+            if mutates.isEmpty {
+                register(opType, domain: domain, since: v, file: file, factory)
+            } else {
+                register(opType, domain: domain, since: v, mutates: mutates, file: file, factory)
+            }
         }
     }
 
     /// Registers `factory` and declares the inputs the op writes into (in-place training ops:
     /// the executor runs them for that effect even when no fetch needs their outputs).
-    public func register(_ opType: String, domain: String = "", since: Int, mutates: [Int], _ factory: @escaping KernelFactory) {
-        register(opType, domain: domain, since: since, factory)
+    public func register(_ opType: String, domain: String = "", since: Int, mutates: [Int], file: String = #filePath, _ factory: @escaping KernelFactory) {
+        register(opType, domain: domain, since: since, file: file, factory)
         withTables { $0.facts[Key(domain: canonicalDomain(domain), opType: opType), default: OpFacts()].mutatedInputs = mutates }
     }
 
     /// Declares the gradient rule of an op (all versions; the rule reads the opset it needs).
-    public func registerGradient(_ opType: String, domain: String = "", _ rule: @escaping GradientRule) {
-        withTables { $0.facts[Key(domain: canonicalDomain(domain), opType: opType), default: OpFacts()].gradient = rule }
+    public func registerGradient(_ opType: String, domain: String = "", file: String = #filePath, _ rule: @escaping GradientRule) {
+        withTables { t in
+            let key = Key(domain: canonicalDomain(domain), opType: opType)
+            t.facts[key, default: OpFacts()].gradient = rule
+            t.facts[key, default: OpFacts()].gradientFile = sourcePath(file)
+        }
     }
 
     /// The inputs the op writes into ([] for ordinary ops).
@@ -94,6 +123,37 @@ public final class OpRegistry: @unchecked Sendable {
         withTables { $0.table.map { ($0.key.domain, $0.key.opType, $0.value.map(\.since)) } }
             .sorted { ($0.domain, $0.opType) < ($1.domain, $1.opType) }
     }
+
+    /// Where every registered op's kernels and gradient rule are registered, as paths below
+    /// `Sources/` (`OnnxTrain/Ops/ONNX/Pad.swift`): one row per op and registering file (an op
+    /// whose versions are registered in two files has two), sorted by domain, op type and first
+    /// version. The table docs/OPS.md shows, so a reader can find any op by name.
+    public var sourceFiles: [(domain: String, opType: String, versions: [Int], registeredIn: String, gradientFile: String?)] {
+        typealias Row = (domain: String, opType: String, versions: [Int], registeredIn: String, gradientFile: String?)
+        var rows: [Row] = []
+        withTables { t in
+            for (key, list) in t.table {
+                var files: [String] = []
+                for entry in list where !files.contains(entry.file) { files.append(entry.file) }
+                for file in files {
+                    let versions: [Int] = list.filter { $0.file == file }.map { $0.since }
+                    rows.append((key.domain, key.opType, versions, file, t.facts[key]?.gradientFile))
+                }
+            }
+        }
+        return rows.sorted { a, b in
+            if a.domain != b.domain { return a.domain < b.domain }
+            if a.opType != b.opType { return a.opType < b.opType }
+            return (a.versions.first ?? 0) < (b.versions.first ?? 0)
+        }
+    }
+}
+
+/// A registering caller's `#filePath` from its `Sources/` folder on (the whole path when it has
+/// none, as for a test's own registrations).
+private func sourcePath(_ filePath: String) -> String {
+    guard let range = filePath.range(of: "/Sources/", options: .backwards) else { return filePath }
+    return String(filePath[range.upperBound...])
 }
 
 /// What the graph layer knows about an op besides its kernel, declared where the op is registered.
@@ -102,6 +162,8 @@ struct OpFacts {
     var mutatedInputs: [Int] = []
     /// How to differentiate the op (see `GradientContext`).
     var gradient: GradientRule?
+    /// The source file (below Sources/) that registers the gradient rule.
+    var gradientFile: String?
 }
 
 extension OpRegistry {

@@ -135,27 +135,27 @@ extension Tensor {
 
 extension OpRegistry {
     /// Registers a float-only elementwise op at each since-version; `make` reads attributes once.
-    func registerFloatUnary<F: FloatUnaryFunction>(_ opType: String, since versions: [Int],
+    func registerFloatUnary<F: FloatUnaryFunction>(_ opType: String, since versions: [Int], file: String = #filePath,
                                                    _ make: @escaping (NodeContext) throws -> F) {
-        register(opType, since: versions) { ctx in
+        register(opType, since: versions, file: file) { ctx in
             let f = try make(ctx)
             return AnyKernel { inputs, _ in [.tensor(try mapFloat(try inputs.tensor(0), f))] }
         }
     }
 
     /// Registers a numeric elementwise op at each since-version.
-    func registerNumericUnary<F: NumericUnaryFunction>(_ opType: String, since versions: [Int],
+    func registerNumericUnary<F: NumericUnaryFunction>(_ opType: String, since versions: [Int], file: String = #filePath,
                                                        _ make: @escaping (NodeContext) throws -> F) {
-        register(opType, since: versions) { ctx in
+        register(opType, since: versions, file: file) { ctx in
             let f = try make(ctx)
             return AnyKernel { inputs, _ in [.tensor(try mapNumeric(try inputs.tensor(0), f))] }
         }
     }
 
     /// Registers a numeric binary op with broadcasting at each since-version.
-    func registerNumericBinary<F: NumericBinaryFunction>(_ opType: String, since versions: [Int],
+    func registerNumericBinary<F: NumericBinaryFunction>(_ opType: String, since versions: [Int], file: String = #filePath,
                                                          _ make: @escaping (NodeContext) throws -> F) {
-        register(opType, since: versions) { ctx in
+        register(opType, since: versions, file: file) { ctx in
             let f = try make(ctx)
             return AnyKernel { inputs, _ in [.tensor(try zipNumeric(try inputs.tensor(0), try inputs.tensor(1), f))] }
         }
@@ -163,16 +163,17 @@ extension OpRegistry {
 
     /// Registers the gradient rule of a unary op, dX = `rule(g, dY, X, Y)`: the rule names the
     /// input and the forward output so it can use whichever is cheaper.
-    func registerUnaryGradient(_ opType: String, _ rule: @escaping (GradientContext, String, String, String) throws -> String) {
-        registerGradient(opType) { g in
+    func registerUnaryGradient(_ opType: String, file: String = #filePath,
+                               _ rule: @escaping (GradientContext, String, String, String) throws -> String) {
+        registerGradient(opType, file: file) { g in
             guard g.needs(0) else { return [nil] }
             return [try rule(g, try g.requiredDY(), g.input(0), g.output(0))]
         }
     }
 
     /// Registers a comparison with broadcasting and a bool output at each since-version.
-    func registerComparison<F: ComparisonFunction>(_ opType: String, since versions: [Int], _ f: F) {
-        register(opType, since: versions) { _ in
+    func registerComparison<F: ComparisonFunction>(_ opType: String, since versions: [Int], file: String = #filePath, _ f: F) {
+        register(opType, since: versions, file: file) { _ in
             AnyKernel { inputs, _ in [.tensor(try zipComparison(try inputs.tensor(0), try inputs.tensor(1), f))] }
         }
     }
