@@ -290,7 +290,7 @@ struct LayerNormGradKernel: Kernel {
 
 extension LayerNormGradKernel {
     /// LayerNormalizationGrad with every input of one type, float32 or float64: the pointer
-    /// kernel layerNormBackward (LayerNormKernels.swift, accumulator T, float32 in float like
+    /// kernel layerNormBackward (LayerNormalization.swift, accumulator T, float32 in float like
     /// onnxruntime). nil otherwise (the general path above).
     func floatStandardGrad(_ inputs: [Value?], _ dyT: Tensor, _ x: Tensor, _ scaleT: Tensor,
                            rows: Int, cols: Int) throws -> [Value?]? {

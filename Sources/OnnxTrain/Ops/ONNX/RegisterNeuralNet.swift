@@ -4,7 +4,7 @@ func registerNeuralNetOps(_ registry: OpRegistry) {
     registerEinsumOps(registry)        // Einsum.swift
     registerConvOps(registry)          // Conv.swift: Conv, ConvTranspose, ConvInteger, QLinearConv
     registerPoolingOps(registry)       // Pooling.swift: Max/Average/Lp pooling, global pooling, MaxUnpool
-    registerNormalizationOps(registry) // Normalization.swift: Batch/Layer/Instance/Group norm, LRN, MVN
+    registerNormalizationOps(registry) // Normalization.swift: Batch/Layer (own files)/Instance/Group/RMS/Lp norm, LRN, MVN
     registerDropoutOps(registry)       // Dropout.swift
     registerAttentionOps(registry)     // Attention.swift
     registerRecurrentOps(registry)     // Recurrent.swift: RNN, GRU, LSTM

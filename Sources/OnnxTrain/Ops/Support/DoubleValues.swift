@@ -54,3 +54,13 @@ extension Tensor {
         }
     }
 }
+
+/// The values of a per-channel parameter as Doubles (any float type).
+func channelValues(_ t: Tensor?, count: Int, default value: Double, name: String) throws -> [Double] {
+    guard let t else { return Array(repeating: value, count: count) }
+    guard t.count == count else { throw KernelError("\(name) has \(t.count) values, \(count) expected") }
+    return try (0..<count).map { i in
+        guard let v = t.scalarDouble(at: i) else { throw KernelError("\(name) has unsupported type \(t.dtype)") }
+        return v
+    }
+}

@@ -1,0 +1,191 @@
+/// LayerNormalization (opset 17; registered in Normalization.swift's list) and the layer norm
+/// forward and backward kernels it shares with LayerNormalizationGrad, generic over
+/// Float and Double, rows split across threads. Accumulator: T (float32 computes in float like
+/// onnxruntime's CPU kernels; Sums.swift). Statistics are two-pass (mean, then mean of squared
+/// deviations), which keeps rows with a large common offset accurate where onnxruntime's
+/// E[x²] − E[x]² would cancel.
+
+// The row loops are functions of their own, called from the Parallel.forRange closures: LLVM
+// vectorises loops over plain pointer arguments but not the same loops inside those closures.
+
+/// layernorm_forward: x, y [rows, cols]; scale, bias [cols] (bias optional); mean, invStd [rows].
+func layerNormForward<T: FloatElement>(x: UnsafePointer<T>, scale: UnsafePointer<T>, bias: UnsafePointer<T>?,
+                      y: UnsafeMutablePointer<T>, mean: UnsafeMutablePointer<T>, invStd: UnsafeMutablePointer<T>,
+                      rows: Int, cols: Int, epsilon: T) {
+    guard rows > 0, cols > 0 else { return }
+    Parallel.forRange(rows, minimumChunk: max(1, 8192 / cols)) { range in
+        for r in range {
+            (mean[r], invStd[r]) = layerNormRow(x + r * cols, scale, bias, y + r * cols, cols, epsilon)
+        }
+    }
+}
+
+/// One row of layernorm_forward; returns its mean and 1/std.
+@inline(never)
+func layerNormRow<T: FloatElement>(_ px: UnsafePointer<T>, _ scale: UnsafePointer<T>, _ bias: UnsafePointer<T>?,
+                  _ py: UnsafeMutablePointer<T>, _ cols: Int, _ epsilon: T) -> (T, T) {
+    let m = rowSum(px, cols) / T(cols)
+    let v = squaredDeviationSum(px, cols, m) / T(cols)
+    let s = 1 / (v + epsilon).squareRoot()
+    if let bias {
+        for j in 0..<cols { py[j] = (px[j] - m) * s * scale[j] + bias[j] }
+    } else {
+        for j in 0..<cols { py[j] = (px[j] - m) * s * scale[j] }
+    }
+    return (m, s)
+}
+
+/// layernorm_backward: dy, x, dx [rows, cols]; scale, dScale, dBias [cols]; mean, invStd [rows].
+/// Per row, with x̂ = (x − mean)·invStd and b = dy·scale:
+///   dx = invStd·(b − mean(b) − x̂·mean(b·x̂));  dScale = Σ_rows dy·x̂, dBias = Σ_rows dy.
+/// dx runs over row blocks, the column sums over column blocks (each column summed in row order,
+/// so the result does not depend on the thread count).
+func layerNormBackward<T: FloatElement>(dy: UnsafePointer<T>, x: UnsafePointer<T>, scale: UnsafePointer<T>,
+                       mean: UnsafePointer<T>, invStd: UnsafePointer<T>,
+                       dx: UnsafeMutablePointer<T>, dScale: UnsafeMutablePointer<T>, dBias: UnsafeMutablePointer<T>,
+                       rows: Int, cols: Int) {
+    guard cols > 0 else { return }
+    Parallel.forRange(rows, minimumChunk: max(1, 4096 / cols)) { range in
+        for r in range {
+            layerNormGradRow(dy + r * cols, x + r * cols, scale, mean[r], invStd[r], dx + r * cols, cols)
+        }
+    }
+    Parallel.forRange(cols, minimumChunk: 32) { range in
+        layerNormColumnSums(dy, x, mean, invStd, dScale, dBias, rows: rows, cols: cols, columns: range)
+    }
+}
+
+/// dx of one row of layernorm_backward.
+@inline(never)
+func layerNormGradRow<T: FloatElement>(_ pg: UnsafePointer<T>, _ px: UnsafePointer<T>, _ scale: UnsafePointer<T>, _ m: T, _ s: T,
+                      _ po: UnsafeMutablePointer<T>, _ cols: Int) {
+    let mv = SIMD8<T>(repeating: m), sv = SIMD8<T>(repeating: s)
+    var accB = SIMD8<T>(), accC = SIMD8<T>(), j = 0
+    while j + 8 <= cols {
+        let b = load8(pg + j) * load8(scale + j)
+        accB += b
+        accC += b * ((load8(px + j) - mv) * sv)
+        j += 8
+    }
+    var sumB = accB.sum(), sumC = accC.sum()
+    while j < cols {
+        let b = pg[j] * scale[j]
+        sumB += b
+        sumC += b * ((px[j] - m) * s)
+        j += 1
+    }
+    let meanB = sumB / T(cols), meanC = sumC / T(cols)
+    for j in 0..<cols {
+        let xhat = (px[j] - m) * s
+        po[j] = s * (pg[j] * scale[j] - meanB - xhat * meanC)
+    }
+}
+
+/// dScale[j] = Σ_r dy[r, j]·x̂[r, j] and dBias[j] = Σ_r dy[r, j] for j in `columns`, rows in order.
+@inline(never)
+func layerNormColumnSums<T: FloatElement>(_ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ mean: UnsafePointer<T>, _ invStd: UnsafePointer<T>,
+                         _ dScale: UnsafeMutablePointer<T>, _ dBias: UnsafeMutablePointer<T>,
+                         rows: Int, cols: Int, columns: Range<Int>) {
+    let j0 = columns.lowerBound, width = columns.count
+    let ds = dScale + j0, db = dBias + j0
+    for j in 0..<width { ds[j] = 0; db[j] = 0 }
+    for r in 0..<rows {
+        let pg = dy + r * cols + j0, px = x + r * cols + j0
+        let m = mean[r], s = invStd[r]
+        for j in 0..<width {
+            ds[j] += pg[j] * ((px[j] - m) * s)
+            db[j] += pg[j]
+        }
+    }
+}
+
+// MARK: - LayerNormalization (opset 17) and its gradient rule
+
+/// Normalizes over the dims from `axis` on: Y = (X - mean) * invStdDev * Scale + B, with Mean and
+/// InvStdDev of shape X.shape[..<axis] + [1, ...]. Statistics in float (stash_type 1) or double.
+struct LayerNormKernel: Kernel {
+    let axis: Int, epsilon: Double
+
+    init(_ ctx: NodeContext) throws {
+        axis = try ctx.int("axis", default: -1)
+        epsilon = Double(try ctx.float("epsilon", default: 1e-5))
+    }
+
+    /// One float type's pass: Scale and B broadcast to the normalized shape once, then the
+    /// pointer kernel above (accumulator T). Mean and InvStdDev are T.
+    struct Op: FloatOperation {
+        let x: Tensor, scale: Tensor, bias: Tensor?, axis: Int, epsilon: Double
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+            let normShape = Array(x.shape[axis...])
+            let cols = Tensor.elementCount(normShape), rows = Tensor.elementCount(Array(x.shape[..<axis]))
+            func covering(_ t: Tensor) throws -> Tensor {
+                if t.count == cols && (try? Broadcast.shape(normShape, t.shape)) == normShape { return t }
+                let spread = try broadcastBinary(Tensor(zeros: T.dtype, shape: normShape), t, T.self, T.self, T.self, outDType: T.dtype) { $1 }
+                guard spread.count == cols else { throw KernelError("Scale or B does not broadcast to \(normShape)") }
+                return spread
+            }
+            let scale = try covering(self.scale), bias = try self.bias.map(covering)
+            let statShape = Array(x.shape[..<axis]) + Array(repeating: 1, count: x.rank - axis)
+            var y = Tensor(uninitialized: T.dtype, shape: x.shape)
+            var mean = Tensor(uninitialized: T.dtype, shape: statShape), invStd = Tensor(uninitialized: T.dtype, shape: statShape)
+            let epsilon = T(fromDouble: epsilon)
+            x.uncheckedBufferPointer(as: T.self) { px in
+                scale.uncheckedBufferPointer(as: T.self) { ps in
+                    withOptionalPointer(bias, T.self) { pb in
+                        y.uncheckedMutableBufferPointer(as: T.self) { py in
+                            mean.uncheckedMutableBufferPointer(as: T.self) { pm in
+                                invStd.uncheckedMutableBufferPointer(as: T.self) { pi in
+                                    guard cols > 0 else {
+                                        // Statistics of empty rows are NaN, as numpy's mean of nothing.
+                                        pm.update(repeating: .nan); pi.update(repeating: .nan)
+                                        return
+                                    }
+                                    guard let x = px.baseAddress, let s = ps.baseAddress, let y = py.baseAddress,
+                                          let m = pm.baseAddress, let i = pi.baseAddress else { return }
+                                    layerNormForward(x: x, scale: s, bias: pb, y: y, mean: m, invStd: i,
+                                                     rows: rows, cols: cols, epsilon: epsilon)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            return [y, mean, invStd]
+        }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0)
+        let a = try normalizeAxis(axis, rank: x.rank)
+        let original = x.dtype
+        let scale = try inputs.tensor(1), bias = try inputs.optionalTensor(2)
+        guard scale.dtype == x.dtype, bias.map({ $0.dtype == x.dtype }) ?? true else {
+            throw KernelError("Scale (\(scale.dtype)) and B (\(bias.map { "\($0.dtype)" } ?? "absent")) must have X's type \(x.dtype)")
+        }
+        let outs = try withFloatCompute([x, scale, bias]) { t in
+            try dispatchFloat(t[0]!.dtype, Op(x: t[0]!, scale: t[1]!, bias: t[2], axis: a, epsilon: epsilon))
+        }
+        // Mean and InvStdDev stay float32 for half inputs (stash_type 1).
+        return outs.enumerated().map { i, t in
+            guard let t else { return nil }
+            if i > 0 && t.dtype == original && (original == .float16 || original == .bfloat16) {
+                return .tensor(t.widenedToFloat())
+            }
+            return .tensor(t)
+        }
+    }
+}
+
+/// The gradient rule of LayerNormalization (ai.onnx.preview.training).
+func layerNormalizationGradient(_ g: GradientContext) throws -> [String?] {
+    let dY = try g.requiredDY()
+    let mean = g.forwardOutput(1), invStd = g.forwardOutput(2)
+    var attributes: [String: Attribute] = ["axis": .int(g.node.int("axis") ?? -1), "epsilon": .float(g.node.float("epsilon") ?? 1e-5)]
+    if let stash = g.node.int("stash_type") { attributes["stash_type"] = .int(stash) }
+    let hasBias = g.hasInput(2)
+    let base = (g.node.name.isEmpty ? "LayerNormalization" : g.node.name) + "_Grad/"
+    let outs = g.emit("LayerNormalizationGrad", domain: "com.microsoft", [dY, g.input(0), g.input(1), mean, invStd],
+                      outputs: 3, attributes: attributes,
+                      names: [base + "dX", base + "dScale", hasBias ? base + "dBias" : ""])
+    return [g.needs(0) ? outs[0] : nil, g.needs(1) ? outs[1] : nil, hasBias && g.needs(2) ? outs[2] : nil]
+}
