@@ -4,21 +4,8 @@ func registerGatherScatterOps(_ registry: OpRegistry) {
     registry.register("Gather", since: 1, gatherKernel)
     registry.register("GatherElements", since: 11, gatherElementsKernel)
     registry.register("GatherND", since: 11, gatherNDKernel)
-    for (op, since) in [("Scatter", 9), ("ScatterElements", 11)] {
-        registry.register(op, since: since) { ctx in
-            let axis = try ctx.int("axis", default: 0)
-            let reduction = try ctx.string("reduction", default: "none")
-            return AnyKernel { inputs, _ in
-                let x = try inputs.tensor(0), indices = try inputs.tensor(1), updates = try inputs.tensor(2)
-                guard x.rank == indices.rank, x.rank >= 1, indices.shape == updates.shape else {
-                    throw KernelError("indices \(indices.shape) and updates \(updates.shape) must match each other and data's rank")
-                }
-                let a = try normalizeAxis(axis, rank: x.rank)
-                let targets = try elementTargets(dataShape: x.shape, indices: indices, axis: a)
-                return [.tensor(try scatter(x, updates, targets: targets, sliceSize: 1, reduction: reduction))]
-            }
-        }
-    }
+    registry.register("Scatter", since: 9, scatterElementsKernel)
+    registry.register("ScatterElements", since: 11, scatterElementsKernel)
     registry.register("ScatterND", since: 11, scatterNDKernel)
     registry.register("TensorScatter", since: 24, tensorScatterKernel)
     registry.register("Unique", since: 11, uniqueKernel)
@@ -246,4 +233,20 @@ func scatterNDGradient(_ g: GradientContext) throws -> [String?] {
     }
     if g.needs(2) { dUpdates = g.op("GatherND", [dY, g.input(1)]) }
     return [dData, nil, dUpdates]
+}
+
+/// ScatterElements (and Scatter, its pre-11 name): updates written, or reduced, at the indices'
+/// positions along `axis`.
+func scatterElementsKernel(_ ctx: NodeContext) throws -> Kernel {
+    let axis = try ctx.int("axis", default: 0)
+    let reduction = try ctx.string("reduction", default: "none")
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0), indices = try inputs.tensor(1), updates = try inputs.tensor(2)
+        guard x.rank == indices.rank, x.rank >= 1, indices.shape == updates.shape else {
+            throw KernelError("indices \(indices.shape) and updates \(updates.shape) must match each other and data's rank")
+        }
+        let a = try normalizeAxis(axis, rank: x.rank)
+        let targets = try elementTargets(dataShape: x.shape, indices: indices, axis: a)
+        return [.tensor(try scatter(x, updates, targets: targets, sliceSize: 1, reduction: reduction))]
+    }
 }

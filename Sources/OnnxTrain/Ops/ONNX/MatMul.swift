@@ -247,11 +247,14 @@ func doubleToInt32(_ t: Tensor) -> Tensor {
     Tensor(shape: t.shape, scalars: t.uncheckedBufferPointer(as: Double.self) { $0.map { Int32(clamping: Int64($0.rounded())) } })
 }
 
+/// MatMul, since opset 1 (numpy matmul: broadcast batch dims, 1-D operands promoted).
+func matMulKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in [.tensor(try matmul(inputs.tensor(0), inputs.tensor(1)))] }
+}
+
 func registerMatMulOps(_ registry: OpRegistry) {
     registry.register("Gemm", since: 1) { ctx in try GemmKernel(ctx) }
-    registry.register("MatMul", since: 1) { _ in
-        AnyKernel { inputs, _ in [.tensor(try matmul(inputs.tensor(0), inputs.tensor(1)))] }
-    }
+    registry.register("MatMul", since: 1, matMulKernel)
     registry.register("MatMulInteger", since: 10, matMulIntegerKernel)
 
     // Gradient rules (GradientContext):

@@ -294,10 +294,13 @@ func requantizationMultiplier(_ a: Tensor, _ b: Tensor, _ y: Tensor) throws -> D
 func registerQuantizationOps(_ registry: OpRegistry) {
     registry.register("QuantizeLinear", since: 10) { ctx in try QuantizeLinearKernel(ctx) }
     registry.register("DequantizeLinear", since: 10) { ctx in try DequantizeLinearKernel(ctx) }
-    registry.register("DynamicQuantizeLinear", since: 11) { _ in
-        AnyKernel { inputs, _ in try dynamicQuantize(inputs.tensor(0)) }
-    }
+    registry.register("DynamicQuantizeLinear", since: 11, dynamicQuantizeLinearKernel)
     registry.register("QLinearMatMul", since: 10, qLinearMatMulKernel)
+}
+
+/// DynamicQuantizeLinear, since opset 11.
+func dynamicQuantizeLinearKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in try dynamicQuantize(inputs.tensor(0)) }
 }
 
 /// QLinearMatMul, since opset 10.

@@ -6,9 +6,7 @@ func registerSequenceOps(_ registry: OpRegistry) {
     registry.register("SequenceInsert", since: 11, sequenceInsertKernel)
     registry.register("SequenceAt", since: 11, sequenceAtKernel)
     registry.register("SequenceErase", since: 11, sequenceEraseKernel)
-    registry.register("SequenceLength", since: 11) { _ in
-        AnyKernel { inputs, _ in [.tensor(Tensor(scalar: Int64(try sequenceInput(inputs, 0).0.count)))] }
-    }
+    registry.register("SequenceLength", since: 11, sequenceLengthKernel)
     registry.register("SplitToSequence", since: 11, splitToSequenceKernel)
     registry.register("ConcatFromSequence", since: 11, concatFromSequenceKernel)
     registry.register("SequenceMap", since: 17, sequenceMapKernel)
@@ -176,4 +174,9 @@ private func sequencePosition(_ t: Tensor, count: Int, allowEnd: Bool) throws ->
 private func sequenceElementType(_ type: ValueType?) -> ValueType? {
     if case .sequence(let e)? = type { return e }
     return nil
+}
+
+/// SequenceLength, since opset 11: the sequence's length as an int64 scalar.
+func sequenceLengthKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in [.tensor(Tensor(scalar: Int64(try sequenceInput(inputs, 0).0.count)))] }
 }

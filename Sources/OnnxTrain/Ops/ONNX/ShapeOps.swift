@@ -4,43 +4,10 @@
 func registerShapeOps(_ registry: OpRegistry) {
     registry.register("Reshape", since: 5, reshapeKernel)
     registry.register("Flatten", since: 1, flattenKernel)
-    for since in [1, 13] {
-        registry.register("Squeeze", since: since) { ctx in
-            let attrAxes = since < 13 ? try ctx.ints("axes") : nil
-            return AnyKernel { inputs, _ in
-                let x = try inputs.tensor(0)
-                let given = try attrAxes ?? inputs.optionalTensor(1)?.ints("axes")
-                var shape: [Int] = []
-                if let given {
-                    let axes = try normalizeAxes(given, rank: x.rank)
-                    for a in axes where x.shape[a] != 1 { throw KernelError("cannot squeeze axis \(a) of shape \(x.shape)") }
-                    for (d, n) in x.shape.enumerated() where !axes.contains(d) { shape.append(n) }
-                } else {
-                    shape = x.shape.filter { $0 != 1 }
-                }
-                return [.tensor(x.reshaped(shape))]
-            }
-        }
-        registry.register("Unsqueeze", since: since) { ctx in
-            let attrAxes = since < 13 ? try ctx.ints("axes") : nil
-            return AnyKernel { inputs, _ in
-                let x = try inputs.tensor(0)
-                guard let given = try attrAxes ?? inputs.optionalTensor(1)?.ints("axes") else { throw KernelError("axes are required") }
-                let outRank = x.rank + given.count
-                let axes = Set(try normalizeAxes(given, rank: outRank))
-                var shape: [Int] = []
-                var next = 0
-                for d in 0..<outRank {
-                    if axes.contains(d) { shape.append(1) } else { shape.append(x.shape[next]); next += 1 }
-                }
-                return [.tensor(x.reshaped(shape))]
-            }
-        }
-    }
+    registry.register("Squeeze", since: [1, 13], squeezeKernel)
+    registry.register("Unsqueeze", since: [1, 13], unsqueezeKernel)
     registry.register("Shape", since: 1, shapeKernel)
-    registry.register("Size", since: 1) { _ in
-        AnyKernel { inputs, _ in [.tensor(Tensor(scalar: Int64(try inputs.tensor(0).count)))] }
-    }
+    registry.register("Size", since: 1, sizeKernel)
     registry.register("Identity", since: 1, identityKernel)
     registry.register("Constant", since: 1, constantKernel)
     registry.register("ConstantOfShape", since: 9, constantOfShapeKernel)
@@ -152,4 +119,45 @@ func reshapeGradient(_ g: GradientContext) throws -> [String?] {
     var grads: [String?] = Array(repeating: nil, count: g.node.inputs.count)
     if g.needs(0) { grads[0] = g.reshape(try g.requiredDY(), like: g.input(0)) }
     return grads
+}
+
+/// Squeeze: the axes are an attribute before opset 13 and the optional input 1 from 13 on; none
+/// given squeezes every axis of size 1.
+func squeezeKernel(_ ctx: NodeContext) throws -> Kernel {
+    let attrAxes = ctx.sinceVersion < 13 ? try ctx.ints("axes") : nil
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        let given = try attrAxes ?? inputs.optionalTensor(1)?.ints("axes")
+        var shape: [Int] = []
+        if let given {
+            let axes = try normalizeAxes(given, rank: x.rank)
+            for a in axes where x.shape[a] != 1 { throw KernelError("cannot squeeze axis \(a) of shape \(x.shape)") }
+            for (d, n) in x.shape.enumerated() where !axes.contains(d) { shape.append(n) }
+        } else {
+            shape = x.shape.filter { $0 != 1 }
+        }
+        return [.tensor(x.reshaped(shape))]
+    }
+}
+
+/// Unsqueeze: the axes (attribute before opset 13, input 1 from 13 on) index the output.
+func unsqueezeKernel(_ ctx: NodeContext) throws -> Kernel {
+    let attrAxes = ctx.sinceVersion < 13 ? try ctx.ints("axes") : nil
+    return AnyKernel { inputs, _ in
+        let x = try inputs.tensor(0)
+        guard let given = try attrAxes ?? inputs.optionalTensor(1)?.ints("axes") else { throw KernelError("axes are required") }
+        let outRank = x.rank + given.count
+        let axes = Set(try normalizeAxes(given, rank: outRank))
+        var shape: [Int] = []
+        var next = 0
+        for d in 0..<outRank {
+            if axes.contains(d) { shape.append(1) } else { shape.append(x.shape[next]); next += 1 }
+        }
+        return [.tensor(x.reshaped(shape))]
+    }
+}
+
+/// Size: the element count as an int64 scalar.
+func sizeKernel(_ ctx: NodeContext) throws -> Kernel {
+    AnyKernel { inputs, _ in [.tensor(Tensor(scalar: Int64(try inputs.tensor(0).count)))] }
 }

@@ -6,26 +6,32 @@ import Foundation
 func registerSignalOps(_ registry: OpRegistry) {
     registry.register("DFT", since: [17, 20], dftKernel)
     registry.register("STFT", since: 17, stftKernel)
-    for (op, coefficients) in [("HannWindow", [0.5, 0.5, 0.0]), ("HammingWindow", [25.0 / 46.0, 21.0 / 46.0, 0.0]), ("BlackmanWindow", [0.42, 0.5, 0.08])] as [(String, [Double])] {
-        registry.register(op, since: 17) { ctx in
-            let periodic = try ctx.int("periodic", default: 1) != 0
-            let dtype = try dtypeFromCode(try ctx.int("output_datatype", default: Int(DType.float32.rawValue)))
-            return AnyKernel { inputs, _ in
-                guard let size = try inputs.tensor(0).ints("size").first, size >= 0 else { throw KernelError("size must be a nonnegative scalar") }
-                try checkShape([size], "size")
-                let n = Double(periodic ? size : size - 1)
-                let (a0, a1, a2) = (coefficients[0], coefficients[1], coefficients[2])
-                var values: [Double] = []
-                for i in 0..<size {
-                    let t: Double = 2 * Double.pi * Double(i) / n
-                    let v: Double = a0 - a1 * cos(t)
-                    values.append(v + a2 * cos(2 * t))
-                }
-                return [.tensor(try Tensor(dtype: dtype, shape: [size], doubles: values))]
+    registry.register("HannWindow", since: 17, cosineWindowKernel([0.5, 0.5, 0.0]))
+    registry.register("HammingWindow", since: 17, cosineWindowKernel([25.0 / 46.0, 21.0 / 46.0, 0.0]))
+    registry.register("BlackmanWindow", since: 17, cosineWindowKernel([0.42, 0.5, 0.08]))
+    registry.register("MelWeightMatrix", since: 17, melWeightMatrixKernel)
+}
+
+/// The HannWindow, HammingWindow and BlackmanWindow builder: a0 − a1·cos(t) + a2·cos(2t) with
+/// `coefficients` [a0, a1, a2].
+func cosineWindowKernel(_ coefficients: [Double]) -> KernelFactory {
+    { ctx in
+        let periodic = try ctx.int("periodic", default: 1) != 0
+        let dtype = try dtypeFromCode(try ctx.int("output_datatype", default: Int(DType.float32.rawValue)))
+        return AnyKernel { inputs, _ in
+            guard let size = try inputs.tensor(0).ints("size").first, size >= 0 else { throw KernelError("size must be a nonnegative scalar") }
+            try checkShape([size], "size")
+            let n = Double(periodic ? size : size - 1)
+            let (a0, a1, a2) = (coefficients[0], coefficients[1], coefficients[2])
+            var values: [Double] = []
+            for i in 0..<size {
+                let t: Double = 2 * Double.pi * Double(i) / n
+                let v: Double = a0 - a1 * cos(t)
+                values.append(v + a2 * cos(2 * t))
             }
+            return [.tensor(try Tensor(dtype: dtype, shape: [size], doubles: values))]
         }
     }
-    registry.register("MelWeightMatrix", since: 17, melWeightMatrixKernel)
 }
 
 /// DFT, since opset 17, 20.
