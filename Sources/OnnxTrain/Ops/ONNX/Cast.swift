@@ -19,47 +19,25 @@ public enum E8M0Rounding: String, Sendable {
 
 // MARK: - Standard type pairs
 
-private func convertLoop<S: CastableElement, D: CastableElement>(_ x: Tensor, _ s: S.Type, _ d: D.Type) -> Tensor {
-    mapElements(x, to: D.dtype) { (v: S) -> D in v.converted(to: D.self) }
+/// x converted elementwise from S to D (one specialised loop per type pair).
+private struct ConvertTo<S: CastableElement>: CastableOperation {
+    let x: Tensor
+    func callAsFunction<D: CastableElement>(_ d: D.Type) -> Tensor {
+        mapElements(x, to: D.dtype) { (v: S) -> D in v.converted(to: D.self) }
+    }
 }
 
-private func convert<S: CastableElement>(_ x: Tensor, from s: S.Type, to dtype: DType) -> Tensor? {
-    switch dtype {
-    case .float32: return convertLoop(x, S.self, Float.self)
-    case .float64: return convertLoop(x, S.self, Double.self)
-    case .float16: return convertLoop(x, S.self, Float16.self)
-    case .bfloat16: return convertLoop(x, S.self, BFloat16.self)
-    case .int8: return convertLoop(x, S.self, Int8.self)
-    case .int16: return convertLoop(x, S.self, Int16.self)
-    case .int32: return convertLoop(x, S.self, Int32.self)
-    case .int64: return convertLoop(x, S.self, Int64.self)
-    case .uint8: return convertLoop(x, S.self, UInt8.self)
-    case .uint16: return convertLoop(x, S.self, UInt16.self)
-    case .uint32: return convertLoop(x, S.self, UInt32.self)
-    case .uint64: return convertLoop(x, S.self, UInt64.self)
-    case .bool: return convertLoop(x, S.self, Bool.self)
-    default: return nil
+/// x, whose element type is S, converted to `dtype` when that is a castable type.
+private struct ConvertFrom: CastableOperation {
+    let x: Tensor, dtype: DType
+    func callAsFunction<S: CastableElement>(_ s: S.Type) -> Tensor? {
+        dispatchCastable(dtype, ConvertTo<S>(x: x))
     }
 }
 
 /// Converts between the standard (non-float8, non-4-bit, non-string) types; nil otherwise.
 private func convertStandard(_ x: Tensor, to dtype: DType) -> Tensor? {
-    switch x.dtype {
-    case .float32: return convert(x, from: Float.self, to: dtype)
-    case .float64: return convert(x, from: Double.self, to: dtype)
-    case .float16: return convert(x, from: Float16.self, to: dtype)
-    case .bfloat16: return convert(x, from: BFloat16.self, to: dtype)
-    case .int8: return convert(x, from: Int8.self, to: dtype)
-    case .int16: return convert(x, from: Int16.self, to: dtype)
-    case .int32: return convert(x, from: Int32.self, to: dtype)
-    case .int64: return convert(x, from: Int64.self, to: dtype)
-    case .uint8: return convert(x, from: UInt8.self, to: dtype)
-    case .uint16: return convert(x, from: UInt16.self, to: dtype)
-    case .uint32: return convert(x, from: UInt32.self, to: dtype)
-    case .uint64: return convert(x, from: UInt64.self, to: dtype)
-    case .bool: return convert(x, from: Bool.self, to: dtype)
-    default: return nil
-    }
+    dispatchCastable(x.dtype, ConvertFrom(x: x, dtype: dtype)) ?? nil
 }
 
 // MARK: - Small floats

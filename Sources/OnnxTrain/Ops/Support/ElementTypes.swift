@@ -281,6 +281,34 @@ public protocol FloatOperation {
     func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Result
 }
 
+/// A computation generic over every type `Tensor.cast` converts directly.
+protocol CastableOperation {
+    associatedtype Result
+    func callAsFunction<T: CastableElement>(_ type: T.Type) -> Result
+}
+
+/// Runs `op` with the Swift type of `dtype` among the castable types (the numeric types, the
+/// half types and bool); nil for the others (float8, 4-bit, strings). Cast uses it twice, once
+/// per side, so each type pair gets its own specialised loop.
+func dispatchCastable<Op: CastableOperation>(_ dtype: DType, _ op: Op) -> Op.Result? {
+    switch dtype {
+    case .float32: return op(Float.self)
+    case .float64: return op(Double.self)
+    case .float16: return op(Float16.self)
+    case .bfloat16: return op(BFloat16.self)
+    case .int8: return op(Int8.self)
+    case .int16: return op(Int16.self)
+    case .int32: return op(Int32.self)
+    case .int64: return op(Int64.self)
+    case .uint8: return op(UInt8.self)
+    case .uint16: return op(UInt16.self)
+    case .uint32: return op(UInt32.self)
+    case .uint64: return op(UInt64.self)
+    case .bool: return op(Bool.self)
+    default: return nil
+    }
+}
+
 /// Runs `op` with the Swift type of `dtype`: every float and integer type (not the half types:
 /// `computingHalfInFloat` widens those first).
 public func dispatchNumeric<Op: NumericOperation>(_ dtype: DType, _ op: Op) throws -> Op.Result {
