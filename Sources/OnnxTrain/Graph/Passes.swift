@@ -15,12 +15,34 @@ public struct PassPipeline {
     public var passes: [GraphPass]
     public init(_ passes: [GraphPass]) { self.passes = passes }
 
-    /// What every session runs before it compiles a model.
+    /// What a session must run before it compiles a model (also with `SessionOptions.optimize` off).
     public static var beforeCompile: PassPipeline { PassPipeline([InlineFunctions()]) }
 
+    /// What every session runs before it compiles a model: function inlining, then the graph
+    /// optimisations. Each keeps the graph's outputs equal up to float rounding, keeps every value
+    /// a graph output names or another node reads, and leaves parameters that are graph inputs
+    /// (training graphs) alone.
+    public static func optimizing(registry: OpRegistry = .standard) -> PassPipeline {
+        PassPipeline([
+            InlineFunctions(),
+            ConstantFolding(registry: registry, foldInputSized: true),
+            ConvFusion(),
+            MatMulAddToGemm(),
+            TransposeIntoMatMul(),
+            ElementwiseFusion(registry: registry),
+        ])
+    }
+
+    /// The names of the passes switched off through `ONNX_TRAIN_DISABLE_PASSES` (comma-separated;
+    /// `all` switches off every optimisation, leaving what a session must run).
+    public static var disabledNames: Set<String> {
+        Set((getenvString("ONNX_TRAIN_DISABLE_PASSES") ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+    }
+
     public func run(_ model: inout Model) throws {
-        let disabled = Set((getenvString("ONNX_TRAIN_DISABLE_PASSES") ?? "").split(separator: ",").map(String.init))
-        for pass in passes where !disabled.contains(pass.name) { try pass.run(&model) }
+        let disabled = PassPipeline.disabledNames
+        let all = disabled.contains("all")
+        for pass in passes where !disabled.contains(pass.name) && !(all && pass.name != "inline-functions") { try pass.run(&model) }
     }
 }
 
@@ -85,14 +107,18 @@ public struct DeadNodeElimination: GraphPass {
 
 /// Replaces nodes whose inputs are all constants by their computed values (shape arithmetic:
 /// Shape of a statically shaped value, Gather/Concat/Unsqueeze/Cast of constants, ...).
-/// Random ops, ops with subgraphs or side effects, and results over `maxElements` stay.
+/// Random ops, ops with subgraphs or side effects, and results over `maxElements` stay (with
+/// `foldInputSized`, a result no larger than the node's constant inputs folds at any size: a
+/// Transpose or Cast of a weight, which a session would otherwise compute on every run).
 public struct ConstantFolding: GraphPass {
     public var name: String { "constant-folding" }
     public var registry: OpRegistry
     public var maxElements: Int
-    public init(registry: OpRegistry = .standard, maxElements: Int = 1 << 16) {
+    public var foldInputSized: Bool
+    public init(registry: OpRegistry = .standard, maxElements: Int = 1 << 16, foldInputSized: Bool = false) {
         self.registry = registry
         self.maxElements = maxElements
+        self.foldInputSized = foldInputSized
     }
 
     static let nondeterministic: Set<String> = [
@@ -105,7 +131,12 @@ public struct ConstantFolding: GraphPass {
         guard !index.hasCycle else { return }
         let order = index.order
         var known: [String: Tensor] = [:]
-        for name in graph.initializerNames where index.isConstant(name) { known[name] = graph.initializers[name] }
+        // An initializer an op writes into (in place) is not a constant across runs.
+        var mutated = Set<String>()
+        for node in graph.nodes {
+            for k in registry.mutatedInputs(domain: node.domain, opType: node.opType) { if let v = node.input(k) { mutated.insert(v) } }
+        }
+        for name in graph.initializerNames where index.isConstant(name) && !mutated.contains(name) { known[name] = graph.initializers[name] }
         let types = TypeInference(graph: graph, opsets: model.opsetImports)
         var folded = Set<Int>()
         for i in order {
@@ -135,10 +166,12 @@ public struct ConstantFolding: GraphPass {
             m.irVersion = model.irVersion
             var options = SessionOptions()
             options.registry = registry
+            options.optimize = false
             guard let session = try? InferenceSession(model: m, options: options),
                   let results = try? session.run(values.mapValues { .tensor($0) }) else { continue }
             let tensors = single.outputs.compactMap { results[$0.name]?.tensor }
-            guard tensors.count == single.outputs.count, tensors.allSatisfy({ $0.count <= maxElements && $0.dtype != .string }) else { continue }
+            let limit = foldInputSized ? max(maxElements, values.values.reduce(0) { $0 + $1.count }) : maxElements
+            guard tensors.count == single.outputs.count, tensors.allSatisfy({ $0.count <= limit && $0.dtype != .string }) else { continue }
             for (o, t) in zip(single.outputs, tensors) { known[o.name] = t }
             folded.insert(i)
         }

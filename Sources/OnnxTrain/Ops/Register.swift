@@ -7,4 +7,5 @@ func registerAllOps(_ registry: OpRegistry) {
     registerPreviewTrainingOps(registry) // Ops/PreviewTraining/RegisterPreviewTraining.swift
     registerMLOps(registry)            // Ops/ML/RegisterML.swift: ai.onnx.ml ops and TfIdfVectorizer
     registerMicrosoftOps(registry)     // Ops/Microsoft/RegisterMicrosoft.swift: com.microsoft training ops
+    registerInternalOps(registry)      // Ops/Internal/ElementwiseChain.swift: ops only graph passes write (onnx-train internal domain)
 }

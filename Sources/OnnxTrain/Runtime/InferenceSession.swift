@@ -6,6 +6,10 @@ public struct SessionOptions {
     /// Seed for random ops (Dropout in training mode, RandomNormal, ...).
     public var seed: UInt64 = 0
     public var registry: OpRegistry = .standard
+    /// Whether the session optimises the graph before compiling it (`PassPipeline.optimizing`:
+    /// constant folding, Conv/BatchNormalization fusion, MatMul+Add as Gemm, Transposes as GEMM
+    /// flags). Single passes are switched off with `ONNX_TRAIN_DISABLE_PASSES=name,name` (or `all`).
+    public var optimize = true
     /// Where a session reports what it accepts but a reader may not expect (a symbolic dimension
     /// bound to two sizes); standard error by default.
     public var warn: @Sendable (String) -> Void = { message in
@@ -24,6 +28,11 @@ public struct SessionOptions {
 public final class InferenceSession: @unchecked Sendable {
     public let model: Model
     let executor: GraphExecutor
+    /// The graph compiled without optimisations, built on the first run that fetches a value the
+    /// optimised graph no longer computes (an intermediate value a fusion removed).
+    private var plainExecutor: GraphExecutor?
+    private let plainLock = NSLock()
+    private let registry: OpRegistry
     private let state: RunState
     private let warn: @Sendable (String) -> Void
     /// Symbolic dimensions already reported as bound to two sizes (each is reported once); runs
@@ -36,11 +45,12 @@ public final class InferenceSession: @unchecked Sendable {
         self.model = model
         var compiled = model
         do {
-            try PassPipeline.beforeCompile.run(&compiled)
+            try (options.optimize ? PassPipeline.optimizing(registry: options.registry) : PassPipeline.beforeCompile).run(&compiled)
             executor = try GraphExecutor(graph: compiled.graph, opsets: compiled.opsetImports, registry: options.registry)
         } catch let error as OnnxTrainError {
             throw model.path.map { error.prefixed($0) } ?? error
         }
+        registry = options.registry
         state = RunState(seed: options.seed)
         warn = options.warn
         declaredOutputs = Dictionary(model.graph.outputs.map { ($0.name, $0.type) }, uniquingKeysWith: { a, _ in a })
@@ -73,6 +83,8 @@ public final class InferenceSession: @unchecked Sendable {
     public func run(_ feeds: [String: Value], fetches: [String]? = nil) throws -> [String: Value] {
         let where_ = model.path.map { "\($0): " } ?? ""
         let graph = model.graph
+        let names = fetches ?? graph.outputs.map(\.name)
+        let executor = try names.allSatisfy({ self.executor.slotOf[$0] != nil }) ? self.executor : unoptimizedExecutor(for: names)
         var feedSlots: [(slot: Int, value: Value)] = []
         var symbols: [String: (Int, String)] = [:]
         let declared = Dictionary(graph.inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
@@ -93,7 +105,6 @@ public final class InferenceSession: @unchecked Sendable {
             }
             feedSlots.append((executor.slotOf[info.name]!, value))
         }
-        let names = fetches ?? graph.outputs.map(\.name)
         var fetchSlots: [Int] = []
         for name in names {
             guard let s = executor.slotOf[name] else {
@@ -119,6 +130,26 @@ public final class InferenceSession: @unchecked Sendable {
             out[name] = value
         }
         return out
+    }
+
+    /// The graph compiled as the model states it, for fetches of values the optimised graph
+    /// fused away; the session's own executor when none of `names` is such a value.
+    private func unoptimizedExecutor(for names: [String]) throws -> GraphExecutor {
+        var known = Set(model.graph.inputs.map(\.name)).union(model.graph.initializerNames)
+        for node in model.graph.nodes { known.formUnion(node.outputs) }
+        guard names.contains(where: { executor.slotOf[$0] == nil && known.contains($0) }) else { return executor }
+        plainLock.lock()
+        defer { plainLock.unlock() }
+        if let plainExecutor { return plainExecutor }
+        var plain = model
+        do {
+            try PassPipeline.beforeCompile.run(&plain)
+            let compiled = try GraphExecutor(graph: plain.graph, opsets: plain.opsetImports, registry: registry)
+            plainExecutor = compiled
+            return compiled
+        } catch let error as OnnxTrainError {
+            throw model.path.map { error.prefixed($0) } ?? error
+        }
     }
 
     /// Tensor-only convenience over `run(_:fetches:)`.

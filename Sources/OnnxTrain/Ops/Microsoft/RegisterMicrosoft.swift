@@ -12,6 +12,7 @@ func registerMicrosoftOps(_ registry: OpRegistry) {
     registerTrainingNormalizationOps(registry) // TrainingNormalization.swift: BatchNormInternal, *LayerNormalization*, grads
     registerTrainingShapeOps(registry)    // TrainingShapeOps.swift: SliceGrad, Split/ConcatTraining, ReduceSumTraining, ...
     registerFusedMatMulOps(registry)      // FusedMatMul.swift: FusedMatMul, TransposeMatMul, DivGrad
+    registerFusedConvOps(registry)        // FusedConv.swift: FusedConv (written by the ConvFusion pass)
     registerOptimizerOps(registry)        // TrainingOptimizers.swift: InPlaceAccumulator(V2), AdamW, SGD (own files), clipping, legacy Adam
     registerRecurrentTrainingOps(registry) // RecurrentGrad.swift: LSTMTraining/GRUTraining (Recurrent.swift forwards), LSTMGrad, GRUGrad
     registerTrainingMiscOps(registry)     // TrainingMiscOps.swift: PassThrough, Group, Record/WaitEvent, ReduceAllL2, ShrunkenGather, FakeQuant(Grad)

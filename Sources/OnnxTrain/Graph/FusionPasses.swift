@@ -1,0 +1,340 @@
+/// Fusions a session applies before it compiles a graph: Conv with BatchNormalization, Add and
+/// an activation; MatMul with its bias Add; Transposes into matrix-product flags. Each leaves the
+/// values the graph computes equal up to float rounding, keeps every value that a graph output
+/// names or another node reads, and touches only what it can prove (static ranks, constant
+/// weights), so training graphs, whose parameters are graph inputs, keep their Conv weights.
+
+/// The facts the fusion passes share: who reads each value, types, and graph outputs.
+struct FusionContext {
+    let graph: Graph
+    let index: GraphIndex
+    let types: TypeInference
+    let graphOutputs: Set<String>
+
+    init(_ model: Model) {
+        graph = model.graph
+        index = GraphIndex(model.graph)
+        types = TypeInference(graph: model.graph, opsets: model.opsetImports)
+        graphOutputs = Set(model.graph.outputs.map(\.name))
+    }
+
+    /// The one node that reads `value`, when nothing else (no other node, no graph output) does.
+    func soleConsumer(of value: String) -> Int? {
+        guard !graphOutputs.contains(value), let users = index.consumers[value], users.count == 1 else { return nil }
+        return users[0]
+    }
+
+    /// Whether nothing but node `user` reads `value` (so the node producing it may go).
+    func onlyRead(_ value: String, by user: Int) -> Bool { soleConsumer(of: value) == user }
+
+    /// The constant tensor named `name` (an initializer no caller can override).
+    func constant(_ name: String?) -> Tensor? {
+        guard let name, index.isConstant(name) else { return nil }
+        return graph.initializers[name]
+    }
+
+    func dtype(_ name: String?) -> DType? { name.flatMap { types[$0]?.dtype } }
+    func rank(_ name: String?) -> Int? { name.flatMap { types[$0]?.rank } }
+
+    /// A float32 or float64 value (the types the fused kernels compute in).
+    func isFloat(_ name: String?) -> Bool { dtype(name) == .float32 || dtype(name) == .float64 }
+}
+
+extension Graph {
+    /// Applies a rewrite: nodes in `removed` go, `replacement` nodes take the place of the node
+    /// they are keyed by; initializers no node reads any more (and no output names) are dropped.
+    mutating func apply(removing removed: Set<Int>, replacing replacement: [Int: Node]) {
+        nodes = nodes.indices.compactMap { i in replacement[i] ?? (removed.contains(i) ? nil : nodes[i]) }
+        var read = Set(outputs.map(\.name)).union(inputs.map(\.name))
+        for n in nodes { read.formUnion(n.inputs); read.formUnion(GraphExecutor.subgraphReferences(n)) }
+        for name in initializerNames where !read.contains(name) { initializers[name] = nil }
+        initializerNames = initializerNames.filter { initializers[$0] != nil }
+    }
+}
+
+/// Conv (+ BatchNormalization) (+ Add) (+ activation) as one node. BatchNormalization in
+/// inference mode folds into the convolution's weights and bias when all of them are constants
+/// (W'[m] = W[m]·s[m], B'[m] = (B[m] − mean[m])·s[m] + beta[m], s = scale / sqrt(var + eps), in
+/// float64); a following Add of another tensor and a Relu, LeakyRelu, Sigmoid, Tanh, HardSigmoid
+/// or Clip (constant bounds) become com.microsoft FusedConv's Z input and activation, applied in
+/// place on the convolution's output. Only float32 and float64 convolutions.
+public struct ConvFusion: GraphPass {
+    public var name: String { "conv-fusion" }
+    public init() {}
+
+    public func run(_ model: inout Model) throws {
+        guard model.graph.nodes.contains(where: { $0.domain.isEmpty && $0.opType == "Conv" }) else { return }
+        let c = FusionContext(model)
+        let graph = c.graph
+        var builder = GraphBuilder(graph)
+        var removed = Set<Int>(), replacement: [Int: Node] = [:]
+        for (i, conv) in graph.nodes.enumerated() where conv.domain.isEmpty && conv.opType == "Conv" && !removed.contains(i) {
+            guard let x = conv.input(0), let wName = conv.input(1), var y = conv.output(0), c.isFloat(x),
+                  conv.outputs.count == 1 else { continue }
+            var w = wName, b = conv.input(2)
+            var chain: [Int] = []
+            // BatchNormalization folded into constant weights.
+            if let j = c.soleConsumer(of: y), !removed.contains(j), let bn = Optional(graph.nodes[j]), bn.domain.isEmpty, bn.opType == "BatchNormalization",
+               bn.input(0) == y, let folded = foldBatchNorm(bn, w: c.constant(w), b: b.map { c.constant($0) }, c) {
+                w = builder.constant(folded.w, name: "\(wName)_bn")
+                b = builder.constant(folded.b, name: "\(b ?? wName)_bn_bias")
+                y = bn.outputs[0]
+                chain.append(j)
+            }
+            // Add of another tensor: FusedConv's Z.
+            var z: String?
+            if let j = c.soleConsumer(of: y), !removed.contains(j), let add = Optional(graph.nodes[j]), add.domain.isEmpty, add.opType == "Add",
+               add.inputs.count == 2, add.inputs[0] != add.inputs[1], let out = add.output(0) {
+                let other = add.inputs[0] == y ? add.inputs[1] : add.inputs[0]
+                if c.dtype(other) == c.dtype(x) {
+                    z = other
+                    y = out
+                    chain.append(j)
+                }
+            }
+            var activation = ConvActivation.none
+            if let j = c.soleConsumer(of: y), !removed.contains(j), let act = activationOf(graph.nodes[j], input: y, dtype: c.dtype(x), c), let out = graph.nodes[j].output(0) {
+                activation = act
+                y = out
+                chain.append(j)
+            }
+            guard let last = chain.last else { continue }
+            var attributes = conv.attributes
+            let fused: Node
+            if z == nil && activation == .none {
+                fused = Node(opType: "Conv", name: conv.name, inputs: [x, w] + (b.map { [$0] } ?? []), outputs: [y], attributes: attributes)
+            } else {
+                attributes.merge(activation.attributes) { _, new in new }
+                fused = Node(opType: "FusedConv", domain: "com.microsoft", name: conv.name,
+                             inputs: [x, w, b ?? ""] + (z.map { [$0] } ?? []), outputs: [y], attributes: attributes)
+            }
+            removed.insert(i)
+            removed.formUnion(chain)
+            replacement[last] = fused
+        }
+        guard !replacement.isEmpty else { return }
+        var result = builder.graph
+        result.apply(removing: removed, replacing: replacement)
+        // Fused-away values lose their declared types; keep value_info only for what remains.
+        let produced = Set(result.nodes.flatMap(\.outputs))
+        result.valueInfo = result.valueInfo.filter { produced.contains($0.name) }
+        model.graph = result
+        if replacement.values.contains(where: { $0.domain == "com.microsoft" }) && model.opsetImports["com.microsoft"] == nil {
+            model.opsetImports["com.microsoft"] = 1
+        }
+    }
+
+    /// New weights and bias with the inference-mode BatchNormalization `bn` folded in, or nil
+    /// when it cannot fold (not constant, training mode, per-activation statistics, shapes).
+    func foldBatchNorm(_ bn: Node, w: Tensor?, b: Tensor??, _ c: FusionContext) -> (w: Tensor, b: Tensor)? {
+        guard let w, w.dtype == .float32 || w.dtype == .float64, w.rank >= 3 else { return nil }
+        if case .some(.none) = b { return nil }  // a bias that is not a constant
+        guard bn.outputs.filter({ !$0.isEmpty }).count == 1, (bn.int("training_mode") ?? 0) == 0, (bn.int("spatial") ?? 1) == 1,
+              (bn.int("is_test") ?? 1) == 1 else { return nil }
+        let m = w.shape[0]
+        let params = (1...4).map { c.constant(bn.input($0)) }
+        guard params.allSatisfy({ $0 != nil && $0!.dtype == w.dtype && $0!.count == m && $0!.rank == 1 }) else { return nil }
+        guard let p = try? params.map({ try $0!.doubles() }), let weights = try? w.doubles(),
+              let bias = b.map({ try? $0!.doubles() }) ?? [Double](repeating: 0, count: m), bias.count == m else { return nil }
+        let (scale, beta, mean, variance) = (p[0], p[1], p[2], p[3])
+        let eps = Double(bn.float("epsilon") ?? 1e-5)
+        let per = weights.count / max(m, 1)
+        var newW = [Double](repeating: 0, count: weights.count), newB = [Double](repeating: 0, count: m)
+        for o in 0..<m {
+            let s = scale[o] / (variance[o] + eps).squareRoot()
+            for k in 0..<per { newW[o * per + k] = weights[o * per + k] * s }
+            newB[o] = (bias[o] - mean[o]) * s + beta[o]
+        }
+        return (floatTensor(w.dtype, shape: w.shape, newW), floatTensor(w.dtype, shape: [m], newB))
+    }
+
+    /// The FusedConv activation for `node` applied to `input`, or nil if it is not one.
+    func activationOf(_ node: Node, input: String, dtype: DType?, _ c: FusionContext) -> ConvActivation? {
+        guard node.domain.isEmpty, node.input(0) == input, node.outputs.count == 1 else { return nil }
+        switch node.opType {
+        case "Relu": return .relu
+        case "Sigmoid": return .sigmoid
+        case "Tanh": return .tanh
+        case "LeakyRelu": return .leakyRelu(alpha: Double(node.float("alpha") ?? 0.01))
+        case "HardSigmoid": return .hardSigmoid(alpha: Double(node.float("alpha") ?? 0.2), beta: Double(node.float("beta") ?? 0.5))
+        case "Clip":
+            // Bounds travel as float32 activation_params: only float32 Clips fuse.
+            guard dtype == .float32 else { return nil }
+            var lo = -Double.infinity, hi = Double.infinity
+            if node.inputs.count > 1 || node.attributes["min"] == nil && node.attributes["max"] == nil {
+                for (k, name) in node.inputs.enumerated().dropFirst() where !name.isEmpty {
+                    guard let t = c.constant(name), t.count == 1, let v = t.scalarDouble() else { return nil }
+                    if k == 1 { lo = v } else { hi = v }
+                }
+            } else {
+                lo = node.float("min").map(Double.init) ?? lo
+                hi = node.float("max").map(Double.init) ?? hi
+            }
+            return .clip(min: lo, max: hi)
+        default: return nil
+        }
+    }
+}
+
+/// MatMul of two 2-D values followed by an Add of a bias that broadcasts to the product's
+/// [M, N] (a row [N] or [1, N], a scalar, or the whole [M, N]) becomes one Gemm, whose GEMM
+/// accumulates onto the bias instead of a second pass over the product.
+public struct MatMulAddToGemm: GraphPass {
+    public var name: String { "matmul-add-to-gemm" }
+    public init() {}
+
+    public func run(_ model: inout Model) throws {
+        guard (model.opset("") ?? 0) >= 7, model.graph.nodes.contains(where: { $0.domain.isEmpty && $0.opType == "MatMul" }) else { return }
+        let c = FusionContext(model)
+        let graph = c.graph
+        var removed = Set<Int>(), replacement: [Int: Node] = [:]
+        for (i, mm) in graph.nodes.enumerated() where mm.domain.isEmpty && mm.opType == "MatMul" {
+            guard let a = mm.input(0), let b = mm.input(1), let y = mm.output(0), c.rank(a) == 2, c.rank(b) == 2, c.isFloat(a),
+                  c.dtype(b) == c.dtype(a), let j = c.soleConsumer(of: y), replacement[j] == nil, !removed.contains(i) else { continue }
+            let add = graph.nodes[j]
+            guard add.domain.isEmpty, add.opType == "Add", add.inputs.count == 2, add.inputs[0] != add.inputs[1], let out = add.output(0) else { continue }
+            let bias = add.inputs[0] == y ? add.inputs[1] : add.inputs[0]
+            // The bias may be another MatMul's product, which then must stay a MatMul.
+            if let p = c.index.producer[bias]?.node, removed.contains(p) || replacement[p] != nil { continue }
+            guard c.dtype(bias) == c.dtype(a), let biasShape = c.types[bias]?.staticShape,
+                  let n = c.types[b]?.staticShape?.last else { continue }
+            let fits: Bool
+            switch biasShape.count {
+            case 0: fits = true
+            case 1: fits = biasShape[0] == n || biasShape[0] == 1
+            case 2: fits = biasShape[0] == 1 && (biasShape[1] == n || biasShape[1] == 1) || c.types[y]?.staticShape == biasShape
+            default: fits = false
+            }
+            guard fits else { continue }
+            removed.insert(i)
+            replacement[j] = Node(opType: "Gemm", name: mm.name, inputs: [a, b, bias], outputs: [out])
+        }
+        guard !replacement.isEmpty else { return }
+        model.graph.apply(removing: removed, replacing: replacement)
+    }
+}
+
+/// A Transpose that swaps the last two axes of a MatMul or FusedMatMul operand, or a 2-D
+/// Transpose feeding Gemm, becomes the product's transA/transB flag (MatMul turns into
+/// com.microsoft FusedMatMul): BLAS reads the operand transposed instead of a copy being made.
+/// The Transpose stays when another node or a graph output reads its result.
+public struct TransposeIntoMatMul: GraphPass {
+    public var name: String { "transpose-into-matmul" }
+    public init() {}
+
+    public func run(_ model: inout Model) throws {
+        guard model.graph.nodes.contains(where: { $0.domain.isEmpty && $0.opType == "Transpose" }) else { return }
+        let c = FusionContext(model)
+        let graph = c.graph
+        var removed = Set<Int>(), replacement: [Int: Node] = [:]
+        var addsMicrosoft = false
+        for (i, node) in graph.nodes.enumerated() {
+            let isMatMul = node.domain.isEmpty && node.opType == "MatMul"
+            let isFused = node.domain == "com.microsoft" && node.opType == "FusedMatMul"
+                && (node.int("transBatchA") ?? 0) == 0 && (node.int("transBatchB") ?? 0) == 0
+            let isGemm = node.domain.isEmpty && node.opType == "Gemm"
+            guard isMatMul || isFused || isGemm, node.inputs.count >= 2, c.isFloat(node.input(0)) else { continue }
+            var updated = node
+            var changed = false
+            for (k, flag) in [(0, "transA"), (1, "transB")] {
+                guard let operand = node.input(k), let p = c.index.producer[operand]?.node, !removed.contains(p) else { continue }
+                let t = graph.nodes[p]
+                guard t.domain.isEmpty, t.opType == "Transpose", let source = t.input(0), let r = c.rank(source), r >= 2,
+                      isGemm ? r == 2 : true else { continue }
+                let perm = t.ints("perm") ?? Array((0..<r).reversed())
+                guard perm == Array(0..<(r - 2)) + [r - 1, r - 2] else { continue }
+                updated.inputs[k] = source
+                updated.attributes[flag] = .int((node.int(flag) ?? 0) == 0 ? 1 : 0)
+                changed = true
+                // The Transpose goes when this product was its only reader (reading it once).
+                if c.onlyRead(operand, by: i) && !(node.inputs[0] == operand && node.inputs[1] == operand) { removed.insert(p) }
+            }
+            guard changed else { continue }
+            if isMatMul {
+                updated.opType = "FusedMatMul"
+                updated.domain = "com.microsoft"
+                updated.attributes["alpha"] = .float(1)
+                addsMicrosoft = true
+            }
+            replacement[i] = updated
+        }
+        guard !replacement.isEmpty else { return }
+        model.graph.apply(removing: removed, replacing: replacement)
+        if addsMicrosoft && model.opsetImports["com.microsoft"] == nil { model.opsetImports["com.microsoft"] = 1 }
+    }
+}
+
+/// Chains of elementwise ops (Add, Sub, Mul, Div and the unary ops `ElementwiseChainKernel`
+/// knows) whose values between the ops have no other reader become one ElementwiseChain node of
+/// onnx-train's internal domain: one pass over the elements instead of one per op. Only float32
+/// and float64 chains whose every value's element type is known; valid in training graphs too, as
+/// no value another node or a graph output reads is removed.
+public struct ElementwiseFusion: GraphPass {
+    public var name: String { "elementwise-fusion" }
+    public var registry: OpRegistry
+    public init(registry: OpRegistry = .standard) { self.registry = registry }
+
+    public func run(_ model: inout Model) throws {
+        guard (model.opset("") ?? 0) >= 7 else { return }
+        let c = FusionContext(model)
+        let graph = c.graph
+        var mutated = Set<String>()
+        for node in graph.nodes {
+            for k in registry.mutatedInputs(domain: node.domain, opType: node.opType) { if let v = node.input(k) { mutated.insert(v) } }
+        }
+        func fusible(_ node: Node) -> DType? {
+            guard node.domain.isEmpty, node.outputs.count == 1, let out = node.output(0) else { return nil }
+            let binary = ElementwiseChainKernel.binaryOps.contains(node.opType)
+            guard binary || ElementwiseChainKernel.unaryOps.contains(node.opType), node.inputs.count == (binary ? 2 : 1),
+                  node.attributes.keys.allSatisfy({ $0 == "alpha" && node.opType == "LeakyRelu" }),
+                  let dtype = c.dtype(out), dtype == .float32 || dtype == .float64,
+                  node.inputs.allSatisfy({ !$0.isEmpty && c.dtype($0) == dtype && !mutated.contains($0) }) else { return nil }
+            return dtype
+        }
+        var claimed = Set<Int>(), removed = Set<Int>(), replacement: [Int: Node] = [:]
+        var builder = GraphBuilder(graph)
+        for i in c.index.order where !claimed.contains(i) {
+            let first = graph.nodes[i]
+            guard let dtype = fusible(first) else { continue }
+            var chain = [i]
+            var value = first.outputs[0]
+            while let j = c.soleConsumer(of: value), !claimed.contains(j), fusible(graph.nodes[j]) == dtype,
+                  graph.nodes[j].inputs.filter({ $0 == value }).count == 1 {
+                chain.append(j)
+                value = graph.nodes[j].outputs[0]
+            }
+            guard chain.count >= 2 else { continue }
+            claimed.formUnion(chain)
+            var inputs = [first.inputs[0]]
+            var ops: [String] = [], operands: [Int] = [], left: [Int] = [], alphas: [Float] = []
+            var carried = ""
+            for (position, k) in chain.enumerated() {
+                let node = graph.nodes[k]
+                ops.append(node.opType)
+                alphas.append(node.opType == "LeakyRelu" ? node.float("alpha") ?? 0.01 : 0)
+                if node.inputs.count == 2 {
+                    // The first node's left input starts the chain; later nodes read the carried value.
+                    let chainLeft = position == 0 || node.inputs[0] == carried
+                    inputs.append(chainLeft ? node.inputs[1] : node.inputs[0])
+                    operands.append(inputs.count - 1)
+                    left.append(chainLeft ? 1 : 0)
+                } else {
+                    operands.append(-1)
+                    left.append(1)
+                }
+                carried = node.outputs[0]
+            }
+            let last = chain[chain.count - 1]
+            removed.formUnion(chain)
+            replacement[last] = Node(opType: "ElementwiseChain", domain: internalDomain,
+                                     name: builder.freshName("fused_" + (first.name.isEmpty ? first.opType : first.name)),
+                                     inputs: inputs, outputs: [value],
+                                     attributes: ["ops": .strings(ops), "operands": .ints(operands), "chain_left": .ints(left), "alphas": .floats(alphas)])
+        }
+        guard !replacement.isEmpty else { return }
+        model.graph.apply(removing: removed, replacing: replacement)
+        let produced = Set(model.graph.nodes.flatMap(\.outputs))
+        model.graph.valueInfo = model.graph.valueInfo.filter { produced.contains($0.name) }
+        model.opsetImports[internalDomain] = 1
+    }
+}

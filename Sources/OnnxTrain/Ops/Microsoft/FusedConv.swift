@@ -1,0 +1,117 @@
+/// FusedConv (com.microsoft v1): Y = activation(Conv(X, W, B) + Z), the convolution of Conv.swift
+/// with its epilogue applied in place on the fresh output. The graph pass `ConvFusion` writes it
+/// for Conv(+BatchNormalization folded into W, B)(+Add)(+activation) in inference graphs.
+///
+/// X: [N, C, in...], W: [M, C/group, k...], B: [M] or absent, Z: Y's shape (any shape that
+/// broadcasts with Y is accepted, added out of place) -> Y: [N, M, out...].
+struct FusedConvKernel: Kernel {
+    let conv: ConvKernel
+    let activation: ConvActivation
+
+    init(_ ctx: NodeContext) throws {
+        conv = ConvKernel(attributes: try ConvAttributes(ctx))
+        activation = try ConvActivation(name: try ctx.string("activation", default: ""),
+                                        parameters: try ctx.floats("activation_params") ?? [])
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        guard var y = try conv.run(Array(inputs.prefix(3)), context).first??.tensor else { return [] }
+        let z = try inputs.optionalTensor(3)
+        if let z {
+            guard z.dtype == y.dtype else { throw KernelError("FusedConv Z is tensor(\(z.dtype)), Y is tensor(\(y.dtype))") }
+            y = try dispatchFloat(y.dtype, AddInPlace(y: y, z: z))
+        }
+        if activation != .none { y = try dispatchFloat(y.dtype, Activate(y: y, activation: activation)) }
+        return [.tensor(y)]
+    }
+
+    /// y + z, in y's storage when the shapes agree (y is the kernel's own fresh output).
+    struct AddInPlace: FloatOperation {
+        var y: Tensor
+        let z: Tensor
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            guard z.shape == y.shape else {
+                return try broadcastBinary(y, z, T.self, T.self, T.self, outDType: T.dtype) { $0 + $1 }
+            }
+            var y = self.y
+            try z.withUnsafeBufferPointer(as: T.self) { pz in
+                y.uncheckedMutableBufferPointer(as: T.self) { py in
+                    for i in 0..<py.count { py[i] += pz[i] }
+                }
+            }
+            return y
+        }
+    }
+
+    struct Activate: FloatOperation {
+        let y: Tensor
+        let activation: ConvActivation
+        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            var y = self.y
+            y.uncheckedMutableBufferPointer(as: T.self) { activation.apply($0) }
+            return y
+        }
+    }
+}
+
+/// The activations FusedConv applies (onnxruntime's names and activation_params), each the same
+/// function as the standalone op's kernel so a fused graph computes the same values.
+enum ConvActivation: Equatable {
+    case none, relu, sigmoid, tanh
+    case leakyRelu(alpha: Double)
+    case clip(min: Double, max: Double)
+    case hardSigmoid(alpha: Double, beta: Double)
+
+    init(name: String, parameters p: [Float]) throws {
+        switch name {
+        case "": self = .none
+        case "Relu": self = .relu
+        case "Sigmoid": self = .sigmoid
+        case "Tanh": self = .tanh
+        case "LeakyRelu": self = .leakyRelu(alpha: Double(p.first ?? 0.01))
+        case "Clip":
+            guard p.count == 2 else { throw KernelError("FusedConv activation Clip needs activation_params [min, max], got \(p)") }
+            self = .clip(min: Double(p[0]), max: Double(p[1]))
+        case "HardSigmoid":
+            self = .hardSigmoid(alpha: Double(p.count > 0 ? p[0] : 0.2), beta: Double(p.count > 1 ? p[1] : 0.5))
+        default: throw KernelError("FusedConv activation '\(name)' is not supported (Relu, Sigmoid, Tanh, LeakyRelu, Clip, HardSigmoid)")
+        }
+    }
+
+    /// The name and activation_params a FusedConv node carries for this activation.
+    var attributes: [String: Attribute] {
+        switch self {
+        case .none: return [:]
+        case .relu: return ["activation": .string("Relu")]
+        case .sigmoid: return ["activation": .string("Sigmoid")]
+        case .tanh: return ["activation": .string("Tanh")]
+        case .leakyRelu(let a): return ["activation": .string("LeakyRelu"), "activation_params": .floats([Float(a)])]
+        case .clip(let lo, let hi): return ["activation": .string("Clip"), "activation_params": .floats([Float(lo), Float(hi)])]
+        case .hardSigmoid(let a, let b): return ["activation": .string("HardSigmoid"), "activation_params": .floats([Float(a), Float(b)])]
+        }
+    }
+
+    func apply<T: FloatElement>(_ y: UnsafeMutableBufferPointer<T>) {
+        switch self {
+        case .none: return
+        case .relu: let f = ReluFunction(); for i in 0..<y.count { y[i] = f(y[i]) }
+        case .sigmoid: let f = SigmoidFunction(); for i in 0..<y.count { y[i] = f(y[i]) }
+        case .tanh: let f = TanhFunction(); for i in 0..<y.count { y[i] = f(y[i]) }
+        case .leakyRelu(let alpha): let f = LeakyReluFunction(alpha: alpha); for i in 0..<y.count { y[i] = f(y[i]) }
+        case .hardSigmoid(let a, let b): let f = HardSigmoidFunction(alpha: a, beta: b); for i in 0..<y.count { y[i] = f(y[i]) }
+        case .clip(let lo, let hi):
+            // Clip's order: raise to min, then lower to max (min > max gives max); NaN kept.
+            let (l, h) = (T(lo), T(hi))
+            for i in 0..<y.count {
+                var v = y[i]
+                if v < l { v = l }
+                if v > h { v = h }
+                y[i] = v
+            }
+        }
+    }
+}
+
+func registerFusedConvOps(_ registry: OpRegistry) {
+    registry.register("FusedConv", domain: "com.microsoft", since: 1) { ctx in try FusedConvKernel(ctx) }
+}
