@@ -138,6 +138,7 @@ public struct ConstantFolding: GraphPass {
         }
         for name in graph.initializerNames where index.isConstant(name) && !mutated.contains(name) { known[name] = graph.initializers[name] }
         let types = TypeInference(graph: graph, opsets: model.opsetImports)
+        let declared = Dictionary((graph.valueInfo + graph.outputs).map { ($0.name, $0.type) }, uniquingKeysWith: { a, _ in a })
         var folded = Set<Int>()
         for i in order {
             let node = graph.nodes[i]
@@ -160,7 +161,9 @@ public struct ConstantFolding: GraphPass {
             var single = Graph()
             single.nodes = [node]
             single.inputs = values.keys.sorted().map { ValueInfo(name: $0, type: nil) }
-            single.outputs = node.outputs.filter { !$0.isEmpty }.map { ValueInfo(name: $0, type: nil) }
+            // Declared output types go along: some kernels take their output shape from them
+            // (AveragePoolGrad, MaxPoolGrad), as onnxruntime takes it from static inference.
+            single.outputs = node.outputs.filter { !$0.isEmpty }.map { ValueInfo(name: $0, type: declared[$0] ?? nil) }
             var m = Model(graph: single)
             m.opsetImports = model.opsetImports
             m.irVersion = model.irVersion

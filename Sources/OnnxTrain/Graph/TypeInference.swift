@@ -303,7 +303,12 @@ public struct TypeInference {
 
     static func product<C: Collection>(_ dims: C) -> Dim where C.Element == Dim {
         var p = 1
-        for d in dims { guard case .value(let v) = d else { return .unknown }; p *= v }
+        for d in dims {
+            guard case .value(let v) = d else { return .unknown }
+            let (q, overflow) = p.multipliedReportingOverflow(by: v)
+            if overflow { return .unknown }
+            p = q
+        }
         return .value(p)
     }
 
@@ -358,7 +363,12 @@ public struct TypeInference {
         }
         if let m = target.firstIndex(of: -1), let input, case .value(let total) = product(input) {
             var known = 1
-            for (i, d) in out.enumerated() where i != m { guard case .value(let v) = d else { return out }; known *= v }
+            for (i, d) in out.enumerated() where i != m {
+                guard case .value(let v) = d else { return out }
+                let (q, overflow) = known.multipliedReportingOverflow(by: v)
+                if overflow { return out }
+                known = q
+            }
             if known > 0 { out[m] = .value(total / known) }
         }
         return out
@@ -382,11 +392,27 @@ public struct TypeInference {
         guard strides.count == spatial, dilations.count == spatial, pads.count == 2 * spatial else { return nil }
         var out: [Dim] = [x[0], weight?.first ?? x[1]]
         for i in 0..<spatial {
-            guard case .value(let n) = x[i + 2] else { out.append(.unknown); continue }
-            let span = n + pads[i] + pads[i + spatial] - dilations[i] * (kernel[i] - 1) - 1
-            let o = (ceil ? (span + strides[i] - 1) / strides[i] : span / strides[i]) + 1
+            // Hostile attributes (pads or dilations near Int.max) leave the size unknown: the kernel
+            // reports them by name when it runs.
+            guard case .value(let n) = x[i + 2], strides[i] > 0, let o = TypeInference.windowSize(
+                n, pads[i], pads[i + spatial], dilation: dilations[i], kernel: kernel[i], stride: strides[i], ceil: ceil) else {
+                out.append(.unknown)
+                continue
+            }
             out.append(.value(o))
         }
         return out
+    }
+
+    /// One output size of a window op, or nil when the arithmetic overflows.
+    static func windowSize(_ n: Int, _ begin: Int, _ end: Int, dilation: Int, kernel: Int, stride: Int, ceil: Bool) -> Int? {
+        let (reach, o1) = dilation.multipliedReportingOverflow(by: kernel &- 1)
+        let (padded, o2) = n.addingReportingOverflow(begin)
+        let (padded2, o3) = padded.addingReportingOverflow(end)
+        let (span, o4) = padded2.subtractingReportingOverflow(reach)
+        let (last, o5) = span.subtractingReportingOverflow(1)
+        let (rounded, o6) = last.addingReportingOverflow(ceil ? stride - 1 : 0)
+        guard !(o1 || o2 || o3 || o4 || o5 || o6) else { return nil }
+        return rounded / stride + 1
     }
 }

@@ -45,7 +45,10 @@ public final class InferenceSession: @unchecked Sendable {
         self.model = model
         var compiled = model
         do {
-            try (options.optimize ? PassPipeline.optimizing(registry: options.registry) : PassPipeline.beforeCompile).run(&compiled)
+            // ai.onnx.preview.training's Gradient differentiates the graph's own nodes as written.
+            let differentiatesItself = model.graph.nodes.contains { $0.opType == "Gradient" && $0.domain == "ai.onnx.preview.training" }
+            let optimize = options.optimize && !differentiatesItself
+            try (optimize ? PassPipeline.optimizing(registry: options.registry) : PassPipeline.beforeCompile).run(&compiled)
             executor = try GraphExecutor(graph: compiled.graph, opsets: compiled.opsetImports, registry: options.registry)
         } catch let error as OnnxTrainError {
             throw model.path.map { error.prefixed($0) } ?? error
