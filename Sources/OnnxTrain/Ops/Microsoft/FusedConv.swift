@@ -25,17 +25,18 @@ struct FusedConvKernel: Kernel {
         return [.tensor(y)]
     }
 
-    /// y + z, in y's storage when the shapes agree (y is the kernel's own fresh output).
+    /// y + z, in y's storage when the shapes agree. y is the convolution's fresh output, which
+    /// nothing else holds: it is written through its shared storage (a uniquely-referenced write
+    /// would copy it, as this struct holds a second reference).
     struct AddInPlace: FloatOperation {
-        var y: Tensor
+        let y: Tensor
         let z: Tensor
         func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             guard z.shape == y.shape else {
                 return try broadcastBinary(y, z, T.self, T.self, T.self, outDType: T.dtype) { $0 + $1 }
             }
-            var y = self.y
             try z.withUnsafeBufferPointer(as: T.self) { pz in
-                y.uncheckedMutableBufferPointer(as: T.self) { py in
+                y.uncheckedSharedMutableBufferPointer(as: T.self) { py in
                     for i in 0..<py.count { py[i] += pz[i] }
                 }
             }
@@ -43,12 +44,12 @@ struct FusedConvKernel: Kernel {
         }
     }
 
+    /// The activation in place on the fresh output (shared storage, as in `AddInPlace`).
     struct Activate: FloatOperation {
         let y: Tensor
         let activation: ConvActivation
         func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
-            var y = self.y
-            y.uncheckedMutableBufferPointer(as: T.self) { activation.apply($0) }
+            y.uncheckedSharedMutableBufferPointer(as: T.self) { activation.apply($0) }
             return y
         }
     }
