@@ -2,9 +2,9 @@ import OnnxTrain
 import XCTest
 
 /// The convolution kernels picked by shape (Ops/ONNX/ConvKernels.swift: direct depthwise loops,
-/// several images per GEMM for small images, 1×1 convolutions without im2col, a single image's
-/// im2col spread over the threads): the forward against plain float64 loops, ConvGrad against
-/// central differences of the forward (float64), and float32 against float64.
+/// several images per GEMM for small images, 1×1 convolutions without im2col): the forward
+/// against plain float64 loops, ConvGrad against central differences of the forward (float64),
+/// and float32 against float64.
 final class ConvKernelTests: XCTestCase {
     /// One case: input and weight shapes and the Conv attributes; which kernel it takes is in the label.
     struct Case {
@@ -22,16 +22,20 @@ final class ConvKernelTests: XCTestCase {
         Case(label: "depthwise 3x3 stride 1 pad 1", x: [2, 3, 5, 6], w: [3, 1, 3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], group: 3),
         Case(label: "depthwise x2 stride 2x1 asymmetric pads dilation 2x1", x: [1, 2, 7, 5], w: [4, 1, 3, 2], strides: [2, 1], pads: [2, 0, 1, 1], dilations: [2, 1], group: 2),
         Case(label: "depthwise 5x5 stride 2 batch 3", x: [3, 4, 6, 7], w: [4, 1, 5, 5], strides: [2, 2], pads: [2, 2, 2, 2], dilations: [1, 1], group: 4),
+        // Wide rows: the 2-D forward's eight-column SIMD interior, stride 1 and 2, dilation 2.
+        Case(label: "depthwise 3x3 wide rows", x: [1, 2, 3, 21], w: [2, 1, 3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], group: 2),
+        Case(label: "depthwise 5x5 stride 2 wide rows", x: [2, 2, 5, 23], w: [2, 1, 5, 5], strides: [2, 2], pads: [2, 2, 2, 2], dilations: [1, 1], group: 2),
+        Case(label: "depthwise x2 3x3 dilation 2 stride 1x3 wide rows", x: [1, 2, 4, 40], w: [4, 1, 3, 3], strides: [1, 3], pads: [2, 1, 0, 2], dilations: [2, 2], group: 2),
         Case(label: "depthwise 1-D", x: [2, 3, 9], w: [3, 1, 3], strides: [2], pads: [1, 2], dilations: [1], group: 3),
         // Small images, batch > 1: several images per GEMM.
         Case(label: "blocked 3x3 groups 2 stride 2", x: [3, 4, 5, 4], w: [6, 2, 3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], group: 2),
         Case(label: "blocked 2x3 dilation 2 non-square", x: [4, 3, 6, 7], w: [5, 3, 2, 3], strides: [1, 2], pads: [0, 1, 2, 0], dilations: [2, 1], group: 1),
         Case(label: "blocked 1x1 direct", x: [3, 5, 2, 3], w: [4, 5, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], group: 1),
         Case(label: "blocked 1x1 stride 2", x: [2, 4, 5, 5], w: [3, 4, 1, 1], strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], group: 1),
-        // One image: 1×1 without im2col/col2im, and a large image's im2col spread over the threads.
+        // One image: 1×1 without im2col/col2im; large images (P >= 256) keep one GEMM per image.
         Case(label: "1x1 direct batch 1 groups 2", x: [1, 4, 3, 5], w: [6, 2, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], group: 2),
         Case(label: "per-image 3x3 batch 2 large image", x: [2, 2, 16, 17], w: [3, 2, 3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], group: 1),
-        Case(label: "per-image 3x3 batch 1, im2col spread over threads", x: [1, 16, 16, 16], w: [2, 16, 3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], group: 1),
+        Case(label: "per-image 3x3 batch 1", x: [1, 16, 16, 16], w: [2, 16, 3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], group: 1),
         Case(label: "per-image 1x1 batch 2 large image", x: [2, 3, 16, 16], w: [2, 3, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], group: 1),
     ]
 

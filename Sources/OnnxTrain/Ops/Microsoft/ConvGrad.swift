@@ -111,7 +111,7 @@ struct ConvGradKernel: Kernel {
                                                 if direct {
                                                     columns = yx + xOffset
                                                 } else {
-                                                    im2colSpread(yx + xOffset, channels: cg, geometry, col, ld: outSize, taps: taps)
+                                                    im2col(yx + xOffset, channels: cg, geometry, col, taps: taps)
                                                     columns = UnsafePointer(col)
                                                 }
                                                 // dW_gᵀ [rows, mg] += col [rows, out] · dY_gᵀ [out, mg]: the
@@ -126,7 +126,10 @@ struct ConvGradKernel: Kernel {
                                                 BLAS.gemm(transA: true, transB: false, m: rows, n: outSize, k: mg, alpha: T(1),
                                                      a: wG, lda: rows, b: dyG, ldb: outSize, beta: T(0),
                                                      c: direct ? dxBase + xOffset : col, ldc: outSize)
-                                                if !direct { col2imSpread(col, channels: cg, geometry, dxBase + xOffset, ld: outSize, taps: taps) }
+                                                if !direct {
+                                                    (dxBase + xOffset).update(repeating: 0, count: cg * inSize)
+                                                    col2im(col, channels: cg, geometry, dxBase + xOffset, taps: taps)
+                                                }
                                             }
                                         }
                                         if wantB {

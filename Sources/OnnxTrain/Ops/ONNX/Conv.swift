@@ -5,8 +5,8 @@
 /// x: [N, C, in...], w: [M, C/group, k...], bias: [M] or nil -> y: [N, M, out...].
 /// Per image and group: Y_g [M/G, P] = W_g [M/G, C/G·K] · col_g [C/G·K, P] (+ bias, written into
 /// Y first so the GEMM accumulates onto it). Images are spread over the kernel threads, each
-/// with its own im2col buffer (small enough to stay in cache, unlike one batch-wide matrix); a
-/// single image has its im2col spread over the threads instead. Two shapes take other kernels
+/// with its own im2col buffer (small enough to stay in cache, unlike one batch-wide matrix). Two
+/// shapes take other kernels
 /// (ConvKernels.swift): depthwise convolutions (group == C) run direct loops, and small images
 /// (P < 256) put several images' columns side by side in one GEMM.
 func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group: Int, geometry g: ConvGeometry, _ type: T.Type) throws -> Tensor {
@@ -53,7 +53,7 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                                 if direct {
                                     columns = image
                                 } else {
-                                    im2colSpread(image, channels: cg, g, col, ld: P, taps: taps)
+                                    im2col(image, channels: cg, g, col, taps: taps)
                                     columns = UnsafePointer(col)
                                 }
                                 BLAS.gemm(transA: false, transB: false, m: mg, n: P, k: cg * K, alpha: 1,

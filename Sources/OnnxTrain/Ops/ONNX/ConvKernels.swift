@@ -1,6 +1,5 @@
 /// Convolution kernels beside the per-image im2col + GEMM of `convolution` and ConvGrad: several
-/// images in one GEMM where each image's product is too narrow, direct depthwise loops, and
-/// im2col spread over the threads for a single image.
+/// images in one GEMM where each image's product is too narrow, and direct depthwise loops.
 
 /// How many images share one GEMM for a convolution with `rows` = C/G·K column rows and
 /// `positions` = P output positions per image.
@@ -15,27 +14,6 @@ func convImageBlock(images n: Int, rows: Int, positions P: Int) -> Int {
     let wanted = (1024 + P - 1) / P
     let fits = max(1, (1 << 22) / max(rows * P, 1))
     return min(n, wanted, fits)
-}
-
-/// im2col of one image with its channels spread over the kernel threads (inline when called
-/// from inside a parallel region): for a batch of one, the unfolding is otherwise single-threaded.
-func im2colSpread<T: TensorElement>(_ x: UnsafePointer<T>, channels: Int, _ g: ConvGeometry, _ col: UnsafeMutablePointer<T>,
-                                    ld: Int, taps: [ConvTapRows]) {
-    let K = g.kernelSize, I = g.inputSize
-    Parallel.forRange(channels, minimumChunk: max(1, 16_384 / max(K * g.outputSize, 1))) { r in
-        im2col(x + r.lowerBound * I, channels: r.count, g, col + r.lowerBound * K * ld, ld: ld, taps: taps)
-    }
-}
-
-/// col2im of one image into a zeroed x, its channels spread over the kernel threads (the adjoint
-/// of `im2colSpread`; each chunk writes only its own channels).
-func col2imSpread<T: FloatElement>(_ col: UnsafePointer<T>, channels: Int, _ g: ConvGeometry, _ x: UnsafeMutablePointer<T>,
-                                   ld: Int, taps: [ConvTapRows]) {
-    let K = g.kernelSize, I = g.inputSize
-    Parallel.forRange(channels, minimumChunk: max(1, 16_384 / max(K * g.outputSize, 1))) { r in
-        (x + r.lowerBound * I).update(repeating: T.zero, count: r.count * I)
-        col2im(col + r.lowerBound * K * ld, channels: r.count, g, x + r.lowerBound * I, ld: ld, taps: taps)
-    }
 }
 
 /// Σ over images and positions of dY [N, M, P] per channel, in Double (rows summed in T), for dB.

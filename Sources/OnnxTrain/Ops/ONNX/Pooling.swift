@@ -79,30 +79,27 @@ func pool<T: FloatElement>(_ x: Tensor, kind: PoolKind, geometry g: ConvGeometry
         y.uncheckedMutableBufferPointer(as: T.self) { py in
             w.offsets.withUnsafeBufferPointer { offsets in
                 w.starts.withUnsafeBufferPointer { starts in
-                    // Channels are spread over the kernel threads; each writes only its own outputs.
-                    Parallel.forRange(nc, minimumChunk: max(1, 8_192 / max(w.offsets.count, 1))) { channels in
-                        for ch in channels {
-                            let src = px.baseAddress! + ch * I, yb = ch * P
-                            for o in 0..<P {
-                                let range = starts[o]..<starts[o + 1]
-                                switch kind {
-                                case .max:
-                                    var m = -T.infinity
-                                    for i in range where src[offsets[i]] > m || src[offsets[i]].isNaN { m = src[offsets[i]] }
-                                    py[yb + o] = range.isEmpty ? 0 : m
-                                case .average(let includePad):
-                                    var sum: T = 0
-                                    for i in range { sum += src[offsets[i]] }
-                                    let count = includePad ? w.padded[o] : range.count
-                                    py[yb + o] = count > 0 ? sum / T(count) : 0
-                                case .lp(let p):
-                                    var sum: T = 0
-                                    for i in range {
-                                        let a = abs(src[offsets[i]])
-                                        sum += p == 2 ? a * a : T(fromDouble: pow(a.doubleValue, Double(p)))
-                                    }
-                                    py[yb + o] = p == 2 ? sum.squareRoot() : T(fromDouble: pow(sum.doubleValue, 1 / Double(p)))
+                    for ch in 0..<nc {
+                        let src = px.baseAddress! + ch * I, yb = ch * P
+                        for o in 0..<P {
+                            let range = starts[o]..<starts[o + 1]
+                            switch kind {
+                            case .max:
+                                var m = -T.infinity
+                                for i in range where src[offsets[i]] > m || src[offsets[i]].isNaN { m = src[offsets[i]] }
+                                py[yb + o] = range.isEmpty ? 0 : m
+                            case .average(let includePad):
+                                var sum: T = 0
+                                for i in range { sum += src[offsets[i]] }
+                                let count = includePad ? w.padded[o] : range.count
+                                py[yb + o] = count > 0 ? sum / T(count) : 0
+                            case .lp(let p):
+                                var sum: T = 0
+                                for i in range {
+                                    let a = abs(src[offsets[i]])
+                                    sum += p == 2 ? a * a : T(fromDouble: pow(a.doubleValue, Double(p)))
                                 }
+                                py[yb + o] = p == 2 ? sum.squareRoot() : T(fromDouble: pow(sum.doubleValue, 1 / Double(p)))
                             }
                         }
                     }
@@ -149,28 +146,23 @@ struct MaxPoolOp: NumericOperation {
         let w = try PoolWindows(g)
         try x.withUnsafeBufferPointer(as: T.self) { px in
             y.uncheckedMutableBufferPointer(as: T.self) { py in
-                indices.withUnsafeMutableBufferPointer { indices in
-                    w.offsets.withUnsafeBufferPointer { offsets in
-                        w.starts.withUnsafeBufferPointer { starts in
-                            // Channels are spread over the kernel threads; each writes only its own outputs.
-                            Parallel.forRange(nc, minimumChunk: max(1, 8_192 / max(w.offsets.count, 1))) { channels in
-                                for ch in channels {
-                                    let src = px.baseAddress! + ch * I, yb = ch * P
-                                    for o in 0..<P {
-                                        let range = starts[o]..<starts[o + 1]
-                                        guard !range.isEmpty else { continue }
-                                        var best = offsets[range.lowerBound]
-                                        for i in range.dropFirst() where src[offsets[i]] > src[best] { best = offsets[i] }
-                                        py[yb + o] = src[best]
-                                        if wantIndices {
-                                            var spatial = best
-                                            if storageOrder == 1 {
-                                                var rem = best; spatial = 0
-                                                for i in 0..<g.rank { spatial += (rem / rowStrides[i]) * colStrides[i]; rem %= rowStrides[i] }
-                                            }
-                                            indices[yb + o] = Int64(ch * I + spatial)
-                                        }
+                w.offsets.withUnsafeBufferPointer { offsets in
+                    w.starts.withUnsafeBufferPointer { starts in
+                        for ch in 0..<nc {
+                            let src = px.baseAddress! + ch * I, yb = ch * P
+                            for o in 0..<P {
+                                let range = starts[o]..<starts[o + 1]
+                                guard !range.isEmpty else { continue }
+                                var best = offsets[range.lowerBound]
+                                for i in range.dropFirst() where src[offsets[i]] > src[best] { best = offsets[i] }
+                                py[yb + o] = src[best]
+                                if wantIndices {
+                                    var spatial = best
+                                    if storageOrder == 1 {
+                                        var rem = best; spatial = 0
+                                        for i in 0..<g.rank { spatial += (rem / rowStrides[i]) * colStrides[i]; rem %= rowStrides[i] }
                                     }
+                                    indices[yb + o] = Int64(ch * I + spatial)
                                 }
                             }
                         }
