@@ -114,14 +114,10 @@ public final class GradientContext {
     }
 
     static func scalarTensor(_ value: Double, dtype: DType, shape: [Int]) throws -> Tensor {
-        let n = Tensor.elementCount(shape)
-        switch dtype {
-        case .float32: return Tensor(shape: shape, scalars: [Float](repeating: Float(value), count: n))
-        case .float64: return Tensor(shape: shape, scalars: [Double](repeating: value, count: n))
-        case .float16, .bfloat16:
-            return try Tensor(shape: shape, scalars: [Float](repeating: Float(value), count: n)).cast(to: dtype)
-        default: throw GradientError("a gradient constant of type \(dtype) is not supported")
+        guard dtype == .float32 || dtype == .float64 || dtype == .float16 || dtype == .bfloat16 else {
+            throw GradientError("a gradient constant of type \(dtype) is not supported")
         }
+        return try Tensor(dtype: dtype, shape: shape, doubles: Array(repeating: value, count: Tensor.elementCount(shape)))
     }
 
     /// Writes a value_info for `name` with `like`'s element type and shape. onnxruntime's

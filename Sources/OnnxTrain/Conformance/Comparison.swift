@@ -83,10 +83,7 @@ public func compareTensors(_ a: Tensor, _ e: Tensor, tolerance: Tolerance, label
 
 private func floatValues(_ t: Tensor) -> [Double]? {
     switch t.dtype {
-    case .float32: return t.uncheckedBufferPointer(as: Float.self) { $0.map { Double($0) } }
-    case .float64: return t.scalars(as: Double.self)
-    case .float16: return t.uncheckedBufferPointer(as: Float16.self) { $0.map { Double(Float($0)) } }
-    case .bfloat16: return t.uncheckedBufferPointer(as: BFloat16.self) { $0.map { Double($0.floatValue) } }
+    case .float32, .float64, .float16, .bfloat16: return try? t.doubles()
     case .complex64: return UnsafeBufferPointer(start: t.storage.bytes.assumingMemoryBound(to: Float.self), count: t.count * 2).map { Double($0) }
     case .complex128: return Array(UnsafeBufferPointer(start: t.storage.bytes.assumingMemoryBound(to: Double.self), count: t.count * 2))
     default: return nil

@@ -192,23 +192,7 @@ public struct Tensor {
     /// The first element converted to Double (for scalar inputs such as ratios and learning rates).
     public func scalarDouble(at index: Int = 0) -> Double? {
         guard index < count else { return nil }
-        let p = storage.bytes
-        switch dtype {
-        case .float32: return Double(p.load(fromByteOffset: index * 4, as: Float.self))
-        case .float64: return p.load(fromByteOffset: index * 8, as: Double.self)
-        case .float16: return Double(Float(p.load(fromByteOffset: index * 2, as: Float16.self)))
-        case .bfloat16: return Double(p.load(fromByteOffset: index * 2, as: BFloat16.self).floatValue)
-        case .int8: return Double(p.load(fromByteOffset: index, as: Int8.self))
-        case .int16: return Double(p.load(fromByteOffset: index * 2, as: Int16.self))
-        case .int32: return Double(p.load(fromByteOffset: index * 4, as: Int32.self))
-        case .int64: return Double(p.load(fromByteOffset: index * 8, as: Int64.self))
-        case .uint8: return Double(p.load(fromByteOffset: index, as: UInt8.self))
-        case .uint16: return Double(p.load(fromByteOffset: index * 2, as: UInt16.self))
-        case .uint32: return Double(p.load(fromByteOffset: index * 4, as: UInt32.self))
-        case .uint64: return Double(p.load(fromByteOffset: index * 8, as: UInt64.self))
-        case .bool: return p.load(fromByteOffset: index, as: Bool.self) ? 1 : 0
-        default: return nil
-        }
+        return try? dispatch(dtype, ElementAsDouble(bytes: storage.bytes, index: index))
     }
 
     /// The elements of an integer tensor widened to Int (shapes, axes, indices).
@@ -229,4 +213,12 @@ public struct Tensor {
 
 extension Tensor: CustomStringConvertible {
     public var description: String { "tensor(\(dtype)) \(shape)" }
+}
+
+/// One element, at `index` of `bytes`, converted to Double (numeric and bool types).
+private struct ElementAsDouble: CastableOperation {
+    let bytes: UnsafeMutableRawPointer, index: Int
+    func castable<T: CastableElement>(_ type: T.Type) -> Double {
+        bytes.load(fromByteOffset: index * MemoryLayout<T>.stride, as: T.self).converted(to: Double.self)
+    }
 }

@@ -589,11 +589,10 @@ public final class Trainer {
         var total = 0.0
         for p in module.trainableParameters {
             guard let g = p.grad else { continue }
-            switch g.dtype {
-            case .float32: try g.withUnsafeBufferPointer(as: Float.self) { for x in $0 { total += Double(x) * Double(x) } }
-            case .float64: try g.withUnsafeBufferPointer(as: Double.self) { for x in $0 { total += x * x } }
-            default: throw OnnxTrainError.unsupported("gradient clipping: the gradient of '\(p.name)' is tensor(\(g.dtype)); float and double are supported")
+            guard g.dtype == .float32 || g.dtype == .float64 else {
+                throw OnnxTrainError.unsupported("gradient clipping: the gradient of '\(p.name)' is tensor(\(g.dtype)); float and double are supported")
             }
+            total += try dispatch(g.dtype, SumOfSquares(tensor: g))
         }
         let norm = total.squareRoot()
         let coefficient = bound / (norm + 1e-6)
@@ -616,4 +615,12 @@ public final class Trainer {
 /// negative NaN as "-nan", which says nothing more), "inf" or "-inf".
 private func nonFinite(_ value: Float) -> String {
     value.isNaN ? "nan" : "\(value)"
+}
+
+/// The sum of a float tensor's squared elements, in Double.
+private struct SumOfSquares: ElementOperation {
+    let tensor: Tensor
+    func float<T: FloatElement>(_ type: T.Type) throws -> Double {
+        try tensor.withUnsafeBufferPointer(as: T.self) { $0.reduce(0) { $0 + $1.doubleValue * $1.doubleValue } }
+    }
 }

@@ -81,14 +81,14 @@ struct ElementwiseChainKernel: Kernel {
         guard dtype == .float32 || dtype == .float64, tensors.allSatisfy({ $0.dtype == dtype }) else {
             throw KernelError("ElementwiseChain computes float32 or float64 of one type, got \(tensors.map(\.dtype))")
         }
-        return [.tensor(try dispatchFloat(dtype, Evaluate(steps: steps, inputs: tensors)))]
+        return [.tensor(try dispatch(dtype, Evaluate(steps: steps, inputs: tensors)))]
     }
 
-    struct Evaluate: FloatOperation {
+    struct Evaluate: ElementOperation {
         let steps: [Step]
         let inputs: [Tensor]
 
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             var outShape = inputs[0].shape
             for s in steps where s.op.isBinary { outShape = try Broadcast.shape(outShape, inputs[s.operand].shape) }
             let n = Tensor.elementCount(outShape)

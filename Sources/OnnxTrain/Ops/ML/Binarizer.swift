@@ -8,7 +8,7 @@ func binarizerKernel(_ ctx: NodeContext) throws -> Kernel {
     let threshold = Double(try ctx.float("threshold", default: 0))
     return AnyKernel { inputs, _ in
         let x = try inputs.tensor(0)
-        let values = try mlDoubles(x).map { $0 > threshold ? 1.0 : 0.0 }
-        return [.tensor(try mlTensor(values, shape: x.shape, dtype: x.dtype))]
+        let values = try x.doubles().map { $0 > threshold ? 1.0 : 0.0 }
+        return [.tensor(try Tensor(dtype: x.dtype, shape: x.shape, doubles: values))]
     }
 }

@@ -36,8 +36,8 @@ func registerLabelEncoder(_ registry: OpRegistry) {
             switch values.dtype {
             case .string: fallback = Tensor(shape: [1], strings: [try ctx.string("default_string", default: "_Unused")])
             case .float32, .float64, .float16, .bfloat16:
-                fallback = try mlTensor([Double(try ctx.float("default_float", default: -0.0))], shape: [1], dtype: values.dtype)
-            default: fallback = try mlTensor([Double(try ctx.int("default_int64", default: -1))], shape: [1], dtype: values.dtype)
+                fallback = try Tensor(dtype: values.dtype, shape: [1], doubles: [Double(try ctx.float("default_float", default: -0.0))])
+            default: fallback = try Tensor(dtype: values.dtype, shape: [1], doubles: [Double(try ctx.int("default_int64", default: -1))])
             }
         }
         // The table is the values followed by the default, so a miss is index `keys.count`.

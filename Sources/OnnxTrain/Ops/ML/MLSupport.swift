@@ -11,40 +11,11 @@ enum MLKey: Hashable {
 func mlKeys(_ t: Tensor) throws -> [MLKey] {
     switch t.dtype {
     case .string: return t.strings.map { .string($0) }
-    case .float32, .float64, .float16, .bfloat16: return try mlDoubles(t).map { .real($0) }
+    case .float32, .float64, .float16, .bfloat16: return try t.doubles().map { .real($0) }
     case .uint64: return try t.withUnsafeBufferPointer(as: UInt64.self) { $0.map { .int(Int64(truncatingIfNeeded: $0)) } }
     default:
         guard let ints = t.intValues() else { throw KernelError("element type \(t.dtype) cannot be a key") }
         return ints.map { .int(Int64($0)) }
-    }
-}
-
-/// The elements of a numeric tensor as Double (float16/bfloat16 through Float).
-func mlDoubles(_ t: Tensor) throws -> [Double] {
-    let w = t.widenedToFloat()
-    return try dispatchNumeric(w.dtype, DoublesOf(tensor: w))
-}
-
-private struct DoublesOf: NumericOperation {
-    let tensor: Tensor
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> [Double] {
-        try tensor.withUnsafeBufferPointer(as: T.self) { $0.map(\.doubleValue) }
-    }
-}
-
-/// A numeric tensor of `dtype` holding `values` (float16/bfloat16 rounded through Float).
-func mlTensor(_ values: [Double], shape: [Int], dtype: DType) throws -> Tensor {
-    switch dtype {
-    case .float16, .bfloat16: return Tensor(shape: shape, scalars: values.map { Float($0) }).narrowed(to: dtype)
-    default: return try dispatchNumeric(dtype, TensorOf(values: values, shape: shape))
-    }
-}
-
-private struct TensorOf: NumericOperation {
-    let values: [Double]
-    let shape: [Int]
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
-        Tensor(shape: shape, scalars: values.map { T(fromDouble: $0) })
     }
 }
 

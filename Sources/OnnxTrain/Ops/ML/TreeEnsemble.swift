@@ -46,7 +46,7 @@ struct TreeEnsembleKernel: Kernel {
             return v
         }
         guard let split = try ctx.tensor("nodes_splits") else { throw KernelError("attribute 'nodes_splits' is required") }
-        let splits = try mlDoubles(split)
+        let splits = try split.doubles()
         let featureIDs = try required(ctx.ints("nodes_featureids"), "nodes_featureids")
         let modeTensor = try required(ctx.tensor("nodes_modes"), "nodes_modes")
         guard let modes = modeTensor.intValues() else { throw KernelError("nodes_modes must be an integer tensor, got \(modeTensor)") }
@@ -56,7 +56,7 @@ struct TreeEnsembleKernel: Kernel {
         let falseLeafs = try required(ctx.ints("nodes_falseleafs"), "nodes_falseleafs")
         let missing = try ctx.ints("nodes_missing_value_tracks_true")
         leafTargets = try required(ctx.ints("leaf_targetids"), "leaf_targetids")
-        leafWeights = try mlDoubles(required(ctx.tensor("leaf_weights"), "leaf_weights"))
+        leafWeights = try required(ctx.tensor("leaf_weights"), "leaf_weights").doubles()
         let treeRoots = try required(ctx.ints("tree_roots"), "tree_roots")
         targets = try ctx.requiredInt("n_targets")
         guard let agg = Aggregate(rawValue: try ctx.int("aggregate_function", default: 1)) else {
@@ -105,7 +105,7 @@ struct TreeEnsembleKernel: Kernel {
 
         // Membership sets, consumed in the reference's build order: each tree depth first, true before false.
         var sets: [Set<Double>] = [[]]
-        for v in try ctx.tensor("membership_values").map(mlDoubles) ?? [] {
+        for v in try ctx.tensor("membership_values").map { try $0.doubles() } ?? [] {
             if v.isNaN { sets.append([]) } else { sets[sets.count - 1].insert(v) }
         }
         let memberCount = nodes.filter { $0.mode == .member }.count
@@ -164,7 +164,7 @@ struct TreeEnsembleKernel: Kernel {
         let (rows, features) = (x.shape[0], x.shape[1])
         guard maxFeature < features else { throw KernelError("nodes_featureids reaches feature \(maxFeature), X has \(features)") }
         _ = try Tensor.checkedElementCount([rows, targets])
-        let values = try mlDoubles(x)
+        let values = try x.doubles()
         // MIN/MAX start from the element type's extremes, as the reference does (np.finfo(X.dtype)).
         let largest: Double = switch x.dtype {
         case .float64: .greatestFiniteMagnitude
@@ -190,6 +190,6 @@ struct TreeEnsembleKernel: Kernel {
                 }
             }
         }
-        return [.tensor(try mlTensor(y, shape: [rows, targets], dtype: x.dtype))]
+        return [.tensor(try Tensor(dtype: x.dtype, shape: [rows, targets], doubles: y))]
     }
 }

@@ -99,11 +99,11 @@ enum ActivationFunction {
 
 /// out = f(x + bias) for a forward, dY ⊙ f′(x + bias) for a gradient; bias (optional) repeats
 /// along the last axis. Shapes: x, dY, out [..., n]; bias [n].
-struct ActivationOp: FloatOperation {
+struct ActivationOp: ElementOperation {
     let function: ActivationFunction
     let dy: Tensor?, x: Tensor, bias: Tensor?
 
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         switch function {
         case .reluGrad: return apply(T.self, ReluDerivative())
         case .sigmoidGradFromY: return apply(T.self, SigmoidDerivativeFromY())
@@ -201,7 +201,7 @@ struct ActivationKernel: Kernel {
         let operands = [dy, x, bias].compactMap { $0 }
         let names = [gradient ? "dY" : nil, secondName, bias == nil ? nil : "B"].compactMap { $0 }
         return [.tensor(try computingHalfInFloat(operands, names: names, floatOnly: true) { t in
-            try dispatchFloat(t[0].dtype, ActivationOp(function: function, dy: gradient ? t[0] : nil, x: t[gradient ? 1 : 0], bias: bias == nil ? nil : t.last))
+            try dispatch(t[0].dtype, ActivationOp(function: function, dy: gradient ? t[0] : nil, x: t[gradient ? 1 : 0], bias: bias == nil ? nil : t.last))
         })]
     }
 }

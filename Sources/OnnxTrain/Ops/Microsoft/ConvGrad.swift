@@ -29,19 +29,19 @@ struct ConvGradKernel: Kernel {
         let expected = [n, m] + geometry.output
         guard dy.shape == expected else { throw KernelError("dY \(dy.shape) must have shape \(expected)") }
         let outs = try withFloatCompute([dy, x, w]) { t in
-            try dispatchFloat(t[0]!.dtype, Compute(dy: t[0]!, x: t[1]!, w: t[2]!, geometry: geometry, group: g,
+            try dispatch(t[0]!.dtype, Compute(dy: t[0]!, x: t[1]!, w: t[2]!, geometry: geometry, group: g,
                                                    wantX: wantX, wantW: wantW, wantB: wantB))
         }
         return outs.map { $0.map { .tensor($0) } }
     }
 
-    struct Compute: FloatOperation {
+    struct Compute: ElementOperation {
         let dy: Tensor, x: Tensor, w: Tensor
         let geometry: ConvGeometry
         let group: Int
         let wantX: Bool, wantW: Bool, wantB: Bool
 
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+        func float<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
             let n = x.shape[0], c = x.shape[1], m = w.shape[0]
             let cg = c / group, mg = m / group
             let outSize = geometry.outputSize, inSize = geometry.inputSize
@@ -185,13 +185,13 @@ struct ConvTransposeGradKernel: Kernel {
     let forward: ConvTransposeKernel
     let wantX: Bool, wantW: Bool, wantB: Bool
 
-    struct Compute: FloatOperation {
+    struct Compute: ElementOperation {
         let dy: Tensor, x: Tensor, w: Tensor, geometry: ConvGeometry, group: Int
         let wantX: Bool, wantW: Bool, wantB: Bool
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+        func float<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
             let dx = wantX ? try convolution(dy, w, bias: nil, group: group, geometry: geometry, T.self) : nil
             let dw = wantW ? try ConvGradKernel.Compute(dy: x, x: dy, w: w, geometry: geometry, group: group,
-                                                        wantX: false, wantW: true, wantB: false)(T.self)[1] : nil
+                                                        wantX: false, wantW: true, wantB: false).float(T.self)[1] : nil
             var db: Tensor?
             if wantB {
                 let n = dy.shape[0], c = dy.shape[1], inner = dy.count / max(n * c, 1)
@@ -214,7 +214,7 @@ struct ConvTransposeGradKernel: Kernel {
         let expected = [x.shape[0], w.shape[1] * g] + geometry.input
         guard dy.shape == expected else { throw KernelError("dY \(dy.shape) must have shape \(expected)") }
         let outs = try withFloatCompute([dy, x, w]) { t in
-            try dispatchFloat(t[0]!.dtype, Compute(dy: t[0]!, x: t[1]!, w: t[2]!, geometry: geometry, group: g,
+            try dispatch(t[0]!.dtype, Compute(dy: t[0]!, x: t[1]!, w: t[2]!, geometry: geometry, group: g,
                                                    wantX: wantX, wantW: wantW, wantB: wantB))
         }
         return outs.map { $0.map { .tensor($0) } }

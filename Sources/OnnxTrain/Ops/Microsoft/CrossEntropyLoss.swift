@@ -73,7 +73,7 @@ func classIndexLossGrad(dy: Tensor, logProb: Tensor, label: Tensor, weight: Tens
         for i in 0..<labels.count { scale[i] = s * w[i] }
     }
     if bias == nil && (logProb.dtype == .float32 || logProb.dtype == .float64) {
-        return try dispatchFloat(logProb.dtype, ClassIndexLossGradRows(logProb: logProb, labels: labels, scale: scale,
+        return try dispatch(logProb.dtype, ClassIndexLossGradRows(logProb: logProb, labels: labels, scale: scale,
                                                                        n: n, classes: classes, inner: inner))
     }
     let lp = try floatValues(logProb, "log_prob")
@@ -99,11 +99,11 @@ func classIndexLossGrad(dy: Tensor, logProb: Tensor, label: Tensor, weight: Tens
 /// d_logits = (exp(log_prob) − onehot)·scale for float32/float64 log_prob [N, C, d...] read in
 /// place, one row (sample, position) per call, rows split across threads. Accumulator: none
 /// (elementwise in T, as onnxruntime computes float32 in float).
-private struct ClassIndexLossGradRows: FloatOperation {
+private struct ClassIndexLossGradRows: ElementOperation {
     let logProb: Tensor, labels: [Int], scale: [Double]
     let n: Int, classes: Int, inner: Int
 
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         var out = Tensor(uninitialized: T.dtype, shape: logProb.shape)
         let (classes, inner) = (classes, inner)
         try logProb.withUnsafeBufferPointer(as: T.self) { lp in

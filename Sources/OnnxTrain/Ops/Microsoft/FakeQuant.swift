@@ -16,9 +16,9 @@ struct FakeQuantKernel: Kernel {
         guard quantMin <= quantMax else { throw KernelError("quant_min \(quantMin) must not exceed quant_max \(quantMax)") }
     }
 
-    struct Op: FloatOperation {
+    struct Op: ElementOperation {
         let x: Tensor, scale: Double, zeroPoint: Double, quantMin: Double, quantMax: Double
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor] {
+        func float<T: FloatElement>(_ type: T.Type) throws -> [Tensor] {
             var y = Tensor(uninitialized: T.dtype, shape: x.shape)
             var mask = [Bool](repeating: false, count: x.count)
             // In the element type, as onnxruntime rounds x / scale + zero_point in float.
@@ -46,7 +46,7 @@ struct FakeQuantKernel: Kernel {
         guard scale != 0 else { throw KernelError("scale must not be 0") }
         // Half inputs compute in float32; the quantized output rounds back (the mask is bool).
         let wide = x.widenedToFloat()
-        return try dispatchFloat(wide.dtype, Op(x: wide, scale: scale, zeroPoint: zeroPoint, quantMin: quantMin, quantMax: quantMax))
+        return try dispatch(wide.dtype, Op(x: wide, scale: scale, zeroPoint: zeroPoint, quantMin: quantMin, quantMax: quantMax))
             .map { .tensor($0.narrowed(to: x.dtype)) }
     }
 }

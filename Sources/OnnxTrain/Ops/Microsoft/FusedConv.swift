@@ -20,19 +20,19 @@ struct FusedConvKernel: Kernel {
         let z = try inputs.optionalTensor(3)
         if let z {
             guard z.dtype == y.dtype else { throw KernelError("FusedConv Z is tensor(\(z.dtype)), Y is tensor(\(y.dtype))") }
-            y = try dispatchFloat(y.dtype, AddInPlace(y: y, z: z))
+            y = try dispatch(y.dtype, AddInPlace(y: y, z: z))
         }
-        if activation != .none { y = try dispatchFloat(y.dtype, Activate(y: y, activation: activation)) }
+        if activation != .none { y = try dispatch(y.dtype, Activate(y: y, activation: activation)) }
         return [.tensor(y)]
     }
 
     /// y + z, in y's storage when the shapes agree. y is the convolution's fresh output, which
     /// nothing else holds: it is written through its shared storage (a uniquely-referenced write
     /// would copy it, as this struct holds a second reference).
-    struct AddInPlace: FloatOperation {
+    struct AddInPlace: ElementOperation {
         let y: Tensor
         let z: Tensor
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             guard z.shape == y.shape else {
                 return try broadcastBinary(y, z, T.self, T.self, T.self, outDType: T.dtype) { $0 + $1 }
             }
@@ -49,10 +49,10 @@ struct FusedConvKernel: Kernel {
     /// in-place `y[i] = y[i] < 0 ? 0 : y[i]` compiles to a store only for negative elements, a
     /// branch per element that does not vectorise (SqueezeNet ran 1.3x slower fused so); from one
     /// buffer into another the same loop is a vector select.
-    struct Activate: FloatOperation {
+    struct Activate: ElementOperation {
         let y: Tensor
         let activation: ConvActivation
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor { activation.applied(to: y, T.self) }
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor { activation.applied(to: y, T.self) }
     }
 }
 

@@ -21,16 +21,16 @@ struct FusedMatMulKernel: Kernel {
         if transBatchB { b = try transpose(b, perm: Array(1..<(b.rank - 1)) + [0, b.rank - 1]) }
         let (ta, tb) = (transA && a.rank >= 2, transB && b.rank >= 2)
         return [.tensor(try computingHalfInFloat([a, b]) { w in
-            try dispatchFloat(w[0].dtype, Compute(a: w[0], b: w[1], alpha: alpha, transA: ta, transB: tb))
+            try dispatch(w[0].dtype, Compute(a: w[0], b: w[1], alpha: alpha, transA: ta, transB: tb))
         })]
     }
 
-    struct Compute: FloatOperation {
+    struct Compute: ElementOperation {
         let a: Tensor, b: Tensor
         let alpha: Double
         let transA: Bool, transB: Bool
 
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             // Matrices: A as [batchA…, m, k] (1-D A is [1, k]), B as [batchB…, k, n] (1-D B is [k, 1]).
             let aShape = a.rank == 1 ? [1, a.shape[0]] : a.shape
             let bShape = b.rank == 1 ? [b.shape[0], 1] : b.shape

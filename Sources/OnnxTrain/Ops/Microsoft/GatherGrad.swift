@@ -19,12 +19,12 @@ func shapeInput(_ t: Tensor, _ name: String) throws -> [Int] {
 }
 
 /// Adds `src[srcOffsets]` into `dst[dstOffsets]` blockwise: dst[d + k] += src[s + k] for k < block.
-struct ScatterAdd: FloatOperation {
+struct ScatterAdd: ElementOperation {
     let source: Tensor
     let shape: [Int]
     let pairs: [(dst: Int, src: Int)]
     let block: Int
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         var out = Tensor(zeros: T.dtype, shape: shape)
         try source.withUnsafeBufferPointer(as: T.self) { s in
             out.uncheckedMutableBufferPointer(as: T.self) { o in
@@ -40,7 +40,7 @@ struct ScatterAdd: FloatOperation {
 func scatterAdd(_ source: Tensor, shape: [Int], pairs: [(dst: Int, src: Int)], block: Int) throws -> Tensor {
     guard source.dtype.isFloatingPoint else { throw KernelError("the gradient must be a float tensor, got \(source.dtype)") }
     return try computingHalfInFloat([source]) { w in
-        try dispatchFloat(w[0].dtype, ScatterAdd(source: w[0], shape: shape, pairs: pairs, block: block))
+        try dispatch(w[0].dtype, ScatterAdd(source: w[0], shape: shape, pairs: pairs, block: block))
     }
 }
 

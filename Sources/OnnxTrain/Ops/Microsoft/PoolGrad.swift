@@ -75,7 +75,7 @@ struct MaxPoolGradKernel: Kernel {
         guard dy.rank >= 3 else { throw KernelError("dY must have rank >= 3 [N, C, ...], got \(dy.shape)") }
         let shape = Array(dy.shape[..<2]) + (try attributes.inputShape(output: Array(dy.shape[2...])))
         if indexTensor.dtype == .int64, dy.dtype.isFloatingPoint,
-           let dx = try dispatchFloat(dy.widenedToFloat().dtype, MaxPoolGradByChannel(dy: dy.widenedToFloat(), indices: indexTensor, shape: shape)) {
+           let dx = try dispatch(dy.widenedToFloat().dtype, MaxPoolGradByChannel(dy: dy.widenedToFloat(), indices: indexTensor, shape: shape)) {
             return [.tensor(dx.narrowed(to: dy.dtype))]
         }
         let indices = try indexValues(indexTensor, "Indices")
@@ -100,10 +100,10 @@ struct MaxPoolGradKernel: Kernel {
 /// their own channel, so channel c of dX (zeroed, then scattered into) depends only on channel c
 /// of dY and Indices. Returns nil (the caller takes the general, serial path and its error
 /// messages) when the shapes are empty or any index falls outside its own channel.
-struct MaxPoolGradByChannel: FloatOperation {
+struct MaxPoolGradByChannel: ElementOperation {
     let dy: Tensor, indices: Tensor, shape: [Int]
 
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor? {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor? {
         let channels = shape[0] * shape[1]
         let count = try Tensor.checkedElementCount(shape, "MaxPoolGrad dX")
         guard channels > 0, count > 0, dy.count > 0 else { return nil }
@@ -182,7 +182,7 @@ struct AveragePoolGradKernel: Kernel {
         }
         guard dy.dtype.isFloatingPoint else { throw KernelError("dY must be a float tensor, got \(dy.dtype)") }
         return [.tensor(try computingHalfInFloat([dy]) { w in
-            try dispatchFloat(w[0].dtype, AveragePoolGradChannels(dy: w[0], shape: Array(dy.shape[..<2]) + inShape, windows: windows,
+            try dispatch(w[0].dtype, AveragePoolGradChannels(dy: w[0], shape: Array(dy.shape[..<2]) + inShape, windows: windows,
                                                                   weights: weights, channels: channels, outSize: outSize, inSize: inSize))
         })]
     }
@@ -190,11 +190,11 @@ struct AveragePoolGradKernel: Kernel {
 
 /// AveragePoolGrad's scatter in dY's float type (as onnxruntime), channels spread over the
 /// threads: dX[c, t] += dY[c, cell]·weight[cell] for every tap t of every cell's window.
-struct AveragePoolGradChannels: FloatOperation {
+struct AveragePoolGradChannels: ElementOperation {
     let dy: Tensor, shape: [Int], windows: [[Int]], weights: [Double]
     let channels: Int, outSize: Int, inSize: Int
 
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         var dx = try Tensor(kernelZeros: T.dtype, shape: shape, "AveragePoolGrad dX")
         let w = weights.map { T(fromDouble: $0) }
         let (windows, channels, outSize, inSize) = (windows, channels, outSize, inSize)

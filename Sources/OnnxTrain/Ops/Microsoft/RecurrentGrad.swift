@@ -65,19 +65,19 @@ struct RecurrentGradKernel: Kernel {
             if let t, t.dtype != dtype { throw KernelError("input \(i) is tensor(\(t.dtype)), X is tensor(\(dtype))") }
         }
         return try withFloatCompute(floats) { t in
-            try dispatchFloat(t[0]!.dtype, Op(k: k, wantsDX: wantsDX, x: t[0]!, w: t[1]!, r: t[2]!, b: t[3], lengths: lengths,
+            try dispatch(t[0]!.dtype, Op(k: k, wantsDX: wantsDX, x: t[0]!, w: t[1]!, r: t[2]!, b: t[3], lengths: lengths,
                                               h0: t[4], c0: t[5], y: t[6]!, cells: t[7], gates: t[8]!, dY: t[9], dYh: t[10],
                                               dYc: t[11], p: t[12]))
         }.map { $0.map(Value.tensor) }
     }
 
-    struct Op: FloatOperation {
+    struct Op: ElementOperation {
         let k: RecurrentKernel
         let wantsDX: Bool
         let x: Tensor, w: Tensor, r: Tensor, b: Tensor?, lengths: [Int]?, h0: Tensor?, c0: Tensor?
         let y: Tensor, cells: Tensor?, gates: Tensor, dY: Tensor?, dYh: Tensor?, dYc: Tensor?, p: Tensor?
 
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+        func float<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
             let lstm = k.cell == .lstm, gru = k.cell == .gru
             let H = k.hiddenSize, GH = k.gates * k.hiddenSize, D = k.directions.count
             guard x.rank == 3 else { throw KernelError("X must be 3-D, got \(x.shape)") }

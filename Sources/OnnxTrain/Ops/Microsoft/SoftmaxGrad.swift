@@ -23,15 +23,15 @@ struct SoftmaxGradKernel: Kernel {
         let n = singleAxis ? (y.rank == 0 ? 1 : y.shape[a]) : Tensor.elementCount(Array(y.shape[a...]))
         let inner = singleAxis ? Tensor.elementCount(Array(y.shape[min(a + 1, y.rank)...])) : 1
         return [.tensor(try computingHalfInFloat([dy, y], names: ["dY", "Y"], floatOnly: true) { w in
-            try dispatchFloat(w[0].dtype, Compute(dy: w[0], y: w[1], outer: outer, n: n, inner: inner, log: log))
+            try dispatch(w[0].dtype, Compute(dy: w[0], y: w[1], outer: outer, n: n, inner: inner, log: log))
         })]
     }
 
-    struct Compute: FloatOperation {
+    struct Compute: ElementOperation {
         let dy: Tensor, y: Tensor
         let outer: Int, n: Int, inner: Int
         let log: Bool
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             var out = Tensor(uninitialized: T.dtype, shape: y.shape)
             let (outer, n, inner, log) = (outer, n, inner, log)
             dy.uncheckedBufferPointer(as: T.self) { bg in

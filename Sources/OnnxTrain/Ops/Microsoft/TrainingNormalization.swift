@@ -41,7 +41,7 @@ struct BatchNormInternalKernel: Kernel {
         guard x.dtype.isFloatingPoint else { throw KernelError("X must be a float tensor, got \(x.dtype)") }
         let op = BatchNormForward(x: x.widenedToFloat(), n: n, c: c, s: s, scale: scale, bias: bias,
                                   mean: inMean, variance: inVar, epsilon: epsilon, training: training)
-        let (yWide, mean, variance) = try dispatchFloat(op.x.dtype, op)
+        let (yWide, mean, variance) = try dispatch(op.x.dtype, op)
         let yT = yWide.narrowed(to: x.dtype)
         guard training else { return [.tensor(yT)] }
         let invStd = variance.map { 1 / ($0 + epsilon).squareRoot() }
@@ -58,12 +58,12 @@ struct BatchNormInternalKernel: Kernel {
 /// channel: in training the batch mean and biased variance (two passes: mean, then squared
 /// deviations; each row of S summed in T, rows added in Double), then
 /// Y = (X − mean)·(scale·invStd) + B. Returns Y and the statistics used.
-struct BatchNormForward: FloatOperation {
+struct BatchNormForward: ElementOperation {
     let x: Tensor, n: Int, c: Int, s: Int
     let scale: [Double], bias: [Double], mean: [Double], variance: [Double]
     let epsilon: Double, training: Bool
 
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> (Tensor, [Double], [Double]) {
+    func float<T: FloatElement>(_ type: T.Type) throws -> (Tensor, [Double], [Double]) {
         var y = Tensor(uninitialized: T.dtype, shape: x.shape)
         var mean = self.mean, variance = self.variance
         let count = Double(n * s)
@@ -103,12 +103,18 @@ struct BatchNormForward: FloatOperation {
 /// Overwrites a float tensor's shared storage with `values` (onnxruntime's in-place aliasing).
 func writeInPlace(_ t: Tensor, _ values: [Double], _ name: String) throws {
     guard t.count == values.count else { throw KernelError("\(name) holds \(t.count) values, expected \(values.count)") }
-    switch t.dtype {
-    case .float32: try t.withSharedMutableBufferPointer(as: Float.self) { p in for i in 0..<p.count { p[i] = Float(values[i]) } }
-    case .float64: try t.withSharedMutableBufferPointer(as: Double.self) { p in for i in 0..<p.count { p[i] = values[i] } }
-    case .float16: try t.withSharedMutableBufferPointer(as: Float16.self) { p in for i in 0..<p.count { p[i] = Float16(Float(values[i])) } }
-    case .bfloat16: try t.withSharedMutableBufferPointer(as: BFloat16.self) { p in for i in 0..<p.count { p[i] = BFloat16(Float(values[i])) } }
-    default: throw KernelError("\(name) must be a float tensor, got \(t.dtype)")
+    guard t.dtype == .float32 || t.dtype == .float64 || t.isHalf else { throw KernelError("\(name) must be a float tensor, got \(t.dtype)") }
+    try dispatch(t.dtype, WriteDoubles(t: t, values: values))
+}
+
+/// Writes `values` into `t`'s shared storage, rounded to its float type (the half types through Float).
+private struct WriteDoubles: ElementOperation {
+    let t: Tensor, values: [Double]
+    func float<T: FloatElement>(_ type: T.Type) throws {
+        try t.withSharedMutableBufferPointer(as: T.self) { p in for i in 0..<p.count { p[i] = T(fromDouble: values[i]) } }
+    }
+    func half<T: CastableElement>(_ type: T.Type) throws {
+        try t.withSharedMutableBufferPointer(as: T.self) { p in for i in 0..<p.count { p[i] = T.fromFloat(Float(values[i])) } }
     }
 }
 
@@ -125,7 +131,7 @@ struct BatchNormalizationGradKernel: Kernel {
         let inv = try channelVector(try inputs.tensor(4), "variance (saved inverse std)", c)
         _ = try commonElementType([dyT, x], names: ["dY", "X"], floatOnly: true)
         let op = BatchNormBackward(dy: dyT.widenedToFloat(), x: x.widenedToFloat(), n: n, c: c, s: s, scale: scale, mean: mean, inv: inv)
-        let (dxWide, dScale, dB) = try dispatchFloat(op.x.dtype, op)
+        let (dxWide, dScale, dB) = try dispatch(op.x.dtype, op)
         let dx = dxWide.narrowed(to: x.dtype)
         return [.tensor(dx), .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dScale)),
                 .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dB))]
@@ -135,11 +141,11 @@ struct BatchNormalizationGradKernel: Kernel {
 /// BatchNormalizationGrad's passes over dY, X [N, C, S] in their own float type, spread over the
 /// threads by channel: dB = Σ dY and Σ dY·(X − μ) (rows of S in T, rows added in Double), then
 /// dX = k·dY − k·dB/M − (X − μ)·k·r·dScale/M with k = scale·r, M = N·S, dScale = r·Σ dY·(X − μ).
-struct BatchNormBackward: FloatOperation {
+struct BatchNormBackward: ElementOperation {
     let dy: Tensor, x: Tensor, n: Int, c: Int, s: Int
     let scale: [Double], mean: [Double], inv: [Double]
 
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> (Tensor, [Double], [Double]) {
+    func float<T: FloatElement>(_ type: T.Type) throws -> (Tensor, [Double], [Double]) {
         var dx = Tensor(uninitialized: T.dtype, shape: x.shape)
         var dScale = [Double](repeating: 0, count: c), dB = [Double](repeating: 0, count: c)
         let m = Double(n * s)
@@ -280,7 +286,7 @@ struct LayerNormGradKernel: Kernel {
         let rowsOp = LayerNormGradRows(dy: dyT.widenedToFloat(), x: x.widenedToFloat(), rows: rows, cols: cols, scale: scale, inv: inv,
                                        rowShift: rowShift, rowScale: rowScale, colShift: colShift, colScale: colScale,
                                        simplified: form == .simplified)
-        let (dxWide, dScale, dBias) = try dispatchFloat(rowsOp.x.dtype, rowsOp)
+        let (dxWide, dScale, dBias) = try dispatch(rowsOp.x.dtype, rowsOp)
         let dx = dxWide.narrowed(to: x.dtype)
         var out: [Value?] = [.tensor(dx), .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dScale))]
         if form != .simplified { out.append(.tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dBias))) }
@@ -301,12 +307,12 @@ extension LayerNormGradKernel {
         guard scaleT.count == cols else { throw KernelError("scale \(scaleT.shape) must hold \(cols) values (the normalized shape)") }
         guard meanT.count == rows else { throw KernelError("mean \(meanT.shape) must hold \(rows) values (one per row)") }
         guard invT.count == rows else { throw KernelError("inv_std_dev \(invT.shape) must hold \(rows) values (one per row)") }
-        return try dispatchFloat(x.dtype, StandardGrad(dy: dyT, x: x, scale: scaleT, mean: meanT, invStd: invT, rows: rows, cols: cols))
+        return try dispatch(x.dtype, StandardGrad(dy: dyT, x: x, scale: scaleT, mean: meanT, invStd: invT, rows: rows, cols: cols))
     }
 
-    private struct StandardGrad: FloatOperation {
+    private struct StandardGrad: ElementOperation {
         let dy: Tensor, x: Tensor, scale: Tensor, mean: Tensor, invStd: Tensor, rows: Int, cols: Int
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Value?] {
+        func float<T: FloatElement>(_ type: T.Type) throws -> [Value?] {
             var dx = Tensor(uninitialized: T.dtype, shape: x.shape)
             var dScale = Tensor(uninitialized: T.dtype, shape: scale.shape), dBias = Tensor(uninitialized: T.dtype, shape: scale.shape)
             let (rows, cols) = (rows, cols)
@@ -338,14 +344,14 @@ extension LayerNormGradKernel {
 
 /// The row loop of the layer-norm gradients over dY, X: [rows, cols] in their own float type,
 /// with per-row and per-column vectors (and the reductions) in Double.
-struct LayerNormGradRows: FloatOperation {
+struct LayerNormGradRows: ElementOperation {
     let dy: Tensor, x: Tensor
     let rows: Int, cols: Int
     let scale: [Double], inv: [Double]
     let rowShift: [Double], rowScale: [Double], colShift: [Double], colScale: [Double]
     let simplified: Bool
 
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> (Tensor, [Double], [Double]) {
+    func float<T: FloatElement>(_ type: T.Type) throws -> (Tensor, [Double], [Double]) {
         var dx = Tensor(uninitialized: T.dtype, shape: x.shape)
         var dScale = [Double](repeating: 0, count: cols), dBias = [Double](repeating: 0, count: cols)
         try dy.withUnsafeBufferPointer(as: T.self) { g in

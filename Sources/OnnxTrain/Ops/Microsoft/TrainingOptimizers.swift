@@ -14,10 +14,10 @@ import _Builtin_intrinsics.intel
 /// return the same tensors.
 
 /// Runs `body` over a float32/float64 tensor's shared storage as Double-convertible elements.
-struct InPlaceUpdate<Body: InPlaceBody>: FloatOperation {
+struct InPlaceUpdate<Body: InPlaceBody>: ElementOperation {
     let target: Tensor
     let body: Body
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws {
+    func float<T: FloatElement>(_ type: T.Type) throws {
         try target.withSharedMutableBufferPointer(as: T.self) { try body($0) }
     }
 }
@@ -30,7 +30,7 @@ func inPlace<Body: InPlaceBody>(_ target: Tensor, _ name: String, _ body: Body) 
     guard target.dtype == .float32 || target.dtype == .float64 else {
         throw KernelError("\(name) must be float or double to update in place, got \(target.dtype)")
     }
-    try dispatchFloat(target.dtype, InPlaceUpdate(target: target, body: body))
+    try dispatch(target.dtype, InPlaceUpdate(target: target, body: body))
 }
 
 /// Checks the optimizer sequences: equal non-zero counts and equal shapes per index.

@@ -163,13 +163,13 @@ func reduceSum(_ x: Tensor, axes: Set<Int>, keepDims: Bool) throws -> Tensor {
     let sums = reduceSumToShape(values, fullShape: x.shape, to: kept)
     let shape = keepDims ? kept : x.shape.enumerated().filter { !axes.contains($0.offset) }.map(\.element)
     if x.dtype.isFloatingPoint { return floatTensor(x.dtype, shape: shape, sums) }
-    return try dispatchNumeric(x.dtype, IntegerFromDoubles(shape: shape, values: sums))
+    return try dispatch(x.dtype, IntegerFromDoubles(shape: shape, values: sums))
 }
 
 /// A tensor of element type T from Double values.
 struct IntegerFromDoubles: NumericOperation {
     let shape: [Int], values: [Double]
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+    func numeric<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         Tensor(shape: shape, scalars: values.map { T(fromDouble: $0) })
     }
 }

@@ -2,7 +2,7 @@
 struct ArgReduction: NumericOperation {
     let x: Tensor, axis: Int, largest: Bool, selectLast: Bool
 
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+    func numeric<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         // x: [outer, n, inner] -> out: [outer, inner]
         let n = x.shape[axis]
         let outer = x.shape[..<axis].reduce(1, *), inner = x.shape[(axis + 1)...].reduce(1, *)
@@ -39,7 +39,7 @@ func argReductionKernel(largest: Bool) -> KernelFactory {
             guard x.rank > 0 else { throw KernelError("input must have rank 1 or more") }
             let axis = try normalizeAxis(axisAttribute, rank: x.rank)
             let wide = x.isHalf ? x.widenedToFloat() : x
-            let flat = try dispatchNumeric(wide.dtype, ArgReduction(x: wide, axis: axis, largest: largest, selectLast: selectLast))
+            let flat = try dispatch(wide.dtype, ArgReduction(x: wide, axis: axis, largest: largest, selectLast: selectLast))
             var shape = x.shape
             if keepDims { shape[axis] = 1 } else { shape.remove(at: axis) }
             return [.tensor(flat.reshaped(shape))]

@@ -45,11 +45,11 @@ struct AttentionKernel: Kernel {
         return out
     }
 
-    struct Op: FloatOperation {
+    struct Op: ElementOperation {
         let k: AttentionKernel
         let q: Tensor, key: Tensor, value: Tensor, mask: Tensor?, pastKey: Tensor?, pastValue: Tensor?, nonpad: [Int]?
 
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+        func float<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
             let rank = q.rank
             guard rank == 3 || rank == 4, key.rank == rank, value.rank == rank else {
                 throw KernelError("Q, K and V must all be 3-D or all 4-D, got \(q.shape), \(key.shape), \(value.shape)")
@@ -190,7 +190,7 @@ struct AttentionKernel: Kernel {
         }
         let ts = try [inputs.tensor(0), inputs.tensor(1), inputs.tensor(2), inputs.optionalTensor(3), inputs.optionalTensor(4), inputs.optionalTensor(5)]
         return try withFloatCompute(ts) { t in
-            try dispatchFloat(t[0]!.dtype, Op(k: self, q: t[0]!, key: t[1]!, value: t[2]!, mask: t[3], pastKey: t[4], pastValue: t[5], nonpad: nonpad))
+            try dispatch(t[0]!.dtype, Op(k: self, q: t[0]!, key: t[1]!, value: t[2]!, mask: t[3], pastKey: t[4], pastValue: t[5], nonpad: nonpad))
         }.map { $0.map(Value.tensor) }
     }
 }
@@ -214,9 +214,9 @@ struct RotaryEmbeddingKernel: Kernel {
         numHeads = try ctx.int("num_heads", default: 0)
     }
 
-    struct Op: FloatOperation {
+    struct Op: ElementOperation {
         let k: RotaryEmbeddingKernel, x: Tensor, cos: Tensor, sin: Tensor, positions: [Int]?
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             guard x.rank == 3 || x.rank == 4 else { throw KernelError("input must be [B, H, S, D] or [B, S, H·D], got \(x.shape)") }
             let b = x.shape[0]
             let (h, s, d): (Int, Int, Int)
@@ -268,7 +268,7 @@ struct RotaryEmbeddingKernel: Kernel {
             return v
         }
         return try withFloatCompute([x, inputs.tensor(1), inputs.tensor(2)]) { t in
-            [try dispatchFloat(t[0]!.dtype, Op(k: self, x: t[0]!, cos: t[1]!, sin: t[2]!, positions: positions))]
+            [try dispatch(t[0]!.dtype, Op(k: self, x: t[0]!, cos: t[1]!, sin: t[2]!, positions: positions))]
         }.map { $0.map(Value.tensor) }
     }
 }
@@ -287,9 +287,9 @@ struct FlexAttentionKernel: Kernel {
         probMod = ctx.has("prob_mod") ? try ctx.subgraph("prob_mod") : nil
     }
 
-    struct Scores: FloatOperation {
+    struct Scores: ElementOperation {
         let q: Tensor, k: Tensor, scale: Double?
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             guard q.rank == 4, k.rank == 4, k.shape[0] == q.shape[0], k.shape[3] == q.shape[3], k.shape[1] > 0, q.shape[1] % k.shape[1] == 0 else {
                 throw KernelError("Q \(q.shape) and K \(k.shape) must be [B, H, L, D] with H_q a multiple of H_kv")
             }
@@ -308,9 +308,9 @@ struct FlexAttentionKernel: Kernel {
         }
     }
 
-    struct Output: FloatOperation {
+    struct Output: ElementOperation {
         let p: Tensor, v: Tensor
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             let (b, hq, l, s) = (p.shape[0], p.shape[1], p.shape[2], p.shape[3])
             guard v.rank == 4, v.shape[0] == b, v.shape[2] == s, v.shape[1] > 0, hq % v.shape[1] == 0 else {
                 throw KernelError("V \(v.shape) does not fit probabilities \(p.shape)")
@@ -328,9 +328,9 @@ struct FlexAttentionKernel: Kernel {
     }
 
     /// Softmax over the last axis, in place (numpy semantics: an all -inf row gives NaN).
-    struct Softmax: FloatOperation {
+    struct Softmax: ElementOperation {
         let x: Tensor
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             var y = x
             let n = x.shape.last ?? 1
             try y.withUnsafeMutableBufferPointer(as: T.self) { p in
@@ -353,21 +353,21 @@ struct FlexAttentionKernel: Kernel {
         let q = try inputs.tensor(0)
         return try withFloatCompute([q, inputs.tensor(1), inputs.tensor(2)]) { t in
             let (q, k, v) = (t[0]!, t[1]!, t[2]!)
-            var scores = try dispatchFloat(q.dtype, Scores(q: q, k: k, scale: scale))
+            var scores = try dispatch(q.dtype, Scores(q: q, k: k, scale: scale))
             if let scoreMod {
                 guard case .tensor(let s)? = try scoreMod.run([.tensor(scores)], context).first, s.shape == scores.shape, s.dtype == scores.dtype else {
                     throw KernelError("score_mod must return a tensor shaped like its scores \(scores.shape)")
                 }
                 scores = s
             }
-            var probs = try dispatchFloat(q.dtype, Softmax(x: scores))
+            var probs = try dispatch(q.dtype, Softmax(x: scores))
             if let probMod {
                 guard case .tensor(let p)? = try probMod.run([.tensor(probs)], context).first, p.shape == probs.shape, p.dtype == probs.dtype else {
                     throw KernelError("prob_mod must return a tensor shaped like its probabilities \(probs.shape)")
                 }
                 probs = p
             }
-            return [try dispatchFloat(q.dtype, Output(p: probs, v: v))]
+            return [try dispatch(q.dtype, Output(p: probs, v: v))]
         }.map { $0.map(Value.tensor) }
     }
 }

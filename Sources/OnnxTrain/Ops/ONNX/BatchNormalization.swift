@@ -26,9 +26,9 @@ struct BatchNormKernel: Kernel {
         }
     }
 
-    struct Op: FloatOperation {
+    struct Op: ElementOperation {
         let k: BatchNormKernel, x: Tensor, scale: [Double], bias: [Double], mean: [Double], variance: [Double]
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+        func float<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
             let n = x.shape[0], c = x.rank > 1 ? x.shape[1] : 1
             let inner = x.rank > 2 ? Tensor.elementCount(Array(x.shape.dropFirst(2))) : 1
             var useMean = mean, useVar = variance
@@ -87,7 +87,7 @@ struct BatchNormKernel: Kernel {
         let variance = try channelValues(inputs.tensor(4), count: c, default: 1, name: "input_var")
         let meanType = try inputs.tensor(3).dtype
         let outs = try withFloatCompute([x]) { t in
-            try dispatchFloat(t[0]!.dtype, Op(k: self, x: t[0]!, scale: scale, bias: bias, mean: mean, variance: variance))
+            try dispatch(t[0]!.dtype, Op(k: self, x: t[0]!, scale: scale, bias: bias, mean: mean, variance: variance))
         }
         if passesStatisticsThrough { return [outs.first.flatMap { $0 }.map(Value.tensor), inputs.value(3), inputs.value(4)] }
         // Running statistics take the type of input_mean (opset 15 allows it to differ from X).

@@ -51,18 +51,11 @@ struct GreaterOrEqualFunction: ComparisonFunction {
 }
 
 /// Bitwise ops and shifts, on unsigned and signed integers.
-struct BitwiseOperation: NumericOperation {
+struct BitwiseOperation: ElementOperation {
     enum Kind { case and, or, xor, shiftLeft, shiftRight }
     let a: Tensor, b: Tensor, kind: Kind
 
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
-        guard let integer = T.self as? any IntegerElement.Type else {
-            throw KernelError("bitwise ops need integer inputs, got \(a.dtype)")
-        }
-        return try loop(integer)
-    }
-
-    private func loop<T: IntegerElement>(_ type: T.Type) throws -> Tensor {
+    func integer<T: IntegerElement>(_ type: T.Type) throws -> Tensor {
         switch kind {
         case .and: return try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { $0 & $1 }
         case .or: return try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { $0 | $1 }
@@ -77,7 +70,7 @@ struct BitwiseOperation: NumericOperation {
 func bitwise(_ a: Tensor, _ b: Tensor, _ kind: BitwiseOperation.Kind) throws -> Tensor {
     try requireSameType(a, b)
     guard !a.dtype.isFloatingPoint, a.dtype != .bool else { throw KernelError("bitwise ops need integer inputs, got \(a.dtype)") }
-    return try dispatchNumeric(a.dtype, BitwiseOperation(a: a, b: b, kind: kind))
+    return try dispatch(a.dtype, BitwiseOperation(a: a, b: b, kind: kind))
 }
 
 /// Pow(X, Y): the result has X's type; mixed types compute in Double (exact for the integer
@@ -106,9 +99,9 @@ func foldVariadic<F: NumericBinaryFunction>(_ inputs: [Value?], _ f: F, mean: Bo
     return try computingHalfInFloat(tensors) { wide in
         var acc = wide[0]
         for t in wide.dropFirst() {
-            acc = try binaryFastPath(acc, t, f) ?? dispatchNumeric(acc.dtype, ZipNumeric(a: acc, b: t, f: f))
+            acc = try binaryFastPath(acc, t, f) ?? dispatch(acc.dtype, ZipNumeric(a: acc, b: t, f: f))
         }
-        if mean { acc = try dispatchFloat(acc.dtype, MapFloat(x: acc, f: DivideByFunction(divisor: Double(wide.count)))) }
+        if mean { acc = try dispatch(acc.dtype, MapFloat(x: acc, f: DivideByFunction(divisor: Double(wide.count)))) }
         return acc
     }
 }
@@ -136,14 +129,14 @@ func binaryFastPath<F: NumericBinaryFunction>(_ a: Tensor, _ b: Tensor, _ f: F) 
     }
     let n = Tensor.elementCount(outShape), period = min(a.count, b.count)
     guard n > 0, period == 1 || period >= 16 else { return nil }
-    return try? dispatchNumeric(a.dtype, SuffixBinary(a: a, b: b, f: f, outShape: outShape, period: period))
+    return try? dispatch(a.dtype, SuffixBinary(a: a, b: b, f: f, outShape: outShape, period: period))
 }
 
 /// The loops of `binaryFastPath` for one element type.
 private struct SuffixBinary<F: NumericBinaryFunction>: NumericOperation {
     let a: Tensor, b: Tensor, f: F, outShape: [Int], period: Int
 
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+    func numeric<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         var out = Tensor(uninitialized: T.dtype, shape: outShape)
         let (n, period, f) = (out.count, period, f)
         let aFull = a.count == n, bFull = b.count == n

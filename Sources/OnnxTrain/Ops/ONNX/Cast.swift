@@ -22,22 +22,24 @@ public enum E8M0Rounding: String, Sendable {
 /// x converted elementwise from S to D (one specialised loop per type pair).
 private struct ConvertTo<S: CastableElement>: CastableOperation {
     let x: Tensor
-    func callAsFunction<D: CastableElement>(_ d: D.Type) -> Tensor {
+    func castable<D: CastableElement>(_ d: D.Type) -> Tensor? {
         mapElements(x, to: D.dtype) { (v: S) -> D in v.converted(to: D.self) }
     }
+    func other<B>(_ dtype: DType, storedAs type: B.Type) -> Tensor? { nil }
 }
 
 /// x, whose element type is S, converted to `dtype` when that is a castable type.
 private struct ConvertFrom: CastableOperation {
     let x: Tensor, dtype: DType
-    func callAsFunction<S: CastableElement>(_ s: S.Type) -> Tensor? {
-        dispatchCastable(dtype, ConvertTo<S>(x: x))
+    func castable<S: CastableElement>(_ s: S.Type) throws -> Tensor? {
+        try dispatch(dtype, ConvertTo<S>(x: x))
     }
+    func other<B>(_ dtype: DType, storedAs type: B.Type) -> Tensor? { nil }
 }
 
 /// Converts between the standard (non-float8, non-4-bit, non-string) types; nil otherwise.
-private func convertStandard(_ x: Tensor, to dtype: DType) -> Tensor? {
-    dispatchCastable(x.dtype, ConvertFrom(x: x, dtype: dtype)) ?? nil
+private func convertStandard(_ x: Tensor, to dtype: DType) throws -> Tensor? {
+    try dispatch(x.dtype, ConvertFrom(x: x, dtype: dtype))
 }
 
 // MARK: - Small floats
@@ -218,7 +220,7 @@ extension Tensor {
     ///   - roundMode: how float8e8m0 targets round.
     public func cast(to dtype: DType, saturate: Bool = true, roundMode: E8M0Rounding = .up) throws -> Tensor {
         if dtype == self.dtype { return self }
-        if let direct = convertStandard(self, to: dtype) { return direct }
+        if let direct = try convertStandard(self, to: dtype) { return direct }
 
         // Sources that are not standard types: read them as one that is.
         switch self.dtype {

@@ -134,9 +134,9 @@ struct ConvAttributes {
 
 struct ConvKernel: Kernel {
     let attributes: ConvAttributes
-    struct Op: FloatOperation {
+    struct Op: ElementOperation {
         let x: Tensor, w: Tensor, b: Tensor?, group: Int, g: ConvGeometry
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             try convolution(x, w, bias: b, group: group, geometry: g, T.self)
         }
     }
@@ -145,7 +145,7 @@ struct ConvKernel: Kernel {
             guard let x = t[0], let w = t[1] else { return [] }
             guard w.dtype == x.dtype, t[2].map({ $0.dtype == x.dtype }) ?? true else { throw KernelError("Conv inputs differ in type") }
             let g = try attributes.geometry(x: x, w: w)
-            return [try dispatchFloat(x.dtype, Op(x: x, w: w, b: t[2], group: attributes.group, g: g))]
+            return [try dispatch(x.dtype, Op(x: x, w: w, b: t[2], group: attributes.group, g: g))]
         }.map { $0.map(Value.tensor) }
     }
 }
@@ -223,9 +223,9 @@ struct ConvTransposeKernel: Kernel {
                             padsEnd: padsEnd, output: input)
     }
 
-    struct Op: FloatOperation {
+    struct Op: ElementOperation {
         let x: Tensor, w: Tensor, b: Tensor?, group: Int, g: ConvGeometry
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             try transposedConvolution(x, w, bias: b, group: group, geometry: g, T.self)
         }
     }
@@ -234,7 +234,7 @@ struct ConvTransposeKernel: Kernel {
         try withFloatCompute([inputs.tensor(0), inputs.tensor(1), inputs.optionalTensor(2)]) { t in
             guard let x = t[0], let w = t[1] else { return [] }
             let g = try geometry(x: x, w: w)
-            return [try dispatchFloat(x.dtype, Op(x: x, w: w, b: t[2], group: group, g: g))]
+            return [try dispatch(x.dtype, Op(x: x, w: w, b: t[2], group: group, g: g))]
         }.map { $0.map(Value.tensor) }
     }
 }
@@ -265,9 +265,9 @@ struct DeformConvKernel: Kernel {
         guard offsetGroups > 0 else { throw KernelError("offset_group must be positive") }
     }
 
-    struct Op: FloatOperation {
+    struct Op: ElementOperation {
         let x: Tensor, w: Tensor, offset: Tensor, bias: Tensor?, mask: Tensor?, group: Int, offsetGroups: Int, g: ConvGeometry
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             guard g.rank == 2 else { throw KernelError("DeformConv supports 2-D inputs only, got \(x.shape)") }
             let (n, c, ih, iw) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
             let (m, kh, kw) = (w.shape[0], g.kernel[0], g.kernel[1])
@@ -327,7 +327,7 @@ struct DeformConvKernel: Kernel {
         try withFloatCompute([inputs.tensor(0), inputs.tensor(1), inputs.tensor(2), inputs.optionalTensor(3), inputs.optionalTensor(4)]) { t in
             let (x, w) = (t[0]!, t[1]!)
             let g = try attributes.geometry(x: x, w: w)
-            return [try dispatchFloat(x.dtype, Op(x: x, w: w, offset: t[2]!, bias: t[3], mask: t[4], group: attributes.group, offsetGroups: offsetGroups, g: g))]
+            return [try dispatch(x.dtype, Op(x: x, w: w, offset: t[2]!, bias: t[3], mask: t[4], group: attributes.group, offsetGroups: offsetGroups, g: g))]
         }.map { $0.map(Value.tensor) }
     }
 }

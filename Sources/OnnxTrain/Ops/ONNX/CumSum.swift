@@ -2,7 +2,7 @@
 struct CumulativeOperation: NumericOperation {
     let x: Tensor, axis: Int, exclusive: Bool, reverse: Bool, product: Bool
 
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+    func numeric<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         // x, out: [outer, n, inner]; the scan runs along n.
         let n = x.shape[axis]
         let outer = x.shape[..<axis].reduce(1, *), inner = x.shape[(axis + 1)...].reduce(1, *)
@@ -42,7 +42,7 @@ func cumulativeKernel(product: Bool) -> KernelFactory {
             }
             let axis = try normalizeAxis(axes[0], rank: x.rank)
             return [.tensor(try computingHalfInFloat([x]) { wide in
-                try dispatchNumeric(wide[0].dtype, CumulativeOperation(x: wide[0], axis: axis, exclusive: exclusive,
+                try dispatch(wide[0].dtype, CumulativeOperation(x: wide[0], axis: axis, exclusive: exclusive,
                                                                          reverse: reverse, product: product))
             })]
         }

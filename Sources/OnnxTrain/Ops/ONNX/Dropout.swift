@@ -14,9 +14,9 @@ struct DropoutKernel: Kernel {
         wantMask = ctx.hasOutput(1)
     }
 
-    struct Op: FloatOperation {
+    struct Op: ElementOperation {
         let x: Tensor, keep: [Bool], scale: Double
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             var y = x
             let s = T(fromDouble: scale)
             try y.withUnsafeMutableBufferPointer(as: T.self) { p in for i in p.indices { p[i] = keep[i] ? p[i] * s : 0 } }
@@ -47,7 +47,7 @@ struct DropoutKernel: Kernel {
             for i in keep.indices { keep[i] = rng.nextDouble() >= ratio }
         }
         let scale = 1 / (1 - ratio)
-        let y = try withFloatCompute([x]) { t in [try dispatchFloat(t[0]!.dtype, Op(x: t[0]!, keep: keep, scale: scale))] }
+        let y = try withFloatCompute([x]) { t in [try dispatch(t[0]!.dtype, Op(x: t[0]!, keep: keep, scale: scale))] }
         return [y[0].map(Value.tensor), wantMask ? .tensor(maskTensor(keep, like: x)) : nil]
     }
 

@@ -133,9 +133,9 @@ func einsumContract<T: FloatElement>(_ a: LabeledArray<T>, _ b: LabeledArray<T>,
     return LabeledArray(values: out, shape: labels.map { sizes[$0]! }, labels: labels)
 }
 
-struct EinsumOp: FloatOperation {
+struct EinsumOp: ElementOperation {
     let equation: String, operands: [Tensor]
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         let eq = try EinsumEquation(equation, ranks: operands.map(\.rank))
         let outSet = Set(eq.output)
         var arrays = try zip(operands, eq.inputs).map { LabeledArray(values: try $0.elements(as: T.self), shape: $0.shape, labels: $1).diagonalized() }
@@ -175,14 +175,14 @@ func einsumKernel(_ ctx: NodeContext) throws -> Kernel {
         guard operands.allSatisfy({ $0.dtype == first.dtype }) else { throw KernelError("Einsum inputs differ in type") }
         switch first.dtype {
         case .float32, .float64, .float16, .bfloat16:
-            return try withFloatCompute(operands) { t in [try dispatchFloat(t[0]!.dtype, EinsumOp(equation: equation, operands: t.map { $0! }))] }
+            return try withFloatCompute(operands) { t in [try dispatch(t[0]!.dtype, EinsumOp(equation: equation, operands: t.map { $0! }))] }
                 .map { $0.map(Value.tensor) }
         default:
             // Integers through float64: exact while sums stay below 2^53.
             let wide = try operands.map { try $0.converted(toFloat: .float64) }
-            let y = try EinsumOp(equation: equation, operands: wide)(Double.self)
+            let y = try EinsumOp(equation: equation, operands: wide).float(Double.self)
             let values = y.scalars(as: Double.self)
-            let out: Tensor = try dispatchNumeric(first.dtype, FromDoubles(values: values, shape: y.shape))
+            let out: Tensor = try dispatch(first.dtype, FromDoubles(values: values, shape: y.shape))
             return [.tensor(out)]
         }
     }
@@ -191,7 +191,7 @@ func einsumKernel(_ ctx: NodeContext) throws -> Kernel {
 /// A tensor of the dispatched numeric type from Doubles (rounded toward zero, saturating).
 struct FromDoubles: NumericOperation {
     let values: [Double], shape: [Int]
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+    func numeric<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         Tensor(shape: shape, scalars: values.map { T(fromDouble: $0.rounded()) })
     }
 }

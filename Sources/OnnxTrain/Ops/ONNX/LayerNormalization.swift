@@ -113,9 +113,9 @@ struct LayerNormKernel: Kernel {
 
     /// One float type's pass: Scale and B broadcast to the normalized shape once, then the
     /// pointer kernel above (accumulator T). Mean and InvStdDev are T.
-    struct Op: FloatOperation {
+    struct Op: ElementOperation {
         let x: Tensor, scale: Tensor, bias: Tensor?, axis: Int, epsilon: Double
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+        func float<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
             let normShape = Array(x.shape[axis...])
             let cols = Tensor.elementCount(normShape), rows = Tensor.elementCount(Array(x.shape[..<axis]))
             func covering(_ t: Tensor) throws -> Tensor {
@@ -163,7 +163,7 @@ struct LayerNormKernel: Kernel {
             throw KernelError("Scale (\(scale.dtype)) and B (\(bias.map { "\($0.dtype)" } ?? "absent")) must have X's type \(x.dtype)")
         }
         let outs = try withFloatCompute([x, scale, bias]) { t in
-            try dispatchFloat(t[0]!.dtype, Op(x: t[0]!, scale: t[1]!, bias: t[2], axis: a, epsilon: epsilon))
+            try dispatch(t[0]!.dtype, Op(x: t[0]!, scale: t[1]!, bias: t[2], axis: a, epsilon: epsilon))
         }
         // Mean and InvStdDev stay float32 for half inputs (stash_type 1).
         return outs.enumerated().map { i, t in

@@ -70,9 +70,9 @@ struct LossKernel: Kernel {
         ignoreIndex = try ctx.int("ignore_index")
     }
 
-    struct Op: FloatOperation {
+    struct Op: ElementOperation {
         let k: LossKernel, x: Tensor, targets: [Int], weights: [Double]?
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+        func float<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
             guard x.rank >= 2 else { throw KernelError("input must be [N, C, ...], got \(x.shape)") }
             let logProb = k.softmax ? logSoftmaxChannels(x, T.self) : x
             let loss = try nllLoss(logProb, targets: targets, weights: weights, ignoreIndex: k.ignoreIndex, reduction: k.reduction, T.self)
@@ -87,7 +87,7 @@ struct LossKernel: Kernel {
             try channelValues(w, count: w.count, default: 1, name: "weight")
         }
         return try withFloatCompute([x]) { t in
-            try dispatchFloat(t[0]!.dtype, Op(k: self, x: t[0]!, targets: targets, weights: weights))
+            try dispatch(t[0]!.dtype, Op(k: self, x: t[0]!, targets: targets, weights: weights))
         }.map { $0.map(Value.tensor) }
     }
 }

@@ -73,16 +73,15 @@ func floatMatMul<T: FloatElement>(_ a: Tensor, _ b: Tensor, _ type: T.Type) thro
     return out
 }
 
-/// Batched matmul of integer tensors with wrapping arithmetic (plain loops).
-struct IntegerMatMul: NumericOperation {
+/// numpy matmul of one element type: floats through BLAS, half types through float32, integers
+/// with wrapping arithmetic (plain loops).
+struct MatMulOperation: ElementOperation {
     let a: Tensor, b: Tensor
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
-        guard let op = T.self as? any IntegerElement.Type else {
-            return try dispatchFloat(T.dtype, FloatMatMulOp(a: a, b: b))
-        }
-        return try integer(op)
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor { try floatMatMul(a, b, T.self) }
+    func half<T: CastableElement>(_ type: T.Type) throws -> Tensor {
+        try floatMatMul(a.widenedToFloat(), b.widenedToFloat(), Float.self).narrowed(to: T.dtype)
     }
-    private func integer<I: IntegerElement>(_ type: I.Type) throws -> Tensor {
+    func integer<I: IntegerElement>(_ type: I.Type) throws -> Tensor {
         let s = try MatMulShape(a.shape, b.shape)
         var out = Tensor(zeros: I.dtype, shape: s.outShape)
         let (m, k, n) = (s.m, s.k, s.n)
@@ -105,20 +104,10 @@ struct IntegerMatMul: NumericOperation {
     }
 }
 
-struct FloatMatMulOp: FloatOperation {
-    let a: Tensor, b: Tensor
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor { try floatMatMul(a, b, T.self) }
-}
-
 /// numpy matmul for any numeric type: floats through BLAS, half types through float32.
 func matmul(_ a: Tensor, _ b: Tensor) throws -> Tensor {
     guard a.dtype == b.dtype else { throw KernelError("MatMul operands differ in type: \(a.dtype) and \(b.dtype)") }
-    switch a.dtype {
-    case .float32: return try floatMatMul(a, b, Float.self)
-    case .float64: return try floatMatMul(a, b, Double.self)
-    case .float16, .bfloat16: return try floatMatMul(a.widenedToFloat(), b.widenedToFloat(), Float.self).narrowed(to: a.dtype)
-    default: return try dispatchNumeric(a.dtype, IntegerMatMul(a: a, b: b))
-    }
+    return try dispatch(a.dtype, MatMulOperation(a: a, b: b))
 }
 
 // MARK: - Gemm
@@ -134,9 +123,9 @@ struct GemmKernel: Kernel {
         beta = try ctx.float("beta", default: 1)
     }
 
-    struct Op: FloatOperation {
+    struct Op: ElementOperation {
         let k: GemmKernel, a: Tensor, b: Tensor, c: Tensor?
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             guard a.rank == 2, b.rank == 2 else { throw KernelError("Gemm needs 2-D A and B, got \(a.shape) and \(b.shape)") }
             let m = k.transA ? a.shape[1] : a.shape[0], kk = k.transA ? a.shape[0] : a.shape[1]
             let kb = k.transB ? b.shape[1] : b.shape[0], n = k.transB ? b.shape[0] : b.shape[1]
@@ -199,15 +188,15 @@ struct GemmKernel: Kernel {
             let b = try inputs.tensor(1), c = try inputs.optionalTensor(2)
             guard b.dtype == a.dtype, c.map({ $0.dtype == a.dtype }) ?? true else { throw KernelError("Gemm inputs differ in type") }
             let y = try Op(k: self, a: a.converted(toFloat: .float64), b: b.converted(toFloat: .float64),
-                           c: c.map { try $0.converted(toFloat: .float64) })(Double.self)
-            return [.tensor(try dispatchNumeric(a.dtype, FromDoubles(values: y.scalars(as: Double.self), shape: y.shape)))]
+                           c: c.map { try $0.converted(toFloat: .float64) }).float(Double.self)
+            return [.tensor(try dispatch(a.dtype, FromDoubles(values: y.scalars(as: Double.self), shape: y.shape)))]
         }
         let out = try withFloatCompute([a, inputs.tensor(1), inputs.optionalTensor(2)]) { t in
             guard let a = t[0], let b = t[1] else { return [] }
             guard a.dtype == b.dtype, t[2].map({ $0.dtype == a.dtype }) ?? true else {
                 throw KernelError("Gemm inputs differ in type")
             }
-            return [try dispatchFloat(a.dtype, Op(k: self, a: a, b: b, c: t[2]))]
+            return [try dispatch(a.dtype, Op(k: self, a: a, b: b, c: t[2]))]
         }
         return out.map { $0.map(Value.tensor) }
     }

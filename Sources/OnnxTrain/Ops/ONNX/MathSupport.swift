@@ -33,28 +33,28 @@ func mapElements<T, R>(_ x: Tensor, to outDType: DType, _ f: (T) -> R) -> Tensor
     return out
 }
 
-struct MapFloat<F: FloatUnaryFunction>: FloatOperation {
+struct MapFloat<F: FloatUnaryFunction>: ElementOperation {
     let x: Tensor, f: F
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         mapElements(x, to: T.dtype) { (v: T) -> T in f(v) }
     }
 }
 
 struct MapNumeric<F: NumericUnaryFunction>: NumericOperation {
     let x: Tensor, f: F
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+    func numeric<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         mapElements(x, to: T.dtype) { (v: T) -> T in f(v) }
     }
 }
 
 /// Applies a float function elementwise (float16/bfloat16 through Float).
 func mapFloat<F: FloatUnaryFunction>(_ x: Tensor, _ f: F) throws -> Tensor {
-    try computingHalfInFloat([x]) { try dispatchFloat($0[0].dtype, MapFloat(x: $0[0], f: f)) }
+    try computingHalfInFloat([x]) { try dispatch($0[0].dtype, MapFloat(x: $0[0], f: f)) }
 }
 
 /// Applies a numeric function elementwise (float16/bfloat16 through Float).
 func mapNumeric<F: NumericUnaryFunction>(_ x: Tensor, _ f: F) throws -> Tensor {
-    try computingHalfInFloat([x]) { try dispatchNumeric($0[0].dtype, MapNumeric(x: $0[0], f: f)) }
+    try computingHalfInFloat([x]) { try dispatch($0[0].dtype, MapNumeric(x: $0[0], f: f)) }
 }
 
 // MARK: - Binary drivers
@@ -76,21 +76,21 @@ protocol ComparisonFunction {
 
 struct ZipNumeric<F: NumericBinaryFunction>: NumericOperation {
     let a: Tensor, b: Tensor, f: F
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+    func numeric<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { f($0, $1) }
     }
 }
 
-struct ZipFloat<F: FloatBinaryFunction>: FloatOperation {
+struct ZipFloat<F: FloatBinaryFunction>: ElementOperation {
     let a: Tensor, b: Tensor, f: F
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { f($0, $1) }
     }
 }
 
 struct ZipComparison<F: ComparisonFunction>: NumericOperation {
     let a: Tensor, b: Tensor, f: F
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+    func numeric<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         try broadcastBinary(a, b, T.self, T.self, Bool.self, outDType: .bool) { f($0, $1) }
     }
 }
@@ -104,23 +104,23 @@ func requireSameType(_ a: Tensor, _ b: Tensor) throws {
 /// `f(a, b)` elementwise with numpy broadcasting; both inputs of one numeric type.
 func zipNumeric<F: NumericBinaryFunction>(_ a: Tensor, _ b: Tensor, _ f: F) throws -> Tensor {
     try requireSameType(a, b)
-    return try computingHalfInFloat([a, b]) { try dispatchNumeric($0[0].dtype, ZipNumeric(a: $0[0], b: $0[1], f: f)) }
+    return try computingHalfInFloat([a, b]) { try dispatch($0[0].dtype, ZipNumeric(a: $0[0], b: $0[1], f: f)) }
 }
 
 /// `f(a, b)` elementwise with numpy broadcasting; both inputs of one float type.
 func zipFloat<F: FloatBinaryFunction>(_ a: Tensor, _ b: Tensor, _ f: F) throws -> Tensor {
     try requireSameType(a, b)
-    return try computingHalfInFloat([a, b]) { try dispatchFloat($0[0].dtype, ZipFloat(a: $0[0], b: $0[1], f: f)) }
+    return try computingHalfInFloat([a, b]) { try dispatch($0[0].dtype, ZipFloat(a: $0[0], b: $0[1], f: f)) }
 }
 
 /// A bool tensor of `f(a, b)` with broadcasting; bool inputs compare as 0/1 bytes.
 func zipComparison<F: ComparisonFunction>(_ a: Tensor, _ b: Tensor, _ f: F) throws -> Tensor {
     try requireSameType(a, b)
     if a.dtype == .bool {
-        return try ZipComparison(a: a.reinterpreted(as: .uint8), b: b.reinterpreted(as: .uint8), f: f)(UInt8.self)
+        return try ZipComparison(a: a.reinterpreted(as: .uint8), b: b.reinterpreted(as: .uint8), f: f).numeric(UInt8.self)
     }
     let wide = a.isHalf ? [a.widenedToFloat(), b.widenedToFloat()] : [a, b]
-    return try dispatchNumeric(wide[0].dtype, ZipComparison(a: wide[0], b: wide[1], f: f))
+    return try dispatch(wide[0].dtype, ZipComparison(a: wide[0], b: wide[1], f: f))
 }
 
 extension Tensor {

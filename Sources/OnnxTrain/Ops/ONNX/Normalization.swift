@@ -23,9 +23,9 @@ func meanVariance<T: FloatElement>(_ p: UnsafeBufferPointer<T>, starts: [Int], l
 // MARK: - RMSNormalization
 
 /// Y = X / sqrt(mean(X² over the dims from `axis` on) + epsilon) · Scale (opset 23).
-struct RMSNormOp: FloatOperation {
+struct RMSNormOp: ElementOperation {
     let x: Tensor, scale: Tensor, axis: Int, epsilon: Double
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         let normShape = Array(x.shape[axis...])
         let inner = Tensor.elementCount(normShape), outer = Tensor.elementCount(Array(x.shape[..<axis]))
         let s = try broadcastBinary(Tensor(zeros: T.dtype, shape: normShape), scale, T.self, T.self, T.self, outDType: T.dtype) { $1 }.scalars(as: T.self)
@@ -49,9 +49,9 @@ struct RMSNormOp: FloatOperation {
 // MARK: - LpNormalization
 
 /// Y = X / ‖X‖_p along `axis` (p = 1 or 2).
-struct LpNormOp: FloatOperation {
+struct LpNormOp: ElementOperation {
     let x: Tensor, axis: Int, p: Int
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         let dim = x.shape[axis], inner = Tensor.elementCount(Array(x.shape[(axis + 1)...]))
         let outer = Tensor.elementCount(Array(x.shape[..<axis]))
         var y = Tensor(uninitialized: T.dtype, shape: x.shape)
@@ -99,18 +99,18 @@ func groupNormalize<T: FloatElement>(_ x: Tensor, groups: Int, scale: [Double], 
     return y
 }
 
-struct GroupNormOp: FloatOperation {
+struct GroupNormOp: ElementOperation {
     let x: Tensor, groups: Int, scale: [Double], bias: [Double], epsilon: Double
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         try groupNormalize(x, groups: groups, scale: scale, bias: bias, epsilon: epsilon, T.self)
     }
 }
 
 // MARK: - LRN and MeanVarianceNormalization
 
-struct LRNOp: FloatOperation {
+struct LRNOp: ElementOperation {
     let x: Tensor, size: Int, alpha: Double, beta: Double, bias: Double
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         guard x.rank >= 2 else { throw KernelError("LRN input must be [N, C, ...], got \(x.shape)") }
         let n = x.shape[0], c = x.shape[1], inner = Tensor.elementCount(Array(x.shape.dropFirst(2)))
         let before = (size - 1) / 2, after = size - 1 - before
@@ -130,9 +130,9 @@ struct LRNOp: FloatOperation {
 }
 
 /// (X - E[X]) / (sqrt(E[(X - E[X])^2]) + 1e-9) over `axes`, as the op's function body states.
-struct MVNOp: FloatOperation {
+struct MVNOp: ElementOperation {
     let x: Tensor, axes: [Int]
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         let axes = try Set(axes.map { try normalizeAxis($0, rank: x.rank) })
         let strides = contiguousStrides(x.shape)
         // Flat index -> index of its statistics group (the kept dims).
@@ -188,7 +188,7 @@ func lpNormalizationKernel(_ ctx: NodeContext) throws -> Kernel {
     return AnyKernel { inputs, _ in
         let x = try inputs.tensor(0)
         let a = try normalizeAxis(axis, rank: x.rank)
-        return try withFloatCompute([x]) { t in [try dispatchFloat(t[0]!.dtype, LpNormOp(x: t[0]!, axis: a, p: p))] }.map { $0.map(Value.tensor) }
+        return try withFloatCompute([x]) { t in [try dispatch(t[0]!.dtype, LpNormOp(x: t[0]!, axis: a, p: p))] }.map { $0.map(Value.tensor) }
     }
 }
 
@@ -200,7 +200,7 @@ func rmsNormalizationKernel(_ ctx: NodeContext) throws -> Kernel {
         let x = try inputs.tensor(0)
         let a = try normalizeAxis(axis, rank: x.rank)
         return try withFloatCompute([x, inputs.tensor(1)]) { t in
-            [try dispatchFloat(t[0]!.dtype, RMSNormOp(x: t[0]!, scale: t[1]!, axis: a, epsilon: epsilon))]
+            [try dispatch(t[0]!.dtype, RMSNormOp(x: t[0]!, scale: t[1]!, axis: a, epsilon: epsilon))]
         }.map { $0.map(Value.tensor) }
     }
 }
@@ -215,7 +215,7 @@ func instanceNormalizationKernel(_ ctx: NodeContext) throws -> Kernel {
         let scale = try channelValues(inputs.tensor(1), count: c, default: 1, name: "scale")
         let bias = try channelValues(inputs.tensor(2), count: c, default: 0, name: "B")
         return try withFloatCompute([x]) { t in
-            [try dispatchFloat(t[0]!.dtype, GroupNormOp(x: t[0]!, groups: c, scale: scale, bias: bias, epsilon: epsilon))]
+            [try dispatch(t[0]!.dtype, GroupNormOp(x: t[0]!, groups: c, scale: scale, bias: bias, epsilon: epsilon))]
         }.map { $0.map(Value.tensor) }
     }
 }
@@ -242,7 +242,7 @@ func groupNormalizationKernel(_ ctx: NodeContext) throws -> Kernel {
             bias = try channelValues(bt, count: c, default: 0, name: "bias")
         }
         return try withFloatCompute([x]) { t in
-            [try dispatchFloat(t[0]!.dtype, GroupNormOp(x: t[0]!, groups: groups, scale: scale, bias: bias, epsilon: epsilon))]
+            [try dispatch(t[0]!.dtype, GroupNormOp(x: t[0]!, groups: groups, scale: scale, bias: bias, epsilon: epsilon))]
         }.map { $0.map(Value.tensor) }
     }
 }
@@ -255,7 +255,7 @@ func lrnKernel(_ ctx: NodeContext) throws -> Kernel {
     let bias = Double(try ctx.float("bias", default: 1))
     return AnyKernel { inputs, _ in
         try withFloatCompute([inputs.tensor(0)]) { t in
-            [try dispatchFloat(t[0]!.dtype, LRNOp(x: t[0]!, size: size, alpha: alpha, beta: beta, bias: bias))]
+            [try dispatch(t[0]!.dtype, LRNOp(x: t[0]!, size: size, alpha: alpha, beta: beta, bias: bias))]
         }.map { $0.map(Value.tensor) }
     }
 }
@@ -265,7 +265,7 @@ func meanVarianceNormalizationKernel(_ ctx: NodeContext) throws -> Kernel {
     let axes = try ctx.ints("axes", default: [0, 2, 3])
     return AnyKernel { inputs, _ in
         try withFloatCompute([inputs.tensor(0)]) { t in
-            [try dispatchFloat(t[0]!.dtype, MVNOp(x: t[0]!, axes: axes))]
+            [try dispatch(t[0]!.dtype, MVNOp(x: t[0]!, axes: axes))]
         }.map { $0.map(Value.tensor) }
     }
 }

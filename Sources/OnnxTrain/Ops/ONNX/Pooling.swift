@@ -131,7 +131,7 @@ func globalAverage<T: FloatElement>(_ x: Tensor, inputSize I: Int, outputShape: 
 /// storage_order = 1).
 struct MaxPoolOp: NumericOperation {
     let x: Tensor, g: ConvGeometry, storageOrder: Int, wantIndices: Bool
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> (Tensor, Tensor?) {
+    func numeric<T: NumericElement>(_ type: T.Type) throws -> (Tensor, Tensor?) {
         let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize
         if g.rank == 2, g.kernel == [2, 2], g.strides == [2, 2], g.dilations == [1, 1],
            g.padsBegin == [0, 0], g.padsEnd == [0, 0], g.output[0] * 2 <= g.input[0], g.output[1] * 2 <= g.input[1] {
@@ -293,9 +293,9 @@ struct PoolKernel: Kernel {
         return try window.geometry(spatial: spatial, kernel: window.kernelShape)
     }
 
-    struct Op: FloatOperation {
+    struct Op: ElementOperation {
         let x: Tensor, kind: PoolKind, g: ConvGeometry
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor { try pool(x, kind: kind, geometry: g, T.self) }
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor { try pool(x, kind: kind, geometry: g, T.self) }
     }
 
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
@@ -303,10 +303,10 @@ struct PoolKernel: Kernel {
         let g = try geometry(x)
         if case .max = kind {
             let wide = x.isHalf ? x.widenedToFloat() : x
-            let (y, indices) = try dispatchNumeric(wide.dtype, MaxPoolOp(x: wide, g: g, storageOrder: storageOrder, wantIndices: wantIndices))
+            let (y, indices) = try dispatch(wide.dtype, MaxPoolOp(x: wide, g: g, storageOrder: storageOrder, wantIndices: wantIndices))
             return [.tensor(x.isHalf ? y.narrowed(to: x.dtype) : y), indices.map(Value.tensor)]
         }
-        return try withFloatCompute([x]) { t in [try dispatchFloat(t[0]!.dtype, Op(x: t[0]!, kind: kind, g: g))] }.map { $0.map(Value.tensor) }
+        return try withFloatCompute([x]) { t in [try dispatch(t[0]!.dtype, Op(x: t[0]!, kind: kind, g: g))] }.map { $0.map(Value.tensor) }
     }
 }
 

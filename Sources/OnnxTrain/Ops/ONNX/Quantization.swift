@@ -121,13 +121,7 @@ func quantizedValues(_ t: Tensor) throws -> [Float] {
     case .int4, .int2: return try t.withUnsafeBufferPointer(as: Int8.self) { $0.map { Float($0) } }
     case .uint4, .uint2: return try t.withUnsafeBufferPointer(as: UInt8.self) { $0.map { Float($0) } }
     case .float32: return t.scalars(as: Float.self)
-    case .float16: return try t.withUnsafeBufferPointer(as: Float16.self) { $0.map { Float($0) } }
-    case .bfloat16: return try t.withUnsafeBufferPointer(as: BFloat16.self) { $0.map { $0.floatValue } }
-    default:
-        return try (0..<t.count).map { i in
-            guard let v = t.scalarDouble(at: i) else { throw KernelError("unsupported element type \(t.dtype)") }
-            return Float(v)
-        }
+    default: return try t.doubles().map { Float($0) }
     }
 }
 

@@ -113,11 +113,11 @@ struct RecurrentKernel: Kernel {
         inputForget = try ctx.int("input_forget", default: 0) != 0
     }
 
-    struct Op: FloatOperation {
+    struct Op: ElementOperation {
         let k: RecurrentKernel
         let x: Tensor, w: Tensor, r: Tensor, b: Tensor?, lengths: [Int]?, h0: Tensor?, c0: Tensor?, p: Tensor?
 
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+        func float<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
             let H = k.hiddenSize, G = k.gates, D = k.directions.count
             guard x.rank == 3 else { throw KernelError("X must be 3-D, got \(x.shape)") }
             // Work in [S, B, I] order.
@@ -269,7 +269,7 @@ struct RecurrentKernel: Kernel {
         let floats = try [inputs.tensor(0), inputs.tensor(1), inputs.tensor(2), inputs.optionalTensor(3), inputs.optionalTensor(5),
                           cell == .lstm ? inputs.optionalTensor(6) : nil, cell == .lstm ? inputs.optionalTensor(7) : nil]
         return try withFloatCompute(floats) { t in
-            try dispatchFloat(t[0]!.dtype, Op(k: self, x: t[0]!, w: t[1]!, r: t[2]!, b: t[3], lengths: lengths, h0: t[4], c0: t[5], p: t[6]))
+            try dispatch(t[0]!.dtype, Op(k: self, x: t[0]!, w: t[1]!, r: t[2]!, b: t[3], lengths: lengths, h0: t[4], c0: t[5], p: t[6]))
         }.map { $0.map(Value.tensor) }
     }
 }

@@ -18,9 +18,9 @@ struct CausalConvWithStateKernel: Kernel {
         }
     }
 
-    struct Op: FloatOperation {
+    struct Op: ElementOperation {
         let silu: Bool, x: Tensor, w: Tensor, bias: Tensor?, past: Tensor?
-        func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+        func float<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
             guard x.rank == 3, w.rank == 3, w.shape[0] == x.shape[1], w.shape[1] == 1 else {
                 throw KernelError("input [B, C, L] \(x.shape) and weight [C, 1, K] \(w.shape) do not fit")
             }
@@ -52,7 +52,7 @@ struct CausalConvWithStateKernel: Kernel {
 
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         try withFloatCompute([inputs.tensor(0), inputs.tensor(1), inputs.optionalTensor(2), inputs.optionalTensor(3)]) { t in
-            try dispatchFloat(t[0]!.dtype, Op(silu: silu, x: t[0]!, w: t[1]!, bias: t[2], past: t[3]))
+            try dispatch(t[0]!.dtype, Op(silu: silu, x: t[0]!, w: t[1]!, bias: t[2], past: t[3]))
         }.map { $0.map(Value.tensor) }
     }
 }

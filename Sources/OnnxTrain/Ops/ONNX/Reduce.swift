@@ -93,7 +93,7 @@ struct Reduction: NumericOperation {
         return x.shape[...last].reduce(1, *)
     }
 
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+    func numeric<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         let (kept, outStrides) = reductionLayout(shape: x.shape, reduced: reduced)
         var count = 1
         for (d, r) in zip(x.shape, reduced) where r { count *= d }
@@ -167,10 +167,10 @@ func reduce(_ x: Tensor, axes: [Int]?, keepDims: Bool, kind: ReduceKind) throws 
     let result: Tensor
     if x.dtype == .bool {
         guard kind == .max || kind == .min else { throw KernelError("bool input is only supported by ReduceMax and ReduceMin") }
-        result = try Reduction(x: x.reinterpreted(as: .uint8), reduced: reduced, kind: kind, outDType: .bool)(UInt8.self)
+        result = try Reduction(x: x.reinterpreted(as: .uint8), reduced: reduced, kind: kind, outDType: .bool).numeric(UInt8.self)
     } else {
         result = try computingHalfInFloat([x]) { wide in
-            try dispatchNumeric(wide[0].dtype, Reduction(x: wide[0], reduced: reduced, kind: kind, outDType: nil))
+            try dispatch(wide[0].dtype, Reduction(x: wide[0], reduced: reduced, kind: kind, outDType: nil))
         }
     }
     if keepDims { return result }

@@ -3,10 +3,10 @@
 /// single axis.
 enum SoftmaxKind { case softmax, logSoftmax, hardmax }
 
-struct SoftmaxOperation: FloatOperation {
+struct SoftmaxOperation: ElementOperation {
     let x: Tensor, outer: Int, n: Int, inner: Int, kind: SoftmaxKind
 
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
         // x, out: [outer, n, inner], normalised along n.
         var out = Tensor(uninitialized: T.dtype, shape: x.shape)
         let (outer, n, inner, kind) = (self.outer, self.n, self.inner, self.kind)
@@ -104,7 +104,7 @@ func softmaxKernel(_ kind: SoftmaxKind) -> KernelFactory {
             let n = flattens ? x.shape[axis...].reduce(1, *) : x.shape[axis]
             let inner = flattens ? 1 : x.shape[(axis + 1)...].reduce(1, *)
             return [.tensor(try computingHalfInFloat([x]) { wide in
-                try dispatchFloat(wide[0].dtype, SoftmaxOperation(x: wide[0], outer: outer, n: n, inner: inner, kind: kind))
+                try dispatch(wide[0].dtype, SoftmaxOperation(x: wide[0], outer: outer, n: n, inner: inner, kind: kind))
             })]
         }
     }

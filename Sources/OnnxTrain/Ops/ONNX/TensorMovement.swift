@@ -2,28 +2,6 @@
 /// every element type (strings through their array), and Double round trips let numeric ops that
 /// are not hot (Range, windows, Resize, sampling) be written once for every numeric type.
 
-/// A 16-byte element (complex128) moved as a whole.
-struct Bytes16 { var lo: UInt64 = 0, hi: UInt64 = 0 }
-
-/// A computation over the storage type of an element size (UInt8 ... Bytes16, or String).
-protocol ElementMove {
-    associatedtype Result
-    func callAsFunction<T>(_ type: T.Type) throws -> Result
-}
-
-/// Runs `op` with a Swift type as wide as one element of `dtype` (String for strings).
-func dispatchElement<Op: ElementMove>(_ dtype: DType, _ op: Op) throws -> Op.Result {
-    if dtype == .string { return try op(String.self) }
-    switch dtype.byteSize {
-    case 1: return try op(UInt8.self)
-    case 2: return try op(UInt16.self)
-    case 4: return try op(UInt32.self)
-    case 8: return try op(UInt64.self)
-    case 16: return try op(Bytes16.self)
-    default: throw KernelError("element type \(dtype) cannot be moved")
-    }
-}
-
 extension Tensor {
     /// The elements as an array of `T`, the storage type of the element size (strings included).
     func elements<T>(_ type: T.Type) -> [T] {
@@ -47,7 +25,7 @@ extension Tensor {
 
 private struct TakeOp: ElementMove {
     let t: Tensor, indices: [Int], shape: [Int], fill: Tensor?
-    func callAsFunction<T>(_ type: T.Type) throws -> Tensor {
+    func move<T>(_ type: T.Type) throws -> Tensor {
         var filler = Tensor(zeros: t.dtype, shape: [1])
         if let fill, fill.count > 0 { filler = fill }
         let fillValue = filler.elements(T.self)[0]
@@ -68,12 +46,12 @@ private struct TakeOp: ElementMove {
 /// `fill` is nil) where the index is negative. Callers validate indices against `t.count`.
 func take(_ t: Tensor, _ indices: [Int], shape: [Int], fill: Tensor? = nil) throws -> Tensor {
     precondition(indices.count == Tensor.elementCount(shape))
-    return try dispatchElement(t.dtype, TakeOp(t: t, indices: indices, shape: shape, fill: fill))
+    return try dispatch(t.dtype, TakeOp(t: t, indices: indices, shape: shape, fill: fill))
 }
 
 private struct StridedCopy: ElementMove {
     let t: Tensor, shape: [Int], strides: [Int], offset: Int
-    func callAsFunction<T>(_ type: T.Type) throws -> Tensor {
+    func move<T>(_ type: T.Type) throws -> Tensor {
         if t.dtype == .string {
             return try take(t, stridedIndices(shape: shape, strides: strides, offset: offset), shape: shape)
         }
@@ -148,12 +126,12 @@ extension StridedCopy {
 /// The strided view of `t` (`shape` read through `strides` from `offset`) copied out contiguously:
 /// Transpose, Slice and Expand without an index array, runs of unit stride copied whole.
 func stridedCopy(_ t: Tensor, shape: [Int], strides: [Int], offset: Int = 0) throws -> Tensor {
-    try dispatchElement(t.dtype, StridedCopy(t: t, shape: shape, strides: strides, offset: offset))
+    try dispatch(t.dtype, StridedCopy(t: t, shape: shape, strides: strides, offset: offset))
 }
 
 private struct BlockGather: ElementMove {
     let t: Tensor, starts: [Int], block: Int, shape: [Int]
-    func callAsFunction<T>(_ type: T.Type) throws -> Tensor {
+    func move<T>(_ type: T.Type) throws -> Tensor {
         if t.dtype == .string {
             return try take(t, starts.flatMap { $0..<($0 + block) }, shape: shape)
         }
@@ -169,7 +147,7 @@ private struct BlockGather: ElementMove {
 /// GatherND, Split: whole rows at a time). Callers check the blocks lie inside `t`.
 func gatherBlocks(_ t: Tensor, starts: [Int], block: Int, shape: [Int]) throws -> Tensor {
     precondition(starts.count * block == Tensor.elementCount(shape))
-    return try dispatchElement(t.dtype, BlockGather(t: t, starts: starts, block: block, shape: shape))
+    return try dispatch(t.dtype, BlockGather(t: t, starts: starts, block: block, shape: shape))
 }
 
 
@@ -181,7 +159,7 @@ private struct BlockCopy: ElementMove {
     let outer: Int
     /// Elements per outer index of each part.
     let blocks: [Int]
-    func callAsFunction<T>(_ type: T.Type) throws -> Tensor {
+    func move<T>(_ type: T.Type) throws -> Tensor {
         let total = blocks.reduce(0, +)
         if dtype == .string {
             var out = [T]()
@@ -221,7 +199,7 @@ func concatenate(_ parts: [Tensor], axis: Int, dtype: DType) throws -> Tensor {
     }
     let outer = first.shape[..<axis].reduce(1, *)
     let blocks = parts.map { $0.shape[axis...].reduce(1, *) }
-    return try dispatchElement(dtype, BlockCopy(parts: parts, outShape: outShape, dtype: dtype, outer: outer, blocks: blocks))
+    return try dispatch(dtype, BlockCopy(parts: parts, outShape: outShape, dtype: dtype, outer: outer, blocks: blocks))
 }
 
 /// Splits `t` along `axis` into pieces of `sizes` (which sum to the axis length).

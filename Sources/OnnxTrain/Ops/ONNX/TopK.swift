@@ -3,7 +3,7 @@
 struct TopKOperation: NumericOperation {
     let x: Tensor, k: Int, axis: Int, largest: Bool
 
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> (Tensor, Tensor) {
+    func numeric<T: NumericElement>(_ type: T.Type) throws -> (Tensor, Tensor) {
         // x: [outer, n, inner] -> values, indices: [outer, k, inner]
         let n = x.shape[axis]
         let outer = x.shape[..<axis].reduce(1, *), inner = x.shape[(axis + 1)...].reduce(1, *)
@@ -49,7 +49,7 @@ func topK(_ x: Tensor, k: Int, axis axisAttribute: Int, largest: Bool) throws ->
         throw KernelError("k = \(k) is out of range for axis \(axis) of shape \(x.shape)")
     }
     let wide = x.isHalf ? x.widenedToFloat() : x
-    var (values, indices) = try dispatchNumeric(wide.dtype, TopKOperation(x: wide, k: k, axis: axis, largest: largest))
+    var (values, indices) = try dispatch(wide.dtype, TopKOperation(x: wide, k: k, axis: axis, largest: largest))
     if x.isHalf { values = values.narrowed(to: x.dtype) }
     return [.tensor(values), .tensor(indices)]
 }

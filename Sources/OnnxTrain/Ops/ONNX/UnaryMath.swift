@@ -74,7 +74,7 @@ struct ErfFunction: FloatUnaryFunction {
 /// Clip to [low, high]; NaN passes through. Bounds are kept as tensors of the input type.
 struct ClipOperation: NumericOperation {
     let x: Tensor, low: Tensor?, high: Tensor?
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+    func numeric<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         func bound(_ t: Tensor?, _ name: String, _ fallback: T) throws -> T {
             guard let t else { return fallback }
             guard t.dtype == T.dtype else { throw KernelError("\(name) must have the input's type \(T.dtype), got \(t.dtype)") }
@@ -93,7 +93,7 @@ func clip(_ x: Tensor, low: Tensor?, high: Tensor?) throws -> Tensor {
     try computingHalfInFloat([x] + [low, high].compactMap { $0 }) { wide in
         var rest = wide.dropFirst().makeIterator()
         let lo = low == nil ? nil : rest.next(), hi = high == nil ? nil : rest.next()
-        return try dispatchNumeric(wide[0].dtype, ClipOperation(x: wide[0], low: lo, high: hi))
+        return try dispatch(wide[0].dtype, ClipOperation(x: wide[0], low: lo, high: hi))
     }
 }
 

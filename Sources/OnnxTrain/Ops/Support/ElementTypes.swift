@@ -12,7 +12,10 @@ import Darwin
 //       ├ IntegerElement                wrapping integer arithmetic
 //       └ FloatElement                  Float and Double, with libm
 //
-// one dispatcher (`dispatchNumeric`, and `dispatchFloat` for its float cases) and one
+// one dispatcher, `dispatch(dtype, op)`, the only switch from a DType to a Swift type: it calls
+// the op's entry for the type's family (`float`, `integer`, `half`, `bool`, `other`) with the
+// concrete type, so each kernel loop is specialised per type; `NumericOperation`,
+// `CastableOperation` and `ElementMove` route several families to one generic entry. And one
 // half-precision path (`computingHalfInFloat`): float16 and bfloat16 are never computed in
 // directly; they widen to Float, which computes, and round back once per op.
 
@@ -20,6 +23,8 @@ import Darwin
 
 /// An element type `Tensor.cast` converts between directly.
 public protocol CastableElement: TensorElement {
+    /// The unsigned integer of the element's width, which moves its bytes unchanged.
+    associatedtype Bits
     static func fromInteger<I: BinaryInteger>(_ value: I) -> Self
     static func fromFloat<F: BinaryFloatingPoint>(_ value: F) -> Self
     func converted<D: CastableElement>(to type: D.Type) -> D
@@ -65,25 +70,27 @@ extension CastableElement where Self: BinaryFloatingPoint {
     @inline(__always) public func converted<D: CastableElement>(to type: D.Type) -> D { D.fromFloat(self) }
 }
 
-extension Float: CastableElement {}
-extension Double: CastableElement {}
-extension Float16: CastableElement {}
-extension Int8: CastableElement {}
-extension Int16: CastableElement {}
-extension Int32: CastableElement {}
-extension Int64: CastableElement {}
-extension UInt8: CastableElement {}
-extension UInt16: CastableElement {}
-extension UInt32: CastableElement {}
-extension UInt64: CastableElement {}
+extension Float: CastableElement { public typealias Bits = UInt32 }
+extension Double: CastableElement { public typealias Bits = UInt64 }
+extension Float16: CastableElement { public typealias Bits = UInt16 }
+extension Int8: CastableElement { public typealias Bits = UInt8 }
+extension Int16: CastableElement { public typealias Bits = UInt16 }
+extension Int32: CastableElement { public typealias Bits = UInt32 }
+extension Int64: CastableElement { public typealias Bits = UInt64 }
+extension UInt8: CastableElement { public typealias Bits = UInt8 }
+extension UInt16: CastableElement { public typealias Bits = UInt16 }
+extension UInt32: CastableElement { public typealias Bits = UInt32 }
+extension UInt64: CastableElement { public typealias Bits = UInt64 }
 
 extension Bool: CastableElement {
+    public typealias Bits = UInt8
     @inline(__always) public static func fromInteger<I: BinaryInteger>(_ value: I) -> Bool { value != 0 }
     @inline(__always) public static func fromFloat<F: BinaryFloatingPoint>(_ value: F) -> Bool { value != 0 }
     @inline(__always) public func converted<D: CastableElement>(to type: D.Type) -> D { D.fromInteger(self ? 1 : 0) }
 }
 
 extension BFloat16: CastableElement {
+    public typealias Bits = UInt16
     @inline(__always) public static func fromInteger<I: BinaryInteger>(_ value: I) -> BFloat16 { BFloat16(Float(value)) }
     @inline(__always) public static func fromFloat<F: BinaryFloatingPoint>(_ value: F) -> BFloat16 { BFloat16(Float(value)) }
     @inline(__always) public func converted<D: CastableElement>(to type: D.Type) -> D { D.fromFloat(floatValue) }
@@ -268,71 +275,107 @@ extension Double: FloatElement {
 
 // MARK: - Dispatch
 
-/// A computation generic over the element type, chosen at run time from a `DType`.
-/// (Swift has no generic closures, so dispatch goes through a protocol method.)
-public protocol NumericOperation {
+/// Bytes of a 16-byte element (complex128), moved whole.
+struct Bytes16 { var lo: UInt64 = 0, hi: UInt64 = 0 }
+
+/// A computation generic over the element type, run by `dispatch` with the Swift type of a
+/// `DType`. (Swift has no generic closures, so an op is a value whose methods are generic.)
+///
+/// There is one entry per family of element types, each generic over that family, so every
+/// element type still gets its own specialised loop: `dispatch` is generic over the op and is
+/// specialised per op type, so the entry it calls is a direct call. An op implements the
+/// entries it supports; the others throw "element type X is not supported here". The refined
+/// protocols route several entries to one: `NumericOperation` (float and integer to
+/// `numeric`), `CastableOperation` (every typed entry to `castable`), `ElementMove` (every
+/// type to the unsigned integer of its width, `move`).
+public protocol ElementOperation {
     associatedtype Result
-    func callAsFunction<T: NumericElement>(_ type: T.Type) throws -> Result
+    /// float32 and float64.
+    func float<T: FloatElement>(_ type: T.Type) throws -> Result
+    /// The eight integer types.
+    func integer<T: IntegerElement>(_ type: T.Type) throws -> Result
+    /// float16 and bfloat16, which kernels do not compute in (`computingHalfInFloat` widens them).
+    func half<T: CastableElement>(_ type: T.Type) throws -> Result
+    func bool() throws -> Result
+    /// The types without Swift arithmetic (float8, float4, int4/uint4, int2/uint2, complex,
+    /// string), given with the Swift type that stores one element (UInt8, UInt64, Bytes16, String).
+    func other<S>(_ dtype: DType, storedAs type: S.Type) throws -> Result
 }
 
-/// A computation generic over Float and Double.
-public protocol FloatOperation {
+extension ElementOperation {
+    public func float<T: FloatElement>(_ type: T.Type) throws -> Result { throw unsupportedElementType(T.dtype) }
+    public func integer<T: IntegerElement>(_ type: T.Type) throws -> Result { throw unsupportedElementType(T.dtype) }
+    public func half<T: CastableElement>(_ type: T.Type) throws -> Result { throw unsupportedElementType(T.dtype) }
+    public func bool() throws -> Result { throw unsupportedElementType(.bool) }
+    public func other<S>(_ dtype: DType, storedAs type: S.Type) throws -> Result { throw unsupportedElementType(dtype) }
+}
+
+/// The error of an op that does not run on `dtype`.
+func unsupportedElementType(_ dtype: DType) -> KernelError {
+    KernelError("element type \(dtype) is not supported here")
+}
+
+/// An op over float32/float64 and the integer types, written once for `NumericElement`.
+public protocol NumericOperation: ElementOperation {
     associatedtype Result
-    func callAsFunction<T: FloatElement>(_ type: T.Type) throws -> Result
+    func numeric<T: NumericElement>(_ type: T.Type) throws -> Result
 }
 
-/// A computation generic over every type `Tensor.cast` converts directly.
-protocol CastableOperation {
+extension NumericOperation {
+    public func float<T: FloatElement>(_ type: T.Type) throws -> Result { try numeric(type) }
+    public func integer<T: IntegerElement>(_ type: T.Type) throws -> Result { try numeric(type) }
+}
+
+/// An op over every type `Tensor.cast` converts directly: the numeric types, the half types and bool.
+protocol CastableOperation: ElementOperation {
     associatedtype Result
-    func callAsFunction<T: CastableElement>(_ type: T.Type) -> Result
+    func castable<T: CastableElement>(_ type: T.Type) throws -> Result
 }
 
-/// Runs `op` with the Swift type of `dtype` among the castable types (the numeric types, the
-/// half types and bool); nil for the others (float8, 4-bit, strings). Cast uses it twice, once
-/// per side, so each type pair gets its own specialised loop.
-func dispatchCastable<Op: CastableOperation>(_ dtype: DType, _ op: Op) -> Op.Result? {
-    switch dtype {
-    case .float32: return op(Float.self)
-    case .float64: return op(Double.self)
-    case .float16: return op(Float16.self)
-    case .bfloat16: return op(BFloat16.self)
-    case .int8: return op(Int8.self)
-    case .int16: return op(Int16.self)
-    case .int32: return op(Int32.self)
-    case .int64: return op(Int64.self)
-    case .uint8: return op(UInt8.self)
-    case .uint16: return op(UInt16.self)
-    case .uint32: return op(UInt32.self)
-    case .uint64: return op(UInt64.self)
-    case .bool: return op(Bool.self)
-    default: return nil
-    }
+extension CastableOperation {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Result { try castable(type) }
+    func integer<T: IntegerElement>(_ type: T.Type) throws -> Result { try castable(type) }
+    func half<T: CastableElement>(_ type: T.Type) throws -> Result { try castable(type) }
+    func bool() throws -> Result { try castable(Bool.self) }
 }
 
-/// Runs `op` with the Swift type of `dtype`: every float and integer type (not the half types:
-/// `computingHalfInFloat` widens those first).
-public func dispatchNumeric<Op: NumericOperation>(_ dtype: DType, _ op: Op) throws -> Op.Result {
-    switch dtype {
-    case .float32: return try op(Float.self)
-    case .float64: return try op(Double.self)
-    case .int8: return try op(Int8.self)
-    case .int16: return try op(Int16.self)
-    case .int32: return try op(Int32.self)
-    case .int64: return try op(Int64.self)
-    case .uint8: return try op(UInt8.self)
-    case .uint16: return try op(UInt16.self)
-    case .uint32: return try op(UInt32.self)
-    case .uint64: return try op(UInt64.self)
-    default: throw KernelError("element type \(dtype) is not supported here")
-    }
+/// An op that moves elements without looking at them (gathers, copies), run with the unsigned
+/// integer type of the element's width (UInt8 ... UInt64, Bytes16), or String for strings.
+protocol ElementMove: ElementOperation {
+    associatedtype Result
+    func move<S>(_ storage: S.Type) throws -> Result
 }
 
-/// Runs `op` with Float or Double: `dispatchNumeric`'s float cases.
-public func dispatchFloat<Op: FloatOperation>(_ dtype: DType, _ op: Op) throws -> Op.Result {
+extension ElementMove {
+    func float<T: FloatElement>(_ type: T.Type) throws -> Result { try move(T.Bits.self) }
+    func integer<T: IntegerElement>(_ type: T.Type) throws -> Result { try move(T.Bits.self) }
+    func half<T: CastableElement>(_ type: T.Type) throws -> Result { try move(T.Bits.self) }
+    func bool() throws -> Result { try move(Bool.Bits.self) }
+    func other<S>(_ dtype: DType, storedAs type: S.Type) throws -> Result { try move(type) }
+}
+
+/// Runs `op` with the Swift type of `dtype`: the one switch from element types to Swift types.
+public func dispatch<Op: ElementOperation>(_ dtype: DType, _ op: Op) throws -> Op.Result {
     switch dtype {
-    case .float32: return try op(Float.self)
-    case .float64: return try op(Double.self)
-    default: throw KernelError("element type \(dtype) is not supported here (float or double expected)")
+    case .float32: return try op.float(Float.self)
+    case .float64: return try op.float(Double.self)
+    case .int8: return try op.integer(Int8.self)
+    case .int16: return try op.integer(Int16.self)
+    case .int32: return try op.integer(Int32.self)
+    case .int64: return try op.integer(Int64.self)
+    case .uint8: return try op.integer(UInt8.self)
+    case .uint16: return try op.integer(UInt16.self)
+    case .uint32: return try op.integer(UInt32.self)
+    case .uint64: return try op.integer(UInt64.self)
+    case .float16: return try op.half(Float16.self)
+    case .bfloat16: return try op.half(BFloat16.self)
+    case .bool: return try op.bool()
+    case .float8e4m3fn, .float8e4m3fnuz, .float8e5m2, .float8e5m2fnuz, .float8e8m0, .float4e2m1,
+         .uint4, .int4, .uint2, .int2:
+        return try op.other(dtype, storedAs: UInt8.self)
+    case .complex64: return try op.other(dtype, storedAs: UInt64.self)
+    case .complex128: return try op.other(dtype, storedAs: Bytes16.self)
+    case .string: return try op.other(dtype, storedAs: String.self)
     }
 }
 
