@@ -592,7 +592,7 @@ public final class Trainer {
             guard g.dtype == .float32 || g.dtype == .float64 else {
                 throw OnnxTrainError.unsupported("gradient clipping: the gradient of '\(p.name)' is tensor(\(g.dtype)); float and double are supported")
             }
-            total += try dispatch(g.dtype, SumOfSquares(tensor: g))
+            total += try sumOfSquares(g)
         }
         let norm = total.squareRoot()
         let coefficient = bound / (norm + 1e-6)
@@ -615,12 +615,4 @@ public final class Trainer {
 /// negative NaN as "-nan", which says nothing more), "inf" or "-inf".
 private func nonFinite(_ value: Float) -> String {
     value.isNaN ? "nan" : "\(value)"
-}
-
-/// The sum of a float tensor's squared elements, in Double.
-private struct SumOfSquares: ElementOperation {
-    let tensor: Tensor
-    func float<T: FloatElement>(_ type: T.Type) throws -> Double {
-        try tensor.withUnsafeBufferPointer(as: T.self) { $0.reduce(0) { $0 + $1.doubleValue * $1.doubleValue } }
-    }
 }

@@ -6,19 +6,10 @@ import Darwin
 
 /// Softmax cross-entropy kernels: the ONNX-op gradient SoftmaxCrossEntropyLossGrad, the fused
 /// SoftmaxCrossEntropyLossInternal(+Grad), and the legacy SoftmaxCrossEntropy(+Grad) and
-/// SparseSoftmaxCrossEntropy(+Grad). They compute in Double on row views of the logits; results
-/// are rounded once to the log-probabilities' type.
-
-enum CrossEntropyReduction: String {
-    case mean, sum, none
-    init(_ ctx: NodeContext, allowNone: Bool = true) throws {
-        let s = try ctx.string("reduction", default: "mean")
-        guard let r = CrossEntropyReduction(rawValue: s), allowNone || r != .none else {
-            throw KernelError("reduction '\(s)' is not supported (mean, sum\(allowNone ? ", none" : ""))")
-        }
-        self = r
-    }
-}
+/// SparseSoftmaxCrossEntropy(+Grad). The Internal forward is the ONNX SoftmaxCrossEntropyLoss
+/// kernel (Losses.swift, in the input's float type) and the class-index gradient a row kernel in
+/// T; the rest (legacy ops, the gradient with a bias input) compute in Double on row views of the
+/// logits, rounded once to the log-probabilities' type.
 
 /// Log-softmax of `x` viewed as [outer, classes, inner], over the class axis, in Double (the one
 /// `softmax` kernel).
@@ -47,7 +38,7 @@ func sampleWeights(labels: [Int], classes: Int, weight: [Double]?, ignoreIndex: 
 /// ...InternalGrad: log_prob [N, C, d...], labels [N, d...], weight [C]?.
 ///   d_logits[n,c,d] = (p − [c == label])·w_i·s_i, s_i = dY/Σw (mean; dY when Σw == 0), dY (sum), dY[i] (none).
 func classIndexLossGrad(dy: Tensor, logProb: Tensor, label: Tensor, weight: Tensor?, ignoreIndex: Int?,
-                        reduction: CrossEntropyReduction, bias: Tensor?) throws -> Tensor {
+                        reduction: LossReduction, bias: Tensor?) throws -> Tensor {
     guard logProb.rank >= 2 else { throw KernelError("log_prob must have rank >= 2 [N, C, ...], got \(logProb.shape)") }
     let n = logProb.shape[0], classes = logProb.shape[1]
     let inner = Tensor.elementCount(Array(logProb.shape[2...]))
@@ -143,7 +134,7 @@ private func lossGradRow<T: FloatElement>(_ lp: UnsafePointer<T>, _ out: UnsafeM
 /// SoftmaxCrossEntropyLossGrad(dY, log_prob, label, weight?; reduction, ignore_index).
 /// onnxruntime's CPU kernel ignores label −1 when the attribute is absent.
 struct SoftmaxCrossEntropyLossGradKernel: Kernel {
-    let reduction: CrossEntropyReduction
+    let reduction: LossReduction
     let ignoreIndex: Int
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         [.tensor(try classIndexLossGrad(dy: try inputs.tensor(0), logProb: try inputs.tensor(1), label: try inputs.tensor(2),
@@ -168,13 +159,13 @@ private func outputType(_ ctx: NodeContext) throws -> DType? {
 }
 
 private func cast(_ t: Tensor, to dtype: DType?) throws -> Tensor {
-    guard let dtype, dtype != t.dtype else { return t }
-    return floatTensor(dtype, shape: t.shape, try floatValues(t, "output"))
+    guard let dtype else { return t }
+    return try t.cast(to: dtype)
 }
 
 /// SoftmaxCrossEntropyLossInternal(scores [N,C,d...], labels, weights?, ignore_index?) → output, log_prob.
 struct SoftmaxCrossEntropyLossInternalKernel: Kernel {
-    let reduction: CrossEntropyReduction
+    let reduction: LossReduction
     let outputType: DType?
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let scores = try inputs.tensor(0), label = try inputs.tensor(1)
@@ -184,9 +175,10 @@ struct SoftmaxCrossEntropyLossInternalKernel: Kernel {
     }
 }
 
-/// The ONNX SoftmaxCrossEntropyLoss forward over axis 1 (also used by the Internal op).
+/// SoftmaxCrossEntropyLossInternal's forward: its labels and weights checked, then the ONNX
+/// SoftmaxCrossEntropyLoss kernel (`crossEntropyLoss`, Losses.swift).
 func softmaxCrossEntropyLossForward(scores: Tensor, label: Tensor, weight: Tensor?, ignoreIndex: Int?,
-                                    reduction: CrossEntropyReduction) throws -> (loss: Tensor, logProb: Tensor) {
+                                    reduction: LossReduction) throws -> (loss: Tensor, logProb: Tensor) {
     guard scores.rank >= 2 else { throw KernelError("scores must have rank >= 2 [N, C, ...], got \(scores.shape)") }
     let n = scores.shape[0], classes = scores.shape[1]
     let inner = Tensor.elementCount(Array(scores.shape[2...]))
@@ -198,29 +190,13 @@ func softmaxCrossEntropyLossForward(scores: Tensor, label: Tensor, weight: Tenso
         guard weight.shape == [classes] else { throw KernelError("weights \(weight.shape) must have shape [\(classes)]") }
         weights = try floatValues(weight, "weights")
     }
-    let w = try sampleWeights(labels: labels, classes: classes, weight: weights, ignoreIndex: ignoreIndex)
-    let lp = logSoftmax(try floatValues(scores, "scores"), outer: n, classes: classes, inner: inner)
-    var losses = [Double](repeating: 0, count: labels.count)
-    for b in 0..<n {
-        for d in 0..<inner {
-            let i = b * inner + d
-            if w[i] != 0 { losses[i] = -lp[(b * classes + labels[i]) * inner + d] * w[i] }
-        }
-    }
-    let loss: Tensor
-    switch reduction {
-    case .none: loss = floatTensor(scores.dtype, shape: labelShape, losses)
-    case .sum: loss = floatTensor(scores.dtype, shape: [], [losses.reduce(0, +)])
-    case .mean:
-        let total = w.reduce(0, +)
-        loss = floatTensor(scores.dtype, shape: [], [total == 0 ? 0 : losses.reduce(0, +) / total])
-    }
-    return (loss, floatTensor(scores.dtype, shape: scores.shape, lp))
+    let outs = try crossEntropyLoss(scores, targets: labels, weights: weights, ignoreIndex: ignoreIndex, reduction: reduction, softmax: true)
+    return (outs[0], outs[1])
 }
 
 /// SoftmaxCrossEntropyLossInternalGrad(dY, log_prob, label, weight?, ignore_index?, bias?).
 struct SoftmaxCrossEntropyLossInternalGradKernel: Kernel {
-    let reduction: CrossEntropyReduction
+    let reduction: LossReduction
     let outputType: DType?
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let out = try classIndexLossGrad(dy: try inputs.tensor(0), logProb: try inputs.tensor(1), label: try inputs.tensor(2),
@@ -233,7 +209,7 @@ struct SoftmaxCrossEntropyLossInternalGradKernel: Kernel {
 /// SoftmaxCrossEntropy(logits [..., C], label: probabilities of the same shape) → Y, log_prob.
 /// Classes on the last axis; mean divides by N = ∏dims[:-1].
 struct SoftmaxCrossEntropyKernel: Kernel {
-    let reduction: CrossEntropyReduction
+    let reduction: LossReduction
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let logits = try inputs.tensor(0), label = try inputs.tensor(1)
         try requireSameShape(logits, label, "logits", "label")
@@ -250,7 +226,7 @@ struct SoftmaxCrossEntropyKernel: Kernel {
 
 /// SoftmaxCrossEntropyGrad(dY, log_prob, label) → (p − label)·dY/N (mean) or ·dY (sum).
 struct SoftmaxCrossEntropyGradKernel: Kernel {
-    let reduction: CrossEntropyReduction
+    let reduction: LossReduction
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let dy = try inputs.tensor(0), logProb = try inputs.tensor(1), label = try inputs.tensor(2)
         try requireSameShape(logProb, label, "log_prob", "label")
@@ -282,7 +258,7 @@ private func sparseWeights(_ label: Tensor, _ weight: Tensor?, logits: Tensor) t
 
 /// SparseSoftmaxCrossEntropy(logits, label, weight?) → Y, log_prob (onnx domain, since 9).
 struct SparseSoftmaxCrossEntropyKernel: Kernel {
-    let reduction: CrossEntropyReduction
+    let reduction: LossReduction
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let logits = try inputs.tensor(0)
         let (labels, w, classes) = try sparseWeights(try inputs.tensor(1), try inputs.optionalTensor(2), logits: logits)
@@ -296,7 +272,7 @@ struct SparseSoftmaxCrossEntropyKernel: Kernel {
 
 /// SparseSoftmaxCrossEntropyGrad(dY, log_prob, label, weight?) → (p − onehot)·w_i·dY/Σw (mean) or ·dY (sum).
 struct SparseSoftmaxCrossEntropyGradKernel: Kernel {
-    let reduction: CrossEntropyReduction
+    let reduction: LossReduction
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let dy = try inputs.tensor(0), logProb = try inputs.tensor(1)
         let (labels, w, classes) = try sparseWeights(try inputs.tensor(2), try inputs.optionalTensor(3), logits: logProb)
@@ -318,25 +294,25 @@ struct SparseSoftmaxCrossEntropyGradKernel: Kernel {
 func registerCrossEntropyOps(_ registry: OpRegistry) {
     let ms = "com.microsoft"
     registry.register("SoftmaxCrossEntropyLossGrad", domain: ms, since: 1) { ctx in
-        SoftmaxCrossEntropyLossGradKernel(reduction: try CrossEntropyReduction(ctx), ignoreIndex: try ctx.int("ignore_index", default: -1))
+        SoftmaxCrossEntropyLossGradKernel(reduction: try LossReduction(ctx), ignoreIndex: try ctx.int("ignore_index", default: -1))
     }
     registry.register("SoftmaxCrossEntropyLossInternal", domain: ms, since: 1) { ctx in
-        SoftmaxCrossEntropyLossInternalKernel(reduction: try CrossEntropyReduction(ctx), outputType: try outputType(ctx))
+        SoftmaxCrossEntropyLossInternalKernel(reduction: try LossReduction(ctx), outputType: try outputType(ctx))
     }
     registry.register("SoftmaxCrossEntropyLossInternalGrad", domain: ms, since: 1) { ctx in
-        SoftmaxCrossEntropyLossInternalGradKernel(reduction: try CrossEntropyReduction(ctx), outputType: try outputType(ctx))
+        SoftmaxCrossEntropyLossInternalGradKernel(reduction: try LossReduction(ctx), outputType: try outputType(ctx))
     }
     registry.register("SoftmaxCrossEntropy", domain: ms, since: 1) { ctx in
-        SoftmaxCrossEntropyKernel(reduction: try CrossEntropyReduction(ctx, allowNone: false))
+        SoftmaxCrossEntropyKernel(reduction: try LossReduction(ctx, allowNone: false))
     }
     registry.register("SoftmaxCrossEntropyGrad", domain: ms, since: 1) { ctx in
-        SoftmaxCrossEntropyGradKernel(reduction: try CrossEntropyReduction(ctx, allowNone: false))
+        SoftmaxCrossEntropyGradKernel(reduction: try LossReduction(ctx, allowNone: false))
     }
     registry.register("SparseSoftmaxCrossEntropy", domain: "", since: 9) { ctx in
-        SparseSoftmaxCrossEntropyKernel(reduction: try CrossEntropyReduction(ctx, allowNone: false))
+        SparseSoftmaxCrossEntropyKernel(reduction: try LossReduction(ctx, allowNone: false))
     }
     registry.register("SparseSoftmaxCrossEntropyGrad", domain: "", since: 9) { ctx in
-        SparseSoftmaxCrossEntropyGradKernel(reduction: try CrossEntropyReduction(ctx, allowNone: false))
+        SparseSoftmaxCrossEntropyGradKernel(reduction: try LossReduction(ctx, allowNone: false))
     }
 
     // Gradient rules (GradientContext):

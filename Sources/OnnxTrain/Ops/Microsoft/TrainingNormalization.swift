@@ -6,10 +6,11 @@ import Darwin
 
 /// Batch and layer normalization for training: BatchNormInternal, BatchNormalizationGrad,
 /// LayerNormalizationGrad, SimplifiedLayerNormalizationGrad, InvertibleLayerNormalizationGrad
-/// (com.microsoft v1) and the onnx-domain contrib forwards LayerNormalization v1 and
-/// SimplifiedLayerNormalization v1. Layer-norm statistics and reductions are computed in Double;
-/// the batch-norm kernels work in the input's float type (as onnxruntime does), summing each
-/// contiguous row in it and adding the rows' sums in Double.
+/// (com.microsoft v1), and the registration of the onnx-domain contrib forwards LayerNormalization
+/// v1 and SimplifiedLayerNormalization v1 (whose kernel is LayerNormalization.swift's). Every
+/// kernel works in the input's float type (float32 for the half types), as onnxruntime does:
+/// the layer norms through LayerNormalization.swift's pointer kernels, the batch norms summing
+/// each contiguous row in T and adding the rows' sums in Double (`meanVariance`, Sums.swift).
 
 /// Views X [N, C, spatial…] as channels; returns (N, C, ∏spatial).
 private func channelLayout(_ x: Tensor) throws -> (n: Int, c: Int, s: Int) {
@@ -55,8 +56,8 @@ struct BatchNormInternalKernel: Kernel {
 }
 
 /// BatchNormInternal's pass over X [N, C, S] in its own float type, spread over the threads by
-/// channel: in training the batch mean and biased variance (two passes: mean, then squared
-/// deviations; each row of S summed in T, rows added in Double), then
+/// channel: in training the batch mean and biased variance (`meanVariance`: each row of S summed
+/// in T, rows added in Double), then
 /// Y = (X − mean)·(scale·invStd) + B. Returns Y and the statistics used.
 struct BatchNormForward: ElementOperation {
     let x: Tensor, n: Int, c: Int, s: Int
@@ -66,7 +67,6 @@ struct BatchNormForward: ElementOperation {
     func float<T: FloatElement>(_ type: T.Type) throws -> (Tensor, [Double], [Double]) {
         var y = Tensor(uninitialized: T.dtype, shape: x.shape)
         var mean = self.mean, variance = self.variance
-        let count = Double(n * s)
         try x.withUnsafeBufferPointer(as: T.self) { px in
             y.uncheckedMutableBufferPointer(as: T.self) { py in
                 mean.withUnsafeMutableBufferPointer { pm in
@@ -76,13 +76,7 @@ struct BatchNormForward: ElementOperation {
                         Parallel.forRange(c) { channels in
                             for ch in channels {
                                 if training {
-                                    var sum = 0.0
-                                    for b in 0..<n { sum += rowSum(X + (b * c + ch) * s, s).doubleValue }
-                                    let mu = sum / count
-                                    var sq = 0.0
-                                    for b in 0..<n { sq += squaredDeviationSum(X + (b * c + ch) * s, s, T(fromDouble: mu)).doubleValue }
-                                    pm[ch] = mu
-                                    pv[ch] = sq / count
+                                    (pm[ch], pv[ch]) = meanVariance(X + ch * s, rows: n, stride: c * s, length: s)
                                 }
                                 let a = T(fromDouble: scale[ch] / (pv[ch] + epsilon).squareRoot())
                                 let mu = T(fromDouble: pm[ch]), beta = T(fromDouble: bias[ch])
@@ -188,148 +182,87 @@ struct BatchNormBackward: ElementOperation {
     }
 }
 
-/// Rows of a layer norm: X flattened to [rows = ∏d[:axis], cols = ∏d[axis:]].
-private func rowLayout(_ x: Tensor, axis: Int) throws -> (rows: Int, cols: Int, axis: Int) {
-    let a = try normalizeAxis(axis, rank: x.rank)
-    return (Tensor.elementCount(Array(x.shape[..<a])), Tensor.elementCount(Array(x.shape[a...])), a)
-}
-
-/// A per-column vector (scale or bias) of `cols` values.
-private func columnVector(_ t: Tensor, _ name: String, _ cols: Int) throws -> [Double] {
-    guard t.count == cols else { throw KernelError("\(name) \(t.shape) must hold \(cols) values (the normalized shape)") }
-    return try floatValues(t, name)
-}
-
-/// A per-row statistic (mean or inverse std) of `rows` values.
-private func rowVector(_ t: Tensor, _ name: String, _ rows: Int) throws -> [Double] {
-    guard t.count == rows else { throw KernelError("\(name) \(t.shape) must hold \(rows) values (one per row)") }
-    return try floatValues(t, name)
-}
-
-/// The statistics' shape: d[:axis] + [1]·(rank − axis).
-private func statShape(_ shape: [Int], _ axis: Int) -> [Int] {
-    Array(shape[..<axis]) + Array(repeating: 1, count: shape.count - axis)
-}
-
-/// The statistics' type: float for half inputs (stash_type 1), else the input's type.
-private func statType(_ dtype: DType) -> DType { dtype == .float64 ? .float64 : .float32 }
-
-/// LayerNormalization (contrib, onnx domain v1) and SimplifiedLayerNormalization (onnx domain v1).
-/// Y = (X − μ)·r·scale + B, or X·r·scale for the simplified (RMS) form with r = 1/√(mean(X²)+ε).
-struct ContribLayerNormKernel: Kernel {
-    let axis: Int, epsilon: Double, simplified: Bool
-
-    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
-        let x = try inputs.tensor(0)
-        let (rows, cols, a) = try rowLayout(x, axis: axis)
-        let scale = try columnVector(try inputs.tensor(1), "scale", cols)
-        var bias: [Double]?
-        if !simplified, let b = try inputs.optionalTensor(2) { bias = try columnVector(b, "B", cols) }
-        let xv = try floatValues(x, "X")
-        var y = [Double](repeating: 0, count: xv.count)
-        var means = [Double](repeating: 0, count: rows), invs = [Double](repeating: 0, count: rows)
-        for r in 0..<rows {
-            let base = r * cols
-            var mu = 0.0
-            if !simplified { for j in 0..<cols { mu += xv[base + j] }; mu /= Double(cols) }
-            var sq = 0.0
-            for j in 0..<cols { let d = xv[base + j] - mu; sq += d * d }
-            let inv = 1 / (sq / Double(cols) + epsilon).squareRoot()
-            means[r] = mu
-            invs[r] = inv
-            for j in 0..<cols { y[base + j] = (xv[base + j] - mu) * inv * scale[j] + (bias?[j] ?? 0) }
-        }
-        let st = statShape(x.shape, a), stType = statType(x.dtype)
-        let yT = Value.tensor(floatTensor(x.dtype, shape: x.shape, y))
-        if simplified { return [yT, .tensor(floatTensor(stType, shape: st, invs))] }
-        return [yT, .tensor(floatTensor(stType, shape: st, means)), .tensor(floatTensor(stType, shape: st, invs))]
-    }
-}
-
 /// LayerNormalizationGrad(dY, X, scale, mean, inv_std_dev) → dX, dScale, dBias;
 /// SimplifiedLayerNormalizationGrad(dY, X, scale, inv_std_var) → dX, dScale;
 /// InvertibleLayerNormalizationGrad(dY, Y, scale, bias, inv_std_var) → dX, dScale, dBias.
-/// Per row, with x̂ the normalized input, B = dY⊙scale·r and C = B⊙x̂:
-///   dX = B − mean(B) − x̂·mean(C)   (the simplified form drops mean(B)),
+/// With x̂ the normalized input and b = dY⊙scale, per row:
+///   dX = r·(b − mean(b) − x̂·mean(b⊙x̂))   (the simplified form drops mean(b)),
 ///   dScale = Σ_rows dY⊙x̂, dBias = Σ_rows dY.
+/// All three run layerNormBackward (LayerNormalization.swift; accumulator T, float32 for half
+/// inputs, as onnxruntime computes): the simplified form without a mean, the invertible form on
+/// X' = (Y − bias)/(scale·r) with zero means, since X'·r is its normalized input.
 struct LayerNormGradKernel: Kernel {
     enum Form { case standard, simplified, invertible }
     let axis: Int
     let form: Form
 
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
-        let dyT = try inputs.tensor(0), x = try inputs.tensor(1)
-        try requireSameShape(dyT, x, "Y_grad", form == .invertible ? "Y" : "X")
-        let (rows, cols, _) = try rowLayout(x, axis: axis)
+        let xName = form == .invertible ? "Y" : "X"
+        let dy = try inputs.tensor(0), x = try inputs.tensor(1)
+        try requireSameShape(dy, x, "Y_grad", xName)
+        let a = try normalizeAxis(axis, rank: x.rank)
+        let rows = Tensor.elementCount(Array(x.shape[..<a])), cols = Tensor.elementCount(Array(x.shape[a...]))
+        _ = try commonElementType([dy, x], names: ["Y_grad", xName], floatOnly: true)
+        guard x.dtype == .float32 || x.dtype == .float64 || x.isHalf else { throw unsupportedElementType(x.dtype) }
+        let compute: DType = x.dtype == .float64 ? .float64 : .float32
+        /// Input i, a float vector of `count` values, in the compute type.
+        func vector(_ i: Int, _ name: String, _ count: Int, _ what: String) throws -> Tensor {
+            let t = try inputs.tensor(i)
+            guard t.count == count else { throw KernelError("\(name) \(t.shape) must hold \(count) values (\(what))") }
+            guard t.dtype.isFloatingPoint else { throw KernelError("\(name) must be a float tensor, got \(t.dtype)") }
+            return try t.cast(to: compute)
+        }
         let scaleT = try inputs.tensor(2)
-        let scale = try columnVector(scaleT, "scale", cols)
-        _ = try commonElementType([dyT, x], names: ["Y_grad", form == .invertible ? "Y" : "X"], floatOnly: true)
-        if form == .standard, let fast = try floatStandardGrad(inputs, dyT, x, scaleT, rows: rows, cols: cols) { return fast }
-        // x̂ = (x − rowShift[r] − colShift[j]) · rowScale[r] · colScale[j] covers all three forms.
-        var rowShift = [Double](repeating: 0, count: rows), rowScale = [Double](repeating: 1, count: rows)
-        var colShift = [Double](repeating: 0, count: cols), colScale = [Double](repeating: 1, count: cols)
-        let inv: [Double]
+        let scale = try vector(2, "scale", cols, "the normalized shape")
+        let row = "one per row", normalized = "the normalized shape"
+        let op: LayerNormGradOperation
         switch form {
         case .standard:
-            rowShift = try rowVector(try inputs.tensor(3), "mean", rows)
-            inv = try rowVector(try inputs.tensor(4), "inv_std_dev", rows)
-            rowScale = inv
+            op = LayerNormGradOperation(dy: try dy.cast(to: compute), x: try x.cast(to: compute), scale: scale,
+                                        mean: try vector(3, "mean", rows, row), invStd: try vector(4, "inv_std_dev", rows, row),
+                                        bias: nil, rows: rows, cols: cols, scaleShape: scaleT.shape)
         case .simplified:
-            inv = try rowVector(try inputs.tensor(3), "inv_std_var", rows)
-            rowScale = inv
+            op = LayerNormGradOperation(dy: try dy.cast(to: compute), x: try x.cast(to: compute), scale: scale,
+                                        mean: nil, invStd: try vector(3, "inv_std_var", rows, row),
+                                        bias: nil, rows: rows, cols: cols, scaleShape: scaleT.shape)
         case .invertible:
-            colShift = try columnVector(try inputs.tensor(3), "bias", cols)
-            inv = try rowVector(try inputs.tensor(4), "inv_std_var", rows)
-            for j in 0..<cols where scale[j] == 0 { throw KernelError("scale[\(j)] is 0, so Y cannot be inverted") }
-            colScale = scale.map { 1 / $0 }
+            op = LayerNormGradOperation(dy: try dy.cast(to: compute), x: try x.cast(to: compute), scale: scale,
+                                        mean: nil, invStd: try vector(4, "inv_std_var", rows, row),
+                                        bias: try vector(3, "bias", cols, normalized), rows: rows, cols: cols, scaleShape: scaleT.shape)
         }
-        let rowsOp = LayerNormGradRows(dy: dyT.widenedToFloat(), x: x.widenedToFloat(), rows: rows, cols: cols, scale: scale, inv: inv,
-                                       rowShift: rowShift, rowScale: rowScale, colShift: colShift, colScale: colScale,
-                                       simplified: form == .simplified)
-        let (dxWide, dScale, dBias) = try dispatch(rowsOp.x.dtype, rowsOp)
-        let dx = dxWide.narrowed(to: x.dtype)
-        var out: [Value?] = [.tensor(dx), .tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dScale))]
-        if form != .simplified { out.append(.tensor(floatTensor(scaleT.dtype, shape: scaleT.shape, dBias))) }
+        let (dx, dScale, dBias) = try dispatch(compute, op)
+        var out: [Value?] = [.tensor(dx.narrowed(to: x.dtype)), .tensor(try dScale.cast(to: scaleT.dtype))]
+        if form != .simplified { out.append(.tensor(try dBias.cast(to: scaleT.dtype))) }
         return out
     }
 }
 
-extension LayerNormGradKernel {
-    /// LayerNormalizationGrad with every input of one type, float32 or float64: the pointer
-    /// kernel layerNormBackward (LayerNormalization.swift, accumulator T, float32 in float like
-    /// onnxruntime). nil otherwise (the general path above).
-    func floatStandardGrad(_ inputs: [Value?], _ dyT: Tensor, _ x: Tensor, _ scaleT: Tensor,
-                           rows: Int, cols: Int) throws -> [Value?]? {
-        let meanT = try inputs.tensor(3), invT = try inputs.tensor(4)
-        // Empty inputs take the general path (which also writes the zero sums).
-        guard rows > 0, cols > 0, x.dtype == .float32 || x.dtype == .float64,
-              [dyT, scaleT, meanT, invT].allSatisfy({ $0.dtype == x.dtype }) else { return nil }
-        guard scaleT.count == cols else { throw KernelError("scale \(scaleT.shape) must hold \(cols) values (the normalized shape)") }
-        guard meanT.count == rows else { throw KernelError("mean \(meanT.shape) must hold \(rows) values (one per row)") }
-        guard invT.count == rows else { throw KernelError("inv_std_dev \(invT.shape) must hold \(rows) values (one per row)") }
-        return try dispatch(x.dtype, StandardGrad(dy: dyT, x: x, scale: scaleT, mean: meanT, invStd: invT, rows: rows, cols: cols))
-    }
+/// layerNormBackward over one float type; every tensor has it. `bias` set: the invertible form
+/// (x holds Y). dScale and dBias have `scaleShape`.
+private struct LayerNormGradOperation: ElementOperation {
+    let dy: Tensor, x: Tensor, scale: Tensor, mean: Tensor?, invStd: Tensor, bias: Tensor?
+    let rows: Int, cols: Int, scaleShape: [Int]
 
-    private struct StandardGrad: ElementOperation {
-        let dy: Tensor, x: Tensor, scale: Tensor, mean: Tensor, invStd: Tensor, rows: Int, cols: Int
-        func float<T: FloatElement>(_ type: T.Type) throws -> [Value?] {
-            var dx = Tensor(uninitialized: T.dtype, shape: x.shape)
-            var dScale = Tensor(uninitialized: T.dtype, shape: scale.shape), dBias = Tensor(uninitialized: T.dtype, shape: scale.shape)
-            let (rows, cols) = (rows, cols)
-            dy.uncheckedBufferPointer(as: T.self) { pg in
-                x.uncheckedBufferPointer(as: T.self) { px in
-                    scale.uncheckedBufferPointer(as: T.self) { ps in
-                        mean.uncheckedBufferPointer(as: T.self) { pm in
-                            invStd.uncheckedBufferPointer(as: T.self) { pi in
-                                dx.uncheckedMutableBufferPointer(as: T.self) { po in
-                                    dScale.uncheckedMutableBufferPointer(as: T.self) { pds in
-                                        dBias.uncheckedMutableBufferPointer(as: T.self) { pdb in
-                                            guard let g = pg.baseAddress, let xv = px.baseAddress, let sc = ps.baseAddress,
-                                                  let ds = pds.baseAddress, let db = pdb.baseAddress else { return }
-                                            guard let m = pm.baseAddress, let i = pi.baseAddress, let o = po.baseAddress else { return }
-                                            layerNormBackward(dy: g, x: xv, scale: sc, mean: m, invStd: i, dx: o, dScale: ds, dBias: db,
-                                                              rows: rows, cols: cols)
-                                        }
+    func float<T: FloatElement>(_ type: T.Type) throws -> (Tensor, Tensor, Tensor) {
+        var dx = Tensor(uninitialized: T.dtype, shape: x.shape)
+        // Zeros: with no rows the column sums are all there is.
+        var dScale = Tensor(zeros: T.dtype, shape: scaleShape), dBias = Tensor(zeros: T.dtype, shape: scaleShape)
+        let input = try bias.map { try normalizedInput($0, T.self) } ?? x
+        let mean = bias == nil ? self.mean : Tensor(zeros: T.dtype, shape: [rows])
+        let (rows, cols) = (rows, cols)
+        dy.uncheckedBufferPointer(as: T.self) { pg in
+            input.uncheckedBufferPointer(as: T.self) { px in
+                scale.uncheckedBufferPointer(as: T.self) { ps in
+                    withOptionalPointer(mean, T.self) { pm in
+                        invStd.uncheckedBufferPointer(as: T.self) { pi in
+                            dx.uncheckedMutableBufferPointer(as: T.self) { po in
+                                dScale.uncheckedMutableBufferPointer(as: T.self) { pds in
+                                    dBias.uncheckedMutableBufferPointer(as: T.self) { pdb in
+                                        guard let g = pg.baseAddress, let xv = px.baseAddress, let sc = ps.baseAddress,
+                                              let i = pi.baseAddress, let o = po.baseAddress,
+                                              let ds = pds.baseAddress, let db = pdb.baseAddress else { return }
+                                        layerNormBackward(dy: g, x: xv, scale: sc, mean: pm, invStd: i, dx: o, dScale: ds, dBias: db,
+                                                          rows: rows, cols: cols)
                                     }
                                 }
                             }
@@ -337,50 +270,20 @@ extension LayerNormGradKernel {
                     }
                 }
             }
-            return [.tensor(dx), .tensor(dScale), .tensor(dBias)]
-        }
-    }
-}
-
-/// The row loop of the layer-norm gradients over dY, X: [rows, cols] in their own float type,
-/// with per-row and per-column vectors (and the reductions) in Double.
-struct LayerNormGradRows: ElementOperation {
-    let dy: Tensor, x: Tensor
-    let rows: Int, cols: Int
-    let scale: [Double], inv: [Double]
-    let rowShift: [Double], rowScale: [Double], colShift: [Double], colScale: [Double]
-    let simplified: Bool
-
-    func float<T: FloatElement>(_ type: T.Type) throws -> (Tensor, [Double], [Double]) {
-        var dx = Tensor(uninitialized: T.dtype, shape: x.shape)
-        var dScale = [Double](repeating: 0, count: cols), dBias = [Double](repeating: 0, count: cols)
-        try dy.withUnsafeBufferPointer(as: T.self) { g in
-            try x.withUnsafeBufferPointer(as: T.self) { xv in
-                dx.uncheckedMutableBufferPointer(as: T.self) { o in
-                    for r in 0..<rows {
-                        let base = r * cols
-                        var meanB = 0.0, meanC = 0.0
-                        for j in 0..<cols {
-                            let d = Double(g[base + j])
-                            let xhat = (Double(xv[base + j]) - rowShift[r] - colShift[j]) * rowScale[r] * colScale[j]
-                            let b = d * scale[j] * inv[r]
-                            meanB += b
-                            meanC += b * xhat
-                            dScale[j] += d * xhat
-                            dBias[j] += d
-                        }
-                        meanB = simplified ? 0 : meanB / Double(cols)
-                        meanC /= Double(cols)
-                        for j in 0..<cols {
-                            let xhat = (Double(xv[base + j]) - rowShift[r] - colShift[j]) * rowScale[r] * colScale[j]
-                            let b = Double(g[base + j]) * scale[j] * inv[r]
-                            o[base + j] = T(b - meanB - xhat * meanC)
-                        }
-                    }
-                }
-            }
         }
         return (dx, dScale, dBias)
+    }
+
+    /// The invertible form's input: X' = (Y − bias)/(scale·r), whose X'·r is the normalized input.
+    private func normalizedInput<T: FloatElement>(_ bias: Tensor, _ type: T.Type) throws -> Tensor {
+        let s = scale.scalars(as: T.self), b = bias.scalars(as: T.self), r = invStd.scalars(as: T.self)
+        if let j = s.firstIndex(of: 0) { throw KernelError("scale[\(j)] is 0, so Y cannot be inverted") }
+        let y = x.scalars(as: T.self)
+        var out = [T](repeating: 0, count: y.count)
+        for row in 0..<rows {
+            for j in 0..<cols { out[row * cols + j] = (y[row * cols + j] - b[j]) / (s[j] * r[row]) }
+        }
+        return Tensor(shape: x.shape, scalars: out)
     }
 }
 
@@ -405,14 +308,6 @@ func registerTrainingNormalizationOps(_ registry: OpRegistry) {
     // Gradient rules (GradientContext):
     registry.registerGradient("BatchNormInternal", domain: ms, batchNormInternalGradient)
     registry.registerGradient("SimplifiedLayerNormalization", simplifiedLayerNormalizationGradient)
-}
-
-/// The builder of onnxruntime's contrib LayerNormalization (`simplified`: RMS form, no mean).
-func contribLayerNormKernel(simplified: Bool) -> KernelFactory {
-    { ctx in
-        ContribLayerNormKernel(axis: try ctx.int("axis", default: -1), epsilon: Double(try ctx.float("epsilon", default: 1e-5)),
-                               simplified: simplified)
-    }
 }
 
 /// BatchNormInternal (com.microsoft), since opset 1.

@@ -50,12 +50,11 @@ func learningRate(_ t: Tensor, _ name: String) throws -> Double {
     return v
 }
 
-/// w ← w − lr·g (or w + delta for any precomputed delta).
-private struct AxpyStep: InPlaceBody {
-    let g: [Double]
-    let scale: Double
+/// w ← w·k, the product rounded once from Double.
+private struct ScaleStep: InPlaceBody {
+    let k: Double
     func callAsFunction<T: FloatElement>(_ w: UnsafeMutableBufferPointer<T>) throws {
-        for i in 0..<w.count { w[i] = T(Double(w[i]) + scale * g[i]) }
+        for i in 0..<w.count { w[i] = T(fromDouble: w[i].doubleValue * k) }
     }
 }
 
@@ -66,13 +65,15 @@ struct InplaceClipGradNormKernel: Kernel {
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let grads = try sequenceTensors(inputs, 0, "gradients")
         var total = 0.0
-        let values = try grads.enumerated().map { try floatValues($0.element, "gradients[\($0.offset)]") }
-        for v in values { for x in v { total += x * x } }
+        for (i, g) in grads.enumerated() {
+            guard g.dtype == .float32 || g.dtype == .float64 else {
+                throw KernelError("gradients[\(i)] must be float or double to update in place, got \(g.dtype)")
+            }
+            total += try sumOfSquares(g)
+        }
         let coef = maxNorm / (total.squareRoot() + 1e-6)
         if coef < 1 {
-            for (i, g) in grads.enumerated() {
-                try inPlace(g, "gradients[\(i)]", AxpyStep(g: values[i], scale: coef - 1))
-            }
+            for (i, g) in grads.enumerated() { try inPlace(g, "gradients[\(i)]", ScaleStep(k: coef)) }
         }
         return [inputs[0]]
     }

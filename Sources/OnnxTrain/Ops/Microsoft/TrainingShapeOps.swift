@@ -153,25 +153,10 @@ struct ReduceSumTrainingKernel: Kernel {
 /// Sums `x` over `axes` (numeric types; accumulates in Double).
 func reduceSum(_ x: Tensor, axes: Set<Int>, keepDims: Bool) throws -> Tensor {
     let kept = x.shape.enumerated().map { axes.contains($0.offset) ? 1 : $0.element }
-    let values: [Double]
-    if x.dtype.isFloatingPoint {
-        values = try floatValues(x, "data")
-    } else {
-        guard x.dtype.isInteger else { throw KernelError("data must be numeric, got \(x.dtype)") }
-        values = (0..<x.count).map { x.scalarDouble(at: $0) ?? 0 }
-    }
-    let sums = reduceSumToShape(values, fullShape: x.shape, to: kept)
+    guard x.dtype.isFloatingPoint || x.dtype.isInteger else { throw KernelError("data must be numeric, got \(x.dtype)") }
+    let sums = reduceSumToShape(try x.doubles(), fullShape: x.shape, to: kept)
     let shape = keepDims ? kept : x.shape.enumerated().filter { !axes.contains($0.offset) }.map(\.element)
-    if x.dtype.isFloatingPoint { return floatTensor(x.dtype, shape: shape, sums) }
-    return try dispatch(x.dtype, IntegerFromDoubles(shape: shape, values: sums))
-}
-
-/// A tensor of element type T from Double values.
-struct IntegerFromDoubles: NumericOperation {
-    let shape: [Int], values: [Double]
-    func numeric<T: NumericElement>(_ type: T.Type) throws -> Tensor {
-        Tensor(shape: shape, scalars: values.map { T(fromDouble: $0) })
-    }
+    return try Tensor(dtype: x.dtype, shape: shape, doubles: sums)
 }
 
 /// BroadcastGradientArgs(a_shape, b_shape) → a_axes, b_axes: the output axes each operand was

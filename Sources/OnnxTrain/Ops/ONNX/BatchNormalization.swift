@@ -1,8 +1,9 @@
 import Foundation
 
-/// BatchNormalization (opsets 6-15): per-channel statistics over N and the spatial dims; batch
-/// statistics accumulated in Double (`meanVariance`), the population (biased) variance as ONNX
-/// specifies. Registered in Normalization.swift's list; training graphs use BatchNormInternal.
+/// BatchNormalization (opsets 6-15): per-channel statistics over N and the spatial dims, taken
+/// as BatchNormInternal takes them (`meanVariance`, Sums.swift: rows summed in T, the rows' sums
+/// added in Double), the population (biased) variance as ONNX specifies. Registered in
+/// Normalization.swift's list; training graphs use BatchNormInternal.
 
 struct BatchNormKernel: Kernel {
     let epsilon: Double, momentum: Double
@@ -35,9 +36,9 @@ struct BatchNormKernel: Kernel {
             var batchMean = mean, batchVar = variance
             if k.training {
                 try x.withUnsafeBufferPointer(as: T.self) { p in
+                    guard let X = p.baseAddress else { return }
                     for ch in 0..<c {
-                        let (m, v) = meanVariance(p, starts: (0..<n).map { ($0 * c + ch) * inner }, length: inner)
-                        batchMean[ch] = m; batchVar[ch] = v
+                        (batchMean[ch], batchVar[ch]) = meanVariance(X + ch * inner, rows: n, stride: c * inner, length: inner)
                     }
                 }
                 useMean = batchMean; useVar = batchVar

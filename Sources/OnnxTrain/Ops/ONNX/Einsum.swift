@@ -182,17 +182,8 @@ func einsumKernel(_ ctx: NodeContext) throws -> Kernel {
             let wide = try operands.map { try $0.converted(toFloat: .float64) }
             let y = try EinsumOp(equation: equation, operands: wide).float(Double.self)
             let values = y.scalars(as: Double.self)
-            let out: Tensor = try dispatch(first.dtype, FromDoubles(values: values, shape: y.shape))
-            return [.tensor(out)]
+            return [.tensor(try Tensor(dtype: first.dtype, shape: y.shape, doubles: values))]
         }
-    }
-}
-
-/// A tensor of the dispatched numeric type from Doubles (rounded toward zero, saturating).
-struct FromDoubles: NumericOperation {
-    let values: [Double], shape: [Int]
-    func numeric<T: NumericElement>(_ type: T.Type) throws -> Tensor {
-        Tensor(shape: shape, scalars: values.map { T(fromDouble: $0.rounded()) })
     }
 }
 

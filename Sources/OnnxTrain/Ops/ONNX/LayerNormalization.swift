@@ -1,6 +1,7 @@
-/// LayerNormalization (opset 17; registered in Normalization.swift's list) and the layer norm
-/// forward and backward kernels it shares with LayerNormalizationGrad, generic over
-/// Float and Double, rows split across threads. Accumulator: T (float32 computes in float like
+/// LayerNormalization (opset 17; registered in Normalization.swift's list; onnxruntime's contrib
+/// LayerNormalization and SimplifiedLayerNormalization run the same kernel) and the layer norm
+/// forward and backward kernels it shares with the three LayerNormalizationGrad forms, generic
+/// over Float and Double, rows split across threads. Accumulator: T (float32 computes in float like
 /// onnxruntime's CPU kernels; Sums.swift). Statistics are two-pass (mean, then mean of squared
 /// deviations), which keeps rows with a large common offset accurate where onnxruntime's
 /// E[x²] − E[x]² would cancel.
@@ -9,22 +10,24 @@
 // vectorises loops over plain pointer arguments but not the same loops inside those closures.
 
 /// layernorm_forward: x, y [rows, cols]; scale, bias [cols] (bias optional); mean, invStd [rows].
+/// `centered` false is the RMS form (SimplifiedLayerNormalization): no mean is subtracted
+/// (mean holds 0), invStd = 1/√(mean(x²) + ε).
 func layerNormForward<T: FloatElement>(x: UnsafePointer<T>, scale: UnsafePointer<T>, bias: UnsafePointer<T>?,
                       y: UnsafeMutablePointer<T>, mean: UnsafeMutablePointer<T>, invStd: UnsafeMutablePointer<T>,
-                      rows: Int, cols: Int, epsilon: T) {
+                      rows: Int, cols: Int, epsilon: T, centered: Bool = true) {
     guard rows > 0, cols > 0 else { return }
     Parallel.forRange(rows, minimumChunk: max(1, 8192 / cols)) { range in
         for r in range {
-            (mean[r], invStd[r]) = layerNormRow(x + r * cols, scale, bias, y + r * cols, cols, epsilon)
+            (mean[r], invStd[r]) = layerNormRow(x + r * cols, scale, bias, y + r * cols, cols, epsilon, centered)
         }
     }
 }
 
-/// One row of layernorm_forward; returns its mean and 1/std.
+/// One row of layernorm_forward; returns its mean (0 when not `centered`) and 1/std.
 @inline(never)
 func layerNormRow<T: FloatElement>(_ px: UnsafePointer<T>, _ scale: UnsafePointer<T>, _ bias: UnsafePointer<T>?,
-                  _ py: UnsafeMutablePointer<T>, _ cols: Int, _ epsilon: T) -> (T, T) {
-    let m = rowSum(px, cols) / T(cols)
+                  _ py: UnsafeMutablePointer<T>, _ cols: Int, _ epsilon: T, _ centered: Bool) -> (T, T) {
+    let m = centered ? rowSum(px, cols) / T(cols) : 0
     let v = squaredDeviationSum(px, cols, m) / T(cols)
     let s = 1 / (v + epsilon).squareRoot()
     if let bias {
@@ -38,16 +41,17 @@ func layerNormRow<T: FloatElement>(_ px: UnsafePointer<T>, _ scale: UnsafePointe
 /// layernorm_backward: dy, x, dx [rows, cols]; scale, dScale, dBias [cols]; mean, invStd [rows].
 /// Per row, with x̂ = (x − mean)·invStd and b = dy·scale:
 ///   dx = invStd·(b − mean(b) − x̂·mean(b·x̂));  dScale = Σ_rows dy·x̂, dBias = Σ_rows dy.
-/// dx runs over row blocks, the column sums over column blocks (each column summed in row order,
-/// so the result does not depend on the thread count).
+/// A nil `mean` is the RMS form (SimplifiedLayerNormalizationGrad): x̂ = x·invStd and no mean(b)
+/// term. dx runs over row blocks, the column sums over column blocks (each column summed in row
+/// order, so the result does not depend on the thread count).
 func layerNormBackward<T: FloatElement>(dy: UnsafePointer<T>, x: UnsafePointer<T>, scale: UnsafePointer<T>,
-                       mean: UnsafePointer<T>, invStd: UnsafePointer<T>,
+                       mean: UnsafePointer<T>?, invStd: UnsafePointer<T>,
                        dx: UnsafeMutablePointer<T>, dScale: UnsafeMutablePointer<T>, dBias: UnsafeMutablePointer<T>,
                        rows: Int, cols: Int) {
     guard cols > 0 else { return }
     Parallel.forRange(rows, minimumChunk: max(1, 4096 / cols)) { range in
         for r in range {
-            layerNormGradRow(dy + r * cols, x + r * cols, scale, mean[r], invStd[r], dx + r * cols, cols)
+            layerNormGradRow(dy + r * cols, x + r * cols, scale, mean?[r] ?? 0, invStd[r], dx + r * cols, cols, centered: mean != nil)
         }
     }
     Parallel.forRange(cols, minimumChunk: 32) { range in
@@ -58,7 +62,7 @@ func layerNormBackward<T: FloatElement>(dy: UnsafePointer<T>, x: UnsafePointer<T
 /// dx of one row of layernorm_backward.
 @inline(never)
 func layerNormGradRow<T: FloatElement>(_ pg: UnsafePointer<T>, _ px: UnsafePointer<T>, _ scale: UnsafePointer<T>, _ m: T, _ s: T,
-                      _ po: UnsafeMutablePointer<T>, _ cols: Int) {
+                      _ po: UnsafeMutablePointer<T>, _ cols: Int, centered: Bool) {
     let mv = SIMD8<T>(repeating: m), sv = SIMD8<T>(repeating: s)
     var accB = SIMD8<T>(), accC = SIMD8<T>(), j = 0
     while j + 8 <= cols {
@@ -74,7 +78,7 @@ func layerNormGradRow<T: FloatElement>(_ pg: UnsafePointer<T>, _ px: UnsafePoint
         sumC += b * ((px[j] - m) * s)
         j += 1
     }
-    let meanB = sumB / T(cols), meanC = sumC / T(cols)
+    let meanB = centered ? sumB / T(cols) : 0, meanC = sumC / T(cols)
     for j in 0..<cols {
         let xhat = (px[j] - m) * s
         po[j] = s * (pg[j] * scale[j] - meanB - xhat * meanC)
@@ -83,7 +87,7 @@ func layerNormGradRow<T: FloatElement>(_ pg: UnsafePointer<T>, _ px: UnsafePoint
 
 /// dScale[j] = Σ_r dy[r, j]·x̂[r, j] and dBias[j] = Σ_r dy[r, j] for j in `columns`, rows in order.
 @inline(never)
-func layerNormColumnSums<T: FloatElement>(_ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ mean: UnsafePointer<T>, _ invStd: UnsafePointer<T>,
+func layerNormColumnSums<T: FloatElement>(_ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ mean: UnsafePointer<T>?, _ invStd: UnsafePointer<T>,
                          _ dScale: UnsafeMutablePointer<T>, _ dBias: UnsafeMutablePointer<T>,
                          rows: Int, cols: Int, columns: Range<Int>) {
     let j0 = columns.lowerBound, width = columns.count
@@ -91,7 +95,7 @@ func layerNormColumnSums<T: FloatElement>(_ dy: UnsafePointer<T>, _ x: UnsafePoi
     for j in 0..<width { ds[j] = 0; db[j] = 0 }
     for r in 0..<rows {
         let pg = dy + r * cols + j0, px = x + r * cols + j0
-        let m = mean[r], s = invStd[r]
+        let m = mean?[r] ?? 0, s = invStd[r]
         for j in 0..<width {
             ds[j] += pg[j] * ((px[j] - m) * s)
             db[j] += pg[j]
@@ -102,20 +106,26 @@ func layerNormColumnSums<T: FloatElement>(_ dy: UnsafePointer<T>, _ x: UnsafePoi
 // MARK: - LayerNormalization (opset 17) and its gradient rule
 
 /// Normalizes over the dims from `axis` on: Y = (X - mean) * invStdDev * Scale + B, with Mean and
-/// InvStdDev of shape X.shape[..<axis] + [1, ...]. Statistics in float (stash_type 1) or double.
+/// InvStdDev of shape X.shape[..<axis] + [1, ...]. Statistics in float (stash_type 1) for float,
+/// float16 and bfloat16 inputs (which compute in float32), in double for double. The same kernel
+/// runs onnxruntime's contrib LayerNormalization and SimplifiedLayerNormalization (onnx domain
+/// v1): `simplified` is the RMS form (Y = X·invStdDev·Scale, outputs Y and InvStdDev) and
+/// `mixedTypes` lets Scale and B have another float type than X (their type V).
 struct LayerNormKernel: Kernel {
-    let axis: Int, epsilon: Double
+    let axis: Int, epsilon: Double, simplified: Bool, mixedTypes: Bool
 
-    init(_ ctx: NodeContext) throws {
+    init(_ ctx: NodeContext, simplified: Bool = false, mixedTypes: Bool = false) throws {
         axis = try ctx.int("axis", default: -1)
         epsilon = Double(try ctx.float("epsilon", default: 1e-5))
+        self.simplified = simplified
+        self.mixedTypes = mixedTypes
     }
 
     /// One float type's pass: Scale and B broadcast to the normalized shape once, then the
     /// pointer kernel above (accumulator T). Mean and InvStdDev are T.
     struct Op: ElementOperation {
-        let x: Tensor, scale: Tensor, bias: Tensor?, axis: Int, epsilon: Double
-        func float<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+        let x: Tensor, scale: Tensor, bias: Tensor?, axis: Int, epsilon: Double, simplified: Bool
+        func float<T: FloatElement>(_ type: T.Type) throws -> [Tensor] {
             let normShape = Array(x.shape[axis...])
             let cols = Tensor.elementCount(normShape), rows = Tensor.elementCount(Array(x.shape[..<axis]))
             func covering(_ t: Tensor) throws -> Tensor {
@@ -128,7 +138,7 @@ struct LayerNormKernel: Kernel {
             let statShape = Array(x.shape[..<axis]) + Array(repeating: 1, count: x.rank - axis)
             var y = Tensor(uninitialized: T.dtype, shape: x.shape)
             var mean = Tensor(uninitialized: T.dtype, shape: statShape), invStd = Tensor(uninitialized: T.dtype, shape: statShape)
-            let epsilon = T(fromDouble: epsilon)
+            let epsilon = T(fromDouble: epsilon), centered = !simplified
             x.uncheckedBufferPointer(as: T.self) { px in
                 scale.uncheckedBufferPointer(as: T.self) { ps in
                     withOptionalPointer(bias, T.self) { pb in
@@ -143,37 +153,48 @@ struct LayerNormKernel: Kernel {
                                     guard let x = px.baseAddress, let s = ps.baseAddress, let y = py.baseAddress,
                                           let m = pm.baseAddress, let i = pi.baseAddress else { return }
                                     layerNormForward(x: x, scale: s, bias: pb, y: y, mean: m, invStd: i,
-                                                     rows: rows, cols: cols, epsilon: epsilon)
+                                                     rows: rows, cols: cols, epsilon: epsilon, centered: centered)
                                 }
                             }
                         }
                     }
                 }
             }
-            return [y, mean, invStd]
+            return simplified ? [y, invStd] : [y, mean, invStd]
         }
     }
 
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let x = try inputs.tensor(0)
         let a = try normalizeAxis(axis, rank: x.rank)
-        let original = x.dtype
-        let scale = try inputs.tensor(1), bias = try inputs.optionalTensor(2)
-        guard scale.dtype == x.dtype, bias.map({ $0.dtype == x.dtype }) ?? true else {
-            throw KernelError("Scale (\(scale.dtype)) and B (\(bias.map { "\($0.dtype)" } ?? "absent")) must have X's type \(x.dtype)")
-        }
-        let outs = try withFloatCompute([x, scale, bias]) { t in
-            try dispatch(t[0]!.dtype, Op(x: t[0]!, scale: t[1]!, bias: t[2], axis: a, epsilon: epsilon))
-        }
-        // Mean and InvStdDev stay float32 for half inputs (stash_type 1).
-        return outs.enumerated().map { i, t in
-            guard let t else { return nil }
-            if i > 0 && t.dtype == original && (original == .float16 || original == .bfloat16) {
-                return .tensor(t.widenedToFloat())
+        let scale = try inputs.tensor(1), bias = simplified ? nil : try inputs.optionalTensor(2)
+        if mixedTypes {
+            for (t, name) in [(scale as Tensor?, "Scale"), (bias, "B")] {
+                if let t, !(t.dtype == .float32 || t.dtype == .float64 || t.isHalf) {
+                    throw KernelError("\(name) must be a float tensor, got \(t.dtype)")
+                }
             }
-            return .tensor(t)
+        } else {
+            guard scale.dtype == x.dtype, bias.map({ $0.dtype == x.dtype }) ?? true else {
+                throw KernelError("Scale (\(scale.dtype)) and B (\(bias.map { "\($0.dtype)" } ?? "absent")) must have X's type \(x.dtype)")
+            }
         }
+        guard x.dtype == .float32 || x.dtype == .float64 || x.isHalf else {
+            throw unsupportedElementType(x.dtype)
+        }
+        // Half inputs compute in float32; Mean and InvStdDev stay float32 (stash_type 1).
+        let compute: DType = x.dtype == .float64 ? .float64 : .float32
+        var outs = try dispatch(compute, Op(x: x.cast(to: compute), scale: scale.cast(to: compute), bias: bias?.cast(to: compute),
+                                            axis: a, epsilon: epsilon, simplified: simplified))
+        outs[0] = outs[0].narrowed(to: x.dtype)
+        return outs.map(Value.tensor)
     }
+}
+
+/// The builder of onnxruntime's contrib LayerNormalization and SimplifiedLayerNormalization (onnx
+/// domain v1, before ONNX's own LayerNormalization 17; its fusions write them).
+func contribLayerNormKernel(simplified: Bool) -> KernelFactory {
+    { ctx in try LayerNormKernel(ctx, simplified: simplified, mixedTypes: true) }
 }
 
 /// The gradient rule of LayerNormalization (ai.onnx.preview.training).

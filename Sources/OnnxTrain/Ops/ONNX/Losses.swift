@@ -1,17 +1,21 @@
 import Foundation
 
 /// NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss over [N, C, d1, ...] inputs with
-/// targets [N, d1, ...], optional class weights [C], ignore_index and reduction none/sum/mean.
+/// targets [N, d1, ...], optional class weights [C], ignore_index and reduction none/sum/mean;
+/// com.microsoft SoftmaxCrossEntropyLossInternal's forward is the same kernel (crossEntropyLoss).
 
-enum LossReduction {
+/// A loss's `reduction` attribute.
+enum LossReduction: String {
     case none, sum, mean
-    init(_ text: String) throws {
-        switch text {
-        case "none": self = .none
-        case "sum": self = .sum
-        case "mean": self = .mean
-        default: throw KernelError("reduction '\(text)' is not one of none, sum, mean")
+    init(_ text: String, allowNone: Bool = true) throws {
+        guard let r = LossReduction(rawValue: text), allowNone || r != .none else {
+            throw KernelError("reduction '\(text)' is not one of \(allowNone ? "none, " : "")sum, mean")
         }
+        self = r
+    }
+    /// The node's `reduction` (default mean).
+    init(_ ctx: NodeContext, allowNone: Bool = true) throws {
+        try self.init(try ctx.string("reduction", default: "mean"), allowNone: allowNone)
     }
 }
 
@@ -66,18 +70,8 @@ struct LossKernel: Kernel {
 
     init(_ ctx: NodeContext, softmax: Bool) throws {
         self.softmax = softmax
-        reduction = try LossReduction(ctx.string("reduction", default: "mean"))
+        reduction = try LossReduction(ctx)
         ignoreIndex = try ctx.int("ignore_index")
-    }
-
-    struct Op: ElementOperation {
-        let k: LossKernel, x: Tensor, targets: [Int], weights: [Double]?
-        func float<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
-            guard x.rank >= 2 else { throw KernelError("input must be [N, C, ...], got \(x.shape)") }
-            let logProb = k.softmax ? logSoftmaxChannels(x, T.self) : x
-            let loss = try nllLoss(logProb, targets: targets, weights: weights, ignoreIndex: k.ignoreIndex, reduction: k.reduction, T.self)
-            return k.softmax ? [loss, logProb] : [loss]
-        }
     }
 
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
@@ -86,9 +80,29 @@ struct LossKernel: Kernel {
         let weights = try inputs.optionalTensor(2).map { w in
             try channelValues(w, count: w.count, default: 1, name: "weight")
         }
-        return try withFloatCompute([x]) { t in
-            try dispatch(t[0]!.dtype, Op(k: self, x: t[0]!, targets: targets, weights: weights))
-        }.map { $0.map(Value.tensor) }
+        return try crossEntropyLoss(x, targets: targets, weights: weights, ignoreIndex: ignoreIndex, reduction: reduction,
+                                    softmax: softmax).map(Value.tensor)
+    }
+}
+
+/// [loss] of log-probabilities `x` [N, C, d...], or [loss, log_prob] with log_prob =
+/// log_softmax(x) over axis 1 when `softmax`: computed in x's float type (float32 for the half
+/// types, as onnxruntime does), log_prob by the one `softmax` kernel, the losses summed in Double.
+func crossEntropyLoss(_ x: Tensor, targets: [Int], weights: [Double]?, ignoreIndex: Int?, reduction: LossReduction,
+                      softmax: Bool) throws -> [Tensor] {
+    try withFloatCompute([x]) { t in
+        try dispatch(t[0]!.dtype, LossOperation(x: t[0]!, targets: targets, weights: weights, ignoreIndex: ignoreIndex,
+                                                reduction: reduction, softmax: softmax))
+    }.compactMap { $0 }
+}
+
+private struct LossOperation: ElementOperation {
+    let x: Tensor, targets: [Int], weights: [Double]?, ignoreIndex: Int?, reduction: LossReduction, softmax: Bool
+    func float<T: FloatElement>(_ type: T.Type) throws -> [Tensor?] {
+        guard x.rank >= 2 else { throw KernelError("input must be [N, C, ...], got \(x.shape)") }
+        let logProb = softmax ? logSoftmaxChannels(x, T.self) : x
+        let loss = try nllLoss(logProb, targets: targets, weights: weights, ignoreIndex: ignoreIndex, reduction: reduction, T.self)
+        return softmax ? [loss, logProb] : [loss]
     }
 }
 

@@ -189,7 +189,7 @@ struct GemmKernel: Kernel {
             guard b.dtype == a.dtype, c.map({ $0.dtype == a.dtype }) ?? true else { throw KernelError("Gemm inputs differ in type") }
             let y = try Op(k: self, a: a.converted(toFloat: .float64), b: b.converted(toFloat: .float64),
                            c: c.map { try $0.converted(toFloat: .float64) }).float(Double.self)
-            return [.tensor(try dispatch(a.dtype, FromDoubles(values: y.scalars(as: Double.self), shape: y.shape)))]
+            return [.tensor(try Tensor(dtype: a.dtype, shape: y.shape, doubles: y.scalars(as: Double.self)))]
         }
         let out = try withFloatCompute([a, inputs.tensor(1), inputs.optionalTensor(2)]) { t in
             guard let a = t[0], let b = t[1] else { return [] }

@@ -2,23 +2,9 @@ import Foundation
 
 /// The normalization family's registration list, and its small ops: RMSNormalization,
 /// LpNormalization, InstanceNormalization, GroupNormalization, LRN and MeanVarianceNormalization
-/// (BatchNormalization.swift and LayerNormalization.swift hold the two large ones). Statistics are
-/// accumulated in Double for Float inputs so long rows do not lose precision; the population
-/// (biased) variance is used throughout, as ONNX specifies.
-
-/// Mean and population variance of the runs of `length` values starting at each of `starts`.
-@inline(__always)
-func meanVariance<T: FloatElement>(_ p: UnsafeBufferPointer<T>, starts: [Int], length: Int) -> (Double, Double) {
-    var sum = 0.0
-    for s in starts { for i in s..<(s + length) { sum += p[i].doubleValue } }
-    let n = Double(starts.count * length)
-    guard n > 0 else { return (0, 0) }
-    let mean = sum / n
-    // Two-pass for accuracy: E[(x - mean)^2].
-    var acc = 0.0
-    for s in starts { for i in s..<(s + length) { let d = p[i].doubleValue - mean; acc += d * d } }
-    return (mean, acc / n)
-}
+/// (BatchNormalization.swift and LayerNormalization.swift hold the two large ones). Group and
+/// instance statistics are the batch norms' (`meanVariance`, Sums.swift); the other small norms
+/// accumulate in Double. The population (biased) variance is used throughout, as ONNX specifies.
 
 // MARK: - RMSNormalization
 
@@ -82,10 +68,11 @@ func groupNormalize<T: FloatElement>(_ x: Tensor, groups: Int, scale: [Double], 
     var y = Tensor(uninitialized: T.dtype, shape: x.shape)
     try x.withUnsafeBufferPointer(as: T.self) { px in
         y.uncheckedMutableBufferPointer(as: T.self) { py in
+            guard let X = px.baseAddress else { return }
             for b in 0..<n {
                 for g in 0..<groups {
                     let base = (b * c + g * cg) * inner
-                    let (m, v) = meanVariance(px, starts: [base], length: cg * inner)
+                    let (m, v) = meanVariance(X + base, rows: 1, stride: 0, length: cg * inner)
                     let r = 1 / (v + epsilon).squareRoot()
                     for ch in (g * cg)..<((g + 1) * cg) {
                         let a = T(fromDouble: r * scale[ch]), shift = T(fromDouble: bias[ch] - m * r * scale[ch])

@@ -1,5 +1,5 @@
-/// The reductions of the hot float kernels (layer norm, batch norm, softmax grad, conv grad
-/// biases), generic over Float and Double.
+/// The reductions of the hot float kernels (layer norm, batch norm and group norm statistics,
+/// softmax grad, conv grad biases), generic over Float and Double.
 ///
 /// Accumulator: T, in sixteen partial sums (two eight-lane vectors), added once at the end: the
 /// loops vectorise (the compiler does not reassociate float additions by itself), and float32
@@ -60,4 +60,31 @@ func sumAndCrossDeviation<T: FloatElement>(_ g: UnsafePointer<T>, _ x: UnsafePoi
     var ts = T.zero, tc = T.zero
     while i < n { ts += g[i]; tc += g[i] * (x[i] - mu); i += 1 }
     return ((s0 + s1).sum() + ts, (c0 + c1).sum() + tc)
+}
+
+/// Mean and biased variance of `rows` rows of `length` values, row k at p + k·stride, in two
+/// passes (the mean, then the squared deviations from it). Accumulator: each row in T (the sums
+/// above), the rows' sums in Double. (0, 0) when there are no values.
+@inline(__always)
+func meanVariance<T: FloatElement>(_ p: UnsafePointer<T>, rows: Int, stride: Int, length: Int) -> (mean: Double, variance: Double) {
+    let count = Double(rows * length)
+    guard count > 0 else { return (0, 0) }
+    var sum = 0.0
+    for k in 0..<rows { sum += rowSum(p + k * stride, length).doubleValue }
+    let mean = sum / count, mu = T(fromDouble: mean)
+    var squares = 0.0
+    for k in 0..<rows { squares += squaredDeviationSum(p + k * stride, length, mu).doubleValue }
+    return (mean, squares / count)
+}
+
+/// Σ x² over a float32/float64 tensor, accumulated in Double (gradient-norm clipping).
+func sumOfSquares(_ t: Tensor) throws -> Double {
+    try dispatch(t.dtype, SumOfSquares(tensor: t))
+}
+
+private struct SumOfSquares: ElementOperation {
+    let tensor: Tensor
+    func float<T: FloatElement>(_ type: T.Type) throws -> Double {
+        try tensor.withUnsafeBufferPointer(as: T.self) { $0.reduce(0) { $0 + $1.doubleValue * $1.doubleValue } }
+    }
 }
