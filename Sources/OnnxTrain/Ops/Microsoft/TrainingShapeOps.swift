@@ -4,9 +4,10 @@ import Glibc
 import Darwin
 #endif
 
-/// Shape and data-movement helpers of training graphs (com.microsoft v1): SliceGrad,
-/// SplitTraining, ConcatTraining, ReduceSumTraining, BroadcastGradientArgs, ZeroGradient, Scale.
-/// The data movers copy raw element bytes, so they work for every non-string type.
+/// The data movers of training graphs (com.microsoft v1): SliceGrad, SplitTraining and
+/// ConcatTraining, which copy raw element bytes, so they work for every non-string type; and the
+/// registration list of the other training helpers, each in its own file (ReduceSumTraining,
+/// BroadcastGradientArgs, ZeroGradient, Scale).
 
 /// Copies `count` rows of `rowBytes` from `src` (row stride `srcStride`) to `dst` (row stride `dstStride`), in bytes.
 @inline(__always)
@@ -137,71 +138,6 @@ struct ConcatTrainingKernel: Kernel {
     }
 }
 
-/// ReduceSumTraining(data, axes: int64 1-D; keepdims 1, noop_with_empty_axes 0) → reduced.
-/// Empty axes reduce everything, or pass the input through when noop_with_empty_axes is 1.
-struct ReduceSumTrainingKernel: Kernel {
-    let keepDims: Bool, noopWithEmptyAxes: Bool
-    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
-        let x = try inputs.tensor(0)
-        let raw = try inputs.optionalTensor(1).map { try indexValues($0, "axes") } ?? []
-        if raw.isEmpty && noopWithEmptyAxes { return [.tensor(x)] }
-        let axes = raw.isEmpty ? Array(0..<x.rank) : try raw.map { try normalizeAxis($0, rank: x.rank, name: "axes") }
-        return [.tensor(try reduceSum(x, axes: Set(axes), keepDims: keepDims))]
-    }
-}
-
-/// Sums `x` over `axes` (numeric types; accumulates in Double).
-func reduceSum(_ x: Tensor, axes: Set<Int>, keepDims: Bool) throws -> Tensor {
-    let kept = x.shape.enumerated().map { axes.contains($0.offset) ? 1 : $0.element }
-    guard x.dtype.isFloatingPoint || x.dtype.isInteger else { throw KernelError("data must be numeric, got \(x.dtype)") }
-    let sums = reduceSumToShape(try x.doubles(), fullShape: x.shape, to: kept)
-    let shape = keepDims ? kept : x.shape.enumerated().filter { !axes.contains($0.offset) }.map(\.element)
-    return try Tensor(dtype: x.dtype, shape: shape, doubles: sums)
-}
-
-/// BroadcastGradientArgs(a_shape, b_shape) → a_axes, b_axes: the output axes each operand was
-/// broadcast along, found by walking the right-aligned shapes from the last dim; in descending order.
-struct BroadcastGradientArgsKernel: Kernel {
-    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
-        let a = try indexValues(try inputs.tensor(0), "a_shape"), b = try indexValues(try inputs.tensor(1), "b_shape")
-        var aAxes: [Int] = [], bAxes: [Int] = []
-        var i = a.count - 1, j = b.count - 1, k = max(a.count, b.count) - 1
-        while i >= 0 && j >= 0 {
-            if a[i] != b[j] {
-                if a[i] == 1 { aAxes.append(k) } else if b[j] == 1 { bAxes.append(k) } else {
-                    throw KernelError("shapes \(a) and \(b) do not broadcast (dims \(a[i]) and \(b[j]) at axis \(k))")
-                }
-            }
-            i -= 1; j -= 1; k -= 1
-        }
-        while i >= 0 { bAxes.append(k); i -= 1; k -= 1 }
-        while j >= 0 { aAxes.append(k); j -= 1; k -= 1 }
-        return [.tensor(int64Tensor(aAxes)), .tensor(int64Tensor(bAxes))]
-    }
-}
-
-/// ZeroGradient(old_gradient, reset_signal) → zeros, written into old_gradient's storage (the
-/// output aliases input 0, as in onnxruntime's kernel).
-struct ZeroGradientKernel: Kernel {
-    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
-        let g = try inputs.tensor(0)
-        guard g.dtype != .string else { throw KernelError("old_gradient must not be a string tensor") }
-        memset(g.storage.bytes, 0, g.byteCount)
-        return [.tensor(g)]
-    }
-}
-
-/// Scale(input, scale: scalar float/double/int32/int64; scale_down 0) → input·scale, or input/scale.
-struct ScaleKernel: Kernel {
-    let scaleDown: Bool
-    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
-        let x = try inputs.tensor(0), s = try inputs.tensor(1)
-        guard s.count == 1, let v = s.scalarDouble() else { throw KernelError("scale must hold one number, got \(s)") }
-        let factor = scaleDown ? 1 / v : v
-        return [.tensor(try mapFloat(x, ScaleFunction(factor: factor)))]
-    }
-}
-
 func registerTrainingShapeOps(_ registry: OpRegistry) {
     let ms = "com.microsoft"
     registry.register("SliceGrad", domain: ms, since: 1) { _ in SliceGradKernel() }
@@ -214,12 +150,6 @@ func registerTrainingShapeOps(_ registry: OpRegistry) {
     registry.register("ZeroGradient", domain: ms, since: 1) { _ in ZeroGradientKernel() }
     registry.register("Scale", domain: ms, since: 1) { ctx in ScaleKernel(scaleDown: try ctx.int("scale_down", default: 0) != 0) }
     registry.registerGradient("ConcatTraining", domain: ms, concatTrainingGradient)
-}
-
-/// ReduceSumTraining (com.microsoft), since opset 1.
-func reduceSumTrainingKernel(_ ctx: NodeContext) throws -> Kernel {
-    ReduceSumTrainingKernel(keepDims: try ctx.int("keepdims", default: 1) != 0,
-                            noopWithEmptyAxes: try ctx.int("noop_with_empty_axes", default: 0) != 0)
 }
 
 /// The gradient rule of ConcatTraining (com.microsoft).

@@ -1,5 +1,7 @@
-/// Add, Sub, Mul, Div, Pow, Mod, BitShift, Bitwise*, Min/Max/Sum/Mean, comparisons, logical ops
-/// and Where: binary (or n-ary) elementwise ops with numpy broadcasting.
+/// Add, Sub, Mul, Div, Pow, Mod and Min/Max/Sum/Mean: binary (or n-ary) elementwise arithmetic
+/// with numpy broadcasting, and the registration list of the other elementwise binary ops, each
+/// family in its own file: comparisons (ComparisonOps.swift), And/Or/Xor/Not (Logical.swift),
+/// BitShift and Bitwise* (Bitwise.swift), Where (Where.swift).
 struct AddFunction: NumericBinaryFunction {
     @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> T { T.add(a, b) }
 }
@@ -34,45 +36,6 @@ struct PowFunction: FloatBinaryFunction {
     @inline(__always) func callAsFunction<T: FloatElement>(_ a: T, _ b: T) -> T { T.pow(a, b) }
 }
 
-struct EqualFunction: ComparisonFunction {
-    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> Bool { a == b }
-}
-struct LessFunction: ComparisonFunction {
-    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> Bool { a < b }
-}
-struct LessOrEqualFunction: ComparisonFunction {
-    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> Bool { a <= b }
-}
-struct GreaterFunction: ComparisonFunction {
-    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> Bool { a > b }
-}
-struct GreaterOrEqualFunction: ComparisonFunction {
-    @inline(__always) func callAsFunction<T: NumericElement>(_ a: T, _ b: T) -> Bool { a >= b }
-}
-
-/// Bitwise ops and shifts, on unsigned and signed integers.
-struct BitwiseOperation: ElementOperation {
-    enum Kind { case and, or, xor, shiftLeft, shiftRight }
-    let a: Tensor, b: Tensor, kind: Kind
-
-    func integer<T: IntegerElement>(_ type: T.Type) throws -> Tensor {
-        switch kind {
-        case .and: return try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { $0 & $1 }
-        case .or: return try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { $0 | $1 }
-        case .xor: return try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { $0 ^ $1 }
-        // Swift's smart shifts give 0 for amounts of the bit width or more (C leaves them undefined).
-        case .shiftLeft: return try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { $0 << $1 }
-        case .shiftRight: return try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { $0 >> $1 }
-        }
-    }
-}
-
-func bitwise(_ a: Tensor, _ b: Tensor, _ kind: BitwiseOperation.Kind) throws -> Tensor {
-    try requireSameType(a, b)
-    guard !a.dtype.isFloatingPoint, a.dtype != .bool else { throw KernelError("bitwise ops need integer inputs, got \(a.dtype)") }
-    return try dispatch(a.dtype, BitwiseOperation(a: a, b: b, kind: kind))
-}
-
 /// Pow(X, Y): the result has X's type; mixed types compute in Double (exact for the integer
 /// powers integer bases can hold), float32 ^ float32 stays in powf.
 func power(_ x: Tensor, _ y: Tensor) throws -> Tensor {
@@ -81,12 +44,6 @@ func power(_ x: Tensor, _ y: Tensor) throws -> Tensor {
     }
     let result = try zipFloat(try x.cast(to: .float64), try y.cast(to: .float64), PowFunction())
     return try result.cast(to: x.dtype)
-}
-
-/// Logical And/Or/Xor on bool tensors with broadcasting.
-func logical(_ a: Tensor, _ b: Tensor, _ f: (Bool, Bool) -> Bool) throws -> Tensor {
-    guard a.dtype == .bool, b.dtype == .bool else { throw KernelError("inputs must be bool, got \(a.dtype) and \(b.dtype)") }
-    return try broadcastBinary(a, b, Bool.self, Bool.self, Bool.self, outDType: .bool, f)
 }
 
 /// Folds variadic inputs with a broadcasting binary function (Sum, Min, Max, Mean), dividing
@@ -198,16 +155,6 @@ func arithmeticKernel<F: NumericBinaryFunction>(_ f: F) -> KernelFactory {
     }
 }
 
-/// The And/Or/Xor kernel builder (opset 7+, broadcasting bool tensors).
-func logicalKernel(_ f: @escaping (Bool, Bool) -> Bool) -> KernelFactory {
-    { _ in AnyKernel { inputs, _ in [.tensor(try logical(try inputs.tensor(0), try inputs.tensor(1), f))] } }
-}
-
-/// The BitwiseAnd/Or/Xor kernel builder (opset 18).
-func bitwiseKernel(_ kind: BitwiseOperation.Kind) -> KernelFactory {
-    { _ in AnyKernel { inputs, _ in [.tensor(try bitwise(try inputs.tensor(0), try inputs.tensor(1), kind))] } }
-}
-
 /// The Max/Min/Sum/Mean kernel builder: `f` folded over every input with broadcasting (since
 /// opset 8; earlier versions required equal shapes, which broadcasting accepts too).
 func variadicKernel<F: NumericBinaryFunction>(_ f: F, mean: Bool = false) -> KernelFactory {
@@ -217,51 +164,6 @@ func variadicKernel<F: NumericBinaryFunction>(_ f: F, mean: Bool = false) -> Ker
 /// Pow, since opset 7, 12, 13, 15.
 func powKernel(_ ctx: NodeContext) throws -> Kernel {
     AnyKernel { inputs, _ in [.tensor(try power(try inputs.tensor(0), try inputs.tensor(1)))] }
-}
-
-/// BitShift, since opset 11.
-func bitShiftKernel(_ ctx: NodeContext) throws -> Kernel {
-    let direction = try ctx.string("direction", default: "")
-    guard direction == "LEFT" || direction == "RIGHT" else {
-        throw KernelError("attribute 'direction' must be LEFT or RIGHT, got '\(direction)'")
-    }
-    let kind: BitwiseOperation.Kind = direction == "LEFT" ? .shiftLeft : .shiftRight
-    return AnyKernel { inputs, _ in [.tensor(try bitwise(try inputs.tensor(0), try inputs.tensor(1), kind))] }
-}
-
-/// BitwiseNot, since opset 18.
-func bitwiseNotKernel(_ ctx: NodeContext) throws -> Kernel {
-    AnyKernel { inputs, _ in
-        let x = try inputs.tensor(0)
-        guard x.dtype.isInteger else { throw KernelError("BitwiseNot needs an integer input, got \(x.dtype)") }
-        // ~x on the raw bytes is the same for every integer width.
-        let bytes = Tensor(dtype: .uint8, shape: [x.byteCount], storage: x.storage)
-        let flipped = mapElements(bytes, to: .uint8) { (v: UInt8) in ~v }
-        return [.tensor(Tensor(dtype: x.dtype, shape: x.shape, storage: flipped.storage))]
-    }
-}
-
-/// Equal, since opset 7, 11, 13, 19.
-func equalKernel(_ ctx: NodeContext) throws -> Kernel {
-    AnyKernel { inputs, _ in
-        let a = try inputs.tensor(0), b = try inputs.tensor(1)
-        if a.dtype == .string && b.dtype == .string { return [.tensor(try equalStrings(a, b))] }
-        return [.tensor(try zipComparison(a, b, EqualFunction()))]
-    }
-}
-
-/// Not, since opset 1.
-func notKernel(_ ctx: NodeContext) throws -> Kernel {
-    AnyKernel { inputs, _ in
-        let x = try inputs.tensor(0)
-        guard x.dtype == .bool else { throw KernelError("Not needs a bool input, got \(x.dtype)") }
-        return [.tensor(mapElements(x, to: .bool) { (v: Bool) in !v })]
-    }
-}
-
-/// Where, since opset 9, 16.
-func whereKernel(_ ctx: NodeContext) throws -> Kernel {
-    AnyKernel { inputs, _ in [.tensor(try select(try inputs.tensor(0), try inputs.tensor(1), try inputs.tensor(2)))] }
 }
 
 /// x / divisor (a division, not a multiplication by the reciprocal, to round as onnxruntime does).
@@ -278,98 +180,6 @@ struct ScaleFunction: FloatUnaryFunction {
 struct AddScaledFunction: FloatBinaryFunction {
     let scale: Double
     @inline(__always) func callAsFunction<T: FloatElement>(_ a: T, _ b: T) -> T { a + T(scale) * b }
-}
-
-/// Where(condition, X, Y) with three-way broadcasting; copies elements by their byte size.
-func select(_ cond: Tensor, _ x: Tensor, _ y: Tensor) throws -> Tensor {
-    guard cond.dtype == .bool else { throw KernelError("condition must be bool, got \(cond.dtype)") }
-    try requireSameType(x, y)
-    let outShape = try Broadcast.shape([cond.shape, x.shape, y.shape])
-    let n = Tensor.elementCount(outShape)
-    let sc = Broadcast.strides(cond.shape, to: outShape)
-    let sx = Broadcast.strides(x.shape, to: outShape)
-    let sy = Broadcast.strides(y.shape, to: outShape)
-    // offsets(o) gives the three input offsets of output element o.
-    let rank = outShape.count
-    func offsets(_ visit: (Int, Int, Int, Int) -> Void) {
-        var walk = Odometer(shape: outShape, strides: [sc, sx, sy])
-        for o in 0..<n {
-            visit(o, walk.offsets[0], walk.offsets[1], walk.offsets[2])
-            walk.advance()
-        }
-    }
-    if x.dtype == .string {
-        let c = cond.scalars(as: Bool.self), xs = x.strings, ys = y.strings
-        var out = [String](repeating: "", count: n)
-        offsets { o, oc, ox, oy in out[o] = c[oc] ? xs[ox] : ys[oy] }
-        return Tensor(shape: outShape, strings: out)
-    }
-    // Each input a scalar or the output shape's trailing dims (a [T, T] mask under [B, H, T, T]
-    // scores): input element = output element mod its count, so runs of `period` are contiguous.
-    let suffixOnly = [cond.shape, x.shape, y.shape].allSatisfy { s in
-        let dims = Array(s.drop(while: { $0 == 1 }))
-        return dims.count <= rank && Array(outShape.suffix(dims.count)) == dims
-    }
-    let period = [cond.count, x.count, y.count].filter { $0 > 1 }.min() ?? 1
-    func copy<E>(_ type: E.Type) -> Tensor {
-        var out = Tensor(uninitialized: x.dtype, shape: outShape)
-        cond.uncheckedBufferPointer(as: Bool.self) { pc in
-            x.uncheckedBufferPointer(as: E.self) { px in
-                y.uncheckedBufferPointer(as: E.self) { py in
-                    out.uncheckedMutableBufferPointer(as: E.self) { po in
-                        guard suffixOnly, n > 0 else {
-                            offsets { o, oc, ox, oy in po[o] = pc[oc] ? px[ox] : py[oy] }
-                            return
-                        }
-                        let (cc, cx, cy) = (cond.count, x.count, y.count)
-                        let (sc, sx, sy) = (cc == 1 ? 0 : 1, cx == 1 ? 0 : 1, cy == 1 ? 0 : 1)
-                        var o = 0
-                        while o < n {
-                            let (bc, bx, by) = (o % cc, o % cx, o % cy)
-                            if sc == 1 && sx == 0 && sy == 1 {  // a masked fill: Where(mask, constant, scores)
-                                let v = px[bx]
-                                for j in 0..<period { po[o + j] = pc[bc + j] ? v : py[by + j] }
-                            } else if sc == 1 && sx == 1 && sy == 0 {
-                                let v = py[by]
-                                for j in 0..<period { po[o + j] = pc[bc + j] ? px[bx + j] : v }
-                            } else {
-                                for j in 0..<period { po[o + j] = pc[bc + j * sc] ? px[bx + j * sx] : py[by + j * sy] }
-                            }
-                            o += period
-                        }
-                    }
-                }
-            }
-        }
-        return out
-    }
-    switch x.dtype.byteSize {
-    case 1: return copy(UInt8.self)
-    case 2: return copy(UInt16.self)
-    case 4: return copy(UInt32.self)
-    case 8: return copy(UInt64.self)
-    default: throw KernelError("element type \(x.dtype) is not supported by Where")
-    }
-}
-
-/// Equal on string tensors, with broadcasting.
-func equalStrings(_ a: Tensor, _ b: Tensor) throws -> Tensor {
-    let outShape = try Broadcast.shape(a.shape, b.shape)
-    let n = Tensor.elementCount(outShape)
-    let sa = Broadcast.strides(a.shape, to: outShape), sb = Broadcast.strides(b.shape, to: outShape)
-    let strides = contiguousStrides(outShape)
-    let xs = a.strings, ys = b.strings
-    var out = [Bool](repeating: false, count: n)
-    for o in 0..<n {
-        var rest = o, ia = 0, ib = 0
-        for d in 0..<outShape.count {
-            let k = rest / strides[d]
-            rest -= k * strides[d]
-            ia += k * sa[d]; ib += k * sb[d]
-        }
-        out[o] = xs[ia] == ys[ib]
-    }
-    return Tensor(shape: outShape, scalars: out)
 }
 
 /// Before opset 7, B broadcasts to A only when `broadcast` = 1, its dimensions aligned with A's
@@ -429,10 +239,10 @@ func registerBinaryMathOps(_ registry: OpRegistry) {
 
     // Comparisons; Equal also takes bool (as bytes) and, since 19, strings.
     registry.register("Equal", since: [7, 11, 13, 19], equalKernel)
-    registry.registerComparison("Less", since: [7, 9, 13], LessFunction())
-    registry.registerComparison("Greater", since: [7, 9, 13], GreaterFunction())
-    registry.registerComparison("LessOrEqual", since: [12, 16], LessOrEqualFunction())
-    registry.registerComparison("GreaterOrEqual", since: [12, 16], GreaterOrEqualFunction())
+    registry.register("Less", since: [7, 9, 13], comparisonKernel(LessFunction()))
+    registry.register("Greater", since: [7, 9, 13], comparisonKernel(GreaterFunction()))
+    registry.register("LessOrEqual", since: [12, 16], comparisonKernel(LessOrEqualFunction()))
+    registry.register("GreaterOrEqual", since: [12, 16], comparisonKernel(GreaterOrEqualFunction()))
 
     registry.register("And", since: 7, logicalKernel { $0 && $1 })
     registry.register("Or", since: 7, logicalKernel { $0 || $1 })
@@ -523,14 +333,4 @@ func meanGradient(_ g: GradientContext) throws -> [String?] {
     let dY = try g.requiredDY()
     let scaled = g.op("Div", [dY, try g.scalar(Double(g.node.inputs.count), like: g.output(0), name: "count")])
     return g.node.inputs.indices.map { g.needs($0) ? g.reduced(scaled, toInput: $0) : nil }
-}
-
-/// The gradient rule of Where.
-func whereGradient(_ g: GradientContext) throws -> [String?] {
-    let dY = try g.requiredDY()
-    let zero = try g.scalar(0, like: g.output(0), name: "zero")
-    let cond = g.input(0)
-    return [nil,
-            g.needs(1) ? g.reduced(g.op("Where", [cond, dY, zero]), toInput: 1) : nil,
-            g.needs(2) ? g.reduced(g.op("Where", [cond, zero, dY]), toInput: 2) : nil]
 }

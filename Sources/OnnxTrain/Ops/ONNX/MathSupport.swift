@@ -170,11 +170,4 @@ extension OpRegistry {
             return [try rule(g, try g.requiredDY(), g.input(0), g.output(0))]
         }
     }
-
-    /// Registers a comparison with broadcasting and a bool output at each since-version.
-    func registerComparison<F: ComparisonFunction>(_ opType: String, since versions: [Int], file: String = #filePath, _ f: F) {
-        register(opType, since: versions, file: file) { _ in
-            AnyKernel { inputs, _ in [.tensor(try zipComparison(try inputs.tensor(0), try inputs.tensor(1), f))] }
-        }
-    }
 }
