@@ -220,9 +220,9 @@ func registerBinaryMathOps(_ registry: OpRegistry) {
     registry.register("Equal", since: [1], legacyBinaryKernel { try zipComparison($0, $1, EqualFunction()) })
     registry.register("Less", since: [1], legacyBinaryKernel { try zipComparison($0, $1, LessFunction()) })
     registry.register("Greater", since: [1], legacyBinaryKernel { try zipComparison($0, $1, GreaterFunction()) })
-    registry.register("And", since: [1], legacyBinaryKernel { try logical($0, $1) { $0 && $1 } })
-    registry.register("Or", since: [1], legacyBinaryKernel { try logical($0, $1) { $0 || $1 } })
-    registry.register("Xor", since: [1], legacyBinaryKernel { try logical($0, $1) { $0 != $1 } })
+    registry.register("And", since: [1], legacyBinaryKernel { try logical($0, $1, .and) })
+    registry.register("Or", since: [1], legacyBinaryKernel { try logical($0, $1, .or) })
+    registry.register("Xor", since: [1], legacyBinaryKernel { try logical($0, $1, .xor) })
 
     registry.register("Add", since: [7, 13, 14], arithmeticKernel(AddFunction()))
     registry.register("Sub", since: [7, 13, 14], arithmeticKernel(SubFunction()))
@@ -244,9 +244,9 @@ func registerBinaryMathOps(_ registry: OpRegistry) {
     registry.register("LessOrEqual", since: [12, 16], comparisonKernel(LessOrEqualFunction()))
     registry.register("GreaterOrEqual", since: [12, 16], comparisonKernel(GreaterOrEqualFunction()))
 
-    registry.register("And", since: 7, logicalKernel { $0 && $1 })
-    registry.register("Or", since: 7, logicalKernel { $0 || $1 })
-    registry.register("Xor", since: 7, logicalKernel { $0 != $1 })
+    registry.register("And", since: 7, logicalKernel(.and))
+    registry.register("Or", since: 7, logicalKernel(.or))
+    registry.register("Xor", since: 7, logicalKernel(.xor))
     registry.register("Not", since: 1, notKernel)
     registry.register("Where", since: [9, 16], whereKernel)
 

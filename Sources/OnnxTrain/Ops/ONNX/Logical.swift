@@ -1,15 +1,27 @@
 /// And, Or, Xor and Not on bool tensors (registered in BinaryMath.swift's list; opset 1's
 /// broadcast forms of And, Or and Xor go through legacyBinaryKernel there).
 
+/// And, Or or Xor of two bools.
+enum LogicalOperator {
+    case and, or, xor
+    @inline(__always) func callAsFunction(_ a: Bool, _ b: Bool) -> Bool {
+        switch self {
+        case .and: a && b
+        case .or: a || b
+        case .xor: a != b
+        }
+    }
+}
+
 /// Logical And/Or/Xor on bool tensors with broadcasting.
-func logical(_ a: Tensor, _ b: Tensor, _ f: (Bool, Bool) -> Bool) throws -> Tensor {
+func logical(_ a: Tensor, _ b: Tensor, _ op: LogicalOperator) throws -> Tensor {
     guard a.dtype == .bool, b.dtype == .bool else { throw KernelError("inputs must be bool, got \(a.dtype) and \(b.dtype)") }
-    return try broadcastBinary(a, b, Bool.self, Bool.self, Bool.self, outDType: .bool, f)
+    return try broadcastBinary(a, b, Bool.self, Bool.self, Bool.self, outDType: .bool) { op($0, $1) }
 }
 
 /// The And/Or/Xor kernel builder (opset 7+, broadcasting bool tensors).
-func logicalKernel(_ f: @escaping (Bool, Bool) -> Bool) -> KernelFactory {
-    { _ in AnyKernel { inputs, _ in [.tensor(try logical(try inputs.tensor(0), try inputs.tensor(1), f))] } }
+func logicalKernel(_ op: LogicalOperator) -> KernelFactory {
+    { _ in AnyKernel { inputs, _ in [.tensor(try logical(try inputs.tensor(0), try inputs.tensor(1), op))] } }
 }
 
 /// Not, since opset 1.

@@ -385,28 +385,17 @@ extension Tensor {
     /// Whether this is a half-precision type kernels compute in float32.
     public var isHalf: Bool { dtype == .float16 || dtype == .bfloat16 }
 
-    /// float16/bfloat16 widened to float32 (exact); other tensors unchanged.
+    /// float16/bfloat16 widened to float32 (exact, `cast`); other tensors unchanged.
     public func widenedToFloat() -> Tensor {
-        switch dtype {
-        case .float16:
-            return Tensor(shape: shape, scalars: uncheckedBufferPointer(as: Float16.self) { $0.map { Float($0) } })
-        case .bfloat16:
-            return Tensor(shape: shape, scalars: uncheckedBufferPointer(as: BFloat16.self) { $0.map { $0.floatValue } })
-        default:
-            return self
-        }
+        guard isHalf, let wide = try? cast(to: .float32) else { return self }
+        return wide
     }
 
-    /// A float32 tensor rounded to nearest even in `dtype` (float16 or bfloat16); a tensor that
-    /// already has `dtype`, or any other target, is returned unchanged.
+    /// A float32 tensor rounded to nearest even in `dtype` (float16 or bfloat16, `cast`); a tensor
+    /// that already has `dtype`, or any other target, is returned unchanged.
     public func narrowed(to dtype: DType) -> Tensor {
-        guard self.dtype == .float32, dtype == .float16 || dtype == .bfloat16 else { return self }
-        switch dtype {
-        case .float16:
-            return Tensor(shape: shape, scalars: uncheckedBufferPointer(as: Float.self) { $0.map { Float16($0) } })
-        default:
-            return Tensor(shape: shape, scalars: uncheckedBufferPointer(as: Float.self) { $0.map { BFloat16($0) } })
-        }
+        guard self.dtype == .float32, dtype == .float16 || dtype == .bfloat16, let narrow = try? cast(to: dtype) else { return self }
+        return narrow
     }
 }
 
