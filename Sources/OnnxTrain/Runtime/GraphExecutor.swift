@@ -20,12 +20,29 @@ final class GraphExecutor {
         /// Whether the op writes into an input (declared at its registration): it runs for that
         /// effect even when no fetch needs its outputs.
         let hasSideEffects: Bool
+        /// Inputs whose block the output may take over when they die here (declared at registration).
+        let inPlace: [Int]
     }
 
-    /// The nodes one set of fetches needs, in order, and the slots freed after each.
+    /// The nodes one set of fetches needs, in order, and the slots freed after each: the memory
+    /// plan of one fetch list, made once from the node order.
+    ///
+    /// A value lives from its node to its last reader (a node's subgraphs count as readers of
+    /// what they capture); fetched values, graph inputs, initializers and values of enclosing
+    /// scopes are never freed or overwritten here. A freed block goes back to `BufferCache`,
+    /// where the next value of its size class reuses it, so values whose lifetimes do not
+    /// overlap share buffers; a training graph's forward values live on to the gradient nodes
+    /// that read them. `donors` adds in-place updates: at an op that declares an input in place,
+    /// an input that dies there (read by no later node or subgraph, not fetched, not read twice
+    /// by the node) is offered to the op's output (`BufferDonation`). Sizes are not planned:
+    /// shapes may be symbolic, so the offer is taken only by an output of exactly the input's
+    /// byte size, and only when no other tensor shares the block (a Reshape's view of it), both
+    /// checked on every run, which keeps one plan right for every input shape.
     struct Plan {
         let steps: [Int]
         let freeAfter: [[Int]]
+        /// Per position: (input index, slot) of the inputs offered to the node's output.
+        let donors: [[(input: Int, slot: Int)]]
     }
 
     let graph: Graph
@@ -38,15 +55,22 @@ final class GraphExecutor {
     private var constants: [(slot: Int, value: Value)] = []
     /// Names read from the enclosing scope, with their slots here.
     private(set) var outerNames: [(name: String, slot: Int)] = []
+    /// Whether plans offer dying inputs to in-place ops (`SessionOptions.memoryPlan`).
+    let inPlaceUpdates: Bool
+    /// Slots this graph does not own: graph inputs (the caller's feeds), initializers and
+    /// values of enclosing scopes; never offered to an in-place op.
+    private var borrowed: [Bool] = []
     /// Plans by fetch list, shared by the threads that run one session.
     private let planCache = Mutex<[[Int]: Plan]>([:])
 
     /// Compiles `graph`. `visible` holds the names an enclosing graph defines (for subgraphs).
     /// Model-local functions must already be inlined (`InlineFunctions`, run by `InferenceSession`).
-    init(graph: Graph, opsets: [String: Int], registry: OpRegistry, visible: Set<String> = []) throws {
+    /// `inPlaceUpdates` lets ops that declare it write their output over a dying input.
+    init(graph: Graph, opsets: [String: Int], registry: OpRegistry, visible: Set<String> = [], inPlaceUpdates: Bool = true) throws {
         self.graph = graph
         self.registry = registry
         self.opsets = opsets
+        self.inPlaceUpdates = inPlaceUpdates
 
         var problems: [String] = []
         func slot(_ name: String) -> Int {
@@ -117,7 +141,7 @@ final class GraphExecutor {
             }
             var subgraphs: [Subgraph] = []
             var context = NodeContext(node: node, opset: opset, sinceVersion: since) { body in
-                let sub = try Subgraph(graph: body, opsets: opsets, registry: registry, visible: scopeNames)
+                let sub = try Subgraph(graph: body, opsets: opsets, registry: registry, visible: scopeNames, inPlaceUpdates: inPlaceUpdates)
                 subgraphs.append(sub)
                 return sub
             }
@@ -133,7 +157,8 @@ final class GraphExecutor {
                                   inputs: node.inputs.map { $0.isEmpty ? -1 : slot($0) },
                                   outputs: node.outputs.map { $0.isEmpty ? -1 : slot($0) },
                                   captured: captured, hasSubgraphs: !subgraphs.isEmpty,
-                                  hasSideEffects: !registry.mutatedInputs(domain: domain, opType: node.opType).isEmpty))
+                                  hasSideEffects: !registry.mutatedInputs(domain: domain, opType: node.opType).isEmpty,
+                                  inPlace: registry.inPlaceInputs(domain: domain, opType: node.opType)))
             } catch let error as KernelError {
                 problems.append("\(node.label): \(error.message)")
             } catch let error as OnnxTrainError {
@@ -159,6 +184,10 @@ final class GraphExecutor {
         where !defined.contains(name) && producer[name] == nil && visible.contains(name) {
             outerNames.append((name, s))
         }
+        borrowed = [Bool](repeating: false, count: slotCount)
+        for input in graph.inputs { borrowed[slotOf[input.name]!] = true }
+        for (s, _) in constants { borrowed[s] = true }
+        for (_, s) in outerNames { borrowed[s] = true }
     }
 
     /// Names a node's subgraphs read from enclosing scopes (they order the node after their producers).
@@ -211,7 +240,19 @@ final class GraphExecutor {
         var freeAfter = [[Int]](repeating: [], count: chosen.count)
         let keep = Set(fetchSlots)
         for s in 0..<slotCount where lastUse[s] >= 0 && !keep.contains(s) { freeAfter[lastUse[s]].append(s) }
-        let plan = Plan(steps: chosen, freeAfter: freeAfter)
+        var donors = [[(input: Int, slot: Int)]](repeating: [], count: chosen.count)
+        if inPlaceUpdates {
+            for (position, k) in chosen.enumerated() {
+                let step = steps[k]
+                for j in step.inPlace where j < step.inputs.count {
+                    let s = step.inputs[j]
+                    guard s >= 0, lastUse[s] == position, !keep.contains(s), !borrowed[s], !step.captured.contains(s),
+                          step.inputs.lazy.filter({ $0 == s }).count == 1 else { continue }
+                    donors[position].append((j, s))
+                }
+            }
+        }
+        let plan = Plan(steps: chosen, freeAfter: freeAfter, donors: donors)
         // Two threads may both compute a missing plan; they compute the same one.
         planCache.withLock { $0[fetchSlots] = plan }
         return plan
@@ -226,6 +267,7 @@ final class GraphExecutor {
         for (s, v) in feeds { frame.values[s] = v }
         let plan = self.plan(for: fetchSlots)
         var inputs: [Value?] = []
+        var blocks: [(storage: TensorStorage, elementType: DType)] = []
         var nested: ExecutionContext?
         for (position, k) in plan.steps.enumerated() {
             let step = steps[k]
@@ -239,9 +281,23 @@ final class GraphExecutor {
                 }
                 kernelContext = nested!
             }
+            // In-place: the inputs that die here leave the frame, and a block no other tensor
+            // shares is offered to the kernel's output.
+            blocks.removeAll(keepingCapacity: true)
+            for (j, s) in plan.donors[position] {
+                frame.values[s] = nil
+                if let block = GraphExecutor.soleStorage(&inputs[j]) { blocks.append(block) }
+            }
             let outputs: [Value?]
             do {
-                outputs = try step.kernel.run(inputs, kernelContext)
+                if blocks.isEmpty {
+                    outputs = try step.kernel.run(inputs, kernelContext)
+                } else {
+                    outputs = try BufferDonation.offering(blocks) { try step.kernel.run(inputs, kernelContext) }
+                    for case .tensor(let t)? in outputs where t.storage.donated {
+                        throw OnnxTrainError(.kernel, "\(step.node.label) declares an input in place but returned that input")
+                    }
+                }
             } catch let error as KernelError {
                 throw OnnxTrainError(.kernel, "\(step.node.label): \(error.message)")
             } catch let error as OnnxTrainError {
@@ -260,6 +316,15 @@ final class GraphExecutor {
         return fetchSlots.map { frame.values[$0] }
     }
 
+    /// The storage of the tensor in `value` when no other tensor or value holds it (the caller
+    /// has taken it out of the frame) and its bytes are a heap block; nil otherwise.
+    private static func soleStorage(_ value: inout Value?) -> (storage: TensorStorage, elementType: DType)? {
+        guard case .tensor(var t)? = value else { return nil }
+        value = nil
+        defer { value = .tensor(t) }
+        return t.hasUniqueStorage() && t.storage.isDonatable ? (t.storage, t.dtype) : nil
+    }
+
     final class Frame {
         var values: [Value?]
         init(count: Int) { values = [Value?](repeating: nil, count: count) }
@@ -272,8 +337,8 @@ public final class Subgraph {
     private let inputSlots: [Int]
     private let outputSlots: [Int]
 
-    init(graph: Graph, opsets: [String: Int], registry: OpRegistry, visible: Set<String>) throws {
-        let compiled = try GraphExecutor(graph: graph, opsets: opsets, registry: registry, visible: visible)
+    init(graph: Graph, opsets: [String: Int], registry: OpRegistry, visible: Set<String>, inPlaceUpdates: Bool) throws {
+        let compiled = try GraphExecutor(graph: graph, opsets: opsets, registry: registry, visible: visible, inPlaceUpdates: inPlaceUpdates)
         executor = compiled
         inputSlots = graph.inputs.map { compiled.slotOf[$0.name]! }
         outputSlots = graph.outputs.map { compiled.slotOf[$0.name] ?? -1 }

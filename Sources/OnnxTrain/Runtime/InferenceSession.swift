@@ -10,6 +10,10 @@ public struct SessionOptions {
     /// constant folding, Conv/BatchNormalization fusion, MatMul+Add as Gemm, Transposes as GEMM
     /// flags). Single passes are switched off with `ONNX_TRAIN_DISABLE_PASSES=name,name` (or `all`).
     public var optimize = true
+    /// Whether ops that declare an input in place write their output over that input when it
+    /// dies at them (the executor's memory plan, `GraphExecutor.Plan`); off also with
+    /// `ONNX_TRAIN_DISABLE_PASSES=memory-plan` (or `all`), for debugging.
+    public var memoryPlan = true
     /// Where a session reports what it accepts but a reader may not expect (a symbolic dimension
     /// bound to two sizes); standard error by default.
     public var warn: @Sendable (String) -> Void = { message in
@@ -26,13 +30,20 @@ public struct SessionOptions {
 /// symbols each sit behind a lock. The conformance is unchecked because `Model` and the kernels
 /// hold tensors, whose storage is a class the compiler cannot prove immutable.
 public final class InferenceSession: @unchecked Sendable {
+    /// The model as given, except that for a model read from a file the initializers the
+    /// optimised graph replaced (a Conv's weights folded with a BatchNormalization, a weight
+    /// folded through a Transpose) are dropped: the compiled graph holds what it computes with,
+    /// and the originals are read from the file again if a fetch ever needs the unoptimised graph.
     public let model: Model
+    /// Initializers dropped from `model` (see there).
+    private let droppedInitializers: Set<String>
     let executor: GraphExecutor
     /// The graph compiled without optimisations, built on the first run that fetches a value the
     /// optimised graph no longer computes (an intermediate value a fusion removed).
     private var plainExecutor: GraphExecutor?
     private let plainLock = NSLock()
     private let registry: OpRegistry
+    private let inPlaceUpdates: Bool
     private let state: RunState
     private let warn: @Sendable (String) -> Void
     /// Symbolic dimensions already reported as bound to two sizes (each is reported once); runs
@@ -42,17 +53,21 @@ public final class InferenceSession: @unchecked Sendable {
     public init(model: Model, options: SessionOptions = SessionOptions()) throws {
         BufferCache.configureMalloc()
         BLAS.prepare()
-        self.model = model
+        let disabled = PassPipeline.disabledNames
+        let inPlaceUpdates = options.memoryPlan && !disabled.contains("memory-plan") && !disabled.contains("all")
+        self.inPlaceUpdates = inPlaceUpdates
         var compiled = model
         do {
             // ai.onnx.preview.training's Gradient differentiates the graph's own nodes as written.
             let differentiatesItself = model.graph.nodes.contains { $0.opType == "Gradient" && $0.domain == "ai.onnx.preview.training" }
             let optimize = options.optimize && !differentiatesItself
             try (optimize ? PassPipeline.optimizing(registry: options.registry) : PassPipeline.beforeCompile).run(&compiled)
-            executor = try GraphExecutor(graph: compiled.graph, opsets: compiled.opsetImports, registry: options.registry)
+            executor = try GraphExecutor(graph: compiled.graph, opsets: compiled.opsetImports, registry: options.registry,
+                                         inPlaceUpdates: inPlaceUpdates)
         } catch let error as OnnxTrainError {
             throw model.path.map { error.prefixed($0) } ?? error
         }
+        (self.model, droppedInitializers) = InferenceSession.releasingReplacedInitializers(of: model, keeping: compiled.graph)
         registry = options.registry
         state = RunState(seed: options.seed)
         warn = options.warn
@@ -135,10 +150,28 @@ public final class InferenceSession: @unchecked Sendable {
         return out
     }
 
+    /// `model` without the initializers `compiled` no longer holds (by storage), when it was read
+    /// from a file (the session's copy is then the only one; the file has them again). Graph
+    /// inputs with a default stay (a caller may feed them, or rely on the default).
+    private static func releasingReplacedInitializers(of model: Model, keeping compiled: Graph) -> (Model, Set<String>) {
+        guard model.path != nil else { return (model, []) }
+        let kept = Set(compiled.initializers.values.map { ObjectIdentifier($0.storage) })
+        let inputs = Set(model.graph.inputs.map(\.name))
+        var dropped = Set<String>()
+        for (name, tensor) in model.graph.initializers where !inputs.contains(name) && !kept.contains(ObjectIdentifier(tensor.storage)) {
+            dropped.insert(name)
+        }
+        guard !dropped.isEmpty else { return (model, []) }
+        var slim = model
+        for name in dropped { slim.graph.initializers[name] = nil }
+        slim.graph.initializerNames.removeAll { dropped.contains($0) }
+        return (slim, dropped)
+    }
+
     /// The graph compiled as the model states it, for fetches of values the optimised graph
     /// fused away; the session's own executor when none of `names` is such a value.
     private func unoptimizedExecutor(for names: [String]) throws -> GraphExecutor {
-        var known = Set(model.graph.inputs.map(\.name)).union(model.graph.initializerNames)
+        var known = Set(model.graph.inputs.map(\.name)).union(model.graph.initializerNames).union(droppedInitializers)
         for node in model.graph.nodes { known.formUnion(node.outputs) }
         guard names.contains(where: { executor.slotOf[$0] == nil && known.contains($0) }) else { return executor }
         plainLock.lock()
@@ -146,8 +179,9 @@ public final class InferenceSession: @unchecked Sendable {
         if let plainExecutor { return plainExecutor }
         var plain = model
         do {
+            if !droppedInitializers.isEmpty, let path = model.path { plain = try Model(contentsOf: path) }
             try PassPipeline.beforeCompile.run(&plain)
-            let compiled = try GraphExecutor(graph: plain.graph, opsets: plain.opsetImports, registry: registry)
+            let compiled = try GraphExecutor(graph: plain.graph, opsets: plain.opsetImports, registry: registry, inPlaceUpdates: inPlaceUpdates)
             plainExecutor = compiled
             return compiled
         } catch let error as OnnxTrainError {

@@ -77,13 +77,22 @@ public final class OpRegistry: @unchecked Sendable {
 
     /// Registers one kernel builder at several since-versions (it reads `NodeContext.sinceVersion`
     /// where they differ): the one-line form of every family's registration list.
-    public func register(_ opType: String, domain: String = "", since versions: [Int], mutates: [Int] = [], file: String = #filePath, _ factory: @escaping KernelFactory) {
+    ///
+    /// `inPlace` lists the inputs whose block the kernel's output may take over when the input
+    /// dies at this node (see `BufferDonation`): declare only inputs of the output's element
+    /// count that the kernel reads element by element before writing the same output element,
+    /// with the output as its first `Tensor(uninitialized:)` of that size.
+    public func register(_ opType: String, domain: String = "", since versions: [Int], mutates: [Int] = [], inPlace: [Int] = [],
+                         file: String = #filePath, _ factory: @escaping KernelFactory) {
         for v in versions {
             if mutates.isEmpty {
                 register(opType, domain: domain, since: v, file: file, factory)
             } else {
                 register(opType, domain: domain, since: v, mutates: mutates, file: file, factory)
             }
+        }
+        if !inPlace.isEmpty {
+            withTables { $0.facts[Key(domain: canonicalDomain(domain), opType: opType), default: OpFacts()].inPlaceInputs = inPlace }
         }
     }
 
@@ -106,6 +115,11 @@ public final class OpRegistry: @unchecked Sendable {
     /// The inputs the op writes into ([] for ordinary ops).
     public func mutatedInputs(domain: String, opType: String) -> [Int] {
         withTables { $0.facts[Key(domain: canonicalDomain(domain), opType: opType)]?.mutatedInputs } ?? []
+    }
+
+    /// The inputs whose block the op's output may take over (`register(inPlace:)`; [] for most ops).
+    public func inPlaceInputs(domain: String, opType: String) -> [Int] {
+        withTables { $0.facts[Key(domain: canonicalDomain(domain), opType: opType)]?.inPlaceInputs } ?? []
     }
 
     /// The op's gradient rule, if it has one.
@@ -160,6 +174,8 @@ private func sourcePath(_ filePath: String) -> String {
 struct OpFacts {
     /// Inputs the kernel writes into.
     var mutatedInputs: [Int] = []
+    /// Inputs whose dying block the kernel's output may take over (all versions of the op).
+    var inPlaceInputs: [Int] = []
     /// How to differentiate the op (see `GradientContext`).
     var gradient: GradientRule?
     /// The source file (below Sources/) that registers the gradient rule.

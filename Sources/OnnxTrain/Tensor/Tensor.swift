@@ -45,7 +45,7 @@ public struct Tensor {
         precondition(dtype != .string, "string tensors are built from strings")
         self.dtype = dtype
         self.shape = shape
-        storage = TensorStorage(uninitializedByteCount: Tensor.elementCount(shape) * dtype.byteSize)
+        storage = TensorStorage(uninitializedByteCount: Tensor.elementCount(shape) * dtype.byteSize, elementType: dtype)
     }
 
     /// Wraps existing storage; the storage must hold at least `count * byteSize` bytes.
@@ -185,6 +185,10 @@ public struct Tensor {
 
     /// A copy that shares nothing with this tensor.
     public func copied() -> Tensor { Tensor(dtype: dtype, shape: shape, storage: storage.copy()) }
+
+    /// Whether no other tensor holds this tensor's storage (the executor checks it before it
+    /// offers a dying input's block to an in-place kernel).
+    mutating func hasUniqueStorage() -> Bool { isKnownUniquelyReferenced(&storage) }
 
     /// Whether two tensors view the same storage.
     public func sharesStorage(with other: Tensor) -> Bool { storage === other.storage }

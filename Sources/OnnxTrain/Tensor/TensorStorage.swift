@@ -17,11 +17,30 @@ public final class TensorStorage {
     public var strings: [String]
     /// Frees memory owned elsewhere; nil for blocks from `BufferCache`, which go back to it.
     private let release: (() -> Void)?
+    /// Set when an in-place kernel's output took these bytes over (`BufferDonation`): that
+    /// output's storage frees them, this one no longer does.
+    fileprivate(set) var donated = false
 
-    /// Allocates `byteCount` zeroed bytes, aligned for SIMD loads.
+    /// Whether the bytes are a heap block this storage frees (not a mapped file, not strings):
+    /// only such a block can be handed to an in-place kernel's output.
+    var isDonatable: Bool { release == nil && byteCount > 0 && !donated }
+
+    /// Allocates `byteCount` zeroed bytes, aligned for SIMD loads (never a donated block: the
+    /// zeros would overwrite an input the kernel has not read yet).
     public convenience init(zeroedByteCount byteCount: Int) {
-        self.init(uninitializedByteCount: byteCount)
+        self.init(freshByteCount: byteCount)
         memset(bytes, 0, max(byteCount, 1))
+    }
+
+    /// Allocates `byteCount` bytes from the cache or malloc, never a donated block.
+    private init(freshByteCount byteCount: Int) {
+        guard let raw = BufferCache.allocate(byteCount) else {
+            fatalError("out of memory allocating \(byteCount) bytes")
+        }
+        bytes = raw
+        self.byteCount = byteCount
+        strings = []
+        release = nil
     }
 
     /// Allocates `byteCount` zeroed bytes, or returns nil when the memory is not there: for sizes
@@ -36,7 +55,22 @@ public final class TensorStorage {
     }
 
     /// Allocates `byteCount` bytes without clearing them; callers overwrite every byte.
-    public init(uninitializedByteCount byteCount: Int) {
+    public convenience init(uninitializedByteCount byteCount: Int) {
+        self.init(freshByteCount: byteCount)
+    }
+
+    /// Allocates `byteCount` bytes for elements of `elementType` without clearing them
+    /// (`Tensor(uninitialized:)`). While an in-place kernel runs (`BufferDonation`), a request
+    /// of exactly the size and element type of a dying input's block gets that block: the
+    /// kernel's output is written over its input.
+    init(uninitializedByteCount byteCount: Int, elementType: DType) {
+        if let donated = BufferDonation.take(byteCount, elementType) {
+            bytes = donated
+            self.byteCount = byteCount
+            strings = []
+            release = nil
+            return
+        }
         guard let raw = BufferCache.allocate(byteCount) else {
             fatalError("out of memory allocating \(byteCount) bytes")
         }
@@ -63,16 +97,86 @@ public final class TensorStorage {
     }
 
     deinit {
+        if donated { return }
         if let release { release() } else { BufferCache.recycle(bytes, byteCount) }
     }
 
     /// A fresh copy of these bytes (or strings).
     public func copy() -> TensorStorage {
         if byteCount == 0 && !strings.isEmpty { return TensorStorage(strings: strings) }
-        let copy = TensorStorage(uninitializedByteCount: byteCount)
+        let copy = TensorStorage(freshByteCount: byteCount)
         if byteCount > 0 { copy.bytes.copyMemory(from: bytes, byteCount: byteCount) }
         copy.strings = strings
         return copy
+    }
+}
+
+/// Blocks of dying inputs offered to the output of the kernel that reads them last: the
+/// executor's memory plan (`GraphExecutor.Plan.donors`) offers them around one kernel call on
+/// its thread, and the first `Tensor(uninitialized:)` of exactly a block's size and element
+/// type takes it, so an elementwise op writes its output over its input instead of into a new block.
+///
+/// Only ops that declare the input in place at registration (`OpRegistry.register(inPlace:)`)
+/// are offered blocks, and only blocks no other tensor shares: their kernels allocate the
+/// output first with `Tensor(uninitialized:)` and read each input element before they write
+/// the output element at the same index. Zeroed allocations, copies and raw byte allocations
+/// never take a block, nor do tensors of another element type (a half input widened to float
+/// before the output is made may have the block's size).
+/// Offers are per thread (a session may run on several threads; kernels' worker threads
+/// allocate scratch, never outputs, and see no offers).
+enum BufferDonation {
+    final class Offers {
+        var donors: [(storage: TensorStorage, elementType: DType)] = []
+    }
+
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        let status = pthread_key_create(&key) { raw in
+            #if canImport(Darwin)
+            Unmanaged<Offers>.fromOpaque(raw).release()
+            #else
+            if let raw { Unmanaged<Offers>.fromOpaque(raw).release() }
+            #endif
+        }
+        precondition(status == 0, "pthread_key_create failed (\(status))")
+        return key
+    }()
+
+    /// Blocks taken by outputs since the process started (tests read it).
+    static let takenCount = Atomic<Int>(0)
+
+    /// This thread's offers, made on first use.
+    private static var offers: Offers {
+        if let raw = pthread_getspecific(key) { return Unmanaged<Offers>.fromOpaque(raw).takeUnretainedValue() }
+        let offers = Offers()
+        pthread_setspecific(key, Unmanaged.passRetained(offers).toOpaque())
+        return offers
+    }
+
+    /// Offers `donors` to the allocations `body` makes on this thread; what is left is withdrawn after.
+    static func offering<R>(_ donors: [(storage: TensorStorage, elementType: DType)], _ body: () throws -> R) rethrows -> R {
+        let offers = self.offers
+        offers.donors = donors
+        defer { offers.donors.removeAll(keepingCapacity: true) }
+        return try body()
+    }
+
+    /// The bytes of an offered block of exactly `byteCount` bytes of `elementType`, now owned by the caller.
+    @inline(__always)
+    static func take(_ byteCount: Int, _ elementType: DType) -> UnsafeMutableRawPointer? {
+        guard let raw = pthread_getspecific(key) else { return nil }
+        let offers = Unmanaged<Offers>.fromOpaque(raw).takeUnretainedValue()
+        guard !offers.donors.isEmpty else { return nil }
+        return takeSlow(offers, byteCount, elementType)
+    }
+
+    @inline(never)
+    private static func takeSlow(_ offers: Offers, _ byteCount: Int, _ elementType: DType) -> UnsafeMutableRawPointer? {
+        guard let i = offers.donors.firstIndex(where: { $0.storage.byteCount == byteCount && $0.elementType == elementType }) else { return nil }
+        let donor = offers.donors.remove(at: i).storage
+        donor.donated = true
+        takenCount.add(1, ordering: .relaxed)
+        return donor.bytes
     }
 }
 

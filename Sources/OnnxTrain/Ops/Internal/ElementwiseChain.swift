@@ -211,5 +211,5 @@ struct ElementwiseChainKernel: Kernel {
 }
 
 func registerInternalOps(_ registry: OpRegistry) {
-    registry.register("ElementwiseChain", domain: internalDomain, since: 1) { ctx in try ElementwiseChainKernel(ctx) }
+    registry.register("ElementwiseChain", domain: internalDomain, since: [1], inPlace: [0]) { ctx in try ElementwiseChainKernel(ctx) }
 }

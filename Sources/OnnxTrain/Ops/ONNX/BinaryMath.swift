@@ -224,10 +224,10 @@ func registerBinaryMathOps(_ registry: OpRegistry) {
     registry.register("Or", since: [1], legacyBinaryKernel { try logical($0, $1, .or) })
     registry.register("Xor", since: [1], legacyBinaryKernel { try logical($0, $1, .xor) })
 
-    registry.register("Add", since: [7, 13, 14], arithmeticKernel(AddFunction()))
-    registry.register("Sub", since: [7, 13, 14], arithmeticKernel(SubFunction()))
-    registry.register("Mul", since: [7, 13, 14], arithmeticKernel(MulFunction()))
-    registry.register("Div", since: [7, 13, 14], arithmeticKernel(DivFunction()))
+    registry.register("Add", since: [7, 13, 14], inPlace: [0, 1], arithmeticKernel(AddFunction()))
+    registry.register("Sub", since: [7, 13, 14], inPlace: [0, 1], arithmeticKernel(SubFunction()))
+    registry.register("Mul", since: [7, 13, 14], inPlace: [0, 1], arithmeticKernel(MulFunction()))
+    registry.register("Div", since: [7, 13, 14], inPlace: [0, 1], arithmeticKernel(DivFunction()))
     registry.registerNumericBinary("Mod", since: [10, 13]) { ctx in ModFunction(fmod: try ctx.int("fmod", default: 0) != 0) }
     registry.register("Pow", since: [7, 12, 13, 15], powKernel)
 
