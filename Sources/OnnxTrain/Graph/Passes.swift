@@ -19,7 +19,7 @@ public struct PassPipeline {
     public static var beforeCompile: PassPipeline { PassPipeline([InlineFunctions()]) }
 
     /// What every session runs before it compiles a model: function inlining, then the graph
-    /// optimisations. Each keeps the graph's outputs equal up to float rounding, keeps every value
+    /// optimisations (`SessionOptions.memoryPlan` is the executor's, switched off by the name `memory-plan`). Each keeps the graph's outputs equal up to float rounding, keeps every value
     /// a graph output names or another node reads, and leaves parameters that are graph inputs
     /// (training graphs) alone.
     public static func optimizing(registry: OpRegistry = .standard) -> PassPipeline {
@@ -29,6 +29,7 @@ public struct PassPipeline {
             ConvFusion(),
             MatMulAddToGemm(),
             TransposeIntoMatMul(),
+            PowerToMul(),
             ElementwiseFusion(registry: registry),
         ])
     }

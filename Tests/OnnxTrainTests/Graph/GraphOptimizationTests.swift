@@ -315,6 +315,34 @@ final class GraphOptimizationTests: XCTestCase {
         try assertSameOutputs(model, ["x": Self.random([50], seed: 66)], fetches: ["y", "z", "b"], tolerance: 0, "split chain")
     }
 
+    // MARK: - Pow
+
+    /// Pow by a constant 2 or 3 becomes products (x·x is powf's own square; the cube rounds
+    /// twice, measured within 1.2e-7 relative); other exponents, exponents a caller feeds and
+    /// half bases stay Pow.
+    func testPowBySmallIntegersBecomesProducts() throws {
+        let model = elementwiseModel([("x", [5, 40]), ("p", [])], ["two": Tensor(scalar: Float(2)), "three": Tensor(shape: [1], scalars: [Float(3)]),
+                                                               "half": Tensor(scalar: Float(2.5))], [
+            Node(opType: "Pow", name: "square", inputs: ["x", "two"], outputs: ["s"]),
+            Node(opType: "Pow", name: "cube", inputs: ["x", "three"], outputs: ["c"]),
+            Node(opType: "Pow", name: "other", inputs: ["x", "half"], outputs: ["o"]),
+            Node(opType: "Pow", name: "fed", inputs: ["x", "p"], outputs: ["f"]),
+        ], outputs: ["s", "c", "o", "f"])
+        var m = model
+        try PowerToMul().run(&m)
+        XCTAssertEqual(opTypes(m), ["Mul", "Mul", "Mul", "Pow", "Pow"])
+        XCTAssertEqual(m.graph.nodes[0].inputs, ["x", "x"])
+        XCTAssertEqual(m.graph.nodes[2].inputs, [m.graph.nodes[1].outputs[0], "x"])
+        XCTAssertNil(m.graph.initializers["two"], "the exponent no node reads any more goes")
+        let feeds = ["x": Self.random([5, 40], seed: 70, scale: 4), "p": Tensor(scalar: Float(3))]
+        try assertSameOutputs(model, feeds, fetches: ["s"], tolerance: 0, "square")
+        try assertSameOutputs(model, feeds, fetches: ["c", "o", "f"], tolerance: 2e-7, "cube")
+        var half = model
+        half.graph.inputs[0] = ValueInfo(name: "x", type: .tensor(.float16, shape: [.value(5), .value(40)]))
+        try PowerToMul().run(&half)
+        XCTAssertEqual(opTypes(half), ["Pow", "Pow", "Pow", "Pow"])
+    }
+
     // MARK: - Fixtures and the switch
 
     /// The inference fixtures (PyTorch exports: MLP, CNN with BatchNormalization, GPT) give the
