@@ -25,6 +25,7 @@ public struct PassPipeline {
     public static func optimizing(registry: OpRegistry = .standard) -> PassPipeline {
         PassPipeline([
             InlineFunctions(),
+            OldInitializersAsConstants(),
             ConstantFolding(registry: registry, foldInputSized: true),
             ConvFusion(),
             MatMulAddToGemm(),
@@ -106,6 +107,20 @@ public struct DeadNodeElimination: GraphPass {
     }
 }
 
+/// Initializers of a model older than IR version 4 are constants even though they are listed among
+/// the graph inputs (IR 3 required every initializer to be listed so; onnxruntime refuses a feed
+/// for one): they leave the inputs, so the passes after this one can fold and fuse them (onnx's
+/// zoo "light" models, IR 3, make every weight from such initializers).
+public struct OldInitializersAsConstants: GraphPass {
+    public var name: String { "ir3-initializers" }
+    public init() {}
+
+    public func run(_ model: inout Model) throws {
+        guard (1..<4).contains(model.irVersion) else { return }
+        model.graph.inputs.removeAll { model.graph.initializers[$0.name] != nil }
+    }
+}
+
 /// Replaces nodes whose inputs are all constants by their computed values (shape arithmetic:
 /// Shape of a statically shaped value, Gather/Concat/Unsqueeze/Cast of constants, ...).
 /// Random ops, ops with subgraphs or side effects, and results over `maxElements` stay (with
@@ -174,7 +189,11 @@ public struct ConstantFolding: GraphPass {
             guard let session = try? InferenceSession(model: m, options: options),
                   let results = try? session.run(values.mapValues { .tensor($0) }) else { continue }
             let tensors = single.outputs.compactMap { results[$0.name]?.tensor }
-            let limit = foldInputSized ? max(maxElements, values.values.reduce(0) { $0 + $1.count }) : maxElements
+            // ConstantOfShape of a constant shape is a weight in disguise (onnx's zoo "light" models
+            // make every weight so): it folds at any size, as in onnxruntime, so it is not filled
+            // again on every run and ConvFusion sees it, unless an op writes into it in place.
+            let weight = node.domain.isEmpty && node.opType == "ConstantOfShape" && !node.outputs.contains(where: mutated.contains)
+            let limit = foldInputSized ? (weight ? Int.max : max(maxElements, values.values.reduce(0) { $0 + $1.count })) : maxElements
             guard tensors.count == single.outputs.count, tensors.allSatisfy({ $0.count <= limit && $0.dtype != .string }) else { continue }
             for (o, t) in zip(single.outputs, tensors) { known[o.name] = t }
             folded.insert(i)

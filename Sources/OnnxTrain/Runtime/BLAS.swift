@@ -27,6 +27,20 @@ public enum BLAS {
             referenceGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
             return
         }
+        if m == 1 {
+            // One row of C: a matrix-vector product (a fully connected layer at batch 1). GEMM would
+            // pack all of op(B) for a single row; gemv streams it once.
+            // Cᵀ [n] = alpha·op(B)ᵀ [n×k] · op(A)ᵀ [k] + beta·Cᵀ; op(A)'s row is A at stride lda if transposed.
+            gemv(trans: !transB, rows: transB ? n : k, columns: transB ? k : n, alpha: alpha, a: b, lda: ldb,
+                 x: a, incx: transA ? lda : 1, beta: beta, y: c, incy: 1)
+            return
+        }
+        if n == 1 {
+            // One column of C: C [m] = alpha·op(A) [m×k] · op(B) [k] + beta·C, C at stride ldc.
+            gemv(trans: transA, rows: transA ? k : m, columns: transA ? m : k, alpha: alpha, a: a, lda: lda,
+                 x: b, incx: transB ? 1 : ldb, beta: beta, y: c, incy: ldc)
+            return
+        }
         let ta = transA ? CblasTrans : CblasNoTrans, tb = transB ? CblasTrans : CblasNoTrans
         split(m: m, n: n, work: m * n * k) { i0, i1, j0, j1 in
             let (m, n, k) = (Int32(i1 - i0), Int32(j1 - j0), Int32(k))
@@ -40,6 +54,41 @@ public enum BLAS {
             }
         }
     }
+
+    /// y = alpha·op(A)·x + beta·y for A [rows×columns] row-major (row stride lda); op(A) is Aᵀ
+    /// when `trans`. The output is split over the pool threads: A's rows (no transpose) or
+    /// columns (transpose), so each thread streams its own part of A, the whole cost of a
+    /// product with one vector (memory-bound; threaded from 2^17 multiply-adds, 512 KB of float
+    /// A, ~50 µs of memory traffic, where a handoff costs a few µs).
+    @inline(__always)
+    static func gemv<T: FloatElement>(trans: Bool, rows: Int, columns: Int, alpha: T, a: UnsafePointer<T>, lda: Int,
+                                      x: UnsafePointer<T>, incx: Int, beta: T, y: UnsafeMutablePointer<T>, incy: Int) {
+        _ = singleThreaded
+        let outputs = trans ? columns : rows
+        let body = { (o0: Int, o1: Int) in
+            // Part o0..<o1 of y: rows o0..<o1 of A, or its columns o0..<o1.
+            let (r, c) = trans ? (rows, o1 - o0) : (o1 - o0, columns)
+            let pa = trans ? a + o0 : a + o0 * lda, py = y + o0 * incy
+            // beta 0 means y is not read (it may hold NaNs): not every OpenBLAS scales by 0 to 0.
+            if beta == 0 { for i in 0..<(o1 - o0) { py[i * incy] = T.zero } }
+            if T.self == Float.self {
+                cblas_sgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, Int32(r), Int32(c), Float(alpha), rebound(pa), Int32(lda),
+                            rebound(x), Int32(incx), Float(beta), UnsafeMutableRawPointer(py).assumingMemoryBound(to: Float.self), Int32(incy))
+            } else {
+                cblas_dgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, Int32(r), Int32(c), Double(alpha), rebound(pa), Int32(lda),
+                            rebound(x), Int32(incx), Double(beta), UnsafeMutableRawPointer(py).assumingMemoryBound(to: Double.self), Int32(incy))
+            }
+        }
+        if rows * columns < singleThreadVectorWork || Parallel.isInsideRegion || outputs < 32 {
+            body(0, outputs)
+        } else {
+            // Parts of 16 outputs (a cache line of float y; for a transpose, of each row of A).
+            Parallel.forRange((outputs + 15) / 16) { r in body(r.lowerBound * 16, min(r.upperBound * 16, outputs)) }
+        }
+    }
+
+    /// Matrix-vector products with fewer multiply-adds than this run on the calling thread alone.
+    static let singleThreadVectorWork = 1 << 17
 
     /// `p` as a pointer to `U`, the same type as T (checked by the caller).
     @inline(__always)

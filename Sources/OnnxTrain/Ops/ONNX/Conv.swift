@@ -4,9 +4,11 @@
 ///
 /// x: [N, C, in...], w: [M, C/group, k...], bias: [M] or nil -> y: [N, M, out...].
 /// Per image and group: Y_g [M/G, P] = W_g [M/G, C/G·K] · col_g [C/G·K, P] (+ bias, written into
-/// Y first so the GEMM accumulates onto it). Images are spread over the kernel threads, each
-/// with its own im2col buffer (small enough to stay in cache, unlike one batch-wide matrix). Two
-/// shapes take other kernels
+/// Y first so the GEMM accumulates onto it). Each image's output positions are cut into tiles of
+/// output rows (`convTiles`), and the (image, tile) pairs spread over the kernel threads: a
+/// thread unfolds a tile's columns into its own buffer, small enough to stay in cache, and
+/// multiplies them at once, so one image keeps both cores busy with no handoff between the
+/// im2col and the GEMM. Two shapes take other kernels
 /// (ConvKernels.swift): depthwise convolutions (group == C) run direct loops, and small images
 /// (P < 256) put several images' columns side by side in one GEMM.
 func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group: Int, geometry g: ConvGeometry, _ type: T.Type) throws -> Tensor {
@@ -22,7 +24,9 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
     let direct = K == 1 && g.strides.allSatisfy { $0 == 1 } && g.padsBegin.allSatisfy { $0 == 0 } && g.padsEnd.allSatisfy { $0 == 0 }
     let depthwise = group == c && group > 1
     let block = depthwise ? 1 : convImageBlock(images: n, rows: cg * K, positions: P)
-    let colCount = direct || depthwise || block > 1 ? 0 : try Tensor.checkedElementCount([cg, K, P], "Conv im2col buffer")
+    let lastOut = g.output[g.rank - 1], outer = P / lastOut
+    let tiles = convTiles(images: n, rows: cg * K, outerRows: outer, width: lastOut, direct: direct)
+    let tileCount = direct ? 0 : try Tensor.checkedElementCount([cg, K, (outer + tiles - 1) / tiles, lastOut], "Conv im2col buffer")
     try x.withUnsafeBufferPointer(as: T.self) { px in
         try w.withUnsafeBufferPointer(as: T.self) { pw in
             y.uncheckedMutableBufferPointer(as: T.self) { py in
@@ -40,25 +44,32 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                         return
                     }
                     let taps = direct ? [] : ConvTapRows.all(g)
-                    Parallel.forRange(n) { images in
-                        let col = UnsafeMutablePointer<T>.allocate(capacity: max(colCount, 1))
+                    // Work items are (image, tile of output rows); a tile's columns are unfolded into
+                    // the thread's own buffer and multiplied at once, while they are in cache.
+                    Parallel.forRange(n * tiles) { items in
+                        let col = UnsafeMutablePointer<T>.allocate(capacity: max(tileCount, 1))
                         defer { col.deallocate() }
-                        for b in images {
+                        for item in items {
+                            let b = item / tiles, t = item % tiles
+                            let rows = (outer * t / tiles)..<(outer * (t + 1) / tiles)
+                            let p0 = rows.lowerBound * lastOut, width = rows.count * lastOut
+                            if width == 0 { continue }
                             if hasBias {
-                                for o in 0..<m { (Y + (b * m + o) * P).update(repeating: pb[o], count: P) }
+                                for o in 0..<m { (Y + (b * m + o) * P + p0).update(repeating: pb[o], count: width) }
                             }
                             for gi in 0..<group {
                                 let image = X + (b * c + gi * cg) * I
-                                let columns: UnsafePointer<T>
+                                let columns: UnsafePointer<T>, ldb: Int
                                 if direct {
-                                    columns = image
+                                    (columns, ldb) = (image + p0, P)
                                 } else {
-                                    im2col(image, channels: cg, g, col, taps: taps)
-                                    columns = UnsafePointer(col)
+                                    im2col(image, channels: cg, g, col, taps: taps, rows: rows)
+                                    (columns, ldb) = (UnsafePointer(col), width)
                                 }
-                                BLAS.gemm(transA: false, transB: false, m: mg, n: P, k: cg * K, alpha: 1,
-                                     a: W + gi * mg * cg * K, lda: cg * K, b: columns, ldb: P,
-                                     beta: hasBias ? 1 : 0, c: Y + (b * m + gi * mg) * P, ldc: P)
+                                // Y_g[:, tile] [mg, width] (+)= W_g [mg, cg·K] · columns [cg·K, width]
+                                BLAS.gemm(transA: false, transB: false, m: mg, n: width, k: cg * K, alpha: 1,
+                                     a: W + gi * mg * cg * K, lda: cg * K, b: columns, ldb: ldb,
+                                     beta: hasBias ? 1 : 0, c: Y + (b * m + gi * mg) * P + p0, ldc: P)
                             }
                         }
                     }

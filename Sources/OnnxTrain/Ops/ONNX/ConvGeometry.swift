@@ -199,12 +199,17 @@ struct ConvTapRows {
 /// and the last axis's in-bounds range are computed once (ConvTapRows); each row is then a copy
 /// (a memcpy at stride 1) between zero-filled edges.
 /// `taps` (ConvTapRows.all(g)) may be passed in when many images share one geometry; `ld` is
-/// col's row stride (P by default; larger when several images' columns sit side by side).
+/// col's row stride (the columns written by default; larger when several images' columns sit
+/// side by side). `rows` limits the unfolding to those output rows (every output axis but the
+/// last): col then holds rows.count · lastOut columns, the first for output row rows.lowerBound.
 func im2col<T: TensorElement>(_ x: UnsafePointer<T>, channels: Int, _ g: ConvGeometry, _ col: UnsafeMutablePointer<T>,
-                              ld: Int? = nil, taps: [ConvTapRows]? = nil) {
-    let K = g.kernelSize, P = g.outputSize, I = g.inputSize, ld = ld ?? g.outputSize
+                              ld: Int? = nil, taps: [ConvTapRows]? = nil, rows: Range<Int>? = nil) {
+    let K = g.kernelSize, P = g.outputSize, I = g.inputSize
     if P == 0 || K == 0 { return }
     let lastOut = g.output[g.rank - 1]
+    let rows = rows ?? 0..<(P / lastOut)
+    let r0 = rows.lowerBound, width = rows.count * lastOut, ld = ld ?? width
+    if width == 0 { return }
     let taps = taps ?? ConvTapRows.all(g)
     for k in 0..<K {
         let tap = taps[k]
@@ -212,17 +217,22 @@ func im2col<T: TensorElement>(_ x: UnsafePointer<T>, channels: Int, _ g: ConvGeo
         if tap.contiguous {
             // One copy per channel from the first valid element of row rowLo to the last of row
             // rowHi - 1; the columns outside lo..<hi and the rows outside are zeroed after.
-            let (rowLo, rowHi) = (tap.rowLo, tap.rowHi)
+            let rowLo = max(tap.rowLo, r0), rowHi = min(tap.rowHi, rows.upperBound)
+            if rowHi <= rowLo {
+                for c in 0..<channels { (col + (c * K + k) * ld).update(repeating: T.zero, count: width) }
+                continue
+            }
             let start = tap.bases[rowLo] + first + lo
-            let outStart = rowLo * lastOut + lo, outEnd = (rowHi - 1) * lastOut + hi
+            let outStart = (rowLo - r0) * lastOut + lo, outEnd = (rowHi - 1 - r0) * lastOut + hi
+            let validEnd = (rowHi - r0) * lastOut
             for c in 0..<channels {
                 let dst = col + (c * K + k) * ld
-                if rowLo > 0 { dst.update(repeating: T.zero, count: rowLo * lastOut) }
+                if rowLo > r0 { dst.update(repeating: T.zero, count: (rowLo - r0) * lastOut) }
                 (dst + outStart).update(from: x + c * I + start, count: outEnd - outStart)
-                if rowHi * lastOut < P { (dst + rowHi * lastOut).update(repeating: T.zero, count: P - rowHi * lastOut) }
+                if validEnd < width { (dst + validEnd).update(repeating: T.zero, count: width - validEnd) }
                 if lo > 0 || hi < lastOut {
                     for r in rowLo..<rowHi {
-                        let row = dst + r * lastOut
+                        let row = dst + (r - r0) * lastOut
                         for j in 0..<lo { row[j] = T.zero }
                         for j in hi..<lastOut { row[j] = T.zero }
                     }
@@ -230,7 +240,8 @@ func im2col<T: TensorElement>(_ x: UnsafePointer<T>, channels: Int, _ g: ConvGeo
             }
             continue
         }
-        tap.bases.withUnsafeBufferPointer { bases in
+        tap.bases.withUnsafeBufferPointer { allBases in
+            let bases = UnsafeBufferPointer(rebasing: allBases[rows])
             for c in 0..<channels {
                 let src = x + c * I
                 var dst = col + (c * K + k) * ld
@@ -300,28 +311,12 @@ func col2im<T: FloatElement>(_ col: UnsafePointer<T>, channels: Int, _ g: ConvGe
 
 
 extension Tensor {
-    /// This tensor converted to float32 or float64 (`dtype`), from any numeric type.
+    /// This tensor converted to float32 or float64 (`dtype`), from any numeric type: half types
+    /// widen to float32 directly, everything else goes through the shared Double reader.
     func converted(toFloat dtype: DType) throws -> Tensor {
         if self.dtype == dtype { return self }
         if isHalf && dtype == .float32 { return widenedToFloat() }
-        if isHalf {
-            return try widenedToFloat().converted(toFloat: dtype)
-        }
-        let n = count
-        var out = Tensor(uninitialized: dtype, shape: shape)
-        guard self.dtype.isInteger || self.dtype.isFloatingPoint || self.dtype == .bool else {
-            throw KernelError("cannot convert \(self.dtype) to \(dtype)")
-        }
-        var values = [Double](repeating: 0, count: n)
-        for i in 0..<n {
-            guard let v = scalarDouble(at: i) else { throw KernelError("cannot convert \(self.dtype) to \(dtype)") }
-            values[i] = v
-        }
-        if dtype == .float64 {
-            try out.withUnsafeMutableBufferPointer(as: Double.self) { p in for i in 0..<n { p[i] = values[i] } }
-        } else {
-            try out.withUnsafeMutableBufferPointer(as: Float.self) { p in for i in 0..<n { p[i] = Float(values[i]) } }
-        }
-        return out
+        guard dtype == .float32 || dtype == .float64 else { throw KernelError("cannot convert \(self.dtype) to \(dtype)") }
+        return floatTensor(dtype, shape: shape, try doubles())
     }
 }

@@ -73,6 +73,9 @@ func pool<T: FloatElement>(_ x: Tensor, kind: PoolKind, geometry g: ConvGeometry
     if case .average = kind, g.kernel == g.input, P == 1, I > 0, g.padsBegin.allSatisfy({ $0 == 0 }), g.padsEnd.allSatisfy({ $0 == 0 }) {
         return try globalAverage(x, inputSize: I, outputShape: Array(x.shape.prefix(2)) + g.output, T.self)
     }
+    if case .average(let includePad) = kind, g.rank == 2 {
+        return try averagePoolRows(x, includePad: includePad, geometry: g, T.self)
+    }
     var y = try Tensor(kernelZeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output, "pooling output")
     let w = try PoolWindows(g)
     try x.withUnsafeBufferPointer(as: T.self) { px in
@@ -137,6 +140,7 @@ struct MaxPoolOp: NumericOperation {
            g.padsBegin == [0, 0], g.padsEnd == [0, 0], g.output[0] * 2 <= g.input[0], g.output[1] * 2 <= g.input[1] {
             return try maxPool2x2(T.self)
         }
+        if g.rank == 2 && !wantIndices { return (try maxPoolRows(T.self), nil) }
         var y = try Tensor(kernelZeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output, "MaxPool output")
         var indices = [Int64](repeating: 0, count: wantIndices ? nc * P : 0)
         // Column-major spatial index of a row-major spatial offset (storage_order = 1).
@@ -225,6 +229,132 @@ extension MaxPoolOp {
         }
         return (y, indices)
     }
+}
+
+/// A 2-D pooling geometry by kernel taps rather than by windows, for the row kernels below:
+/// column tap kj reaches outputs jLo[kj]..<jHi[kj] (input column j·sw + kj·dw - pw inside),
+/// output row i reads kernel rows kiLo[i]..<kiHi[i], firstKj[j] is output j's first in-image
+/// column tap (-1: none), validCols[j] counts its in-image column taps, and paddedRows[i] ·
+/// paddedCols[j] is the window's size inside the padded image (what count_include_pad divides by).
+struct PoolTapRuns {
+    var jLo: [Int], jHi: [Int], firstKj: [Int], validCols: [Int], paddedCols: [Int]
+    var kiLo: [Int], kiHi: [Int], paddedRows: [Int]
+
+    init(_ g: ConvGeometry) {
+        let (ih, iw, oh, ow) = (g.input[0], g.input[1], g.output[0], g.output[1])
+        let (kh, kw, sh, sw) = (g.kernel[0], g.kernel[1], g.strides[0], g.strides[1])
+        let (dh, dw, ph, pw) = (g.dilations[0], g.dilations[1], g.padsBegin[0], g.padsBegin[1])
+        jLo = [Int](repeating: 0, count: kw); jHi = jLo
+        firstKj = [Int](repeating: -1, count: ow); validCols = [Int](repeating: 0, count: ow)
+        for kj in 0..<kw {
+            let off = kj * dw - pw, end = iw - off
+            jLo[kj] = min(ow, off >= 0 ? 0 : (-off + sw - 1) / sw)
+            jHi[kj] = max(jLo[kj], end <= 0 ? 0 : min(ow, (end + sw - 1) / sw))
+            for j in jLo[kj]..<jHi[kj] {
+                if firstKj[j] < 0 { firstKj[j] = kj }
+                validCols[j] += 1
+            }
+        }
+        kiLo = [Int](repeating: 0, count: oh); kiHi = kiLo
+        for i in 0..<oh {
+            let valid = (0..<kh).filter { let r = i * sh - ph + $0 * dh; return r >= 0 && r < ih }
+            kiLo[i] = valid.first ?? 0; kiHi[i] = (valid.last ?? -1) + 1
+        }
+        func padded(_ o: Int, _ d: Int) -> Int {
+            (0..<g.kernel[d]).filter { let at = o * g.strides[d] - g.padsBegin[d] + $0 * g.dilations[d]; return at >= -g.padsBegin[d] && at < g.input[d] + g.padsEnd[d] }.count
+        }
+        paddedRows = (0..<oh).map { padded($0, 0) }
+        paddedCols = (0..<ow).map { padded($0, 1) }
+    }
+
+    /// For output row `i` of one channel: body(input row, kj, jLo, jHi) for every in-image tap,
+    /// kernel row-major, the input row `src` offset so that output j of the run reads `row[j·sw]`.
+    @inline(__always)
+    func forEachTap<T>(row i: Int, _ g: ConvGeometry, _ src: UnsafePointer<T>, _ body: (UnsafePointer<T>, Int, Int) -> Void) {
+        let (iw, sh, ph, dh, dw, pw) = (g.input[1], g.strides[0], g.padsBegin[0], g.dilations[0], g.dilations[1], g.padsBegin[1])
+        for ki in kiLo[i]..<kiHi[i] {
+            let row = src + (i * sh - ph + ki * dh) * iw
+            for kj in 0..<jLo.count where jLo[kj] < jHi[kj] { body(row + kj * dw - pw, jLo[kj], jHi[kj]) }
+        }
+    }
+}
+
+extension MaxPoolOp {
+    /// Any 2-D MaxPool without indices (3×3 stride 2 in ResNet and SqueezeNet), by kernel taps
+    /// (PoolTapRuns): per output row, each output starts from its first in-image tap, then every
+    /// in-image tap (kernel row-major) is folded in as "strictly greater wins" over the run of
+    /// outputs it reaches. That is the per-window rule (so NaNs, and windows wholly in the
+    /// padding, which stay 0, come out the same) in loops over runs that vectorise; channels are
+    /// spread over the threads. x [N, C, ih, iw] -> y [N, C, oh, ow].
+    func maxPoolRows<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+        let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize, K = g.kernelSize
+        let (iw, oh, ow, sh, sw, ph, pw, dh, dw) = (g.input[1], g.output[0], g.output[1], g.strides[0], g.strides[1],
+                                                    g.padsBegin[0], g.padsBegin[1], g.dilations[0], g.dilations[1])
+        var y = try Tensor(kernelZeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output, "MaxPool output")
+        if y.count == 0 || I == 0 { return y }
+        let runs = PoolTapRuns(g)
+        try x.withUnsafeBufferPointer(as: T.self) { px in
+            y.uncheckedMutableBufferPointer(as: T.self) { py in
+                guard let X = px.baseAddress, let Y = py.baseAddress else { return }
+                Parallel.forRange(nc, minimumChunk: max(1, 8_192 / max(P * K, 1))) { channels in
+                    for ch in channels {
+                        let src = X + ch * I, dst = Y + ch * P
+                        for i in 0..<oh where runs.kiLo[i] < runs.kiHi[i] {
+                            let d = dst + i * ow
+                            let first = src + (i * sh - ph + runs.kiLo[i] * dh) * iw - pw
+                            for j in 0..<ow where runs.firstKj[j] >= 0 { d[j] = first[j * sw + runs.firstKj[j] * dw] }
+                            runs.forEachTap(row: i, g, src) { s, lo, hi in
+                                if sw == 1 {
+                                    for j in lo..<hi { let v = s[j]; d[j] = v > d[j] ? v : d[j] }
+                                } else {
+                                    for j in lo..<hi { let v = s[j * sw]; d[j] = v > d[j] ? v : d[j] }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return y
+    }
+}
+
+/// Any 2-D AveragePool by kernel taps (PoolTapRuns): per output row, every in-image tap is added
+/// over the run of outputs it reaches (kernel row-major, so each sum is added in the per-window
+/// order), then each output is divided by its count; channels are spread over the threads.
+/// x [N, C, ih, iw] -> y [N, C, oh, ow].
+func averagePoolRows<T: FloatElement>(_ x: Tensor, includePad: Bool, geometry g: ConvGeometry, _ type: T.Type) throws -> Tensor {
+    let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize, K = g.kernelSize
+    let (oh, ow, sw) = (g.output[0], g.output[1], g.strides[1])
+    var y = try Tensor(kernelZeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output, "pooling output")
+    if y.count == 0 || I == 0 { return y }
+    let runs = PoolTapRuns(g)
+    try x.withUnsafeBufferPointer(as: T.self) { px in
+        y.uncheckedMutableBufferPointer(as: T.self) { py in
+            guard let X = px.baseAddress, let Y = py.baseAddress else { return }
+            Parallel.forRange(nc, minimumChunk: max(1, 8_192 / max(P * K, 1))) { channels in
+                for ch in channels {
+                    let src = X + ch * I, dst = Y + ch * P
+                    for i in 0..<oh where runs.kiLo[i] < runs.kiHi[i] {
+                        let d = dst + i * ow
+                        runs.forEachTap(row: i, g, src) { s, lo, hi in
+                            if sw == 1 {
+                                for j in lo..<hi { d[j] += s[j] }
+                            } else {
+                                for j in lo..<hi { d[j] += s[j * sw] }
+                            }
+                        }
+                        let rows = includePad ? runs.paddedRows[i] : runs.kiHi[i] - runs.kiLo[i]
+                        for j in 0..<ow {
+                            let count = rows * (includePad ? runs.paddedCols[j] : runs.validCols[j])
+                            d[j] = count > 0 ? d[j] / T(count) : 0
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return y
 }
 
 /// One channel of the 2×2 stride-2 MaxPool in float32, eight outputs at a time: each input row

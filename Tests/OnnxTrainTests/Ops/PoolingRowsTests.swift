@@ -1,0 +1,86 @@
+import OnnxTrain
+import OnnxTrainTestSupport
+import XCTest
+
+/// The 2-D pooling row kernels (Pooling.swift: MaxPool without indices and AveragePool by kernel
+/// taps) against the per-window loops, which the same ops run on a 3-D input with a unit first
+/// spatial dim: every case bit for bit, NaNs included, with pads, strides, dilations, ceil mode,
+/// windows partly and wholly in the padding; and one case against plain float64 loops.
+final class PoolingRowsTests: XCTestCase {
+    struct Case {
+        let label: String
+        let x: [Int], kernel: [Int], strides: [Int], pads: [Int], dilations: [Int], ceil: Bool
+        func attributes(unitDim: Bool) -> [String: Attribute] {
+            let lift = { (v: [Int], one: Int) in unitDim ? [one] + v : v }
+            let pads = unitDim ? [0, self.pads[0], self.pads[1], 0, self.pads[2], self.pads[3]] : self.pads
+            return ["kernel_shape": .ints(lift(kernel, 1)), "strides": .ints(lift(strides, 1)), "pads": .ints(pads),
+                    "dilations": .ints(lift(dilations, 1)), "ceil_mode": .int(ceil ? 1 : 0)]
+        }
+    }
+
+    static let cases: [Case] = [
+        Case(label: "3x3 stride 2 pad 1 (ResNet)", x: [1, 3, 12, 13], kernel: [3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: false),
+        Case(label: "3x3 stride 2 ceil (SqueezeNet)", x: [2, 2, 13, 15], kernel: [3, 3], strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], ceil: true),
+        Case(label: "3x3 stride 1 pad 1 (Inception)", x: [1, 4, 7, 30], kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: false),
+        Case(label: "2x3 asymmetric pads dilation 2x1 stride 1x3", x: [1, 2, 9, 17], kernel: [2, 3], strides: [1, 3], pads: [2, 0, 1, 2], dilations: [2, 1], ceil: true),
+        Case(label: "5x5 pads as large as the input (windows wholly in padding)", x: [1, 1, 2, 3], kernel: [5, 5], strides: [1, 1], pads: [4, 4, 4, 4], dilations: [1, 1], ceil: false),
+        Case(label: "2x2 stride 2 pad 1", x: [1, 2, 6, 6], kernel: [2, 2], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: false),
+    ]
+
+    /// x with some NaNs and ties (values rounded to halves), in float32.
+    private func input(_ shape: [Int], seed: UInt64) -> Tensor {
+        var values = randomDoubles(shape, seed: seed).scalars(as: Double.self).map { Float(($0 * 2).rounded() / 2) }
+        for i in stride(from: 5, to: values.count, by: 11) { values[i] = .nan }
+        return Tensor(shape: shape, scalars: values)
+    }
+
+    private func bits(_ t: Tensor) -> [UInt32] { t.scalars(as: Float.self).map(\.bitPattern) }
+
+    func testRowKernelsMatchWindowLoopsBitForBit() throws {
+        for (i, c) in Self.cases.enumerated() {
+            let x = input(c.x, seed: UInt64(1 + i))
+            let x3 = x.reshaped([c.x[0], c.x[1], 1, c.x[2], c.x[3]])
+            var ops: [(String, [String: Attribute])] = [("MaxPool", [:])]
+            for includePad in [0, 1] { ops.append(("AveragePool", ["count_include_pad": .int(includePad)])) }
+            for (op, extra) in ops {
+                let rows = try runNode(op, opset: 19, [x], attributes: c.attributes(unitDim: false).merging(extra) { $1 })[0]
+                let windows = try runNode(op, opset: 19, [x3], attributes: c.attributes(unitDim: true).merging(extra) { $1 })[0]
+                XCTAssertEqual(rows.shape, [windows.shape[0], windows.shape[1]] + windows.shape.dropFirst(3), "\(c.label) \(op)")
+                XCTAssertEqual(bits(rows), bits(windows), "\(c.label): \(op) \(extra) differs from the per-window loops")
+            }
+        }
+    }
+
+    /// MaxPool and AveragePool (count_include_pad 0 and 1) of the ResNet case against float64 loops.
+    func testRowKernelsMatchPlainLoops() throws {
+        let c = Self.cases[0]
+        let x = randomDoubles(c.x, seed: 42)
+        let xs = x.scalars(as: Double.self)
+        let (h, w) = (c.x[2], c.x[3]), oh = (h + 2 - 3) / 2 + 1, ow = (w + 2 - 3) / 2 + 1
+        var worst = 0.0
+        for (op, includePad) in [("MaxPool", 0), ("AveragePool", 0), ("AveragePool", 1)] {
+            let extra: [String: Attribute] = op == "MaxPool" ? [:] : ["count_include_pad": .int(includePad)]
+            let y = try runNode(op, opset: 19, [x], attributes: c.attributes(unitDim: false).merging(extra) { $1 })[0]
+            XCTAssertEqual(y.shape, [1, 3, oh, ow])
+            let ys = y.scalars(as: Double.self)
+            for ch in 0..<3 {
+                for i in 0..<oh {
+                    for j in 0..<ow {
+                        var best = -Double.infinity, sum = 0.0, count = 0
+                        for a in 0..<3 {
+                            for b in 0..<3 {
+                                let (r, q) = (2 * i - 1 + a, 2 * j - 1 + b)
+                                guard r >= 0, r < h, q >= 0, q < w else { continue }
+                                best = max(best, xs[(ch * h + r) * w + q]); sum += xs[(ch * h + r) * w + q]; count += 1
+                            }
+                        }
+                        let want = op == "MaxPool" ? best : sum / Double(includePad == 1 ? 9 : count)
+                        worst = max(worst, abs(ys[(ch * oh + i) * ow + j] - want))
+                    }
+                }
+            }
+        }
+        print("PoolingRowsTests: largest difference from float64 loops \(worst)")
+        XCTAssertEqual(worst, 0)   // the same additions in the same order, and the same division
+    }
+}
