@@ -131,6 +131,29 @@ final class ConvKernelTests: XCTestCase {
         print("ConvKernelTests: float32 vs float64, largest relative difference \(largest)")
     }
 
+    /// FusedConv applies Z and Relu to each tile of the convolution (ConvEpilogue) and to the whole
+    /// output after the depthwise and blocked kernels: bit for bit Relu(Conv + Z) of the standalone
+    /// Conv, with Z and without, float32 and float64.
+    func testFusedConvEpilogueMatchesConvAddRelu() throws {
+        for (i, c) in Self.cases.enumerated() {
+            for float in [false, true] {
+                let cast = { (t: Tensor) in float ? self.float32(t) : t }
+                let x = cast(randomDoubles(c.x, seed: UInt64(1500 + i))), w = cast(randomDoubles(c.w, seed: UInt64(1600 + i)))
+                let b = cast(randomDoubles([c.w[0]], seed: UInt64(1700 + i)))
+                let y = try runTrainingOp("Conv", "", [x, w, b], attributes: c.attributes, opset: 11)[0]
+                let z = cast(randomDoubles(y.shape, seed: UInt64(1800 + i)))
+                let attributes = c.attributes.merging(["activation": .string("Relu")]) { $1 }
+                for withZ in [false, true] {
+                    let fused = try runTrainingOp("FusedConv", "com.microsoft", [x, w, b] + (withZ ? [z] : []), attributes: attributes)[0]
+                    let sums = withZ ? zip(doubles(y), doubles(z)).map { float ? Double(Float($0) + Float($1)) : $0 + $1 } : doubles(y)
+                    let expected = sums.map { $0 < 0 ? 0 : $0 }
+                    XCTAssertEqual(fused.shape, y.shape, c.label)
+                    XCTAssertEqual(doubles(fused), expected, "\(c.label): FusedConv (Z \(withZ), float32 \(float)) differs from Relu(Conv + Z)")
+                }
+            }
+        }
+    }
+
     // MARK: - plain loops
 
     /// Visits every (image, output channel, output position, input channel in group, kernel tap)

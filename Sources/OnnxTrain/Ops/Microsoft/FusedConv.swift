@@ -16,14 +16,34 @@ struct FusedConvKernel: Kernel {
     }
 
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0), w = try inputs.tensor(1), z = try inputs.optionalTensor(3)
+        if activation == .none || activation == .relu, x.dtype == .float32 || x.dtype == .float64,
+           let g = try? conv.attributes.geometry(x: x, w: w), z.map({ $0.shape == [x.shape[0], w.shape[0]] + g.output && $0.dtype == x.dtype }) ?? true {
+            // Z and Relu applied by the convolution to each tile of its output while it is in cache.
+            let b = try inputs.optionalTensor(2)
+            guard w.dtype == x.dtype, b.map({ $0.dtype == x.dtype }) ?? true else { throw KernelError("FusedConv inputs differ in type") }
+            return [.tensor(try dispatch(x.dtype, Fused(x: x, w: w, b: b, z: z, relu: activation == .relu, group: conv.attributes.group, g: g)))]
+        }
         guard var y = try conv.run(Array(inputs.prefix(3)), context).first??.tensor else { return [] }
-        let z = try inputs.optionalTensor(3)
         if let z {
             guard z.dtype == y.dtype else { throw KernelError("FusedConv Z is tensor(\(z.dtype)), Y is tensor(\(y.dtype))") }
             y = try dispatch(y.dtype, AddInPlace(y: y, z: z))
         }
         if activation != .none { y = try dispatch(y.dtype, Activate(y: y, activation: activation)) }
         return [.tensor(y)]
+    }
+
+    /// The convolution with Z and Relu as its epilogue (float32 and float64, Z of Y's shape).
+    struct Fused: ElementOperation {
+        let x: Tensor, w: Tensor, b: Tensor?, z: Tensor?, relu: Bool, group: Int, g: ConvGeometry
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            guard let z else {
+                return try convolution(x, w, bias: b, group: group, geometry: g, T.self, epilogue: ConvEpilogue(z: nil, relu: relu))
+            }
+            return try z.withUnsafeBufferPointer(as: T.self) { pz in
+                try convolution(x, w, bias: b, group: group, geometry: g, T.self, epilogue: ConvEpilogue(z: pz.baseAddress, relu: relu))
+            }
+        }
     }
 
     /// y + z, in y's storage when the shapes agree. y is the convolution's fresh output, which
@@ -53,6 +73,38 @@ struct FusedConvKernel: Kernel {
         let y: Tensor
         let activation: ConvActivation
         func float<T: FloatElement>(_ type: T.Type) throws -> Tensor { activation.applied(to: y, T.self) }
+    }
+}
+
+/// What FusedConv does to a run of the convolution's output while it is in cache:
+/// y[offset ..< offset + count] += z[same] (when Z is given), then Relu (when asked) as the
+/// standalone op computes it (`x < 0 ? 0 : x`: NaN and -0 kept). Float runs eight lanes at a
+/// time as explicit vector selects (an in-place scalar Relu compiles to a branch per element).
+struct ConvEpilogue<T: FloatElement> {
+    let z: UnsafePointer<T>?
+    let relu: Bool
+
+    @inline(__always)
+    func apply(_ y: UnsafeMutablePointer<T>, _ offset: Int, _ count: Int) {
+        let p = y + offset, q = z.map { $0 + offset }
+        var i = 0
+        if T.self == Float.self {
+            let raw = UnsafeMutableRawPointer(p), zraw = q.map { UnsafeRawPointer($0) }
+            while i + 8 <= count {
+                var v = raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+                if let zraw { v += zraw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) }
+                if relu { v.replace(with: 0, where: v .< 0) }
+                raw.storeBytes(of: v, toByteOffset: 4 * i, as: SIMD8<Float>.self)
+                i += 8
+            }
+        }
+        let f = ReluFunction()
+        while i < count {
+            var v = p[i]
+            if let q { v += q[i] }
+            p[i] = relu ? f(v) : v
+            i += 1
+        }
     }
 }
 

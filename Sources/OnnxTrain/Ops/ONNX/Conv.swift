@@ -11,7 +11,10 @@
 /// im2col and the GEMM. Two shapes take other kernels
 /// (ConvKernels.swift): depthwise convolutions (group == C) run direct loops, and small images
 /// (P < 256) put several images' columns side by side in one GEMM.
-func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group: Int, geometry g: ConvGeometry, _ type: T.Type) throws -> Tensor {
+/// `epilogue` (FusedConv's Z and Relu) is applied to each tile right after its GEMM, while it is
+/// in cache (to the whole output, threaded, after the depthwise and blocked kernels).
+func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group: Int, geometry g: ConvGeometry, _ type: T.Type,
+                                  epilogue: ConvEpilogue<T>? = nil) throws -> Tensor {
     let n = x.shape[0], c = x.shape[1], m = w.shape[0]
     guard group > 0, c % group == 0, m % group == 0, w.shape[1] == c / group else {
         throw KernelError("Conv weight \(w.shape) does not fit input \(x.shape) with group \(group)")
@@ -35,12 +38,15 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                 (bias?.scalars(as: T.self) ?? []).withUnsafeBufferPointer { pb in
                     // (An empty array's buffer may still have an address: the bias pointer is explicit.)
                     let biasPointer = hasBias ? pb.baseAddress : nil
-                    if depthwise {
-                        depthwiseConvolution(X, W, bias: biasPointer, Y, images: n, channels: c, outputs: m, g)
-                        return
-                    }
-                    if block > 1 {
-                        convolutionBlocked(X, W, bias: biasPointer, Y, images: n, channels: c, outputs: m, group: group, g, block: block)
+                    if depthwise || block > 1 {
+                        if depthwise {
+                            depthwiseConvolution(X, W, bias: biasPointer, Y, images: n, channels: c, outputs: m, g)
+                        } else {
+                            convolutionBlocked(X, W, bias: biasPointer, Y, images: n, channels: c, outputs: m, group: group, g, block: block)
+                        }
+                        if let epilogue {
+                            Parallel.forRange(n * m * P, minimumChunk: 16_384) { r in epilogue.apply(Y, r.lowerBound, r.count) }
+                        }
                         return
                     }
                     let taps = direct ? [] : ConvTapRows.all(g)
@@ -71,6 +77,7 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                                      a: W + gi * mg * cg * K, lda: cg * K, b: columns, ldb: ldb,
                                      beta: hasBias ? 1 : 0, c: Y + (b * m + gi * mg) * P + p0, ldc: P)
                             }
+                            if let epilogue { for o in 0..<m { epilogue.apply(Y, (b * m + o) * P + p0, width) } }
                         }
                     }
                 }

@@ -246,10 +246,13 @@ struct PoolTapRuns {
         let (dh, dw, ph, pw) = (g.dilations[0], g.dilations[1], g.padsBegin[0], g.padsBegin[1])
         jLo = [Int](repeating: 0, count: kw); jHi = jLo
         firstKj = [Int](repeating: -1, count: ow); validCols = [Int](repeating: 0, count: ow)
+        // Ceiling divisions written so that a stride near Int.max cannot overflow (the geometry
+        // checked kj·dw and iw + pw).
+        func ceilDiv(_ a: Int, _ b: Int) -> Int { a / b + (a % b == 0 ? 0 : 1) }
         for kj in 0..<kw {
             let off = kj * dw - pw, end = iw - off
-            jLo[kj] = min(ow, off >= 0 ? 0 : (-off + sw - 1) / sw)
-            jHi[kj] = max(jLo[kj], end <= 0 ? 0 : min(ow, (end + sw - 1) / sw))
+            jLo[kj] = min(ow, off >= 0 ? 0 : ceilDiv(-off, sw))
+            jHi[kj] = max(jLo[kj], end <= 0 ? 0 : min(ow, ceilDiv(end, sw)))
             for j in jLo[kj]..<jHi[kj] {
                 if firstKj[j] < 0 { firstKj[j] = kj }
                 validCols[j] += 1
