@@ -54,9 +54,10 @@ final class ConvKernelTests: XCTestCase {
     /// (batches of several images too), so each tile starts and ends at every kind of row: in the
     /// top or bottom padding, partly outside on the left or right.
     func testForwardInTilesOfOneRowMatchesPlainLoops() throws {
-        let (limit, threads) = (convTileElements, Parallel.threadCount)
-        defer { convTileElements = limit; Parallel.threadCount = threads }
+        let (limit, width, threads) = (convTileElements, convTileMinWidth, Parallel.threadCount)
+        defer { convTileElements = limit; convTileMinWidth = width; Parallel.threadCount = threads }
         convTileElements = 100
+        convTileMinWidth = 1
         Parallel.threadCount = 2
         try checkForward()
     }

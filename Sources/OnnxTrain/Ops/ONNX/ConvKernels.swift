@@ -20,17 +20,20 @@ func convImageBlock(images n: Int, rows: Int, positions P: Int) -> Int {
 /// `rows` = C/G·K column rows and output rows of `width` positions (every output axis but the
 /// last makes the rows).
 ///
-/// A tile's columns take at most `convTileElements` floats, so the im2col buffer a thread
-/// writes is still in its cache (2 MB L2 here) when the GEMM reads it, and no image's unfolding
-/// (115 MB for VGG's second layer at 224×224) is ever materialised whole. With fewer images than
-/// threads, the tiles come in a multiple of the thread count so every thread gets an equal share
-/// of one image; a tile keeps at least 64 positions (narrower GEMMs lose more to packing the
-/// weight than the split gains; small images instead split the GEMM's rows, in BLAS.gemm).
-/// A 1×1 unit-stride convolution (`direct`) needs no buffer: it is cut only to share the threads.
+/// A tile's columns take about `convTileElements` floats, so the im2col buffer a thread writes is
+/// still in its cache when the GEMM reads it, and no image's unfolding (115 MB for VGG's second
+/// layer at 224×224) is ever materialised whole. But a tile keeps at least `convTileMinWidth`
+/// positions where the image has them: every GEMM call packs the whole weight again (OpenBLAS
+/// copies it once per call), and at 56 columns that copy costs as much as a third of the product
+/// of a 512×4608 weight (VGG's deep layers). With fewer images than threads, the tiles come in a
+/// multiple of the thread count so every thread gets an equal share of one image, at least 64
+/// positions each (smaller images split the GEMM's rows instead, in BLAS.gemm). A 1×1
+/// unit-stride convolution (`direct`) needs no buffer: it is cut only to share the threads.
 func convTiles(images n: Int, rows: Int, outerRows: Int, width: Int, direct: Bool) -> Int {
     let threads = Parallel.threadCount, positions = outerRows * width
     guard outerRows > 1, positions > 0 else { return 1 }
     var tiles = direct ? 1 : min(outerRows, (rows * positions + convTileElements - 1) / convTileElements)
+    tiles = max(1, min(tiles, positions / convTileMinWidth))
     if n < threads {
         tiles = min(threads * ((tiles + threads - 1) / threads), outerRows, positions / 64)
         tiles -= tiles % threads
@@ -38,10 +41,13 @@ func convTiles(images n: Int, rows: Int, outerRows: Int, width: Int, direct: Boo
     return max(tiles, 1)
 }
 
-/// The most im2col elements of one tile (see `convTiles`): 256K floats, 1 MB. Tests lower it to
-/// cut small images into many tiles (the results do not depend on it: each output element is
-/// the same dot product whatever the tile).
+/// The im2col elements of one tile (see `convTiles`): 256K floats, 1 MB. Tests lower it and
+/// `convTileMinWidth` to cut small images into many tiles (the results do not depend on them:
+/// each output element is the same dot product whatever the tile).
 nonisolated(unsafe) var convTileElements = 1 << 18
+
+/// The fewest output positions of a tile where the image has them (see `convTiles`).
+nonisolated(unsafe) var convTileMinWidth = 256
 
 /// Σ over images and positions of dY [N, M, P] per channel, in Double (rows summed in T), for dB.
 func channelSums<T: FloatElement>(_ dy: UnsafePointer<T>, images n: Int, channels m: Int, positions P: Int) -> [Double] {

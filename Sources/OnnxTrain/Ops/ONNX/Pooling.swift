@@ -282,18 +282,15 @@ struct PoolTapRuns {
     }
 }
 
-extension MaxPoolOp {
-    /// Any 2-D MaxPool without indices (3×3 stride 2 in ResNet and SqueezeNet), by kernel taps
-    /// (PoolTapRuns): per output row, each output starts from its first in-image tap, then every
-    /// in-image tap (kernel row-major) is folded in as "strictly greater wins" over the run of
-    /// outputs it reaches. That is the per-window rule (so NaNs, and windows wholly in the
-    /// padding, which stay 0, come out the same) in loops over runs that vectorise; channels are
-    /// spread over the threads. x [N, C, ih, iw] -> y [N, C, oh, ow].
-    func maxPoolRows<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+extension PoolTapRuns {
+    /// y [N, C, oh, ow] (zeros first) from x [N, C, ih, iw] row by row: body(x's channel plane,
+    /// y's output row, i) for every output row i that has in-image kernel rows, channels spread
+    /// over the threads. The shared frame of the row kernels below.
+    static func pooled<T: TensorElement>(_ x: Tensor, _ g: ConvGeometry, _ name: String,
+                                         _ body: (_ runs: PoolTapRuns, _ src: UnsafePointer<T>, _ row: UnsafeMutablePointer<T>, _ i: Int) -> Void) throws -> Tensor {
         let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize, K = g.kernelSize
-        let (iw, oh, ow, sh, sw, ph, pw, dh, dw) = (g.input[1], g.output[0], g.output[1], g.strides[0], g.strides[1],
-                                                    g.padsBegin[0], g.padsBegin[1], g.dilations[0], g.dilations[1])
-        var y = try Tensor(kernelZeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output, "MaxPool output")
+        let (oh, ow) = (g.output[0], g.output[1])
+        var y = try Tensor(kernelZeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output, name)
         if y.count == 0 || I == 0 { return y }
         let runs = PoolTapRuns(g)
         try x.withUnsafeBufferPointer(as: T.self) { px in
@@ -301,19 +298,7 @@ extension MaxPoolOp {
                 guard let X = px.baseAddress, let Y = py.baseAddress else { return }
                 Parallel.forRange(nc, minimumChunk: max(1, 8_192 / max(P * K, 1))) { channels in
                     for ch in channels {
-                        let src = X + ch * I, dst = Y + ch * P
-                        for i in 0..<oh where runs.kiLo[i] < runs.kiHi[i] {
-                            let d = dst + i * ow
-                            let first = src + (i * sh - ph + runs.kiLo[i] * dh) * iw - pw
-                            for j in 0..<ow where runs.firstKj[j] >= 0 { d[j] = first[j * sw + runs.firstKj[j] * dw] }
-                            runs.forEachTap(row: i, g, src) { s, lo, hi in
-                                if sw == 1 {
-                                    for j in lo..<hi { let v = s[j]; d[j] = v > d[j] ? v : d[j] }
-                                } else {
-                                    for j in lo..<hi { let v = s[j * sw]; d[j] = v > d[j] ? v : d[j] }
-                                }
-                            }
-                        }
+                        for i in 0..<oh where runs.kiLo[i] < runs.kiHi[i] { body(runs, X + ch * I, Y + ch * P + i * ow, i) }
                     }
                 }
             }
@@ -322,42 +307,49 @@ extension MaxPoolOp {
     }
 }
 
-/// Any 2-D AveragePool by kernel taps (PoolTapRuns): per output row, every in-image tap is added
-/// over the run of outputs it reaches (kernel row-major, so each sum is added in the per-window
-/// order), then each output is divided by its count; channels are spread over the threads.
-/// x [N, C, ih, iw] -> y [N, C, oh, ow].
-func averagePoolRows<T: FloatElement>(_ x: Tensor, includePad: Bool, geometry g: ConvGeometry, _ type: T.Type) throws -> Tensor {
-    let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize, K = g.kernelSize
-    let (oh, ow, sw) = (g.output[0], g.output[1], g.strides[1])
-    var y = try Tensor(kernelZeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output, "pooling output")
-    if y.count == 0 || I == 0 { return y }
-    let runs = PoolTapRuns(g)
-    try x.withUnsafeBufferPointer(as: T.self) { px in
-        y.uncheckedMutableBufferPointer(as: T.self) { py in
-            guard let X = px.baseAddress, let Y = py.baseAddress else { return }
-            Parallel.forRange(nc, minimumChunk: max(1, 8_192 / max(P * K, 1))) { channels in
-                for ch in channels {
-                    let src = X + ch * I, dst = Y + ch * P
-                    for i in 0..<oh where runs.kiLo[i] < runs.kiHi[i] {
-                        let d = dst + i * ow
-                        runs.forEachTap(row: i, g, src) { s, lo, hi in
-                            if sw == 1 {
-                                for j in lo..<hi { d[j] += s[j] }
-                            } else {
-                                for j in lo..<hi { d[j] += s[j * sw] }
-                            }
-                        }
-                        let rows = includePad ? runs.paddedRows[i] : runs.kiHi[i] - runs.kiLo[i]
-                        for j in 0..<ow {
-                            let count = rows * (includePad ? runs.paddedCols[j] : runs.validCols[j])
-                            d[j] = count > 0 ? d[j] / T(count) : 0
-                        }
-                    }
+extension MaxPoolOp {
+    /// Any 2-D MaxPool without indices (3×3 stride 2 in ResNet and SqueezeNet), by kernel taps
+    /// (PoolTapRuns): per output row, each output starts from its first in-image tap, then every
+    /// in-image tap (kernel row-major) is folded in as "strictly greater wins" over the run of
+    /// outputs it reaches. That is the per-window rule (so NaNs, and windows wholly in the
+    /// padding, which stay 0, come out the same) in loops over runs that vectorise.
+    /// x [N, C, ih, iw] -> y [N, C, oh, ow].
+    func maxPoolRows<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+        let (iw, ow, sh, sw, ph, pw, dh, dw) = (g.input[1], g.output[1], g.strides[0], g.strides[1],
+                                                g.padsBegin[0], g.padsBegin[1], g.dilations[0], g.dilations[1])
+        return try PoolTapRuns.pooled(x, g, "MaxPool output") { (runs, src: UnsafePointer<T>, d, i) in
+            let first = src + (i * sh - ph + runs.kiLo[i] * dh) * iw - pw
+            for j in 0..<ow where runs.firstKj[j] >= 0 { d[j] = first[j * sw + runs.firstKj[j] * dw] }
+            runs.forEachTap(row: i, g, src) { s, lo, hi in
+                if sw == 1 {
+                    for j in lo..<hi { let v = s[j]; d[j] = v > d[j] ? v : d[j] }
+                } else {
+                    for j in lo..<hi { let v = s[j * sw]; d[j] = v > d[j] ? v : d[j] }
                 }
             }
         }
     }
-    return y
+}
+
+/// Any 2-D AveragePool by kernel taps (PoolTapRuns): per output row, every in-image tap is added
+/// over the run of outputs it reaches (kernel row-major, so each sum is added in the per-window
+/// order), then each output is divided by its count. x [N, C, ih, iw] -> y [N, C, oh, ow].
+func averagePoolRows<T: FloatElement>(_ x: Tensor, includePad: Bool, geometry g: ConvGeometry, _ type: T.Type) throws -> Tensor {
+    let (ow, sw) = (g.output[1], g.strides[1])
+    return try PoolTapRuns.pooled(x, g, "pooling output") { (runs, src: UnsafePointer<T>, d, i) in
+        runs.forEachTap(row: i, g, src) { s, lo, hi in
+            if sw == 1 {
+                for j in lo..<hi { d[j] += s[j] }
+            } else {
+                for j in lo..<hi { d[j] += s[j * sw] }
+            }
+        }
+        let rows = includePad ? runs.paddedRows[i] : runs.kiHi[i] - runs.kiLo[i]
+        for j in 0..<ow {
+            let count = rows * (includePad ? runs.paddedCols[j] : runs.validCols[j])
+            d[j] = count > 0 ? d[j] / T(count) : 0
+        }
+    }
 }
 
 /// One channel of the 2×2 stride-2 MaxPool in float32, eight outputs at a time: each input row
