@@ -8,8 +8,8 @@ import Darwin
 /// SoftmaxCrossEntropyLossInternal(+Grad), and the legacy SoftmaxCrossEntropy(+Grad) and
 /// SparseSoftmaxCrossEntropy(+Grad). The Internal forward is the ONNX SoftmaxCrossEntropyLoss
 /// kernel (Losses.swift, in the input's float type) and the class-index gradient a row kernel in
-/// T; the rest (legacy ops, the gradient with a bias input) compute in Double on row views of the
-/// logits, rounded once to the log-probabilities' type.
+/// T; the legacy SoftmaxCrossEntropy and SparseSoftmaxCrossEntropy (+Grad) compute in Double on
+/// row views of the logits, rounded once to the log-probabilities' type.
 
 /// Log-softmax of `x` viewed as [outer, classes, inner], over the class axis, in Double (the one
 /// `softmax` kernel).
@@ -63,32 +63,21 @@ func classIndexLossGrad(dy: Tensor, logProb: Tensor, label: Tensor, weight: Tens
         let s = reduction == .mean && total != 0 ? g[0] / total : g[0]
         for i in 0..<labels.count { scale[i] = s * w[i] }
     }
-    if bias == nil && (logProb.dtype == .float32 || logProb.dtype == .float64) {
-        return try dispatch(logProb.dtype, ClassIndexLossGradRows(logProb: logProb, labels: labels, scale: scale,
-                                                                       n: n, classes: classes, inner: inner))
-    }
-    let lp = try floatValues(logProb, "log_prob")
-    var out = [Double](repeating: 0, count: lp.count)
-    for b in 0..<n {
-        for d in 0..<inner {
-            let i = b * inner + d
-            let base = b * classes * inner + d
-            for c in 0..<classes {
-                let k = base + c * inner
-                out[k] = (exp(lp[k]) - (c == labels[i] ? 1 : 0)) * scale[i]
-            }
-        }
-    }
+    // Half log_prob computes in float32 and rounds back once, as the other float kernels do.
+    let wide = logProb.widenedToFloat()
+    guard wide.dtype == .float32 || wide.dtype == .float64 else { throw KernelError("log_prob must be a float tensor, got \(logProb.dtype)") }
+    var out = try dispatch(wide.dtype, ClassIndexLossGradRows(logProb: wide, labels: labels, scale: scale,
+                                                              n: n, classes: classes, inner: inner))
     if let bias {
         guard bias.shape == logProb.shape else { throw KernelError("bias \(bias.shape) must have log_prob's shape \(logProb.shape)") }
-        let bv = try floatValues(bias, "bias")
-        for k in 0..<out.count { out[k] += bv[k] }
+        guard bias.dtype.isFloatingPoint else { throw KernelError("bias must be a float tensor, got \(bias.dtype)") }
+        out = try zipNumeric(out, try bias.cast(to: out.dtype), AddFunction())
     }
-    return floatTensor(logProb.dtype, shape: logProb.shape, out)
+    return out.narrowed(to: logProb.dtype)
 }
 
 /// d_logits = (exp(log_prob) − onehot)·scale for float32/float64 log_prob [N, C, d...] read in
-/// place, one row (sample, position) per call, rows split across threads. Accumulator: none
+/// place (the one path of the class-index gradient; half types widen first), one row (sample, position) per call, rows split across threads. Accumulator: none
 /// (elementwise in T, as onnxruntime computes float32 in float).
 private struct ClassIndexLossGradRows: ElementOperation {
     let logProb: Tensor, labels: [Int], scale: [Double]
