@@ -72,10 +72,13 @@ public final class InferenceSession: @unchecked Sendable {
         state = RunState(seed: options.seed)
         warn = options.warn
         declaredOutputs = Dictionary(model.graph.outputs.map { ($0.name, $0.type) }, uniquingKeysWith: { a, _ in a })
+        declaredInputs = Dictionary(model.graph.inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
     }
 
     /// The declared type of every graph output, checked against what a run computes.
     private let declaredOutputs: [String: ValueType?]
+    /// The graph inputs by name (made once, not on every run).
+    private let declaredInputs: [String: ValueInfo]
 
     public convenience init(path: String, options: SessionOptions = SessionOptions()) throws {
         try self.init(model: try Model(contentsOf: path), options: options)
@@ -105,7 +108,7 @@ public final class InferenceSession: @unchecked Sendable {
         let executor = try names.allSatisfy({ self.executor.slotOf[$0] != nil }) ? self.executor : unoptimizedExecutor(for: names)
         var feedSlots: [(slot: Int, value: Value)] = []
         var symbols: [String: (Int, String)] = [:]
-        let declared = Dictionary(graph.inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let declared = declaredInputs
         for name in feeds.keys.sorted() where declared[name] == nil {
             let expected = inputs.map(\.name).joined(separator: ", ")
             throw OnnxTrainError.invalidInput("\(where_)unknown input '\(name)' (the model takes: \(expected))")

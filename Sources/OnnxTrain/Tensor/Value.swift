@@ -1,10 +1,13 @@
 /// A runtime value flowing along a graph edge: a tensor, a sequence, or an optional.
-public indirect enum Value {
+///
+/// Only `optional` is boxed: a tensor value is stored inline, so the executor makes no heap box
+/// per node output (an `indirect enum` allocated one for every value).
+public enum Value {
     case tensor(Tensor)
     /// A sequence of values (tensors in practice); `elementType` remembers the type of an empty one.
     case sequence([Value], elementType: ValueType?)
     /// An optional holding a value, or none; `type` remembers the type of a none.
-    case optional(Value?, type: ValueType?)
+    indirect case optional(Value?, type: ValueType?)
 
     public var tensor: Tensor? {
         if case .tensor(let t) = self { return t }
