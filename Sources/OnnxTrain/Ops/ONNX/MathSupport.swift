@@ -137,7 +137,7 @@ extension OpRegistry {
     /// Registers a float-only elementwise op at each since-version; `make` reads attributes once.
     func registerFloatUnary<F: FloatUnaryFunction>(_ opType: String, since versions: [Int], file: String = #filePath,
                                                    _ make: @escaping (NodeContext) throws -> F) {
-        register(opType, since: versions, inPlace: [0], file: file) { ctx in
+        register(opType, since: versions, file: file) { ctx in
             let f = try make(ctx)
             return AnyKernel { inputs, _ in [.tensor(try mapFloat(try inputs.tensor(0), f))] }
         }
@@ -146,7 +146,7 @@ extension OpRegistry {
     /// Registers a numeric elementwise op at each since-version.
     func registerNumericUnary<F: NumericUnaryFunction>(_ opType: String, since versions: [Int], file: String = #filePath,
                                                        _ make: @escaping (NodeContext) throws -> F) {
-        register(opType, since: versions, inPlace: [0], file: file) { ctx in
+        register(opType, since: versions, file: file) { ctx in
             let f = try make(ctx)
             return AnyKernel { inputs, _ in [.tensor(try mapNumeric(try inputs.tensor(0), f))] }
         }
