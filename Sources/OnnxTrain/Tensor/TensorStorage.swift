@@ -33,11 +33,16 @@ public final class TensorStorage {
     }
 
     /// Allocates `byteCount` bytes from the cache or malloc, never a donated block.
-    private init(freshByteCount byteCount: Int) {
+    private convenience init(freshByteCount byteCount: Int) {
         guard let raw = BufferCache.allocate(byteCount) else {
             fatalError("out of memory allocating \(byteCount) bytes")
         }
-        bytes = raw
+        self.init(heapBlock: raw, byteCount: byteCount)
+    }
+
+    /// Owns `bytes`, a block from `BufferCache` (or one donated by a dying input).
+    private init(heapBlock bytes: UnsafeMutableRawPointer, byteCount: Int) {
+        self.bytes = bytes
         self.byteCount = byteCount
         strings = []
         release = nil
@@ -45,13 +50,10 @@ public final class TensorStorage {
 
     /// Allocates `byteCount` zeroed bytes, or returns nil when the memory is not there: for sizes
     /// that come from a file (a corrupt dimension must be an error, not an abort).
-    public init?(failableZeroedByteCount byteCount: Int) {
+    public convenience init?(failableZeroedByteCount byteCount: Int) {
         guard byteCount >= 0, let raw = BufferCache.allocate(byteCount) else { return nil }
         memset(raw, 0, max(byteCount, 1))
-        bytes = raw
-        self.byteCount = byteCount
-        strings = []
-        release = nil
+        self.init(heapBlock: raw, byteCount: byteCount)
     }
 
     /// Allocates `byteCount` bytes without clearing them; callers overwrite every byte.
@@ -63,21 +65,12 @@ public final class TensorStorage {
     /// (`Tensor(uninitialized:)`). While an in-place kernel runs (`BufferDonation`), a request
     /// of exactly the size and element type of a dying input's block gets that block: the
     /// kernel's output is written over its input.
-    init(uninitializedByteCount byteCount: Int, elementType: DType) {
+    convenience init(uninitializedByteCount byteCount: Int, elementType: DType) {
         if let donated = BufferDonation.take(byteCount, elementType) {
-            bytes = donated
-            self.byteCount = byteCount
-            strings = []
-            release = nil
-            return
+            self.init(heapBlock: donated, byteCount: byteCount)
+        } else {
+            self.init(freshByteCount: byteCount)
         }
-        guard let raw = BufferCache.allocate(byteCount) else {
-            fatalError("out of memory allocating \(byteCount) bytes")
-        }
-        bytes = raw
-        self.byteCount = byteCount
-        strings = []
-        release = nil
     }
 
     /// Wraps memory owned elsewhere (a mapped file); `release` runs when the storage dies.

@@ -101,18 +101,50 @@ struct LRNOp: ElementOperation {
         guard x.rank >= 2 else { throw KernelError("LRN input must be [N, C, ...], got \(x.shape)") }
         let n = x.shape[0], c = x.shape[1], inner = Tensor.elementCount(Array(x.shape.dropFirst(2)))
         let before = (size - 1) / 2, after = size - 1 - before
+        let (alpha, beta, bias, size) = (alpha, beta, bias, size)
         var y = Tensor(uninitialized: T.dtype, shape: x.shape)
+        guard y.count > 0 else { return y }
         try x.withUnsafeBufferPointer(as: T.self) { px in
             y.uncheckedMutableBufferPointer(as: T.self) { py in
-                for b in 0..<n { for ch in 0..<c { for i in 0..<inner {
-                    var sum = 0.0
-                    for j in max(0, ch - before)...min(c - 1, ch + after) { let v = px[(b * c + j) * inner + i].doubleValue; sum += v * v }
-                    let idx = (b * c + ch) * inner + i
-                    py[idx] = T(fromDouble: px[idx].doubleValue / pow(bias + alpha / Double(size) * sum, beta))
-                } } }
+                guard let px = px.baseAddress, let py = py.baseAddress else { return }
+                // One (image, channel) plane per item: its window of channel planes summed row by
+                // row (contiguous loops that vectorise), then the plane normalised.
+                Parallel.forRange(n * c, minimumChunk: max(1, 16_384 / max(inner, 1))) { planes in
+                    var sums = [Double](repeating: 0, count: inner)
+                    sums.withUnsafeMutableBufferPointer { s in
+                        for plane in planes {
+                            let image = plane / c, ch = plane % c
+                            let window = (image * c + max(0, ch - before))...(image * c + min(c - 1, ch + after))
+                            lrnPlane(px, py, plane: plane, window: window, inner: inner, sums: s.baseAddress!,
+                                     coefficient: alpha / Double(size), bias: bias, beta: beta)
+                        }
+                    }
+                }
             }
         }
         return y
+    }
+}
+
+/// One LRN output plane: y = x / (bias + coefficient * sum over the window's planes of x^2)^beta,
+/// accumulated in Double (the sum in the window's channel order). beta = 0.75, AlexNet's and the
+/// default, is sqrt(b)·sqrt(sqrt(b)) instead of pow, which does not vectorise.
+@inline(never)
+private func lrnPlane<T: FloatElement>(_ x: UnsafePointer<T>, _ y: UnsafeMutablePointer<T>, plane: Int, window: ClosedRange<Int>,
+                                       inner: Int, sums: UnsafeMutablePointer<Double>, coefficient: Double, bias: Double, beta: Double) {
+    for i in 0..<inner { sums[i] = 0 }
+    for j in window {
+        let row = x + j * inner
+        for i in 0..<inner { let v = row[i].doubleValue; sums[i] += v * v }
+    }
+    let xs = x + plane * inner, ys = y + plane * inner
+    if beta == 0.75 {
+        for i in 0..<inner {
+            let b = bias + coefficient * sums[i], root = b.squareRoot()
+            ys[i] = T(fromDouble: xs[i].doubleValue / (root * root.squareRoot()))
+        }
+    } else {
+        for i in 0..<inner { ys[i] = T(fromDouble: xs[i].doubleValue / pow(bias + coefficient * sums[i], beta)) }
     }
 }
 
