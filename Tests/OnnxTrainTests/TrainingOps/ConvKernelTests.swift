@@ -28,6 +28,11 @@ final class ConvKernelTests: XCTestCase {
         Case(label: "depthwise 3x3 wide rows", x: [1, 2, 3, 21], w: [2, 1, 3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], group: 2),
         Case(label: "depthwise 5x5 stride 2 wide rows", x: [2, 2, 5, 23], w: [2, 1, 5, 5], strides: [2, 2], pads: [2, 2, 2, 2], dilations: [1, 1], group: 2),
         Case(label: "depthwise x2 3x3 dilation 2 stride 1x3 wide rows", x: [1, 2, 4, 40], w: [4, 1, 3, 3], strides: [1, 3], pads: [2, 1, 0, 2], dilations: [2, 2], group: 2),
+        // The 2-D phase-split buffer: rows not a multiple of 4, odd widths, large pads, multiplier 3, 1×1.
+        Case(label: "depthwise 5x5 pad 2 on 7x7", x: [2, 3, 7, 7], w: [3, 1, 5, 5], strides: [1, 1], pads: [2, 2, 2, 2], dilations: [1, 1], group: 3),
+        Case(label: "depthwise 3x3 stride 2 pad 1 odd width", x: [1, 2, 9, 17], w: [2, 1, 3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], group: 2),
+        Case(label: "depthwise x3 stride 3x2 dilation 2x3 large pads", x: [1, 2, 6, 19], w: [6, 1, 2, 3], strides: [3, 2], pads: [3, 4, 2, 5], dilations: [2, 3], group: 2),
+        Case(label: "depthwise 1x1 kernel", x: [1, 2, 3, 9], w: [2, 1, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], group: 2),
         Case(label: "depthwise 1-D", x: [2, 3, 9], w: [3, 1, 3], strides: [2], pads: [1, 2], dilations: [1], group: 3),
         // Small images, batch > 1: several images per GEMM.
         Case(label: "blocked 3x3 groups 2 stride 2", x: [3, 4, 5, 4], w: [6, 2, 3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], group: 2),

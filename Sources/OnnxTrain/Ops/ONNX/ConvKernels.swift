@@ -167,6 +167,10 @@ func convolutionGradBlocked<T: FloatElement>(_ DY: UnsafePointer<T>, _ X: Unsafe
 /// would be a [1, K] · [K, P] product: all overhead.
 func depthwiseConvolution<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePointer<T>, bias: UnsafePointer<T>?, _ Y: UnsafeMutablePointer<T>,
                                            images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry) {
+    if g.rank == 2 {
+        depthwiseConvolution2D(X, W, bias: bias, Y, images: n, channels: c, outputs: m, g)
+        return
+    }
     let mult = m / c, K = g.kernelSize, P = g.outputSize, I = g.inputSize, lastOut = g.output[g.rank - 1]
     let taps = ConvTapRows.all(g)
     Parallel.forRange(n * m, minimumChunk: max(1, 8_192 / max(P * K, 1))) { planes in
@@ -192,6 +196,225 @@ func depthwiseConvolution<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePoi
     }
 }
 
+/// The 2-D depthwise forward: each input plane is copied once into a zero-padded buffer
+/// (`DepthwisePlanes`) split into `sw` column phases, so every kernel tap of every output row
+/// reads one contiguous run at a fixed offset, whatever the pads, strides and dilations; then
+/// blocks of 4 output rows × 8 columns are accumulated in SIMD registers over all taps and stored
+/// once. The old tap-by-tap sweep over the plane ran its strided taps one scalar at a time (52% of
+/// MobileNetV3-Small's batch-32 inference profile).
+///
+/// X [N, C, ih, iw], W [M, 1, kh, kw], bias [M]? -> Y [N, M, oh, ow]. Output channel o reads input
+/// channel o / (M/C). Output (r, j), tap (ky, kx) reads padded row r·sh + ky·dh, padded column
+/// j·sw + kx·dw: phase (kx·dw) mod sw at index j + (kx·dw) / sw.
+func depthwiseConvolution2D<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePointer<T>, bias: UnsafePointer<T>?, _ Y: UnsafeMutablePointer<T>,
+                                             images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry) {
+    let mult = m / c, (kh, kw) = (g.kernel[0], g.kernel[1]), (oh, ow) = (g.output[0], g.output[1])
+    let K = kh * kw, P = oh * ow, I = g.inputSize
+    let planes = DepthwisePlanes(source: (g.input[0], g.input[1]), output: (oh, ow), kernel: (kh, kw),
+                                 strides: (g.strides[0], g.strides[1]), dilations: (g.dilations[0], g.dilations[1]),
+                                 offsets: (g.padsBegin[0], g.padsBegin[1]), spread: (1, 1), flipped: false)
+    Parallel.forRange(n * c, minimumChunk: max(1, 8_192 / max(P * K * mult, 1))) { range in
+        let buffer = planes.allocate(T.self)
+        defer { buffer.deallocate() }
+        for u in range {
+            planes.fill(buffer, from: X + u * I)
+            let b = u / c, ci = u % c
+            for o in (ci * mult)..<(ci * mult + mult) {
+                planes.correlate(buffer, weights: W + o * K, start: bias?[o] ?? T.zero, accumulate: false, into: Y + (b * m + o) * P)
+            }
+        }
+    }
+}
+
+/// The 2-D depthwise dX, `depthwiseConvolution2D`'s adjoint in x, as the same kind of
+/// correlation: dX[ci] = Σ_o (dY[o] spread by the strides (zeros between), padded) ⋆ flipped W[o],
+/// stride 1. Input row y, flipped tap ky' = kh-1-ky reads spread row y + ky'·dh, which holds dY
+/// row r where r·sh = y + ky'·dh - ((kh-1)·dh - pt) (zero between rows when sh > 1).
+func depthwiseConvolutionGradX2D<T: FloatElement>(_ DY: UnsafePointer<T>, _ W: UnsafePointer<T>, _ dx: UnsafeMutablePointer<T>,
+                                                  images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry) {
+    let mult = m / c, (kh, kw) = (g.kernel[0], g.kernel[1]), (ih, iw) = (g.input[0], g.input[1])
+    let (dh, dw) = (g.dilations[0], g.dilations[1])
+    let K = kh * kw, P = g.outputSize, I = ih * iw
+    let planes = DepthwisePlanes(source: (g.output[0], g.output[1]), output: (ih, iw), kernel: (kh, kw), strides: (1, 1),
+                                 dilations: (dh, dw), offsets: ((kh - 1) * dh - g.padsBegin[0], (kw - 1) * dw - g.padsBegin[1]),
+                                 spread: (g.strides[0], g.strides[1]), flipped: true)
+    Parallel.forRange(n * c, minimumChunk: max(1, 8_192 / max(P * K * mult, 1))) { range in
+        let buffer = planes.allocate(T.self)
+        defer { buffer.deallocate() }
+        for u in range {
+            let b = u / c, ci = u % c
+            for t in 0..<mult {
+                let o = ci * mult + t
+                planes.fill(buffer, from: DY + (b * m + o) * P)
+                planes.correlate(buffer, weights: W + o * K, start: T.zero, accumulate: t > 0, into: dx + u * I)
+            }
+        }
+    }
+}
+
+/// The 2-D depthwise dW: dW[o, k] = Σ_images Σ_(r, j) dY[o][r, j] · x[ci] at tap k of (r, j), read
+/// from the forward's buffer (`DepthwisePlanes`: tap k of output row r is one contiguous run),
+/// against dY copied into rows of whole 8-column vectors (zeros after the last column and row).
+/// Spread over input channels; each thread sums its channels over every image (no partials).
+func depthwiseConvolutionGradW2D<T: FloatElement>(_ DY: UnsafePointer<T>, _ X: UnsafePointer<T>, _ dw: UnsafeMutablePointer<T>,
+                                                  images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry) {
+    let mult = m / c, (kh, kw) = (g.kernel[0], g.kernel[1]), (oh, ow) = (g.output[0], g.output[1])
+    let K = kh * kw, P = oh * ow, I = g.inputSize
+    let planes = DepthwisePlanes(source: (g.input[0], g.input[1]), output: (oh, ow), kernel: (kh, kw),
+                                 strides: (g.strides[0], g.strides[1]), dilations: (g.dilations[0], g.dilations[1]),
+                                 offsets: (g.padsBegin[0], g.padsBegin[1]), spread: (1, 1), flipped: false)
+    let width = planes.vectors * 8, step = planes.strides.rows * planes.rowLength
+    Parallel.forRange(c, minimumChunk: max(1, 8_192 / max(n * P * K * mult, 1))) { range in
+        let buffer = planes.allocate(T.self)
+        let gradient = UnsafeMutablePointer<T>.allocate(capacity: planes.rowBlocks * 4 * width)
+        defer { buffer.deallocate(); gradient.deallocate() }
+        gradient.initialize(repeating: T.zero, count: planes.rowBlocks * 4 * width)
+        planes.tapOffsets.withUnsafeBufferPointer { offsets in
+            for ci in range {
+                (dw + ci * mult * K).update(repeating: T.zero, count: mult * K)
+                for b in 0..<n {
+                    planes.fill(buffer, from: X + (b * c + ci) * I)
+                    for o in (ci * mult)..<(ci * mult + mult) {
+                        // dY's plane in whole vectors; the padding columns and rows stay zero.
+                        let plane = DY + (b * m + o) * P
+                        for r in 0..<oh { (gradient + r * width).update(from: plane + r * ow, count: ow) }
+                        for k in 0..<K {
+                            var (a0, a1, a2, a3) = (SIMD8<T>(), SIMD8<T>(), SIMD8<T>(), SIMD8<T>())
+                            for rb in 0..<planes.rowBlocks {
+                                let d0 = gradient + rb * 4 * width, x0 = buffer + rb * 4 * step + offsets[k]
+                                for v in stride(from: 0, to: width, by: 8) {
+                                    @inline(__always) func product(_ i: Int) -> SIMD8<T> {
+                                        UnsafeRawPointer(d0 + i * width + v).loadUnaligned(as: SIMD8<T>.self)
+                                            * UnsafeRawPointer(x0 + i * step + v).loadUnaligned(as: SIMD8<T>.self)
+                                    }
+                                    a0 += product(0); a1 += product(1); a2 += product(2); a3 += product(3)
+                                }
+                            }
+                            dw[o * K + k] += ((a0 + a1) + (a2 + a3)).sum()
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A source plane laid out for a direct 2-D correlation (`depthwiseConvolution2D`): rows of
+/// `phases` = sw column phases, `phaseLength` apart (a multiple of 8); phase q holds the padded
+/// columns q, q + sw, q + 2·sw, ... Buffer row z holds source row (z - offsets.rows) / spread.rows
+/// where that divides and lands inside (zeros elsewhere), columns likewise: `spread` > 1 puts
+/// zeros between the source's elements (the strides of a gradient). The buffer covers output rows
+/// up to a multiple of 4 and columns up to a multiple of 8 (zeros there: their results are dropped).
+struct DepthwisePlanes {
+    let source: (rows: Int, columns: Int), output: (rows: Int, columns: Int), kernel: (rows: Int, columns: Int)
+    let strides: (rows: Int, columns: Int), offsets: (rows: Int, columns: Int), spread: (rows: Int, columns: Int)
+    let vectors: Int, rowBlocks: Int, bufferRows: Int, phaseLength: Int, rowLength: Int
+    /// Per weight k = ky·kw + kx: where its run starts in a buffer row block (phase and index).
+    let tapOffsets: [Int]
+
+    init(source: (Int, Int), output: (Int, Int), kernel: (Int, Int), strides: (Int, Int), dilations: (Int, Int),
+         offsets: (Int, Int), spread: (Int, Int), flipped: Bool) {
+        self.source = source; self.output = output; self.kernel = kernel; self.strides = strides
+        self.offsets = offsets; self.spread = spread
+        vectors = (output.1 + 7) / 8
+        rowBlocks = (output.0 + 3) / 4
+        let reach = (kernel.1 - 1) * dilations.1 / strides.1
+        phaseLength = (vectors * 8 + reach + 7) / 8 * 8
+        rowLength = strides.1 * phaseLength
+        bufferRows = (rowBlocks * 4 - 1) * strides.0 + (kernel.0 - 1) * dilations.0 + 1
+        var taps = [Int](repeating: 0, count: kernel.0 * kernel.1)
+        for ky in 0..<kernel.0 {
+            for kx in 0..<kernel.1 {
+                // A flipped kernel (the gradient's) reads weight (kh-1-ky, kw-1-kx) at tap (ky, kx).
+                let k = flipped ? (kernel.0 - 1 - ky) * kernel.1 + (kernel.1 - 1 - kx) : ky * kernel.1 + kx
+                let column = kx * dilations.1
+                taps[k] = ky * dilations.0 * rowLength + (column % strides.1) * phaseLength + column / strides.1
+            }
+        }
+        tapOffsets = taps
+    }
+
+    /// A buffer for one plane, plus one padded row before the phases are split.
+    func allocate<T>(_ type: T.Type) -> UnsafeMutablePointer<T> {
+        UnsafeMutablePointer<T>.allocate(capacity: (bufferRows + 1) * rowLength)
+    }
+
+    /// Lays out the source plane `src` [source.rows, source.columns] in `buffer`.
+    func fill<T: FloatElement>(_ buffer: UnsafeMutablePointer<T>, from src: UnsafePointer<T>) {
+        let sw = strides.columns, scratch = buffer + bufferRows * rowLength
+        let (columns, offset, step) = (source.columns, offsets.columns, spread.columns)
+        for z in 0..<bufferRows {
+            let row = buffer + z * rowLength, d = z - offsets.rows
+            guard d >= 0 && d % spread.rows == 0 && d / spread.rows < source.rows else {
+                row.update(repeating: T.zero, count: rowLength)
+                continue
+            }
+            let line = src + d / spread.rows * columns
+            // The padded row, linear: position p holds source column (p - offset) / step.
+            let linear = sw == 1 ? row : scratch
+            if step == 1 {
+                let lo = min(max(offset, 0), rowLength), hi = min(max(offset + columns, lo), rowLength)
+                if lo > 0 { linear.update(repeating: T.zero, count: lo) }
+                (linear + lo).update(from: line + (lo - offset), count: hi - lo)
+                if hi < rowLength { (linear + hi).update(repeating: T.zero, count: rowLength - hi) }
+            } else {
+                linear.update(repeating: T.zero, count: rowLength)
+                // Source columns x with 0 <= offset + x·step < rowLength.
+                let first = offset >= 0 ? 0 : (-offset + step - 1) / step
+                let last = rowLength - offset <= 0 ? 0 : min(columns, (rowLength - offset + step - 1) / step)
+                if first < last { for x in first..<last { linear[offset + x * step] = line[x] } }
+            }
+            if sw == 2 {
+                // Split even and odd positions, 8 of each per step (phaseLength is a multiple of 8).
+                for t in stride(from: 0, to: phaseLength, by: 8) {
+                    let v = UnsafeRawPointer(linear + 2 * t).loadUnaligned(as: SIMD16<T>.self)
+                    UnsafeMutableRawPointer(row + t).storeBytes(of: v.evenHalf, as: SIMD8<T>.self)
+                    UnsafeMutableRawPointer(row + phaseLength + t).storeBytes(of: v.oddHalf, as: SIMD8<T>.self)
+                }
+            } else if sw > 2 {
+                for q in 0..<sw { for t in 0..<phaseLength { row[q * phaseLength + t] = linear[t * sw + q] } }
+            }
+        }
+    }
+
+    /// dst [output.rows, output.columns] (+)= Σ_k weights[k] · the buffer's run of tap k, plus `start`.
+    /// Multiply and add stay two roundings (no FMA), as in scalar loops, so builds with and without
+    /// FMA agree.
+    func correlate<T: FloatElement>(_ buffer: UnsafePointer<T>, weights: UnsafePointer<T>, start: T, accumulate: Bool,
+                                    into dst: UnsafeMutablePointer<T>) {
+        let (oh, ow) = output, K = tapOffsets.count, step = strides.rows * rowLength
+        let initial = SIMD8<T>(repeating: start)
+        tapOffsets.withUnsafeBufferPointer { offsetsBuffer in
+            guard let offsets = offsetsBuffer.baseAddress else { return }
+            for rb in 0..<rowBlocks {
+                let r0 = rb * 4, in0 = buffer + r0 * step, in1 = in0 + step, in2 = in1 + step, in3 = in2 + step
+                for v in 0..<vectors {
+                    var (a0, a1, a2, a3) = (initial, initial, initial, initial)
+                    for k in 0..<K {
+                        let wk = SIMD8<T>(repeating: weights[k]), at = offsets[k] + v * 8
+                        a0 += wk * UnsafeRawPointer(in0 + at).loadUnaligned(as: SIMD8<T>.self)
+                        a1 += wk * UnsafeRawPointer(in1 + at).loadUnaligned(as: SIMD8<T>.self)
+                        a2 += wk * UnsafeRawPointer(in2 + at).loadUnaligned(as: SIMD8<T>.self)
+                        a3 += wk * UnsafeRawPointer(in3 + at).loadUnaligned(as: SIMD8<T>.self)
+                    }
+                    let j0 = v * 8, count = min(8, ow - j0)
+                    @inline(__always) func store(_ a: SIMD8<T>, row i: Int) {
+                        guard r0 + i < oh else { return }
+                        let out = dst + (r0 + i) * ow + j0
+                        if count == 8 {
+                            let sum = accumulate ? a + UnsafeRawPointer(out).loadUnaligned(as: SIMD8<T>.self) : a
+                            UnsafeMutableRawPointer(out).storeBytes(of: sum, as: SIMD8<T>.self)
+                        } else {
+                            for j in 0..<count { out[j] = accumulate ? out[j] + a[j] : a[j] }
+                        }
+                    }
+                    store(a0, row: 0); store(a1, row: 1); store(a2, row: 2); store(a3, row: 3)
+                }
+            }
+        }
+    }
+}
+
 /// Direct depthwise ConvGrad (group == C), the adjoint of `depthwiseConvolution`:
 ///   dX[c] = Σ_{o of c} Σ_k w[o, k] · scatter_k(dY[o]),   dW[o, k] = Σ_{n, rows} dY[o] · x[c] along tap k.
 /// dX is spread over (image, input channel) planes, dW over output channels (each thread sums its
@@ -201,7 +424,9 @@ func depthwiseConvolutionGrad<T: FloatElement>(_ DY: UnsafePointer<T>, _ X: Unsa
                                                images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry) {
     let mult = m / c, K = g.kernelSize, P = g.outputSize, I = g.inputSize, lastOut = g.output[g.rank - 1]
     let taps = ConvTapRows.all(g)
-    if let dx {
+    if let dx, g.rank == 2 {
+        depthwiseConvolutionGradX2D(DY, W, dx, images: n, channels: c, outputs: m, g)
+    } else if let dx {
         Parallel.forRange(n * c, minimumChunk: max(1, 8_192 / max(P * K * mult, 1))) { planes in
             for u in planes {
                 let b = u / c, ci = u % c
@@ -227,7 +452,9 @@ func depthwiseConvolutionGrad<T: FloatElement>(_ DY: UnsafePointer<T>, _ X: Unsa
             }
         }
     }
-    if let dw {
+    if let dw, g.rank == 2 {
+        depthwiseConvolutionGradW2D(DY, X, dw, images: n, channels: c, outputs: m, g)
+    } else if let dw {
         Parallel.forRange(m, minimumChunk: max(1, 8_192 / max(n * P * K, 1))) { outputs in
             for o in outputs {
                 let ci = o / mult
