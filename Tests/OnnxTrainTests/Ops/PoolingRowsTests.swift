@@ -51,6 +51,20 @@ final class PoolingRowsTests: XCTestCase {
         }
     }
 
+    /// MaxPool with its Indices output (training's MaxPool) by rows: values bit for bit and the
+    /// same indices as the per-window loops (a unit first spatial dim leaves every flat index
+    /// unchanged), NaNs, ties and windows wholly in the padding included.
+    func testMaxPoolIndicesMatchWindowLoops() throws {
+        for (i, c) in Self.cases.enumerated() {
+            let x = input(c.x, seed: UInt64(50 + i))
+            let x3 = x.reshaped([c.x[0], c.x[1], 1, c.x[2], c.x[3]])
+            let rows = try runNode("MaxPool", opset: 19, [x], attributes: c.attributes(unitDim: false), outputs: 2)
+            let windows = try runNode("MaxPool", opset: 19, [x3], attributes: c.attributes(unitDim: true), outputs: 2)
+            XCTAssertEqual(bits(rows[0]), bits(windows[0]), "\(c.label): MaxPool values differ from the per-window loops")
+            XCTAssertEqual(rows[1].scalars(as: Int64.self), windows[1].scalars(as: Int64.self), "\(c.label): MaxPool indices differ from the per-window loops")
+        }
+    }
+
     /// MaxPool and AveragePool (count_include_pad 0 and 1) of the ResNet case against float64 loops.
     func testRowKernelsMatchPlainLoops() throws {
         let c = Self.cases[0]

@@ -334,35 +334,36 @@ struct DepthwisePlanes {
         tapOffsets = taps
     }
 
-    /// A buffer for one plane, plus one padded row before the phases are split.
-    func allocate<T>(_ type: T.Type) -> UnsafeMutablePointer<T> {
-        UnsafeMutablePointer<T>.allocate(capacity: (bufferRows + 1) * rowLength)
+    /// A buffer for one plane, plus one padded row before the phases are split, all zeros: `fill`
+    /// writes only the positions that hold source elements (the same for every plane), so the
+    /// padding, and the zeros between spread elements, are written once here.
+    func allocate<T: FloatElement>(_ type: T.Type) -> UnsafeMutablePointer<T> {
+        let count = (bufferRows + 1) * rowLength
+        let buffer = UnsafeMutablePointer<T>.allocate(capacity: count)
+        buffer.initialize(repeating: T.zero, count: count)
+        return buffer
     }
 
-    /// Lays out the source plane `src` [source.rows, source.columns] in `buffer`.
+    /// Lays out the source plane `src` [source.rows, source.columns] in `buffer` (from `allocate`).
     func fill<T: FloatElement>(_ buffer: UnsafeMutablePointer<T>, from src: UnsafePointer<T>) {
         let sw = strides.columns, scratch = buffer + bufferRows * rowLength
-        let (columns, offset, step) = (source.columns, offsets.columns, spread.columns)
-        for z in 0..<bufferRows {
-            let row = buffer + z * rowLength, d = z - offsets.rows
-            guard d >= 0 && d % spread.rows == 0 && d / spread.rows < source.rows else {
-                row.update(repeating: T.zero, count: rowLength)
-                continue
-            }
-            let line = src + d / spread.rows * columns
-            // The padded row, linear: position p holds source column (p - offset) / step.
+        // The source rows and columns that land inside: 0 <= offset + i·spread < length.
+        func inside(_ count: Int, offset: Int, spread: Int, length: Int) -> Range<Int> {
+            let first = offset >= 0 ? 0 : (-offset + spread - 1) / spread
+            let last = length - offset <= 0 ? 0 : min(count, (length - offset + spread - 1) / spread)
+            return first..<max(first, last)
+        }
+        let rows = inside(source.rows, offset: offsets.rows, spread: spread.rows, length: bufferRows)
+        let columns = inside(source.columns, offset: offsets.columns, spread: spread.columns, length: rowLength)
+        let (offset, step) = (offsets.columns, spread.columns)
+        for sr in rows {
+            let row = buffer + (offsets.rows + sr * spread.rows) * rowLength, line = src + sr * source.columns
+            // The padded row, linear: position offset + x·step holds source column x.
             let linear = sw == 1 ? row : scratch
             if step == 1 {
-                let lo = min(max(offset, 0), rowLength), hi = min(max(offset + columns, lo), rowLength)
-                if lo > 0 { linear.update(repeating: T.zero, count: lo) }
-                (linear + lo).update(from: line + (lo - offset), count: hi - lo)
-                if hi < rowLength { (linear + hi).update(repeating: T.zero, count: rowLength - hi) }
+                (linear + offset + columns.lowerBound).update(from: line + columns.lowerBound, count: columns.count)
             } else {
-                linear.update(repeating: T.zero, count: rowLength)
-                // Source columns x with 0 <= offset + x·step < rowLength.
-                let first = offset >= 0 ? 0 : (-offset + step - 1) / step
-                let last = rowLength - offset <= 0 ? 0 : min(columns, (rowLength - offset + step - 1) / step)
-                if first < last { for x in first..<last { linear[offset + x * step] = line[x] } }
+                for x in columns { linear[offset + x * step] = line[x] }
             }
             if sw == 2 {
                 // Split even and odd positions, 8 of each per step (phaseLength is a multiple of 8).

@@ -141,6 +141,7 @@ struct MaxPoolOp: NumericOperation {
             return try maxPool2x2(T.self)
         }
         if g.rank == 2 && !wantIndices { return (try maxPoolRows(T.self), nil) }
+        if g.rank == 2 && storageOrder == 0 { return try maxPoolRowsIndexed(T.self) }
         var y = try Tensor(kernelZeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output, "MaxPool output")
         var indices = [Int64](repeating: 0, count: wantIndices ? nc * P : 0)
         // Column-major spatial index of a row-major spatial offset (storage_order = 1).
@@ -328,6 +329,55 @@ extension MaxPoolOp {
                 }
             }
         }
+    }
+}
+
+extension MaxPoolOp {
+    /// `maxPoolRows` with the flat argmax indices (training's 3×3 stride-2 MaxPool in ResNet ran
+    /// the per-window scalar loop, one thread): beside each output row, the row-major input
+    /// offset of its winning tap, replaced whenever a tap is strictly greater, so ties and NaNs
+    /// resolve as in the per-window loop; windows wholly in the padding give 0 and index 0, as
+    /// there. x [N, C, ih, iw] -> y, indices [N, C, oh, ow] (index = ch·ih·iw + offset).
+    func maxPoolRowsIndexed<T: NumericElement>(_ type: T.Type) throws -> (Tensor, Tensor?) {
+        let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize, K = g.kernelSize
+        let (iw, oh, ow) = (g.input[1], g.output[0], g.output[1])
+        let (sh, sw, ph, pw, dh, dw) = (g.strides[0], g.strides[1], g.padsBegin[0], g.padsBegin[1], g.dilations[0], g.dilations[1])
+        let shape = Array(x.shape.prefix(2)) + g.output
+        var y = try Tensor(kernelZeros: T.dtype, shape: shape, "MaxPool output")
+        var indices = try Tensor(kernelZeros: .int64, shape: shape, "MaxPool indices")
+        if y.count == 0 || I == 0 { return (y, indices) }
+        let runs = PoolTapRuns(g)
+        try x.withUnsafeBufferPointer(as: T.self) { px in
+            y.uncheckedMutableBufferPointer(as: T.self) { py in
+                indices.uncheckedMutableBufferPointer(as: Int64.self) { pi in
+                    guard let X = px.baseAddress, let Y = py.baseAddress, let IX = pi.baseAddress else { return }
+                    Parallel.forRange(nc, minimumChunk: max(1, 8_192 / max(P * K, 1))) { channels in
+                        let best = UnsafeMutablePointer<Int>.allocate(capacity: ow)
+                        defer { best.deallocate() }
+                        for ch in channels {
+                            let src = X + ch * I
+                            for i in 0..<oh where runs.kiLo[i] < runs.kiHi[i] {
+                                let d = Y + ch * P + i * ow, first = (i * sh - ph + runs.kiLo[i] * dh) * iw - pw
+                                for j in 0..<ow where runs.firstKj[j] >= 0 {
+                                    best[j] = first + j * sw + runs.firstKj[j] * dw
+                                    d[j] = src[best[j]]
+                                }
+                                runs.forEachTap(row: i, g, src) { s, lo, hi in
+                                    let base = src.distance(to: s)
+                                    for j in lo..<hi {
+                                        let v = s[j * sw]
+                                        if v > d[j] { d[j] = v; best[j] = base + j * sw }
+                                    }
+                                }
+                                let out = IX + ch * P + i * ow
+                                for j in 0..<ow where runs.firstKj[j] >= 0 { out[j] = Int64(ch * I + best[j]) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return (y, indices)
     }
 }
 
