@@ -24,6 +24,7 @@ final class PoolingRowsTests: XCTestCase {
         Case(label: "3x3 stride 1 pad 1 (Inception)", x: [1, 4, 7, 30], kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: false),
         Case(label: "2x3 asymmetric pads dilation 2x1 stride 1x3", x: [1, 2, 9, 17], kernel: [2, 3], strides: [1, 3], pads: [2, 0, 1, 2], dilations: [2, 1], ceil: true),
         Case(label: "5x5 pads as large as the input (windows wholly in padding)", x: [1, 1, 2, 3], kernel: [5, 5], strides: [1, 1], pads: [4, 4, 4, 4], dilations: [1, 1], ceil: false),
+        Case(label: "3x3 stride 2 pad 1 wide rows (eight-lane runs)", x: [1, 2, 6, 41], kernel: [3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: false),
         Case(label: "2x2 stride 2 pad 1", x: [1, 2, 6, 6], kernel: [2, 2], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: false),
     ]
 

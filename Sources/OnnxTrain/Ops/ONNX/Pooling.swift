@@ -141,7 +141,7 @@ struct MaxPoolOp: NumericOperation {
             return try maxPool2x2(T.self)
         }
         if g.rank == 2 && !wantIndices { return (try maxPoolRows(T.self), nil) }
-        if g.rank == 2 && storageOrder == 0 { return try maxPoolRowsIndexed(T.self) }
+        if g.rank == 2 && storageOrder == 0 && g.inputSize < Int(Int32.max) { return try maxPoolRowsIndexed(T.self) }
         var y = try Tensor(kernelZeros: T.dtype, shape: Array(x.shape.prefix(2)) + g.output, "MaxPool output")
         var indices = [Int64](repeating: 0, count: wantIndices ? nc * P : 0)
         // Column-major spatial index of a row-major spatial offset (storage_order = 1).
@@ -352,25 +352,33 @@ extension MaxPoolOp {
                 indices.uncheckedMutableBufferPointer(as: Int64.self) { pi in
                     guard let X = px.baseAddress, let Y = py.baseAddress, let IX = pi.baseAddress else { return }
                     Parallel.forRange(nc, minimumChunk: max(1, 8_192 / max(P * K, 1))) { channels in
-                        let best = UnsafeMutablePointer<Int>.allocate(capacity: ow)
+                        let best = UnsafeMutablePointer<Int32>.allocate(capacity: ow)
                         defer { best.deallocate() }
                         for ch in channels {
                             let src = X + ch * I
                             for i in 0..<oh where runs.kiLo[i] < runs.kiHi[i] {
                                 let d = Y + ch * P + i * ow, first = (i * sh - ph + runs.kiLo[i] * dh) * iw - pw
                                 for j in 0..<ow where runs.firstKj[j] >= 0 {
-                                    best[j] = first + j * sw + runs.firstKj[j] * dw
-                                    d[j] = src[best[j]]
+                                    let at = first + j * sw + runs.firstKj[j] * dw
+                                    best[j] = Int32(at)
+                                    d[j] = src[at]
                                 }
                                 runs.forEachTap(row: i, g, src) { s, lo, hi in
                                     let base = src.distance(to: s)
-                                    for j in lo..<hi {
+                                    var j = lo
+                                    if T.self == Float.self {
+                                        j = maxPoolIndexedRunFloat(UnsafeRawPointer(s).assumingMemoryBound(to: Float.self),
+                                                                   UnsafeMutableRawPointer(d).assumingMemoryBound(to: Float.self),
+                                                                   best, lo: lo, hi: hi, sw: sw, base: base)
+                                    }
+                                    while j < hi {
                                         let v = s[j * sw]
-                                        if v > d[j] { d[j] = v; best[j] = base + j * sw }
+                                        if v > d[j] { d[j] = v; best[j] = Int32(base + j * sw) }
+                                        j += 1
                                     }
                                 }
                                 let out = IX + ch * P + i * ow
-                                for j in 0..<ow where runs.firstKj[j] >= 0 { out[j] = Int64(ch * I + best[j]) }
+                                for j in 0..<ow where runs.firstKj[j] >= 0 { out[j] = Int64(ch * I) + Int64(best[j]) }
                             }
                         }
                     }
@@ -379,6 +387,31 @@ extension MaxPoolOp {
         }
         return (y, indices)
     }
+}
+
+/// The vector part of one kernel tap's run in `maxPoolRowsIndexed` for float32 at column stride 1
+/// or 2 (stride 2 splits 16 loaded lanes into even and odd, reading no further than the run's last
+/// element): eight outputs at a time, "strictly greater wins" as lane selects for the value and
+/// its offset. Returns the first output it left for the scalar loop.
+@inline(__always)
+func maxPoolIndexedRunFloat(_ s: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, _ best: UnsafeMutablePointer<Int32>,
+                            lo: Int, hi: Int, sw: Int, base: Int) -> Int {
+    var j = lo
+    guard sw <= 2 else { return j }
+    let lanes = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7) &* Int32(sw)
+    while j + 8 + (sw - 1) <= hi {
+        let v = sw == 1 ? UnsafeRawPointer(s + j).loadUnaligned(as: SIMD8<Float>.self)
+                        : UnsafeRawPointer(s + 2 * j).loadUnaligned(as: SIMD16<Float>.self).evenHalf
+        var current = UnsafeRawPointer(d + j).loadUnaligned(as: SIMD8<Float>.self)
+        var offsets = UnsafeRawPointer(best + j).loadUnaligned(as: SIMD8<Int32>.self)
+        let wins = v .> current
+        current.replace(with: v, where: wins)
+        offsets.replace(with: SIMD8<Int32>(repeating: Int32(base + j * sw)) &+ lanes, where: wins)
+        UnsafeMutableRawPointer(d + j).storeBytes(of: current, as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(best + j).storeBytes(of: offsets, as: SIMD8<Int32>.self)
+        j += 8
+    }
+    return j
 }
 
 /// Any 2-D AveragePool by kernel taps (PoolTapRuns): per output row, every in-image tap is added
