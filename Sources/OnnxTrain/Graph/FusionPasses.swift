@@ -52,10 +52,11 @@ extension Graph {
     }
 }
 
-/// Conv (+ BatchNormalization) (+ Add) (+ activation) as one node. BatchNormalization in
-/// inference mode folds into the convolution's weights and bias when all of them are constants
-/// (W'[m] = W[m]·s[m], B'[m] = (B[m] − mean[m])·s[m] + beta[m], s = scale / sqrt(var + eps), in
-/// float64); a following Add of another tensor and a Relu, LeakyRelu, Sigmoid, Tanh, HardSigmoid
+/// Conv (+ BatchNormalization or ChannelAffine) (+ Add) (+ activation) as one node.
+/// BatchNormalization in inference mode folds into the convolution's weights and bias when all of
+/// them are constants (W'[m] = W[m]·s[m], B'[m] = (B[m] − mean[m])·s[m] + beta[m], s = scale /
+/// sqrt(var + eps), in float64), and so does a ChannelAffine (`ChannelAffineFusion`: W[m]·scale[m],
+/// B[m]·scale[m] + shift[m]), whose activation becomes FusedConv's; a following Add of another tensor and a Relu, LeakyRelu, Sigmoid, Tanh, HardSigmoid
 /// or Clip (constant bounds) become com.microsoft FusedConv's Z input and activation, applied in
 /// place on the convolution's output. Only float32 and float64 convolutions.
 public struct ConvFusion: GraphPass {
@@ -64,88 +65,187 @@ public struct ConvFusion: GraphPass {
 
     public func run(_ model: inout Model) throws {
         guard model.graph.nodes.contains(where: { $0.domain.isEmpty && $0.opType == "Conv" }) else { return }
-        let c = FusionContext(model)
-        let graph = c.graph
-        var builder = GraphBuilder(graph)
-        var removed = Set<Int>(), replacement: [Int: Node] = [:]
-        for (i, conv) in graph.nodes.enumerated() where conv.domain.isEmpty && conv.opType == "Conv" && !removed.contains(i) {
-            guard let x = conv.input(0), let wName = conv.input(1), var y = conv.output(0), c.isFloat(x),
-                  conv.outputs.count == 1 else { continue }
-            var w = wName, b = conv.input(2)
-            var chain: [Int] = []
-            // BatchNormalization folded into constant weights.
-            if let j = c.soleConsumer(of: y), !removed.contains(j), let bn = Optional(graph.nodes[j]), bn.domain.isEmpty, bn.opType == "BatchNormalization",
-               bn.input(0) == y, let folded = foldBatchNorm(bn, w: c.constant(w), b: b.map { c.constant($0) }, c) {
-                w = builder.constant(folded.w, name: "\(wName)_bn")
-                b = builder.constant(folded.b, name: "\(b ?? wName)_bn_bias")
-                y = bn.outputs[0]
-                chain.append(j)
-            }
-            // Add of another tensor: FusedConv's Z.
-            var z: String?
-            if let j = c.soleConsumer(of: y), !removed.contains(j), let add = Optional(graph.nodes[j]), add.domain.isEmpty, add.opType == "Add",
-               add.inputs.count == 2, add.inputs[0] != add.inputs[1], let out = add.output(0) {
-                let other = add.inputs[0] == y ? add.inputs[1] : add.inputs[0]
-                if c.dtype(other) == c.dtype(x) {
-                    z = other
+        // Phase 1 decides every fusion from the graph as it is; phase 2 makes the folded weights
+        // one convolution at a time, dropping each original as soon as its last reader is folded,
+        // so the model's weights are not all alive twice (ResNet-18's 45 MB).
+        var plans: [Plan] = []
+        var removed = Set<Int>()
+        var releasable: [String: [Int]] = [:]
+        do {
+            let c = FusionContext(model)
+            let graph = c.graph
+            var builder = GraphBuilder(graph)
+            for (i, conv) in graph.nodes.enumerated() where conv.domain.isEmpty && conv.opType == "Conv" && !removed.contains(i) {
+                guard let x = conv.input(0), let wName = conv.input(1), var y = conv.output(0), c.isFloat(x),
+                      conv.outputs.count == 1 else { continue }
+                var plan = Plan(conv: i, w: wName, b: conv.input(2))
+                // BatchNormalization, or a ChannelAffine with its activation, folded into constant weights.
+                if let j = c.soleConsumer(of: y), !removed.contains(j), let next = Optional(graph.nodes[j]), next.input(0) == y,
+                   let (map, act) = channelMap(next, dtype: c.dtype(x), c),
+                   canFold(map, w: c.constant(wName), b: conv.input(2).map { c.constant($0) }) {
+                    let suffix = next.opType == "ChannelAffine" ? "affine" : "bn"
+                    plan.fold = (map, builder.freshName("\(wName)_\(suffix)"), builder.freshName("\(conv.input(2) ?? wName)_\(suffix)_bias"))
+                    y = next.outputs[0]
+                    plan.activation = act
+                    plan.chain.append(j)
+                }
+                // Add of another tensor: FusedConv's Z (added before the activation, so not after one).
+                if plan.activation == .none, let j = c.soleConsumer(of: y), !removed.contains(j), let add = Optional(graph.nodes[j]),
+                   add.domain.isEmpty, add.opType == "Add", add.inputs.count == 2, add.inputs[0] != add.inputs[1], let out = add.output(0) {
+                    let other = add.inputs[0] == y ? add.inputs[1] : add.inputs[0]
+                    if c.dtype(other) == c.dtype(x) {
+                        plan.z = other
+                        y = out
+                        plan.chain.append(j)
+                    }
+                }
+                if plan.activation == .none, let j = c.soleConsumer(of: y), !removed.contains(j),
+                   let act = activationOf(graph.nodes[j], input: y, dtype: c.dtype(x), c), let out = graph.nodes[j].output(0) {
+                    plan.activation = act
                     y = out
-                    chain.append(j)
+                    plan.chain.append(j)
+                }
+                guard !plan.chain.isEmpty else { continue }
+                plan.output = y
+                removed.insert(i)
+                removed.formUnion(plan.chain)
+                plans.append(plan)
+            }
+            // An original weight or bias goes once every node reading it has been folded.
+            let folding = Set(plans.filter { $0.fold != nil }.map(\.conv))
+            for plan in plans where plan.fold != nil {
+                for name in [plan.w] + (plan.b.map { [$0] } ?? []) where !c.graphOutputs.contains(name) {
+                    if (c.index.consumers[name] ?? []).allSatisfy(folding.contains) { releasable[name, default: []].append(plan.conv) }
                 }
             }
-            var activation = ConvActivation.none
-            if let j = c.soleConsumer(of: y), !removed.contains(j), let act = activationOf(graph.nodes[j], input: y, dtype: c.dtype(x), c), let out = graph.nodes[j].output(0) {
-                activation = act
-                y = out
-                chain.append(j)
-            }
-            guard let last = chain.last else { continue }
-            var attributes = conv.attributes
-            let fused: Node
-            if z == nil && activation == .none {
-                fused = Node(opType: "Conv", name: conv.name, inputs: [x, w] + (b.map { [$0] } ?? []), outputs: [y], attributes: attributes)
-            } else {
-                attributes.merge(activation.attributes) { _, new in new }
-                fused = Node(opType: "FusedConv", domain: "com.microsoft", name: conv.name,
-                             inputs: [x, w, b ?? ""] + (z.map { [$0] } ?? []), outputs: [y], attributes: attributes)
-            }
-            removed.insert(i)
-            removed.formUnion(chain)
-            replacement[last] = fused
         }
-        guard !replacement.isEmpty else { return }
-        var result = builder.graph
-        result.apply(removing: removed, replacing: replacement)
+        guard !plans.isEmpty else { return }
+        var replacement: [Int: Node] = [:]
+        var pending = releasable.mapValues { Set($0) }
+        for plan in plans {
+            let conv = model.graph.nodes[plan.conv]
+            var w = plan.w, b = plan.b
+            if let (map, wName, bName) = plan.fold {
+                guard let folded = fold(map, w: model.graph.initializers[plan.w], b: plan.b.map { model.graph.initializers[$0] }) else {
+                    throw OnnxTrainError(.invalidGraph, "\(conv.label): conv-fusion could not fold the weights it planned to fold")
+                }
+                model.graph.setInitializer(wName, folded.w)
+                model.graph.setInitializer(bName, folded.b)
+                for name in [plan.w] + (plan.b.map { [$0] } ?? []) where pending[name] != nil {
+                    pending[name]?.remove(plan.conv)
+                    if pending[name]?.isEmpty == true { model.graph.initializers[name] = nil }
+                }
+                (w, b) = (wName, bName)
+            }
+            var attributes = conv.attributes
+            if plan.z == nil && plan.activation == .none {
+                replacement[plan.chain[plan.chain.count - 1]] = Node(opType: "Conv", name: conv.name, inputs: [conv.inputs[0], w] + (b.map { [$0] } ?? []),
+                                                                     outputs: [plan.output], attributes: attributes)
+            } else {
+                attributes.merge(plan.activation.attributes) { _, new in new }
+                replacement[plan.chain[plan.chain.count - 1]] = Node(opType: "FusedConv", domain: "com.microsoft", name: conv.name,
+                                                                     inputs: [conv.inputs[0], w, b ?? ""] + (plan.z.map { [$0] } ?? []),
+                                                                     outputs: [plan.output], attributes: attributes)
+            }
+        }
+        model.graph.initializerNames.removeAll { model.graph.initializers[$0] == nil }
+        model.graph.apply(removing: removed, replacing: replacement)
         // Fused-away values lose their declared types; keep value_info only for what remains.
-        let produced = Set(result.nodes.flatMap(\.outputs))
-        result.valueInfo = result.valueInfo.filter { produced.contains($0.name) }
-        model.graph = result
+        let produced = Set(model.graph.nodes.flatMap(\.outputs))
+        model.graph.valueInfo = model.graph.valueInfo.filter { produced.contains($0.name) }
         if replacement.values.contains(where: { $0.domain == "com.microsoft" }) && model.opsetImports["com.microsoft"] == nil {
             model.opsetImports["com.microsoft"] = 1
         }
     }
 
-    /// New weights and bias with the inference-mode BatchNormalization `bn` folded in, or nil
-    /// when it cannot fold (not constant, training mode, per-activation statistics, shapes).
-    func foldBatchNorm(_ bn: Node, w: Tensor?, b: Tensor??, _ c: FusionContext) -> (w: Tensor, b: Tensor)? {
-        guard let w, w.dtype == .float32 || w.dtype == .float64, w.rank >= 3 else { return nil }
-        if case .some(.none) = b { return nil }  // a bias that is not a constant
-        guard bn.outputs.filter({ !$0.isEmpty }).count == 1, (bn.int("training_mode") ?? 0) == 0, (bn.int("spatial") ?? 1) == 1,
-              (bn.int("is_test") ?? 1) == 1 else { return nil }
-        let m = w.shape[0]
+    /// One convolution's fusion: the nodes after it that go, the map folded into its weights
+    /// (with the new weights' and bias's names), the Add's other operand and the activation.
+    struct Plan {
+        let conv: Int
+        let w: String, b: String?
+        var chain: [Int] = []
+        var fold: (map: ChannelAffine, w: String, b: String)?
+        var z: String?
+        var activation = ConvActivation.none
+        var output = ""
+        init(conv: Int, w: String, b: String?) {
+            self.conv = conv
+            self.w = w
+            self.b = b
+        }
+    }
+
+    /// The per-channel map (and activation) that `node` applies to its first input, when it is an
+    /// inference-mode BatchNormalization or a ChannelAffine with constant parameters.
+    func channelMap(_ node: Node, dtype: DType?, _ c: FusionContext) -> (ChannelAffine, ConvActivation)? {
+        guard let dtype, node.outputs.filter({ !$0.isEmpty }).count == 1 else { return nil }
+        if node.domain.isEmpty && node.opType == "BatchNormalization" {
+            guard let channels = c.constant(node.input(1))?.count,
+                  let map = ConvFusion.batchNormAffine(node, channels: channels, dtype: dtype, c) else { return nil }
+            return (map, .none)
+        }
+        guard node.domain == internalDomain, node.opType == "ChannelAffine", node.inputs.count == 3,
+              let s = c.constant(node.input(1)), let t = c.constant(node.input(2)), s.dtype == dtype, t.dtype == dtype,
+              s.rank == 1, s.count == t.count, let scale = try? s.doubles(), let shift = try? t.doubles() else { return nil }
+        var params: [Float] = []
+        if case .floats(let p)? = node.attributes["activation_params"] { params = p }
+        guard let act = try? ConvActivation(name: node.string("activation") ?? "", parameters: params) else { return nil }
+        return (ChannelAffine(scale: scale, shift: shift), act)
+    }
+
+    /// The per-channel map of an inference-mode BatchNormalization whose scale, bias, mean and
+    /// variance are constants of `channels` values each (s = scale / sqrt(var + eps), y = x·s +
+    /// bias − mean·s), or nil (training mode, per-activation statistics, not constant, shapes).
+    static func batchNormAffine(_ bn: Node, channels: Int, dtype: DType, _ c: FusionContext) -> ChannelAffine? {
+        guard bn.domain.isEmpty, bn.opType == "BatchNormalization", bn.outputs.filter({ !$0.isEmpty }).count == 1,
+              (bn.int("training_mode") ?? 0) == 0, (bn.int("spatial") ?? 1) == 1, (bn.int("is_test") ?? 1) == 1 else { return nil }
         let params = (1...4).map { c.constant(bn.input($0)) }
-        guard params.allSatisfy({ $0 != nil && $0!.dtype == w.dtype && $0!.count == m && $0!.rank == 1 }) else { return nil }
-        guard let p = try? params.map({ try $0!.doubles() }), let weights = try? w.doubles(),
-              let bias = b.map({ try? $0!.doubles() }) ?? [Double](repeating: 0, count: m), bias.count == m else { return nil }
+        guard params.allSatisfy({ $0 != nil && $0!.dtype == dtype && $0!.count == channels && $0!.rank == 1 }),
+              let p = try? params.map({ try $0!.doubles() }) else { return nil }
         let (scale, beta, mean, variance) = (p[0], p[1], p[2], p[3])
         let eps = Double(bn.float("epsilon") ?? 1e-5)
-        let per = weights.count / max(m, 1)
-        var newW = [Double](repeating: 0, count: weights.count), newB = [Double](repeating: 0, count: m)
-        for o in 0..<m {
+        var map = ChannelAffine(channels: channels)
+        for o in 0..<channels {
             let s = scale[o] / (variance[o] + eps).squareRoot()
-            for k in 0..<per { newW[o * per + k] = weights[o * per + k] * s }
-            newB[o] = (bias[o] - mean[o]) * s + beta[o]
+            map.scale[o] = s
+            map.shift[o] = beta[o] - mean[o] * s
         }
-        return (floatTensor(w.dtype, shape: w.shape, newW), floatTensor(w.dtype, shape: [m], newB))
+        return map
+    }
+
+    /// Whether `fold` folds `map` into these weights and bias.
+    func canFold(_ map: ChannelAffine, w: Tensor?, b: Tensor??) -> Bool {
+        guard let w, w.dtype == .float32 || w.dtype == .float64, w.rank >= 3, w.shape[0] == map.scale.count else { return false }
+        switch b {
+        case .none: return true
+        case .some(.none): return false  // a bias that is not a constant
+        case .some(.some(let t)): return t.dtype == w.dtype && t.count == w.shape[0]
+        }
+    }
+
+    /// New weights and bias with the per-channel map folded in (W'[m] = W[m]·scale[m],
+    /// B'[m] = B[m]·scale[m] + shift[m], in float64, rounded once), or nil when the weights or
+    /// bias are not constants of a float type with one output channel per map entry. Written
+    /// straight into the new tensor, so only it and the original weights are alive.
+    func fold(_ map: ChannelAffine, w: Tensor?, b: Tensor??) -> (w: Tensor, b: Tensor)? {
+        guard canFold(map, w: w, b: b), let w else { return nil }
+        let m = w.shape[0]
+        guard let bias = b.map({ try? $0!.doubles() }) ?? [Double](repeating: 0, count: m), bias.count == m else { return nil }
+        let per = w.count / max(m, 1)
+        var newW = Tensor(uninitialized: w.dtype, shape: w.shape)
+        func scaleRows<T: BinaryFloatingPoint>(_: T.Type) {
+            w.uncheckedBufferPointer(as: T.self) { src in
+                newW.uncheckedMutableBufferPointer(as: T.self) { dst in
+                    for o in 0..<m {
+                        let s = map.scale[o]
+                        for k in o * per..<(o + 1) * per { dst[k] = T(Double(src[k]) * s) }
+                    }
+                }
+            }
+        }
+        if w.dtype == .float32 { scaleRows(Float.self) } else { scaleRows(Double.self) }
+        let newB = (0..<m).map { bias[$0] * map.scale[$0] + map.shift[$0] }
+        return (newW, floatTensor(w.dtype, shape: [m], newB))
     }
 
     /// The FusedConv activation for `node` applied to `input`, or nil if it is not one.

@@ -27,6 +27,8 @@ public struct PassPipeline {
             InlineFunctions(),
             OldInitializersAsConstants(),
             ConstantFolding(registry: registry, foldInputSized: true),
+            SumAsAdd(),
+            ChannelAffineFusion(),
             ConvFusion(),
             MatMulAddToGemm(),
             TransposeIntoMatMul(),
@@ -121,6 +123,24 @@ public struct OldInitializersAsConstants: GraphPass {
     }
 }
 
+/// Sum of two inputs becomes Add, so the fusions that look for Add (a Conv's residual Add as
+/// FusedConv's Z, elementwise chains) see it: onnx's zoo ResNet-50 and ShuffleNet write every
+/// residual connection as a two-input Sum. From opset 8 both broadcast the same (multidirectional);
+/// Sum 6 requires equal shapes, where Add 7 computes the same sum. Same element-wise rounding: one
+/// addition per element either way.
+public struct SumAsAdd: GraphPass {
+    public var name: String { "sum-as-add" }
+    public init() {}
+
+    public func run(_ model: inout Model) throws {
+        guard (model.opset("") ?? 0) >= 7 else { return }
+        for (i, node) in model.graph.nodes.enumerated()
+        where node.domain.isEmpty && node.opType == "Sum" && node.inputs.count == 2 && !node.inputs.contains("") {
+            model.graph.nodes[i] = Node(opType: "Add", name: node.name, inputs: node.inputs, outputs: node.outputs)
+        }
+    }
+}
+
 /// Replaces nodes whose inputs are all constants by their computed values (shape arithmetic:
 /// Shape of a statically shaped value, Gather/Concat/Unsqueeze/Cast of constants, ...).
 /// Random ops, ops with subgraphs or side effects, and results over `maxElements` stay (with
@@ -160,6 +180,9 @@ public struct ConstantFolding: GraphPass {
             let node = graph.nodes[i]
             if ConstantFolding.nondeterministic.contains(node.opType) || !GraphExecutor.attributeGraphs(node).isEmpty { continue }
             if !registry.mutatedInputs(domain: node.domain, opType: node.opType).isEmpty { continue }
+            // A node writing over an initializer's name (not valid SSA) stays: a folded value never
+            // takes an existing initializer's name (InferenceSession relies on it).
+            if node.outputs.contains(where: { graph.initializers[$0] != nil }) { continue }
             var values: [String: Tensor] = [:]
             // Shape (and Size) of a value whose shape is static need no value at all.
             if node.domain.isEmpty, node.opType == "Shape" || node.opType == "Size", let x = node.input(0),

@@ -152,6 +152,8 @@ public struct TypeInference {
         let x = input(0)
         let dtype = x?.dtype
         let op = node.opType
+        // ChannelAffine (ChannelAffineFusion) keeps its input's type and shape.
+        if node.domain == internalDomain && op == "ChannelAffine" { return [x] }
         guard node.domain.isEmpty || node.domain == "com.microsoft" else { return [] }
         if op == "Constant" { return [TypeInference.constantValue(node).map { TensorInfo(dtype: $0.dtype, shape: $0.shape.map { .value($0) }) }] }
         if op == "Cast" { return [TensorInfo(dtype: node.int("to").flatMap { DType(rawValue: Int32($0)) }, shape: x?.shape)] }

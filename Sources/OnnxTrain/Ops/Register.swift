@@ -8,4 +8,5 @@ func registerAllOps(_ registry: OpRegistry) {
     registerMLOps(registry)            // Ops/ML/RegisterML.swift: ai.onnx.ml ops and TfIdfVectorizer
     registerMicrosoftOps(registry)     // Ops/Microsoft/RegisterMicrosoft.swift: com.microsoft training ops
     registerInternalOps(registry)      // Ops/Internal/ElementwiseChain.swift: ops only graph passes write (onnx-train internal domain)
+    registerChannelAffineOps(registry) // Ops/Internal/ChannelAffine.swift: the per-channel scale, shift and activation of ChannelAffineFusion
 }
