@@ -20,7 +20,9 @@ extension Model {
     public init(contentsOf path: String) throws {
         let file = try MappedFile(path: path)
         do {
-            self = try Model(bytes: file.bytes, directory: Model.directory(of: path))
+            // The parsed protobuf holds copies of every byte it needs: the file's pages go before
+            // the tensors are made (a 45 MB model was otherwise in memory three times at once).
+            self = try Model(bytes: file.bytes, directory: Model.directory(of: path), parsed: { file.unmap() })
         } catch let error as OnnxTrainError {
             throw error.prefixed(path)
         }
@@ -29,12 +31,19 @@ extension Model {
 
     /// Parses a serialized ModelProto. `directory` anchors external data paths.
     public init(bytes: UnsafeRawBufferPointer, directory: String? = nil) throws {
+        try self.init(bytes: bytes, directory: directory, parsed: {})
+    }
+
+    /// Parses a serialized ModelProto; `parsed` runs once the protobuf is unpacked, when `bytes`
+    /// are no longer read.
+    init(bytes: UnsafeRawBufferPointer, directory: String?, parsed: () -> Void) throws {
         guard bytes.count > 0 else { throw OnnxTrainError.invalidModel("empty file, not an ONNX model") }
         try ProtobufNesting.check(bytes, as: .model, what: "the model")
         guard let raw = onnx__model_proto__unpack(nil, bytes.count, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)) else {
             throw OnnxTrainError.invalidModel("not a valid ONNX model (protobuf parse failed: truncated or corrupt)")
         }
         defer { onnx__model_proto__free_unpacked(raw, nil) }
+        parsed()
         let proto = raw.pointee
         var converter = ProtoConverter(directory: directory)
         self = try converter.model(proto)
@@ -189,13 +198,21 @@ private struct ProtoConverter {
         var graph = Graph()
         graph.name = str(g.name)
         graph.docString = str(g.doc_string)
-        for t in buffer(g.initializer, g.n_initializer) {
-            guard let t = t?.pointee else { continue }
+        for pointer in buffer(g.initializer, g.n_initializer) {
+            guard let pointer else { continue }
+            let t = pointer.pointee
             let name = str(t.name)
             do {
                 graph.setInitializer(name, try tensor(t))
             } catch let error as OnnxTrainError {
                 throw error.prefixed("initializer '\(name)'")
+            }
+            // The tensor holds its own copy: the protobuf's goes now, not with the whole message
+            // (free_unpacked skips a nil buffer; protobuf-c allocated it with malloc).
+            if t.has_raw_data != 0, let data = t.raw_data.data {
+                free(data)
+                pointer.pointee.raw_data.data = nil
+                pointer.pointee.raw_data.len = 0
             }
         }
         for s in buffer(g.sparse_initializer, g.n_sparse_initializer) {
@@ -538,5 +555,14 @@ final class MappedFile {
         bytes = UnsafeRawBufferPointer(start: p, count: size)
     }
 
-    deinit { munmap(mutableBase, mappedLength) }
+    private var mapped = true
+
+    /// Unmaps the file now (`bytes` must not be read after); deinit then does nothing.
+    func unmap() {
+        guard mapped else { return }
+        munmap(mutableBase, mappedLength)
+        mapped = false
+    }
+
+    deinit { unmap() }
 }

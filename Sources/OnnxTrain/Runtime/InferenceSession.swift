@@ -50,29 +50,51 @@ public final class InferenceSession: @unchecked Sendable {
     /// on several threads share it.
     private let warnedSymbols = Mutex<Set<String>>([])
 
-    public init(model: Model, options: SessionOptions = SessionOptions()) throws {
+    /// `model` is consumed: for a model read from a file that no one else holds (`init(path:)`),
+    /// the optimisation passes are the only holders of its weights, so each original weight a
+    /// fold replaces is freed as soon as it is replaced, not when the session is built.
+    public init(model: consuming Model, options: SessionOptions = SessionOptions()) throws {
         BufferCache.configureMalloc()
         BLAS.prepare()
         let disabled = PassPipeline.disabledNames
         let inPlaceUpdates = options.memoryPlan && !disabled.contains("memory-plan") && !disabled.contains("all")
         self.inPlaceUpdates = inPlaceUpdates
-        var compiled = model
+        // ai.onnx.preview.training's Gradient differentiates the graph's own nodes as written.
+        let differentiatesItself = model.graph.nodes.contains { $0.opType == "Gradient" && $0.domain == "ai.onnx.preview.training" }
+        let optimize = options.optimize && !differentiatesItself
+        let path = model.path
+        // The model as given without the initializers that are only constants (for a model read
+        // from a file): what the passes keep comes back after them, the rest is read again from
+        // the file if a fetch needs the unoptimised graph.
+        var kept = copy model
+        if path != nil {
+            let inputs = Set(model.graph.inputs.map(\.name))
+            kept.graph.initializers = model.graph.initializers.filter { inputs.contains($0.key) }
+        }
+        var compiled = consume model
         do {
-            // ai.onnx.preview.training's Gradient differentiates the graph's own nodes as written.
-            let differentiatesItself = model.graph.nodes.contains { $0.opType == "Gradient" && $0.domain == "ai.onnx.preview.training" }
-            let optimize = options.optimize && !differentiatesItself
             try (optimize ? PassPipeline.optimizing(registry: options.registry) : PassPipeline.beforeCompile).run(&compiled)
             executor = try GraphExecutor(graph: compiled.graph, opsets: compiled.opsetImports, registry: options.registry,
                                          inPlaceUpdates: inPlaceUpdates)
         } catch let error as OnnxTrainError {
-            throw model.path.map { error.prefixed($0) } ?? error
+            throw path.map { error.prefixed($0) } ?? error
         }
-        (self.model, droppedInitializers) = InferenceSession.releasingReplacedInitializers(of: model, keeping: compiled.graph)
+        var dropped = Set<String>()
+        if path != nil {
+            // The passes never store a new tensor under an existing initializer's name (new values
+            // get fresh names), so an original name the compiled graph still holds is the original.
+            for name in kept.graph.initializerNames where kept.graph.initializers[name] == nil {
+                if let t = compiled.graph.initializers[name] { kept.graph.initializers[name] = t } else { dropped.insert(name) }
+            }
+            kept.graph.initializerNames.removeAll { dropped.contains($0) }
+        }
+        self.model = kept
+        droppedInitializers = dropped
         registry = options.registry
         state = RunState(seed: options.seed)
         warn = options.warn
-        declaredOutputs = Dictionary(model.graph.outputs.map { ($0.name, $0.type) }, uniquingKeysWith: { a, _ in a })
-        declaredInputs = Dictionary(model.graph.inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        declaredOutputs = Dictionary(kept.graph.outputs.map { ($0.name, $0.type) }, uniquingKeysWith: { a, _ in a })
+        declaredInputs = Dictionary(kept.graph.inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
     }
 
     /// The declared type of every graph output, checked against what a run computes.
@@ -151,24 +173,6 @@ public final class InferenceSession: @unchecked Sendable {
             out[name] = value
         }
         return out
-    }
-
-    /// `model` without the initializers `compiled` no longer holds (by storage), when it was read
-    /// from a file (the session's copy is then the only one; the file has them again). Graph
-    /// inputs with a default stay (a caller may feed them, or rely on the default).
-    private static func releasingReplacedInitializers(of model: Model, keeping compiled: Graph) -> (Model, Set<String>) {
-        guard model.path != nil else { return (model, []) }
-        let kept = Set(compiled.initializers.values.map { ObjectIdentifier($0.storage) })
-        let inputs = Set(model.graph.inputs.map(\.name))
-        var dropped = Set<String>()
-        for (name, tensor) in model.graph.initializers where !inputs.contains(name) && !kept.contains(ObjectIdentifier(tensor.storage)) {
-            dropped.insert(name)
-        }
-        guard !dropped.isEmpty else { return (model, []) }
-        var slim = model
-        for name in dropped { slim.graph.initializers[name] = nil }
-        slim.graph.initializerNames.removeAll { dropped.contains($0) }
-        return (slim, dropped)
     }
 
     /// The graph compiled as the model states it, for fetches of values the optimised graph
