@@ -26,6 +26,7 @@ public struct PassPipeline {
         PassPipeline([
             InlineFunctions(),
             OldInitializersAsConstants(),
+            IdentityElimination(registry: registry),
             ConstantFolding(registry: registry, foldInputSized: true),
             SumAsAdd(),
             ChannelAffineFusion(),
@@ -120,6 +121,64 @@ public struct OldInitializersAsConstants: GraphPass {
     public func run(_ model: inout Model) throws {
         guard (1..<4).contains(model.irVersion) else { return }
         model.graph.inputs.removeAll { model.graph.initializers[$0.name] != nil }
+    }
+}
+
+/// Identity, and Dropout in inference (opset 7 and later, no mask output, no training_mode input
+/// or a constant false one), pass their input through: their readers read the input instead and
+/// the node goes. The zoo's SqueezeNet, Inception v1, AlexNet and VGG-19 keep their Dropouts in
+/// the inference graph; in between a Conv's activation and the next op they also stopped fusions.
+/// A node whose output is a graph output or is read by a subgraph stays (the name must live on),
+/// and so does one whose output an op writes into (it would then write into the input).
+public struct IdentityElimination: GraphPass {
+    public var name: String { "identity-elimination" }
+    public var registry: OpRegistry
+    public init(registry: OpRegistry = .standard) { self.registry = registry }
+
+    public func run(_ model: inout Model) throws {
+        let opset = model.opset("") ?? 0
+        let graph = model.graph
+        guard graph.nodes.contains(where: { $0.domain.isEmpty && ($0.opType == "Identity" || $0.opType == "Dropout") }) else { return }
+        var keep = Set(graph.outputs.map(\.name)).union(graph.nodes.flatMap(GraphExecutor.subgraphReferences))
+        for node in graph.nodes {
+            for k in registry.mutatedInputs(domain: node.domain, opType: node.opType) { if let v = node.input(k) { keep.insert(v) } }
+        }
+        let index = GraphIndex(graph)
+        func passesThrough(_ node: Node) -> Bool {
+            guard node.domain.isEmpty, node.input(0) != nil, let y = node.output(0), !keep.contains(y),
+                  node.outputs.dropFirst().allSatisfy(\.isEmpty) else { return false }
+            switch node.opType {
+            case "Identity": return node.inputs.count == 1
+            case "Dropout":
+                guard opset >= 7 else { return false }
+                guard let training = node.input(2) else { return true }
+                guard index.isConstant(training), let t = graph.initializers[training], t.count == 1, let v = t.scalarDouble() else { return false }
+                return v == 0
+            default: return false
+            }
+        }
+        var alias: [String: String] = [:]
+        var removed = Set<Int>()
+        for (i, node) in graph.nodes.enumerated() where passesThrough(node) {
+            alias[node.outputs[0]] = node.inputs[0]
+            removed.insert(i)
+        }
+        // Through chains of such nodes (a cycle of them, an invalid graph, is left to the executor to report).
+        func resolve(_ name: String) -> String {
+            var name = name
+            for _ in 0...alias.count { guard let a = alias[name] else { return name }; name = a }
+            return name
+        }
+        var nodes: [Node] = []
+        for (i, node) in graph.nodes.enumerated() where !removed.contains(i) {
+            var node = node
+            node.inputs = node.inputs.map { $0.isEmpty ? $0 : resolve($0) }
+            nodes.append(node)
+        }
+        guard !alias.isEmpty else { return }
+        model.graph.nodes = nodes
+        model.graph.valueInfo.removeAll { alias[$0.name] != nil }
+        model.graph.apply(removing: [], replacing: [:])
     }
 }
 

@@ -188,3 +188,29 @@ extension GraphOptimizationTests {
         try assertSameOutputs(broadcast, ["x": Self.random([2, 4, 3, 3], seed: 98)], tolerance: 0, "sum broadcast")
     }
 }
+
+extension GraphOptimizationTests {
+    /// Identity and inference Dropout (no training_mode, or a constant false one) pass their input
+    /// through; a Dropout in training mode or with its mask read, and an Identity naming a graph
+    /// output, stay. The outputs are the ops' own (exactly).
+    func testIdentityAndInferenceDropoutGo() throws {
+        let model = elementwiseModel([("x", [3, 40])], ["ratio": Tensor(scalar: Float(0.3)), "no": Tensor(scalar: false),
+                                                        "yes": Tensor(scalar: true)], [
+            Node(opType: "Identity", inputs: ["x"], outputs: ["i"]),
+            Node(opType: "Relu", inputs: ["i"], outputs: ["r"]),
+            Node(opType: "Dropout", inputs: ["r", "ratio"], outputs: ["d1"]),
+            Node(opType: "Dropout", inputs: ["d1", "ratio", "no"], outputs: ["d2"]),
+            Node(opType: "Exp", inputs: ["d2"], outputs: ["e"]),
+            Node(opType: "Dropout", inputs: ["e", "ratio", "yes"], outputs: ["t"]),
+            Node(opType: "Dropout", inputs: ["e"], outputs: ["m", "mask"]),
+            Node(opType: "Identity", inputs: ["e"], outputs: ["y"]),
+        ], outputs: ["t", "m", "mask", "y"])
+        var m = model
+        try IdentityElimination().run(&m)
+        XCTAssertEqual(opTypes(m), ["Relu", "Exp", "Dropout", "Dropout", "Identity"])
+        XCTAssertEqual(m.graph.nodes[0].inputs, ["x"])
+        XCTAssertEqual(m.graph.nodes[1].inputs, ["r"])
+        try assertSameOutputs(model, ["x": Self.random([3, 40], seed: 99)], fetches: ["m", "mask", "y"], tolerance: 0, "identities")
+        try assertSameOutputs(model, ["x": Self.random([3, 40], seed: 99)], fetches: ["d1", "y"], tolerance: 0, "a removed value fetched")
+    }
+}
