@@ -47,6 +47,7 @@ final class ConvKernelTests: XCTestCase {
         // One image of 128+ positions: tiles of output rows shared by the threads (17 rows: uneven).
         Case(label: "tiled 3x3 batch 1 odd rows", x: [1, 3, 17, 9], w: [4, 3, 3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], group: 1),
         Case(label: "tiled 3x3 stride 2 batch 1 groups 2", x: [1, 4, 33, 19], w: [6, 2, 3, 3], strides: [2, 2], pads: [1, 0, 1, 1], dilations: [1, 1], group: 2),
+        Case(label: "per-image 3x3 stride 2 wide rows (im2col's eight-lane even copy)", x: [1, 2, 9, 40], w: [3, 2, 3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], group: 1),
         Case(label: "tiled 1x1 direct batch 1", x: [1, 3, 16, 11], w: [5, 3, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], group: 1),
         Case(label: "tiled 3-D batch 1", x: [1, 2, 5, 6, 7], w: [3, 2, 3, 2, 3], strides: [1, 1, 1], pads: [1, 0, 1, 1, 1, 1], dilations: [1, 1, 1], group: 1),
     ]
