@@ -151,8 +151,13 @@ struct ElementwiseChainKernel: Kernel {
                 if s.op.isBinary {
                     let other = inputs[s.operand]
                     let (a, b) = s.chainLeft ? (value, other) : (other, value)
-                    value = try broadcastBinary(a, b, T.self, T.self, T.self, outDType: T.dtype) { x, y in
-                        ElementwiseChainKernel.apply(s.op, x, y)
+                    // The standalone ops' paths (their vector loops where the shapes allow).
+                    func zip<F: NumericBinaryFunction>(_ f: F) throws -> Tensor { try binaryFastPath(a, b, f) ?? zipNumeric(a, b, f) }
+                    switch s.op {
+                    case .add: value = try zip(AddFunction())
+                    case .sub: value = try zip(SubFunction())
+                    case .mul: value = try zip(MulFunction())
+                    default: value = try zip(DivFunction())
                     }
                 } else {
                     var copy = value.copied()
@@ -163,16 +168,6 @@ struct ElementwiseChainKernel: Kernel {
                 }
             }
             return value
-        }
-    }
-
-    @inline(__always)
-    static func apply<T: FloatElement>(_ op: Op, _ a: T, _ b: T) -> T {
-        switch op {
-        case .add: return AddFunction()(a, b)
-        case .sub: return SubFunction()(a, b)
-        case .mul: return MulFunction()(a, b)
-        default: return DivFunction()(a, b)
         }
     }
 
@@ -189,10 +184,25 @@ struct ElementwiseChainKernel: Kernel {
         }
     }
 
-    /// y[i] = op(y[i]), with the standalone op's function.
+    /// y[i] = op(y[i]), with the standalone op's function (float32: its eight-lane form where it
+    /// has one, as the standalone kernel runs it).
     static func unary<T: FloatElement>(_ op: Op, _ y: UnsafeMutablePointer<T>, _ n: Int) {
-        @inline(__always) func map<F: FloatUnaryFunction>(_ f: F) { for i in 0..<n { y[i] = f(y[i]) } }
-        @inline(__always) func mapNumeric<F: NumericUnaryFunction>(_ f: F) { for i in 0..<n { y[i] = f(y[i]) } }
+        @inline(__always) func map<F: FloatUnaryFunction>(_ f: F) {
+            if T.self == Float.self && F.hasFloat8 {
+                let p = UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self)
+                VectorMath.apply(p, p, n) { f.float8($0) }
+            } else {
+                for i in 0..<n { y[i] = f(y[i]) }
+            }
+        }
+        @inline(__always) func mapNumeric<F: NumericUnaryFunction>(_ f: F) {
+            if T.self == Float.self && F.hasFloat8 {
+                let p = UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self)
+                VectorMath.apply(p, p, n) { f.float8($0) }
+            } else {
+                for i in 0..<n { y[i] = f(y[i]) }
+            }
+        }
         switch op {
         case .relu: mapNumeric(ReluFunction())
         case .neg: mapNumeric(NegFunction())

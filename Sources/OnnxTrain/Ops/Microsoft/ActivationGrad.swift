@@ -11,29 +11,36 @@ import Darwin
 // go through float32.
 
 /// The activations and their derivatives, as functions of the forward's input x (or output y
-/// where the op takes y).
+/// where the op takes y). float32 is the eight-lane form (`…8`, VectorMath's erf, tanh, exp and
+/// sigmoid), the scalar Float form lane 0 of it; float64 keeps libm.
 enum ActivationMath {
     static let sqrt2OverPi = 0.7978845608028654   // √(2/π)
     static let gamma = 0.044715
     static let invSqrt2Pi = 0.3989422804014327    // 1/√(2π)
+    typealias V = SIMD8<Float>
 
     /// Gelu with erf: x·Φ(x).
-    @inline(__always) static func gelu<T: FloatElement>(_ x: T) -> T { x * T.phi(x) }
+    @inline(__always) static func gelu<T: FloatElement>(_ x: T) -> T { float32Lane(x, gelu8) { x in x * T.phi(x) } }
     /// d/dx of x·Φ(x) = Φ(x) + x·φ(x).
     @inline(__always) static func geluGrad<T: FloatElement>(_ x: T) -> T {
-        T.phi(x) + x * T.fastExp(-0.5 * x * x) * T(invSqrt2Pi)
+        float32Lane(x, geluGrad8) { x in T.phi(x) + x * T.fastExp(-0.5 * x * x) * T(invSqrt2Pi) }
     }
     /// The tanh approximation ½x(1+tanh(a(x+γx³))).
     @inline(__always) static func fastGelu<T: FloatElement>(_ x: T) -> T {
-        0.5 * x * (1 + T.tanh(T(sqrt2OverPi) * (x + T(gamma) * x * x * x)))
+        float32Lane(x, fastGelu8) { x in
+            let inner: T = T(sqrt2OverPi) * (x + T(gamma) * x * x * x)
+            return 0.5 * x * (1 + T.tanh(inner))
+        }
     }
     /// ½[1+t+(1−t²)(a·x+3aγ·x³)] with t = tanh(a(x+γx³)).
     @inline(__always) static func fastGeluGrad<T: FloatElement>(_ x: T) -> T {
-        let a = T(sqrt2OverPi), g = T(gamma)
-        let t = T.tanh(a * (x + g * x * x * x))
-        return 0.5 * (1 + t + (1 - t * t) * (a * x + 3 * a * g * x * x * x))
+        float32Lane(x, fastGeluGrad8) { x in
+            let a = T(sqrt2OverPi), g = T(gamma)
+            let t = T.tanh(a * (x + g * x * x * x))
+            return 0.5 * (1 + t + (1 - t * t) * (a * x + 3 * a * g * x * x * x))
+        }
     }
-    @inline(__always) static func sigmoid<T: FloatElement>(_ x: T) -> T { 1 / (1 + T.fastExp(-x)) }
+    @inline(__always) static func sigmoid<T: FloatElement>(_ x: T) -> T { float32Lane(x, VectorMath.sigmoid) { x in 1 / (1 + T.fastExp(-x)) } }
     /// x·σ(αx).
     @inline(__always) static func quickGelu<T: FloatElement>(_ x: T, _ alpha: T) -> T { x * sigmoid(alpha * x) }
     /// s·(1+αx(1−s)) with s = σ(αx).
@@ -41,45 +48,88 @@ enum ActivationMath {
         let s = sigmoid(alpha * x)
         return s * (1 + alpha * x * (1 - s))
     }
+
+    // float32, eight lanes.
+    /// Φ(x) = ½(1 + erf(x/√2)).
+    @inline(__always) static func phi8(_ x: V) -> V { 0.5 * (1 + VectorMath.erf(x * 0.707_106_781_186_547_5)) }
+    @inline(__always) static func gelu8(_ x: V) -> V { x * phi8(x) }
+    @inline(__always) static func geluGrad8(_ x: V) -> V {
+        phi8(x) + x * VectorMath.exp(-0.5 * x * x) * Float(invSqrt2Pi)
+    }
+    @inline(__always) static func fastGelu8(_ x: V) -> V {
+        let cube: V = x * x * x
+        let inner: V = Float(sqrt2OverPi) * (x + Float(gamma) * cube)
+        return 0.5 * x * (1 + VectorMath.tanh(inner))
+    }
+    @inline(__always) static func fastGeluGrad8(_ x: V) -> V {
+        let a = Float(sqrt2OverPi), g = Float(gamma)
+        let t = VectorMath.tanh(a * (x + g * x * x * x))
+        return 0.5 * (1 + t + (1 - t * t) * (a * x + 3 * a * g * x * x * x))
+    }
+    @inline(__always) static func quickGelu8(_ x: V, _ alpha: Float) -> V { x * VectorMath.sigmoid(alpha * x) }
+    @inline(__always) static func quickGeluGrad8(_ x: V, _ alpha: Float) -> V {
+        let s = VectorMath.sigmoid(alpha * x)
+        return s * (1 + alpha * x * (1 - s))
+    }
 }
 
 /// One activation (or derivative) per struct, so the element loop specialises on it and
-/// inlines it (a closure would stay an indirect call per element inside the parallel loop).
-protocol ActivationElementFunction {
-    func callAsFunction<T: FloatElement>(_ x: T) -> T
-}
+/// inlines it (a closure would stay an indirect call per element inside the parallel loop);
+/// each has its float32 eight-lane form.
+typealias ActivationElementFunction = FloatUnaryFunction
+
 struct ReluDerivative: ActivationElementFunction {
     @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { x > 0 ? 1 : 0 }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { SIMD8(repeating: 0).replacing(with: 1, where: x .> 0) }
 }
 struct SigmoidDerivativeFromY: ActivationElementFunction {
     @inline(__always) func callAsFunction<T: FloatElement>(_ y: T) -> T { y * (1 - y) }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ y: SIMD8<Float>) -> SIMD8<Float> { y * (1 - y) }
 }
 struct TanhDerivativeFromY: ActivationElementFunction {
     @inline(__always) func callAsFunction<T: FloatElement>(_ y: T) -> T { 1 - y * y }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ y: SIMD8<Float>) -> SIMD8<Float> { 1 - y * y }
 }
 struct GeluDerivative: ActivationElementFunction {
     @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { ActivationMath.geluGrad(x) }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { ActivationMath.geluGrad8(x) }
 }
 struct FastGeluDerivative: ActivationElementFunction {
     @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { ActivationMath.fastGeluGrad(x) }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { ActivationMath.fastGeluGrad8(x) }
 }
 struct QuickGeluDerivative: ActivationElementFunction {
     let alpha: Double
     @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { ActivationMath.quickGeluGrad(x, T(alpha)) }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { ActivationMath.quickGeluGrad8(x, Float(alpha)) }
 }
 struct LeakyReluDerivative: ActivationElementFunction {
     let alpha: Double
     @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { x > 0 ? 1 : T(alpha) }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { SIMD8(repeating: Float(alpha)).replacing(with: 1, where: x .> 0) }
 }
 struct GeluForward: ActivationElementFunction {
     @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { ActivationMath.gelu(x) }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { ActivationMath.gelu8(x) }
 }
 struct FastGeluForward: ActivationElementFunction {
     @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { ActivationMath.fastGelu(x) }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { ActivationMath.fastGelu8(x) }
 }
 struct QuickGeluForward: ActivationElementFunction {
     let alpha: Double
     @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { ActivationMath.quickGelu(x, T(alpha)) }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { ActivationMath.quickGelu8(x, Float(alpha)) }
 }
 
 /// Which element-wise function a kernel applies.
@@ -160,11 +210,34 @@ struct ActivationOp: ElementOperation {
 @inline(never)
 func activationLoop<T: FloatElement, F: ActivationElementFunction>(_ f: F, x: UnsafePointer<T>, bias: UnsafePointer<T>?,
                                                                      dy: UnsafePointer<T>?, out: UnsafeMutablePointer<T>, count: Int) {
+    if T.self == Float.self && F.hasFloat8 {
+        func float(_ p: UnsafePointer<T>) -> UnsafePointer<Float> { UnsafeRawPointer(p).assumingMemoryBound(to: Float.self) }
+        activationLoop8(f, x: float(x), bias: bias.map(float), dy: dy.map(float),
+                        out: UnsafeMutableRawPointer(out).assumingMemoryBound(to: Float.self), count: count)
+        return
+    }
     switch (bias, dy) {
     case let (b?, g?): for i in 0..<count { out[i] = g[i] * f(x[i] + b[i]) }
     case let (b?, nil): for i in 0..<count { out[i] = f(x[i] + b[i]) }
     case let (nil, g?): for i in 0..<count { out[i] = g[i] * f(x[i]) }
     case (nil, nil): for i in 0..<count { out[i] = f(x[i]) }
+    }
+}
+
+/// `activationLoop` for float32, eight elements at a time through `f.float8` (same values as
+/// the scalar Float form, which is lane 0 of it); `out` may alias `x` or `dy`.
+@inline(never)
+func activationLoop8<F: ActivationElementFunction>(_ f: F, x: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                                   dy: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>, count: Int) {
+    switch (bias, dy) {
+    case let (b?, g?):
+        VectorMath.apply3(x, b, g, out, count) { x, b, g in g * f.float8(x + b) }
+    case let (b?, nil):
+        VectorMath.apply2(x, b, out, count) { x, b in f.float8(x + b) }
+    case let (nil, g?):
+        VectorMath.apply2(x, g, out, count) { x, g in g * f.float8(x) }
+    case (nil, nil):
+        VectorMath.apply(x, out, count) { f.float8($0) }
     }
 }
 
@@ -215,24 +288,26 @@ func activationKernel(_ second: String = "X", biasIndex: Int? = nil, biasRequire
 
 func registerActivationGradOps(_ registry: OpRegistry) {
     let ms = "com.microsoft"
+    // In place (the memory plan): ActivationOp makes its output first and reads dY, X (and B) at
+    // each index before writing it, so the output may take dY's or X's block (not B's: a row).
     // ReluGrad(dY, X): dY where X > 0 (X == 0 gives 0).
-    registry.register("ReluGrad", domain: ms, since: 1, activationKernel { _ in .reluGrad })
+    registry.register("ReluGrad", domain: ms, since: [1], inPlace: [0, 1], activationKernel { _ in .reluGrad })
     // SigmoidGrad(dY, Y): dY·Y·(1−Y) and TanhGrad(dY, Y): dY·(1−Y²), from the forward outputs.
-    registry.register("SigmoidGrad", domain: ms, since: 1, activationKernel("Y") { _ in .sigmoidGradFromY })
-    registry.register("TanhGrad", domain: ms, since: 1, activationKernel("Y") { _ in .tanhGradFromY })
-    registry.register("GeluGrad", domain: ms, since: 1, activationKernel { _ in .geluGrad })
-    registry.register("FastGeluGrad", domain: ms, since: 1, activationKernel { _ in .fastGeluGrad })
-    registry.register("QuickGeluGrad", domain: ms, since: 1, activationKernel { .quickGeluGrad(Double(try $0.float("alpha", default: 1.702))) })
-    registry.register("LeakyReluGrad", domain: ms, since: 1, activationKernel { .leakyReluGrad(Double(try $0.float("alpha", default: 0.01))) })
+    registry.register("SigmoidGrad", domain: ms, since: [1], inPlace: [0, 1], activationKernel("Y") { _ in .sigmoidGradFromY })
+    registry.register("TanhGrad", domain: ms, since: [1], inPlace: [0, 1], activationKernel("Y") { _ in .tanhGradFromY })
+    registry.register("GeluGrad", domain: ms, since: [1], inPlace: [0, 1], activationKernel { _ in .geluGrad })
+    registry.register("FastGeluGrad", domain: ms, since: [1], inPlace: [0, 1], activationKernel { _ in .fastGeluGrad })
+    registry.register("QuickGeluGrad", domain: ms, since: [1], inPlace: [0, 1], activationKernel { .quickGeluGrad(Double(try $0.float("alpha", default: 1.702))) })
+    registry.register("LeakyReluGrad", domain: ms, since: [1], inPlace: [0, 1], activationKernel { .leakyReluGrad(Double(try $0.float("alpha", default: 0.01))) })
     // dX = dY ⊙ f′(X + B); dB is a separate ReduceSum in the graph.
-    registry.register("BiasGeluGrad_dX", domain: ms, since: 1, activationKernel(biasIndex: 2, biasRequired: true) { _ in .geluGrad })
-    registry.register("BiasFastGeluGrad_dX", domain: ms, since: 1, activationKernel(biasIndex: 2, biasRequired: true) { _ in .fastGeluGrad })
+    registry.register("BiasGeluGrad_dX", domain: ms, since: [1], inPlace: [0, 1], activationKernel(biasIndex: 2, biasRequired: true) { _ in .geluGrad })
+    registry.register("BiasFastGeluGrad_dX", domain: ms, since: [1], inPlace: [0, 1], activationKernel(biasIndex: 2, biasRequired: true) { _ in .fastGeluGrad })
 
     // Forwards produced by onnxruntime's Gelu fusions.
-    registry.register("Gelu", domain: ms, since: 1, activationKernel { _ in .gelu })
-    registry.register("BiasGelu", domain: ms, since: 1, activationKernel(biasIndex: 1, biasRequired: true) { _ in .gelu })
-    registry.register("FastGelu", domain: ms, since: 1, activationKernel(biasIndex: 1) { _ in .fastGelu })
-    registry.register("QuickGelu", domain: ms, since: 1, activationKernel { .quickGelu(Double(try $0.float("alpha", default: 1.702))) })
+    registry.register("Gelu", domain: ms, since: [1], inPlace: [0], activationKernel { _ in .gelu })
+    registry.register("BiasGelu", domain: ms, since: [1], inPlace: [0], activationKernel(biasIndex: 1, biasRequired: true) { _ in .gelu })
+    registry.register("FastGelu", domain: ms, since: [1], inPlace: [0], activationKernel(biasIndex: 1) { _ in .fastGelu })
+    registry.register("QuickGelu", domain: ms, since: [1], inPlace: [0], activationKernel { .quickGelu(Double(try $0.float("alpha", default: 1.702))) })
 
     // Gradient rules (GradientContext):
     registry.registerGradient("Gelu", domain: ms) { g in g.needs(0) ? [g.ms("GeluGrad", [try g.requiredDY(), g.input(0)])[0]] : [nil] }

@@ -4,10 +4,14 @@
 /// Relu keeps NaN (x < 0 is false for NaN), like numpy's maximum(x, 0) and onnxruntime.
 struct ReluFunction: NumericUnaryFunction {
     @inline(__always) func callAsFunction<T: NumericElement>(_ x: T) -> T { x < 0 ? 0 as T : x }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { x.replacing(with: 0, where: x .< 0) }
 }
 struct LeakyReluFunction: FloatUnaryFunction {
     let alpha: Double
     @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { x < 0 ? T(alpha) * x : x }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { x.replacing(with: x * Float(alpha), where: x .< 0) }
 }
 struct PReluFunction: NumericBinaryFunction {
     @inline(__always) func callAsFunction<T: NumericElement>(_ x: T, _ slope: T) -> T { x < 0 ? T.mul(slope, x) : x }
@@ -35,6 +39,10 @@ struct GeluFunction: FloatUnaryFunction {
     @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T {
         tanhApproximation ? ActivationMath.fastGelu(x) : ActivationMath.gelu(x)
     }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> {
+        tanhApproximation ? ActivationMath.fastGelu8(x) : ActivationMath.gelu8(x)
+    }
 }
 struct HardSigmoidFunction: FloatUnaryFunction {
     let alpha: Double, beta: Double
@@ -48,21 +56,31 @@ struct HardSwishFunction: FloatUnaryFunction {
         x * Swift.max(0, Swift.min(1, x / 6 + T(0.5)))
     }
 }
-/// The logistic function, in the form that cannot overflow exp for either sign.
+/// The logistic function, in the form that cannot overflow exp for either sign; float32 is
+/// VectorMath.sigmoid (2 ulps), float64 libm.
 @inline(__always) func logistic<T: FloatElement>(_ x: T) -> T {
-    if x >= 0 { return 1 / (1 + T.exp(-x)) }
-    let e = T.exp(x)
-    return e / (1 + e)
+    float32Lane(x, VectorMath.sigmoid) { x in
+        if x >= 0 { return 1 / (1 + T.exp(-x)) }
+        let e = T.exp(x)
+        return e / (1 + e)
+    }
 }
 struct SigmoidFunction: FloatUnaryFunction {
     @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { logistic(x) }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { VectorMath.sigmoid(x) }
 }
 struct SwishFunction: FloatUnaryFunction {
     let alpha: Double
     @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { x * logistic(T(alpha) * x) }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { x * VectorMath.sigmoid(x * Float(alpha)) }
 }
+/// float32: VectorMath.tanh (2 ulps); float64: libm.
 struct TanhFunction: FloatUnaryFunction {
-    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.tanh(x) }
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { float32Lane(x, VectorMath.tanh, else: T.tanh) }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { VectorMath.tanh(x) }
 }
 /// log(1 + exp(x)) without overflow for large x.
 @inline(__always) func softplus<T: FloatElement>(_ x: T) -> T {

@@ -11,14 +11,48 @@ import Darwin
 
 // MARK: - Unary drivers
 
-/// An elementwise function defined for Float and Double (Exp, Sigmoid, ...).
+/// An elementwise function defined for Float and Double (Exp, Sigmoid, ...). Functions that
+/// VectorMath computes also give their float32 form eight lanes at a time (`float8`, with
+/// `hasFloat8` true); float32 tensors then run through it, and the scalar Float form is lane 0
+/// of the same code (`float32Lane`), so every path gives the same values.
 protocol FloatUnaryFunction {
     func callAsFunction<T: FloatElement>(_ x: T) -> T
+    static var hasFloat8: Bool { get }
+    func float8(_ x: SIMD8<Float>) -> SIMD8<Float>
 }
 
-/// An elementwise function defined for every arithmetic type (Abs, Neg, Relu, ...).
+extension FloatUnaryFunction {
+    static var hasFloat8: Bool { false }
+    func float8(_ x: SIMD8<Float>) -> SIMD8<Float> {
+        var r = x
+        for i in 0..<8 { r[i] = self(x[i]) }
+        return r
+    }
+}
+
+/// For Float, lane 0 of `vector` (a VectorMath form); for other types, `other`.
+@inline(__always)
+func float32Lane<T: FloatElement>(_ x: T, _ vector: (SIMD8<Float>) -> SIMD8<Float>, else other: (T) -> T) -> T {
+    guard T.self == Float.self else { return other(x) }
+    return unsafeBitCast(vector(SIMD8(repeating: unsafeBitCast(x, to: Float.self)))[0], to: T.self)
+}
+
+/// An elementwise function defined for every arithmetic type (Abs, Neg, Relu, ...); `float8`
+/// as in FloatUnaryFunction (Relu's in-place scalar loop became a store per negative element,
+/// a branch that does not vectorise).
 protocol NumericUnaryFunction {
     func callAsFunction<T: NumericElement>(_ x: T) -> T
+    static var hasFloat8: Bool { get }
+    func float8(_ x: SIMD8<Float>) -> SIMD8<Float>
+}
+
+extension NumericUnaryFunction {
+    static var hasFloat8: Bool { false }
+    func float8(_ x: SIMD8<Float>) -> SIMD8<Float> {
+        var r = x
+        for i in 0..<8 { r[i] = self(x[i]) }
+        return r
+    }
 }
 
 /// `out[i] = f(x[i])` for contiguous buffers; `x` and `out` have the same count.
@@ -33,17 +67,100 @@ func mapElements<T, R>(_ x: Tensor, to outDType: DType, _ f: (T) -> R) -> Tensor
     return out
 }
 
+/// Elements per thread chunk of the unary loops.
+private let unaryChunk = 16_384
+
+/// out[i] = f(x[i]) over `n` elements, split across threads; `out` may be `x` (the executor's
+/// in-place plan). float32 through `f.float8` where the function has it.
+@inline(__always)
+func unaryFloatLoop<F: FloatUnaryFunction, T: FloatElement>(_ f: F, _ x: UnsafePointer<T>, _ out: UnsafeMutablePointer<T>, _ n: Int) {
+    if T.self == Float.self && F.hasFloat8 {
+        let xf = UnsafeRawPointer(x).assumingMemoryBound(to: Float.self)
+        let of = UnsafeMutableRawPointer(out).assumingMemoryBound(to: Float.self)
+        Parallel.forRange((n + unaryChunk - 1) / unaryChunk) { chunks in
+            let start = chunks.lowerBound * unaryChunk, end = min(chunks.upperBound * unaryChunk, n)
+            float8Loop(f, xf + start, of + start, end - start)
+        }
+    } else {
+        Parallel.forRange((n + unaryChunk - 1) / unaryChunk) { chunks in
+            let start = chunks.lowerBound * unaryChunk, end = min(chunks.upperBound * unaryChunk, n)
+            elementLoop(f, x + start, out + start, end - start)
+        }
+    }
+}
+
+/// The float32 vector loop (a function of its own: loops inside Parallel closures stay scalar).
+@inline(never)
+func float8Loop<F: FloatUnaryFunction>(_ f: F, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+    VectorMath.apply(x, out, n) { f.float8($0) }
+}
+
+/// The scalar loop, with a loop of its own for `out == x`: two pointers to one address fail
+/// LLVM's overlap check and the general loop would run scalar.
+@inline(never)
+func elementLoop<F: FloatUnaryFunction, T: FloatElement>(_ f: F, _ x: UnsafePointer<T>, _ out: UnsafeMutablePointer<T>, _ n: Int) {
+    if UnsafePointer(out) == x {
+        for i in 0..<n { out[i] = f(out[i]) }
+    } else {
+        for i in 0..<n { out[i] = f(x[i]) }
+    }
+}
+
+/// out[i] = f(x[i]) for a numeric function, split across threads; `out` may be `x`.
+@inline(__always)
+func unaryNumericLoop<F: NumericUnaryFunction, T: NumericElement>(_ f: F, _ x: UnsafePointer<T>, _ out: UnsafeMutablePointer<T>, _ n: Int) {
+    Parallel.forRange((n + unaryChunk - 1) / unaryChunk) { chunks in
+        let start = chunks.lowerBound * unaryChunk, end = min(chunks.upperBound * unaryChunk, n)
+        if T.self == Float.self && F.hasFloat8 {
+            let xf = UnsafeRawPointer(x + start).assumingMemoryBound(to: Float.self)
+            let of = UnsafeMutableRawPointer(out + start).assumingMemoryBound(to: Float.self)
+            numericFloat8Loop(f, xf, of, end - start)
+        } else {
+            numericElementLoop(f, x + start, out + start, end - start)
+        }
+    }
+}
+
+@inline(never)
+func numericFloat8Loop<F: NumericUnaryFunction>(_ f: F, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+    VectorMath.apply(x, out, n) { f.float8($0) }
+}
+
+/// out[i] = f(x[i]) for a numeric function; `out` may be `x`.
+@inline(never)
+func numericElementLoop<F: NumericUnaryFunction, T: NumericElement>(_ f: F, _ x: UnsafePointer<T>, _ out: UnsafeMutablePointer<T>, _ n: Int) {
+    if UnsafePointer(out) == x {
+        for i in 0..<n { out[i] = f(out[i]) }
+    } else {
+        for i in 0..<n { out[i] = f(x[i]) }
+    }
+}
+
 struct MapFloat<F: FloatUnaryFunction>: ElementOperation {
     let x: Tensor, f: F
     func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
-        mapElements(x, to: T.dtype) { (v: T) -> T in f(v) }
+        var out = Tensor(uninitialized: T.dtype, shape: x.shape)
+        x.uncheckedBufferPointer(as: T.self) { px in
+            out.uncheckedMutableBufferPointer(as: T.self) { po in
+                guard let x = px.baseAddress, let out = po.baseAddress else { return }
+                unaryFloatLoop(f, x, out, po.count)
+            }
+        }
+        return out
     }
 }
 
 struct MapNumeric<F: NumericUnaryFunction>: NumericOperation {
     let x: Tensor, f: F
     func numeric<T: NumericElement>(_ type: T.Type) throws -> Tensor {
-        mapElements(x, to: T.dtype) { (v: T) -> T in f(v) }
+        var out = Tensor(uninitialized: T.dtype, shape: x.shape)
+        x.uncheckedBufferPointer(as: T.self) { px in
+            out.uncheckedMutableBufferPointer(as: T.self) { po in
+                guard let x = px.baseAddress, let out = po.baseAddress else { return }
+                unaryNumericLoop(f, x, out, po.count)
+            }
+        }
+        return out
     }
 }
 
@@ -137,7 +254,7 @@ extension OpRegistry {
     /// Registers a float-only elementwise op at each since-version; `make` reads attributes once.
     func registerFloatUnary<F: FloatUnaryFunction>(_ opType: String, since versions: [Int], file: String = #filePath,
                                                    _ make: @escaping (NodeContext) throws -> F) {
-        register(opType, since: versions, file: file) { ctx in
+        register(opType, since: versions, inPlace: [0], file: file) { ctx in
             let f = try make(ctx)
             return AnyKernel { inputs, _ in [.tensor(try mapFloat(try inputs.tensor(0), f))] }
         }
@@ -146,7 +263,7 @@ extension OpRegistry {
     /// Registers a numeric elementwise op at each since-version.
     func registerNumericUnary<F: NumericUnaryFunction>(_ opType: String, since versions: [Int], file: String = #filePath,
                                                        _ make: @escaping (NodeContext) throws -> F) {
-        register(opType, since: versions, file: file) { ctx in
+        register(opType, since: versions, inPlace: [0], file: file) { ctx in
             let f = try make(ctx)
             return AnyKernel { inputs, _ in [.tensor(try mapNumeric(try inputs.tensor(0), f))] }
         }

@@ -2,9 +2,13 @@
 /// trigonometry, Erf, IsNaN, IsInf and Clip.
 struct AbsFunction: NumericUnaryFunction {
     @inline(__always) func callAsFunction<T: NumericElement>(_ x: T) -> T { T.magnitude(x) }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { VectorMath.abs(x) }
 }
 struct NegFunction: NumericUnaryFunction {
     @inline(__always) func callAsFunction<T: NumericElement>(_ x: T) -> T { T.negate(x) }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { -x }
 }
 struct SignFunction: NumericUnaryFunction {
     @inline(__always) func callAsFunction<T: NumericElement>(_ x: T) -> T { T.signum(x) }
@@ -27,8 +31,11 @@ struct RoundFunction: FloatUnaryFunction {
 struct SqrtFunction: FloatUnaryFunction {
     @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.sqrt(x) }
 }
+/// float32: VectorMath.exp (1 ulp); float64: libm.
 struct ExpFunction: FloatUnaryFunction {
-    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.exp(x) }
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { float32Lane(x, VectorMath.exp, else: T.exp) }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { VectorMath.exp(x) }
 }
 struct LogFunction: FloatUnaryFunction {
     @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.log(x) }
@@ -66,9 +73,11 @@ struct AcoshFunction: FloatUnaryFunction {
 struct AtanhFunction: FloatUnaryFunction {
     @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.atanh(x) }
 }
-/// erf with the erf policy of `FloatElement.erf`.
+/// float32: VectorMath.erf (1.1 ulps); float64: libm.
 struct ErfFunction: FloatUnaryFunction {
-    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { T.erf(x) }
+    @inline(__always) func callAsFunction<T: FloatElement>(_ x: T) -> T { float32Lane(x, VectorMath.erf, else: T.erf) }
+    static var hasFloat8: Bool { true }
+    @inline(__always) func float8(_ x: SIMD8<Float>) -> SIMD8<Float> { VectorMath.erf(x) }
 }
 
 /// Clip to [low, high]; NaN passes through. Bounds are kept as tensors of the input type.
