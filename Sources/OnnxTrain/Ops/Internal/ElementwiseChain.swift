@@ -187,22 +187,15 @@ struct ElementwiseChainKernel: Kernel {
     /// y[i] = op(y[i]), with the standalone op's function (float32: its eight-lane form where it
     /// has one, as the standalone kernel runs it).
     static func unary<T: FloatElement>(_ op: Op, _ y: UnsafeMutablePointer<T>, _ n: Int) {
-        @inline(__always) func map<F: FloatUnaryFunction>(_ f: F) {
-            if T.self == Float.self && F.hasFloat8 {
-                let p = UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self)
-                VectorMath.apply(p, p, n) { f.float8($0) }
-            } else {
-                for i in 0..<n { y[i] = f(y[i]) }
-            }
+        /// float32 through the eight-lane form; false where the scalar loop runs.
+        @inline(__always) func vector<F: Float8Form>(_ f: F) -> Bool {
+            guard T.self == Float.self && F.hasFloat8 else { return false }
+            let p = UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self)
+            VectorMath.apply(p, p, n) { f.float8($0) }
+            return true
         }
-        @inline(__always) func mapNumeric<F: NumericUnaryFunction>(_ f: F) {
-            if T.self == Float.self && F.hasFloat8 {
-                let p = UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self)
-                VectorMath.apply(p, p, n) { f.float8($0) }
-            } else {
-                for i in 0..<n { y[i] = f(y[i]) }
-            }
-        }
+        @inline(__always) func map<F: FloatUnaryFunction>(_ f: F) { if !vector(f) { for i in 0..<n { y[i] = f(y[i]) } } }
+        @inline(__always) func mapNumeric<F: NumericUnaryFunction>(_ f: F) { if !vector(f) { for i in 0..<n { y[i] = f(y[i]) } } }
         switch op {
         case .relu: mapNumeric(ReluFunction())
         case .neg: mapNumeric(NegFunction())

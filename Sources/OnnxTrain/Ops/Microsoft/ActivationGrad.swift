@@ -211,9 +211,7 @@ struct ActivationOp: ElementOperation {
 func activationLoop<T: FloatElement, F: ActivationElementFunction>(_ f: F, x: UnsafePointer<T>, bias: UnsafePointer<T>?,
                                                                      dy: UnsafePointer<T>?, out: UnsafeMutablePointer<T>, count: Int) {
     if T.self == Float.self && F.hasFloat8 {
-        func float(_ p: UnsafePointer<T>) -> UnsafePointer<Float> { UnsafeRawPointer(p).assumingMemoryBound(to: Float.self) }
-        activationLoop8(f, x: float(x), bias: bias.map(float), dy: dy.map(float),
-                        out: UnsafeMutableRawPointer(out).assumingMemoryBound(to: Float.self), count: count)
+        activationLoop8(f, x: floats(x), bias: bias.map { floats($0) }, dy: dy.map { floats($0) }, out: floats(out), count: count)
         return
     }
     switch (bias, dy) {

@@ -11,23 +11,34 @@ import Darwin
 
 // MARK: - Unary drivers
 
-/// An elementwise function defined for Float and Double (Exp, Sigmoid, ...). Functions that
-/// VectorMath computes also give their float32 form eight lanes at a time (`float8`, with
-/// `hasFloat8` true); float32 tensors then run through it, and the scalar Float form is lane 0
-/// of the same code (`float32Lane`), so every path gives the same values.
-protocol FloatUnaryFunction {
-    func callAsFunction<T: FloatElement>(_ x: T) -> T
+/// A function with a float32 form eight lanes at a time (VectorMath), which the unary drivers
+/// run for float32 tensors when `hasFloat8` is true; the default is the scalar form per lane.
+protocol Float8Form {
     static var hasFloat8: Bool { get }
     func float8(_ x: SIMD8<Float>) -> SIMD8<Float>
+    /// The scalar Float form.
+    func float32(_ x: Float) -> Float
 }
 
-extension FloatUnaryFunction {
+extension Float8Form {
     static var hasFloat8: Bool { false }
     func float8(_ x: SIMD8<Float>) -> SIMD8<Float> {
         var r = x
-        for i in 0..<8 { r[i] = self(x[i]) }
+        for i in 0..<8 { r[i] = float32(x[i]) }
         return r
     }
+}
+
+/// An elementwise function defined for Float and Double (Exp, Sigmoid, ...). Functions that
+/// VectorMath computes give their float32 form eight lanes at a time (`float8`, `hasFloat8`
+/// true); float32 tensors then run through it, and the scalar Float form is lane 0 of the same
+/// code (`float32Lane`), so every path gives the same values.
+protocol FloatUnaryFunction: Float8Form {
+    func callAsFunction<T: FloatElement>(_ x: T) -> T
+}
+
+extension FloatUnaryFunction {
+    func float32(_ x: Float) -> Float { self(x) }
 }
 
 /// For Float, lane 0 of `vector` (a VectorMath form); for other types, `other`.
@@ -40,19 +51,12 @@ func float32Lane<T: FloatElement>(_ x: T, _ vector: (SIMD8<Float>) -> SIMD8<Floa
 /// An elementwise function defined for every arithmetic type (Abs, Neg, Relu, ...); `float8`
 /// as in FloatUnaryFunction (Relu's in-place scalar loop became a store per negative element,
 /// a branch that does not vectorise).
-protocol NumericUnaryFunction {
+protocol NumericUnaryFunction: Float8Form {
     func callAsFunction<T: NumericElement>(_ x: T) -> T
-    static var hasFloat8: Bool { get }
-    func float8(_ x: SIMD8<Float>) -> SIMD8<Float>
 }
 
 extension NumericUnaryFunction {
-    static var hasFloat8: Bool { false }
-    func float8(_ x: SIMD8<Float>) -> SIMD8<Float> {
-        var r = x
-        for i in 0..<8 { r[i] = self(x[i]) }
-        return r
-    }
+    func float32(_ x: Float) -> Float { self(x) }
 }
 
 /// `out[i] = f(x[i])` for contiguous buffers; `x` and `out` have the same count.
@@ -70,28 +74,49 @@ func mapElements<T, R>(_ x: Tensor, to outDType: DType, _ f: (T) -> R) -> Tensor
 /// Elements per thread chunk of the unary loops.
 private let unaryChunk = 16_384
 
+/// body(start, count) over n elements in chunks of `unaryChunk`, split across threads.
+@inline(__always)
+private func unaryChunks(_ n: Int, _ body: (Int, Int) -> Void) {
+    Parallel.forRange((n + unaryChunk - 1) / unaryChunk) { chunks in
+        let start = chunks.lowerBound * unaryChunk
+        body(start, min(chunks.upperBound * unaryChunk, n) - start)
+    }
+}
+
+/// The same address as a float32 pointer (callers check T is Float).
+@inline(__always) func floats<T>(_ p: UnsafePointer<T>) -> UnsafePointer<Float> { UnsafeRawPointer(p).assumingMemoryBound(to: Float.self) }
+@inline(__always) func floats<T>(_ p: UnsafeMutablePointer<T>) -> UnsafeMutablePointer<Float> {
+    UnsafeMutableRawPointer(p).assumingMemoryBound(to: Float.self)
+}
+
 /// out[i] = f(x[i]) over `n` elements, split across threads; `out` may be `x` (the executor's
 /// in-place plan). float32 through `f.float8` where the function has it.
 @inline(__always)
 func unaryFloatLoop<F: FloatUnaryFunction, T: FloatElement>(_ f: F, _ x: UnsafePointer<T>, _ out: UnsafeMutablePointer<T>, _ n: Int) {
-    if T.self == Float.self && F.hasFloat8 {
-        let xf = UnsafeRawPointer(x).assumingMemoryBound(to: Float.self)
-        let of = UnsafeMutableRawPointer(out).assumingMemoryBound(to: Float.self)
-        Parallel.forRange((n + unaryChunk - 1) / unaryChunk) { chunks in
-            let start = chunks.lowerBound * unaryChunk, end = min(chunks.upperBound * unaryChunk, n)
-            float8Loop(f, xf + start, of + start, end - start)
+    unaryChunks(n) { start, count in
+        if T.self == Float.self && F.hasFloat8 {
+            float8Loop(f, floats(x + start), floats(out + start), count)
+        } else {
+            elementLoop(f, x + start, out + start, count)
         }
-    } else {
-        Parallel.forRange((n + unaryChunk - 1) / unaryChunk) { chunks in
-            let start = chunks.lowerBound * unaryChunk, end = min(chunks.upperBound * unaryChunk, n)
-            elementLoop(f, x + start, out + start, end - start)
+    }
+}
+
+/// The same for a numeric function.
+@inline(__always)
+func unaryNumericLoop<F: NumericUnaryFunction, T: NumericElement>(_ f: F, _ x: UnsafePointer<T>, _ out: UnsafeMutablePointer<T>, _ n: Int) {
+    unaryChunks(n) { start, count in
+        if T.self == Float.self && F.hasFloat8 {
+            float8Loop(f, floats(x + start), floats(out + start), count)
+        } else {
+            numericElementLoop(f, x + start, out + start, count)
         }
     }
 }
 
 /// The float32 vector loop (a function of its own: loops inside Parallel closures stay scalar).
 @inline(never)
-func float8Loop<F: FloatUnaryFunction>(_ f: F, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+func float8Loop<F: Float8Form>(_ f: F, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
     VectorMath.apply(x, out, n) { f.float8($0) }
 }
 
@@ -106,27 +131,7 @@ func elementLoop<F: FloatUnaryFunction, T: FloatElement>(_ f: F, _ x: UnsafePoin
     }
 }
 
-/// out[i] = f(x[i]) for a numeric function, split across threads; `out` may be `x`.
-@inline(__always)
-func unaryNumericLoop<F: NumericUnaryFunction, T: NumericElement>(_ f: F, _ x: UnsafePointer<T>, _ out: UnsafeMutablePointer<T>, _ n: Int) {
-    Parallel.forRange((n + unaryChunk - 1) / unaryChunk) { chunks in
-        let start = chunks.lowerBound * unaryChunk, end = min(chunks.upperBound * unaryChunk, n)
-        if T.self == Float.self && F.hasFloat8 {
-            let xf = UnsafeRawPointer(x + start).assumingMemoryBound(to: Float.self)
-            let of = UnsafeMutableRawPointer(out + start).assumingMemoryBound(to: Float.self)
-            numericFloat8Loop(f, xf, of, end - start)
-        } else {
-            numericElementLoop(f, x + start, out + start, end - start)
-        }
-    }
-}
-
-@inline(never)
-func numericFloat8Loop<F: NumericUnaryFunction>(_ f: F, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
-    VectorMath.apply(x, out, n) { f.float8($0) }
-}
-
-/// out[i] = f(x[i]) for a numeric function; `out` may be `x`.
+/// The scalar loop of a numeric function (see elementLoop).
 @inline(never)
 func numericElementLoop<F: NumericUnaryFunction, T: NumericElement>(_ f: F, _ x: UnsafePointer<T>, _ out: UnsafeMutablePointer<T>, _ n: Int) {
     if UnsafePointer(out) == x {
