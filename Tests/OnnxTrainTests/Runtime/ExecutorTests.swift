@@ -140,14 +140,37 @@ final class ExecutorTests: XCTestCase {
         XCTAssertNil(BufferCache.allocate(Int.max))
     }
 
-    /// No more than `capacity` idle bytes are kept: a block beyond it is freed at once.
-    func testBufferCacheHoldsAtMostItsCapacity() throws {
+    /// A working set larger than the 512 MiB floor stays cached whole (in use + idle within the
+    /// high-water mark), and a new size past the mark frees idle blocks first. The blocks are never
+    /// touched, so the test costs address space, not memory.
+    func testBufferCacheKeepsTheWorkingSetUpToTheHighWaterMark() throws {
         BufferCache.trim()
         defer { BufferCache.trim() }
-        let block = 64 << 20
-        var blocks: [UnsafeMutableRawPointer] = []
-        for _ in 0..<(BufferCache.capacity / block + 2) { blocks.append(try XCTUnwrap(BufferCache.allocate(block))) }
+        let block = 160 << 20, live = BufferCache.liveBytes
+        // Enough blocks at once to set a new mark above the floor and above any earlier test's.
+        let count = max(BufferCache.capacity, BufferCache.highWaterBytes - live) / block + 2
+        let blocks = try (0..<count).map { _ in try XCTUnwrap(BufferCache.allocate(block)) }
+        XCTAssertEqual(BufferCache.liveBytes, live + count * block)
+        XCTAssertEqual(BufferCache.highWaterBytes, live + count * block)
         for p in blocks { BufferCache.recycle(p, block) }
-        XCTAssertEqual(BufferCache.idleBytes, BufferCache.capacity)
+        XCTAssertEqual(BufferCache.idleBytes, count * block, "the whole working set is kept, past the floor")
+        XCTAssertEqual(BufferCache.liveBytes, live)
+        // The same working set again is served from the cache.
+        let again = try (0..<count).map { _ in try XCTUnwrap(BufferCache.allocate(block)) }
+        XCTAssertEqual(Set(again), Set(blocks))
+        XCTAssertEqual(BufferCache.idleBytes, 0)
+        for p in again { BufferCache.recycle(p, block) }
+        // Another size on top of the idle set would pass the mark: one idle block is freed first.
+        let other = 64 << 20
+        let extra = try XCTUnwrap(BufferCache.allocate(other))
+        XCTAssertEqual(BufferCache.idleBytes, (count - 1) * block)
+        XCTAssertLessThanOrEqual(BufferCache.idleBytes + BufferCache.liveBytes, BufferCache.highWaterBytes)
+        BufferCache.recycle(extra, other)
+        XCTAssertLessThanOrEqual(BufferCache.idleBytes + BufferCache.liveBytes, BufferCache.highWaterBytes)
+        // A request malloc cannot serve leaves neither bytes in use nor a mark behind.
+        let mark = BufferCache.highWaterBytes
+        XCTAssertNil(BufferCache.allocate((1 << 48) - (1 << 20)), "more than the address space")
+        XCTAssertEqual(BufferCache.liveBytes, live)
+        XCTAssertEqual(BufferCache.highWaterBytes, mark)
     }
 }
