@@ -210,9 +210,7 @@ func depthwiseConvolution2D<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafeP
                                              images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry) {
     let mult = m / c, (kh, kw) = (g.kernel[0], g.kernel[1]), (oh, ow) = (g.output[0], g.output[1])
     let K = kh * kw, P = oh * ow, I = g.inputSize
-    let planes = DepthwisePlanes(source: (g.input[0], g.input[1]), output: (oh, ow), kernel: (kh, kw),
-                                 strides: (g.strides[0], g.strides[1]), dilations: (g.dilations[0], g.dilations[1]),
-                                 offsets: (g.padsBegin[0], g.padsBegin[1]), spread: (1, 1), flipped: false)
+    let planes = DepthwisePlanes(forward: g)
     Parallel.forRange(n * c, minimumChunk: max(1, 8_192 / max(P * K * mult, 1))) { range in
         let buffer = planes.allocate(T.self)
         defer { buffer.deallocate() }
@@ -260,9 +258,7 @@ func depthwiseConvolutionGradW2D<T: FloatElement>(_ DY: UnsafePointer<T>, _ X: U
                                                   images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry) {
     let mult = m / c, (kh, kw) = (g.kernel[0], g.kernel[1]), (oh, ow) = (g.output[0], g.output[1])
     let K = kh * kw, P = oh * ow, I = g.inputSize
-    let planes = DepthwisePlanes(source: (g.input[0], g.input[1]), output: (oh, ow), kernel: (kh, kw),
-                                 strides: (g.strides[0], g.strides[1]), dilations: (g.dilations[0], g.dilations[1]),
-                                 offsets: (g.padsBegin[0], g.padsBegin[1]), spread: (1, 1), flipped: false)
+    let planes = DepthwisePlanes(forward: g)
     let width = planes.vectors * 8, step = planes.strides.rows * planes.rowLength
     Parallel.forRange(c, minimumChunk: max(1, 8_192 / max(n * P * K * mult, 1))) { range in
         let buffer = planes.allocate(T.self)
@@ -332,6 +328,13 @@ struct DepthwisePlanes {
             }
         }
         tapOffsets = taps
+    }
+
+    /// The forward's layout of an input plane (the forward and dW read the same buffer).
+    init(forward g: ConvGeometry) {
+        self.init(source: (g.input[0], g.input[1]), output: (g.output[0], g.output[1]), kernel: (g.kernel[0], g.kernel[1]),
+                  strides: (g.strides[0], g.strides[1]), dilations: (g.dilations[0], g.dilations[1]),
+                  offsets: (g.padsBegin[0], g.padsBegin[1]), spread: (1, 1), flipped: false)
     }
 
     /// A buffer for one plane, plus one padded row before the phases are split, all zeros: `fill`
