@@ -140,8 +140,8 @@ final class ExecutorTests: XCTestCase {
         XCTAssertNil(BufferCache.allocate(Int.max))
     }
 
-    /// A working set larger than the 512 MiB floor stays cached whole (in use + idle within the
-    /// high-water mark), and a new size past the mark frees idle blocks first. The blocks are never
+    /// A working set larger than 512 MiB stays cached whole (in use + idle within the high-water
+    /// mark + 512 MiB), and a new size past that limit frees idle blocks first. The blocks are never
     /// touched, so the test costs address space, not memory.
     func testBufferCacheKeepsTheWorkingSetUpToTheHighWaterMark() throws {
         BufferCache.trim()
@@ -160,13 +160,19 @@ final class ExecutorTests: XCTestCase {
         XCTAssertEqual(Set(again), Set(blocks))
         XCTAssertEqual(BufferCache.idleBytes, 0)
         for p in again { BufferCache.recycle(p, block) }
-        // Another size on top of the idle set would pass the mark: one idle block is freed first.
-        let other = 64 << 20
+        // Another size on top of the idle set, within the 512 MiB over the mark: nothing is freed.
+        let small = 64 << 20
+        let kept = try XCTUnwrap(BufferCache.allocate(small))
+        XCTAssertEqual(BufferCache.idleBytes, count * block)
+        BufferCache.recycle(kept, small)
+        XCTAssertEqual(BufferCache.idleBytes, count * block + small)
+        // One that passes the mark + 512 MiB (64 MiB over it): one idle 160 MiB block is freed first.
+        let other = BufferCache.capacity  // with the idle 64 MiB block, 64 MiB past the limit
         let extra = try XCTUnwrap(BufferCache.allocate(other))
-        XCTAssertEqual(BufferCache.idleBytes, (count - 1) * block)
-        XCTAssertLessThanOrEqual(BufferCache.idleBytes + BufferCache.liveBytes, BufferCache.highWaterBytes)
+        XCTAssertEqual(BufferCache.idleBytes, count * block + small - block)
+        XCTAssertLessThanOrEqual(BufferCache.idleBytes + BufferCache.liveBytes, BufferCache.highWaterBytes + BufferCache.capacity)
         BufferCache.recycle(extra, other)
-        XCTAssertLessThanOrEqual(BufferCache.idleBytes + BufferCache.liveBytes, BufferCache.highWaterBytes)
+        XCTAssertLessThanOrEqual(BufferCache.idleBytes + BufferCache.liveBytes, BufferCache.highWaterBytes + BufferCache.capacity)
         // A request malloc cannot serve leaves neither bytes in use nor a mark behind.
         let mark = BufferCache.highWaterBytes
         XCTAssertNil(BufferCache.allocate((1 << 48) - (1 << 20)), "more than the address space")
