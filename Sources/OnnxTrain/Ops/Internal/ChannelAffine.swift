@@ -85,8 +85,9 @@ struct ChannelAffineKernel: Kernel {
     }
 }
 
-/// dst[i] = f(src[i]·a + b) over `count` values (a function of its own so the loop vectorizes).
-@inline(__always)
+/// dst[i] = f(src[i]·a + b) over `count` values: a function of its own, never inlined, so the loop
+/// vectorises (inlined into the `Parallel.forRange` closure it stays scalar, as elementLoop's do).
+@inline(never)
 func channelAffineRow<T: FloatElement, F: FloatUnaryFunction>(_ src: UnsafePointer<T>, _ dst: UnsafeMutablePointer<T>, _ count: Int,
                                                                _ a: T, _ b: T, _ f: F) {
     for i in 0..<count { dst[i] = f(src[i] * a + b) }
