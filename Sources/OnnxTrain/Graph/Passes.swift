@@ -35,6 +35,7 @@ public struct PassPipeline {
             TransposeIntoMatMul(),
             PowerToMul(),
             ElementwiseFusion(registry: registry),
+            ProductIntoAccumulator(),
         ])
     }
 

@@ -9,4 +9,5 @@ func registerAllOps(_ registry: OpRegistry) {
     registerMicrosoftOps(registry)     // Ops/Microsoft/RegisterMicrosoft.swift: com.microsoft training ops
     registerInternalOps(registry)      // Ops/Internal/ElementwiseChain.swift: ops only graph passes write (onnx-train internal domain)
     registerChannelAffineOps(registry) // Ops/Internal/ChannelAffine.swift: the per-channel scale, shift and activation of ChannelAffineFusion
+    registerProductAccumulatorOps(registry) // Ops/Internal/ProductAccumulator.swift: a weight gradient's GEMM into its accumulation buffer (ProductIntoAccumulator)
 }
