@@ -87,15 +87,16 @@ final class ProductAccumulatorTests: XCTestCase {
     }
 
     /// The training graph's form (dW = dYᵀ·X, Gemm transA) for float32 and float64, overwriting
-    /// and adding, with K 16 and 64 (one OpenBLAS block), 700 (several) and the matrix-vector
-    /// shapes (m 1, n 1, which BLAS.gemm runs as gemv): overwriting, and adding with a GEMM over
+    /// and adding, with K 16 and 64 (one OpenBLAS block), 700 (several), the matrix-vector
+    /// shapes (m 1, n 1, which BLAS.gemm runs as gemv) and a 512x300 product with K 64 (row
+    /// blocks of OpenBLAS's small-matrix kernels where it has them): overwriting, and adding with a GEMM over
     /// one K block, bit-identical to the plain graph; adding over several K blocks or through gemv
     /// sums in another order (measured: float32 8.9e-7, float64 8.9e-16 relative); against float64
     /// evaluation within float rounding (measured: float32 1.13e-5 at K 700, float64 2.5e-14).
     func testGemmIntoTheBufferMatchesProductThenAccumulator() throws {
         XCTAssertEqual(try fusedOpTypes(model(.gemm(transA: true, transB: false, alpha: 1))), ["ProductAccumulator"])
         var worstOrder32 = 0.0, worstOrder64 = 0.0, worstReference32 = 0.0, worstReference64 = 0.0
-        for (m, n, k) in [(37, 29, 64), (128, 96, 700), (1, 29, 64), (37, 1, 64), (64, 200, 16)] {
+        for (m, n, k) in [(37, 29, 64), (128, 96, 700), (1, 29, 64), (37, 1, 64), (64, 200, 16), (512, 300, 64)] {
             for overwrite in [true, false] {
                 for double in [false, true] {
                     let seed = UInt64(m * 1000 + n * 10 + k)
