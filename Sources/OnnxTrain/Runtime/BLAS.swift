@@ -90,10 +90,17 @@ public enum BLAS {
     /// Matrix-vector products with fewer multiply-adds than this run on the calling thread alone.
     static let singleThreadVectorWork = 1 << 17
 
-    /// `p` as a pointer to `U`, the same type as T (checked by the caller).
+    /// `p` as a pointer to `U`, the same type as T (checked by the caller: the generic kernels
+    /// that call a float32-only routine).
     @inline(__always)
-    private static func rebound<T, U>(_ p: UnsafePointer<T>) -> UnsafePointer<U> {
+    static func rebound<T, U>(_ p: UnsafePointer<T>) -> UnsafePointer<U> {
         UnsafeRawPointer(p).assumingMemoryBound(to: U.self)
+    }
+
+    /// `p` as a mutable pointer to `U`, the same type as T (checked by the caller).
+    @inline(__always)
+    static func rebound<T, U>(_ p: UnsafeMutablePointer<T>) -> UnsafeMutablePointer<U> {
+        UnsafeMutableRawPointer(p).assumingMemoryBound(to: U.self)
     }
 
     /// Whether every size and stride fits the 32-bit integers of the CBLAS interface.

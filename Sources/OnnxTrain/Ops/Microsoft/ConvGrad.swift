@@ -3,7 +3,9 @@
 /// image and group, images spread over the kernel threads:
 ///   dW_g += dY_g · im2col(X_g)ᵀ,  dX_g = col2im(W_gᵀ · dY_g),  dB[m] = Σ_{n,spatial} dY.
 /// Depthwise convolutions (group == C) and small images (several images per GEMM) take the
-/// kernels of Ops/ONNX/ConvKernels.swift; 1×1 unit-stride unpadded ones skip im2col and col2im.
+/// kernels of Ops/ONNX/ConvKernels.swift; 1×1 unit-stride unpadded ones skip im2col and col2im;
+/// a float32 3×3 unit-stride dX, itself such a correlation, runs Winograd where the forward would
+/// (Ops/ONNX/Winograd.swift).
 /// Unlike onnxruntime (which ignores auto_pad and so gets SAME_* wrong), auto_pad is resolved to
 /// pads first, the way the forward Conv does.
 struct ConvGradKernel: Kernel {
@@ -51,12 +53,28 @@ struct ConvGradKernel: Kernel {
             var dw = wantW ? Tensor(uninitialized: T.dtype, shape: w.shape) : nil
             var db = wantB ? Tensor(uninitialized: T.dtype, shape: [m]) : nil
             if !wantX && !wantW && !wantB { return [nil, nil, nil] }
+            // dX of a float32 3×3 unit-stride convolution is itself one (dY ⋆ flipped Wᵀ): Winograd
+            // where `winogradTile` picks it for that shape (dY's channels in, X's out), threaded inside.
+            var adjoint = geometry
+            (adjoint.input, adjoint.output) = (geometry.output, geometry.input)
+            var dxDone = false
+            if T.self == Float.self, let dx, let tile = winogradTile(images: n, channels: m, outputs: c, group: group, adjoint) {
+                try dy.withUnsafeBufferPointer(as: Float.self) { pdy in
+                    try w.withUnsafeBufferPointer(as: Float.self) { pw in
+                        guard let DY = pdy.baseAddress, let W = pw.baseAddress else { return }
+                        try winogradGradX(tile: tile, DY, W, dx.storage.bytes.assumingMemoryBound(to: Float.self),
+                                      images: n, channels: c, outputs: m, group: group, geometry)
+                    }
+                }
+                dxDone = true
+                if !wantW && !wantB { return [dx, nil, nil] }
+            }
             let depthwise = group == c && group > 1
             let block = depthwise ? 1 : convImageBlock(images: n, rows: rows, positions: outSize)
             if depthwise || block > 1 {
                 // Direct depthwise loops, or several images per GEMM (ConvKernels.swift); dX and dW
                 // are fresh tensors, written through their storage.
-                let dxOut = dx?.storage.bytes.assumingMemoryBound(to: T.self), dwOut = dw?.storage.bytes.assumingMemoryBound(to: T.self)
+                let dxOut = dxDone ? nil : dx?.storage.bytes.assumingMemoryBound(to: T.self), dwOut = dw?.storage.bytes.assumingMemoryBound(to: T.self)
                 try dy.withUnsafeBufferPointer(as: T.self) { pdy in
                     try x.withUnsafeBufferPointer(as: T.self) { px in
                         try w.withUnsafeBufferPointer(as: T.self) { pw in
@@ -88,7 +106,7 @@ struct ConvGradKernel: Kernel {
             defer { dwPartials.deallocate() }
             var dbPartials = [Double](repeating: 0, count: wantB ? chunks * m : 0)
             // dx is fresh and not shared: its storage is written directly.
-            let dxBase = dx?.storage.bytes.assumingMemoryBound(to: T.self)
+            let dxBase = dxDone ? nil : dx?.storage.bytes.assumingMemoryBound(to: T.self)
             try dy.withUnsafeBufferPointer(as: T.self) { pdy in
                 try x.withUnsafeBufferPointer(as: T.self) { px in
                     try w.withUnsafeBufferPointer(as: T.self) { pw in

@@ -8,9 +8,10 @@
 /// output rows (`convTiles`), and the (image, tile) pairs spread over the kernel threads: a
 /// thread unfolds a tile's columns into its own buffer, small enough to stay in cache, and
 /// multiplies them at once, so one image keeps both cores busy with no handoff between the
-/// im2col and the GEMM. Two shapes take other kernels
-/// (ConvKernels.swift): depthwise convolutions (group == C) run direct loops, and small images
-/// (P < 256) put several images' columns side by side in one GEMM.
+/// im2col and the GEMM. Three shapes take other kernels: float32 3×3 unit-stride convolutions
+/// with enough channels and tiles run Winograd F(4×4, 3×3) (Winograd.swift, `winogradTile`);
+/// depthwise convolutions (group == C) run direct loops, and small images (P < 256) put several
+/// images' columns side by side in one GEMM (ConvKernels.swift).
 /// `epilogue` (FusedConv's Z and Relu) is applied to each tile right after its GEMM, while it is
 /// in cache (to the whole output, threaded, after the depthwise and blocked kernels).
 func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group: Int, geometry g: ConvGeometry, _ type: T.Type,
@@ -32,12 +33,19 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
     let tileCount = direct ? 0 : try Tensor.checkedElementCount([cg, K, (outer + tiles - 1) / tiles, lastOut], "Conv im2col buffer")
     try x.withUnsafeBufferPointer(as: T.self) { px in
         try w.withUnsafeBufferPointer(as: T.self) { pw in
-            y.uncheckedMutableBufferPointer(as: T.self) { py in
+            try y.uncheckedMutableBufferPointer(as: T.self) { py in
                 guard let X = px.baseAddress, let W = pw.baseAddress, let Y = py.baseAddress else { return }
                 let hasBias = bias != nil
-                (bias?.scalars(as: T.self) ?? []).withUnsafeBufferPointer { pb in
+                try (bias?.scalars(as: T.self) ?? []).withUnsafeBufferPointer { pb in
                     // (An empty array's buffer may still have an address: the bias pointer is explicit.)
                     let biasPointer = hasBias ? pb.baseAddress : nil
+                    if T.self == Float.self, let tile = winogradTile(images: n, channels: c, outputs: m, group: group, g) {
+                        // 3×3 unit-stride float32: Winograd F(tile×tile, 3×3), epilogue fused (Winograd.swift).
+                        try winogradForward(tile: tile, BLAS.rebound(X), BLAS.rebound(W), bias: biasPointer.map(BLAS.rebound), BLAS.rebound(Y),
+                                        images: n, channels: c, outputs: m, group: group, g,
+                                        epilogue: epilogue.map { ConvEpilogue<Float>(z: $0.z.map(BLAS.rebound), relu: $0.relu) })
+                        return
+                    }
                     if depthwise || block > 1 {
                         if depthwise {
                             depthwiseConvolution(X, W, bias: biasPointer, Y, images: n, channels: c, outputs: m, g)

@@ -1,0 +1,355 @@
+/// Winograd convolution F(m×m, 3×3) for float32 2-D convolutions with 3×3 kernels, unit strides and
+/// dilations (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015).
+///
+/// Each m×m block of outputs ("tile") is computed from the (m+2)×(m+2) block of input under it:
+///   Y_tile = Aᵀ [ Σ_c (G g_oc Gᵀ) ⊙ (Bᵀ d_c B) ] A
+/// The sum over input channels at each of the (m+2)² transformed positions ξ is a matrix product,
+/// so one convolution becomes (m+2)² GEMMs U_ξ [M/G, C/G] · V_ξ [C/G, tiles] and the multiplies per
+/// output fall from 9·C to (m+2)²/m²·C: 4 for F(2×2) and 2.25 for F(4×4) with m = 4 (a 4x cut).
+///
+/// Layout and threading: tiles are taken a tile row at a time (all tiles of m output rows of one
+/// image); a work item is a run of consecutive tile rows (of one or several images), so a batch of
+/// small images fills a product as well as one big image does. Each thread transforms its item's
+/// input into V [ξ][C/G][tiles], runs the (m+2)² products into Mo [ξ][M/G][tiles] with single-
+/// threaded sgemm, and transforms Mo back into the output with the bias and FusedConv's epilogue
+/// while the rows are in cache. The transforms run on eight tiles at a time in SIMD registers:
+/// each input row is first split into m column phases (phase q holds columns q, q+m, ...), so the
+/// same element of eight neighbouring tiles is eight consecutive floats.
+///
+/// The weights are transformed per call, as one [(m+2)², 9] · [9, M·C/G] product (`winogradWeights`):
+/// it streams W once and writes U, (m+2)²/9 times W's size, so it costs little beside products of
+/// 64+ tiles; and it needs no cache that would have to know the weight is constant.
+
+/// One Winograd variant: the 1-D transforms Bᵀ (input, n = m+2 points), Aᵀ (output, n -> m) and
+/// G (weights, 3 -> n), applied in two passes for the 2-D forms.
+protocol WinogradTransform {
+    /// Output tile width m.
+    static var m: Int { get }
+    /// Bᵀ applied in place to n vectors `s` apart.
+    static func input(_ d: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int)
+    /// Aᵀ: n vectors `s` apart -> m vectors `os` apart.
+    static func output(_ d: UnsafePointer<SIMD8<Float>>, _ s: Int, _ o: UnsafeMutablePointer<SIMD8<Float>>, _ os: Int)
+    /// G: three taps -> n values `s` apart (eight weights at a time, in float64).
+    static func weight(_ g0: SIMD8<Double>, _ g1: SIMD8<Double>, _ g2: SIMD8<Double>, _ u: UnsafeMutablePointer<SIMD8<Double>>, _ s: Int)
+}
+
+extension WinogradTransform {
+    /// Input tile width n = m + 2.
+    static var n: Int { m + 2 }
+}
+
+/// F(2×2, 3×3): points 0, 1, -1 (and ∞).
+enum WinogradF2: WinogradTransform {
+    static var m: Int { 2 }
+
+    @inline(__always)
+    static func input(_ d: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int) {
+        let (d0, d1, d2, d3) = (d[0], d[s], d[2 * s], d[3 * s])
+        d[0] = d0 - d2
+        d[s] = d1 + d2
+        d[2 * s] = d2 - d1
+        d[3 * s] = d1 - d3
+    }
+
+    @inline(__always)
+    static func output(_ d: UnsafePointer<SIMD8<Float>>, _ s: Int, _ o: UnsafeMutablePointer<SIMD8<Float>>, _ os: Int) {
+        let (d0, d1, d2, d3) = (d[0], d[s], d[2 * s], d[3 * s])
+        o[0] = d0 + d1 + d2
+        o[os] = d1 - d2 - d3
+    }
+
+    @inline(__always)
+    static func weight(_ g0: SIMD8<Double>, _ g1: SIMD8<Double>, _ g2: SIMD8<Double>, _ u: UnsafeMutablePointer<SIMD8<Double>>, _ s: Int) {
+        u[0] = g0
+        u[s] = (g0 + g1 + g2) / 2
+        u[2 * s] = (g0 - g1 + g2) / 2
+        u[3 * s] = g2
+    }
+}
+
+/// F(4×4, 3×3): points 0, ±1, ±2 (and ∞).
+enum WinogradF4: WinogradTransform {
+    static var m: Int { 4 }
+
+    @inline(__always)
+    static func input(_ d: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int) {
+        let (d0, d1, d2, d3, d4, d5) = (d[0], d[s], d[2 * s], d[3 * s], d[4 * s], d[5 * s])
+        let four = SIMD8<Float>(repeating: 4), five = SIMD8<Float>(repeating: 5), two = SIMD8<Float>(repeating: 2)
+        let a = d4 - four * d2, b = d3 - four * d1          // rows 1, 2: a ± b
+        let c = d4 - d2, e = two * (d3 - d1)                // rows 3, 4: c ± e
+        d[0] = four * d0 - five * d2 + d4
+        d[s] = a + b
+        d[2 * s] = a - b
+        d[3 * s] = c + e
+        d[4 * s] = c - e
+        d[5 * s] = four * d1 - five * d3 + d5
+    }
+
+    @inline(__always)
+    static func output(_ d: UnsafePointer<SIMD8<Float>>, _ s: Int, _ o: UnsafeMutablePointer<SIMD8<Float>>, _ os: Int) {
+        let (d0, d1, d2, d3, d4, d5) = (d[0], d[s], d[2 * s], d[3 * s], d[4 * s], d[5 * s])
+        let p = d1 + d2, q = d1 - d2, r = d3 + d4, t = d3 - d4
+        let two = SIMD8<Float>(repeating: 2), four = SIMD8<Float>(repeating: 4), eight = SIMD8<Float>(repeating: 8)
+        o[0] = d0 + p + r
+        o[os] = q + two * t
+        o[2 * os] = p + four * r
+        o[3 * os] = q + eight * t + d5
+    }
+
+    @inline(__always)
+    static func weight(_ g0: SIMD8<Double>, _ g1: SIMD8<Double>, _ g2: SIMD8<Double>, _ u: UnsafeMutablePointer<SIMD8<Double>>, _ s: Int) {
+        u[0] = g0 / 4
+        u[s] = -(g0 + g1 + g2) / 6
+        u[2 * s] = -(g0 - g1 + g2) / 6
+        u[3 * s] = g0 / 24 + g1 / 12 + g2 / 6
+        u[4 * s] = g0 / 24 - g1 / 12 + g2 / 6
+        u[5 * s] = g2
+    }
+}
+
+/// Which kernel a float32 3×3 unit-stride convolution takes: `nil` lets `winogradTile` decide by
+/// shape; 0 forces im2col, 2 or 4 forces F(2×2) or F(4×4) wherever the kernel applies (tests).
+nonisolated(unsafe) var winogradOverride: Int? = nil
+
+/// The Winograd tile width (2 or 4) for a convolution, or nil for im2col + GEMM: float32 is the
+/// caller's test; here 2-D, 3×3, unit strides and dilations, and the shapes where F(4×4) measured
+/// faster than im2col + sgemm (single thread, minimum of 12 runs; F(2×2) was slower than F(4×4) on
+/// every shape measured, so it is only a test variant):
+/// - 32+ channels per group in and out (16 in and out at 112×112: even);
+/// - 48+ tiles in the batch (14×14 batch 1, 16 tiles: 2.56 against 2.44 ms at 256 channels, 13.3
+///   against 9.6 at 512: the weight transform is not paid back);
+/// - outputs 28+ wide, or 14+ wide with 128+ channels: the transforms take eight tiles of a row at a
+///   time, so narrow images leave lanes idle (7×7 batch 32 at 512 channels: 73.8 against 76.9 ms;
+///   14×14 batch 8 at 256: 11.8 against 19.4; 16×16 batch 8 at 32: 0.62 against 0.54).
+/// Measured wins: 64 channels at 224×224 31.6 against 43.2 ms, 128 at 112 18.9 / 40.3, 256 at 56
+/// 16.1 / 38.2, 512 at 28 21.6 / 39.3, 128 at 28 1.29 / 2.51.
+func winogradTile(images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry) -> Int? {
+    guard g.rank == 2, g.kernel == [3, 3], g.strides == [1, 1], g.dilations == [1, 1], group > 0,
+          c % group == 0, m % group == 0, c > 0, m > 0, g.outputSize > 0 else { return nil }
+    if let forced = winogradOverride { return forced == 0 ? nil : forced }
+    let channels = min(c / group, m / group), width = g.output[1]
+    let tiles = n * ((g.output[0] + 3) / 4) * ((width + 3) / 4)
+    guard channels >= 32, tiles >= 48, width >= 28 || (width >= 14 && channels >= 128) else { return nil }
+    return 4
+}
+
+/// The floats a work item's buffers aim for (their tiles are the products' width): see
+/// `winogradConvolution`.
+nonisolated(unsafe) var winogradItemFloats = 1 << 22
+
+/// Below this many tiles per thread, `winogradConvolution`'s threads split the output channels.
+nonisolated(unsafe) var winogradSplitTiles = 64
+
+/// The weights of a convolution in the Winograd domain, as one product: U [ξ, R] = Gk [ξ, 9] · Wᵀ
+/// [9, R] for W's R = rows·(its second axis) 3×3 kernels, where Gk [(r, s), (ky, kx)] = G[r, ky]·G[s, kx]
+/// (G g Gᵀ written out; the coefficients computed in float64 and rounded once, the sum of nine
+/// products in float32). U_ξ keeps W's kernel order: for a forward weight [G·outs, ins, 3, 3] that
+/// is [G][outs][ins], each group's U_ξ an [outs, ins] matrix; `flipped` rotates each kernel by 180°
+/// (ConvGrad's dX, whose weight is read transposed). U is a float32 tensor [ξ, R] from the buffer
+/// cache (36 MB for a 512×512 F(4×4) layer: a fresh allocation each call would fault every page).
+func winogradWeights<F: WinogradTransform>(_: F.Type, _ W: UnsafePointer<Float>, kernels: Int, flipped: Bool) throws -> Tensor {
+    let n = F.n, nn = n * n
+    // G [n, 3]: the transform of each unit tap.
+    var g = [Double](repeating: 0, count: n * 3)
+    withUnsafeTemporaryAllocation(of: SIMD8<Double>.self, capacity: n) { u in
+        for k in 0..<3 {
+            F.weight(SIMD8(repeating: k == 0 ? 1 : 0), SIMD8(repeating: k == 1 ? 1 : 0), SIMD8(repeating: k == 2 ? 1 : 0), u.baseAddress!, 1)
+            for r in 0..<n { g[r * 3 + k] = u[r][0] }
+        }
+    }
+    var gk = [Float](repeating: 0, count: nn * 9)
+    for r in 0..<n { for s in 0..<n { for ky in 0..<3 { for kx in 0..<3 {
+        gk[(r * n + s) * 9 + (flipped ? 8 - (ky * 3 + kx) : ky * 3 + kx)] = Float(g[r * 3 + ky] * g[s * 3 + kx])
+    } } } }
+    let U = try Tensor(kernelUninitialized: .float32, shape: [nn, kernels], "Winograd weights")
+    gk.withUnsafeBufferPointer { pg in
+        BLAS.gemm(transA: false, transB: true, m: nn, n: kernels, k: 9, alpha: Float(1), a: pg.baseAddress!, lda: 9,
+                  b: W, ldb: 9, beta: Float(0), c: U.storage.bytes.assumingMemoryBound(to: Float.self), ldc: kernels)
+    }
+    return U
+}
+
+/// A float32 2-D correlation with a 3×3 kernel at unit strides by Winograd F(m×m, 3×3).
+///
+/// X [N, C, ih, iw], U from `winogradWeights` [ξ][G][M/G][C/G] (`transposedWeights`: [ξ][G][C/G][M/G]),
+/// bias [M]? -> Y [N, M, oh, ow], where
+/// output (y, x) reads input rows y - padTop ..< y - padTop + 3 and columns likewise (zeros outside
+/// the image; any pads, the pads at the end are implied by oh and ow). `epilogue` (FusedConv's Z
+/// and Relu) is applied to each output row right after its tile row is written.
+func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Float>, _ U: UnsafePointer<Float>, transposedWeights: Bool,
+                                               bias: UnsafePointer<Float>?,
+                                               _ Y: UnsafeMutablePointer<Float>, images: Int, channels c: Int, outputs m: Int, group: Int,
+                                               input: (Int, Int), output: (Int, Int), padTop: Int, padLeft: Int,
+                                               epilogue: ConvEpilogue<Float>?) {
+    let tm = F.m, n = F.n, nn = n * n, cg = c / group, mg = m / group
+    let (ih, iw) = input, (oh, ow) = output, I = ih * iw, P = oh * ow
+    let tilesY = (oh + tm - 1) / tm, tilesX = (ow + tm - 1) / tm, tileRows = images * tilesY
+    // A work item's buffers V and Mo take nn·(C/G + M/G)·tiles floats: about `winogradItemFloats`
+    // (16 MB), and at least one tile row. The items come in a multiple of the thread count where the
+    // rows allow, so the threads get equal shares. With fewer tiles than `winogradSplitTiles` per
+    // thread, the threads split the output channels instead: each transforms the same input, and
+    // reads only its share of U (at 14×14 and 512 channels U is 36 MB, the products are narrow and
+    // bound by reading it).
+    let threads = Parallel.threadCount
+    let mChunks = tileRows * tilesX < winogradSplitTiles * threads && mg >= 16 * threads ? threads : 1
+    var rowsPerItem = max(1, winogradItemFloats / max(nn * (cg + mg) * tilesX, 1))
+    if mChunks == 1 {
+        let wanted = (tileRows + rowsPerItem - 1) / rowsPerItem
+        let even = min(tileRows, (wanted + threads - 1) / threads * threads)
+        rowsPerItem = (tileRows + even - 1) / even
+    }
+    rowsPerItem = min(rowsPerItem, tileRows)
+    let rowItems = (tileRows + rowsPerItem - 1) / rowsPerItem
+    let maxTiles = rowsPerItem * tilesX, mMax = (mg + mChunks - 1) / mChunks
+    // Phase buffers: n input rows × m phases × `L` floats (tilesX + 1 used, then zeros, so the
+    // eight-tile loads past the last tile read zeros).
+    let L = (tilesX + 1 + 7) / 8 * 8 + 8
+    Parallel.forRange(rowItems * mChunks) { range in
+        let V = UnsafeMutablePointer<Float>.allocate(capacity: nn * cg * maxTiles)
+        let Mo = UnsafeMutablePointer<Float>.allocate(capacity: nn * mMax * maxTiles)
+        let phases = UnsafeMutablePointer<Float>.allocate(capacity: n * tm * L)
+        let d = UnsafeMutablePointer<SIMD8<Float>>.allocate(capacity: nn)
+        let o = UnsafeMutablePointer<SIMD8<Float>>.allocate(capacity: n * n)
+        defer { V.deallocate(); Mo.deallocate(); phases.deallocate(); d.deallocate(); o.deallocate() }
+        for item in range {
+            let ri = item / mChunks, mc = item % mChunks
+            let u0 = ri * rowsPerItem, u1 = min(u0 + rowsPerItem, tileRows), T = (u1 - u0) * tilesX
+            let o0 = mg * mc / mChunks, mo = mg * (mc + 1) / mChunks - o0
+            for gi in 0..<group {
+                // V [ξ][C/G][T] = Bᵀ d B for every tile and input channel of the group.
+                for ch in 0..<cg {
+                    for u in u0..<u1 {
+                        let b = u / tilesY, ty = u % tilesY
+                        let plane = X + (b * c + gi * cg + ch) * I
+                        winogradPhases(plane, rows: ih, columns: iw, firstRow: ty * tm - padTop, padLeft: padLeft,
+                                       count: n, phases: tm, length: L, into: phases)
+                        let t0 = (u - u0) * tilesX
+                        for tx in stride(from: 0, to: tilesX, by: 8) {
+                            for k in 0..<n {
+                                let row = phases + k * tm * L + tx
+                                for j in 0..<n {
+                                    d[k * n + j] = UnsafeRawPointer(row + (j % tm) * L + j / tm).loadUnaligned(as: SIMD8<Float>.self)
+                                }
+                            }
+                            for j in 0..<n { F.input(d + j, n) }
+                            for k in 0..<n { F.input(d + k * n, 1) }
+                            let lanes = min(8, tilesX - tx), dst = V + ch * T + t0 + tx
+                            for xi in 0..<nn {
+                                let p = dst + xi * cg * T
+                                if lanes == 8 {
+                                    UnsafeMutableRawPointer(p).storeBytes(of: d[xi], as: SIMD8<Float>.self)
+                                } else {
+                                    for l in 0..<lanes { p[l] = d[xi][l] }
+                                }
+                            }
+                        }
+                    }
+                }
+                // Mo_ξ [M/G, T] = U_ξ [M/G, C/G] · V_ξ [C/G, T] (single-threaded: inside the region).
+                for xi in 0..<nn {
+                    let u = U + (xi * group + gi) * mg * cg
+                    BLAS.gemm(transA: transposedWeights, transB: false, m: mo, n: T, k: cg, alpha: Float(1),
+                              a: transposedWeights ? u + o0 : u + o0 * cg, lda: transposedWeights ? mg : cg, b: V + xi * cg * T, ldb: T,
+                              beta: Float(0), c: Mo + xi * mo * T, ldc: T)
+                }
+                // Y tile = Aᵀ Mo A + bias, then the epilogue on each finished output row.
+                for oc in o0..<(o0 + mo) {
+                    let channel = gi * mg + oc, start = SIMD8<Float>(repeating: bias?[channel] ?? 0)
+                    for u in u0..<u1 {
+                        let b = u / tilesY, ty = u % tilesY, t0 = (u - u0) * tilesX
+                        let planeOffset = (b * m + channel) * P, dst = Y + planeOffset
+                        let rows = min(tm, oh - ty * tm)
+                        for tx in stride(from: 0, to: tilesX, by: 8) {
+                            let src = Mo + (oc - o0) * T + t0 + tx, lanes = min(8, tilesX - tx)
+                            for xi in 0..<nn {
+                                let p = src + xi * mo * T
+                                if lanes == 8 {
+                                    d[xi] = UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+                                } else {
+                                    var v = SIMD8<Float>()
+                                    for l in 0..<lanes { v[l] = p[l] }
+                                    d[xi] = v
+                                }
+                            }
+                            // o [m, n] = Aᵀ d (per column), then d [m, m] = o A (per row of o).
+                            for j in 0..<n { F.output(d + j, n, o + j, n) }
+                            for i in 0..<tm { F.output(o + i * n, 1, d + i * tm, 1) }
+                            for i in 0..<rows {
+                                let line = dst + (ty * tm + i) * ow
+                                for j in 0..<tm {
+                                    let v = d[i * tm + j] + start
+                                    for l in 0..<lanes {
+                                        let x = (tx + l) * tm + j
+                                        if x < ow { line[x] = v[l] }
+                                    }
+                                }
+                            }
+                        }
+                        if let epilogue {
+                            for i in 0..<rows { epilogue.apply(Y, planeOffset + (ty * tm + i) * ow, ow) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Splits `count` rows of a plane, from `firstRow` on (rows outside the plane are zeros), into
+/// `phases` column phases of `length` floats each: phases[(k·phases + q)·length + j] holds column
+/// j·phases + q - padLeft of row firstRow + k, zero outside the plane.
+@inline(__always)
+func winogradPhases(_ plane: UnsafePointer<Float>, rows: Int, columns: Int, firstRow: Int, padLeft: Int,
+                    count: Int, phases: Int, length: Int, into dst: UnsafeMutablePointer<Float>) {
+    for k in 0..<count {
+        let row = firstRow + k, base = dst + k * phases * length
+        guard row >= 0 && row < rows else {
+            base.update(repeating: 0, count: phases * length)
+            continue
+        }
+        let src = plane + row * columns
+        for q in 0..<phases {
+            let out = base + q * length
+            // Columns j·phases + q - padLeft inside 0..<columns: j in lo..<hi.
+            let first = padLeft - q
+            let lo = min(length, max(0, first <= 0 ? 0 : (first + phases - 1) / phases))
+            let hi = max(lo, min(length, (columns + padLeft - q + phases - 1) / phases))
+            if lo > 0 { out.update(repeating: 0, count: lo) }
+            var s = src + (lo * phases + q - padLeft)
+            for j in lo..<hi {
+                out[j] = s.pointee
+                s += phases
+            }
+            if hi < length { (out + hi).update(repeating: 0, count: length - hi) }
+        }
+    }
+}
+
+/// Forward convolution by Winograd F(tile×tile, 3×3): the weights transformed, then
+/// `winogradConvolution`. For `convolution` (Conv, FusedConv) where `winogradTile` chose it.
+func winogradForward(tile: Int, _ X: UnsafePointer<Float>, _ W: UnsafePointer<Float>, bias: UnsafePointer<Float>?, _ Y: UnsafeMutablePointer<Float>,
+                     images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, epilogue: ConvEpilogue<Float>?) throws {
+    func run<F: WinogradTransform>(_ f: F.Type) throws {
+        let U = try winogradWeights(f, W, kernels: m * (c / group), flipped: false)
+        winogradConvolution(f, X, U.storage.bytes.assumingMemoryBound(to: Float.self), transposedWeights: false, bias: bias, Y,
+                            images: n, channels: c, outputs: m, group: group,
+                            input: (g.input[0], g.input[1]), output: (g.output[0], g.output[1]),
+                            padTop: g.padsBegin[0], padLeft: g.padsBegin[1], epilogue: epilogue)
+    }
+    if tile == 2 { try run(WinogradF2.self) } else { try run(WinogradF4.self) }
+}
+
+/// dX of a 3×3 unit-stride convolution by Winograd: dX = dY ⋆ (W rotated 180°, in and out
+/// swapped), a 3×3 unit-stride correlation over dY padded by 2 - pads (so output (y, x) of dX reads
+/// dY rows y - (2 - padTop) ...). DY [N, M, oh, ow], W [M, C/G, 3, 3] -> dX [N, C, ih, iw].
+func winogradGradX(tile: Int, _ DY: UnsafePointer<Float>, _ W: UnsafePointer<Float>, _ DX: UnsafeMutablePointer<Float>,
+                   images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry) throws {
+    func run<F: WinogradTransform>(_ f: F.Type) throws {
+        let U = try winogradWeights(f, W, kernels: m * (c / group), flipped: true)
+        winogradConvolution(f, DY, U.storage.bytes.assumingMemoryBound(to: Float.self), transposedWeights: true, bias: nil, DX,
+                            images: n, channels: m, outputs: c, group: group,
+                            input: (g.output[0], g.output[1]), output: (g.input[0], g.input[1]),
+                            padTop: 2 - g.padsBegin[0], padLeft: 2 - g.padsBegin[1], epilogue: nil)
+    }
+    if tile == 2 { try run(WinogradF2.self) } else { try run(WinogradF4.self) }
+}

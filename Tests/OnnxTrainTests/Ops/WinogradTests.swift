@@ -1,0 +1,204 @@
+@testable import OnnxTrain
+import XCTest
+
+/// Winograd F(2×2, 3×3) and F(4×4, 3×3) (Ops/ONNX/Winograd.swift) against float64 loops over the
+/// same float32 inputs: Conv (bias, pads 0/1/2 and asymmetric, groups, odd sizes, images smaller
+/// than a tile, rows of tiles that end in a partial group of eight, batches), FusedConv's Z + Relu
+/// epilogue, and ConvGrad's dX (dW and dB keep im2col). Errors are max |y - y64| / max |y64| per
+/// output; the largest measured are printed, and the bounds sit just above them: F(2×2) forward
+/// 2.1e-7 and dX 2.2e-7 (bound 3e-7), F(4×4) forward 4.1e-6 and dX 3.2e-6 (bound 5e-6); im2col +
+/// sgemm on the same cases 3.9e-7 (bound 5e-7). F(4×4)'s transforms (points 0, ±1, ±2; Aᵀ weights
+/// up to 8) cost about ten times im2col's rounding; it is the variant the kernel uses.
+final class WinogradTests: XCTestCase {
+    struct Case {
+        let label: String
+        let x: [Int], w: [Int]
+        let pads: [Int]   // top, left, bottom, right
+        let group: Int
+        var attributes: [String: Attribute] {
+            ["pads": .ints(pads), "group": .int(group), "kernel_shape": .ints([3, 3])]
+        }
+        var output: [Int] {
+            [x[0], w[0], x[2] + pads[0] + pads[2] - 2, x[3] + pads[1] + pads[3] - 2]
+        }
+    }
+
+    static let cases: [Case] = [
+        Case(label: "pad 0, odd sizes", x: [1, 3, 5, 7], w: [4, 3, 3, 3], pads: [0, 0, 0, 0], group: 1),
+        Case(label: "pad 1, batch 2, tiles crossing both edges", x: [2, 4, 9, 11], w: [5, 4, 3, 3], pads: [1, 1, 1, 1], group: 1),
+        Case(label: "pad 2", x: [1, 2, 6, 6], w: [3, 2, 3, 3], pads: [2, 2, 2, 2], group: 1),
+        Case(label: "asymmetric pads", x: [2, 3, 7, 8], w: [2, 3, 3, 3], pads: [0, 1, 2, 0], group: 1),
+        Case(label: "asymmetric pads 2", x: [1, 2, 8, 5], w: [3, 2, 3, 3], pads: [2, 0, 1, 2], group: 1),
+        Case(label: "groups 2, batch 2", x: [2, 6, 10, 13], w: [4, 3, 3, 3], pads: [1, 1, 1, 1], group: 2),
+        Case(label: "groups 3, one output per group", x: [1, 6, 6, 9], w: [3, 2, 3, 3], pads: [1, 0, 1, 2], group: 3),
+        Case(label: "image smaller than a tile, batch 3", x: [3, 2, 3, 3], w: [2, 2, 3, 3], pads: [1, 1, 1, 1], group: 1),
+        Case(label: "wide rows: a full and a partial group of eight tiles", x: [1, 3, 4, 41], w: [2, 3, 3, 3], pads: [1, 1, 1, 1], group: 1),
+        Case(label: "tall image", x: [1, 2, 23, 5], w: [3, 2, 3, 3], pads: [1, 1, 1, 1], group: 1),
+        Case(label: "16+ channels, batch 2", x: [2, 20, 12, 14], w: [17, 20, 3, 3], pads: [1, 1, 1, 1], group: 1),
+        Case(label: "groups 2 of 16, wide", x: [1, 32, 6, 35], w: [32, 16, 3, 3], pads: [1, 1, 1, 1], group: 2),
+    ]
+
+    override func tearDown() {
+        winogradOverride = nil
+        winogradItemFloats = 1 << 21
+        super.tearDown()
+    }
+
+    /// Runs `body` with the kernel forced to F(tile×tile) (0: im2col), one tile row per work item
+    /// when `smallItems` (so items start and end at every kind of row and cross images).
+    private func forcing<R>(_ tile: Int, smallItems: Bool = false, _ body: () throws -> R) rethrows -> R {
+        let (saved, items) = (winogradOverride, winogradItemFloats)
+        defer { winogradOverride = saved; winogradItemFloats = items }
+        winogradOverride = tile
+        if smallItems { winogradItemFloats = 1 }
+        return try body()
+    }
+
+    func testForwardMatchesFloat64Loops() throws {
+        var largest = [0: 0.0, 2: 0.0, 4: 0.0]
+        for (i, c) in Self.cases.enumerated() {
+            let x = float32(randomDoubles(c.x, seed: UInt64(10 + i))), w = float32(randomDoubles(c.w, seed: UInt64(30 + i)))
+            let b = float32(randomDoubles([c.w[0]], seed: UInt64(50 + i)))
+            let expected = referenceConv(doubles(x), doubles(w), doubles(b), c)
+            for tile in [0, 2, 4] {
+                for smallItems in [false, true] {
+                    let y = try forcing(tile, smallItems: smallItems) {
+                        try runTrainingOp("Conv", "", [x, w, b], attributes: c.attributes, opset: 11)[0]
+                    }
+                    XCTAssertEqual(y.shape, c.output, c.label)
+                    let error = relativeError(doubles(y), expected)
+                    largest[tile] = max(largest[tile]!, error)
+                    XCTAssertLessThanOrEqual(error, bound(tile), "\(c.label): tile \(tile) (small items \(smallItems)) forward error \(error)")
+                }
+            }
+        }
+        print("WinogradTests: forward vs float64, largest relative error: im2col \(largest[0]!), F2 \(largest[2]!), F4 \(largest[4]!)")
+    }
+
+    /// FusedConv's Z and Relu applied per output row by the Winograd output transform: bit for bit
+    /// Relu(Conv + Z) of the standalone Conv through the same kernel.
+    func testFusedConvEpilogueMatchesConvAddRelu() throws {
+        for (i, c) in Self.cases.enumerated() {
+            let x = float32(randomDoubles(c.x, seed: UInt64(70 + i))), w = float32(randomDoubles(c.w, seed: UInt64(90 + i)))
+            let b = float32(randomDoubles([c.w[0]], seed: UInt64(110 + i))), z = float32(randomDoubles(c.output, seed: UInt64(130 + i)))
+            let attributes = c.attributes.merging(["activation": .string("Relu")]) { $1 }
+            for tile in [2, 4] {
+                try forcing(tile) {
+                    let y = doubles(try runTrainingOp("Conv", "", [x, w, b], attributes: c.attributes, opset: 11)[0])
+                    for withZ in [false, true] {
+                        let fused = try runTrainingOp("FusedConv", "com.microsoft", [x, w, b] + (withZ ? [z] : []), attributes: attributes)[0]
+                        let sums = withZ ? zip(y, doubles(z)).map { Double(Float($0) + Float($1)) } : y
+                        XCTAssertEqual(doubles(fused), sums.map { $0 < 0 ? 0 : $0 }, "\(c.label): tile \(tile) FusedConv (Z \(withZ)) differs from Relu(Conv + Z)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// ConvGrad's dX by Winograd (dY ⋆ flipped Wᵀ over dY padded by 2 - pads) against the adjoint
+    /// of the float64 loops; dW and dB (im2col) within float32 rounding of theirs.
+    func testConvGradDXMatchesFloat64Loops() throws {
+        var largest = [0: 0.0, 2: 0.0, 4: 0.0]
+        for (i, c) in Self.cases.enumerated() {
+            let x = float32(randomDoubles(c.x, seed: UInt64(150 + i))), w = float32(randomDoubles(c.w, seed: UInt64(170 + i)))
+            let dy = float32(randomDoubles(c.output, seed: UInt64(190 + i)))
+            let (dx, dw, db) = referenceConvGrad(doubles(dy), doubles(x), doubles(w), c)
+            for tile in [0, 2, 4] {
+                for smallItems in [false, true] {
+                    let grads = try forcing(tile, smallItems: smallItems) {
+                        try runTrainingOp("ConvGrad", "com.microsoft", [dy, x, w], attributes: c.attributes, outputs: 3)
+                    }
+                    XCTAssertEqual(grads[0].shape, c.x, c.label)
+                    let error = relativeError(doubles(grads[0]), dx)
+                    largest[tile] = max(largest[tile]!, error)
+                    XCTAssertLessThanOrEqual(error, bound(tile), "\(c.label): tile \(tile) (small items \(smallItems)) dX error \(error)")
+                    XCTAssertLessThanOrEqual(relativeError(doubles(grads[1]), dw), 1e-6, "\(c.label): dW")
+                    XCTAssertLessThanOrEqual(relativeError(doubles(grads[2]), db), 1e-6, "\(c.label): dB")
+                }
+            }
+            // dX alone (the kernel returns before the dW/dB loops).
+            let only = try forcing(4) {
+                try runTrainingOp("ConvGrad", "com.microsoft", [dy, x, w], attributes: c.attributes, outputs: 1)[0]
+            }
+            XCTAssertLessThanOrEqual(relativeError(doubles(only), dx), bound(4), "\(c.label): dX alone")
+        }
+        print("WinogradTests: ConvGrad dX vs float64, largest relative error: im2col \(largest[0]!), F2 \(largest[2]!), F4 \(largest[4]!)")
+    }
+
+    /// float64 keeps the exact im2col path even where float32 would take Winograd.
+    func testFloat64KeepsIm2col() throws {
+        let c = Self.cases[10]
+        let x = randomDoubles(c.x, seed: 210), w = randomDoubles(c.w, seed: 211), b = randomDoubles([c.w[0]], seed: 212)
+        let y = try forcing(4) { try runTrainingOp("Conv", "", [x, w, b], attributes: c.attributes, opset: 11)[0] }
+        XCTAssertLessThanOrEqual(relativeError(doubles(y), referenceConv(doubles(x), doubles(w), doubles(b), c)), 1e-14)
+    }
+
+    /// The shape rule: 3×3 unit stride and dilation, 32+ channels per group on both sides, 48+
+    /// F(4×4) tiles in the batch, outputs 28+ wide (14+ with 128+ channels); all else keeps im2col.
+    func testDispatchRule() throws {
+        func geometry(_ h: Int, _ w: Int, kernel: [Int] = [3, 3], strides: [Int] = [1, 1], dilations: [Int] = [1, 1]) throws -> ConvGeometry {
+            try ConvGeometry(input: [h, w], kernel: kernel, strides: strides, dilations: dilations, pads: [1, 1, 1, 1])
+        }
+        XCTAssertEqual(winogradTile(images: 1, channels: 64, outputs: 64, group: 1, try geometry(56, 56)), 4)
+        XCTAssertEqual(winogradTile(images: 1, channels: 128, outputs: 128, group: 1, try geometry(28, 28)), 4)
+        XCTAssertEqual(winogradTile(images: 8, channels: 256, outputs: 256, group: 1, try geometry(14, 14)), 4)
+        XCTAssertEqual(winogradTile(images: 1, channels: 64, outputs: 128, group: 2, try geometry(56, 56)), 4)
+        XCTAssertNil(winogradTile(images: 1, channels: 512, outputs: 512, group: 1, try geometry(14, 14)))   // 16 tiles
+        XCTAssertNil(winogradTile(images: 32, channels: 512, outputs: 512, group: 1, try geometry(7, 7)))    // 7 wide
+        XCTAssertNil(winogradTile(images: 8, channels: 64, outputs: 64, group: 1, try geometry(16, 16)))     // 16 wide, 64 channels
+        XCTAssertNil(winogradTile(images: 1, channels: 3, outputs: 64, group: 1, try geometry(224, 224)))    // 3 input channels
+        XCTAssertNil(winogradTile(images: 1, channels: 16, outputs: 16, group: 1, try geometry(112, 112)))
+        XCTAssertNil(winogradTile(images: 1, channels: 64, outputs: 64, group: 64, try geometry(56, 56)))    // depthwise
+        XCTAssertNil(winogradTile(images: 1, channels: 64, outputs: 64, group: 1, try geometry(56, 56, strides: [2, 2])))
+        XCTAssertNil(winogradTile(images: 1, channels: 64, outputs: 64, group: 1, try geometry(56, 56, dilations: [2, 2])))
+        XCTAssertNil(winogradTile(images: 1, channels: 64, outputs: 64, group: 1, try geometry(56, 56, kernel: [5, 5])))
+    }
+
+    // MARK: - float64 loops
+
+    private func bound(_ tile: Int) -> Double { [0: 5e-7, 2: 3e-7, 4: 5e-6][tile]! }
+
+    private func referenceConv(_ x: [Double], _ w: [Double], _ b: [Double], _ c: Case) -> [Double] {
+        var y = [Double](repeating: 0, count: c.output.reduce(1, *))
+        let outSize = c.output[2] * c.output[3]
+        for i in 0..<y.count { y[i] = b[(i / outSize) % c.w[0]] }
+        forEachTap(c) { xi, wi, yi in y[yi] += w[wi] * x[xi] }
+        return y
+    }
+
+    private func referenceConvGrad(_ dy: [Double], _ x: [Double], _ w: [Double], _ c: Case) -> ([Double], [Double], [Double]) {
+        var dx = [Double](repeating: 0, count: x.count), dw = [Double](repeating: 0, count: w.count)
+        forEachTap(c) { xi, wi, yi in
+            dx[xi] += w[wi] * dy[yi]
+            dw[wi] += x[xi] * dy[yi]
+        }
+        let m = c.w[0], outSize = c.output[2] * c.output[3]
+        var db = [Double](repeating: 0, count: m)
+        for (i, v) in dy.enumerated() { db[(i / outSize) % m] += v }
+        return (dx, dw, db)
+    }
+
+    /// Every (image, output channel, output position, input channel, tap) inside the image:
+    /// body(flat x index, flat w index, flat y index).
+    private func forEachTap(_ c: Case, _ body: (Int, Int, Int) -> Void) {
+        let (n, ch, h, wd) = (c.x[0], c.x[1], c.x[2], c.x[3]), m = c.w[0], (oh, ow) = (c.output[2], c.output[3])
+        let cg = ch / c.group, mg = m / c.group
+        for b in 0..<n { for o in 0..<m { for r in 0..<oh { for s in 0..<ow { for ci in 0..<cg { for ky in 0..<3 { for kx in 0..<3 {
+            let (y, x) = (r - c.pads[0] + ky, s - c.pads[1] + kx)
+            guard y >= 0, y < h, x >= 0, x < wd else { continue }
+            body(((b * ch + (o / mg) * cg + ci) * h + y) * wd + x, (o * cg + ci) * 9 + ky * 3 + kx, ((b * m + o) * oh + r) * ow + s)
+        } } } } } } }
+    }
+
+    private func relativeError(_ got: [Double], _ want: [Double]) -> Double {
+        guard got.count == want.count else { XCTFail("\(got.count) values, expected \(want.count)"); return .infinity }
+        let scale = want.reduce(0) { max($0, abs($1)) }
+        return zip(got, want).reduce(0) { max($0, abs($1.0 - $1.1)) } / max(scale, .leastNormalMagnitude)
+    }
+
+    private func float32(_ t: Tensor) -> Tensor { Tensor(shape: t.shape, scalars: t.scalars(as: Double.self).map { Float($0) }) }
+
+    private func doubles(_ t: Tensor) -> [Double] {
+        t.dtype == .float32 ? t.scalars(as: Float.self).map(Double.init) : t.scalars(as: Double.self)
+    }
+}
