@@ -8,7 +8,8 @@
 /// TransposeMatMul) without batch transposes. The node takes the product's place in the graph
 /// (its operands die as early as before), so the buffer must be read by the accumulator alone
 /// and be no graph output: the write then moves past no other reader. The product's value must be
-/// read by the accumulator alone (and be no graph output).
+/// read by the accumulator alone (and be no graph output), and the buffer and the flag must be
+/// made before the product (graph inputs in every training graph).
 public struct ProductIntoAccumulator: GraphPass {
     public var name: String { "product-into-accumulator" }
     public init() {}
@@ -25,6 +26,8 @@ public struct ProductIntoAccumulator: GraphPass {
             let p = graph.nodes[i]
             guard let (product, attributes) = ProductIntoAccumulator.product(p), p.outputs.count == 1,
                   let a = p.input(0), let b = p.input(1), a != buffer, b != buffer else { continue }
+            // The node runs where the product ran, so the buffer and the flag must exist by then.
+            guard ([buffer] + (acc.input(2).map { [$0] } ?? [])).allSatisfy({ (c.index.producer[$0]?.node ?? -1) < i }) else { continue }
             var inputs = [buffer, a, b]
             if let flag = acc.input(2) { inputs.append(flag) }
             var attrs = attributes

@@ -178,4 +178,19 @@ final class ProductAccumulatorTests: XCTestCase {
         XCTAssertEqual(try fusedOpTypes(model(product, productIsOutput: true)), ["Gemm", "InPlaceAccumulatorV2"])
         XCTAssertEqual(try fusedOpTypes(model(product, bufferReadAgain: true)), ["Neg", "Gemm", "InPlaceAccumulatorV2"])
     }
+
+    /// A flag made between the product and the accumulator keeps the pair (the fused node would run
+    /// before its flag exists); the graph still runs and updates the buffer as defined.
+    func testPassKeepsPairsWhoseFlagIsMadeAfterTheProduct() throws {
+        var m = model(.matMul)
+        m.graph.inputs[3] = ValueInfo(name: "keep", type: nil)
+        m.graph.nodes.insert(Node(opType: "Not", inputs: ["keep"], outputs: ["flag"]), at: 1)
+        XCTAssertEqual(try fusedOpTypes(m), ["MatMul", "Not", "InPlaceAccumulatorV2"])
+        let buffer = Self.random([3, 5], seed: 7, Float.self), a = Self.random([3, 4], seed: 8, Float.self)
+        let b = Self.random([4, 5], seed: 9, Float.self)
+        let target = try Self.copy(buffer)
+        _ = try InferenceSession(model: m).run(tensors: ["buffer": target, "a": a, "b": b, "keep": Tensor(shape: [1], scalars: [true])])
+        let expected = try reference(buffer: buffer, a: a, b: b, transA: false, transB: false, alpha: 1, overwrite: false)
+        for (x, y) in zip(try target.doubles(), expected) { XCTAssertEqual(x, y, accuracy: 1e-6) }
+    }
 }
