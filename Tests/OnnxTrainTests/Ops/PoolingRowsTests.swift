@@ -26,11 +26,18 @@ final class PoolingRowsTests: XCTestCase {
         Case(label: "5x5 pads as large as the input (windows wholly in padding)", x: [1, 1, 2, 3], kernel: [5, 5], strides: [1, 1], pads: [4, 4, 4, 4], dilations: [1, 1], ceil: false),
         Case(label: "3x3 stride 2 pad 1 wide rows (eight-lane runs)", x: [1, 2, 6, 41], kernel: [3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: false),
         Case(label: "2x2 stride 2 pad 1", x: [1, 2, 6, 6], kernel: [2, 2], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: false),
+        Case(label: "3x3 stride 1 dilation 2 pad 1 wide rows", x: [1, 2, 5, 37], kernel: [3, 3], strides: [1, 1], pads: [1, 2, 1, 0], dilations: [2, 2], ceil: false),
+        Case(label: "3x3 stride 2 dilation 2 pad 2 ceil wide odd rows", x: [2, 1, 9, 45], kernel: [3, 3], strides: [2, 2], pads: [2, 2, 1, 2], dilations: [2, 2], ceil: true),
+        Case(label: "3x3 stride 3 wide rows", x: [1, 2, 7, 50], kernel: [3, 3], strides: [3, 3], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: true),
+        Case(label: "3x3 stride 2 ceil, 55 wide", x: [1, 3, 9, 55], kernel: [3, 3], strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], ceil: true),
+        Case(label: "2x4 stride 1x2 pads past the row ends", x: [1, 2, 4, 26], kernel: [2, 4], strides: [1, 2], pads: [1, 3, 0, 4], dilations: [1, 1], ceil: true),
     ]
 
-    /// x with some NaNs and ties (values rounded to halves), in float32.
+    /// x with some NaNs, -infs, -0s and ties (values rounded to halves), in float32.
     private func input(_ shape: [Int], seed: UInt64) -> Tensor {
         var values = randomDoubles(shape, seed: seed).scalars(as: Double.self).map { Float(($0 * 2).rounded() / 2) }
+        for i in stride(from: 3, to: values.count, by: 7) { values[i] = -0.0 }
+        for i in stride(from: 8, to: values.count, by: 17) { values[i] = -.infinity }
         for i in stride(from: 5, to: values.count, by: 11) { values[i] = .nan }
         return Tensor(shape: shape, scalars: values)
     }
@@ -48,6 +55,23 @@ final class PoolingRowsTests: XCTestCase {
                 let windows = try runNode(op, opset: 19, [x3], attributes: c.attributes(unitDim: true).merging(extra) { $1 })[0]
                 XCTAssertEqual(rows.shape, [windows.shape[0], windows.shape[1]] + windows.shape.dropFirst(3), "\(c.label) \(op)")
                 XCTAssertEqual(bits(rows), bits(windows), "\(c.label): \(op) \(extra) differs from the per-window loops")
+            }
+        }
+    }
+
+    /// MaxPool without indices in the other element types (float16 runs the float32 kernels on
+    /// widened values, float64 and int8 the scalar loops): the row kernels against the per-window
+    /// loops, bit for bit, for the wide stride-1 and stride-2 cases.
+    func testMaxPoolOtherTypesMatchWindowLoops() throws {
+        for c in [Self.cases[2], Self.cases[5], Self.cases[8]] {
+            let x = input(c.x, seed: 77)
+            let finite = Tensor(shape: c.x, scalars: x.scalars(as: Float.self).map { $0.isFinite ? $0 * 4 : -7 })
+            for t in [try x.cast(to: .float16), try x.cast(to: .float64), try finite.cast(to: .int8)] {
+                let x3 = t.reshaped([c.x[0], c.x[1], 1, c.x[2], c.x[3]])
+                let rows = try runNode("MaxPool", opset: 19, [t], attributes: c.attributes(unitDim: false))[0]
+                let windows = try runNode("MaxPool", opset: 19, [x3], attributes: c.attributes(unitDim: true))[0]
+                XCTAssertEqual(rows.dtype, t.dtype)
+                XCTAssertEqual(rows.rawBytes.map { $0 }, windows.rawBytes.map { $0 }, "\(c.label) \(t.dtype): MaxPool differs from the per-window loops")
             }
         }
     }

@@ -322,10 +322,15 @@ extension MaxPoolOp {
             let first = src + (i * sh - ph + runs.kiLo[i] * dh) * iw - pw
             for j in 0..<ow where runs.firstKj[j] >= 0 { d[j] = first[j * sw + runs.firstKj[j] * dw] }
             runs.forEachTap(row: i, g, src) { s, lo, hi in
+                var j = lo
+                if T.self == Float.self {
+                    // "Strictly greater wins" as a lane select (NaN taps never win, ties keep the earlier tap).
+                    j = floatLaneRuns(s, d, lo: lo, hi: hi, sw: sw) { current, v in current.replacing(with: v, where: v .> current) }
+                }
                 if sw == 1 {
-                    for j in lo..<hi { let v = s[j]; d[j] = v > d[j] ? v : d[j] }
+                    for j in j..<hi { let v = s[j]; d[j] = v > d[j] ? v : d[j] }
                 } else {
-                    for j in lo..<hi { let v = s[j * sw]; d[j] = v > d[j] ? v : d[j] }
+                    for j in j..<hi { let v = s[j * sw]; d[j] = v > d[j] ? v : d[j] }
                 }
             }
         }
@@ -400,8 +405,7 @@ func maxPoolIndexedRunFloat(_ s: UnsafePointer<Float>, _ d: UnsafeMutablePointer
     guard sw <= 2 else { return j }
     let lanes = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7) &* Int32(sw)
     while j + 8 + (sw - 1) <= hi {
-        let v = sw == 1 ? UnsafeRawPointer(s + j).loadUnaligned(as: SIMD8<Float>.self)
-                        : UnsafeRawPointer(s + 2 * j).loadUnaligned(as: SIMD16<Float>.self).evenHalf
+        let v = strided8(s, j, sw)
         var current = UnsafeRawPointer(d + j).loadUnaligned(as: SIMD8<Float>.self)
         var offsets = UnsafeRawPointer(best + j).loadUnaligned(as: SIMD8<Int32>.self)
         let wins = v .> current
@@ -414,6 +418,41 @@ func maxPoolIndexedRunFloat(_ s: UnsafePointer<Float>, _ d: UnsafeMutablePointer
     return j
 }
 
+/// Outputs j..<j+8 of a kernel tap's run at column stride `sw` (1 or 2), `s[j·sw]` as eight lanes:
+/// stride 2 loads 16 lanes and keeps the even ones, so it reads up to `s[2j + 15]`; callers keep
+/// `j + 8 + (sw - 1) <= hi`, which stays inside the run's in-image columns.
+@inline(__always)
+func strided8(_ s: UnsafePointer<Float>, _ j: Int, _ sw: Int) -> SIMD8<Float> {
+    sw == 1 ? UnsafeRawPointer(s + j).loadUnaligned(as: SIMD8<Float>.self)
+            : UnsafeRawPointer(s + 2 * j).loadUnaligned(as: SIMD16<Float>.self).evenHalf
+}
+
+/// The vector part of one kernel tap's run in the float32 row kernels without indices (MaxPool,
+/// AveragePool), column stride 1 or 2: `d[j] = combine(d[j], s[j·sw])` eight outputs at a time,
+/// each lane the same operation in the same order as the scalar loop. `s` and `d` are the kernels'
+/// generic pointers, bound to Float by the caller's type check. Returns the first output it left
+/// for the scalar loop.
+@inline(__always)
+func floatLaneRuns<T>(_ s: UnsafePointer<T>, _ d: UnsafeMutablePointer<T>, lo: Int, hi: Int, sw: Int,
+                      _ combine: (SIMD8<Float>, SIMD8<Float>) -> SIMD8<Float>) -> Int {
+    let s = UnsafeRawPointer(s).assumingMemoryBound(to: Float.self), d = UnsafeMutableRawPointer(d)
+    var j = lo
+    if sw == 1 {
+        while j + 8 <= hi {
+            let at = d + 4 * j
+            at.storeBytes(of: combine(at.loadUnaligned(as: SIMD8<Float>.self), strided8(s, j, 1)), as: SIMD8<Float>.self)
+            j += 8
+        }
+    } else if sw == 2 {
+        while j + 9 <= hi {
+            let at = d + 4 * j
+            at.storeBytes(of: combine(at.loadUnaligned(as: SIMD8<Float>.self), strided8(s, j, 2)), as: SIMD8<Float>.self)
+            j += 8
+        }
+    }
+    return j
+}
+
 /// Any 2-D AveragePool by kernel taps (PoolTapRuns): per output row, every in-image tap is added
 /// over the run of outputs it reaches (kernel row-major, so each sum is added in the per-window
 /// order), then each output is divided by its count. x [N, C, ih, iw] -> y [N, C, oh, ow].
@@ -421,10 +460,12 @@ func averagePoolRows<T: FloatElement>(_ x: Tensor, includePad: Bool, geometry g:
     let (ow, sw) = (g.output[1], g.strides[1])
     return try PoolTapRuns.pooled(x, g, "pooling output") { (runs, src: UnsafePointer<T>, d, i) in
         runs.forEachTap(row: i, g, src) { s, lo, hi in
+            var j = lo
+            if T.self == Float.self { j = floatLaneRuns(s, d, lo: lo, hi: hi, sw: sw) { sum, v in sum + v } }
             if sw == 1 {
-                for j in lo..<hi { d[j] += s[j] }
+                for j in j..<hi { d[j] += s[j] }
             } else {
-                for j in lo..<hi { d[j] += s[j * sw] }
+                for j in j..<hi { d[j] += s[j * sw] }
             }
         }
         let rows = includePad ? runs.paddedRows[i] : runs.kiHi[i] - runs.kiLo[i]
