@@ -366,9 +366,10 @@ public struct TransposeIntoMatMul: GraphPass {
 
 /// Chains of elementwise ops (Add, Sub, Mul, Div and the unary ops `ElementwiseChainKernel`
 /// knows) whose values between the ops have no other reader become one ElementwiseChain node of
-/// onnx-train's internal domain: one pass over the elements instead of one per op. Only float32
-/// and float64 chains whose every value's element type is known; valid in training graphs too, as
-/// no value another node or a graph output reads is removed.
+/// onnx-train's internal domain: one pass over the elements instead of one per op; a last-axis
+/// Softmax that alone reads the chain's value joins it. Only float32 and float64 chains whose
+/// every value's element type is known; valid in training graphs too, as no value another node
+/// or a graph output reads is removed.
 public struct ElementwiseFusion: GraphPass {
     public var name: String { "elementwise-fusion" }
     public var registry: OpRegistry
@@ -391,6 +392,18 @@ public struct ElementwiseFusion: GraphPass {
                   node.inputs.allSatisfy({ !$0.isEmpty && c.dtype($0) == dtype && !mutated.contains($0) }) else { return nil }
             return dtype
         }
+        let opset = model.opset("") ?? 0
+        /// A Softmax of `value` alone along its last axis, in `dtype` (since opset 13 along one axis;
+        /// before, over the axes from `axis` on, the same rows when `axis` is the last). Axis -1
+        /// needs no known rank (GPT-2's scores have none after its computed reshapes).
+        func lastAxisSoftmax(_ node: Node, reading value: String, _ dtype: DType) -> Bool {
+            guard node.domain.isEmpty, node.opType == "Softmax", node.inputs == [value], node.outputs.count == 1,
+                  let out = node.output(0), c.dtype(out) == dtype, node.attributes.keys.allSatisfy({ $0 == "axis" }) else { return false }
+            let axis = node.int("axis") ?? (opset >= 13 ? -1 : 1)
+            if axis == -1 { return true }
+            guard let rank = c.rank(value), rank >= 1 else { return false }
+            return (axis < 0 ? axis + rank : axis) == rank - 1
+        }
         var claimed = Set<Int>(), removed = Set<Int>(), replacement: [Int: Node] = [:]
         var builder = GraphBuilder(graph)
         for i in c.index.order where !claimed.contains(i) {
@@ -403,7 +416,13 @@ public struct ElementwiseFusion: GraphPass {
                 chain.append(j)
                 value = graph.nodes[j].outputs[0]
             }
-            guard chain.count >= 2 else { continue }
+            // A Softmax along the last axis that alone reads the chain's value (attention scores
+            // scaled and masked) joins it, even after a single op.
+            var softmax: Int?
+            if let j = c.soleConsumer(of: value), !claimed.contains(j), lastAxisSoftmax(graph.nodes[j], reading: value, dtype) {
+                softmax = j
+            }
+            guard chain.count >= 2 || softmax != nil else { continue }
             claimed.formUnion(chain)
             var inputs = [first.inputs[0]]
             var ops: [String] = [], operands: [Int] = [], left: [Int] = [], alphas: [Float] = []
@@ -424,12 +443,18 @@ public struct ElementwiseFusion: GraphPass {
                 }
                 carried = node.outputs[0]
             }
+            var attributes: [String: Attribute] = ["ops": .strings(ops), "operands": .ints(operands), "chain_left": .ints(left), "alphas": .floats(alphas)]
+            if let softmax {
+                chain.append(softmax)
+                claimed.insert(softmax)
+                value = graph.nodes[softmax].outputs[0]
+                attributes["softmax"] = .int(1)
+            }
             let last = chain[chain.count - 1]
             removed.formUnion(chain)
             replacement[last] = Node(opType: "ElementwiseChain", domain: internalDomain,
                                      name: builder.freshName("fused_" + (first.name.isEmpty ? first.opType : first.name)),
-                                     inputs: inputs, outputs: [value],
-                                     attributes: ["ops": .strings(ops), "operands": .ints(operands), "chain_left": .ints(left), "alphas": .floats(alphas)])
+                                     inputs: inputs, outputs: [value], attributes: attributes)
         }
         guard !replacement.isEmpty else { return }
         model.graph.apply(removing: removed, replacing: replacement)

@@ -284,7 +284,7 @@ final class GraphOptimizationTests: XCTestCase {
     }
 
     /// The chain as the right operand of Sub and Div, a bias row broadcast over leading axes, and
-    /// operands that broadcast both ways (run step by step) all give the ops' own values.
+    /// operands that broadcast both ways (the chain's start among them) all give the ops' own values.
     func testElementwiseChainOperandsAndBroadcasts() throws {
         let model = elementwiseModel([("x", [6, 70]), ("b", [70]), ("u", [6, 1]), ("v", [1, 70])], ["k": Tensor(scalar: Float(3))], [
             Node(opType: "Add", inputs: ["x", "b"], outputs: ["p"]),
@@ -298,6 +298,43 @@ final class GraphOptimizationTests: XCTestCase {
         XCTAssertEqual(opTypes(try optimized(model)), ["ElementwiseChain", "ElementwiseChain"])
         let feeds = ["x": Self.random([6, 70], seed: 62), "b": Self.random([70], seed: 63), "u": Self.random([6, 1], seed: 64), "v": Self.random([1, 70], seed: 65)]
         try assertSameOutputs(model, feeds, tolerance: 0, "operands")
+    }
+
+    /// A [B, 1, T, T] mask under [B, H, T, T] scores (GPT-2's attention) as an operand, and a
+    /// chain whose start broadcasts too (a mask minus per-head [H, 1, 1] values), large enough to
+    /// be split across threads, stream in the fused loop and give the ops' own values.
+    func testElementwiseChainStreamsMiddleAxisBroadcasts() throws {
+        let model = elementwiseModel([("s", [4, 3, 64, 64]), ("m", [4, 1, 64, 64]), ("k", [3, 1, 1]), ("c", [])], [:], [
+            Node(opType: "Mul", inputs: ["s", "c"], outputs: ["a"]),
+            Node(opType: "Add", inputs: ["a", "m"], outputs: ["y"]),
+            Node(opType: "Sub", inputs: ["m", "k"], outputs: ["p"]),
+            Node(opType: "Exp", inputs: ["p"], outputs: ["q"]),
+            Node(opType: "Mul", inputs: ["q", "s"], outputs: ["z"]),
+        ], outputs: ["y", "z"])
+        XCTAssertEqual(opTypes(try optimized(model)), ["ElementwiseChain", "ElementwiseChain"])
+        let feeds = ["s": Self.random([4, 3, 64, 64], seed: 67, scale: 4), "m": Self.random([4, 1, 64, 64], seed: 68), "k": Self.random([3, 1, 1], seed: 69), "c": Tensor(scalar: Float(0.125))]
+        try assertSameOutputs(model, feeds, tolerance: 0, "mask")
+    }
+
+    /// A last-axis Softmax after a chain (scores scaled and masked) or after a single op joins it
+    /// and gives the same values (rows shorter and longer than a block); a Softmax along another
+    /// axis stays.
+    func testLastAxisSoftmaxJoinsTheChainBeforeIt() throws {
+        let model = elementwiseModel([("s", [2, 3, 40, 40]), ("m", [2, 1, 40, 40]), ("v", [5, 300]), ("c", [])], [:], [
+            Node(opType: "Mul", inputs: ["s", "c"], outputs: ["a"]),
+            Node(opType: "Add", inputs: ["a", "m"], outputs: ["b"]),
+            Node(opType: "Softmax", inputs: ["b"], outputs: ["y"]),
+            Node(opType: "Div", inputs: ["v", "c"], outputs: ["d"]),
+            Node(opType: "Softmax", inputs: ["d"], outputs: ["z"], attributes: ["axis": .int(1)]),
+            Node(opType: "Neg", inputs: ["s"], outputs: ["e"]),
+            Node(opType: "Softmax", inputs: ["e"], outputs: ["w"], attributes: ["axis": .int(2)]),
+        ], outputs: ["y", "z", "w"])
+        let m = try optimized(model)
+        XCTAssertEqual(opTypes(m), ["ElementwiseChain", "ElementwiseChain", "Neg", "Softmax"])
+        XCTAssertEqual(m.graph.nodes[0].outputs, ["y"])
+        let feeds = ["s": Self.random([2, 3, 40, 40], seed: 70, scale: 20), "m": Self.random([2, 1, 40, 40], seed: 71, scale: 5),
+                     "v": Self.random([5, 300], seed: 72, scale: 3), "c": Tensor(scalar: Float(0.3))]
+        try assertSameOutputs(model, feeds, tolerance: 0, "softmax")
     }
 
     /// A value between two ops that a graph output (or another node) reads splits the chain.

@@ -6,10 +6,12 @@
 /// Inputs: the chain's start, then one operand per binary step. Attributes: `ops` (op types in
 /// order), `operands` (per step: the input index of its other operand, -1 for a unary step),
 /// `chain_left` (per step: 1 when the chain's value is the left operand), `alphas` (LeakyRelu's
-/// alpha, else 0). Each op computes exactly what its standalone kernel computes per element (the
-/// same functions), so a fused chain gives the same values. Operands the same size as the result,
-/// scalars, and trailing-dimension operands (a bias row) stream in the fused loop; any other
-/// broadcast runs the steps one by one with broadcasting.
+/// alpha, else 0), optional `softmax` (1: the chain's value is then normalised along its last
+/// axis, a Softmax the pass fused: scores scaled and masked, then normalised block by block of
+/// whole rows while they are in cache). Each op computes exactly what its standalone kernel computes per element (the
+/// same functions), so a fused chain gives the same values. Every input streams in the fused loop:
+/// inputs the size of the result in place, scalars repeated, any other broadcast (a bias row, a
+/// [B, 1, T, T] mask under [B, H, T, T] scores) copied run by run into a block buffer.
 public let internalDomain = "ai.onnx-train.internal"
 
 struct ElementwiseChainKernel: Kernel {
@@ -31,6 +33,8 @@ struct ElementwiseChainKernel: Kernel {
         let chainLeft: Bool
     }
     let steps: [Step]
+    /// Whether a last-axis Softmax follows the steps.
+    let softmax: Bool
 
     static let unaryOps = ["Relu", "Neg", "Abs", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Reciprocal", "Erf", "LeakyRelu"]
     static let binaryOps = ["Add", "Sub", "Mul", "Div"]
@@ -73,6 +77,7 @@ struct ElementwiseChainKernel: Kernel {
             steps.append(Step(op: op, operand: operands[k], chainLeft: left[k] != 0))
         }
         self.steps = steps
+        softmax = try ctx.int("softmax", default: 0) != 0
     }
 
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
@@ -81,93 +86,82 @@ struct ElementwiseChainKernel: Kernel {
         guard dtype == .float32 || dtype == .float64, tensors.allSatisfy({ $0.dtype == dtype }) else {
             throw KernelError("ElementwiseChain computes float32 or float64 of one type, got \(tensors.map(\.dtype))")
         }
-        return [.tensor(try dispatch(dtype, Evaluate(steps: steps, inputs: tensors)))]
+        return [.tensor(try dispatch(dtype, Evaluate(steps: steps, inputs: tensors, softmax: softmax)))]
     }
 
     struct Evaluate: ElementOperation {
         let steps: [Step]
         let inputs: [Tensor]
+        let softmax: Bool
 
         func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             var outShape = inputs[0].shape
             for s in steps where s.op.isBinary { outShape = try Broadcast.shape(outShape, inputs[s.operand].shape) }
             let n = Tensor.elementCount(outShape)
-            // Streams: the start at full size, each operand full, scalar, or a trailing-dims period.
-            func streams(_ t: Tensor) -> Bool {
-                if t.count == n || t.count == 1 { return true }
-                let dims = t.shape.drop(while: { $0 == 1 })
-                return t.rank <= outShape.count && outShape.suffix(dims.count).elementsEqual(dims) && t.count > 0
-            }
-            guard inputs[0].count == n, steps.allSatisfy({ !$0.op.isBinary || streams(inputs[$0.operand]) }) else {
-                return try stepByStep(T.self)
-            }
+            if softmax && outShape.isEmpty { throw KernelError("ElementwiseChain's softmax needs a value of rank 1 or more") }
             var out = Tensor(uninitialized: T.dtype, shape: outShape)
             if n == 0 { return out }
-            // Every input has elements here (n > 0, and each is full, scalar or a period of n).
+            // Blocks of about 256 elements; whole rows when a Softmax follows.
+            let row = softmax ? outShape[outShape.count - 1] : 1
+            let block = max(1, 256 / row) * row
+            // Every input has elements here (n > 0 and each broadcasts to the output). Inputs of the
+            // output's size are read in place, scalars repeated, and any other broadcast walked
+            // run by run (`BroadcastRows`): a bias row, a [B, 1, T, T] mask under [B, H, T, T].
             let pointers = inputs.map { t in t.uncheckedBufferPointer(as: T.self) { $0.baseAddress! } }
+            let layouts: [BroadcastRows?] = inputs.map { t in
+                t.count == n || t.count == 1 ? nil : BroadcastRows(outShape: outShape, operandShapes: [t.shape])
+            }
             let counts = inputs.map(\.count)
             let steps = self.steps
+            /// Elements start..<start+len of input k as broadcast to the output: a pointer into the
+            /// input where they are contiguous there, else `buffer` filled with them.
+            func load(_ k: Int, _ start: Int, _ len: Int, into buffer: UnsafeMutablePointer<T>) -> UnsafePointer<T> {
+                let src = pointers[k]
+                if counts[k] == n { return src + start }
+                guard let layout = layouts[k] else {
+                    buffer.update(repeating: src[0], count: len)
+                    return UnsafePointer(buffer)
+                }
+                let contiguous = layout.innerStrides[0] == 1
+                var direct: UnsafePointer<T>?
+                layout.forEachRun(start..<(start + len)) { e, count, offsets in
+                    let from = src + offsets[0]
+                    if count == len && contiguous { direct = from; return }
+                    if contiguous {
+                        (buffer + (e - start)).update(from: from, count: count)
+                    } else {
+                        (buffer + (e - start)).update(repeating: from[0], count: count)
+                    }
+                }
+                return direct ?? UnsafePointer(buffer)
+            }
             out.uncheckedMutableBufferPointer(as: T.self) { po in
                 guard let Y = po.baseAddress else { return }
-                let block = 256
                 let blocks = (n + block - 1) / block
-                Parallel.forRange(blocks, minimumChunk: 64) { range in
+                Parallel.forRange(blocks, minimumChunk: max(1, 64 * 256 / block)) { range in
                     let tmp = UnsafeMutablePointer<T>.allocate(capacity: block)
                     defer { tmp.deallocate() }
                     for b in range {
                         let start = b * block, len = min(block, n - start)
                         let y = Y + start
-                        y.update(from: pointers[0] + start, count: len)
+                        let first = load(0, start, len, into: y)
+                        if first != UnsafePointer(y) { y.update(from: first, count: len) }
                         for s in steps {
                             if s.op.isBinary {
-                                let src = pointers[s.operand], m = counts[s.operand]
-                                let x: UnsafePointer<T>
-                                if m == n {
-                                    x = src + start
-                                } else if m == 1 {
-                                    tmp.update(repeating: src[0], count: len)
-                                    x = UnsafePointer(tmp)
-                                } else {
-                                    var j = start % m
-                                    for i in 0..<len { tmp[i] = src[j]; j += 1; if j == m { j = 0 } }
-                                    x = UnsafePointer(tmp)
-                                }
+                                let x = load(s.operand, start, len, into: tmp)
                                 ElementwiseChainKernel.binary(s.op, y, x, len, chainLeft: s.chainLeft)
                             } else {
                                 ElementwiseChainKernel.unary(s.op, y, len)
                             }
+                        }
+                        if softmax {
+                            for r in stride(from: 0, to: len, by: row) { softmaxRowInPlace(y + r, row) }
                         }
                     }
                 }
             }
             withExtendedLifetime(inputs) {}
             return out
-        }
-
-        /// The steps one at a time with full broadcasting (operands that do not stream).
-        func stepByStep<T: FloatElement>(_ type: T.Type) throws -> Tensor {
-            var value = inputs[0]
-            for s in steps {
-                if s.op.isBinary {
-                    let other = inputs[s.operand]
-                    let (a, b) = s.chainLeft ? (value, other) : (other, value)
-                    // The standalone ops' paths (their vector loops where the shapes allow).
-                    func zip<F: NumericBinaryFunction>(_ f: F) throws -> Tensor { try binaryFastPath(a, b, f) ?? zipNumeric(a, b, f) }
-                    switch s.op {
-                    case .add: value = try zip(AddFunction())
-                    case .sub: value = try zip(SubFunction())
-                    case .mul: value = try zip(MulFunction())
-                    default: value = try zip(DivFunction())
-                    }
-                } else {
-                    var copy = value.copied()
-                    copy.uncheckedMutableBufferPointer(as: T.self) { p in
-                        if let base = p.baseAddress { ElementwiseChainKernel.unary(s.op, base, p.count) }
-                    }
-                    value = copy
-                }
-            }
-            return value
         }
     }
 

@@ -65,11 +65,12 @@ func foldVariadic<F: NumericBinaryFunction>(_ inputs: [Value?], _ f: F, mean: Bo
 
 // MARK: - float32 fast path
 
-/// Add/Sub/Mul/Div/Sum when both operands have one numeric type, one has the output's shape and
-/// the other the same shape, a suffix of it (a bias row, a [T, T] mask: it repeats every
-/// `period` elements) or a single value: loops over plain pointers in T (no accumulator: each
-/// element is one operation), split across threads. nil where general broadcasting is needed (or
-/// for short rows, empty tensors and half types): zipNumeric handles those.
+/// Add/Sub/Mul/Div/Sum/Max/Min when both operands have one numeric type: loops over plain
+/// pointers in T (no accumulator: each element is one operation), split across threads. One
+/// operand has the output's shape and the other the same shape, a suffix of it (a bias row, a
+/// [T, T] mask: it repeats every `period` elements) or a single value; or the operands broadcast
+/// along other axes (a [B, 1, T, T] mask under [B, H, T, T] scores) in rows of at least 16. nil for
+/// short rows, empty tensors and half types: zipNumeric handles those.
 func binaryFastPath<F: NumericBinaryFunction>(_ a: Tensor, _ b: Tensor, _ f: F) -> Tensor? {
     guard a.dtype == b.dtype, !a.isHalf, a.dtype.isFloatingPoint || a.dtype.isInteger else { return nil }
     func isSuffix(_ s: [Int], of full: [Int]) -> Bool {
@@ -82,7 +83,11 @@ func binaryFastPath<F: NumericBinaryFunction>(_ a: Tensor, _ b: Tensor, _ f: F) 
     } else if isSuffix(a.shape, of: b.shape) {
         outShape = b.shape
     } else {
-        return nil
+        // Broadcasts along other axes: runs along the merged last axis, if long enough.
+        guard let shape = try? Broadcast.shape(a.shape, b.shape), Tensor.elementCount(shape) > 0 else { return nil }
+        let layout = BroadcastRows(outShape: shape, operandShapes: [a.shape, b.shape])
+        guard layout.inner >= 16 else { return nil }
+        return try? dispatch(a.dtype, BroadcastBinary(a: a, b: b, f: f, outShape: shape, layout: layout))
     }
     let n = Tensor.elementCount(outShape), period = min(a.count, b.count)
     guard n > 0, period == 1 || period >= 16 else { return nil }
@@ -117,6 +122,38 @@ private struct SuffixBinary<F: NumericBinaryFunction>: NumericOperation {
                         for r in rows {
                             let o = r * period
                             binaryLoop(f, aFull ? pa + o : pa, bFull ? pb + o : pb, po + o, period)
+                        }
+                    }
+                }
+            }
+        }
+        return out
+    }
+}
+
+/// The loops of `binaryFastPath` for operands that broadcast along other axes (a [B, 1, T, T]
+/// mask under [B, H, T, T] scores): runs along the merged last axis, each operand advancing or
+/// repeating, split across threads.
+private struct BroadcastBinary<F: NumericBinaryFunction>: NumericOperation {
+    let a: Tensor, b: Tensor, f: F, outShape: [Int], layout: BroadcastRows
+
+    func numeric<T: NumericElement>(_ type: T.Type) throws -> Tensor {
+        var out = Tensor(uninitialized: T.dtype, shape: outShape)
+        let (n, f, layout) = (out.count, f, layout)
+        let ia = layout.innerStrides[0], ib = layout.innerStrides[1]
+        a.uncheckedBufferPointer(as: T.self) { ba in
+            b.uncheckedBufferPointer(as: T.self) { bb in
+                out.uncheckedMutableBufferPointer(as: T.self) { bo in
+                    guard let pa = ba.baseAddress, let pb = bb.baseAddress, let po = bo.baseAddress else { return }
+                    Parallel.forRange(n, minimumChunk: 32_768) { elements in
+                        layout.forEachRun(elements) { o, count, offsets in
+                            let x = pa + offsets[0], y = pb + offsets[1]
+                            switch (ia, ib) {
+                            case (1, 1): binaryLoop(f, x, y, po + o, count)
+                            case (0, 1): binaryScalarLoop(f, y, x[0], scalarFirst: true, po + o, count)
+                            case (1, 0): binaryScalarLoop(f, x, y[0], scalarFirst: false, po + o, count)
+                            default: for k in 0..<count { po[o + k] = f(x[k * ia], y[k * ib]) }
+                            }
                         }
                     }
                 }

@@ -13,10 +13,16 @@ enum LogicalOperator {
     }
 }
 
-/// Logical And/Or/Xor on bool tensors with broadcasting.
+extension LogicalOperator: BroadcastFunction {
+    typealias A = Bool
+    typealias B = Bool
+    typealias R = Bool
+}
+
+/// Logical And/Or/Xor on bool tensors with broadcasting, split across threads.
 func logical(_ a: Tensor, _ b: Tensor, _ op: LogicalOperator) throws -> Tensor {
     guard a.dtype == .bool, b.dtype == .bool else { throw KernelError("inputs must be bool, got \(a.dtype) and \(b.dtype)") }
-    return try broadcastBinary(a, b, Bool.self, Bool.self, Bool.self, outDType: .bool) { op($0, $1) }
+    return try broadcastMap(a, b, outDType: .bool, op)
 }
 
 /// The And/Or/Xor kernel builder (opset 7+, broadcasting bool tensors).

@@ -213,8 +213,14 @@ struct ZipFloat<F: FloatBinaryFunction>: ElementOperation {
 struct ZipComparison<F: ComparisonFunction>: NumericOperation {
     let a: Tensor, b: Tensor, f: F
     func numeric<T: NumericElement>(_ type: T.Type) throws -> Tensor {
-        try broadcastBinary(a, b, T.self, T.self, Bool.self, outDType: .bool) { f($0, $1) }
+        try broadcastMap(a, b, outDType: .bool, ComparisonElements<F, T>(f: f))
     }
+}
+
+/// A comparison of two T as a `BroadcastFunction` (its loops specialise and are split across threads).
+struct ComparisonElements<F: ComparisonFunction, T: NumericElement>: BroadcastFunction {
+    let f: F
+    @inline(__always) func callAsFunction(_ a: T, _ b: T) -> Bool { f(a, b) }
 }
 
 func requireSameType(_ a: Tensor, _ b: Tensor) throws {

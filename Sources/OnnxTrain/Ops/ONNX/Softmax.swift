@@ -66,19 +66,7 @@ func softmaxRow<T: FloatElement>(_ px: UnsafePointer<T>, _ po: UnsafeMutablePoin
         }
         return
     }
-    // Four running maxima break the compare chain so the loop pipelines; max is exact, so the
-    // result is the same. A NaN is skipped by the max and turns the whole row into NaN through
-    // exp and the sum.
-    var m0 = px[0], m1 = px[0], m2 = px[0], m3 = px[0], k = 0
-    while k + 4 <= n {
-        m0 = px[k] > m0 ? px[k] : m0
-        m1 = px[k + 1] > m1 ? px[k + 1] : m1
-        m2 = px[k + 2] > m2 ? px[k + 2] : m2
-        m3 = px[k + 3] > m3 ? px[k + 3] : m3
-        k += 4
-    }
-    while k < n { m0 = px[k] > m0 ? px[k] : m0; k += 1 }
-    let m = Swift.max(Swift.max(m0, m1), Swift.max(m2, m3))
+    let m = rowMaximum(px, n)
     for k in 0..<n { po[k] = T.fastExp(px[k] - m) }
     let sum = contiguousSum(UnsafePointer(po), n) { $0 }
     if log {
@@ -88,6 +76,34 @@ func softmaxRow<T: FloatElement>(_ px: UnsafePointer<T>, _ po: UnsafeMutablePoin
         let scale = 1 / sum
         for k in 0..<n { po[k] *= scale }
     }
+}
+
+/// `softmaxRow` of a contiguous row written over itself (ElementwiseChain's fused Softmax): the
+/// same operations in the same order, so the same values; a loop of its own because the
+/// two-pointer loops fall back to scalar code when their pointers overlap.
+@inline(never)
+func softmaxRowInPlace<T: FloatElement>(_ p: UnsafeMutablePointer<T>, _ n: Int) {
+    let m = rowMaximum(UnsafePointer(p), n)
+    for k in 0..<n { p[k] = T.fastExp(p[k] - m) }
+    let scale = 1 / contiguousSum(UnsafePointer(p), n) { $0 }
+    for k in 0..<n { p[k] *= scale }
+}
+
+/// The largest of n >= 1 contiguous values. Four running maxima break the compare chain so the
+/// loop pipelines; max is exact, so the order does not matter. A NaN is skipped (softmax turns
+/// the whole row into NaN through exp and the sum).
+@inline(__always)
+func rowMaximum<T: FloatElement>(_ px: UnsafePointer<T>, _ n: Int) -> T {
+    var m0 = px[0], m1 = px[0], m2 = px[0], m3 = px[0], k = 0
+    while k + 4 <= n {
+        m0 = px[k] > m0 ? px[k] : m0
+        m1 = px[k + 1] > m1 ? px[k + 1] : m1
+        m2 = px[k + 2] > m2 ? px[k + 2] : m2
+        m3 = px[k + 3] > m3 ? px[k + 3] : m3
+        k += 4
+    }
+    while k < n { m0 = px[k] > m0 ? px[k] : m0; k += 1 }
+    return Swift.max(Swift.max(m0, m1), Swift.max(m2, m3))
 }
 
 /// The Softmax, LogSoftmax or Hardmax kernel builder. Before opset 13 the op works on the input

@@ -12,56 +12,32 @@ func select(_ cond: Tensor, _ x: Tensor, _ y: Tensor) throws -> Tensor {
     try requireSameType(x, y)
     let outShape = try Broadcast.shape([cond.shape, x.shape, y.shape])
     let n = Tensor.elementCount(outShape)
-    let sc = Broadcast.strides(cond.shape, to: outShape)
-    let sx = Broadcast.strides(x.shape, to: outShape)
-    let sy = Broadcast.strides(y.shape, to: outShape)
-    // offsets(o) gives the three input offsets of output element o.
-    let rank = outShape.count
-    func offsets(_ visit: (Int, Int, Int, Int) -> Void) {
-        var walk = Odometer(shape: outShape, strides: [sc, sx, sy])
-        for o in 0..<n {
-            visit(o, walk.offsets[0], walk.offsets[1], walk.offsets[2])
-            walk.advance()
-        }
-    }
     if x.dtype == .string {
         let c = cond.scalars(as: Bool.self), xs = x.strings, ys = y.strings
         var out = [String](repeating: "", count: n)
-        offsets { o, oc, ox, oy in out[o] = c[oc] ? xs[ox] : ys[oy] }
+        var walk = Odometer(shape: outShape, strides: [cond.shape, x.shape, y.shape].map { Broadcast.strides($0, to: outShape) })
+        for o in 0..<n {
+            out[o] = c[walk.offsets[0]] ? xs[walk.offsets[1]] : ys[walk.offsets[2]]
+            walk.advance()
+        }
         return Tensor(shape: outShape, strings: out)
     }
-    // Each input a scalar or the output shape's trailing dims (a [T, T] mask under [B, H, T, T]
-    // scores): input element = output element mod its count, so runs of `period` are contiguous.
-    let suffixOnly = [cond.shape, x.shape, y.shape].allSatisfy { s in
-        let dims = Array(s.drop(while: { $0 == 1 }))
-        return dims.count <= rank && Array(outShape.suffix(dims.count)) == dims
-    }
-    let period = [cond.count, x.count, y.count].filter { $0 > 1 }.min() ?? 1
+    // Runs along the merged last axis (`BroadcastRows`), each input advancing or repeating (a
+    // masked fill: Where(mask, constant, scores)), split across threads.
+    let layout = BroadcastRows(outShape: outShape, operandShapes: [cond.shape, x.shape, y.shape])
     func copy<E>(_ type: E.Type) -> Tensor {
         var out = Tensor(uninitialized: x.dtype, shape: outShape)
-        cond.uncheckedBufferPointer(as: Bool.self) { pc in
-            x.uncheckedBufferPointer(as: E.self) { px in
-                y.uncheckedBufferPointer(as: E.self) { py in
-                    out.uncheckedMutableBufferPointer(as: E.self) { po in
-                        guard suffixOnly, n > 0 else {
-                            offsets { o, oc, ox, oy in po[o] = pc[oc] ? px[ox] : py[oy] }
-                            return
-                        }
-                        let (cc, cx, cy) = (cond.count, x.count, y.count)
-                        let (sc, sx, sy) = (cc == 1 ? 0 : 1, cx == 1 ? 0 : 1, cy == 1 ? 0 : 1)
-                        var o = 0
-                        while o < n {
-                            let (bc, bx, by) = (o % cc, o % cx, o % cy)
-                            if sc == 1 && sx == 0 && sy == 1 {  // a masked fill: Where(mask, constant, scores)
-                                let v = px[bx]
-                                for j in 0..<period { po[o + j] = pc[bc + j] ? v : py[by + j] }
-                            } else if sc == 1 && sx == 1 && sy == 0 {
-                                let v = py[by]
-                                for j in 0..<period { po[o + j] = pc[bc + j] ? px[bx + j] : v }
-                            } else {
-                                for j in 0..<period { po[o + j] = pc[bc + j * sc] ? px[bx + j * sx] : py[by + j * sy] }
+        guard n > 0 else { return out }
+        cond.uncheckedBufferPointer(as: Bool.self) { bc in
+            x.uncheckedBufferPointer(as: E.self) { bx in
+                y.uncheckedBufferPointer(as: E.self) { by in
+                    out.uncheckedMutableBufferPointer(as: E.self) { bo in
+                        guard let pc = bc.baseAddress, let px = bx.baseAddress, let py = by.baseAddress, let po = bo.baseAddress else { return }
+                        let along = layout.innerStrides
+                        Parallel.forRange(n, minimumChunk: 32_768) { elements in
+                            layout.forEachRun(elements) { o, count, offsets in
+                                selectRun(pc + offsets[0], px + offsets[1], py + offsets[2], po + o, count, strides: along)
                             }
-                            o += period
                         }
                     }
                 }
@@ -75,6 +51,29 @@ func select(_ cond: Tensor, _ x: Tensor, _ y: Tensor) throws -> Tensor {
     case 4: return copy(UInt32.self)
     case 8: return copy(UInt64.self)
     default: throw KernelError("element type \(x.dtype) is not supported by Where")
+    }
+}
+
+/// One run of Where: out[j] = c[j·s0] ? x[j·s1] : y[j·s2], each stride 0 (repeated) or 1. A
+/// function of its own so the loops vectorise (they stay scalar inside a Parallel.forRange closure).
+@inline(never)
+func selectRun<E>(_ c: UnsafePointer<Bool>, _ x: UnsafePointer<E>, _ y: UnsafePointer<E>, _ out: UnsafeMutablePointer<E>,
+                  _ count: Int, strides: SIMD4<Int>) {
+    switch (strides[0], strides[1], strides[2]) {
+    case (1, 0, 1):
+        let v = x[0]
+        for j in 0..<count { out[j] = c[j] ? v : y[j] }
+    case (1, 1, 0):
+        let v = y[0]
+        for j in 0..<count { out[j] = c[j] ? x[j] : v }
+    case (1, 0, 0):
+        let u = x[0], v = y[0]
+        for j in 0..<count { out[j] = c[j] ? u : v }
+    case (1, 1, 1):
+        for j in 0..<count { out[j] = c[j] ? x[j] : y[j] }
+    default:
+        let (sc, sx, sy) = (strides[0], strides[1], strides[2])
+        for j in 0..<count { out[j] = c[j * sc] ? x[j * sx] : y[j * sy] }
     }
 }
 
