@@ -58,7 +58,7 @@ public struct ChannelAffineFusion: GraphPass {
             var value = x
             var perChannel = false
             var node = first, k = i
-            while !claimed.contains(k), let step = self.step(node, reading: value, channels: channels, rank: shape.count, dtype: dtype, c) {
+            while !claimed.contains(k), !chain.contains(k), let step = self.step(node, reading: value, channels: channels, rank: shape.count, dtype: dtype, c) {
                 affine.then(scale: step.scale, shift: step.shift)
                 perChannel = perChannel || step.perChannel
                 chain.append(k)
@@ -69,7 +69,7 @@ public struct ChannelAffineFusion: GraphPass {
             }
             guard perChannel, !chain.isEmpty else { continue }
             var activation = ConvActivation.none
-            if let j = c.soleConsumer(of: value), !claimed.contains(j),
+            if let j = c.soleConsumer(of: value), !claimed.contains(j), !chain.contains(j),
                let act = ConvFusion().activationOf(graph.nodes[j], input: value, dtype: dtype, c), let out = graph.nodes[j].output(0) {
                 activation = act
                 chain.append(j)

@@ -411,7 +411,7 @@ public struct ElementwiseFusion: GraphPass {
             guard let dtype = fusible(first) else { continue }
             var chain = [i]
             var value = first.outputs[0]
-            while let j = c.soleConsumer(of: value), !claimed.contains(j), fusible(graph.nodes[j]) == dtype,
+            while let j = c.soleConsumer(of: value), !claimed.contains(j), !chain.contains(j), fusible(graph.nodes[j]) == dtype,
                   graph.nodes[j].inputs.filter({ $0 == value }).count == 1 {
                 chain.append(j)
                 value = graph.nodes[j].outputs[0]
@@ -419,7 +419,7 @@ public struct ElementwiseFusion: GraphPass {
             // A Softmax along the last axis that alone reads the chain's value (attention scores
             // scaled and masked) joins it, even after a single op.
             var softmax: Int?
-            if let j = c.soleConsumer(of: value), !claimed.contains(j), lastAxisSoftmax(graph.nodes[j], reading: value, dtype) {
+            if let j = c.soleConsumer(of: value), !claimed.contains(j), !chain.contains(j), lastAxisSoftmax(graph.nodes[j], reading: value, dtype) {
                 softmax = j
             }
             guard chain.count >= 2 || softmax != nil else { continue }

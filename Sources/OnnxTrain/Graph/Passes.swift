@@ -48,7 +48,25 @@ public struct PassPipeline {
     public func run(_ model: inout Model) throws {
         let disabled = PassPipeline.disabledNames
         let all = disabled.contains("all")
-        for pass in passes where !disabled.contains(pass.name) && !(all && pass.name != "inline-functions") { try pass.run(&model) }
+        var checked = false
+        for pass in passes where !disabled.contains(pass.name) && !(all && pass.name != "inline-functions") {
+            if pass.name != "inline-functions" && !checked {
+                // The optimisations walk producers and consumers and assume a graph they can order:
+                // a cycle, a node reading its own output or a value written twice leaves the graph
+                // as it is, for the executor to report by node name.
+                guard PassPipeline.canOptimize(model.graph) else { return }
+                checked = true
+            }
+            try pass.run(&model)
+        }
+    }
+
+    /// Whether `graph`'s nodes can be put in an order where every value is written once, before
+    /// it is read.
+    static func canOptimize(_ graph: Graph) -> Bool {
+        let index = GraphIndex(graph)
+        guard !index.hasCycle, index.duplicates.isEmpty else { return false }
+        return index.reads.indices.allSatisfy { i in index.reads[i].allSatisfy { index.producer[$0]?.node != i } }
     }
 }
 

@@ -165,6 +165,35 @@ final class GraphOptimizationTests: XCTestCase {
         try assertSameOutputs(model, convFeeds(), fetches: ["c", "n", "y"], tolerance: 1e-5, "fetch c, n, y")
     }
 
+    /// Graphs no order can run (a node reading its own output, a cycle of elementwise nodes, as a
+    /// fuzzed model had) are left to the executor, which names the nodes: the fusion walks along
+    /// sole consumers used to follow such a loop forever.
+    func testUnorderableGraphsAreNotOptimizedButReported() throws {
+        func model(_ nodes: [Node]) -> Model {
+            var g = Graph()
+            g.inputs = [ValueInfo(name: "x", type: .tensor(.float32, shape: [.value(4)]))]
+            g.nodes = nodes
+            g.outputs = [ValueInfo(name: "y", type: nil)]
+            var m = Model(graph: g)
+            m.opsetImports = ["": 17]
+            return m
+        }
+        let selfLoop = model([Node(opType: "Relu", name: "r", inputs: ["x"], outputs: ["a"]),
+                              Node(opType: "Add", name: "loop", inputs: ["a", "b"], outputs: ["b"]),
+                              Node(opType: "Neg", name: "n", inputs: ["a"], outputs: ["y"])])
+        let cycle = model([Node(opType: "Relu", name: "r", inputs: ["x"], outputs: ["a"]),
+                           Node(opType: "Add", name: "p", inputs: ["a", "c"], outputs: ["b"]),
+                           Node(opType: "Abs", name: "q", inputs: ["b"], outputs: ["c"]),
+                           Node(opType: "Neg", name: "n", inputs: ["a"], outputs: ["y"])])
+        for (label, m, expected) in [("self loop", selfLoop, "reads its own output 'b'"), ("cycle", cycle, "has a cycle")] {
+            XCTAssertEqual(opTypes(try optimized(m)), opTypes(m), label)
+            XCTAssertThrowsError(try InferenceSession(model: m), label) { error in
+                let message = "\(error)"
+                XCTAssertTrue(message.contains(expected), "\(label): \(message)")
+            }
+        }
+    }
+
     func testFloat64ConvFuses() throws {
         var g = Graph()
         g.inputs = [ValueInfo(name: "x", type: .tensor(.float64, shape: [.value(1), .value(2), .value(5), .value(5)]))]
