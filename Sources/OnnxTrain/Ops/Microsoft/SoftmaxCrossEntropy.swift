@@ -170,7 +170,6 @@ func softmaxCrossEntropyLossForward(scores: Tensor, label: Tensor, weight: Tenso
                                     reduction: LossReduction) throws -> (loss: Tensor, logProb: Tensor) {
     guard scores.rank >= 2 else { throw KernelError("scores must have rank >= 2 [N, C, ...], got \(scores.shape)") }
     let n = scores.shape[0], classes = scores.shape[1]
-    let inner = Tensor.elementCount(Array(scores.shape[2...]))
     let labelShape = [n] + Array(scores.shape[2...])
     guard label.shape == labelShape else { throw KernelError("labels \(label.shape) must have shape \(labelShape) for scores \(scores.shape)") }
     let labels = try indexValues(label, "labels")
