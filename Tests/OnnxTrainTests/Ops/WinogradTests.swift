@@ -37,21 +37,30 @@ final class WinogradTests: XCTestCase {
         Case(label: "tall image", x: [1, 2, 23, 5], w: [3, 2, 3, 3], pads: [1, 1, 1, 1], group: 1),
         Case(label: "16+ channels, batch 2", x: [2, 20, 12, 14], w: [17, 20, 3, 3], pads: [1, 1, 1, 1], group: 1),
         Case(label: "groups 2 of 16, wide", x: [1, 32, 6, 35], w: [32, 16, 3, 3], pads: [1, 1, 1, 1], group: 2),
+        Case(label: "narrow 7x7, batch 4: lanes across images", x: [4, 8, 7, 7], w: [6, 8, 3, 3], pads: [1, 1, 1, 1], group: 1),
+        Case(label: "narrow 14x14, batch 1", x: [1, 5, 14, 14], w: [7, 5, 3, 3], pads: [1, 1, 1, 1], group: 1),
+        Case(label: "narrow 4x4, batch 5, one tile per image", x: [5, 4, 4, 4], w: [3, 4, 3, 3], pads: [1, 1, 1, 1], group: 1),
+        Case(label: "narrow 8x8, batch 3, groups 2", x: [3, 6, 8, 8], w: [4, 3, 3, 3], pads: [1, 1, 1, 1], group: 2),
     ]
 
     override func tearDown() {
         winogradOverride = nil
-        winogradItemFloats = 1 << 21
+        winogradItemFloats = 1 << 22
+        winogradItemTiles = 128
+        winogradGatherTilesX = 7
         super.tearDown()
     }
 
     /// Runs `body` with the kernel forced to F(tile×tile) (0: im2col), one tile row per work item
-    /// when `smallItems` (so items start and end at every kind of row and cross images).
-    private func forcing<R>(_ tile: Int, smallItems: Bool = false, _ body: () throws -> R) rethrows -> R {
-        let (saved, items) = (winogradOverride, winogradItemFloats)
-        defer { winogradOverride = saved; winogradItemFloats = items }
+    /// when `smallItems` (so items start and end at every kind of row and cross images), and the
+    /// gathering transforms (eight tiles of an item in the lanes, across rows and images) or the
+    /// column phases (eight tiles of one row) for every image width when `gather` is set.
+    private func forcing<R>(_ tile: Int, smallItems: Bool = false, gather: Bool? = nil, _ body: () throws -> R) rethrows -> R {
+        let (saved, items, narrow) = (winogradOverride, winogradItemFloats, winogradGatherTilesX)
+        defer { winogradOverride = saved; winogradItemFloats = items; winogradGatherTilesX = narrow }
         winogradOverride = tile
         if smallItems { winogradItemFloats = 1 }
+        if let gather { winogradGatherTilesX = gather ? Int.max : 0 }
         return try body()
     }
 
@@ -62,15 +71,15 @@ final class WinogradTests: XCTestCase {
             let b = float32(randomDoubles([c.w[0]], seed: UInt64(50 + i)))
             let expected = referenceConv(doubles(x), doubles(w), doubles(b), c)
             for tile in [0, 2, 4] {
-                for smallItems in [false, true] {
-                    let y = try forcing(tile, smallItems: smallItems) {
+                for smallItems in [false, true] { for gather in [false, true] {
+                    let y = try forcing(tile, smallItems: smallItems, gather: gather) {
                         try runTrainingOp("Conv", "", [x, w, b], attributes: c.attributes, opset: 11)[0]
                     }
                     XCTAssertEqual(y.shape, c.output, c.label)
                     let error = relativeError(doubles(y), expected)
                     largest[tile] = max(largest[tile]!, error)
-                    XCTAssertLessThanOrEqual(error, bound(tile), "\(c.label): tile \(tile) (small items \(smallItems)) forward error \(error)")
-                }
+                    XCTAssertLessThanOrEqual(error, bound(tile), "\(c.label): tile \(tile) (small items \(smallItems), gather \(gather)) forward error \(error)")
+                } }
             }
         }
         print("WinogradTests: forward vs float64, largest relative error: im2col \(largest[0]!), F2 \(largest[2]!), F4 \(largest[4]!)")
@@ -83,16 +92,16 @@ final class WinogradTests: XCTestCase {
             let x = float32(randomDoubles(c.x, seed: UInt64(70 + i))), w = float32(randomDoubles(c.w, seed: UInt64(90 + i)))
             let b = float32(randomDoubles([c.w[0]], seed: UInt64(110 + i))), z = float32(randomDoubles(c.output, seed: UInt64(130 + i)))
             let attributes = c.attributes.merging(["activation": .string("Relu")]) { $1 }
-            for tile in [2, 4] {
-                try forcing(tile) {
+            for tile in [2, 4] { for gather in [false, true] {
+                try forcing(tile, gather: gather) {
                     let y = doubles(try runTrainingOp("Conv", "", [x, w, b], attributes: c.attributes, opset: 11)[0])
                     for withZ in [false, true] {
                         let fused = try runTrainingOp("FusedConv", "com.microsoft", [x, w, b] + (withZ ? [z] : []), attributes: attributes)[0]
                         let sums = withZ ? zip(y, doubles(z)).map { Double(Float($0) + Float($1)) } : y
-                        XCTAssertEqual(doubles(fused), sums.map { $0 < 0 ? 0 : $0 }, "\(c.label): tile \(tile) FusedConv (Z \(withZ)) differs from Relu(Conv + Z)")
+                        XCTAssertEqual(doubles(fused), sums.map { $0 < 0 ? 0 : $0 }, "\(c.label): tile \(tile) (gather \(gather)) FusedConv (Z \(withZ)) differs from Relu(Conv + Z)")
                     }
                 }
-            }
+            } }
         }
     }
 
@@ -105,17 +114,17 @@ final class WinogradTests: XCTestCase {
             let dy = float32(randomDoubles(c.output, seed: UInt64(190 + i)))
             let (dx, dw, db) = referenceConvGrad(doubles(dy), doubles(x), doubles(w), c)
             for tile in [0, 2, 4] {
-                for smallItems in [false, true] {
-                    let grads = try forcing(tile, smallItems: smallItems) {
+                for smallItems in [false, true] { for gather in [false, true] {
+                    let grads = try forcing(tile, smallItems: smallItems, gather: gather) {
                         try runTrainingOp("ConvGrad", "com.microsoft", [dy, x, w], attributes: c.attributes, outputs: 3)
                     }
                     XCTAssertEqual(grads[0].shape, c.x, c.label)
                     let error = relativeError(doubles(grads[0]), dx)
                     largest[tile] = max(largest[tile]!, error)
-                    XCTAssertLessThanOrEqual(error, bound(tile), "\(c.label): tile \(tile) (small items \(smallItems)) dX error \(error)")
+                    XCTAssertLessThanOrEqual(error, bound(tile), "\(c.label): tile \(tile) (small items \(smallItems), gather \(gather)) dX error \(error)")
                     XCTAssertLessThanOrEqual(relativeError(doubles(grads[1]), dw), 1e-6, "\(c.label): dW")
                     XCTAssertLessThanOrEqual(relativeError(doubles(grads[2]), db), 1e-6, "\(c.label): dB")
-                }
+                } }
             }
             // dX alone (the kernel returns before the dW/dB loops).
             let only = try forcing(4) {
@@ -134,8 +143,8 @@ final class WinogradTests: XCTestCase {
         XCTAssertLessThanOrEqual(relativeError(doubles(y), referenceConv(doubles(x), doubles(w), doubles(b), c)), 1e-14)
     }
 
-    /// The shape rule: 3×3 unit stride and dilation, 32+ channels per group on both sides, 48+
-    /// F(4×4) tiles in the batch, outputs 28+ wide (14+ with 128+ channels); all else keeps im2col.
+    /// The shape rule: 3×3 unit stride and dilation, 32+ channels per group on both sides, 32+
+    /// F(4×4) tiles in the batch, outputs 3+ high and wide; all else keeps im2col.
     func testDispatchRule() throws {
         func geometry(_ h: Int, _ w: Int, kernel: [Int] = [3, 3], strides: [Int] = [1, 1], dilations: [Int] = [1, 1]) throws -> ConvGeometry {
             try ConvGeometry(input: [h, w], kernel: kernel, strides: strides, dilations: dilations, pads: [1, 1, 1, 1])
@@ -143,10 +152,15 @@ final class WinogradTests: XCTestCase {
         XCTAssertEqual(winogradTile(images: 1, channels: 64, outputs: 64, group: 1, try geometry(56, 56)), 4)
         XCTAssertEqual(winogradTile(images: 1, channels: 128, outputs: 128, group: 1, try geometry(28, 28)), 4)
         XCTAssertEqual(winogradTile(images: 8, channels: 256, outputs: 256, group: 1, try geometry(14, 14)), 4)
+        XCTAssertEqual(winogradTile(images: 2, channels: 256, outputs: 256, group: 1, try geometry(14, 14)), 4)   // 32 tiles
+        XCTAssertEqual(winogradTile(images: 8, channels: 512, outputs: 512, group: 1, try geometry(7, 7)), 4)
+        XCTAssertEqual(winogradTile(images: 32, channels: 64, outputs: 64, group: 1, try geometry(8, 8)), 4)
+        XCTAssertEqual(winogradTile(images: 32, channels: 128, outputs: 128, group: 1, try geometry(3, 3)), 4)
         XCTAssertEqual(winogradTile(images: 1, channels: 64, outputs: 128, group: 2, try geometry(56, 56)), 4)
-        XCTAssertNil(winogradTile(images: 1, channels: 512, outputs: 512, group: 1, try geometry(14, 14)))   // 16 tiles
-        XCTAssertNil(winogradTile(images: 32, channels: 512, outputs: 512, group: 1, try geometry(7, 7)))    // 7 wide
-        XCTAssertNil(winogradTile(images: 8, channels: 64, outputs: 64, group: 1, try geometry(16, 16)))     // 16 wide, 64 channels
+        XCTAssertNil(winogradTile(images: 1, channels: 256, outputs: 256, group: 1, try geometry(14, 14)))   // 16 tiles
+        XCTAssertNil(winogradTile(images: 4, channels: 512, outputs: 512, group: 1, try geometry(7, 7)))     // 16 tiles
+        XCTAssertNil(winogradTile(images: 32, channels: 256, outputs: 256, group: 1, try geometry(2, 2)))    // 2×2 outputs
+        XCTAssertNil(winogradTile(images: 32, channels: 16, outputs: 64, group: 1, try geometry(8, 8)))      // 16 input channels
         XCTAssertNil(winogradTile(images: 1, channels: 3, outputs: 64, group: 1, try geometry(224, 224)))    // 3 input channels
         XCTAssertNil(winogradTile(images: 1, channels: 16, outputs: 16, group: 1, try geometry(112, 112)))
         XCTAssertNil(winogradTile(images: 1, channels: 64, outputs: 64, group: 64, try geometry(56, 56)))    // depthwise

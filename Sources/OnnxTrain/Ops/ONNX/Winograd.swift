@@ -1,3 +1,10 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Synchronization
+
 /// Winograd convolution F(m×m, 3×3) for float32 2-D convolutions with 3×3 kernels, unit strides and
 /// dilations (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015).
 ///
@@ -13,12 +20,16 @@
 /// input into V [ξ][C/G][tiles], runs the (m+2)² products into Mo [ξ][M/G][tiles] with single-
 /// threaded sgemm, and transforms Mo back into the output with the bias and FusedConv's epilogue
 /// while the rows are in cache. The transforms run on eight tiles at a time in SIMD registers:
-/// each input row is first split into m column phases (phase q holds columns q, q+m, ...), so the
-/// same element of eight neighbouring tiles is eight consecutive floats.
+/// in images 8+ tiles wide each input row is first split into m column phases (phase q holds
+/// columns q, q+m, ...), so the same element of eight neighbouring tiles is eight consecutive
+/// floats; narrower images (28×28 and less with F(4×4)) gather any eight tiles of the work item,
+/// across tile rows and images, from zero-padded copies of their input rows, so a 7×7 image's
+/// four tiles do not leave half the lanes idle.
 ///
 /// The weights are transformed per call, as one [(m+2)², 9] · [9, M·C/G] product (`winogradWeights`):
 /// it streams W once and writes U, (m+2)²/9 times W's size, so it costs little beside products of
-/// 64+ tiles; and it needs no cache that would have to know the weight is constant.
+/// 32+ tiles; and it needs no cache that would have to know the weight is constant. A work item
+/// holds about `winogradItemTiles` tiles, so each thread's buffers stay a few MB.
 
 /// One Winograd variant: the 1-D transforms Bᵀ (input, n = m+2 points), Aᵀ (output, n -> m) and
 /// G (weights, 3 -> n), applied in two passes for the 2-D forms.
@@ -116,20 +127,25 @@ nonisolated(unsafe) var winogradOverride: Int? = nil
 /// faster than im2col + sgemm (single thread, minimum of 12 runs; F(2×2) was slower than F(4×4) on
 /// every shape measured, so it is only a test variant):
 /// - 32+ channels per group in and out (16 in and out at 112×112: even);
-/// - 48+ tiles in the batch (14×14 batch 1, 16 tiles: 2.56 against 2.44 ms at 256 channels, 13.3
-///   against 9.6 at 512: the weight transform is not paid back);
-/// - outputs 28+ wide, or 14+ wide with 128+ channels: the transforms take eight tiles of a row at a
-///   time, so narrow images leave lanes idle (7×7 batch 32 at 512 channels: 73.8 against 76.9 ms;
-///   14×14 batch 8 at 256: 11.8 against 19.4; 16×16 batch 8 at 32: 0.62 against 0.54).
-/// Measured wins: 64 channels at 224×224 31.6 against 43.2 ms, 128 at 112 18.9 / 40.3, 256 at 56
+/// - 32+ tiles in the batch: with fewer the weight transform (U is 4x W) is not paid back (14×14
+///   batch 1 at 256 channels, 16 tiles: 2.58 against 2.43 ms; 7×7 batch 1 at 512, 4 tiles: 15.5
+///   against 3.1), with 32 it is (7×7 batch 8 at 512: 30.9 against 37.0 ms; 14×14 batch 2 at 256:
+///   3.7 against 9.4; 8×8 batch 8 at 64: 0.36 against 0.59);
+/// - outputs 3+ high and wide: a 2×2 output uses a quarter of a 4×4 tile (batch 32 at 256
+///   channels: 8.4 against 2.8 ms); 3×3 already wins (batch 32 at 128: 1.03 against 1.60).
+/// Images up to 7 tiles wide fill the SIMD lanes by gathering tiles across rows and images
+/// (`winogradGatherTilesX`): 7×7 batch 32 at 512 channels 45.0 ms (55.2 with eight tiles of one
+/// row in the lanes, 82.3 by im2col), 8×8 batch 32 at 64 1.40 (2.45, 2.68), 4×4 batch 32 at 128
+/// 1.06 (2.39, 2.42), 28×28 batch 1 at 128 1.24 (1.34, 2.61).
+/// Wide images: 64 channels at 224×224 31.6 against 43.2 ms, 128 at 112 18.9 / 40.3, 256 at 56
 /// 16.1 / 38.2, 512 at 28 21.6 / 39.3, 128 at 28 1.29 / 2.51.
 func winogradTile(images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry) -> Int? {
     guard g.rank == 2, g.kernel == [3, 3], g.strides == [1, 1], g.dilations == [1, 1], group > 0,
           c % group == 0, m % group == 0, c > 0, m > 0, g.outputSize > 0 else { return nil }
     if let forced = winogradOverride { return forced == 0 ? nil : forced }
-    let channels = min(c / group, m / group), width = g.output[1]
-    let tiles = n * ((g.output[0] + 3) / 4) * ((width + 3) / 4)
-    guard channels >= 32, tiles >= 48, width >= 28 || (width >= 14 && channels >= 128) else { return nil }
+    let channels = min(c / group, m / group), (height, width) = (g.output[0], g.output[1])
+    let tiles = n * ((height + 3) / 4) * ((width + 3) / 4)
+    guard channels >= 32, tiles >= 32, height >= 3, width >= 3 else { return nil }
     return 4
 }
 
@@ -137,17 +153,26 @@ func winogradTile(images n: Int, channels c: Int, outputs m: Int, group: Int, _ 
 /// `winogradConvolution`.
 nonisolated(unsafe) var winogradItemFloats = 1 << 22
 
+/// A work item's tiles: about this many where `winogradItemFloats` allows more (wider products gain
+/// little, and every thread's buffers add to the peak memory).
+nonisolated(unsafe) var winogradItemTiles = 128
+
 /// Below this many tiles per thread, `winogradConvolution`'s threads split the output channels.
 nonisolated(unsafe) var winogradSplitTiles = 64
+
+/// Images at most this many tiles wide take `winogradConvolution`'s gathering transforms (eight
+/// tiles of the work item in the lanes, whatever their rows and images); wider ones split rows
+/// into column phases (eight tiles of one row in the lanes).
+nonisolated(unsafe) var winogradGatherTilesX = 7
 
 /// The weights of a convolution in the Winograd domain, as one product: U [ξ, R] = Gk [ξ, 9] · Wᵀ
 /// [9, R] for W's R = rows·(its second axis) 3×3 kernels, where Gk [(r, s), (ky, kx)] = G[r, ky]·G[s, kx]
 /// (G g Gᵀ written out; the coefficients computed in float64 and rounded once, the sum of nine
 /// products in float32). U_ξ keeps W's kernel order: for a forward weight [G·outs, ins, 3, 3] that
 /// is [G][outs][ins], each group's U_ξ an [outs, ins] matrix; `flipped` rotates each kernel by 180°
-/// (ConvGrad's dX, whose weight is read transposed). U is a float32 tensor [ξ, R] from the buffer
-/// cache (36 MB for a 512×512 F(4×4) layer: a fresh allocation each call would fault every page).
-func winogradWeights<F: WinogradTransform>(_: F.Type, _ W: UnsafePointer<Float>, kernels: Int, flipped: Bool) throws -> Tensor {
+/// (ConvGrad's dX, whose weight is read transposed). U is written to `U` (ξ·R floats, from
+/// `WinogradWeightBlock`).
+func winogradWeights<F: WinogradTransform>(_: F.Type, _ W: UnsafePointer<Float>, kernels: Int, flipped: Bool, into U: UnsafeMutablePointer<Float>) {
     let n = F.n, nn = n * n
     // G [n, 3]: the transform of each unit tap.
     var g = [Double](repeating: 0, count: n * 3)
@@ -161,12 +186,47 @@ func winogradWeights<F: WinogradTransform>(_: F.Type, _ W: UnsafePointer<Float>,
     for r in 0..<n { for s in 0..<n { for ky in 0..<3 { for kx in 0..<3 {
         gk[(r * n + s) * 9 + (flipped ? 8 - (ky * 3 + kx) : ky * 3 + kx)] = Float(g[r * 3 + ky] * g[s * 3 + kx])
     } } } }
-    let U = try Tensor(kernelUninitialized: .float32, shape: [nn, kernels], "Winograd weights")
     gk.withUnsafeBufferPointer { pg in
         BLAS.gemm(transA: false, transB: true, m: nn, n: kernels, k: 9, alpha: Float(1), a: pg.baseAddress!, lda: 9,
-                  b: W, ldb: 9, beta: Float(0), c: U.storage.bytes.assumingMemoryBound(to: Float.self), ldc: kernels)
+                  b: W, ldb: 9, beta: Float(0), c: U, ldc: kernels)
     }
-    return U
+}
+
+/// The block the transformed weights U are written to: one block, kept between calls at the size of
+/// the largest U so far (36 MB for a 512×512 F(4×4) layer; a fresh allocation each call faults every
+/// page), and handed to one caller at a time (a second caller meanwhile allocates its own). Through
+/// the tensor buffer cache every layer's U kept a block of its own size: Inception v1's ten 3×3
+/// layers held 42 MB of idle U blocks, which lifted its batch-32 inference peak above onnxruntime's.
+enum WinogradWeightBlock {
+    private static let slot = Mutex<(address: Int, count: Int)?>(nil)
+
+    /// A block of at least `count` floats (contents undefined).
+    static func take(_ count: Int) throws -> (UnsafeMutablePointer<Float>, Int) {
+        let (kept, stale) = slot.withLock { s -> ((Int, Int)?, Int?) in
+            guard let block = s else { return (nil, nil) }
+            s = nil
+            return block.count >= count ? (block, nil) : (nil, block.address)
+        }
+        if let kept, let pointer = UnsafeMutablePointer<Float>(bitPattern: kept.0) { return (pointer, kept.1) }
+        if let stale { free(UnsafeMutableRawPointer(bitPattern: stale)) }
+        var raw: UnsafeMutableRawPointer?
+        guard posix_memalign(&raw, 64, max(count, 16) * MemoryLayout<Float>.size) == 0, let raw else {
+            throw KernelError("Winograd weights of \(count) floats cannot be allocated: out of memory")
+        }
+        return (raw.assumingMemoryBound(to: Float.self), count)
+    }
+
+    /// Gives back a block from `take`: kept if it is the largest, else freed.
+    static func give(_ block: (UnsafeMutablePointer<Float>, Int)) {
+        let freed = slot.withLock { s -> Int? in
+            let address = Int(bitPattern: block.0)
+            guard let current = s else { s = (address, block.1); return nil }
+            if current.count >= block.1 { return address }
+            s = (address, block.1)
+            return current.address
+        }
+        if let freed { free(UnsafeMutableRawPointer(bitPattern: freed)) }
+    }
 }
 
 /// A float32 2-D correlation with a 3×3 kernel at unit strides by Winograd F(m×m, 3×3).
@@ -184,15 +244,18 @@ func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Flo
     let tm = F.m, n = F.n, nn = n * n, cg = c / group, mg = m / group
     let (ih, iw) = input, (oh, ow) = output, I = ih * iw, P = oh * ow
     let tilesY = (oh + tm - 1) / tm, tilesX = (ow + tm - 1) / tm, tileRows = images * tilesY
-    // A work item's buffers V and Mo take nn·(C/G + M/G)·tiles floats: about `winogradItemFloats`
-    // (16 MB), and at least one tile row. The items come in a multiple of the thread count where the
+    // A work item's buffers V and Mo take nn·(C/G + M/G)·tiles floats: `winogradItemTiles` tiles
+    // but at most `winogradItemFloats` (16 MB), and at least one tile row (128 tiles measured as
+    // fast as 256 or 16 MB's worth, at 64 to 512 channels; a 16 MB item per thread took Inception
+    // v1's batch-32 peak memory above onnxruntime's). The items come in a multiple of the thread count where the
     // rows allow, so the threads get equal shares. With fewer tiles than `winogradSplitTiles` per
     // thread, the threads split the output channels instead: each transforms the same input, and
     // reads only its share of U (at 14×14 and 512 channels U is 36 MB, the products are narrow and
     // bound by reading it).
     let threads = Parallel.threadCount
     let mChunks = tileRows * tilesX < winogradSplitTiles * threads && mg >= 16 * threads ? threads : 1
-    var rowsPerItem = max(1, winogradItemFloats / max(nn * (cg + mg) * tilesX, 1))
+    let budget = min(winogradItemFloats, nn * (cg + mg) * winogradItemTiles)
+    var rowsPerItem = max(1, budget / max(nn * (cg + mg) * tilesX, 1))
     if mChunks == 1 {
         let wanted = (tileRows + rowsPerItem - 1) / rowsPerItem
         let even = min(tileRows, (wanted + threads - 1) / threads * threads)
@@ -204,20 +267,45 @@ func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Flo
     // Phase buffers: n input rows × m phases × `L` floats (tilesX + 1 used, then zeros, so the
     // eight-tile loads past the last tile read zeros).
     let L = (tilesX + 1 + 7) / 8 * 8 + 8
+    // Narrow images (a tile row fills few lanes) gather instead: each tile row's n input rows are
+    // copied zero-padded (`PW` = tilesX·m + 2 columns) for the whole item, and lane l of a group of
+    // eight takes tile t + l of the item, whichever row and image it lies in.
+    let gather = tilesX <= winogradGatherTilesX, PW = tilesX * tm + n - tm
     Parallel.forRange(rowItems * mChunks) { range in
         let V = UnsafeMutablePointer<Float>.allocate(capacity: nn * cg * maxTiles)
         let Mo = UnsafeMutablePointer<Float>.allocate(capacity: nn * mMax * maxTiles)
-        let phases = UnsafeMutablePointer<Float>.allocate(capacity: n * tm * L)
+        let phases = UnsafeMutablePointer<Float>.allocate(capacity: gather ? rowsPerItem * n * PW : n * tm * L)
         let d = UnsafeMutablePointer<SIMD8<Float>>.allocate(capacity: nn)
         let o = UnsafeMutablePointer<SIMD8<Float>>.allocate(capacity: n * n)
-        defer { V.deallocate(); Mo.deallocate(); phases.deallocate(); d.deallocate(); o.deallocate() }
+        // Lane staging for the gathering transforms: [nn][8] floats (zeros in unused lanes).
+        let lanesBuffer = UnsafeMutablePointer<Float>.allocate(capacity: nn * 8)
+        lanesBuffer.initialize(repeating: 0, count: nn * 8)
+        defer { V.deallocate(); Mo.deallocate(); phases.deallocate(); d.deallocate(); o.deallocate(); lanesBuffer.deallocate() }
         for item in range {
             let ri = item / mChunks, mc = item % mChunks
             let u0 = ri * rowsPerItem, u1 = min(u0 + rowsPerItem, tileRows), T = (u1 - u0) * tilesX
             let o0 = mg * mc / mChunks, mo = mg * (mc + 1) / mChunks - o0
             for gi in 0..<group {
                 // V [ξ][C/G][T] = Bᵀ d B for every tile and input channel of the group.
-                for ch in 0..<cg {
+                for ch in 0..<cg where gather {
+                    for u in u0..<u1 {
+                        let b = u / tilesY, ty = u % tilesY
+                        winogradPhases(X + (b * c + gi * cg + ch) * I, rows: ih, columns: iw, firstRow: ty * tm - padTop, padLeft: padLeft,
+                                       count: n, phases: 1, length: PW, into: phases + (u - u0) * n * PW)
+                    }
+                    for t in stride(from: 0, to: T, by: 8) {
+                        let lanes = min(8, T - t)
+                        for l in 0..<lanes {
+                            let ti = t + l, base = phases + (ti / tilesX) * n * PW + (ti % tilesX) * tm
+                            for k in 0..<n { for j in 0..<n { lanesBuffer[(k * n + j) * 8 + l] = base[k * PW + j] } }
+                        }
+                        for xi in 0..<nn { d[xi] = UnsafeRawPointer(lanesBuffer + xi * 8).loadUnaligned(as: SIMD8<Float>.self) }
+                        for j in 0..<n { F.input(d + j, n) }
+                        for k in 0..<n { F.input(d + k * n, 1) }
+                        winogradStore(d, count: nn, lanes: lanes, to: V + ch * T + t, stride: cg * T)
+                    }
+                }
+                for ch in 0..<cg where !gather {
                     for u in u0..<u1 {
                         let b = u / tilesY, ty = u % tilesY
                         let plane = X + (b * c + gi * cg + ch) * I
@@ -233,15 +321,7 @@ func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Flo
                             }
                             for j in 0..<n { F.input(d + j, n) }
                             for k in 0..<n { F.input(d + k * n, 1) }
-                            let lanes = min(8, tilesX - tx), dst = V + ch * T + t0 + tx
-                            for xi in 0..<nn {
-                                let p = dst + xi * cg * T
-                                if lanes == 8 {
-                                    UnsafeMutableRawPointer(p).storeBytes(of: d[xi], as: SIMD8<Float>.self)
-                                } else {
-                                    for l in 0..<lanes { p[l] = d[xi][l] }
-                                }
-                            }
+                            winogradStore(d, count: nn, lanes: min(8, tilesX - tx), to: V + ch * T + t0 + tx, stride: cg * T)
                         }
                     }
                 }
@@ -253,29 +333,50 @@ func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Flo
                               beta: Float(0), c: Mo + xi * mo * T, ldc: T)
                 }
                 // Y tile = Aᵀ Mo A + bias, then the epilogue on each finished output row.
-                for oc in o0..<(o0 + mo) {
+                for oc in o0..<(o0 + mo) where gather {
+                    let channel = gi * mg + oc, start = SIMD8<Float>(repeating: bias?[channel] ?? 0)
+                    for t in stride(from: 0, to: T, by: 8) {
+                        let lanes = min(8, T - t)
+                        winogradLoad(Mo + (oc - o0) * T + t, stride: mo * T, count: nn, lanes: lanes, into: d)
+                        for j in 0..<n { F.output(d + j, n, o + j, n) }
+                        for i in 0..<tm { F.output(o + i * n, 1, d + i * tm, 1) }
+                        for xi in 0..<(tm * tm) {
+                            UnsafeMutableRawPointer(lanesBuffer + xi * 8).storeBytes(of: d[xi] + start, as: SIMD8<Float>.self)
+                        }
+                        for l in 0..<lanes {
+                            let ti = t + l, u = u0 + ti / tilesX, tx = ti % tilesX, b = u / tilesY, ty = u % tilesY
+                            let rows = min(tm, oh - ty * tm), columns = min(tm, ow - tx * tm)
+                            let dst = Y + (b * m + channel) * P + ty * tm * ow + tx * tm
+                            for i in 0..<rows { for j in 0..<columns { dst[i * ow + j] = lanesBuffer[(i * tm + j) * 8 + l] } }
+                        }
+                    }
+                    if let epilogue {
+                        for u in u0..<u1 {
+                            let b = u / tilesY, ty = u % tilesY
+                            epilogue.apply(Y, (b * m + channel) * P + ty * tm * ow, min(tm, oh - ty * tm) * ow)
+                        }
+                    }
+                }
+                for oc in o0..<(o0 + mo) where !gather {
                     let channel = gi * mg + oc, start = SIMD8<Float>(repeating: bias?[channel] ?? 0)
                     for u in u0..<u1 {
                         let b = u / tilesY, ty = u % tilesY, t0 = (u - u0) * tilesX
                         let planeOffset = (b * m + channel) * P, dst = Y + planeOffset
                         let rows = min(tm, oh - ty * tm)
                         for tx in stride(from: 0, to: tilesX, by: 8) {
-                            let src = Mo + (oc - o0) * T + t0 + tx, lanes = min(8, tilesX - tx)
-                            for xi in 0..<nn {
-                                let p = src + xi * mo * T
-                                if lanes == 8 {
-                                    d[xi] = UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
-                                } else {
-                                    var v = SIMD8<Float>()
-                                    for l in 0..<lanes { v[l] = p[l] }
-                                    d[xi] = v
-                                }
-                            }
+                            let lanes = min(8, tilesX - tx)
+                            winogradLoad(Mo + (oc - o0) * T + t0 + tx, stride: mo * T, count: nn, lanes: lanes, into: d)
                             // o [m, n] = Aᵀ d (per column), then d [m, m] = o A (per row of o).
                             for j in 0..<n { F.output(d + j, n, o + j, n) }
                             for i in 0..<tm { F.output(o + i * n, 1, d + i * tm, 1) }
                             for i in 0..<rows {
                                 let line = dst + (ty * tm + i) * ow
+                                if tm == 4 {
+                                    // Eight tiles' four columns interleaved into 32 consecutive outputs.
+                                    winogradInterleave4(d[i * 4] + start, d[i * 4 + 1] + start, d[i * 4 + 2] + start, d[i * 4 + 3] + start,
+                                                        count: min(32, ow - tx * 4), to: line + tx * 4, scratch: lanesBuffer)
+                                    continue
+                                }
                                 for j in 0..<tm {
                                     let v = d[i * tm + j] + start
                                     for l in 0..<lanes {
@@ -291,6 +392,51 @@ func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Flo
                     }
                 }
             }
+        }
+    }
+}
+
+/// Writes (a₀ b₀ c₀ e₀ a₁ b₁ c₁ e₁ … a₇ b₇ c₇ e₇), its first `count` floats, to `line` (through
+/// `scratch`, 32 floats, when fewer than 32).
+@inline(__always)
+func winogradInterleave4(_ a: SIMD8<Float>, _ b: SIMD8<Float>, _ c: SIMD8<Float>, _ e: SIMD8<Float>, count: Int,
+                         to line: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) {
+    let v0 = SIMD8<Float>(a[0], b[0], c[0], e[0], a[1], b[1], c[1], e[1])
+    let v1 = SIMD8<Float>(a[2], b[2], c[2], e[2], a[3], b[3], c[3], e[3])
+    let v2 = SIMD8<Float>(a[4], b[4], c[4], e[4], a[5], b[5], c[5], e[5])
+    let v3 = SIMD8<Float>(a[6], b[6], c[6], e[6], a[7], b[7], c[7], e[7])
+    let dst = count == 32 ? line : scratch
+    UnsafeMutableRawPointer(dst).storeBytes(of: v0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(dst + 8).storeBytes(of: v1, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(dst + 16).storeBytes(of: v2, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(dst + 24).storeBytes(of: v3, as: SIMD8<Float>.self)
+    if count < 32 { line.update(from: scratch, count: count) }
+}
+
+/// Stores the first `lanes` lanes of `count` vectors `d` to `count` rows `stride` floats apart.
+@inline(__always)
+func winogradStore(_ d: UnsafePointer<SIMD8<Float>>, count: Int, lanes: Int, to dst: UnsafeMutablePointer<Float>, stride: Int) {
+    for xi in 0..<count {
+        let p = dst + xi * stride
+        if lanes == 8 {
+            UnsafeMutableRawPointer(p).storeBytes(of: d[xi], as: SIMD8<Float>.self)
+        } else {
+            for l in 0..<lanes { p[l] = d[xi][l] }
+        }
+    }
+}
+
+/// Loads `count` vectors of `lanes` floats (zeros after them) from rows `stride` floats apart.
+@inline(__always)
+func winogradLoad(_ src: UnsafePointer<Float>, stride: Int, count: Int, lanes: Int, into d: UnsafeMutablePointer<SIMD8<Float>>) {
+    for xi in 0..<count {
+        let p = src + xi * stride
+        if lanes == 8 {
+            d[xi] = UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+        } else {
+            var v = SIMD8<Float>()
+            for l in 0..<lanes { v[l] = p[l] }
+            d[xi] = v
         }
     }
 }
@@ -330,8 +476,10 @@ func winogradPhases(_ plane: UnsafePointer<Float>, rows: Int, columns: Int, firs
 func winogradForward(tile: Int, _ X: UnsafePointer<Float>, _ W: UnsafePointer<Float>, bias: UnsafePointer<Float>?, _ Y: UnsafeMutablePointer<Float>,
                      images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, epilogue: ConvEpilogue<Float>?) throws {
     func run<F: WinogradTransform>(_ f: F.Type) throws {
-        let U = try winogradWeights(f, W, kernels: m * (c / group), flipped: false)
-        winogradConvolution(f, X, U.storage.bytes.assumingMemoryBound(to: Float.self), transposedWeights: false, bias: bias, Y,
+        let block = try WinogradWeightBlock.take(f.n * f.n * m * (c / group))
+        defer { WinogradWeightBlock.give(block) }
+        winogradWeights(f, W, kernels: m * (c / group), flipped: false, into: block.0)
+        winogradConvolution(f, X, block.0, transposedWeights: false, bias: bias, Y,
                             images: n, channels: c, outputs: m, group: group,
                             input: (g.input[0], g.input[1]), output: (g.output[0], g.output[1]),
                             padTop: g.padsBegin[0], padLeft: g.padsBegin[1], epilogue: epilogue)
@@ -345,8 +493,10 @@ func winogradForward(tile: Int, _ X: UnsafePointer<Float>, _ W: UnsafePointer<Fl
 func winogradGradX(tile: Int, _ DY: UnsafePointer<Float>, _ W: UnsafePointer<Float>, _ DX: UnsafeMutablePointer<Float>,
                    images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry) throws {
     func run<F: WinogradTransform>(_ f: F.Type) throws {
-        let U = try winogradWeights(f, W, kernels: m * (c / group), flipped: true)
-        winogradConvolution(f, DY, U.storage.bytes.assumingMemoryBound(to: Float.self), transposedWeights: true, bias: nil, DX,
+        let block = try WinogradWeightBlock.take(f.n * f.n * m * (c / group))
+        defer { WinogradWeightBlock.give(block) }
+        winogradWeights(f, W, kernels: m * (c / group), flipped: true, into: block.0)
+        winogradConvolution(f, DY, block.0, transposedWeights: true, bias: nil, DX,
                             images: n, channels: m, outputs: c, group: group,
                             input: (g.output[0], g.output[1]), output: (g.input[0], g.input[1]),
                             padTop: 2 - g.padsBegin[0], padLeft: 2 - g.padsBegin[1], epilogue: nil)
