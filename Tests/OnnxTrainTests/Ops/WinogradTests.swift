@@ -46,7 +46,7 @@ final class WinogradTests: XCTestCase {
     override func tearDown() {
         winogradOverride = nil
         winogradItemFloats = 1 << 22
-        winogradItemTiles = 128
+        winogradItemTiles = 64
         winogradGatherTilesX = 7
         super.tearDown()
     }

@@ -155,7 +155,7 @@ nonisolated(unsafe) var winogradItemFloats = 1 << 22
 
 /// A work item's tiles: about this many where `winogradItemFloats` allows more (wider products gain
 /// little, and every thread's buffers add to the peak memory).
-nonisolated(unsafe) var winogradItemTiles = 128
+nonisolated(unsafe) var winogradItemTiles = 64
 
 /// Below this many tiles per thread, `winogradConvolution`'s threads split the output channels.
 nonisolated(unsafe) var winogradSplitTiles = 64
@@ -245,9 +245,9 @@ func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Flo
     let (ih, iw) = input, (oh, ow) = output, I = ih * iw, P = oh * ow
     let tilesY = (oh + tm - 1) / tm, tilesX = (ow + tm - 1) / tm, tileRows = images * tilesY
     // A work item's buffers V and Mo take nn·(C/G + M/G)·tiles floats: `winogradItemTiles` tiles
-    // but at most `winogradItemFloats` (16 MB), and at least one tile row (128 tiles measured as
-    // fast as 256 or 16 MB's worth, at 64 to 512 channels; a 16 MB item per thread took Inception
-    // v1's batch-32 peak memory above onnxruntime's). The items come in a multiple of the thread count where the
+    // but at most `winogradItemFloats` (16 MB), and at least one tile row (64 and 128 tiles measured
+    // as fast as 256 or 16 MB's worth, at 64 to 512 channels; a 16 MB item per thread took Inception
+    // v1's batch-32 peak memory above onnxruntime's, 128 tiles left it 6 MiB above). The items come in a multiple of the thread count where the
     // rows allow, so the threads get equal shares. With fewer tiles than `winogradSplitTiles` per
     // thread, the threads split the output channels instead: each transforms the same input, and
     // reads only its share of U (at 14×14 and 512 channels U is 36 MB, the products are narrow and
