@@ -364,10 +364,12 @@ public struct TransposeIntoMatMul: GraphPass {
     }
 }
 
-/// Chains of elementwise ops (Add, Sub, Mul, Div and the unary ops `ElementwiseChainKernel`
-/// knows) whose values between the ops have no other reader become one ElementwiseChain node of
-/// onnx-train's internal domain: one pass over the elements instead of one per op; a last-axis
-/// Softmax that alone reads the chain's value joins it. Only float32 and float64 chains whose
+/// Chains of elementwise ops (Add, Sub, Mul, Div, Clip with scalar bounds and the unary ops
+/// `ElementwiseChainKernel` knows) whose values between the ops have no other reader become one
+/// ElementwiseChain node of onnx-train's internal domain: one pass over the elements instead of
+/// one per op (Hardswish written out, Add 3 / Clip 0..6 / Mul / Div 6, is one); a last-axis
+/// Softmax that alone reads the chain's value joins it. A chain stops before a step that
+/// broadcasts its value up to a larger result. Only float32 and float64 chains whose
 /// every value's element type is known; valid in training graphs too, as no value another node
 /// or a graph output reads is removed.
 public struct ElementwiseFusion: GraphPass {
@@ -383,16 +385,22 @@ public struct ElementwiseFusion: GraphPass {
         for node in graph.nodes {
             for k in registry.mutatedInputs(domain: node.domain, opType: node.opType) { if let v = node.input(k) { mutated.insert(v) } }
         }
+        let opset = model.opset("") ?? 0
+        /// A Clip (opset 11+) with both bounds given as scalars of known shape: its min and max
+        /// inputs become operands of the chain (Hardswish and Hardsigmoid written out as clamps).
+        func boundedClip(_ node: Node) -> Bool {
+            guard node.opType == "Clip", opset >= 11, node.inputs.count == 3 else { return false }
+            return node.inputs.dropFirst().allSatisfy { c.types[$0]?.staticShape.map(Tensor.elementCount) == 1 }
+        }
         func fusible(_ node: Node) -> DType? {
             guard node.domain.isEmpty, node.outputs.count == 1, let out = node.output(0) else { return nil }
-            let binary = ElementwiseChainKernel.binaryOps.contains(node.opType)
-            guard binary || ElementwiseChainKernel.unaryOps.contains(node.opType), node.inputs.count == (binary ? 2 : 1),
+            let binary = ElementwiseChainKernel.binaryOps.contains(node.opType), clip = boundedClip(node)
+            guard binary || clip || ElementwiseChainKernel.unaryOps.contains(node.opType), node.inputs.count == (binary ? 2 : clip ? 3 : 1),
                   node.attributes.keys.allSatisfy({ $0 == "alpha" && node.opType == "LeakyRelu" }),
                   let dtype = c.dtype(out), dtype == .float32 || dtype == .float64,
                   node.inputs.allSatisfy({ !$0.isEmpty && c.dtype($0) == dtype && !mutated.contains($0) }) else { return nil }
             return dtype
         }
-        let opset = model.opset("") ?? 0
         /// A Softmax of `value` alone along its last axis, in `dtype` (since opset 13 along one axis;
         /// before, over the axes from `axis` on, the same rows when `axis` is the last). Axis -1
         /// needs no known rank (GPT-2's scores have none after its computed reshapes).
@@ -404,6 +412,14 @@ public struct ElementwiseFusion: GraphPass {
             guard let rank = c.rank(value), rank >= 1 else { return false }
             return (axis < 0 ? axis + rank : axis) == rank - 1
         }
+        /// Whether `value` broadcasts up to a larger `result` (a squeeze-excite scale [N, C, 1, 1]
+        /// times [N, C, H, W]): the chain stops before that step, as every step before it would
+        /// run once per element of the larger result, where alone it runs once per element of
+        /// `value` and the broadcasting product is one pass anyway.
+        func grows(_ value: String, to result: String) -> Bool {
+            guard let a = c.types[value]?.staticShape, let b = c.types[result]?.staticShape else { return false }
+            return Tensor.elementCount(a) < Tensor.elementCount(b)
+        }
         var claimed = Set<Int>(), removed = Set<Int>(), replacement: [Int: Node] = [:]
         var builder = GraphBuilder(graph)
         for i in c.index.order where !claimed.contains(i) {
@@ -412,7 +428,7 @@ public struct ElementwiseFusion: GraphPass {
             var chain = [i]
             var value = first.outputs[0]
             while let j = c.soleConsumer(of: value), !claimed.contains(j), !chain.contains(j), fusible(graph.nodes[j]) == dtype,
-                  graph.nodes[j].inputs.filter({ $0 == value }).count == 1 {
+                  graph.nodes[j].inputs.filter({ $0 == value }).count == 1, !grows(value, to: graph.nodes[j].outputs[0]) {
                 chain.append(j)
                 value = graph.nodes[j].outputs[0]
             }
@@ -431,7 +447,12 @@ public struct ElementwiseFusion: GraphPass {
                 let node = graph.nodes[k]
                 ops.append(node.opType)
                 alphas.append(node.opType == "LeakyRelu" ? node.float("alpha") ?? 0.01 : 0)
-                if node.inputs.count == 2 {
+                if node.opType == "Clip" {
+                    // The bounds follow each other: the step's operand is min, the next input max.
+                    inputs.append(contentsOf: node.inputs.dropFirst())
+                    operands.append(inputs.count - 2)
+                    left.append(1)
+                } else if node.inputs.count == 2 {
                     // The first node's left input starts the chain; later nodes read the carried value.
                     let chainLeft = position == 0 || node.inputs[0] == carried
                     inputs.append(chainLeft ? node.inputs[1] : node.inputs[0])
@@ -501,5 +522,74 @@ public struct PowerToMul: GraphPass {
         guard changed else { return }
         model.graph.nodes = nodes
         model.graph.apply(removing: [], replacing: [:])
+    }
+}
+
+/// Clip's gradient as the rule writes it, Where(And(Not(Less(x, min)), Not(Greater(x, max))), dY,
+/// 0) (or with one bound: Where(Not(Less(x, min)), dY, 0)), becomes one ClipGradient node of
+/// onnx-train's internal domain: one pass over x and dY instead of six passes and four bool
+/// tensors (a tenth of MobileNetV3-Small's training step, where every Hardswish and Hardsigmoid is
+/// written out with a Clip). The same selection per element, so the same values, NaN included (a
+/// NaN x passes dY, as Not(Less) and Not(Greater) are both true), broadcast as those ops
+/// broadcast. Only float32 and float64, x of the type of dY.
+public struct ClipGradientFusion: GraphPass {
+    public var name: String { "clip-gradient-fusion" }
+    public init() {}
+
+    public func run(_ model: inout Model) throws {
+        guard (model.opset("") ?? 0) >= 9, model.graph.nodes.contains(where: { $0.domain.isEmpty && $0.opType == "Where" }) else { return }
+        let c = FusionContext(model)
+        let graph = c.graph
+        /// `value` = Not(Less(x, bound)) (lower) or Not(Greater(x, bound)) (upper), each value read
+        /// only by the next node: x, the bound, which one, and the two nodes.
+        func bound(_ value: String, readBy user: Int) -> (x: String, bound: String, lower: Bool, nodes: [Int])? {
+            guard c.onlyRead(value, by: user), let n = c.index.producer[value]?.node else { return nil }
+            let not = graph.nodes[n]
+            guard not.domain.isEmpty, not.opType == "Not", not.inputs.count == 1, let compared = not.input(0), c.onlyRead(compared, by: n),
+                  let k = c.index.producer[compared]?.node else { return nil }
+            let test = graph.nodes[k]
+            guard test.domain.isEmpty, test.opType == "Less" || test.opType == "Greater", test.inputs.count == 2,
+                  let x = test.input(0), let b = test.input(1) else { return nil }
+            return (x, b, test.opType == "Less", [n, k])
+        }
+        var removed = Set<Int>(), replacement: [Int: Node] = [:]
+        var builder = GraphBuilder(graph)
+        for (i, node) in graph.nodes.enumerated() where node.domain.isEmpty && node.opType == "Where" && node.inputs.count == 3 {
+            guard let mask = node.input(0), let dY = node.input(1), let fill = node.input(2), let out = node.output(0),
+                  let m = c.index.producer[mask]?.node else { continue }
+            var lower: String?, upper: String?, x: String?, nodes: [Int] = []
+            let maker = graph.nodes[m]
+            let parts: [(x: String, bound: String, lower: Bool, nodes: [Int])]
+            if maker.domain.isEmpty && maker.opType == "And" && maker.inputs.count == 2 && c.onlyRead(mask, by: i) {
+                guard let a = bound(maker.inputs[0], readBy: m), let b = bound(maker.inputs[1], readBy: m), a.lower != b.lower else { continue }
+                parts = [a, b]
+                nodes = [m]
+            } else if let a = bound(mask, readBy: i) {
+                parts = [a]
+            } else {
+                continue
+            }
+            for p in parts {
+                if p.lower { lower = p.bound } else { upper = p.bound }
+                x = p.x
+                nodes += p.nodes
+            }
+            // The comparisons take x and the bounds of one type, Where dY and the fill of one
+            // type: a type known for either side of each (the bounds and fill are usually
+            // constants; gradients of com.microsoft ops may have none inferred) must be float32
+            // or float64, and the same for both.
+            guard let x, parts.allSatisfy({ $0.x == x }), nodes.allSatisfy({ !removed.contains($0) && replacement[$0] == nil }),
+                  let compared = c.dtype(x) ?? c.dtype(lower) ?? c.dtype(upper), compared == .float32 || compared == .float64,
+                  (c.dtype(dY) ?? c.dtype(fill)) == compared else { continue }
+            removed.formUnion(nodes)
+            replacement[i] = Node(opType: "ClipGradient", domain: internalDomain,
+                                  name: builder.freshName("fused_" + (node.name.isEmpty ? "ClipGradient" : node.name)),
+                                  inputs: [dY, x, lower ?? "", upper ?? "", fill], outputs: [out])
+        }
+        guard !replacement.isEmpty else { return }
+        model.graph.apply(removing: removed, replacing: replacement)
+        let produced = Set(model.graph.nodes.flatMap(\.outputs))
+        model.graph.valueInfo = model.graph.valueInfo.filter { produced.contains($0.name) }
+        model.opsetImports[internalDomain] = 1
     }
 }

@@ -34,6 +34,7 @@ public struct PassPipeline {
             MatMulAddToGemm(),
             TransposeIntoMatMul(),
             PowerToMul(),
+            ClipGradientFusion(),
             ElementwiseFusion(registry: registry),
             ProductIntoAccumulator(),
         ])

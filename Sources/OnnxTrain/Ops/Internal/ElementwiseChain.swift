@@ -4,7 +4,8 @@
 /// the ops never go to memory.
 ///
 /// Inputs: the chain's start, then one operand per binary step. Attributes: `ops` (op types in
-/// order), `operands` (per step: the input index of its other operand, -1 for a unary step),
+/// order), `operands` (per step: the input index of its other operand, -1 for a unary step; a Clip
+/// step's index of its min input, its max input the next one: both scalars, read when it runs),
 /// `chain_left` (per step: 1 when the chain's value is the left operand), `alphas` (LeakyRelu's
 /// alpha, else 0), optional `softmax` (1: the chain's value is then normalised along its last
 /// axis, a Softmax the pass fused: scores scaled and masked, then normalised block by block of
@@ -19,12 +20,19 @@ struct ElementwiseChainKernel: Kernel {
         case add, sub, mul, div
         case relu, neg, abs, sigmoid, tanh, exp, log, sqrt, reciprocal, erf
         case leakyRelu(Double)
+        /// Clip with min and max inputs (the step's operand and the next input).
+        case clip
 
         var isBinary: Bool {
             switch self {
             case .add, .sub, .mul, .div: return true
             default: return false
             }
+        }
+        /// Whether the step reads inputs besides the chain's value.
+        var hasOperand: Bool {
+            if case .clip = self { return true }
+            return isBinary
         }
     }
     struct Step {
@@ -56,6 +64,7 @@ struct ElementwiseChainKernel: Kernel {
         case "Reciprocal": return .reciprocal
         case "Erf": return .erf
         case "LeakyRelu": return .leakyRelu(alpha)
+        case "Clip": return .clip
         default: return nil
         }
     }
@@ -71,7 +80,8 @@ struct ElementwiseChainKernel: Kernel {
         var steps: [Step] = []
         for k in ops.indices {
             guard let op = ElementwiseChainKernel.op(ops[k], alpha: Double(alphas[k])) else { throw KernelError("ElementwiseChain cannot run '\(ops[k])'") }
-            guard op.isBinary == (operands[k] >= 1), operands[k] < ctx.node.inputs.count else {
+            let last = operands[k] + (op.isBinary || !op.hasOperand ? 0 : 1)
+            guard op.hasOperand == (operands[k] >= 1), last < ctx.node.inputs.count else {
                 throw KernelError("ElementwiseChain step \(k) (\(ops[k])) has operand \(operands[k])")
             }
             steps.append(Step(op: op, operand: operands[k], chainLeft: left[k] != 0))
@@ -113,6 +123,14 @@ struct ElementwiseChainKernel: Kernel {
             }
             let counts = inputs.map(\.count)
             let steps = self.steps
+            // A Clip step's bounds: scalars of the chain's type, as the Clip kernel takes them.
+            let bounds: [(low: T, high: T)] = try steps.map { s in
+                guard case .clip = s.op else { return (T.zero, T.zero) }
+                guard counts[s.operand] == 1, counts[s.operand + 1] == 1 else {
+                    throw KernelError("ElementwiseChain's Clip bounds must be scalars, got \(counts[s.operand]) and \(counts[s.operand + 1]) elements")
+                }
+                return (pointers[s.operand][0], pointers[s.operand + 1][0])
+            }
             /// Elements start..<start+len of input k as broadcast to the output: a pointer into the
             /// input where they are contiguous there, else `buffer` filled with them.
             func load(_ k: Int, _ start: Int, _ len: Int, into buffer: UnsafeMutablePointer<T>) -> UnsafePointer<T> {
@@ -146,8 +164,10 @@ struct ElementwiseChainKernel: Kernel {
                         let y = Y + start
                         let first = load(0, start, len, into: y)
                         if first != UnsafePointer(y) { y.update(from: first, count: len) }
-                        for s in steps {
-                            if s.op.isBinary {
+                        for (k, s) in steps.enumerated() {
+                            if case .clip = s.op {
+                                ElementwiseChainKernel.clip(y, len, bounds[k].low, bounds[k].high)
+                            } else if s.op.isBinary {
                                 let x = load(s.operand, start, len, into: tmp)
                                 ElementwiseChainKernel.binary(s.op, y, x, len, chainLeft: s.chainLeft)
                             } else {
@@ -178,6 +198,12 @@ struct ElementwiseChainKernel: Kernel {
         }
     }
 
+    /// y[i] = Clip(y[i], low, high), with the Clip kernel's function (`clipValue`).
+    @inline(never)
+    static func clip<T: FloatElement>(_ y: UnsafeMutablePointer<T>, _ n: Int, _ low: T, _ high: T) {
+        for i in 0..<n { y[i] = clipValue(y[i], low, high) }
+    }
+
     /// y[i] = op(y[i]), with the standalone op's function (float32: its eight-lane form where it
     /// has one, as the standalone kernel runs it).
     static func unary<T: FloatElement>(_ op: Op, _ y: UnsafeMutablePointer<T>, _ n: Int) {
@@ -202,11 +228,87 @@ struct ElementwiseChainKernel: Kernel {
         case .reciprocal: map(ReciprocalFunction())
         case .erf: map(ErfFunction())
         case .leakyRelu(let alpha): map(LeakyReluFunction(alpha: alpha))
-        case .add, .sub, .mul, .div: return
+        case .add, .sub, .mul, .div, .clip: return
+        }
+    }
+}
+
+/// ClipGradient (onnx-train's internal domain, written only by the `ClipGradientFusion` pass):
+/// inputs dY, x, min?, max?, fill; dX = dY where min <= x <= max (either bound absent: no test; a
+/// NaN x passes), else fill, all broadcast together as Less, Greater, And and Where broadcast.
+/// What Clip's gradient rule writes as Less, Greater, Not, And and Where, in one pass; inputs that
+/// are not of the result's shape (bounds, fill, a broadcast dY) are read as single elements or,
+/// else, copied out to the result's shape first.
+struct ClipGradientKernel: Kernel {
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let dY = try inputs.tensor(0), x = try inputs.tensor(1), fill = try inputs.tensor(4)
+        let low = try inputs.optionalTensor(2), high = try inputs.optionalTensor(3)
+        guard dY.dtype == .float32 || dY.dtype == .float64, x.dtype == dY.dtype, fill.dtype == dY.dtype,
+              [low, high].allSatisfy({ $0 == nil || $0?.dtype == dY.dtype }) else {
+            throw KernelError("ClipGradient computes float32 or float64 of one type, got dY \(dY.dtype), x \(x.dtype), fill \(fill.dtype)")
+        }
+        var shape = x.shape
+        for t in [low, high, dY, fill].compactMap({ $0 }) { shape = try Broadcast.shape(shape, t.shape) }
+        try checkShape(shape, "output")
+        /// `t` as an input of the loop: as it is when it has the result's shape or is one element
+        /// (read once), else copied out to the result's shape.
+        func operand(_ t: Tensor) throws -> Tensor {
+            t.shape == shape || (t.count == 1 && t.rank <= shape.count) ? t : try stridedCopy(t, shape: shape, strides: Broadcast.strides(t.shape, to: shape))
+        }
+        let select = Select(dY: try operand(dY), x: try operand(x), low: try low.map(operand), high: try high.map(operand),
+                            fill: try operand(fill), shape: shape)
+        return [.tensor(try dispatch(dY.dtype, select))]
+    }
+
+    struct Select: ElementOperation {
+        let dY: Tensor, x: Tensor, low: Tensor?, high: Tensor?, fill: Tensor, shape: [Int]
+
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            var out = Tensor(uninitialized: T.dtype, shape: shape)
+            let n = out.count
+            guard n > 0 else { return out }
+            // A single element repeats (stride 0); an absent bound tests nothing: x < -inf and
+            // x > +inf are false for every x, NaN too.
+            let infinities = UnsafeMutablePointer<T>.allocate(capacity: 2)
+            infinities[0] = -T.infinity
+            infinities[1] = T.infinity
+            defer { infinities.deallocate() }
+            func source(_ t: Tensor?, _ absent: Int) -> (pointer: UnsafePointer<T>, step: Int) {
+                guard let t else { return (UnsafePointer(infinities + absent), 0) }
+                return (t.uncheckedBufferPointer(as: T.self) { $0.baseAddress! }, t.count == n ? 1 : 0)
+            }
+            let d = source(dY, 0), v = source(x, 0), lo = source(low, 0), hi = source(high, 1), z = source(fill, 0)
+            out.uncheckedMutableBufferPointer(as: T.self) { po in
+                guard let y = po.baseAddress else { return }
+                Parallel.forRange(n, minimumChunk: 32_768) { range in
+                    let i = range.lowerBound
+                    if d.step == 1 && v.step == 1 && lo.step == 0 && hi.step == 0 && z.step == 0 {
+                        ClipGradientKernel.select(y + i, d.pointer + i, v.pointer + i, range.count, lo.pointer[0], hi.pointer[0], z.pointer[0])
+                    } else {
+                        for k in range {
+                            let e = v.pointer[k * v.step]
+                            y[k] = e < lo.pointer[k * lo.step] || e > hi.pointer[k * hi.step] ? z.pointer[k * z.step] : d.pointer[k * d.step]
+                        }
+                    }
+                }
+            }
+            withExtendedLifetime((dY, x, low, high, fill)) {}
+            return out
+        }
+    }
+
+    /// y[i] = dy[i] unless x[i] < lo or x[i] > hi, else z (y may be dy: the executor's in-place plan).
+    @inline(never)
+    static func select<T: FloatElement>(_ y: UnsafeMutablePointer<T>, _ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ n: Int,
+                                        _ lo: T, _ hi: T, _ z: T) {
+        for i in 0..<n {
+            let v = x[i]
+            y[i] = v < lo || v > hi ? z : dy[i]
         }
     }
 }
 
 func registerInternalOps(_ registry: OpRegistry) {
     registry.register("ElementwiseChain", domain: internalDomain, since: [1], inPlace: [0]) { ctx in try ElementwiseChainKernel(ctx) }
+    registry.register("ClipGradient", domain: internalDomain, since: [1], inPlace: [0]) { _ in ClipGradientKernel() }
 }

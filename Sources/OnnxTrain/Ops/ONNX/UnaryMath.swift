@@ -91,11 +91,16 @@ struct ClipOperation: NumericOperation {
             return try t.withUnsafeBufferPointer(as: T.self) { $0[0] }
         }
         let lo = try bound(low, "min", T.lowest), hi = try bound(high, "max", T.highest)
-        return mapElements(x, to: T.dtype) { (v: T) -> T in
-            let raised = v < lo ? lo : v  // min(max(x, low), high): high wins when low > high, as in numpy
-            return raised > hi ? hi : raised
-        }
+        return mapElements(x, to: T.dtype) { (v: T) -> T in clipValue(v, lo, hi) }
     }
+}
+
+/// Clip of one element: min(max(v, low), high); high wins when low > high, as in numpy, and NaN
+/// passes through. The Clip kernel's function and ElementwiseChain's Clip step.
+@inline(__always)
+func clipValue<T: Comparable>(_ v: T, _ low: T, _ high: T) -> T {
+    let raised = v < low ? low : v
+    return raised > high ? high : raised
 }
 
 func clip(_ x: Tensor, low: Tensor?, high: Tensor?) throws -> Tensor {
