@@ -392,7 +392,18 @@ public struct ElementwiseFusion: GraphPass {
             guard node.opType == "Clip", opset >= 11, node.inputs.count == 3 else { return false }
             return node.inputs.dropFirst().allSatisfy { c.types[$0]?.staticShape.map(Tensor.elementCount) == 1 }
         }
+        /// A ClipGradient (`ClipGradientFusion`) with both bounds and a fill of one element: the
+        /// chain's value is its dY, x an operand.
+        func clipGradient(_ node: Node) -> DType? {
+            guard node.domain == internalDomain, node.opType == "ClipGradient", node.inputs.count == 5, node.outputs.count == 1,
+                  !node.inputs.contains(where: \.isEmpty), !node.inputs.contains(where: { mutated.contains($0) }),
+                  node.inputs[2...].allSatisfy({ c.types[$0]?.staticShape.map(Tensor.elementCount) == 1 }),
+                  let dtype = c.dtype(node.inputs[0]), dtype == .float32 || dtype == .float64,
+                  node.inputs.allSatisfy({ c.dtype($0) == dtype }) else { return nil }
+            return dtype
+        }
         func fusible(_ node: Node) -> DType? {
+            if node.domain == internalDomain { return clipGradient(node) }
             guard node.domain.isEmpty, node.outputs.count == 1, let out = node.output(0) else { return nil }
             let binary = ElementwiseChainKernel.binaryOps.contains(node.opType), clip = boundedClip(node)
             guard binary || clip || ElementwiseChainKernel.unaryOps.contains(node.opType), node.inputs.count == (binary ? 2 : clip ? 3 : 1),
@@ -428,7 +439,8 @@ public struct ElementwiseFusion: GraphPass {
             var chain = [i]
             var value = first.outputs[0]
             while let j = c.soleConsumer(of: value), !claimed.contains(j), !chain.contains(j), fusible(graph.nodes[j]) == dtype,
-                  graph.nodes[j].inputs.filter({ $0 == value }).count == 1, !grows(value, to: graph.nodes[j].outputs[0]) {
+                  graph.nodes[j].inputs.filter({ $0 == value }).count == 1, !grows(value, to: graph.nodes[j].outputs[0]),
+                  graph.nodes[j].domain.isEmpty || graph.nodes[j].inputs[0] == value {
                 chain.append(j)
                 value = graph.nodes[j].outputs[0]
             }
@@ -447,7 +459,12 @@ public struct ElementwiseFusion: GraphPass {
                 let node = graph.nodes[k]
                 ops.append(node.opType)
                 alphas.append(node.opType == "LeakyRelu" ? node.float("alpha") ?? 0.01 : 0)
-                if node.opType == "Clip" {
+                if node.domain == internalDomain {
+                    // ClipGradient: the chain's value is dY; x, min, max and fill follow each other.
+                    inputs.append(contentsOf: node.inputs.dropFirst())
+                    operands.append(inputs.count - 4)
+                    left.append(1)
+                } else if node.opType == "Clip" {
                     // The bounds follow each other: the step's operand is min, the next input max.
                     inputs.append(contentsOf: node.inputs.dropFirst())
                     operands.append(inputs.count - 2)

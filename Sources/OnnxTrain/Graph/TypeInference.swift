@@ -154,6 +154,11 @@ public struct TypeInference {
         let op = node.opType
         // ChannelAffine (ChannelAffineFusion) keeps its input's type and shape.
         if node.domain == internalDomain && op == "ChannelAffine" { return [x] }
+        // ClipGradient (ClipGradientFusion): dY's type, every present input broadcast.
+        if node.domain == internalDomain && op == "ClipGradient" {
+            let present = node.inputs.indices.filter { !node.inputs[$0].isEmpty }
+            return [TensorInfo(dtype: dtype ?? input(4)?.dtype, shape: broadcast(present.map { input($0)?.shape }))]
+        }
         guard node.domain.isEmpty || node.domain == "com.microsoft" else { return [] }
         if op == "Constant" { return [TypeInference.constantValue(node).map { TensorInfo(dtype: $0.dtype, shape: $0.shape.map { .value($0) }) }] }
         if op == "Cast" { return [TensorInfo(dtype: node.int("to").flatMap { DType(rawValue: Int32($0)) }, shape: x?.shape)] }

@@ -5,7 +5,9 @@
 ///
 /// Inputs: the chain's start, then one operand per binary step. Attributes: `ops` (op types in
 /// order), `operands` (per step: the input index of its other operand, -1 for a unary step; a Clip
-/// step's index of its min input, its max input the next one: both scalars, read when it runs),
+/// step's index of its min input, its max input the next one: both scalars, read when it runs;
+/// a ClipGradient step's index of its x, then min, max and fill: the chain's value, a gradient,
+/// passes where min <= x <= max and becomes fill elsewhere),
 /// `chain_left` (per step: 1 when the chain's value is the left operand), `alphas` (LeakyRelu's
 /// alpha, else 0), optional `softmax` (1: the chain's value is then normalised along its last
 /// axis, a Softmax the pass fused: scores scaled and masked, then normalised block by block of
@@ -22,6 +24,8 @@ struct ElementwiseChainKernel: Kernel {
         case leakyRelu(Double)
         /// Clip with min and max inputs (the step's operand and the next input).
         case clip
+        /// ClipGradient with x, min, max and fill inputs (the step's operand and the next three).
+        case clipGradient
 
         var isBinary: Bool {
             switch self {
@@ -31,8 +35,18 @@ struct ElementwiseChainKernel: Kernel {
         }
         /// Whether the step reads inputs besides the chain's value.
         var hasOperand: Bool {
-            if case .clip = self { return true }
-            return isBinary
+            switch self {
+            case .clip, .clipGradient: return true
+            default: return isBinary
+            }
+        }
+        /// How many inputs after the step's operand it reads.
+        var extraOperands: Int {
+            switch self {
+            case .clip: return 1
+            case .clipGradient: return 3
+            default: return 0
+            }
         }
     }
     struct Step {
@@ -65,6 +79,7 @@ struct ElementwiseChainKernel: Kernel {
         case "Erf": return .erf
         case "LeakyRelu": return .leakyRelu(alpha)
         case "Clip": return .clip
+        case "ClipGradient": return .clipGradient
         default: return nil
         }
     }
@@ -80,7 +95,7 @@ struct ElementwiseChainKernel: Kernel {
         var steps: [Step] = []
         for k in ops.indices {
             guard let op = ElementwiseChainKernel.op(ops[k], alpha: Double(alphas[k])) else { throw KernelError("ElementwiseChain cannot run '\(ops[k])'") }
-            let last = operands[k] + (op.isBinary || !op.hasOperand ? 0 : 1)
+            let last = operands[k] + op.extraOperands
             guard op.hasOperand == (operands[k] >= 1), last < ctx.node.inputs.count else {
                 throw KernelError("ElementwiseChain step \(k) (\(ops[k])) has operand \(operands[k])")
             }
@@ -106,7 +121,10 @@ struct ElementwiseChainKernel: Kernel {
 
         func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             var outShape = inputs[0].shape
-            for s in steps where s.op.isBinary { outShape = try Broadcast.shape(outShape, inputs[s.operand].shape) }
+            for s in steps {
+                if s.op.isBinary { outShape = try Broadcast.shape(outShape, inputs[s.operand].shape) }
+                if case .clipGradient = s.op { outShape = try Broadcast.shape(outShape, inputs[s.operand].shape) }
+            }
             let n = Tensor.elementCount(outShape)
             if softmax && outShape.isEmpty { throw KernelError("ElementwiseChain's softmax needs a value of rank 1 or more") }
             var out = Tensor(uninitialized: T.dtype, shape: outShape)
@@ -123,13 +141,24 @@ struct ElementwiseChainKernel: Kernel {
             }
             let counts = inputs.map(\.count)
             let steps = self.steps
-            // A Clip step's bounds: scalars of the chain's type, as the Clip kernel takes them.
-            let bounds: [(low: T, high: T)] = try steps.map { s in
-                guard case .clip = s.op else { return (T.zero, T.zero) }
-                guard counts[s.operand] == 1, counts[s.operand + 1] == 1 else {
-                    throw KernelError("ElementwiseChain's Clip bounds must be scalars, got \(counts[s.operand]) and \(counts[s.operand + 1]) elements")
+            // A Clip step's bounds, a ClipGradient step's bounds and fill: scalars of the chain's
+            // type, as the Clip and ClipGradient kernels take them.
+            let bounds: [(low: T, high: T, fill: T)] = try steps.map { s in
+                switch s.op {
+                case .clip:
+                    guard counts[s.operand] == 1, counts[s.operand + 1] == 1 else {
+                        throw KernelError("ElementwiseChain's Clip bounds must be scalars, got \(counts[s.operand]) and \(counts[s.operand + 1]) elements")
+                    }
+                    return (pointers[s.operand][0], pointers[s.operand + 1][0], T.zero)
+                case .clipGradient:
+                    let k = s.operand
+                    guard counts[k + 1] == 1, counts[k + 2] == 1, counts[k + 3] == 1 else {
+                        throw KernelError("ElementwiseChain's ClipGradient bounds and fill must be scalars, got \(counts[k + 1]), \(counts[k + 2]) and \(counts[k + 3]) elements")
+                    }
+                    return (pointers[k + 1][0], pointers[k + 2][0], pointers[k + 3][0])
+                default:
+                    return (T.zero, T.zero, T.zero)
                 }
-                return (pointers[s.operand][0], pointers[s.operand + 1][0])
             }
             /// Elements start..<start+len of input k as broadcast to the output: a pointer into the
             /// input where they are contiguous there, else `buffer` filled with them.
@@ -167,6 +196,9 @@ struct ElementwiseChainKernel: Kernel {
                         for (k, s) in steps.enumerated() {
                             if case .clip = s.op {
                                 ElementwiseChainKernel.clip(y, len, bounds[k].low, bounds[k].high)
+                            } else if case .clipGradient = s.op {
+                                let x = load(s.operand, start, len, into: tmp)
+                                ClipGradientKernel.select(y, UnsafePointer(y), x, len, bounds[k].low, bounds[k].high, bounds[k].fill)
                             } else if s.op.isBinary {
                                 let x = load(s.operand, start, len, into: tmp)
                                 ElementwiseChainKernel.binary(s.op, y, x, len, chainLeft: s.chainLeft)
@@ -228,7 +260,7 @@ struct ElementwiseChainKernel: Kernel {
         case .reciprocal: map(ReciprocalFunction())
         case .erf: map(ErfFunction())
         case .leakyRelu(let alpha): map(LeakyReluFunction(alpha: alpha))
-        case .add, .sub, .mul, .div, .clip: return
+        case .add, .sub, .mul, .div, .clip, .clipGradient: return
         }
     }
 }
@@ -297,13 +329,23 @@ struct ClipGradientKernel: Kernel {
         }
     }
 
-    /// y[i] = dy[i] unless x[i] < lo or x[i] > hi, else z (y may be dy: the executor's in-place plan).
+    /// y[i] = dy[i] unless x[i] < lo or x[i] > hi, else z. y may be dy (the executor's in-place
+    /// plan, a chain's value): that case gets a loop of its own, reading y, so the compiler's
+    /// overlap check passes and the loop vectorises (as `binaryLoop`; Swift's SIMD masks,
+    /// `replacing(with:where:)`, went lane by lane through memory, 10x slower).
     @inline(never)
     static func select<T: FloatElement>(_ y: UnsafeMutablePointer<T>, _ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ n: Int,
                                         _ lo: T, _ hi: T, _ z: T) {
-        for i in 0..<n {
-            let v = x[i]
-            y[i] = v < lo || v > hi ? z : dy[i]
+        if UnsafePointer(y) == dy {
+            for i in 0..<n {
+                let v = x[i]
+                y[i] = v < lo || v > hi ? z : y[i]
+            }
+        } else {
+            for i in 0..<n {
+                let v = x[i]
+                y[i] = v < lo || v > hi ? z : dy[i]
+            }
         }
     }
 }
