@@ -86,8 +86,7 @@ public struct ChannelAffineFusion: GraphPass {
         guard !replacement.isEmpty else { return }
         var result = builder.graph
         result.apply(removing: removed, replacing: replacement)
-        let produced = Set(result.nodes.flatMap(\.outputs))
-        result.valueInfo = result.valueInfo.filter { produced.contains($0.name) }
+        result.dropValueInfoOfRemovedValues()
         model.graph = result
         model.opsetImports[internalDomain] = 1
     }

@@ -50,6 +50,13 @@ extension Graph {
         for name in initializerNames where !read.contains(name) { initializers[name] = nil }
         initializerNames = initializerNames.filter { initializers[$0] != nil }
     }
+
+    /// Drops the declared types (value_info) of values no node produces any more: a fusion's
+    /// removed intermediates must not keep types a later pass or the executor would trust.
+    mutating func dropValueInfoOfRemovedValues() {
+        let produced = Set(nodes.flatMap(\.outputs))
+        valueInfo = valueInfo.filter { produced.contains($0.name) }
+    }
 }
 
 /// Conv (+ BatchNormalization or ChannelAffine) (+ Add) (+ activation) as one node.
@@ -150,9 +157,7 @@ public struct ConvFusion: GraphPass {
         }
         model.graph.initializerNames.removeAll { model.graph.initializers[$0] == nil }
         model.graph.apply(removing: removed, replacing: replacement)
-        // Fused-away values lose their declared types; keep value_info only for what remains.
-        let produced = Set(model.graph.nodes.flatMap(\.outputs))
-        model.graph.valueInfo = model.graph.valueInfo.filter { produced.contains($0.name) }
+        model.graph.dropValueInfoOfRemovedValues()
         if replacement.values.contains(where: { $0.domain == "com.microsoft" }) && model.opsetImports["com.microsoft"] == nil {
             model.opsetImports["com.microsoft"] = 1
         }
@@ -496,8 +501,7 @@ public struct ElementwiseFusion: GraphPass {
         }
         guard !replacement.isEmpty else { return }
         model.graph.apply(removing: removed, replacing: replacement)
-        let produced = Set(model.graph.nodes.flatMap(\.outputs))
-        model.graph.valueInfo = model.graph.valueInfo.filter { produced.contains($0.name) }
+        model.graph.dropValueInfoOfRemovedValues()
         model.opsetImports[internalDomain] = 1
     }
 }
@@ -605,8 +609,7 @@ public struct ClipGradientFusion: GraphPass {
         }
         guard !replacement.isEmpty else { return }
         model.graph.apply(removing: removed, replacing: replacement)
-        let produced = Set(model.graph.nodes.flatMap(\.outputs))
-        model.graph.valueInfo = model.graph.valueInfo.filter { produced.contains($0.name) }
+        model.graph.dropValueInfoOfRemovedValues()
         model.opsetImports[internalDomain] = 1
     }
 }

@@ -125,8 +125,7 @@ public struct DeadNodeElimination: GraphPass {
             model.graph.initializers[name] = nil
         }
         model.graph.initializerNames = graph.initializerNames.filter { model.graph.initializers[$0] != nil }
-        let produced = Set(model.graph.nodes.flatMap(\.outputs))
-        model.graph.valueInfo = graph.valueInfo.filter { produced.contains($0.name) }
+        model.graph.dropValueInfoOfRemovedValues()
     }
 }
 

@@ -8,14 +8,6 @@ import XCTest
 /// they should, not where they must not, and the outputs are bit-identical to the ops run one by
 /// one (the same function per element), NaN and infinities included.
 final class ClipFusionTests: XCTestCase {
-    func optimized(_ model: Model) throws -> Model {
-        var m = model
-        try PassPipeline.optimizing().run(&m)
-        return m
-    }
-
-    func opTypes(_ model: Model) -> [String] { model.graph.nodes.map(\.opType) }
-
     /// An ElementwiseChain's steps.
     func ops(_ node: Node) -> [String] {
         if case .strings(let s)? = node.attributes["ops"] { return s }

@@ -3,12 +3,8 @@ import OnnxTrainTestSupport
 import XCTest
 @testable import OnnxTrain
 
-/// The optimisation passes a session runs before it compiles a graph: each rewrite fires where it
-/// should (the optimised graph is inspected), not where it must not (trainable weights, values
-/// read elsewhere), and leaves the outputs within float rounding of the graph run as written.
-final class GraphOptimizationTests: XCTestCase {
-    // MARK: - Helpers
-
+/// Helpers the graph-pass tests share (GraphOptimizationTests, ClipFusionTests).
+extension XCTestCase {
     /// The model after the session's optimising pipeline.
     func optimized(_ model: Model) throws -> Model {
         var m = model
@@ -17,6 +13,13 @@ final class GraphOptimizationTests: XCTestCase {
     }
 
     func opTypes(_ model: Model) -> [String] { model.graph.nodes.map(\.opType) }
+}
+
+/// The optimisation passes a session runs before it compiles a graph: each rewrite fires where it
+/// should (the optimised graph is inspected), not where it must not (trainable weights, values
+/// read elsewhere), and leaves the outputs within float rounding of the graph run as written.
+final class GraphOptimizationTests: XCTestCase {
+    // MARK: - Helpers
 
     /// Runs `model` with and without the optimisations and returns the largest difference of any
     /// output relative to max(1, |reference|); fails if the outputs' shapes or types differ.
