@@ -105,7 +105,8 @@ struct TreeEnsembleKernel: Kernel {
 
         // Membership sets, consumed in the reference's build order: each tree depth first, true before false.
         var sets: [Set<Double>] = [[]]
-        for v in try ctx.tensor("membership_values").map { try $0.doubles() } ?? [] {
+        let membershipValues = try ctx.tensor("membership_values").map { try $0.doubles() } ?? []
+        for v in membershipValues {
             if v.isNaN { sets.append([]) } else { sets[sets.count - 1].insert(v) }
         }
         let memberCount = nodes.filter { $0.mode == .member }.count

@@ -1,3 +1,4 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -189,9 +190,7 @@ private func parseNumber(_ s: String) -> Double? {
 
 /// `printf("%.8g", v)`: onnxruntime's spelling of float and double values.
 private func formatG8(_ v: Double) -> String {
-    var buffer = [CChar](repeating: 0, count: 48)
-    _ = withVaList([v]) { vsnprintf(&buffer, buffer.count, "%.8g", $0) }
-    return String(cString: buffer)
+    String(format: "%.8g", v)
 }
 
 /// Formats like onnxruntime: integers plainly, bool as 1/0, floats with "%.8g", "NaN", "INF", "-INF".
