@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import OnnxTrain
+import Synchronization
 
 /// `onnx-train bench MODEL.onnx --infer`: steady-state inference latency of any model, on
 /// synthetic feeds. `onnx-train bench FOLDER`: training steps on a benchmark folder written by
@@ -28,6 +29,9 @@ struct BenchCommand: ParsableCommand {
         processes train data-parallel (each its own batch, the gradients averaged) and rank 0 \
         prints, adding the allreduce times and the gradient bytes. With --gemm-peak N \
         (no FOLDER needed) it times an N×N×N cblas_sgemm instead and prints the best GFLOP/s. \
+        With --handoff-probe N it bounces one cache line between two threads N times, five \
+        times over, and prints the round trip in nanoseconds (median and minimum of the five): \
+        how much it costs the machine right now to pass data from one core to the other. \
         OpenBLAS's thread count comes from OPENBLAS_NUM_THREADS.
 
         \(CLIFailure.exitCodeHelp)
@@ -61,14 +65,21 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .customLong("gemm-peak"), help: "Time an N×N×N single-precision GEMM instead (best of --steps runs).")
     var gemmPeak: Int?
 
+    @Option(name: .customLong("handoff-probe"), help: "Time N round trips of one cache line between two threads instead (five runs).")
+    var handoffProbe: Int?
+
     func run() throws {
-        let group = gemmPeak == nil ? try ParallelJob.join() : nil
+        let group = gemmPeak == nil && handoffProbe == nil ? try ParallelJob.join() : nil
         try ParallelJob.run(group) {
+            if let n = handoffProbe {
+                print(try Self.json(try Self.handoff(rounds: n)))
+                return
+            }
             if let n = gemmPeak {
                 print(try Self.json(try Self.gemm(n: n, runs: max(steps, 1))))
                 return
             }
-            guard let folder else { throw OnnxTrainError.invalidInput("bench needs MODEL.onnx --infer, a FOLDER or --gemm-peak N") }
+            guard let folder else { throw OnnxTrainError.invalidInput("bench needs MODEL.onnx --infer, a FOLDER, --gemm-peak N or --handoff-probe N") }
             if folder.hasSuffix(".onnx") {
                 guard infer else { throw OnnxTrainError.invalidInput("\(folder): a model is timed with --infer (training is timed on artifact folders)") }
                 try inferModel(folder)
@@ -239,5 +250,51 @@ struct BenchCommand: ParsableCommand {
         let best = min(bestSplit, bestOpenBLAS)
         return ["n": n, "best_s": best, "gflops": flops / best / 1e9, "threads": BLAS.threadCount,
                 "split_gflops": flops / bestSplit / 1e9, "openblas_gflops": flops / bestOpenBLAS / 1e9]
+    }
+
+    /// One cache line two threads hand back and forth: the ping thread writes odd values, the pong
+    /// thread even ones, each waiting for the other's.
+    private final class CacheLine: Sendable {
+        let turn = Atomic<Int>(0)
+
+        /// Spins until `turn` is `value`; yields the core after a while, so that a busy machine (the
+        /// partner thread not running) makes the probe slow, never hung.
+        func wait(for value: Int) {
+            var spins = 0
+            while turn.load(ordering: .acquiring) != value {
+                spins += 1
+                if spins > 4096 { sched_yield(); spins = 0 }
+            }
+        }
+    }
+
+    /// The round trip of one cache line between two threads, in nanoseconds: five runs of `rounds`
+    /// round trips each. On this benchmark machine it is ~50-200 ns normally, and 320-450 ns for
+    /// seconds at a time in a state of the virtual machine in which kernels that hand data between
+    /// the cores (the MLP's small products) slow down while a large GEMM does not (Benchmarks/README.md).
+    static func handoff(rounds: Int) throws -> [String: Any] {
+        guard rounds > 0 && rounds <= 100_000_000 else { throw OnnxTrainError.invalidInput("--handoff-probe must be in 1...100000000") }
+        let clock = ContinuousClock()
+        var perRun: [Double] = []
+        for _ in 0..<5 {
+            let line = CacheLine()
+            let done = DispatchSemaphore(value: 0)
+            Thread.detachNewThread {
+                for i in 0..<rounds {
+                    line.wait(for: 2 * i + 1)
+                    line.turn.store(2 * i + 2, ordering: .releasing)
+                }
+                done.signal()
+            }
+            let start = clock.now
+            for i in 0..<rounds {
+                line.turn.store(2 * i + 1, ordering: .releasing)
+                line.wait(for: 2 * i + 2)
+            }
+            perRun.append(seconds(clock.now - start) / Double(rounds) * 1e9)
+            done.wait()
+        }
+        let sorted = perRun.sorted()
+        return ["rounds": rounds, "round_trip_ns": sorted[2], "min_round_trip_ns": sorted[0], "runs_ns": perRun]
     }
 }
