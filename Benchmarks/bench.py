@@ -86,7 +86,11 @@ def gemm_peak(binary, args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def handoff_probe(binary, rounds=100_000):
+def handoff_rounds(args):
+    return 1_000 if args.smoke else 100_000
+
+
+def handoff_probe(binary, rounds):
     """The median round trip (ns) of one cache line between two threads (`onnx-train bench --handoff-probe`)."""
     done = subprocess.run([str(binary), "bench", "--handoff-probe", str(rounds)], capture_output=True, text=True)
     if done.returncode != 0:
@@ -249,11 +253,10 @@ def mlp_processes(args, peak):
         # after each process: in this virtual machine's slow state the round trip is several times its
         # usual 50-200 ns for seconds at a time, and the MLP (many small products whose outputs move
         # between the cores) slows with it while a large GEMM does not (Benchmarks/README.md).
-        rounds = 1_000 if args.smoke else 100_000
-        before = handoff_probe(args.binary, rounds)
+        before = handoff_probe(args.binary, handoff_rounds(args))
         run_args = argparse.Namespace(**{**vars(args), "steps": args.steps * 4})
         result = run_onnx_train(args.binary, folder, run_args, infer=False)
-        after = handoff_probe(args.binary, rounds)
+        after = handoff_probe(args.binary, handoff_rounds(args))
         median = statistics.median(result["times"])
         lines.append({"process": i + 1, "median_ms": 1000 * median, "gflops": flops / (median * 1e9),
                       "fraction": flops / (median * 1e9) / peak["gflops"],
@@ -270,7 +273,7 @@ def mlp_processes_report(args, lines, peak):
            f"process's median step as GEMM GFLOP/s and as a share of the peak above. Issue 16's goal: at least",
            f"{MLP_PEAK_GOAL:.0%} in every process: {met} of {len(lines)} ({'met' if met == len(lines) else 'not met'}); lowest "
            f"{min(fractions):.0%}, median {statistics.median(fractions):.0%}, highest {max(fractions):.0%}.", "",
-           f"Just before and just after each process, `onnx-train bench --handoff-probe 100000` bounces one cache line",
+           f"Just before and just after each process, `onnx-train bench --handoff-probe {handoff_rounds(args)}` bounces one cache line",
            f"between two threads and gives the round trip (median of 5 runs). It is ~50-200 ns on this machine normally;",
            f"above {SLOW_HANDOFF_NS} ns the virtual machine is in its slow state, in which data crossing between the cores costs",
            f"several times more (Benchmarks/README.md): a slow process beside a slow probe is the machine's state.", "",
