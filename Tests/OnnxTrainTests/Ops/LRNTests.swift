@@ -28,6 +28,7 @@ final class LRNTests: XCTestCase {
             ([1, 6, 4, 3], 3, 0.5, 0.75, 2),       // a large alpha: the sum matters
             ([2, 5, 9], 4, 0.3, 0.5, 1.5),         // even size, rank 3
             ([1, 3, 2, 2], 7, 0.2, 1.3, 0.7),      // window wider than the channels
+            ([1, 4, 3, 3], 3, 0.9, 0.75, 1e-3),    // b near zero where x is: float32 roots still refine exactly
         ]
         var worst64 = 0.0, worst32 = 0.0
         for (k, c) in cases.enumerated() {
@@ -45,6 +46,22 @@ final class LRNTests: XCTestCase {
             let y32 = try runNode("LRN", opset: 13, [x32], attributes: attributes)[0]
             for (a, b) in zip(y32.scalars(as: Float.self), expected32) { worst32 = max(worst32, abs(Double(a) - b) / max(abs(b), 1)) }
         }
+        // b beyond float32's range (x ~ 1e17, b ~ 1e34): the float32 kernel takes the Double roots.
+        let huge = Tensor(shape: [1, 3, 2, 2], scalars: (0..<12).map { Float($0 + 1) * 1e17 })
+        let hugeExpected = reference(huge.scalars(as: Float.self).map { Double($0) }, shape: [1, 3, 2, 2], size: 3, alpha: Double(Float(0.5)), beta: 0.75, bias: 1)
+        let hugeY = try runNode("LRN", opset: 13, [huge], attributes: ["size": .int(3), "alpha": .float(0.5), "beta": .float(0.75), "bias": .float(1)])[0]
+        for (a, b) in zip(hugeY.scalars(as: Float.self), hugeExpected) { worst32 = max(worst32, abs(Double(a) - b) / max(abs(b), 1e-30)) }
+        // A NaN poisons the outputs whose window holds it, and only those, as in the definition.
+        var withNaN = (0..<45).map { Float($0 % 7) * 0.25 - 0.5 }
+        withNaN[9 * 2 + 4] = .nan  // channel 2, position 4
+        let nanExpected = reference(withNaN.map { Double($0) }, shape: [1, 5, 3, 3], size: 3, alpha: Double(Float(0.5)), beta: 0.75, bias: 1)
+        let nanY = try runNode("LRN", opset: 13, [Tensor(shape: [1, 5, 3, 3], scalars: withNaN)],
+                               attributes: ["size": .int(3), "alpha": .float(0.5), "beta": .float(0.75), "bias": .float(1)])[0]
+        for (k, (a, b)) in zip(nanY.scalars(as: Float.self), nanExpected).enumerated() {
+            XCTAssertEqual(a.isNaN, b.isNaN, "element \(k)")
+            if !b.isNaN { worst32 = max(worst32, abs(Double(a) - b) / max(abs(b), 1)) }
+        }
+        XCTAssertEqual(nanExpected.filter(\.isNaN).count, 3)  // channels 1, 2 and 3 at position 4
         print("LRN: worst relative difference float64 \(worst64), float32 \(worst32)")
         XCTAssertLessThan(worst64, 1e-15)
         XCTAssertLessThan(worst32, 1e-7)

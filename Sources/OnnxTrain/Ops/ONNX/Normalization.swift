@@ -1,4 +1,7 @@
 import Foundation
+#if arch(x86_64)
+import _Builtin_intrinsics.intel
+#endif
 
 /// The normalization family's registration list, and its small ops: RMSNormalization,
 /// LpNormalization, InstanceNormalization, GroupNormalization, LRN and MeanVarianceNormalization
@@ -128,7 +131,8 @@ struct LRNOp: ElementOperation {
 
 /// One LRN output plane: y = x / (bias + coefficient * sum over the window's planes of x^2)^beta,
 /// accumulated in Double (the sum in the window's channel order). beta = 0.75, AlexNet's and the
-/// default, is sqrt(b)·sqrt(sqrt(b)) instead of pow, which does not vectorise.
+/// default, is sqrt(b)·sqrt(sqrt(b)) instead of pow, which does not vectorise; for float32 it is
+/// `lrnFloatThreeQuarters` unless some b of the plane is outside its range.
 @inline(never)
 private func lrnPlane<T: FloatElement>(_ x: UnsafePointer<T>, _ y: UnsafeMutablePointer<T>, plane: Int, window: ClosedRange<Int>,
                                        inner: Int, sums: UnsafeMutablePointer<Double>, coefficient: Double, bias: Double, beta: Double) {
@@ -138,6 +142,11 @@ private func lrnPlane<T: FloatElement>(_ x: UnsafePointer<T>, _ y: UnsafeMutable
         for i in 0..<inner { let v = row[i].doubleValue; sums[i] += v * v }
     }
     let xs = x + plane * inner, ys = y + plane * inner
+    if beta == 0.75 && T.self == Float.self
+        && lrnFloatThreeQuarters(UnsafeRawPointer(xs).assumingMemoryBound(to: Float.self), UnsafeMutableRawPointer(ys).assumingMemoryBound(to: Float.self),
+                                 sums: sums, inner: inner, coefficient: coefficient, bias: bias) {
+        return
+    }
     if beta == 0.75 {
         for i in 0..<inner {
             let b = bias + coefficient * sums[i], root = b.squareRoot()
@@ -146,6 +155,44 @@ private func lrnPlane<T: FloatElement>(_ x: UnsafePointer<T>, _ y: UnsafeMutable
     } else {
         for i in 0..<inner { ys[i] = T(fromDouble: xs[i].doubleValue / pow(bias + coefficient * sums[i], beta)) }
     }
+}
+
+/// A float32 LRN plane with beta 0.75: b^-3/4 from float32 square roots, refined by one Newton step
+/// in Double, t·(5 - t^4·b^3)/4, which leaves ~1e-13 of the exact value, so y rounds as from the
+/// exact formula; 4 lanes a step with AVX (the Double square roots and division it replaces took
+/// most of the op's time, and Swift's scalar square roots do not vectorise). Returns false, and
+/// the caller computes the plane exactly, when some b is not within [1e-30, 1e30] (float32's range
+/// and the Newton step's b^3 in Double), NaN included.
+private func lrnFloatThreeQuarters(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, sums: UnsafePointer<Double>, inner: Int,
+                                   coefficient: Double, bias: Double) -> Bool {
+    var i = 0, low = Double.infinity, high = -Double.infinity
+    #if ONNX_TRAIN_X86_64_V3 && arch(x86_64)
+    let rawSums = UnsafeRawPointer(sums), rawX = UnsafeRawPointer(x), rawY = UnsafeMutableRawPointer(y)
+    var lows = SIMD4<Double>(repeating: .infinity), highs = SIMD4<Double>(repeating: -.infinity)
+    while i + 4 <= inner {
+        let b = bias + coefficient * rawSums.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self)
+        lows = _mm256_min_pd(lows, b)
+        highs = _mm256_max_pd(highs, b)
+        let root = _mm_sqrt_ps(_mm256_cvtpd_ps(b))
+        let t = _mm256_cvtps_pd(1 / (root * _mm_sqrt_ps(root))), t2 = t * t
+        let xv = _mm256_cvtps_pd(rawX.loadUnaligned(fromByteOffset: i * 4, as: SIMD4<Float>.self))
+        rawY.storeBytes(of: _mm256_cvtpd_ps(xv * (t * (1.25 - 0.25 * (t2 * t2) * (b * b * b)))), toByteOffset: i * 4, as: SIMD4<Float>.self)
+        i += 4
+    }
+    for lane in 0..<4 {
+        low = lows[lane] < low || lows[lane].isNaN ? lows[lane] : low
+        high = highs[lane] > high || highs[lane].isNaN ? highs[lane] : high
+    }
+    #endif
+    while i < inner {
+        let b = bias + coefficient * sums[i], root = Float(b).squareRoot()
+        low = b < low || b.isNaN ? b : low
+        high = b > high || b.isNaN ? b : high
+        let t = Double(1 / (root * root.squareRoot())), t2 = t * t
+        y[i] = Float(Double(x[i]) * (t * (1.25 - 0.25 * (t2 * t2) * (b * b * b))))
+        i += 1
+    }
+    return low >= 1e-30 && high <= 1e30
 }
 
 /// (X - E[X]) / (sqrt(E[(X - E[X])^2]) + 1e-9) over `axes`, as the op's function body states.
