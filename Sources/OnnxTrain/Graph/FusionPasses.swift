@@ -283,7 +283,9 @@ public struct ConvFusion: GraphPass {
 
 /// MatMul of two 2-D values followed by an Add of a bias that broadcasts to the product's
 /// [M, N] (a row [N] or [1, N], a scalar, or the whole [M, N]) becomes one Gemm, whose GEMM
-/// accumulates onto the bias instead of a second pass over the product.
+/// accumulates onto the bias instead of a second pass over the product. A batch of rows
+/// [..., M, K] (static rank 3 or more) times a 2-D weight [K, N] plus a bias [N] (a transformer's
+/// Linear layer) becomes one internal `MatMulBias` in the same way.
 public struct MatMulAddToGemm: GraphPass {
     public var name: String { "matmul-add-to-gemm" }
     public init() {}
@@ -294,7 +296,7 @@ public struct MatMulAddToGemm: GraphPass {
         let graph = c.graph
         var removed = Set<Int>(), replacement: [Int: Node] = [:]
         for (i, mm) in graph.nodes.enumerated() where mm.domain.isEmpty && mm.opType == "MatMul" {
-            guard let a = mm.input(0), let b = mm.input(1), let y = mm.output(0), c.rank(a) == 2, c.rank(b) == 2, c.isFloat(a),
+            guard let a = mm.input(0), let b = mm.input(1), let y = mm.output(0), let rank = c.rank(a), rank >= 2, c.rank(b) == 2, c.isFloat(a),
                   c.dtype(b) == c.dtype(a), let j = c.soleConsumer(of: y), replacement[j] == nil, !removed.contains(i) else { continue }
             let add = graph.nodes[j]
             guard add.domain.isEmpty, add.opType == "Add", add.inputs.count == 2, add.inputs[0] != add.inputs[1], let out = add.output(0) else { continue }
@@ -303,6 +305,13 @@ public struct MatMulAddToGemm: GraphPass {
             if let p = c.index.producer[bias]?.node, removed.contains(p) || replacement[p] != nil { continue }
             guard c.dtype(bias) == c.dtype(a), let biasShape = c.types[bias]?.staticShape,
                   let n = c.types[b]?.staticShape?.last else { continue }
+            if rank > 2 {
+                // Rows times a weight: only a bias of one row of N, which adds to every row.
+                guard biasShape == [n] else { continue }
+                removed.insert(i)
+                replacement[j] = Node(opType: "MatMulBias", domain: internalDomain, name: mm.name, inputs: [a, b, bias], outputs: [out])
+                continue
+            }
             let fits: Bool
             switch biasShape.count {
             case 0: fits = true
@@ -316,12 +325,15 @@ public struct MatMulAddToGemm: GraphPass {
         }
         guard !replacement.isEmpty else { return }
         model.graph.apply(removing: removed, replacing: replacement)
+        model.graph.dropValueInfoOfRemovedValues()
+        if replacement.values.contains(where: { $0.domain == internalDomain }) { model.opsetImports[internalDomain] = 1 }
     }
 }
 
 /// A Transpose that swaps the last two axes of a MatMul or FusedMatMul operand, or a 2-D
-/// Transpose feeding Gemm, becomes the product's transA/transB flag (MatMul turns into
-/// com.microsoft FusedMatMul): BLAS reads the operand transposed instead of a copy being made.
+/// Transpose feeding Gemm (or the weight of an internal MatMulBias), becomes the product's
+/// transA/transB flag (MatMul turns into com.microsoft FusedMatMul): BLAS reads the operand
+/// transposed instead of a copy being made.
 /// The Transpose stays when another node or a graph output reads its result.
 public struct TransposeIntoMatMul: GraphPass {
     public var name: String { "transpose-into-matmul" }
@@ -338,14 +350,15 @@ public struct TransposeIntoMatMul: GraphPass {
             let isFused = node.domain == "com.microsoft" && node.opType == "FusedMatMul"
                 && (node.int("transBatchA") ?? 0) == 0 && (node.int("transBatchB") ?? 0) == 0
             let isGemm = node.domain.isEmpty && node.opType == "Gemm"
-            guard isMatMul || isFused || isGemm, node.inputs.count >= 2, c.isFloat(node.input(0)) else { continue }
+            let isBias = node.domain == internalDomain && node.opType == "MatMulBias"
+            guard isMatMul || isFused || isGemm || isBias, node.inputs.count >= 2, c.isFloat(node.input(0)) else { continue }
             var updated = node
             var changed = false
-            for (k, flag) in [(0, "transA"), (1, "transB")] {
+            for (k, flag) in isBias ? [(1, "transB")] : [(0, "transA"), (1, "transB")] {
                 guard let operand = node.input(k), let p = c.index.producer[operand]?.node, !removed.contains(p) else { continue }
                 let t = graph.nodes[p]
                 guard t.domain.isEmpty, t.opType == "Transpose", let source = t.input(0), let r = c.rank(source), r >= 2,
-                      isGemm ? r == 2 : true else { continue }
+                      isGemm || isBias ? r == 2 : true else { continue }
                 let perm = t.ints("perm") ?? Array((0..<r).reversed())
                 guard perm == Array(0..<(r - 2)) + [r - 1, r - 2] else { continue }
                 updated.inputs[k] = source

@@ -159,6 +159,10 @@ public struct TypeInference {
             let present = node.inputs.indices.filter { !node.inputs[$0].isEmpty }
             return [TensorInfo(dtype: dtype ?? input(4)?.dtype, shape: broadcast(present.map { input($0)?.shape }))]
         }
+        // MatMulBias (MatMulAddToGemm): rows [..., M, K] times [K, N] give [..., M, N].
+        if node.domain == internalDomain && op == "MatMulBias" {
+            return [TensorInfo(dtype: dtype, shape: matmulShape(x?.shape, input(1)?.shape, transA: false, transB: node.int("transB") == 1))]
+        }
         guard node.domain.isEmpty || node.domain == "com.microsoft" else { return [] }
         if op == "Constant" { return [TypeInference.constantValue(node).map { TensorInfo(dtype: $0.dtype, shape: $0.shape.map { .value($0) }) }] }
         if op == "Cast" { return [TensorInfo(dtype: node.int("to").flatMap { DType(rawValue: Int32($0)) }, shape: x?.shape)] }

@@ -10,4 +10,5 @@ func registerAllOps(_ registry: OpRegistry) {
     registerInternalOps(registry)      // Ops/Internal/ElementwiseChain.swift: ops only graph passes write (onnx-train internal domain)
     registerChannelAffineOps(registry) // Ops/Internal/ChannelAffine.swift: the per-channel scale, shift and activation of ChannelAffineFusion
     registerProductAccumulatorOps(registry) // Ops/Internal/ProductAccumulator.swift: a weight gradient's GEMM into its accumulation buffer (ProductIntoAccumulator)
+    registerMatMulBiasOps(registry)    // Ops/Internal/MatMulBias.swift: a batch of rows times a weight plus its bias, one GEMM (MatMulAddToGemm)
 }

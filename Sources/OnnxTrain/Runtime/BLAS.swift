@@ -13,11 +13,26 @@ import COpenBLAS
 public enum BLAS {
     /// C[m×n] = alpha·op(A)·op(B) + beta·C, row-major; lda/ldb/ldc are row strides.
     /// Float runs cblas_sgemm, Double cblas_dgemm (the type test folds away when specialised).
+    ///
+    /// With `rowBias` (n values), C is not read: every row of C is set to it and the product added
+    /// (beta is then taken as 1), each thread writing its own block of C just before its product
+    /// adds to it, so the bias costs no pass of its own and C is warm in cache when the product
+    /// reads it. Each element is bias + product rounded once, as a separate Add computes it (a K
+    /// that runs over several of OpenBLAS's blocks adds the partial sums onto the bias instead of
+    /// onto zero: then equal to float rounding).
     @inline(__always)
     public static func gemm<T: FloatElement>(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: T,
                                              a: UnsafePointer<T>, lda: Int, b: UnsafePointer<T>, ldb: Int,
-                                             beta: T, c: UnsafeMutablePointer<T>, ldc: Int) {
+                                             beta: T, c: UnsafeMutablePointer<T>, ldc: Int, rowBias: UnsafePointer<T>? = nil) {
         guard m > 0 && n > 0 else { return }
+        var beta = beta
+        if let rowBias {
+            beta = 1
+            // The threaded path below writes the bias block by block; the others write it here.
+            if k == 0 || m == 1 || n == 1 || !fitsInt32(m, n, k, lda, ldb, ldc) || !(T.self == Float.self || T.self == Double.self) {
+                for i in 0..<m { (c + i * ldc).update(from: rowBias, count: n) }
+            }
+        }
         if k == 0 {
             // BLAS leaves C untouched when k == 0 only if beta == 1; make beta's meaning explicit.
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
@@ -43,6 +58,7 @@ public enum BLAS {
         }
         let ta = transA ? CblasTrans : CblasNoTrans, tb = transB ? CblasTrans : CblasNoTrans
         split(m: m, n: n, work: m * n * k) { i0, i1, j0, j1 in
+            if let rowBias { for i in i0..<i1 { (c + i * ldc + j0).update(from: rowBias + j0, count: j1 - j0) } }
             let (m, n, k) = (Int32(i1 - i0), Int32(j1 - j0), Int32(k))
             let (pa, pb, pc) = (transA ? a + i0 : a + i0 * lda, transB ? b + j0 * ldb : b + j0, c + i0 * ldc + j0)
             if T.self == Float.self {

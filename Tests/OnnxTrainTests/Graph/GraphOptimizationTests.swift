@@ -247,8 +247,48 @@ final class GraphOptimizationTests: XCTestCase {
         try assertSameOutputs(rowBias, ["a": Self.random([5, 4], seed: 53)], tolerance: 1e-6, "2-D, [1, N] bias")
         // A bias that broadcasts the product up ([2, 5, 3]) or a 3-D product keeps MatMul + Add.
         XCTAssertEqual(opTypes(try optimized(matmulModel(aShape: [5, 4], bShape: [4, 3], biasShape: [2, 5, 3]))), ["MatMul", "Add"])
-        let threeD = matmulModel(aShape: [2, 5, 4], bShape: [4, 3], biasShape: [3])
-        XCTAssertEqual(opTypes(try optimized(threeD)), ["MatMul", "Add"])
+        XCTAssertEqual(opTypes(try optimized(matmulModel(aShape: [2, 5, 4], bShape: [4, 3], biasShape: [5, 3]))), ["MatMul", "Add"],
+                       "a 3-D product's bias of more than one row")
+    }
+
+    /// Rows [..., M, K] times a weight [K, N] plus a bias [N] (a transformer's Linear layer) become
+    /// one MatMulBias, within the rounding bound of the float64 sum on every element, on shapes that
+    /// run on one thread, split by rows and split by columns.
+    func testBatchedMatMulAddBecomesMatMulBias() throws {
+        for (aShape, n) in [([2, 5, 4], 3), ([4, 128, 64], 300), ([2, 8, 64], 2048), ([3, 2, 7, 9], 1)] {
+            let k = aShape[aShape.count - 1]
+            let model = matmulModel(aShape: aShape, bShape: [k, n], biasShape: [n])
+            let g = try optimized(model)
+            XCTAssertEqual(opTypes(g), ["MatMulBias"], "\(aShape) x [\(k), \(n)]")
+            let a = Self.random(aShape, seed: 58)
+            let y = try InferenceSession(model: model).run(tensors: ["a": a])["y"]
+            XCTAssertEqual(y?.shape, Array(aShape.dropLast()) + [n])
+            let av = try a.doubles(), bv = try XCTUnwrap(model.graph.initializers["b"]).doubles()
+            let bias = try XCTUnwrap(model.graph.initializers["bias"]).doubles()
+            let yv = try XCTUnwrap(y).doubles()
+            // |fl(Σ) − Σ| <= (K + 1)·u·(Σ|a·b| + |bias|), u = 2^-24, for any order of the float32 sums.
+            var worst = 0.0
+            for r in 0..<(av.count / k) {
+                for j in 0..<n {
+                    var exact = bias[j], magnitude = abs(bias[j])
+                    for p in 0..<k {
+                        exact += av[r * k + p] * bv[p * n + j]
+                        magnitude += abs(av[r * k + p] * bv[p * n + j])
+                    }
+                    worst = max(worst, abs(yv[r * n + j] - exact) / ((Double(k) + 1) * 0x1p-24 * magnitude))
+                }
+            }
+            XCTAssertLessThanOrEqual(worst, 1, "\(aShape) x [\(k), \(n)]: error over the rounding bound")
+            try assertSameOutputs(model, ["a": a], tolerance: 1e-6, "\(aShape) x [\(k), \(n)] against MatMul then Add")
+        }
+        // A weight stored [N, K] (PyTorch's Linear) and transposed: the Transpose becomes transB.
+        let stored = matmulModel(aShape: [2, 5, 4], bShape: [4, 3], biasShape: [3], transposeB: [1, 0], bIsInput: true)
+        let g = try optimized(stored)
+        XCTAssertEqual(opTypes(g), ["MatMulBias"])
+        XCTAssertEqual(g.graph.nodes[0].int("transB"), 1)
+        XCTAssertEqual(g.graph.nodes[0].inputs[1], "b")
+        try assertSameOutputs(stored, ["a": Self.random([2, 5, 4], seed: 59), "b": Self.random([3, 4], seed: 60)], tolerance: 1e-6,
+                              "transposed weight")
     }
 
     func testTransposesBecomeMatMulFlags() throws {
@@ -273,11 +313,18 @@ final class GraphOptimizationTests: XCTestCase {
 
     /// A Transpose that another node also reads stays; the product still reads its source.
     func testSharedTransposeStays() throws {
-        var model = matmulModel(aShape: [3, 5, 4], bShape: [4, 2], biasShape: [2], transposeA: [0, 2, 1])
+        var model = matmulModel(aShape: [3, 5, 4], bShape: [3, 4, 2], biasShape: [2], transposeA: [0, 2, 1])
         model.graph.nodes.append(Node(opType: "Relu", inputs: ["at"], outputs: ["r"]))
         model.graph.outputs.append(ValueInfo(name: "r", type: nil))
         XCTAssertEqual(opTypes(try optimized(model)), ["Transpose", "FusedMatMul", "Add", "Relu"])
         try assertSameOutputs(model, ["a": Self.random([3, 4, 5], seed: 56)], tolerance: 1e-6, "shared transpose")
+        // With a 2-D weight and a bias row the product and the bias become one MatMulBias, which
+        // reads the Transpose's result (made anyway for the Relu).
+        var linear = matmulModel(aShape: [3, 5, 4], bShape: [4, 2], biasShape: [2], transposeA: [0, 2, 1])
+        linear.graph.nodes.append(Node(opType: "Relu", inputs: ["at"], outputs: ["r"]))
+        linear.graph.outputs.append(ValueInfo(name: "r", type: nil))
+        XCTAssertEqual(opTypes(try optimized(linear)), ["Transpose", "MatMulBias", "Relu"])
+        try assertSameOutputs(linear, ["a": Self.random([3, 4, 5], seed: 56)], tolerance: 1e-6, "shared transpose, bias row")
     }
 
     // MARK: - Elementwise chains
