@@ -10,6 +10,10 @@
 /// and be no graph output: the write then moves past no other reader. The product's value must be
 /// read by the accumulator alone (and be no graph output), and the buffer and the flag must be
 /// made before the product (graph inputs in every training graph).
+///
+/// An embedding's gradient, com.microsoft GatherGrad, read only by its accumulator becomes one
+/// internal `GatherGradAccumulator` in the same way: dY's rows are scattered into the buffer
+/// instead of into a new table-sized tensor of zeros that the accumulator then copies.
 public struct ProductIntoAccumulator: GraphPass {
     public var name: String { "product-into-accumulator" }
     public init() {}
@@ -24,10 +28,19 @@ public struct ProductIntoAccumulator: GraphPass {
                   c.soleConsumer(of: buffer) == j, c.soleConsumer(of: value) == j,
                   let i = c.index.producer[value]?.node, replacement[i] == nil, !removed.contains(i) else { continue }
             let p = graph.nodes[i]
+            // The node runs where the producer ran, so the buffer and the flag must exist by then.
+            let madeBefore = ([buffer] + (acc.input(2).map { [$0] } ?? [])).allSatisfy { (c.index.producer[$0]?.node ?? -1) < i }
+            if canonicalDomain(p.domain) == "com.microsoft", p.opType == "GatherGrad", p.inputs.count == 3, p.outputs.count == 1,
+               !p.inputs.contains(where: \.isEmpty), !p.inputs.contains(buffer), madeBefore {
+                replacement[i] = Node(opType: "GatherGradAccumulator", domain: internalDomain, name: acc.name.isEmpty ? p.name : acc.name,
+                                      inputs: [buffer] + p.inputs + (acc.input(2).map { [$0] } ?? []), outputs: acc.outputs,
+                                      attributes: ["axis": .int(p.int("axis") ?? 0)])
+                removed.insert(j)
+                continue
+            }
             guard let (product, attributes) = ProductIntoAccumulator.product(p), p.outputs.count == 1,
                   let a = p.input(0), let b = p.input(1), a != buffer, b != buffer else { continue }
-            // The node runs where the product ran, so the buffer and the flag must exist by then.
-            guard ([buffer] + (acc.input(2).map { [$0] } ?? [])).allSatisfy({ (c.index.producer[$0]?.node ?? -1) < i }) else { continue }
+            guard madeBefore else { continue }
             var inputs = [buffer, a, b]
             if let flag = acc.input(2) { inputs.append(flag) }
             var attrs = attributes

@@ -55,15 +55,23 @@ final class ProductAccumulatorTests: XCTestCase {
 
     /// Runs the graph optimised and plain on copies of `buffer`; returns both buffers after the run.
     func runBoth(_ model: Model, buffer: Tensor, a: Tensor, b: Tensor, overwrite: Bool?) throws -> (fused: Tensor, plain: Tensor) {
+        try Self.runBoth(model, buffer: buffer, feeds: ["a": a, "b": b], overwrite: overwrite)
+    }
+
+    /// Runs an accumulating graph optimised and plain, each on its own copy of `buffer` (fed as
+    /// "buffer", with `feeds` and the overwrite "flag" when given); returns both buffers after the run.
+    static func runBoth(_ model: Model, buffer: Tensor, feeds: [String: Tensor], overwrite: Bool?,
+                        file: StaticString = #filePath, line: UInt = #line) throws -> (fused: Tensor, plain: Tensor) {
         var plainOptions = SessionOptions()
         plainOptions.optimize = false
         var results: [Tensor] = []
         for options in [SessionOptions(), plainOptions] {
-            let target = try Self.copy(buffer)
-            var feeds: [String: Tensor] = ["buffer": target, "a": a, "b": b]
-            if let overwrite { feeds["flag"] = Tensor(shape: [1], scalars: [overwrite]) }
-            let out = try InferenceSession(model: model, options: options).run(tensors: feeds)
-            XCTAssertEqual(out["updated"]?.scalars(as: Bool.self), [true])
+            let target = try copy(buffer)
+            var all = feeds
+            all["buffer"] = target
+            if let overwrite { all["flag"] = Tensor(shape: [1], scalars: [overwrite]) }
+            let out = try InferenceSession(model: model, options: options).run(tensors: all)
+            XCTAssertEqual(out["updated"]?.scalars(as: Bool.self), [true], file: file, line: line)
             results.append(target)
         }
         return (results[0], results[1])

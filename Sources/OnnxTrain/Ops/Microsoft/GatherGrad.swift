@@ -50,14 +50,21 @@ struct GatherGradKernel: Kernel {
     let axis: Int
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
         let shape = try shapeInput(try inputs.tensor(0), "shape")
-        let indices = try indexValues(try inputs.tensor(1), "indices")
-        let indexShape = try inputs.tensor(1).shape
         let dy = try inputs.tensor(2)
+        let plan = try GatherGradKernel.scatterPlan(shape: shape, indices: inputs.tensor(1), dyShape: dy.shape, axis: axis)
+        return [.tensor(try scatterAdd(dy, shape: shape, pairs: plan.pairs, block: plan.block))]
+    }
+
+    /// Where each block of dY adds into dX of `shape` (the offsets of both, in elements) and the
+    /// block's length, after checking dY's shape against the indices'.
+    static func scatterPlan(shape: [Int], indices indexTensor: Tensor, dyShape: [Int], axis: Int) throws -> (pairs: [(dst: Int, src: Int)], block: Int) {
+        let indices = try indexValues(indexTensor, "indices")
+        let indexShape = indexTensor.shape
         guard !shape.isEmpty else { throw KernelError("shape must have rank >= 1") }
         let a = try normalizeAxis(axis, rank: shape.count)
         let expected = Array(shape[..<a]) + indexShape + Array(shape[(a + 1)...])
-        guard dy.shape == expected else {
-            throw KernelError("dY \(dy.shape) must have shape \(expected) (shape[:axis] + indices.shape + shape[axis+1:])")
+        guard dyShape == expected else {
+            throw KernelError("dY \(dyShape) must have shape \(expected) (shape[:axis] + indices.shape + shape[axis+1:])")
         }
         let outer = Tensor.elementCount(Array(shape[..<a])), size = shape[a]
         let inner = Tensor.elementCount(Array(shape[(a + 1)...]))
@@ -67,7 +74,7 @@ struct GatherGradKernel: Kernel {
         for o in 0..<outer {
             for (j, idx) in wrapped.enumerated() { pairs.append(((o * size + idx) * inner, (o * wrapped.count + j) * inner)) }
         }
-        return [.tensor(try scatterAdd(dy, shape: shape, pairs: pairs, block: inner))]
+        return (pairs, inner)
     }
 }
 
