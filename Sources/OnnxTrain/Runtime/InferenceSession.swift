@@ -12,7 +12,9 @@ public struct SessionOptions {
     public var optimize = true
     /// Whether ops that declare an input in place write their output over that input when it
     /// dies at them (the executor's memory plan, `GraphExecutor.Plan`); off also with
-    /// `ONNX_TRAIN_DISABLE_PASSES=memory-plan` (or `all`), for debugging.
+    /// `ONNX_TRAIN_DISABLE_PASSES=memory-plan` (or `all`), for debugging. The same switch turns
+    /// off the memory pattern: runs after the first with the same feed shapes and fetches place
+    /// their large blocks in one arena laid out from the first run (`MemoryPattern`).
     public var memoryPlan = true
     /// Where a session reports what it accepts but a reader may not expect (a symbolic dimension
     /// bound to two sizes); standard error by default.
@@ -45,6 +47,8 @@ public final class InferenceSession: @unchecked Sendable {
     private let registry: OpRegistry
     private let inPlaceUpdates: Bool
     private let state: RunState
+    /// The memory pattern of the latest feed shapes and fetches (nil with the memory plan off).
+    let memoryPatterns: MemoryPatternCache?
     private let warn: @Sendable (String) -> Void
     /// Symbolic dimensions already reported as bound to two sizes (each is reported once); runs
     /// on several threads share it.
@@ -59,6 +63,7 @@ public final class InferenceSession: @unchecked Sendable {
         let disabled = PassPipeline.disabledNames
         let inPlaceUpdates = options.memoryPlan && !disabled.contains("memory-plan") && !disabled.contains("all")
         self.inPlaceUpdates = inPlaceUpdates
+        memoryPatterns = inPlaceUpdates ? MemoryPatternCache() : nil
         // ai.onnx.preview.training's Gradient differentiates the graph's own nodes as written.
         let differentiatesItself = model.graph.nodes.contains { $0.opType == "Gradient" && $0.domain == "ai.onnx.preview.training" }
         let optimize = options.optimize && !differentiatesItself
@@ -158,7 +163,19 @@ public final class InferenceSession: @unchecked Sendable {
         let context = ExecutionContext(state: state, lookup: { _ in nil })
         let results: [Value?]
         do {
-            results = try executor.run(feeds: feedSlots, fetchSlots: fetchSlots, context: context)
+            if let memoryPatterns, executor === self.executor {
+                // The pattern's key: what is fetched and each feed's slot, element type and shape.
+                var key = fetchSlots + [-1]
+                for (slot, value) in feedSlots {
+                    key.append(slot)
+                    if case .tensor(let t) = value { key += [Int(t.dtype.rawValue), t.rank] + t.shape } else { key.append(-2) }
+                }
+                results = try memoryPatterns.run(key: key) {
+                    try executor.run(feeds: feedSlots, fetchSlots: fetchSlots, context: context)
+                }
+            } else {
+                results = try executor.run(feeds: feedSlots, fetchSlots: fetchSlots, context: context)
+            }
         } catch let error as OnnxTrainError {
             throw model.path.map { error.prefixed($0) } ?? error
         }

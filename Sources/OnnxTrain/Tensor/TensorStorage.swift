@@ -200,6 +200,15 @@ public enum BufferCache {
         var liveBytes = 0
         var highWater = 0
         var limit: Int { highWater + capacity }
+        /// Live blocks a memory pattern records or placed, by address (`MemoryPattern`).
+        var tracked: [Int: Tracked] = [:]
+    }
+    private enum Tracked {
+        /// A block a recording run mapped, and its index in the recording.
+        case recorded(AllocationRecording, Int)
+        /// A mapped block that outlived its recorded run (an output).
+        case mapped
+        case arena(MemoryPattern, Int)
     }
     private static let state = Mutex(State())
 
@@ -218,6 +227,80 @@ public enum BufferCache {
             var raw: UnsafeMutableRawPointer?
             return posix_memalign(&raw, 64, size) == 0 ? raw : nil
         }
+        guard let run = MemoryPatternRun.current else { return allocateCached(size) }
+        if run.pattern != nil, let block = replay(run, size) { return block }
+        guard let recording = run.recording else { return allocateCached(size) }
+        // A recorded run maps each block for itself and unmaps it when freed: its pages leave
+        // the process at once, so the recorded run (the first) holds about the most bytes alive
+        // at once. Through the cache it would hold its size classes' sum, and through malloc
+        // the heap's fragments (a ViT's many block sizes: 227 MiB against the cache's 185 MiB).
+        let raw = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let raw, raw != UnsafeMutableRawPointer(bitPattern: -1) else { return nil }
+        state.withLock { s in
+            s.tracked[Int(bitPattern: raw)] = .recorded(recording, recording.sizes.count)
+            recording.sizes.append(size)
+            recording.freedAt.append(Int.max)
+        }
+        return raw
+    }
+
+    /// The arena block of the next allocation of the pattern `run` replays, or nil when the
+    /// block is not in the arena (the recorded run kept it) or the run leaves the pattern here.
+    private static func replay(_ run: MemoryPatternRun, _ size: Int) -> UnsafeMutableRawPointer? {
+        guard !run.diverged, let pattern = run.pattern else { return nil }
+        let k = run.cursor
+        run.cursor += 1
+        guard k < pattern.sizes.count, pattern.sizes[k] == size else {
+            run.diverged = true
+            return nil
+        }
+        guard let offset = pattern.offsets[k] else { return nil }
+        let block = pattern.arena + offset
+        let placed = state.withLock { s -> Bool in
+            for j in pattern.overlaps[k] where pattern.live[j] { return false }
+            pattern.live[k] = true
+            pattern.liveCount += 1
+            s.tracked[Int(bitPattern: block)] = .arena(pattern, k)
+            return true
+        }
+        guard placed else {
+            run.diverged = true
+            return nil
+        }
+        MemoryPattern.arenaBlocks.add(1, ordering: .relaxed)
+        return block
+    }
+
+    /// Whether a run may replay `pattern` now (no other run does, none of its blocks is still
+    /// alive, no run left it); the run holds it until `end`.
+    static func beginReplay(_ pattern: MemoryPattern) -> Bool {
+        state.withLock { _ in
+            guard !pattern.inUse, !pattern.failed, pattern.liveCount == 0 else { return false }
+            pattern.inUse = true
+            return true
+        }
+    }
+
+    /// Ends a recorded or replayed run: a recording stops counting frees (blocks alive now
+    /// outlive the run), a replayed pattern is released, or dropped if the run left it or kept
+    /// one of its blocks.
+    static func end(_ run: MemoryPatternRun) {
+        state.withLock { s in
+            if let recording = run.recording {
+                recording.closed = true
+                for (address, entry) in s.tracked {
+                    if case .recorded(let r, _) = entry, r === recording { s.tracked[address] = .mapped }
+                }
+            }
+            if let pattern = run.pattern {
+                pattern.inUse = false
+                if run.diverged || pattern.liveCount > 0 { pattern.failed = true }
+            }
+        }
+    }
+
+    /// A block of `size` bytes (a size class of at least `minimumBytes`) from the cache or malloc.
+    private static func allocateCached(_ size: Int) -> UnsafeMutableRawPointer? {
         let (reused, evicted, previousMark) = state.withLock { s -> (Int?, [Int], Int) in
             let previousMark = s.highWater
             s.liveBytes += size
@@ -254,7 +337,24 @@ public enum BufferCache {
     static func recycle(_ block: UnsafeMutableRawPointer, _ byteCount: Int) {
         let size = sizeClass(byteCount)
         let address = Int(bitPattern: block)
+        var unmap = false
         if size >= minimumBytes && state.withLock({ s -> Bool in
+            if !s.tracked.isEmpty, let tracked = s.tracked.removeValue(forKey: address) {
+                switch tracked {
+                case .arena(let pattern, let k):
+                    // The block stays in its pattern's arena.
+                    pattern.live[k] = false
+                    pattern.liveCount -= 1
+                    return true
+                case .recorded(let recording, let k):
+                    if !recording.closed { recording.freedAt[k] = recording.sizes.count }
+                    unmap = true
+                    return false
+                case .mapped:
+                    unmap = true
+                    return false
+                }
+            }
             s.liveBytes -= size
             guard s.idleBytes + size + s.liveBytes <= s.limit else { return false }
             s.free[size, default: []].append(address)
@@ -263,11 +363,13 @@ public enum BufferCache {
         }) {
             return
         }
-        free(block)
+        if unmap { munmap(block, size) } else { free(block) }
     }
 
-    /// Frees every idle block (for long-running processes between workloads).
-    public static func trim() {
+    /// Frees every idle block (for long-running processes between workloads); with
+    /// `releasingHeap`, malloc also gives the free pages of its heap back to the system (blocks
+    /// under malloc's mmap threshold stay resident in the heap when freed).
+    public static func trim(releasingHeap: Bool = false) {
         let blocks = state.withLock { s -> [Int] in
             let all = s.free.values.flatMap { $0 }
             s.free = [:]
@@ -275,6 +377,12 @@ public enum BufferCache {
             return all
         }
         for block in blocks { free(UnsafeMutableRawPointer(bitPattern: block)) }
+        #if canImport(Glibc)
+        if releasingHeap, let symbol = dlsym(nil, "malloc_trim") {
+            typealias MallocTrim = @convention(c) (Int) -> Int32
+            _ = unsafeBitCast(symbol, to: MallocTrim.self)(0)
+        }
+        #endif
     }
 
     /// Keeps malloc from handing large blocks back to the kernel: kernels' scratch arrays (im2col
