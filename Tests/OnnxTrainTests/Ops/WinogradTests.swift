@@ -4,10 +4,11 @@ import XCTest
 /// Winograd F(2×2, 3×3) and F(4×4, 3×3) (Ops/ONNX/Winograd.swift) against float64 loops over the
 /// same float32 inputs: Conv (bias, pads 0 to 4 and asymmetric, groups, odd sizes, images smaller
 /// than a tile, rows of tiles that end in a partial group of eight, batches), FusedConv's Z + Relu
-/// epilogue, and ConvGrad's dX (dW and dB keep im2col). Errors are max |y - y64| / max |y64| per
+/// epilogue, and ConvGrad's dX and dW (dB sums dY). Errors are max |y - y64| / max |y64| per
 /// output; the largest measured are printed, and the bounds sit just above them: F(2×2) forward
-/// 2.0e-7 and dX 2.3e-7 (bound 3e-7), F(4×4) forward 3.4e-6 and dX 3.2e-6 (bound 5e-6; 4.1e-6 seen
-/// with other seeds); im2col + sgemm on the same cases 4.0e-7 (bound 5e-7). F(4×4)'s transforms (points 0, ±1, ±2; Aᵀ weights
+/// 2.0e-7, dX 2.3e-7 and dW 2.5e-7 (bound 3e-7), F(4×4) forward 3.4e-6 and dX 3.2e-6 (bound 5e-6;
+/// 4.1e-6 seen with other seeds) and dW 2.6e-6 (bound 4e-6); im2col + sgemm on the same cases
+/// 4.0e-7 (bound 5e-7). F(4×4)'s transforms (points 0, ±1, ±2; Aᵀ weights
 /// up to 8) cost about ten times im2col's rounding; it is the variant the kernel uses.
 final class WinogradTests: XCTestCase {
     struct Case {
@@ -105,10 +106,11 @@ final class WinogradTests: XCTestCase {
         }
     }
 
-    /// ConvGrad's dX by Winograd (dY ⋆ flipped Wᵀ over dY padded by 2 - pads) against the adjoint
-    /// of the float64 loops; dW and dB (im2col) within float32 rounding of theirs.
-    func testConvGradDXMatchesFloat64Loops() throws {
-        var largest = [0: 0.0, 2: 0.0, 4: 0.0]
+    /// ConvGrad's dX by Winograd (dY ⋆ flipped Wᵀ over dY padded by 2 - pads) and dW (the adjoint
+    /// of the forward's tile transforms, Gᵀ [Σ_tiles (A dY Aᵀ) ⊙ (Bᵀ d B)] G) against the adjoint of
+    /// the float64 loops; dB (channel sums) within float32 rounding of theirs.
+    func testConvGradMatchesFloat64Loops() throws {
+        var largest = [0: 0.0, 2: 0.0, 4: 0.0], largestW = [0: 0.0, 2: 0.0, 4: 0.0]
         for (i, c) in Self.cases.enumerated() {
             let x = float32(randomDoubles(c.x, seed: UInt64(150 + i))), w = float32(randomDoubles(c.w, seed: UInt64(170 + i)))
             let dy = float32(randomDoubles(c.output, seed: UInt64(190 + i)))
@@ -119,20 +121,26 @@ final class WinogradTests: XCTestCase {
                         try runTrainingOp("ConvGrad", "com.microsoft", [dy, x, w], attributes: c.attributes, outputs: 3)
                     }
                     XCTAssertEqual(grads[0].shape, c.x, c.label)
-                    let error = relativeError(doubles(grads[0]), dx)
+                    XCTAssertEqual(grads[1].shape, c.w, c.label)
+                    let error = relativeError(doubles(grads[0]), dx), errorW = relativeError(doubles(grads[1]), dw)
                     largest[tile] = max(largest[tile]!, error)
-                    XCTAssertLessThanOrEqual(error, bound(tile), "\(c.label): tile \(tile) (small items \(smallItems), gather \(gather)) dX error \(error)")
-                    XCTAssertLessThanOrEqual(relativeError(doubles(grads[1]), dw), 1e-6, "\(c.label): dW")
+                    largestW[tile] = max(largestW[tile]!, errorW)
+                    let variant = "tile \(tile) (small items \(smallItems), gather \(gather))"
+                    XCTAssertLessThanOrEqual(error, bound(tile), "\(c.label): \(variant) dX error \(error)")
+                    XCTAssertLessThanOrEqual(errorW, boundW(tile), "\(c.label): \(variant) dW error \(errorW)")
                     XCTAssertLessThanOrEqual(relativeError(doubles(grads[2]), db), 1e-6, "\(c.label): dB")
                 } }
             }
-            // dX alone (the kernel returns before the dW/dB loops).
+            // dX alone (the kernel returns before the dW/dB loops), and dW alone.
             let only = try forcing(4) {
                 try runTrainingOp("ConvGrad", "com.microsoft", [dy, x, w], attributes: c.attributes, outputs: 1)[0]
             }
             XCTAssertLessThanOrEqual(relativeError(doubles(only), dx), bound(4), "\(c.label): dX alone")
+            let onlyW = try forcing(4) { try convGradW(dy, x, w, c.attributes) }
+            XCTAssertLessThanOrEqual(relativeError(doubles(onlyW), dw), boundW(4), "\(c.label): dW alone")
         }
-        print("WinogradTests: ConvGrad dX vs float64, largest relative error: im2col \(largest[0]!), F2 \(largest[2]!), F4 \(largest[4]!)")
+        print("WinogradTests: ConvGrad vs float64, largest relative error of dX: im2col \(largest[0]!), F2 \(largest[2]!), F4 \(largest[4]!); "
+              + "of dW: im2col \(largestW[0]!), F2 \(largestW[2]!), F4 \(largestW[4]!)")
     }
 
     /// float64 keeps the exact im2col path even where float32 would take Winograd.
@@ -144,7 +152,7 @@ final class WinogradTests: XCTestCase {
     }
 
     /// The shape rule: 3×3 unit stride and dilation, 32+ channels per group on both sides, 32+
-    /// F(4×4) tiles in the batch, outputs 3+ high and wide; all else keeps im2col.
+    /// F(4×4) tiles in the batch (128+ for dW), outputs 3+ high and wide; all else keeps im2col.
     func testDispatchRule() throws {
         func geometry(_ h: Int, _ w: Int, kernel: [Int] = [3, 3], strides: [Int] = [1, 1], dilations: [Int] = [1, 1]) throws -> ConvGeometry {
             try ConvGeometry(input: [h, w], kernel: kernel, strides: strides, dilations: dilations, pads: [1, 1, 1, 1])
@@ -167,11 +175,32 @@ final class WinogradTests: XCTestCase {
         XCTAssertNil(winogradTile(images: 1, channels: 64, outputs: 64, group: 1, try geometry(56, 56, strides: [2, 2])))
         XCTAssertNil(winogradTile(images: 1, channels: 64, outputs: 64, group: 1, try geometry(56, 56, dilations: [2, 2])))
         XCTAssertNil(winogradTile(images: 1, channels: 64, outputs: 64, group: 1, try geometry(56, 56, kernel: [5, 5])))
+        // ConvGrad's dW: also 128+ tiles in the batch.
+        XCTAssertEqual(winogradGradWTile(images: 1, channels: 64, outputs: 64, group: 1, try geometry(56, 56)), 4)      // 196 tiles
+        XCTAssertEqual(winogradGradWTile(images: 8, channels: 256, outputs: 256, group: 1, try geometry(14, 14)), 4)    // 128
+        XCTAssertEqual(winogradGradWTile(images: 32, channels: 512, outputs: 512, group: 1, try geometry(7, 7)), 4)     // 128
+        XCTAssertNil(winogradGradWTile(images: 8, channels: 512, outputs: 512, group: 1, try geometry(7, 7)))           // 32
+        XCTAssertNil(winogradGradWTile(images: 4, channels: 256, outputs: 256, group: 1, try geometry(14, 14)))         // 64
+        XCTAssertNil(winogradGradWTile(images: 8, channels: 16, outputs: 64, group: 1, try geometry(56, 56)))           // 16 channels
+    }
+
+    /// ConvGrad with only its dW output requested.
+    private func convGradW(_ dy: Tensor, _ x: Tensor, _ w: Tensor, _ attributes: [String: Attribute]) throws -> Tensor {
+        var graph = Graph()
+        graph.nodes = [Node(opType: "ConvGrad", domain: "com.microsoft", inputs: ["dy", "x", "w"], outputs: ["", "dw"], attributes: attributes)]
+        graph.inputs = ["dy", "x", "w"].map { ValueInfo(name: $0, type: nil) }
+        graph.outputs = [ValueInfo(name: "dw", type: nil)]
+        var model = Model(graph: graph)
+        model.opsetImports = ["": 17, "com.microsoft": 1]
+        let result = try InferenceSession(model: model).run(["dy": .tensor(dy), "x": .tensor(x), "w": .tensor(w)])
+        guard let dw = result["dw"]?.tensor else { throw KernelError("ConvGrad produced no dW") }
+        return dw
     }
 
     // MARK: - float64 loops
 
     private func bound(_ tile: Int) -> Double { [0: 5e-7, 2: 3e-7, 4: 5e-6][tile]! }
+    private func boundW(_ tile: Int) -> Double { [0: 5e-7, 2: 3e-7, 4: 4e-6][tile]! }
 
     private func referenceConv(_ x: [Double], _ w: [Double], _ b: [Double], _ c: Case) -> [Double] {
         var y = [Double](repeating: 0, count: c.output.reduce(1, *))

@@ -4,8 +4,8 @@
 ///   dW_g += dY_g · im2col(X_g)ᵀ,  dX_g = col2im(W_gᵀ · dY_g),  dB[m] = Σ_{n,spatial} dY.
 /// Depthwise convolutions (group == C) and small images (several images per GEMM) take the
 /// kernels of Ops/ONNX/ConvKernels.swift; 1×1 unit-stride unpadded ones skip im2col and col2im;
-/// a float32 3×3 unit-stride dX, itself such a correlation, runs Winograd where the forward would
-/// (Ops/ONNX/Winograd.swift).
+/// a float32 3×3 unit-stride dX, itself such a correlation, and dW, the adjoint of the forward's
+/// tile transforms, run Winograd where the forward would (Ops/ONNX/Winograd.swift).
 /// Unlike onnxruntime (which ignores auto_pad and so gets SAME_* wrong), auto_pad is resolved to
 /// pads first, the way the forward Conv does.
 struct ConvGradKernel: Kernel {
@@ -67,14 +67,35 @@ struct ConvGradKernel: Kernel {
                     }
                 }
                 dxDone = true
-                if !wantW && !wantB { return [dx, nil, nil] }
+            }
+            // dW of the same convolutions by Winograd too, where the forward takes it for this shape
+            // and the batch has `winogradGradWTiles` tiles (`winogradGradWTile`).
+            var dwDone = false
+            if T.self == Float.self, let dw, let tile = winogradGradWTile(images: n, channels: c, outputs: m, group: group, geometry) {
+                try dy.withUnsafeBufferPointer(as: Float.self) { pdy in
+                    try x.withUnsafeBufferPointer(as: Float.self) { px in
+                        guard let DY = pdy.baseAddress, let X = px.baseAddress else { return }
+                        winogradGradW(tile: tile, X, DY, dw.storage.bytes.assumingMemoryBound(to: Float.self),
+                                      images: n, channels: c, outputs: m, group: group, geometry)
+                    }
+                }
+                dwDone = true
+            }
+            let needX = wantX && !dxDone, needW = wantW && !dwDone
+            if !needX && !needW {
+                if wantB {
+                    let sums = try dy.withUnsafeBufferPointer(as: T.self) { p in channelSums(p.baseAddress!, images: n, channels: m, positions: outSize) }
+                    try db!.withUnsafeMutableBufferPointer(as: T.self) { pdb in for j in 0..<m { pdb[j] = T(fromDouble: sums[j]) } }
+                }
+                return [dx, dw, db]
             }
             let depthwise = group == c && group > 1
             let block = depthwise ? 1 : convImageBlock(images: n, rows: rows, positions: outSize)
             if depthwise || block > 1 {
                 // Direct depthwise loops, or several images per GEMM (ConvKernels.swift); dX and dW
                 // are fresh tensors, written through their storage.
-                let dxOut = dxDone ? nil : dx?.storage.bytes.assumingMemoryBound(to: T.self), dwOut = dw?.storage.bytes.assumingMemoryBound(to: T.self)
+                let dxOut = needX ? dx?.storage.bytes.assumingMemoryBound(to: T.self) : nil
+                let dwOut = needW ? dw?.storage.bytes.assumingMemoryBound(to: T.self) : nil
                 try dy.withUnsafeBufferPointer(as: T.self) { pdy in
                     try x.withUnsafeBufferPointer(as: T.self) { px in
                         try w.withUnsafeBufferPointer(as: T.self) { pw in
@@ -102,11 +123,11 @@ struct ConvGradKernel: Kernel {
             // Images are split over the kernel threads; each chunk sums its own dW and dB partials
             // (dW in a buffer of its own, dB in Double per channel), added up in chunk order after.
             let chunks = max(1, min(n, Parallel.threadCount))
-            let dwPartials = UnsafeMutablePointer<T>.allocate(capacity: max(1, wantW ? chunks * wCount : 0))
+            let dwPartials = UnsafeMutablePointer<T>.allocate(capacity: max(1, needW ? chunks * wCount : 0))
             defer { dwPartials.deallocate() }
             var dbPartials = [Double](repeating: 0, count: wantB ? chunks * m : 0)
             // dx is fresh and not shared: its storage is written directly.
-            let dxBase = dxDone ? nil : dx?.storage.bytes.assumingMemoryBound(to: T.self)
+            let dxBase = needX ? dx?.storage.bytes.assumingMemoryBound(to: T.self) : nil
             try dy.withUnsafeBufferPointer(as: T.self) { pdy in
                 try x.withUnsafeBufferPointer(as: T.self) { px in
                     try w.withUnsafeBufferPointer(as: T.self) { pw in
@@ -118,13 +139,13 @@ struct ConvGradKernel: Kernel {
                                 for chunk in chunkRange {
                                     let images = Parallel.chunk(chunk, of: chunks, count: n)
                                     let dwLocal = dwPartials + chunk * wCount
-                                    if wantW { dwLocal.update(repeating: 0, count: wCount) }
+                                    if needW { dwLocal.update(repeating: 0, count: wCount) }
                                     for b in images {
                                         for gi in 0..<group {
                                             let dyG = ydy + (b * m + gi * mg) * outSize       // [mg, out]
                                             let xOffset = (b * c + gi * cg) * inSize            // [cg, in…]
                                             let wG = yw + gi * mg * rows                        // [mg, rows]
-                                            if wantW {
+                                            if needW {
                                                 let columns: UnsafePointer<T>
                                                 if direct {
                                                     columns = yx + xOffset
@@ -164,7 +185,7 @@ struct ConvGradKernel: Kernel {
                     }
                 }
             }
-            if wantW {
+            if needW {
                 try dw!.withUnsafeMutableBufferPointer(as: T.self) { pdw in
                     // Partials are [group][rows][mg]: summed in chunk order and transposed into [M, rows].
                     let out = pdw.baseAddress!

@@ -19,20 +19,17 @@ import Synchronization
 /// small images fills a product as well as one big image does. Each thread transforms its item's
 /// input into V [ξ][C/G][tiles], runs the (m+2)² products into Mo [ξ][M/G][tiles] with single-
 /// threaded sgemm, and transforms Mo back into the output with the bias and FusedConv's epilogue
-/// while the rows are in cache. The transforms run on eight tiles at a time in SIMD registers:
-/// in images 8+ tiles wide each input row is first split into m column phases (phase q holds
-/// columns q, q+m, ...), so the same element of eight neighbouring tiles is eight consecutive
-/// floats; narrower images (28×28 and less with F(4×4)) gather any eight tiles of the work item,
-/// across tile rows and images, from zero-padded copies of their input rows, so a 7×7 image's
-/// four tiles do not leave half the lanes idle.
+/// while the rows are in cache. The transforms run on eight tiles at a time in SIMD registers
+/// (`WinogradTileReader`). ConvGrad's dX is such a convolution of dY; its dW is the adjoint of the
+/// same transforms (`winogradGradW`).
 ///
 /// The weights are transformed per call, as one [(m+2)², 9] · [9, M·C/G] product (`winogradWeights`):
 /// it streams W once and writes U, (m+2)²/9 times W's size, so it costs little beside products of
 /// 32+ tiles; and it needs no cache that would have to know the weight is constant. A work item
 /// holds about `winogradItemTiles` tiles, so each thread's buffers stay a few MB.
 
-/// One Winograd variant: the 1-D transforms Bᵀ (input, n = m+2 points), Aᵀ (output, n -> m) and
-/// G (weights, 3 -> n), applied in two passes for the 2-D forms.
+/// One Winograd variant: the 1-D transforms Bᵀ (input, n = m+2 points), Aᵀ (output, n -> m), its
+/// adjoint A and G (weights, 3 -> n), applied in two passes for the 2-D forms.
 protocol WinogradTransform {
     /// Output tile width m.
     static var m: Int { get }
@@ -40,6 +37,8 @@ protocol WinogradTransform {
     static func input(_ d: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int)
     /// Aᵀ: n vectors `s` apart -> m vectors `os` apart.
     static func output(_ d: UnsafePointer<SIMD8<Float>>, _ s: Int, _ o: UnsafeMutablePointer<SIMD8<Float>>, _ os: Int)
+    /// A, the adjoint of `output`: m vectors `os` apart -> n vectors `s` apart (dW's transform of dY).
+    static func outputAdjoint(_ o: UnsafePointer<SIMD8<Float>>, _ os: Int, _ d: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int)
     /// G: three taps -> n values `s` apart (eight weights at a time, in float64).
     static func weight(_ g0: SIMD8<Double>, _ g1: SIMD8<Double>, _ g2: SIMD8<Double>, _ u: UnsafeMutablePointer<SIMD8<Double>>, _ s: Int)
 }
@@ -67,6 +66,15 @@ enum WinogradF2: WinogradTransform {
         let (d0, d1, d2, d3) = (d[0], d[s], d[2 * s], d[3 * s])
         o[0] = d0 + d1 + d2
         o[os] = d1 - d2 - d3
+    }
+
+    @inline(__always)
+    static func outputAdjoint(_ o: UnsafePointer<SIMD8<Float>>, _ os: Int, _ d: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int) {
+        let (o0, o1) = (o[0], o[os])
+        d[0] = o0
+        d[s] = o0 + o1
+        d[2 * s] = o0 - o1
+        d[3 * s] = -o1
     }
 
     @inline(__always)
@@ -105,6 +113,19 @@ enum WinogradF4: WinogradTransform {
         o[os] = q + two * t
         o[2 * os] = p + four * r
         o[3 * os] = q + eight * t + d5
+    }
+
+    @inline(__always)
+    static func outputAdjoint(_ o: UnsafePointer<SIMD8<Float>>, _ os: Int, _ d: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int) {
+        let (o0, o1, o2, o3) = (o[0], o[os], o[2 * os], o[3 * os])
+        let two = SIMD8<Float>(repeating: 2), four = SIMD8<Float>(repeating: 4), eight = SIMD8<Float>(repeating: 8)
+        let even = o0 + o2, odd = o1 + o3, even4 = o0 + four * o2, odd8 = two * o1 + eight * o3
+        d[0] = o0
+        d[s] = even + odd
+        d[2 * s] = even - odd
+        d[3 * s] = even4 + odd8
+        d[4 * s] = even4 - odd8
+        d[5 * s] = o3
     }
 
     @inline(__always)
@@ -149,6 +170,22 @@ func winogradTile(images n: Int, channels c: Int, outputs m: Int, group: Int, _ 
     return 4
 }
 
+/// The Winograd tile width for ConvGrad's dW (`winogradGradW`), or nil for im2col + GEMM: where
+/// `winogradTile` takes Winograd and the batch has at least `winogradGradWTiles` F(4×4) tiles.
+/// Z, the (m+2)² products' sum [36, M, C/G], is written and read whatever the tiles, so few tiles
+/// do not pay it back: dW alone, 2 threads, minimum of 7 runs on a loaded machine, im2col against
+/// Winograd: 512 channels at 7×7 batch 8 (32 tiles) 49 against 81 ms, batch 32 (128 tiles) 174
+/// against 140; 256 at 14×14 batch 8 (128 tiles) 50 against 26-30; 128 at 28×28 batch 8 47
+/// against 20-24; 64 at 56×56 batch 8 53 against 36, batch 32 219 against 144.
+func winogradGradWTile(images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry) -> Int? {
+    guard let tile = winogradTile(images: n, channels: c, outputs: m, group: group, g) else { return nil }
+    if winogradOverride != nil { return tile }
+    return n * ((g.output[0] + 3) / 4) * ((g.output[1] + 3) / 4) >= winogradGradWTiles ? tile : nil
+}
+
+/// The fewest F(4×4) tiles in the batch for which `winogradGradWTile` takes Winograd.
+let winogradGradWTiles = 128
+
 /// The floats a work item's buffers aim for (their tiles are the products' width): see
 /// `winogradConvolution`.
 nonisolated(unsafe) var winogradItemFloats = 1 << 22
@@ -173,7 +210,17 @@ nonisolated(unsafe) var winogradGatherTilesX = 7
 /// (ConvGrad's dX, whose weight is read transposed). U is written to `U` (ξ·R floats, from
 /// `WinogradWeightBlock`).
 func winogradWeights<F: WinogradTransform>(_: F.Type, _ W: UnsafePointer<Float>, kernels: Int, flipped: Bool, into U: UnsafeMutablePointer<Float>) {
-    let n = F.n, nn = n * n
+    let nn = F.n * F.n, gk = winogradTapMatrix(F.self, flipped: flipped)
+    gk.withUnsafeBufferPointer { pg in
+        BLAS.gemm(transA: false, transB: true, m: nn, n: kernels, k: 9, alpha: Float(1), a: pg.baseAddress!, lda: 9,
+                  b: W, ldb: 9, beta: Float(0), c: U, ldc: kernels)
+    }
+}
+
+/// Gk [(r, s), (ky, kx)] = G[r, ky]·G[s, kx] [(m+2)², 9], the transform G g Gᵀ of each unit tap
+/// written out (computed in float64, rounded once); `flipped` reads tap (ky, kx) as (2 − ky, 2 − kx).
+func winogradTapMatrix<F: WinogradTransform>(_: F.Type, flipped: Bool) -> [Float] {
+    let n = F.n
     // G [n, 3]: the transform of each unit tap.
     var g = [Double](repeating: 0, count: n * 3)
     withUnsafeTemporaryAllocation(of: SIMD8<Double>.self, capacity: n) { u in
@@ -182,14 +229,11 @@ func winogradWeights<F: WinogradTransform>(_: F.Type, _ W: UnsafePointer<Float>,
             for r in 0..<n { g[r * 3 + k] = u[r][0] }
         }
     }
-    var gk = [Float](repeating: 0, count: nn * 9)
+    var gk = [Float](repeating: 0, count: n * n * 9)
     for r in 0..<n { for s in 0..<n { for ky in 0..<3 { for kx in 0..<3 {
         gk[(r * n + s) * 9 + (flipped ? 8 - (ky * 3 + kx) : ky * 3 + kx)] = Float(g[r * 3 + ky] * g[s * 3 + kx])
     } } } }
-    gk.withUnsafeBufferPointer { pg in
-        BLAS.gemm(transA: false, transB: true, m: nn, n: kernels, k: 9, alpha: Float(1), a: pg.baseAddress!, lda: 9,
-                  b: W, ldb: 9, beta: Float(0), c: U, ldc: kernels)
-    }
+    return gk
 }
 
 /// The block the transformed weights U are written to: one block, kept between calls at the size of
@@ -264,17 +308,13 @@ func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Flo
     rowsPerItem = min(rowsPerItem, tileRows)
     let rowItems = (tileRows + rowsPerItem - 1) / rowsPerItem
     let maxTiles = rowsPerItem * tilesX, mMax = (mg + mChunks - 1) / mChunks
-    // Phase buffers: n input rows × m phases × `L` floats (tilesX + 1 used, then zeros, so the
-    // eight-tile loads past the last tile read zeros).
-    let L = (tilesX + 1 + 7) / 8 * 8 + 8
-    // Narrow images (a tile row fills few lanes) gather instead: each tile row's n input rows are
-    // copied zero-padded (`PW` = tilesX·m + 2 columns) for the whole item, and lane l of a group of
-    // eight takes tile t + l of the item, whichever row and image it lies in.
-    let gather = tilesX <= winogradGatherTilesX, PW = tilesX * tm + n - tm
+    let reader = WinogradTileReader(size: n, step: tm, rows: ih, columns: iw, padTop: padTop, padLeft: padLeft,
+                                    tilesX: tilesX, tilesY: tilesY)
+    let gather = reader.gather
     Parallel.forRange(rowItems * mChunks) { range in
         let V = UnsafeMutablePointer<Float>.allocate(capacity: nn * cg * maxTiles)
         let Mo = UnsafeMutablePointer<Float>.allocate(capacity: nn * mMax * maxTiles)
-        let phases = UnsafeMutablePointer<Float>.allocate(capacity: gather ? rowsPerItem * n * PW : n * tm * L)
+        let phases = UnsafeMutablePointer<Float>.allocate(capacity: reader.bufferCount(tileRows: rowsPerItem))
         let d = UnsafeMutablePointer<SIMD8<Float>>.allocate(capacity: nn)
         let o = UnsafeMutablePointer<SIMD8<Float>>.allocate(capacity: n * n)
         // Lane staging for the gathering transforms: [nn][8] floats (zeros in unused lanes).
@@ -287,42 +327,12 @@ func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Flo
             let o0 = mg * mc / mChunks, mo = mg * (mc + 1) / mChunks - o0
             for gi in 0..<group {
                 // V [ξ][C/G][T] = Bᵀ d B for every tile and input channel of the group.
-                for ch in 0..<cg where gather {
-                    for u in u0..<u1 {
-                        let b = u / tilesY, ty = u % tilesY
-                        winogradPhases(X + (b * c + gi * cg + ch) * I, rows: ih, columns: iw, firstRow: ty * tm - padTop, padLeft: padLeft,
-                                       count: n, phases: 1, length: PW, into: phases + (u - u0) * n * PW)
-                    }
-                    for t in stride(from: 0, to: T, by: 8) {
-                        let lanes = min(8, T - t)
-                        for l in 0..<lanes {
-                            let ti = t + l, base = phases + (ti / tilesX) * n * PW + (ti % tilesX) * tm
-                            for k in 0..<n { for j in 0..<n { lanesBuffer[(k * n + j) * 8 + l] = base[k * PW + j] } }
-                        }
-                        for xi in 0..<nn { d[xi] = UnsafeRawPointer(lanesBuffer + xi * 8).loadUnaligned(as: SIMD8<Float>.self) }
+                for ch in 0..<cg {
+                    let planes = X + (gi * cg + ch) * I
+                    reader.read({ b in planes + b * c * I }, tileRows: u0, u1, phases: phases, lanes: lanesBuffer, into: d) { t, lanes in
                         for j in 0..<n { F.input(d + j, n) }
                         for k in 0..<n { F.input(d + k * n, 1) }
                         winogradStore(d, count: nn, lanes: lanes, to: V + ch * T + t, stride: cg * T)
-                    }
-                }
-                for ch in 0..<cg where !gather {
-                    for u in u0..<u1 {
-                        let b = u / tilesY, ty = u % tilesY
-                        let plane = X + (b * c + gi * cg + ch) * I
-                        winogradPhases(plane, rows: ih, columns: iw, firstRow: ty * tm - padTop, padLeft: padLeft,
-                                       count: n, phases: tm, length: L, into: phases)
-                        let t0 = (u - u0) * tilesX
-                        for tx in stride(from: 0, to: tilesX, by: 8) {
-                            for k in 0..<n {
-                                let row = phases + k * tm * L + tx
-                                for j in 0..<n {
-                                    d[k * n + j] = UnsafeRawPointer(row + (j % tm) * L + j / tm).loadUnaligned(as: SIMD8<Float>.self)
-                                }
-                            }
-                            for j in 0..<n { F.input(d + j, n) }
-                            for k in 0..<n { F.input(d + k * n, 1) }
-                            winogradStore(d, count: nn, lanes: min(8, tilesX - tx), to: V + ch * T + t0 + tx, stride: cg * T)
-                        }
                     }
                 }
                 // Mo_ξ [M/G, T] = U_ξ [M/G, C/G] · V_ξ [C/G, T] (single-threaded: inside the region).
@@ -441,6 +451,73 @@ func winogradLoad(_ src: UnsafePointer<Float>, stride: Int, count: Int, lanes: I
     }
 }
 
+/// Reads a plane's tiles as the Winograd transforms take them, eight tiles at a time in SIMD lanes:
+/// tile (ty, tx) is the `size`×`size` patch at row ty·step − padTop, column tx·step − padLeft of
+/// the plane (zeros outside it); the forward reads n×n input patches m apart, dW also m×m patches
+/// of dY. Images at least `winogradGatherTilesX` + 1 tiles wide split each input row into `step`
+/// column phases (phase q holds columns q, q + step, ...), so the same element of eight
+/// neighbouring tiles is eight consecutive floats; narrower ones gather any eight tiles of a run
+/// of tile rows, across rows and images, from zero-padded copies of their rows, so a 7×7 image's
+/// four tiles do not leave half the lanes idle.
+struct WinogradTileReader {
+    let size: Int, step: Int, rows: Int, columns: Int, padTop: Int, padLeft: Int, tilesX: Int, tilesY: Int
+    let gather: Bool
+    /// A phase's floats (tilesX + 1 used, then zeros, so the loads past the last tile read zeros),
+    /// or a gathered row's (tilesX·step + size − step columns).
+    let length: Int
+
+    init(size: Int, step: Int, rows: Int, columns: Int, padTop: Int, padLeft: Int, tilesX: Int, tilesY: Int) {
+        self.size = size; self.step = step; self.rows = rows; self.columns = columns
+        self.padTop = padTop; self.padLeft = padLeft; self.tilesX = tilesX; self.tilesY = tilesY
+        gather = tilesX <= winogradGatherTilesX
+        length = gather ? tilesX * step + size - step : (tilesX + 1 + 7) / 8 * 8 + 8
+    }
+
+    /// The floats of the `phases` buffer `read` needs for runs of up to `tileRows` tile rows.
+    func bufferCount(tileRows: Int) -> Int { gather ? tileRows * size * length : size * step * length }
+
+    /// Reads the tiles of tile rows u0..<u1 (tile row u: image u / tilesY, row u % tilesY of
+    /// `plane(image)`) into `d`, eight at a time: d[k·size + j] holds element (k, j) of the run's
+    /// tiles t..<t + lanes (numbered (u − u0)·tilesX + tx), then `body(t, lanes)` runs; the other
+    /// lanes hold leftovers. `phases` holds `bufferCount` floats, `lanes` size²·8.
+    @inline(__always)
+    func read(_ plane: (Int) -> UnsafePointer<Float>, tileRows u0: Int, _ u1: Int, phases: UnsafeMutablePointer<Float>,
+              lanes lanesBuffer: UnsafeMutablePointer<Float>, into d: UnsafeMutablePointer<SIMD8<Float>>, _ body: (Int, Int) -> Void) {
+        let p = size, pp = size * size
+        if gather {
+            for u in u0..<u1 {
+                winogradPhases(plane(u / tilesY), rows: rows, columns: columns, firstRow: (u % tilesY) * step - padTop, padLeft: padLeft,
+                               count: p, phases: 1, length: length, into: phases + (u - u0) * p * length)
+            }
+            let T = (u1 - u0) * tilesX
+            for t in stride(from: 0, to: T, by: 8) {
+                let lanes = min(8, T - t)
+                for l in 0..<lanes {
+                    let ti = t + l, base = phases + (ti / tilesX) * p * length + (ti % tilesX) * step
+                    for k in 0..<p { for j in 0..<p { lanesBuffer[(k * p + j) * 8 + l] = base[k * length + j] } }
+                }
+                for xi in 0..<pp { d[xi] = UnsafeRawPointer(lanesBuffer + xi * 8).loadUnaligned(as: SIMD8<Float>.self) }
+                body(t, lanes)
+            }
+            return
+        }
+        for u in u0..<u1 {
+            winogradPhases(plane(u / tilesY), rows: rows, columns: columns, firstRow: (u % tilesY) * step - padTop, padLeft: padLeft,
+                           count: p, phases: step, length: length, into: phases)
+            let t0 = (u - u0) * tilesX
+            for tx in stride(from: 0, to: tilesX, by: 8) {
+                for k in 0..<p {
+                    let row = phases + k * step * length + tx
+                    for j in 0..<p {
+                        d[k * p + j] = UnsafeRawPointer(row + (j % step) * length + j / step).loadUnaligned(as: SIMD8<Float>.self)
+                    }
+                }
+                body(t0 + tx, min(8, tilesX - tx))
+            }
+        }
+    }
+}
+
 /// Splits `count` rows of a plane, from `firstRow` on (rows outside the plane are zeros), into
 /// `phases` column phases of `length` floats each: phases[(k·phases + q)·length + j] holds column
 /// j·phases + q - padLeft of row firstRow + k, zero outside the plane.
@@ -502,4 +579,77 @@ func winogradGradX(tile: Int, _ DY: UnsafePointer<Float>, _ W: UnsafePointer<Flo
                             padTop: 2 - g.padsBegin[0], padLeft: 2 - g.padsBegin[1], epilogue: nil)
     }
     if tile == 2 { try run(WinogradF2.self) } else { try run(WinogradF4.self) }
+}
+
+/// dW of a 3×3 unit-stride convolution by Winograd F(m×m, 3×3). The forward maps the weights g to
+/// each output tile linearly, Y_tile = Aᵀ [(G g Gᵀ) ⊙ V] A with V = Bᵀ d B, so its adjoint is
+///   dg = Gᵀ [ Σ_tiles (A dY_tile Aᵀ) ⊙ V ] G:
+/// per transformed position ξ one product Z_ξ [M/G, C/G] = Σ_tiles Ŷ_ξ [M/G, tiles] · V_ξ [C/G, tiles]ᵀ
+/// (Ŷ = A dY Aᵀ, zeros past the output's edge, so the tiles that overhang it add nothing), then
+/// dW [M·C/G, 9] = Zᵀ · Gk (`winogradTapMatrix`): (m+2)²/m² = 2.25 multiplies per output and input
+/// channel against im2col's 9. Runs of tile rows (of one or several images) of about
+/// `winogradItemFloats` floats of V and Ŷ are transformed with the threads split over channels,
+/// then their (m+2)²·G products summed into Z with the threads split over ξ.
+/// X [N, C, ih, iw], DY [N, M, oh, ow] -> DW [M, C/G, 3, 3].
+func winogradGradW(tile: Int, _ X: UnsafePointer<Float>, _ DY: UnsafePointer<Float>, _ DW: UnsafeMutablePointer<Float>,
+                   images: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry) {
+    func run<F: WinogradTransform>(_: F.Type) {
+        let tm = F.m, n = F.n, nn = n * n, cg = c / group, mg = m / group
+        let (ih, iw) = (g.input[0], g.input[1]), (oh, ow) = (g.output[0], g.output[1]), I = ih * iw, P = oh * ow
+        let tilesY = (oh + tm - 1) / tm, tilesX = (ow + tm - 1) / tm, tileRows = images * tilesY
+        let input = WinogradTileReader(size: n, step: tm, rows: ih, columns: iw, padTop: g.padsBegin[0], padLeft: g.padsBegin[1],
+                                       tilesX: tilesX, tilesY: tilesY)
+        let gradient = WinogradTileReader(size: tm, step: tm, rows: oh, columns: ow, padTop: 0, padLeft: 0, tilesX: tilesX, tilesY: tilesY)
+        let rowsPerRun = min(tileRows, max(1, winogradItemFloats / max(nn * (c + m) * tilesX, 1)))
+        let maxTiles = rowsPerRun * tilesX
+        let V = UnsafeMutablePointer<Float>.allocate(capacity: nn * c * maxTiles)      // [ξ][C][T]
+        let Yh = UnsafeMutablePointer<Float>.allocate(capacity: nn * m * maxTiles)     // [ξ][M][T]
+        let Z = UnsafeMutablePointer<Float>.allocate(capacity: nn * m * cg)            // [ξ][M][C/G]
+        defer { V.deallocate(); Yh.deallocate(); Z.deallocate() }
+        let phaseCount = max(input.bufferCount(tileRows: rowsPerRun), gradient.bufferCount(tileRows: rowsPerRun))
+        for u0 in stride(from: 0, to: tileRows, by: rowsPerRun) {
+            let u1 = min(u0 + rowsPerRun, tileRows), T = (u1 - u0) * tilesX
+            // V_ξ = Bᵀ d B for every input channel, Ŷ_ξ = A dY Aᵀ for every output channel.
+            Parallel.forRange(c + m) { planes in
+                let phases = UnsafeMutablePointer<Float>.allocate(capacity: phaseCount)
+                let lanesBuffer = UnsafeMutablePointer<Float>.allocate(capacity: nn * 8)
+                let d = UnsafeMutablePointer<SIMD8<Float>>.allocate(capacity: nn)
+                let e = UnsafeMutablePointer<SIMD8<Float>>.allocate(capacity: nn)
+                defer { phases.deallocate(); lanesBuffer.deallocate(); d.deallocate(); e.deallocate() }
+                for p in planes {
+                    if p < c {
+                        input.read({ b in X + (b * c + p) * I }, tileRows: u0, u1, phases: phases, lanes: lanesBuffer, into: d) { t, lanes in
+                            for j in 0..<n { F.input(d + j, n) }
+                            for k in 0..<n { F.input(d + k * n, 1) }
+                            winogradStore(d, count: nn, lanes: lanes, to: V + p * T + t, stride: c * T)
+                        }
+                    } else {
+                        let o = p - c
+                        gradient.read({ b in DY + (b * m + o) * P }, tileRows: u0, u1, phases: phases, lanes: lanesBuffer, into: d) { t, lanes in
+                            // e [n, m] = A dY (per column), then d [n, n] = e Aᵀ (per row of e).
+                            for j in 0..<tm { F.outputAdjoint(d + j, tm, e + j, tm) }
+                            for k in 0..<n { F.outputAdjoint(e + k * tm, 1, d + k * n, 1) }
+                            winogradStore(d, count: nn, lanes: lanes, to: Yh + o * T + t, stride: m * T)
+                        }
+                    }
+                }
+            }
+            // Z_ξ,g [M/G, C/G] (+)= Ŷ_ξ,g [M/G, T] · V_ξ,g [C/G, T]ᵀ (single-threaded: inside the region).
+            let first = u0 == 0
+            Parallel.forRange(nn * group) { products in
+                for q in products {
+                    let xi = q / group, gi = q % group
+                    BLAS.gemm(transA: false, transB: true, m: mg, n: cg, k: T, alpha: Float(1),
+                              a: Yh + (xi * m + gi * mg) * T, lda: T, b: V + (xi * c + gi * cg) * T, ldb: T,
+                              beta: first ? Float(0) : Float(1), c: Z + (xi * m + gi * mg) * cg, ldc: cg)
+                }
+            }
+        }
+        // dW [M·C/G, 9] = Zᵀ [M·C/G, ξ] · Gk [ξ, 9]: Gᵀ Z_(o,c) G for every kernel.
+        winogradTapMatrix(F.self, flipped: false).withUnsafeBufferPointer { gk in
+            BLAS.gemm(transA: true, transB: false, m: m * cg, n: 9, k: nn, alpha: Float(1), a: Z, lda: m * cg,
+                      b: gk.baseAddress!, ldb: 9, beta: Float(0), c: DW, ldc: 9)
+        }
+    }
+    if tile == 2 { run(WinogradF2.self) } else { run(WinogradF4.self) }
 }
