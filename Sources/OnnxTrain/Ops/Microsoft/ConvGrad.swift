@@ -156,13 +156,13 @@ struct ConvGradKernel: Kernel {
                                                 // dW_gᵀ [rows, mg] += col [rows, out] · dY_gᵀ [out, mg]: the
                                                 // transposed product, as OpenBLAS runs a long M and a short N
                                                 // (e.g. 75 × 16) about twice as fast as the other way round.
-                                                BLAS.gemm(transA: false, transB: true, m: rows, n: mg, k: outSize, alpha: T(1),
+                                                convGemm(transA: false, transB: true, m: rows, n: mg, k: outSize,
                                                      a: columns, lda: outSize, b: dyG, ldb: outSize, beta: T(1),
                                                      c: dwLocal + gi * rows * mg, ldc: mg)
                                             }
                                             if let dxBase {
                                                 // col [rows, out] = W_gᵀ [rows, mg] · dY_g [mg, out], straight into dX for 1×1
-                                                BLAS.gemm(transA: true, transB: false, m: rows, n: outSize, k: mg, alpha: T(1),
+                                                convGemm(transA: true, transB: false, m: rows, n: outSize, k: mg,
                                                      a: wG, lda: rows, b: dyG, ldb: outSize, beta: T(0),
                                                      c: direct ? dxBase + xOffset : col, ldc: outSize)
                                                 if !direct {

@@ -81,7 +81,7 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                                     (columns, ldb) = (UnsafePointer(col), width)
                                 }
                                 // Y_g[:, tile] [mg, width] (+)= W_g [mg, cg·K] · columns [cg·K, width]
-                                BLAS.gemm(transA: false, transB: false, m: mg, n: width, k: cg * K, alpha: 1,
+                                convGemm(transA: false, transB: false, m: mg, n: width, k: cg * K,
                                      a: W + gi * mg * cg * K, lda: cg * K, b: columns, ldb: ldb,
                                      beta: hasBias ? 1 : 0, c: Y + (b * m + gi * mg) * P + p0, ldc: P)
                             }

@@ -49,6 +49,60 @@ nonisolated(unsafe) var convTileElements = 1 << 18
 /// The fewest output positions of a tile where the image has them (see `convTiles`).
 nonisolated(unsafe) var convTileMinWidth = 256
 
+/// The most multiply-adds (m·n·k) of a float32 product that OpenBLAS runs through its small-matrix
+/// kernel, which reads A and B where they lie; a larger product packs both first (OpenBLAS 0.3.21's
+/// permit rule for its AVX-512 kernels, the ones this machine's EPYC runs).
+let convSmallProductWork = 1_000_000
+
+/// BLAS.gemm for the thin products of convolutions: C [m×n] = op(A) [m×k] · op(B) [k×n] + beta·C,
+/// cut where the pieces fit OpenBLAS's small-matrix kernel (`convSmallProductWork`) and that kernel
+/// is the faster one. Measured one thread, 64 to 4096 calls each (µs per call, whole -> cut):
+///   * by columns of C when m·k is small (pieces 64+ wide): the cnn's 5×5 layers' forwards
+///     [16×75]·[75×1024] 56 -> 22 (512 wide), [32×400]·[400×256] 75 -> 57 (64 wide), their dX
+///     [400×32]ᵀ-shaped products 71 -> 60, ResNet-18's stem [64×147]·[147×12544] 2800-6900 -> 2350-2650,
+///     MobileNetV3's 1×1 layers 15-25% faster; with m·k too large for 64 columns (e.g. [64×576],
+///     [128×288]) 16-wide pieces run slower than the packed product, so those stay whole;
+///   * along k (each piece adding onto C) when m·n is small enough for pieces of 256+: the cnn's
+///     first dW [75×1024]·[1024×16] 39 -> 23; with shorter pieces ([400×256]·[256×32] in 64s) no gain.
+/// The pieces are the same dot products as the whole (cut along k: partial sums added, equal to
+/// float rounding). Outside a parallel region a product of `BLAS.singleThreadWork`+ multiply-adds
+/// spreads its column pieces over the pool threads (k pieces then stay whole: BLAS.gemm splits C).
+func convGemm<T: FloatElement>(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<T>, lda: Int,
+                               b: UnsafePointer<T>, ldb: Int, beta: T, c: UnsafeMutablePointer<T>, ldc: Int) {
+    let threaded = !Parallel.isInsideRegion && m * n * k >= BLAS.singleThreadWork
+    guard T.self == Float.self, m > 1, n > 1, k > 0 else {
+        BLAS.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: T(1), a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        return
+    }
+    let width = convSmallProductWork / (m * k) / 16 * 16
+    if width >= 64 && n > width {
+        let pieces = (n + width - 1) / width, step = ((n + pieces - 1) / pieces + 15) / 16 * 16
+        let count = (n + step - 1) / step
+        func piece(_ i: Int) {
+            let j0 = i * step, j1 = min(n, j0 + step)
+            BLAS.gemm(transA: transA, transB: transB, m: m, n: j1 - j0, k: k, alpha: T(1), a: a, lda: lda,
+                      b: transB ? b + j0 * ldb : b + j0, ldb: ldb, beta: beta, c: c + j0, ldc: ldc)
+        }
+        if threaded {
+            Parallel.forRange(count) { r in for i in r { piece(i) } }
+        } else {
+            for i in 0..<count { piece(i) }
+        }
+        return
+    }
+    let depth = convSmallProductWork / (m * n) / 16 * 16
+    if depth >= 256 && k > depth && !threaded {
+        let pieces = (k + depth - 1) / depth, step = ((k + pieces - 1) / pieces + 15) / 16 * 16
+        for k0 in stride(from: 0, to: k, by: step) {
+            BLAS.gemm(transA: transA, transB: transB, m: m, n: n, k: min(step, k - k0), alpha: T(1),
+                      a: transA ? a + k0 * lda : a + k0, lda: lda, b: transB ? b + k0 : b + k0 * ldb, ldb: ldb,
+                      beta: k0 == 0 ? beta : T(1), c: c, ldc: ldc)
+        }
+        return
+    }
+    BLAS.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: T(1), a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+}
+
 /// Σ over images and positions of dY [N, M, P] per channel, in Double (rows summed in T), for dB.
 func channelSums<T: FloatElement>(_ dy: UnsafePointer<T>, images n: Int, channels m: Int, positions P: Int) -> [Double] {
     var sums = [Double](repeating: 0, count: m)
@@ -94,7 +148,7 @@ func convolutionBlocked<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePoint
         for gi in 0..<group {
             im2colSideBySide(X + (start * c + gi * cg) * I, images: bc, imageStride: c * I, channels: cg, g, col, taps: taps)
             // yB [mg, B·P] = W_g [mg, rows] · colB [rows, B·P]
-            BLAS.gemm(transA: false, transB: false, m: mg, n: ld, k: rows, alpha: T(1), a: W + gi * mg * rows, lda: rows,
+            convGemm(transA: false, transB: false, m: mg, n: ld, k: rows, a: W + gi * mg * rows, lda: rows,
                       b: col, ldb: ld, beta: T(0), c: yB, ldc: ld)
             Parallel.forRange(bc) { images in
                 for j in images {
@@ -138,12 +192,12 @@ func convolutionGradBlocked<T: FloatElement>(_ DY: UnsafePointer<T>, _ X: Unsafe
             if let dw {
                 im2colSideBySide(X + (start * c + gi * cg) * I, images: bc, imageStride: c * I, channels: cg, g, col, taps: taps)
                 // dW_g [mg, rows] (+)= dyB [mg, B·P] · colBᵀ [B·P, rows]
-                BLAS.gemm(transA: false, transB: true, m: mg, n: rows, k: ld, alpha: T(1), a: dyB, lda: ld, b: col, ldb: ld,
+                convGemm(transA: false, transB: true, m: mg, n: rows, k: ld, a: dyB, lda: ld, b: col, ldb: ld,
                           beta: start == 0 ? T(0) : T(1), c: dw + gi * mg * rows, ldc: rows)
             }
             if let dx {
                 // colB [rows, B·P] = W_gᵀ [rows, mg] · dyB [mg, B·P]
-                BLAS.gemm(transA: true, transB: false, m: rows, n: ld, k: mg, alpha: T(1), a: W + gi * mg * rows, lda: rows,
+                convGemm(transA: true, transB: false, m: rows, n: ld, k: mg, a: W + gi * mg * rows, lda: rows,
                           b: dyB, ldb: ld, beta: T(0), c: col, ldc: ld)
                 Parallel.forRange(bc) { images in
                     for j in images {
