@@ -67,14 +67,18 @@ final class MemoryPattern: @unchecked Sendable {
         arenaBytes = total
         arena = raw
         live = [Bool](repeating: false, count: sizes.count)
+        // Blocks placed at overlapping bytes, by a sweep over the offsets: blocks in order of
+        // their first byte, each overlapping the earlier-starting ones whose bytes have not ended.
         var overlaps = [[Int]](repeating: [], count: sizes.count)
-        let placed = offsets.indices.filter { offsets[$0] != nil }
-        for (i, k) in placed.enumerated() {
-            let start = offsets[k]!, end = start + recording.sizes[k]
-            for j in placed[..<i] where offsets[j]! < end && start < offsets[j]! + recording.sizes[j] {
-                overlaps[k].append(j)
-            }
+        let placed = offsets.indices.filter { offsets[$0] != nil }.sorted { offsets[$0]! < offsets[$1]! }
+        var open: [(end: Int, block: Int)] = []
+        for k in placed {
+            let start = offsets[k]!
+            open.removeAll { $0.end <= start }
+            for (_, j) in open { overlaps[max(j, k)].append(min(j, k)) }
+            open.append((start + recording.sizes[k], k))
         }
+        for k in overlaps.indices where overlaps[k].count > 1 { overlaps[k].sort() }
         self.overlaps = overlaps
     }
 
@@ -143,67 +147,92 @@ final class MemoryPatternRun: @unchecked Sendable {
     }
 }
 
-/// A session's memory pattern: the key (fetches and feed shapes) it was recorded for, and the
-/// recording or pattern of that key. The first run of a key records; the second builds the
-/// pattern and replays it, as do the runs after; a key seen once costs only the recording (its
-/// blocks go back to malloc instead of the cache). A key whose pattern keeps failing is recorded
-/// at most `maxRecordings` times, and a session that records `maxUnreplayedKeys` keys in a row
+/// A session's memory patterns: for each key (fetches and feed shapes) the recording or pattern
+/// of that key. The first run of a key records; the second builds the pattern and replays it, as
+/// do the runs after; a key seen once costs only the recording (its blocks go back to malloc
+/// instead of the cache). Up to `maxKeys` keys are kept, so a session run alternately with a few
+/// fetch sets or shapes (a training step and an evaluation) replays each; a new key past that
+/// drops the least recently run one. A key whose pattern keeps failing is recorded at most
+/// `maxRecordings` times, and a session that records `maxUnreplayedKeys` new keys in a row
 /// without replaying one (shapes that change on every run) stops recording: the cache serves it.
 final class MemoryPatternCache: @unchecked Sendable {
-    private struct State {
-        var key: [Int]?
+    private struct Entry {
         var recording: AllocationRecording?
         var pattern: MemoryPattern?
         /// Recordings made for this key (a pattern that keeps failing stops being recorded).
         var recordings = 0
-        /// Keys recorded in a row without a replay: a session whose shapes change on every run
-        /// stops recording (a recorded run gives its blocks back to malloc, not to the cache).
+        /// When the key last ran (`State.clock`), for dropping the least recently run.
+        var lastRun = 0
+    }
+    private struct State {
+        var entries: [[Int]: Entry] = [:]
+        var clock = 0
+        /// The key run last (`arenaBytes`).
+        var lastKey: [Int]?
+        /// New keys recorded in a row without a replay: a session whose shapes change on every
+        /// run stops recording (a recorded run gives its blocks back to malloc, not to the cache).
         var unreplayedKeys = 0
         var gaveUp = false
     }
     private let state = Mutex(State())
     static let maxRecordings = 3
     static let maxUnreplayedKeys = 4
+    static let maxKeys = 4
 
-    /// The arena bytes of the pattern in use (tests read it); 0 without one.
-    var arenaBytes: Int { state.withLock { $0.pattern?.arenaBytes ?? 0 } }
+    /// The arena bytes of the pattern of the key run last (tests read it); 0 without one.
+    var arenaBytes: Int { state.withLock { s in s.lastKey.flatMap { s.entries[$0]?.pattern?.arenaBytes } ?? 0 } }
+    /// The keys kept (tests read it).
+    var keyCount: Int { state.withLock { $0.entries.count } }
 
     /// Runs `body` recording or replaying the pattern of `key`.
     func run<R>(key: [Int], _ body: () throws -> R) rethrows -> R {
         let run = state.withLock { s -> MemoryPatternRun? in
             guard !s.gaveUp else { return nil }
-            if s.key != key {
-                let unreplayed = s.unreplayedKeys + 1
-                s = State()
-                s.key = key
-                s.unreplayedKeys = unreplayed
-                if unreplayed >= MemoryPatternCache.maxUnreplayedKeys {
+            s.clock += 1
+            s.lastKey = key
+            if s.entries[key] == nil {
+                s.unreplayedKeys += 1
+                if s.unreplayedKeys >= MemoryPatternCache.maxUnreplayedKeys {
                     s.gaveUp = true
+                    s.entries = [:]
                     return nil
                 }
-            }
-            if let recording = s.recording, recording.closed {
-                s.recording = nil
-                s.pattern = MemoryPattern(recording)
-                // The recorded run's blocks idle in the cache now sit in the arena.
-                if s.pattern != nil { BufferCache.trim(releasingHeap: true) }
-            }
-            if let pattern = s.pattern {
-                if BufferCache.beginReplay(pattern) {
-                    s.unreplayedKeys = 0
-                    return MemoryPatternRun(pattern: pattern)
+                if s.entries.count >= MemoryPatternCache.maxKeys,
+                   let oldest = s.entries.min(by: { $0.value.lastRun < $1.value.lastRun })?.key {
+                    // A run replaying its pattern keeps the pattern alive until it ends.
+                    s.entries[oldest] = nil
                 }
-                if !pattern.failed { return nil }  // another run holds it
-                s.pattern = nil
+                s.entries[key] = Entry()
             }
-            guard s.recording == nil, s.recordings < MemoryPatternCache.maxRecordings else { return nil }
-            s.recordings += 1
-            let recording = AllocationRecording()
-            s.recording = recording
-            return MemoryPatternRun(recording: recording)
+            return MemoryPatternCache.begin(&s.entries[key]!, clock: s.clock, unreplayedKeys: &s.unreplayedKeys)
         }
         guard let run else { return try body() }
         defer { BufferCache.end(run) }
         return try run.with(body)
+    }
+
+    /// The run of one key: replays its pattern (building it from a closed recording first), or
+    /// records, or neither (another run holds the pattern, or the key has been recorded enough).
+    private static func begin(_ e: inout Entry, clock: Int, unreplayedKeys: inout Int) -> MemoryPatternRun? {
+        e.lastRun = clock
+        if let recording = e.recording, recording.closed {
+            e.recording = nil
+            e.pattern = MemoryPattern(recording)
+            // The recorded run's blocks idle in the cache now sit in the arena.
+            if e.pattern != nil { BufferCache.trim(releasingHeap: true) }
+        }
+        if let pattern = e.pattern {
+            if BufferCache.beginReplay(pattern) {
+                unreplayedKeys = 0
+                return MemoryPatternRun(pattern: pattern)
+            }
+            if !pattern.failed { return nil }  // another run holds it
+            e.pattern = nil
+        }
+        guard e.recording == nil, e.recordings < MemoryPatternCache.maxRecordings else { return nil }
+        e.recordings += 1
+        let recording = AllocationRecording()
+        e.recording = recording
+        return MemoryPatternRun(recording: recording)
     }
 }

@@ -89,6 +89,80 @@ final class MemoryPatternTests: XCTestCase {
         }
     }
 
+    /// A session run alternately with two fetch sets and two batch sizes (a training step and an
+    /// evaluation through one session) keeps a pattern per key: every key's runs after its first
+    /// two replay, bit-identical to runs without the pattern; past `maxKeys` keys the least
+    /// recently run is dropped.
+    func testAlternatingKeysEachReplayTheirOwnPatternAndTheKeysKeptAreBounded() throws {
+        let plain = try session(memoryPlan: false)
+        let patterned = try session(memoryPlan: true)
+        let patterns = try XCTUnwrap(patterned.memoryPatterns)
+        let keys: [(rows: Int, fetches: [String])] = [(64, ["y"]), (64, ["c", "y"]), (32, ["y"])]
+        for round in 0..<4 {
+            for (i, key) in keys.enumerated() {
+                let f = feed(key.rows, seed: Float(round * 3 + i))
+                let expected = try plain.run(f, fetches: key.fetches)
+                let before = MemoryPattern.arenaBlocks.load(ordering: .relaxed)
+                let result = try patterned.run(f, fetches: key.fetches)
+                let placed = MemoryPattern.arenaBlocks.load(ordering: .relaxed) - before
+                for name in key.fetches {
+                    XCTAssertEqual(bits(result, name), bits(expected, name), "round \(round), key \(i), \(name)")
+                }
+                if round == 0 {
+                    XCTAssertEqual(placed, 0, "key \(i)'s first run records")
+                } else {
+                    XCTAssertGreaterThanOrEqual(placed, 1, "round \(round): key \(i) replays its pattern")
+                    XCTAssertGreaterThan(patterns.arenaBytes, 0)
+                }
+            }
+        }
+        XCTAssertEqual(patterns.keyCount, 3)
+        // Two more keys, each run twice: five keys seen, four kept; the first key (run least
+        // recently) records again.
+        for rows in [16, 8] {
+            for _ in 0..<2 { _ = try patterned.run(feed(rows, seed: 0)) }
+        }
+        XCTAssertEqual(patterns.keyCount, MemoryPatternCache.maxKeys)
+        let before = MemoryPattern.arenaBlocks.load(ordering: .relaxed)
+        let again = try patterned.run(feed(64, seed: 9))
+        XCTAssertEqual(MemoryPattern.arenaBlocks.load(ordering: .relaxed) - before, 0, "the dropped key records again")
+        XCTAssertEqual(bits(again), bits(try plain.run(feed(64, seed: 9))))
+        XCTAssertEqual(patterns.keyCount, MemoryPatternCache.maxKeys)
+    }
+
+    /// The blocks whose bytes a block shares, found by the sweep over offsets, are those a pairwise
+    /// comparison finds: every earlier block with an overlapping byte range.
+    func testOverlapsAreTheEarlierBlocksSharingBytes() throws {
+        let page = 4096
+        var sizes: [Int] = [], freedAt: [Int] = []
+        for k in 0..<60 {
+            sizes.append((1 + (k * 37) % 9) * page)
+            // Each block dies 1 to 6 allocations later; every eleventh is never freed.
+            freedAt.append(k % 11 == 10 ? Int.max : k + 1 + (k * 13) % 6)
+        }
+        let recording = AllocationRecording()
+        recording.sizes = sizes
+        recording.freedAt = freedAt
+        recording.closed = true
+        let pattern = try XCTUnwrap(MemoryPattern(recording))
+        var pairs = 0
+        for k in sizes.indices {
+            var expected: [Int] = []
+            if let a = pattern.offsets[k] {
+                for j in 0..<k {
+                    guard let b = pattern.offsets[j] else { continue }
+                    if b < a + sizes[k] && a < b + sizes[j] {
+                        expected.append(j)
+                        XCTAssertLessThanOrEqual(freedAt[j], k, "blocks \(j) and \(k) share bytes while both alive")
+                    }
+                }
+            }
+            XCTAssertEqual(pattern.overlaps[k], expected, "block \(k)")
+            pairs += expected.count
+        }
+        XCTAssertGreaterThan(pairs, 20, "the recording reuses bytes")
+    }
+
     func testARunThatAllocatesOtherwiseLeavesThePattern() throws {
         let sizes = [65_536, 65_536]
         let recording = AllocationRecording()
