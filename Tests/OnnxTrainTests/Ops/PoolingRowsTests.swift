@@ -3,7 +3,8 @@ import OnnxTrainTestSupport
 import XCTest
 
 /// The 2-D pooling row kernels (Pooling.swift: MaxPool without indices and AveragePool by kernel
-/// taps) against the per-window loops, which the same ops run on a 3-D input with a unit first
+/// taps, and at column strides 1 and 2 in float32 by register blocks over a padded copy of each
+/// channel) against the per-window loops, which the same ops run on a 3-D input with a unit first
 /// spatial dim: every case bit for bit, NaNs included, with pads, strides, dilations, ceil mode,
 /// windows partly and wholly in the padding; and one case against plain float64 loops.
 final class PoolingRowsTests: XCTestCase {
@@ -30,6 +31,8 @@ final class PoolingRowsTests: XCTestCase {
         Case(label: "3x3 stride 2 dilation 2 pad 2 ceil wide odd rows", x: [2, 1, 9, 45], kernel: [3, 3], strides: [2, 2], pads: [2, 2, 1, 2], dilations: [2, 2], ceil: true),
         Case(label: "3x3 stride 3 wide rows", x: [1, 2, 7, 50], kernel: [3, 3], strides: [3, 3], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: true),
         Case(label: "3x3 stride 2 ceil, 55 wide", x: [1, 3, 9, 55], kernel: [3, 3], strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], ceil: true),
+        Case(label: "3x3 stride 1 pad 1, 14 wide (register blocks of eight and four)", x: [1, 3, 14, 14], kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: false),
+        Case(label: "3x3 stride 2, 13 wide (a register block of four at stride 2)", x: [1, 2, 5, 13], kernel: [3, 3], strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], ceil: false),
         Case(label: "2x4 stride 1x2 pads past the row ends", x: [1, 2, 4, 26], kernel: [2, 4], strides: [1, 2], pads: [1, 3, 0, 4], dilations: [1, 1], ceil: true),
     ]
 

@@ -308,6 +308,96 @@ extension PoolTapRuns {
     }
 }
 
+extension PoolTapRuns {
+    /// Float32 2-D MaxPool (`isMax`, no indices) or AveragePool sums at column stride 1 or 2,
+    /// every output written once: per channel the input rows are copied once into a scratch
+    /// plane with filler columns on both sides (-inf for MaxPool, which is never strictly
+    /// greater; +0 for the sums, which adds nothing to a sum that starts at +0), then each output
+    /// row is folded 8 outputs at a time in a register over its in-image kernel rows and every
+    /// column tap (kernel row-major). MaxPool's lanes start from each output's first in-image
+    /// tap (0 for a window wholly in the padding, whose taps are all filler), the sums from +0:
+    /// per output the same operations on the same in-image values in the same order as the
+    /// tap-by-tap row kernels, so the results are bit for bit theirs (NaNs included).
+    /// `finish(runs, y row, i)` runs on each output row with in-image kernel rows (AveragePool's
+    /// division). Nil when the row kernels should run instead (stride past 2, or a scratch row
+    /// that padding or dilation would make over 64 KiB, or a scratch plane over 16 MiB).
+    @inline(__always)  // isMax a constant at each of the two callers
+    static func paddedFloat(_ x: Tensor, _ g: ConvGeometry, _ name: String, isMax: Bool,
+                            _ finish: (PoolTapRuns, UnsafeMutablePointer<Float>, Int) -> Void) throws -> Tensor? {
+        let (ih, iw, oh, ow) = (g.input[0], g.input[1], g.output[0], g.output[1])
+        let (kw, sh, sw, ph, pw, dh, dw) = (g.kernel[1], g.strides[0], g.strides[1], g.padsBegin[0], g.padsBegin[1],
+                                            g.dilations[0], g.dilations[1])
+        let blocks = (ow + 7) / 8
+        // Output j's column tap kj reads scratch column j·sw + kj·dw (input column minus pw); a
+        // stride-2 block loads 16 lanes, one past its last even lane.
+        let (reach, o1) = (8 * blocks - 1).multipliedReportingOverflow(by: sw)
+        let (taps, o2) = (kw - 1).multipliedReportingOverflow(by: dw)
+        guard sw <= 2, !o1, !o2, pw < 1 << 14, reach < 1 << 14, taps < 1 << 14 else { return nil }
+        let width = max(pw + iw, reach + taps + 2)
+        guard width <= 16_384, ih <= (1 << 22) / width else { return nil }
+        let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize, K = g.kernelSize
+        var y = try Tensor(kernelZeros: .float32, shape: Array(x.shape.prefix(2)) + g.output, name)
+        if y.count == 0 || I == 0 { return y }
+        let runs = PoolTapRuns(g)
+        let fill: Float = isMax ? -.infinity : 0
+        // Blocks of 8 outputs whose first in-image tap is column tap 0 for every lane.
+        let interiorBlock = (0..<blocks).map { b in (8 * b..<8 * b + 8).allSatisfy { $0 < ow && runs.firstKj[$0] == 0 } }
+        try x.withUnsafeBufferPointer(as: Float.self) { px in
+            y.uncheckedMutableBufferPointer(as: Float.self) { py in
+                guard let X = px.baseAddress, let Y = py.baseAddress else { return }
+                Parallel.forRange(nc, minimumChunk: max(1, 8_192 / max(P * K, 1))) { channels in
+                    let plane = UnsafeMutablePointer<Float>.allocate(capacity: ih * width)
+                    let out = UnsafeMutablePointer<Float>.allocate(capacity: 8 * blocks)
+                    defer { plane.deallocate(); out.deallocate() }
+                    plane.initialize(repeating: fill, count: ih * width)
+                    out.initialize(repeating: 0, count: 8 * blocks)
+                    for ch in channels {
+                        let src = X + ch * I
+                        for r in 0..<ih { (plane + r * width + pw).update(from: src + r * iw, count: iw) }
+                        for i in 0..<oh where runs.kiLo[i] < runs.kiHi[i] {
+                            if sw == 1 {
+                                foldRow(plane, out, i, sw: 1)
+                            } else {
+                                foldRow(plane, out, i, sw: 2)
+                            }
+                            let d = Y + ch * P + i * ow
+                            d.update(from: out, count: ow)
+                            finish(runs, d, i)
+                        }
+                    }
+                }
+            }
+        }
+        /// Output row i into `out`, with the column stride a constant where it is inlined.
+        @inline(__always)
+        func foldRow(_ plane: UnsafeMutablePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ i: Int, sw: Int) {
+            let (k0, k1) = (runs.kiLo[i], runs.kiHi[i])
+            let first = plane + (i &* sh &- ph &+ k0 &* dh) &* width
+            for b in 0..<blocks {
+                let j = 8 &* b
+                var acc: SIMD8<Float>
+                if !isMax {
+                    acc = SIMD8()
+                } else if interiorBlock[b] {
+                    acc = strided8(first, j, sw)  // every lane's first in-image tap is column tap 0
+                } else {
+                    for l in j..<min(j + 8, ow) { out[l] = runs.firstKj[l] >= 0 ? first[l * sw + runs.firstKj[l] * dw] : 0 }
+                    acc = UnsafeRawPointer(out + j).loadUnaligned(as: SIMD8<Float>.self)
+                }
+                for ki in k0..<k1 {
+                    let row = plane + (i &* sh &- ph &+ ki &* dh) &* width
+                    for kj in 0..<kw {
+                        let v = strided8(row + kj &* dw, j, sw)
+                        if isMax { acc.replace(with: v, where: v .> acc) } else { acc += v }
+                    }
+                }
+                UnsafeMutableRawPointer(out + j).storeBytes(of: acc, as: SIMD8<Float>.self)
+            }
+        }
+        return y
+    }
+}
+
 extension MaxPoolOp {
     /// Any 2-D MaxPool without indices (3×3 stride 2 in ResNet and SqueezeNet), by kernel taps
     /// (PoolTapRuns): per output row, each output starts from its first in-image tap, then every
@@ -318,6 +408,7 @@ extension MaxPoolOp {
     func maxPoolRows<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         let (iw, ow, sh, sw, ph, pw, dh, dw) = (g.input[1], g.output[1], g.strides[0], g.strides[1],
                                                 g.padsBegin[0], g.padsBegin[1], g.dilations[0], g.dilations[1])
+        if T.self == Float.self, let y = try PoolTapRuns.paddedFloat(x, g, "MaxPool output", isMax: true, { _, _, _ in }) { return y }
         return try PoolTapRuns.pooled(x, g, "MaxPool output") { (runs, src: UnsafePointer<T>, d, i) in
             let first = src + (i * sh - ph + runs.kiLo[i] * dh) * iw - pw
             for j in 0..<ow where runs.firstKj[j] >= 0 { d[j] = first[j * sw + runs.firstKj[j] * dw] }
@@ -458,6 +549,17 @@ func floatLaneRuns<T>(_ s: UnsafePointer<T>, _ d: UnsafeMutablePointer<T>, lo: I
 /// order), then each output is divided by its count. x [N, C, ih, iw] -> y [N, C, oh, ow].
 func averagePoolRows<T: FloatElement>(_ x: Tensor, includePad: Bool, geometry g: ConvGeometry, _ type: T.Type) throws -> Tensor {
     let (ow, sw) = (g.output[1], g.strides[1])
+    /// Output row i of sums -> averages.
+    func divide<U: FloatElement>(_ runs: PoolTapRuns, _ d: UnsafeMutablePointer<U>, _ i: Int) {
+        let rows = includePad ? runs.paddedRows[i] : runs.kiHi[i] - runs.kiLo[i]
+        for j in 0..<ow {
+            let count = rows * (includePad ? runs.paddedCols[j] : runs.validCols[j])
+            d[j] = count > 0 ? d[j] / U(count) : 0
+        }
+    }
+    if T.self == Float.self, let y = try PoolTapRuns.paddedFloat(x, g, "pooling output", isMax: false, { runs, d, i in divide(runs, d, i) }) {
+        return y
+    }
     return try PoolTapRuns.pooled(x, g, "pooling output") { (runs, src: UnsafePointer<T>, d, i) in
         runs.forEachTap(row: i, g, src) { s, lo, hi in
             var j = lo
@@ -468,11 +570,7 @@ func averagePoolRows<T: FloatElement>(_ x: Tensor, includePad: Bool, geometry g:
                 for j in j..<hi { d[j] += s[j * sw] }
             }
         }
-        let rows = includePad ? runs.paddedRows[i] : runs.kiHi[i] - runs.kiLo[i]
-        for j in 0..<ow {
-            let count = rows * (includePad ? runs.paddedCols[j] : runs.validCols[j])
-            d[j] = count > 0 ? d[j] / T(count) : 0
-        }
+        divide(runs, d, i)
     }
 }
 
