@@ -44,11 +44,20 @@ final class WinogradTests: XCTestCase {
         Case(label: "narrow 8x8, batch 3, groups 2", x: [3, 6, 8, 8], w: [4, 3, 3, 3], pads: [1, 1, 1, 1], group: 2),
     ]
 
+    /// The tuning globals as the kernel had them before each test, restored after it (a test that
+    /// fails inside `forcing` still leaves them as they were).
+    private var savedTuning: (override: Int?, itemFloats: Int, itemTiles: Int, splitTiles: Int, gatherTilesX: Int)?
+
+    override func setUp() {
+        super.setUp()
+        savedTuning = (winogradOverride, winogradItemFloats, winogradItemTiles, winogradSplitTiles, winogradGatherTilesX)
+    }
+
     override func tearDown() {
-        winogradOverride = nil
-        winogradItemFloats = 1 << 22
-        winogradItemTiles = 64
-        winogradGatherTilesX = 7
+        if let saved = savedTuning {
+            (winogradOverride, winogradItemFloats, winogradItemTiles, winogradSplitTiles, winogradGatherTilesX) =
+                (saved.override, saved.itemFloats, saved.itemTiles, saved.splitTiles, saved.gatherTilesX)
+        }
         super.tearDown()
     }
 

@@ -51,8 +51,13 @@ struct ConvGradKernel: Kernel {
             let colCount = try Tensor.checkedElementCount([rows, outSize], "ConvGrad column buffer")
             let dx = wantX ? try Tensor(kernelUninitialized: T.dtype, shape: x.shape, "ConvGrad dX") : nil
             var dw = wantW ? Tensor(uninitialized: T.dtype, shape: w.shape) : nil
-            var db = wantB ? Tensor(uninitialized: T.dtype, shape: [m]) : nil
             if !wantX && !wantW && !wantB { return [nil, nil, nil] }
+            // dB[j] = Σ_{n, spatial} dY[n, j, spatial], whichever kernel takes dX and dW: each row
+            // summed in T, the rows in Double.
+            let db = wantB ? try dy.withUnsafeBufferPointer(as: T.self) { p in
+                let sums = p.baseAddress.map { channelSums($0, images: n, channels: m, positions: outSize) } ?? [Double](repeating: 0, count: m)
+                return Tensor(shape: [m], scalars: sums.map { T(fromDouble: $0) })
+            } : nil
             // dX of a float32 3×3 unit-stride convolution is itself one (dY ⋆ flipped Wᵀ): Winograd
             // where `winogradTile` picks it for that shape (dY's channels in, X's out), threaded inside.
             var adjoint = geometry
@@ -82,13 +87,7 @@ struct ConvGradKernel: Kernel {
                 dwDone = true
             }
             let needX = wantX && !dxDone, needW = wantW && !dwDone
-            if !needX && !needW {
-                if wantB {
-                    let sums = try dy.withUnsafeBufferPointer(as: T.self) { p in channelSums(p.baseAddress!, images: n, channels: m, positions: outSize) }
-                    try db!.withUnsafeMutableBufferPointer(as: T.self) { pdb in for j in 0..<m { pdb[j] = T(fromDouble: sums[j]) } }
-                }
-                return [dx, dw, db]
-            }
+            if !needX && !needW { return [dx, dw, db] }
             let depthwise = group == c && group > 1
             let block = depthwise ? 1 : convImageBlock(images: n, rows: rows, positions: outSize)
             if depthwise || block > 1 {
@@ -109,10 +108,6 @@ struct ConvGradKernel: Kernel {
                         }
                     }
                 }
-                if wantB {
-                    let sums = try dy.withUnsafeBufferPointer(as: T.self) { p in channelSums(p.baseAddress!, images: n, channels: m, positions: outSize) }
-                    try db!.withUnsafeMutableBufferPointer(as: T.self) { pdb in for j in 0..<m { pdb[j] = T(fromDouble: sums[j]) } }
-                }
                 return [dx, dw, db]
             }
             // A 1×1 kernel with unit strides and no padding: the image is its own column matrix,
@@ -120,62 +115,52 @@ struct ConvGradKernel: Kernel {
             let direct = geometry.kernelSize == 1 && geometry.strides.allSatisfy { $0 == 1 }
                 && geometry.padsBegin.allSatisfy { $0 == 0 } && geometry.padsEnd.allSatisfy { $0 == 0 }
             let taps = ConvTapRows.all(geometry)
-            // Images are split over the kernel threads; each chunk sums its own dW and dB partials
-            // (dW in a buffer of its own, dB in Double per channel), added up in chunk order after.
+            // Images are split over the kernel threads; each chunk sums its own dW partials in a
+            // buffer of its own, added up in chunk order after.
             let chunks = max(1, min(n, Parallel.threadCount))
             let dwPartials = UnsafeMutablePointer<T>.allocate(capacity: max(1, needW ? chunks * wCount : 0))
             defer { dwPartials.deallocate() }
-            var dbPartials = [Double](repeating: 0, count: wantB ? chunks * m : 0)
             // dx is fresh and not shared: its storage is written directly.
             let dxBase = needX ? dx?.storage.bytes.assumingMemoryBound(to: T.self) : nil
             try dy.withUnsafeBufferPointer(as: T.self) { pdy in
                 try x.withUnsafeBufferPointer(as: T.self) { px in
                     try w.withUnsafeBufferPointer(as: T.self) { pw in
-                        dbPartials.withUnsafeMutableBufferPointer { pdb in
-                            guard let ydy = pdy.baseAddress, let yx = px.baseAddress, let yw = pw.baseAddress else { return }
-                            Parallel.forRange(chunks) { chunkRange in
-                                let col = UnsafeMutablePointer<T>.allocate(capacity: max(colCount, 1))
-                                defer { col.deallocate() }
-                                for chunk in chunkRange {
-                                    let images = Parallel.chunk(chunk, of: chunks, count: n)
-                                    let dwLocal = dwPartials + chunk * wCount
-                                    if needW { dwLocal.update(repeating: 0, count: wCount) }
-                                    for b in images {
-                                        for gi in 0..<group {
-                                            let dyG = ydy + (b * m + gi * mg) * outSize       // [mg, out]
-                                            let xOffset = (b * c + gi * cg) * inSize            // [cg, in…]
-                                            let wG = yw + gi * mg * rows                        // [mg, rows]
-                                            if needW {
-                                                let columns: UnsafePointer<T>
-                                                if direct {
-                                                    columns = yx + xOffset
-                                                } else {
-                                                    im2col(yx + xOffset, channels: cg, geometry, col, taps: taps)
-                                                    columns = UnsafePointer(col)
-                                                }
-                                                // dW_gᵀ [rows, mg] += col [rows, out] · dY_gᵀ [out, mg]: the
-                                                // transposed product, as OpenBLAS runs a long M and a short N
-                                                // (e.g. 75 × 16) about twice as fast as the other way round.
-                                                convGemm(transA: false, transB: true, m: rows, n: mg, k: outSize,
-                                                     a: columns, lda: outSize, b: dyG, ldb: outSize, beta: T(1),
-                                                     c: dwLocal + gi * rows * mg, ldc: mg)
+                        guard let ydy = pdy.baseAddress, let yx = px.baseAddress, let yw = pw.baseAddress else { return }
+                        Parallel.forRange(chunks) { chunkRange in
+                            let col = UnsafeMutablePointer<T>.allocate(capacity: max(colCount, 1))
+                            defer { col.deallocate() }
+                            for chunk in chunkRange {
+                                let images = Parallel.chunk(chunk, of: chunks, count: n)
+                                let dwLocal = dwPartials + chunk * wCount
+                                if needW { dwLocal.update(repeating: 0, count: wCount) }
+                                for b in images {
+                                    for gi in 0..<group {
+                                        let dyG = ydy + (b * m + gi * mg) * outSize       // [mg, out]
+                                        let xOffset = (b * c + gi * cg) * inSize            // [cg, in…]
+                                        let wG = yw + gi * mg * rows                        // [mg, rows]
+                                        if needW {
+                                            let columns: UnsafePointer<T>
+                                            if direct {
+                                                columns = yx + xOffset
+                                            } else {
+                                                im2col(yx + xOffset, channels: cg, geometry, col, taps: taps)
+                                                columns = UnsafePointer(col)
                                             }
-                                            if let dxBase {
-                                                // col [rows, out] = W_gᵀ [rows, mg] · dY_g [mg, out], straight into dX for 1×1
-                                                convGemm(transA: true, transB: false, m: rows, n: outSize, k: mg,
-                                                     a: wG, lda: rows, b: dyG, ldb: outSize, beta: T(0),
-                                                     c: direct ? dxBase + xOffset : col, ldc: outSize)
-                                                if !direct {
-                                                    (dxBase + xOffset).update(repeating: 0, count: cg * inSize)
-                                                    col2im(col, channels: cg, geometry, dxBase + xOffset, taps: taps)
-                                                }
-                                            }
+                                            // dW_gᵀ [rows, mg] += col [rows, out] · dY_gᵀ [out, mg]: the
+                                            // transposed product, as OpenBLAS runs a long M and a short N
+                                            // (e.g. 75 × 16) about twice as fast as the other way round.
+                                            convGemm(transA: false, transB: true, m: rows, n: mg, k: outSize,
+                                                 a: columns, lda: outSize, b: dyG, ldb: outSize, beta: T(1),
+                                                 c: dwLocal + gi * rows * mg, ldc: mg)
                                         }
-                                        if wantB {
-                                            // dB[j] = Σ_{n, spatial} dY[n, j, spatial]: each row summed in T, rows in Double.
-                                            for j in 0..<m {
-                                                let row = ydy + (b * m + j) * outSize
-                                                pdb[chunk * m + j] += rowSum(row, outSize).doubleValue
+                                        if let dxBase {
+                                            // col [rows, out] = W_gᵀ [rows, mg] · dY_g [mg, out], straight into dX for 1×1
+                                            convGemm(transA: true, transB: false, m: rows, n: outSize, k: mg,
+                                                 a: wG, lda: rows, b: dyG, ldb: outSize, beta: T(0),
+                                                 c: direct ? dxBase + xOffset : col, ldc: outSize)
+                                            if !direct {
+                                                (dxBase + xOffset).update(repeating: 0, count: cg * inSize)
+                                                col2im(col, channels: cg, geometry, dxBase + xOffset, taps: taps)
                                             }
                                         }
                                     }
@@ -197,15 +182,6 @@ struct ConvGradKernel: Kernel {
                                 out[(gi * mg + o) * rows + r] = sum
                             }
                         }
-                    }
-                }
-            }
-            if wantB {
-                try db!.withUnsafeMutableBufferPointer(as: T.self) { pdb in
-                    for j in 0..<m {
-                        var sum = 0.0
-                        for chunk in 0..<chunks { sum += dbPartials[chunk * m + j] }
-                        pdb[j] = T(fromDouble: sum)
                     }
                 }
             }
