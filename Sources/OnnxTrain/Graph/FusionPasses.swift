@@ -335,15 +335,74 @@ public struct MatMulAddToGemm: GraphPass {
 /// transA/transB flag (MatMul turns into com.microsoft FusedMatMul): BLAS reads the operand
 /// transposed instead of a copy being made.
 /// The Transpose stays when another node or a graph output reads its result.
+///
+/// A 2-D Transpose of a 2-D product's result that nothing else reads becomes the product with its
+/// operands swapped, (op(A)·op(B))ᵀ = op(B)ᵀ·op(A)ᵀ: Gemm without C and FusedMatMul swap
+/// A and B and turn transA = !transB, transB = !transA; MatMul becomes FusedMatMul with both flags.
+/// A weight gradient of a Linear layer stored [out, in] is made [in, out] and transposed back; the
+/// product then writes it [out, in] directly (and `ProductIntoAccumulator` can write it into the
+/// accumulation buffer).
 public struct TransposeIntoMatMul: GraphPass {
     public var name: String { "transpose-into-matmul" }
     public init() {}
 
     public func run(_ model: inout Model) throws {
+        try foldOperandTransposes(&model)
+        try foldResultTransposes(&model)
+    }
+
+    /// The 2-D Transposes of products' results, read by nothing else, as swapped operands.
+    private func foldResultTransposes(_ model: inout Model) throws {
         guard model.graph.nodes.contains(where: { $0.domain.isEmpty && $0.opType == "Transpose" }) else { return }
         let c = FusionContext(model)
         let graph = c.graph
         var removed = Set<Int>(), replacement: [Int: Node] = [:]
+        var addsMicrosoft = false
+        for (j, t) in graph.nodes.enumerated() where t.domain.isEmpty && t.opType == "Transpose" {
+            guard let y = t.input(0), let out = t.output(0), t.outputs.count == 1, c.rank(y) == 2, (t.ints("perm") ?? [1, 0]) == [1, 0],
+                  let i = c.index.producer[y]?.node, c.onlyRead(y, by: j), replacement[i] == nil, !removed.contains(i) else { continue }
+            let p = graph.nodes[i]
+            // Gemm and FusedMatMul take the same types with their operands swapped; a MatMul becomes
+            // FusedMatMul, which computes floats only.
+            guard p.outputs.count == 1, p.inputs.count >= 2, let a = p.input(0), let b = p.input(1),
+                  c.rank(a) == 2, c.rank(b) == 2, p.opType != "MatMul" || (c.isFloat(a) && c.dtype(b) == c.dtype(a)) else { continue }
+            let transA = p.int("transA") ?? 0, transB = p.int("transB") ?? 0
+            var swapped = p
+            switch (canonicalDomain(p.domain), p.opType) {
+            case ("", "Gemm"):
+                // Without C the result is the product alone.
+                guard p.inputs.count == 2 else { continue }
+                swapped.inputs = [b, a]
+            case ("com.microsoft", "FusedMatMul"):
+                guard (p.int("transBatchA") ?? 0) == 0, (p.int("transBatchB") ?? 0) == 0, p.inputs.count == 2 else { continue }
+                swapped.inputs = [b, a]
+            case ("", "MatMul"):
+                guard p.inputs.count == 2 else { continue }
+                swapped = Node(opType: "FusedMatMul", domain: "com.microsoft", name: p.name, inputs: [b, a], outputs: [],
+                               attributes: ["alpha": .float(1)])
+                addsMicrosoft = true
+            default:
+                continue
+            }
+            swapped.attributes["transA"] = .int(transB == 0 ? 1 : 0)
+            swapped.attributes["transB"] = .int(transA == 0 ? 1 : 0)
+            swapped.outputs = [out]
+            replacement[i] = swapped
+            removed.insert(j)
+        }
+        guard !replacement.isEmpty else { return }
+        model.graph.apply(removing: removed, replacing: replacement)
+        model.graph.dropValueInfoOfRemovedValues()
+        if addsMicrosoft && model.opsetImports["com.microsoft"] == nil { model.opsetImports["com.microsoft"] = 1 }
+    }
+
+    /// Transposes of products' operands as transA/transB flags.
+    private func foldOperandTransposes(_ model: inout Model) throws {
+        guard model.graph.nodes.contains(where: { $0.domain.isEmpty && $0.opType == "Transpose" }) else { return }
+        let c = FusionContext(model)
+        let graph = c.graph
+        var removed = Set<Int>(), replacement: [Int: Node] = [:]
+        var foldedReaders: [Int: Set<Int>] = [:]
         var addsMicrosoft = false
         for (i, node) in graph.nodes.enumerated() {
             let isMatMul = node.domain.isEmpty && node.opType == "MatMul"
@@ -351,7 +410,9 @@ public struct TransposeIntoMatMul: GraphPass {
                 && (node.int("transBatchA") ?? 0) == 0 && (node.int("transBatchB") ?? 0) == 0
             let isGemm = node.domain.isEmpty && node.opType == "Gemm"
             let isBias = node.domain == internalDomain && node.opType == "MatMulBias"
-            guard isMatMul || isFused || isGemm || isBias, node.inputs.count >= 2, c.isFloat(node.input(0)) else { continue }
+            // A MatMul becomes FusedMatMul, which computes floats only; the others take the flags
+            // for every type they take.
+            guard isMatMul || isFused || isGemm || isBias, node.inputs.count >= 2, !isMatMul || c.isFloat(node.input(0)) else { continue }
             var updated = node
             var changed = false
             for (k, flag) in isBias ? [(1, "transB")] : [(0, "transA"), (1, "transB")] {
@@ -366,6 +427,7 @@ public struct TransposeIntoMatMul: GraphPass {
                 changed = true
                 // The Transpose goes when this product was its only reader (reading it once).
                 if c.onlyRead(operand, by: i) && !(node.inputs[0] == operand && node.inputs[1] == operand) { removed.insert(p) }
+                foldedReaders[p, default: []].insert(i)
             }
             guard changed else { continue }
             if isMatMul {
@@ -377,8 +439,94 @@ public struct TransposeIntoMatMul: GraphPass {
             replacement[i] = updated
         }
         guard !replacement.isEmpty else { return }
+        // A Transpose every reader of which now reads its source (a Linear weight read transposed
+        // by the forward product and by the backward one) goes too.
+        for (p, readers) in foldedReaders where !removed.contains(p) {
+            guard let out = graph.nodes[p].output(0), !c.graphOutputs.contains(out),
+                  (c.index.consumers[out] ?? []).allSatisfy({ readers.contains($0) && replacement[$0].map { !$0.inputs.contains(out) } ?? false })
+            else { continue }
+            removed.insert(p)
+        }
         model.graph.apply(removing: removed, replacing: replacement)
         if addsMicrosoft && model.opsetImports["com.microsoft"] == nil { model.opsetImports["com.microsoft"] = 1 }
+    }
+}
+
+/// Transposes of rank 3 and more around batched products (attention's heads: Q, K and V
+/// [B, T, H, D] read as [B, H, T, D] or [B, H, D, T], the context [B, H, T, D] written back as
+/// [B, T, H, D], and the same in the backward pass) become an internal `StridedMatMul`, whose GEMMs
+/// read and write the stored tensors at their strides instead of copies. An operand's Transpose
+/// goes when every reader is such a product; a result's Transpose when it is the product's only
+/// reader. Taken for MatMul and FusedMatMul (no batch transposes) of operands of one rank,
+/// and permutations that keep the stored last axis among the matrix axes (other layouts would
+/// copy inside the kernel anyway). Swaps of the last two axes alone are `TransposeIntoMatMul`'s.
+public struct StridedMatMulFusion: GraphPass {
+    public var name: String { "strided-matmul" }
+    public init() {}
+
+    public func run(_ model: inout Model) throws {
+        guard model.graph.nodes.contains(where: { $0.domain.isEmpty && $0.opType == "Transpose" }) else { return }
+        let c = FusionContext(model)
+        let graph = c.graph
+        func isProduct(_ n: Node) -> Bool {
+            let matMul = n.domain.isEmpty && n.opType == "MatMul"
+            let fused = canonicalDomain(n.domain) == "com.microsoft" && n.opType == "FusedMatMul"
+                && (n.int("transBatchA") ?? 0) == 0 && (n.int("transBatchB") ?? 0) == 0
+            // Any element type: the kernel computes floats in place and others as the node did.
+            guard matMul || fused, n.inputs.count == 2, n.outputs.count == 1, let a = n.input(0), let b = n.input(1),
+                  let r = c.rank(a), r >= 3, c.rank(b) == r else { return false }
+            return true
+        }
+        /// A Transpose's permutation when the product can read it (`result` false: the stored last
+        /// axis becomes one of the logical matrix axes) or write it (`result`: the stored last axis
+        /// is one of them) in place: rank 3 or more, not the identity or a swap of the last two.
+        func foldablePerm(_ t: Node, rankOf value: String?, result: Bool) -> [Int]? {
+            guard t.domain.isEmpty, t.opType == "Transpose", t.inputs.count == 1, t.outputs.count == 1, let r = c.rank(value), r >= 3 else { return nil }
+            let perm = t.ints("perm") ?? Array((0..<r).reversed())
+            guard perm.count == r, Set(perm) == Set(0..<r), perm != Array(0..<r), perm != Array(0..<(r - 2)) + [r - 1, r - 2] else { return nil }
+            let fits = result ? perm[r - 1] >= r - 2 : (perm[r - 1] == r - 1 || perm[r - 2] == r - 1)
+            return fits ? perm : nil
+        }
+        var products: [Int: Node] = [:]
+        for (i, n) in graph.nodes.enumerated() where isProduct(n) { products[i] = n }
+        guard !products.isEmpty else { return }
+        func strided(_ n: Node) -> Node {
+            var attributes: [String: Attribute] = ["transA": .int(n.int("transA") ?? 0), "transB": .int(n.int("transB") ?? 0),
+                                                   "alpha": .float(n.float("alpha") ?? 1)]
+            if n.opType == "MatMul" { attributes["alpha"] = .float(1) }
+            return Node(opType: "StridedMatMul", domain: internalDomain, name: n.name, inputs: n.inputs, outputs: n.outputs, attributes: attributes)
+        }
+        var removed = Set<Int>(), replacement: [Int: Node] = [:]
+        // Operands: a Transpose all of whose readers are products.
+        for (j, t) in graph.nodes.enumerated() {
+            guard let out = t.output(0), let source = t.input(0), let perm = foldablePerm(t, rankOf: source, result: false), !c.graphOutputs.contains(out),
+                  let readers = c.index.consumers[out], !readers.isEmpty, readers.allSatisfy({ products[$0] != nil }) else { continue }
+            for i in readers {
+                let original = products[i]!
+                var n = replacement[i] ?? strided(original)
+                for (k, key) in [(0, "permA"), (1, "permB")] where original.inputs[k] == out {
+                    n.inputs[k] = source
+                    n.attributes[key] = .ints(perm)
+                }
+                replacement[i] = n
+            }
+            removed.insert(j)
+        }
+        // Results: a product read by nothing but one Transpose.
+        for (i, original) in products {
+            guard let y = original.output(0), let j = c.soleConsumer(of: y), !removed.contains(j) else { continue }
+            let t = graph.nodes[j]
+            guard let out = t.output(0), let perm = foldablePerm(t, rankOf: y, result: true) else { continue }
+            var n = replacement[i] ?? strided(original)
+            n.attributes["permY"] = .ints(perm)
+            n.outputs = [out]
+            replacement[i] = n
+            removed.insert(j)
+        }
+        guard !replacement.isEmpty else { return }
+        model.graph.apply(removing: removed, replacing: replacement)
+        model.graph.dropValueInfoOfRemovedValues()
+        model.opsetImports[internalDomain] = 1
     }
 }
 

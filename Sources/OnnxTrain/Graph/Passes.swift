@@ -33,6 +33,7 @@ public struct PassPipeline {
             ConvFusion(),
             MatMulAddToGemm(),
             TransposeIntoMatMul(),
+            StridedMatMulFusion(),
             PowerToMul(),
             ClipGradientFusion(),
             ElementwiseFusion(registry: registry),
@@ -147,6 +148,10 @@ public struct OldInitializersAsConstants: GraphPass {
 /// or a constant false one), pass their input through: their readers read the input instead and
 /// the node goes. The zoo's SqueezeNet, Inception v1, AlexNet and VGG-19 keep their Dropouts in
 /// the inference graph; in between a Conv's activation and the next op they also stopped fusions.
+/// In training graphs a Dropout of constant ratio 0 (PyTorch exports of BERT, GPT-2 and ViT with
+/// dropout off still train through Dropout nodes) passes its input through too, and so do the
+/// com.microsoft DropoutGrads of constant ratio 0 that read its mask (they return dy unchanged): the
+/// mask, a bool per element made every step and held until the backward pass, is no longer made.
 /// A node whose output is a graph output or is read by a subgraph stays (the name must live on),
 /// and so does one whose output an op writes into (it would then write into the input).
 public struct IdentityElimination: GraphPass {
@@ -163,22 +168,40 @@ public struct IdentityElimination: GraphPass {
             for k in registry.mutatedInputs(domain: node.domain, opType: node.opType) { if let v = node.input(k) { keep.insert(v) } }
         }
         let index = GraphIndex(graph)
+        /// The value of a constant scalar input.
+        func constantScalar(_ name: String) -> Double? {
+            guard index.isConstant(name), let t = graph.initializers[name], t.count == 1 else { return nil }
+            return t.scalarDouble()
+        }
+        // A com.microsoft DropoutGrad with ratio 0 returns dy as it is and ignores the mask (so
+        // does its kernel); its mask may then have no reader left.
+        func gradientPassesThrough(_ node: Node) -> Bool {
+            guard canonicalDomain(node.domain) == "com.microsoft", node.opType == "DropoutGrad", node.input(0) != nil, node.input(1) != nil,
+                  let y = node.output(0), !keep.contains(y), node.outputs.count == 1, let ratio = node.input(2) else { return false }
+            return constantScalar(ratio) == 0
+        }
+        let passingGradients = Set(graph.nodes.indices.filter { gradientPassesThrough(graph.nodes[$0]) })
+        /// Whether a Dropout's mask is unused: no output, or read only by DropoutGrads that pass dy through.
+        func maskUnused(_ node: Node) -> Bool {
+            guard let mask = node.output(1) else { return true }
+            return !keep.contains(mask) && (index.consumers[mask] ?? []).allSatisfy(passingGradients.contains)
+        }
         func passesThrough(_ node: Node) -> Bool {
-            guard node.domain.isEmpty, node.input(0) != nil, let y = node.output(0), !keep.contains(y),
-                  node.outputs.dropFirst().allSatisfy(\.isEmpty) else { return false }
+            guard node.domain.isEmpty, node.input(0) != nil, let y = node.output(0), !keep.contains(y), node.outputs.count <= 2 else { return false }
             switch node.opType {
-            case "Identity": return node.inputs.count == 1
+            case "Identity": return node.inputs.count == 1 && node.outputs.count == 1
             case "Dropout":
-                guard opset >= 7 else { return false }
+                guard opset >= 7, maskUnused(node) else { return false }
                 guard let training = node.input(2) else { return true }
-                guard index.isConstant(training), let t = graph.initializers[training], t.count == 1, let v = t.scalarDouble() else { return false }
-                return v == 0
+                guard let t = constantScalar(training) else { return false }
+                // In training mode a ratio of 0 keeps every element and scales by 1/(1 - 0).
+                return t == 0 || node.input(1).flatMap(constantScalar) == 0
             default: return false
             }
         }
         var alias: [String: String] = [:]
         var removed = Set<Int>()
-        for (i, node) in graph.nodes.enumerated() where passesThrough(node) {
+        for (i, node) in graph.nodes.enumerated() where passesThrough(node) || passingGradients.contains(i) {
             alias[node.outputs[0]] = node.inputs[0]
             removed.insert(i)
         }

@@ -163,6 +163,16 @@ public struct TypeInference {
         if node.domain == internalDomain && op == "MatMulBias" {
             return [TensorInfo(dtype: dtype, shape: matmulShape(x?.shape, input(1)?.shape, transA: false, transB: node.int("transB") == 1))]
         }
+        // StridedMatMul (StridedMatMulFusion): the product of the permuted operands, permuted.
+        if node.domain == internalDomain && op == "StridedMatMul" {
+            func permuted(_ shape: [Dim]?, _ perm: [Int]?) -> [Dim]? {
+                guard let shape, let perm else { return shape }
+                return perm.count == shape.count && perm.allSatisfy({ shape.indices.contains($0) }) ? perm.map { shape[$0] } : nil
+            }
+            let y = matmulShape(permuted(x?.shape, node.ints("permA")), permuted(input(1)?.shape, node.ints("permB")),
+                                transA: node.int("transA") == 1, transB: node.int("transB") == 1)
+            return [TensorInfo(dtype: dtype, shape: permuted(y, node.ints("permY")))]
+        }
         guard node.domain.isEmpty || node.domain == "com.microsoft" else { return [] }
         if op == "Constant" { return [TypeInference.constantValue(node).map { TensorInfo(dtype: $0.dtype, shape: $0.shape.map { .value($0) }) }] }
         if op == "Cast" { return [TensorInfo(dtype: node.int("to").flatMap { DType(rawValue: Int32($0)) }, shape: x?.shape)] }

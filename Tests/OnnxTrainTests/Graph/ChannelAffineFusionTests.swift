@@ -213,4 +213,40 @@ extension GraphOptimizationTests {
         try assertSameOutputs(model, ["x": Self.random([3, 40], seed: 99)], fetches: ["m", "mask", "y"], tolerance: 0, "identities")
         try assertSameOutputs(model, ["x": Self.random([3, 40], seed: 99)], fetches: ["d1", "y"], tolerance: 0, "a removed value fetched")
     }
+
+    /// A training graph's Dropout of constant ratio 0 in training mode and the DropoutGrad of ratio
+    /// 0 that reads its mask go: y = x and dx = dy exactly (what both kernels return). A Dropout of
+    /// ratio 0.3 stays with its DropoutGrad, and so does a ratio-0 Dropout whose mask a graph
+    /// output names or a DropoutGrad of another ratio reads.
+    func testRatioZeroDropoutAndItsGradientGo() throws {
+        var g = Graph()
+        g.inputs = [ValueInfo(name: "x", type: .tensor(.float32, shape: [.value(3), .value(40)])),
+                    ValueInfo(name: "dy", type: .tensor(.float32, shape: [.value(3), .value(40)]))]
+        for (name, t) in [("zero", Tensor(scalar: Float(0))), ("some", Tensor(scalar: Float(0.3))), ("yes", Tensor(scalar: true))] { g.setInitializer(name, t) }
+        g.nodes = [
+            Node(opType: "Dropout", inputs: ["x", "zero", "yes"], outputs: ["y", "mask"]),
+            Node(opType: "DropoutGrad", domain: "com.microsoft", inputs: ["dy", "mask", "zero", "yes"], outputs: ["dx"]),
+            Node(opType: "Exp", inputs: ["y"], outputs: ["e"]),
+            Node(opType: "Exp", inputs: ["dx"], outputs: ["de"]),
+            Node(opType: "Dropout", inputs: ["x", "some", "yes"], outputs: ["y2", "mask2"]),
+            Node(opType: "DropoutGrad", domain: "com.microsoft", inputs: ["dy", "mask2", "some", "yes"], outputs: ["dx2"]),
+            Node(opType: "Dropout", inputs: ["x", "zero", "yes"], outputs: ["y3", "mask3"]),
+            Node(opType: "DropoutGrad", domain: "com.microsoft", inputs: ["dy", "mask3", "some", "yes"], outputs: ["dx3"]),
+            Node(opType: "Dropout", inputs: ["x", "zero", "yes"], outputs: ["y4", "mask4"]),
+        ]
+        g.outputs = ["e", "de", "y2", "dx2", "y3", "dx3", "y4", "mask4"].map { ValueInfo(name: $0, type: nil) }
+        var model = Model(graph: g)
+        model.opsetImports = ["": 17, "com.microsoft": 1]
+        var m = model
+        try IdentityElimination().run(&m)
+        XCTAssertEqual(opTypes(m), ["Exp", "Exp", "Dropout", "DropoutGrad", "Dropout", "DropoutGrad", "Dropout"])
+        XCTAssertEqual(m.graph.nodes[0].inputs, ["x"])
+        XCTAssertEqual(m.graph.nodes[1].inputs, ["dy"])
+        let x = Self.random([3, 40], seed: 101), dy = Self.random([3, 40], seed: 102)
+        // Optimised and plain graphs agree exactly; a ratio-0 mask keeps every element.
+        try assertSameOutputs(model, ["x": x, "dy": dy], fetches: ["e", "de", "y3", "dx3", "y4", "mask4"], tolerance: 0, "ratio 0")
+        let out = try InferenceSession(model: model).run(tensors: ["x": x, "dy": dy], fetches: ["y3", "mask4"])
+        XCTAssertEqual(try out["y3"]!.doubles(), try x.doubles())
+        XCTAssertEqual(out["mask4"]?.scalars(as: Bool.self), Array(repeating: true, count: 120))
+    }
 }

@@ -306,9 +306,21 @@ final class GraphOptimizationTests: XCTestCase {
         XCTAssertEqual(opTypes(b), ["FusedMatMul", "Add"])
         XCTAssertEqual(b.graph.nodes[0].int("transA"), 1)
         try assertSameOutputs(batched, ["a": Self.random([2, 3, 4, 5], seed: 55)], tolerance: 1e-6, "batched transA")
-        // A permutation that moves other axes stays a Transpose.
+        // A permutation that moves other axes is read in place by a StridedMatMul (StridedMatMulFusion).
         let other = matmulModel(aShape: [2, 3, 5, 4], bShape: [2, 3, 4, 6], biasShape: [6], transposeA: [1, 0, 2, 3])
-        XCTAssertEqual(opTypes(try optimized(other)), ["Transpose", "MatMul", "Add"])
+        XCTAssertEqual(opTypes(try optimized(other)), ["StridedMatMul", "Add"])
+        try assertSameOutputs(other, ["a": Self.random([3, 2, 5, 4], seed: 58)], tolerance: 1e-6, "batch axes swapped")
+        // A weight read transposed by two products (a Linear layer's forward and backward) goes
+        // once both read it through their flags.
+        var shared = matmulModel(aShape: [5, 4], bShape: [4, 3], biasShape: [3], transposeB: [1, 0], bIsInput: true)
+        shared.graph.inputs.append(ValueInfo(name: "d", type: .tensor(.float32, shape: [.value(5), .value(3)])))
+        shared.graph.nodes.append(Node(opType: "FusedMatMul", domain: "com.microsoft", inputs: ["d", "bt"], outputs: ["dx"],
+                                       attributes: ["transB": .int(1), "alpha": .float(1)]))
+        shared.graph.outputs.append(ValueInfo(name: "dx", type: nil))
+        shared.opsetImports["com.microsoft"] = 1
+        XCTAssertEqual(opTypes(try optimized(shared)), ["Gemm", "FusedMatMul"])
+        try assertSameOutputs(shared, ["a": Self.random([5, 4], seed: 63), "b": Self.random([3, 4], seed: 64), "d": Self.random([5, 3], seed: 65)],
+                              tolerance: 1e-6, "weight read transposed twice")
     }
 
     /// A Transpose that another node also reads stays; the product still reads its source.
@@ -325,6 +337,64 @@ final class GraphOptimizationTests: XCTestCase {
         linear.graph.outputs.append(ValueInfo(name: "r", type: nil))
         XCTAssertEqual(opTypes(try optimized(linear)), ["Transpose", "MatMulBias", "Relu"])
         try assertSameOutputs(linear, ["a": Self.random([3, 4, 5], seed: 56)], tolerance: 1e-6, "shared transpose, bias row")
+    }
+
+    /// A 2-D product whose result only a Transpose reads computes the transposed result directly
+    /// with its operands swapped ((op(A)·op(B))ᵀ = op(B)ᵀ·op(A)ᵀ): a Linear weight's gradient made
+    /// [in, out] and transposed back (Gemm transA of the rows), MatMul and FusedMatMul. Checked
+    /// against float64 sums: the error stays within the rounding bound of a K-term float32 dot
+    /// product (K·2⁻²⁴·Σ|aᵢbᵢ|).
+    func testTransposedProductSwapsOperands() throws {
+        let (m, n, k) = (7, 5, 9)
+        // Each case: the product node, its operands' shapes, and op(A)[i, p], op(B)[p, j] read from the operands.
+        let cases: [(String, Node, [Int], [Int], Bool, Bool)] = [
+            ("Gemm transA", Node(opType: "Gemm", inputs: ["a", "b"], outputs: ["p"], attributes: ["transA": .int(1), "beta": .float(0), "alpha": .float(0.5)]),
+             [k, m], [k, n], true, false),
+            ("MatMul", Node(opType: "MatMul", inputs: ["a", "b"], outputs: ["p"]), [m, k], [k, n], false, false),
+            ("FusedMatMul transB", Node(opType: "FusedMatMul", domain: "com.microsoft", inputs: ["a", "b"], outputs: ["p"],
+                                        attributes: ["transB": .int(1), "alpha": .float(2)]), [m, k], [n, k], false, true),
+        ]
+        for (label, product, aShape, bShape, tA, tB) in cases {
+            var g = Graph()
+            g.inputs = [ValueInfo(name: "a", type: .tensor(.float32, shape: aShape.map { .value($0) })),
+                        ValueInfo(name: "b", type: .tensor(.float32, shape: bShape.map { .value($0) }))]
+            g.nodes = [product, Node(opType: "Transpose", inputs: ["p"], outputs: ["y"], attributes: ["perm": .ints([1, 0])])]
+            g.outputs = [ValueInfo(name: "y", type: nil)]
+            var model = Model(graph: g)
+            model.opsetImports = ["": 17, "com.microsoft": 1]
+            let o = try optimized(model)
+            XCTAssertEqual(opTypes(o), [product.opType == "Gemm" ? "Gemm" : "FusedMatMul"], label)
+            XCTAssertEqual(o.graph.nodes[0].inputs, ["b", "a"], label)
+            XCTAssertEqual(o.graph.nodes[0].int("transA"), tB ? 0 : 1, label)
+            XCTAssertEqual(o.graph.nodes[0].int("transB"), tA ? 0 : 1, label)
+            let a = Self.random(aShape, seed: 61), b = Self.random(bShape, seed: 62)
+            let y = try InferenceSession(model: model).run(tensors: ["a": a, "b": b])["y"]!
+            XCTAssertEqual(y.shape, [n, m], label)
+            let av = try a.doubles(), bv = try b.doubles(), yv = try y.doubles()
+            let alpha = Double(product.float("alpha") ?? 1)
+            for j in 0..<n {
+                for i in 0..<m {
+                    var sum = 0.0, magnitude = 0.0
+                    for p in 0..<k {
+                        let x = (tA ? av[p * m + i] : av[i * k + p]) * (tB ? bv[j * k + p] : bv[p * n + j])
+                        sum += x
+                        magnitude += abs(x)
+                    }
+                    XCTAssertEqual(yv[j * m + i], alpha * sum, accuracy: Double(k) * 0x1p-24 * abs(alpha) * magnitude + 1e-30, "\(label) [\(j), \(i)]")
+                }
+            }
+        }
+        // Read by another node too, the product stays as it is.
+        var g = Graph()
+        g.inputs = [ValueInfo(name: "a", type: .tensor(.float32, shape: [.value(m), .value(k)])),
+                    ValueInfo(name: "b", type: .tensor(.float32, shape: [.value(k), .value(n)]))]
+        g.nodes = [Node(opType: "MatMul", inputs: ["a", "b"], outputs: ["p"]),
+                   Node(opType: "Transpose", inputs: ["p"], outputs: ["y"], attributes: ["perm": .ints([1, 0])]),
+                   Node(opType: "Relu", inputs: ["p"], outputs: ["r"])]
+        g.outputs = [ValueInfo(name: "y", type: nil), ValueInfo(name: "r", type: nil)]
+        var shared = Model(graph: g)
+        shared.opsetImports = ["": 17]
+        XCTAssertEqual(opTypes(try optimized(shared)), ["MatMul", "Transpose", "Relu"])
     }
 
     // MARK: - Elementwise chains

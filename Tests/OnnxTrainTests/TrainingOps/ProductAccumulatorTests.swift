@@ -133,6 +133,40 @@ final class ProductAccumulatorTests: XCTestCase {
         XCTAssertLessThan(worstReference64, 1e-13)
     }
 
+    /// A PyTorch Linear weight, stored [out, in] and transposed for the forward MatMul: its
+    /// gradient is made [in, out] (Gemm transA of the rows X and dY), transposed back and passed
+    /// through an Identity to its accumulator. The Transpose becomes swapped operands (dY as A,
+    /// transA) and the product then writes into the buffer: one ProductAccumulator. The buffer,
+    /// overwritten and added to, matches float64 evaluation of buffer + dYᵀ·X within float32
+    /// rounding of a 300-term sum, and the plain graph's result to the same rounding.
+    func testTransposedWeightGradientIntoTheBuffer() throws {
+        let (rows, inputs, outputs) = (300, 24, 40)
+        var g = Graph()
+        g.inputs = [ValueInfo(name: "buffer", type: .tensor(.float32, shape: [.value(outputs), .value(inputs)])),
+                    ValueInfo(name: "x", type: .tensor(.float32, shape: [.value(rows), .value(inputs)])),
+                    ValueInfo(name: "dy", type: .tensor(.float32, shape: [.value(rows), .value(outputs)])),
+                    ValueInfo(name: "flag", type: .tensor(.bool, shape: [.value(1)]))]
+        g.nodes = [Node(opType: "Gemm", inputs: ["x", "dy"], outputs: ["dwt"], attributes: ["transA": .int(1), "alpha": .float(1), "beta": .float(0)]),
+                   Node(opType: "Transpose", inputs: ["dwt"], outputs: ["dw"], attributes: ["perm": .ints([1, 0])]),
+                   Node(opType: "Identity", inputs: ["dw"], outputs: ["dw_identity"]),
+                   Node(opType: "InPlaceAccumulatorV2", domain: "com.microsoft", inputs: ["buffer", "dw_identity", "flag"],
+                        outputs: ["updated", "buffer_out"])]
+        g.outputs = [ValueInfo(name: "updated", type: nil)]
+        var m = Model(graph: g)
+        m.opsetImports = ["": 17, "com.microsoft": 1]
+        XCTAssertEqual(try fusedOpTypes(m), ["ProductAccumulator"])
+        let x = Self.random([rows, inputs], seed: 21, Float.self), dy = Self.random([rows, outputs], seed: 22, Float.self)
+        for overwrite in [true, false] {
+            let buffer = Self.random([outputs, inputs], seed: 23, Float.self)
+            let (fused, plain) = try Self.runBoth(m, buffer: buffer, feeds: ["x": x, "dy": dy], overwrite: overwrite)
+            let expected = try reference(buffer: buffer, a: dy, b: x, transA: true, transB: false, alpha: 1, overwrite: overwrite)
+            // |x|, |dy| < 1: each product term is below 1, so a 300-term sum rounds within 300·2⁻²⁴·300.
+            let bound = Double(rows) * 0x1p-24 * Double(rows)
+            XCTAssertLessThan(Self.largestDifference(try fused.doubles(), expected), bound, "overwrite \(overwrite)")
+            XCTAssertLessThan(Self.largestDifference(try fused.doubles(), try plain.doubles()), 2 * bound, "overwrite \(overwrite)")
+        }
+    }
+
     /// MatMul and FusedMatMul (transposes, alpha), with the overwrite flag absent (an add).
     func testMatMulAndFusedMatMulIntoTheBuffer() throws {
         let cases: [(Product, [Int], [Int], Bool, Bool, Double)] = [

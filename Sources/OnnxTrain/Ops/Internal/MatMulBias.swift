@@ -68,8 +68,145 @@ struct MatMulBiasKernel: Kernel {
     }
 }
 
+/// StridedMatMul (onnx-train's internal domain, written only by the `StridedMatMulFusion` pass):
+/// a batched product whose operands and result are transposes of stored tensors, read and written
+/// where they are instead of copied: attention's heads, Q [B, T, H, D] read as [B, H, T, D].
+///
+///   Y = Transpose(alpha·op(Transpose(A, permA))·op(Transpose(B, permB)), permY)
+///
+/// Inputs A and B (the logical operands of one rank r >= 3 with equal batch dims; float32 and
+/// float64 in place, other types through copies and MatMul or FusedMatMul); attributes transA, transB (swap the logical operand's last two axes, as FusedMatMul),
+/// alpha (default 1) and permA, permB, permY (absent: identity). Each batch entry is one GEMM on
+/// the stored memory: a matrix whose last stored axis is one of its two axes is a BLAS matrix with
+/// a leading dimension (transposed when its rows are the contiguous axis); a result whose columns
+/// are not contiguous is computed as its transpose, op(B)ᵀ·op(A)ᵀ. Every GEMM is the product
+/// FusedMatMul makes of the copied operands (the same sums; the transposed result sums in BLAS's
+/// other order, equal to float rounding). Other layouts, ranks or broadcast batches copy the
+/// transposes and run FusedMatMul, so any input gets its defined result.
+struct StridedMatMulKernel: Kernel {
+    let alpha: Double
+    let transA: Bool, transB: Bool
+    let permA: [Int]?, permB: [Int]?, permY: [Int]?
+
+    /// A BLAS view of one logical matrix op(X) [rows, cols] whose row and column strides are
+    /// `rowStride`, `colStride`: (transposed, leading dimension), or nil without a unit stride.
+    static func blasView(rowStride: Int, colStride: Int, rows: Int, cols: Int) -> (trans: Bool, ld: Int)? {
+        if colStride == 1 && rowStride >= max(1, cols) { return (false, rowStride) }
+        if rowStride == 1 && colStride >= max(1, rows) { return (true, colStride) }
+        return nil
+    }
+
+    struct Compute: ElementOperation {
+        let kernel: StridedMatMulKernel
+        let a: Tensor, b: Tensor
+
+        /// The logical shape and element strides of `x` read through `perm`.
+        static func view(_ x: Tensor, _ perm: [Int]?) throws -> (shape: [Int], strides: [Int]) {
+            let strides = contiguousStrides(x.shape)
+            guard let perm else { return (x.shape, strides) }
+            guard perm.count == x.rank, Set(perm) == Set(0..<x.rank) else { throw KernelError("perm \(perm) is not a permutation of \(x.rank) axes") }
+            return (perm.map { x.shape[$0] }, perm.map { strides[$0] })
+        }
+
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            let k = kernel
+            let (la, sa) = try Self.view(a, k.permA), (lb, sb) = try Self.view(b, k.permB)
+            let r = la.count
+            guard r >= 3, lb.count == r, la[..<(r - 2)] == lb[..<(r - 2)] else { return try copied(T.self) }
+            let m = k.transA ? la[r - 1] : la[r - 2], kk = k.transA ? la[r - 2] : la[r - 1]
+            let kb = k.transB ? lb[r - 1] : lb[r - 2], n = k.transB ? lb[r - 2] : lb[r - 1]
+            guard kk == kb else { throw KernelError("A \(la) and B \(lb) have inner dims \(kk) and \(kb) (after transposes)") }
+            let batch = Array(la[..<(r - 2)])
+            let logicalY = batch + [m, n]
+            if let permY = k.permY {
+                guard permY.count == r, Set(permY) == Set(0..<r) else { throw KernelError("permY \(permY) is not a permutation of \(r) axes") }
+            }
+            let storedY = k.permY.map { p in p.map { logicalY[$0] } } ?? logicalY
+            // Logical axis j of Y sits at stored axis inverse[j].
+            let storedStrides = contiguousStrides(storedY)
+            var sy = storedStrides
+            if let permY = k.permY { for (d, j) in permY.enumerated() { sy[j] = storedStrides[d] } }
+            // op(A) [m, k] and op(B) [k, n] strides, and Y's [m, n].
+            let (aRow, aCol) = k.transA ? (sa[r - 1], sa[r - 2]) : (sa[r - 2], sa[r - 1])
+            let (bRow, bCol) = k.transB ? (sb[r - 1], sb[r - 2]) : (sb[r - 2], sb[r - 1])
+            guard let va = StridedMatMulKernel.blasView(rowStride: aRow, colStride: aCol, rows: m, cols: kk),
+                  let vb = StridedMatMulKernel.blasView(rowStride: bRow, colStride: bCol, rows: kk, cols: n) else { return try copied(T.self) }
+            // Y row-major with ldc, or Yᵀ (columns contiguous) computed as op(B)ᵀ·op(A)ᵀ.
+            let yTransposed: Bool, ldc: Int
+            if sy[r - 1] == 1 && sy[r - 2] >= max(1, n) {
+                (yTransposed, ldc) = (false, sy[r - 2])
+            } else if sy[r - 2] == 1 && sy[r - 1] >= max(1, m) {
+                (yTransposed, ldc) = (true, sy[r - 1])
+            } else {
+                return try copied(T.self)
+            }
+            var out = Tensor(uninitialized: T.dtype, shape: storedY)
+            let count = Tensor.elementCount(batch)
+            guard count > 0, m > 0, n > 0 else { return out }
+            var walk = Odometer(shape: batch, strides: [Array(sa[..<(r - 2)]), Array(sb[..<(r - 2)]), Array(sy[..<(r - 2)])])
+            let offsets = (0..<count).map { _ in
+                defer { walk.advance() }
+                return (walk.offsets[0], walk.offsets[1], walk.offsets[2])
+            }
+            let alpha = T(fromDouble: k.alpha)
+            try a.withUnsafeBufferPointer(as: T.self) { pa in
+                try b.withUnsafeBufferPointer(as: T.self) { pb in
+                    out.uncheckedMutableBufferPointer(as: T.self) { po in
+                        guard let yo = po.baseAddress else { return }
+                        // k == 0: no operand memory; BLAS.gemm writes the zeros.
+                        let ya = pa.baseAddress ?? UnsafePointer(yo), yb = pb.baseAddress ?? UnsafePointer(yo)
+                        // Batch entries split across threads; each GEMM then runs single-threaded.
+                        Parallel.forRange(count, minimumChunk: max(1, (1 << 16) / max(1, m * n * kk))) { range in
+                            for i in range {
+                                let (oa, ob, oy) = offsets[i]
+                                if yTransposed {
+                                    BLAS.gemm(transA: !vb.trans, transB: !va.trans, m: n, n: m, k: kk, alpha: alpha, a: yb + ob, lda: vb.ld,
+                                              b: ya + oa, ldb: va.ld, beta: T.zero, c: yo + oy, ldc: ldc)
+                                } else {
+                                    BLAS.gemm(transA: va.trans, transB: vb.trans, m: m, n: n, k: kk, alpha: alpha, a: ya + oa, lda: va.ld,
+                                              b: yb + ob, ldb: vb.ld, beta: T.zero, c: yo + oy, ldc: ldc)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            return out
+        }
+
+        /// The transposes copied, FusedMatMul's product (numpy broadcasting), the result transposed.
+        func copied<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            let k = kernel
+            let ta = try k.permA.map { try transpose(a, perm: $0) } ?? a, tb = try k.permB.map { try transpose(b, perm: $0) } ?? b
+            let y = try FusedMatMulKernel.Compute(a: ta, b: tb, alpha: k.alpha, transA: k.transA && ta.rank >= 2,
+                                                  transB: k.transB && tb.rank >= 2).float(T.self)
+            return try k.permY.map { try transpose(y, perm: $0) } ?? y
+        }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let a = try inputs.tensor(0), b = try inputs.tensor(1)
+        if a.dtype == b.dtype && (a.dtype == .float32 || a.dtype == .float64) {
+            return [.tensor(try dispatch(a.dtype, Compute(kernel: self, a: a, b: b)))]
+        }
+        // Other types: the copies and the op the pass replaced (MatMul, for every type it takes, or
+        // FusedMatMul), so results and errors are theirs.
+        let ta = try permA.map { try transpose(a, perm: $0) } ?? a, tb = try permB.map { try transpose(b, perm: $0) } ?? b
+        let y = alpha == 1 && !transA && !transB
+            ? try matmul(ta, tb)
+            : try FusedMatMulKernel(alpha: alpha, transA: transA, transB: transB, transBatchA: false, transBatchB: false)
+                .run([.tensor(ta), .tensor(tb)], context).tensor(0)
+        return [.tensor(try permY.map { try transpose(y, perm: $0) } ?? y)]
+    }
+}
+
 func registerMatMulBiasOps(_ registry: OpRegistry) {
     registry.register("MatMulBias", domain: internalDomain, since: [1]) { ctx in
         MatMulBiasKernel(transB: try ctx.int("transB", default: 0) != 0)
+    }
+    registry.register("StridedMatMul", domain: internalDomain, since: [1]) { ctx in
+        StridedMatMulKernel(alpha: Double(try ctx.float("alpha", default: 1)),
+                            transA: try ctx.int("transA", default: 0) != 0, transB: try ctx.int("transB", default: 0) != 0,
+                            permA: try ctx.ints("permA"), permB: try ctx.ints("permB"), permY: try ctx.ints("permY"))
     }
 }
