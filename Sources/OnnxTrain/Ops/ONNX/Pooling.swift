@@ -308,8 +308,13 @@ extension PoolTapRuns {
     }
 }
 
+/// What `PoolTapRuns.paddedFloat` folds, a type so that each kernel is compiled for its own.
+protocol PoolLaneFold { static var isMax: Bool { get } }
+enum MaxLanes: PoolLaneFold { static var isMax: Bool { true } }
+enum SumLanes: PoolLaneFold { static var isMax: Bool { false } }
+
 extension PoolTapRuns {
-    /// Float32 2-D MaxPool (`isMax`, no indices) or AveragePool sums at column stride 1 or 2,
+    /// Float32 2-D MaxPool (`MaxLanes`, no indices) or AveragePool sums (`SumLanes`) at column stride 1 or 2,
     /// every output written once: per channel the input rows are copied once into a scratch
     /// plane with filler columns on both sides (-inf for MaxPool, which is never strictly
     /// greater; +0 for the sums, which adds nothing to a sum that starts at +0), then each output
@@ -321,8 +326,7 @@ extension PoolTapRuns {
     /// `finish(runs, y row, i)` runs on each output row with in-image kernel rows (AveragePool's
     /// division). Nil when the row kernels should run instead (stride past 2, or a scratch row
     /// that padding or dilation would make over 64 KiB, or a scratch plane over 16 MiB).
-    @inline(__always)  // isMax a constant at each of the two callers
-    static func paddedFloat(_ x: Tensor, _ g: ConvGeometry, _ name: String, isMax: Bool,
+    static func paddedFloat<Fold: PoolLaneFold>(_ x: Tensor, _ g: ConvGeometry, _ name: String, _ fold: Fold.Type,
                             _ finish: (PoolTapRuns, UnsafeMutablePointer<Float>, Int) -> Void) throws -> Tensor? {
         let (ih, iw, oh, ow) = (g.input[0], g.input[1], g.output[0], g.output[1])
         let (kw, sh, sw, ph, pw, dh, dw) = (g.kernel[1], g.strides[0], g.strides[1], g.padsBegin[0], g.padsBegin[1],
@@ -339,9 +343,9 @@ extension PoolTapRuns {
         var y = try Tensor(kernelZeros: .float32, shape: Array(x.shape.prefix(2)) + g.output, name)
         if y.count == 0 || I == 0 { return y }
         let runs = PoolTapRuns(g)
-        let fill: Float = isMax ? -.infinity : 0
-        // Blocks of 8 outputs whose first in-image tap is column tap 0 for every lane.
-        let interiorBlock = (0..<blocks).map { b in (8 * b..<8 * b + 8).allSatisfy { $0 < ow && runs.firstKj[$0] == 0 } }
+        let fill: Float = Fold.isMax ? -.infinity : 0
+        // Blocks of 8 outputs with a lane whose first in-image tap is not column tap 0.
+        let edgeBlock = (0..<blocks).map { b in (8 * b..<min(8 * b + 8, ow)).contains { runs.firstKj[$0] != 0 } }
         try x.withUnsafeBufferPointer(as: Float.self) { px in
             y.uncheckedMutableBufferPointer(as: Float.self) { py in
                 guard let X = px.baseAddress, let Y = py.baseAddress else { return }
@@ -375,20 +379,23 @@ extension PoolTapRuns {
             let first = plane + (i &* sh &- ph &+ k0 &* dh) &* width
             for b in 0..<blocks {
                 let j = 8 &* b
-                var acc: SIMD8<Float>
-                if !isMax {
-                    acc = SIMD8()
-                } else if interiorBlock[b] {
-                    acc = strided8(first, j, sw)  // every lane's first in-image tap is column tap 0
-                } else {
-                    for l in j..<min(j + 8, ow) { out[l] = runs.firstKj[l] >= 0 ? first[l * sw + runs.firstKj[l] * dw] : 0 }
-                    acc = UnsafeRawPointer(out + j).loadUnaligned(as: SIMD8<Float>.self)
+                var acc = SIMD8<Float>()
+                if Fold.isMax {
+                    // Each lane starts from its first in-image tap: column tap 0 but in the lanes
+                    // whose tap 0 is in the padding (set one by one, in the register: a vector
+                    // load of lanes just stored one by one would stall).
+                    acc = strided8(first, j, sw)
+                    if edgeBlock[b] {
+                        for l in j..<min(j + 8, ow) where runs.firstKj[l] != 0 {
+                            acc[l - j] = runs.firstKj[l] > 0 ? first[l * sw + runs.firstKj[l] * dw] : 0
+                        }
+                    }
                 }
                 for ki in k0..<k1 {
                     let row = plane + (i &* sh &- ph &+ ki &* dh) &* width
                     for kj in 0..<kw {
                         let v = strided8(row + kj &* dw, j, sw)
-                        if isMax { acc.replace(with: v, where: v .> acc) } else { acc += v }
+                        if Fold.isMax { acc.replace(with: v, where: v .> acc) } else { acc += v }
                     }
                 }
                 UnsafeMutableRawPointer(out + j).storeBytes(of: acc, as: SIMD8<Float>.self)
@@ -408,7 +415,7 @@ extension MaxPoolOp {
     func maxPoolRows<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         let (iw, ow, sh, sw, ph, pw, dh, dw) = (g.input[1], g.output[1], g.strides[0], g.strides[1],
                                                 g.padsBegin[0], g.padsBegin[1], g.dilations[0], g.dilations[1])
-        if T.self == Float.self, let y = try PoolTapRuns.paddedFloat(x, g, "MaxPool output", isMax: true, { _, _, _ in }) { return y }
+        if T.self == Float.self, let y = try PoolTapRuns.paddedFloat(x, g, "MaxPool output", MaxLanes.self, { _, _, _ in }) { return y }
         return try PoolTapRuns.pooled(x, g, "MaxPool output") { (runs, src: UnsafePointer<T>, d, i) in
             let first = src + (i * sh - ph + runs.kiLo[i] * dh) * iw - pw
             for j in 0..<ow where runs.firstKj[j] >= 0 { d[j] = first[j * sw + runs.firstKj[j] * dw] }
@@ -557,7 +564,7 @@ func averagePoolRows<T: FloatElement>(_ x: Tensor, includePad: Bool, geometry g:
             d[j] = count > 0 ? d[j] / U(count) : 0
         }
     }
-    if T.self == Float.self, let y = try PoolTapRuns.paddedFloat(x, g, "pooling output", isMax: false, { runs, d, i in divide(runs, d, i) }) {
+    if T.self == Float.self, let y = try PoolTapRuns.paddedFloat(x, g, "pooling output", SumLanes.self, { runs, d, i in divide(runs, d, i) }) {
         return y
     }
     return try PoolTapRuns.pooled(x, g, "pooling output") { (runs, src: UnsafePointer<T>, d, i) in
