@@ -534,7 +534,35 @@ def against_fastest(ours, peers, goal):
     return f"{x:.2f}x {'torch.compile' if fastest == 'compile' else fastest}", "met" if x <= goal else "not met"
 
 
+def goal_needs(ours, peers, goal, flops, peak):
+    """The rate the time goal asks for: the row's counted work (Conv, Gemm and MatMul multiply-adds x 2) in
+    goal x the fastest peer's time, as a share of the measured GEMM peak (None when a time or the count is
+    missing). Over 1, the goal can be met only by doing fewer multiply-adds than the count (Winograd), not
+    by faster products."""
+    if not flops or not peers or "error" in ours or not peak:
+        return None
+    fastest = min(p["median_ms"] for p in peers.values())
+    return flops / (goal * fastest * 1e6) / peak
+
+
+def needs_cell(share, peak):
+    return "-" if share is None else f"{share * peak:.0f} GFLOP/s ({share:.0%})"
+
+
+def over_peak_line(rows, peak, what):
+    """One paragraph naming the rows whose goal asks more than the GEMM peak."""
+    if not peak:
+        return []
+    over = ", ".join(f"{name} ({share:.0%})" for name, share in rows if share is not None and share > 1)
+    return ["", f"Goal needs: the {what}'s counted work (GFLOP column) done in the goal's time (goal x the fastest peer), "
+            f"against this run's GEMM peak ({peak:.1f} GFLOP/s, `onnx-train bench --gemm-peak`). A row over 100% cannot meet its goal by "
+            f"faster products alone, only by doing fewer multiply-adds than the count (Winograd for 3x3 convolutions): "
+            f"{over or 'none'}."]
+
+
 def report(args, train, scale_b, scale_i, inference, minutes):
+    peak = getattr(args, "gemm_peak_gflops", None)
+    needs_train, needs_infer = [], []
     peers = ("onnxruntime", "pytorch", "compile")
     out = ["## Real architectures: training step (issue 16)", "",
            f"Random weights, exported once by `Benchmarks/export_real.py` (TorchScript, opset 17) into `{args.real_cache.relative_to(ROOT) if args.real_cache.is_relative_to(ROOT) else args.real_cache}`;",
@@ -543,8 +571,8 @@ def report(args, train, scale_b, scale_i, inference, minutes):
            "PyTorch the same weights (AdamW, lr 1e-3, eps 1e-6). Sequence 128 for the language models. "
            f"{args.threads} threads, idle threads sleeping;",
            f"this part took {minutes:.1f} min. Goal: onnx-train at most {TRAIN_GOAL}x the fastest peer, peak RSS at most onnxruntime's.", "",
-           "| model | batch | GFLOP/step | onnx-train | onnxruntime 1.19.2 | PyTorch eager | torch.compile | onnx-train / fastest | time goal | peak RSS onnx-train | onnxruntime (model) | PyTorch | memory goal | first-loss diff vs onnxruntime |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| model | batch | GFLOP/step | onnx-train | onnxruntime 1.19.2 | PyTorch eager | torch.compile | onnx-train / fastest | time goal | goal needs | peak RSS onnx-train | onnxruntime (model) | PyTorch | memory goal | first-loss diff vs onnxruntime |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     failures = []
     for r in train:
         t = r.get("onnx-train", {})
@@ -555,12 +583,14 @@ def report(args, train, scale_b, scale_i, inference, minutes):
         comp = r.get("compile")
         comp_cell = "not run" if comp is None else ("failed" if "error" in comp else f"{ms(comp['median_ms'])} (compile {comp['compile_s']:.0f} s)")
         ratio, goal = against_fastest(t, ok_peers, TRAIN_GOAL)
+        share = goal_needs(t, ok_peers, TRAIN_GOAL, r.get("flops"), peak)
+        needs_train.append((r["variant"], share))
         o = r.get("onnxruntime", {})
         mem = "-" if "error" in t or "error" in o else ("met" if t["peak_rss_mb"] <= o["peak_rss_mb"] else "not met")
         o_rss = "failed" if "error" in o else f"{o['peak_rss_mb']:.0f} MiB ({o['model_rss_mb']:.0f})"
         diff = f"{r['first_loss_difference']:.1e}" if "first_loss_difference" in r else "-"
         out.append(f"| {describe(r)} | {r['batch']} | {r['flops'] / 1e9:.2f} | {cell(t)} | {cell(o)} | {cell(r.get('pytorch'))} | {comp_cell} "
-                   f"| {ratio} | {goal} | {cell(t, True)} | {o_rss} | {cell(r.get('pytorch'), True)} | {mem} | {diff} |")
+                   f"| {ratio} | {goal} | {needs_cell(share, peak)} | {cell(t, True)} | {o_rss} | {cell(r.get('pytorch'), True)} | {mem} | {diff} |")
     out += ["", "Medians of the timed steps (the count, chosen from the step's FLOPs, and p10 / p90 below); peak RSS is the child",
             "process's getrusage ru_maxrss, in brackets onnxruntime's growth over its imports (the training wheel imports torch).",
             "torch.compile: inductor, default mode, on one variant per architecture (`not run` elsewhere: compiling takes about",
@@ -568,6 +598,7 @@ def report(args, train, scale_b, scale_i, inference, minutes):
     for r in train:
         out.append(f"* {r['variant']} ({r['steps']} steps): " + "; ".join(
             f"{k} {r[k]['p10_ms']:.1f} / {r[k]['p90_ms']:.1f} ms" for k in ("onnx-train",) + peers if k in r and "error" not in r[k]))
+    out += over_peak_line(needs_train, peak, "step")
     if failures:
         out += ["", "Failures (the error line of each):", ""] + failures
     out += [""]
@@ -607,8 +638,8 @@ def report(args, train, scale_b, scale_i, inference, minutes):
             "1.19.2| over the first output on the same random feeds (`onnx-train infer`), beside that output's largest magnitude;",
             "for the zoo models on a copy with seeded random weights in place of the ConstantOfShape ones (constant weights give",
             "every class the same probability, which would hide a wrong kernel).", "",
-            "| model | batch | GFLOP | onnx-train | onnxruntime 1.19.2 | onnxruntime current | PyTorch | onnx-train / fastest | time goal | peak RSS onnx-train | ort 1.19.2 (model) | ort current | PyTorch | memory goal | max abs diff (scale) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| model | batch | GFLOP | onnx-train | onnxruntime 1.19.2 | onnxruntime current | PyTorch | onnx-train / fastest | time goal | goal needs | peak RSS onnx-train | ort 1.19.2 (model) | ort current | PyTorch | memory goal | max abs diff (scale) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ifail = []
     for r in inference:
         t = r["onnx-train"]
@@ -617,6 +648,8 @@ def report(args, train, scale_b, scale_i, inference, minutes):
             if k in r and "error" in r[k]:
                 ifail.append(f"* {r['model']} batch {r['batch']}, {k}: {r[k]['error']}")
         ratio, goal = against_fastest(t, ok, INFER_GOAL)
+        share = goal_needs(t, ok, INFER_GOAL, r.get("flops"), peak)
+        needs_infer.append((f"{r['model']} b{r['batch']}", share))
         d = r.get("difference")
         dcell = "-" if d is None else (f"{d:.1e} ({r['output_scale']:.2g})" if isinstance(d, float) else "failed")
         if isinstance(d, str):
@@ -629,7 +662,8 @@ def report(args, train, scale_b, scale_i, inference, minutes):
             ("met" if all(t["peak_rss_mb"] <= x["peak_rss_mb"] for x in orts) else "not met")
         flops = f"{r['flops'] / 1e9:.2f}" if r.get("flops") else "-"
         out.append(f"| {r['model']} | {r['batch']} | {flops} | {cell(t)} | {cell(o)} | {cell(r['ort-current'])} | {cell(r.get('pytorch'))} "
-                   f"| {ratio} | {goal} | {cell(t, True)} | {o_rss} | {cell(r['ort-current'], True)} | {cell(r.get('pytorch'), True)} | {mem} | {dcell} |")
+                   f"| {ratio} | {goal} | {needs_cell(share, peak)} | {cell(t, True)} | {o_rss} | {cell(r['ort-current'], True)} | {cell(r.get('pytorch'), True)} | {mem} | {dcell} |")
+    out += over_peak_line(needs_infer, peak, "run")
     if ifail:
         out += ["", "Failures (the error line of each):", ""] + ifail
     out += ["", "p90 latency (ms): " + "; ".join(
