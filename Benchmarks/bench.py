@@ -55,6 +55,8 @@ RUNTIMES = ("onnx-train", "onnxruntime", "pytorch")
 NETWORK_GBIT = 10  # the modelled network of the data-parallel table
 MODEL_MACHINES = (4, 8, 16, 32, 64)
 GOAL_RATIO = 0.8  # issue 6: onnx-train's median step <= 0.8 x the faster peer's
+CORE_PROBE_MS = 200  # how long `onnx-train bench --core-probe` runs before and after each MLP process
+UNEVEN_CORES = 0.9  # a slowest-to-fastest core ratio below this (wall or CPU time) is an uneven pair
 SLOW_HANDOFF_NS = 300  # the cache-line round trip above which the machine is in its slow state (README)
 MLP_PEAK_GOAL = 0.7  # issue 16: the MLP's step at >= 70% of the GEMM peak in every one of 20 processes
 
@@ -96,6 +98,16 @@ def handoff_probe(binary, rounds):
     if done.returncode != 0:
         raise SystemExit(f"bench: the hand-off probe failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])["round_trip_ns"]
+
+
+def core_probe(binary, milliseconds):
+    """Each core's sgemm speed right now (`onnx-train bench --core-probe`): the slowest thread's GFLOP/s
+    over the fastest's, per wall second and per second of its own CPU time, and the per-CPU-second rates."""
+    done = subprocess.run([str(binary), "bench", "--core-probe", str(milliseconds)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: the core probe failed:\n{done.stderr[-2000:]}")
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"wall_ratio": r["slowest_to_fastest_wall"], "cpu_ratio": r["slowest_to_fastest_cpu"], "gflops_cpu": r["gflops_cpu"]}
 
 
 def export(models, out):
@@ -255,14 +267,18 @@ def mlp_processes(args, peak):
         # after each process: in this virtual machine's slow state the round trip is several times its
         # usual 50-200 ns for seconds at a time, and the MLP (many small products whose outputs move
         # between the cores) slows with it while a large GEMM does not (Benchmarks/README.md).
-        before = handoff_probe(args.binary, handoff_rounds(args))
+        # And each core's speed (both at once, small single-threaded sgemms): a process slow beside an
+        # uneven pair (one core slower per CPU second, or one that lost its core for a while) is the
+        # host's doing; one slow beside an even pair is ours to explain.
+        before, cores_before = handoff_probe(args.binary, handoff_rounds(args)), core_probe(args.binary, CORE_PROBE_MS)
         run_args = argparse.Namespace(**{**vars(args), "steps": args.steps * 4})
         result = run_onnx_train(args.binary, folder, run_args, infer=False)
-        after = handoff_probe(args.binary, handoff_rounds(args))
+        after, cores_after = handoff_probe(args.binary, handoff_rounds(args)), core_probe(args.binary, CORE_PROBE_MS)
         median = statistics.median(result["times"])
         lines.append({"process": i + 1, "median_ms": 1000 * median, "gflops": flops / (median * 1e9),
                       "fraction": flops / (median * 1e9) / peak["gflops"],
-                      "handoff_before_ns": before, "handoff_after_ns": after})
+                      "handoff_before_ns": before, "handoff_after_ns": after,
+                      "cores_before": cores_before, "cores_after": cores_after})
         print(json.dumps(lines[-1]), flush=True)
     return lines
 
@@ -278,15 +294,31 @@ def mlp_processes_report(args, lines, peak):
            f"Just before and just after each process, `onnx-train bench --handoff-probe {handoff_rounds(args)}` bounces one cache line",
            f"between two threads and gives the round trip (median of 5 runs). It is ~50-200 ns on this machine normally;",
            f"above {SLOW_HANDOFF_NS} ns the virtual machine is in its slow state, in which data crossing between the cores costs",
-           f"several times more (Benchmarks/README.md): a slow process beside a slow probe is the machine's state.", "",
-           f"| process | median step | GFLOP/s | share of peak | round trip before | after |",
-           "|---|---|---|---|---|---|"]
+           f"several times more (Benchmarks/README.md): a slow process beside a slow probe is the machine's state.",
+           f"`onnx-train bench --core-probe {CORE_PROBE_MS}` runs small single-threaded sgemms on both cores at once: the cores",
+           f"columns give the slower thread's speed over the faster's per wall second and per second of its own CPU time",
+           f"(below {UNEVEN_CORES} the pair is uneven: a core slower right now, or one the host took away for a while).", "",
+           f"| process | median step | GFLOP/s | share of peak | round trip before | after | cores before (wall / CPU) | after |",
+           "|---|---|---|---|---|---|---|---|"]
     out += [f"| {l['process']} | {fmt_ms(l['median_ms'])} | {l['gflops']:.1f} | {l['fraction']:.0%} | "
-            f"{l['handoff_before_ns']:.0f} ns | {l['handoff_after_ns']:.0f} ns |" for l in lines]
+            f"{l['handoff_before_ns']:.0f} ns | {l['handoff_after_ns']:.0f} ns | {cores_cell(l['cores_before'])} | "
+            f"{cores_cell(l['cores_after'])} |" for l in lines]
     slow = [l for l in lines if max(l["handoff_before_ns"], l["handoff_after_ns"]) > SLOW_HANDOFF_NS]
     shares = ", ".join(f"{l['fraction']:.0%}" for l in slow)
     out += ["", f"Processes beside a slow probe (> {SLOW_HANDOFF_NS} ns): {len(slow)}" + (f", at {shares} of the peak." if slow else ".")]
+    uneven = [l for l in lines if uneven_cores(l["cores_before"]) or uneven_cores(l["cores_after"])]
+    uneven_shares = ", ".join(f"{l['fraction']:.0%}" for l in uneven)
+    out += [f"Processes beside an uneven core pair (< {UNEVEN_CORES}): {len(uneven)}"
+            + (f", at {uneven_shares} of the peak." if uneven else ".")]
     return out
+
+
+def cores_cell(c):
+    return f"{c['wall_ratio']:.2f} / {c['cpu_ratio']:.2f}"
+
+
+def uneven_cores(c):
+    return min(c["wall_ratio"], c["cpu_ratio"]) < UNEVEN_CORES
 
 
 def data_parallel(args, models):

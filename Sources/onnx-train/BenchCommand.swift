@@ -32,7 +32,10 @@ struct BenchCommand: ParsableCommand {
         With --handoff-probe N it bounces one cache line between two threads N times, five \
         times over, and prints the round trip in nanoseconds (median and minimum of the five): \
         how much it costs the machine right now to pass data from one core to the other. \
-        OpenBLAS's thread count comes from OPENBLAS_NUM_THREADS.
+        With --core-probe MS one thread per core runs 120×120×120 sgemms for MS milliseconds, \
+        all at once, and prints each thread's GFLOP/s per second of wall time and per second of \
+        its own CPU time: a core slower than the others right now, or one taken away for a while, \
+        shows. OpenBLAS's thread count comes from OPENBLAS_NUM_THREADS.
 
         \(CLIFailure.exitCodeHelp)
         """
@@ -68,9 +71,16 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .customLong("handoff-probe"), help: "Time N round trips of one cache line between two threads instead (five runs).")
     var handoffProbe: Int?
 
+    @Option(name: .customLong("core-probe"), help: "Run small sgemms on every core at once for MS milliseconds and print each core's GFLOP/s instead.")
+    var coreProbe: Int?
+
     func run() throws {
-        let group = gemmPeak == nil && handoffProbe == nil ? try ParallelJob.join() : nil
+        let group = gemmPeak == nil && handoffProbe == nil && coreProbe == nil ? try ParallelJob.join() : nil
         try ParallelJob.run(group) {
+            if let ms = coreProbe {
+                print(try Self.json(try Self.cores(milliseconds: ms)))
+                return
+            }
             if let n = handoffProbe {
                 print(try Self.json(try Self.handoff(rounds: n)))
                 return
@@ -79,7 +89,7 @@ struct BenchCommand: ParsableCommand {
                 print(try Self.json(try Self.gemm(n: n, runs: max(steps, 1))))
                 return
             }
-            guard let folder else { throw OnnxTrainError.invalidInput("bench needs MODEL.onnx --infer, a FOLDER, --gemm-peak N or --handoff-probe N") }
+            guard let folder else { throw OnnxTrainError.invalidInput("bench needs MODEL.onnx --infer, a FOLDER, --gemm-peak N, --handoff-probe N or --core-probe MS") }
             if folder.hasSuffix(".onnx") {
                 guard infer else { throw OnnxTrainError.invalidInput("\(folder): a model is timed with --infer (training is timed on artifact folders)") }
                 try inferModel(folder)
@@ -250,6 +260,54 @@ struct BenchCommand: ParsableCommand {
         let best = min(bestSplit, bestOpenBLAS)
         return ["n": n, "best_s": best, "gflops": flops / best / 1e9, "threads": BLAS.threadCount,
                 "split_gflops": flops / bestSplit / 1e9, "openblas_gflops": flops / bestOpenBLAS / 1e9]
+    }
+
+    /// Each core's speed right now: one thread per core, all started together, each running
+    /// 120×120×120 sgemms (below the pool's split threshold, so each stays on its thread) for
+    /// `milliseconds`. Per thread: GFLOP/s over the wall time (what a kernel split evenly across the
+    /// threads gets from it) and over the thread's own CPU time (the core's speed while it ran the
+    /// thread). A thread slow on both runs on a slower core (a busy neighbour on the host); one slow
+    /// only on the wall clock lost its core for a while.
+    static func cores(milliseconds: Int) throws -> [String: Any] {
+        guard milliseconds > 0 && milliseconds <= 60_000 else { throw OnnxTrainError.invalidInput("--core-probe must be in 1...60000 (milliseconds)") }
+        let threads = max(1, ProcessInfo.processInfo.activeProcessorCount), n = 120
+        let started = Atomic<Int>(0)
+        let results = Mutex<[(wall: Double, cpu: Double)]>([])
+        let done = DispatchSemaphore(value: 0)
+        for _ in 0..<threads {
+            Thread.detachNewThread {
+                var a = [Float](repeating: 0, count: n * n), b = a, c = a
+                for i in 0..<(n * n) { a[i] = Float(i % 7) * 0.25 - 0.5; b[i] = Float(i % 5) * 0.125 - 0.25 }
+                // Start together: every thread waits until all are running.
+                started.add(1, ordering: .acquiringAndReleasing)
+                while started.load(ordering: .acquiring) < threads { sched_yield() }
+                let clock = ContinuousClock(), start = clock.now, cpuStart = threadCPUSeconds()
+                var products = 0
+                a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in c.withUnsafeMutableBufferPointer { pc in
+                    repeat {
+                        BLAS.gemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: pa.baseAddress!, lda: n,
+                                  b: pb.baseAddress!, ldb: n, beta: 0, c: pc.baseAddress!, ldc: n)
+                        products += 1
+                    } while seconds(clock.now - start) * 1000 < Double(milliseconds)
+                } } }
+                let flops = 2 * Double(n * n * n * products) / 1e9
+                let wall = seconds(clock.now - start), cpu = threadCPUSeconds() - cpuStart
+                results.withLock { $0.append((flops / wall, flops / max(cpu, 1e-9))) }
+                done.signal()
+            }
+        }
+        for _ in 0..<threads { done.wait() }
+        let rates = results.withLock { $0 }.sorted { $0.wall > $1.wall }
+        return ["milliseconds": milliseconds, "threads": threads,
+                "gflops_wall": rates.map(\.wall), "gflops_cpu": rates.map(\.cpu),
+                "slowest_to_fastest_wall": rates.last!.wall / rates.first!.wall,
+                "slowest_to_fastest_cpu": rates.map(\.cpu).min()! / rates.map(\.cpu).max()!]
+    }
+
+    private static func threadCPUSeconds() -> Double {
+        var t = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
     }
 
     /// One cache line two threads hand back and forth: the ping thread writes odd values, the pong
