@@ -35,6 +35,7 @@ public struct PassPipeline {
             TransposeIntoMatMul(),
             StridedMatMulFusion(),
             PowerToMul(),
+            GeluFusion(),
             ClipGradientFusion(),
             ElementwiseFusion(registry: registry),
             ProductIntoAccumulator(),

@@ -54,6 +54,12 @@ extension Node {
         default: return nil
         }
     }
+    public func strings(_ name: String) -> [String]? {
+        switch attributes[name] {
+        case .strings(let v)?: return v
+        default: return nil
+        }
+    }
     /// Input `i`, or nil when it is absent or "".
     public func input(_ i: Int) -> String? { i < inputs.count && !inputs[i].isEmpty ? inputs[i] : nil }
     /// Output `i`, or nil when it is absent or "".
@@ -172,6 +178,20 @@ public struct TypeInference {
             let y = matmulShape(permuted(x?.shape, node.ints("permA")), permuted(input(1)?.shape, node.ints("permB")),
                                 transA: node.int("transA") == 1, transB: node.int("transB") == 1)
             return [TensorInfo(dtype: dtype, shape: permuted(y, node.ints("permY")))]
+        }
+        // ElementwiseChain (ElementwiseFusion): its start's type (every input shares it), the
+        // start broadcast with every binary step's operand and every ClipGradient step's x, bounds
+        // and fill (as that op's own rule); a Clip step's scalar bounds and the Softmax keep it.
+        if node.domain == internalDomain && op == "ElementwiseChain" {
+            guard let ops = node.strings("ops"), let operands = node.ints("operands"), ops.count == operands.count else {
+                return [TensorInfo(dtype: dtype, shape: nil)]
+            }
+            var shapes = [x?.shape]
+            for (name, k) in zip(ops, operands) {
+                if ElementwiseChainKernel.binaryOps.contains(name) { shapes.append(input(k)?.shape) }
+                if name == "ClipGradient" { shapes += (k..<(k + 4)).map { input($0)?.shape } }
+            }
+            return [TensorInfo(dtype: dtype, shape: broadcast(shapes))]
         }
         guard node.domain.isEmpty || node.domain == "com.microsoft" else { return [] }
         if op == "Constant" { return [TypeInference.constantValue(node).map { TensorInfo(dtype: $0.dtype, shape: $0.shape.map { .value($0) }) }] }
