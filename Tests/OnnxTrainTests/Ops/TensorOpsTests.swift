@@ -112,6 +112,59 @@ final class TensorOpsTests: XCTestCase {
         XCTAssertThrowsError(try runNode("Reshape", opset: 14, [empty, i64([0, -1])], attributes: ["allowzero": .int(1)]))
     }
 
+    /// Concat and Split of more than `BlockCopies.threadedBytes` cut their copies into pieces
+    /// spread over the threads: every element against its index map (int32 values that name
+    /// their position), along an inner and an outer axis, with parts of uneven sizes and one empty.
+    func testLargeConcatAndSplitMatchTheIndexMap() throws {
+        let threads = Parallel.threadCount
+        Parallel.threadCount = 2
+        defer { Parallel.threadCount = threads }
+        let widths = [3, 0, 70, 1]
+        let parts = widths.enumerated().map { k, w in
+            Tensor(shape: [5, w, 71, 37], scalars: (0..<(5 * w * 71 * 37)).map { Int32(k << 24 + $0) })
+        }
+        XCTAssertGreaterThan(5 * widths.reduce(0, +) * 71 * 37 * 4, BlockCopies.threadedBytes)
+        let c = try runNode("Concat", opset: 13, parts, attributes: ["axis": .int(1)])[0]
+        XCTAssertEqual(c.shape, [5, 74, 71, 37])
+        var expected: [Int32] = []
+        for n in 0..<5 { for (k, w) in widths.enumerated() { for i in 0..<(w * 71 * 37) { expected.append(Int32(k << 24 + n * w * 71 * 37 + i)) } } }
+        XCTAssertEqual(c.scalars(as: Int32.self), expected)
+        // Along the outer axis: the parts one after the other.
+        let flat = parts.filter { $0.count > 0 }.map { $0.reshaped([$0.count]) }
+        let outer = try runNode("Concat", opset: 13, flat, attributes: ["axis": .int(0)])[0]
+        XCTAssertEqual(outer.scalars(as: Int32.self), flat.flatMap { $0.scalars(as: Int32.self) })
+        // Split undoes the Concat.
+        let split = try runNode("Split", opset: 18, [c, i64(widths.map { Int64($0) })], attributes: ["axis": .int(1)], outputs: 4)
+        for (k, part) in split.enumerated() {
+            XCTAssertEqual(part.shape, parts[k].shape)
+            XCTAssertEqual(part.scalars(as: Int32.self), parts[k].scalars(as: Int32.self), "part \(k)")
+        }
+    }
+
+    /// Strided copies of more than `BlockCopies.threadedBytes` spread their rows over the threads
+    /// (each thread starting its own walk over the outer axes): a channel shuffle's Transpose
+    /// (runs of unit stride) and a Slice with step 2 on the last axis, against their index maps.
+    func testLargeStridedCopiesMatchTheIndexMap() throws {
+        let threads = Parallel.threadCount
+        Parallel.threadCount = 2
+        defer { Parallel.threadCount = threads }
+        let shape = [3, 4, 50, 25, 41]
+        let x = Tensor(shape: shape, scalars: (0..<shape.reduce(1, *)).map { Int32($0) })
+        XCTAssertGreaterThan(x.count * 4, BlockCopies.threadedBytes)
+        let t = try runNode("Transpose", opset: 13, [x], attributes: ["perm": .ints([0, 2, 1, 3, 4])])[0]
+        XCTAssertEqual(t.shape, [3, 50, 4, 25, 41])
+        var expected: [Int32] = []
+        for a in 0..<3 { for b in 0..<50 { for c in 0..<4 { for r in 0..<(25 * 41) { expected.append(Int32(((a * 4 + c) * 50 + b) * 1025 + r)) } } } }
+        XCTAssertEqual(t.scalars(as: Int32.self), expected)
+        let flat = x.reshaped([1500, 410])
+        let sliced = try runNode("Slice", opset: 13, [flat, i64([1]), i64([410]), i64([1]), i64([2])])[0]
+        XCTAssertEqual(sliced.shape, [1500, 205])
+        XCTAssertGreaterThan(sliced.count * 4, BlockCopies.threadedBytes)
+        var every2: [Int32] = []
+        for r in 0..<1500 { for c in stride(from: 1, to: 410, by: 2) { every2.append(Int32(r * 410 + c)) } }
+        XCTAssertEqual(sliced.scalars(as: Int32.self), every2)
+    }
+
     func testLoopWithZeroTripsGivesEmptyScanOutput() throws {
         // body(i, cond, s) -> (cond, s + 1, s): a carried count and a scan output of its history.
         var body = Graph()

@@ -66,19 +66,42 @@ private struct StridedCopy: ElementMove {
             tiledCopy(src, dst, contiguousAxis: p)
             return out
         }
-        var rows = Odometer(shape: shape, strides: [strides], start: SIMD4(offset, 0, 0, 0))
-        var o = 0
-        let inner = shape[rank - 1], step = strides[rank - 1]
-        while o < n {
-            let base = rows.offsets[0]
-            if step == 1 {
-                (dst + o).update(from: src + base, count: inner)
-                o += inner
-            } else {
-                var x = base
-                for _ in 0..<inner { dst[o] = src[x]; o += 1; x += step }
+        let inner = shape[rank - 1], step = strides[rank - 1], rowCount = n / inner
+        let (outShape, viewStrides, start) = (shape, strides, offset)
+        /// Output rows `rows` (runs of the last axis), each from its source offset.
+        func copyRows(_ rows: Range<Int>) {
+            // The first row's index over the outer axes and its source offset, then row by row.
+            var index = [Int](repeating: 0, count: rank - 1)
+            var base = start, rest = rows.lowerBound
+            for d in stride(from: rank - 2, through: 0, by: -1) {
+                index[d] = rest % outShape[d]
+                rest /= outShape[d]
+                base += index[d] * viewStrides[d]
             }
-            rows.advance(axes: rank - 1)
+            for r in rows {
+                let o = r * inner
+                if step == 1 {
+                    (dst + o).update(from: src + base, count: inner)
+                } else {
+                    var x = base
+                    for k in 0..<inner { dst[o + k] = src[x]; x += step }
+                }
+                var d = rank - 2
+                while d >= 0 {
+                    index[d] += 1
+                    base += viewStrides[d]
+                    if index[d] < outShape[d] { break }
+                    base -= viewStrides[d] * outShape[d]
+                    index[d] = 0
+                    d -= 1
+                }
+            }
+        }
+        // Large copies (ShuffleNet's channel shuffles at batch 32) spread their rows over the threads.
+        if n * MemoryLayout<T>.stride >= BlockCopies.threadedBytes {
+            Parallel.forRange(rowCount, minimumChunk: max(1, 16_384 / inner)) { copyRows($0) }
+        } else {
+            copyRows(0..<rowCount)
         }
         return out
     }
@@ -136,9 +159,10 @@ private struct BlockGather: ElementMove {
             return try take(t, starts.flatMap { $0..<($0 + block) }, shape: shape)
         }
         let out = Tensor(uninitialized: t.dtype, shape: shape)
-        let src = t.storage.bytes.assumingMemoryBound(to: T.self)
-        let dst = out.storage.bytes.assumingMemoryBound(to: T.self)
-        for (k, s) in starts.enumerated() where block > 0 { (dst + k * block).update(from: src + s, count: block) }
+        let size = MemoryLayout<T>.stride
+        let src = UnsafeRawPointer(t.storage.bytes), dst = out.storage.bytes
+        guard block > 0 else { return out }
+        BlockCopies.run(starts.enumerated().map { (k, s) in (dst + k * block * size, src + s * size, block * size) })
         return out
     }
 }
@@ -173,14 +197,49 @@ private struct BlockCopy: ElementMove {
         // Whole blocks with memcpy: Concat along an outer axis is a handful of large copies.
         let out = Tensor(uninitialized: dtype, shape: outShape)
         let size = MemoryLayout<T>.stride
+        var copies: [BlockCopies.Copy] = []
+        copies.reserveCapacity(outer * parts.count)
         var dst = out.storage.bytes
         for o in 0..<outer {
             for (k, part) in parts.enumerated() where blocks[k] > 0 {
-                dst.copyMemory(from: part.storage.bytes + o * blocks[k] * size, byteCount: blocks[k] * size)
+                copies.append((dst, UnsafeRawPointer(part.storage.bytes + o * blocks[k] * size), blocks[k] * size))
                 dst += blocks[k] * size
             }
         }
+        BlockCopies.run(copies)
         return out
+    }
+}
+
+/// Byte copies between disjoint blocks, spread over the threads when they are large: Concat and
+/// Split of activations are memory-bound copies (a batch-32 SqueezeNet's Concats move 200 MB per
+/// run), which on one thread left the other core idle for 4-5% of the run.
+enum BlockCopies {
+    typealias Copy = (dst: UnsafeMutableRawPointer, src: UnsafeRawPointer, bytes: Int)
+    /// Fewer bytes than this in all are copied on the calling thread.
+    static let threadedBytes = 1 << 20
+    /// Copies are cut into pieces of at most this many bytes, so the threads get equal shares.
+    static let pieceBytes = 1 << 17
+
+    static func run(_ copies: [Copy]) {
+        let total = copies.reduce(0) { $0 + $1.bytes }
+        guard total >= threadedBytes, Parallel.threadCount > 1, !Parallel.isInsideRegion else {
+            for c in copies { c.dst.copyMemory(from: c.src, byteCount: c.bytes) }
+            return
+        }
+        var pieces: [Copy] = []
+        pieces.reserveCapacity(total / pieceBytes + copies.count)
+        for c in copies {
+            var offset = 0
+            while offset < c.bytes {
+                let n = min(pieceBytes, c.bytes - offset)
+                pieces.append((c.dst + offset, c.src + offset, n))
+                offset += n
+            }
+        }
+        Parallel.forRange(pieces.count) { r in
+            for i in r { pieces[i].dst.copyMemory(from: pieces[i].src, byteCount: pieces[i].bytes) }
+        }
     }
 }
 
