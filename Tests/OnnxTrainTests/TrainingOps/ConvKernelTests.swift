@@ -190,8 +190,9 @@ final class ConvKernelTests: XCTestCase {
         print("ConvKernelTests: convGemm pieces vs float64, largest error / bound \(largest)")
     }
 
-    /// FusedConv applies Z and Relu to each tile of the convolution (ConvEpilogue) and to the whole
-    /// output after the depthwise and blocked kernels: bit for bit Relu(Conv + Z) of the standalone
+    /// FusedConv applies Z and Relu to each tile of the convolution (ConvEpilogue), to each output
+    /// row the blocked kernel scatters, and to the whole output after the depthwise kernel: bit for
+    /// bit Relu(Conv + Z) of the standalone
     /// Conv, with Z and without, float32 and float64.
     func testFusedConvEpilogueMatchesConvAddRelu() throws {
         for (i, c) in Self.cases.enumerated() {

@@ -76,7 +76,11 @@ func convGemm<T: FloatElement>(transA: Bool, transB: Bool, m: Int, n: Int, k: In
     }
     let width = convSmallProductWork / (m * k) / 16 * 16
     if width >= 64 && n > width {
-        let pieces = (n + width - 1) / width, step = ((n + pieces - 1) / pieces + 15) / 16 * 16
+        var pieces = (n + width - 1) / width
+        // Spread over the threads, a multiple of their count (3 pieces on 2 threads left one
+        // thread a third of the product idle).
+        if threaded { pieces = (pieces + Parallel.threadCount - 1) / Parallel.threadCount * Parallel.threadCount }
+        let step = ((n + pieces - 1) / pieces + 15) / 16 * 16
         let count = (n + step - 1) / step
         func piece(_ i: Int) {
             let j0 = i * step, j1 = min(n, j0 + step)
@@ -135,32 +139,46 @@ func im2colSideBySide<T: TensorElement>(_ x: UnsafePointer<T>, images: Int, imag
 ///
 /// X [N, C, in...], W [M, C/G, k...], bias [M]? -> Y [N, M, out...]. Per block and group:
 /// colB [C/G·K, B·P] holds the images' columns side by side, yB [M/G, B·P] = W_g · colB, then
-/// yB is scattered into Y (plus bias).
+/// yB is scattered into Y (plus bias, then `epilogue` on each row while it is in cache: a pass
+/// over the whole output afterwards read it back from memory, 22 MB for SqueezeNet's last layer
+/// at batch 32). The gather and the scatter spread (image, channel) rows over the threads.
 func convolutionBlocked<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePointer<T>, bias: UnsafePointer<T>?, _ Y: UnsafeMutablePointer<T>,
-                                         images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, block: Int) {
+                                         images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, block: Int,
+                                         epilogue: ConvEpilogue<T>? = nil) {
     let cg = c / group, mg = m / group, K = g.kernelSize, P = g.outputSize, I = g.inputSize, rows = cg * K
     let taps = ConvTapRows.all(g)
     let col = UnsafeMutablePointer<T>.allocate(capacity: rows * block * P)
     let yB = UnsafeMutablePointer<T>.allocate(capacity: mg * block * P)
     defer { col.deallocate(); yB.deallocate() }
+    let rowChunk = max(1, 8_192 / max(P, 1))
     for start in stride(from: 0, to: n, by: block) {
         let bc = min(block, n - start), ld = bc * P
         for gi in 0..<group {
-            im2colSideBySide(X + (start * c + gi * cg) * I, images: bc, imageStride: c * I, channels: cg, g, col, taps: taps)
+            // colB: image j's channel ch in rows ch·K..<(ch + 1)·K, columns j·P..<(j + 1)·P.
+            let x = X + (start * c + gi * cg) * I
+            Parallel.forRange(bc * cg, minimumChunk: rowChunk) { items in
+                var item = items.lowerBound
+                while item < items.upperBound {
+                    let j = item / cg, ch = item % cg, count = min(cg - ch, items.upperBound - item)
+                    im2col(x + j * c * I + ch * I, channels: count, g, col + ch * K * ld + j * P, ld: ld, taps: taps)
+                    item += count
+                }
+            }
             // yB [mg, B·P] = W_g [mg, rows] · colB [rows, B·P]
             convGemm(transA: false, transB: false, m: mg, n: ld, k: rows, a: W + gi * mg * rows, lda: rows,
                       b: col, ldb: ld, beta: T(0), c: yB, ldc: ld)
-            Parallel.forRange(bc) { images in
-                for j in images {
-                    for o in 0..<mg {
-                        let dst = Y + ((start + j) * m + gi * mg + o) * P, src = yB + o * ld + j * P
-                        if let bias {
-                            let b = bias[gi * mg + o]
-                            for p in 0..<P { dst[p] = src[p] + b }
-                        } else {
-                            dst.update(from: src, count: P)
-                        }
+            Parallel.forRange(bc * mg, minimumChunk: rowChunk) { items in
+                for item in items {
+                    let j = item / mg, o = item % mg
+                    let at = ((start + j) * m + gi * mg + o) * P
+                    let dst = Y + at, src = yB + o * ld + j * P
+                    if let bias {
+                        let b = bias[gi * mg + o]
+                        for p in 0..<P { dst[p] = src[p] + b }
+                    } else {
+                        dst.update(from: src, count: P)
                     }
+                    epilogue?.apply(Y, at, P)
                 }
             }
         }
