@@ -34,6 +34,10 @@ final class PoolingRowsTests: XCTestCase {
         Case(label: "3x3 stride 1 pad 1, 14 wide (register blocks of eight and four)", x: [1, 3, 14, 14], kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: false),
         Case(label: "3x3 stride 2, 13 wide (a register block of four at stride 2)", x: [1, 2, 5, 13], kernel: [3, 3], strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], ceil: false),
         Case(label: "2x4 stride 1x2 pads past the row ends", x: [1, 2, 4, 26], kernel: [2, 4], strides: [1, 2], pads: [1, 3, 0, 4], dilations: [1, 1], ceil: true),
+        // Wide rows with and without padding at column strides 1 and 2.
+        Case(label: "3x3 stride 2, 111 wide (SqueezeNet's first pool)", x: [2, 2, 7, 111], kernel: [3, 3], strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], ceil: false),
+        Case(label: "3x3 stride 1 pad 1, 70 wide", x: [1, 2, 5, 70], kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: false),
+        Case(label: "2x3 stride 2 dilation 1x3 pads 0x5 / 1x6, 90 wide", x: [1, 2, 4, 90], kernel: [2, 3], strides: [1, 2], pads: [0, 5, 1, 6], dilations: [1, 3], ceil: true),
     ]
 
     /// x with some NaNs, -infs, -0s and ties (values rounded to halves), in float32.

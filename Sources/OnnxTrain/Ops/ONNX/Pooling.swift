@@ -340,7 +340,9 @@ extension PoolTapRuns {
         let width = max(pw + iw, reach + taps + 2)
         guard width <= 16_384, ih <= (1 << 22) / width else { return nil }
         let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize, K = g.kernelSize
-        var y = try Tensor(kernelZeros: .float32, shape: Array(x.shape.prefix(2)) + g.output, name)
+        // Every output row with in-image kernel rows is written below, the others zeroed there.
+        var y = I == 0 ? try Tensor(kernelZeros: .float32, shape: Array(x.shape.prefix(2)) + g.output, name)
+                       : try Tensor(kernelUninitialized: .float32, shape: Array(x.shape.prefix(2)) + g.output, name)
         if y.count == 0 || I == 0 { return y }
         let runs = PoolTapRuns(g)
         let fill: Float = Fold.isMax ? -.infinity : 0
@@ -358,13 +360,17 @@ extension PoolTapRuns {
                     for ch in channels {
                         let src = X + ch * I
                         for r in 0..<ih { (plane + r * width + pw).update(from: src + r * iw, count: iw) }
-                        for i in 0..<oh where runs.kiLo[i] < runs.kiHi[i] {
+                        for i in 0..<oh {
+                            let d = Y + ch * P + i * ow
+                            guard runs.kiLo[i] < runs.kiHi[i] else {
+                                d.update(repeating: 0, count: ow)
+                                continue
+                            }
                             if sw == 1 {
                                 foldRow(plane, out, i, sw: 1)
                             } else {
                                 foldRow(plane, out, i, sw: 2)
                             }
-                            let d = Y + ch * P + i * ow
                             d.update(from: out, count: ow)
                             finish(runs, d, i)
                         }
