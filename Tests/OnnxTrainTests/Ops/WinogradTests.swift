@@ -6,8 +6,7 @@ import XCTest
 /// than a tile, rows of tiles that end in a partial group of eight, batches), FusedConv's Z + Relu
 /// epilogue, and ConvGrad's dX and dW (dB sums dY). Errors are max |y - y64| / max |y64| per
 /// output; the largest measured are printed, and the bounds sit just above them: F(2×2) forward
-/// 2.0e-7, dX 2.3e-7 and dW 2.5e-7 (bound 3e-7), F(4×4) forward 3.4e-6 and dX 3.2e-6 (bound 5e-6;
-/// 4.1e-6 seen with other seeds) and dW 2.6e-6 (bound 4e-6); im2col + sgemm on the same cases
+/// 2.0e-7, dX 2.3e-7 and dW 2.5e-7 (bound 3e-7), F(4×4) forward 4.1e-6 and dX 3.2e-6 (bound 5e-6) and dW 2.6e-6 (bound 4e-6); im2col + sgemm on the same cases
 /// 4.0e-7 (bound 5e-7). F(4×4)'s transforms (points 0, ±1, ±2; Aᵀ weights
 /// up to 8) cost about ten times im2col's rounding; it is the variant the kernel uses.
 final class WinogradTests: XCTestCase {
@@ -191,6 +190,72 @@ final class WinogradTests: XCTestCase {
         XCTAssertNil(winogradGradWTile(images: 8, channels: 512, outputs: 512, group: 1, try geometry(7, 7)))           // 32
         XCTAssertNil(winogradGradWTile(images: 4, channels: 256, outputs: 256, group: 1, try geometry(14, 14)))         // 64
         XCTAssertNil(winogradGradWTile(images: 8, channels: 16, outputs: 64, group: 1, try geometry(56, 56)))           // 16 channels
+    }
+
+    /// The column phases (`winogradPhases`, four phases split eight floats at a time by vector
+    /// shuffles, one phase copied as a run) against a plain loop, bit for bit: rows inside and
+    /// outside the plane, pads 0 to 5, widths around the vector blocks' 32 columns.
+    func testPhasesMatchPlainLoop() {
+        for phases in [1, 2, 4] { for columns in [1, 3, 5, 8, 31, 32, 33, 36, 40, 41, 63, 64, 65, 70, 97, 130] { for padLeft in 0...5 {
+            let rows = 3, length = (columns + padLeft + phases - 1) / phases + 9
+            let plane = (0..<(rows * columns)).map { Float($0) + 0.5 }
+            for firstRow in [-2, 0, 1] {
+                let count = 4
+                var got = [Float](repeating: .nan, count: count * phases * length)
+                plane.withUnsafeBufferPointer { p in
+                    got.withUnsafeMutableBufferPointer { g in
+                        winogradPhases(p.baseAddress!, rows: rows, columns: columns, firstRow: firstRow, padLeft: padLeft,
+                                       count: count, phases: phases, length: length, into: g.baseAddress!)
+                    }
+                }
+                var want = [Float](repeating: 0, count: count * phases * length)
+                for k in 0..<count { for q in 0..<phases { for j in 0..<length {
+                    let (row, column) = (firstRow + k, j * phases + q - padLeft)
+                    if row >= 0, row < rows, column >= 0, column < columns { want[(k * phases + q) * length + j] = plane[row * columns + column] }
+                } } }
+                XCTAssertEqual(got, want, "phases \(phases), \(columns) columns, pad \(padLeft), first row \(firstRow)")
+            }
+        } } }
+    }
+
+    /// The transformed weights (`winogradWeights`, a loop of fused multiply-adds in tap order) against
+    /// float64 sums of the same float32 coefficients (largest relative error measured 3.9e-8, bound
+    /// 1e-7) and against the sgemm it replaces (U = Gk · Wᵀ, K = 9; 1.2e-7 measured, bound 2e-7: its
+    /// small-matrix kernel sums in another order), for kernel counts with and without a partial
+    /// block of eight, flipped or not.
+    func testWeightsMatchFloat64AndSgemm() {
+        var largest = 0.0, largestSgemm = 0.0
+        for kernels in [1, 7, 8, 9, 23, 64, 4099] { for flipped in [false, true] {
+            let w: [Float] = (0..<(kernels * 9)).map { (i: Int) -> Float in
+                let angle: Double = Double(i) * 0.37 + Double(kernels)
+                let scale: Float = 1 + Float(i % 5)
+                return Float(sin(angle)) * scale
+            }
+            let gk = winogradTapMatrix(WinogradF4.self, flipped: flipped), nn = 36
+            var u = [Float](repeating: .nan, count: nn * kernels), viaSgemm = [Float](repeating: .nan, count: nn * kernels)
+            w.withUnsafeBufferPointer { pw in
+                u.withUnsafeMutableBufferPointer { pu in
+                    winogradWeights(WinogradF4.self, pw.baseAddress!, kernels: kernels, flipped: flipped, into: pu.baseAddress!)
+                }
+                gk.withUnsafeBufferPointer { pg in
+                    viaSgemm.withUnsafeMutableBufferPointer { pv in
+                        BLAS.gemm(transA: false, transB: true, m: nn, n: kernels, k: 9, alpha: Float(1), a: pg.baseAddress!, lda: 9,
+                                  b: pw.baseAddress!, ldb: 9, beta: Float(0), c: pv.baseAddress!, ldc: kernels)
+                    }
+                }
+            }
+            var want = [Double](repeating: 0, count: nn * kernels)
+            for xi in 0..<nn { for r in 0..<kernels { for t in 0..<9 {
+                let coefficient: Double = Double(gk[xi * 9 + t]), tap: Double = Double(w[r * 9 + t])
+                want[xi * kernels + r] += coefficient * tap
+            } } }
+            let error = relativeError(u.map(Double.init), want), errorSgemm = relativeError(u.map(Double.init), viaSgemm.map(Double.init))
+            largest = max(largest, error)
+            largestSgemm = max(largestSgemm, errorSgemm)
+            XCTAssertLessThanOrEqual(error, 1e-7, "\(kernels) kernels, flipped \(flipped)")
+            XCTAssertLessThanOrEqual(errorSgemm, 2e-7, "\(kernels) kernels, flipped \(flipped): against sgemm")
+        } }
+        print("WinogradTests: transformed weights, largest relative error against float64 \(largest), against sgemm \(largestSgemm)")
     }
 
     /// ConvGrad with only its dW output requested.

@@ -4,6 +4,9 @@ import Glibc
 import Darwin
 #endif
 import Synchronization
+#if arch(x86_64)
+import _Builtin_intrinsics.intel
+#endif
 
 /// Winograd convolution F(m×m, 3×3) for float32 2-D convolutions with 3×3 kernels, unit strides and
 /// dilations (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015).
@@ -209,11 +212,49 @@ nonisolated(unsafe) var winogradGatherTilesX = 7
 /// is [G][outs][ins], each group's U_ξ an [outs, ins] matrix; `flipped` rotates each kernel by 180°
 /// (ConvGrad's dX, whose weight is read transposed). U is written to `U` (ξ·R floats, from
 /// `WinogradWeightBlock`).
+///
+/// The product is a loop of its own rather than sgemm: with K = 9 OpenBLAS first zeroes U (beta 0)
+/// then reads and rewrites it, three passes over a U of up to 36 MB where one write is needed
+/// (512 channels: U is 4x W). Eight kernels at a time, each U element the sum of its nine
+/// products in tap order by fused multiply-adds, as sgemm's kernel sums them.
 func winogradWeights<F: WinogradTransform>(_: F.Type, _ W: UnsafePointer<Float>, kernels: Int, flipped: Bool, into U: UnsafeMutablePointer<Float>) {
     let nn = F.n * F.n, gk = winogradTapMatrix(F.self, flipped: flipped)
     gk.withUnsafeBufferPointer { pg in
-        BLAS.gemm(transA: false, transB: true, m: nn, n: kernels, k: 9, alpha: Float(1), a: pg.baseAddress!, lda: 9,
-                  b: W, ldb: 9, beta: Float(0), c: U, ldc: kernels)
+        guard let g = pg.baseAddress else { return }
+        let blocks = kernels / 8
+        // Blocks of eight kernels, about 64 KB of U per chunk so small layers stay on one thread.
+        Parallel.forRange(blocks, minimumChunk: max(1, 2048 / nn)) { range in
+            for block in range {
+                let r = block * 8
+                let w = W + r * 9
+                var taps = (SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(),
+                            SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>())
+                withUnsafeMutableBytes(of: &taps) { raw in
+                    let t = raw.baseAddress!.assumingMemoryBound(to: SIMD8<Float>.self)
+                    #if ONNX_TRAIN_X86_64_V3 && arch(x86_64)
+                    // Taps 0…7 of the eight kernels (rows of W, 9 floats apart) transposed; tap 8 gathered.
+                    @inline(__always) func row(_ l: Int) -> SIMD8<Float> { UnsafeRawPointer(w + l * 9).loadUnaligned(as: SIMD8<Float>.self) }
+                    winogradTranspose8(row(0), row(1), row(2), row(3), row(4), row(5), row(6), row(7), count: 8, into: t)
+                    t[8] = SIMD8(w[8], w[17], w[26], w[35], w[44], w[53], w[62], w[71])
+                    #else
+                    for tap in 0..<9 { t[tap] = SIMD8(w[tap], w[9 + tap], w[18 + tap], w[27 + tap], w[36 + tap], w[45 + tap], w[54 + tap], w[63 + tap]) }
+                    #endif
+                    for xi in 0..<nn {
+                        let gx = g + xi * 9
+                        var sum = t[0] * SIMD8(repeating: gx[0])
+                        for tap in 1..<9 { sum = sum.addingProduct(t[tap], SIMD8(repeating: gx[tap])) }
+                        UnsafeMutableRawPointer(U + xi * kernels + r).storeBytes(of: sum, as: SIMD8<Float>.self)
+                    }
+                }
+            }
+        }
+        for r in (blocks * 8)..<kernels {
+            for xi in 0..<nn {
+                var sum = W[r * 9] * g[xi * 9]
+                for tap in 1..<9 { sum = sum.addingProduct(W[r * 9 + tap], g[xi * 9 + tap]) }
+                U[xi * kernels + r] = sum
+            }
+        }
     }
 }
 
@@ -473,8 +514,9 @@ struct WinogradTileReader {
         length = gather ? tilesX * step + size - step : (tilesX + 1 + 7) / 8 * 8 + 8
     }
 
-    /// The floats of the `phases` buffer `read` needs for runs of up to `tileRows` tile rows.
-    func bufferCount(tileRows: Int) -> Int { gather ? tileRows * size * length : size * step * length }
+    /// The floats of the `phases` buffer `read` needs for runs of up to `tileRows` tile rows (a
+    /// gathered buffer has 8 more: the last tile's rows are loaded 8 floats at a time).
+    func bufferCount(tileRows: Int) -> Int { gather ? tileRows * size * length + 8 : size * step * length }
 
     /// Reads the tiles of tile rows u0..<u1 (tile row u: image u / tilesY, row u % tilesY of
     /// `plane(image)`) into `d`, eight at a time: d[k·size + j] holds element (k, j) of the run's
@@ -490,6 +532,38 @@ struct WinogradTileReader {
                                count: p, phases: 1, length: length, into: phases + (u - u0) * p * length)
             }
             let T = (u1 - u0) * tilesX
+            #if ONNX_TRAIN_X86_64_V3 && arch(x86_64)
+            if p <= 8 {
+                // Eight tiles' rows k loaded as eight vectors and transposed in registers, so their
+                // element (k, j) is vector j (scalar stores into `lanes` then vector loads of them
+                // stalled on store forwarding). Unused lanes repeat the run's first tile.
+                var row = 0, column = 0   // the next tile's tile row in the run and its column
+                // The next tile's offset in `phases` (scalars: a vector of offsets filled lane by
+                // lane went through the stack and stalled the same way).
+                @inline(__always) func next(_ used: Bool) -> Int {
+                    guard used else { return 0 }
+                    let offset = row * p * length + column * step
+                    column += 1
+                    if column == tilesX { column = 0; row += 1 }
+                    return offset
+                }
+                for t in stride(from: 0, to: T, by: 8) {
+                    let lanes = min(8, T - t)
+                    let o0 = next(true), o1 = next(lanes > 1), o2 = next(lanes > 2), o3 = next(lanes > 3)
+                    let o4 = next(lanes > 4), o5 = next(lanes > 5), o6 = next(lanes > 6), o7 = next(lanes > 7)
+                    for k in 0..<p {
+                        let base = phases + k * length
+                        @inline(__always) func load(_ offset: Int) -> SIMD8<Float> {
+                            UnsafeRawPointer(base + offset).loadUnaligned(as: SIMD8<Float>.self)
+                        }
+                        winogradTranspose8(load(o0), load(o1), load(o2), load(o3), load(o4), load(o5), load(o6), load(o7),
+                                           count: p, into: d + k * p)
+                    }
+                    body(t, lanes)
+                }
+                return
+            }
+            #endif
             for t in stride(from: 0, to: T, by: 8) {
                 let lanes = min(8, T - t)
                 for l in 0..<lanes {
@@ -531,6 +605,20 @@ func winogradPhases(_ plane: UnsafePointer<Float>, rows: Int, columns: Int, firs
             continue
         }
         let src = plane + row * columns
+        // j in vectorLow..<vectorHigh: every phase's column inside the row, split eight j at a
+        // time by `winogradDeinterleave4` (four phases; the rest one float at a time).
+        var vectorLow = 0, vectorHigh = 0
+        #if ONNX_TRAIN_X86_64_V3 && arch(x86_64)
+        if phases == 4 {
+            vectorLow = (padLeft + 3) / 4
+            let end = min(length, (columns + padLeft) / 4)
+            vectorHigh = vectorLow
+            while vectorHigh + 8 <= end {
+                winogradDeinterleave4(src + (4 * vectorHigh - padLeft), into: base + vectorHigh, length)
+                vectorHigh += 8
+            }
+        }
+        #endif
         for q in 0..<phases {
             let out = base + q * length
             // Columns j·phases + q - padLeft inside 0..<columns: j in lo..<hi.
@@ -538,15 +626,71 @@ func winogradPhases(_ plane: UnsafePointer<Float>, rows: Int, columns: Int, firs
             let lo = min(length, max(0, first <= 0 ? 0 : (first + phases - 1) / phases))
             let hi = max(lo, min(length, (columns + padLeft - q + phases - 1) / phases))
             if lo > 0 { out.update(repeating: 0, count: lo) }
-            var s = src + (lo * phases + q - padLeft)
-            for j in lo..<hi {
-                out[j] = s.pointee
-                s += phases
+            if phases == 1 {
+                (out + lo).update(from: src + (lo - padLeft), count: hi - lo)
+            } else {
+                var s = src + (lo * phases + q - padLeft), j = lo
+                while j < hi {
+                    if j == vectorLow && vectorHigh > vectorLow {
+                        // lo <= vectorLow and vectorHigh <= hi for every phase: skip the vector part.
+                        s += (vectorHigh - j) * phases
+                        j = vectorHigh
+                        continue
+                    }
+                    out[j] = s.pointee
+                    s += phases
+                    j += 1
+                }
             }
             if hi < length { (out + hi).update(repeating: 0, count: length - hi) }
         }
     }
 }
+
+#if ONNX_TRAIN_X86_64_V3 && arch(x86_64)
+/// Splits 32 consecutive floats `src` into four phases of eight: dst[q·stride + j] = src[4j + q].
+@inline(__always)
+func winogradDeinterleave4(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, _ stride: Int) {
+    let raw = UnsafeRawPointer(src)
+    let v0 = raw.loadUnaligned(as: SIMD8<Float>.self), v1 = raw.loadUnaligned(fromByteOffset: 32, as: SIMD8<Float>.self)
+    let v2 = raw.loadUnaligned(fromByteOffset: 64, as: SIMD8<Float>.self), v3 = raw.loadUnaligned(fromByteOffset: 96, as: SIMD8<Float>.self)
+    // Per 128-bit lane: t0 = (x0 x8 x1 x9 | x4 x12 x5 x13), t1 = (x2 x10 x3 x11 | x6 x14 x7 x15), t2, t3 from x16...
+    let t0 = _mm256_castps_pd(_mm256_unpacklo_ps(v0, v1)), t1 = _mm256_castps_pd(_mm256_unpackhi_ps(v0, v1))
+    let t2 = _mm256_castps_pd(_mm256_unpacklo_ps(v2, v3)), t3 = _mm256_castps_pd(_mm256_unpackhi_ps(v2, v3))
+    // Phase q as (x_q x_{q+8} x_{q+16} x_{q+24} | x_{q+4} x_{q+12} x_{q+20} x_{q+28}), then in order.
+    let order = unsafeBitCast(SIMD8<Int32>(0, 4, 1, 5, 2, 6, 3, 7), to: __m256i.self)
+    let out = UnsafeMutableRawPointer(dst)
+    out.storeBytes(of: _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(t0, t2)), order), as: SIMD8<Float>.self)
+    out.storeBytes(of: _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_unpackhi_pd(t0, t2)), order), toByteOffset: 4 * stride, as: SIMD8<Float>.self)
+    out.storeBytes(of: _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(t1, t3)), order), toByteOffset: 8 * stride, as: SIMD8<Float>.self)
+    out.storeBytes(of: _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_unpackhi_pd(t1, t3)), order), toByteOffset: 12 * stride, as: SIMD8<Float>.self)
+}
+
+/// The 8×8 transpose of rows r0…r7: column j (r0[j], r1[j], …, r7[j]) to d[j], for j < count.
+@inline(__always)
+func winogradTranspose8(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Float>, _ r3: SIMD8<Float>,
+                        _ r4: SIMD8<Float>, _ r5: SIMD8<Float>, _ r6: SIMD8<Float>, _ r7: SIMD8<Float>,
+                        count: Int, into d: UnsafeMutablePointer<SIMD8<Float>>) {
+    // Per 128-bit lane: t0 = (r0[0] r1[0] r0[1] r1[1] | r0[4] r1[4] r0[5] r1[5]) ...
+    let t0 = _mm256_castps_pd(_mm256_unpacklo_ps(r0, r1)), t1 = _mm256_castps_pd(_mm256_unpackhi_ps(r0, r1))
+    let t2 = _mm256_castps_pd(_mm256_unpacklo_ps(r2, r3)), t3 = _mm256_castps_pd(_mm256_unpackhi_ps(r2, r3))
+    let t4 = _mm256_castps_pd(_mm256_unpacklo_ps(r4, r5)), t5 = _mm256_castps_pd(_mm256_unpackhi_ps(r4, r5))
+    let t6 = _mm256_castps_pd(_mm256_unpacklo_ps(r6, r7)), t7 = _mm256_castps_pd(_mm256_unpackhi_ps(r6, r7))
+    // s_j = (r0[j] r1[j] r2[j] r3[j] | r0[j+4] r1[j+4] r2[j+4] r3[j+4]), u_j the same of r4…r7.
+    let s0 = _mm256_castpd_ps(_mm256_unpacklo_pd(t0, t2)), s1 = _mm256_castpd_ps(_mm256_unpackhi_pd(t0, t2))
+    let s2 = _mm256_castpd_ps(_mm256_unpacklo_pd(t1, t3)), s3 = _mm256_castpd_ps(_mm256_unpackhi_pd(t1, t3))
+    let u0 = _mm256_castpd_ps(_mm256_unpacklo_pd(t4, t6)), u1 = _mm256_castpd_ps(_mm256_unpackhi_pd(t4, t6))
+    let u2 = _mm256_castpd_ps(_mm256_unpacklo_pd(t5, t7)), u3 = _mm256_castpd_ps(_mm256_unpackhi_pd(t5, t7))
+    d[0] = SIMD8(lowHalf: s0.lowHalf, highHalf: u0.lowHalf)
+    if count > 1 { d[1] = SIMD8(lowHalf: s1.lowHalf, highHalf: u1.lowHalf) }
+    if count > 2 { d[2] = SIMD8(lowHalf: s2.lowHalf, highHalf: u2.lowHalf) }
+    if count > 3 { d[3] = SIMD8(lowHalf: s3.lowHalf, highHalf: u3.lowHalf) }
+    if count > 4 { d[4] = SIMD8(lowHalf: s0.highHalf, highHalf: u0.highHalf) }
+    if count > 5 { d[5] = SIMD8(lowHalf: s1.highHalf, highHalf: u1.highHalf) }
+    if count > 6 { d[6] = SIMD8(lowHalf: s2.highHalf, highHalf: u2.highHalf) }
+    if count > 7 { d[7] = SIMD8(lowHalf: s3.highHalf, highHalf: u3.highHalf) }
+}
+#endif
 
 /// Forward convolution by Winograd F(tile×tile, 3×3): the weights transformed, then
 /// `winogradConvolution`. For `convolution` (Conv, FusedConv) where `winogradTile` chose it.
