@@ -43,7 +43,8 @@ public struct PassPipeline {
     }
 
     /// The names of the passes switched off through `ONNX_TRAIN_DISABLE_PASSES` (comma-separated;
-    /// `all` switches off every optimisation, leaving what a session must run).
+    /// `all` switches off every optimisation, leaving what a session must run: `inline-functions`
+    /// runs whatever the list says).
     public static var disabledNames: Set<String> {
         Set((getenvString("ONNX_TRAIN_DISABLE_PASSES") ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
     }
@@ -52,7 +53,8 @@ public struct PassPipeline {
         let disabled = PassPipeline.disabledNames
         let all = disabled.contains("all")
         var checked = false
-        for pass in passes where !disabled.contains(pass.name) && !(all && pass.name != "inline-functions") {
+        // Inlining is not an optimisation (the executor runs no function calls): no name switches it off.
+        for pass in passes where pass.name == "inline-functions" || !(all || disabled.contains(pass.name)) {
             if pass.name != "inline-functions" && !checked {
                 // The optimisations walk producers and consumers and assume a graph they can order:
                 // a cycle, a node reading its own output or a value written twice leaves the graph
