@@ -17,7 +17,12 @@ struct BenchCommand: ParsableCommand {
         the model declares it; a symbolic or unknown dimension is --dim NAME=SIZE when given, \
         else --batch-size. Floating-point inputs are uniform in [-1, 1), integer and bool inputs \
         ones. --json prints one JSON line instead. Threads: every core, or OMP_NUM_THREADS / \
-        OPENBLAS_NUM_THREADS.
+        OPENBLAS_NUM_THREADS. With --profile, another --steps runs follow with every node's \
+        kernel call timed (like onnxruntime's enable_profiling): printed are the time per run \
+        of each op type (total, share of the time in nodes, node count), the --profile-top \
+        slowest nodes (name, op type, output shape, time) and the run time outside the nodes; \
+        with --json the line holds them under "profile", every node in execution order. The \
+        timed runs before are not profiled (a node costs one more branch there, no clock read).
 
         FOLDER holds onnxruntime training artifacts (training_model.onnx, optimizer_model.onnx, \
         checkpoint), data.npz (input, labels), meta.json (rows_per_step, lr) and, for --infer, \
@@ -65,6 +70,12 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Time inference: of MODEL.onnx, or of FOLDER/inference.onnx after the training steps.")
     var infer = false
 
+    @Flag(help: "With MODEL.onnx --infer: after the timed runs, time every node over another --steps runs and print the time per op type and the slowest nodes.")
+    var profile = false
+
+    @Option(name: .customLong("profile-top"), help: "The slowest nodes --profile lists.")
+    var profileTop = 15
+
     @Option(name: .customLong("gemm-peak"), help: "Time an N×N×N single-precision GEMM instead (best of --steps runs).")
     var gemmPeak: Int?
 
@@ -109,6 +120,8 @@ struct BenchCommand: ParsableCommand {
         }
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
         guard warmup >= 0, warmupSeconds >= 0, warmupSeconds.isFinite else { throw ValidationError("--warmup and --warmup-seconds must not be negative") }
+        guard !profile || infer else { throw ValidationError("--profile times the nodes of MODEL.onnx --infer") }
+        guard profileTop >= 0 else { throw ValidationError("--profile-top must not be negative, got \(profileTop)") }
     }
 
     /// Times inference of any model on synthetic feeds; prints a summary (or --json).
@@ -126,17 +139,66 @@ struct BenchCommand: ParsableCommand {
             throw error.prefixed(path)
         }
         let peak = Self.peakRSS()
+        var nodeProfile: InferenceProfile?
+        if profile {
+            do { nodeProfile = try session.profile(feeds, runs: steps) } catch let error as OnnxTrainError { throw error.prefixed(path) }
+        }
         let shapes = session.inputs.compactMap { info in feeds[info.name].map { "\(info.name) \($0.shape)" } }
         if json {
-            print(try Self.json(["model": path, "runs": steps, "median_ms": 1000 * timing.median, "min_ms": 1000 * timing.minimum,
-                                 "p90_ms": 1000 * timing.p90, "peak_rss_mb": peak, "baseline_rss_mb": baseline,
-                                 "inputs": shapes, "threads": BLAS.threadCount]))
+            var result: [String: Any] = ["model": path, "runs": steps, "median_ms": 1000 * timing.median, "min_ms": 1000 * timing.minimum,
+                                         "p90_ms": 1000 * timing.p90, "peak_rss_mb": peak, "baseline_rss_mb": baseline,
+                                         "inputs": shapes, "threads": BLAS.threadCount]
+            if let nodeProfile { result["profile"] = Self.json(nodeProfile) }
+            print(try Self.json(result))
             return
         }
         func ms(_ s: Double) -> String { String(format: s < 0.01 ? "%.3f ms" : "%.2f ms", 1000 * s) }
         print("\(path): \(steps) runs on \(shapes.joined(separator: ", ")), \(BLAS.threadCount) thread\(BLAS.threadCount == 1 ? "" : "s")")
         print("  latency: median \(ms(timing.median)), min \(ms(timing.minimum)), p90 \(ms(timing.p90)) (\(String(format: "%.1f", 1 / timing.median)) runs/s)")
         print("  peak memory: \(String(format: "%.1f", peak)) MiB (\(String(format: "%.1f", baseline)) MiB before loading the model)")
+        if let nodeProfile { print(Self.table(nodeProfile, top: profileTop), terminator: "") }
+    }
+
+    /// `--profile --json`: per run, in milliseconds; every node in execution order.
+    static func json(_ p: InferenceProfile) -> [String: Any] {
+        ["runs": p.runs, "run_ms": 1000 * p.runSeconds, "node_ms": 1000 * p.nodeSeconds,
+         "op_types": p.byOpType.map { ["op_type": $0.opType, "ms": 1000 * $0.seconds, "share": $0.share, "count": $0.count] as [String: Any] },
+         "nodes": p.nodes.map { n -> [String: Any] in
+             ["name": n.displayName, "op_type": n.opType, "domain": n.domain, "shape": n.outputShape.map { $0 as Any } ?? NSNull(),
+              "ms": 1000 * n.seconds]
+         }]
+    }
+
+    /// `--profile`'s text: the time per op type and the slowest nodes, per run.
+    static func table(_ p: InferenceProfile, top: Int) -> String {
+        func ms(_ s: Double) -> String { String(format: "%.3f ms", 1000 * s) }
+        func pad(_ s: String, _ width: Int, left: Bool = false) -> String {
+            let fill = String(repeating: " ", count: max(0, width - s.count))
+            return left ? s + fill : fill + s
+        }
+        var out = "  profile: \(p.runs) runs with every node timed: \(ms(p.runSeconds)) a run, \(ms(p.nodeSeconds)) in its \(p.nodes.count) nodes, "
+            + "\(ms(max(0, p.runSeconds - p.nodeSeconds))) outside them\n"
+        let types = p.byOpType
+        let typeWidth = max(7, types.map(\.opType.count).max() ?? 0)
+        out += "    \(pad("op type", typeWidth, left: true))  \(pad("total", 11))  \(pad("share", 6))  \(pad("nodes", 5))\n"
+        for t in types {
+            out += "    \(pad(t.opType, typeWidth, left: true))  \(pad(ms(t.seconds), 11))  \(pad(String(format: "%.1f%%", 100 * t.share), 6))  \(pad(String(t.count), 5))\n"
+        }
+        let slow = p.slowest(top)
+        guard !slow.isEmpty else { return out }
+        let names = slow.map { $0.displayName.count > 48 ? String($0.displayName.prefix(45)) + "..." : $0.displayName }
+        let nameWidth = max(4, names.map(\.count).max() ?? 0)
+        let opWidth = max(2, slow.map(\.opType.count).max() ?? 0)
+        let shapes = slow.map { $0.outputShape.map { "\($0)" } ?? "-" }
+        let shapeWidth = max(12, shapes.map(\.count).max() ?? 0)
+        out += "  slowest nodes:\n"
+        out += "    \(pad("node", nameWidth, left: true))  \(pad("op", opWidth, left: true))  \(pad("output shape", shapeWidth, left: true))  \(pad("time", 11))  \(pad("share", 6))\n"
+        for (i, n) in slow.enumerated() {
+            let share = p.nodeSeconds > 0 ? n.seconds / p.nodeSeconds : 0
+            out += "    \(pad(names[i], nameWidth, left: true))  \(pad(n.opType, opWidth, left: true))  \(pad(shapes[i], shapeWidth, left: true))  "
+                + "\(pad(ms(n.seconds), 11))  \(pad(String(format: "%.1f%%", 100 * share), 6))\n"
+        }
+        return out
     }
 
     /// Peak resident set size of this process so far, in MiB (Linux reports ru_maxrss in KiB).

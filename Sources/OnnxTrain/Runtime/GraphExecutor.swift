@@ -274,8 +274,10 @@ final class GraphExecutor {
     }
 
     /// Runs the graph. `feeds` maps slots to values; values not fed come from initializers or
-    /// from the enclosing scope through `context`.
-    func run(feeds: [(slot: Int, value: Value)], fetchSlots: [Int], context: ExecutionContext) throws -> [Value?] {
+    /// from the enclosing scope through `context`. With `profile`, each node's kernel call is
+    /// timed into it (`NodeTimes`, by step index); without, that costs one branch per node.
+    func run(feeds: [(slot: Int, value: Value)], fetchSlots: [Int], context: ExecutionContext,
+             profile: NodeTimes? = nil) throws -> [Value?] {
         let frame = Frame(count: slotCount)
         for (s, v) in constants { frame.values[s] = v }
         for (name, s) in outerNames { frame.values[s] = context.lookup(name) }
@@ -305,13 +307,12 @@ final class GraphExecutor {
             }
             let outputs: [Value?]
             do {
-                if blocks.isEmpty {
-                    outputs = try step.kernel.run(inputs, kernelContext)
+                if let profile {
+                    let start = NodeTimes.now()
+                    outputs = try GraphExecutor.call(step, inputs, kernelContext, blocks)
+                    profile.add(step: k, nanoseconds: NodeTimes.now() &- start, outputs: outputs)
                 } else {
-                    outputs = try BufferDonation.offering(blocks) { try step.kernel.run(inputs, kernelContext) }
-                    for case .tensor(let t)? in outputs where t.storage.donated {
-                        throw OnnxTrainError(.kernel, "\(step.node.label) declares an input in place but returned that input")
-                    }
+                    outputs = try GraphExecutor.call(step, inputs, kernelContext, blocks)
                 }
             } catch let error as KernelError {
                 throw OnnxTrainError(.kernel, "\(step.node.label): \(error.message)")
@@ -329,6 +330,18 @@ final class GraphExecutor {
             for s in plan.freeAfter[position] { frame.values[s] = nil }
         }
         return fetchSlots.map { frame.values[$0] }
+    }
+
+    /// One node's kernel call, offering `blocks` (dying inputs) to its output.
+    @inline(__always)
+    private static func call(_ step: Step, _ inputs: [Value?], _ context: ExecutionContext,
+                             _ blocks: [(storage: TensorStorage, elementType: DType)]) throws -> [Value?] {
+        if blocks.isEmpty { return try step.kernel.run(inputs, context) }
+        let outputs = try BufferDonation.offering(blocks) { try step.kernel.run(inputs, context) }
+        for case .tensor(let t)? in outputs where t.storage.donated {
+            throw OnnxTrainError(.kernel, "\(step.node.label) declares an input in place but returned that input")
+        }
+        return outputs
     }
 
     /// The storage of the tensor in `value` when no other tensor or value holds it (the caller

@@ -129,6 +129,11 @@ public final class InferenceSession: @unchecked Sendable {
     /// different sizes (a gradient graph's labels [1] beside an input [32, 10], both dimension
     /// 'batch_size'); the session says so once through `SessionOptions.warn` and runs.
     public func run(_ feeds: [String: Value], fetches: [String]? = nil) throws -> [String: Value] {
+        try run(feeds, fetches: fetches, profile: nil)
+    }
+
+    /// `run(_:fetches:)`, timing every node's kernel call into `profile` when given (`profile(_:runs:)`).
+    func run(_ feeds: [String: Value], fetches: [String]?, profile: NodeTimes?) throws -> [String: Value] {
         let where_ = model.path.map { "\($0): " } ?? ""
         let graph = model.graph
         let names = fetches ?? graph.outputs.map(\.name)
@@ -171,10 +176,12 @@ public final class InferenceSession: @unchecked Sendable {
                     if case .tensor(let t) = value { key += [Int(t.dtype.rawValue), t.rank] + t.shape } else { key.append(-2) }
                 }
                 results = try memoryPatterns.run(key: key) {
-                    try executor.run(feeds: feedSlots, fetchSlots: fetchSlots, context: context)
+                    try executor.run(feeds: feedSlots, fetchSlots: fetchSlots, context: context, profile: profile)
                 }
             } else {
-                results = try executor.run(feeds: feedSlots, fetchSlots: fetchSlots, context: context)
+                // A profile's steps are the optimised graph's (`profile(_:runs:)` fetches only graph outputs).
+                results = try executor.run(feeds: feedSlots, fetchSlots: fetchSlots, context: context,
+                                           profile: executor === self.executor ? profile : nil)
             }
         } catch let error as OnnxTrainError {
             throw model.path.map { error.prefixed($0) } ?? error

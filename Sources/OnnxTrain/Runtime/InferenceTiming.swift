@@ -73,3 +73,117 @@ extension InferenceSession {
         Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
     }
 }
+
+/// The time of one node in `InferenceSession.profile(_:runs:)`.
+public struct NodeProfile: Sendable {
+    /// The node's name in the optimised graph ("" when it has none); a node a pass made (FusedConv,
+    /// a fused Gemm) carries the name of a node it replaced or a name of its own.
+    public var name: String
+    public var opType: String
+    public var domain: String
+    /// The shape of the node's first output in the last profiled run (nil when it is not a tensor).
+    public var outputShape: [Int]?
+    /// The node's first output value name ("" when it has none), to name a node that has no name.
+    public var output: String
+    /// Seconds per run of the node's kernel call (the mean over the profiled runs).
+    public var seconds: Double
+    /// `name`, or the first output's name in brackets for a node without one.
+    public var displayName: String { name.isEmpty ? "[\(output)]" : name }
+}
+
+/// Per-node times of a model's runs: what `onnx-train bench MODEL.onnx --infer --profile` prints
+/// (like onnxruntime's `enable_profiling`).
+public struct InferenceProfile: Sendable {
+    /// The runs timed.
+    public var runs: Int
+    /// Every node the runs executed, once each, in execution order.
+    public var nodes: [NodeProfile]
+    /// Seconds per profiled run, the whole run (checks, the memory pattern, freeing values and the
+    /// clock reads included).
+    public var runSeconds: Double
+
+    /// Seconds per run inside the nodes' kernel calls, all nodes.
+    public var nodeSeconds: Double { nodes.reduce(0) { $0 + $1.seconds } }
+
+    /// The nodes of one op type together.
+    public struct OpTypeTotal: Sendable {
+        public var opType: String
+        /// Seconds per run, all nodes of the type.
+        public var seconds: Double
+        /// `seconds` over `nodeSeconds`.
+        public var share: Double
+        /// Nodes of the type.
+        public var count: Int
+    }
+
+    /// Per op type (domain-qualified for an op outside ai.onnx: `com.microsoft.FusedConv`), slowest first.
+    public var byOpType: [OpTypeTotal] {
+        var totals: [String: (seconds: Double, count: Int)] = [:]
+        var order: [String] = []
+        for n in nodes {
+            let key = n.domain.isEmpty ? n.opType : "\(n.domain).\(n.opType)"
+            if totals[key] == nil { order.append(key) }
+            totals[key, default: (0, 0)].seconds += n.seconds
+            totals[key, default: (0, 0)].count += 1
+        }
+        let all = nodeSeconds
+        return order.map { OpTypeTotal(opType: $0, seconds: totals[$0]!.seconds, share: all > 0 ? totals[$0]!.seconds / all : 0,
+                                       count: totals[$0]!.count) }
+            .sorted { $0.seconds != $1.seconds ? $0.seconds > $1.seconds : $0.opType < $1.opType }
+    }
+
+    /// The `count` slowest nodes, slowest first (execution order among equal times).
+    public func slowest(_ count: Int) -> [NodeProfile] {
+        Array(nodes.enumerated().sorted { $0.element.seconds != $1.element.seconds ? $0.element.seconds > $1.element.seconds : $0.offset < $1.offset }
+            .prefix(max(count, 0)).map(\.element))
+    }
+}
+
+/// Node times collected by the executor during profiled runs (`GraphExecutor.run(profile:)`), by step index.
+final class NodeTimes {
+    private(set) var nanoseconds: [UInt64]
+    private(set) var calls: [Int]
+    private(set) var shapes: [[Int]?]
+
+    init(steps: Int) {
+        nanoseconds = [UInt64](repeating: 0, count: steps)
+        calls = [Int](repeating: 0, count: steps)
+        shapes = [[Int]?](repeating: nil, count: steps)
+    }
+
+    /// The monotonic clock in nanoseconds.
+    @inline(__always)
+    static func now() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return UInt64(t.tv_sec) &* 1_000_000_000 &+ UInt64(t.tv_nsec)
+    }
+
+    func add(step: Int, nanoseconds elapsed: UInt64, outputs: [Value?]) {
+        nanoseconds[step] &+= elapsed
+        calls[step] += 1
+        if case .tensor(let t)?? = outputs.first { shapes[step] = t.shape } else { shapes[step] = nil }
+    }
+}
+
+extension InferenceSession {
+    /// Times every node over `runs` runs on `feeds` (after one untimed run, so that a profile taken
+    /// alone is of warm runs too): per node, the mean time of its kernel call. Nodes inside a
+    /// subgraph (If, Loop, Scan bodies) count in the node that runs it.
+    public func profile(_ feeds: [String: Tensor], runs: Int) throws -> InferenceProfile {
+        guard runs > 0 else { throw OnnxTrainError.invalidInput("the number of profiled runs must be at least 1, got \(runs)") }
+        let values = feeds.mapValues { Value.tensor($0) }
+        _ = try run(values)
+        let times = NodeTimes(steps: executor.steps.count)
+        let start = NodeTimes.now()
+        for _ in 0..<runs { _ = try run(values, fetches: nil, profile: times) }
+        let total = Double(NodeTimes.now() - start) * 1e-9
+        var nodes: [NodeProfile] = []
+        for (k, step) in executor.steps.enumerated() where times.calls[k] > 0 {
+            let node = step.node
+            nodes.append(NodeProfile(name: node.name, opType: node.opType, domain: node.domain, outputShape: times.shapes[k],
+                                     output: node.outputs.first ?? "", seconds: Double(times.nanoseconds[k]) * 1e-9 / Double(runs)))
+        }
+        return InferenceProfile(runs: runs, nodes: nodes, runSeconds: total / Double(runs))
+    }
+}

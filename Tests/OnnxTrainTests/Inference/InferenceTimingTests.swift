@@ -66,4 +66,107 @@ final class InferenceTimingTests: XCTestCase {
         try CLI.assertFails(["bench", model, "--infer", "--dim", "batch"], mentioning: ["--dim expects NAME=SIZE", "'batch'"])
         try CLI.assertFails(["bench", "/nonexistent/model.onnx", "--infer"], mentioning: ["/nonexistent/model.onnx"])
     }
+
+    /// The per-op-type table of a profile: totals are the sums of their nodes' times, shares of
+    /// the time in all nodes, counts the nodes; slowest first; the slowest nodes in order.
+    func testProfileTotalsPerOpType() {
+        func node(_ name: String, _ op: String, _ ms: Double, domain: String = "") -> NodeProfile {
+            NodeProfile(name: name, opType: op, domain: domain, outputShape: [1], output: name + "_out", seconds: ms / 1000)
+        }
+        let p = InferenceProfile(runs: 4, nodes: [node("a", "MatMul", 3), node("b", "Relu", 0.5), node("c", "MatMul", 1),
+                                                  node("", "Add", 0.5), node("e", "FusedConv", 5, domain: "com.microsoft")],
+                                 runSeconds: 0.0125)
+        XCTAssertEqual(p.nodeSeconds, 0.010, accuracy: 1e-15)
+        let types = p.byOpType
+        XCTAssertEqual(types.map(\.opType), ["com.microsoft.FusedConv", "MatMul", "Add", "Relu"], "slowest first, equal times by name")
+        XCTAssertEqual(types.map(\.count), [1, 2, 1, 1])
+        XCTAssertEqual(types.map(\.seconds), [0.005, 0.004, 0.0005, 0.0005])
+        for (share, expected) in zip(types.map(\.share), [0.5, 0.4, 0.05, 0.05]) { XCTAssertEqual(share, expected, accuracy: 1e-15) }
+        XCTAssertEqual(p.slowest(3).map(\.displayName), ["e", "a", "c"])
+        XCTAssertEqual(p.slowest(9).map(\.displayName), ["e", "a", "c", "b", "[_out]"], "equal times in execution order; no name: the output")
+        XCTAssertEqual(p.slowest(0).count, 0)
+    }
+
+    /// A profile of a session lists every node the runs execute once, in execution order, with its
+    /// op type and output shape; a subgraph's nodes count in the If that runs them; a node no
+    /// output needs is not run and not listed. The time goes to the node that spends it.
+    func testProfileTimesEveryNodeOnce() throws {
+        var then = Graph(), other = Graph()
+        then.nodes = [Node(opType: "Mul", name: "scale", inputs: ["r", "r"], outputs: ["t"])]
+        then.outputs = [ValueInfo(name: "t", type: nil)]
+        other.nodes = [Node(opType: "Neg", name: "negate", inputs: ["r"], outputs: ["e"])]
+        other.outputs = [ValueInfo(name: "e", type: nil)]
+        var g = Graph()
+        g.inputs = [ValueInfo(name: "x", type: .tensor(.float32, shape: [.value(256), .value(256)])),
+                    ValueInfo(name: "c", type: .tensor(.bool, shape: []))]
+        g.nodes = [Node(opType: "MatMul", name: "product", inputs: ["x", "x"], outputs: ["p"]),
+                   Node(opType: "ReduceSum", name: "sum", inputs: ["p"], outputs: ["s"], attributes: ["keepdims": .int(0)]),
+                   Node(opType: "Relu", name: "relu1", inputs: ["s"], outputs: ["r"]),
+                   Node(opType: "If", name: "if", inputs: ["c"], outputs: ["y"], attributes: ["then_branch": .graph(then), "else_branch": .graph(other)]),
+                   Node(opType: "Relu", name: "", inputs: ["y"], outputs: ["z"]),
+                   Node(opType: "Exp", name: "unused", inputs: ["x"], outputs: ["dead"])]
+        g.outputs = [ValueInfo(name: "z", type: nil)]
+        var model = Model(graph: g)
+        model.opsetImports = ["": 17]
+        var options = SessionOptions()
+        options.optimize = false
+        let session = try InferenceSession(model: model, options: options)
+        var random = RandomGenerator(seed: 3)
+        let x = Tensor(shape: [256, 256], scalars: (0..<65536).map { _ in random.nextFloat() - 0.5 })
+        let feeds = ["x": x, "c": Tensor(shape: [], scalars: [true])]
+        let before = try session.run(tensors: feeds)["z"]!.scalars(as: Float.self)
+
+        let p = try session.profile(feeds, runs: 5)
+        XCTAssertEqual(p.runs, 5)
+        XCTAssertEqual(p.nodes.map(\.displayName), ["product", "sum", "relu1", "if", "[z]"])
+        XCTAssertEqual(p.nodes.map(\.opType), ["MatMul", "ReduceSum", "Relu", "If", "Relu"])
+        XCTAssertEqual(p.nodes.map { $0.outputShape ?? [-1] }, [[256, 256], [], [], [], []], "ReduceSum of every axis: a scalar")
+        XCTAssertTrue(p.nodes.allSatisfy { $0.seconds > 0 }, "\(p.nodes.map(\.seconds))")
+        XCTAssertEqual(p.nodes.reduce(0) { $0 + $1.seconds }, p.nodeSeconds)
+        XCTAssertLessThanOrEqual(p.nodeSeconds, p.runSeconds)
+        XCTAssertEqual(p.slowest(1).first?.name, "product", "a 256x256x256 product against 256-element ops: \(p.nodes.map(\.seconds))")
+        let types = p.byOpType
+        XCTAssertEqual(Set(types.map(\.opType)), ["MatMul", "ReduceSum", "Relu", "If"])
+        XCTAssertEqual(types.first { $0.opType == "Relu" }?.count, 2)
+        XCTAssertEqual(types.first { $0.opType == "Relu" }!.seconds, p.nodes[2].seconds + p.nodes[4].seconds, accuracy: 1e-15)
+        XCTAssertEqual(types.reduce(0) { $0 + $1.seconds }, p.nodeSeconds, accuracy: 1e-12 * p.nodeSeconds)
+        XCTAssertEqual(types.reduce(0) { $0 + $1.share }, 1, accuracy: 1e-12)
+        XCTAssertEqual(try session.run(tensors: feeds)["z"]!.scalars(as: Float.self), before, "profiling leaves the results alone")
+        XCTAssertThrowsError(try session.profile(feeds, runs: 0))
+    }
+
+    func testBenchProfileOnAModel() throws {
+        let model = Fixtures.example("digits/model.onnx")
+        let session = try InferenceSession(path: model)
+        let ops = Set(session.executor.steps.map(\.node.opType))
+        let r = try CLI.run(["bench", model, "--infer", "--steps", "3", "--warmup", "1", "--warmup-seconds", "0", "--batch-size", "8",
+                             "--profile", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
+        let profile = try XCTUnwrap(json["profile"] as? [String: Any], r.stdout)
+        XCTAssertEqual(profile["runs"] as? Int, 3)
+        let nodes = try XCTUnwrap(profile["nodes"] as? [[String: Any]])
+        let types = try XCTUnwrap(profile["op_types"] as? [[String: Any]])
+        XCTAssertEqual(nodes.count, session.executor.steps.count, "every node once")
+        XCTAssertEqual(Set(nodes.compactMap { $0["op_type"] as? String }), ops)
+        XCTAssertEqual(Set(types.compactMap { $0["op_type"] as? String }), ops)
+        XCTAssertEqual(types.reduce(0) { $0 + ($1["count"] as? Int ?? 0) }, nodes.count)
+        let nodeMs = try XCTUnwrap(profile["node_ms"] as? Double)
+        XCTAssertEqual(nodes.reduce(0) { $0 + ($1["ms"] as? Double ?? .nan) }, nodeMs, accuracy: 1e-9 * nodeMs)
+        XCTAssertEqual(types.reduce(0) { $0 + ($1["ms"] as? Double ?? .nan) }, nodeMs, accuracy: 1e-9 * nodeMs)
+        XCTAssertEqual(nodes.last?["shape"] as? [Int], [8, 10], "the logits")
+        XCTAssertNil(try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(try CLI.run(["bench", model, "--infer", "--steps", "2",
+            "--warmup-seconds", "0", "--json"]).stdout.utf8)) as? [String: Any])["profile"], "no profile without --profile")
+
+        let text = try CLI.run(["bench", model, "--infer", "--steps", "2", "--warmup-seconds", "0", "--profile", "--profile-top", "2"])
+        XCTAssertEqual(text.status, 0, text.stderr)
+        let lines = text.stdout.split(separator: "\n").map(String.init)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("  profile: 2 runs with every node timed: ") && $0.contains(" in its \(nodes.count) nodes") },
+                      text.stdout)
+        let header = try XCTUnwrap(lines.firstIndex { $0.hasPrefix("    op type") && $0.hasSuffix("total   share  nodes") }, text.stdout)
+        XCTAssertEqual(Set(lines[(header + 1)..<(header + 1 + ops.count)].map { $0.split(separator: " ")[0] }.map(String.init)), ops, text.stdout)
+        let slowest = try XCTUnwrap(lines.firstIndex(of: "  slowest nodes:"), text.stdout)
+        XCTAssertEqual(lines.count, slowest + 4, "the header and --profile-top 2 nodes: \(text.stdout)")
+        try CLI.assertFails(["bench", model, "--profile"], mentioning: ["--profile"])
+    }
 }
