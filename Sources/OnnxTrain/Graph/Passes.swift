@@ -34,6 +34,7 @@ public struct PassPipeline {
             MatMulAddToGemm(),
             TransposeIntoMatMul(),
             StridedMatMulFusion(),
+            ScaleIntoMatMul(),
             PowerToMul(),
             GeluFusion(),
             ClipGradientFusion(),
