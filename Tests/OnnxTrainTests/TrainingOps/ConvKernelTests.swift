@@ -53,6 +53,8 @@ final class ConvKernelTests: XCTestCase {
         // benchmark's 5×5 layers. Forward and dX by columns of C, the first layer's dW along k.
         Case(label: "per-image 5x5 pad 2 32x32 (products cut by columns and along k)", x: [2, 3, 32, 32], w: [16, 3, 5, 5], strides: [1, 1], pads: [2, 2, 2, 2], dilations: [1, 1], group: 1),
         Case(label: "per-image 5x5 pad 2 16x16 32 outputs (products cut by columns)", x: [2, 16, 16, 16], w: [32, 16, 5, 5], strides: [1, 1], pads: [2, 2, 2, 2], dilations: [1, 1], group: 1),
+        // ResNet's 7×7 stride-2 stem (3 channels, 18×17 outputs): dW unfolds runs of output rows.
+        Case(label: "per-image 7x7 stride 2 pad 3 (ResNet stem)", x: [2, 3, 36, 34], w: [4, 3, 7, 7], strides: [2, 2], pads: [3, 3, 3, 3], dilations: [1, 1], group: 1),
         Case(label: "tiled 3-D batch 1", x: [1, 2, 5, 6, 7], w: [3, 2, 3, 2, 3], strides: [1, 1, 1], pads: [1, 0, 1, 1, 1, 1], dilations: [1, 1, 1], group: 1),
     ]
 
@@ -106,6 +108,20 @@ final class ConvKernelTests: XCTestCase {
     /// gradients are checked against the same formulas as plain loops (dX and dW are the adjoints
     /// of `referenceConv` in x and w).
     func testConvGradLargeImagesMatchPlainLoops() throws {
+        try checkLargeImageGradients()
+    }
+
+    /// With a limit of 100 im2col elements the per-image dW unfolds one output row at a time and
+    /// adds each row's product onto dW (`rowRuns` in ConvGrad): every run starts and ends at every
+    /// kind of row (in the top or bottom padding, partly outside on the left or right).
+    func testConvGradInRunsOfOneRowMatchesPlainLoops() throws {
+        let limit = convTileElements
+        defer { convTileElements = limit }
+        convTileElements = 100
+        try checkLargeImageGradients()
+    }
+
+    private func checkLargeImageGradients() throws {
         var largest = 0.0
         for (i, c) in Self.cases.enumerated() where c.x.reduce(1, *) > 400 {
             let x = randomDoubles(c.x, seed: UInt64(800 + i)), w = randomDoubles(c.w, seed: UInt64(900 + i))

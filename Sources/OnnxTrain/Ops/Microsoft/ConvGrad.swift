@@ -115,6 +115,15 @@ struct ConvGradKernel: Kernel {
             let direct = geometry.kernelSize == 1 && geometry.strides.allSatisfy { $0 == 1 }
                 && geometry.padsBegin.allSatisfy { $0 == 0 } && geometry.padsEnd.allSatisfy { $0 == 0 }
             let taps = ConvTapRows.all(geometry)
+            // dW's columns are unfolded a run of output rows at a time, about `convTileElements`
+            // floats (1 MB), and multiplied at once while they are in cache: ResNet's 7×7 stride-2
+            // stem unfolded 7.4 MB per image at 224×224, which the product then read back from
+            // memory. (dX's col [rows, out] is still made whole, for col2im.)
+            let lastOut = geometry.output[geometry.rank - 1], outerRows = outSize / max(lastOut, 1)
+            let rowRuns = direct || lastOut == 0 ? 1
+                : max(1, min(outerRows, (rows * outSize + convTileElements - 1) / convTileElements))
+            let runCount = rowRuns == 1 ? colCount : try Tensor.checkedElementCount([rows, (outerRows + rowRuns - 1) / rowRuns, lastOut], "ConvGrad column buffer")
+            let bufferCount = max(needX ? colCount : 0, needW ? runCount : 0)
             // Images are split over the kernel threads; each chunk sums its own dW partials in a
             // buffer of its own, added up in chunk order after.
             let chunks = max(1, min(n, Parallel.threadCount))
@@ -127,7 +136,7 @@ struct ConvGradKernel: Kernel {
                     try w.withUnsafeBufferPointer(as: T.self) { pw in
                         guard let ydy = pdy.baseAddress, let yx = px.baseAddress, let yw = pw.baseAddress else { return }
                         Parallel.forRange(chunks) { chunkRange in
-                            let col = UnsafeMutablePointer<T>.allocate(capacity: max(colCount, 1))
+                            let col = UnsafeMutablePointer<T>.allocate(capacity: max(bufferCount, 1))
                             defer { col.deallocate() }
                             for chunk in chunkRange {
                                 let images = Parallel.chunk(chunk, of: chunks, count: n)
@@ -139,19 +148,26 @@ struct ConvGradKernel: Kernel {
                                         let xOffset = (b * c + gi * cg) * inSize            // [cg, in…]
                                         let wG = yw + gi * mg * rows                        // [mg, rows]
                                         if needW {
-                                            let columns: UnsafePointer<T>
-                                            if direct {
-                                                columns = yx + xOffset
-                                            } else {
-                                                im2col(yx + xOffset, channels: cg, geometry, col, taps: taps)
-                                                columns = UnsafePointer(col)
-                                            }
                                             // dW_gᵀ [rows, mg] += col [rows, out] · dY_gᵀ [out, mg]: the
                                             // transposed product, as OpenBLAS runs a long M and a short N
-                                            // (e.g. 75 × 16) about twice as fast as the other way round.
-                                            convGemm(transA: false, transB: true, m: rows, n: mg, k: outSize,
-                                                 a: columns, lda: outSize, b: dyG, ldb: outSize, beta: T(1),
-                                                 c: dwLocal + gi * rows * mg, ldc: mg)
+                                            // (e.g. 75 × 16) about twice as fast as the other way round;
+                                            // a run of output rows at a time (`rowRuns`), each adding on.
+                                            for run in 0..<rowRuns {
+                                                let outRows = (outerRows * run / rowRuns)..<(outerRows * (run + 1) / rowRuns)
+                                                let p0 = rowRuns == 1 ? 0 : outRows.lowerBound * lastOut
+                                                let width = rowRuns == 1 ? outSize : outRows.count * lastOut
+                                                if width == 0 { continue }
+                                                let columns: UnsafePointer<T>
+                                                if direct {
+                                                    columns = yx + xOffset
+                                                } else {
+                                                    im2col(yx + xOffset, channels: cg, geometry, col, taps: taps, rows: rowRuns == 1 ? nil : outRows)
+                                                    columns = UnsafePointer(col)
+                                                }
+                                                convGemm(transA: false, transB: true, m: rows, n: mg, k: width,
+                                                     a: columns, lda: width, b: dyG + p0, ldb: outSize, beta: T(1),
+                                                     c: dwLocal + gi * rows * mg, ldc: mg)
+                                            }
                                         }
                                         if let dxBase {
                                             // col [rows, out] = W_gᵀ [rows, mg] · dY_g [mg, out], straight into dX for 1×1
