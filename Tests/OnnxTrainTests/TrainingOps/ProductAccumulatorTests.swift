@@ -96,15 +96,16 @@ final class ProductAccumulatorTests: XCTestCase {
 
     /// The training graph's form (dW = dYᵀ·X, Gemm transA) for float32 and float64, overwriting
     /// and adding, with K 16 and 64 (one OpenBLAS block), 700 (several), the matrix-vector
-    /// shapes (m 1, n 1, which BLAS.gemm runs as gemv) and a 512x300 product with K 64 (row
-    /// blocks of OpenBLAS's small-matrix kernels where it has them): overwriting, and adding with a GEMM over
+    /// shapes (m 1, n 1, which BLAS.gemm runs as gemv), a 512x300 product with K 64 (row
+    /// blocks of OpenBLAS's small-matrix kernels where it has them) and the MLP benchmark's 512x784
+    /// dW (each thread's rows as two column pieces of 32-row blocks): overwriting, and adding with a GEMM over
     /// one K block, bit-identical to the plain graph; adding over several K blocks or through gemv
     /// sums in another order (measured: float32 8.9e-7, float64 8.9e-16 relative); against float64
     /// evaluation within float rounding (measured: float32 1.13e-5 at K 700, float64 2.5e-14).
     func testGemmIntoTheBufferMatchesProductThenAccumulator() throws {
         XCTAssertEqual(try fusedOpTypes(model(.gemm(transA: true, transB: false, alpha: 1))), ["ProductAccumulator"])
         var worstOrder32 = 0.0, worstOrder64 = 0.0, worstReference32 = 0.0, worstReference64 = 0.0
-        for (m, n, k) in [(37, 29, 64), (128, 96, 700), (1, 29, 64), (37, 1, 64), (64, 200, 16), (512, 300, 64)] {
+        for (m, n, k) in [(37, 29, 64), (128, 96, 700), (1, 29, 64), (37, 1, 64), (64, 200, 16), (512, 300, 64), (512, 784, 64)] {
             for overwrite in [true, false] {
                 for double in [false, true] {
                     let seed = UInt64(m * 1000 + n * 10 + k)
@@ -131,6 +132,28 @@ final class ProductAccumulatorTests: XCTestCase {
         XCTAssertLessThan(worstOrder64, 2e-15)
         XCTAssertLessThan(worstReference32, 2e-5)
         XCTAssertLessThan(worstReference64, 1e-13)
+    }
+
+    /// The blocks of a weight gradient's product: the fewest column pieces (multiples of 16) whose
+    /// row blocks of 32 or more stay within OpenBLAS's small-matrix limit of 10^6 multiply-adds,
+    /// on cores with those kernels; none past K 256 or where the kernels are missing.
+    func testSmallProductTiles() {
+        let expected: [(n: Int, k: Int, tile: (rows: Int, columns: Int)?)] = [
+            (784, 64, (32, 400)),    // the MLP's dW1: 784 wide needs 16-row blocks, two 400-column pieces 32
+            (512, 64, (56, 256)),    // dW2
+            (300, 64, (48, 304)),    // one piece (wider than n: the block is n wide)
+            (784, 300, nil),         // K past one of OpenBLAS's blocks
+        ]
+        for (n, k, tile) in expected {
+            let got = SmallProducts.tile(n: n, k: k)
+            if SmallProducts.available, let tile {
+                XCTAssertEqual(got?.rows, tile.rows, "n \(n) k \(k)")
+                XCTAssertEqual(got?.columns, tile.columns, "n \(n) k \(k)")
+                XCTAssertLessThanOrEqual(tile.rows * min(tile.columns, n) * k, SmallProducts.limit)
+            } else {
+                XCTAssertNil(got, "n \(n) k \(k)")
+            }
+        }
     }
 
     /// A PyTorch Linear weight, stored [out, in] and transposed for the forward MatMul: its

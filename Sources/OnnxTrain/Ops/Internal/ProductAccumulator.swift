@@ -100,26 +100,25 @@ private struct ProductInto: InPlaceBody {
                 }
                 let (lda, ldb) = (a.shape[1], b.shape[1])
                 let (alphaT, betaT) = (T(fromDouble: alpha), T(fromDouble: beta))
-                let units = (n + 15) / 16
-                let width = (units + Parallel.threadCount - 1) / Parallel.threadCount * 16
-                let rows = T.self == Float.self ? SmallProducts.rows(width: min(width, n), k: k) : 0
-                guard rows > 0, m > 1, n > 1, m * n * k >= BLAS.singleThreadWork else {
-                    BLAS.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alphaT, a: A, lda: lda,
-                              b: B, ldb: ldb, beta: betaT, c: c, ldc: n)
-                    return
+                let block = { (i0: Int, i1: Int, j0: Int, j1: Int) in
+                    BLAS.gemm(transA: transA, transB: transB, m: i1 - i0, n: j1 - j0, k: k, alpha: alphaT,
+                              a: transA ? A + i0 : A + i0 * lda, lda: lda, b: transB ? B + j0 * ldb : B + j0, ldb: ldb,
+                              beta: betaT, c: c + i0 * n + j0, ldc: n)
                 }
-                // Columns split over the pool as BLAS.gemm splits them, each part as row blocks
-                // within OpenBLAS's small-matrix limit (`SmallProducts`).
-                Parallel.forRange(units) { r in
-                    let j0 = r.lowerBound * 16, j1 = min(r.upperBound * 16, n)
-                    let blockRows = SmallProducts.rows(width: j1 - j0, k: k)
-                    var i0 = 0
-                    while i0 < m {
-                        let i1 = blockRows > 0 ? min(m, i0 + blockRows) : m
-                        BLAS.gemm(transA: transA, transB: transB, m: i1 - i0, n: j1 - j0, k: k, alpha: alphaT,
-                                  a: transA ? A + i0 : A + i0 * lda, lda: lda, b: transB ? B + j0 * ldb : B + j0, ldb: ldb,
-                                  beta: betaT, c: c + i0 * n + j0, ldc: n)
-                        i0 = i1
+                guard m > 1, n > 1, m * n * k >= BLAS.singleThreadWork else { return block(0, m, 0, n) }
+                // Rows split over the pool as an elementwise kernel over the buffer splits its
+                // elements (Parallel.forRange: the optimizer's update, AdamW's halves), so each
+                // thread writes the part of the gradient it then updates itself and the gradient
+                // never crosses to the other core (a column split wrote half of every row there:
+                // 1.3 MB of the MLP's 1.8 MB crossing a step). Each part runs as blocks within
+                // OpenBLAS's small-matrix limit (`SmallProducts`) where that pays.
+                let tile = T.self == Float.self ? SmallProducts.tile(n: n, k: k) : nil
+                Parallel.forRange(m) { r in
+                    guard let tile else { return block(r.lowerBound, r.upperBound, 0, n) }
+                    for i0 in stride(from: r.lowerBound, to: r.upperBound, by: tile.rows) {
+                        for j0 in stride(from: 0, to: n, by: tile.columns) {
+                            block(i0, min(i0 + tile.rows, r.upperBound), j0, min(j0 + tile.columns, n))
+                        }
                     }
                 }
             }
@@ -153,6 +152,20 @@ enum SmallProducts {
         guard available, width > 0, k > 0, k <= 256 else { return 0 }
         let rows = limit / (width * k) / 8 * 8
         return rows >= 32 ? rows : 0
+    }
+
+    /// Blocks for a product `n` columns wide with inner dim `k`: the fewest column pieces (each a
+    /// multiple of 16 columns) whose blocks of `rows(width:k:)` rows stay within the limit, or nil
+    /// when there are none (MLP's 784-wide dW, K 64: two pieces of 400 and 384 columns, 32 rows).
+    static func tile(n: Int, k: Int) -> (rows: Int, columns: Int)? {
+        var pieces = 1
+        while true {
+            let columns = ((n + pieces - 1) / pieces + 15) / 16 * 16
+            let rows = rows(width: min(columns, n), k: k)
+            if rows > 0 { return (rows, columns) }
+            if columns <= 16 { return nil }
+            pieces += 1
+        }
     }
 }
 
