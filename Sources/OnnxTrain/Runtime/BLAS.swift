@@ -20,10 +20,18 @@ public enum BLAS {
     /// reads it. Each element is bias + product rounded once, as a separate Add computes it (a K
     /// that runs over several of OpenBLAS's blocks adds the partial sums onto the bias instead of
     /// onto zero: then equal to float rounding).
+    ///
+    /// With `innerSplit` (a fully connected layer's input gradient dY·W, A and B = W [k, n] plain),
+    /// a product with B at least twice C's height in rows (2m <= k) and C at most `innerSplitLimit`
+    /// elements splits K over the threads instead of C's columns (`gemmSplittingK`): each thread
+    /// reads the rows of W that it updated itself in the optimizer step (which splits every weight
+    /// by rows), where a column split read half of W from the other core's cache, and only the
+    /// small partial C crosses. Results equal to float rounding (each element the sum of two sums).
     @inline(__always)
     public static func gemm<T: FloatElement>(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: T,
                                              a: UnsafePointer<T>, lda: Int, b: UnsafePointer<T>, ldb: Int,
-                                             beta: T, c: UnsafeMutablePointer<T>, ldc: Int, rowBias: UnsafePointer<T>? = nil) {
+                                             beta: T, c: UnsafeMutablePointer<T>, ldc: Int, rowBias: UnsafePointer<T>? = nil,
+                                             innerSplit: Bool = false) {
         guard m > 0 && n > 0 else { return }
         var beta = beta
         if let rowBias {
@@ -56,6 +64,10 @@ public enum BLAS {
                  x: b, incx: transB ? 1 : ldb, beta: beta, y: c, incy: ldc)
             return
         }
+        if innerSplit, rowBias == nil, !transA, !transB, 2 * m <= k, m * n <= innerSplitLimit, m * n * k >= singleThreadWork,
+           !Parallel.isInsideRegion, Parallel.threadCount > 1 {
+            return gemmSplittingK(m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        }
         let ta = transA ? CblasTrans : CblasNoTrans, tb = transB ? CblasTrans : CblasNoTrans
         split(m: m, n: n, work: m * n * k) { i0, i1, j0, j1 in
             if let rowBias { for i in i0..<i1 { (c + i * ldc + j0).update(from: rowBias + j0, count: j1 - j0) } }
@@ -67,6 +79,39 @@ public enum BLAS {
             } else {
                 cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, Double(alpha), rebound(pa), Int32(lda), rebound(pb), Int32(ldb),
                             Double(beta), UnsafeMutableRawPointer(pc).assumingMemoryBound(to: Double.self), Int32(ldc))
+            }
+        }
+    }
+
+    /// The largest C (elements) `innerSplit` products split by K: each thread past the first
+    /// sums into a scratch C of its own.
+    static let innerSplitLimit = 1 << 18
+
+    /// C = alpha·A·B + beta·C with K split over the pool threads: thread i multiplies A's
+    /// columns and B's rows of its part of K (chunk i of K, as an elementwise kernel splits B's
+    /// elements), the first into C and the others into scratch, and then every thread adds the
+    /// scratch into its own rows of C (chunk i of the rows, as the elementwise kernel after the
+    /// product splits C). Each element is the sum of the parts' sums.
+    static func gemmSplittingK<T: FloatElement>(m: Int, n: Int, k: Int, alpha: T, a: UnsafePointer<T>, lda: Int,
+                                                b: UnsafePointer<T>, ldb: Int, beta: T, c: UnsafeMutablePointer<T>, ldc: Int) {
+        let parts = min(Parallel.threadCount, k)
+        let scratch = UnsafeMutablePointer<T>.allocate(capacity: (parts - 1) * m * n)
+        defer { scratch.deallocate() }
+        Parallel.forRange(parts) { r in
+            for part in r {
+                let ks = Parallel.chunk(part, of: parts, count: k)
+                let (pc, ld) = part == 0 ? (c, ldc) : (scratch + (part - 1) * m * n, n)
+                gemm(transA: false, transB: false, m: m, n: n, k: ks.count, alpha: alpha, a: a + ks.lowerBound,
+                     lda: lda, b: b + ks.lowerBound * ldb, ldb: ldb, beta: part == 0 ? beta : T.zero, c: pc, ldc: ld)
+            }
+        }
+        Parallel.forRange(m) { rows in
+            for i in rows {
+                let row = c + i * ldc
+                for part in 1..<parts {
+                    let add = scratch + (part - 1) * m * n + i * n
+                    for j in 0..<n { row[j] += add[j] }
+                }
             }
         }
     }

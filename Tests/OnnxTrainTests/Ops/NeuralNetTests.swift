@@ -144,6 +144,57 @@ final class NeuralNetTests: XCTestCase {
         }
     }
 
+    /// Gemm with beta 1 and a bias row (C of shape [n], [1, n]; a fully connected layer's) hands
+    /// the bias to the GEMM, each thread writing it into its own block of Y: bit for bit the
+    /// result of the same Gemm given C broadcast to [m, n] in full where both run the same product
+    /// (B transposed, as PyTorch's Linear exports it, or one thread; with B plain the full-C
+    /// Gemm splits K, and the two agree to float32 rounding), and within float32 rounding of
+    /// a K-term sum of float64 evaluation; the small case and a product large enough to run on
+    /// every thread (64x512x784, the MLP benchmark's first layer), B plain and transposed, alpha
+    /// 1 and 0.5, and a Gemm with K 0 (every row the bias).
+    func testGemmBiasRowMatchesFullBias() throws {
+        for (m, n, k) in [(2, 3, 2), (64, 512, 784), (3, 5, 0)] {
+            for transB in [false, true] {
+                for alpha in [Float(1), 0.5] {
+                    let label = "m \(m) n \(n) k \(k) transB \(transB) alpha \(alpha)"
+                    let a = randomDoubles([m, k], seed: UInt64(m + n + k)), b = randomDoubles(transB ? [n, k] : [k, n], seed: UInt64(m * n + 1))
+                    let bias = randomDoubles([n], seed: 7)
+                    let (av, bv, cv) = (try a.doubles(), try b.doubles(), try bias.doubles())
+                    var expected = [Double](repeating: 0, count: m * n)
+                    for i in 0..<m {
+                        for j in 0..<n {
+                            var sum = 0.0
+                            for p in 0..<k { sum += av[i * k + p] * (transB ? bv[j * k + p] : bv[p * n + j]) }
+                            expected[i * n + j] = Double(alpha) * sum + cv[j]
+                        }
+                    }
+                    let (a32, b32) = (try a.converted(toFloat: .float32), try b.converted(toFloat: .float32))
+                    let full = Tensor(shape: [m, n], scalars: (0..<(m * n)).map { Float(cv[$0 % n]) })
+                    let attributes: [String: Attribute] = ["alpha": .float(alpha), "transB": .int(transB ? 1 : 0)]
+                    let reference = try runNode("Gemm", opset: 13, [a32, b32, full], attributes: attributes)[0].scalars(as: Float.self)
+                    for c in [try bias.converted(toFloat: .float32), try bias.converted(toFloat: .float32).reshaped([1, n])] {
+                        let y = try runNode("Gemm", opset: 13, [a32, b32, c], attributes: attributes)[0]
+                        XCTAssertEqual(y.shape, [m, n], label)
+                        let got = y.scalars(as: Float.self)
+                        // Values below 2 in magnitude: k products below 4 each, rounded k times.
+                        let bound = Double(max(k, 1)) * 4 * 0x1p-23
+                        if transB || m * n * k < BLAS.singleThreadWork {
+                            XCTAssertEqual(got.map(\.bitPattern), reference.map(\.bitPattern), "\(label) C \(c.shape)")
+                        } else {
+                            // With B plain the full-C Gemm splits K over the threads (BLAS.gemm's innerSplit).
+                            let worst = zip(got, reference).map { abs(Double($0) - Double($1)) }.max() ?? 0
+                            XCTAssertLessThanOrEqual(worst, bound, "\(label) C \(c.shape)")
+                        }
+                        for (g, e) in zip(got, expected) where abs(Double(g) - e) > bound {
+                            XCTFail("\(label) C \(c.shape): \(g) vs \(e)")
+                            break
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     func testIntegerGemm() throws {
         // [[1, 2], [3, 4]] · [[5, 6], [7, 8]] · 2 + 10 = [[48, 54], [96, 110]]
         let a = Tensor(shape: [2, 2], scalars: [Int32(1), 2, 3, 4]), b = Tensor(shape: [2, 2], scalars: [Int32(5), 6, 7, 8])
