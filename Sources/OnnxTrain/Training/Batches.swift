@@ -95,7 +95,8 @@ public struct Batches {
             var shape = t.shape
             shape[0] = perExample * examples.count
             let unitBytes = t.byteCount / max(t.shape[0], 1) * perExample
-            let batch = Tensor(zeros: t.dtype, shape: shape)
+            // Every byte is copied below (examples.count units of unitBytes make the batch).
+            let batch = t.dtype == .string ? Tensor(zeros: t.dtype, shape: shape) : Tensor(uninitialized: t.dtype, shape: shape)
             for (slot, example) in examples.enumerated() where unitBytes > 0 {
                 (batch.storage.bytes + slot * unitBytes).copyMemory(from: t.storage.bytes + example * unitBytes, byteCount: unitBytes)
             }
@@ -125,7 +126,8 @@ public struct Batches {
         var shape = t.shape
         shape[0] = count
         let rowBytes = t.byteCount / max(t.shape[0], 1)
-        let out = Tensor(zeros: t.dtype, shape: shape)
+        // Every byte is copied below.
+        let out = t.dtype == .string ? Tensor(zeros: t.dtype, shape: shape) : Tensor(uninitialized: t.dtype, shape: shape)
         if rowBytes * count > 0 {
             out.storage.bytes.copyMemory(from: t.storage.bytes + start * rowBytes, byteCount: rowBytes * count)
         }
