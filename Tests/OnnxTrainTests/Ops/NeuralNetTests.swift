@@ -195,6 +195,26 @@ final class NeuralNetTests: XCTestCase {
         }
     }
 
+    /// A Gemm whose inner dimension is 0 gives beta·C (ONNX's Y = alpha·A·B + beta·C with an empty
+    /// sum): C broadcast from [m, n], [n] at beta 1 (the bias row path), and zeros without C; in
+    /// float32 and float64.
+    func testGemmWithEmptyInnerDimensionIsBetaC() throws {
+        let a = Tensor(shape: [2, 0], scalars: [Float]()), b = Tensor(shape: [0, 3], scalars: [Float]())
+        let cases: [(c: Tensor?, beta: Float, expected: [Float])] = [
+            (Tensor(shape: [2, 3], scalars: [Float(1), 2, 3, 4, 5, 6]), 0.5, [0.5, 1, 1.5, 2, 2.5, 3]),
+            (Tensor(shape: [3], scalars: [Float(1), 2, 3]), 1, [1, 2, 3, 1, 2, 3]),
+            (nil, 1, [0, 0, 0, 0, 0, 0]),
+        ]
+        for (c, beta, expected) in cases {
+            let inputs = [a, b] + (c.map { [$0] } ?? [])
+            let y = try runNode("Gemm", opset: 13, inputs, attributes: ["beta": .float(beta)])[0]
+            XCTAssertEqual(y.shape, [2, 3])
+            XCTAssertEqual(y.scalars(as: Float.self), expected, "C \(c?.shape ?? []) beta \(beta)")
+            let wide = try runNode("Gemm", opset: 13, try inputs.map { try $0.converted(toFloat: .float64) }, attributes: ["beta": .float(beta)])[0]
+            XCTAssertEqual(wide.scalars(as: Double.self), expected.map { Double($0) }, "float64 C \(c?.shape ?? []) beta \(beta)")
+        }
+    }
+
     func testIntegerGemm() throws {
         // [[1, 2], [3, 4]] · [[5, 6], [7, 8]] · 2 + 10 = [[48, 54], [96, 110]]
         let a = Tensor(shape: [2, 2], scalars: [Int32(1), 2, 3, 4]), b = Tensor(shape: [2, 2], scalars: [Int32(5), 6, 7, 8])

@@ -9,6 +9,27 @@ final class BLASTests: XCTestCase {
     /// output count that is no multiple of 16), one column, and a 1×1 result.
     static let shapes: [(Int, Int, Int)] = [(1, 37, 29), (1, 1003, 517), (41, 1, 23), (777, 1, 400), (1, 1, 50)]
 
+    /// Random operands for C = alpha·op(A)·op(B) + beta·C with row strides 3 past the row length
+    /// (a stride mix-up reads the padding), C full of NaNs when beta is 0, and the expected C from
+    /// plain float64 loops.
+    static func product(m: Int, n: Int, k: Int, transA: Bool, transB: Bool, alpha: Double, beta: Double, seed: UInt64)
+        -> (a: [Double], b: [Double], c0: [Double], expected: [Double], lda: Int, ldb: Int, ldc: Int) {
+        let (ar, ac) = transA ? (k, m) : (m, k), (br, bc) = transB ? (n, k) : (k, n)
+        let lda = ac + 3, ldb = bc + 3, ldc = n + 3
+        let a = randomDoubles([ar * lda], seed: seed).scalars(as: Double.self)
+        let b = randomDoubles([br * ldb], seed: seed + 1).scalars(as: Double.self)
+        let c0 = beta == 0 ? [Double](repeating: .nan, count: m * ldc) : randomDoubles([m * ldc], seed: seed + 2).scalars(as: Double.self)
+        var expected = c0
+        for i in 0..<m {
+            for j in 0..<n {
+                var sum = 0.0
+                for p in 0..<k { sum += (transA ? a[p * lda + i] : a[i * lda + p]) * (transB ? b[j * ldb + p] : b[p * ldb + j]) }
+                expected[i * ldc + j] = alpha * sum + (beta == 0 ? 0 : beta * c0[i * ldc + j])
+            }
+        }
+        return (a, b, c0, expected, lda, ldb, ldc)
+    }
+
     func testVectorProductsMatchPlainLoops() {
         var worst32 = 0.0, worst64 = 0.0
         for (s, (m, n, k)) in Self.shapes.enumerated() {
@@ -16,21 +37,9 @@ final class BLASTests: XCTestCase {
                 for transB in [false, true] {
                     for (alpha, beta) in [(1.0, 0.0), (0.75, 1.0), (-1.5, 0.5)] {
                         let label = "m \(m) n \(n) k \(k) transA \(transA) transB \(transB) alpha \(alpha) beta \(beta)"
-                        // Row strides 3 past the row length, so a stride mix-up reads the padding.
-                        let (ar, ac) = transA ? (k, m) : (m, k), (br, bc) = transB ? (n, k) : (k, n)
-                        let lda = ac + 3, ldb = bc + 3, ldc = n + 3
                         let seed = UInt64(s * 100 + (transA ? 10 : 0) + (transB ? 20 : 0)) + UInt64(alpha * 4 + 8)
-                        let a = randomDoubles([ar * lda], seed: seed).scalars(as: Double.self)
-                        let b = randomDoubles([br * ldb], seed: seed + 1).scalars(as: Double.self)
-                        let c0 = beta == 0 ? [Double](repeating: .nan, count: m * ldc) : randomDoubles([m * ldc], seed: seed + 2).scalars(as: Double.self)
-                        var expected = c0
-                        for i in 0..<m {
-                            for j in 0..<n {
-                                var sum = 0.0
-                                for p in 0..<k { sum += (transA ? a[p * lda + i] : a[i * lda + p]) * (transB ? b[j * ldb + p] : b[p * ldb + j]) }
-                                expected[i * ldc + j] = alpha * sum + (beta == 0 ? 0 : beta * c0[i * ldc + j])
-                            }
-                        }
+                        let (a, b, c0, expected, lda, ldb, ldc) = Self.product(m: m, n: n, k: k, transA: transA, transB: transB,
+                                                                              alpha: alpha, beta: beta, seed: seed)
                         var c64 = c0
                         BLAS.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
                                   beta: beta, c: &c64, ldc: ldc)
@@ -75,20 +84,9 @@ final class BLASTests: XCTestCase {
                 for transA in [false, true] {
                     for (alpha, beta) in [(1.0, 0.0), (-1.5, 0.5)] {
                         let label = "threads \(threads) m \(m) n \(n) k \(k) transA \(transA) transB \(transB) alpha \(alpha) beta \(beta)"
-                        let (ar, ac) = transA ? (k, m) : (m, k), (br, bc) = transB ? (n, k) : (k, n)
-                        let lda = ac + 3, ldb = bc + 3, ldc = n + 3
                         let seed = UInt64(m * 7 + n * 3 + k + threads * 1000) + (transA ? 1 : 0)
-                        let a = randomDoubles([ar * lda], seed: seed).scalars(as: Double.self)
-                        let b = randomDoubles([br * ldb], seed: seed + 1).scalars(as: Double.self)
-                        let c0 = beta == 0 ? [Double](repeating: .nan, count: m * ldc) : randomDoubles([m * ldc], seed: seed + 2).scalars(as: Double.self)
-                        var expected = c0
-                        for i in 0..<m {
-                            for j in 0..<n {
-                                var sum = 0.0
-                                for p in 0..<k { sum += (transA ? a[p * lda + i] : a[i * lda + p]) * (transB ? b[j * ldb + p] : b[p * ldb + j]) }
-                                expected[i * ldc + j] = alpha * sum + (beta == 0 ? 0 : beta * c0[i * ldc + j])
-                            }
-                        }
+                        let (a, b, c0, expected, lda, ldb, ldc) = Self.product(m: m, n: n, k: k, transA: transA, transB: transB,
+                                                                              alpha: alpha, beta: beta, seed: seed)
                         var c64 = c0
                         BLAS.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
                                   beta: beta, c: &c64, ldc: ldc, innerSplit: true)

@@ -131,50 +131,39 @@ struct GemmKernel: Kernel {
             let kb = k.transB ? b.shape[1] : b.shape[0], n = k.transB ? b.shape[0] : b.shape[1]
             guard kk == kb else { throw KernelError("Gemm inner dims differ: A \(a.shape), B \(b.shape)") }
             // C is broadcast into Y first, then one GEMM with beta adds alpha·op(A)·op(B) to it; with
-            // no C (or beta 0) BLAS overwrites Y, so it starts uninitialised.
+            // no C (or beta 0) BLAS overwrites Y, so it starts uninitialised. A bias row (a fully
+            // connected layer's, beta 1) goes to the GEMM as `rowBias` instead: each thread writes it
+            // into its own block of Y just before its product adds to it, where broadcasting it first
+            // was a pass over Y on the calling thread whose lines the other thread then had to fetch
+            // (the same values: bias + product rounded once).
             var y = Tensor(uninitialized: T.dtype, shape: [m, n])
             var beta = T(fromDouble: Double(k.beta))
-            // A bias row (a fully connected layer's, beta 1) goes to the GEMM as `rowBias`: each
-            // thread writes it into its own block of Y just before its product adds to it, where
-            // broadcasting it first was a pass over Y on the calling thread whose lines the other
-            // thread then had to fetch (the same values: bias + product rounded once).
-            if let c, k.beta == 1, c.dtype == T.dtype, c.rank <= 2, c.count == n, c.shape.dropLast().allSatisfy({ $0 == 1 }), m > 0 {
-                let alpha = T(fromDouble: Double(k.alpha))
-                try a.withUnsafeBufferPointer(as: T.self) { pa in
-                    try b.withUnsafeBufferPointer(as: T.self) { pb in
-                        try c.withUnsafeBufferPointer(as: T.self) { pc in
-                            y.uncheckedMutableBufferPointer(as: T.self) { py in
-                                guard let Y = py.baseAddress, let C = pc.baseAddress else { return }
-                                guard let A = pa.baseAddress, let B = pb.baseAddress else {
-                                    // k == 0: every row is the bias.
-                                    for i in 0..<m { (Y + i * n).update(from: C, count: n) }
-                                    return
-                                }
-                                BLAS.gemm(transA: k.transA, transB: k.transB, m: m, n: n, k: kk, alpha: alpha, a: A, lda: a.shape[1],
-                                          b: B, ldb: b.shape[1], beta: 1, c: Y, ldc: n, rowBias: C)
-                            }
-                        }
-                    }
-                }
-                return y
+            let biasRow = c.flatMap { c in
+                k.beta == 1 && c.dtype == T.dtype && c.rank <= 2 && c.count == n && c.shape.dropLast().allSatisfy { $0 == 1 } ? c : nil
             }
-            if let c, beta != 0 {
+            if let c, beta != 0, biasRow == nil {
                 guard (try? Broadcast.shape(c.shape, [m, n])) == [m, n] else {
                     throw KernelError("Gemm C of shape \(c.shape) does not broadcast to [\(m), \(n)]")
                 }
                 try broadcastBias(c, into: &y, m: m, n: n, T.self)
-            } else {
+            } else if biasRow == nil {
                 beta = 0
             }
+            func withRowBias(_ body: (UnsafePointer<T>?) throws -> Void) throws {
+                guard let biasRow else { return try body(nil) }
+                try biasRow.withUnsafeBufferPointer(as: T.self) { try body($0.baseAddress) }
+            }
             let alpha = T(fromDouble: Double(k.alpha))
-            try a.withUnsafeBufferPointer(as: T.self) { pa in
-                try b.withUnsafeBufferPointer(as: T.self) { pb in
-                    y.uncheckedMutableBufferPointer(as: T.self) { py in
-                        guard let A = pa.baseAddress, let B = pb.baseAddress, let Y = py.baseAddress else { return }
-                        // A Gemm with A and B plain is a fully connected layer's input gradient (dY·W)
-                        // in training graphs: its K may split (see BLAS.gemm).
-                        BLAS.gemm(transA: k.transA, transB: k.transB, m: m, n: n, k: kk, alpha: alpha, a: A, lda: a.shape[1],
-                             b: B, ldb: b.shape[1], beta: beta, c: Y, ldc: n, innerSplit: true)
+            try withRowBias { bias in
+                try a.withUnsafeBufferPointer(as: T.self) { pa in
+                    try b.withUnsafeBufferPointer(as: T.self) { pb in
+                        y.uncheckedMutableBufferPointer(as: T.self) { py in
+                            guard let A = pa.baseAddress, let B = pb.baseAddress, let Y = py.baseAddress else { return }
+                            // A Gemm with A and B plain is a fully connected layer's input gradient
+                            // (dY·W) in training graphs: its K may split (see BLAS.gemm).
+                            BLAS.gemm(transA: k.transA, transB: k.transB, m: m, n: n, k: kk, alpha: alpha, a: A, lda: a.shape[1],
+                                      b: B, ldb: b.shape[1], beta: beta, c: Y, ldc: n, rowBias: bias, innerSplit: true)
+                        }
                     }
                 }
             }
