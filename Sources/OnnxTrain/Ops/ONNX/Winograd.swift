@@ -28,7 +28,10 @@ import _Builtin_intrinsics.intel
 ///
 /// The weights are transformed per call, as one [(m+2)², 9] · [9, M·C/G] product (`winogradWeights`):
 /// it streams W once and writes U, (m+2)²/9 times W's size, so it costs little beside products of
-/// 32+ tiles; and it needs no cache that would have to know the weight is constant. A work item
+/// 32+ tiles; and it needs no cache that would have to know the weight is constant. Where the
+/// threads split the output channels instead (few tiles, many channels: ResNet's 7×7 layers at
+/// 512 channels, U 36 MB) each thread transforms its outputs' weights a block at a time right
+/// before their products (`winogradFusesWeights`), so U never goes through memory. A work item
 /// holds about `winogradItemTiles` tiles, so each thread's buffers stay a few MB.
 
 /// One Winograd variant: the 1-D transforms Bᵀ (input, n = m+2 points), Aᵀ (output, n -> m), its
@@ -200,6 +203,34 @@ nonisolated(unsafe) var winogradItemTiles = 64
 /// Below this many tiles per thread, `winogradConvolution`'s threads split the output channels.
 nonisolated(unsafe) var winogradSplitTiles = 64
 
+/// How many chunks of the output channels `winogradConvolution`'s threads split a convolution of
+/// `tiles` tiles and `outputs` outputs per group into: the thread count below `winogradSplitTiles`
+/// tiles per thread (with 16+ outputs per thread), else 1.
+func winogradOutputChunks(tiles: Int, outputs mg: Int) -> Int {
+    let threads = Parallel.threadCount
+    return tiles < winogradSplitTiles * threads && mg >= 16 * threads ? threads : 1
+}
+
+/// Outputs per block of `winogradConvolution`'s fused weight transform (see `winogradFusesWeights`):
+/// 32 at 512 channels is 2.4 MB of transformed weights per thread. ResNet-18 224×224 batch 8's
+/// layer4 (7×7, 512 channels) against blocks of 0 (U first), 16 and 64, profiled per node
+/// (interleaved, loaded machine, normalised by the nodes the change leaves alone): forward 0.150-
+/// 0.164, 0.142-0.154, 0.128-0.141 (32), 0.181-0.187; ConvGrad 0.378-0.385, 0.341-0.372, 0.334-0.377, 0.389-0.427.
+nonisolated(unsafe) var winogradFusedBlock = 32
+
+/// Tests: every Winograd forward and dX transforms its weights per block of outputs, inside the threads.
+nonisolated(unsafe) var winogradFuseAlways = false
+
+/// Whether a forward or dX by Winograd transforms its weights inside its threads, a block of
+/// `winogradFusedBlock` outputs at a time right before their products, instead of into U first:
+/// where the threads split the output channels (few tiles, many channels: 7×7 at 512 channels,
+/// where U is 36 MB, 4x W, written and then read back from memory on every call).
+func winogradFusesWeights(images: Int, outputs mg: Int, output: (Int, Int), tile tm: Int) -> Bool {
+    if winogradFuseAlways { return true }
+    let tiles = images * ((output.0 + tm - 1) / tm) * ((output.1 + tm - 1) / tm)
+    return winogradFusedBlock > 0 && winogradOutputChunks(tiles: tiles, outputs: mg) > 1
+}
+
 /// Images at most this many tiles wide take `winogradConvolution`'s gathering transforms (eight
 /// tiles of the work item in the lanes, whatever their rows and images); wider ones split rows
 /// into column phases (eight tiles of one row in the lanes).
@@ -224,36 +255,47 @@ func winogradWeights<F: WinogradTransform>(_: F.Type, _ W: UnsafePointer<Float>,
         let blocks = kernels / 8
         // Blocks of eight kernels, about 64 KB of U per chunk so small layers stay on one thread.
         Parallel.forRange(blocks, minimumChunk: max(1, 2048 / nn)) { range in
-            for block in range {
-                let r = block * 8
-                let w = W + r * 9
-                var taps = (SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(),
-                            SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>())
-                withUnsafeMutableBytes(of: &taps) { raw in
-                    let t = raw.baseAddress!.assumingMemoryBound(to: SIMD8<Float>.self)
-                    #if ONNX_TRAIN_X86_64_V3 && arch(x86_64)
-                    // Taps 0…7 of the eight kernels (rows of W, 9 floats apart) transposed; tap 8 gathered.
-                    @inline(__always) func row(_ l: Int) -> SIMD8<Float> { UnsafeRawPointer(w + l * 9).loadUnaligned(as: SIMD8<Float>.self) }
-                    winogradTranspose8(row(0), row(1), row(2), row(3), row(4), row(5), row(6), row(7), count: 8, into: t)
-                    t[8] = SIMD8(w[8], w[17], w[26], w[35], w[44], w[53], w[62], w[71])
-                    #else
-                    for tap in 0..<9 { t[tap] = SIMD8(w[tap], w[9 + tap], w[18 + tap], w[27 + tap], w[36 + tap], w[45 + tap], w[54 + tap], w[63 + tap]) }
-                    #endif
-                    for xi in 0..<nn {
-                        let gx = g + xi * 9
-                        var sum = t[0] * SIMD8(repeating: gx[0])
-                        for tap in 1..<9 { sum = sum.addingProduct(t[tap], SIMD8(repeating: gx[tap])) }
-                        UnsafeMutableRawPointer(U + xi * kernels + r).storeBytes(of: sum, as: SIMD8<Float>.self)
-                    }
-                }
+            winogradWeightRun(g, nn: nn, W + range.lowerBound * 72, count: range.count * 8, into: U + range.lowerBound * 8, stride: kernels)
+        }
+        winogradWeightRun(g, nn: nn, W + blocks * 72, count: kernels - blocks * 8, into: U + blocks * 8, stride: kernels)
+    }
+}
+
+/// `winogradWeights` for `count` consecutive kernels of W on the calling thread: U[ξ·stride + r] =
+/// Σ_tap Gk[ξ, tap]·W[r·9 + tap] (`g` is Gk [nn, 9]), eight kernels at a time, each sum of nine
+/// products in tap order by fused multiply-adds; the last count % 8 one at a time, the same sums.
+@inline(__always)
+func winogradWeightRun(_ g: UnsafePointer<Float>, nn: Int, _ W: UnsafePointer<Float>, count: Int,
+                       into U: UnsafeMutablePointer<Float>, stride: Int) {
+    let blocks = count / 8
+    for block in 0..<blocks {
+        let r = block * 8
+        let w = W + r * 9
+        var taps = (SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>(),
+                    SIMD8<Float>(), SIMD8<Float>(), SIMD8<Float>())
+        withUnsafeMutableBytes(of: &taps) { raw in
+            let t = raw.baseAddress!.assumingMemoryBound(to: SIMD8<Float>.self)
+            #if ONNX_TRAIN_X86_64_V3 && arch(x86_64)
+            // Taps 0…7 of the eight kernels (rows of W, 9 floats apart) transposed; tap 8 gathered.
+            @inline(__always) func row(_ l: Int) -> SIMD8<Float> { UnsafeRawPointer(w + l * 9).loadUnaligned(as: SIMD8<Float>.self) }
+            winogradTranspose8(row(0), row(1), row(2), row(3), row(4), row(5), row(6), row(7), count: 8, into: t)
+            t[8] = SIMD8(w[8], w[17], w[26], w[35], w[44], w[53], w[62], w[71])
+            #else
+            for tap in 0..<9 { t[tap] = SIMD8(w[tap], w[9 + tap], w[18 + tap], w[27 + tap], w[36 + tap], w[45 + tap], w[54 + tap], w[63 + tap]) }
+            #endif
+            for xi in 0..<nn {
+                let gx = g + xi * 9
+                var sum = t[0] * SIMD8(repeating: gx[0])
+                for tap in 1..<9 { sum = sum.addingProduct(t[tap], SIMD8(repeating: gx[tap])) }
+                UnsafeMutableRawPointer(U + xi * stride + r).storeBytes(of: sum, as: SIMD8<Float>.self)
             }
         }
-        for r in (blocks * 8)..<kernels {
-            for xi in 0..<nn {
-                var sum = W[r * 9] * g[xi * 9]
-                for tap in 1..<9 { sum = sum.addingProduct(W[r * 9 + tap], g[xi * 9 + tap]) }
-                U[xi * kernels + r] = sum
-            }
+    }
+    for r in (blocks * 8)..<count {
+        for xi in 0..<nn {
+            var sum = W[r * 9] * g[xi * 9]
+            for tap in 1..<9 { sum = sum.addingProduct(W[r * 9 + tap], g[xi * 9 + tap]) }
+            U[xi * stride + r] = sum
         }
     }
 }
@@ -321,8 +363,8 @@ enum WinogradWeightBlock {
 /// output (y, x) reads input rows y - padTop ..< y - padTop + 3 and columns likewise (zeros outside
 /// the image; any pads, the pads at the end are implied by oh and ow). `epilogue` (FusedConv's Z
 /// and Relu) is applied to each output row right after its tile row is written.
-func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Float>, _ U: UnsafePointer<Float>, transposedWeights: Bool,
-                                               bias: UnsafePointer<Float>?,
+func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Float>, _ U: UnsafePointer<Float>?, weights W: UnsafePointer<Float>? = nil,
+                                               transposedWeights: Bool, bias: UnsafePointer<Float>?,
                                                _ Y: UnsafeMutablePointer<Float>, images: Int, channels c: Int, outputs m: Int, group: Int,
                                                input: (Int, Int), output: (Int, Int), padTop: Int, padLeft: Int,
                                                epilogue: ConvEpilogue<Float>?) {
@@ -338,7 +380,7 @@ func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Flo
     // reads only its share of U (at 14×14 and 512 channels U is 36 MB, the products are narrow and
     // bound by reading it).
     let threads = Parallel.threadCount
-    let mChunks = tileRows * tilesX < winogradSplitTiles * threads && mg >= 16 * threads ? threads : 1
+    let mChunks = winogradOutputChunks(tiles: tileRows * tilesX, outputs: mg)
     let budget = min(winogradItemFloats, nn * (cg + mg) * winogradItemTiles)
     var rowsPerItem = max(1, budget / max(nn * (cg + mg) * tilesX, 1))
     if mChunks == 1 {
@@ -352,7 +394,13 @@ func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Flo
     let reader = WinogradTileReader(size: n, step: tm, rows: ih, columns: iw, padTop: padTop, padLeft: padLeft,
                                     tilesX: tilesX, tilesY: tilesY)
     let gather = reader.gather
+    // Without U: each thread transforms `winogradFusedBlock` outputs' weights at a time into `Ub`
+    // and multiplies them at once, while they are in its cache (`winogradFusesWeights`).
+    let fusedBlock = U == nil ? max(1, min(winogradFusedBlock, mMax)) : 0
+    let gk = U == nil ? winogradTapMatrix(F.self, flipped: transposedWeights) : []
     Parallel.forRange(rowItems * mChunks) { range in
+        let Ub = UnsafeMutablePointer<Float>.allocate(capacity: max(1, nn * fusedBlock * cg))
+        defer { Ub.deallocate() }
         let V = UnsafeMutablePointer<Float>.allocate(capacity: nn * cg * maxTiles)
         let Mo = UnsafeMutablePointer<Float>.allocate(capacity: nn * mMax * maxTiles)
         let phases = UnsafeMutablePointer<Float>.allocate(capacity: reader.bufferCount(tileRows: rowsPerItem))
@@ -377,11 +425,34 @@ func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Flo
                     }
                 }
                 // Mo_ξ [M/G, T] = U_ξ [M/G, C/G] · V_ξ [C/G, T] (single-threaded: inside the region).
-                for xi in 0..<nn {
-                    let u = U + (xi * group + gi) * mg * cg
-                    BLAS.gemm(transA: transposedWeights, transB: false, m: mo, n: T, k: cg, alpha: Float(1),
-                              a: transposedWeights ? u + o0 : u + o0 * cg, lda: transposedWeights ? mg : cg, b: V + xi * cg * T, ldb: T,
-                              beta: Float(0), c: Mo + xi * mo * T, ldc: T)
+                if let U {
+                    for xi in 0..<nn {
+                        let u = U + (xi * group + gi) * mg * cg
+                        BLAS.gemm(transA: transposedWeights, transB: false, m: mo, n: T, k: cg, alpha: Float(1),
+                                  a: transposedWeights ? u + o0 : u + o0 * cg, lda: transposedWeights ? mg : cg, b: V + xi * cg * T, ldb: T,
+                                  beta: Float(0), c: Mo + xi * mo * T, ldc: T)
+                    }
+                } else if let W {
+                    // Outputs first..<first + ms of the group at a time: Ub_ξ [ms, C/G] (transposed: [C/G, ms],
+                    // kernels (k, first...) of W [G·C/G, M/G] in runs of ms), the same values as U's rows.
+                    gk.withUnsafeBufferPointer { pg in
+                        guard let g = pg.baseAddress else { return }
+                        for s0 in stride(from: 0, to: mo, by: fusedBlock) {
+                            let ms = min(fusedBlock, mo - s0), first = o0 + s0
+                            if transposedWeights {
+                                for k in 0..<cg {
+                                    winogradWeightRun(g, nn: nn, W + ((gi * cg + k) * mg + first) * 9, count: ms, into: Ub + k * ms, stride: cg * ms)
+                                }
+                            } else {
+                                winogradWeightRun(g, nn: nn, W + (gi * mg + first) * cg * 9, count: ms * cg, into: Ub, stride: ms * cg)
+                            }
+                            for xi in 0..<nn {
+                                BLAS.gemm(transA: transposedWeights, transB: false, m: ms, n: T, k: cg, alpha: Float(1),
+                                          a: Ub + xi * ms * cg, lda: transposedWeights ? ms : cg, b: V + xi * cg * T, ldb: T,
+                                          beta: Float(0), c: Mo + (xi * mo + s0) * T, ldc: T)
+                            }
+                        }
+                    }
                 }
                 // Y tile = Aᵀ Mo A + bias, then the epilogue on each finished output row.
                 for oc in o0..<(o0 + mo) where gather {
@@ -697,6 +768,13 @@ func winogradTranspose8(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Floa
 func winogradForward(tile: Int, _ X: UnsafePointer<Float>, _ W: UnsafePointer<Float>, bias: UnsafePointer<Float>?, _ Y: UnsafeMutablePointer<Float>,
                      images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, epilogue: ConvEpilogue<Float>?) throws {
     func run<F: WinogradTransform>(_ f: F.Type) throws {
+        if winogradFusesWeights(images: n, outputs: m / group, output: (g.output[0], g.output[1]), tile: f.m) {
+            winogradConvolution(f, X, nil, weights: W, transposedWeights: false, bias: bias, Y,
+                                images: n, channels: c, outputs: m, group: group,
+                                input: (g.input[0], g.input[1]), output: (g.output[0], g.output[1]),
+                                padTop: g.padsBegin[0], padLeft: g.padsBegin[1], epilogue: epilogue)
+            return
+        }
         let block = try WinogradWeightBlock.take(f.n * f.n * m * (c / group))
         defer { WinogradWeightBlock.give(block) }
         winogradWeights(f, W, kernels: m * (c / group), flipped: false, into: block.0)
@@ -714,6 +792,13 @@ func winogradForward(tile: Int, _ X: UnsafePointer<Float>, _ W: UnsafePointer<Fl
 func winogradGradX(tile: Int, _ DY: UnsafePointer<Float>, _ W: UnsafePointer<Float>, _ DX: UnsafeMutablePointer<Float>,
                    images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry) throws {
     func run<F: WinogradTransform>(_ f: F.Type) throws {
+        if winogradFusesWeights(images: n, outputs: c / group, output: (g.input[0], g.input[1]), tile: f.m) {
+            winogradConvolution(f, DY, nil, weights: W, transposedWeights: true, bias: nil, DX,
+                                images: n, channels: m, outputs: c, group: group,
+                                input: (g.output[0], g.output[1]), output: (g.input[0], g.input[1]),
+                                padTop: 2 - g.padsBegin[0], padLeft: 2 - g.padsBegin[1], epilogue: nil)
+            return
+        }
         let block = try WinogradWeightBlock.take(f.n * f.n * m * (c / group))
         defer { WinogradWeightBlock.give(block) }
         winogradWeights(f, W, kernels: m * (c / group), flipped: true, into: block.0)
