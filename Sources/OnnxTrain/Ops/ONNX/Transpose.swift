@@ -16,7 +16,31 @@ func transpose(_ x: Tensor, perm: [Int]) throws -> Tensor {
     let strides = contiguousStrides(x.shape)
     let shape = perm.map { x.shape[$0] }
     if x.dtype.byteSize == 4, let out = tileTranspose32(x, shape: shape, strides: perm.map { strides[$0] }) { return out }
+    // Output axes that are consecutive in the input too are one axis of the copy (ShuffleNet's
+    // channel shuffle [N, g, C/g, H, W] -> [N, C/g, g, H, W] copies runs of H·W, not of W).
+    let (merged, mergedStrides) = mergedAxes(shape, perm.map { strides[$0] })
+    if x.dtype != .string, merged.count < shape.count {
+        return try stridedCopy(x, shape: merged, strides: mergedStrides).reshaped(shape)
+    }
     return try stridedCopy(x, shape: shape, strides: perm.map { strides[$0] })
+}
+
+/// A strided view's shape and strides with size-1 axes dropped and each output axis whose input
+/// stride is the next axis's stride times its size folded into the next (the same elements in
+/// the same order). A view of no axes left becomes one axis of its element count.
+func mergedAxes(_ shape: [Int], _ strides: [Int]) -> (shape: [Int], strides: [Int]) {
+    var outShape: [Int] = [], outStrides: [Int] = []
+    for (d, s) in zip(shape, strides) where d != 1 {
+        if let last = outStrides.last, last == s * d {
+            outShape[outShape.count - 1] *= d
+            outStrides[outStrides.count - 1] = s
+        } else {
+            outShape.append(d)
+            outStrides.append(s)
+        }
+    }
+    if outShape.isEmpty { return ([shape.reduce(1, *)], [1]) }
+    return (outShape, outStrides)
 }
 
 /// A transpose of 4-byte elements that moves the input's contiguous axis away from the end
