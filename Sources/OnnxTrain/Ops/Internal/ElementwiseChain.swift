@@ -185,7 +185,11 @@ struct ElementwiseChainKernel: Kernel {
             out.uncheckedMutableBufferPointer(as: T.self) { po in
                 guard let Y = po.baseAddress else { return }
                 let blocks = (n + block - 1) / block
-                Parallel.forRange(blocks, minimumChunk: max(1, 64 * 256 / block)) { range in
+                // At least 64K elements a thread: GPT-2 tiny's chains of 32K elements (attention's
+                // scale, mask and softmax; tanh GELU) took 2.3x as long split over two threads as on
+                // one on a loaded machine (profile: 0.21-0.24 ms -> 0.53-0.59 ms for its six chains a
+                // run, load 6.5), and the run's least time was no better split (0.96 against 0.98-1.04 ms).
+                Parallel.forRange(blocks, minimumChunk: max(1, 256 * 256 / block)) { range in
                     let tmp = UnsafeMutablePointer<T>.allocate(capacity: block)
                     defer { tmp.deallocate() }
                     for b in range {
