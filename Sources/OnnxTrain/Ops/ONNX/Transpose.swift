@@ -50,16 +50,7 @@ func mergedAxes(_ shape: [Int], _ strides: [Int]) -> (shape: [Int], strides: [In
 /// permutations (their last output axis is contiguous in the input: `stridedCopy` copies runs).
 func tileTranspose32(_ x: Tensor, shape fullShape: [Int], strides fullStrides: [Int]) -> Tensor? {
     // Merge output axes that are consecutive in the input too; drop size-1 axes.
-    var shape: [Int] = [], strides: [Int] = []
-    for (d, s) in zip(fullShape, fullStrides) where d != 1 {
-        if let last = strides.last, last == s * d {
-            shape[shape.count - 1] *= d
-            strides[strides.count - 1] = s
-        } else {
-            shape.append(d)
-            strides.append(s)
-        }
-    }
+    let (shape, strides) = mergedAxes(fullShape, fullStrides)
     guard shape.count >= 2, let p = strides.firstIndex(of: 1), p != shape.count - 1 else { return nil }
     let rank = shape.count, last = rank - 1
     let rows = shape[p], cols = shape[last]
