@@ -308,9 +308,9 @@ final class GraphExecutor {
             let outputs: [Value?]
             do {
                 if let profile {
-                    let start = NodeTimes.now()
+                    let start = monotonicNanoseconds()
                     outputs = try GraphExecutor.call(step, inputs, kernelContext, blocks)
-                    profile.add(step: k, nanoseconds: NodeTimes.now() &- start, outputs: outputs)
+                    profile.add(step: k, nanoseconds: monotonicNanoseconds() &- start, outputs: outputs)
                 } else {
                     outputs = try GraphExecutor.call(step, inputs, kernelContext, blocks)
                 }

@@ -151,14 +151,6 @@ final class NodeTimes {
         shapes = [[Int]?](repeating: nil, count: steps)
     }
 
-    /// The monotonic clock in nanoseconds.
-    @inline(__always)
-    static func now() -> UInt64 {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return UInt64(t.tv_sec) &* 1_000_000_000 &+ UInt64(t.tv_nsec)
-    }
-
     func add(step: Int, nanoseconds elapsed: UInt64, outputs: [Value?]) {
         nanoseconds[step] &+= elapsed
         calls[step] += 1
@@ -175,9 +167,9 @@ extension InferenceSession {
         let values = feeds.mapValues { Value.tensor($0) }
         _ = try run(values)
         let times = NodeTimes(steps: executor.steps.count)
-        let start = NodeTimes.now()
+        let start = monotonicNanoseconds()
         for _ in 0..<runs { _ = try run(values, fetches: nil, profile: times) }
-        let total = Double(NodeTimes.now() - start) * 1e-9
+        let total = Double(monotonicNanoseconds() - start) * 1e-9
         var nodes: [NodeProfile] = []
         for (k, step) in executor.steps.enumerated() where times.calls[k] > 0 {
             let node = step.node

@@ -140,7 +140,7 @@ final class WorkerPool: @unchecked Sendable {
     @inline(__always)
     private func spin(until done: () -> Bool) -> Bool {
         if done() { return true }
-        let deadline = WorkerPool.now() &+ WorkerPool.spinNanoseconds
+        let deadline = monotonicNanoseconds() &+ WorkerPool.spinNanoseconds
         var polls = 0
         while true {
             if done() { return true }
@@ -149,15 +149,9 @@ final class WorkerPool: @unchecked Sendable {
                 // Give the core away if anything else wants it: on a busy machine a spinning
                 // thread must not take time from the thread doing the work.
                 sched_yield()
-                if WorkerPool.now() >= deadline { return false }
+                if monotonicNanoseconds() >= deadline { return false }
             }
         }
-    }
-
-    private static func now() -> UInt64 {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return UInt64(t.tv_sec) &* 1_000_000_000 &+ UInt64(t.tv_nsec)
     }
 
     init(threadCount: Int) {
@@ -258,4 +252,12 @@ final class WorkerPool: @unchecked Sendable {
         let index: Int
         init(pool: WorkerPool, index: Int) { self.pool = pool; self.index = index }
     }
+}
+
+/// The monotonic clock in nanoseconds (the pool's spin deadline, the per-node profiler).
+@inline(__always)
+func monotonicNanoseconds() -> UInt64 {
+    var t = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return UInt64(t.tv_sec) &* 1_000_000_000 &+ UInt64(t.tv_nsec)
 }
