@@ -48,12 +48,10 @@ final class WinogradTests: XCTestCase {
     /// The tuning globals as the kernel had them before each test, restored after it (a test that
     /// fails inside `forcing` still leaves them as they were).
     private var savedTuning: (override: Int?, itemFloats: Int, itemTiles: Int, splitTiles: Int, gatherTilesX: Int)?
-    private var savedFusing: (always: Bool, block: Int)?
 
     override func setUp() {
         super.setUp()
         savedTuning = (winogradOverride, winogradItemFloats, winogradItemTiles, winogradSplitTiles, winogradGatherTilesX)
-        savedFusing = (winogradFuseAlways, winogradFusedBlock)
     }
 
     override func tearDown() {
@@ -61,7 +59,6 @@ final class WinogradTests: XCTestCase {
             (winogradOverride, winogradItemFloats, winogradItemTiles, winogradSplitTiles, winogradGatherTilesX) =
                 (saved.override, saved.itemFloats, saved.itemTiles, saved.splitTiles, saved.gatherTilesX)
         }
-        if let saved = savedFusing { (winogradFuseAlways, winogradFusedBlock) = (saved.always, saved.block) }
         super.tearDown()
     }
 
@@ -69,22 +66,36 @@ final class WinogradTests: XCTestCase {
     /// when `smallItems` (so items start and end at every kind of row and cross images), and the
     /// gathering transforms (eight tiles of an item in the lanes, across rows and images) or the
     /// column phases (eight tiles of one row) for every image width when `gather` is set.
-    ///
-    /// `fusedBlock` > 0 makes the forward and dX transform their weights inside the threads, that
-    /// many outputs at a time (`winogradFusesWeights`; 3 leaves partial blocks and runs shorter
-    /// than eight kernels, 8 runs of whole vectors), instead of into U first.
-    private func forcing<R>(_ tile: Int, smallItems: Bool = false, gather: Bool? = nil, fusedBlock: Int = 0, _ body: () throws -> R) rethrows -> R {
+    private func forcing<R>(_ tile: Int, smallItems: Bool = false, gather: Bool? = nil, _ body: () throws -> R) rethrows -> R {
         let (saved, items, narrow) = (winogradOverride, winogradItemFloats, winogradGatherTilesX)
-        let (fuse, block) = (winogradFuseAlways, winogradFusedBlock)
-        defer {
-            winogradOverride = saved; winogradItemFloats = items; winogradGatherTilesX = narrow
-            winogradFuseAlways = fuse; winogradFusedBlock = block
-        }
+        defer { winogradOverride = saved; winogradItemFloats = items; winogradGatherTilesX = narrow }
         winogradOverride = tile
         if smallItems { winogradItemFloats = 1 }
         if let gather { winogradGatherTilesX = gather ? Int.max : 0 }
-        if fusedBlock > 0 { (winogradFuseAlways, winogradFusedBlock) = (true, fusedBlock) }
         return try body()
+    }
+
+    /// The forward (bias, `epilogue` Relu with Z when given) and dX of case `c` through the kernel
+    /// entries with the weights transformed inside the threads, `block` outputs at a time
+    /// (`fusedBlock`; 3 leaves partial blocks and runs shorter than eight kernels, 8 runs of whole
+    /// vectors), instead of into U first. The outputs start as NaN: every value is written.
+    private func fusedEntries(_ c: Case, tile: Int, block: Int, x: Tensor, w: Tensor, b: Tensor, dy: Tensor, z: Tensor? = nil) throws -> (y: [Float], dx: [Float]) {
+        let g = try ConvGeometry(input: [c.x[2], c.x[3]], kernel: [3, 3], pads: c.pads)
+        let (px, pw, pb, pdy) = (x.scalars(as: Float.self), w.scalars(as: Float.self), b.scalars(as: Float.self), dy.scalars(as: Float.self))
+        let pz = z?.scalars(as: Float.self) ?? []
+        var y = [Float](repeating: .nan, count: c.output.reduce(1, *)), dx = [Float](repeating: .nan, count: c.x.reduce(1, *))
+        try pz.withUnsafeBufferPointer { zb in
+            try y.withUnsafeMutableBufferPointer { yb in
+                let epilogue = z == nil ? nil : ConvEpilogue<Float>(z: zb.baseAddress, relu: true)
+                try winogradForward(tile: tile, px, pw, bias: pb, yb.baseAddress!, images: c.x[0], channels: c.x[1], outputs: c.w[0],
+                                    group: c.group, g, epilogue: epilogue, fusedBlock: block)
+            }
+        }
+        try dx.withUnsafeMutableBufferPointer { dxb in
+            try winogradGradX(tile: tile, pdy, pw, dxb.baseAddress!, images: c.x[0], channels: c.x[1], outputs: c.w[0],
+                              group: c.group, g, fusedBlock: block)
+        }
+        return (y, dx)
     }
 
     /// The forward and dX with the weights transformed per block of outputs inside the threads
@@ -100,26 +111,20 @@ final class WinogradTests: XCTestCase {
             let (dx, _, _) = referenceConvGrad(doubles(dy), doubles(x), doubles(w), c)
             for tile in [2, 4] { for smallItems in [false, true] { for gather in [false, true] { for block in [3, 8] {
                 let variant = "tile \(tile) (small items \(smallItems), gather \(gather), block \(block))"
-                let (y, gx) = try forcing(tile, smallItems: smallItems, gather: gather, fusedBlock: block) {
-                    (try runTrainingOp("Conv", "", [x, w, b], attributes: c.attributes, opset: 11)[0],
-                     try runTrainingOp("ConvGrad", "com.microsoft", [dy, x, w], attributes: c.attributes, outputs: 1)[0])
+                let (y, gx) = try forcing(tile, smallItems: smallItems, gather: gather) {
+                    try fusedEntries(c, tile: tile, block: block, x: x, w: w, b: b, dy: dy)
                 }
-                XCTAssertEqual(y.shape, c.output, c.label)
-                XCTAssertEqual(gx.shape, c.x, c.label)
-                let error = relativeError(doubles(y), expected), errorX = relativeError(doubles(gx), dx)
+                let error = relativeError(y.map(Double.init), expected), errorX = relativeError(gx.map(Double.init), dx)
                 largest = max(largest, error); largestX = max(largestX, errorX)
                 XCTAssertLessThanOrEqual(error, bound(tile), "\(c.label): \(variant) fused forward error \(error)")
                 XCTAssertLessThanOrEqual(errorX, bound(tile), "\(c.label): \(variant) fused dX error \(errorX)")
             } } } }
             // FusedConv's epilogue on the fused path: bit for bit Relu(Conv + Z) of the same kernel.
             let z = float32(randomDoubles(c.output, seed: UInt64(310 + i)))
-            let attributes = c.attributes.merging(["activation": .string("Relu")]) { $1 }
-            try forcing(4, fusedBlock: 3) {
-                let y = doubles(try runTrainingOp("Conv", "", [x, w, b], attributes: c.attributes, opset: 11)[0])
-                let fused = try runTrainingOp("FusedConv", "com.microsoft", [x, w, b, z], attributes: attributes)[0]
-                let sums = zip(y, doubles(z)).map { Double(Float($0) + Float($1)) }
-                XCTAssertEqual(doubles(fused), sums.map { $0 < 0 ? 0 : $0 }, "\(c.label): fused weights, FusedConv differs from Relu(Conv + Z)")
-            }
+            let y = try fusedEntries(c, tile: 4, block: 3, x: x, w: w, b: b, dy: dy).y
+            let fused = try fusedEntries(c, tile: 4, block: 3, x: x, w: w, b: b, dy: dy, z: z).y
+            let sums = zip(y, z.scalars(as: Float.self)).map { $0 + $1 }
+            XCTAssertEqual(fused, sums.map { $0 < 0 ? 0 : $0 }, "\(c.label): fused weights, the epilogue differs from Relu(Conv + Z)")
         }
         print("WinogradTests: fused weight transform vs float64, largest relative error: forward \(largest), dX \(largestX)")
     }

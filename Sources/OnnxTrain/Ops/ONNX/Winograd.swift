@@ -216,19 +216,15 @@ func winogradOutputChunks(tiles: Int, outputs mg: Int) -> Int {
 /// layer4 (7×7, 512 channels) against blocks of 0 (U first), 16 and 64, profiled per node
 /// (interleaved, loaded machine, normalised by the nodes the change leaves alone): forward 0.150-
 /// 0.164, 0.142-0.154, 0.128-0.141 (32), 0.181-0.187; ConvGrad 0.378-0.385, 0.341-0.372, 0.334-0.377, 0.389-0.427.
-nonisolated(unsafe) var winogradFusedBlock = 32
-
-/// Tests: every Winograd forward and dX transforms its weights per block of outputs, inside the threads.
-nonisolated(unsafe) var winogradFuseAlways = false
+let winogradFusedBlock = 32
 
 /// Whether a forward or dX by Winograd transforms its weights inside its threads, a block of
 /// `winogradFusedBlock` outputs at a time right before their products, instead of into U first:
 /// where the threads split the output channels (few tiles, many channels: 7×7 at 512 channels,
 /// where U is 36 MB, 4x W, written and then read back from memory on every call).
 func winogradFusesWeights(images: Int, outputs mg: Int, output: (Int, Int), tile tm: Int) -> Bool {
-    if winogradFuseAlways { return true }
     let tiles = images * ((output.0 + tm - 1) / tm) * ((output.1 + tm - 1) / tm)
-    return winogradFusedBlock > 0 && winogradOutputChunks(tiles: tiles, outputs: mg) > 1
+    return winogradOutputChunks(tiles: tiles, outputs: mg) > 1
 }
 
 /// Images at most this many tiles wide take `winogradConvolution`'s gathering transforms (eight
@@ -362,9 +358,10 @@ enum WinogradWeightBlock {
 /// bias [M]? -> Y [N, M, oh, ow], where
 /// output (y, x) reads input rows y - padTop ..< y - padTop + 3 and columns likewise (zeros outside
 /// the image; any pads, the pads at the end are implied by oh and ow). `epilogue` (FusedConv's Z
-/// and Relu) is applied to each output row right after its tile row is written.
+/// and Relu) is applied to each output row right after its tile row is written. Without U, each
+/// thread transforms W's weights itself, `fusedBlock` outputs at a time.
 func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Float>, _ U: UnsafePointer<Float>?, weights W: UnsafePointer<Float>? = nil,
-                                               transposedWeights: Bool, bias: UnsafePointer<Float>?,
+                                               fusedBlock block: Int = winogradFusedBlock, transposedWeights: Bool, bias: UnsafePointer<Float>?,
                                                _ Y: UnsafeMutablePointer<Float>, images: Int, channels c: Int, outputs m: Int, group: Int,
                                                input: (Int, Int), output: (Int, Int), padTop: Int, padLeft: Int,
                                                epilogue: ConvEpilogue<Float>?) {
@@ -394,9 +391,9 @@ func winogradConvolution<F: WinogradTransform>(_: F.Type, _ X: UnsafePointer<Flo
     let reader = WinogradTileReader(size: n, step: tm, rows: ih, columns: iw, padTop: padTop, padLeft: padLeft,
                                     tilesX: tilesX, tilesY: tilesY)
     let gather = reader.gather
-    // Without U: each thread transforms `winogradFusedBlock` outputs' weights at a time into `Ub`
-    // and multiplies them at once, while they are in its cache (`winogradFusesWeights`).
-    let fusedBlock = U == nil ? max(1, min(winogradFusedBlock, mMax)) : 0
+    // Without U: each thread transforms `block` outputs' weights at a time into `Ub` and
+    // multiplies them at once, while they are in its cache (`winogradFusesWeights`).
+    let fusedBlock = U == nil ? max(1, min(block, mMax)) : 0
     let gk = U == nil ? winogradTapMatrix(F.self, flipped: transposedWeights) : []
     Parallel.forRange(rowItems * mChunks) { range in
         let Ub = UnsafeMutablePointer<Float>.allocate(capacity: max(1, nn * fusedBlock * cg))
@@ -765,11 +762,14 @@ func winogradTranspose8(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Floa
 
 /// Forward convolution by Winograd F(tile×tile, 3×3): the weights transformed, then
 /// `winogradConvolution`. For `convolution` (Conv, FusedConv) where `winogradTile` chose it.
+/// `fusedBlock` nil: the weights are transformed inside the threads where `winogradFusesWeights`
+/// says, `winogradFusedBlock` outputs at a time; a count (tests): always, that many at a time.
 func winogradForward(tile: Int, _ X: UnsafePointer<Float>, _ W: UnsafePointer<Float>, bias: UnsafePointer<Float>?, _ Y: UnsafeMutablePointer<Float>,
-                     images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, epilogue: ConvEpilogue<Float>?) throws {
+                     images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, epilogue: ConvEpilogue<Float>?,
+                     fusedBlock: Int? = nil) throws {
     func run<F: WinogradTransform>(_ f: F.Type) throws {
-        if winogradFusesWeights(images: n, outputs: m / group, output: (g.output[0], g.output[1]), tile: f.m) {
-            winogradConvolution(f, X, nil, weights: W, transposedWeights: false, bias: bias, Y,
+        if let block = fusedBlock ?? (winogradFusesWeights(images: n, outputs: m / group, output: (g.output[0], g.output[1]), tile: f.m) ? winogradFusedBlock : nil) {
+            winogradConvolution(f, X, nil, weights: W, fusedBlock: block, transposedWeights: false, bias: bias, Y,
                                 images: n, channels: c, outputs: m, group: group,
                                 input: (g.input[0], g.input[1]), output: (g.output[0], g.output[1]),
                                 padTop: g.padsBegin[0], padLeft: g.padsBegin[1], epilogue: epilogue)
@@ -789,11 +789,12 @@ func winogradForward(tile: Int, _ X: UnsafePointer<Float>, _ W: UnsafePointer<Fl
 /// dX of a 3×3 unit-stride convolution by Winograd: dX = dY ⋆ (W rotated 180°, in and out
 /// swapped), a 3×3 unit-stride correlation over dY padded by 2 - pads (so output (y, x) of dX reads
 /// dY rows y - (2 - padTop) ...). DY [N, M, oh, ow], W [M, C/G, 3, 3] -> dX [N, C, ih, iw].
+/// `fusedBlock` as for `winogradForward`.
 func winogradGradX(tile: Int, _ DY: UnsafePointer<Float>, _ W: UnsafePointer<Float>, _ DX: UnsafeMutablePointer<Float>,
-                   images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry) throws {
+                   images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, fusedBlock: Int? = nil) throws {
     func run<F: WinogradTransform>(_ f: F.Type) throws {
-        if winogradFusesWeights(images: n, outputs: c / group, output: (g.input[0], g.input[1]), tile: f.m) {
-            winogradConvolution(f, DY, nil, weights: W, transposedWeights: true, bias: nil, DX,
+        if let block = fusedBlock ?? (winogradFusesWeights(images: n, outputs: c / group, output: (g.input[0], g.input[1]), tile: f.m) ? winogradFusedBlock : nil) {
+            winogradConvolution(f, DY, nil, weights: W, fusedBlock: block, transposedWeights: true, bias: nil, DX,
                                 images: n, channels: m, outputs: c, group: group,
                                 input: (g.output[0], g.output[1]), output: (g.input[0], g.input[1]),
                                 padTop: 2 - g.padsBegin[0], padLeft: 2 - g.padsBegin[1], epilogue: nil)
