@@ -78,10 +78,38 @@ final class GraphExecutor {
     /// Plans by fetch list, shared by the threads that run one session.
     private let planCache = Mutex<[[Int]: Plan]>([:])
 
+    /// Per step, whether its outputs are kept from one run to the next (`memoizeShapeFunctions`):
+    /// 0 no; 1 a Shape or Size, whose output is the one kept while its value is the same, so
+    /// that the steps reading it see the same tensor; 2 a step whose every input is an
+    /// initializer or the output of a step marked 1 or 2 (a function of shapes and constants: a
+    /// causal mask built from Shape, Range and LessOrEqual, the Gather/Unsqueeze/Concat of a
+    /// Reshape's target shape), whose kept outputs are used while every input is the very tensor
+    /// (same storage, element type and shape) it read when it computed them. Kept tensors are
+    /// never written in place: the memo holds a reference, so no block of theirs is unshared
+    /// and offered to an in-place op, and a graph with ops that write into inputs keeps nothing.
+    private(set) var memoKind: [UInt8] = []
+    /// Per step marked 2, for each input the step that computes it (a step marked 1 or 2), or -1
+    /// for an initializer: a step keeps its outputs only while every input it read is one that
+    /// step's memo holds (`memoize`).
+    private var memoProducers: [[Int]] = []
+    /// A kept step: the inputs it read (none for a Shape or Size) and the outputs it computed.
+    final class MemoEntry: @unchecked Sendable {
+        let inputs: [Value?], outputs: [Value?]
+        init(inputs: [Value?], outputs: [Value?]) { self.inputs = inputs; self.outputs = outputs }
+    }
+    /// The kept steps by step index, shared by the threads that run one session.
+    private let memo = Mutex<[MemoEntry?]>([])
+    /// Outputs over this many bytes in all are not kept (they are computed on every run).
+    static let memoBytes = 8 << 20
+
     /// Compiles `graph`. `visible` holds the names an enclosing graph defines (for subgraphs).
     /// Model-local functions must already be inlined (`InlineFunctions`, run by `InferenceSession`).
     /// `inPlaceUpdates` lets ops that declare it write their output over a dying input.
-    init(graph: Graph, opsets: [String: Int], registry: OpRegistry, visible: Set<String> = [], inPlaceUpdates: Bool = true) throws {
+    /// `memoizeShapeFunctions` keeps the outputs of steps that compute from shapes and
+    /// initializers only from one run to the next (`memoKind`): for graphs whose initializers no
+    /// one changes between runs (an inference session's).
+    init(graph: Graph, opsets: [String: Int], registry: OpRegistry, visible: Set<String> = [], inPlaceUpdates: Bool = true,
+         memoizeShapeFunctions: Bool = false) throws {
         self.graph = graph
         self.registry = registry
         self.opsets = opsets
@@ -203,6 +231,95 @@ final class GraphExecutor {
         for input in graph.inputs { borrowed[slotOf[input.name]!] = true }
         for (s, _) in constants { borrowed[s] = true }
         for (_, s) in outerNames { borrowed[s] = true }
+        if memoizeShapeFunctions { (memoKind, memoProducers) = markShapeFunctions() }
+    }
+
+    /// `memoKind` for every step (see there) and `memoProducers`; empty when the graph has an op
+    /// that writes into its inputs, or nothing to keep.
+    private func markShapeFunctions() -> ([UInt8], [[Int]]) {
+        guard !steps.contains(where: { $0.hasSideEffects }) else { return ([], []) }
+        var kept = [Bool](repeating: false, count: slotCount)
+        var producer = [Int](repeating: -1, count: slotCount)
+        let inputSlots = Set(graph.inputs.compactMap { slotOf[$0.name] })
+        for (s, _) in constants where !inputSlots.contains(s) { kept[s] = true }
+        let fetchable = Set(graph.outputs.compactMap { slotOf[$0.name] })
+        var kinds = [UInt8](repeating: 0, count: steps.count)
+        var producers = [[Int]](repeating: [], count: steps.count)
+        for (k, step) in steps.enumerated() {
+            let node = step.node, domain = canonicalDomain(node.domain)
+            guard !step.hasSubgraphs, domain.isEmpty || domain == internalDomain,
+                  !ConstantFolding.nondeterministic.contains(node.opType),
+                  !step.outputs.contains(where: { $0 >= 0 && fetchable.contains($0) }) else { continue }
+            if domain.isEmpty && (node.opType == "Shape" || node.opType == "Size") {
+                kinds[k] = 1
+            } else if step.inputs.allSatisfy({ $0 < 0 || kept[$0] }) {
+                kinds[k] = 2
+                producers[k] = step.inputs.map { $0 < 0 ? -1 : producer[$0] }
+            } else {
+                continue
+            }
+            for s in step.outputs where s >= 0 { kept[s] = true; producer[s] = k }
+        }
+        return kinds.contains(2) ? (kinds, producers) : ([], [])
+    }
+
+    /// The steps whose outputs are kept now (tests read it).
+    var keptSteps: [Int] { memo.withLock { memo in memo.indices.filter { memo[$0] != nil } } }
+
+    /// The kept outputs of step `k` when `inputs` are the tensors they were computed from.
+    private func memoized(_ k: Int, _ inputs: [Value?]) -> [Value?]? {
+        guard let entry = memo.withLock({ $0.isEmpty ? nil : $0[k] }), entry.inputs.count == inputs.count else { return nil }
+        for (a, b) in zip(entry.inputs, inputs) where !GraphExecutor.identical(a, b) { return nil }
+        return entry.outputs
+    }
+
+    /// Keeps what step `k` computed (a Shape or Size: the kept output instead when its value is
+    /// the same) and returns the outputs to use.
+    private func memoize(_ k: Int, source: Bool, _ inputs: [Value?], _ outputs: [Value?]) -> [Value?] {
+        var bytes = 0
+        for value in outputs {
+            guard case .tensor(let t)? = value, t.dtype != .string else { return outputs }
+            bytes += t.byteCount
+        }
+        guard bytes <= GraphExecutor.memoBytes else {
+            memo.withLock { if !$0.isEmpty { $0[k] = nil } }
+            return outputs
+        }
+        if source, let entry = memo.withLock({ $0.isEmpty ? nil : $0[k] }), entry.outputs.count == outputs.count,
+           zip(entry.outputs, outputs).allSatisfy({ GraphExecutor.equalBytes($0, $1) }) {
+            return entry.outputs
+        }
+        let entry = MemoEntry(inputs: source ? [] : inputs, outputs: outputs)
+        memo.withLock { memo in
+            if memo.isEmpty { memo = [MemoEntry?](repeating: nil, count: steps.count) }
+            // Only from inputs that are themselves kept: an input computed anew on every run (the
+            // output of a step past `memoBytes`) would be held from one run to the next.
+            if !source {
+                for (j, p) in memoProducers[k].enumerated() where p >= 0 {
+                    guard let kept = memo[p], kept.outputs.contains(where: { GraphExecutor.identical($0, inputs[j]) }) else {
+                        memo[k] = nil
+                        return
+                    }
+                }
+            }
+            memo[k] = entry
+        }
+        return outputs
+    }
+
+    /// Whether two values are the same tensor: one storage, viewed with one element type and shape.
+    static func identical(_ a: Value?, _ b: Value?) -> Bool {
+        switch (a, b) {
+        case (nil, nil): return true
+        case (.tensor(let x)?, .tensor(let y)?): return x.storage === y.storage && x.dtype == y.dtype && x.shape == y.shape
+        default: return false
+        }
+    }
+
+    /// Whether two tensors (not strings) hold the same elements of one type and shape, bit for bit.
+    static func equalBytes(_ a: Value?, _ b: Value?) -> Bool {
+        guard case .tensor(let x)? = a, case .tensor(let y)? = b, x.dtype == y.dtype, x.shape == y.shape, x.dtype != .string else { return false }
+        return x.byteCount == 0 || memcmp(x.rawBytes.baseAddress!, y.rawBytes.baseAddress!, x.byteCount) == 0
     }
 
     /// Names a node's subgraphs read from enclosing scopes (they order the node after their producers).
@@ -305,15 +422,23 @@ final class GraphExecutor {
                 frame.values[s] = nil
                 if let block = GraphExecutor.soleStorage(&inputs[j]) { blocks.append(block) }
             }
-            let outputs: [Value?]
+            var outputs: [Value?]
             do {
-                if let profile {
-                    let start = monotonicNanoseconds()
-                    outputs = try GraphExecutor.call(step, inputs, kernelContext, blocks)
-                    profile.add(step: k, nanoseconds: monotonicNanoseconds() &- start, outputs: outputs)
+                let start = profile == nil ? 0 : monotonicNanoseconds()
+                let kind = memoKind.isEmpty ? 0 : memoKind[k]
+                if kind == 2, let kept = memoized(k, inputs) {
+                    outputs = kept
                 } else {
-                    outputs = try GraphExecutor.call(step, inputs, kernelContext, blocks)
+                    if kind == 0 {
+                        outputs = try GraphExecutor.call(step, inputs, kernelContext, blocks)
+                    } else {
+                        // Outside the memory pattern: a later run that reuses what this step keeps
+                        // allocates nothing here, and must meet the recorded run's blocks in order.
+                        outputs = try MemoryPatternRun.outside { try GraphExecutor.call(step, inputs, kernelContext, blocks) }
+                        outputs = memoize(k, source: kind == 1, inputs, outputs)
+                    }
                 }
+                if let profile { profile.add(step: k, nanoseconds: monotonicNanoseconds() &- start, outputs: outputs) }
             } catch let error as KernelError {
                 throw OnnxTrainError(.kernel, "\(step.node.label): \(error.message)")
             } catch let error as OnnxTrainError {

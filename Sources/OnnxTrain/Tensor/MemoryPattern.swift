@@ -138,6 +138,18 @@ final class MemoryPatternRun: @unchecked Sendable {
         return Unmanaged<MemoryPatternRun>.fromOpaque(raw).takeUnretainedValue()
     }
 
+    /// Runs `body` outside this thread's run, if any: its large blocks come from the cache, neither
+    /// recorded nor taken from a pattern. The executor computes the values it keeps from one run
+    /// to the next so (`GraphExecutor.memoKind`), so that a run that reuses them allocates the
+    /// blocks the recorded run allocated, in the same order.
+    static func outside<R>(_ body: () throws -> R) rethrows -> R {
+        let previous = pthread_getspecific(key)
+        guard previous != nil else { return try body() }
+        pthread_setspecific(key, nil)
+        defer { pthread_setspecific(key, previous) }
+        return try body()
+    }
+
     /// Runs `body` with this run as the thread's (kernels' worker threads are not part of it).
     func with<R>(_ body: () throws -> R) rethrows -> R {
         let previous = pthread_getspecific(MemoryPatternRun.key)
