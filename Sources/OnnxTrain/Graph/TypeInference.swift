@@ -271,6 +271,11 @@ public struct TypeInference {
             guard axis >= 0 && axis < s.count else { return [TensorInfo(dtype: dtype, shape: nil)] }
             return [TensorInfo(dtype: dtype, shape: Array(s[..<axis]) + ind + Array(s[(axis + 1)...]))]
         case "GatherElements": return [TensorInfo(dtype: dtype, shape: input(1)?.shape)]
+        case "GatherGrad", "GatherNDGrad":
+            // (shape, indices, dY) → dX of `shape`, dY's type. The default rule (input 0's type) made
+            // it int64, and every gradient after it (BERT's pooler Gather: the whole backward pass)
+            // an integer, so the passes that read types left the backward pass alone.
+            return [TensorInfo(dtype: input(2)?.dtype, shape: constInts(0).map { $0.map { .value($0) } })]
         case "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
              "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare":
             let axesFromInput = op == "ReduceSum" ? opset >= 13 : opset >= 18

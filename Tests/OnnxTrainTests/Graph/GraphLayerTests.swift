@@ -95,6 +95,31 @@ final class GraphLayerTests: XCTestCase {
         XCTAssertEqual(t["g"]?.dtype, .bool)
     }
 
+    /// GatherGrad and GatherNDGrad (shape, indices, dY) give dY's type in the shape input's
+    /// values, and the gradients after them keep it (BERT's pooler Gather made its whole backward
+    /// pass int64, the shape input's type, so no pass reading types touched it).
+    func testTypeInferenceOfGatherGradients() {
+        var g = Graph()
+        g.inputs = [ValueInfo(name: "dy", type: .tensor(.float32, shape: [.value(8), .value(4)])),
+                    ValueInfo(name: "dy64", type: .tensor(.float64, shape: [.value(2), .value(4)])),
+                    ValueInfo(name: "ind", type: .tensor(.int64, shape: [.value(2), .value(1)]))]
+        g.setInitializer("shape", Tensor(shape: [3], scalars: [Int64(8), 5, 4]))
+        g.setInitializer("idx", Tensor(scalar: Int64(0)))
+        g.nodes = [
+            Node(opType: "GatherGrad", domain: "com.microsoft", inputs: ["shape", "idx", "dy"], outputs: ["dx"], attributes: ["axis": .int(1)]),
+            Node(opType: "LayerNormalizationGrad", domain: "com.microsoft", inputs: ["dx", "dx", "dx", "dx", "dx"], outputs: ["dln"]),
+            Node(opType: "GatherNDGrad", domain: "com.microsoft", inputs: ["shape", "ind", "dy64"], outputs: ["dnd"]),
+            Node(opType: "Shape", inputs: ["dy"], outputs: ["s"]),
+            Node(opType: "GatherGrad", domain: "com.microsoft", inputs: ["s", "idx", "dy"], outputs: ["unknownShape"]),
+        ]
+        let t = TypeInference(graph: g, opsets: ["": 17, "com.microsoft": 1])
+        XCTAssertEqual(t["dx"], TensorInfo(dtype: .float32, shape: [.value(8), .value(5), .value(4)]))
+        XCTAssertEqual(t["dln"]?.dtype, .float32)
+        XCTAssertEqual(t["dnd"], TensorInfo(dtype: .float64, shape: [.value(8), .value(5), .value(4)]))
+        XCTAssertEqual(t["unknownShape"]?.dtype, .float32)
+        XCTAssertNil(t["unknownShape"]?.shape)
+    }
+
     func testConstantFoldingAndDeadNodes() throws {
         var model = Model(graph: sample())
         model.opsetImports = ["": 17]
