@@ -247,7 +247,7 @@ struct ElementwiseChainKernel: Kernel {
         @inline(__always) func vector<F: Float8Form>(_ f: F) -> Bool {
             guard T.self == Float.self && F.hasFloat8 else { return false }
             let p = UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self)
-            VectorMath.apply(p, p, n) { f.float8($0) }
+            float8Map(f, p, p, n)
             return true
         }
         @inline(__always) func map<F: FloatUnaryFunction>(_ f: F) { if !vector(f) { for i in 0..<n { y[i] = f(y[i]) } } }

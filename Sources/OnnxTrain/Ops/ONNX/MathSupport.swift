@@ -117,7 +117,29 @@ func unaryNumericLoop<F: NumericUnaryFunction, T: NumericElement>(_ f: F, _ x: U
 /// The float32 vector loop (a function of its own: loops inside Parallel closures stay scalar).
 @inline(never)
 func float8Loop<F: Float8Form>(_ f: F, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
-    VectorMath.apply(x, out, n) { f.float8($0) }
+    float8Map(f, x, out, n)
+}
+
+/// out[i] = f.float8(x[i]) eight elements at a time, the last n % 8 padded with zeros (lanes are
+/// independent: every element gets the value a full vector gives it); `out` may be `x` (each step
+/// loads before it stores). `f` is called as a method, not through a closure: LLVM kept
+/// VectorMath.apply's closure `{ f.float8($0) }` out of line for the heavy functions (called twice,
+/// the loop and the tail: Erf, Gelu, Swish), a call per eight elements that broadcast the
+/// polynomial's constants each time.
+@inline(__always)
+func float8Map<F: Float8Form>(_ f: F, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+    typealias V = SIMD8<Float>
+    var i = 0
+    while i + 8 <= n {
+        let v = UnsafeRawPointer(x + i).loadUnaligned(as: V.self)
+        UnsafeMutableRawPointer(out + i).storeBytes(of: f.float8(v), as: V.self)
+        i += 8
+    }
+    guard i < n else { return }
+    var v = V()
+    for j in 0..<(n - i) { v[j] = x[i + j] }
+    let r = f.float8(v)
+    for j in 0..<(n - i) { out[i + j] = r[j] }
 }
 
 /// The scalar loop, with a loop of its own for `out == x`: two pointers to one address fail
