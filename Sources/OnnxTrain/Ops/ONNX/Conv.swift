@@ -8,10 +8,8 @@
 /// output rows (`convTiles`), and the (image, tile) pairs spread over the kernel threads: a
 /// thread unfolds a tile's columns into its own buffer, small enough to stay in cache, and
 /// multiplies them at once, so one image keeps both cores busy with no handoff between the
-/// im2col and the GEMM. One small image (fewer than `convTileNarrowWidth` positions per thread)
-/// is one tile: the threads split its unfolding by channels, then the product by rows. Three
-/// shapes take other kernels: float32 3×3 unit-stride convolutions with enough channels and
-/// tiles run Winograd F(4×4, 3×3) (Winograd.swift, `winogradTile`);
+/// im2col and the GEMM. Three shapes take other kernels: float32 3×3 unit-stride convolutions
+/// with enough channels and tiles run Winograd F(4×4, 3×3) (Winograd.swift, `winogradTile`);
 /// depthwise convolutions (group == C) run direct loops, and small images (P < 256) put several
 /// images' columns side by side in one GEMM (ConvKernels.swift).
 /// `epilogue` (FusedConv's Z and Relu) is applied to each tile right after its GEMM, while it is
@@ -81,13 +79,7 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                                 if direct {
                                     (columns, ldb) = (image + p0, P)
                                 } else {
-                                    // Split over the channels where the item is the only one (one
-                                    // image in one tile, `convTiles`); inside the threads, at once.
-                                    let perChannel = K * width
-                                    Parallel.forRange(cg, minimumChunk: max(1, 16_384 / perChannel)) { r in
-                                        im2col(image + r.lowerBound * I, channels: r.count, g, col + r.lowerBound * perChannel,
-                                               taps: taps, rows: rows)
-                                    }
+                                    im2col(image, channels: cg, g, col, taps: taps, rows: rows)
                                     (columns, ldb) = (UnsafePointer(col), width)
                                 }
                                 // Y_g[:, tile] [mg, width] (+)= W_g [mg, cg·K] · columns [cg·K, width]

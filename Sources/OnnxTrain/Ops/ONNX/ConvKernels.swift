@@ -26,19 +26,16 @@ func convImageBlock(images n: Int, rows: Int, positions P: Int) -> Int {
 /// positions where the image has them: every GEMM call packs the whole weight again (OpenBLAS
 /// copies it once per call), and at 56 columns that copy costs as much as a third of the product
 /// of a 512×4608 weight (VGG's deep layers). With fewer images than threads, the tiles come in a
-/// multiple of the thread count so every thread gets an equal share of one image, at least
-/// `convTileNarrowWidth` positions each. Smaller images are one tile: `convolution` then unfolds
-/// its columns with the threads splitting the channels, and BLAS.gemm splits the product's rows
-/// (or columns, when it is wider than tall), so each thread packs only its share of the weights
-/// where split tiles packed all of them. A 1×1 unit-stride convolution (`direct`) needs no
-/// buffer: it is cut only to share the threads.
+/// multiple of the thread count so every thread gets an equal share of one image, at least 64
+/// positions each (smaller images split the GEMM's rows instead, in BLAS.gemm). A 1×1
+/// unit-stride convolution (`direct`) needs no buffer: it is cut only to share the threads.
 func convTiles(images n: Int, rows: Int, outerRows: Int, width: Int, direct: Bool) -> Int {
     let threads = Parallel.threadCount, positions = outerRows * width
     guard outerRows > 1, positions > 0 else { return 1 }
     var tiles = direct ? 1 : min(outerRows, (rows * positions + convTileElements - 1) / convTileElements)
     tiles = max(1, min(tiles, positions / convTileMinWidth))
     if n < threads {
-        tiles = min(threads * ((tiles + threads - 1) / threads), outerRows, positions / convTileNarrowWidth)
+        tiles = min(threads * ((tiles + threads - 1) / threads), outerRows, positions / 64)
         tiles -= tiles % threads
     }
     return max(tiles, 1)
@@ -51,15 +48,6 @@ nonisolated(unsafe) var convTileElements = 1 << 18
 
 /// The fewest output positions of a tile where the image has them (see `convTiles`).
 nonisolated(unsafe) var convTileMinWidth = 256
-
-/// The fewest output positions of each thread's tile when one image is cut to share the threads
-/// (`convTiles`); an image with fewer positions per thread is one tile, its product's rows split.
-/// Batch 1, 2 threads, one product split both ways (OpenBLAS sgemm, minimum of 31 runs, machine
-/// loaded by other jobs, so the figures are rough), by positions against by rows: [384×2304]·[2304×169] 3.51 against 1.75 ms,
-/// [256×3456]·[·×144] 2.86 / 2.69, [1024×4608]·[·×144] 20.3 / 14.8, [512×4608]·[·×144] 8.86 / 7.74,
-/// [256×2304]·[·×196] 1.59 / 1.51; at 128 per thread even ([128×1152]·[·×256] 0.76 / 0.78), at 312
-/// split by positions ([256×2400]·[·×625] 8.64 / 9.21). The old 64 cut 144 positions in two.
-let convTileNarrowWidth = 128
 
 /// The most multiply-adds (m·n·k) of a float32 product that OpenBLAS runs through its small-matrix
 /// kernel, which reads A and B where they lie; a larger product packs both first (OpenBLAS 0.3.21's
