@@ -24,14 +24,14 @@ final class VectorMathTests: XCTestCase {
     }
 
     /// The largest error over every `stride`-th float in [lo, hi] run through the vector loop.
-    private func maxError(_ lo: Float, _ hi: Float, stride: Int, _ f: (V) -> V, _ reference: (Double) -> Double) -> (Double, Float) {
+    private func maxError(_ lo: Float, _ hi: Float, stride: Int, _ f: @escaping (V) -> V, _ reference: (Double) -> Double) -> (Double, Float) {
         // Floats in order as integers: the bit pattern for x >= 0, minus the magnitude's below.
         func order(_ x: Float) -> Int64 { x.sign == .minus ? -Int64(x.bitPattern & 0x7FFF_FFFF) : Int64(x.bitPattern) }
         func float(_ i: Int64) -> Float { i < 0 ? -Float(bitPattern: UInt32(-i)) : Float(bitPattern: UInt32(i)) }
         let xs = Swift.stride(from: order(lo), through: order(hi), by: stride).map(float)
         var out = [Float](repeating: 0, count: xs.count)
         xs.withUnsafeBufferPointer { px in
-            out.withUnsafeMutableBufferPointer { po in VectorMath.apply(px.baseAddress!, po.baseAddress!, xs.count, f) }
+            out.withUnsafeMutableBufferPointer { po in VectorMath.apply(Map(f: f), px.baseAddress!, nil, nil, po.baseAddress!, xs.count) }
         }
         var worst = 0.0, at: Float = lo
         for i in xs.indices {
@@ -150,14 +150,42 @@ final class VectorMathTests: XCTestCase {
                                  ("sigmoid", VectorMath.sigmoid, VectorMath.sigmoid)] {
                 var out = [Float](repeating: 0, count: n), inPlace = xs
                 xs.withUnsafeBufferPointer { px in
-                    out.withUnsafeMutableBufferPointer { po in VectorMath.apply(px.baseAddress!, po.baseAddress!, n, f) }
+                    out.withUnsafeMutableBufferPointer { po in VectorMath.apply(Map(f: f), px.baseAddress!, nil, nil, po.baseAddress!, n) }
                 }
-                inPlace.withUnsafeMutableBufferPointer { p in VectorMath.apply(p.baseAddress!, p.baseAddress!, n, f) }
+                inPlace.withUnsafeMutableBufferPointer { p in VectorMath.apply(Map(f: f), p.baseAddress!, nil, nil, p.baseAddress!, n) }
                 for i in 0..<n {
                     XCTAssertEqual(out[i].bitPattern, g(xs[i]).bitPattern, "\(name) n \(n) element \(i)")
                     XCTAssertEqual(inPlace[i].bitPattern, out[i].bitPattern, "\(name) in place, n \(n) element \(i)")
                 }
             }
+        }
+    }
+
+    /// The three-input form: each lane reads its own element of every input (full vectors and
+    /// the tail), a nil input reads as zeros, and the output may be any of the inputs.
+    func testApplyReadsThreeInputsAndNilAsZeros() {
+        for n in [1, 7, 8, 9, 16, 23] {
+            let a = values(n, seed: 1, scale: 4), b = values(n, seed: 2, scale: 4), c = values(n, seed: 3, scale: 4)
+            func run(_ useB: Bool, _ useC: Bool, inPlace: Bool) -> [Float] {
+                var out = inPlace ? c : [Float](repeating: .nan, count: n)
+                a.withUnsafeBufferPointer { pa in
+                    b.withUnsafeBufferPointer { pb in
+                        c.withUnsafeBufferPointer { pc in
+                            out.withUnsafeMutableBufferPointer { po in
+                                let third = inPlace ? UnsafePointer(po.baseAddress!) : pc.baseAddress!
+                                VectorMath.apply(MultiplyAdd(), pa.baseAddress!, useB ? pb.baseAddress! : nil,
+                                                 useC ? third : nil, po.baseAddress!, n)
+                            }
+                        }
+                    }
+                }
+                return out
+            }
+            for (useB, useC) in [(true, true), (true, false), (false, true), (false, false)] {
+                let want = (0..<n).map { i in a[i] * (useB ? b[i] : 0) + (useC ? c[i] : 0) }
+                XCTAssertEqual(run(useB, useC, inPlace: false), want, "n \(n) b \(useB) c \(useC)")
+            }
+            XCTAssertEqual(run(true, true, inPlace: true), (0..<n).map { a[$0] * b[$0] + c[$0] }, "n \(n) in place")
         }
     }
 
@@ -238,4 +266,15 @@ final class VectorMathTests: XCTestCase {
         try assertMatchesDouble("SigmoidGrad", domain: ms, [dy, y], tolerance: 2e-7)
         try assertMatchesDouble("ReluGrad", domain: ms, [dy, x], tolerance: 0)
     }
+}
+
+/// A closure as a VectorStep on its first input (the tests' functions are plain closures).
+private struct Map: VectorStep {
+    let f: (SIMD8<Float>) -> SIMD8<Float>
+    func callAsFunction(_ a: SIMD8<Float>, _: SIMD8<Float>, _: SIMD8<Float>) -> SIMD8<Float> { f(a) }
+}
+
+/// a·b + c, unfused (the reference multiplies and adds separately).
+private struct MultiplyAdd: VectorStep {
+    func callAsFunction(_ a: SIMD8<Float>, _ b: SIMD8<Float>, _ c: SIMD8<Float>) -> SIMD8<Float> { a * b + c }
 }

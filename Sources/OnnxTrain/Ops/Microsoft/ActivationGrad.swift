@@ -223,28 +223,23 @@ func activationLoop<T: FloatElement, F: ActivationElementFunction>(_ f: F, x: Un
 }
 
 /// `activationLoop` for float32, eight elements at a time through `f.float8` (same values as
-/// the scalar Float form, which is lane 0 of it); `out` may alias `x` or `dy`.
-///
-/// `f.float8` goes through `ActivationVectors`, a struct whose always-inlined method calls it,
-/// not a closure: LLVM kept VectorMath.apply's closure (called twice, the loop and the padded
-/// tail) out of line for GELU's erf, a call per eight elements that broadcast its ~25 constants
-/// each time and passed the vector in two halves (5.9% of a ViT training step's samples).
+/// the scalar Float form, which is lane 0 of it); `out` may alias `x` or `dy`. Each case passes
+/// its flags as constants, so the step folds to exactly the work that case needs.
 @inline(never)
 func activationLoop8<F: ActivationElementFunction>(_ f: F, x: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                                    dy: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>, count: Int) {
     switch (bias, dy) {
-    case let (b?, g?): activationVectors(ActivationVectors(f: f, x: x, bias: b, dy: g, hasBias: true, hasDY: true), out, count)
-    case let (b?, nil): activationVectors(ActivationVectors(f: f, x: x, bias: b, dy: x, hasBias: true, hasDY: false), out, count)
-    case let (nil, g?): activationVectors(ActivationVectors(f: f, x: x, bias: x, dy: g, hasBias: false, hasDY: true), out, count)
-    case (nil, nil): activationVectors(ActivationVectors(f: f, x: x, bias: x, dy: x, hasBias: false, hasDY: false), out, count)
+    case let (b?, g?): VectorMath.apply(ActivationStep(f: f, hasBias: true, hasDY: true), x, b, g, out, count)
+    case let (b?, nil): VectorMath.apply(ActivationStep(f: f, hasBias: true, hasDY: false), x, b, nil, out, count)
+    case let (nil, g?): VectorMath.apply(ActivationStep(f: f, hasBias: false, hasDY: true), x, nil, g, out, count)
+    case (nil, nil): VectorMath.apply(ActivationStep(f: f, hasBias: false, hasDY: false), x, nil, nil, out, count)
     }
 }
 
 /// One step of `activationLoop8`: dY ⊙ f(x + bias) on eight elements, without dY or bias when
-/// their flag is off (constants in each call, so each case folds).
-struct ActivationVectors<F: ActivationElementFunction> {
+/// their flag is off (x + 0 would turn -0 into +0).
+struct ActivationStep<F: ActivationElementFunction>: VectorStep {
     let f: F
-    let x: UnsafePointer<Float>, bias: UnsafePointer<Float>, dy: UnsafePointer<Float>
     let hasBias: Bool, hasDY: Bool
 
     @inline(__always)
@@ -252,32 +247,6 @@ struct ActivationVectors<F: ActivationElementFunction> {
         let r = f.float8(hasBias ? x + b : x)
         return hasDY ? g * r : r
     }
-}
-
-/// out[i] = step(x[i], bias[i], dy[i]) eight elements at a time; the last count % 8 padded with
-/// zeros (lanes are independent, so every element gets the same value wherever it sits). Each
-/// step loads its eight inputs before it stores, so `out` may be an input.
-@inline(__always)
-func activationVectors<F>(_ step: ActivationVectors<F>, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
-    typealias V = SIMD8<Float>
-    @inline(__always) func load(_ p: UnsafePointer<Float>, _ used: Bool) -> V {
-        used ? UnsafeRawPointer(p).loadUnaligned(as: V.self) : V()
-    }
-    var i = 0
-    while i + 8 <= count {
-        let r = step(load(step.x + i, true), load(step.bias + i, step.hasBias), load(step.dy + i, step.hasDY))
-        UnsafeMutableRawPointer(out + i).storeBytes(of: r, as: V.self)
-        i += 8
-    }
-    guard i < count else { return }
-    var u = V(), v = V(), w = V()
-    for j in 0..<(count - i) {
-        u[j] = step.x[i + j]
-        if step.hasBias { v[j] = step.bias[i + j] }
-        if step.hasDY { w[j] = step.dy[i + j] }
-    }
-    let r = step(u, v, w)
-    for j in 0..<(count - i) { out[i + j] = r[j] }
 }
 
 /// Runs `body` with the tensor's element pointer, or nil when there is no tensor.

@@ -120,26 +120,17 @@ func float8Loop<F: Float8Form>(_ f: F, _ x: UnsafePointer<Float>, _ out: UnsafeM
     float8Map(f, x, out, n)
 }
 
-/// out[i] = f.float8(x[i]) eight elements at a time, the last n % 8 padded with zeros (lanes are
-/// independent: every element gets the value a full vector gives it); `out` may be `x` (each step
-/// loads before it stores). `f` is called as a method, not through a closure: LLVM kept
-/// VectorMath.apply's closure `{ f.float8($0) }` out of line for the heavy functions (called twice,
-/// the loop and the tail: Erf, Gelu, Swish), a call per eight elements that broadcast the
-/// polynomial's constants each time.
+/// out[i] = f.float8(x[i]) through `VectorMath.apply` (the tail padded with zeros; `out` may be `x`).
 @inline(__always)
 func float8Map<F: Float8Form>(_ f: F, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
-    typealias V = SIMD8<Float>
-    var i = 0
-    while i + 8 <= n {
-        let v = UnsafeRawPointer(x + i).loadUnaligned(as: V.self)
-        UnsafeMutableRawPointer(out + i).storeBytes(of: f.float8(v), as: V.self)
-        i += 8
-    }
-    guard i < n else { return }
-    var v = V()
-    for j in 0..<(n - i) { v[j] = x[i + j] }
-    let r = f.float8(v)
-    for j in 0..<(n - i) { out[i + j] = r[j] }
+    VectorMath.apply(Float8Step(f: f), x, nil, nil, out, n)
+}
+
+/// A Float8Form as a VectorStep on its first input.
+struct Float8Step<F: Float8Form>: VectorStep {
+    let f: F
+    @inline(__always)
+    func callAsFunction(_ x: SIMD8<Float>, _: SIMD8<Float>, _: SIMD8<Float>) -> SIMD8<Float> { f.float8(x) }
 }
 
 /// The scalar loop, with a loop of its own for `out == x`: two pointers to one address fail
