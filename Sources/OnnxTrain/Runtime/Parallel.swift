@@ -9,7 +9,8 @@ import Synchronization
 /// non-BLAS kernels use both cores without oversubscribing them.
 ///
 /// `Parallel.forRange(n) { range in ... }` splits `0..<n` into at most `threadCount` contiguous
-/// chunks; the calling thread runs the first and the workers the rest. Work too small to pay for
+/// chunks; the calling thread runs the first, and each other chunk runs on whichever thread
+/// claims it first (a worker, or the caller when its own chunk is done). Work too small to pay for
 /// a handoff, nested calls and calls made while another thread holds the pool run inline, in order.
 /// Workers spin briefly after a job (a training step is a quick succession of kernels; 100 µs, or
 /// `ONNX_TRAIN_SPIN_US`) and then sleep on a condition variable, so an idle process uses no CPU.
@@ -112,7 +113,12 @@ struct ThreadFlag {
 }
 
 /// `threadCount - 1` worker threads waiting for jobs. A job is a chunk count and a body; the caller
-/// runs chunk 0 and worker w runs chunks w+1, w+1+workers, ...
+/// runs chunk 0, and the other chunks go to whichever thread claims them first: the workers as they
+/// wake, and the caller once its own chunk is done. The caller waits only for chunks a worker has
+/// claimed and not finished, never for a worker that has not started: on a loaded machine a worker
+/// may sit descheduled for a scheduler time slice (milliseconds), and a job split in fixed parts
+/// waited that long for it (BERT-Tiny at batch 1 beside a compile on the other core: median 9 ms
+/// a run against 2 ms alone; onnxruntime's pool, whose caller also takes unclaimed blocks, 1.7 ms).
 final class WorkerPool: @unchecked Sendable {
     let threadCount: Int
     /// threadCount - 1 when every worker started; jobs run inline otherwise.
@@ -121,13 +127,18 @@ final class WorkerPool: @unchecked Sendable {
     private var mutex = pthread_mutex_t()
     private var wake = pthread_cond_t()
     private var done = pthread_cond_t()
-    /// Bumped for every job; workers spin on it, then sleep.
-    private let generation = Atomic<Int>(0)
-    private let remaining = Atomic<Int>(0)
+    /// The posted job and its next unclaimed chunk, as one word that claims change with a
+    /// compare-and-swap: job number (high 32 bits), chunk count (16 bits), next chunk (16 bits).
+    /// Workers spin on the job number, then sleep; a claim of a chunk of a job that is over (or
+    /// of one whose chunks are all claimed) fails, so a late worker never touches a job that ended.
+    private let ticket = Atomic<UInt64>(0)
+    /// Chunks of the posted job not yet finished.
+    private let pending = Atomic<Int>(0)
     private let busy = Atomic<Bool>(false)
+    /// Keeps workers from claiming chunks (tests: a worker that does not get the core).
+    let workersHeld = Atomic<Bool>(false)
     private var stopping = false
     nonisolated(unsafe) private var job: ((Int, Int) -> Void)?
-    nonisolated(unsafe) private var jobChunks = 0
     /// How long a waiting thread polls before sleeping: long enough to bridge the single-threaded
     /// kernels between two parallel ones in a training step (a futex wake-up costs 10-50 µs),
     /// short enough that an idle process sleeps at once (libgomp's default spin is of this order).
@@ -135,6 +146,9 @@ final class WorkerPool: @unchecked Sendable {
         if let text = getenv("ONNX_TRAIN_SPIN_US"), let us = UInt64(String(cString: text)) { return us * 1000 }
         return 100_000
     }()
+
+    @inline(__always)
+    private static func jobNumber(_ t: UInt64) -> UInt64 { t >> 32 }
 
     /// Polls `done` until it is true or the spin time has passed; returns whether it became true.
     @inline(__always)
@@ -183,27 +197,47 @@ final class WorkerPool: @unchecked Sendable {
 
     func release() { busy.store(false, ordering: .releasing) }
 
+    /// Claims the next chunk of job `number`: (chunk, chunks), or nil when that job is over or
+    /// every chunk of it is claimed.
+    @inline(__always)
+    private func claim(_ number: UInt64) -> (Int, Int)? {
+        var t = ticket.load(ordering: .acquiring)
+        while true {
+            let chunks = Int((t >> 16) & 0xFFFF), next = Int(t & 0xFFFF)
+            guard WorkerPool.jobNumber(t) == number, next < chunks else { return nil }
+            let (exchanged, original) = ticket.compareExchange(expected: t, desired: t &+ 1, ordering: .acquiringAndReleasing)
+            if exchanged { return (next, chunks) }
+            t = original
+        }
+    }
+
     /// Runs `body(chunk, chunks)` for chunk in 0..<chunks across the caller and the workers.
     func run(chunks: Int, _ body: @escaping (Int, Int) -> Void) {
-        guard startedAll, workers > 0, chunks > 1 else {
+        guard startedAll, workers > 0, chunks > 1, chunks <= 0xFFFF else {
             for i in 0..<chunks { body(i, chunks) }
             return
         }
         job = body
-        jobChunks = chunks
-        remaining.store(workers, ordering: .relaxed)
+        pending.store(chunks, ordering: .relaxed)
+        // Chunk 0 is the caller's (the part of the data it wrote last, as in the fixed split);
+        // the others are claimed from 1.
         pthread_mutex_lock(&mutex)
-        generation.wrappingAdd(1, ordering: .releasing)
+        let number = WorkerPool.jobNumber(ticket.load(ordering: .relaxed)) &+ 1
+        ticket.store((number << 32) | (UInt64(chunks) << 16) | 1, ordering: .releasing)
         pthread_cond_broadcast(&wake)
         pthread_mutex_unlock(&mutex)
 
-        var i = 0
-        while i < chunks { body(i, chunks); i += workers + 1 }
-
-        // Wait for the workers: spin first (they are usually done), then sleep.
-        if !spin(until: { remaining.load(ordering: .acquiring) == 0 }) {
+        body(0, chunks)
+        var finished = 1
+        while let (i, n) = claim(number) {
+            body(i, n)
+            finished += 1
+        }
+        // Wait for the chunks workers claimed: spin first (they are usually done), then sleep.
+        if pending.subtract(finished, ordering: .acquiringAndReleasing).newValue != 0,
+           !spin(until: { pending.load(ordering: .acquiring) == 0 }) {
             pthread_mutex_lock(&mutex)
-            while remaining.load(ordering: .acquiring) > 0 { pthread_cond_wait(&done, &mutex) }
+            while pending.load(ordering: .acquiring) > 0 { pthread_cond_wait(&done, &mutex) }
             pthread_mutex_unlock(&mutex)
         }
         job = nil
@@ -211,25 +245,28 @@ final class WorkerPool: @unchecked Sendable {
 
     private func workerLoop(_ index: Int) {
         Parallel.isInsideRegion = true
-        var seen = 0
+        var seen: UInt64 = 0
         while true {
             // Spin for the next job, then sleep until one is posted.
-            if !spin(until: { generation.load(ordering: .acquiring) != seen }) {
+            if !spin(until: { WorkerPool.jobNumber(ticket.load(ordering: .acquiring)) != seen }) {
                 pthread_mutex_lock(&mutex)
-                while generation.load(ordering: .acquiring) == seen && !stopping { pthread_cond_wait(&wake, &mutex) }
+                while WorkerPool.jobNumber(ticket.load(ordering: .acquiring)) == seen && !stopping { pthread_cond_wait(&wake, &mutex) }
                 pthread_mutex_unlock(&mutex)
             }
             pthread_mutex_lock(&mutex)
             let stop = stopping
             pthread_mutex_unlock(&mutex)
             if stop { return }
-            seen = generation.load(ordering: .acquiring)
-            if let body = job {
-                let chunks = jobChunks
-                var i = index
-                while i < chunks { body(i, chunks); i += workers + 1 }
+            seen = WorkerPool.jobNumber(ticket.load(ordering: .acquiring))
+            if workersHeld.load(ordering: .acquiring) { continue }
+            // The job and its body stay valid while a claimed chunk of it is unfinished.
+            var finished = 0
+            while let (i, n) = claim(seen) {
+                // Set before the job was posted, cleared only after its last chunk: present.
+                job!(i, n)
+                finished += 1
             }
-            if remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+            if finished > 0 && pending.subtract(finished, ordering: .acquiringAndReleasing).newValue == 0 {
                 pthread_mutex_lock(&mutex)
                 pthread_cond_signal(&done)
                 pthread_mutex_unlock(&mutex)
@@ -240,7 +277,8 @@ final class WorkerPool: @unchecked Sendable {
     func shutdown() {
         pthread_mutex_lock(&mutex)
         stopping = true
-        generation.wrappingAdd(1, ordering: .releasing)
+        let number = WorkerPool.jobNumber(ticket.load(ordering: .relaxed)) &+ 1
+        ticket.store(number << 32, ordering: .releasing)
         pthread_cond_broadcast(&wake)
         pthread_mutex_unlock(&mutex)
         for t in threads { pthread_join(t, nil) }

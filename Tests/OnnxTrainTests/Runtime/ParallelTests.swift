@@ -57,6 +57,33 @@ final class ParallelTests: XCTestCase {
         }
     }
 
+    /// A worker that does not get the core (held here) leaves its chunks to the caller, which
+    /// runs them once its own chunk is done and returns without waiting for that worker; once
+    /// free, the worker takes chunks again, and every chunk of every job runs exactly once.
+    func testCallerRunsChunksNoWorkerClaimed() throws {
+        let pool = WorkerPool(threadCount: 2)
+        defer { pool.shutdown() }
+        let caller = pthread_self()
+        for held in [true, false, true] {
+            pool.workersHeld.store(held, ordering: .releasing)
+            for _ in 0..<200 {
+                let runs = UnsafeMutableBufferPointer<Int32>.allocate(capacity: 8)
+                defer { runs.deallocate() }
+                runs.initialize(repeating: 0)
+                let onCaller = UnsafeMutableBufferPointer<Bool>.allocate(capacity: 8)
+                defer { onCaller.deallocate() }
+                onCaller.initialize(repeating: false)
+                pool.run(chunks: 8) { i, n in
+                    runs[i] += n == 8 ? 1 : 100
+                    onCaller[i] = pthread_equal(pthread_self(), caller) != 0
+                }
+                XCTAssertEqual(Array(runs), [Int32](repeating: 1, count: 8), "held \(held)")
+                XCTAssertTrue(onCaller[0], "chunk 0 is the caller's")
+                if held { XCTAssertEqual(Array(onCaller), [Bool](repeating: true, count: 8), "a held worker claims nothing") }
+            }
+        }
+    }
+
     /// The thread count reads back as set (1 means no pool: everything inline, still complete).
     func testThreadCountReadsBackAsSet() {
         let original = Parallel.threadCount
