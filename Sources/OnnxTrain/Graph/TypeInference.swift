@@ -305,7 +305,16 @@ public struct TypeInference {
             let labels = input(1)?.shape
             return [TensorInfo(dtype: dtype, shape: reduction == "none" ? labels : []), TensorInfo(dtype: dtype, shape: x?.shape)]
         case "Expand":
-            guard let target = constInts(1) else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            guard let target = constInts(1) else {
+                // A shape computed at run time (BERT's token type ids, expanded to the input's
+                // [batch, sequence]): the rank is still known when the shape input's length is,
+                // and a dimension of x other than 1 stays. Without it every value after the
+                // embeddings had an unknown rank, and no projection became a MatMulBias.
+                if let s = x?.shape, let t = input(1)?.shape, t.count == 1, case .value(let r) = t[0], r >= 0 {
+                    return [TensorInfo(dtype: dtype, shape: broadcast([s, Array(repeating: .unknown, count: r)]))]
+                }
+                return [TensorInfo(dtype: dtype, shape: nil)]
+            }
             return [TensorInfo(dtype: dtype, shape: broadcast([x?.shape, target.map { .value($0) }]))]
         case "ConstantOfShape":
             let d: DType = { if case .tensor(let t)? = node.attributes["value"] { return t.dtype }; return .float32 }()

@@ -95,6 +95,28 @@ final class GraphLayerTests: XCTestCase {
         XCTAssertEqual(t["g"]?.dtype, .bool)
     }
 
+    /// Expand to a shape computed at run time (BERT's token type ids, expanded to Shape(input)):
+    /// the rank is the larger of x's and the shape input's static length, x's dimensions other
+    /// than 1 stay, the others are unknown; a shape input of unknown length leaves the rank unknown.
+    func testTypeInferenceOfExpandToAComputedShape() {
+        var g = Graph()
+        g.inputs = [ValueInfo(name: "x", type: .tensor(.float32, shape: [.value(1), .value(4)])),
+                    ValueInfo(name: "ids", type: .tensor(.int64, shape: [.symbol("batch"), .value(7)])),
+                    ValueInfo(name: "anyShape", type: .tensor(.int64, shape: [.unknown]))]
+        g.nodes = [
+            Node(opType: "Shape", inputs: ["ids"], outputs: ["s2"]),
+            Node(opType: "Expand", inputs: ["x", "s2"], outputs: ["e2"]),
+            Node(opType: "Concat", inputs: ["s2", "s2"], outputs: ["s4"], attributes: ["axis": .int(0)]),
+            Node(opType: "Expand", inputs: ["x", "s4"], outputs: ["e4"]),
+            Node(opType: "Expand", inputs: ["x", "anyShape"], outputs: ["eAny"]),
+        ]
+        let t = TypeInference(graph: g, opsets: ["": 17])
+        XCTAssertEqual(t["e2"], TensorInfo(dtype: .float32, shape: [.unknown, .value(4)]))
+        XCTAssertEqual(t["e4"], TensorInfo(dtype: .float32, shape: [.unknown, .unknown, .unknown, .value(4)]))
+        XCTAssertEqual(t["eAny"]?.dtype, .float32)
+        XCTAssertNil(t["eAny"]?.shape)
+    }
+
     /// GatherGrad and GatherNDGrad (shape, indices, dY) give dY's type in the shape input's
     /// values, and the gradients after them keep it (BERT's pooler Gather made its whole backward
     /// pass int64, the shape input's type, so no pass reading types touched it).

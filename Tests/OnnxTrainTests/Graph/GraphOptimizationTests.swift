@@ -291,6 +291,27 @@ final class GraphOptimizationTests: XCTestCase {
                               "transposed weight")
     }
 
+    /// Rows expanded to a shape computed at run time (BERT's embeddings: token type ids expanded
+    /// to Shape(input)) keep a known rank, so the Linear layer after them still becomes one
+    /// MatMulBias, equal to MatMul then Add within float rounding.
+    func testMatMulBiasAfterExpandToAComputedShape() throws {
+        var g = Graph()
+        g.inputs = [ValueInfo(name: "a", type: .tensor(.float32, shape: [.symbol("N"), .value(5), .value(4)]))]
+        g.setInitializer("b", Self.random([4, 3], seed: 61))
+        g.setInitializer("bias", Self.random([3], seed: 62))
+        g.nodes = [
+            Node(opType: "Shape", inputs: ["a"], outputs: ["s"]),
+            Node(opType: "Expand", inputs: ["a", "s"], outputs: ["e"]),
+            Node(opType: "MatMul", inputs: ["e", "b"], outputs: ["p"]),
+            Node(opType: "Add", inputs: ["bias", "p"], outputs: ["y"]),
+        ]
+        g.outputs = [ValueInfo(name: "y", type: nil)]
+        var model = Model(graph: g)
+        model.opsetImports = ["": 17]
+        XCTAssertEqual(opTypes(try optimized(model)), ["Shape", "Expand", "MatMulBias"])
+        try assertSameOutputs(model, ["a": Self.random([2, 5, 4], seed: 63)], tolerance: 1e-6, "expanded rows")
+    }
+
     func testTransposesBecomeMatMulFlags() throws {
         // B fed as [3, 4] and transposed: Gemm with transB. (A constant B's Transpose folds instead.)
         let gemm = matmulModel(aShape: [5, 4], bShape: [4, 3], biasShape: [3], transposeB: [1, 0], bIsInput: true)
