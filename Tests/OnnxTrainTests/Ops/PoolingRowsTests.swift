@@ -51,6 +51,76 @@ final class PoolingRowsTests: XCTestCase {
 
     private func bits(_ t: Tensor) -> [UInt32] { t.scalars(as: Float.self).map(\.bitPattern) }
 
+    /// `input` without its NaNs (-0s, -infs and ties kept) but in the channels listed in `nanChannels`,
+    /// and a +0 second (so that even the smallest case holds both zeros).
+    private func mostlyClean(_ shape: [Int], seed: UInt64, nanChannels: Set<Int>) -> Tensor {
+        let plane = shape[2] * shape[3]
+        let values = input(shape, seed: seed).scalars(as: Float.self).enumerated().map { i, v in
+            i == 1 ? 0 : v.isNaN && !nanChannels.contains(i / plane) ? Float(i % 5) - 2 : v
+        }
+        return Tensor(shape: shape, scalars: values)
+    }
+
+    /// Float32 MaxPool without indices on channels without NaNs (the two-pass column-then-row fold)
+    /// and with NaNs (the register blocks), mixed in one tensor: bit for bit the per-window loops,
+    /// ties of -0 and +0 included (which of them comes out depends on the order of the taps).
+    func testSeparableMaxPoolMatchesWindowLoopsBitForBit() throws {
+        for (i, c) in Self.cases.enumerated() {
+            let channels = c.x[0] * c.x[1]
+            for nanChannels in [Set<Int>(), Set([channels - 1]), Set(stride(from: 0, to: channels, by: 2))] {
+                let x = mostlyClean(c.x, seed: UInt64(100 + i), nanChannels: nanChannels)
+                let zeros = x.scalars(as: Float.self).filter { $0 == 0 }.map { $0.sign }
+                XCTAssertTrue(zeros.contains(.minus) && zeros.contains(.plus), "\(c.label): the input must hold both zeros")
+                let x3 = x.reshaped([c.x[0], c.x[1], 1, c.x[2], c.x[3]])
+                let rows = try runNode("MaxPool", opset: 19, [x], attributes: c.attributes(unitDim: false))[0]
+                let windows = try runNode("MaxPool", opset: 19, [x3], attributes: c.attributes(unitDim: true))[0]
+                XCTAssertEqual(bits(rows), bits(windows), "\(c.label), NaNs in channels \(nanChannels.sorted()): MaxPool differs from the per-window loops")
+            }
+        }
+    }
+
+    /// Float32 MaxPool and AveragePool (count_include_pad 0 and 1) against plain float64 loops over
+    /// the windows, for every case: the maxima exactly, the averages within the float32 rounding
+    /// bound of their sum and division.
+    func testFloat32RowKernelsMatchFloat64Loops() throws {
+        for (n, c) in Self.cases.enumerated() {
+            let xd = randomDoubles(c.x, seed: UInt64(200 + n)).scalars(as: Double.self).map { Double(Float($0)) }
+            let x = Tensor(shape: c.x, scalars: xd.map { Float($0) })
+            let (h, w) = (c.x[2], c.x[3])
+            for (op, includePad) in [("MaxPool", 0), ("AveragePool", 0), ("AveragePool", 1)] {
+                let extra: [String: Attribute] = op == "MaxPool" ? [:] : ["count_include_pad": .int(includePad)]
+                let y = try runNode(op, opset: 19, [x], attributes: c.attributes(unitDim: false).merging(extra) { $1 })[0]
+                let (oh, ow) = (y.shape[2], y.shape[3])
+                let ys = y.scalars(as: Float.self)
+                for ch in 0..<(c.x[0] * c.x[1]) {
+                    for i in 0..<oh {
+                        for j in 0..<ow {
+                            var best = -Double.infinity, sum = 0.0, magnitude = 0.0, count = 0, padded = 0
+                            for a in 0..<c.kernel[0] {
+                                for b in 0..<c.kernel[1] {
+                                    let r = i * c.strides[0] - c.pads[0] + a * c.dilations[0]
+                                    let q = j * c.strides[1] - c.pads[1] + b * c.dilations[1]
+                                    if r < h + c.pads[2] && q < w + c.pads[3] { padded += 1 }
+                                    guard r >= 0, r < h, q >= 0, q < w else { continue }
+                                    let v = xd[(ch * h + r) * w + q]
+                                    best = max(best, v); sum += v; magnitude += abs(v); count += 1
+                                }
+                            }
+                            let got = Double(ys[(ch * oh + i) * ow + j])
+                            let divisor = includePad == 1 ? padded : count
+                            let want = count == 0 ? 0 : op == "MaxPool" ? best : sum / Double(divisor)
+                            // A float32 sum of `count` terms is within (count - 1)·(1 + O(u)) units u of rounding of
+                            // the sum of magnitudes; the division adds one more of the result.
+                            let tolerance = op == "MaxPool" || count == 0 ? 0
+                                : Double(Float.ulpOfOne) / 2 * (Double(count) * magnitude / Double(divisor) + abs(want))
+                            XCTAssertLessThanOrEqual(abs(got - want), tolerance, "\(c.label) \(op) \(extra) channel \(ch) output (\(i), \(j))")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     func testRowKernelsMatchWindowLoopsBitForBit() throws {
         for (i, c) in Self.cases.enumerated() {
             let x = input(c.x, seed: UInt64(1 + i))

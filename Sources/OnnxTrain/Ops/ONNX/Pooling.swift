@@ -1,4 +1,7 @@
 import Foundation
+#if arch(x86_64)
+import _Builtin_intrinsics.intel
+#endif
 
 /// MaxPool (with Indices), AveragePool, LpPool, their Global forms, and MaxUnpool.
 
@@ -348,18 +351,26 @@ extension PoolTapRuns {
         let fill: Float = Fold.isMax ? -.infinity : 0
         // Blocks of 8 outputs with a lane whose first in-image tap is not column tap 0.
         let edgeBlock = (0..<blocks).map { b in (8 * b..<min(8 * b + 8, ow)).contains { runs.firstKj[$0] != 0 } }
+        // Outputs with no in-image column tap (only where the padding is as wide as the window).
+        let emptyColumns = (0..<ow).filter { runs.firstKj[$0] < 0 }
         try x.withUnsafeBufferPointer(as: Float.self) { px in
             y.uncheckedMutableBufferPointer(as: Float.self) { py in
                 guard let X = px.baseAddress, let Y = py.baseAddress else { return }
                 Parallel.forRange(nc, minimumChunk: max(1, 8_192 / max(P * K, 1))) { channels in
                     let plane = UnsafeMutablePointer<Float>.allocate(capacity: ih * width)
                     let out = UnsafeMutablePointer<Float>.allocate(capacity: 8 * blocks)
-                    defer { plane.deallocate(); out.deallocate() }
+                    // MaxPool: each plane row's column-tap maxima, 8·blocks a row (see `separableMax`).
+                    let rowMax = UnsafeMutablePointer<Float>.allocate(capacity: Fold.isMax ? ih * 8 * blocks : 0)
+                    defer { plane.deallocate(); out.deallocate(); rowMax.deallocate() }
                     plane.initialize(repeating: fill, count: ih * width)
                     out.initialize(repeating: 0, count: 8 * blocks)
                     for ch in channels {
                         let src = X + ch * I
-                        for r in 0..<ih { (plane + r * width + pw).update(from: src + r * iw, count: iw) }
+                        if Fold.isMax {
+                            if separableMax(src, plane, rowMax, out, Y + ch * P) { continue }
+                        } else {
+                            for r in 0..<ih { _ = copyRow(src + r &* iw, plane + (r &* width &+ pw), iw, checkNaN: false) }
+                        }
                         for i in 0..<oh {
                             let d = Y + ch * P + i * ow
                             guard runs.kiLo[i] < runs.kiHi[i] else {
@@ -367,20 +378,91 @@ extension PoolTapRuns {
                                 continue
                             }
                             if sw == 1 {
-                                foldRow(plane, out, i, sw: 1)
+                                foldRow(plane, d, out, i, sw: 1)
                             } else {
-                                foldRow(plane, out, i, sw: 2)
+                                foldRow(plane, d, out, i, sw: 2)
                             }
-                            d.update(from: out, count: ow)
                             finish(runs, d, i)
                         }
                     }
                 }
             }
         }
-        /// Output row i into `out`, with the column stride a constant where it is inlined.
+        /// MaxPool of one channel without NaNs, in two passes: once the input rows are copied into
+        /// the plane (and checked for NaNs), each plane row's column taps are folded into `rowMax`
+        /// (output column j: the row's taps kj = 0..<kw at j·sw + kj·dw, filler included); then each
+        /// output folds its kernel rows' `rowMax` entries. Both folds run in kernel row-major order
+        /// with "strictly greater wins" from the window's first tap, and without NaNs that rule is
+        /// "the first of the window's largest values" whatever the grouping, the -inf filler never
+        /// being strictly greater: the same bits as the per-window rule (-0 and +0 ties included),
+        /// but with chains of kw and kh taps instead of kw·kh, and each row's column taps folded
+        /// once rather than once per output row that reads it. Outputs whose window has no
+        /// in-image tap are 0, as in the per-window loops. Returns false, with the plane holding the
+        /// channel and `y` not written, when the channel holds a NaN (whose rule depends on
+        /// which tap comes first: the register blocks below run it).
+        func separableMax(_ src: UnsafePointer<Float>, _ plane: UnsafeMutablePointer<Float>, _ rowMax: UnsafeMutablePointer<Float>,
+                          _ out: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>) -> Bool {
+            let hw = 8 &* blocks
+            var nan = false
+            for r in 0..<ih where copyRow(src + r &* iw, plane + (r &* width &+ pw), iw, checkNaN: true) { nan = true }
+            if nan { return false }
+            // A second loop: loads of a row just stored (across two stores) would wait for them.
+            for r in 0..<ih {
+                let p = plane + r &* width
+                // Column taps with the stride (and the common 3-tap run) constant where inlined.
+                let h = rowMax + r &* hw
+                if sw == 1 {
+                    if kw == 3 && dw == 1 { rowMaxima(p, h, sw: 1, kw: 3, dw: 1) } else { rowMaxima(p, h, sw: 1, kw: kw, dw: dw) }
+                } else if kw == 3 && dw == 1 {
+                    // Taps 0 and 1 are the even and odd lanes of one 16-lane load, tap 2 the even lanes of the next.
+                    for b in 0..<blocks {
+                        let j = 16 &* b
+                        let a = UnsafeRawPointer(p + j).loadUnaligned(as: SIMD16<Float>.self)
+                        let c = UnsafeRawPointer(p + (j &+ 2)).loadUnaligned(as: SIMD16<Float>.self)
+                        UnsafeMutableRawPointer(h + 8 &* b).storeBytes(of: laterWins(laterWins(a.evenHalf, a.oddHalf), c.evenHalf), as: SIMD8<Float>.self)
+                    }
+                } else {
+                    rowMaxima(p, h, sw: 2, kw: kw, dw: dw)
+                }
+            }
+            for i in 0..<oh {
+                let d = y + i &* ow
+                let (k0, k1) = (runs.kiLo[i], runs.kiHi[i])
+                guard k0 < k1 else {
+                    d.update(repeating: 0, count: ow)
+                    continue
+                }
+                let first = rowMax + (i &* sh &- ph &+ k0 &* dh) &* hw, step = dh &* hw, rows = k1 &- k0
+                for b in 0..<blocks {
+                    let j = 8 &* b
+                    var acc = UnsafeRawPointer(first + j).loadUnaligned(as: SIMD8<Float>.self)
+                    for k in 1..<rows { acc = laterWins(acc, UnsafeRawPointer(first + (k &* step &+ j)).loadUnaligned(as: SIMD8<Float>.self)) }
+                    if j &+ 8 <= ow {
+                        UnsafeMutableRawPointer(d + j).storeBytes(of: acc, as: SIMD8<Float>.self)
+                    } else {
+                        UnsafeMutableRawPointer(out).storeBytes(of: acc, as: SIMD8<Float>.self)
+                        _ = copyRow(out, d + j, ow &- j, checkNaN: false)
+                    }
+                }
+                for j in emptyColumns { d[j] = 0 }
+            }
+            return true
+        }
+        /// `rowMax[j]` = the fold of plane row `p`'s column taps of output j ("strictly greater wins",
+        /// tap 0 first), 8 outputs a step; reads as far as `foldRow`.
         @inline(__always)
-        func foldRow(_ plane: UnsafeMutablePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ i: Int, sw: Int) {
+        func rowMaxima(_ p: UnsafeMutablePointer<Float>, _ h: UnsafeMutablePointer<Float>, sw: Int, kw: Int, dw: Int) {
+            for b in 0..<blocks {
+                let j = 8 &* b
+                var acc = strided8(p, j, sw)
+                for kj in 1..<kw { acc = laterWins(acc, strided8(p + kj &* dw, j, sw)) }
+                UnsafeMutableRawPointer(h + j).storeBytes(of: acc, as: SIMD8<Float>.self)
+            }
+        }
+        /// Output row i into `d` (the last partial block through `out`), with the column stride a
+        /// constant where it is inlined.
+        @inline(__always)
+        func foldRow(_ plane: UnsafeMutablePointer<Float>, _ d: UnsafeMutablePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ i: Int, sw: Int) {
             let (k0, k1) = (runs.kiLo[i], runs.kiHi[i])
             let first = plane + (i &* sh &- ph &+ k0 &* dh) &* width
             for b in 0..<blocks {
@@ -401,10 +483,15 @@ extension PoolTapRuns {
                     let row = plane + (i &* sh &- ph &+ ki &* dh) &* width
                     for kj in 0..<kw {
                         let v = strided8(row + kj &* dw, j, sw)
-                        if Fold.isMax { acc.replace(with: v, where: v .> acc) } else { acc += v }
+                        if Fold.isMax { acc = laterWins(acc, v) } else { acc += v }
                     }
                 }
-                UnsafeMutableRawPointer(out + j).storeBytes(of: acc, as: SIMD8<Float>.self)
+                if j &+ 8 <= ow {
+                    UnsafeMutableRawPointer(d + j).storeBytes(of: acc, as: SIMD8<Float>.self)
+                } else {
+                    UnsafeMutableRawPointer(out).storeBytes(of: acc, as: SIMD8<Float>.self)
+                    _ = copyRow(out, d + j, ow &- j, checkNaN: false)
+                }
             }
         }
         return y
@@ -541,6 +628,40 @@ func strided8(_ s: UnsafePointer<Float>, _ j: Int, _ sw: Int) -> SIMD8<Float> {
             : UnsafeRawPointer(s + 2 * j).loadUnaligned(as: SIMD16<Float>.self).evenHalf
 }
 
+/// MaxPool's "strictly greater wins" on eight lanes: `later` where it is strictly greater than
+/// `earlier`, else `earlier` (a NaN in `later` never wins, one in `earlier` stays, ties keep
+/// `earlier`), which is one vmaxps(later, earlier). Written as the intrinsic where there is one:
+/// LLVM lowered a chain of the generic lane selects to mask extractions and inserts.
+@inline(__always)
+func laterWins(_ earlier: SIMD8<Float>, _ later: SIMD8<Float>) -> SIMD8<Float> {
+    #if ONNX_TRAIN_X86_64_V3 && arch(x86_64)
+    return _mm256_max_ps(later, earlier)
+    #else
+    return earlier.replacing(with: later, where: later .> earlier)
+    #endif
+}
+
+/// Copies `n` floats from `s` to `d`, eight lanes a step (the rows are short: a memmove call per
+/// row cost more than the copy), and tells whether any of them is a NaN when `checkNaN`.
+@inline(__always)
+func copyRow(_ s: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, _ n: Int, checkNaN: Bool) -> Bool {
+    var nan = SIMDMask<SIMD8<Int32>>(repeating: false), scalarNaN = false
+    var c = 0
+    while c &+ 8 <= n {
+        let v = UnsafeRawPointer(s + c).loadUnaligned(as: SIMD8<Float>.self)
+        if checkNaN { nan .|= v .!= v }
+        UnsafeMutableRawPointer(d + c).storeBytes(of: v, as: SIMD8<Float>.self)
+        c &+= 8
+    }
+    while c < n {
+        let v = s[c]
+        if checkNaN { scalarNaN = scalarNaN || v.isNaN }
+        d[c] = v
+        c &+= 1
+    }
+    return checkNaN && (any(nan) || scalarNaN)
+}
+
 /// The vector part of one kernel tap's run in the float32 row kernels without indices (MaxPool,
 /// AveragePool), column stride 1 or 2: `d[j] = combine(d[j], s[j·sw])` eight outputs at a time,
 /// each lane the same operation in the same order as the scalar loop. `s` and `d` are the kernels'
@@ -580,8 +701,34 @@ func averagePoolRows<T: FloatElement>(_ x: Tensor, includePad: Bool, geometry g:
             d[j] = count > 0 ? d[j] / U(count) : 0
         }
     }
-    if T.self == Float.self, let y = try PoolTapRuns.paddedFloat(x, g, "pooling output", SumLanes.self, { runs, d, i in divide(runs, d, i) }) {
-        return y
+    if T.self == Float.self {
+        // Each output's count as a float32 (exact: at most the kernel size), so that a row divides
+        // 8 lanes at a time: the same correctly rounded divisions as `divide`, which was a quarter
+        // of a 7-wide pool's time. A row with a zero count (a window wholly in the padding,
+        // without count_include_pad) divides one by one.
+        let runs = PoolTapRuns(g), oh = g.output[0]
+        var counts = [Float](repeating: 0, count: oh * ow), zeroRow = [Bool](repeating: false, count: oh)
+        for i in 0..<oh {
+            let rows = includePad ? runs.paddedRows[i] : runs.kiHi[i] - runs.kiLo[i]
+            for j in 0..<ow {
+                let count = rows * (includePad ? runs.paddedCols[j] : runs.validCols[j])
+                counts[i * ow + j] = Float(count)
+                if count == 0 { zeroRow[i] = true }
+            }
+        }
+        let y = try counts.withUnsafeBufferPointer { counts in
+            try PoolTapRuns.paddedFloat(x, g, "pooling output", SumLanes.self) { runs, d, i in
+                guard !zeroRow[i], let c = counts.baseAddress.map({ $0 + i * ow }) else { return divide(runs, d, i) }
+                var j = 0
+                while j + 8 <= ow {
+                    let at = UnsafeMutableRawPointer(d + j)
+                    at.storeBytes(of: at.loadUnaligned(as: SIMD8<Float>.self) / UnsafeRawPointer(c + j).loadUnaligned(as: SIMD8<Float>.self), as: SIMD8<Float>.self)
+                    j += 8
+                }
+                while j < ow { d[j] = d[j] / c[j]; j += 1 }
+            }
+        }
+        if let y { return y }
     }
     return try PoolTapRuns.pooled(x, g, "pooling output") { (runs, src: UnsafePointer<T>, d, i) in
         runs.forEachTap(row: i, g, src) { s, lo, hi in
