@@ -38,6 +38,10 @@ final class ConvKernelTests: XCTestCase {
         Case(label: "blocked 3x3 groups 2 stride 2", x: [3, 4, 5, 4], w: [6, 2, 3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], group: 2),
         Case(label: "blocked 2x3 dilation 2 non-square", x: [4, 3, 6, 7], w: [5, 3, 2, 3], strides: [1, 2], pads: [0, 1, 2, 0], dilations: [2, 1], group: 1),
         Case(label: "blocked 1x1 direct", x: [3, 5, 2, 3], w: [4, 5, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], group: 1),
+        // Direct 1×1 of 512K+ multiply-adds per image and group (convDirectImageMinWork), batch > 1:
+        // one product per image, no blocking (64·64·128); just under it (64·63·128) blocked.
+        Case(label: "per-image 1x1 direct batch 2 groups 2 P 128", x: [2, 128, 8, 16], w: [128, 64, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], group: 2),
+        Case(label: "blocked 1x1 direct just under the per-image work", x: [2, 63, 8, 16], w: [64, 63, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], group: 1),
         Case(label: "blocked 1x1 stride 2", x: [2, 4, 5, 5], w: [3, 4, 1, 1], strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], group: 1),
         // One image: 1×1 without im2col/col2im; large images (P >= 256) keep one GEMM per image.
         Case(label: "1x1 direct batch 1 groups 2", x: [1, 4, 3, 5], w: [6, 2, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], group: 2),

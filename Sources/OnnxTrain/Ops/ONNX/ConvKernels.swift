@@ -16,6 +16,12 @@ func convImageBlock(images n: Int, rows: Int, positions P: Int) -> Int {
     return min(n, wanted, fits)
 }
 
+/// The fewest multiply-adds (M/G · C/G · P) of one image's product at which a direct 1×1
+/// convolution (unit strides, no padding) multiplies each image where it lies instead of several
+/// images side by side (`convolution`). ShuffleNet's grouped 1×1 layers have 906K; smaller
+/// products (MobileNetV3-32 training at 8×8: at most 74K) keep the blocked GEMM.
+let convDirectImageMinWork = 1 << 19
+
 /// How many tiles of output rows each image of a convolution is cut into (`convolution`), for
 /// `rows` = C/G·K column rows and output rows of `width` positions (every output axis but the
 /// last makes the rows).
