@@ -46,6 +46,13 @@ final class HostileWindowAttributeTests: XCTestCase {
         XCTAssertEqual(y.scalars(as: Float.self), [0])
         let p = try run("MaxPool", ["kernel_shape": .ints([2, 2]), "strides": .ints([Int.max, Int.max]), "pads": .ints([1, 1, 0, 0])], w: nil)
         XCTAssertEqual(p.shape, [1, 1, 1, 1])
+        // Depthwise (group == C): its 2-D kernel's plane layout (rows of stride × phase columns)
+        // would overflow or ask for a huge buffer; the general loops compute the one window.
+        for stride in [Int.max, 1 << 40] {
+            let d = try run("Conv", ["strides": .ints([stride, stride]), "group": .int(2)], x: [1, 2, 4, 4], w: [2, 1, 2, 2])
+            XCTAssertEqual(d.shape, [1, 2, 1, 1])
+            XCTAssertEqual(d.scalars(as: Float.self), [0, 0])
+        }
         // Past the element cap but not overflowing: the whole output shape is named.
         assertOnnxTrainError(.kernel, containing: ["Conv output shape [3, 1, 65539, 65539]", "too large"]) {
             try run("Conv", ["pads": .ints([1 << 15, 1 << 15, 1 << 15, 1 << 15])], x: [3, 1, 4, 4])

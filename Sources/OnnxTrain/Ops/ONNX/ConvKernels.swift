@@ -245,7 +245,7 @@ func convolutionGradBlocked<T: FloatElement>(_ DY: UnsafePointer<T>, _ X: Unsafe
 /// would be a [1, K] · [K, P] product: all overhead.
 func depthwiseConvolution<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePointer<T>, bias: UnsafePointer<T>?, _ Y: UnsafeMutablePointer<T>,
                                            images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry) {
-    if g.rank == 2 {
+    if DepthwisePlanes.fits(g) {
         depthwiseConvolution2D(X, W, bias: bias, Y, images: n, channels: c, outputs: m, g)
         return
     }
@@ -390,12 +390,11 @@ struct DepthwisePlanes {
          offsets: (Int, Int), spread: (Int, Int), flipped: Bool) {
         self.source = source; self.output = output; self.kernel = kernel; self.strides = strides
         self.offsets = offsets; self.spread = spread
-        vectors = (output.1 + 7) / 8
-        rowBlocks = (output.0 + 3) / 4
-        let reach = (kernel.1 - 1) * dilations.1 / strides.1
-        phaseLength = (vectors * 8 + reach + 7) / 8 * 8
-        rowLength = strides.1 * phaseLength
-        bufferRows = (rowBlocks * 4 - 1) * strides.0 + (kernel.0 - 1) * dilations.0 + 1
+        // Checked by `fits` before any plane is laid out (the dispatch in depthwiseConvolution
+        // and depthwiseConvolutionGrad): these cannot overflow here.
+        let layout = DepthwisePlanes.layout(output: output, kernel: kernel, strides: strides, dilations: dilations)!
+        (vectors, rowBlocks, phaseLength, rowLength, bufferRows) =
+            (layout.vectors, layout.rowBlocks, layout.phaseLength, layout.rowLength, layout.bufferRows)
         var taps = [Int](repeating: 0, count: kernel.0 * kernel.1)
         for ky in 0..<kernel.0 {
             for kx in 0..<kernel.1 {
@@ -406,6 +405,39 @@ struct DepthwisePlanes {
             }
         }
         tapOffsets = taps
+    }
+
+    /// The sizes of a layout, or nil when one of them overflows Int.
+    static func layout(output: (Int, Int), kernel: (Int, Int), strides: (Int, Int), dilations: (Int, Int))
+        -> (vectors: Int, rowBlocks: Int, phaseLength: Int, rowLength: Int, bufferRows: Int, count: Int)? {
+        func add(_ a: Int, _ b: Int) -> Int? { let r = a.addingReportingOverflow(b); return r.overflow ? nil : r.partialValue }
+        func mul(_ a: Int, _ b: Int) -> Int? { let r = a.multipliedReportingOverflow(by: b); return r.overflow ? nil : r.partialValue }
+        let vectors = (output.1 + 7) / 8, rowBlocks = (output.0 + 3) / 4
+        guard let span1 = mul(kernel.1 - 1, dilations.1), let run = add(vectors * 8, span1 / strides.1),
+              let phase = add(run, 7).map({ $0 / 8 * 8 }), let rowLength = mul(strides.1, phase),
+              let rowSpan = mul(rowBlocks * 4 - 1, strides.0), let span0 = mul(kernel.0 - 1, dilations.0),
+              let bufferRows = add(rowSpan, span0).flatMap({ add($0, 1) }),
+              let count = add(bufferRows, 1).flatMap({ mul($0, rowLength) }) else { return nil }
+        return (vectors, rowBlocks, phase, rowLength, bufferRows, count)
+    }
+
+    /// Whether the 2-D depthwise kernels can lay out `g`'s planes: the forward's (an input plane,
+    /// padded, in column phases) and dX's (dY spread by the strides) sizes fit in Int, and each
+    /// buffer stays within a small multiple of the planes it serves. Strides or dilations far
+    /// beyond the image (one window per axis, near Int.max) fail it; the general loops over
+    /// ConvTapRows run those, as they run every rank but 2.
+    static func fits(_ g: ConvGeometry) -> Bool {
+        guard g.rank == 2 else { return false }
+        let (kh, kw) = (g.kernel[0], g.kernel[1]), (dh, dw) = (g.dilations[0], g.dilations[1])
+        guard let forward = layout(output: (g.output[0], g.output[1]), kernel: (kh, kw), strides: (g.strides[0], g.strides[1]),
+                                   dilations: (dh, dw)),
+              let gradient = layout(output: (g.input[0], g.input[1]), kernel: (kh, kw), strides: (1, 1), dilations: (dh, dw))
+        else { return false }
+        // A buffer rounds rows up to 4 and columns up to 8 and holds the padding and the spread:
+        // up to ~40x a tiny plane; anything past 64x the planes plus 64K elements is a geometry
+        // whose windows mostly fall outside the image.
+        let cap = 64 * (g.inputSize + g.outputSize) + (1 << 16)
+        return forward.count <= cap && gradient.count <= cap
     }
 
     /// The forward's layout of an input plane (the forward and dW read the same buffer).
@@ -506,7 +538,8 @@ func depthwiseConvolutionGrad<T: FloatElement>(_ DY: UnsafePointer<T>, _ X: Unsa
                                                images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry) {
     let mult = m / c, K = g.kernelSize, P = g.outputSize, I = g.inputSize, lastOut = g.output[g.rank - 1]
     let taps = ConvTapRows.all(g)
-    if let dx, g.rank == 2 {
+    let planes = DepthwisePlanes.fits(g)
+    if let dx, planes {
         depthwiseConvolutionGradX2D(DY, W, dx, images: n, channels: c, outputs: m, g)
     } else if let dx {
         Parallel.forRange(n * c, minimumChunk: max(1, 8_192 / max(P * K * mult, 1))) { planes in
@@ -534,7 +567,7 @@ func depthwiseConvolutionGrad<T: FloatElement>(_ DY: UnsafePointer<T>, _ X: Unsa
             }
         }
     }
-    if let dw, g.rank == 2 {
+    if let dw, planes {
         depthwiseConvolutionGradW2D(DY, X, dw, images: n, channels: c, outputs: m, g)
     } else if let dw {
         Parallel.forRange(m, minimumChunk: max(1, 8_192 / max(n * P * K, 1))) { outputs in
