@@ -22,7 +22,10 @@ struct BenchCommand: ParsableCommand {
         of each op type (total, share of the time in nodes, node count), the --profile-top \
         slowest nodes (name, op type, output shape, time) and the run time outside the nodes; \
         with --json the line holds them under "profile", every node in execution order. The \
-        timed runs before are not profiled (a node costs one more branch there, no clock read).
+        timed runs before are not profiled (a node costs one more branch there, no clock read). \
+        With a FOLDER, --profile times the training graph's nodes the same way over another \
+        --steps train steps on the first batch, then --steps optimizer steps as a whole; the \
+        table comes before the JSON line, which holds them under "profile" and "optimizer_ms".
 
         FOLDER holds onnxruntime training artifacts (training_model.onnx, optimizer_model.onnx, \
         checkpoint), data.npz (input, labels), meta.json (rows_per_step, lr) and, for --infer, \
@@ -70,7 +73,7 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Time inference: of MODEL.onnx, or of FOLDER/inference.onnx after the training steps.")
     var infer = false
 
-    @Flag(help: "With MODEL.onnx --infer: after the timed runs, time every node over another --steps runs and print the time per op type and the slowest nodes.")
+    @Flag(help: "After the timed runs (steps), time every node over another --steps runs (train steps with a FOLDER) and print the time per op type and the slowest nodes.")
     var profile = false
 
     @Option(name: .customLong("profile-top"), help: "The slowest nodes --profile lists.")
@@ -120,7 +123,6 @@ struct BenchCommand: ParsableCommand {
         }
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
         guard warmup >= 0, warmupSeconds >= 0, warmupSeconds.isFinite else { throw ValidationError("--warmup and --warmup-seconds must not be negative") }
-        guard !profile || infer else { throw ValidationError("--profile times the nodes of MODEL.onnx --infer") }
         guard profileTop >= 0 else { throw ValidationError("--profile-top must not be negative, got \(profileTop)") }
     }
 
@@ -278,6 +280,19 @@ struct BenchCommand: ParsableCommand {
             result["processes"] = processes
             result["allreduce_times"] = allreduceTimes
             result["gradient_bytes"] = module.trainableParameters.reduce(0) { $0 + ($1.grad?.byteCount ?? 0) }
+        }
+        if profile {
+            // After the timed steps: the training graph's nodes, then the optimizer step as a whole.
+            let nodes = try module.profileTrainStep(named: trainer.batches.batch(0), runs: max(steps, 1))
+            let start = clock.now
+            for _ in 0..<max(steps, 1) { try optimizer.step() }
+            let optimizerSeconds = Self.seconds(clock.now - start) / Double(max(steps, 1))
+            result["profile"] = Self.json(nodes)
+            result["optimizer_ms"] = 1000 * optimizerSeconds
+            if !json && (group?.isMainProcess ?? true) {
+                print(Self.table(nodes, top: profileTop), terminator: "")
+                print(String(format: "  optimizer step: %.3f ms", 1000 * optimizerSeconds))
+            }
         }
         if infer {
             let session = try InferenceSession(path: path("inference.onnx"))

@@ -217,6 +217,24 @@ public final class TrainingModule {
     }
 
     public func trainStep(named inputs: [String: Tensor]) throws -> StepOutputs {
+        let results = try trainSession().run(try trainFeeds(inputs), fetches: trainOutputNames)
+        accumulate = true
+        return try TrainingModule.outputs(results, names: trainOutputNames, loss: lossName)
+    }
+
+    /// Times every node of the training graph (forward, loss and gradients) over `runs` train steps
+    /// on `inputs`, after one untimed step, as `InferenceSession.profile` times a model's nodes:
+    /// where a train step goes. Every step is fed as the next `trainStep` would be: after a reset
+    /// each overwrites the gradients (as a loop with `lazyResetGrad` after each step does),
+    /// otherwise each adds to them.
+    public func profileTrainStep(named inputs: [String: Tensor], runs: Int) throws -> InferenceProfile {
+        let profile = try trainSession().profile(try trainFeeds(inputs).compactMapValues(\.tensor), runs: runs)
+        accumulate = true
+        return profile
+    }
+
+    /// A train step's feeds: `inputs`, the trainable weights, the gradient buffers and the reset flag.
+    private func trainFeeds(_ inputs: [String: Tensor]) throws -> [String: Value] {
         var feeds = try TrainingModule.userFeeds(inputs, expected: trainInputNames, what: "train step")
         for (name, p) in trainWeightInputs { feeds[name] = .tensor(p.data) }
         for (name, p) in gradientInputs {
@@ -224,9 +242,7 @@ public final class TrainingModule {
             feeds[name] = .tensor(grad)
         }
         if let resetFlagInput { feeds[resetFlagInput] = .tensor(Tensor(shape: [1], scalars: [!accumulate])) }
-        let results = try trainSession().run(feeds, fetches: trainOutputNames)
-        accumulate = true
-        return try TrainingModule.outputs(results, names: trainOutputNames, loss: lossName)
+        return feeds
     }
 
     /// One forward pass of the eval graph (no gradients). `inputs` follow `evalInputNames`.

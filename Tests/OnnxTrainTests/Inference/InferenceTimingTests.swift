@@ -167,6 +167,76 @@ final class InferenceTimingTests: XCTestCase {
         XCTAssertEqual(Set(lines[(header + 1)..<(header + 1 + ops.count)].map { $0.split(separator: " ")[0] }.map(String.init)), ops, text.stdout)
         let slowest = try XCTUnwrap(lines.firstIndex(of: "  slowest nodes:"), text.stdout)
         XCTAssertEqual(lines.count, slowest + 4, "the header and --profile-top 2 nodes: \(text.stdout)")
-        try CLI.assertFails(["bench", model, "--profile"], mentioning: ["--profile"])
+        try CLI.assertFails(["bench", model, "--profile"], mentioning: ["\(model): a model is timed with --infer"])
+    }
+
+    /// The digits artifacts as a benchmark folder (what Benchmarks/export_models.py writes): two
+    /// batches of 8 rows.
+    static func digitsBenchFolder() throws -> URL {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("bench-profile-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        for (from, to) in [("training_model.onnx", "training_model.onnx"), ("optimizer_model.onnx", "optimizer_model.onnx"),
+                           ("checkpoint", "checkpoint"), ("train.npz", "data.npz")] {
+            try FileManager.default.copyItem(atPath: Fixtures.example("digits/" + from), toPath: folder.appendingPathComponent(to).path)
+        }
+        try Data(#"{"rows_per_step": {"input": 8, "labels": 8}, "lr": 0.01, "batches": 2}"#.utf8)
+            .write(to: folder.appendingPathComponent("meta.json"))
+        return folder
+    }
+
+    /// A profile of train steps times the training graph's nodes, each once in execution order, and
+    /// leaves the gradients of a train step: after a reset every profiled step overwrites them.
+    func testProfileTrainStepTimesTheTrainingGraph() throws {
+        let digits = Fixtures.example("digits")
+        func open() throws -> TrainingModule {
+            try TrainingModule(trainingModelPath: digits + "/training_model.onnx", state: try CheckpointState.load(from: digits + "/checkpoint"))
+        }
+        let arrays = try Npz.readDictionary(contentsOf: digits + "/train.npz")
+        let batch = ["input": Batches.rows(of: try XCTUnwrap(arrays["input"]), from: 0, count: 8),
+                     "labels": Batches.rows(of: try XCTUnwrap(arrays["labels"]), from: 0, count: 8)]
+        let stepped = try open()
+        _ = try stepped.trainStep(named: batch)
+        let profiled = try open()
+        let p = try profiled.profileTrainStep(named: batch, runs: 3)
+        XCTAssertEqual(p.runs, 3)
+        XCTAssertEqual(p.nodes.count, try profiled.trainSession().executor.steps.count, "every node of the training graph once")
+        XCTAssertTrue(p.nodes.contains { $0.domain == "com.microsoft" }, "the gradient nodes too: \(p.nodes.map(\.opType))")
+        XCTAssertTrue(p.nodes.allSatisfy { $0.seconds > 0 }, "\(p.nodes.map(\.seconds))")
+        XCTAssertLessThanOrEqual(p.nodeSeconds, p.runSeconds)
+        for (a, b) in zip(stepped.trainableParameters, profiled.trainableParameters) {
+            XCTAssertEqual(try XCTUnwrap(a.grad).scalars(as: Float.self), try XCTUnwrap(b.grad).scalars(as: Float.self), a.name)
+        }
+        XCTAssertTrue(profiled.accumulatesGradients, "the next train step adds to the profiled gradients, as after a train step")
+        XCTAssertThrowsError(try profiled.profileTrainStep(named: batch, runs: 0))
+    }
+
+    /// `onnx-train bench FOLDER --profile`: the training graph's nodes and the optimizer step, in the
+    /// JSON line (which stays the last line) and, without --json, as a table before it.
+    func testBenchProfileOnATrainingFolder() throws {
+        let folder = try Self.digitsBenchFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let digits = Fixtures.example("digits")
+        let module = try TrainingModule(trainingModelPath: digits + "/training_model.onnx", state: try CheckpointState.load(from: digits + "/checkpoint"))
+        let nodeCount = try module.trainSession().executor.steps.count
+        let r = try CLI.run(["bench", folder.path, "--steps", "2", "--warmup", "1", "--warmup-seconds", "0", "--profile", "--profile-top", "3"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(try XCTUnwrap(lines.last).utf8)) as? [String: Any], r.stdout)
+        XCTAssertEqual((json["times"] as? [Double])?.count, 2)
+        let profile = try XCTUnwrap(json["profile"] as? [String: Any], r.stdout)
+        XCTAssertEqual(profile["runs"] as? Int, 2)
+        XCTAssertEqual((profile["nodes"] as? [[String: Any]])?.count, nodeCount)
+        XCTAssertGreaterThan(try XCTUnwrap(json["optimizer_ms"] as? Double), 0)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("  profile: 2 runs with every node timed: ") && $0.contains(" in its \(nodeCount) nodes") }, r.stdout)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("  optimizer step: ") && $0.hasSuffix(" ms") }, r.stdout)
+        let slowest = try XCTUnwrap(lines.firstIndex(of: "  slowest nodes:"), r.stdout)
+        XCTAssertEqual(lines[slowest + 5], lines.first { $0.hasPrefix("  optimizer step: ") }, "the header, --profile-top 3 nodes, then the optimizer: \(r.stdout)")
+
+        let quiet = try CLI.run(["bench", folder.path, "--steps", "1", "--warmup", "0", "--warmup-seconds", "0", "--profile", "--json"])
+        XCTAssertEqual(quiet.status, 0, quiet.stderr)
+        XCTAssertEqual(quiet.stdout.split(separator: "\n").count, 1, "--json: the JSON line alone: \(quiet.stdout)")
+        let plain = try CLI.run(["bench", folder.path, "--steps", "1", "--warmup", "0", "--warmup-seconds", "0"])
+        XCTAssertEqual(plain.status, 0, plain.stderr)
+        XCTAssertNil(try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(plain.stdout.utf8)) as? [String: Any])["profile"], plain.stdout)
     }
 }
