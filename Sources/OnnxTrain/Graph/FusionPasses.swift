@@ -593,9 +593,18 @@ public struct ElementwiseFusion: GraphPass {
         /// times [N, C, H, W]): the chain stops before that step, as every step before it would
         /// run once per element of the larger result, where alone it runs once per element of
         /// `value` and the broadcasting product is one pass anyway.
+        /// Shapes with a symbolic batch ([batch, C, 1, 1] times [batch, C, H, W], as exported
+        /// models have) are compared axis by axis: an axis of 1 against a known larger one grows.
         func grows(_ value: String, to result: String) -> Bool {
-            guard let a = c.types[value]?.staticShape, let b = c.types[result]?.staticShape else { return false }
-            return Tensor.elementCount(a) < Tensor.elementCount(b)
+            if let a = c.types[value]?.staticShape, let b = c.types[result]?.staticShape {
+                return Tensor.elementCount(a) < Tensor.elementCount(b)
+            }
+            guard let a = c.types[value]?.shape, let b = c.types[result]?.shape, a.count <= b.count else { return false }
+            return b.indices.contains { k in
+                guard case .value(let size) = b[k], size > 1 else { return false }
+                let j = k - (b.count - a.count)
+                return j < 0 || a[j] == .value(1)
+            }
         }
         var claimed = Set<Int>(), removed = Set<Int>(), replacement: [Int: Node] = [:]
         var builder = GraphBuilder(graph)

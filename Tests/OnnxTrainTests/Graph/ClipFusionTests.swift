@@ -81,6 +81,64 @@ final class ClipFusionTests: XCTestCase {
         }
     }
 
+    /// The squeeze-excite scale of an exported model, whose batch is symbolic ([batch, C, 1, 1]
+    /// times [batch, C, H, W]): the Hardsigmoid chain stops before the broadcasting Mul as with
+    /// static shapes (it ran its Add, Clip and Div once per element of the larger result), and
+    /// the outputs stay bit-identical.
+    func testSqueezeExciteScaleWithSymbolicBatchStaysSmall() throws {
+        for dtype in [DType.float32, .float64] {
+            var m = model(dtype, [], ["three": scalar(dtype, 3), "six": scalar(dtype, 6), "zero": scalar(dtype, 0)], [
+                Node(opType: "Add", inputs: ["s", "three"], outputs: ["sa"]),
+                Node(opType: "Clip", inputs: ["sa", "zero", "six"], outputs: ["sc"]),
+                Node(opType: "Div", inputs: ["sc", "six"], outputs: ["sd"]),
+                Node(opType: "Mul", inputs: ["sd", "x"], outputs: ["y"]),
+            ], outputs: ["y"])
+            m.graph.inputs = [ValueInfo(name: "x", type: .tensor(dtype, shape: [.symbol("batch"), .value(5), .value(7), .value(9)])),
+                              ValueInfo(name: "s", type: .tensor(dtype, shape: [.symbol("batch"), .value(5), .value(1), .value(1)]))]
+            let o = try optimized(m)
+            XCTAssertEqual(opTypes(o), ["ElementwiseChain", "Mul"], "\(dtype)")
+            XCTAssertEqual(o.graph.nodes.first.map { ops($0).joined(separator: " ") }, "Add Clip Div", "\(dtype)")
+            try assertBitIdentical(m, ["x": values(dtype, [3, 5, 7, 9], seed: 3), "s": values(dtype, [3, 5, 1, 1], seed: 4)], "squeeze-excite \(dtype)")
+        }
+    }
+
+    /// A chain's float32 division by a scalar multiplies where that gives the same bits
+    /// (`ReciprocalDivision`: powers of two; ±3 and ±6 with Markstein's correction, checked for
+    /// all 2^32 inputs when it was written): here every 9973rd bit pattern (430K values of every
+    /// exponent) and the edges (zeros, subnormals, the 2^-99 bound, the largest float, infinities,
+    /// NaN) against x / d, bit for bit, at every offset of the eight-lane loop. Other divisors divide.
+    func testReciprocalDivisionIsDivision() throws {
+        var x: [Float] = [0, -0, .leastNonzeroMagnitude, -.leastNonzeroMagnitude, .leastNormalMagnitude, .greatestFiniteMagnitude,
+                          -.greatestFiniteMagnitude, .infinity, -.infinity, .nan, Float(bitPattern: 0x0E00_0000), Float(bitPattern: 0x0DFF_FFFF),
+                          Float(bitPattern: 0x8E00_0000), Float(bitPattern: 0x8DFF_FFFF), 1, 3, 6, -6, 1e-30, 7e-31]
+        var bits: UInt64 = 0
+        while bits < 1 << 32 {
+            x.append(Float(bitPattern: UInt32(bits)))
+            bits += 9973
+        }
+        for d: Float in [6, -6, 3, -3, 2, 0.5, -0.25, 1024, 7, 0.1] {
+            guard let division = ReciprocalDivision(divisor: d) else {
+                #if ONNX_TRAIN_X86_64_V3 && arch(x86_64)
+                XCTAssertTrue([7, 0.1].contains(d), "divisor \(d) should multiply")
+                #endif
+                continue
+            }
+            XCTAssertFalse([7, 0.1].contains(d), "divisor \(d) must divide")
+            for offset in 0..<3 {
+                var y = Array(x[offset...])
+                y.withUnsafeMutableBufferPointer { division.divide($0.baseAddress!, $0.count) }
+                let differing = zip(y, x[offset...]).filter { q, v in
+                    let r = v / d
+                    return !(q.bitPattern == r.bitPattern || (q.isNaN && r.isNaN))
+                }
+                XCTAssertEqual(differing.count, 0, "divisor \(d), offset \(offset): \(differing.prefix(3))")
+            }
+        }
+        XCTAssertNil(ReciprocalDivision(divisor: 0))
+        XCTAssertNil(ReciprocalDivision(divisor: .infinity))
+        XCTAssertNil(ReciprocalDivision(divisor: .nan))
+    }
+
     /// A Clip whose bounds are graph inputs of known scalar shape joins too (read when the chain
     /// runs), including min > max (max wins, as the Clip kernel); a chain large enough to be split
     /// across threads; a Clip with a bound omitted or of unknown shape stays a Clip.
