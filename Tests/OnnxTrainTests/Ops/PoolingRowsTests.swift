@@ -38,6 +38,11 @@ final class PoolingRowsTests: XCTestCase {
         Case(label: "3x3 stride 2, 111 wide (SqueezeNet's first pool)", x: [2, 2, 7, 111], kernel: [3, 3], strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], ceil: false),
         Case(label: "3x3 stride 1 pad 1, 70 wide", x: [1, 2, 5, 70], kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: false),
         Case(label: "2x3 stride 2 dilation 1x3 pads 0x5 / 1x6, 90 wide", x: [1, 2, 4, 90], kernel: [2, 3], strides: [1, 2], pads: [0, 5, 1, 6], dilations: [1, 3], ceil: true),
+        // Eight channels or more on planes under 16 wide: float32 MaxPool with a channel per lane.
+        Case(label: "3x3 stride 1 pad 1, 6x6, 19 channels (channel lanes, a partial last group)", x: [1, 19, 6, 6], kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: false),
+        Case(label: "3x3 stride 2, 13x13, 2x9 channels (channel lanes)", x: [2, 9, 13, 13], kernel: [3, 3], strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], ceil: false),
+        Case(label: "5x5 pads as large as the input, 10 channels (channel lanes)", x: [1, 10, 2, 3], kernel: [5, 5], strides: [1, 1], pads: [4, 4, 4, 4], dilations: [1, 1], ceil: false),
+        Case(label: "3x3 stride 2 dilation 2 pads 2x2 / 1x2 ceil, 16 channels (channel lanes)", x: [1, 16, 7, 9], kernel: [3, 3], strides: [2, 2], pads: [2, 2, 1, 2], dilations: [2, 2], ceil: true),
     ]
 
     /// x with some NaNs, -infs, -0s and ties (values rounded to halves), in float32.

@@ -508,6 +508,7 @@ extension MaxPoolOp {
     func maxPoolRows<T: NumericElement>(_ type: T.Type) throws -> Tensor {
         let (iw, ow, sh, sw, ph, pw, dh, dw) = (g.input[1], g.output[1], g.strides[0], g.strides[1],
                                                 g.padsBegin[0], g.padsBegin[1], g.dilations[0], g.dilations[1])
+        if T.self == Float.self, let y = try channelLanesPool(x, g, average: nil) { return y }
         if T.self == Float.self, let y = try PoolTapRuns.paddedFloat(x, g, "MaxPool output", MaxLanes.self, { _, _, _ in }) { return y }
         return try PoolTapRuns.pooled(x, g, "MaxPool output") { (runs, src: UnsafePointer<T>, d, i) in
             let first = src + (i * sh - ph + runs.kiLo[i] * dh) * iw - pw
@@ -525,6 +526,96 @@ extension MaxPoolOp {
                 }
             }
         }
+    }
+}
+
+/// Float32 2-D MaxPool (without indices) and AveragePool on planes under 16 outputs wide
+/// (Inception's 13×13 and 6×6 MaxPools, ShuffleNet's 14×14 and 7×7 AveragePools, where a row is
+/// less than two vectors and the row kernels spent their time on per-row and per-channel
+/// bookkeeping: [1, 832, 6, 6] took 3-6x onnxruntime's time), eight channels at a time, one per
+/// lane: the eight planes are interleaved into a scratch buffer, every window folds its in-image
+/// taps in kernel row-major order, and the results are spread back to the eight planes. MaxPool
+/// folds with "strictly greater wins" from the window's first tap (`laterWins`), AveragePool adds
+/// from +0 and divides by the window's count (its taps inside the padded image with
+/// count_include_pad, else its in-image taps): per lane the per-window loops' operations in their
+/// order, so NaNs, ties of -0 and +0 and windows wholly in the padding (0) come out bit for bit
+/// as there. The last group of a channel count not a multiple of eight overlaps the one before
+/// and writes only its new channels. Nil (the row kernels run) for wider planes, fewer than
+/// eight channels, or planes over 4096 elements. `average`: nil for MaxPool, else count_include_pad.
+func channelLanesPool(_ x: Tensor, _ g: ConvGeometry, average includePad: Bool?) throws -> Tensor? {
+    let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize
+    guard x.dtype == .float32, g.rank == 2, g.output[1] < 16, nc >= 8, I > 0, P > 0, I <= 4096, P <= 4096 else { return nil }
+    let w = try PoolWindows(g)
+    var y = try Tensor(kernelUninitialized: .float32, shape: Array(x.shape.prefix(2)) + g.output, "pooling output")
+    let groups = (nc + 7) / 8, taps = max(1, w.offsets.count)
+    // Each window's divisor (0: a window with no tap to divide, whose output is 0).
+    let counts: [Float] = (0..<P).map { o in Float(includePad == true ? w.padded[o] : w.starts[o + 1] - w.starts[o]) }
+    try x.withUnsafeBufferPointer(as: Float.self) { px in
+        y.uncheckedMutableBufferPointer(as: Float.self) { py in
+            w.offsets.withUnsafeBufferPointer { offsets in
+                w.starts.withUnsafeBufferPointer { starts in
+                    counts.withUnsafeBufferPointer { counts in
+                        guard let X = px.baseAddress, let Y = py.baseAddress else { return }
+                        Parallel.forRange(groups, minimumChunk: max(1, 4_096 / (taps + I + P))) { range in
+                            let lanesIn = UnsafeMutablePointer<Float>.allocate(capacity: 8 * I)
+                            let lanesOut = UnsafeMutablePointer<Float>.allocate(capacity: 8 * P)
+                            defer { lanesIn.deallocate(); lanesOut.deallocate() }
+                            for group in range {
+                                let c0 = min(8 * group, nc - 8)
+                                poolChannelLanes(X + c0 * I, Y + c0 * P, inputSize: I, outputSize: P, firstLane: 8 * group - c0,
+                                                 offsets, starts, includePad == nil ? nil : counts, lanesIn, lanesOut)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return y
+}
+
+/// Eight channels of `channelLanesPool`: src and dst at the group's first channel, lanes
+/// firstLane..<8 written back; `counts` nil for MaxPool, else AveragePool's divisors.
+@inline(never)
+func poolChannelLanes(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, inputSize I: Int, outputSize P: Int, firstLane: Int,
+                      _ offsets: UnsafeBufferPointer<Int>, _ starts: UnsafeBufferPointer<Int>, _ counts: UnsafeBufferPointer<Float>?,
+                      _ lanesIn: UnsafeMutablePointer<Float>, _ lanesOut: UnsafeMutablePointer<Float>) {
+    for l in 0..<8 {
+        let s = src + l &* I
+        for p in 0..<I { lanesIn[p &* 8 &+ l] = s[p] }
+    }
+    let taps = UnsafeRawPointer(lanesIn)
+    @inline(__always) func tap(_ k: Int) -> SIMD8<Float> { taps.loadUnaligned(fromByteOffset: offsets[k] &* 32, as: SIMD8<Float>.self) }
+    if let counts {
+        for o in 0..<P {
+            let lo = starts[o], hi = starts[o &+ 1]
+            var acc = SIMD8<Float>()
+            var k = lo
+            while k < hi {
+                acc += tap(k)
+                k &+= 1
+            }
+            let count = counts[o]
+            UnsafeMutableRawPointer(lanesOut + o &* 8).storeBytes(of: count > 0 ? acc / SIMD8(repeating: count) : SIMD8(), as: SIMD8<Float>.self)
+        }
+    } else {
+        for o in 0..<P {
+            let lo = starts[o], hi = starts[o &+ 1]
+            var acc = SIMD8<Float>()
+            if lo < hi {
+                acc = tap(lo)
+                var k = lo &+ 1
+                while k < hi {
+                    acc = laterWins(acc, tap(k))
+                    k &+= 1
+                }
+            }
+            UnsafeMutableRawPointer(lanesOut + o &* 8).storeBytes(of: acc, as: SIMD8<Float>.self)
+        }
+    }
+    for l in firstLane..<8 {
+        let d = dst + l &* P
+        for o in 0..<P { d[o] = lanesOut[o &* 8 &+ l] }
     }
 }
 
@@ -701,6 +792,7 @@ func averagePoolRows<T: FloatElement>(_ x: Tensor, includePad: Bool, geometry g:
             d[j] = count > 0 ? d[j] / U(count) : 0
         }
     }
+    if T.self == Float.self, let y = try channelLanesPool(x, g, average: includePad) { return y }
     if T.self == Float.self {
         // Each output's count as a float32 (exact: at most the kernel size), so that a row divides
         // 8 lanes at a time: the same correctly rounded divisions as `divide`, which was a quarter
