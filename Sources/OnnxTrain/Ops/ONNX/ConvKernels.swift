@@ -245,8 +245,8 @@ func convolutionGradBlocked<T: FloatElement>(_ DY: UnsafePointer<T>, _ X: Unsafe
 /// would be a [1, K] · [K, P] product: all overhead.
 func depthwiseConvolution<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePointer<T>, bias: UnsafePointer<T>?, _ Y: UnsafeMutablePointer<T>,
                                            images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry) {
-    if DepthwisePlanes.fits(g) {
-        depthwiseConvolution2D(X, W, bias: bias, Y, images: n, channels: c, outputs: m, g)
+    if let planes = DepthwisePlanes.layouts(g) {
+        depthwiseConvolution2D(X, W, bias: bias, Y, images: n, channels: c, outputs: m, g, planes: planes.forward)
         return
     }
     let mult = m / c, K = g.kernelSize, P = g.outputSize, I = g.inputSize, lastOut = g.output[g.rank - 1]
@@ -285,10 +285,10 @@ func depthwiseConvolution<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePoi
 /// channel o / (M/C). Output (r, j), tap (ky, kx) reads padded row r·sh + ky·dh, padded column
 /// j·sw + kx·dw: phase (kx·dw) mod sw at index j + (kx·dw) / sw.
 func depthwiseConvolution2D<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePointer<T>, bias: UnsafePointer<T>?, _ Y: UnsafeMutablePointer<T>,
-                                             images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry) {
+                                             images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry,
+                                             planes: DepthwisePlanes) {
     let mult = m / c, (kh, kw) = (g.kernel[0], g.kernel[1]), (oh, ow) = (g.output[0], g.output[1])
     let K = kh * kw, P = oh * ow, I = g.inputSize
-    let planes = DepthwisePlanes(forward: g)
     Parallel.forRange(n * c, minimumChunk: max(1, 8_192 / max(P * K * mult, 1))) { range in
         let buffer = planes.allocate(T.self)
         defer { buffer.deallocate() }
@@ -307,13 +307,9 @@ func depthwiseConvolution2D<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafeP
 /// stride 1. Input row y, flipped tap ky' = kh-1-ky reads spread row y + ky'·dh, which holds dY
 /// row r where r·sh = y + ky'·dh - ((kh-1)·dh - pt) (zero between rows when sh > 1).
 func depthwiseConvolutionGradX2D<T: FloatElement>(_ DY: UnsafePointer<T>, _ W: UnsafePointer<T>, _ dx: UnsafeMutablePointer<T>,
-                                                  images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry) {
-    let mult = m / c, (kh, kw) = (g.kernel[0], g.kernel[1]), (ih, iw) = (g.input[0], g.input[1])
-    let (dh, dw) = (g.dilations[0], g.dilations[1])
-    let K = kh * kw, P = g.outputSize, I = ih * iw
-    let planes = DepthwisePlanes(source: (g.output[0], g.output[1]), output: (ih, iw), kernel: (kh, kw), strides: (1, 1),
-                                 dilations: (dh, dw), offsets: ((kh - 1) * dh - g.padsBegin[0], (kw - 1) * dw - g.padsBegin[1]),
-                                 spread: (g.strides[0], g.strides[1]), flipped: true)
+                                                  images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry,
+                                                  planes: DepthwisePlanes) {
+    let mult = m / c, K = g.kernelSize, P = g.outputSize, I = g.inputSize
     Parallel.forRange(n * c, minimumChunk: max(1, 8_192 / max(P * K * mult, 1))) { range in
         let buffer = planes.allocate(T.self)
         defer { buffer.deallocate() }
@@ -333,10 +329,10 @@ func depthwiseConvolutionGradX2D<T: FloatElement>(_ DY: UnsafePointer<T>, _ W: U
 /// against dY copied into rows of whole 8-column vectors (zeros after the last column and row).
 /// Spread over input channels; each thread sums its channels over every image (no partials).
 func depthwiseConvolutionGradW2D<T: FloatElement>(_ DY: UnsafePointer<T>, _ X: UnsafePointer<T>, _ dw: UnsafeMutablePointer<T>,
-                                                  images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry) {
+                                                  images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry,
+                                                  planes: DepthwisePlanes) {
     let mult = m / c, (kh, kw) = (g.kernel[0], g.kernel[1]), (oh, ow) = (g.output[0], g.output[1])
     let K = kh * kw, P = oh * ow, I = g.inputSize
-    let planes = DepthwisePlanes(forward: g)
     let width = planes.vectors * 8, step = planes.strides.rows * planes.rowLength
     Parallel.forRange(c, minimumChunk: max(1, 8_192 / max(n * P * K * mult, 1))) { range in
         let buffer = planes.allocate(T.self)
@@ -386,13 +382,11 @@ struct DepthwisePlanes {
     /// Per weight k = ky·kw + kx: where its run starts in a buffer row block (phase and index).
     let tapOffsets: [Int]
 
-    init(source: (Int, Int), output: (Int, Int), kernel: (Int, Int), strides: (Int, Int), dilations: (Int, Int),
-         offsets: (Int, Int), spread: (Int, Int), flipped: Bool) {
+    /// A plane's layout from its sizes (`Layout`, computed once by `layouts`).
+    private init(source: (Int, Int), output: (Int, Int), kernel: (Int, Int), strides: (Int, Int), dilations: (Int, Int),
+                 offsets: (Int, Int), spread: (Int, Int), flipped: Bool, layout: Layout) {
         self.source = source; self.output = output; self.kernel = kernel; self.strides = strides
         self.offsets = offsets; self.spread = spread
-        // Checked by `fits` before any plane is laid out (the dispatch in depthwiseConvolution
-        // and depthwiseConvolutionGrad): these cannot overflow here.
-        let layout = DepthwisePlanes.layout(output: output, kernel: kernel, strides: strides, dilations: dilations)!
         (vectors, rowBlocks, phaseLength, rowLength, bufferRows) =
             (layout.vectors, layout.rowBlocks, layout.phaseLength, layout.rowLength, layout.bufferRows)
         var taps = [Int](repeating: 0, count: kernel.0 * kernel.1)
@@ -407,9 +401,10 @@ struct DepthwisePlanes {
         tapOffsets = taps
     }
 
+    typealias Layout = (vectors: Int, rowBlocks: Int, phaseLength: Int, rowLength: Int, bufferRows: Int, count: Int)
+
     /// The sizes of a layout, or nil when one of them overflows Int.
-    static func layout(output: (Int, Int), kernel: (Int, Int), strides: (Int, Int), dilations: (Int, Int))
-        -> (vectors: Int, rowBlocks: Int, phaseLength: Int, rowLength: Int, bufferRows: Int, count: Int)? {
+    private static func layout(output: (Int, Int), kernel: (Int, Int), strides: (Int, Int), dilations: (Int, Int)) -> Layout? {
         func add(_ a: Int, _ b: Int) -> Int? { let r = a.addingReportingOverflow(b); return r.overflow ? nil : r.partialValue }
         func mul(_ a: Int, _ b: Int) -> Int? { let r = a.multipliedReportingOverflow(by: b); return r.overflow ? nil : r.partialValue }
         let vectors = (output.1 + 7) / 8, rowBlocks = (output.0 + 3) / 4
@@ -421,30 +416,31 @@ struct DepthwisePlanes {
         return (vectors, rowBlocks, phase, rowLength, bufferRows, count)
     }
 
-    /// Whether the 2-D depthwise kernels can lay out `g`'s planes: the forward's (an input plane,
-    /// padded, in column phases) and dX's (dY spread by the strides) sizes fit in Int, and each
-    /// buffer stays within a small multiple of the planes it serves. Strides or dilations far
-    /// beyond the image (one window per axis, near Int.max) fail it; the general loops over
-    /// ConvTapRows run those, as they run every rank but 2.
-    static func fits(_ g: ConvGeometry) -> Bool {
-        guard g.rank == 2 else { return false }
+    /// The 2-D depthwise kernels' layouts of `g`'s planes, or nil where they do not apply (the
+    /// general loops over ConvTapRows run those, as they run every rank but 2): `forward`, an input
+    /// plane padded in column phases (the forward and dW read it), and `gradientX`, dY spread by
+    /// the strides (dX). Both sizes must fit in Int and each buffer stay within a small multiple
+    /// of the planes it serves; strides or dilations far beyond the image (one window per axis,
+    /// near Int.max) fail that. The forward and ConvGrad make the same choice for one geometry.
+    static func layouts(_ g: ConvGeometry) -> (forward: DepthwisePlanes, gradientX: DepthwisePlanes)? {
+        guard g.rank == 2 else { return nil }
         let (kh, kw) = (g.kernel[0], g.kernel[1]), (dh, dw) = (g.dilations[0], g.dilations[1])
-        guard let forward = layout(output: (g.output[0], g.output[1]), kernel: (kh, kw), strides: (g.strides[0], g.strides[1]),
-                                   dilations: (dh, dw)),
-              let gradient = layout(output: (g.input[0], g.input[1]), kernel: (kh, kw), strides: (1, 1), dilations: (dh, dw))
-        else { return false }
+        let (ih, iw) = (g.input[0], g.input[1]), (oh, ow) = (g.output[0], g.output[1])
+        guard let forward = layout(output: (oh, ow), kernel: (kh, kw), strides: (g.strides[0], g.strides[1]), dilations: (dh, dw)),
+              let gradient = layout(output: (ih, iw), kernel: (kh, kw), strides: (1, 1), dilations: (dh, dw))
+        else { return nil }
         // A buffer rounds rows up to 4 and columns up to 8 and holds the padding and the spread:
         // up to ~40x a tiny plane; anything past 64x the planes plus 64K elements is a geometry
         // whose windows mostly fall outside the image.
         let cap = 64 * (g.inputSize + g.outputSize) + (1 << 16)
-        return forward.count <= cap && gradient.count <= cap
-    }
-
-    /// The forward's layout of an input plane (the forward and dW read the same buffer).
-    init(forward g: ConvGeometry) {
-        self.init(source: (g.input[0], g.input[1]), output: (g.output[0], g.output[1]), kernel: (g.kernel[0], g.kernel[1]),
-                  strides: (g.strides[0], g.strides[1]), dilations: (g.dilations[0], g.dilations[1]),
-                  offsets: (g.padsBegin[0], g.padsBegin[1]), spread: (1, 1), flipped: false)
+        guard forward.count <= cap && gradient.count <= cap else { return nil }
+        // Within the cap, the offsets below cannot overflow: (kh-1)·dh is part of gradient.bufferRows.
+        return (DepthwisePlanes(source: (ih, iw), output: (oh, ow), kernel: (kh, kw), strides: (g.strides[0], g.strides[1]),
+                                dilations: (dh, dw), offsets: (g.padsBegin[0], g.padsBegin[1]), spread: (1, 1), flipped: false,
+                                layout: forward),
+                DepthwisePlanes(source: (oh, ow), output: (ih, iw), kernel: (kh, kw), strides: (1, 1), dilations: (dh, dw),
+                                offsets: ((kh - 1) * dh - g.padsBegin[0], (kw - 1) * dw - g.padsBegin[1]),
+                                spread: (g.strides[0], g.strides[1]), flipped: true, layout: gradient))
     }
 
     /// A buffer for one plane, plus one padded row before the phases are split, all zeros: `fill`
@@ -538,9 +534,9 @@ func depthwiseConvolutionGrad<T: FloatElement>(_ DY: UnsafePointer<T>, _ X: Unsa
                                                images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry) {
     let mult = m / c, K = g.kernelSize, P = g.outputSize, I = g.inputSize, lastOut = g.output[g.rank - 1]
     let taps = ConvTapRows.all(g)
-    let planes = DepthwisePlanes.fits(g)
-    if let dx, planes {
-        depthwiseConvolutionGradX2D(DY, W, dx, images: n, channels: c, outputs: m, g)
+    let planes = DepthwisePlanes.layouts(g)
+    if let dx, let planes {
+        depthwiseConvolutionGradX2D(DY, W, dx, images: n, channels: c, outputs: m, g, planes: planes.gradientX)
     } else if let dx {
         Parallel.forRange(n * c, minimumChunk: max(1, 8_192 / max(P * K * mult, 1))) { planes in
             for u in planes {
@@ -567,8 +563,8 @@ func depthwiseConvolutionGrad<T: FloatElement>(_ DY: UnsafePointer<T>, _ X: Unsa
             }
         }
     }
-    if let dw, planes {
-        depthwiseConvolutionGradW2D(DY, X, dw, images: n, channels: c, outputs: m, g)
+    if let dw, let planes {
+        depthwiseConvolutionGradW2D(DY, X, dw, images: n, channels: c, outputs: m, g, planes: planes.forward)
     } else if let dw {
         Parallel.forRange(m, minimumChunk: max(1, 8_192 / max(n * P * K, 1))) { outputs in
             for o in outputs {
