@@ -10,8 +10,8 @@
 ///
 /// Fires only when the forward and backward patterns are complete and every value between the
 /// ops is read by nothing but the ops of the pattern (and is no graph output). An inference
-/// graph's GELU (no gradient) is left to `ElementwiseFusion`, whose chain computes the ops' own
-/// values in one pass already. Constants are checked to float32 precision: √2, 1, 0.5 and 2/√π. Float32 and float64.
+/// graph's GELU (no gradient) is left to `GeluIntoMatMul` (after a Linear layer) and to
+/// `ElementwiseFusion`, whose chain computes the ops' own values in one pass. Constants are checked to float32 precision: √2, 1, 0.5 and 2/√π. Float32 and float64.
 public struct GeluFusion: GraphPass {
     public var name: String { "gelu-fusion" }
     public init() {}
@@ -96,5 +96,160 @@ public struct GeluFusion: GraphPass {
         model.graph.apply(removing: removed, replacing: replacement)
         model.graph.dropValueInfoOfRemovedValues()
         if model.opsetImports["com.microsoft"] == nil { model.opsetImports["com.microsoft"] = 1 }
+    }
+}
+
+/// In an inference graph, a GELU written out in ops whose input is a Linear layer's result
+/// becomes that layer's `activation`: the internal MatMulBias (or a Gemm with a bias row, which
+/// becomes one) applies it to each block of its result as soon as the block's product is done,
+/// while it is in cache (BERT's and ViT's erf GELU after the intermediate dense layer, GPT-2's
+/// tanh GELU after c_fc): the activation's own pass over the whole activation goes, and with it
+/// one kernel call per layer. Two forms, each in the orders exporters write:
+///
+/// * erf, "Gelu": `h · (Erf(h / √2) + 1) · 0.5` (or `h · 0.5 · (Erf(h / √2) + 1)`, or Mul by
+///   1/√2 for the Div);
+/// * tanh, "FastGelu" (GPT-2's gelu_new): `h · 0.5 · (Tanh(√(2/π) · (h + 0.044715 · h³)) + 1)`,
+///   h³ as Pow(h, 3) or, after `PowerToMul`, (h · h) · h; either product order.
+///
+/// A Reshape between the product and h (GPT-2's Conv1D layers run as Gemm over [B·T, K] rows)
+/// stays, moved after the activation (an elementwise map commutes with it). Fires only when every
+/// value of the pattern, h included, is read by nothing else and is no graph output, the constants
+/// match to float32 precision, and the product is float32 or float64 with a bias of one row [N]
+/// (a Gemm: transA 0, alpha and beta 1). The values are com.microsoft Gelu's and FastGelu's, equal
+/// to float rounding to the ops' (a few roundings of the result: the ops round after each step).
+public struct GeluIntoMatMul: GraphPass {
+    public var name: String { "gelu-into-matmul" }
+    public init() {}
+
+    public func run(_ model: inout Model) throws {
+        guard (model.opset("") ?? 0) >= 7,
+              model.graph.nodes.contains(where: { $0.domain.isEmpty && ($0.opType == "Erf" || $0.opType == "Tanh") }) else { return }
+        let c = FusionContext(model)
+        let graph = c.graph
+        func producer(_ v: String) -> Int? { c.index.producer[v]?.node }
+        /// The one reader of `v` (nil when another node or a graph output reads it too).
+        func sole(_ v: String) -> Int? { c.soleConsumer(of: v) }
+        /// Node `i` when it is the plain default-domain `type` with `arity` inputs and one output.
+        func op(_ i: Int?, _ type: String, _ arity: Int) -> Node? {
+            guard let i else { return nil }
+            let n = graph.nodes[i]
+            guard n.domain.isEmpty, n.opType == type, n.inputs.count == arity, n.outputs.count == 1,
+                  !n.inputs.contains(where: \.isEmpty), !n.outputs[0].isEmpty else { return nil }
+            return n
+        }
+        /// The input of binary node `n` other than `v` (n reads v once).
+        func other(_ n: Node, _ v: String) -> String? {
+            guard n.inputs.count == 2, n.inputs.filter({ $0 == v }).count == 1 else { return nil }
+            return n.inputs[0] == v ? n.inputs[1] : n.inputs[0]
+        }
+        /// Whether `name` is a one-element float constant within float32 rounding of `value`.
+        func isConstant(_ name: String?, _ value: Double) -> Bool {
+            guard let t = c.constant(name), t.count == 1, t.dtype.isFloatingPoint, let v = t.scalarDouble() else { return false }
+            return abs(v - value) <= 4e-7 * abs(value)
+        }
+        /// The scalar-constant operand of binary `n` (index 0 or 1) when it is `value`, and the other input.
+        func scaled(_ n: Node?, by value: Double) -> String? {
+            guard let n, n.inputs.count == 2 else { return nil }
+            if isConstant(n.inputs[1], value) { return n.inputs[0] }
+            if isConstant(n.inputs[0], value) { return n.inputs[1] }
+            return nil
+        }
+        /// The last two steps: `tail` (Erf + 1 or Tanh + 1) times h times 0.5, in either order.
+        /// Returns (nodes, y).
+        func halfProduct(_ tail: String, _ h: String) -> (nodes: [Int], y: String)? {
+            guard let iM = sole(tail), let mul = op(iM, "Mul", 2), let o = other(mul, tail) else { return nil }
+            if o == h {
+                // (h · tail) · 0.5
+                guard let iY = sole(mul.outputs[0]), let half = op(iY, "Mul", 2), scaled(half, by: 0.5) == mul.outputs[0] else { return nil }
+                return ([iM, iY], half.outputs[0])
+            }
+            // (h · 0.5) · tail
+            guard let iH = producer(o), let half = op(iH, "Mul", 2), scaled(half, by: 0.5) == h, sole(o) == iM else { return nil }
+            return ([iH, iM], mul.outputs[0])
+        }
+        var removed = Set<Int>(), replacement: [Int: Node] = [:]
+        for (i, node) in graph.nodes.enumerated() where node.domain.isEmpty && (node.opType == "Erf" || node.opType == "Tanh") {
+            guard op(i, node.opType, 1) != nil, let arg = node.input(0), let out = node.output(0), let iArg = producer(arg),
+                  sole(arg) == i else { continue }
+            var pattern: [Int] = [i, iArg]
+            let h: String
+            let activation: ProductActivation
+            if node.opType == "Erf" {
+                // h / √2 or h · (1/√2).
+                let a = graph.nodes[iArg]
+                if let div = op(iArg, "Div", 2), isConstant(div.inputs[1], 2.0.squareRoot()) {
+                    h = div.inputs[0]
+                } else if let x = scaled(op(iArg, "Mul", 2), by: 1 / 2.0.squareRoot()) {
+                    h = x
+                } else { continue }
+                guard a.inputs.filter({ $0 == h }).count == 1 else { continue }
+                activation = .gelu
+            } else {
+                // √(2/π) · (h + 0.044715 · h³)
+                guard let s = scaled(op(iArg, "Mul", 2), by: (2 / Double.pi).squareRoot()), let iS = producer(s), sole(s) == iArg,
+                      let add = op(iS, "Add", 2) else { continue }
+                var found: (h: String, nodes: [Int])?
+                for (k, cubed) in add.inputs.enumerated() {
+                    let x = add.inputs[1 - k]
+                    guard let iC = producer(cubed), sole(cubed) == iS, let cube = scaled(op(iC, "Mul", 2), by: 0.044715),
+                          let iP = producer(cube), sole(cube) == iC else { continue }
+                    if let pow = op(iP, "Pow", 2), pow.inputs[0] == x, isConstant(pow.inputs[1], 3) || c.constant(pow.inputs[1])?.intValues() == [3] {
+                        found = (x, [iS, iC, iP])
+                    } else if let mul = op(iP, "Mul", 2), let sq = other(mul, x), let iQ = producer(sq), sole(sq) == iP,
+                              let square = op(iQ, "Mul", 2), square.inputs == [x, x] {
+                        found = (x, [iS, iC, iP, iQ])
+                    }
+                    if found != nil { break }
+                }
+                guard let found else { continue }
+                h = found.h
+                pattern += found.nodes
+                activation = .fastGelu
+            }
+            // (Erf or Tanh) + 1, then the half product with h.
+            guard let iOne = sole(out), let one = op(iOne, "Add", 2), scaled(one, by: 1) == out,
+                  let tail = halfProduct(one.outputs[0], h) else { continue }
+            pattern += [iOne] + tail.nodes
+            let y = tail.y
+            // h read by the pattern alone.
+            guard !c.graphOutputs.contains(h), let hReaders = c.index.consumers[h], Set(hReaders).isSubset(of: Set(pattern)),
+                  c.isFloat(h), let iProduct = producer(h) else { continue }
+            // The product, directly or through a Reshape.
+            var reshape: (index: Int, node: Node)?
+            var productIndex = iProduct
+            if let r = op(iProduct, "Reshape", 2) {
+                guard let g = r.input(0), let iG = producer(g), sole(g) == iProduct else { continue }
+                reshape = (iProduct, r)
+                productIndex = iG
+            }
+            let product = graph.nodes[productIndex]
+            let productOutput = reshape == nil ? y : product.outputs[0]
+            var fused: Node
+            if product.domain == internalDomain && product.opType == "MatMulBias" && product.attributes["activation"] == nil
+                && product.outputs.count == 1 {
+                fused = product
+            } else if product.domain.isEmpty && product.opType == "Gemm", product.inputs.count == 3, product.outputs.count == 1,
+                      (product.int("transA") ?? 0) == 0, (product.float("alpha") ?? 1) == 1, (product.float("beta") ?? 1) == 1,
+                      let b = product.input(1), c.rank(b) == 2, let n = c.types[b]?.staticShape.map({ $0[(product.int("transB") ?? 0) == 1 ? 0 : 1] }),
+                      let bias = product.input(2), c.types[bias]?.staticShape == [n], c.dtype(bias) == c.dtype(h), c.dtype(b) == c.dtype(h) {
+                fused = Node(opType: "MatMulBias", domain: internalDomain, name: product.name, inputs: product.inputs, outputs: product.outputs)
+                if product.int("transB") == 1 { fused.attributes["transB"] = .int(1) }
+            } else { continue }
+            let touched = pattern + [productIndex] + (reshape.map { [$0.index] } ?? [])
+            guard touched.allSatisfy({ !removed.contains($0) && replacement[$0] == nil }) else { continue }
+            fused.attributes["activation"] = .string(activation.rawValue)
+            fused.outputs = [productOutput]
+            replacement[productIndex] = fused
+            if let reshape {
+                var r = reshape.node
+                r.outputs = [y]
+                replacement[reshape.index] = r
+            }
+            removed.formUnion(pattern)
+        }
+        guard !replacement.isEmpty else { return }
+        model.graph.apply(removing: removed, replacing: replacement)
+        model.graph.dropValueInfoOfRemovedValues()
+        model.opsetImports[internalDomain] = 1
     }
 }

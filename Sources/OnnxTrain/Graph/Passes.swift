@@ -37,6 +37,7 @@ public struct PassPipeline {
             ScaleIntoMatMul(),
             PowerToMul(),
             GeluFusion(),
+            GeluIntoMatMul(),
             ClipGradientFusion(),
             ElementwiseFusion(registry: registry),
             ProductIntoAccumulator(),

@@ -27,11 +27,16 @@ public enum BLAS {
     /// reads the rows of W that it updated itself in the optimizer step (which splits every weight
     /// by rows), where a column split read half of W from the other core's cache, and only the
     /// small partial C crosses. Results equal to float rounding (each element the sum of two sums).
+    ///
+    /// With `epilogue`, each block of C (rows i0..<i1, columns j0..<j1) is handed to it once its
+    /// product is complete, on the thread that computed it, while the block is still in that
+    /// core's cache (MatMulBias's fused activation); every element of C is in exactly one block.
     @inline(__always)
     public static func gemm<T: FloatElement>(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: T,
                                              a: UnsafePointer<T>, lda: Int, b: UnsafePointer<T>, ldb: Int,
                                              beta: T, c: UnsafeMutablePointer<T>, ldc: Int, rowBias: UnsafePointer<T>? = nil,
-                                             innerSplit: Bool = false) {
+                                             innerSplit: Bool = false,
+                                             epilogue: ((_ i0: Int, _ i1: Int, _ j0: Int, _ j1: Int) -> Void)? = nil) {
         guard m > 0 && n > 0 else { return }
         var beta = beta
         if let rowBias {
@@ -44,10 +49,12 @@ public enum BLAS {
         if k == 0 {
             // BLAS leaves C untouched when k == 0 only if beta == 1; make beta's meaning explicit.
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
+            epilogue?(0, m, 0, n)
             return
         }
         guard fitsInt32(m, n, k, lda, ldb, ldc), T.self == Float.self || T.self == Double.self else {
             referenceGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            epilogue?(0, m, 0, n)
             return
         }
         if m == 1 {
@@ -56,17 +63,21 @@ public enum BLAS {
             // Cᵀ [n] = alpha·op(B)ᵀ [n×k] · op(A)ᵀ [k] + beta·Cᵀ; op(A)'s row is A at stride lda if transposed.
             gemv(trans: !transB, rows: transB ? n : k, columns: transB ? k : n, alpha: alpha, a: b, lda: ldb,
                  x: a, incx: transA ? lda : 1, beta: beta, y: c, incy: 1)
+            epilogue?(0, m, 0, n)
             return
         }
         if n == 1 {
             // One column of C: C [m] = alpha·op(A) [m×k] · op(B) [k] + beta·C, C at stride ldc.
             gemv(trans: transA, rows: transA ? k : m, columns: transA ? m : k, alpha: alpha, a: a, lda: lda,
                  x: b, incx: transB ? 1 : ldb, beta: beta, y: c, incy: ldc)
+            epilogue?(0, m, 0, n)
             return
         }
         if innerSplit, rowBias == nil, !transA, !transB, 2 * m <= k, m * n <= innerSplitLimit, m * n * k >= singleThreadWork,
            !Parallel.isInsideRegion, Parallel.threadCount > 1 {
-            return gemmSplittingK(m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            gemmSplittingK(m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            epilogue?(0, m, 0, n)
+            return
         }
         let ta = transA ? CblasTrans : CblasNoTrans, tb = transB ? CblasTrans : CblasNoTrans
         split(m: m, n: n, work: m * n * k) { i0, i1, j0, j1 in
@@ -80,6 +91,7 @@ public enum BLAS {
                 cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, Double(alpha), rebound(pa), Int32(lda), rebound(pb), Int32(ldb),
                             Double(beta), UnsafeMutableRawPointer(pc).assumingMemoryBound(to: Double.self), Int32(ldc))
             }
+            epilogue?(i0, i1, j0, j1)
         }
     }
 

@@ -141,6 +141,98 @@ final class GeluFusionTests: XCTestCase {
         XCTAssertFalse(types.contains("Gelu") || types.contains("GeluGrad"), "\(types)")
     }
 
+    static func fastGelu(_ x: Double) -> Double { 0.5 * x * (1 + tanh((2 / Double.pi).squareRoot() * (x + 0.044715 * x * x * x))) }
+
+    /// A Linear layer (x [rows, k] · W [k, n] + bias [n]) and then GELU: with `tanh`, GPT-2's
+    /// gelu_new after a Gemm whose result is reshaped to [2, rows/2, n] (as its Conv1D exports),
+    /// h³ as Pow(h, 3); else the erf form after a [2, rows/2, k] batch of rows (a MatMulBias).
+    /// `alsoOutput` makes h a graph output too.
+    func linearGelu(rows: Int, k: Int, n: Int, tanh: Bool, alsoOutput: Bool = false) -> Model {
+        var g = Graph()
+        let xShape = tanh ? [rows, k] : [2, rows / 2, k]
+        g.inputs = [ValueInfo(name: "x", type: .tensor(.float32, shape: xShape.map { .value($0) }))]
+        g.setInitializer("W", Tensor(shape: [k, n], scalars: values([k, n], seed: 7, scale: 0.6)))
+        g.setInitializer("bias", Tensor(shape: [n], scalars: values([n], seed: 8, scale: 1)))
+        g.setInitializer("shape", Tensor(shape: [3], scalars: [Int64(2), Int64(rows / 2), Int64(n)]))
+        for (name, v) in [("sqrt2", Float(2).squareRoot()), ("one", 1), ("half", 0.5), ("three", 3), ("gamma", 0.044715),
+                          ("a", Float((2 / Double.pi).squareRoot()))] as [(String, Float)] {
+            g.setInitializer(name, Tensor(scalar: v))
+        }
+        if tanh {
+            g.nodes = [
+                Node(opType: "Gemm", inputs: ["x", "W", "bias"], outputs: ["g"]),
+                Node(opType: "Reshape", inputs: ["g", "shape"], outputs: ["h"]),
+                Node(opType: "Mul", inputs: ["h", "half"], outputs: ["m0"]),
+                Node(opType: "Pow", inputs: ["h", "three"], outputs: ["cube"]),
+                Node(opType: "Mul", inputs: ["cube", "gamma"], outputs: ["c1"]),
+                Node(opType: "Add", inputs: ["h", "c1"], outputs: ["s"]),
+                Node(opType: "Mul", inputs: ["s", "a"], outputs: ["i"]),
+                Node(opType: "Tanh", inputs: ["i"], outputs: ["t"]),
+                Node(opType: "Add", inputs: ["t", "one"], outputs: ["a1"]),
+                Node(opType: "Mul", inputs: ["m0", "a1"], outputs: ["y"]),
+            ]
+        } else {
+            g.nodes = [
+                Node(opType: "MatMul", inputs: ["x", "W"], outputs: ["p"]),
+                Node(opType: "Add", inputs: ["p", "bias"], outputs: ["h"]),
+                Node(opType: "Div", inputs: ["h", "sqrt2"], outputs: ["d"]),
+                Node(opType: "Erf", inputs: ["d"], outputs: ["e"]),
+                Node(opType: "Add", inputs: ["e", "one"], outputs: ["a1"]),
+                Node(opType: "Mul", inputs: ["h", "a1"], outputs: ["m"]),
+                Node(opType: "Mul", inputs: ["m", "half"], outputs: ["y"]),
+            ]
+        }
+        g.outputs = [ValueInfo(name: "y", type: nil)] + (alsoOutput ? [ValueInfo(name: "h", type: nil)] : [])
+        var m = Model(graph: g)
+        m.opsetImports = ["": 17]
+        return m
+    }
+
+    /// Inference: the GELU after a Linear layer becomes the MatMulBias's activation (the erf form
+    /// after a batch of rows, GPT-2's tanh form after a Gemm and a Reshape, which stays after it);
+    /// y within float32 rounding of the float64 activation of the float64 product, pass on and
+    /// off, for a product small enough to run on one thread and one split over both (an odd n:
+    /// an eight-lane tail in every row).
+    func testInferenceGeluBecomesMatMulBiasActivation() throws {
+        for tanh in [false, true] {
+            for (rows, k, n) in [(6, 5, 9), (256, 64, 131)] {
+                let m = linearGelu(rows: rows, k: k, n: n, tanh: tanh)
+                let o = try optimized(m)
+                XCTAssertEqual(opTypes(o), tanh ? ["MatMulBias", "Reshape"] : ["MatMulBias"], "tanh \(tanh)")
+                XCTAssertEqual(o.graph.nodes[0].string("activation"), tanh ? "FastGelu" : "Gelu")
+                let xs = values([rows, k], seed: 3, scale: 2)
+                let w: [Float] = m.graph.initializers["W"]!.scalars(), bias: [Float] = m.graph.initializers["bias"]!.scalars()
+                let xShape = tanh ? [rows, k] : [2, rows / 2, k]
+                defer { unsetenv("ONNX_TRAIN_DISABLE_PASSES") }
+                for disabled in ["", "gelu-into-matmul"] {
+                    setenv("ONNX_TRAIN_DISABLE_PASSES", disabled, 1)
+                    let out = try InferenceSession(model: m).run(tensors: ["x": Tensor(shape: xShape, scalars: xs)])["y"]!
+                    XCTAssertEqual(out.shape, [2, rows / 2, n])
+                    let y = try out.doubles()
+                    for i in 0..<rows {
+                        for j in 0..<n {
+                            var h = Double(bias[j]), size = abs(Double(bias[j]))
+                            for q in 0..<k { h += Double(xs[i * k + q]) * Double(w[q * n + j]); size += abs(Double(xs[i * k + q]) * Double(w[q * n + j])) }
+                            // The product's rounding (k + 1 roundings of its size) through a slope of at
+                            // most 1.13, then the activation's few roundings (absolute for negative h).
+                            let r = tanh ? GeluFusionTests.fastGelu(h) : GeluFusionTests.gelu(h)
+                            XCTAssertLessThanOrEqual(abs(y[i * n + j] - r), 1.13 * Double(k + 2) * u * size + 16 * u * abs(h) + 1e-30,
+                                                     "y[\(i), \(j)] tanh \(tanh) (\(disabled))")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The GELU stays written out when h is also read elsewhere (a graph output).
+    func testInferenceGeluStaysWhenHIsRead() throws {
+        for tanh in [false, true] {
+            let types = opTypes(try optimized(linearGelu(rows: 4, k: 3, n: 2, tanh: tanh, alsoOutput: true)))
+            XCTAssertTrue(types.contains("ElementwiseChain"), "\(types)")
+        }
+    }
+
     /// ElementwiseChain's output: its start's type, the start broadcast with the binary steps'
     /// operands; a Clip step's bounds do not widen it.
     func testTypeInferenceOfElementwiseChains() {

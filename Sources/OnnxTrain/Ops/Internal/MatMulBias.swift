@@ -13,12 +13,22 @@
 /// results then agree to float rounding (`BLAS.gemm`'s `rowBias`). Shapes outside that (another
 /// rank of B, a bias that is not one row of N) run as MatMul then Add, so any input gets the
 /// pair's result and errors.
+///
+/// Attribute `activation` (optional, written by `GeluIntoMatMul`): "Gelu" (x·Φ(x), with erf) or
+/// "FastGelu" (the tanh approximation ½x(1+tanh(√(2/π)(x+0.044715x³)))) applied to Y, each
+/// thread's block of Y as soon as its product is done, while the block is in that core's cache:
+/// the activation's pass over the whole of Y, and its kernel call, go. Gelu's values are
+/// com.microsoft Gelu's (`ActivationMath`); FastGelu's go through the logistic function
+/// (`ProductActivation.fastGelu8`); both equal to float rounding to the written-out ops the
+/// pass replaced.
 struct MatMulBiasKernel: Kernel {
     let transB: Bool
+    var activation: ProductActivation? = nil
 
     struct Compute: ElementOperation {
         let a: Tensor, b: Tensor, bias: Tensor
         let transB: Bool
+        var activation: ProductActivation? = nil
 
         func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             // A as rows [R, K] (R = product of its leading dims), op(B) [K, N], bias [N] → Y [R, N].
@@ -35,10 +45,18 @@ struct MatMulBiasKernel: Kernel {
                             guard let A = pa.baseAddress, let B = pb.baseAddress else {
                                 // k == 0: an empty product, Y is the bias in every row.
                                 for i in 0..<rows { (Y + i * n).update(from: bias, count: n) }
+                                if let activation { activation.apply(Y, ldc: n, 0, rows, 0, n) }
+                                return
+                            }
+                            guard let activation else {
+                                BLAS.gemm(transA: false, transB: transB, m: rows, n: n, k: k, alpha: 1, a: A, lda: k,
+                                          b: B, ldb: b.shape[1], beta: 1, c: Y, ldc: n, rowBias: bias)
                                 return
                             }
                             BLAS.gemm(transA: false, transB: transB, m: rows, n: n, k: k, alpha: 1, a: A, lda: k,
-                                      b: B, ldb: b.shape[1], beta: 1, c: Y, ldc: n, rowBias: bias)
+                                      b: B, ldb: b.shape[1], beta: 1, c: Y, ldc: n, rowBias: bias) { i0, i1, j0, j1 in
+                                activation.apply(Y, ldc: n, i0, i1, j0, j1)
+                            }
                         }
                     }
                 }
@@ -52,11 +70,26 @@ struct MatMulBiasKernel: Kernel {
         let dtype = try commonElementType([a, b, bias], names: ["A", "B", "bias"], floatOnly: true)
         guard (dtype == .float32 || dtype == .float64), a.rank >= 2, b.rank == 2, bias.rank == 1,
               bias.count == b.shape[transB ? 0 : 1] else {
-            // Not the Linear layer the pass saw: MatMul, then Add.
+            // Not the Linear layer the pass saw: MatMul, then Add (then the activation).
             let product = try matmul(a, transB ? transpose(b, perm: Array(0..<(b.rank - 2)) + [b.rank - 1, b.rank - 2]) : b)
-            return [.tensor(try dispatch(dtype, AddOperation(x: product, y: bias)))]
+            let y = try dispatch(dtype, AddOperation(x: product, y: bias))
+            return [.tensor(try activation.map { try dispatch(dtype, Activated(activation: $0, y: y)) } ?? y)]
         }
-        return [.tensor(try dispatch(dtype, Compute(a: a, b: b, bias: bias, transB: transB)))]
+        return [.tensor(try dispatch(dtype, Compute(a: a, b: b, bias: bias, transB: transB, activation: activation)))]
+    }
+
+    /// The activation over the whole of a float tensor (the fallback's).
+    struct Activated: ElementOperation {
+        let activation: ProductActivation
+        let y: Tensor
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            var out = y
+            let count = out.count
+            try out.withUnsafeMutableBufferPointer(as: T.self) { p in
+                if let base = p.baseAddress { activation.apply(base, ldc: count, 0, 1, 0, count) }
+            }
+            return out
+        }
     }
 
     /// The separate Add of the fallback, with numpy broadcasting.
@@ -200,9 +233,82 @@ struct StridedMatMulKernel: Kernel {
     }
 }
 
+/// The activations MatMulBias applies to its result (attribute `activation`).
+enum ProductActivation: String {
+    /// x·Φ(x), Φ with erf (com.microsoft Gelu).
+    case gelu = "Gelu"
+    /// ½x(1+tanh(√(2/π)(x+0.044715x³))) (com.microsoft FastGelu).
+    case fastGelu = "FastGelu"
+
+    /// Applies the activation in place to rows i0..<i1, columns j0..<j1 of y (row stride ldc).
+    @inline(__always)
+    func apply<T: FloatElement>(_ y: UnsafeMutablePointer<T>, ldc: Int, _ i0: Int, _ i1: Int, _ j0: Int, _ j1: Int) {
+        for i in i0..<i1 {
+            switch self {
+            case .gelu: ProductActivation.geluRow(y + i * ldc + j0, j1 - j0)
+            case .fastGelu: ProductActivation.fastGeluRow(y + i * ldc + j0, j1 - j0)
+            }
+        }
+    }
+
+    /// Gelu over n contiguous values: float32 eight lanes at a time, the tail through lane 0 of
+    /// the same form (`ActivationMath.gelu`); float64 through libm.
+    @inline(never)
+    static func geluRow<T: FloatElement>(_ p: UnsafeMutablePointer<T>, _ n: Int) {
+        var j = 0
+        if T.self == Float.self {
+            let raw = UnsafeMutableRawPointer(p)
+            while j + 8 <= n {
+                let v = ActivationMath.gelu8(raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self))
+                raw.storeBytes(of: v, toByteOffset: 4 * j, as: SIMD8<Float>.self)
+                j += 8
+            }
+        }
+        while j < n { p[j] = ActivationMath.gelu(p[j]); j += 1 }
+    }
+
+    /// FastGelu over n contiguous values: float32 eight lanes at a time (`fastGelu8`), the tail
+    /// through lane 0 of the same form; float64 as ½x(1+tanh(u)) with libm.
+    @inline(never)
+    static func fastGeluRow<T: FloatElement>(_ p: UnsafeMutablePointer<T>, _ n: Int) {
+        guard T.self == Float.self else {
+            for j in 0..<n { p[j] = ActivationMath.fastGelu(p[j]) }
+            return
+        }
+        let raw = UnsafeMutableRawPointer(p)
+        var j = 0
+        while j + 8 <= n {
+            raw.storeBytes(of: fastGelu8(raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self)), toByteOffset: 4 * j, as: SIMD8<Float>.self)
+            j += 8
+        }
+        while j < n {
+            raw.storeBytes(of: fastGelu8(SIMD8(repeating: raw.load(fromByteOffset: 4 * j, as: Float.self)))[0], toByteOffset: 4 * j, as: Float.self)
+            j += 1
+        }
+    }
+
+    /// ½x(1+tanh(u)), u = √(2/π)(x+0.044715x³), as x/(1+e^(−2u)) (the same function: ½(1+tanh(u))
+    /// is the logistic σ(2u)): one exponential and one division, where tanh takes its polynomial,
+    /// an exponential and a division, and the sum 1+tanh(u) cancels for negative u (the quotient
+    /// keeps its relative accuracy there). e^(−2u) overflows to inf for 2u < −88.7, where the
+    /// result becomes ±0 instead of x·σ(2u) < 3e-39·|x|. Within a few roundings of the
+    /// written-out ops' value (absolute, of |x|, where those cancel).
+    @inline(__always)
+    static func fastGelu8(_ x: SIMD8<Float>) -> SIMD8<Float> {
+        let a = Float(2 * ActivationMath.sqrt2OverPi), b = Float(2 * ActivationMath.sqrt2OverPi * ActivationMath.gamma)
+        let v = x * VectorMath.fma(x * x, SIMD8(repeating: b), SIMD8(repeating: a))
+        return x / (1 + VectorMath.exp(-v))
+    }
+}
+
 func registerMatMulBiasOps(_ registry: OpRegistry) {
     registry.register("MatMulBias", domain: internalDomain, since: [1]) { ctx in
-        MatMulBiasKernel(transB: try ctx.int("transB", default: 0) != 0)
+        let name = try ctx.string("activation")
+        let activation = try name.map { name -> ProductActivation in
+            guard let a = ProductActivation(rawValue: name) else { throw KernelError("unknown activation '\(name)' (Gelu or FastGelu)") }
+            return a
+        }
+        return MatMulBiasKernel(transB: try ctx.int("transB", default: 0) != 0, activation: activation)
     }
     registry.register("StridedMatMul", domain: internalDomain, since: [1]) { ctx in
         StridedMatMulKernel(alpha: Double(try ctx.float("alpha", default: 1)),
