@@ -38,6 +38,29 @@ struct FusionContext {
 
     /// A float32 or float64 value (the types the fused kernels compute in).
     func isFloat(_ name: String?) -> Bool { dtype(name) == .float32 || dtype(name) == .float64 }
+
+    /// Node `i` when it is the default-domain `type` with `arity` inputs and one output, none of
+    /// them unnamed, and no attribute but those `allowing` names: one op of a function written out
+    /// in elementary ops (GELU's). An attribute such as opset 6's `broadcast` changes what it means.
+    func plain(_ i: Int?, _ type: String, _ arity: Int, allowing: Set<String> = []) -> Node? {
+        guard let i else { return nil }
+        let n = graph.nodes[i]
+        guard n.domain.isEmpty, n.opType == type, n.inputs.count == arity, n.outputs.count == 1, !n.outputs[0].isEmpty,
+              !n.inputs.contains(where: \.isEmpty), n.attributes.keys.allSatisfy(allowing.contains) else { return nil }
+        return n
+    }
+
+    /// The input of binary node `n` other than `v`, when `n` reads `v` exactly once.
+    func other(_ n: Node, _ v: String) -> String? {
+        guard n.inputs.count == 2, n.inputs.filter({ $0 == v }).count == 1 else { return nil }
+        return n.inputs[0] == v ? n.inputs[1] : n.inputs[0]
+    }
+
+    /// Whether `name` is a one-element float constant within float32 rounding of `value`.
+    func isConstant(_ name: String?, _ value: Double) -> Bool {
+        guard let t = constant(name), t.count == 1, t.dtype.isFloatingPoint, let v = t.scalarDouble() else { return false }
+        return abs(v - value) <= 4e-7 * abs(value)
+    }
 }
 
 extension Graph {

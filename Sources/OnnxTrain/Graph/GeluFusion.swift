@@ -27,59 +27,41 @@ public struct GeluFusion: GraphPass {
             return Set(c.index.consumers[v] ?? [])
         }
         func only(_ v: String, _ users: Int...) -> Bool { readers(v) == Set(users) }
-        /// Node `i` when it is the plain default-domain `op` with `arity` inputs and one output.
-        func op(_ i: Int?, _ type: String, _ arity: Int) -> Node? {
-            guard let i else { return nil }
-            let n = graph.nodes[i]
-            guard n.domain.isEmpty, n.opType == type, n.inputs.count == arity, n.outputs.count == 1, n.attributes.isEmpty,
-                  !n.inputs.contains(where: \.isEmpty) else { return nil }
-            return n
-        }
-        /// The input of binary node `n` other than `v` (n reads v once).
-        func other(_ n: Node, _ v: String) -> String? {
-            guard n.inputs.count == 2, n.inputs.filter({ $0 == v }).count == 1 else { return nil }
-            return n.inputs[0] == v ? n.inputs[1] : n.inputs[0]
-        }
-        /// Whether `name` is a one-element constant within float32 rounding of `value`.
-        func isConstant(_ name: String?, _ value: Double) -> Bool {
-            guard let t = c.constant(name), t.count == 1, t.dtype.isFloatingPoint, let v = t.scalarDouble() else { return false }
-            return abs(v - value) <= 4e-7 * abs(value)
-        }
         let sqrt2 = 2.0.squareRoot(), twoOverSqrtPi = 2 / Double.pi.squareRoot()
         var removed = Set<Int>(), replacement: [Int: Node] = [:]
         var builder = GraphBuilder(graph)
         for (iE, erf) in graph.nodes.enumerated() {
-            guard op(iE, "Erf", 1) != nil, let d = erf.input(0), let e = erf.output(0),
-                  let iD = producer(d), let div = op(iD, "Div", 2), div.inputs[0] != div.inputs[1], isConstant(div.inputs[1], sqrt2),
-                  let iA = readers(e).flatMap({ $0.count == 1 ? $0.first : nil }), let add = op(iA, "Add", 2),
-                  let one = other(add, e), isConstant(one, 1) else { continue }
+            guard c.plain(iE, "Erf", 1) != nil, let d = erf.input(0), let e = erf.output(0),
+                  let iD = producer(d), let div = c.plain(iD, "Div", 2), div.inputs[0] != div.inputs[1], c.isConstant(div.inputs[1], sqrt2),
+                  let iA = readers(e).flatMap({ $0.count == 1 ? $0.first : nil }), let add = c.plain(iA, "Add", 2),
+                  let one = c.other(add, e), c.isConstant(one, 1) else { continue }
             let h = div.inputs[0], a = add.outputs[0]
             guard let dtype = c.dtype(h), dtype == .float32 || dtype == .float64, let aReaders = readers(a) else { continue }
             // The forward product h·(erf + 1) among a's readers, then ·0.5.
-            guard let iM = aReaders.first(where: { op($0, "Mul", 2).flatMap { other($0, a) } == h }),
+            guard let iM = aReaders.first(where: { c.plain($0, "Mul", 2).flatMap { c.other($0, a) } == h }),
                   let m = graph.nodes[iM].output(0), let iY = readers(m).flatMap({ $0.count == 1 ? $0.first : nil }),
-                  let mulHalf = op(iY, "Mul", 2), isConstant(other(mulHalf, m), 0.5), let y = mulHalf.output(0) else { continue }
+                  let mulHalf = c.plain(iY, "Mul", 2), c.isConstant(c.other(mulHalf, m), 0.5), let y = mulHalf.output(0) else { continue }
             // A training graph's: a's other reader is dY·0.5 times a (h's gradient through the product).
             guard aReaders.count == 2 else { continue }
-            guard let iGA = aReaders.first(where: { $0 != iM }), let mulA = op(iGA, "Mul", 2), let g1 = other(mulA, a), g1 != h,
-                  let iG1 = producer(g1), let scale = op(iG1, "Mul", 2),
-                  let dY = scale.inputs.first(where: { !isConstant($0, 0.5) }), isConstant(other(scale, dY), 0.5),
+            guard let iGA = aReaders.first(where: { $0 != iM }), let mulA = c.plain(iGA, "Mul", 2), let g1 = c.other(mulA, a), g1 != h,
+                  let iG1 = producer(g1), let scale = c.plain(iG1, "Mul", 2),
+                  let dY = scale.inputs.first(where: { !c.isConstant($0, 0.5) }), c.isConstant(c.other(scale, dY), 0.5),
                   let g1Readers = readers(g1), g1Readers.count == 2, g1Readers.contains(iGA),
                   // dY·0.5·h, the gradient reaching erf's output, times Erf's derivative.
-                  let iGB = g1Readers.first(where: { $0 != iGA }), let mulH = op(iGB, "Mul", 2), other(mulH, g1) == h,
+                  let iGB = g1Readers.first(where: { $0 != iGA }), let mulH = c.plain(iGB, "Mul", 2), c.other(mulH, g1) == h,
                   let gB = mulH.output(0), let iGE = readers(gB).flatMap({ $0.count == 1 ? $0.first : nil }),
-                  let mulE = op(iGE, "Mul", 2), let eg = other(mulE, gB),
-                  let iEG = producer(eg), let scaleE = op(iEG, "Mul", 2), only(eg, iGE),
-                  let ex = scaleE.inputs.first(where: { !isConstant($0, twoOverSqrtPi) }), isConstant(other(scaleE, ex), twoOverSqrtPi),
-                  let iExp = producer(ex), let exp = op(iExp, "Exp", 1), only(ex, iEG),
-                  let iNeg = producer(exp.inputs[0]), let neg = op(iNeg, "Neg", 1), only(exp.inputs[0], iExp),
-                  let iSq = producer(neg.inputs[0]), let sq = op(iSq, "Mul", 2), sq.inputs == [d, d], only(neg.inputs[0], iNeg),
+                  let mulE = c.plain(iGE, "Mul", 2), let eg = c.other(mulE, gB),
+                  let iEG = producer(eg), let scaleE = c.plain(iEG, "Mul", 2), only(eg, iGE),
+                  let ex = scaleE.inputs.first(where: { !c.isConstant($0, twoOverSqrtPi) }), c.isConstant(c.other(scaleE, ex), twoOverSqrtPi),
+                  let iExp = producer(ex), let exp = c.plain(iExp, "Exp", 1), only(ex, iEG),
+                  let iNeg = producer(exp.inputs[0]), let neg = c.plain(iNeg, "Neg", 1), only(exp.inputs[0], iExp),
+                  let iSq = producer(neg.inputs[0]), let sq = c.plain(iSq, "Mul", 2), sq.inputs == [d, d], only(neg.inputs[0], iNeg),
                   only(d, iE, iSq),
                   // Divided by √2 (the Div's gradient), summed with the product's.
                   let gE = mulE.output(0), let iGD = readers(gE).flatMap({ $0.count == 1 ? $0.first : nil }),
-                  let divE = op(iGD, "Div", 2), divE.inputs[0] == gE, isConstant(divE.inputs[1], sqrt2),
+                  let divE = c.plain(iGD, "Div", 2), divE.inputs[0] == gE, c.isConstant(divE.inputs[1], sqrt2),
                   let gD = divE.output(0), let gA = mulA.output(0), let iS = readers(gD).flatMap({ $0.count == 1 ? $0.first : nil }),
-                  only(gA, iS), let sum = op(iS, "Sum", 2) ?? op(iS, "Add", 2), Set(sum.inputs) == [gA, gD], gA != gD,
+                  only(gA, iS), let sum = c.plain(iS, "Sum", 2) ?? c.plain(iS, "Add", 2), Set(sum.inputs) == [gA, gD], gA != gD,
                   let dH = sum.output(0) else { continue }
             guard only(m, iY), only(e, iA), only(g1, iGA, iGB) else { continue }
             let nodes: Set<Int> = [iD, iE, iA, iM, iY, iGA, iG1, iGB, iGE, iEG, iExp, iNeg, iSq, iGD, iS]
@@ -129,47 +111,29 @@ public struct GeluIntoMatMul: GraphPass {
         func producer(_ v: String) -> Int? { c.index.producer[v]?.node }
         /// The one reader of `v` (nil when another node or a graph output reads it too).
         func sole(_ v: String) -> Int? { c.soleConsumer(of: v) }
-        /// Node `i` when it is the plain default-domain `type` with `arity` inputs and one output.
-        func op(_ i: Int?, _ type: String, _ arity: Int) -> Node? {
-            guard let i else { return nil }
-            let n = graph.nodes[i]
-            guard n.domain.isEmpty, n.opType == type, n.inputs.count == arity, n.outputs.count == 1,
-                  !n.inputs.contains(where: \.isEmpty), !n.outputs[0].isEmpty else { return nil }
-            return n
-        }
-        /// The input of binary node `n` other than `v` (n reads v once).
-        func other(_ n: Node, _ v: String) -> String? {
-            guard n.inputs.count == 2, n.inputs.filter({ $0 == v }).count == 1 else { return nil }
-            return n.inputs[0] == v ? n.inputs[1] : n.inputs[0]
-        }
-        /// Whether `name` is a one-element float constant within float32 rounding of `value`.
-        func isConstant(_ name: String?, _ value: Double) -> Bool {
-            guard let t = c.constant(name), t.count == 1, t.dtype.isFloatingPoint, let v = t.scalarDouble() else { return false }
-            return abs(v - value) <= 4e-7 * abs(value)
-        }
         /// The scalar-constant operand of binary `n` (index 0 or 1) when it is `value`, and the other input.
         func scaled(_ n: Node?, by value: Double) -> String? {
             guard let n, n.inputs.count == 2 else { return nil }
-            if isConstant(n.inputs[1], value) { return n.inputs[0] }
-            if isConstant(n.inputs[0], value) { return n.inputs[1] }
+            if c.isConstant(n.inputs[1], value) { return n.inputs[0] }
+            if c.isConstant(n.inputs[0], value) { return n.inputs[1] }
             return nil
         }
         /// The last two steps: `tail` (Erf + 1 or Tanh + 1) times h times 0.5, in either order.
         /// Returns (nodes, y).
         func halfProduct(_ tail: String, _ h: String) -> (nodes: [Int], y: String)? {
-            guard let iM = sole(tail), let mul = op(iM, "Mul", 2), let o = other(mul, tail) else { return nil }
+            guard let iM = sole(tail), let mul = c.plain(iM, "Mul", 2), let o = c.other(mul, tail) else { return nil }
             if o == h {
                 // (h · tail) · 0.5
-                guard let iY = sole(mul.outputs[0]), let half = op(iY, "Mul", 2), scaled(half, by: 0.5) == mul.outputs[0] else { return nil }
+                guard let iY = sole(mul.outputs[0]), let half = c.plain(iY, "Mul", 2), scaled(half, by: 0.5) == mul.outputs[0] else { return nil }
                 return ([iM, iY], half.outputs[0])
             }
             // (h · 0.5) · tail
-            guard let iH = producer(o), let half = op(iH, "Mul", 2), scaled(half, by: 0.5) == h, sole(o) == iM else { return nil }
+            guard let iH = producer(o), let half = c.plain(iH, "Mul", 2), scaled(half, by: 0.5) == h, sole(o) == iM else { return nil }
             return ([iH, iM], mul.outputs[0])
         }
         var removed = Set<Int>(), replacement: [Int: Node] = [:]
         for (i, node) in graph.nodes.enumerated() where node.domain.isEmpty && (node.opType == "Erf" || node.opType == "Tanh") {
-            guard op(i, node.opType, 1) != nil, let arg = node.input(0), let out = node.output(0), let iArg = producer(arg),
+            guard c.plain(i, node.opType, 1) != nil, let arg = node.input(0), let out = node.output(0), let iArg = producer(arg),
                   sole(arg) == i else { continue }
             var pattern: [Int] = [i, iArg]
             let h: String
@@ -177,26 +141,26 @@ public struct GeluIntoMatMul: GraphPass {
             if node.opType == "Erf" {
                 // h / √2 or h · (1/√2).
                 let a = graph.nodes[iArg]
-                if let div = op(iArg, "Div", 2), isConstant(div.inputs[1], 2.0.squareRoot()) {
+                if let div = c.plain(iArg, "Div", 2), c.isConstant(div.inputs[1], 2.0.squareRoot()) {
                     h = div.inputs[0]
-                } else if let x = scaled(op(iArg, "Mul", 2), by: 1 / 2.0.squareRoot()) {
+                } else if let x = scaled(c.plain(iArg, "Mul", 2), by: 1 / 2.0.squareRoot()) {
                     h = x
                 } else { continue }
                 guard a.inputs.filter({ $0 == h }).count == 1 else { continue }
                 activation = .gelu
             } else {
                 // √(2/π) · (h + 0.044715 · h³)
-                guard let s = scaled(op(iArg, "Mul", 2), by: (2 / Double.pi).squareRoot()), let iS = producer(s), sole(s) == iArg,
-                      let add = op(iS, "Add", 2) else { continue }
+                guard let s = scaled(c.plain(iArg, "Mul", 2), by: (2 / Double.pi).squareRoot()), let iS = producer(s), sole(s) == iArg,
+                      let add = c.plain(iS, "Add", 2) else { continue }
                 var found: (h: String, nodes: [Int])?
                 for (k, cubed) in add.inputs.enumerated() {
                     let x = add.inputs[1 - k]
-                    guard let iC = producer(cubed), sole(cubed) == iS, let cube = scaled(op(iC, "Mul", 2), by: 0.044715),
+                    guard let iC = producer(cubed), sole(cubed) == iS, let cube = scaled(c.plain(iC, "Mul", 2), by: 0.044715),
                           let iP = producer(cube), sole(cube) == iC else { continue }
-                    if let pow = op(iP, "Pow", 2), pow.inputs[0] == x, isConstant(pow.inputs[1], 3) || c.constant(pow.inputs[1])?.intValues() == [3] {
+                    if let pow = c.plain(iP, "Pow", 2), pow.inputs[0] == x, c.isConstant(pow.inputs[1], 3) || c.constant(pow.inputs[1])?.intValues() == [3] {
                         found = (x, [iS, iC, iP])
-                    } else if let mul = op(iP, "Mul", 2), let sq = other(mul, x), let iQ = producer(sq), sole(sq) == iP,
-                              let square = op(iQ, "Mul", 2), square.inputs == [x, x] {
+                    } else if let mul = c.plain(iP, "Mul", 2), let sq = c.other(mul, x), let iQ = producer(sq), sole(sq) == iP,
+                              let square = c.plain(iQ, "Mul", 2), square.inputs == [x, x] {
                         found = (x, [iS, iC, iP, iQ])
                     }
                     if found != nil { break }
@@ -207,7 +171,7 @@ public struct GeluIntoMatMul: GraphPass {
                 activation = .fastGelu
             }
             // (Erf or Tanh) + 1, then the half product with h.
-            guard let iOne = sole(out), let one = op(iOne, "Add", 2), scaled(one, by: 1) == out,
+            guard let iOne = sole(out), let one = c.plain(iOne, "Add", 2), scaled(one, by: 1) == out,
                   let tail = halfProduct(one.outputs[0], h) else { continue }
             pattern += [iOne] + tail.nodes
             let y = tail.y
@@ -217,7 +181,7 @@ public struct GeluIntoMatMul: GraphPass {
             // The product, directly or through a Reshape.
             var reshape: (index: Int, node: Node)?
             var productIndex = iProduct
-            if let r = op(iProduct, "Reshape", 2) {
+            if let r = c.plain(iProduct, "Reshape", 2, allowing: ["allowzero"]) {
                 guard let g = r.input(0), let iG = producer(g), sole(g) == iProduct else { continue }
                 reshape = (iProduct, r)
                 productIndex = iG
