@@ -283,10 +283,11 @@ struct BenchCommand: ParsableCommand {
         }
         if profile {
             // After the timed steps: the training graph's nodes, then the optimizer step as a whole.
-            let nodes = try module.profileTrainStep(named: trainer.batches.batch(0), runs: max(steps, 1))
+            let runs = max(steps, 1)
+            let nodes = try module.profileTrainStep(named: trainer.batches.batch(0), runs: runs)
             let start = clock.now
-            for _ in 0..<max(steps, 1) { try optimizer.step() }
-            let optimizerSeconds = Self.seconds(clock.now - start) / Double(max(steps, 1))
+            for _ in 0..<runs { try optimizer.step() }
+            let optimizerSeconds = Self.seconds(clock.now - start) / Double(runs)
             result["profile"] = Self.json(nodes)
             result["optimizer_ms"] = 1000 * optimizerSeconds
             if !json && (group?.isMainProcess ?? true) {
