@@ -332,7 +332,21 @@ public struct TypeInference {
             return [TensorInfo(dtype: node.int("dtype").flatMap { DType(rawValue: Int32($0)) } ?? dtype, shape: x?.shape)]
         case "Split", "SplitTraining":
             return node.outputs.map { _ in TensorInfo(dtype: dtype, shape: x?.shape.map { s in s.map { _ in Dim.unknown } }) }
-        case "Slice", "Pad", "Tile", "Resize", "Upsample", "ConvTranspose", "Einsum", "DepthToSpace", "SpaceToDepth",
+        case "Slice":
+            // starts, ends, axes and steps: inputs from opset 10, attributes before (no steps).
+            let fromInputs = opset >= 10
+            func operand(_ i: Int, _ attribute: String) -> [Int]?? {
+                if !fromInputs { return .some(node.ints(attribute)) }
+                guard node.input(i) != nil else { return .some(nil) }
+                return constInts(i).map { .some($0) }   // nil: present but computed at run time
+            }
+            guard let s = x?.shape else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            guard let starts = operand(1, "starts") ?? nil, let ends = operand(2, "ends") ?? nil,
+                  let axes = operand(3, "axes"), let steps = operand(4, "") else {
+                return [TensorInfo(dtype: dtype, shape: Array(repeating: .unknown, count: s.count))]
+            }
+            return [TensorInfo(dtype: dtype, shape: sliced(s, starts: starts, ends: ends, axes: axes, steps: steps))]
+        case "Pad", "Tile", "Resize", "Upsample", "ConvTranspose", "Einsum", "DepthToSpace", "SpaceToDepth",
              "GatherND", "ScatterND", "ScatterElements", "Compress", "ReverseSequence":
             if op == "ScatterND" || op == "ScatterElements" { return [TensorInfo(dtype: dtype, shape: x?.shape)] }
             return [TensorInfo(dtype: dtype, shape: x?.rank.map { Array(repeating: .unknown, count: $0) })]
@@ -349,6 +363,36 @@ public struct TypeInference {
         default:
             return node.outputs.map { _ in TensorInfo(dtype: dtype, shape: nil) }
         }
+    }
+
+    /// Slice's output shape from constant starts, ends, axes (default: the first ones) and steps
+    /// (default 1), clamped as ONNX clamps them; a sliced axis of unknown length stays unknown,
+    /// inconsistent operands (which the kernel rejects) give every axis unknown. Without it a shape
+    /// assembled from Slice(Shape(x)) (ViT's patch embedding) had an unknown length, the Reshape
+    /// after it an unknown rank, and no Linear layer after it became a MatMulBias.
+    static func sliced(_ shape: [Dim], starts: [Int], ends: [Int], axes: [Int]?, steps: [Int]?) -> [Dim] {
+        let unknown = Array(repeating: Dim.unknown, count: shape.count)
+        let axes = axes ?? Array(0..<starts.count), steps = steps ?? Array(repeating: 1, count: starts.count)
+        guard ends.count == starts.count, axes.count == starts.count, steps.count == starts.count else { return unknown }
+        let normalized = axes.map { $0 < 0 ? $0 + shape.count : $0 }
+        guard normalized.allSatisfy({ $0 >= 0 && $0 < shape.count }), Set(normalized).count == normalized.count,
+              !steps.contains(0) else { return unknown }
+        var out = shape
+        for (k, axis) in normalized.enumerated() {
+            guard case .value(let d) = shape[axis], d >= 0 else { out[axis] = .unknown; continue }
+            // Negative starts and ends count from the end; then both clamp to [0, d] for a positive
+            // step, and the start to [0, d - 1], the end to [-1, d - 1] for a negative one.
+            var start = starts[k] < 0 ? starts[k] + d : starts[k], end = ends[k] < 0 ? ends[k] + d : ends[k]
+            let step = steps[k]
+            if step > 0 {
+                start = min(max(start, 0), d); end = min(max(end, 0), d)
+                out[axis] = .value(end > start ? (end - start - 1) / step + 1 : 0)
+            } else {
+                start = min(max(start, 0), d - 1); end = min(max(end, -1), d - 1)
+                out[axis] = .value(start > end ? Int(UInt(start - end - 1) / step.magnitude) + 1 : 0)
+            }
+        }
+        return out
     }
 
     static func normalize(_ axis: Int, _ rank: Int, clamp: Bool) -> Int {

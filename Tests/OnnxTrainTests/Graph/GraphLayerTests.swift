@@ -117,6 +117,64 @@ final class GraphLayerTests: XCTestCase {
         XCTAssertNil(t["eAny"]?.shape)
     }
 
+    /// Slice with constant starts, ends and steps gives the length the kernel gives on every
+    /// clamping case (bounds past either end, negative and extreme steps); an axis of unknown
+    /// length, or a start computed at run time, stays unknown; opset 9's attributes count too;
+    /// and a Reshape to Concat(Slice(Shape(x)), [-1]) (ViT's patch embedding) keeps its rank.
+    func testTypeInferenceOfSlice() throws {
+        let bounds: [Int64] = [.min, -12, -10, -3, -1, 0, 1, 4, 9, 10, 12, .max]
+        let steps: [Int64] = [.min, -4, -1, 1, 3, .max]
+        var g = Graph()
+        g.inputs = [ValueInfo(name: "x", type: .tensor(.float32, shape: [.value(2), .value(10), .symbol("n")]))]
+        g.setInitializer("axis1", Tensor(shape: [1], scalars: [Int64(-2)]))
+        var cases: [String] = []
+        for start in bounds { for end in bounds { for step in steps {
+            let k = cases.count
+            g.setInitializer("start\(k)", Tensor(shape: [1], scalars: [start]))
+            g.setInitializer("end\(k)", Tensor(shape: [1], scalars: [end]))
+            g.setInitializer("step\(k)", Tensor(shape: [1], scalars: [step]))
+            g.nodes.append(Node(opType: "Slice", inputs: ["x", "start\(k)", "end\(k)", "axis1", "step\(k)"], outputs: ["y\(k)"]))
+            cases.append("y\(k)")
+        } } }
+        g.outputs = cases.map { ValueInfo(name: $0, type: nil) }
+        var m = Model(graph: g)
+        m.opsetImports = ["": 17]
+        let t = TypeInference(graph: g, opsets: ["": 17])
+        let run = try InferenceSession(model: m).run(tensors: ["x": Tensor(zeros: .float32, shape: [2, 10, 3])])
+        for y in cases {
+            let length = try XCTUnwrap(run[y]).shape[1]
+            XCTAssertEqual(t[y]?.shape, [.value(2), .value(length), .symbol("n")], y)
+        }
+
+        var h = Graph()
+        h.inputs = [ValueInfo(name: "x", type: .tensor(.float32, shape: [.value(2), .value(10), .symbol("n")])),
+                    ValueInfo(name: "runtimeStart", type: .tensor(.int64, shape: [.value(1)])),
+                    ValueInfo(name: "image", type: .tensor(.float32, shape: [.value(1), .value(192), .value(14), .value(14)]))]
+        h.setInitializer("zero", Tensor(shape: [1], scalars: [Int64(0)]))
+        h.setInitializer("two", Tensor(shape: [1], scalars: [Int64(2)]))
+        h.setInitializer("minusOne", Tensor(shape: [1], scalars: [Int64(-1)]))
+        h.nodes = [
+            Node(opType: "Slice", inputs: ["x", "zero", "two", "minusOne"], outputs: ["unknownAxis"]),
+            Node(opType: "Slice", inputs: ["x", "runtimeStart", "two"], outputs: ["runtime"]),
+            Node(opType: "Shape", inputs: ["image"], outputs: ["shape"]),
+            Node(opType: "Slice", inputs: ["shape", "zero", "two"], outputs: ["leading"]),
+            Node(opType: "Concat", inputs: ["leading", "minusOne"], outputs: ["target"], attributes: ["axis": .int(0)]),
+            Node(opType: "Reshape", inputs: ["image", "target"], outputs: ["patches"]),
+        ]
+        let u = TypeInference(graph: h, opsets: ["": 17])
+        XCTAssertEqual(u["unknownAxis"]?.shape, [.value(2), .value(10), .unknown])
+        XCTAssertEqual(u["runtime"]?.shape, [.unknown, .unknown, .unknown])
+        XCTAssertEqual(u["leading"]?.shape, [.value(2)])
+        XCTAssertEqual(u["target"]?.shape, [.value(3)])
+        XCTAssertEqual(u["patches"]?.shape, [.unknown, .unknown, .unknown])
+
+        var old = Graph()
+        old.inputs = g.inputs
+        old.nodes = [Node(opType: "Slice", inputs: ["x"], outputs: ["y"],
+                          attributes: ["starts": .ints([-3, 1]), "ends": .ints([.max, 2]), "axes": .ints([1, 0])])]
+        XCTAssertEqual(TypeInference(graph: old, opsets: ["": 9])["y"]?.shape, [.value(1), .value(3), .symbol("n")])
+    }
+
     /// GatherGrad and GatherNDGrad (shape, indices, dY) give dY's type in the shape input's
     /// values, and the gradients after them keep it (BERT's pooler Gather made its whole backward
     /// pass int64, the shape input's type, so no pass reading types touched it).
