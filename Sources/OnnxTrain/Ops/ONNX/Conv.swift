@@ -14,8 +14,8 @@
 /// images' columns side by side in one GEMM (ConvKernels.swift), except large enough direct 1×1
 /// products (`convDirectImageMinWork`).
 /// `epilogue` (FusedConv's Z and Relu) is applied to each tile right after its GEMM, while it is
-/// in cache (by the blocked kernel to each output row as it is scattered; to the whole output,
-/// threaded, after the depthwise kernel).
+/// in cache (by the blocked kernel to each output row as it is scattered; by the depthwise kernels
+/// to each output plane as it is finished).
 func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group: Int, geometry g: ConvGeometry, _ type: T.Type,
                                   epilogue: ConvEpilogue<T>? = nil) throws -> Tensor {
     let n = x.shape[0], c = x.shape[1], m = w.shape[0]
@@ -54,10 +54,7 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                     }
                     if depthwise || block > 1 {
                         if depthwise {
-                            depthwiseConvolution(X, W, bias: biasPointer, Y, images: n, channels: c, outputs: m, g)
-                            if let epilogue {
-                                Parallel.forRange(n * m * P, minimumChunk: 16_384) { r in epilogue.apply(Y, r.lowerBound, r.count) }
-                            }
+                            depthwiseConvolution(X, W, bias: biasPointer, Y, images: n, channels: c, outputs: m, g, epilogue: epilogue)
                         } else {
                             convolutionBlocked(X, W, bias: biasPointer, Y, images: n, channels: c, outputs: m, group: group, g,
                                                block: block, epilogue: epilogue)

@@ -244,9 +244,10 @@ func convolutionGradBlocked<T: FloatElement>(_ DY: UnsafePointer<T>, _ X: Unsafe
 /// ConvTapRows, so padding, strides and dilations cost no per-element test). A GEMM per channel
 /// would be a [1, K] · [K, P] product: all overhead.
 func depthwiseConvolution<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePointer<T>, bias: UnsafePointer<T>?, _ Y: UnsafeMutablePointer<T>,
-                                           images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry) {
+                                           images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry,
+                                           epilogue: ConvEpilogue<T>? = nil) {
     if let planes = DepthwisePlanes.layouts(g) {
-        depthwiseConvolution2D(X, W, bias: bias, Y, images: n, channels: c, outputs: m, g, planes: planes.forward)
+        depthwiseConvolution2D(X, W, bias: bias, Y, images: n, channels: c, outputs: m, g, planes: planes.forward, epilogue: epilogue)
         return
     }
     let mult = m / c, K = g.kernelSize, P = g.outputSize, I = g.inputSize, lastOut = g.output[g.rank - 1]
@@ -270,6 +271,7 @@ func depthwiseConvolution<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePoi
                     }
                 }
             }
+            epilogue?.apply(Y, u * P, P)
         }
     }
 }
@@ -284,9 +286,12 @@ func depthwiseConvolution<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePoi
 /// X [N, C, ih, iw], W [M, 1, kh, kw], bias [M]? -> Y [N, M, oh, ow]. Output channel o reads input
 /// channel o / (M/C). Output (r, j), tap (ky, kx) reads padded row r·sh + ky·dh, padded column
 /// j·sw + kx·dw: phase (kx·dw) mod sw at index j + (kx·dw) / sw.
+/// `epilogue` (FusedConv's Z and Relu) is applied to each output plane right after it is
+/// written, while it is in cache, by the same thread: a separate pass over the whole output after
+/// the kernel cost a second wake of the threads per node.
 func depthwiseConvolution2D<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePointer<T>, bias: UnsafePointer<T>?, _ Y: UnsafeMutablePointer<T>,
                                              images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry,
-                                             planes: DepthwisePlanes) {
+                                             planes: DepthwisePlanes, epilogue: ConvEpilogue<T>? = nil) {
     let mult = m / c, (kh, kw) = (g.kernel[0], g.kernel[1]), (oh, ow) = (g.output[0], g.output[1])
     let K = kh * kw, P = oh * ow, I = g.inputSize
     Parallel.forRange(n * c, minimumChunk: max(1, 8_192 / max(P * K * mult, 1))) { range in
@@ -297,6 +302,7 @@ func depthwiseConvolution2D<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafeP
             let b = u / c, ci = u % c
             for o in (ci * mult)..<(ci * mult + mult) {
                 planes.correlate(buffer, weights: W + o * K, start: bias?[o] ?? T.zero, accumulate: false, into: Y + (b * m + o) * P)
+                epilogue?.apply(Y, (b * m + o) * P, P)
             }
         }
     }
