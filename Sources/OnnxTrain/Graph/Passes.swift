@@ -29,6 +29,7 @@ public struct PassPipeline {
             IdentityElimination(registry: registry),
             ConstantFolding(registry: registry, foldInputSized: true),
             SumAsAdd(),
+            AttentionFusion(),
             ChannelAffineFusion(),
             ConvFusion(),
             MatMulAddToGemm(),

@@ -169,6 +169,11 @@ public struct TypeInference {
         if node.domain == internalDomain && op == "MatMulBias" {
             return [TensorInfo(dtype: dtype, shape: matmulShape(x?.shape, input(1)?.shape, transA: false, transB: node.int("transB") == 1))]
         }
+        // FusedAttention (AttentionFusion): Q [B, Tq, H, D] and V [B, Tk, H, Dv] give [B, Tq, H, Dv].
+        if node.domain == internalDomain && op == "FusedAttention" {
+            guard let qs = x?.shape, qs.count == 4, let vs = input(2)?.shape, vs.count == 4 else { return [TensorInfo(dtype: dtype, shape: nil)] }
+            return [TensorInfo(dtype: dtype, shape: Array(qs.prefix(3)) + [vs[3]])]
+        }
         // StridedMatMul (StridedMatMulFusion): the product of the permuted operands, permuted.
         if node.domain == internalDomain && op == "StridedMatMul" {
             func permuted(_ shape: [Dim]?, _ perm: [Int]?) -> [Dim]? {
@@ -318,7 +323,15 @@ public struct TypeInference {
             return [TensorInfo(dtype: dtype, shape: broadcast([x?.shape, target.map { .value($0) }]))]
         case "ConstantOfShape":
             let d: DType = { if case .tensor(let t)? = node.attributes["value"] { return t.dtype }; return .float32 }()
-            return [TensorInfo(dtype: d, shape: constInts(0).map { $0.map { .value($0) } })]
+            if let dims = constInts(0) { return [TensorInfo(dtype: d, shape: dims.map { .value($0) })] }
+            // A shape computed at run time (ViT's class token, expanded to the batch through
+            // ConstantOfShape, Where and Expand): the rank is the shape input's length. Without it
+            // every value after the embeddings had an unknown rank, and no projection of ViT's
+            // but the attention output became a MatMulBias.
+            if let t = x?.shape, t.count == 1, case .value(let r) = t[0], r >= 0 {
+                return [TensorInfo(dtype: d, shape: Array(repeating: .unknown, count: r))]
+            }
+            return [TensorInfo(dtype: d, shape: nil)]
         case "Range": return [TensorInfo(dtype: dtype, shape: [.unknown])]
         case "TopK":
             return [TensorInfo(dtype: dtype, shape: nil), TensorInfo(dtype: .int64, shape: nil)]

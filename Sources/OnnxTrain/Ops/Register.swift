@@ -11,5 +11,6 @@ func registerAllOps(_ registry: OpRegistry) {
     registerChannelAffineOps(registry) // Ops/Internal/ChannelAffine.swift: the per-channel scale, shift and activation of ChannelAffineFusion
     registerProductAccumulatorOps(registry) // Ops/Internal/ProductAccumulator.swift: a weight gradient's GEMM into its accumulation buffer (ProductIntoAccumulator)
     registerMatMulBiasOps(registry)    // Ops/Internal/MatMulBias.swift: a batch of rows times a weight plus its bias, one GEMM (MatMulAddToGemm)
+    registerFusedAttentionOps(registry) // Ops/Internal/FusedAttention.swift: scaled dot-product attention in blocks of query rows (AttentionFusion)
     registerGatherGradAccumulatorOps(registry) // Ops/Internal/GatherGradAccumulator.swift: an embedding's gradient scattered into its accumulation buffer (ProductIntoAccumulator)
 }

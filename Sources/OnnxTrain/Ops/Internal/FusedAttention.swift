@@ -1,0 +1,178 @@
+/// FusedAttention (onnx-train's internal domain, written only by the `AttentionFusion` pass into an
+/// inference graph): scaled dot-product attention over heads stored as the projections write them.
+///
+///   Y[b, i, h, :] = Σ_j softmax_j(scale·Q[b, i, h, :]·K[b, j, h, :] + mask[b, h, i, j]) · V[b, j, h, :]
+///
+/// Inputs: Q [B, Tq, H, D], K [B, Tk, H, D], V [B, Tk, H, Dv] (float32 or float64), and an optional
+/// additive mask broadcastable to [B, H, Tq, Tk]. Attribute `scale` (float, default 1). Output Y
+/// [B, Tq, H, Dv]: the layout the output projection reads after its Reshape, so the context is
+/// written where it goes instead of through a Transpose copy.
+///
+/// Work is split over (batch, head, block of query rows); each block's scores live in a buffer
+/// of its thread (a block of rows times Tk, in cache) between the two GEMMs: scale (the first
+/// GEMM's alpha), mask, softmax (`softmaxRowInPlace`, Softmax's own row kernel), then times V.
+/// The [B, H, Tq, Tk] scores are never written to memory. A row whose mask ends in entries at or
+/// below −greatestFiniteMagnitude (−inf, or the most negative finite value that GPT-2's causal mask
+/// writes) stops before them: their exponentials are 0 in the unfused graph too, so the causal
+/// half of both products is skipped. Results equal to float rounding the ops the pass replaced
+/// (the same sums, in blocks of rows; skipped products added exact zeros).
+///
+/// Shapes outside that (ranks other than 4, batch or head counts that differ, a mask that does
+/// not broadcast) run as the unfused ops: Transposes, MatMul, scale, Add, Softmax, MatMul,
+/// Transpose, so any input gets their result and errors.
+struct FusedAttentionKernel: Kernel {
+    let scale: Double
+
+    /// Query rows per task: a block's scores (32 × Tk floats, 25 KB at ViT's Tk = 197) stay in
+    /// L1/L2, and a causal mask's blocks stop at their last row's key (a block of 32 rows at
+    /// T = 128 skips 3/8 of the products where 64 rows skipped 1/4).
+    static let blockRows = 32
+
+    struct Compute: ElementOperation {
+        let q: Tensor, k: Tensor, v: Tensor, mask: Tensor?
+        let scale: Double
+
+        /// Element strides of the mask broadcast to [B, H, Tq, Tk] (0 along broadcast axes), or nil
+        /// when it does not broadcast.
+        static func maskStrides(_ mask: Tensor, _ target: [Int]) -> [Int]? {
+            guard mask.rank <= 4 else { return nil }
+            let shape = Array(repeating: 1, count: 4 - mask.rank) + mask.shape
+            let strides = contiguousStrides(shape)
+            var out = [Int](repeating: 0, count: 4)
+            for d in 0..<4 {
+                if shape[d] == target[d] && shape[d] != 1 { out[d] = strides[d] } else if shape[d] != 1 { return nil }
+            }
+            return out
+        }
+
+        func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            guard q.rank == 4, k.rank == 4, v.rank == 4 else { return try unfused(T.self) }
+            let (b, tq, h, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+            let tk = k.shape[1], dv = v.shape[3]
+            guard k.shape[0] == b, v.shape[0] == b, k.shape[2] == h, v.shape[2] == h, k.shape[3] == d, v.shape[1] == tk, d > 0 else {
+                return try unfused(T.self)
+            }
+            var ms = [0, 0, 0, 0]
+            if let mask {
+                guard let s = Self.maskStrides(mask, [b, h, tq, tk]) else { return try unfused(T.self) }
+                ms = s
+            }
+            var out = Tensor(uninitialized: T.dtype, shape: [b, tq, h, dv])
+            guard out.count > 0 else { return out }
+            let alpha = T(fromDouble: scale)
+            let blockRows = FusedAttentionKernel.blockRows
+            let blocks = (tq + blockRows - 1) / blockRows
+            let tasks = b * h * blocks
+            let maskTensor = mask ?? q  // not read without a mask
+            try q.withUnsafeBufferPointer(as: T.self) { pq in
+                try k.withUnsafeBufferPointer(as: T.self) { pk in
+                    try v.withUnsafeBufferPointer(as: T.self) { pv in
+                        try maskTensor.withUnsafeBufferPointer(as: T.self) { pm in
+                            out.uncheckedMutableBufferPointer(as: T.self) { po in
+                                guard let Y = po.baseAddress else { return }
+                                guard tk > 0, let Q = pq.baseAddress, let K = pk.baseAddress, let V = pv.baseAddress else {
+                                    // No keys: softmax over nothing, an empty product: zeros.
+                                    Y.update(repeating: T.zero, count: po.count)
+                                    return
+                                }
+                                let M = mask == nil ? nil : pm.baseAddress
+                                let work = blockRows * tk * (2 * d + dv)
+                                Parallel.forRange(tasks, minimumChunk: max(1, (1 << 16) / max(1, work))) { range in
+                                    let scores = UnsafeMutablePointer<T>.allocate(capacity: blockRows * tk)
+                                    let lengths = UnsafeMutablePointer<Int>.allocate(capacity: blockRows)
+                                    defer { scores.deallocate(); lengths.deallocate() }
+                                    for task in range {
+                                        let block = task % blocks, head = (task / blocks) % h, n = task / (blocks * h)
+                                        let i0 = block * blockRows, rows = min(blockRows, tq - i0)
+                                        attend(Q: Q, K: K, V: V, M: M, Y: Y, ms: ms, n: n, head: head, i0: i0, rows: rows,
+                                               tq: tq, tk: tk, h: h, d: d, dv: dv, alpha: alpha, scores: scores, lengths: lengths)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            return out
+        }
+
+        /// One task: query rows i0..<i0+rows of head `head` in batch entry `n`.
+        @inline(__always)
+        func attend<T: FloatElement>(Q: UnsafePointer<T>, K: UnsafePointer<T>, V: UnsafePointer<T>, M: UnsafePointer<T>?,
+                                     Y: UnsafeMutablePointer<T>, ms: [Int], n: Int, head: Int, i0: Int, rows: Int,
+                                     tq: Int, tk: Int, h: Int, d: Int, dv: Int, alpha: T,
+                                     scores: UnsafeMutablePointer<T>, lengths: UnsafeMutablePointer<Int>) {
+            // Each row's keys: all, or up to its last entry the mask leaves in.
+            var width = 0
+            for r in 0..<rows {
+                var len = tk
+                if let M, ms[3] == 1 {
+                    let row = M + n * ms[0] + head * ms[1] + (i0 + r) * ms[2]
+                    while len > 0 && row[len - 1] <= -T.greatestFiniteMagnitude { len -= 1 }
+                    // A row masked throughout (softmax of equal values) or whose kept end is itself
+                    // nearly as low keeps every key: the dropped exponentials might not be 0 there.
+                    if len == 0 || !(row[len - 1] > T(fromDouble: -1e30)) { len = tk }
+                }
+                lengths[r] = len
+                width = max(width, len)
+            }
+            // scores[rows, width] = alpha·Q·Kᵀ (heads read in place: row stride H·D).
+            BLAS.gemm(transA: false, transB: true, m: rows, n: width, k: d, alpha: alpha,
+                      a: Q + ((n * tq + i0) * h + head) * d, lda: h * d, b: K + (n * tk * h + head) * d, ldb: h * d,
+                      beta: T.zero, c: scores, ldc: width)
+            for r in 0..<rows {
+                let s = scores + r * width, len = lengths[r]
+                if let M {
+                    let row = M + n * ms[0] + head * ms[1] + (i0 + r) * ms[2]
+                    if ms[3] == 1 {
+                        addRow(s, row, len)
+                    } else {
+                        let c = row[0]
+                        for j in 0..<len { s[j] += c }
+                    }
+                }
+                softmaxRowInPlace(s, len)
+                for j in len..<width { s[j] = T.zero }
+            }
+            // Y[b, i0..., head, :] = P·V (V's heads read in place, Y written in [B, Tq, H, Dv]).
+            BLAS.gemm(transA: false, transB: false, m: rows, n: dv, k: width, alpha: T(fromDouble: 1),
+                      a: scores, lda: width, b: V + (n * tk * h + head) * dv, ldb: h * dv,
+                      beta: T.zero, c: Y + ((n * tq + i0) * h + head) * dv, ldc: h * dv)
+        }
+
+        /// The ops the pass replaced, one after another (shapes the fused loop does not take).
+        func unfused<T: FloatElement>(_ type: T.Type) throws -> Tensor {
+            func heads(_ x: Tensor, _ perm: [Int]) throws -> Tensor {
+                guard x.rank == 4 else { throw KernelError("FusedAttention: inputs must have rank 4, got \(x.shape)") }
+                return try transpose(x, perm: perm)
+            }
+            var s = try FusedMatMulKernel.Compute(a: try heads(q, [0, 2, 1, 3]), b: try heads(k, [0, 2, 3, 1]), alpha: scale,
+                                                  transA: false, transB: false).float(T.self)
+            if let mask { s = try broadcastBinary(s, mask, T.self, T.self, T.self, outDType: T.dtype) { $0 + $1 } }
+            let n = s.shape.last ?? 1
+            let p = try SoftmaxOperation(x: s, outer: s.count / max(1, n), n: n, inner: 1, kind: .softmax).float(T.self)
+            return try transpose(try matmul(p, try heads(v, [0, 2, 1, 3])), perm: [0, 2, 1, 3])
+        }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let q = try inputs.tensor(0), k = try inputs.tensor(1), v = try inputs.tensor(2)
+        let mask = inputs.count > 3 ? try inputs.optionalTensor(3) : nil
+        let dtype = try commonElementType([q, k, v] + (mask.map { [$0] } ?? []), names: ["Q", "K", "V", "mask"].prefix(mask == nil ? 3 : 4).map { $0 },
+                                          floatOnly: true)
+        guard dtype == .float32 || dtype == .float64 else { throw KernelError("FusedAttention takes float32 or float64, got \(dtype)") }
+        return [.tensor(try dispatch(dtype, Compute(q: q, k: k, v: v, mask: mask, scale: scale)))]
+    }
+}
+
+/// s[j] += m[j] for j < n: a function of its own so the loop vectorises.
+@inline(never)
+func addRow<T: FloatElement>(_ s: UnsafeMutablePointer<T>, _ m: UnsafePointer<T>, _ n: Int) {
+    for j in 0..<n { s[j] += m[j] }
+}
+
+func registerFusedAttentionOps(_ registry: OpRegistry) {
+    registry.register("FusedAttention", domain: internalDomain, since: [1]) { ctx in
+        FusedAttentionKernel(scale: Double(try ctx.float("scale", default: 1)))
+    }
+}
