@@ -13,13 +13,16 @@ final class ConstantOfShapeRankTests: XCTestCase {
                     ValueInfo(name: "n", type: .tensor(.int64, shape: [.value(3)]))]
         var g2 = RandomGenerator(seed: 5)
         g.setInitializer("b", Tensor(shape: [4, 3], scalars: (0..<12).map { _ in Float(g2.nextDouble() - 0.5) }))
+        g.setInitializer("zeros", Tensor(shape: [3], scalars: [Int64(0), 0, 0]))
         g.setInitializer("bias", Tensor(shape: [3], scalars: [Float(0.25), -0.5, 1]))
         g.nodes = [
             // n's length (3, static), as a computed value: ones of that length, the shape Expand reads.
             Node(opType: "Shape", inputs: ["n"], outputs: ["len"]),
             Node(opType: "ConstantOfShape", inputs: ["len"], outputs: ["ones"],
                  attributes: ["value": .tensor(Tensor(shape: [1], scalars: [Int64(1)]))]),
-            Node(opType: "Expand", inputs: ["a", "ones"], outputs: ["e"]),
+            // Where(…, ones, target) in ViT: broadcast with a shape of static length, here an Add.
+            Node(opType: "Add", inputs: ["ones", "zeros"], outputs: ["target"]),
+            Node(opType: "Expand", inputs: ["a", "target"], outputs: ["e"]),
             Node(opType: "MatMul", inputs: ["e", "b"], outputs: ["p"]),
             Node(opType: "Add", inputs: ["bias", "p"], outputs: ["y"]),
         ]
@@ -28,8 +31,10 @@ final class ConstantOfShapeRankTests: XCTestCase {
         model.opsetImports = ["": 17]
         let types = TypeInference(graph: model.graph, opsets: model.opsetImports)
         XCTAssertEqual(types["ones"]?.rank, 1)
+        XCTAssertEqual(types["target"]?.shape, [.value(3)])
         XCTAssertEqual(types["e"]?.rank, 3)
-        XCTAssertTrue(opTypes(try optimized(model)).contains("MatMulBias"), "\(opTypes(try optimized(model)))")
+        let ops = opTypes(try optimized(model))
+        XCTAssertTrue(ops.contains("MatMulBias"), "\(ops)")
         // The same values as MatMul then Add.
         var r = RandomGenerator(seed: 9)
         let a = Tensor(shape: [2, 5, 4], scalars: (0..<40).map { _ in Float(r.nextDouble() * 2 - 1) })
