@@ -166,6 +166,13 @@ struct ElementwiseChainKernel: Kernel {
                     return (T.zero, T.zero, T.zero)
                 }
             }
+            // A float32 division of the chain's value by a scalar whose reciprocal gives the same
+            // quotients (`ReciprocalDivision`), set up once per run rather than once per block.
+            let divisions: [ReciprocalDivision?] = steps.map { s in
+                guard T.self == Float.self, case .div = s.op, s.chainLeft, counts[s.operand] == 1,
+                      let d = pointers[s.operand][0] as? Float else { return nil }
+                return ReciprocalDivision(divisor: d)
+            }
             /// Elements start..<start+len of input k as broadcast to the output: a pointer into the
             /// input where they are contiguous there, else `buffer` filled with them.
             func load(_ k: Int, _ start: Int, _ len: Int, into buffer: UnsafeMutablePointer<T>) -> UnsafePointer<T> {
@@ -211,7 +218,8 @@ struct ElementwiseChainKernel: Kernel {
                                 ClipGradientKernel.select(y, UnsafePointer(y), x, len, bounds[k].low, bounds[k].high, bounds[k].fill)
                             } else if s.op.isBinary && counts[s.operand] == 1 {
                                 // A scalar operand (Hardswish's 3 and 6) is read once, not repeated into the buffer.
-                                ElementwiseChainKernel.binary(s.op, y, pointers[s.operand][0], len, chainLeft: s.chainLeft)
+                                ElementwiseChainKernel.binary(s.op, y, pointers[s.operand][0], len, chainLeft: s.chainLeft,
+                                                              division: divisions[k])
                             } else if s.op.isBinary {
                                 let x = load(s.operand, start, len, into: tmp)
                                 ElementwiseChainKernel.binary(s.op, y, x, len, chainLeft: s.chainLeft)
@@ -245,14 +253,15 @@ struct ElementwiseChainKernel: Kernel {
 
     /// y[i] = op(y[i], s) (or op(s, y[i]) when the chain is the right operand) for a scalar s,
     /// with the binary kernels' functions (`binaryScalarLoop`). A float32 division of the chain's
-    /// value by a scalar whose reciprocal gives the same quotients (`ReciprocalDivision`) multiplies.
-    static func binary<T: FloatElement>(_ op: Op, _ y: UnsafeMutablePointer<T>, _ s: T, _ n: Int, chainLeft: Bool) {
+    /// value by s multiplies through `division` when there is one (`ReciprocalDivision(divisor: s)`).
+    static func binary<T: FloatElement>(_ op: Op, _ y: UnsafeMutablePointer<T>, _ s: T, _ n: Int, chainLeft: Bool,
+                                        division: ReciprocalDivision?) {
         switch (op, chainLeft) {
         case (.add, _): binaryScalarLoop(AddFunction(), y, s, scalarFirst: !chainLeft, y, n)
         case (.mul, _): binaryScalarLoop(MulFunction(), y, s, scalarFirst: !chainLeft, y, n)
         case (.sub, _): binaryScalarLoop(SubFunction(), y, s, scalarFirst: !chainLeft, y, n)
         case (.div, true):
-            if T.self == Float.self, let d = s as? Float, let division = ReciprocalDivision(divisor: d) {
+            if T.self == Float.self, let division {
                 division.divide(UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), n)
             } else {
                 binaryScalarLoop(DivFunction(), y, s, scalarFirst: false, y, n)
@@ -322,7 +331,7 @@ struct ReciprocalDivision {
         }
         exact = false
         #if ONNX_TRAIN_X86_64_V3 && arch(x86_64)
-        guard [3, 6].contains(abs(d)) else { return nil }
+        guard abs(d) == 3 || abs(d) == 6 else { return nil }
         #else
         return nil
         #endif
