@@ -102,6 +102,33 @@ final class ClipFusionTests: XCTestCase {
         }
     }
 
+    /// A scale whose shape the passes do not know (MobileNetV3's fc2 output, a FusedConv's with no
+    /// inferred shape) joins the broadcasting Mul in one chain: its leading Add, Clip and Div run
+    /// on the [N, C, 1, 1] start alone, then the Mul and what follows at full size (starts of
+    /// lower rank and scalar starts too). Bit-identical to the ops one by one.
+    func testChainOfBroadcastStartRunsLeadingStepsSmall() throws {
+        for dtype in [DType.float32, .float64] {
+            for sShape in [[3, 5, 1, 1], [5, 1, 1], [1], []] {
+                var m = model(dtype, [], ["three": scalar(dtype, 3), "six": scalar(dtype, 6), "zero": scalar(dtype, 0)], [
+                    Node(opType: "Add", inputs: ["s", "three"], outputs: ["sa"]),
+                    Node(opType: "Clip", inputs: ["sa", "zero", "six"], outputs: ["sc"]),
+                    Node(opType: "Div", inputs: ["sc", "six"], outputs: ["sd"]),
+                    Node(opType: "Mul", inputs: ["sd", "x"], outputs: ["m"]),
+                    Node(opType: "Sigmoid", inputs: ["m"], outputs: ["y"]),
+                    Node(opType: "Sub", inputs: ["s", "three"], outputs: ["t"]),
+                    Node(opType: "Relu", inputs: ["t"], outputs: ["u"]),
+                    Node(opType: "Add", inputs: ["u", "x"], outputs: ["z"]),
+                ], outputs: ["y", "z"])
+                m.graph.inputs = [ValueInfo(name: "x", type: .tensor(dtype, shape: [.value(3), .value(5), .value(7), .value(9)])),
+                                  ValueInfo(name: "s", type: .tensor(dtype, shape: nil))]
+                let o = try optimized(m)
+                XCTAssertEqual(Set(o.graph.nodes.map { ops($0).joined(separator: " ") }), ["Add Clip Div Mul Sigmoid", "Sub Relu Add"], "\(dtype) \(sShape)")
+                try assertBitIdentical(m, ["x": values(dtype, [3, 5, 7, 9], seed: 5), "s": values(dtype, sShape, seed: 6, scale: 8)],
+                                       "broadcast start \(dtype) \(sShape)")
+            }
+        }
+    }
+
     /// A chain's float32 division by a scalar multiplies where that gives the same bits
     /// (`ReciprocalDivision`: powers of two; ±3 and ±6 with Markstein's correction, checked for
     /// all 2^32 inputs when it was written): here every 9973rd bit pattern (430K values of every

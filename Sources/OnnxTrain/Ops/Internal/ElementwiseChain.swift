@@ -131,8 +131,28 @@ struct ElementwiseChainKernel: Kernel {
             }
             let n = Tensor.elementCount(outShape)
             if softmax && outShape.isEmpty { throw KernelError("ElementwiseChain's softmax needs a value of rank 1 or more") }
+            if n == 0 { return Tensor(uninitialized: T.dtype, shape: outShape) }
+            // The leading steps that read only the start and scalars run on the start alone when
+            // it is broadcast, then the rest on their result: MobileNetV3's squeeze-excite scale,
+            // where fc2's FusedConv output has no inferred shape so its [N, C, 1, 1] joins
+            // [Clip, Div 6, Mul x], ran Clip and Div on every element of [N, C, H, W]. The same
+            // functions on the same values (each per element, wherever its block starts), so the
+            // same bits.
+            if inputs[0].count < n {
+                let lead = steps.prefix { s in
+                    switch s.op {
+                    case .clip: return true
+                    case .clipGradient: return false
+                    default: return !s.op.isBinary || inputs[s.operand].count == 1
+                    }
+                }.count
+                if lead > 0 {
+                    var rest = inputs
+                    rest[0] = try Evaluate(steps: Array(steps[..<lead]), inputs: inputs, softmax: false).float(type)
+                    return try Evaluate(steps: Array(steps[lead...]), inputs: rest, softmax: softmax).float(type)
+                }
+            }
             var out = Tensor(uninitialized: T.dtype, shape: outShape)
-            if n == 0 { return out }
             // Blocks of about 1024 elements (4 KiB of float32: the value and an operand stay in L1
             // while every step runs over them, and the steps' calls are paid once per 1024); whole
             // rows of about 256 elements when a Softmax follows.
@@ -142,8 +162,11 @@ struct ElementwiseChainKernel: Kernel {
             // output's size are read in place, scalars repeated, and any other broadcast walked
             // run by run (`BroadcastRows`): a bias row, a [B, 1, T, T] mask under [B, H, T, T].
             let pointers = inputs.map { t in t.uncheckedBufferPointer(as: T.self) { $0.baseAddress! } }
+            // (The leading steps run on a broadcast start below see the chain's larger inputs too,
+            // which they never read: no layout for those.)
             let layouts: [BroadcastRows?] = inputs.map { t in
-                t.count == n || t.count == 1 ? nil : BroadcastRows(outShape: outShape, operandShapes: [t.shape])
+                t.count == n || t.count == 1 || t.count > n || t.rank > outShape.count
+                    ? nil : BroadcastRows(outShape: outShape, operandShapes: [t.shape])
             }
             let counts = inputs.map(\.count)
             let steps = self.steps
