@@ -379,10 +379,11 @@ public struct TypeInference {
     }
 
     /// Slice's output shape from constant starts, ends, axes (default: the first ones) and steps
-    /// (default 1), clamped as ONNX clamps them; a sliced axis of unknown length stays unknown,
-    /// inconsistent operands (which the kernel rejects) give every axis unknown. Without it a shape
-    /// assembled from Slice(Shape(x)) (ViT's patch embedding) had an unknown length, the Reshape
-    /// after it an unknown rank, and no Linear layer after it became a MatMulBias.
+    /// (default 1), clamped as the Slice kernel clamps them (`sliceAxis`); a sliced axis of unknown
+    /// length stays unknown, inconsistent operands (which the kernel rejects) give every axis
+    /// unknown. Without it a shape assembled from Slice(Shape(x)) (ViT's patch embedding) had an
+    /// unknown length, the Reshape after it an unknown rank, and no Linear layer after it became a
+    /// MatMulBias.
     static func sliced(_ shape: [Dim], starts: [Int], ends: [Int], axes: [Int]?, steps: [Int]?) -> [Dim] {
         let unknown = Array(repeating: Dim.unknown, count: shape.count)
         let axes = axes ?? Array(0..<starts.count), steps = steps ?? Array(repeating: 1, count: starts.count)
@@ -393,17 +394,7 @@ public struct TypeInference {
         var out = shape
         for (k, axis) in normalized.enumerated() {
             guard case .value(let d) = shape[axis], d >= 0 else { out[axis] = .unknown; continue }
-            // Negative starts and ends count from the end; then both clamp to [0, d] for a positive
-            // step, and the start to [0, d - 1], the end to [-1, d - 1] for a negative one.
-            var start = starts[k] < 0 ? starts[k] + d : starts[k], end = ends[k] < 0 ? ends[k] + d : ends[k]
-            let step = steps[k]
-            if step > 0 {
-                start = min(max(start, 0), d); end = min(max(end, 0), d)
-                out[axis] = .value(end > start ? (end - start - 1) / step + 1 : 0)
-            } else {
-                start = min(max(start, 0), d - 1); end = min(max(end, -1), d - 1)
-                out[axis] = .value(start > end ? Int(UInt(start - end - 1) / step.magnitude) + 1 : 0)
-            }
+            out[axis] = .value(sliceAxis(length: d, start: starts[k], end: ends[k], step: steps[k]).count)
         }
         return out
     }

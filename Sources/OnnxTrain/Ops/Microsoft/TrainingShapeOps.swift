@@ -35,19 +35,8 @@ struct SliceGradKernel: Kernel {
         for i in 0..<starts.count {
             let a = try normalizeAxis(axes[i], rank: r, name: "axes")
             guard seen.insert(a).inserted else { throw KernelError("axis \(axes[i]) is repeated") }
-            let dim = shape[a], st = steps[i]
-            guard st != 0 else { throw KernelError("steps must not be 0") }
-            var s = starts[i] < 0 ? starts[i] + dim : starts[i]
-            var e = ends[i] < 0 ? ends[i] + dim : ends[i]
-            if st > 0 {
-                s = min(max(s, 0), dim); e = min(max(e, 0), dim)
-                count[a] = e > s ? (e - s + st - 1) / st : 0
-            } else {
-                s = min(max(s, 0), dim - 1); e = min(max(e, -1), dim - 1)
-                count[a] = s > e ? (s - e - st - 1) / -st : 0
-            }
-            begin[a] = s
-            step[a] = st
+            guard steps[i] != 0 else { throw KernelError("steps must not be 0") }
+            (begin[a], count[a], step[a]) = sliceAxis(length: shape[a], start: starts[i], end: ends[i], step: steps[i])
         }
         guard dy.shape == count else { throw KernelError("dY \(dy.shape) must have the sliced shape \(count)") }
         let out = Tensor(zeros: dy.dtype, shape: shape)

@@ -20,6 +20,23 @@ func sliceKernel(_ ctx: NodeContext) throws -> Kernel {
     }
 }
 
+/// One axis of ONNX Slice (also SliceGrad's and type inference's): the first index taken, how many,
+/// and the step to walk by, for an axis of `length` with `start` and `end` (negative ones count
+/// from the end) and a nonzero `step`, clamped as ONNX clamps them: both to [0, length] for a
+/// positive step; the start to [0, length - 1] and the end to [-1, length - 1] for a negative one.
+/// A step longer than the axis takes at most one element, so the returned step is held within the
+/// length (its stride cannot overflow); every Int, Int.min and Int.max included, is exact.
+func sliceAxis(length n: Int, start: Int, end: Int, step: Int) -> (first: Int, count: Int, step: Int) {
+    var s = start < 0 ? start + n : start, e = end < 0 ? end + n : end
+    let walk = step > 0 ? min(step, max(n, 1)) : max(step, -max(n, 1))
+    if step > 0 {
+        s = min(max(s, 0), n); e = min(max(e, 0), n)
+        return (s, e > s ? (e - s - 1) / walk + 1 : 0, walk)
+    }
+    s = min(max(s, 0), n - 1); e = min(max(e, -1), n - 1)
+    return (s, s > e ? (s - e - 1) / -walk + 1 : 0, walk)
+}
+
 /// ONNX Slice: clamps starts/ends per axis (negative steps walk backwards).
 func slice(_ x: Tensor, starts: [Int], ends: [Int], axes: [Int]?, steps: [Int]?) throws -> Tensor {
     let axes = try normalizeAxes(axes ?? Array(0..<starts.count), rank: x.rank)
@@ -30,18 +47,8 @@ func slice(_ x: Tensor, starts: [Int], ends: [Int], axes: [Int]?, steps: [Int]?)
     let strides = contiguousStrides(x.shape)
     var shape = x.shape, viewStrides = strides, offset = 0
     for (k, a) in axes.enumerated() {
-        let n = x.shape[a]
         guard steps[k] != 0 else { throw KernelError("slice step must not be zero") }
-        // A step longer than the axis takes at most one element; clamping keeps the arithmetic in range.
-        let step = steps[k] > 0 ? min(steps[k], max(n, 1)) : max(steps[k], -max(n, 1))
-        var s = starts[k] < 0 ? starts[k] + n : starts[k]
-        var e = ends[k] < 0 ? ends[k] + n : ends[k]
-        if step > 0 {
-            s = min(max(s, 0), n); e = min(max(e, 0), n)
-        } else {
-            s = min(max(s, 0), n - 1); e = min(max(e, -1), n - 1)
-        }
-        let count = step > 0 ? max(0, (e - s + step - 1) / step) : max(0, (s - e + (-step) - 1) / (-step))
+        let (s, count, step) = sliceAxis(length: x.shape[a], start: starts[k], end: ends[k], step: steps[k])
         shape[a] = count
         viewStrides[a] = strides[a] * step
         if count > 0 { offset += s * strides[a] }
