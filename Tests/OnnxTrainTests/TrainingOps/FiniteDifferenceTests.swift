@@ -271,6 +271,24 @@ final class FiniteDifferenceTests: XCTestCase {
                           analytic: [analytic])
     }
 
+    /// Steps of Int64.max and Int64.min (a hostile model) once trapped SliceGrad's own clamp arithmetic:
+    /// each axis keeps one element, at the start the Slice kernel picks, and the rest of dX is zero.
+    func testSliceGradExtremeSteps() throws {
+        let x = randomDoubles([5, 4, 3], seed: 53)
+        let starts = Tensor(shape: [3], scalars: [Int64(1), 3, Int64.min]), ends = Tensor(shape: [3], scalars: [Int64.max, Int64.min, Int64.max])
+        let axes = Tensor(shape: [3], scalars: [Int64(0), 1, 2]), steps = Tensor(shape: [3], scalars: [Int64.max, Int64.min, Int64.max])
+        let y = try runTrainingOp("Slice", "", [x, starts, ends, axes, steps], opset: 13)[0]
+        XCTAssertEqual(y.shape, [1, 1, 1])
+        let dy = Tensor(shape: [1, 1, 1], scalars: [2.5])
+        let dx = try runTrainingOp("SliceGrad", ms, [dy, Tensor(shape: [3], scalars: [Int64(5), 4, 3]), starts, ends, axes, steps])[0]
+        XCTAssertEqual(dx.shape, [5, 4, 3])
+        var expected = [Double](repeating: 0, count: 60)
+        expected[1 * 12 + 3 * 3 + 0] = 2.5
+        XCTAssertEqual(dx.scalars(as: Double.self), expected)
+        try checkTrainingGradient(of: { try runTrainingOp("Slice", "", [$0[0], starts, ends, axes, steps], opset: 13)[0] }, at: [x], dY: dy, wrt: [0],
+                          analytic: [dx])
+    }
+
     func testDivGrad() throws {
         let a = randomDoubles([2, 1, 3], seed: 50), b = randomDoubles([4, 1], seed: 51, low: 0.5, high: 2)
         let dy = randomDoubles([2, 4, 3], seed: 52)
