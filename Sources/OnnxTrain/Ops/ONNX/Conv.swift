@@ -52,6 +52,12 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                                         epilogue: epilogue.map { ConvEpilogue<Float>(z: $0.z.map(BLAS.rebound), relu: $0.relu) })
                         return
                     }
+                    if !depthwise, group == 1, convSplitsOutputs(images: n, outputs: m, rows: cg * K, positions: P, direct: direct) {
+                        // One image of few positions: the threads split the output channels (ConvKernels.swift).
+                        convolutionSplittingOutputs(X, W, bias: biasPointer, Y, images: n, channels: c, outputs: m, g,
+                                                    direct: direct, epilogue: epilogue)
+                        return
+                    }
                     if depthwise || block > 1 {
                         if depthwise {
                             depthwiseConvolution(X, W, bias: biasPointer, Y, images: n, channels: c, outputs: m, g, epilogue: epilogue)

@@ -113,6 +113,81 @@ func convGemm<T: FloatElement>(transA: Bool, transB: Bool, m: Int, n: Int, k: In
     BLAS.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: T(1), a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
 }
 
+// MARK: - Output channels split over the threads
+
+/// Whether `convolution` runs an ungrouped convolution of `images` images with `outputs` output
+/// channels, `rows` = C·K column rows and `positions` output positions per image by
+/// `convolutionSplittingOutputs`: fewer images than threads (batch 1), at most
+/// `convSplitMaxPositions` positions, `convSplitMinOutputs` outputs or more per thread (the
+/// product split by columns is as fast below), and a
+/// column buffer of at most 4M floats (16 MB).
+///
+/// The tiled path splits such an image's positions over the threads, and a product of 98 or 24
+/// columns (ResNet's 14×14 and 7×7 layers, halved) runs far below OpenBLAS's peak. Split by
+/// output channels, each thread multiplies all columns: 2 threads, products alone, minimum of 200
+/// under chrt, threads spinning between runs (GFLOP/s, columns -> channels): [1024×256]·[256×196] 164 -> 189, [256×1024]·[1024×196]
+/// 166 -> 189, [256×2304]·[2304×196] 170 -> 189, [2048×512]·[512×49] 130 -> 170, [512×4608]·[4608×49]
+/// 136 -> 174, [512×128]·[128×784] 157 -> 195, [512×256]·[256×784] 187 -> 207, [96×480]·[480×196]
+/// 161 -> 177, [128×832]·[832×49] 130 -> 160; but at 3136 columns (56×56) 202 -> 185 ([64×147]),
+/// and with 64 outputs (32 per thread) the split by columns is as fast or faster (160 against 151
+/// at [64×512]·[512×196]).
+func convSplitsOutputs(images n: Int, outputs m: Int, rows: Int, positions P: Int, direct: Bool) -> Bool {
+    let threads = Parallel.threadCount
+    guard threads > 1, n < threads, !Parallel.isInsideRegion, P > 1, P <= convSplitMaxPositions,
+          m >= convSplitMinOutputs * threads else { return false }
+    return direct || rows * P <= 1 << 22
+}
+
+/// The most output positions per image for which `convSplitsOutputs` splits the output channels.
+nonisolated(unsafe) var convSplitMaxPositions = 1024
+
+/// The fewest output channels per thread for which `convSplitsOutputs` splits the output channels
+/// (tests lower it).
+nonisolated(unsafe) var convSplitMinOutputs = 48
+
+/// Forward convolution (group 1) with the threads splitting the output channels (see
+/// `convSplitsOutputs`).
+///
+/// Per image: the threads unfold the image's columns [C·K, P] together (a share of the channels
+/// each; a direct 1×1 convolution reads the image as its columns), then each thread takes a block
+/// of output channels (a multiple of 8): it sets its rows of Y to the bias, adds the product
+/// W [rows, C·K] · columns [C·K, P] onto them and applies `epilogue` to them while they are in
+/// its cache. Each output element is the same dot product as in the tiled path.
+func convolutionSplittingOutputs<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePointer<T>, bias: UnsafePointer<T>?,
+                                                  _ Y: UnsafeMutablePointer<T>, images n: Int, channels c: Int, outputs m: Int,
+                                                  _ g: ConvGeometry, direct: Bool, epilogue: ConvEpilogue<T>? = nil) {
+    let K = g.kernelSize, P = g.outputSize, I = g.inputSize, rows = c * K
+    let taps = direct ? [] : ConvTapRows.all(g)
+    let col = UnsafeMutablePointer<T>.allocate(capacity: direct ? 1 : rows * P)
+    defer { col.deallocate() }
+    let blocks = (m + 7) / 8, threads = min(Parallel.threadCount, blocks)
+    for b in 0..<n {
+        let image = X + b * c * I
+        let columns: UnsafePointer<T>
+        if direct {
+            columns = image
+        } else {
+            Parallel.forRange(c, minimumChunk: max(1, 8_192 / max(K * P, 1))) { channels in
+                im2col(image + channels.lowerBound * I, channels: channels.count, g, col + channels.lowerBound * K * P, ld: P, taps: taps)
+            }
+            columns = UnsafePointer(col)
+        }
+        Parallel.forRange(threads) { parts in
+            for part in parts {
+                let chunk = Parallel.chunk(part, of: threads, count: blocks)
+                let o0 = chunk.lowerBound * 8, o1 = min(m, chunk.upperBound * 8)
+                if o1 <= o0 { continue }
+                let out = Y + (b * m + o0) * P
+                if let bias { for o in o0..<o1 { (out + (o - o0) * P).update(repeating: bias[o], count: P) } }
+                // Y[o0..<o1] [rows, P] (+)= W[o0..<o1] [rows, C·K] · columns [C·K, P]
+                convGemm(transA: false, transB: false, m: o1 - o0, n: P, k: rows, a: W + o0 * rows, lda: rows,
+                         b: columns, ldb: P, beta: bias == nil ? 0 : 1, c: out, ldc: P)
+                if let epilogue { epilogue.apply(Y, (b * m + o0) * P, (o1 - o0) * P) }
+            }
+        }
+    }
+}
+
 /// Σ over images and positions of dY [N, M, P] per channel, in Double (rows summed in T), for dB.
 func channelSums<T: FloatElement>(_ dy: UnsafePointer<T>, images n: Int, channels m: Int, positions P: Int) -> [Double] {
     var sums = [Double](repeating: 0, count: m)
