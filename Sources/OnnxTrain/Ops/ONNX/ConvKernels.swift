@@ -122,10 +122,11 @@ func convGemm<T: FloatElement>(transA: Bool, transB: Bool, m: Int, n: Int, k: In
 /// product split by columns is as fast below), and a
 /// column buffer of at most 4M floats (16 MB).
 ///
-/// The tiled path splits such an image's positions over the threads, and a product of 98 or 24
-/// columns (ResNet's 14×14 and 7×7 layers, halved) runs far below OpenBLAS's peak. Split by
-/// output channels, each thread multiplies all columns: 2 threads, products alone, minimum of 200
-/// under chrt, threads spinning between runs (GFLOP/s, columns -> channels): [1024×256]·[256×196] 164 -> 189, [256×1024]·[1024×196]
+/// The tiled path splits a 14×14 or 28×28 image's positions over the threads, and a product of 98
+/// or 392 columns runs below OpenBLAS's peak (a 7×7 image is one tile, whose product BLAS.gemm
+/// already splits by rows, but its im2col, bias and epilogue ran on one thread). Split by output
+/// channels, each thread multiplies all columns: 2 threads, products alone, minimum of 300 under
+/// chrt, threads spinning between runs (GFLOP/s, columns -> channels): [1024×256]·[256×196] 164 -> 189, [256×1024]·[1024×196]
 /// 166 -> 189, [256×2304]·[2304×196] 170 -> 189, [2048×512]·[512×49] 130 -> 170, [512×4608]·[4608×49]
 /// 136 -> 174, [512×128]·[128×784] 157 -> 195, [512×256]·[256×784] 187 -> 207, [96×480]·[480×196]
 /// 161 -> 177, [128×832]·[832×49] 130 -> 160; but at 3136 columns (56×56) 202 -> 185 ([64×147]),
