@@ -170,6 +170,52 @@ final class AttentionFusionTests: XCTestCase {
         try check(.float32, Shape(b: 2, tq: 66, tk: 3, h: 2, d: 6, dv: 2), mask: .none)
     }
 
+    /// Head and value widths around the float32 block kernel's 16- and 8-wide column passes
+    /// (16 + 8 + 3, 32 + 8, 64), query counts around its 16-lane groups and 6-row groups, and
+    /// key counts around its 6-key groups.
+    func testOddSizesAroundTheBlockKernel() throws {
+        try check(.float32, Shape(b: 1, tq: 45, tk: 45, h: 2, d: 64, dv: 27), mask: .causal)
+        try check(.float32, Shape(b: 2, tq: 33, tk: 41, h: 3, d: 13, dv: 40), mask: .none)
+        try check(.float32, Shape(b: 2, tq: 17, tk: 17, h: 1, d: 64, dv: 64), mask: .padding([17, 5]))
+        try check(.float32, Shape(b: 1, tq: 97, tk: 97, h: 1, d: 32, dv: 32), mask: .causal)
+        try check(.float32, Shape(b: 1, tq: 7, tk: 100, h: 2, d: 9, dv: 16), mask: .causal)
+    }
+
+    /// The causal trim leaves out keys whose probability is 0 in the unfused ops, unless an
+    /// infinity or NaN reaches them: a query times a left-out key that overflows (logit +inf,
+    /// so the unfused row is NaN) or a NaN in a left-out value (0·NaN). Then the fused kernel
+    /// keeps every key and gives the same NaNs; elsewhere the same values.
+    func testNonFiniteValuesUnderTrimmedKeys() throws {
+        let s = Shape(b: 1, tq: 40, tk: 40, h: 2, d: 8, dv: 8)
+        let m = model(.float32, s, mask: .causal)
+        XCTAssertEqual(opTypes(try optimized(m)), ["FusedAttention"])
+        let mv = maskValues(.causal, s)!
+        for poison in ["query times key overflows", "value is NaN", "key is inf"] {
+            var q = values(s.b * s.tq * s.h * s.d, seed: 1), k = values(s.b * s.tk * s.h * s.d, seed: 2)
+            var v = values(s.b * s.tk * s.h * s.dv, seed: 3)
+            let last = s.tk - 1  // a key every row but the last leaves out
+            switch poison {
+            case "query times key overflows":
+                for e in 0..<s.d { q[e] = 1e20; k[(last * s.h) * s.d + e] = 1e20 }  // row 0, head 0
+            case "value is NaN":
+                v[(last * s.h + 1) * s.dv + 3] = .nan  // head 1
+            default:
+                k[(last * s.h) * s.d + 2] = .infinity
+            }
+            let feeds = ["q": tensor(q, [s.b, s.tq, s.h, s.d], .float32), "k": tensor(k, [s.b, s.tk, s.h, s.d], .float32),
+                         "v": tensor(v, [s.b, s.tk, s.h, s.dv], .float32), "mask": tensor(mv.values, mv.shape, .float32)]
+            let fused = try run(m, feeds, disabled: ""), unfused = try run(m, feeds, disabled: "attention-fusion")
+            XCTAssertTrue(unfused.contains { $0.isNaN }, poison)
+            for i in unfused.indices {
+                if unfused[i].isNaN || fused[i].isNaN {
+                    XCTAssertEqual(fused[i].isNaN, unfused[i].isNaN, "\(poison) at \(i)")
+                } else {
+                    XCTAssertEqual(fused[i], unfused[i], accuracy: 1e-5 * max(1, abs(unfused[i])), "\(poison) at \(i)")
+                }
+            }
+        }
+    }
+
     /// A graph whose probabilities are read elsewhere (here a graph output) keeps its ops.
     func testProbabilitiesReadElsewhereStay() throws {
         let m = model(.float32, Shape(), mask: .causal, probabilitiesOut: true)

@@ -78,14 +78,17 @@ struct FusedAttentionKernel: Kernel {
                                 let M = mask == nil ? nil : pm.baseAddress
                                 let work = blockRows * tk * (2 * d + dv)
                                 Parallel.forRange(tasks, minimumChunk: max(1, (1 << 16) / max(1, work))) { range in
-                                    let scores = UnsafeMutablePointer<T>.allocate(capacity: blockRows * tk)
+                                    let isFloat = T.self == Float.self
+                                    let scores = UnsafeMutablePointer<T>.allocate(capacity: isFloat ? 1 : blockRows * tk)
                                     let lengths = UnsafeMutablePointer<Int>.allocate(capacity: blockRows)
-                                    defer { scores.deallocate(); lengths.deallocate() }
+                                    let scratch: AttentionBlock.Scratch? = isFloat ? AttentionBlock.Scratch(maxRows: blockRows, keys: tk, d: d) : nil
+                                    defer { scores.deallocate(); lengths.deallocate(); scratch?.deallocate() }
                                     for task in range {
                                         let block = task % blocks, head = (task / blocks) % h, n = task / (blocks * h)
                                         let i0 = block * blockRows, rows = min(blockRows, tq - i0)
                                         attend(Q: Q, K: K, V: V, M: M, Y: Y, ms: ms, n: n, head: head, i0: i0, rows: rows,
-                                               tq: tq, tk: tk, h: h, d: d, dv: dv, alpha: alpha, scores: scores, lengths: lengths)
+                                               tq: tq, tk: tk, h: h, d: d, dv: dv, alpha: alpha, scores: scores, lengths: lengths,
+                                               scratch: scratch)
                                     }
                                 }
                             }
@@ -101,13 +104,17 @@ struct FusedAttentionKernel: Kernel {
         func attend<T: FloatElement>(Q: UnsafePointer<T>, K: UnsafePointer<T>, V: UnsafePointer<T>, M: UnsafePointer<T>?,
                                      Y: UnsafeMutablePointer<T>, ms: [Int], n: Int, head: Int, i0: Int, rows: Int,
                                      tq: Int, tk: Int, h: Int, d: Int, dv: Int, alpha: T,
-                                     scores: UnsafeMutablePointer<T>, lengths: UnsafeMutablePointer<Int>) {
+                                     scores: UnsafeMutablePointer<T>, lengths: UnsafeMutablePointer<Int>,
+                                     scratch: AttentionBlock.Scratch?) {
+            let q = Q + ((n * tq + i0) * h + head) * d, k = K + (n * tk * h + head) * d, v = V + (n * tk * h + head) * dv
+            let y = Y + ((n * tq + i0) * h + head) * dv
+            let maskRows = M.map { $0 + n * ms[0] + head * ms[1] + i0 * ms[2] }
             // Each row's keys: all, or up to its last entry the mask leaves in.
-            var width = 0
+            var width = 0, shortest = tk
             for r in 0..<rows {
                 var len = tk
-                if let M, ms[3] == 1 {
-                    let row = M + n * ms[0] + head * ms[1] + (i0 + r) * ms[2]
+                if let maskRows, ms[3] == 1 {
+                    let row = maskRows + r * ms[2]
                     while len > 0 && row[len - 1] <= -T.greatestFiniteMagnitude { len -= 1 }
                     // A row masked throughout (softmax of equal values) or whose kept end is itself
                     // nearly as low keeps every key: the dropped exponentials might not be 0 there.
@@ -115,15 +122,28 @@ struct FusedAttentionKernel: Kernel {
                 }
                 lengths[r] = len
                 width = max(width, len)
+                shortest = min(shortest, len)
+            }
+            if shortest < tk && !Self.trimIsExact(q: q, rows: rows, k: k + shortest * h * d, v: v + shortest * h * dv, keys: tk - shortest,
+                                                  stride: h, d: d, dv: dv, alpha: alpha) {
+                for r in 0..<rows { lengths[r] = tk }
+                width = tk
+            }
+            if let scratch, T.self == Float.self {
+                func f(_ p: UnsafePointer<T>) -> UnsafePointer<Float> { UnsafeRawPointer(p).assumingMemoryBound(to: Float.self) }
+                AttentionBlock.run(q: f(q), qs: h * d, k: f(k), ks: h * d, v: f(v), vs: h * dv,
+                                   y: UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), ys: h * dv,
+                                   mask: maskRows.map(f), mRow: ms[2], mKey: ms[3], rows: rows, d: d, dv: dv,
+                                   alpha: Float(alpha.doubleValue), lengths: lengths, width: width, scratch: scratch)
+                return
             }
             // scores[rows, width] = alpha·Q·Kᵀ (heads read in place: row stride H·D).
             BLAS.gemm(transA: false, transB: true, m: rows, n: width, k: d, alpha: alpha,
-                      a: Q + ((n * tq + i0) * h + head) * d, lda: h * d, b: K + (n * tk * h + head) * d, ldb: h * d,
-                      beta: T.zero, c: scores, ldc: width)
+                      a: q, lda: h * d, b: k, ldb: h * d, beta: T.zero, c: scores, ldc: width)
             for r in 0..<rows {
                 let s = scores + r * width, len = lengths[r]
-                if let M {
-                    let row = M + n * ms[0] + head * ms[1] + (i0 + r) * ms[2]
+                if let maskRows {
+                    let row = maskRows + r * ms[2]
                     if ms[3] == 1 {
                         addRow(s, row, len)
                     } else {
@@ -136,8 +156,35 @@ struct FusedAttentionKernel: Kernel {
             }
             // Y[b, i0..., head, :] = P·V (V's heads read in place, Y written in [B, Tq, H, Dv]).
             BLAS.gemm(transA: false, transB: false, m: rows, n: dv, k: width, alpha: T(fromDouble: 1),
-                      a: scores, lda: width, b: V + (n * tk * h + head) * dv, ldb: h * dv,
-                      beta: T.zero, c: Y + ((n * tq + i0) * h + head) * dv, ldc: h * dv)
+                      a: scores, lda: width, b: v, ldb: h * dv, beta: T.zero, c: y, ldc: h * dv)
+        }
+
+        /// Whether leaving out keys `shortest..<tk` (k and v start at the first) gives what the
+        /// unfused ops compute. There those keys' logits are alpha·q·k + m with m <= −3.4e38 and
+        /// their probabilities exactly 0 when |alpha·q·k| stays far below 3.4e38 (bounded by
+        /// |alpha|·max|q|·max|k|·d < 1e30 here) and the kept logits are above −1e30 (the
+        /// lengths' rule), and 0·v adds nothing when v is finite. A NaN or infinity in q, in
+        /// the left-out keys or values, or a product that could overflow, keeps every key, so
+        /// the row gets the unfused NaN or infinity.
+        static func trimIsExact<T: FloatElement>(q: UnsafePointer<T>, rows: Int, k: UnsafePointer<T>, v: UnsafePointer<T>, keys: Int,
+                                                 stride h: Int, d: Int, dv: Int, alpha: T) -> Bool {
+            /// max |x| over `count` rows of `width` at row stride `rs`, or nil if one is not finite.
+            func largest(_ x: UnsafePointer<T>, _ count: Int, _ width: Int, _ rs: Int) -> Double? {
+                var top = T.zero, probe = T.zero
+                for r in 0..<count {
+                    let row = x + r * rs
+                    for e in 0..<width {
+                        let a = abs(row[e])
+                        top = a > top ? a : top
+                        probe += row[e] - row[e]  // 0, or NaN for an infinity or NaN
+                    }
+                }
+                return probe == T.zero ? top.doubleValue : nil
+            }
+            guard let qm = largest(q, rows, d, h * d), let km = largest(k, keys, d, h * d), largest(v, keys, dv, h * dv) != nil else {
+                return false
+            }
+            return abs(alpha.doubleValue) * qm * km * Double(d) < 1e30
         }
 
         /// The ops the pass replaced, one after another (shapes the fused loop does not take).
