@@ -9,13 +9,17 @@
 /// written where it goes instead of through a Transpose copy.
 ///
 /// Work is split over (batch, head, block of query rows); each block's scores live in a buffer
-/// of its thread (a block of rows times Tk, in cache) between the two GEMMs: scale (the first
-/// GEMM's alpha), mask, softmax (`softmaxRowInPlace`, Softmax's own row kernel), then times V.
-/// The [B, H, Tq, Tk] scores are never written to memory. A row whose mask ends in entries at or
+/// of its thread (a block of rows times Tk, in cache) between the two products. float32 runs
+/// `AttentionBlock` (register kernels, the softmax 8 rows at a time); float64 two GEMMs with
+/// scale (the first GEMM's alpha), mask, softmax (`softmaxRowInPlace`) between them. The
+/// [B, H, Tq, Tk] scores are never written to memory. A row whose mask ends in entries at or
 /// below −greatestFiniteMagnitude (−inf, or the most negative finite value that GPT-2's causal mask
 /// writes) stops before them: their exponentials are 0 in the unfused graph too, so the causal
-/// half of both products is skipped. Results equal to float rounding the ops the pass replaced
-/// (the same sums, in blocks of rows; skipped products added exact zeros).
+/// half of both products is skipped — provided nothing non-finite could reach them
+/// (`trimIsExact`: otherwise the block keeps every key and gets the unfused NaN). A mask whose
+/// kept entries are all zero (GPT-2's) is then not added at all. Results equal to float
+/// rounding the ops the pass replaced (the same sums in another order; skipped products added
+/// exact zeros).
 ///
 /// Shapes outside that (ranks other than 4, batch or head counts that differ, a mask that does
 /// not broadcast) run as the unfused ops: Transposes, MatMul, scale, Add, Softmax, MatMul,
@@ -23,10 +27,12 @@
 struct FusedAttentionKernel: Kernel {
     let scale: Double
 
-    /// Query rows per task: a block's scores (32 × Tk floats, 25 KB at ViT's Tk = 197) stay in
-    /// L1/L2, and a causal mask's blocks stop at their last row's key (a block of 32 rows at
-    /// T = 128 skips 3/8 of the products where 64 rows skipped 1/4).
-    static let blockRows = 32
+    /// Query rows per task: three of the float32 kernel's 16-lane score groups and eight of its
+    /// 6-row P·V groups, so a full block wastes no lanes (32 rows computed 36 in P·V); a block's
+    /// scores (48 × Tk floats, 38 KB at ViT's Tk = 197) stay in L2. The float32 kernel trims a
+    /// causal mask per 16-row and 6-row group inside the block, so the block's size does not
+    /// limit the trim (float64's sgemm path stops each block at its last row's key).
+    static let blockRows = 48
 
     struct Compute: ElementOperation {
         let q: Tensor, k: Tensor, v: Tensor, mask: Tensor?
@@ -108,17 +114,19 @@ struct FusedAttentionKernel: Kernel {
                                      scratch: AttentionBlock.Scratch?) {
             let q = Q + ((n * tq + i0) * h + head) * d, k = K + (n * tk * h + head) * d, v = V + (n * tk * h + head) * dv
             let y = Y + ((n * tq + i0) * h + head) * dv
-            let maskRows = M.map { $0 + n * ms[0] + head * ms[1] + i0 * ms[2] }
-            // Each row's keys: all, or up to its last entry the mask leaves in.
-            var width = 0, shortest = tk
+            let maskBase = M.map { $0 + n * ms[0] + head * ms[1] + i0 * ms[2] }
+            // Each row's keys: all, or up to its last entry the mask leaves in. A mask whose kept
+            // entries are all 0 (GPT-2's causal mask) adds nothing once the rest is left out.
+            var width = 0, shortest = tk, zeroMask = M != nil && ms[3] == 1
             for r in 0..<rows {
                 var len = tk
-                if let maskRows, ms[3] == 1 {
-                    let row = maskRows + r * ms[2]
+                if let maskBase, ms[3] == 1 {
+                    let row = maskBase + r * ms[2]
                     while len > 0 && row[len - 1] <= -T.greatestFiniteMagnitude { len -= 1 }
                     // A row masked throughout (softmax of equal values) or whose kept end is itself
                     // nearly as low keeps every key: the dropped exponentials might not be 0 there.
                     if len == 0 || !(row[len - 1] > T(fromDouble: -1e30)) { len = tk }
+                    zeroMask = zeroMask && allZero(row, len)
                 }
                 lengths[r] = len
                 width = max(width, len)
@@ -128,7 +136,9 @@ struct FusedAttentionKernel: Kernel {
                                                   stride: h, d: d, dv: dv, alpha: alpha) {
                 for r in 0..<rows { lengths[r] = tk }
                 width = tk
+                zeroMask = false
             }
+            let maskRows = zeroMask ? nil : maskBase
             if let scratch, T.self == Float.self {
                 func f(_ p: UnsafePointer<T>) -> UnsafePointer<Float> { UnsafeRawPointer(p).assumingMemoryBound(to: Float.self) }
                 AttentionBlock.run(q: f(q), qs: h * d, k: f(k), ks: h * d, v: f(v), vs: h * dv,
@@ -170,6 +180,9 @@ struct FusedAttentionKernel: Kernel {
                                                  stride h: Int, d: Int, dv: Int, alpha: T) -> Bool {
             /// max |x| over `count` rows of `width` at row stride `rs`, or nil if one is not finite.
             func largest(_ x: UnsafePointer<T>, _ count: Int, _ width: Int, _ rs: Int) -> Double? {
+                if T.self == Float.self {
+                    return largestFloat(UnsafeRawPointer(x).assumingMemoryBound(to: Float.self), count, width, rs)
+                }
                 var top = T.zero, probe = T.zero
                 for r in 0..<count {
                     let row = x + r * rs
@@ -210,6 +223,38 @@ struct FusedAttentionKernel: Kernel {
         guard dtype == .float32 || dtype == .float64 else { throw KernelError("FusedAttention takes float32 or float64, got \(dtype)") }
         return [.tensor(try dispatch(dtype, Compute(q: q, k: k, v: v, mask: mask, scale: scale)))]
     }
+}
+
+/// `largest` for float32, eight lanes at a time (the scalar loop's running sum is a chain of
+/// dependent adds).
+func largestFloat(_ x: UnsafePointer<Float>, _ count: Int, _ width: Int, _ rs: Int) -> Double? {
+    typealias V8 = SIMD8<Float>
+    var top = V8(), probe = V8(), top1: Float = 0, probe1: Float = 0
+    for r in 0..<count {
+        let row = x + r * rs
+        var e = 0
+        while e + 8 <= width {
+            let v = UnsafeRawPointer(row + e).loadUnaligned(as: V8.self)
+            let a = VectorMath.abs(v)
+            top = top.replacing(with: a, where: a .> top)
+            probe += v - v
+            e += 8
+        }
+        while e < width {
+            top1 = max(top1, abs(row[e]))
+            probe1 += row[e] - row[e]
+            e += 1
+        }
+    }
+    guard probe1 == 0, probe == V8() else { return nil }
+    return Double(max(top.max(), top1))
+}
+
+/// Whether m[0..<n] are all ±0.
+@inline(never)
+func allZero<T: FloatElement>(_ m: UnsafePointer<T>, _ n: Int) -> Bool {
+    for j in 0..<n where m[j] != T.zero { return false }
+    return true
 }
 
 /// s[j] += m[j] for j < n: a function of its own so the loop vectorises.
