@@ -43,6 +43,12 @@ final class PoolingRowsTests: XCTestCase {
         Case(label: "3x3 stride 2, 13x13, 2x9 channels (channel lanes)", x: [2, 9, 13, 13], kernel: [3, 3], strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], ceil: false),
         Case(label: "5x5 pads as large as the input, 10 channels (channel lanes)", x: [1, 10, 2, 3], kernel: [5, 5], strides: [1, 1], pads: [4, 4, 4, 4], dilations: [1, 1], ceil: false),
         Case(label: "3x3 stride 2 dilation 2 pads 2x2 / 1x2 ceil, 16 channels (channel lanes)", x: [1, 16, 7, 9], kernel: [3, 3], strides: [2, 2], pads: [2, 2, 1, 2], dilations: [2, 2], ceil: true),
+        // 3 column taps at stride 2: MaxPool's rows straight from the input (edge blocks through a
+        // padded row), AveragePool's plane rows split into even and odd columns.
+        Case(label: "3x3 stride 2 pad 1, 112 wide (ShuffleNet's and ResNet's first pool)", x: [1, 2, 7, 112], kernel: [3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: false),
+        Case(label: "3x3 stride 2 pads 0x2 / 1x3, 40 wide", x: [1, 2, 6, 40], kernel: [3, 3], strides: [2, 2], pads: [0, 2, 1, 3], dilations: [1, 1], ceil: true),
+        Case(label: "4x5 stride 2 pads 1x3, 53 wide (split rows, odd column taps past 2)", x: [1, 2, 8, 53], kernel: [4, 5], strides: [2, 2], pads: [1, 3, 1, 3], dilations: [1, 1], ceil: false),
+        Case(label: "3x3 stride 2 pad 1, 28x28, 12 channels (channel lanes by 8x8 transposes, a partial last group)", x: [1, 12, 28, 28], kernel: [3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], ceil: false),
     ]
 
     /// x with some NaNs, -infs, -0s and ties (values rounded to halves), in float32.

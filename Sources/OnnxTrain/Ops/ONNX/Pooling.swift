@@ -340,8 +340,14 @@ extension PoolTapRuns {
         let (reach, o1) = (8 * blocks - 1).multipliedReportingOverflow(by: sw)
         let (taps, o2) = (kw - 1).multipliedReportingOverflow(by: dw)
         guard sw <= 2, !o1, !o2, pw < 1 << 14, reach < 1 << 14, taps < 1 << 14 else { return nil }
-        let width = max(pw + iw, reach + taps + 2)
+        // Even, so that a stride-2 sum's plane row splits into two halves of `width / 2` (see `split`).
+        let width = (max(pw + iw, reach + taps + 2) + 1) & ~1
         guard width <= 16_384, ih <= (1 << 22) / width else { return nil }
+        // AveragePool at column stride 2: each plane row is stored as its even padded columns then
+        // its odd ones (`splitRow`), so that every column tap of 8 outputs is one 8-lane load
+        // rather than a 16-lane load and an even-lane shuffle, the shuffles done once per input row
+        // instead of once per tap and output row (3·3 = 9 per ShuffleNet's 3×3 stride-2 window).
+        let split = !Fold.isMax && sw == 2, half = width / 2
         let nc = x.shape[0] * x.shape[1], I = g.inputSize, P = g.outputSize, K = g.kernelSize
         // Every output row with in-image kernel rows is written below, the others zeroed there.
         var y = I == 0 ? try Tensor(kernelZeros: .float32, shape: Array(x.shape.prefix(2)) + g.output, name)
@@ -361,13 +367,18 @@ extension PoolTapRuns {
                     let out = UnsafeMutablePointer<Float>.allocate(capacity: 8 * blocks)
                     // MaxPool: each plane row's column-tap maxima, 8·blocks a row (see `separableMax`).
                     let rowMax = UnsafeMutablePointer<Float>.allocate(capacity: Fold.isMax ? ih * 8 * blocks : 0)
-                    defer { plane.deallocate(); out.deallocate(); rowMax.deallocate() }
+                    // `directRowMaxima`'s padded row: the -inf filler but where it copies input columns.
+                    let edge = UnsafeMutablePointer<Float>.allocate(capacity: Fold.isMax ? width : 0)
+                    defer { plane.deallocate(); out.deallocate(); rowMax.deallocate(); edge.deallocate() }
+                    edge.initialize(repeating: fill, count: Fold.isMax ? width : 0)
                     plane.initialize(repeating: fill, count: ih * width)
                     out.initialize(repeating: 0, count: 8 * blocks)
                     for ch in channels {
                         let src = X + ch * I
                         if Fold.isMax {
-                            if separableMax(src, plane, rowMax, out, Y + ch * P) { continue }
+                            if separableMax(src, plane, rowMax, out, Y + ch * P, edge) { continue }
+                        } else if split {
+                            for r in 0..<ih { splitRow(src + r &* iw, plane + r &* width) }
                         } else {
                             for r in 0..<ih { _ = copyRow(src + r &* iw, plane + (r &* width &+ pw), iw, checkNaN: false) }
                         }
@@ -377,7 +388,9 @@ extension PoolTapRuns {
                                 d.update(repeating: 0, count: ow)
                                 continue
                             }
-                            if sw == 1 {
+                            if split {
+                                sumSplitRow(plane, d, out, i)
+                            } else if sw == 1 {
                                 foldRow(plane, d, out, i, sw: 1)
                             } else {
                                 foldRow(plane, d, out, i, sw: 2)
@@ -389,7 +402,8 @@ extension PoolTapRuns {
             }
         }
         /// MaxPool of one channel without NaNs, in two passes: once the input rows are copied into
-        /// the plane (and checked for NaNs), each plane row's column taps are folded into `rowMax`
+        /// the plane (and checked for NaNs; read in place for 3 column taps at stride 2, see
+        /// `directRowMaxima`), each plane row's column taps are folded into `rowMax`
         /// (output column j: the row's taps kj = 0..<kw at j·sw + kj·dw, filler included); then each
         /// output folds its kernel rows' `rowMax` entries. Both folds run in kernel row-major order
         /// with "strictly greater wins" from the window's first tap, and without NaNs that rule is
@@ -401,28 +415,27 @@ extension PoolTapRuns {
         /// channel and `y` not written, when the channel holds a NaN (whose rule depends on
         /// which tap comes first: the register blocks below run it).
         func separableMax(_ src: UnsafePointer<Float>, _ plane: UnsafeMutablePointer<Float>, _ rowMax: UnsafeMutablePointer<Float>,
-                          _ out: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>) -> Bool {
+                          _ out: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ edge: UnsafeMutablePointer<Float>) -> Bool {
             let hw = 8 &* blocks
-            var nan = false
-            for r in 0..<ih where copyRow(src + r &* iw, plane + (r &* width &+ pw), iw, checkNaN: true) { nan = true }
-            if nan { return false }
-            // A second loop: loads of a row just stored (across two stores) would wait for them.
-            for r in 0..<ih {
-                let p = plane + r &* width
-                // Column taps with the stride (and the common 3-tap run) constant where inlined.
-                let h = rowMax + r &* hw
-                if sw == 1 {
-                    if kw == 3 && dw == 1 { rowMaxima(p, h, sw: 1, kw: 3, dw: 1) } else { rowMaxima(p, h, sw: 1, kw: kw, dw: dw) }
-                } else if kw == 3 && dw == 1 {
-                    // Taps 0 and 1 are the even and odd lanes of one 16-lane load, tap 2 the even lanes of the next.
-                    for b in 0..<blocks {
-                        let j = 16 &* b
-                        let a = UnsafeRawPointer(p + j).loadUnaligned(as: SIMD16<Float>.self)
-                        let c = UnsafeRawPointer(p + (j &+ 2)).loadUnaligned(as: SIMD16<Float>.self)
-                        UnsafeMutableRawPointer(h + 8 &* b).storeBytes(of: laterWins(laterWins(a.evenHalf, a.oddHalf), c.evenHalf), as: SIMD8<Float>.self)
+            if sw == 2 && kw == 3 && dw == 1 {
+                if !directRowMaxima(src, rowMax, edge) {
+                    for r in 0..<ih { _ = copyRow(src + r &* iw, plane + (r &* width &+ pw), iw, checkNaN: false) }
+                    return false
+                }
+            } else {
+                var nan = false
+                for r in 0..<ih where copyRow(src + r &* iw, plane + (r &* width &+ pw), iw, checkNaN: true) { nan = true }
+                if nan { return false }
+                // A second loop: loads of a row just stored (across two stores) would wait for them.
+                for r in 0..<ih {
+                    let p = plane + r &* width
+                    // Column taps with the stride (and the common 3-tap run) constant where inlined.
+                    let h = rowMax + r &* hw
+                    if sw == 1 {
+                        if kw == 3 && dw == 1 { rowMaxima(p, h, sw: 1, kw: 3, dw: 1) } else { rowMaxima(p, h, sw: 1, kw: kw, dw: dw) }
+                    } else {
+                        rowMaxima(p, h, sw: 2, kw: kw, dw: dw)
                     }
-                } else {
-                    rowMaxima(p, h, sw: 2, kw: kw, dw: dw)
                 }
             }
             for i in 0..<oh {
@@ -447,6 +460,87 @@ extension PoolTapRuns {
                 for j in emptyColumns { d[j] = 0 }
             }
             return true
+        }
+        /// `separableMax`'s row pass for 3 column taps at stride 2 (ResNet's and ShuffleNet's 3×3
+        /// stride-2 pad-1 pools) straight from the channel's rows rather than from the plane: output
+        /// j's taps, padded columns 2j, 2j + 1, 2j + 2, are the even and odd lanes of the 16 columns
+        /// from 2j and the even lanes of the 16 from 2j + 2, loaded from the input row where both
+        /// runs lie inside it, else from `edge`, a row with the -inf filler around the input
+        /// columns they read. The same values in the same order as from the plane, without writing
+        /// and re-reading the plane (a third of the pool's memory traffic per channel). False when a
+        /// value read is a NaN (`rowMax` then partly written).
+        func directRowMaxima(_ src: UnsafePointer<Float>, _ rowMax: UnsafeMutablePointer<Float>, _ edge: UnsafeMutablePointer<Float>) -> Bool {
+            var nan = SIMDMask<SIMD16<Int32>>(repeating: false)
+            let hw = 8 &* blocks
+            for r in 0..<ih {
+                let s = src + r &* iw, h = rowMax + r &* hw
+                for b in 0..<blocks {
+                    // Padded columns q ..< q + 18 are input columns q - pw ..< q + 18 - pw.
+                    let q = 16 &* b, lo = q &- pw
+                    let p: UnsafePointer<Float>
+                    if lo >= 0 && lo &+ 18 <= iw {
+                        p = s + lo
+                    } else {
+                        for c in max(0, lo)..<min(iw, lo &+ 18) { edge[c &+ pw] = s[c] }
+                        p = UnsafePointer(edge + q)
+                    }
+                    let a = UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
+                    let c = UnsafeRawPointer(p + 2).loadUnaligned(as: SIMD16<Float>.self)
+                    nan .|= (a .!= a) .| (c .!= c)
+                    UnsafeMutableRawPointer(h + 8 &* b).storeBytes(of: laterWins(laterWins(a.evenHalf, a.oddHalf), c.evenHalf), as: SIMD8<Float>.self)
+                }
+            }
+            return !any(nan)
+        }
+        /// One input row into a stride-2 sum's plane row `p`: input column c is padded column
+        /// q = c + pw, stored at p[q / 2] when q is even and at p[half + q / 2] when odd; the
+        /// padding columns keep their +0 filler.
+        @inline(__always)
+        func splitRow(_ s: UnsafePointer<Float>, _ p: UnsafeMutablePointer<Float>) {
+            let odd = p + half
+            var c = 0
+            if pw & 1 == 1 && iw > 0 {
+                odd[pw >> 1] = s[0]
+                c = 1
+            }
+            // From here c + pw is even: 16 columns are 8 even and 8 odd padded columns.
+            while c &+ 16 <= iw {
+                let v = UnsafeRawPointer(s + c).loadUnaligned(as: SIMD16<Float>.self), q = (c &+ pw) >> 1
+                UnsafeMutableRawPointer(p + q).storeBytes(of: v.evenHalf, as: SIMD8<Float>.self)
+                UnsafeMutableRawPointer(odd + q).storeBytes(of: v.oddHalf, as: SIMD8<Float>.self)
+                c &+= 16
+            }
+            while c < iw {
+                let q = c &+ pw
+                if q & 1 == 0 { p[q >> 1] = s[c] } else { odd[q >> 1] = s[c] }
+                c &+= 1
+            }
+        }
+        /// `foldRow`'s sums at column stride 2 on a split plane: output j's column tap kj, padded
+        /// column 2j + kj·dw, is the even half's entry j + kj·dw/2 or the odd half's, 8 outputs one
+        /// load; the same values added in the same order from +0.
+        @inline(__always)
+        func sumSplitRow(_ plane: UnsafeMutablePointer<Float>, _ d: UnsafeMutablePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ i: Int) {
+            let (k0, k1) = (runs.kiLo[i], runs.kiHi[i])
+            for b in 0..<blocks {
+                let j = 8 &* b
+                var acc = SIMD8<Float>()
+                for ki in k0..<k1 {
+                    let r: Int = i &* sh &- ph &+ ki &* dh
+                    let row: UnsafeMutablePointer<Float> = plane + (r &* width &+ j)
+                    for kj in 0..<kw {
+                        let at: Int = kj &* dw
+                        let offset: Int = (at & 1) &* half &+ (at >> 1)
+                        acc += UnsafeRawPointer(row + offset).loadUnaligned(as: SIMD8<Float>.self)
+                    }
+                }
+                if j &+ 8 <= ow {
+                    UnsafeMutableRawPointer(d + j).storeBytes(of: acc, as: SIMD8<Float>.self)
+                } else {
+                    UnsafeMutableRawPointer(out).storeBytes(of: acc, as: SIMD8<Float>.self)
+                    _ = copyRow(out, d + j, ow &- j, checkNaN: false)
+                }
+            }
         }
         /// `rowMax[j]` = the fold of plane row `p`'s column taps of output j ("strictly greater wins",
         /// tap 0 first), 8 outputs a step; reads as far as `foldRow`.
@@ -580,9 +674,15 @@ func channelLanesPool(_ x: Tensor, _ g: ConvGeometry, average includePad: Bool?)
 func poolChannelLanes(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, inputSize I: Int, outputSize P: Int, firstLane: Int,
                       _ offsets: UnsafeBufferPointer<Int>, _ starts: UnsafeBufferPointer<Int>, _ counts: UnsafeBufferPointer<Float>?,
                       _ lanesIn: UnsafeMutablePointer<Float>, _ lanesOut: UnsafeMutablePointer<Float>) {
+    // In and out by 8×8 transposes in registers (a scalar move per element was most of a 14×14 pool's time).
+    var p = 0
+    while p &+ 8 <= I {
+        transpose8x8Float(src + p, I, lanesIn + p &* 8, 8)
+        p &+= 8
+    }
     for l in 0..<8 {
         let s = src + l &* I
-        for p in 0..<I { lanesIn[p &* 8 &+ l] = s[p] }
+        for p in p..<I { lanesIn[p &* 8 &+ l] = s[p] }
     }
     let taps = UnsafeRawPointer(lanesIn)
     @inline(__always) func tap(_ k: Int) -> SIMD8<Float> { taps.loadUnaligned(fromByteOffset: offsets[k] &* 32, as: SIMD8<Float>.self) }
@@ -613,10 +713,35 @@ func poolChannelLanes(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<F
             UnsafeMutableRawPointer(lanesOut + o &* 8).storeBytes(of: acc, as: SIMD8<Float>.self)
         }
     }
+    var o = 0
+    if firstLane == 0 {
+        while o &+ 8 <= P {
+            transpose8x8Float(lanesOut + o &* 8, 8, dst + o, P)
+            o &+= 8
+        }
+    }
     for l in firstLane..<8 {
         let d = dst + l &* P
-        for o in 0..<P { d[o] = lanesOut[o &* 8 &+ l] }
+        for o in o..<P { d[o] = lanesOut[o &* 8 &+ l] }
     }
+}
+
+/// dst[i·dstStride + k] = src[k·srcStride + i] for i, k in 0..<8: eight 8-lane loads, three rounds
+/// of even/odd unshuffles (each rotates the 6-bit index (row, column) of the 64 values right by one
+/// bit, so three swap row and column, as in `transposeBand`), eight 8-lane stores. Moves bits.
+@inline(__always)
+func transpose8x8Float(_ src: UnsafePointer<Float>, _ srcStride: Int, _ dst: UnsafeMutablePointer<Float>, _ dstStride: Int) {
+    typealias V = SIMD8<Float>
+    @inline(__always) func load(_ k: Int) -> V { UnsafeRawPointer(src + k &* srcStride).loadUnaligned(as: V.self) }
+    @inline(__always) func even(_ a: V, _ b: V) -> V { V(lowHalf: a.evenHalf, highHalf: b.evenHalf) }
+    @inline(__always) func odd(_ a: V, _ b: V) -> V { V(lowHalf: a.oddHalf, highHalf: b.oddHalf) }
+    var (r0, r1, r2, r3, r4, r5, r6, r7) = (load(0), load(1), load(2), load(3), load(4), load(5), load(6), load(7))
+    for _ in 0..<3 {
+        (r0, r1, r2, r3, r4, r5, r6, r7) = (even(r0, r1), even(r2, r3), even(r4, r5), even(r6, r7),
+                                            odd(r0, r1), odd(r2, r3), odd(r4, r5), odd(r6, r7))
+    }
+    @inline(__always) func store(_ i: Int, _ v: V) { UnsafeMutableRawPointer(dst + i &* dstStride).storeBytes(of: v, as: V.self) }
+    store(0, r0); store(1, r1); store(2, r2); store(3, r3); store(4, r4); store(5, r5); store(6, r6); store(7, r7)
 }
 
 extension MaxPoolOp {
