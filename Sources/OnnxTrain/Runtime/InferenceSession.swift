@@ -71,9 +71,15 @@ public final class InferenceSession: @unchecked Sendable {
         // The model as given without the initializers that are only constants (for a model read
         // from a file): what the passes keep comes back after them, the rest is read again from
         // the file if a fetch needs the unoptimised graph.
+        // Initializers of a model older than IR 4 are constants though listed as inputs (the
+        // `ir3-initializers` pass): like onnxruntime, the session does not take them as feeds, and
+        // the originals of the ones the passes fold are dropped like any other constant's.
+        let constantInputs: Set<String> = (1..<4).contains(model.irVersion)
+            ? Set(model.graph.inputs.map(\.name).filter { model.graph.initializers[$0] != nil }) : []
         var kept = copy model
+        kept.graph.inputs.removeAll { constantInputs.contains($0.name) }
         if path != nil {
-            let inputs = Set(model.graph.inputs.map(\.name))
+            let inputs = Set(kept.graph.inputs.map(\.name))
             kept.graph.initializers = model.graph.initializers.filter { inputs.contains($0.key) }
         }
         var compiled = consume model
@@ -101,12 +107,15 @@ public final class InferenceSession: @unchecked Sendable {
         warn = options.warn
         declaredOutputs = Dictionary(kept.graph.outputs.map { ($0.name, $0.type) }, uniquingKeysWith: { a, _ in a })
         declaredInputs = Dictionary(kept.graph.inputs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        constantInitializerInputs = constantInputs
     }
 
     /// The declared type of every graph output, checked against what a run computes.
     private let declaredOutputs: [String: ValueType?]
     /// The graph inputs by name (made once, not on every run).
     private let declaredInputs: [String: ValueInfo]
+    /// The initializers an IR 3 model lists among its inputs: constants, refused as feeds.
+    private let constantInitializerInputs: Set<String>
 
     public convenience init(path: String, options: SessionOptions = SessionOptions()) throws {
         try self.init(model: try Model(contentsOf: path), options: options)
@@ -143,6 +152,10 @@ public final class InferenceSession: @unchecked Sendable {
         var symbols: [String: (Int, String)] = [:]
         let declared = declaredInputs
         for name in feeds.keys.sorted() where declared[name] == nil {
+            if constantInitializerInputs.contains(name) {
+                throw OnnxTrainError.invalidInput("\(where_)'\(name)' is an initializer of an IR version \(model.irVersion) model, a constant "
+                    + "rather than an input, and cannot be fed (onnxruntime refuses it too)")
+            }
             let expected = inputs.map(\.name).joined(separator: ", ")
             throw OnnxTrainError.invalidInput("\(where_)unknown input '\(name)' (the model takes: \(expected))")
         }
@@ -157,7 +170,10 @@ public final class InferenceSession: @unchecked Sendable {
                warnedSymbols.withLock({ $0.insert(clash.symbol).inserted }) {
                 warn(clash.message + "; running anyway, as onnxruntime does (a symbolic dimension name is not checked)")
             }
-            feedSlots.append((executor.slotOf[info.name]!, value))
+            guard let slot = executor.slotOf[info.name] else {
+                throw OnnxTrainError.invalidInput("\(where_)input '\(info.name)' is not in the compiled graph (an optimisation removed it)")
+            }
+            feedSlots.append((slot, value))
         }
         var fetchSlots: [Int] = []
         for name in names {

@@ -152,6 +152,26 @@ final class GraphOptimizationTests: XCTestCase {
         try assertSameOutputs(model, feeds, tolerance: 0, "conv+bn, W fed")
     }
 
+    /// An IR 3 model lists every initializer among its inputs; there they are constants (onnxruntime
+    /// refuses a feed for one): the BatchNormalization folds as in a newer model, and a feed of its
+    /// folded scale is one clear error (it used to crash on the slot the fold removed).
+    func testInitializersOfAnIR3ModelAreConstantsNotFeeds() throws {
+        var model = convModel(add: false)
+        model.irVersion = 3
+        for name in ["W", "B", "scale", "beta", "mean", "var"] { model.graph.inputs.append(ValueInfo(name: name, type: nil)) }
+        let session = try InferenceSession(model: model)
+        XCTAssertEqual(session.inputs.map(\.name), ["x"])
+        let y = try XCTUnwrap(try session.run(tensors: convFeeds(add: false))["y"])
+        let folded = try XCTUnwrap(try InferenceSession(model: convModel(add: false)).run(tensors: convFeeds(add: false))["y"])
+        XCTAssertEqual(y.shape, folded.shape)
+        XCTAssertEqual(y.scalars(as: Float.self), folded.scalars(as: Float.self), "the same folded convolution")
+        var feeds = convFeeds(add: false)
+        feeds["scale"] = Self.random([4], seed: 30)
+        XCTAssertThrowsError(try session.run(tensors: feeds)) { error in
+            XCTAssertTrue("\(error)".contains("'scale' is an initializer of an IR version 3 model"), "\(error)")
+        }
+    }
+
     /// A value another node (or a graph output) reads stays computed: no fusion across it.
     func testValuesReadElsewhereAreNotFusedAway() throws {
         var model = convModel(add: false, activation: Node(opType: "Relu", inputs: [""], outputs: [""]))
