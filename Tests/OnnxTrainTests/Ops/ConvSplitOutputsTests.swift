@@ -9,13 +9,7 @@ import XCTest
 /// within the same bound (the largest difference is printed: the same dot products, so 0 where
 /// OpenBLAS sums each in the same order whatever the block of C).
 final class ConvSplitOutputsTests: XCTestCase {
-    struct Case {
-        let label: String
-        let x: [Int], w: [Int], strides: [Int], pads: [Int]
-        var attributes: [String: Attribute] {
-            ["strides": .ints(strides), "pads": .ints(pads), "kernel_shape": .ints(Array(w.dropFirst(2)))]
-        }
-    }
+    typealias Case = Conv2DCase
 
     /// Batch 1; output channels not a multiple of 8 or of the thread count; 1×1 direct (the image
     /// is its own column matrix), 1×1 stride 2 (ResNet's downsample), 3×3 stride 1 and 2 with pads,
@@ -42,10 +36,10 @@ final class ConvSplitOutputsTests: XCTestCase {
     func testSplitOutputsMatchesFloat64Loops() throws {
         var largest = 0.0, largestDouble = 0.0, largestTiled: Float = 0
         for (i, c) in Self.cases.enumerated() {
-            let x = float32Values(c.x, seed: UInt64(10 + i)), w = float32Values(c.w, seed: UInt64(20 + i))
-            let b = float32Values([c.w[0]], seed: UInt64(30 + i))
-            let (expected, magnitude) = reference(x, w, b, c)
-            let z = float32Values(expected.shape, seed: UInt64(40 + i))
+            let x = float32ExactValues(c.x, seed: UInt64(10 + i)), w = float32ExactValues(c.w, seed: UInt64(20 + i))
+            let b = float32ExactValues([c.w[0]], seed: UInt64(30 + i))
+            let (expected, magnitude) = conv2DReference(x, w, b, c)
+            let z = float32ExactValues(expected.shape, seed: UInt64(40 + i))
             let P = expected.shape[2] * expected.shape[3], K = c.w[2] * c.w[3]
             let direct = K == 1 && c.strides == [1, 1]
             var fusedAttributes = c.attributes
@@ -53,28 +47,28 @@ final class ConvSplitOutputsTests: XCTestCase {
             var fused = Tensor(shape: [0], scalars: [Float]()), tiled = fused, y = fused, y64 = fused
             try withSplit(true) {
                 XCTAssertTrue(convSplitsOutputs(images: 1, outputs: c.w[0], rows: c.w[1] * K, positions: P, direct: direct), c.label)
-                fused = try runTrainingOp("FusedConv", "com.microsoft", [float32(x), float32(w), float32(b), float32(z)],
+                fused = try runTrainingOp("FusedConv", "com.microsoft", [narrowedToFloat32(x), narrowedToFloat32(w), narrowedToFloat32(b), narrowedToFloat32(z)],
                                           attributes: fusedAttributes)[0]
-                y = try runTrainingOp("Conv", "", [float32(x), float32(w)], attributes: c.attributes, opset: 11)[0]
+                y = try runTrainingOp("Conv", "", [narrowedToFloat32(x), narrowedToFloat32(w)], attributes: c.attributes, opset: 11)[0]
                 y64 = try runTrainingOp("Conv", "", [x, w, b], attributes: c.attributes, opset: 11)[0]
             }
             try withSplit(false) {
                 XCTAssertFalse(convSplitsOutputs(images: 1, outputs: c.w[0], rows: c.w[1] * K, positions: P, direct: direct), c.label)
-                tiled = try runTrainingOp("FusedConv", "com.microsoft", [float32(x), float32(w), float32(b), float32(z)],
+                tiled = try runTrainingOp("FusedConv", "com.microsoft", [narrowedToFloat32(x), narrowedToFloat32(w), narrowedToFloat32(b), narrowedToFloat32(z)],
                                           attributes: fusedAttributes)[0]
             }
             let zs = z.scalars(as: Double.self), bs = b.scalars(as: Double.self)
             let fusedExpected = Tensor(shape: expected.shape, scalars: zip(expected.scalars(as: Double.self), zs).map { max(0, $0 + $1) })
             let fusedMagnitude = Tensor(shape: expected.shape, scalars: zip(magnitude.scalars(as: Double.self), zs).map { $0 + abs($1) })
             let terms = c.w[1] * K + 2
-            largest = max(largest, try check(fused, fusedExpected, fusedMagnitude, terms: terms, "\(c.label) FusedConv"))
+            largest = max(largest, checkWithinFloat32Bound(fused, fusedExpected, fusedMagnitude, terms: terms, "\(c.label) FusedConv"))
             // Conv without bias: the reference less the bias.
             let plain = expected.scalars(as: Double.self).enumerated().map { $1 - bs[($0 / P) % c.w[0]] }
-            largest = max(largest, try check(y, Tensor(shape: expected.shape, scalars: plain), magnitude, terms: terms, "\(c.label) Conv"))
+            largest = max(largest, checkWithinFloat32Bound(y, Tensor(shape: expected.shape, scalars: plain), magnitude, terms: terms, "\(c.label) Conv"))
             XCTAssertEqual(fused.shape, tiled.shape, c.label)
             let (f, t) = (fused.scalars(as: Float.self), tiled.scalars(as: Float.self))
             largestTiled = max(largestTiled, zip(f, t).map { abs($0 - $1) }.max() ?? 0)
-            largest = max(largest, try check(fused, Tensor(shape: tiled.shape, scalars: t.map(Double.init)), fusedMagnitude,
+            largest = max(largest, checkWithinFloat32Bound(fused, Tensor(shape: tiled.shape, scalars: t.map(Double.init)), fusedMagnitude,
                                              terms: 2 * terms, "\(c.label) against the tiled path"))
             let worst = zip(y64.scalars(as: Double.self), expected.scalars(as: Double.self)).map { abs($0 - $1) }.max() ?? 0
             let scale = max(1, expected.scalars(as: Double.self).map(abs).max() ?? 0)
@@ -99,66 +93,5 @@ final class ConvSplitOutputsTests: XCTestCase {
         XCTAssertFalse(convSplitsOutputs(images: 2, outputs: 1024, rows: 256, positions: 196, direct: true))   // a batch
         Parallel.threadCount = 1
         XCTAssertFalse(convSplitsOutputs(images: 1, outputs: 1024, rows: 256, positions: 196, direct: true))
-    }
-
-    // MARK: - Helpers
-
-    /// Values in [-2, 2] that float32 holds exactly, as a float64 tensor.
-    private func float32Values(_ shape: [Int], seed: UInt64) -> Tensor {
-        Tensor(shape: shape, scalars: randomDoubles(shape, seed: seed).scalars(as: Double.self).map { Double(Float($0)) })
-    }
-
-    private func float32(_ t: Tensor) -> Tensor { Tensor(shape: t.shape, scalars: t.scalars(as: Double.self).map { Float($0) }) }
-
-    /// Every element of `got` (float32) within (terms + 2)·u·magnitude of `want`; returns the largest ratio.
-    private func check(_ got: Tensor, _ want: Tensor, _ magnitude: Tensor, terms: Int, _ label: String,
-                       file: StaticString = #filePath, line: UInt = #line) throws -> Double {
-        XCTAssertEqual(got.shape, want.shape, label, file: file, line: line)
-        XCTAssertEqual(got.dtype, .float32, label, file: file, line: line)
-        let (g, w, m) = (got.scalars(as: Float.self).map(Double.init), want.scalars(as: Double.self), magnitude.scalars(as: Double.self))
-        var largest = 0.0
-        for i in 0..<w.count {
-            let bound = Double(terms + 2) * pow(2, -24) * m[i] + 1e-30
-            let ratio = abs(g[i] - w[i]) / bound
-            if ratio > 1 {
-                XCTFail("\(label): element \(i) is \(g[i]), expected \(w[i]), bound \(bound)", file: file, line: line)
-                return ratio
-            }
-            largest = max(largest, ratio)
-        }
-        return largest
-    }
-
-    /// 2-D convolution (group 1) in float64 loops, and per output Σ|w·x| + |b| (the rounding bound's scale).
-    private func reference(_ x: Tensor, _ w: Tensor, _ b: Tensor, _ c: Case) -> (Tensor, Tensor) {
-        let (n, ch, ih, iw) = (c.x[0], c.x[1], c.x[2], c.x[3]), (m, kh, kw) = (c.w[0], c.w[2], c.w[3])
-        let (sh, sw) = (c.strides[0], c.strides[1]), (pt, pl, pb, pr) = (c.pads[0], c.pads[1], c.pads[2], c.pads[3])
-        let oh = (ih + pt + pb - kh) / sh + 1, ow = (iw + pl + pr - kw) / sw + 1
-        let xs = x.scalars(as: Double.self), ws = w.scalars(as: Double.self), bs = b.scalars(as: Double.self)
-        var y = [Double](repeating: 0, count: n * m * oh * ow), mag = y
-        for img in 0..<n {
-            for o in 0..<m {
-                for r in 0..<oh {
-                    for j in 0..<ow {
-                        var sum = bs[o], abssum = abs(bs[o])
-                        for ci in 0..<ch {
-                            for ky in 0..<kh {
-                                let yy = r * sh - pt + ky
-                                if yy < 0 || yy >= ih { continue }
-                                for kx in 0..<kw {
-                                    let xx = j * sw - pl + kx
-                                    if xx < 0 || xx >= iw { continue }
-                                    let p = ws[((o * ch + ci) * kh + ky) * kw + kx] * xs[((img * ch + ci) * ih + yy) * iw + xx]
-                                    sum += p; abssum += abs(p)
-                                }
-                            }
-                        }
-                        let at = ((img * m + o) * oh + r) * ow + j
-                        y[at] = sum; mag[at] = abssum
-                    }
-                }
-            }
-        }
-        return (Tensor(shape: [n, m, oh, ow], scalars: y), Tensor(shape: [n, m, oh, ow], scalars: mag))
     }
 }
