@@ -42,6 +42,7 @@ public struct PassPipeline {
             ClipGradientFusion(),
             ElementwiseFusion(registry: registry),
             ProductIntoAccumulator(),
+            ChannelShuffleFusion(),
         ])
     }
 

@@ -9,6 +9,7 @@ func registerAllOps(_ registry: OpRegistry) {
     registerMicrosoftOps(registry)     // Ops/Microsoft/RegisterMicrosoft.swift: com.microsoft training ops
     registerInternalOps(registry)      // Ops/Internal/ElementwiseChain.swift: ops only graph passes write (onnx-train internal domain)
     registerChannelAffineOps(registry) // Ops/Internal/ChannelAffine.swift: the per-channel scale, shift and activation of ChannelAffineFusion
+    registerShuffledDepthwiseConvOps(registry) // Ops/Internal/ShuffledDepthwiseConv.swift: a depthwise Conv reading a channel shuffle in place (ChannelShuffleFusion)
     registerProductAccumulatorOps(registry) // Ops/Internal/ProductAccumulator.swift: a weight gradient's GEMM into its accumulation buffer (ProductIntoAccumulator)
     registerMatMulBiasOps(registry)    // Ops/Internal/MatMulBias.swift: a batch of rows times a weight plus its bias, one GEMM (MatMulAddToGemm)
     registerFusedAttentionOps(registry) // Ops/Internal/FusedAttention.swift: scaled dot-product attention in blocks of query rows (AttentionFusion)
