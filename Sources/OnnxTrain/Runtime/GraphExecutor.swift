@@ -101,15 +101,26 @@ final class GraphExecutor {
     private let memo = Mutex<[MemoEntry?]>([])
     /// Outputs over this many bytes in all are not kept (they are computed on every run).
     static let memoBytes = 8 << 20
+    /// What the kernels may keep of forms derived from constant inputs (`constantInitializers`):
+    /// twice the constant initializers' bytes, but at least `cacheBudgetFloor` and at most
+    /// `cacheBudgetCap`. The peak memory goal is onnxruntime's (which keeps pre-packed copies of
+    /// its weights): its peak stood 40 to 320 MiB above ours, about 2x the weights for ResNets
+    /// and 0.6x for VGG-19's 548 MB (docs/PERFORMANCE.md).
+    static let cacheBudgetFloor = 64 << 20
+    static let cacheBudgetCap = 256 << 20
+    /// The shared budget of the kernels' kept forms (nil without `constantInitializers`).
+    private(set) var cacheBudget: KernelCacheBudget?
 
     /// Compiles `graph`. `visible` holds the names an enclosing graph defines (for subgraphs).
     /// Model-local functions must already be inlined (`InlineFunctions`, run by `InferenceSession`).
     /// `inPlaceUpdates` lets ops that declare it write their output over a dying input.
     /// `memoizeShapeFunctions` keeps the outputs of steps that compute from shapes and
     /// initializers only from one run to the next (`memoKind`): for graphs whose initializers no
-    /// one changes between runs (an inference session's).
+    /// one changes between runs (an inference session's). `constantInitializers` tells each
+    /// kernel which of its inputs are such initializers (not graph inputs), so it may keep forms
+    /// derived from them (`NodeContext.isConstantInput`); never for a graph whose weights change.
     init(graph: Graph, opsets: [String: Int], registry: OpRegistry, visible: Set<String> = [], inPlaceUpdates: Bool = true,
-         memoizeShapeFunctions: Bool = false) throws {
+         memoizeShapeFunctions: Bool = false, constantInitializers: Bool = false) throws {
         self.graph = graph
         self.registry = registry
         self.opsets = opsets
@@ -127,6 +138,24 @@ final class GraphExecutor {
         for name in graph.initializerNames {
             constants.append((slot(name), .tensor(graph.initializers[name]!)))
             defined.insert(name)
+        }
+        // Initializers that are not graph inputs, and that no node writes (as its output or into an
+        // input it updates in place): constants for the executor's life.
+        var constantSlots = Set<Int>()
+        if constantInitializers {
+            var written = Set(graph.inputs.map(\.name))
+            for node in graph.nodes {
+                written.formUnion(node.outputs)
+                if !registry.mutatedInputs(domain: canonicalDomain(node.domain), opType: node.opType).isEmpty { written.formUnion(node.inputs) }
+            }
+            var bytes = 0
+            for name in graph.initializerNames where !written.contains(name) {
+                constantSlots.insert(slotOf[name]!)
+                if let t = graph.initializers[name], t.dtype != .string { bytes += t.byteCount }
+            }
+            if !constantSlots.isEmpty {
+                cacheBudget = KernelCacheBudget(limit: min(max(2 * bytes, GraphExecutor.cacheBudgetFloor), GraphExecutor.cacheBudgetCap))
+            }
         }
         let index = GraphIndex(graph)
         for d in index.duplicates {
@@ -190,6 +219,10 @@ final class GraphExecutor {
             }
             context.declaredOutputTypes = node.outputs.map { $0.isEmpty ? nil : declaredTypes[$0] }
             context.enclosingNodes = graph.nodes
+            if !constantSlots.isEmpty {
+                context.constantInputs = node.inputs.map { !$0.isEmpty && slotOf[$0].map(constantSlots.contains) == true }
+                if context.constantInputs.contains(true) { context.cacheBudget = cacheBudget }
+            }
             do {
                 let kernel = try factory(context)
                 var captured: [Int] = []

@@ -87,7 +87,8 @@ public final class InferenceSession: @unchecked Sendable {
             try (optimize ? PassPipeline.optimizing(registry: options.registry) : PassPipeline.beforeCompile).run(&compiled)
             executor = try GraphExecutor(graph: compiled.graph, opsets: compiled.opsetImports, registry: options.registry,
                                          inPlaceUpdates: inPlaceUpdates,
-                                         memoizeShapeFunctions: !disabled.contains("shape-memo") && !disabled.contains("all"))
+                                         memoizeShapeFunctions: !disabled.contains("shape-memo") && !disabled.contains("all"),
+                                         constantInitializers: !disabled.contains("weight-cache") && !disabled.contains("all"))
         } catch let error as OnnxTrainError {
             throw path.map { error.prefixed($0) } ?? error
         }

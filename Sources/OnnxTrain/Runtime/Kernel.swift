@@ -99,3 +99,31 @@ extension Array where Element == Value? {
     /// The value at `index`, or nil when omitted.
     public func value(_ index: Int) -> Value? { index < count ? self[index] : nil }
 }
+
+/// The bytes the kernels of one compiled graph may keep of what they derive from its constant
+/// inputs (`NodeContext.isConstantInput`: a convolution's weights in the Winograd domain), shared
+/// by its nodes and the threads that run it. A kernel reserves the bytes before it builds a form
+/// and releases them when the form is freed; a refused reservation leaves the kernel on its
+/// per-call path, so the kept forms never lift the session's peak memory past `limit`.
+public final class KernelCacheBudget: Sendable {
+    public let limit: Int
+    private let used = Atomic<Int>(0)
+    public init(limit: Int) { self.limit = limit }
+
+    /// Takes `bytes` from the budget if they fit; false (nothing taken) if not.
+    public func reserve(_ bytes: Int) -> Bool {
+        var current = used.load(ordering: .relaxed)
+        while true {
+            guard bytes >= 0, current <= limit - bytes else { return false }
+            let (exchanged, original) = used.compareExchange(expected: current, desired: current + bytes, ordering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+    }
+
+    /// Gives back bytes from `reserve`.
+    public func release(_ bytes: Int) { used.subtract(bytes, ordering: .relaxed) }
+
+    /// The bytes reserved now.
+    public var reserved: Int { used.load(ordering: .relaxed) }
+}

@@ -12,6 +12,18 @@ public struct NodeContext {
     /// Every node of the graph this node belongs to (the preview-training Gradient op differentiates
     /// part of its own graph).
     var enclosingNodes: [Node] = []
+    /// Per node input, whether it is constant for the life of the compiled graph: an initializer
+    /// that is not a graph input, in a graph compiled with `constantInitializers` (an inference
+    /// session's, whose initializers no run changes; never a training graph's, whose weights are
+    /// fed). A kernel may keep a form it derives from such an input (pre-transformed weights),
+    /// within `cacheBudget`, and should still check on each run that the input is the tensor it
+    /// derived the form from.
+    var constantInputs: [Bool] = []
+    /// The budget for the forms the graph's kernels keep (nil where no input is constant).
+    public internal(set) var cacheBudget: KernelCacheBudget?
+
+    /// Whether input `index` is a constant of the compiled graph (see `constantInputs`).
+    public func isConstantInput(_ index: Int) -> Bool { index < constantInputs.count && constantInputs[index] }
 
     /// The declared shape of output `index`, when the graph states one (a dim may be symbolic).
     public func declaredOutputShape(_ index: Int) -> [Dim]? {

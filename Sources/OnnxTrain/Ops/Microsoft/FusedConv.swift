@@ -10,7 +10,7 @@ struct FusedConvKernel: Kernel {
     let activation: ConvActivation
 
     init(_ ctx: NodeContext) throws {
-        conv = ConvKernel(attributes: try ConvAttributes(ctx))
+        conv = try ConvKernel(ctx)
         activation = try ConvActivation(name: try ctx.string("activation", default: ""),
                                         parameters: try ctx.floats("activation_params") ?? [])
     }
@@ -22,7 +22,8 @@ struct FusedConvKernel: Kernel {
             // Z and Relu applied by the convolution to each tile of its output while it is in cache.
             let b = try inputs.optionalTensor(2)
             guard w.dtype == x.dtype, b.map({ $0.dtype == x.dtype }) ?? true else { throw KernelError("FusedConv inputs differ in type") }
-            return [.tensor(try dispatch(x.dtype, Fused(x: x, w: w, b: b, z: z, relu: activation == .relu, group: conv.attributes.group, g: g)))]
+            return [.tensor(try dispatch(x.dtype, Fused(x: x, w: w, b: b, z: z, relu: activation == .relu, group: conv.attributes.group, g: g,
+                                                        weightCache: conv.cache(forWeight: w))))]
         }
         guard var y = try conv.run(Array(inputs.prefix(3)), context).first??.tensor else { return [] }
         if let z {
@@ -36,12 +37,15 @@ struct FusedConvKernel: Kernel {
     /// The convolution with Z and Relu as its epilogue (float32 and float64, Z of Y's shape).
     struct Fused: ElementOperation {
         let x: Tensor, w: Tensor, b: Tensor?, z: Tensor?, relu: Bool, group: Int, g: ConvGeometry
+        let weightCache: WinogradWeightCache?
         func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             guard let z else {
-                return try convolution(x, w, bias: b, group: group, geometry: g, T.self, epilogue: ConvEpilogue(z: nil, relu: relu))
+                return try convolution(x, w, bias: b, group: group, geometry: g, T.self, epilogue: ConvEpilogue(z: nil, relu: relu),
+                                       weightCache: weightCache)
             }
             return try z.withUnsafeBufferPointer(as: T.self) { pz in
-                try convolution(x, w, bias: b, group: group, geometry: g, T.self, epilogue: ConvEpilogue(z: pz.baseAddress, relu: relu))
+                try convolution(x, w, bias: b, group: group, geometry: g, T.self, epilogue: ConvEpilogue(z: pz.baseAddress, relu: relu),
+                                weightCache: weightCache)
             }
         }
     }

@@ -15,9 +15,11 @@
 /// products (`convDirectImageMinWork`).
 /// `epilogue` (FusedConv's Z and Relu) is applied to each tile right after its GEMM, while it is
 /// in cache (by the blocked kernel to each output row as it is scattered; by the depthwise kernels
-/// to each output plane as it is finished).
+/// to each output plane as it is finished). `weightCache` (a node whose float32 weight is a
+/// constant of its session) keeps the Winograd weights from one run to the next, which moves
+/// the shapes that take Winograd (`winogradTile(cachedWeights:)`).
 func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group: Int, geometry g: ConvGeometry, _ type: T.Type,
-                                  epilogue: ConvEpilogue<T>? = nil) throws -> Tensor {
+                                  epilogue: ConvEpilogue<T>? = nil, weightCache: WinogradWeightCache? = nil) throws -> Tensor {
     let n = x.shape[0], c = x.shape[1], m = w.shape[0]
     guard group > 0, c % group == 0, m % group == 0, w.shape[1] == c / group else {
         throw KernelError("Conv weight \(w.shape) does not fit input \(x.shape) with group \(group)")
@@ -45,6 +47,18 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                 try (bias?.scalars(as: T.self) ?? []).withUnsafeBufferPointer { pb in
                     // (An empty array's buffer may still have an address: the bias pointer is explicit.)
                     let biasPointer = hasBias ? pb.baseAddress : nil
+                    if T.self == Float.self, let weightCache,
+                       let tile = winogradTile(images: n, channels: c, outputs: m, group: group, g, cachedWeights: true),
+                       let kept = try weightCache.weights(w, BLAS.rebound(W), tile: tile) {
+                        // The weights' U kept by the session (Winograd.swift, `WinogradWeightCache`).
+                        try withExtendedLifetime(kept) {
+                            try winogradForward(tile: tile, BLAS.rebound(X), BLAS.rebound(W), bias: biasPointer.map(BLAS.rebound), BLAS.rebound(Y),
+                                                images: n, channels: c, outputs: m, group: group, g,
+                                                epilogue: epilogue.map { ConvEpilogue<Float>(z: $0.z.map(BLAS.rebound), relu: $0.relu) },
+                                                transformed: UnsafePointer(kept.pointer))
+                        }
+                        return
+                    }
                     if T.self == Float.self, let tile = winogradTile(images: n, channels: c, outputs: m, group: group, g) {
                         // 3×3 unit-stride float32: Winograd F(tile×tile, 3×3), epilogue fused (Winograd.swift).
                         try winogradForward(tile: tile, BLAS.rebound(X), BLAS.rebound(W), bias: biasPointer.map(BLAS.rebound), BLAS.rebound(Y),
@@ -170,18 +184,43 @@ struct ConvAttributes {
 
 struct ConvKernel: Kernel {
     let attributes: ConvAttributes
+    /// The Winograd weights kept for the session, where the weight is one of its constants.
+    let weightCache: WinogradWeightCache?
+
+    init(attributes: ConvAttributes, weightCache: WinogradWeightCache? = nil) {
+        self.attributes = attributes
+        self.weightCache = weightCache
+    }
+
+    /// For a node of `ctx`: attributes, and a weight cache where input 1 is a session constant.
+    init(_ ctx: NodeContext) throws {
+        self.init(attributes: try ConvAttributes(ctx), weightCache: ConvKernel.makeWeightCache(ctx))
+    }
+
+    /// A Winograd weight cache where the node's weight (input 1) is a constant of its session.
+    static func makeWeightCache(_ ctx: NodeContext) -> WinogradWeightCache? {
+        guard ctx.isConstantInput(1), let budget = ctx.cacheBudget else { return nil }
+        return WinogradWeightCache(budget: budget)
+    }
+
+    /// The cache for a run with weight `w`: only float32 weights, read as they are (a float16
+    /// weight is widened into a new tensor on every run).
+    func cache(forWeight w: Tensor) -> WinogradWeightCache? { w.dtype == .float32 ? weightCache : nil }
+
     struct Op: ElementOperation {
         let x: Tensor, w: Tensor, b: Tensor?, group: Int, g: ConvGeometry
+        var weightCache: WinogradWeightCache? = nil
         func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
-            try convolution(x, w, bias: b, group: group, geometry: g, T.self)
+            try convolution(x, w, bias: b, group: group, geometry: g, T.self, weightCache: weightCache)
         }
     }
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
-        try withFloatCompute([inputs.tensor(0), inputs.tensor(1), inputs.optionalTensor(2)]) { t in
+        let cache = self.cache(forWeight: try inputs.tensor(1))
+        return try withFloatCompute([inputs.tensor(0), inputs.tensor(1), inputs.optionalTensor(2)]) { t in
             guard let x = t[0], let w = t[1] else { return [] }
             guard w.dtype == x.dtype, t[2].map({ $0.dtype == x.dtype }) ?? true else { throw KernelError("Conv inputs differ in type") }
             let g = try attributes.geometry(x: x, w: w)
-            return [try dispatch(x.dtype, Op(x: x, w: w, b: t[2], group: attributes.group, g: g))]
+            return [try dispatch(x.dtype, Op(x: x, w: w, b: t[2], group: attributes.group, g: g, weightCache: cache))]
         }.map { $0.map(Value.tensor) }
     }
 }
@@ -276,7 +315,7 @@ struct ConvTransposeKernel: Kernel {
 }
 
 func registerConvOps(_ registry: OpRegistry) {
-    registry.register("Conv", since: 1) { ctx in ConvKernel(attributes: try ConvAttributes(ctx)) }
+    registry.register("Conv", since: 1) { ctx in try ConvKernel(ctx) }
     registry.register("ConvTranspose", since: 1) { ctx in try ConvTransposeKernel(ctx) }
     registry.register("DeformConv", since: 19) { ctx in try DeformConvKernel(ctx) }
     registry.register("ConvInteger", since: 10, convIntegerKernel)

@@ -166,15 +166,34 @@ nonisolated(unsafe) var winogradOverride: Int? = nil
 /// 1.06 (2.39, 2.42), 28×28 batch 1 at 128 1.24 (1.34, 2.61).
 /// Wide images: 64 channels at 224×224 31.6 against 43.2 ms, 128 at 112 18.9 / 40.3, 256 at 56
 /// 16.1 / 38.2, 512 at 28 21.6 / 39.3, 128 at 28 1.29 / 2.51.
-func winogradTile(images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry) -> Int? {
+///
+/// `cachedWeights` (a session keeps the node's U, `WinogradWeightCache`): the tile width to run
+/// with the kept U, or nil for the per-call rules above. Four layers of Conv+Relu at batch 1, 2
+/// threads, min of 3 interleaved rounds (loaded machine, 6.8-8.5), im2col / F(4×4) per call /
+/// F(4×4) kept / F(2×2) kept: 14×14 at 256 channels 5.40 / 5.56 / 3.29 / 4.07 ms; 13×13 64 -> 256
+/// (SqueezeNet) 1.21 / 1.55 / 0.74 / 0.96; 13×13 48 -> 192 0.73 / 0.88 / 0.44 / 0.63; 28×28 at
+/// 128 5.40 / 2.75 / 2.15 / 4.22; one layer at 512 channels, where reading U bounds the products
+/// (F(4×4)'s U is 38 MB, F(2×2)'s 17): 14×14 5.96 / - / 4.10 / 3.87, 7×7 1.95 / - / 2.24 / 1.17.
+/// Hence with fewer than 32 tiles F(4×4), or F(2×2) above 256×256 channels or below 8 tiles; with
+/// 32 to 63 tiles F(4×4) kept where U is at most `winogradKeptTilesU` bytes (28×28 at 512
+/// channels gained 3% for 38 MB: 28×28 at 256 9.59 / 9.31); from 64 tiles the per-call rules.
+func winogradTile(images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, cachedWeights: Bool = false) -> Int? {
     guard g.rank == 2, g.kernel == [3, 3], g.strides == [1, 1], g.dilations == [1, 1], group > 0,
           c % group == 0, m % group == 0, c > 0, m > 0, g.outputSize > 0 else { return nil }
     if let forced = winogradOverride { return forced == 0 ? nil : forced }
     let channels = min(c / group, m / group), (height, width) = (g.output[0], g.output[1])
     let tiles = n * ((height + 3) / 4) * ((width + 3) / 4)
-    guard channels >= 32, tiles >= 32, height >= 3, width >= 3 else { return nil }
-    return 4
+    guard channels >= 32, height >= 3, width >= 3 else { return nil }
+    if cachedWeights {
+        let products = m * (c / group)
+        if tiles < 32 { return tiles < 8 || products > 256 * 256 ? 2 : 4 }
+        return tiles < 64 && 36 * products * MemoryLayout<Float>.size <= winogradKeptTilesU ? 4 : nil
+    }
+    return tiles >= 32 ? 4 : nil
 }
+
+/// The largest F(4×4) U kept for a convolution of 32 to 63 tiles (`winogradTile(cachedWeights:)`).
+let winogradKeptTilesU = 4 << 20
 
 /// The Winograd tile width for ConvGrad's dW (`winogradGradW`), or nil for im2col + GEMM: where
 /// `winogradTile` takes Winograd and the batch has at least `winogradGradWTiles` F(4×4) tiles.
@@ -349,6 +368,68 @@ enum WinogradWeightBlock {
             return current.address
         }
         if let freed { free(UnsafeMutableRawPointer(bitPattern: freed)) }
+    }
+}
+
+/// The Winograd weights U of one Conv or FusedConv node whose weight is a constant of its session
+/// (`NodeContext.isConstantInput`: an initializer of an inference session, never a training
+/// graph's fed weights): computed on the first run that takes Winograd and read by every later
+/// run, on any thread, until the session is freed. The bytes come from the session's
+/// `KernelCacheBudget`; where it refuses them the node transforms per call as without a cache.
+/// Each run checks that its weight is the tensor U was computed from (same storage and shape)
+/// and recomputes U otherwise.
+final class WinogradWeightCache: Sendable {
+    /// U of one weight tensor at one tile width, freed (and its bytes released) with the last
+    /// reference: a run that replaces it leaves it to the runs still reading it.
+    final class Transformed: @unchecked Sendable {
+        let source: TensorStorage, shape: [Int], tile: Int
+        let pointer: UnsafeMutablePointer<Float>
+        let bytes: Int
+        let budget: KernelCacheBudget
+        init(source: TensorStorage, shape: [Int], tile: Int, pointer: UnsafeMutablePointer<Float>, bytes: Int, budget: KernelCacheBudget) {
+            self.source = source
+            self.shape = shape
+            self.tile = tile
+            self.pointer = pointer
+            self.bytes = bytes
+            self.budget = budget
+        }
+        deinit {
+            free(pointer)
+            budget.release(bytes)
+        }
+        func fits(_ w: Tensor, tile: Int) -> Bool { source === w.storage && shape == w.shape && self.tile == tile }
+    }
+
+    let budget: KernelCacheBudget
+    private let kept = Mutex<Transformed?>(nil)
+    init(budget: KernelCacheBudget) { self.budget = budget }
+
+    /// U [ξ][M][C/G] of the forward weight `w` (float32 [M, C/G, 3, 3], its elements at `W`) at
+    /// `tile`, kept or computed now; nil when the budget cannot hold it.
+    func weights(_ w: Tensor, _ W: UnsafePointer<Float>, tile: Int) throws -> Transformed? {
+        if let t = kept.withLock({ $0 }), t.fits(w, tile: tile) { return t }
+        let kernels = w.shape[0] * w.shape[1], nn = (tile + 2) * (tile + 2)
+        let bytes = nn * kernels * MemoryLayout<Float>.size
+        guard budget.reserve(bytes) else { return nil }
+        var raw: UnsafeMutableRawPointer?
+        guard posix_memalign(&raw, 64, max(bytes, 64)) == 0, let raw else {
+            budget.release(bytes)
+            throw KernelError("Winograd weights of \(bytes) bytes cannot be allocated: out of memory")
+        }
+        let U = raw.assumingMemoryBound(to: Float.self)
+        if tile == 2 {
+            winogradWeights(WinogradF2.self, W, kernels: kernels, flipped: false, into: U)
+        } else {
+            winogradWeights(WinogradF4.self, W, kernels: kernels, flipped: false, into: U)
+        }
+        let made = Transformed(source: w.storage, shape: w.shape, tile: tile, pointer: U, bytes: bytes, budget: budget)
+        // Two threads may both compute it on a first run: the first kept wins, the other is freed.
+        return kept.withLock { current in
+            if let current, current.fits(w, tile: tile) { return current }
+            current = made
+            return made
+        }
     }
 }
 
@@ -764,10 +845,18 @@ func winogradTranspose8(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Floa
 /// `winogradConvolution`. For `convolution` (Conv, FusedConv) where `winogradTile` chose it.
 /// `fusedBlock` nil: the weights are transformed inside the threads where `winogradFusesWeights`
 /// says, `winogradFusedBlock` outputs at a time; a count (tests): always, that many at a time.
+/// `transformed`: U already computed from W (`WinogradWeightCache`), used as it is.
 func winogradForward(tile: Int, _ X: UnsafePointer<Float>, _ W: UnsafePointer<Float>, bias: UnsafePointer<Float>?, _ Y: UnsafeMutablePointer<Float>,
                      images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, epilogue: ConvEpilogue<Float>?,
-                     fusedBlock: Int? = nil) throws {
+                     fusedBlock: Int? = nil, transformed: UnsafePointer<Float>? = nil) throws {
     func run<F: WinogradTransform>(_ f: F.Type) throws {
+        if let transformed {
+            winogradConvolution(f, X, transformed, transposedWeights: false, bias: bias, Y,
+                                images: n, channels: c, outputs: m, group: group,
+                                input: (g.input[0], g.input[1]), output: (g.output[0], g.output[1]),
+                                padTop: g.padsBegin[0], padLeft: g.padsBegin[1], epilogue: epilogue)
+            return
+        }
         if let block = fusedBlock ?? (winogradFusesWeights(images: n, outputs: m / group, output: (g.output[0], g.output[1]), tile: f.m) ? winogradFusedBlock : nil) {
             winogradConvolution(f, X, nil, weights: W, fusedBlock: block, transposedWeights: false, bias: bias, Y,
                                 images: n, channels: c, outputs: m, group: group,
