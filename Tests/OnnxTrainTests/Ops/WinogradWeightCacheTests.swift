@@ -105,6 +105,29 @@ final class WinogradWeightCacheTests: XCTestCase {
         XCTAssertLessThan(relativeError(direct["y2"]!, want2), 1e-6)
     }
 
+    /// 7×7 at batch 1 (4 F(4×4) tiles) keeps F(2×2)'s U (16 values per kernel), within F(2×2)'s
+    /// rounding (WinogradTests bounds it by 3e-7).
+    func testKeptF2At7x7() throws {
+        let c = Conv2DCase(label: "Conv 64 -> 48 at 7x7", x: [1, 64, 7, 7], w: [48, 64, 3, 3], strides: [1, 1], pads: [1, 1, 1, 1])
+        let x64 = float32ExactValues(c.x, seed: 31), w64 = float32ExactValues(c.w, seed: 32), b64 = float32ExactValues([48], seed: 33)
+        var g = Graph()
+        g.inputs = [ValueInfo(name: "x", type: .tensor(.float32, shape: c.x.map { .value($0) }))]
+        g.setInitializer("w", narrowedToFloat32(w64))
+        g.setInitializer("b", narrowedToFloat32(b64))
+        g.nodes = [Node(opType: "Conv", inputs: ["x", "w", "b"], outputs: ["y"], attributes: c.attributes)]
+        g.outputs = [ValueInfo(name: "y", type: nil)]
+        var m = Model(graph: g)
+        m.opsetImports = ["": 17]
+        let session = try InferenceSession(model: m)
+        let want = conv2DReference(x64, w64, b64, c).0.scalars(as: Double.self)
+        let y = try session.run(tensors: ["x": narrowedToFloat32(x64)])["y"]!
+        XCTAssertEqual(session.executor.cacheBudget?.reserved, 16 * 48 * 64 * 4, "F(2x2) U kept")
+        let e = relativeError(y, want)
+        print("kept-U F(2x2) relative error: \(e)")
+        XCTAssertLessThan(e, 3e-7)
+        XCTAssertEqual(try session.run(tensors: ["x": narrowedToFloat32(x64)])["y"]!.scalars(as: Float.self), y.scalars(as: Float.self))
+    }
+
     /// Weights fed as inputs (as a training graph's are) are not constants: nothing is kept, and
     /// the convolutions take the per-call rules (im2col at this size).
     func testFedWeightsKeepNothing() throws {
