@@ -16,7 +16,8 @@
 /// below −greatestFiniteMagnitude (−inf, or the most negative finite value that GPT-2's causal mask
 /// writes) stops before them: their exponentials are 0 in the unfused graph too, so the causal
 /// half of both products is skipped — provided nothing non-finite could reach them
-/// (`trimIsExact`: otherwise the block keeps every key and gets the unfused NaN). A mask whose
+/// (`trimIsExact`: otherwise the block keeps every key and gets the unfused NaN; what it needs of
+/// the left-out keys, `KeySuffix`, is one pass over each (batch, head)'s K and V). A mask whose
 /// kept entries are all zero (GPT-2's) is then not added at all. Results equal to float
 /// rounding the ops the pass replaced (the same sums in another order; skipped products added
 /// exact zeros).
@@ -85,16 +86,18 @@ struct FusedAttentionKernel: Kernel {
                                 let work = blockRows * tk * (2 * d + dv)
                                 Parallel.forRange(tasks, minimumChunk: max(1, (1 << 16) / max(1, work))) { range in
                                     let isFloat = T.self == Float.self
-                                    let scores = UnsafeMutablePointer<T>.allocate(capacity: isFloat ? 1 : blockRows * tk)
+                                    // float32's scores live in `scratch`; float64's in `scores`.
+                                    let scores: UnsafeMutablePointer<T>? = isFloat ? nil : .allocate(capacity: blockRows * tk)
                                     let lengths = UnsafeMutablePointer<Int>.allocate(capacity: blockRows)
                                     let scratch: AttentionBlock.Scratch? = isFloat ? AttentionBlock.Scratch(maxRows: blockRows, keys: tk, d: d) : nil
-                                    defer { scores.deallocate(); lengths.deallocate(); scratch?.deallocate() }
+                                    let suffix = KeySuffix(keys: tk)
+                                    defer { scores?.deallocate(); lengths.deallocate(); scratch?.deallocate(); suffix.deallocate() }
                                     for task in range {
                                         let block = task % blocks, head = (task / blocks) % h, n = task / (blocks * h)
                                         let i0 = block * blockRows, rows = min(blockRows, tq - i0)
                                         attend(Q: Q, K: K, V: V, M: M, Y: Y, ms: ms, n: n, head: head, i0: i0, rows: rows,
                                                tq: tq, tk: tk, h: h, d: d, dv: dv, alpha: alpha, scores: scores, lengths: lengths,
-                                               scratch: scratch)
+                                               scratch: scratch, suffix: suffix)
                                     }
                                 }
                             }
@@ -110,8 +113,8 @@ struct FusedAttentionKernel: Kernel {
         func attend<T: FloatElement>(Q: UnsafePointer<T>, K: UnsafePointer<T>, V: UnsafePointer<T>, M: UnsafePointer<T>?,
                                      Y: UnsafeMutablePointer<T>, ms: [Int], n: Int, head: Int, i0: Int, rows: Int,
                                      tq: Int, tk: Int, h: Int, d: Int, dv: Int, alpha: T,
-                                     scores: UnsafeMutablePointer<T>, lengths: UnsafeMutablePointer<Int>,
-                                     scratch: AttentionBlock.Scratch?) {
+                                     scores: UnsafeMutablePointer<T>?, lengths: UnsafeMutablePointer<Int>,
+                                     scratch: AttentionBlock.Scratch?, suffix: KeySuffix) {
             let q = Q + ((n * tq + i0) * h + head) * d, k = K + (n * tk * h + head) * d, v = V + (n * tk * h + head) * dv
             let y = Y + ((n * tq + i0) * h + head) * dv
             let maskBase = M.map { $0 + n * ms[0] + head * ms[1] + i0 * ms[2] }
@@ -132,8 +135,8 @@ struct FusedAttentionKernel: Kernel {
                 width = max(width, len)
                 shortest = min(shortest, len)
             }
-            if shortest < tk && !Self.trimIsExact(q: q, rows: rows, k: k + shortest * h * d, v: v + shortest * h * dv, keys: tk - shortest,
-                                                  stride: h, d: d, dv: dv, alpha: alpha) {
+            if shortest < tk && !Self.trimIsExact(q: q, rows: rows, keysFrom: shortest, suffix: suffix.of(k: k, v: v, n: n, head: head, stride: h, d: d, dv: dv),
+                                                  stride: h, d: d, alpha: alpha) {
                 for r in 0..<rows { lengths[r] = tk }
                 width = tk
                 zeroMask = false
@@ -147,6 +150,7 @@ struct FusedAttentionKernel: Kernel {
                                    alpha: Float(alpha.doubleValue), lengths: lengths, width: width, scratch: scratch)
                 return
             }
+            guard let scores else { return }
             // scores[rows, width] = alpha·Q·Kᵀ (heads read in place: row stride H·D).
             BLAS.gemm(transA: false, transB: true, m: rows, n: width, k: d, alpha: alpha,
                       a: q, lda: h * d, b: k, ldb: h * d, beta: T.zero, c: scores, ldc: width)
@@ -169,35 +173,18 @@ struct FusedAttentionKernel: Kernel {
                       a: scores, lda: width, b: v, ldb: h * dv, beta: T.zero, c: y, ldc: h * dv)
         }
 
-        /// Whether leaving out keys `shortest..<tk` (k and v start at the first) gives what the
-        /// unfused ops compute. There those keys' logits are alpha·q·k + m with m <= −3.4e38 and
-        /// their probabilities exactly 0 when |alpha·q·k| stays far below 3.4e38 (bounded by
-        /// |alpha|·max|q|·max|k|·d < 1e30 here) and the kept logits are above −1e30 (the
-        /// lengths' rule), and 0·v adds nothing when v is finite. A NaN or infinity in q, in
-        /// the left-out keys or values, or a product that could overflow, keeps every key, so
-        /// the row gets the unfused NaN or infinity.
-        static func trimIsExact<T: FloatElement>(q: UnsafePointer<T>, rows: Int, k: UnsafePointer<T>, v: UnsafePointer<T>, keys: Int,
-                                                 stride h: Int, d: Int, dv: Int, alpha: T) -> Bool {
-            /// max |x| over `count` rows of `width` at row stride `rs`, or nil if one is not finite.
-            func largest(_ x: UnsafePointer<T>, _ count: Int, _ width: Int, _ rs: Int) -> Double? {
-                if T.self == Float.self {
-                    return largestFloat(UnsafeRawPointer(x).assumingMemoryBound(to: Float.self), count, width, rs)
-                }
-                var top = T.zero, probe = T.zero
-                for r in 0..<count {
-                    let row = x + r * rs
-                    for e in 0..<width {
-                        let a = abs(row[e])
-                        top = a > top ? a : top
-                        probe += row[e] - row[e]  // 0, or NaN for an infinity or NaN
-                    }
-                }
-                return probe == T.zero ? top.doubleValue : nil
-            }
-            guard let qm = largest(q, rows, d, h * d), let km = largest(k, keys, d, h * d), largest(v, keys, dv, h * dv) != nil else {
-                return false
-            }
-            return abs(alpha.doubleValue) * qm * km * Double(d) < 1e30
+        /// Whether leaving out keys `from..<tk` gives what the unfused ops compute. There those
+        /// keys' logits are alpha·q·k + m with m <= −3.4e38 and their probabilities exactly 0 when
+        /// |alpha·q·k| stays far below 3.4e38 (bounded by |alpha|·max|q|·max|k|·d < 1e30 here) and
+        /// the kept logits are above −1e30 (the lengths' rule), and 0·v adds nothing when v is
+        /// finite. A NaN or infinity in q, in the left-out keys or values (`suffix[from]` is then
+        /// infinite), or a product that could overflow, keeps every key, so the row gets the
+        /// unfused NaN or infinity.
+        static func trimIsExact<T: FloatElement>(q: UnsafePointer<T>, rows: Int, keysFrom from: Int, suffix: UnsafePointer<Double>,
+                                                 stride h: Int, d: Int, alpha: T) -> Bool {
+            guard let qm = largestAbs(q, rows, d, h * d) else { return false }
+            // An infinite suffix (non-finite key or value) fails the comparison, also times 0 (NaN).
+            return abs(alpha.doubleValue) * qm * suffix[from] * Double(d) < 1e30
         }
 
         /// The ops the pass replaced, one after another (shapes the fused loop does not take).
@@ -225,7 +212,62 @@ struct FusedAttentionKernel: Kernel {
     }
 }
 
-/// `largest` for float32, eight lanes at a time (the scalar loop's running sum is a chain of
+/// For each key j of one (batch, head): the largest |k| over keys j..<Tk, or +infinity when one of
+/// those keys or their values is not finite (`trimIsExact` reads it at a block's shortest key
+/// length). Kept per worker and filled once per (batch, head) it is asked about: a worker's tasks
+/// run the blocks of one (batch, head) one after another, so K and V's keys are scanned once
+/// there, not once per block.
+final class KeySuffix {
+    let values: UnsafeMutablePointer<Double>
+    let keys: Int
+    var filledFor: (n: Int, head: Int)? = nil
+
+    init(keys: Int) {
+        self.keys = keys
+        values = .allocate(capacity: keys + 1)
+    }
+
+    func deallocate() { values.deallocate() }
+
+    /// The suffix of (n, head), whose first key and value rows are `k` and `v` (row stride H·D, H·Dv).
+    func of<T: FloatElement>(k: UnsafePointer<T>, v: UnsafePointer<T>, n: Int, head: Int, stride h: Int, d: Int, dv: Int)
+        -> UnsafePointer<Double> {
+        if let f = filledFor, f.n == n, f.head == head { return UnsafePointer(values) }
+        var top = 0.0
+        values[keys] = 0
+        for j in stride(from: keys - 1, through: 0, by: -1) {
+            if top.isFinite {
+                if let km = largestAbs(k + j * h * d, 1, d, 0), largestAbs(v + j * h * dv, 1, dv, 0) != nil {
+                    top = max(top, km)
+                } else {
+                    top = .infinity
+                }
+            }
+            values[j] = top
+        }
+        filledFor = (n, head)
+        return UnsafePointer(values)
+    }
+}
+
+/// max |x| over `count` rows of `width` at row stride `rs`, or nil if one is not finite.
+func largestAbs<T: FloatElement>(_ x: UnsafePointer<T>, _ count: Int, _ width: Int, _ rs: Int) -> Double? {
+    if T.self == Float.self {
+        return largestFloat(UnsafeRawPointer(x).assumingMemoryBound(to: Float.self), count, width, rs)
+    }
+    var top = T.zero, probe = T.zero
+    for r in 0..<count {
+        let row = x + r * rs
+        for e in 0..<width {
+            let a = abs(row[e])
+            top = a > top ? a : top
+            probe += row[e] - row[e]  // 0, or NaN for an infinity or NaN
+        }
+    }
+    return probe == T.zero ? top.doubleValue : nil
+}
+
+/// `largestAbs` for float32, eight lanes at a time (the scalar loop's running sum is a chain of
 /// dependent adds).
 func largestFloat(_ x: UnsafePointer<Float>, _ count: Int, _ width: Int, _ rs: Int) -> Double? {
     typealias V8 = SIMD8<Float>
