@@ -68,45 +68,17 @@ public struct ChannelShuffleFusion: GraphPass {
                   let channels = product([splitSpec[1], splitSpec[2]]), backSpec[1] == channels, backSpec[2] == splitSpec[3], backSpec[3] == splitSpec[4] else { return nil }
             return (backSpec, backSpec[1], splitSpec[1])
         }
-        guard let s = resolved(splitSpec, input: xShape, allowZero: splitZero) else { return nil }
+        // Resolved as the Reshape kernel resolves them (`reshapeTarget`); a declared shape too
+        // large to count is left alone.
+        guard (try? Tensor.checkedElementCount(xShape)) != nil,
+              let s = try? reshapeTarget(xShape, splitSpec, allowZero: splitZero), s.count == 5 else { return nil }
         let (n, g, per, h, w) = (s[0], s[1], s[2], s[3], s[4])
         guard g > 0, per > 0, let channels = product([g, per]),
-              let input = resolved(backSpec, input: [n, per, g, h, w], allowZero: backZero),
+              let input = try? reshapeTarget([n, per, g, h, w], backSpec, allowZero: backZero),
               input == [n, channels, h, w] else { return nil }
         return (input, channels, g)
     }
 
-    /// The shape Reshape gives an input of shape `input` from `spec` (0 copies the input's
-    /// dimension unless `allowZero`, -1 takes what is left), or nil.
-    private func resolved(_ spec: [Int], input: [Int], allowZero: Bool) -> [Int]? {
-        var copied = spec
-        for (k, d) in spec.enumerated() where d == 0 && !allowZero {
-            guard k < input.count else { return nil }
-            copied[k] = input[k]
-        }
-        guard let count = product(input) else { return nil }
-        return resolved(copied, count: count)
-    }
-
-    /// `spec` (no 0 to copy) for `count` elements, its one -1 resolved, or nil.
-    private func resolved(_ spec: [Int], count: Int) -> [Int]? {
-        guard spec.allSatisfy({ $0 >= -1 }), spec.filter({ $0 == -1 }).count <= 1 else { return nil }
-        var out = spec
-        if let k = spec.firstIndex(of: -1) {
-            guard let known = product(spec.filter { $0 != -1 }), known > 0, count % known == 0 else { return nil }
-            out[k] = count / known
-        }
-        return product(out) == count ? out : nil
-    }
-
-    /// The product of `dims`, or nil when it overflows.
-    private func product(_ dims: [Int]) -> Int? {
-        var p = 1
-        for d in dims {
-            let r = p.multipliedReportingOverflow(by: d)
-            if r.overflow { return nil }
-            p = r.partialValue
-        }
-        return p
-    }
+    /// The product of positive `dims`, or nil when it overflows.
+    private func product(_ dims: [Int]) -> Int? { try? Tensor.checkedElementCount(dims) }
 }
