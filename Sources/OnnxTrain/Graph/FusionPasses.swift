@@ -88,7 +88,10 @@ extension Graph {
 /// sqrt(var + eps), in float64), and so does a ChannelAffine (`ChannelAffineFusion`: W[m]·scale[m],
 /// B[m]·scale[m] + shift[m]), whose activation becomes FusedConv's; a following Add of another tensor and a Relu, LeakyRelu, Sigmoid, Tanh, HardSigmoid
 /// or Clip (constant bounds) become com.microsoft FusedConv's Z input and activation, applied in
-/// place on the convolution's output. Only float32 and float64 convolutions.
+/// place on the convolution's output. So do Hardswish and Hardsigmoid as ops or written out in
+/// elementary ops (`hardActivation`: MobileNetV3's x·relu6(x + 3)/6 and its squeeze-excite gate
+/// relu6(x + 3)/6), which the convolution then applies to each tile of its output while it is in
+/// cache (`ConvEpilogue`) instead of a pass over the whole output. Only float32 and float64 convolutions.
 public struct ConvFusion: GraphPass {
     public var name: String { "conv-fusion" }
     public init() {}
@@ -116,11 +119,18 @@ public struct ConvFusion: GraphPass {
                     let suffix = next.opType == "ChannelAffine" ? "affine" : "bn"
                     plan.fold = (map, builder.freshName("\(wName)_\(suffix)"), builder.freshName("\(conv.input(2) ?? wName)_\(suffix)_bias"))
                     y = next.outputs[0]
-                    plan.activation = act
+                    plan.activation = .standard(act)
                     plan.chain.append(j)
                 }
+                // Hardswish or Hardsigmoid, as an op or written out: before the Add below, which
+                // would take the written-out form's Add of 3 for a Z.
+                if plan.activation == .standard(.none), case let (act, nodes, out)? = hardActivation(after: y, removed: removed, dtype: c.dtype(x), rank: c.rank(x), c) {
+                    plan.activation = act
+                    y = out
+                    plan.chain += nodes
+                }
                 // Add of another tensor: FusedConv's Z (added before the activation, so not after one).
-                if plan.activation == .none, let j = c.soleConsumer(of: y), !removed.contains(j), let add = Optional(graph.nodes[j]),
+                if plan.activation == .standard(.none), let j = c.soleConsumer(of: y), !removed.contains(j), let add = Optional(graph.nodes[j]),
                    add.domain.isEmpty, add.opType == "Add", add.inputs.count == 2, add.inputs[0] != add.inputs[1], let out = add.output(0) {
                     let other = add.inputs[0] == y ? add.inputs[1] : add.inputs[0]
                     if c.dtype(other) == c.dtype(x) {
@@ -129,11 +139,16 @@ public struct ConvFusion: GraphPass {
                         plan.chain.append(j)
                     }
                 }
-                if plan.activation == .none, let j = c.soleConsumer(of: y), !removed.contains(j),
+                if plan.activation == .standard(.none), let j = c.soleConsumer(of: y), !removed.contains(j),
                    let act = activationOf(graph.nodes[j], input: y, dtype: c.dtype(x), c), let out = graph.nodes[j].output(0) {
-                    plan.activation = act
+                    plan.activation = .standard(act)
                     y = out
                     plan.chain.append(j)
+                } else if plan.activation == .standard(.none), case let (act, nodes, out)? = hardActivation(after: y, removed: removed, dtype: c.dtype(x),
+                                                                                                       rank: c.rank(x), c) {
+                    plan.activation = act
+                    y = out
+                    plan.chain += nodes
                 }
                 guard !plan.chain.isEmpty else { continue }
                 plan.output = y
@@ -168,7 +183,7 @@ public struct ConvFusion: GraphPass {
                 (w, b) = (wName, bName)
             }
             var attributes = conv.attributes
-            if plan.z == nil && plan.activation == .none {
+            if plan.z == nil && plan.activation == .standard(.none) {
                 replacement[plan.chain[plan.chain.count - 1]] = Node(opType: "Conv", name: conv.name, inputs: [conv.inputs[0], w] + (b.map { [$0] } ?? []),
                                                                      outputs: [plan.output], attributes: attributes)
             } else {
@@ -194,7 +209,7 @@ public struct ConvFusion: GraphPass {
         var chain: [Int] = []
         var fold: (map: ChannelAffine, w: String, b: String)?
         var z: String?
-        var activation = ConvActivation.none
+        var activation = FusedConvActivation.standard(.none)
         var output = ""
         init(conv: Int, w: String, b: String?) {
             self.conv = conv
@@ -274,6 +289,68 @@ public struct ConvFusion: GraphPass {
         if w.dtype == .float32 { scaleRows(Float.self) } else { scaleRows(Double.self) }
         let newB = (0..<m).map { bias[$0] * map.scale[$0] + map.shift[$0] }
         return (newW, floatTensor(w.dtype, shape: [m], newB))
+    }
+
+    /// The Hardswish or Hardsigmoid that reads `y` and nothing else does, as FusedConv's activation,
+    /// with the nodes it takes and the value it writes:
+    ///   * HardSwish(y) (any type the kernel computes);
+    ///   * Mul(y, HardSigmoid(y)) (HardSwish before opset 14);
+    ///   * Div(Clip(Add(y, s), lo, hi), d), Div(Mul(y, Clip(Add(y, s), lo, hi)), d) and
+    ///     Mul(y, Div(Clip(Add(y, s), lo, hi), d)) with one-element constants (PyTorch's relu6(x + 3) / 6
+    ///     forms; float32, as the constants travel as float32 activation_params).
+    /// Each value between the nodes is read only by the next (y by the Add or HardSigmoid and the Mul).
+    func hardActivation(after y: String, removed: Set<Int>, dtype: DType?, rank: Int?, _ c: FusionContext)
+        -> (FusedConvActivation, [Int], String)? {
+        guard !c.graphOutputs.contains(y), let users = c.index.consumers[y], !users.contains(where: removed.contains) else { return nil }
+        let graph = c.graph
+        /// A one-element constant of y's type that broadcasts without growing y.
+        func scalar(_ name: String) -> Double? {
+            guard let t = c.constant(name), t.count == 1, t.dtype == dtype, t.rank <= (rank ?? 0), let v = t.scalarDouble() else { return nil }
+            return v
+        }
+        /// The Mul among `users` that reads y and `other` once each.
+        func mul(_ other: String) -> Int? {
+            users.first { k in
+                guard let m = c.plain(k, "Mul", 2) else { return false }
+                return Set(m.inputs) == [y, other] && y != other
+            }
+        }
+        if users.count == 1, let n = c.plain(users[0], "HardSwish", 1), n.inputs[0] == y {
+            return (.hardSwish, [users[0]], n.outputs[0])
+        }
+        guard users.count <= 2, Set(users).count == users.count else { return nil }
+        // Mul(y, HardSigmoid(y)).
+        if users.count == 2, let h = users.first(where: { c.plain($0, "HardSigmoid", 1, allowing: ["alpha", "beta"]) != nil }),
+           graph.nodes[h].inputs[0] == y, let m = mul(graph.nodes[h].outputs[0]), c.onlyRead(graph.nodes[h].outputs[0], by: m) {
+            let n = graph.nodes[h]
+            return (.hardSigmoidTimesInput(alpha: Double(n.float("alpha") ?? 0.2), beta: Double(n.float("beta") ?? 0.5)), [h, m], graph.nodes[m].outputs[0])
+        }
+        // The written-out forms: float32, Add(y, s) then a Clip with constant bounds.
+        guard dtype == .float32, let a = users.first(where: { c.plain($0, "Add", 2) != nil }), let add = c.plain(a, "Add", 2),
+              let sName = c.other(add, y), let shift = scalar(sName),
+              let k = c.soleConsumer(of: add.outputs[0]), !removed.contains(k), graph.nodes[k].domain.isEmpty, graph.nodes[k].opType == "Clip",
+              case .clip(let low, let high)? = activationOf(graph.nodes[k], input: add.outputs[0], dtype: dtype, c),
+              let clipped = graph.nodes[k].output(0), let next = c.soleConsumer(of: clipped), !removed.contains(next) else { return nil }
+        /// Div(value, d) with a constant d: the divisor.
+        func divisor(_ i: Int, of value: String) -> Double? {
+            guard let d = c.plain(i, "Div", 2), d.inputs[0] == value, d.inputs[1] != value else { return nil }
+            return scalar(d.inputs[1])
+        }
+        func ratio(_ divisor: Double, _ form: FusedConvActivation.ClipRatio.Form) -> FusedConvActivation {
+            .clipRatio(.init(shift: shift, low: low, high: high, divisor: divisor, form: form))
+        }
+        if users.count == 1, let d = divisor(next, of: clipped) {
+            return (ratio(d, .ratio), [a, k, next], graph.nodes[next].outputs[0])
+        }
+        guard users.count == 2 else { return nil }
+        if let m = mul(clipped), m == next, let j = c.soleConsumer(of: graph.nodes[m].outputs[0]), !removed.contains(j),
+           let d = divisor(j, of: graph.nodes[m].outputs[0]) {
+            return (ratio(d, .productRatio), [a, k, m, j], graph.nodes[j].outputs[0])
+        }
+        if let d = divisor(next, of: clipped), let m = mul(graph.nodes[next].outputs[0]), c.onlyRead(graph.nodes[next].outputs[0], by: m) {
+            return (ratio(d, .timesRatio), [a, k, next, m], graph.nodes[m].outputs[0])
+        }
+        return nil
     }
 
     /// The FusedConv activation for `node` applied to `input`, or nil if it is not one.

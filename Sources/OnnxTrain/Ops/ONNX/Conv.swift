@@ -13,7 +13,7 @@
 /// depthwise convolutions (group == C) run direct loops, and small images (P < 256) put several
 /// images' columns side by side in one GEMM (ConvKernels.swift), except large enough direct 1×1
 /// products (`convDirectImageMinWork`).
-/// `epilogue` (FusedConv's Z and Relu) is applied to each tile right after its GEMM, while it is
+/// `epilogue` (FusedConv's Z and activation) is applied to each tile right after its GEMM, while it is
 /// in cache (by the blocked kernel to each output row as it is scattered; by the depthwise kernels
 /// to each output plane as it is finished). `weightCache` (a node whose float32 weight is a
 /// constant of its session) keeps the Winograd weights from one run to the next, which moves
@@ -54,7 +54,7 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                         try withExtendedLifetime(kept) {
                             try winogradForward(tile: tile, BLAS.rebound(X), BLAS.rebound(W), bias: biasPointer.map(BLAS.rebound), BLAS.rebound(Y),
                                                 images: n, channels: c, outputs: m, group: group, g,
-                                                epilogue: epilogue.map { ConvEpilogue<Float>(z: $0.z.map(BLAS.rebound), relu: $0.relu) },
+                                                epilogue: epilogue.map { $0.asFloat() },
                                                 transformed: UnsafePointer(kept.pointer))
                         }
                         return
@@ -63,7 +63,7 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                         // 3×3 unit-stride float32: Winograd F(tile×tile, 3×3), epilogue fused (Winograd.swift).
                         try winogradForward(tile: tile, BLAS.rebound(X), BLAS.rebound(W), bias: biasPointer.map(BLAS.rebound), BLAS.rebound(Y),
                                         images: n, channels: c, outputs: m, group: group, g,
-                                        epilogue: epilogue.map { ConvEpilogue<Float>(z: $0.z.map(BLAS.rebound), relu: $0.relu) })
+                                        epilogue: epilogue.map { $0.asFloat() })
                         return
                     }
                     if !depthwise, group == 1, convSplitsOutputs(images: n, outputs: m, rows: cg * K, positions: P, direct: direct) {
