@@ -109,7 +109,16 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                                      a: W + gi * mg * cg * K, lda: cg * K, b: columns, ldb: ldb,
                                      beta: hasBias ? 1 : 0, c: Y + (b * m + gi * mg) * P + p0, ldc: P)
                             }
-                            if let epilogue { for o in 0..<m { epilogue.apply(Y, (b * m + o) * P + p0, width) } }
+                            if let epilogue {
+                                if width == P {
+                                    // Whole rows lie one after another: runs of about 4K elements
+                                    // (an activation call per row of a 7×7 image was 576 calls an image).
+                                    let together = max(1, convEpilogueRun / P)
+                                    for o in stride(from: 0, to: m, by: together) { epilogue.apply(Y, (b * m + o) * P, min(together, m - o) * P) }
+                                } else {
+                                    for o in 0..<m { epilogue.apply(Y, (b * m + o) * P + p0, width) }
+                                }
+                            }
                         }
                     }
                 }

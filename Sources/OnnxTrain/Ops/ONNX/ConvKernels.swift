@@ -189,6 +189,43 @@ func convolutionSplittingOutputs<T: FloatElement>(_ X: UnsafePointer<T>, _ W: Un
     }
 }
 
+/// The fewest elements the convolutions hand their epilogue at once where whole output rows
+/// lie one after another (16 KB of float32, still in cache): FusedConv's activations called once
+/// per row of a 7×7 image (49 elements) cost more in calls than in arithmetic (MobileNetV3's last
+/// blocks, 576 rows an image).
+let convEpilogueRun = 4096
+
+/// Output rows of `count` elements handed to an epilogue in runs of consecutive rows
+/// (`convEpilogueRun`): `add` each row once it is written, `flush` at the end. The same
+/// elementwise epilogue on the same elements, so the same values.
+struct EpilogueRun<T: FloatElement> {
+    let epilogue: ConvEpilogue<T>?
+    let y: UnsafeMutablePointer<T>
+    let count: Int
+    var start = 0, length = 0
+
+    init(_ epilogue: ConvEpilogue<T>?, _ y: UnsafeMutablePointer<T>, _ count: Int) {
+        self.epilogue = epilogue
+        self.y = y
+        self.count = count
+    }
+
+    /// The row at `offset` is written.
+    @inline(__always)
+    mutating func add(_ offset: Int) {
+        guard epilogue != nil else { return }
+        if length > 0 && offset != start + length { flush() }
+        if length == 0 { start = offset }
+        length += count
+        if length >= convEpilogueRun { flush() }
+    }
+
+    mutating func flush() {
+        if length > 0, let epilogue { epilogue.apply(y, start, length) }
+        length = 0
+    }
+}
+
 /// Σ over images and positions of dY [N, M, P] per channel, in Double (rows summed in T), for dB.
 func channelSums<T: FloatElement>(_ dy: UnsafePointer<T>, images n: Int, channels m: Int, positions P: Int) -> [Double] {
     var sums = [Double](repeating: 0, count: m)
@@ -250,6 +287,8 @@ func convolutionBlocked<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePoint
             convGemm(transA: false, transB: false, m: mg, n: ld, k: rows, a: W + gi * mg * rows, lda: rows,
                       b: col, ldb: ld, beta: T(0), c: yB, ldc: ld)
             Parallel.forRange(bc * mg, minimumChunk: rowChunk) { items in
+                // The epilogue runs over consecutive rows of one image together (`convEpilogueRun`).
+                var run = EpilogueRun(epilogue, Y, P)
                 for item in items {
                     let j = item / mg, o = item % mg
                     let at = ((start + j) * m + gi * mg + o) * P
@@ -260,8 +299,9 @@ func convolutionBlocked<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePoint
                     } else {
                         dst.update(from: src, count: P)
                     }
-                    epilogue?.apply(Y, at, P)
+                    run.add(at)
                 }
+                run.flush()
             }
         }
     }
@@ -329,6 +369,7 @@ func depthwiseConvolution<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePoi
     let mult = m / c, K = g.kernelSize, P = g.outputSize, I = g.inputSize, lastOut = g.output[g.rank - 1]
     let taps = ConvTapRows.all(g)
     Parallel.forRange(n * m, minimumChunk: max(1, 8_192 / max(P * K, 1))) { planes in
+        var run = EpilogueRun(epilogue, Y, P)
         for u in planes {
             let b = u / m, o = u % m
             let src = X + (b * c + o / mult) * I, dst = Y + u * P
@@ -347,8 +388,9 @@ func depthwiseConvolution<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePoi
                     }
                 }
             }
-            epilogue?.apply(Y, u * P, P)
+            run.add(u * P)
         }
+        run.flush()
     }
 }
 
@@ -373,14 +415,16 @@ func depthwiseConvolution2D<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafeP
     Parallel.forRange(n * c, minimumChunk: max(1, 8_192 / max(P * K * mult, 1))) { range in
         let buffer = planes.allocate(T.self)
         defer { buffer.deallocate() }
+        var run = EpilogueRun(epilogue, Y, P)
         for u in range {
             planes.fill(buffer, from: X + u * I)
             let b = u / c, ci = u % c
             for o in (ci * mult)..<(ci * mult + mult) {
                 planes.correlate(buffer, weights: W + o * K, start: bias?[o] ?? T.zero, accumulate: false, into: Y + (b * m + o) * P)
-                epilogue?.apply(Y, (b * m + o) * P, P)
+                run.add((b * m + o) * P)
             }
         }
+        run.flush()
     }
 }
 
