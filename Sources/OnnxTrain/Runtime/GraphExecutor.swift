@@ -77,6 +77,11 @@ final class GraphExecutor {
     private var borrowed: [Bool] = []
     /// Plans by fetch list, shared by the threads that run one session.
     private let planCache = Mutex<[[Int]: Plan]>([:])
+    /// Whether Concats' inputs are computed into their slices of the Concat's output
+    /// (`ConcatPlacement`): set by `placeConcatInputs` unless an op writes into its inputs.
+    private(set) var placesConcatInputs = false
+    /// Placements by fetch list, made from the first run of each (shared by the threads).
+    private let placements = Mutex<[[Int]: ConcatPlacement]>([:])
 
     /// Per step, whether its outputs are kept from one run to the next (`memoizeShapeFunctions`):
     /// 0 no; 1 a Shape or Size, whose output is the one kept while its value is the same, so
@@ -119,8 +124,10 @@ final class GraphExecutor {
     /// one changes between runs (an inference session's). `constantInitializers` tells each
     /// kernel which of its inputs are such initializers (not graph inputs), so it may keep forms
     /// derived from them (`NodeContext.isConstantInput`); never for a graph whose weights change.
+    /// `placeConcatInputs` lets the producers of Concats' inputs write into the Concat's output
+    /// (`ConcatPlacement`).
     init(graph: Graph, opsets: [String: Int], registry: OpRegistry, visible: Set<String> = [], inPlaceUpdates: Bool = true,
-         memoizeShapeFunctions: Bool = false, constantInitializers: Bool = false) throws {
+         memoizeShapeFunctions: Bool = false, constantInitializers: Bool = false, placeConcatInputs: Bool = false) throws {
         self.graph = graph
         self.registry = registry
         self.opsets = opsets
@@ -265,6 +272,7 @@ final class GraphExecutor {
         for (s, _) in constants { borrowed[s] = true }
         for (_, s) in outerNames { borrowed[s] = true }
         if memoizeShapeFunctions { (memoKind, memoProducers) = markShapeFunctions() }
+        placesConcatInputs = placeConcatInputs && !steps.contains { $0.hasSideEffects } && steps.contains { $0.kernel is ConcatKernel }
     }
 
     /// `memoKind` for every step (see there) and `memoProducers`; empty when the graph has an op
@@ -433,6 +441,17 @@ final class GraphExecutor {
         for (name, s) in outerNames { frame.values[s] = context.lookup(name) }
         for (s, v) in feeds { frame.values[s] = v }
         let plan = self.plan(for: fetchSlots)
+        // Concats' inputs computed in place (`ConcatPlacement`): placed from the second run of
+        // these fetches; the first observes the Concats' sizes.
+        var placement = ConcatPlacement.none
+        var observed: [Int: ConcatPlacement.Observation]?
+        if placesConcatInputs {
+            if let known = placements.withLock({ $0[fetchSlots] }) { placement = known } else { observed = [:] }
+        }
+        // Per group: its buffer (from its first member until its root Concat has run) and
+        // whether its members have fit so far.
+        var buffers = [TensorStorage?](repeating: nil, count: placement.groupBytes.count)
+        var fitting = [Bool](repeating: true, count: placement.groupBytes.count)
         var inputs: [Value?] = []
         var blocks: [(storage: TensorStorage, elementType: DType)] = []
         var nested: ExecutionContext?
@@ -455,6 +474,29 @@ final class GraphExecutor {
                 frame.values[s] = nil
                 if let block = GraphExecutor.soleStorage(&inputs[j]) { blocks.append(block) }
             }
+            // Placement: a slice of a group's buffer for the producer of a Concat's input, the
+            // buffer (or the Concat's slice of an outer Concat's buffer) for the Concat.
+            let role = placement.roles.isEmpty ? nil : placement.roles[position]
+            var slice: (bytes: UnsafeMutableRawPointer, byteCount: Int, elementType: DType, owner: TensorStorage)?
+            var target: (storage: TensorStorage, elementType: DType)?
+            var sliceTaken = false
+            switch role {
+            case .slice(let g, _, let offset, let byteCount, let elementType)? where fitting[g]:
+                if buffers[g] == nil { buffers[g] = TensorStorage(uninitializedByteCount: placement.groupBytes[g]) }
+                let buffer = buffers[g]!
+                slice = (buffer.bytes + offset, byteCount, elementType, buffer)
+            case .concat(let g, let offset, let byteCount, let elementType, let inputBytes, let root)? where fitting[g]:
+                guard ConcatPlacement.fits(inputs, inputBytes, elementType) else {
+                    fitting[g] = false
+                    break
+                }
+                if buffers[g] == nil { buffers[g] = TensorStorage(uninitializedByteCount: placement.groupBytes[g]) }
+                let buffer = buffers[g]!
+                target = (root ? buffer : TensorStorage(borrowing: buffer.bytes + offset, byteCount: byteCount,
+                                                        release: { withExtendedLifetime(buffer) {} }), elementType)
+            default:
+                break
+            }
             var outputs: [Value?]
             do {
                 let start = profile == nil ? 0 : monotonicNanoseconds()
@@ -463,7 +505,11 @@ final class GraphExecutor {
                     outputs = kept
                 } else {
                     if kind == 0 {
-                        outputs = try GraphExecutor.call(step, inputs, kernelContext, blocks)
+                        if slice == nil && target == nil {
+                            outputs = try GraphExecutor.call(step, inputs, kernelContext, blocks)
+                        } else {
+                            (outputs, sliceTaken) = try GraphExecutor.call(step, inputs, kernelContext, blocks, slice: slice, target: target)
+                        }
                     } else {
                         // Outside the memory pattern: a later run that reuses what this step keeps
                         // allocates nothing here, and must meet the recorded run's blocks in order.
@@ -479,6 +525,28 @@ final class GraphExecutor {
             } catch {
                 throw OnnxTrainError(.kernel, "\(step.node.label): \(error)")
             }
+            switch role {
+            case .slice(let g, let output, _, _, _)? where sliceTaken:
+                // A kernel that took the slice for anything but its output leaves the group:
+                // the bytes are held by a tensor the Concat does not know.
+                guard output < outputs.count, case .tensor(let t)? = outputs[output], t.storage.bytes == slice?.bytes else {
+                    fitting[g] = false
+                    break
+                }
+            case .concat(let g, _, _, _, _, let root)?:
+                if let target {
+                    var tookTarget = false
+                    if case .tensor(let t)?? = outputs.first { tookTarget = t.storage === target.storage }
+                    if !tookTarget { fitting[g] = false }
+                }
+                if root { buffers[g] = nil }
+            default:
+                break
+            }
+            if observed != nil, let concat = step.kernel as? ConcatKernel, memoKind.isEmpty || memoKind[k] == 0,
+               let seen = ConcatPlacement.observe(inputs, outputs, axis: concat.axis) {
+                observed?[position] = seen
+            }
             for (i, s) in step.outputs.enumerated() where s >= 0 {
                 guard i < outputs.count, let value = outputs[i] else {
                     throw OnnxTrainError(.kernel, "\(step.node.label) did not produce output '\(step.node.outputs[i])'")
@@ -487,8 +555,16 @@ final class GraphExecutor {
             }
             for s in plan.freeAfter[position] { frame.values[s] = nil }
         }
+        if let observed {
+            let made = ConcatPlacement.make(positions: plan.steps, steps: steps, observed: observed, keep: Set(fetchSlots),
+                                            borrowed: borrowed, memoKind: memoKind)
+            placements.withLock { if $0[fetchSlots] == nil { $0[fetchSlots] = made } }
+        }
         return fetchSlots.map { frame.values[$0] }
     }
+
+    /// The placement made for `fetchSlots` (tests read it); nil before their first run.
+    func concatPlacement(for fetchSlots: [Int]) -> ConcatPlacement? { placements.withLock { $0[fetchSlots] } }
 
     /// One node's kernel call, offering `blocks` (dying inputs) to its output.
     @inline(__always)
@@ -500,6 +576,19 @@ final class GraphExecutor {
             throw OnnxTrainError(.kernel, "\(step.node.label) declares an input in place but returned that input")
         }
         return outputs
+    }
+
+    /// One node's kernel call with a slice of a Concat's buffer offered to its output, or a
+    /// Concat's output storage (`ConcatPlacement`), beside `blocks`; also whether the slice was taken.
+    private static func call(_ step: Step, _ inputs: [Value?], _ context: ExecutionContext,
+                             _ blocks: [(storage: TensorStorage, elementType: DType)],
+                             slice: (bytes: UnsafeMutableRawPointer, byteCount: Int, elementType: DType, owner: TensorStorage)?,
+                             target: (storage: TensorStorage, elementType: DType)?) throws -> ([Value?], Bool) {
+        let (outputs, taken) = try BufferDonation.offering(blocks, slice: slice, target: target) { try step.kernel.run(inputs, context) }
+        for case .tensor(let t)? in outputs where t.storage.donated {
+            throw OnnxTrainError(.kernel, "\(step.node.label) declares an input in place but returned that input")
+        }
+        return (outputs, taken)
     }
 
     /// The storage of the tensor in `value` when no other tensor or value holds it (the caller

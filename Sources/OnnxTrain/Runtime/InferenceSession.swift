@@ -14,7 +14,9 @@ public struct SessionOptions {
     /// dies at them (the executor's memory plan, `GraphExecutor.Plan`); off also with
     /// `ONNX_TRAIN_DISABLE_PASSES=memory-plan` (or `all`), for debugging. The same switch turns
     /// off the memory pattern: runs after the first with the same feed shapes and fetches place
-    /// their large blocks in one arena laid out from the first run (`MemoryPattern`).
+    /// their large blocks in one arena laid out from the first run (`MemoryPattern`), and the
+    /// computing of Concats' inputs into the Concat's output (`ConcatPlacement`; alone with
+    /// `ONNX_TRAIN_DISABLE_PASSES=concat-in-place`).
     public var memoryPlan = true
     /// Where a session reports what it accepts but a reader may not expect (a symbolic dimension
     /// bound to two sizes); standard error by default.
@@ -88,7 +90,8 @@ public final class InferenceSession: @unchecked Sendable {
             executor = try GraphExecutor(graph: compiled.graph, opsets: compiled.opsetImports, registry: options.registry,
                                          inPlaceUpdates: inPlaceUpdates,
                                          memoizeShapeFunctions: !disabled.contains("shape-memo") && !disabled.contains("all"),
-                                         constantInitializers: !disabled.contains("weight-cache") && !disabled.contains("all"))
+                                         constantInitializers: !disabled.contains("weight-cache") && !disabled.contains("all"),
+                                         placeConcatInputs: inPlaceUpdates && !disabled.contains("concat-in-place"))
         } catch let error as OnnxTrainError {
             throw path.map { error.prefixed($0) } ?? error
         }
@@ -187,8 +190,12 @@ public final class InferenceSession: @unchecked Sendable {
         let results: [Value?]
         do {
             if let memoryPatterns, executor === self.executor {
-                // The pattern's key: what is fetched and each feed's slot, element type and shape.
-                var key = fetchSlots + [-1]
+                // The pattern's key: what is fetched and each feed's slot, element type and shape;
+                // and whether the Concats' inputs are placed yet (`ConcatPlacement`, from the second
+                // run on): the runs that place allocate other blocks than the first, and record anew
+                // rather than leave the first run's pattern (for the size cache, a higher peak).
+                let placed = executor.placesConcatInputs && executor.concatPlacement(for: fetchSlots) != nil
+                var key = fetchSlots + [placed ? -3 : -1]
                 for (slot, value) in feedSlots {
                     key.append(slot)
                     if case .tensor(let t) = value { key += [Int(t.dtype.rawValue), t.rank] + t.shape } else { key.append(-2) }

@@ -65,10 +65,16 @@ public final class TensorStorage {
     /// (`Tensor(uninitialized:)`). While an in-place kernel runs (`BufferDonation`), a request
     /// of exactly the size and element type of a dying input's block gets that block: the
     /// kernel's output is written over its input.
+    /// While the executor offers a slice of a Concat's output (`ConcatPlacement`), a request of
+    /// exactly the slice's size and element type gets a view of those bytes instead: the kernel
+    /// writes its output where the Concat would have copied it.
     convenience init(uninitializedByteCount byteCount: Int, elementType: DType) {
-        if let donated = BufferDonation.take(byteCount, elementType) {
+        switch BufferDonation.take(byteCount, elementType) {
+        case .slice(let bytes, let owner)?:
+            self.init(borrowing: bytes, byteCount: byteCount, release: { withExtendedLifetime(owner) {} })
+        case .block(let donated)?:
             self.init(heapBlock: donated, byteCount: byteCount)
-        } else {
+        case nil:
             self.init(freshByteCount: byteCount)
         }
     }
@@ -117,9 +123,27 @@ public final class TensorStorage {
 /// before the output is made may have the block's size).
 /// Offers are per thread (a session may run on several threads; kernels' worker threads
 /// allocate scratch, never outputs, and see no offers).
+///
+/// The executor may also offer one slice of a Concat's output buffer (`ConcatPlacement`) to the
+/// kernel that computes one of the Concat's inputs, ahead of any dying input's block, and the
+/// output buffer itself to the Concat (`takeConcatTarget`). A slice is a view (its storage
+/// borrows the bytes and keeps the buffer's storage alive), so it is never donated in turn.
 enum BufferDonation {
     final class Offers {
         var donors: [(storage: TensorStorage, elementType: DType)] = []
+        /// A slice of a Concat's output buffer: its first byte, size, element type and owner.
+        var slice: (bytes: UnsafeMutableRawPointer, byteCount: Int, elementType: DType, owner: TensorStorage)?
+        var sliceTaken = false
+        /// A Concat's output storage (the buffer, or a slice of an enclosing Concat's buffer).
+        var target: (storage: TensorStorage, elementType: DType)?
+        /// Whether any offer is open (one load on the allocation path).
+        var open = false
+    }
+
+    /// What an allocation takes: a dying input's block, or a slice of a Concat's buffer.
+    enum Taken {
+        case block(UnsafeMutableRawPointer)
+        case slice(UnsafeMutableRawPointer, owner: TensorStorage)
     }
 
     private static let key: pthread_key_t = {
@@ -150,26 +174,65 @@ enum BufferDonation {
     static func offering<R>(_ donors: [(storage: TensorStorage, elementType: DType)], _ body: () throws -> R) rethrows -> R {
         let offers = self.offers
         offers.donors = donors
-        defer { offers.donors.removeAll(keepingCapacity: true) }
+        offers.open = true
+        defer { offers.donors.removeAll(keepingCapacity: true); offers.open = false }
         return try body()
     }
 
-    /// The bytes of an offered block of exactly `byteCount` bytes of `elementType`, now owned by the caller.
+    /// Offers `donors`, a `slice` of a Concat's buffer and a Concat's `target` storage to what
+    /// `body` does on this thread (all withdrawn after); also returns whether the slice was taken.
+    static func offering<R>(_ donors: [(storage: TensorStorage, elementType: DType)],
+                            slice: (bytes: UnsafeMutableRawPointer, byteCount: Int, elementType: DType, owner: TensorStorage)?,
+                            target: (storage: TensorStorage, elementType: DType)?,
+                            _ body: () throws -> R) rethrows -> (result: R, sliceTaken: Bool) {
+        let offers = self.offers
+        offers.donors = donors
+        offers.slice = slice
+        offers.sliceTaken = false
+        offers.target = target
+        offers.open = true
+        defer {
+            offers.donors.removeAll(keepingCapacity: true)
+            offers.slice = nil
+            offers.target = nil
+            offers.open = false
+        }
+        let result = try body()
+        return (result, offers.sliceTaken)
+    }
+
+    /// An offered block or slice of exactly `byteCount` bytes of `elementType`, now the caller's
+    /// (a slice first: it saves the Concat a copy, a block only an allocation).
     @inline(__always)
-    static func take(_ byteCount: Int, _ elementType: DType) -> UnsafeMutableRawPointer? {
+    static func take(_ byteCount: Int, _ elementType: DType) -> Taken? {
         guard let raw = pthread_getspecific(key) else { return nil }
         let offers = Unmanaged<Offers>.fromOpaque(raw).takeUnretainedValue()
-        guard !offers.donors.isEmpty else { return nil }
+        guard offers.open else { return nil }
         return takeSlow(offers, byteCount, elementType)
     }
 
     @inline(never)
-    private static func takeSlow(_ offers: Offers, _ byteCount: Int, _ elementType: DType) -> UnsafeMutableRawPointer? {
+    private static func takeSlow(_ offers: Offers, _ byteCount: Int, _ elementType: DType) -> Taken? {
+        if let slice = offers.slice, slice.byteCount == byteCount, slice.elementType == elementType {
+            offers.slice = nil
+            offers.sliceTaken = true
+            return .slice(slice.bytes, owner: slice.owner)
+        }
         guard let i = offers.donors.firstIndex(where: { $0.storage.byteCount == byteCount && $0.elementType == elementType }) else { return nil }
         let donor = offers.donors.remove(at: i).storage
         donor.donated = true
         takenCount.add(1, ordering: .relaxed)
-        return donor.bytes
+        return .block(donor.bytes)
+    }
+
+    /// The storage the executor offers a Concat's output when it is exactly `byteCount` bytes of
+    /// `elementType` (`ConcatPlacement`); the Concat writes there the inputs not already in place.
+    static func takeConcatTarget(_ byteCount: Int, _ elementType: DType) -> TensorStorage? {
+        guard let raw = pthread_getspecific(key) else { return nil }
+        let offers = Unmanaged<Offers>.fromOpaque(raw).takeUnretainedValue()
+        guard let target = offers.target, target.storage.byteCount == byteCount, target.elementType == elementType else { return nil }
+        offers.target = nil
+        return target.storage
     }
 }
 
