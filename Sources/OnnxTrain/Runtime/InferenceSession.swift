@@ -191,10 +191,11 @@ public final class InferenceSession: @unchecked Sendable {
         do {
             if let memoryPatterns, executor === self.executor {
                 // The pattern's key: what is fetched and each feed's slot, element type and shape;
-                // and whether the Concats' inputs are placed yet (`ConcatPlacement`, from the second
-                // run on): the runs that place allocate other blocks than the first, and record anew
-                // rather than leave the first run's pattern (for the size cache, a higher peak).
-                let placed = executor.placesConcatInputs && executor.concatPlacement(for: fetchSlots) != nil
+                // and whether Concats' inputs are placed yet (`ConcatPlacement`, from the second run
+                // on, where the graph has such Concats): the runs that place allocate other blocks
+                // than the first, and record anew rather than leave the first run's pattern (for
+                // the size cache, a higher peak).
+                let placed = executor.placesConcatInputs && executor.concatPlacement(for: fetchSlots)?.groupBytes.isEmpty == false
                 var key = fetchSlots + [placed ? -3 : -1]
                 for (slot, value) in feedSlots {
                     key.append(slot)

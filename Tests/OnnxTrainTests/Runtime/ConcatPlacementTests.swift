@@ -127,6 +127,26 @@ final class ConcatPlacementTests: XCTestCase {
         XCTAssertEqual(placement.groupBytes, [48 * plane * 4], "one buffer: the last Concat's output")
     }
 
+    /// The runs that place allocate other blocks than the first (which observed), and record
+    /// their own memory pattern: from the third run on, the group's buffer comes from the arena.
+    func testPlacingRunsReplayTheirPattern() throws {
+        let nodes = [node("Neg", ["x"], "c0"), node("Sigmoid", ["c0"], "n1"), node("Concat", ["c0", "n1"], "c1", axis: 1),
+                     node("Abs", ["c1"], "n2"), node("Concat", ["c1", "n2"], "c2", axis: 1), node("GlobalAveragePool", ["c2"], "y")]
+        let g = graph(nodes, outputs: ["y"])
+        let x = input([1, 8, 32, 32])  // 32 KiB: the buffer (128 KiB) is a large block
+        let expected = try session(g, placing: false).run(["x": .tensor(x)])["y"]
+        let s = try session(g)
+        for run in 0..<5 {
+            let before = MemoryPattern.arenaBlocks.load(ordering: .relaxed)
+            let (outputs, placed, copied) = try counted(s, ["x": x])
+            let fromArena = MemoryPattern.arenaBlocks.load(ordering: .relaxed) - before
+            XCTAssertEqual(bits(outputs["y"]), bits(expected), "run \(run)")
+            XCTAssertEqual(placed, run == 0 ? 0 : 4, "run \(run)")
+            XCTAssertEqual(copied, 0, "run \(run)")
+            XCTAssertEqual(fromArena, run >= 2 ? 1 : 0, "run \(run): the buffer from the arena")
+        }
+    }
+
     /// A fetched Concat keeps its buffer; a fetched input of a Concat is not placed (the caller
     /// could write it), nor is a value two Concats read, or one a Concat reads twice, or a Reshape
     /// view; the rest still are.
