@@ -22,11 +22,19 @@
 /// rounding the ops the pass replaced (the same sums in another order; skipped products added
 /// exact zeros).
 ///
+/// Attribute `qkv_heads` (int, default 0; written by the pass's projection packing): when H > 0,
+/// input 0 is one [B, T, 3·H·D] product holding Q, K and V side by side along its last axis
+/// (BERT's and ViT's three projections as one, or GPT-2's c_attn before its Split), inputs 1 and
+/// 2 are empty, and Q, K, V are read from it in place with token stride 3·H·D: the Split and the
+/// Reshapes go, and no copy is made. A packed input whose rank is not 3 or whose last axis is not
+/// 3·H·D for a whole D fails with an error.
+///
 /// Shapes outside that (ranks other than 4, batch or head counts that differ, a mask that does
 /// not broadcast) run as the unfused ops: Transposes, MatMul, scale, Add, Softmax, MatMul,
 /// Transpose, so any input gets their result and errors.
 struct FusedAttentionKernel: Kernel {
     let scale: Double
+    var packedHeads = 0
 
     /// Query rows per task: three of the float32 kernel's 16-lane score groups and eight of its
     /// 6-row P·V groups, so a full block wastes no lanes (32 rows computed 36 in P·V); a block's
@@ -38,6 +46,8 @@ struct FusedAttentionKernel: Kernel {
     struct Compute: ElementOperation {
         let q: Tensor, k: Tensor, v: Tensor, mask: Tensor?
         let scale: Double
+        /// H when q is the packed [B, T, 3·H·D] product (k and v are then q too), else 0.
+        var packedHeads = 0
 
         /// Element strides of the mask broadcast to [B, H, Tq, Tk] (0 along broadcast axes), or nil
         /// when it does not broadcast.
@@ -53,11 +63,24 @@ struct FusedAttentionKernel: Kernel {
         }
 
         func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
-            guard q.rank == 4, k.rank == 4, v.rank == 4 else { return try unfused(T.self) }
-            let (b, tq, h, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
-            let tk = k.shape[1], dv = v.shape[3]
-            guard k.shape[0] == b, v.shape[0] == b, k.shape[2] == h, v.shape[2] == h, k.shape[3] == d, v.shape[1] == tk, d > 0 else {
-                return try unfused(T.self)
+            // Token strides of Q, K, V and where K and V start (element offsets into k and v).
+            var b = 0, tq = 0, h = 0, d = 0, tk = 0, dv = 0, qs = 0, ks = 0, vs = 0, kOff = 0, vOff = 0
+            if packedHeads > 0 {
+                guard q.rank == 3, q.shape[2] % (3 * packedHeads) == 0 else {
+                    throw KernelError("FusedAttention: a packed QKV input must be [B, T, 3·\(packedHeads)·D], got \(q.shape)")
+                }
+                (b, tq, h) = (q.shape[0], q.shape[1], packedHeads)
+                d = q.shape[2] / (3 * h)
+                (tk, dv) = (tq, d)
+                (qs, ks, vs, kOff, vOff) = (3 * h * d, 3 * h * d, 3 * h * d, h * d, 2 * h * d)
+            } else {
+                guard q.rank == 4, k.rank == 4, v.rank == 4 else { return try unfused(T.self) }
+                (b, tq, h, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+                (tk, dv) = (k.shape[1], v.shape[3])
+                guard k.shape[0] == b, v.shape[0] == b, k.shape[2] == h, v.shape[2] == h, k.shape[3] == d, v.shape[1] == tk, d > 0 else {
+                    return try unfused(T.self)
+                }
+                (qs, ks, vs) = (h * d, h * d, h * dv)
             }
             var ms = [0, 0, 0, 0]
             if let mask {
@@ -77,7 +100,8 @@ struct FusedAttentionKernel: Kernel {
                         try maskTensor.withUnsafeBufferPointer(as: T.self) { pm in
                             out.uncheckedMutableBufferPointer(as: T.self) { po in
                                 guard let Y = po.baseAddress else { return }
-                                guard tk > 0, let Q = pq.baseAddress, let K = pk.baseAddress, let V = pv.baseAddress else {
+                                guard tk > 0, d > 0, let Q = pq.baseAddress, let K = pk.baseAddress.map({ $0 + kOff }),
+                                      let V = pv.baseAddress.map({ $0 + vOff }) else {
                                     // No keys: softmax over nothing, an empty product: zeros.
                                     Y.update(repeating: T.zero, count: po.count)
                                     return
@@ -96,7 +120,7 @@ struct FusedAttentionKernel: Kernel {
                                         let block = task % blocks, head = (task / blocks) % h, n = task / (blocks * h)
                                         let i0 = block * blockRows, rows = min(blockRows, tq - i0)
                                         attend(Q: Q, K: K, V: V, M: M, Y: Y, ms: ms, n: n, head: head, i0: i0, rows: rows,
-                                               tq: tq, tk: tk, h: h, d: d, dv: dv, alpha: alpha, scores: scores, lengths: lengths,
+                                               tq: tq, tk: tk, h: h, d: d, dv: dv, qs: qs, ks: ks, vs: vs, alpha: alpha, scores: scores, lengths: lengths,
                                                scratch: scratch, suffix: suffix)
                                     }
                                 }
@@ -108,14 +132,15 @@ struct FusedAttentionKernel: Kernel {
             return out
         }
 
-        /// One task: query rows i0..<i0+rows of head `head` in batch entry `n`.
+        /// One task: query rows i0..<i0+rows of head `head` in batch entry `n` (qs, ks, vs: the
+        /// token strides of Q, K and V).
         @inline(__always)
         func attend<T: FloatElement>(Q: UnsafePointer<T>, K: UnsafePointer<T>, V: UnsafePointer<T>, M: UnsafePointer<T>?,
                                      Y: UnsafeMutablePointer<T>, ms: [Int], n: Int, head: Int, i0: Int, rows: Int,
-                                     tq: Int, tk: Int, h: Int, d: Int, dv: Int, alpha: T,
+                                     tq: Int, tk: Int, h: Int, d: Int, dv: Int, qs: Int, ks: Int, vs: Int, alpha: T,
                                      scores: UnsafeMutablePointer<T>?, lengths: UnsafeMutablePointer<Int>,
                                      scratch: AttentionBlock.Scratch?, suffix: KeySuffix) {
-            let q = Q + ((n * tq + i0) * h + head) * d, k = K + (n * tk * h + head) * d, v = V + (n * tk * h + head) * dv
+            let q = Q + (n * tq + i0) * qs + head * d, k = K + n * tk * ks + head * d, v = V + n * tk * vs + head * dv
             let y = Y + ((n * tq + i0) * h + head) * dv
             let maskBase = M.map { $0 + n * ms[0] + head * ms[1] + i0 * ms[2] }
             // Each row's keys: all, or up to its last entry the mask leaves in. A mask whose kept
@@ -135,8 +160,8 @@ struct FusedAttentionKernel: Kernel {
                 width = max(width, len)
                 shortest = min(shortest, len)
             }
-            if shortest < tk && !Self.trimIsExact(q: q, rows: rows, keysFrom: shortest, suffix: suffix.of(k: k, v: v, n: n, head: head, stride: h, d: d, dv: dv),
-                                                  stride: h, d: d, alpha: alpha) {
+            if shortest < tk && !Self.trimIsExact(q: q, rows: rows, keysFrom: shortest, suffix: suffix.of(k: k, v: v, n: n, head: head, ks: ks, vs: vs, d: d, dv: dv),
+                                                  qs: qs, d: d, alpha: alpha) {
                 for r in 0..<rows { lengths[r] = tk }
                 width = tk
                 zeroMask = false
@@ -144,16 +169,16 @@ struct FusedAttentionKernel: Kernel {
             let maskRows = zeroMask ? nil : maskBase
             if let scratch, T.self == Float.self {
                 func f(_ p: UnsafePointer<T>) -> UnsafePointer<Float> { UnsafeRawPointer(p).assumingMemoryBound(to: Float.self) }
-                AttentionBlock.run(q: f(q), qs: h * d, k: f(k), ks: h * d, v: f(v), vs: h * dv,
+                AttentionBlock.run(q: f(q), qs: qs, k: f(k), ks: ks, v: f(v), vs: vs,
                                    y: UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), ys: h * dv,
                                    mask: maskRows.map(f), mRow: ms[2], mKey: ms[3], rows: rows, d: d, dv: dv,
                                    alpha: Float(alpha.doubleValue), lengths: lengths, width: width, scratch: scratch)
                 return
             }
             guard let scores else { return }
-            // scores[rows, width] = alpha·Q·Kᵀ (heads read in place: row stride H·D).
+            // scores[rows, width] = alpha·Q·Kᵀ (heads read in place: row stride H·D, or 3·H·D packed).
             BLAS.gemm(transA: false, transB: true, m: rows, n: width, k: d, alpha: alpha,
-                      a: q, lda: h * d, b: k, ldb: h * d, beta: T.zero, c: scores, ldc: width)
+                      a: q, lda: qs, b: k, ldb: ks, beta: T.zero, c: scores, ldc: width)
             for r in 0..<rows {
                 let s = scores + r * width, len = lengths[r]
                 if let maskRows {
@@ -170,7 +195,7 @@ struct FusedAttentionKernel: Kernel {
             }
             // Y[b, i0..., head, :] = P·V (V's heads read in place, Y written in [B, Tq, H, Dv]).
             BLAS.gemm(transA: false, transB: false, m: rows, n: dv, k: width, alpha: T(fromDouble: 1),
-                      a: scores, lda: width, b: v, ldb: h * dv, beta: T.zero, c: y, ldc: h * dv)
+                      a: scores, lda: width, b: v, ldb: vs, beta: T.zero, c: y, ldc: h * dv)
         }
 
         /// Whether leaving out keys `from..<tk` gives what the unfused ops compute. There those
@@ -181,8 +206,8 @@ struct FusedAttentionKernel: Kernel {
         /// infinite), or a product that could overflow, keeps every key, so the row gets the
         /// unfused NaN or infinity.
         static func trimIsExact<T: FloatElement>(q: UnsafePointer<T>, rows: Int, keysFrom from: Int, suffix: UnsafePointer<Double>,
-                                                 stride h: Int, d: Int, alpha: T) -> Bool {
-            guard let qm = largestAbs(q, rows, d, h * d) else { return false }
+                                                 qs: Int, d: Int, alpha: T) -> Bool {
+            guard let qm = largestAbs(q, rows, d, qs) else { return false }
             // An infinite suffix (non-finite key or value) fails the comparison, also times 0 (NaN).
             return abs(alpha.doubleValue) * qm * suffix[from] * Double(d) < 1e30
         }
@@ -203,8 +228,15 @@ struct FusedAttentionKernel: Kernel {
     }
 
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
-        let q = try inputs.tensor(0), k = try inputs.tensor(1), v = try inputs.tensor(2)
+        let q = try inputs.tensor(0)
         let mask = inputs.count > 3 ? try inputs.optionalTensor(3) : nil
+        if packedHeads > 0 {
+            let dtype = try commonElementType([q] + (mask.map { [$0] } ?? []), names: ["QKV", "mask"].prefix(mask == nil ? 1 : 2).map { $0 },
+                                              floatOnly: true)
+            guard dtype == .float32 || dtype == .float64 else { throw KernelError("FusedAttention takes float32 or float64, got \(dtype)") }
+            return [.tensor(try dispatch(dtype, Compute(q: q, k: q, v: q, mask: mask, scale: scale, packedHeads: packedHeads)))]
+        }
+        let k = try inputs.tensor(1), v = try inputs.tensor(2)
         let dtype = try commonElementType([q, k, v] + (mask.map { [$0] } ?? []), names: ["Q", "K", "V", "mask"].prefix(mask == nil ? 3 : 4).map { $0 },
                                           floatOnly: true)
         guard dtype == .float32 || dtype == .float64 else { throw KernelError("FusedAttention takes float32 or float64, got \(dtype)") }
@@ -229,15 +261,15 @@ final class KeySuffix {
 
     func deallocate() { values.deallocate() }
 
-    /// The suffix of (n, head), whose first key and value rows are `k` and `v` (row stride H·D, H·Dv).
-    func of<T: FloatElement>(k: UnsafePointer<T>, v: UnsafePointer<T>, n: Int, head: Int, stride h: Int, d: Int, dv: Int)
+    /// The suffix of (n, head), whose first key and value rows are `k` and `v` (token strides ks, vs).
+    func of<T: FloatElement>(k: UnsafePointer<T>, v: UnsafePointer<T>, n: Int, head: Int, ks: Int, vs: Int, d: Int, dv: Int)
         -> UnsafePointer<Double> {
         if let f = filledFor, f.n == n, f.head == head { return UnsafePointer(values) }
         var top = 0.0
         values[keys] = 0
         for j in stride(from: keys - 1, through: 0, by: -1) {
             if top.isFinite {
-                if let km = largestAbs(k + j * h * d, 1, d, 0), largestAbs(v + j * h * dv, 1, dv, 0) != nil {
+                if let km = largestAbs(k + j * ks, 1, d, 0), largestAbs(v + j * vs, 1, dv, 0) != nil {
                     top = max(top, km)
                 } else {
                     top = .infinity
@@ -307,6 +339,8 @@ func addRow<T: FloatElement>(_ s: UnsafeMutablePointer<T>, _ m: UnsafePointer<T>
 
 func registerFusedAttentionOps(_ registry: OpRegistry) {
     registry.register("FusedAttention", domain: internalDomain, since: [1]) { ctx in
-        FusedAttentionKernel(scale: Double(try ctx.float("scale", default: 1)))
+        let heads = try ctx.int("qkv_heads", default: 0)
+        guard heads >= 0 else { throw KernelError("FusedAttention: qkv_heads must be at least 0, got \(heads)") }
+        return FusedAttentionKernel(scale: Double(try ctx.float("scale", default: 1)), packedHeads: heads)
     }
 }
