@@ -68,7 +68,9 @@ extension Node {
 
 /// Static element types and shapes of every value of a graph, as far as they can be known
 /// without data: declared types (inputs, value_info, outputs) and initializers first, then one
-/// rule per op over the nodes in order. Symbolic dimensions are kept. An op without a shape
+/// rule per op over the nodes in order. Symbolic dimensions are kept, also through the small
+/// int64 shape tensors an export computes (`shapeValue`: Shape → Gather → Unsqueeze → Concat →
+/// Reshape's target, as PyTorch writes `x.size()[:-1] + (h, d)`). An op without a shape
 /// rule still gets an element type (most ops keep their first input's); its shape stays unknown,
 /// and the code that reads this falls back to shapes computed at run time.
 public struct TypeInference {
@@ -84,13 +86,24 @@ public struct TypeInference {
         let index = GraphIndex(graph)
         let constants = graph.initializers.filter { index.isConstant($0.key) }
         var constantValues = constants
+        var shapeValues: [String: [Dim]] = [:]
         for i in index.order {
             let node = graph.nodes[i]
             if node.opType == "Constant", node.domain.isEmpty, let out = node.output(0), let t = TypeInference.constantValue(node) {
                 constantValues[out] = t
             }
+            /// The entries of a 1-D (or scalar) integer value, as dimensions, where known.
+            func entries(_ name: String) -> [Dim]? {
+                if let v = shapeValues[name] { return v }
+                guard let t = constantValues[name], t.rank <= 1, t.count <= 64, let v = t.intValues() else { return nil }
+                return v.map { .value($0) }
+            }
+            if let out = node.output(0), node.outputs.count == 1,
+               let v = TypeInference.shapeValue(node, info: { info[$0] }, entries: entries, constant: { constantValues[$0] }) {
+                shapeValues[out] = v
+            }
             let inferred = TypeInference.rule(node, inputs: node.inputs.map { $0.isEmpty ? nil : info[$0] },
-                                              constant: { name in constantValues[name] },
+                                              constant: { name in constantValues[name] }, entries: entries,
                                               opset: opsets[node.domain] ?? 1)
             for (k, o) in node.outputs.enumerated() where !o.isEmpty {
                 let declared = info[o]
@@ -151,8 +164,59 @@ public struct TypeInference {
     ]
     static let boolOps: Set<String> = ["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN", "IsInf"]
 
-    /// Output information of one node from its inputs' information.
-    static func rule(_ node: Node, inputs: [TensorInfo?], constant: (String) -> Tensor?, opset: Int) -> [TensorInfo?] {
+    /// The value of a small shape computation's output as dimensions (a symbol or number each),
+    /// or nil: Shape (its input's dimensions), Gather of constant indices, Unsqueeze or Squeeze of
+    /// one entry, Concat, Cast to an integer type, and a Slice with constant bounds of a tracked value.
+    static func shapeValue(_ node: Node, info: (String) -> TensorInfo?, entries: (String) -> [Dim]?,
+                           constant: (String) -> Tensor?) -> [Dim]? {
+        guard node.domain.isEmpty, let x = node.input(0) else { return nil }
+        func constInts(_ i: Int) -> [Int]? { node.input(i).flatMap(constant)?.intValues() }
+        switch node.opType {
+        case "Shape":
+            guard let s = info(x)?.shape else { return nil }
+            let r = s.count
+            let start = normalize(node.int("start") ?? 0, r, clamp: true), end = normalize(node.int("end") ?? r, r, clamp: true)
+            return start < end ? Array(s[start..<end]) : []
+        case "Gather":
+            guard (node.int("axis") ?? 0) == 0, let v = entries(x), let idx = constInts(1) else { return nil }
+            var out: [Dim] = []
+            for i in idx {
+                let j = i < 0 ? i + v.count : i
+                guard j >= 0 && j < v.count else { return nil }
+                out.append(v[j])
+            }
+            return out
+        case "Unsqueeze", "Squeeze", "Identity":
+            // One entry stays one entry (a scalar made [1], or [1] made a scalar).
+            guard let v = entries(x), v.count == 1 else { return nil }
+            return v
+        case "Cast":
+            guard let to = node.int("to"), let dt = DType(rawValue: Int32(to)), dt == .int64 || dt == .int32 else { return nil }
+            return entries(x)
+        case "Concat":
+            guard node.int("axis") == 0 || node.int("axis") == -1 else { return nil }
+            var out: [Dim] = []
+            for name in node.inputs {
+                guard let v = entries(name) else { return nil }
+                out += v
+            }
+            return out
+        case "Slice":
+            guard node.inputs.count >= 3, let v = entries(x), let starts = constInts(1), let ends = constInts(2),
+                  starts.count == 1, ends.count == 1, node.input(3) == nil || constInts(3) == [0] || constInts(3) == [-1],
+                  node.input(4) == nil || constInts(4) == [1] else { return nil }
+            let n = v.count
+            let a = min(max(starts[0] < 0 ? starts[0] + n : starts[0], 0), n), b = min(max(ends[0] < 0 ? ends[0] + n : ends[0], 0), n)
+            return a < b ? Array(v[a..<b]) : []
+        default:
+            return nil
+        }
+    }
+
+    /// Output information of one node from its inputs' information (`entries`: a shape
+    /// computation's value as dimensions, `shapeValue`).
+    static func rule(_ node: Node, inputs: [TensorInfo?], constant: (String) -> Tensor?, entries: (String) -> [Dim]? = { _ in nil },
+                     opset: Int) -> [TensorInfo?] {
         func input(_ i: Int) -> TensorInfo? { i < inputs.count ? inputs[i] : nil }
         func constInts(_ i: Int) -> [Int]? { node.input(i).flatMap(constant)?.intValues() }
         let x = input(0)
@@ -170,7 +234,14 @@ public struct TypeInference {
             return [TensorInfo(dtype: dtype, shape: matmulShape(x?.shape, input(1)?.shape, transA: false, transB: node.int("transB") == 1))]
         }
         // FusedAttention (AttentionFusion): Q [B, Tq, H, D] and V [B, Tk, H, Dv] give [B, Tq, H, Dv].
+        // Packed (qkv_heads H): QKV [B, T, 3·H·D] gives [B, T, H, D].
         if node.domain == internalDomain && op == "FusedAttention" {
+            if let h = node.int("qkv_heads"), h > 0 {
+                guard let ps = x?.shape, ps.count == 3 else { return [TensorInfo(dtype: dtype, shape: nil)] }
+                var d = Dim.unknown
+                if case .value(let w) = ps[2], w % (3 * h) == 0 { d = .value(w / (3 * h)) }
+                return [TensorInfo(dtype: dtype, shape: [ps[0], ps[1], .value(h), d])]
+            }
             guard let qs = x?.shape, qs.count == 4, let vs = input(2)?.shape, vs.count == 4 else { return [TensorInfo(dtype: dtype, shape: nil)] }
             return [TensorInfo(dtype: dtype, shape: Array(qs.prefix(3)) + [vs[3]])]
         }
@@ -234,6 +305,19 @@ public struct TypeInference {
             return [TensorInfo(dtype: dtype, shape: perm.map { s[$0] })]
         case "Reshape":
             guard let target = constInts(1) else {
+                // Computed entries: their symbols and numbers (0 copies the input's dimension).
+                if let v = node.input(1).flatMap(entries) {
+                    let zero = node.int("allowzero") != 1
+                    let ints = v.compactMap { d -> Int? in if case .value(let n) = d { return n } else { return nil } }
+                    if ints.count == v.count { return [TensorInfo(dtype: dtype, shape: reshape(x?.shape, ints, allowZero: !zero))] }
+                    return [TensorInfo(dtype: dtype, shape: v.enumerated().map { i, d in
+                        if case .value(let n) = d {
+                            if n == 0 && zero { return x?.shape.flatMap { i < $0.count ? $0[i] : nil } ?? .unknown }
+                            return n < 0 ? .unknown : d
+                        }
+                        return d
+                    })]
+                }
                 // The rank is the shape input's length, when that is static.
                 if let s = input(1)?.shape, s.count == 1, case .value(let r) = s[0] { return [TensorInfo(dtype: dtype, shape: Array(repeating: .unknown, count: r))] }
                 return [TensorInfo(dtype: dtype, shape: nil)]
@@ -344,7 +428,19 @@ public struct TypeInference {
         case "RandomNormalLike", "RandomUniformLike", "Bernoulli":
             return [TensorInfo(dtype: node.int("dtype").flatMap { DType(rawValue: Int32($0)) } ?? dtype, shape: x?.shape)]
         case "Split", "SplitTraining":
-            return node.outputs.map { _ in TensorInfo(dtype: dtype, shape: x?.shape.map { s in s.map { _ in Dim.unknown } }) }
+            // Every axis but the split one stays; that one's sizes from the split input or
+            // attribute, or equal parts of a known size.
+            guard let s = x?.shape else { return node.outputs.map { _ in TensorInfo(dtype: dtype, shape: nil) } }
+            let axis = normalize(node.int("axis") ?? 0, s.count, clamp: false)
+            guard axis >= 0 && axis < s.count else { return node.outputs.map { _ in TensorInfo(dtype: dtype, shape: s.map { _ in .unknown }) } }
+            let sizes: [Int]?
+            if node.input(1) != nil { sizes = constInts(1) } else if let a = node.ints("split") { sizes = a } else if case .value(let n) = s[axis],
+                node.outputs.count > 0, n % node.outputs.count == 0 { sizes = Array(repeating: n / node.outputs.count, count: node.outputs.count) } else { sizes = nil }
+            return node.outputs.indices.map { k in
+                var out = s
+                out[axis] = sizes.flatMap { k < $0.count ? .value($0[k]) : nil } ?? .unknown
+                return TensorInfo(dtype: dtype, shape: out)
+            }
         case "Slice":
             // starts, ends, axes and steps: inputs from opset 10, attributes before (no steps).
             let fromInputs = opset >= 10
