@@ -142,7 +142,7 @@ public struct AttentionFusion: GraphPass {
                 return (r, y, h, d)
             }
             guard let target = ShapeEntry.resolve(reshape.inputs[1], c), target.count == 4 else { return nil }
-            let same = projectionInput(y).map { Set([y, $0]) } ?? [y]
+            let same = sameLeading(y)
             let allowZero = reshape.int("allowzero") == 1
             for a in 0..<2 {
                 switch target[a] {
@@ -159,16 +159,22 @@ public struct AttentionFusion: GraphPass {
             default: return nil
             }
         }
-        /// x when y is MatMul(x, W) + bias with x of rank 3, W 2-D and the bias at most 1-D: y's
-        /// first two axes are x's.
-        func projectionInput(_ y: String) -> String? {
-            guard let p = c.index.producer[y]?.node, let add = c.plain(p, "Add", 2) else { return nil }
+        /// y and the values whose first two axes are y's: x when y is MatMul(x, W) + bias with x
+        /// of rank 3, W 2-D and the bias at most 1-D; a Split's input and every piece when y is one
+        /// piece of a Split of a rank-3 value along its last axis (GPT-2 reshapes V by K's sizes).
+        func sameLeading(_ y: String) -> Set<String> {
+            guard let p = c.index.producer[y]?.node else { return [y] }
+            let n = graph.nodes[p]
+            if n.domain.isEmpty, n.opType == "Split", let x = n.input(0), c.rank(x) == 3, let axis = n.int("axis"), axis == 2 || axis == -1 {
+                return Set(n.outputs.filter { !$0.isEmpty } + [x])
+            }
+            guard let add = c.plain(p, "Add", 2) else { return [y] }
             for j in 0..<2 {
                 guard let m = c.index.producer[add.inputs[j]]?.node, let mm = c.plain(m, "MatMul", 2), let x = mm.input(0),
                       c.rank(x) == 3, c.rank(mm.inputs[1]) == 2, let br = c.rank(add.inputs[1 - j]), br <= 1 else { continue }
-                return x
+                return [y, x]
             }
-            return nil
+            return [y]
         }
         /// The nodes besides `reshape` that read y, when each is a Shape whose value only
         /// Gathers of index 0 or 1 read (the exporter's y.size(0), y.size(1)): those sizes are

@@ -166,7 +166,8 @@ final class GraphLayerTests: XCTestCase {
         XCTAssertEqual(u["runtime"]?.shape, [.unknown, .unknown, .unknown])
         XCTAssertEqual(u["leading"]?.shape, [.value(2)])
         XCTAssertEqual(u["target"]?.shape, [.value(3)])
-        XCTAssertEqual(u["patches"]?.shape, [.unknown, .unknown, .unknown])
+        // The target's entries are followed (Shape → Slice → Concat): [1, 192, -1] of 1·192·14·14.
+        XCTAssertEqual(u["patches"]?.shape, [.value(1), .value(192), .value(196)])
 
         var old = Graph()
         old.inputs = g.inputs

@@ -39,11 +39,12 @@ final class QKVPackingTests: XCTestCase {
     /// [E, 3·H·D] + Add, then a Split into three. `weightsAsInputs` makes the weights graph
     /// inputs (not constants); `constantShape` writes the Reshape target as a constant.
     func model(_ dtype: DType, _ s: Shape, _ layout: Layout, causal: Bool, weightsAsInputs: Bool = false,
-               constantShape: Bool = false, symbolicBatch: Bool = true) -> Model {
+               constantShape: Bool = false, symbolicBatch: Bool = true, unknownBatch: Bool = false) -> Model {
         var g = Graph()
         let hd = s.h * s.d
         func info(_ name: String, _ shape: [Dim]) -> ValueInfo { ValueInfo(name: name, type: .tensor(dtype, shape: shape)) }
-        g.inputs = [info("x", [symbolicBatch ? .symbol("batch") : .value(s.b), .value(s.t), .value(s.e)])]
+        let batch: Dim = unknownBatch ? .unknown : symbolicBatch ? .symbol("batch") : .value(s.b)
+        g.inputs = [info("x", [batch, .value(s.t), .value(s.e)])]
         let (w, b) = parameters(s)
         var nodes: [Node] = []
         func weight(_ name: String, _ values: [Double], _ shape: [Int]) {
@@ -85,8 +86,8 @@ final class QKVPackingTests: XCTestCase {
             let name = ["q", "k", "v"][p]
             var target = "target"
             if !constantShape {
-                // Split's pieces take their own Shape (GPT-2), the separate ones x's (newer BERT).
-                let of = layout == .split ? src : "x"
+                // Split's pieces take their own Shape, V K's (GPT-2); the separate ones x's (BERT).
+                let of = layout == .split ? (name == "v" ? "k_proj" : src) : "x"
                 nodes += [
                     Node(opType: "Shape", inputs: [of], outputs: ["\(name)_shape"]),
                     Node(opType: "Gather", inputs: ["\(name)_shape", "i0"], outputs: ["\(name)_b"], attributes: ["axis": .int(0)]),
@@ -108,7 +109,7 @@ final class QKVPackingTests: XCTestCase {
             Node(opType: "Mul", inputs: ["scores", "scale"], outputs: ["scaled"]),
         ]
         g.inputs.append(info("mask", causal ? [.value(1), .value(1), .value(s.t), .value(s.t)]
-                                            : [symbolicBatch ? .symbol("batch") : .value(s.b), .value(1), .value(1), .value(s.t)]))
+                                            : [batch, .value(1), .value(1), .value(s.t)]))
         nodes += [
             Node(opType: "Add", inputs: ["scaled", "mask"], outputs: ["masked"]),
             Node(opType: "Softmax", inputs: ["masked"], outputs: ["p"], attributes: ["axis": .int(-1)]),
@@ -187,8 +188,10 @@ final class QKVPackingTests: XCTestCase {
     /// Builds, optimises and runs one case; checks the packing fired (or not) and the output
     /// against the float64 reference with the pass on and off.
     func check(_ dtype: DType, _ s: Shape, _ layout: Layout, causal: Bool, packs: Bool = true, weightsAsInputs: Bool = false,
-               constantShape: Bool = false, symbolicBatch: Bool = true, file: StaticString = #filePath, line: UInt = #line) throws {
-        let m = model(dtype, s, layout, causal: causal, weightsAsInputs: weightsAsInputs, constantShape: constantShape, symbolicBatch: symbolicBatch)
+               constantShape: Bool = false, symbolicBatch: Bool = true, unknownBatch: Bool = false,
+               file: StaticString = #filePath, line: UInt = #line) throws {
+        let m = model(dtype, s, layout, causal: causal, weightsAsInputs: weightsAsInputs, constantShape: constantShape,
+                      symbolicBatch: symbolicBatch, unknownBatch: unknownBatch)
         let opt = try optimized(m)
         let attention = opt.graph.nodes.filter { $0.opType == "FusedAttention" }
         XCTAssertEqual(attention.count, 1, "\(opTypes(opt))", file: file, line: line)
@@ -239,6 +242,13 @@ final class QKVPackingTests: XCTestCase {
     func testConstantReshapeTargetPacks() throws {
         try check(.float32, Shape(b: 2, t: 37, e: 12, h: 3, d: 4), .separate, causal: false, constantShape: true, symbolicBatch: false)
         try check(.float32, Shape(b: 1, t: 20, e: 8, h: 2, d: 8), .split, causal: true, constantShape: true, symbolicBatch: false)
+    }
+
+    /// A batch size the types do not know (as after an embedding Gather): the Reshape targets'
+    /// Shape → Gather → Concat entries say B and T stay (V's from K's piece, as GPT-2 writes it).
+    func testUnknownBatchPacks() throws {
+        try check(.float32, Shape(), .separate, causal: false, unknownBatch: true)
+        try check(.float32, Shape(b: 2, t: 40, e: 16, h: 2, d: 8), .split, causal: true, unknownBatch: true)
     }
 
     /// GPT-2: one [E, 3·H·D] product, a Split, the causal mask (the trim reads the packed K, V).
