@@ -31,18 +31,8 @@ struct ConcatKernel: Kernel {
     /// 1, so each input is one contiguous block of the output.
     static func intoTarget(_ parts: [Tensor], axis: Int) throws -> Tensor? {
         let first = parts[0]
-        var outShape = first.shape
-        outShape[axis] = 0
-        var bytes = 0
-        for p in parts {
-            guard p.dtype == first.dtype else { throw KernelError("inputs mix \(first.dtype) and \(p.dtype)") }
-            guard p.rank == first.rank else { throw KernelError("inputs have ranks \(first.rank) and \(p.rank)") }
-            for d in 0..<p.rank where d != axis && p.shape[d] != first.shape[d] {
-                throw KernelError("shapes \(first.shape) and \(p.shape) differ outside axis \(axis)")
-            }
-            outShape[axis] += p.shape[axis]
-            bytes += p.byteCount
-        }
+        let outShape = try concatenatedShape(parts, axis: axis)
+        let bytes = parts.reduce(0) { $0 + $1.byteCount }
         guard let target = BufferDonation.takeConcatTarget(bytes, first.dtype) else { return nil }
         var copies: [BlockCopies.Copy] = []
         var offset = 0

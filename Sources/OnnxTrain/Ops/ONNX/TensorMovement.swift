@@ -243,8 +243,9 @@ enum BlockCopies {
     }
 }
 
-/// Concatenates `parts` (same dtype and rank, equal except along `axis`) along `axis`.
-func concatenate(_ parts: [Tensor], axis: Int, dtype: DType) throws -> Tensor {
+/// The shape of `parts` laid end to end along `axis`, after checking that they have one dtype
+/// and rank and equal sizes on every other axis.
+func concatenatedShape(_ parts: [Tensor], axis: Int) throws -> [Int] {
     guard let first = parts.first else { throw KernelError("nothing to concatenate") }
     var outShape = first.shape
     outShape[axis] = 0
@@ -256,6 +257,13 @@ func concatenate(_ parts: [Tensor], axis: Int, dtype: DType) throws -> Tensor {
         }
         outShape[axis] += p.shape[axis]
     }
+    return outShape
+}
+
+/// Concatenates `parts` (same dtype and rank, equal except along `axis`) along `axis`.
+func concatenate(_ parts: [Tensor], axis: Int, dtype: DType) throws -> Tensor {
+    let outShape = try concatenatedShape(parts, axis: axis)
+    let first = parts[0]
     let outer = first.shape[..<axis].reduce(1, *)
     let blocks = parts.map { $0.shape[axis...].reduce(1, *) }
     return try dispatch(dtype, BlockCopy(parts: parts, outShape: outShape, dtype: dtype, outer: outer, blocks: blocks))
