@@ -112,9 +112,7 @@ final class AttentionFusionTests: XCTestCase {
     }
 
     func run(_ m: Model, _ feeds: [String: Tensor], disabled: String) throws -> [Double] {
-        setenv("ONNX_TRAIN_DISABLE_PASSES", disabled, 1)
-        defer { unsetenv("ONNX_TRAIN_DISABLE_PASSES") }
-        return try InferenceSession(model: m).run(tensors: feeds)["y"]!.doubles()
+        try withPassesDisabled(disabled) { try InferenceSession(model: m).run(tensors: feeds)["y"]!.doubles() }
     }
 
     /// Builds, optimises and runs one case; checks the fusion fired (or not) and the output

@@ -307,10 +307,7 @@ final class ClipFusionTests: XCTestCase {
             guard case .tensor(_, let dims?)? = input.type else { continue }
             feeds[input.name] = values(.float32, dims.map { if case .value(let v) = $0 { return v } else { return 1 } }, seed: 20 + UInt64(k), scale: 4)
         }
-        defer { unsetenv("ONNX_TRAIN_DISABLE_PASSES") }
-        setenv("ONNX_TRAIN_DISABLE_PASSES", "clip-gradient-fusion", 1)
-        let without = try InferenceSession(model: gradient).run(tensors: feeds)
-        unsetenv("ONNX_TRAIN_DISABLE_PASSES")
+        let without = try withPassesDisabled("clip-gradient-fusion") { try InferenceSession(model: gradient).run(tensors: feeds) }
         let with = try InferenceSession(model: gradient).run(tensors: feeds)
         XCTAssertFalse(without.isEmpty)
         for (name, reference) in without {

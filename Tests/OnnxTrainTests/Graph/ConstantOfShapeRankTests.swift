@@ -40,9 +40,7 @@ final class ConstantOfShapeRankTests: XCTestCase {
         let a = Tensor(shape: [2, 5, 4], scalars: (0..<40).map { _ in Float(r.nextDouble() * 2 - 1) })
         let feeds = ["a": a, "n": Tensor(shape: [3], scalars: [Int64(7), 8, 9])]
         let fused = try InferenceSession(model: model).run(tensors: feeds)["y"]!.doubles()
-        setenv("ONNX_TRAIN_DISABLE_PASSES", "all", 1)
-        defer { unsetenv("ONNX_TRAIN_DISABLE_PASSES") }
-        let plain = try InferenceSession(model: model).run(tensors: feeds)["y"]!.doubles()
+        let plain = try withPassesDisabled("all") { try InferenceSession(model: model).run(tensors: feeds)["y"]!.doubles() }
         XCTAssertEqual(fused.count, 30)
         for i in fused.indices { XCTAssertEqual(fused[i], plain[i], accuracy: 1e-6) }
     }

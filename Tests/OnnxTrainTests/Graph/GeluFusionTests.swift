@@ -105,10 +105,8 @@ final class GeluFusionTests: XCTestCase {
                 dHError[i * n + j] = 3 * Double(k + 1) * u * hSize + 64 * u * abs(h) * max(1, abs(h))
             }
         }
-        defer { unsetenv("ONNX_TRAIN_DISABLE_PASSES") }
         for disabled in ["", "gelu-fusion"] {
-            setenv("ONNX_TRAIN_DISABLE_PASSES", disabled, 1)
-            let out = try InferenceSession(model: gradient).run(tensors: feeds)
+            let out = try withPassesDisabled(disabled) { try InferenceSession(model: gradient).run(tensors: feeds) }
             let got = try out["loss"]!.doubles()[0]
             XCTAssertLessThanOrEqual(abs(got - loss), lossError, "loss (\(disabled))")
             let dW = try out["W_grad"]!.doubles()
@@ -203,10 +201,8 @@ final class GeluFusionTests: XCTestCase {
                 let xs = values([rows, k], seed: 3, scale: 2)
                 let w: [Float] = m.graph.initializers["W"]!.scalars(), bias: [Float] = m.graph.initializers["bias"]!.scalars()
                 let xShape = tanh ? [rows, k] : [2, rows / 2, k]
-                defer { unsetenv("ONNX_TRAIN_DISABLE_PASSES") }
                 for disabled in ["", "gelu-into-matmul"] {
-                    setenv("ONNX_TRAIN_DISABLE_PASSES", disabled, 1)
-                    let out = try InferenceSession(model: m).run(tensors: ["x": Tensor(shape: xShape, scalars: xs)])["y"]!
+                    let out = try withPassesDisabled(disabled) { try InferenceSession(model: m).run(tensors: ["x": Tensor(shape: xShape, scalars: xs)])["y"]! }
                     XCTAssertEqual(out.shape, [2, rows / 2, n])
                     let y = try out.doubles()
                     for i in 0..<rows {

@@ -3,8 +3,16 @@ import OnnxTrainTestSupport
 import XCTest
 @testable import OnnxTrain
 
-/// Helpers the graph-pass tests share (GraphOptimizationTests, ClipFusionTests).
+/// Helpers the graph-pass tests share (GraphOptimizationTests, ClipFusionTests, the fusion tests).
 extension XCTestCase {
+    /// Runs `body` with `ONNX_TRAIN_DISABLE_PASSES` set to `names` ("" switches none off), and
+    /// unset again afterwards whatever `body` does: sessions read the switch when they are made.
+    func withPassesDisabled<R>(_ names: String, _ body: () throws -> R) rethrows -> R {
+        setenv("ONNX_TRAIN_DISABLE_PASSES", names, 1)
+        defer { unsetenv("ONNX_TRAIN_DISABLE_PASSES") }
+        return try body()
+    }
+
     /// The model after the session's optimising pipeline.
     func optimized(_ model: Model) throws -> Model {
         var m = model
@@ -592,16 +600,15 @@ final class GraphOptimizationTests: XCTestCase {
 
     func testPassesSwitchOffByName() throws {
         let model = convModel(activation: Node(opType: "Relu", inputs: [""], outputs: [""]))
-        defer { unsetenv("ONNX_TRAIN_DISABLE_PASSES") }
-        setenv("ONNX_TRAIN_DISABLE_PASSES", "conv-fusion", 1)
-        XCTAssertEqual(opTypes(try optimized(model)), ["Conv", "ChannelAffine", "ElementwiseChain"])
-        setenv("ONNX_TRAIN_DISABLE_PASSES", "conv-fusion,channel-affine", 1)
-        XCTAssertEqual(opTypes(try optimized(model)), ["Conv", "BatchNormalization", "ElementwiseChain"])
-        setenv("ONNX_TRAIN_DISABLE_PASSES", "conv-fusion, elementwise-fusion,channel-affine", 1)
-        XCTAssertEqual(opTypes(try optimized(model)), ["Conv", "BatchNormalization", "Add", "Relu"])
-        setenv("ONNX_TRAIN_DISABLE_PASSES", "all", 1)
-        XCTAssertEqual(opTypes(try optimized(model)), opTypes(model))
-        unsetenv("ONNX_TRAIN_DISABLE_PASSES")
-        XCTAssertEqual(opTypes(try optimized(model)), ["FusedConv"])
+        let expected: [(String, [String])] = [
+            ("conv-fusion", ["Conv", "ChannelAffine", "ElementwiseChain"]),
+            ("conv-fusion,channel-affine", ["Conv", "BatchNormalization", "ElementwiseChain"]),
+            ("conv-fusion, elementwise-fusion,channel-affine", ["Conv", "BatchNormalization", "Add", "Relu"]),
+            ("all", opTypes(model)),
+            ("", ["FusedConv"]),
+        ]
+        for (names, ops) in expected {
+            XCTAssertEqual(try withPassesDisabled(names) { opTypes(try optimized(model)) }, ops, names)
+        }
     }
 }

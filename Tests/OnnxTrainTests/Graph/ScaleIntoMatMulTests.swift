@@ -88,9 +88,7 @@ final class ScaleIntoMatMulTests: XCTestCase {
     }
 
     func run(_ m: Model, _ feeds: [String: Tensor], disabled: String) throws -> (dq: [Double], dk: [Double]) {
-        setenv("ONNX_TRAIN_DISABLE_PASSES", disabled, 1)
-        defer { unsetenv("ONNX_TRAIN_DISABLE_PASSES") }
-        let out = try InferenceSession(model: m).run(tensors: feeds)
+        let out = try withPassesDisabled(disabled) { try InferenceSession(model: m).run(tensors: feeds) }
         return (try out["dq"]!.doubles(), try out["dk"]!.doubles())
     }
 

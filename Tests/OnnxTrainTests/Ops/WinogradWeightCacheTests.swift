@@ -96,9 +96,9 @@ final class WinogradWeightCacheTests: XCTestCase {
         }
 
         // The same convolutions by im2col (no cache, per-call shape rules) within float32 rounding.
-        setenv("ONNX_TRAIN_DISABLE_PASSES", "weight-cache", 1)
-        defer { unsetenv("ONNX_TRAIN_DISABLE_PASSES") }
-        let plain = try InferenceSession(model: model(narrowedToFloat32(w1), narrowedToFloat32(b1), narrowedToFloat32(w2), narrowedToFloat32(b2)))
+        let plain = try withPassesDisabled("weight-cache") {
+            try InferenceSession(model: model(narrowedToFloat32(w1), narrowedToFloat32(b1), narrowedToFloat32(w2), narrowedToFloat32(b2)))
+        }
         XCTAssertNil(plain.executor.cacheBudget)
         let direct = try plain.run(tensors: ["x": x])
         XCTAssertLessThan(relativeError(direct["y1"]!, want1), 1e-6)
