@@ -23,7 +23,13 @@ Scale (issue 16 item 4): ResNet-18's step time and peak memory in onnx-train and
 doubles (32x32) and as the image grows 32 -> 224 (batch 8), beside the growth of the step's FLOPs.
 
 Timed steps per row come from the row's FLOPs (a few for the big models, more for small ones): the
-report gives median and p10/p90.
+report gives median and p10/p90. Each runtime of a row is timed in `--real-rounds` rounds (default 2,
+smoke too), a fresh process each, the runtimes' order rotating from round to round, so every runtime
+runs in both halves of the row's time; the report keeps each runtime's round with the lowest median
+(its p10/p90 with it) and the highest peak RSS of its rounds. The machine is a shared VM whose speed
+shifts by up to 2x for minutes at a time: with one round, a slow phase during one runtime's turn moved
+a row's ratio by 30-60% (one run had bert_tiny b1 at 1.85 ms, 0.89 ms in an A/B right after). A
+failure in any round is the row's result for that runtime (never hidden).
 
 Run on its own: .venv-bench/bin/python Benchmarks/bench.py --real-only [--smoke]
 """
@@ -218,6 +224,41 @@ def python_child(python, kind, threads, **kw):
     return spawn(cmd, threads)
 
 
+def rounds_for(args):
+    return max(1, getattr(args, "real_rounds", 1))
+
+
+def steps_per_round(steps, args, low):
+    """The row's timed steps shared out over the rounds, at least `low` a round (a median of fewer moves
+    with one slow step)."""
+    return max(low, math.ceil(steps / rounds_for(args)))
+
+
+def interleaved(args, jobs):
+    """Runs each (runtime, job) of a row in rounds, the order rotating every round; each runtime's
+    best round (lowest median), or the first error line of its rounds."""
+    results = {key: [] for key, _ in jobs}
+    for k in range(rounds_for(args)):
+        shift = k % len(jobs)
+        for key, job in jobs[shift:] + jobs[:shift]:
+            results[key].append(job())
+    return {key: best_round(rs) for key, rs in results.items()}
+
+
+def best_round(results):
+    """The round with the lowest median, with the highest peak RSS of all rounds and every round's
+    median (`round_medians_ms`); a round that failed makes the whole result that error."""
+    for r in results:
+        if "error" in r:
+            return r
+    best = dict(min(results, key=lambda r: r["median_ms"]))
+    for key in ("peak_rss_mb", "model_rss_mb"):
+        if all(key in r for r in results):
+            best[key] = max(r[key] for r in results)
+    best["round_medians_ms"] = [r["median_ms"] for r in results]
+    return best
+
+
 def summarize(result):
     """median/p10/p90 (ms) and peak RSS of one child's result; the error passes through."""
     if "error" in result:
@@ -263,10 +304,12 @@ def onnx_train_artifacts(binary, folder):
 
 def train_row(args, folder, runtimes):
     meta = json.loads((folder / "meta.json").read_text())
-    steps = 2 if args.smoke else steps_for(meta["train_step_flops"], TRAIN_TARGET, TRAIN_MIN, TRAIN_MAX)
-    warmup = 1 if args.smoke else 2 if steps <= TRAIN_MIN else 3
+    total = 2 if args.smoke else steps_for(meta["train_step_flops"], TRAIN_TARGET, TRAIN_MIN, TRAIN_MAX)
+    warmup = 1 if args.smoke else 2 if total <= TRAIN_MIN else 3
+    steps = total if args.smoke else steps_per_round(total, args, TRAIN_MIN)
     row = {"variant": meta["name"], "arch": meta["arch"], "image": meta["image"], "batch": meta["batch_size"],
-           "flops": meta["train_step_flops"], "parameters": meta["parameters"], "steps": steps}
+           "flops": meta["train_step_flops"], "parameters": meta["parameters"], "steps": steps, "rounds": rounds_for(args)}
+    jobs = []
     for runtime in runtimes:
         if runtime == "onnx-train":
             failure = onnx_train_artifacts(args.binary, folder)
@@ -274,14 +317,17 @@ def train_row(args, folder, runtimes):
                 row[runtime] = {"error": failure}
                 continue
             cmd = [str(args.binary), "bench", str(folder / "ot"), "--steps", str(steps), "--warmup", str(warmup)]
-            row[runtime] = summarize(spawn(cmd, args.threads))
+            jobs.append((runtime, lambda cmd=cmd: summarize(spawn(cmd, args.threads))))
         elif runtime == "onnxruntime":
-            row[runtime] = summarize(python_child(sys.executable, "train-ort", args.threads, folder=folder / "ort", steps=steps, warmup=warmup))
+            jobs.append((runtime, lambda: summarize(python_child(sys.executable, "train-ort", args.threads, folder=folder / "ort",
+                                                                 steps=steps, warmup=warmup))))
         elif runtime == "pytorch":
-            row[runtime] = summarize(python_child(sys.executable, "train-torch", args.threads, folder=folder, steps=steps, warmup=warmup))
+            jobs.append((runtime, lambda: summarize(python_child(sys.executable, "train-torch", args.threads, folder=folder,
+                                                                 steps=steps, warmup=warmup))))
         else:  # torch.compile: warm-up 2 steps at least (the first compiles forward and backward)
-            row[runtime] = summarize(python_child(sys.executable, "train-compile", args.threads, folder=folder, steps=steps,
-                                                  warmup=max(warmup, 2)))
+            jobs.append((runtime, lambda: summarize(python_child(sys.executable, "train-compile", args.threads, folder=folder,
+                                                                 steps=steps, warmup=max(warmup, 2)))))
+    row.update(interleaved(args, jobs))
     t, o = row.get("onnx-train", {}), row.get("onnxruntime", {})
     if "losses" in t and "losses" in o:
         row["first_loss_difference"] = abs(t["losses"][0] - o["losses"][0])
@@ -411,7 +457,7 @@ def infer_rows(args, cache, models, light, batches):
         for batch in sizes:
             path = folder / "inference.onnx" if folder is not None else light_at_batch(name[len("light_"):], batch, cache)
             flops = per_example * batch if per_example else None
-            steps = 3 if args.smoke else steps_for(flops, INFER_TARGET, INFER_MIN, INFER_MAX)
+            steps = 3 if args.smoke else steps_per_round(steps_for(flops, INFER_TARGET, INFER_MIN, INFER_MAX), args, INFER_MIN)
             warmup = 1 if args.smoke or (flops or 0) > 0.2 * ASSUMED_FLOPS else 2
             work = cache / "infer" / f"{name}_b{batch}"
             work.mkdir(parents=True, exist_ok=True)
@@ -431,22 +477,26 @@ def infer_rows(args, cache, models, light, batches):
                 else:
                     feeds[i.name] = rng.standard_normal(dims, dtype=np.float32)
             np.savez(work / "feeds.npz", **feeds)
-            row = {"model": name, "batch": batch, "flops": flops, "steps": steps}
+            row = {"model": name, "batch": batch, "flops": flops, "steps": steps, "rounds": rounds_for(args)}
             cmd = [str(args.binary), "bench", str(path), "--infer", "--json", "--batch-size", str(batch), "--steps", str(steps),
                    "--warmup", str(warmup), "--warmup-seconds", "0.3"]
-            r = spawn(cmd, args.threads)
-            row["onnx-train"] = r if "error" in r else {"median_ms": r["median_ms"], "p90_ms": r["p90_ms"], "peak_rss_mb": r["peak_rss_mb"],
-                                                       "model_rss_mb": r["peak_rss_mb"] - r.get("baseline_rss_mb", 0)}
+
+            def ours(cmd=cmd):
+                r = spawn(cmd, args.threads)
+                return r if "error" in r else {"median_ms": r["median_ms"], "p90_ms": r["p90_ms"], "peak_rss_mb": r["peak_rss_mb"],
+                                               "model_rss_mb": r["peak_rss_mb"] - r.get("baseline_rss_mb", 0)}
+            jobs = [("onnx-train", ours)]
             for key, python in (("ort", sys.executable), ("ort-current", args.ort_current)):
                 if not Path(python).exists():
                     row[key] = {"error": f"{python} is missing (make bench-venv makes it)"}
                     continue
-                r = python_child(python, "infer-ort", args.threads, model=path, feeds=work / "feeds.npz", steps=steps, warmup=warmup,
-                                 output=work / f"{key}.npy")
-                row[key] = summarize(r)
+                jobs.append((key, lambda key=key, python=python: summarize(python_child(
+                    python, "infer-ort", args.threads, model=path, feeds=work / "feeds.npz", steps=steps, warmup=warmup,
+                    output=work / f"{key}.npy"))))
             if folder is not None:
-                row["pytorch"] = summarize(python_child(sys.executable, "infer-torch", args.threads, folder=folder, feeds=work / "feeds.npz",
-                                                        steps=steps, warmup=warmup))
+                jobs.append(("pytorch", lambda folder=folder: summarize(python_child(
+                    sys.executable, "infer-torch", args.threads, folder=folder, feeds=work / "feeds.npz", steps=steps, warmup=warmup))))
+            row.update(interleaved(args, jobs))
             # onnx-train's output on the same feeds, against onnxruntime 1.19.2's (the zoo models with random weights).
             check = path if folder is not None else random_weights(path, cache / "light" / f"{path.stem}_random.onnx")
             if check != path and "error" not in row["ort"]:
@@ -594,13 +644,14 @@ def report(args, train, scale_b, scale_i, inference, minutes):
         diff = f"{r['first_loss_difference']:.1e}" if "first_loss_difference" in r else "-"
         out.append(f"| {describe(r)} | {r['batch']} | {r['flops'] / 1e9:.2f} | {cell(t)} | {cell(o)} | {cell(r.get('pytorch'))} | {comp_cell} "
                    f"| {ratio} | {goal} | {needs_cell(share, peak)} | {cell(t, True)} | {o_rss} | {cell(r.get('pytorch'), True)} | {mem} | {diff} |")
-    out += ["", "Medians of the timed steps (the count, chosen from the step's FLOPs, and p10 / p90 below); peak RSS is the child",
+    out += ["", f"Medians of the timed steps (the count per round, chosen from the step's FLOPs, and p10 / p90 below) of each runtime's",
+            f"best of {rounds_for(args)} interleaved round(s) (a fresh process each, the order rotating; every round's median below); peak RSS is the child",
             "process's getrusage ru_maxrss, in brackets onnxruntime's growth over its imports (the training wheel imports torch).",
             "torch.compile: inductor, default mode, on one variant per architecture (`not run` elsewhere: compiling takes about",
             "a minute per model on 2 cores); its median excludes the compiling steps, the compile time is the first step's.", ""]
     for r in train:
-        out.append(f"* {r['variant']} ({r['steps']} steps): " + "; ".join(
-            f"{k} {r[k]['p10_ms']:.1f} / {r[k]['p90_ms']:.1f} ms" for k in ("onnx-train",) + peers if k in r and "error" not in r[k]))
+        out.append(f"* {r['variant']} ({r['steps']} steps a round): " + "; ".join(
+            f"{k} {r[k]['p10_ms']:.1f} / {r[k]['p90_ms']:.1f} ms{rounds_note(r[k])}" for k in ("onnx-train",) + peers if k in r and "error" not in r[k]))
     out += over_peak_line(needs_train, peak, "step")
     if failures:
         out += ["", "Failures (the error line of each):", ""] + failures
@@ -637,7 +688,7 @@ def report(args, train, scale_b, scale_i, inference, minutes):
             f"1.19.2 and the current onnxruntime ({_version(inference, 'ort-current')}), and PyTorch eager under no_grad (the torchvision",
             "and transformers models; the zoo models have no PyTorch definition). `light_*` are onnx's model-zoo \"light\" models from",
             "the onnx wheel (onnx/backend/test/data/light, weights made by ConstantOfShape, fixed batch 1). Each runtime in its own",
-            f"process; goals: onnx-train at most {INFER_GOAL}x the fastest (time), its peak RSS at most both onnxruntimes' (memory). The difference column is the largest |onnx-train - onnxruntime",
+            f"process, the best of {rounds_for(args)} interleaved round(s) (lowest median; the rounds' medians below the table); goals: onnx-train at most {INFER_GOAL}x the fastest (time), its peak RSS at most both onnxruntimes' (memory). The difference column is the largest |onnx-train - onnxruntime",
             "1.19.2| over the first output on the same random feeds (`onnx-train infer`), beside that output's largest magnitude;",
             "for the zoo models on a copy with seeded random weights in place of the ConstantOfShape ones (constant weights give",
             "every class the same probability, which would hide a wrong kernel).", "",
@@ -673,7 +724,19 @@ def report(args, train, scale_b, scale_i, inference, minutes):
         f"{r['model']} b{r['batch']} " + "/".join(f"{r[k]['p90_ms']:.1f}" if k in r and "error" not in r[k] else "-"
                                                   for k in ("onnx-train", "ort", "ort-current", "pytorch"))
         for r in inference) + " (onnx-train / ort 1.19.2 / ort current / PyTorch).", ""]
+    if rounds_for(args) > 1:
+        out += ["Medians of the rounds (ms, in run order; onnx-train / ort 1.19.2 / ort current / PyTorch): " + "; ".join(
+            f"{r['model']} b{r['batch']} " + " / ".join(
+                ",".join(f"{m:.1f}" for m in r[k].get("round_medians_ms", [])) if k in r and "error" not in r[k] else "-"
+                for k in ("onnx-train", "ort", "ort-current", "pytorch"))
+            for r in inference) + ".", ""]
     return out
+
+
+def rounds_note(result):
+    """` (rounds 12.1, 11.9 ms)`: every round's median of a runtime, when there were several."""
+    medians = result.get("round_medians_ms", [])
+    return f" (rounds {', '.join(f'{m:.1f}' for m in medians)} ms)" if len(medians) > 1 else ""
 
 
 def _version(rows, key):
