@@ -58,6 +58,24 @@ final class GraphExecutor {
         let freeAfter: [[Int]]
         /// Per position: (input index, slot) of the inputs offered to the node's output.
         let donors: [[(input: Int, slot: Int)]]
+        /// `freeAfter` as one list: position p's slots from `freeStart[p]` to `freeStart[p + 1]`.
+        let freeStart: [Int], freeSlots: [Int]
+        /// The positions with donors.
+        let hasDonors: [Bool]
+
+        init(steps: [Int], freeAfter: [[Int]], donors: [[(input: Int, slot: Int)]]) {
+            self.steps = steps
+            self.freeAfter = freeAfter
+            self.donors = donors
+            var start = [0], slots: [Int] = []
+            for list in freeAfter {
+                slots += list
+                start.append(slots.count)
+            }
+            freeStart = start
+            freeSlots = slots
+            hasDonors = donors.map { !$0.isEmpty }
+        }
     }
 
     let graph: Graph
@@ -75,6 +93,12 @@ final class GraphExecutor {
     /// Slots this graph does not own: graph inputs (the caller's feeds), initializers and
     /// values of enclosing scopes; never offered to an in-place op.
     private var borrowed: [Bool] = []
+    /// Every step's input slots, then every step's output slots, one list each: the step's
+    /// `inputs` from `inputStart[k]` to `inputStart[k + 1]` (likewise outputs). The run loop reads
+    /// these instead of each step's own arrays: one sequential list rather than two heap blocks per
+    /// step, which the kernels between two steps have pushed out of the cache.
+    private var inputStart: [Int] = [0], inputSlots: [Int] = []
+    private var outputStart: [Int] = [0], outputSlots: [Int] = []
     /// Plans by fetch list, shared by the threads that run one session.
     private let planCache = Mutex<[[Int]: Plan]>([:])
     /// Whether Concats' inputs are computed into their slices of the Concat's output
@@ -97,10 +121,16 @@ final class GraphExecutor {
     /// for an initializer: a step keeps its outputs only while every input it read is one that
     /// step's memo holds (`memoize`).
     private var memoProducers: [[Int]] = []
-    /// A kept step: the inputs it read (none for a Shape or Size) and the outputs it computed.
+    /// A kept step: the inputs it read (none for a Shape or Size) and the outputs it computed;
+    /// for a Shape or Size, the shape of the tensor it read (its output is a function of it alone).
     final class MemoEntry: @unchecked Sendable {
         let inputs: [Value?], outputs: [Value?]
-        init(inputs: [Value?], outputs: [Value?]) { self.inputs = inputs; self.outputs = outputs }
+        let sourceShape: [Int]?
+        init(inputs: [Value?], outputs: [Value?], sourceShape: [Int]? = nil) {
+            self.inputs = inputs
+            self.outputs = outputs
+            self.sourceShape = sourceShape
+        }
     }
     /// The kept steps by step index, shared by the threads that run one session.
     private let memo = Mutex<[MemoEntry?]>([])
@@ -267,6 +297,12 @@ final class GraphExecutor {
         where !defined.contains(name) && producer[name] == nil && visible.contains(name) {
             outerNames.append((name, s))
         }
+        for step in steps {
+            inputSlots += step.inputs
+            inputStart.append(inputSlots.count)
+            outputSlots += step.outputs
+            outputStart.append(outputSlots.count)
+        }
         borrowed = [Bool](repeating: false, count: slotCount)
         for input in graph.inputs { borrowed[slotOf[input.name]!] = true }
         for (s, _) in constants { borrowed[s] = true }
@@ -308,9 +344,19 @@ final class GraphExecutor {
     var keptSteps: [Int] { memo.withLock { memo in memo.indices.filter { memo[$0] != nil } } }
 
     /// The kept outputs of step `k` when `inputs` are the tensors they were computed from.
-    private func memoized(_ k: Int, _ inputs: [Value?]) -> [Value?]? {
-        guard let entry = memo.withLock({ $0.isEmpty ? nil : $0[k] }), entry.inputs.count == inputs.count else { return nil }
+    /// `kept` is the memo as the run found it at its start (a run reads it without locking; an
+    /// entry replaced since then is found out by its inputs, or its input shape, not matching).
+    private func memoized(_ k: Int, _ inputs: [Value?], _ kept: [MemoEntry?]) -> [Value?]? {
+        guard !kept.isEmpty, let entry = kept[k], entry.inputs.count == inputs.count else { return nil }
         for (a, b) in zip(entry.inputs, inputs) where !GraphExecutor.identical(a, b) { return nil }
+        return entry.outputs
+    }
+
+    /// The kept output of Shape or Size step `k` when its input has the shape it was computed
+    /// from: the step is not run (no kernel call, no tensor made and compared).
+    private func memoizedSource(_ k: Int, _ inputs: [Value?], _ kept: [MemoEntry?]) -> [Value?]? {
+        guard inputs.count == 1, case .tensor(let t)? = inputs[0], !kept.isEmpty,
+              let entry = kept[k], let shape = entry.sourceShape, shape == t.shape else { return nil }
         return entry.outputs
     }
 
@@ -326,11 +372,19 @@ final class GraphExecutor {
             memo.withLock { if !$0.isEmpty { $0[k] = nil } }
             return outputs
         }
+        var sourceShape: [Int]?
+        if source, inputs.count == 1, case .tensor(let t)? = inputs[0] { sourceShape = t.shape }
         if source, let entry = memo.withLock({ $0.isEmpty ? nil : $0[k] }), entry.outputs.count == outputs.count,
            zip(entry.outputs, outputs).allSatisfy({ GraphExecutor.equalBytes($0, $1) }) {
+            // The same value from another input shape (Shape with start/end): keep the tensor the
+            // readers saw, now known for this shape too.
+            if entry.sourceShape != sourceShape {
+                let updated = MemoEntry(inputs: [], outputs: entry.outputs, sourceShape: sourceShape)
+                memo.withLock { if !$0.isEmpty { $0[k] = updated } }
+            }
             return entry.outputs
         }
-        let entry = MemoEntry(inputs: source ? [] : inputs, outputs: outputs)
+        let entry = MemoEntry(inputs: source ? [] : inputs, outputs: outputs, sourceShape: sourceShape)
         memo.withLock { memo in
             if memo.isEmpty { memo = [MemoEntry?](repeating: nil, count: steps.count) }
             // Only from inputs that are themselves kept: an input computed anew on every run (the
@@ -441,6 +495,7 @@ final class GraphExecutor {
         for (name, s) in outerNames { frame.values[s] = context.lookup(name) }
         for (s, v) in feeds { frame.values[s] = v }
         let plan = self.plan(for: fetchSlots)
+        let memoAtStart = memoKind.isEmpty ? [] : memo.withLock { $0 }
         // Concats' inputs computed in place (`ConcatPlacement`): placed from the second run of
         // these fetches; the first observes the Concats' sizes.
         var placement = ConcatPlacement.none
@@ -458,7 +513,10 @@ final class GraphExecutor {
         for (position, k) in plan.steps.enumerated() {
             let step = steps[k]
             inputs.removeAll(keepingCapacity: true)
-            for s in step.inputs { inputs.append(s >= 0 ? frame.values[s] : nil) }
+            for t in inputStart[k]..<inputStart[k + 1] {
+                let s = inputSlots[t]
+                inputs.append(s >= 0 ? frame.values[s] : nil)
+            }
             var kernelContext = context
             if step.hasSubgraphs {
                 if nested == nil {
@@ -469,10 +527,12 @@ final class GraphExecutor {
             }
             // In-place: the inputs that die here leave the frame, and a block no other tensor
             // shares is offered to the kernel's output.
-            blocks.removeAll(keepingCapacity: true)
-            for (j, s) in plan.donors[position] {
-                frame.values[s] = nil
-                if let block = GraphExecutor.soleStorage(&inputs[j]) { blocks.append(block) }
+            if !blocks.isEmpty { blocks.removeAll(keepingCapacity: true) }
+            if plan.hasDonors[position] {
+                for (j, s) in plan.donors[position] {
+                    frame.values[s] = nil
+                    if let block = GraphExecutor.soleStorage(&inputs[j]) { blocks.append(block) }
+                }
             }
             // Placement: a slice of a group's buffer for the producer of a Concat's input, the
             // buffer (or the Concat's slice of an outer Concat's buffer) for the Concat.
@@ -501,7 +561,9 @@ final class GraphExecutor {
             do {
                 let start = profile == nil ? 0 : monotonicNanoseconds()
                 let kind = memoKind.isEmpty ? 0 : memoKind[k]
-                if kind == 2, let kept = memoized(k, inputs) {
+                if kind == 2, let kept = memoized(k, inputs, memoAtStart) {
+                    outputs = kept
+                } else if kind == 1, let kept = memoizedSource(k, inputs, memoAtStart) {
                     outputs = kept
                 } else {
                     if kind == 0 {
@@ -547,13 +609,16 @@ final class GraphExecutor {
                let seen = ConcatPlacement.observe(inputs, outputs, axis: concat.axis) {
                 observed?[position] = seen
             }
-            for (i, s) in step.outputs.enumerated() where s >= 0 {
+            let firstOutput = outputStart[k]
+            for t in firstOutput..<outputStart[k + 1] {
+                let s = outputSlots[t], i = t - firstOutput
+                guard s >= 0 else { continue }
                 guard i < outputs.count, let value = outputs[i] else {
                     throw OnnxTrainError(.kernel, "\(step.node.label) did not produce output '\(step.node.outputs[i])'")
                 }
                 frame.values[s] = value
             }
-            for s in plan.freeAfter[position] { frame.values[s] = nil }
+            for t in plan.freeStart[position]..<plan.freeStart[position + 1] { frame.values[plan.freeSlots[t]] = nil }
         }
         if let observed {
             let made = ConcatPlacement.make(positions: plan.steps, steps: steps, observed: observed, keep: Set(fetchSlots),
@@ -600,9 +665,18 @@ final class GraphExecutor {
         return t.hasUniqueStorage() && t.storage.isDonatable ? (t.storage, t.dtype) : nil
     }
 
+    /// One run's values by slot. A buffer rather than an array: the run loop reads and writes
+    /// it without the exclusivity checks and uniqueness tests of a class's array property.
     final class Frame {
-        var values: [Value?]
-        init(count: Int) { values = [Value?](repeating: nil, count: count) }
+        let values: UnsafeMutableBufferPointer<Value?>
+        init(count: Int) {
+            values = .allocate(capacity: count)
+            values.initialize(repeating: nil)
+        }
+        deinit {
+            values.deinitialize()
+            values.deallocate()
+        }
     }
 }
 

@@ -1,3 +1,5 @@
+import Foundation
+import Synchronization
 import XCTest
 @testable import OnnxTrain
 
@@ -152,5 +154,68 @@ final class ShapeMemoTests: XCTestCase {
             XCTAssertEqual(session.executor.keptSteps.map { names[$0] }, ["shape", "wide", "ones", "threes"], "run \(run)")
             if run >= 1 { XCTAssertGreaterThanOrEqual(placed, 1, "run \(run) took y's block from the arena") }
         }
+    }
+
+    /// x -> Shape(x, start 1) = s; out = x + ConstantOfShape(s, 1) (broadcast over the first axis).
+    func shapeTailGraph() -> Graph {
+        var g = Graph()
+        g.inputs = [ValueInfo(name: "x", type: .tensor(.float32, shape: nil))]
+        g.outputs = [ValueInfo(name: "out", type: nil), ValueInfo(name: "s", type: nil)]
+        g.nodes = [
+            Node(opType: "Shape", name: "shape", inputs: ["x"], outputs: ["s"], attributes: ["start": .int(1)]),
+            Node(opType: "ConstantOfShape", name: "ones", inputs: ["s"], outputs: ["o"],
+                 attributes: ["value": .tensor(Tensor(shape: [1], scalars: [Float(1)]))]),
+            Node(opType: "Add", name: "add", inputs: ["x", "o"], outputs: ["out"]),
+        ]
+        return g
+    }
+
+    /// A Shape whose input has the shape it was computed from is not run again: its kept output
+    /// is used as is. Another input shape with the same value (Shape's start leaves out the
+    /// batch) keeps the same tensor too; a new value is computed and kept.
+    func testShapeKeptForItsInputShape() throws {
+        let session = try session(shapeTailGraph())
+        let names = session.executor.steps.map(\.node.name)
+        XCTAssertEqual(Dictionary(uniqueKeysWithValues: zip(names, session.executor.memoKind)), ["shape": 1, "ones": 2, "add": 0])
+        var previous: (s: Tensor, tail: [Int])?
+        for (run, shape) in [[2, 4, 5], [2, 4, 5], [3, 4, 5], [2, 4, 5], [2, 3, 5], [2, 3, 5], [3, 4, 5]].enumerated() {
+            let n = shape.reduce(1, *)
+            let values = (0..<n).map { Float(($0 * 11 + run * 3) % 23) - 11 }
+            let result = try session.run(["x": .tensor(Tensor(shape: shape, scalars: values))])
+            let out = try XCTUnwrap(result["out"]?.tensor), s = try XCTUnwrap(result["s"]?.tensor)
+            XCTAssertEqual(s.scalars(as: Int64.self), shape.dropFirst().map { Int64($0) }, "run \(run)")
+            XCTAssertEqual(out.shape, shape)
+            XCTAssertEqual(out.scalars(as: Float.self), values.map { $0 + 1 }, "run \(run)")
+            let tail = Array(shape.dropFirst())
+            if let previous { XCTAssertEqual(s.sharesStorage(with: previous.s), previous.tail == tail, "run \(run)") }
+            previous = (s, tail)
+            XCTAssertEqual(session.executor.keptSteps.map { names[$0] }, ["shape", "ones"], "run \(run)")
+        }
+    }
+
+    /// Two threads run one session with different shapes at once: each gets its own shape's
+    /// values (the kept Shape outputs are checked against the input shape of each run).
+    func testTwoThreadsWithTwoShapes() throws {
+        let session = try session(shapeTailGraph())
+        let failures = Mutex<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 2) { thread in
+            for run in 0..<200 {
+                let shape = thread == 0 ? [2, 3, 4] : [1, 5, 2 + run % 2]
+                let n = shape.reduce(1, *)
+                let values = (0..<n).map { Float(($0 * 5 + run + thread) % 13) }
+                do {
+                    let result = try session.run(["x": .tensor(Tensor(shape: shape, scalars: values))])
+                    guard let out = result["out"]?.tensor, let s = result["s"]?.tensor,
+                          s.scalars(as: Int64.self) == shape.dropFirst().map({ Int64($0) }), out.shape == shape,
+                          out.scalars(as: Float.self) == values.map({ $0 + 1 }) else {
+                        failures.withLock { $0.append("thread \(thread) run \(run) shape \(shape)") }
+                        continue
+                    }
+                } catch {
+                    failures.withLock { $0.append("thread \(thread) run \(run): \(error)") }
+                }
+            }
+        }
+        XCTAssertEqual(failures.withLock { $0 }, [])
     }
 }
