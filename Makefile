@@ -2,7 +2,7 @@
 # Both install the system packages they need (Debian/Ubuntu, apt-get) and fetch their test data.
 
 SHELL := /bin/bash
-APT_PACKAGES := libprotobuf-c-dev libopenblas-dev protobuf-c-compiler zlib1g-dev pkg-config unzip valgrind binutils bsdutils libopenmpi-dev openmpi-bin
+APT_PACKAGES := libprotobuf-c-dev libopenblas-dev libdnnl-dev protobuf-c-compiler zlib1g-dev pkg-config unzip valgrind binutils bsdutils libopenmpi-dev openmpi-bin
 ONNX_VERSION := 1.22.0
 TESTDATA := .testdata/onnx-$(ONNX_VERSION)
 NODE_SUITE := $(TESTDATA)/onnx/backend/test/data/node

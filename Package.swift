@@ -22,13 +22,15 @@ let package = Package(
         // System libraries, found through pkg-config; the Makefile installs their apt providers.
         .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        // oneDNN's matmul for products with a constant B, packed once (PackedWeights.swift).
+        .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         // protoc-c output for Proto/onnx.proto and Proto/onnx-data.proto (regenerate with Proto/generate.sh).
         .target(name: "COnnxProto", dependencies: ["CProtobufC"]),
         .target(
             name: "OnnxTrain",
             dependencies: [
-                "COnnxProto", "CProtobufC", "COpenBLAS",
+                "COnnxProto", "CProtobufC", "COpenBLAS", "CDNNL",
                 .product(name: "ZIPFoundation", package: "ZIPFoundation"),
             ]
         ),

@@ -24,11 +24,14 @@
 struct MatMulBiasKernel: Kernel {
     let transB: Bool
     var activation: ProductActivation? = nil
+    /// B's packed copy, where B is a constant of the session (`PackedWeightCache`).
+    var packedWeights: PackedWeightCache? = nil
 
     struct Compute: ElementOperation {
         let a: Tensor, b: Tensor, bias: Tensor
         let transB: Bool
         var activation: ProductActivation? = nil
+        var packed: PackedWeightCache? = nil
 
         func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             // A as rows [R, K] (R = product of its leading dims), op(B) [K, N], bias [N] → Y [R, N].
@@ -46,6 +49,12 @@ struct MatMulBiasKernel: Kernel {
                                 // k == 0: an empty product, Y is the bias in every row.
                                 for i in 0..<rows { (Y + i * n).update(from: bias, count: n) }
                                 if let activation { activation.apply(Y, ldc: n, 0, rows, 0, n) }
+                                return
+                            }
+                            if T.self == Float.self, let packed,
+                               packed.gemm(m: rows, n: n, k: k, a: BLAS.rebound(A), lda: k, b: b, bElements: BLAS.rebound(B), transB: transB,
+                                           bias: BLAS.rebound(bias) as UnsafePointer<Float>, c: BLAS.rebound(Y), ldc: n,
+                                           epilogue: activation.map { activation in { i0, i1, j0, j1 in activation.apply(Y, ldc: n, i0, i1, j0, j1) } }) {
                                 return
                             }
                             guard let activation else {
@@ -75,7 +84,7 @@ struct MatMulBiasKernel: Kernel {
             let y = try dispatch(dtype, AddOperation(x: product, y: bias))
             return [.tensor(try activation.map { try dispatch(dtype, Activated(activation: $0, y: y)) } ?? y)]
         }
-        return [.tensor(try dispatch(dtype, Compute(a: a, b: b, bias: bias, transB: transB, activation: activation)))]
+        return [.tensor(try dispatch(dtype, Compute(a: a, b: b, bias: bias, transB: transB, activation: activation, packed: packedWeights)))]
     }
 
     /// The activation over the whole of a float tensor (the fallback's).
@@ -308,7 +317,8 @@ func registerMatMulBiasOps(_ registry: OpRegistry) {
             guard let a = ProductActivation(rawValue: name) else { throw KernelError("unknown activation '\(name)' (Gelu or FastGelu)") }
             return a
         }
-        return MatMulBiasKernel(transB: try ctx.int("transB", default: 0) != 0, activation: activation)
+        return MatMulBiasKernel(transB: try ctx.int("transB", default: 0) != 0, activation: activation,
+                                packedWeights: PackedWeightCache.make(ctx, input: 1))
     }
     registry.register("StridedMatMul", domain: internalDomain, since: [1]) { ctx in
         StridedMatMulKernel(alpha: Double(try ctx.float("alpha", default: 1)),

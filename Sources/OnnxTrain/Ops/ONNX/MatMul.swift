@@ -42,7 +42,9 @@ struct MatMulShape {
 }
 
 /// Batched matmul of float tensors through BLAS. A [..., M, K] · B [..., K, N] -> [..., M, N].
-func floatMatMul<T: FloatElement>(_ a: Tensor, _ b: Tensor, _ type: T.Type) throws -> Tensor {
+/// With `packed` (B a constant of the session), a float32 product of every row of A with one B
+/// may run on B's prepacked copy (`PackedWeightCache`).
+func floatMatMul<T: FloatElement>(_ a: Tensor, _ b: Tensor, _ type: T.Type, packed: PackedWeightCache? = nil) throws -> Tensor {
     let s = try MatMulShape(a.shape, b.shape)
     // Every element is written by a GEMM (beta 0; BLAS.gemm writes zeros when k == 0).
     var out = Tensor(uninitialized: T.dtype, shape: s.outShape)
@@ -53,6 +55,11 @@ func floatMatMul<T: FloatElement>(_ a: Tensor, _ b: Tensor, _ type: T.Type) thro
                 guard let A = pa.baseAddress, let B = pb.baseAddress, let C = po.baseAddress else { return }
                 // B shared by every batch and A contiguous: one GEMM with M' = batch * M.
                 if s.bBatchStrides.allSatisfy({ $0 == 0 }) && a.count == s.batchCount * m * k {
+                    if T.self == Float.self, let packed,
+                       packed.gemm(m: s.batchCount * m, n: n, k: k, a: BLAS.rebound(A), lda: k, b: b, bElements: BLAS.rebound(B),
+                                   transB: false, bias: nil, c: BLAS.rebound(C), ldc: n) {
+                        return
+                    }
                     BLAS.gemm(transA: false, transB: false, m: s.batchCount * m, n: n, k: k, alpha: 1, a: A, lda: k,
                          b: B, ldb: n, beta: 0, c: C, ldc: n)
                     return
@@ -77,7 +84,8 @@ func floatMatMul<T: FloatElement>(_ a: Tensor, _ b: Tensor, _ type: T.Type) thro
 /// with wrapping arithmetic (plain loops).
 struct MatMulOperation: ElementOperation {
     let a: Tensor, b: Tensor
-    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor { try floatMatMul(a, b, T.self) }
+    var packed: PackedWeightCache? = nil
+    func float<T: FloatElement>(_ type: T.Type) throws -> Tensor { try floatMatMul(a, b, T.self, packed: packed) }
     func half<T: CastableElement>(_ type: T.Type) throws -> Tensor {
         try floatMatMul(a.widenedToFloat(), b.widenedToFloat(), Float.self).narrowed(to: T.dtype)
     }
@@ -105,9 +113,9 @@ struct MatMulOperation: ElementOperation {
 }
 
 /// numpy matmul for any numeric type: floats through BLAS, half types through float32.
-func matmul(_ a: Tensor, _ b: Tensor) throws -> Tensor {
+func matmul(_ a: Tensor, _ b: Tensor, packed: PackedWeightCache? = nil) throws -> Tensor {
     guard a.dtype == b.dtype else { throw KernelError("MatMul operands differ in type: \(a.dtype) and \(b.dtype)") }
-    return try dispatch(a.dtype, MatMulOperation(a: a, b: b))
+    return try dispatch(a.dtype, MatMulOperation(a: a, b: b, packed: packed))
 }
 
 // MARK: - Gemm
@@ -115,12 +123,15 @@ func matmul(_ a: Tensor, _ b: Tensor) throws -> Tensor {
 /// Y = alpha·op(A)·op(B) + beta·C, C broadcast to [M, N].
 struct GemmKernel: Kernel {
     let transA: Bool, transB: Bool, alpha: Float, beta: Float
+    /// B's packed copy, where B is a constant of the session (`PackedWeightCache`).
+    let packedWeights: PackedWeightCache?
 
     init(_ ctx: NodeContext) throws {
         transA = try ctx.int("transA", default: 0) != 0
         transB = try ctx.int("transB", default: 0) != 0
         alpha = try ctx.float("alpha", default: 1)
         beta = try ctx.float("beta", default: 1)
+        packedWeights = PackedWeightCache.make(ctx, input: 1)
     }
 
     struct Op: ElementOperation {
@@ -159,6 +170,12 @@ struct GemmKernel: Kernel {
                     try b.withUnsafeBufferPointer(as: T.self) { pb in
                         y.uncheckedMutableBufferPointer(as: T.self) { py in
                             guard let A = pa.baseAddress, let B = pb.baseAddress, let Y = py.baseAddress else { return }
+                            // A constant B packed once (a fully connected layer at inference): Y = A·op(B) (+ the bias row).
+                            if T.self == Float.self, let packed = k.packedWeights, !k.transA, k.alpha == 1, beta == 0 || bias != nil,
+                               packed.gemm(m: m, n: n, k: kk, a: BLAS.rebound(A), lda: a.shape[1], b: b, bElements: BLAS.rebound(B),
+                                           transB: k.transB, bias: bias.map { BLAS.rebound($0) }, c: BLAS.rebound(Y), ldc: n) {
+                                return
+                            }
                             // A Gemm with A and B plain is a fully connected layer's input gradient
                             // (dY·W) in training graphs: its K may split (see BLAS.gemm).
                             BLAS.gemm(transA: k.transA, transB: k.transB, m: m, n: n, k: kk, alpha: alpha, a: A, lda: a.shape[1],
@@ -252,8 +269,10 @@ func doubleToInt32(_ t: Tensor) -> Tensor {
 }
 
 /// MatMul, since opset 1 (numpy matmul: broadcast batch dims, 1-D operands promoted).
+/// A constant B (an inference session's weight) is packed once for the session (`PackedWeightCache`).
 func matMulKernel(_ ctx: NodeContext) throws -> Kernel {
-    AnyKernel { inputs, _ in [.tensor(try matmul(inputs.tensor(0), inputs.tensor(1)))] }
+    let packed = PackedWeightCache.make(ctx, input: 1)
+    return AnyKernel { inputs, _ in [.tensor(try matmul(inputs.tensor(0), inputs.tensor(1), packed: packed))] }
 }
 
 func registerMatMulOps(_ registry: OpRegistry) {

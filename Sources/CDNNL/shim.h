@@ -1,0 +1,113 @@
+// oneDNN (Debian's libdnnl-dev) for matrix products whose B is a constant: its matmul primitive
+// takes B in a blocked layout that B is reordered into once (PackedWeights.swift). The helpers
+// below keep oneDNN's C structs (fixed-size dims arrays) on the C side.
+#include <oneapi/dnnl/dnnl.h>
+#include <dlfcn.h>
+#include <string.h>
+
+/// The CPU engine, or NULL.
+static inline dnnl_engine_t ot_dnnl_engine(void) {
+    dnnl_engine_t engine = NULL;
+    if (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success) return NULL;
+    return engine;
+}
+
+/// oneDNN's OpenMP runtime runs each call on a team of the calling thread's size: one, so a call
+/// stays on its (pool) thread and no OpenMP threads are started (they would spin beside the pool).
+static inline void ot_dnnl_single_thread(void) {
+    typedef void (*set_threads)(int);
+    static set_threads set = NULL;
+    static int looked = 0;
+    if (!looked) { set = (set_threads)dlsym(RTLD_DEFAULT, "omp_set_num_threads"); looked = 1; }
+    if (set) set(1);
+}
+
+/// The primitive for C[m, n] (row stride ldc) = A[m, k] (row stride lda) · W[k, n] (+ bias[n]),
+/// W in the layout the implementation picks (written to *weights). *brgemm is 1 when the
+/// implementation is oneDNN's brgemm kernels (AVX-512), the ones measured faster than OpenBLAS.
+static inline int ot_matmul_create(dnnl_engine_t engine, int64_t m, int64_t k, int64_t n, int64_t lda, int64_t ldc, int bias,
+                                   dnnl_primitive_t *primitive, dnnl_memory_desc_t *weights, int *brgemm) {
+    dnnl_memory_desc_t a, w, c, b;
+    dnnl_dims_t ad = {m, k}, as = {lda, 1}, wd = {k, n}, cd = {m, n}, cs = {ldc, 1}, bd = {1, n};
+    *primitive = NULL;
+    *brgemm = 0;
+    ot_dnnl_single_thread();  // the primitive plans its work for the threads it will run on
+    if (dnnl_memory_desc_init_by_strides(&a, 2, ad, dnnl_f32, as) != dnnl_success) return -1;
+    if (dnnl_memory_desc_init_by_tag(&w, 2, wd, dnnl_f32, dnnl_format_tag_any) != dnnl_success) return -1;
+    if (dnnl_memory_desc_init_by_strides(&c, 2, cd, dnnl_f32, cs) != dnnl_success) return -1;
+    if (dnnl_memory_desc_init_by_tag(&b, 2, bd, dnnl_f32, dnnl_ab) != dnnl_success) return -1;
+    dnnl_matmul_desc_t desc;
+    if (dnnl_matmul_desc_init(&desc, &a, &w, bias ? &b : NULL, &c) != dnnl_success) return -1;
+    dnnl_primitive_desc_t pd;
+    if (dnnl_primitive_desc_create(&pd, &desc, NULL, engine, NULL) != dnnl_success) return -1;
+    const char *impl = NULL;
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl)
+        *brgemm = strncmp(impl, "brg", 3) == 0;
+    const dnnl_memory_desc_t *chosen = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    if (!chosen) { dnnl_primitive_desc_destroy(pd); return -1; }
+    *weights = *chosen;
+    dnnl_status_t status = dnnl_primitive_create(primitive, pd);
+    dnnl_primitive_desc_destroy(pd);
+    return status == dnnl_success ? 0 : -1;
+}
+
+/// Whether two weight layouts are the same.
+static inline int ot_weights_equal(const dnnl_memory_desc_t *x, const dnnl_memory_desc_t *y) { return dnnl_memory_desc_equal(x, y); }
+
+/// The bytes of a weight layout.
+static inline size_t ot_weights_size(const dnnl_memory_desc_t *w) { return dnnl_memory_desc_get_size(w); }
+
+/// B [k, n] at element strides (rowStride, colStride) reordered into a new memory of layout
+/// *weights (oneDNN allocates it); NULL on failure.
+static inline dnnl_memory_t ot_pack_weights(dnnl_engine_t engine, const float *b, int64_t k, int64_t n, int64_t rowStride,
+                                            int64_t colStride, const dnnl_memory_desc_t *weights) {
+    dnnl_memory_desc_t plain;
+    dnnl_dims_t d = {k, n}, s = {rowStride, colStride};
+    if (dnnl_memory_desc_init_by_strides(&plain, 2, d, dnnl_f32, s) != dnnl_success) return NULL;
+    dnnl_memory_t from = NULL, to = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t reorder = NULL;
+    dnnl_stream_t stream = NULL;
+    int ok = dnnl_memory_create(&from, &plain, engine, (void *)b) == dnnl_success
+        && dnnl_memory_create(&to, weights, engine, DNNL_MEMORY_ALLOCATE) == dnnl_success
+        && dnnl_reorder_primitive_desc_create(&pd, &plain, engine, weights, engine, NULL) == dnnl_success
+        && dnnl_primitive_create(&reorder, pd) == dnnl_success
+        && dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) == dnnl_success;
+    if (ok) {
+        ot_dnnl_single_thread();
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+        ok = dnnl_primitive_execute(reorder, stream, 2, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
+    }
+    if (stream) dnnl_stream_destroy(stream);
+    if (reorder) dnnl_primitive_destroy(reorder);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (from) dnnl_memory_destroy(from);
+    if (!ok && to) { dnnl_memory_destroy(to); to = NULL; }
+    return to;
+}
+
+/// Runs a primitive from ot_matmul_create on the calling thread: C = A · W (+ bias). 0 on success.
+static inline int ot_matmul_run(dnnl_engine_t engine, dnnl_primitive_t primitive, const float *a, int64_t m, int64_t k, int64_t lda,
+                                dnnl_memory_t weights, const float *bias, int64_t n, float *c, int64_t ldc) {
+    dnnl_memory_desc_t ad, cd, bd;
+    dnnl_dims_t ads = {m, k}, as = {lda, 1}, cds = {m, n}, cs = {ldc, 1}, bds = {1, n};
+    if (dnnl_memory_desc_init_by_strides(&ad, 2, ads, dnnl_f32, as) != dnnl_success) return -1;
+    if (dnnl_memory_desc_init_by_strides(&cd, 2, cds, dnnl_f32, cs) != dnnl_success) return -1;
+    if (dnnl_memory_desc_init_by_tag(&bd, 2, bds, dnnl_f32, dnnl_ab) != dnnl_success) return -1;
+    dnnl_memory_t am = NULL, cm = NULL, bm = NULL;
+    dnnl_stream_t stream = NULL;
+    int ok = dnnl_memory_create(&am, &ad, engine, (void *)a) == dnnl_success
+        && dnnl_memory_create(&cm, &cd, engine, c) == dnnl_success
+        && (!bias || dnnl_memory_create(&bm, &bd, engine, (void *)bias) == dnnl_success)
+        && dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) == dnnl_success;
+    if (ok) {
+        ot_dnnl_single_thread();
+        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, cm}, {DNNL_ARG_BIAS, bm}};
+        ok = dnnl_primitive_execute(primitive, stream, bias ? 4 : 3, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
+    }
+    if (stream) dnnl_stream_destroy(stream);
+    if (bm) dnnl_memory_destroy(bm);
+    if (cm) dnnl_memory_destroy(cm);
+    if (am) dnnl_memory_destroy(am);
+    return ok ? 0 : -1;
+}

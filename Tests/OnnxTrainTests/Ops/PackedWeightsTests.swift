@@ -1,0 +1,183 @@
+@testable import OnnxTrain
+import Foundation
+import XCTest
+
+/// Products with a B packed once for the session (`PackedWeightCache`, oneDNN's matmul): every
+/// element within float32 rounding of a float64 sum, on odd shapes (columns not a multiple of the
+/// 16-column parts, rows not of any block), B plain and transposed, strided A and C, a bias row
+/// and an epilogue that sees every element once, on one thread and split over the pool; and whole
+/// sessions (MatMul over a batch of rows, Gemm with transB and a bias, MatMulBias with Gelu) whose
+/// weights are initializers, against float64 and against the same session with the switch off.
+final class PackedWeightsTests: XCTestCase {
+    /// Values in [-1, 1) from a fixed linear congruential sequence.
+    func values(_ count: Int, seed: UInt64) -> [Float] {
+        var state = seed &* 6364136223846793005 &+ 1442695040888963407
+        return (0..<count).map { _ in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Float(Int((state >> 33) % 2001) - 1000) / 1000
+        }
+    }
+
+    /// Whether oneDNN runs its brgemm kernels on this CPU (AVX-512): the packed path is taken only then.
+    func packedPathRuns() throws -> Bool {
+        let budget = KernelCacheBudget(limit: 1 << 20)
+        let cache = PackedWeightCache(budget: budget)
+        let w = Tensor(shape: [32, 32], scalars: values(32 * 32, seed: 1))
+        let a = values(32 * 32, seed: 2)
+        var c = [Float](repeating: 0, count: 32 * 32)
+        let taken = try w.withUnsafeBufferPointer(as: Float.self) { pw in
+            a.withUnsafeBufferPointer { pa in
+                c.withUnsafeMutableBufferPointer { pc in
+                    cache.gemm(m: 32, n: 32, k: 32, a: pa.baseAddress!, lda: 32, b: w, bElements: pw.baseAddress!, transB: false,
+                               bias: nil, c: pc.baseAddress!, ldc: 32)
+                }
+            }
+        }
+        print("packed GEMM (oneDNN brgemm) runs on this CPU: \(taken)")
+        return taken
+    }
+
+    /// |c - Σ a·b (+ bias)| <= (k + 2)·2⁻²⁴·Σ|a·b| (+|bias|) for every element: float32 rounding.
+    func assertNear(_ c: [Float], ldc: Int, m: Int, n: Int, k: Int, a: [Float], lda: Int, b: [Float], transB: Bool,
+                    bias: [Float]?, activation: ((Double) -> Double)? = nil, _ label: String, file: StaticString = #filePath, line: UInt = #line) {
+        var worst = 0.0
+        for i in 0..<m {
+            for j in 0..<n {
+                var sum = Double(bias?[j] ?? 0), size = abs(sum)
+                for p in 0..<k {
+                    let t = Double(a[i * lda + p]) * Double(transB ? b[j * k + p] : b[p * n + j])
+                    sum += t
+                    size += abs(t)
+                }
+                var want = sum
+                var bound = Double(k + 2) * 0x1p-24 * size
+                if let activation {
+                    want = activation(sum)
+                    bound = bound * 2 + 4e-7 * max(1, abs(want))
+                }
+                let got = Double(c[i * ldc + j])
+                worst = max(worst, abs(got - want) / max(bound, .leastNormalMagnitude))
+                if abs(got - want) > bound {
+                    XCTFail("\(label): C[\(i), \(j)] = \(got), want \(want) (bound \(bound))", file: file, line: line)
+                    return
+                }
+            }
+        }
+        print("\(label): worst error \(worst) of the bound")
+    }
+
+    func testOddShapesMatchFloat64OnOneThreadAndSplit() throws {
+        let runs = try packedPathRuns()
+        // (m, k, n, transB, bias, lda pad, ldc pad): 129×131×257 splits over the pool (2^21+ multiply-adds).
+        let cases: [(Int, Int, Int, Bool, Bool, Int, Int)] = [
+            (37, 45, 70, false, false, 0, 0), (37, 45, 70, true, true, 3, 5), (129, 131, 257, false, true, 0, 0),
+            (129, 131, 257, true, false, 7, 16), (8, 16, 16, false, true, 0, 0), (200, 300, 333, true, true, 1, 2),
+        ]
+        for (m, k, n, transB, withBias, padA, padC) in cases {
+            let label = "\(m)x\(k)x\(n) transB \(transB) bias \(withBias) lda +\(padA) ldc +\(padC)"
+            let lda = k + padA, ldc = n + padC
+            let a = values(m * lda, seed: UInt64(m)), b = values(k * n, seed: UInt64(n)), bias = withBias ? values(n, seed: 9) : nil
+            let w = Tensor(shape: transB ? [n, k] : [k, n], scalars: b)
+            let budget = KernelCacheBudget(limit: 64 << 20)
+            let cache = PackedWeightCache(budget: budget)
+            var c = [Float](repeating: .nan, count: m * ldc)
+            // Epilogue calls per element (the blocks are disjoint: each thread writes its own counts).
+            let covered = UnsafeMutablePointer<Int>.allocate(capacity: m * n)
+            covered.initialize(repeating: 0, count: m * n)
+            defer { covered.deallocate() }
+            for round in 0..<2 {
+                let taken = try w.withUnsafeBufferPointer(as: Float.self) { pw in
+                    a.withUnsafeBufferPointer { pa in
+                        c.withUnsafeMutableBufferPointer { pc in
+                            let body = { (pbias: UnsafePointer<Float>?) in
+                                cache.gemm(m: m, n: n, k: k, a: pa.baseAddress!, lda: lda, b: w, bElements: pw.baseAddress!, transB: transB,
+                                           bias: pbias, c: pc.baseAddress!, ldc: ldc) { i0, i1, j0, j1 in
+                                    for i in i0..<i1 { for j in j0..<j1 { covered[i * n + j] += 1 } }
+                                }
+                            }
+                            return bias.map { bias in bias.withUnsafeBufferPointer { body($0.baseAddress!) } } ?? body(nil)
+                        }
+                    }
+                }
+                XCTAssertEqual(taken, runs, label)
+                guard taken else { continue }
+                XCTAssertGreaterThan(budget.reserved, 0, "\(label): the packed B is held in the budget")
+                XCTAssertEqual(Array(UnsafeBufferPointer(start: covered, count: m * n)), [Int](repeating: round + 1, count: m * n),
+                               "\(label): each block to the epilogue once")
+                assertNear(c, ldc: ldc, m: m, n: n, k: k, a: a, lda: lda, b: b, transB: transB, bias: bias, "\(label) round \(round)")
+                for i in 0..<m { for j in n..<ldc { XCTAssertTrue(c[i * ldc + j].isNaN, "\(label): C's padding untouched") } }
+            }
+        }
+    }
+
+    /// x [2, rows/2, k] -> MatMul(x, W1) as p; Gemm(x2 [rows, k], W2ᵀ, bias2, transB 1) as g;
+    /// MatMul(x, W3) + bias3 then Gelu (erf) as y, which the passes make a MatMulBias with the activation.
+    func model(rows: Int, k: Int, n: Int) -> Model {
+        var g = Graph()
+        g.inputs = [ValueInfo(name: "x", type: .tensor(.float32, shape: [2, rows / 2, k].map { .value($0) })),
+                    ValueInfo(name: "x2", type: .tensor(.float32, shape: [rows, k].map { .value($0) }))]
+        g.setInitializer("W1", Tensor(shape: [k, n], scalars: values(k * n, seed: 11)))
+        g.setInitializer("W2", Tensor(shape: [n, k], scalars: values(k * n, seed: 12)))
+        g.setInitializer("bias2", Tensor(shape: [n], scalars: values(n, seed: 13)))
+        g.setInitializer("W3", Tensor(shape: [k, n], scalars: values(k * n, seed: 14)))
+        g.setInitializer("bias3", Tensor(shape: [n], scalars: values(n, seed: 15)))
+        g.setInitializer("sqrt2", Tensor(scalar: Float(2).squareRoot()))
+        g.setInitializer("one", Tensor(scalar: Float(1)))
+        g.setInitializer("half", Tensor(scalar: Float(0.5)))
+        g.nodes = [
+            Node(opType: "MatMul", inputs: ["x", "W1"], outputs: ["p"]),
+            Node(opType: "Gemm", inputs: ["x2", "W2", "bias2"], outputs: ["g"], attributes: ["transB": .int(1)]),
+            Node(opType: "MatMul", inputs: ["x", "W3"], outputs: ["q"]),
+            Node(opType: "Add", inputs: ["q", "bias3"], outputs: ["h"]),
+            Node(opType: "Div", inputs: ["h", "sqrt2"], outputs: ["d"]),
+            Node(opType: "Erf", inputs: ["d"], outputs: ["e"]),
+            Node(opType: "Add", inputs: ["e", "one"], outputs: ["a1"]),
+            Node(opType: "Mul", inputs: ["h", "a1"], outputs: ["m"]),
+            Node(opType: "Mul", inputs: ["m", "half"], outputs: ["y"]),
+        ]
+        g.outputs = [ValueInfo(name: "p", type: nil), ValueInfo(name: "g", type: nil), ValueInfo(name: "y", type: nil)]
+        var m = Model(graph: g)
+        m.opsetImports = ["": 17]
+        return m
+    }
+
+    func testSessionProductsMatchFloat64AndTheOpenBLASPath() throws {
+        let runs = try packedPathRuns()
+        defer { unsetenv("ONNX_TRAIN_DISABLE_PASSES") }
+        for (rows, k, n) in [(22, 19, 35), (256, 96, 200)] {
+            let model = model(rows: rows, k: k, n: n)
+            let x = values(rows * k, seed: 21), x2 = values(rows * k, seed: 22)
+            let feeds = ["x": Tensor(shape: [2, rows / 2, k], scalars: x), "x2": Tensor(shape: [rows, k], scalars: x2)]
+            var outputs: [String: [[Float]]] = [:]
+            for disabled in ["", "packed-gemm"] {
+                setenv("ONNX_TRAIN_DISABLE_PASSES", disabled, 1)
+                let session = try InferenceSession(model: model)
+                XCTAssertTrue(session.executor.steps.contains { $0.node.opType == "MatMulBias" && $0.node.string("activation") == "Gelu" })
+                let budget = try XCTUnwrap(session.executor.cacheBudget)
+                for _ in 0..<2 {
+                    let out = try session.run(tensors: feeds)
+                    for name in ["p", "g", "y"] { outputs[name, default: []].append(out[name]!.scalars(as: Float.self)) }
+                }
+                let label = "\(rows)x\(k)x\(n) disabled '\(disabled)'"
+                // Three weights packed (k·n floats each, at least) where the path runs, none when off.
+                if runs && disabled.isEmpty {
+                    XCTAssertGreaterThanOrEqual(budget.reserved, 3 * k * n * 4, label)
+                } else {
+                    XCTAssertEqual(budget.reserved, 0, label)
+                }
+                let w1: [Float] = model.graph.initializers["W1"]!.scalars(), w2: [Float] = model.graph.initializers["W2"]!.scalars()
+                let w3: [Float] = model.graph.initializers["W3"]!.scalars()
+                let b2: [Float] = model.graph.initializers["bias2"]!.scalars(), b3: [Float] = model.graph.initializers["bias3"]!.scalars()
+                let last = outputs["p"]!.count - 1
+                assertNear(outputs["p"]![last], ldc: n, m: rows, n: n, k: k, a: x, lda: k, b: w1, transB: false, bias: nil, "\(label) MatMul")
+                assertNear(outputs["g"]![last], ldc: n, m: rows, n: n, k: k, a: x2, lda: k, b: w2, transB: true, bias: b2, "\(label) Gemm")
+                assertNear(outputs["y"]![last], ldc: n, m: rows, n: n, k: k, a: x, lda: k, b: w3, transB: false, bias: b3,
+                           activation: { 0.5 * $0 * (1 + erf($0 / 2.0.squareRoot())) }, "\(label) MatMulBias Gelu")
+            }
+            for name in ["p", "g", "y"] {
+                let runsOf = outputs[name]!
+                XCTAssertEqual(runsOf[0], runsOf[1], "\(name): the second run with the packed B, same bits")
+            }
+        }
+    }
+}
