@@ -8,17 +8,19 @@ import Synchronization
 /// with B reordered once into the blocked layout its kernels read (as onnxruntime's MLAS prepacks
 /// a constant B when a session is created), where OpenBLAS packs B again on every call.
 ///
-/// Measured on the benchmark's shapes (Zen 4, Benchmarks/packed_gemm.c: both split by columns
-/// over two threads, one single-threaded call each, as here): 0.58-0.82x OpenBLAS's time on
-/// BERT's and ViT's products at batch 1 and 32 (128×256×768 0.23 ms against 0.30; 206-224
-/// GFLOP/s against 157-171), 0.80x on GPT-2's lm_head 128×256×50257 (15.2 ms against 19.0); on one
-/// thread 0.80-0.86x down to 128×128×128, even at 64³. Only oneDNN's brgemm kernels are used: on
-/// a CPU without AVX-512 oneDNN 2.6 falls back to its own sgemm, and products stay on OpenBLAS.
+/// Measured on the benchmark's shapes (Zen 4, Benchmarks/packed_gemm.c, two threads, each a
+/// single-threaded call on its block of rows as here, OpenBLAS on its column blocks as BLAS.gemm
+/// splits them, bias row included): 0.45-0.79x OpenBLAS's time on BERT's and ViT's products at
+/// batch 1 and 32 (128×256×768 0.22 ms against 0.34; 213-228 GFLOP/s), 0.93x on GPT-2's lm_head
+/// 128×256×50257 (17.8 ms against 19.0). Only oneDNN's brgemm kernels are used: on a CPU without
+/// AVX-512 oneDNN 2.6 falls back to its own sgemm, and products stay on OpenBLAS.
 ///
-/// The product is split by columns of C over the `Parallel` pool, one part per thread, each part
-/// with its own columns of B packed: every call runs on the pool's threads, single-threaded
-/// inside oneDNN (its OpenMP teams are one thread: no second pool spinning beside ours). The
-/// primitive of each row count M is made on its first call and kept (a few per node).
+/// The product is split by blocks of rows over the `Parallel` pool, one per thread, each reading
+/// the one packed B: every call runs on the pool's threads, single-threaded inside oneDNN (its
+/// OpenMP teams are one thread: no second pool spinning beside ours). The primitive of each row
+/// count is made on its first call and kept (a few per node). oneDNN 2.6's brgemm kernels take
+/// only dense A and C, so a split by columns (C's column blocks strided) would run its plain jit
+/// sgemm instead: 0.61-1.0x OpenBLAS's time where row blocks on the packed B take 0.45-0.79x.
 ///
 /// Every element is the product (plus the bias, added after the sum, where OpenBLAS's path adds
 /// the product onto the bias): equal to OpenBLAS's to float rounding. Off with
@@ -37,30 +39,40 @@ final class PackedWeightCache: Sendable {
         return PackedWeightCache(budget: budget)
     }
 
-    /// C[m, n] (row stride ldc) = A[m, k] (row stride lda) · op(B) (+ bias[n] in every row), op(B)
-    /// = B [k, n] (ldb n), or Bᵀ of B [n, k] (ldb k) with `transB`, B being `b`'s float32 elements.
-    /// `epilogue` gets each block of C (rows i0..<i1, columns j0..<j1) once its product is done,
-    /// on the thread that computed it (`BLAS.gemm`'s). Returns false, C untouched, where the
-    /// product does not take this path (too small, a refused budget, an error of oneDNN): the
-    /// caller runs it on OpenBLAS.
+    /// C[m, n] = A[m, k] · op(B) (+ bias[n] in every row), A and C dense (lda k, ldc n: oneDNN's
+    /// brgemm kernels take no other strides), op(B) = B [k, n], or Bᵀ of B [n, k] with `transB`, B
+    /// being `b`'s float32 elements. `epilogue` gets each block of C (rows i0..<i1, columns
+    /// j0..<j1) once its product is done, on the thread that computed it (`BLAS.gemm`'s). Returns
+    /// false, C untouched, where the product does not take this path (too small, strided, a refused
+    /// budget, an error of oneDNN): the caller runs it on OpenBLAS.
     func gemm(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: Tensor, bElements: UnsafePointer<Float>, transB: Bool,
               bias: UnsafePointer<Float>?, c: UnsafeMutablePointer<Float>, ldc: Int,
               epilogue: ((_ i0: Int, _ i1: Int, _ j0: Int, _ j1: Int) -> Void)? = nil) -> Bool {
-        guard m >= PackedGemm.minimumRows, n >= 16, k >= 16, m * n * k >= PackedGemm.minimumWork, b.dtype == .float32,
-              b.count == k * n else { return false }
+        guard m >= PackedGemm.minimumRows, n >= 16, k >= 16, m * n * k >= PackedGemm.minimumWork, lda == k, ldc == n,
+              b.dtype == .float32, b.count == k * n else { return false }
+        // Blocks of rows (multiples of 8), one per pool thread, each reading all of the packed B.
         let threads = Parallel.isInsideRegion ? 1 : Parallel.threadCount
-        let parts = m * n * k >= BLAS.singleThreadWork ? max(1, min(threads, n / 16)) : 1
-        guard let packed = packed(b, bElements, k: k, n: n, transB: transB, parts: parts) else { return false }
-        // Every part's primitive for this M, made before the threads start (so an error leaves C untouched).
-        guard let primitives = packed.primitives(m: m, lda: lda, ldc: ldc, bias: bias != nil) else { return false }
+        let blocks = (m + 7) / 8
+        let parts = m * n * k >= BLAS.singleThreadWork ? max(1, min(threads, blocks)) : 1
+        let rows = (0..<parts).map { p in
+            let r = Parallel.chunk(p, of: parts, count: blocks)
+            return (r.lowerBound * 8, min(r.upperBound * 8, m))
+        }
+        guard let packed = packed(b, bElements, k: k, n: n, transB: transB, probeRows: rows[0].1 - rows[0].0) else { return false }
+        // Every part's primitive, made before the threads start (so an error leaves C untouched).
+        var primitives: [dnnl_primitive_t] = []
+        for (i0, i1) in rows {
+            guard let primitive = packed.primitive(rows: i1 - i0, bias: bias != nil) else { return false }
+            primitives.append(primitive)
+        }
         let statuses = UnsafeMutablePointer<Int32>.allocate(capacity: parts)
         statuses.initialize(repeating: 0, count: parts)
         defer { statuses.deallocate() }
         func run(_ part: Int) {
-            let (j0, j1) = packed.columns[part]
-            statuses[part] = ot_matmul_run(PackedGemm.engine, primitives[part], a, Int64(m), Int64(k), Int64(lda), packed.weights[part],
-                                           bias.map { $0 + j0 }, Int64(j1 - j0), c + j0, Int64(ldc))
-            if statuses[part] == 0 { epilogue?(0, m, j0, j1) }
+            let (i0, i1) = rows[part]
+            statuses[part] = ot_matmul_run(PackedGemm.engine, primitives[part], a + i0 * k, Int64(i1 - i0), Int64(k), Int64(k),
+                                           packed.weights, bias, Int64(n), c + i0 * n, Int64(n))
+            if statuses[part] == 0 { epilogue?(i0, i1, 0, n) }
         }
         if parts == 1 {
             run(0)
@@ -72,126 +84,99 @@ final class PackedWeightCache: Sendable {
         return (0..<parts).allSatisfy { statuses[$0] == 0 }
     }
 
-    /// B's packed parts for `parts` threads, kept or made now; nil when the budget refuses them.
-    private func packed(_ b: Tensor, _ B: UnsafePointer<Float>, k: Int, n: Int, transB: Bool, parts: Int) -> Packed? {
-        if let p = kept.withLock({ $0 }), p.fits(b, transB: transB, parts: parts) { return p }
-        guard let made = Packed(b, B, k: k, n: n, transB: transB, parts: parts, budget: budget) else { return nil }
+    /// B packed, kept or made now; nil when the budget refuses it or oneDNN would not run brgemm.
+    private func packed(_ b: Tensor, _ B: UnsafePointer<Float>, k: Int, n: Int, transB: Bool, probeRows: Int) -> Packed? {
+        if let p = kept.withLock({ $0 }), p.fits(b, transB: transB) { return p }
+        guard let made = Packed(b, B, k: k, n: n, transB: transB, probeRows: probeRows, budget: budget) else { return nil }
         // Two threads may both pack on a first run: the first kept wins, the other is freed.
         return kept.withLock { current in
-            if let current, current.fits(b, transB: transB, parts: parts) { return current }
+            if let current, current.fits(b, transB: transB) { return current }
             current = made
             return made
         }
     }
 
-    /// One weight's columns, packed per part, and the primitives made for it.
+    /// One weight, packed, and the primitives made for it.
     final class Packed: @unchecked Sendable {
         let source: TensorStorage, shape: [Int], transB: Bool
-        let k: Int
-        /// Columns j0..<j1 of C (and op(B)) of each part: multiples of 16 (a cache line of C).
-        let columns: [(Int, Int)]
-        /// Each part's columns of op(B) in the layout of `layouts`, made by oneDNN.
-        let weights: [dnnl_memory_t]
-        let layouts: [dnnl_memory_desc_t]
+        let k: Int, n: Int
+        /// op(B) in the layout of `layout`, made by oneDNN.
+        let weights: dnnl_memory_t
+        let layout: dnnl_memory_desc_t
         let bytes: Int
         let budget: KernelCacheBudget
-        struct Key: Hashable { let m: Int, lda: Int, ldc: Int, bias: Bool }
-        /// One primitive per part (oneDNN's primitives may run on any thread, several at once).
-        struct Primitives: @unchecked Sendable { let list: [dnnl_primitive_t] }
-        private let primitiveCache = Mutex<[Key: Primitives]>([:])
+        struct Key: Hashable { let rows: Int, bias: Bool }
+        /// A primitive (oneDNN's primitives may run on any thread, several at once).
+        struct Primitive: @unchecked Sendable { let primitive: dnnl_primitive_t }
+        private let primitiveCache = Mutex<[Key: Primitive]>([:])
 
-        init?(_ b: Tensor, _ B: UnsafePointer<Float>, k: Int, n: Int, transB: Bool, parts: Int, budget: KernelCacheBudget) {
-            let blocks = (n + 15) / 16
-            let columns = (0..<parts).map { p in
-                let r = Parallel.chunk(p, of: parts, count: blocks)
-                return (r.lowerBound * 16, min(r.upperBound * 16, n))
+        init?(_ b: Tensor, _ B: UnsafePointer<Float>, k: Int, n: Int, transB: Bool, probeRows: Int, budget: KernelCacheBudget) {
+            // The layout oneDNN picks for the first call's rows (the same for every M measured, 64 to
+            // 6304 rows); a primitive made later for another M whose layout differs is not used.
+            var primitive: dnnl_primitive_t?, layout = dnnl_memory_desc_t(), brgemm: Int32 = 0
+            let status = ot_matmul_create(PackedGemm.engine, Int64(probeRows), Int64(k), Int64(n), Int64(k), Int64(n), 0,
+                                          &primitive, &layout, &brgemm)
+            if let primitive { dnnl_primitive_destroy(primitive) }
+            guard status == 0, brgemm != 0 else {
+                if status == 0 { PackedGemm.markUnavailable() }
+                return nil
             }
-            // The layouts oneDNN picks for a typical M (the same for every M measured: 64 to 6304
-            // rows); a primitive made later for another M whose layout differs is not used.
-            var layouts: [dnnl_memory_desc_t] = []
-            for (j0, j1) in columns {
-                var primitive: dnnl_primitive_t?, layout = dnnl_memory_desc_t(), brgemm: Int32 = 0
-                let status = ot_matmul_create(PackedGemm.engine, 128, Int64(k), Int64(j1 - j0), Int64(k), Int64(n), 0, &primitive, &layout, &brgemm)
-                if let primitive { dnnl_primitive_destroy(primitive) }
-                guard status == 0, brgemm != 0 else {
-                    if status == 0 { PackedGemm.markUnavailable() }
-                    return nil
-                }
-                layouts.append(layout)
-            }
-            var total = 0
-            for var layout in layouts { total += ot_weights_size(&layout) }
-            guard budget.reserve(total) else { return nil }
-            var weights: [dnnl_memory_t] = []
-            for (p, (j0, j1)) in columns.enumerated() {
-                var layout = layouts[p]
-                // op(B)'s columns j0..<j1: B [k, n] at strides (n, 1), or Bᵀ of B [n, k] at (1, k).
-                let memory = transB
-                    ? ot_pack_weights(PackedGemm.engine, B + j0 * k, Int64(k), Int64(j1 - j0), 1, Int64(k), &layout)
-                    : ot_pack_weights(PackedGemm.engine, B + j0, Int64(k), Int64(j1 - j0), Int64(n), 1, &layout)
-                guard let memory else {
-                    for w in weights { dnnl_memory_destroy(w) }
-                    budget.release(total)
-                    return nil
-                }
-                weights.append(memory)
+            let bytes = ot_weights_size(&layout)
+            guard budget.reserve(bytes) else { return nil }
+            // op(B): B [k, n] at strides (n, 1), or Bᵀ of B [n, k] at (1, k).
+            guard let weights = ot_pack_weights(PackedGemm.engine, B, Int64(k), Int64(n), transB ? 1 : Int64(n), transB ? Int64(k) : 1, &layout) else {
+                budget.release(bytes)
+                return nil
             }
             self.source = b.storage
             self.shape = b.shape
             self.transB = transB
             self.k = k
-            self.columns = columns
+            self.n = n
             self.weights = weights
-            self.layouts = layouts
-            self.bytes = total
+            self.layout = layout
+            self.bytes = bytes
             self.budget = budget
         }
 
         deinit {
-            for w in weights { dnnl_memory_destroy(w) }
-            for kept in primitiveCache.withLock({ Array($0.values) }) { for p in kept.list { dnnl_primitive_destroy(p) } }
+            dnnl_memory_destroy(weights)
+            for kept in primitiveCache.withLock({ Array($0.values) }) { dnnl_primitive_destroy(kept.primitive) }
             budget.release(bytes)
         }
 
-        func fits(_ b: Tensor, transB: Bool, parts: Int) -> Bool {
-            source === b.storage && shape == b.shape && self.transB == transB && columns.count == parts
-        }
+        func fits(_ b: Tensor, transB: Bool) -> Bool { source === b.storage && shape == b.shape && self.transB == transB }
 
-        /// Each part's primitive for m rows (row strides lda of A, ldc of C), kept or made now; nil
-        /// if oneDNN refuses one or picks another weight layout for it.
-        func primitives(m: Int, lda: Int, ldc: Int, bias: Bool) -> [dnnl_primitive_t]? {
-            let key = Key(m: m, lda: lda, ldc: ldc, bias: bias)
-            if let kept = primitiveCache.withLock({ $0[key] }) { return kept.list }
-            var list: [dnnl_primitive_t] = []
-            var ok = true
-            for (p, (j0, j1)) in columns.enumerated() {
-                var primitive: dnnl_primitive_t?, layout = dnnl_memory_desc_t(), brgemm: Int32 = 0
-                let status = ot_matmul_create(PackedGemm.engine, Int64(m), Int64(k), Int64(j1 - j0), Int64(lda), Int64(ldc), bias ? 1 : 0,
-                                              &primitive, &layout, &brgemm)
-                var kept = layouts[p]
-                guard status == 0, let primitive else { ok = false; break }
-                list.append(primitive)
-                if brgemm == 0 || ot_weights_equal(&layout, &kept) == 0 { ok = false; break }
-            }
-            guard ok else {
-                for p in list { dnnl_primitive_destroy(p) }
+        /// The primitive for `rows` rows of A and C, kept or made now; nil if oneDNN refuses it or
+        /// picks another weight layout for it.
+        func primitive(rows: Int, bias: Bool) -> dnnl_primitive_t? {
+            let key = Key(rows: rows, bias: bias)
+            if let kept = primitiveCache.withLock({ $0[key] }) { return kept.primitive }
+            var made: dnnl_primitive_t?, chosen = dnnl_memory_desc_t(), brgemm: Int32 = 0
+            let status = ot_matmul_create(PackedGemm.engine, Int64(rows), Int64(k), Int64(n), Int64(k), Int64(n), bias ? 1 : 0,
+                                          &made, &chosen, &brgemm)
+            var packedLayout = layout
+            guard status == 0, let made else { return nil }
+            guard brgemm != 0, ot_weights_equal(&chosen, &packedLayout) != 0 else {
+                dnnl_primitive_destroy(made)
                 return nil
             }
-            let made = Primitives(list: list)
-            return primitiveCache.withLock { cache -> [dnnl_primitive_t]? in
+            let wrapped = Primitive(primitive: made)
+            let result = primitiveCache.withLock { cache -> Primitive? in
                 if let current = cache[key] {
-                    for p in made.list { dnnl_primitive_destroy(p) }
-                    return current.list
+                    dnnl_primitive_destroy(wrapped.primitive)
+                    return current
                 }
-                // A few row counts per node (a session's batch and sequence lengths); past that, the
-                // oldest are not freed while a run may hold them, so new ones stop being kept.
+                // A few row counts per node (a session's batch and sequence lengths, each split over
+                // the threads); past that, new ones are not kept (a run may still hold the old ones).
                 if cache.count >= PackedGemm.primitivesPerWeight {
-                    for p in made.list { dnnl_primitive_destroy(p) }
+                    dnnl_primitive_destroy(wrapped.primitive)
                     return nil
                 }
-                cache[key] = made
-                return made.list
+                cache[key] = wrapped
+                return wrapped
             }
+            return result?.primitive
         }
     }
 }
