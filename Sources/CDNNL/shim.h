@@ -25,12 +25,15 @@ static inline void ot_dnnl_single_thread(void) {
 /// The primitive for C[m, n] (row stride ldc) = A[m, k] (row stride lda) · W[k, n] (+ bias[n]),
 /// W in the layout the implementation picks (written to *weights). *brgemm is 1 when the
 /// implementation is oneDNN's brgemm kernels (AVX-512), the ones measured faster than OpenBLAS.
+/// Its scratch memory is the caller's (*scratchpad bytes, given to each run): a primitive's own
+/// would be shared by every thread that runs it at once.
 static inline int ot_matmul_create(dnnl_engine_t engine, int64_t m, int64_t k, int64_t n, int64_t lda, int64_t ldc, int bias,
-                                   dnnl_primitive_t *primitive, dnnl_memory_desc_t *weights, int *brgemm) {
+                                   dnnl_primitive_t *primitive, dnnl_memory_desc_t *weights, int *brgemm, size_t *scratchpad) {
     dnnl_memory_desc_t a, w, c, b;
     dnnl_dims_t ad = {m, k}, as = {lda, 1}, wd = {k, n}, cd = {m, n}, cs = {ldc, 1}, bd = {1, n};
     *primitive = NULL;
     *brgemm = 0;
+    *scratchpad = 0;
     ot_dnnl_single_thread();  // the primitive plans its work for the threads it will run on
     if (dnnl_memory_desc_init_by_strides(&a, 2, ad, dnnl_f32, as) != dnnl_success) return -1;
     if (dnnl_memory_desc_init_by_tag(&w, 2, wd, dnnl_f32, dnnl_format_tag_any) != dnnl_success) return -1;
@@ -38,8 +41,15 @@ static inline int ot_matmul_create(dnnl_engine_t engine, int64_t m, int64_t k, i
     if (dnnl_memory_desc_init_by_tag(&b, 2, bd, dnnl_f32, dnnl_ab) != dnnl_success) return -1;
     dnnl_matmul_desc_t desc;
     if (dnnl_matmul_desc_init(&desc, &a, &w, bias ? &b : NULL, &c) != dnnl_success) return -1;
+    dnnl_primitive_attr_t attr;
+    if (dnnl_primitive_attr_create(&attr) != dnnl_success) return -1;
     dnnl_primitive_desc_t pd;
-    if (dnnl_primitive_desc_create(&pd, &desc, NULL, engine, NULL) != dnnl_success) return -1;
+    dnnl_status_t made = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    if (made == dnnl_success) made = dnnl_primitive_desc_create(&pd, &desc, attr, engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    if (made != dnnl_success) return -1;
+    const dnnl_memory_desc_t *scratch = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    if (scratch) *scratchpad = dnnl_memory_desc_get_size(scratch);
     const char *impl = NULL;
     if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl)
         *brgemm = strncmp(impl, "brg", 3) == 0;
@@ -86,26 +96,33 @@ static inline dnnl_memory_t ot_pack_weights(dnnl_engine_t engine, const float *b
     return to;
 }
 
-/// Runs a primitive from ot_matmul_create on the calling thread: C = A · W (+ bias). 0 on success.
-static inline int ot_matmul_run(dnnl_engine_t engine, dnnl_primitive_t primitive, const float *a, int64_t m, int64_t k, int64_t lda,
-                                dnnl_memory_t weights, const float *bias, int64_t n, float *c, int64_t ldc) {
-    dnnl_memory_desc_t ad, cd, bd;
-    dnnl_dims_t ads = {m, k}, as = {lda, 1}, cds = {m, n}, cs = {ldc, 1}, bds = {1, n};
+/// Runs a primitive from ot_matmul_create on the calling thread: C = A · W (+ bias), with scratch
+/// memory of `scratchpad` bytes of its own. 0 on success.
+static inline int ot_matmul_run(dnnl_engine_t engine, dnnl_primitive_t primitive, size_t scratchpad, const float *a, int64_t m, int64_t k,
+                                int64_t lda, dnnl_memory_t weights, const float *bias, int64_t n, float *c, int64_t ldc) {
+    dnnl_memory_desc_t ad, cd, bd, sd;
+    dnnl_dims_t ads = {m, k}, as = {lda, 1}, cds = {m, n}, cs = {ldc, 1}, bds = {1, n}, sds = {(int64_t)scratchpad};
     if (dnnl_memory_desc_init_by_strides(&ad, 2, ads, dnnl_f32, as) != dnnl_success) return -1;
     if (dnnl_memory_desc_init_by_strides(&cd, 2, cds, dnnl_f32, cs) != dnnl_success) return -1;
     if (dnnl_memory_desc_init_by_tag(&bd, 2, bds, dnnl_f32, dnnl_ab) != dnnl_success) return -1;
-    dnnl_memory_t am = NULL, cm = NULL, bm = NULL;
+    if (scratchpad && dnnl_memory_desc_init_by_tag(&sd, 1, sds, dnnl_u8, dnnl_a) != dnnl_success) return -1;
+    dnnl_memory_t am = NULL, cm = NULL, bm = NULL, sm = NULL;
     dnnl_stream_t stream = NULL;
     int ok = dnnl_memory_create(&am, &ad, engine, (void *)a) == dnnl_success
         && dnnl_memory_create(&cm, &cd, engine, c) == dnnl_success
         && (!bias || dnnl_memory_create(&bm, &bd, engine, (void *)bias) == dnnl_success)
+        && (!scratchpad || dnnl_memory_create(&sm, &sd, engine, DNNL_MEMORY_ALLOCATE) == dnnl_success)
         && dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) == dnnl_success;
     if (ok) {
         ot_dnnl_single_thread();
-        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, cm}, {DNNL_ARG_BIAS, bm}};
-        ok = dnnl_primitive_execute(primitive, stream, bias ? 4 : 3, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
+        dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, cm}};
+        int count = 3;
+        if (sm) args[count++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, sm};
+        if (bm) args[count++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, bm};
+        ok = dnnl_primitive_execute(primitive, stream, count, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
     }
     if (stream) dnnl_stream_destroy(stream);
+    if (sm) dnnl_memory_destroy(sm);
     if (bm) dnnl_memory_destroy(bm);
     if (cm) dnnl_memory_destroy(cm);
     if (am) dnnl_memory_destroy(am);

@@ -1,5 +1,6 @@
 @testable import OnnxTrain
 import Foundation
+import Synchronization
 import XCTest
 
 /// Products with a B packed once for the session (`PackedWeightCache`, oneDNN's matmul): every
@@ -114,6 +115,43 @@ final class PackedWeightsTests: XCTestCase {
                 for i in 0..<m { for j in n..<ldc { XCTAssertTrue(c[i * ldc + j].isNaN, "\(label): C's padding untouched") } }
             }
         }
+    }
+
+    /// Several threads running one weight's product at once (two sessions' worth of callers, and
+    /// the pool's two row blocks of 64 rows sharing one primitive): each run has its own scratch
+    /// memory, so every result is the single-threaded one.
+    func testConcurrentRunsOfOneWeightMatchOneRun() throws {
+        let runs = try packedPathRuns()
+        let (m, k, n) = (128, 256, 384)
+        let a = values(m * k, seed: 31), bias = values(n, seed: 32)
+        // (Tensor is not Sendable; the threads only read it.)
+        nonisolated(unsafe) let w = Tensor(shape: [k, n], scalars: values(k * n, seed: 33))
+        let cache = PackedWeightCache(budget: KernelCacheBudget(limit: 64 << 20))
+        @Sendable func product() throws -> [Float] {
+            var c = [Float](repeating: .nan, count: m * n)
+            let taken = try w.withUnsafeBufferPointer(as: Float.self) { pw in
+                a.withUnsafeBufferPointer { pa in
+                    bias.withUnsafeBufferPointer { pb in
+                        c.withUnsafeMutableBufferPointer { pc in
+                            cache.gemm(m: m, n: n, k: k, a: pa.baseAddress!, lda: k, b: w, bElements: pw.baseAddress!, transB: false,
+                                       bias: pb.baseAddress!, c: pc.baseAddress!, ldc: n)
+                        }
+                    }
+                }
+            }
+            XCTAssertEqual(taken, runs)
+            return c
+        }
+        let first = try product()
+        if runs { assertNear(first, ldc: n, m: m, n: n, k: k, a: a, lda: k, b: w.scalars(as: Float.self), transB: false, bias: bias, "128x256x384") }
+        let mismatches = Mutex<Int>(0)
+        DispatchQueue.concurrentPerform(iterations: 4) { _ in
+            for _ in 0..<20 {
+                let c = (try? product()) ?? []
+                if runs && c != first { mismatches.withLock { $0 += 1 } }
+            }
+        }
+        XCTAssertEqual(mismatches.withLock { $0 }, 0, "concurrent runs give the single run's bits")
     }
 
     /// x [2, rows/2, k] -> MatMul(x, W1) as p; Gemm(x2 [rows, k], W2ᵀ, bias2, transB 1) as g;

@@ -60,7 +60,7 @@ final class PackedWeightCache: Sendable {
         }
         guard let packed = packed(b, bElements, k: k, n: n, transB: transB, probeRows: rows[0].1 - rows[0].0) else { return false }
         // Every part's primitive, made before the threads start (so an error leaves C untouched).
-        var primitives: [dnnl_primitive_t] = []
+        var primitives: [Packed.Primitive] = []
         for (i0, i1) in rows {
             guard let primitive = packed.primitive(rows: i1 - i0, bias: bias != nil) else { return false }
             primitives.append(primitive)
@@ -70,7 +70,8 @@ final class PackedWeightCache: Sendable {
         defer { statuses.deallocate() }
         func run(_ part: Int) {
             let (i0, i1) = rows[part]
-            statuses[part] = ot_matmul_run(PackedGemm.engine, primitives[part], a + i0 * k, Int64(i1 - i0), Int64(k), Int64(k),
+            let p = primitives[part]
+            statuses[part] = ot_matmul_run(PackedGemm.engine, p.primitive, p.scratchpad, a + i0 * k, Int64(i1 - i0), Int64(k), Int64(k),
                                            packed.weights, bias, Int64(n), c + i0 * n, Int64(n))
             if statuses[part] == 0 { epilogue?(i0, i1, 0, n) }
         }
@@ -106,16 +107,17 @@ final class PackedWeightCache: Sendable {
         let bytes: Int
         let budget: KernelCacheBudget
         struct Key: Hashable { let rows: Int, bias: Bool }
-        /// A primitive (oneDNN's primitives may run on any thread, several at once).
-        struct Primitive: @unchecked Sendable { let primitive: dnnl_primitive_t }
+        /// A primitive and the bytes of scratch memory each run of it takes (its own, so that
+        /// several threads may run it at once).
+        struct Primitive: @unchecked Sendable { let primitive: dnnl_primitive_t, scratchpad: Int }
         private let primitiveCache = Mutex<[Key: Primitive]>([:])
 
         init?(_ b: Tensor, _ B: UnsafePointer<Float>, k: Int, n: Int, transB: Bool, probeRows: Int, budget: KernelCacheBudget) {
             // The layout oneDNN picks for the first call's rows (the same for every M measured, 64 to
             // 6304 rows); a primitive made later for another M whose layout differs is not used.
-            var primitive: dnnl_primitive_t?, layout = dnnl_memory_desc_t(), brgemm: Int32 = 0
+            var primitive: dnnl_primitive_t?, layout = dnnl_memory_desc_t(), brgemm: Int32 = 0, scratchpad = 0
             let status = ot_matmul_create(PackedGemm.engine, Int64(probeRows), Int64(k), Int64(n), Int64(k), Int64(n), 0,
-                                          &primitive, &layout, &brgemm)
+                                          &primitive, &layout, &brgemm, &scratchpad)
             if let primitive { dnnl_primitive_destroy(primitive) }
             guard status == 0, brgemm != 0 else {
                 if status == 0 { PackedGemm.markUnavailable() }
@@ -149,19 +151,19 @@ final class PackedWeightCache: Sendable {
 
         /// The primitive for `rows` rows of A and C, kept or made now; nil if oneDNN refuses it or
         /// picks another weight layout for it.
-        func primitive(rows: Int, bias: Bool) -> dnnl_primitive_t? {
+        func primitive(rows: Int, bias: Bool) -> Primitive? {
             let key = Key(rows: rows, bias: bias)
-            if let kept = primitiveCache.withLock({ $0[key] }) { return kept.primitive }
-            var made: dnnl_primitive_t?, chosen = dnnl_memory_desc_t(), brgemm: Int32 = 0
+            if let kept = primitiveCache.withLock({ $0[key] }) { return kept }
+            var made: dnnl_primitive_t?, chosen = dnnl_memory_desc_t(), brgemm: Int32 = 0, scratchpad = 0
             let status = ot_matmul_create(PackedGemm.engine, Int64(rows), Int64(k), Int64(n), Int64(k), Int64(n), bias ? 1 : 0,
-                                          &made, &chosen, &brgemm)
+                                          &made, &chosen, &brgemm, &scratchpad)
             var packedLayout = layout
             guard status == 0, let made else { return nil }
             guard brgemm != 0, ot_weights_equal(&chosen, &packedLayout) != 0 else {
                 dnnl_primitive_destroy(made)
                 return nil
             }
-            let wrapped = Primitive(primitive: made)
+            let wrapped = Primitive(primitive: made, scratchpad: scratchpad)
             let result = primitiveCache.withLock { cache -> Primitive? in
                 if let current = cache[key] {
                     dnnl_primitive_destroy(wrapped.primitive)
@@ -176,7 +178,7 @@ final class PackedWeightCache: Sendable {
                 cache[key] = wrapped
                 return wrapped
             }
-            return result?.primitive
+            return result
         }
     }
 }
