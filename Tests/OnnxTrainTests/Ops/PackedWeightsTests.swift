@@ -92,9 +92,10 @@ final class PackedWeightsTests: XCTestCase {
                 let taken = try w.withUnsafeBufferPointer(as: Float.self) { pw in
                     a.withUnsafeBufferPointer { pa in
                         c.withUnsafeMutableBufferPointer { pc in
+                            let C = pc.baseAddress!
                             let body = { (pbias: UnsafePointer<Float>?) in
                                 cache.gemm(m: m, n: n, k: k, a: pa.baseAddress!, lda: lda, b: w, bElements: pw.baseAddress!, transB: transB,
-                                           bias: pbias, c: pc.baseAddress!, ldc: ldc) { i0, i1, j0, j1 in
+                                           bias: pbias, c: C, ldc: ldc) { i0, i1, j0, j1 in
                                     for i in i0..<i1 { for j in j0..<j1 { covered[i * n + j] += 1 } }
                                 }
                             }
