@@ -188,15 +188,13 @@ final class PackedWeightsTests: XCTestCase {
 
     func testSessionProductsMatchFloat64AndTheOpenBLASPath() throws {
         let runs = try packedPathRuns()
-        defer { unsetenv("ONNX_TRAIN_DISABLE_PASSES") }
         for (rows, k, n) in [(66, 75, 99), (256, 96, 200)] {
             let model = model(rows: rows, k: k, n: n)
             let x = values(rows * k, seed: 21), x2 = values(rows * k, seed: 22)
             let feeds = ["x": Tensor(shape: [2, rows / 2, k], scalars: x), "x2": Tensor(shape: [rows, k], scalars: x2)]
             var outputs: [String: [[Float]]] = [:]
             for disabled in ["", "packed-gemm"] {
-                setenv("ONNX_TRAIN_DISABLE_PASSES", disabled, 1)
-                let session = try InferenceSession(model: model)
+                let session = try withPassesDisabled(disabled) { try InferenceSession(model: model) }
                 XCTAssertTrue(session.executor.steps.contains { $0.node.opType == "MatMulBias" && $0.node.string("activation") == "Gelu" })
                 let budget = try XCTUnwrap(session.executor.cacheBudget)
                 for _ in 0..<2 {
