@@ -1,6 +1,7 @@
 // oneDNN (Debian's libdnnl-dev) for matrix products whose B is a constant: its matmul primitive
 // takes B in a blocked layout that B is reordered into once (PackedWeights.swift). The helpers
 // below keep oneDNN's C structs (fixed-size dims arrays) on the C side.
+#pragma once
 #include <oneapi/dnnl/dnnl.h>
 #include <dlfcn.h>
 #include <string.h>
