@@ -175,6 +175,9 @@ def main():
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile column")
     parser.add_argument("--real-rounds", type=int, default=2,
                         help="interleaved rounds per runtime of each real-architecture row (the best round is kept)")
+    parser.add_argument("--real-extra-rounds", type=int, default=None,
+                        help="more rounds for a real-architecture row whose runtime's round medians differ by over 20%% "
+                             "(default 1; 0 with --smoke)")
     parser.add_argument("--real-cache", type=Path, default=bench_real.DEFAULT_CACHE, help="where export_real.py's exports live")
     parser.add_argument("--ort-current", type=Path, default=bench_real.DEFAULT_ORT_CURRENT,
                         help="python of the venv with the current onnxruntime (make bench-venv makes .venv-bench-ort)")
@@ -183,6 +186,8 @@ def main():
         args.steps, args.warmup, args.rounds, args.gemm_n, args.gemm_runs = 3, 1, 1, 512, 2
         args.mlp_processes = min(args.mlp_processes, 2)
         args.scale = "8,256" if args.scale else ""
+    if args.real_extra_rounds is None:
+        args.real_extra_rounds = 0 if args.smoke else 1
     args.no_spin = not args.spin  # read by bench_reference.run_child
     doc = args.doc or (ROOT / (".build/bench-smoke.md" if args.smoke else "docs/PERFORMANCE.md"))
     if not args.binary.exists():
@@ -459,7 +464,7 @@ def report(args, peak, rows, scaling, info, load_start, load_end, minutes, paral
             "make bench-smoke    # 3 steps (real architectures: the tiny configs, 2 steps), checks that it works (.build/bench-smoke.md)",
             ".venv-bench/bin/python Benchmarks/bench.py --real-only [--real-models resnet18_224_b8,squeezenet]   # only issue 16's tables",
             ".build/release/onnx-train bench MODEL.onnx --infer [--batch-size 32] [--json]   # any model's inference latency and peak RSS",
-            f"python Benchmarks/bench.py --steps {args.steps} --rounds {args.rounds} --real-rounds {args.real_rounds}   # with the venv's python, after a release build",
+            f"python Benchmarks/bench.py --steps {args.steps} --rounds {args.rounds} --real-rounds {args.real_rounds} --real-extra-rounds {args.real_extra_rounds}   # with the venv's python, after a release build",
             "```", "",
             "A step is `module(input, labels); optimizer.step(); lazy_reset_grad()` in onnx-train (`onnx-train bench`) and",
             "onnxruntime, `cross_entropy(model(x), y); zero_grad(); backward(); step()` in PyTorch; see Benchmarks/README.md.", ""]

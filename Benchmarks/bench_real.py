@@ -26,7 +26,8 @@ Timed steps per row come from the row's FLOPs (a few for the big models, more fo
 report gives median and p10/p90. Each runtime of a row is timed in `--real-rounds` rounds (default 2,
 smoke too), a fresh process each, the runtimes' order rotating from round to round, so every runtime
 runs in both halves of the row's time; the report keeps each runtime's round with the lowest median
-(its p10/p90 with it) and the highest peak RSS of its rounds. The machine is a shared VM whose speed
+(its p10/p90 with it) and the highest peak RSS of its rounds. A row where some runtime's round medians
+differ by more than 20% gets up to `--real-extra-rounds` more rounds (default 1, none with --smoke). The machine is a shared VM whose speed
 shifts by up to 2x for minutes at a time: with one round, a slow phase during one runtime's turn moved
 a row's ratio by 30-60% (one run had bert_tiny b1 at 1.85 ms, 0.89 ms in an A/B right after). A
 failure in any round is the row's result for that runtime (never hidden).
@@ -228,20 +229,45 @@ def rounds_for(args):
     return max(1, getattr(args, "real_rounds", 1))
 
 
+def rounds_phrase(args):
+    """`2 interleaved round(s), 1 more where ...`: how the report's rows were timed."""
+    extra = max(0, getattr(args, "real_extra_rounds", 0))
+    more = f" (up to {extra} more where a runtime's round medians differed by over {UNSETTLED_SPREAD - 1:.0%})" if extra else ""
+    return f"{rounds_for(args)} interleaved round(s){more}"
+
+
 def steps_per_round(steps, args, low):
     """The row's timed steps shared out over the rounds, at least `low` a round (a median of fewer moves
     with one slow step)."""
     return max(low, math.ceil(steps / rounds_for(args)))
 
 
+# A row whose runtime's round medians spread by more than this (slowest / fastest) ran partly in one of
+# the VM's slow phases: it gets `--real-extra-rounds` more rounds of every runtime, one at a time, while
+# the spread lasts.
+UNSETTLED_SPREAD = 1.2
+
+
+def unsettled(results):
+    """True when no round failed and some runtime's round medians spread beyond UNSETTLED_SPREAD."""
+    if any("error" in r for rs in results.values() for r in rs):
+        return False
+    return any(max(m) > UNSETTLED_SPREAD * min(m)
+               for m in ([r["median_ms"] for r in rs] for rs in results.values()) if len(m) > 1)
+
+
 def interleaved(args, jobs):
-    """Runs each (runtime, job) of a row in rounds, the order rotating every round; each runtime's
-    best round (lowest median), or the first error line of its rounds."""
+    """Runs each (runtime, job) of a row in rounds, the order rotating every round, plus up to
+    `--real-extra-rounds` rounds while the row is unsettled; each runtime's best round (lowest
+    median), or the first error line of its rounds."""
     results = {key: [] for key, _ in jobs}
-    for k in range(rounds_for(args)):
+    rounds, extra = rounds_for(args), max(0, getattr(args, "real_extra_rounds", 0))
+    k = 0
+    while k < rounds or (k < rounds + extra and unsettled(results)):
         shift = k % len(jobs)
         for key, job in jobs[shift:] + jobs[:shift]:
             results[key].append(job())
+        k += 1
     return {key: best_round(rs) for key, rs in results.items()}
 
 
@@ -645,7 +671,7 @@ def report(args, train, scale_b, scale_i, inference, minutes):
         out.append(f"| {describe(r)} | {r['batch']} | {r['flops'] / 1e9:.2f} | {cell(t)} | {cell(o)} | {cell(r.get('pytorch'))} | {comp_cell} "
                    f"| {ratio} | {goal} | {needs_cell(share, peak)} | {cell(t, True)} | {o_rss} | {cell(r.get('pytorch'), True)} | {mem} | {diff} |")
     out += ["", f"Medians of the timed steps (the count per round, chosen from the step's FLOPs, and p10 / p90 below) of each runtime's",
-            f"best of {rounds_for(args)} interleaved round(s) (a fresh process each, the order rotating; every round's median below); peak RSS is the child",
+            f"best of {rounds_phrase(args)} (a fresh process each, the order rotating; every round's median below); peak RSS is the child",
             "process's getrusage ru_maxrss, in brackets onnxruntime's growth over its imports (the training wheel imports torch).",
             "torch.compile: inductor, default mode, on one variant per architecture (`not run` elsewhere: compiling takes about",
             "a minute per model on 2 cores); its median excludes the compiling steps, the compile time is the first step's.", ""]
@@ -688,7 +714,7 @@ def report(args, train, scale_b, scale_i, inference, minutes):
             f"1.19.2 and the current onnxruntime ({_version(inference, 'ort-current')}), and PyTorch eager under no_grad (the torchvision",
             "and transformers models; the zoo models have no PyTorch definition). `light_*` are onnx's model-zoo \"light\" models from",
             "the onnx wheel (onnx/backend/test/data/light, weights made by ConstantOfShape, fixed batch 1). Each runtime in its own",
-            f"process, the best of {rounds_for(args)} interleaved round(s) (lowest median; the rounds' medians below the table); goals: onnx-train at most {INFER_GOAL}x the fastest (time), its peak RSS at most both onnxruntimes' (memory). The difference column is the largest |onnx-train - onnxruntime",
+            f"process, the best of {rounds_phrase(args)} (lowest median; the rounds' medians below the table); goals: onnx-train at most {INFER_GOAL}x the fastest (time), its peak RSS at most both onnxruntimes' (memory). The difference column is the largest |onnx-train - onnxruntime",
             "1.19.2| over the first output on the same random feeds (`onnx-train infer`), beside that output's largest magnitude;",
             "for the zoo models on a copy with seeded random weights in place of the ConstantOfShape ones (constant weights give",
             "every class the same probability, which would hide a wrong kernel).", "",
