@@ -43,6 +43,7 @@ public struct PassPipeline {
             ElementwiseFusion(registry: registry),
             ProductIntoAccumulator(),
             ChannelShuffleFusion(),
+            AddLayerNormFusion(),
         ])
     }
 

@@ -238,6 +238,7 @@ func registerNormalizationOps(_ registry: OpRegistry) {
     registry.register("GroupNormalization", since: [18, 21], groupNormalizationKernel)
     registry.register("LRN", since: 1, lrnKernel)
     registry.register("MeanVarianceNormalization", since: 9, meanVarianceNormalizationKernel)
+    registerAddLayerNormOps(registry) // Ops/Internal/AddLayerNorm.swift: AddLayerNormFusion's residual Add and LayerNormalization
 
     // Gradient rules (GradientContext):
     registry.registerGradient("BatchNormalization", batchNormalizationGradient)
