@@ -4,6 +4,7 @@
 #pragma once
 #include <oneapi/dnnl/dnnl.h>
 #include <dlfcn.h>
+#include <stdlib.h>
 #include <string.h>
 
 /// The CPU engine, or NULL.
@@ -97,35 +98,79 @@ static inline dnnl_memory_t ot_pack_weights(dnnl_engine_t engine, const float *b
     return to;
 }
 
+/// One memory object of the calling thread, kept from call to call: made again only when the
+/// layout asked for differs from the kept one's, its data handle set on each call.
+typedef struct { dnnl_memory_t memory; dnnl_memory_desc_t desc; } ot_kept_memory;
+
+static inline dnnl_memory_t ot_kept(ot_kept_memory *kept, dnnl_engine_t engine, const dnnl_memory_desc_t *desc, void *data) {
+    if (kept->memory && !dnnl_memory_desc_equal(&kept->desc, desc)) {
+        dnnl_memory_destroy(kept->memory);
+        kept->memory = NULL;
+    }
+    if (!kept->memory) {
+        if (dnnl_memory_create(&kept->memory, desc, engine, data) != dnnl_success) { kept->memory = NULL; return NULL; }
+        kept->desc = *desc;
+        return kept->memory;
+    }
+    return dnnl_memory_set_data_handle(kept->memory, data) == dnnl_success ? kept->memory : NULL;
+}
+
+/// The calling thread's stream, memory objects and scratch block for ot_matmul_run: making them
+/// on each call took ~3 us (a 64x64x64 product's time). They live as long as the thread (the
+/// pool's threads live as long as the process).
+typedef struct {
+    dnnl_stream_t stream;
+    ot_kept_memory a, c, bias, scratch;
+    void *scratchBlock;
+    size_t scratchBytes;
+} ot_thread_state;
+
+static inline ot_thread_state *ot_thread(dnnl_engine_t engine) {
+    static __thread ot_thread_state state;
+    if (!state.stream && dnnl_stream_create(&state.stream, engine, dnnl_stream_default_flags) != dnnl_success) {
+        state.stream = NULL;
+        return NULL;
+    }
+    return &state;
+}
+
 /// Runs a primitive from ot_matmul_create on the calling thread: C = A · W (+ bias), with scratch
-/// memory of `scratchpad` bytes of its own. 0 on success.
+/// memory of `scratchpad` bytes of its own (the thread's). 0 on success.
 static inline int ot_matmul_run(dnnl_engine_t engine, dnnl_primitive_t primitive, size_t scratchpad, const float *a, int64_t m, int64_t k,
                                 int64_t lda, dnnl_memory_t weights, const float *bias, int64_t n, float *c, int64_t ldc) {
+    ot_thread_state *t = ot_thread(engine);
+    if (!t) return -1;
     dnnl_memory_desc_t ad, cd, bd, sd;
-    dnnl_dims_t ads = {m, k}, as = {lda, 1}, cds = {m, n}, cs = {ldc, 1}, bds = {1, n}, sds = {(int64_t)scratchpad};
+    dnnl_dims_t ads = {m, k}, as = {lda, 1}, cds = {m, n}, cs = {ldc, 1}, bds = {1, n};
     if (dnnl_memory_desc_init_by_strides(&ad, 2, ads, dnnl_f32, as) != dnnl_success) return -1;
     if (dnnl_memory_desc_init_by_strides(&cd, 2, cds, dnnl_f32, cs) != dnnl_success) return -1;
-    if (dnnl_memory_desc_init_by_tag(&bd, 2, bds, dnnl_f32, dnnl_ab) != dnnl_success) return -1;
-    if (scratchpad && dnnl_memory_desc_init_by_tag(&sd, 1, sds, dnnl_u8, dnnl_a) != dnnl_success) return -1;
-    dnnl_memory_t am = NULL, cm = NULL, bm = NULL, sm = NULL;
-    dnnl_stream_t stream = NULL;
-    int ok = dnnl_memory_create(&am, &ad, engine, (void *)a) == dnnl_success
-        && dnnl_memory_create(&cm, &cd, engine, c) == dnnl_success
-        && (!bias || dnnl_memory_create(&bm, &bd, engine, (void *)bias) == dnnl_success)
-        && (!scratchpad || dnnl_memory_create(&sm, &sd, engine, DNNL_MEMORY_ALLOCATE) == dnnl_success)
-        && dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) == dnnl_success;
-    if (ok) {
-        ot_dnnl_single_thread();
-        dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, cm}};
-        int count = 3;
-        if (sm) args[count++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, sm};
-        if (bm) args[count++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, bm};
-        ok = dnnl_primitive_execute(primitive, stream, count, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
+    if (bias && dnnl_memory_desc_init_by_tag(&bd, 2, bds, dnnl_f32, dnnl_ab) != dnnl_success) return -1;
+    if (scratchpad > t->scratchBytes) {
+        void *grown = NULL;
+        if (posix_memalign(&grown, 64, scratchpad) != 0) return -1;
+        free(t->scratchBlock);
+        t->scratchBlock = grown;
+        t->scratchBytes = scratchpad;
     }
-    if (stream) dnnl_stream_destroy(stream);
-    if (sm) dnnl_memory_destroy(sm);
-    if (bm) dnnl_memory_destroy(bm);
-    if (cm) dnnl_memory_destroy(cm);
-    if (am) dnnl_memory_destroy(am);
-    return ok ? 0 : -1;
+    if (scratchpad) {
+        dnnl_dims_t sds = {(int64_t)scratchpad};
+        if (dnnl_memory_desc_init_by_tag(&sd, 1, sds, dnnl_u8, dnnl_a) != dnnl_success) return -1;
+    }
+    dnnl_memory_t am = ot_kept(&t->a, engine, &ad, (void *)a);
+    dnnl_memory_t cm = am ? ot_kept(&t->c, engine, &cd, c) : NULL;
+    dnnl_memory_t bm = bias && cm ? ot_kept(&t->bias, engine, &bd, (void *)bias) : NULL;
+    dnnl_memory_t sm = scratchpad && cm ? ot_kept(&t->scratch, engine, &sd, t->scratchBlock) : NULL;
+    if (!am || !cm || (bias && !bm) || (scratchpad && !sm)) return -1;
+    ot_dnnl_single_thread();
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, cm}};
+    int count = 3;
+    if (sm) args[count++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, sm};
+    if (bm) args[count++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, bm};
+    return dnnl_primitive_execute(primitive, t->stream, count, args) == dnnl_success && dnnl_stream_wait(t->stream) == dnnl_success ? 0 : -1;
+}
+
+/// Whether oneDNN runs its AVX-512 kernels here (brgemm, the ones measured faster than OpenBLAS):
+/// on a CPU without AVX-512 oneDNN 2.6 falls back to its own sgemm.
+static inline int ot_dnnl_avx512(void) {
+    return (dnnl_get_effective_cpu_isa() & dnnl_cpu_isa_avx512_core) == dnnl_cpu_isa_avx512_core;
 }
