@@ -5,7 +5,7 @@
 //   rows     oneDNN's matmul on blocks of rows, B reordered once for its brgemm kernels (what
 //            PackedWeightCache does)
 //   cc -O2 -o packed_gemm Benchmarks/packed_gemm.c -lopenblas -ldnnl -lpthread -lm
-//   OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 ./packed_gemm [threads] [bias 0/1]
+//   OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 ./packed_gemm [threads] [bias 0/1] [M,K,N ...]
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -82,6 +82,11 @@ int main(int argc, char **argv) {
         {6304,192,768},{6304,768,192},{4096,256,768},{4096,256,256},{4096,256,1024},{4096,1024,256},{4096,128,384},
         {4096,128,512},{4096,512,128},{64,64,64},{32,128,128}};
     int ns = sizeof shapes / sizeof shapes[0];
+    if (argc > 3) {  // the shapes given instead
+        ns = 0;
+        for (int i = 3; i < argc && ns < (int)(sizeof shapes / sizeof shapes[0]); i++)
+            if (sscanf(argv[i], "%d,%d,%d", &shapes[ns][0], &shapes[ns][1], &shapes[ns][2]) == 3) ns++;
+    }
     CHECK(dnnl_engine_create(&eng, dnnl_cpu, 0));
     pthread_t tid[MAXT];
     for (int t = 1; t < threads; t++) pthread_create(&tid[t], NULL, worker, (void *)(long)t);

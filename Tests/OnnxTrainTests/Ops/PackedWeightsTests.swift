@@ -155,6 +155,79 @@ final class PackedWeightsTests: XCTestCase {
         XCTAssertEqual(mismatches.withLock { $0 }, 0, "concurrent runs give the single run's bits")
     }
 
+    /// One product through `cache`, C starting as NaN: whether it took the packed path, and C.
+    func run(_ cache: PackedWeightCache, m: Int, k: Int, n: Int, w: Tensor, seed: UInt64) throws -> (Bool, [Float]) {
+        let a = values(m * k, seed: seed)
+        var c = [Float](repeating: .nan, count: m * n)
+        let taken = try w.withUnsafeBufferPointer(as: Float.self) { pw in
+            a.withUnsafeBufferPointer { pa in
+                c.withUnsafeMutableBufferPointer { pc in
+                    cache.gemm(m: m, n: n, k: k, a: pa.baseAddress!, lda: k, b: w, bElements: pw.baseAddress!, transB: false,
+                               bias: nil, c: pc.baseAddress!, ldc: n)
+                }
+            }
+        }
+        return (taken, c)
+    }
+
+    /// A B over `PackedGemm.streamedBytes` is not packed for fewer than `streamedRows` rows (the
+    /// product streams B from memory either way; the copy would double its memory), and is for
+    /// more; a weight the budget refuses stays on OpenBLAS (asked once) without stopping another
+    /// weight's packing; elements other than float32 never take the path.
+    func testStreamedRefusedAndDoubleProductsStayOnOpenBLAS() throws {
+        let runs = try packedPathRuns()
+        let (k, n) = (2048, 2080)  // 17 MB of B
+        XCTAssertGreaterThan(k * n * 4, PackedGemm.streamedBytes)
+        let w = Tensor(shape: [k, n], scalars: values(k * n, seed: 41))
+        let budget = KernelCacheBudget(limit: 64 << 20)
+        let cache = PackedWeightCache(budget: budget)
+        let (few, cFew) = try run(cache, m: PackedGemm.streamedRows - 8, k: k, n: n, w: w, seed: 42)
+        XCTAssertFalse(few, "a streamed product is not packed")
+        XCTAssertTrue(cFew.allSatisfy { $0.isNaN }, "C untouched")
+        XCTAssertEqual(budget.reserved, 0, "nothing packed for a streamed product")
+        let (many, cMany) = try run(cache, m: PackedGemm.streamedRows, k: k, n: n, w: w, seed: 43)
+        XCTAssertEqual(many, runs, "\(PackedGemm.streamedRows) rows on the packed B")
+        if runs {
+            XCTAssertGreaterThanOrEqual(budget.reserved, k * n * 4)
+            // Three rows against float64 (the whole product's check would take long here).
+            let a = values(PackedGemm.streamedRows * k, seed: 43), b = w.scalars(as: Float.self)
+            for i in [0, 31, PackedGemm.streamedRows - 1] {
+                assertNear(Array(cMany[(i * n)..<((i + 1) * n)]), ldc: n, m: 1, n: n, k: k, a: Array(a[(i * k)..<((i + 1) * k)]), lda: k,
+                           b: b, transB: false, bias: nil, "streamed B, row \(i)")
+            }
+        }
+
+        // A budget too small for the packed copy: refused, then not asked again (nothing
+        // reserved); another weight's cache still packs.
+        let small = Tensor(shape: [64, 64], scalars: values(64 * 64, seed: 44))
+        let tight = KernelCacheBudget(limit: 1024)
+        let refusing = PackedWeightCache(budget: tight)
+        for _ in 0..<2 {
+            let (taken, c) = try run(refusing, m: 64, k: 64, n: 64, w: small, seed: 45)
+            XCTAssertFalse(taken)
+            XCTAssertTrue(c.allSatisfy { $0.isNaN })
+            XCTAssertEqual(tight.reserved, 0)
+        }
+        let (other, _) = try run(PackedWeightCache(budget: KernelCacheBudget(limit: 1 << 20)), m: 64, k: 64, n: 64, w: small, seed: 46)
+        XCTAssertEqual(other, runs, "a refused weight leaves the path to the others")
+
+        // Float64 elements: never the packed path.
+        let wd = Tensor(shape: [64, 64], scalars: (0..<(64 * 64)).map { Double($0 % 7) - 3 })
+        let ad = [Double](repeating: 1, count: 64 * 64)
+        var cd = [Double](repeating: .nan, count: 64 * 64)
+        let takenDouble = try wd.withUnsafeBufferPointer(as: Double.self) { pw in
+            ad.withUnsafeBufferPointer { pa in
+                cd.withUnsafeMutableBufferPointer { pc in
+                    PackedWeightCache(budget: KernelCacheBudget(limit: 1 << 20)).gemm(
+                        m: 64, n: 64, k: 64, a: pa.baseAddress!, lda: 64, b: wd, bElements: pw.baseAddress!, transB: false,
+                        bias: nil, c: pc.baseAddress!, ldc: 64)
+                }
+            }
+        }
+        XCTAssertFalse(takenDouble)
+        XCTAssertTrue(cd.allSatisfy { $0.isNaN })
+    }
+
     /// x [2, rows/2, k] -> MatMul(x, W1) as p; Gemm(x2 [rows, k], W2ᵀ, bias2, transB 1) as g;
     /// MatMul(x, W3) + bias3 then Gelu (erf) as y, which the passes make a MatMulBias with the activation.
     func model(rows: Int, k: Int, n: Int) -> Model {

@@ -51,9 +51,8 @@ struct MatMulBiasKernel: Kernel {
                                 if let activation { activation.apply(Y, ldc: n, 0, rows, 0, n) }
                                 return
                             }
-                            if T.self == Float.self, let packed,
-                               packed.gemm(m: rows, n: n, k: k, a: BLAS.rebound(A), lda: k, b: b, bElements: BLAS.rebound(B), transB: transB,
-                                           bias: BLAS.rebound(bias) as UnsafePointer<Float>, c: BLAS.rebound(Y), ldc: n,
+                            if let packed,
+                               packed.gemm(m: rows, n: n, k: k, a: A, lda: k, b: b, bElements: B, transB: transB, bias: bias, c: Y, ldc: n,
                                            epilogue: activation.map { activation in { i0, i1, j0, j1 in activation.apply(Y, ldc: n, i0, i1, j0, j1) } }) {
                                 return
                             }

@@ -29,6 +29,9 @@ final class PackedWeightCache: Sendable {
     /// The budget the packed copies are reserved from (shared with the session's other kept forms).
     let budget: KernelCacheBudget
     private let kept = Mutex<Packed?>(nil)
+    /// Set once this weight could not be packed (the budget refused it, or oneDNN would not run
+    /// brgemm on it): its products then stay on OpenBLAS without asking again.
+    private let refused = Atomic<Bool>(false)
 
     init(budget: KernelCacheBudget) { self.budget = budget }
 
@@ -39,17 +42,13 @@ final class PackedWeightCache: Sendable {
         return PackedWeightCache(budget: budget)
     }
 
-    /// C[m, n] = A[m, k] · op(B) (+ bias[n] in every row), A and C dense (lda k, ldc n: oneDNN's
-    /// brgemm kernels take no other strides), op(B) = B [k, n], or Bᵀ of B [n, k] with `transB`, B
-    /// being `b`'s float32 elements. `epilogue` gets each block of C (rows i0..<i1, columns
-    /// j0..<j1) once its product is done, on the thread that computed it (`BLAS.gemm`'s). Returns
-    /// false, C untouched, where the product does not take this path (too small, strided, a refused
-    /// budget, an error of oneDNN): the caller runs it on OpenBLAS.
-    func gemm(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: Tensor, bElements: UnsafePointer<Float>, transB: Bool,
-              bias: UnsafePointer<Float>?, c: UnsafeMutablePointer<Float>, ldc: Int,
-              epilogue: ((_ i0: Int, _ i1: Int, _ j0: Int, _ j1: Int) -> Void)? = nil) -> Bool {
+    /// `gemm` on float32 elements.
+    private func gemmFloat(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: Tensor, bElements: UnsafePointer<Float>, transB: Bool,
+                           bias: UnsafePointer<Float>?, c: UnsafeMutablePointer<Float>, ldc: Int,
+                           epilogue: ((_ i0: Int, _ i1: Int, _ j0: Int, _ j1: Int) -> Void)?) -> Bool {
         guard m >= PackedGemm.minimumRows, n >= 16, k >= 16, m * n * k >= PackedGemm.minimumWork, lda == k, ldc == n,
-              b.dtype == .float32, b.count == k * n else { return false }
+              b.dtype == .float32, b.count == k * n, !PackedGemm.streamed(m: m, k: k, n: n),
+              !refused.load(ordering: .relaxed) else { return false }
         // Blocks of rows (multiples of 8), one per pool thread, each reading all of the packed B.
         let threads = Parallel.isInsideRegion ? 1 : Parallel.threadCount
         let blocks = (m + 7) / 8
@@ -85,10 +84,27 @@ final class PackedWeightCache: Sendable {
         return (0..<parts).allSatisfy { statuses[$0] == 0 }
     }
 
+    /// C[m, n] = A[m, k] · op(B) (+ bias[n] in every row), A and C dense (lda k, ldc n: oneDNN's
+    /// brgemm kernels take no other strides), op(B) = B [k, n], or Bᵀ of B [n, k] with `transB`, B
+    /// being `b`'s float32 elements. `epilogue` gets each block of C (rows i0..<i1, columns
+    /// j0..<j1) once its product is done, on the thread that computed it (`BLAS.gemm`'s). Returns
+    /// false, C untouched, where the product does not take this path (too small, strided, a refused
+    /// budget, an error of oneDNN, elements other than Float): the caller runs it on OpenBLAS.
+    func gemm<T: FloatElement>(m: Int, n: Int, k: Int, a: UnsafePointer<T>, lda: Int, b: Tensor, bElements: UnsafePointer<T>, transB: Bool,
+                               bias: UnsafePointer<T>?, c: UnsafeMutablePointer<T>, ldc: Int,
+                               epilogue: ((_ i0: Int, _ i1: Int, _ j0: Int, _ j1: Int) -> Void)? = nil) -> Bool {
+        guard T.self == Float.self else { return false }
+        return gemmFloat(m: m, n: n, k: k, a: BLAS.rebound(a), lda: lda, b: b, bElements: BLAS.rebound(bElements), transB: transB,
+                         bias: bias.map { BLAS.rebound($0) }, c: BLAS.rebound(c), ldc: ldc, epilogue: epilogue)
+    }
+
     /// B packed, kept or made now; nil when the budget refuses it or oneDNN would not run brgemm.
     private func packed(_ b: Tensor, _ B: UnsafePointer<Float>, k: Int, n: Int, transB: Bool, probeRows: Int) -> Packed? {
         if let p = kept.withLock({ $0 }), p.fits(b, transB: transB) { return p }
-        guard let made = Packed(b, B, k: k, n: n, transB: transB, probeRows: probeRows, budget: budget) else { return nil }
+        guard let made = Packed(b, B, k: k, n: n, transB: transB, probeRows: probeRows, budget: budget) else {
+            refused.store(true, ordering: .relaxed)
+            return nil
+        }
         // Two threads may both pack on a first run: the first kept wins, the other is freed.
         return kept.withLock { current in
             if let current, current.fits(b, transB: transB) { return current }
@@ -119,10 +135,7 @@ final class PackedWeightCache: Sendable {
             let status = ot_matmul_create(PackedGemm.engine, Int64(probeRows), Int64(k), Int64(n), Int64(k), Int64(n), 0,
                                           &primitive, &layout, &brgemm, &scratchpad)
             if let primitive { dnnl_primitive_destroy(primitive) }
-            guard status == 0, brgemm != 0 else {
-                if status == 0 { PackedGemm.markUnavailable() }
-                return nil
-            }
+            guard status == 0, brgemm != 0 else { return nil }
             let bytes = ot_weights_size(&layout)
             guard budget.reserve(bytes) else { return nil }
             // op(B): B [k, n] at strides (n, 1), or Bᵀ of B [n, k] at (1, k).
@@ -192,17 +205,25 @@ enum PackedGemm: Sendable {
     /// Row counts (and stride and bias variants) whose primitives one weight keeps.
     static let primitivesPerWeight = 16
 
+    /// Whether a product streams its B from memory once, its time the memory's bandwidth: B over
+    /// `streamedBytes` with fewer than `streamedRows` rows of A. Such products stay on OpenBLAS, B
+    /// not packed: AlexNet's fully connected layers at batch 32 (B 151, 67 and 16 MB) ran the
+    /// whole model no faster packed (224 ms a run in the benchmark against 224-241 before), while
+    /// the packed copies beside the initializers took its peak RSS from 373 to 602 MiB
+    /// (onnxruntime's: 485). A B that the cache holds (16 MiB or less) is still packed.
+    static let streamedRows = 64
+    static let streamedBytes = 16 << 20
+    static func streamed(m: Int, k: Int, n: Int) -> Bool { m < streamedRows && k * n * 4 > streamedBytes }
+
     nonisolated(unsafe) static let engine: dnnl_engine_t? = ot_dnnl_engine()
 
-    /// False with `ONNX_TRAIN_DISABLE_PASSES=packed-gemm` (or `all`), without an engine, or once
-    /// oneDNN has picked an implementation other than its brgemm kernels (no AVX-512).
-    static var available: Bool { enabled && engine != nil && !unavailable.load(ordering: .relaxed) }
+    /// False with `ONNX_TRAIN_DISABLE_PASSES=packed-gemm` (or `all`), without an engine, or on a
+    /// CPU without AVX-512 (where oneDNN 2.6 would run its plain sgemm rather than brgemm).
+    static var available: Bool { enabled && engine != nil && avx512 }
+    static let avx512 = ot_dnnl_avx512() != 0
 
     static var enabled: Bool {
         let off = PassPipeline.disabledNames
         return !off.contains("packed-gemm") && !off.contains("all")
     }
-
-    private static let unavailable = Atomic<Bool>(false)
-    static func markUnavailable() { unavailable.store(true, ordering: .relaxed) }
 }

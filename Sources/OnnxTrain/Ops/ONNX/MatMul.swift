@@ -55,9 +55,7 @@ func floatMatMul<T: FloatElement>(_ a: Tensor, _ b: Tensor, _ type: T.Type, pack
                 guard let A = pa.baseAddress, let B = pb.baseAddress, let C = po.baseAddress else { return }
                 // B shared by every batch and A contiguous: one GEMM with M' = batch * M.
                 if s.bBatchStrides.allSatisfy({ $0 == 0 }) && a.count == s.batchCount * m * k {
-                    if T.self == Float.self, let packed,
-                       packed.gemm(m: s.batchCount * m, n: n, k: k, a: BLAS.rebound(A), lda: k, b: b, bElements: BLAS.rebound(B),
-                                   transB: false, bias: nil, c: BLAS.rebound(C), ldc: n) {
+                    if let packed, packed.gemm(m: s.batchCount * m, n: n, k: k, a: A, lda: k, b: b, bElements: B, transB: false, bias: nil, c: C, ldc: n) {
                         return
                     }
                     BLAS.gemm(transA: false, transB: false, m: s.batchCount * m, n: n, k: k, alpha: 1, a: A, lda: k,
@@ -171,9 +169,8 @@ struct GemmKernel: Kernel {
                         y.uncheckedMutableBufferPointer(as: T.self) { py in
                             guard let A = pa.baseAddress, let B = pb.baseAddress, let Y = py.baseAddress else { return }
                             // A constant B packed once (a fully connected layer at inference): Y = A·op(B) (+ the bias row).
-                            if T.self == Float.self, let packed = k.packedWeights, !k.transA, k.alpha == 1, beta == 0 || bias != nil,
-                               packed.gemm(m: m, n: n, k: kk, a: BLAS.rebound(A), lda: a.shape[1], b: b, bElements: BLAS.rebound(B),
-                                           transB: k.transB, bias: bias.map { BLAS.rebound($0) }, c: BLAS.rebound(Y), ldc: n) {
+                            if let packed = k.packedWeights, !k.transA, k.alpha == 1, beta == 0 || bias != nil,
+                               packed.gemm(m: m, n: n, k: kk, a: A, lda: a.shape[1], b: b, bElements: B, transB: k.transB, bias: bias, c: Y, ldc: n) {
                                 return
                             }
                             // A Gemm with A and B plain is a fully connected layer's input gradient
