@@ -23,7 +23,7 @@ struct FusedConvKernel: Kernel {
             let b = try inputs.optionalTensor(2)
             guard w.dtype == x.dtype, b.map({ $0.dtype == x.dtype }) ?? true else { throw KernelError("FusedConv inputs differ in type") }
             return [.tensor(try dispatch(x.dtype, Fused(x: x, w: w, b: b, z: z, activation: activation, group: conv.attributes.group, g: g,
-                                                        weightCache: conv.cache(forWeight: w))))]
+                                                        weightCache: conv.cache(forWeight: w), dnnl: conv.dnnl(forWeight: w))))]
         }
         guard var y = try conv.run(Array(inputs.prefix(3)), context).first??.tensor else { return [] }
         if let z {
@@ -38,14 +38,15 @@ struct FusedConvKernel: Kernel {
     struct Fused: ElementOperation {
         let x: Tensor, w: Tensor, b: Tensor?, z: Tensor?, activation: FusedConvActivation, group: Int, g: ConvGeometry
         let weightCache: WinogradWeightCache?
+        let dnnl: DnnlConvCache?
         func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
             guard let z else {
                 return try convolution(x, w, bias: b, group: group, geometry: g, T.self, epilogue: ConvEpilogue(z: nil, activation: activation),
-                                       weightCache: weightCache)
+                                       weightCache: weightCache, dnnl: dnnl)
             }
             return try z.withUnsafeBufferPointer(as: T.self) { pz in
                 try convolution(x, w, bias: b, group: group, geometry: g, T.self, epilogue: ConvEpilogue(z: pz.baseAddress, activation: activation),
-                                weightCache: weightCache)
+                                weightCache: weightCache, dnnl: dnnl)
             }
         }
     }

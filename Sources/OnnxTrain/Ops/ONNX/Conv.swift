@@ -17,9 +17,11 @@
 /// in cache (by the blocked kernel to each output row as it is scattered; by the depthwise kernels
 /// to each output plane as it is finished). `weightCache` (a node whose float32 weight is a
 /// constant of its session) keeps the Winograd weights from one run to the next, which moves
-/// the shapes that take Winograd (`winogradTile(cachedWeights:)`).
+/// the shapes that take Winograd (`winogradTile(cachedWeights:)`). `dnnl` (the same nodes, float32,
+/// where oneDNN has AVX-512 kernels) runs the classes `DnnlConv.takes` names on oneDNN (DnnlConv.swift).
 func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group: Int, geometry g: ConvGeometry, _ type: T.Type,
-                                  epilogue: ConvEpilogue<T>? = nil, weightCache: WinogradWeightCache? = nil) throws -> Tensor {
+                                  epilogue: ConvEpilogue<T>? = nil, weightCache: WinogradWeightCache? = nil,
+                                  dnnl: DnnlConvCache? = nil) throws -> Tensor {
     let n = x.shape[0], c = x.shape[1], m = w.shape[0]
     guard group > 0, c % group == 0, m % group == 0, w.shape[1] == c / group else {
         throw KernelError("Conv weight \(w.shape) does not fit input \(x.shape) with group \(group)")
@@ -47,6 +49,12 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                 try (bias?.scalars(as: T.self) ?? []).withUnsafeBufferPointer { pb in
                     // (An empty array's buffer may still have an address: the bias pointer is explicit.)
                     let biasPointer = hasBias ? pb.baseAddress : nil
+                    if T.self == Float.self, let dnnl,
+                       dnnl.forward(BLAS.rebound(X), w, BLAS.rebound(W), bias: biasPointer.map(BLAS.rebound), BLAS.rebound(Y),
+                                    images: n, channels: c, outputs: m, group: group, g, epilogue: epilogue.map { $0.asFloat() }) {
+                        // oneDNN's convolution on the weight packed once (DnnlConv.swift).
+                        return
+                    }
                     if T.self == Float.self, let weightCache,
                        let tile = winogradTile(images: n, channels: c, outputs: m, group: group, g, cachedWeights: true),
                        let kept = try weightCache.weights(w, BLAS.rebound(W), tile: tile) {
@@ -195,15 +203,18 @@ struct ConvKernel: Kernel {
     let attributes: ConvAttributes
     /// The Winograd weights kept for the session, where the weight is one of its constants.
     let weightCache: WinogradWeightCache?
+    /// oneDNN's packed weights and primitives, for the same nodes (DnnlConv.swift).
+    let dnnlCache: DnnlConvCache?
 
-    init(attributes: ConvAttributes, weightCache: WinogradWeightCache? = nil) {
+    init(attributes: ConvAttributes, weightCache: WinogradWeightCache? = nil, dnnlCache: DnnlConvCache? = nil) {
         self.attributes = attributes
         self.weightCache = weightCache
+        self.dnnlCache = dnnlCache
     }
 
-    /// For a node of `ctx`: attributes, and a weight cache where input 1 is a session constant.
+    /// For a node of `ctx`: attributes, and weight caches where input 1 is a session constant.
     init(_ ctx: NodeContext) throws {
-        self.init(attributes: try ConvAttributes(ctx), weightCache: ConvKernel.makeWeightCache(ctx))
+        self.init(attributes: try ConvAttributes(ctx), weightCache: ConvKernel.makeWeightCache(ctx), dnnlCache: DnnlConvCache.make(ctx))
     }
 
     /// A Winograd weight cache where the node's weight (input 1) is a constant of its session.
@@ -216,20 +227,24 @@ struct ConvKernel: Kernel {
     /// weight is widened into a new tensor on every run).
     func cache(forWeight w: Tensor) -> WinogradWeightCache? { w.dtype == .float32 ? weightCache : nil }
 
+    /// oneDNN's cache for a run with weight `w`: float32 weights only.
+    func dnnl(forWeight w: Tensor) -> DnnlConvCache? { w.dtype == .float32 ? dnnlCache : nil }
+
     struct Op: ElementOperation {
         let x: Tensor, w: Tensor, b: Tensor?, group: Int, g: ConvGeometry
         var weightCache: WinogradWeightCache? = nil
+        var dnnl: DnnlConvCache? = nil
         func float<T: FloatElement>(_ type: T.Type) throws -> Tensor {
-            try convolution(x, w, bias: b, group: group, geometry: g, T.self, weightCache: weightCache)
+            try convolution(x, w, bias: b, group: group, geometry: g, T.self, weightCache: weightCache, dnnl: dnnl)
         }
     }
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
-        let cache = self.cache(forWeight: try inputs.tensor(1))
+        let cache = self.cache(forWeight: try inputs.tensor(1)), dnnl = self.dnnl(forWeight: try inputs.tensor(1))
         return try withFloatCompute([inputs.tensor(0), inputs.tensor(1), inputs.optionalTensor(2)]) { t in
             guard let x = t[0], let w = t[1] else { return [] }
             guard w.dtype == x.dtype, t[2].map({ $0.dtype == x.dtype }) ?? true else { throw KernelError("Conv inputs differ in type") }
             let g = try attributes.geometry(x: x, w: w)
-            return [try dispatch(x.dtype, Op(x: x, w: w, b: t[2], group: attributes.group, g: g, weightCache: cache))]
+            return [try dispatch(x.dtype, Op(x: x, w: w, b: t[2], group: attributes.group, g: g, weightCache: cache, dnnl: dnnl))]
         }.map { $0.map(Value.tensor) }
     }
 }

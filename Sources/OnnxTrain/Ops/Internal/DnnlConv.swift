@@ -1,0 +1,386 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CDNNL
+import Synchronization
+
+/// Float32 2-D convolutions whose weight is a constant of an inference session, through oneDNN's
+/// forward convolution (its AVX-512 kernels) with the weight reordered once into the layout those
+/// kernels read, kept in the session's kernel-cache budget (as `PackedWeightCache` keeps a
+/// matmul's B, and `WinogradWeightCache` a 3×3 weight's U).
+///
+/// Activations stay nchw between nodes: each run reorders its input into the implementation's
+/// layout (channel blocks of 16, nChw16c, except for few input channels) and its output back, a
+/// block at a time while it is in cache, then applies FusedConv's Z and activation
+/// (`ConvEpilogue`, the same code as the other kernels) to that block. The threads of the
+/// `Parallel` pool split the work, every oneDNN call single-threaded on its pool thread: one image
+/// by blocks of output channels (each block its own primitive over its part of the weight; the
+/// input reordered once, split by channel blocks, before), several images by images (one
+/// primitive, one image a call).
+///
+/// Only where oneDNN picks an AVX-512 implementation (on other CPUs every convolution stays on
+/// im2col + OpenBLAS / Winograd / the direct depthwise loops) and in the classes `DnnlConv.takes`
+/// names. Off with `ONNX_TRAIN_DISABLE_PASSES=dnnl-conv` (or `all`).
+final class DnnlConvCache: Sendable {
+    let budget: KernelCacheBudget
+    private let state = Mutex<State>(State())
+
+    struct Key: Hashable { let images: Bool, height: Int, width: Int, parts: Int }
+    struct State: @unchecked Sendable {
+        var source: TensorStorage? = nil
+        var shape: [Int] = []
+        var plans: [Key: Plan?] = [:]
+    }
+
+    init(budget: KernelCacheBudget) { self.budget = budget }
+
+    /// A cache for a node whose weight (input 1) is a constant of its session; nil where it is
+    /// not, where the switch is off or oneDNN cannot run here.
+    static func make(_ ctx: NodeContext) -> DnnlConvCache? {
+        guard ctx.isConstantInput(1), let budget = ctx.cacheBudget, DnnlConv.available else { return nil }
+        return DnnlConvCache(budget: budget)
+    }
+
+    /// Y = conv(X, W) (+ bias), then `epilogue`, for float32 x [n, c, h, w] and w [m, c/group, kh, kw]
+    /// (its elements at `W`). False, Y untouched or to be overwritten, where the convolution does
+    /// not take this path: the caller runs its own kernels.
+    func forward(_ X: UnsafePointer<Float>, _ w: Tensor, _ W: UnsafePointer<Float>, bias: UnsafePointer<Float>?, _ Y: UnsafeMutablePointer<Float>,
+                 images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, epilogue: ConvEpilogue<Float>?) -> Bool {
+        guard g.rank == 2, DnnlConv.takes(images: n, channels: c, outputs: m, group: group, g) else { return false }
+        let threads = Parallel.isInsideRegion ? 1 : Parallel.threadCount
+        let work = m * (c / group) * g.kernelSize * g.outputSize
+        // One image: blocks of output channels (whole groups, multiples of 16), one per thread.
+        let parts = n == 1 && threads > 1 && work >= DnnlConv.splitWork ? DnnlConv.channelParts(channels: c, outputs: m, group: group, threads: threads) : 1
+        let key = Key(images: n > 1, height: g.input[0], width: g.input[1], parts: parts)
+        guard let plan = plan(key, w, W, channels: c, outputs: m, group: group, g, bias: bias != nil) else { return false }
+        return plan.run(X, bias: bias, Y, images: n, epilogue: epilogue)
+    }
+
+    private func plan(_ key: Key, _ w: Tensor, _ W: UnsafePointer<Float>, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, bias: Bool) -> Plan? {
+        let found = state.withLock { s -> Plan?? in
+            if s.source !== w.storage || s.shape != w.shape {
+                s = State(source: w.storage, shape: w.shape, plans: [:])
+                return .none
+            }
+            return s.plans[key]
+        }
+        if case .some(let kept) = found { return kept }
+        let made = Plan(W, channels: c, outputs: m, group: group, g, bias: bias, parts: key.parts, budget: budget)
+        return state.withLock { s -> Plan? in
+            guard s.source === w.storage, s.shape == w.shape else { return made }
+            if case .some(let current) = s.plans[key] { return current }
+            if s.plans.count < DnnlConv.plansPerWeight { s.plans[key] = made }
+            return made
+        }
+    }
+
+    /// The primitives (and packed weights) for one input shape and one split.
+    final class Plan: @unchecked Sendable {
+        /// One block of output channels (all of them when the plan runs by images).
+        struct Part {
+            var conv: ot_conv_t
+            let weights: Packed
+            let group0: Int, groups: Int, input0: Int, inputs: Int, output0: Int, outputs: Int
+            /// nchw -> the primitive's source layout, of this part's own input channels (grouped
+            /// parts; nil where the source is nchw or shared).
+            let sourceReorder: dnnl_primitive_t?
+            /// The primitive's destination layout -> nchw (nil where it writes nchw).
+            let destinationReorder: dnnl_primitive_t?
+        }
+        /// The input reordered once for all parts (one image, group 1): channel chunks of the
+        /// source layout's blocks, one per thread.
+        struct Chunk { let channel0: Int, channels: Int, reorder: dnnl_primitive_t }
+
+        let parts: [Part]
+        let shared: [Chunk]
+        let sharedBytes: Int
+        let c: Int, h: Int, w: Int, m: Int, oh: Int, ow: Int
+        let sourceLayout: Int32
+
+        init?(_ W: UnsafePointer<Float>, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, bias: Bool, parts count: Int,
+              budget: KernelCacheBudget) {
+            guard let engine = PackedGemm.engine else { return nil }
+            let h = g.input[0], width = g.input[1], oh = g.output[0], ow = g.output[1]
+            let cg = c / group, mg = m / group, K = g.kernelSize
+            // Split: parts of whole groups (group > 1) or of output channels (group 1), each a multiple of 16.
+            var ranges: [(g0: Int, gs: Int, o0: Int, os: Int)] = []
+            if group == 1 {
+                let blocks = (m + 15) / 16
+                for p in 0..<count {
+                    let r = Parallel.chunk(p, of: count, count: blocks)
+                    let o0 = r.lowerBound * 16, o1 = min(r.upperBound * 16, m)
+                    ranges.append((0, 1, o0, o1 - o0))
+                }
+            } else {
+                for p in 0..<count {
+                    let r = Parallel.chunk(p, of: count, count: group)
+                    ranges.append((r.lowerBound, r.count, r.lowerBound * mg, r.count * mg))
+                }
+            }
+            var made: [Part] = []
+            var destroy: [dnnl_primitive_t] = []
+            func fail() {
+                for p in made { dnnl_primitive_destroy(p.conv.primitive) }
+                for p in destroy { dnnl_primitive_destroy(p) }
+            }
+            var packed: [Int: Packed] = [:]
+            for (g0, gs, o0, os) in ranges {
+                let inputs = group == 1 ? c : gs * cg
+                var conv = ot_conv_t()
+                let status = ot_conv_create(engine, 1, Int64(inputs), Int64(h), Int64(width), Int64(os), Int64(group == 1 ? 1 : gs),
+                                            Int64(g.kernel[0]), Int64(g.kernel[1]), Int64(oh), Int64(ow), Int64(g.strides[0]), Int64(g.strides[1]),
+                                            Int64(g.dilations[0]), Int64(g.dilations[1]), Int64(g.padsBegin[0]), Int64(g.padsBegin[1]),
+                                            Int64(g.padsEnd[0]), Int64(g.padsEnd[1]), bias ? 1 : 0,
+                                            inputs >= 16 ? OT_LAYOUT_16C : OT_LAYOUT_NCHW, OT_LAYOUT_16C, &conv)
+                guard status == 0, let primitive = conv.primitive else { fail(); return nil }
+                guard conv.avx512 != 0, conv.src_layout != OT_LAYOUT_OTHER, conv.dst_layout != OT_LAYOUT_OTHER,
+                      made.first.map({ $0.conv.src_layout == conv.src_layout }) ?? true,
+                      // Parts start at a block of the source's and destination's layouts.
+                      group == 1 || conv.src_layout == OT_LAYOUT_NCHW || (g0 * cg) % Int(conv.src_layout) == 0,
+                      conv.dst_layout == OT_LAYOUT_NCHW || o0 % Int(conv.dst_layout) == 0 else {
+                    dnnl_primitive_destroy(primitive)
+                    fail(); return nil
+                }
+                // The weight of this part: output channels o0 ..< o0 + os (whole groups).
+                let weights: Packed
+                if let kept = packed[o0], ot_weights_equal(&kept.layout, &conv.weights) != 0 {
+                    weights = kept
+                } else {
+                    guard let p = Packed(engine, W + o0 * cg * K, outputs: os, inputs: inputs, groups: group == 1 ? 1 : gs,
+                                         kernel: g.kernel, layout: conv.weights, budget: budget) else {
+                        dnnl_primitive_destroy(primitive)
+                        fail(); return nil
+                    }
+                    weights = p
+                    packed[o0] = p
+                }
+                var sourceReorder: dnnl_primitive_t? = nil, destinationReorder: dnnl_primitive_t? = nil
+                if group > 1 && conv.src_layout != OT_LAYOUT_NCHW {
+                    guard let r = ot_layout_reorder_create(engine, 1, Int64(inputs), Int64(h), Int64(width), OT_LAYOUT_NCHW, conv.src_layout) else {
+                        dnnl_primitive_destroy(primitive); fail(); return nil
+                    }
+                    sourceReorder = r
+                    destroy.append(r)
+                }
+                if conv.dst_layout != OT_LAYOUT_NCHW {
+                    guard let r = ot_layout_reorder_create(engine, 1, Int64(os), Int64(oh), Int64(ow), conv.dst_layout, OT_LAYOUT_NCHW) else {
+                        dnnl_primitive_destroy(primitive); fail(); return nil
+                    }
+                    destinationReorder = r
+                    destroy.append(r)
+                }
+                made.append(Part(conv: conv, weights: weights, group0: g0, groups: gs, input0: group == 1 ? 0 : g0 * cg, inputs: inputs,
+                                 output0: o0, outputs: os, sourceReorder: sourceReorder, destinationReorder: destinationReorder))
+            }
+            let sourceLayout = made[0].conv.src_layout
+            // Group 1 with a blocked source: the whole input reordered once, by chunks of channel blocks.
+            var chunks: [Chunk] = []
+            if group == 1 && sourceLayout != OT_LAYOUT_NCHW {
+                let block = Int(sourceLayout), blocks = (c + block - 1) / block
+                let pieces = min(count, blocks)
+                for p in 0..<pieces {
+                    let r = Parallel.chunk(p, of: pieces, count: blocks)
+                    let c0 = r.lowerBound * block, c1 = min(r.upperBound * block, c)
+                    guard let reorder = ot_layout_reorder_create(engine, 1, Int64(c1 - c0), Int64(h), Int64(width), OT_LAYOUT_NCHW, sourceLayout) else {
+                        for chunk in chunks { dnnl_primitive_destroy(chunk.reorder) }
+                        fail(); return nil
+                    }
+                    chunks.append(Chunk(channel0: c0, channels: c1 - c0, reorder: reorder))
+                }
+            }
+            parts = made
+            shared = chunks
+            sharedBytes = chunks.isEmpty ? 0 : made[0].conv.src_bytes
+            self.sourceLayout = sourceLayout
+            (self.c, self.h, self.w, self.m, self.oh, self.ow) = (c, h, width, m, oh, ow)
+        }
+
+        deinit {
+            for p in parts {
+                dnnl_primitive_destroy(p.conv.primitive)
+                if let r = p.sourceReorder { dnnl_primitive_destroy(r) }
+                if let r = p.destinationReorder { dnnl_primitive_destroy(r) }
+            }
+            for chunk in shared { dnnl_primitive_destroy(chunk.reorder) }
+        }
+
+        /// The convolution of `images` images; false on an error of oneDNN (an allocation inside it).
+        func run(_ X: UnsafePointer<Float>, bias: UnsafePointer<Float>?, _ Y: UnsafeMutablePointer<Float>, images n: Int,
+                 epilogue: ConvEpilogue<Float>?) -> Bool {
+            guard let engine = PackedGemm.engine else { return false }
+            let I = h * w, P = oh * ow
+            let failed = Atomic<Bool>(false)
+            // The input in the source layout, for all parts (one image, group 1, blocked source).
+            var sharedSource: UnsafeMutablePointer<Float>? = nil
+            if n == 1 && !shared.isEmpty {
+                guard let buffer = DnnlConv.allocate(sharedBytes) else { return false }
+                sharedSource = buffer
+                Parallel.forRange(shared.count) { r in
+                    for i in r {
+                        let chunk = shared[i]
+                        if ot_layout_reorder_run(engine, chunk.reorder, 1, Int64(chunk.channels), Int64(h), Int64(w), OT_LAYOUT_NCHW,
+                                                 X + chunk.channel0 * I, sourceLayout, buffer + chunk.channel0 * I) != 0 {
+                            failed.store(true, ordering: .relaxed)
+                        }
+                    }
+                }
+            }
+            defer { sharedSource.map { free($0) } }
+            if failed.load(ordering: .relaxed) { return false }
+            // One part on one image (b): source reorder, convolution, destination reorder, epilogue.
+            func convolve(_ part: Part, image b: Int, source: UnsafeMutablePointer<Float>?, destination: UnsafeMutablePointer<Float>?) -> Bool {
+                let x = X + b * c * I + part.input0 * I
+                var input: UnsafePointer<Float> = x
+                if let shared = sharedSource {
+                    input = UnsafePointer(shared)
+                } else if part.conv.src_layout != OT_LAYOUT_NCHW, let source {
+                    let reorder = part.sourceReorder ?? shared.first?.reorder
+                    guard let reorder, ot_layout_reorder_run(engine, reorder, 1, Int64(part.inputs), Int64(h), Int64(w), OT_LAYOUT_NCHW, x,
+                                                             part.conv.src_layout, source) == 0 else { return false }
+                    input = UnsafePointer(source)
+                }
+                let y = Y + (b * m + part.output0) * P
+                let out = destination ?? y
+                var conv = part.conv
+                guard ot_conv_run(engine, &conv, 1, Int64(part.inputs), Int64(h), Int64(w), input, part.weights.memory, bias.map { $0 + part.output0 },
+                                  Int64(part.outputs), Int64(oh), Int64(ow), out) == 0 else { return false }
+                if let reorder = part.destinationReorder, let destination {
+                    guard ot_layout_reorder_run(engine, reorder, 1, Int64(part.outputs), Int64(oh), Int64(ow), part.conv.dst_layout, destination,
+                                                OT_LAYOUT_NCHW, y) == 0 else { return false }
+                }
+                if let epilogue {
+                    let offset = (b * m + part.output0) * P, count = part.outputs * P
+                    for start in stride(from: 0, to: count, by: convEpilogueRun) { epilogue.apply(Y, offset + start, min(convEpilogueRun, count - start)) }
+                }
+                return true
+            }
+            let items = n == 1 ? parts.count : n
+            Parallel.forRange(items) { r in
+                // A thread's own buffers for the blocked source and destination of one image.
+                var source: UnsafeMutablePointer<Float>? = nil, destination: UnsafeMutablePointer<Float>? = nil
+                let sourceBytes = parts.map { $0.conv.src_layout == OT_LAYOUT_NCHW || sharedSource != nil ? 0 : $0.conv.src_bytes }.max() ?? 0
+                let destinationBytes = parts.map { $0.destinationReorder == nil ? 0 : $0.conv.dst_bytes }.max() ?? 0
+                if sourceBytes > 0 { source = DnnlConv.allocate(sourceBytes) }
+                if destinationBytes > 0 { destination = DnnlConv.allocate(destinationBytes) }
+                defer {
+                    source.map { free($0) }
+                    destination.map { free($0) }
+                }
+                if (sourceBytes > 0 && source == nil) || (destinationBytes > 0 && destination == nil) {
+                    failed.store(true, ordering: .relaxed)
+                    return
+                }
+                for item in r {
+                    if n == 1 {
+                        if !convolve(parts[item], image: 0, source: source, destination: destination) { failed.store(true, ordering: .relaxed) }
+                    } else {
+                        for part in parts where !convolve(part, image: item, source: source, destination: destination) {
+                            failed.store(true, ordering: .relaxed)
+                        }
+                    }
+                }
+            }
+            return !failed.load(ordering: .relaxed)
+        }
+    }
+
+    /// One part's weight in the layout its primitive reads, its bytes reserved from the budget.
+    final class Packed: @unchecked Sendable {
+        let memory: dnnl_memory_t
+        var layout: dnnl_memory_desc_t
+        let bytes: Int
+        let budget: KernelCacheBudget
+
+        init?(_ engine: dnnl_engine_t, _ W: UnsafePointer<Float>, outputs: Int, inputs: Int, groups: Int, kernel: [Int],
+              layout: dnnl_memory_desc_t, budget: KernelCacheBudget) {
+            var layout = layout
+            let bytes = ot_weights_size(&layout)
+            guard budget.reserve(bytes) else { return nil }
+            guard let memory = ot_conv_pack_weights(engine, W, Int64(outputs), Int64(inputs), Int64(groups), Int64(kernel[0]), Int64(kernel[1]), &layout) else {
+                budget.release(bytes)
+                return nil
+            }
+            self.memory = memory
+            self.layout = layout
+            self.bytes = bytes
+            self.budget = budget
+        }
+
+        deinit {
+            dnnl_memory_destroy(memory)
+            budget.release(bytes)
+        }
+    }
+}
+
+/// The switches of `DnnlConvCache`.
+enum DnnlConv: Sendable {
+    /// One image splits over the threads from this many multiply-adds (below, a thread's part
+    /// costs less than its call and the reorders).
+    static let splitWork = 1 << 20
+    /// Input shapes (and splits) whose primitives one weight keeps.
+    static let plansPerWeight = 8
+
+    /// The convolutions that take oneDNN: the classes measured faster than our kernels (per-node
+    /// minima, same binary with the switch off and on, interleaved, 2 threads, load 5-6; oneDNN's
+    /// time over ours):
+    /// - stems 7x7/2 (0.61-0.88, ResNet-18/50 and Inception at b1 and b32), AlexNet's 11x11/4
+    ///   (0.93), 3x3/2 (0.60-0.81), 5x5/1 (0.50), AlexNet's two-group 3x3 and 5x5 (0.88, 0.61):
+    ///   every one;
+    /// - 1x1 (1/1 and 1/2): only with 256+ outputs and 8M+ multiply-adds an image (0.64-0.99: ResNet-50's,
+    ///   SqueezeNet's last); below, 1.0-4.9x (SqueezeNet's and Inception's small 1x1 at b1, MobileNet's at b32);
+    /// - 3x3/1 (against Winograd): only one image of 13x13 or fewer positions with 64+ outputs (0.55-0.91,
+    ///   SqueezeNet and Inception at 13x13, ResNet's 7x7); 14x14 and above 1.14-1.49x, and every 3x3/1
+    ///   at batch 32 1.16-2.3x (Winograd over many images);
+    /// - depthwise: 5x5 and strided (0.57-0.77, MobileNet-V3 at b32); 3x3/1 1.40x.
+    static func takes(images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry) -> Bool {
+        guard g.rank == 2 else { return false }
+        let k = g.kernel, strided = g.strides.contains { $0 > 1 }, dense = g.dilations.allSatisfy { $0 == 1 }
+        if group == c && group > 1 { return k[0] * k[1] >= 25 || strided }
+        if group > 1 { return true }
+        if k == [1, 1] { return m >= 256 && m * c * g.outputSize >= 8 << 20 }
+        if k == [3, 3] && !strided && dense { return n == 1 && g.outputSize <= 169 && m >= 64 }
+        return true
+    }
+
+    /// Parts of one image's output channels: whole groups, multiples of 16 channels.
+    static func channelParts(channels c: Int, outputs m: Int, group: Int, threads: Int) -> Int {
+        if group == 1 { return max(1, min(threads, m / 16)) }
+        let cg = c / group, mg = m / group
+        // Each part's first input and output channel on a block of 16.
+        var parts = min(threads, group)
+        while parts > 1 {
+            let ok = (0..<parts).allSatisfy { p in
+                let g0 = Parallel.chunk(p, of: parts, count: group).lowerBound
+                return (g0 * cg) % 16 == 0 && (g0 * mg) % 16 == 0
+            }
+            if ok { return parts }
+            parts -= 1
+        }
+        return 1
+    }
+
+    /// Whether oneDNN picks an AVX-512 implementation for a 3×3 convolution of 64 channels here.
+    static let hasAVX512Kernels: Bool = {
+        var conv = ot_conv_t()
+        guard let engine = PackedGemm.engine,
+              ot_conv_create(engine, 1, 64, 14, 14, 64, 1, 3, 3, 14, 14, 1, 1, 1, 1, 1, 1, 1, 1, 1, OT_LAYOUT_16C, OT_LAYOUT_16C, &conv) == 0 else { return false }
+        if let p = conv.primitive { dnnl_primitive_destroy(p) }
+        return conv.avx512 != 0
+    }()
+
+    static func allocate(_ bytes: Int) -> UnsafeMutablePointer<Float>? {
+        var raw: UnsafeMutableRawPointer?
+        guard posix_memalign(&raw, 64, max(bytes, 64)) == 0, let raw else { return nil }
+        return raw.assumingMemoryBound(to: Float.self)
+    }
+
+    /// False with `ONNX_TRAIN_DISABLE_PASSES=dnnl-conv` (or `all`), and on CPUs where oneDNN has no
+    /// AVX-512 convolution (no engine, or another implementation picked).
+    static var available: Bool { enabled && hasAVX512Kernels }
+
+    static var enabled: Bool {
+        let off = PassPipeline.disabledNames
+        return !off.contains("dnnl-conv") && !off.contains("all")
+    }
+}
