@@ -14,6 +14,8 @@ final class DnnlConvTests: XCTestCase {
         let x: [Int], w: [Int], strides: [Int], pads: [Int]
         var dilations = [1, 1]
         var group = 1
+        /// oneDNN has no AVX-512 kernel for it (groups of 24 outputs): the caller's kernels run it.
+        var refused = false
     }
 
     let cases: [Case] = [
@@ -28,7 +30,9 @@ final class DnnlConvTests: XCTestCase {
         Case(label: "1x1/2 64 -> 40 at 14x14, 2 images", x: [2, 64, 14, 14], w: [40, 64, 1, 1], strides: [2, 2], pads: [0, 0, 0, 0]),
         Case(label: "5x3 kernel, 8 -> 36 at 13x10", x: [1, 8, 13, 10], w: [36, 8, 5, 3], strides: [1, 2], pads: [2, 1, 2, 1]),
         Case(label: "grouped 4, 64 -> 64 at 10x10", x: [1, 64, 10, 10], w: [64, 16, 3, 3], strides: [1, 1], pads: [1, 1, 1, 1], group: 4),
-        Case(label: "grouped 2, 32 -> 48, 2 images", x: [2, 32, 8, 8], w: [48, 16, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], group: 2),
+        Case(label: "grouped 2, 32 -> 64, 2 images", x: [2, 32, 8, 8], w: [64, 16, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], group: 2),
+        Case(label: "grouped 2, 32 -> 48, 2 images (refused)", x: [2, 32, 8, 8], w: [48, 16, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], group: 2,
+             refused: true),
         Case(label: "depthwise 3x3/2 32 at 11x11, 2 images", x: [2, 32, 11, 11], w: [32, 1, 3, 3], strides: [2, 2], pads: [1, 1, 1, 1], group: 32),
         Case(label: "depthwise 3x3/1 64 at 40x40", x: [1, 64, 40, 40], w: [64, 1, 3, 3], strides: [1, 1], pads: [1, 1, 1, 1], group: 64),
         Case(label: "depthwise 5x5/1 48 at 9x9", x: [1, 48, 9, 9], w: [48, 1, 5, 5], strides: [1, 1], pads: [2, 2, 2, 2], group: 48),
@@ -92,22 +96,37 @@ final class DnnlConvTests: XCTestCase {
                 let (sum, mag) = reference(x, w, hasBias ? b : nil, c, g)
                 let budget = KernelCacheBudget(limit: 1 << 26)
                 let cache = DnnlConvCache(budget: budget)
+                // The split `forward` picks (by output channels for one image, by images else).
+                let parts = n == 1 && m * c.w[1] * c.w[2] * c.w[3] * P >= DnnlConv.splitWork
+                    ? DnnlConv.channelParts(channels: c.x[1], outputs: m, group: c.group, threads: Parallel.threadCount) : 1
                 var y = [Float](repeating: .nan, count: n * m * P)
-                func run() throws -> Bool {
+                // Through `forward` (the classes `DnnlConv.takes` names), or the plan itself (every class).
+                func run(plan: Bool) throws -> Bool {
                     try weight.withUnsafeBufferPointer(as: Float.self) { pw in
                         xf.withUnsafeBufferPointer { px in bf.withUnsafeBufferPointer { pb in zf.withUnsafeBufferPointer { pz in
                             y.withUnsafeMutableBufferPointer { py in
                                 let epilogue = activation.map { ConvEpilogue<Float>(z: withZ ? pz.baseAddress : nil, activation: $0) }
+                                if plan {
+                                    guard let made = DnnlConvCache.Plan(pw.baseAddress!, channels: c.x[1], outputs: m, group: c.group, g, bias: hasBias,
+                                                                        parts: parts, budget: budget) else { return false }
+                                    return made.run(px.baseAddress!, bias: hasBias ? pb.baseAddress : nil, py.baseAddress!, images: n, epilogue: epilogue)
+                                }
                                 return cache.forward(px.baseAddress!, weight, pw.baseAddress!, bias: hasBias ? pb.baseAddress : nil, py.baseAddress!,
                                                      images: n, channels: c.x[1], outputs: m, group: c.group, g, epilogue: epilogue)
                             }
                         } } }
                     }
                 }
-                let taken = try run()
-                XCTAssertEqual(taken, avx512, "\(c.label) \(name): taken where oneDNN has AVX-512 kernels")
+                let takes = DnnlConv.takes(images: n, channels: c.x[1], outputs: m, group: c.group, g)
+                let forwarded = try run(plan: false)
+                XCTAssertEqual(forwarded, avx512 && takes && !c.refused, "\(c.label) \(name): forward takes the classes DnnlConv.takes names")
+                let viaForward = y
+                y = [Float](repeating: .nan, count: n * m * P)
+                let taken = try run(plan: true)
+                XCTAssertEqual(taken, avx512 && !c.refused, "\(c.label) \(name): a plan where oneDNN has AVX-512 kernels")
                 guard taken else { continue }
-                XCTAssertGreaterThan(budget.reserved, 0, "packed weight held in the budget")
+                if forwarded { XCTAssertEqual(viaForward, y, "\(c.label) \(name): forward and its plan, same bits") }
+                if forwarded { XCTAssertGreaterThan(budget.reserved, 0, "packed weight kept by the cache, in the budget") }
                 var worst = 0.0
                 for i in 0..<y.count {
                     var want = sum[i], bound = Double(c.w[1] * c.w[2] * c.w[3] + 2) * 0x1p-24 * mag[i]
@@ -126,8 +145,8 @@ final class DnnlConvTests: XCTestCase {
                 print("\(c.label) \(name): worst error / float32 bound \(worst)")
                 let first = y
                 y = [Float](repeating: .nan, count: n * m * P)
-                XCTAssertTrue(try run())
-                XCTAssertEqual(y, first, "\(c.label) \(name): second run (kept plan), same bits")
+                XCTAssertTrue(try run(plan: true))
+                XCTAssertEqual(y, first, "\(c.label) \(name): second run, same bits")
             }
         }
     }
@@ -153,13 +172,17 @@ final class DnnlConvTests: XCTestCase {
     /// the session takes oneDNN (where it runs), the same values as with `dnnl-conv` off and as with
     /// the weights fed (no cache: a training graph's weights are inputs), all within rounding of float64.
     func testSessionsTakeItOnlyForConstantWeights() throws {
-        let c = cases[4], d = cases[12]
+        let c = Case(label: "3x3/2 64 -> 48 at 15x15, 2 images", x: [2, 64, 15, 15], w: [48, 64, 3, 3], strides: [2, 2], pads: [1, 1, 1, 1])
+        let d = cases.first { $0.label.hasPrefix("depthwise 3x3/2") }!
+        let zShape = [2, 48, 8, 8]
+        XCTAssertTrue(DnnlConv.takes(images: 2, channels: 64, outputs: 48, group: 1, try geometry(c)))
+        XCTAssertTrue(DnnlConv.takes(images: 2, channels: 32, outputs: 32, group: 32, try geometry(d)))
         let x64 = values(c.x.reduce(1, *), seed: 41), w64 = values(c.w.reduce(1, *), seed: 42), b64 = values(c.w[0], seed: 43)
         let dx64 = values(d.x.reduce(1, *), seed: 44), dw64 = values(d.w.reduce(1, *), seed: 45)
         func model(fed: Bool) -> Model {
             var g = Graph()
             g.inputs = [ValueInfo(name: "x", type: .tensor(.float32, shape: c.x.map { .value($0) })),
-                        ValueInfo(name: "z", type: .tensor(.float32, shape: [c.x[0], c.w[0], 15, 15].map { .value($0) })),
+                        ValueInfo(name: "z", type: .tensor(.float32, shape: zShape.map { .value($0) })),
                         ValueInfo(name: "dx", type: .tensor(.float32, shape: d.x.map { .value($0) }))]
             let weights: [(String, Tensor)] = [("w", Tensor(shape: c.w, scalars: w64.map { Float($0) })), ("b", Tensor(shape: [c.w[0]], scalars: b64.map { Float($0) })),
                                                ("dw", Tensor(shape: d.w, scalars: dw64.map { Float($0) }))]
@@ -178,8 +201,8 @@ final class DnnlConvTests: XCTestCase {
             m.opsetImports = ["": 17]
             return m
         }
-        let z64 = values(c.x[0] * c.w[0] * 225, seed: 46)
-        let feeds = ["x": Tensor(shape: c.x, scalars: x64.map { Float($0) }), "z": Tensor(shape: [c.x[0], c.w[0], 15, 15], scalars: z64.map { Float($0) }),
+        let z64 = values(zShape.reduce(1, *), seed: 46)
+        let feeds = ["x": Tensor(shape: c.x, scalars: x64.map { Float($0) }), "z": Tensor(shape: zShape, scalars: z64.map { Float($0) }),
                      "dx": Tensor(shape: d.x, scalars: dx64.map { Float($0) })]
         let (sum, mag) = reference(x64, w64, b64, c, try geometry(c))
         let (dsum, dmag) = reference(dx64, dw64, nil, d, try geometry(d))
