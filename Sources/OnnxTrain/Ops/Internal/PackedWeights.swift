@@ -205,12 +205,13 @@ enum PackedGemm: Sendable {
     /// Row counts (and stride and bias variants) whose primitives one weight keeps.
     static let primitivesPerWeight = 16
 
-    /// Whether a product streams its B from memory once, its time the memory's bandwidth: B over
-    /// `streamedBytes` with fewer than `streamedRows` rows of A. Such products stay on OpenBLAS, B
-    /// not packed: AlexNet's fully connected layers at batch 32 (B 151, 67 and 16 MB) ran the
-    /// whole model no faster packed (224 ms a run in the benchmark against 224-241 before), while
-    /// the packed copies beside the initializers took its peak RSS from 373 to 602 MiB
-    /// (onnxruntime's: 485). A B that the cache holds (16 MiB or less) is still packed.
+    /// Whether a product streams a big B from memory for few rows of A: B over `streamedBytes`
+    /// with fewer than `streamedRows` rows. Such products stay on OpenBLAS, B not packed, for
+    /// memory's sake: AlexNet's fully connected layers at batch 32 (B 151, 67 and 16 MB) run
+    /// faster packed (18.2 + 8.8 ms against 29.1 + 13.3 on OpenBLAS in a profile), but the packed
+    /// copies beside the initializers took its peak RSS from 373 to 602 MiB (onnxruntime's: 485,
+    /// which frees an initializer once prepacked; the executor cannot drop one yet). A B that the
+    /// cache holds (16 MiB or less) is still packed.
     static let streamedRows = 64
     static let streamedBytes = 16 << 20
     static func streamed(m: Int, k: Int, n: Int) -> Bool { m < streamedRows && k * n * 4 > streamedBytes }
