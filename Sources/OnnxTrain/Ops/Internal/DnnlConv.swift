@@ -332,11 +332,12 @@ enum DnnlConv: Sendable {
     /// - 3x3/1 (against Winograd): only one image of 13x13 or fewer positions with 64+ outputs (0.55-0.91,
     ///   SqueezeNet and Inception at 13x13, ResNet's 7x7); 14x14 and above 1.14-1.49x, and every 3x3/1
     ///   at batch 32 1.16-2.3x (Winograd over many images);
-    /// - depthwise: 5x5 and strided (0.57-0.77, MobileNet-V3 at b32); 3x3/1 1.40x.
+    /// - depthwise: 5x5 and strided over several images (0.57-0.77, MobileNet-V3 at b32); 3x3/1 1.40x;
+    ///   at one image the strided ones lose (MobileNet-V3 b1: 207 against 110 us, 154 against 61).
     static func takes(images n: Int, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry) -> Bool {
         guard g.rank == 2 else { return false }
         let k = g.kernel, strided = g.strides.contains { $0 > 1 }, dense = g.dilations.allSatisfy { $0 == 1 }
-        if group == c && group > 1 { return k[0] * k[1] >= 25 || strided }
+        if group == c && group > 1 { return n > 1 && (k[0] * k[1] >= 25 || strided) }
         if group > 1 { return true }
         if k == [1, 1] { return m >= 256 && m * c * g.outputSize >= 8 << 20 }
         if k == [3, 3] && !strided && dense { return n == 1 && g.outputSize <= 169 && m >= 64 }
