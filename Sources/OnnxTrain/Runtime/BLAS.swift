@@ -3,7 +3,8 @@ import Glibc
 #endif
 import COpenBLAS
 
-/// The one door to OpenBLAS: row-major single and double precision GEMM.
+/// The one door to OpenBLAS: row-major single and double precision GEMM (float32 blocks that
+/// oneDNN's AVX-512 sgemm does faster go to it: `DnnlGemm`).
 ///
 /// OpenBLAS runs single-threaded; a large product is split into blocks of rows or columns of C,
 /// one per `Parallel` pool thread. So there is one thread pool in the process: OpenBLAS's own
@@ -85,6 +86,12 @@ public enum BLAS {
             let (m, n, k) = (Int32(i1 - i0), Int32(j1 - j0), Int32(k))
             let (pa, pb, pc) = (transA ? a + i0 : a + i0 * lda, transB ? b + j0 * ldb : b + j0, c + i0 * ldc + j0)
             if T.self == Float.self {
+                if DnnlGemm.takes(transB: transB, m: Int(m), n: Int(n), k: Int(k)),
+                   DnnlGemm.sgemm(transA: transA, transB: transB, m: Int(m), n: Int(n), k: Int(k), alpha: Float(alpha), a: rebound(pa),
+                                  lda: lda, b: rebound(pb), ldb: ldb, beta: Float(beta), c: rebound(pc), ldc: ldc) {
+                    epilogue?(i0, i1, j0, j1)
+                    return
+                }
                 cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, Float(alpha), rebound(pa), Int32(lda), rebound(pb), Int32(ldb),
                             Float(beta), UnsafeMutableRawPointer(pc).assumingMemoryBound(to: Float.self), Int32(ldc))
             } else {
