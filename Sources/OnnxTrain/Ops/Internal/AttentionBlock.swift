@@ -1,3 +1,7 @@
+#if arch(x86_64)
+import CDNNL
+#endif
+
 /// FusedAttention's float32 block kernel: one block of query rows of one head, in registers,
 /// instead of two small sgemm calls. At GPT-2's and ViT's sizes (32 query rows, 64-wide heads,
 /// 128-197 keys) OpenBLAS packed both operands and paid its call overhead on every block, about
@@ -15,8 +19,28 @@
 /// Keys past a row's `length` (the causal trim) get probability 0: their scores are never
 /// computed where a whole 16-lane group ends before them, and are set to −inf in the softmax
 /// otherwise.
+///
+/// Where the CPU has AVX-512F the block runs `ot_attention_block` (Sources/CDNNL/attention.h)
+/// instead: the same operations in the same order, 16 lanes and 32 registers wide (Sᵀ 8 keys ×
+/// 48 lanes a tile, the softmax 16 rows a register, P·V 6 rows × 64 values), so every output is
+/// bit for bit this kernel's (an odd Dv's last values % 8 aside: fused there, to float rounding).
+/// Measured with Benchmarks/attention_block.c and the models' FusedAttention nodes (commit
+/// message). Off with `ONNX_TRAIN_DISABLE_PASSES=attention-avx512` (or `all`).
 enum AttentionBlock {
     typealias V8 = SIMD8<Float>
+
+    /// Whether the CPU runs AVX-512F (the OS saving its registers): the wide kernel can run.
+    #if arch(x86_64)
+    static let wideAvailable = ot_attention_avx512() != 0
+    #else
+    static let wideAvailable = false
+    #endif
+
+    /// `wideAvailable`, and not switched off (`ONNX_TRAIN_DISABLE_PASSES=attention-avx512` or `all`).
+    static var wideEnabled: Bool {
+        let off = PassPipeline.disabledNames
+        return wideAvailable && !off.contains("attention-avx512") && !off.contains("all")
+    }
 
     /// Scratch for blocks of up to `maxRows` query rows against `keys` keys and heads of `d`.
     struct Scratch {
@@ -48,9 +72,18 @@ enum AttentionBlock {
     /// Y[r, :] = softmax_j(alpha·Q[r]·K[j] + mask[r, j]) · V[j] for r < rows, j < lengths[r].
     /// Q, K, V, Y at row strides qs, ks, vs, ys; `mask` (nil: none) is row r's mask at
     /// `mask + r·mRow + j·mKey`. `width` = max lengths.
+    /// `wide`: run the AVX-512 kernel (only where `wideAvailable`).
     static func run(q: UnsafePointer<Float>, qs: Int, k: UnsafePointer<Float>, ks: Int, v: UnsafePointer<Float>, vs: Int,
                     y: UnsafeMutablePointer<Float>, ys: Int, mask: UnsafePointer<Float>?, mRow: Int, mKey: Int,
-                    rows: Int, d: Int, dv: Int, alpha: Float, lengths: UnsafePointer<Int>, width: Int, scratch: Scratch) {
+                    rows: Int, d: Int, dv: Int, alpha: Float, lengths: UnsafePointer<Int>, width: Int, scratch: Scratch,
+                    wide: Bool = false) {
+        #if arch(x86_64)
+        if wide {
+            ot_attention_block(q, qs, k, ks, v, vs, y, ys, mask, mRow, mKey, rows, d, dv, alpha, lengths, width,
+                               scratch.qt, scratch.st, scratch.inverse)
+            return
+        }
+        #endif
         let lanes = Self.lanes(rows)
         let qt = scratch.qt, st = scratch.st
         // 1. Qᵀ, zero-padded lanes.

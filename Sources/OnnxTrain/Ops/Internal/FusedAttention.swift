@@ -35,6 +35,8 @@
 struct FusedAttentionKernel: Kernel {
     let scale: Double
     var packedHeads = 0
+    /// float32 blocks on AttentionBlock's AVX-512 kernel (`AttentionBlock.wideEnabled` when made).
+    var wide = AttentionBlock.wideEnabled
 
     /// Query rows per task: three of the float32 kernel's 16-lane score groups and eight of its
     /// 6-row P·V groups, so a full block wastes no lanes (32 rows computed 36 in P·V); a block's
@@ -48,6 +50,7 @@ struct FusedAttentionKernel: Kernel {
         let scale: Double
         /// H when q is the packed [B, T, 3·H·D] product (k and v are then q too), else 0.
         var packedHeads = 0
+        var wide = false
 
         /// Element strides of the mask broadcast to [B, H, Tq, Tk] (0 along broadcast axes), or nil
         /// when it does not broadcast.
@@ -172,7 +175,7 @@ struct FusedAttentionKernel: Kernel {
                 AttentionBlock.run(q: f(q), qs: qs, k: f(k), ks: ks, v: f(v), vs: vs,
                                    y: UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), ys: h * dv,
                                    mask: maskRows.map(f), mRow: ms[2], mKey: ms[3], rows: rows, d: d, dv: dv,
-                                   alpha: Float(alpha.doubleValue), lengths: lengths, width: width, scratch: scratch)
+                                   alpha: Float(alpha.doubleValue), lengths: lengths, width: width, scratch: scratch, wide: wide)
                 return
             }
             guard let scores else { return }
@@ -234,13 +237,13 @@ struct FusedAttentionKernel: Kernel {
             let dtype = try commonElementType([q] + (mask.map { [$0] } ?? []), names: ["QKV", "mask"].prefix(mask == nil ? 1 : 2).map { $0 },
                                               floatOnly: true)
             guard dtype == .float32 || dtype == .float64 else { throw KernelError("FusedAttention takes float32 or float64, got \(dtype)") }
-            return [.tensor(try dispatch(dtype, Compute(q: q, k: q, v: q, mask: mask, scale: scale, packedHeads: packedHeads)))]
+            return [.tensor(try dispatch(dtype, Compute(q: q, k: q, v: q, mask: mask, scale: scale, packedHeads: packedHeads, wide: wide)))]
         }
         let k = try inputs.tensor(1), v = try inputs.tensor(2)
         let dtype = try commonElementType([q, k, v] + (mask.map { [$0] } ?? []), names: ["Q", "K", "V", "mask"].prefix(mask == nil ? 3 : 4).map { $0 },
                                           floatOnly: true)
         guard dtype == .float32 || dtype == .float64 else { throw KernelError("FusedAttention takes float32 or float64, got \(dtype)") }
-        return [.tensor(try dispatch(dtype, Compute(q: q, k: k, v: v, mask: mask, scale: scale)))]
+        return [.tensor(try dispatch(dtype, Compute(q: q, k: k, v: v, mask: mask, scale: scale, wide: wide)))]
     }
 }
 
