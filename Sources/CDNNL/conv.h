@@ -140,59 +140,72 @@ static inline dnnl_primitive_t ot_layout_reorder_create(dnnl_engine_t engine, in
     return reorder;
 }
 
+/// The calling thread's stream, memory objects and scratch block for the convolutions and
+/// reorders below (as ot_thread keeps the matmul's): a stream, four memory objects and a
+/// scratch allocation made and destroyed on every call cost more than a small 1x1 convolution.
+/// They live as long as the thread (the pool's threads live as long as the process).
+typedef struct {
+    dnnl_stream_t stream;
+    ot_kept_memory source, destination, bias, scratch;
+    void *scratchBlock;
+    size_t scratchBytes;
+} ot_conv_thread_state;
+
+static inline ot_conv_thread_state *ot_conv_thread(dnnl_engine_t engine) {
+    static __thread ot_conv_thread_state state;
+    if (!state.stream && dnnl_stream_create(&state.stream, engine, dnnl_stream_default_flags) != dnnl_success) {
+        state.stream = NULL;
+        return NULL;
+    }
+    return &state;
+}
+
 /// Runs a reorder from ot_layout_reorder_create on the calling thread. 0 on success.
 static inline int ot_layout_reorder_run(dnnl_engine_t engine, dnnl_primitive_t reorder, int64_t n, int64_t c, int64_t h, int64_t w,
                                         int from, const float *source, int to, float *destination) {
+    ot_conv_thread_state *t = ot_conv_thread(engine);
+    if (!t) return -1;
     dnnl_dims_t d = {n, c, h, w};
     dnnl_memory_desc_t a, b;
     if (dnnl_memory_desc_init_by_tag(&a, 4, d, dnnl_f32, ot_layout_tag(from)) != dnnl_success) return -1;
     if (dnnl_memory_desc_init_by_tag(&b, 4, d, dnnl_f32, ot_layout_tag(to)) != dnnl_success) return -1;
-    dnnl_memory_t am = NULL, bm = NULL;
-    dnnl_stream_t stream = NULL;
-    int ok = dnnl_memory_create(&am, &a, engine, (void *)source) == dnnl_success
-        && dnnl_memory_create(&bm, &b, engine, destination) == dnnl_success
-        && dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) == dnnl_success;
-    if (ok) {
-        ot_dnnl_single_thread();
-        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, am}, {DNNL_ARG_TO, bm}};
-        ok = dnnl_primitive_execute(reorder, stream, 2, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
-    }
-    if (stream) dnnl_stream_destroy(stream);
-    if (bm) dnnl_memory_destroy(bm);
-    if (am) dnnl_memory_destroy(am);
-    return ok ? 0 : -1;
+    dnnl_memory_t am = ot_kept(&t->source, engine, &a, (void *)source);
+    dnnl_memory_t bm = am ? ot_kept(&t->destination, engine, &b, destination) : NULL;
+    if (!am || !bm) return -1;
+    ot_dnnl_single_thread();
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, am}, {DNNL_ARG_TO, bm}};
+    return dnnl_primitive_execute(reorder, t->stream, 2, args) == dnnl_success && dnnl_stream_wait(t->stream) == dnnl_success ? 0 : -1;
 }
 
 /// Runs a convolution from ot_conv_create on the calling thread: source and destination in its
-/// layouts (conv->src_layout, dst_layout) at the given addresses, weights packed, bias or NULL.
-/// 0 on success.
+/// layouts (conv->src_layout, dst_layout) at the given addresses, weights packed, bias or NULL,
+/// scratch memory the thread's own. 0 on success.
 static inline int ot_conv_run(dnnl_engine_t engine, const ot_conv_t *conv, int64_t n, int64_t c, int64_t h, int64_t w, const float *source,
                               dnnl_memory_t weights, const float *bias, int64_t o, int64_t oh, int64_t ow, float *destination) {
+    ot_conv_thread_state *t = ot_conv_thread(engine);
+    if (!t) return -1;
     dnnl_dims_t sd = {n, c, h, w}, dd = {n, o, oh, ow}, bd = {o}, pd = {(int64_t)conv->scratchpad};
     dnnl_memory_desc_t smd, dmd, bmd, spmd;
     if (dnnl_memory_desc_init_by_tag(&smd, 4, sd, dnnl_f32, ot_layout_tag(conv->src_layout)) != dnnl_success) return -1;
     if (dnnl_memory_desc_init_by_tag(&dmd, 4, dd, dnnl_f32, ot_layout_tag(conv->dst_layout)) != dnnl_success) return -1;
     if (dnnl_memory_desc_init_by_tag(&bmd, 1, bd, dnnl_f32, dnnl_a) != dnnl_success) return -1;
     if (conv->scratchpad && dnnl_memory_desc_init_by_tag(&spmd, 1, pd, dnnl_u8, dnnl_a) != dnnl_success) return -1;
-    dnnl_memory_t sm = NULL, dm = NULL, bm = NULL, spm = NULL;
-    dnnl_stream_t stream = NULL;
-    int ok = dnnl_memory_create(&sm, &smd, engine, (void *)source) == dnnl_success
-        && dnnl_memory_create(&dm, &dmd, engine, destination) == dnnl_success
-        && (!bias || dnnl_memory_create(&bm, &bmd, engine, (void *)bias) == dnnl_success)
-        && (!conv->scratchpad || dnnl_memory_create(&spm, &spmd, engine, DNNL_MEMORY_ALLOCATE) == dnnl_success)
-        && dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) == dnnl_success;
-    if (ok) {
-        ot_dnnl_single_thread();
-        dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, sm}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dm}};
-        int count = 3;
-        if (spm) args[count++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, spm};
-        if (bm) args[count++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, bm};
-        ok = dnnl_primitive_execute(conv->primitive, stream, count, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
+    if (conv->scratchpad > t->scratchBytes) {
+        void *grown = NULL;
+        if (posix_memalign(&grown, 64, conv->scratchpad) != 0) return -1;
+        free(t->scratchBlock);
+        t->scratchBlock = grown;
+        t->scratchBytes = conv->scratchpad;
     }
-    if (stream) dnnl_stream_destroy(stream);
-    if (spm) dnnl_memory_destroy(spm);
-    if (bm) dnnl_memory_destroy(bm);
-    if (dm) dnnl_memory_destroy(dm);
-    if (sm) dnnl_memory_destroy(sm);
-    return ok ? 0 : -1;
+    dnnl_memory_t sm = ot_kept(&t->source, engine, &smd, (void *)source);
+    dnnl_memory_t dm = sm ? ot_kept(&t->destination, engine, &dmd, destination) : NULL;
+    dnnl_memory_t bm = bias && dm ? ot_kept(&t->bias, engine, &bmd, (void *)bias) : NULL;
+    dnnl_memory_t spm = conv->scratchpad && dm ? ot_kept(&t->scratch, engine, &spmd, t->scratchBlock) : NULL;
+    if (!sm || !dm || (bias && !bm) || (conv->scratchpad && !spm)) return -1;
+    ot_dnnl_single_thread();
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, sm}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dm}};
+    int count = 3;
+    if (spm) args[count++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, spm};
+    if (bm) args[count++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, bm};
+    return dnnl_primitive_execute(conv->primitive, t->stream, count, args) == dnnl_success && dnnl_stream_wait(t->stream) == dnnl_success ? 0 : -1;
 }
