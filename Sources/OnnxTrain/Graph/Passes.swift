@@ -44,6 +44,7 @@ public struct PassPipeline {
             ProductIntoAccumulator(),
             ChannelShuffleFusion(),
             AddLayerNormFusion(),
+            NchwcLayout(),
         ])
     }
 

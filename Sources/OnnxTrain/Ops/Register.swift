@@ -14,4 +14,5 @@ func registerAllOps(_ registry: OpRegistry) {
     registerMatMulBiasOps(registry)    // Ops/Internal/MatMulBias.swift: a batch of rows times a weight plus its bias, one GEMM (MatMulAddToGemm)
     registerFusedAttentionOps(registry) // Ops/Internal/FusedAttention.swift: scaled dot-product attention in blocks of query rows (AttentionFusion)
     registerGatherGradAccumulatorOps(registry) // Ops/Internal/GatherGradAccumulator.swift: an embedding's gradient scattered into its accumulation buffer (ProductIntoAccumulator)
+    registerNchwcOps(registry)         // Ops/Internal/Nchwc.swift: the blocked-layout convolution, pooling and reorders (NchwcLayout)
 }

@@ -25,7 +25,12 @@ final class DnnlConvCache: Sendable {
     let budget: KernelCacheBudget
     private let state = Mutex<State>(State())
 
-    struct Key: Hashable { let images: Bool, height: Int, width: Int, parts: Int }
+    struct Key: Hashable { let images: Bool, height: Int, width: Int, parts: Int, layout: Layout }
+
+    /// The activations' layouts at the node's boundary: nchw in and out (reordered inside), or
+    /// nChw16c out and nChw16c or nchw in, as the `nchwc` pass's NchwcConv keeps them
+    /// (NchwcLayout.swift).
+    enum Layout: Hashable { case plain, blocked, plainToBlocked }
     struct State: @unchecked Sendable {
         var source: TensorStorage? = nil
         var shape: [Int] = []
@@ -51,9 +56,24 @@ final class DnnlConvCache: Sendable {
         let work = m * (c / group) * g.kernelSize * g.outputSize
         // One image: blocks of output channels (whole groups, multiples of 16), one per thread.
         let parts = n == 1 && threads > 1 && work >= DnnlConv.splitWork ? DnnlConv.channelParts(channels: c, outputs: m, group: group, threads: threads) : 1
-        let key = Key(images: n > 1, height: g.input[0], width: g.input[1], parts: parts)
+        let key = Key(images: n > 1, height: g.input[0], width: g.input[1], parts: parts, layout: .plain)
         guard let plan = plan(key, w, W, channels: c, outputs: m, group: group, g, bias: bias != nil) else { return false }
         return plan.run(X, bias: bias, Y, images: n, epilogue: epilogue)
+    }
+
+    /// The same for NchwcConv (group 1): X [n, ceil(c/16), h, w, 16] (or nchw [n, c, h, w] with
+    /// `plainSource`), Y [n, ceil(m/16), oh, ow, 16], every convolution oneDNN's (no `takes`
+    /// rule: the layout has no reorders to pay). Padded lanes of Y are left as oneDNN and the
+    /// epilogue write them (the caller zeroes them). False where oneDNN cannot run it.
+    func forwardBlocked(_ X: UnsafePointer<Float>, _ w: Tensor, _ W: UnsafePointer<Float>, bias: UnsafePointer<Float>?, _ Y: UnsafeMutablePointer<Float>,
+                        images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry, plainSource: Bool, epilogue: ConvEpilogue<Float>?) -> Bool {
+        guard g.rank == 2 else { return false }
+        let threads = Parallel.isInsideRegion ? 1 : Parallel.threadCount
+        let work = m * c * g.kernelSize * g.outputSize
+        let parts = n == 1 && threads > 1 && work >= DnnlConv.splitWork ? DnnlConv.channelParts(channels: c, outputs: m, group: 1, threads: threads) : 1
+        let key = Key(images: n > 1, height: g.input[0], width: g.input[1], parts: parts, layout: plainSource ? .plainToBlocked : .blocked)
+        guard let plan = plan(key, w, W, channels: c, outputs: m, group: 1, g, bias: bias != nil) else { return false }
+        return plan.runBlocked(X, bias: bias, Y, images: n, epilogue: epilogue)
     }
 
     private func plan(_ key: Key, _ w: Tensor, _ W: UnsafePointer<Float>, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, bias: Bool) -> Plan? {
@@ -65,7 +85,7 @@ final class DnnlConvCache: Sendable {
             return s.plans[key]
         }
         if case .some(let kept) = found { return kept }
-        let made = Plan(W, channels: c, outputs: m, group: group, g, bias: bias, parts: key.parts, budget: budget)
+        let made = Plan(W, channels: c, outputs: m, group: group, g, bias: bias, parts: key.parts, layout: key.layout, budget: budget)
         return state.withLock { s -> Plan? in
             guard s.source === w.storage, s.shape == w.shape else { return made }
             if case .some(let current) = s.plans[key] { return current }
@@ -98,7 +118,7 @@ final class DnnlConvCache: Sendable {
         let sourceLayout: Int32
 
         init?(_ W: UnsafePointer<Float>, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, bias: Bool, parts count: Int,
-              budget: KernelCacheBudget) {
+              layout: Layout = .plain, budget: KernelCacheBudget) {
             guard let engine = PackedGemm.engine else { return nil }
             let h = g.input[0], width = g.input[1], oh = g.output[0], ow = g.output[1]
             let cg = c / group, mg = m / group, K = g.kernelSize
@@ -126,18 +146,22 @@ final class DnnlConvCache: Sendable {
             var packed: [Int: Packed] = [:]
             for (g0, gs, o0, os) in ranges {
                 let inputs = group == 1 ? c : gs * cg
+                // Blocked layouts: the source as NchwcConv holds it (no reorder in the plan).
+                let wantedSource: Int32 = layout == .blocked ? OT_LAYOUT_16C : layout == .plainToBlocked ? OT_LAYOUT_NCHW
+                    : inputs >= 16 ? OT_LAYOUT_16C : OT_LAYOUT_NCHW
                 var conv = ot_conv_t()
                 let status = ot_conv_create(engine, 1, Int64(inputs), Int64(h), Int64(width), Int64(os), Int64(group == 1 ? 1 : gs),
                                             Int64(g.kernel[0]), Int64(g.kernel[1]), Int64(oh), Int64(ow), Int64(g.strides[0]), Int64(g.strides[1]),
                                             Int64(g.dilations[0]), Int64(g.dilations[1]), Int64(g.padsBegin[0]), Int64(g.padsBegin[1]),
                                             Int64(g.padsEnd[0]), Int64(g.padsEnd[1]), bias ? 1 : 0,
-                                            inputs >= 16 ? OT_LAYOUT_16C : OT_LAYOUT_NCHW, OT_LAYOUT_16C, &conv)
+                                            wantedSource, OT_LAYOUT_16C, &conv)
                 guard status == 0, let primitive = conv.primitive else { fail(); return nil }
                 guard conv.avx512 != 0, conv.src_layout != OT_LAYOUT_OTHER, conv.dst_layout != OT_LAYOUT_OTHER,
                       made.first.map({ $0.conv.src_layout == conv.src_layout }) ?? true,
                       // Parts start at a block of the source's and destination's layouts.
                       group == 1 || conv.src_layout == OT_LAYOUT_NCHW || (g0 * cg) % Int(conv.src_layout) == 0,
-                      conv.dst_layout == OT_LAYOUT_NCHW || o0 % Int(conv.dst_layout) == 0 else {
+                      conv.dst_layout == OT_LAYOUT_NCHW || o0 % Int(conv.dst_layout) == 0,
+                      layout == .plain || (conv.src_layout == wantedSource && conv.dst_layout == OT_LAYOUT_16C) else {
                     dnnl_primitive_destroy(primitive)
                     fail(); return nil
                 }
@@ -155,14 +179,14 @@ final class DnnlConvCache: Sendable {
                     packed[o0] = p
                 }
                 var sourceReorder: dnnl_primitive_t? = nil, destinationReorder: dnnl_primitive_t? = nil
-                if group > 1 && conv.src_layout != OT_LAYOUT_NCHW {
+                if layout == .plain && group > 1 && conv.src_layout != OT_LAYOUT_NCHW {
                     guard let r = ot_layout_reorder_create(engine, 1, Int64(inputs), Int64(h), Int64(width), OT_LAYOUT_NCHW, conv.src_layout) else {
                         dnnl_primitive_destroy(primitive); fail(); return nil
                     }
                     sourceReorder = r
                     destroy.append(r)
                 }
-                if conv.dst_layout != OT_LAYOUT_NCHW {
+                if layout == .plain && conv.dst_layout != OT_LAYOUT_NCHW {
                     guard let r = ot_layout_reorder_create(engine, 1, Int64(os), Int64(oh), Int64(ow), conv.dst_layout, OT_LAYOUT_NCHW) else {
                         dnnl_primitive_destroy(primitive); fail(); return nil
                     }
@@ -175,7 +199,7 @@ final class DnnlConvCache: Sendable {
             let sourceLayout = made[0].conv.src_layout
             // Group 1 with a blocked source: the whole input reordered once, by chunks of channel blocks.
             var chunks: [Chunk] = []
-            if group == 1 && sourceLayout != OT_LAYOUT_NCHW {
+            if layout == .plain && group == 1 && sourceLayout != OT_LAYOUT_NCHW {
                 let block = Int(sourceLayout), blocks = (c + block - 1) / block
                 let pieces = min(count, blocks)
                 for p in 0..<pieces {
@@ -277,6 +301,39 @@ final class DnnlConvCache: Sendable {
                         for part in parts where !convolve(part, image: item, source: source, destination: destination) {
                             failed.store(true, ordering: .relaxed)
                         }
+                    }
+                }
+            }
+            return !failed.load(ordering: .relaxed)
+        }
+
+        /// The convolution of a blocked layout (`Layout.blocked`, `.plainToBlocked`): each part
+        /// reads the image where it lies and writes its channel blocks of Y in place, the
+        /// epilogue applied to them while they are in cache. False on an error of oneDNN.
+        func runBlocked(_ X: UnsafePointer<Float>, bias: UnsafePointer<Float>?, _ Y: UnsafeMutablePointer<Float>, images n: Int,
+                        epilogue: ConvEpilogue<Float>?) -> Bool {
+            guard let engine = PackedGemm.engine else { return false }
+            let I = h * w, P = oh * ow
+            let sourceImage = sourceLayout == OT_LAYOUT_NCHW ? c * I : (c + 15) / 16 * 16 * I
+            let destinationImage = (m + 15) / 16 * 16 * P
+            let failed = Atomic<Bool>(false)
+            func convolve(_ part: Part, image b: Int) -> Bool {
+                var conv = part.conv
+                let offset = b * destinationImage + part.output0 * P
+                guard ot_conv_run(engine, &conv, 1, Int64(c), Int64(h), Int64(w), X + b * sourceImage, part.weights.memory,
+                                  bias.map { $0 + part.output0 }, Int64(part.outputs), Int64(oh), Int64(ow), Y + offset) == 0 else { return false }
+                if let epilogue {
+                    let count = (part.outputs + 15) / 16 * 16 * P
+                    for start in stride(from: 0, to: count, by: convEpilogueRun) { epilogue.apply(Y, offset + start, min(convEpilogueRun, count - start)) }
+                }
+                return true
+            }
+            Parallel.forRange(n == 1 ? parts.count : n) { r in
+                for item in r {
+                    if n == 1 {
+                        if !convolve(parts[item], image: 0) { failed.store(true, ordering: .relaxed) }
+                    } else {
+                        for part in parts where !convolve(part, image: item) { failed.store(true, ordering: .relaxed) }
                     }
                 }
             }

@@ -1,0 +1,311 @@
+/// The blocked-layout ops of the `nchwc` pass (NchwcLayout.swift), onnx-train's internal domain,
+/// written only into a session's compiled graph. A blocked tensor of an [N, C, H, W] float32
+/// value is [N, ceil(C/16), H, W, 16]: channel c at block c / 16, lane c % 16; the lanes past C
+/// are zero (every op below writes them so, and reads them only where a zero is harmless).
+///
+/// - ReorderToNchwc (X [N, C, H, W]) -> blocked; ReorderFromNchwc (blocked, `channels` C) ->
+///   [N, C, H, W]: the region's edges.
+/// - NchwcConv (X, W, B?, Z?): Conv's attributes and FusedConv's activation; X blocked (or nchw
+///   with `plain_input` 1), W [M, C, kh, kw] (group 1), Z blocked as Y -> Y blocked, oneDNN's
+///   convolution with nothing reordered (DnnlConv.swift, `forwardBlocked`).
+/// - NchwcMaxPool, NchwcAveragePool (2-D, pooling's attributes): blocked -> blocked, 16 lanes a
+///   step.
+/// - NchwcGlobalAveragePool (blocked, `channels` C) -> [N, C, 1, 1] (plain: its readers are
+///   Flatten / Gemm).
+enum Nchwc {
+    static let lanes = 16
+
+    static func blocks(_ c: Int) -> Int { (c + lanes - 1) / lanes }
+
+    /// The blocked shape of [n, c, h, w].
+    static func shape(_ n: Int, _ c: Int, _ h: Int, _ w: Int) -> [Int] { [n, blocks(c), h, w, lanes] }
+
+    /// A float32 blocked tensor's [N, blocks, H, W], checked.
+    static func dims(_ x: Tensor, _ what: String) throws -> (n: Int, blocks: Int, h: Int, w: Int) {
+        guard x.dtype == .float32, x.rank == 5, x.shape[4] == lanes else {
+            throw KernelError("\(what) needs a float32 [N, C/16, H, W, 16] tensor, got tensor(\(x.dtype)) \(x.shape)")
+        }
+        return (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    }
+
+    /// Zeroes the lanes past `channels` of the last block of every image of blocked y.
+    static func zeroPadding(_ y: UnsafeMutablePointer<Float>, images n: Int, channels c: Int, positions P: Int) {
+        let used = c % lanes
+        guard used != 0 else { return }
+        let b = blocks(c)
+        for image in 0..<n {
+            let block = y + ((image * b + b - 1) * P) * lanes
+            for p in 0..<P { (block + p * lanes + used).update(repeating: 0, count: lanes - used) }
+        }
+    }
+
+    /// x [n, c, h, w] (plain) -> blocked.
+    static func block(_ x: Tensor, channels c: Int) throws -> Tensor {
+        guard x.dtype == .float32, x.rank == 4, x.shape[1] == c else {
+            throw KernelError("ReorderToNchwc needs a float32 [N, \(c), H, W] tensor, got tensor(\(x.dtype)) \(x.shape)")
+        }
+        let n = x.shape[0], P = x.shape[2] * x.shape[3], b = blocks(c)
+        var y = try Tensor(kernelUninitialized: .float32, shape: shape(n, c, x.shape[2], x.shape[3]), "ReorderToNchwc output")
+        if y.count == 0 { return y }
+        x.uncheckedBufferPointer(as: Float.self) { px in
+            y.uncheckedMutableBufferPointer(as: Float.self) { py in
+                guard let X = px.baseAddress, let Y = py.baseAddress else { return }
+                Parallel.forRange(n * b, minimumChunk: max(1, 16_384 / max(P * lanes, 1))) { r in
+                    for u in r {
+                        let image = u / b, k = u % b, c0 = k * lanes, used = min(lanes, c - c0)
+                        let dst = Y + u * P * lanes, src = X + (image * c + c0) * P
+                        for p in 0..<P {
+                            let d = dst + p * lanes
+                            for l in 0..<used { d[l] = src[l * P + p] }
+                            for l in used..<lanes { d[l] = 0 }
+                        }
+                    }
+                }
+            }
+        }
+        return y
+    }
+
+    /// blocked x -> [n, c, h, w].
+    static func unblock(_ x: Tensor, channels c: Int) throws -> Tensor {
+        let (n, b, h, w) = try dims(x, "ReorderFromNchwc")
+        guard b == blocks(c) else { throw KernelError("ReorderFromNchwc of \(c) channels got \(x.shape)") }
+        let P = h * w
+        var y = try Tensor(kernelUninitialized: .float32, shape: [n, c, h, w], "ReorderFromNchwc output")
+        if y.count == 0 { return y }
+        x.uncheckedBufferPointer(as: Float.self) { px in
+            y.uncheckedMutableBufferPointer(as: Float.self) { py in
+                guard let X = px.baseAddress, let Y = py.baseAddress else { return }
+                Parallel.forRange(n * b, minimumChunk: max(1, 16_384 / max(P * lanes, 1))) { r in
+                    for u in r {
+                        let image = u / b, k = u % b, c0 = k * lanes, used = min(lanes, c - c0)
+                        let src = X + u * P * lanes, dst = Y + (image * c + c0) * P
+                        for l in 0..<used {
+                            let d = dst + l * P
+                            for p in 0..<P { d[p] = src[p * lanes + l] }
+                        }
+                    }
+                }
+            }
+        }
+        return y
+    }
+}
+
+struct ReorderToNchwcKernel: Kernel {
+    let channels: Int
+    init(_ ctx: NodeContext) throws {
+        channels = try ctx.int("channels", default: 0)
+        guard channels > 0 else { throw KernelError("ReorderToNchwc needs a positive channels, got \(channels)") }
+    }
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        [.tensor(try Nchwc.block(try inputs.tensor(0), channels: channels))]
+    }
+}
+
+struct ReorderFromNchwcKernel: Kernel {
+    let channels: Int
+    init(_ ctx: NodeContext) throws {
+        channels = try ctx.int("channels", default: 0)
+        guard channels > 0 else { throw KernelError("ReorderFromNchwc needs a positive channels, got \(channels)") }
+    }
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        [.tensor(try Nchwc.unblock(try inputs.tensor(0), channels: channels))]
+    }
+}
+
+struct NchwcConvKernel: Kernel {
+    let attributes: ConvAttributes
+    let activation: FusedConvActivation
+    let plainInput: Bool
+    let dnnl: DnnlConvCache?
+
+    init(_ ctx: NodeContext) throws {
+        attributes = try ConvAttributes(ctx)
+        activation = try FusedConvActivation(name: try ctx.string("activation", default: ""), parameters: try ctx.floats("activation_params") ?? [])
+        guard activation.runsInEpilogue else { throw KernelError("NchwcConv cannot apply activation \(activation) in its epilogue") }
+        plainInput = try ctx.int("plain_input", default: 0) != 0
+        guard attributes.group == 1 else { throw KernelError("NchwcConv needs group 1, got \(attributes.group)") }
+        dnnl = DnnlConvCache.make(ctx)
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0), w = try inputs.tensor(1), b = try inputs.optionalTensor(2), z = try inputs.optionalTensor(3)
+        guard w.dtype == .float32, w.rank == 4, b.map({ $0.dtype == .float32 && $0.count == w.shape[0] }) ?? true else {
+            throw KernelError("NchwcConv needs a float32 [M, C, kh, kw] weight and bias [M], got \(w.shape), \(b?.shape ?? [])")
+        }
+        let m = w.shape[0], c = w.shape[1]
+        if plainInput {
+            guard x.dtype == .float32, x.rank == 4, x.shape[1] == c else { throw KernelError("NchwcConv input \(x.shape) does not fit weight \(w.shape)") }
+        } else {
+            guard try Nchwc.dims(x, "NchwcConv").blocks == Nchwc.blocks(c) else { throw KernelError("NchwcConv input \(x.shape) does not fit weight \(w.shape)") }
+        }
+        let n = x.shape[0], h = x.shape[2], width = x.shape[3]
+        let g = try attributes.window.geometry(spatial: [h, width], kernel: Array(w.shape.dropFirst(2)))
+        if !attributes.window.kernelShape.isEmpty && attributes.window.kernelShape != g.kernel {
+            throw KernelError("kernel_shape \(attributes.window.kernelShape) does not match weight \(w.shape)")
+        }
+        let shape = Nchwc.shape(n, m, g.output[0], g.output[1])
+        if let z, z.shape != shape {
+            // A Z that broadcasts: FusedConv's steps on the plain values.
+            guard z.dtype == .float32 else { throw KernelError("NchwcConv Z is tensor(\(z.dtype)), Y is tensor(float)") }
+            let plainX = plainInput ? x : try Nchwc.unblock(x, channels: c)
+            var out = try convolution(plainX, w, bias: b, group: 1, geometry: g, Float.self)
+            out = try FusedConvKernel.AddInPlace(y: out, z: try Nchwc.unblock(z, channels: m)).float(Float.self)
+            if activation != .standard(.none) { out = activation.applied(to: out, Float.self) }
+            return [.tensor(try Nchwc.block(out, channels: m))]
+        }
+        var y = try Tensor(kernelUninitialized: .float32, shape: shape, "NchwcConv output")
+        if y.count == 0 { return [.tensor(y)] }
+        let P = g.outputSize
+        let done = try x.withUnsafeBufferPointer(as: Float.self) { px in
+            try w.withUnsafeBufferPointer(as: Float.self) { pw in
+                try (b?.scalars(as: Float.self) ?? []).withUnsafeBufferPointer { pb in
+                    try withZ(z) { Z in
+                        y.uncheckedMutableBufferPointer(as: Float.self) { py -> Bool in
+                            guard let X = px.baseAddress, let W = pw.baseAddress, let Y = py.baseAddress, let dnnl else { return false }
+                            let epilogue = Z == nil && activation == .standard(.none) ? nil : ConvEpilogue<Float>(z: Z, activation: activation)
+                            guard dnnl.forwardBlocked(X, w, W, bias: b == nil ? nil : pb.baseAddress, Y, images: n, channels: c, outputs: m, g,
+                                                      plainSource: plainInput, epilogue: epilogue) else { return false }
+                            Nchwc.zeroPadding(Y, images: n, channels: m, positions: P)
+                            return true
+                        }
+                    }
+                }
+            }
+        }
+        if done { return [.tensor(y)] }
+        // oneDNN cannot run it here: the plain convolution between reorders (same values).
+        let plainX = plainInput ? x : try Nchwc.unblock(x, channels: c)
+        let plainZ = try z.map { try Nchwc.unblock($0, channels: m) }
+        let out = try withZ(plainZ) { Z in
+            try convolution(plainX, w, bias: b, group: 1, geometry: g, Float.self, epilogue: ConvEpilogue<Float>(z: Z, activation: activation))
+        }
+        return [.tensor(try Nchwc.block(out, channels: m))]
+    }
+
+    private func withZ<R>(_ z: Tensor?, _ body: (UnsafePointer<Float>?) throws -> R) throws -> R {
+        guard let z else { return try body(nil) }
+        return try z.withUnsafeBufferPointer(as: Float.self) { try body($0.baseAddress) }
+    }
+}
+
+/// MaxPool and AveragePool of a blocked tensor, 2-D: one vector of 16 channels a tap.
+struct NchwcPoolKernel: Kernel {
+    let window: WindowAttributes
+    /// nil: max; else average, the divisor counting the pads (`count_include_pad`).
+    let average: Bool?
+
+    init(_ ctx: NodeContext, average: Bool?) throws {
+        window = try WindowAttributes(ctx)
+        self.average = average
+        guard window.kernelShape.count == 2 else { throw KernelError("NchwcPool needs a 2-D kernel_shape, got \(window.kernelShape)") }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0)
+        let (n, b, h, w) = try Nchwc.dims(x, "NchwcPool")
+        let g = try window.geometry(spatial: [h, w], kernel: window.kernelShape)
+        let oh = g.output[0], ow = g.output[1]
+        var y = try Tensor(kernelUninitialized: .float32, shape: [n, b, oh, ow, Nchwc.lanes], "NchwcPool output")
+        if y.count == 0 { return [.tensor(y)] }
+        let (kh, kw) = (g.kernel[0], g.kernel[1]), (sh, sw) = (g.strides[0], g.strides[1]), (dh, dw) = (g.dilations[0], g.dilations[1])
+        let (pt, pl) = (g.padsBegin[0], g.padsBegin[1])
+        let average = self.average
+        x.uncheckedBufferPointer(as: Float.self) { px in
+            y.uncheckedMutableBufferPointer(as: Float.self) { py in
+                guard let X = px.baseAddress, let Y = py.baseAddress else { return }
+                let input = UnsafeRawPointer(X), output = UnsafeMutableRawPointer(Y)
+                Parallel.forRange(n * b, minimumChunk: max(1, 8_192 / max(oh * ow * kh * kw * 16, 1))) { r in
+                    for u in r {
+                        let src = input + u * h * w * 64, dst = output + u * oh * ow * 64
+                        for i in 0..<oh {
+                            let h0 = i * sh - pt
+                            for j in 0..<ow {
+                                let w0 = j * sw - pl
+                                // Two halves of 8 lanes (AVX2 registers); the maximum as a select
+                                // (`pointwiseMax` ran ~100x slower, not vectorised).
+                                var lo = SIMD8<Float>(repeating: average == nil ? -.infinity : 0), hi = lo
+                                var taps = 0
+                                for a in 0..<kh {
+                                    let ih = h0 + a * dh
+                                    guard ih >= 0 && ih < h else { continue }
+                                    for e in 0..<kw {
+                                        let iw = w0 + e * dw
+                                        guard iw >= 0 && iw < w else { continue }
+                                        let o = (ih * w + iw) * 64
+                                        let v0 = src.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self)
+                                        let v1 = src.loadUnaligned(fromByteOffset: o + 32, as: SIMD8<Float>.self)
+                                        if average == nil {
+                                            lo.replace(with: v0, where: v0 .> lo)
+                                            hi.replace(with: v1, where: v1 .> hi)
+                                        } else {
+                                            lo += v0
+                                            hi += v1
+                                        }
+                                        taps += 1
+                                    }
+                                }
+                                if let includePad = average {
+                                    let count = SIMD8<Float>(repeating: Float(max(includePad ? kh * kw : taps, 1)))
+                                    lo /= count
+                                    hi /= count
+                                }
+                                dst.storeBytes(of: lo, toByteOffset: (i * ow + j) * 64, as: SIMD8<Float>.self)
+                                dst.storeBytes(of: hi, toByteOffset: (i * ow + j) * 64 + 32, as: SIMD8<Float>.self)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return [.tensor(y)]
+    }
+}
+
+/// GlobalAveragePool of a blocked tensor into [N, C, 1, 1] (plain).
+struct NchwcGlobalAveragePoolKernel: Kernel {
+    let channels: Int
+    init(_ ctx: NodeContext) throws {
+        channels = try ctx.int("channels", default: 0)
+        guard channels > 0 else { throw KernelError("NchwcGlobalAveragePool needs a positive channels, got \(channels)") }
+    }
+
+    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
+        let x = try inputs.tensor(0)
+        let (n, b, h, w) = try Nchwc.dims(x, "NchwcGlobalAveragePool")
+        let c = channels
+        guard b == Nchwc.blocks(c) else { throw KernelError("NchwcGlobalAveragePool of \(c) channels got \(x.shape)") }
+        var y = try Tensor(kernelUninitialized: .float32, shape: [n, c, 1, 1], "NchwcGlobalAveragePool output")
+        if y.count == 0 { return [.tensor(y)] }
+        let P = h * w
+        x.uncheckedBufferPointer(as: Float.self) { px in
+            y.uncheckedMutableBufferPointer(as: Float.self) { py in
+                guard let X = px.baseAddress, let Y = py.baseAddress else { return }
+                let input = UnsafeRawPointer(X)
+                Parallel.forRange(n * b, minimumChunk: max(1, 8_192 / max(P * 16, 1))) { r in
+                    for u in r {
+                        let image = u / b, c0 = (u % b) * Nchwc.lanes, used = min(Nchwc.lanes, c - c0)
+                        let src = input + u * P * 64
+                        var acc = SIMD16<Float>(repeating: 0)
+                        for p in 0..<P { acc += src.loadUnaligned(fromByteOffset: p * 64, as: SIMD16<Float>.self) }
+                        acc /= SIMD16<Float>(repeating: Float(max(P, 1)))
+                        for l in 0..<used { Y[image * c + c0 + l] = acc[l] }
+                    }
+                }
+            }
+        }
+        return [.tensor(y)]
+    }
+}
+
+func registerNchwcOps(_ registry: OpRegistry) {
+    registry.register("ReorderToNchwc", domain: internalDomain, since: [1]) { ctx in try ReorderToNchwcKernel(ctx) }
+    registry.register("ReorderFromNchwc", domain: internalDomain, since: [1]) { ctx in try ReorderFromNchwcKernel(ctx) }
+    registry.register("NchwcConv", domain: internalDomain, since: [1]) { ctx in try NchwcConvKernel(ctx) }
+    registry.register("NchwcMaxPool", domain: internalDomain, since: [1]) { ctx in try NchwcPoolKernel(ctx, average: nil) }
+    registry.register("NchwcAveragePool", domain: internalDomain, since: [1]) { ctx in
+        try NchwcPoolKernel(ctx, average: ctx.int("count_include_pad", default: 0) != 0)
+    }
+    registry.register("NchwcGlobalAveragePool", domain: internalDomain, since: [1]) { ctx in try NchwcGlobalAveragePoolKernel(ctx) }
+}

@@ -1,0 +1,190 @@
+@testable import OnnxTrain
+import Foundation
+import Synchronization
+import XCTest
+
+/// The `nchwc` pass (NchwcLayout.swift) and its blocked ops (Nchwc.swift): a small CNN with a
+/// 3-channel stem (read nchw), channel counts not a multiple of 16, odd sizes, pads, a residual Z,
+/// MaxPool / AveragePool / GlobalAveragePool, a blocked value also read plain (a graph output and
+/// a plain Relu), run with the pass on: every output within float32 rounding of the same model in
+/// float64 (the plain kernels' path), for batch 1 and 3 in one session (shape changes between
+/// runs), from two threads at once, and equal within rounding to the pass switched off.
+final class NchwcTests: XCTestCase {
+    func values(_ count: Int, seed: UInt64, scale: Double = 1) -> [Double] {
+        var state = seed &* 6364136223846793005 &+ 1442695040888963407
+        return (0..<count).map { _ in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return scale * Double(Int((state >> 33) % 2001) - 1000) / 1000
+        }
+    }
+
+    /// x [N, 3, 23, 19] -> stem 5x5/2 (3 -> 24) + BN-free Relu -> MaxPool 3x3/2 pad 1 -> a: [N, 24, 6, 5]
+    /// -> Conv 3x3 pad 1 (24 -> 20) = r; Conv 1x1 (24 -> 20) + r + Relu (FusedConv with Z) = s
+    /// -> AveragePool 3x3/1 pad 1 (exclude pad) -> Conv 1x1 (20 -> 40) + Clip -> GlobalAveragePool -> Flatten -> y
+    /// Outputs: y, a (a blocked value read as a graph output), p = Relu(s) read plain.
+    func model(_ dtype: DType) -> Model {
+        var g = Graph()
+        g.inputs = [ValueInfo(name: "x", type: .tensor(dtype, shape: [.symbol("N"), .value(3), .value(23), .value(19)]))]
+        func constant(_ name: String, _ shape: [Int], seed: UInt64, scale: Double) {
+            let v = values(shape.reduce(1, *), seed: seed, scale: scale)
+            g.setInitializer(name, dtype == .float64 ? Tensor(shape: shape, scalars: v.map { Float($0) }.map { Double($0) })
+                                                     : Tensor(shape: shape, scalars: v.map { Float($0) }))
+        }
+        constant("w1", [24, 3, 5, 5], seed: 1, scale: 0.4)
+        constant("b1", [24], seed: 2, scale: 0.2)
+        constant("w2", [20, 24, 3, 3], seed: 3, scale: 0.15)
+        constant("b2", [20], seed: 4, scale: 0.1)
+        constant("w3", [20, 24, 1, 1], seed: 5, scale: 0.3)
+        constant("w4", [40, 20, 1, 1], seed: 6, scale: 0.3)
+        constant("b4", [40], seed: 7, scale: 0.1)
+        g.nodes = [
+            Node(opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["c1"], attributes: ["strides": .ints([2, 2]), "pads": .ints([2, 2, 2, 2])]),
+            Node(opType: "Relu", inputs: ["c1"], outputs: ["r1"]),
+            Node(opType: "MaxPool", inputs: ["r1"], outputs: ["a"],
+                 attributes: ["kernel_shape": .ints([3, 3]), "strides": .ints([2, 2]), "pads": .ints([1, 1, 1, 1])]),
+            Node(opType: "Conv", inputs: ["a", "w2", "b2"], outputs: ["r"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+            Node(opType: "Conv", inputs: ["a", "w3"], outputs: ["c3"]),
+            Node(opType: "Add", inputs: ["c3", "r"], outputs: ["s0"]),
+            Node(opType: "Relu", inputs: ["s0"], outputs: ["s"]),
+            Node(opType: "Relu", inputs: ["s"], outputs: ["p"]),
+            Node(opType: "AveragePool", inputs: ["s"], outputs: ["v"],
+                 attributes: ["kernel_shape": .ints([3, 3]), "pads": .ints([1, 1, 1, 1])]),
+            Node(opType: "Conv", inputs: ["v", "w4", "b4"], outputs: ["c4"]),
+            Node(opType: "Clip", inputs: ["c4", "lo", "hi"], outputs: ["k"]),
+            Node(opType: "GlobalAveragePool", inputs: ["k"], outputs: ["gp"]),
+            Node(opType: "Flatten", inputs: ["gp"], outputs: ["y"]),
+        ]
+        g.setInitializer("lo", dtype == .float64 ? Tensor(shape: [], scalars: [-0.5]) as Tensor : Tensor(shape: [], scalars: [Float(-0.5)]))
+        g.setInitializer("hi", dtype == .float64 ? Tensor(shape: [], scalars: [0.75]) as Tensor : Tensor(shape: [], scalars: [Float(0.75)]))
+        g.outputs = [ValueInfo(name: "y", type: nil), ValueInfo(name: "a", type: nil), ValueInfo(name: "p", type: nil)]
+        var m = Model(graph: g)
+        m.opsetImports = ["": 17]
+        return m
+    }
+
+    func context(_ node: Node) -> NodeContext {
+        NodeContext(node: node, opset: 1, sinceVersion: 1) { _ in throw KernelError("no subgraphs") }
+    }
+
+    func input(_ n: Int, seed: UInt64) -> [Double] { values(n * 3 * 23 * 19, seed: seed).map { Double(Float($0)) } }
+
+    /// Float32 outputs against the float64 model's: within `tolerance` of the output's largest magnitude.
+    func check(_ got: [String: Tensor], _ want: [String: Tensor], _ label: String, file: StaticString = #filePath, line: UInt = #line) {
+        for name in ["y", "a", "p"] {
+            guard let g = got[name], let w = want[name] else { XCTFail("\(label): no \(name)", file: file, line: line); continue }
+            XCTAssertEqual(g.shape, w.shape, "\(label): \(name) shape", file: file, line: line)
+            let gv = g.scalars(as: Float.self), wv = w.scalars(as: Double.self)
+            let scale = wv.map(abs).max() ?? 1
+            var worst = 0.0
+            for i in 0..<min(gv.count, wv.count) { worst = max(worst, abs(Double(gv[i]) - wv[i])) }
+            XCTAssertLessThanOrEqual(worst, 2e-6 * max(scale, 1) * 8, "\(label): \(name) worst difference \(worst), scale \(scale)", file: file, line: line)
+            XCTAssertTrue(gv.allSatisfy { $0.isFinite }, "\(label): \(name) finite", file: file, line: line)
+        }
+    }
+
+    func testBlockedRegionWithinFloat32RoundingOfFloat64() throws {
+        let reference = try withPassesDisabled("all") { try InferenceSession(model: model(.float64)) }
+        let session = try InferenceSession(model: model(.float32))
+        let ops = session.executor.steps.map(\.node.opType)
+        if DnnlConv.available {
+            XCTAssertEqual(ops.filter { $0 == "NchwcConv" }.count, 4, "every convolution blocked: \(ops)")
+            XCTAssertTrue(ops.contains("NchwcMaxPool") && ops.contains("NchwcAveragePool") && ops.contains("NchwcGlobalAveragePool"), "\(ops)")
+            XCTAssertEqual(ops.filter { $0 == "ReorderFromNchwc" }.count, 2, "a (graph output) and s (a plain Relu) also written plain: \(ops)")
+            XCTAssertFalse(ops.contains("ReorderToNchwc"), "the stem reads nchw itself: \(ops)")
+        } else {
+            XCTAssertFalse(ops.contains("NchwcConv"), "no oneDNN AVX-512 convolutions: graph as it was")
+        }
+        let off = try withPassesDisabled("nchwc") { try InferenceSession(model: model(.float32)) }
+        XCTAssertFalse(off.executor.steps.contains { $0.node.opType.hasPrefix("Nchwc") })
+        for (n, seed) in [(1, UInt64(11)), (3, 12), (1, 13)] {
+            let x = input(n, seed: seed)
+            let want = try reference.run(tensors: ["x": Tensor(shape: [n, 3, 23, 19], scalars: x)])
+            let feeds = ["x": Tensor(shape: [n, 3, 23, 19], scalars: x.map { Float($0) })]
+            let got = try session.run(tensors: feeds)
+            check(got, want, "nchwc, batch \(n)")
+            check(try off.run(tensors: feeds), want, "nchwc off, batch \(n)")
+            let again = try session.run(tensors: feeds)
+            for name in ["y", "a", "p"] { XCTAssertEqual(again[name]!.scalars(as: Float.self), got[name]!.scalars(as: Float.self), "second run, same bits") }
+        }
+        // Two threads on one session: every run the bits of a run alone (checked against float64).
+        let x1 = input(1, seed: 21), x3 = input(3, seed: 22)
+        let feeds1 = ["x": Tensor(shape: [1, 3, 23, 19], scalars: x1.map { Float($0) })], feeds3 = ["x": Tensor(shape: [3, 3, 23, 19], scalars: x3.map { Float($0) })]
+        let alone1 = try session.run(tensors: feeds1), alone3 = try session.run(tensors: feeds3)
+        check(alone1, try reference.run(tensors: ["x": Tensor(shape: [1, 3, 23, 19], scalars: x1)]), "batch 1 alone")
+        check(alone3, try reference.run(tensors: ["x": Tensor(shape: [3, 3, 23, 19], scalars: x3)]), "batch 3 alone")
+        let expected = [alone1, alone3].map { r in r.mapValues { $0.scalars(as: Float.self) } }
+        let failures = Mutex<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 2) { thread in
+            for run in 0..<6 {
+                let k = (thread + run) % 2
+                do {
+                    let out = try session.run(tensors: k == 0 ? feeds1 : feeds3)
+                    for name in ["y", "a", "p"] where out[name]?.scalars(as: Float.self) != expected[k][name] {
+                        failures.withLock { $0.append("thread \(thread) run \(run): \(name) differs") }
+                    }
+                } catch {
+                    failures.withLock { $0.append("thread \(thread) run \(run): \(error)") }
+                }
+            }
+        }
+        XCTAssertEqual(failures.withLock { $0 }, [])
+    }
+
+    /// The reorders and the pooling kernels alone, against float64 loops: C = 21 (a padded block),
+    /// odd sizes, asymmetric pads, strides, dilations, count_include_pad both ways.
+    func testReordersAndPoolingAgainstFloat64() throws {
+        let (n, c, h, w) = (3, 21, 9, 7)
+        let x = values(n * c * h * w, seed: 31).map { Float($0) }
+        let plain = Tensor(shape: [n, c, h, w], scalars: x)
+        let blocked = try Nchwc.block(plain, channels: c)
+        XCTAssertEqual(blocked.shape, [n, 2, h, w, 16])
+        let bv = blocked.scalars(as: Float.self)
+        for image in 0..<n { for k in 0..<2 { for p in 0..<(h * w) { for l in 0..<16 {
+            let ch = k * 16 + l, got = bv[(((image * 2 + k) * h * w) + p) * 16 + l]
+            XCTAssertEqual(got, ch < c ? x[(image * c + ch) * h * w + p] : 0)
+        } } } }
+        XCTAssertEqual(try Nchwc.unblock(blocked, channels: c).scalars(as: Float.self), x, "round trip, same bits")
+        struct Pool { let kernel: [Int], strides: [Int], pads: [Int], dilations: [Int], average: Bool?, ceil: Bool }
+        let pools = [Pool(kernel: [3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], average: nil, ceil: false),
+                     Pool(kernel: [2, 3], strides: [1, 2], pads: [0, 1, 1, 0], dilations: [2, 1], average: nil, ceil: true),
+                     Pool(kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], average: false, ceil: false),
+                     Pool(kernel: [3, 2], strides: [2, 1], pads: [1, 0, 1, 1], dilations: [1, 1], average: true, ceil: false),
+                     Pool(kernel: [3, 3], strides: [2, 2], pads: [0, 0, 0, 0], dilations: [1, 1], average: false, ceil: true)]
+        for (index, pool) in pools.enumerated() {
+            let g = try ConvGeometry(input: [h, w], kernel: pool.kernel, strides: pool.strides, dilations: pool.dilations, pads: pool.pads, ceilMode: pool.ceil)
+            var attributes: [String: Attribute] = ["kernel_shape": .ints(pool.kernel), "strides": .ints(pool.strides), "pads": .ints(pool.pads),
+                                                   "dilations": .ints(pool.dilations), "ceil_mode": .int(pool.ceil ? 1 : 0)]
+            if let include = pool.average { attributes["count_include_pad"] = .int(include ? 1 : 0); attributes["dilations"] = nil }
+            let node = Node(opType: pool.average == nil ? "NchwcMaxPool" : "NchwcAveragePool", domain: internalDomain, inputs: ["x"], outputs: ["y"],
+                            attributes: attributes)
+            let kernel = try NchwcPoolKernel(context(node), average: pool.average)
+            let y = try kernel.run([.tensor(blocked)], ExecutionContext()).first!!.tensor!
+            let (oh, ow) = (g.output[0], g.output[1])
+            XCTAssertEqual(y.shape, [n, 2, oh, ow, 16], "pool \(index)")
+            let yv = y.scalars(as: Float.self)
+            for image in 0..<n { for ch in 0..<32 { for i in 0..<oh { for j in 0..<ow {
+                var best = -Double.infinity, sum = 0.0, taps = 0
+                for a in 0..<pool.kernel[0] { for e in 0..<pool.kernel[1] {
+                    let ih = i * pool.strides[0] - pool.pads[0] + a * pool.dilations[0], iw = j * pool.strides[1] - pool.pads[1] + e * pool.dilations[1]
+                    guard ih >= 0, ih < h, iw >= 0, iw < w else { continue }
+                    let v = ch < c ? Double(x[((image * c + ch) * h + ih) * w + iw]) : 0
+                    best = max(best, v); sum += v; taps += 1
+                } }
+                let want: Double
+                if let include = pool.average { want = sum / Double(include ? pool.kernel[0] * pool.kernel[1] : taps) } else { want = best }
+                let got = Double(yv[(((image * 2 + ch / 16) * oh + i) * ow + j) * 16 + ch % 16])
+                if ch >= c { XCTAssertEqual(got, 0, "pool \(index): padded lane stays zero"); continue }
+                XCTAssertEqual(got, want, accuracy: 1e-6 * 9, "pool \(index) image \(image) channel \(ch) (\(i), \(j))")
+            } } } }
+        }
+        let gap = try NchwcGlobalAveragePoolKernel(context(Node(opType: "NchwcGlobalAveragePool", domain: internalDomain, inputs: ["x"],
+                                                                        outputs: ["y"], attributes: ["channels": .int(c)])))
+        let gy = try gap.run([.tensor(blocked)], ExecutionContext()).first!!.tensor!
+        XCTAssertEqual(gy.shape, [n, c, 1, 1])
+        let gv = gy.scalars(as: Float.self)
+        for image in 0..<n { for ch in 0..<c {
+            let want = (0..<(h * w)).map { Double(x[(image * c + ch) * h * w + $0]) }.reduce(0, +) / Double(h * w)
+            XCTAssertEqual(Double(gv[image * c + ch]), want, accuracy: 1e-6)
+        } }
+    }
+}
