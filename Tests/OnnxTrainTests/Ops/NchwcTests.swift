@@ -130,6 +130,46 @@ final class NchwcTests: XCTestCase {
         XCTAssertEqual(failures.withLock { $0 }, [])
     }
 
+    /// Regions the pass leaves as they were: one convolution, only 1x1s, mostly 3x3/1; the
+    /// graph's values the same either way.
+    func testRegionsThePassLeaves() throws {
+        func chain(_ kernels: [(Int, Int)], channels: Int = 32) -> Model {
+            var g = Graph()
+            g.inputs = [ValueInfo(name: "x", type: .tensor(.float32, shape: [.value(1), .value(channels), .value(9), .value(9)]))]
+            var v = "x"
+            for (i, (k, s)) in kernels.enumerated() {
+                let w = Tensor(shape: [channels, channels, k, k], scalars: values(channels * channels * k * k, seed: UInt64(50 + i), scale: 0.2).map { Float($0) })
+                g.setInitializer("w\(i)", w)
+                g.nodes.append(Node(opType: "Conv", inputs: [v, "w\(i)"], outputs: ["c\(i)"],
+                                    attributes: ["strides": .ints([s, s]), "pads": .ints(Array(repeating: k / 2, count: 4))]))
+                v = "c\(i)"
+            }
+            g.outputs = [ValueInfo(name: v, type: nil)]
+            var m = Model(graph: g)
+            m.opsetImports = ["": 17]
+            return m
+        }
+        let cases: [(String, [(Int, Int)], Bool)] = [
+            ("one convolution", [(3, 2)], false), ("only 1x1", [(1, 1), (1, 1), (1, 1)], false),
+            ("mostly 3x3/1", [(3, 2), (3, 1), (3, 1)], false), ("3x3/2, 1x1, 3x3/1", [(3, 2), (1, 1), (3, 1)], true),
+        ]
+        let x = Tensor(shape: [1, 32, 9, 9], scalars: values(32 * 81, seed: 60).map { Float($0) })
+        for (label, kernels, blocked) in cases {
+            let model = chain(kernels)
+            let session = try InferenceSession(model: model)
+            let taken = session.executor.steps.contains { $0.node.opType == "NchwcConv" }
+            XCTAssertEqual(taken, blocked && DnnlConv.available, label)
+            let off = try withPassesDisabled("nchwc") { try InferenceSession(model: model) }
+            let name = "c\(kernels.count - 1)"
+            let got = try session.run(tensors: ["x": x])[name]!.scalars(as: Float.self), want = try off.run(tensors: ["x": x])[name]!.scalars(as: Float.self)
+            let scale = want.map { abs($0) }.max() ?? 1
+            for i in want.indices where abs(got[i] - want[i]) > 1e-5 * max(scale, 1) {
+                XCTFail("\(label): element \(i) \(got[i]), pass off \(want[i])")
+                break
+            }
+        }
+    }
+
     /// The reorders and the pooling kernels alone, against float64 loops: C = 21 (a padded block),
     /// odd sizes, asymmetric pads, strides, dilations, count_include_pad both ways.
     func testReordersAndPoolingAgainstFloat64() throws {
