@@ -113,12 +113,14 @@ final class NchwcTests: XCTestCase {
         check(alone1, try reference.run(tensors: ["x": Tensor(shape: [1, 3, 23, 19], scalars: x1)]), "batch 1 alone")
         check(alone3, try reference.run(tensors: ["x": Tensor(shape: [3, 3, 23, 19], scalars: x3)]), "batch 3 alone")
         let expected = [alone1, alone3].map { r in r.mapValues { $0.scalars(as: Float.self) } }
+        let x1f = x1.map { Float($0) }, x3f = x3.map { Float($0) }
         let failures = Mutex<[String]>([])
         DispatchQueue.concurrentPerform(iterations: 2) { thread in
             for run in 0..<6 {
                 let k = (thread + run) % 2
                 do {
-                    let out = try session.run(tensors: k == 0 ? feeds1 : feeds3)
+                    let n = k == 0 ? 1 : 3
+                    let out = try session.run(tensors: ["x": Tensor(shape: [n, 3, 23, 19], scalars: k == 0 ? x1f : x3f)])
                     for name in ["y", "a", "p"] where out[name]?.scalars(as: Float.self) != expected[k][name] {
                         failures.withLock { $0.append("thread \(thread) run \(run): \(name) differs") }
                     }
