@@ -78,7 +78,9 @@ final class GraphExecutor {
         }
     }
 
-    let graph: Graph
+    /// The compiled graph; a constant whose kernel took its `ConstantRelease` is there as the
+    /// handle's placeholder (the handle holds the original until it is released).
+    private(set) var graph: Graph
     let opsets: [String: Int]
     let registry: OpRegistry
     private(set) var steps: [Step] = []
@@ -86,6 +88,16 @@ final class GraphExecutor {
     private(set) var slotCount = 0
     /// Initializer values by slot, loaded into every frame.
     private var constants: [(slot: Int, value: Value)] = []
+    /// Constants their kernels may consume (`ConstantRelease`), loaded into every frame as the
+    /// original until released, the placeholder after.
+    private var releasables: [ConstantRelease] = []
+    /// Per step, the slots of its releasable constants: dropped from the frame once the step has
+    /// run (it is their only reader), so a released original dies with the step, not the run.
+    private var releaseAfter: [[Int]] = []
+    /// The names of the constants in `releasables`: a fetch of one runs on the unoptimised graph.
+    private(set) var consumableNames: Set<String> = []
+    /// The names of the constants released so far (tests read it).
+    var releasedNames: Set<String> { Set(releasables.filter(\.isReleased).map(\.name)) }
     /// Names read from the enclosing scope, with their slots here.
     private(set) var outerNames: [(name: String, slot: Int)] = []
     /// Whether plans offer dying inputs to in-place ops (`SessionOptions.memoryPlan`).
@@ -195,6 +207,20 @@ final class GraphExecutor {
             }
         }
         let index = GraphIndex(graph)
+        // Constants one node alone reads, once among its inputs (not captured by its subgraphs,
+        // not a graph output): their kernels may consume them (`NodeContext.releasableConstant`).
+        final class Handles { var byName: [String: ConstantRelease] = [:] }
+        let handles = Handles()
+        var releasableReader: [String: Int] = [:]
+        if !constantSlots.isEmpty {
+            let outputNames = Set(graph.outputs.map(\.name))
+            for (name, readers) in index.consumers where readers.count == 1 && !outputNames.contains(name) {
+                guard let s = slotOf[name], constantSlots.contains(s) else { continue }
+                let node = graph.nodes[readers[0]]
+                guard node.inputs.filter({ $0 == name }).count == 1, !GraphExecutor.subgraphReferences(node).contains(name) else { continue }
+                releasableReader[name] = readers[0]
+            }
+        }
         for d in index.duplicates {
             problems.append("value '\(d.value)' is produced by both \(graph.nodes[d.first].label) and \(graph.nodes[d.second].label)")
         }
@@ -260,6 +286,18 @@ final class GraphExecutor {
                 context.constantInputs = node.inputs.map { !$0.isEmpty && slotOf[$0].map(constantSlots.contains) == true }
                 if context.constantInputs.contains(true) { context.cacheBudget = cacheBudget }
             }
+            if !releasableReader.isEmpty {
+                let slots = slotOf, initializers = graph.initializers, reader = i, readers = releasableReader
+                context.takeRelease = { input in
+                    guard input >= 0, input < node.inputs.count else { return nil }
+                    let name = node.inputs[input]
+                    guard readers[name] == reader, let s = slots[name], let t = initializers[name] else { return nil }
+                    if let taken = handles.byName[name] { return taken }
+                    let made = ConstantRelease(slot: s, name: name, tensor: t)
+                    handles.byName[name] = made
+                    return made
+                }
+            }
             do {
                 let kernel = try factory(context)
                 var captured: [Int] = []
@@ -297,6 +335,18 @@ final class GraphExecutor {
         where !defined.contains(name) && producer[name] == nil && visible.contains(name) {
             outerNames.append((name, s))
         }
+        // The taken handles hold their constants from now on: the graph keeps placeholders.
+        for name in handles.byName.keys.sorted() {
+            guard let handle = handles.byName[name] else { continue }
+            self.graph.initializers[name] = handle.placeholder
+            constants.removeAll { $0.slot == handle.slot }
+            releasables.append(handle)
+            consumableNames.insert(name)
+        }
+        if !releasables.isEmpty {
+            let slots = Set(releasables.map(\.slot))
+            releaseAfter = steps.map { $0.inputs.filter(slots.contains) }
+        }
         for step in steps {
             inputSlots += step.inputs
             inputStart.append(inputSlots.count)
@@ -306,6 +356,7 @@ final class GraphExecutor {
         borrowed = [Bool](repeating: false, count: slotCount)
         for input in graph.inputs { borrowed[slotOf[input.name]!] = true }
         for (s, _) in constants { borrowed[s] = true }
+        for r in releasables { borrowed[r.slot] = true }
         for (_, s) in outerNames { borrowed[s] = true }
         if memoizeShapeFunctions { (memoKind, memoProducers) = markShapeFunctions() }
         placesConcatInputs = placeConcatInputs && !steps.contains { $0.hasSideEffects } && steps.contains { $0.kernel is ConcatKernel }
@@ -319,6 +370,7 @@ final class GraphExecutor {
         var producer = [Int](repeating: -1, count: slotCount)
         let inputSlots = Set(graph.inputs.compactMap { slotOf[$0.name] })
         for (s, _) in constants where !inputSlots.contains(s) { kept[s] = true }
+        for r in releasables where !inputSlots.contains(r.slot) { kept[r.slot] = true }
         let fetchable = Set(graph.outputs.compactMap { slotOf[$0.name] })
         var kinds = [UInt8](repeating: 0, count: steps.count)
         var producers = [[Int]](repeating: [], count: steps.count)
@@ -492,6 +544,7 @@ final class GraphExecutor {
              profile: NodeTimes? = nil) throws -> [Value?] {
         let frame = Frame(count: slotCount)
         for (s, v) in constants { frame.values[s] = v }
+        for r in releasables { frame.values[r.slot] = r.current }
         for (name, s) in outerNames { frame.values[s] = context.lookup(name) }
         for (s, v) in feeds { frame.values[s] = v }
         let plan = self.plan(for: fetchSlots)
@@ -619,6 +672,9 @@ final class GraphExecutor {
                 frame.values[s] = value
             }
             for t in plan.freeStart[position]..<plan.freeStart[position + 1] { frame.values[plan.freeSlots[t]] = nil }
+            if !releaseAfter.isEmpty {
+                for s in releaseAfter[k] where !fetchSlots.contains(s) { frame.values[s] = nil }
+            }
         }
         if let observed {
             let made = ConcatPlacement.make(positions: plan.steps, steps: steps, observed: observed, keep: Set(fetchSlots),

@@ -85,9 +85,10 @@ public final class InferenceSession: @unchecked Sendable {
             kept.graph.initializers = model.graph.initializers.filter { inputs.contains($0.key) }
         }
         var compiled = consume model
+        let compiledExecutor: GraphExecutor
         do {
             try (optimize ? PassPipeline.optimizing(registry: options.registry) : PassPipeline.beforeCompile).run(&compiled)
-            executor = try GraphExecutor(graph: compiled.graph, opsets: compiled.opsetImports, registry: options.registry,
+            compiledExecutor = try GraphExecutor(graph: compiled.graph, opsets: compiled.opsetImports, registry: options.registry,
                                          inPlaceUpdates: inPlaceUpdates,
                                          memoizeShapeFunctions: !disabled.contains("shape-memo") && !disabled.contains("all"),
                                          constantInitializers: !disabled.contains("weight-cache") && !disabled.contains("all"),
@@ -95,12 +96,19 @@ public final class InferenceSession: @unchecked Sendable {
         } catch let error as OnnxTrainError {
             throw path.map { error.prefixed($0) } ?? error
         }
+        executor = compiledExecutor
         var dropped = Set<String>()
         if path != nil {
             // The passes never store a new tensor under an existing initializer's name (new values
             // get fresh names), so an original name the compiled graph still holds is the original.
+            // A constant its kernel may consume (`ConstantRelease`) is not kept here either: the
+            // executor alone holds it, so that its memory goes once it is released.
             for name in kept.graph.initializerNames where kept.graph.initializers[name] == nil {
-                if let t = compiled.graph.initializers[name] { kept.graph.initializers[name] = t } else { dropped.insert(name) }
+                if let t = compiled.graph.initializers[name], !compiledExecutor.consumableNames.contains(name) {
+                    kept.graph.initializers[name] = t
+                } else {
+                    dropped.insert(name)
+                }
             }
             kept.graph.initializerNames.removeAll { dropped.contains($0) }
         }
@@ -151,7 +159,9 @@ public final class InferenceSession: @unchecked Sendable {
         let where_ = model.path.map { "\($0): " } ?? ""
         let graph = model.graph
         let names = fetches ?? graph.outputs.map(\.name)
-        let executor = try names.allSatisfy({ self.executor.slotOf[$0] != nil }) ? self.executor : unoptimizedExecutor(for: names)
+        let consumable = self.executor.consumableNames
+        let executor = try names.allSatisfy({ self.executor.slotOf[$0] != nil && !consumable.contains($0) })
+            ? self.executor : unoptimizedExecutor(for: names)
         var feedSlots: [(slot: Int, value: Value)] = []
         var symbols: [String: (Int, String)] = [:]
         let declared = declaredInputs
@@ -230,7 +240,9 @@ public final class InferenceSession: @unchecked Sendable {
     private func unoptimizedExecutor(for names: [String]) throws -> GraphExecutor {
         var known = Set(model.graph.inputs.map(\.name)).union(model.graph.initializerNames).union(droppedInitializers)
         for node in model.graph.nodes { known.formUnion(node.outputs) }
-        guard names.contains(where: { executor.slotOf[$0] == nil && known.contains($0) }) else { return executor }
+        // A constant the optimised graph's kernel may have consumed (`ConstantRelease`) is read there.
+        guard names.contains(where: { (executor.slotOf[$0] == nil || executor.consumableNames.contains($0)) && known.contains($0) })
+        else { return executor }
         plainLock.lock()
         defer { plainLock.unlock() }
         if let plainExecutor { return plainExecutor }

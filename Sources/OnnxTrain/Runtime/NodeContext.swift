@@ -25,6 +25,16 @@ public struct NodeContext {
     /// Whether input `index` is a constant of the compiled graph (see `constantInputs`).
     public func isConstantInput(_ index: Int) -> Bool { index < constantInputs.count && constantInputs[index] }
 
+    /// Made by the executor: the handle of input `index` when this node alone reads that constant.
+    var takeRelease: ((Int) -> ConstantRelease?)? = nil
+
+    /// The handle through which the kernel may drop constant input `index` once it has consumed
+    /// it (`ConstantRelease`: a weight packed into a form that serves every later call); nil
+    /// where the input is not a constant this node alone reads. Asked in the kernel's factory,
+    /// and only by a kernel that keeps the contract: taking it removes the initializer from the
+    /// session's copy of a model read from a file, released or not.
+    public func releasableConstant(_ index: Int) -> ConstantRelease? { isConstantInput(index) ? takeRelease?(index) : nil }
+
     /// The declared shape of output `index`, when the graph states one (a dim may be symbolic).
     public func declaredOutputShape(_ index: Int) -> [Dim]? {
         guard index < declaredOutputTypes.count, case .tensor(_, let shape)? = declaredOutputTypes[index] else { return nil }

@@ -20,6 +20,11 @@ public final class TensorStorage {
     /// Set when an in-place kernel's output took these bytes over (`BufferDonation`): that
     /// output's storage frees them, this one no longer does.
     fileprivate(set) var donated = false
+    /// Set when the executor drops a constant its kernel consumed (`ConstantRelease`): the block
+    /// goes back to malloc (a large one to the system) when this storage dies, not to
+    /// `BufferCache`'s idle blocks, where it would keep its pages resident for a size class that
+    /// no value may ever ask for again.
+    var discardsBlock = false
 
     /// Whether the bytes are a heap block this storage frees (not a mapped file, not strings):
     /// only such a block can be handed to an in-place kernel's output.
@@ -97,7 +102,13 @@ public final class TensorStorage {
 
     deinit {
         if donated { return }
-        if let release { release() } else { BufferCache.recycle(bytes, byteCount) }
+        if let release {
+            release()
+        } else if discardsBlock {
+            BufferCache.discard(bytes, byteCount)
+        } else {
+            BufferCache.recycle(bytes, byteCount)
+        }
     }
 
     /// A fresh copy of these bytes (or strings).
@@ -427,6 +438,22 @@ public enum BufferCache {
             return
         }
         if unmap { munmap(block, size) } else { free(block) }
+    }
+
+    /// Takes back a block from `allocate(byteCount)` and frees it rather than keeping it idle (a
+    /// constant's, `TensorStorage.discardsBlock`); a block a memory pattern tracks goes the usual way.
+    static func discard(_ block: UnsafeMutableRawPointer, _ byteCount: Int) {
+        let size = sizeClass(byteCount)
+        guard size >= minimumBytes else {
+            free(block)
+            return
+        }
+        let untracked = state.withLock { s -> Bool in
+            if !s.tracked.isEmpty && s.tracked[Int(bitPattern: block)] != nil { return false }
+            s.liveBytes -= size
+            return true
+        }
+        if untracked { free(block) } else { recycle(block, byteCount) }
     }
 
     /// Frees every idle block (for long-running processes between workloads); with

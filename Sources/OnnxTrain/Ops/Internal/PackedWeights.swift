@@ -25,6 +25,18 @@ import Synchronization
 /// Every element is the product (plus the bias, added after the sum, where OpenBLAS's path adds
 /// the product onto the bias): equal to OpenBLAS's to float rounding. Off with
 /// `ONNX_TRAIN_DISABLE_PASSES=packed-gemm` (or `all`): every product then runs on OpenBLAS.
+///
+/// The original B is freed once packed where the node alone reads it (`ConstantRelease`), as
+/// onnxruntime frees a prepacked initializer: after its first packed product, the cache releases
+/// it, and from then on serves every call itself, whatever it is: a row count under the packing
+/// threshold or one oneDNN lays out B differently for, strided A or C, a primitive oneDNN refuses
+/// or a run that fails, run on OpenBLAS with B unpacked from the packed copy into a temporary
+/// (a reorder, the same floats). What is never packed (float64, a budget or probe refused on the
+/// first product, a product that first comes with fewer than `minimumRows` rows) is never released.
+/// The call sites keep the contract (`consumes`): every call of a float32 product reaches `gemm`
+/// before any read of B's elements; Gemm only with transA 0, alpha 1 and a C that is absent, a
+/// constant or multiplied by beta 0, so that whether its packed path is taken never changes.
+/// A released weight's packed copy is not counted in the budget (it replaced the original).
 final class PackedWeightCache: Sendable {
     /// The budget the packed copies are reserved from (shared with the session's other kept forms).
     let budget: KernelCacheBudget
@@ -32,34 +44,82 @@ final class PackedWeightCache: Sendable {
     /// Set once this weight could not be packed (the budget refused it, or oneDNN would not run
     /// brgemm on it): its products then stay on OpenBLAS without asking again.
     private let refused = Atomic<Bool>(false)
+    /// The handle of B where the node alone reads it and its call site consumes it (`consumes`).
+    let release: ConstantRelease?
+    /// Set once B is released: every call is served from `kept`.
+    private let released = Atomic<Bool>(false)
 
-    init(budget: KernelCacheBudget) { self.budget = budget }
+    init(budget: KernelCacheBudget, release: ConstantRelease? = nil) {
+        self.budget = budget
+        self.release = release
+    }
 
     /// A cache for a node whose input `index` (its B) is a constant of its session; nil where it
     /// is not, where the switch is off or oneDNN cannot run here.
     static func make(_ ctx: NodeContext, input index: Int) -> PackedWeightCache? {
         guard ctx.isConstantInput(index), let budget = ctx.cacheBudget, PackedGemm.available else { return nil }
-        return PackedWeightCache(budget: budget)
+        return PackedWeightCache(budget: budget, release: consumes(ctx, input: index) ? ctx.releasableConstant(index) : nil)
     }
+
+    /// Whether the node's kernel calls `gemm` before any read of B on every call where B is
+    /// float32 (see the type's comment): MatMul, MatMulBias with a constant bias (its fallback for
+    /// another bias shape reads B), Gemm with transA 0, alpha 1 and C absent, constant or times 0.
+    static func consumes(_ ctx: NodeContext, input index: Int) -> Bool {
+        guard index == 1 else { return false }
+        switch (canonicalDomain(ctx.node.domain), ctx.node.opType) {
+        case ("", "MatMul"):
+            return true
+        case (internalDomain, "MatMulBias"):
+            return ctx.isConstantInput(2)
+        case ("", "Gemm"):
+            guard (try? ctx.int("transA", default: 0)) == 0, (try? ctx.float("alpha", default: 1)) == 1,
+                  let beta = try? ctx.float("beta", default: 1) else { return false }
+            return !ctx.hasInput(2) || beta == 0 || ctx.isConstantInput(2)
+        default:
+            return false
+        }
+    }
+
+    /// Whether B has been released (tests read it).
+    var isReleased: Bool { released.load(ordering: .acquiring) }
+    /// The packed copy, if made (tests read it).
+    var packedForTests: Packed? { kept.withLock { $0 } }
 
     /// `gemm` on float32 elements.
     private func gemmFloat(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: Tensor, bElements: UnsafePointer<Float>, transB: Bool,
                            bias: UnsafePointer<Float>?, c: UnsafeMutablePointer<Float>, ldc: Int,
                            epilogue: ((_ i0: Int, _ i1: Int, _ j0: Int, _ j1: Int) -> Void)?) -> Bool {
-        guard m >= PackedGemm.minimumRows, n >= 16, k >= 16, m * n * k >= PackedGemm.minimumWork, lda == k, ldc == n,
-              b.dtype == .float32, b.count == k * n, !PackedGemm.streamed(m: m, k: k, n: n),
-              !refused.load(ordering: .relaxed) else { return false }
-        // Blocks of rows (multiples of 8), one per pool thread, each reading all of the packed B.
-        let threads = Parallel.isInsideRegion ? 1 : Parallel.threadCount
-        let blocks = (m + 7) / 8
-        let parts = m * n * k >= BLAS.singleThreadWork ? max(1, min(threads, blocks)) : 1
-        let rows = (0..<parts).map { p in
-            let r = Parallel.chunk(p, of: parts, count: blocks)
-            return (r.lowerBound * 8, min(r.upperBound * 8, m))
+        if released.load(ordering: .acquiring), let packed = kept.withLock({ $0 }) {
+            // B is gone: every call runs here, on the packed copy or on B unpacked from it.
+            guard m > 0 else { return true }
+            if lda == k, ldc == n, run(packed, m: m, a: a, bias: bias, c: c, epilogue: epilogue) { return true }
+            runUnpacked(packed, m: m, a: a, lda: lda, bias: bias, c: c, ldc: ldc, epilogue: epilogue)
+            return true
         }
-        guard let packed = packed(b, bElements, k: k, n: n, transB: transB, probeRows: rows[0].1 - rows[0].0) else { return false }
+        guard m >= PackedGemm.minimumRows, n >= 16, k >= 16, m * n * k >= PackedGemm.minimumWork, lda == k, ldc == n,
+              b.dtype == .float32, b.count == k * n, !refused.load(ordering: .relaxed) else { return false }
+        // Consumed where B is the constant itself (not a converted copy) and released after a
+        // product ran packed: the budget is not charged for a copy that replaces its original.
+        let consumable = release.map { $0.holds(b) && !$0.isReleased } ?? false
+        guard let packed = packed(b, bElements, k: k, n: n, transB: transB, probeRows: rowBlocks(m: m, n: n, k: k)[0].count, consumable: consumable),
+              run(packed, m: m, a: a, bias: bias, c: c, epilogue: epilogue) else { return false }
+        if consumable, let release, kept.withLock({ $0 === packed }), !released.exchange(true, ordering: .acquiringAndReleasing) {
+            packed.returnBudget()
+            release.release()
+        }
+        return true
+    }
+
+    /// C = A·op(B) (+ bias) on the packed copy, by blocks of rows over the pool; false, C
+    /// untouched or to be written again whole, where oneDNN refuses a primitive or a run fails.
+    private func run(_ packed: Packed, m: Int, a: UnsafePointer<Float>, bias: UnsafePointer<Float>?, c: UnsafeMutablePointer<Float>,
+                     epilogue: ((_ i0: Int, _ i1: Int, _ j0: Int, _ j1: Int) -> Void)?) -> Bool {
+        let (n, k) = (packed.n, packed.k)
+        let rows = rowBlocks(m: m, n: n, k: k).map { ($0.lowerBound, $0.upperBound) }
+        let parts = rows.count
         // Every part's primitive, made before the threads start (so an error leaves C untouched).
         var primitives: [Packed.Primitive] = []
+        defer { for p in primitives where p.temporary { dnnl_primitive_destroy(p.primitive) } }
         for (i0, i1) in rows {
             guard let primitive = packed.primitive(rows: i1 - i0, bias: bias != nil) else { return false }
             primitives.append(primitive)
@@ -80,8 +140,35 @@ final class PackedWeightCache: Sendable {
             Parallel.forRange(parts) { r in for part in r { run(part) } }
         }
         // oneDNN checked every argument when the primitive was made: a failed run is an
-        // allocation failure inside it; the whole product then runs again on OpenBLAS.
+        // allocation failure inside it; the whole product then runs again (on OpenBLAS).
         return (0..<parts).allSatisfy { statuses[$0] == 0 }
+    }
+
+    /// Blocks of rows (multiples of 8), one per pool thread, each reading all of the packed B.
+    private func rowBlocks(m: Int, n: Int, k: Int) -> [Range<Int>] {
+        let threads = Parallel.isInsideRegion ? 1 : Parallel.threadCount
+        let blocks = (m + 7) / 8
+        let parts = m * n * k >= BLAS.singleThreadWork ? max(1, min(threads, blocks)) : 1
+        return (0..<parts).map { p in
+            let r = Parallel.chunk(p, of: parts, count: blocks)
+            return r.lowerBound * 8..<min(r.upperBound * 8, m)
+        }
+    }
+
+    /// The product of a released B on OpenBLAS, B unpacked from the packed copy into a temporary:
+    /// what the call site would have run on the original (the same floats, the same call).
+    private func runUnpacked(_ packed: Packed, m: Int, a: UnsafePointer<Float>, lda: Int, bias: UnsafePointer<Float>?,
+                             c: UnsafeMutablePointer<Float>, ldc: Int, epilogue: ((_ i0: Int, _ i1: Int, _ j0: Int, _ j1: Int) -> Void)?) {
+        let (n, k) = (packed.n, packed.k)
+        let plain = UnsafeMutablePointer<Float>.allocate(capacity: k * n)
+        defer { plain.deallocate() }
+        guard packed.unpack(into: plain) else {
+            // A reorder of a layout oneDNN made itself, into memory we allocated: fails only
+            // where oneDNN cannot allocate its own few bytes.
+            fatalError("oneDNN could not unpack a released weight (\(k)x\(n)): out of memory")
+        }
+        BLAS.gemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: a, lda: lda, b: plain, ldb: n,
+                  beta: bias == nil ? 0 : 1, c: c, ldc: ldc, rowBias: bias, epilogue: epilogue)
     }
 
     /// C[m, n] = A[m, k] · op(B) (+ bias[n] in every row), A and C dense (lda k, ldc n: oneDNN's
@@ -99,15 +186,16 @@ final class PackedWeightCache: Sendable {
     }
 
     /// B packed, kept or made now; nil when the budget refuses it or oneDNN would not run brgemm.
-    private func packed(_ b: Tensor, _ B: UnsafePointer<Float>, k: Int, n: Int, transB: Bool, probeRows: Int) -> Packed? {
+    /// A `consumable` B (released once packed) is packed even where the budget refuses it.
+    private func packed(_ b: Tensor, _ B: UnsafePointer<Float>, k: Int, n: Int, transB: Bool, probeRows: Int, consumable: Bool) -> Packed? {
         if let p = kept.withLock({ $0 }), p.fits(b, transB: transB) { return p }
-        guard let made = Packed(b, B, k: k, n: n, transB: transB, probeRows: probeRows, budget: budget) else {
+        guard let made = Packed(b, B, k: k, n: n, transB: transB, probeRows: probeRows, budget: budget, unbudgeted: consumable) else {
             refused.store(true, ordering: .relaxed)
             return nil
         }
         // Two threads may both pack on a first run: the first kept wins, the other is freed.
         return kept.withLock { current in
-            if let current, current.fits(b, transB: transB) { return current }
+            if let current, current.fits(b, transB: transB) || released.load(ordering: .acquiring) { return current }
             current = made
             return made
         }
@@ -115,20 +203,28 @@ final class PackedWeightCache: Sendable {
 
     /// One weight, packed, and the primitives made for it.
     final class Packed: @unchecked Sendable {
-        let source: TensorStorage, shape: [Int], transB: Bool
+        /// B's storage (its identity only: a reference would keep a released B alive).
+        let source: ObjectIdentifier, shape: [Int], transB: Bool
         let k: Int, n: Int
         /// op(B) in the layout of `layout`, made by oneDNN.
         let weights: dnnl_memory_t
         let layout: dnnl_memory_desc_t
         let bytes: Int
         let budget: KernelCacheBudget
+        /// Whether `bytes` are reserved from `budget` (until `returnBudget` or deinit).
+        private let budgetHeld: Atomic<Bool>
         struct Key: Hashable { let rows: Int, bias: Bool }
         /// A primitive and the bytes of scratch memory each run of it takes (its own, so that
-        /// several threads may run it at once).
-        struct Primitive: @unchecked Sendable { let primitive: dnnl_primitive_t, scratchpad: Int }
+        /// several threads may run it at once); a temporary one (the cache of primitives full)
+        /// is destroyed by its caller after its run.
+        struct Primitive: @unchecked Sendable {
+            let primitive: dnnl_primitive_t, scratchpad: Int
+            var temporary = false
+        }
         private let primitiveCache = Mutex<[Key: Primitive]>([:])
 
-        init?(_ b: Tensor, _ B: UnsafePointer<Float>, k: Int, n: Int, transB: Bool, probeRows: Int, budget: KernelCacheBudget) {
+        init?(_ b: Tensor, _ B: UnsafePointer<Float>, k: Int, n: Int, transB: Bool, probeRows: Int, budget: KernelCacheBudget,
+              unbudgeted: Bool = false) {
             // The layout oneDNN picks for the first call's rows (the same for every M measured, 64 to
             // 6304 rows); a primitive made later for another M whose layout differs is not used.
             var primitive: dnnl_primitive_t?, layout = dnnl_memory_desc_t(), brgemm: Int32 = 0, scratchpad = 0
@@ -137,13 +233,15 @@ final class PackedWeightCache: Sendable {
             if let primitive { dnnl_primitive_destroy(primitive) }
             guard status == 0, brgemm != 0 else { return nil }
             let bytes = ot_weights_size(&layout)
-            guard budget.reserve(bytes) else { return nil }
+            let reserved = budget.reserve(bytes)
+            guard reserved || unbudgeted else { return nil }
             // op(B): B [k, n] at strides (n, 1), or Bᵀ of B [n, k] at (1, k).
             guard let weights = ot_pack_weights(PackedGemm.engine, B, Int64(k), Int64(n), transB ? 1 : Int64(n), transB ? Int64(k) : 1, &layout) else {
-                budget.release(bytes)
+                if reserved { budget.release(bytes) }
                 return nil
             }
-            self.source = b.storage
+            self.budgetHeld = Atomic(reserved)
+            self.source = ObjectIdentifier(b.storage)
             self.shape = b.shape
             self.transB = transB
             self.k = k
@@ -157,10 +255,36 @@ final class PackedWeightCache: Sendable {
         deinit {
             dnnl_memory_destroy(weights)
             for kept in primitiveCache.withLock({ Array($0.values) }) { dnnl_primitive_destroy(kept.primitive) }
-            budget.release(bytes)
+            returnBudget()
         }
 
-        func fits(_ b: Tensor, transB: Bool) -> Bool { source === b.storage && shape == b.shape && self.transB == transB }
+        /// Gives the reserved bytes back (once): the copy of a released B replaced its original.
+        func returnBudget() {
+            if budgetHeld.exchange(false, ordering: .acquiringAndReleasing) { budget.release(bytes) }
+        }
+
+        func fits(_ b: Tensor, transB: Bool) -> Bool { source == ObjectIdentifier(b.storage) && shape == b.shape && self.transB == transB }
+
+        /// op(B) [k, n] row-major into `plain` (k·n floats), reordered back from the packed copy.
+        func unpack(into plain: UnsafeMutablePointer<Float>) -> Bool {
+            var plainDesc = dnnl_memory_desc_t(), packedDesc = layout
+            var dims: [Int64] = [Int64(k), Int64(n)], strides: [Int64] = [Int64(n), 1]
+            guard dnnl_memory_desc_init_by_strides(&plainDesc, 2, &dims, dnnl_f32, &strides) == dnnl_success else { return false }
+            var to: dnnl_memory_t?, pd: dnnl_primitive_desc_t?, reorder: dnnl_primitive_t?, stream: dnnl_stream_t?
+            defer {
+                if let stream { dnnl_stream_destroy(stream) }
+                if let reorder { dnnl_primitive_destroy(reorder) }
+                if let pd { dnnl_primitive_desc_destroy(pd) }
+                if let to { dnnl_memory_destroy(to) }
+            }
+            guard dnnl_memory_create(&to, &plainDesc, PackedGemm.engine, plain) == dnnl_success,
+                  dnnl_reorder_primitive_desc_create(&pd, &packedDesc, PackedGemm.engine, &plainDesc, PackedGemm.engine, nil) == dnnl_success,
+                  dnnl_primitive_create(&reorder, pd) == dnnl_success,
+                  dnnl_stream_create(&stream, PackedGemm.engine, dnnl_stream_default_flags.rawValue) == dnnl_success else { return false }
+            ot_dnnl_single_thread()
+            var args = [dnnl_exec_arg_t(arg: DNNL_ARG_FROM, memory: weights), dnnl_exec_arg_t(arg: DNNL_ARG_TO, memory: to)]
+            return dnnl_primitive_execute(reorder, stream, 2, &args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success
+        }
 
         /// The primitive for `rows` rows of A and C, kept or made now; nil if oneDNN refuses it or
         /// picks another weight layout for it.
@@ -183,10 +307,12 @@ final class PackedWeightCache: Sendable {
                     return current
                 }
                 // A few row counts per node (a session's batch and sequence lengths, each split over
-                // the threads); past that, new ones are not kept (a run may still hold the old ones).
+                // the threads); past that, new ones are not kept (a run may still hold the old
+                // ones): used once and destroyed by the caller.
                 if cache.count >= PackedGemm.primitivesPerWeight {
-                    dnnl_primitive_destroy(wrapped.primitive)
-                    return nil
+                    var once = wrapped
+                    once.temporary = true
+                    return once
                 }
                 cache[key] = wrapped
                 return wrapped
@@ -204,17 +330,6 @@ enum PackedGemm: Sendable {
     static let minimumWork = 1 << 18
     /// Row counts (and stride and bias variants) whose primitives one weight keeps.
     static let primitivesPerWeight = 16
-
-    /// Whether a product streams a big B from memory for few rows of A: B over `streamedBytes`
-    /// with fewer than `streamedRows` rows. Such products stay on OpenBLAS, B not packed, for
-    /// memory's sake: AlexNet's fully connected layers at batch 32 (B 151, 67 and 16 MB) run
-    /// faster packed (18.2 + 8.8 ms against 29.1 + 13.3 on OpenBLAS in a profile), but the packed
-    /// copies beside the initializers took its peak RSS from 373 to 602 MiB (onnxruntime's: 485,
-    /// which frees an initializer once prepacked; the executor cannot drop one yet). A B that the
-    /// cache holds (16 MiB or less) is still packed.
-    static let streamedRows = 64
-    static let streamedBytes = 16 << 20
-    static func streamed(m: Int, k: Int, n: Int) -> Bool { m < streamedRows && k * n * 4 > streamedBytes }
 
     nonisolated(unsafe) static let engine: dnnl_engine_t? = ot_dnnl_engine()
 
