@@ -9,22 +9,23 @@ import XCTest
 /// on one thread and split over the pool (strided A or C left to OpenBLAS, C untouched); and whole
 /// sessions (MatMul over a batch of rows, Gemm with transB and a bias, MatMulBias with Gelu) whose
 /// weights are initializers, against float64 and against the same session with the switch off.
-final class PackedWeightsTests: XCTestCase {
-    /// Values in [-1, 1) from a fixed linear congruential sequence.
-    func values(_ count: Int, seed: UInt64) -> [Float] {
-        var state = seed &* 6364136223846793005 &+ 1442695040888963407
-        return (0..<count).map { _ in
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            return Float(Int((state >> 33) % 2001) - 1000) / 1000
-        }
+/// Values in [-1, 1) from a fixed linear congruential sequence (PackedWeightsTests, ConstantReleaseTests).
+func lcgValues(_ count: Int, seed: UInt64) -> [Float] {
+    var state = seed &* 6364136223846793005 &+ 1442695040888963407
+    return (0..<count).map { _ in
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        return Float(Int((state >> 33) % 2001) - 1000) / 1000
     }
+}
+
+final class PackedWeightsTests: XCTestCase {
 
     /// Whether oneDNN runs its brgemm kernels on this CPU (AVX-512): the packed path is taken only then.
     func packedPathRuns() throws -> Bool {
         let budget = KernelCacheBudget(limit: 1 << 20)
         let cache = PackedWeightCache(budget: budget)
-        let w = Tensor(shape: [64, 64], scalars: values(64 * 64, seed: 1))
-        let a = values(64 * 64, seed: 2)
+        let w = Tensor(shape: [64, 64], scalars: lcgValues(64 * 64, seed: 1))
+        let a = lcgValues(64 * 64, seed: 2)
         var c = [Float](repeating: 0, count: 64 * 64)
         let taken = try w.withUnsafeBufferPointer(as: Float.self) { pw in
             a.withUnsafeBufferPointer { pa in
@@ -79,7 +80,7 @@ final class PackedWeightsTests: XCTestCase {
         for (m, k, n, transB, withBias, padA, padC) in cases {
             let label = "\(m)x\(k)x\(n) transB \(transB) bias \(withBias) lda +\(padA) ldc +\(padC)"
             let lda = k + padA, ldc = n + padC
-            let a = values(m * lda, seed: UInt64(m)), b = values(k * n, seed: UInt64(n)), bias = withBias ? values(n, seed: 9) : nil
+            let a = lcgValues(m * lda, seed: UInt64(m)), b = lcgValues(k * n, seed: UInt64(n)), bias = withBias ? lcgValues(n, seed: 9) : nil
             let w = Tensor(shape: transB ? [n, k] : [k, n], scalars: b)
             let budget = KernelCacheBudget(limit: 64 << 20)
             let cache = PackedWeightCache(budget: budget)
@@ -124,9 +125,9 @@ final class PackedWeightsTests: XCTestCase {
     func testConcurrentRunsOfOneWeightMatchOneRun() throws {
         let runs = try packedPathRuns()
         let (m, k, n) = (128, 256, 384)
-        let a = values(m * k, seed: 31), bias = values(n, seed: 32)
+        let a = lcgValues(m * k, seed: 31), bias = lcgValues(n, seed: 32)
         // (Tensor is not Sendable; the threads only read it.)
-        nonisolated(unsafe) let w = Tensor(shape: [k, n], scalars: values(k * n, seed: 33))
+        nonisolated(unsafe) let w = Tensor(shape: [k, n], scalars: lcgValues(k * n, seed: 33))
         let cache = PackedWeightCache(budget: KernelCacheBudget(limit: 64 << 20))
         @Sendable func product() throws -> [Float] {
             var c = [Float](repeating: .nan, count: m * n)
@@ -157,7 +158,7 @@ final class PackedWeightsTests: XCTestCase {
 
     /// One product through `cache`, C starting as NaN: whether it took the packed path, and C.
     func run(_ cache: PackedWeightCache, m: Int, k: Int, n: Int, w: Tensor, seed: UInt64) throws -> (Bool, [Float]) {
-        let a = values(m * k, seed: seed)
+        let a = lcgValues(m * k, seed: seed)
         var c = [Float](repeating: .nan, count: m * n)
         let taken = try w.withUnsafeBufferPointer(as: Float.self) { pw in
             a.withUnsafeBufferPointer { pa in
@@ -177,7 +178,7 @@ final class PackedWeightsTests: XCTestCase {
     func testBigBFewRowsPackedRefusedAndDoubleProductsStayOnOpenBLAS() throws {
         let runs = try packedPathRuns()
         let (k, n) = (2048, 2080)  // 17 MB of B
-        let w = Tensor(shape: [k, n], scalars: values(k * n, seed: 41))
+        let w = Tensor(shape: [k, n], scalars: lcgValues(k * n, seed: 41))
         let budget = KernelCacheBudget(limit: 64 << 20)
         let cache = PackedWeightCache(budget: budget)
         let (few, cFew) = try run(cache, m: 32, k: k, n: n, w: w, seed: 43)
@@ -185,7 +186,7 @@ final class PackedWeightsTests: XCTestCase {
         if runs {
             XCTAssertGreaterThanOrEqual(budget.reserved, k * n * 4)
             // Three rows against float64 (the whole product's check would take long here).
-            let a = values(32 * k, seed: 43), b = w.scalars(as: Float.self)
+            let a = lcgValues(32 * k, seed: 43), b = w.scalars(as: Float.self)
             for i in [0, 17, 31] {
                 assertNear(Array(cFew[(i * n)..<((i + 1) * n)]), ldc: n, m: 1, n: n, k: k, a: Array(a[(i * k)..<((i + 1) * k)]), lda: k,
                            b: b, transB: false, bias: nil, "big B, row \(i)")
@@ -194,7 +195,7 @@ final class PackedWeightsTests: XCTestCase {
 
         // A budget too small for the packed copy: refused, then not asked again (nothing
         // reserved); another weight's cache still packs.
-        let small = Tensor(shape: [64, 64], scalars: values(64 * 64, seed: 44))
+        let small = Tensor(shape: [64, 64], scalars: lcgValues(64 * 64, seed: 44))
         let tight = KernelCacheBudget(limit: 1024)
         let refusing = PackedWeightCache(budget: tight)
         for _ in 0..<2 {
@@ -229,11 +230,11 @@ final class PackedWeightsTests: XCTestCase {
         var g = Graph()
         g.inputs = [ValueInfo(name: "x", type: .tensor(.float32, shape: [2, rows / 2, k].map { .value($0) })),
                     ValueInfo(name: "x2", type: .tensor(.float32, shape: [rows, k].map { .value($0) }))]
-        g.setInitializer("W1", Tensor(shape: [k, n], scalars: values(k * n, seed: 11)))
-        g.setInitializer("W2", Tensor(shape: [n, k], scalars: values(k * n, seed: 12)))
-        g.setInitializer("bias2", Tensor(shape: [n], scalars: values(n, seed: 13)))
-        g.setInitializer("W3", Tensor(shape: [k, n], scalars: values(k * n, seed: 14)))
-        g.setInitializer("bias3", Tensor(shape: [n], scalars: values(n, seed: 15)))
+        g.setInitializer("W1", Tensor(shape: [k, n], scalars: lcgValues(k * n, seed: 11)))
+        g.setInitializer("W2", Tensor(shape: [n, k], scalars: lcgValues(k * n, seed: 12)))
+        g.setInitializer("bias2", Tensor(shape: [n], scalars: lcgValues(n, seed: 13)))
+        g.setInitializer("W3", Tensor(shape: [k, n], scalars: lcgValues(k * n, seed: 14)))
+        g.setInitializer("bias3", Tensor(shape: [n], scalars: lcgValues(n, seed: 15)))
         g.setInitializer("sqrt2", Tensor(scalar: Float(2).squareRoot()))
         g.setInitializer("one", Tensor(scalar: Float(1)))
         g.setInitializer("half", Tensor(scalar: Float(0.5)))
@@ -258,7 +259,7 @@ final class PackedWeightsTests: XCTestCase {
         let runs = try packedPathRuns()
         for (rows, k, n) in [(66, 75, 99), (256, 96, 200)] {
             let model = model(rows: rows, k: k, n: n)
-            let x = values(rows * k, seed: 21), x2 = values(rows * k, seed: 22)
+            let x = lcgValues(rows * k, seed: 21), x2 = lcgValues(rows * k, seed: 22)
             let feeds = ["x": Tensor(shape: [2, rows / 2, k], scalars: x), "x2": Tensor(shape: [rows, k], scalars: x2)]
             var outputs: [String: [[Float]]] = [:]
             for disabled in ["", "packed-gemm"] {

@@ -11,13 +11,6 @@ import XCTest
 /// changes, two threads, the user's `Model` intact, and a model read from a file whose released
 /// weight is still fetchable by name.
 final class ConstantReleaseTests: XCTestCase {
-    func values(_ count: Int, seed: UInt64) -> [Float] {
-        var state = seed &* 6364136223846793005 &+ 1442695040888963407
-        return (0..<count).map { _ in
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            return Float(Int((state >> 33) % 2001) - 1000) / 1000
-        }
-    }
 
     /// |c - Σ a·b (+ bias)| <= (k + 2)·2⁻²⁴·Σ|a·b| (+|bias|) for every element (plus the epilogue's
     /// doubling where `doubled`).
@@ -69,7 +62,7 @@ final class ConstantReleaseTests: XCTestCase {
             return
         }
         let (k, n) = (96, 200)
-        let wValues = values(k * n, seed: 1)
+        let wValues = lcgValues(k * n, seed: 1)
         let w = Tensor(shape: [k, n], scalars: wValues)
         let handle = try XCTUnwrap(ConstantRelease(slot: 0, name: "w", tensor: w))
         XCTAssertTrue(handle.holds(w))
@@ -77,12 +70,12 @@ final class ConstantReleaseTests: XCTestCase {
         let budget = KernelCacheBudget(limit: 64 << 20)
         let cache = PackedWeightCache(budget: budget, release: handle)
         // Too few rows for packing first: OpenBLAS's, nothing packed or released.
-        let a1 = values(3 * k, seed: 2)
+        let a1 = lcgValues(3 * k, seed: 2)
         let (few, _) = try product(cache, b: w, m: 3, k: k, n: n, lda: k, ldc: n, a: a1, bias: nil)
         XCTAssertFalse(few)
         XCTAssertFalse(handle.isReleased)
         // The first packed product releases B and gives its budget back.
-        let a = values(64 * k, seed: 3)
+        let a = lcgValues(64 * k, seed: 3)
         let (taken, c) = try product(cache, b: w, m: 64, k: k, n: n, lda: k, ldc: n, a: a, bias: nil)
         XCTAssertTrue(taken)
         assertNear(c, ldc: n, m: 64, n: n, k: k, a: a, lda: k, b: wValues, bias: nil, "first packed product")
@@ -94,7 +87,7 @@ final class ConstantReleaseTests: XCTestCase {
         let p = handle.placeholder
         XCTAssertEqual(p.shape, [k, n])
         XCTAssertTrue(handle.holds(p))
-        let bias = values(n, seed: 4)
+        let bias = lcgValues(n, seed: 4)
         // (m, lda pad, ldc pad, bias, epilogue): 1 and 5 rows (under the packing threshold),
         // strided A and C (oneDNN's brgemm takes dense ones only), 200 rows split over the pool.
         let cases: [(Int, Int, Int, Bool, Bool)] = [
@@ -104,7 +97,7 @@ final class ConstantReleaseTests: XCTestCase {
         for (m, padA, padC, withBias, epilogue) in cases {
             let label = "released, \(m) rows, lda +\(padA), ldc +\(padC), bias \(withBias), epilogue \(epilogue)"
             let lda = k + padA, ldc = n + padC
-            let a = values(max(1, m * lda), seed: UInt64(10 + m))
+            let a = lcgValues(max(1, m * lda), seed: UInt64(10 + m))
             let (taken, c) = try product(cache, b: p, m: m, k: k, n: n, lda: lda, ldc: ldc, a: a, bias: withBias ? bias : nil, doubling: epilogue)
             XCTAssertTrue(taken, label)
             assertNear(c, ldc: ldc, m: m, n: n, k: k, a: a, lda: lda, b: wValues, bias: withBias ? bias : nil, doubled: epilogue, label)
@@ -120,11 +113,11 @@ final class ConstantReleaseTests: XCTestCase {
     func testABudgetRefusalStillPacksAConsumedWeightButNotAnother() throws {
         guard PackedGemm.available else { return }
         let (k, n) = (64, 64)
-        let wValues = values(k * n, seed: 5)
+        let wValues = lcgValues(k * n, seed: 5)
         let w = Tensor(shape: [k, n], scalars: wValues)
         let tight = KernelCacheBudget(limit: 1024)
         let consumed = PackedWeightCache(budget: tight, release: ConstantRelease(slot: 0, name: "w", tensor: w))
-        let a = values(64 * k, seed: 6)
+        let a = lcgValues(64 * k, seed: 6)
         let (taken, c) = try product(consumed, b: w, m: 64, k: k, n: n, lda: k, ldc: n, a: a, bias: nil)
         XCTAssertTrue(taken, "a consumed weight replaces its original: packed whatever the budget")
         XCTAssertTrue(consumed.isReleased)
@@ -143,7 +136,7 @@ final class ConstantReleaseTests: XCTestCase {
         g.inputs = [ValueInfo(name: "x", type: .tensor(dtype, shape: [.symbol("rows"), .value(k)])),
                     ValueInfo(name: "xt", type: .tensor(dtype, shape: [.value(k), .symbol("rows")]))]
         func weight(_ shape: [Int], seed: UInt64) -> Tensor {
-            let v = values(shape.reduce(1, *), seed: seed)
+            let v = lcgValues(shape.reduce(1, *), seed: seed)
             return dtype == .float64 ? Tensor(shape: shape, scalars: v.map(Double.init)) : Tensor(shape: shape, scalars: v)
         }
         g.setInitializer("W1", weight([k, n], seed: 11))
@@ -167,7 +160,7 @@ final class ConstantReleaseTests: XCTestCase {
     }
 
     func feeds(rows: Int, k: Int, seed: UInt64) -> [String: Tensor] {
-        let x = values(rows * k, seed: seed)
+        let x = lcgValues(rows * k, seed: seed)
         var xt = [Float](repeating: 0, count: rows * k)
         for i in 0..<rows { for p in 0..<k { xt[p * rows + i] = x[i * k + p] } }
         return ["x": Tensor(shape: [rows, k], scalars: x), "xt": Tensor(shape: [k, rows], scalars: xt)]
@@ -175,7 +168,7 @@ final class ConstantReleaseTests: XCTestCase {
 
     /// Every output of `model` against float64.
     func check(_ out: [String: Tensor], _ model: Model, rows: Int, k: Int, n: Int, seed: UInt64, _ label: String) {
-        let x = values(rows * k, seed: seed)
+        let x = lcgValues(rows * k, seed: seed)
         func w(_ name: String) -> [Float] { model.graph.initializers[name]!.scalars(as: Float.self) }
         var w2t = [Float](repeating: 0, count: k * n)
         let w2 = w("W2")
@@ -244,7 +237,7 @@ final class ConstantReleaseTests: XCTestCase {
         let (k, n) = (64, 48)
         let model = model(k: k, n: n, dtype: .float64)
         let session = try InferenceSession(model: model)
-        let x = values(64 * k, seed: 9).map(Double.init)
+        let x = lcgValues(64 * k, seed: 9).map(Double.init)
         var xt = [Double](repeating: 0, count: 64 * k)
         for i in 0..<64 { for p in 0..<k { xt[p * 64 + i] = x[i * k + p] } }
         for _ in 0..<2 {
