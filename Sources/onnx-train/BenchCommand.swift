@@ -36,7 +36,7 @@ struct BenchCommand: ParsableCommand {
         --infer the median latency of inference.onnx on the first batch. Under mpirun the \
         processes train data-parallel (each its own batch, the gradients averaged) and rank 0 \
         prints, adding the allreduce times and the gradient bytes. With --gemm-peak N \
-        (no FOLDER needed) it times an N×N×N cblas_sgemm instead and prints the best GFLOP/s. \
+        (no FOLDER needed) it times an N×N×N cblas_sgemm instead and prints the best GFLOP/s (and the kernel set OpenBLAS runs). \
         With --handoff-probe N it bounces one cache line between two threads N times, five \
         times over, and prints the round trip in nanoseconds (median and minimum of the five): \
         how much it costs the machine right now to pass data from one core to the other. \
@@ -337,7 +337,8 @@ struct BenchCommand: ParsableCommand {
         let flops = 2 * Double(n) * Double(n) * Double(n)
         let best = min(bestSplit, bestOpenBLAS)
         return ["n": n, "best_s": best, "gflops": flops / best / 1e9, "threads": BLAS.threadCount,
-                "split_gflops": flops / bestSplit / 1e9, "openblas_gflops": flops / bestOpenBLAS / 1e9]
+                "split_gflops": flops / bestSplit / 1e9, "openblas_gflops": flops / bestOpenBLAS / 1e9,
+                "openblas_core": BLAS.openBLASCore]
     }
 
     /// Each core's speed right now: one thread per core, all started together, each running

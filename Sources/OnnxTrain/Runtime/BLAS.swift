@@ -232,6 +232,16 @@ public enum BLAS {
     /// Settles OpenBLAS's threading before the first product (sessions call it when they are built).
     public static func prepare() { _ = singleThreaded }
 
+    /// The kernel set OpenBLAS runs (`openblas_get_corename`: "Cooperlake", "Haswell", ...): chosen
+    /// by CPU model when the library loads, or by `OPENBLAS_CORETYPE`.
+    public static var openBLASCore: String {
+        guard let name = openblas_get_corename() else { return "unknown" }
+        return String(cString: name)
+    }
+
+    /// OpenBLAS's kernel sets that use AVX-512 (lowercased `openblas_get_corename` names).
+    static let avx512Cores: Set<String> = ["skylakex", "cooperlake", "sapphirerapids"]
+
     /// Runs a product of C[m×n] as blocks of rows or columns of C (i0..<i1, j0..<j1), one per pool
     /// thread, each a single-threaded OpenBLAS call. Column blocks are multiples of 16 floats
     /// (a cache line), row blocks multiples of 8 rows.
