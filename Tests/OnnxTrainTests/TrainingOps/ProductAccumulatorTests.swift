@@ -100,7 +100,7 @@ final class ProductAccumulatorTests: XCTestCase {
     /// blocks of OpenBLAS's small-matrix kernels where it has them) and the MLP benchmark's 512x784
     /// dW (each thread's rows as two column pieces of 32-row blocks): overwriting, and adding with a GEMM over
     /// one K block, bit-identical to the plain graph; adding over several K blocks or through gemv
-    /// sums in another order (measured: float32 8.9e-7, float64 8.9e-16 relative); against float64
+    /// sums in another order (measured: float32 8.9e-7, float64 8.9e-16 relative; 2.2e-15 on OpenBLAS's Haswell kernels); against float64
     /// evaluation within float rounding (measured: float32 1.13e-5 at K 700, float64 2.5e-14).
     func testGemmIntoTheBufferMatchesProductThenAccumulator() throws {
         XCTAssertEqual(try fusedOpTypes(model(.gemm(transA: true, transB: false, alpha: 1))), ["ProductAccumulator"])
@@ -129,7 +129,7 @@ final class ProductAccumulatorTests: XCTestCase {
         }
         print("ProductAccumulator: adding in another order vs plain: float32 \(worstOrder32), float64 \(worstOrder64); vs float64 reference: float32 \(worstReference32), float64 \(worstReference64)")
         XCTAssertLessThan(worstOrder32, 2e-6)
-        XCTAssertLessThan(worstOrder64, 2e-15)
+        XCTAssertLessThan(worstOrder64, 4e-15)   // 8.9e-16 on OpenBLAS's AVX-512 kernels, 2.2e-15 on its Haswell ones
         XCTAssertLessThan(worstReference32, 2e-5)
         XCTAssertLessThan(worstReference64, 1e-13)
     }
