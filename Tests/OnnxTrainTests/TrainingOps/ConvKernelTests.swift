@@ -34,6 +34,14 @@ final class ConvKernelTests: XCTestCase {
         Case(label: "depthwise x3 stride 3x2 dilation 2x3 large pads", x: [1, 2, 6, 19], w: [6, 1, 2, 3], strides: [3, 2], pads: [3, 4, 2, 5], dilations: [2, 3], group: 2),
         Case(label: "depthwise 1x1 kernel", x: [1, 2, 3, 9], w: [2, 1, 1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1], group: 2),
         Case(label: "depthwise 1-D", x: [2, 3, 9], w: [3, 1, 3], strides: [2], pads: [1, 2], dilations: [1], group: 3),
+        // The 2-D correlation's blocks of eight accumulators: rows of one vector in 8-row blocks
+        // plus a 4-row rest (11 rows of 6), vector pairs plus a single (28 and 21 columns), and
+        // MobileNetV3's depthwise shapes (14x14 5x5, 56x56 3x3 stride 2) at batch 3 and 1.
+        Case(label: "depthwise x2 3x3 11 rows of 6 batch 3", x: [3, 3, 11, 6], w: [6, 1, 3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], group: 3),
+        Case(label: "depthwise 3x3 28x28 batch 3", x: [3, 4, 28, 28], w: [4, 1, 3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], group: 4),
+        Case(label: "depthwise 5x5 14x14 batch 3", x: [3, 5, 14, 14], w: [5, 1, 5, 5], strides: [1, 1], pads: [2, 2, 2, 2], dilations: [1, 1], group: 5),
+        Case(label: "depthwise 3x3 stride 2 56x56 batch 1", x: [1, 3, 56, 56], w: [3, 1, 3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], group: 3),
+        Case(label: "depthwise 5x5 stride 2 13x42", x: [1, 2, 13, 42], w: [2, 1, 5, 5], strides: [2, 2], pads: [2, 2, 2, 2], dilations: [1, 1], group: 2),
         // Small images, batch > 1: several images per GEMM.
         Case(label: "blocked 3x3 groups 2 stride 2", x: [3, 4, 5, 4], w: [6, 2, 3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], group: 2),
         Case(label: "blocked 2x3 dilation 2 non-square", x: [4, 3, 6, 7], w: [5, 3, 2, 3], strides: [1, 2], pads: [0, 1, 2, 0], dilations: [2, 1], group: 1),
