@@ -397,9 +397,9 @@ func depthwiseConvolution<T: FloatElement>(_ X: UnsafePointer<T>, _ W: UnsafePoi
 /// The 2-D depthwise forward: each input plane is copied once into a zero-padded buffer
 /// (`DepthwisePlanes`) split into `sw` column phases, so every kernel tap of every output row
 /// reads one contiguous run at a fixed offset, whatever the pads, strides and dilations; then
-/// blocks of 4 output rows × 8 columns are accumulated in SIMD registers over all taps and stored
-/// once. The old tap-by-tap sweep over the plane ran its strided taps one scalar at a time (52% of
-/// MobileNetV3-Small's batch-32 inference profile).
+/// blocks of 4 output rows × 16 columns (8 × 8 on narrow planes) are accumulated in SIMD
+/// registers over all taps and stored once. The old tap-by-tap sweep over the plane ran its
+/// strided taps one scalar at a time (52% of MobileNetV3-Small's batch-32 inference profile).
 ///
 /// X [N, C, ih, iw], W [M, 1, kh, kw], bias [M]? -> Y [N, M, oh, ow]. Output channel o reads input
 /// channel o / (M/C). Output (r, j), tap (ky, kx) reads padded row r·sh + ky·dh, padded column
