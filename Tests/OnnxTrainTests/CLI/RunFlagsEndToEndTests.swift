@@ -114,13 +114,15 @@ extension RunEndToEndTests {
             for bar in bars { XCTAssertLessThan(bar.count, columns, "\(columns) columns: \(bar.debugDescription)") }
             XCTAssertTrue(bars.contains { $0.contains("] 45/45 ") && $0.contains("step 45/50") }, bars.joined(separator: "\n"))
         }
-        let r = try runOnTerminal(digits + ["--epochs", "60", "--out", "resize"], columns: 100, resizeTo: 50, after: 0.8)
+        // Long enough that the resize lands mid-run: 60 epochs (2700 steps) ended within the 0.8 s
+        // once the digits MLP trained at ~4000 steps/s.
+        let r = try runOnTerminal(digits + ["--epochs", "240", "--out", "resize"], columns: 100, resizeTo: 50, after: 0.8)
         XCTAssertEqual(r.status, 0, r.stdout)
         let bars = screenSegments(r.stdout).filter { $0.contains(" left") }
         XCTAssertTrue(bars.contains { $0.count >= 50 }, "wide before the resize")
         let last = try XCTUnwrap(bars.last)
         XCTAssertLessThan(last.count, 50, last)
-        XCTAssertTrue(last.contains("step 2700/2700"), last)
+        XCTAssertTrue(last.contains("step 10800/10800"), last)
     }
 
     // MARK: Early stopping (tiny-transformer)
