@@ -110,13 +110,8 @@ final class TrainerTests: XCTestCase {
         let target = "target"
         let truth = data[target]!.scalars(as: Float.self)
         let errors = zip(prediction, truth).map { Double($0) - Double($1) }
-        // The evaluator's batches of 8 and this one batch of 32 may run their products on different
-        // kernels (oneDNN's sgemm takes blocks by size, `DnnlGemm`): predictions float32 rounding apart
-        // (measured 1.3e-9 relative in the metrics).
-        let mae = errors.map(abs).reduce(0, +) / Double(errors.count)
-        let rmse = (errors.map { $0 * $0 }.reduce(0, +) / Double(errors.count)).squareRoot()
-        XCTAssertEqual(result.mae!, mae, accuracy: 1e-7 * mae)
-        XCTAssertEqual(result.rmse!, rmse, accuracy: 1e-7 * rmse)
+        XCTAssertEqual(result.mae!, errors.map(abs).reduce(0, +) / Double(errors.count), accuracy: 1e-12)
+        XCTAssertEqual(result.rmse!, (errors.map { $0 * $0 }.reduce(0, +) / Double(errors.count)).squareRoot(), accuracy: 1e-12)
         XCTAssertNil(result.accuracy)
     }
 
