@@ -110,8 +110,13 @@ final class TrainerTests: XCTestCase {
         let target = "target"
         let truth = data[target]!.scalars(as: Float.self)
         let errors = zip(prediction, truth).map { Double($0) - Double($1) }
-        XCTAssertEqual(result.mae!, errors.map(abs).reduce(0, +) / Double(errors.count), accuracy: 1e-12)
-        XCTAssertEqual(result.rmse!, (errors.map { $0 * $0 }.reduce(0, +) / Double(errors.count)).squareRoot(), accuracy: 1e-12)
+        // The evaluator's batches of 8 and this one batch of 32 are products of other sizes: on
+        // OpenBLAS's Haswell kernels (`OPENBLAS_CORETYPE=Haswell`) their rows round differently
+        // (measured 1.3e-9 relative in the metrics); on its AVX-512 kernels they agree.
+        let mae = errors.map(abs).reduce(0, +) / Double(errors.count)
+        let rmse = (errors.map { $0 * $0 }.reduce(0, +) / Double(errors.count)).squareRoot()
+        XCTAssertEqual(result.mae!, mae, accuracy: 1e-7 * mae)
+        XCTAssertEqual(result.rmse!, rmse, accuracy: 1e-7 * rmse)
         XCTAssertNil(result.accuracy)
     }
 

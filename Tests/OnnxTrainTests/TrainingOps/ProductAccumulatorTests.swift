@@ -105,6 +105,7 @@ final class ProductAccumulatorTests: XCTestCase {
     func testGemmIntoTheBufferMatchesProductThenAccumulator() throws {
         XCTAssertEqual(try fusedOpTypes(model(.gemm(transA: true, transB: false, alpha: 1))), ["ProductAccumulator"])
         var worstOrder32 = 0.0, worstOrder64 = 0.0, worstReference32 = 0.0, worstReference64 = 0.0
+        let openBLASAVX512 = BLAS.avx512Cores.contains(BLAS.openBLASCore.lowercased())
         for (m, n, k) in [(37, 29, 64), (128, 96, 700), (1, 29, 64), (37, 1, 64), (64, 200, 16), (512, 300, 64), (512, 784, 64)] {
             for overwrite in [true, false] {
                 for double in [false, true] {
@@ -115,7 +116,10 @@ final class ProductAccumulatorTests: XCTestCase {
                     let (fused, plain) = try runBoth(model(.gemm(transA: true, transB: false, alpha: 1)), buffer: buffer, a: a, b: b, overwrite: overwrite)
                     let difference = Self.largestDifference(try fused.doubles(), try plain.doubles())
                     if overwrite || (k <= 64 && m > 1 && n > 1) {
-                        XCTAssertEqual(difference, 0, "m \(m) n \(n) k \(k) overwrite \(overwrite) float64 \(double)")
+                        // Bit for bit on OpenBLAS's AVX-512 kernels; its Haswell ones (OPENBLAS_CORETYPE=Haswell)
+                        // round blocks of other shapes differently (measured 2.2e-6 relative, float32).
+                        XCTAssertLessThanOrEqual(difference, openBLASAVX512 || double ? 0 : 1e-5,
+                                                 "m \(m) n \(n) k \(k) overwrite \(overwrite) float64 \(double)")
                     } else if double {
                         worstOrder64 = max(worstOrder64, difference)
                     } else {
