@@ -6,7 +6,7 @@ one process with the global batch. Standard library only (the system python3).
 
 Checks, each printing its largest difference:
   1. digits MLP (artifacts, AdamW) and a CNN without BatchNorm (artifacts, AdamW): losses and final
-     parameters of 2 and 3 processes equal one process with the global batch to 1e-6 relative
+     parameters of 2 and 3 processes equal one process with the global batch to 5e-6 relative
      (the CNN's data leaves a last, smaller batch that 3 processes split 4/3/3, and a run whose last
      batch of one example leaves two processes empty, inside gradient accumulation).
   2. a gradient graph (SGD) with 2 processes, and --resume of a 2-process run.
@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "Examples" / "digits"
 DP = ROOT / "Tests" / "Fixtures" / "data_parallel"
 SEED_GRAPH = ROOT / "Examples" / "seed-gradient-graph"
-TOLERANCE = 1e-6
+# Products of 16 and of 32 rows round differently on OpenBLAS's Haswell kernels (OPENBLAS_CORETYPE=Haswell,
+# as this project's Zen 5 machines set it): parameters 2.2e-6 apart there, under 1e-6 on its AVX-512 kernels.
+TOLERANCE = 5e-6
 KILL_LIMIT_S = 10.0
 
 failures = []
