@@ -113,9 +113,8 @@ static inline dnnl_memory_t ot_conv_pack_weights(dnnl_engine_t engine, const flo
         && dnnl_primitive_create(&reorder, pd) == dnnl_success
         && dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) == dnnl_success;
     if (ok) {
-        ot_dnnl_single_thread();
         dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
-        ok = dnnl_primitive_execute(reorder, stream, 2, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
+        ok = ot_execute(reorder, stream, 2, args) == 0;
     }
     if (stream) dnnl_stream_destroy(stream);
     if (reorder) dnnl_primitive_destroy(reorder);
@@ -172,9 +171,8 @@ static inline int ot_layout_reorder_run(dnnl_engine_t engine, dnnl_primitive_t r
     dnnl_memory_t am = ot_kept(&t->source, engine, &a, (void *)source);
     dnnl_memory_t bm = am ? ot_kept(&t->destination, engine, &b, destination) : NULL;
     if (!am || !bm) return -1;
-    ot_dnnl_single_thread();
     dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, am}, {DNNL_ARG_TO, bm}};
-    return dnnl_primitive_execute(reorder, t->stream, 2, args) == dnnl_success && dnnl_stream_wait(t->stream) == dnnl_success ? 0 : -1;
+    return ot_execute(reorder, t->stream, 2, args);
 }
 
 /// Runs a convolution from ot_conv_create on the calling thread: source and destination in its
@@ -202,10 +200,9 @@ static inline int ot_conv_run(dnnl_engine_t engine, const ot_conv_t *conv, int64
     dnnl_memory_t bm = bias && dm ? ot_kept(&t->bias, engine, &bmd, (void *)bias) : NULL;
     dnnl_memory_t spm = conv->scratchpad && dm ? ot_kept(&t->scratch, engine, &spmd, t->scratchBlock) : NULL;
     if (!sm || !dm || (bias && !bm) || (conv->scratchpad && !spm)) return -1;
-    ot_dnnl_single_thread();
     dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, sm}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dm}};
     int count = 3;
     if (spm) args[count++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, spm};
     if (bm) args[count++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, bm};
-    return dnnl_primitive_execute(conv->primitive, t->stream, count, args) == dnnl_success && dnnl_stream_wait(t->stream) == dnnl_success ? 0 : -1;
+    return ot_execute(conv->primitive, t->stream, count, args);
 }

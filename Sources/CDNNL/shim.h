@@ -4,6 +4,8 @@
 #pragma once
 #include <oneapi/dnnl/dnnl.h>
 #include <dlfcn.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +24,49 @@ static inline void ot_dnnl_single_thread(void) {
     static int looked = 0;
     if (!looked) { set = (set_threads)dlsym(RTLD_DEFAULT, "omp_set_num_threads"); looked = 1; }
     if (set) set(1);
+}
+
+/// oneDNN 2.x's generated gemm kernels (jit_avx512_common_gemm_f32, jit_avx_gemm_f32: dnnl_sgemm,
+/// and primitives whose implementation falls back to gemm) point rsp at a heap workspace while
+/// they run, so a signal handled on that thread meanwhile writes its frame into the heap (oneDNN
+/// issue #4845, fixed in 3.11; Debian ships 2.6). A terminal resize (SIGWINCH) during a training
+/// run aborted it with glibc's "corrupted size vs. prev_size". Every oneDNN call therefore runs
+/// with the calling thread's signals held; one that arrives meanwhile is handled when the call
+/// returns (or by another thread). Faults stay unblocked: holding them is undefined when the call
+/// itself raises one.
+static inline void ot_signals_hold(sigset_t *saved) {
+    sigset_t all;
+    sigfillset(&all);
+    sigdelset(&all, SIGSEGV);
+    sigdelset(&all, SIGBUS);
+    sigdelset(&all, SIGFPE);
+    sigdelset(&all, SIGILL);
+    sigdelset(&all, SIGTRAP);
+    pthread_sigmask(SIG_BLOCK, &all, saved);
+}
+
+static inline void ot_signals_restore(const sigset_t *saved) { pthread_sigmask(SIG_SETMASK, saved, NULL); }
+
+/// Runs a primitive on the calling thread alone and waits for it, signals held: 0 on success.
+static inline int ot_execute(dnnl_primitive_t primitive, dnnl_stream_t stream, int count, const dnnl_exec_arg_t *args) {
+    sigset_t saved;
+    ot_signals_hold(&saved);
+    ot_dnnl_single_thread();
+    int ok = dnnl_primitive_execute(primitive, stream, count, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
+    ot_signals_restore(&saved);
+    return ok ? 0 : -1;
+}
+
+/// dnnl_sgemm (row-major C = alpha·op(A)·op(B) + beta·C) on the calling thread alone, signals
+/// held: 0 on success.
+static inline int ot_sgemm(char transa, char transb, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                           const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+    sigset_t saved;
+    ot_signals_hold(&saved);
+    ot_dnnl_single_thread();
+    dnnl_status_t status = dnnl_sgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    ot_signals_restore(&saved);
+    return status == dnnl_success ? 0 : -1;
 }
 
 /// The primitive for C[m, n] (row stride ldc) = A[m, k] (row stride lda) · W[k, n] (+ bias[n]),
@@ -86,9 +131,8 @@ static inline dnnl_memory_t ot_pack_weights(dnnl_engine_t engine, const float *b
         && dnnl_primitive_create(&reorder, pd) == dnnl_success
         && dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) == dnnl_success;
     if (ok) {
-        ot_dnnl_single_thread();
         dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
-        ok = dnnl_primitive_execute(reorder, stream, 2, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
+        ok = ot_execute(reorder, stream, 2, args) == 0;
     }
     if (stream) dnnl_stream_destroy(stream);
     if (reorder) dnnl_primitive_destroy(reorder);
@@ -161,12 +205,11 @@ static inline int ot_matmul_run(dnnl_engine_t engine, dnnl_primitive_t primitive
     dnnl_memory_t bm = bias && cm ? ot_kept(&t->bias, engine, &bd, (void *)bias) : NULL;
     dnnl_memory_t sm = scratchpad && cm ? ot_kept(&t->scratch, engine, &sd, t->scratchBlock) : NULL;
     if (!am || !cm || (bias && !bm) || (scratchpad && !sm)) return -1;
-    ot_dnnl_single_thread();
     dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, cm}};
     int count = 3;
     if (sm) args[count++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, sm};
     if (bm) args[count++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, bm};
-    return dnnl_primitive_execute(primitive, t->stream, count, args) == dnnl_success && dnnl_stream_wait(t->stream) == dnnl_success ? 0 : -1;
+    return ot_execute(primitive, t->stream, count, args);
 }
 
 /// Whether oneDNN runs its AVX-512 kernels here (brgemm, the ones measured faster than OpenBLAS):

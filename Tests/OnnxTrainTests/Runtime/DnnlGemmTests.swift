@@ -1,5 +1,10 @@
 @testable import OnnxTrain
+import CDNNL
+import Synchronization
 import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Float32 products whose blocks go to oneDNN's sgemm (`DnnlGemm`: blocks of 2^20+ multiply-adds,
 /// 128+ rows, K 128+, 16+ columns, B transposed only for K and N up to 1024, where oneDNN has
@@ -66,4 +71,48 @@ final class DnnlGemmTests: XCTestCase {
         XCTAssertLessThanOrEqual(worst32, 5e-7)
         XCTAssertEqual(onOneDNN, DnnlGemm.available ? 10 : 0)
     }
+
+    /// oneDNN 2's generated sgemm kernels point rsp into the heap while they run (oneDNN issue
+    /// #4845): a signal handled meanwhile wrote its frame there, and glibc aborted ("corrupted size
+    /// vs. prev_size", "double free or corruption") within a few hundred products. With signals held
+    /// around each call, a 20 µs timer's signals arrive between the products: the heap and every
+    /// product stay intact, and the thread's signal mask is as it was.
+    func testSignalsDuringProductsLeaveHeapAndResultsIntact() {
+        // The shapes of a digits MLP's training step at batch 256 (B not transposed: the kernels that move rsp).
+        let shapes: [(m: Int, n: Int, k: Int, transA: Bool)] = [(256, 256, 128, false), (128, 256, 256, true), (256, 64, 256, true), (160, 256, 128, false)]
+        _ = alarmsDelivered.load(ordering: .relaxed)  // initialise the global before the handler can run
+        let previous = signal(SIGALRM) { _ in alarmsDelivered.add(1, ordering: .relaxed) }
+        var timer = itimerval(it_interval: timeval(tv_sec: 0, tv_usec: 20), it_value: timeval(tv_sec: 0, tv_usec: 20))
+        XCTAssertEqual(setitimer(ITIMER_REAL, &timer, nil), 0)
+        var worst = 0.0
+        for iteration in 0..<1000 {
+            let (m, n, k, transA) = shapes[iteration % shapes.count]
+            // Fresh heap blocks each time, as a training step allocates its values.
+            let a = (0..<(m * k)).map { Float(($0 * 7 + iteration) % 13) * 0.25 }
+            let b = (0..<(k * n)).map { Float(($0 * 5 + iteration) % 11) * 0.5 }
+            var c = [Float](repeating: .nan, count: m * n)
+            let ok = c.withUnsafeMutableBufferPointer { pc in
+                DnnlGemm.sgemm(transA: transA, transB: false, m: m, n: n, k: k, alpha: 1, a: a, lda: transA ? m : k, b: b, ldb: n,
+                               beta: 0, c: pc.baseAddress!, ldc: n)
+            }
+            XCTAssertTrue(ok, "oneDNN refused \(m)x\(n)x\(k)")
+            // Two entries against float64 (products of quarters and halves: exact in float32 sums this small).
+            for (i, j) in [(iteration % m, (iteration * 7) % n), (m - 1, n - 1)] {
+                var expected = 0.0
+                for p in 0..<k { expected += Double(transA ? a[p * m + i] : a[i * k + p]) * Double(b[p * n + j]) }
+                worst = max(worst, abs(Double(c[i * n + j]) - expected))
+            }
+        }
+        timer = itimerval()
+        setitimer(ITIMER_REAL, &timer, nil)
+        signal(SIGALRM, previous)
+        var mask = sigset_t()
+        pthread_sigmask(SIG_BLOCK, nil, &mask)
+        XCTAssertEqual(sigismember(&mask, SIGALRM), 0, "SIGALRM left blocked after oneDNN calls")
+        XCTAssertEqual(worst, 0, "products of quarters and halves differ from float64")
+        XCTAssertGreaterThan(alarmsDelivered.load(ordering: .relaxed), 100, "the timer's signals did not arrive")
+    }
 }
+
+/// SIGALRMs handled during testSignalsDuringProductsLeaveHeapAndResultsIntact.
+private let alarmsDelivered = Atomic<Int>(0)

@@ -281,9 +281,8 @@ final class PackedWeightCache: Sendable {
                   dnnl_reorder_primitive_desc_create(&pd, &packedDesc, PackedGemm.engine, &plainDesc, PackedGemm.engine, nil) == dnnl_success,
                   dnnl_primitive_create(&reorder, pd) == dnnl_success,
                   dnnl_stream_create(&stream, PackedGemm.engine, dnnl_stream_default_flags.rawValue) == dnnl_success else { return false }
-            ot_dnnl_single_thread()
-            var args = [dnnl_exec_arg_t(arg: DNNL_ARG_FROM, memory: weights), dnnl_exec_arg_t(arg: DNNL_ARG_TO, memory: to)]
-            return dnnl_primitive_execute(reorder, stream, 2, &args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success
+            let args = [dnnl_exec_arg_t(arg: DNNL_ARG_FROM, memory: weights), dnnl_exec_arg_t(arg: DNNL_ARG_TO, memory: to)]
+            return ot_execute(reorder, stream, 2, args) == 0
         }
 
         /// The primitive for `rows` rows of A and C, kept or made now; nil if oneDNN refuses it or
