@@ -242,6 +242,10 @@ public enum BLAS {
     /// OpenBLAS's kernel sets that use AVX-512 (lowercased `openblas_get_corename` names).
     static let avx512Cores: Set<String> = ["skylakex", "cooperlake", "sapphirerapids"]
 
+    /// Whether OpenBLAS runs one of its AVX-512 kernel sets (with `OPENBLAS_CORETYPE=Haswell` it
+    /// runs AVX2 kernels on an AVX-512 CPU, about half as fast).
+    static let openBLASRunsAVX512 = avx512Cores.contains(openBLASCore.lowercased())
+
     /// Runs a product of C[m×n] as blocks of rows or columns of C (i0..<i1, j0..<j1), one per pool
     /// thread, each a single-threaded OpenBLAS call. Column blocks are multiples of 16 floats
     /// (a cache line), row blocks multiples of 8 rows.

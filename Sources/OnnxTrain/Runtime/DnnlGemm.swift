@@ -40,12 +40,26 @@ enum DnnlGemm {
     static let transposedMaximumK = 1024
     static let transposedMaximumN = 1024
 
+    /// The limits above were measured against OpenBLAS's AVX-512 kernel sets. OpenBLAS picks its set
+    /// by CPU model when it loads, or as `OPENBLAS_CORETYPE` says: with `OPENBLAS_CORETYPE=Haswell`
+    /// (set machine-wide on this project's Zen 5 benchmark machines) it runs AVX2 kernels on an
+    /// AVX-512 CPU (`BLAS.openBLASRunsAVX512` false), and there oneDNN's sgemm did one thread's
+    /// products in 0.25-0.72x OpenBLAS's time over M 8-256, N 16-3136, K 16-576 (NN, NT, TN, under
+    /// `chrt`), losing only below 2^15 multiply-adds and with B transposed under 32 rows (0.9-1.8x
+    /// at 16 rows). ResNet-18 at batch 1 ran 13% slower, MobileNetV3 at batch 32 20%, on those kernels.
+    /// Beside OpenBLAS's AVX2 kernels: blocks with fewer multiply-adds stay on OpenBLAS.
+    static let minimumWorkBesideAVX2 = 1 << 15
+    /// Beside OpenBLAS's AVX2 kernels: B-transposed blocks with fewer rows stay on OpenBLAS.
+    static let minimumTransposedRowsBesideAVX2 = 32
+
     /// Whether a block C[m×n] = op(A)·op(B) with this op(B) runs on oneDNN.
     @inline(__always)
     static func takes(transB: Bool, m: Int, n: Int, k: Int) -> Bool {
-        guard m >= minimumRowsAndK && k >= minimumRowsAndK && n >= minimumColumns && m * n * k >= minimumWork && available else {
-            return false
+        guard available && n >= minimumColumns else { return false }
+        guard BLAS.openBLASRunsAVX512 else {
+            return m * n * k >= minimumWorkBesideAVX2 && (!transB || m >= minimumTransposedRowsBesideAVX2)
         }
+        guard m >= minimumRowsAndK && k >= minimumRowsAndK && m * n * k >= minimumWork else { return false }
         return !transB || (k <= transposedMaximumK && n <= transposedMaximumN)
     }
 

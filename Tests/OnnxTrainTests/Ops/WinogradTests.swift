@@ -335,8 +335,9 @@ final class WinogradTests: XCTestCase {
     // MARK: - float64 loops
 
     private func bound(_ tile: Int) -> Double { [0: 5e-7, 2: 3.5e-7, 4: 5e-6][tile]! }
-    /// F(2,3)'s dW: 2.7e-7 with its tile products on OpenBLAS's AVX-512 kernels, 5.0e-7 on its
-    /// Haswell ones (`OPENBLAS_CORETYPE=Haswell`: another summation order).
+    /// F(2,3)'s dW: 2.7e-7 with its tile products on OpenBLAS's AVX-512 kernels, 5.0e-7 where OpenBLAS
+    /// runs its Haswell ones (`OPENBLAS_CORETYPE=Haswell`) and the products go to oneDNN's sgemm
+    /// (`DnnlGemm`): another summation order.
     private func boundW(_ tile: Int) -> Double { [0: 5e-7, 2: 6e-7, 4: 4e-6][tile]! }
 
     private func referenceConv(_ x: [Double], _ w: [Double], _ b: [Double], _ c: Case) -> [Double] {

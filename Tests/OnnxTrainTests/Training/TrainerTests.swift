@@ -110,9 +110,10 @@ final class TrainerTests: XCTestCase {
         let target = "target"
         let truth = data[target]!.scalars(as: Float.self)
         let errors = zip(prediction, truth).map { Double($0) - Double($1) }
-        // The evaluator's batches of 8 and this one batch of 32 are products of other sizes: on
-        // OpenBLAS's Haswell kernels (`OPENBLAS_CORETYPE=Haswell`) their rows round differently
-        // (measured 1.3e-9 relative in the metrics); on its AVX-512 kernels they agree.
+        // The evaluator's batches of 8 and this one batch of 32 are products of other sizes, which
+        // may run on other kernels (OpenBLAS's Haswell kernels with `OPENBLAS_CORETYPE=Haswell`,
+        // oneDNN's sgemm by block size beside them, `DnnlGemm`): predictions float32 rounding apart
+        // (measured 1.3e-9 relative in the metrics); on OpenBLAS's AVX-512 kernels they agree.
         let mae = errors.map(abs).reduce(0, +) / Double(errors.count)
         let rmse = (errors.map { $0 * $0 }.reduce(0, +) / Double(errors.count)).squareRoot()
         XCTAssertEqual(result.mae!, mae, accuracy: 1e-7 * mae)

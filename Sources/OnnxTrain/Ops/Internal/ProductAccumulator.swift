@@ -140,7 +140,7 @@ enum SmallProducts {
     /// OpenBLAS's limit: M·N·K at most 100^3 (sgemm_small_kernel_permit for SkylakeX; 39 rows of
     /// 392x64 ran small, 40 did not).
     static let limit = 1_000_000
-    static let available: Bool = BLAS.avx512Cores.contains(BLAS.openBLASCore.lowercased())
+    static let available: Bool = BLAS.openBLASRunsAVX512
 
     /// Rows per block for a product `width` columns wide with inner dim `k` (a multiple of 8, at
     /// least 32), or 0 when blocks that small are not worth it or the kernels are missing.
