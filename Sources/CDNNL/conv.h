@@ -103,25 +103,7 @@ static inline dnnl_memory_t ot_conv_pack_weights(dnnl_engine_t engine, const flo
         dnnl_dims_t d = {o, c, kh, kw};
         if (dnnl_memory_desc_init_by_tag(&plain, 4, d, dnnl_f32, dnnl_oihw) != dnnl_success) return NULL;
     }
-    dnnl_memory_t from = NULL, to = NULL;
-    dnnl_primitive_desc_t pd = NULL;
-    dnnl_primitive_t reorder = NULL;
-    dnnl_stream_t stream = NULL;
-    int ok = dnnl_memory_create(&from, &plain, engine, (void *)weights) == dnnl_success
-        && dnnl_memory_create(&to, layout, engine, DNNL_MEMORY_ALLOCATE) == dnnl_success
-        && dnnl_reorder_primitive_desc_create(&pd, &plain, engine, layout, engine, NULL) == dnnl_success
-        && dnnl_primitive_create(&reorder, pd) == dnnl_success
-        && dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) == dnnl_success;
-    if (ok) {
-        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
-        ok = ot_execute(reorder, stream, 2, args) == 0;
-    }
-    if (stream) dnnl_stream_destroy(stream);
-    if (reorder) dnnl_primitive_destroy(reorder);
-    if (pd) dnnl_primitive_desc_destroy(pd);
-    if (from) dnnl_memory_destroy(from);
-    if (!ok && to) { dnnl_memory_destroy(to); to = NULL; }
-    return to;
+    return ot_reorder_new(engine, &plain, weights, layout);
 }
 
 /// The reorder of an [n, c, h, w] tensor from one handled layout to another; NULL on failure.
@@ -139,30 +121,17 @@ static inline dnnl_primitive_t ot_layout_reorder_create(dnnl_engine_t engine, in
     return reorder;
 }
 
-/// The calling thread's stream, memory objects and scratch block for the convolutions and
-/// reorders below (as ot_thread keeps the matmul's): a stream, four memory objects and a
-/// scratch allocation made and destroyed on every call cost more than a small 1x1 convolution.
-/// They live as long as the thread (the pool's threads live as long as the process).
-typedef struct {
-    dnnl_stream_t stream;
-    ot_kept_memory source, destination, bias, scratch;
-    void *scratchBlock;
-    size_t scratchBytes;
-} ot_conv_thread_state;
-
-static inline ot_conv_thread_state *ot_conv_thread(dnnl_engine_t engine) {
-    static __thread ot_conv_thread_state state;
-    if (!state.stream && dnnl_stream_create(&state.stream, engine, dnnl_stream_default_flags) != dnnl_success) {
-        state.stream = NULL;
-        return NULL;
-    }
-    return &state;
+/// The calling thread's state (shim.h) for the convolutions and reorders below, apart from the
+/// matmul's (their memory objects' layouts differ).
+static inline ot_thread_state *ot_conv_thread(dnnl_engine_t engine) {
+    static __thread ot_thread_state state;
+    return ot_thread_ready(&state, engine);
 }
 
 /// Runs a reorder from ot_layout_reorder_create on the calling thread. 0 on success.
 static inline int ot_layout_reorder_run(dnnl_engine_t engine, dnnl_primitive_t reorder, int64_t n, int64_t c, int64_t h, int64_t w,
                                         int from, const float *source, int to, float *destination) {
-    ot_conv_thread_state *t = ot_conv_thread(engine);
+    ot_thread_state *t = ot_conv_thread(engine);
     if (!t) return -1;
     dnnl_dims_t d = {n, c, h, w};
     dnnl_memory_desc_t a, b;
@@ -180,25 +149,17 @@ static inline int ot_layout_reorder_run(dnnl_engine_t engine, dnnl_primitive_t r
 /// scratch memory the thread's own. 0 on success.
 static inline int ot_conv_run(dnnl_engine_t engine, const ot_conv_t *conv, int64_t n, int64_t c, int64_t h, int64_t w, const float *source,
                               dnnl_memory_t weights, const float *bias, int64_t o, int64_t oh, int64_t ow, float *destination) {
-    ot_conv_thread_state *t = ot_conv_thread(engine);
+    ot_thread_state *t = ot_conv_thread(engine);
     if (!t) return -1;
-    dnnl_dims_t sd = {n, c, h, w}, dd = {n, o, oh, ow}, bd = {o}, pd = {(int64_t)conv->scratchpad};
-    dnnl_memory_desc_t smd, dmd, bmd, spmd;
+    dnnl_dims_t sd = {n, c, h, w}, dd = {n, o, oh, ow}, bd = {o};
+    dnnl_memory_desc_t smd, dmd, bmd;
     if (dnnl_memory_desc_init_by_tag(&smd, 4, sd, dnnl_f32, ot_layout_tag(conv->src_layout)) != dnnl_success) return -1;
     if (dnnl_memory_desc_init_by_tag(&dmd, 4, dd, dnnl_f32, ot_layout_tag(conv->dst_layout)) != dnnl_success) return -1;
     if (dnnl_memory_desc_init_by_tag(&bmd, 1, bd, dnnl_f32, dnnl_a) != dnnl_success) return -1;
-    if (conv->scratchpad && dnnl_memory_desc_init_by_tag(&spmd, 1, pd, dnnl_u8, dnnl_a) != dnnl_success) return -1;
-    if (conv->scratchpad > t->scratchBytes) {
-        void *grown = NULL;
-        if (posix_memalign(&grown, 64, conv->scratchpad) != 0) return -1;
-        free(t->scratchBlock);
-        t->scratchBlock = grown;
-        t->scratchBytes = conv->scratchpad;
-    }
     dnnl_memory_t sm = ot_kept(&t->source, engine, &smd, (void *)source);
     dnnl_memory_t dm = sm ? ot_kept(&t->destination, engine, &dmd, destination) : NULL;
     dnnl_memory_t bm = bias && dm ? ot_kept(&t->bias, engine, &bmd, (void *)bias) : NULL;
-    dnnl_memory_t spm = conv->scratchpad && dm ? ot_kept(&t->scratch, engine, &spmd, t->scratchBlock) : NULL;
+    dnnl_memory_t spm = conv->scratchpad && dm ? ot_thread_scratch(t, engine, conv->scratchpad) : NULL;
     if (!sm || !dm || (bias && !bm) || (conv->scratchpad && !spm)) return -1;
     dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, sm}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dm}};
     int count = 3;

@@ -114,20 +114,16 @@ static inline int ot_weights_equal(const dnnl_memory_desc_t *x, const dnnl_memor
 /// The bytes of a weight layout.
 static inline size_t ot_weights_size(const dnnl_memory_desc_t *w) { return dnnl_memory_desc_get_size(w); }
 
-/// B [k, n] at element strides (rowStride, colStride) reordered into a new memory of layout
-/// *weights (oneDNN allocates it); NULL on failure.
-static inline dnnl_memory_t ot_pack_weights(dnnl_engine_t engine, const float *b, int64_t k, int64_t n, int64_t rowStride,
-                                            int64_t colStride, const dnnl_memory_desc_t *weights) {
-    dnnl_memory_desc_t plain;
-    dnnl_dims_t d = {k, n}, s = {rowStride, colStride};
-    if (dnnl_memory_desc_init_by_strides(&plain, 2, d, dnnl_f32, s) != dnnl_success) return NULL;
+/// The memory of layout *plain at `data` reordered into a new memory of layout *layout (oneDNN
+/// allocates it), on the calling thread: a constant weight packed once. NULL on failure.
+static inline dnnl_memory_t ot_reorder_new(dnnl_engine_t engine, const dnnl_memory_desc_t *plain, const void *data, const dnnl_memory_desc_t *layout) {
     dnnl_memory_t from = NULL, to = NULL;
     dnnl_primitive_desc_t pd = NULL;
     dnnl_primitive_t reorder = NULL;
     dnnl_stream_t stream = NULL;
-    int ok = dnnl_memory_create(&from, &plain, engine, (void *)b) == dnnl_success
-        && dnnl_memory_create(&to, weights, engine, DNNL_MEMORY_ALLOCATE) == dnnl_success
-        && dnnl_reorder_primitive_desc_create(&pd, &plain, engine, weights, engine, NULL) == dnnl_success
+    int ok = dnnl_memory_create(&from, plain, engine, (void *)data) == dnnl_success
+        && dnnl_memory_create(&to, layout, engine, DNNL_MEMORY_ALLOCATE) == dnnl_success
+        && dnnl_reorder_primitive_desc_create(&pd, plain, engine, layout, engine, NULL) == dnnl_success
         && dnnl_primitive_create(&reorder, pd) == dnnl_success
         && dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) == dnnl_success;
     if (ok) {
@@ -140,6 +136,16 @@ static inline dnnl_memory_t ot_pack_weights(dnnl_engine_t engine, const float *b
     if (from) dnnl_memory_destroy(from);
     if (!ok && to) { dnnl_memory_destroy(to); to = NULL; }
     return to;
+}
+
+/// B [k, n] at element strides (rowStride, colStride) reordered into a new memory of layout
+/// *weights (oneDNN allocates it); NULL on failure.
+static inline dnnl_memory_t ot_pack_weights(dnnl_engine_t engine, const float *b, int64_t k, int64_t n, int64_t rowStride,
+                                            int64_t colStride, const dnnl_memory_desc_t *weights) {
+    dnnl_memory_desc_t plain;
+    dnnl_dims_t d = {k, n}, s = {rowStride, colStride};
+    if (dnnl_memory_desc_init_by_strides(&plain, 2, d, dnnl_f32, s) != dnnl_success) return NULL;
+    return ot_reorder_new(engine, &plain, b, weights);
 }
 
 /// One memory object of the calling thread, kept from call to call: made again only when the
@@ -159,23 +165,46 @@ static inline dnnl_memory_t ot_kept(ot_kept_memory *kept, dnnl_engine_t engine, 
     return dnnl_memory_set_data_handle(kept->memory, data) == dnnl_success ? kept->memory : NULL;
 }
 
-/// The calling thread's stream, memory objects and scratch block for ot_matmul_run: making them
-/// on each call took ~3 us (a 64x64x64 product's time). They live as long as the thread (the
-/// pool's threads live as long as the process).
+/// A thread's stream, memory objects and scratch block for oneDNN calls: making them on each
+/// call took ~3 us (a 64x64x64 product's time, more than a small 1x1 convolution). Each user
+/// (the matmul here, the convolutions and reorders of conv.h) keeps its own thread-local one, so
+/// their memory objects are not made again as calls alternate; they live as long as the thread
+/// (the pool's threads live as long as the process).
 typedef struct {
     dnnl_stream_t stream;
-    ot_kept_memory a, c, bias, scratch;
+    ot_kept_memory source, destination, bias, scratch;
     void *scratchBlock;
     size_t scratchBytes;
 } ot_thread_state;
 
-static inline ot_thread_state *ot_thread(dnnl_engine_t engine) {
-    static __thread ot_thread_state state;
-    if (!state.stream && dnnl_stream_create(&state.stream, engine, dnnl_stream_default_flags) != dnnl_success) {
-        state.stream = NULL;
+/// state with its stream made (on first use), or NULL.
+static inline ot_thread_state *ot_thread_ready(ot_thread_state *state, dnnl_engine_t engine) {
+    if (!state->stream && dnnl_stream_create(&state->stream, engine, dnnl_stream_default_flags) != dnnl_success) {
+        state->stream = NULL;
         return NULL;
     }
-    return &state;
+    return state;
+}
+
+/// The memory object of `bytes` of t's scratch block (grown when smaller), or NULL.
+static inline dnnl_memory_t ot_thread_scratch(ot_thread_state *t, dnnl_engine_t engine, size_t bytes) {
+    if (bytes > t->scratchBytes) {
+        void *grown = NULL;
+        if (posix_memalign(&grown, 64, bytes) != 0) return NULL;
+        free(t->scratchBlock);
+        t->scratchBlock = grown;
+        t->scratchBytes = bytes;
+    }
+    dnnl_memory_desc_t sd;
+    dnnl_dims_t sds = {(int64_t)bytes};
+    if (dnnl_memory_desc_init_by_tag(&sd, 1, sds, dnnl_u8, dnnl_a) != dnnl_success) return NULL;
+    return ot_kept(&t->scratch, engine, &sd, t->scratchBlock);
+}
+
+/// The matmul's state of the calling thread.
+static inline ot_thread_state *ot_thread(dnnl_engine_t engine) {
+    static __thread ot_thread_state state;
+    return ot_thread_ready(&state, engine);
 }
 
 /// Runs a primitive from ot_matmul_create on the calling thread: C = A · W (+ bias), with scratch
@@ -184,26 +213,15 @@ static inline int ot_matmul_run(dnnl_engine_t engine, dnnl_primitive_t primitive
                                 int64_t lda, dnnl_memory_t weights, const float *bias, int64_t n, float *c, int64_t ldc) {
     ot_thread_state *t = ot_thread(engine);
     if (!t) return -1;
-    dnnl_memory_desc_t ad, cd, bd, sd;
+    dnnl_memory_desc_t ad, cd, bd;
     dnnl_dims_t ads = {m, k}, as = {lda, 1}, cds = {m, n}, cs = {ldc, 1}, bds = {1, n};
     if (dnnl_memory_desc_init_by_strides(&ad, 2, ads, dnnl_f32, as) != dnnl_success) return -1;
     if (dnnl_memory_desc_init_by_strides(&cd, 2, cds, dnnl_f32, cs) != dnnl_success) return -1;
     if (bias && dnnl_memory_desc_init_by_tag(&bd, 2, bds, dnnl_f32, dnnl_ab) != dnnl_success) return -1;
-    if (scratchpad > t->scratchBytes) {
-        void *grown = NULL;
-        if (posix_memalign(&grown, 64, scratchpad) != 0) return -1;
-        free(t->scratchBlock);
-        t->scratchBlock = grown;
-        t->scratchBytes = scratchpad;
-    }
-    if (scratchpad) {
-        dnnl_dims_t sds = {(int64_t)scratchpad};
-        if (dnnl_memory_desc_init_by_tag(&sd, 1, sds, dnnl_u8, dnnl_a) != dnnl_success) return -1;
-    }
-    dnnl_memory_t am = ot_kept(&t->a, engine, &ad, (void *)a);
-    dnnl_memory_t cm = am ? ot_kept(&t->c, engine, &cd, c) : NULL;
+    dnnl_memory_t am = ot_kept(&t->source, engine, &ad, (void *)a);
+    dnnl_memory_t cm = am ? ot_kept(&t->destination, engine, &cd, c) : NULL;
     dnnl_memory_t bm = bias && cm ? ot_kept(&t->bias, engine, &bd, (void *)bias) : NULL;
-    dnnl_memory_t sm = scratchpad && cm ? ot_kept(&t->scratch, engine, &sd, t->scratchBlock) : NULL;
+    dnnl_memory_t sm = scratchpad && cm ? ot_thread_scratch(t, engine, scratchpad) : NULL;
     if (!am || !cm || (bias && !bm) || (scratchpad && !sm)) return -1;
     dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, cm}};
     int count = 3;
