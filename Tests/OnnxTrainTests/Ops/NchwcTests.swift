@@ -229,4 +229,34 @@ final class NchwcTests: XCTestCase {
             XCTAssertEqual(Double(gv[image * c + ch]), want, accuracy: 1e-6)
         } }
     }
+    /// ReorderToNchwc / ReorderFromNchwc (oneDNN's reorder where it exists, split over the
+    /// threads by channel blocks for one image, by images else): the bits of the Swift loops
+    /// (`Nchwc.block` / `unblock`, checked element by element above), padded lanes zero, for
+    /// channels of whole and partial blocks, one and several images, run twice.
+    func testReorderKernelsGiveTheSwiftLoopsBits() throws {
+        for (n, c, h, w) in [(1, 21, 9, 7), (3, 21, 9, 7), (1, 48, 13, 11), (2, 70, 5, 6), (1, 3, 4, 4), (1, 128, 28, 28)] {
+            let x = values(n * c * h * w, seed: UInt64(c * 7 + n)).map { Float($0) }
+            let plain = Tensor(shape: [n, c, h, w], scalars: x)
+            let want = try Nchwc.block(plain, channels: c)
+            let attributes: [String: Attribute] = ["channels": .int(c)]
+            let to = try NchwcReorderKernel(context(Node(opType: "ReorderToNchwc", domain: internalDomain, inputs: ["x"], outputs: ["y"], attributes: attributes)),
+                                            toBlocked: true)
+            let from = try NchwcReorderKernel(context(Node(opType: "ReorderFromNchwc", domain: internalDomain, inputs: ["x"], outputs: ["y"],
+                                                           attributes: attributes)), toBlocked: false)
+            XCTAssertEqual(to.dnnl != nil, PackedGemm.engine != nil, "oneDNN's reorder wherever it has an engine")
+            for round in 0..<2 {
+                let label = "n \(n), c \(c), \(h)x\(w), round \(round)"
+                let blocked = try to.run([.tensor(plain)], ExecutionContext()).first!!.tensor!
+                XCTAssertEqual(blocked.shape, want.shape, label)
+                XCTAssertEqual(blocked.scalars(as: Float.self), want.scalars(as: Float.self), "\(label): to blocked, the Swift loop's bits (padded lanes zero)")
+                let back = try from.run([.tensor(blocked)], ExecutionContext()).first!!.tensor!
+                XCTAssertEqual(back.shape, [n, c, h, w], label)
+                XCTAssertEqual(back.scalars(as: Float.self), x, "\(label): round trip, same bits")
+            }
+        }
+        let from = try NchwcReorderKernel(context(Node(opType: "ReorderFromNchwc", domain: internalDomain, inputs: ["x"], outputs: ["y"],
+                                                       attributes: ["channels": .int(40)])), toBlocked: false)
+        XCTAssertThrowsError(try from.run([.tensor(Tensor(shape: [1, 2, 3, 3, 16], scalars: [Float](repeating: 0, count: 288)))], ExecutionContext()),
+                             "40 channels need 3 blocks")
+    }
 }

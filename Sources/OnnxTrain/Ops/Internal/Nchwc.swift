@@ -1,3 +1,6 @@
+import CDNNL
+import Synchronization
+
 /// The blocked-layout ops of the `nchwc` pass (NchwcLayout.swift), onnx-train's internal domain,
 /// written only into a session's compiled graph. A blocked tensor of an [N, C, H, W] float32
 /// value is [N, ceil(C/16), H, W, 16]: channel c at block c / 16, lane c % 16; the lanes past C
@@ -92,25 +95,118 @@ enum Nchwc {
     }
 }
 
-struct ReorderToNchwcKernel: Kernel {
+/// ReorderToNchwc (`toBlocked`) and ReorderFromNchwc: oneDNN's reorder (its JIT transposes)
+/// where an engine exists, the threads splitting images or, for one image, channel blocks; else
+/// (or on an error of oneDNN) `Nchwc.block` / `unblock`. Same bits either way (a copy).
+struct NchwcReorderKernel: Kernel {
     let channels: Int
-    init(_ ctx: NodeContext) throws {
+    let toBlocked: Bool
+    let dnnl: NchwcReorderCache?
+
+    init(_ ctx: NodeContext, toBlocked: Bool) throws {
+        let what = toBlocked ? "ReorderToNchwc" : "ReorderFromNchwc"
         channels = try ctx.int("channels", default: 0)
-        guard channels > 0 else { throw KernelError("ReorderToNchwc needs a positive channels, got \(channels)") }
+        guard channels > 0 else { throw KernelError("\(what) needs a positive channels, got \(channels)") }
+        self.toBlocked = toBlocked
+        dnnl = DnnlConv.enabled && PackedGemm.engine != nil ? NchwcReorderCache() : nil
     }
+
     func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
-        [.tensor(try Nchwc.block(try inputs.tensor(0), channels: channels))]
+        let x = try inputs.tensor(0), c = channels
+        let n: Int, h: Int, w: Int
+        if toBlocked {
+            guard x.dtype == .float32, x.rank == 4, x.shape[1] == c else {
+                throw KernelError("ReorderToNchwc needs a float32 [N, \(c), H, W] tensor, got tensor(\(x.dtype)) \(x.shape)")
+            }
+            (n, h, w) = (x.shape[0], x.shape[2], x.shape[3])
+        } else {
+            let d = try Nchwc.dims(x, "ReorderFromNchwc")
+            guard d.blocks == Nchwc.blocks(c) else { throw KernelError("ReorderFromNchwc of \(c) channels got \(x.shape)") }
+            (n, h, w) = (d.n, d.h, d.w)
+        }
+        guard let dnnl, n * c * h * w > 0 else {
+            return [.tensor(toBlocked ? try Nchwc.block(x, channels: c) : try Nchwc.unblock(x, channels: c))]
+        }
+        var y = try Tensor(kernelUninitialized: .float32, shape: toBlocked ? Nchwc.shape(n, c, h, w) : [n, c, h, w], toBlocked ? "ReorderToNchwc output" : "ReorderFromNchwc output")
+        let done = x.uncheckedBufferPointer(as: Float.self) { px in
+            y.uncheckedMutableBufferPointer(as: Float.self) { py -> Bool in
+                guard let X = px.baseAddress, let Y = py.baseAddress else { return false }
+                guard dnnl.run(X, Y, toBlocked: toBlocked, images: n, channels: c, height: h, width: w) else { return false }
+                if toBlocked { Nchwc.zeroPadding(Y, images: n, channels: c, positions: h * w) }
+                return true
+            }
+        }
+        if done { return [.tensor(y)] }
+        return [.tensor(toBlocked ? try Nchwc.block(x, channels: c) : try Nchwc.unblock(x, channels: c))]
     }
 }
 
-struct ReorderFromNchwcKernel: Kernel {
-    let channels: Int
-    init(_ ctx: NodeContext) throws {
-        channels = try ctx.int("channels", default: 0)
-        guard channels > 0 else { throw KernelError("ReorderFromNchwc needs a positive channels, got \(channels)") }
+/// The oneDNN reorders of one ReorderToNchwc / ReorderFromNchwc node, per input shape: one
+/// primitive per piece of channel blocks (one image: a piece per thread; several: whole images).
+/// Measured against the Swift loops of `Nchwc.block` / `unblock` (see the commit).
+final class NchwcReorderCache: Sendable {
+    struct Key: Hashable { let toBlocked: Bool, channels: Int, height: Int, width: Int, pieces: Int }
+
+    /// The primitives of one shape: piece i converts channels `starts[i] ..< starts[i + 1]` of an image.
+    final class Plan: @unchecked Sendable {
+        let starts: [Int]
+        let primitives: [dnnl_primitive_t]
+        init(starts: [Int], primitives: [dnnl_primitive_t]) { (self.starts, self.primitives) = (starts, primitives) }
+        deinit { for p in primitives { dnnl_primitive_destroy(p) } }
     }
-    func run(_ inputs: [Value?], _ context: ExecutionContext) throws -> [Value?] {
-        [.tensor(try Nchwc.unblock(try inputs.tensor(0), channels: channels))]
+
+    private let plans = Mutex<[Key: Plan]>([:])
+    /// Shapes kept per node.
+    static let plansKept = 8
+
+    private func plan(_ key: Key) -> Plan? {
+        if let kept = plans.withLock({ $0[key] }) { return kept }
+        guard let engine = PackedGemm.engine else { return nil }
+        let blocks = Nchwc.blocks(key.channels)
+        var starts: [Int] = [], primitives: [dnnl_primitive_t] = []
+        for p in 0..<key.pieces {
+            let r = Parallel.chunk(p, of: key.pieces, count: blocks)
+            let c0 = r.lowerBound * Nchwc.lanes, c1 = min(r.upperBound * Nchwc.lanes, key.channels)
+            let (from, to) = key.toBlocked ? (OT_LAYOUT_NCHW, OT_LAYOUT_16C) : (OT_LAYOUT_16C, OT_LAYOUT_NCHW)
+            guard let reorder = ot_layout_reorder_create(engine, 1, Int64(c1 - c0), Int64(key.height), Int64(key.width), from, to) else {
+                for made in primitives { dnnl_primitive_destroy(made) }
+                return nil
+            }
+            starts.append(c0)
+            primitives.append(reorder)
+        }
+        starts.append(key.channels)
+        let made = Plan(starts: starts, primitives: primitives)
+        return plans.withLock { kept in
+            if let current = kept[key] { return current }
+            if kept.count < Self.plansKept { kept[key] = made }
+            return made
+        }
+    }
+
+    /// x (plain [n, c, h, w] or blocked) into y (the other); false where oneDNN cannot (y to be overwritten).
+    func run(_ X: UnsafePointer<Float>, _ Y: UnsafeMutablePointer<Float>, toBlocked: Bool, images n: Int, channels c: Int, height h: Int, width w: Int) -> Bool {
+        guard let engine = PackedGemm.engine else { return false }
+        let threads = Parallel.isInsideRegion ? 1 : Parallel.threadCount
+        let pieces = n >= threads ? 1 : min(threads, Nchwc.blocks(c))
+        guard let plan = plan(Key(toBlocked: toBlocked, channels: c, height: h, width: w, pieces: pieces)) else { return false }
+        let P = h * w, plainImage = c * P, blockedImage = Nchwc.blocks(c) * Nchwc.lanes * P
+        let (fromLayout, toLayout) = toBlocked ? (OT_LAYOUT_NCHW, OT_LAYOUT_16C) : (OT_LAYOUT_16C, OT_LAYOUT_NCHW)
+        let (fromImage, toImage) = toBlocked ? (plainImage, blockedImage) : (blockedImage, plainImage)
+        let failed = Atomic<Bool>(false)
+        // Tiny tensors on one thread (a handoff costs more than the copy).
+        Parallel.forRange(n * pieces, minimumChunk: P * c / max(n * pieces, 1) < 4_096 ? n * pieces : 1) { r in
+            for item in r {
+                let image = item / pieces, piece = item % pieces
+                let c0 = plan.starts[piece], count = plan.starts[piece + 1] - c0
+                // Channels c0 ..< c0 + count (c0 a multiple of 16) start at c0·P in both layouts.
+                if ot_layout_reorder_run(engine, plan.primitives[piece], 1, Int64(count), Int64(h), Int64(w), fromLayout,
+                                         X + image * fromImage + c0 * P, toLayout, Y + image * toImage + c0 * P) != 0 {
+                    failed.store(true, ordering: .relaxed)
+                }
+            }
+        }
+        return !failed.load(ordering: .relaxed)
     }
 }
 
@@ -300,8 +396,8 @@ struct NchwcGlobalAveragePoolKernel: Kernel {
 }
 
 func registerNchwcOps(_ registry: OpRegistry) {
-    registry.register("ReorderToNchwc", domain: internalDomain, since: [1]) { ctx in try ReorderToNchwcKernel(ctx) }
-    registry.register("ReorderFromNchwc", domain: internalDomain, since: [1]) { ctx in try ReorderFromNchwcKernel(ctx) }
+    registry.register("ReorderToNchwc", domain: internalDomain, since: [1]) { ctx in try NchwcReorderKernel(ctx, toBlocked: true) }
+    registry.register("ReorderFromNchwc", domain: internalDomain, since: [1]) { ctx in try NchwcReorderKernel(ctx, toBlocked: false) }
     registry.register("NchwcConv", domain: internalDomain, since: [1]) { ctx in try NchwcConvKernel(ctx) }
     registry.register("NchwcMaxPool", domain: internalDomain, since: [1]) { ctx in try NchwcPoolKernel(ctx, average: nil) }
     registry.register("NchwcAveragePool", domain: internalDomain, since: [1]) { ctx in
