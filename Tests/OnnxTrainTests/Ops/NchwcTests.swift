@@ -259,4 +259,89 @@ final class NchwcTests: XCTestCase {
         XCTAssertThrowsError(try from.run([.tensor(Tensor(shape: [1, 2, 3, 3, 16], scalars: [Float](repeating: 0, count: 288)))], ExecutionContext()),
                              "40 channels need 3 blocks")
     }
+
+    /// A convolution whose outputs are one block of 16 at one image splits its input channel
+    /// blocks over the threads (`DnnlConvCache.Plan` byInputs, SqueezeNet's squeeze 1x1s), the
+    /// parts' sums added before the bias-free epilogue: every element within float32 rounding of
+    /// float64 (bias, Z, Relu; 1x1 and 3x3, partial input and output blocks, 2 and 3 parts),
+    /// the same bits on a second run, and `forwardBlocked` on a convolution above the split's
+    /// work within rounding of the unsplit plan.
+    func testInputSplitWithinFloat32RoundingOfFloat64() throws {
+        struct Case { let c: Int, m: Int, h: Int, w: Int, k: Int, stride: Int, pad: Int, parts: Int }
+        let cases = [Case(c: 40, m: 12, h: 9, w: 7, k: 1, stride: 1, pad: 0, parts: 2), Case(c: 37, m: 16, h: 8, w: 9, k: 3, stride: 1, pad: 1, parts: 2),
+                     Case(c: 53, m: 16, h: 8, w: 9, k: 3, stride: 1, pad: 1, parts: 3),
+                     Case(c: 48, m: 16, h: 11, w: 10, k: 3, stride: 2, pad: 1, parts: 2), Case(c: 96, m: 16, h: 30, w: 30, k: 1, stride: 1, pad: 0, parts: 2)]
+        for (index, t) in cases.enumerated() {
+            let g = try ConvGeometry(input: [t.h, t.w], kernel: [t.k, t.k], strides: [t.stride, t.stride], dilations: [1, 1], pads: Array(repeating: t.pad, count: 4))
+            let P = g.outputSize, K = t.k * t.k, I = t.h * t.w, mb = Nchwc.blocks(t.m)
+            let x = values(t.c * I, seed: UInt64(70 + index)).map { Double(Float($0)) }
+            let wv = values(t.m * t.c * K, seed: UInt64(80 + index), scale: 0.3).map { Double(Float($0)) }
+            let bv = values(t.m, seed: UInt64(90 + index)).map { Double(Float($0)) }
+            let zv = values(t.m * P, seed: UInt64(95 + index)).map { Double(Float($0)) }
+            // float64: relu(conv + b + z), and the magnitude of the sum's terms.
+            var want = [Double](repeating: 0, count: t.m * P), mag = want
+            for o in 0..<t.m { for i in 0..<g.output[0] { for j in 0..<g.output[1] {
+                var s = bv[o] + zv[o * P + i * g.output[1] + j], a = abs(bv[o]) + abs(zv[o * P + i * g.output[1] + j])
+                for ci in 0..<t.c { for ki in 0..<t.k { for kj in 0..<t.k {
+                    let r = i * t.stride - t.pad + ki, q = j * t.stride - t.pad + kj
+                    guard r >= 0, r < t.h, q >= 0, q < t.w else { continue }
+                    let v = wv[((o * t.c + ci) * t.k + ki) * t.k + kj] * x[(ci * t.h + r) * t.w + q]
+                    s += v; a += abs(v)
+                } } }
+                want[o * P + i * g.output[1] + j] = max(s, 0)
+                mag[o * P + i * g.output[1] + j] = a
+            } } }
+            let weight = Tensor(shape: [t.m, t.c, t.k, t.k], scalars: wv.map { Float($0) })
+            let blocked = try Nchwc.block(Tensor(shape: [1, t.c, t.h, t.w], scalars: x.map { Float($0) }), channels: t.c)
+            let z = try Nchwc.block(Tensor(shape: [1, t.m, g.output[0], g.output[1]], scalars: zv.map { Float($0) }), channels: t.m)
+            let bias = bv.map { Float($0) }
+            func run(parts: Int, byInputs: Bool, forward: Bool = false) throws -> [Float]? {
+                var y = [Float](repeating: .nan, count: mb * 16 * P)
+                let budget = KernelCacheBudget(limit: 1 << 26)
+                let done = try blocked.withUnsafeBufferPointer(as: Float.self) { px in try weight.withUnsafeBufferPointer(as: Float.self) { pw in
+                    try z.withUnsafeBufferPointer(as: Float.self) { pz in bias.withUnsafeBufferPointer { pb in y.withUnsafeMutableBufferPointer { py -> Bool in
+                        let epilogue = ConvEpilogue<Float>(z: pz.baseAddress, activation: .standard(.relu))
+                        if forward {
+                            return DnnlConvCache(budget: budget).forwardBlocked(px.baseAddress!, weight, pw.baseAddress!, bias: pb.baseAddress, py.baseAddress!,
+                                                                                images: 1, channels: t.c, outputs: t.m, g, plainSource: false, epilogue: epilogue)
+                        }
+                        guard let plan = DnnlConvCache.Plan(pw.baseAddress!, channels: t.c, outputs: t.m, group: 1, g, bias: true, parts: parts,
+                                                            layout: .blocked, byInputs: byInputs, budget: budget) else { return false }
+                        XCTAssertEqual(plan.parts.count, parts)
+                        return plan.runBlocked(px.baseAddress!, bias: pb.baseAddress, py.baseAddress!, images: 1, epilogue: epilogue)
+                    } } }
+                } }
+                guard done else { return nil }
+                y.withUnsafeMutableBufferPointer { Nchwc.zeroPadding($0.baseAddress!, images: 1, channels: t.m, positions: P) }
+                return try Nchwc.unblock(Tensor(shape: [1, mb, g.output[0], g.output[1], 16], scalars: y), channels: t.m).scalars(as: Float.self)
+            }
+            let label = "\(t.c) -> \(t.m), \(t.k)x\(t.k)/\(t.stride) at \(t.h)x\(t.w), \(t.parts) parts"
+            let split = try run(parts: t.parts, byInputs: true)
+            XCTAssertEqual(split != nil, DnnlConv.hasAVX512Kernels, "\(label): a plan wherever oneDNN has AVX-512 kernels")
+            guard let split else { continue }
+            var worst = 0.0
+            for i in want.indices {
+                let bound = 2 * Double(t.c * K + 3) * 0x1p-24 * mag[i]
+                let ratio = abs(Double(split[i]) - want[i]) / max(bound, 1e-30)
+                worst = max(worst, ratio)
+                if ratio > 1 { XCTFail("\(label): element \(i) \(split[i]), float64 \(want[i]), bound \(bound)"); break }
+            }
+            print("\(label): worst error / float32 bound \(worst)")
+            XCTAssertEqual(try run(parts: t.parts, byInputs: true), split, "\(label): second run, same bits")
+            let whole = try run(parts: 1, byInputs: false)
+            XCTAssertNotNil(whole)
+            if let whole {
+                for i in want.indices where abs(whole[i] - split[i]) > Float(2 * Double(t.c * K + 3) * 0x1p-24 * mag[i]) {
+                    XCTFail("\(label): element \(i) split \(split[i]), unsplit \(whole[i])"); break
+                }
+            }
+            if t.c * t.m * K * P >= DnnlConv.splitWork, let forwarded = try run(parts: 0, byInputs: false, forward: true) {
+                for i in want.indices where abs(Double(forwarded[i]) - want[i]) > 2 * Double(t.c * K + 3) * 0x1p-24 * mag[i] {
+                    XCTFail("\(label): forwardBlocked element \(i) \(forwarded[i]), float64 \(want[i])"); break
+                }
+            } else if t.c * t.m * K * P >= DnnlConv.splitWork {
+                XCTFail("\(label): forwardBlocked refused")
+            }
+        }
+    }
 }

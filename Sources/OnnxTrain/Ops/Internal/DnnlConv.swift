@@ -25,7 +25,7 @@ final class DnnlConvCache: Sendable {
     let budget: KernelCacheBudget
     private let state = Mutex<State>(State())
 
-    struct Key: Hashable { let images: Bool, height: Int, width: Int, parts: Int, layout: Layout }
+    struct Key: Hashable { let images: Bool, height: Int, width: Int, parts: Int, layout: Layout, byInputs: Bool }
 
     /// The activations' layouts at the node's boundary: nchw in and out (reordered inside), or
     /// nChw16c out and nChw16c or nchw in, as the `nchwc` pass's NchwcConv keeps them
@@ -56,7 +56,7 @@ final class DnnlConvCache: Sendable {
         let work = m * (c / group) * g.kernelSize * g.outputSize
         // One image: blocks of output channels (whole groups, multiples of 16), one per thread.
         let parts = n == 1 && threads > 1 && work >= DnnlConv.splitWork ? DnnlConv.channelParts(channels: c, outputs: m, group: group, threads: threads) : 1
-        let key = Key(images: n > 1, height: g.input[0], width: g.input[1], parts: parts, layout: .plain)
+        let key = Key(images: n > 1, height: g.input[0], width: g.input[1], parts: parts, layout: .plain, byInputs: false)
         guard let plan = plan(key, w, W, channels: c, outputs: m, group: group, g, bias: bias != nil) else { return false }
         return plan.run(X, bias: bias, Y, images: n, epilogue: epilogue)
     }
@@ -65,13 +65,28 @@ final class DnnlConvCache: Sendable {
     /// `plainSource`), Y [n, ceil(m/16), oh, ow, 16], every convolution oneDNN's (no `takes`
     /// rule: the layout has no reorders to pay). Padded lanes of Y are left as oneDNN and the
     /// epilogue write them (the caller zeroes them). False where oneDNN cannot run it.
+    ///
+    /// One image whose outputs are one block of 16 (SqueezeNet's squeeze 1x1s) splits its input
+    /// channel blocks over the threads instead, the partial sums added before the epilogue.
     func forwardBlocked(_ X: UnsafePointer<Float>, _ w: Tensor, _ W: UnsafePointer<Float>, bias: UnsafePointer<Float>?, _ Y: UnsafeMutablePointer<Float>,
                         images n: Int, channels c: Int, outputs m: Int, _ g: ConvGeometry, plainSource: Bool, epilogue: ConvEpilogue<Float>?) -> Bool {
         guard g.rank == 2 else { return false }
         let threads = Parallel.isInsideRegion ? 1 : Parallel.threadCount
         let work = m * c * g.kernelSize * g.outputSize
-        let parts = n == 1 && threads > 1 && work >= DnnlConv.splitWork ? DnnlConv.channelParts(channels: c, outputs: m, group: 1, threads: threads) : 1
-        let key = Key(images: n > 1, height: g.input[0], width: g.input[1], parts: parts, layout: plainSource ? .plainToBlocked : .blocked)
+        let split = n == 1 && threads > 1 && work >= DnnlConv.splitWork
+        let parts = split ? DnnlConv.channelParts(channels: c, outputs: m, group: 1, threads: threads) : 1
+        let layout: Layout = plainSource ? .plainToBlocked : .blocked
+        // Pieces of whole blocks, at most one piece per full block: the last piece then holds two
+        // or more blocks (oneDNN has no AVX-512 kernel for a blocked source of fewer than 16 channels).
+        let pieces = min(threads, c / 16)
+        if split && parts == 1 && !plainSource && pieces >= 2 {
+            let key = Key(images: false, height: g.input[0], width: g.input[1], parts: pieces, layout: layout, byInputs: true)
+            // (Where oneDNN refuses a part's shape, the whole convolution on one thread below.)
+            if let plan = plan(key, w, W, channels: c, outputs: m, group: 1, g, bias: bias != nil) {
+                return plan.runBlocked(X, bias: bias, Y, images: n, epilogue: epilogue)
+            }
+        }
+        let key = Key(images: n > 1, height: g.input[0], width: g.input[1], parts: parts, layout: layout, byInputs: false)
         guard let plan = plan(key, w, W, channels: c, outputs: m, group: 1, g, bias: bias != nil) else { return false }
         return plan.runBlocked(X, bias: bias, Y, images: n, epilogue: epilogue)
     }
@@ -85,7 +100,7 @@ final class DnnlConvCache: Sendable {
             return s.plans[key]
         }
         if case .some(let kept) = found { return kept }
-        let made = Plan(W, channels: c, outputs: m, group: group, g, bias: bias, parts: key.parts, layout: key.layout, budget: budget)
+        let made = Plan(W, channels: c, outputs: m, group: group, g, bias: bias, parts: key.parts, layout: key.layout, byInputs: key.byInputs, budget: budget)
         return state.withLock { s -> Plan? in
             guard s.source === w.storage, s.shape == w.shape else { return made }
             if case .some(let current) = s.plans[key] { return current }
@@ -101,6 +116,8 @@ final class DnnlConvCache: Sendable {
             var conv: ot_conv_t
             let weights: Packed
             let group0: Int, groups: Int, input0: Int, inputs: Int, output0: Int, outputs: Int
+            /// Whether the primitive adds the bias (only the first part of a split by input channels).
+            let bias: Bool
             /// nchw -> the primitive's source layout, of this part's own input channels (grouped
             /// parts; nil where the source is nchw or shared).
             let sourceReorder: dnnl_primitive_t?
@@ -116,25 +133,36 @@ final class DnnlConvCache: Sendable {
         let sharedBytes: Int
         let c: Int, h: Int, w: Int, m: Int, oh: Int, ow: Int
         let sourceLayout: Int32
+        /// The parts are pieces of the input channels (each all the outputs; `runBlocked` adds them).
+        let byInputs: Bool
 
         init?(_ W: UnsafePointer<Float>, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, bias: Bool, parts count: Int,
-              layout: Layout = .plain, budget: KernelCacheBudget) {
+              layout: Layout = .plain, byInputs: Bool = false, budget: KernelCacheBudget) {
             guard let engine = PackedGemm.engine else { return nil }
             let h = g.input[0], width = g.input[1], oh = g.output[0], ow = g.output[1]
             let cg = c / group, mg = m / group, K = g.kernelSize
             // Split: parts of whole groups (group > 1) or of output channels (group 1), each a multiple of 16.
-            var ranges: [(g0: Int, gs: Int, o0: Int, os: Int)] = []
-            if group == 1 {
+            var ranges: [(g0: Int, gs: Int, o0: Int, os: Int, i0: Int, inputs: Int, bias: Bool)] = []
+            if byInputs {
+                // Group 1, blocked source: pieces of the input channel blocks, every output.
+                guard group == 1, layout == .blocked else { return nil }
+                let blocks = (c + 15) / 16
+                for p in 0..<count {
+                    let r = Parallel.chunk(p, of: count, count: blocks)
+                    let i0 = r.lowerBound * 16, i1 = min(r.upperBound * 16, c)
+                    ranges.append((0, 1, 0, m, i0, i1 - i0, bias && p == 0))
+                }
+            } else if group == 1 {
                 let blocks = (m + 15) / 16
                 for p in 0..<count {
                     let r = Parallel.chunk(p, of: count, count: blocks)
                     let o0 = r.lowerBound * 16, o1 = min(r.upperBound * 16, m)
-                    ranges.append((0, 1, o0, o1 - o0))
+                    ranges.append((0, 1, o0, o1 - o0, 0, c, bias))
                 }
             } else {
                 for p in 0..<count {
                     let r = Parallel.chunk(p, of: count, count: group)
-                    ranges.append((r.lowerBound, r.count, r.lowerBound * mg, r.count * mg))
+                    ranges.append((r.lowerBound, r.count, r.lowerBound * mg, r.count * mg, r.lowerBound * cg, r.count * cg, bias))
                 }
             }
             var made: [Part] = []
@@ -143,9 +171,8 @@ final class DnnlConvCache: Sendable {
                 for p in made { dnnl_primitive_destroy(p.conv.primitive) }
                 for p in destroy { dnnl_primitive_destroy(p) }
             }
-            var packed: [Int: Packed] = [:]
-            for (g0, gs, o0, os) in ranges {
-                let inputs = group == 1 ? c : gs * cg
+            var packed: [SIMD2<Int>: Packed] = [:]
+            for (g0, gs, o0, os, i0, inputs, partBias) in ranges {
                 // Blocked layouts: the source as NchwcConv holds it (no reorder in the plan).
                 let wantedSource: Int32 = layout == .blocked ? OT_LAYOUT_16C : layout == .plainToBlocked ? OT_LAYOUT_NCHW
                     : inputs >= 16 ? OT_LAYOUT_16C : OT_LAYOUT_NCHW
@@ -153,7 +180,7 @@ final class DnnlConvCache: Sendable {
                 let status = ot_conv_create(engine, 1, Int64(inputs), Int64(h), Int64(width), Int64(os), Int64(group == 1 ? 1 : gs),
                                             Int64(g.kernel[0]), Int64(g.kernel[1]), Int64(oh), Int64(ow), Int64(g.strides[0]), Int64(g.strides[1]),
                                             Int64(g.dilations[0]), Int64(g.dilations[1]), Int64(g.padsBegin[0]), Int64(g.padsBegin[1]),
-                                            Int64(g.padsEnd[0]), Int64(g.padsEnd[1]), bias ? 1 : 0,
+                                            Int64(g.padsEnd[0]), Int64(g.padsEnd[1]), partBias ? 1 : 0,
                                             wantedSource, OT_LAYOUT_16C, &conv)
                 guard status == 0, let primitive = conv.primitive else { fail(); return nil }
                 guard conv.avx512 != 0, conv.src_layout != OT_LAYOUT_OTHER, conv.dst_layout != OT_LAYOUT_OTHER,
@@ -165,18 +192,32 @@ final class DnnlConvCache: Sendable {
                     dnnl_primitive_destroy(primitive)
                     fail(); return nil
                 }
-                // The weight of this part: output channels o0 ..< o0 + os (whole groups).
+                // The weight of this part: output channels o0 ..< o0 + os (whole groups), of input
+                // channels i0 ..< i0 + inputs when the parts split them (copied out: not contiguous).
                 let weights: Packed
-                if let kept = packed[o0], ot_weights_equal(&kept.layout, &conv.weights) != 0 {
+                if let kept = packed[SIMD2(o0, i0)], ot_weights_equal(&kept.layout, &conv.weights) != 0 {
                     weights = kept
                 } else {
-                    guard let p = Packed(engine, W + o0 * cg * K, outputs: os, inputs: inputs, groups: group == 1 ? 1 : gs,
-                                         kernel: g.kernel, layout: conv.weights, budget: budget) else {
+                    var slice: [Float] = []
+                    if byInputs {
+                        slice = [Float](unsafeUninitializedCapacity: os * inputs * K) { buffer, initialized in
+                            for o in 0..<os {
+                                for i in 0..<inputs { for k in 0..<K { buffer[(o * inputs + i) * K + k] = W[((o0 + o) * cg + i0 + i) * K + k] } }
+                            }
+                            initialized = os * inputs * K
+                        }
+                    }
+                    let made = slice.isEmpty ? Packed(engine, W + o0 * cg * K, outputs: os, inputs: inputs, groups: group == 1 ? 1 : gs,
+                                                      kernel: g.kernel, layout: conv.weights, budget: budget)
+                        : slice.withUnsafeBufferPointer { b in
+                            b.baseAddress.flatMap { Packed(engine, $0, outputs: os, inputs: inputs, groups: 1, kernel: g.kernel, layout: conv.weights, budget: budget) }
+                        }
+                    guard let p = made else {
                         dnnl_primitive_destroy(primitive)
                         fail(); return nil
                     }
                     weights = p
-                    packed[o0] = p
+                    packed[SIMD2(o0, i0)] = p
                 }
                 var sourceReorder: dnnl_primitive_t? = nil, destinationReorder: dnnl_primitive_t? = nil
                 if layout == .plain && group > 1 && conv.src_layout != OT_LAYOUT_NCHW {
@@ -193,8 +234,8 @@ final class DnnlConvCache: Sendable {
                     destinationReorder = r
                     destroy.append(r)
                 }
-                made.append(Part(conv: conv, weights: weights, group0: g0, groups: gs, input0: group == 1 ? 0 : g0 * cg, inputs: inputs,
-                                 output0: o0, outputs: os, sourceReorder: sourceReorder, destinationReorder: destinationReorder))
+                made.append(Part(conv: conv, weights: weights, group0: g0, groups: gs, input0: i0, inputs: inputs,
+                                 output0: o0, outputs: os, bias: partBias, sourceReorder: sourceReorder, destinationReorder: destinationReorder))
             }
             let sourceLayout = made[0].conv.src_layout
             // Group 1 with a blocked source: the whole input reordered once, by chunks of channel blocks.
@@ -216,6 +257,7 @@ final class DnnlConvCache: Sendable {
             shared = chunks
             sharedBytes = chunks.isEmpty ? 0 : made[0].conv.src_bytes
             self.sourceLayout = sourceLayout
+            self.byInputs = byInputs
             (self.c, self.h, self.w, self.m, self.oh, self.ow) = (c, h, width, m, oh, ow)
         }
 
@@ -317,11 +359,12 @@ final class DnnlConvCache: Sendable {
             let sourceImage = sourceLayout == OT_LAYOUT_NCHW ? c * I : (c + 15) / 16 * 16 * I
             let destinationImage = (m + 15) / 16 * 16 * P
             let failed = Atomic<Bool>(false)
+            if byInputs { return runByInputs(X, bias: bias, Y, images: n, epilogue: epilogue) }
             func convolve(_ part: Part, image b: Int) -> Bool {
                 var conv = part.conv
                 let offset = b * destinationImage + part.output0 * P
                 guard ot_conv_run(engine, &conv, 1, Int64(c), Int64(h), Int64(w), X + b * sourceImage, part.weights.memory,
-                                  bias.map { $0 + part.output0 }, Int64(part.outputs), Int64(oh), Int64(ow), Y + offset) == 0 else { return false }
+                                  part.bias ? bias.map { $0 + part.output0 } : nil, Int64(part.outputs), Int64(oh), Int64(ow), Y + offset) == 0 else { return false }
                 if let epilogue {
                     let count = (part.outputs + 15) / 16 * 16 * P
                     for start in stride(from: 0, to: count, by: convEpilogueRun) { epilogue.apply(Y, offset + start, min(convEpilogueRun, count - start)) }
@@ -338,6 +381,56 @@ final class DnnlConvCache: Sendable {
                 }
             }
             return !failed.load(ordering: .relaxed)
+        }
+
+        /// `runBlocked` of parts that split the input channels (blocked source, group 1): part 0
+        /// writes Y (with the bias), each other part its own buffer, then the threads add the
+        /// buffers into Y by ranges of positions and apply the epilogue to each range.
+        private func runByInputs(_ X: UnsafePointer<Float>, bias: UnsafePointer<Float>?, _ Y: UnsafeMutablePointer<Float>, images n: Int,
+                                 epilogue: ConvEpilogue<Float>?) -> Bool {
+            guard let engine = PackedGemm.engine else { return false }
+            let I = h * w, P = oh * ow
+            let sourceImage = (c + 15) / 16 * 16 * I, destinationImage = (m + 15) / 16 * 16 * P
+            let partials = parts.count - 1
+            guard let buffer = DnnlConv.allocate(max(partials, 1) * destinationImage * MemoryLayout<Float>.size) else { return false }
+            defer { free(buffer) }
+            let failed = Atomic<Bool>(false)
+            for b in 0..<n {
+                let y = Y + b * destinationImage
+                Parallel.forRange(parts.count) { r in
+                    for i in r {
+                        let part = parts[i]
+                        var conv = part.conv
+                        if ot_conv_run(engine, &conv, 1, Int64(part.inputs), Int64(h), Int64(w), X + b * sourceImage + part.input0 * I, part.weights.memory,
+                                       part.bias ? bias : nil, Int64(m), Int64(oh), Int64(ow), i == 0 ? y : buffer + (i - 1) * destinationImage) != 0 {
+                            failed.store(true, ordering: .relaxed)
+                        }
+                    }
+                }
+                if failed.load(ordering: .relaxed) { return false }
+                let runs = (destinationImage + convEpilogueRun - 1) / convEpilogueRun
+                Parallel.forRange(runs) { r in
+                    for run in r {
+                        let start = run * convEpilogueRun, count = min(convEpilogueRun, destinationImage - start)
+                        let out = UnsafeMutableRawPointer(y + start)
+                        for k in 0..<partials {
+                            let add = UnsafeRawPointer(buffer + k * destinationImage + start)
+                            var i = 0
+                            while i + 8 <= count {
+                                let v = out.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) + add.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+                                out.storeBytes(of: v, toByteOffset: 4 * i, as: SIMD8<Float>.self)
+                                i += 8
+                            }
+                            while i < count {
+                                y[start + i] += buffer[k * destinationImage + start + i]
+                                i += 1
+                            }
+                        }
+                        epilogue?.apply(Y, b * destinationImage + start, count)
+                    }
+                }
+            }
+            return true
         }
     }
 
