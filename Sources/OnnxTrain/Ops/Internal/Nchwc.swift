@@ -307,7 +307,11 @@ struct NchwcPoolKernel: Kernel {
         if y.count == 0 { return [.tensor(y)] }
         let (kh, kw) = (g.kernel[0], g.kernel[1]), (sh, sw) = (g.strides[0], g.strides[1]), (dh, dw) = (g.dilations[0], g.dilations[1])
         let (pt, pl) = (g.padsBegin[0], g.padsBegin[1])
-        let average = self.average
+        let average = self.average, isMax = average == nil, divisor = average == true ? kh * kw : 0
+        // Each output's taps inside the input: rows a0 ..< a1, columns e0 ..< e1 of its window
+        // (no bounds test per tap).
+        let rows = (0..<oh).map { NchwcPoolKernel.inside(start: $0 * sh - pt, kernel: kh, dilation: dh, size: h) }
+        let columns = (0..<ow).map { NchwcPoolKernel.inside(start: $0 * sw - pl, kernel: kw, dilation: dw, size: w) }
         x.uncheckedBufferPointer(as: Float.self) { px in
             y.uncheckedMutableBufferPointer(as: Float.self) { py in
                 guard let X = px.baseAddress, let Y = py.baseAddress else { return }
@@ -316,34 +320,32 @@ struct NchwcPoolKernel: Kernel {
                     for u in r {
                         let src = input + u * h * w * 64, dst = output + u * oh * ow * 64
                         for i in 0..<oh {
-                            let h0 = i * sh - pt
+                            let h0 = i * sh - pt, (a0, a1) = rows[i]
                             for j in 0..<ow {
-                                let w0 = j * sw - pl
+                                let w0 = j * sw - pl, (e0, e1) = columns[j]
                                 // Two halves of 8 lanes (AVX2 registers); the maximum as a select
                                 // (`pointwiseMax` ran ~100x slower, not vectorised).
-                                var lo = SIMD8<Float>(repeating: average == nil ? -.infinity : 0), hi = lo
-                                var taps = 0
-                                for a in 0..<kh {
-                                    let ih = h0 + a * dh
-                                    guard ih >= 0 && ih < h else { continue }
-                                    for e in 0..<kw {
-                                        let iw = w0 + e * dw
-                                        guard iw >= 0 && iw < w else { continue }
-                                        let o = (ih * w + iw) * 64
-                                        let v0 = src.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self)
-                                        let v1 = src.loadUnaligned(fromByteOffset: o + 32, as: SIMD8<Float>.self)
-                                        if average == nil {
+                                var lo = SIMD8<Float>(repeating: isMax ? -.infinity : 0), hi = lo
+                                var a = a0
+                                while a < a1 {
+                                    let row = src + ((h0 + a * dh) * w + w0) * 64
+                                    var e = e0
+                                    while e < e1 {
+                                        let v0 = row.loadUnaligned(fromByteOffset: e * dw * 64, as: SIMD8<Float>.self)
+                                        let v1 = row.loadUnaligned(fromByteOffset: e * dw * 64 + 32, as: SIMD8<Float>.self)
+                                        if isMax {
                                             lo.replace(with: v0, where: v0 .> lo)
                                             hi.replace(with: v1, where: v1 .> hi)
                                         } else {
                                             lo += v0
                                             hi += v1
                                         }
-                                        taps += 1
+                                        e += 1
                                     }
+                                    a += 1
                                 }
-                                if let includePad = average {
-                                    let count = SIMD8<Float>(repeating: Float(max(includePad ? kh * kw : taps, 1)))
+                                if !isMax {
+                                    let count = SIMD8<Float>(repeating: Float(max(divisor > 0 ? divisor : (a1 - a0) * (e1 - e0), 1)))
                                     lo /= count
                                     hi /= count
                                 }
@@ -356,6 +358,13 @@ struct NchwcPoolKernel: Kernel {
             }
         }
         return [.tensor(y)]
+    }
+
+    /// The taps a0 ..< a1 of a window from `start` (taps start + a·dilation) inside 0 ..< size.
+    static func inside(start: Int, kernel: Int, dilation: Int, size: Int) -> (Int, Int) {
+        let a0 = start >= 0 ? 0 : (-start + dilation - 1) / dilation
+        let a1 = start >= size ? 0 : min(kernel, (size - start + dilation - 1) / dilation)
+        return (min(a0, a1), a1)
     }
 }
 
