@@ -31,9 +31,10 @@ static inline void ot_dnnl_single_thread(void) {
 /// they run, so a signal handled on that thread meanwhile writes its frame into the heap (oneDNN
 /// issue #4845, fixed in 3.11; Debian ships 2.6). A terminal resize (SIGWINCH) during a training
 /// run aborted it with glibc's "corrupted size vs. prev_size". Every oneDNN call therefore runs
-/// with the calling thread's signals held; one that arrives meanwhile is handled when the call
-/// returns (or by another thread). Faults stay unblocked: holding them is undefined when the call
-/// itself raises one.
+/// with the calling thread's signals held (Swift's `SignalHold`: pool workers hold them for life,
+/// a graph run for the run, any other caller for the call); one that arrives meanwhile is handled
+/// by another thread or when they are released. Faults stay unblocked: holding them is undefined
+/// when the code itself raises one.
 static inline void ot_signals_hold(sigset_t *saved) {
     sigset_t all;
     sigfillset(&all);
@@ -47,26 +48,19 @@ static inline void ot_signals_hold(sigset_t *saved) {
 
 static inline void ot_signals_restore(const sigset_t *saved) { pthread_sigmask(SIG_SETMASK, saved, NULL); }
 
-/// Runs a primitive on the calling thread alone and waits for it, signals held: 0 on success.
+/// Runs a primitive on the calling thread alone and waits for it: 0 on success. Every oneDNN
+/// execution goes through here or ot_sgemm; callers hold the thread's signals (see above).
 static inline int ot_execute(dnnl_primitive_t primitive, dnnl_stream_t stream, int count, const dnnl_exec_arg_t *args) {
-    sigset_t saved;
-    ot_signals_hold(&saved);
     ot_dnnl_single_thread();
-    int ok = dnnl_primitive_execute(primitive, stream, count, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
-    ot_signals_restore(&saved);
-    return ok ? 0 : -1;
+    return dnnl_primitive_execute(primitive, stream, count, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success ? 0 : -1;
 }
 
-/// dnnl_sgemm (row-major C = alpha·op(A)·op(B) + beta·C) on the calling thread alone, signals
-/// held: 0 on success.
+/// dnnl_sgemm (row-major C = alpha·op(A)·op(B) + beta·C) on the calling thread alone: 0 on
+/// success. Callers hold the thread's signals (see above).
 static inline int ot_sgemm(char transa, char transb, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                            const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
-    sigset_t saved;
-    ot_signals_hold(&saved);
     ot_dnnl_single_thread();
-    dnnl_status_t status = dnnl_sgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    ot_signals_restore(&saved);
-    return status == dnnl_success ? 0 : -1;
+    return dnnl_sgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) == dnnl_success ? 0 : -1;
 }
 
 /// The primitive for C[m, n] (row stride ldc) = A[m, k] (row stride lda) · W[k, n] (+ bias[n]),

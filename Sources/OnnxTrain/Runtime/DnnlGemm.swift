@@ -69,8 +69,8 @@ enum DnnlGemm {
     static func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
                       b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) -> Bool {
         // oneDNN's OpenMP team is the calling thread's alone (a pool thread runs one block), and the
-        // thread's signals are held meanwhile (`ot_sgemm`: oneDNN 2's gemm kernels move rsp).
+        // thread's signals are held meanwhile (`SignalHold`: oneDNN 2's gemm kernels move rsp).
         let ta = CChar(UInt8(ascii: transA ? "T" : "N")), tb = CChar(UInt8(ascii: transB ? "T" : "N"))
-        return ot_sgemm(ta, tb, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc)) == 0
+        return SignalHold.around({ ot_sgemm(ta, tb, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc)) }) == 0
     }
 }

@@ -540,8 +540,15 @@ final class GraphExecutor {
     /// Runs the graph. `feeds` maps slots to values; values not fed come from initializers or
     /// from the enclosing scope through `context`. With `profile`, each node's kernel call is
     /// timed into it (`NodeTimes`, by step index); without, that costs one branch per node.
+    /// The calling thread's signals are held for the run (`SignalHold`: oneDNN's kernels must
+    /// not be interrupted by a handler); one sent meanwhile is handled when the run returns.
     func run(feeds: [(slot: Int, value: Value)], fetchSlots: [Int], context: ExecutionContext,
              profile: NodeTimes? = nil) throws -> [Value?] {
+        try SignalHold.around { try runHeld(feeds: feeds, fetchSlots: fetchSlots, context: context, profile: profile) }
+    }
+
+    private func runHeld(feeds: [(slot: Int, value: Value)], fetchSlots: [Int], context: ExecutionContext,
+                         profile: NodeTimes?) throws -> [Value?] {
         let frame = Frame(count: slotCount)
         for (s, v) in constants { frame.values[s] = v }
         for r in releasables { frame.values[r.slot] = r.current }

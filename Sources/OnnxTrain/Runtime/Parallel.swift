@@ -245,6 +245,8 @@ final class WorkerPool: @unchecked Sendable {
 
     private func workerLoop(_ index: Int) {
         Parallel.isInsideRegion = true
+        // Workers run oneDNN's kernels, which a signal handler must not interrupt (`SignalHold`).
+        SignalHold.holdForLife()
         var seen: UInt64 = 0
         while true {
             // Spin for the next job, then sleep until one is posted.

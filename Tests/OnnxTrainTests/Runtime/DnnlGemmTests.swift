@@ -91,7 +91,7 @@ final class DnnlGemmTests: XCTestCase {
         _ = alarmsDelivered.load(ordering: .relaxed)  // initialise the global before the handler can run
         let previous = signal(SIGALRM) { _ in alarmsDelivered.add(1, ordering: .relaxed) }
         var timer = itimerval(it_interval: timeval(tv_sec: 0, tv_usec: 20), it_value: timeval(tv_sec: 0, tv_usec: 20))
-        XCTAssertEqual(setitimer(ITIMER_REAL, &timer, nil), 0)
+        XCTAssertEqual(setitimer(__itimer_which_t(ITIMER_REAL.rawValue), &timer, nil), 0)
         var worst = 0.0
         for iteration in 0..<1000 {
             let (m, n, k, transA) = shapes[iteration % shapes.count]
@@ -112,7 +112,7 @@ final class DnnlGemmTests: XCTestCase {
             }
         }
         timer = itimerval()
-        setitimer(ITIMER_REAL, &timer, nil)
+        setitimer(__itimer_which_t(ITIMER_REAL.rawValue), &timer, nil)
         signal(SIGALRM, previous)
         var mask = sigset_t()
         pthread_sigmask(SIG_BLOCK, nil, &mask)

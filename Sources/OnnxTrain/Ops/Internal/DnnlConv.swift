@@ -284,8 +284,8 @@ final class DnnlConvCache: Sendable {
                 Parallel.forRange(shared.count) { r in
                     for i in r {
                         let chunk = shared[i]
-                        if ot_layout_reorder_run(engine, chunk.reorder, 1, Int64(chunk.channels), Int64(h), Int64(w), OT_LAYOUT_NCHW,
-                                                 X + chunk.channel0 * I, sourceLayout, buffer + chunk.channel0 * I) != 0 {
+                        if SignalHold.around({ ot_layout_reorder_run(engine, chunk.reorder, 1, Int64(chunk.channels), Int64(h), Int64(w), OT_LAYOUT_NCHW,
+                                                 X + chunk.channel0 * I, sourceLayout, buffer + chunk.channel0 * I) }) != 0 {
                             failed.store(true, ordering: .relaxed)
                         }
                     }
@@ -301,18 +301,18 @@ final class DnnlConvCache: Sendable {
                     input = UnsafePointer(shared)
                 } else if part.conv.src_layout != OT_LAYOUT_NCHW, let source {
                     let reorder = part.sourceReorder ?? shared.first?.reorder
-                    guard let reorder, ot_layout_reorder_run(engine, reorder, 1, Int64(part.inputs), Int64(h), Int64(w), OT_LAYOUT_NCHW, x,
-                                                             part.conv.src_layout, source) == 0 else { return false }
+                    guard let reorder, SignalHold.around({ ot_layout_reorder_run(engine, reorder, 1, Int64(part.inputs), Int64(h), Int64(w), OT_LAYOUT_NCHW, x,
+                                                             part.conv.src_layout, source) }) == 0 else { return false }
                     input = UnsafePointer(source)
                 }
                 let y = Y + (b * m + part.output0) * P
                 let out = destination ?? y
                 var conv = part.conv
-                guard ot_conv_run(engine, &conv, 1, Int64(part.inputs), Int64(h), Int64(w), input, part.weights.memory, bias.map { $0 + part.output0 },
-                                  Int64(part.outputs), Int64(oh), Int64(ow), out) == 0 else { return false }
+                guard SignalHold.around({ ot_conv_run(engine, &conv, 1, Int64(part.inputs), Int64(h), Int64(w), input, part.weights.memory, bias.map { $0 + part.output0 },
+                                  Int64(part.outputs), Int64(oh), Int64(ow), out) }) == 0 else { return false }
                 if let reorder = part.destinationReorder, let destination {
-                    guard ot_layout_reorder_run(engine, reorder, 1, Int64(part.outputs), Int64(oh), Int64(ow), part.conv.dst_layout, destination,
-                                                OT_LAYOUT_NCHW, y) == 0 else { return false }
+                    guard SignalHold.around({ ot_layout_reorder_run(engine, reorder, 1, Int64(part.outputs), Int64(oh), Int64(ow), part.conv.dst_layout, destination,
+                                                OT_LAYOUT_NCHW, y) }) == 0 else { return false }
                 }
                 if let epilogue {
                     let offset = (b * m + part.output0) * P, count = part.outputs * P
@@ -363,8 +363,8 @@ final class DnnlConvCache: Sendable {
             func convolve(_ part: Part, image b: Int) -> Bool {
                 var conv = part.conv
                 let offset = b * destinationImage + part.output0 * P
-                guard ot_conv_run(engine, &conv, 1, Int64(c), Int64(h), Int64(w), X + b * sourceImage, part.weights.memory,
-                                  part.bias ? bias.map { $0 + part.output0 } : nil, Int64(part.outputs), Int64(oh), Int64(ow), Y + offset) == 0 else { return false }
+                guard SignalHold.around({ ot_conv_run(engine, &conv, 1, Int64(c), Int64(h), Int64(w), X + b * sourceImage, part.weights.memory,
+                                  part.bias ? bias.map { $0 + part.output0 } : nil, Int64(part.outputs), Int64(oh), Int64(ow), Y + offset) }) == 0 else { return false }
                 if let epilogue {
                     let count = (part.outputs + 15) / 16 * 16 * P
                     for start in stride(from: 0, to: count, by: convEpilogueRun) { epilogue.apply(Y, offset + start, min(convEpilogueRun, count - start)) }
@@ -401,8 +401,8 @@ final class DnnlConvCache: Sendable {
                     for i in r {
                         let part = parts[i]
                         var conv = part.conv
-                        if ot_conv_run(engine, &conv, 1, Int64(part.inputs), Int64(h), Int64(w), X + b * sourceImage + part.input0 * I, part.weights.memory,
-                                       part.bias ? bias : nil, Int64(m), Int64(oh), Int64(ow), i == 0 ? y : buffer + (i - 1) * destinationImage) != 0 {
+                        if SignalHold.around({ ot_conv_run(engine, &conv, 1, Int64(part.inputs), Int64(h), Int64(w), X + b * sourceImage + part.input0 * I, part.weights.memory,
+                                       part.bias ? bias : nil, Int64(m), Int64(oh), Int64(ow), i == 0 ? y : buffer + (i - 1) * destinationImage) }) != 0 {
                             failed.store(true, ordering: .relaxed)
                         }
                     }
@@ -446,7 +446,7 @@ final class DnnlConvCache: Sendable {
             var layout = layout
             let bytes = ot_weights_size(&layout)
             guard budget.reserve(bytes) else { return nil }
-            guard let memory = ot_conv_pack_weights(engine, W, Int64(outputs), Int64(inputs), Int64(groups), Int64(kernel[0]), Int64(kernel[1]), &layout) else {
+            guard let memory = SignalHold.around({ ot_conv_pack_weights(engine, W, Int64(outputs), Int64(inputs), Int64(groups), Int64(kernel[0]), Int64(kernel[1]), &layout) }) else {
                 budget.release(bytes)
                 return nil
             }

@@ -200,8 +200,8 @@ final class NchwcReorderCache: Sendable {
                 let image = item / pieces, piece = item % pieces
                 let c0 = plan.starts[piece], count = plan.starts[piece + 1] - c0
                 // Channels c0 ..< c0 + count (c0 a multiple of 16) start at c0·P in both layouts.
-                if ot_layout_reorder_run(engine, plan.primitives[piece], 1, Int64(count), Int64(h), Int64(w), fromLayout,
-                                         X + image * fromImage + c0 * P, toLayout, Y + image * toImage + c0 * P) != 0 {
+                if SignalHold.around({ ot_layout_reorder_run(engine, plan.primitives[piece], 1, Int64(count), Int64(h), Int64(w), fromLayout,
+                                         X + image * fromImage + c0 * P, toLayout, Y + image * toImage + c0 * P) }) != 0 {
                     failed.store(true, ordering: .relaxed)
                 }
             }

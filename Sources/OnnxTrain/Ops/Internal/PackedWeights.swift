@@ -130,8 +130,8 @@ final class PackedWeightCache: Sendable {
         func run(_ part: Int) {
             let (i0, i1) = rows[part]
             let p = primitives[part]
-            statuses[part] = ot_matmul_run(PackedGemm.engine, p.primitive, p.scratchpad, a + i0 * k, Int64(i1 - i0), Int64(k), Int64(k),
-                                           packed.weights, bias, Int64(n), c + i0 * n, Int64(n))
+            statuses[part] = SignalHold.around({ ot_matmul_run(PackedGemm.engine, p.primitive, p.scratchpad, a + i0 * k, Int64(i1 - i0), Int64(k), Int64(k),
+                                           packed.weights, bias, Int64(n), c + i0 * n, Int64(n)) })
             if statuses[part] == 0 { epilogue?(i0, i1, 0, n) }
         }
         if parts == 1 {
@@ -236,7 +236,7 @@ final class PackedWeightCache: Sendable {
             let reserved = budget.reserve(bytes)
             guard reserved || unbudgeted else { return nil }
             // op(B): B [k, n] at strides (n, 1), or Bᵀ of B [n, k] at (1, k).
-            guard let weights = ot_pack_weights(PackedGemm.engine, B, Int64(k), Int64(n), transB ? 1 : Int64(n), transB ? Int64(k) : 1, &layout) else {
+            guard let weights = SignalHold.around({ ot_pack_weights(PackedGemm.engine, B, Int64(k), Int64(n), transB ? 1 : Int64(n), transB ? Int64(k) : 1, &layout) }) else {
                 if reserved { budget.release(bytes) }
                 return nil
             }
@@ -282,7 +282,7 @@ final class PackedWeightCache: Sendable {
                   dnnl_primitive_create(&reorder, pd) == dnnl_success,
                   dnnl_stream_create(&stream, PackedGemm.engine, dnnl_stream_default_flags.rawValue) == dnnl_success else { return false }
             let args = [dnnl_exec_arg_t(arg: DNNL_ARG_FROM, memory: weights), dnnl_exec_arg_t(arg: DNNL_ARG_TO, memory: to)]
-            return ot_execute(reorder, stream, 2, args) == 0
+            return SignalHold.around({ ot_execute(reorder, stream, 2, args) }) == 0
         }
 
         /// The primitive for `rows` rows of A and C, kept or made now; nil if oneDNN refuses it or
