@@ -37,12 +37,18 @@ typedef struct {
     int avx512;                  // 1 when the implementation is one of oneDNN's AVX-512 kernels
 } ot_conv_t;
 
+/// The algorithms asked for: direct, or Winograd (oneDNN's F(2x2, 3x3) / F(4x4, 3x3) AVX-512
+/// kernels: 3x3 unit-stride, dense, group 1, blocked source and destination; refused elsewhere).
+static const int OT_CONV_DIRECT = 0, OT_CONV_WINOGRAD = 1;
+
 /// The primitive for y[n, o, oh, ow] = conv(x[n, c, h, w], weights [groups, o/groups, c/groups, kh, kw]) (+ bias[o]),
 /// dilations as ONNX gives them (1: dense), source and destination in the layouts asked for
-/// (OT_LAYOUT_OTHER: oneDNN's choice), the weight's layout oneDNN's choice. 0 on success.
+/// (OT_LAYOUT_OTHER: oneDNN's choice), the weight's layout oneDNN's choice, the algorithm
+/// OT_CONV_DIRECT or OT_CONV_WINOGRAD. 0 on success.
 static inline int ot_conv_create(dnnl_engine_t engine, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t groups,
                                  int64_t kh, int64_t kw, int64_t oh, int64_t ow, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
-                                 int64_t pt, int64_t pl, int64_t pb, int64_t pr, int bias, int src_layout, int dst_layout, ot_conv_t *out) {
+                                 int64_t pt, int64_t pl, int64_t pb, int64_t pr, int bias, int src_layout, int dst_layout, int algorithm,
+                                 ot_conv_t *out) {
     memset(out, 0, sizeof *out);
     out->src_layout = out->dst_layout = OT_LAYOUT_OTHER;
     ot_dnnl_single_thread();  // the primitive plans its work for the threads it will run on
@@ -62,7 +68,8 @@ static inline int ot_conv_create(dnnl_engine_t engine, int64_t n, int64_t c, int
         if (dnnl_memory_desc_init_by_tag(&wmd, 4, wd, dnnl_f32, dnnl_format_tag_any) != dnnl_success) return -1;
     }
     dnnl_convolution_desc_t desc;
-    if (dnnl_dilated_convolution_forward_desc_init(&desc, dnnl_forward_inference, dnnl_convolution_direct, &smd, &wmd,
+    if (dnnl_dilated_convolution_forward_desc_init(&desc, dnnl_forward_inference,
+                                                   algorithm == OT_CONV_WINOGRAD ? dnnl_convolution_winograd : dnnl_convolution_direct, &smd, &wmd,
                                                    bias ? &bmd : NULL, &dmd, strides, dil, padl, padr) != dnnl_success) return -1;
     dnnl_primitive_attr_t attr;
     if (dnnl_primitive_attr_create(&attr) != dnnl_success) return -1;

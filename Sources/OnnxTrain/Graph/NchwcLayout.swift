@@ -5,8 +5,7 @@
 /// 1x1s lose.
 ///
 /// A region of blocked values ([N, ceil(C/16), H, W, 16] float32, the padded lanes zero: the ops
-/// of Nchwc.swift; kept only with two or more convolutions, one not 1x1, at most half of them
-/// 3x3/1, see `run`) grows from the convolutions it takes: float32 Conv / FusedConv (activation
+/// of Nchwc.swift; kept only with two or more convolutions, one not 1x1, see `run`) grows from the convolutions it takes: float32 Conv / FusedConv (activation
 /// one the epilogue applies, Z of the output's channels), 2-D, group 1, weight a constant (an
 /// inference graph: training graphs' weights are inputs). Their outputs are blocked (NchwcConv); a
 /// MaxPool / AveragePool (2-D, no indices) of a blocked value is blocked (NchwcMaxPool /
@@ -92,9 +91,9 @@ public struct NchwcLayout: GraphPass {
         // threads): one convolution alone (it gains nothing from the layout: DnnlConv's reorders
         // at its boundary are the region's, and DnnlConv.takes keeps its choice of kernel); only
         // 1x1 convolutions (SE blocks and the pointwise pairs between MobileNet's depthwise
-        // convolutions: the edges' reorders cost what the blocked 1x1s save); more than half of
-        // them 3x3 unit-stride (Winograd's class: oneDNN's blocked 3x3/1 ran 1.1-1.4x its time at
-        // 14x14 to 56x56, ResNet-18's convolutions 1.30x at b1 and 1.27x at b32).
+        // convolutions: the edges' reorders cost what the blocked 1x1s save). 3x3 unit-stride
+        // convolutions run oneDNN's blocked Winograd (DnnlConv.swift), so a region of them is
+        // kept (its direct kernel had lost to our Winograd: ResNet-18 b32 1.18x the time).
         var root = Dictionary(uniqueKeysWithValues: plans.keys.map { ($0, $0) })
         func find(_ i: Int) -> Int {
             var i = i
@@ -108,19 +107,16 @@ public struct NchwcLayout: GraphPass {
                 if a != b { root[a] = b }
             }
         }
-        var convs: [Int: Int] = [:], winograd: [Int: Int] = [:], wide = Set<Int>()
+        var convs: [Int: Int] = [:], wide = Set<Int>()
         for (i, plan) in plans where plan.node.opType == "NchwcConv" {
             let r = find(i), node = graph.nodes[i]
             convs[r, default: 0] += 1
             guard let k = c.constant(node.input(1))?.shape, k.count == 4 else { continue }
             if k[2] * k[3] > 1 { wide.insert(r) }
-            if k[2] == 3, k[3] == 3, (node.ints("strides") ?? [1, 1]).allSatisfy({ $0 == 1 }), (node.ints("dilations") ?? [1, 1]).allSatisfy({ $0 == 1 }) {
-                winograd[r, default: 0] += 1
-            }
         }
         func kept(_ r: Int) -> Bool {
             let n = convs[r] ?? 0
-            return n >= 2 && wide.contains(r) && 2 * (winograd[r] ?? 0) <= n
+            return n >= 2 && wide.contains(r)
         }
         for i in Array(plans.keys) where !kept(find(i)) {
             plans[i] = nil

@@ -132,8 +132,8 @@ final class NchwcTests: XCTestCase {
         XCTAssertEqual(failures.withLock { $0 }, [])
     }
 
-    /// Regions the pass leaves as they were: one convolution, only 1x1s, mostly 3x3/1; the
-    /// graph's values the same either way.
+    /// Regions the pass leaves as they were: one convolution, only 1x1s; a region of mostly
+    /// 3x3/1 is taken (oneDNN's blocked Winograd runs them); the graph's values the same either way.
     func testRegionsThePassLeaves() throws {
         func chain(_ kernels: [(Int, Int)], channels: Int = 32) -> Model {
             var g = Graph()
@@ -153,7 +153,7 @@ final class NchwcTests: XCTestCase {
         }
         let cases: [(String, [(Int, Int)], Bool)] = [
             ("one convolution", [(3, 2)], false), ("only 1x1", [(1, 1), (1, 1), (1, 1)], false),
-            ("mostly 3x3/1", [(3, 2), (3, 1), (3, 1)], false), ("3x3/2, 1x1, 3x3/1", [(3, 2), (1, 1), (3, 1)], true),
+            ("mostly 3x3/1", [(3, 2), (3, 1), (3, 1)], true), ("3x3/2, 1x1, 3x3/1", [(3, 2), (1, 1), (3, 1)], true),
         ]
         let x = Tensor(shape: [1, 32, 9, 9], scalars: values(32 * 81, seed: 60).map { Float($0) })
         for (label, kernels, blocked) in cases {
@@ -258,6 +258,69 @@ final class NchwcTests: XCTestCase {
                                                        attributes: ["channels": .int(40)])), toBlocked: false)
         XCTAssertThrowsError(try from.run([.tensor(Tensor(shape: [1, 2, 3, 3, 16], scalars: [Float](repeating: 0, count: 288)))], ExecutionContext()),
                              "40 channels need 3 blocks")
+    }
+
+    /// NchwcConv's 3x3 unit-stride convolutions on oneDNN's Winograd (`DnnlConvCache.Plan` on the
+    /// blocked layouts): relu(conv + bias + Z) within Winograd's rounding of float64 (relative to
+    /// the largest sum of |terms|, as WinogradTests bounds ours), for 1, 2 and 3 parts of the
+    /// outputs and 1 and 3 images, pads 1 and 0; Winograd picked for whole blocks of channels
+    /// wherever oneDNN has AVX-512 kernels (partial blocks: whichever it takes, same bound).
+    func testBlockedWinogradWithinRoundingOfFloat64() throws {
+        struct Case { let c: Int, m: Int, h: Int, w: Int, pad: Int, parts: Int, images: Int, whole: Bool }
+        let cases = [Case(c: 64, m: 64, h: 14, w: 14, pad: 1, parts: 2, images: 1, whole: true),
+                     Case(c: 64, m: 64, h: 14, w: 14, pad: 1, parts: 1, images: 3, whole: true),
+                     Case(c: 32, m: 48, h: 9, w: 11, pad: 1, parts: 3, images: 1, whole: true),
+                     Case(c: 16, m: 32, h: 10, w: 10, pad: 0, parts: 1, images: 2, whole: true),
+                     Case(c: 128, m: 32, h: 7, w: 7, pad: 1, parts: 2, images: 1, whole: true),
+                     Case(c: 37, m: 20, h: 7, w: 9, pad: 1, parts: 1, images: 2, whole: false)]
+        for (index, t) in cases.enumerated() {
+            let g = try ConvGeometry(input: [t.h, t.w], kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pads: Array(repeating: t.pad, count: 4))
+            let n = t.images, P = g.outputSize, I = t.h * t.w, mb = Nchwc.blocks(t.m), (oh, ow) = (g.output[0], g.output[1])
+            let x = values(n * t.c * I, seed: UInt64(170 + index)).map { Double(Float($0)) }
+            let wv = values(t.m * t.c * 9, seed: UInt64(180 + index), scale: 0.3).map { Double(Float($0)) }
+            let bv = values(t.m, seed: UInt64(190 + index)).map { Double(Float($0)) }
+            let zv = values(n * t.m * P, seed: UInt64(195 + index)).map { Double(Float($0)) }
+            var want = [Double](repeating: 0, count: n * t.m * P), magnitude = 0.0
+            for b in 0..<n { for o in 0..<t.m { for i in 0..<oh { for j in 0..<ow {
+                let at = (b * t.m + o) * P + i * ow + j
+                var s = bv[o] + zv[at], a = abs(bv[o]) + abs(zv[at])
+                for ci in 0..<t.c { for ki in 0..<3 { for kj in 0..<3 {
+                    let r = i - t.pad + ki, q = j - t.pad + kj
+                    guard r >= 0, r < t.h, q >= 0, q < t.w else { continue }
+                    let v = wv[((o * t.c + ci) * 3 + ki) * 3 + kj] * x[((b * t.c + ci) * t.h + r) * t.w + q]
+                    s += v; a += abs(v)
+                } } }
+                want[at] = max(s, 0)
+                magnitude = max(magnitude, a)
+            } } } }
+            let weight = Tensor(shape: [t.m, t.c, 3, 3], scalars: wv.map { Float($0) })
+            let blocked = try Nchwc.block(Tensor(shape: [n, t.c, t.h, t.w], scalars: x.map { Float($0) }), channels: t.c)
+            let z = try Nchwc.block(Tensor(shape: [n, t.m, oh, ow], scalars: zv.map { Float($0) }), channels: t.m)
+            let bias = bv.map { Float($0) }
+            let label = "\(t.c) -> \(t.m) 3x3/1 pad \(t.pad) at \(t.h)x\(t.w), \(t.parts) parts, \(n) images"
+            var y = [Float](repeating: .nan, count: n * mb * 16 * P)
+            var winograd = false
+            let done = try blocked.withUnsafeBufferPointer(as: Float.self) { px in try weight.withUnsafeBufferPointer(as: Float.self) { pw in
+                try z.withUnsafeBufferPointer(as: Float.self) { pz in bias.withUnsafeBufferPointer { pb in y.withUnsafeMutableBufferPointer { py -> Bool in
+                    let epilogue = ConvEpilogue<Float>(z: pz.baseAddress, activation: .standard(.relu))
+                    guard let plan = DnnlConvCache.Plan(pw.baseAddress!, channels: t.c, outputs: t.m, group: 1, g, bias: true, parts: t.parts,
+                                                        layout: .blocked, budget: KernelCacheBudget(limit: 1 << 26)) else { return false }
+                    XCTAssertEqual(plan.parts.count, t.parts, label)
+                    winograd = plan.winograd
+                    return plan.runBlocked(px.baseAddress!, bias: pb.baseAddress, py.baseAddress!, images: n, epilogue: epilogue)
+                } } }
+            } }
+            XCTAssertEqual(done, DnnlConv.hasAVX512Kernels, "\(label): a plan wherever oneDNN has AVX-512 kernels")
+            guard done else { continue }
+            if t.whole { XCTAssertTrue(winograd, "\(label): oneDNN's Winograd") }
+            y.withUnsafeMutableBufferPointer { Nchwc.zeroPadding($0.baseAddress!, images: n, channels: t.m, positions: P) }
+            let got = try Nchwc.unblock(Tensor(shape: [n, mb, oh, ow, 16], scalars: y), channels: t.m).scalars(as: Float.self)
+            var worst = 0.0
+            for i in want.indices { worst = max(worst, abs(Double(got[i]) - want[i]) / magnitude) }
+            print("\(label): Winograd \(winograd), worst error / largest sum of |terms| \(worst)")
+            XCTAssertLessThanOrEqual(worst, 2e-7, "\(label)")
+            XCTAssertTrue(got.allSatisfy { $0.isFinite }, label)
+        }
     }
 
     /// A convolution whose outputs are one block of 16 at one image splits its input channel

@@ -135,6 +135,8 @@ final class DnnlConvCache: Sendable {
         let sourceLayout: Int32
         /// The parts are pieces of the input channels (each all the outputs; `runBlocked` adds them).
         let byInputs: Bool
+        /// Whether the parts run oneDNN's Winograd (their weights in its wino format).
+        var winograd: Bool { parts.contains { $0.conv.weights.format_kind == dnnl_format_kind_wino } }
 
         init?(_ W: UnsafePointer<Float>, channels c: Int, outputs m: Int, group: Int, _ g: ConvGeometry, bias: Bool, parts count: Int,
               layout: Layout = .plain, byInputs: Bool = false, budget: KernelCacheBudget) {
@@ -176,13 +178,27 @@ final class DnnlConvCache: Sendable {
                 // Blocked layouts: the source as NchwcConv holds it (no reorder in the plan).
                 let wantedSource: Int32 = layout == .blocked ? OT_LAYOUT_16C : layout == .plainToBlocked ? OT_LAYOUT_NCHW
                     : inputs >= 16 ? OT_LAYOUT_16C : OT_LAYOUT_NCHW
+                func create(_ algorithm: Int32) -> ot_conv_t? {
+                    var conv = ot_conv_t()
+                    let status = ot_conv_create(engine, 1, Int64(inputs), Int64(h), Int64(width), Int64(os), Int64(group == 1 ? 1 : gs),
+                                                Int64(g.kernel[0]), Int64(g.kernel[1]), Int64(oh), Int64(ow), Int64(g.strides[0]), Int64(g.strides[1]),
+                                                Int64(g.dilations[0]), Int64(g.dilations[1]), Int64(g.padsBegin[0]), Int64(g.padsBegin[1]),
+                                                Int64(g.padsEnd[0]), Int64(g.padsEnd[1]), partBias ? 1 : 0,
+                                                wantedSource, OT_LAYOUT_16C, algorithm, &conv)
+                    return status == 0 && conv.primitive != nil ? conv : nil
+                }
+                // NchwcConv's 3x3 unit-stride convolutions: oneDNN's Winograd on the blocked
+                // layouts (its direct kernel where refused, or not AVX-512).
                 var conv = ot_conv_t()
-                let status = ot_conv_create(engine, 1, Int64(inputs), Int64(h), Int64(width), Int64(os), Int64(group == 1 ? 1 : gs),
-                                            Int64(g.kernel[0]), Int64(g.kernel[1]), Int64(oh), Int64(ow), Int64(g.strides[0]), Int64(g.strides[1]),
-                                            Int64(g.dilations[0]), Int64(g.dilations[1]), Int64(g.padsBegin[0]), Int64(g.padsBegin[1]),
-                                            Int64(g.padsEnd[0]), Int64(g.padsEnd[1]), partBias ? 1 : 0,
-                                            wantedSource, OT_LAYOUT_16C, &conv)
-                guard status == 0, let primitive = conv.primitive else { fail(); return nil }
+                if layout == .blocked, DnnlConv.winogradShape(group: group, g), let wino = create(OT_CONV_WINOGRAD) {
+                    if wino.avx512 != 0, wino.src_layout == OT_LAYOUT_16C, wino.dst_layout == OT_LAYOUT_16C {
+                        conv = wino
+                    } else if let p = wino.primitive {
+                        dnnl_primitive_destroy(p)
+                    }
+                }
+                if conv.primitive == nil, let direct = create(OT_CONV_DIRECT) { conv = direct }
+                guard let primitive = conv.primitive else { fail(); return nil }
                 guard conv.avx512 != 0, conv.src_layout != OT_LAYOUT_OTHER, conv.dst_layout != OT_LAYOUT_OTHER,
                       made.first.map({ $0.conv.src_layout == conv.src_layout }) ?? true,
                       // Parts start at a block of the source's and destination's layouts.
@@ -494,6 +510,11 @@ enum DnnlConv: Sendable {
         return true
     }
 
+    /// Whether a convolution is of Winograd's class: 2-D 3x3, unit strides, dense, group 1.
+    static func winogradShape(group: Int, _ g: ConvGeometry) -> Bool {
+        g.rank == 2 && group == 1 && g.kernel == [3, 3] && g.strides.allSatisfy { $0 == 1 } && g.dilations.allSatisfy { $0 == 1 }
+    }
+
     /// Parts of one image's output channels: whole groups, multiples of 16 channels.
     static func channelParts(channels c: Int, outputs m: Int, group: Int, threads: Int) -> Int {
         if group == 1 { return max(1, min(threads, m / 16)) }
@@ -515,7 +536,7 @@ enum DnnlConv: Sendable {
     static let hasAVX512Kernels: Bool = {
         var conv = ot_conv_t()
         guard let engine = PackedGemm.engine,
-              ot_conv_create(engine, 1, 64, 14, 14, 64, 1, 3, 3, 14, 14, 1, 1, 1, 1, 1, 1, 1, 1, 1, OT_LAYOUT_16C, OT_LAYOUT_16C, &conv) == 0 else { return false }
+              ot_conv_create(engine, 1, 64, 14, 14, 64, 1, 3, 3, 14, 14, 1, 1, 1, 1, 1, 1, 1, 1, 1, OT_LAYOUT_16C, OT_LAYOUT_16C, OT_CONV_DIRECT, &conv) == 0 else { return false }
         if let p = conv.primitive { dnnl_primitive_destroy(p) }
         return conv.avx512 != 0
     }()
