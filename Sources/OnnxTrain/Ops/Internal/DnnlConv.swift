@@ -63,7 +63,8 @@ final class DnnlConvCache: Sendable {
 
     /// The same for NchwcConv (group 1): X [n, ceil(c/16), h, w, 16] (or nchw [n, c, h, w] with
     /// `plainSource`), Y [n, ceil(m/16), oh, ow, 16], every convolution oneDNN's (no `takes`
-    /// rule: the layout has no reorders to pay). Padded lanes of Y are left as oneDNN and the
+    /// rule: the layout has no reorders to pay; 3x3 unit-stride ones on its Winograd, blocked source
+    /// and destination as its direct kernels). Padded lanes of Y are left as oneDNN and the
     /// epilogue write them (the caller zeroes them). False where oneDNN cannot run it.
     ///
     /// One image whose outputs are one block of 16 (SqueezeNet's squeeze 1x1s) splits its input

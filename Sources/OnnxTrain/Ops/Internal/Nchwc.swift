@@ -10,7 +10,7 @@ import Synchronization
 ///   [N, C, H, W]: the region's edges.
 /// - NchwcConv (X, W, B?, Z?): Conv's attributes and FusedConv's activation; X blocked (or nchw
 ///   with `plain_input` 1), W [M, C, kh, kw] (group 1), Z blocked as Y -> Y blocked, oneDNN's
-///   convolution with nothing reordered (DnnlConv.swift, `forwardBlocked`).
+///   convolution with nothing reordered (DnnlConv.swift, `forwardBlocked`; 3x3/1: its Winograd).
 /// - NchwcMaxPool, NchwcAveragePool (2-D, pooling's attributes): blocked -> blocked, 16 lanes a
 ///   step.
 /// - NchwcGlobalAveragePool (blocked, `channels` C) -> [N, C, 1, 1] (plain: its readers are
