@@ -8,6 +8,12 @@
 /// tile transforms, run Winograd where the forward would (Ops/ONNX/Winograd.swift).
 /// Unlike onnxruntime (which ignores auto_pad and so gets SAME_* wrong), auto_pad is resolved to
 /// pads first, the way the forward Conv does.
+/// The fewest F(4×4) tiles of dX in the batch for which ConvGrad takes Winograd for dX (where
+/// `winogradTile` takes it), as `winogradGradWTiles` does for dW: with fewer, the blocked im2col
+/// product (`convolutionGradBlocked`) was faster. ResNet-18's 512-channel 3×3 layers at 7×7, batch 8
+/// (32 tiles; Zen 5, 2 threads, oneDNN's sgemm): see ConvGradPathTests for the figures.
+nonisolated(unsafe) var convGradWinogradXTiles = 128
+
 struct ConvGradKernel: Kernel {
     let window: WindowAttributes
     let group: Int
@@ -59,11 +65,13 @@ struct ConvGradKernel: Kernel {
                 return Tensor(shape: [m], scalars: sums.map { T(fromDouble: $0) })
             } : nil
             // dX of a float32 3×3 unit-stride convolution is itself one (dY ⋆ flipped Wᵀ): Winograd
-            // where `winogradTile` picks it for that shape (dY's channels in, X's out), threaded inside.
+            // where `winogradTile` picks it for that shape (dY's channels in, X's out) and dX has
+            // `convGradWinogradXTiles` tiles, threaded inside.
             var adjoint = geometry
             (adjoint.input, adjoint.output) = (geometry.output, geometry.input)
             var dxDone = false
-            if T.self == Float.self, let dx, let tile = winogradTile(images: n, channels: m, outputs: c, group: group, adjoint) {
+            if T.self == Float.self, let dx, let tile = winogradTile(images: n, channels: m, outputs: c, group: group, adjoint),
+               winogradOverride != nil || n * ((geometry.input[0] + 3) / 4) * ((geometry.input[1] + 3) / 4) >= convGradWinogradXTiles {
                 try dy.withUnsafeBufferPointer(as: Float.self) { pdy in
                     try w.withUnsafeBufferPointer(as: Float.self) { pw in
                         guard let DY = pdy.baseAddress, let W = pw.baseAddress else { return }
