@@ -8,11 +8,15 @@
 /// tile transforms, run Winograd where the forward would (Ops/ONNX/Winograd.swift).
 /// Unlike onnxruntime (which ignores auto_pad and so gets SAME_* wrong), auto_pad is resolved to
 /// pads first, the way the forward Conv does.
-/// The fewest F(4×4) tiles of dX in the batch for which ConvGrad takes Winograd for dX (where
-/// `winogradTile` takes it), as `winogradGradWTiles` does for dW: with fewer, the blocked im2col
-/// product (`convolutionGradBlocked`) was faster. ResNet-18's 512-channel 3×3 layers at 7×7, batch 8
-/// (32 tiles; Zen 5, 2 threads, oneDNN's sgemm): see ConvGradPathTests for the figures.
-nonisolated(unsafe) var convGradWinogradXTiles = 128
+/// The fewest F(4×4) tiles in the batch for which a float32 3×3 unit-stride convolution whose
+/// transformed weights are not kept (training's forward Conv, whose weights change every step, and
+/// ConvGrad's dX) takes Winograd where `winogradTile` does, as `winogradGradWTiles` for ConvGrad's
+/// dW: with fewer, the weights' transform costs more than the products save, and the blocked
+/// im2col product is faster. ResNet-18's 512-channel layers at 7×7, batch 8 (32 tiles; Zen 5, 2
+/// threads, oneDNN's sgemm, ConvGradPathTests): forward 7.0 -> 5.3 ms, dX 7.1 -> 7.0 ms alone
+/// and 12.0 -> 9.0 ms a ConvGrad node in the training step; 14×14 and larger (128+ tiles) stay on
+/// Winograd (256 channels at 14×14: forward 3.8 against 5.5 ms im2col, dX 3.5 against 12.2).
+nonisolated(unsafe) var winogradUnkeptWeightsTiles = 128
 
 struct ConvGradKernel: Kernel {
     let window: WindowAttributes
@@ -66,12 +70,12 @@ struct ConvGradKernel: Kernel {
             } : nil
             // dX of a float32 3×3 unit-stride convolution is itself one (dY ⋆ flipped Wᵀ): Winograd
             // where `winogradTile` picks it for that shape (dY's channels in, X's out) and dX has
-            // `convGradWinogradXTiles` tiles, threaded inside.
+            // `winogradUnkeptWeightsTiles` tiles, threaded inside.
             var adjoint = geometry
             (adjoint.input, adjoint.output) = (geometry.output, geometry.input)
             var dxDone = false
             if T.self == Float.self, let dx, let tile = winogradTile(images: n, channels: m, outputs: c, group: group, adjoint),
-               winogradOverride != nil || n * ((geometry.input[0] + 3) / 4) * ((geometry.input[1] + 3) / 4) >= convGradWinogradXTiles {
+               winogradOverride != nil || n * ((geometry.input[0] + 3) / 4) * ((geometry.input[1] + 3) / 4) >= winogradUnkeptWeightsTiles {
                 try dy.withUnsafeBufferPointer(as: Float.self) { pdy in
                     try w.withUnsafeBufferPointer(as: Float.self) { pw in
                         guard let DY = pdy.baseAddress, let W = pw.baseAddress else { return }

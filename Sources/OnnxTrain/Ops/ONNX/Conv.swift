@@ -67,7 +67,8 @@ func convolution<T: FloatElement>(_ x: Tensor, _ w: Tensor, bias: Tensor?, group
                         }
                         return
                     }
-                    if T.self == Float.self, let tile = winogradTile(images: n, channels: c, outputs: m, group: group, g) {
+                    if T.self == Float.self, let tile = winogradTile(images: n, channels: c, outputs: m, group: group, g),
+                       winogradOverride != nil || n * ((g.output[0] + 3) / 4) * ((g.output[1] + 3) / 4) >= winogradUnkeptWeightsTiles {
                         // 3×3 unit-stride float32: Winograd F(tile×tile, 3×3), epilogue fused (Winograd.swift).
                         try winogradForward(tile: tile, BLAS.rebound(X), BLAS.rebound(W), bias: biasPointer.map(BLAS.rebound), BLAS.rebound(Y),
                                         images: n, channels: c, outputs: m, group: group, g,
