@@ -5,9 +5,10 @@
 /// 1x1s lose.
 ///
 /// A region of blocked values ([N, ceil(C/16), H, W, 16] float32, the padded lanes zero: the ops
-/// of Nchwc.swift; kept only with two or more convolutions, one not 1x1, see `run`) grows from the convolutions it takes: float32 Conv / FusedConv (activation
-/// one the epilogue applies, Z of the output's channels), 2-D, group 1, weight a constant (an
-/// inference graph: training graphs' weights are inputs). Their outputs are blocked (NchwcConv); a
+/// of Nchwc.swift; kept only with two or more convolutions, one not 1x1, see `run`) grows from
+/// the convolutions it takes: float32 Conv / FusedConv (activation one the epilogue applies, Z of
+/// the output's channels), 2-D, group 1, weight a constant (an inference graph: training graphs'
+/// weights are inputs). Their outputs are blocked (NchwcConv); a
 /// MaxPool / AveragePool (2-D, no indices) of a blocked value is blocked (NchwcMaxPool /
 /// NchwcAveragePool), so is a Concat on axis 1 of blocked values of whole blocks (16·k channels
 /// each: the blocked tensors concatenated on their axis 1), a GlobalAveragePool of one reads it blocked and writes the plain
